@@ -1,0 +1,302 @@
+//! The kernel command line, parsed into typed [`KernelArgs`].
+//!
+//! The syntax is space-separated `key=value` words (or bare `key` flags). Every key is known in
+//! advance; an unknown key or a malformed value is an [`ArgError`] that names the word and says
+//! what is accepted, so a typo never silently changes an experiment.
+//!
+//! | key | value | meaning |
+//! |---|---|---|
+//! | `log` | `LEVEL[,TARGET=LEVEL...]` | default level (`off`, `error`, `warn`, `info`, `debug`, `trace`), then per-module-prefix levels |
+//! | `job` | `default`, `none` | what to run once ready: the default job, or nothing (exit at ready, for boot benchmarks) |
+//! | `ktest.filter` | text | in-kernel tests: run only tests whose name contains it |
+//! | `ktest.from` | index | in-kernel tests: start at this test (the xtask resumes here after a failure) |
+//! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
+//! | `ktest.crash` | `pagefault`, `panic`, `triplefault` | run one deliberate crash (tests of the crash reporting) |
+
+use crate::fixed::FixedVec;
+
+/// Most per-target log filters.
+pub const MAX_LOG_FILTERS: usize = 16;
+
+/// A log level; `Off` silences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Level {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    #[default]
+    Info,
+    /// Developer detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl Level {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Self::Off,
+            "error" => Self::Error,
+            "warn" => Self::Warn,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => return None,
+        })
+    }
+}
+
+/// A per-target level: log records whose target starts with `target` use `level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogFilter<'a> {
+    /// Module-path prefix, e.g. `kernel::pci`.
+    pub target: &'a str,
+    /// Level for that prefix.
+    pub level: Level,
+}
+
+/// What the kernel runs once it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Job {
+    /// The default job.
+    #[default]
+    Default,
+    /// Nothing: report ready and exit (boot benchmarks).
+    None,
+}
+
+/// A deliberate crash, to test that crashes are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// Touch an unmapped address outside any fixup: an unhandled page fault.
+    PageFault,
+    /// `panic!`.
+    Panic,
+    /// Load an empty IDT and fault: the CPU triple-faults.
+    TripleFault,
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone, Default)]
+pub struct KernelArgs<'a> {
+    /// Default log level.
+    pub log_level: Level,
+    /// Per-target overrides, longest prefix wins.
+    pub log_filters: FixedVec<LogFilter<'a>, MAX_LOG_FILTERS>,
+    /// What to run.
+    pub job: Job,
+    /// In-kernel tests: substring filter.
+    pub ktest_filter: Option<&'a str>,
+    /// In-kernel tests: first test index to run.
+    pub ktest_from: usize,
+    /// In-kernel tests: per-test watchdog.
+    pub ktest_timeout_ms: u64,
+    /// A deliberate crash to perform once ready.
+    pub crash: Option<Crash>,
+}
+
+/// The default per-test watchdog.
+pub const DEFAULT_KTEST_TIMEOUT_MS: u64 = 20_000;
+
+/// A command-line word the kernel does not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgError<'a> {
+    /// A key the kernel does not know.
+    UnknownKey(&'a str),
+    /// A known key with a value it does not accept; `expected` says what it accepts.
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    /// A key that needs a value was given bare.
+    MissingValue { key: &'a str, expected: &'static str },
+    /// More than [`MAX_LOG_FILTERS`] per-target log filters.
+    TooManyLogFilters,
+}
+
+impl core::fmt::Display for ArgError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownKey(k) => write!(
+                f,
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash)"
+            ),
+            Self::BadValue { key, value, expected } => {
+                write!(f, "kernel argument '{key}={value}': expected {expected}")
+            }
+            Self::MissingValue { key, expected } => {
+                write!(f, "kernel argument '{key}' needs a value: {key}=<{expected}>")
+            }
+            Self::TooManyLogFilters => write!(f, "more than {MAX_LOG_FILTERS} log filters in 'log='"),
+        }
+    }
+}
+
+const LEVELS: &str = "one of off, error, warn, info, debug, trace";
+
+impl<'a> KernelArgs<'a> {
+    /// Parses `cmdline`; the first bad word is the error.
+    pub fn parse(cmdline: &'a str) -> Result<Self, ArgError<'a>> {
+        let mut args = KernelArgs { ktest_timeout_ms: DEFAULT_KTEST_TIMEOUT_MS, ..Default::default() };
+        for word in cmdline.split_ascii_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            let need = |expected: &'static str| value.ok_or(ArgError::MissingValue { key, expected });
+            let bad = |value: &'a str, expected: &'static str| ArgError::BadValue { key, value, expected };
+            match key {
+                "log" => args.parse_log(need("level[,target=level...]")?)?,
+                "job" => {
+                    let v = need("job name")?;
+                    args.job = match v {
+                        "default" => Job::Default,
+                        "none" => Job::None,
+                        _ => return Err(bad(v, "'default' or 'none'")),
+                    };
+                }
+                "ktest.filter" => args.ktest_filter = Some(need("text")?),
+                "ktest.from" => {
+                    let v = need("test index")?;
+                    args.ktest_from = v.parse().map_err(|_| bad(v, "a test index (0, 1, 2, ...)"))?;
+                }
+                "ktest.timeout_ms" => {
+                    let v = need("milliseconds")?;
+                    args.ktest_timeout_ms = v
+                        .parse()
+                        .ok()
+                        .filter(|&ms| ms > 0)
+                        .ok_or_else(|| bad(v, "a positive number of milliseconds"))?;
+                }
+                "ktest.crash" => {
+                    let v = need("crash kind")?;
+                    args.crash = Some(match v {
+                        "pagefault" => Crash::PageFault,
+                        "panic" => Crash::Panic,
+                        "triplefault" => Crash::TripleFault,
+                        _ => return Err(bad(v, "'pagefault', 'panic' or 'triplefault'")),
+                    });
+                }
+                _ => return Err(ArgError::UnknownKey(word)),
+            }
+        }
+        Ok(args)
+    }
+
+    fn parse_log(&mut self, value: &'a str) -> Result<(), ArgError<'a>> {
+        let bad = |expected| ArgError::BadValue { key: "log", value, expected };
+        for (i, part) in value.split(',').enumerate() {
+            match part.split_once('=') {
+                None if i == 0 => self.log_level = Level::parse(part).ok_or(bad(LEVELS))?,
+                None => return Err(bad("'target=level' after the first comma")),
+                Some((target, level)) => {
+                    if target.is_empty() {
+                        return Err(bad("a module path before '=' (e.g. kernel::pci=debug)"));
+                    }
+                    let level = Level::parse(level).ok_or(bad(LEVELS))?;
+                    self.log_filters
+                        .push(LogFilter { target, level })
+                        .map_err(|_| ArgError::TooManyLogFilters)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The level for a record from `target`: the longest matching filter prefix, else the
+    /// default. A prefix matches whole path segments (`kernel::pci` matches `kernel::pci` and
+    /// `kernel::pci::ecam`, not `kernel::pcie`).
+    pub fn level_for(&self, target: &str) -> Level {
+        self.log_filters
+            .iter()
+            .filter(|f| {
+                target.strip_prefix(f.target).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+            .max_by_key(|f| f.target.len())
+            .map_or(self.log_level, |f| f.level)
+    }
+
+    /// The most verbose level any record can have (for `log::set_max_level`).
+    pub fn max_level(&self) -> Level {
+        self.log_filters.iter().map(|f| f.level).fold(self.log_level, Ord::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        let a = KernelArgs::parse("").unwrap();
+        assert_eq!(a.log_level, Level::Info);
+        assert_eq!(a.job, Job::Default);
+        assert_eq!(a.ktest_from, 0);
+        assert_eq!(a.ktest_timeout_ms, DEFAULT_KTEST_TIMEOUT_MS);
+        assert_eq!(a.crash, None);
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let a = KernelArgs::parse(
+            "  log=warn,kernel::pci=trace job=none ktest.filter=frame ktest.from=3 ktest.timeout_ms=500 ktest.crash=panic",
+        )
+        .unwrap();
+        assert_eq!(a.log_level, Level::Warn);
+        assert_eq!(&*a.log_filters, &[LogFilter { target: "kernel::pci", level: Level::Trace }]);
+        assert_eq!(a.job, Job::None);
+        assert_eq!(a.ktest_filter, Some("frame"));
+        assert_eq!(a.ktest_from, 3);
+        assert_eq!(a.ktest_timeout_ms, 500);
+        assert_eq!(a.crash, Some(Crash::Panic));
+    }
+
+    #[test]
+    fn level_filters_match_whole_segments_longest_first() {
+        let a = KernelArgs::parse("log=info,kernel=warn,kernel::pci=trace").unwrap();
+        assert_eq!(a.level_for("kernel::pci"), Level::Trace);
+        assert_eq!(a.level_for("kernel::pci::ecam"), Level::Trace);
+        assert_eq!(a.level_for("kernel::pcie"), Level::Warn);
+        assert_eq!(a.level_for("virtio_drivers::queue"), Level::Info);
+        assert_eq!(a.max_level(), Level::Trace);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = KernelArgs::parse("log=info verbose").unwrap_err();
+        assert_eq!(e, ArgError::UnknownKey("verbose"));
+        assert!(e.to_string().contains("'verbose'"));
+        assert!(e.to_string().contains("known:"));
+    }
+
+    #[test]
+    fn bad_values_say_what_is_expected() {
+        let e = KernelArgs::parse("log=loud").unwrap_err();
+        assert!(matches!(e, ArgError::BadValue { key: "log", value: "loud", .. }));
+        assert!(e.to_string().contains("debug"));
+        assert!(matches!(KernelArgs::parse("ktest.from=x").unwrap_err(), ArgError::BadValue { .. }));
+        assert!(matches!(KernelArgs::parse("ktest.timeout_ms=0").unwrap_err(), ArgError::BadValue { .. }));
+        assert!(matches!(KernelArgs::parse("job=sleep").unwrap_err(), ArgError::BadValue { .. }));
+        assert!(matches!(KernelArgs::parse("log=info,=debug").unwrap_err(), ArgError::BadValue { .. }));
+        assert!(matches!(KernelArgs::parse("log=info,debug").unwrap_err(), ArgError::BadValue { .. }));
+        assert!(matches!(KernelArgs::parse("ktest.crash=boom").unwrap_err(), ArgError::BadValue { .. }));
+    }
+
+    #[test]
+    fn missing_values_are_refused() {
+        assert_eq!(
+            KernelArgs::parse("log").unwrap_err(),
+            ArgError::MissingValue { key: "log", expected: "level[,target=level...]" }
+        );
+    }
+
+    #[test]
+    fn too_many_filters_are_refused() {
+        let mut line = String::from("log=info");
+        for i in 0..=MAX_LOG_FILTERS {
+            line.push_str(&format!(",m{i}=debug"));
+        }
+        assert_eq!(KernelArgs::parse(&line).unwrap_err(), ArgError::TooManyLogFilters);
+    }
+}

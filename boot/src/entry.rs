@@ -1,0 +1,158 @@
+//! The PVH entry: from 32-bit protected mode to the kernel's 64-bit `kernel_entry`.
+//!
+//! QEMU (and any PVH loader) reads the `XEN_ELFNOTE_PHYS32_ENTRY` note below, loads the ELF's
+//! segments at their physical addresses and jumps to `pvh_start` with paging off, `%ebx` =
+//! physical address of `hvm_start_info`. The code here, all in the identity-linked `.boot`
+//! section:
+//! 1. builds the early page tables: the first [`EARLY_MAP_SIZE`](crate::layout::EARLY_MAP_SIZE)
+//!    of physical memory identity-mapped (PML4[0]) and mapped again at
+//!    [`KERNEL_VMA_OFFSET`](crate::layout::KERNEL_VMA_OFFSET) (PML4[511]), with 2 MiB pages;
+//! 2. enables PAE, long mode (EFER.LME), no-execute (EFER.NXE, when CPUID has it), paging and
+//!    write protection;
+//! 3. loads a minimal GDT and far-returns into 64-bit code;
+//! 4. switches to the higher-half boot stack and calls `kernel_entry(start_info_paddr)` with
+//!    the pointer explicitly zero-extended (the upper halves of registers written in 32-bit
+//!    code are undefined).
+//!
+//! The kernel replaces these page tables and this GDT as soon as it can; until then only the
+//! first GiB of physical memory is reachable.
+
+use crate::layout::{BOOT_STACK_SIZE, KERNEL_VMA_OFFSET};
+
+core::arch::global_asm!(
+    r#"
+    .section .note.Xen, "a", @note
+    .p2align 2
+    .long 4                 /* namesz: "Xen\0" */
+    .long 4                 /* descsz */
+    .long 18                /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long pvh_start
+
+    .section .boot.text, "ax"
+    .code32
+    .global pvh_start
+pvh_start:
+    cli
+    cld
+    mov esi, ebx                       /* start_info, kept in esi throughout */
+    mov esp, offset early_stack_top
+
+    /* Zero the four early page-table pages. */
+    mov edi, offset early_pml4
+    xor eax, eax
+    mov ecx, 4 * 4096 / 4
+    rep stosd
+
+    /* PML4[0] -> identity PDPT, PML4[511] -> higher-half PDPT. */
+    mov eax, offset early_pdpt_low
+    or eax, 3
+    mov [early_pml4], eax
+    mov eax, offset early_pdpt_high
+    or eax, 3
+    mov [early_pml4 + 511 * 8], eax
+    /* Both PDPTs point at one PD: identity slot 0, higher-half slot 510 (-2 GiB). */
+    mov eax, offset early_pd
+    or eax, 3
+    mov [early_pdpt_low], eax
+    mov [early_pdpt_high + 510 * 8], eax
+    /* The PD maps 512 x 2 MiB = 1 GiB, present | writable | huge. */
+    mov edi, offset early_pd
+    mov eax, 0x83
+    mov ecx, 512
+1:
+    mov [edi], eax
+    mov dword ptr [edi + 4], 0
+    add eax, 0x200000
+    add edi, 8
+    loop 1b
+
+    /* CR4.PAE */
+    mov eax, cr4
+    or eax, 1 << 5
+    mov cr4, eax
+    mov eax, offset early_pml4
+    mov cr3, eax
+
+    /* EFER.LME, and EFER.NXE when CPUID.80000001h:EDX.NX says the CPU has it. */
+    mov eax, 0x80000000
+    cpuid
+    xor edi, edi
+    cmp eax, 0x80000001
+    jb 2f
+    mov eax, 0x80000001
+    cpuid
+    bt edx, 20
+    jnc 2f
+    mov edi, 1 << 11
+2:
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 1 << 8
+    or eax, edi
+    wrmsr
+
+    /* CR0.PG | CR0.WP | CR0.PE */
+    mov eax, cr0
+    or eax, 0x80010001
+    mov cr0, eax
+
+    lgdt [early_gdt_ptr]
+    push 0x08
+    push offset start64
+    retf
+
+    .code64
+start64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov edi, esi                       /* zero-extends start_info into rdi */
+    movabs rsp, offset {stack} + {stack_size}
+    xor ebp, ebp
+    movabs rax, offset kernel_entry
+    call rax
+3:
+    cli
+    hlt
+    jmp 3b
+
+    .section .boot.data, "aw"
+    .p2align 3
+early_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF           /* 0x08: 64-bit code, present, ring 0 */
+    .quad 0x00CF92000000FFFF           /* 0x10: data, present, writable */
+early_gdt_ptr:
+    .word 3 * 8 - 1
+    .long early_gdt
+
+    .section .boot.bss, "aw", @nobits
+    .p2align 12
+early_pml4:      .skip 4096
+early_pdpt_low:  .skip 4096
+early_pd:        .skip 4096
+early_pdpt_high: .skip 4096
+early_stack:     .skip 4096
+early_stack_top:
+    "#,
+    stack = sym BOOT_STACK,
+    stack_size = const BOOT_STACK_SIZE,
+);
+
+/// The 64-bit boot stack (higher half); the boot CPU runs on it until the kernel gives it its
+/// own stacks.
+#[unsafe(no_mangle)]
+static mut BOOT_STACK: [u8; BOOT_STACK_SIZE] = [0; BOOT_STACK_SIZE];
+
+/// Top of the boot stack as a virtual address (the kernel checks the guard).
+pub fn boot_stack() -> core::ops::Range<u64> {
+    let start = (&raw const BOOT_STACK) as u64;
+    start..start + BOOT_STACK_SIZE as u64
+}
+
+const _: () = assert!(KERNEL_VMA_OFFSET == 0xFFFF_FFFF_8000_0000, "entry.rs maps the kernel at PDPT slot 510 of PML4 slot 511");

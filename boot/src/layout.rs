@@ -1,0 +1,24 @@
+//! The kernel's virtual-memory layout.
+//!
+//! Invariants:
+//! - The kernel image is loaded at physical [`KERNEL_PHYS_BASE`] and linked at
+//!   `KERNEL_VMA_OFFSET + physical` (the top 2 GiB, `-mcmodel=kernel` style).
+//! - All physical memory is reachable at `DIRECT_MAP_BASE + physical` once the kernel's own
+//!   page tables are installed (RAM write-back, MMIO mapped on demand as uncached).
+//! - The lower half (PML4 entries 0..256) belongs to address spaces; the kernel never maps
+//!   anything there after boot.
+
+/// Physical address where the kernel image starts (the linker script agrees).
+pub const KERNEL_PHYS_BASE: u64 = 0x10_0000;
+/// Offset between the kernel image's virtual and physical addresses.
+pub const KERNEL_VMA_OFFSET: u64 = 0xFFFF_FFFF_8000_0000;
+/// Base of the direct map of all physical memory.
+pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
+/// Largest physical address the direct map covers (1 TiB, 40 physical address bits).
+pub const DIRECT_MAP_MAX_PHYS: u64 = 1 << 40;
+/// The first kernel-half PML4 slot; slots below it belong to address spaces.
+pub const KERNEL_PML4_FIRST: usize = 256;
+/// Size of the boot stack the entry code sets up.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// The early page tables identity-map and higher-half-map this much physical memory.
+pub const EARLY_MAP_SIZE: u64 = 1 << 30;
