@@ -17,7 +17,7 @@
 //! The kernel replaces these page tables and this GDT as soon as it can; until then only the
 //! first GiB of physical memory is reachable.
 
-use crate::layout::{BOOT_STACK_SIZE, KERNEL_VMA_OFFSET};
+use crate::layout::{BOOT_STACK_GUARD, BOOT_STACK_SIZE, KERNEL_VMA_OFFSET};
 
 core::arch::global_asm!(
     r#"
@@ -98,8 +98,9 @@ pvh_start:
     mov cr0, eax
 
     lgdt [early_gdt_ptr]
+    mov eax, offset start64
     push 0x08
-    push offset start64
+    push eax
     retf
 
     .code64
@@ -112,7 +113,7 @@ start64:
     mov fs, ax
     mov gs, ax
     mov edi, esi                       /* zero-extends start_info into rdi */
-    movabs rsp, offset {stack} + {stack_size}
+    movabs rsp, offset {stack} + {stack_top}
     xor ebp, ebp
     movabs rax, offset kernel_entry
     call rax
@@ -141,18 +142,21 @@ early_stack:     .skip 4096
 early_stack_top:
     "#,
     stack = sym BOOT_STACK,
-    stack_size = const BOOT_STACK_SIZE,
+    stack_top = const BOOT_STACK_GUARD + BOOT_STACK_SIZE,
 );
 
-/// The 64-bit boot stack (higher half); the boot CPU runs on it until the kernel gives it its
-/// own stacks.
-#[unsafe(no_mangle)]
-static mut BOOT_STACK: [u8; BOOT_STACK_SIZE] = [0; BOOT_STACK_SIZE];
+#[repr(C, align(4096))]
+struct Stack([u8; BOOT_STACK_GUARD + BOOT_STACK_SIZE]);
 
-/// Top of the boot stack as a virtual address (the kernel checks the guard).
-pub fn boot_stack() -> core::ops::Range<u64> {
+/// The 64-bit boot stack (higher half), its lowest page the guard; the boot CPU runs on it
+/// until the kernel gives it its own stacks.
+#[unsafe(no_mangle)]
+static mut BOOT_STACK: Stack = Stack([0; BOOT_STACK_GUARD + BOOT_STACK_SIZE]);
+
+/// The boot stack's guard page, as a virtual address range (the kernel leaves it unmapped).
+pub fn boot_stack_guard() -> core::ops::Range<u64> {
     let start = (&raw const BOOT_STACK) as u64;
-    start..start + BOOT_STACK_SIZE as u64
+    start..start + BOOT_STACK_GUARD as u64
 }
 
 const _: () = assert!(KERNEL_VMA_OFFSET == 0xFFFF_FFFF_8000_0000, "entry.rs maps the kernel at PDPT slot 510 of PML4 slot 511");

@@ -18,7 +18,10 @@ pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
 pub const DIRECT_MAP_MAX_PHYS: u64 = 1 << 40;
 /// The first kernel-half PML4 slot; slots below it belong to address spaces.
 pub const KERNEL_PML4_FIRST: usize = 256;
-/// Size of the boot stack the entry code sets up.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot stack the entry code sets up (above a 4 KiB guard page that the kernel
+/// leaves unmapped, so an overflow is a double fault, not silent corruption).
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+/// Size of the guard page below the boot stack.
+pub const BOOT_STACK_GUARD: usize = 4096;
 /// The early page tables identity-map and higher-half-map this much physical memory.
 pub const EARLY_MAP_SIZE: u64 = 1 << 30;

@@ -1,0 +1,151 @@
+//! The local APIC: x2APIC (MSRs) when the CPU has it, xAPIC (MMIO) otherwise; its timer drives
+//! the periodic tick.
+//!
+//! The legacy 8259 PICs are masked first, so the only interrupt sources are the APIC timer and
+//! spurious interrupts. The timer is calibrated against the TSC (already calibrated against the
+//! PM timer) and runs periodically at [`TICK_HZ`].
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Once;
+use x86_64::{instructions::port::Port, registers::model_specific::Msr};
+
+use super::{time, trap};
+
+/// Periodic tick rate.
+pub const TICK_HZ: u64 = 100;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const REG_ID: u32 = 0x20;
+const REG_EOI: u32 = 0xb0;
+const REG_SVR: u32 = 0xf0;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INIT: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
+
+/// How the local APIC is accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// MSR access.
+    X2Apic,
+    /// MMIO at this virtual address.
+    XApic(u64),
+}
+
+static MODE: Once<Mode> = Once::new();
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static TIMER_RUNNING: AtomicBool = AtomicBool::new(false);
+
+fn read(reg: u32) -> u32 {
+    match MODE.get() {
+        Some(Mode::X2Apic) => {
+            // SAFETY: x2APIC mode is enabled, so MSR 0x800 + reg/16 is the register.
+            unsafe { Msr::new(0x800 + (reg >> 4)).read() as u32 }
+        }
+        // SAFETY: `base` maps the APIC's 4 KiB MMIO page uncached; registers are 32-bit aligned.
+        Some(&Mode::XApic(base)) => unsafe { core::ptr::read_volatile((base + u64::from(reg)) as *const u32) },
+        None => 0,
+    }
+}
+
+fn write(reg: u32, value: u32) {
+    match MODE.get() {
+        Some(Mode::X2Apic) => {
+            // SAFETY: as in `read`; these registers only affect interrupt delivery.
+            unsafe { Msr::new(0x800 + (reg >> 4)).write(u64::from(value)) }
+        }
+        // SAFETY: as in `read`.
+        Some(&Mode::XApic(base)) => unsafe { core::ptr::write_volatile((base + u64::from(reg)) as *mut u32, value) },
+        None => {}
+    }
+}
+
+fn mask_legacy_pic() {
+    // SAFETY: ports 0x21/0xa1 are the 8259 mask registers; masking everything only stops
+    // legacy interrupts, which the kernel does not use.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
+/// Why the APIC could not be brought up.
+#[derive(Debug)]
+pub enum ApicError {
+    /// The xAPIC MMIO page could not be mapped.
+    Map(crate::mm::MapError),
+    /// The timer did not count down.
+    TimerStuck,
+}
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Map(e) => write!(f, "local APIC: cannot map its registers: {e}"),
+            Self::TimerStuck => write!(f, "local APIC timer does not count"),
+        }
+    }
+}
+
+/// Enables the local APIC (x2APIC if `prefer_x2apic`), calibrates and starts the timer.
+/// Returns the mode and the timer's ticks per second at divide-by-16.
+pub fn init(prefer_x2apic: bool) -> Result<(Mode, u64), ApicError> {
+    mask_legacy_pic();
+    let mut base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; setting the enable bits (and x2APIC
+    // mode when CPUID reports it) is the architectural way to turn the APIC on.
+    let base = unsafe { base_msr.read() };
+    let mode = if prefer_x2apic {
+        // SAFETY: as above; CPUID says x2APIC is supported.
+        unsafe { base_msr.write(base | (1 << 11) | (1 << 10)) };
+        Mode::X2Apic
+    } else {
+        // SAFETY: as above.
+        unsafe { base_msr.write(base | (1 << 11)) };
+        let phys = base & 0x000f_ffff_ffff_f000;
+        let virt = crate::mm::map_mmio(phys, 4096).map_err(ApicError::Map)?;
+        Mode::XApic(virt)
+    };
+    MODE.call_once(|| mode);
+
+    write(REG_SVR, 0x100 | u32::from(trap::SPURIOUS_VECTOR));
+    write(REG_TIMER_DIVIDE, 0b0011); // divide by 16
+    write(REG_LVT_TIMER, 1 << 16); // masked, one-shot
+    write(REG_TIMER_INIT, u32::MAX);
+    time::delay_ns(2_000_000);
+    let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
+    if elapsed == 0 {
+        return Err(ApicError::TimerStuck);
+    }
+    let hz = u64::from(elapsed) * 500;
+    write(REG_TIMER_INIT, 0);
+    write(REG_LVT_TIMER, (1 << 17) | u32::from(trap::TIMER_VECTOR)); // periodic
+    write(REG_TIMER_INIT, (hz / TICK_HZ).clamp(1, u64::from(u32::MAX)) as u32);
+    TIMER_RUNNING.store(true, Ordering::Relaxed);
+    x86_64::instructions::interrupts::enable();
+    Ok((mode, hz))
+}
+
+/// This CPU's APIC id as the APIC reports it.
+pub fn id() -> u32 {
+    match MODE.get() {
+        Some(Mode::X2Apic) => read(REG_ID),
+        _ => read(REG_ID) >> 24,
+    }
+}
+
+/// Signals end of interrupt.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Timer ticks since the timer started.
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Called by the trap dispatcher on every timer interrupt.
+pub fn timer_interrupt() {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+    crate::ktest::watchdog();
+}

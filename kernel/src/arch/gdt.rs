@@ -1,0 +1,68 @@
+//! The kernel's GDT and TSS, replacing the entry code's minimal GDT.
+//!
+//! The TSS carries the interrupt stacks: a double fault (typically a kernel stack overflow)
+//! and an NMI each run on their own stack, so they can be reported even when the current stack
+//! is unusable.
+
+use spin::Once;
+use x86_64::{
+    VirtAddr,
+    instructions::{
+        segmentation::{CS, DS, ES, SS, Segment},
+        tables::load_tss,
+    },
+    structures::{
+        gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector},
+        tss::TaskStateSegment,
+    },
+};
+
+/// IST slot (1-based in hardware, 0-based here) of the double-fault stack.
+pub const DOUBLE_FAULT_IST: u16 = 0;
+/// IST slot of the NMI stack.
+pub const NMI_IST: u16 = 1;
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(align(16))]
+struct Stack([u8; IST_STACK_SIZE]);
+static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+static mut NMI_STACK: Stack = Stack([0; IST_STACK_SIZE]);
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector, SegmentSelector)> = Once::new();
+
+fn stack_top(stack: *const Stack) -> VirtAddr {
+    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+}
+
+/// Kernel code selector.
+pub fn kernel_code() -> SegmentSelector {
+    GDT.get().map_or(SegmentSelector(0x08), |g| g.1)
+}
+
+/// Loads the GDT and TSS on the boot CPU.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = stack_top(&raw const DOUBLE_FAULT_STACK);
+        tss.interrupt_stack_table[NMI_IST as usize] = stack_top(&raw const NMI_STACK);
+        tss
+    });
+    let (gdt, code, data, tss_sel) = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+        (gdt, code, data, tss_sel)
+    });
+    gdt.load();
+    // SAFETY: the selectors index descriptors of the GDT just loaded, which lives in a
+    // `static` and so outlives every use; the TSS it points at is static too.
+    unsafe {
+        CS::set_reg(*code);
+        DS::set_reg(*data);
+        ES::set_reg(*data);
+        SS::set_reg(*data);
+        load_tss(*tss_sel);
+    }
+}

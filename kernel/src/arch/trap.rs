@@ -1,0 +1,444 @@
+//! The IDT, its naked entry stubs, and trap dispatch.
+//!
+//! Every vector the kernel installs enters through a `#[unsafe(naked)]` stub that pushes a
+//! uniform [`TrapFrame`] (a zero error code where the CPU pushes none, then the vector number)
+//! and jumps to one common routine that saves the general registers and calls
+//! [`trap_dispatch`]. Stable Rust has no `extern "x86-interrupt"`; this is the stable way.
+//!
+//! Faults are either *fixed up* or *fatal*:
+//! - an instruction listed in the exception table (the `probe_*` accessors below, the
+//!   equivalent of Linux's `__ex_table`) that faults resumes at its fixup with the fault
+//!   recorded, so callers get an error value instead of a crash;
+//! - any other exception is reported with its decoded state (a page fault shows the address,
+//!   the decoded error bits and RIP) and the kernel exits with a failure code. A double fault
+//!   runs on its own IST stack, so a kernel stack overflow is reported too.
+
+use core::{
+    arch::naked_asm,
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
+use x86_64::registers::control::Cr2;
+
+use super::gdt;
+
+/// The local APIC timer's vector.
+pub const TIMER_VECTOR: u8 = 0x30;
+/// The local APIC spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// The state saved on every trap, lowest address first.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// The 32 architectural exception names.
+const EXCEPTIONS: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved (15)",
+    "#MF x87 floating point",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD floating point",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved (22)",
+    "reserved (23)",
+    "reserved (24)",
+    "reserved (25)",
+    "reserved (26)",
+    "reserved (27)",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved (31)",
+];
+
+/// A page-fault error code, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFaultError(pub u64);
+
+impl PageFaultError {
+    /// The page was present: a protection violation (otherwise: not present).
+    pub fn protection(self) -> bool {
+        self.0 & 1 != 0
+    }
+    /// The access was a write.
+    pub fn write(self) -> bool {
+        self.0 & 2 != 0
+    }
+    /// The access came from user mode.
+    pub fn user(self) -> bool {
+        self.0 & 4 != 0
+    }
+    /// A reserved bit was set in a paging entry.
+    pub fn reserved_bit(self) -> bool {
+        self.0 & 8 != 0
+    }
+    /// The access was an instruction fetch.
+    pub fn instruction_fetch(self) -> bool {
+        self.0 & 16 != 0
+    }
+}
+
+impl fmt::Display for PageFaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} in {} mode",
+            if self.protection() { "protection violation" } else { "not-present page" },
+            if self.instruction_fetch() {
+                "instruction fetch"
+            } else if self.write() {
+                "write"
+            } else {
+                "read"
+            },
+            if self.user() { "user" } else { "kernel" },
+        )?;
+        if self.reserved_bit() {
+            write!(f, ", reserved bit set")?;
+        }
+        if self.0 & 32 != 0 {
+            write!(f, ", protection key")?;
+        }
+        if self.0 & 64 != 0 {
+            write!(f, ", shadow stack")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fault that an exception-table fixup absorbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The vector (14 for a page fault).
+    pub vector: u8,
+    /// The faulting address (CR2) for page faults.
+    pub address: u64,
+    /// The error code.
+    pub error: PageFaultError,
+    /// The instruction that faulted.
+    pub rip: u64,
+}
+
+// The last fixed-up fault (one CPU runs probes at a time for now).
+static LAST_FAULT_VECTOR: AtomicU64 = AtomicU64::new(0);
+static LAST_FAULT_ADDR: AtomicU64 = AtomicU64::new(0);
+static LAST_FAULT_CODE: AtomicU64 = AtomicU64::new(0);
+static LAST_FAULT_RIP: AtomicU64 = AtomicU64::new(0);
+/// Count of faults absorbed by fixups.
+pub static FIXED_UP_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+fn last_fault() -> Fault {
+    Fault {
+        vector: LAST_FAULT_VECTOR.load(Ordering::Relaxed) as u8,
+        address: LAST_FAULT_ADDR.load(Ordering::Relaxed),
+        error: PageFaultError(LAST_FAULT_CODE.load(Ordering::Relaxed)),
+        rip: LAST_FAULT_RIP.load(Ordering::Relaxed),
+    }
+}
+
+// The probes: each faulting instruction has a label and a fixup label; the fixup returns a
+// non-zero "faulted" flag in rdx.
+core::arch::global_asm!(
+    r#"
+    .section .text.probes, "ax"
+    .global kernel_probe_read_u64
+kernel_probe_read_u64:
+    xor edx, edx
+kernel_probe_read_u64_insn:
+    mov rax, [rdi]
+    ret
+kernel_probe_read_u64_fixup:
+    xor eax, eax
+    mov edx, 1
+    ret
+
+    .global kernel_probe_write_u64
+kernel_probe_write_u64:
+    xor edx, edx
+kernel_probe_write_u64_insn:
+    mov [rdi], rsi
+    mov rax, rdx
+    ret
+kernel_probe_write_u64_fixup:
+    mov eax, 1
+    ret
+    "#
+);
+
+#[repr(C)]
+struct ProbeResult {
+    value: u64,
+    faulted: u64,
+}
+
+unsafe extern "C" {
+    fn kernel_probe_read_u64(addr: u64) -> ProbeResult;
+    fn kernel_probe_write_u64(addr: u64, value: u64) -> u64;
+    static kernel_probe_read_u64_insn: u8;
+    static kernel_probe_read_u64_fixup: u8;
+    static kernel_probe_write_u64_insn: u8;
+    static kernel_probe_write_u64_fixup: u8;
+}
+
+/// The exception table: (faulting instruction, where to resume).
+fn fixup_for(rip: u64) -> Option<u64> {
+    let table = [
+        ((&raw const kernel_probe_read_u64_insn) as u64, (&raw const kernel_probe_read_u64_fixup) as u64),
+        ((&raw const kernel_probe_write_u64_insn) as u64, (&raw const kernel_probe_write_u64_fixup) as u64),
+    ];
+    table.iter().find(|(insn, _)| *insn == rip).map(|&(_, fixup)| fixup)
+}
+
+/// Reads the 8 bytes at `addr`, or returns the fault that reading caused.
+pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
+    // SAFETY: the probe touches only `addr`; any fault there is absorbed by its fixup, so
+    // the access cannot crash the kernel. Reading MMIO through it could have side effects,
+    // which is the caller's choice of address.
+    let r = unsafe { kernel_probe_read_u64(addr) };
+    if r.faulted != 0 { Err(last_fault()) } else { Ok(r.value) }
+}
+
+/// Writes `value` to `addr`, or returns the fault that writing caused.
+///
+/// # Safety
+/// `addr` must not be memory that Rust code owns (a write there would break aliasing rules),
+/// unless that is what the test means to check and the memory is not used afterwards.
+pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
+    // SAFETY: the caller vouches for the target; faults are absorbed by the fixup.
+    let faulted = unsafe { kernel_probe_write_u64(addr, value) };
+    if faulted != 0 { Err(last_fault()) } else { Ok(()) }
+}
+
+/// One IDT gate.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+static mut IDT: Idt = Idt([Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256]);
+
+macro_rules! stub {
+    ($name:ident, $vector:expr) => {
+        #[unsafe(naked)]
+        extern "C" fn $name() {
+            naked_asm!("push 0", "push {v}", "jmp {common}", v = const $vector, common = sym trap_common)
+        }
+    };
+    ($name:ident, $vector:expr, error_code) => {
+        #[unsafe(naked)]
+        extern "C" fn $name() {
+            naked_asm!("push {v}", "jmp {common}", v = const $vector, common = sym trap_common)
+        }
+    };
+}
+
+stub!(v0, 0);
+stub!(v1, 1);
+stub!(v2, 2);
+stub!(v3, 3);
+stub!(v4, 4);
+stub!(v5, 5);
+stub!(v6, 6);
+stub!(v7, 7);
+stub!(v8, 8, error_code);
+stub!(v9, 9);
+stub!(v10, 10, error_code);
+stub!(v11, 11, error_code);
+stub!(v12, 12, error_code);
+stub!(v13, 13, error_code);
+stub!(v14, 14, error_code);
+stub!(v15, 15);
+stub!(v16, 16);
+stub!(v17, 17, error_code);
+stub!(v18, 18);
+stub!(v19, 19);
+stub!(v20, 20);
+stub!(v21, 21, error_code);
+stub!(v22, 22);
+stub!(v23, 23);
+stub!(v24, 24);
+stub!(v25, 25);
+stub!(v26, 26);
+stub!(v27, 27);
+stub!(v28, 28);
+stub!(v29, 29, error_code);
+stub!(v30, 30, error_code);
+stub!(v31, 31);
+stub!(v_timer, TIMER_VECTOR);
+stub!(v_spurious, SPURIOUS_VECTOR);
+
+/// Saves the general registers around [`trap_dispatch`]. On entry the stack holds the
+/// hardware frame, the error code and the vector; 15 pushes complete a [`TrapFrame`] whose
+/// size (22 words) keeps the stack 16-byte aligned at the call.
+#[unsafe(naked)]
+extern "C" fn trap_common() {
+    naked_asm!(
+        "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+        "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+        "mov rdi, rsp",
+        "cld",
+        "call {dispatch}",
+        "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+        "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+        "add rsp, 16",
+        "iretq",
+        dispatch = sym trap_dispatch,
+    )
+}
+
+/// Builds and loads the IDT.
+pub fn init() {
+    let exceptions: [extern "C" fn(); 32] = [
+        v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23,
+        v24, v25, v26, v27, v28, v29, v30, v31,
+    ];
+    let cs = gdt::kernel_code().0;
+    let gate = |handler: extern "C" fn(), ist: u8| {
+        let a = handler as usize as u64;
+        Gate {
+            offset_low: a as u16,
+            selector: cs,
+            ist,
+            attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
+            offset_mid: (a >> 16) as u16,
+            offset_high: (a >> 32) as u32,
+            reserved: 0,
+        }
+    };
+    // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled
+    // and before any other CPU runs; no reference to it escapes.
+    let idt = unsafe { &mut *(&raw mut IDT) };
+    for (v, &h) in exceptions.iter().enumerate() {
+        let ist = match v {
+            8 => gdt::DOUBLE_FAULT_IST as u8 + 1,
+            2 => gdt::NMI_IST as u8 + 1,
+            _ => 0,
+        };
+        idt.0[v] = gate(h, ist);
+    }
+    idt.0[TIMER_VECTOR as usize] = gate(v_timer, 0);
+    idt.0[SPURIOUS_VECTOR as usize] = gate(v_spurious, 0);
+    let ptr = x86_64::structures::DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: x86_64::VirtAddr::from_ptr(&raw const IDT),
+    };
+    // SAFETY: the IDT is a static with valid gates for every vector that can be raised
+    // (exceptions and the two APIC vectors; no other source is unmasked).
+    unsafe { x86_64::instructions::tables::lidt(&ptr) };
+}
+
+/// Loads an empty IDT and raises an exception: the CPU cannot deliver it and triple-faults.
+/// Used only to test that the xtask reports a triple fault.
+pub fn triple_fault() -> ! {
+    let ptr = x86_64::structures::DescriptorTablePointer { limit: 0, base: x86_64::VirtAddr::zero() };
+    // SAFETY: deliberately destroys interrupt handling; the next instruction resets the CPU.
+    unsafe {
+        x86_64::instructions::tables::lidt(&ptr);
+        core::arch::asm!("int3");
+    }
+    crate::arch::exit::exit(crate::arch::exit::ExitCode::Failure)
+}
+
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector {
+        14 => {
+            let address = Cr2::read_raw();
+            if let Some(fixup) = fixup_for(frame.rip) {
+                LAST_FAULT_VECTOR.store(14, Ordering::Relaxed);
+                LAST_FAULT_ADDR.store(address, Ordering::Relaxed);
+                LAST_FAULT_CODE.store(frame.error_code, Ordering::Relaxed);
+                LAST_FAULT_RIP.store(frame.rip, Ordering::Relaxed);
+                FIXED_UP_FAULTS.fetch_add(1, Ordering::Relaxed);
+                frame.rip = fixup;
+                return;
+            }
+            fatal(frame, Some(address));
+        }
+        v if v == u64::from(TIMER_VECTOR) => {
+            super::apic::timer_interrupt();
+            super::apic::eoi();
+        }
+        v if v == u64::from(SPURIOUS_VECTOR) => {}
+        _ => fatal(frame, None),
+    }
+}
+
+/// Reports an unrecoverable exception with its decoded state and ends the run.
+fn fatal(frame: &TrapFrame, cr2: Option<u64>) -> ! {
+    use crate::arch::serial::write_raw;
+    let name = EXCEPTIONS.get(frame.vector as usize).copied().unwrap_or("interrupt");
+    write_raw(format_args!("\nFATAL EXCEPTION: {} (vector {})\n", name, frame.vector));
+    if let Some(addr) = cr2 {
+        let e = PageFaultError(frame.error_code);
+        write_raw(format_args!(
+            "  page fault at address {addr:#018x}: {e} (error code {:#x})\n",
+            frame.error_code
+        ));
+    } else if frame.error_code != 0 {
+        write_raw(format_args!("  error code {:#x}\n", frame.error_code));
+    }
+    write_raw(format_args!(
+        "  rip {:#018x}  cs {:#x}  rflags {:#x}  rsp {:#018x}  ss {:#x}\n",
+        frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss
+    ));
+    write_raw(format_args!(
+        "  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n  rsi {:#018x} rdi {:#018x} rbp {:#018x}\n",
+        frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp
+    ));
+    write_raw(format_args!(
+        "  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n",
+        frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15
+    ));
+    crate::crash(format_args!("{name} at rip {:#x}", frame.rip))
+}

@@ -1,0 +1,481 @@
+//! The in-kernel test runner and its registry.
+//!
+//! Tests are plain functions returning [`TestResult`], listed in [`TESTS`] (an explicit
+//! registry: stable Rust has no custom test frameworks). The runner prints a line protocol the
+//! xtask reads:
+//!
+//! ```text
+//! ktest: plan N
+//! ktest: start I NAME
+//! ktest: ok I NAME (T us)            | ktest: FAIL I NAME: MESSAGE
+//! ktest: done P passed, F failed
+//! ```
+//!
+//! A test that panics or takes a fatal exception cannot continue (the kernel is built with
+//! `panic = "abort"`): the crash path prints `ktest: FAIL I NAME: ...` and exits with
+//! [`ExitCode::TestPanicked`]; the xtask boots again with `ktest.from=I+1` and continues. A test
+//! that runs past `ktest.timeout_ms` is stopped by the timer-interrupt watchdog with
+//! `ktest: HANG I NAME` and [`ExitCode::TestHung`]; one that hangs with interrupts off is cut by
+//! the xtask's own timeout.
+
+extern crate alloc;
+
+use alloc::{format, string::String, vec::Vec};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::{
+    System,
+    arch::{
+        apic,
+        exit::{ExitCode, exit},
+        serial::write_raw,
+        time, trap,
+    },
+    job::SCRATCH,
+    mm::{
+        self, frame,
+        paging::{self, Flags, MapError, PageSize},
+    },
+};
+
+/// A test's outcome: `Err` carries the message and location.
+pub type TestResult = Result<(), String>;
+
+/// A registered test.
+#[derive(Debug, Clone, Copy)]
+pub struct Test {
+    /// `area::name`.
+    pub name: &'static str,
+    /// The body.
+    pub run: fn(&System) -> TestResult,
+}
+
+/// Fails the test with a message and the location, unless `cond` holds.
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(format!("check failed: {} at {}:{}", stringify!($cond), file!(), line!()));
+        }
+    };
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("{} ({}) at {}:{}", format_args!($($msg)+), stringify!($cond), file!(), line!()));
+        }
+    };
+}
+
+/// Turns an error value into a test failure with the location.
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => return Err(format!("{} failed: {} at {}:{}", stringify!($e), err, file!(), line!())),
+        }
+    };
+}
+
+const NONE: usize = usize::MAX;
+static CURRENT: AtomicUsize = AtomicUsize::new(NONE);
+static DEADLINE_TSC: AtomicU64 = AtomicU64::new(u64::MAX);
+static START_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Every in-kernel test, in run order.
+pub const TESTS: &[Test] = &[
+    Test { name: "boot::memory_map_sorted_disjoint", run: memory_map_sorted_disjoint },
+    Test { name: "frames::alloc_aligned_zeroed", run: frames_alloc_aligned_zeroed },
+    Test { name: "frames::exhaustion_and_reuse", run: frames_exhaustion_and_reuse },
+    Test { name: "heap::grows_on_demand", run: heap_grows_on_demand },
+    Test { name: "paging::map_read_unmap_4k", run: paging_map_read_unmap_4k },
+    Test { name: "paging::remap_needs_flush", run: paging_remap_needs_flush },
+    Test { name: "paging::huge_2m_pages", run: paging_huge_2m_pages },
+    Test { name: "paging::errors_are_values", run: paging_errors_are_values },
+    Test { name: "paging::kernel_image_permissions", run: paging_kernel_image_permissions },
+    Test { name: "paging::direct_map_covers_ram", run: paging_direct_map_covers_ram },
+    Test { name: "trap::page_fault_caught_and_decoded", run: trap_page_fault_caught_and_decoded },
+    Test { name: "time::tsc_and_apic_timer_tick", run: time_tsc_and_apic_timer_tick },
+    Test { name: "acpi::tables_and_cpus", run: acpi_tables_and_cpus },
+    Test { name: "pci::bars_assigned_and_enabled", run: pci_bars_assigned_and_enabled },
+    Test { name: "pci::virtio_devices_bind", run: pci_virtio_devices_bind },
+];
+
+/// Runs the tests the command line selects and exits.
+pub fn run(s: &System) -> ! {
+    let from = s.args.ktest_from;
+    let filter = s.args.ktest_filter;
+    crate::sprintln!("ktest: plan {}", TESTS.len());
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let baseline = (frame::free_frames(), mm::heap::stats().0);
+    let timeout_cycles = s.tsc_hz.saturating_mul(s.args.ktest_timeout_ms) / 1000;
+    for (i, t) in TESTS.iter().enumerate().skip(from) {
+        if filter.is_some_and(|f| !t.name.contains(f)) {
+            continue;
+        }
+        crate::sprintln!("ktest: start {i} {}", t.name);
+        let start = time::rdtsc();
+        START_TSC.store(start, Ordering::SeqCst);
+        DEADLINE_TSC.store(start.saturating_add(timeout_cycles), Ordering::SeqCst);
+        CURRENT.store(i, Ordering::SeqCst);
+        let result = (t.run)(s);
+        CURRENT.store(NONE, Ordering::SeqCst);
+        let us = time::cycles_to_ns(time::rdtsc() - start).unwrap_or(0) / 1000;
+        match result {
+            Ok(()) => {
+                passed += 1;
+                crate::sprintln!("ktest: ok {i} {} ({us} us)", t.name);
+            }
+            Err(msg) => {
+                failed += 1;
+                crate::sprintln!("ktest: FAIL {i} {}: {msg}", t.name);
+            }
+        }
+    }
+    let leaked = check_leaks(baseline);
+    crate::sprintln!("ktest: done {passed} passed, {failed} failed");
+    exit(if failed == 0 && leaked.is_none() { ExitCode::Success } else { ExitCode::Failure })
+}
+
+/// Frames the tests took and did not return, beyond what the heap grew by (heap growth is
+/// kept by the heap). Reported as a failure of the run.
+fn check_leaks((free_before, heap_before): (usize, usize)) -> Option<usize> {
+    let heap_growth = (mm::heap::stats().0 - heap_before) / 4096;
+    let leaked = free_before.saturating_sub(frame::free_frames()).saturating_sub(heap_growth);
+    (leaked > 0).then(|| {
+        crate::sprintln!("ktest: LEAK {leaked} frames not returned by the tests");
+        leaked
+    })
+}
+
+/// Called by the crash path: prints the failing test, if one is running. Returns whether a
+/// test was running.
+pub fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
+    let i = CURRENT.load(Ordering::SeqCst);
+    let Some(t) = TESTS.get(i) else { return false };
+    write_raw(format_args!("ktest: FAIL {i} {}: {what}\n", t.name));
+    true
+}
+
+/// Called from the timer interrupt: stops a test that overran its deadline.
+pub fn watchdog() {
+    let i = CURRENT.load(Ordering::Relaxed);
+    let Some(t) = TESTS.get(i) else { return };
+    let now = time::rdtsc();
+    if now > DEADLINE_TSC.load(Ordering::Relaxed) {
+        let ms = time::cycles_to_ns(now - START_TSC.load(Ordering::Relaxed)).unwrap_or(0) / 1_000_000;
+        write_raw(format_args!("ktest: HANG {i} {} (stopped by the watchdog after {ms} ms)\n", t.name));
+        exit(ExitCode::TestHung);
+    }
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+fn memory_map_sorted_disjoint(s: &System) -> TestResult {
+    let map = &s.boot.memory_map;
+    check!(!map.is_empty());
+    for w in map.windows(2) {
+        check!(w[0].end <= w[1].start, "regions {:?} and {:?} overlap or are unsorted", w[0], w[1]);
+        check!(!(w[0].end == w[1].start && w[0].kind == w[1].kind), "touching regions of one kind not merged");
+    }
+    check!(s.boot.total_ram() >= 64 << 20, "less than 64 MiB of RAM: {}", s.boot.total_ram());
+    Ok(())
+}
+
+fn frames_alloc_aligned_zeroed(_s: &System) -> TestResult {
+    let before = frame::free_frames();
+    let p = attempt!(frame::alloc(8));
+    check!(p % (8 * 4096) == 0, "8-frame block at {p:#x} is not 32 KiB aligned");
+    frame::free(p, 8);
+    let z = attempt!(frame::alloc_zeroed(4));
+    // SAFETY: the 4 frames were just allocated for this test and are direct-mapped.
+    let bytes = unsafe { core::slice::from_raw_parts(mm::phys_to_virt(z) as *const u8, 4 * 4096) };
+    check!(bytes.iter().all(|&b| b == 0), "alloc_zeroed returned dirty memory");
+    frame::free(z, 4);
+    check!(frame::free_frames() == before, "free count {} != {before} after freeing", frame::free_frames());
+    Ok(())
+}
+
+fn frames_exhaustion_and_reuse(_s: &System) -> TestResult {
+    let before = frame::free_frames();
+    // Reserve the bookkeeping first: no heap growth may happen while frames are exhausted.
+    let mut taken: Vec<(u64, usize)> = Vec::with_capacity(before / 512 + 64);
+    let err = loop {
+        match frame::alloc(512) {
+            Ok(p) => taken.push((p, 512)),
+            Err(e) => break e,
+        }
+        check!(taken.len() < taken.capacity(), "allocator handed out more 2 MiB blocks than it had frames");
+    };
+    check!(err.requested == 512);
+    // Drain the remaining fragments in single frames.
+    while taken.len() + 1 < taken.capacity() {
+        match frame::alloc(1) {
+            Ok(p) => taken.push((p, 1)),
+            Err(_) => break,
+        }
+    }
+    let exhausted_free = frame::free_frames();
+    let single = frame::alloc(1);
+    if let Ok(p) = single {
+        taken.push((p, 1));
+    }
+    check!(single.is_err() || taken.len() >= taken.capacity(), "alloc succeeded with {exhausted_free} frames free after exhaustion");
+    let first = taken[0].0;
+    for &(p, n) in &taken {
+        frame::free(p, n);
+    }
+    check!(frame::free_frames() == before, "after freeing all: {} free, {before} before", frame::free_frames());
+    // Freed blocks are reused: a fresh 2 MiB allocation succeeds, and the same block can come back.
+    let again = attempt!(frame::alloc(512));
+    frame::free(again, 512);
+    let _ = first;
+    Ok(())
+}
+
+fn heap_grows_on_demand(_s: &System) -> TestResult {
+    let (total_before, _) = mm::heap::stats();
+    let big: Vec<u8> = alloc::vec![0xa5; 24 << 20];
+    check!(big.iter().step_by(4096).all(|&b| b == 0xa5));
+    let (total_after, _) = mm::heap::stats();
+    check!(total_after > total_before, "heap did not grow: {total_before} -> {total_after}");
+    drop(big);
+    Ok(())
+}
+
+fn paging_map_read_unmap_4k(_s: &System) -> TestResult {
+    let f = attempt!(frame::alloc_zeroed(1));
+    // SAFETY: our frame, direct-mapped.
+    unsafe { (mm::phys_to_virt(f) as *mut u64).write_volatile(0x1122_3344_5566_7788) };
+    attempt!(mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size4K, Flags::WRITABLE | mm::nx())).ok_or("no kernel page table")?).flush();
+    check!(trap::probe_read_u64(SCRATCH) == Ok(0x1122_3344_5566_7788), "read through the new mapping");
+    let t = mm::with_kernel_pt(|pt| pt.translate(SCRATCH + 8)).flatten();
+    check!(t.map(|t| (t.paddr, t.size)) == Some((f + 8, PageSize::Size4K)), "translate gave {t:?}");
+    let (pa, size, flush) = attempt!(mm::with_kernel_pt(|pt| pt.unmap(SCRATCH)).ok_or("no kernel page table")?);
+    let before = paging::INVLPG_COUNT.load(core::sync::atomic::Ordering::Relaxed);
+    flush.flush();
+    check!(paging::INVLPG_COUNT.load(core::sync::atomic::Ordering::Relaxed) == before + 1, "flush did not invalidate");
+    check!(pa == f && size == PageSize::Size4K);
+    let fault = trap::probe_read_u64(SCRATCH);
+    check!(matches!(fault, Err(trap::Fault { address: SCRATCH, .. })), "read after unmap+flush: {fault:?}");
+    frame::free(f, 1);
+    Ok(())
+}
+
+fn paging_remap_needs_flush(_s: &System) -> TestResult {
+    let (a, b) = (attempt!(frame::alloc(1)), attempt!(frame::alloc(1)));
+    // SAFETY: our frames, direct-mapped.
+    unsafe {
+        (mm::phys_to_virt(a) as *mut u64).write_volatile(0xaaaa);
+        (mm::phys_to_virt(b) as *mut u64).write_volatile(0xbbbb);
+    }
+    let flags = Flags::WRITABLE | mm::nx();
+    mm::with_kernel_pt(|pt| -> Result<(), MapError> {
+        pt.map(SCRATCH, a, PageSize::Size4K, flags)?.flush();
+        Ok(())
+    })
+    .ok_or("no kernel page table")?
+    .map_err(|e| format!("{e}"))?;
+    check!(trap::probe_read_u64(SCRATCH) == Ok(0xaaaa));
+    // Remap to b; the token is dropped rather than consumed, which must still flush.
+    let dropped_before = paging::DROPPED_FLUSH_TOKENS.load(core::sync::atomic::Ordering::Relaxed);
+    mm::with_kernel_pt(|pt| -> Result<(), MapError> {
+        pt.unmap(SCRATCH)?.2.flush();
+        let token = pt.map(SCRATCH, b, PageSize::Size4K, flags)?;
+        drop(token);
+        Ok(())
+    })
+    .ok_or("no kernel page table")?
+    .map_err(|e| format!("{e}"))?;
+    check!(paging::DROPPED_FLUSH_TOKENS.load(core::sync::atomic::Ordering::Relaxed) == dropped_before + 1);
+    check!(trap::probe_read_u64(SCRATCH) == Ok(0xbbbb), "stale translation after a dropped flush token");
+    // Batched: remap 8 pages, one batch.
+    mm::with_kernel_pt(|pt| -> Result<(), MapError> {
+        let mut batch = paging::FlushBatch::new();
+        pt.unmap(SCRATCH)?.2.defer(&mut batch);
+        for i in 0..8 {
+            pt.map(SCRATCH + i * 4096, if i % 2 == 0 { a } else { b }, PageSize::Size4K, flags)?.defer(&mut batch);
+        }
+        batch.finish();
+        Ok(())
+    })
+    .ok_or("no kernel page table")?
+    .map_err(|e| format!("{e}"))?;
+    for i in 0..8u64 {
+        let want = if i % 2 == 0 { 0xaaaa } else { 0xbbbb };
+        check!(trap::probe_read_u64(SCRATCH + i * 4096) == Ok(want), "page {i} after batched remap");
+    }
+    mm::with_kernel_pt(|pt| -> Result<(), MapError> {
+        for i in 0..8 {
+            pt.unmap(SCRATCH + i * 4096)?.2.flush();
+        }
+        Ok(())
+    })
+    .ok_or("no kernel page table")?
+    .map_err(|e| format!("{e}"))?;
+    frame::free(a, 1);
+    frame::free(b, 1);
+    Ok(())
+}
+
+fn paging_huge_2m_pages(_s: &System) -> TestResult {
+    let f = attempt!(frame::alloc(512));
+    check!(f % (2 << 20) == 0, "512-frame block {f:#x} not 2 MiB aligned");
+    let off = 1536 * 1024u64;
+    // SAFETY: our frames, direct-mapped.
+    unsafe { (mm::phys_to_virt(f + off) as *mut u64).write_volatile(0x2222) };
+    attempt!(mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size2M, Flags::WRITABLE | mm::nx())).ok_or("no kernel page table")?).flush();
+    check!(trap::probe_read_u64(SCRATCH + off) == Ok(0x2222));
+    let t = mm::with_kernel_pt(|pt| pt.translate(SCRATCH + off)).flatten();
+    check!(t.map(|t| (t.paddr, t.size)) == Some((f + off, PageSize::Size2M)), "translate gave {t:?}");
+    // A 4 KiB mapping inside it is refused, not silently split.
+    let inner = mm::with_kernel_pt(|pt| pt.map(SCRATCH + 4096, f, PageSize::Size4K, Flags::WRITABLE).map(|fl| fl.flush())).ok_or("no pt")?;
+    check!(inner == Err(MapError::HugePageInTheWay(SCRATCH + 4096)), "got {inner:?}");
+    let (pa, size, flush) = attempt!(mm::with_kernel_pt(|pt| pt.unmap(SCRATCH + off)).ok_or("no kernel page table")?);
+    flush.flush();
+    check!(pa == f && size == PageSize::Size2M);
+    check!(trap::probe_read_u64(SCRATCH + off).is_err());
+    frame::free(f, 512);
+    Ok(())
+}
+
+fn paging_errors_are_values(_s: &System) -> TestResult {
+    let f = attempt!(frame::alloc(1));
+    let r = mm::with_kernel_pt(|pt| -> [Result<(), MapError>; 5] {
+        let w = Flags::WRITABLE;
+        let first = pt.map(SCRATCH, f, PageSize::Size4K, w).map(|fl| fl.flush());
+        let twice = pt.map(SCRATCH, f, PageSize::Size4K, w).map(|fl| fl.flush());
+        let unmapped = pt.unmap(SCRATCH + 4096).map(|(_, _, fl)| fl.flush());
+        let misaligned = pt.map(SCRATCH + 4096, f + 1, PageSize::Size4K, w).map(|fl| fl.flush());
+        let noncanonical = pt.map(0x0000_8000_0000_0000, f, PageSize::Size4K, w).map(|fl| fl.flush());
+        if let Ok((_, _, fl)) = pt.unmap(SCRATCH) {
+            fl.flush();
+        }
+        [first, twice, unmapped, misaligned, noncanonical]
+    })
+    .ok_or("no kernel page table")?;
+    check!(r[0].is_ok());
+    check!(r[1] == Err(MapError::AlreadyMapped(SCRATCH)), "{:?}", r[1]);
+    check!(r[2] == Err(MapError::NotMapped(SCRATCH + 4096)), "{:?}", r[2]);
+    check!(matches!(r[3], Err(MapError::Misaligned { .. })), "{:?}", r[3]);
+    check!(r[4] == Err(MapError::NonCanonical(0x0000_8000_0000_0000)), "{:?}", r[4]);
+    frame::free(f, 1);
+    Ok(())
+}
+
+fn paging_kernel_image_permissions(_s: &System) -> TestResult {
+    let img = mm::image();
+    let tr = |v: u64| mm::with_kernel_pt(|pt| pt.translate(v)).flatten();
+    let text = tr(img.text.0).ok_or("text unmapped")?;
+    check!(!text.flags.contains(Flags::WRITABLE) && !text.flags.contains(Flags::NO_EXECUTE), "text flags {:?}", text.flags);
+    let ro = tr(img.rodata.0).ok_or("rodata unmapped")?;
+    check!(!ro.flags.contains(Flags::WRITABLE), "rodata writable: {:?}", ro.flags);
+    let data = tr(img.data.0).ok_or("data unmapped")?;
+    check!(data.flags.contains(Flags::WRITABLE), "data not writable: {:?}", data.flags);
+    if !mm::nx().is_empty() {
+        check!(ro.flags.contains(Flags::NO_EXECUTE) && data.flags.contains(Flags::NO_EXECUTE), "NX missing on data");
+    }
+    // Writing rodata faults with a protection-violation write (CR0.WP is on).
+    // SAFETY: the write is expected to fault and be fixed up; if it did not, it would only
+    // overwrite the first word of rodata, which this test then reports as a failure.
+    let w = unsafe { trap::probe_write_u64(img.rodata.0, 0) };
+    let fault = w.err().ok_or("write to rodata did not fault")?;
+    check!(fault.error.protection() && fault.error.write(), "fault was {}", fault.error);
+    // The lower half is empty.
+    check!(tr(0x1000).is_none() && tr(0x10_0000).is_none(), "lower half still mapped");
+    Ok(())
+}
+
+fn paging_direct_map_covers_ram(s: &System) -> TestResult {
+    for r in s.boot.usable_ram(4096) {
+        for p in [r.start, r.end - 4096, (r.start + (r.end - r.start) / 2) & !4095] {
+            let v = mm::phys_to_virt(p);
+            let t = mm::with_kernel_pt(|pt| pt.translate(v)).flatten();
+            check!(t.map(|t| t.paddr) == Some(p), "direct map of {p:#x} gave {t:?}");
+        }
+    }
+    Ok(())
+}
+
+fn trap_page_fault_caught_and_decoded(_s: &System) -> TestResult {
+    let before = trap::FIXED_UP_FAULTS.load(Ordering::Relaxed);
+    let addr = SCRATCH + 0x1234_5000;
+    let f = trap::probe_read_u64(addr).err().ok_or("read of an unmapped address did not fault")?;
+    check!(f.vector == 14 && f.address == addr, "fault {f:?}");
+    check!(!f.error.protection() && !f.error.write() && !f.error.user(), "error bits {:#x}", f.error.0);
+    let text = format!("{}", f.error);
+    check!(text == "not-present page read in kernel mode", "decoded as '{text}'");
+    // SAFETY: the address is unmapped; the write faults and is fixed up.
+    let w = unsafe { trap::probe_write_u64(addr, 1) }.err().ok_or("write did not fault")?;
+    check!(w.error.write() && format!("{}", w.error).contains("write"));
+    check!(trap::FIXED_UP_FAULTS.load(Ordering::Relaxed) == before + 2);
+    // The lower half (where address spaces will live) faults too.
+    check!(trap::probe_read_u64(0x40_0000).is_err());
+    Ok(())
+}
+
+fn time_tsc_and_apic_timer_tick(s: &System) -> TestResult {
+    check!(s.tsc_hz > 10_000_000, "TSC calibrated to {} Hz", s.tsc_hz);
+    let t0 = time::now_ns().ok_or("clock not calibrated")?;
+    let ticks0 = apic::ticks();
+    // Wait for at least 3 ticks, bounded by 2 s of TSC time.
+    while apic::ticks() < ticks0 + 3 {
+        check!(time::now_ns().unwrap_or(0) - t0 < 2_000_000_000, "APIC timer ticked {} times in 2 s", apic::ticks() - ticks0);
+        core::hint::spin_loop();
+    }
+    let elapsed = time::now_ns().unwrap_or(0) - t0;
+    // 3 ticks at 100 Hz is >= 20 ms (the first tick may come at once).
+    check!(elapsed >= 15_000_000, "3 ticks took only {elapsed} ns: timer too fast or clock wrong");
+    check!(apic::id() == s.platform.cpus.first().map_or(0, |c| c.apic_id), "APIC id mismatch");
+    Ok(())
+}
+
+fn acpi_tables_and_cpus(s: &System) -> TestResult {
+    let has = |sig: &str| s.platform.tables.iter().any(|t| t.name() == sig);
+    for sig in ["FACP", "APIC", "MCFG"] {
+        check!(has(sig), "ACPI table {sig} missing");
+    }
+    check!(!s.platform.cpus.is_empty(), "MADT lists no CPU");
+    check!(s.platform.pm_timer.is_some());
+    check!(!s.platform.ecam.is_empty());
+    check!(s.platform.viot.is_some() == has("VIOT"));
+    if let Some(srat) = &s.platform.srat {
+        check!(srat.cpus.len() == s.platform.cpus.len(), "SRAT and MADT disagree on CPUs");
+    }
+    Ok(())
+}
+
+fn pci_bars_assigned_and_enabled(s: &System) -> TestResult {
+    let funcs = &s.pci.functions;
+    check!(funcs.iter().any(|f| f.info.vendor_id == 0x8086 && f.info.device_id == 0x29c0), "no q35 host bridge");
+    let mut bars: Vec<(u64, u64, bool)> = Vec::new();
+    for f in funcs {
+        for b in &f.bars {
+            check!(b.address != 0 && b.address % b.size == 0, "{} BAR{} at {:#x} size {:#x}", f.df, b.index, b.address, b.size);
+            bars.push((b.address, b.size, b.kind == drivers::pci::BarKind::Io));
+        }
+    }
+    bars.sort_unstable();
+    for w in bars.windows(2) {
+        check!(w[0].2 != w[1].2 || w[0].0 + w[0].1 <= w[1].0, "BARs overlap: {w:?}");
+    }
+    Ok(())
+}
+
+fn pci_virtio_devices_bind(s: &System) -> TestResult {
+    for v in &s.pci.virtio {
+        let f = &s.pci.functions[v.function];
+        check!(v.bound.is_ok(), "{} {} did not bind: {:?}", f.df, f.name(), v.bound);
+        check!(v.features & (1 << 32) != 0, "{} {} does not offer VIRTIO_F_VERSION_1", f.df, f.name());
+    }
+    // Devices the test machine (qemu/default.toml) has.
+    let count = |name: &str| s.pci.virtio.iter().filter(|v| s.pci.functions[v.function].name() == name).count();
+    let ivshmem = s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count();
+    check!(count("virtio-blk") >= 1 && ivshmem >= 1, "expected the default machine's devices, found {} virtio-blk, {ivshmem} ivshmem", count("virtio-blk"));
+    if count("virtio-iommu") > 0 {
+        // Every virtio-blk is behind the IOMMU and has an endpoint id.
+        let viot = s.platform.viot.as_ref().ok_or("virtio-iommu without VIOT")?;
+        for v in &s.pci.virtio {
+            let f = &s.pci.functions[v.function];
+            check!(viot.endpoint_for(0, f.bdf()).is_some(), "{} has no VIOT endpoint", f.df);
+        }
+    }
+    Ok(())
+}

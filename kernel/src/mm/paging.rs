@@ -1,0 +1,432 @@
+//! x86_64 4-level page tables, walked and edited through the direct map.
+//!
+//! [`PageTable`] maps, unmaps, re-protects and translates 4 KiB, 2 MiB and 1 GiB pages.
+//! Every change that can leave a stale TLB entry returns a [`Flush`] token:
+//! - `#[must_use]`, so ignoring it is a compiler warning (an error under `-D warnings`);
+//! - consumed by [`Flush::flush`] (invalidate now) or [`Flush::defer`] (add to a
+//!   [`FlushBatch`] that invalidates once for a whole operation);
+//! - and if dropped anyway, it flushes in its `Drop`, so a forgotten flush costs time, never
+//!   correctness. (Only an explicit `mem::forget` can skip it.)
+//!
+//! Invariants: intermediate entries are present + writable (+ user below the kernel half);
+//! permissions are decided by the leaf alone. A huge page is never silently split: mapping a
+//! 4 KiB page inside one is [`MapError::HugePageInTheWay`].
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::{
+    registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags},
+    structures::paging::{PageTableFlags as F, PhysFrame},
+};
+
+use super::{frame, phys_to_virt};
+
+pub use x86_64::structures::paging::PageTableFlags as Flags;
+
+/// Count of single-page invalidations performed.
+pub static INVLPG_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Count of full TLB flushes performed.
+pub static FULL_FLUSH_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Count of flush tokens that were dropped instead of consumed (flushed by `Drop`).
+pub static DROPPED_FLUSH_TOKENS: AtomicU64 = AtomicU64::new(0);
+
+/// Above this many pages, a flush reloads the whole TLB instead of invalidating page by page.
+const FULL_FLUSH_THRESHOLD: u64 = 64;
+
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// A page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSize {
+    /// 4 KiB.
+    Size4K,
+    /// 2 MiB.
+    Size2M,
+    /// 1 GiB.
+    Size1G,
+}
+
+impl PageSize {
+    /// Bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Self::Size4K => 1 << 12,
+            Self::Size2M => 1 << 21,
+            Self::Size1G => 1 << 30,
+        }
+    }
+    /// The table level whose entry is the leaf (1 = PT, 2 = PD, 3 = PDPT).
+    const fn leaf_level(self) -> usize {
+        match self {
+            Self::Size4K => 1,
+            Self::Size2M => 2,
+            Self::Size1G => 3,
+        }
+    }
+}
+
+/// A page-table edit that could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    /// The virtual or physical address is not aligned to the page size.
+    Misaligned { vaddr: u64, paddr: u64, size: PageSize },
+    /// The virtual address is not canonical.
+    NonCanonical(u64),
+    /// Something is already mapped there.
+    AlreadyMapped(u64),
+    /// Nothing is mapped there.
+    NotMapped(u64),
+    /// A larger page covers the address; it would have to be split first.
+    HugePageInTheWay(u64),
+    /// A page table could not be allocated.
+    OutOfFrames(frame::OutOfFrames),
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Misaligned { vaddr, paddr, size } => {
+                write!(f, "cannot map {vaddr:#x} -> {paddr:#x}: not aligned to {} bytes", size.bytes())
+            }
+            Self::NonCanonical(v) => write!(f, "{v:#x} is not a canonical virtual address"),
+            Self::AlreadyMapped(v) => write!(f, "{v:#x} is already mapped"),
+            Self::NotMapped(v) => write!(f, "{v:#x} is not mapped"),
+            Self::HugePageInTheWay(v) => write!(f, "{v:#x} lies inside a huge page"),
+            Self::OutOfFrames(e) => write!(f, "no frame for a page table: {e}"),
+        }
+    }
+}
+
+impl From<frame::OutOfFrames> for MapError {
+    fn from(e: frame::OutOfFrames) -> Self {
+        Self::OutOfFrames(e)
+    }
+}
+
+/// A pending TLB invalidation of `[start, start + len)`.
+#[must_use = "a page-table change leaves stale TLB entries: call .flush() or .defer(&mut batch)"]
+#[derive(Debug)]
+pub struct Flush {
+    start: u64,
+    len: u64,
+    armed: bool,
+}
+
+impl Flush {
+    fn new(start: u64, len: u64) -> Self {
+        Self { start, len, armed: true }
+    }
+
+    /// Invalidates the range now.
+    pub fn flush(mut self) {
+        self.armed = false;
+        flush_range(self.start, self.len);
+    }
+
+    /// Adds the range to `batch`, which invalidates when it is finished.
+    pub fn defer(mut self, batch: &mut FlushBatch) {
+        self.armed = false;
+        batch.add(self.start, self.len);
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if self.armed {
+            DROPPED_FLUSH_TOKENS.fetch_add(1, Ordering::Relaxed);
+            flush_range(self.start, self.len);
+        }
+    }
+}
+
+/// Invalidations gathered over one operation, performed once by [`FlushBatch::finish`] (or
+/// on drop).
+#[derive(Debug, Default)]
+#[must_use = "a batch invalidates when finished or dropped"]
+pub struct FlushBatch {
+    start: u64,
+    end: u64,
+    pages: u64,
+}
+
+impl FlushBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, start: u64, len: u64) {
+        if self.pages == 0 {
+            self.start = start;
+            self.end = start + len;
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(start + len);
+        }
+        self.pages += len.div_ceil(4096);
+    }
+
+    /// Performs the invalidations.
+    pub fn finish(mut self) {
+        self.run();
+    }
+
+    fn run(&mut self) {
+        if self.pages == 0 {
+            return;
+        }
+        if self.pages > FULL_FLUSH_THRESHOLD {
+            flush_all();
+        } else {
+            flush_range(self.start, self.end - self.start);
+        }
+        self.pages = 0;
+    }
+}
+
+impl Drop for FlushBatch {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+fn flush_range(start: u64, len: u64) {
+    let pages = len.div_ceil(4096);
+    if pages > FULL_FLUSH_THRESHOLD {
+        flush_all();
+        return;
+    }
+    for i in 0..pages {
+        x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(start + i * 4096));
+        INVLPG_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Flushes every TLB entry, global ones included (toggling CR4.PGE).
+pub fn flush_all() {
+    FULL_FLUSH_COUNT.fetch_add(1, Ordering::Relaxed);
+    let cr4 = Cr4::read();
+    if cr4.contains(Cr4Flags::PAGE_GLOBAL) {
+        // SAFETY: clearing and restoring PGE only flushes the TLB; no mapping changes.
+        unsafe {
+            Cr4::write(cr4 - Cr4Flags::PAGE_GLOBAL);
+            Cr4::write(cr4);
+        }
+    } else {
+        x86_64::instructions::tlb::flush_all();
+    }
+}
+
+/// The result of a translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// Physical address the virtual address maps to.
+    pub paddr: u64,
+    /// Size of the page that maps it.
+    pub size: PageSize,
+    /// The leaf entry's flags.
+    pub flags: F,
+}
+
+/// One 4-level page-table hierarchy, owned through its root frame.
+#[derive(Debug)]
+pub struct PageTable {
+    root: u64,
+}
+
+fn index(vaddr: u64, level: usize) -> usize {
+    ((vaddr >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+fn entry(table: u64, i: usize) -> *mut u64 {
+    (phys_to_virt(table) + 8 * i as u64) as *mut u64
+}
+
+fn read_entry(table: u64, i: usize) -> u64 {
+    // SAFETY: `table` is a page-table frame of this hierarchy (only such frames are passed
+    // here), reachable through the direct map; entries are naturally aligned u64s.
+    unsafe { entry(table, i).read_volatile() }
+}
+
+fn write_entry(table: u64, i: usize, value: u64) {
+    // SAFETY: as in `read_entry`; the caller holds `&mut PageTable`, so no other editor races.
+    unsafe { entry(table, i).write_volatile(value) }
+}
+
+fn canonical(vaddr: u64) -> bool {
+    ((vaddr as i64) << 16 >> 16) as u64 == vaddr
+}
+
+impl PageTable {
+    /// A new, empty hierarchy.
+    pub fn new() -> Result<Self, MapError> {
+        Ok(Self { root: frame::alloc_zeroed(1)? })
+    }
+
+    /// The root's physical address (what CR3 takes).
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// Installs this hierarchy in CR3.
+    ///
+    /// # Safety
+    /// The hierarchy must map everything the CPU is about to touch: the running code, its stack,
+    /// the data it uses, the IDT, GDT and TSS.
+    pub unsafe fn activate(&self) {
+        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(self.root));
+        // SAFETY: guaranteed by the caller.
+        unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    }
+
+    /// Walks to the table whose entry maps `vaddr` at `level`, creating missing tables when
+    /// `create`. Fails with `HugePageInTheWay` if a larger leaf is in the way.
+    fn walk(&mut self, vaddr: u64, level: usize, create: bool) -> Result<Option<u64>, MapError> {
+        let mut table = self.root;
+        let user = vaddr < 0xffff_8000_0000_0000;
+        for l in (level + 1..=4).rev() {
+            let i = index(vaddr, l);
+            let e = read_entry(table, i);
+            if e & F::PRESENT.bits() == 0 {
+                if !create {
+                    return Ok(None);
+                }
+                let next = frame::alloc_zeroed(1)?;
+                let mut flags = F::PRESENT | F::WRITABLE;
+                if user {
+                    flags |= F::USER_ACCESSIBLE;
+                }
+                write_entry(table, i, next | flags.bits());
+                table = next;
+            } else if e & F::HUGE_PAGE.bits() != 0 {
+                return Err(MapError::HugePageInTheWay(vaddr));
+            } else {
+                table = e & ADDR_MASK;
+            }
+        }
+        Ok(Some(table))
+    }
+
+    /// Maps `vaddr` to `paddr` with a page of `size` and `flags` (PRESENT is implied).
+    pub fn map(&mut self, vaddr: u64, paddr: u64, size: PageSize, flags: F) -> Result<Flush, MapError> {
+        if !canonical(vaddr) {
+            return Err(MapError::NonCanonical(vaddr));
+        }
+        if vaddr % size.bytes() != 0 || paddr % size.bytes() != 0 {
+            return Err(MapError::Misaligned { vaddr, paddr, size });
+        }
+        let level = size.leaf_level();
+        let table = self.walk(vaddr, level, true)?.ok_or(MapError::NotMapped(vaddr))?;
+        let i = index(vaddr, level);
+        if read_entry(table, i) & F::PRESENT.bits() != 0 {
+            return Err(MapError::AlreadyMapped(vaddr));
+        }
+        let mut flags = flags | F::PRESENT;
+        if size != PageSize::Size4K {
+            flags |= F::HUGE_PAGE;
+        }
+        write_entry(table, i, paddr | flags.bits());
+        // A not-present entry is never cached, but a flush of the new page is cheap and makes
+        // remapping paths uniform.
+        Ok(Flush::new(vaddr, size.bytes()))
+    }
+
+    /// Finds the leaf entry for `vaddr`: (table, index, size).
+    fn leaf(&self, vaddr: u64) -> Option<(u64, usize, PageSize)> {
+        let mut table = self.root;
+        for level in (1..=4).rev() {
+            let i = index(vaddr, level);
+            let e = read_entry(table, i);
+            if e & F::PRESENT.bits() == 0 {
+                return None;
+            }
+            let size = match level {
+                1 => Some(PageSize::Size4K),
+                2 if e & F::HUGE_PAGE.bits() != 0 => Some(PageSize::Size2M),
+                3 if e & F::HUGE_PAGE.bits() != 0 => Some(PageSize::Size1G),
+                _ => None,
+            };
+            if let Some(size) = size {
+                return Some((table, i, size));
+            }
+            table = e & ADDR_MASK;
+        }
+        None
+    }
+
+    /// Translates `vaddr`.
+    pub fn translate(&self, vaddr: u64) -> Option<Translation> {
+        let (table, i, size) = self.leaf(vaddr)?;
+        let e = read_entry(table, i);
+        let flag_bits = e & !ADDR_MASK;
+        Some(Translation {
+            paddr: (e & ADDR_MASK & !(size.bytes() - 1)) + (vaddr & (size.bytes() - 1)),
+            size,
+            flags: F::from_bits_truncate(flag_bits),
+        })
+    }
+
+    /// Unmaps the page containing `vaddr`; returns its physical address and size. Page tables
+    /// left empty are freed (except the kernel half's PDPTs, which every address space shares
+    /// through its PML4), and the flush covers the paging-structure caches of the address.
+    pub fn unmap(&mut self, vaddr: u64) -> Result<(u64, PageSize, Flush), MapError> {
+        let (table, i, size) = self.leaf(vaddr).ok_or(MapError::NotMapped(vaddr))?;
+        let start = vaddr & !(size.bytes() - 1);
+        let e = read_entry(table, i);
+        write_entry(table, i, 0);
+        self.free_empty_tables(vaddr, size.leaf_level());
+        Ok((e & ADDR_MASK & !(size.bytes() - 1), size, Flush::new(start, size.bytes())))
+    }
+
+    /// Frees the tables on `vaddr`'s path from `level` up that hold no entry any more.
+    fn free_empty_tables(&mut self, vaddr: u64, level: usize) {
+        let kernel_half = vaddr >= 0xffff_8000_0000_0000;
+        // path[l] = the table at level l on the walk (4 = PML4).
+        let mut path = [0u64; 5];
+        path[4] = self.root;
+        for l in (level + 1..=4).rev() {
+            path[l - 1] = read_entry(path[l], index(vaddr, l)) & ADDR_MASK;
+        }
+        for l in level..4 {
+            if kernel_half && l == 3 {
+                break;
+            }
+            if (0..512).any(|i| read_entry(path[l], i) != 0) {
+                break;
+            }
+            write_entry(path[l + 1], index(vaddr, l + 1), 0);
+            frame::free(path[l], 1);
+        }
+    }
+
+    /// Replaces the flags of the page containing `vaddr` (PRESENT and HUGE_PAGE are kept as
+    /// they are).
+    pub fn protect(&mut self, vaddr: u64, flags: F) -> Result<Flush, MapError> {
+        let (table, i, size) = self.leaf(vaddr).ok_or(MapError::NotMapped(vaddr))?;
+        let e = read_entry(table, i);
+        let keep = e & (ADDR_MASK | F::PRESENT.bits() | F::HUGE_PAGE.bits());
+        let flags = flags.bits() & !(ADDR_MASK | F::PRESENT.bits() | F::HUGE_PAGE.bits());
+        write_entry(table, i, keep | flags);
+        let start = vaddr & !(size.bytes() - 1);
+        Ok(Flush::new(start, size.bytes()))
+    }
+
+    /// Gives every kernel-half PML4 slot its PDPT now, so the kernel half's top level never
+    /// changes and address spaces can share it by copying PML4[256..512] once (as Linux
+    /// preallocates its kernel PUDs).
+    pub fn populate_kernel_half(&mut self) -> Result<(), MapError> {
+        for i in boot::layout::KERNEL_PML4_FIRST..512 {
+            if read_entry(self.root, i) & F::PRESENT.bits() == 0 {
+                let pdpt = frame::alloc_zeroed(1)?;
+                write_entry(self.root, i, pdpt | (F::PRESENT | F::WRITABLE).bits());
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the root's kernel-half entries (256..512) from `other`, so both share the kernel.
+    pub fn share_kernel_half(&mut self, other: &PageTable) {
+        for i in boot::layout::KERNEL_PML4_FIRST..512 {
+            write_entry(self.root, i, read_entry(other.root, i));
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! PCI bring-up: ECAM from the MCFG, enumeration and BAR assignment (by `drivers::pci`), and
+//! virtio devices bound through virtio-drivers' PCI transport to check they answer.
+
+extern crate alloc;
+
+use alloc::{string::String, vec::Vec};
+use core::ptr::NonNull;
+use drivers::pci::{self as dpci, Function, Windows};
+use virtio_drivers::{
+    BufferDirection, Hal, PhysAddr,
+    transport::{
+        Transport,
+        pci::{
+            PciTransport,
+            bus::{Cam, MmioCam, PciRoot},
+        },
+    },
+};
+
+use crate::mm::{self, frame};
+
+/// The virtio HAL: DMA buffers from the frame allocator, MMIO through the direct map, and
+/// identity IOVAs (physical addresses) until the virtio-iommu driver maps them.
+#[derive(Debug)]
+pub struct KernelHal;
+
+// SAFETY: `dma_alloc` returns zeroed, exclusively owned, physically contiguous frames mapped
+// at the returned virtual address; `share` returns the physical address of memory the
+// direct map or the kernel image maps, which is what the device sees while the IOMMU (if any)
+// is in bypass.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let paddr = frame::alloc_zeroed(pages).unwrap_or_else(|e| panic!("virtio DMA buffer of {pages} pages: {e}"));
+        let vaddr = NonNull::new(mm::phys_to_virt(paddr) as *mut u8).expect("direct map is never null");
+        (paddr, vaddr)
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        frame::free(paddr, pages);
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        let v = mm::map_mmio(paddr, size as u64).unwrap_or_else(|e| panic!("mapping virtio BAR at {paddr:#x}: {e}"));
+        NonNull::new(v as *mut u8).expect("direct map is never null")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        let v = buffer.as_ptr() as *mut u8 as u64;
+        mm::virt_to_phys(v).unwrap_or_else(|| panic!("virtio buffer at {v:#x} is not in kernel memory"))
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// A virtio function that bound through the transport.
+#[derive(Debug, Clone)]
+pub struct VirtioDevice {
+    /// Index into [`Bus::functions`].
+    pub function: usize,
+    /// Device features offered.
+    pub features: u64,
+    /// Whether the transport bound (capabilities found, BARs mapped).
+    pub bound: Result<(), String>,
+}
+
+/// The enumerated bus.
+#[derive(Debug, Default)]
+pub struct Bus {
+    /// ECAM physical base.
+    pub ecam_base: u64,
+    /// Functions on bus 0, BARs assigned.
+    pub functions: Vec<Function>,
+    /// Virtio functions and whether they bound.
+    pub virtio: Vec<VirtioDevice>,
+}
+
+/// The BAR windows of QEMU's q35 machine: 32-bit above the ECAM hole up to the I/O APIC,
+/// 64-bit from 512 GiB (inside 40 physical address bits).
+pub fn q35_windows(ecam_end: u64) -> Windows {
+    Windows {
+        mem32: ecam_end.max(0xc000_0000)..0xfec0_0000,
+        mem64: 0x80_0000_0000..0x100_0000_0000,
+        io: 0xc000..0x1_0000,
+    }
+}
+
+/// Why PCI bring-up failed.
+#[derive(Debug)]
+pub enum BusError {
+    /// No MCFG (no ECAM): not a q35 machine.
+    NoEcam,
+    /// The ECAM window could not be mapped.
+    Map(mm::MapError),
+    /// Enumeration or BAR assignment failed.
+    Pci(dpci::PciError),
+}
+
+impl core::fmt::Display for BusError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoEcam => write!(f, "no PCI ECAM in the ACPI MCFG: use QEMU's q35 machine"),
+            Self::Map(e) => write!(f, "mapping the PCI ECAM window: {e}"),
+            Self::Pci(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Enumerates bus 0, assigns BARs and binds virtio transports.
+pub fn init(ecam: &[(u64, u16, u8, u8)]) -> Result<Bus, BusError> {
+    let &(base, _segment, _first, last) = ecam.iter().find(|e| e.1 == 0).ok_or(BusError::NoEcam)?;
+    let size = (u64::from(last) + 1) << 20;
+    let virt = mm::map_mmio(base, size).map_err(BusError::Map)?;
+    // SAFETY: `virt` maps the whole ECAM region of segment 0 uncached (bus 0 at offset 0, 1 MiB
+    // per bus); only this module accesses configuration space.
+    let cam = unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) };
+    let mut root = PciRoot::new(cam);
+    let mut functions = dpci::enumerate(&mut root, 0).map_err(BusError::Pci)?;
+    dpci::assign(&mut root, &mut functions, &q35_windows(base + size)).map_err(BusError::Pci)?;
+
+    let mut virtio = Vec::new();
+    for (i, f) in functions.iter().enumerate() {
+        if f.virtio.is_none() {
+            continue;
+        }
+        let (bound, features) = match PciTransport::new::<KernelHal, _>(&mut root, f.df) {
+            Ok(mut t) => (Ok(()), t.read_device_features()),
+            Err(e) => (Err(alloc::format!("{e}")), 0),
+        };
+        virtio.push(VirtioDevice { function: i, features, bound });
+    }
+    Ok(Bus { ecam_base: base, functions, virtio })
+}
