@@ -195,9 +195,7 @@ impl<'a> KernelArgs<'a> {
                         return Err(bad("a module path before '=' (e.g. kernel::pci=debug)"));
                     }
                     let level = Level::parse(level).ok_or(bad(LEVELS))?;
-                    self.log_filters
-                        .push(LogFilter { target, level })
-                        .map_err(|_| ArgError::TooManyLogFilters)?;
+                    self.log_filters.push(LogFilter { target, level }).map_err(|_| ArgError::TooManyLogFilters)?;
                 }
             }
         }
@@ -210,9 +208,7 @@ impl<'a> KernelArgs<'a> {
     pub fn level_for(&self, target: &str) -> Level {
         self.log_filters
             .iter()
-            .filter(|f| {
-                target.strip_prefix(f.target).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-            })
+            .filter(|f| target.strip_prefix(f.target).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
             .max_by_key(|f| f.target.len())
             .map_or(self.log_level, |f| f.level)
     }

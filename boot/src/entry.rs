@@ -159,4 +159,5 @@ pub fn boot_stack_guard() -> core::ops::Range<u64> {
     start..start + BOOT_STACK_GUARD as u64
 }
 
-const _: () = assert!(KERNEL_VMA_OFFSET == 0xFFFF_FFFF_8000_0000, "entry.rs maps the kernel at PDPT slot 510 of PML4 slot 511");
+const _: () =
+    assert!(KERNEL_VMA_OFFSET == 0xFFFF_FFFF_8000_0000, "entry.rs maps the kernel at PDPT slot 510 of PML4 slot 511");

@@ -62,10 +62,9 @@ impl core::fmt::Display for BootError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             Self::NullStartInfo => write!(f, "hvm_start_info pointer is null: boot this kernel by PVH"),
-            Self::BadMagic(m) => write!(
-                f,
-                "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}: boot this kernel by PVH"
-            ),
+            Self::BadMagic(m) => {
+                write!(f, "hvm_start_info magic is {m:#x}, expected {START_INFO_MAGIC:#x}: boot this kernel by PVH")
+            }
             Self::NoMemoryMap { version } => write!(
                 f,
                 "hvm_start_info version {version} carries no memory map: use a hypervisor that gives version >= 1"
@@ -76,17 +75,15 @@ impl core::fmt::Display for BootError {
             Self::TooManyMemmapEntries(n) => {
                 write!(f, "memory map has {n} entries, at most {MAX_MEMMAP_ENTRIES} are supported")
             }
-            Self::MemmapOverflow { index, addr, size } => write!(
-                f,
-                "memory map entry {index} ({addr:#x}, size {size:#x}) overflows the address space"
-            ),
+            Self::MemmapOverflow { index, addr, size } => {
+                write!(f, "memory map entry {index} ({addr:#x}, size {size:#x}) overflows the address space")
+            }
             Self::TooManyModules(n) => {
                 write!(f, "{n} boot modules given, at most {MAX_MODULES} are supported")
             }
-            Self::ModuleOverflow { index, paddr, size } => write!(
-                f,
-                "boot module {index} ({paddr:#x}, size {size:#x}) overflows the address space"
-            ),
+            Self::ModuleOverflow { index, paddr, size } => {
+                write!(f, "boot module {index} ({paddr:#x}, size {size:#x}) overflows the address space")
+            }
             Self::CmdlineTooLong => write!(f, "kernel command line is longer than {MAX_CMDLINE} bytes"),
             Self::CmdlineNotUtf8 => write!(f, "kernel command line is not valid UTF-8"),
             Self::NoUsableRam => write!(f, "the memory map has no usable RAM"),
@@ -281,14 +278,7 @@ pub fn parse(mem: &impl PhysRead, paddr: u64) -> Result<BootInfo, BootError> {
         modules.push(Module { paddr: m_paddr, size }).map_err(|_| BootError::TooManyModules(nr_modules))?;
     }
 
-    Ok(BootInfo {
-        version,
-        flags,
-        cmdline,
-        rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr),
-        memory_map,
-        modules,
-    })
+    Ok(BootInfo { version, flags, cmdline, rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr), memory_map, modules })
 }
 
 fn read_cmdline(mem: &impl PhysRead, paddr: u64) -> Result<FixedVec<u8, MAX_CMDLINE>, BootError> {
@@ -360,11 +350,8 @@ pub fn normalize(raw: &[MemoryRegion]) -> MemoryMap {
         if start == end {
             continue;
         }
-        let kind = raw
-            .iter()
-            .filter(|r| r.start <= start && end <= r.end)
-            .map(|r| r.kind)
-            .max_by_key(|k| k.precedence());
+        let kind =
+            raw.iter().filter(|r| r.start <= start && end <= r.end).map(|r| r.kind).max_by_key(|k| k.precedence());
         let Some(kind) = kind else { continue };
         match out.as_mut_slice().last_mut() {
             Some(last) if last.end == start && last.kind == kind => last.end = end,

@@ -23,7 +23,10 @@ use core::ops::Range;
 use virtio_drivers::transport::{
     DeviceType,
     pci::{
-        bus::{BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, HeaderType, MemoryBarType, PciRoot},
+        bus::{
+            BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, HeaderType, MemoryBarType,
+            PciRoot,
+        },
         virtio_device_type,
     },
 };
@@ -167,11 +170,8 @@ pub fn assign<C: ConfigurationAccess>(
     windows: &Windows,
 ) -> Result<(), PciError> {
     // (function index, bar position in its Vec), largest first.
-    let mut order: Vec<(usize, usize)> = functions
-        .iter()
-        .enumerate()
-        .flat_map(|(f, func)| (0..func.bars.len()).map(move |b| (f, b)))
-        .collect();
+    let mut order: Vec<(usize, usize)> =
+        functions.iter().enumerate().flat_map(|(f, func)| (0..func.bars.len()).map(move |b| (f, b))).collect();
     order.sort_by_key(|&(f, b)| core::cmp::Reverse(functions[f].bars[b].size));
 
     let mut next32 = windows.mem32.start;
@@ -194,7 +194,9 @@ pub fn assign<C: ConfigurationAccess>(
             BarKind::Io => take(&mut next_io, windows.io.end, size),
             BarKind::Mem32 => take(&mut next32, windows.mem32.end, size),
             BarKind::Mem64 if size >= HIGH_BAR_THRESHOLD => take(&mut next64, windows.mem64.end, size),
-            BarKind::Mem64 => take(&mut next32, windows.mem32.end, size).or_else(|| take(&mut next64, windows.mem64.end, size)),
+            BarKind::Mem64 => {
+                take(&mut next32, windows.mem32.end, size).or_else(|| take(&mut next64, windows.mem64.end, size))
+            }
         }
         .ok_or(exhausted)?;
     }
@@ -400,7 +402,8 @@ mod tests {
     fn a_full_window_is_a_clear_error() {
         let (_, mut root) = q35_like();
         let mut funcs = enumerate(&mut root, 0).unwrap();
-        let tiny = Windows { mem32: 0xc000_0000..0xc000_2000, mem64: 0x80_0000_0000..0x80_0100_0000, io: 0xc000..0xc100 };
+        let tiny =
+            Windows { mem32: 0xc000_0000..0xc000_2000, mem64: 0x80_0000_0000..0x80_0100_0000, io: 0xc000..0xc100 };
         let err = assign(&mut root, &mut funcs, &tiny).unwrap_err();
         assert!(matches!(err, PciError::WindowExhausted { size, .. } if size == 64 << 20));
         assert!(err.to_string().contains("no room"));

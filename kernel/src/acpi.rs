@@ -4,7 +4,12 @@
 
 extern crate alloc;
 
-use acpi::{AcpiHandler, AcpiTables, PhysicalMapping, fadt::Fadt, madt::{Madt, MadtEntry}, mcfg::Mcfg};
+use acpi::{
+    AcpiHandler, AcpiTables, PhysicalMapping,
+    fadt::Fadt,
+    madt::{Madt, MadtEntry},
+    mcfg::Mcfg,
+};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use drivers::acpi::{self as raw, AcpiError, PhysMem, TableRef, hmat::Hmat, srat::Srat, viot::Viot};
@@ -111,7 +116,11 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, PlatformError> {
                 MadtEntry::LocalApic(l) => {
                     let flags = l.flags;
                     if flags & 0b11 != 0 {
-                        p.cpus.push(Cpu { apic_id: u32::from(l.apic_id), uid: u32::from(l.processor_id), enabled: flags & 1 != 0 });
+                        p.cpus.push(Cpu {
+                            apic_id: u32::from(l.apic_id),
+                            uid: u32::from(l.processor_id),
+                            enabled: flags & 1 != 0,
+                        });
                     }
                 }
                 MadtEntry::LocalX2Apic(l) => {
@@ -130,11 +139,11 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, PlatformError> {
             p.ecam.push((e.base_address, e.pci_segment_group, e.bus_number_start, e.bus_number_end));
         }
     }
-    if let Ok(fadt) = tables.find_table::<Fadt>() {
-        if let Ok(Some(block)) = fadt.pm_timer_block() {
-            let flags = fadt.flags;
-            p.pm_timer = Some((block.address as u16, flags.pm_timer_is_32_bit()));
-        }
+    if let Ok(fadt) = tables.find_table::<Fadt>()
+        && let Ok(Some(block)) = fadt.pm_timer_block()
+    {
+        let flags = fadt.flags;
+        p.pm_timer = Some((block.address as u16, flags.pm_timer_is_32_bit()));
     }
     let parse = |sig: &[u8; 4]| find(&p.tables, sig).map(|t| raw::read_table(&Mem, t.paddr));
     if let Some(t) = parse(b"SRAT") {

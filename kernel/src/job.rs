@@ -17,7 +17,10 @@ use crate::{
     System,
     arch::{time, trap},
     json::Json,
-    mm::{self, frame, paging::{Flags, PageSize}},
+    mm::{
+        self, frame,
+        paging::{Flags, PageSize},
+    },
 };
 
 /// A scratch virtual region of the kernel half, unused by anything else.
@@ -89,7 +92,9 @@ pub fn run(_s: &System) -> Result<(), mm::MapError> {
         let t0 = time::rdtsc();
         // SAFETY: both runs were just allocated (distinct, exclusively ours) and are mapped by
         // the direct map.
-        unsafe { core::ptr::copy_nonoverlapping(mm::phys_to_virt(src) as *const u8, mm::phys_to_virt(dst) as *mut u8, len) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(mm::phys_to_virt(src) as *const u8, mm::phys_to_virt(dst) as *mut u8, len)
+        };
         let t = ns(time::rdtsc() - t0).max(1);
         copy_mbps.push(len as u64 * 1000 / t);
         frame::free(src, 2048);

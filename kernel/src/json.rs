@@ -101,10 +101,4 @@ impl Json {
         self.sep();
         self.object(f);
     }
-
-    /// A string element of an array.
-    pub fn item_str(&mut self, s: &str) {
-        self.sep();
-        self.string(s);
-    }
 }

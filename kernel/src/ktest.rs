@@ -217,7 +217,10 @@ fn frames_exhaustion_and_reuse(_s: &System) -> TestResult {
     if let Ok(p) = single {
         taken.push((p, 1));
     }
-    check!(single.is_err() || taken.len() >= taken.capacity(), "alloc succeeded with {exhausted_free} frames free after exhaustion");
+    check!(
+        single.is_err() || taken.len() >= taken.capacity(),
+        "alloc succeeded with {exhausted_free} frames free after exhaustion"
+    );
     let first = taken[0].0;
     for &(p, n) in &taken {
         frame::free(p, n);
@@ -244,10 +247,20 @@ fn paging_map_read_unmap_4k(_s: &System) -> TestResult {
     let f = attempt!(frame::alloc_zeroed(1));
     // SAFETY: our frame, direct-mapped.
     unsafe { (mm::phys_to_virt(f) as *mut u64).write_volatile(0x1122_3344_5566_7788) };
-    attempt!(mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size4K, Flags::WRITABLE | mm::nx())).ok_or("no kernel page table")?).flush();
+    attempt!(
+        mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size4K, Flags::WRITABLE | mm::nx()))
+            .ok_or("no kernel page table")?
+    )
+    .flush();
     check!(trap::probe_read_u64(SCRATCH) == Ok(0x1122_3344_5566_7788), "read through the new mapping");
     let t = mm::with_kernel_pt(|pt| pt.translate(SCRATCH + 8)).flatten();
     check!(t.map(|t| (t.paddr, t.size)) == Some((f + 8, PageSize::Size4K)), "translate gave {t:?}");
+    // Write-protect it: a write now faults as a protection violation.
+    attempt!(mm::with_kernel_pt(|pt| pt.protect(SCRATCH, mm::nx())).ok_or("no kernel page table")?).flush();
+    // SAFETY: the write targets our own frame through a now read-only mapping; it faults.
+    let w = unsafe { trap::probe_write_u64(SCRATCH, 1) };
+    check!(matches!(w, Err(f) if f.error.protection() && f.error.write()), "write to a protected page: {w:?}");
+    check!(trap::probe_read_u64(SCRATCH) == Ok(0x1122_3344_5566_7788), "read after protect");
     let (pa, size, flush) = attempt!(mm::with_kernel_pt(|pt| pt.unmap(SCRATCH)).ok_or("no kernel page table")?);
     let before = paging::INVLPG_COUNT.load(core::sync::atomic::Ordering::Relaxed);
     flush.flush();
@@ -321,12 +334,18 @@ fn paging_huge_2m_pages(_s: &System) -> TestResult {
     let off = 1536 * 1024u64;
     // SAFETY: our frames, direct-mapped.
     unsafe { (mm::phys_to_virt(f + off) as *mut u64).write_volatile(0x2222) };
-    attempt!(mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size2M, Flags::WRITABLE | mm::nx())).ok_or("no kernel page table")?).flush();
+    attempt!(
+        mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size2M, Flags::WRITABLE | mm::nx()))
+            .ok_or("no kernel page table")?
+    )
+    .flush();
     check!(trap::probe_read_u64(SCRATCH + off) == Ok(0x2222));
     let t = mm::with_kernel_pt(|pt| pt.translate(SCRATCH + off)).flatten();
     check!(t.map(|t| (t.paddr, t.size)) == Some((f + off, PageSize::Size2M)), "translate gave {t:?}");
     // A 4 KiB mapping inside it is refused, not silently split.
-    let inner = mm::with_kernel_pt(|pt| pt.map(SCRATCH + 4096, f, PageSize::Size4K, Flags::WRITABLE).map(|fl| fl.flush())).ok_or("no pt")?;
+    let inner =
+        mm::with_kernel_pt(|pt| pt.map(SCRATCH + 4096, f, PageSize::Size4K, Flags::WRITABLE).map(|fl| fl.flush()))
+            .ok_or("no pt")?;
     check!(inner == Err(MapError::HugePageInTheWay(SCRATCH + 4096)), "got {inner:?}");
     let (pa, size, flush) = attempt!(mm::with_kernel_pt(|pt| pt.unmap(SCRATCH + off)).ok_or("no kernel page table")?);
     flush.flush();
@@ -364,7 +383,11 @@ fn paging_kernel_image_permissions(_s: &System) -> TestResult {
     let img = mm::image();
     let tr = |v: u64| mm::with_kernel_pt(|pt| pt.translate(v)).flatten();
     let text = tr(img.text.0).ok_or("text unmapped")?;
-    check!(!text.flags.contains(Flags::WRITABLE) && !text.flags.contains(Flags::NO_EXECUTE), "text flags {:?}", text.flags);
+    check!(
+        !text.flags.contains(Flags::WRITABLE) && !text.flags.contains(Flags::NO_EXECUTE),
+        "text flags {:?}",
+        text.flags
+    );
     let ro = tr(img.rodata.0).ok_or("rodata unmapped")?;
     check!(!ro.flags.contains(Flags::WRITABLE), "rodata writable: {:?}", ro.flags);
     let data = tr(img.data.0).ok_or("data unmapped")?;
@@ -417,7 +440,11 @@ fn time_tsc_and_apic_timer_tick(s: &System) -> TestResult {
     let ticks0 = apic::ticks();
     // Wait for at least 3 ticks, bounded by 2 s of TSC time.
     while apic::ticks() < ticks0 + 3 {
-        check!(time::now_ns().unwrap_or(0) - t0 < 2_000_000_000, "APIC timer ticked {} times in 2 s", apic::ticks() - ticks0);
+        check!(
+            time::now_ns().unwrap_or(0) - t0 < 2_000_000_000,
+            "APIC timer ticked {} times in 2 s",
+            apic::ticks() - ticks0
+        );
         core::hint::spin_loop();
     }
     let elapsed = time::now_ns().unwrap_or(0) - t0;
@@ -448,7 +475,14 @@ fn pci_bars_assigned_and_enabled(s: &System) -> TestResult {
     let mut bars: Vec<(u64, u64, bool)> = Vec::new();
     for f in funcs {
         for b in &f.bars {
-            check!(b.address != 0 && b.address % b.size == 0, "{} BAR{} at {:#x} size {:#x}", f.df, b.index, b.address, b.size);
+            check!(
+                b.address != 0 && b.address % b.size == 0,
+                "{} BAR{} at {:#x} size {:#x}",
+                f.df,
+                b.index,
+                b.address,
+                b.size
+            );
             bars.push((b.address, b.size, b.kind == drivers::pci::BarKind::Io));
         }
     }
@@ -468,7 +502,11 @@ fn pci_virtio_devices_bind(s: &System) -> TestResult {
     // Devices the test machine (qemu/default.toml) has.
     let count = |name: &str| s.pci.virtio.iter().filter(|v| s.pci.functions[v.function].name() == name).count();
     let ivshmem = s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count();
-    check!(count("virtio-blk") >= 1 && ivshmem >= 1, "expected the default machine's devices, found {} virtio-blk, {ivshmem} ivshmem", count("virtio-blk"));
+    check!(
+        count("virtio-blk") >= 1 && ivshmem >= 1,
+        "expected the default machine's devices, found {} virtio-blk, {ivshmem} ivshmem",
+        count("virtio-blk")
+    );
     if count("virtio-iommu") > 0 {
         // Every virtio-blk is behind the IOMMU and has an endpoint id.
         let viot = s.platform.viot.as_ref().ok_or("virtio-iommu without VIOT")?;

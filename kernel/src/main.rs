@@ -172,7 +172,9 @@ pub fn crash(what: core::fmt::Arguments<'_>) -> ! {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     x86_64::instructions::interrupts::disable();
     match info.location() {
-        Some(l) => serial::write_raw(format_args!("\nPANIC at {}:{}:{}: {}\n", l.file(), l.line(), l.column(), info.message())),
+        Some(l) => {
+            serial::write_raw(format_args!("\nPANIC at {}:{}:{}: {}\n", l.file(), l.line(), l.column(), info.message()))
+        }
         None => serial::write_raw(format_args!("\nPANIC: {}\n", info.message())),
     }
     match info.location() {

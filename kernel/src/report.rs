@@ -17,10 +17,13 @@ pub fn print(s: &System) {
             j.bool("x2apic", s.cpu.x2apic);
             j.bool("huge_1g", s.cpu.huge_1g);
             j.num("phys_bits", s.cpu.phys_bits);
-            j.str("apic_mode", match s.apic.0 {
-                crate::arch::apic::Mode::X2Apic => "x2apic",
-                crate::arch::apic::Mode::XApic(_) => "xapic",
-            });
+            j.str(
+                "apic_mode",
+                match s.apic.0 {
+                    crate::arch::apic::Mode::X2Apic => "x2apic",
+                    crate::arch::apic::Mode::XApic(_) => "xapic",
+                },
+            );
             j.num("apic_timer_hz", s.apic.1);
         });
         j.arr("memory_map", |j| {
@@ -93,14 +96,17 @@ pub fn print(s: &System) {
                     j.item(|j| {
                         j.num("initiator", l.initiator);
                         j.num("target", l.target);
-                        j.str("type", match l.data_type {
-                            drivers::acpi::hmat::DataType::AccessLatency => "access_latency_ps",
-                            drivers::acpi::hmat::DataType::ReadLatency => "read_latency_ps",
-                            drivers::acpi::hmat::DataType::WriteLatency => "write_latency_ps",
-                            drivers::acpi::hmat::DataType::AccessBandwidth => "access_bandwidth_mbps",
-                            drivers::acpi::hmat::DataType::ReadBandwidth => "read_bandwidth_mbps",
-                            drivers::acpi::hmat::DataType::WriteBandwidth => "write_bandwidth_mbps",
-                        });
+                        j.str(
+                            "type",
+                            match l.data_type {
+                                drivers::acpi::hmat::DataType::AccessLatency => "access_latency_ps",
+                                drivers::acpi::hmat::DataType::ReadLatency => "read_latency_ps",
+                                drivers::acpi::hmat::DataType::WriteLatency => "write_latency_ps",
+                                drivers::acpi::hmat::DataType::AccessBandwidth => "access_bandwidth_mbps",
+                                drivers::acpi::hmat::DataType::ReadBandwidth => "read_bandwidth_mbps",
+                                drivers::acpi::hmat::DataType::WriteBandwidth => "write_bandwidth_mbps",
+                            },
+                        );
                         j.num("value", l.value);
                     });
                 }
@@ -124,11 +130,14 @@ pub fn print(s: &System) {
                         for b in &f.bars {
                             j.item(|j| {
                                 j.num("index", b.index);
-                                j.str("kind", match b.kind {
-                                    drivers::pci::BarKind::Mem32 => "mem32",
-                                    drivers::pci::BarKind::Mem64 => "mem64",
-                                    drivers::pci::BarKind::Io => "io",
-                                });
+                                j.str(
+                                    "kind",
+                                    match b.kind {
+                                        drivers::pci::BarKind::Mem32 => "mem32",
+                                        drivers::pci::BarKind::Mem64 => "mem64",
+                                        drivers::pci::BarKind::Io => "io",
+                                    },
+                                );
                                 j.num("address", b.address);
                                 j.num("size", b.size);
                             });

@@ -1,1 +1,698 @@
-fn main() {}
+//! `cargo xtask`: build, boot, test and benchmark the unikernel.
+//!
+//! - `cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug]
+//!   [--timeout SECS] [-- KERNEL ARGS...]`: builds the kernel, boots it on the machine
+//!   described by FILE (default `qemu/default.toml`), prints the boot report and the default
+//!   job's result, and exits with QEMU's decoded status.
+//! - `cargo xtask test`: host tests (`cargo test`), then the in-kernel tests under qboot (the
+//!   whole suite, resuming after a test that crashes or hangs), the PCI tests under SeaBIOS,
+//!   and boot checks (a deliberate page fault, a triple fault and a bad kernel argument must
+//!   each be reported clearly). Ends with `N passed, N failed`.
+//! - `cargo xtask bench boot [--runs N]`: median time from QEMU start to kernel ready.
+//!
+//! Both set up what a fresh machine lacks: the `x86_64-unknown-none` target, and QEMU (installed
+//! with apt when running as root, otherwise the exact command is printed). QEMU always runs
+//! under a timeout, and dies with the xtask (PR_SET_PDEATHSIG).
+
+mod machine;
+
+use machine::Machine;
+use serde_json::Value;
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+type Result<T> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn usage() -> String {
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N]"
+        .into()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("qemu") => cmd_qemu(&args[1..]),
+        Some("test") => cmd_test(&args[1..]),
+        Some("bench") => cmd_bench(&args[1..]),
+        Some("-h" | "--help") | None => {
+            println!("{}", usage());
+            Ok(0)
+        }
+        Some(other) => Err(format!("unknown command '{other}'\n{}", usage())),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---- set-up ------------------------------------------------------------------------------
+
+const QEMU: &str = "qemu-system-x86_64";
+
+fn ensure_prerequisites(firmware_needed: bool) -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "x86_64-unknown-none") => {}
+        Ok(_) => {
+            eprintln!("xtask: installing the x86_64-unknown-none target");
+            let ok = Command::new("rustup")
+                .args(["target", "add", "x86_64-unknown-none"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err("could not install the target: run `rustup target add x86_64-unknown-none`".into());
+            }
+        }
+        Err(_) => eprintln!("xtask: rustup not found; assuming the x86_64-unknown-none target is installed"),
+    }
+    let have_qemu = Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success());
+    let have_bios = !firmware_needed || Path::new("/usr/share/qemu/bios-microvm.bin").exists();
+    if have_qemu && have_bios {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let apt = Path::new("/usr/bin/apt-get").exists();
+    if root && apt {
+        eprintln!("xtask: installing QEMU (apt-get install -y qemu-system-x86)");
+        let ok = Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq", "qemu-system-x86"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        return Err("apt-get could not install qemu-system-x86".into());
+    }
+    Err(format!(
+        "{QEMU} is not installed. Install it with:\n  sudo apt-get update && sudo apt-get install -y qemu-system-x86"
+    ))
+}
+
+// ---- building ----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Profile {
+    Debug,
+    Release,
+    Ktest,
+}
+
+fn build_kernel(profile: Profile) -> Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root()).args(["build", "--quiet", "-p", "kernel", "--target", "x86_64-unknown-none"]);
+    let dir = match profile {
+        Profile::Debug => "debug",
+        Profile::Release => {
+            cmd.arg("--release");
+            "release"
+        }
+        Profile::Ktest => {
+            cmd.args(["--profile", "ktest", "--features", "ktest"]);
+            "ktest"
+        }
+    };
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the kernel failed (see above)".into());
+    }
+    Ok(root().join("target/x86_64-unknown-none").join(dir).join("kernel"))
+}
+
+// ---- running QEMU ------------------------------------------------------------------------
+
+/// How a QEMU run ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Success,
+    Failure,
+    TestPanicked,
+    TestHung,
+    Reset,
+    QemuError(i32),
+    Timeout(u64),
+    Killed,
+}
+
+impl Outcome {
+    fn from_status(code: Option<i32>) -> Self {
+        match code {
+            Some(33) => Self::Success,
+            Some(35) => Self::Failure,
+            Some(37) => Self::TestPanicked,
+            Some(39) => Self::TestHung,
+            Some(0) => Self::Reset,
+            Some(c) => Self::QemuError(c),
+            None => Self::Killed,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Success => "the kernel finished successfully (QEMU status 33)".into(),
+            Self::Failure => "the kernel reported a failure (QEMU status 35; see the log above)".into(),
+            Self::TestPanicked => "an in-kernel test crashed (QEMU status 37)".into(),
+            Self::TestHung => "an in-kernel test hung and was stopped by the watchdog (QEMU status 39)".into(),
+            Self::Reset => "the guest reset itself: a triple fault (QEMU status 0 under -no-reboot)".into(),
+            Self::QemuError(c) => format!("QEMU failed with status {c} (see its message above)"),
+            Self::Timeout(s) => format!("no result within {s} s: the kernel hung; QEMU was killed"),
+            Self::Killed => "QEMU was killed by a signal".into(),
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Reset => 3,
+            Self::Timeout(_) => 4,
+            _ => 1,
+        }
+    }
+}
+
+struct Run {
+    outcome: Outcome,
+    lines: Vec<String>,
+    ready_at: Option<Duration>,
+}
+
+/// Removes the device memory files when dropped.
+struct ShmFiles(Vec<String>);
+
+impl Drop for ShmFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+struct Launch<'a> {
+    kernel: &'a Path,
+    machine: &'a Machine,
+    cmdline: String,
+    accel: &'a str,
+    gdb: bool,
+    timeout: Duration,
+    echo: bool,
+}
+
+fn run_qemu(l: &Launch<'_>) -> Result<Run> {
+    let shm_prefix = format!("/dev/shm/hmmk-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let files = l.machine.shm_files(&shm_prefix);
+    let _guard = ShmFiles(files.iter().map(|f| f.0.clone()).collect());
+    for (path, size) in &files {
+        let f = std::fs::File::create(path).map_err(|e| format!("creating device memory {path}: {e}"))?;
+        f.set_len(*size).map_err(|e| format!("sizing device memory {path}: {e}"))?;
+    }
+    let mut cmd = Command::new(QEMU);
+    cmd.args(l.machine.qemu_args(&shm_prefix))
+        // TCG emulates everything "max" offers; under KVM the host's CPU is what users want.
+        .args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
+        .arg("-kernel")
+        .arg(l.kernel)
+        .args(["-append", &l.cmdline])
+        .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
+        .args(["-no-reboot", "-nodefaults", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if l.gdb {
+        cmd.args(["-s", "-S"]);
+        eprintln!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", l.kernel.display());
+    }
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and calls only the
+        // async-signal-safe prctl.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("starting {QEMU}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut ready_at = None;
+    let deadline = start + l.timeout;
+    let mut timed_out = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline && !l.gdb {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+        match rx.recv_timeout(deadline.saturating_duration_since(now).min(Duration::from_millis(200))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                if line.starts_with("@@BOOT ") && ready_at.is_none() {
+                    ready_at = Some(start.elapsed());
+                }
+                if l.echo && !line.starts_with("@@") {
+                    println!("{line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    // Drain what is left.
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                        if l.echo && !line.starts_with("@@") {
+                            println!("{line}");
+                        }
+                        lines.push(line);
+                    }
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let outcome = if timed_out { Outcome::Timeout(l.timeout.as_secs()) } else { Outcome::from_status(status.code()) };
+    Ok(Run { outcome, lines, ready_at })
+}
+
+fn json_line(lines: &[String], tag: &str) -> Option<Value> {
+    lines.iter().find_map(|l| l.strip_prefix(tag)).and_then(|j| serde_json::from_str(j).ok())
+}
+
+fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>) {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    println!("\n== boot report: {} ==", machine.description);
+    println!(
+        "  cpu      {} (apic {}, nx {}, x2apic {})",
+        v["cpu"]["brand"].as_str().unwrap_or("?"),
+        v["cpu"]["apic_mode"].as_str().unwrap_or("?"),
+        v["cpu"]["nx"],
+        v["cpu"]["x2apic"]
+    );
+    println!("  tsc      {:.1} MHz", n(&v["tsc_hz"]) as f64 / 1e6);
+    println!(
+        "  memory   {} MiB RAM, {} frames free, heap {} KiB",
+        n(&v["memory"]["ram_bytes"]) >> 20,
+        n(&v["memory"]["frames_free"]),
+        n(&v["memory"]["heap_bytes"]) >> 10
+    );
+    for r in v["memory_map"].as_array().into_iter().flatten() {
+        println!("    {:#014x}-{:#014x} {}", n(&r["start"]), n(&r["end"]), r["kind"].as_str().unwrap_or("?"));
+    }
+    let cpus: Vec<String> = v["cpus"].as_array().into_iter().flatten().map(|c| n(&c["apic_id"]).to_string()).collect();
+    println!("  cpus     {} (apic ids {})", cpus.len(), cpus.join(", "));
+    let tables: Vec<&str> =
+        v["acpi_tables"].as_array().into_iter().flatten().filter_map(|t| t["signature"].as_str()).collect();
+    println!("  acpi     {}", tables.join(" "));
+    if let Some(h) = v["hmat"].as_array() {
+        for e in h {
+            println!(
+                "    hmat   node {} -> node {}: {} = {}",
+                n(&e["initiator"]),
+                n(&e["target"]),
+                e["type"].as_str().unwrap_or("?"),
+                n(&e["value"])
+            );
+        }
+    }
+    println!("  pci      ECAM at {:#x}", n(&v["ecam_base"]));
+    for f in v["pci"].as_array().into_iter().flatten() {
+        let bars: Vec<String> = f["bars"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| format!("BAR{}={:#x}+{:#x}", n(&b["index"]), n(&b["address"]), n(&b["size"])))
+            .collect();
+        let virtio = if f["virtio"].is_object() {
+            format!(
+                " [virtio, {}]",
+                if f["virtio"]["bound"].as_bool() == Some(true) { "transport ok" } else { "transport FAILED" }
+            )
+        } else {
+            String::new()
+        };
+        let ep = f["iommu_endpoint"].as_u64().map(|e| format!(" [iommu endpoint {e}]")).unwrap_or_default();
+        println!(
+            "    {} {} {:<20}{virtio}{ep} {}",
+            f["bdf"].as_str().unwrap_or("?"),
+            f["id"].as_str().unwrap_or("?"),
+            f["name"].as_str().unwrap_or("?"),
+            bars.join(" ")
+        );
+    }
+    let kernel_ms = n(&v["ready_ns"]) as f64 / 1e6;
+    match host_ready {
+        Some(h) => println!(
+            "  ready    {kernel_ms:.1} ms after kernel entry, {:.1} ms after QEMU start",
+            h.as_secs_f64() * 1e3
+        ),
+        None => println!("  ready    {kernel_ms:.1} ms after kernel entry"),
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
+    let mut o = Options {
+        machine: root().join("qemu/default.toml"),
+        accel: "tcg".into(),
+        gdb: false,
+        profile: Profile::Release,
+        timeout: 120,
+        skip_host: false,
+        runs: 10,
+    };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value\n{}", usage()));
+        match a.as_str() {
+            "--machine" => o.machine = PathBuf::from(value("--machine")?),
+            "--accel" => {
+                o.accel = value("--accel")?;
+                if o.accel != "tcg" && o.accel != "kvm" {
+                    return Err(format!("--accel {}: use tcg or kvm", o.accel));
+                }
+            }
+            "--gdb" => o.gdb = true,
+            "--release" => o.profile = Profile::Release,
+            "--debug" => o.profile = Profile::Debug,
+            "--skip-host" => o.skip_host = true,
+            "--timeout" => {
+                o.timeout = value("--timeout")?.parse().map_err(|_| "--timeout takes seconds".to_string())?
+            }
+            "--runs" => {
+                o.runs = value("--runs")?.parse().ok().filter(|&r| r > 0).ok_or("--runs takes a positive count")?
+            }
+            "--" => rest.extend(it.by_ref().cloned()),
+            other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
+            other => rest.push(other.to_string()),
+        }
+    }
+    Ok((o, rest))
+}
+
+struct Options {
+    machine: PathBuf,
+    accel: String,
+    gdb: bool,
+    profile: Profile,
+    timeout: u64,
+    skip_host: bool,
+    runs: usize,
+}
+
+// ---- commands ----------------------------------------------------------------------------
+
+fn cmd_qemu(args: &[String]) -> Result<u8> {
+    let (o, kernel_args) = parse_options(args)?;
+    let machine = Machine::load(&o.machine)?;
+    ensure_prerequisites(machine.firmware == "qboot")?;
+    let kernel = build_kernel(o.profile)?;
+    let run = run_qemu(&Launch {
+        kernel: &kernel,
+        machine: &machine,
+        cmdline: kernel_args.join(" "),
+        accel: &o.accel,
+        gdb: o.gdb,
+        timeout: Duration::from_secs(o.timeout),
+        echo: true,
+    })?;
+    if let Some(report) = json_line(&run.lines, "@@BOOT ") {
+        print_boot_report(&report, &machine, run.ready_at);
+        println!("@@BOOT {report}");
+    }
+    if let Some(result) = json_line(&run.lines, "@@RESULT ") {
+        println!("\n== default job: {} ==", result["job"].as_str().unwrap_or("?"));
+        if let Some(obj) = result.as_object() {
+            for (k, v) in obj.iter().filter(|(k, _)| *k != "job") {
+                println!("  {k:<32} {v}");
+            }
+        }
+    }
+    println!("\n{}", run.outcome.describe());
+    Ok(run.outcome.code())
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn pass(&mut self, name: &str) {
+        self.passed += 1;
+        println!("test {name} ... ok");
+    }
+    fn fail(&mut self, name: &str, why: &str) {
+        self.failed.push(name.to_string());
+        println!("test {name} ... FAILED: {why}");
+    }
+}
+
+/// Runs the in-kernel suite, booting again after a crash or hang to continue with the next
+/// test.
+fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &str, tally: &mut Tally) -> Result<()> {
+    let mut from = 0usize;
+    loop {
+        let mut cmdline = format!("log=warn ktest.from={from}");
+        if let Some(f) = filter {
+            cmdline.push_str(&format!(" ktest.filter={f}"));
+        }
+        let run = run_qemu(&Launch {
+            kernel,
+            machine,
+            cmdline,
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(240),
+            echo: false,
+        })?;
+        let mut last_started: Option<(usize, String)> = None;
+        let mut finished = None;
+        for line in &run.lines {
+            let Some(rest) = line.strip_prefix("ktest: ") else {
+                if line.starts_with("BOOT FAILED") || line.starts_with("PANIC") || line.starts_with("FATAL") {
+                    println!("  {line}");
+                }
+                continue;
+            };
+            let mut words = rest.splitn(3, ' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("start"), Some(i), Some(name)) => last_started = Some((i.parse().unwrap_or(0), name.to_string())),
+                (Some("ok"), Some(_), Some(name)) => {
+                    tally.pass(&format!("{label}{}", name.split(' ').next().unwrap_or(name)));
+                    last_started = None;
+                }
+                (Some("FAIL" | "HANG"), Some(_), Some(rest)) => {
+                    let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
+                    tally.fail(&format!("{label}{}", name.trim_end_matches(':')), why.trim_start_matches(':').trim());
+                    last_started = None;
+                }
+                (Some("LEAK"), _, _) => tally.fail(&format!("{label}frame-leak-check"), rest),
+                (Some("done"), _, _) => finished = Some(()),
+                _ => {}
+            }
+        }
+        match (&run.outcome, finished) {
+            (Outcome::Success | Outcome::Failure, Some(())) => return Ok(()),
+            (Outcome::TestPanicked | Outcome::TestHung, _) | (Outcome::Timeout(_), _) => {
+                // The crashed test has already been reported unless the kernel died silently.
+                let Some((i, name)) = last_started.or_else(|| {
+                    run.lines.iter().rev().find_map(|l| {
+                        let r = l.strip_prefix("ktest: FAIL ").or_else(|| l.strip_prefix("ktest: HANG "))?;
+                        let mut w = r.split(' ');
+                        Some((w.next()?.parse().ok()?, String::new()))
+                    })
+                }) else {
+                    return Err(format!("{label}in-kernel tests: {} before any test started", run.outcome.describe()));
+                };
+                if !name.is_empty() {
+                    tally.fail(&format!("{label}{name}"), &run.outcome.describe());
+                }
+                from = i + 1;
+            }
+            (outcome, _) => {
+                for l in run.lines.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev() {
+                    println!("  | {l}");
+                }
+                return Err(format!("{label}in-kernel tests did not finish: {}", outcome.describe()));
+            }
+        }
+    }
+}
+
+/// Boots that must fail in a specific, clearly reported way.
+fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()> {
+    let checks: [(&str, &str, Outcome, &[&str]); 4] = [
+        (
+            "boot::unhandled_page_fault_reported",
+            "ktest.crash=pagefault",
+            Outcome::Failure,
+            &[
+                "FATAL EXCEPTION: #PF page fault",
+                "page fault at address 0x00000000deadb000: not-present page read in kernel mode",
+                "rip 0x",
+            ],
+        ),
+        (
+            "boot::panic_reported_with_location",
+            "ktest.crash=panic",
+            Outcome::Failure,
+            &["PANIC at kernel/src/main.rs:", "deliberate panic"],
+        ),
+        ("boot::triple_fault_detected", "ktest.crash=triplefault", Outcome::Reset, &[]),
+        (
+            "boot::bad_kernel_argument_named",
+            "log=info bogus=1",
+            Outcome::Failure,
+            &["BOOT FAILED: kernel command line: unknown kernel argument 'bogus=1'"],
+        ),
+    ];
+    for (name, cmdline, want, needles) in checks {
+        let run = run_qemu(&Launch {
+            kernel,
+            machine,
+            cmdline: cmdline.into(),
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(60),
+            echo: false,
+        })?;
+        let text = run.lines.join("\n");
+        let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        if run.outcome != want {
+            tally.fail(name, &format!("expected '{}', got '{}'", want.describe(), run.outcome.describe()));
+        } else if !missing.is_empty() {
+            tally.fail(name, &format!("output lacks {missing:?}"));
+        } else {
+            tally.pass(name);
+        }
+    }
+    Ok(())
+}
+
+fn host_tests(tally: &mut Tally) -> Result<()> {
+    println!("== host tests (cargo test) ==");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["test", "--quiet"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let (mut p, mut f) = (0, 0);
+    for l in text.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |key: &str| {
+            l.split(';')
+                .find(|s| s.contains(key))
+                .and_then(|s| s.split_whitespace().rev().nth(1)?.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        p += num(" passed");
+        f += num(" failed");
+    }
+    tally.passed += p;
+    for i in 0..f {
+        tally.failed.push(format!("host test #{i}"));
+    }
+    if !out.status.success() && f == 0 {
+        tally.failed.push("host tests (cargo test did not complete)".into());
+    }
+    println!("host: {p} passed, {f} failed");
+    Ok(())
+}
+
+fn cmd_test(args: &[String]) -> Result<u8> {
+    let (o, rest) = parse_options(args)?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected arguments {rest:?}\n{}", usage()));
+    }
+    let machine = Machine::load(&o.machine)?;
+    let seabios = Machine::load(&root().join("qemu/seabios.toml"))?;
+    ensure_prerequisites(true)?;
+    let mut tally = Tally::default();
+    if !o.skip_host {
+        host_tests(&mut tally)?;
+    }
+    println!("\n== in-kernel tests ({}) ==", machine.description);
+    let kernel = build_kernel(Profile::Ktest)?;
+    kernel_suite(&kernel, &machine, None, "", &mut tally)?;
+    println!("\n== in-kernel PCI tests under SeaBIOS ==");
+    kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", &mut tally)?;
+    println!("\n== boot checks ==");
+    boot_checks(&kernel, &machine, &mut tally)?;
+    println!();
+    if !tally.failed.is_empty() {
+        println!("failed: {}", tally.failed.join(", "));
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed.len());
+    Ok(if tally.failed.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_bench(args: &[String]) -> Result<u8> {
+    let (o, rest) = parse_options(args)?;
+    match rest.first().map(String::as_str) {
+        Some("boot") => {}
+        Some(other) => return Err(format!("unknown benchmark '{other}' (available: boot)")),
+        None => return Err(format!("name a benchmark\n{}", usage())),
+    }
+    let machine = Machine::load(&o.machine)?;
+    ensure_prerequisites(machine.firmware == "qboot")?;
+    let kernel = build_kernel(Profile::Release)?;
+    let (mut host, mut guest) = (Vec::new(), Vec::new());
+    for i in 0..o.runs {
+        let run = run_qemu(&Launch {
+            kernel: &kernel,
+            machine: &machine,
+            cmdline: "log=warn job=none".into(),
+            accel: &o.accel,
+            gdb: false,
+            timeout: Duration::from_secs(60),
+            echo: false,
+        })?;
+        if run.outcome != Outcome::Success {
+            return Err(format!("boot {i}: {}", run.outcome.describe()));
+        }
+        let ready = run.ready_at.ok_or("no boot report")?;
+        let kernel_ns = json_line(&run.lines, "@@BOOT ").and_then(|v| v["ready_ns"].as_u64()).unwrap_or(0);
+        host.push(ready.as_secs_f64() * 1e3);
+        guest.push(kernel_ns as f64 / 1e6);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mh, mg) = (median(&mut host), median(&mut guest));
+    println!("boot benchmark: {} ({} firmware, {}), {} runs", machine.description, machine.firmware, o.accel, o.runs);
+    println!("  QEMU start -> kernel ready: median {mh:.1} ms (min {:.1}, max {:.1})", host[0], host[host.len() - 1]);
+    println!("  kernel entry -> ready:      median {mg:.1} ms");
+    println!("  target: under 100 ms from QEMU start: {}", if mh < 100.0 { "met" } else { "NOT met" });
+    Ok(0)
+}

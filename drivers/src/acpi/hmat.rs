@@ -102,10 +102,7 @@ pub fn parse(table: &[u8]) -> Result<Hmat, AcpiError> {
                     return Err(short);
                 }
                 let valid = u16_at(s, 8) & 1 != 0;
-                hmat.domains.push(DomainAttributes {
-                    memory: u32_at(s, 16),
-                    initiator: valid.then(|| u32_at(s, 12)),
-                });
+                hmat.domains.push(DomainAttributes { memory: u32_at(s, 16), initiator: valid.then(|| u32_at(s, 12)) });
             }
             1 => {
                 if s.len() < 32 {

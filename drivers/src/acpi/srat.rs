@@ -70,7 +70,8 @@ pub fn parse(table: &[u8]) -> Result<Srat, AcpiError> {
                     return Err(short());
                 }
                 if u32_at(e, 4) & 1 != 0 {
-                    let domain = u32::from(e[2]) | (u32::from(e[9]) << 8) | (u32::from(e[10]) << 16) | (u32::from(e[11]) << 24);
+                    let domain =
+                        u32::from(e[2]) | (u32::from(e[9]) << 8) | (u32::from(e[10]) << 16) | (u32::from(e[11]) << 24);
                     srat.cpus.push(CpuAffinity { apic_id: u32::from(e[3]), domain });
                 }
             }

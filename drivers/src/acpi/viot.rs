@@ -55,7 +55,8 @@ impl Viot {
     /// The endpoint id and IOMMU for a PCI function, if it is translated.
     pub fn endpoint_for(&self, segment: u16, bdf: u16) -> Option<(u32, &Iommu)> {
         self.pci_ranges.iter().find_map(|r| {
-            let inside = (r.segment_start..=r.segment_end).contains(&segment) && (r.bdf_start..=r.bdf_end).contains(&bdf);
+            let inside =
+                (r.segment_start..=r.segment_end).contains(&segment) && (r.bdf_start..=r.bdf_end).contains(&bdf);
             let iommu = self.iommus.iter().find(|i| i.node_offset == r.iommu)?;
             inside.then(|| (r.endpoint_start + u32::from(bdf - r.bdf_start), iommu))
         })
@@ -101,7 +102,8 @@ pub fn parse(table: &[u8]) -> Result<Viot, AcpiError> {
             }
             4 => {
                 need(16)?;
-                viot.iommus.push(Iommu { node_offset: off as u16, location: IommuLocation::Mmio { base: u64_at(node, 8) } });
+                viot.iommus
+                    .push(Iommu { node_offset: off as u16, location: IommuLocation::Mmio { base: u64_at(node, 8) } });
             }
             _ => {}
         }

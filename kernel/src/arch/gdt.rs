@@ -24,6 +24,7 @@ pub const NMI_IST: u16 = 1;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
 #[repr(align(16))]
+#[allow(dead_code)] // never read by Rust: only its address goes into the TSS
 struct Stack([u8; IST_STACK_SIZE]);
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; IST_STACK_SIZE]);
 static mut NMI_STACK: Stack = Stack([0; IST_STACK_SIZE]);

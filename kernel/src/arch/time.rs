@@ -108,8 +108,3 @@ pub fn calibrate(port: u16, wide: bool, window_us: u64) -> Result<u64, Calibrati
         }
     }
 }
-
-/// Sets the TSC frequency by other means (a fallback when there is no PM timer).
-pub fn set_tsc_hz(hz: u64) {
-    TSC_HZ.store(hz.max(1), Ordering::Relaxed);
-}

@@ -266,7 +266,8 @@ struct Gate {
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
-static mut IDT: Idt = Idt([Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256]);
+static mut IDT: Idt =
+    Idt([Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256]);
 
 macro_rules! stub {
     ($name:ident, $vector:expr) => {
@@ -356,9 +357,7 @@ pub fn init() {
             reserved: 0,
         }
     };
-    // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled
-    // and before any other CPU runs; no reference to it escapes.
-    let idt = unsafe { &mut *(&raw mut IDT) };
+    let mut idt = Idt([Gate::default(); 256]);
     for (v, &h) in exceptions.iter().enumerate() {
         let ist = match v {
             8 => gdt::DOUBLE_FAULT_IST as u8 + 1,
@@ -369,6 +368,9 @@ pub fn init() {
     }
     idt.0[TIMER_VECTOR as usize] = gate(v_timer, 0);
     idt.0[SPURIOUS_VECTOR as usize] = gate(v_spurious, 0);
+    // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled and
+    // before any other CPU runs; no reference to it exists.
+    unsafe { (&raw mut IDT).write(idt) };
     let ptr = x86_64::structures::DescriptorTablePointer {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,
         base: x86_64::VirtAddr::from_ptr(&raw const IDT),
@@ -421,10 +423,7 @@ fn fatal(frame: &TrapFrame, cr2: Option<u64>) -> ! {
     write_raw(format_args!("\nFATAL EXCEPTION: {} (vector {})\n", name, frame.vector));
     if let Some(addr) = cr2 {
         let e = PageFaultError(frame.error_code);
-        write_raw(format_args!(
-            "  page fault at address {addr:#018x}: {e} (error code {:#x})\n",
-            frame.error_code
-        ));
+        write_raw(format_args!("  page fault at address {addr:#018x}: {e} (error code {:#x})\n", frame.error_code));
     } else if frame.error_code != 0 {
         write_raw(format_args!("  error code {:#x}\n", frame.error_code));
     }

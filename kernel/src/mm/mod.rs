@@ -130,7 +130,7 @@ impl From<MapError> for MmError {
 fn map_direct(pt: &mut PageTable, start: u64, end: u64, flags: Flags, batch: &mut FlushBatch) -> Result<(), MapError> {
     let mut p = start & !(PAGE_SIZE - 1);
     while p < end {
-        let size = if p % HUGE == 0 && p + HUGE <= end { PageSize::Size2M } else { PageSize::Size4K };
+        let size = if p.is_multiple_of(HUGE) && p + HUGE <= end { PageSize::Size2M } else { PageSize::Size4K };
         match pt.map(DIRECT_MAP_BASE + p, p, size, flags) {
             Ok(flush) => flush.defer(batch),
             Err(MapError::AlreadyMapped(_) | MapError::HugePageInTheWay(_)) => {}
@@ -171,7 +171,9 @@ pub fn init(info: &BootInfo, nx_supported: bool) -> Result<(), MmError> {
     let img = image();
     let kernel_phys_end = img.data.1 - KERNEL_VMA_OFFSET;
     let reserved = |s: u64, e: u64| -> bool {
-        s < 0x10_0000 || (s < kernel_phys_end && e > boot::layout::KERNEL_PHYS_BASE) || info.modules.iter().any(|m| s < m.paddr + m.size && e > m.paddr)
+        s < 0x10_0000
+            || (s < kernel_phys_end && e > boot::layout::KERNEL_PHYS_BASE)
+            || info.modules.iter().any(|m| s < m.paddr + m.size && e > m.paddr)
     };
     // Step 1: page tables for the direct map come from a bootstrap run: the first 2 MiB of
     // free RAM inside the early identity map.
@@ -198,7 +200,10 @@ pub fn init(info: &BootInfo, nx_supported: bool) -> Result<(), MmError> {
     let mut batch = FlushBatch::new();
     let wb = Flags::WRITABLE | nx() | Flags::GLOBAL;
     for r in info.memory_map.iter() {
-        if matches!(r.kind, MemoryKind::Ram | MemoryKind::AcpiReclaimable | MemoryKind::AcpiNvs | MemoryKind::Persistent) {
+        if matches!(
+            r.kind,
+            MemoryKind::Ram | MemoryKind::AcpiReclaimable | MemoryKind::AcpiNvs | MemoryKind::Persistent
+        ) {
             map_direct(&mut pt, r.start, r.end, wb, &mut batch)?;
         }
     }

@@ -262,11 +262,6 @@ impl PageTable {
         Ok(Self { root: frame::alloc_zeroed(1)? })
     }
 
-    /// The root's physical address (what CR3 takes).
-    pub fn root(&self) -> u64 {
-        self.root
-    }
-
     /// Installs this hierarchy in CR3.
     ///
     /// # Safety
@@ -311,7 +306,7 @@ impl PageTable {
         if !canonical(vaddr) {
             return Err(MapError::NonCanonical(vaddr));
         }
-        if vaddr % size.bytes() != 0 || paddr % size.bytes() != 0 {
+        if !vaddr.is_multiple_of(size.bytes()) || !paddr.is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned { vaddr, paddr, size });
         }
         let level = size.leaf_level();
@@ -421,12 +416,5 @@ impl PageTable {
             }
         }
         Ok(())
-    }
-
-    /// Copies the root's kernel-half entries (256..512) from `other`, so both share the kernel.
-    pub fn share_kernel_half(&mut self, other: &PageTable) {
-        for i in boot::layout::KERNEL_PML4_FIRST..512 {
-            write_entry(self.root, i, read_entry(other.root, i));
-        }
     }
 }

@@ -1,0 +1,326 @@
+//! Machine descriptions (`qemu/*.toml`) and the QEMU command line built from them.
+//!
+//! A machine file names CPUs, memory (or NUMA nodes with HMAT entries), the firmware, whether
+//! a virtio-iommu is present, and the devices. Unknown keys and bad values are errors that name
+//! the file, the line and the field.
+
+use serde::Deserialize;
+use std::{fmt::Write as _, path::Path};
+
+/// A machine file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// One line for reports.
+    pub description: String,
+    /// CPU count.
+    pub cpus: u32,
+    /// RAM, e.g. "512M" (omit with `numa`: the nodes' sum is used).
+    pub memory: Option<String>,
+    /// "qboot" (fast, default) or "seabios".
+    #[serde(default = "default_firmware")]
+    pub firmware: String,
+    /// A virtio-iommu in front of the devices.
+    #[serde(default)]
+    pub iommu: bool,
+    /// Devices.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<Device>,
+    /// NUMA topology.
+    pub numa: Option<Numa>,
+}
+
+fn default_firmware() -> String {
+    "qboot".into()
+}
+
+/// One device: device memory plus its copy engine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Name (letters, digits, '-', '_').
+    pub name: String,
+    /// Device memory size, a power of two, e.g. "64M".
+    pub memory: String,
+}
+
+/// NUMA nodes and HMAT entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Numa {
+    /// Nodes, numbered in order.
+    pub node: Vec<Node>,
+    /// Latency/bandwidth entries.
+    #[serde(default)]
+    pub hmat: Vec<Hmat>,
+}
+
+/// A NUMA node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// CPU indices.
+    pub cpus: Vec<u32>,
+    /// Memory, e.g. "256M".
+    pub memory: String,
+}
+
+/// One HMAT entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hmat {
+    /// Initiator node.
+    pub initiator: u32,
+    /// Target (memory) node.
+    pub target: u32,
+    /// Access latency.
+    pub latency_ns: u64,
+    /// Access bandwidth.
+    pub bandwidth_mbps: u64,
+}
+
+/// Parses "512M", "1G", "64K" or a byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size (use a number with K, M or G, e.g. \"512M\")"))
+}
+
+impl Machine {
+    /// Reads and validates a machine file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let m: Machine = toml::from_str(&text).map_err(|e| {
+            let (line, col) = e.span().map_or((0, 0), |s| {
+                let before = &text[..s.start];
+                (before.matches('\n').count() + 1, s.start - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+            });
+            format!("{}:{line}:{col}: {}", path.display(), e.message())
+        })?;
+        m.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.cpus) {
+            return Err(format!("cpus = {}: must be 1 to 64", self.cpus));
+        }
+        if !matches!(self.firmware.as_str(), "qboot" | "seabios") {
+            return Err(format!("firmware = \"{}\": must be \"qboot\" or \"seabios\"", self.firmware));
+        }
+        match (&self.memory, &self.numa) {
+            (Some(m), None) => {
+                let m = parse_size(m).map_err(|e| format!("memory: {e}"))?;
+                if m < 128 << 20 {
+                    return Err("memory: at least 128M is needed".into());
+                }
+            }
+            (None, Some(n)) => {
+                if n.node.is_empty() {
+                    return Err("numa: at least one [[numa.node]]".into());
+                }
+                for (i, node) in n.node.iter().enumerate() {
+                    parse_size(&node.memory).map_err(|e| format!("numa.node[{i}].memory: {e}"))?;
+                    if let Some(c) = node.cpus.iter().find(|&&c| c >= self.cpus) {
+                        return Err(format!("numa.node[{i}].cpus: CPU {c} does not exist (cpus = {})", self.cpus));
+                    }
+                }
+                for (i, h) in n.hmat.iter().enumerate() {
+                    let nodes = n.node.len() as u32;
+                    if h.initiator >= nodes || h.target >= nodes {
+                        return Err(format!("numa.hmat[{i}]: node out of range (there are {nodes} nodes)"));
+                    }
+                    if h.latency_ns == 0 || h.bandwidth_mbps == 0 {
+                        return Err(format!("numa.hmat[{i}]: latency_ns and bandwidth_mbps must be positive"));
+                    }
+                    if n.node[h.initiator as usize].cpus.is_empty() {
+                        return Err(format!("numa.hmat[{i}]: initiator node {} has no CPUs", h.initiator));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => return Err("give either memory or [numa], not both".into()),
+            (None, None) => return Err("missing field: memory (or [numa] nodes)".into()),
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("device[{i}].name = \"{}\": use letters, digits, '-' and '_'", d.name));
+            }
+            let size = parse_size(&d.memory).map_err(|e| format!("device[{i}].memory: {e}"))?;
+            if !size.is_power_of_two() || size < 1 << 20 {
+                return Err(format!(
+                    "device[{i}].memory = \"{}\": must be a power of two of at least 1M (a PCI BAR)",
+                    d.memory
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total RAM in bytes.
+    pub fn ram(&self) -> u64 {
+        match (&self.memory, &self.numa) {
+            (Some(m), _) => parse_size(m).unwrap_or(0),
+            (None, Some(n)) => n.node.iter().map(|x| parse_size(&x.memory).unwrap_or(0)).sum(),
+            _ => 0,
+        }
+    }
+
+    /// QEMU arguments for this machine (without the kernel, serial or exit device). `shm` is
+    /// the prefix of the per-device memory files.
+    pub fn qemu_args(&self, shm: &str) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: String| a.push(s);
+        let hmat = self.numa.as_ref().is_some_and(|n| !n.hmat.is_empty());
+        push("-machine".into());
+        push(if hmat { "q35,hmat=on".into() } else { "q35".into() });
+        push("-smp".into());
+        push(self.cpus.to_string());
+        push("-m".into());
+        push(format!("{}M", self.ram() >> 20));
+        if self.firmware == "qboot" {
+            push("-bios".into());
+            push("/usr/share/qemu/bios-microvm.bin".into());
+        }
+        if let Some(n) = &self.numa {
+            for (i, node) in n.node.iter().enumerate() {
+                push("-object".into());
+                push(format!("memory-backend-ram,id=numa{i},size={}M", parse_size(&node.memory).unwrap_or(0) >> 20));
+                let mut spec = format!("node,nodeid={i},memdev=numa{i}");
+                for c in &node.cpus {
+                    let _ = write!(spec, ",cpus={c}");
+                }
+                if hmat {
+                    // Nodes without CPUs take the first node with CPUs as their initiator.
+                    let init = if node.cpus.is_empty() {
+                        n.node.iter().position(|x| !x.cpus.is_empty()).unwrap_or(0)
+                    } else {
+                        i
+                    };
+                    let _ = write!(spec, ",initiator={init}");
+                }
+                push("-numa".into());
+                push(spec);
+            }
+            for h in &n.hmat {
+                push("-numa".into());
+                push(format!(
+                    "hmat-lb,initiator={},target={},hierarchy=memory,data-type=access-latency,latency={}",
+                    h.initiator, h.target, h.latency_ns
+                ));
+                push("-numa".into());
+                push(format!(
+                    "hmat-lb,initiator={},target={},hierarchy=memory,data-type=access-bandwidth,bandwidth={}M",
+                    h.initiator, h.target, h.bandwidth_mbps
+                ));
+            }
+        }
+        if self.iommu {
+            push("-device".into());
+            push("virtio-iommu-pci".into());
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let path = format!("{shm}-{}", d.name);
+            let size = parse_size(&d.memory).unwrap_or(0);
+            push("-object".into());
+            push(format!("memory-backend-file,id=vram{i},share=on,mem-path={path},size={size}"));
+            push("-device".into());
+            push(format!("ivshmem-plain,memdev=vram{i}"));
+            push("-drive".into());
+            push(format!("if=none,id=copy{i},file={path},format=raw,file.locking=off"));
+            push("-device".into());
+            push(format!(
+                "virtio-blk-pci,drive=copy{i},disable-legacy=on{}",
+                if self.iommu { ",iommu_platform=on" } else { "" }
+            ));
+        }
+        a
+    }
+
+    /// The device memory files to create: (path, size).
+    pub fn shm_files(&self, shm: &str) -> Vec<(String, u64)> {
+        self.devices.iter().map(|d| (format!("{shm}-{}", d.name), parse_size(&d.memory).unwrap_or(0))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Machine, String> {
+        let dir = std::env::temp_dir().join(format!("xtask-machine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("m{}.toml", text.len()));
+        std::fs::write(&p, text).unwrap();
+        Machine::load(&p)
+    }
+
+    #[test]
+    fn every_shipped_machine_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Machine::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 4);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = load_str("description = \"x\"\ncpus = 2\nmemory = \"512M\"\ncolour = 1\n").unwrap_err();
+        assert!(e.contains(":4:"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = load_str("description = \"x\"\ncpus = 0\nmemory = \"512M\"\n").unwrap_err();
+        assert!(e.contains("cpus"), "{e}");
+        let e = load_str("description = \"x\"\ncpus = 1\nmemory = \"lots\"\n").unwrap_err();
+        assert!(e.contains("not a size"), "{e}");
+        let e = load_str("description = \"x\"\ncpus = 1\nmemory = \"512M\"\nfirmware = \"uefi\"\n").unwrap_err();
+        assert!(e.contains("qboot"), "{e}");
+        let e =
+            load_str("description = \"x\"\ncpus = 1\nmemory = \"512M\"\n[[device]]\nname = \"a\"\nmemory = \"3M\"\n")
+                .unwrap_err();
+        assert!(e.contains("power of two"), "{e}");
+        let e = load_str("description = \"x\"\ncpus = 1\n").unwrap_err();
+        assert!(e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn builds_device_and_numa_arguments() {
+        let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/default.toml")).unwrap();
+        let a = m.qemu_args("/dev/shm/x").join(" ");
+        assert!(a.contains("-bios /usr/share/qemu/bios-microvm.bin"));
+        assert!(a.contains("virtio-iommu-pci"));
+        assert!(a.contains("mem-path=/dev/shm/x-dev0,size=67108864"));
+        assert!(a.contains("iommu_platform=on"));
+        let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/numa2.toml")).unwrap();
+        let a = m.qemu_args("/dev/shm/x").join(" ");
+        assert!(a.contains("q35,hmat=on"));
+        assert!(a.contains("-m 512M"));
+        assert!(a.contains("node,nodeid=1,memdev=numa1,cpus=1,initiator=1"));
+        assert!(a.contains("data-type=access-bandwidth,bandwidth=5000M"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+    }
+}
