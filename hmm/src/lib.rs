@@ -5,10 +5,14 @@
 //! placement policies and the cost model. It is generic over a page-table trait that the kernel
 //! implements over real x86_64 page tables and that tests implement with a fake.
 //!
-//! Status: the foundation (boot, kernel, xtask) has landed; the HMM core is the next issue. For
-//! now the crate holds only the typed addresses every layer shares.
+//! Status: [`mm`] holds the address spaces the HMM stack mirrors (page tables, VMAs, faults,
+//! copy-on-write, huge pages, files, the invalidation path); the HMM layers themselves are the
+//! next issue.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod addr;
+pub mod mm;

@@ -1,0 +1,289 @@
+//! The portable memory manager: address spaces over x86_64-format page tables.
+//!
+//! This is the part of the kernel the HMM stack mirrors, written once and run twice: in the
+//! kernel over real page tables (the kernel implements [`Platform`] with its frame allocator,
+//! direct map and `invlpg`) and on the host over [`platform::fake::FakePlatform`].
+//!
+//! | Linux | here |
+//! |---|---|
+//! | `struct page`, `mem_map` | [`frame::PageMeta`], [`frame::FrameTable`] |
+//! | `mm_struct`, page tables | [`space::AddressSpace`], [`pagetable::Tables`] |
+//! | `vm_area_struct` | [`vma::Vma`], [`vma::VmaTree`] |
+//! | `mmu_notifier_range`, `MMU_NOTIFY_*` | [`notify::Range`], [`notify::Event`] |
+//! | swap entries (device-private, migration, exclusive) | [`pte::Soft`] |
+//! | tmpfs / shmem file | [`file::MemFile`] |
+//!
+//! [`Mm`] is what every address space shares: the platform, the frame table, the zero pages
+//! and the transparent-huge-page mode.
+
+pub mod file;
+pub mod frame;
+pub mod notify;
+pub mod pagetable;
+pub mod platform;
+pub mod pte;
+pub mod space;
+pub mod vma;
+
+#[cfg(test)]
+mod tests;
+
+use crate::addr::Pfn;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use frame::{FrameTable, PageMeta, flags};
+pub use platform::Platform;
+use spin::Once;
+
+/// Frames in a 2 MiB page.
+pub const HUGE_FRAMES: u64 = 512;
+/// The order of a 2 MiB page.
+pub const HUGE_ORDER: u32 = 9;
+
+/// A memory-management error, named after the Linux errno it corresponds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// `EINVAL`: an argument is malformed; the text says which.
+    Invalid(&'static str),
+    /// `ENOMEM`: no physical memory left.
+    NoMemory,
+    /// `ENOMEM`: the address range is not (fully) mapped, or no gap is big enough.
+    NoSpace(&'static str),
+    /// `EFAULT`: an address is outside any mapping, or not accessible.
+    Fault(&'static str),
+    /// `EEXIST`: `MAP_FIXED_NOREPLACE` over an existing mapping.
+    Exists,
+    /// `EBUSY`: a page is in use by a migration or a device and cannot change now.
+    Busy(&'static str),
+    /// `EACCES`: the mapping's rights forbid this.
+    Access(&'static str),
+}
+
+impl Error {
+    /// The Linux errno value (positive).
+    pub fn errno(self) -> i32 {
+        match self {
+            Error::Invalid(_) => 22,
+            Error::NoMemory | Error::NoSpace(_) => 12,
+            Error::Fault(_) => 14,
+            Error::Exists => 17,
+            Error::Busy(_) => 16,
+            Error::Access(_) => 13,
+        }
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Invalid(why) => write!(f, "invalid argument: {why}"),
+            Error::NoMemory => write!(f, "out of physical memory: free some or give the machine more"),
+            Error::NoSpace(why) => write!(f, "no such mapping or no room: {why}"),
+            Error::Fault(why) => write!(f, "bad address: {why}"),
+            Error::Exists => write!(f, "the fixed range is already mapped (MAP_FIXED_NOREPLACE)"),
+            Error::Busy(why) => write!(f, "busy: {why}; retry later"),
+            Error::Access(why) => write!(f, "access denied: {why}"),
+        }
+    }
+}
+
+/// Transparent huge page policy (`/sys/kernel/mm/transparent_hugepage/enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThpMode {
+    /// Never use 2 MiB pages for anonymous memory.
+    Never = 0,
+    /// Only in ranges marked `MADV_HUGEPAGE` (the default, as in most distributions).
+    Madvise = 1,
+    /// Wherever a 2 MiB-aligned range of a private anonymous mapping faults.
+    Always = 2,
+}
+
+/// Counters shared by every address space.
+#[derive(Debug, Default)]
+pub struct MmStats {
+    /// Base pages allocated for anonymous memory.
+    pub anon_pages: AtomicU64,
+    /// 2 MiB pages allocated (THP and hugetlb).
+    pub huge_pages: AtomicU64,
+    /// Huge mappings split into base pages.
+    pub thp_splits: AtomicU64,
+    /// Copy-on-write copies made.
+    pub cow_copies: AtomicU64,
+    /// Copy-on-write faults resolved by reusing an exclusive page.
+    pub cow_reuses: AtomicU64,
+}
+
+/// Called when a device page's last reference goes (the pagemap's `page_free`).
+pub type DeviceFree = Box<dyn Fn(Pfn) + Send + Sync>;
+
+/// The memory manager's shared state.
+pub struct Mm {
+    platform: Arc<dyn Platform>,
+    frames: FrameTable,
+    zero: Pfn,
+    huge_zero: Pfn,
+    thp: AtomicU8,
+    next_space: AtomicU32,
+    next_file: AtomicU64,
+    device_free: Once<DeviceFree>,
+    /// Counters.
+    pub stats: MmStats,
+}
+
+impl core::fmt::Debug for Mm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mm").field("zero", &self.zero).field("huge_zero", &self.huge_zero).finish_non_exhaustive()
+    }
+}
+
+impl Mm {
+    /// A memory manager over `platform`, whose allocatable frames lie in `sections`
+    /// (`(first frame, count)` each). Allocates the zero page and the huge zero page.
+    pub fn new(platform: Arc<dyn Platform>, sections: &[(Pfn, u64)]) -> Result<Arc<Mm>, Error> {
+        let frames = FrameTable::new();
+        for &(base, count) in sections {
+            frames.add_section(base, count).map_err(|_| Error::Invalid("too many memory sections"))?;
+        }
+        let zero = platform.alloc(0).ok_or(Error::NoMemory)?;
+        platform.zero(zero, 1);
+        let Some(huge_zero) = platform.alloc(HUGE_ORDER) else {
+            platform.free(zero, 0);
+            return Err(Error::NoMemory);
+        };
+        platform.zero(huge_zero, HUGE_FRAMES);
+        let mm = Mm {
+            platform,
+            frames,
+            zero,
+            huge_zero,
+            thp: AtomicU8::new(ThpMode::Madvise as u8),
+            next_space: AtomicU32::new(1),
+            next_file: AtomicU64::new(1),
+            device_free: Once::new(),
+            stats: MmStats::default(),
+        };
+        for pfn in [zero, huge_zero] {
+            if let Some(m) = mm.frames.get(pfn) {
+                m.init(flags::ZERO, 0);
+            }
+        }
+        Ok(Arc::new(mm))
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &dyn Platform {
+        &*self.platform
+    }
+
+    /// The frame table.
+    pub fn frames(&self) -> &FrameTable {
+        &self.frames
+    }
+
+    /// The metadata of `pfn`.
+    pub fn meta(&self, pfn: Pfn) -> Option<&PageMeta> {
+        self.frames.get(pfn)
+    }
+
+    /// The shared 4 KiB zero page.
+    pub fn zero_pfn(&self) -> Pfn {
+        self.zero
+    }
+
+    /// The shared 2 MiB zero page.
+    pub fn huge_zero_pfn(&self) -> Pfn {
+        self.huge_zero
+    }
+
+    /// Whether `pfn` is one of the zero pages (or a frame inside the huge one).
+    pub fn is_zero(&self, pfn: Pfn) -> bool {
+        pfn == self.zero || (pfn.0 >= self.huge_zero.0 && pfn.0 < self.huge_zero.0 + HUGE_FRAMES)
+    }
+
+    /// The transparent-huge-page mode.
+    pub fn thp_mode(&self) -> ThpMode {
+        match self.thp.load(Ordering::Relaxed) {
+            0 => ThpMode::Never,
+            2 => ThpMode::Always,
+            _ => ThpMode::Madvise,
+        }
+    }
+
+    /// Sets the transparent-huge-page mode.
+    pub fn set_thp_mode(&self, mode: ThpMode) {
+        self.thp.store(mode as u8, Ordering::Relaxed);
+    }
+
+    /// Installs the callback that takes device pages back when their last reference goes.
+    pub fn set_device_free(&self, f: DeviceFree) {
+        self.device_free.call_once(|| f);
+    }
+
+    pub(crate) fn new_space_id(&self) -> u32 {
+        self.next_space.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_file_id(&self) -> u64 {
+        self.next_file.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Allocates `2^order` frames with metadata of `kind` (one reference), zeroed if asked.
+    pub fn alloc_page(&self, kind: u32, order: u32, zero: bool) -> Result<Pfn, Error> {
+        let pfn = self.platform.alloc(order).ok_or(Error::NoMemory)?;
+        let Some(head) = self.frames.get(pfn) else {
+            self.platform.free(pfn, order);
+            return Err(Error::Invalid("the platform handed out a frame outside the frame table"));
+        };
+        head.init(kind, order);
+        for i in 1..(1u64 << order) {
+            if let Some(t) = self.frames.get(Pfn(pfn.0 + i)) {
+                t.init(kind | flags::TAIL, 0);
+                t.put();
+            }
+        }
+        if zero {
+            self.platform.zero(pfn, 1 << order);
+        }
+        if order == 0 {
+            self.stats.anon_pages.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.huge_pages.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(pfn)
+    }
+
+    /// Takes a reference on `pfn` (no-op for unmanaged frames and zero pages).
+    pub fn get_page(&self, pfn: Pfn) {
+        if let Some(m) = self.frames.get(pfn)
+            && !m.has(flags::ZERO)
+        {
+            m.get();
+        }
+    }
+
+    /// Drops a reference on `pfn`; the last one frees it (device pages go to their pagemap).
+    pub fn put_page(&self, pfn: Pfn) {
+        let Some(m) = self.frames.get(pfn) else { return };
+        if m.has(flags::ZERO) {
+            return;
+        }
+        if m.put() != 0 {
+            return;
+        }
+        let order = m.order();
+        let device = m.has(flags::DEVICE);
+        for i in 0..(1u64 << order) {
+            if let Some(t) = self.frames.get(Pfn(pfn.0 + i)) {
+                t.reset();
+            }
+        }
+        if device {
+            if let Some(f) = self.device_free.get() {
+                f(pfn);
+            }
+        } else {
+            self.platform.free(pfn, order);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What the memory manager needs from the machine: frames, physical memory access, page-table
+//! entry access, and TLB invalidation.
+//!
+//! The kernel implements [`Platform`] over its buddy allocator, the direct map and `invlpg`;
+//! [`fake::FakePlatform`] implements it over a vector for host tests. Everything above this
+//! trait (page tables, VMAs, faults, copy-on-write, migration) is the same code in both.
+
+use crate::addr::Pfn;
+
+/// A TLB invalidation request collected over one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlbFlush {
+    /// Lowest address covered.
+    pub start: u64,
+    /// One past the highest address covered.
+    pub end: u64,
+    /// Number of separate leaf entries changed (4 KiB or 2 MiB each).
+    pub entries: u64,
+    /// Page-table frames were unhooked: paging-structure caches must go too (full flush).
+    pub tables_freed: bool,
+}
+
+impl TlbFlush {
+    /// Adds `[va, va + size)` to the request.
+    pub fn add(&mut self, va: u64, size: u64) {
+        if self.entries == 0 {
+            self.start = va;
+            self.end = va + size;
+        } else {
+            self.start = self.start.min(va);
+            self.end = self.end.max(va + size);
+        }
+        self.entries += 1;
+    }
+
+    /// Nothing to flush.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0 && !self.tables_freed
+    }
+}
+
+/// Physical memory, page-table entry access and TLB control, as the memory manager sees them.
+///
+/// Entry accessors are atomic because the CPU sets accessed and dirty bits concurrently.
+pub trait Platform: Send + Sync {
+    /// Allocates `2^order` contiguous, naturally aligned frames (contents undefined).
+    fn alloc(&self, order: u32) -> Option<Pfn>;
+    /// Returns frames from [`alloc`](Self::alloc) with the same order.
+    fn free(&self, pfn: Pfn, order: u32);
+    /// Frames currently free.
+    fn free_frames(&self) -> u64;
+    /// Zeroes `count` frames starting at `pfn`.
+    fn zero(&self, pfn: Pfn, count: u64);
+    /// Copies `count` frames from `src` to `dst`.
+    fn copy(&self, dst: Pfn, src: Pfn, count: u64);
+    /// Reads bytes at physical address `pa` (within one frame run the manager owns).
+    fn read(&self, pa: u64, buf: &mut [u8]);
+    /// Writes bytes at physical address `pa`.
+    fn write(&self, pa: u64, buf: &[u8]);
+    /// Loads entry `index` of the page table in frame `table`.
+    fn load(&self, table: Pfn, index: usize) -> u64;
+    /// Stores entry `index` of the page table in frame `table`.
+    fn store(&self, table: Pfn, index: usize, value: u64);
+    /// Atomically replaces an entry, returning the old value (so no dirty bit is lost).
+    fn swap(&self, table: Pfn, index: usize, value: u64) -> u64;
+    /// Prepares a new top-level table (zeroed already): the kernel copies its own half here.
+    fn init_root(&self, root: Pfn);
+    /// Invalidates TLB entries of the address space rooted at `root` for `flush`.
+    fn flush_tlb(&self, root: Pfn, flush: &TlbFlush);
+}
+
+/// A host implementation of [`Platform`] over a vector, for tests.
+pub mod fake {
+    use super::{Platform, TlbFlush};
+    use crate::addr::Pfn;
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use spin::Mutex;
+
+    /// The first frame number the fake hands out (frame 0 is never valid).
+    pub const BASE_PFN: u64 = 0x1000;
+
+    /// Fake physical memory: `frames` frames starting at [`BASE_PFN`], with a first-fit
+    /// allocator over a bitmap and counters for the tests.
+    #[derive(Debug)]
+    pub struct FakePlatform {
+        words: Vec<AtomicU64>,
+        used: Mutex<Vec<bool>>,
+        free: AtomicU64,
+        /// TLB flush requests seen.
+        pub flushes: AtomicU64,
+        /// Allocations to refuse from now on, counted down (for exhaustion tests).
+        pub fail_allocs: AtomicU64,
+    }
+
+    impl FakePlatform {
+        /// Fake memory of `frames` frames.
+        pub fn new(frames: usize) -> Self {
+            let mut words = Vec::with_capacity(frames * 512);
+            words.resize_with(frames * 512, || AtomicU64::new(0xdead_beef_dead_beef));
+            Self {
+                words,
+                used: Mutex::new(alloc::vec![false; frames]),
+                free: AtomicU64::new(frames as u64),
+                flushes: AtomicU64::new(0),
+                fail_allocs: AtomicU64::new(0),
+            }
+        }
+
+        fn word(&self, pa: u64) -> &AtomicU64 {
+            let index = (pa - BASE_PFN * 4096) / 8;
+            &self.words[index as usize]
+        }
+    }
+
+    impl Platform for FakePlatform {
+        fn alloc(&self, order: u32) -> Option<Pfn> {
+            if self.fail_allocs.load(Ordering::Relaxed) > 0 {
+                self.fail_allocs.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            let n = 1usize << order;
+            let mut used = self.used.lock();
+            let mut i = 0;
+            while i + n <= used.len() {
+                if used[i..i + n].iter().all(|u| !u) {
+                    used[i..i + n].iter_mut().for_each(|u| *u = true);
+                    self.free.fetch_sub(n as u64, Ordering::Relaxed);
+                    return Some(Pfn(BASE_PFN + i as u64));
+                }
+                i += n;
+            }
+            None
+        }
+
+        fn free(&self, pfn: Pfn, order: u32) {
+            let n = 1usize << order;
+            let i = (pfn.0 - BASE_PFN) as usize;
+            let mut used = self.used.lock();
+            assert!(used[i..i + n].iter().all(|u| *u), "double free of frame {:#x}", pfn.0);
+            used[i..i + n].iter_mut().for_each(|u| *u = false);
+            self.free.fetch_add(n as u64, Ordering::Relaxed);
+            // Poison freed memory so use-after-free shows up in tests.
+            for w in 0..n * 512 {
+                self.words[i * 512 + w].store(0xdead_beef_dead_beef, Ordering::Relaxed);
+            }
+        }
+
+        fn free_frames(&self) -> u64 {
+            self.free.load(Ordering::Relaxed)
+        }
+
+        fn zero(&self, pfn: Pfn, count: u64) {
+            for w in 0..count * 512 {
+                self.word(pfn.addr() + w * 8).store(0, Ordering::Relaxed);
+            }
+        }
+
+        fn copy(&self, dst: Pfn, src: Pfn, count: u64) {
+            for w in 0..count * 512 {
+                let v = self.word(src.addr() + w * 8).load(Ordering::Relaxed);
+                self.word(dst.addr() + w * 8).store(v, Ordering::Relaxed);
+            }
+        }
+
+        fn read(&self, pa: u64, buf: &mut [u8]) {
+            for (i, b) in buf.iter_mut().enumerate() {
+                let a = pa + i as u64;
+                let w = self.word(a & !7).load(Ordering::Relaxed);
+                *b = (w >> ((a & 7) * 8)) as u8;
+            }
+        }
+
+        fn write(&self, pa: u64, buf: &[u8]) {
+            for (i, b) in buf.iter().enumerate() {
+                let a = pa + i as u64;
+                let word = self.word(a & !7);
+                let shift = (a & 7) * 8;
+                let w = word.load(Ordering::Relaxed);
+                word.store((w & !(0xff << shift)) | (u64::from(*b) << shift), Ordering::Relaxed);
+            }
+        }
+
+        fn load(&self, table: Pfn, index: usize) -> u64 {
+            self.word(table.addr() + index as u64 * 8).load(Ordering::Acquire)
+        }
+
+        fn store(&self, table: Pfn, index: usize, value: u64) {
+            self.word(table.addr() + index as u64 * 8).store(value, Ordering::Release)
+        }
+
+        fn swap(&self, table: Pfn, index: usize, value: u64) -> u64 {
+            self.word(table.addr() + index as u64 * 8).swap(value, Ordering::AcqRel)
+        }
+
+        fn init_root(&self, _root: Pfn) {}
+
+        fn flush_tlb(&self, _root: Pfn, flush: &TlbFlush) {
+            if !flush.is_empty() {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
