@@ -80,6 +80,9 @@ static DEADLINE_TSC: AtomicU64 = AtomicU64::new(u64::MAX);
 static START_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Every in-kernel test, in run order.
+// After the macros: textual macro scope.
+mod spaces;
+
 pub const TESTS: &[Test] = &[
     Test { name: "boot::memory_map_sorted_disjoint", run: memory_map_sorted_disjoint },
     Test { name: "frames::alloc_aligned_zeroed", run: frames_alloc_aligned_zeroed },
@@ -96,6 +99,16 @@ pub const TESTS: &[Test] = &[
     Test { name: "acpi::tables_and_cpus", run: acpi_tables_and_cpus },
     Test { name: "pci::bars_assigned_and_enabled", run: pci_bars_assigned_and_enabled },
     Test { name: "pci::virtio_devices_bind", run: pci_virtio_devices_bind },
+    Test { name: "spaces::demand_paging_real_faults", run: spaces::demand_paging_real_faults },
+    Test { name: "spaces::bad_access_is_a_fault_value", run: spaces::bad_access_is_a_fault_value },
+    Test { name: "spaces::mprotect_and_munmap_flush_the_tlb", run: spaces::mprotect_and_munmap_flush_the_tlb },
+    Test { name: "spaces::fork_copy_on_write", run: spaces::fork_copy_on_write },
+    Test { name: "spaces::thp_split_on_partial_unmap", run: spaces::thp_split_on_partial_unmap },
+    Test { name: "spaces::mremap_preserves_contents", run: spaces::mremap_preserves_contents },
+    Test { name: "spaces::file_mappings_private_and_shared", run: spaces::file_mappings_private_and_shared },
+    Test { name: "spaces::zero_huge_zero_and_hugetlb_pages", run: spaces::zero_huge_zero_and_hugetlb_pages },
+    Test { name: "spaces::out_of_memory_is_a_fault_value", run: spaces::out_of_memory_is_a_fault_value },
+    Test { name: "spaces::teardown_frees_every_frame", run: spaces::teardown_frees_every_frame },
 ];
 
 /// Runs the tests the command line selects and exits.

@@ -226,6 +226,7 @@ fn fixup_for(rip: u64) -> Option<u64> {
     let table = [
         ((&raw const kernel_probe_read_u64_insn) as u64, (&raw const kernel_probe_read_u64_fixup) as u64),
         ((&raw const kernel_probe_write_u64_insn) as u64, (&raw const kernel_probe_write_u64_fixup) as u64),
+        crate::mm::uspace::user_copy_fixup(),
     ];
     table.iter().find(|(insn, _)| *insn == rip).map(|&(_, fixup)| fixup)
 }
@@ -396,6 +397,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
         14 => {
             let address = Cr2::read_raw();
+            // Faults below the kernel half go to the installed address space first: demand
+            // paging, copy-on-write and the rest resolve there and the access is retried.
+            if crate::mm::uspace::handle_page_fault(address, PageFaultError(frame.error_code)) {
+                return;
+            }
             if let Some(fixup) = fixup_for(frame.rip) {
                 LAST_FAULT_VECTOR.store(14, Ordering::Relaxed);
                 LAST_FAULT_ADDR.store(address, Ordering::Relaxed);

@@ -11,12 +11,14 @@
 //! 3. CR3 switches to it; from then on [`phys_to_virt`] adds the direct-map base, and the
 //!    lower half is empty.
 //! 4. RAM above 1 GiB joins the frame allocator; the heap gets its first frames.
+//! 5. The address-space manager ([`uspace`], over `hmm::mm`) gets its frame table.
 //!
 //! MMIO is mapped on demand into the direct-map range, uncached ([`map_mmio`]).
 
 pub mod frame;
 pub mod heap;
 pub mod paging;
+pub mod uspace;
 
 use boot::{
     layout::{DIRECT_MAP_BASE, DIRECT_MAP_MAX_PHYS, EARLY_MAP_SIZE, KERNEL_VMA_OFFSET},
@@ -107,6 +109,8 @@ pub enum MmError {
     NoHeap,
     /// No free 2 MiB run of RAM below 1 GiB for the bootstrap page tables.
     NoBootstrap,
+    /// The address-space memory manager could not start.
+    Spaces(hmm::mm::Error),
 }
 
 impl core::fmt::Display for MmError {
@@ -115,6 +119,7 @@ impl core::fmt::Display for MmError {
             Self::Map(e) => write!(f, "building the kernel page tables: {e}"),
             Self::NoHeap => write!(f, "no memory for the kernel heap: give the machine more memory"),
             Self::NoBootstrap => write!(f, "no free 2 MiB of RAM below 1 GiB for the bootstrap page tables"),
+            Self::Spaces(e) => write!(f, "starting the address-space manager: {e}"),
         }
     }
 }
@@ -268,5 +273,8 @@ pub fn init(info: &BootInfo, nx_supported: bool) -> Result<(), MmError> {
     if !heap::init() {
         return Err(MmError::NoHeap);
     }
+    // Step 5: the frame table and zero pages of the address-space manager.
+    let kernel_root = KERNEL_PT.lock().as_ref().map(|pt| pt.root()).unwrap_or(0);
+    uspace::init(info, kernel_root).map_err(MmError::Spaces)?;
     Ok(())
 }

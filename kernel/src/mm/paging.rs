@@ -262,6 +262,11 @@ impl PageTable {
         Ok(Self { root: frame::alloc_zeroed(1)? })
     }
 
+    /// The physical address of the root (PML4) table.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
     /// Installs this hierarchy in CR3.
     ///
     /// # Safety

@@ -1,0 +1,334 @@
+//! Address spaces on the real machine: the kernel's [`Platform`] for `hmm::mm`, the page-fault
+//! hook, running code inside an address space, and the user-access helpers.
+//!
+//! Owns: the one [`Mm`] (frame table over usable RAM, zero pages), the address space installed
+//! on the CPU (`CURRENT`), and the exception-table entries of the user-copy routine.
+//!
+//! How a user access works: [`run`] installs an address space (its CR3; the kernel half is
+//! shared) and calls the closure. A direct load or store to an unmapped user page raises #PF;
+//! [`handle_page_fault`] asks the address space to resolve it (demand paging, COW, zero and
+//! huge pages) and the instruction is retried. If the fault cannot be resolved (no mapping,
+//! wrong rights, out of memory) and it came from [`User::read`] / [`User::write`], the copy
+//! stops and the caller gets a [`UserFault`] value, like `copy_from_user` returning `-EFAULT`.
+//! A raw pointer access that cannot be resolved is a bug in the workload code and ends the run
+//! with a report (the same as any kernel-mode fault).
+//!
+//! Invariant: an address space is installed only inside [`run`], which holds a reference, so
+//! one is never dropped while a CPU uses it. One CPU runs address spaces for now (SMP and TLB
+//! shootdown come with the scheduler).
+
+use alloc::sync::Arc;
+use boot::pvh::{BootInfo, MemoryKind};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hmm::addr::Pfn;
+use hmm::mm::pagetable::USER_END;
+use hmm::mm::platform::{Platform, TlbFlush};
+use hmm::mm::space::{Access, AddressSpace, FaultError};
+use hmm::mm::{Error, Mm};
+use spin::{Mutex, Once};
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::PhysFrame;
+
+use super::{PAGE_SIZE, frame, phys_to_virt};
+use crate::arch::trap::PageFaultError;
+
+/// An address space shared between its users (the lock is Linux's `mmap_lock`).
+pub type Space = Mutex<AddressSpace>;
+
+/// Changes of more pages than this flush the whole TLB instead of page by page.
+const INVLPG_MAX: u64 = 32;
+
+/// The kernel's [`Platform`]: the buddy frame allocator, the direct map, `invlpg`.
+#[derive(Debug)]
+pub struct KernelPlatform {
+    kernel_root: u64,
+}
+
+fn direct<T>(pa: u64) -> *mut T {
+    phys_to_virt(pa) as *mut T
+}
+
+fn entry(table: Pfn, index: usize) -> &'static AtomicU64 {
+    debug_assert!(index < 512);
+    // SAFETY: `table` is a page-table frame owned by `hmm::mm` (only such frames are passed
+    // here), mapped read-write by the direct map for the kernel's lifetime; entries are
+    // naturally aligned u64s, and every access goes through this atomic view.
+    unsafe { &*direct::<AtomicU64>(table.addr() + 8 * index as u64) }
+}
+
+impl Platform for KernelPlatform {
+    fn alloc(&self, order: u32) -> Option<Pfn> {
+        frame::alloc(1 << order).ok().map(Pfn::containing)
+    }
+
+    fn free(&self, pfn: Pfn, order: u32) {
+        frame::free(pfn.addr(), 1 << order)
+    }
+
+    fn free_frames(&self) -> u64 {
+        frame::free_frames() as u64
+    }
+
+    fn zero(&self, pfn: Pfn, count: u64) {
+        // SAFETY: the frames belong to the memory manager, which asked for them to be zeroed;
+        // nothing else references them as Rust objects.
+        unsafe { core::ptr::write_bytes(direct::<u8>(pfn.addr()), 0, (count * PAGE_SIZE) as usize) }
+    }
+
+    fn copy(&self, dst: Pfn, src: Pfn, count: u64) {
+        // SAFETY: both runs are frames owned by the memory manager; distinct allocations never
+        // overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                direct::<u8>(src.addr()),
+                direct::<u8>(dst.addr()),
+                (count * PAGE_SIZE) as usize,
+            )
+        }
+    }
+
+    fn read(&self, pa: u64, buf: &mut [u8]) {
+        // SAFETY: `pa..pa + len` lies in frames the memory manager owns (it resolved them from
+        // its own page tables); `buf` is a distinct kernel buffer.
+        unsafe { core::ptr::copy_nonoverlapping(direct::<u8>(pa), buf.as_mut_ptr(), buf.len()) }
+    }
+
+    fn write(&self, pa: u64, buf: &[u8]) {
+        // SAFETY: as in `read`, in the other direction.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), direct::<u8>(pa), buf.len()) }
+    }
+
+    fn load(&self, table: Pfn, index: usize) -> u64 {
+        entry(table, index).load(Ordering::Acquire)
+    }
+
+    fn store(&self, table: Pfn, index: usize, value: u64) {
+        entry(table, index).store(value, Ordering::Release)
+    }
+
+    fn swap(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        entry(table, index).swap(value, Ordering::AcqRel)
+    }
+
+    fn init_root(&self, root: Pfn) {
+        for i in 256..512 {
+            let kernel = entry(Pfn::containing(self.kernel_root), i).load(Ordering::Relaxed);
+            entry(root, i).store(kernel, Ordering::Relaxed);
+        }
+    }
+
+    fn flush_tlb(&self, root: Pfn, flush: &TlbFlush) {
+        if Cr3::read().0.start_address().as_u64() != root.addr() {
+            return; // not installed: nothing cached (one CPU for now)
+        }
+        let pages = (flush.end - flush.start) / PAGE_SIZE;
+        if flush.tables_freed || pages > INVLPG_MAX {
+            // Reloading CR3 drops every non-global translation and the paging-structure
+            // caches; kernel mappings are global and stay.
+            let (frame, flags) = Cr3::read();
+            // SAFETY: reloading the current value changes no mapping.
+            unsafe { Cr3::write(frame, flags) };
+        } else {
+            let mut va = flush.start;
+            while va < flush.end {
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va));
+                va += PAGE_SIZE;
+            }
+        }
+    }
+}
+
+static MM: Once<Arc<Mm>> = Once::new();
+static CURRENT: Mutex<Option<Arc<Space>>> = Mutex::new(None);
+
+/// Counters of the fault hook.
+pub static USER_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Builds the memory manager over the usable RAM of `info` (after the heap is up).
+pub fn init(info: &BootInfo, kernel_root: u64) -> Result<(), Error> {
+    let mut sections = alloc::vec::Vec::new();
+    for r in info.memory_map.iter().filter(|r| r.kind == MemoryKind::Ram) {
+        let first = r.start.div_ceil(PAGE_SIZE);
+        let last = r.end / PAGE_SIZE;
+        if last > first {
+            sections.push((Pfn(first), last - first));
+        }
+    }
+    let mm = Mm::new(Arc::new(KernelPlatform { kernel_root }), &sections)?;
+    MM.call_once(|| mm);
+    Ok(())
+}
+
+/// The memory manager.
+///
+/// # Panics
+/// Before [`init`] (boot order guarantees it runs first).
+pub fn mm() -> &'static Arc<Mm> {
+    MM.get().expect("uspace::init runs during boot")
+}
+
+/// A new, empty address space.
+pub fn new_space() -> Result<Arc<Space>, Error> {
+    Ok(Arc::new(Mutex::new(AddressSpace::new(mm())?)))
+}
+
+/// Why a user access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserFault {
+    /// The address that faulted.
+    pub address: u64,
+    /// What the address space said.
+    pub error: FaultError,
+}
+
+impl core::fmt::Display for UserFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} at {:#x}", self.error, self.address)
+    }
+}
+
+static LAST_USER_ADDR: AtomicU64 = AtomicU64::new(0);
+static LAST_USER_ERROR: Mutex<FaultError> = Mutex::new(FaultError::NoMapping);
+
+/// Called by the #PF handler for faults below the kernel half. Returns `true` when the fault
+/// was resolved and the instruction can be retried; otherwise records why.
+pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
+    if address >= USER_END {
+        return false;
+    }
+    USER_FAULTS.fetch_add(1, Ordering::Relaxed);
+    let space = CURRENT.try_lock().and_then(|c| c.clone());
+    let result = match space {
+        None => Err(FaultError::NoMapping),
+        Some(space) => {
+            let access = if error.write() {
+                Access::Write
+            } else if error.instruction_fetch() {
+                Access::Exec
+            } else {
+                Access::Read
+            };
+            match space.try_lock() {
+                Some(mut s) => s.fault(address, access),
+                // The interrupted code holds the address space's lock and touched user memory:
+                // resolving would deadlock. Report it instead.
+                None => {
+                    log::error!("user fault at {address:#x} while its address space is locked");
+                    Err(FaultError::Migrating)
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            LAST_USER_ADDR.store(address, Ordering::Relaxed);
+            if let Some(mut last) = LAST_USER_ERROR.try_lock() {
+                *last = e;
+            }
+            false
+        }
+    }
+}
+
+/// The last user fault that could not be resolved.
+fn last_user_fault() -> UserFault {
+    UserFault { address: LAST_USER_ADDR.load(Ordering::Relaxed), error: *LAST_USER_ERROR.lock() }
+}
+
+/// Access to the user half of the installed address space, handed to [`run`]'s closure.
+#[derive(Debug)]
+pub struct User {
+    _private: (),
+}
+
+// The user-copy routine: `rep movsb` with an exception-table fixup that returns the bytes not
+// copied. Demand-paging faults inside it are resolved and the instruction resumes.
+core::arch::global_asm!(
+    r#"
+    .section .text.probes, "ax"
+    .global kernel_user_copy
+kernel_user_copy:
+    mov rcx, rdx
+    .global kernel_user_copy_insn
+kernel_user_copy_insn:
+    rep movsb
+    xor eax, eax
+    ret
+    .global kernel_user_copy_fixup
+kernel_user_copy_fixup:
+    mov rax, rcx
+    ret
+    "#
+);
+
+unsafe extern "C" {
+    fn kernel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
+    static kernel_user_copy_insn: u8;
+    static kernel_user_copy_fixup: u8;
+}
+
+/// The exception-table entry of the user-copy routine: (faulting instruction, fixup).
+pub fn user_copy_fixup() -> (u64, u64) {
+    ((&raw const kernel_user_copy_insn) as u64, (&raw const kernel_user_copy_fixup) as u64)
+}
+
+fn user_range(va: u64, len: usize) -> Result<(), UserFault> {
+    match va.checked_add(len as u64) {
+        Some(end) if end <= USER_END => Ok(()),
+        _ => Err(UserFault { address: va, error: FaultError::NoMapping }),
+    }
+}
+
+impl User {
+    /// Copies from user address `va` into `buf` (`copy_from_user`).
+    pub fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), UserFault> {
+        user_range(va, buf.len())?;
+        // SAFETY: the source is in the user half (checked above), never Rust-owned memory;
+        // faults there are resolved or absorbed by the routine's fixup. `buf` is a valid
+        // kernel buffer of `len` bytes.
+        let left = unsafe { kernel_user_copy(buf.as_mut_ptr(), va as *const u8, buf.len()) };
+        if left == 0 { Ok(()) } else { Err(last_user_fault()) }
+    }
+
+    /// Copies `data` to user address `va` (`copy_to_user`).
+    pub fn write(&self, va: u64, data: &[u8]) -> Result<(), UserFault> {
+        user_range(va, data.len())?;
+        // SAFETY: the destination is in the user half (checked), which no Rust object lives
+        // in; faults are resolved or absorbed by the fixup.
+        let left = unsafe { kernel_user_copy(va as *mut u8, data.as_ptr(), data.len()) };
+        if left == 0 { Ok(()) } else { Err(last_user_fault()) }
+    }
+
+    /// Loads the `u64` at `va` with one CPU load (the workload's own access pattern).
+    pub fn read_u64(&self, va: u64) -> Result<u64, UserFault> {
+        user_range(va, 8)?;
+        crate::arch::trap::probe_read_u64(va).map_err(|_| last_user_fault())
+    }
+
+    /// Stores `v` at `va` with one CPU store.
+    pub fn write_u64(&self, va: u64, v: u64) -> Result<(), UserFault> {
+        user_range(va, 8)?;
+        // SAFETY: `va` is in the user half (checked), where no Rust object lives; a fault that
+        // cannot be resolved is absorbed by the probe's fixup.
+        unsafe { crate::arch::trap::probe_write_u64(va, v) }.map_err(|_| last_user_fault())
+    }
+}
+
+/// Runs `f` with `space` installed on this CPU, then reinstalls what was there before.
+pub fn run<R>(space: &Arc<Space>, f: impl FnOnce(&User) -> R) -> R {
+    let root = space.lock().root();
+    let prev_space = CURRENT.lock().replace(space.clone());
+    let (prev_frame, flags) = Cr3::read();
+    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(root.addr()));
+    // SAFETY: the root's kernel half is a copy of the kernel's (init_root), so the running
+    // code, its stack and every kernel structure stay mapped; `space` is kept alive by
+    // CURRENT until it is uninstalled below.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    let out = f(&User { _private: () });
+    // SAFETY: the previous root was installed before and is still alive (the kernel's own,
+    // or an outer `run`'s, which holds its reference in `prev_space`).
+    unsafe { Cr3::write(prev_frame, flags) };
+    *CURRENT.lock() = prev_space;
+    out
+}
