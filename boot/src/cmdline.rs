@@ -67,6 +67,8 @@ pub enum Job {
     Default,
     /// Nothing: report ready and exit (boot benchmarks).
     None,
+    /// The address-space benchmark (`cargo xtask bench mm`).
+    BenchMm,
 }
 
 /// A deliberate crash, to test that crashes are reported.
@@ -153,7 +155,8 @@ impl<'a> KernelArgs<'a> {
                     args.job = match v {
                         "default" => Job::Default,
                         "none" => Job::None,
-                        _ => return Err(bad(v, "'default' or 'none'")),
+                        "bench-mm" => Job::BenchMm,
+                        _ => return Err(bad(v, "'default', 'none' or 'bench-mm'")),
                     };
                 }
                 "ktest.filter" => args.ktest_filter = Some(need("text")?),

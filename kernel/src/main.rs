@@ -17,6 +17,7 @@ extern crate alloc;
 
 mod acpi;
 mod arch;
+mod bench;
 mod job;
 mod json;
 mod ktest;
@@ -133,6 +134,10 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
     }
     match system.args.job {
         Job::None => exit(ExitCode::Success),
+        Job::BenchMm => match bench::mm() {
+            Ok(()) => exit(ExitCode::Success),
+            Err(e) => fail("mm benchmark", e),
+        },
         Job::Default => match job::run(system) {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("default job", e),

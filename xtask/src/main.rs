@@ -9,6 +9,8 @@
 //!   and boot checks (a deliberate page fault, a triple fault and a bad kernel argument must
 //!   each be reported clearly). Ends with `N passed, N failed`.
 //! - `cargo xtask bench boot [--runs N]`: median time from QEMU start to kernel ready.
+//! - `cargo xtask bench mm`: address-space operations (first touch, fork, COW, mprotect, munmap)
+//!   per page for 4, 64 and 256 MiB, on `qemu/bench.toml` unless `--machine` says otherwise.
 //!
 //! Both set up what a fresh machine lacks: the `x86_64-unknown-none` target, and QEMU (installed
 //! with apt when running as root, otherwise the exact command is printed). QEMU always runs
@@ -33,7 +35,7 @@ fn root() -> PathBuf {
 }
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]"
         .into()
 }
 
@@ -657,12 +659,79 @@ fn cmd_test(args: &[String]) -> Result<u8> {
 }
 
 fn cmd_bench(args: &[String]) -> Result<u8> {
-    let (o, rest) = parse_options(args)?;
+    let (mut o, rest) = parse_options(args)?;
     match rest.first().map(String::as_str) {
-        Some("boot") => {}
-        Some(other) => return Err(format!("unknown benchmark '{other}' (available: boot)")),
-        None => return Err(format!("name a benchmark\n{}", usage())),
+        Some("boot") => bench_boot(&o),
+        Some("mm") => {
+            if o.machine == root().join("qemu/default.toml") {
+                o.machine = root().join("qemu/bench.toml");
+            }
+            bench_mm(&o)
+        }
+        Some(other) => Err(format!("unknown benchmark '{other}' (available: boot, mm)")),
+        None => Err(format!("name a benchmark\n{}", usage())),
     }
+}
+
+/// Linux 6.1's cost of the same operation in the same QEMU (`reference/platform.md`).
+const LINUX_FIRST_TOUCH_NS: u64 = 15_000;
+
+fn bench_mm(o: &Options) -> Result<u8> {
+    let machine = Machine::load(&o.machine)?;
+    ensure_prerequisites(machine.firmware == "qboot")?;
+    let kernel = build_kernel(Profile::Release)?;
+    let run = run_qemu(&Launch {
+        kernel: &kernel,
+        machine: &machine,
+        cmdline: "log=warn job=bench-mm".into(),
+        accel: &o.accel,
+        gdb: false,
+        timeout: Duration::from_secs(o.timeout.max(300)),
+        echo: false,
+    })?;
+    if run.outcome != Outcome::Success {
+        for l in run.lines.iter().rev().take(20).rev() {
+            eprintln!("  | {l}");
+        }
+        return Err(format!("mm benchmark: {}", run.outcome.describe()));
+    }
+    let results: Vec<Value> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once("@@BENCH ").map(|(_, j)| j))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .filter(|v| v.get("op").is_some())
+        .collect();
+    if results.is_empty() {
+        return Err("mm benchmark: the kernel printed no results".into());
+    }
+    println!("mm benchmark: {} ({}), ns per 4 KiB page", machine.description, o.accel);
+    for v in &results {
+        println!(
+            "{} mib={} pages={} ns_per_page={} faults={}",
+            v["op"].as_str().unwrap_or("?"),
+            v["mib"],
+            v["pages"],
+            v["ns_per_page"],
+            v["faults"]
+        );
+    }
+    let first_touch = results
+        .iter()
+        .filter(|v| v["op"] == "first_touch_4k")
+        .max_by_key(|v| v["mib"].as_u64())
+        .and_then(|v| v["ns_per_page"].as_u64());
+    if let Some(ns) = first_touch {
+        let ratio = LINUX_FIRST_TOUCH_NS as f64 / ns.max(1) as f64;
+        println!(
+            "first touch (4 KiB pages, largest size): {ns} ns/page; Linux 6.1: {LINUX_FIRST_TOUCH_NS} ns/page; {ratio:.1}x (target 3x: {})",
+            if ratio >= 3.0 { "met" } else { "NOT met" }
+        );
+    }
+    Ok(0)
+}
+
+fn bench_boot(o: &Options) -> Result<u8> {
     let machine = Machine::load(&o.machine)?;
     ensure_prerequisites(machine.firmware == "qboot")?;
     let kernel = build_kernel(Profile::Release)?;
