@@ -600,3 +600,195 @@ fn tlb_flushes_are_batched_per_operation() {
     s.munmap(a, 64 * 4096).unwrap();
     assert_eq!(f.plat.flushes.load(Ordering::Relaxed), before + 2);
 }
+
+/// A deterministic xorshift generator for the randomized test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The model of one address space: per page of the arena, `None` (unmapped) or its rights and
+/// the value stored at its start.
+type Model = Vec<Option<(Prot, u64)>>;
+
+const ARENA: u64 = 0x4000_0000;
+const ARENA_PAGES: u64 = 3 * 512;
+
+fn arena_range(rng: &mut Rng) -> (u64, u64) {
+    // Bias towards ranges that straddle and cover 2 MiB boundaries.
+    let start = rng.below(ARENA_PAGES);
+    let cap = if rng.below(4) == 0 { 1024 } else { 40 };
+    let len = 1 + rng.below((ARENA_PAGES - start).min(cap));
+    (start, len)
+}
+
+/// Applies a random operation to `s` and to the model, and checks that they agree.
+/// Returns whether the operation was a successful move (so the test can check it ran some).
+fn random_op(rng: &mut Rng, s: &mut AddressSpace, m: &mut Model) -> bool {
+    let (p, n) = arena_range(rng);
+    let va = ARENA + p * 4096;
+    let len = n * 4096;
+    let range = p as usize..(p + n) as usize;
+    match rng.below(10) {
+        0 | 9 => {
+            s.mmap(MapRequest::anon(len, Prot::RW).fixed(va)).unwrap();
+            m[range].iter_mut().for_each(|e| *e = Some((Prot::RW, 0)));
+        }
+        1 => {
+            s.munmap(va, len).unwrap();
+            m[range].iter_mut().for_each(|e| *e = None);
+        }
+        2 => {
+            let prot = [Prot::NONE, Prot::READ, Prot::RW][rng.below(3) as usize];
+            let r = s.mprotect(va, len, prot);
+            if m[range.clone()].iter().all(Option::is_some) {
+                r.unwrap();
+                m[range].iter_mut().for_each(|e| e.as_mut().unwrap().0 = prot);
+            } else {
+                assert!(matches!(r, Err(Error::NoSpace(_))), "{r:?}");
+            }
+        }
+        3 | 4 => {
+            // Prefer a mapped page, so most writes land.
+            let mut p = p;
+            for _ in 0..8 {
+                if m[p as usize].is_some() {
+                    break;
+                }
+                p = rng.below(ARENA_PAGES);
+            }
+            let va = ARENA + p * 4096;
+            let v = rng.next() | 1;
+            let r = s.write(va, &v.to_le_bytes());
+            match m[p as usize] {
+                Some((prot, ref mut val)) if prot.write() => {
+                    r.unwrap();
+                    *val = v;
+                }
+                Some(_) => assert_eq!(r, Err(FaultError::Protection)),
+                None => assert_eq!(r, Err(FaultError::NoMapping)),
+            }
+        }
+        5 => {
+            let r = s.madvise(va, len, if rng.below(2) == 0 { Advice::DontNeed } else { Advice::HugePage });
+            if m[range.clone()].iter().all(Option::is_some) {
+                r.unwrap();
+            } else {
+                assert!(matches!(r, Err(Error::NoSpace(_))), "{r:?}");
+            }
+            // DONTNEED zeroes; HUGEPAGE changes nothing visible. Re-read to learn which.
+            if r.is_ok() {
+                for i in range {
+                    let mut b = [0; 8];
+                    if let Some((prot, val)) = &mut m[i]
+                        && !prot.is_none()
+                    {
+                        s.read(ARENA + i as u64 * 4096, &mut b).unwrap();
+                        let got = u64::from_le_bytes(b);
+                        assert!(got == *val || got == 0, "page {i}: {got:#x} is neither {val:#x} nor 0");
+                        *val = got;
+                    }
+                }
+            }
+        }
+        6 => {
+            // mremap a random range to a random fixed destination (which it replaces).
+            let dest = arena_range(rng).0;
+            let dest = dest.min(ARENA_PAGES - n);
+            let fixed = RemapFlags { may_move: true, fixed: true, ..Default::default() };
+            let r = s.mremap(va, len, len, fixed, ARENA + dest * 4096);
+            let overlap = dest < p + n && p < dest + n;
+            match r {
+                Ok(_) => {
+                    assert!(!overlap);
+                    let moved: Vec<_> = m[range.clone()].to_vec();
+                    m[range].iter_mut().for_each(|e| *e = None);
+                    m[dest as usize..(dest + n) as usize].clone_from_slice(&moved);
+                    return true;
+                }
+                Err(Error::Invalid(_)) => assert!(overlap),
+                Err(Error::Fault(_)) => assert!(m[range].iter().any(Option::is_none) || n > 1),
+                Err(e) => panic!("mremap: {e:?}"),
+            }
+        }
+        _ => {
+            // Check a few pages.
+            for _ in 0..8 {
+                let i = rng.below(ARENA_PAGES) as usize;
+                let mut b = [0; 8];
+                let r = s.read(ARENA + i as u64 * 4096, &mut b);
+                match m[i] {
+                    Some((prot, val)) if !prot.is_none() => {
+                        r.unwrap();
+                        assert_eq!(u64::from_le_bytes(b), val, "page {i}");
+                    }
+                    Some(_) => assert_eq!(r, Err(FaultError::Protection)),
+                    None => assert_eq!(r, Err(FaultError::NoMapping)),
+                }
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn randomized_operations_agree_with_a_model() {
+    for seed in 1..=6u64 {
+        let f = fixture();
+        f.mm.set_thp_mode(if seed % 2 == 0 { ThpMode::Always } else { ThpMode::Madvise });
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut s = f.space();
+        let mut m: Model = alloc::vec![None; ARENA_PAGES as usize];
+        let mut child: Option<(AddressSpace, Model)> = None;
+        let mut moves = 0;
+        for _ in 0..3000 {
+            match rng.below(40) {
+                0 if child.is_none() => {
+                    let c = s.fork().unwrap();
+                    child = Some((c, m.clone()));
+                }
+                1 => child = None,
+                _ => {
+                    if let Some((c, cm)) = child.as_mut()
+                        && rng.below(2) == 0
+                    {
+                        moves += usize::from(random_op(&mut rng, c, cm));
+                    } else {
+                        moves += usize::from(random_op(&mut rng, &mut s, &mut m));
+                    }
+                }
+            }
+        }
+        let st = &f.mm.stats;
+        assert!(moves > 10, "seed {seed}: only {moves} successful mremaps");
+        assert!(st.cow_copies.load(Ordering::Relaxed) > 0, "seed {seed}: no copy-on-write happened");
+        if seed % 2 == 0 {
+            assert!(st.huge_pages.load(Ordering::Relaxed) > 0, "seed {seed}: no huge page was used");
+            assert!(st.thp_splits.load(Ordering::Relaxed) > 0, "seed {seed}: no huge page was split");
+        }
+        // Final full comparison.
+        for (sp, model) in core::iter::once((&mut s, &m)).chain(child.as_mut().map(|(c, cm)| (c, &*cm))) {
+            for (i, e) in model.iter().enumerate() {
+                if let Some((prot, val)) = e
+                    && !prot.is_none()
+                {
+                    let mut b = [0; 8];
+                    sp.read(ARENA + i as u64 * 4096, &mut b).unwrap();
+                    assert_eq!(u64::from_le_bytes(b), *val, "seed {seed}, page {i}");
+                }
+            }
+        }
+        drop(child);
+        drop(s);
+        f.assert_no_leak();
+    }
+}
