@@ -107,6 +107,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "spaces::mremap_preserves_contents", run: spaces::mremap_preserves_contents },
     Test { name: "spaces::file_mappings_private_and_shared", run: spaces::file_mappings_private_and_shared },
     Test { name: "spaces::zero_huge_zero_and_hugetlb_pages", run: spaces::zero_huge_zero_and_hugetlb_pages },
+    Test { name: "spaces::madvise_dontneed_free_willneed", run: spaces::madvise_dontneed_free_willneed },
     Test { name: "spaces::out_of_memory_is_a_fault_value", run: spaces::out_of_memory_is_a_fault_value },
     Test { name: "spaces::teardown_frees_every_frame", run: spaces::teardown_frees_every_frame },
 ];

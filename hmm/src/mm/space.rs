@@ -962,9 +962,15 @@ impl AddressSpace {
         }
         child.vmas = self.vmas.clone();
         for (s, e, cow) in ranges {
-            let r = self.begin(s, e, Event::ProtectionPage, None);
+            // Only copy-on-write mappings change in the parent (write protection), so only
+            // they are invalidated, as in Linux's copy_page_range. Shared mappings never hold
+            // device-exclusive entries (those exist in private anonymous memory only).
+            let r = cow.then(|| self.begin(s, e, Event::ProtectionPage, None));
             let res = self.copy_range(&mut child, s, e, cow);
-            self.finish(r);
+            match r {
+                Some(r) => self.finish(r),
+                None => self.flush(),
+            }
             res?;
         }
         Ok(child)

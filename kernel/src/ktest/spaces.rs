@@ -289,3 +289,25 @@ pub fn out_of_memory_is_a_fault_value(_: &System) -> TestResult {
     check!(e == Some(FaultError::OutOfMemory), "store with no free frame: {e:?}");
     uspace::run(&s, |u| u.write_u64(a, 3)).map_err(|e| format!("after memory came back: {e}"))
 }
+
+pub fn madvise_dontneed_free_willneed(_: &System) -> TestResult {
+    let s = space()?;
+    let a = mmap(&s, MapRequest::anon(16 * PAGE, Prot::RW))?;
+    uspace::run(&s, |u| fill(u, a, 16, 40))?;
+    let free = frame::free_frames();
+    s.lock().madvise(a, 8 * PAGE, Advice::DontNeed).map_err(|e| format!("DONTNEED: {e}"))?;
+    check!(frame::free_frames() >= free + 8, "DONTNEED returned its 8 frames");
+    s.lock().madvise(a + 8 * PAGE, 8 * PAGE, Advice::Free).map_err(|e| format!("FREE: {e}"))?;
+    uspace::run(&s, |u| -> TestResult {
+        for i in 0..8 {
+            check!(u.read_u64(a + i * PAGE) == Ok(0), "page {i} reads zero after DONTNEED");
+        }
+        verify(u, a + 8 * PAGE, 8, 48)
+    })?;
+    let b = mmap(&s, MapRequest::anon(8 * PAGE, Prot::RW))?;
+    s.lock().madvise(b, 8 * PAGE, Advice::WillNeed).map_err(|e| format!("WILLNEED: {e}"))?;
+    check!(s.lock().resident_bytes() == 16 * PAGE, "WILLNEED populated 8 pages");
+    let e = s.lock().madvise(a, 64 * PAGE, Advice::DontNeed).err();
+    check!(matches!(e, Some(Error::NoSpace(_))), "advice over unmapped memory: {e:?}");
+    Ok(())
+}
