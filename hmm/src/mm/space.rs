@@ -72,6 +72,9 @@ pub enum FaultError {
     },
     /// The page table holds an entry this code never writes.
     Corrupt,
+    /// The code that faulted holds the address space's lock (a kernel bug: user memory was
+    /// touched inside an address-space operation), so the fault cannot be resolved.
+    Locked,
 }
 
 impl core::fmt::Display for FaultError {
@@ -84,6 +87,7 @@ impl core::fmt::Display for FaultError {
             FaultError::Migrating => write!(f, "page under migration; retry"),
             FaultError::DevicePrivate { pfn } => write!(f, "page {:#x} is in device-private memory", pfn.0),
             FaultError::Corrupt => write!(f, "corrupt page-table entry"),
+            FaultError::Locked => write!(f, "user memory touched while its address space is locked"),
         }
     }
 }

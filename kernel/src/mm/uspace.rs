@@ -214,7 +214,7 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
                 // resolving would deadlock. Report it instead.
                 None => {
                     log::error!("user fault at {address:#x} while its address space is locked");
-                    Err(FaultError::Migrating)
+                    Err(FaultError::Locked)
                 }
             }
         }
