@@ -275,16 +275,20 @@ fn leaf_size(huge: bool) -> u64 {
     if huge { PMD_SIZE } else { PAGE }
 }
 
-/// Drops what a leaf held: its reverse-map entry and its page reference.
-fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
+/// The frame a leaf holds a reference (and a reverse-map entry) on, with the leaf's dirty bit:
+/// present and software entries do, except migration entries and the zero pages.
+fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     let (pfn, dirty) = match Pte::decode(raw) {
         Pte::Present(p) => (p.pfn, p.dirty),
         Pte::Soft(s) if s.kind != SoftKind::Migration => (s.pfn, s.dirty),
-        _ => return,
+        _ => return None,
     };
-    if mm.is_zero(pfn) {
-        return;
-    }
+    (!mm.is_zero(pfn)).then_some((pfn, dirty))
+}
+
+/// Drops what a leaf held: its reverse-map entry and its page reference.
+fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
+    let Some((pfn, dirty)) = held_frame(mm, raw) else { return };
     if let Some(m) = mm.meta(pfn) {
         if dirty {
             m.set(flags::DIRTY);
@@ -292,16 +296,6 @@ fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
         m.rmap_remove(RmapEntry::new(id, va, huge));
     }
     mm.put_page(pfn);
-}
-
-/// The frame a leaf holds a reference on, if it holds one.
-fn held_frame(mm: &Mm, raw: u64) -> Option<Pfn> {
-    let pfn = match Pte::decode(raw) {
-        Pte::Present(p) => p.pfn,
-        Pte::Soft(s) if s.kind != SoftKind::Migration => s.pfn,
-        _ => return None,
-    };
-    (!mm.is_zero(pfn)).then_some(pfn)
 }
 
 /// The entry `raw` with the rights of protection `prot`.
@@ -932,7 +926,7 @@ impl AddressSpace {
                 s
             };
             t.store(slot, raw);
-            if let Some(pfn) = held_frame(mm, raw)
+            if let Some((pfn, _)) = held_frame(mm, raw)
                 && let Some(m) = mm.meta(pfn)
             {
                 m.rmap_move(RmapEntry::new(id, l.va, l.huge), RmapEntry::new(id, dest, l.huge));
@@ -1022,7 +1016,7 @@ impl AddressSpace {
                 Pte::Soft(s) => s.write,
                 _ => false,
             };
-            if let Some(pfn) = held_frame(mm, raw) {
+            if let Some((pfn, _)) = held_frame(mm, raw) {
                 mm.get_page(pfn);
                 if let Some(m) = mm.meta(pfn) {
                     m.rmap_add(RmapEntry::new(cid, l.va, l.huge));
