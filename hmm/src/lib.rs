@@ -15,4 +15,6 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod itree;
 pub mod mm;
+pub mod notifier;

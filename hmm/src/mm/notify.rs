@@ -55,4 +55,6 @@ pub trait Notifier: Send + Sync {
     fn invalidate_start(&self, range: &Range) -> bool;
     /// Called after the change and its TLB flush.
     fn invalidate_end(&self, range: &Range);
+    /// The notifier as `Any`, so the layer that installed it can find its own type again.
+    fn as_any(&self) -> &dyn core::any::Any;
 }

@@ -365,6 +365,10 @@ impl AddressSpace {
     pub fn vmas(&self) -> &VmaTree {
         &self.vmas
     }
+    /// The observer of page-table changes, if any.
+    pub fn notifier(&self) -> Option<&Arc<dyn Notifier>> {
+        self.notifier.as_ref()
+    }
     /// Attaches (or detaches) the observer of page-table changes.
     pub fn set_notifier(&mut self, notifier: Option<Arc<dyn Notifier>>) {
         self.notifier = notifier;

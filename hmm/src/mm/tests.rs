@@ -54,6 +54,9 @@ impl Notifier for Recorder {
     fn invalidate_end(&self, r: &Range) {
         self.events.lock().push((r.event, r.start, r.end, false));
     }
+    fn as_any(&self) -> &dyn core::any::Any {
+        self
+    }
 }
 
 impl Recorder {
