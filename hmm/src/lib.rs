@@ -15,6 +15,10 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod dmirror;
 pub mod itree;
 pub mod mm;
 pub mod notifier;
+pub mod pagemap;
+pub mod range;
+pub mod selftests;

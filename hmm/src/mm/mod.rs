@@ -16,8 +16,10 @@
 //! [`Mm`] is what every address space shares: the platform, the frame table, the zero pages
 //! and the transparent-huge-page mode.
 
+pub mod exclusive;
 pub mod file;
 pub mod frame;
+pub mod migrate;
 pub mod notify;
 pub mod pagetable;
 pub mod platform;
@@ -29,12 +31,21 @@ pub mod vma;
 mod tests;
 
 use crate::addr::Pfn;
-use alloc::boxed::Box;
-use alloc::sync::Arc;
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use frame::{FrameTable, PageMeta, flags};
 pub use platform::Platform;
-use spin::Once;
+use space::{AddressSpace, FaultError};
+use spin::{Mutex, Once};
+
+/// An address space behind its lock (the `mmap_lock`), as shared by the kernel, the devices
+/// that mirror it and the reverse-map walks of device-memory eviction.
+pub type SharedSpace = Mutex<AddressSpace>;
+
+/// First frame number of the physical range handed to device-private memory: far above any
+/// RAM or MMIO the machines here have (64 TiB), below the 52-bit PTE limit.
+pub const DEVICE_PRIVATE_BASE: u64 = 1 << 34;
 
 /// Frames in a 2 MiB page.
 pub const HUGE_FRAMES: u64 = 512;
@@ -114,8 +125,17 @@ pub struct MmStats {
     pub cow_reuses: AtomicU64,
 }
 
-/// Called when a device page's last reference goes (the pagemap's `page_free`).
-pub type DeviceFree = Box<dyn Fn(Pfn) + Send + Sync>;
+/// Device memory as the memory manager sees it: the ZONE_DEVICE hooks (`dev_pagemap_ops`)
+/// of every registered pagemap, dispatched by frame. The HMM layer implements it.
+pub trait DeviceMemory: Send + Sync {
+    /// The last reference to device page `pfn` went (`page_free`).
+    fn page_free(&self, pfn: Pfn);
+    /// A CPU access at `va` hit device-private page `pfn`: move it to RAM
+    /// (`migrate_to_ram`). `Ok` means retry the access.
+    fn migrate_to_ram(&self, space: &mut AddressSpace, va: u64, pfn: Pfn) -> Result<(), FaultError>;
+    /// The owner cookie of the pagemap holding `pfn` and whether it is device-private.
+    fn owner_of(&self, pfn: Pfn) -> Option<(notify::Owner, bool)>;
+}
 
 /// The memory manager's shared state.
 pub struct Mm {
@@ -126,7 +146,9 @@ pub struct Mm {
     thp: AtomicU8,
     next_space: AtomicU32,
     next_file: AtomicU64,
-    device_free: Once<DeviceFree>,
+    device: Once<Arc<dyn DeviceMemory>>,
+    spaces: Mutex<BTreeMap<u32, Weak<SharedSpace>>>,
+    next_device_pfn: Mutex<u64>,
     /// Counters.
     pub stats: MmStats,
 }
@@ -160,7 +182,9 @@ impl Mm {
             thp: AtomicU8::new(ThpMode::Madvise as u8),
             next_space: AtomicU32::new(1),
             next_file: AtomicU64::new(1),
-            device_free: Once::new(),
+            device: Once::new(),
+            spaces: Mutex::new(BTreeMap::new()),
+            next_device_pfn: Mutex::new(DEVICE_PRIVATE_BASE),
             stats: MmStats::default(),
         };
         for pfn in [zero, huge_zero] {
@@ -215,9 +239,47 @@ impl Mm {
         self.thp.store(mode as u8, Ordering::Relaxed);
     }
 
-    /// Installs the callback that takes device pages back when their last reference goes.
-    pub fn set_device_free(&self, f: DeviceFree) {
-        self.device_free.call_once(|| f);
+    /// Installs the device-memory hooks (once; later calls are ignored).
+    pub fn set_device_memory(&self, d: Arc<dyn DeviceMemory>) {
+        self.device.call_once(|| d);
+    }
+
+    /// The device-memory hooks, if a device layer is installed.
+    pub fn device_memory(&self) -> Option<&Arc<dyn DeviceMemory>> {
+        self.device.get()
+    }
+
+    /// Reserves `frames` frame numbers for device-private memory that no RAM or MMIO uses
+    /// (`request_free_mem_region`) and gives them metadata. 2 MiB-aligned.
+    pub fn add_device_private_region(&self, frames: u64) -> Result<Pfn, Error> {
+        if frames == 0 {
+            return Err(Error::Invalid("device region of 0 frames"));
+        }
+        let mut next = self.next_device_pfn.lock();
+        let base = *next;
+        let size = frames.div_ceil(HUGE_FRAMES) * HUGE_FRAMES;
+        self.frames
+            .add_section(Pfn(base), frames)
+            .map_err(|_| Error::Invalid("frame table full: too many device memory regions"))?;
+        *next = base + size;
+        Ok(Pfn(base))
+    }
+
+    /// Shares `space` behind its lock and records it for reverse-map walks by space id.
+    pub fn share(&self, space: AddressSpace) -> Arc<SharedSpace> {
+        let id = space.id();
+        let shared = Arc::new(Mutex::new(space));
+        self.spaces.lock().insert(id, Arc::downgrade(&shared));
+        shared
+    }
+
+    /// The shared address space with id `id`, if it is still alive.
+    pub fn space(&self, id: u32) -> Option<Arc<SharedSpace>> {
+        self.spaces.lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    pub(crate) fn forget_space(&self, id: u32) {
+        self.spaces.lock().remove(&id);
     }
 
     pub(crate) fn new_space_id(&self) -> u32 {
@@ -279,8 +341,8 @@ impl Mm {
             }
         }
         if device {
-            if let Some(f) = self.device_free.get() {
-                f(pfn);
+            if let Some(d) = self.device.get() {
+                d.page_free(pfn);
             }
         } else {
             self.platform.free(pfn, order);

@@ -39,7 +39,7 @@ pub const MMAP_FLOOR: u64 = 0x1_0000;
 /// Placement searches downward from here.
 pub const MMAP_TOP: u64 = 0x7f00_0000_0000;
 
-const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 
 /// The kind of access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,12 +235,12 @@ pub struct SpaceStats {
 
 /// One address space.
 pub struct AddressSpace {
-    mm: Arc<Mm>,
-    id: u32,
-    root: Pfn,
-    vmas: VmaTree,
+    pub(super) mm: Arc<Mm>,
+    pub(super) id: u32,
+    pub(super) root: Pfn,
+    pub(super) vmas: VmaTree,
     notifier: Option<Arc<dyn Notifier>>,
-    tlb: TlbFlush,
+    pub(super) tlb: TlbFlush,
     dead_tables: Vec<Pfn>,
     /// Counters.
     pub stats: SpaceStats,
@@ -256,7 +256,7 @@ impl core::fmt::Debug for AddressSpace {
     }
 }
 
-fn page_range(addr: u64, len: u64) -> Result<(u64, u64), Error> {
+pub(super) fn page_range(addr: u64, len: u64) -> Result<(u64, u64), Error> {
     if !addr.is_multiple_of(PAGE) {
         return Err(Error::Invalid("address is not page-aligned"));
     }
@@ -277,7 +277,7 @@ fn leaf_size(huge: bool) -> u64 {
 
 /// The frame a leaf holds a reference (and a reverse-map entry) on, with the leaf's dirty bit:
 /// present and software entries do, except migration entries and the zero pages.
-fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
+pub(super) fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     let (pfn, dirty) = match Pte::decode(raw) {
         Pte::Present(p) => (p.pfn, p.dirty),
         Pte::Soft(s) if s.kind != SoftKind::Migration => (s.pfn, s.dirty),
@@ -287,7 +287,7 @@ fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
 }
 
 /// Drops what a leaf held: its reverse-map entry and its page reference.
-fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
+pub(super) fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
     let Some((pfn, dirty)) = held_frame(mm, raw) else { return };
     if let Some(m) = mm.meta(pfn) {
         if dirty {
@@ -374,12 +374,12 @@ impl AddressSpace {
         self.notifier = notifier;
     }
 
-    fn tables(&self) -> Tables<'_> {
+    pub(super) fn tables(&self) -> Tables<'_> {
         Tables::new(self.mm.platform(), self.root)
     }
 
     /// Opens an invalidation of `[start, end)`.
-    fn begin(&self, start: u64, end: u64, event: Event, owner: Option<Owner>) -> Range {
+    pub(super) fn begin(&self, start: u64, end: u64, event: Event, owner: Option<Owner>) -> Range {
         let r = Range { space: self.id, start, end, event, owner, blockable: true };
         if let Some(n) = &self.notifier {
             n.invalidate_start(&r);
@@ -388,14 +388,14 @@ impl AddressSpace {
     }
 
     /// Flushes the batched TLB work, frees unhooked tables, and closes the invalidation.
-    fn finish(&mut self, r: Range) {
+    pub(super) fn finish(&mut self, r: Range) {
         self.flush();
         if let Some(n) = &self.notifier {
             n.invalidate_end(&r);
         }
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         self.tlb.tables_freed |= !self.dead_tables.is_empty();
         if !self.tlb.is_empty() {
             self.mm.platform().flush_tlb(self.root, &self.tlb);
@@ -417,6 +417,15 @@ impl AddressSpace {
             Ok(PteLookup::Huge(s)) => Some(Entry { pte: Pte::decode(t.load(s)), huge: true }),
             _ => None,
         }
+    }
+
+    /// Calls `f` for every leaf in `[start, end)` (`va`, the entry, whether it maps 2 MiB);
+    /// empty entries and missing tables are skipped. Read-only: the HMM range walk.
+    pub fn walk_leaves(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, Pte, bool)) {
+        let _ = self.tables().walk::<()>(start, end, &mut |l| {
+            f(l.va, Pte::decode(l.raw), l.huge);
+            Ok(())
+        });
     }
 
     /// The physical address `va` maps to through a present entry, if any.
@@ -450,7 +459,7 @@ impl AddressSpace {
 
     /// Splits the PMD leaf at `pmd` (mapping `[base, base + 2 MiB)`) into 512 PTEs, and the
     /// compound page behind it into base pages.
-    fn split_leaf(&mut self, pmd: Slot, base: u64) -> Result<(), Error> {
+    pub(super) fn split_leaf(&mut self, pmd: Slot, base: u64) -> Result<(), Error> {
         let t = Tables::new(self.mm.platform(), self.root);
         let raw = t.load(pmd);
         if raw == 0 || is_table(raw) {
@@ -532,7 +541,7 @@ impl AddressSpace {
     }
 
     /// Splits every transparent huge leaf in `[start, end)` (not zero pages, not hugetlb).
-    fn split_all(&mut self, start: u64, end: u64, zero_too: bool) -> Result<(), Error> {
+    pub(super) fn split_all(&mut self, start: u64, end: u64, zero_too: bool) -> Result<(), Error> {
         let mut leaves = Vec::new();
         let mm = &*self.mm;
         let _ = self.tables().walk::<()>(start, end, &mut |l| {
@@ -1124,6 +1133,11 @@ impl AddressSpace {
                 self.restore_exclusive(slot, va, s);
                 Ok(())
             }
+            Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => match self.mm.device_memory().cloned() {
+                // do_swap_page -> pgmap->ops->migrate_to_ram
+                Some(dev) => dev.migrate_to_ram(self, va, s.pfn),
+                None => Err(FaultError::DevicePrivate { pfn: s.pfn }),
+            },
             Pte::Soft(s) => Err(self.soft_fault_error(s)),
             Pte::Bad(_) => Err(FaultError::Corrupt),
         }
@@ -1406,6 +1420,7 @@ impl AddressSpace {
 
 impl Drop for AddressSpace {
     fn drop(&mut self) {
+        self.mm.forget_space(self.id);
         let r = self.begin(0, u64::MAX, Event::Release, None);
         self.zap(0, USER_END);
         self.prune(0, USER_END);

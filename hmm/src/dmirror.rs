@@ -1,0 +1,864 @@
+//! A test device like Linux's `lib/test_hmm.c` (dmirror): the harness of the hmm-tests
+//! acceptance suite.
+//!
+//! A [`DmirrorDevice`] is one `/dev/hmm_dmirrorN`: device memory of one kind (private pages
+//! emulated by system frames, or coherent pages carved out of RAM), registered as pagemaps in
+//! chunks, with a free list of 4 KiB pages and one of 2 MiB blocks. A [`Dmirror`] is one open
+//! file: an interval notifier over the whole address space of the process that opened it and a
+//! software device page table (virtual page → frame, with write and atomic bits). The device
+//! "accesses" memory by copying through that table, as dmirror does.
+//!
+//! The invariants are dmirror's: the table holds no page references (the notifier keeps it
+//! coherent: every CPU page-table change erases the affected entries first, except the
+//! device's own migrations); for private memory it stores the *backing* frame; a device page's
+//! driver data is its backing frame.
+
+use crate::addr::Pfn;
+use crate::mm::frame::flags;
+use crate::mm::migrate::{MigrateArgs, MigratePfn, Select, migrate_device_range};
+use crate::mm::notify::{Event, Owner, Range};
+use crate::mm::pagetable::USER_END;
+use crate::mm::space::{AddressSpace, FaultError};
+use crate::mm::{Error, HUGE_FRAMES, Mm, SharedSpace};
+use crate::notifier::{Interval, IntervalNotifier, IntervalOps, Subscriptions};
+use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
+use crate::range::{HmmPfn, HmmRange, Request, hmm_range_fault};
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+const PAGE: u64 = 4096;
+/// Pages per range-fault round (dmirror's 64-entry `pfns` array).
+const FAULT_CHUNK: u64 = 64;
+/// Pages per snapshot round.
+const SNAPSHOT_CHUNK: u64 = 32;
+/// Pages per migration round (one PMD).
+const MIGRATE_CHUNK: u64 = 512;
+/// Range-fault retries before `Busy` (stands in for `HMM_RANGE_DEFAULT_TIMEOUT`).
+const FAULT_RETRIES: u32 = 1000;
+
+/// Snapshot bytes (`HMM_DMIRROR_PROT_*`).
+pub mod prot {
+    /// `HMM_PFN_ERROR`.
+    pub const ERROR: u8 = 0xff;
+    /// Not valid.
+    pub const NONE: u8 = 0x00;
+    /// Readable.
+    pub const READ: u8 = 0x01;
+    /// Writable.
+    pub const WRITE: u8 = 0x02;
+    /// Mapped at PMD level.
+    pub const PMD: u8 = 0x04;
+    /// Mapped at PUD level.
+    pub const PUD: u8 = 0x08;
+    /// The zero page.
+    pub const ZERO: u8 = 0x10;
+    /// Private page of this device.
+    pub const DEV_PRIVATE_LOCAL: u8 = 0x20;
+    /// Private page of another device.
+    pub const DEV_PRIVATE_REMOTE: u8 = 0x30;
+    /// Coherent page of this device.
+    pub const DEV_COHERENT_LOCAL: u8 = 0x40;
+    /// Coherent page of another device.
+    pub const DEV_COHERENT_REMOTE: u8 = 0x50;
+}
+
+/// A failed command: the errno dmirror's ioctl returns, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CmdError {
+    /// Positive Linux errno.
+    pub errno: i32,
+    /// What went wrong.
+    pub why: &'static str,
+}
+
+/// `EINVAL`.
+pub const EINVAL: i32 = 22;
+/// `EFAULT`.
+pub const EFAULT: i32 = 14;
+/// `EPERM`.
+pub const EPERM: i32 = 1;
+/// `ENOENT`.
+pub const ENOENT: i32 = 2;
+/// `ENOMEM`.
+pub const ENOMEM: i32 = 12;
+/// `EBUSY`.
+pub const EBUSY: i32 = 16;
+
+fn err(errno: i32, why: &'static str) -> CmdError {
+    CmdError { errno, why }
+}
+
+impl core::fmt::Display for CmdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "errno {}: {}", self.errno, self.why)
+    }
+}
+
+/// The counters a command returns (`cpages`, `faults`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Pages copied, snapshotted or migrated.
+    pub cpages: u64,
+    /// Device-fault rounds.
+    pub faults: u64,
+}
+
+#[derive(Debug, Default)]
+struct DevState {
+    chunks: Vec<Arc<DevPagemap>>,
+    free: Vec<Pfn>,
+    free_huge: Vec<Pfn>,
+    /// Which open file a device page was migrated for (dmirror's `rpage->zone_device_data`).
+    users: BTreeMap<u64, Weak<Dmirror>>,
+    calloc: u64,
+    cfree: u64,
+}
+
+/// One dmirror device (`struct dmirror_device`).
+pub struct DmirrorDevice {
+    this: Weak<DmirrorDevice>,
+    pagemaps: Arc<Pagemaps>,
+    kind: MemoryKind,
+    owner: Owner,
+    chunk_frames: u64,
+    state: Mutex<DevState>,
+}
+
+impl core::fmt::Debug for DmirrorDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmirrorDevice").field("kind", &self.kind).field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dpt {
+    /// The frame the device reads and writes (the backing frame of a private page).
+    frame: Pfn,
+    write: bool,
+    atomic: bool,
+}
+
+/// One open dmirror file (`struct dmirror`).
+pub struct Dmirror {
+    this: Weak<Dmirror>,
+    dev: Arc<DmirrorDevice>,
+    space: Weak<SharedSpace>,
+    mm: Arc<Mm>,
+    notifier: Mutex<Option<IntervalNotifier>>,
+    /// The device page table; its lock is the driver's user lock.
+    pt: Mutex<BTreeMap<u64, Dpt>>,
+    fail_alloc: AtomicBool,
+    /// Invalidations that reached the device page table.
+    pub invalidations: AtomicU64,
+}
+
+impl core::fmt::Debug for Dmirror {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dmirror").field("dev", &self.dev).field("entries", &self.pt.lock().len()).finish()
+    }
+}
+
+impl DmirrorDevice {
+    /// A device of `kind` with owner cookie `owner`, adding device memory `chunk_bytes` at a
+    /// time (a multiple of 2 MiB).
+    pub fn new(pagemaps: &Arc<Pagemaps>, kind: MemoryKind, owner: Owner, chunk_bytes: u64) -> Arc<DmirrorDevice> {
+        Arc::new_cyclic(|this| DmirrorDevice {
+            this: this.clone(),
+            pagemaps: pagemaps.clone(),
+            kind,
+            owner,
+            chunk_frames: (chunk_bytes / PAGE).div_ceil(HUGE_FRAMES).max(1) * HUGE_FRAMES,
+            state: Mutex::new(DevState::default()),
+        })
+    }
+
+    /// The memory kind.
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+
+    /// The owner cookie (`pgmap->owner`).
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// Pages allocated and freed so far (`calloc`, `cfree`).
+    pub fn counters(&self) -> (u64, u64) {
+        let s = self.state.lock();
+        (s.calloc, s.cfree)
+    }
+
+    /// Device pages in use.
+    pub fn pages_in_use(&self) -> u64 {
+        let s = self.state.lock();
+        let total: u64 = s.chunks.iter().map(|c| c.pages()).sum();
+        total - s.free.len() as u64 - s.free_huge.len() as u64 * HUGE_FRAMES
+    }
+
+    fn add_chunk(&self, s: &mut DevState) -> Result<(), Error> {
+        let ops: Weak<DmirrorDevice> = self.this.clone();
+        let pm = self.pagemaps.memremap_pages(self.kind, self.owner, self.chunk_frames, ops)?;
+        for &(start, n) in pm.ranges() {
+            let mut p = start.0;
+            while p + HUGE_FRAMES <= start.0 + n {
+                s.free_huge.push(Pfn(p));
+                p += HUGE_FRAMES;
+            }
+        }
+        s.chunks.push(pm);
+        Ok(())
+    }
+
+    /// Allocates `count` device pages (512 from one 2 MiB block when `huge`), each with its
+    /// backing frame, initialised (refcount 1, locked).
+    fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Vec<Pfn>, Error> {
+        let mm = self.pagemaps.mm().clone();
+        let pages: Vec<Pfn> = {
+            let mut s = self.state.lock();
+            if huge {
+                if s.free_huge.is_empty() {
+                    self.add_chunk(&mut s)?;
+                }
+                let b = s.free_huge.pop().ok_or(Error::NoMemory)?;
+                (0..HUGE_FRAMES).map(|i| Pfn(b.0 + i)).collect()
+            } else {
+                if s.free.is_empty() {
+                    if s.free_huge.is_empty() {
+                        self.add_chunk(&mut s)?;
+                    }
+                    let b = s.free_huge.pop().ok_or(Error::NoMemory)?;
+                    s.free.extend((0..HUGE_FRAMES).rev().map(|i| Pfn(b.0 + i)));
+                }
+                alloc::vec![s.free.pop().ok_or(Error::NoMemory)?]
+            }
+        };
+        let mut done = Vec::with_capacity(pages.len());
+        for &p in &pages {
+            let backing = match self.kind {
+                MemoryKind::Private => match mm.alloc_page(0, 0, false) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        // Give everything back.
+                        for &d in &done {
+                            self.release_page(d);
+                        }
+                        let mut s = self.state.lock();
+                        s.free.extend(pages.iter().skip(done.len()).copied());
+                        return Err(e);
+                    }
+                },
+                MemoryKind::Coherent => None,
+            };
+            let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
+            pm.set_data(p, backing.map_or(p.0, |b| b.0));
+            self.pagemaps.page_init(p)?;
+            done.push(p);
+        }
+        let mut s = self.state.lock();
+        s.calloc += pages.len() as u64;
+        for &p in &pages {
+            s.users.insert(p.0, user.clone());
+        }
+        Ok(pages)
+    }
+
+    /// Undoes `alloc` for an unused page (refcount 1, locked).
+    fn release_page(&self, p: Pfn) {
+        let mm = self.pagemaps.mm();
+        if let Some(m) = mm.meta(p) {
+            m.unlock();
+        }
+        mm.put_page(p);
+    }
+
+    /// The frame the device reads for device page `p` (its backing frame if private).
+    fn backing(&self, p: Pfn) -> Pfn {
+        self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, Pfn)
+    }
+
+    /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
+    /// driver unbind). Must be called with no address space locked.
+    pub fn release(&self) -> Result<(), CmdError> {
+        let mm = self.pagemaps.mm().clone();
+        let chunks = {
+            let mut s = self.state.lock();
+            s.free.clear();
+            s.free_huge.clear();
+            core::mem::take(&mut s.chunks)
+        };
+        let mut failure = None;
+        for pm in &chunks {
+            for &(start, n) in pm.ranges() {
+                let mut mig = migrate_device_range(&mm, start, n);
+                for i in 0..n as usize {
+                    let s = mig.src()[i];
+                    let Some(spfn) = s.pfn() else { continue };
+                    if !s.is_migrate() {
+                        continue;
+                    }
+                    match mm.alloc_page(flags::ANON, 0, false) {
+                        Ok(d) => {
+                            if let Some(m) = mm.meta(d) {
+                                m.trylock();
+                            }
+                            mm.platform().copy(d, self.backing(spfn), 1);
+                            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+                        }
+                        Err(_) => failure = Some(err(ENOMEM, "no RAM to evict device memory into")),
+                    }
+                }
+                mig.pages();
+                mig.finalize();
+            }
+        }
+        let mut s = self.state.lock();
+        for pm in chunks {
+            if self.pagemaps.memunmap_pages(&pm).is_err() {
+                // Still in use (eviction failed for some page): keep it usable.
+                s.chunks.push(pm);
+                failure.get_or_insert(err(EBUSY, "device pages still in use after eviction"));
+            }
+        }
+        // Chunks kept are re-scanned for free pages.
+        let kept: Vec<Arc<DevPagemap>> = s.chunks.clone();
+        for pm in kept {
+            for &(start, n) in pm.ranges() {
+                for i in 0..n {
+                    let p = Pfn(start.0 + i);
+                    if mm.meta(p).is_some_and(|m| m.refcount() == 0) {
+                        s.free.push(p);
+                    }
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+impl PagemapOps for DmirrorDevice {
+    fn page_free(&self, pm: &DevPagemap, pfn: Pfn) {
+        let mm = self.pagemaps.mm();
+        if self.kind == MemoryKind::Private
+            && let Some(b) = pm.data(pfn)
+            && b != pfn.0
+        {
+            mm.put_page(Pfn(b));
+        }
+        pm.set_data(pfn, 0);
+        let mut s = self.state.lock();
+        s.cfree += 1;
+        s.users.remove(&pfn.0);
+        if s.chunks.iter().any(|c| c.contains(pfn)) {
+            s.free.push(pfn);
+        }
+    }
+
+    fn migrate_to_ram(&self, _pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
+        let user = self.state.lock().users.get(&page.0).and_then(Weak::upgrade);
+        let select = match self.kind {
+            MemoryKind::Private => Select::DEVICE_PRIVATE,
+            MemoryKind::Coherent => Select::DEVICE_COHERENT,
+        };
+        let start = va & !(PAGE - 1);
+        let args = MigrateArgs { start, end: start + PAGE, owner: self.owner, select, fault_page: Some(page) };
+        let mm = space.mm().clone();
+        let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
+        for i in 0..mig.src().len() {
+            let s = mig.src()[i];
+            let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { continue };
+            let d = mm.alloc_page(flags::ANON, 0, false).map_err(|_| FaultError::OutOfMemory)?;
+            if let Some(m) = mm.meta(d) {
+                m.trylock();
+            }
+            let backing = self.backing(spfn);
+            mm.platform().copy(d, backing, 1);
+            if let Some(u) = &user {
+                u.forget_frame(start + i as u64 * PAGE, backing);
+            }
+            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+        }
+        mig.pages();
+        mig.finalize();
+        Ok(())
+    }
+}
+
+/// A notifier that only records the sequence (the snapshot's temporary one).
+struct SeqOnly;
+
+impl IntervalOps for SeqOnly {
+    fn invalidate(&self, sub: &Interval, _r: &Range, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+fn check_range(addr: u64, npages: u64) -> Result<(u64, u64), CmdError> {
+    if !addr.is_multiple_of(PAGE) {
+        return Err(err(EINVAL, "address is not page-aligned"));
+    }
+    if npages == 0 {
+        return Err(err(EINVAL, "no pages"));
+    }
+    let end = npages
+        .checked_mul(PAGE)
+        .and_then(|l| addr.checked_add(l))
+        .filter(|&e| e <= USER_END)
+        .ok_or(err(EINVAL, "range overflows the address space"))?;
+    Ok((addr, end))
+}
+
+impl Dmirror {
+    /// Opens the device for the process whose address space is `space` (inserts a notifier
+    /// over the whole address space).
+    pub fn open(dev: &Arc<DmirrorDevice>, space: &Arc<SharedSpace>) -> Result<Arc<Dmirror>, Error> {
+        let mut s = space.lock();
+        let mm = s.mm().clone();
+        let subs = Subscriptions::of(&mut s);
+        let d = Arc::new_cyclic(|this| Dmirror {
+            this: this.clone(),
+            dev: dev.clone(),
+            space: Arc::downgrade(space),
+            mm,
+            notifier: Mutex::new(None),
+            pt: Mutex::new(BTreeMap::new()),
+            fail_alloc: AtomicBool::new(false),
+            invalidations: AtomicU64::new(0),
+        });
+        let ops: Weak<Dmirror> = Arc::downgrade(&d);
+        let n = subs.insert(0, USER_END, ops)?;
+        *d.notifier.lock() = Some(n);
+        Ok(d)
+    }
+
+    /// Closes the file: removes the notifier and drops the device page table.
+    pub fn close(&self) -> Result<(), Error> {
+        if let Some(n) = self.notifier.lock().take() {
+            n.remove().map_err(|(_, e)| e)?;
+        }
+        self.pt.lock().clear();
+        Ok(())
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<DmirrorDevice> {
+        &self.dev
+    }
+
+    fn space(&self) -> Result<Arc<SharedSpace>, CmdError> {
+        self.space.upgrade().ok_or(err(EINVAL, "the process's address space is gone"))
+    }
+
+    fn forget_frame(&self, va: u64, frame: Pfn) {
+        let mut pt = self.pt.lock();
+        if pt.get(&(va / PAGE)).is_some_and(|e| e.frame == frame) {
+            pt.remove(&(va / PAGE));
+        }
+    }
+
+    /// `HMM_DMIRROR_FLAGS`: bit 0 makes the next device allocation fail.
+    pub fn set_flags(&self, flags: u64) {
+        self.fail_alloc.store(flags & 1 != 0, Ordering::Relaxed);
+    }
+
+    /// Copies through the device page table; `Err(k)` names the first page without a
+    /// (writable, for `write`) entry.
+    fn copy(&self, start: u64, buf: &mut [u8], data: Option<&[u8]>, from: u64) -> Result<(), u64> {
+        let pt = self.pt.lock();
+        let n = buf.len().max(data.map_or(0, |d| d.len())) as u64 / PAGE;
+        for k in from..n {
+            let Some(e) = pt.get(&(start / PAGE + k)) else { return Err(k) };
+            let r = (k * PAGE) as usize..((k + 1) * PAGE) as usize;
+            match data {
+                Some(d) => {
+                    if !e.write {
+                        return Err(k);
+                    }
+                    self.mm.platform().write(e.frame.addr(), &d[r]);
+                }
+                None => self.mm.platform().read(e.frame.addr(), &mut buf[r]),
+            }
+        }
+        Ok(())
+    }
+
+    /// The device fault path (`dmirror_fault`): range-faults `[start, end)` in rounds of 64
+    /// pages and fills the device page table.
+    fn fault(&self, start: u64, end: u64, write: bool) -> Result<(), CmdError> {
+        let space = self.space()?;
+        let guard = self.notifier.lock();
+        let sub = guard.as_ref().ok_or(err(EINVAL, "the file is closed"))?;
+        let mut a = start;
+        while a < end {
+            let b = (a + FAULT_CHUNK * PAGE).min(end);
+            let n = ((b - a) / PAGE) as usize;
+            let mut pfns = alloc::vec![0u64; n];
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                if tries > FAULT_RETRIES {
+                    return Err(err(EBUSY, "range fault kept being invalidated"));
+                }
+                let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
+                pfns.iter_mut().for_each(|p| *p = 0);
+                let r = {
+                    let mut s = space.lock();
+                    let mut range = HmmRange::<HmmPfn> {
+                        notifier: sub,
+                        notifier_seq: seq,
+                        start: a,
+                        end: b,
+                        pfns: &mut pfns,
+                        default_flags: if write { Request::WRITE } else { Request::FAULT },
+                        pfn_flags_mask: Request::NONE,
+                        dev_private_owner: Some(self.dev.owner),
+                    };
+                    hmm_range_fault(&mut s, &mut range)
+                };
+                match r {
+                    Err(crate::range::RangeError::Busy) => continue,
+                    Err(e) => return Err(err(e.errno(), "range fault failed")),
+                    Ok(()) => {}
+                }
+                let mut pt = self.pt.lock();
+                if sub.read_retry(seq) {
+                    continue;
+                }
+                for (i, &p) in pfns.iter().enumerate() {
+                    if p & HmmPfn::VALID == 0 {
+                        return Err(err(EFAULT, "range fault returned an invalid page"));
+                    }
+                    let w = p & HmmPfn::WRITE != 0;
+                    if write && !w {
+                        return Err(err(EFAULT, "write fault returned a read-only page"));
+                    }
+                    let pfn = HmmPfn::pfn(p);
+                    let frame = if self.dev.pagemaps.find(pfn).is_some_and(|pm| pm.kind() == MemoryKind::Private) {
+                        self.dev.backing(pfn)
+                    } else {
+                        pfn
+                    };
+                    pt.insert(a / PAGE + i as u64, Dpt { frame, write: w, atomic: false });
+                }
+                break;
+            }
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_READ`: the device reads `npages` at `addr` into a buffer.
+    pub fn read(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
+        let mut c = Counts::default();
+        let mut from = 0;
+        for _ in 0..=npages + 1 {
+            match self.copy(start, &mut buf, None, from) {
+                Ok(()) => {
+                    c.cpages = npages;
+                    return Ok((buf, c));
+                }
+                Err(k) => {
+                    self.fault(start + k * PAGE, end, false)?;
+                    c.faults += 1;
+                    from = k;
+                }
+            }
+        }
+        Err(err(EBUSY, "device read did not converge"))
+    }
+
+    /// `HMM_DMIRROR_WRITE`: the device writes `data` (whole pages) at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<Counts, CmdError> {
+        if data.is_empty() || !(data.len() as u64).is_multiple_of(PAGE) {
+            return Err(err(EINVAL, "write buffer is not whole pages"));
+        }
+        let npages = data.len() as u64 / PAGE;
+        let (start, end) = check_range(addr, npages)?;
+        let mut c = Counts::default();
+        let mut from = 0;
+        for _ in 0..=npages + 1 {
+            match self.copy(start, &mut [], Some(data), from) {
+                Ok(()) => {
+                    c.cpages = npages;
+                    return Ok(c);
+                }
+                Err(k) => {
+                    self.fault(start + k * PAGE, end, true)?;
+                    c.faults += 1;
+                    from = k;
+                }
+            }
+        }
+        Err(err(EBUSY, "device write did not converge"))
+    }
+
+    /// Device pages for a run of `n` sources starting at index `i0`, 2 MiB at once when the
+    /// run is a whole aligned 2 MiB (falling back to 4 KiB, and consuming FAIL_ALLOC, as
+    /// dmirror's THP path does).
+    fn alloc_run(&self, va: u64, n: usize) -> Vec<Option<Pfn>> {
+        let me = self.this.clone();
+        if n as u64 == HUGE_FRAMES && va.is_multiple_of(HUGE_FRAMES * PAGE) {
+            let fail = self.fail_alloc.swap(false, Ordering::Relaxed);
+            if !fail && let Ok(v) = self.dev.alloc(true, &me) {
+                return v.into_iter().map(Some).collect();
+            }
+        }
+        (0..n)
+            .map(|_| {
+                if self.fail_alloc.swap(false, Ordering::Relaxed) {
+                    return None;
+                }
+                self.dev.alloc(false, &me).ok().map(|v| v[0])
+            })
+            .collect()
+    }
+
+    /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrates `npages` at `addr` to device memory, then reads
+    /// them back through the device (`cpages` = pages read back).
+    pub fn migrate_to_dev(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let space = self.space()?;
+        {
+            let mut s = space.lock();
+            let mut a = start;
+            while a < end {
+                let vma = s.vmas().find(a).cloned().ok_or(err(EINVAL, "no mapping in the range"))?;
+                if !(vma.prot.read()) {
+                    return Err(err(EINVAL, "the mapping is not readable"));
+                }
+                let b = vma.end.min(end).min((a / (MIGRATE_CHUNK * PAGE) + 1) * MIGRATE_CHUNK * PAGE);
+                let args =
+                    MigrateArgs { start: a, end: b, owner: self.dev.owner, select: Select::SYSTEM, fault_page: None };
+                let mm = s.mm().clone();
+                let mut mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
+                let n = mig.src().len();
+                let pages = self.alloc_run(a, n);
+                for (i, p) in pages.into_iter().enumerate() {
+                    let src = mig.src()[i];
+                    let Some(d) = p else { continue };
+                    if !src.is_migrate() {
+                        self.dev.release_page(d);
+                        continue;
+                    }
+                    let frame = self.dev.backing(d);
+                    match src.pfn() {
+                        Some(spfn) => mm.platform().copy(frame, spfn, 1),
+                        None => mm.platform().zero(frame, 1),
+                    }
+                    mig.dst_mut()[i] = MigratePfn::new(d).with_write(src.is_write());
+                }
+                mig.pages();
+                {
+                    // finalize_and_map: only entries still migrating go into the table.
+                    let mut pt = self.pt.lock();
+                    for i in 0..n {
+                        let (s, d) = (mig.src()[i], mig.dst()[i]);
+                        if let (true, Some(dp)) = (s.is_migrate(), d.pfn()) {
+                            pt.insert(
+                                a / PAGE + i as u64,
+                                Dpt { frame: self.dev.backing(dp), write: d.is_write(), atomic: false },
+                            );
+                        }
+                    }
+                }
+                mig.finalize();
+                a = b;
+            }
+        }
+        let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
+        self.copy(start, &mut buf, None, 0).map_err(|_| err(ENOENT, "a page did not reach the device"))?;
+        Ok((buf, Counts { cpages: npages, faults: 0 }))
+    }
+
+    /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrates this device's pages in the range back to RAM.
+    pub fn migrate_to_sys(&self, addr: u64, npages: u64) -> Result<Counts, CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let space = self.space()?;
+        let mut s = space.lock();
+        let mut c = Counts::default();
+        let select = match self.dev.kind {
+            MemoryKind::Private => Select::DEVICE_PRIVATE,
+            MemoryKind::Coherent => Select::DEVICE_COHERENT,
+        };
+        let mut a = start;
+        while a < end {
+            let vma = s.vmas().find(a).cloned().ok_or(err(EINVAL, "no mapping in the range"))?;
+            let b = vma.end.min(end).min((a / (MIGRATE_CHUNK * PAGE) + 1) * MIGRATE_CHUNK * PAGE);
+            let mm = s.mm().clone();
+            let args = MigrateArgs { start: a, end: b, owner: self.dev.owner, select, fault_page: None };
+            let mut mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
+            let n = mig.src().len();
+            if n as u64 == HUGE_FRAMES && a.is_multiple_of(HUGE_FRAMES * PAGE) {
+                // dmirror tries one 2 MiB folio for a whole PMD and falls back to 4 KiB pages
+                // when that fails; system memory is taken 4 KiB at a time here, so a pending
+                // FAIL_ALLOC is consumed by that first attempt.
+                self.fail_alloc.store(false, Ordering::Relaxed);
+            }
+            for i in 0..n {
+                let src = mig.src()[i];
+                let (Some(spfn), true) = (src.pfn(), src.is_migrate()) else { continue };
+                if self.fail_alloc.swap(false, Ordering::Relaxed) {
+                    // Declined: the page stays in device memory, intact.
+                    continue;
+                }
+                let d = mm.alloc_page(flags::ANON, 0, false).map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
+                if let Some(m) = mm.meta(d) {
+                    m.trylock();
+                }
+                let frame = self.dev.backing(spfn);
+                mm.platform().copy(d, frame, 1);
+                self.forget_frame(a + i as u64 * PAGE, frame);
+                mig.dst_mut()[i] = MigratePfn::new(d).with_write(src.is_write());
+                c.cpages += 1;
+            }
+            mig.pages();
+            mig.finalize();
+            a = b;
+        }
+        Ok(c)
+    }
+
+    /// `HMM_DMIRROR_SNAPSHOT`: one byte per page describing the CPU page table.
+    pub fn snapshot(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let space = self.space()?;
+        let mut out = Vec::with_capacity(npages as usize);
+        let ops: Arc<SeqOnly> = Arc::new(SeqOnly);
+        let mut a = start;
+        while a < end {
+            let b = (a + SNAPSHOT_CHUNK * PAGE).min(end);
+            let subs = Subscriptions::of(&mut space.lock());
+            let w: Weak<SeqOnly> = Arc::downgrade(&ops);
+            let sub = subs.insert(a, b - a, w).map_err(|_| err(EINVAL, "notifier insert failed"))?;
+            let n = ((b - a) / PAGE) as usize;
+            let mut pfns = alloc::vec![0u64; n];
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                if tries > FAULT_RETRIES {
+                    return Err(err(EBUSY, "snapshot kept being invalidated"));
+                }
+                let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
+                let r = {
+                    let mut s = space.lock();
+                    let mut range = HmmRange::<HmmPfn> {
+                        notifier: &sub,
+                        notifier_seq: seq,
+                        start: a,
+                        end: b,
+                        pfns: &mut pfns,
+                        default_flags: Request::NONE,
+                        pfn_flags_mask: Request::NONE,
+                        dev_private_owner: Some(self.dev.owner),
+                    };
+                    hmm_range_fault(&mut s, &mut range)
+                };
+                match r {
+                    Err(crate::range::RangeError::Busy) => continue,
+                    Err(e) => return Err(err(e.errno(), "snapshot range fault failed")),
+                    Ok(()) => {}
+                }
+                let _pt = self.pt.lock();
+                if sub.read_retry(seq) {
+                    continue;
+                }
+                break;
+            }
+            let _ = sub.remove();
+            for &p in &pfns {
+                out.push(self.mkentry(p));
+            }
+            a = b;
+        }
+        Ok((out, Counts { cpages: npages, faults: 0 }))
+    }
+
+    fn mkentry(&self, p: u64) -> u8 {
+        if p & HmmPfn::ERROR != 0 {
+            return prot::ERROR;
+        }
+        if p & HmmPfn::VALID == 0 {
+            return prot::NONE;
+        }
+        let pfn = HmmPfn::pfn(p);
+        let mut v = match self.dev.pagemaps.find(pfn) {
+            Some(pm) => match (pm.kind(), pm.owner() == self.dev.owner) {
+                (MemoryKind::Private, true) => prot::DEV_PRIVATE_LOCAL,
+                (MemoryKind::Private, false) => prot::DEV_PRIVATE_REMOTE,
+                (MemoryKind::Coherent, true) => prot::DEV_COHERENT_LOCAL,
+                (MemoryKind::Coherent, false) => prot::DEV_COHERENT_REMOTE,
+            },
+            None if self.mm.is_zero(pfn) => prot::ZERO,
+            None => 0,
+        };
+        v |= if p & HmmPfn::WRITE != 0 { prot::WRITE } else { prot::READ };
+        if HmmPfn::order(p) == 9 {
+            v |= prot::PMD;
+        } else if HmmPfn::order(p) == 18 {
+            v |= prot::PUD;
+        }
+        v
+    }
+
+    /// `HMM_DMIRROR_EXCLUSIVE`: takes device-exclusive access to every page, then reads them.
+    pub fn exclusive(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let space = self.space()?;
+        {
+            let mut s = space.lock();
+            let mut va = start;
+            while va < end {
+                let g = s.make_device_exclusive(va, self.dev.owner).map_err(|e| match e {
+                    Error::Invalid(_) => err(EINVAL, "device-exclusive access not supported here"),
+                    _ => err(EBUSY, "device-exclusive access failed"),
+                })?;
+                self.pt.lock().insert(va / PAGE, Dpt { frame: g.pfn(), write: true, atomic: true });
+                drop(g);
+                va += PAGE;
+            }
+        }
+        let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
+        self.copy(start, &mut buf, None, 0).map_err(|_| err(EPERM, "exclusive entry lost"))?;
+        Ok((buf, Counts { cpages: npages, faults: 0 }))
+    }
+
+    /// `HMM_DMIRROR_CHECK_EXCLUSIVE`: `EPERM` if any page is still exclusive to the device.
+    pub fn check_exclusive(&self, addr: u64, npages: u64) -> Result<(), CmdError> {
+        let (start, end) = check_range(addr, npages)?;
+        let pt = self.pt.lock();
+        if pt.range(start / PAGE..end / PAGE).any(|(_, e)| e.atomic) {
+            return Err(err(EPERM, "a page is still device-exclusive"));
+        }
+        Ok(())
+    }
+}
+
+impl IntervalOps for Dmirror {
+    fn invalidate(&self, sub: &Interval, range: &Range, cur_seq: u64) -> bool {
+        // Our own migrations already updated the table (dmirror_interval_invalidate).
+        if range.event == Event::Migrate && range.owner == Some(self.dev.owner) {
+            return true;
+        }
+        let mut pt = if range.blockable {
+            self.pt.lock()
+        } else {
+            match self.pt.try_lock() {
+                Some(g) => g,
+                None => return false,
+            }
+        };
+        sub.set_seq(cur_seq);
+        let (s, e) = (range.start / PAGE, range.end.div_ceil(PAGE));
+        let keys: Vec<u64> = pt.range(s..e).map(|(k, _)| *k).collect();
+        for k in keys {
+            pt.remove(&k);
+        }
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}

@@ -1,0 +1,637 @@
+//! Device migration: `migrate_vma_setup` / `migrate_vma_pages` / `migrate_vma_finalize`
+//! (`mm/migrate_device.c`) and the VMA-less `migrate_device_range` eviction.
+//!
+//! A migration moves the pages of a virtual range between system RAM and device memory in
+//! three steps, with the driver's copy in between:
+//!
+//! 1. [`AddressSpace::migrate_vma_setup`] *collects*: under one `Migrate` invalidation (with
+//!    the driver's owner, so the driver can skip its own), every selected page is locked, its
+//!    entry becomes a migration entry (write, dirty, young and exec carried in the entry: pitfall
+//!    P4), and its reverse-map entry is dropped; the entry's page reference passes to the
+//!    migration. Holes of private anonymous memory and zero pages are collected with no page.
+//!    The result is a [`MigrateVma`] guard with `src` filled.
+//! 2. The driver allocates destination pages (locked, one reference), copies, and fills
+//!    [`MigrateVma::dst_mut`]; leaving an entry 0 declines that page.
+//! 3. [`MigrateVma::pages`] is the commit point: entries whose destination is missing, whose
+//!    hole was filled meanwhile, or that would put a file page in device memory lose `MIGRATE`.
+//!    Holes are filled here. [`MigrateVma::finalize`] (or dropping the guard) replaces every
+//!    migration entry by the new page, or by the old one where the migration was declined,
+//!    unlocks both and drops the references the migration held. Every failure path restores
+//!    the old page: data is never lost.
+//!
+//! Pages mapped by other address spaces too (copy-on-write after fork) are migrated for this
+//! mapping only: the others keep the old page, and the new entry is read-only, so the pages
+//! stay a valid copy-on-write pair. Pinned pages (references beyond their mappings) are not
+//! migrated (pitfall P5: partial migration is normal).
+//!
+//! [`migrate_device_range`] evicts device pages by frame number, through their reverse map,
+//! with no VMA: the driver-unbind and memory-removal path.
+
+use super::frame::{RmapEntry, flags};
+use super::notify::{Event, Owner};
+use super::pagetable::{PteLookup, Tables};
+use super::pte::{Present, Pte, Soft, SoftKind};
+use super::space::{AddressSpace, PAGE};
+use super::{Error, Mm};
+use crate::addr::Pfn;
+use alloc::vec::Vec;
+
+/// `MIGRATE_PFN_*`: one entry of `src` / `dst`, Linux's encoding (`pfn << 6 | flags`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigratePfn(pub u64);
+
+impl MigratePfn {
+    /// `MIGRATE_PFN_VALID`: a page is named.
+    pub const VALID: u64 = 1 << 0;
+    /// `MIGRATE_PFN_MIGRATE`: the entry is (still) being migrated.
+    pub const MIGRATE: u64 = 1 << 1;
+    /// `MIGRATE_PFN_WRITE`: the mapping was writable.
+    pub const WRITE: u64 = 1 << 3;
+    /// `MIGRATE_PFN_COMPOUND`: the entry stands for a 2 MiB page.
+    pub const COMPOUND: u64 = 1 << 4;
+    /// `MIGRATE_PFN_SHIFT`.
+    pub const SHIFT: u32 = 6;
+
+    /// `migrate_pfn(pfn)`: a valid entry for `pfn`.
+    pub const fn new(pfn: Pfn) -> Self {
+        Self((pfn.0 << Self::SHIFT) | Self::VALID)
+    }
+    /// The page, if the entry names one.
+    pub const fn pfn(self) -> Option<Pfn> {
+        if self.0 & Self::VALID != 0 { Some(Pfn(self.0 >> Self::SHIFT)) } else { None }
+    }
+    /// Whether the entry is being migrated.
+    pub const fn is_migrate(self) -> bool {
+        self.0 & Self::MIGRATE != 0
+    }
+    /// Whether the source mapping was writable.
+    pub const fn is_write(self) -> bool {
+        self.0 & Self::WRITE != 0
+    }
+    /// The entry with `WRITE` set.
+    pub const fn with_write(self, write: bool) -> Self {
+        if write { Self(self.0 | Self::WRITE) } else { Self(self.0 & !Self::WRITE) }
+    }
+}
+
+/// Which pages `migrate_vma_setup` collects (`MIGRATE_VMA_SELECT_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Select {
+    /// System pages, zero pages and holes in anonymous memory.
+    pub system: bool,
+    /// Device-private pages whose pagemap owner is the migration's owner.
+    pub device_private: bool,
+    /// Device-coherent pages whose pagemap owner is the migration's owner.
+    pub device_coherent: bool,
+}
+
+impl Select {
+    /// `MIGRATE_VMA_SELECT_SYSTEM`.
+    pub const SYSTEM: Select = Select { system: true, device_private: false, device_coherent: false };
+    /// `MIGRATE_VMA_SELECT_DEVICE_PRIVATE`.
+    pub const DEVICE_PRIVATE: Select = Select { system: false, device_private: true, device_coherent: false };
+    /// `MIGRATE_VMA_SELECT_DEVICE_COHERENT`.
+    pub const DEVICE_COHERENT: Select = Select { system: false, device_private: false, device_coherent: true };
+}
+
+/// The arguments of `migrate_vma_setup` (`struct migrate_vma` inputs).
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateArgs {
+    /// First address (page-aligned).
+    pub start: u64,
+    /// One past the last address; `[start, end)` must lie in one VMA.
+    pub end: u64,
+    /// The pagemap owner driving the migration (`pgmap_owner`).
+    pub owner: Owner,
+    /// What to collect.
+    pub select: Select,
+    /// The device-private page a CPU fault is migrating (locked and referenced by the fault
+    /// path), for `migrate_to_ram`.
+    pub fault_page: Option<Pfn>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SrcInfo {
+    /// A migration entry was installed (src names a page).
+    entry: bool,
+    /// The entry's bits, restored or carried to the new page.
+    write: bool,
+    dirty: bool,
+    young: bool,
+    exec: bool,
+    /// Other mappings keep the old page: the new entry is read-only.
+    shared: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Collected,
+    Committed,
+    Done,
+}
+
+/// A migration in progress (`struct migrate_vma` between setup and finalize). Holds the
+/// address space (the mmap lock) until it is finalized; dropping it finalizes.
+pub struct MigrateVma<'a> {
+    space: &'a mut AddressSpace,
+    args: MigrateArgs,
+    src: Vec<MigratePfn>,
+    dst: Vec<MigratePfn>,
+    info: Vec<SrcInfo>,
+    cpages: usize,
+    stage: Stage,
+}
+
+impl core::fmt::Debug for MigrateVma<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MigrateVma")
+            .field("start", &self.args.start)
+            .field("end", &self.args.end)
+            .field("cpages", &self.cpages)
+            .finish_non_exhaustive()
+    }
+}
+
+fn device_kind(mm: &Mm, pfn: Pfn) -> Option<(Owner, bool)> {
+    mm.device_memory().and_then(|d| d.owner_of(pfn))
+}
+
+fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo) -> u64 {
+    let write = i.write && !i.shared;
+    let private = mm.meta(pfn).is_some_and(|m| m.has(flags::DEVICE)) && device_kind(mm, pfn).is_some_and(|(_, p)| p);
+    if private {
+        Pte::Soft(Soft {
+            kind: SoftKind::DevicePrivate,
+            pfn,
+            write,
+            young: i.young,
+            dirty: i.dirty,
+            huge: false,
+            exec: i.exec,
+        })
+        .encode()
+    } else {
+        Pte::Present(Present { pfn, write, exec: i.exec, dirty: i.dirty, young: i.young, huge: false }).encode()
+    }
+}
+
+impl AddressSpace {
+    /// `migrate_vma_setup`: validates the range, collects and unmaps the selected pages. See
+    /// the module documentation.
+    ///
+    /// Errors (`Invalid`, Linux's `-EINVAL`): an unaligned or empty range, a range not inside
+    /// one VMA, an explicit huge page (hugetlb) VMA, or a `fault_page` that is not a locked
+    /// device-private page.
+    pub fn migrate_vma_setup(&mut self, args: MigrateArgs) -> Result<MigrateVma<'_>, Error> {
+        let MigrateArgs { start, end, owner, select, fault_page } = args;
+        if !start.is_multiple_of(PAGE) || !end.is_multiple_of(PAGE) {
+            return Err(Error::Invalid("migration range is not page-aligned"));
+        }
+        if start >= end {
+            return Err(Error::Invalid("migration range is empty"));
+        }
+        let vma = self.vmas.find(start).cloned().ok_or(Error::Invalid("no VMA at the migration start"))?;
+        if end > vma.end {
+            return Err(Error::Invalid("migration range is not inside one VMA"));
+        }
+        if vma.flags.hugetlb {
+            return Err(Error::Invalid("explicit huge page (hugetlb) mappings cannot be migrated"));
+        }
+        if let Some(fp) = fault_page {
+            let private = device_kind(&self.mm, fp).is_some_and(|(_, p)| p);
+            if !private || !self.mm.meta(fp).is_some_and(|m| m.has(flags::LOCKED)) {
+                return Err(Error::Invalid("fault_page must be a locked device-private page"));
+            }
+        }
+        let n = ((end - start) / PAGE) as usize;
+        // Huge leaves are split to 4 KiB first (compound migration falls back to base pages);
+        // a huge page that cannot be split (pinned) stays and is not collected.
+        let _ = self.split_all(start, end, true);
+        let anon_holes = select.system && vma.is_anon() && vma.is_cow();
+        let hole = if anon_holes { MigratePfn(MigratePfn::MIGRATE) } else { MigratePfn(0) };
+        let mut src = alloc::vec![hole; n];
+        let mut info = alloc::vec![SrcInfo::default(); n];
+        let r = self.begin(start, end, Event::Migrate, Some(owner));
+        let mm = self.mm.clone();
+        let id = self.id;
+        let t = Tables::new(mm.platform(), self.root);
+        let tlb = &mut self.tlb;
+        let _ = t.walk::<()>(start, end, &mut |l| {
+            let i = ((l.va - start) / PAGE) as usize;
+            if l.huge {
+                let stop = (i + 512).min(n);
+                src[i..stop].iter_mut().for_each(|s| *s = MigratePfn(0));
+                return Ok(());
+            }
+            src[i] = MigratePfn(0);
+            let (pfn, write, dirty, young, exec) = match Pte::decode(l.raw) {
+                Pte::Present(p) if mm.is_zero(p.pfn) => {
+                    if select.system {
+                        src[i] = MigratePfn(MigratePfn::MIGRATE);
+                    }
+                    return Ok(());
+                }
+                Pte::Present(p) => {
+                    let eligible = match device_kind(&mm, p.pfn) {
+                        Some((o, false)) => select.device_coherent && o == owner,
+                        Some((_, true)) => false,
+                        None => select.system,
+                    };
+                    if !eligible {
+                        return Ok(());
+                    }
+                    (p.pfn, p.write, p.dirty, p.young, p.exec)
+                }
+                Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => {
+                    if !(select.device_private && device_kind(&mm, s.pfn).is_some_and(|(o, _)| o == owner)) {
+                        return Ok(());
+                    }
+                    (s.pfn, s.write, s.dirty, s.young, s.exec)
+                }
+                _ => return Ok(()),
+            };
+            let Some(m) = mm.meta(pfn) else { return Ok(()) };
+            if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 {
+                return Ok(());
+            }
+            let is_fault_page = fault_page == Some(pfn);
+            if !is_fault_page && !m.trylock() {
+                return Ok(());
+            }
+            // The entry's reference passes to the migration; the fault path holds one more on
+            // the fault page, a file page one for the page cache.
+            let expected = 1 + u32::from(is_fault_page) + u32::from(m.has(flags::FILE));
+            let others = m.mapcount().saturating_sub(1);
+            if m.refcount() > expected + others {
+                // Pinned (GUP): leave it where it is.
+                if !is_fault_page {
+                    m.unlock();
+                }
+                return Ok(());
+            }
+            let mig = Soft { kind: SoftKind::Migration, pfn, write, young, dirty, huge: false, exec };
+            t.swap(l.slot, Pte::Soft(mig).encode());
+            tlb.add(l.va, PAGE);
+            m.rmap_remove(RmapEntry::new(id, l.va, false));
+            if dirty {
+                m.set(flags::DIRTY);
+            }
+            src[i] = MigratePfn(MigratePfn::new(pfn).0 | MigratePfn::MIGRATE).with_write(write);
+            info[i] = SrcInfo { entry: true, write, dirty, young, exec, shared: others > 0 };
+            Ok(())
+        });
+        self.finish(r);
+        let cpages = src.iter().filter(|s| s.is_migrate()).count();
+        Ok(MigrateVma {
+            space: self,
+            args,
+            src,
+            dst: alloc::vec![MigratePfn(0); n],
+            info,
+            cpages,
+            stage: Stage::Collected,
+        })
+    }
+}
+
+impl MigrateVma<'_> {
+    /// The collected sources (read-only after setup).
+    pub fn src(&self) -> &[MigratePfn] {
+        &self.src
+    }
+    /// The destinations the driver fills (before [`pages`](Self::pages)).
+    pub fn dst_mut(&mut self) -> &mut [MigratePfn] {
+        &mut self.dst
+    }
+    /// The destinations.
+    pub fn dst(&self) -> &[MigratePfn] {
+        &self.dst
+    }
+    /// Entries collected by setup (`cpages`).
+    pub fn cpages(&self) -> usize {
+        self.cpages
+    }
+    /// The first address.
+    pub fn start(&self) -> u64 {
+        self.args.start
+    }
+    /// The memory manager (for the driver's copies).
+    pub fn mm(&self) -> &alloc::sync::Arc<Mm> {
+        &self.space.mm
+    }
+
+    /// `migrate_vma_pages`: the commit point. Afterwards `src()[i].is_migrate()` says which
+    /// entries really move; only those may go into the device's page table (pitfall P5).
+    pub fn pages(&mut self) {
+        if self.stage != Stage::Collected {
+            return;
+        }
+        let mm = self.space.mm.clone();
+        let start = self.args.start;
+        let vma = self.space.vmas.find(start).cloned();
+        let mut holes = Vec::new();
+        for i in 0..self.src.len() {
+            if !self.src[i].is_migrate() {
+                continue;
+            }
+            let Some(dpfn) = self.dst[i].pfn() else {
+                self.src[i].0 &= !MigratePfn::MIGRATE;
+                continue;
+            };
+            match self.src[i].pfn() {
+                Some(spfn) => {
+                    let to_device = mm.meta(dpfn).is_some_and(|m| m.has(flags::DEVICE));
+                    let file = mm.meta(spfn).is_some_and(|m| m.has(flags::FILE));
+                    if file && to_device {
+                        // Only anonymous memory may live in device memory.
+                        self.src[i].0 &= !MigratePfn::MIGRATE;
+                        continue;
+                    }
+                    if let (Some(s), Some(d)) = (mm.meta(spfn), mm.meta(dpfn))
+                        && s.has(flags::DIRTY)
+                    {
+                        d.set(flags::DIRTY);
+                    }
+                }
+                None => holes.push(i),
+            }
+        }
+        if !holes.is_empty() {
+            let Some(vma) = vma else { return };
+            let r = self.space.begin(start, self.args.end, Event::Migrate, Some(self.args.owner));
+            let id = self.space.id;
+            for i in holes {
+                let va = start + i as u64 * PAGE;
+                let dpfn = self.dst[i].pfn().unwrap_or(Pfn(0));
+                let t = Tables::new(mm.platform(), self.space.root);
+                let slot = match t.pte(va, true) {
+                    Ok(PteLookup::Pte(s)) => s,
+                    _ => {
+                        self.src[i].0 &= !MigratePfn::MIGRATE;
+                        continue;
+                    }
+                };
+                let old = t.load(slot);
+                let replaceable = match Pte::decode(old) {
+                    Pte::None => true,
+                    Pte::Present(p) => mm.is_zero(p.pfn),
+                    _ => false,
+                };
+                if !replaceable {
+                    self.src[i].0 &= !MigratePfn::MIGRATE;
+                    continue;
+                }
+                let inf = SrcInfo {
+                    write: vma.prot.write(),
+                    dirty: vma.prot.write(),
+                    young: true,
+                    exec: vma.prot.exec(),
+                    ..SrcInfo::default()
+                };
+                mm.get_page(dpfn);
+                if let Some(m) = mm.meta(dpfn) {
+                    m.rmap_add(RmapEntry::new(id, va, false));
+                }
+                t.swap(slot, entry_for(&mm, dpfn, inf));
+                if old != 0 {
+                    self.space.tlb.add(va, PAGE);
+                }
+                self.info[i] = inf;
+            }
+            self.space.finish(r);
+        }
+        self.stage = Stage::Committed;
+    }
+
+    /// `migrate_vma_finalize`: every migration entry points at its new page (or back at the
+    /// old one), pages are unlocked and the migration's references dropped.
+    pub fn finalize(mut self) {
+        self.finish_all();
+    }
+
+    fn finish_all(&mut self) {
+        if self.stage == Stage::Done {
+            return;
+        }
+        let committed = self.stage == Stage::Committed;
+        let mm = self.space.mm.clone();
+        let id = self.space.id;
+        let t = Tables::new(mm.platform(), self.space.root);
+        for i in 0..self.src.len() {
+            let inf = self.info[i];
+            let dst = self.dst[i].pfn();
+            let va = self.args.start + i as u64 * PAGE;
+            if inf.entry {
+                let Some(spfn) = self.src[i].pfn() else { continue };
+                let moved = committed && self.src[i].is_migrate() && dst.is_some();
+                let new = if moved { dst.unwrap_or(spfn) } else { spfn };
+                let slot = match t.pte(va, false) {
+                    Ok(PteLookup::Pte(s)) => Some(s),
+                    _ => None,
+                };
+                let ours = slot.is_some_and(|s| {
+                    matches!(Pte::decode(t.load(s)), Pte::Soft(x) if x.kind == SoftKind::Migration && x.pfn == spfn)
+                });
+                if let (Some(slot), true) = (slot, ours) {
+                    if new != spfn {
+                        mm.get_page(new);
+                    }
+                    if let Some(m) = mm.meta(new) {
+                        m.rmap_add(RmapEntry::new(id, va, false));
+                    }
+                    let restore = SrcInfo { shared: inf.shared && new != spfn, ..inf };
+                    t.store(slot, entry_for(&mm, new, restore));
+                    if new != spfn {
+                        mm.put_page(spfn);
+                    }
+                } else {
+                    // The entry went away meanwhile (cannot happen while we hold the space,
+                    // kept for safety): the migration's reference is ours to drop.
+                    mm.put_page(spfn);
+                }
+                if self.args.fault_page != Some(spfn)
+                    && let Some(m) = mm.meta(spfn)
+                {
+                    m.unlock();
+                }
+            }
+            if let Some(d) = dst {
+                if let Some(m) = mm.meta(d) {
+                    m.unlock();
+                }
+                // The driver's reference (a mapping took its own if the page was used).
+                mm.put_page(d);
+            }
+        }
+        self.stage = Stage::Done;
+    }
+}
+
+impl Drop for MigrateVma<'_> {
+    fn drop(&mut self) {
+        self.finish_all();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// VMA-less eviction
+
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    space: u32,
+    va: u64,
+    write: bool,
+    dirty: bool,
+    young: bool,
+    exec: bool,
+}
+
+/// A device-range migration in progress (`migrate_device_range` .. `migrate_device_finalize`).
+/// Dropping it finalizes. No address-space lock may be held while it runs: it takes each
+/// mapping's space lock in turn.
+pub struct DeviceMigration<'a> {
+    mm: &'a Mm,
+    src: Vec<MigratePfn>,
+    dst: Vec<MigratePfn>,
+    maps: Vec<Vec<Mapping>>,
+    committed: bool,
+    done: bool,
+}
+
+impl core::fmt::Debug for DeviceMigration<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceMigration").field("pages", &self.src.len()).finish_non_exhaustive()
+    }
+}
+
+/// `migrate_device_range(src, start_pfn, npages)`: takes the allocated device pages of
+/// `[start, start + n)` out of every address space that maps them (migration entries through
+/// the reverse map), for the driver to copy out. Free pages and pages locked by someone else
+/// are left (entry 0).
+pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> {
+    let mut src = alloc::vec![MigratePfn(0); n as usize];
+    let mut maps = alloc::vec![Vec::new(); n as usize];
+    for i in 0..n as usize {
+        let pfn = Pfn(start.0 + i as u64);
+        let Some(m) = mm.meta(pfn) else { continue };
+        if m.refcount() == 0 || !m.has(flags::DEVICE) || !m.trylock() {
+            continue;
+        }
+        m.get();
+        let mut write = false;
+        for e in m.rmap() {
+            let Some(space) = mm.space(e.space) else { continue };
+            let mut s = space.lock();
+            if let Some(mp) = s.unmap_for_migration(e.va(), pfn) {
+                write |= mp.write;
+                maps[i].push(mp);
+            }
+        }
+        src[i] = MigratePfn(MigratePfn::new(pfn).0 | MigratePfn::MIGRATE).with_write(write);
+    }
+    DeviceMigration { mm, src, dst: alloc::vec![MigratePfn(0); n as usize], maps, committed: false, done: false }
+}
+
+impl AddressSpace {
+    /// Turns the entry at `va` that maps `pfn` into a migration entry (for eviction).
+    fn unmap_for_migration(&mut self, va: u64, pfn: Pfn) -> Option<Mapping> {
+        let t = Tables::new(self.mm.platform(), self.root);
+        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return None };
+        let (write, dirty, young, exec) = match Pte::decode(t.load(slot)) {
+            Pte::Soft(s) if s.pfn == pfn && s.kind != SoftKind::Migration => (s.write, s.dirty, s.young, s.exec),
+            Pte::Present(p) if p.pfn == pfn => (p.write, p.dirty, p.young, p.exec),
+            _ => return None,
+        };
+        let r = self.begin(va, va + PAGE, Event::Migrate, None);
+        let mig = Soft { kind: SoftKind::Migration, pfn, write, young, dirty, huge: false, exec };
+        let t = Tables::new(self.mm.platform(), self.root);
+        t.swap(slot, Pte::Soft(mig).encode());
+        self.tlb.add(va, PAGE);
+        if let Some(m) = self.mm.meta(pfn) {
+            m.rmap_remove(RmapEntry::new(self.id, va, false));
+        }
+        self.finish(r);
+        Some(Mapping { space: self.id, va, write, dirty, young, exec })
+    }
+
+    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone.
+    fn remap_after_migration(&mut self, mp: &Mapping, old: Pfn, new: Pfn) -> bool {
+        let t = Tables::new(self.mm.platform(), self.root);
+        let Ok(PteLookup::Pte(slot)) = t.pte(mp.va, false) else { return false };
+        if !matches!(Pte::decode(t.load(slot)), Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old) {
+            return false;
+        }
+        if new != old {
+            self.mm.get_page(new);
+        }
+        if let Some(m) = self.mm.meta(new) {
+            m.rmap_add(RmapEntry::new(self.id, mp.va, false));
+        }
+        let inf =
+            SrcInfo { entry: true, write: mp.write, dirty: mp.dirty, young: mp.young, exec: mp.exec, shared: false };
+        t.store(slot, entry_for(&self.mm, new, inf));
+        true
+    }
+}
+
+impl DeviceMigration<'_> {
+    /// The collected device pages.
+    pub fn src(&self) -> &[MigratePfn] {
+        &self.src
+    }
+    /// The destinations the driver fills.
+    pub fn dst_mut(&mut self) -> &mut [MigratePfn] {
+        &mut self.dst
+    }
+    /// `migrate_device_pages`: entries without a destination lose `MIGRATE`.
+    pub fn pages(&mut self) {
+        for (s, d) in self.src.iter_mut().zip(&self.dst) {
+            if s.is_migrate() && d.pfn().is_none() {
+                s.0 &= !MigratePfn::MIGRATE;
+            }
+        }
+        self.committed = true;
+    }
+    /// `migrate_device_finalize`.
+    pub fn finalize(mut self) {
+        self.finish_all();
+    }
+
+    fn finish_all(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mm = self.mm;
+        for i in 0..self.src.len() {
+            let dst = self.dst[i].pfn();
+            if let Some(spfn) = self.src[i].pfn() {
+                let moved = self.committed && self.src[i].is_migrate() && dst.is_some();
+                let new = if moved { dst.unwrap_or(spfn) } else { spfn };
+                for mp in &self.maps[i] {
+                    let ok = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(mp, spfn, new));
+                    if !ok || new != spfn {
+                        // The mapping's reference (held by the migration) goes.
+                        mm.put_page(spfn);
+                    }
+                }
+                if let Some(m) = mm.meta(spfn) {
+                    m.unlock();
+                }
+                mm.put_page(spfn);
+            }
+            if let Some(d) = dst {
+                if let Some(m) = mm.meta(d) {
+                    m.unlock();
+                }
+                mm.put_page(d);
+            }
+        }
+    }
+}
+
+impl Drop for DeviceMigration<'_> {
+    fn drop(&mut self) {
+        self.finish_all();
+    }
+}

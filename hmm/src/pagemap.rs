@@ -1,0 +1,260 @@
+//! ZONE_DEVICE memory: device pagemaps (`struct dev_pagemap`, `memremap_pages`) and the
+//! dispatch of the memory manager's device hooks to them.
+//!
+//! A driver registers device memory as a [`DevPagemap`] of one kind:
+//! - [`MemoryKind::Private`]: memory the CPU cannot address. It gets frame numbers from a
+//!   physical range no RAM or MMIO uses (`request_free_mem_region`) and page metadata; CPU
+//!   page tables hold device-private software entries for it, and a CPU access calls the
+//!   driver's [`PagemapOps::migrate_to_ram`].
+//! - [`MemoryKind::Coherent`]: memory the CPU can address, mapped by ordinary entries. Here it is
+//!   carved out of system RAM (as Linux's test driver uses special-purpose RAM).
+//!
+//! Reference-count rules (the CVE-2022-3523 class of bugs cannot happen):
+//! - A free device page has refcount 0. [`Pagemaps::page_init`] (Linux's
+//!   `zone_device_page_init`) gives an allocated page refcount 1 and locks it.
+//! - The last `put_page` calls [`PagemapOps::page_free`] (the page is the driver's again).
+//! - A CPU fault on a device-private entry takes a reference and the page lock *before* it
+//!   calls `migrate_to_ram` and passes the page as `fault_page`; so the page cannot be freed or
+//!   migrated away under the callback.
+//! - [`Pagemaps::memunmap_pages`] refuses to remove a pagemap while any of its pages is in use:
+//!   the driver evicts first (`migrate_device_range`).
+//!
+//! Per-page driver data (`zone_device_data`) is a word per page in the pagemap.
+
+use crate::addr::Pfn;
+use crate::mm::notify::Owner;
+use crate::mm::space::{AddressSpace, FaultError};
+use crate::mm::{DeviceMemory, Error, HUGE_FRAMES, HUGE_ORDER, Mm, frame::flags};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::RwLock;
+
+/// The kind of device memory (`MEMORY_DEVICE_PRIVATE` / `MEMORY_DEVICE_COHERENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Not CPU-addressable; CPU page tables hold device-private entries.
+    Private,
+    /// CPU-addressable and cache-coherent; mapped by ordinary entries.
+    Coherent,
+}
+
+/// The driver callbacks of a pagemap (`struct dev_pagemap_ops`).
+pub trait PagemapOps: Send + Sync {
+    /// The last reference to `pfn` went; the page is free for the driver's allocator.
+    fn page_free(&self, pagemap: &DevPagemap, pfn: Pfn);
+    /// A CPU access at `va` in `space` hit device-private page `page` (referenced and locked
+    /// by the caller). Migrate at least that page to RAM (`migrate_vma_setup` with
+    /// `fault_page = Some(page)` and [`Select::DEVICE_PRIVATE`](crate::mm::migrate::Select)).
+    /// `Ok` when the access can be retried (a lost race included).
+    fn migrate_to_ram(
+        &self,
+        pagemap: &DevPagemap,
+        space: &mut AddressSpace,
+        va: u64,
+        page: Pfn,
+    ) -> Result<(), FaultError>;
+}
+
+/// A registered range of device pages (`struct dev_pagemap`).
+pub struct DevPagemap {
+    kind: MemoryKind,
+    owner: Owner,
+    ranges: Vec<(Pfn, u64)>,
+    ops: Weak<dyn PagemapOps>,
+    data: Vec<AtomicU64>,
+    dead: AtomicBool,
+}
+
+impl core::fmt::Debug for DevPagemap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DevPagemap")
+            .field("kind", &self.kind)
+            .field("owner", &self.owner)
+            .field("ranges", &self.ranges)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevPagemap {
+    /// The kind.
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+    /// The owner cookie.
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+    /// The frame ranges `(first, count)`.
+    pub fn ranges(&self) -> &[(Pfn, u64)] {
+        &self.ranges
+    }
+    /// The number of pages.
+    pub fn pages(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+    fn index(&self, pfn: Pfn) -> Option<usize> {
+        let mut base = 0u64;
+        for &(start, n) in &self.ranges {
+            if pfn.0 >= start.0 && pfn.0 < start.0 + n {
+                return Some((base + pfn.0 - start.0) as usize);
+            }
+            base += n;
+        }
+        None
+    }
+    /// Whether `pfn` belongs to this pagemap.
+    pub fn contains(&self, pfn: Pfn) -> bool {
+        self.index(pfn).is_some()
+    }
+    /// The driver data of `pfn` (`page->zone_device_data`).
+    pub fn data(&self, pfn: Pfn) -> Option<u64> {
+        self.index(pfn).map(|i| self.data[i].load(Ordering::Acquire))
+    }
+    /// Sets the driver data of `pfn`.
+    pub fn set_data(&self, pfn: Pfn, value: u64) {
+        if let Some(i) = self.index(pfn) {
+            self.data[i].store(value, Ordering::Release);
+        }
+    }
+}
+
+/// Every pagemap of one memory manager; implements the manager's [`DeviceMemory`] hooks.
+pub struct Pagemaps {
+    mm: Arc<Mm>,
+    maps: RwLock<Vec<Arc<DevPagemap>>>,
+}
+
+impl core::fmt::Debug for Pagemaps {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pagemaps").field("maps", &self.maps.read().len()).finish()
+    }
+}
+
+impl Pagemaps {
+    /// The pagemap registry of `mm`, installed as its device hooks. Errors if `mm` already
+    /// has device hooks.
+    pub fn install(mm: &Arc<Mm>) -> Result<Arc<Pagemaps>, Error> {
+        if mm.device_memory().is_some() {
+            return Err(Error::Exists);
+        }
+        let p = Arc::new(Pagemaps { mm: mm.clone(), maps: RwLock::new(Vec::new()) });
+        mm.set_device_memory(p.clone());
+        Ok(p)
+    }
+
+    /// The memory manager.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.mm
+    }
+
+    /// `memremap_pages`: registers `frames` pages of device memory (a multiple of 512).
+    /// Private memory gets unused frame numbers; coherent memory is taken from RAM in 2 MiB
+    /// blocks.
+    pub fn memremap_pages(
+        &self,
+        kind: MemoryKind,
+        owner: Owner,
+        frames: u64,
+        ops: Weak<dyn PagemapOps>,
+    ) -> Result<Arc<DevPagemap>, Error> {
+        if frames == 0 || !frames.is_multiple_of(HUGE_FRAMES) {
+            return Err(Error::Invalid("device memory must be a non-zero multiple of 2 MiB"));
+        }
+        if ops.upgrade().is_none() {
+            return Err(Error::Invalid("a pagemap needs page_free and migrate_to_ram callbacks"));
+        }
+        let ranges = match kind {
+            MemoryKind::Private => alloc::vec![(self.mm.add_device_private_region(frames)?, frames)],
+            MemoryKind::Coherent => {
+                let mut r: Vec<(Pfn, u64)> = Vec::new();
+                for _ in 0..frames / HUGE_FRAMES {
+                    match self.mm.platform().alloc(HUGE_ORDER) {
+                        Some(p) => r.push((p, HUGE_FRAMES)),
+                        None => {
+                            for (p, _) in r {
+                                self.mm.platform().free(p, HUGE_ORDER);
+                            }
+                            return Err(Error::NoMemory);
+                        }
+                    }
+                }
+                r
+            }
+        };
+        let mut data = Vec::new();
+        data.resize_with(frames as usize, || AtomicU64::new(0));
+        let pm = Arc::new(DevPagemap { kind, owner, ranges, ops, data, dead: AtomicBool::new(false) });
+        self.maps.write().push(pm.clone());
+        Ok(pm)
+    }
+
+    /// `memunmap_pages`: removes a pagemap whose pages are all free. `Busy` if any is still in
+    /// use (evict with `migrate_device_range` first). Coherent memory goes back to RAM; the
+    /// frame numbers of private memory are not reused.
+    pub fn memunmap_pages(&self, pm: &Arc<DevPagemap>) -> Result<(), Error> {
+        for &(start, n) in &pm.ranges {
+            for i in 0..n {
+                if self.mm.meta(Pfn(start.0 + i)).is_some_and(|m| m.refcount() > 0) {
+                    return Err(Error::Busy("device pages still in use; evict them first"));
+                }
+            }
+        }
+        pm.dead.store(true, Ordering::Release);
+        self.maps.write().retain(|m| !Arc::ptr_eq(m, pm));
+        if pm.kind == MemoryKind::Coherent {
+            for &(start, _) in &pm.ranges {
+                self.mm.platform().free(start, HUGE_ORDER);
+            }
+        }
+        Ok(())
+    }
+
+    /// The pagemap holding `pfn`.
+    pub fn find(&self, pfn: Pfn) -> Option<Arc<DevPagemap>> {
+        self.maps.read().iter().find(|m| m.contains(pfn)).cloned()
+    }
+
+    /// `zone_device_page_init`: a free device page becomes allocated: refcount 1, locked.
+    pub fn page_init(&self, pfn: Pfn) -> Result<(), Error> {
+        let m = self.mm.meta(pfn).ok_or(Error::Invalid("not a device page"))?;
+        if m.refcount() != 0 {
+            return Err(Error::Busy("device page is not free"));
+        }
+        m.init(flags::DEVICE, 0);
+        m.trylock();
+        Ok(())
+    }
+}
+
+impl DeviceMemory for Pagemaps {
+    fn page_free(&self, pfn: Pfn) {
+        if let Some(pm) = self.find(pfn)
+            && let Some(ops) = pm.ops.upgrade()
+        {
+            ops.page_free(&pm, pfn);
+        }
+    }
+
+    fn migrate_to_ram(&self, space: &mut AddressSpace, va: u64, pfn: Pfn) -> Result<(), FaultError> {
+        let pm = self.find(pfn).ok_or(FaultError::Corrupt)?;
+        let ops = pm.ops.upgrade().ok_or(FaultError::Bus)?;
+        let m = self.mm.meta(pfn).ok_or(FaultError::Corrupt)?;
+        // Pin and lock the page across the callback (pitfall P3).
+        m.get();
+        if !m.trylock() {
+            self.mm.put_page(pfn);
+            return Err(FaultError::Migrating);
+        }
+        let r = ops.migrate_to_ram(&pm, space, va, pfn);
+        m.unlock();
+        self.mm.put_page(pfn);
+        r
+    }
+
+    fn owner_of(&self, pfn: Pfn) -> Option<(Owner, bool)> {
+        let maps = self.maps.read();
+        let pm = maps.iter().find(|m| m.contains(pfn))?;
+        Some((pm.owner, pm.kind == MemoryKind::Private))
+    }
+}

@@ -1,0 +1,910 @@
+//! The hmm-tests acceptance suite (`tools/testing/selftests/mm/hmm-tests.c`), ported scenario
+//! by scenario against the [`dmirror`](crate::dmirror) test device.
+//!
+//! Each scenario has the setup and the assertions of its Linux original (return codes,
+//! `cpages`, `faults`, snapshot bytes, data) and runs once per fixture variant: device-private
+//! (devices 0 and 1) and device-coherent (devices 2 and 3). The CPU side goes through a [`Cpu`]:
+//! on the host it is the address space's own access path; in the kernel it is real loads and
+//! stores through the MMU, so every fault is a real page fault. Scenarios that cannot run here
+//! report [`Outcome::Skip`] with the reason, as hmm-tests' `SKIP()` does.
+
+use crate::dmirror::{Counts, Dmirror, DmirrorDevice, EINVAL, ENOENT, EPERM, prot};
+use crate::mm::file::MemFile;
+use crate::mm::notify::Owner;
+use crate::mm::space::{AddressSpace, Advice, FaultError, MapRequest, RemapFlags};
+use crate::mm::vma::Prot;
+use crate::mm::{Error, Mm, SharedSpace};
+use crate::pagemap::{MemoryKind, Pagemaps};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+const PAGE: u64 = 4096;
+const PMD: u64 = 2 << 20;
+/// `HMM_BUFFER_SIZE`: 4 MiB.
+const BUFFER: u64 = 4 << 20;
+const NPAGES: u64 = BUFFER / PAGE;
+
+/// The CPU's access to a process's memory.
+pub trait Cpu: Sync {
+    /// Loads `buf.len()` bytes at `va`.
+    fn read(&self, space: &Arc<SharedSpace>, va: u64, buf: &mut [u8]) -> Result<(), FaultError>;
+    /// Stores `data` at `va`.
+    fn write(&self, space: &Arc<SharedSpace>, va: u64, data: &[u8]) -> Result<(), FaultError>;
+}
+
+/// The address space's own access path (`access_process_vm`), for host runs.
+#[derive(Debug, Default)]
+pub struct SpaceCpu;
+
+impl Cpu for SpaceCpu {
+    fn read(&self, space: &Arc<SharedSpace>, va: u64, buf: &mut [u8]) -> Result<(), FaultError> {
+        space.lock().read(va, buf)
+    }
+    fn write(&self, space: &Arc<SharedSpace>, va: u64, data: &[u8]) -> Result<(), FaultError> {
+        space.lock().write(va, data)
+    }
+}
+
+/// The fixture variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `hmm_device_private` / `hmm2_device_private`: devices 0 and 1.
+    Private,
+    /// `hmm_device_coherent` / `hmm2_device_coherent`: devices 2 and 3.
+    Coherent,
+}
+
+impl Variant {
+    /// Both variants, in hmm-tests order.
+    pub const ALL: [Variant; 2] = [Variant::Private, Variant::Coherent];
+    /// The fixture name (`hmm` or `hmm2` prefix added by the caller).
+    pub fn fixture(self, two: bool) -> &'static str {
+        match (self, two) {
+            (Variant::Private, false) => "hmm_device_private",
+            (Variant::Coherent, false) => "hmm_device_coherent",
+            (Variant::Private, true) => "hmm2_device_private",
+            (Variant::Coherent, true) => "hmm2_device_coherent",
+        }
+    }
+}
+
+/// A scenario's result when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every assertion held.
+    Pass,
+    /// Not run, with the reason.
+    Skip(&'static str),
+}
+
+/// What a scenario returns.
+pub type Verdict = Result<Outcome, String>;
+
+/// The four dmirror devices and the CPU, shared by every scenario.
+pub struct Env<'a> {
+    /// The memory manager.
+    pub mm: Arc<Mm>,
+    /// `hmm_dmirror0..3`: 0 and 1 private, 2 and 3 coherent.
+    pub devs: [Arc<DmirrorDevice>; 4],
+    /// The CPU.
+    pub cpu: &'a dyn Cpu,
+}
+
+impl core::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Env").field("devs", &self.devs).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Env<'a> {
+    /// Installs the pagemap registry on `mm` and creates the four devices, each adding device
+    /// memory `chunk_bytes` at a time.
+    pub fn new(mm: &Arc<Mm>, cpu: &'a dyn Cpu, chunk_bytes: u64) -> Result<Env<'a>, Error> {
+        let pm = Pagemaps::install(mm)?;
+        let dev = |kind, n: u64| DmirrorDevice::new(&pm, kind, Owner(0xd000 + n), chunk_bytes);
+        Ok(Env {
+            mm: mm.clone(),
+            devs: [
+                dev(MemoryKind::Private, 0),
+                dev(MemoryKind::Private, 1),
+                dev(MemoryKind::Coherent, 2),
+                dev(MemoryKind::Coherent, 3),
+            ],
+            cpu,
+        })
+    }
+
+    fn open(&self, v: Variant, second: bool, p: &Arc<SharedSpace>) -> Result<Arc<Dmirror>, String> {
+        let n = match v {
+            Variant::Private => 0,
+            Variant::Coherent => 2,
+        } + usize::from(second);
+        Dmirror::open(&self.devs[n], p).map_err(|e| format!("open hmm_dmirror{n}: {e}"))
+    }
+
+    fn process(&self) -> Result<Arc<SharedSpace>, String> {
+        let s = AddressSpace::new(&self.mm).map_err(|e| format!("new address space: {e}"))?;
+        Ok(self.mm.share(s))
+    }
+
+    fn ints(&self, p: &Arc<SharedSpace>, va: u64, n: u64) -> Result<Vec<i32>, String> {
+        let mut b = alloc::vec![0u8; (n * 4) as usize];
+        self.cpu.read(p, va, &mut b).map_err(|e| format!("CPU read at {va:#x}: {e}"))?;
+        Ok(b.chunks(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn fill(&self, p: &Arc<SharedSpace>, va: u64, n: u64, f: impl Fn(u64) -> i32) -> Result<(), String> {
+        let b: Vec<u8> = (0..n).flat_map(|i| f(i).to_le_bytes()).collect();
+        self.cpu.write(p, va, &b).map_err(|e| format!("CPU write at {va:#x}: {e}"))
+    }
+}
+
+fn ints_of(b: &[u8]) -> Vec<i32> {
+    b.chunks(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn bytes_of(n: u64, f: impl Fn(u64) -> i32) -> Vec<u8> {
+    (0..n).flat_map(|i| f(i).to_le_bytes()).collect()
+}
+
+macro_rules! ensure {
+    ($c:expr) => {
+        if !$c {
+            return Err(format!("assertion failed: {} (line {})", stringify!($c), line!()));
+        }
+    };
+    ($c:expr, $($m:tt)+) => {
+        if !$c {
+            return Err(format!("{} ({}, line {})", format_args!($($m)+), stringify!($c), line!()));
+        }
+    };
+}
+
+macro_rules! ok {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Err(format!("{} failed: {:?} (line {})", stringify!($e), e, line!())),
+        }
+    };
+}
+
+fn check_ints(got: &[i32], f: impl Fn(u64) -> i32, what: &str) -> Result<(), String> {
+    for (i, &g) in got.iter().enumerate() {
+        let want = f(i as u64);
+        if g != want {
+            return Err(format!("{what}: int {i} is {g}, expected {want}"));
+        }
+    }
+    Ok(())
+}
+
+fn mmap(p: &Arc<SharedSpace>, r: MapRequest) -> Result<u64, String> {
+    p.lock().mmap(r).map_err(|e| format!("mmap: {e}"))
+}
+
+fn counts(c: Counts, cpages: u64, faults: Option<u64>) -> Result<(), String> {
+    ensure!(c.cpages == cpages, "cpages {} != {cpages}", c.cpages);
+    if let Some(f) = faults {
+        ensure!(c.faults == f, "faults {} != {f}", c.faults);
+    }
+    Ok(())
+}
+
+/// One scenario of the suite.
+#[derive(Clone, Copy)]
+pub struct Scenario {
+    /// The hmm-tests name (without the fixture).
+    pub name: &'static str,
+    /// Uses the two-device fixture (`hmm2`).
+    pub two: bool,
+    /// The body.
+    pub run: fn(&Env<'_>, Variant) -> Verdict,
+}
+
+impl core::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Scenario {
+    /// The full kselftest name, e.g. `hmm.hmm_device_private.anon_read`.
+    pub fn full_name(&self, v: Variant) -> String {
+        format!("{}.{}.{}", if self.two { "hmm2" } else { "hmm" }, v.fixture(self.two), self.name)
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident $(two=$two:literal)?),* $(,)?) => {
+        /// Every scenario, in hmm-tests order.
+        pub const SCENARIOS: &[Scenario] = &[
+            $(Scenario { name: stringify!($name), two: false $(|| $two)?, run: $name }),*
+        ];
+    };
+}
+
+scenarios!(
+    open_close,
+    anon_read,
+    anon_read_prot,
+    anon_write,
+    anon_write_prot,
+    anon_write_child,
+    anon_write_child_shared,
+    anon_write_huge,
+    anon_write_hugetlbfs,
+    file_read,
+    file_write,
+    migrate,
+    migrate_file_private,
+    migrate_fault,
+    migrate_release,
+    migrate_shared,
+    migrate_mixed two = true,
+    migrate_multiple,
+    anon_read_multiple,
+    anon_teardown,
+    mixedmap,
+    snapshot two = true,
+    compound,
+    double_map two = true,
+    exclusive,
+    exclusive_mprotect,
+    exclusive_cow,
+    hmm_gup_test,
+    hmm_cow_in_device,
+    migrate_anon_huge_empty,
+    migrate_anon_huge_zero,
+    migrate_anon_huge_free,
+    migrate_anon_huge_fault,
+    migrate_partial_unmap_fault,
+    migrate_remap_fault,
+    migrate_anon_huge_err,
+    migrate_anon_huge_zero_err,
+    benchmark_thp_migration,
+);
+
+// ------------------------------------------------------------------------------------------
+
+fn open_close(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    ok!(d.close());
+    Ok(Outcome::Pass)
+}
+
+fn anon_read(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    // Fill all but the first two pages.
+    env.fill(&p, a + 2 * PAGE, (NPAGES - 2) * 1024, |i| (i + 2048) as i32)?;
+    ok!(p.lock().mprotect(a, BUFFER, Prot::READ));
+    // Page 1 maps the zero page; page 0 stays empty.
+    ensure!(env.ints(&p, a + PAGE, 1)?[0] == 0);
+    let (m, c) = ok!(d.read(a, NPAGES));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&ints_of(&m), |i| if i < 2048 { 0 } else { i as i32 }, "mirror")?;
+    Ok(Outcome::Pass)
+}
+
+fn anon_read_prot(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    ok!(p.lock().mprotect(a, BUFFER, Prot::NONE));
+    let e = d.read(a, NPAGES).err().map(|e| e.errno);
+    ensure!(e == Some(crate::dmirror::EFAULT), "READ of PROT_NONE gave {e:?}");
+    ok!(p.lock().mprotect(a, BUFFER, Prot::READ));
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn anon_write(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    let c = ok!(d.write(a, &bytes_of(NPAGES * 1024, |i| i as i32)));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn anon_write_prot(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::READ))?;
+    let (_, c) = ok!(d.read(a, 1));
+    counts(c, 1, Some(1))?;
+    let e = d.write(a, &bytes_of(NPAGES * 1024, |i| i as i32)).err().map(|e| e.errno);
+    ensure!(e == Some(EPERM), "WRITE to read-only memory gave {e:?}");
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |_| 0, "CPU")?;
+    ok!(p.lock().mprotect(a, BUFFER, Prot::RW));
+    let c = ok!(d.write(a, &bytes_of(NPAGES * 1024, |i| i as i32)));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn fork(env: &Env<'_>, p: &Arc<SharedSpace>) -> Result<Arc<SharedSpace>, String> {
+    let child = p.lock().fork().map_err(|e| format!("fork: {e}"))?;
+    Ok(env.mm.share(child))
+}
+
+fn anon_write_child(env: &Env<'_>, v: Variant) -> Verdict {
+    for migrate in [false, true] {
+        for thp in [false, true] {
+            let p = env.process()?;
+            let d = env.open(v, false, &p)?;
+            let (a, size) = if thp {
+                let m = mmap(&p, MapRequest::anon(2 * PMD, Prot::RW))?;
+                let a = m.next_multiple_of(PMD);
+                ok!(p.lock().madvise(a, PMD, Advice::HugePage));
+                (a, PMD)
+            } else {
+                (mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?, BUFFER)
+            };
+            let (n, ints) = (size / PAGE, size / 4);
+            env.fill(&p, a, ints, |i| i as i32)?;
+            if migrate {
+                let (_, c) = ok!(d.migrate_to_dev(a, n));
+                counts(c, n, None)?;
+            }
+            let child = fork(env, &p)?;
+            // Child: sees the parent's values, then its own device writes -i.
+            check_ints(&env.ints(&child, a, ints)?, |i| i as i32, "child CPU")?;
+            let cd = env.open(v, false, &child)?;
+            let c = ok!(cd.write(a, &bytes_of(ints, |i| -(i as i32))));
+            counts(c, n, Some(1))?;
+            check_ints(&env.ints(&child, a, ints)?, |i| -(i as i32), "child CPU after device write")?;
+            ok!(cd.close());
+            drop(child);
+            // Parent: unchanged (copy-on-write).
+            check_ints(&env.ints(&p, a, ints)?, |i| i as i32, "parent CPU")?;
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn anon_write_child_shared(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW).shared())?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let child = fork(env, &p)?;
+    check_ints(&env.ints(&child, a, NPAGES * 1024)?, |i| i as i32, "child CPU")?;
+    let cd = env.open(v, false, &child)?;
+    let c = ok!(cd.write(a, &bytes_of(NPAGES * 1024, |i| -(i as i32))));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&env.ints(&child, a, NPAGES * 1024)?, |i| -(i as i32), "child CPU")?;
+    drop(cd);
+    drop(child);
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| -(i as i32), "parent CPU (shared)")?;
+    Ok(Outcome::Pass)
+}
+
+fn anon_write_huge(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let m = mmap(&p, MapRequest::anon(2 * PMD, Prot::RW))?;
+    let a = m.next_multiple_of(PMD);
+    ok!(p.lock().madvise(a, PMD, Advice::HugePage));
+    let c = ok!(d.write(a, &bytes_of(PMD / 4, |i| i as i32)));
+    counts(c, PMD / PAGE, Some(1))?;
+    check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn anon_write_hugetlbfs(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(PMD, Prot::RW).hugetlb())?;
+    let c = ok!(d.write(a, &bytes_of(PMD / 4, |i| i as i32)));
+    counts(c, PMD / PAGE, Some(1))?;
+    check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn file_read(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let f = MemFile::new(&env.mm, BUFFER);
+    ok!(f.write_at(0, &bytes_of(NPAGES * 1024, |i| i as i32)));
+    let a = mmap(&p, MapRequest::file(&f, 0, BUFFER, Prot::READ).shared())?;
+    let (m, c) = ok!(d.read(a, NPAGES));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    Ok(Outcome::Pass)
+}
+
+fn file_write(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let f = MemFile::new(&env.mm, BUFFER);
+    let a = mmap(&p, MapRequest::file(&f, 0, BUFFER, Prot::RW).shared())?;
+    let c = ok!(d.write(a, &bytes_of(NPAGES * 1024, |i| i as i32)));
+    counts(c, NPAGES, Some(1))?;
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    let mut b = alloc::vec![0u8; BUFFER as usize];
+    ensure!(f.read_at(0, &mut b) == BUFFER as usize);
+    check_ints(&ints_of(&b), |i| i as i32, "pread")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_file_private(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let f = MemFile::new(&env.mm, BUFFER);
+    let a = mmap(&p, MapRequest::file(&f, 0, BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&env.ints(&p, a, NPAGES * 512)?, |i| i as i32, "CPU (first half, faulted back)")?;
+    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror (mixed)")?;
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_release(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    ok!(d.device().release());
+    ensure!(d.device().pages_in_use() == 0, "device memory still in use after RELEASE");
+    check_ints(&env.ints(&p, a, NPAGES * 512)?, |i| i as i32, "CPU after release")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_shared(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW).shared())?;
+    let e = d.migrate_to_dev(a, NPAGES).err().map(|e| e.errno);
+    ensure!(e == Some(ENOENT), "migrating shared memory gave {e:?}");
+    Ok(Outcome::Pass)
+}
+
+fn migrate_mixed(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d0 = env.open(v, false, &p)?;
+    let d1 = env.open(v, true, &p)?;
+    let a = mmap(&p, MapRequest::anon(6 * PAGE, Prot::NONE))?;
+    let e = d1.migrate_to_dev(a, 6).err().map(|e| e.errno);
+    ensure!(e == Some(EINVAL), "migrating PROT_NONE gave {e:?}");
+    ok!(p.lock().munmap(a + PAGE, PAGE));
+    let e = d1.migrate_to_dev(a, 3).err().map(|e| e.errno);
+    ensure!(e == Some(EINVAL), "migrating over a hole gave {e:?}");
+    let p2 = a + 2 * PAGE;
+    ok!(p.lock().mprotect(p2, PAGE, Prot::READ));
+    ensure!(env.ints(&p, p2, 1)?[0] == 0);
+    ok!(p.lock().mprotect(a + 3 * PAGE, PAGE, Prot::RW));
+    env.fill(&p, a + 3 * PAGE, 1024, |i| i as i32)?;
+    ok!(p.lock().mprotect(a + 3 * PAGE, PAGE, Prot::READ));
+    ok!(p.lock().mprotect(a + 4 * PAGE, 2 * PAGE, Prot::RW));
+    env.fill(&p, a + 4 * PAGE, 2048, |i| i as i32)?;
+    let (_, c) = ok!(d1.migrate_to_dev(p2, 4));
+    counts(c, 4, None)?;
+    let e = d0.migrate_to_dev(a + 5 * PAGE, 1).err().map(|e| e.errno);
+    ensure!(e == Some(ENOENT), "migrating another device's page gave {e:?}");
+    Ok(Outcome::Pass)
+}
+
+fn migrate_multiple(env: &Env<'_>, v: Variant) -> Verdict {
+    for _ in 0..10 {
+        let p = env.process()?;
+        let d = env.open(v, false, &p)?;
+        let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+        env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+        let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
+        counts(c, NPAGES, None)?;
+        check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+        if v == Variant::Coherent {
+            let c = ok!(d.migrate_to_sys(a, NPAGES));
+            counts(c, NPAGES, None)?;
+        }
+        check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
+    }
+    Ok(Outcome::Pass)
+}
+
+fn anon_read_multiple(env: &Env<'_>, v: Variant) -> Verdict {
+    for c0 in 0..10 {
+        let p = env.process()?;
+        let d = env.open(v, false, &p)?;
+        let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+        env.fill(&p, a, NPAGES * 1024, |i| i as i32 + c0)?;
+        let (m, c) = ok!(d.read(a, NPAGES));
+        counts(c, NPAGES, Some(1))?;
+        check_ints(&ints_of(&m), |i| i as i32 + c0, "mirror")?;
+    }
+    Ok(Outcome::Pass)
+}
+
+fn anon_teardown(_env: &Env<'_>, _v: Variant) -> Verdict {
+    Ok(Outcome::Skip("needs a second thread munmapping concurrently; SMP and threads come with the scheduler issue"))
+}
+
+fn mixedmap(_env: &Env<'_>, _v: Variant) -> Verdict {
+    Ok(Outcome::Skip("mmap of the dmirror device file (vm_insert_page) is not implemented"))
+}
+
+fn snapshot(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d0 = env.open(v, false, &p)?;
+    let d1 = env.open(v, true, &p)?;
+    let a = mmap(&p, MapRequest::anon(7 * PAGE, Prot::NONE))?;
+    let pg = |i: u64| a + i * PAGE;
+    ok!(p.lock().munmap(pg(1), PAGE));
+    ok!(p.lock().mprotect(pg(2), PAGE, Prot::READ));
+    ensure!(env.ints(&p, pg(2), 1)?[0] == 0);
+    ok!(p.lock().mprotect(pg(3), PAGE, Prot::RW));
+    env.fill(&p, pg(3), 1024, |i| i as i32)?;
+    ok!(p.lock().mprotect(pg(3), PAGE, Prot::READ));
+    ok!(p.lock().mprotect(pg(4), 3 * PAGE, Prot::RW));
+    env.fill(&p, pg(4), 3072, |i| i as i32)?;
+    let (_, c) = ok!(d0.migrate_to_dev(pg(5), 1));
+    counts(c, 1, None)?;
+    let (_, c) = ok!(d1.migrate_to_dev(pg(6), 1));
+    counts(c, 1, None)?;
+    let (m, c) = ok!(d0.snapshot(a, 7));
+    counts(c, 7, None)?;
+    ensure!(m[0] == prot::ERROR, "m0 {:#x}", m[0]);
+    ensure!(m[1] == prot::ERROR, "m1 {:#x}", m[1]);
+    ensure!(m[2] == prot::ZERO | prot::READ, "m2 {:#x}", m[2]);
+    ensure!(m[3] == prot::READ, "m3 {:#x}", m[3]);
+    ensure!(m[4] == prot::WRITE, "m4 {:#x}", m[4]);
+    match v {
+        Variant::Private => {
+            ensure!(m[5] == prot::DEV_PRIVATE_LOCAL | prot::WRITE, "m5 {:#x}", m[5]);
+            ensure!(m[6] == prot::NONE, "m6 {:#x}", m[6]);
+        }
+        Variant::Coherent => {
+            ensure!(m[5] == prot::DEV_COHERENT_LOCAL | prot::WRITE, "m5 {:#x}", m[5]);
+            ensure!(m[6] == prot::DEV_COHERENT_REMOTE | prot::WRITE, "m6 {:#x}", m[6]);
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn compound(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let Ok(a) = mmap(&p, MapRequest::anon(PMD, Prot::RW).hugetlb()) else { return Ok(Outcome::Pass) };
+    let n = PMD / PAGE;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (m, c) = ok!(d.snapshot(a, n));
+    counts(c, n, None)?;
+    ensure!(m.iter().all(|&b| b == prot::WRITE | prot::PMD), "snapshot {:#x}", m[0]);
+    ok!(p.lock().mprotect(a, PMD, Prot::READ));
+    let (m, _) = ok!(d.snapshot(a, n));
+    ensure!(m.iter().all(|&b| b == prot::READ | prot::PMD), "snapshot after mprotect {:#x}", m[0]);
+    Ok(Outcome::Pass)
+}
+
+fn double_map(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d0 = env.open(v, false, &p)?;
+    let d1 = env.open(v, true, &p)?;
+    let a = mmap(&p, MapRequest::anon(6 * PAGE, Prot::RW))?;
+    env.fill(&p, a, 6 * 1024, |i| i as i32)?;
+    ok!(p.lock().mprotect(a, 6 * PAGE, Prot::READ));
+    for d in [&d0, &d1] {
+        let (m, c) = ok!(d.read(a, 6));
+        counts(c, 6, Some(1))?;
+        check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    }
+    let (_, c) = ok!(d1.migrate_to_dev(a, 6));
+    counts(c, 6, None)?;
+    let (m, c) = ok!(d0.read(a, 6));
+    counts(c, 6, Some(1))?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror after the other device migrated")?;
+    Ok(Outcome::Pass)
+}
+
+fn exclusive(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.exclusive(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    let old = env.ints(&p, a, NPAGES * 1024)?;
+    check_ints(&old, |i| i as i32, "CPU before increment")?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32 + 1)?;
+    check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32 + 1, "CPU")?;
+    ok!(d.check_exclusive(a, NPAGES));
+    Ok(Outcome::Pass)
+}
+
+fn exclusive_mprotect(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (m, c) = ok!(d.exclusive(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    ok!(p.lock().mprotect(a, BUFFER, Prot::READ));
+    let e = d.write(a, &bytes_of(NPAGES * 1024, |i| i as i32)).err().map(|e| e.errno);
+    ensure!(e == Some(EPERM), "device write after mprotect(READ) gave {e:?}");
+    Ok(Outcome::Pass)
+}
+
+fn exclusive_cow(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
+    env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
+    let (_, c) = ok!(d.exclusive(a, NPAGES));
+    counts(c, NPAGES, None)?;
+    let child = fork(env, &p)?;
+    for s in [&child, &p] {
+        env.fill(s, a, NPAGES * 1024, |i| i as i32 + 1)?;
+        check_ints(&env.ints(s, a, NPAGES * 1024)?, |i| i as i32 + 1, "CPU after increment")?;
+    }
+    Ok(Outcome::Pass)
+}
+
+fn hmm_gup_test(_env: &Env<'_>, _v: Variant) -> Verdict {
+    Ok(Outcome::Skip("no gup_test interface (Linux skips it too without /sys/kernel/debug/gup_test)"))
+}
+
+fn hmm_cow_in_device(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = mmap(&p, MapRequest::anon(4 * PAGE, Prot::RW))?;
+    env.fill(&p, a, 4 * 1024, |i| i as i32)?;
+    let (_, c) = ok!(d.migrate_to_dev(a, 4));
+    counts(c, 4, None)?;
+    let child = fork(env, &p)?;
+    env.fill(&p, a, 4 * 1024, |i| -(i as i32))?;
+    drop(child); // the child is killed
+    let (m, c) = ok!(d.snapshot(a, 4));
+    counts(c, 4, None)?;
+    ensure!(m.iter().all(|&b| b == prot::WRITE), "snapshot {:x?}", m);
+    check_ints(&env.ints(&p, a, 4 * 1024)?, |i| -(i as i32), "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn thp_region(env: &Env<'_>, p: &Arc<SharedSpace>, prot: Prot) -> Result<u64, String> {
+    let m = mmap(p, MapRequest::anon(2 * PMD, prot))?;
+    let a = m.next_multiple_of(PMD);
+    ok!(p.lock().madvise(a, PMD, Advice::HugePage));
+    let _ = env;
+    Ok(a)
+}
+
+fn migrate_anon_huge_empty(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::READ)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
+    Ok(Outcome::Pass)
+}
+
+fn migrate_anon_huge_zero(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::READ)?;
+    ensure!(env.ints(&p, a, 1)?[0] == 0);
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
+    check_ints(&env.ints(&p, a, PMD / 4)?, |_| 0, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_anon_huge_free(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::RW)?;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    ok!(p.lock().madvise(a, PMD, Advice::Free));
+    Ok(Outcome::Pass)
+}
+
+fn migrate_anon_huge_fault(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::RW)?;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_partial_unmap_fault(env: &Env<'_>, v: Variant) -> Verdict {
+    for thp in [true, false] {
+        for off in [0, 512 << 10, 1 << 20] {
+            let p = env.process()?;
+            let d = env.open(v, false, &p)?;
+            let a = thp_region(env, &p, Prot::RW)?;
+            if !thp {
+                ok!(p.lock().madvise(a, PMD, Advice::NoHugePage));
+            }
+            env.fill(&p, a, PMD / 4, |i| i as i32)?;
+            let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+            counts(c, PMD / PAGE, None)?;
+            check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+            ok!(p.lock().munmap(a + off, 1 << 20));
+            let got = env.ints(&p, a, off / 4);
+            check_ints(&got?, |i| i as i32, "CPU below the hole")?;
+            let after = a + off + (1 << 20);
+            let n = (a + PMD - after) / 4;
+            let got = env.ints(&p, after, n)?;
+            check_ints(&got, |i| ((after - a) / 4 + i) as i32, "CPU above the hole")?;
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn migrate_remap_fault(env: &Env<'_>, v: Variant) -> Verdict {
+    for before in [false, true] {
+        for dont_unmap in [false, true] {
+            for thp in [false, true] {
+                for off in [0, 512 << 10, 1 << 20] {
+                    let p = env.process()?;
+                    let d = env.open(v, false, &p)?;
+                    let m = mmap(&p, MapRequest::anon(4 * PMD, Prot::RW))?;
+                    let a = m.next_multiple_of(PMD);
+                    ok!(p.lock().madvise(a, PMD, if thp { Advice::HugePage } else { Advice::NoHugePage }));
+                    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+                    let dest = a + PMD + off;
+                    let flags = RemapFlags { may_move: true, fixed: true, dont_unmap };
+                    let mut at = a;
+                    if before {
+                        at = ok!(p.lock().mremap(a, PMD, PMD, flags, dest));
+                    }
+                    let (mm_, c) = ok!(d.migrate_to_dev(at, PMD / PAGE));
+                    counts(c, PMD / PAGE, None)?;
+                    check_ints(&ints_of(&mm_), |i| i as i32, "mirror")?;
+                    if !before {
+                        at = ok!(p.lock().mremap(a, PMD, PMD, flags, dest));
+                    }
+                    check_ints(&env.ints(&p, at, PMD / 4)?, |i| i as i32, "CPU at the new address")?;
+                }
+            }
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn migrate_anon_huge_err(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::RW)?;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    d.set_flags(1);
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 2048);
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::RW)?;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (_, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    d.set_flags(1);
+    ok!(d.migrate_to_sys(a, PMD / PAGE));
+    ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 2048);
+    check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn migrate_anon_huge_zero_err(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(env, &p, Prot::READ)?;
+    d.set_flags(1);
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
+    ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 0);
+    ok!(p.lock().munmap(a, PMD));
+    let a = thp_region(env, &p, Prot::READ)?;
+    ensure!(env.ints(&p, a, 1)?[0] == 0);
+    d.set_flags(1);
+    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
+    counts(c, PMD / PAGE, None)?;
+    ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
+    check_ints(&env.ints(&p, a, PMD / 4)?, |_| 0, "CPU")?;
+    Ok(Outcome::Pass)
+}
+
+fn benchmark_thp_migration(env: &Env<'_>, v: Variant) -> Verdict {
+    // The timings themselves are `cargo xtask bench hmm`'s; here every call must succeed.
+    for size in [512u64 << 10, 1 << 20, 2 << 20, 4 << 20] {
+        for thp in [false, true] {
+            let p = env.process()?;
+            let d = env.open(v, false, &p)?;
+            let m = mmap(&p, MapRequest::anon(size + PMD, Prot::RW))?;
+            let a = m.next_multiple_of(PMD);
+            ok!(p.lock().madvise(a, size, if thp { Advice::HugePage } else { Advice::NoHugePage }));
+            env.fill(&p, a, size / 4, |i| i as i32)?;
+            for _ in 0..5 {
+                ok!(d.migrate_to_dev(a, size / PAGE));
+                ok!(d.migrate_to_sys(a, size / PAGE));
+            }
+            check_ints(&env.ints(&p, a, size / 4)?, |i| i as i32, "CPU")?;
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+/// Runs every scenario in both variants, calling `report(name, verdict)` for each.
+pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&str, &Verdict)) {
+    for s in SCENARIOS {
+        for v in Variant::ALL {
+            let verdict = (s.run)(env, v);
+            report(&s.full_name(v), &verdict);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Pfn;
+    use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
+
+    #[test]
+    fn every_scenario_passes_on_the_host() {
+        let frames = 64 * 1024; // 256 MiB
+        let plat = Arc::new(FakePlatform::new(frames));
+        let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+        let cpu = SpaceCpu;
+        let env = Env::new(&mm, &cpu, 8 << 20).unwrap();
+        let mut failures = Vec::new();
+        let mut passed = 0;
+        let mut skipped = 0;
+        run_all(&env, &mut |name, v| match v {
+            Ok(Outcome::Pass) => passed += 1,
+            Ok(Outcome::Skip(_)) => skipped += 1,
+            Err(e) => failures.push(format!("{name}: {e}")),
+        });
+        assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n"));
+        assert_eq!(passed + skipped, SCENARIOS.len() * 2);
+        assert_eq!(skipped, 3 * 2, "only anon_teardown, mixedmap and hmm_gup_test skip");
+    }
+}
