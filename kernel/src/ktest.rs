@@ -81,6 +81,7 @@ static START_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Every in-kernel test, in run order.
 // After the macros: textual macro scope.
+mod hmm_suite;
 mod spaces;
 
 pub const TESTS: &[Test] = &[
@@ -112,39 +113,65 @@ pub const TESTS: &[Test] = &[
     Test { name: "spaces::teardown_frees_every_frame", run: spaces::teardown_frees_every_frame },
 ];
 
+/// The number of tests: the registry plus the hmm-tests scenarios (two variants each).
+fn total() -> usize {
+    TESTS.len() + hmm_suite::count()
+}
+
+/// The name of test `i`.
+fn name_of(i: usize) -> Option<String> {
+    match TESTS.get(i) {
+        Some(t) => Some(String::from(t.name)),
+        None => hmm_suite::name(i - TESTS.len()),
+    }
+}
+
 /// Runs the tests the command line selects and exits.
 pub fn run(s: &System) -> ! {
     let from = s.args.ktest_from;
     let filter = s.args.ktest_filter;
-    crate::sprintln!("ktest: plan {}", TESTS.len());
-    let (mut passed, mut failed) = (0usize, 0usize);
+    crate::sprintln!("ktest: plan {}", total());
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let baseline = (frame::free_frames(), mm::heap::stats().0);
     let timeout_cycles = s.tsc_hz.saturating_mul(s.args.ktest_timeout_ms) / 1000;
-    for (i, t) in TESTS.iter().enumerate().skip(from) {
-        if filter.is_some_and(|f| !t.name.contains(f)) {
+    for i in from..total() {
+        let Some(name) = name_of(i) else { continue };
+        if filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        crate::sprintln!("ktest: start {i} {}", t.name);
+        crate::sprintln!("ktest: start {i} {name}");
         let start = time::rdtsc();
         START_TSC.store(start, Ordering::SeqCst);
         DEADLINE_TSC.store(start.saturating_add(timeout_cycles), Ordering::SeqCst);
         CURRENT.store(i, Ordering::SeqCst);
-        let result = (t.run)(s);
+        let result = match TESTS.get(i) {
+            Some(t) => (t.run)(s).map(|()| None),
+            None => hmm_suite::run(i - TESTS.len()),
+        };
         CURRENT.store(NONE, Ordering::SeqCst);
         let us = time::cycles_to_ns(time::rdtsc() - start).unwrap_or(0) / 1000;
         match result {
-            Ok(()) => {
+            Ok(None) => {
                 passed += 1;
-                crate::sprintln!("ktest: ok {i} {} ({us} us)", t.name);
+                crate::sprintln!("ktest: ok {i} {name} ({us} us)");
+            }
+            Ok(Some(why)) => {
+                skipped += 1;
+                crate::sprintln!("ktest: skip {i} {name}: {why}");
             }
             Err(msg) => {
                 failed += 1;
-                crate::sprintln!("ktest: FAIL {i} {}: {msg}", t.name);
+                crate::sprintln!("ktest: FAIL {i} {name}: {msg}");
             }
         }
     }
+    // Device memory of the test devices goes back before the leak check.
+    if let Err(e) = hmm_suite::teardown() {
+        failed += 1;
+        crate::sprintln!("ktest: FAIL {} hmm::teardown: {e}", total());
+    }
     let leaked = check_leaks(baseline);
-    crate::sprintln!("ktest: done {passed} passed, {failed} failed");
+    crate::sprintln!("ktest: done {passed} passed, {failed} failed, {skipped} skipped");
     exit(if failed == 0 && leaked.is_none() { ExitCode::Success } else { ExitCode::Failure })
 }
 
@@ -163,19 +190,28 @@ fn check_leaks((free_before, heap_before): (usize, usize)) -> Option<usize> {
 /// test was running.
 pub fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
     let i = CURRENT.load(Ordering::SeqCst);
-    let Some(t) = TESTS.get(i) else { return false };
-    write_raw(format_args!("ktest: FAIL {i} {}: {what}\n", t.name));
+    if i == NONE {
+        return false;
+    }
+    let name = name_of(i).unwrap_or_default();
+    write_raw(format_args!("ktest: FAIL {i} {name}: {what}\n"));
     true
 }
 
 /// Called from the timer interrupt: stops a test that overran its deadline.
 pub fn watchdog() {
     let i = CURRENT.load(Ordering::Relaxed);
-    let Some(t) = TESTS.get(i) else { return };
+    if i == NONE {
+        return;
+    }
     let now = time::rdtsc();
     if now > DEADLINE_TSC.load(Ordering::Relaxed) {
         let ms = time::cycles_to_ns(now - START_TSC.load(Ordering::Relaxed)).unwrap_or(0) / 1_000_000;
-        write_raw(format_args!("ktest: HANG {i} {} (stopped by the watchdog after {ms} ms)\n", t.name));
+        // No allocation from the timer interrupt: the registry name, or the index.
+        match TESTS.get(i) {
+            Some(t) => write_raw(format_args!("ktest: HANG {i} {} (stopped by the watchdog after {ms} ms)\n", t.name)),
+            None => write_raw(format_args!("ktest: HANG {i} hmm-scenario (stopped by the watchdog after {ms} ms)\n")),
+        }
         exit(ExitCode::TestHung);
     }
 }

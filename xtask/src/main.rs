@@ -464,12 +464,17 @@ fn cmd_qemu(args: &[String]) -> Result<u8> {
 struct Tally {
     passed: usize,
     failed: Vec<String>,
+    skipped: usize,
 }
 
 impl Tally {
     fn pass(&mut self, name: &str) {
         self.passed += 1;
         println!("test {name} ... ok");
+    }
+    fn skip(&mut self, name: &str, why: &str) {
+        self.skipped += 1;
+        println!("test {name} ... skipped: {why}");
     }
     fn fail(&mut self, name: &str, why: &str) {
         self.failed.push(name.to_string());
@@ -509,6 +514,11 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
                 (Some("start"), Some(i), Some(name)) => last_started = Some((i.parse().unwrap_or(0), name.to_string())),
                 (Some("ok"), Some(_), Some(name)) => {
                     tally.pass(&format!("{label}{}", name.split(' ').next().unwrap_or(name)));
+                    last_started = None;
+                }
+                (Some("skip"), Some(_), Some(rest)) => {
+                    let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
+                    tally.skip(&format!("{label}{}", name.trim_end_matches(':')), why.trim());
                     last_started = None;
                 }
                 (Some("FAIL" | "HANG"), Some(_), Some(rest)) => {
@@ -654,7 +664,7 @@ fn cmd_test(args: &[String]) -> Result<u8> {
     if !tally.failed.is_empty() {
         println!("failed: {}", tally.failed.join(", "));
     }
-    println!("{} passed, {} failed", tally.passed, tally.failed.len());
+    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
     Ok(if tally.failed.is_empty() { 0 } else { 1 })
 }
 

@@ -169,7 +169,7 @@ pub fn mm() -> &'static Arc<Mm> {
 
 /// A new, empty address space.
 pub fn new_space() -> Result<Arc<Space>, Error> {
-    Ok(Arc::new(Mutex::new(AddressSpace::new(mm())?)))
+    Ok(mm().share(AddressSpace::new(mm())?))
 }
 
 /// Why a user access failed.
