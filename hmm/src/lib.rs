@@ -5,9 +5,18 @@
 //! placement policies and the cost model. It is generic over a page-table trait that the kernel
 //! implements over real x86_64 page tables and that tests implement with a fake.
 //!
-//! Status: [`mm`] holds the address spaces the HMM stack mirrors (page tables, VMAs, faults,
-//! copy-on-write, huge pages, files, the invalidation path); the HMM layers themselves are the
-//! next issue.
+//! Layers, bottom up:
+//! - [`mm`]: the address spaces the HMM stack mirrors (page tables, VMAs, faults, copy-on-write,
+//!   huge pages, files, the invalidation path), plus the page-table side of device migration
+//!   ([`mm::migrate`]) and device-exclusive access ([`mm::exclusive`]);
+//! - [`itree`], [`notifier`]: MMU interval notifiers and the sequence protocol;
+//! - [`range`]: `hmm_range_fault`, generic over the output encoding;
+//! - [`pagemap`]: ZONE_DEVICE pagemaps (device-private and coherent memory);
+//! - [`dmirror`]: Linux's test device, and [`selftests`]: the hmm-tests acceptance suite over it.
+//!
+//! Lock order: an address space's lock (the mmap lock), then the notifier state, then a driver's
+//! user lock (taken in its invalidate callback); a driver never holds its user lock while it
+//! locks or changes an address space.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
