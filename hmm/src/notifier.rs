@@ -4,8 +4,8 @@
 //! A driver that mirrors part of an address space registers an [`IntervalNotifier`] over a
 //! virtual range. Every page-table change of the address space that overlaps the range calls the
 //! driver's [`IntervalOps::invalidate`] *before* the change, so the driver can zap its own
-//! mirror; the driver's fault path uses [`IntervalNotifier::read_begin`] /
-//! [`IntervalNotifier::read_retry`] to know whether what it read from the CPU page tables is
+//! mirror; the driver's fault path uses [`Interval::read_begin`] /
+//! [`Interval::read_retry`] to know whether what it read from the CPU page tables is
 //! still current when it programs its device:
 //!
 //! ```text
@@ -21,7 +21,7 @@
 //! no invalidation that hits an interval is running; the first such invalidation makes it odd,
 //! which "freezes" the tree (inserts and removes are deferred), and the last one to end makes
 //! it even again, applies the deferred changes and wakes the waiters. The odd value is the
-//! `cur_seq` every callback of that period receives and stores with [`IntervalNotifier::set_seq`],
+//! `cur_seq` every callback of that period receives and stores with [`Interval::set_seq`],
 //! so a reader whose `seq` was taken before sees a different value afterwards.
 //!
 //! Invariants:
