@@ -69,6 +69,8 @@ pub enum Job {
     None,
     /// The address-space benchmark (`cargo xtask bench mm`).
     BenchMm,
+    /// The HMM benchmark (`cargo xtask bench hmm`).
+    BenchHmm,
 }
 
 /// A deliberate crash, to test that crashes are reported.
@@ -156,7 +158,8 @@ impl<'a> KernelArgs<'a> {
                         "default" => Job::Default,
                         "none" => Job::None,
                         "bench-mm" => Job::BenchMm,
-                        _ => return Err(bad(v, "'default', 'none' or 'bench-mm'")),
+                        "bench-hmm" => Job::BenchHmm,
+                        _ => return Err(bad(v, "'default', 'none', 'bench-mm' or 'bench-hmm'")),
                     };
                 }
                 "ktest.filter" => args.ktest_filter = Some(need("text")?),

@@ -1,8 +1,11 @@
-//! Benchmarks that run inside the kernel (`job=bench-mm`, driven by `cargo xtask bench mm`).
+//! Benchmarks that run inside the kernel (`job=bench-mm` and `job=bench-hmm`, driven by
+//! `cargo xtask bench mm` and `cargo xtask bench hmm`).
 //!
 //! Each operation is timed on a fresh address space with real CPU faults, for 4, 64 and
 //! 256 MiB, and printed as one `@@BENCH {json}` line: `op`, `mib`, `pages` (4 KiB pages
 //! covered), `ns_per_page`, and `faults` (CPU faults the operation took).
+//!
+//! The address-space operations ([`mm`]):
 //!
 //! | op | what is timed |
 //! |---|---|
@@ -12,11 +15,33 @@
 //! | `cow_break` | one store per page in the parent after fork: a copy per page |
 //! | `mprotect` | read-only over the populated range (one invalidation, one TLB flush) |
 //! | `munmap` | unmapping the populated range (frees every frame and table) |
+//!
+//! The HMM operations ([`hmm`]), the ones Linux 6.1's lib/test_hmm was timed on in the same
+//! QEMU (`reference/platform.md`), in this order on one 4 KiB-page anonymous range (THP off, as
+//! in that measurement) mirrored by one private dmirror device. Device commands are issued in
+//! `HMM_BUFFER_SIZE` (4 MiB) calls, as hmm-tests issues its ioctls, and each includes what the
+//! ioctl includes (a migration to the device reads the pages back through the device).
+//!
+//! | op | what is timed |
+//! |---|---|
+//! | `cpu_first_touch` | one store per page of fresh anonymous memory |
+//! | `dev_read_fault` | device read of the range: range fault, mirror fill, copy out |
+//! | `dev_read_mapped` | the same read again, every page already mirrored |
+//! | `snapshot` | `HMM_DMIRROR_SNAPSHOT` of the range (range fault without faulting) |
+//! | `invalidate_mprotect` | mprotect(READ) of the mirrored range: one notifier invalidation |
+//! | `migrate_to_dev` | migrate_vma of the range to device-private memory, copy, read back |
+//! | `cpu_fault_migrate_back` | one CPU load per page: each a #PF that migrates the page to RAM |
+//! | `migrate_to_dev_again` | the same migration, into device pages freed by the previous step |
+//! | `migrate_to_sys` | explicit migration of the whole range back to RAM |
+//! | `munmap_device_pages` | munmap of the range after migrating it to the device again |
 
 use alloc::{format, string::String, sync::Arc};
 use core::sync::atomic::Ordering;
+use hmm::dmirror::{Dmirror, DmirrorDevice};
+use hmm::mm::notify::Owner;
 use hmm::mm::space::{Advice, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::pagemap::{MemoryKind, Pagemaps};
 
 use crate::arch::time;
 use crate::json::Json;
@@ -24,6 +49,8 @@ use crate::mm::uspace::{self, Space, USER_FAULTS};
 
 const PAGE: u64 = 4096;
 const SIZES_MIB: [u64; 3] = [4, 64, 256];
+/// Pages per device command (hmm-tests' `HMM_BUFFER_SIZE`, 4 MiB).
+const IOCTL_PAGES: u64 = 1024;
 
 fn report(op: &str, mib: u64, ns: u64, faults: u64) {
     let pages = mib * 256;
@@ -121,6 +148,98 @@ pub fn mm() -> Result<(), String> {
         r.map_err(|e| format!("munmap: {e}"))?;
         report("munmap", mib, ns, 0);
     }
+    crate::sprintln!("@@BENCH {{\"done\": true}}");
+    Ok(())
+}
+
+/// Issues `cmd` over `[va, va + len)` in `IOCTL_PAGES` pieces.
+fn per_ioctl<T, E: core::fmt::Display>(
+    what: &str,
+    va: u64,
+    len: u64,
+    mut cmd: impl FnMut(u64, u64) -> Result<T, E>,
+) -> Result<(), String> {
+    let mut a = va;
+    while a < va + len {
+        let n = ((va + len - a) / PAGE).min(IOCTL_PAGES);
+        cmd(a, n).map_err(|e| format!("{what} at {a:#x}: {e}"))?;
+        a += n * PAGE;
+    }
+    Ok(())
+}
+
+/// One CPU load per page.
+fn load_each(s: &Arc<Space>, va: u64, len: u64) -> Result<(), String> {
+    uspace::run(s, |u| {
+        let mut a = va;
+        while a < va + len {
+            u.read_u64(a).map_err(|e| format!("load: {e}"))?;
+            a += PAGE;
+        }
+        Ok(())
+    })
+}
+
+/// Runs the HMM benchmark: the ten operations Linux 6.1 was timed on, per size.
+pub fn hmm() -> Result<(), String> {
+    warm_guest_ram();
+    let pagemaps = Pagemaps::install(uspace::mm()).map_err(|e| format!("device memory registry: {e}"))?;
+    // Device memory is added 64 MiB at a time, as the largest run needs it.
+    let dev = DmirrorDevice::new(&pagemaps, MemoryKind::Private, Owner(0xbe0c), 64 << 20);
+    for mib in SIZES_MIB {
+        let len = mib << 20;
+        let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+        let a = anon(&s, len, Advice::NoHugePage)?;
+        let d = Dmirror::open(&dev, &s).map_err(|e| format!("opening the device: {e}"))?;
+
+        let (r, ns, faults) = timed(|| touch(&s, a, len));
+        r?;
+        report("cpu_first_touch", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| per_ioctl("device read", a, len, |va, n| d.read(va, n)));
+        r?;
+        report("dev_read_fault", mib, ns, faults);
+        let (r, ns, faults) = timed(|| per_ioctl("device read", a, len, |va, n| d.read(va, n)));
+        r?;
+        report("dev_read_mapped", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| d.snapshot(a, len / PAGE));
+        r.map_err(|e| format!("snapshot: {e}"))?;
+        report("snapshot", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| s.lock().mprotect(a, len, Prot::READ));
+        r.map_err(|e| format!("mprotect: {e}"))?;
+        report("invalidate_mprotect", mib, ns, faults);
+        s.lock().mprotect(a, len, Prot::RW).map_err(|e| format!("mprotect: {e}"))?;
+
+        let migrate = |d: &Dmirror| per_ioctl("migrate to device", a, len, |va, n| d.migrate_to_dev(va, n));
+        let (r, ns, faults) = timed(|| migrate(&d));
+        r?;
+        report("migrate_to_dev", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| load_each(&s, a, len));
+        r?;
+        report("cpu_fault_migrate_back", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| migrate(&d));
+        r?;
+        report("migrate_to_dev_again", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| per_ioctl("migrate to RAM", a, len, |va, n| d.migrate_to_sys(va, n)));
+        r?;
+        report("migrate_to_sys", mib, ns, faults);
+
+        migrate(&d)?;
+        let (r, ns, faults) = timed(|| s.lock().munmap(a, len));
+        r.map_err(|e| format!("munmap: {e}"))?;
+        report("munmap_device_pages", mib, ns, faults);
+
+        d.close().map_err(|e| format!("closing the device: {e}"))?;
+        if dev.pages_in_use() != 0 {
+            return Err(format!("{} device pages still in use after munmap", dev.pages_in_use()));
+        }
+    }
+    dev.release().map_err(|e| format!("releasing device memory: {e}"))?;
     crate::sprintln!("@@BENCH {{\"done\": true}}");
     Ok(())
 }

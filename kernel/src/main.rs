@@ -138,6 +138,10 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("mm benchmark", e),
         },
+        Job::BenchHmm => match bench::hmm() {
+            Ok(()) => exit(ExitCode::Success),
+            Err(e) => fail("hmm benchmark", e),
+        },
         Job::Default => match job::run(system) {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("default job", e),
