@@ -16,6 +16,7 @@
 //! [`Mm`] is what every address space shares: the platform, the frame table, the zero pages
 //! and the transparent-huge-page mode.
 
+pub mod buddy;
 pub mod exclusive;
 pub mod file;
 pub mod frame;

@@ -1,24 +1,25 @@
-//! Physical frames: `buddy_system_allocator`'s intrusive buddy `Heap` over the direct map of
-//! usable RAM, in 4 KiB frames.
+//! Physical frames: [`hmm::mm::buddy::Buddy`] over the span of usable RAM, in 4 KiB frames.
 //!
-//! The buddy free lists live inside the free frames themselves, so the frame allocator never
-//! allocates (the kernel heap grows *from* it, so it must not depend on the heap). Because the
-//! lists hold direct-map addresses, the buddy allocator starts only once the direct map is
-//! live; before that, [`alloc`] hands out frames from a bump allocator over one low RAM run
-//! (page tables for the direct map itself), and those frames are never returned.
+//! The buddy's per-frame links (12 bytes a frame) are carved out of RAM before anything else
+//! is allocated: the kernel heap grows *from* this allocator, so it must not depend on the
+//! heap. Because the links are reached through the direct map, the buddy allocator starts
+//! only once the direct map is live; before that, [`alloc`] hands out frames from a bump
+//! allocator over one low RAM run (page tables for the direct map itself), and those frames
+//! are never returned.
 //!
 //! Invariants: a frame is in the allocator only if it is usable RAM outside the first MiB, the
-//! kernel image, the boot modules and the bootstrap run; a block of `n` frames is aligned to
-//! `n.next_power_of_two()` frames and must be freed with the same `n`. Exhaustion is an
-//! [`OutOfFrames`] value.
+//! kernel image, the boot modules, the bootstrap run and the links themselves; a block of `n`
+//! frames is aligned to `n.next_power_of_two()` frames and must be freed with the same `n`.
+//! Exhaustion is an [`OutOfFrames`] value; a free that the buddy refuses (double free, a
+//! block it never handed out) is logged and ignored rather than corrupting the lists.
 
-use buddy_system_allocator::Heap;
-use core::{alloc::Layout, ptr::NonNull};
+use hmm::addr::Pfn;
+use hmm::mm::buddy::{Buddy, Link};
 use spin::Mutex;
 
 use super::{PAGE_SIZE, phys_to_virt};
 
-static FRAMES: Mutex<Heap<33>> = Mutex::new(Heap::empty());
+static FRAMES: Mutex<Option<Buddy<&'static mut [Link]>>> = Mutex::new(None);
 static BOOTSTRAP: Mutex<Bump> = Mutex::new(Bump { start: 0, next: 0, end: 0 });
 
 /// The bootstrap allocator: frames `[next, end)` of one RAM run, handed out in order.
@@ -48,10 +49,29 @@ impl core::fmt::Display for OutOfFrames {
     }
 }
 
-fn layout(count: usize) -> Layout {
-    let bytes = count.max(1).next_power_of_two() * PAGE_SIZE as usize;
-    // Sizes are powers of two times 4 KiB, so the layout is always valid.
-    Layout::from_size_align(bytes, PAGE_SIZE as usize).unwrap_or(Layout::new::<u8>())
+fn order(count: usize) -> u32 {
+    count.max(1).next_power_of_two().trailing_zeros()
+}
+
+/// Bytes of links a span of `[lo, hi)` (physical addresses) needs, in whole pages.
+pub fn links_bytes(lo: u64, hi: u64) -> u64 {
+    let base = lo & !((1u64 << (hmm::mm::buddy::MAX_ORDER as u64 + 12)) - 1);
+    hmm::mm::buddy::storage_bytes((hi - base) / PAGE_SIZE).next_multiple_of(PAGE_SIZE)
+}
+
+/// Starts the buddy allocator for the RAM span `[lo, hi)` with its links at physical address
+/// `links` (at least [`links_bytes`] of RAM that nothing else uses, never given to
+/// [`add_region`]). Only once the direct map is live.
+pub fn init(lo: u64, hi: u64, links: u64) {
+    // Spans start on a MAX_ORDER boundary so the largest blocks can form.
+    let base = lo & !((1u64 << (hmm::mm::buddy::MAX_ORDER as u64 + 12)) - 1);
+    let frames = ((hi - base) / PAGE_SIZE) as usize;
+    // SAFETY: the caller gives `links_bytes(lo, hi)` bytes of RAM at `links` that nothing else
+    // owns and that stay reserved for the kernel's lifetime; the direct map maps them
+    // read-write; `Link` is plain data for which any bytes are overwritten by `Buddy::new`
+    // before being read, and the alignment of a page suffices.
+    let slice = unsafe { core::slice::from_raw_parts_mut(phys_to_virt(links) as *mut Link, frames) };
+    *FRAMES.lock() = Some(Buddy::new(Pfn(base / PAGE_SIZE), slice));
 }
 
 /// Sets the bootstrap run `[start, end)` (before the direct map is live).
@@ -66,16 +86,11 @@ pub fn bootstrap_used() -> (u64, u64) {
 }
 
 /// Adds the frames of `[start, end)` (page-aligned physical addresses) to the buddy allocator.
-/// Only once the direct map is live.
+/// Only after [`init`].
 pub fn add_region(start: u64, end: u64) {
-    if start >= end {
-        return;
+    if let Some(b) = FRAMES.lock().as_mut() {
+        b.add_range(Pfn(start / PAGE_SIZE), Pfn(end / PAGE_SIZE));
     }
-    let (vs, ve) = (phys_to_virt(start) as usize, phys_to_virt(end) as usize);
-    // SAFETY: `[start, end)` is usable RAM that nothing else owns (the caller excludes the
-    // kernel image, modules and bootstrap run), mapped read-write by the direct map for the
-    // kernel's lifetime; the allocator may write its free lists into it.
-    unsafe { FRAMES.lock().add_to_heap(vs, ve) };
 }
 
 /// Allocates `count` contiguous frames; returns the physical address of the first.
@@ -90,9 +105,12 @@ pub fn alloc(count: usize) -> Result<u64, OutOfFrames> {
         b.next += bytes;
         return Ok(b.next - bytes);
     }
-    let result = FRAMES.lock().alloc(layout(n)); // the guard drops here: free_frames() locks too
-    let block = result.map_err(|_| OutOfFrames { requested: n, free: free_frames() })?;
-    Ok(block.as_ptr() as u64 - phys_to_virt(0))
+    let mut g = FRAMES.lock();
+    let b = g.as_mut().ok_or(OutOfFrames { requested: n, free: 0 })?;
+    match b.alloc(order(n)) {
+        Some(p) => Ok(p.addr()),
+        None => Err(OutOfFrames { requested: n, free: b.free_frames() as usize }),
+    }
 }
 
 /// Allocates `count` contiguous zeroed frames.
@@ -106,22 +124,24 @@ pub fn alloc_zeroed(count: usize) -> Result<u64, OutOfFrames> {
 
 /// Returns `count` frames starting at `paddr`, exactly as [`alloc`] gave them.
 ///
-/// Contract (not yet enforced by types; the per-frame table of the address-space work will
-/// own frames): the block came from [`alloc`] with the same `count` and is no longer used.
+/// Contract: the block came from [`alloc`] with the same `count` and is no longer used. A
+/// block the buddy can tell was not handed out (outside the span, misaligned, already free)
+/// is logged and left alone.
 pub fn free(paddr: u64, count: usize) {
-    let Some(ptr) = NonNull::new(phys_to_virt(paddr) as *mut u8) else { return };
-    // SAFETY: by the contract above, `ptr` is a block this allocator handed out with this
-    // layout, and nothing uses it any more.
-    unsafe { FRAMES.lock().dealloc(ptr, layout(count)) };
+    let mut g = FRAMES.lock();
+    let Some(b) = g.as_mut() else { return };
+    if let Err(e) = b.free(Pfn(paddr / PAGE_SIZE), order(count)) {
+        drop(g);
+        log::error!("frame::free({paddr:#x}, {count}) refused: {e:?}; the block stays out of the allocator");
+    }
 }
 
 /// Frames currently free.
 pub fn free_frames() -> usize {
-    let h = FRAMES.lock();
-    (h.stats_total_bytes() - h.stats_alloc_actual()) / PAGE_SIZE as usize
+    FRAMES.lock().as_ref().map_or(0, |b| b.free_frames() as usize)
 }
 
-/// Frames the buddy allocator manages.
+/// Frames the buddy allocator's span covers.
 pub fn total_frames() -> usize {
-    FRAMES.lock().stats_total_bytes() / PAGE_SIZE as usize
+    FRAMES.lock().as_ref().map_or(0, |b| b.span().1 as usize)
 }

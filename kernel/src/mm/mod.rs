@@ -109,6 +109,8 @@ pub enum MmError {
     NoHeap,
     /// No free 2 MiB run of RAM below 1 GiB for the bootstrap page tables.
     NoBootstrap,
+    /// No free run of RAM large enough for the frame allocator's links (bytes needed).
+    NoFrameLinks(u64),
     /// The address-space memory manager could not start.
     Spaces(hmm::mm::Error),
 }
@@ -119,6 +121,9 @@ impl core::fmt::Display for MmError {
             Self::Map(e) => write!(f, "building the kernel page tables: {e}"),
             Self::NoHeap => write!(f, "no memory for the kernel heap: give the machine more memory"),
             Self::NoBootstrap => write!(f, "no free 2 MiB of RAM below 1 GiB for the bootstrap page tables"),
+            Self::NoFrameLinks(n) => {
+                write!(f, "no free run of {n} bytes of RAM for the frame allocator's links: RAM is too fragmented")
+            }
             Self::Spaces(e) => write!(f, "starting the address-space manager: {e}"),
         }
     }
@@ -249,27 +254,55 @@ pub fn init(info: &BootInfo, nx_supported: bool) -> Result<(), MmError> {
     DIRECT_MAP_LIVE.store(true, Ordering::Relaxed);
     *KERNEL_PT.lock() = Some(pt);
 
-    // Step 4: every usable frame not reserved and not used by the bootstrap run.
+    // Step 4: the frame allocator. Its links are carved from the first free run that holds
+    // them; then every usable frame not reserved and not used otherwise is added.
     let (used_start, used_end) = frame::bootstrap_used();
-    let taken = |s: u64, e: u64| reserved(s, e) || (s < used_end && e > used_start);
-    for r in info.usable_ram(PAGE_SIZE) {
-        let mut run_start = None;
-        let mut p = r.start;
-        while p < r.end {
-            match (taken(p, p + PAGE_SIZE), run_start) {
-                (false, None) => run_start = Some(p),
-                (true, Some(s)) => {
-                    frame::add_region(s, p);
-                    run_start = None;
+    // What no RAM run may include: the first MiB, the kernel image, the boot modules and the
+    // bootstrap frames used. Runs are RAM minus these intervals (at most 2 + modules + 1).
+    let free_runs = |f: &mut dyn FnMut(u64, u64)| {
+        let fixed = [(0, 0x10_0000), (boot::layout::KERNEL_PHYS_BASE, kernel_phys_end), (used_start, used_end)];
+        let modules =
+            info.modules.iter().map(|m| (m.paddr & !(PAGE_SIZE - 1), (m.paddr + m.size).next_multiple_of(PAGE_SIZE)));
+        for r in info.usable_ram(PAGE_SIZE) {
+            // Walk the run, jumping over every hole that overlaps the current position.
+            let mut p = r.start;
+            while p < r.end {
+                let overlapping =
+                    fixed.iter().copied().chain(modules.clone()).filter(|&(s, e)| s < r.end && e > p && s < e);
+                match overlapping.min_by_key(|&(s, _)| s) {
+                    Some((s, e)) if s <= p => p = e.min(r.end),
+                    Some((s, _)) => {
+                        f(p, s);
+                        p = s;
+                    }
+                    None => {
+                        f(p, r.end);
+                        p = r.end;
+                    }
                 }
-                _ => {}
             }
-            p += PAGE_SIZE;
         }
-        if let Some(s) = run_start {
-            frame::add_region(s, r.end);
+    };
+    let lo = info.usable_ram(PAGE_SIZE).map(|r| r.start).min().unwrap_or(0);
+    let hi = info.usable_ram(PAGE_SIZE).map(|r| r.end).max().unwrap_or(0);
+    let need = frame::links_bytes(lo, hi);
+    let mut links = None;
+    free_runs(&mut |s, e| {
+        if links.is_none() && e - s >= need {
+            links = Some(s);
         }
-    }
+    });
+    let links = links.ok_or(MmError::NoFrameLinks(need))?;
+    frame::init(lo, hi, links);
+    free_runs(&mut |s, e| {
+        // The links' run is split around them.
+        if s <= links && links < e {
+            frame::add_region(s, links);
+            frame::add_region(links + need, e);
+        } else {
+            frame::add_region(s, e);
+        }
+    });
     if !heap::init() {
         return Err(MmError::NoHeap);
     }
