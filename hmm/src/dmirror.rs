@@ -14,6 +14,7 @@
 //! driver data is its backing frame.
 
 use crate::addr::Pfn;
+use crate::devpt::{DevPageTable, Entry};
 use crate::mm::frame::flags;
 use crate::mm::migrate::{MigrateArgs, MigratePfn, Select, migrate_device_range};
 use crate::mm::notify::{Event, Owner, Range};
@@ -23,7 +24,6 @@ use crate::mm::{Error, HUGE_FRAMES, Mm, SharedSpace};
 use crate::notifier::{Interval, IntervalNotifier, IntervalOps, Subscriptions};
 use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use crate::range::{HmmPfn, HmmRange, Request, hmm_range_fault};
-use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,8 +111,9 @@ struct DevState {
     chunks: Vec<Arc<DevPagemap>>,
     free: Vec<Pfn>,
     free_huge: Vec<Pfn>,
-    /// Which open file a device page was migrated for (dmirror's `rpage->zone_device_data`).
-    users: BTreeMap<u64, Weak<Dmirror>>,
+    /// Open files by slot; a device page's driver data names the slot of the file it was
+    /// migrated for (dmirror's `rpage->zone_device_data`).
+    files: Vec<Weak<Dmirror>>,
     calloc: u64,
     cfree: u64,
 }
@@ -133,14 +134,6 @@ impl core::fmt::Debug for DmirrorDevice {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dpt {
-    /// The frame the device reads and writes (the backing frame of a private page).
-    frame: Pfn,
-    write: bool,
-    atomic: bool,
-}
-
 /// One open dmirror file (`struct dmirror`).
 pub struct Dmirror {
     this: Weak<Dmirror>,
@@ -149,7 +142,7 @@ pub struct Dmirror {
     mm: Arc<Mm>,
     notifier: Mutex<Option<IntervalNotifier>>,
     /// The device page table; its lock is the driver's user lock.
-    pt: Mutex<BTreeMap<u64, Dpt>>,
+    pt: Mutex<DevPageTable>,
     fail_alloc: AtomicBool,
     /// Invalidations that reached the device page table.
     pub invalidations: AtomicU64,
@@ -216,6 +209,7 @@ impl DmirrorDevice {
     /// backing frame, initialised (refcount 1, locked).
     fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Vec<Pfn>, Error> {
         let mm = self.pagemaps.mm().clone();
+        let user_slot = self.slot_of(user);
         let pages: Vec<Pfn> = {
             let mut s = self.state.lock();
             if huge {
@@ -253,15 +247,11 @@ impl DmirrorDevice {
                 MemoryKind::Coherent => None,
             };
             let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
-            pm.set_data(p, backing.map_or(p.0, |b| b.0));
+            pm.set_data(p, pack(backing.unwrap_or(p), user_slot));
             self.pagemaps.page_init(p)?;
             done.push(p);
         }
-        let mut s = self.state.lock();
-        s.calloc += pages.len() as u64;
-        for &p in &pages {
-            s.users.insert(p.0, user.clone());
-        }
+        self.state.lock().calloc += pages.len() as u64;
         Ok(pages)
     }
 
@@ -276,7 +266,25 @@ impl DmirrorDevice {
 
     /// The frame the device reads for device page `p` (its backing frame if private).
     fn backing(&self, p: Pfn) -> Pfn {
-        self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, Pfn)
+        self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, |d| unpack(d).0)
+    }
+
+    /// The slot of `file` in the open-file table (added on first use).
+    fn slot_of(&self, file: &Weak<Dmirror>) -> u64 {
+        let mut s = self.state.lock();
+        if let Some(i) = s.files.iter().position(|f| Weak::ptr_eq(f, file)) {
+            return i as u64 + 1;
+        }
+        match s.files.iter().position(|f| f.strong_count() == 0) {
+            Some(i) => {
+                s.files[i] = file.clone();
+                i as u64 + 1
+            }
+            None => {
+                s.files.push(file.clone());
+                s.files.len() as u64
+            }
+        }
     }
 
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
@@ -342,22 +350,26 @@ impl PagemapOps for DmirrorDevice {
     fn page_free(&self, pm: &DevPagemap, pfn: Pfn) {
         let mm = self.pagemaps.mm();
         if self.kind == MemoryKind::Private
-            && let Some(b) = pm.data(pfn)
-            && b != pfn.0
+            && let Some(d) = pm.data(pfn)
+            && d != 0
+            && unpack(d).0 != pfn
         {
-            mm.put_page(Pfn(b));
+            mm.put_page(unpack(d).0);
         }
         pm.set_data(pfn, 0);
         let mut s = self.state.lock();
         s.cfree += 1;
-        s.users.remove(&pfn.0);
         if s.chunks.iter().any(|c| c.contains(pfn)) {
             s.free.push(pfn);
         }
     }
 
-    fn migrate_to_ram(&self, _pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
-        let user = self.state.lock().users.get(&page.0).and_then(Weak::upgrade);
+    fn migrate_to_ram(&self, pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
+        let slot = pm.data(page).map_or(0, |d| unpack(d).1);
+        let user = match slot {
+            0 => None,
+            i => self.state.lock().files.get(i as usize - 1).and_then(Weak::upgrade),
+        };
         let select = match self.kind {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
@@ -384,6 +396,18 @@ impl PagemapOps for DmirrorDevice {
         mig.finalize();
         Ok(())
     }
+}
+
+/// Bits of a device page's driver data that hold its backing frame; the bits above hold the
+/// open-file slot (0: none).
+const BACKING_BITS: u32 = 40;
+
+fn pack(backing: Pfn, slot: u64) -> u64 {
+    backing.0 | slot << BACKING_BITS
+}
+
+fn unpack(d: u64) -> (Pfn, u64) {
+    (Pfn(d & ((1 << BACKING_BITS) - 1)), d >> BACKING_BITS)
 }
 
 /// A notifier that only records the sequence (the snapshot's temporary one).
@@ -424,7 +448,7 @@ impl Dmirror {
             space: Arc::downgrade(space),
             mm,
             notifier: Mutex::new(None),
-            pt: Mutex::new(BTreeMap::new()),
+            pt: Mutex::new(DevPageTable::new()),
             fail_alloc: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
         });
@@ -439,7 +463,7 @@ impl Dmirror {
         if let Some(n) = self.notifier.lock().take() {
             n.remove().map_err(|(_, e)| e)?;
         }
-        self.pt.lock().clear();
+        self.pt.lock().clear_all();
         Ok(())
     }
 
@@ -453,10 +477,7 @@ impl Dmirror {
     }
 
     fn forget_frame(&self, va: u64, frame: Pfn) {
-        let mut pt = self.pt.lock();
-        if pt.get(&(va / PAGE)).is_some_and(|e| e.frame == frame) {
-            pt.remove(&(va / PAGE));
-        }
+        self.pt.lock().remove_if(va / PAGE, frame);
     }
 
     /// `HMM_DMIRROR_FLAGS`: bit 0 makes the next device allocation fail.
@@ -470,7 +491,7 @@ impl Dmirror {
         let pt = self.pt.lock();
         let n = buf.len().max(data.map_or(0, |d| d.len())) as u64 / PAGE;
         for k in from..n {
-            let Some(e) = pt.get(&(start / PAGE + k)) else { return Err(k) };
+            let Some(e) = pt.get(start / PAGE + k) else { return Err(k) };
             let r = (k * PAGE) as usize..((k + 1) * PAGE) as usize;
             match data {
                 Some(d) => {
@@ -541,7 +562,7 @@ impl Dmirror {
                     } else {
                         pfn
                     };
-                    pt.insert(a / PAGE + i as u64, Dpt { frame, write: w, atomic: false });
+                    pt.insert(a / PAGE + i as u64, Entry { frame, write: w, atomic: false });
                 }
                 break;
             }
@@ -661,7 +682,7 @@ impl Dmirror {
                         if let (true, Some(dp)) = (s.is_migrate(), d.pfn()) {
                             pt.insert(
                                 a / PAGE + i as u64,
-                                Dpt { frame: self.dev.backing(dp), write: d.is_write(), atomic: false },
+                                Entry { frame: self.dev.backing(dp), write: d.is_write(), atomic: false },
                             );
                         }
                     }
@@ -817,7 +838,7 @@ impl Dmirror {
                     Error::Invalid(_) => err(EINVAL, "device-exclusive access not supported here"),
                     _ => err(EBUSY, "device-exclusive access failed"),
                 })?;
-                self.pt.lock().insert(va / PAGE, Dpt { frame: g.pfn(), write: true, atomic: true });
+                self.pt.lock().insert(va / PAGE, Entry { frame: g.pfn(), write: true, atomic: true });
                 drop(g);
                 va += PAGE;
             }
@@ -831,7 +852,7 @@ impl Dmirror {
     pub fn check_exclusive(&self, addr: u64, npages: u64) -> Result<(), CmdError> {
         let (start, end) = check_range(addr, npages)?;
         let pt = self.pt.lock();
-        if pt.range(start / PAGE..end / PAGE).any(|(_, e)| e.atomic) {
+        if pt.any_atomic(start / PAGE, end / PAGE) {
             return Err(err(EPERM, "a page is still device-exclusive"));
         }
         Ok(())
@@ -853,11 +874,7 @@ impl IntervalOps for Dmirror {
             }
         };
         sub.set_seq(cur_seq);
-        let (s, e) = (range.start / PAGE, range.end.div_ceil(PAGE));
-        let keys: Vec<u64> = pt.range(s..e).map(|(k, _)| *k).collect();
-        for k in keys {
-            pt.remove(&k);
-        }
+        pt.clear(range.start / PAGE, range.end.div_ceil(PAGE));
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         true
     }

@@ -24,6 +24,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod devpt;
 pub mod dmirror;
 pub mod itree;
 pub mod mm;
