@@ -618,20 +618,24 @@ impl Dmirror {
         Err(err(EBUSY, "device write did not converge"))
     }
 
-    /// Device pages for a run of `n` sources starting at index `i0`, 2 MiB at once when the
-    /// run is a whole aligned 2 MiB (falling back to 4 KiB, and consuming FAIL_ALLOC, as
-    /// dmirror's THP path does).
-    fn alloc_run(&self, va: u64, n: usize) -> Vec<Option<Pfn>> {
+    /// Device pages for the sources `src` (at `va`) that are marked to migrate: one 2 MiB
+    /// block when they are a whole aligned 2 MiB all migrating, falling back to 4 KiB pages
+    /// (and consuming FAIL_ALLOC on the way, as dmirror's THP path does). `None` where a page
+    /// is not migrating or its allocation failed.
+    fn alloc_run(&self, va: u64, src: &[MigratePfn]) -> Vec<Option<Pfn>> {
         let me = self.this.clone();
-        if n as u64 == HUGE_FRAMES && va.is_multiple_of(HUGE_FRAMES * PAGE) {
+        if src.len() as u64 == HUGE_FRAMES
+            && va.is_multiple_of(HUGE_FRAMES * PAGE)
+            && src.iter().all(|s| s.is_migrate())
+        {
             let fail = self.fail_alloc.swap(false, Ordering::Relaxed);
             if !fail && let Ok(v) = self.dev.alloc(true, &me) {
                 return v.into_iter().map(Some).collect();
             }
         }
-        (0..n)
-            .map(|_| {
-                if self.fail_alloc.swap(false, Ordering::Relaxed) {
+        src.iter()
+            .map(|s| {
+                if !s.is_migrate() || self.fail_alloc.swap(false, Ordering::Relaxed) {
                     return None;
                 }
                 self.dev.alloc(false, &me).ok().map(|v| v[0])
@@ -658,14 +662,10 @@ impl Dmirror {
                 let mm = s.mm().clone();
                 let mut mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
                 let n = mig.src().len();
-                let pages = self.alloc_run(a, n);
+                let pages = self.alloc_run(a, mig.src());
                 for (i, p) in pages.into_iter().enumerate() {
                     let src = mig.src()[i];
                     let Some(d) = p else { continue };
-                    if !src.is_migrate() {
-                        self.dev.release_page(d);
-                        continue;
-                    }
                     let frame = self.dev.backing(d);
                     match src.pfn() {
                         Some(spfn) => mm.platform().copy(frame, spfn, 1),

@@ -1,5 +1,5 @@
 //! The hmm-tests acceptance suite in the kernel: every scenario of
-//! [`hmm::selftests::SCENARIOS`] in both variants, on real page tables, with the CPU side done
+//! [`hmm::selftests::SCENARIOS`] (and our own [`hmm::selftests::EXTRA`]) in both variants, on real page tables, with the CPU side done
 //! by real loads and stores (each fault a real #PF resolved by the address space, device-private
 //! pages migrated back by their pagemap from inside the fault handler).
 //!
@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use hmm::mm::SharedSpace;
 use hmm::mm::space::FaultError;
-use hmm::selftests::{Cpu, Env, Outcome, SCENARIOS, Variant};
+use hmm::selftests::{Cpu, EXTRA, Env, Outcome, SCENARIOS, Variant};
 use spin::Once;
 
 /// Device memory is added 8 MiB at a time.
@@ -38,13 +38,13 @@ fn env() -> Result<&'static Env<'static>, String> {
         .map_err(Clone::clone)
 }
 
-/// Scenario-variant pairs.
+/// Scenario-variant pairs: the hmm-tests scenarios, then our own ([`EXTRA`]).
 pub fn count() -> usize {
-    SCENARIOS.len() * 2
+    (SCENARIOS.len() + EXTRA.len()) * 2
 }
 
 fn pick(i: usize) -> Option<(&'static hmm::selftests::Scenario, Variant)> {
-    Some((SCENARIOS.get(i / 2)?, Variant::ALL[i % 2]))
+    Some((SCENARIOS.iter().chain(EXTRA).nth(i / 2)?, Variant::ALL[i % 2]))
 }
 
 /// The kselftest name of pair `i`.
