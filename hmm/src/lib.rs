@@ -8,10 +8,12 @@
 //! Layers, bottom up:
 //! - [`mm`]: the address spaces the HMM stack mirrors (page tables, VMAs, faults, copy-on-write,
 //!   huge pages, files, the invalidation path), plus the page-table side of device migration
-//!   ([`mm::migrate`]) and device-exclusive access ([`mm::exclusive`]);
+//!   ([`mm::migrate`]) and device-exclusive access ([`mm::exclusive`]), and the buddy frame
+//!   allocator the kernel runs ([`mm::buddy`]);
 //! - [`itree`], [`notifier`]: MMU interval notifiers and the sequence protocol;
 //! - [`range`]: `hmm_range_fault`, generic over the output encoding;
 //! - [`pagemap`]: ZONE_DEVICE pagemaps (device-private and coherent memory);
+//! - [`devpt`]: a software device page table (what a mirroring driver keeps coherent);
 //! - [`dmirror`]: Linux's test device, and [`selftests`]: the hmm-tests acceptance suite over it.
 //!
 //! Lock order: an address space's lock (the mmap lock), then the notifier state, then a driver's
