@@ -16,7 +16,7 @@
 use crate::addr::Pfn;
 use crate::devpt::{DevPageTable, Entry};
 use crate::mm::frame::flags;
-use crate::mm::migrate::{MigrateArgs, MigratePfn, Select, migrate_device_range};
+use crate::mm::migrate::{MigrateArgs, MigratePfn, MigrateVma, Select, migrate_device_range};
 use crate::mm::notify::{Event, Owner, Range};
 use crate::mm::pagetable::USER_END;
 use crate::mm::space::{AddressSpace, FaultError};
@@ -287,6 +287,19 @@ impl DmirrorDevice {
         }
     }
 
+    /// A locked anonymous RAM page holding a copy of device page `p`, and the frame copied
+    /// from (the destination of every device-to-RAM migration).
+    fn copy_to_ram(&self, p: Pfn) -> Result<(Pfn, Pfn), Error> {
+        let mm = self.pagemaps.mm();
+        let d = mm.alloc_page(flags::ANON, 0, false)?;
+        if let Some(m) = mm.meta(d) {
+            m.trylock();
+        }
+        let from = self.backing(p);
+        mm.platform().copy(d, from, 1);
+        Ok((d, from))
+    }
+
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
     /// driver unbind). Must be called with no address space locked.
     pub fn release(&self) -> Result<(), CmdError> {
@@ -307,14 +320,8 @@ impl DmirrorDevice {
                     if !s.is_migrate() {
                         continue;
                     }
-                    match mm.alloc_page(flags::ANON, 0, false) {
-                        Ok(d) => {
-                            if let Some(m) = mm.meta(d) {
-                                m.trylock();
-                            }
-                            mm.platform().copy(d, self.backing(spfn), 1);
-                            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
-                        }
+                    match self.copy_to_ram(spfn) {
+                        Ok((d, _)) => mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()),
                         Err(_) => failure = Some(err(ENOMEM, "no RAM to evict device memory into")),
                     }
                 }
@@ -376,17 +383,11 @@ impl PagemapOps for DmirrorDevice {
         };
         let start = va & !(PAGE - 1);
         let args = MigrateArgs { start, end: start + PAGE, owner: self.owner, select, fault_page: Some(page) };
-        let mm = space.mm().clone();
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
         for i in 0..mig.src().len() {
             let s = mig.src()[i];
             let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { continue };
-            let d = mm.alloc_page(flags::ANON, 0, false).map_err(|_| FaultError::OutOfMemory)?;
-            if let Some(m) = mm.meta(d) {
-                m.trylock();
-            }
-            let backing = self.backing(spfn);
-            mm.platform().copy(d, backing, 1);
+            let (d, backing) = self.copy_to_ram(spfn).map_err(|_| FaultError::OutOfMemory)?;
             if let Some(u) = &user {
                 u.forget_frame(start + i as u64 * PAGE, backing);
             }
@@ -506,48 +507,61 @@ impl Dmirror {
         Ok(())
     }
 
+    /// One range fault of `[a, b)` under the sequence protocol (dmirror's §1.2 loop):
+    /// `read_begin`, fault with `req` for every page, then, under the user lock and only if
+    /// `read_retry` says nothing invalidated the interval meanwhile, `commit` the results.
+    /// `Busy` walks and lost races retry, up to [`FAULT_RETRIES`] times.
+    fn fault_locked<R>(
+        &self,
+        space: &SharedSpace,
+        sub: &Interval,
+        (a, b): (u64, u64),
+        req: Request,
+        commit: impl Fn(&mut DevPageTable, &[u64]) -> Result<R, CmdError>,
+    ) -> Result<R, CmdError> {
+        let mut pfns = alloc::vec![0u64; ((b - a) / PAGE) as usize];
+        for _ in 0..FAULT_RETRIES {
+            let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
+            pfns.iter_mut().for_each(|p| *p = 0);
+            let r = {
+                let mut s = space.lock();
+                let mut range = HmmRange::<HmmPfn> {
+                    notifier: sub,
+                    notifier_seq: seq,
+                    start: a,
+                    end: b,
+                    pfns: &mut pfns,
+                    default_flags: req,
+                    pfn_flags_mask: Request::NONE,
+                    dev_private_owner: Some(self.dev.owner),
+                };
+                hmm_range_fault(&mut s, &mut range)
+            };
+            match r {
+                Err(crate::range::RangeError::Busy) => continue,
+                Err(e) => return Err(err(e.errno(), "range fault failed")),
+                Ok(()) => {}
+            }
+            let mut pt = self.pt.lock();
+            if sub.read_retry(seq) {
+                continue;
+            }
+            return commit(&mut pt, &pfns);
+        }
+        Err(err(EBUSY, "range fault kept being invalidated"))
+    }
+
     /// The device fault path (`dmirror_fault`): range-faults `[start, end)` in rounds of 64
     /// pages and fills the device page table.
     fn fault(&self, start: u64, end: u64, write: bool) -> Result<(), CmdError> {
         let space = self.space()?;
         let guard = self.notifier.lock();
         let sub = guard.as_ref().ok_or(err(EINVAL, "the file is closed"))?;
+        let req = if write { Request::WRITE } else { Request::FAULT };
         let mut a = start;
         while a < end {
             let b = (a + FAULT_CHUNK * PAGE).min(end);
-            let n = ((b - a) / PAGE) as usize;
-            let mut pfns = alloc::vec![0u64; n];
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                if tries > FAULT_RETRIES {
-                    return Err(err(EBUSY, "range fault kept being invalidated"));
-                }
-                let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
-                pfns.iter_mut().for_each(|p| *p = 0);
-                let r = {
-                    let mut s = space.lock();
-                    let mut range = HmmRange::<HmmPfn> {
-                        notifier: sub,
-                        notifier_seq: seq,
-                        start: a,
-                        end: b,
-                        pfns: &mut pfns,
-                        default_flags: if write { Request::WRITE } else { Request::FAULT },
-                        pfn_flags_mask: Request::NONE,
-                        dev_private_owner: Some(self.dev.owner),
-                    };
-                    hmm_range_fault(&mut s, &mut range)
-                };
-                match r {
-                    Err(crate::range::RangeError::Busy) => continue,
-                    Err(e) => return Err(err(e.errno(), "range fault failed")),
-                    Ok(()) => {}
-                }
-                let mut pt = self.pt.lock();
-                if sub.read_retry(seq) {
-                    continue;
-                }
+            self.fault_locked(&space, sub, (a, b), req, |pt, pfns| {
                 for (i, &p) in pfns.iter().enumerate() {
                     if p & HmmPfn::VALID == 0 {
                         return Err(err(EFAULT, "range fault returned an invalid page"));
@@ -564,33 +578,42 @@ impl Dmirror {
                     };
                     pt.insert(a / PAGE + i as u64, Entry { frame, write: w, atomic: false });
                 }
-                break;
-            }
+                Ok(())
+            })?;
             a = b;
         }
         Ok(())
     }
 
-    /// `HMM_DMIRROR_READ`: the device reads `npages` at `addr` into a buffer.
-    pub fn read(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
-        let (start, end) = check_range(addr, npages)?;
-        let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
+    /// The device accesses `[start, start + npages)` through its page table (a read into a
+    /// buffer, or a write of `data`), faulting from the first missing page on and copying
+    /// again, as `dmirror_read` / `dmirror_write` do.
+    fn access(&self, start: u64, npages: u64, buf: &mut [u8], data: Option<&[u8]>) -> Result<Counts, CmdError> {
+        let end = start + npages * PAGE;
         let mut c = Counts::default();
         let mut from = 0;
         for _ in 0..=npages + 1 {
-            match self.copy(start, &mut buf, None, from) {
+            match self.copy(start, buf, data, from) {
                 Ok(()) => {
                     c.cpages = npages;
-                    return Ok((buf, c));
+                    return Ok(c);
                 }
                 Err(k) => {
-                    self.fault(start + k * PAGE, end, false)?;
+                    self.fault(start + k * PAGE, end, data.is_some())?;
                     c.faults += 1;
                     from = k;
                 }
             }
         }
-        Err(err(EBUSY, "device read did not converge"))
+        Err(err(EBUSY, "device access did not converge"))
+    }
+
+    /// `HMM_DMIRROR_READ`: the device reads `npages` at `addr` into a buffer.
+    pub fn read(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
+        let (start, _) = check_range(addr, npages)?;
+        let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
+        let c = self.access(start, npages, &mut buf, None)?;
+        Ok((buf, c))
     }
 
     /// `HMM_DMIRROR_WRITE`: the device writes `data` (whole pages) at `addr`.
@@ -599,23 +622,8 @@ impl Dmirror {
             return Err(err(EINVAL, "write buffer is not whole pages"));
         }
         let npages = data.len() as u64 / PAGE;
-        let (start, end) = check_range(addr, npages)?;
-        let mut c = Counts::default();
-        let mut from = 0;
-        for _ in 0..=npages + 1 {
-            match self.copy(start, &mut [], Some(data), from) {
-                Ok(()) => {
-                    c.cpages = npages;
-                    return Ok(c);
-                }
-                Err(k) => {
-                    self.fault(start + k * PAGE, end, true)?;
-                    c.faults += 1;
-                    from = k;
-                }
-            }
-        }
-        Err(err(EBUSY, "device write did not converge"))
+        let (start, _) = check_range(addr, npages)?;
+        self.access(start, npages, &mut [], Some(data))
     }
 
     /// Device pages for the sources `src` (at `va`) that are marked to migrate: one 2 MiB
@@ -643,6 +651,33 @@ impl Dmirror {
             .collect()
     }
 
+    /// Runs `step` on one `migrate_vma_setup` per chunk of `[start, end)`: chunks end at a VMA
+    /// end or a [`MIGRATE_CHUNK`] boundary, as dmirror's loops do. A range with a hole, or (when
+    /// `readable` is required) an unreadable mapping, is `-EINVAL`.
+    fn per_chunk(
+        &self,
+        s: &mut AddressSpace,
+        start: u64,
+        end: u64,
+        select: Select,
+        readable: bool,
+        mut step: impl FnMut(u64, MigrateVma<'_>) -> Result<(), CmdError>,
+    ) -> Result<(), CmdError> {
+        let mut a = start;
+        while a < end {
+            let vma = s.vmas().find(a).cloned().ok_or(err(EINVAL, "no mapping in the range"))?;
+            if readable && !vma.prot.read() {
+                return Err(err(EINVAL, "the mapping is not readable"));
+            }
+            let b = vma.end.min(end).min((a / (MIGRATE_CHUNK * PAGE) + 1) * MIGRATE_CHUNK * PAGE);
+            let args = MigrateArgs { start: a, end: b, owner: self.dev.owner, select, fault_page: None };
+            let mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
+            step(a, mig)?;
+            a = b;
+        }
+        Ok(())
+    }
+
     /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrates `npages` at `addr` to device memory, then reads
     /// them back through the device (`cpages` = pages read back).
     pub fn migrate_to_dev(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
@@ -650,17 +685,8 @@ impl Dmirror {
         let space = self.space()?;
         {
             let mut s = space.lock();
-            let mut a = start;
-            while a < end {
-                let vma = s.vmas().find(a).cloned().ok_or(err(EINVAL, "no mapping in the range"))?;
-                if !(vma.prot.read()) {
-                    return Err(err(EINVAL, "the mapping is not readable"));
-                }
-                let b = vma.end.min(end).min((a / (MIGRATE_CHUNK * PAGE) + 1) * MIGRATE_CHUNK * PAGE);
-                let args =
-                    MigrateArgs { start: a, end: b, owner: self.dev.owner, select: Select::SYSTEM, fault_page: None };
-                let mm = s.mm().clone();
-                let mut mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
+            let mm = s.mm().clone();
+            self.per_chunk(&mut s, start, end, Select::SYSTEM, true, |a, mut mig| {
                 let n = mig.src().len();
                 let pages = self.alloc_run(a, mig.src());
                 for (i, p) in pages.into_iter().enumerate() {
@@ -688,8 +714,8 @@ impl Dmirror {
                     }
                 }
                 mig.finalize();
-                a = b;
-            }
+                Ok(())
+            })?;
         }
         let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
         self.copy(start, &mut buf, None, 0).map_err(|_| err(ENOENT, "a page did not reach the device"))?;
@@ -706,13 +732,7 @@ impl Dmirror {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
         };
-        let mut a = start;
-        while a < end {
-            let vma = s.vmas().find(a).cloned().ok_or(err(EINVAL, "no mapping in the range"))?;
-            let b = vma.end.min(end).min((a / (MIGRATE_CHUNK * PAGE) + 1) * MIGRATE_CHUNK * PAGE);
-            let mm = s.mm().clone();
-            let args = MigrateArgs { start: a, end: b, owner: self.dev.owner, select, fault_page: None };
-            let mut mig = s.migrate_vma_setup(args).map_err(|_| err(EINVAL, "migrate_vma_setup refused"))?;
+        self.per_chunk(&mut s, start, end, select, false, |a, mut mig| {
             let n = mig.src().len();
             if n as u64 == HUGE_FRAMES && a.is_multiple_of(HUGE_FRAMES * PAGE) {
                 // dmirror tries one 2 MiB folio for a whole PMD and falls back to 4 KiB pages
@@ -727,20 +747,15 @@ impl Dmirror {
                     // Declined: the page stays in device memory, intact.
                     continue;
                 }
-                let d = mm.alloc_page(flags::ANON, 0, false).map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
-                if let Some(m) = mm.meta(d) {
-                    m.trylock();
-                }
-                let frame = self.dev.backing(spfn);
-                mm.platform().copy(d, frame, 1);
+                let (d, frame) = self.dev.copy_to_ram(spfn).map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
                 self.forget_frame(a + i as u64 * PAGE, frame);
                 mig.dst_mut()[i] = MigratePfn::new(d).with_write(src.is_write());
                 c.cpages += 1;
             }
             mig.pages();
             mig.finalize();
-            a = b;
-        }
+            Ok(())
+        })?;
         Ok(c)
     }
 
@@ -756,42 +771,9 @@ impl Dmirror {
             let subs = Subscriptions::of(&mut space.lock());
             let w: Weak<SeqOnly> = Arc::downgrade(&ops);
             let sub = subs.insert(a, b - a, w).map_err(|_| err(EINVAL, "notifier insert failed"))?;
-            let n = ((b - a) / PAGE) as usize;
-            let mut pfns = alloc::vec![0u64; n];
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                if tries > FAULT_RETRIES {
-                    return Err(err(EBUSY, "snapshot kept being invalidated"));
-                }
-                let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
-                let r = {
-                    let mut s = space.lock();
-                    let mut range = HmmRange::<HmmPfn> {
-                        notifier: &sub,
-                        notifier_seq: seq,
-                        start: a,
-                        end: b,
-                        pfns: &mut pfns,
-                        default_flags: Request::NONE,
-                        pfn_flags_mask: Request::NONE,
-                        dev_private_owner: Some(self.dev.owner),
-                    };
-                    hmm_range_fault(&mut s, &mut range)
-                };
-                match r {
-                    Err(crate::range::RangeError::Busy) => continue,
-                    Err(e) => return Err(err(e.errno(), "snapshot range fault failed")),
-                    Ok(()) => {}
-                }
-                let _pt = self.pt.lock();
-                if sub.read_retry(seq) {
-                    continue;
-                }
-                break;
-            }
+            let pfns = self.fault_locked(&space, &sub, (a, b), Request::NONE, |_, pfns| Ok(pfns.to_vec()));
             let _ = sub.remove();
-            for &p in &pfns {
+            for &p in &pfns? {
                 out.push(self.mkentry(p));
             }
             a = b;

@@ -171,6 +171,14 @@ macro_rules! ok {
     };
 }
 
+/// Migrates `n` pages at `a` to `d`'s memory, checks that all of them reached the device
+/// (`cpages == n`) and returns the ints the device read back.
+fn migrated(d: &Dmirror, a: u64, n: u64) -> Result<Vec<i32>, String> {
+    let (m, c) = d.migrate_to_dev(a, n).map_err(|e| format!("migrating {n} pages at {a:#x}: {e}"))?;
+    counts(c, n, None)?;
+    Ok(ints_of(&m))
+}
+
 fn check_ints(got: &[i32], f: impl Fn(u64) -> i32, what: &str) -> Result<(), String> {
     for (i, &g) in got.iter().enumerate() {
         let want = f(i as u64);
@@ -351,8 +359,7 @@ fn anon_write_child(env: &Env<'_>, v: Variant) -> Verdict {
             let (n, ints) = (size / PAGE, size / 4);
             env.fill(&p, a, ints, |i| i as i32)?;
             if migrate {
-                let (_, c) = ok!(d.migrate_to_dev(a, n));
-                counts(c, n, None)?;
+                migrated(&d, a, n)?;
             }
             let child = fork(env, &p)?;
             // Child: sees the parent's values, then its own device writes -i.
@@ -439,9 +446,7 @@ fn migrate(env: &Env<'_>, v: Variant) -> Verdict {
     let d = env.open(v, false, &p)?;
     let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
     env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-    counts(c, NPAGES, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror")?;
     Ok(Outcome::Pass)
 }
 
@@ -451,9 +456,7 @@ fn migrate_file_private(env: &Env<'_>, v: Variant) -> Verdict {
     let f = MemFile::new(&env.mm, BUFFER);
     let a = mmap(&p, MapRequest::file(&f, 0, BUFFER, Prot::RW))?;
     env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-    counts(c, NPAGES, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror")?;
     Ok(Outcome::Pass)
 }
 
@@ -462,13 +465,9 @@ fn migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
     let d = env.open(v, false, &p)?;
     let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
     env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-    counts(c, NPAGES, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror")?;
     check_ints(&env.ints(&p, a, NPAGES * 512)?, |i| i as i32, "CPU (first half, faulted back)")?;
-    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-    counts(c, NPAGES, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror (mixed)")?;
+    check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror (mixed)")?;
     check_ints(&env.ints(&p, a, NPAGES * 1024)?, |i| i as i32, "CPU")?;
     Ok(Outcome::Pass)
 }
@@ -478,9 +477,7 @@ fn migrate_release(env: &Env<'_>, v: Variant) -> Verdict {
     let d = env.open(v, false, &p)?;
     let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
     env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-    counts(c, NPAGES, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror")?;
     ok!(d.device().release());
     ensure!(d.device().pages_in_use() == 0, "device memory still in use after RELEASE");
     check_ints(&env.ints(&p, a, NPAGES * 512)?, |i| i as i32, "CPU after release")?;
@@ -514,8 +511,7 @@ fn migrate_mixed(env: &Env<'_>, v: Variant) -> Verdict {
     ok!(p.lock().mprotect(a + 3 * PAGE, PAGE, Prot::READ));
     ok!(p.lock().mprotect(a + 4 * PAGE, 2 * PAGE, Prot::RW));
     env.fill(&p, a + 4 * PAGE, 2048, |i| i as i32)?;
-    let (_, c) = ok!(d1.migrate_to_dev(p2, 4));
-    counts(c, 4, None)?;
+    migrated(&d1, p2, 4)?;
     let e = d0.migrate_to_dev(a + 5 * PAGE, 1).err().map(|e| e.errno);
     ensure!(e == Some(ENOENT), "migrating another device's page gave {e:?}");
     Ok(Outcome::Pass)
@@ -527,9 +523,7 @@ fn migrate_multiple(env: &Env<'_>, v: Variant) -> Verdict {
         let d = env.open(v, false, &p)?;
         let a = mmap(&p, MapRequest::anon(BUFFER, Prot::RW))?;
         env.fill(&p, a, NPAGES * 1024, |i| i as i32)?;
-        let (m, c) = ok!(d.migrate_to_dev(a, NPAGES));
-        counts(c, NPAGES, None)?;
-        check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+        check_ints(&migrated(&d, a, NPAGES)?, |i| i as i32, "mirror")?;
         if v == Variant::Coherent {
             let c = ok!(d.migrate_to_sys(a, NPAGES));
             counts(c, NPAGES, None)?;
@@ -574,10 +568,8 @@ fn snapshot(env: &Env<'_>, v: Variant) -> Verdict {
     ok!(p.lock().mprotect(pg(3), PAGE, Prot::READ));
     ok!(p.lock().mprotect(pg(4), 3 * PAGE, Prot::RW));
     env.fill(&p, pg(4), 3072, |i| i as i32)?;
-    let (_, c) = ok!(d0.migrate_to_dev(pg(5), 1));
-    counts(c, 1, None)?;
-    let (_, c) = ok!(d1.migrate_to_dev(pg(6), 1));
-    counts(c, 1, None)?;
+    migrated(&d0, pg(5), 1)?;
+    migrated(&d1, pg(6), 1)?;
     let (m, c) = ok!(d0.snapshot(a, 7));
     counts(c, 7, None)?;
     ensure!(m[0] == prot::ERROR, "m0 {:#x}", m[0]);
@@ -625,8 +617,7 @@ fn double_map(env: &Env<'_>, v: Variant) -> Verdict {
         counts(c, 6, Some(1))?;
         check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
     }
-    let (_, c) = ok!(d1.migrate_to_dev(a, 6));
-    counts(c, 6, None)?;
+    migrated(&d1, a, 6)?;
     let (m, c) = ok!(d0.read(a, 6));
     counts(c, 6, Some(1))?;
     check_ints(&ints_of(&m), |i| i as i32, "mirror after the other device migrated")?;
@@ -687,8 +678,7 @@ fn hmm_cow_in_device(env: &Env<'_>, v: Variant) -> Verdict {
     let d = env.open(v, false, &p)?;
     let a = mmap(&p, MapRequest::anon(4 * PAGE, Prot::RW))?;
     env.fill(&p, a, 4 * 1024, |i| i as i32)?;
-    let (_, c) = ok!(d.migrate_to_dev(a, 4));
-    counts(c, 4, None)?;
+    migrated(&d, a, 4)?;
     let child = fork(env, &p)?;
     env.fill(&p, a, 4 * 1024, |i| -(i as i32))?;
     drop(child); // the child is killed
@@ -699,18 +689,17 @@ fn hmm_cow_in_device(env: &Env<'_>, v: Variant) -> Verdict {
     Ok(Outcome::Pass)
 }
 
-fn thp_region(env: &Env<'_>, p: &Arc<SharedSpace>, prot: Prot) -> Result<u64, String> {
+fn thp_region(p: &Arc<SharedSpace>, prot: Prot) -> Result<u64, String> {
     let m = mmap(p, MapRequest::anon(2 * PMD, prot))?;
     let a = m.next_multiple_of(PMD);
     ok!(p.lock().madvise(a, PMD, Advice::HugePage));
-    let _ = env;
     Ok(a)
 }
 
 fn migrate_anon_huge_empty(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::READ)?;
+    let a = thp_region(&p, Prot::READ)?;
     let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
     counts(c, PMD / PAGE, None)?;
     ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
@@ -720,7 +709,7 @@ fn migrate_anon_huge_empty(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_anon_huge_zero(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::READ)?;
+    let a = thp_region(&p, Prot::READ)?;
     ensure!(env.ints(&p, a, 1)?[0] == 0);
     let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
     counts(c, PMD / PAGE, None)?;
@@ -732,11 +721,9 @@ fn migrate_anon_huge_zero(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_anon_huge_free(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::RW)?;
+    let a = thp_region(&p, Prot::RW)?;
     env.fill(&p, a, PMD / 4, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
-    counts(c, PMD / PAGE, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     ok!(p.lock().madvise(a, PMD, Advice::Free));
     Ok(Outcome::Pass)
 }
@@ -744,11 +731,9 @@ fn migrate_anon_huge_free(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_anon_huge_fault(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::RW)?;
+    let a = thp_region(&p, Prot::RW)?;
     env.fill(&p, a, PMD / 4, |i| i as i32)?;
-    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
-    counts(c, PMD / PAGE, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
     Ok(Outcome::Pass)
 }
@@ -758,14 +743,12 @@ fn migrate_partial_unmap_fault(env: &Env<'_>, v: Variant) -> Verdict {
         for off in [0, 512 << 10, 1 << 20] {
             let p = env.process()?;
             let d = env.open(v, false, &p)?;
-            let a = thp_region(env, &p, Prot::RW)?;
+            let a = thp_region(&p, Prot::RW)?;
             if !thp {
                 ok!(p.lock().madvise(a, PMD, Advice::NoHugePage));
             }
             env.fill(&p, a, PMD / 4, |i| i as i32)?;
-            let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
-            counts(c, PMD / PAGE, None)?;
-            check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+            check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
             ok!(p.lock().munmap(a + off, 1 << 20));
             let got = env.ints(&p, a, off / 4);
             check_ints(&got?, |i| i as i32, "CPU below the hole")?;
@@ -795,9 +778,7 @@ fn migrate_remap_fault(env: &Env<'_>, v: Variant) -> Verdict {
                     if before {
                         at = ok!(p.lock().mremap(a, PMD, PMD, flags, dest));
                     }
-                    let (mm_, c) = ok!(d.migrate_to_dev(at, PMD / PAGE));
-                    counts(c, PMD / PAGE, None)?;
-                    check_ints(&ints_of(&mm_), |i| i as i32, "mirror")?;
+                    check_ints(&migrated(&d, at, PMD / PAGE)?, |i| i as i32, "mirror")?;
                     if !before {
                         at = ok!(p.lock().mremap(a, PMD, PMD, flags, dest));
                     }
@@ -812,19 +793,16 @@ fn migrate_remap_fault(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_anon_huge_err(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::RW)?;
+    let a = thp_region(&p, Prot::RW)?;
     env.fill(&p, a, PMD / 4, |i| i as i32)?;
     d.set_flags(1);
-    let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
-    counts(c, PMD / PAGE, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror")?;
+    check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 2048);
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::RW)?;
+    let a = thp_region(&p, Prot::RW)?;
     env.fill(&p, a, PMD / 4, |i| i as i32)?;
-    let (_, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
-    counts(c, PMD / PAGE, None)?;
+    migrated(&d, a, PMD / PAGE)?;
     d.set_flags(1);
     ok!(d.migrate_to_sys(a, PMD / PAGE));
     ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 2048);
@@ -835,14 +813,14 @@ fn migrate_anon_huge_err(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_anon_huge_zero_err(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
-    let a = thp_region(env, &p, Prot::READ)?;
+    let a = thp_region(&p, Prot::READ)?;
     d.set_flags(1);
     let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
     counts(c, PMD / PAGE, None)?;
     ensure!(m.iter().all(|&b| b == 0), "mirror not zero");
     ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 0);
     ok!(p.lock().munmap(a, PMD));
-    let a = thp_region(env, &p, Prot::READ)?;
+    let a = thp_region(&p, Prot::READ)?;
     ensure!(env.ints(&p, a, 1)?[0] == 0);
     d.set_flags(1);
     let (m, c) = ok!(d.migrate_to_dev(a, PMD / PAGE));
@@ -899,8 +877,7 @@ fn migrate_alloc_fail_midway(env: &Env<'_>, v: Variant) -> Verdict {
     let d = env.open(v, false, &p)?;
     let a = mmap(&p, MapRequest::anon(N * PAGE, Prot::RW))?;
     env.fill(&p, a, N * 1024, |i| i as i32)?;
-    let (_, c) = ok!(d.migrate_to_dev(a, N / 2));
-    counts(c, N / 2, None)?;
+    migrated(&d, a, N / 2)?;
     d.set_flags(1);
     let r = d.migrate_to_dev(a, N);
     ensure!(r.as_ref().is_err_and(|e| e.errno == ENOENT), "migration with a failed page: {:?}", r.map(|(_, c)| c));
@@ -915,9 +892,7 @@ fn migrate_alloc_fail_midway(env: &Env<'_>, v: Variant) -> Verdict {
     }
     check_ints(&env.ints(&p, a, N * 1024)?, |i| i as i32, "CPU read after the failed allocation")?;
     // The CPU read brought every device page home; the retry moves them all.
-    let (m, c) = ok!(d.migrate_to_dev(a, N));
-    counts(c, N, None)?;
-    check_ints(&ints_of(&m), |i| i as i32, "mirror after the retry")?;
+    check_ints(&migrated(&d, a, N)?, |i| i as i32, "mirror after the retry")?;
     Ok(Outcome::Pass)
 }
 
