@@ -12,6 +12,7 @@
 //! entry is 0 when absent, otherwise `frame << 12 | flags` with `PRESENT` set.
 
 use crate::addr::Pfn;
+use crate::range::DeviceFormat;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 
@@ -38,6 +39,24 @@ impl Entry {
     fn decode(e: u64) -> Option<Entry> {
         (e & PRESENT != 0).then_some(Entry { frame: Pfn(e >> 12), write: e & WRITE != 0, atomic: e & ATOMIC != 0 })
     }
+}
+
+/// The leaf entry format as a range-fault [`DeviceFormat`]: a range fault with
+/// [`Driver<LeafFormat>`](crate::range::Driver) writes words that [`DevPageTable::fill_raw`]
+/// stores as they are. `DEVICE_PRIVATE` marks the device's own memory (the frame is then the
+/// device page's number, which this table's users resolve themselves); `ERROR` and `NONE` are
+/// not present and store nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct LeafFormat;
+
+impl DeviceFormat for LeafFormat {
+    const VALID: u64 = PRESENT;
+    const WRITE: u64 = WRITE;
+    const DEVICE_PRIVATE: u64 = 1 << 3;
+    const ERROR: u64 = 1 << 4;
+    const NONE: u64 = 0;
+    const SPECIAL: u64 = 1 << 5;
+    const PFN_SHIFT: u32 = 12;
 }
 
 struct Leaf {
@@ -88,6 +107,37 @@ impl DevPageTable {
             self.entries += 1;
         }
         *slot = e.encode();
+    }
+
+    /// Stores `words` (in [`LeafFormat`]) for the pages from `vpn` on, as they are: present
+    /// words become entries, others remove the entry.
+    pub fn fill_raw(&mut self, vpn: u64, words: &[u64]) {
+        let mut i = 0;
+        while i < words.len() {
+            let v = vpn + i as u64;
+            let (key, off) = (v / LEAF, (v % LEAF) as usize);
+            let n = (LEAF as usize - off).min(words.len() - i);
+            let leaf = self.leaves.entry(key).or_insert_with(|| Box::new(Leaf { live: 0, e: [0; LEAF as usize] }));
+            for (slot, &w) in leaf.e[off..off + n].iter_mut().zip(&words[i..i + n]) {
+                let new = if w & PRESENT != 0 { w } else { 0 };
+                match (*slot != 0, new != 0) {
+                    (false, true) => {
+                        leaf.live += 1;
+                        self.entries += 1;
+                    }
+                    (true, false) => {
+                        leaf.live -= 1;
+                        self.entries -= 1;
+                    }
+                    _ => {}
+                }
+                *slot = new;
+            }
+            if leaf.live == 0 {
+                self.leaves.remove(&key);
+            }
+            i += n;
+        }
     }
 
     /// Removes the entry for `vpn` if it maps `frame` (the erase of a page the device no
@@ -164,6 +214,28 @@ mod tests {
 
     fn e(f: u64, write: bool) -> Entry {
         Entry { frame: Pfn(f), write, atomic: false }
+    }
+
+    #[test]
+    fn fill_raw_takes_leaf_format_words() {
+        use crate::range::{DeviceFormat, Driver, PageState, PfnEncoding};
+        let mut t = DevPageTable::new();
+        let valid = |f: u64, write: bool| {
+            Driver::<LeafFormat>::encode(PageState::Valid { pfn: Pfn(f), write, order: 0, device_private: false })
+        };
+        let mut words = alloc::vec![LeafFormat::NONE; 600];
+        words[0] = valid(0x10, true);
+        words[599] = valid(0x20, false);
+        words[300] = LeafFormat::ERROR;
+        t.fill_raw(500, &words);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(500), Some(e(0x10, true)));
+        assert_eq!(t.get(1099), Some(e(0x20, false)));
+        assert_eq!(t.get(800), None, "an error word stores nothing");
+        t.fill_raw(500, &[LeafFormat::NONE]);
+        assert_eq!(t.get(500), None);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.leaves.len(), 1, "the emptied leaf is dropped");
     }
 
     #[test]

@@ -789,7 +789,8 @@ impl Dmirror {
             return prot::NONE;
         }
         let pfn = HmmPfn::pfn(p);
-        let mut v = match self.dev.pagemaps.find(pfn) {
+        let device = self.mm.meta(pfn).is_some_and(|m| m.has(flags::DEVICE));
+        let mut v = match device.then(|| self.dev.pagemaps.find(pfn)).flatten() {
             Some(pm) => match (pm.kind(), pm.owner() == self.dev.owner) {
                 (MemoryKind::Private, true) => prot::DEV_PRIVATE_LOCAL,
                 (MemoryKind::Private, false) => prot::DEV_PRIVATE_REMOTE,

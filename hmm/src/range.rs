@@ -2,9 +2,9 @@
 //! to mirror (`mm/hmm.c`).
 //!
 //! The output is generic over a [`PfnEncoding`]: the modern `HMM_PFN_*` word
-//! ([`HmmPfn`], the default) or a driver's own format (the 4.17-era `flags[]` / `values[]` /
-//! `pfn_shift` scheme), so a range fault can write entries a device page table takes as they
-//! are. Requests are read from the same array (`(pfns[i] & pfn_flags_mask) | default_flags`),
+//! ([`HmmPfn`], the default) or a driver's own format ([`Driver`] over a [`DeviceFormat`]: the
+//! 4.17-era `flags[]` / `values[]` / `pfn_shift` scheme), so a range fault can write entries a
+//! device page table takes as they are. Requests are read from the same array (`(pfns[i] & pfn_flags_mask) | default_flags`),
 //! and every retry re-reads them from what the caller rebuilt (pitfall P2: on `Busy`, entries
 //! before the restart point are already outputs).
 //!
@@ -133,6 +133,86 @@ impl PfnEncoding for HmmPfn {
             }
         }
     }
+}
+
+/// A device's own entry format, in the 4.17 scheme (`range->flags[]`, `range->values[]`,
+/// `range->pfn_shift`): a valid entry is `pfn << PFN_SHIFT | VALID [| WRITE] [| DEVICE_PRIVATE]`,
+/// and the other outcomes are the fixed words `NONE` and `ERROR`. Declared as a type with
+/// constants, so [`Driver<F>`] compiles to the device's format with no table look-ups and a
+/// range fault writes entries the device's page table takes as they are (no conversion pass).
+///
+/// On input, a slot's `VALID` bit asks for a fault and `WRITE` for write access, as in 4.17.
+/// `SPECIAL` (special mappings, `VM_PFNMAP` / `VM_MIXEDMAP`) is never produced here: this
+/// kernel has no such mappings (they would be reported as `ERROR`, as Linux 5.7+ does).
+pub trait DeviceFormat {
+    /// `flags[HMM_PFN_VALID]`.
+    const VALID: u64;
+    /// `flags[HMM_PFN_WRITE]`.
+    const WRITE: u64;
+    /// `flags[HMM_PFN_DEVICE_PRIVATE]`: the page is the caller's device-private memory.
+    const DEVICE_PRIVATE: u64;
+    /// `values[HMM_PFN_ERROR]`.
+    const ERROR: u64;
+    /// `values[HMM_PFN_NONE]`.
+    const NONE: u64;
+    /// `values[HMM_PFN_SPECIAL]`.
+    const SPECIAL: u64;
+    /// `pfn_shift`.
+    const PFN_SHIFT: u32;
+}
+
+/// The range-fault encoding of a driver-defined [`DeviceFormat`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Driver<F>(core::marker::PhantomData<F>);
+
+impl<F: DeviceFormat> Driver<F> {
+    /// The frame of a valid entry.
+    pub fn pfn(e: u64) -> Option<Pfn> {
+        (e & F::VALID != 0 && e != F::ERROR && e != F::NONE).then_some(Pfn(e >> F::PFN_SHIFT))
+    }
+}
+
+impl<F: DeviceFormat> PfnEncoding for Driver<F> {
+    type Entry = u64;
+    fn request(e: u64) -> Request {
+        if e == F::ERROR || e == F::NONE {
+            return Request::NONE;
+        }
+        Request { fault: e & F::VALID != 0, write: e & F::WRITE != 0 }
+    }
+    fn request_bits(r: Request) -> u64 {
+        (if r.fault { F::VALID } else { 0 }) | (if r.write { F::WRITE } else { 0 })
+    }
+    fn encode(s: PageState) -> u64 {
+        match s {
+            PageState::None => F::NONE,
+            PageState::Error => F::ERROR,
+            PageState::Valid { pfn, write, device_private, .. } => {
+                pfn.0 << F::PFN_SHIFT
+                    | F::VALID
+                    | if write { F::WRITE } else { 0 }
+                    | if device_private { F::DEVICE_PRIVATE } else { 0 }
+            }
+        }
+    }
+}
+
+/// Converts a modern `HMM_PFN_*` output word to a driver format: the pass a driver of the
+/// modern API runs over every range-fault result before filling its page table (what
+/// [`Driver<F>`] makes unnecessary). `device_private` says whether the page is the caller's
+/// device memory, which the modern word does not carry (the driver looks the page up).
+pub fn convert<F: DeviceFormat>(e: u64, device_private: impl Fn(Pfn) -> bool) -> u64 {
+    if e & HmmPfn::ERROR != 0 {
+        return F::ERROR;
+    }
+    if e & HmmPfn::VALID == 0 {
+        return F::NONE;
+    }
+    let pfn = HmmPfn::pfn(e);
+    pfn.0 << F::PFN_SHIFT
+        | F::VALID
+        | if e & HmmPfn::WRITE != 0 { F::WRITE } else { 0 }
+        | if device_private(pfn) { F::DEVICE_PRIVATE } else { 0 }
 }
 
 /// A range to fault (`struct hmm_range`).
@@ -342,3 +422,6 @@ pub fn hmm_range_fault<E: PfnEncoding>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

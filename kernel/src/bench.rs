@@ -34,14 +34,27 @@
 //! | `migrate_to_dev_again` | the same migration, into device pages freed by the previous step |
 //! | `migrate_to_sys` | explicit migration of the whole range back to RAM |
 //! | `munmap_device_pages` | munmap of the range after migrating it to the device again |
+//!
+//! And the cost of the output encoding (issue 7's comparison), on the mirrored range before
+//! the migrations, each a snapshot-mode range fault in 512-page rounds whose results fill a
+//! device page table ([`hmm::devpt`]):
+//!
+//! | op | what is timed |
+//! |---|---|
+//! | `range_fault_driver_format` | the range fault writes the table's own entry format ([`hmm::range::Driver`]); the words go in as they are |
+//! | `range_fault_modern_convert` | the range fault writes `HMM_PFN_*` words; a pass converts each (looking up whether the page is device memory) before they go in |
 
 use alloc::{format, string::String, sync::Arc};
 use core::sync::atomic::Ordering;
+use hmm::devpt::{DevPageTable, LeafFormat};
 use hmm::dmirror::{Dmirror, DmirrorDevice};
+use hmm::mm::frame::flags;
 use hmm::mm::notify::Owner;
 use hmm::mm::space::{Advice, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::notifier::{Interval, IntervalOps, Subscriptions};
 use hmm::pagemap::{MemoryKind, Pagemaps};
+use hmm::range::{Driver, HmmPfn, HmmRange, PfnEncoding, Request, convert, hmm_range_fault};
 
 use crate::arch::time;
 use crate::json::Json;
@@ -180,6 +193,57 @@ fn load_each(s: &Arc<Space>, va: u64, len: u64) -> Result<(), String> {
     })
 }
 
+/// A notifier that only records the sequence.
+struct SeqOnly;
+
+impl IntervalOps for SeqOnly {
+    fn invalidate(&self, sub: &Interval, _r: &hmm::mm::notify::Range, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// Snapshot-mode range faults of `[va, va + len)` in 512-page rounds into a device page
+/// table, the output in encoding `E`, passed through `finish` before it goes in.
+fn fault_into_table<E: PfnEncoding<Entry = u64>>(
+    s: &Arc<Space>,
+    va: u64,
+    len: u64,
+    finish: impl Fn(&mut [u64]),
+) -> Result<DevPageTable, String> {
+    let ops = Arc::new(SeqOnly);
+    let w: alloc::sync::Weak<dyn IntervalOps> = Arc::downgrade(&ops) as alloc::sync::Weak<dyn IntervalOps>;
+    let sub = Subscriptions::of(&mut s.lock()).insert(va, len, w).map_err(|e| format!("notifier: {e}"))?;
+    let mut table = DevPageTable::new();
+    let mut words = alloc::vec![0u64; 512];
+    let mut a = va;
+    while a < va + len {
+        let n = ((va + len - a) / PAGE).min(512) as usize;
+        loop {
+            let seq = sub.read_begin().map_err(|e| format!("read_begin: {e}"))?;
+            let mut range = HmmRange::<E> {
+                notifier: &sub,
+                notifier_seq: seq,
+                start: a,
+                end: a + n as u64 * PAGE,
+                pfns: &mut words[..n],
+                default_flags: Request::NONE,
+                pfn_flags_mask: Request::NONE,
+                dev_private_owner: None,
+            };
+            match hmm_range_fault(&mut s.lock(), &mut range) {
+                Ok(()) => break,
+                Err(hmm::range::RangeError::Busy) => continue,
+                Err(e) => return Err(format!("range fault at {a:#x}: {e}")),
+            }
+        }
+        finish(&mut words[..n]);
+        table.fill_raw(a / PAGE, &words[..n]);
+        a += n as u64 * PAGE;
+    }
+    Ok(table)
+}
+
 /// Runs the HMM benchmark: the ten operations Linux 6.1 was timed on, per size.
 pub fn hmm() -> Result<(), String> {
     warm_guest_ram();
@@ -202,6 +266,28 @@ pub fn hmm() -> Result<(), String> {
         let (r, ns, faults) = timed(|| per_ioctl("device read", a, len, |va, n| d.read(va, n)));
         r?;
         report("dev_read_mapped", mib, ns, faults);
+
+        let (r, ns, faults) = timed(|| fault_into_table::<Driver<LeafFormat>>(&s, a, len, |_| {}));
+        let native = r?;
+        report("range_fault_driver_format", mib, ns, faults);
+        let mm = uspace::mm().clone();
+        let device = move |p| mm.meta(p).is_some_and(|m| m.has(flags::DEVICE));
+        let (r, ns, faults) = timed(|| {
+            fault_into_table::<HmmPfn>(&s, a, len, |w| {
+                w.iter_mut().for_each(|e| *e = convert::<LeafFormat>(*e, &device));
+            })
+        });
+        let converted = r?;
+        report("range_fault_modern_convert", mib, ns, faults);
+        if native.len() != len / PAGE || converted.len() != native.len() {
+            return Err(format!(
+                "encoding runs mirrored {} and {} of {} pages",
+                native.len(),
+                converted.len(),
+                len / PAGE
+            ));
+        }
+        drop((native, converted));
 
         let (r, ns, faults) = timed(|| d.snapshot(a, len / PAGE));
         r.map_err(|e| format!("snapshot: {e}"))?;
