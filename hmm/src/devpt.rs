@@ -257,13 +257,8 @@ mod tests {
     fn clear_matches_a_model() {
         let mut t = DevPageTable::new();
         let mut m: BTreeMap<u64, Entry> = BTreeMap::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::testing::Rng(0x2545_f491_4f6c_dd1d);
+        let mut rnd = || rng.next();
         for _ in 0..5000 {
             let a = rnd() % 4096;
             if rnd() % 4 == 0 {

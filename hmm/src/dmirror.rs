@@ -21,7 +21,7 @@ use crate::mm::notify::{Event, Owner, Range};
 use crate::mm::pagetable::USER_END;
 use crate::mm::space::{AddressSpace, FaultError};
 use crate::mm::{Error, HUGE_FRAMES, Mm, SharedSpace};
-use crate::notifier::{Interval, IntervalNotifier, IntervalOps, Subscriptions};
+use crate::notifier::{Interval, IntervalNotifier, IntervalOps, SeqOnly, Subscriptions};
 use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use crate::range::{HmmPfn, HmmRange, Request, hmm_range_fault};
 use alloc::sync::{Arc, Weak};
@@ -409,16 +409,6 @@ fn pack(backing: Pfn, slot: u64) -> u64 {
 
 fn unpack(d: u64) -> (Pfn, u64) {
     (Pfn(d & ((1 << BACKING_BITS) - 1)), d >> BACKING_BITS)
-}
-
-/// A notifier that only records the sequence (the snapshot's temporary one).
-struct SeqOnly;
-
-impl IntervalOps for SeqOnly {
-    fn invalidate(&self, sub: &Interval, _r: &Range, cur_seq: u64) -> bool {
-        sub.set_seq(cur_seq);
-        true
-    }
 }
 
 fn check_range(addr: u64, npages: u64) -> Result<(u64, u64), CmdError> {

@@ -243,15 +243,7 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::testing::Rng;
 
     /// Property: after any sequence of inserts and removes, every query returns exactly the
     /// intervals a brute-force scan returns, in start order.

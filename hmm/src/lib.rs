@@ -34,3 +34,5 @@ pub mod notifier;
 pub mod pagemap;
 pub mod range;
 pub mod selftests;
+#[cfg(test)]
+mod testing;

@@ -52,6 +52,18 @@ pub trait IntervalOps: Send + Sync {
     fn invalidate(&self, sub: &Interval, range: &Range, cur_seq: u64) -> bool;
 }
 
+/// Ops that only record the sequence: for a caller that holds an interval just long enough to
+/// take a consistent snapshot (dmirror's snapshot, benchmarks) and keeps no device mappings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqOnly;
+
+impl IntervalOps for SeqOnly {
+    fn invalidate(&self, sub: &Interval, _range: &Range, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
 /// Identifies the execution context (CPU or thread) calling in, so that a callback calling
 /// back into a blocking operation on its own subscriptions is reported instead of deadlocking.
 static CONTEXT: Once<fn() -> u64> = Once::new();

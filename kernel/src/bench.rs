@@ -52,7 +52,7 @@ use hmm::mm::frame::flags;
 use hmm::mm::notify::Owner;
 use hmm::mm::space::{Advice, MapRequest};
 use hmm::mm::vma::Prot;
-use hmm::notifier::{Interval, IntervalOps, Subscriptions};
+use hmm::notifier::{IntervalOps, SeqOnly, Subscriptions};
 use hmm::pagemap::{MemoryKind, Pagemaps};
 use hmm::range::{Driver, HmmPfn, HmmRange, PfnEncoding, Request, convert, hmm_range_fault};
 
@@ -191,16 +191,6 @@ fn load_each(s: &Arc<Space>, va: u64, len: u64) -> Result<(), String> {
         }
         Ok(())
     })
-}
-
-/// A notifier that only records the sequence.
-struct SeqOnly;
-
-impl IntervalOps for SeqOnly {
-    fn invalidate(&self, sub: &Interval, _r: &hmm::mm::notify::Range, cur_seq: u64) -> bool {
-        sub.set_seq(cur_seq);
-        true
-    }
 }
 
 /// Snapshot-mode range faults of `[va, va + len)` in 512-page rounds into a device page

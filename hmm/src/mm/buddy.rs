@@ -267,13 +267,8 @@ mod tests {
         let mut b = buddy(frames);
         let mut taken = vec![false; frames];
         let mut live: Vec<(Pfn, u32)> = Vec::new();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::testing::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = || rng.next();
         for _ in 0..20_000 {
             if live.is_empty() || rnd() % 3 != 0 {
                 let order = [0, 0, 0, 1, 3, 9][(rnd() % 6) as usize];

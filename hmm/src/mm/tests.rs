@@ -10,6 +10,7 @@ use super::space::{Access, AddressSpace, Advice, FaultError, MapRequest, RemapFl
 use super::vma::Prot;
 use super::{Error, Mm, Platform, ThpMode};
 use crate::addr::Pfn;
+use crate::testing::Rng;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -602,21 +603,6 @@ fn tlb_flushes_are_batched_per_operation() {
     assert_eq!(f.plat.flushes.load(Ordering::Relaxed), before + 1, "one flush for 64 pages");
     s.munmap(a, 64 * 4096).unwrap();
     assert_eq!(f.plat.flushes.load(Ordering::Relaxed), before + 2);
-}
-
-/// A deterministic xorshift generator for the randomized test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// The model of one address space: per page of the arena, `None` (unmapped) or its rights and

@@ -5,7 +5,7 @@ use crate::mm::Mm;
 use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
 use crate::mm::space::MapRequest;
 use crate::mm::vma::Prot;
-use crate::notifier::{IntervalOps, Subscriptions};
+use crate::notifier::{IntervalOps, SeqOnly, Subscriptions};
 use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -22,15 +22,6 @@ impl DeviceFormat for Fmt {
     const NONE: u64 = 0;
     const SPECIAL: u64 = 0xffe0;
     const PFN_SHIFT: u32 = 12;
-}
-
-struct SeqOnly;
-
-impl IntervalOps for SeqOnly {
-    fn invalidate(&self, sub: &Interval, _r: &crate::mm::notify::Range, cur_seq: u64) -> bool {
-        sub.set_seq(cur_seq);
-        true
-    }
 }
 
 fn fault<E: PfnEncoding>(

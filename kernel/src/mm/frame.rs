@@ -55,16 +55,20 @@ fn order(count: usize) -> u32 {
 
 /// Bytes of links a span of `[lo, hi)` (physical addresses) needs, in whole pages.
 pub fn links_bytes(lo: u64, hi: u64) -> u64 {
-    let base = lo & !((1u64 << (hmm::mm::buddy::MAX_ORDER as u64 + 12)) - 1);
-    hmm::mm::buddy::storage_bytes((hi - base) / PAGE_SIZE).next_multiple_of(PAGE_SIZE)
+    hmm::mm::buddy::storage_bytes((hi - span_base(lo)) / PAGE_SIZE).next_multiple_of(PAGE_SIZE)
+}
+
+/// Where the allocator's span starts for RAM from `lo`: on a MAX_ORDER boundary, so the
+/// largest blocks can form.
+fn span_base(lo: u64) -> u64 {
+    lo & !((1u64 << (hmm::mm::buddy::MAX_ORDER as u64 + 12)) - 1)
 }
 
 /// Starts the buddy allocator for the RAM span `[lo, hi)` with its links at physical address
 /// `links` (at least [`links_bytes`] of RAM that nothing else uses, never given to
 /// [`add_region`]). Only once the direct map is live.
 pub fn init(lo: u64, hi: u64, links: u64) {
-    // Spans start on a MAX_ORDER boundary so the largest blocks can form.
-    let base = lo & !((1u64 << (hmm::mm::buddy::MAX_ORDER as u64 + 12)) - 1);
+    let base = span_base(lo);
     let frames = ((hi - base) / PAGE_SIZE) as usize;
     // SAFETY: the caller gives `links_bytes(lo, hi)` bytes of RAM at `links` that nothing else
     // owns and that stay reserved for the kernel's lifetime; the direct map maps them
