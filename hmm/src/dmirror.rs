@@ -18,9 +18,9 @@ use crate::devpt::{DevPageTable, Entry};
 use crate::mm::frame::flags;
 use crate::mm::migrate::{MigrateArgs, MigratePfn, MigrateVma, Select, migrate_device_range};
 use crate::mm::notify::{Event, Owner, Range};
-use crate::mm::pagetable::USER_END;
+use crate::mm::pagetable::{PMD_SIZE, USER_END};
 use crate::mm::space::{AddressSpace, FaultError};
-use crate::mm::{Error, HUGE_FRAMES, Mm, SharedSpace};
+use crate::mm::{Error, HUGE_FRAMES, HUGE_ORDER, Mm, SharedSpace};
 use crate::notifier::{Interval, IntervalNotifier, IntervalOps, SeqOnly, Subscriptions};
 use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use crate::range::{HmmPfn, HmmRange, Request, hmm_range_fault};
@@ -205,19 +205,21 @@ impl DmirrorDevice {
         Ok(())
     }
 
-    /// Allocates `count` device pages (512 from one 2 MiB block when `huge`), each with its
-    /// backing frame, initialised (refcount 1, locked).
-    fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Vec<Pfn>, Error> {
+    /// Allocates a device page for the file `user`: a 4 KiB page, or with `huge` one 2 MiB
+    /// compound page (a device THP). Private memory gets its backing frames from RAM (2 MiB
+    /// contiguous for a THP, then split into base pages so that a split device THP can free
+    /// them one by one); each page's driver data names its backing frame and the file. The
+    /// page comes initialised: one reference, locked (`zone_device_folio_init`).
+    fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Pfn, Error> {
         let mm = self.pagemaps.mm().clone();
         let user_slot = self.slot_of(user);
-        let pages: Vec<Pfn> = {
+        let p = {
             let mut s = self.state.lock();
             if huge {
                 if s.free_huge.is_empty() {
                     self.add_chunk(&mut s)?;
                 }
-                let b = s.free_huge.pop().ok_or(Error::NoMemory)?;
-                (0..HUGE_FRAMES).map(|i| Pfn(b.0 + i)).collect()
+                s.free_huge.pop().ok_or(Error::NoMemory)?
             } else {
                 if s.free.is_empty() {
                     if s.free_huge.is_empty() {
@@ -226,42 +228,42 @@ impl DmirrorDevice {
                     let b = s.free_huge.pop().ok_or(Error::NoMemory)?;
                     s.free.extend((0..HUGE_FRAMES).rev().map(|i| Pfn(b.0 + i)));
                 }
-                alloc::vec![s.free.pop().ok_or(Error::NoMemory)?]
+                s.free.pop().ok_or(Error::NoMemory)?
             }
         };
-        let mut done = Vec::with_capacity(pages.len());
-        for &p in &pages {
-            let backing = match self.kind {
-                MemoryKind::Private => match mm.alloc_page(0, 0, false) {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        // Give everything back.
-                        for &d in &done {
-                            self.release_page(d);
-                        }
-                        let mut s = self.state.lock();
-                        s.free.extend(pages.iter().skip(done.len()).copied());
-                        return Err(e);
-                    }
-                },
-                MemoryKind::Coherent => None,
-            };
-            let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
-            pm.set_data(p, pack(backing.unwrap_or(p), user_slot));
-            self.pagemaps.page_init(p)?;
-            done.push(p);
+        let (order, n) = if huge { (HUGE_ORDER, HUGE_FRAMES) } else { (0, 1) };
+        let give_back = |e: Error| {
+            let mut s = self.state.lock();
+            if huge {
+                s.free_huge.push(p)
+            } else {
+                s.free.push(p)
+            }
+            e
+        };
+        let backing = match self.kind {
+            MemoryKind::Private => {
+                let b = mm.alloc_page(0, order, false).map_err(give_back)?;
+                mm.split_folio(b, 0);
+                b
+            }
+            MemoryKind::Coherent => p,
+        };
+        let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
+        for k in 0..n {
+            pm.set_data(Pfn(p.0 + k), pack(Pfn(backing.0 + k), user_slot));
         }
-        self.state.lock().calloc += pages.len() as u64;
-        Ok(pages)
-    }
-
-    /// Undoes `alloc` for an unused page (refcount 1, locked).
-    fn release_page(&self, p: Pfn) {
-        let mm = self.pagemaps.mm();
-        if let Some(m) = mm.meta(p) {
-            m.unlock();
+        if let Err(e) = self.pagemaps.folio_init(p, order) {
+            for k in 0..n {
+                pm.set_data(Pfn(p.0 + k), 0);
+                if backing != p {
+                    mm.put_page(Pfn(backing.0 + k));
+                }
+            }
+            return Err(give_back(e));
         }
-        mm.put_page(p);
+        self.state.lock().calloc += n;
+        Ok(p)
     }
 
     /// The frame the device reads for device page `p` (its backing frame if private).
@@ -298,6 +300,47 @@ impl DmirrorDevice {
         let from = self.backing(p);
         mm.platform().copy(d, from, 1);
         Ok((d, from))
+    }
+
+    /// Fills the destination of source `i` of a device-to-RAM migration: one 2 MiB RAM page
+    /// for a compound source when `huge_ok` and RAM has one, else a 4 KiB page per base page
+    /// (the fallback, which makes `migrate_vma_pages` split the source). `gone(page index,
+    /// frame)` is called for every page copied, for the device-side invalidation. Returns the
+    /// pages copied; on an allocation failure, what was filled so far still migrates.
+    fn migrate_out(
+        &self,
+        mig: &mut MigrateVma<'_>,
+        i: usize,
+        huge_ok: bool,
+        gone: &mut dyn FnMut(usize, Pfn),
+    ) -> Result<u64, Error> {
+        let s = mig.src()[i];
+        let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { return Ok(0) };
+        let mm = self.pagemaps.mm().clone();
+        if !s.is_compound() {
+            let (d, from) = self.copy_to_ram(spfn)?;
+            gone(i, from);
+            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+            return Ok(1);
+        }
+        if huge_ok && let Ok(d) = mm.alloc_page(flags::ANON, HUGE_ORDER, false) {
+            if let Some(m) = mm.meta(d) {
+                m.trylock();
+            }
+            for k in 0..HUGE_FRAMES {
+                let from = self.backing(Pfn(spfn.0 + k));
+                mm.platform().copy(Pfn(d.0 + k), from, 1);
+                gone(i + k as usize, from);
+            }
+            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
+            return Ok(HUGE_FRAMES);
+        }
+        for k in 0..HUGE_FRAMES {
+            let (d, from) = self.copy_to_ram(Pfn(spfn.0 + k))?;
+            gone(i + k as usize, from);
+            mig.dst_mut()[i + k as usize] = MigratePfn::new(d).with_write(s.is_write());
+        }
+        Ok(HUGE_FRAMES)
     }
 
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
@@ -343,7 +386,7 @@ impl DmirrorDevice {
             for &(start, n) in pm.ranges() {
                 for i in 0..n {
                     let p = Pfn(start.0 + i);
-                    if mm.meta(p).is_some_and(|m| m.refcount() == 0) {
+                    if mm.meta(p).is_some_and(|m| m.refcount() == 0 && !m.has(flags::ALLOCATED)) {
                         s.free.push(p);
                     }
                 }
@@ -354,20 +397,28 @@ impl DmirrorDevice {
 }
 
 impl PagemapOps for DmirrorDevice {
-    fn page_free(&self, pm: &DevPagemap, pfn: Pfn) {
+    fn page_free(&self, pm: &DevPagemap, pfn: Pfn, order: u32) {
         let mm = self.pagemaps.mm();
-        if self.kind == MemoryKind::Private
-            && let Some(d) = pm.data(pfn)
-            && d != 0
-            && unpack(d).0 != pfn
-        {
-            mm.put_page(unpack(d).0);
+        let n = 1u64 << order;
+        for k in 0..n {
+            let p = Pfn(pfn.0 + k);
+            if self.kind == MemoryKind::Private
+                && let Some(d) = pm.data(p)
+                && d != 0
+                && unpack(d).0 != p
+            {
+                mm.put_page(unpack(d).0);
+            }
+            pm.set_data(p, 0);
         }
-        pm.set_data(pfn, 0);
         let mut s = self.state.lock();
-        s.cfree += 1;
+        s.cfree += n;
         if s.chunks.iter().any(|c| c.contains(pfn)) {
-            s.free.push(pfn);
+            if order == HUGE_ORDER {
+                s.free_huge.push(pfn);
+            } else {
+                s.free.extend((0..n).map(|k| Pfn(pfn.0 + k)));
+            }
         }
     }
 
@@ -381,17 +432,19 @@ impl PagemapOps for DmirrorDevice {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
         };
-        let start = va & !(PAGE - 1);
-        let args = MigrateArgs { start, end: start + PAGE, owner: self.owner, select, fault_page: Some(page) };
+        // A device THP moves back whole (or, failing a 2 MiB RAM page, as base pages).
+        let huge = self.pagemaps.mm().meta(page).is_some_and(|m| m.order() == HUGE_ORDER);
+        let (start, len, select) =
+            if huge { (va & !(PMD_SIZE - 1), PMD_SIZE, select.compound()) } else { (va & !(PAGE - 1), PAGE, select) };
+        let args = MigrateArgs { start, end: start + len, owner: self.owner, select, fault_page: Some(page) };
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
-        for i in 0..mig.src().len() {
-            let s = mig.src()[i];
-            let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { continue };
-            let (d, backing) = self.copy_to_ram(spfn).map_err(|_| FaultError::OutOfMemory)?;
+        let mut gone = |k: usize, frame: Pfn| {
             if let Some(u) = &user {
-                u.forget_frame(start + i as u64 * PAGE, backing);
+                u.forget_frame(start + k as u64 * PAGE, frame);
             }
-            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+        };
+        for i in 0..mig.src().len() {
+            self.migrate_out(&mut mig, i, true, &mut gone).map_err(|_| FaultError::OutOfMemory)?;
         }
         mig.pages();
         mig.finalize();
@@ -616,29 +669,48 @@ impl Dmirror {
         self.access(start, npages, &mut [], Some(data))
     }
 
-    /// Device pages for the sources `src` (at `va`) that are marked to migrate: one 2 MiB
-    /// block when they are a whole aligned 2 MiB all migrating, falling back to 4 KiB pages
-    /// (and consuming FAIL_ALLOC on the way, as dmirror's THP path does). `None` where a page
-    /// is not migrating or its allocation failed.
-    fn alloc_run(&self, va: u64, src: &[MigratePfn]) -> Vec<Option<Pfn>> {
-        let me = self.this.clone();
-        if src.len() as u64 == HUGE_FRAMES
-            && va.is_multiple_of(HUGE_FRAMES * PAGE)
-            && src.iter().all(|s| s.is_migrate())
-        {
-            let fail = self.fail_alloc.swap(false, Ordering::Relaxed);
-            if !fail && let Ok(v) = self.dev.alloc(true, &me) {
-                return v.into_iter().map(Some).collect();
-            }
+    /// Fills the destination of source `i` of a RAM-to-device migration (dmirror's
+    /// `alloc_and_copy`): a compound source gets one device THP, falling back to 4 KiB device
+    /// pages when that allocation fails (a pending FAIL_ALLOC makes it fail, and is used up);
+    /// a base page gets a 4 KiB device page unless FAIL_ALLOC is pending. Holes and zero pages
+    /// are cleared on the device, other sources copied.
+    fn migrate_in(&self, mig: &mut MigrateVma<'_>, i: usize) {
+        let s = mig.src()[i];
+        if !s.is_migrate() {
+            return;
         }
-        src.iter()
-            .map(|s| {
-                if !s.is_migrate() || self.fail_alloc.swap(false, Ordering::Relaxed) {
-                    return None;
-                }
-                self.dev.alloc(false, &me).ok().map(|v| v[0])
-            })
-            .collect()
+        let me = self.this.clone();
+        let mm = self.mm.clone();
+        // Device page `d` receives source page `k` of the entry.
+        let fill = |d: Pfn, k: u64| {
+            let frame = self.dev.backing(d);
+            match s.pfn() {
+                Some(spfn) => mm.platform().copy(frame, Pfn(spfn.0 + k), 1),
+                None => mm.platform().zero(frame, 1),
+            }
+        };
+        if s.is_compound() {
+            if !self.fail_alloc.swap(false, Ordering::Relaxed)
+                && let Ok(d) = self.dev.alloc(true, &me)
+            {
+                (0..HUGE_FRAMES).for_each(|k| fill(Pfn(d.0 + k), k));
+                mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
+                return;
+            }
+            for k in 0..HUGE_FRAMES {
+                let Ok(d) = self.dev.alloc(false, &me) else { return };
+                fill(d, k);
+                mig.dst_mut()[i + k as usize] = MigratePfn::new(d).with_write(s.is_write());
+            }
+            return;
+        }
+        if self.fail_alloc.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(d) = self.dev.alloc(false, &me) {
+            fill(d, 0);
+            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+        }
     }
 
     /// Runs `step` on one `migrate_vma_setup` per chunk of `[start, end)`: chunks end at a VMA
@@ -675,19 +747,10 @@ impl Dmirror {
         let space = self.space()?;
         {
             let mut s = space.lock();
-            let mm = s.mm().clone();
-            self.per_chunk(&mut s, start, end, Select::SYSTEM, true, |a, mut mig| {
+            self.per_chunk(&mut s, start, end, Select::SYSTEM.compound(), true, |a, mut mig| {
                 let n = mig.src().len();
-                let pages = self.alloc_run(a, mig.src());
-                for (i, p) in pages.into_iter().enumerate() {
-                    let src = mig.src()[i];
-                    let Some(d) = p else { continue };
-                    let frame = self.dev.backing(d);
-                    match src.pfn() {
-                        Some(spfn) => mm.platform().copy(frame, spfn, 1),
-                        None => mm.platform().zero(frame, 1),
-                    }
-                    mig.dst_mut()[i] = MigratePfn::new(d).with_write(src.is_write());
+                for i in 0..n {
+                    self.migrate_in(&mut mig, i);
                 }
                 mig.pages();
                 {
@@ -695,10 +758,12 @@ impl Dmirror {
                     let mut pt = self.pt.lock();
                     for i in 0..n {
                         let (s, d) = (mig.src()[i], mig.dst()[i]);
-                        if let (true, Some(dp)) = (s.is_migrate(), d.pfn()) {
+                        let (true, Some(dp)) = (s.is_migrate(), d.pfn()) else { continue };
+                        let pages = if d.is_compound() { HUGE_FRAMES } else { 1 };
+                        for k in 0..pages {
                             pt.insert(
-                                a / PAGE + i as u64,
-                                Entry { frame: self.dev.backing(dp), write: d.is_write(), atomic: false },
+                                a / PAGE + i as u64 + k,
+                                Entry { frame: self.dev.backing(Pfn(dp.0 + k)), write: d.is_write(), atomic: false },
                             );
                         }
                     }
@@ -722,25 +787,24 @@ impl Dmirror {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
         };
-        self.per_chunk(&mut s, start, end, select, false, |a, mut mig| {
-            let n = mig.src().len();
-            if n as u64 == HUGE_FRAMES && a.is_multiple_of(HUGE_FRAMES * PAGE) {
-                // dmirror tries one 2 MiB folio for a whole PMD and falls back to 4 KiB pages
-                // when that fails; system memory is taken 4 KiB at a time here, so a pending
-                // FAIL_ALLOC is consumed by that first attempt.
-                self.fail_alloc.store(false, Ordering::Relaxed);
-            }
-            for i in 0..n {
+        self.per_chunk(&mut s, start, end, select.compound(), false, |a, mut mig| {
+            for i in 0..mig.src().len() {
                 let src = mig.src()[i];
-                let (Some(spfn), true) = (src.pfn(), src.is_migrate()) else { continue };
-                if self.fail_alloc.swap(false, Ordering::Relaxed) {
-                    // Declined: the page stays in device memory, intact.
+                if !src.is_migrate() || src.pfn().is_none() {
                     continue;
                 }
-                let (d, frame) = self.dev.copy_to_ram(spfn).map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
-                self.forget_frame(a + i as u64 * PAGE, frame);
-                mig.dst_mut()[i] = MigratePfn::new(d).with_write(src.is_write());
-                c.cpages += 1;
+                // FAIL_ALLOC fails the next allocation: the 2 MiB attempt for a device THP
+                // (which then falls back to 4 KiB pages), or a base page's, which then stays
+                // in device memory, intact.
+                let fail = self.fail_alloc.swap(false, Ordering::Relaxed);
+                if fail && !src.is_compound() {
+                    continue;
+                }
+                let mut gone = |k: usize, frame: Pfn| self.forget_frame(a + k as u64 * PAGE, frame);
+                c.cpages += self
+                    .dev
+                    .migrate_out(&mut mig, i, !fail, &mut gone)
+                    .map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
             }
             mig.pages();
             mig.finalize();

@@ -41,8 +41,9 @@ pub enum MemoryKind {
 
 /// The driver callbacks of a pagemap (`struct dev_pagemap_ops`).
 pub trait PagemapOps: Send + Sync {
-    /// The last reference to `pfn` went; the page is free for the driver's allocator.
-    fn page_free(&self, pagemap: &DevPagemap, pfn: Pfn);
+    /// The last reference to `pfn` went; the page is free for the driver's allocator
+    /// (`page_free`). `order` above 0: the whole compound page at `pfn` is free (`folio_free`).
+    fn page_free(&self, pagemap: &DevPagemap, pfn: Pfn, order: u32);
     /// A CPU access at `va` in `space` hit device-private page `page` (referenced and locked
     /// by the caller). Migrate at least that page to RAM (`migrate_vma_setup` with
     /// `fault_page = Some(page)` and [`Select::DEVICE_PRIVATE`](crate::mm::migrate::Select)).
@@ -217,22 +218,46 @@ impl Pagemaps {
 
     /// `zone_device_page_init`: a free device page becomes allocated: refcount 1, locked.
     pub fn page_init(&self, pfn: Pfn) -> Result<(), Error> {
-        let m = self.mm.meta(pfn).ok_or(Error::Invalid("not a device page"))?;
-        if m.refcount() != 0 {
-            return Err(Error::Busy("device page is not free"));
+        self.folio_init(pfn, 0)
+    }
+
+    /// `zone_device_folio_init`: `2^order` free device pages starting at `head` (aligned to
+    /// their size, in one pagemap) become one compound page: the head gets refcount 1 and the
+    /// lock, the tails none (as a compound RAM page's).
+    pub fn folio_init(&self, head: Pfn, order: u32) -> Result<(), Error> {
+        let n = 1u64 << order;
+        if !head.0.is_multiple_of(n) {
+            return Err(Error::Invalid("compound device page not aligned to its size"));
         }
-        m.init(flags::DEVICE, 0);
+        let pm = self.find(head).ok_or(Error::Invalid("not a device page"))?;
+        if !pm.contains(Pfn(head.0 + n - 1)) {
+            return Err(Error::Invalid("compound device page crosses its pagemap's end"));
+        }
+        for i in 0..n {
+            let m = self.mm.meta(Pfn(head.0 + i)).ok_or(Error::Invalid("not a device page"))?;
+            if m.refcount() != 0 || m.has(flags::ALLOCATED) {
+                return Err(Error::Busy("device page is not free"));
+            }
+        }
+        for i in 1..n {
+            if let Some(t) = self.mm.meta(Pfn(head.0 + i)) {
+                t.init(flags::DEVICE | flags::TAIL, 0);
+                t.put();
+            }
+        }
+        let m = self.mm.meta(head).ok_or(Error::Invalid("not a device page"))?;
+        m.init(flags::DEVICE, order);
         m.trylock();
         Ok(())
     }
 }
 
 impl DeviceMemory for Pagemaps {
-    fn page_free(&self, pfn: Pfn) {
+    fn page_free(&self, pfn: Pfn, order: u32) {
         if let Some(pm) = self.find(pfn)
             && let Some(ops) = pm.ops.upgrade()
         {
-            ops.page_free(&pm, pfn);
+            ops.page_free(&pm, pfn, order);
         }
     }
 

@@ -860,41 +860,8 @@ pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&str, &Verdict)) {
     }
 }
 
-/// Our own scenarios beyond hmm-tests (same fixtures, same reporting), for misuse and
-/// failure paths the issue asks for and hmm-tests does not cover.
-pub const EXTRA: &[Scenario] =
-    &[Scenario { name: "migrate_alloc_fail_midway", two: false, run: migrate_alloc_fail_midway }];
-
-/// A device allocation fails in the middle of a 4 KiB migration: the first half of the range
-/// is already on the device (not selected again), so the first allocation the migration makes
-/// is for the middle page, and FAIL_ALLOC makes it fail. That page stays in RAM; the pages
-/// after it still migrate; the command reports `-ENOENT` as dmirror does (a page did not reach
-/// the device); every int reads back intact through the CPU, and a second migration finishes
-/// the job.
-fn migrate_alloc_fail_midway(env: &Env<'_>, v: Variant) -> Verdict {
-    const N: u64 = 8;
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = mmap(&p, MapRequest::anon(N * PAGE, Prot::RW))?;
-    env.fill(&p, a, N * 1024, |i| i as i32)?;
-    migrated(&d, a, N / 2)?;
-    d.set_flags(1);
-    let r = d.migrate_to_dev(a, N);
-    ensure!(r.as_ref().is_err_and(|e| e.errno == ENOENT), "migration with a failed page: {:?}", r.map(|(_, c)| c));
-    let (snap, _) = ok!(d.snapshot(a, N));
-    let local = match v {
-        Variant::Private => prot::DEV_PRIVATE_LOCAL,
-        Variant::Coherent => prot::DEV_COHERENT_LOCAL,
-    };
-    for (i, &b) in snap.iter().enumerate() {
-        let on_dev = i as u64 != N / 2;
-        ensure!((b & 0xf0 == local) == on_dev, "page {i}: snapshot byte {b:#x}, on the device: {on_dev}");
-    }
-    check_ints(&env.ints(&p, a, N * 1024)?, |i| i as i32, "CPU read after the failed allocation")?;
-    // The CPU read brought every device page home; the retry moves them all.
-    check_ints(&migrated(&d, a, N)?, |i| i as i32, "mirror after the retry")?;
-    Ok(Outcome::Pass)
-}
+mod extra;
+pub use extra::EXTRA;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,15 @@
 //!    unlocks both and drops the references the migration held. Every failure path restores
 //!    the old page: data is never lost.
 //!
+//! 2 MiB pages (`SELECT_COMPOUND`, `MIGRATE_PFN_COMPOUND`): with the flag, a PMD-mapped THP,
+//! device THP or huge zero page, and an empty THP-eligible 2 MiB hole, lying wholly in the
+//! range, is collected as one entry (the other 511 are 0) under one PMD-level migration entry.
+//! A 2 MiB destination moves it whole; base-page destinations make [`MigrateVma::pages`]
+//! split the source (the 4 KiB fallback: the migration entry becomes a table of 512, the folio
+//! 512 base pages); no destination declines it whole. Without the flag, huge mappings are
+//! split to 4 KiB before collecting. Eviction by [`migrate_device_range`] splits a mapped
+//! device THP first (its per-page driver data lives in the pagemap, so each page keeps it).
+//!
 //! Pages mapped by other address spaces too (copy-on-write after fork) are migrated for this
 //! mapping only: the others keep the old page, and the new entry is read-only, so the pages
 //! stay a valid copy-on-write pair. Pinned pages (references beyond their mappings) are not
@@ -29,10 +38,11 @@
 
 use super::frame::{RmapEntry, flags};
 use super::notify::{Event, Owner};
-use super::pagetable::{PteLookup, Tables};
-use super::pte::{Present, Pte, Soft, SoftKind};
+use super::pagetable::{PMD_SIZE, PteLookup, Slot, Tables};
+use super::platform::TlbFlush;
+use super::pte::{Present, Pte, Soft, SoftKind, table_entry};
 use super::space::{AddressSpace, PAGE};
-use super::{Error, Mm};
+use super::{Error, HUGE_FRAMES, HUGE_ORDER, Mm};
 use crate::addr::Pfn;
 use alloc::vec::Vec;
 
@@ -72,6 +82,20 @@ impl MigratePfn {
     pub const fn with_write(self, write: bool) -> Self {
         if write { Self(self.0 | Self::WRITE) } else { Self(self.0 & !Self::WRITE) }
     }
+    /// Whether the entry stands for a whole 2 MiB page (or a 2 MiB hole).
+    pub const fn is_compound(self) -> bool {
+        self.0 & Self::COMPOUND != 0
+    }
+    /// The entry with `COMPOUND` set: a destination that is one 2 MiB page.
+    pub const fn with_compound(self) -> Self {
+        Self(self.0 | Self::COMPOUND)
+    }
+    fn migrating(self) -> Self {
+        Self(self.0 | Self::MIGRATE)
+    }
+    fn declined(self) -> Self {
+        Self(self.0 & !Self::MIGRATE)
+    }
 }
 
 /// Which pages `migrate_vma_setup` collects (`MIGRATE_VMA_SELECT_*`).
@@ -83,15 +107,27 @@ pub struct Select {
     pub device_private: bool,
     /// Device-coherent pages whose pagemap owner is the migration's owner.
     pub device_coherent: bool,
+    /// `MIGRATE_VMA_SELECT_COMPOUND`: a PMD-mapped page (a THP, a device THP, the huge zero
+    /// page) or an empty, THP-eligible 2 MiB hole lying wholly in the range is collected as
+    /// one entry with `COMPOUND` set, the other 511 entries 0. Without it huge mappings are
+    /// split to 4 KiB first.
+    pub compound: bool,
 }
 
 impl Select {
     /// `MIGRATE_VMA_SELECT_SYSTEM`.
-    pub const SYSTEM: Select = Select { system: true, device_private: false, device_coherent: false };
+    pub const SYSTEM: Select = Select { system: true, device_private: false, device_coherent: false, compound: false };
     /// `MIGRATE_VMA_SELECT_DEVICE_PRIVATE`.
-    pub const DEVICE_PRIVATE: Select = Select { system: false, device_private: true, device_coherent: false };
+    pub const DEVICE_PRIVATE: Select =
+        Select { system: false, device_private: true, device_coherent: false, compound: false };
     /// `MIGRATE_VMA_SELECT_DEVICE_COHERENT`.
-    pub const DEVICE_COHERENT: Select = Select { system: false, device_private: false, device_coherent: true };
+    pub const DEVICE_COHERENT: Select =
+        Select { system: false, device_private: false, device_coherent: true, compound: false };
+
+    /// The same selection with `MIGRATE_VMA_SELECT_COMPOUND` added.
+    pub const fn compound(self) -> Select {
+        Select { compound: true, ..self }
+    }
 }
 
 /// The arguments of `migrate_vma_setup` (`struct migrate_vma` inputs).
@@ -121,6 +157,8 @@ struct SrcInfo {
     exec: bool,
     /// Other mappings keep the old page: the new entry is read-only.
     shared: bool,
+    /// The entry is a PMD (a 2 MiB page).
+    huge: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,12 +204,86 @@ fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo) -> u64 {
             write,
             young: i.young,
             dirty: i.dirty,
-            huge: false,
+            huge: i.huge,
             exec: i.exec,
         })
         .encode()
     } else {
-        Pte::Present(Present { pfn, write, exec: i.exec, dirty: i.dirty, young: i.young, huge: false }).encode()
+        Pte::Present(Present { pfn, write, exec: i.exec, dirty: i.dirty, young: i.young, huge: i.huge }).encode()
+    }
+}
+
+/// What `migrate_vma_setup` needs to collect one leaf.
+struct Collector<'a> {
+    mm: &'a Mm,
+    t: Tables<'a>,
+    id: u32,
+    owner: Owner,
+    select: Select,
+    fault_page: Option<Pfn>,
+}
+
+impl Collector<'_> {
+    /// Collects the non-zero-page leaf `raw` at `slot` (a PMD leaf when `huge`): locks its
+    /// page and replaces the leaf by a migration entry. `None` when the page is not selected,
+    /// is locked by someone else or is pinned.
+    fn leaf(&self, tlb: &mut TlbFlush, slot: Slot, va: u64, raw: u64, huge: bool) -> Option<(MigratePfn, SrcInfo)> {
+        let mm = self.mm;
+        let (pfn, write, dirty, young, exec) = match Pte::decode(raw) {
+            Pte::Present(p) => {
+                let eligible = match device_kind(mm, p.pfn) {
+                    Some((o, false)) => self.select.device_coherent && o == self.owner,
+                    Some((_, true)) => false,
+                    None => self.select.system,
+                };
+                if !eligible {
+                    return None;
+                }
+                (p.pfn, p.write, p.dirty, p.young, p.exec)
+            }
+            Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => {
+                if !(self.select.device_private && device_kind(mm, s.pfn).is_some_and(|(o, _)| o == self.owner)) {
+                    return None;
+                }
+                (s.pfn, s.write, s.dirty, s.young, s.exec)
+            }
+            _ => return None,
+        };
+        let m = mm.meta(pfn)?;
+        if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 || m.has(flags::HUGETLB) {
+            return None;
+        }
+        if huge != (m.order() == HUGE_ORDER) {
+            // A PMD must map a whole 2 MiB compound page and a PTE a base page.
+            return None;
+        }
+        let is_fault_page = self.fault_page == Some(pfn);
+        if !is_fault_page && !m.trylock() {
+            return None;
+        }
+        // The entry's reference passes to the migration; the fault path holds one more on
+        // the fault page, a file page one for the page cache.
+        let expected = 1 + u32::from(is_fault_page) + u32::from(m.has(flags::FILE));
+        let others = m.mapcount().saturating_sub(1);
+        if m.refcount() > expected + others {
+            // Pinned (GUP): leave it where it is.
+            if !is_fault_page {
+                m.unlock();
+            }
+            return None;
+        }
+        let mig = Soft { kind: SoftKind::Migration, pfn, write, young, dirty, huge, exec };
+        self.t.swap(slot, Pte::Soft(mig).encode());
+        tlb.add(va, if huge { PMD_SIZE } else { PAGE });
+        m.rmap_remove(RmapEntry::new(self.id, va, huge));
+        if dirty {
+            m.set(flags::DIRTY);
+        }
+        let mut e = MigratePfn::new(pfn).migrating().with_write(write);
+        if huge {
+            e = e.with_compound();
+        }
+        Some((e, SrcInfo { entry: true, write, dirty, young, exec, shared: others > 0, huge }))
     }
 }
 
@@ -204,82 +316,65 @@ impl AddressSpace {
             }
         }
         let n = ((end - start) / PAGE) as usize;
-        // Huge leaves are split to 4 KiB first (compound migration falls back to base pages);
-        // a huge page that cannot be split (pinned) stays and is not collected.
-        let _ = self.split_all(start, end, true);
+        // Huge leaves: with SELECT_COMPOUND the ones wholly inside the range are collected
+        // whole and only those straddling an end are split; without it every one is split to
+        // 4 KiB (the fallback). A huge page that cannot be split (pinned) stays and is not
+        // collected.
+        let _ = if select.compound { self.split_boundaries(start, end) } else { self.split_all(start, end, true) };
         let anon_holes = select.system && vma.is_anon() && vma.is_cow();
         let hole = if anon_holes { MigratePfn(MigratePfn::MIGRATE) } else { MigratePfn(0) };
         let mut src = alloc::vec![hole; n];
         let mut info = alloc::vec![SrcInfo::default(); n];
+        // Empty, THP-eligible PMDs wholly inside the range are compound holes.
+        let mut huge_holes = Vec::new();
+        if select.compound && anon_holes {
+            let mut b = start.next_multiple_of(PMD_SIZE);
+            while b + PMD_SIZE <= end {
+                let none = match self.tables().pmd(b, false) {
+                    Ok(Some(slot)) => self.tables().load(slot) == 0,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if none && self.thp_eligible(&vma, b) {
+                    huge_holes.push(((b - start) / PAGE) as usize);
+                }
+                b += PMD_SIZE;
+            }
+        }
         let r = self.begin(start, end, Event::Migrate, Some(owner));
         let mm = self.mm.clone();
-        let id = self.id;
-        let t = Tables::new(mm.platform(), self.root);
+        let c = Collector { mm: &mm, t: Tables::new(mm.platform(), self.root), id: self.id, owner, select, fault_page };
         let tlb = &mut self.tlb;
-        let _ = t.walk::<()>(start, end, &mut |l| {
-            let i = ((l.va - start) / PAGE) as usize;
+        let _ = c.t.walk::<()>(start, end, &mut |l| {
+            let i = ((l.va.max(start) - start) / PAGE) as usize;
             if l.huge {
-                let stop = (i + 512).min(n);
-                src[i..stop].iter_mut().for_each(|s| *s = MigratePfn(0));
-                return Ok(());
-            }
-            src[i] = MigratePfn(0);
-            let (pfn, write, dirty, young, exec) = match Pte::decode(l.raw) {
-                Pte::Present(p) if mm.is_zero(p.pfn) => {
-                    if select.system {
-                        src[i] = MigratePfn(MigratePfn::MIGRATE);
-                    }
+                let stop = (((l.va + PMD_SIZE).min(end) - start) / PAGE) as usize;
+                src[i..stop].fill(MigratePfn(0));
+                if !(select.compound && l.va >= start && l.va + PMD_SIZE <= end) {
                     return Ok(());
                 }
-                Pte::Present(p) => {
-                    let eligible = match device_kind(&mm, p.pfn) {
-                        Some((o, false)) => select.device_coherent && o == owner,
-                        Some((_, true)) => false,
-                        None => select.system,
-                    };
-                    if !eligible {
-                        return Ok(());
-                    }
-                    (p.pfn, p.write, p.dirty, p.young, p.exec)
-                }
-                Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => {
-                    if !(select.device_private && device_kind(&mm, s.pfn).is_some_and(|(o, _)| o == owner)) {
-                        return Ok(());
-                    }
-                    (s.pfn, s.write, s.dirty, s.young, s.exec)
-                }
-                _ => return Ok(()),
-            };
-            let Some(m) = mm.meta(pfn) else { return Ok(()) };
-            if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 {
-                return Ok(());
+            } else {
+                src[i] = MigratePfn(0);
             }
-            let is_fault_page = fault_page == Some(pfn);
-            if !is_fault_page && !m.trylock() {
-                return Ok(());
-            }
-            // The entry's reference passes to the migration; the fault path holds one more on
-            // the fault page, a file page one for the page cache.
-            let expected = 1 + u32::from(is_fault_page) + u32::from(m.has(flags::FILE));
-            let others = m.mapcount().saturating_sub(1);
-            if m.refcount() > expected + others {
-                // Pinned (GUP): leave it where it is.
-                if !is_fault_page {
-                    m.unlock();
+            if matches!(Pte::decode(l.raw), Pte::Present(p) if mm.is_zero(p.pfn)) {
+                // The zero page (huge or not) is collected like a hole.
+                if l.huge && anon_holes {
+                    src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+                } else if !l.huge && select.system {
+                    src[i] = MigratePfn(MigratePfn::MIGRATE);
                 }
                 return Ok(());
             }
-            let mig = Soft { kind: SoftKind::Migration, pfn, write, young, dirty, huge: false, exec };
-            t.swap(l.slot, Pte::Soft(mig).encode());
-            tlb.add(l.va, PAGE);
-            m.rmap_remove(RmapEntry::new(id, l.va, false));
-            if dirty {
-                m.set(flags::DIRTY);
+            if let Some((e, inf)) = c.leaf(tlb, l.slot, l.va, l.raw, l.huge) {
+                src[i] = e;
+                info[i] = inf;
             }
-            src[i] = MigratePfn(MigratePfn::new(pfn).0 | MigratePfn::MIGRATE).with_write(write);
-            info[i] = SrcInfo { entry: true, write, dirty, young, exec, shared: others > 0 };
             Ok(())
         });
+        for i in huge_holes {
+            src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+            src[i + 1..i + HUGE_FRAMES as usize].fill(MigratePfn(0));
+        }
         self.finish(r);
         let cpages = src.iter().filter(|s| s.is_migrate()).count();
         Ok(MigrateVma {
@@ -322,10 +417,18 @@ impl MigrateVma<'_> {
 
     /// `migrate_vma_pages`: the commit point. Afterwards `src()[i].is_migrate()` says which
     /// entries really move; only those may go into the device's page table (pitfall P5).
+    ///
+    /// A compound source whose destination is one 2 MiB page (`COMPOUND` in `dst`) moves
+    /// whole. One whose driver fell back to base pages (`dst[i..i + 512]` without `COMPOUND`)
+    /// is split here: the huge migration entry becomes 512 migration entries and the source
+    /// folio 512 base pages (or the hole 512 holes), which then move one by one; pages left
+    /// without a destination stay where they are. With no destination at all it is declined
+    /// whole.
     pub fn pages(&mut self) {
         if self.stage != Stage::Collected {
             return;
         }
+        self.settle_compound();
         let mm = self.space.mm.clone();
         let start = self.args.start;
         let vma = self.space.vmas.find(start).cloned();
@@ -334,17 +437,23 @@ impl MigrateVma<'_> {
             if !self.src[i].is_migrate() {
                 continue;
             }
-            let Some(dpfn) = self.dst[i].pfn() else {
-                self.src[i].0 &= !MigratePfn::MIGRATE;
+            let d = self.dst[i];
+            let Some(dpfn) = d.pfn() else {
+                self.src[i] = self.src[i].declined();
                 continue;
             };
+            if d.is_compound() != self.src[i].is_compound() {
+                // A 2 MiB destination for a base page (or the reverse) cannot be mapped.
+                self.src[i] = self.src[i].declined();
+                continue;
+            }
             match self.src[i].pfn() {
                 Some(spfn) => {
                     let to_device = mm.meta(dpfn).is_some_and(|m| m.has(flags::DEVICE));
                     let file = mm.meta(spfn).is_some_and(|m| m.has(flags::FILE));
                     if file && to_device {
                         // Only anonymous memory may live in device memory.
-                        self.src[i].0 &= !MigratePfn::MIGRATE;
+                        self.src[i] = self.src[i].declined();
                         continue;
                     }
                     if let (Some(s), Some(d)) = (mm.meta(spfn), mm.meta(dpfn))
@@ -363,44 +472,107 @@ impl MigrateVma<'_> {
             for i in holes {
                 let va = start + i as u64 * PAGE;
                 let dpfn = self.dst[i].pfn().unwrap_or(Pfn(0));
+                let huge = self.src[i].is_compound();
                 let t = Tables::new(mm.platform(), self.space.root);
-                let slot = match t.pte(va, true) {
-                    Ok(PteLookup::Pte(s)) => s,
-                    _ => {
-                        self.src[i].0 &= !MigratePfn::MIGRATE;
-                        continue;
+                let slot = if huge {
+                    t.pmd(va, true).ok().flatten()
+                } else {
+                    match t.pte(va, true) {
+                        Ok(PteLookup::Pte(s)) => Some(s),
+                        _ => None,
                     }
                 };
-                let old = t.load(slot);
+                let old = slot.map_or(0, |s| t.load(s));
+                // A hole may take the page if it is still empty or maps a zero page (a PMD
+                // holding a page table is not empty).
                 let replaceable = match Pte::decode(old) {
                     Pte::None => true,
-                    Pte::Present(p) => mm.is_zero(p.pfn),
+                    Pte::Present(p) => mm.is_zero(p.pfn) && p.huge == huge,
                     _ => false,
                 };
-                if !replaceable {
-                    self.src[i].0 &= !MigratePfn::MIGRATE;
+                let Some(slot) = slot.filter(|_| replaceable) else {
+                    self.src[i] = self.src[i].declined();
                     continue;
-                }
+                };
                 let inf = SrcInfo {
                     write: vma.prot.write(),
                     dirty: vma.prot.write(),
                     young: true,
                     exec: vma.prot.exec(),
+                    huge,
                     ..SrcInfo::default()
                 };
                 mm.get_page(dpfn);
                 if let Some(m) = mm.meta(dpfn) {
-                    m.rmap_add(RmapEntry::new(id, va, false));
+                    m.rmap_add(RmapEntry::new(id, va, huge));
                 }
                 t.swap(slot, entry_for(&mm, dpfn, inf));
                 if old != 0 {
-                    self.space.tlb.add(va, PAGE);
+                    self.space.tlb.add(va, if huge { PMD_SIZE } else { PAGE });
                 }
                 self.info[i] = inf;
             }
             self.space.finish(r);
         }
         self.stage = Stage::Committed;
+    }
+
+    /// Decides every compound source: whole (a compound destination), split (base-page
+    /// destinations), or declined (no destination).
+    fn settle_compound(&mut self) {
+        let n = self.src.len();
+        for i in 0..n {
+            let s = self.src[i];
+            if !(s.is_compound() && s.is_migrate()) || self.dst[i].is_compound() {
+                continue;
+            }
+            let end = (i + HUGE_FRAMES as usize).min(n);
+            if self.dst[i..end].iter().all(|d| d.pfn().is_none()) {
+                self.src[i] = s.declined();
+                continue;
+            }
+            if self.split_source(i).is_err() {
+                self.src[i] = s.declined();
+            }
+        }
+    }
+
+    /// Splits compound source `i` into 512 base-page sources (the 4 KiB fallback).
+    fn split_source(&mut self, i: usize) -> Result<(), Error> {
+        let va = self.args.start + i as u64 * PAGE;
+        let s = self.src[i];
+        let inf = self.info[i];
+        let mm = self.space.mm.clone();
+        let Some(head) = s.pfn() else {
+            // A hole: a huge zero page there becomes 512 zero-page PTEs, then 512 holes.
+            self.space.split_pmd_at(va)?;
+            self.src[i..i + HUGE_FRAMES as usize].fill(MigratePfn(MigratePfn::MIGRATE));
+            return Ok(());
+        };
+        let t = Tables::new(mm.platform(), self.space.root);
+        let pmd = t.pmd(va, false).ok().flatten().ok_or(Error::Busy("migration entry vanished"))?;
+        let raw = t.load(pmd);
+        let Pte::Soft(mig) = Pte::decode(raw) else { return Err(Error::Busy("migration entry vanished")) };
+        if mig.kind != SoftKind::Migration || !mig.huge || mig.pfn != head {
+            return Err(Error::Busy("migration entry vanished"));
+        }
+        let pt = Tables::alloc_table(mm.platform()).map_err(|_| Error::NoMemory)?;
+        for k in 0..HUGE_FRAMES {
+            let e = Soft { pfn: Pfn(head.0 + k), huge: false, ..mig };
+            mm.platform().store(pt, k as usize, Pte::Soft(e).encode());
+        }
+        let r = self.space.begin(va, va + PMD_SIZE, Event::Migrate, Some(self.args.owner));
+        t.store(pmd, table_entry(pt));
+        self.space.tlb.add(va, PMD_SIZE);
+        self.space.finish(r);
+        // The migration held the folio's reference and lock; now it holds every base page's.
+        mm.split_folio(head, flags::LOCKED);
+        mm.stats.thp_splits.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        for k in 0..HUGE_FRAMES as usize {
+            self.src[i + k] = MigratePfn::new(Pfn(head.0 + k as u64)).migrating().with_write(s.is_write());
+            self.info[i + k] = SrcInfo { huge: false, ..inf };
+        }
+        Ok(())
     }
 
     /// `migrate_vma_finalize`: every migration entry points at its new page (or back at the
@@ -425,19 +597,24 @@ impl MigrateVma<'_> {
                 let Some(spfn) = self.src[i].pfn() else { continue };
                 let moved = committed && self.src[i].is_migrate() && dst.is_some();
                 let new = if moved { dst.unwrap_or(spfn) } else { spfn };
-                let slot = match t.pte(va, false) {
-                    Ok(PteLookup::Pte(s)) => Some(s),
-                    _ => None,
+                let slot = if inf.huge {
+                    t.pmd(va, false).ok().flatten()
+                } else {
+                    match t.pte(va, false) {
+                        Ok(PteLookup::Pte(s)) => Some(s),
+                        _ => None,
+                    }
                 };
                 let ours = slot.is_some_and(|s| {
-                    matches!(Pte::decode(t.load(s)), Pte::Soft(x) if x.kind == SoftKind::Migration && x.pfn == spfn)
+                    matches!(Pte::decode(t.load(s)),
+                        Pte::Soft(x) if x.kind == SoftKind::Migration && x.pfn == spfn && x.huge == inf.huge)
                 });
                 if let (Some(slot), true) = (slot, ours) {
                     if new != spfn {
                         mm.get_page(new);
                     }
                     if let Some(m) = mm.meta(new) {
-                        m.rmap_add(RmapEntry::new(id, va, false));
+                        m.rmap_add(RmapEntry::new(id, va, inf.huge));
                     }
                     let restore = SrcInfo { shared: inf.shared && new != spfn, ..inf };
                     t.store(slot, entry_for(&mm, new, restore));
@@ -514,6 +691,19 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
     for i in 0..n as usize {
         let pfn = Pfn(start.0 + i as u64);
         let Some(m) = mm.meta(pfn) else { continue };
+        if m.order() > 0 && m.has(flags::DEVICE) {
+            // A device THP is evicted as base pages: split it at its mapping first (its
+            // per-page driver data stays with each page).
+            for e in m.rmap() {
+                if let Some(space) = mm.space(e.space) {
+                    let _ = space.lock().split_pmd_at(e.va());
+                }
+            }
+            if m.order() > 0 {
+                // Not mapped, or the split was refused (pinned): leave it.
+                continue;
+            }
+        }
         if m.refcount() == 0 || !m.has(flags::DEVICE) || !m.trylock() {
             continue;
         }
@@ -527,7 +717,7 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
                 maps[i].push(mp);
             }
         }
-        src[i] = MigratePfn(MigratePfn::new(pfn).0 | MigratePfn::MIGRATE).with_write(write);
+        src[i] = MigratePfn::new(pfn).migrating().with_write(write);
     }
     DeviceMigration { mm, src, dst: alloc::vec![MigratePfn(0); n as usize], maps, committed: false, done: false }
 }
@@ -567,8 +757,15 @@ impl AddressSpace {
         if let Some(m) = self.mm.meta(new) {
             m.rmap_add(RmapEntry::new(self.id, mp.va, false));
         }
-        let inf =
-            SrcInfo { entry: true, write: mp.write, dirty: mp.dirty, young: mp.young, exec: mp.exec, shared: false };
+        let inf = SrcInfo {
+            entry: true,
+            write: mp.write,
+            dirty: mp.dirty,
+            young: mp.young,
+            exec: mp.exec,
+            shared: false,
+            huge: false,
+        };
         t.store(slot, entry_for(&self.mm, new, inf));
         true
     }
@@ -587,7 +784,7 @@ impl DeviceMigration<'_> {
     pub fn pages(&mut self) {
         for (s, d) in self.src.iter_mut().zip(&self.dst) {
             if s.is_migrate() && d.pfn().is_none() {
-                s.0 &= !MigratePfn::MIGRATE;
+                *s = s.declined();
             }
         }
         self.committed = true;

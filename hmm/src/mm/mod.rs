@@ -129,8 +129,9 @@ pub struct MmStats {
 /// Device memory as the memory manager sees it: the ZONE_DEVICE hooks (`dev_pagemap_ops`)
 /// of every registered pagemap, dispatched by frame. The HMM layer implements it.
 pub trait DeviceMemory: Send + Sync {
-    /// The last reference to device page `pfn` went (`page_free`).
-    fn page_free(&self, pfn: Pfn);
+    /// The last reference to device page `pfn` went (`page_free`; `folio_free` when `order`
+    /// is above 0: the whole compound page at `pfn` is free).
+    fn page_free(&self, pfn: Pfn, order: u32);
     /// A CPU access at `va` hit device-private page `pfn`: move it to RAM
     /// (`migrate_to_ram`). `Ok` means retry the access.
     fn migrate_to_ram(&self, space: &mut AddressSpace, va: u64, pfn: Pfn) -> Result<(), FaultError>;
@@ -325,6 +326,32 @@ impl Mm {
         }
     }
 
+    /// Splits the compound page at `head` into base pages (`split_page`, and the metadata half
+    /// of `folio_split`): the head keeps its reference count and page-table map count, each
+    /// tail gets one reference (the holder of the compound reference now holds every base
+    /// page) and no mappings. The kind flags, the dirty and referenced bits and the owner carry
+    /// over (indices continue from the head's); `extra` names more flags to carry (`LOCKED`
+    /// when the holder has the compound page locked). Per-page device data lives in the
+    /// pagemap, page by page, so it survives as it is. Returns the order split (0: nothing).
+    pub fn split_folio(&self, head: Pfn, extra: u32) -> u32 {
+        let Some(h) = self.frames.get(head) else { return 0 };
+        let order = h.order();
+        if order == 0 {
+            return 0;
+        }
+        let keep = h.flags()
+            & (flags::ANON | flags::FILE | flags::DEVICE | flags::DIRTY | flags::REFERENCED | flags::LAZYFREE | extra);
+        let (owner, index) = (h.owner(), h.index());
+        h.clear(flags::HEAD | (0xff << flags::ORDER_SHIFT));
+        for i in 1..(1u64 << order) {
+            if let Some(t) = self.frames.get(Pfn(head.0 + i)) {
+                t.init(keep, 0);
+                t.set_owner(owner, index + i);
+            }
+        }
+        order
+    }
+
     /// Drops a reference on `pfn`; the last one frees it (device pages go to their pagemap).
     pub fn put_page(&self, pfn: Pfn) {
         let Some(m) = self.frames.get(pfn) else { return };
@@ -343,7 +370,7 @@ impl Mm {
         }
         if device {
             if let Some(d) = self.device.get() {
-                d.page_free(pfn);
+                d.page_free(pfn, order);
             }
         } else {
             self.platform.free(pfn, order);

@@ -509,33 +509,36 @@ impl AddressSpace {
     }
 
     /// Turns the compound page at `head`, PMD-mapped once at `base`, into 512 base pages each
-    /// mapped once by its PTE.
+    /// mapped once by its PTE (the head keeps the compound page's one reference).
     fn split_compound(&self, head: Pfn, base: u64) {
         let Some(h) = self.mm.meta(head) else { return };
-        let keep = h.flags() & (flags::ANON | flags::FILE | flags::DEVICE | flags::DIRTY | flags::REFERENCED);
-        let (owner, index) = (h.owner(), h.index());
         h.rmap_remove(RmapEntry::new(self.id, base, true));
+        self.mm.split_folio(head, 0);
         for i in 0..HUGE_FRAMES {
             if let Some(m) = self.mm.meta(Pfn(head.0 + i)) {
-                m.init(keep, 0);
-                m.set_owner(owner, index + i);
                 m.rmap_add(RmapEntry::new(self.id, base + i * PAGE, false));
             }
         }
     }
 
+    /// Splits the huge leaf mapping `va`, if there is one.
+    pub(super) fn split_pmd_at(&mut self, va: u64) -> Result<(), Error> {
+        if let Ok(Some(pmd)) = self.tables().pmd(va, false) {
+            let raw = self.tables().load(pmd);
+            if raw != 0 && !is_table(raw) {
+                self.split_leaf(pmd, va & !(PMD_SIZE - 1))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Splits the huge leaves that straddle `start` or `end`.
-    fn split_boundaries(&mut self, start: u64, end: u64) -> Result<(), Error> {
+    pub(super) fn split_boundaries(&mut self, start: u64, end: u64) -> Result<(), Error> {
         for at in [start, end] {
             if at % PMD_SIZE == 0 || at >= USER_END {
                 continue;
             }
-            if let Ok(Some(pmd)) = self.tables().pmd(at, false) {
-                let raw = self.tables().load(pmd);
-                if raw != 0 && !is_table(raw) {
-                    self.split_leaf(pmd, at & !(PMD_SIZE - 1))?;
-                }
-            }
+            self.split_pmd_at(at)?;
         }
         Ok(())
     }
@@ -1055,7 +1058,7 @@ impl AddressSpace {
     // ---------------------------------------------------------------------------------------
     // Faults
 
-    fn thp_eligible(&self, vma: &Vma, va: u64) -> bool {
+    pub(super) fn thp_eligible(&self, vma: &Vma, va: u64) -> bool {
         let base = va & !(PMD_SIZE - 1);
         let mode_ok = match self.mm.thp_mode() {
             super::ThpMode::Never => false,
@@ -1111,6 +1114,14 @@ impl AddressSpace {
                     }
                     // Could not keep it huge: split and take the 4 KiB path.
                     self.split_leaf(pmd, base).map_err(|_| FaultError::OutOfMemory)?;
+                }
+                Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => {
+                    // A device-private THP: its pagemap moves the whole folio (or, failing
+                    // a 2 MiB page, its 4 KiB pages) back to RAM.
+                    return match self.mm.device_memory().cloned() {
+                        Some(dev) => dev.migrate_to_ram(self, va, s.pfn),
+                        None => Err(FaultError::DevicePrivate { pfn: s.pfn }),
+                    };
                 }
                 Pte::Soft(s) => return Err(self.soft_fault_error(s)),
                 _ => return Err(FaultError::Corrupt),
