@@ -369,7 +369,8 @@ pub fn hmm_range_fault<E: PfnEncoding>(
             }
             states[i0..i1].iter_mut().for_each(|s| *s = PageState::None);
             let owner = range.dev_private_owner;
-            space.walk_leaves(va & !((1 << 21) - 1), seg_end, &mut |lva, pte, huge| {
+            // A PMD leaf overlapping `va` is reported with its aligned address.
+            space.walk_leaves(va, seg_end, &mut |lva, pte, huge| {
                 let size = if huge { 1 << 21 } else { PAGE };
                 let mut p = lva.max(va);
                 while p < (lva + size).min(seg_end) {

@@ -345,7 +345,7 @@ impl AddressSpace {
         let mm = self.mm.clone();
         let c = Collector { mm: &mm, t: Tables::new(mm.platform(), self.root), id: self.id, owner, select, fault_page };
         let tlb = &mut self.tlb;
-        let _ = c.t.walk::<()>(start, end, &mut |l| {
+        let _ = c.t.walk::<(), _>(start, end, &mut |l| {
             let i = ((l.va.max(start) - start) / PAGE) as usize;
             if l.huge {
                 let stop = (((l.va + PMD_SIZE).min(end) - start) / PAGE) as usize;

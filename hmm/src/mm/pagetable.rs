@@ -12,6 +12,7 @@
 use super::platform::Platform;
 use super::pte::{is_table, raw_pfn, table_entry};
 use crate::addr::Pfn;
+use core::sync::atomic::Ordering;
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
@@ -152,7 +153,13 @@ impl<'a> Tables<'a> {
     /// Calls `f` for every non-empty leaf intersecting `[start, end)`, in address order.
     /// A PMD leaf is reported once, with its 2 MiB-aligned address, even when it only partly
     /// overlaps the range. `f` may rewrite the leaf's slot but not the table structure.
-    pub fn walk<E>(&self, start: u64, end: u64, f: &mut dyn FnMut(Leaf) -> Result<(), E>) -> Result<(), E> {
+    ///
+    /// Generic over the callback so that the per-leaf call is inlined: walks are the inner
+    /// loop of range faults, invalidations and teardown.
+    pub fn walk<E, F>(&self, start: u64, end: u64, f: &mut F) -> Result<(), E>
+    where
+        F: FnMut(Leaf) -> Result<(), E> + ?Sized,
+    {
         let mut va = start;
         while va < end {
             let pml4 = Slot { table: self.root, index: index(va, 3) };
@@ -181,11 +188,12 @@ impl<'a> Tables<'a> {
             }
             let pt = raw_pfn(raw);
             let stop = end.min(pmd_base + PMD_SIZE);
+            let entries = self.p.table(pt);
             while va < stop {
-                let slot = Slot { table: pt, index: index(va, 0) };
-                let raw = self.load(slot);
+                let i = index(va, 0);
+                let raw = entries[i].load(Ordering::Acquire);
                 if raw != 0 {
-                    f(Leaf { va, slot, raw, huge: false })?;
+                    f(Leaf { va, slot: Slot { table: pt, index: i }, raw, huge: false })?;
                 }
                 va += 4096;
             }
@@ -260,7 +268,7 @@ mod tests {
         t.store(s2, 0x5000 | 1);
         assert_eq!(p.free_frames(), before - 7, "root + 2 × (pdpt, pd, pt)");
         let mut seen = alloc::vec::Vec::new();
-        t.walk::<()>(0, USER_END, &mut |l| {
+        t.walk::<(), _>(0, USER_END, &mut |l| {
             seen.push((l.va, l.raw));
             Ok(())
         })
@@ -290,7 +298,7 @@ mod tests {
         t.store(pmd, 0x4000_0000 | 0x81);
         assert_eq!(t.pte(0x20_1000, true).unwrap(), PteLookup::Huge(pmd));
         let mut n = 0;
-        t.walk::<()>(0x30_0000, 0x30_1000, &mut |l| {
+        t.walk::<(), _>(0x30_0000, 0x30_1000, &mut |l| {
             assert!(l.huge && l.va == 0x20_0000);
             n += 1;
             Ok(())

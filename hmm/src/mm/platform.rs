@@ -6,6 +6,7 @@
 //! trait (page tables, VMAs, faults, copy-on-write, migration) is the same code in both.
 
 use crate::addr::Pfn;
+use core::sync::atomic::AtomicU64;
 
 /// A TLB invalidation request collected over one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +60,9 @@ pub trait Platform: Send + Sync {
     fn write(&self, pa: u64, buf: &[u8]);
     /// Loads entry `index` of the page table in frame `table`.
     fn load(&self, table: Pfn, index: usize) -> u64;
+    /// The 512 entries of the page table in frame `table`, for walks that read a whole table
+    /// (one call instead of one per entry).
+    fn table(&self, table: Pfn) -> &[AtomicU64];
     /// Stores entry `index` of the page table in frame `table`.
     fn store(&self, table: Pfn, index: usize, value: u64);
     /// Atomically replaces an entry, returning the old value (so no dirty bit is lost).
@@ -183,6 +187,11 @@ pub mod fake {
 
         fn load(&self, table: Pfn, index: usize) -> u64 {
             self.word(table.addr() + index as u64 * 8).load(Ordering::Acquire)
+        }
+
+        fn table(&self, table: Pfn) -> &[AtomicU64] {
+            let i = ((table.0 - BASE_PFN) * 512) as usize;
+            &self.words[i..i + 512]
         }
 
         fn store(&self, table: Pfn, index: usize, value: u64) {

@@ -421,8 +421,8 @@ impl AddressSpace {
 
     /// Calls `f` for every leaf in `[start, end)` (`va`, the entry, whether it maps 2 MiB);
     /// empty entries and missing tables are skipped. Read-only: the HMM range walk.
-    pub fn walk_leaves(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, Pte, bool)) {
-        let _ = self.tables().walk::<()>(start, end, &mut |l| {
+    pub fn walk_leaves<F: FnMut(u64, Pte, bool) + ?Sized>(&self, start: u64, end: u64, f: &mut F) {
+        let _ = self.tables().walk::<(), _>(start, end, &mut |l| {
             f(l.va, Pte::decode(l.raw), l.huge);
             Ok(())
         });
@@ -443,7 +443,7 @@ impl AddressSpace {
     pub fn resident_bytes(&self) -> u64 {
         let mut total = 0;
         let mm = &*self.mm;
-        let _ = self.tables().walk::<()>(0, USER_END, &mut |l| {
+        let _ = self.tables().walk::<(), _>(0, USER_END, &mut |l| {
             if let Pte::Present(p) = Pte::decode(l.raw)
                 && !mm.is_zero(p.pfn)
             {
@@ -547,7 +547,7 @@ impl AddressSpace {
     pub(super) fn split_all(&mut self, start: u64, end: u64, zero_too: bool) -> Result<(), Error> {
         let mut leaves = Vec::new();
         let mm = &*self.mm;
-        let _ = self.tables().walk::<()>(start, end, &mut |l| {
+        let _ = self.tables().walk::<(), _>(start, end, &mut |l| {
             if l.huge {
                 let pfn = Pte::decode(l.raw).pfn();
                 let hugetlb = pfn.and_then(|p| mm.meta(p)).is_some_and(|m| m.has(flags::HUGETLB));
@@ -582,7 +582,7 @@ impl AddressSpace {
         let mm = &*self.mm;
         let id = self.id;
         let tlb = &mut self.tlb;
-        let _ = t.walk::<()>(start, end, &mut |l| {
+        let _ = t.walk::<(), _>(start, end, &mut |l| {
             let old = t.swap(l.slot, 0);
             tlb.add(l.va, leaf_size(l.huge));
             release_leaf(mm, id, l.va, old, l.huge);
@@ -707,7 +707,7 @@ impl AddressSpace {
         let r = self.begin(start, end, Event::ProtectionVma, None);
         let t = Tables::new(self.mm.platform(), self.root);
         let tlb = &mut self.tlb;
-        let _ = t.walk::<()>(start, end, &mut |l| {
+        let _ = t.walk::<(), _>(start, end, &mut |l| {
             if reprotect(l.raw, prot) != l.raw {
                 // Clear, then write the new value computed from what was there, so a dirty
                 // bit the CPU set meanwhile is kept.
@@ -761,7 +761,7 @@ impl AddressSpace {
                 let t = Tables::new(self.mm.platform(), self.root);
                 let mm = &*self.mm;
                 let tlb = &mut self.tlb;
-                let _ = t.walk::<()>(start, end, &mut |l| {
+                let _ = t.walk::<(), _>(start, end, &mut |l| {
                     if let Pte::Present(p) = Pte::decode(l.raw)
                         && !mm.is_zero(p.pfn)
                     {
@@ -905,7 +905,7 @@ impl AddressSpace {
         }
         // Create every destination table first, so the move itself cannot fail halfway.
         let t = Tables::new(self.mm.platform(), self.root);
-        let prepared = t.walk::<()>(old, old_end, &mut |l| {
+        let prepared = t.walk::<(), _>(old, old_end, &mut |l| {
             let dest = new + (l.va - old);
             let ok = if l.huge {
                 t.pmd(dest, true).ok().flatten().is_some()
@@ -925,7 +925,7 @@ impl AddressSpace {
         let id = self.id;
         let tlb = &mut self.tlb;
         let dead = &mut self.dead_tables;
-        let _ = t.walk::<()>(old, old_end, &mut |l| {
+        let _ = t.walk::<(), _>(old, old_end, &mut |l| {
             let dest = new + (l.va - old);
             let raw = t.swap(l.slot, 0);
             tlb.add(l.va, leaf_size(l.huge));
@@ -996,7 +996,7 @@ impl AddressSpace {
         let mm = &*self.mm;
         let cid = child.id;
         let tlb = &mut self.tlb;
-        pt.walk::<Error>(start, end, &mut |l| {
+        pt.walk::<Error, _>(start, end, &mut |l| {
             let dest = if l.huge {
                 ct.pmd(l.va, true).ok().flatten()
             } else {

@@ -102,6 +102,13 @@ impl Platform for KernelPlatform {
         entry(table, index).load(Ordering::Acquire)
     }
 
+    fn table(&self, table: Pfn) -> &[AtomicU64] {
+        // SAFETY: as for `entry`: a page-table frame owned by `hmm::mm`, mapped read-write by
+        // the direct map for the kernel's lifetime, 512 naturally aligned u64s, only ever
+        // accessed atomically.
+        unsafe { core::slice::from_raw_parts(direct::<AtomicU64>(table.addr()), 512) }
+    }
+
     fn store(&self, table: Pfn, index: usize, value: u64) {
         entry(table, index).store(value, Ordering::Release)
     }
