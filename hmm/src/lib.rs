@@ -29,6 +29,7 @@ pub mod addr;
 pub mod devpt;
 pub mod dmirror;
 pub mod itree;
+pub mod legacy;
 pub mod mm;
 pub mod notifier;
 pub mod pagemap;

@@ -197,6 +197,45 @@ impl<F: DeviceFormat> PfnEncoding for Driver<F> {
     }
 }
 
+/// A slot that carries a [`Request`] in and the walk's [`PageState`] out: the encoding for
+/// layers whose output format is only known at run time (the `flags[]` / `values[]` /
+/// `pfn_shift` of a 4.17-5.6 `struct hmm_range`, see [`crate::legacy`]), which translate the
+/// state themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateSlot {
+    /// What the caller asks for this page (input).
+    Request(Request),
+    /// What the walk found (output).
+    State(PageState),
+}
+
+impl Default for StateSlot {
+    fn default() -> Self {
+        StateSlot::Request(Request::NONE)
+    }
+}
+
+impl PfnEncoding for StateSlot {
+    type Entry = StateSlot;
+    fn request(e: StateSlot) -> Request {
+        match e {
+            StateSlot::Request(r) => r,
+            StateSlot::State(_) => Request::NONE,
+        }
+    }
+    fn request_bits(r: Request) -> StateSlot {
+        StateSlot::Request(r)
+    }
+    fn encode(s: PageState) -> StateSlot {
+        StateSlot::State(s)
+    }
+}
+
+/// A `dev_private_owner` that matches every device: device-private pages of any device are
+/// reported as they are and never faulted back to RAM. This is the behaviour of the 4.14-5.6
+/// API generations (before `dev_private_owner` existed), which [`crate::legacy`] reproduces.
+pub const ANY_DEVICE: Owner = Owner(u64::MAX);
+
 /// Converts a modern `HMM_PFN_*` output word to a driver format: the pass a driver of the
 /// modern API runs over every range-fault result before filling its page table (what
 /// [`Driver<F>`] makes unnecessary). `device_private` says whether the page is the caller's
@@ -298,7 +337,8 @@ fn leaf_state(mm: &Mm, pte: Pte, huge: bool, offset: u64, owner: Option<Owner>) 
             PageState::Valid { pfn: Pfn(p.pfn.0 + offset), write: p.write, order, device_private: false }
         }
         Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => {
-            let ours = owner.is_some() && mm.device_memory().and_then(|d| d.owner_of(s.pfn)).map(|o| o.0) == owner;
+            let ours = owner == Some(ANY_DEVICE)
+                || (owner.is_some() && mm.device_memory().and_then(|d| d.owner_of(s.pfn)).map(|o| o.0) == owner);
             if ours {
                 PageState::Valid { pfn: Pfn(s.pfn.0 + offset), write: s.write, order, device_private: true }
             } else {
