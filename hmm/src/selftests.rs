@@ -696,6 +696,15 @@ fn thp_region(p: &Arc<SharedSpace>, prot: Prot) -> Result<u64, String> {
     Ok(a)
 }
 
+/// A process with a written THP (int `i` at index `i`) and `v`'s first device open on it.
+fn filled_thp(env: &Env<'_>, v: Variant) -> Result<(Arc<SharedSpace>, Arc<Dmirror>, u64), String> {
+    let p = env.process()?;
+    let d = env.open(v, false, &p)?;
+    let a = thp_region(&p, Prot::RW)?;
+    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    Ok((p, d, a))
+}
+
 fn migrate_anon_huge_empty(env: &Env<'_>, v: Variant) -> Verdict {
     let p = env.process()?;
     let d = env.open(v, false, &p)?;
@@ -719,20 +728,14 @@ fn migrate_anon_huge_zero(env: &Env<'_>, v: Variant) -> Verdict {
 }
 
 fn migrate_anon_huge_free(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     ok!(p.lock().madvise(a, PMD, Advice::Free));
     Ok(Outcome::Pass)
 }
 
 fn migrate_anon_huge_fault(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     check_ints(&env.ints(&p, a, PMD / 4)?, |i| i as i32, "CPU")?;
     Ok(Outcome::Pass)
@@ -791,17 +794,11 @@ fn migrate_remap_fault(env: &Env<'_>, v: Variant) -> Verdict {
 }
 
 fn migrate_anon_huge_err(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     d.set_flags(1);
     check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     ensure!(env.ints(&p, a + 2048 * 4, 1)?[0] == 2048);
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     migrated(&d, a, PMD / PAGE)?;
     d.set_flags(1);
     ok!(d.migrate_to_sys(a, PMD / PAGE));

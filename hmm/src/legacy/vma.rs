@@ -79,15 +79,7 @@ pub fn hmm_vma_get_pfns(
     pfns: &mut [u64],
     fmt: &PfnFormat,
 ) -> Result<VmaRange, LegacyError> {
-    let r = begin(space, start, end, pfns, fmt)?;
-    pfns.iter_mut().for_each(|w| *w = fmt.values[super::HMM_PFN_NONE]);
-    match fault_words(space, &r.sub, r.seq, (start, end), fmt, pfns, Request::NONE) {
-        Ok(_) => Ok(r),
-        Err(e) => {
-            let _ = r.sub.remove();
-            Err(e)
-        }
-    }
+    walk(space, (start, end), pfns, fmt, Request::NONE, true)
 }
 
 /// `hmm_vma_fault`: faults `[start, end)` (inside one VMA) in, writable if `write`, and
@@ -101,9 +93,20 @@ pub fn hmm_vma_fault(
     write: bool,
     block: bool,
 ) -> Result<VmaRange, LegacyError> {
+    let req = if write { Request::WRITE } else { Request::FAULT };
+    walk(space, (start, end), pfns, fmt, req, block)
+}
+
+fn walk(
+    space: &mut AddressSpace,
+    (start, end): (u64, u64),
+    pfns: &mut [u64],
+    fmt: &PfnFormat,
+    req: Request,
+    block: bool,
+) -> Result<VmaRange, LegacyError> {
     let r = begin(space, start, end, pfns, fmt)?;
     pfns.iter_mut().for_each(|w| *w = fmt.values[super::HMM_PFN_NONE]);
-    let req = if write { Request::WRITE } else { Request::FAULT };
     match fault_words(space, &r.sub, r.seq, (start, end), fmt, pfns, req) {
         Ok(_) => Ok(r),
         Err(e) => {

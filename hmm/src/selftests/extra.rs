@@ -110,10 +110,7 @@ fn thp_splits(env: &Env<'_>) -> u64 {
 /// page, snapshot bytes with `PMD`; it comes back whole, by a CPU fault (private) or by
 /// `MIGRATE_TO_SYS`, and nothing was split on the way. The device page is freed whole.
 fn migrate_thp_compound(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     all_at(env, &p, a, 1, Place::RamThp)?;
     let splits = thp_splits(env);
     let in_use = d.device().pages_in_use();
@@ -159,10 +156,7 @@ fn migrate_thp_compound(env: &Env<'_>, v: Variant) -> Verdict {
 /// direction (FAIL_ALLOC fails the 2 MiB attempt): the data arrives all the same, mapped by
 /// PTEs.
 fn migrate_thp_fallback(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     d.set_flags(1);
     check_ints(&migrated(&d, a, PMD / PAGE)?, |i| i as i32, "mirror")?;
     all_at(env, &p, a, PMD / PAGE, Place::Dev4k)?;
@@ -189,10 +183,7 @@ fn migrate_thp_fallback(env: &Env<'_>, v: Variant) -> Verdict {
 fn migrate_thp_partial_unmap(env: &Env<'_>, v: Variant) -> Verdict {
     const HOLE: u64 = 1 << 20;
     for off in [0, 512 << 10, 1 << 20] {
-        let p = env.process()?;
-        let d = env.open(v, false, &p)?;
-        let a = thp_region(&p, Prot::RW)?;
-        env.fill(&p, a, PMD / 4, |i| i as i32)?;
+        let (p, d, a) = filled_thp(env, v)?;
         migrated(&d, a, PMD / PAGE)?;
         all_at(env, &p, a, 1, Place::DevThp)?;
         let in_use = d.device().pages_in_use();
@@ -235,10 +226,7 @@ fn migrate_thp_remap(env: &Env<'_>, v: Variant) -> Verdict {
 /// Fork with a device THP: it is split (a THP has one mapping), both processes read the data,
 /// and a write in the parent is not seen by the child (P8: copy-on-write through device pages).
 fn migrate_thp_fork(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     migrated(&d, a, PMD / PAGE)?;
     let child = fork(env, &p)?;
     all_at(env, &p, a, PMD / PAGE, Place::Dev4k)?;
@@ -251,10 +239,7 @@ fn migrate_thp_fork(env: &Env<'_>, v: Variant) -> Verdict {
 /// Evicting a device's memory (`HMM_DMIRROR_RELEASE`, `migrate_device_range`) with a device THP
 /// mapped: it is split and evicted page by page, nothing is lost.
 fn migrate_thp_release(env: &Env<'_>, v: Variant) -> Verdict {
-    let p = env.process()?;
-    let d = env.open(v, false, &p)?;
-    let a = thp_region(&p, Prot::RW)?;
-    env.fill(&p, a, PMD / 4, |i| i as i32)?;
+    let (p, d, a) = filled_thp(env, v)?;
     migrated(&d, a, PMD / PAGE)?;
     all_at(env, &p, a, 1, Place::DevThp)?;
     ok!(d.device().release());
