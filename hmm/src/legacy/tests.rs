@@ -19,7 +19,7 @@ use crate::mm::vma::Prot;
 use crate::mm::{Error, Mm, SharedSpace};
 use crate::pagemap::{MemoryKind, Pagemaps};
 use alloc::collections::BTreeMap;
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -338,13 +338,19 @@ fn old_api_driver_gives_the_modern_results() {
     }
 }
 
-#[test]
-fn mirror_range_valid_closes_the_flag_race() {
+/// A process with `N` written pages and an old-API driver mirroring it.
+fn mirrored() -> (Arc<Mm>, Arc<OldDev>, Arc<SharedSpace>, u64, Arc<HmmMirror>) {
     let (mm, pm) = setup();
     let old = OldDev::new(&pm, false);
     let (s, a) = process(&mm);
     let ops: Arc<dyn MirrorOps> = old.clone();
     let mirror = HmmMirror::register(&s, Arc::downgrade(&ops)).unwrap();
+    (mm, old, s, a, mirror)
+}
+
+#[test]
+fn mirror_range_valid_closes_the_flag_race() {
+    let (_mm, _old, s, a, mirror) = mirrored();
     let fmt = PfnFormat::HMM_PFN_T;
     let mut range = mirror.range_register(a, a + N * PAGE).unwrap();
     let mut w = alloc::vec![fmt.flags[HMM_PFN_VALID]; N as usize];
@@ -377,11 +383,7 @@ impl DmaMap for Identity {
 
 #[test]
 fn range_dma_map_maps_every_valid_page_and_unmaps_dirty() {
-    let (mm, pm) = setup();
-    let old = OldDev::new(&pm, false);
-    let (s, a) = process(&mm);
-    let ops: Arc<dyn MirrorOps> = old.clone();
-    let mirror = HmmMirror::register(&s, Arc::downgrade(&ops)).unwrap();
+    let (mm, _old, s, a, mirror) = mirrored();
     let fmt = PfnFormat::HMM_PFN_T;
     let mut range = mirror.range_register(a, a + N * PAGE).unwrap();
     let mut w = alloc::vec![fmt.flags[HMM_PFN_VALID] | fmt.flags[HMM_PFN_WRITE]; N as usize];
@@ -396,5 +398,4 @@ fn range_dma_map_maps_every_valid_page_and_unmaps_dirty() {
     assert_eq!(range.dma_unmap(&w, &fmt, &dma, &mut daddrs, true), N as usize);
     assert_eq!(dma.0.load(Ordering::Relaxed), 0);
     assert!(w.iter().all(|&x| mm.meta(fmt.pfn(x).unwrap()).unwrap().has(flags::DIRTY)));
-    let _: Option<Weak<SharedSpace>> = None;
 }
