@@ -20,6 +20,7 @@
 pub mod devmem;
 pub mod migrate;
 pub mod mirror;
+pub mod olddev;
 pub mod vma;
 
 #[cfg(test)]

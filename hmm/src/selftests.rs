@@ -9,6 +9,7 @@
 //! report [`Outcome::Skip`] with the reason, as hmm-tests' `SKIP()` does.
 
 use crate::dmirror::{Counts, Dmirror, DmirrorDevice, EINVAL, ENOENT, EPERM, prot};
+use crate::legacy::olddev::OldDevice;
 use crate::mm::file::MemFile;
 use crate::mm::notify::Owner;
 use crate::mm::space::{AddressSpace, Advice, FaultError, MapRequest, RemapFlags};
@@ -25,6 +26,8 @@ const PMD: u64 = 2 << 20;
 /// `HMM_BUFFER_SIZE`: 4 MiB.
 const BUFFER: u64 = 4 << 20;
 const NPAGES: u64 = BUFFER / PAGE;
+/// Device memory of each old-API device.
+const OLD_DEVICE_BYTES: u64 = 2 << 20;
 
 /// The CPU's access to a process's memory.
 pub trait Cpu: Sync {
@@ -88,6 +91,9 @@ pub struct Env<'a> {
     pub mm: Arc<Mm>,
     /// `hmm_dmirror0..3`: 0 and 1 private, 2 and 3 coherent.
     pub devs: [Arc<DmirrorDevice>; 4],
+    /// The old-API device (`hmm_devmem`, `hmm_mirror`) of each variant: private, then
+    /// `DEVICE_PUBLIC` (coherent).
+    pub old: [Arc<OldDevice>; 2],
     /// The CPU.
     pub cpu: &'a dyn Cpu,
 }
@@ -112,8 +118,24 @@ impl<'a> Env<'a> {
                 dev(MemoryKind::Coherent, 2),
                 dev(MemoryKind::Coherent, 3),
             ],
+            old: [
+                OldDevice::new(&pm, false, Owner(0xd010), OLD_DEVICE_BYTES)?,
+                OldDevice::new(&pm, true, Owner(0xd011), OLD_DEVICE_BYTES)?,
+            ],
             cpu,
         })
+    }
+
+    /// Evicts every device's memory to RAM and removes it (driver unbind). Call with no
+    /// address space locked.
+    pub fn release(&self) -> Result<(), String> {
+        for d in &self.devs {
+            d.release().map_err(|e| format!("releasing {d:?}: {e}"))?;
+        }
+        for d in &self.old {
+            d.release().map_err(|e| format!("releasing {d:?}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn open(&self, v: Variant, second: bool, p: &Arc<SharedSpace>) -> Result<Arc<Dmirror>, String> {
@@ -858,6 +880,7 @@ pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&str, &Verdict)) {
 }
 
 mod extra;
+mod old_api;
 pub use extra::EXTRA;
 
 #[cfg(test)]

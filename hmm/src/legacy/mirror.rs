@@ -206,7 +206,15 @@ impl MirrorRange {
         let space = self.mirror.space.upgrade().ok_or(LegacyError::Invalid("the address space is gone"))?;
         let Some(seq) = self.seq else { return Err(LegacyError::Busy) };
         for _ in 0..64 {
-            let r = fault_words(&mut space.lock(), &self.sub, seq, (self.start, self.end), fmt, pfns, req);
+            let mut s = space.lock();
+            // 5.x: a VMA without read access fails the whole call with -EPERM, the entries
+            // cleared (6.x reports -EFAULT from the walk instead).
+            if s.vmas().overlapping(self.start, self.end).any(|v| !(v.prot.read() || v.prot.write())) {
+                pfns.iter_mut().for_each(|w| *w = fmt.values[super::HMM_PFN_NONE]);
+                return Err(LegacyError::Permission);
+            }
+            let r = fault_words(&mut s, &self.sub, seq, (self.start, self.end), fmt, pfns, req);
+            drop(s);
             match r {
                 // A busy page (migration in flight): with `block`, let go of the space so the
                 // migration can end, and walk again.
@@ -219,7 +227,8 @@ impl MirrorRange {
 
     /// `hmm_range_snapshot`: the entries of the range in `fmt` (`pfns` holds one per page),
     /// faulting nothing; returns the number of valid pages. `-EBUSY` when the range was
-    /// invalidated (or never waited on): `wait_until_valid` and call again.
+    /// invalidated (or never waited on): `wait_until_valid` and call again; `-EPERM` when a
+    /// VMA of the range has no read access.
     pub fn snapshot(&mut self, pfns: &mut [u64], fmt: &PfnFormat) -> Result<usize, LegacyError> {
         pfns.iter_mut().for_each(|w| *w = fmt.values[super::HMM_PFN_NONE]);
         self.walk(pfns, fmt, Request::NONE, true)
@@ -227,7 +236,8 @@ impl MirrorRange {
 
     /// `hmm_range_fault(range, block)`: faults in the pages whose `pfns` word asks for it
     /// (`flags[VALID]`, with `flags[WRITE]` for write) and writes every entry in `fmt`; returns
-    /// the number of valid pages. `-EAGAIN` when a page is busy and `!block`.
+    /// the number of valid pages. `-EAGAIN` when a page is busy and `!block`; `-EPERM` for a
+    /// VMA without read access, or a write request on a read-only page.
     pub fn fault(&mut self, pfns: &mut [u64], fmt: &PfnFormat, block: bool) -> Result<usize, LegacyError> {
         self.walk(pfns, fmt, Request::NONE, block)
     }

@@ -8,7 +8,8 @@ use crate::mm::frame::flags;
 use crate::mm::pte::{Pte, SoftKind};
 use crate::mm::space::Entry;
 
-/// Our own scenarios, run after [`SCENARIOS`] in both variants.
+/// Our own scenarios, run after [`SCENARIOS`] in both variants; the `old_api_*` ones are the
+/// old-API generations' (`old_api.rs`).
 pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_alloc_fail_midway", two: false, run: migrate_alloc_fail_midway },
     Scenario { name: "migrate_thp_compound", two: false, run: migrate_thp_compound },
@@ -17,6 +18,14 @@ pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_thp_remap", two: false, run: migrate_thp_remap },
     Scenario { name: "migrate_thp_fork", two: false, run: migrate_thp_fork },
     Scenario { name: "migrate_thp_release", two: false, run: migrate_thp_release },
+    Scenario { name: "old_api_read", two: false, run: super::old_api::old_api_read },
+    Scenario { name: "old_api_write", two: false, run: super::old_api::old_api_write },
+    Scenario { name: "old_api_migrate", two: false, run: super::old_api::old_api_migrate },
+    Scenario { name: "old_api_migrate_fault", two: false, run: super::old_api::old_api_migrate_fault },
+    Scenario { name: "old_api_migrate_sys", two: false, run: super::old_api::old_api_migrate_sys },
+    Scenario { name: "old_api_snapshot", two: false, run: super::old_api::old_api_snapshot },
+    Scenario { name: "old_api_invalidate", two: false, run: super::old_api::old_api_invalidate },
+    Scenario { name: "old_api_busy", two: false, run: super::old_api::old_api_busy },
 ];
 
 /// A device allocation fails in the middle of a 4 KiB migration: the first half of the range

@@ -3,7 +3,7 @@
 //! by real loads and stores (each fault a real #PF resolved by the address space, device-private
 //! pages migrated back by their pagemap from inside the fault handler).
 //!
-//! The four dmirror devices live for the whole run and give their memory back in
+//! The four dmirror devices and the two old-API devices live for the whole run and give their memory back in
 //! [`teardown`], before the run's frame-leak check.
 
 use crate::mm::uspace;
@@ -64,8 +64,5 @@ pub fn run(i: usize) -> Result<Option<&'static str>, String> {
 /// Evicts and removes the test devices' memory.
 pub fn teardown() -> Result<(), String> {
     let Some(Ok(env)) = ENV.get() else { return Ok(()) };
-    for d in &env.devs {
-        d.release().map_err(|e| alloc::format!("releasing {d:?}: {e}"))?;
-    }
-    Ok(())
+    env.release()
 }
