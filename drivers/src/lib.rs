@@ -3,8 +3,8 @@
 //!
 //! This crate never touches hardware directly and never prints except through `log`; the kernel
 //! provides physical-memory readers and configuration-space access, and host tests provide
-//! fakes. It is where the virtio-iommu, virtio-mem, ivshmem and copy-engine drivers will live,
-//! generic over virtio-drivers' `Hal` and `Transport`.
+//! fakes. `virtq` is a split virtqueue over raw device addresses (what the copy engine and the
+//! virtio-iommu need), `viommu` the virtio-iommu protocol and the shadow of a domain.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -13,3 +13,5 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod pci;
+pub mod viommu;
+pub mod virtq;

@@ -81,6 +81,7 @@ static START_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Every in-kernel test, in run order.
 // After the macros: textual macro scope.
+mod devices;
 mod hmm_suite;
 mod spaces;
 
@@ -100,6 +101,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "acpi::tables_and_cpus", run: acpi_tables_and_cpus },
     Test { name: "pci::bars_assigned_and_enabled", run: pci_bars_assigned_and_enabled },
     Test { name: "pci::virtio_devices_bind", run: pci_virtio_devices_bind },
+    Test { name: "devices::registered", run: devices::registered },
+    Test { name: "devices::dma_round_trip", run: devices::dma_round_trip },
+    Test { name: "devices::unmapped_dma_is_refused", run: devices::unmapped_dma_is_refused },
+    Test { name: "devices::iommu_errors_are_values", run: devices::iommu_errors_are_values },
     Test { name: "spaces::demand_paging_real_faults", run: spaces::demand_paging_real_faults },
     Test { name: "spaces::bad_access_is_a_fault_value", run: spaces::bad_access_is_a_fault_value },
     Test { name: "spaces::mprotect_and_munmap_flush_the_tlb", run: spaces::mprotect_and_munmap_flush_the_tlb },

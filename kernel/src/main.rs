@@ -18,6 +18,8 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod bench;
+mod copyengine;
+mod devices;
 mod job;
 mod json;
 mod ktest;
@@ -25,6 +27,8 @@ mod logger;
 mod mm;
 mod pci;
 mod report;
+mod viommu;
+mod virtio;
 
 use arch::{
     exit::{ExitCode, exit},
@@ -124,6 +128,9 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
 
     let ready_ns = time::now_ns().unwrap_or(0);
     let system = SYSTEM.call_once(|| System { boot: info, args, cpu, platform, tsc_hz, apic, pci, ready_ns });
+    if let Err(e) = devices::init(system) {
+        fail("devices", e);
+    }
     report::print(system);
 
     if let Some(crash) = system.args.crash {

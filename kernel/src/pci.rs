@@ -12,7 +12,7 @@ use virtio_drivers::{
         Transport,
         pci::{
             PciTransport,
-            bus::{Cam, MmioCam, PciRoot},
+            bus::{Cam, DeviceFunction, MmioCam, PciRoot},
         },
     },
 };
@@ -106,15 +106,31 @@ impl core::fmt::Display for BusError {
     }
 }
 
+/// The ECAM window's virtual address, once [`init`] mapped it.
+static ECAM: spin::Once<u64> = spin::Once::new();
+
+/// A configuration-space root over the mapped ECAM window.
+fn root() -> Option<PciRoot<MmioCam<'static>>> {
+    let virt = *ECAM.get()?;
+    // SAFETY: `virt` maps the whole ECAM region of segment 0 uncached for the kernel's
+    // lifetime (mapped once by `init`); configuration accesses are independent MMIO reads and
+    // writes, and only the drivers binding a function touch its registers.
+    Some(PciRoot::new(unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) }))
+}
+
+/// Binds virtio-drivers' PCI transport to virtio function `df` (a driver then owns it).
+pub fn transport(df: DeviceFunction) -> Result<PciTransport, String> {
+    let mut root = root().ok_or_else(|| String::from("PCI is not initialised"))?;
+    PciTransport::new::<KernelHal, _>(&mut root, df).map_err(|e| alloc::format!("binding {df}: {e}"))
+}
+
 /// Enumerates bus 0, assigns BARs and binds virtio transports.
 pub fn init(ecam: &[(u64, u16, u8, u8)]) -> Result<Bus, BusError> {
     let &(base, _segment, _first, last) = ecam.iter().find(|e| e.1 == 0).ok_or(BusError::NoEcam)?;
     let size = (u64::from(last) + 1) << 20;
     let virt = mm::map_mmio(base, size).map_err(BusError::Map)?;
-    // SAFETY: `virt` maps the whole ECAM region of segment 0 uncached (bus 0 at offset 0, 1 MiB
-    // per bus); only this module accesses configuration space.
-    let cam = unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) };
-    let mut root = PciRoot::new(cam);
+    ECAM.call_once(|| virt);
+    let mut root = root().ok_or(BusError::NoEcam)?;
     let mut functions = dpci::enumerate(&mut root, 0).map_err(BusError::Pci)?;
     dpci::assign(&mut root, &mut functions, &q35_windows(base + size)).map_err(BusError::Pci)?;
 

@@ -118,6 +118,23 @@ pub fn print(s: &System) {
                 j.num("pci_ranges", viot.pci_ranges.len());
             });
         }
+        crate::devices::with(|d| {
+            j.arr("devices", |j| {
+                for dev in &d.list {
+                    j.item(|j| {
+                        j.str("name", &dev.name);
+                        j.num("memory_bytes", dev.vram.1);
+                        j.num("memory_paddr", dev.vram.0);
+                        j.num("copy_seg_max", dev.engine.seg_max);
+                        j.bool("dma_translated", dev.engine.translated);
+                        if let Some((ep, dom)) = dev.mmu {
+                            j.num("iommu_endpoint", ep);
+                            j.num("domain", dom);
+                        }
+                    });
+                }
+            });
+        });
         j.num("ecam_base", s.pci.ecam_base);
         j.arr("pci", |j| {
             for (i, f) in s.pci.functions.iter().enumerate() {

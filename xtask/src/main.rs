@@ -371,6 +371,20 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
             bars.join(" ")
         );
     }
+    for d in v["devices"].as_array().into_iter().flatten() {
+        let mmu = match (d["domain"].as_u64(), d["iommu_endpoint"].as_u64()) {
+            (Some(dom), Some(ep)) => format!("device MMU: virtio-iommu domain {dom} (endpoint {ep})"),
+            _ => "no device MMU (no virtio-iommu)".to_string(),
+        };
+        println!(
+            "  device   {}: {} MiB device memory at {:#x}, copy engine: virtio-blk, {} segments/request{}; {mmu}",
+            d["name"].as_str().unwrap_or("?"),
+            n(&d["memory_bytes"]) >> 20,
+            n(&d["memory_paddr"]),
+            n(&d["copy_seg_max"]),
+            if d["dma_translated"].as_bool() == Some(true) { ", DMA translated" } else { "" },
+        );
+    }
     let kernel_ms = n(&v["ready_ns"]) as f64 / 1e6;
     match host_ready {
         Some(h) => println!(

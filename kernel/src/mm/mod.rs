@@ -90,6 +90,29 @@ pub fn virt_to_phys(vaddr: u64) -> Option<u64> {
     }
 }
 
+/// Reads `buf.len()` bytes of physical memory at `pa` through the direct map: for buffers the
+/// caller owns (DMA buffers it allocated, device memory it mapped with [`map_phys`]).
+pub fn read_phys(pa: u64, buf: &mut [u8]) {
+    assert!(
+        pa.checked_add(buf.len() as u64).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS),
+        "read_phys past the direct map"
+    );
+    // SAFETY: the range lies inside the direct map (checked) and, by this function's contract,
+    // in memory the caller owns and has mapped; `buf` is a distinct kernel buffer.
+    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u8, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Writes `data` to physical memory at `pa` through the direct map (same contract as
+/// [`read_phys`]).
+pub fn write_phys(pa: u64, data: &[u8]) {
+    assert!(
+        pa.checked_add(data.len() as u64).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS),
+        "write_phys past the direct map"
+    );
+    // SAFETY: as in `read_phys`, in the other direction.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len()) }
+}
+
 /// Runs `f` on the kernel page table (None before [`init`]).
 pub fn with_kernel_pt<R>(f: impl FnOnce(&mut PageTable) -> R) -> Option<R> {
     x86_64::instructions::interrupts::without_interrupts(|| KERNEL_PT.lock().as_mut().map(f))

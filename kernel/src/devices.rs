@@ -1,0 +1,273 @@
+//! The machine's devices, each a group of stock QEMU parts (`qemu/*.toml`, brief "The
+//! devices"): device memory (an ivshmem-plain BAR over a host memory object), a copy engine
+//! (a virtio-blk over the same object, [`CopyEngine`]) and, when the machine has a
+//! virtio-iommu, a device MMU: one domain per device, which the copy engine's endpoint is
+//! attached to.
+//!
+//! A domain has two halves. The user half (below [`KERNEL_IOVA`]) mirrors the address spaces
+//! bound to the device: IOVA = process virtual address. The kernel half maps system RAM at
+//! IOVA = [`KERNEL_IOVA`] + physical address, for the engine's own rings and headers and for
+//! migration copies of pages the CPU no longer maps (what `dma_map_page` gives a Linux
+//! driver). Device memory itself is not in the domain: the engine reaches it as its disk.
+//!
+//! Invariants: [`Devices::dma`] submits only segments the domain's [`Shadow`] maps with the
+//! access the transfer needs (QEMU cannot recover a DMA fault: the request would never
+//! complete); the shadow holds exactly what the virtio-iommu accepted.
+//!
+//! Pairing: the n-th ivshmem function (in PCI order) and the n-th virtio-blk function form
+//! device n, which is how the xtask builds the command line.
+
+use crate::copyengine::{CopyEngine, CopyError, Dir};
+use crate::viommu::Viommu;
+use crate::{System, mm, pci};
+use alloc::string::String;
+use alloc::vec::Vec;
+use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
+use spin::Mutex;
+use virtio_drivers::transport::DeviceType;
+
+/// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
+/// map's own offset, so a kernel buffer's IOVA is its kernel virtual address).
+pub const KERNEL_IOVA: u64 = boot::layout::DIRECT_MAP_BASE;
+
+const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
+
+fn iova_translated(pa: u64) -> u64 {
+    KERNEL_IOVA + pa
+}
+
+fn iova_identity(pa: u64) -> u64 {
+    pa
+}
+
+/// A device of the machine.
+#[derive(Debug)]
+pub struct Device {
+    /// `dev0`, `dev1`, ... in PCI order.
+    pub name: String,
+    /// Device memory: physical address of the BAR and its size.
+    pub vram: (u64, u64),
+    /// The copy engine.
+    pub engine: CopyEngine,
+    /// The engine's IOMMU endpoint and its domain, when behind the virtio-iommu.
+    pub mmu: Option<(u32, u32)>,
+    /// The kernel's copy of the domain.
+    pub shadow: Shadow,
+}
+
+impl Device {
+    /// The device address of physical RAM `pa` for this device.
+    pub fn iova_of(&self, pa: u64) -> u64 {
+        if self.mmu.is_some() { iova_translated(pa) } else { pa }
+    }
+}
+
+/// A device operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevError {
+    /// No such device.
+    NoDevice(usize),
+    /// Binding or using the PCI function failed.
+    Bind(String),
+    /// The virtio-iommu refused or failed.
+    Iommu(IommuError),
+    /// The copy engine failed.
+    Copy(CopyError),
+    /// A DMA segment is not mapped in the device's domain with the access it needs: the
+    /// transfer is refused before it reaches the device.
+    NotMapped {
+        /// Device.
+        device: usize,
+        /// First IOVA of the segment.
+        iova: u64,
+        /// Whether the device would have written there.
+        write: bool,
+    },
+}
+
+impl core::fmt::Display for DevError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoDevice(n) => write!(f, "no device {n} on this machine"),
+            Self::Bind(e) => write!(f, "{e}"),
+            Self::Iommu(e) => write!(f, "{e}"),
+            Self::Copy(e) => write!(f, "{e}"),
+            Self::NotMapped { device, iova, write } => write!(
+                f,
+                "device {device}: DMA {} {iova:#x} refused: the device MMU does not map it{}",
+                if *write { "to" } else { "from" },
+                if *write { " writable" } else { "" }
+            ),
+        }
+    }
+}
+
+impl From<IommuError> for DevError {
+    fn from(e: IommuError) -> Self {
+        Self::Iommu(e)
+    }
+}
+
+impl From<CopyError> for DevError {
+    fn from(e: CopyError) -> Self {
+        Self::Copy(e)
+    }
+}
+
+/// Every device, and the virtio-iommu they sit behind.
+#[derive(Debug, Default)]
+pub struct Devices {
+    /// The virtio-iommu, if the machine has one.
+    pub iommu: Option<Viommu>,
+    /// The devices, in PCI order.
+    pub list: Vec<Device>,
+}
+
+static DEVICES: Mutex<Option<Devices>> = Mutex::new(None);
+
+/// Runs `f` on the devices (None before [`init`]).
+pub fn with<R>(f: impl FnOnce(&mut Devices) -> R) -> Option<R> {
+    DEVICES.lock().as_mut().map(f)
+}
+
+/// Binds the virtio-iommu and every device; their domains get the kernel half mapped.
+pub fn init(s: &System) -> Result<(), DevError> {
+    let funcs = &s.pci.functions;
+    let mut iommu = match funcs.iter().find(|f| f.virtio == Some(DeviceType::IOMMU)) {
+        Some(f) => Some(Viommu::new(pci::transport(f.df).map_err(DevError::Bind)?)?),
+        None => None,
+    };
+    let vram = funcs.iter().filter(|f| (f.info.vendor_id, f.info.device_id) == IVSHMEM);
+    let blk = funcs.iter().filter(|f| f.virtio == Some(DeviceType::Block));
+    let mut list = Vec::new();
+    for (n, (v, b)) in vram.zip(blk).enumerate() {
+        let bar = v.bar(2).ok_or_else(|| DevError::Bind(alloc::format!("{}: ivshmem without BAR2", v.df)))?;
+        let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, b.bdf())).map(|(ep, _)| ep);
+        let behind = iommu.is_some() && endpoint.is_some();
+        let iova = if behind { iova_translated } else { iova_identity };
+        let t = pci::transport(b.df).map_err(DevError::Bind)?;
+        // The domain first: the engine's rings must be reachable before it starts.
+        let mut shadow = Shadow::new();
+        let mmu = match (iommu.as_mut(), endpoint) {
+            (Some(io), Some(ep)) if behind => {
+                let domain = io.new_domain()?;
+                let maps: Vec<Mapping> = s
+                    .boot
+                    .usable_ram(mm::PAGE_SIZE)
+                    .map(|r| Mapping {
+                        iova: KERNEL_IOVA + r.start,
+                        len: r.len(),
+                        phys: r.start,
+                        flags: MAP_READ | MAP_WRITE,
+                    })
+                    .collect();
+                // The device creates a domain on its first ATTACH (MAP to an unknown
+                // domain is NOENT); the engine does no DMA before it is started below.
+                io.attach(domain, ep)?;
+                for p in io.probe(ep)? {
+                    log::info!("dev{n}: endpoint {ep:#x} property {p:x?}");
+                }
+                for m in &maps {
+                    shadow.check_free(m)?;
+                }
+                io.map(domain, &maps)?;
+                for m in maps {
+                    shadow.insert(m)?;
+                }
+                Some((ep, domain))
+            }
+            _ => None,
+        };
+        let engine = CopyEngine::new(t, behind, iova)?;
+        mm::map_phys(
+            bar.address,
+            bar.size,
+            x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE,
+        )
+        .map_err(|e| DevError::Bind(alloc::format!("mapping device memory of dev{n}: {e}")))?;
+        log::info!(
+            "dev{n}: {} MiB device memory at {:#x}, copy engine {} ({} segments/request{}){}",
+            bar.size >> 20,
+            bar.address,
+            b.df,
+            engine.seg_max,
+            if engine.translated { ", DMA through the IOMMU" } else { "" },
+            match mmu {
+                Some((ep, d)) => alloc::format!(", device MMU: domain {d}, endpoint {ep:#x}"),
+                None => String::new(),
+            }
+        );
+        list.push(Device { name: alloc::format!("dev{n}"), vram: (bar.address, bar.size), engine, mmu, shadow });
+    }
+    if let Some(io) = &iommu {
+        log::info!(
+            "virtio-iommu: page sizes {:#x}, input range {:#x}..={:#x}, domains {}..={}, {} requests",
+            io.config.page_size_mask,
+            io.config.input_range.0,
+            io.config.input_range.1,
+            io.config.domain_range.0,
+            io.config.domain_range.1,
+            io.requests
+        );
+    }
+    *DEVICES.lock() = Some(Devices { iommu, list });
+    Ok(())
+}
+
+impl Devices {
+    fn dev(&mut self, n: usize) -> Result<&mut Device, DevError> {
+        self.list.get_mut(n).ok_or(DevError::NoDevice(n))
+    }
+
+    /// Maps `maps` in device `n`'s domain (refusing overlaps), then records them.
+    pub fn map(&mut self, n: usize, maps: &[Mapping]) -> Result<(), DevError> {
+        let io = self.iommu.as_mut();
+        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
+        let (Some(io), Some((_, domain))) = (io, d.mmu) else {
+            return Err(IommuError::Device("the device has no MMU").into());
+        };
+        for m in maps {
+            d.shadow.check_free(m)?;
+        }
+        io.map(domain, maps)?;
+        for m in maps {
+            d.shadow.insert(*m)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `[iova, iova + len)` from device `n`'s domain: the mappings it touches go, and
+    /// the parts of them outside the range are mapped again.
+    pub fn unmap(&mut self, n: usize, iova: u64, len: u64) -> Result<(), DevError> {
+        let io = self.iommu.as_mut();
+        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
+        let (Some(io), Some((_, domain))) = (io, d.mmu) else {
+            return Err(IommuError::Device("the device has no MMU").into());
+        };
+        let plan = d.shadow.plan_unmap(iova, iova.saturating_add(len));
+        io.unmap(domain, &plan.unmap)?;
+        for m in &plan.unmap {
+            d.shadow.remove(m);
+        }
+        io.map(domain, &plan.remap)?;
+        for m in plan.remap {
+            d.shadow.insert(m)?;
+        }
+        Ok(())
+    }
+
+    /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device
+    /// addresses): refused unless the domain maps every segment with the access needed.
+    pub fn dma(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
+        let d = self.dev(n)?;
+        let write = dir == Dir::ToRam;
+        if d.mmu.is_some() {
+            let need = if write { MAP_WRITE } else { MAP_READ };
+            if let Some(&(iova, _)) = ram.iter().find(|&&(a, l)| !d.shadow.covers(a, u64::from(l), need)) {
+                return Err(DevError::NotMapped { device: n, iova, write });
+            }
+        }
+        d.engine.copy(dir, offset, ram)?;
+        Ok(())
+    }
+}
