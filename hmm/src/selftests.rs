@@ -108,8 +108,13 @@ impl<'a> Env<'a> {
     /// Installs the pagemap registry on `mm` and creates the four devices, each adding device
     /// memory `chunk_bytes` at a time.
     pub fn new(mm: &Arc<Mm>, cpu: &'a dyn Cpu, chunk_bytes: u64) -> Result<Env<'a>, Error> {
-        let pm = Pagemaps::install(mm)?;
-        let dev = |kind, n: u64| DmirrorDevice::new(&pm, kind, Owner(0xd000 + n), chunk_bytes);
+        Self::with_pagemaps(&Pagemaps::install(mm)?, cpu, chunk_bytes)
+    }
+
+    /// [`Env::new`] on a pagemap registry already installed (beside other devices).
+    pub fn with_pagemaps(pm: &Arc<Pagemaps>, cpu: &'a dyn Cpu, chunk_bytes: u64) -> Result<Env<'a>, Error> {
+        let mm = pm.mm();
+        let dev = |kind, n: u64| DmirrorDevice::new(pm, kind, Owner(0xd000 + n), chunk_bytes);
         Ok(Env {
             mm: mm.clone(),
             devs: [
@@ -119,8 +124,8 @@ impl<'a> Env<'a> {
                 dev(MemoryKind::Coherent, 3),
             ],
             old: [
-                OldDevice::new(&pm, false, Owner(0xd010), OLD_DEVICE_BYTES)?,
-                OldDevice::new(&pm, true, Owner(0xd011), OLD_DEVICE_BYTES)?,
+                OldDevice::new(pm, false, Owner(0xd010), OLD_DEVICE_BYTES)?,
+                OldDevice::new(pm, true, Owner(0xd011), OLD_DEVICE_BYTES)?,
             ],
             cpu,
         })

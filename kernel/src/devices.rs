@@ -256,10 +256,25 @@ impl Devices {
         Ok(())
     }
 
-    /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device
-    /// addresses): refused unless the domain maps every segment with the access needed.
-    pub fn dma(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
-        let d = self.dev(n)?;
+    /// Several copies at once (`(offset, ram segments)` each, all in flight together); one
+    /// result per copy, in order. Each is checked as [`dma`](Self::dma) checks.
+    pub fn dma_many<'r>(
+        &mut self,
+        n: usize,
+        dir: Dir,
+        reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
+    ) -> Vec<Result<(), DevError>> {
+        let Ok(d) = self.dev(n) else { return reqs.map(|_| Err(DevError::NoDevice(n))).collect() };
+        let tickets: Vec<Result<_, DevError>> = reqs
+            .map(|(offset, ram)| {
+                Self::check_mapped(d, n, dir, ram)?;
+                Ok(d.engine.submit(dir, offset, ram)?)
+            })
+            .collect();
+        tickets.into_iter().map(|t| Ok(d.engine.wait(t?)?)).collect()
+    }
+
+    fn check_mapped(d: &Device, n: usize, dir: Dir, ram: &[(u64, u32)]) -> Result<(), DevError> {
         let write = dir == Dir::ToRam;
         if d.mmu.is_some() {
             let need = if write { MAP_WRITE } else { MAP_READ };
@@ -267,6 +282,14 @@ impl Devices {
                 return Err(DevError::NotMapped { device: n, iova, write });
             }
         }
+        Ok(())
+    }
+
+    /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device
+    /// addresses): refused unless the domain maps every segment with the access needed.
+    pub fn dma(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
+        let d = self.dev(n)?;
+        Self::check_mapped(d, n, dir, ram)?;
         d.engine.copy(dir, offset, ram)?;
         Ok(())
     }

@@ -29,6 +29,7 @@ mod pci;
 mod report;
 mod viommu;
 mod virtio;
+mod vram;
 
 use arch::{
     exit::{ExitCode, exit},

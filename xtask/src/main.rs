@@ -469,7 +469,7 @@ fn cmd_qemu(args: &[String]) -> Result<u8> {
         println!("\n== default job: {} ==", result["job"].as_str().unwrap_or("?"));
         if let Some(obj) = result.as_object() {
             for (k, v) in obj.iter().filter(|(k, _)| *k != "job") {
-                println!("  {k:<32} {v}");
+                println!("  {k:<40} {v}");
             }
         }
     }

@@ -33,9 +33,13 @@ static CPU: KernelCpu = KernelCpu;
 static ENV: Once<Result<Env<'static>, String>> = Once::new();
 
 fn env() -> Result<&'static Env<'static>, String> {
-    ENV.call_once(|| Env::new(uspace::mm(), &CPU, CHUNK).map_err(|e| alloc::format!("creating the test devices: {e}")))
-        .as_ref()
-        .map_err(Clone::clone)
+    ENV.call_once(|| {
+        crate::vram::pagemaps()
+            .and_then(|pm| Env::with_pagemaps(pm, &CPU, CHUNK))
+            .map_err(|e| alloc::format!("creating the test devices: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
 /// Scenario-variant pairs: the hmm-tests scenarios, then our own ([`EXTRA`]).

@@ -1,0 +1,384 @@
+//! Device memory of the real devices as ZONE_DEVICE-style private pages, and migration
+//! between system RAM and it, copied by the device's DMA engine.
+//!
+//! Each device's ivshmem BAR becomes one private [`DevPagemap`]: device page k (the k-th
+//! frame number of the pagemap) is the 4 KiB at offset k * 4096 of the BAR. The CPU never maps
+//! these pages; the copy engine moves data in and out:
+//! - [`migrate_to_device`]: `migrate_vma_setup` (system pages), allocate device pages,
+//!   scatter-gather DMA RAM -> device in requests of consecutive device pages (several in
+//!   flight), `pages`, `finalize`;
+//! - CPU touch of a device page: the pagemap's `migrate_to_ram`, which DMAs the page back
+//!   into a fresh RAM page from inside the page-fault handler;
+//! - [`migrate_to_ram`]: the explicit way back for a range.
+//!
+//! A failed DMA declines the page (its destination is dropped before `pages`), so the source
+//! stays where it was and nothing is lost. RAM pages are DMA'd at the kernel half of the
+//! device's domain (see [`devices`](crate::devices)).
+
+use crate::copyengine::Dir;
+use crate::devices::{self, DevError};
+use crate::mm::uspace;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use hmm::addr::Pfn;
+use hmm::mm::frame::flags;
+use hmm::mm::migrate::{MigrateArgs, MigratePfn, MigrateVma, Select};
+use hmm::mm::notify::Owner;
+use hmm::mm::space::{AddressSpace, FaultError};
+use hmm::mm::{Error, SharedSpace};
+use hmm::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
+use spin::{Mutex, Once};
+
+const PAGE: u64 = 4096;
+/// Pages per DMA request (each request is one run of consecutive device pages).
+const RUN: usize = 32;
+/// Requests in flight at once.
+const IN_FLIGHT: usize = 6;
+
+static PAGEMAPS: Once<Result<Arc<Pagemaps>, Error>> = Once::new();
+
+/// The kernel's pagemap registry (installed on first use).
+pub fn pagemaps() -> Result<&'static Arc<Pagemaps>, Error> {
+    PAGEMAPS.call_once(|| Pagemaps::install(uspace::mm())).as_ref().map_err(Clone::clone)
+}
+
+/// Pages moved and faults served, per device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VramStats {
+    /// Pages migrated RAM -> device.
+    pub to_device: u64,
+    /// Pages migrated device -> RAM (explicitly or by CPU faults).
+    pub to_ram: u64,
+    /// CPU faults on device pages.
+    pub cpu_faults: u64,
+    /// Pages a failed DMA declined.
+    pub declined: u64,
+}
+
+/// One device's memory.
+#[derive(Debug)]
+pub struct Vram {
+    device: usize,
+    owner: Owner,
+    pagemap: Once<Arc<DevPagemap>>,
+    free: Mutex<Vec<u64>>,
+    pages: u64,
+    /// Counters.
+    pub stats: Mutex<VramStats>,
+}
+
+impl Vram {
+    /// Registers device `device`'s memory (`bytes`, a multiple of 2 MiB) as private pages.
+    pub fn register(device: usize, bytes: u64) -> Result<Arc<Vram>, Error> {
+        let pages = bytes / PAGE;
+        let v = Arc::new(Vram {
+            device,
+            owner: Owner(0x7e00 + device as u64),
+            pagemap: Once::new(),
+            free: Mutex::new((0..pages).rev().collect()),
+            pages,
+            stats: Mutex::new(VramStats::default()),
+        });
+        let ops: Arc<dyn PagemapOps> = v.clone();
+        let w: Weak<dyn PagemapOps> = Arc::downgrade(&ops);
+        let pm = pagemaps()?.memremap_pages(MemoryKind::Private, v.owner, pages, w)?;
+        v.pagemap.call_once(|| pm);
+        Ok(v)
+    }
+
+    /// Pages in use.
+    pub fn in_use(&self) -> u64 {
+        self.pages - self.free.lock().len() as u64
+    }
+
+    fn first(&self) -> Option<Pfn> {
+        self.pagemap.get().map(|p| p.ranges()[0].0)
+    }
+
+    /// The byte offset in device memory of device page `pfn`.
+    pub fn offset_of(&self, pfn: Pfn) -> Option<u64> {
+        let first = self.first()?;
+        (pfn.0 >= first.0 && pfn.0 - first.0 < self.pages).then(|| (pfn.0 - first.0) * PAGE)
+    }
+
+    /// A free device page, referenced and locked for a migration.
+    fn alloc(&self) -> Option<Pfn> {
+        let k = self.free.lock().pop()?;
+        let p = Pfn(self.first()?.0 + k);
+        match pagemaps().ok()?.page_init(p) {
+            Ok(()) => Some(p),
+            Err(_) => {
+                self.free.lock().push(k);
+                None
+            }
+        }
+    }
+
+    /// Gives back a page [`alloc`](Self::alloc) handed out that a migration did not use.
+    fn unuse(&self, p: Pfn) {
+        let mm = uspace::mm();
+        if let Some(m) = mm.meta(p) {
+            m.unlock();
+        }
+        mm.put_page(p); // the last reference: page_free puts it on the free list
+    }
+}
+
+impl PagemapOps for Vram {
+    fn page_free(&self, _pm: &DevPagemap, pfn: Pfn, order: u32) {
+        let Some(first) = self.first() else { return };
+        let mut free = self.free.lock();
+        for k in 0..1u64 << order {
+            free.push(pfn.0 + k - first.0);
+        }
+    }
+
+    fn migrate_to_ram(&self, _pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
+        let start = va & !(PAGE - 1);
+        let args = MigrateArgs {
+            start,
+            end: start + PAGE,
+            owner: self.owner,
+            select: Select::DEVICE_PRIVATE,
+            fault_page: Some(page),
+        };
+        let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
+        let moved = self.copy_out(&mut mig).map_err(|_| FaultError::Bus)?;
+        mig.pages();
+        mig.finalize();
+        let mut s = self.stats.lock();
+        s.cpu_faults += 1;
+        s.to_ram += moved;
+        if moved == 0 {
+            // The DMA failed: the page stays on the device and the access cannot proceed.
+            return Err(FaultError::Bus);
+        }
+        Ok(())
+    }
+}
+
+/// A DMA run: consecutive device pages starting at `offset`, with their RAM pages.
+struct Run {
+    offset: u64,
+    entries: Vec<usize>,
+    ram: Vec<(u64, u32)>,
+}
+
+impl Vram {
+    /// Runs the DMA for `runs` (several requests in flight); returns the entries whose copy
+    /// failed.
+    fn transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        let mut failed = Vec::new();
+        devices::with(|d| {
+            for window in runs.chunks(IN_FLIGHT) {
+                let results = d.dma_many(self.device, dir, window.iter().map(|r| (r.offset, &r.ram[..])));
+                for (r, res) in window.iter().zip(results) {
+                    if let Err(e) = res {
+                        log::warn!(
+                            "dev{}: DMA of {} pages at {:#x} failed: {e}",
+                            self.device,
+                            r.entries.len(),
+                            r.offset
+                        );
+                        failed.extend(&r.entries);
+                    }
+                }
+            }
+        })
+        .unwrap_or_else(|| failed.extend(runs.iter().flat_map(|r| r.entries.iter().copied())));
+        failed
+    }
+
+    /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
+    fn runs(&self, items: &[(usize, Pfn, Pfn)]) -> Vec<Run> {
+        let kernel = devices::with(|d| d.list.get(self.device).map(|dev| dev.iova_of(0))).flatten().unwrap_or(0);
+        let mut runs: Vec<Run> = Vec::new();
+        for &(i, dp, ram) in items {
+            let Some(off) = self.offset_of(dp) else { continue };
+            let seg = (kernel + ram.addr(), PAGE as u32);
+            match runs.last_mut() {
+                Some(r) if r.offset + r.ram.len() as u64 * PAGE == off && r.ram.len() < RUN => {
+                    r.entries.push(i);
+                    r.ram.push(seg);
+                }
+                _ => runs.push(Run { offset: off, entries: alloc::vec![i], ram: alloc::vec![seg] }),
+            }
+        }
+        runs
+    }
+
+    /// For each device page in `mig` marked to migrate: a RAM page, filled by DMA. Returns how
+    /// many were filled; failed ones are declined (the device keeps the page).
+    fn copy_out(&self, mig: &mut MigrateVma<'_>) -> Result<u64, Error> {
+        let mm = uspace::mm();
+        let mut items = Vec::new();
+        for i in 0..mig.src().len() {
+            let s = mig.src()[i];
+            let Some(from) = s.pfn().filter(|&p| s.is_migrate() && self.offset_of(p).is_some()) else { continue };
+            let Ok(r) = mm.alloc_page(flags::ANON, 0, false) else { continue };
+            if let Some(m) = mm.meta(r) {
+                m.trylock();
+            }
+            mig.dst_mut()[i] = MigratePfn::new(r).with_write(s.is_write());
+            items.push((i, from, r));
+        }
+        let failed = self.transfer(Dir::ToRam, &self.runs(&items));
+        for &i in &failed {
+            if let Some(r) = mig.dst()[i].pfn() {
+                if let Some(m) = mm.meta(r) {
+                    m.unlock();
+                }
+                mm.put_page(r);
+            }
+            mig.dst_mut()[i] = MigratePfn(0);
+        }
+        self.stats.lock().declined += failed.len() as u64;
+        Ok((items.len() - failed.len()) as u64)
+    }
+}
+
+/// Migrates `npages` at `start` of `space` to device memory; returns how many moved. Pages
+/// already on a device, and pages for which device memory ran out, stay.
+pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u64) -> Result<u64, DevError> {
+    let mm = uspace::mm();
+    let mut s = space.lock();
+    let args =
+        MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: Select::SYSTEM, fault_page: None };
+    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
+    let zero = mm.zero_pfn();
+    let mut items = Vec::new();
+    for i in 0..mig.src().len() {
+        let src = mig.src()[i];
+        if !src.is_migrate() {
+            continue;
+        }
+        let Some(dp) = v.alloc() else { break };
+        mig.dst_mut()[i] = MigratePfn::new(dp).with_write(src.is_write());
+        // An empty page is filled from the zero page.
+        items.push((i, dp, src.pfn().unwrap_or(zero)));
+    }
+    let failed = v.transfer(Dir::ToDevice, &v.runs(&items));
+    for &i in &failed {
+        if let Some(dp) = mig.dst()[i].pfn() {
+            v.unuse(dp);
+        }
+        mig.dst_mut()[i] = MigratePfn(0);
+    }
+    mig.pages();
+    let moved =
+        (0..mig.src().len()).filter(|&i| mig.src()[i].is_migrate() && mig.dst()[i].pfn().is_some()).count() as u64;
+    mig.finalize();
+    let mut st = v.stats.lock();
+    st.to_device += moved;
+    st.declined += failed.len() as u64;
+    Ok(moved)
+}
+
+/// Migrates this device's pages among `npages` at `start` back to RAM; returns how many moved.
+pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u64) -> Result<u64, DevError> {
+    let mut s = space.lock();
+    let args = MigrateArgs {
+        start,
+        end: start + npages * PAGE,
+        owner: v.owner,
+        select: Select::DEVICE_PRIVATE,
+        fault_page: None,
+    };
+    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
+    let moved = v.copy_out(&mut mig).map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
+    mig.pages();
+    mig.finalize();
+    v.stats.lock().to_ram += moved;
+    Ok(moved)
+}
+
+static VRAMS: Once<Result<Vec<Arc<Vram>>, Error>> = Once::new();
+
+/// Every device's memory, registered on first use.
+pub fn all() -> Result<&'static [Arc<Vram>], Error> {
+    VRAMS
+        .call_once(|| {
+            let sizes: Vec<u64> = devices::with(|d| d.list.iter().map(|dev| dev.vram.1).collect()).unwrap_or_default();
+            sizes.iter().enumerate().map(|(n, &b)| Vram::register(n, b)).collect()
+        })
+        .as_ref()
+        .map(|v| &v[..])
+        .map_err(Clone::clone)
+}
+
+/// What [`round_trip`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundTrip {
+    /// Pages moved each way.
+    pub pages: u64,
+    /// ns per page, RAM -> device (migrate_vma + DMA).
+    pub to_device_ns: u64,
+    /// ns per page, CPU faults bringing pages back (migrate_to_ram + DMA each).
+    pub fault_back_ns: u64,
+    /// ns per page, explicit migration back.
+    pub to_ram_ns: u64,
+}
+
+/// Migrates `pages` pages of a fresh process to device `n` and back, both ways (CPU faults,
+/// explicit), checking where the pages are and that every byte survives (read through the
+/// BAR while on the device, through real loads after).
+pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::String> {
+    use crate::arch::time;
+    use hmm::mm::pte::{Pte, SoftKind};
+    use hmm::mm::space::MapRequest;
+    use hmm::mm::vma::Prot;
+    let v =
+        all().map_err(|e| alloc::format!("registering device memory: {e}"))?.get(n).ok_or("no such device")?.clone();
+    let bar = devices::with(|d| d.list[n].vram.0).ok_or("devices not initialised")?;
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| alloc::format!("{e}"))?);
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| alloc::format!("mmap: {e}"))?;
+    let data: Vec<u8> = (0..pages * PAGE / 8).flat_map(|i| (i ^ (n as u64) << 40).to_le_bytes()).collect();
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| alloc::format!("CPU fill: {:?}", f.error))?;
+    let ns = |c: u64| time::cycles_to_ns(c).unwrap_or(0) / pages;
+
+    let t0 = time::rdtsc();
+    let moved = migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let to_device_ns = ns(time::rdtsc() - t0);
+    if moved != pages {
+        return Err(alloc::format!("{moved} of {pages} pages reached dev{n}"));
+    }
+    let mut page = alloc::vec![0u8; PAGE as usize];
+    for k in 0..pages {
+        let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
+        let Some(Pte::Soft(s)) = e.filter(|p| matches!(p, Pte::Soft(s) if s.kind == SoftKind::DevicePrivate)) else {
+            return Err(alloc::format!("page {k} is not device-private after the migration: {e:?}"));
+        };
+        let off = v.offset_of(s.pfn).ok_or("a device entry outside this device's memory")?;
+        crate::mm::read_phys(bar + off, &mut page);
+        if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
+            return Err(alloc::format!("page {k}: device memory differs from what the CPU wrote"));
+        }
+    }
+    let faults = v.stats.lock().cpu_faults;
+    let mut back = alloc::vec![0u8; data.len()];
+    let t0 = time::rdtsc();
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read back: {:?}", f.error))?;
+    let fault_back_ns = ns(time::rdtsc() - t0);
+    if back != data {
+        return Err("data differs after the CPU faulted the pages back".into());
+    }
+    let faulted = v.stats.lock().cpu_faults - faults;
+    if faulted != pages {
+        return Err(alloc::format!("{faulted} CPU faults for {pages} device pages"));
+    }
+    migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let t0 = time::rdtsc();
+    let moved = migrate_to_ram(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let to_ram_ns = ns(time::rdtsc() - t0);
+    back.fill(0);
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read: {:?}", f.error))?;
+    if moved != pages || back != data {
+        return Err(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data));
+    }
+    drop(space);
+    if v.in_use() != 0 {
+        return Err(alloc::format!("{} device pages still in use after the process went", v.in_use()));
+    }
+    Ok(RoundTrip { pages, to_device_ns, fault_back_ns, to_ram_ns })
+}
