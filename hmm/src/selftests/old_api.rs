@@ -51,13 +51,46 @@ fn teardown(dev: &Arc<OldDevice>, p: Arc<SharedSpace>, m: Arc<OldMirror>, in_use
     Ok(Outcome::Pass)
 }
 
-/// Device reads (5.x `hmm_range_fault` and 4.14 `hmm_vma_fault`) give what the CPU wrote and
-/// what dmirror reads; the device table maps exactly the frames the CPU maps.
-pub(super) fn old_api_read(env: &Env<'_>, v: Variant) -> Verdict {
+/// The old-API driver and dmirror, each on its own process holding the same data.
+struct Pair<'e> {
+    dev: &'e Arc<OldDevice>,
+    in_use: u64,
+    p: Arc<SharedSpace>,
+    m: Arc<OldMirror>,
+    a: u64,
+    q: Arc<SharedSpace>,
+    d: Arc<Dmirror>,
+    b: u64,
+}
+
+fn pair<'e>(env: &'e Env<'_>, v: Variant) -> Result<Pair<'e>, String> {
     let dev = old_dev(env, v);
     let in_use = dev.pages_in_use();
     let (p, m, a) = setup(env, v)?;
     let (q, d, b) = modern(env, v)?;
+    Ok(Pair { dev, in_use, p, m, a, q, d, b })
+}
+
+impl Pair<'_> {
+    /// Both migrate all `N` pages to their device.
+    fn migrate_both(&self) -> Result<(), String> {
+        let moved = ok!(self.m.migrate_to_dev(self.a, N));
+        ensure!(moved == N as usize, "migrate_vma moved {moved} of {N} pages");
+        migrated(&self.d, self.b, N).map(|_| ())
+    }
+
+    /// dmirror's process goes, then [`teardown`] of the old-API one.
+    fn finish(self) -> Verdict {
+        drop((self.q, self.d));
+        teardown(self.dev, self.p, self.m, self.in_use)
+    }
+}
+
+/// Device reads (5.x `hmm_range_fault` and 4.14 `hmm_vma_fault`) give what the CPU wrote and
+/// what dmirror reads; the device table maps exactly the frames the CPU maps.
+pub(super) fn old_api_read(env: &Env<'_>, v: Variant) -> Verdict {
+    let x = pair(env, v)?;
+    let Pair { ref p, ref m, a, ref d, b, .. } = x;
     let new = ok!(d.read(b, N)).0;
     ensure!(ok!(m.read(a, N)) == new, "5.x hmm_range_fault read differs from dmirror's");
     ensure!(ok!(m.read_4_14(a, N)) == new, "4.14 hmm_vma_fault read differs from dmirror's");
@@ -68,17 +101,14 @@ pub(super) fn old_api_read(env: &Env<'_>, v: Variant) -> Verdict {
         let cpu = p.lock().translate(va);
         ensure!(m.entry(va).map(|(f, _)| f.addr()) == cpu, "page {k}: device maps {:?}, CPU {cpu:?}", m.entry(va));
     }
-    drop((q, d));
-    teardown(dev, p, m, in_use)
+    x.finish()
 }
 
 /// A device write faults the pages in for write; the CPU reads what the device wrote, as it
 /// does after dmirror's write; a read-only mapping refuses the write with -EPERM.
 pub(super) fn old_api_write(env: &Env<'_>, v: Variant) -> Verdict {
-    let dev = old_dev(env, v);
-    let in_use = dev.pages_in_use();
-    let (p, m, a) = setup(env, v)?;
-    let (q, d, b) = modern(env, v)?;
+    let x = pair(env, v)?;
+    let Pair { ref p, ref m, a, ref q, ref d, b, .. } = x;
     let data = bytes_of(N * 1024, |i| -(i as i32));
     ok!(m.write(a, &data));
     ok!(d.write(b, &data));
@@ -90,18 +120,15 @@ pub(super) fn old_api_write(env: &Env<'_>, v: Variant) -> Verdict {
     let r = m.write(a, &data[..PAGE as usize]);
     ensure!(r == Err(LegacyError::Permission), "write to a read-only page: {r:?}");
     ensure!(ok!(m.read(a, 1)) == data[..PAGE as usize], "read-only page still readable by the device");
-    drop((q, d));
-    teardown(dev, p, m, in_use)
+    x.finish()
 }
 
 /// Callback `migrate_vma` to the device: both snapshot calls see what the modern snapshot
 /// sees (private), the device reads its own memory without moving it back (4.14 never
 /// migrated on a device fault), and data is intact.
 pub(super) fn old_api_migrate(env: &Env<'_>, v: Variant) -> Verdict {
-    let dev = old_dev(env, v);
-    let in_use = dev.pages_in_use();
-    let (p, m, a) = setup(env, v)?;
-    let (q, d, b) = modern(env, v)?;
+    let x = pair(env, v)?;
+    let Pair { dev, in_use, ref m, a, ref d, b, .. } = x;
     ensure!(ok!(m.migrate_to_dev(a, N)) == N as usize, "not every page moved");
     ensure!(dev.pages_in_use() == in_use + N, "device pages in use: {}", dev.pages_in_use());
     ensure!(m.entries() == N as usize, "finalize_and_map mapped {} pages", m.entries());
@@ -126,20 +153,16 @@ pub(super) fn old_api_migrate(env: &Env<'_>, v: Variant) -> Verdict {
     check_ints(&ints_of(&ok!(m.read_4_14(a, N))), |i| i as i32, "4.14 device read of its own memory")?;
     ensure!(dev.freed() == freed && dev.pages_in_use() == in_use + N, "a device read moved pages");
     ensure!(ok!(m.migrate_to_dev(a, N)) == 0, "pages already on the device moved again");
-    drop((q, d));
-    teardown(dev, p, m, in_use)
+    x.finish()
 }
 
 /// A CPU touch of old-API device-private memory runs the devmem `fault` callback, which
 /// migrates the page back; `sync_cpu_device_pagetables` sees the migration; the data is
 /// what dmirror's CPU fault gives. Coherent pages are read in place.
 pub(super) fn old_api_migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
-    let dev = old_dev(env, v);
-    let in_use = dev.pages_in_use();
-    let (p, m, a) = setup(env, v)?;
-    let (q, d, b) = modern(env, v)?;
-    ok!(m.migrate_to_dev(a, N));
-    migrated(&d, b, N)?;
+    let x = pair(env, v)?;
+    let Pair { dev, ref p, ref m, a, ref q, b, .. } = x;
+    x.migrate_both()?;
     let freed = dev.freed();
     env.cpu.write(&p, a + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
     env.cpu.write(&q, b + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
@@ -154,28 +177,23 @@ pub(super) fn old_api_migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
     let (old_ints, new_ints) = (env.ints(&p, a, N * 1024)?, env.ints(&q, b, N * 1024)?);
     ensure!(old_ints == new_ints, "CPU view after the faults differs from dmirror's");
     check_ints(&old_ints, |i| if i == 2 { 7 } else { i as i32 }, "CPU read")?;
-    drop((q, d));
     // Coherent pages stay on the device until the process goes.
-    teardown(dev, p, m, in_use)
+    x.finish()
 }
 
 /// Callback `migrate_vma` back to RAM: every page comes back, the device frees them, data
 /// matches dmirror's after its MIGRATE_TO_SYS.
 pub(super) fn old_api_migrate_sys(env: &Env<'_>, v: Variant) -> Verdict {
-    let dev = old_dev(env, v);
-    let in_use = dev.pages_in_use();
-    let (p, m, a) = setup(env, v)?;
-    let (q, d, b) = modern(env, v)?;
-    ok!(m.migrate_to_dev(a, N));
-    migrated(&d, b, N)?;
+    let x = pair(env, v)?;
+    let Pair { dev, in_use, ref p, ref m, a, ref q, ref d, b } = x;
+    x.migrate_both()?;
     ensure!(ok!(m.migrate_to_sys(a, N)) == N as usize, "not every page came back");
     ok!(d.migrate_to_sys(b, N));
     ensure!(dev.pages_in_use() == in_use, "device pages in use after migrating back: {}", dev.pages_in_use());
     ensure!(ok!(m.snapshot(a, N)) == ok!(d.snapshot(b, N)).0, "snapshots after migrating back differ");
     ensure!(env.ints(&p, a, N * 1024)? == env.ints(&q, b, N * 1024)?, "CPU view differs");
     check_ints(&env.ints(&p, a, N * 1024)?, |i| i as i32, "CPU read after migrating back")?;
-    drop((q, d));
-    teardown(dev, p, m, in_use)
+    x.finish()
 }
 
 /// Snapshots of a mixed range, against the modern snapshot of the same process: never
