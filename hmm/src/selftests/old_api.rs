@@ -112,8 +112,8 @@ pub(super) fn old_api_write(env: &Env<'_>, v: Variant) -> Verdict {
     let data = bytes_of(N * 1024, |i| -(i as i32));
     ok!(m.write(a, &data));
     ok!(d.write(b, &data));
-    ensure!(env.ints(&p, a, N * 1024)? == env.ints(&q, b, N * 1024)?, "CPU view after the device writes differs");
-    check_ints(&env.ints(&p, a, N * 1024)?, |i| -(i as i32), "CPU read after the device write")?;
+    ensure!(env.ints(p, a, N * 1024)? == env.ints(q, b, N * 1024)?, "CPU view after the device writes differs");
+    check_ints(&env.ints(p, a, N * 1024)?, |i| -(i as i32), "CPU read after the device write")?;
     ensure!((0..N).all(|k| m.entry(a + k * PAGE).is_some_and(|(_, w)| w)), "device entries not writable");
     ok!(p.lock().mprotect(a, N * PAGE, Prot::READ));
     ensure!(m.entries() == 0, "mprotect left {} device entries", m.entries());
@@ -132,7 +132,7 @@ pub(super) fn old_api_migrate(env: &Env<'_>, v: Variant) -> Verdict {
     ensure!(ok!(m.migrate_to_dev(a, N)) == N as usize, "not every page moved");
     ensure!(dev.pages_in_use() == in_use + N, "device pages in use: {}", dev.pages_in_use());
     ensure!(m.entries() == N as usize, "finalize_and_map mapped {} pages", m.entries());
-    migrated(&d, b, N)?;
+    migrated(d, b, N)?;
     let modern_snap = ok!(d.snapshot(b, N)).0;
     let snap = ok!(m.snapshot(a, N));
     ensure!(ok!(m.snapshot_4_14(a, N)) == snap, "4.14 and 5.x snapshots differ");
@@ -164,8 +164,8 @@ pub(super) fn old_api_migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
     let Pair { dev, ref p, ref m, a, ref q, b, .. } = x;
     x.migrate_both()?;
     let freed = dev.freed();
-    env.cpu.write(&p, a + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
-    env.cpu.write(&q, b + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
+    env.cpu.write(p, a + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
+    env.cpu.write(q, b + 8, &7i32.to_le_bytes()).map_err(|e| format!("CPU write: {e}"))?;
     if v == Variant::Private {
         ensure!(dev.freed() == freed + 1, "the fault callback moved {} pages", dev.freed() - freed);
         let seen = m.syncs().iter().any(|&(s, e, ev)| s <= a && a < e && ev == Event::Migrate);
@@ -174,7 +174,7 @@ pub(super) fn old_api_migrate_fault(env: &Env<'_>, v: Variant) -> Verdict {
     } else {
         ensure!(dev.freed() == freed, "a CPU access moved coherent memory");
     }
-    let (old_ints, new_ints) = (env.ints(&p, a, N * 1024)?, env.ints(&q, b, N * 1024)?);
+    let (old_ints, new_ints) = (env.ints(p, a, N * 1024)?, env.ints(q, b, N * 1024)?);
     ensure!(old_ints == new_ints, "CPU view after the faults differs from dmirror's");
     check_ints(&old_ints, |i| if i == 2 { 7 } else { i as i32 }, "CPU read")?;
     // Coherent pages stay on the device until the process goes.
@@ -191,8 +191,8 @@ pub(super) fn old_api_migrate_sys(env: &Env<'_>, v: Variant) -> Verdict {
     ok!(d.migrate_to_sys(b, N));
     ensure!(dev.pages_in_use() == in_use, "device pages in use after migrating back: {}", dev.pages_in_use());
     ensure!(ok!(m.snapshot(a, N)) == ok!(d.snapshot(b, N)).0, "snapshots after migrating back differ");
-    ensure!(env.ints(&p, a, N * 1024)? == env.ints(&q, b, N * 1024)?, "CPU view differs");
-    check_ints(&env.ints(&p, a, N * 1024)?, |i| i as i32, "CPU read after migrating back")?;
+    ensure!(env.ints(p, a, N * 1024)? == env.ints(q, b, N * 1024)?, "CPU view differs");
+    check_ints(&env.ints(p, a, N * 1024)?, |i| i as i32, "CPU read after migrating back")?;
     x.finish()
 }
 
