@@ -219,13 +219,18 @@ impl Devices {
         self.list.get_mut(n).ok_or(DevError::NoDevice(n))
     }
 
+    /// The IOMMU, device `n` and its domain.
+    fn mmu(&mut self, n: usize) -> Result<(&mut Viommu, &mut Device, u32), DevError> {
+        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
+        match (self.iommu.as_mut(), d.mmu) {
+            (Some(io), Some((_, domain))) => Ok((io, d, domain)),
+            _ => Err(IommuError::Device("the device has no MMU").into()),
+        }
+    }
+
     /// Maps `maps` in device `n`'s domain (refusing overlaps), then records them.
     pub fn map(&mut self, n: usize, maps: &[Mapping]) -> Result<(), DevError> {
-        let io = self.iommu.as_mut();
-        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
-        let (Some(io), Some((_, domain))) = (io, d.mmu) else {
-            return Err(IommuError::Device("the device has no MMU").into());
-        };
+        let (io, d, domain) = self.mmu(n)?;
         for m in maps {
             d.shadow.check_free(m)?;
         }
@@ -239,11 +244,7 @@ impl Devices {
     /// Unmaps `[iova, iova + len)` from device `n`'s domain: the mappings it touches go, and
     /// the parts of them outside the range are mapped again.
     pub fn unmap(&mut self, n: usize, iova: u64, len: u64) -> Result<(), DevError> {
-        let io = self.iommu.as_mut();
-        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
-        let (Some(io), Some((_, domain))) = (io, d.mmu) else {
-            return Err(IommuError::Device("the device has no MMU").into());
-        };
+        let (io, d, domain) = self.mmu(n)?;
         let plan = d.shadow.plan_unmap(iova, iova.saturating_add(len));
         io.unmap(domain, &plan.unmap)?;
         for m in &plan.unmap {
