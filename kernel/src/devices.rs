@@ -167,13 +167,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
                 for p in io.probe(ep)? {
                     log::info!("dev{n}: endpoint {ep:#x} property {p:x?}");
                 }
-                for m in &maps {
-                    shadow.check_free(m)?;
-                }
-                io.map(domain, &maps)?;
-                for m in maps {
-                    shadow.insert(m)?;
-                }
+                map_recorded(io, domain, &mut shadow, &maps)?;
                 Some((ep, domain))
             }
             _ => None,
@@ -214,6 +208,19 @@ pub fn init(s: &System) -> Result<(), DevError> {
     Ok(())
 }
 
+/// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records
+/// them there (the shadow holds only what the device accepted).
+fn map_recorded(io: &mut Viommu, domain: u32, shadow: &mut Shadow, maps: &[Mapping]) -> Result<(), DevError> {
+    for m in maps {
+        shadow.check_free(m)?;
+    }
+    io.map(domain, maps)?;
+    for m in maps {
+        shadow.insert(*m)?;
+    }
+    Ok(())
+}
+
 impl Devices {
     fn dev(&mut self, n: usize) -> Result<&mut Device, DevError> {
         self.list.get_mut(n).ok_or(DevError::NoDevice(n))
@@ -231,14 +238,7 @@ impl Devices {
     /// Maps `maps` in device `n`'s domain (refusing overlaps), then records them.
     pub fn map(&mut self, n: usize, maps: &[Mapping]) -> Result<(), DevError> {
         let (io, d, domain) = self.mmu(n)?;
-        for m in maps {
-            d.shadow.check_free(m)?;
-        }
-        io.map(domain, maps)?;
-        for m in maps {
-            d.shadow.insert(*m)?;
-        }
-        Ok(())
+        map_recorded(io, domain, &mut d.shadow, maps)
     }
 
     /// Unmaps `[iova, iova + len)` from device `n`'s domain: the mappings it touches go, and
@@ -250,11 +250,7 @@ impl Devices {
         for m in &plan.unmap {
             d.shadow.remove(m);
         }
-        io.map(domain, &plan.remap)?;
-        for m in plan.remap {
-            d.shadow.insert(m)?;
-        }
-        Ok(())
+        map_recorded(io, domain, &mut d.shadow, &plan.remap)
     }
 
     /// Several copies at once (`(offset, ram segments)` each, all in flight together); one

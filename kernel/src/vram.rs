@@ -113,15 +113,16 @@ impl Vram {
             }
         }
     }
+}
 
-    /// Gives back a page [`alloc`](Self::alloc) handed out that a migration did not use.
-    fn unuse(&self, p: Pfn) {
-        let mm = uspace::mm();
-        if let Some(m) = mm.meta(p) {
-            m.unlock();
-        }
-        mm.put_page(p); // the last reference: page_free puts it on the free list
+/// Gives back a locked, referenced destination page a migration did not use (a device page:
+/// its `page_free` puts it on the device's free list; a RAM page: back to the allocator).
+fn unuse(p: Pfn) {
+    let mm = uspace::mm();
+    if let Some(m) = mm.meta(p) {
+        m.unlock();
     }
+    mm.put_page(p);
 }
 
 impl PagemapOps for Vram {
@@ -225,10 +226,7 @@ impl Vram {
         let failed = self.transfer(Dir::ToRam, &self.runs(&items));
         for &i in &failed {
             if let Some(r) = mig.dst()[i].pfn() {
-                if let Some(m) = mm.meta(r) {
-                    m.unlock();
-                }
-                mm.put_page(r);
+                unuse(r);
             }
             mig.dst_mut()[i] = MigratePfn(0);
         }
@@ -260,7 +258,7 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
     let failed = v.transfer(Dir::ToDevice, &v.runs(&items));
     for &i in &failed {
         if let Some(dp) = mig.dst()[i].pfn() {
-            v.unuse(dp);
+            unuse(dp);
         }
         mig.dst_mut()[i] = MigratePfn(0);
     }

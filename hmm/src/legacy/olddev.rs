@@ -323,16 +323,19 @@ impl OldMirror {
 
     /// The device reads `n` pages at `va` (faulting them in for read, 5.x `hmm_range_fault`).
     pub fn read(&self, va: u64, n: u64) -> Result<Vec<u8>, LegacyError> {
-        let mm = self.dev.mm.clone();
-        self.access(va, n, false, |pt| {
-            let mut out = alloc::vec![0u8; (n * PAGE) as usize];
-            for (i, chunk) in out.chunks_mut(PAGE as usize).enumerate() {
-                if let Some(&(pfn, _)) = pt.get(&(va / PAGE + i as u64)) {
-                    mm.platform().read(pfn.addr(), chunk);
-                }
+        self.access(va, n, false, |pt| self.read_table(pt, va, n))
+    }
+
+    /// What the device reads through its table for `n` pages at `va` (zeros where nothing
+    /// is mapped).
+    fn read_table(&self, pt: &BTreeMap<u64, (Pfn, bool)>, va: u64, n: u64) -> Vec<u8> {
+        let mut out = alloc::vec![0u8; (n * PAGE) as usize];
+        for (i, chunk) in out.chunks_mut(PAGE as usize).enumerate() {
+            if let Some(&(pfn, _)) = pt.get(&(va / PAGE + i as u64)) {
+                self.dev.mm.platform().read(pfn.addr(), chunk);
             }
-            out
-        })
+        }
+        out
     }
 
     /// The device writes `data` (whole pages) at `va` (faulting the pages in for write).
@@ -372,13 +375,7 @@ impl OldMirror {
             }
             drop(s);
             self.install(&mut pt, va, &words)?;
-            let mut out = alloc::vec![0u8; (n * PAGE) as usize];
-            for (i, chunk) in out.chunks_mut(PAGE as usize).enumerate() {
-                if let Some(&(pfn, _)) = pt.get(&(va / PAGE + i as u64)) {
-                    self.dev.mm.platform().read(pfn.addr(), chunk);
-                }
-            }
-            return Ok(out);
+            return Ok(self.read_table(&pt, va, n));
         }
         Err(LegacyError::Busy)
     }
