@@ -26,6 +26,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod devmmu;
 pub mod devpt;
 pub mod dmirror;
 pub mod itree;
