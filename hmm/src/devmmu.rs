@@ -282,6 +282,11 @@ impl<D: Domain> Mirror<D> {
         self.owner
     }
 
+    /// Still mirroring: bound, and the address space alive.
+    pub fn is_live(&self) -> bool {
+        self.notifier.lock().is_some() && !self.state.lock().dead
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> MirrorStats {
         self.state.lock().stats

@@ -199,6 +199,12 @@ impl CopyEngine {
         }
     }
 
+    /// Waits (bounded) until request `t` has completed, without collecting it: its status
+    /// stays for [`wait`](Self::wait).
+    pub fn settle(&mut self, t: Ticket) -> Result<(), CopyError> {
+        Ok(self.q.settle(t.token, TIMEOUT_MS)?)
+    }
+
     /// Waits (bounded) for a submitted copy.
     pub fn wait(&mut self, t: Ticket) -> Result<(), CopyError> {
         self.q.wait(t.token, TIMEOUT_MS)?;

@@ -17,7 +17,7 @@
 //! Pairing: the n-th ivshmem function (in PCI order) and the n-th virtio-blk function form
 //! device n, which is how the xtask builds the command line.
 
-use crate::copyengine::{CopyEngine, CopyError, Dir};
+use crate::copyengine::{CopyEngine, CopyError, Dir, Ticket};
 use crate::viommu::Viommu;
 use crate::{System, mm, pci};
 use alloc::string::String;
@@ -73,6 +73,10 @@ pub enum DevError {
     Iommu(IommuError),
     /// The copy engine failed.
     Copy(CopyError),
+    /// The device's mirror of an address space refused or failed.
+    Mirror(hmm::devmmu::MirrorError),
+    /// The device already mirrors another address space (one per domain: IOVA = VA).
+    Busy(usize),
     /// A DMA segment is not mapped in the device's domain with the access it needs: the
     /// transfer is refused before it reaches the device.
     NotMapped {
@@ -92,6 +96,13 @@ impl core::fmt::Display for DevError {
             Self::Bind(e) => write!(f, "{e}"),
             Self::Iommu(e) => write!(f, "{e}"),
             Self::Copy(e) => write!(f, "{e}"),
+            Self::Mirror(e) => write!(f, "{e}"),
+            Self::Busy(n) => {
+                write!(
+                    f,
+                    "device {n} already mirrors another address space; unbind that one first (one per device MMU)"
+                )
+            }
             Self::NotMapped { device, iova, write } => write!(
                 f,
                 "device {device}: DMA {} {iova:#x} refused: the device MMU does not map it{}",
@@ -105,6 +116,12 @@ impl core::fmt::Display for DevError {
 impl From<IommuError> for DevError {
     fn from(e: IommuError) -> Self {
         Self::Iommu(e)
+    }
+}
+
+impl From<hmm::devmmu::MirrorError> for DevError {
+    fn from(e: hmm::devmmu::MirrorError) -> Self {
+        Self::Mirror(e)
     }
 }
 
@@ -280,6 +297,24 @@ impl Devices {
             }
         }
         Ok(())
+    }
+
+    /// Submits one copy (checked as [`dma`](Self::dma) checks) without waiting for it.
+    pub fn submit(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
+        let d = self.dev(n)?;
+        Self::check_mapped(d, n, dir, ram)?;
+        Ok(d.engine.submit(dir, offset, ram)?)
+    }
+
+    /// Collects the result of a copy [`submit`](Self::submit)ted to device `n`.
+    pub fn wait(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
+        Ok(self.dev(n)?.engine.wait(t)?)
+    }
+
+    /// Waits until a copy submitted to device `n` has completed, leaving its result for
+    /// [`wait`](Self::wait).
+    pub fn settle(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
+        Ok(self.dev(n)?.engine.settle(t)?)
     }
 
     /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device

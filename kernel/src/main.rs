@@ -20,6 +20,7 @@ mod arch;
 mod bench;
 mod copyengine;
 mod devices;
+mod devmmu;
 mod job;
 mod json;
 mod ktest;

@@ -177,6 +177,14 @@ impl DmaQueue {
         Ok(self.q.pop_used()?)
     }
 
+    /// Waits (at most `timeout_ms`) until `token` has completed, leaving its completion for
+    /// the [`wait`](Self::wait) of its submitter (an invalidation settling DMA in flight).
+    pub fn settle(&mut self, token: u16, timeout_ms: u64) -> Result<(), VirtioError> {
+        let len = self.wait(token, timeout_ms)?;
+        self.done.push((token, len));
+        Ok(())
+    }
+
     /// Waits (at most `timeout_ms`) for the completion of `token`; returns the bytes the
     /// device wrote. Other completions seen meanwhile are kept for [`DmaQueue::poll`] and
     /// later waits.

@@ -86,6 +86,11 @@ impl Vram {
         Ok(v)
     }
 
+    /// The owner of this device's pages (the device MMU mirrors them as local).
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
     /// Pages in use.
     pub fn in_use(&self) -> u64 {
         self.pages - self.free.lock().len() as u64

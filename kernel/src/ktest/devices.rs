@@ -191,3 +191,125 @@ pub fn migrate_round_trip(_s: &System) -> TestResult {
     }
     Ok(())
 }
+
+/// The device MMU mirrors a process: DMA by virtual address through the device's domain
+/// reaches the process's own frames (both ways); after munmap or mprotect of part of the
+/// range the device can no longer reach that part (the kernel refuses the request, and the
+/// domain itself no longer maps it, so the virtio-iommu would refuse the DMA), while the rest
+/// still works and the data is intact; pages migrated to the device become local; unbind
+/// empties the user half.
+pub fn mirror_is_real(_s: &System) -> TestResult {
+    use crate::devmmu;
+    use crate::mm::uspace;
+    use hmm::devmmu::{MirrorError, Where};
+    use hmm::mm::space::{AddressSpace, MapRequest};
+    use hmm::mm::vma::Prot;
+    if devices::with(|d| d.iommu.is_none() || d.list.is_empty()).unwrap_or(true) {
+        return Ok(());
+    }
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let pages = 16u64;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let data = pattern(0x51, (pages * PAGE) as usize);
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    let m = devmmu::bind(0, &space).map_err(|e| e.to_string())?;
+    let e = devmmu::bind(0, &space);
+    check!(matches!(e, Err(DevError::Busy(0))), "a second bind of dev0: {e:?}");
+    let (bar, _) = devices::with(|d| d.list[0].vram).ok_or("devices not initialised")?;
+    let shadow = |va: u64| devices::with(|d| d.list[0].shadow.translate(va).map(|t| t.0)).flatten();
+    let seg = |k: u64, n: u64| [(a + k * PAGE, (n * PAGE) as u32)];
+    let bar_page = |k: u64| {
+        let mut b = alloc::vec![0u8; PAGE as usize];
+        mm::read_phys(bar + k * PAGE, &mut b);
+        b
+    };
+    let want = |k: u64| &data[(k * PAGE) as usize..((k + 1) * PAGE) as usize];
+
+    // Before a device fault nothing is mapped, and DMA is refused.
+    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 1));
+    check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA before a fault: {e:?}");
+    m.fault(a, a + pages * PAGE, true).map_err(|e| e.to_string())?;
+    for k in 0..pages {
+        let cpu = space.lock().translate(a + k * PAGE);
+        check!(
+            cpu.is_some() && shadow(a + k * PAGE) == cpu,
+            "page {k}: the domain maps {:?}, the CPU {cpu:?}",
+            shadow(a + k * PAGE)
+        );
+    }
+    // The device reads the process by virtual address...
+    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, pages)).map_err(|e| e.to_string())?;
+    for k in 0..pages {
+        check!(bar_page(k) == want(k), "page {k}: device memory after a DMA by virtual address");
+    }
+    // ...and writes it: the CPU sees it through its own mapping.
+    let fresh = pattern(0x77, PAGE as usize);
+    mm::write_phys(bar + 100 * PAGE, &fresh);
+    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+    let mut got = alloc::vec![0u8; PAGE as usize];
+    uspace::run(&space, |u| u.read(a + 15 * PAGE, &mut got)).map_err(|f| format!("{:?}", f.error))?;
+    check!(got == fresh, "the CPU does not see what the device wrote at the last page");
+    mm::write_phys(bar + 100 * PAGE, want(15));
+    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+
+    // munmap of pages 4..8: gone from the domain, refused, the rest intact.
+    space.lock().munmap(a + 4 * PAGE, 4 * PAGE).map_err(|e| e.to_string())?;
+    for k in 4..8 {
+        check!(shadow(a + k * PAGE).is_none(), "page {k} is still mapped in the domain after munmap");
+    }
+    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(4, 1));
+    check!(
+        matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { va, .. })) if va == a + 4 * PAGE),
+        "DMA from an unmapped page: {e:?}"
+    );
+    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 8));
+    check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
+    let e = devices::with(|d| d.dma(0, Dir::ToDevice, 0, &seg(4, 1))).ok_or("no devices")?;
+    check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
+    mm::write_phys(bar, &[0u8; 8 * PAGE as usize]);
+    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 4)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 8)).map_err(|e| e.to_string())?;
+    for k in (0..4).chain(8..16) {
+        check!(bar_page(k) == want(k), "page {k} after munmap of 4..8: the rest must still work");
+    }
+
+    // mprotect of 8..12 read-only: the device loses it, gets it back read-only, and a
+    // device write is refused while device reads work.
+    space.lock().mprotect(a + 8 * PAGE, 4 * PAGE, Prot::READ).map_err(|e| e.to_string())?;
+    check!(shadow(a + 8 * PAGE).is_none(), "page 8 still mapped after mprotect");
+    m.fault(a + 8 * PAGE, a + 12 * PAGE, false).map_err(|e| e.to_string())?;
+    let e = devmmu::dma(&m, Dir::ToRam, 0, &seg(8, 1));
+    check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { write: true, .. }))), "device write: {e:?}");
+    let e = m.fault(a + 8 * PAGE, a + 9 * PAGE, true);
+    check!(matches!(e, Err(MirrorError::Fault { .. })), "write fault on a read-only page: {e:?}");
+    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 4)).map_err(|e| e.to_string())?;
+    for k in 8..12 {
+        check!(bar_page(k) == want(k), "page {k} read by the device after mprotect");
+    }
+
+    // Pages 12..16 migrate to the device: the domain drops them; faulted again they are local.
+    let v = crate::vram::all().map_err(|e| e.to_string())?[0].clone();
+    let moved = crate::vram::migrate_to_device(&v, &space, a + 12 * PAGE, 4).map_err(|e| e.to_string())?;
+    check!(moved == 4, "{moved} of 4 pages migrated");
+    check!(shadow(a + 12 * PAGE).is_none(), "a migrated page is still mapped in the domain");
+    m.fault(a + 12 * PAGE, a + 16 * PAGE, false).map_err(|e| e.to_string())?;
+    for k in 12..16 {
+        let t = m.translate(a + k * PAGE);
+        let Some(Where::Local(p)) = t.map(|t| t.at) else { return Err(format!("page {k}: {t:?}")) };
+        let off = v.offset_of(p).ok_or("a local page outside dev0's memory")?;
+        check!(bar_page(off / PAGE) == want(k), "page {k}: device memory after the migration");
+    }
+    let mut all = alloc::vec![0u8; (4 * PAGE) as usize];
+    uspace::run(&space, |u| u.read(a + 12 * PAGE, &mut all)).map_err(|f| format!("{:?}", f.error))?;
+    check!(all[..] == data[(12 * PAGE) as usize..], "pages 12..16 after coming back to the CPU");
+
+    let st = m.stats();
+    check!(st.invalidations >= 3 && st.refused >= 4, "{st:?}");
+    m.unbind().map_err(|e| e.to_string())?;
+    check!(shadow(a).is_none(), "the user half is not empty after unbind");
+    let m2 = devmmu::bind(0, &space).map_err(|e| format!("bind after unbind: {e}"))?;
+    drop(space);
+    check!(!m2.is_live(), "the mirror outlived its address space");
+    Ok(())
+}
