@@ -379,14 +379,14 @@ impl<D: Domain> Mirror<D> {
                 st.stats.retries += 1;
                 continue;
             }
-            return self.commit(&mut st, a, &pfns);
+            return self.commit(&mut st, a, &pfns, req.write);
         }
         Err(MirrorError::Unstable(a))
     }
 
     /// Enters a range fault's results (valid under the mirror lock and the sequence check):
     /// stale entries go, new RAM pages are MAPped in merged runs, then the table records them.
-    fn commit(&self, st: &mut State<D>, a: u64, pfns: &[u64]) -> Result<(), MirrorError> {
+    fn commit(&self, st: &mut State<D>, a: u64, pfns: &[u64], write: bool) -> Result<(), MirrorError> {
         if let Some(why) = &st.broken {
             return Err(MirrorError::Broken(why.clone()));
         }
@@ -399,6 +399,11 @@ impl<D: Domain> Mirror<D> {
         for (i, &p) in pfns.iter().enumerate() {
             let va = a + i as u64 * PAGE;
             let e = Entry { frame: HmmPfn::pfn(p), write: p & HmmPfn::WRITE != 0, atomic: false };
+            if write && !e.write {
+                // Reported without write access (the device's own read-only page): a write
+                // fault cannot be satisfied, and mapping it read-only would fault forever.
+                return Err(MirrorError::Fault { va, error: RangeError::Permission });
+            }
             let old = st.pt.get(va / PAGE);
             if old == Some(e) {
                 continue;

@@ -26,6 +26,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod compute;
 pub mod devmmu;
 pub mod devpt;
 pub mod dmirror;
@@ -37,4 +38,4 @@ pub mod pagemap;
 pub mod range;
 pub mod selftests;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

@@ -9,57 +9,8 @@ use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
 use crate::mm::space::{AddressSpace, MapRequest};
 use crate::mm::vma::Prot;
 use crate::pagemap::MemoryKind;
-use alloc::collections::BTreeMap;
+use crate::testing::{FakeDomain, Hw};
 use std::sync::Mutex as StdMutex;
-
-/// What the fake hardware saw (shared with the test, outside the mirror's lock).
-#[derive(Default)]
-struct Hw {
-    /// IOVA page -> (physical address, writable).
-    pages: BTreeMap<u64, (u64, bool)>,
-    /// Tickets issued and whether each completed.
-    done: Vec<bool>,
-    /// Broken invariants the hardware noticed.
-    violations: Vec<String>,
-    /// The next UNMAP fails.
-    fail_unmap: bool,
-    unmaps: u64,
-}
-
-struct FakeDomain {
-    hw: Arc<StdMutex<Hw>>,
-}
-
-impl Domain for FakeDomain {
-    type Ticket = usize;
-    fn map(&mut self, maps: &[IoMap]) -> Result<(), DomainError> {
-        let mut hw = self.hw.lock().unwrap();
-        for m in maps {
-            for k in 0..m.len / PAGE {
-                if hw.pages.insert(m.iova + k * PAGE, (m.phys + k * PAGE, m.write)).is_some() {
-                    hw.violations.push(alloc::format!("MAP over a mapped IOVA {:#x}", m.iova + k * PAGE));
-                }
-            }
-        }
-        Ok(())
-    }
-    fn unmap(&mut self, start: u64, end: u64) -> Result<(), DomainError> {
-        let mut hw = self.hw.lock().unwrap();
-        if core::mem::take(&mut hw.fail_unmap) {
-            return Err(DomainError("UNMAP: device status IOERR".into()));
-        }
-        hw.unmaps += 1;
-        let gone: Vec<u64> = hw.pages.range(start..end).map(|(&k, _)| k).collect();
-        for k in gone {
-            hw.pages.remove(&k);
-        }
-        Ok(())
-    }
-    fn settle(&mut self, t: usize) -> Result<(), DomainError> {
-        self.hw.lock().unwrap().done[t] = true;
-        Ok(())
-    }
-}
 
 struct Fix {
     mm: Arc<Mm>,

@@ -1,0 +1,224 @@
+//! The compute engine on the fake platform: a device MMU over a fake domain, device memory
+//! from a dmirror device with the mirror's owner (its migration and its own view of device
+//! pages), and kernels that really read and write the process's words.
+
+use super::*;
+use crate::addr::Pfn;
+use crate::dmirror::{Dmirror, DmirrorDevice};
+use crate::mm::notify::Owner;
+use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
+use crate::mm::space::{AddressSpace, MapRequest};
+use crate::mm::vma::Prot;
+use crate::mm::{Mm, SharedSpace};
+use crate::pagemap::{MemoryKind, Pagemaps};
+use crate::testing::{FakeDomain, Hw};
+use alloc::sync::Arc;
+use std::sync::Mutex as StdMutex;
+
+const OWNER: Owner = Owner(0xc0);
+
+struct Fix {
+    mm: Arc<Mm>,
+    space: Arc<SharedSpace>,
+    mirror: Arc<Mirror<FakeDomain>>,
+    dev: Arc<DmirrorDevice>,
+    file: Arc<Dmirror>,
+}
+
+fn fix() -> Fix {
+    let frames = 16384;
+    let mm = Mm::new(Arc::new(FakePlatform::new(frames)), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+    let pagemaps = Pagemaps::install(&mm).unwrap();
+    let space = mm.share(AddressSpace::new(&mm).unwrap());
+    let hw = Arc::new(StdMutex::new(Hw::default()));
+    let mirror = Mirror::bind(&space, OWNER, Some(pagemaps.clone()), FakeDomain { hw }).unwrap();
+    let dev = DmirrorDevice::new(&pagemaps, MemoryKind::Private, OWNER, 4 << 20);
+    let file = Dmirror::open(&dev, &space).unwrap();
+    Fix { mm, space, mirror, dev, file }
+}
+
+impl Fix {
+    /// `pages` of words holding their own index.
+    fn array(&self, pages: u64) -> u64 {
+        let mut s = self.space.lock();
+        let a = s.mmap(MapRequest::anon(pages * PAGE, Prot::RW)).unwrap();
+        let data: Vec<u8> = (0..pages * PAGE / 8).flat_map(|i| i.to_le_bytes()).collect();
+        s.write(a, &data).unwrap();
+        a
+    }
+
+    fn words(&self, a: u64, pages: u64) -> Vec<u64> {
+        let mut b = alloc::vec![0u8; (pages * PAGE) as usize];
+        self.space.lock().read(a, &mut b).unwrap();
+        b.chunks(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect()
+    }
+
+    fn backend(&self) -> TestBackend<'_> {
+        TestBackend { f: self, clock: 0 }
+    }
+}
+
+struct TestBackend<'a> {
+    f: &'a Fix,
+    clock: u64,
+}
+
+impl Backend for TestBackend<'_> {
+    fn load(&mut self, at: Where, va: u64) -> u64 {
+        let mut w = [0u8; 8];
+        match at {
+            Where::Ram(pa) => self.f.mm.platform().read(pa + va % PAGE, &mut w),
+            Where::Local(_) => {
+                let (page, _) = self.f.file.read(va & !(PAGE - 1), 1).unwrap();
+                w.copy_from_slice(&page[(va % PAGE) as usize..][..8]);
+            }
+        }
+        u64::from_le_bytes(w)
+    }
+    fn store(&mut self, at: Where, va: u64, value: u64) {
+        match at {
+            Where::Ram(pa) => self.f.mm.platform().write(pa + va % PAGE, &value.to_le_bytes()),
+            Where::Local(_) => {
+                let p = va & !(PAGE - 1);
+                let (mut page, _) = self.f.file.read(p, 1).unwrap();
+                page[(va % PAGE) as usize..][..8].copy_from_slice(&value.to_le_bytes());
+                self.f.file.write(p, &page).unwrap();
+            }
+        }
+    }
+    fn migrate(&mut self, start: u64, end: u64) -> Result<u64, MirrorError> {
+        let before = self.f.dev.pages_in_use();
+        self.f
+            .file
+            .migrate_to_dev(start, (end - start) / PAGE)
+            .map_err(|_| MirrorError::Invalid("dmirror migration failed"))?;
+        Ok(self.f.dev.pages_in_use() - before)
+    }
+    fn now(&self) -> u64 {
+        self.clock
+    }
+}
+
+/// Lane `l` adds 1 to words `l, l + lanes, l + 2 * lanes, ...` (one word per page when
+/// `stride` is 512), and sums what it read.
+struct Increment {
+    base: u64,
+    words: u64,
+    stride: u64,
+    lanes: usize,
+    next: Vec<u64>,
+    sum: u64,
+}
+
+impl Increment {
+    fn new(base: u64, words: u64, stride: u64, lanes: usize) -> Self {
+        Increment { base, words, stride, lanes, next: (0..lanes as u64).collect(), sum: 0 }
+    }
+}
+
+impl Kernel for Increment {
+    fn lanes(&self) -> usize {
+        self.lanes
+    }
+    fn op(&mut self, lane: usize) -> Option<Op> {
+        let i = self.next[lane] * self.stride;
+        (i < self.words).then(|| Op::Add(self.base + i * 8, 1))
+    }
+    fn retire(&mut self, lane: usize, value: u64) {
+        self.sum += value;
+        self.next[lane] += self.lanes as u64;
+    }
+}
+
+#[test]
+fn migrate_on_touch_moves_the_data_and_computes_on_it() {
+    let f = fix();
+    let pages = 64;
+    let a = f.array(pages);
+    let words = pages * 512;
+    let mut k = Increment::new(a, words, 1, 32);
+    let mut c = Counters::default();
+    run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateOnTouch, BATCH_MAX, &mut c).unwrap();
+    assert_eq!(k.sum, words * (words - 1) / 2, "the kernel read other values than the CPU wrote");
+    assert_eq!(c.pages_to_device, pages);
+    assert_eq!(f.dev.pages_in_use(), pages);
+    assert_eq!((c.local_accesses, c.remote_accesses), (words, 0));
+    assert!(c.batches >= 1 && c.faults >= pages && c.replays >= 1, "{c:?}");
+    // The CPU reads the results back (its faults bring the pages home).
+    let got = f.words(a, pages);
+    assert!(got.iter().enumerate().all(|(i, &w)| w == i as u64 + 1));
+    assert_eq!(f.dev.pages_in_use(), 0);
+    f.file.close().unwrap();
+}
+
+#[test]
+fn remote_map_leaves_the_pages_in_ram() {
+    let f = fix();
+    let pages = 16;
+    let a = f.array(pages);
+    let words = pages * 512;
+    let mut k = Increment::new(a, words, 1, 8);
+    let mut c = Counters::default();
+    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap();
+    assert_eq!((c.pages_to_device, c.local_accesses, c.remote_accesses), (0, 0, words));
+    assert_eq!(c.remote_groups, c.batches, "one group per batch of consecutive pages: {c:?}");
+    assert_eq!(f.dev.pages_in_use(), 0);
+    assert!(f.words(a, pages).iter().enumerate().all(|(i, &w)| w == i as u64 + 1));
+}
+
+#[test]
+fn batches_hold_at_most_the_buffer_size_and_deduplicate() {
+    let f = fix();
+    let pages = 300;
+    let a = f.array(pages);
+    // 600 lanes, two per page: every page faults twice in the same batch.
+    let mut k = Increment::new(a, pages * 512, 256, 600);
+    let mut c = Counters::default();
+    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap();
+    assert_eq!(c.max_batch, 256);
+    assert_eq!(c.faults, 600);
+    assert_eq!(c.duplicates, 300);
+    assert_eq!(c.batches, 3, "{c:?}");
+    let got = f.words(a, pages);
+    assert!((0..pages * 512).all(|i| got[i as usize] == i + u64::from(i % 256 == 0)));
+    // A batch size of 1 services every fault alone.
+    let mut k = Increment::new(a, 8 * 512, 512, 8);
+    let mut c1 = Counters::default();
+    f.space.lock().munmap(a, 8 * PAGE).unwrap();
+    let b = f.array(8);
+    k.base = b;
+    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, 1, &mut c1).unwrap();
+    assert_eq!((c1.batches, c1.max_batch), (8, 1));
+}
+
+#[test]
+fn migrate_after_a_threshold_starts_remote() {
+    let f = fix();
+    let pages = 16;
+    let a = f.array(pages);
+    let mut k = Increment::new(a, pages * 512, 512, 16);
+    let mut c = Counters::default();
+    run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateAfter::new(8), 4, &mut c).unwrap();
+    // Batches of 4 faults on one block: the first reaches 4, the second 8 and migrates.
+    assert_eq!((c.remote_groups, c.migrated_groups), (1, 3), "{c:?}");
+    assert_eq!(c.pages_to_device, 12);
+    assert_eq!((c.remote_accesses, c.local_accesses), (4, 12));
+    assert!(f.words(a, pages).iter().enumerate().all(|(i, &w)| w == i as u64 + u64::from(i % 512 == 0)));
+}
+
+#[test]
+fn faults_that_cannot_be_serviced_stop_the_kernel_naming_the_access() {
+    let f = fix();
+    let a = f.array(8);
+    f.space.lock().munmap(a + 5 * PAGE, PAGE).unwrap();
+    let mut k = Increment::new(a, 8 * 512, 512, 8);
+    let mut c = Counters::default();
+    let e = run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap_err();
+    assert_eq!((e.lane, e.va, e.write), (5, a + 5 * PAGE, true));
+    assert!(e.to_string().contains("lane 5"), "{e}");
+    // A write to read-only memory is refused too, and reads of it work.
+    f.space.lock().mprotect(a, PAGE, Prot::READ).unwrap();
+    let mut k = Increment::new(a, 512, 512, 1);
+    let e = run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateOnTouch, BATCH_MAX, &mut c).unwrap_err();
+    assert!(matches!(e.error, MirrorError::Fault { error: crate::range::RangeError::Permission, .. }), "{e:?}");
+}
