@@ -174,6 +174,22 @@ pub struct Counters {
     pub service_time: u64,
 }
 
+impl core::ops::AddAssign<&Counters> for Counters {
+    fn add_assign(&mut self, c: &Counters) {
+        self.faults += c.faults;
+        self.duplicates += c.duplicates;
+        self.batches += c.batches;
+        self.max_batch = self.max_batch.max(c.max_batch);
+        self.migrated_groups += c.migrated_groups;
+        self.remote_groups += c.remote_groups;
+        self.pages_to_device += c.pages_to_device;
+        self.local_accesses += c.local_accesses;
+        self.remote_accesses += c.remote_accesses;
+        self.replays += c.replays;
+        self.service_time += c.service_time;
+    }
+}
+
 /// A kernel stopped by a fault that could not be serviced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FatalFault {
@@ -340,6 +356,41 @@ fn service<D: Domain>(
     }
     buffer.clear();
     Ok(())
+}
+
+/// A kernel: lane `l` adds 1 to words `l, l + lanes, l + 2 * lanes, ...` (counted in units
+/// of `stride` words, so one word per page when `stride` is 512), and sums what it read.
+#[derive(Debug, Clone)]
+pub struct Increment {
+    /// First word.
+    pub base: u64,
+    words: u64,
+    stride: u64,
+    lanes: usize,
+    next: Vec<u64>,
+    /// The sum of the values read.
+    pub sum: u64,
+}
+
+impl Increment {
+    /// `words` words at `base`, every `stride`-th touched, by `lanes` lanes.
+    pub fn new(base: u64, words: u64, stride: u64, lanes: usize) -> Self {
+        Increment { base, words, stride, lanes, next: (0..lanes as u64).collect(), sum: 0 }
+    }
+}
+
+impl Kernel for Increment {
+    fn lanes(&self) -> usize {
+        self.lanes
+    }
+    fn op(&mut self, lane: usize) -> Option<Op> {
+        let i = self.next[lane] * self.stride;
+        (i < self.words).then(|| Op::Add(self.base + i * 8, 1))
+    }
+    fn retire(&mut self, lane: usize, value: u64) {
+        self.sum += value;
+        self.next[lane] += self.lanes as u64;
+    }
 }
 
 #[cfg(test)]

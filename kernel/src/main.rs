@@ -18,6 +18,7 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod bench;
+mod compute;
 mod copyengine;
 mod devices;
 mod devmmu;

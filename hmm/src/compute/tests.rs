@@ -99,37 +99,6 @@ impl Backend for TestBackend<'_> {
     }
 }
 
-/// Lane `l` adds 1 to words `l, l + lanes, l + 2 * lanes, ...` (one word per page when
-/// `stride` is 512), and sums what it read.
-struct Increment {
-    base: u64,
-    words: u64,
-    stride: u64,
-    lanes: usize,
-    next: Vec<u64>,
-    sum: u64,
-}
-
-impl Increment {
-    fn new(base: u64, words: u64, stride: u64, lanes: usize) -> Self {
-        Increment { base, words, stride, lanes, next: (0..lanes as u64).collect(), sum: 0 }
-    }
-}
-
-impl Kernel for Increment {
-    fn lanes(&self) -> usize {
-        self.lanes
-    }
-    fn op(&mut self, lane: usize) -> Option<Op> {
-        let i = self.next[lane] * self.stride;
-        (i < self.words).then(|| Op::Add(self.base + i * 8, 1))
-    }
-    fn retire(&mut self, lane: usize, value: u64) {
-        self.sum += value;
-        self.next[lane] += self.lanes as u64;
-    }
-}
-
 #[test]
 fn migrate_on_touch_moves_the_data_and_computes_on_it() {
     let f = fix();

@@ -313,3 +313,61 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     check!(!m2.is_live(), "the mirror outlived its address space");
     Ok(())
 }
+
+/// Each device's compute engine runs a kernel over a process's array through its MMU:
+/// migrate-on-touch moves the pages by DMA and computes in device memory, remote mapping
+/// computes on system RAM through the domain; the CPU reads every result back, and the
+/// counters add up.
+pub fn compute_kernel(_s: &System) -> TestResult {
+    use crate::compute;
+    use crate::devmmu;
+    use crate::mm::uspace;
+    use hmm::compute::{Increment, MigrateOnTouch, RemoteMap};
+    use hmm::mm::space::{AddressSpace, MapRequest};
+    use hmm::mm::vma::Prot;
+    let n = devices::with(|d| if d.iommu.is_some() { d.list.len() } else { 0 }).unwrap_or(0);
+    for dev in 0..n {
+        let mm = uspace::mm();
+        let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+        let pages = 64u64;
+        let words = pages * 512;
+        let mut arrays = Vec::new();
+        for _ in 0..2 {
+            let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+            let data: Vec<u8> = (0..words).flat_map(|i| i.to_le_bytes()).collect();
+            uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+            arrays.push(a);
+        }
+        let m = devmmu::bind(dev, &space).map_err(|e| e.to_string())?;
+        let before = compute::counters(dev).map_err(|e| e.to_string())?;
+        let mut k = Increment::new(arrays[0], words, 1, 32);
+        let c = compute::launch(&m, &space, &mut k, &mut MigrateOnTouch, 256).map_err(|e| e.to_string())?;
+        check!(k.sum == words * (words - 1) / 2, "dev{dev}: the kernel read other values than the CPU wrote");
+        check!(c.pages_to_device == pages && c.local_accesses == words && c.remote_accesses == 0, "dev{dev}: {c:?}");
+        check!(c.batches >= 1 && c.max_batch <= 256 && c.faults >= pages, "dev{dev}: {c:?}");
+        let mut k = Increment::new(arrays[1], words, 1, 32);
+        let r = compute::launch(&m, &space, &mut k, &mut RemoteMap, 256).map_err(|e| e.to_string())?;
+        check!(r.pages_to_device == 0 && r.remote_accesses == words, "dev{dev} remote: {r:?}");
+        for &a in &arrays {
+            let mut back = alloc::vec![0u8; (words * 8) as usize];
+            uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+            let ok = back.chunks(8).enumerate().all(|(i, w)| u64::from_le_bytes(w.try_into().unwrap()) == i as u64 + 1);
+            check!(ok, "dev{dev}: the CPU does not read the kernel's results at {a:#x}");
+        }
+        let after = compute::counters(dev).map_err(|e| e.to_string())?;
+        check!(after.compute.batches == before.compute.batches + c.batches + r.batches);
+        check!(after.vram.to_device - before.vram.to_device >= pages, "{after:?}");
+        check!(after.vram.to_ram - before.vram.to_ram >= pages, "the CPU's reads did not bring the pages back");
+        check!(after.dma.to_device - before.dma.to_device >= pages * PAGE, "{after:?}");
+        // A fault the engine cannot service names the access.
+        space.lock().munmap(arrays[1] + 8 * PAGE, PAGE).map_err(|e| e.to_string())?;
+        let mut k = Increment::new(arrays[1], words, 512, 64);
+        let e = compute::launch(&m, &space, &mut k, &mut RemoteMap, 256);
+        check!(
+            matches!(&e, Err(compute::LaunchError::Fatal(f)) if f.va == arrays[1] + 8 * PAGE && f.lane == 8),
+            "dev{dev}: a kernel touching an unmapped page: {e:?}"
+        );
+        m.unbind().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

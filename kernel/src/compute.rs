@@ -1,0 +1,129 @@
+//! The compute engines of the real devices: [`hmm::compute`] run against a device's MMU
+//! mirror, its memory (the ivshmem BAR) and its copy engine. A lane's access to a local page
+//! reads or writes the BAR; an access to system RAM goes to the frame the device's domain maps
+//! at that virtual address (a remote access); a miss is a replayable fault, serviced in
+//! batches by migration (DMA through the copy engine) or remote mapping.
+//!
+//! The engine runs on the calling CPU: the kernel has one core today, so "the core assigned
+//! to the device" is the boot CPU.
+//!
+//! Per-device counters ([`DeviceCounters`]) add the fault service's numbers to the device
+//! memory's (pages each way, CPU faults) and the copy engine's (bytes DMA'd).
+
+use crate::arch::time;
+use crate::copyengine::CopyStats;
+use crate::devices::{self, DevError};
+use crate::devmmu::DevMirror;
+use crate::mm;
+use crate::vram::{self, Vram, VramStats};
+use alloc::string::ToString;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use hmm::compute::{Backend, Counters, FatalFault, Kernel, Policy};
+use hmm::devmmu::{DomainError, MirrorError, Where};
+use hmm::mm::SharedSpace;
+use spin::Mutex;
+
+const PAGE: u64 = 4096;
+
+struct DeviceBackend {
+    vram: Arc<Vram>,
+    space: Arc<SharedSpace>,
+    bar: u64,
+}
+
+impl DeviceBackend {
+    fn addr(&self, at: Where, va: u64) -> u64 {
+        match at {
+            Where::Ram(pa) => pa + va % PAGE,
+            // A local page is always this device's (the mirror's owner is the device's).
+            Where::Local(p) => self.bar + self.vram.offset_of(p).unwrap_or(0) + va % PAGE,
+        }
+    }
+}
+
+impl Backend for DeviceBackend {
+    fn load(&mut self, at: Where, va: u64) -> u64 {
+        let mut w = [0u8; 8];
+        mm::read_phys(self.addr(at, va), &mut w);
+        u64::from_le_bytes(w)
+    }
+    fn store(&mut self, at: Where, va: u64, value: u64) {
+        mm::write_phys(self.addr(at, va), &value.to_le_bytes());
+    }
+    fn migrate(&mut self, start: u64, end: u64) -> Result<u64, MirrorError> {
+        vram::migrate_to_device(&self.vram, &self.space, start, (end - start) / PAGE)
+            .map_err(|e| MirrorError::Domain(DomainError(e.to_string())))
+    }
+    fn now(&self) -> u64 {
+        time::rdtsc()
+    }
+}
+
+/// Everything counted for one device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceCounters {
+    /// The compute engine's fault service and accesses (service time in TSC cycles).
+    pub compute: Counters,
+    /// Device memory: pages each way, CPU faults.
+    pub vram: VramStats,
+    /// The copy engine: requests and bytes each way.
+    pub dma: CopyStats,
+}
+
+static COUNTERS: Mutex<Vec<Counters>> = Mutex::new(Vec::new());
+
+/// Device `n`'s counters so far.
+pub fn counters(n: usize) -> Result<DeviceCounters, DevError> {
+    let dma = devices::with(|d| d.list.get(n).map(|dev| dev.engine.stats)).flatten().ok_or(DevError::NoDevice(n))?;
+    let v = vram::all().map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
+    let vram = *v.get(n).ok_or(DevError::NoDevice(n))?.stats.lock();
+    let compute = COUNTERS.lock().get(n).copied().unwrap_or_default();
+    Ok(DeviceCounters { compute, vram, dma })
+}
+
+/// A kernel that could not run.
+#[derive(Debug)]
+pub enum LaunchError {
+    /// The device or its memory.
+    Device(DevError),
+    /// A fault the engine could not service.
+    Fatal(FatalFault),
+}
+
+impl core::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Device(e) => write!(f, "{e}"),
+            Self::Fatal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Runs `kernel` on the device `mirror` belongs to, over the address space `space` it mirrors,
+/// with batches of at most `batch` faults serviced as `policy` decides. Returns this launch's
+/// counters (and adds them to the device's).
+pub fn launch(
+    mirror: &DevMirror,
+    space: &Arc<SharedSpace>,
+    kernel: &mut dyn Kernel,
+    policy: &mut dyn Policy,
+    batch: usize,
+) -> Result<Counters, LaunchError> {
+    let n = mirror.with_domain(|d| d.n);
+    let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
+        .flatten()
+        .ok_or(LaunchError::Device(DevError::NoDevice(n)))?;
+    let v = vram::all().map_err(|e| LaunchError::Device(DevError::Bind(alloc::format!("{e}"))))?;
+    let vram = v.get(n).ok_or(LaunchError::Device(DevError::NoDevice(n)))?.clone();
+    let mut backend = DeviceBackend { vram, space: space.clone(), bar };
+    let mut c = Counters::default();
+    let r = hmm::compute::run(mirror, kernel, &mut backend, policy, batch, &mut c);
+    let mut all = COUNTERS.lock();
+    if all.len() <= n {
+        all.resize(n + 1, Counters::default());
+    }
+    all[n] += &c;
+    r.map_err(LaunchError::Fatal)?;
+    Ok(c)
+}
