@@ -71,6 +71,8 @@ pub enum Job {
     BenchMm,
     /// The HMM benchmark (`cargo xtask bench hmm`).
     BenchHmm,
+    /// The real devices' benchmark (`cargo xtask bench devices`).
+    BenchDevices,
 }
 
 /// A deliberate crash, to test that crashes are reported.
@@ -159,7 +161,8 @@ impl<'a> KernelArgs<'a> {
                         "none" => Job::None,
                         "bench-mm" => Job::BenchMm,
                         "bench-hmm" => Job::BenchHmm,
-                        _ => return Err(bad(v, "'default', 'none', 'bench-mm' or 'bench-hmm'")),
+                        "bench-devices" => Job::BenchDevices,
+                        _ => return Err(bad(v, "'default', 'none', 'bench-mm', 'bench-hmm' or 'bench-devices'")),
                     };
                 }
                 "ktest.filter" => args.ktest_filter = Some(need("text")?),

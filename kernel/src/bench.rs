@@ -1,5 +1,6 @@
-//! Benchmarks that run inside the kernel (`job=bench-mm` and `job=bench-hmm`, driven by
-//! `cargo xtask bench mm` and `cargo xtask bench hmm`).
+//! Benchmarks that run inside the kernel (`job=bench-mm`, `job=bench-hmm` and
+//! `job=bench-devices`, driven by `cargo xtask bench mm`, `hmm` and `devices`; the devices'
+//! benchmark is in [`devices`]).
 //!
 //! Each operation is timed on a fresh address space with real CPU faults, for 4, 64 and
 //! 256 MiB, and printed as one `@@BENCH {json}` line: `op`, `mib`, `pages` (4 KiB pages
@@ -43,6 +44,9 @@
 //! |---|---|
 //! | `range_fault_driver_format` | the range fault writes the table's own entry format ([`hmm::range::Driver`]); the words go in as they are |
 //! | `range_fault_modern_convert` | the range fault writes `HMM_PFN_*` words; a pass converts each (looking up whether the page is device memory) before they go in |
+
+mod devices;
+pub use devices::devices;
 
 use alloc::{format, string::String, sync::Arc};
 use core::sync::atomic::Ordering;

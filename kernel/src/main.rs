@@ -152,6 +152,10 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("hmm benchmark", e),
         },
+        Job::BenchDevices => match bench::devices() {
+            Ok(()) => exit(ExitCode::Success),
+            Err(e) => fail("devices benchmark", e),
+        },
         Job::Default => match job::run(system) {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("default job", e),

@@ -55,6 +55,15 @@ pub struct VramStats {
     pub declined: u64,
 }
 
+/// What copies pages between RAM and device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copier {
+    /// The device's copy engine (DMA through its domain): the default.
+    Dma,
+    /// The CPU, through the direct map and the BAR: the baseline.
+    Cpu,
+}
+
 /// One device's memory.
 #[derive(Debug)]
 pub struct Vram {
@@ -63,6 +72,7 @@ pub struct Vram {
     pagemap: Once<Arc<DevPagemap>>,
     free: Mutex<Vec<u64>>,
     pages: u64,
+    copier: Mutex<Copier>,
     /// Counters.
     pub stats: Mutex<VramStats>,
 }
@@ -77,6 +87,7 @@ impl Vram {
             pagemap: Once::new(),
             free: Mutex::new((0..pages).rev().collect()),
             pages,
+            copier: Mutex::new(Copier::Dma),
             stats: Mutex::new(VramStats::default()),
         });
         let ops: Arc<dyn PagemapOps> = v.clone();
@@ -84,6 +95,16 @@ impl Vram {
         let pm = pagemaps()?.memremap_pages(MemoryKind::Private, v.owner, pages, w)?;
         v.pagemap.call_once(|| pm);
         Ok(v)
+    }
+
+    /// Chooses what copies this device's migrations (both ways, faults included).
+    pub fn set_copier(&self, c: Copier) {
+        *self.copier.lock() = c;
+    }
+
+    /// What copies this device's migrations.
+    pub fn copier(&self) -> Copier {
+        *self.copier.lock()
     }
 
     /// The owner of this device's pages (the device MMU mirrors them as local).
@@ -167,13 +188,18 @@ impl PagemapOps for Vram {
 struct Run {
     offset: u64,
     entries: Vec<usize>,
+    /// The RAM pages as device addresses (one segment each), and as physical addresses.
     ram: Vec<(u64, u32)>,
+    pas: Vec<u64>,
 }
 
 impl Vram {
     /// Runs the DMA for `runs` (several requests in flight); returns the entries whose copy
     /// failed.
     fn transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        if self.copier() == Copier::Cpu {
+            return self.cpu_transfer(dir, runs);
+        }
         let mut failed = Vec::new();
         devices::with(|d| {
             for window in runs.chunks(IN_FLIGHT) {
@@ -195,6 +221,23 @@ impl Vram {
         failed
     }
 
+    /// The CPU-copy baseline: the same runs copied by the CPU through the BAR.
+    fn cpu_transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        let Some(bar) = devices::with(|d| d.list.get(self.device).map(|dev| dev.vram.0)).flatten() else {
+            return runs.iter().flat_map(|r| r.entries.iter().copied()).collect();
+        };
+        for r in runs {
+            for (k, &pa) in r.pas.iter().enumerate() {
+                let dev = bar + r.offset + k as u64 * PAGE;
+                match dir {
+                    Dir::ToDevice => crate::mm::copy_phys(dev, pa, PAGE),
+                    Dir::ToRam => crate::mm::copy_phys(pa, dev, PAGE),
+                }
+            }
+        }
+        Vec::new()
+    }
+
     /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
     fn runs(&self, items: &[(usize, Pfn, Pfn)]) -> Vec<Run> {
         let kernel = devices::with(|d| d.list.get(self.device).map(|dev| dev.iova_of(0))).flatten().unwrap_or(0);
@@ -206,8 +249,14 @@ impl Vram {
                 Some(r) if r.offset + r.ram.len() as u64 * PAGE == off && r.ram.len() < RUN => {
                     r.entries.push(i);
                     r.ram.push(seg);
+                    r.pas.push(ram.addr());
                 }
-                _ => runs.push(Run { offset: off, entries: alloc::vec![i], ram: alloc::vec![seg] }),
+                _ => runs.push(Run {
+                    offset: off,
+                    entries: alloc::vec![i],
+                    ram: alloc::vec![seg],
+                    pas: alloc::vec![ram.addr()],
+                }),
             }
         }
         runs

@@ -11,6 +11,9 @@
 //! - `cargo xtask bench boot [--runs N]`: median time from QEMU start to kernel ready.
 //! - `cargo xtask bench mm`: address-space operations (first touch, fork, COW, mprotect, munmap)
 //!   per page for 4, 64 and 256 MiB, on `qemu/bench.toml` unless `--machine` says otherwise.
+//! - `cargo xtask bench devices`: the real devices (copy engine and CPU-copy throughput beside
+//!   the host's memcpy, migration of 256 MiB each way beside Linux, fault-batch latency), on
+//!   `qemu/bench-devices.toml` unless `--machine` says otherwise.
 //! - `cargo xtask bench hmm`: the HMM operations Linux 6.1 was timed on (first touch, device
 //!   reads, snapshot, invalidation, migrations both ways, munmap of device pages) for 4, 64 and
 //!   256 MiB, with the Linux numbers and the speedup beside ours.
@@ -38,7 +41,7 @@ fn root() -> PathBuf {
 }
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]"
         .into()
 }
 
@@ -701,7 +704,13 @@ fn cmd_bench(args: &[String]) -> Result<u8> {
             }
             bench_hmm(&o)
         }
-        Some(other) => Err(format!("unknown benchmark '{other}' (available: boot, mm, hmm)")),
+        Some("devices") => {
+            if o.machine == root().join("qemu/default.toml") {
+                o.machine = root().join("qemu/bench-devices.toml");
+            }
+            bench_devices(&o)
+        }
+        Some(other) => Err(format!("unknown benchmark '{other}' (available: boot, mm, hmm, devices)")),
         None => Err(format!("name a benchmark\n{}", usage())),
     }
 }
@@ -827,6 +836,88 @@ fn bench_hmm(o: &Options) -> Result<u8> {
         println!(
             "\noutput encoding (range fault into a device page table, largest size): driver format {native} ns/page, modern + conversion {modern} ns/page ({saved:.0}% saved by the driver format)"
         );
+    }
+    Ok(0)
+}
+
+/// Linux 6.1's lib/test_hmm migration timings on 256 MiB in the same QEMU, ns per 4 KiB page
+/// (`reference/platform.md`), beside the devices benchmark's migration steps.
+const LINUX_MIGRATION_NS: [(&str, &str, u64); 3] = [
+    ("migrate_to_device", "migrate_to_dev", 19_200),
+    ("cpu_fault_back", "cpu_fault_migrate_back", 24_100),
+    ("migrate_to_ram", "migrate_to_sys", 6_200),
+];
+
+/// The host's own memcpy throughput (GB/s) in `size` pieces over 256 MiB from a 64 MiB buffer:
+/// the physical limit of any copy between guest RAM and device memory (both are host memory).
+fn host_memcpy(size: usize) -> f64 {
+    let span = 64 << 20;
+    let src = vec![0x5au8; span];
+    let mut dst = vec![0u8; span];
+    let total = 256usize << 20;
+    let t0 = Instant::now();
+    let mut off = 0;
+    while off < total {
+        let o = off % span;
+        dst[o..o + size].copy_from_slice(&src[o..o + size]);
+        off += size;
+    }
+    std::hint::black_box(&dst);
+    total as f64 / t0.elapsed().as_nanos().max(1) as f64
+}
+
+fn bench_devices(o: &Options) -> Result<u8> {
+    let (machine, results) = bench_job(o, "devices", "bench-devices")?;
+    println!("devices benchmark: {} ({})", machine.description, o.accel);
+    let gbps = |v: &Value| v["bytes"].as_u64().unwrap_or(0) as f64 / v["ns"].as_u64().unwrap_or(1).max(1) as f64;
+    let devices: std::collections::BTreeSet<u64> = results.iter().filter_map(|v| v["device"].as_u64()).collect();
+    for &n in &devices {
+        let of = |op: &'static str| results.iter().filter(move |v| v["op"] == op && v["device"].as_u64() == Some(n));
+        println!("\n== dev{n}: copy throughput over 256 MiB, GB/s");
+        println!(
+            "{:<10} {:>14} {:>14} {:>14} {:>14} {:>12}",
+            "size", "DMA ram->dev", "DMA dev->ram", "CPU ram->dev", "CPU dev->ram", "host memcpy"
+        );
+        for v in of("dma_to_device") {
+            let size = v["size"].as_u64().unwrap_or(0);
+            let find = |op: &'static str| of(op).find(|w| w["size"].as_u64() == Some(size)).map(gbps).unwrap_or(0.0);
+            let label = if size >= 1 << 20 { format!("{} MiB", size >> 20) } else { format!("{} KiB", size >> 10) };
+            println!(
+                "{label:<10} {:>14.3} {:>14.3} {:>14.3} {:>14.3} {:>12.3}",
+                gbps(v),
+                find("dma_to_ram"),
+                find("cpu_to_device"),
+                find("cpu_to_ram"),
+                host_memcpy(size as usize)
+            );
+        }
+        println!("\n== dev{n}: migration of 256 MiB (4 KiB pages), ns per page");
+        println!(
+            "{:<20} {:>10} {:>10} {:>10}  (Linux: lib/test_hmm, CPU copy into RAM posing as device memory)",
+            "step", "DMA copy", "CPU copy", "Linux 6.1"
+        );
+        for (op, linux_op, linux) in LINUX_MIGRATION_NS {
+            let ns = |copier: &str| {
+                of(op)
+                    .find(|v| v["copier"] == copier)
+                    .and_then(|v| v["ns_per_page"].as_u64())
+                    .map_or("missing".to_string(), |n| n.to_string())
+            };
+            println!("{op:<20} {:>10} {:>10} {linux:>10}  ({linux_op})", ns("dma"), ns("cpu"));
+        }
+        println!("\n== dev{n}: device fault service (one word per page of 64 MiB, 256 lanes)");
+        for v in of("fault_batch") {
+            println!(
+                "policy {:<8} batches={} faults={} max_batch={} pages_to_device={} ns_per_batch={} ns_per_fault={}",
+                v["policy"].as_str().unwrap_or("?"),
+                v["batches"],
+                v["faults"],
+                v["max_batch"],
+                v["pages_to_device"],
+                v["ns_per_batch"],
+                v["ns_per_fault"]
+            );
+        }
     }
     Ok(0)
 }

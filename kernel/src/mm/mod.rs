@@ -113,6 +113,19 @@ pub fn write_phys(pa: u64, data: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len()) }
 }
 
+/// Copies `len` bytes of physical memory from `src` to `dst` through the direct map (same
+/// contract as [`read_phys`], for both ranges; they must not overlap).
+pub fn copy_phys(dst: u64, src: u64, len: u64) {
+    let inside = |pa: u64| pa.checked_add(len).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS);
+    assert!(inside(src) && inside(dst), "copy_phys past the direct map");
+    assert!(src + len <= dst || dst + len <= src, "copy_phys of overlapping ranges");
+    // SAFETY: both ranges lie inside the direct map (checked), do not overlap (checked), and by
+    // this function's contract are memory the caller owns.
+    unsafe {
+        core::ptr::copy_nonoverlapping(phys_to_virt(src) as *const u8, phys_to_virt(dst) as *mut u8, len as usize)
+    }
+}
+
 /// Runs `f` on the kernel page table (None before [`init`]).
 pub fn with_kernel_pt<R>(f: impl FnOnce(&mut PageTable) -> R) -> Option<R> {
     x86_64::instructions::interrupts::without_interrupts(|| KERNEL_PT.lock().as_mut().map(f))

@@ -1,0 +1,234 @@
+//! The real devices' benchmark (`job=bench-devices`, driven by `cargo xtask bench devices`).
+//!
+//! Per device, each result one `@@BENCH {json}` line with `op`, `device`:
+//!
+//! | op | what is timed |
+//! |---|---|
+//! | `dma_to_device`, `dma_to_ram` | the copy engine moving 256 MiB in requests of `size` bytes (4 KiB, 64 KiB, 2 MiB; one contiguous segment each, up to 32 in flight): `bytes`, `ns` |
+//! | `cpu_to_device`, `cpu_to_ram` | the CPU copying the same through the BAR (the CPU-copy baseline) |
+//! | `migrate_to_device`, `cpu_fault_back`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls), brought back by one CPU load per page (each a #PF migrating one page), migrated again and back explicitly: `pages`, `ns_per_page`, with `copier` `dma` or `cpu` |
+//! | `fault_batch` | a compute kernel touching one word in each of 64 MiB of pages from 256 lanes: replayable faults serviced in batches of up to 256 (`policy` `migrate` or `remote`): `batches`, `faults`, `ns_per_batch`, `ns_per_fault` |
+//!
+//! The host's own memcpy (the physical limit) is measured by the xtask beside it.
+
+use super::{timed, warm_guest_ram};
+use crate::compute;
+use crate::copyengine::Dir;
+use crate::devices;
+use crate::devmmu;
+use crate::json::Json;
+use crate::mm::{self, frame, uspace};
+use crate::vram::{self, Copier};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use hmm::compute::{Increment, MigrateOnTouch, Policy, RemoteMap};
+use hmm::mm::space::{Advice, MapRequest};
+use hmm::mm::vma::Prot;
+
+const PAGE: u64 = 4096;
+const TOTAL: u64 = 256 << 20;
+/// RAM buffer the transfers cycle through: 64 MiB in 2 MiB blocks.
+const BLOCKS: usize = 32;
+const BLOCK: u64 = 2 << 20;
+const SIZES: [u64; 3] = [4 << 10, 64 << 10, 2 << 20];
+const IN_FLIGHT: usize = 32;
+/// Pages per migration call (hmm-tests' 4 MiB buffer).
+const CALL_PAGES: u64 = 1024;
+
+fn line(f: impl FnOnce(&mut Json)) {
+    let mut j = Json::new();
+    j.object(f);
+    crate::sprintln!("@@BENCH {}", j.finish());
+}
+
+fn dir_name(engine: &str, dir: Dir) -> String {
+    format!("{engine}_{}", if dir == Dir::ToDevice { "to_device" } else { "to_ram" })
+}
+
+/// The copy engine and the CPU moving `TOTAL` bytes in `size` pieces between the buffer and
+/// device memory.
+fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), String> {
+    let kernel = devices::with(|d| d.list[n].iova_of(0)).ok_or("devices not initialised")?;
+    let span = (BLOCKS as u64 * BLOCK).min(vram_bytes);
+    for size in SIZES {
+        // Piece k: RAM at blocks[(k * size) / BLOCK] + (k * size) % BLOCK, device at k * size.
+        let pieces = TOTAL / size;
+        let at = |k: u64| {
+            let off = (k * size) % span;
+            (blocks[(off / BLOCK) as usize] + off % BLOCK, off)
+        };
+        for dir in [Dir::ToDevice, Dir::ToRam] {
+            let (r, ns, _) = timed(|| {
+                devices::with(|d| -> Result<(), String> {
+                    let mut k = 0;
+                    while k < pieces {
+                        let w = (pieces - k).min(IN_FLIGHT as u64);
+                        let segs: Vec<[(u64, u32); 1]> =
+                            (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
+                        let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
+                        for res in d.dma_many(n, dir, reqs) {
+                            res.map_err(|e| format!("dev{n}: {e}"))?;
+                        }
+                        k += w;
+                    }
+                    Ok(())
+                })
+                .unwrap_or_else(|| Err("devices not initialised".into()))
+            });
+            r?;
+            line(|j| {
+                j.str("op", &dir_name("dma", dir));
+                j.num("device", n);
+                j.num("size", size);
+                j.num("bytes", TOTAL);
+                j.num("ns", ns);
+            });
+            let ((), ns, _) = timed(|| {
+                for k in 0..pieces {
+                    let (ram, off) = at(k);
+                    match dir {
+                        Dir::ToDevice => mm::copy_phys(bar + off, ram, size),
+                        Dir::ToRam => mm::copy_phys(ram, bar + off, size),
+                    }
+                }
+            });
+            line(|j| {
+                j.str("op", &dir_name("cpu", dir));
+                j.num("device", n);
+                j.num("size", size);
+                j.num("bytes", TOTAL);
+                j.num("ns", ns);
+            });
+        }
+    }
+    Ok(())
+}
+
+/// 256 MiB of a process to device `n` and back, with the device's copier set to `copier`.
+fn migration(n: usize, copier: Copier) -> Result<(), String> {
+    let v = vram::all().map_err(|e| format!("device memory: {e}"))?[n].clone();
+    v.set_copier(copier);
+    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+    let pages = TOTAL / PAGE;
+    let a = {
+        let mut sp = s.lock();
+        let a = sp.mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
+        sp.madvise(a, TOTAL, Advice::NoHugePage).map_err(|e| format!("madvise: {e}"))?;
+        a
+    };
+    super::touch(&s, a, TOTAL)?;
+    let name = if copier == Copier::Dma { "dma" } else { "cpu" };
+    let report = |op: &str, ns: u64, faults: u64| {
+        line(|j| {
+            j.str("op", op);
+            j.num("device", n);
+            j.str("copier", name);
+            j.num("pages", pages);
+            j.num("ns_per_page", ns / pages);
+            j.num("faults", faults);
+        })
+    };
+    let to_device = || -> Result<(), String> {
+        for k in (0..pages).step_by(CALL_PAGES as usize) {
+            let moved = vram::migrate_to_device(&v, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+            if moved != CALL_PAGES {
+                return Err(format!("dev{n}: {moved} of {CALL_PAGES} pages migrated (device memory full?)"));
+            }
+        }
+        Ok(())
+    };
+    let (r, ns, f) = timed(to_device);
+    r?;
+    report("migrate_to_device", ns, f);
+    let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
+    r?;
+    report("cpu_fault_back", ns, f);
+    to_device()?;
+    let (r, ns, f) = timed(|| -> Result<(), String> {
+        for k in (0..pages).step_by(CALL_PAGES as usize) {
+            vram::migrate_to_ram(&v, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+        }
+        Ok(())
+    });
+    r?;
+    report("migrate_to_ram", ns, f);
+    // Every word is still what the first touch stored (its own address).
+    uspace::run(&s, |u| -> Result<(), String> {
+        for k in 0..pages {
+            let va = a + k * PAGE;
+            let w = u.read_u64(va).map_err(|e| format!("load: {e}"))?;
+            if w != va {
+                return Err(format!("dev{n}: page {k} holds {w:#x} after the round trips, not {va:#x}"));
+            }
+        }
+        Ok(())
+    })?;
+    drop(s);
+    v.set_copier(Copier::Dma);
+    if v.in_use() != 0 {
+        return Err(format!("dev{n}: {} device pages in use after the process went", v.in_use()));
+    }
+    Ok(())
+}
+
+/// Fault service latency: one word per page of 64 MiB, 256 lanes, batches of up to 256.
+fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), String> {
+    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+    let len = 64u64 << 20;
+    let a = s.lock().mmap(MapRequest::anon(len, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
+    super::touch(&s, a, len)?;
+    let m = devmmu::bind(n, &s).map_err(|e| format!("{e}"))?;
+    let mut k = Increment::new(a, len / 8, 512, 256);
+    let c = compute::launch(&m, &s, &mut k, policy, 256).map_err(|e| format!("dev{n}: {e}"))?;
+    m.unbind().map_err(|e| format!("{e}"))?;
+    let ns = crate::arch::time::cycles_to_ns(c.service_time).unwrap_or(0);
+    line(|j| {
+        j.str("op", "fault_batch");
+        j.num("device", n);
+        j.str("policy", name);
+        j.num("batches", c.batches);
+        j.num("faults", c.faults);
+        j.num("max_batch", c.max_batch);
+        j.num("pages_to_device", c.pages_to_device);
+        j.num("ns_per_batch", ns / c.batches.max(1));
+        j.num("ns_per_fault", ns / c.faults.max(1));
+    });
+    Ok(())
+}
+
+/// Runs the devices benchmark on every device of the machine.
+pub fn devices() -> Result<(), String> {
+    warm_guest_ram();
+    let list: Vec<(u64, u64)> = devices::with(|d| d.list.iter().map(|dev| dev.vram).collect()).unwrap_or_default();
+    if list.is_empty() {
+        return Err("the machine has no devices (use qemu/bench-devices.toml)".into());
+    }
+    let blocks: Vec<u64> = (0..BLOCKS)
+        .map(|_| frame::alloc(512).map_err(|_| String::from("no memory for the 64 MiB transfer buffer")))
+        .collect::<Result<_, _>>()?;
+    for b in &blocks {
+        mm::write_phys(*b, &[0x5a; 64]);
+    }
+    let r = (|| {
+        for (n, &(bar, bytes)) in list.iter().enumerate() {
+            throughput(n, &blocks, bar, bytes)?;
+        }
+        Ok::<(), String>(())
+    })();
+    for b in blocks {
+        frame::free(b, 512);
+    }
+    r?;
+    for (n, &(_, bytes)) in list.iter().enumerate() {
+        if bytes < TOTAL {
+            return Err(format!("dev{n} has {} MiB of memory; the migration runs need 256 MiB", bytes >> 20));
+        }
+        migration(n, Copier::Dma)?;
+        migration(n, Copier::Cpu)?;
+        fault_batches(n, &mut MigrateOnTouch, "migrate")?;
+        fault_batches(n, &mut RemoteMap, "remote")?;
+    }
+    crate::sprintln!("@@BENCH {{\"done\": true}}");
+    Ok(())
+}
