@@ -120,7 +120,7 @@ fn selfcheck() -> Result<bool, mm::MapError> {
     let mut failed = false;
     let mut j = Json::new();
     j.object(|j| {
-        j.str("job", "memory-selfcheck and device round trips");
+        j.str("job", "memory-selfcheck, device round trips and device kernels");
         j.num("rounds", ROUNDS);
         j.num("frame_alloc_free_ns_per_frame", median(alloc_ns));
         j.num("map_unmap_4k_ns_per_page", median(map_ns));
@@ -141,6 +141,25 @@ fn selfcheck() -> Result<bool, mm::MapError> {
                 Err(e) => {
                     log::error!("dev{dev} round trip: {e}");
                     j.str(&alloc::format!("dev{dev}_round_trip"), &alloc::format!("FAILED: {e}"));
+                    failed = true;
+                }
+            }
+            // A kernel on the device's compute engine over 1 MiB of a process, through its MMU.
+            if crate::devices::with(|d| d.list[dev].mmu.is_some()) != Some(true) {
+                continue;
+            }
+            match crate::compute::increment_demo(dev, 256) {
+                Ok(c) => {
+                    j.str(&alloc::format!("dev{dev}_kernel"), "increment of 1 MiB, results verified by the CPU");
+                    j.num(&alloc::format!("dev{dev}_kernel_faults"), c.faults);
+                    j.num(&alloc::format!("dev{dev}_kernel_batches"), c.batches);
+                    j.num(&alloc::format!("dev{dev}_kernel_pages_to_device"), c.pages_to_device);
+                    j.num(&alloc::format!("dev{dev}_kernel_local_accesses"), c.local_accesses);
+                    j.num(&alloc::format!("dev{dev}_kernel_ns_per_batch"), ns(c.service_time) / c.batches.max(1));
+                }
+                Err(e) => {
+                    log::error!("dev{dev} kernel: {e}");
+                    j.str(&alloc::format!("dev{dev}_kernel"), &alloc::format!("FAILED: {e}"));
                     failed = true;
                 }
             }

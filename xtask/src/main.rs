@@ -842,9 +842,10 @@ fn bench_hmm(o: &Options) -> Result<u8> {
 
 /// Linux 6.1's lib/test_hmm migration timings on 256 MiB in the same QEMU, ns per 4 KiB page
 /// (`reference/platform.md`), beside the devices benchmark's migration steps.
-const LINUX_MIGRATION_NS: [(&str, &str, u64); 3] = [
+const LINUX_MIGRATION_NS: [(&str, &str, u64); 4] = [
     ("migrate_to_device", "migrate_to_dev", 19_200),
     ("cpu_fault_back", "cpu_fault_migrate_back", 24_100),
+    ("cpu_fault_back_single", "cpu_fault_migrate_back", 24_100),
     ("migrate_to_ram", "migrate_to_sys", 6_200),
 ];
 

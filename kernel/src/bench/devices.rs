@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `dma_to_device`, `dma_to_ram` | the copy engine moving 256 MiB in requests of `size` bytes (4 KiB, 64 KiB, 2 MiB; one contiguous segment each, up to 32 in flight): `bytes`, `ns` |
 //! | `cpu_to_device`, `cpu_to_ram` | the CPU copying the same through the BAR (the CPU-copy baseline) |
-//! | `migrate_to_device`, `cpu_fault_back`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls), brought back by one CPU load per page (each a #PF migrating one page), migrated again and back explicitly: `pages`, `ns_per_page`, with `copier` `dma` or `cpu` |
+//! | `migrate_to_device`, `cpu_fault_back`, `cpu_fault_back_single`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls); brought back by one CPU load per page (a #PF brings back its fault-around window, 16 pages by default); again with one page per fault, as Linux's dmirror; migrated again and back explicitly: `pages`, `ns_per_page`, `faults`, with `copier` `dma` or `cpu` |
 //! | `fault_batch` | a compute kernel touching one word in each of 64 MiB of pages from 256 lanes: replayable faults serviced in batches of up to 256 (`policy` `migrate` or `remote`): `batches`, `faults`, `ns_per_batch`, `ns_per_fault` |
 //!
 //! The host's own memcpy (the physical limit) is measured by the xtask beside it.
@@ -144,6 +144,14 @@ fn migration(n: usize, copier: Copier) -> Result<(), String> {
     let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
     r?;
     report("cpu_fault_back", ns, f);
+    // The same with one page per fault (no fault-around), as Linux's dmirror does.
+    to_device()?;
+    let around = v.fault_around();
+    v.set_fault_around(1).map_err(|e| format!("{e}"))?;
+    let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
+    v.set_fault_around(around).map_err(|e| format!("{e}"))?;
+    r?;
+    report("cpu_fault_back_single", ns, f);
     to_device()?;
     let (r, ns, f) = timed(|| -> Result<(), String> {
         for k in (0..pages).step_by(CALL_PAGES as usize) {

@@ -183,11 +183,24 @@ pub fn iommu_errors_are_values(_s: &System) -> TestResult {
 /// Device memory as private pages: 256 pages of a process migrate to each device by DMA,
 /// sit in its memory (read through the BAR), come back by CPU faults and by explicit
 /// migration, every byte intact, and the device pages are all free again afterwards.
+/// Each device runs it three ways: DMA with the default fault-around, DMA one page per CPU
+/// fault, and the CPU-copy baseline.
 pub fn migrate_round_trip(_s: &System) -> TestResult {
+    use crate::vram::{self, Copier};
     let n = devices::with(|d| d.list.len()).unwrap_or(0);
     for dev in 0..n {
-        let r = crate::vram::round_trip(dev, 256).map_err(|e| format!("dev{dev}: {e}"))?;
-        log::info!("dev{dev}: {r:?}");
+        let v = vram::all().map_err(|e| e.to_string())?[dev].clone();
+        let around = v.fault_around();
+        for (copier, fa) in [(Copier::Dma, around), (Copier::Dma, 1), (Copier::Cpu, around)] {
+            v.set_copier(copier);
+            v.set_fault_around(fa).map_err(|e| e.to_string())?;
+            let r = vram::round_trip(dev, 256);
+            v.set_copier(Copier::Dma);
+            v.set_fault_around(around).map_err(|e| e.to_string())?;
+            let r = r.map_err(|e| format!("dev{dev} ({copier:?}, fault-around {fa}): {e}"))?;
+            log::info!("dev{dev} ({copier:?}, fault-around {fa}): {r:?}");
+        }
+        check!(v.set_fault_around(3).is_err() && v.set_fault_around(1024).is_err(), "bad fault-around accepted");
     }
     Ok(())
 }
