@@ -8,7 +8,9 @@
 //! bound to the device: IOVA = process virtual address. The kernel half maps system RAM at
 //! IOVA = [`KERNEL_IOVA`] + physical address, for the engine's own rings and headers and for
 //! migration copies of pages the CPU no longer maps (what `dma_map_page` gives a Linux
-//! driver). Device memory itself is not in the domain: the engine reaches it as its disk.
+//! driver), and the other devices' memory (their BARs at [`KERNEL_IOVA`] + BAR address, for
+//! peer-to-peer copies). A device's own memory is not in its domain: its engine reaches it as
+//! its disk.
 //!
 //! Invariants: [`Devices::dma`] submits only segments the domain's [`Shadow`] maps with the
 //! access the transfer needs (QEMU cannot recover a DMA fault: the request would never
@@ -209,6 +211,21 @@ pub fn init(s: &System) -> Result<(), DevError> {
             }
         );
         list.push(Device { name: alloc::format!("dev{n}"), vram: (bar.address, bar.size), engine, mmu, shadow });
+    }
+    // Peer to peer: every other device's memory in each domain's kernel half, so one device's
+    // engine can copy straight into another's BAR (device-to-device migration).
+    if let Some(io) = iommu.as_mut() {
+        let bars: Vec<(u64, u64)> = list.iter().map(|d: &Device| d.vram).collect();
+        for (n, d) in list.iter_mut().enumerate() {
+            let Some((_, domain)) = d.mmu else { continue };
+            let peers: Vec<Mapping> = bars
+                .iter()
+                .enumerate()
+                .filter(|&(m, _)| m != n)
+                .map(|(_, &(pa, len))| Mapping { iova: KERNEL_IOVA + pa, len, phys: pa, flags: MAP_READ | MAP_WRITE })
+                .collect();
+            map_recorded(io, domain, &mut d.shadow, &peers)?;
+        }
     }
     if let Some(io) = &iommu {
         log::info!(

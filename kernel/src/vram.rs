@@ -367,6 +367,57 @@ pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u6
     Ok(moved)
 }
 
+/// Migrates `from`'s pages among `npages` at `start` of `space` straight into `to`'s memory:
+/// `from`'s engine copies each run from its memory into `to`'s BAR, which every other device's
+/// domain maps (peer to peer, no bounce through RAM). Returns how many moved; pages for which
+/// `to` has no room, or whose copy failed, stay on `from`.
+pub fn migrate_device_to_device(
+    from: &Vram,
+    to: &Vram,
+    space: &Arc<SharedSpace>,
+    start: u64,
+    npages: u64,
+) -> Result<u64, DevError> {
+    if from.device == to.device {
+        return Err(DevError::Bind("device-to-device migration needs two different devices".into()));
+    }
+    let to_bar =
+        devices::with(|d| d.list.get(to.device).map(|x| x.vram.0)).flatten().ok_or(DevError::NoDevice(to.device))?;
+    let mut s = space.lock();
+    let args = MigrateArgs {
+        start,
+        end: start + npages * PAGE,
+        owner: from.owner,
+        select: Select::DEVICE_PRIVATE,
+        fault_page: None,
+    };
+    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
+    let mut items = Vec::new();
+    for i in 0..mig.src().len() {
+        let src = mig.src()[i];
+        let Some(sp) = src.pfn().filter(|&p| src.is_migrate() && from.offset_of(p).is_some()) else { continue };
+        let Some(dp) = to.alloc() else { break };
+        let Some(off) = to.offset_of(dp) else { break };
+        mig.dst_mut()[i] = MigratePfn::new(dp).with_write(src.is_write());
+        // The destination, as the source engine sees it: a page of `to`'s BAR.
+        items.push((i, sp, Pfn((to_bar + off) / PAGE)));
+    }
+    let failed = from.transfer(Dir::ToRam, &from.runs(&items));
+    for &i in &failed {
+        if let Some(dp) = mig.dst()[i].pfn() {
+            unuse(dp);
+        }
+        mig.dst_mut()[i] = MigratePfn(0);
+    }
+    mig.pages();
+    let moved =
+        (0..mig.src().len()).filter(|&i| mig.src()[i].is_migrate() && mig.dst()[i].pfn().is_some()).count() as u64;
+    mig.finalize();
+    from.stats.lock().declined += failed.len() as u64;
+    to.stats.lock().to_device += moved;
+    Ok(moved)
+}
+
 static VRAMS: Once<Result<Vec<Arc<Vram>>, Error>> = Once::new();
 
 /// Every device's memory, registered on first use.

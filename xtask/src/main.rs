@@ -906,6 +906,9 @@ fn bench_devices(o: &Options) -> Result<u8> {
             };
             println!("{op:<20} {:>10} {:>10} {linux:>10}  ({linux_op})", ns("dma"), ns("cpu"));
         }
+        for v in of("device_to_device") {
+            println!("device_to_device (dev{n} -> dev{}) {:>10} ns/page, peer to peer", v["to"], v["ns_per_page"]);
+        }
         println!("\n== dev{n}: device fault service (one word per page of 64 MiB, 256 lanes)");
         for v in of("fault_batch") {
             println!(

@@ -7,6 +7,7 @@
 //! | `dma_to_device`, `dma_to_ram` | the copy engine moving 256 MiB in requests of `size` bytes (4 KiB, 64 KiB, 2 MiB; one contiguous segment each, up to 32 in flight): `bytes`, `ns` |
 //! | `cpu_to_device`, `cpu_to_ram` | the CPU copying the same through the BAR (the CPU-copy baseline) |
 //! | `migrate_to_device`, `cpu_fault_back`, `cpu_fault_back_single`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls); brought back by one CPU load per page (a #PF brings back its fault-around window, 16 pages by default); again with one page per fault, as Linux's dmirror; migrated again and back explicitly: `pages`, `ns_per_page`, `faults`, with `copier` `dma` or `cpu` |
+//! | `device_to_device` | 256 MiB of a process on dev0 moved straight into dev1's memory (dev0's engine writing dev1's BAR): `ns_per_page` |
 //! | `fault_batch` | a compute kernel touching one word in each of 64 MiB of pages from 256 lanes: replayable faults serviced in batches of up to 256 (`policy` `migrate` or `remote`): `batches`, `faults`, `ns_per_batch`, `ns_per_fault` |
 //!
 //! The host's own memcpy (the physical limit) is measured by the xtask beside it.
@@ -237,6 +238,43 @@ pub fn devices() -> Result<(), String> {
         fault_batches(n, &mut MigrateOnTouch, "migrate")?;
         fault_batches(n, &mut RemoteMap, "remote")?;
     }
+    if list.len() >= 2 {
+        device_to_device()?;
+    }
     crate::sprintln!("@@BENCH {{\"done\": true}}");
+    Ok(())
+}
+
+/// 256 MiB of a process moved from dev0's memory straight into dev1's (peer to peer).
+fn device_to_device() -> Result<(), String> {
+    let v = vram::all().map_err(|e| format!("device memory: {e}"))?;
+    let (from, to) = (v[0].clone(), v[1].clone());
+    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+    let pages = TOTAL / PAGE;
+    let a = s.lock().mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
+    s.lock().madvise(a, TOTAL, Advice::NoHugePage).map_err(|e| format!("madvise: {e}"))?;
+    super::touch(&s, a, TOTAL)?;
+    for k in (0..pages).step_by(CALL_PAGES as usize) {
+        vram::migrate_to_device(&from, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+    }
+    let (r, ns, _) = timed(|| -> Result<u64, String> {
+        let mut moved = 0;
+        for k in (0..pages).step_by(CALL_PAGES as usize) {
+            moved +=
+                vram::migrate_device_to_device(&from, &to, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+        }
+        Ok(moved)
+    });
+    let moved = r?;
+    if moved != pages {
+        return Err(format!("{moved} of {pages} pages moved dev0 -> dev1"));
+    }
+    line(|j| {
+        j.str("op", "device_to_device");
+        j.num("device", 0u64);
+        j.num("to", 1u64);
+        j.num("pages", pages);
+        j.num("ns_per_page", ns / pages);
+    });
     Ok(())
 }

@@ -384,3 +384,51 @@ pub fn compute_kernel(_s: &System) -> TestResult {
     }
     Ok(())
 }
+
+/// Device-to-device migration: a process's pages on dev0 move straight into dev1's memory
+/// (dev0's engine copying into dev1's BAR through its domain), byte for byte, dev0's pages
+/// are freed, and the CPU reads everything back from dev1.
+pub fn device_to_device(_s: &System) -> TestResult {
+    use crate::mm::uspace;
+    use crate::vram;
+    use hmm::mm::pte::{Pte, SoftKind};
+    use hmm::mm::space::{AddressSpace, MapRequest};
+    use hmm::mm::vma::Prot;
+    let v = vram::all().map_err(|e| e.to_string())?;
+    if v.len() < 2 {
+        return Ok(());
+    }
+    let (from, to) = (v[0].clone(), v[1].clone());
+    let bar1 = devices::with(|d| d.list[1].vram.0).ok_or("devices not initialised")?;
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let pages = 64u64;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let data = pattern(0xd2d, (pages * PAGE) as usize);
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    let (used0, used1) = (from.in_use(), to.in_use());
+    let moved = vram::migrate_to_device(&from, &space, a, pages).map_err(|e| e.to_string())?;
+    check!(moved == pages, "{moved} pages reached dev0");
+    let moved = vram::migrate_device_to_device(&from, &to, &space, a, pages).map_err(|e| e.to_string())?;
+    check!(moved == pages, "{moved} of {pages} pages moved dev0 -> dev1");
+    check!(from.in_use() == used0, "dev0 still holds {} pages", from.in_use() - used0);
+    check!(to.in_use() == used1 + pages, "dev1 holds {} new pages", to.in_use() - used1);
+    let mut page = alloc::vec![0u8; PAGE as usize];
+    for k in 0..pages {
+        let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
+        let Some(Pte::Soft(s)) = e.filter(|p| matches!(p, Pte::Soft(s) if s.kind == SoftKind::DevicePrivate)) else {
+            return Err(format!("page {k} is not device-private after the move: {e:?}"));
+        };
+        let off = to.offset_of(s.pfn).ok_or_else(|| format!("page {k} is not in dev1's memory"))?;
+        mm::read_phys(bar1 + off, &mut page);
+        check!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in dev1's memory");
+    }
+    let e = vram::migrate_device_to_device(&to, &to, &space, a, pages);
+    check!(e.is_err(), "a migration from a device to itself was accepted");
+    let mut back = alloc::vec![0u8; data.len()];
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    check!(back == data, "data differs after coming back from dev1");
+    drop(space);
+    check!(to.in_use() == used1, "dev1 pages leaked");
+    Ok(())
+}
