@@ -34,7 +34,7 @@ use crate::mm::notify::{Event, Owner, Range};
 use crate::mm::pagetable::USER_END;
 use crate::notifier::{Interval, IntervalNotifier, IntervalOps, Subscriptions};
 use crate::pagemap::Pagemaps;
-use crate::range::{HmmPfn, HmmRange, RangeError, Request, hmm_range_fault};
+use crate::range::{HmmPfn, RangeError, Request, fault_round};
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -351,21 +351,7 @@ impl<D: Domain> Mirror<D> {
         let mut pfns = alloc::vec![0u64; ((b - a) / PAGE) as usize];
         for _ in 0..RETRIES {
             let seq = sub.read_begin().map_err(|_| MirrorError::Unstable(a))?;
-            pfns.iter_mut().for_each(|p| *p = 0);
-            let r = {
-                let mut s = space.lock();
-                let mut range = HmmRange::<HmmPfn> {
-                    notifier: sub,
-                    notifier_seq: seq,
-                    start: a,
-                    end: b,
-                    pfns: &mut pfns,
-                    default_flags: req,
-                    pfn_flags_mask: Request::NONE,
-                    dev_private_owner: Some(self.owner),
-                };
-                hmm_range_fault(&mut s, &mut range)
-            };
+            let r = fault_round(space, sub, seq, (a, b), req, Some(self.owner), &mut pfns);
             match r {
                 Ok(()) => {}
                 Err(RangeError::Busy) => {

@@ -23,7 +23,7 @@ use crate::mm::space::{AddressSpace, FaultError};
 use crate::mm::{Error, HUGE_FRAMES, HUGE_ORDER, Mm, SharedSpace};
 use crate::notifier::{Interval, IntervalNotifier, IntervalOps, SeqOnly, Subscriptions};
 use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
-use crate::range::{HmmPfn, HmmRange, Request, hmm_range_fault};
+use crate::range::{HmmPfn, Request, fault_round};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -565,21 +565,7 @@ impl Dmirror {
         let mut pfns = alloc::vec![0u64; ((b - a) / PAGE) as usize];
         for _ in 0..FAULT_RETRIES {
             let seq = sub.read_begin().map_err(|_| err(EBUSY, "notifier wait failed"))?;
-            pfns.iter_mut().for_each(|p| *p = 0);
-            let r = {
-                let mut s = space.lock();
-                let mut range = HmmRange::<HmmPfn> {
-                    notifier: sub,
-                    notifier_seq: seq,
-                    start: a,
-                    end: b,
-                    pfns: &mut pfns,
-                    default_flags: req,
-                    pfn_flags_mask: Request::NONE,
-                    dev_private_owner: Some(self.dev.owner),
-                };
-                hmm_range_fault(&mut s, &mut range)
-            };
+            let r = fault_round(space, sub, seq, (a, b), req, Some(self.dev.owner), &mut pfns);
             match r {
                 Err(crate::range::RangeError::Busy) => continue,
                 Err(e) => return Err(err(e.errno(), "range fault failed")),

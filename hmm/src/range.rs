@@ -350,6 +350,35 @@ fn leaf_state(mm: &Mm, pte: Pte, huge: bool, offset: u64, owner: Option<Owner>) 
     }
 }
 
+/// One round of a driver's range-fault loop (the §1.2 pattern): `pfns` cleared, then
+/// `hmm_range_fault` of `[start, end)` in the [`HmmPfn`] layout with `req` for every page and
+/// device pages of `owner` reported, under `seq` from `sub.read_begin()`. On `Ok` the caller
+/// takes its own lock and commits only if `sub.read_retry(seq)` is false; on `Busy` it starts
+/// a new round.
+pub fn fault_round(
+    space: &crate::mm::SharedSpace,
+    sub: &Interval,
+    seq: u64,
+    (start, end): (u64, u64),
+    req: Request,
+    owner: Option<Owner>,
+    pfns: &mut [u64],
+) -> Result<(), RangeError> {
+    pfns.iter_mut().for_each(|p| *p = 0);
+    let mut s = space.lock();
+    let mut range = HmmRange::<HmmPfn> {
+        notifier: sub,
+        notifier_seq: seq,
+        start,
+        end,
+        pfns,
+        default_flags: req,
+        pfn_flags_mask: Request::NONE,
+        dev_private_owner: owner,
+    };
+    hmm_range_fault(&mut s, &mut range)
+}
+
 /// `hmm_range_fault`. See the module documentation.
 pub fn hmm_range_fault<E: PfnEncoding>(
     space: &mut AddressSpace,

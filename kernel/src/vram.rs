@@ -333,7 +333,18 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
         items.push((i, dp, src.pfn().unwrap_or(zero)));
     }
     let failed = v.transfer(Dir::ToDevice, &v.runs(&items));
-    for &i in &failed {
+    let moved = finish(mig, &failed);
+    let mut st = v.stats.lock();
+    st.to_device += moved;
+    st.declined += failed.len() as u64;
+    Ok(moved)
+}
+
+/// Ends a migration to device memory whose copies of entries `failed` did not happen: those
+/// destinations are given back (the sources stay), then `pages` and `finalize`. Returns the
+/// pages that moved.
+fn finish(mut mig: MigrateVma<'_>, failed: &[usize]) -> u64 {
+    for &i in failed {
         if let Some(dp) = mig.dst()[i].pfn() {
             unuse(dp);
         }
@@ -343,10 +354,7 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
     let moved =
         (0..mig.src().len()).filter(|&i| mig.src()[i].is_migrate() && mig.dst()[i].pfn().is_some()).count() as u64;
     mig.finalize();
-    let mut st = v.stats.lock();
-    st.to_device += moved;
-    st.declined += failed.len() as u64;
-    Ok(moved)
+    moved
 }
 
 /// Migrates this device's pages among `npages` at `start` back to RAM; returns how many moved.
@@ -403,16 +411,7 @@ pub fn migrate_device_to_device(
         items.push((i, sp, Pfn((to_bar + off) / PAGE)));
     }
     let failed = from.transfer(Dir::ToRam, &from.runs(&items));
-    for &i in &failed {
-        if let Some(dp) = mig.dst()[i].pfn() {
-            unuse(dp);
-        }
-        mig.dst_mut()[i] = MigratePfn(0);
-    }
-    mig.pages();
-    let moved =
-        (0..mig.src().len()).filter(|&i| mig.src()[i].is_migrate() && mig.dst()[i].pfn().is_some()).count() as u64;
-    mig.finalize();
+    let moved = finish(mig, &failed);
     from.stats.lock().declined += failed.len() as u64;
     to.stats.lock().to_device += moved;
     Ok(moved)
