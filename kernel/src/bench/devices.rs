@@ -43,6 +43,17 @@ fn line(f: impl FnOnce(&mut Json)) {
     crate::sprintln!("@@BENCH {}", j.finish());
 }
 
+/// One throughput result: `TOTAL` bytes moved in `size` pieces in `ns`.
+fn copied(op: &str, n: usize, size: u64, ns: u64) {
+    line(|j| {
+        j.str("op", op);
+        j.num("device", n);
+        j.num("size", size);
+        j.num("bytes", TOTAL);
+        j.num("ns", ns);
+    });
+}
+
 fn dir_name(engine: &str, dir: Dir) -> String {
     format!("{engine}_{}", if dir == Dir::ToDevice { "to_device" } else { "to_ram" })
 }
@@ -78,13 +89,7 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
                 .unwrap_or_else(|| Err("devices not initialised".into()))
             });
             r?;
-            line(|j| {
-                j.str("op", &dir_name("dma", dir));
-                j.num("device", n);
-                j.num("size", size);
-                j.num("bytes", TOTAL);
-                j.num("ns", ns);
-            });
+            copied(&dir_name("dma", dir), n, size, ns);
             let ((), ns, _) = timed(|| {
                 for k in 0..pieces {
                     let (ram, off) = at(k);
@@ -94,13 +99,7 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
                     }
                 }
             });
-            line(|j| {
-                j.str("op", &dir_name("cpu", dir));
-                j.num("device", n);
-                j.num("size", size);
-                j.num("bytes", TOTAL);
-                j.num("ns", ns);
-            });
+            copied(&dir_name("cpu", dir), n, size, ns);
         }
     }
     Ok(())
