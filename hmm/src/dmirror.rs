@@ -29,6 +29,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
+mod backing;
+pub use backing::{Backing, RamBacking};
+
 const PAGE: u64 = 4096;
 /// Pages per range-fault round (dmirror's 64-entry `pfns` array).
 const FAULT_CHUNK: u64 = 64;
@@ -78,6 +81,8 @@ pub struct CmdError {
 pub const EINVAL: i32 = 22;
 /// `EFAULT`.
 pub const EFAULT: i32 = 14;
+/// `EIO`.
+pub const EIO: i32 = 5;
 /// `EPERM`.
 pub const EPERM: i32 = 1;
 /// `ENOENT`.
@@ -125,12 +130,17 @@ pub struct DmirrorDevice {
     kind: MemoryKind,
     owner: Owner,
     chunk_frames: u64,
+    backing: Arc<dyn Backing>,
     state: Mutex<DevState>,
 }
 
 impl core::fmt::Debug for DmirrorDevice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DmirrorDevice").field("kind", &self.kind).field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("DmirrorDevice")
+            .field("kind", &self.kind)
+            .field("owner", &self.owner)
+            .field("backing", &self.backing.describe())
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,14 +168,31 @@ impl DmirrorDevice {
     /// A device of `kind` with owner cookie `owner`, adding device memory `chunk_bytes` at a
     /// time (a multiple of 2 MiB).
     pub fn new(pagemaps: &Arc<Pagemaps>, kind: MemoryKind, owner: Owner, chunk_bytes: u64) -> Arc<DmirrorDevice> {
+        Self::with_backing(pagemaps, kind, owner, chunk_bytes, RamBacking::new(pagemaps.mm()))
+    }
+
+    /// [`DmirrorDevice::new`] over `backing`'s memory and copy engine (a real device's).
+    pub fn with_backing(
+        pagemaps: &Arc<Pagemaps>,
+        kind: MemoryKind,
+        owner: Owner,
+        chunk_bytes: u64,
+        backing: Arc<dyn Backing>,
+    ) -> Arc<DmirrorDevice> {
         Arc::new_cyclic(|this| DmirrorDevice {
             this: this.clone(),
             pagemaps: pagemaps.clone(),
             kind,
             owner,
             chunk_frames: (chunk_bytes / PAGE).div_ceil(HUGE_FRAMES).max(1) * HUGE_FRAMES,
+            backing,
             state: Mutex::new(DevState::default()),
         })
+    }
+
+    /// What backs this device's memory.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.backing
     }
 
     /// The memory kind.
@@ -193,7 +220,7 @@ impl DmirrorDevice {
 
     fn add_chunk(&self, s: &mut DevState) -> Result<(), Error> {
         let ops: Weak<DmirrorDevice> = self.this.clone();
-        let pm = self.pagemaps.memremap_pages(self.kind, self.owner, self.chunk_frames, ops)?;
+        let pm = self.backing.add_chunk(&self.pagemaps, self.kind, self.owner, self.chunk_frames, ops)?;
         for &(start, n) in pm.ranges() {
             let mut p = start.0;
             while p + HUGE_FRAMES <= start.0 + n {
@@ -206,12 +233,11 @@ impl DmirrorDevice {
     }
 
     /// Allocates a device page for the file `user`: a 4 KiB page, or with `huge` one 2 MiB
-    /// compound page (a device THP). Private memory gets its backing frames from RAM (2 MiB
-    /// contiguous for a THP, then split into base pages so that a split device THP can free
-    /// them one by one); each page's driver data names its backing frame and the file. The
+    /// compound page (a device THP). Private memory gets its storage frames from the backing (2 MiB
+    /// contiguous for a THP, given back one by one so that a split device THP can free them
+    /// page by page); each page's driver data names its storage frame and the file. The
     /// page comes initialised: one reference, locked (`zone_device_folio_init`).
     fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Pfn, Error> {
-        let mm = self.pagemaps.mm().clone();
         let user_slot = self.slot_of(user);
         let p = {
             let mut s = self.state.lock();
@@ -242,11 +268,7 @@ impl DmirrorDevice {
             e
         };
         let backing = match self.kind {
-            MemoryKind::Private => {
-                let b = mm.alloc_page(0, order, false).map_err(give_back)?;
-                mm.split_folio(b, 0);
-                b
-            }
+            MemoryKind::Private => self.backing.alloc_storage(order).map_err(give_back)?,
             MemoryKind::Coherent => p,
         };
         let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
@@ -257,7 +279,7 @@ impl DmirrorDevice {
             for k in 0..n {
                 pm.set_data(Pfn(p.0 + k), 0);
                 if backing != p {
-                    mm.put_page(Pfn(backing.0 + k));
+                    self.backing.free_storage(Pfn(backing.0 + k));
                 }
             }
             return Err(give_back(e));
@@ -266,8 +288,8 @@ impl DmirrorDevice {
         Ok(p)
     }
 
-    /// The frame the device reads for device page `p` (its backing frame if private).
-    fn backing(&self, p: Pfn) -> Pfn {
+    /// The frame the device reads for device page `p` (its storage frame if private).
+    fn storage(&self, p: Pfn) -> Pfn {
         self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, |d| unpack(d).0)
     }
 
@@ -289,24 +311,40 @@ impl DmirrorDevice {
         }
     }
 
-    /// A locked anonymous RAM page holding a copy of device page `p`, and the frame copied
-    /// from (the destination of every device-to-RAM migration).
-    fn copy_to_ram(&self, p: Pfn) -> Result<(Pfn, Pfn), Error> {
-        let mm = self.pagemaps.mm();
-        let d = mm.alloc_page(flags::ANON, 0, false)?;
-        if let Some(m) = mm.meta(d) {
-            m.trylock();
+    /// A locked anonymous RAM page to receive device page `p`, and the storage frame to copy
+    /// from (every device-to-RAM migration).
+    fn ram_for(&self, p: Pfn) -> Result<(Pfn, Pfn), Error> {
+        let d = self.pagemaps.mm().alloc_page(flags::ANON, 0, false)?;
+        lock_new(self.pagemaps.mm(), d);
+        Ok((d, self.storage(p)))
+    }
+
+    /// Copies what `mig`'s entries in `filled` need, `(destination, source)` per frame, with the
+    /// backing's engine. If the copy fails, every destination in `filled` is given back and
+    /// cleared, so those sources stay where they were.
+    fn copy_or_back_out(&self, dst: &mut [MigratePfn], filled: &[usize], pairs: &[(Pfn, Option<Pfn>)]) -> Result<(), Error> {
+        if pairs.is_empty() {
+            return Ok(());
         }
-        let from = self.backing(p);
-        mm.platform().copy(d, from, 1);
-        Ok((d, from))
+        let r = self.backing.copy(pairs);
+        if r.is_err() {
+            let mm = self.pagemaps.mm();
+            for &i in filled {
+                if let Some(d) = dst[i].pfn() {
+                    unuse(mm, d);
+                }
+                dst[i] = MigratePfn(0);
+            }
+        }
+        r
     }
 
     /// Fills the destination of source `i` of a device-to-RAM migration: one 2 MiB RAM page
     /// for a compound source when `huge_ok` and RAM has one, else a 4 KiB page per base page
-    /// (the fallback, which makes `migrate_vma_pages` split the source). `gone(page index,
-    /// frame)` is called for every page copied, for the device-side invalidation. Returns the
-    /// pages copied; on an allocation failure, what was filled so far still migrates.
+    /// (the fallback, which makes `migrate_vma_pages` split the source), then copies. `gone(page
+    /// index, frame)` is called for every page copied, for the device-side invalidation.
+    /// Returns the pages copied; on an allocation failure, what was filled so far still
+    /// migrates; on a copy failure, nothing of this entry does.
     fn migrate_out(
         &self,
         mig: &mut MigrateVma<'_>,
@@ -317,30 +355,46 @@ impl DmirrorDevice {
         let s = mig.src()[i];
         let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { return Ok(0) };
         let mm = self.pagemaps.mm().clone();
+        let mut filled = Vec::new();
+        let mut pairs = Vec::new();
+        let mut froms = Vec::new();
+        let mut alloc_failed = None;
         if !s.is_compound() {
-            let (d, from) = self.copy_to_ram(spfn)?;
-            gone(i, from);
+            let (d, from) = self.ram_for(spfn)?;
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
-            return Ok(1);
-        }
-        if huge_ok && let Ok(d) = mm.alloc_page(flags::ANON, HUGE_ORDER, false) {
-            if let Some(m) = mm.meta(d) {
-                m.trylock();
-            }
+            (filled.push(i), pairs.push((d, Some(from))), froms.push((i, from)));
+        } else if huge_ok && let Ok(d) = mm.alloc_page(flags::ANON, HUGE_ORDER, false) {
+            lock_new(&mm, d);
             for k in 0..HUGE_FRAMES {
-                let from = self.backing(Pfn(spfn.0 + k));
-                mm.platform().copy(Pfn(d.0 + k), from, 1);
-                gone(i + k as usize, from);
+                let from = self.storage(Pfn(spfn.0 + k));
+                pairs.push((Pfn(d.0 + k), Some(from)));
+                froms.push((i + k as usize, from));
             }
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
-            return Ok(HUGE_FRAMES);
+            filled.push(i);
+        } else {
+            for k in 0..HUGE_FRAMES {
+                let j = i + k as usize;
+                match self.ram_for(Pfn(spfn.0 + k)) {
+                    Ok((d, from)) => {
+                        mig.dst_mut()[j] = MigratePfn::new(d).with_write(s.is_write());
+                        (filled.push(j), pairs.push((d, Some(from))), froms.push((j, from)));
+                    }
+                    Err(e) => {
+                        alloc_failed = Some(e);
+                        break;
+                    }
+                }
+            }
         }
-        for k in 0..HUGE_FRAMES {
-            let (d, from) = self.copy_to_ram(Pfn(spfn.0 + k))?;
-            gone(i + k as usize, from);
-            mig.dst_mut()[i + k as usize] = MigratePfn::new(d).with_write(s.is_write());
+        self.copy_or_back_out(mig.dst_mut(), &filled, &pairs)?;
+        for &(j, from) in &froms {
+            gone(j, from);
         }
-        Ok(HUGE_FRAMES)
+        match alloc_failed {
+            Some(e) if froms.is_empty() => Err(e),
+            _ => Ok(froms.len() as u64),
+        }
     }
 
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
@@ -357,16 +411,23 @@ impl DmirrorDevice {
         for pm in &chunks {
             for &(start, n) in pm.ranges() {
                 let mut mig = migrate_device_range(&mm, start, n);
+                let (mut filled, mut pairs) = (Vec::new(), Vec::new());
                 for i in 0..n as usize {
                     let s = mig.src()[i];
                     let Some(spfn) = s.pfn() else { continue };
                     if !s.is_migrate() {
                         continue;
                     }
-                    match self.copy_to_ram(spfn) {
-                        Ok((d, _)) => mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()),
+                    match self.ram_for(spfn) {
+                        Ok((d, from)) => {
+                            mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+                            (filled.push(i), pairs.push((d, Some(from))));
+                        }
                         Err(_) => failure = Some(err(ENOMEM, "no RAM to evict device memory into")),
                     }
+                }
+                if self.copy_or_back_out(mig.dst_mut(), &filled, &pairs).is_err() {
+                    failure = Some(err(EIO, "the device failed to copy its memory out"));
                 }
                 mig.pages();
                 mig.finalize();
@@ -374,7 +435,7 @@ impl DmirrorDevice {
         }
         let mut s = self.state.lock();
         for pm in chunks {
-            if self.pagemaps.memunmap_pages(&pm).is_err() {
+            if self.backing.remove_chunk(&self.pagemaps, &pm).is_err() {
                 // Still in use (eviction failed for some page): keep it usable.
                 s.chunks.push(pm);
                 failure.get_or_insert(err(EBUSY, "device pages still in use after eviction"));
@@ -398,7 +459,6 @@ impl DmirrorDevice {
 
 impl PagemapOps for DmirrorDevice {
     fn page_free(&self, pm: &DevPagemap, pfn: Pfn, order: u32) {
-        let mm = self.pagemaps.mm();
         let n = 1u64 << order;
         for k in 0..n {
             let p = Pfn(pfn.0 + k);
@@ -407,7 +467,7 @@ impl PagemapOps for DmirrorDevice {
                 && d != 0
                 && unpack(d).0 != p
             {
-                mm.put_page(unpack(d).0);
+                self.backing.free_storage(unpack(d).0);
             }
             pm.set_data(p, 0);
         }
@@ -443,13 +503,33 @@ impl PagemapOps for DmirrorDevice {
                 u.forget_frame(start + k as u64 * PAGE, frame);
             }
         };
+        let mut result = Ok(());
         for i in 0..mig.src().len() {
-            self.migrate_out(&mut mig, i, true, &mut gone).map_err(|_| FaultError::OutOfMemory)?;
+            if let Err(e) = self.migrate_out(&mut mig, i, true, &mut gone) {
+                result = Err(if matches!(e, Error::Io(_)) { FaultError::Bus } else { FaultError::OutOfMemory });
+                break;
+            }
         }
         mig.pages();
         mig.finalize();
-        Ok(())
+        result
     }
+}
+
+/// Locks a freshly allocated page (a migration destination).
+fn lock_new(mm: &Mm, p: Pfn) {
+    if let Some(m) = mm.meta(p) {
+        m.trylock();
+    }
+}
+
+/// Gives back a locked, referenced migration destination that will not be used (a device page
+/// returns to its free list through `page_free`).
+fn unuse(mm: &Mm, p: Pfn) {
+    if let Some(m) = mm.meta(p) {
+        m.unlock();
+    }
+    mm.put_page(p);
 }
 
 /// Bits of a device page's driver data that hold its backing frame; the bits above hold the
@@ -601,7 +681,7 @@ impl Dmirror {
                     }
                     let pfn = HmmPfn::pfn(p);
                     let frame = if self.dev.pagemaps.find(pfn).is_some_and(|pm| pm.kind() == MemoryKind::Private) {
-                        self.dev.backing(pfn)
+                        self.dev.storage(pfn)
                     } else {
                         pfn
                     };
@@ -660,33 +740,28 @@ impl Dmirror {
     /// pages when that allocation fails (a pending FAIL_ALLOC makes it fail, and is used up);
     /// a base page gets a 4 KiB device page unless FAIL_ALLOC is pending. Holes and zero pages
     /// are cleared on the device, other sources copied.
-    fn migrate_in(&self, mig: &mut MigrateVma<'_>, i: usize) {
+    fn migrate_in(&self, mig: &mut MigrateVma<'_>, i: usize, filled: &mut Vec<usize>, pairs: &mut Vec<(Pfn, Option<Pfn>)>) {
         let s = mig.src()[i];
         if !s.is_migrate() {
             return;
         }
         let me = self.this.clone();
-        let mm = self.mm.clone();
         // Device page `d` receives source page `k` of the entry.
-        let fill = |d: Pfn, k: u64| {
-            let frame = self.dev.backing(d);
-            match s.pfn() {
-                Some(spfn) => mm.platform().copy(frame, Pfn(spfn.0 + k), 1),
-                None => mm.platform().zero(frame, 1),
-            }
-        };
+        let mut fill = |d: Pfn, k: u64| pairs.push((self.dev.storage(d), s.pfn().map(|p| Pfn(p.0 + k))));
         if s.is_compound() {
             if !self.fail_alloc.swap(false, Ordering::Relaxed)
                 && let Ok(d) = self.dev.alloc(true, &me)
             {
                 (0..HUGE_FRAMES).for_each(|k| fill(Pfn(d.0 + k), k));
                 mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
+                filled.push(i);
                 return;
             }
             for k in 0..HUGE_FRAMES {
                 let Ok(d) = self.dev.alloc(false, &me) else { return };
                 fill(d, k);
                 mig.dst_mut()[i + k as usize] = MigratePfn::new(d).with_write(s.is_write());
+                filled.push(i + k as usize);
             }
             return;
         }
@@ -696,6 +771,7 @@ impl Dmirror {
         if let Ok(d) = self.dev.alloc(false, &me) {
             fill(d, 0);
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+            filled.push(i);
         }
     }
 
@@ -735,9 +811,12 @@ impl Dmirror {
             let mut s = space.lock();
             self.per_chunk(&mut s, start, end, Select::SYSTEM.compound(), true, |a, mut mig| {
                 let n = mig.src().len();
+                let (mut filled, mut pairs) = (Vec::new(), Vec::new());
                 for i in 0..n {
-                    self.migrate_in(&mut mig, i);
+                    self.migrate_in(&mut mig, i, &mut filled, &mut pairs);
                 }
+                // A failed copy backs the chunk out: the sources stay in RAM, intact.
+                let copied = self.dev.copy_or_back_out(mig.dst_mut(), &filled, &pairs);
                 mig.pages();
                 {
                     // finalize_and_map: only entries still migrating go into the table.
@@ -749,13 +828,13 @@ impl Dmirror {
                         for k in 0..pages {
                             pt.insert(
                                 a / PAGE + i as u64 + k,
-                                Entry { frame: self.dev.backing(Pfn(dp.0 + k)), write: d.is_write(), atomic: false },
+                                Entry { frame: self.dev.storage(Pfn(dp.0 + k)), write: d.is_write(), atomic: false },
                             );
                         }
                     }
                 }
                 mig.finalize();
-                Ok(())
+                copied.map_err(|_| err(EIO, "the device's copy engine failed; the pages stay in system memory"))
             })?;
         }
         let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
@@ -790,7 +869,10 @@ impl Dmirror {
                 c.cpages += self
                     .dev
                     .migrate_out(&mut mig, i, !fail, &mut gone)
-                    .map_err(|_| err(ENOMEM, "no RAM to migrate into"))?;
+                    .map_err(|e| match e {
+                        Error::Io(_) => err(EIO, "the device's copy engine failed; the pages stay on the device"),
+                        _ => err(ENOMEM, "no RAM to migrate into"),
+                    })?;
             }
             mig.pages();
             mig.finalize();

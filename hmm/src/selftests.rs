@@ -8,7 +8,7 @@
 //! stores through the MMU, so every fault is a real page fault. Scenarios that cannot run here
 //! report [`Outcome::Skip`] with the reason, as hmm-tests' `SKIP()` does.
 
-use crate::dmirror::{Counts, Dmirror, DmirrorDevice, EINVAL, ENOENT, EPERM, prot};
+use crate::dmirror::{Backing, Counts, Dmirror, DmirrorDevice, EINVAL, ENOENT, EPERM, RamBacking, prot};
 use crate::legacy::olddev::OldDevice;
 use crate::mm::file::MemFile;
 use crate::mm::notify::Owner;
@@ -113,15 +113,29 @@ impl<'a> Env<'a> {
 
     /// [`Env::new`] on a pagemap registry already installed (beside other devices).
     pub fn with_pagemaps(pm: &Arc<Pagemaps>, cpu: &'a dyn Cpu, chunk_bytes: u64) -> Result<Env<'a>, Error> {
+        let ram = || -> Arc<dyn Backing> { RamBacking::new(pm.mm()) };
+        Self::with_backings(pm, cpu, chunk_bytes, [ram(), ram(), ram(), ram()])
+    }
+
+    /// [`Env::with_pagemaps`] with the memory and copy engine of each dmirror device given:
+    /// `backings[n]` backs `hmm_dmirror<n>` (0 and 1 private, 2 and 3 coherent), so the suite
+    /// runs on real device memory copied by real DMA.
+    pub fn with_backings(
+        pm: &Arc<Pagemaps>,
+        cpu: &'a dyn Cpu,
+        chunk_bytes: u64,
+        backings: [Arc<dyn Backing>; 4],
+    ) -> Result<Env<'a>, Error> {
         let mm = pm.mm();
-        let dev = |kind, n: u64| DmirrorDevice::new(pm, kind, Owner(0xd000 + n), chunk_bytes);
+        let [b0, b1, b2, b3] = backings;
+        let dev = |kind, n: u64, b| DmirrorDevice::with_backing(pm, kind, Owner(0xd000 + n), chunk_bytes, b);
         Ok(Env {
             mm: mm.clone(),
             devs: [
-                dev(MemoryKind::Private, 0),
-                dev(MemoryKind::Private, 1),
-                dev(MemoryKind::Coherent, 2),
-                dev(MemoryKind::Coherent, 3),
+                dev(MemoryKind::Private, 0, b0),
+                dev(MemoryKind::Private, 1, b1),
+                dev(MemoryKind::Coherent, 2, b2),
+                dev(MemoryKind::Coherent, 3, b3),
             ],
             old: [
                 OldDevice::new(pm, false, Owner(0xd010), OLD_DEVICE_BYTES)?,
@@ -912,5 +926,121 @@ mod tests {
         assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n"));
         assert_eq!(passed + skipped, (SCENARIOS.len() + EXTRA.len()) * 2);
         assert_eq!(skipped, 3 * 2, "only anon_teardown, mixedmap and hmm_gup_test skip");
+    }
+
+    /// A backing over RAM that counts its copies and can be told to fail them, as a device's
+    /// copy engine can.
+    #[derive(Debug)]
+    struct Engine {
+        ram: Arc<RamBacking>,
+        copies: core::sync::atomic::AtomicU64,
+        broken: core::sync::atomic::AtomicBool,
+    }
+
+    impl Backing for Engine {
+        fn add_chunk(
+            &self,
+            pm: &Arc<Pagemaps>,
+            kind: MemoryKind,
+            owner: Owner,
+            frames: u64,
+            ops: alloc::sync::Weak<dyn crate::pagemap::PagemapOps>,
+        ) -> Result<Arc<crate::pagemap::DevPagemap>, Error> {
+            self.ram.add_chunk(pm, kind, owner, frames, ops)
+        }
+        fn remove_chunk(&self, pm: &Arc<Pagemaps>, chunk: &Arc<crate::pagemap::DevPagemap>) -> Result<(), Error> {
+            self.ram.remove_chunk(pm, chunk)
+        }
+        fn alloc_storage(&self, order: u32) -> Result<Pfn, Error> {
+            self.ram.alloc_storage(order)
+        }
+        fn free_storage(&self, frame: Pfn) {
+            self.ram.free_storage(frame)
+        }
+        fn copy(&self, pairs: &[(Pfn, Option<Pfn>)]) -> Result<(), Error> {
+            use core::sync::atomic::Ordering::Relaxed;
+            if self.broken.load(Relaxed) {
+                // A real engine may have written part of the destination before failing.
+                if let Some(&(d, _)) = pairs.first() {
+                    self.ram.copy(&[(d, None)])?;
+                }
+                return Err(Error::Io("copy engine broken (test)"));
+            }
+            self.copies.fetch_add(pairs.len() as u64, Relaxed);
+            self.ram.copy(pairs)
+        }
+        fn describe(&self) -> &str {
+            "counting engine (test)"
+        }
+    }
+
+    fn engines(mm: &Arc<Mm>) -> [Arc<Engine>; 4] {
+        core::array::from_fn(|_| {
+            Arc::new(Engine { ram: RamBacking::new(mm), copies: Default::default(), broken: Default::default() })
+        })
+    }
+
+    #[test]
+    fn every_scenario_passes_over_a_device_backing_and_its_copies() {
+        let frames = 64 * 1024;
+        let plat = Arc::new(FakePlatform::new(frames));
+        let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+        let cpu = SpaceCpu;
+        let e = engines(&mm);
+        let pm = Pagemaps::install(&mm).unwrap();
+        let b: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| e[i].clone() as Arc<dyn Backing>);
+        let env = Env::with_backings(&pm, &cpu, 8 << 20, b).unwrap();
+        let mut failures = Vec::new();
+        run_all(&env, &mut |name, v| {
+            if let Err(e) = v {
+                failures.push(format!("{name}: {e}"))
+            }
+        });
+        assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n"));
+        for (i, e) in e.iter().enumerate() {
+            let n = e.copies.load(core::sync::atomic::Ordering::Relaxed);
+            assert!(n > if i % 2 == 0 { 1000 } else { 0 }, "dmirror{i} copied only {n} pages through its engine");
+        }
+        env.release().unwrap();
+    }
+
+    #[test]
+    fn a_failed_device_copy_backs_the_migration_out_and_loses_nothing() {
+        use core::sync::atomic::Ordering::Relaxed;
+        let frames = 16 * 1024;
+        let plat = Arc::new(FakePlatform::new(frames));
+        let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+        let cpu = SpaceCpu;
+        let e = engines(&mm);
+        let pm = Pagemaps::install(&mm).unwrap();
+        let b: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| e[i].clone() as Arc<dyn Backing>);
+        let env = Env::with_backings(&pm, &cpu, 2 << 20, b).unwrap();
+        for v in Variant::ALL {
+            let dev = if v == Variant::Private { 0 } else { 2 };
+            let p = env.process().unwrap();
+            let d = env.open(v, false, &p).unwrap();
+            let a = mmap(&p, MapRequest::anon(16 * PAGE, Prot::RW)).unwrap();
+            env.fill(&p, a, 16 * PAGE / 4, |i| i as i32 ^ 0x5a5a).unwrap();
+            // To the device: the copy fails, the pages stay in RAM with their data.
+            e[dev].broken.store(true, Relaxed);
+            let r = d.migrate_to_dev(a, 16);
+            assert_eq!(r.map(|_| ()).unwrap_err().errno, crate::dmirror::EIO, "{v:?}");
+            assert_eq!(env.devs[dev].pages_in_use(), 0, "{v:?}: device pages left behind");
+            let (snap, _) = d.snapshot(a, 16).unwrap();
+            assert!(snap.iter().all(|&b| b == prot::WRITE), "{v:?}: {snap:?}");
+            check_ints(&env.ints(&p, a, 16 * PAGE / 4).unwrap(), |i| i as i32 ^ 0x5a5a, "CPU").unwrap();
+            // On the device, then back: the copy fails, the pages stay on the device, intact.
+            e[dev].broken.store(false, Relaxed);
+            d.migrate_to_dev(a, 16).unwrap();
+            e[dev].broken.store(true, Relaxed);
+            assert_eq!(d.migrate_to_sys(a, 16).map(|_| ()).unwrap_err().errno, crate::dmirror::EIO, "{v:?}");
+            assert_eq!(env.devs[dev].pages_in_use(), 16, "{v:?}");
+            // A working engine again: everything comes back with its data.
+            e[dev].broken.store(false, Relaxed);
+            d.migrate_to_sys(a, 16).unwrap();
+            check_ints(&env.ints(&p, a, 16 * PAGE / 4).unwrap(), |i| i as i32 ^ 0x5a5a, "CPU").unwrap();
+            assert_eq!(env.devs[dev].pages_in_use(), 0, "{v:?}");
+        }
+        env.release().unwrap();
     }
 }

@@ -70,6 +70,8 @@ pub enum Error {
     Busy(&'static str),
     /// `EACCES`: the mapping's rights forbid this.
     Access(&'static str),
+    /// `EIO`: a device failed to copy or transfer; the text says which.
+    Io(&'static str),
 }
 
 impl Error {
@@ -82,6 +84,7 @@ impl Error {
             Error::Exists => 17,
             Error::Busy(_) => 16,
             Error::Access(_) => 13,
+            Error::Io(_) => 5,
         }
     }
 }
@@ -96,6 +99,7 @@ impl core::fmt::Display for Error {
             Error::Exists => write!(f, "the fixed range is already mapped (MAP_FIXED_NOREPLACE)"),
             Error::Busy(why) => write!(f, "busy: {why}; retry later"),
             Error::Access(why) => write!(f, "access denied: {why}"),
+            Error::Io(why) => write!(f, "device I/O error: {why}"),
         }
     }
 }
