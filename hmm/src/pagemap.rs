@@ -65,6 +65,9 @@ pub struct DevPagemap {
     ops: Weak<dyn PagemapOps>,
     data: Vec<AtomicU64>,
     dead: AtomicBool,
+    /// The memory is the device's own (a BAR), not carved out of RAM: it never goes to the
+    /// RAM allocator.
+    external: bool,
 }
 
 impl core::fmt::Debug for DevPagemap {
@@ -183,11 +186,52 @@ impl Pagemaps {
                 r
             }
         };
+        Ok(self.register(kind, owner, ranges, ops, false))
+    }
+
+    /// `memremap_pages` for coherent memory the device has at physical frames `[base, base +
+    /// frames)` (a BAR the CPU can address, `MEMORY_DEVICE_COHERENT` proper): the frames get
+    /// metadata and are mapped by ordinary CPU page-table entries. `base` and `frames` are
+    /// 2 MiB-aligned; the range must not be RAM, nor in another live pagemap.
+    pub fn memremap_pages_at(
+        &self,
+        owner: Owner,
+        base: Pfn,
+        frames: u64,
+        ops: Weak<dyn PagemapOps>,
+    ) -> Result<Arc<DevPagemap>, Error> {
+        if frames == 0 || !frames.is_multiple_of(HUGE_FRAMES) || !base.0.is_multiple_of(HUGE_FRAMES) {
+            return Err(Error::Invalid("device memory must be a non-zero, 2 MiB-aligned multiple of 2 MiB"));
+        }
+        if ops.upgrade().is_none() {
+            return Err(Error::Invalid("a pagemap needs page_free and migrate_to_ram callbacks"));
+        }
+        if self.maps.read().iter().any(|m| m.ranges.iter().any(|&(s, n)| s.0 < base.0 + frames && base.0 < s.0 + n)) {
+            return Err(Error::Exists);
+        }
+        self.mm.add_device_region_at(base, frames)?;
+        for i in 0..frames {
+            if self.mm.meta(Pfn(base.0 + i)).is_some_and(|m| m.refcount() != 0 || m.has(flags::ALLOCATED)) {
+                return Err(Error::Busy("device memory still referenced from an earlier registration"));
+            }
+        }
+        Ok(self.register(MemoryKind::Coherent, owner, alloc::vec![(base, frames)], ops, true))
+    }
+
+    fn register(
+        &self,
+        kind: MemoryKind,
+        owner: Owner,
+        ranges: Vec<(Pfn, u64)>,
+        ops: Weak<dyn PagemapOps>,
+        external: bool,
+    ) -> Arc<DevPagemap> {
+        let frames: u64 = ranges.iter().map(|r| r.1).sum();
         let mut data = Vec::new();
         data.resize_with(frames as usize, || AtomicU64::new(0));
-        let pm = Arc::new(DevPagemap { kind, owner, ranges, ops, data, dead: AtomicBool::new(false) });
+        let pm = Arc::new(DevPagemap { kind, owner, ranges, ops, data, dead: AtomicBool::new(false), external });
         self.maps.write().push(pm.clone());
-        Ok(pm)
+        pm
     }
 
     /// `memunmap_pages`: removes a pagemap whose pages are all free. `Busy` if any is still in
@@ -203,7 +247,7 @@ impl Pagemaps {
         }
         pm.dead.store(true, Ordering::Release);
         self.maps.write().retain(|m| !Arc::ptr_eq(m, pm));
-        if pm.kind == MemoryKind::Coherent {
+        if pm.kind == MemoryKind::Coherent && !pm.external {
             for &(start, _) in &pm.ranges {
                 self.mm.platform().free(start, HUGE_ORDER);
             }
@@ -281,5 +325,56 @@ impl DeviceMemory for Pagemaps {
         let maps = self.maps.read();
         let pm = maps.iter().find(|m| m.contains(pfn))?;
         Some((pm.owner, pm.kind == MemoryKind::Private))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
+
+    struct Nothing;
+    impl PagemapOps for Nothing {
+        fn page_free(&self, _: &DevPagemap, _: Pfn, _: u32) {}
+        fn migrate_to_ram(&self, _: &DevPagemap, _: &mut AddressSpace, _: u64, _: Pfn) -> Result<(), FaultError> {
+            Err(FaultError::Bus)
+        }
+    }
+
+    #[test]
+    fn coherent_memory_at_a_physical_range_is_registered_once_and_reused() {
+        let frames = 4096;
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames as usize)), &[(Pfn(BASE_PFN), frames)]).unwrap();
+        let pm = Pagemaps::install(&mm).unwrap();
+        let ops: Arc<dyn PagemapOps> = Arc::new(Nothing);
+        let w = || Arc::downgrade(&ops);
+        let bar = Pfn((BASE_PFN + frames).next_multiple_of(HUGE_FRAMES) + 64 * HUGE_FRAMES);
+        let free_before = mm.platform().free_frames();
+        let a = pm.memremap_pages_at(Owner(1), bar, 2 * HUGE_FRAMES, w()).unwrap();
+        assert_eq!(a.kind(), MemoryKind::Coherent);
+        assert!(mm.meta(bar).is_some() && mm.meta(Pfn(bar.0 + 2 * HUGE_FRAMES - 1)).is_some());
+        assert!(mm.meta(Pfn(bar.0 + 2 * HUGE_FRAMES)).is_none());
+        assert_eq!(pm.memremap_pages_at(Owner(2), bar, HUGE_FRAMES, w()).unwrap_err(), Error::Exists);
+        // In use: not removable.
+        pm.page_init(bar).unwrap();
+        assert!(matches!(pm.memunmap_pages(&a), Err(Error::Busy(_))));
+        mm.meta(bar).unwrap().unlock();
+        mm.put_page(bar);
+        pm.memunmap_pages(&a).unwrap();
+        // The BAR's frames never went to (or came from) the RAM allocator.
+        assert_eq!(mm.platform().free_frames(), free_before);
+        // Added back: same metadata; a part of it, too; a range straddling its end is refused.
+        let b = pm.memremap_pages_at(Owner(1), bar, 2 * HUGE_FRAMES, w()).unwrap();
+        pm.memunmap_pages(&b).unwrap();
+        let c = pm.memremap_pages_at(Owner(1), Pfn(bar.0 + HUGE_FRAMES), HUGE_FRAMES, w()).unwrap();
+        pm.memunmap_pages(&c).unwrap();
+        assert!(matches!(
+            pm.memremap_pages_at(Owner(1), Pfn(bar.0 + HUGE_FRAMES), 2 * HUGE_FRAMES, w()),
+            Err(Error::Invalid(_))
+        ));
+        // RAM is not device memory; misaligned ranges are refused.
+        let ram = Pfn(BASE_PFN.next_multiple_of(HUGE_FRAMES));
+        assert!(matches!(pm.memremap_pages_at(Owner(1), ram, HUGE_FRAMES, w()), Err(Error::Invalid(_))));
+        assert!(matches!(pm.memremap_pages_at(Owner(1), Pfn(bar.0 + 1), HUGE_FRAMES, w()), Err(Error::Invalid(_))));
     }
 }

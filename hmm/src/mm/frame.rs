@@ -295,6 +295,11 @@ impl FrameTable {
         Ok(())
     }
 
+    /// Whether any section covers a frame of `[base, base + frames)`.
+    pub fn overlaps(&self, base: Pfn, frames: u64) -> bool {
+        self.sections.iter().map_while(|s| s.get()).any(|s| s.base < base.0 + frames && base.0 < s.base + s.metas.len() as u64)
+    }
+
     /// The metadata of frame `pfn`, if any section covers it.
     pub fn get(&self, pfn: Pfn) -> Option<&PageMeta> {
         self.sections.iter().map_while(|s| s.get()).find_map(|s| {

@@ -155,6 +155,9 @@ pub struct Mm {
     device: Once<Arc<dyn DeviceMemory>>,
     spaces: Mutex<BTreeMap<u32, Weak<SharedSpace>>>,
     next_device_pfn: Mutex<u64>,
+    /// Physical ranges of CPU-addressable device memory given metadata
+    /// ([`add_device_region_at`](Mm::add_device_region_at)).
+    device_regions: Mutex<Vec<(Pfn, u64)>>,
     /// Counters.
     pub stats: MmStats,
 }
@@ -191,6 +194,7 @@ impl Mm {
             device: Once::new(),
             spaces: Mutex::new(BTreeMap::new()),
             next_device_pfn: Mutex::new(DEVICE_PRIVATE_BASE),
+            device_regions: Mutex::new(Vec::new()),
             stats: MmStats::default(),
         };
         for pfn in [zero, huge_zero] {
@@ -269,6 +273,28 @@ impl Mm {
             .map_err(|_| Error::Invalid("frame table full: too many device memory regions"))?;
         *next = base + size;
         Ok(Pfn(base))
+    }
+
+    /// Gives metadata to device memory at physical frames `[base, base + frames)` that the CPU
+    /// can address (a device BAR: coherent device memory), so it can be mapped and counted like
+    /// RAM. The range must not be RAM. Registering a range again reuses its metadata (memory
+    /// removed and added back); a range that overlaps an earlier one only in part is refused.
+    pub fn add_device_region_at(&self, base: Pfn, frames: u64) -> Result<(), Error> {
+        if frames == 0 {
+            return Err(Error::Invalid("device region of 0 frames"));
+        }
+        let mut regions = self.device_regions.lock();
+        if regions.iter().any(|&(b, n)| b.0 <= base.0 && base.0 + frames <= b.0 + n) {
+            return Ok(());
+        }
+        if self.frames.overlaps(base, frames) {
+            return Err(Error::Invalid("device region overlaps RAM or another region in part"));
+        }
+        self.frames
+            .add_section(base, frames)
+            .map_err(|_| Error::Invalid("frame table full: too many device memory regions"))?;
+        regions.push((base, frames));
+        Ok(())
     }
 
     /// Shares `space` behind its lock and records it for reverse-map walks by space id.
