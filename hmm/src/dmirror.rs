@@ -243,6 +243,9 @@ impl DmirrorDevice {
             let mut s = self.state.lock();
             if huge {
                 if s.free_huge.is_empty() {
+                    coalesce(&mut s);
+                }
+                if s.free_huge.is_empty() {
                     self.add_chunk(&mut s)?;
                 }
                 s.free_huge.pop().ok_or(Error::NoMemory)?
@@ -322,7 +325,12 @@ impl DmirrorDevice {
     /// Copies what `mig`'s entries in `filled` need, `(destination, source)` per frame, with the
     /// backing's engine. If the copy fails, every destination in `filled` is given back and
     /// cleared, so those sources stay where they were.
-    fn copy_or_back_out(&self, dst: &mut [MigratePfn], filled: &[usize], pairs: &[(Pfn, Option<Pfn>)]) -> Result<(), Error> {
+    fn copy_or_back_out(
+        &self,
+        dst: &mut [MigratePfn],
+        filled: &[usize],
+        pairs: &[(Pfn, Option<Pfn>)],
+    ) -> Result<(), Error> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -362,7 +370,9 @@ impl DmirrorDevice {
         if !s.is_compound() {
             let (d, from) = self.ram_for(spfn)?;
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
-            (filled.push(i), pairs.push((d, Some(from))), froms.push((i, from)));
+            filled.push(i);
+            pairs.push((d, Some(from)));
+            froms.push((i, from));
         } else if huge_ok && let Ok(d) = mm.alloc_page(flags::ANON, HUGE_ORDER, false) {
             lock_new(&mm, d);
             for k in 0..HUGE_FRAMES {
@@ -378,7 +388,9 @@ impl DmirrorDevice {
                 match self.ram_for(Pfn(spfn.0 + k)) {
                     Ok((d, from)) => {
                         mig.dst_mut()[j] = MigratePfn::new(d).with_write(s.is_write());
-                        (filled.push(j), pairs.push((d, Some(from))), froms.push((j, from)));
+                        filled.push(j);
+                        pairs.push((d, Some(from)));
+                        froms.push((j, from));
                     }
                     Err(e) => {
                         alloc_failed = Some(e);
@@ -421,7 +433,8 @@ impl DmirrorDevice {
                     match self.ram_for(spfn) {
                         Ok((d, from)) => {
                             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
-                            (filled.push(i), pairs.push((d, Some(from))));
+                            filled.push(i);
+                            pairs.push((d, Some(from)));
                         }
                         Err(_) => failure = Some(err(ENOMEM, "no RAM to evict device memory into")),
                     }
@@ -513,6 +526,21 @@ impl PagemapOps for DmirrorDevice {
         mig.pages();
         mig.finalize();
         result
+    }
+}
+
+/// Makes every 2 MiB block whose base pages are all free a free block again (a split device
+/// THP comes back page by page), so device memory does not fragment into base pages for good:
+/// a real device has no more memory to add.
+fn coalesce(s: &mut DevState) {
+    let mut count = alloc::collections::BTreeMap::<u64, u64>::new();
+    for p in &s.free {
+        *count.entry(p.0 / HUGE_FRAMES).or_default() += 1;
+    }
+    let whole: Vec<u64> = count.into_iter().filter(|&(_, n)| n == HUGE_FRAMES).map(|(b, _)| b).collect();
+    if !whole.is_empty() {
+        s.free.retain(|p| whole.binary_search(&(p.0 / HUGE_FRAMES)).is_err());
+        s.free_huge.extend(whole.into_iter().rev().map(|b| Pfn(b * HUGE_FRAMES)));
     }
 }
 
@@ -740,7 +768,13 @@ impl Dmirror {
     /// pages when that allocation fails (a pending FAIL_ALLOC makes it fail, and is used up);
     /// a base page gets a 4 KiB device page unless FAIL_ALLOC is pending. Holes and zero pages
     /// are cleared on the device, other sources copied.
-    fn migrate_in(&self, mig: &mut MigrateVma<'_>, i: usize, filled: &mut Vec<usize>, pairs: &mut Vec<(Pfn, Option<Pfn>)>) {
+    fn migrate_in(
+        &self,
+        mig: &mut MigrateVma<'_>,
+        i: usize,
+        filled: &mut Vec<usize>,
+        pairs: &mut Vec<(Pfn, Option<Pfn>)>,
+    ) {
         let s = mig.src()[i];
         if !s.is_migrate() {
             return;
@@ -866,13 +900,10 @@ impl Dmirror {
                     continue;
                 }
                 let mut gone = |k: usize, frame: Pfn| self.forget_frame(a + k as u64 * PAGE, frame);
-                c.cpages += self
-                    .dev
-                    .migrate_out(&mut mig, i, !fail, &mut gone)
-                    .map_err(|e| match e {
-                        Error::Io(_) => err(EIO, "the device's copy engine failed; the pages stay on the device"),
-                        _ => err(ENOMEM, "no RAM to migrate into"),
-                    })?;
+                c.cpages += self.dev.migrate_out(&mut mig, i, !fail, &mut gone).map_err(|e| match e {
+                    Error::Io(_) => err(EIO, "the device's copy engine failed; the pages stay on the device"),
+                    _ => err(ENOMEM, "no RAM to migrate into"),
+                })?;
             }
             mig.pages();
             mig.finalize();

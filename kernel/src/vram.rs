@@ -14,6 +14,10 @@
 //! A failed DMA declines the page (its destination is dropped before `pages`), so the source
 //! stays where it was and nothing is lost. RAM pages are DMA'd at the kernel half of the
 //! device's domain (see [`devices`](crate::devices)).
+//!
+//! Part of a device's memory can be carved out ([`Vram::carve`]) for a driver that manages it
+//! itself: [`backing::BarBacking`] runs dmirror test devices, and so the acceptance suite, on
+//! it.
 
 use crate::copyengine::Dir;
 use crate::devices::{self, DevError};
@@ -28,6 +32,8 @@ use hmm::mm::space::{AddressSpace, FaultError};
 use hmm::mm::{Error, SharedSpace};
 use hmm::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use spin::{Mutex, Once};
+
+pub mod backing;
 
 const PAGE: u64 = 4096;
 /// Pages per DMA request (each request is one run of consecutive device pages).
@@ -132,6 +138,11 @@ impl Vram {
         self.owner
     }
 
+    /// Pages of device memory.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
     /// Pages in use.
     pub fn in_use(&self) -> u64 {
         self.pages - self.free.lock().len() as u64
@@ -145,6 +156,39 @@ impl Vram {
     pub fn offset_of(&self, pfn: Pfn) -> Option<u64> {
         let first = self.first()?;
         (pfn.0 >= first.0 && pfn.0 - first.0 < self.pages).then(|| (pfn.0 - first.0) * PAGE)
+    }
+
+    /// Takes `pages` free pages at a 2 MiB-aligned offset out of this device's allocator, for a
+    /// driver that manages them itself (a dmirror device over this memory); returns the first
+    /// page's index. `None` if no such run is free.
+    pub fn carve(&self, pages: u64) -> Option<u64> {
+        const BLOCK: u64 = 512;
+        let mut free = self.free.lock();
+        let mut is_free = alloc::vec![false; self.pages as usize];
+        for &k in free.iter() {
+            is_free[k as usize] = true;
+        }
+        let first = (0..self.pages.saturating_sub(pages.max(1) - 1))
+            .step_by(BLOCK as usize)
+            .find(|&f| (f..f + pages).all(|k| is_free[k as usize]))?;
+        free.retain(|&k| !(first..first + pages).contains(&k));
+        Some(first)
+    }
+
+    /// Gives back pages taken with [`carve`](Self::carve).
+    pub fn uncarve(&self, first: u64, pages: u64) {
+        self.free.lock().extend((first..first + pages).rev());
+    }
+
+    /// The BAR frame holding page `index` of this device's memory.
+    pub fn bar_frame(&self, index: u64) -> Option<Pfn> {
+        let bar = devices::with(|d| d.list.get(self.device).map(|dev| dev.vram.0)).flatten()?;
+        (index < self.pages).then(|| Pfn(bar / PAGE + index))
+    }
+
+    /// The device number.
+    pub fn device(&self) -> usize {
+        self.device
     }
 
     /// A free device page, referenced and locked for a migration.
@@ -263,10 +307,17 @@ impl Vram {
 
     /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
     fn runs(&self, items: &[(usize, Pfn, Pfn)]) -> Vec<Run> {
+        let at: Vec<(usize, u64, Pfn)> =
+            items.iter().filter_map(|&(i, dp, ram)| Some((i, self.offset_of(dp)?, ram))).collect();
+        self.runs_at(&at)
+    }
+
+    /// Groups `(entry, byte offset in device memory, ram pfn)` into runs of consecutive device
+    /// pages. The "RAM" frame may be another device's BAR frame (peer to peer).
+    fn runs_at(&self, items: &[(usize, u64, Pfn)]) -> Vec<Run> {
         let kernel = devices::with(|d| d.list.get(self.device).map(|dev| dev.iova_of(0))).flatten().unwrap_or(0);
         let mut runs: Vec<Run> = Vec::new();
-        for &(i, dp, ram) in items {
-            let Some(off) = self.offset_of(dp) else { continue };
+        for &(i, off, ram) in items {
             let seg = (kernel + ram.addr(), PAGE as u32);
             match runs.last_mut() {
                 Some(r) if r.offset + r.ram.len() as u64 * PAGE == off && r.ram.len() < RUN => {

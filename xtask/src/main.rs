@@ -524,7 +524,11 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
         let mut finished = None;
         for line in &run.lines {
             let Some(rest) = line.strip_prefix("ktest: ") else {
-                if line.starts_with("BOOT FAILED") || line.starts_with("PANIC") || line.starts_with("FATAL") {
+                if line.starts_with("BOOT FAILED")
+                    || line.starts_with("PANIC")
+                    || line.starts_with("FATAL")
+                    || line.contains("WARN")
+                {
                     println!("  {line}");
                 }
                 continue;

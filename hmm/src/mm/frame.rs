@@ -297,7 +297,10 @@ impl FrameTable {
 
     /// Whether any section covers a frame of `[base, base + frames)`.
     pub fn overlaps(&self, base: Pfn, frames: u64) -> bool {
-        self.sections.iter().map_while(|s| s.get()).any(|s| s.base < base.0 + frames && base.0 < s.base + s.metas.len() as u64)
+        self.sections
+            .iter()
+            .map_while(|s| s.get())
+            .any(|s| s.base < base.0 + frames && base.0 < s.base + s.metas.len() as u64)
     }
 
     /// The metadata of frame `pfn`, if any section covers it.

@@ -157,7 +157,7 @@ pub struct Mm {
     next_device_pfn: Mutex<u64>,
     /// Physical ranges of CPU-addressable device memory given metadata
     /// ([`add_device_region_at`](Mm::add_device_region_at)).
-    device_regions: Mutex<Vec<(Pfn, u64)>>,
+    device_regions: Mutex<alloc::vec::Vec<(Pfn, u64)>>,
     /// Counters.
     pub stats: MmStats,
 }
@@ -194,7 +194,7 @@ impl Mm {
             device: Once::new(),
             spaces: Mutex::new(BTreeMap::new()),
             next_device_pfn: Mutex::new(DEVICE_PRIVATE_BASE),
-            device_regions: Mutex::new(Vec::new()),
+            device_regions: Mutex::new(alloc::vec::Vec::new()),
             stats: MmStats::default(),
         };
         for pfn in [zero, huge_zero] {

@@ -3,12 +3,22 @@
 //! by real loads and stores (each fault a real #PF resolved by the address space, device-private
 //! pages migrated back by their pagemap from inside the fault handler).
 //!
-//! The four dmirror devices and the two old-API devices live for the whole run and give their memory back in
-//! [`teardown`], before the run's frame-leak check.
+//! The suite runs twice. First over dmirror devices as Linux's `test_hmm` builds them (device
+//! memory emulated with RAM, CPU copies). Then, named `real/...`, over the real devices: each
+//! dmirror device's memory is carved out of a device's BAR and every migration copy is DMA by
+//! the devices' copy engines ([`BarBacking`]); private memory is BAR frames behind unused frame
+//! numbers, coherent memory is BAR frames the CPU maps. `hmm_dmirror0`/`2` use dev0,
+//! `hmm_dmirror1`/`3` use dev1 (dev0 again on a one-device machine), so the two-device
+//! scenarios run across two real devices.
+//!
+//! The devices live for the whole run and give their memory back in [`teardown`], before the
+//! run's frame-leak check; it also checks that the real run did copy by DMA.
 
 use crate::mm::uspace;
+use crate::vram::backing::BarBacking;
 use alloc::string::String;
 use alloc::sync::Arc;
+use hmm::dmirror::Backing;
 use hmm::mm::SharedSpace;
 use hmm::mm::space::FaultError;
 use hmm::selftests::{Cpu, EXTRA, Env, Outcome, SCENARIOS, Variant};
@@ -16,6 +26,8 @@ use spin::Once;
 
 /// Device memory is added 8 MiB at a time.
 const CHUNK: u64 = 8 << 20;
+/// On the real devices (of 32 MiB and more), 4 MiB at a time.
+const REAL_CHUNK: u64 = 4 << 20;
 
 /// Real CPU accesses: run in the address space and copy with the exception-table routine.
 struct KernelCpu;
@@ -42,31 +54,94 @@ fn env() -> Result<&'static Env<'static>, String> {
     .map_err(Clone::clone)
 }
 
-/// Scenario-variant pairs: the hmm-tests scenarios, then our own ([`EXTRA`]).
-pub fn count() -> usize {
+/// The suite's devices on the real devices, with their backings (for the DMA counters).
+type RealEnv = (Env<'static>, [Arc<BarBacking>; 4]);
+static REAL: Once<Result<RealEnv, String>> = Once::new();
+
+fn real_env() -> Result<Option<&'static Env<'static>>, String> {
+    let devices = crate::vram::all().map_err(|e| alloc::format!("registering device memory: {e}"))?;
+    if devices.is_empty() {
+        return Ok(None);
+    }
+    REAL.call_once(|| {
+        let dev = |n: usize| BarBacking::new(&devices[n % devices.len()]);
+        let backings = [dev(0), dev(1), dev(0), dev(1)];
+        let as_dyn: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| backings[i].clone() as Arc<dyn Backing>);
+        crate::vram::pagemaps()
+            .and_then(|pm| Env::with_backings(pm, &CPU, REAL_CHUNK, as_dyn))
+            .map(|env| (env, backings))
+            .map_err(|e| alloc::format!("creating the test devices on the real devices: {e}"))
+    })
+    .as_ref()
+    .map(|(env, _)| Some(env))
+    .map_err(Clone::clone)
+}
+
+fn pairs() -> usize {
     (SCENARIOS.len() + EXTRA.len()) * 2
 }
 
-fn pick(i: usize) -> Option<(&'static hmm::selftests::Scenario, Variant)> {
-    Some((SCENARIOS.iter().chain(EXTRA).nth(i / 2)?, Variant::ALL[i % 2]))
+/// Scenario-variant pairs: the hmm-tests scenarios, then our own ([`EXTRA`]), emulated, then
+/// on the real devices.
+pub fn count() -> usize {
+    pairs() * 2
 }
 
-/// The kselftest name of pair `i`.
+fn pick(i: usize) -> Option<(&'static hmm::selftests::Scenario, Variant, bool)> {
+    if i >= count() {
+        return None;
+    }
+    let (real, j) = (i >= pairs(), i % pairs());
+    Some((SCENARIOS.iter().chain(EXTRA).nth(j / 2)?, Variant::ALL[j % 2], real))
+}
+
+/// The kselftest name of pair `i` (`real/` in front on the real devices).
 pub fn name(i: usize) -> Option<String> {
-    pick(i).map(|(s, v)| s.full_name(v))
+    pick(i).map(|(s, v, real)| if real { alloc::format!("real/{}", s.full_name(v)) } else { s.full_name(v) })
 }
 
 /// Runs pair `i`: `Ok(None)` passed, `Ok(Some(reason))` skipped.
 pub fn run(i: usize) -> Result<Option<&'static str>, String> {
-    let (s, v) = pick(i).ok_or_else(|| String::from("no such scenario"))?;
-    match (s.run)(env()?, v)? {
+    let (s, v, real) = pick(i).ok_or_else(|| String::from("no such scenario"))?;
+    let env = if real {
+        match real_env()? {
+            Some(env) => env,
+            None => return Ok(Some("this machine has no devices")),
+        }
+    } else {
+        env()?
+    };
+    match (s.run)(env, v)? {
         Outcome::Pass => Ok(None),
         Outcome::Skip(why) => Ok(Some(why)),
     }
 }
 
-/// Evicts and removes the test devices' memory.
+/// Evicts and removes the test devices' memory; the carved device memory goes back to its
+/// device. Fails if the real run copied nothing by DMA.
 pub fn teardown() -> Result<(), String> {
-    let Some(Ok(env)) = ENV.get() else { return Ok(()) };
-    env.release()
+    if let Some(Ok(env)) = ENV.get() {
+        env.release()?;
+    }
+    if let Some(Ok((env, backings))) = REAL.get() {
+        env.release()?;
+        for (n, b) in backings.iter().enumerate() {
+            let dma = b.dma_pages.load(core::sync::atomic::Ordering::Relaxed);
+            let cpu = b.cpu_pages.load(core::sync::atomic::Ordering::Relaxed);
+            log::info!("hmm_dmirror{n} on {}: {dma} pages copied by DMA, {cpu} by the CPU", b.describe());
+            if dma == 0 {
+                return Err(alloc::format!("hmm_dmirror{n} on the real devices copied nothing by DMA"));
+            }
+        }
+        for v in crate::vram::all().map_err(|e| alloc::format!("{e}"))? {
+            if v.in_use() != 0 {
+                return Err(alloc::format!(
+                    "dev{}: {} device pages still in use after the suite",
+                    v.device(),
+                    v.in_use()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
