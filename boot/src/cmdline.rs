@@ -12,6 +12,7 @@
 //! | `ktest.from` | index | in-kernel tests: start at this test (the xtask resumes here after a failure) |
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
 //! | `ktest.crash` | `pagefault`, `panic`, `triplefault` | run one deliberate crash (tests of the crash reporting) |
+//! | `devices.coherent` | `N[,N...]` | the devices (numbered from 0, in PCI order) whose memory is coherent (CPU-mapped) rather than private; the xtask sets it from the machine file |
 
 use crate::fixed::FixedVec;
 
@@ -103,6 +104,8 @@ pub struct KernelArgs<'a> {
     pub ktest_timeout_ms: u64,
     /// A deliberate crash to perform once ready.
     pub crash: Option<Crash>,
+    /// Bit n set: device n's memory is coherent.
+    pub coherent_devices: u64,
 }
 
 /// The default per-test watchdog.
@@ -126,7 +129,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash)"
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent)"
             ),
             Self::BadValue { key, value, expected } => {
                 write!(f, "kernel argument '{key}={value}': expected {expected}")
@@ -186,6 +189,17 @@ impl<'a> KernelArgs<'a> {
                         "triplefault" => Crash::TripleFault,
                         _ => return Err(bad(v, "'pagefault', 'panic' or 'triplefault'")),
                     });
+                }
+                "devices.coherent" => {
+                    let v = need("device numbers")?;
+                    for n in v.split(',') {
+                        let n: u32 = n
+                            .parse()
+                            .ok()
+                            .filter(|&n| n < 64)
+                            .ok_or_else(|| bad(v, "device numbers 0 to 63, comma-separated"))?;
+                        args.coherent_devices |= 1 << n;
+                    }
                 }
                 _ => return Err(ArgError::UnknownKey(word)),
             }
@@ -282,6 +296,11 @@ mod tests {
         assert!(e.to_string().contains("debug"));
         assert!(matches!(KernelArgs::parse("ktest.from=x").unwrap_err(), ArgError::BadValue { .. }));
         assert!(matches!(KernelArgs::parse("ktest.timeout_ms=0").unwrap_err(), ArgError::BadValue { .. }));
+        assert_eq!(KernelArgs::parse("devices.coherent=1,3").unwrap().coherent_devices, 0b1010);
+        assert_eq!(KernelArgs::parse("").unwrap().coherent_devices, 0);
+        for bad in ["devices.coherent=x", "devices.coherent=64", "devices.coherent=1,,2"] {
+            assert!(matches!(KernelArgs::parse(bad).unwrap_err(), ArgError::BadValue { .. }), "{bad}");
+        }
         assert!(matches!(KernelArgs::parse("job=sleep").unwrap_err(), ArgError::BadValue { .. }));
         assert!(matches!(KernelArgs::parse("log=info,=debug").unwrap_err(), ArgError::BadValue { .. }));
         assert!(matches!(KernelArgs::parse("log=info,debug").unwrap_err(), ArgError::BadValue { .. }));

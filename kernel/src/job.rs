@@ -135,7 +135,12 @@ fn selfcheck() -> Result<bool, mm::MapError> {
                 Ok(r) => {
                     j.str(&alloc::format!("dev{dev}_round_trip"), &alloc::format!("{} pages, data verified", r.pages));
                     j.num(&alloc::format!("dev{dev}_migrate_to_device_ns_per_page"), r.to_device_ns);
-                    j.num(&alloc::format!("dev{dev}_cpu_fault_back_ns_per_page"), r.fault_back_ns);
+                    // Private memory comes back by CPU faults; coherent memory the CPU reads in place.
+                    let kind = crate::vram::all().ok().and_then(|v| v.get(dev).map(|v| v.kind()));
+                    let coherent = kind == Some(hmm::pagemap::MemoryKind::Coherent);
+                    j.str(&alloc::format!("dev{dev}_memory"), if coherent { "coherent" } else { "private" });
+                    let key = if coherent { "cpu_read_in_place" } else { "cpu_fault_back" };
+                    j.num(&alloc::format!("dev{dev}_{key}_ns_per_page"), r.fault_back_ns);
                     j.num(&alloc::format!("dev{dev}_migrate_to_ram_ns_per_page"), r.to_ram_ns);
                 }
                 Err(e) => {

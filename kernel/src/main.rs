@@ -131,6 +131,7 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
 
     let ready_ns = time::now_ns().unwrap_or(0);
     let system = SYSTEM.call_once(|| System { boot: info, args, cpu, platform, tsc_hz, apic, pci, ready_ns });
+    vram::set_coherent(system.args.coherent_devices);
     if let Err(e) = devices::init(system) {
         fail("devices", e);
     }

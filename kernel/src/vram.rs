@@ -1,9 +1,13 @@
-//! Device memory of the real devices as ZONE_DEVICE-style private pages, and migration
-//! between system RAM and it, copied by the device's DMA engine.
+//! Device memory of the real devices as ZONE_DEVICE-style pages, and migration between system
+//! RAM and it, copied by the device's DMA engine.
 //!
-//! Each device's ivshmem BAR becomes one private [`DevPagemap`]: device page k (the k-th
-//! frame number of the pagemap) is the 4 KiB at offset k * 4096 of the BAR. The CPU never maps
-//! these pages; the copy engine moves data in and out:
+//! Each device's ivshmem BAR becomes one [`DevPagemap`]: device page k (the k-th frame number
+//! of the pagemap) is the 4 KiB at offset k * 4096 of the BAR. By default the memory is
+//! private: the CPU never maps these pages. A device the machine file marks coherent
+//! (`devices.coherent=N` on the command line) registers its BAR frames themselves
+//! (`MEMORY_DEVICE_COHERENT`): the CPU maps them with ordinary entries and reads and writes
+//! device memory in place, and only an explicit migration brings pages back. Either way the
+//! copy engine moves data in and out:
 //! - [`migrate_to_device`]: `migrate_vma_setup` (system pages), allocate device pages,
 //!   scatter-gather DMA RAM -> device in requests of consecutive device pages (several in
 //!   flight), `pages`, `finalize`;
@@ -45,6 +49,13 @@ const IN_FLIGHT: usize = 6;
 const FAULT_AROUND: u64 = 16;
 
 static PAGEMAPS: Once<Result<Arc<Pagemaps>, Error>> = Once::new();
+/// Bit n: device n's memory is coherent (set from the command line before first use).
+static COHERENT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Marks the devices whose memory is coherent (bit n: device n). Call before [`all`].
+pub fn set_coherent(mask: u64) {
+    COHERENT.store(mask, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// The kernel's pagemap registry (installed on first use).
 pub fn pagemaps() -> Result<&'static Arc<Pagemaps>, Error> {
@@ -77,6 +88,7 @@ pub enum Copier {
 #[derive(Debug)]
 pub struct Vram {
     device: usize,
+    kind: MemoryKind,
     owner: Owner,
     pagemap: Once<Arc<DevPagemap>>,
     free: Mutex<Vec<u64>>,
@@ -88,11 +100,13 @@ pub struct Vram {
 }
 
 impl Vram {
-    /// Registers device `device`'s memory (`bytes`, a multiple of 2 MiB) as private pages.
-    pub fn register(device: usize, bytes: u64) -> Result<Arc<Vram>, Error> {
+    /// Registers device `device`'s memory (`bytes`, a multiple of 2 MiB) as device pages of
+    /// `kind`: private pages, or (coherent) the BAR's own frames.
+    pub fn register(device: usize, bytes: u64, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
         let pages = bytes / PAGE;
         let v = Arc::new(Vram {
             device,
+            kind,
             owner: Owner(0x7e00 + device as u64),
             pagemap: Once::new(),
             free: Mutex::new((0..pages).rev().collect()),
@@ -103,7 +117,15 @@ impl Vram {
         });
         let ops: Arc<dyn PagemapOps> = v.clone();
         let w: Weak<dyn PagemapOps> = Arc::downgrade(&ops);
-        let pm = pagemaps()?.memremap_pages(MemoryKind::Private, v.owner, pages, w)?;
+        let pm = match kind {
+            MemoryKind::Private => pagemaps()?.memremap_pages(kind, v.owner, pages, w)?,
+            MemoryKind::Coherent => {
+                let bar = devices::with(|d| d.list.get(device).map(|x| x.vram.0))
+                    .flatten()
+                    .ok_or(Error::Invalid("no such device"))?;
+                pagemaps()?.memremap_pages_at(v.owner, Pfn(bar / PAGE), pages, w)?
+            }
+        };
         v.pagemap.call_once(|| pm);
         Ok(v)
     }
@@ -131,6 +153,31 @@ impl Vram {
     /// Pages a CPU fault brings back.
     pub fn fault_around(&self) -> u64 {
         self.fault_around.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Private or coherent.
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+
+    /// The device page a CPU page-table entry maps, if it is one of this device's: a
+    /// device-private entry for private memory, an ordinary entry for coherent memory.
+    pub fn holds(&self, pte: &hmm::mm::pte::Pte) -> Option<Pfn> {
+        use hmm::mm::pte::{Pte, SoftKind};
+        let pfn = match (self.kind, pte) {
+            (MemoryKind::Private, Pte::Soft(s)) if s.kind == SoftKind::DevicePrivate => s.pfn,
+            (MemoryKind::Coherent, Pte::Present(p)) => p.pfn,
+            _ => return None,
+        };
+        self.offset_of(pfn).map(|_| pfn)
+    }
+
+    /// What `migrate_vma_setup` selects to find this device's pages.
+    fn select(&self) -> Select {
+        match self.kind {
+            MemoryKind::Private => Select::DEVICE_PRIVATE,
+            MemoryKind::Coherent => Select::DEVICE_COHERENT,
+        }
     }
 
     /// The owner of this device's pages (the device MMU mirrors them as local).
@@ -232,8 +279,7 @@ impl PagemapOps for Vram {
         let (lo, hi) = space.vmas().find(va).map(|v| (v.start, v.end)).ok_or(FaultError::Bus)?;
         let start = (va & !(window - 1)).max(lo);
         let end = ((va & !(window - 1)) + window).min(hi);
-        let args =
-            MigrateArgs { start, end, owner: self.owner, select: Select::DEVICE_PRIVATE, fault_page: Some(page) };
+        let args = MigrateArgs { start, end, owner: self.owner, select: self.select(), fault_page: Some(page) };
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
         let moved = self.copy_out(&mut mig).map_err(|_| FaultError::Bus)?;
         let i = ((va - start) / PAGE) as usize;
@@ -411,13 +457,7 @@ fn finish(mut mig: MigrateVma<'_>, failed: &[usize]) -> u64 {
 /// Migrates this device's pages among `npages` at `start` back to RAM; returns how many moved.
 pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u64) -> Result<u64, DevError> {
     let mut s = space.lock();
-    let args = MigrateArgs {
-        start,
-        end: start + npages * PAGE,
-        owner: v.owner,
-        select: Select::DEVICE_PRIVATE,
-        fault_page: None,
-    };
+    let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: v.select(), fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
     let moved = v.copy_out(&mut mig).map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
     mig.pages();
@@ -443,13 +483,8 @@ pub fn migrate_device_to_device(
     let to_bar =
         devices::with(|d| d.list.get(to.device).map(|x| x.vram.0)).flatten().ok_or(DevError::NoDevice(to.device))?;
     let mut s = space.lock();
-    let args = MigrateArgs {
-        start,
-        end: start + npages * PAGE,
-        owner: from.owner,
-        select: Select::DEVICE_PRIVATE,
-        fault_page: None,
-    };
+    let args =
+        MigrateArgs { start, end: start + npages * PAGE, owner: from.owner, select: from.select(), fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
     let mut items = Vec::new();
     for i in 0..mig.src().len() {
@@ -475,7 +510,9 @@ pub fn all() -> Result<&'static [Arc<Vram>], Error> {
     VRAMS
         .call_once(|| {
             let sizes: Vec<u64> = devices::with(|d| d.list.iter().map(|dev| dev.vram.1).collect()).unwrap_or_default();
-            sizes.iter().enumerate().map(|(n, &b)| Vram::register(n, b)).collect()
+            let coherent = COHERENT.load(core::sync::atomic::Ordering::Relaxed);
+            let kind = |n: usize| if coherent >> n & 1 == 1 { MemoryKind::Coherent } else { MemoryKind::Private };
+            sizes.iter().enumerate().map(|(n, &b)| Vram::register(n, b, kind(n))).collect()
         })
         .as_ref()
         .map(|v| &v[..])
@@ -500,7 +537,7 @@ pub struct RoundTrip {
 /// BAR while on the device, through real loads after).
 pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::String> {
     use crate::arch::time;
-    use hmm::mm::pte::{Pte, SoftKind};
+    use hmm::mm::pte::Pte;
     use hmm::mm::space::MapRequest;
     use hmm::mm::vma::Prot;
     let v =
@@ -522,10 +559,10 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::Stri
     let mut page = alloc::vec![0u8; PAGE as usize];
     for k in 0..pages {
         let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
-        let Some(Pte::Soft(s)) = e.filter(|p| matches!(p, Pte::Soft(s) if s.kind == SoftKind::DevicePrivate)) else {
-            return Err(alloc::format!("page {k} is not device-private after the migration: {e:?}"));
+        let Some(pfn) = e.as_ref().and_then(|e| v.holds(e)) else {
+            return Err(alloc::format!("page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}", v.kind));
         };
-        let off = v.offset_of(s.pfn).ok_or("a device entry outside this device's memory")?;
+        let off = v.offset_of(pfn).ok_or("a device entry outside this device's memory")?;
         crate::mm::read_phys(bar + off, &mut page);
         if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
             return Err(alloc::format!("page {k}: device memory differs from what the CPU wrote"));
@@ -539,9 +576,25 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::Stri
     if back != data {
         return Err("data differs after the CPU faulted the pages back".into());
     }
+    if v.kind == MemoryKind::Coherent {
+        // The CPU writes device memory in place too.
+        let e = space.lock().lookup(a).map(|e| e.pte);
+        let Some(Pte::Present(p)) = e else { return Err(alloc::format!("coherent page 0 unmapped: {e:?}")) };
+        let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
+        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|f| alloc::format!("CPU write: {:?}", f.error))?;
+        crate::mm::read_phys(bar + v.offset_of(p.pfn).unwrap_or(0), &mut page);
+        if page != flipped {
+            return Err("a CPU store to coherent device memory did not reach the BAR".into());
+        }
+        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize])).map_err(|f| alloc::format!("{:?}", f.error))?;
+    }
     let faulted = v.stats.lock().cpu_faults - faults;
-    // One fault per fault-around window the range touches.
-    let windows = (a + pages * PAGE).div_ceil(v.fault_around() * PAGE) - a / (v.fault_around() * PAGE);
+    // One fault per fault-around window the range touches; none at all on coherent memory,
+    // which the CPU read in place.
+    let windows = match v.kind {
+        MemoryKind::Private => (a + pages * PAGE).div_ceil(v.fault_around() * PAGE) - a / (v.fault_around() * PAGE),
+        MemoryKind::Coherent => 0,
+    };
     if faulted != windows {
         return Err(alloc::format!(
             "{faulted} CPU faults for {pages} device pages in {windows} fault-around windows of {} pages",

@@ -42,6 +42,10 @@ pub struct Device {
     pub name: String,
     /// Device memory size, a power of two, e.g. "64M".
     pub memory: String,
+    /// Device memory the CPU maps (`MEMORY_DEVICE_COHERENT`) instead of private memory it never
+    /// maps (the default).
+    #[serde(default)]
+    pub coherent: bool,
 }
 
 /// NUMA nodes and HMAT entries.
@@ -96,6 +100,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl Machine {
+    /// Kernel arguments the machine implies (which devices have coherent memory), added to
+    /// every boot.
+    pub fn kernel_args(&self) -> String {
+        let coherent: Vec<String> =
+            self.devices.iter().enumerate().filter(|(_, d)| d.coherent).map(|(n, _)| n.to_string()).collect();
+        if coherent.is_empty() { String::new() } else { format!(" devices.coherent={}", coherent.join(",")) }
+    }
+
     /// Reads and validates a machine file.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
@@ -314,6 +326,14 @@ mod tests {
         assert!(a.contains("-m 512M"));
         assert!(a.contains("node,nodeid=1,memdev=numa1,cpus=1,initiator=1"));
         assert!(a.contains("data-type=access-bandwidth,bandwidth=5000M"));
+    }
+
+    #[test]
+    fn coherent_devices_reach_the_kernel_command_line() {
+        let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/coherent.toml")).unwrap();
+        assert_eq!(m.kernel_args(), " devices.coherent=1");
+        let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/default.toml")).unwrap();
+        assert_eq!(m.kernel_args(), "");
     }
 
     #[test]

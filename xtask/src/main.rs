@@ -234,7 +234,7 @@ fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         .args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
         .arg("-kernel")
         .arg(l.kernel)
-        .args(["-append", &l.cmdline])
+        .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
         .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
         .args(["-no-reboot", "-nodefaults", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .stdin(Stdio::null())
@@ -672,6 +672,7 @@ fn cmd_test(args: &[String]) -> Result<u8> {
     }
     let machine = Machine::load(&o.machine)?;
     let seabios = Machine::load(&root().join("qemu/seabios.toml"))?;
+    let coherent = Machine::load(&root().join("qemu/coherent.toml"))?;
     ensure_prerequisites(true)?;
     let mut tally = Tally::default();
     if !o.skip_host {
@@ -682,6 +683,8 @@ fn cmd_test(args: &[String]) -> Result<u8> {
     kernel_suite(&kernel, &machine, None, "", &mut tally)?;
     println!("\n== in-kernel PCI tests under SeaBIOS ==");
     kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", &mut tally)?;
+    println!("\n== in-kernel device tests with coherent device memory ({}) ==", coherent.description);
+    kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", &mut tally)?;
     println!("\n== boot checks ==");
     boot_checks(&kernel, &machine, &mut tally)?;
     println!();

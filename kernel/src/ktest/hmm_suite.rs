@@ -59,12 +59,15 @@ type RealEnv = (Env<'static>, [Arc<BarBacking>; 4]);
 static REAL: Once<Result<RealEnv, String>> = Once::new();
 
 fn real_env() -> Result<Option<&'static Env<'static>>, String> {
-    let devices = crate::vram::all().map_err(|e| alloc::format!("registering device memory: {e}"))?;
+    let all = crate::vram::all().map_err(|e| alloc::format!("registering device memory: {e}"))?;
+    // Dmirror memory is carved out of private device memory (a coherent device's BAR is its
+    // own pagemap already).
+    let devices: alloc::vec::Vec<_> = all.iter().filter(|v| v.kind() == hmm::pagemap::MemoryKind::Private).collect();
     if devices.is_empty() {
         return Ok(None);
     }
     REAL.call_once(|| {
-        let dev = |n: usize| BarBacking::new(&devices[n % devices.len()]);
+        let dev = |n: usize| BarBacking::new(devices[n % devices.len()]);
         let backings = [dev(0), dev(1), dev(0), dev(1)];
         let as_dyn: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| backings[i].clone() as Arc<dyn Backing>);
         crate::vram::pagemaps()
@@ -106,7 +109,7 @@ pub fn run(i: usize) -> Result<Option<&'static str>, String> {
     let env = if real {
         match real_env()? {
             Some(env) => env,
-            None => return Ok(Some("this machine has no devices")),
+            None => return Ok(Some("this machine has no device with private memory")),
         }
     } else {
         env()?
