@@ -974,22 +974,21 @@ mod tests {
         }
     }
 
-    fn engines(mm: &Arc<Mm>) -> [Arc<Engine>; 4] {
-        core::array::from_fn(|_| {
-            Arc::new(Engine { ram: RamBacking::new(mm), copies: Default::default(), broken: Default::default() })
-        })
+    static CPU: SpaceCpu = SpaceCpu;
+
+    /// The four test devices over counting engines, in a machine of `frames` frames.
+    fn over_engines(frames: usize, chunk_bytes: u64) -> (Env<'static>, [Arc<Engine>; 4]) {
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames)), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+        let e: [Arc<Engine>; 4] = core::array::from_fn(|_| {
+            Arc::new(Engine { ram: RamBacking::new(&mm), copies: Default::default(), broken: Default::default() })
+        });
+        let b: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| e[i].clone() as Arc<dyn Backing>);
+        (Env::with_backings(&Pagemaps::install(&mm).unwrap(), &CPU, chunk_bytes, b).unwrap(), e)
     }
 
     #[test]
     fn every_scenario_passes_over_a_device_backing_and_its_copies() {
-        let frames = 64 * 1024;
-        let plat = Arc::new(FakePlatform::new(frames));
-        let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
-        let cpu = SpaceCpu;
-        let e = engines(&mm);
-        let pm = Pagemaps::install(&mm).unwrap();
-        let b: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| e[i].clone() as Arc<dyn Backing>);
-        let env = Env::with_backings(&pm, &cpu, 8 << 20, b).unwrap();
+        let (env, e) = over_engines(64 * 1024, 8 << 20);
         let mut failures = Vec::new();
         run_all(&env, &mut |name, v| {
             if let Err(e) = v {
@@ -1007,14 +1006,7 @@ mod tests {
     #[test]
     fn a_failed_device_copy_backs_the_migration_out_and_loses_nothing() {
         use core::sync::atomic::Ordering::Relaxed;
-        let frames = 16 * 1024;
-        let plat = Arc::new(FakePlatform::new(frames));
-        let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
-        let cpu = SpaceCpu;
-        let e = engines(&mm);
-        let pm = Pagemaps::install(&mm).unwrap();
-        let b: [Arc<dyn Backing>; 4] = core::array::from_fn(|i| e[i].clone() as Arc<dyn Backing>);
-        let env = Env::with_backings(&pm, &cpu, 2 << 20, b).unwrap();
+        let (env, e) = over_engines(16 * 1024, 2 << 20);
         for v in Variant::ALL {
             let dev = if v == Variant::Private { 0 } else { 2 };
             let p = env.process().unwrap();
