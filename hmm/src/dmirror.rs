@@ -533,15 +533,24 @@ impl PagemapOps for DmirrorDevice {
 /// THP comes back page by page), so device memory does not fragment into base pages for good:
 /// a real device has no more memory to add.
 fn coalesce(s: &mut DevState) {
+    let whole = take_whole_blocks(&mut s.free, |p| p.0, HUGE_FRAMES);
+    s.free_huge.extend(whole.into_iter().rev().map(Pfn));
+}
+
+/// Removes from `free` (page numbers, found with `num`) every naturally aligned block of
+/// `block` pages that is entirely there, and returns the blocks' first page numbers in
+/// ascending order: how a device allocator that splits blocks into base pages gets whole blocks
+/// back.
+pub fn take_whole_blocks<T>(free: &mut Vec<T>, num: impl Fn(&T) -> u64, block: u64) -> Vec<u64> {
     let mut count = alloc::collections::BTreeMap::<u64, u64>::new();
-    for p in &s.free {
-        *count.entry(p.0 / HUGE_FRAMES).or_default() += 1;
+    for p in free.iter() {
+        *count.entry(num(p) / block).or_default() += 1;
     }
-    let whole: Vec<u64> = count.into_iter().filter(|&(_, n)| n == HUGE_FRAMES).map(|(b, _)| b).collect();
+    let whole: Vec<u64> = count.into_iter().filter(|&(_, n)| n == block).map(|(b, _)| b).collect();
     if !whole.is_empty() {
-        s.free.retain(|p| whole.binary_search(&(p.0 / HUGE_FRAMES)).is_err());
-        s.free_huge.extend(whole.into_iter().rev().map(|b| Pfn(b * HUGE_FRAMES)));
+        free.retain(|p| whole.binary_search(&(num(p) / block)).is_err());
     }
+    whole.into_iter().map(|b| b * block).collect()
 }
 
 /// Locks a freshly allocated page (a migration destination).

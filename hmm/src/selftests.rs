@@ -974,6 +974,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn whole_blocks_come_back_from_base_pages() {
+        // Block 0 (pages 0-3) entirely free, block 1 missing page 5, block 2 entirely free.
+        let mut free: Vec<u64> = alloc::vec![3, 9, 0, 4, 8, 2, 6, 1, 10, 11, 7];
+        let whole = crate::dmirror::take_whole_blocks(&mut free, |&k| k, 4);
+        assert_eq!(whole, [0, 8]);
+        free.sort();
+        assert_eq!(free, [4, 6, 7]);
+        assert!(crate::dmirror::take_whole_blocks(&mut free, |&k| k, 4).is_empty());
+    }
+
     static CPU: SpaceCpu = SpaceCpu;
 
     /// The four test devices over counting engines, in a machine of `frames` frames.

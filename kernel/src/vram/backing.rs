@@ -91,15 +91,8 @@ impl BarBacking {
     /// Makes every block whose pages are all free a whole free block again (storage of a
     /// device THP comes back page by page).
     fn coalesce(pool: &mut Pool) {
-        let mut free_in = alloc::collections::BTreeMap::<u64, u64>::new();
-        for &k in &pool.free {
-            *free_in.entry(k / BLOCK * BLOCK).or_default() += 1;
-        }
-        let whole: Vec<u64> = free_in.into_iter().filter(|&(_, n)| n == BLOCK).map(|(b, _)| b).collect();
-        if !whole.is_empty() {
-            pool.free.retain(|k| whole.binary_search(&(k / BLOCK * BLOCK)).is_err());
-            pool.free_huge.extend(whole);
-        }
+        let whole = hmm::dmirror::take_whole_blocks(&mut pool.free, |&k| k, BLOCK);
+        pool.free_huge.extend(whole);
     }
 
     /// Gives carved storage blocks with no page in use back to the device's allocator.
