@@ -27,6 +27,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod compute;
+pub mod devalloc;
 pub mod devmmu;
 pub mod devpt;
 pub mod dmirror;

@@ -200,6 +200,33 @@ impl Pagemaps {
         frames: u64,
         ops: Weak<dyn PagemapOps>,
     ) -> Result<Arc<DevPagemap>, Error> {
+        self.check_at(base, frames, &ops)?;
+        self.mm.add_device_region_at(base, frames)?;
+        self.check_free(base, frames)?;
+        Ok(self.register(MemoryKind::Coherent, owner, alloc::vec![(base, frames)], ops, true))
+    }
+
+    /// `memremap_pages` for private memory at frame numbers `[base, base + frames)` of a
+    /// device-private region reserved earlier (`Mm::add_device_private_region`): how memory
+    /// that comes and goes (hot-plug) is registered piece by piece in one reservation, so the
+    /// frame table does not grow with every piece. 2 MiB-aligned; the frames must be free and
+    /// in no other live pagemap.
+    pub fn memremap_private_at(
+        &self,
+        owner: Owner,
+        base: Pfn,
+        frames: u64,
+        ops: Weak<dyn PagemapOps>,
+    ) -> Result<Arc<DevPagemap>, Error> {
+        self.check_at(base, frames, &ops)?;
+        if !self.mm.is_device_private(base, frames) {
+            return Err(Error::Invalid("private device frames outside a reserved device-private region"));
+        }
+        self.check_free(base, frames)?;
+        Ok(self.register(MemoryKind::Private, owner, alloc::vec![(base, frames)], ops, true))
+    }
+
+    fn check_at(&self, base: Pfn, frames: u64, ops: &Weak<dyn PagemapOps>) -> Result<(), Error> {
         if frames == 0 || !frames.is_multiple_of(HUGE_FRAMES) || !base.0.is_multiple_of(HUGE_FRAMES) {
             return Err(Error::Invalid("device memory must be a non-zero, 2 MiB-aligned multiple of 2 MiB"));
         }
@@ -209,13 +236,16 @@ impl Pagemaps {
         if self.maps.read().iter().any(|m| m.ranges.iter().any(|&(s, n)| s.0 < base.0 + frames && base.0 < s.0 + n)) {
             return Err(Error::Exists);
         }
-        self.mm.add_device_region_at(base, frames)?;
+        Ok(())
+    }
+
+    fn check_free(&self, base: Pfn, frames: u64) -> Result<(), Error> {
         for i in 0..frames {
             if self.mm.meta(Pfn(base.0 + i)).is_some_and(|m| m.refcount() != 0 || m.has(flags::ALLOCATED)) {
                 return Err(Error::Busy("device memory still referenced from an earlier registration"));
             }
         }
-        Ok(self.register(MemoryKind::Coherent, owner, alloc::vec![(base, frames)], ops, true))
+        Ok(())
     }
 
     fn register(
@@ -376,5 +406,35 @@ mod tests {
         let ram = Pfn(BASE_PFN.next_multiple_of(HUGE_FRAMES));
         assert!(matches!(pm.memremap_pages_at(Owner(1), ram, HUGE_FRAMES, w()), Err(Error::Invalid(_))));
         assert!(matches!(pm.memremap_pages_at(Owner(1), Pfn(bar.0 + 1), HUGE_FRAMES, w()), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn private_memory_is_registered_piece_by_piece_in_one_reservation() {
+        let frames = 4096;
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames as usize)), &[(Pfn(BASE_PFN), frames)]).unwrap();
+        let pm = Pagemaps::install(&mm).unwrap();
+        let ops: Arc<dyn PagemapOps> = Arc::new(Nothing);
+        let w = || Arc::downgrade(&ops);
+        let base = mm.add_device_private_region(4 * HUGE_FRAMES).unwrap();
+        let piece = |k: u64| Pfn(base.0 + k * HUGE_FRAMES);
+        let a = pm.memremap_private_at(Owner(1), piece(1), HUGE_FRAMES, w()).unwrap();
+        assert_eq!(a.kind(), MemoryKind::Private);
+        assert_eq!(pm.memremap_private_at(Owner(1), piece(1), HUGE_FRAMES, w()).unwrap_err(), Error::Exists);
+        let b = pm.memremap_private_at(Owner(1), piece(2), 2 * HUGE_FRAMES, w()).unwrap();
+        pm.folio_init(piece(2), 9).unwrap();
+        assert!(matches!(pm.memunmap_pages(&b), Err(Error::Busy(_))));
+        mm.meta(piece(2)).unwrap().unlock();
+        mm.put_page(piece(2));
+        pm.memunmap_pages(&b).unwrap();
+        pm.memunmap_pages(&a).unwrap();
+        // Removed pieces come back at the same frame numbers.
+        let c = pm.memremap_private_at(Owner(1), piece(1), 3 * HUGE_FRAMES, w()).unwrap();
+        assert!(c.contains(piece(3)));
+        // Beyond the reservation, RAM, or misaligned: refused.
+        let beyond = pm.memremap_private_at(Owner(1), piece(4), HUGE_FRAMES, w());
+        assert!(matches!(beyond, Err(Error::Invalid(_))));
+        let ram = Pfn(BASE_PFN.next_multiple_of(HUGE_FRAMES));
+        assert!(matches!(pm.memremap_private_at(Owner(1), ram, HUGE_FRAMES, w()), Err(Error::Invalid(_))));
+        assert!(matches!(pm.memremap_private_at(Owner(1), Pfn(base.0 + 1), HUGE_FRAMES, w()), Err(Error::Invalid(_))));
     }
 }

@@ -275,6 +275,15 @@ impl Mm {
         Ok(Pfn(base))
     }
 
+    /// Whether `[base, base + frames)` lies inside device-private frame numbers handed out by
+    /// [`add_device_private_region`](Self::add_device_private_region).
+    pub fn is_device_private(&self, base: Pfn, frames: u64) -> bool {
+        let next = *self.next_device_pfn.lock();
+        base.0 >= DEVICE_PRIVATE_BASE
+            && base.0.checked_add(frames).is_some_and(|end| end <= next)
+            && (0..frames).step_by(HUGE_FRAMES as usize).all(|i| self.meta(Pfn(base.0 + i)).is_some())
+    }
+
     /// Gives metadata to device memory at physical frames `[base, base + frames)` that the CPU
     /// can address (a device BAR: coherent device memory), so it can be mapped and counted like
     /// RAM. The range must not be RAM. Registering a range again reuses its metadata (memory
