@@ -4,7 +4,8 @@
 //! This crate never touches hardware directly and never prints except through `log`; the kernel
 //! provides physical-memory readers and configuration-space access, and host tests provide
 //! fakes. `virtq` is a split virtqueue over raw device addresses (what the copy engine and the
-//! virtio-iommu need), `viommu` the virtio-iommu protocol and the shadow of a domain.
+//! virtio-iommu need), `viommu` the virtio-iommu protocol and the shadow of a domain,
+//! `virtio_mem` the virtio-mem protocol.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -14,4 +15,5 @@ extern crate alloc;
 pub mod acpi;
 pub mod pci;
 pub mod viommu;
+pub mod virtio_mem;
 pub mod virtq;

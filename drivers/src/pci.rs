@@ -418,3 +418,82 @@ mod tests {
         assert!(funcs[1].bar(4).unwrap().address >= 1 << 32);
     }
 }
+
+/// What a PCI function is to the device model (`qemu/*.toml`, brief "The devices").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Device memory (an ivshmem BAR): starts a device.
+    Memory,
+    /// A virtio-blk copy engine.
+    Engine,
+    /// A virtio-mem hot-plug region.
+    Hotplug,
+    /// Anything else (ignored).
+    Other,
+}
+
+/// One device's functions, as indices into the list given to [`group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    /// The device memory.
+    pub memory: usize,
+    /// Its copy engine.
+    pub engine: usize,
+    /// The hot-plug region and its copy engine.
+    pub hot: Option<(usize, usize)>,
+}
+
+/// Groups functions, in PCI order, into devices the way the xtask lays them out: each device
+/// memory is followed by its copy engine, then optionally by a virtio-mem region and that
+/// region's copy engine. Anything that does not fit (a stray engine, a device memory with no
+/// engine, a region with no engine) is named in the error.
+pub fn group(parts: &[Part]) -> Result<alloc::vec::Vec<Group>, alloc::string::String> {
+    let mut out = alloc::vec::Vec::new();
+    let relevant: alloc::vec::Vec<(usize, Part)> =
+        parts.iter().copied().enumerate().filter(|&(_, p)| p != Part::Other).collect();
+    let mut it = relevant.iter().peekable();
+    while let Some(&(i, p)) = it.next() {
+        let n = out.len();
+        if p != Part::Memory {
+            return Err(alloc::format!("function {i} ({p:?}) does not follow a device memory (device {n})"));
+        }
+        let engine = match it.next() {
+            Some(&(j, Part::Engine)) => j,
+            _ => return Err(alloc::format!("device {n}: device memory (function {i}) has no copy engine after it")),
+        };
+        let hot = match it.peek() {
+            Some(&&(k, Part::Hotplug)) => {
+                it.next();
+                match it.next() {
+                    Some(&(l, Part::Engine)) => Some((k, l)),
+                    _ => return Err(alloc::format!("device {n}: hot-plug region (function {k}) has no copy engine")),
+                }
+            }
+            _ => None,
+        };
+        out.push(Group { memory: i, engine, hot });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::Part::*;
+    use super::*;
+
+    #[test]
+    fn devices_group_in_pci_order() {
+        let g = group(&[Other, Memory, Engine, Hotplug, Engine, Other, Memory, Engine]).unwrap();
+        assert_eq!(g, [Group { memory: 1, engine: 2, hot: Some((3, 4)) }, Group { memory: 6, engine: 7, hot: None }]);
+        assert_eq!(group(&[Other]).unwrap(), []);
+    }
+
+    #[test]
+    fn stray_functions_are_named() {
+        assert!(group(&[Memory]).unwrap_err().contains("no copy engine"));
+        assert!(group(&[Engine]).unwrap_err().contains("does not follow"));
+        assert!(group(&[Memory, Engine, Hotplug]).unwrap_err().contains("hot-plug region"));
+        assert!(group(&[Memory, Engine, Hotplug, Memory]).unwrap_err().contains("hot-plug region"));
+        assert!(group(&[Memory, Engine, Engine]).unwrap_err().contains("does not follow"));
+    }
+}
