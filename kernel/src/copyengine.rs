@@ -221,10 +221,4 @@ impl CopyEngine {
         }
         Ok(())
     }
-
-    /// [`submit`](Self::submit) and [`wait`](Self::wait).
-    pub fn copy(&mut self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), CopyError> {
-        let t = self.submit(dir, offset, ram)?;
-        self.wait(t)
-    }
 }

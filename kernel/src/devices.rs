@@ -16,14 +16,20 @@
 //! access the transfer needs (QEMU cannot recover a DMA fault: the request would never
 //! complete); the shadow holds exactly what the virtio-iommu accepted.
 //!
-//! Pairing: the n-th ivshmem function (in PCI order) and the n-th virtio-blk function form
-//! device n, which is how the xtask builds the command line.
+//! A device may also have hot-plug memory ([`Hot`]): a virtio-mem region and a second copy
+//! engine over the region's host memory, attached to the same domain. Device memory offsets
+//! run through the BAR, then the region; a copy is routed to the engine whose disk holds it.
+//!
+//! Grouping: functions are grouped in PCI order (`drivers::pci::group`): an ivshmem function,
+//! its virtio-blk engine, then optionally a virtio-mem region and its engine form device n,
+//! which is how the xtask builds the command line.
 
-use crate::copyengine::{CopyEngine, CopyError, Dir, Ticket};
+use crate::copyengine::{self, CopyEngine, CopyError, Dir};
 use crate::viommu::Viommu;
 use crate::{System, mm, pci};
 use alloc::string::String;
 use alloc::vec::Vec;
+use drivers::pci::Part;
 use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
 use spin::Mutex;
 use virtio_drivers::transport::DeviceType;
@@ -55,9 +61,44 @@ pub struct Device {
     pub mmu: Option<(u32, u32)>,
     /// The kernel's copy of the domain.
     pub shadow: Shadow,
+    /// The device's hot-plug memory region, when it has one.
+    pub hot: Option<Hot>,
+}
+
+/// A device's hot-plug memory: a virtio-mem region (2 MiB blocks the kernel plugs and unplugs)
+/// and a second copy engine whose disk is the region's host memory, as the BAR's is the
+/// BAR's. Device memory offsets past the BAR are offsets in this region.
+#[derive(Debug)]
+pub struct Hot {
+    /// The virtio-mem device.
+    pub mem: crate::virtiomem::VirtioMem,
+    /// The region's copy engine.
+    pub engine: CopyEngine,
 }
 
 impl Device {
+    /// The physical address of byte `offset` of this device's memory: in the BAR, then in the
+    /// hot-plug region (plugged blocks only).
+    pub fn phys_of(&self, offset: u64) -> Option<u64> {
+        let (bar, size) = self.vram;
+        if offset < size {
+            return Some(bar + offset);
+        }
+        let h = self.hot.as_ref()?;
+        let r = offset - size;
+        h.mem.is_plugged(r, 1).then(|| h.mem.config.addr + r)
+    }
+
+    /// The hot-plug region: physical address and bytes.
+    pub fn hot_region(&self) -> Option<(u64, u64)> {
+        self.hot.as_ref().map(|h| (h.mem.config.addr, h.mem.config.region_size))
+    }
+
+    /// Bytes of the hot-plug region (0 without one).
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot.as_ref().map_or(0, |h| h.mem.config.region_size)
+    }
+
     /// The device address of physical RAM `pa` for this device.
     pub fn iova_of(&self, pa: u64) -> u64 {
         if self.mmu.is_some() { iova_translated(pa) } else { pa }
@@ -156,10 +197,19 @@ pub fn init(s: &System) -> Result<(), DevError> {
         Some(f) => Some(Viommu::new(pci::transport(f.df).map_err(DevError::Bind)?)?),
         None => None,
     };
-    let vram = funcs.iter().filter(|f| (f.info.vendor_id, f.info.device_id) == IVSHMEM);
-    let blk = funcs.iter().filter(|f| f.virtio == Some(DeviceType::Block));
+    let parts: Vec<Part> = funcs
+        .iter()
+        .map(|f| match f.virtio {
+            _ if (f.info.vendor_id, f.info.device_id) == IVSHMEM => Part::Memory,
+            Some(DeviceType::Block) => Part::Engine,
+            Some(DeviceType::Memory) => Part::Hotplug,
+            _ => Part::Other,
+        })
+        .collect();
+    let groups = drivers::pci::group(&parts).map_err(|e| DevError::Bind(alloc::format!("grouping devices: {e}")))?;
     let mut list = Vec::new();
-    for (n, (v, b)) in vram.zip(blk).enumerate() {
+    for (n, g) in groups.iter().enumerate() {
+        let (v, b) = (&funcs[g.memory], &funcs[g.engine]);
         let bar = v.bar(2).ok_or_else(|| DevError::Bind(alloc::format!("{}: ivshmem without BAR2", v.df)))?;
         let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, b.bdf())).map(|(ep, _)| ep);
         let behind = iommu.is_some() && endpoint.is_some();
@@ -192,12 +242,10 @@ pub fn init(s: &System) -> Result<(), DevError> {
             _ => None,
         };
         let engine = CopyEngine::new(t, behind, iova)?;
-        mm::map_phys(
-            bar.address,
-            bar.size,
-            x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE,
-        )
-        .map_err(|e| DevError::Bind(alloc::format!("mapping device memory of dev{n}: {e}")))?;
+        let uncached =
+            x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE;
+        mm::map_phys(bar.address, bar.size, uncached)
+            .map_err(|e| DevError::Bind(alloc::format!("mapping device memory of dev{n}: {e}")))?;
         log::info!(
             "dev{n}: {} MiB device memory at {:#x}, copy engine {} ({} segments/request{}){}",
             bar.size >> 20,
@@ -210,19 +258,30 @@ pub fn init(s: &System) -> Result<(), DevError> {
                 None => String::new(),
             }
         );
-        list.push(Device { name: alloc::format!("dev{n}"), vram: (bar.address, bar.size), engine, mmu, shadow });
+        let hot = match g.hot {
+            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu, uncached)?),
+            None => None,
+        };
+        list.push(Device { name: alloc::format!("dev{n}"), vram: (bar.address, bar.size), engine, mmu, shadow, hot });
     }
     // Peer to peer: every other device's memory in each domain's kernel half, so one device's
     // engine can copy straight into another's BAR (device-to-device migration).
     if let Some(io) = iommu.as_mut() {
-        let bars: Vec<(u64, u64)> = list.iter().map(|d: &Device| d.vram).collect();
+        // (owner, physical range): each device's BAR and hot-plug region.
+        let mems: Vec<(usize, (u64, u64))> = list
+            .iter()
+            .enumerate()
+            .flat_map(|(n, d)| {
+                let hot = d.hot_region().map(|r| (n, r));
+                core::iter::once((n, d.vram)).chain(hot)
+            })
+            .collect();
         for (n, d) in list.iter_mut().enumerate() {
             let Some((_, domain)) = d.mmu else { continue };
-            let peers: Vec<Mapping> = bars
+            let peers: Vec<Mapping> = mems
                 .iter()
-                .enumerate()
-                .filter(|&(m, _)| m != n)
-                .map(|(_, &(pa, len))| Mapping { iova: KERNEL_IOVA + pa, len, phys: pa, flags: MAP_READ | MAP_WRITE })
+                .filter(|&&(m, _)| m != n)
+                .map(|&(_, (pa, len))| Mapping { iova: KERNEL_IOVA + pa, len, phys: pa, flags: MAP_READ | MAP_WRITE })
                 .collect();
             map_recorded(io, domain, &mut d.shadow, &peers)?;
         }
@@ -240,6 +299,60 @@ pub fn init(s: &System) -> Result<(), DevError> {
     }
     *DEVICES.lock() = Some(Devices { iommu, list });
     Ok(())
+}
+
+/// Binds device `n`'s hot-plug region `mem` and its copy engine `eng` (attached to the
+/// device's domain `mmu`, when it has one) and maps the region for the CPU.
+fn bind_hot(
+    s: &System,
+    n: usize,
+    mem: &drivers::pci::Function,
+    eng: &drivers::pci::Function,
+    iommu: Option<&mut Viommu>,
+    mmu: Option<(u32, u32)>,
+    flags: x86_64::structures::paging::PageTableFlags,
+) -> Result<Hot, DevError> {
+    let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Bind)?)
+        .map_err(|e| DevError::Bind(alloc::format!("dev{n}: hot-plug region {}: {e}", mem.df)))?;
+    let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
+    let behind = match (iommu, mmu, endpoint) {
+        (Some(io), Some((_, domain)), Some(ep)) => {
+            io.attach(domain, ep)?;
+            true
+        }
+        (_, Some(_), None) => {
+            return Err(DevError::Bind(alloc::format!(
+                "dev{n}: the hot-plug region's copy engine {} is not behind the IOMMU but the device is",
+                eng.df
+            )));
+        }
+        _ => false,
+    };
+    let engine = CopyEngine::new(
+        pci::transport(eng.df).map_err(DevError::Bind)?,
+        behind,
+        if behind { iova_translated } else { iova_identity },
+    )?;
+    let c = vm.config;
+    if engine.capacity < c.region_size {
+        return Err(DevError::Bind(alloc::format!(
+            "dev{n}: the hot-plug region's copy engine holds {} bytes, the region {}",
+            engine.capacity,
+            c.region_size
+        )));
+    }
+    mm::map_phys(c.addr, c.region_size, flags)
+        .map_err(|e| DevError::Bind(alloc::format!("mapping the hot-plug region of dev{n}: {e}")))?;
+    log::info!(
+        "dev{n}: hot-plug region of {} MiB at {:#x} ({} MiB blocks, host requests {} MiB, features {:#x}), copy engine {}",
+        c.region_size >> 20,
+        c.addr,
+        c.block_size >> 20,
+        c.requested_size >> 20,
+        vm.features,
+        eng.df
+    );
+    Ok(Hot { mem: vm, engine })
 }
 
 /// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records
@@ -295,14 +408,9 @@ impl Devices {
         dir: Dir,
         reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
     ) -> Vec<Result<(), DevError>> {
-        let Ok(d) = self.dev(n) else { return reqs.map(|_| Err(DevError::NoDevice(n))).collect() };
-        let tickets: Vec<Result<_, DevError>> = reqs
-            .map(|(offset, ram)| {
-                Self::check_mapped(d, n, dir, ram)?;
-                Ok(d.engine.submit(dir, offset, ram)?)
-            })
-            .collect();
-        tickets.into_iter().map(|t| Ok(d.engine.wait(t?)?)).collect()
+        let tickets: Vec<Result<Ticket, DevError>> =
+            reqs.map(|(offset, ram)| self.submit(n, dir, offset, ram)).collect();
+        tickets.into_iter().map(|t| self.wait(n, t?)).collect()
     }
 
     fn check_mapped(d: &Device, n: usize, dir: Dir, ram: &[(u64, u32)]) -> Result<(), DevError> {
@@ -320,26 +428,58 @@ impl Devices {
     pub fn submit(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
         let d = self.dev(n)?;
         Self::check_mapped(d, n, dir, ram)?;
-        Ok(d.engine.submit(dir, offset, ram)?)
+        let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
+        let capacity = d.vram.1 + d.hot_bytes();
+        let out = CopyError::OutOfRange { offset, len: bytes, capacity };
+        let (hot, engine, at) = d.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
+        Ok(Ticket { hot, inner: engine.submit(dir, at, ram)? })
     }
 
     /// Collects the result of a copy [`submit`](Self::submit)ted to device `n`.
     pub fn wait(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
-        Ok(self.dev(n)?.engine.wait(t)?)
+        Ok(self.dev(n)?.engine_of(t.hot)?.wait(t.inner)?)
     }
 
     /// Waits until a copy submitted to device `n` has completed, leaving its result for
     /// [`wait`](Self::wait).
     pub fn settle(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
-        Ok(self.dev(n)?.engine.settle(t)?)
+        Ok(self.dev(n)?.engine_of(t.hot)?.settle(t.inner)?)
     }
 
     /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device
     /// addresses): refused unless the domain maps every segment with the access needed.
     pub fn dma(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
-        let d = self.dev(n)?;
-        Self::check_mapped(d, n, dir, ram)?;
-        d.engine.copy(dir, offset, ram)?;
-        Ok(())
+        let t = self.submit(n, dir, offset, ram)?;
+        self.wait(n, t)
+    }
+}
+
+/// A copy in flight on one of a device's engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    hot: bool,
+    inner: copyengine::Ticket,
+}
+
+impl Device {
+    /// The engine whose disk holds `[offset, offset + bytes)` of this device's memory, and the
+    /// offset on that disk. None if the range is past the memory, crosses from the BAR into
+    /// the hot-plug region, or touches a block of the region that is not plugged.
+    fn engine_for(&mut self, offset: u64, bytes: u64) -> Option<(bool, &mut CopyEngine, u64)> {
+        let bar = self.vram.1;
+        let end = offset.checked_add(bytes)?;
+        if end <= bar {
+            return Some((false, &mut self.engine, offset));
+        }
+        let h = self.hot.as_mut().filter(|h| offset >= bar && h.mem.is_plugged(offset - bar, bytes))?;
+        Some((true, &mut h.engine, offset - bar))
+    }
+
+    fn engine_of(&mut self, hot: bool) -> Result<&mut CopyEngine, DevError> {
+        match (hot, self.hot.as_mut()) {
+            (false, _) => Ok(&mut self.engine),
+            (true, Some(h)) => Ok(&mut h.engine),
+            (true, None) => Err(DevError::Copy(CopyError::Invalid("no hot-plug region"))),
+        }
     }
 }

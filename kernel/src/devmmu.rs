@@ -9,7 +9,8 @@
 //! one address space); binding a second fails with [`DevError::Busy`] until the first is
 //! unbound or its address space exits.
 
-use crate::copyengine::{Dir, Ticket};
+use crate::copyengine::Dir;
+use crate::devices::Ticket;
 use crate::devices::{self, DevError};
 use crate::vram;
 use alloc::string::ToString;

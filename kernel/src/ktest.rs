@@ -109,6 +109,8 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::mirror_is_real", run: devices::mirror_is_real },
     Test { name: "devices::compute_kernel", run: devices::compute_kernel },
     Test { name: "devices::device_to_device", run: devices::device_to_device },
+    Test { name: "devices::huge_pages", run: devices::huge_pages },
+    Test { name: "devices::hotplug", run: devices::hotplug },
     Test { name: "spaces::demand_paging_real_faults", run: spaces::demand_paging_real_faults },
     Test { name: "spaces::bad_access_is_a_fault_value", run: spaces::bad_access_is_a_fault_value },
     Test { name: "spaces::mprotect_and_munmap_flush_the_tlb", run: spaces::mprotect_and_munmap_flush_the_tlb },

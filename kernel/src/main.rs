@@ -31,6 +31,7 @@ mod pci;
 mod report;
 mod viommu;
 mod virtio;
+mod virtiomem;
 mod vram;
 
 use arch::{

@@ -28,20 +28,25 @@ use crate::devices::{self, DevError};
 use crate::mm::uspace;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use drivers::virtio_mem::MemError;
 use hmm::addr::Pfn;
+use hmm::devalloc::{AllocError, BLOCK_PAGES, DevAlloc, State};
 use hmm::mm::frame::flags;
 use hmm::mm::migrate::{MigrateArgs, MigratePfn, MigrateVma, Select};
 use hmm::mm::notify::Owner;
 use hmm::mm::space::{AddressSpace, FaultError};
 use hmm::mm::{Error, SharedSpace};
 use hmm::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
-use spin::{Mutex, Once};
+use spin::{Mutex, Once, RwLock};
 
 pub mod backing;
 
 const PAGE: u64 = 4096;
-/// Pages per DMA request (each request is one run of consecutive device pages).
+/// RAM segments per DMA request (each request is one run of consecutive device pages).
 const RUN: usize = 32;
+/// Pages per DMA request at most (a 2 MiB page is one request of one segment).
+const RUN_PAGES: usize = 512;
+const HUGE: u64 = 2 << 20;
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 6;
 /// Pages a CPU fault on device memory brings back by default (a 64 KiB window: one DMA
@@ -84,15 +89,33 @@ pub enum Copier {
     Cpu,
 }
 
+/// A registered range of one device's memory: device pages `[index, index + pages)` are the
+/// frames of `pagemap`'s single range.
+#[derive(Debug, Clone)]
+struct Chunk {
+    index: u64,
+    pages: u64,
+    pagemap: Arc<DevPagemap>,
+}
+
 /// One device's memory.
+///
+/// Device memory is numbered in pages: the BAR first (`0..bar_pages`), then the device's
+/// hot-plug region, if it has one. Each registered range is a [`Chunk`] with its own pagemap;
+/// [`DevAlloc`] hands out 4 KiB pages and 2 MiB blocks of what is online.
 #[derive(Debug)]
 pub struct Vram {
     device: usize,
     kind: MemoryKind,
     owner: Owner,
-    pagemap: Once<Arc<DevPagemap>>,
-    free: Mutex<Vec<u64>>,
-    pages: u64,
+    chunks: RwLock<Vec<Chunk>>,
+    alloc: Mutex<DevAlloc>,
+    bar_pages: u64,
+    /// The frames of the hot-plug region's pages, reserved once: device-private frame numbers,
+    /// or (coherent) the region's physical frames.
+    hot_frames: Option<Pfn>,
+    /// Serialises growing and shrinking.
+    resize: Mutex<()>,
     copier: Mutex<Copier>,
     fault_around: core::sync::atomic::AtomicU64,
     /// Counters.
@@ -101,33 +124,63 @@ pub struct Vram {
 
 impl Vram {
     /// Registers device `device`'s memory (`bytes`, a multiple of 2 MiB) as device pages of
-    /// `kind`: private pages, or (coherent) the BAR's own frames.
-    pub fn register(device: usize, bytes: u64, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
+    /// `kind`: private pages, or (coherent) the BAR's own frames. `hot` more bytes may be added
+    /// later (the device's hot-plug region).
+    pub fn register(device: usize, bytes: u64, hot: u64, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
         let pages = bytes / PAGE;
+        let hot_pages = hot / PAGE;
+        let hot_frames = match (hot_pages, kind) {
+            (0, _) => None,
+            (_, MemoryKind::Private) => Some(uspace::mm().add_device_private_region(hot_pages)?),
+            (_, MemoryKind::Coherent) => {
+                let (at, _) = devices::with(|d| d.list.get(device).and_then(|x| x.hot_region()))
+                    .flatten()
+                    .ok_or(Error::Invalid("no hot-plug region"))?;
+                uspace::mm().add_device_region_at(Pfn(at / PAGE), hot_pages)?;
+                Some(Pfn(at / PAGE))
+            }
+        };
         let v = Arc::new(Vram {
             device,
             kind,
             owner: Owner(0x7e00 + device as u64),
-            pagemap: Once::new(),
-            free: Mutex::new((0..pages).rev().collect()),
-            pages,
+            chunks: RwLock::new(Vec::new()),
+            alloc: Mutex::new(DevAlloc::new((bytes + hot) / (PAGE * BLOCK_PAGES))),
+            bar_pages: pages,
+            hot_frames,
+            resize: Mutex::new(()),
             copier: Mutex::new(Copier::Dma),
             fault_around: core::sync::atomic::AtomicU64::new(FAULT_AROUND),
             stats: Mutex::new(VramStats::default()),
         });
-        let ops: Arc<dyn PagemapOps> = v.clone();
+        v.add_chunk(0, pages)?;
+        Ok(v)
+    }
+
+    /// Registers device pages `[index, index + pages)` (2 MiB-aligned) as a new pagemap and
+    /// gives them to the allocator.
+    fn add_chunk(self: &Arc<Self>, index: u64, pages: u64) -> Result<(), Error> {
+        let ops: Arc<dyn PagemapOps> = self.clone();
         let w: Weak<dyn PagemapOps> = Arc::downgrade(&ops);
-        let pm = match kind {
-            MemoryKind::Private => pagemaps()?.memremap_pages(kind, v.owner, pages, w)?,
+        let hot =
+            |k: u64| self.hot_frames.map(|f| Pfn(f.0 + k - self.bar_pages)).ok_or(Error::Invalid("no hot-plug region"));
+        let pm = match self.kind {
+            MemoryKind::Private if index < self.bar_pages => {
+                pagemaps()?.memremap_pages(self.kind, self.owner, pages, w)?
+            }
+            MemoryKind::Private => pagemaps()?.memremap_private_at(self.owner, hot(index)?, pages, w)?,
             MemoryKind::Coherent => {
-                let bar = devices::with(|d| d.list.get(device).map(|x| x.vram.0))
-                    .flatten()
-                    .ok_or(Error::Invalid("no such device"))?;
-                pagemaps()?.memremap_pages_at(v.owner, Pfn(bar / PAGE), pages, w)?
+                let at = self.phys(index * PAGE).ok_or(Error::Invalid("no such device memory"))?;
+                pagemaps()?.memremap_pages_at(self.owner, Pfn(at / PAGE), pages, w)?
             }
         };
-        v.pagemap.call_once(|| pm);
-        Ok(v)
+        if let Err(e) = self.alloc.lock().add(index / BLOCK_PAGES, pages / BLOCK_PAGES) {
+            log::warn!("dev{}: adding device pages {index}+{pages}: {e}", self.device);
+            let _ = pagemaps()?.memunmap_pages(&pm);
+            return Err(Error::Invalid("device memory added twice"));
+        }
+        self.chunks.write().push(Chunk { index, pages, pagemap: pm });
+        Ok(())
     }
 
     /// Chooses what copies this device's migrations (both ways, faults included).
@@ -141,7 +194,8 @@ impl Vram {
     }
 
     /// Sets how many pages (a power of two, 1 to 512) a CPU fault on this device's memory
-    /// brings back: the aligned window around the faulting page.
+    /// brings back: the aligned window around the faulting page. A device THP always comes
+    /// back whole.
     pub fn set_fault_around(&self, pages: u64) -> Result<(), Error> {
         if !pages.is_power_of_two() || pages > 512 {
             return Err(Error::Invalid("fault-around must be a power of two from 1 to 512 pages"));
@@ -172,11 +226,11 @@ impl Vram {
         self.offset_of(pfn).map(|_| pfn)
     }
 
-    /// What `migrate_vma_setup` selects to find this device's pages.
+    /// What `migrate_vma_setup` selects to find this device's pages (2 MiB pages whole).
     fn select(&self) -> Select {
         match self.kind {
-            MemoryKind::Private => Select::DEVICE_PRIVATE,
-            MemoryKind::Coherent => Select::DEVICE_COHERENT,
+            MemoryKind::Private => Select::DEVICE_PRIVATE.compound(),
+            MemoryKind::Coherent => Select::DEVICE_COHERENT.compound(),
         }
     }
 
@@ -185,52 +239,77 @@ impl Vram {
         self.owner
     }
 
-    /// Pages of device memory.
+    /// Pages of device memory online now.
     pub fn pages(&self) -> u64 {
-        self.pages
+        self.alloc.lock().online_pages()
     }
 
-    /// Pages in use.
+    /// Pages of the BAR.
+    pub fn bar_pages(&self) -> u64 {
+        self.bar_pages
+    }
+
+    /// Pages in use (allocated, carved, or in memory being removed).
     pub fn in_use(&self) -> u64 {
-        self.pages - self.free.lock().len() as u64
+        let a = self.alloc.lock();
+        a.online_pages() - a.free_pages()
     }
 
-    fn first(&self) -> Option<Pfn> {
-        self.pagemap.get().map(|p| p.ranges()[0].0)
+    /// The frame of device page `index`.
+    fn pfn(&self, index: u64) -> Option<Pfn> {
+        let chunks = self.chunks.read();
+        let c = chunks.iter().find(|c| (c.index..c.index + c.pages).contains(&index))?;
+        Some(Pfn(c.pagemap.ranges()[0].0.0 + index - c.index))
+    }
+
+    /// The device page number of frame `pfn`.
+    fn index_of(&self, pfn: Pfn) -> Option<u64> {
+        let chunks = self.chunks.read();
+        let c = chunks.iter().find(|c| c.pagemap.contains(pfn))?;
+        Some(c.index + pfn.0 - c.pagemap.ranges()[0].0.0)
     }
 
     /// The byte offset in device memory of device page `pfn`.
     pub fn offset_of(&self, pfn: Pfn) -> Option<u64> {
-        let first = self.first()?;
-        (pfn.0 >= first.0 && pfn.0 - first.0 < self.pages).then(|| (pfn.0 - first.0) * PAGE)
+        self.index_of(pfn).map(|k| k * PAGE)
     }
 
-    /// Takes `pages` free pages at a 2 MiB-aligned offset out of this device's allocator, for a
-    /// driver that manages them itself (a dmirror device over this memory); returns the first
-    /// page's index. `None` if no such run is free.
+    /// The physical address at which the CPU reaches byte `offset` of this device's memory
+    /// (the BAR, or the hot-plug region).
+    pub fn phys(&self, offset: u64) -> Option<u64> {
+        devices::with(|d| d.list.get(self.device).and_then(|dev| dev.phys_of(offset))).flatten()
+    }
+
+    /// Where device page `pfn`'s data is, for the CPU.
+    pub fn phys_of(&self, pfn: Pfn) -> Option<u64> {
+        self.phys(self.offset_of(pfn)?)
+    }
+
+    /// Takes `pages` (a multiple of 512) free pages of the BAR at a 2 MiB-aligned offset out
+    /// of this device's allocator, for a driver that manages them itself (a dmirror device
+    /// over this memory); returns the first page's index. `None` if no such run is free.
     pub fn carve(&self, pages: u64) -> Option<u64> {
-        const BLOCK: u64 = 512;
-        let mut free = self.free.lock();
-        let mut is_free = alloc::vec![false; self.pages as usize];
-        for &k in free.iter() {
-            is_free[k as usize] = true;
+        let blocks = pages.div_ceil(BLOCK_PAGES);
+        let mut a = self.alloc.lock();
+        let first = a.carve(blocks)?;
+        if first + blocks * BLOCK_PAGES > self.bar_pages {
+            let _ = a.uncarve(first, blocks);
+            return None;
         }
-        let first = (0..self.pages.saturating_sub(pages.max(1) - 1))
-            .step_by(BLOCK as usize)
-            .find(|&f| (f..f + pages).all(|k| is_free[k as usize]))?;
-        free.retain(|&k| !(first..first + pages).contains(&k));
         Some(first)
     }
 
     /// Gives back pages taken with [`carve`](Self::carve).
     pub fn uncarve(&self, first: u64, pages: u64) {
-        self.free.lock().extend((first..first + pages).rev());
+        if let Err(e) = self.alloc.lock().uncarve(first, pages.div_ceil(BLOCK_PAGES)) {
+            log::warn!("dev{}: giving back carved pages {first}+{pages}: {e}", self.device);
+        }
     }
 
     /// The BAR frame holding page `index` of this device's memory.
     pub fn bar_frame(&self, index: u64) -> Option<Pfn> {
         let bar = devices::with(|d| d.list.get(self.device).map(|dev| dev.vram.0)).flatten()?;
-        (index < self.pages).then(|| Pfn(bar / PAGE + index))
+        (index < self.bar_pages).then(|| Pfn(bar / PAGE + index))
     }
 
     /// The device number.
@@ -238,14 +317,21 @@ impl Vram {
         self.device
     }
 
-    /// A free device page, referenced and locked for a migration.
-    fn alloc(&self) -> Option<Pfn> {
-        let k = self.free.lock().pop()?;
-        let p = Pfn(self.first()?.0 + k);
-        match pagemaps().ok()?.page_init(p) {
-            Ok(()) => Some(p),
-            Err(_) => {
-                self.free.lock().push(k);
+    /// A free device page (`huge`: a 2 MiB compound page), referenced and locked for a
+    /// migration.
+    fn alloc(&self, huge: bool) -> Option<Pfn> {
+        let mut a = self.alloc.lock();
+        let k = if huge { a.alloc_block()? } else { a.alloc_page()? };
+        let order = if huge { 9 } else { 0 };
+        let init = self.pfn(k).ok_or(Error::Invalid("no chunk")).and_then(|p| {
+            pagemaps()?.folio_init(p, order)?;
+            Ok(p)
+        });
+        match init {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("dev{}: device page {k} cannot be initialised: {e}", self.device);
+                let _ = a.free(k, order);
                 None
             }
         }
@@ -264,28 +350,31 @@ fn unuse(p: Pfn) {
 
 impl PagemapOps for Vram {
     fn page_free(&self, _pm: &DevPagemap, pfn: Pfn, order: u32) {
-        let Some(first) = self.first() else { return };
-        let mut free = self.free.lock();
-        for k in 0..1u64 << order {
-            free.push(pfn.0 + k - first.0);
+        let freed = self.index_of(pfn).ok_or(AllocError::OutOfRange).and_then(|k| self.alloc.lock().free(k, order));
+        if let Err(e) = freed {
+            log::warn!("dev{}: freeing device page {pfn:?} (order {order}): {e}", self.device);
         }
     }
 
     fn migrate_to_ram(&self, _pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
-        // Fault-around: this device's pages in the aligned window around the fault come back
+        // A device THP comes back whole (into a 2 MiB RAM page when there is one). Otherwise
+        // fault-around: this device's pages in the aligned window around the fault come back
         // in the same DMA request (AMD SVM migrates its whole granule on a CPU fault), within
         // the faulting VMA.
-        let window = self.fault_around() * PAGE;
+        let huge = uspace::mm().meta(page).is_some_and(|m| m.order() == 9);
+        let window = if huge { HUGE } else { self.fault_around() * PAGE };
         let (lo, hi) = space.vmas().find(va).map(|v| (v.start, v.end)).ok_or(FaultError::Bus)?;
         let start = (va & !(window - 1)).max(lo);
         let end = ((va & !(window - 1)) + window).min(hi);
         let args = MigrateArgs { start, end, owner: self.owner, select: self.select(), fault_page: Some(page) };
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
-        let moved = self.copy_out(&mut mig).map_err(|_| FaultError::Bus)?;
+        self.copy_out(&mut mig).map_err(|_| FaultError::Bus)?;
         let i = ((va - start) / PAGE) as usize;
-        let faulting_moved = mig.dst().get(i).is_some_and(|d| d.pfn().is_some());
-        mig.pages();
-        mig.finalize();
+        // The faulting page's entry: its own, or its THP's head.
+        let head = if huge { 0 } else { i };
+        let faulting_moved = mig.dst().get(head).is_some_and(|d| d.pfn().is_some())
+            || mig.dst().get(i).is_some_and(|d| d.pfn().is_some());
+        let moved = settle(mig);
         let mut s = self.stats.lock();
         s.cpu_faults += 1;
         s.to_ram += moved;
@@ -295,6 +384,185 @@ impl PagemapOps for Vram {
         }
         Ok(())
     }
+}
+
+impl Vram {
+    /// Pages of the hot-plug region (plugged or not; 0 without one).
+    pub fn hot_pages(&self) -> u64 {
+        self.alloc.lock().capacity() * BLOCK_PAGES - self.bar_pages
+    }
+
+    /// Pages of the hot-plug region plugged now.
+    pub fn plugged_pages(&self) -> u64 {
+        self.pages() - self.bar_pages
+    }
+
+    /// Adds `bytes` (whole 2 MiB blocks) of the hot-plug region to this device's memory: the
+    /// lowest unplugged blocks are plugged (virtio-mem PLUG) and each becomes a pagemap of
+    /// device pages. Returns the blocks' device-memory offsets. Refused, with nothing changed,
+    /// when the region has no room, or the host has not requested that much.
+    pub fn grow(self: &Arc<Self>, bytes: u64) -> Result<Vec<u64>, DevError> {
+        let _serial = self.resize.lock();
+        let blocks = whole_blocks(bytes)?;
+        let first = self.bar_pages / BLOCK_PAGES;
+        let free: Vec<u64> = {
+            let a = self.alloc.lock();
+            (first..a.capacity()).filter(|&b| a.state(b) == Some(State::Offline)).take(blocks as usize).collect()
+        };
+        if (free.len() as u64) < blocks {
+            return Err(DevError::Bind(alloc::format!(
+                "dev{}: {} MiB asked, {} MiB of the hot-plug region left unplugged",
+                self.device,
+                bytes >> 20,
+                free.len() as u64 * 2
+            )));
+        }
+        let mut added = Vec::new();
+        for &b in &free {
+            let off = (b - first) * HUGE;
+            let plugged = self.with_hot(|m| m.plug(off, HUGE));
+            let r = plugged.and_then(|()| {
+                self.add_chunk(b * BLOCK_PAGES, BLOCK_PAGES).map_err(|e| {
+                    let _ = self.with_hot(|m| m.unplug(off, HUGE));
+                    DevError::Bind(alloc::format!("dev{}: registering plugged memory: {e}", self.device))
+                })
+            });
+            if let Err(e) = r {
+                // Give back what this call added: all or nothing.
+                let _ = self.shrink_blocks(&added);
+                return Err(e);
+            }
+            added.push(b);
+        }
+        Ok(added.iter().map(|b| b * BLOCK_PAGES * PAGE).collect())
+    }
+
+    /// Removes `bytes` (whole 2 MiB blocks) of plugged hot-plug memory, the highest blocks
+    /// first: allocation stops there, every page still in use is evicted to RAM
+    /// (`migrate_device_range`, DMA by the region's engine) with nothing lost, the pagemaps go
+    /// (`memunmap_pages`) and the blocks are unplugged. Returns the pages evicted. If a page
+    /// cannot be evicted (pinned, no RAM, a failed copy), the blocks stay online and the error
+    /// says why.
+    pub fn shrink(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
+        let _serial = self.resize.lock();
+        let blocks = whole_blocks(bytes)?;
+        let first = self.bar_pages / BLOCK_PAGES;
+        let online: Vec<u64> = {
+            let a = self.alloc.lock();
+            (first..a.capacity())
+                .rev()
+                .filter(|&b| a.state(b).is_some_and(|s| s != State::Offline))
+                .take(blocks as usize)
+                .collect()
+        };
+        if (online.len() as u64) < blocks {
+            return Err(DevError::Bind(alloc::format!(
+                "dev{}: {} MiB asked, {} MiB of hot-plug memory plugged",
+                self.device,
+                bytes >> 20,
+                online.len() as u64 * 2
+            )));
+        }
+        self.shrink_blocks(&online)
+    }
+
+    fn shrink_blocks(&self, blocks: &[u64]) -> Result<u64, DevError> {
+        let first = self.bar_pages / BLOCK_PAGES;
+        let mut evicted = 0;
+        for &b in blocks {
+            let busy = self.alloc.lock().isolate(b, 1);
+            busy.map_err(|e| DevError::Bind(alloc::format!("dev{}: removing block {b}: {e}", self.device)))?;
+            let r = self.evict(b).and_then(|n| {
+                evicted += n;
+                self.alloc.lock().offline(b, 1).map_err(|e| {
+                    DevError::Bind(alloc::format!("dev{}: block {b} still busy after eviction: {e}", self.device))
+                })
+            });
+            if let Err(e) = r {
+                let _ = self.alloc.lock().unisolate(b, 1);
+                return Err(e);
+            }
+            let chunk = {
+                let mut chunks = self.chunks.write();
+                let i = chunks.iter().position(|c| c.index == b * BLOCK_PAGES);
+                i.map(|i| chunks.remove(i))
+            };
+            if let Some(c) = chunk
+                && let Err(e) = pagemaps().and_then(|p| p.memunmap_pages(&c.pagemap))
+            {
+                // Cannot happen after a clean offline; keep the memory rather than lose track.
+                log::warn!("dev{}: memunmap of block {b}: {e}", self.device);
+                self.chunks.write().push(c);
+                let _ = self.alloc.lock().add(b, 1);
+                return Err(DevError::Bind(alloc::format!("dev{}: {e}", self.device)));
+            }
+            self.with_hot(|m| m.unplug((b - first) * HUGE, HUGE))?;
+        }
+        Ok(evicted)
+    }
+
+    /// Evicts every page in use in block `b` to RAM; returns how many moved.
+    fn evict(&self, b: u64) -> Result<u64, DevError> {
+        let Some(start) = self.pfn(b * BLOCK_PAGES) else { return Ok(0) };
+        let mm = uspace::mm();
+        let mut mig = hmm::mm::migrate::migrate_device_range(mm, start, BLOCK_PAGES);
+        let mut items = Vec::new();
+        let mut no_ram = false;
+        for i in 0..BLOCK_PAGES as usize {
+            let s = mig.src()[i];
+            let Some(from) = s.pfn().filter(|_| s.is_migrate()) else { continue };
+            let Ok(r) = mm.alloc_page(flags::ANON, 0, false) else {
+                no_ram = true;
+                break;
+            };
+            if let Some(m) = mm.meta(r) {
+                m.trylock();
+            }
+            mig.dst_mut()[i] = MigratePfn::new(r).with_write(s.is_write());
+            items.push((i, from, r));
+        }
+        let mut failed = self.transfer(Dir::ToRam, &self.runs(&items));
+        failed.sort_unstable();
+        for &i in &failed {
+            if let Some((_, _, r)) = items.iter().find(|x| x.0 == i) {
+                unuse(*r);
+            }
+            mig.dst_mut()[i] = MigratePfn(0);
+        }
+        mig.pages();
+        mig.finalize();
+        let moved = (items.len() - failed.len()) as u64;
+        self.stats.lock().to_ram += moved;
+        if no_ram || !failed.is_empty() {
+            return Err(DevError::Bind(alloc::format!(
+                "dev{}: evicting block {b}: {}",
+                self.device,
+                if no_ram { "no RAM to evict into" } else { "the copy engine failed; the pages stay on the device" }
+            )));
+        }
+        Ok(moved)
+    }
+
+    fn with_hot<R>(
+        &self,
+        f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> Result<R, MemError>,
+    ) -> Result<R, DevError> {
+        devices::with(|d| match d.list.get_mut(self.device).and_then(|x| x.hot.as_mut()) {
+            Some(h) => f(&mut h.mem).map_err(|e| DevError::Bind(alloc::format!("dev{}: {e}", self.device))),
+            None => Err(DevError::Bind(alloc::format!("dev{} has no hot-plug region", self.device))),
+        })
+        .unwrap_or(Err(DevError::NoDevice(self.device)))
+    }
+}
+
+/// Whole 2 MiB blocks in `bytes`.
+fn whole_blocks(bytes: u64) -> Result<u64, DevError> {
+    if bytes == 0 || !bytes.is_multiple_of(HUGE) {
+        return Err(DevError::Bind(alloc::format!(
+            "{bytes:#x} bytes: device memory is added and removed in 2 MiB blocks"
+        )));
+    }
+    Ok(bytes / HUGE)
 }
 
 /// A DMA run: consecutive device pages starting at `offset`, with their RAM pages.
@@ -336,19 +604,20 @@ impl Vram {
 
     /// The CPU-copy baseline: the same runs copied by the CPU through the BAR.
     fn cpu_transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
-        let Some(bar) = devices::with(|d| d.list.get(self.device).map(|dev| dev.vram.0)).flatten() else {
-            return runs.iter().flat_map(|r| r.entries.iter().copied()).collect();
-        };
+        let mut failed = Vec::new();
         for r in runs {
             for (k, &pa) in r.pas.iter().enumerate() {
-                let dev = bar + r.offset + k as u64 * PAGE;
+                let Some(dev) = self.phys(r.offset + k as u64 * PAGE) else {
+                    failed.extend(&r.entries);
+                    break;
+                };
                 match dir {
                     Dir::ToDevice => crate::mm::copy_phys(dev, pa, PAGE),
                     Dir::ToRam => crate::mm::copy_phys(pa, dev, PAGE),
                 }
             }
         }
-        Vec::new()
+        failed
     }
 
     /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
@@ -362,13 +631,28 @@ impl Vram {
     /// pages. The "RAM" frame may be another device's BAR frame (peer to peer).
     fn runs_at(&self, items: &[(usize, u64, Pfn)]) -> Vec<Run> {
         let kernel = devices::with(|d| d.list.get(self.device).map(|dev| dev.iova_of(0))).flatten().unwrap_or(0);
+        // Requests never cross from the BAR into the hot-plug region (another engine's disk).
+        let region = |off: u64| off >= self.bar_pages * PAGE;
         let mut runs: Vec<Run> = Vec::new();
         for &(i, off, ram) in items {
             let seg = (kernel + ram.addr(), PAGE as u32);
+            let joins = runs.last().is_some_and(|r| {
+                let next_to = r.ram.last().is_some_and(|l| l.0 + u64::from(l.1) == seg.0);
+                r.offset + r.pas.len() as u64 * PAGE == off
+                    && region(r.offset) == region(off)
+                    && r.pas.len() < RUN_PAGES
+                    && (next_to || r.ram.len() < RUN)
+            });
             match runs.last_mut() {
-                Some(r) if r.offset + r.ram.len() as u64 * PAGE == off && r.ram.len() < RUN => {
-                    r.entries.push(i);
-                    r.ram.push(seg);
+                Some(r) if joins => {
+                    if r.entries.last() != Some(&i) {
+                        r.entries.push(i);
+                    }
+                    match r.ram.last_mut() {
+                        // Physically contiguous RAM (a THP) is one segment.
+                        Some(l) if l.0 + u64::from(l.1) == seg.0 => l.1 += PAGE as u32,
+                        _ => r.ram.push(seg),
+                    }
                     r.pas.push(ram.addr());
                 }
                 _ => runs.push(Run {
@@ -382,40 +666,106 @@ impl Vram {
         runs
     }
 
-    /// For each device page in `mig` marked to migrate: a RAM page, filled by DMA. Returns how
-    /// many were filled; failed ones are declined (the device keeps the page).
+    /// For each device page in `mig` marked to migrate: RAM, filled by DMA (a 2 MiB page for a
+    /// device THP when RAM has one, else base pages). Returns how many pages were filled;
+    /// failed ones are declined (the device keeps the page).
     fn copy_out(&self, mig: &mut MigrateVma<'_>) -> Result<u64, Error> {
         let mm = uspace::mm();
+        let mut ram = |huge: bool| {
+            let r = mm.alloc_page(flags::ANON, if huge { 9 } else { 0 }, false).ok()?;
+            if let Some(m) = mm.meta(r) {
+                m.trylock();
+            }
+            Some(r)
+        };
         let mut items = Vec::new();
         for i in 0..mig.src().len() {
             let s = mig.src()[i];
             let Some(from) = s.pfn().filter(|&p| s.is_migrate() && self.offset_of(p).is_some()) else { continue };
-            let Ok(r) = mm.alloc_page(flags::ANON, 0, false) else { continue };
-            if let Some(m) = mm.meta(r) {
-                m.trylock();
+            // Device page k of the entry goes to RAM frame `to`.
+            if !fill(mig, i, &mut ram, &|k, to| (Pfn(from.0 + k), to), &mut items) {
+                break;
             }
-            mig.dst_mut()[i] = MigratePfn::new(r).with_write(s.is_write());
-            items.push((i, from, r));
         }
         let failed = self.transfer(Dir::ToRam, &self.runs(&items));
-        for &i in &failed {
-            if let Some(r) = mig.dst()[i].pfn() {
-                unuse(r);
-            }
-            mig.dst_mut()[i] = MigratePfn(0);
-        }
-        self.stats.lock().declined += failed.len() as u64;
-        Ok((items.len() - failed.len()) as u64)
+        let declined = decline(mig, &failed);
+        self.stats.lock().declined += declined;
+        Ok(items.len() as u64 - declined)
     }
 }
 
-/// Migrates `npages` at `start` of `space` to device memory; returns how many moved. Pages
-/// already on a device, and pages for which device memory ran out, stay.
+/// Gives entry `i` of `mig` destinations from `alloc` (`alloc(true)`: a 2 MiB page): one 2 MiB
+/// page for a compound source when there is one, else a base page per base page (the 4 KiB
+/// fallback, which `migrate_vma_pages` splits the source for). `copy(k, destination frame)`
+/// names the copy of base page `k` as `(this device's page, the other frame)`; one item per
+/// base page goes to `items`, tagged with its entry. `false` when `alloc` ran out (what was
+/// filled still migrates).
+fn fill(
+    mig: &mut MigrateVma<'_>,
+    i: usize,
+    alloc: &mut dyn FnMut(bool) -> Option<Pfn>,
+    copy: &dyn Fn(u64, Pfn) -> (Pfn, Pfn),
+    items: &mut Vec<(usize, Pfn, Pfn)>,
+) -> bool {
+    let s = mig.src()[i];
+    if s.is_compound()
+        && let Some(d) = alloc(true)
+    {
+        mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
+        items.extend((0..BLOCK_PAGES).map(|k| {
+            let (a, b) = copy(k, Pfn(d.0 + k));
+            (i, a, b)
+        }));
+        return true;
+    }
+    let n = if s.is_compound() { BLOCK_PAGES } else { 1 };
+    for k in 0..n {
+        let Some(d) = alloc(false) else { return false };
+        let j = i + k as usize;
+        mig.dst_mut()[j] = MigratePfn::new(d).with_write(s.is_write());
+        let (a, b) = copy(k, d);
+        items.push((j, a, b));
+    }
+    true
+}
+
+/// Drops the destinations of entries `failed` (their copies did not happen: the sources stay);
+/// returns how many pages that declines.
+fn decline(mig: &mut MigrateVma<'_>, failed: &[usize]) -> u64 {
+    let mut failed = failed.to_vec();
+    failed.sort_unstable();
+    failed.dedup();
+    let mut pages = 0;
+    for &i in &failed {
+        let d = mig.dst()[i];
+        if let Some(p) = d.pfn() {
+            unuse(p);
+            pages += if d.is_compound() { BLOCK_PAGES } else { 1 };
+        }
+        mig.dst_mut()[i] = MigratePfn(0);
+    }
+    pages
+}
+
+/// `pages` and `finalize`; returns the pages that moved (a 2 MiB page counts 512).
+fn settle(mut mig: MigrateVma<'_>) -> u64 {
+    mig.pages();
+    let moved = (0..mig.src().len())
+        .filter(|&i| mig.src()[i].is_migrate())
+        .filter_map(|i| mig.dst()[i].pfn().map(|_| if mig.dst()[i].is_compound() { BLOCK_PAGES } else { 1 }))
+        .sum();
+    mig.finalize();
+    moved
+}
+
+/// Migrates `npages` at `start` of `space` to device memory; returns how many moved. A THP
+/// moves whole into a 2 MiB device page (or, when the device has no free block, into base
+/// pages). Pages already on a device, and pages for which device memory ran out, stay.
 pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u64) -> Result<u64, DevError> {
     let mm = uspace::mm();
     let mut s = space.lock();
-    let args =
-        MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: Select::SYSTEM, fault_page: None };
+    let select = Select::SYSTEM.compound();
+    let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select, fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
     let zero = mm.zero_pfn();
     let mut items = Vec::new();
@@ -424,34 +774,19 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
         if !src.is_migrate() {
             continue;
         }
-        let Some(dp) = v.alloc() else { break };
-        mig.dst_mut()[i] = MigratePfn::new(dp).with_write(src.is_write());
         // An empty page is filled from the zero page.
-        items.push((i, dp, src.pfn().unwrap_or(zero)));
+        let from = |k: u64| src.pfn().map_or(zero, |p| Pfn(p.0 + k));
+        if !fill(&mut mig, i, &mut |huge| v.alloc(huge), &|k, d| (d, from(k)), &mut items) {
+            break;
+        }
     }
     let failed = v.transfer(Dir::ToDevice, &v.runs(&items));
-    let moved = finish(mig, &failed);
+    let declined = decline(&mut mig, &failed);
+    let moved = settle(mig);
     let mut st = v.stats.lock();
     st.to_device += moved;
-    st.declined += failed.len() as u64;
+    st.declined += declined;
     Ok(moved)
-}
-
-/// Ends a migration to device memory whose copies of entries `failed` did not happen: those
-/// destinations are given back (the sources stay), then `pages` and `finalize`. Returns the
-/// pages that moved.
-fn finish(mut mig: MigrateVma<'_>, failed: &[usize]) -> u64 {
-    for &i in failed {
-        if let Some(dp) = mig.dst()[i].pfn() {
-            unuse(dp);
-        }
-        mig.dst_mut()[i] = MigratePfn(0);
-    }
-    mig.pages();
-    let moved =
-        (0..mig.src().len()).filter(|&i| mig.src()[i].is_migrate() && mig.dst()[i].pfn().is_some()).count() as u64;
-    mig.finalize();
-    moved
 }
 
 /// Migrates this device's pages among `npages` at `start` back to RAM; returns how many moved.
@@ -459,17 +794,17 @@ pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u6
     let mut s = space.lock();
     let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: v.select(), fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
-    let moved = v.copy_out(&mut mig).map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
-    mig.pages();
-    mig.finalize();
+    v.copy_out(&mut mig).map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
+    let moved = settle(mig);
     v.stats.lock().to_ram += moved;
     Ok(moved)
 }
 
 /// Migrates `from`'s pages among `npages` at `start` of `space` straight into `to`'s memory:
-/// `from`'s engine copies each run from its memory into `to`'s BAR, which every other device's
-/// domain maps (peer to peer, no bounce through RAM). Returns how many moved; pages for which
-/// `to` has no room, or whose copy failed, stay on `from`.
+/// `from`'s engine copies each run from its memory into `to`'s, which every other device's
+/// domain maps (peer to peer, no bounce through RAM). A device THP moves whole when `to` has a
+/// free block. Returns how many moved; pages for which `to` has no room, or whose copy failed,
+/// stay on `from`.
 pub fn migrate_device_to_device(
     from: &Vram,
     to: &Vram,
@@ -480,25 +815,24 @@ pub fn migrate_device_to_device(
     if from.device == to.device {
         return Err(DevError::Bind("device-to-device migration needs two different devices".into()));
     }
-    let to_bar =
-        devices::with(|d| d.list.get(to.device).map(|x| x.vram.0)).flatten().ok_or(DevError::NoDevice(to.device))?;
     let mut s = space.lock();
     let args =
         MigrateArgs { start, end: start + npages * PAGE, owner: from.owner, select: from.select(), fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
     let mut items = Vec::new();
+    // The destination, as the source engine sees it: `to`'s memory at its physical address.
+    let peer = |d: Pfn| to.phys_of(d).map_or(Pfn(0), |pa| Pfn(pa / PAGE));
     for i in 0..mig.src().len() {
         let src = mig.src()[i];
         let Some(sp) = src.pfn().filter(|&p| src.is_migrate() && from.offset_of(p).is_some()) else { continue };
-        let Some(dp) = to.alloc() else { break };
-        let Some(off) = to.offset_of(dp) else { break };
-        mig.dst_mut()[i] = MigratePfn::new(dp).with_write(src.is_write());
-        // The destination, as the source engine sees it: a page of `to`'s BAR.
-        items.push((i, sp, Pfn((to_bar + off) / PAGE)));
+        if !fill(&mut mig, i, &mut |huge| to.alloc(huge), &|k, d| (Pfn(sp.0 + k), peer(d)), &mut items) {
+            break;
+        }
     }
     let failed = from.transfer(Dir::ToRam, &from.runs(&items));
-    let moved = finish(mig, &failed);
-    from.stats.lock().declined += failed.len() as u64;
+    let declined = decline(&mut mig, &failed);
+    let moved = settle(mig);
+    from.stats.lock().declined += declined;
     to.stats.lock().to_device += moved;
     Ok(moved)
 }
@@ -509,10 +843,11 @@ static VRAMS: Once<Result<Vec<Arc<Vram>>, Error>> = Once::new();
 pub fn all() -> Result<&'static [Arc<Vram>], Error> {
     VRAMS
         .call_once(|| {
-            let sizes: Vec<u64> = devices::with(|d| d.list.iter().map(|dev| dev.vram.1).collect()).unwrap_or_default();
+            let sizes: Vec<(u64, u64)> =
+                devices::with(|d| d.list.iter().map(|dev| (dev.vram.1, dev.hot_bytes())).collect()).unwrap_or_default();
             let coherent = COHERENT.load(core::sync::atomic::Ordering::Relaxed);
             let kind = |n: usize| if coherent >> n & 1 == 1 { MemoryKind::Coherent } else { MemoryKind::Private };
-            sizes.iter().enumerate().map(|(n, &b)| Vram::register(n, b, kind(n))).collect()
+            sizes.iter().enumerate().map(|(n, &(b, hot))| Vram::register(n, b, hot, kind(n))).collect()
         })
         .as_ref()
         .map(|v| &v[..])

@@ -46,6 +46,17 @@ pub struct Device {
     /// maps (the default).
     #[serde(default)]
     pub coherent: bool,
+    /// Device memory that can be added and removed at run time, e.g. "32M" (a multiple of 2M):
+    /// a virtio-mem region of this size, with a second copy engine over it. None by default.
+    #[serde(default)]
+    pub hotplug: Option<String>,
+}
+
+impl Device {
+    /// Bytes of hot-plug memory (0 without).
+    pub fn hotplug_bytes(&self) -> u64 {
+        self.hotplug.as_deref().and_then(|h| parse_size(h).ok()).unwrap_or(0)
+    }
 }
 
 /// NUMA nodes and HMAT entries.
@@ -173,6 +184,14 @@ impl Machine {
                     d.memory
                 ));
             }
+            if let Some(h) = &d.hotplug {
+                let hot = parse_size(h).map_err(|e| format!("device[{i}].hotplug: {e}"))?;
+                if !hot.is_multiple_of(2 << 20) {
+                    return Err(format!(
+                        "device[{i}].hotplug = \"{h}\": must be a multiple of 2M (virtio-mem plugs 2 MiB blocks)"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -197,7 +216,13 @@ impl Machine {
         push("-smp".into());
         push(self.cpus.to_string());
         push("-m".into());
-        push(format!("{}M", self.ram() >> 20));
+        let hot: u64 = self.devices.iter().map(Device::hotplug_bytes).sum();
+        // virtio-mem regions live in the device-memory area above RAM, which maxmem sizes.
+        push(if hot == 0 {
+            format!("{}M", self.ram() >> 20)
+        } else {
+            format!("{}M,maxmem={}M", self.ram() >> 20, (self.ram() + hot) >> 20)
+        });
         if self.firmware == "qboot" {
             push("-bios".into());
             push("/usr/share/qemu/bios-microvm.bin".into());
@@ -253,13 +278,37 @@ impl Machine {
                 "virtio-blk-pci,drive=copy{i},disable-legacy=on{}",
                 if self.iommu { ",iommu_platform=on" } else { "" }
             ));
+            let hot = d.hotplug_bytes();
+            if hot > 0 {
+                // Right after the device's own parts, in PCI order: the virtio-mem device, then
+                // the region's copy engine (the kernel groups functions by that order).
+                let path = format!("{path}-hot");
+                push("-object".into());
+                push(format!("memory-backend-file,id=hot{i},share=on,mem-path={path},size={hot}"));
+                push("-device".into());
+                push(format!("virtio-mem-pci,memdev=hot{i},requested-size={hot}"));
+                push("-drive".into());
+                push(format!("if=none,id=hotcopy{i},file={path},format=raw,file.locking=off"));
+                push("-device".into());
+                push(format!(
+                    "virtio-blk-pci,drive=hotcopy{i},disable-legacy=on{}",
+                    if self.iommu { ",iommu_platform=on" } else { "" }
+                ));
+            }
         }
         a
     }
 
     /// The device memory files to create: (path, size).
     pub fn shm_files(&self, shm: &str) -> Vec<(String, u64)> {
-        self.devices.iter().map(|d| (format!("{shm}-{}", d.name), parse_size(&d.memory).unwrap_or(0))).collect()
+        let mut files = Vec::new();
+        for d in &self.devices {
+            files.push((format!("{shm}-{}", d.name), parse_size(&d.memory).unwrap_or(0)));
+            if d.hotplug_bytes() > 0 {
+                files.push((format!("{shm}-{}-hot", d.name), d.hotplug_bytes()));
+            }
+        }
+        files
     }
 }
 
@@ -308,6 +357,10 @@ mod tests {
             load_str("description = \"x\"\ncpus = 1\nmemory = \"512M\"\n[[device]]\nname = \"a\"\nmemory = \"3M\"\n")
                 .unwrap_err();
         assert!(e.contains("power of two"), "{e}");
+        let dev = "[[device]]\nname = \"a\"\nmemory = \"4M\"\n";
+        let e = load_str(&format!("description = \"x\"\ncpus = 1\nmemory = \"512M\"\n{dev}hotplug = \"3M\"\n"))
+            .unwrap_err();
+        assert!(e.contains("multiple of 2M"), "{e}");
         let e = load_str("description = \"x\"\ncpus = 1\n").unwrap_err();
         assert!(e.contains("memory"), "{e}");
     }
@@ -320,6 +373,9 @@ mod tests {
         assert!(a.contains("virtio-iommu-pci"));
         assert!(a.contains("mem-path=/dev/shm/x-dev0,size=67108864"));
         assert!(a.contains("iommu_platform=on"));
+        assert!(a.contains("-m 512M,maxmem=544M"), "{a}");
+        assert!(a.contains("virtio-mem-pci,memdev=hot0,requested-size=33554432"), "{a}");
+        assert!(m.shm_files("/x").contains(&("/x-dev0-hot".to_string(), 32 << 20)));
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/numa2.toml")).unwrap();
         let a = m.qemu_args("/dev/shm/x").join(" ");
         assert!(a.contains("q35,hmat=on"));

@@ -1,0 +1,146 @@
+//! The virtio-mem driver: feature negotiation, the configuration, and the guest requests
+//! (PLUG, UNPLUG, UNPLUG_ALL, STATE) on its one queue, each bounded by [`TIMEOUT_MS`].
+//!
+//! The wire format is `drivers::virtio_mem` (host-tested); this module moves its bytes. The
+//! device is not behind the IOMMU: its buffers are physical addresses. A device's hot-plug
+//! memory ([`devices::Hot`](crate::devices::Hot)) is one of these regions; which blocks are
+//! plugged, and what lives in them, is [`vram`](crate::vram)'s business.
+//!
+//! Invariant: the driver touches no byte of the region it has not plugged (it acks
+//! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`).
+
+use crate::mm::{self, frame};
+use crate::virtio::{DmaQueue, VirtioError, config_u64, negotiate};
+use drivers::virtio_mem::{self as proto, BlockState, Config, MemError, Request, offset};
+use drivers::virtq::Seg;
+use virtio_drivers::transport::{Transport, pci::PciTransport};
+
+/// Bound on one request.
+pub const TIMEOUT_MS: u64 = 2_000;
+
+/// A bound virtio-mem device.
+#[derive(Debug)]
+pub struct VirtioMem {
+    t: PciTransport,
+    q: DmaQueue,
+    buf: u64,
+    /// The configuration, as last read.
+    pub config: Config,
+    /// Negotiated features.
+    pub features: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Per block of the region: plugged by this driver.
+    plugged: alloc::vec::Vec<bool>,
+}
+
+fn err(e: VirtioError) -> MemError {
+    match e {
+        VirtioError::Timeout { .. } => MemError::Timeout("request"),
+        VirtioError::Features(why) => MemError::Device(why),
+        VirtioError::NoMemory => MemError::Device("no memory for the queue"),
+        VirtioError::Dead(_) => MemError::Device("the queue timed out earlier"),
+        VirtioError::Queue(_) => MemError::Device("queue error"),
+    }
+}
+
+impl VirtioMem {
+    /// Negotiates, sets up the queue, reads the configuration and, if blocks are plugged
+    /// already (a warm reboot), unplugs them all: the kernel starts from an empty region.
+    pub fn new(mut t: PciTransport) -> Result<VirtioMem, MemError> {
+        let wanted = proto::F_VERSION_1 | proto::F_ACPI_PXM | proto::F_UNPLUGGED_INACCESSIBLE;
+        let features = negotiate(&mut t, wanted, &[(proto::F_VERSION_1, "VIRTIO_F_VERSION_1")]).map_err(err)?;
+        let q = DmaQueue::new(&mut t, "virtio-mem", proto::GUEST_QUEUE, 8, |pa| pa).map_err(err)?;
+        let buf = frame::alloc_zeroed(1).map_err(|_| MemError::Device("no memory for requests"))?;
+        t.finish_init();
+        let mut m =
+            VirtioMem { t, q, buf, config: Config::default(), features, requests: 0, plugged: Default::default() };
+        m.refresh();
+        m.config.validate()?;
+        m.plugged = alloc::vec![false; (m.config.region_size / m.config.block_size) as usize];
+        if m.config.plugged_size != 0 {
+            m.send(Request::UnplugAll)?;
+            m.refresh();
+        }
+        Ok(m)
+    }
+
+    /// Reads the configuration again (the host changes `requested_size`, and the device
+    /// `plugged_size` and `usable_region_size`).
+    pub fn refresh(&mut self) {
+        let t = &self.t;
+        self.config = Config {
+            block_size: config_u64(t, offset::BLOCK_SIZE),
+            node_id: t.read_config_space::<u16>(offset::NODE_ID).unwrap_or(0),
+            addr: config_u64(t, offset::ADDR),
+            region_size: config_u64(t, offset::REGION_SIZE),
+            usable_region_size: config_u64(t, offset::USABLE_REGION_SIZE),
+            plugged_size: config_u64(t, offset::PLUGGED_SIZE),
+            requested_size: config_u64(t, offset::REQUESTED_SIZE),
+        };
+    }
+
+    fn send(&mut self, req: Request) -> Result<Option<BlockState>, MemError> {
+        mm::write_phys(self.buf, &req.encode());
+        let resp = self.buf + 64;
+        mm::write_phys(resp, &[0xff; proto::RESPONSE]);
+        let segs = [Seg::read(self.buf, proto::REQUEST as u32), Seg::write(resp, proto::RESPONSE as u32)];
+        let tok = self.q.submit(&mut self.t, &segs).map_err(err)?;
+        self.q.wait(tok, TIMEOUT_MS).map_err(|e| match e {
+            VirtioError::Timeout { .. } => MemError::Timeout(req.name()),
+            e => err(e),
+        })?;
+        self.requests += 1;
+        let mut r = [0u8; proto::RESPONSE];
+        mm::read_phys(resp, &mut r);
+        proto::decode_response(&req, &r)
+    }
+
+    /// Runs `make(addr, blocks)` requests over `[off, off + len)` of the region.
+    fn each(&mut self, off: u64, len: u64, make: fn(u64, u16) -> Request) -> Result<Option<BlockState>, MemError> {
+        self.refresh();
+        let mut last = None;
+        for (at, blocks) in proto::split(&self.config, off, len)? {
+            last = self.send(make(self.config.addr + at, blocks))?;
+        }
+        self.refresh();
+        Ok(last)
+    }
+
+    /// Plugs `[off, off + len)` of the region (whole blocks of its usable part). `Nack` when
+    /// that would exceed what the host requested.
+    pub fn plug(&mut self, off: u64, len: u64) -> Result<(), MemError> {
+        self.each(off, len, |addr, blocks| Request::Plug { addr, blocks })?;
+        self.mark(off, len, true);
+        Ok(())
+    }
+
+    fn mark(&mut self, off: u64, len: u64, plugged: bool) {
+        let b = self.config.block_size;
+        for k in off / b..(off + len) / b {
+            if let Some(x) = self.plugged.get_mut(k as usize) {
+                *x = plugged;
+            }
+        }
+    }
+
+    /// Whether every block `[off, off + len)` touches is plugged: what may be accessed (by the
+    /// CPU or by DMA).
+    pub fn is_plugged(&self, off: u64, len: u64) -> bool {
+        let b = self.config.block_size.max(1);
+        len > 0 && (off / b..(off + len).div_ceil(b)).all(|k| self.plugged.get(k as usize) == Some(&true))
+    }
+
+    /// Unplugs `[off, off + len)`; the memory must no longer be used (its contents are gone).
+    pub fn unplug(&mut self, off: u64, len: u64) -> Result<(), MemError> {
+        // Marked first: whatever the device answers, nothing touches these blocks again.
+        self.mark(off, len, false);
+        self.each(off, len, |addr, blocks| Request::Unplug { addr, blocks }).map(|_| ())
+    }
+
+    /// Whether `[off, off + len)` is plugged (for ranges of at most 65535 blocks).
+    pub fn state(&mut self, off: u64, len: u64) -> Result<BlockState, MemError> {
+        self.each(off, len, |addr, blocks| Request::State { addr, blocks })?
+            .ok_or(MemError::Device("STATE without a state"))
+    }
+}
