@@ -190,7 +190,13 @@ impl DevAlloc {
         let b = page / BLOCK_PAGES;
         let blk = *self.blocks.get(b as usize).ok_or(AllocError::OutOfRange)?;
         let wrong = AllocError::WrongState { block: b, state: blk.state };
-        let now_free = match (blk.state, order) {
+        // A 2 MiB page split into base pages (a partial unmap, an eviction) comes back page by
+        // page: its block becomes a split block with every page in use.
+        let state = match (blk.state, order) {
+            (State::Huge, 0) => State::Split { used: BLOCK_PAGES as u16 },
+            (s, _) => s,
+        };
+        let now_free = match (state, order) {
             (State::Huge, 9) if page.is_multiple_of(BLOCK_PAGES) => true,
             (State::Split { used }, 0) => {
                 let off = (page % BLOCK_PAGES) as u16;
@@ -362,6 +368,27 @@ mod tests {
         assert!(a.free(p, 0).is_err(), "double free");
         assert!(a.free(0, 9).is_err(), "a block free of a split block");
         assert_eq!(a.free(1 << 20, 0), Err(AllocError::OutOfRange));
+    }
+
+    #[test]
+    fn a_split_2m_page_comes_back_page_by_page() {
+        let mut a = online(1);
+        let h = a.alloc_block().unwrap();
+        for k in (0..BLOCK_PAGES).rev() {
+            a.free(h + k, 0).unwrap();
+            let left = k as u16;
+            let want = if left == 0 { State::Free } else { State::Split { used: left } };
+            assert_eq!(a.state(0), Some(want));
+        }
+        assert_eq!(a.alloc_block(), Some(0));
+        // Isolated meanwhile: freed pages still count down, and the block can go offline.
+        a.free(0, 9).unwrap();
+        let h = a.alloc_block().unwrap();
+        assert_eq!(a.isolate(0, 1), Ok(512));
+        for k in 0..BLOCK_PAGES {
+            a.free(h + k, 0).unwrap();
+        }
+        a.offline(0, 1).unwrap();
     }
 
     #[test]

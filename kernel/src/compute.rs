@@ -37,7 +37,8 @@ impl DeviceBackend {
         match at {
             Where::Ram(pa) => pa + va % PAGE,
             // A local page is always this device's (the mirror's owner is the device's).
-            Where::Local(p) => self.bar + self.vram.offset_of(p).unwrap_or(0) + va % PAGE,
+            // Its data is in the BAR or the hot-plug region.
+            Where::Local(p) => self.vram.phys_of(p).unwrap_or(self.bar) + va % PAGE,
         }
     }
 }

@@ -149,6 +149,46 @@ fn selfcheck() -> Result<bool, mm::MapError> {
                     failed = true;
                 }
             }
+            // 2 MiB pages: two THPs to the device whole and back, and, on a device with a
+            // hot-plug region, 4 MiB plugged, filled, and removed with eviction.
+            let Some(v) = crate::vram::all().ok().and_then(|v| v.get(dev)) else { continue };
+            match crate::vram::checks::huge_round_trip(v, 2) {
+                Ok(r) => {
+                    j.str(
+                        &alloc::format!("dev{dev}_thp_round_trip"),
+                        &alloc::format!("{} THPs, data verified", r.thps),
+                    );
+                    j.num(&alloc::format!("dev{dev}_thp_to_device_ns_per_page"), r.to_device_ns_per_page);
+                    j.num(&alloc::format!("dev{dev}_thp_cpu_touch_ns"), r.fault_back_ns);
+                    j.num(&alloc::format!("dev{dev}_thp_to_ram_ns_per_page"), r.to_ram_ns_per_page);
+                }
+                Err(e) => {
+                    log::error!("dev{dev} THP round trip: {e}");
+                    j.str(&alloc::format!("dev{dev}_thp_round_trip"), &alloc::format!("FAILED: {e}"));
+                    failed = true;
+                }
+            }
+            if v.hot_pages() > 0 {
+                match crate::vram::checks::hotplug_cycle(v) {
+                    Ok(r) => {
+                        j.str(
+                            &alloc::format!("dev{dev}_hotplug"),
+                            &alloc::format!(
+                                "{} MiB plugged, {} pages evicted on removal, data verified",
+                                r.bytes >> 20,
+                                r.evicted
+                            ),
+                        );
+                        j.num(&alloc::format!("dev{dev}_hotplug_grow_ns"), r.grow_ns);
+                        j.num(&alloc::format!("dev{dev}_hotplug_shrink_ns"), r.shrink_ns);
+                    }
+                    Err(e) => {
+                        log::error!("dev{dev} hot-plug: {e}");
+                        j.str(&alloc::format!("dev{dev}_hotplug"), &alloc::format!("FAILED: {e}"));
+                        failed = true;
+                    }
+                }
+            }
             // A kernel on the device's compute engine over 1 MiB of a process, through its MMU.
             if crate::devices::with(|d| d.list[dev].mmu.is_some()) != Some(true) {
                 continue;

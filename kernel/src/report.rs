@@ -126,6 +126,10 @@ pub fn print(s: &System) {
                         j.num("memory_bytes", dev.vram.1);
                         j.num("memory_paddr", dev.vram.0);
                         j.num("copy_seg_max", dev.engine.seg_max);
+                        if let Some((pa, bytes)) = dev.hot_region() {
+                            j.num("hotplug_bytes", bytes);
+                            j.num("hotplug_paddr", pa);
+                        }
                         j.bool("dma_translated", dev.engine.translated);
                         if let Some((ep, dom)) = dev.mmu {
                             j.num("iommu_endpoint", ep);

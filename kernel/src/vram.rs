@@ -1,8 +1,12 @@
 //! Device memory of the real devices as ZONE_DEVICE-style pages, and migration between system
 //! RAM and it, copied by the device's DMA engine.
 //!
-//! Each device's ivshmem BAR becomes one [`DevPagemap`]: device page k (the k-th frame number
-//! of the pagemap) is the 4 KiB at offset k * 4096 of the BAR. By default the memory is
+//! Device memory is numbered in 4 KiB device pages: the ivshmem BAR first, then the device's
+//! hot-plug region (virtio-mem), if it has one; page k's data is at byte k * 4096 of that
+//! range, which is also where the device's copy engines address it. The BAR is one
+//! [`DevPagemap`]; each plugged 2 MiB block of the region is another. [`DevAlloc`] hands out
+//! base pages and 2 MiB blocks: a THP moves whole into a compound device page (`folio_init`
+//! order 9, one PMD entry), falling back to base pages when no block is free. By default the memory is
 //! private: the CPU never maps these pages. A device the machine file marks coherent
 //! (`devices.coherent=N` on the command line) registers its BAR frames themselves
 //! (`MEMORY_DEVICE_COHERENT`): the CPU maps them with ordinary entries and reads and writes
@@ -11,13 +15,19 @@
 //! - [`migrate_to_device`]: `migrate_vma_setup` (system pages), allocate device pages,
 //!   scatter-gather DMA RAM -> device in requests of consecutive device pages (several in
 //!   flight), `pages`, `finalize`;
-//! - CPU touch of a device page: the pagemap's `migrate_to_ram`, which DMAs the page back
-//!   into a fresh RAM page from inside the page-fault handler;
+//! - CPU touch of a device page: the pagemap's `migrate_to_ram`, which DMAs the page (its
+//!   fault-around window; a device THP whole, into a 2 MiB RAM page when there is one) back
+//!   into fresh RAM from inside the page-fault handler;
 //! - [`migrate_to_ram`]: the explicit way back for a range.
 //!
 //! A failed DMA declines the page (its destination is dropped before `pages`), so the source
 //! stays where it was and nothing is lost. RAM pages are DMA'd at the kernel half of the
 //! device's domain (see [`devices`](crate::devices)).
+//!
+//! Hot-plug ([`Vram::grow`], [`Vram::shrink`]): growing plugs blocks and registers them;
+//! shrinking isolates blocks in the allocator, evicts what lives there with
+//! `migrate_device_range` (DMA to fresh RAM pages), takes them offline, `memunmap_pages`, and
+//! unplugs. A page that cannot be evicted leaves its block online, and the error says why.
 //!
 //! Part of a device's memory can be carved out ([`Vram::carve`]) for a driver that manages it
 //! itself: [`backing::BarBacking`] runs dmirror test devices, and so the acceptance suite, on
@@ -40,6 +50,7 @@ use hmm::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use spin::{Mutex, Once, RwLock};
 
 pub mod backing;
+pub mod checks;
 
 const PAGE: u64 = 4096;
 /// RAM segments per DMA request (each request is one run of consecutive device pages).

@@ -881,6 +881,7 @@ fn bench_devices(o: &Options) -> Result<u8> {
     let devices: std::collections::BTreeSet<u64> = results.iter().filter_map(|v| v["device"].as_u64()).collect();
     for &n in &devices {
         let of = |op: &'static str| results.iter().filter(move |v| v["op"] == op && v["device"].as_u64() == Some(n));
+        let of_name = |op: String| results.iter().find(|v| v["op"] == op.as_str() && v["device"].as_u64() == Some(n));
         println!("\n== dev{n}: copy throughput over 256 MiB, GB/s");
         println!(
             "{:<10} {:>14} {:>14} {:>14} {:>14} {:>12}",
@@ -899,10 +900,10 @@ fn bench_devices(o: &Options) -> Result<u8> {
                 host_memcpy(size as usize)
             );
         }
-        println!("\n== dev{n}: migration of 256 MiB (4 KiB pages), ns per page");
+        println!("\n== dev{n}: migration of 256 MiB, ns per 4 KiB page");
         println!(
-            "{:<20} {:>10} {:>10} {:>10}  (Linux: lib/test_hmm, CPU copy into RAM posing as device memory)",
-            "step", "DMA copy", "CPU copy", "Linux 6.1"
+            "{:<20} {:>10} {:>10} {:>10} {:>10}  (Linux: lib/test_hmm, 4 KiB, CPU copy into RAM posing as device memory)",
+            "step", "DMA copy", "CPU copy", "DMA, THPs", "Linux 6.1"
         );
         for (op, linux_op, linux) in LINUX_MIGRATION_NS {
             let ns = |copier: &str| {
@@ -911,7 +912,11 @@ fn bench_devices(o: &Options) -> Result<u8> {
                     .and_then(|v| v["ns_per_page"].as_u64())
                     .map_or("missing".to_string(), |n| n.to_string())
             };
-            println!("{op:<20} {:>10} {:>10} {linux:>10}  ({linux_op})", ns("dma"), ns("cpu"));
+            // The same step with the memory in THPs (2 MiB device pages); none for single-page faults.
+            let thp = of_name(format!("{op}_thp"))
+                .and_then(|v| v["ns_per_page"].as_u64())
+                .map_or("-".to_string(), |n| n.to_string());
+            println!("{op:<20} {:>10} {:>10} {thp:>10} {linux:>10}  ({linux_op})", ns("dma"), ns("cpu"));
         }
         for v in of("device_to_device") {
             println!("device_to_device (dev{n} -> dev{}) {:>10} ns/page, peer to peer", v["to"], v["ns_per_page"]);

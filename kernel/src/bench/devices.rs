@@ -7,6 +7,7 @@
 //! | `dma_to_device`, `dma_to_ram` | the copy engine moving 256 MiB in requests of `size` bytes (4 KiB, 64 KiB, 2 MiB; one contiguous segment each, up to 32 in flight): `bytes`, `ns` |
 //! | `cpu_to_device`, `cpu_to_ram` | the CPU copying the same through the BAR (the CPU-copy baseline) |
 //! | `migrate_to_device`, `cpu_fault_back`, `cpu_fault_back_single`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls); brought back by one CPU load per page (a #PF brings back its fault-around window, 16 pages by default); again with one page per fault, as Linux's dmirror; migrated again and back explicitly: `pages`, `ns_per_page`, `faults`, with `copier` `dma` or `cpu` |
+//! | `migrate_to_device_thp`, `cpu_fault_back_thp`, `migrate_to_ram_thp` | the same 256 MiB as THPs, moving as 2 MiB device pages (a CPU load brings a whole device THP back), DMA copies |
 //! | `device_to_device` | 256 MiB of a process on dev0 moved straight into dev1's memory (dev0's engine writing dev1's BAR): `ns_per_page` |
 //! | `fault_batch` | a compute kernel touching one word in each of 64 MiB of pages from 256 lanes: replayable faults serviced in batches of up to 256 (`policy` `migrate` or `remote`): `batches`, `faults`, `ns_per_batch`, `ns_per_fault` |
 //!
@@ -106,7 +107,9 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
 }
 
 /// 256 MiB of a process to device `n` and back, with the device's copier set to `copier`.
-fn migration(n: usize, copier: Copier) -> Result<(), String> {
+/// `huge`: the process's memory is THPs (`MADV_HUGEPAGE`), which move as 2 MiB device pages
+/// (ops named `..._thp`); otherwise 4 KiB pages (`MADV_NOHUGEPAGE`).
+fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), String> {
     let v = vram::all().map_err(|e| format!("device memory: {e}"))?[n].clone();
     v.set_copier(copier);
     let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
@@ -114,14 +117,15 @@ fn migration(n: usize, copier: Copier) -> Result<(), String> {
     let a = {
         let mut sp = s.lock();
         let a = sp.mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
-        sp.madvise(a, TOTAL, Advice::NoHugePage).map_err(|e| format!("madvise: {e}"))?;
+        let advice = if huge { Advice::HugePage } else { Advice::NoHugePage };
+        sp.madvise(a, TOTAL, advice).map_err(|e| format!("madvise: {e}"))?;
         a
     };
     super::touch(&s, a, TOTAL)?;
     let name = if copier == Copier::Dma { "dma" } else { "cpu" };
     let report = |op: &str, ns: u64, faults: u64| {
         line(|j| {
-            j.str("op", op);
+            j.str("op", &if huge { format!("{op}_thp") } else { op.into() });
             j.num("device", n);
             j.str("copier", name);
             j.num("pages", pages);
@@ -144,14 +148,17 @@ fn migration(n: usize, copier: Copier) -> Result<(), String> {
     let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
     r?;
     report("cpu_fault_back", ns, f);
-    // The same with one page per fault (no fault-around), as Linux's dmirror does.
-    to_device()?;
-    let around = v.fault_around();
-    v.set_fault_around(1).map_err(|e| format!("{e}"))?;
-    let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
-    v.set_fault_around(around).map_err(|e| format!("{e}"))?;
-    r?;
-    report("cpu_fault_back_single", ns, f);
+    // The same with one page per fault (no fault-around), as Linux's dmirror does (a device
+    // THP always comes back whole).
+    if !huge {
+        to_device()?;
+        let around = v.fault_around();
+        v.set_fault_around(1).map_err(|e| format!("{e}"))?;
+        let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
+        v.set_fault_around(around).map_err(|e| format!("{e}"))?;
+        r?;
+        report("cpu_fault_back_single", ns, f);
+    }
     to_device()?;
     let (r, ns, f) = timed(|| -> Result<(), String> {
         for k in (0..pages).step_by(CALL_PAGES as usize) {
@@ -232,8 +239,9 @@ pub fn devices() -> Result<(), String> {
         if bytes < TOTAL {
             return Err(format!("dev{n} has {} MiB of memory; the migration runs need 256 MiB", bytes >> 20));
         }
-        migration(n, Copier::Dma)?;
-        migration(n, Copier::Cpu)?;
+        migration(n, Copier::Dma, false)?;
+        migration(n, Copier::Cpu, false)?;
+        migration(n, Copier::Dma, true)?;
         fault_batches(n, &mut MigrateOnTouch, "migrate")?;
         fault_batches(n, &mut RemoteMap, "remote")?;
     }

@@ -445,166 +445,22 @@ pub fn device_to_device(_s: &System) -> TestResult {
     Ok(())
 }
 
-/// A 2 MiB-aligned anonymous THP region of `huge` THPs in a fresh process, filled with
-/// `data`; checks the CPU mapped it with huge pages.
-fn thp_process(huge: u64, data: &[u8]) -> Result<(alloc::sync::Arc<hmm::mm::SharedSpace>, u64), String> {
-    use crate::mm::uspace;
-    use hmm::mm::space::{AddressSpace, Advice, MapRequest};
-    use hmm::mm::vma::Prot;
-    const HUGE: u64 = 2 << 20;
-    let mm = uspace::mm();
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
-    // Over-allocate by one huge page, then use the aligned part.
-    let raw = space.lock().mmap(MapRequest::anon((huge + 1) * HUGE, Prot::RW)).map_err(|e| e.to_string())?;
-    let a = raw.next_multiple_of(HUGE);
-    space.lock().madvise(a, huge * HUGE, Advice::HugePage).map_err(|e| e.to_string())?;
-    uspace::run(&space, |u| u.write(a, data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
-    for k in 0..huge {
-        let e = space.lock().lookup(a + k * HUGE);
-        check!(e.as_ref().is_some_and(|e| e.huge), "THP {k} is not PMD-mapped after the fill: {e:?}");
-    }
-    Ok((space, a))
-}
-
-/// 2 MiB pages on the real devices: a THP moves whole into a 2 MiB device page (one PMD
-/// entry, one compound device page, its bytes in device memory), a CPU touch brings the whole
-/// THP back in one fault, an explicit migration back does too, and nothing leaks.
+/// 2 MiB pages on the real devices (see [`vram::checks::huge_round_trip`]).
 pub fn huge_pages(_s: &System) -> TestResult {
-    use crate::mm::uspace;
-    use crate::vram;
-    const HUGE: u64 = 2 << 20;
-    for v in vram::all().map_err(|e| e.to_string())? {
-        let huge = 2u64;
-        let data = pattern(0x2e9 + v.device() as u64, (huge * HUGE) as usize);
-        let (space, a) = thp_process(huge, &data)?;
-        let used = v.in_use();
-        let moved = vram::migrate_to_device(v, &space, a, huge * 512).map_err(|e| e.to_string())?;
-        check!(moved == huge * 512, "dev{}: {moved} pages moved", v.device());
-        check!(v.in_use() == used + huge * 512, "dev{}: {} pages in use", v.device(), v.in_use() - used);
-        let mut page = alloc::vec![0u8; HUGE as usize];
-        for k in 0..huge {
-            let e = space.lock().lookup(a + k * HUGE);
-            let Some(e) = e.filter(|e| e.huge) else {
-                return Err(format!("dev{}: THP {k} not a huge entry", v.device()));
-            };
-            let pfn =
-                v.holds(&e.pte).ok_or_else(|| format!("dev{}: THP {k} not in device memory: {e:?}", v.device()))?;
-            let order = uspace::mm().meta(pfn).map(|m| m.order());
-            check!(order == Some(9), "dev{}: THP {k} is a device page of order {order:?}", v.device());
-            mm::read_phys(v.phys_of(pfn).ok_or("no device address")?, &mut page);
-            check!(page[..] == data[(k * HUGE) as usize..((k + 1) * HUGE) as usize], "THP {k} bytes in device memory");
-        }
-        // One CPU read of THP 0 brings all of it back as a THP (private memory; coherent memory
-        // is read in place).
-        let faults = v.stats.lock().cpu_faults;
-        let mut got = [0u8; 8];
-        uspace::run(&space, |u| u.read(a + 12345, &mut got)).map_err(|f| format!("CPU read: {:?}", f.error))?;
-        check!(got[..] == data[12345..12353], "CPU read of THP 0");
-        if v.kind() == hmm::pagemap::MemoryKind::Private {
-            check!(v.stats.lock().cpu_faults == faults + 1, "one CPU fault for a device THP");
-            let e = space.lock().lookup(a);
-            check!(
-                e.as_ref().is_some_and(|e| e.huge && matches!(e.pte, hmm::mm::pte::Pte::Present(_))),
-                "THP 0 back in RAM as a THP: {e:?}"
-            );
-            check!(v.in_use() == used + 512, "dev{}: {} pages in use after the fault", v.device(), v.in_use() - used);
-        }
-        let back = vram::migrate_to_ram(v, &space, a, huge * 512).map_err(|e| e.to_string())?;
-        let expect = if v.kind() == hmm::pagemap::MemoryKind::Private { 512 } else { huge * 512 };
-        check!(back == expect, "dev{}: {back} pages back explicitly, {expect} expected", v.device());
-        let e = space.lock().lookup(a + HUGE);
-        check!(e.as_ref().is_some_and(|e| e.huge), "THP 1 back in RAM whole: {e:?}");
-        let mut all = alloc::vec![0u8; data.len()];
-        uspace::run(&space, |u| u.read(a, &mut all)).map_err(|f| format!("CPU read: {:?}", f.error))?;
-        check!(all == data, "data after the round trip");
-        check!(v.in_use() == used, "dev{}: {} device pages leaked", v.device(), v.in_use() - used);
-        drop(space);
+    for v in crate::vram::all().map_err(|e| e.to_string())? {
+        let r = crate::vram::checks::huge_round_trip(v, 2)?;
+        log::info!("dev{}: {r:?}", v.device());
     }
     Ok(())
 }
 
-/// Device memory added and removed at run time: a device with a hot-plug region plugs 2 MiB
-/// blocks (virtio-mem), a migration fills them (the region's own engine copies: the data is
-/// read back through the region), and removing them evicts every page to RAM first, losing
-/// nothing, then unplugs. Bad sizes are refused with nothing changed.
+/// Device memory added and removed at run time (see [`vram::checks::hotplug_cycle`]).
 pub fn hotplug(_s: &System) -> TestResult {
-    use crate::mm::uspace;
-    use crate::vram;
-    use hmm::mm::space::{AddressSpace, MapRequest};
-    use hmm::mm::vma::Prot;
-    const HUGE: u64 = 2 << 20;
-    for v in vram::all().map_err(|e| e.to_string())? {
-        if v.hot_pages() == 0 {
-            continue;
+    for v in crate::vram::all().map_err(|e| e.to_string())? {
+        if v.hot_pages() > 0 {
+            let r = crate::vram::checks::hotplug_cycle(v)?;
+            log::info!("dev{}: {r:?}", v.device());
         }
-        let n = v.device();
-        let (pages0, plugged0) = (v.pages(), v.plugged_pages());
-        check!(v.grow(3 << 20).is_err(), "dev{n}: a 3 MiB grow was accepted");
-        check!(v.grow(v.hot_pages() * PAGE + HUGE).is_err(), "dev{n}: a grow past the region was accepted");
-        check!(v.shrink(plugged0 * PAGE + HUGE).is_err(), "dev{n}: a shrink past what is plugged was accepted");
-        check!(v.pages() == pages0, "dev{n}: a refused resize changed the memory");
-        let offs = v.grow(2 * HUGE).map_err(|e| e.to_string())?;
-        check!(offs.iter().all(|&o| o >= v.bar_pages() * PAGE), "dev{n}: plugged at {offs:x?}");
-        check!(v.pages() == pages0 + 1024, "dev{n}: {} pages after plugging 4 MiB", v.pages());
-        let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
-        check!(plugged == Some((plugged0 + 1024) * PAGE), "dev{n}: the device says {plugged:?} bytes are plugged");
-        let region = offs[0] - v.bar_pages() * PAGE;
-        let state = |len| devices::with(|d| d.list[n].hot.as_mut().map(|h| h.mem.state(region, len))).flatten();
-        check!(
-            matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Plugged))),
-            "dev{n}: STATE of the new blocks: {:?}",
-            state(2 * HUGE)
-        );
-        // Everything else of the device is taken, so the migration must land in the new blocks.
-        let bar_blocks = v.bar_pages() / 512;
-        let carved = v.carve(v.bar_pages());
-        let Some(carved) = carved else {
-            v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
-            return Err(format!("dev{n}: the BAR is in use ({} pages); cannot isolate the hot-plug test", v.in_use()));
-        };
-        let r = (|| -> TestResult {
-            let mm = uspace::mm();
-            let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
-            let pages = 600u64;
-            let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
-            let data = pattern(0x407 + n as u64, (pages * PAGE) as usize);
-            uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
-            let moved = vram::migrate_to_device(v, &space, a, pages).map_err(|e| e.to_string())?;
-            check!(moved == pages, "dev{n}: {moved} of {pages} pages reached the plugged memory");
-            let mut page = alloc::vec![0u8; PAGE as usize];
-            for k in 0..pages {
-                let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
-                let pfn = e.as_ref().and_then(|e| v.holds(e)).ok_or_else(|| format!("page {k}: {e:?}"))?;
-                let off = v.offset_of(pfn).ok_or("no offset")?;
-                check!(off >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
-                mm::read_phys(v.phys(off).ok_or("no address")?, &mut page);
-                check!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in the region");
-            }
-            let evicted = v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
-            check!(evicted == pages, "dev{n}: {evicted} pages evicted, {pages} lived there");
-            check!(v.pages() == pages0, "dev{n}: {} pages after unplugging", v.pages());
-            for k in 0..pages {
-                let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
-                check!(matches!(e, Some(hmm::mm::pte::Pte::Present(_))), "page {k} not in RAM after eviction: {e:?}");
-            }
-            let mut back = alloc::vec![0u8; data.len()];
-            uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
-            check!(back == data, "dev{n}: data differs after eviction");
-            let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
-            check!(plugged == Some(plugged0 * PAGE), "dev{n}: {plugged:?} bytes still plugged");
-            check!(
-                matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Unplugged))),
-                "dev{n}: STATE after the removal: {:?}",
-                state(2 * HUGE)
-            );
-            // Plugged again, the same blocks serve again.
-            v.grow(HUGE).map_err(|e| e.to_string())?;
-            v.shrink(HUGE).map_err(|e| e.to_string())?;
-            Ok(())
-        })();
-        v.uncarve(carved, bar_blocks * 512);
-        r?;
-        check!(v.in_use() == 0 || v.pages() == pages0, "dev{n}: {} pages in use", v.in_use());
     }
     Ok(())
 }

@@ -1,0 +1,248 @@
+//! End-to-end checks of device memory that the default job runs and reports, and the
+//! in-kernel tests run as tests: 2 MiB device pages ([`huge_round_trip`]) and device memory
+//! added and removed at run time ([`hotplug_cycle`]). Each verifies every byte and where every
+//! page is, and returns what it measured; the error names the first thing that was wrong.
+
+use super::{Vram, migrate_to_device, migrate_to_ram};
+use crate::arch::time;
+use crate::devices;
+use crate::mm::{self, uspace};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use hmm::mm::SharedSpace;
+use hmm::mm::pte::Pte;
+use hmm::mm::space::{AddressSpace, Advice, MapRequest};
+use hmm::mm::vma::Prot;
+use hmm::pagemap::MemoryKind;
+
+const PAGE: u64 = 4096;
+const HUGE: u64 = 2 << 20;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("{} ({}) at {}:{}", format_args!($($msg)+), stringify!($cond), file!(), line!()));
+        }
+    };
+}
+
+/// A reproducible byte pattern.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn ns(cycles: u64) -> u64 {
+    time::cycles_to_ns(cycles).unwrap_or(0)
+}
+
+/// A fresh process with `huge` THPs (2 MiB-aligned, `MADV_HUGEPAGE`) filled with `data`;
+/// checks the CPU mapped them with huge pages.
+fn thp_process(huge: u64, data: &[u8]) -> Result<(Arc<SharedSpace>, u64), String> {
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    // Over-allocate by one huge page, then use the aligned part.
+    let raw = space.lock().mmap(MapRequest::anon((huge + 1) * HUGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let a = raw.next_multiple_of(HUGE);
+    space.lock().madvise(a, huge * HUGE, Advice::HugePage).map_err(|e| e.to_string())?;
+    uspace::run(&space, |u| u.write(a, data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    for k in 0..huge {
+        let e = space.lock().lookup(a + k * HUGE);
+        ensure!(e.as_ref().is_some_and(|e| e.huge), "THP {k} is not PMD-mapped after the fill: {e:?}");
+    }
+    Ok((space, a))
+}
+
+/// What [`huge_round_trip`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct HugeTrip {
+    /// THPs moved each way.
+    pub thps: u64,
+    /// ns per 4 KiB of THPs migrated to the device (whole 2 MiB device pages).
+    pub to_device_ns_per_page: u64,
+    /// ns for the CPU fault that brought one device THP back whole (private memory), or for
+    /// the CPU read of it in place (coherent).
+    pub fault_back_ns: u64,
+    /// ns per 4 KiB of THPs migrated back explicitly.
+    pub to_ram_ns_per_page: u64,
+}
+
+/// 2 MiB pages on a real device: `thps` THPs move whole into 2 MiB device pages (one PMD
+/// entry each, one compound device page, the bytes in device memory), a CPU touch of private
+/// memory brings its whole THP back in one fault (coherent memory is read in place), an
+/// explicit migration brings the rest back as THPs, the bytes are intact and no device page
+/// leaks.
+pub fn huge_round_trip(v: &Vram, thps: u64) -> Result<HugeTrip, String> {
+    let n = v.device();
+    let pages = thps * 512;
+    let data = pattern(0x2e9 + n as u64, (thps * HUGE) as usize);
+    let (space, a) = thp_process(thps, &data)?;
+    let used = v.in_use();
+    let t0 = time::rdtsc();
+    let moved = migrate_to_device(v, &space, a, pages).map_err(|e| e.to_string())?;
+    let to_device_ns_per_page = ns(time::rdtsc() - t0) / pages;
+    ensure!(moved == pages, "dev{n}: {moved} pages moved");
+    ensure!(v.in_use() == used + pages, "dev{n}: {} pages in use", v.in_use() - used);
+    let mut page = alloc::vec![0u8; HUGE as usize];
+    for k in 0..thps {
+        let e = space.lock().lookup(a + k * HUGE);
+        let Some(e) = e.filter(|e| e.huge) else { return Err(format!("dev{n}: THP {k} not a huge entry")) };
+        let pfn = v.holds(&e.pte).ok_or_else(|| format!("dev{n}: THP {k} not in device memory: {e:?}"))?;
+        let order = uspace::mm().meta(pfn).map(|m| m.order());
+        ensure!(order == Some(9), "dev{n}: THP {k} is a device page of order {order:?}");
+        mm::read_phys(v.phys_of(pfn).ok_or("no device address")?, &mut page);
+        ensure!(page[..] == data[(k * HUGE) as usize..((k + 1) * HUGE) as usize], "THP {k} bytes in device memory");
+    }
+    let faults = v.stats.lock().cpu_faults;
+    let mut got = [0u8; 8];
+    let t0 = time::rdtsc();
+    uspace::run(&space, |u| u.read(a + 12345, &mut got)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    let fault_back_ns = ns(time::rdtsc() - t0);
+    ensure!(got[..] == data[12345..12353], "CPU read of THP 0");
+    let private = v.kind() == MemoryKind::Private;
+    if private {
+        ensure!(v.stats.lock().cpu_faults == faults + 1, "one CPU fault for a device THP");
+        let e = space.lock().lookup(a);
+        ensure!(
+            e.as_ref().is_some_and(|e| e.huge && matches!(e.pte, Pte::Present(_))),
+            "THP 0 back in RAM as a THP: {e:?}"
+        );
+        ensure!(v.in_use() == used + pages - 512, "dev{n}: {} pages in use after the fault", v.in_use() - used);
+    }
+    let t0 = time::rdtsc();
+    let back = migrate_to_ram(v, &space, a, pages).map_err(|e| e.to_string())?;
+    let expect = if private { pages - 512 } else { pages };
+    let to_ram_ns_per_page = ns(time::rdtsc() - t0) / expect.max(1);
+    ensure!(back == expect, "dev{n}: {back} pages back explicitly, {expect} expected");
+    let e = space.lock().lookup(a + (thps - 1) * HUGE);
+    ensure!(e.as_ref().is_some_and(|e| e.huge), "the last THP back in RAM whole: {e:?}");
+    let mut all = alloc::vec![0u8; data.len()];
+    uspace::run(&space, |u| u.read(a, &mut all)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    ensure!(all == data, "data after the round trip");
+    ensure!(v.in_use() == used, "dev{n}: {} device pages leaked", v.in_use() - used);
+    Ok(HugeTrip { thps, to_device_ns_per_page, fault_back_ns, to_ram_ns_per_page })
+}
+
+/// What [`hotplug_cycle`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct HotCycle {
+    /// Bytes plugged and removed again.
+    pub bytes: u64,
+    /// Pages that lived in them and were evicted to RAM on removal.
+    pub evicted: u64,
+    /// ns to plug them and register their pagemaps.
+    pub grow_ns: u64,
+    /// ns to remove them: isolate, evict by DMA, memunmap, unplug.
+    pub shrink_ns: u64,
+}
+
+/// Device memory added and removed at run time on a device with a hot-plug region: 4 MiB
+/// are plugged (virtio-mem) and become device pages; with the BAR taken, migrations must fill
+/// them (base pages, and a THP as a 2 MiB device page) (the region's own engine copies: the bytes are read back through the region);
+/// removing them evicts every page to RAM first, losing nothing, then unplugs, as the device's
+/// STATE confirms. Bad sizes are refused with nothing changed.
+pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, String> {
+    let n = v.device();
+    let (pages0, plugged0) = (v.pages(), v.plugged_pages());
+    ensure!(v.grow(3 << 20).is_err(), "dev{n}: a 3 MiB grow was accepted");
+    ensure!(v.grow(v.hot_pages() * PAGE + HUGE).is_err(), "dev{n}: a grow past the region was accepted");
+    ensure!(v.shrink(plugged0 * PAGE + HUGE).is_err(), "dev{n}: a shrink past what is plugged was accepted");
+    ensure!(v.pages() == pages0, "dev{n}: a refused resize changed the memory");
+    let t0 = time::rdtsc();
+    let offs = v.grow(2 * HUGE).map_err(|e| e.to_string())?;
+    let grow_ns = ns(time::rdtsc() - t0);
+    ensure!(offs.iter().all(|&o| o >= v.bar_pages() * PAGE), "dev{n}: plugged at {offs:x?}");
+    ensure!(v.pages() == pages0 + 1024, "dev{n}: {} pages after plugging 4 MiB", v.pages());
+    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    ensure!(plugged == Some((plugged0 + 1024) * PAGE), "dev{n}: the device says {plugged:?} bytes are plugged");
+    let region = offs[0] - v.bar_pages() * PAGE;
+    let state = |len| devices::with(|d| d.list[n].hot.as_mut().map(|h| h.mem.state(region, len))).flatten();
+    ensure!(
+        matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Plugged))),
+        "dev{n}: STATE of the new blocks: {:?}",
+        state(2 * HUGE)
+    );
+    // Everything else of the device is taken, so the migration must land in the new blocks.
+    let bar = v.bar_pages();
+    let Some(carved) = v.carve(bar) else {
+        v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
+        return Err(format!("dev{n}: the BAR is in use ({} pages); cannot isolate the hot-plug check", v.in_use()));
+    };
+    let r = fill_and_remove(v, &state, pages0, plugged0);
+    v.uncarve(carved, bar);
+    let (evicted, shrink_ns) = r?;
+    Ok(HotCycle { bytes: 2 * HUGE, evicted, grow_ns, shrink_ns })
+}
+
+/// The part of [`hotplug_cycle`] that runs with the BAR carved out.
+fn fill_and_remove(
+    v: &Arc<Vram>,
+    state: &dyn Fn(u64) -> Option<Result<drivers::virtio_mem::BlockState, drivers::virtio_mem::MemError>>,
+    pages0: u64,
+    plugged0: u64,
+) -> Result<(u64, u64), String> {
+    let n = v.device();
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let pages = 300u64;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let data = pattern(0x407 + n as u64, (pages * PAGE) as usize);
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    let moved = migrate_to_device(v, &space, a, pages).map_err(|e| e.to_string())?;
+    ensure!(moved == pages, "dev{n}: {moved} of {pages} pages reached the plugged memory");
+    let mut page = alloc::vec![0u8; PAGE as usize];
+    for k in 0..pages {
+        let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
+        let pfn = e.as_ref().and_then(|e| v.holds(e)).ok_or_else(|| format!("page {k}: {e:?}"))?;
+        let off = v.offset_of(pfn).ok_or("no offset")?;
+        ensure!(off >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
+        mm::read_phys(v.phys(off).ok_or("no address")?, &mut page);
+        ensure!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in the region");
+    }
+    // And a THP, which takes the other block whole.
+    let thp_data = pattern(0x7e5 + n as u64, HUGE as usize);
+    let (thp_space, t) = thp_process(1, &thp_data)?;
+    let moved = migrate_to_device(v, &thp_space, t, 512).map_err(|e| e.to_string())?;
+    let e = thp_space.lock().lookup(t);
+    let off = e.as_ref().filter(|e| e.huge).and_then(|e| v.holds(&e.pte)).and_then(|p| v.offset_of(p));
+    ensure!(
+        moved == 512 && off.is_some_and(|o| o >= v.bar_pages() * PAGE),
+        "dev{n}: the THP is not a device THP in the plugged memory: {moved} pages, {e:?}"
+    );
+    let t0 = time::rdtsc();
+    let evicted = v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
+    let shrink_ns = ns(time::rdtsc() - t0);
+    ensure!(evicted == pages + 512, "dev{n}: {evicted} pages evicted, {} lived there", pages + 512);
+    let mut back = alloc::vec![0u8; HUGE as usize];
+    uspace::run(&thp_space, |u| u.read(t, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    ensure!(back == thp_data, "dev{n}: the evicted THP's data differs");
+    drop(thp_space);
+    ensure!(v.pages() == pages0, "dev{n}: {} pages after unplugging", v.pages());
+    for k in 0..pages {
+        let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
+        ensure!(matches!(e, Some(Pte::Present(_))), "page {k} not in RAM after eviction: {e:?}");
+    }
+    let mut back = alloc::vec![0u8; data.len()];
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    ensure!(back == data, "dev{n}: data differs after eviction");
+    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    ensure!(plugged == Some(plugged0 * PAGE), "dev{n}: {plugged:?} bytes still plugged");
+    ensure!(
+        matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Unplugged))),
+        "dev{n}: STATE after the removal: {:?}",
+        state(2 * HUGE)
+    );
+    // Plugged again, the same blocks serve again.
+    v.grow(HUGE).map_err(|e| e.to_string())?;
+    v.shrink(HUGE).map_err(|e| e.to_string())?;
+    Ok((evicted, shrink_ns))
+}
