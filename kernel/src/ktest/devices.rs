@@ -7,24 +7,13 @@ use crate::System;
 use crate::copyengine::Dir;
 use crate::devices::{self, DevError, KERNEL_IOVA};
 use crate::mm::{self, frame};
+use crate::vram::checks::pattern;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use drivers::viommu::{MAP_READ, MAP_WRITE, Mapping};
 
 const PAGE: u64 = 4096;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Every ivshmem + virtio-blk pair is a device; behind the IOMMU each has its own domain
 /// with the kernel half mapped, and its engine negotiated ACCESS_PLATFORM.

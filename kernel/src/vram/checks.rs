@@ -28,8 +28,8 @@ macro_rules! ensure {
     };
 }
 
-/// A reproducible byte pattern.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
+/// A reproducible byte pattern (xorshift from `seed`).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
