@@ -14,7 +14,9 @@
 //! - [`range`]: `hmm_range_fault`, generic over the output encoding;
 //! - [`pagemap`]: ZONE_DEVICE pagemaps (device-private and coherent memory);
 //! - [`devpt`]: a software device page table (what a mirroring driver keeps coherent);
-//! - [`dmirror`]: Linux's test device, and [`selftests`]: the hmm-tests acceptance suite over it.
+//! - [`dmirror`]: Linux's test device, and [`selftests`]: the hmm-tests acceptance suite over it;
+//! - [`place`]: placement policies (P0–P8), the cost model, workload generators and the engine
+//!   that runs experiments over a model or the real devices.
 //!
 //! Lock order: an address space's lock (the mmap lock), then the notifier state, then a driver's
 //! user lock (taken in its invalidate callback); a driver never holds its user lock while it
@@ -36,6 +38,7 @@ pub mod legacy;
 pub mod mm;
 pub mod notifier;
 pub mod pagemap;
+pub mod place;
 pub mod range;
 pub mod selftests;
 #[cfg(test)]

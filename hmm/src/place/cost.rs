@@ -1,0 +1,229 @@
+//! The cost model: what each mechanism costs in simulated time.
+//!
+//! Defaults are the calibration `reference/placement.md` 1.7 recommends, UVMSmart's GTX 1080 Ti
+//! configuration:
+//! - a far fault (a device page fault serviced by the host) costs 45 µs, charged per faulted
+//!   page a batch services (`far_fault_ns`);
+//! - a transfer of `s` KiB over PCIe runs at `(2a/π)·atan(b·s)` GB/s with a = 12, b = 0.07292
+//!   (4 KiB → 2.17, 64 KiB → 10.4, 1 MiB → 11.9 GB/s), halved for transfers of 2 MiB or more;
+//! - a kernel launch costs 150 µs.
+//!
+//! Access costs are per 128-byte line, per (initiator, memory) pair: local device memory,
+//! system memory from the CPU, system memory from a device (remote, over the link), another
+//! device's memory (peer). A CPU fault on a device page costs `cpu_fault_ns` (default 24 µs,
+//! Linux 6.1's fault-back time in our QEMU, `reference/platform.md`).
+//!
+//! With [`Source::Measured`] the engine charges transfers and fault service at the wall time the
+//! mechanism measured instead (the unikernel's own costs); access costs stay modelled.
+
+use super::Loc;
+use super::params::{ParamDef, ParamError, Params, Value};
+
+/// Where transfer and fault-service costs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The calibrated model.
+    Model,
+    /// The wall time the mechanism measured for each operation.
+    Measured,
+}
+
+/// Costs, in nanoseconds unless named otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostModel {
+    /// Where transfer and fault costs come from.
+    pub source: Source,
+    /// Per faulted page serviced in a device fault batch.
+    pub far_fault_ns: f64,
+    /// Per batch, on top of its faults.
+    pub batch_ns: f64,
+    /// A CPU fault on a page in device memory.
+    pub cpu_fault_ns: f64,
+    /// A phase starting on a device.
+    pub launch_ns: f64,
+    /// PCIe curve: asymptote factor `a` (GB/s).
+    pub pcie_a: f64,
+    /// PCIe curve: steepness `b` (per KiB).
+    pub pcie_b: f64,
+    /// Per line, a device reading or writing its own memory.
+    pub dev_line_ns: f64,
+    /// Per line, the CPU on system memory.
+    pub cpu_line_ns: f64,
+    /// Per line, a device on system memory (or the CPU on coherent device memory).
+    pub remote_line_ns: f64,
+    /// Per line, a device on another device's memory.
+    pub peer_line_ns: f64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        CostModel {
+            source: Source::Model,
+            far_fault_ns: 45_000.0,
+            batch_ns: 0.0,
+            cpu_fault_ns: 24_000.0,
+            launch_ns: 150_000.0,
+            pcie_a: 12.0,
+            pcie_b: 0.07292,
+            dev_line_ns: 1.0,
+            cpu_line_ns: 2.0,
+            remote_line_ns: 11.0,
+            peer_line_ns: 11.0,
+        }
+    }
+}
+
+/// The cost model's parameters (all optional in an experiment).
+pub const PARAMS: &[ParamDef] = &[
+    ParamDef::text("source", "model", &["model", "measured"], "where transfer and fault costs come from"),
+    ParamDef::float("far_fault_us", 45.0, 0.0, 10_000.0, "device far fault, per faulted page"),
+    ParamDef::float("batch_us", 0.0, 0.0, 10_000.0, "fault batch overhead"),
+    ParamDef::float("cpu_fault_us", 24.0, 0.0, 10_000.0, "CPU fault on a device page"),
+    ParamDef::float("launch_us", 150.0, 0.0, 100_000.0, "kernel launch on a device"),
+    ParamDef::float("pcie_a", 12.0, 0.01, 1000.0, "PCIe curve asymptote factor (GB/s)"),
+    ParamDef::float("pcie_b", 0.07292, 0.000_01, 100.0, "PCIe curve steepness (per KiB)"),
+    ParamDef::float("dev_line_ns", 1.0, 0.0, 1e6, "device access to its own memory, per 128 B"),
+    ParamDef::float("cpu_line_ns", 2.0, 0.0, 1e6, "CPU access to system memory, per 128 B"),
+    ParamDef::float("remote_line_ns", 11.0, 0.0, 1e6, "device access to system memory, per 128 B"),
+    ParamDef::float("peer_line_ns", 11.0, 0.0, 1e6, "device access to a peer's memory, per 128 B"),
+];
+
+impl CostModel {
+    /// The model from checked parameters (see [`PARAMS`]).
+    pub fn from_params(p: &Params) -> Result<Self, ParamError> {
+        let p = p.checked(PARAMS)?;
+        let us = |k: &str| p.float(k) * 1000.0;
+        Ok(CostModel {
+            source: if p.text("source") == "measured" { Source::Measured } else { Source::Model },
+            far_fault_ns: us("far_fault_us"),
+            batch_ns: us("batch_us"),
+            cpu_fault_ns: us("cpu_fault_us"),
+            launch_ns: us("launch_us"),
+            pcie_a: p.float("pcie_a"),
+            pcie_b: p.float("pcie_b"),
+            dev_line_ns: p.float("dev_line_ns"),
+            cpu_line_ns: p.float("cpu_line_ns"),
+            remote_line_ns: p.float("remote_line_ns"),
+            peer_line_ns: p.float("peer_line_ns"),
+        })
+    }
+
+    /// The parameters that give this model back.
+    pub fn to_params(&self) -> Params {
+        let mut p = Params::new();
+        let src = if self.source == Source::Measured { "measured" } else { "model" };
+        p.set("source", Value::Text(src.into()));
+        for (k, v) in [
+            ("far_fault_us", self.far_fault_ns / 1000.0),
+            ("batch_us", self.batch_ns / 1000.0),
+            ("cpu_fault_us", self.cpu_fault_ns / 1000.0),
+            ("launch_us", self.launch_ns / 1000.0),
+            ("pcie_a", self.pcie_a),
+            ("pcie_b", self.pcie_b),
+            ("dev_line_ns", self.dev_line_ns),
+            ("cpu_line_ns", self.cpu_line_ns),
+            ("remote_line_ns", self.remote_line_ns),
+            ("peer_line_ns", self.peer_line_ns),
+        ] {
+            p.set(k, Value::Float(v));
+        }
+        p
+    }
+
+    /// Link bandwidth for one transfer of `bytes`, in GB/s (bytes per ns).
+    pub fn bandwidth(&self, bytes: u64) -> f64 {
+        let kib = bytes as f64 / 1024.0;
+        let bw = 2.0 * self.pcie_a / core::f64::consts::PI * atan(self.pcie_b * kib);
+        if bytes >= 2 << 20 { bw / 2.0 } else { bw }
+    }
+
+    /// Time of one transfer of `bytes` (one contiguous run) over the link.
+    pub fn transfer_ns(&self, bytes: u64) -> f64 {
+        if bytes == 0 { 0.0 } else { bytes as f64 / self.bandwidth(bytes) }
+    }
+
+    /// Time of one 128-byte line accessed by `by` in memory `mem`.
+    pub fn line_ns(&self, by: Loc, mem: Loc) -> f64 {
+        match (by, mem) {
+            (Loc::Cpu, Loc::Cpu) => self.cpu_line_ns,
+            (Loc::Dev(a), Loc::Dev(b)) if a == b => self.dev_line_ns,
+            (Loc::Dev(_), Loc::Dev(_)) => self.peer_line_ns,
+            _ => self.remote_line_ns,
+        }
+    }
+}
+
+/// Arc tangent (core has none without `std`): range reduction to |x| ≤ tan(π/12), then the
+/// Taylor series to x¹⁹ (error below 1e-12 there).
+pub fn atan(x: f64) -> f64 {
+    use core::f64::consts::{FRAC_PI_2, FRAC_PI_6};
+    if x < 0.0 {
+        return -atan(-x);
+    }
+    if x > 1.0 {
+        return FRAC_PI_2 - atan(1.0 / x);
+    }
+    const TAN_PI_12: f64 = 0.267_949_192_431_122_7;
+    const INV_SQRT3: f64 = 0.577_350_269_189_625_8;
+    if x > TAN_PI_12 {
+        return FRAC_PI_6 + atan((x - INV_SQRT3) / (1.0 + x * INV_SQRT3));
+    }
+    let x2 = x * x;
+    let mut term = x;
+    let mut sum = 0.0;
+    for k in 0..10 {
+        let t = term / (2 * k + 1) as f64;
+        sum += if k % 2 == 0 { t } else { -t };
+        term *= x2;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atan_matches_std() {
+        for i in -2000..2000 {
+            let x = i as f64 / 37.0;
+            assert!((atan(x) - x.atan()).abs() < 1e-9, "{x}");
+        }
+    }
+
+    #[test]
+    fn pcie_curve_matches_the_published_points() {
+        let c = CostModel::default();
+        // placement.md 1.7: 4 KB → 2.17, 64 KB → 10.4, 256 KB → 11.6, 1 MB → 11.9 GB/s.
+        for (kib, gbps) in [(4, 2.17), (64, 10.4), (256, 11.6), (1024, 11.9)] {
+            let bw = c.bandwidth(kib * 1024);
+            assert!((bw - gbps).abs() < 0.05, "{kib} KiB: {bw}");
+        }
+        // Halved from 2 MiB.
+        assert!((c.bandwidth(2 << 20) - c.bandwidth((2 << 20) - 1) / 2.0).abs() < 0.01);
+        assert!((c.transfer_ns(4096) - 4096.0 / c.bandwidth(4096)).abs() < 1e-9);
+        assert_eq!(c.transfer_ns(0), 0.0);
+    }
+
+    #[test]
+    fn params_round_trip_and_are_checked() {
+        let c = CostModel { far_fault_ns: 10_000.0, source: Source::Measured, ..CostModel::default() };
+        assert_eq!(CostModel::from_params(&c.to_params()).unwrap(), c);
+        let mut p = Params::new();
+        p.set("far_fault_us", Value::Float(-1.0));
+        assert!(CostModel::from_params(&p).is_err());
+        let mut p = Params::new();
+        p.set("pcie_c", Value::Float(1.0));
+        let e = CostModel::from_params(&p).unwrap_err();
+        assert!(e.to_string().contains("pcie_c"), "{e}");
+    }
+
+    #[test]
+    fn access_pairs() {
+        let c = CostModel::default();
+        assert_eq!(c.line_ns(Loc::Dev(1), Loc::Dev(1)), c.dev_line_ns);
+        assert_eq!(c.line_ns(Loc::Dev(1), Loc::Dev(0)), c.peer_line_ns);
+        assert_eq!(c.line_ns(Loc::Dev(1), Loc::Cpu), c.remote_line_ns);
+        assert_eq!(c.line_ns(Loc::Cpu, Loc::Cpu), c.cpu_line_ns);
+    }
+}

@@ -1,0 +1,1014 @@
+//! The engine: runs workloads on processors under a policy, over a [`Mechanism`] that moves and
+//! touches the data, and accounts simulated time by the cost model beside measured wall time.
+//!
+//! **Scheduling.** Each workload is a sequence of steps; a step's phases start together and the
+//! next step starts when all have finished. A phase runs on a processor: a CPU core or a device's
+//! compute engine. A phase for "any device" goes where it is expected to finish first, counting
+//! the queue on each device and the cost of moving the workload's pages that are not already
+//! there (locality-aware list scheduling). A processor runs one phase at a time; others queue.
+//! Among running phases the engine always advances the one with the earliest clock by one wave,
+//! so concurrent workloads interleave in simulated time and compete for device memory.
+//!
+//! **A device wave.** Up to `wave` accesses issue; those the device can reach (its own memory, a
+//! read copy, a remote mapping) complete at their line cost; the others fault. Faults are
+//! deduplicated and serviced in batches of at most `batch` (UVM's 256): the policy plans, the
+//! engine makes room (eviction through the policy), moves data through the mechanism, and the
+//! faulting accesses replay. A batch costs the far-fault latency per faulted page plus the
+//! transfers, which serialize on each device's link.
+//!
+//! **A CPU access** to a page held by a device is a CPU fault, serviced through the policy.
+//!
+//! Invariants: the engine's [`State`] and the mechanism agree on every page's location (the
+//! mechanism checks each access against where the engine says the data is); a write drops every
+//! read copy first; a plan that leaves a faulted page unreachable is completed here (migrate to
+//! the faulter, else map remotely), so no workload can stall forever.
+
+pub mod model;
+
+use super::cost::{CostModel, Source};
+use super::policy::{Ctx, Fault, Notification, Plan, Policy, root_chunk_victims};
+use super::state::State;
+use super::workload::{Access, Phase, Target, Workload};
+use super::{BLOCK, Loc, PAGE};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// A failure of the mechanism (a device error, a disagreement with the page tables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MechError(pub String);
+
+impl core::fmt::Display for MechError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What moves and touches the data: a model on the host, the real devices in the kernel.
+pub trait Mechanism {
+    /// Moves pages `[first, first + pages)`, all now in `from`, to `to`. Returns the wall time
+    /// it took, ns.
+    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError>;
+    /// Whether it can keep read copies on devices.
+    fn can_duplicate(&self) -> bool;
+    /// Gives device `dev` a read copy of `[first, first + pages)`, now in `from`.
+    fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError>;
+    /// Drops device `dev`'s read copy of `page`.
+    fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError>;
+    /// One access by `by` to `page`, whose data it reaches in `at` (a write updates the page's
+    /// data so [`Mechanism::finish`] can check nothing was lost).
+    fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError>;
+    /// Checks every page's data after the run.
+    fn finish(&mut self) -> Result<(), MechError>;
+    /// Wall clock, ns.
+    fn now_ns(&self) -> u64;
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Lines a device has in flight before it must service its faults (64 warps × one 128-byte
+    /// line: a sequential sweep has two pages in flight, a random one up to 64).
+    pub wave: u32,
+    /// Faults per batch.
+    pub batch: u32,
+    /// CPU cores for CPU phases.
+    pub cpus: u32,
+    /// Events kept for the trace (0: no trace).
+    pub trace_limit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { wave: 64, batch: 256, cpus: 1, trace_limit: 0 }
+    }
+}
+
+/// Counts of one run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Simulated time until the last phase ended, ns.
+    pub sim_ns: f64,
+    /// Measured wall time of the run, ns.
+    pub wall_ns: u64,
+    /// Accesses executed.
+    pub accesses: u64,
+    /// Device faults (deduplicated per batch).
+    pub dev_faults: u64,
+    /// Fault batches.
+    pub batches: u64,
+    /// CPU faults on device pages.
+    pub cpu_faults: u64,
+    /// Pages moved system → device.
+    pub to_dev: u64,
+    /// Pages moved device → system (eviction included).
+    pub to_cpu: u64,
+    /// Pages moved device → device.
+    pub dev_to_dev: u64,
+    /// Pages moved ahead of demand.
+    pub prefetched: u64,
+    /// Prefetched pages moved away again before any access.
+    pub prefetch_unused: u64,
+    /// Pages evicted.
+    pub evicted: u64,
+    /// Pages mapped remotely.
+    pub remote_maps: u64,
+    /// Read copies made.
+    pub duplicates: u64,
+    /// Read copies dropped by writes.
+    pub invalidations: u64,
+    /// Throttles (stalls asked by the policy).
+    pub throttles: u64,
+    /// Faulted pages the policy's plan left unreachable, completed by the engine.
+    pub fallbacks: u64,
+    /// Copies asked of a mechanism that cannot keep them (mapped remotely instead).
+    pub dup_unsupported: u64,
+    /// Lines accessed in the accessor's own memory.
+    pub local_lines: u64,
+    /// Lines accessed remotely.
+    pub remote_lines: u64,
+    /// Access-counter notifications.
+    pub notifications: u64,
+    /// Pages that migrated more than once.
+    pub remigrated: u64,
+    /// Link busy time, ns.
+    pub transfer_ns: f64,
+}
+
+/// One processor's share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcStats {
+    /// "cpu0", "dev1", …
+    pub name: String,
+    /// Simulated busy time, ns.
+    pub busy_ns: f64,
+    /// Phases run.
+    pub phases: u32,
+}
+
+/// One workload's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadResult {
+    /// Its kind.
+    pub name: String,
+    /// Footprint, pages.
+    pub pages: u32,
+    /// Steps run.
+    pub steps: u32,
+    /// When its last phase ended, ns.
+    pub end_ns: f64,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// A traced event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Start, simulated ns.
+    pub t: f64,
+    /// Length, ns.
+    pub dur: f64,
+    /// The processor (`cpu0`, `dev1`) or link (`link1`).
+    pub lane: String,
+    /// `phase`, `faults`, `migrate`, `evict`, `prefetch`, `cpu-fault`, `counter`.
+    pub kind: &'static str,
+    /// Pages involved.
+    pub pages: u32,
+    /// Detail (phase name, direction).
+    pub what: String,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Totals.
+    pub stats: Stats,
+    /// Per processor.
+    pub procs: Vec<ProcStats>,
+    /// Per workload.
+    pub workloads: Vec<WorkloadResult>,
+    /// The policy's own counters.
+    pub policy: Vec<(&'static str, u64)>,
+    /// The trace, if asked for.
+    pub trace: Vec<Event>,
+    /// Events not traced past the limit.
+    pub trace_dropped: u64,
+}
+
+struct Proc {
+    loc: Loc,
+    name: String,
+    busy: f64,
+    phases: u32,
+    running: Option<usize>,
+    queue: VecDeque<usize>,
+}
+
+struct Running {
+    wl: usize,
+    phase: Phase,
+    pos: usize,
+    proc: usize,
+    clock: f64,
+    started: f64,
+}
+
+struct Wl {
+    w: Box<dyn Workload>,
+    base: u32,
+    pending: usize,
+    step_end: f64,
+    done: bool,
+    steps: u32,
+    error: Option<String>,
+}
+
+/// The engine. Build with [`Engine::new`], add workloads, [`Engine::run`].
+pub struct Engine<'m> {
+    st: State,
+    cost: CostModel,
+    policy: Box<dyn Policy>,
+    mech: &'m mut dyn Mechanism,
+    cfg: Config,
+    links: Vec<f64>,
+    counters: BTreeMap<(u8, u32), (u32, u32)>,
+    stats: Stats,
+    trace: Vec<Event>,
+    dropped: u64,
+    procs: Vec<Proc>,
+    runs: Vec<Option<Running>>,
+    wls: Vec<Wl>,
+    per_access_ns: f64,
+    next_tick: Option<u64>,
+}
+
+impl core::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Engine({} pages, {})", self.st.len(), self.policy.name())
+    }
+}
+
+/// Pages managed for `workloads` of these footprints: each starts on a 2 MiB boundary.
+pub fn layout(footprints: &[u32]) -> (Vec<u32>, u32) {
+    let mut bases = Vec::new();
+    let mut next = 0u32;
+    for &p in footprints {
+        bases.push(next);
+        next += p.div_ceil(BLOCK) * BLOCK;
+    }
+    (bases, next)
+}
+
+impl<'m> Engine<'m> {
+    /// An engine over `pages` managed pages and devices of `capacities` (pages).
+    pub fn new(
+        pages: u32,
+        capacities: &[u32],
+        cost: CostModel,
+        policy: Box<dyn Policy>,
+        mech: &'m mut dyn Mechanism,
+        cfg: Config,
+    ) -> Self {
+        let mut procs: Vec<Proc> = (0..cfg.cpus.max(1))
+            .map(|c| Proc {
+                loc: Loc::Cpu,
+                name: format!("cpu{c}"),
+                busy: 0.0,
+                phases: 0,
+                running: None,
+                queue: VecDeque::new(),
+            })
+            .collect();
+        for d in 0..capacities.len() {
+            procs.push(Proc {
+                loc: Loc::Dev(d as u8),
+                name: format!("dev{d}"),
+                busy: 0.0,
+                phases: 0,
+                running: None,
+                queue: VecDeque::new(),
+            });
+        }
+        let next_tick = policy.tick_ns().map(|_| 0);
+        Engine {
+            st: State::new(pages, capacities),
+            cost,
+            policy,
+            mech,
+            cfg,
+            links: vec![0.0; capacities.len()],
+            counters: BTreeMap::new(),
+            stats: Stats::default(),
+            trace: Vec::new(),
+            dropped: 0,
+            procs,
+            runs: Vec::new(),
+            wls: Vec::new(),
+            per_access_ns: 50.0,
+            next_tick,
+        }
+    }
+
+    /// Adds a workload whose pages start at `base` (from [`layout`]).
+    pub fn add(&mut self, w: Box<dyn Workload>, base: u32) {
+        self.wls.push(Wl { w, base, pending: 0, step_end: 0.0, done: false, steps: 0, error: None });
+    }
+
+    /// The residency (for checks).
+    pub fn state(&self) -> &State {
+        &self.st
+    }
+
+    fn event(&mut self, t: f64, dur: f64, lane: &str, kind: &'static str, pages: u32, what: &str) {
+        if (self.trace.len() as u32) < self.cfg.trace_limit {
+            self.trace.push(Event { t, dur, lane: lane.into(), kind, pages, what: what.into() });
+        } else if self.cfg.trace_limit > 0 {
+            self.dropped += 1;
+        }
+    }
+
+    /// Runs every workload to the end; a mechanism failure stops the run and is returned.
+    pub fn run(mut self) -> Result<Outcome, MechError> {
+        let wall0 = self.mech.now_ns();
+        loop {
+            self.start_steps();
+            // The active phase with the earliest clock.
+            let next =
+                self.procs.iter().filter_map(|p| p.running).min_by(|&a, &b| self.clock(a).total_cmp(&self.clock(b)));
+            let Some(r) = next else { break };
+            let now = self.clock(r);
+            self.ticks(now)?;
+            self.wave(r)?;
+        }
+        let end = self.wls.iter().map(|w| w.step_end).fold(0.0, f64::max);
+        self.stats.sim_ns = end;
+        self.stats.remigrated = (0..self.st.len()).filter(|&p| self.st.page(p).migrations > 1).count() as u64;
+        self.stats.prefetch_unused += (0..self.st.len()).filter(|&p| self.st.page(p).prefetched).count() as u64;
+        self.mech.finish()?;
+        self.stats.wall_ns = self.mech.now_ns().saturating_sub(wall0);
+        Ok(Outcome {
+            stats: self.stats,
+            procs: self
+                .procs
+                .iter()
+                .map(|p| ProcStats { name: p.name.clone(), busy_ns: p.busy, phases: p.phases })
+                .collect(),
+            workloads: self
+                .wls
+                .iter()
+                .map(|w| WorkloadResult {
+                    name: w.w.name().into(),
+                    pages: w.w.pages(),
+                    steps: w.steps,
+                    end_ns: w.step_end,
+                    error: w.error.clone(),
+                })
+                .collect(),
+            policy: self.policy.report(),
+            trace: self.trace,
+            trace_dropped: self.dropped,
+        })
+    }
+
+    fn clock(&self, r: usize) -> f64 {
+        self.runs[r].as_ref().map_or(f64::INFINITY, |r| r.clock)
+    }
+
+    /// Starts the next step of every workload whose step is over.
+    fn start_steps(&mut self) {
+        for w in 0..self.wls.len() {
+            if self.wls[w].done || self.wls[w].pending > 0 {
+                continue;
+            }
+            let Some(phases) = self.wls[w].w.next_step() else {
+                self.wls[w].done = true;
+                continue;
+            };
+            self.wls[w].steps += 1;
+            let ready = self.wls[w].step_end;
+            for phase in phases {
+                if phase.accesses.is_empty() {
+                    continue;
+                }
+                let proc = self.place(w, &phase, ready);
+                let r = self.runs.len();
+                self.runs.push(Some(Running { wl: w, phase, pos: 0, proc, clock: ready, started: ready }));
+                self.wls[w].pending += 1;
+                let p = &mut self.procs[proc];
+                if p.running.is_none() {
+                    p.running = Some(r);
+                } else {
+                    p.queue.push_back(r);
+                }
+            }
+        }
+    }
+
+    /// Where a phase runs: list scheduling by earliest expected finish, counting queued work and
+    /// the pages that would have to move.
+    fn place(&self, w: usize, phase: &Phase, ready: f64) -> usize {
+        let cpus = self.cfg.cpus.max(1) as usize;
+        let avail = |i: usize| -> f64 {
+            let p = &self.procs[i];
+            let mut t = ready;
+            for r in p.running.iter().chain(p.queue.iter()) {
+                if let Some(run) = &self.runs[*r] {
+                    let left = (run.phase.accesses.len() - run.pos) as f64 * self.per_access_ns;
+                    t = t.max(run.clock) + left;
+                }
+            }
+            t
+        };
+        match phase.on {
+            Target::Cpu => (0..cpus).min_by(|&a, &b| avail(a).total_cmp(&avail(b))).unwrap_or(0),
+            Target::Dev(d) => cpus + (d as usize).min(self.st.devices().saturating_sub(1)),
+            Target::AnyDev => {
+                let wl = &self.wls[w];
+                let (base, pages) = (wl.base, wl.w.pages());
+                (0..self.st.devices())
+                    .map(|d| {
+                        let away = (base..base + pages).filter(|&p| self.st.page(p).loc != Loc::Dev(d as u8)).count();
+                        let mv = self.cost.transfer_ns(PAGE) * away as f64;
+                        (avail(cpus + d) + mv, cpus + d)
+                    })
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .map_or(cpus, |x| x.1)
+            }
+        }
+    }
+
+    fn ticks(&mut self, now: f64) -> Result<(), MechError> {
+        let Some(every) = self.policy.tick_ns() else { return Ok(()) };
+        while let Some(t) = self.next_tick {
+            if t as f64 > now {
+                break;
+            }
+            let mut plan = Plan::default();
+            let cx = Ctx { state: &self.st, cost: &self.cost, now: t };
+            self.policy.on_tick(&cx, &mut plan);
+            if !plan.actions.is_empty() {
+                self.apply(&plan, None, t as f64)?;
+            }
+            self.next_tick = t.checked_add(every.max(1));
+        }
+        Ok(())
+    }
+
+    /// Ends run `r`'s phase at its clock.
+    fn finish_phase(&mut self, r: usize) {
+        let Some(run) = self.runs[r].take() else { return };
+        let p = &mut self.procs[run.proc];
+        p.busy += run.clock - run.started;
+        p.phases += 1;
+        p.running = None;
+        let n = run.phase.accesses.len().max(1) as f64;
+        if p.loc != Loc::Cpu {
+            self.per_access_ns = 0.8 * self.per_access_ns + 0.2 * (run.clock - run.started) / n;
+        }
+        let lane = p.name.clone();
+        self.event(run.started, run.clock - run.started, &lane, "phase", 0, run.phase.name);
+        let w = &mut self.wls[run.wl];
+        w.pending -= 1;
+        w.step_end = w.step_end.max(run.clock);
+        // The next queued phase starts no earlier than now.
+        while let Some(next) = self.procs[run.proc].queue.pop_front() {
+            if let Some(nr) = self.runs[next].as_mut() {
+                nr.clock = nr.clock.max(run.clock);
+                nr.started = nr.clock;
+                self.procs[run.proc].running = Some(next);
+                break;
+            }
+        }
+    }
+
+    /// Stops workload `w` with `why`, dropping its phases.
+    fn fail_workload(&mut self, w: usize, why: String) {
+        for r in 0..self.runs.len() {
+            if self.runs[r].as_ref().is_some_and(|x| x.wl == w) {
+                let proc = self.runs[r].as_ref().map(|x| x.proc).unwrap_or(0);
+                if self.procs[proc].running == Some(r) {
+                    self.finish_phase(r);
+                } else {
+                    self.runs[r] = None;
+                    self.procs[proc].queue.retain(|&q| q != r);
+                    self.wls[w].pending -= 1;
+                }
+            }
+        }
+        self.wls[w].error.get_or_insert(why);
+        self.wls[w].done = true;
+    }
+
+    /// Runs one wave of run `r`.
+    fn wave(&mut self, r: usize) -> Result<(), MechError> {
+        let (w, proc, pos, len) = {
+            let run = self.runs[r].as_ref().ok_or_else(|| MechError("no such phase".into()))?;
+            (run.wl, run.proc, run.pos, run.phase.accesses.len())
+        };
+        let by = self.procs[proc].loc;
+        let end = {
+            let acc = &self.runs[r].as_ref().ok_or_else(|| MechError("no such phase".into()))?.phase.accesses;
+            let (mut end, mut lines) = (pos, 0u32);
+            while end < len && (end == pos || lines < self.cfg.wave.max(1)) {
+                lines += acc[end].lines as u32;
+                end += 1;
+            }
+            end
+        };
+        let base = self.wls[w].base;
+        let limit = self.wls[w].w.pages();
+        let accesses: Vec<Access> =
+            self.runs[r].as_ref().map(|x| x.phase.accesses[pos..end].to_vec()).unwrap_or_default();
+        if let Some(bad) = accesses.iter().find(|a| a.page >= limit) {
+            let why = format!(
+                "{} accessed page {} outside its {} pages (address {:#x} of its region)",
+                self.wls[w].w.name(),
+                bad.page,
+                limit,
+                bad.page as u64 * PAGE
+            );
+            self.fail_workload(w, why);
+            return Ok(());
+        }
+        let mut clock = self.clock(r);
+        match by {
+            Loc::Dev(d) => {
+                if pos == 0 {
+                    clock += self.cost.launch_ns;
+                }
+                clock = self.device_wave(d, base, &accesses, clock)?;
+            }
+            Loc::Cpu => clock = self.cpu_wave(base, &accesses, clock)?,
+        }
+        let run = self.runs[r].as_mut().ok_or_else(|| MechError("no such phase".into()))?;
+        run.pos = end;
+        run.clock = clock;
+        if end == len {
+            self.finish_phase(r);
+        }
+        Ok(())
+    }
+
+    fn reach(&self, p: u32, d: u8, write: bool) -> Option<Loc> {
+        if write { self.st.writable_by(p, d) } else { self.st.readable_by(p, d) }
+    }
+
+    /// Drops every read copy of page `p` (before it is written or moved).
+    fn drop_all_copies(&mut self, p: u32) -> Result<(), MechError> {
+        let copies = self.st.page(p).copies;
+        if copies == 0 {
+            return Ok(());
+        }
+        for d in 0..self.st.devices() as u8 {
+            if copies & (1 << d) != 0 {
+                self.mech.drop_copy(p, d)?;
+            }
+        }
+        self.stats.invalidations += self.st.drop_copies(p) as u64;
+        Ok(())
+    }
+
+    /// One access that can proceed: invalidates copies on a write, moves the data, counts.
+    fn touch(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: f64) -> Result<f64, MechError> {
+        if a.write {
+            self.drop_all_copies(p)?;
+        }
+        self.mech.access(by, at, p, a.write)?;
+        self.st.touch(p, now as u64, a.lines as u32);
+        self.stats.accesses += 1;
+        if by == at {
+            self.stats.local_lines += a.lines as u64;
+        } else {
+            self.stats.remote_lines += a.lines as u64;
+        }
+        Ok(a.lines as f64 * self.cost.line_ns(by, at))
+    }
+
+    fn device_wave(&mut self, d: u8, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
+        let by = Loc::Dev(d);
+        let mut busy = 0.0;
+        let mut faults: Vec<Fault> = Vec::new();
+        let mut stalled: Vec<usize> = Vec::new();
+        for (i, a) in accesses.iter().enumerate() {
+            let p = base + a.page;
+            match self.reach(p, d, a.write) {
+                Some(at) => {
+                    busy += self.touch(by, at, p, a, start)?;
+                    self.count(d, p, at, a, start)?;
+                }
+                None => {
+                    stalled.push(i);
+                    faults.push(Fault { page: p, write: a.write });
+                }
+            }
+        }
+        let mut clock = start + busy;
+        if faults.is_empty() {
+            return Ok(clock);
+        }
+        faults.sort_by_key(|f| f.page);
+        faults.dedup_by(|b, a| {
+            if a.page == b.page {
+                a.write |= b.write;
+                true
+            } else {
+                false
+            }
+        });
+        for batch in faults.chunks(self.cfg.batch.max(1) as usize) {
+            clock = self.service(d, batch, clock)?;
+        }
+        // Replay.
+        for i in stalled {
+            let a = accesses[i];
+            let p = base + a.page;
+            let at = match self.reach(p, d, a.write) {
+                Some(at) => at,
+                None => {
+                    self.stats.fallbacks += 1;
+                    self.force(p, d, clock)?
+                }
+            };
+            clock += self.touch(by, at, p, &a, clock)?;
+            self.count(d, p, at, &a, clock)?;
+        }
+        Ok(clock)
+    }
+
+    /// Makes page `p` reachable by device `d` when the policy did not: migrate it there, or map
+    /// it remotely if no room can be made.
+    fn force(&mut self, p: u32, d: u8, now: f64) -> Result<Loc, MechError> {
+        let mut plan = Plan::default();
+        plan.migrate(p, 1, Loc::Dev(d));
+        self.apply(&plan, Some(Loc::Dev(d)), now)?;
+        if self.st.page(p).loc != Loc::Dev(d) {
+            self.st.map_remote(p, d);
+        }
+        Ok(self.st.page(p).loc)
+    }
+
+    /// Services one batch of device `d`'s faults; returns when the device can replay.
+    fn service(&mut self, d: u8, batch: &[Fault], clock: f64) -> Result<f64, MechError> {
+        self.stats.batches += 1;
+        self.stats.dev_faults += batch.len() as u64;
+        let wall0 = self.mech.now_ns();
+        let mut plan = Plan::default();
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
+        self.policy.on_device_faults(&cx, d, batch, &mut plan);
+        let service = self.cost.batch_ns + self.cost.far_fault_ns * batch.len() as f64;
+        let (done, stall, moved_wall) = self.apply_timed(&plan, Some(Loc::Dev(d)), clock + service)?;
+        let wall = self.mech.now_ns().saturating_sub(wall0);
+        let end = match self.cost.source {
+            Source::Model => done.max(clock + service),
+            // Measured: the batch took what it took on the real devices.
+            Source::Measured => clock + (wall.max(moved_wall)) as f64,
+        } + stall;
+        let lane = format!("dev{d}");
+        self.event(clock, end - clock, &lane, "faults", batch.len() as u32, "batch");
+        Ok(end)
+    }
+
+    fn cpu_wave(&mut self, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
+        let mut clock = start;
+        for a in accesses {
+            let p = base + a.page;
+            if self.st.page(p).loc != Loc::Cpu {
+                self.stats.cpu_faults += 1;
+                let wall0 = self.mech.now_ns();
+                let mut plan = Plan::default();
+                let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
+                self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
+                let (mut done, stall, _) = self.apply_timed(&plan, Some(Loc::Cpu), clock + self.cost.cpu_fault_ns)?;
+                if self.st.page(p).loc != Loc::Cpu {
+                    self.stats.fallbacks += 1;
+                    let mut plan = Plan::default();
+                    plan.migrate(p, 1, Loc::Cpu);
+                    done = done.max(self.apply_timed(&plan, Some(Loc::Cpu), done)?.0);
+                }
+                let end = match self.cost.source {
+                    Source::Model => done.max(clock + self.cost.cpu_fault_ns),
+                    Source::Measured => clock + self.mech.now_ns().saturating_sub(wall0) as f64,
+                } + stall;
+                self.event(clock, end - clock, "cpu0", "cpu-fault", 1, "");
+                clock = end;
+            }
+            clock += self.touch(Loc::Cpu, Loc::Cpu, p, a, clock)?;
+        }
+        Ok(clock)
+    }
+
+    /// Access counters: counts the lines, notifies at the threshold.
+    fn count(&mut self, d: u8, p: u32, at: Loc, a: &Access, now: f64) -> Result<(), MechError> {
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
+        let Some(c) = self.policy.counters(&cx, d) else { return Ok(()) };
+        if at == Loc::Dev(d) && !c.local_too {
+            return Ok(());
+        }
+        let region = c.region.max(1);
+        let key = (d, p / region);
+        let e = self.counters.entry(key).or_insert((0, 0));
+        if a.write {
+            e.1 += a.lines as u32;
+        } else {
+            e.0 += a.lines as u32;
+        }
+        if e.0 + e.1 < c.threshold {
+            return Ok(());
+        }
+        let (reads, writes) = *e;
+        self.counters.remove(&key);
+        self.stats.notifications += 1;
+        let first = p / region * region;
+        let n = Notification { dev: d, first, pages: region.min(self.st.len() - first), reads, writes };
+        let mut plan = Plan::default();
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
+        self.policy.on_access_counter(&cx, &n, &mut plan);
+        if !plan.actions.is_empty() {
+            // Serviced in the background: the links are busy, the device goes on.
+            self.apply(&plan, None, now)?;
+            let lane = format!("dev{d}");
+            self.event(now, 0.0, &lane, "counter", n.pages, "");
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, plan: &Plan, faulter: Option<Loc>, t: f64) -> Result<f64, MechError> {
+        Ok(self.apply_timed(plan, faulter, t)?.0)
+    }
+
+    /// Applies a plan from time `t`: demand actions first, then prefetches, making room as
+    /// needed. Returns (when the last transfer ends, the stall asked for, measured wall ns of
+    /// the moves).
+    fn apply_timed(&mut self, plan: &Plan, faulter: Option<Loc>, t: f64) -> Result<(f64, f64, u64), MechError> {
+        use super::policy::Action;
+        let _ = faulter;
+        let mut done = t;
+        let mut stall = 0.0;
+        let mut wall = 0;
+        // Pages this plan brings to a device are protected from its own evictions.
+        let mut protect: Vec<(u32, u32)> = Vec::new();
+        for a in &plan.actions {
+            if let Action::Migrate { first, pages, to: Loc::Dev(_), .. } | Action::Duplicate { first, pages, .. } = *a {
+                protect.push((first, first.saturating_add(pages)));
+            }
+        }
+        for prefetch_pass in [false, true] {
+            for a in &plan.actions {
+                match *a {
+                    Action::Migrate { first, pages, to, prefetch } if prefetch == prefetch_pass => {
+                        let (e, w) = self.migrate(first, pages, to, prefetch, &protect, t)?;
+                        done = done.max(e);
+                        wall += w;
+                    }
+                    Action::MapRemote { first, pages, dev } if !prefetch_pass => {
+                        let end = first.saturating_add(pages).min(self.st.len());
+                        for p in first..end {
+                            self.st.map_remote(p, dev);
+                        }
+                        self.stats.remote_maps += (end.saturating_sub(first)) as u64;
+                    }
+                    Action::Duplicate { first, pages, dev } if !prefetch_pass => {
+                        let (e, w) = self.duplicate(first, pages, dev, &protect, t)?;
+                        done = done.max(e);
+                        wall += w;
+                    }
+                    Action::Stall { ns } if !prefetch_pass => {
+                        self.stats.throttles += 1;
+                        stall += ns as f64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((done, stall, wall))
+    }
+
+    /// Occupies the links a transfer between `from` and `to` uses; returns its end.
+    fn transfer(&mut self, from: Loc, to: Loc, pages: u32, measured: u64, t: f64) -> f64 {
+        let dur = match self.cost.source {
+            Source::Model => self.cost.transfer_ns(pages as u64 * PAGE),
+            Source::Measured => measured as f64,
+        };
+        let links: Vec<usize> = [from.dev(), to.dev()].into_iter().flatten().collect();
+        let start = links.iter().map(|&l| self.links[l]).fold(t, f64::max);
+        for &l in &links {
+            self.links[l] = start + dur;
+        }
+        self.stats.transfer_ns += dur;
+        start + dur
+    }
+
+    fn protected(protect: &[(u32, u32)], p: u32) -> bool {
+        protect.iter().any(|&(a, b)| p >= a && p < b)
+    }
+
+    /// Moves `[first, first + pages)` to `to`, in runs of pages that share a source.
+    fn migrate(
+        &mut self,
+        first: u32,
+        pages: u32,
+        to: Loc,
+        prefetch: bool,
+        protect: &[(u32, u32)],
+        t: f64,
+    ) -> Result<(f64, u64), MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        let mut done = t;
+        let mut wall = 0;
+        let mut p = first;
+        while p < end {
+            let from = self.st.page(p).loc;
+            if from == to {
+                p += 1;
+                continue;
+            }
+            let mut q = p;
+            while q < end && self.st.page(q).loc == from && q - p < BLOCK && (q == p || !q.is_multiple_of(BLOCK)) {
+                q += 1;
+            }
+            let mut n = q - p;
+            if let Loc::Dev(d) = to {
+                let free = self.st.free(d as usize);
+                if free < n {
+                    done = done.max(self.make_room(d, n - free, protect, t)?);
+                }
+                n = n.min(self.st.free(d as usize));
+                if n == 0 {
+                    break;
+                }
+            }
+            for x in p..p + n {
+                self.drop_all_copies(x)?;
+            }
+            let w = self.mech.migrate(p, n, from, to)?;
+            wall += w;
+            for x in p..p + n {
+                if self.st.page(x).prefetched {
+                    self.stats.prefetch_unused += 1;
+                }
+                self.st.set_loc(x, to, t as u64, prefetch);
+            }
+            match (from, to) {
+                (Loc::Cpu, _) => self.stats.to_dev += n as u64,
+                (_, Loc::Cpu) => self.stats.to_cpu += n as u64,
+                _ => self.stats.dev_to_dev += n as u64,
+            }
+            if prefetch {
+                self.stats.prefetched += n as u64;
+            }
+            let e = self.transfer(from, to, n, w, done);
+            let lane = match (from, to) {
+                (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
+                _ => "link".into(),
+            };
+            self.event(
+                done,
+                e - done,
+                &lane,
+                if prefetch { "prefetch" } else { "migrate" },
+                n,
+                &format!("{from}->{to}"),
+            );
+            done = done.max(e);
+            p += n;
+        }
+        Ok((done, wall))
+    }
+
+    fn duplicate(
+        &mut self,
+        first: u32,
+        pages: u32,
+        dev: u8,
+        protect: &[(u32, u32)],
+        t: f64,
+    ) -> Result<(f64, u64), MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        if !self.mech.can_duplicate() {
+            self.stats.dup_unsupported += (end.saturating_sub(first)) as u64;
+            for p in first..end {
+                self.st.map_remote(p, dev);
+            }
+            return Ok((t, 0));
+        }
+        let mut done = t;
+        let mut wall = 0;
+        for p in first..end {
+            let pg = *self.st.page(p);
+            if pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0 {
+                continue;
+            }
+            if self.st.free(dev as usize) == 0 {
+                done = done.max(self.make_room(dev, 1, protect, t)?);
+                if self.st.free(dev as usize) == 0 {
+                    self.st.map_remote(p, dev);
+                    continue;
+                }
+            }
+            let w = self.mech.duplicate(p, 1, pg.loc, dev)?;
+            wall += w;
+            self.st.add_copy(p, dev);
+            self.stats.duplicates += 1;
+            let e = self.transfer(pg.loc, Loc::Dev(dev), 1, w, done);
+            done = done.max(e);
+        }
+        Ok((done, wall))
+    }
+
+    /// Frees at least `need` pages of device `d` (if it can without touching `protect`);
+    /// returns when the evictions' transfers end.
+    fn make_room(&mut self, d: u8, need: u32, protect: &[(u32, u32)], t: f64) -> Result<f64, MechError> {
+        let mut victims = Vec::new();
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+        self.policy.on_eviction_pressure(&cx, d, need, &mut victims);
+        let mut done = t;
+        let freed = self.evict(d, &victims, protect, &mut done)?;
+        if freed < need {
+            let mut more = Vec::new();
+            let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+            root_chunk_victims(&cx, d, self.st.dev(d as usize).capacity, &mut more);
+            let mut left = need - freed;
+            let mut picked = Vec::new();
+            for (first, n) in more {
+                for p in first..first + n {
+                    if left == 0 {
+                        break;
+                    }
+                    let pg = self.st.page(p);
+                    if (pg.loc == Loc::Dev(d) || pg.copies & (1 << d) != 0) && !Self::protected(protect, p) {
+                        picked.push((p, 1));
+                        left -= 1;
+                    }
+                }
+            }
+            self.evict(d, &picked, protect, &mut done)?;
+        }
+        Ok(done)
+    }
+
+    /// Evicts the victims' pages held by `d` to system memory (dropping read copies), in
+    /// contiguous runs. Returns the pages freed.
+    fn evict(
+        &mut self,
+        d: u8,
+        victims: &[(u32, u32)],
+        protect: &[(u32, u32)],
+        done: &mut f64,
+    ) -> Result<u32, MechError> {
+        let mut pages: Vec<u32> = Vec::new();
+        let mut freed = 0;
+        for &(first, n) in victims {
+            for p in first..first.saturating_add(n).min(self.st.len()) {
+                if Self::protected(protect, p) {
+                    continue;
+                }
+                if self.st.page(p).copies & (1 << d) != 0 {
+                    self.mech.drop_copy(p, d)?;
+                    self.st.drop_copy(p, d);
+                    freed += 1;
+                } else if self.st.page(p).loc == Loc::Dev(d) {
+                    pages.push(p);
+                }
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        let remote = self.policy.remote_after_eviction();
+        let mut i = 0;
+        while i < pages.len() {
+            let mut j = i + 1;
+            while j < pages.len() && pages[j] == pages[j - 1] + 1 && !pages[j].is_multiple_of(BLOCK) {
+                j += 1;
+            }
+            let (first, n) = (pages[i], (j - i) as u32);
+            for x in first..first + n {
+                self.drop_all_copies(x)?;
+            }
+            let w = self.mech.migrate(first, n, Loc::Dev(d), Loc::Cpu)?;
+            for p in first..first + n {
+                if self.st.page(p).prefetched {
+                    self.stats.prefetch_unused += 1;
+                }
+                self.st.set_loc(p, Loc::Cpu, *done as u64, false);
+                if remote {
+                    self.st.map_remote(p, d);
+                }
+            }
+            self.stats.evicted += n as u64;
+            self.stats.to_cpu += n as u64;
+            let e = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
+            let lane = format!("link{d}");
+            self.event(*done, e - *done, &lane, "evict", n, &format!("dev{d}->cpu"));
+            *done = done.max(e);
+            freed += n;
+            i = j;
+        }
+        Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! A model mechanism: keeps its own copy of where every page is, of every page's write count
+//! and of each read copy's, checks each call against them, and at the end that no copy is stale. The host tests
+//! run the engine over it; the kernel can too (`mechanism = "model"`), to separate policy effects
+//! from the real devices' costs.
+
+use super::{MechError, Mechanism};
+use crate::place::{Loc, MAX_DEVICES};
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// The model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    loc: Vec<Loc>,
+    copies: Vec<u8>,
+    data: Vec<u32>,
+    copy_data: Vec<[u32; MAX_DEVICES]>,
+    clock: u64,
+    /// Calls made (migrations, copies, accesses).
+    pub calls: u64,
+}
+
+impl Model {
+    /// `pages` pages, all in system memory.
+    pub fn new(pages: u32) -> Self {
+        Model {
+            loc: vec![Loc::Cpu; pages as usize],
+            copies: vec![0; pages as usize],
+            data: vec![0; pages as usize],
+            copy_data: vec![[0; MAX_DEVICES]; pages as usize],
+            clock: 0,
+            calls: 0,
+        }
+    }
+    /// Where page `p` is.
+    pub fn loc(&self, p: u32) -> Loc {
+        self.loc[p as usize]
+    }
+    /// Writes made to page `p`.
+    pub fn writes(&self, p: u32) -> u32 {
+        self.data[p as usize]
+    }
+}
+
+impl Mechanism for Model {
+    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        self.calls += 1;
+        for p in first..first + pages {
+            let here = self.loc.get(p as usize).copied().ok_or_else(|| MechError(format!("page {p} out of range")))?;
+            if here != from {
+                return Err(MechError(format!("page {p} is in {here}, not {from}")));
+            }
+            if self.copies[p as usize] != 0 {
+                return Err(MechError(format!("page {p} moved with read copies outstanding")));
+            }
+            self.loc[p as usize] = to;
+        }
+        self.clock += 1000 * pages as u64;
+        Ok(1000 * pages as u64)
+    }
+    fn can_duplicate(&self) -> bool {
+        true
+    }
+    fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        self.calls += 1;
+        for p in first..first + pages {
+            if self.loc[p as usize] != from {
+                return Err(MechError(format!("copy of page {p} from {from}, but it is in {}", self.loc[p as usize])));
+            }
+            self.copies[p as usize] |= 1 << dev;
+            self.copy_data[p as usize][dev as usize] = self.data[p as usize];
+        }
+        Ok(1000 * pages as u64)
+    }
+    fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
+        if self.copies[page as usize] & (1 << dev) == 0 {
+            return Err(MechError(format!("dev{dev} has no copy of page {page} to drop")));
+        }
+        self.copies[page as usize] &= !(1 << dev);
+        Ok(())
+    }
+    fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        self.calls += 1;
+        self.clock += 10;
+        let p = page as usize;
+        let home = self.loc[p];
+        let copy = matches!(at, Loc::Dev(d) if self.copies[p] & (1 << d) != 0);
+        if at != home && !copy {
+            return Err(MechError(format!("{by} reached page {page} in {at}, but it is in {home}")));
+        }
+        if write {
+            if copy || self.copies[p] != 0 {
+                return Err(MechError(format!("{by} wrote page {page} with read copies outstanding")));
+            }
+            self.data[p] += 1;
+        } else if let (true, Loc::Dev(d)) = (copy, at)
+            && self.copy_data[p][d as usize] != self.data[p]
+        {
+            return Err(MechError(format!("dev{d} read a stale copy of page {page}")));
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), MechError> {
+        for p in 0..self.data.len() {
+            for d in 0..MAX_DEVICES {
+                if self.copies[p] & (1 << d) != 0 && self.copy_data[p][d] != self.data[p] {
+                    return Err(MechError(format!("dev{d}'s copy of page {p} is stale")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock
+    }
+}

@@ -1,0 +1,252 @@
+//! P7, eviction under oversubscription: which pages a full device gives back.
+//!
+//! Orders (`order`):
+//! - `root-chunk`: UVM (`pick_root_chunk_to_evict`): whole 2 MiB chunks, least recently
+//!   allocated into first;
+//! - `lru4k`: true access LRU over 4 KiB pages (ISCA'19's locality-blind baseline);
+//! - `lru2m`: whole 2 MiB blocks, least recently accessed first;
+//! - `lfu2m`: whole 2 MiB blocks, least frequently accessed first (IPDPS'20);
+//! - `tbne`: ISCA'19's tree-based neighbourhood pre-eviction: the LRU page's 64 KiB big page
+//!   goes, then every enclosing subregion of the 2 MiB tree whose occupancy falls below 50 %
+//!   goes whole, mirroring the tree prefetcher;
+//! - `sle`: the LRU page's 64 KiB big page (sequential-local);
+//! - `random`: random 4 KiB pages (ISCA'19's Re).
+//!
+//! `reserve` keeps that percentage of the device's most recently accessed pages out of
+//! eviction (ISCA'19 §D); `free_buffer` evicts that percentage of capacity beyond what is
+//! needed, keeping a free-page buffer (which ISCA'19 shows hurts a locality-blind LRU).
+
+use crate::place::params::{ParamDef, Params};
+use crate::place::policy::{Ctx, Policy, root_chunk_victims};
+use crate::place::{BIG, BLOCK, Loc, Rng};
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+/// The orders.
+pub const ORDERS: &[&str] = &["root-chunk", "lru4k", "lru2m", "lfu2m", "tbne", "sle", "random"];
+
+/// Parameters.
+pub const PARAMS: &[ParamDef] = &[
+    ParamDef::text("order", "root-chunk", ORDERS, "victim order"),
+    ParamDef::int("reserve", 0, 0, 90, "% of most recently accessed pages never evicted"),
+    ParamDef::int("free_buffer", 0, 0, 50, "% of capacity evicted beyond the need"),
+    ParamDef::int("seed", 1, 0, i64::MAX, "random stream (order = random)"),
+];
+
+/// An eviction policy.
+#[derive(Debug, Clone)]
+pub struct Evict {
+    order: &'static str,
+    reserve: u32,
+    free_buffer: u32,
+    rng: Rng,
+    name: alloc::string::String,
+}
+
+impl Evict {
+    /// From checked parameters.
+    pub fn new(p: &Params) -> Self {
+        let order = ORDERS.iter().copied().find(|o| *o == p.text("order")).unwrap_or("root-chunk");
+        let (reserve, free_buffer) = (p.int("reserve") as u32, p.int("free_buffer") as u32);
+        let mut name = alloc::string::String::from(order);
+        if reserve > 0 {
+            name += &alloc::format!("-r{reserve}");
+        }
+        if free_buffer > 0 {
+            name += &alloc::format!("-b{free_buffer}");
+        }
+        Evict { order, reserve, free_buffer, rng: Rng::new(p.int("seed") as u64), name }
+    }
+}
+
+/// Pages device `dev` holds (resident or copies), with the time of their last access.
+fn held(cx: &Ctx<'_>, dev: u8) -> Vec<(u64, u32)> {
+    let mut v = Vec::new();
+    for b in 0..cx.state.blocks() {
+        if cx.state.on_dev_in_block(dev as usize, b) == 0 {
+            continue;
+        }
+        for p in cx.state.block_range(b) {
+            let pg = cx.state.page(p);
+            if pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0 {
+                v.push((pg.last_access, p));
+            }
+        }
+    }
+    v
+}
+
+fn holds(cx: &Ctx<'_>, dev: u8, p: u32) -> bool {
+    let pg = cx.state.page(p);
+    pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0
+}
+
+impl Policy for Evict {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        let cap = cx.state.dev(dev as usize).capacity;
+        let need = need + cap * self.free_buffer / 100;
+        let mut lru = held(cx, dev);
+        lru.sort_unstable();
+        // Reserved: the most recently accessed `reserve` % of held pages.
+        let keep = lru.len() * self.reserve as usize / 100;
+        let reserved: BTreeSet<u32> = lru[lru.len() - keep..].iter().map(|&(_, p)| p).collect();
+        lru.truncate(lru.len() - keep);
+        let mut chosen: BTreeSet<u32> = BTreeSet::new();
+        let take = |first: u32, pages: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>| {
+            let mut got = 0;
+            for p in first..first + pages {
+                if holds(cx, dev, p) && !reserved.contains(&p) && chosen.insert(p) {
+                    victims.push((p, 1));
+                    got += 1;
+                }
+            }
+            got
+        };
+        let mut got = 0;
+        match self.order {
+            "lru4k" => {
+                for &(_, p) in &lru {
+                    if got >= need {
+                        break;
+                    }
+                    got += take(p, 1, &mut chosen, victims);
+                }
+            }
+            "random" => {
+                while got < need && !lru.is_empty() {
+                    let i = self.rng.below(lru.len() as u64) as usize;
+                    let (_, p) = lru.swap_remove(i);
+                    got += take(p, 1, &mut chosen, victims);
+                }
+            }
+            "sle" | "tbne" => {
+                for &(_, p) in &lru {
+                    if got >= need {
+                        break;
+                    }
+                    if chosen.contains(&p) {
+                        continue;
+                    }
+                    let big = p / BIG * BIG;
+                    got += take(big, BIG.min(cx.pages() - big), &mut chosen, victims);
+                    if self.order == "sle" {
+                        continue;
+                    }
+                    // Walk up the block's tree while occupancy falls below 50 %.
+                    let r = cx.state.block_range(p / BLOCK);
+                    let mut size = BIG * 2;
+                    while size <= BLOCK {
+                        let first = r.start + (p - r.start) / size * size;
+                        let end = (first + size).min(r.end);
+                        let left = (first..end).filter(|&q| holds(cx, dev, q) && !chosen.contains(&q)).count() as u32;
+                        if left * 100 >= size * 50 {
+                            break;
+                        }
+                        got += take(first, end - first, &mut chosen, victims);
+                        size *= 2;
+                    }
+                }
+            }
+            "lru2m" | "lfu2m" => {
+                let m = cx.state.dev(dev as usize);
+                let mut blocks: Vec<(u64, u32)> = (0..cx.state.blocks())
+                    .filter(|&b| m.per_block[b as usize] > 0)
+                    .map(|b| {
+                        let pages = cx.state.block_range(b).filter(|&p| holds(cx, dev, p));
+                        let key = if self.order == "lru2m" {
+                            pages.map(|p| cx.state.page(p).last_access).max().unwrap_or(0)
+                        } else {
+                            pages.map(|p| cx.state.page(p).accesses as u64).sum()
+                        };
+                        (key, b)
+                    })
+                    .collect();
+                blocks.sort_unstable();
+                for (_, b) in blocks {
+                    if got >= need {
+                        break;
+                    }
+                    let r = cx.state.block_range(b);
+                    got += take(r.start, r.end - r.start, &mut chosen, victims);
+                }
+            }
+            _ => {
+                let mut chunks = Vec::new();
+                root_chunk_victims(cx, dev, need, &mut chunks);
+                for (first, pages) in chunks {
+                    if got >= need {
+                        break;
+                    }
+                    got += take(first, pages, &mut chosen, victims);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::place::cost::CostModel;
+    use crate::place::params::Value;
+    use crate::place::state::State;
+
+    fn evict(order: &str, reserve: i64, s: &State, need: u32) -> Vec<u32> {
+        let mut p = Params::new();
+        p.set("order", Value::Text(order.into()));
+        p.set("reserve", Value::Int(reserve));
+        let mut e = Evict::new(&p.checked(PARAMS).unwrap());
+        let c = CostModel::default();
+        let cx = Ctx { state: s, cost: &c, now: 100 };
+        let mut v = Vec::new();
+        e.on_eviction_pressure(&cx, 0, need, &mut v);
+        v.into_iter().flat_map(|(f, n)| f..f + n).collect()
+    }
+
+    /// 64 pages of block 0 then 64 of block 1 on the device; block 1 allocated last but
+    /// block 0's pages accessed last, page 3 the least recently.
+    fn setup() -> State {
+        let mut s = State::new(1024, &[256]);
+        for p in (0..64).chain(512..576) {
+            s.set_loc(p, Loc::Dev(0), 0, false);
+        }
+        for p in 512..576 {
+            s.touch(p, 10 + p as u64, 1);
+        }
+        for p in 0..64 {
+            s.touch(p, 1000 + p as u64, 1);
+        }
+        s.touch(3, 1, 1);
+        s
+    }
+
+    #[test]
+    fn orders_pick_what_they_promise() {
+        let s = setup();
+        assert_eq!(evict("lru4k", 0, &s, 2), [3, 512]);
+        assert_eq!(evict("sle", 0, &s, 1), (0..16).collect::<Vec<_>>());
+        // TBNe: big page 0..16 leaves 0..32 at 50 % (kept), so only the big page goes.
+        assert_eq!(evict("tbne", 0, &s, 1), (0..16).collect::<Vec<_>>());
+        // Block 1 is least recently accessed: LRU 2 MiB takes it whole.
+        assert_eq!(evict("lru2m", 0, &s, 1), (512..576).collect::<Vec<_>>());
+        // Block 0 was allocated first: UVM's root-chunk order takes it.
+        assert_eq!(evict("root-chunk", 0, &s, 1), (0..64).collect::<Vec<_>>());
+        assert_eq!(evict("random", 0, &s, 5).len(), 5);
+        // Reserving 90 % leaves only the 13 least recent pages evictable.
+        assert_eq!(evict("lru4k", 90, &s, 100).len(), 13);
+    }
+
+    #[test]
+    fn tbne_takes_sparse_neighbourhoods() {
+        let mut s = State::new(512, &[512]);
+        // 0..16 and 32..40 held: evicting 0..16 leaves 8 of 32 and 8 of 64: all goes.
+        for p in (0..16).chain(32..40) {
+            s.set_loc(p, Loc::Dev(0), 0, false);
+        }
+        assert_eq!(evict("tbne", 0, &s, 1), (0..16).chain(32..40).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,310 @@
+//! The placement policy trait: every decision about where pages go goes through it.
+//!
+//! The engine calls a policy at five points, as UVM's and SVM's drivers do:
+//! - [`Policy::on_device_faults`]: a batch of device faults (deduplicated, sorted by page, at
+//!   most 256, UVM's `uvm_perf_fault_batch_count`), after which the device replays them;
+//! - [`Policy::on_cpu_fault`]: the CPU touched a page held by a device;
+//! - [`Policy::on_access_counter`]: a device's access counter for a region reached its
+//!   threshold ([`Policy::counters`] turns the counters on, as
+//!   `uvm_perf_access_counter_migration_enable` does);
+//! - [`Policy::on_eviction_pressure`]: a device must free pages before a migration can land;
+//! - [`Policy::on_tick`]: periodically, every [`Policy::tick_ns`] of simulated time.
+//!
+//! A policy answers with a [`Plan`] (migrations, remote mappings, read copies, a throttle) or a
+//! list of victims. It reads the residency through [`Ctx`] and never changes it: the engine
+//! applies the plan, makes room, and keeps the books. A plan that leaves a faulted page
+//! unreachable is completed by the engine (the page migrates to the faulter, counted as a
+//! fallback), so a policy can never hang a workload.
+
+use super::cost::CostModel;
+use super::state::State;
+use super::{BLOCK, Loc};
+use alloc::vec::Vec;
+
+/// One deduplicated device fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The page.
+    pub page: u32,
+    /// Any of the accesses writes.
+    pub write: bool,
+}
+
+/// Something a policy asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Move pages to a memory. `prefetch` marks pages moved ahead of demand.
+    Migrate {
+        /// First page.
+        first: u32,
+        /// Page count.
+        pages: u32,
+        /// Destination.
+        to: Loc,
+        /// Moved ahead of demand.
+        prefetch: bool,
+    },
+    /// Map pages for device `dev` where they are (zero-copy, remote access).
+    MapRemote {
+        /// First page.
+        first: u32,
+        /// Page count.
+        pages: u32,
+        /// The device.
+        dev: u8,
+    },
+    /// Give device `dev` a read-only copy of pages (read duplication).
+    Duplicate {
+        /// First page.
+        first: u32,
+        /// Page count.
+        pages: u32,
+        /// The device.
+        dev: u8,
+    },
+    /// Hold the faulting processor back this long before it replays (thrashing throttle).
+    Stall {
+        /// Nanoseconds.
+        ns: u64,
+    },
+}
+
+/// A policy's answer.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// In the order they are applied.
+    pub actions: Vec<Action>,
+}
+
+impl Plan {
+    /// Moves `[first, first + pages)` to `to`, on demand.
+    pub fn migrate(&mut self, first: u32, pages: u32, to: Loc) {
+        self.actions.push(Action::Migrate { first, pages, to, prefetch: false });
+    }
+    /// Moves `[first, first + pages)` to `to` ahead of demand.
+    pub fn prefetch(&mut self, first: u32, pages: u32, to: Loc) {
+        self.actions.push(Action::Migrate { first, pages, to, prefetch: true });
+    }
+    /// Maps `[first, first + pages)` for `dev` where they are.
+    pub fn remote(&mut self, first: u32, pages: u32, dev: u8) {
+        self.actions.push(Action::MapRemote { first, pages, dev });
+    }
+    /// Read copies of `[first, first + pages)` for `dev`.
+    pub fn duplicate(&mut self, first: u32, pages: u32, dev: u8) {
+        self.actions.push(Action::Duplicate { first, pages, dev });
+    }
+    /// A throttle.
+    pub fn stall(&mut self, ns: u64) {
+        self.actions.push(Action::Stall { ns });
+    }
+    /// Empties the plan.
+    pub fn clear(&mut self) {
+        self.actions.clear();
+    }
+}
+
+/// What a policy may read.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Residency and history of every page.
+    pub state: &'a State,
+    /// The cost model.
+    pub cost: &'a CostModel,
+    /// Simulated time now, ns.
+    pub now: u64,
+}
+
+impl Ctx<'_> {
+    /// Managed pages.
+    pub fn pages(&self) -> u32 {
+        self.state.len()
+    }
+    /// Whether device `d`'s memory has filled up at least once.
+    pub fn oversubscribed(&self, d: u8) -> bool {
+        self.state.dev(d as usize).filled
+    }
+    /// The `[first, end)` of the aligned window of `size` pages around `p`, clipped to the
+    /// managed pages.
+    pub fn window(&self, p: u32, size: u32) -> (u32, u32) {
+        let first = p / size * size;
+        (first, (first + size).min(self.pages()))
+    }
+}
+
+/// Access counters a policy asks the engine to keep, per device and region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Pages per region (16 = 64 KiB, UVM's sub-region granularity).
+    pub region: u32,
+    /// Lines counted in a region before a notification.
+    pub threshold: u32,
+    /// Count accesses to the device's own memory too (hotness sampling), not just remote ones.
+    pub local_too: bool,
+}
+
+/// A device's counter for a region reached its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notification {
+    /// The device.
+    pub dev: u8,
+    /// First page of the region.
+    pub first: u32,
+    /// Pages in the region.
+    pub pages: u32,
+    /// Lines read since the last notification.
+    pub reads: u32,
+    /// Lines written since the last notification.
+    pub writes: u32,
+}
+
+/// A placement policy. Every hook but [`Policy::name`] has a default: migrate the faulted page
+/// to the faulter (UVM's rule 10), bring CPU-touched pages back one at a time, evict in UVM's
+/// root-chunk order.
+pub trait Policy {
+    /// The policy's name, as experiments write it.
+    fn name(&self) -> &str;
+
+    /// A batch of device `dev`'s faults.
+    fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+        let _ = cx;
+        for f in faults {
+            plan.migrate(f.page, 1, Loc::Dev(dev));
+        }
+    }
+
+    /// The CPU touched page `page`, which a device holds.
+    fn on_cpu_fault(&mut self, cx: &Ctx<'_>, page: u32, write: bool, plan: &mut Plan) {
+        let _ = (cx, write);
+        plan.migrate(page, 1, Loc::Cpu);
+    }
+
+    /// The access counters this policy wants (none by default: UVM's default on x86/PCIe).
+    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
+        let _ = (cx, dev);
+        None
+    }
+
+    /// A counter notification.
+    fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
+        let _ = (cx, n, plan);
+    }
+
+    /// Device `dev` must free `need` pages: push victim ranges (pages it holds) until they
+    /// cover `need`. The engine skips pages the current plan needs, and completes a short list
+    /// in root-chunk order.
+    fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        root_chunk_victims(cx, dev, need, victims);
+    }
+
+    /// Whether pages evicted from a device stay mapped there remotely (UVM's
+    /// `uvm_perf_map_remote_on_eviction`, effective with access-counter migration).
+    fn remote_after_eviction(&self) -> bool {
+        false
+    }
+
+    /// How often [`Policy::on_tick`] runs, in simulated ns (never by default).
+    fn tick_ns(&self) -> Option<u64> {
+        None
+    }
+
+    /// The periodic tick.
+    fn on_tick(&mut self, cx: &Ctx<'_>, plan: &mut Plan) {
+        let _ = (cx, plan);
+    }
+
+    /// Policy-specific counters for the results (name, value).
+    fn report(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+impl core::fmt::Debug for dyn Policy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Policy({})", self.name())
+    }
+}
+
+/// UVM's victim order (`pick_root_chunk_to_evict`): whole 2 MiB root chunks, least recently
+/// *allocated into* first (mapping does not refresh a chunk, so this is not an access LRU).
+pub fn root_chunk_victims(cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+    let m = cx.state.dev(dev as usize);
+    let mut blocks: Vec<u32> = (0..cx.state.blocks()).filter(|&b| m.per_block[b as usize] > 0).collect();
+    blocks.sort_by_key(|&b| m.stamp[b as usize]);
+    let mut got = 0;
+    for b in blocks {
+        if got >= need {
+            break;
+        }
+        let r = cx.state.block_range(b);
+        victims.push((r.start, r.end - r.start));
+        got += m.per_block[b as usize];
+    }
+}
+
+/// A placement policy paired with a different eviction policy: eviction hooks go to `evict`,
+/// everything else to `place` (UVMSmart's prefetcher × eviction combinations).
+pub struct Stack {
+    /// Decides faults, counters and ticks.
+    pub place: alloc::boxed::Box<dyn Policy>,
+    /// Chooses victims.
+    pub evict: alloc::boxed::Box<dyn Policy>,
+    name: alloc::string::String,
+}
+
+impl core::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Stack({})", self.name)
+    }
+}
+
+impl Stack {
+    /// `place` with `evict`'s victims.
+    pub fn new(place: alloc::boxed::Box<dyn Policy>, evict: alloc::boxed::Box<dyn Policy>) -> Self {
+        let name = alloc::format!("{}+{}", place.name(), evict.name());
+        Stack { place, evict, name }
+    }
+}
+
+impl Policy for Stack {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+        self.place.on_device_faults(cx, dev, faults, plan)
+    }
+    fn on_cpu_fault(&mut self, cx: &Ctx<'_>, page: u32, write: bool, plan: &mut Plan) {
+        self.place.on_cpu_fault(cx, page, write, plan)
+    }
+    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
+        self.place.counters(cx, dev)
+    }
+    fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
+        self.place.on_access_counter(cx, n, plan)
+    }
+    fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        self.evict.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn remote_after_eviction(&self) -> bool {
+        self.place.remote_after_eviction()
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        match (self.place.tick_ns(), self.evict.tick_ns()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn on_tick(&mut self, cx: &Ctx<'_>, plan: &mut Plan) {
+        self.place.on_tick(cx, plan);
+        self.evict.on_tick(cx, plan);
+    }
+    fn report(&self) -> Vec<(&'static str, u64)> {
+        let mut r = self.place.report();
+        r.extend(self.evict.report());
+        r
+    }
+}
+
+/// Whether pages `[first, first + pages)` lie in one VA block.
+pub fn in_one_block(first: u32, pages: u32) -> bool {
+    pages == 0 || first / BLOCK == (first + pages - 1) / BLOCK
+}

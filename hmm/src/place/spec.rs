@@ -1,0 +1,485 @@
+//! One experiment point as compact text, and its result as one JSON line.
+//!
+//! The xtask expands an experiment file into points and writes them in this format into the
+//! guest's boot module; the guest decodes them, runs each, and prints one `@@POINT {json}` line
+//! per point (and `@@TRACE {json}` lines when traced). Both sides use this module, so the format
+//! is defined once.
+//!
+//! ```text
+//! point 3
+//! label tree+lru4k/bfs/1.25
+//! devices 2048 2048
+//! run cpus=1 wave=64 batch=256 trace=0 mechanism=real
+//! cost far_fault_us=45.0
+//! policy tree threshold=51
+//! evict order=lru4k
+//! workload bfs oversubscription=1.25 device=dev0
+//! end
+//! ```
+//!
+//! Every value is a word (no spaces); the label is the rest of its line.
+
+use super::cost::CostModel;
+use super::engine::{self, Config, Engine, MechError, Mechanism, Outcome};
+use super::params::{ParamDef, ParamError, Params, Value};
+use super::policy::Policy;
+use super::workload::{self, Setup, Target, Workload};
+use super::{MAX_DEVICES, policies};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+/// Parameters of the `run` line.
+pub const RUN: &[ParamDef] = &[
+    ParamDef::int("cpus", 1, 1, 256, "CPU cores for CPU phases"),
+    ParamDef::int("wave", 64, 1, 65536, "accesses a device issues between fault services"),
+    ParamDef::int("batch", 256, 1, 4096, "faults per batch (UVM: 256)"),
+    ParamDef::int("trace", 0, 0, 1_000_000, "trace events kept (0: none)"),
+    ParamDef::text("mechanism", "real", &["real", "model"], "real devices, or the model mechanism"),
+];
+
+/// One point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Its number in the experiment.
+    pub id: u32,
+    /// A readable name.
+    pub label: String,
+    /// Pages of each device's memory the point may use.
+    pub devices: Vec<u32>,
+    /// The `run` line.
+    pub run: Params,
+    /// The cost model.
+    pub cost: Params,
+    /// Placement policy name.
+    pub policy: String,
+    /// Its parameters.
+    pub policy_params: Params,
+    /// Eviction parameters.
+    pub evict: Params,
+    /// Workloads (kind, parameters).
+    pub workloads: Vec<(String, Params)>,
+}
+
+/// A line that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl core::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "experiment image line {}: {}", self.line, self.msg)
+    }
+}
+
+fn kv(words: &[&str], line: usize) -> Result<Params, SpecError> {
+    let mut p = Params::new();
+    for w in words {
+        let (k, v) = w.split_once('=').ok_or_else(|| SpecError { line, msg: format!("`{w}` is not key=value") })?;
+        p.set(k, Value::parse(v));
+    }
+    Ok(p)
+}
+
+fn write_kv(out: &mut String, p: &Params) {
+    for (k, v) in p.iter() {
+        let _ = write!(out, " {k}={v}");
+    }
+}
+
+impl Point {
+    /// The point as text.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "point {}", self.id);
+        let _ = writeln!(s, "label {}", self.label.replace('\n', " "));
+        s += "devices";
+        for d in &self.devices {
+            let _ = write!(s, " {d}");
+        }
+        s += "\nrun";
+        write_kv(&mut s, &self.run);
+        s += "\ncost";
+        write_kv(&mut s, &self.cost);
+        let _ = write!(s, "\npolicy {}", self.policy);
+        write_kv(&mut s, &self.policy_params);
+        s += "\nevict";
+        write_kv(&mut s, &self.evict);
+        for (kind, p) in &self.workloads {
+            let _ = write!(s, "\nworkload {kind}");
+            write_kv(&mut s, p);
+        }
+        s += "\nend\n";
+        s
+    }
+
+    /// Every point in `text`.
+    pub fn decode_all(text: &str) -> Result<Vec<Point>, SpecError> {
+        let mut out = Vec::new();
+        let mut cur: Option<Point> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let l = raw.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let err = |msg: String| SpecError { line, msg };
+            if words[0] == "point" {
+                if cur.is_some() {
+                    return Err(err("`point` before the previous point's `end`".into()));
+                }
+                let id =
+                    words.get(1).and_then(|w| w.parse().ok()).ok_or_else(|| err("`point` needs a number".into()))?;
+                cur = Some(Point {
+                    id,
+                    label: String::new(),
+                    devices: Vec::new(),
+                    run: Params::new(),
+                    cost: Params::new(),
+                    policy: String::new(),
+                    policy_params: Params::new(),
+                    evict: Params::new(),
+                    workloads: Vec::new(),
+                });
+                continue;
+            }
+            let p = cur.as_mut().ok_or_else(|| err(format!("`{}` outside a point", words[0])))?;
+            match words[0] {
+                "label" => p.label = l[5..].trim().to_string(),
+                "devices" => {
+                    p.devices = words[1..]
+                        .iter()
+                        .map(|w| w.parse::<u32>().map_err(|_| err(format!("device size `{w}` is not a page count"))))
+                        .collect::<Result<_, _>>()?
+                }
+                "run" => p.run = kv(&words[1..], line)?,
+                "cost" => p.cost = kv(&words[1..], line)?,
+                "policy" => {
+                    p.policy = words.get(1).ok_or_else(|| err("`policy` needs a name".into()))?.to_string();
+                    p.policy_params = kv(&words[2..], line)?;
+                }
+                "evict" => p.evict = kv(&words[1..], line)?,
+                "workload" => {
+                    let kind = words.get(1).ok_or_else(|| err("`workload` needs a kind".into()))?.to_string();
+                    p.workloads.push((kind, kv(&words[2..], line)?));
+                }
+                "end" => out.extend(cur.take()),
+                w => return Err(err(format!("unknown line `{w}`"))),
+            }
+        }
+        if cur.is_some() {
+            return Err(SpecError { line: text.lines().count(), msg: "the last point has no `end`".into() });
+        }
+        Ok(out)
+    }
+
+    /// Checks everything and builds the run. `have` is the device memory the machine has, in
+    /// pages (the point may not ask for more).
+    pub fn prepare(&self, have: &[u32]) -> Result<Prepared, ParamError> {
+        if self.devices.is_empty() || self.devices.len() > MAX_DEVICES {
+            return Err(ParamError::Other(format!(
+                "a point needs 1 to {MAX_DEVICES} devices, it names {}",
+                self.devices.len()
+            )));
+        }
+        if self.devices.len() > have.len() {
+            return Err(ParamError::Other(format!(
+                "the point uses {} devices; the machine has {}",
+                self.devices.len(),
+                have.len()
+            )));
+        }
+        for (d, (&want, &got)) in self.devices.iter().zip(have).enumerate() {
+            if want == 0 || want > got {
+                return Err(ParamError::Other(format!(
+                    "device {d}: the point uses {want} pages of device memory; the machine has {got} (1 to {got} allowed)"
+                )));
+            }
+        }
+        if self.workloads.is_empty() {
+            return Err(ParamError::Other("a point needs at least one workload".into()));
+        }
+        let run = self.run.checked(RUN)?;
+        let cost = CostModel::from_params(&self.cost)?;
+        let policy = policies::build(&self.policy, &self.policy_params, &self.evict)?;
+        let mut built: Vec<Box<dyn Workload>> = Vec::new();
+        for (i, (kind, p)) in self.workloads.iter().enumerate() {
+            let (common, own) = workload::check(kind, p)?;
+            let device = workload::target(&common);
+            let basis = match device {
+                Target::Dev(d) => *self.devices.get(d as usize).ok_or_else(|| ParamError::Bad {
+                    name: "device".into(),
+                    value: format!("dev{d}"),
+                    allowed: format!(
+                        "dev0 to dev{} (the point uses {} devices)",
+                        self.devices.len() - 1,
+                        self.devices.len()
+                    ),
+                })?,
+                _ => self.devices.iter().copied().max().unwrap_or(0),
+            };
+            let setup = Setup {
+                pages: workload::footprint(&common, basis),
+                device,
+                devices: self.devices.len() as u8,
+                seed: common.int("seed") as u64 + i as u64,
+                iterations: common.int("iterations") as u32,
+            };
+            built.push(workload::build(kind, &own, &setup)?);
+        }
+        let (bases, pages) = engine::layout(&built.iter().map(|w| w.pages()).collect::<Vec<_>>());
+        let cfg = Config {
+            wave: run.int("wave") as u32,
+            batch: run.int("batch") as u32,
+            cpus: run.int("cpus") as u32,
+            trace_limit: run.int("trace") as u32,
+        };
+        Ok(Prepared {
+            pages,
+            bases,
+            workloads: built,
+            policy,
+            cost,
+            cfg,
+            capacities: self.devices.clone(),
+            model: run.text("mechanism") == "model",
+        })
+    }
+}
+
+/// A checked point, ready to run.
+pub struct Prepared {
+    /// Managed pages (all workloads, each 2 MiB-aligned).
+    pub pages: u32,
+    /// Where each workload's pages start.
+    pub bases: Vec<u32>,
+    /// The workloads.
+    pub workloads: Vec<Box<dyn Workload>>,
+    /// The policy.
+    pub policy: Box<dyn Policy>,
+    /// The costs.
+    pub cost: CostModel,
+    /// Engine settings.
+    pub cfg: Config,
+    /// Device pages used.
+    pub capacities: Vec<u32>,
+    /// Run over the model mechanism rather than the real devices.
+    pub model: bool,
+}
+
+impl core::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Prepared({} pages, {}, {} workloads)", self.pages, self.policy.name(), self.workloads.len())
+    }
+}
+
+impl Prepared {
+    /// Runs the point over `mech` (which manages `self.pages` pages).
+    pub fn run(self, mech: &mut dyn Mechanism) -> Result<Outcome, MechError> {
+        let mut e = Engine::new(self.pages, &self.capacities, self.cost, self.policy, mech, self.cfg);
+        for (w, base) in self.workloads.into_iter().zip(self.bases) {
+            e.add(w, base);
+        }
+        e.run()
+    }
+}
+
+/// Writes `s` as a JSON string.
+pub fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn num(out: &mut String, x: f64) {
+    if x.is_finite() {
+        let _ = write!(out, "{x:.1}");
+    } else {
+        out.push('0');
+    }
+}
+
+/// A point's result as one JSON object (the `@@POINT` line's payload).
+pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
+    let s = &o.stats;
+    let mut j = String::from("{\"id\":");
+    let _ = write!(j, "{}", p.id);
+    j += ",\"label\":";
+    json_str(&mut j, &p.label);
+    j += ",\"policy\":";
+    json_str(&mut j, &p.policy);
+    j += ",\"mechanism\":";
+    json_str(&mut j, mechanism);
+    j += ",\"sim_ns\":";
+    num(&mut j, s.sim_ns);
+    let _ = write!(j, ",\"wall_ns\":{}", s.wall_ns);
+    for (k, v) in [
+        ("accesses", s.accesses),
+        ("dev_faults", s.dev_faults),
+        ("batches", s.batches),
+        ("cpu_faults", s.cpu_faults),
+        ("to_dev", s.to_dev),
+        ("to_cpu", s.to_cpu),
+        ("dev_to_dev", s.dev_to_dev),
+        ("prefetched", s.prefetched),
+        ("prefetch_unused", s.prefetch_unused),
+        ("evicted", s.evicted),
+        ("remote_maps", s.remote_maps),
+        ("duplicates", s.duplicates),
+        ("invalidations", s.invalidations),
+        ("throttles", s.throttles),
+        ("fallbacks", s.fallbacks),
+        ("dup_unsupported", s.dup_unsupported),
+        ("local_lines", s.local_lines),
+        ("remote_lines", s.remote_lines),
+        ("notifications", s.notifications),
+        ("remigrated", s.remigrated),
+    ] {
+        let _ = write!(j, ",\"{k}\":{v}");
+    }
+    j += ",\"transfer_ns\":";
+    num(&mut j, s.transfer_ns);
+    j += ",\"procs\":[";
+    for (i, p) in o.procs.iter().enumerate() {
+        if i > 0 {
+            j.push(',');
+        }
+        j += "{\"name\":";
+        json_str(&mut j, &p.name);
+        j += ",\"busy_ns\":";
+        num(&mut j, p.busy_ns);
+        let util = if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 };
+        let _ = write!(j, ",\"utilisation\":{util:.4},\"phases\":{}}}", p.phases);
+    }
+    j += "],\"workloads\":[";
+    for (i, w) in o.workloads.iter().enumerate() {
+        if i > 0 {
+            j.push(',');
+        }
+        j += "{\"name\":";
+        json_str(&mut j, &w.name);
+        let _ = write!(j, ",\"pages\":{},\"steps\":{},\"end_ns\":", w.pages, w.steps);
+        num(&mut j, w.end_ns);
+        j += ",\"error\":";
+        match &w.error {
+            Some(e) => json_str(&mut j, e),
+            None => j += "null",
+        }
+        j.push('}');
+    }
+    j += "],\"policy_counters\":{";
+    for (i, (k, v)) in o.policy.iter().enumerate() {
+        if i > 0 {
+            j.push(',');
+        }
+        let _ = write!(j, "\"{k}\":{v}");
+    }
+    let _ = write!(j, "}},\"trace_events\":{},\"trace_dropped\":{}}}", o.trace.len(), o.trace_dropped);
+    j
+}
+
+/// A trace event as one JSON object (the `@@TRACE` line's payload).
+pub fn trace_json(point: u32, e: &engine::Event) -> String {
+    let mut j = String::new();
+    let _ = write!(j, "{{\"point\":{point},\"t\":");
+    num(&mut j, e.t);
+    j += ",\"dur\":";
+    num(&mut j, e.dur);
+    j += ",\"lane\":";
+    json_str(&mut j, &e.lane);
+    let _ = write!(j, ",\"kind\":\"{}\",\"pages\":{},\"what\":", e.kind, e.pages);
+    json_str(&mut j, &e.what);
+    j.push('}');
+    j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn point() -> Point {
+        let mut w = Params::new();
+        w.set("oversubscription", Value::Float(1.25));
+        let mut ev = Params::new();
+        ev.set("order", Value::Text("lru4k".into()));
+        let mut run = Params::new();
+        run.set("mechanism", Value::Text("model".into()));
+        Point {
+            id: 3,
+            label: "tree+lru4k/bfs/1.25".into(),
+            devices: alloc::vec![256],
+            run,
+            cost: Params::new(),
+            policy: "tree".into(),
+            policy_params: Params::new(),
+            evict: ev,
+            workloads: alloc::vec![("bfs".into(), w)],
+        }
+    }
+
+    #[test]
+    fn points_round_trip() {
+        let p = point();
+        let text = p.encode() + &Point { id: 4, ..p.clone() }.encode();
+        let back = Point::decode_all(&text).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0], p);
+        assert_eq!(back[1].id, 4);
+    }
+
+    #[test]
+    fn bad_images_name_the_line() {
+        let e = Point::decode_all("point 1\nlabel x\nfoo\nend\n").unwrap_err();
+        assert_eq!((e.line, e.msg.as_str()), (3, "unknown line `foo`"));
+        let e = Point::decode_all("point 1\ncost far_fault_us\nend\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(Point::decode_all("point 1\n").is_err());
+        assert!(Point::decode_all("label x\n").is_err());
+    }
+
+    #[test]
+    fn prepare_checks_the_machine() {
+        let p = point();
+        assert!(p.prepare(&[256]).is_ok());
+        let e = p.prepare(&[128]).unwrap_err();
+        assert!(e.to_string().contains("uses 256 pages of device memory; the machine has 128"), "{e}");
+        let mut q = p.clone();
+        q.workloads[0].1.set("device", Value::Text("dev1".into()));
+        let e = q.prepare(&[256, 256]).unwrap_err();
+        assert!(e.to_string().contains("dev0 to dev0"), "{e}");
+        let mut q = p.clone();
+        q.workloads[0].0 = "bsf".into();
+        assert!(q.prepare(&[256]).unwrap_err().to_string().contains("unknown workload `bsf`"));
+    }
+
+    #[test]
+    fn results_are_json() {
+        let p = point();
+        let prepared = p.prepare(&[256]).unwrap();
+        let mut m = super::engine::model::Model::new(prepared.pages);
+        let o = prepared.run(&mut m).unwrap();
+        let j = result_json(&p, &o, "model");
+        assert!(j.starts_with("{\"id\":3,\"label\":\"tree+lru4k/bfs/1.25\""), "{j}");
+        assert!(j.ends_with("\"trace_dropped\":0}"), "{j}");
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\n\u{1}");
+        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}
