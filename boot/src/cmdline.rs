@@ -7,7 +7,7 @@
 //! | key | value | meaning |
 //! |---|---|---|
 //! | `log` | `LEVEL[,TARGET=LEVEL...]` | default level (`off`, `error`, `warn`, `info`, `debug`, `trace`), then per-module-prefix levels |
-//! | `job` | `default`, `none` | what to run once ready: the default job, or nothing (exit at ready, for boot benchmarks) |
+//! | `job` | `default`, `none`, `bench-mm`, `bench-hmm`, `bench-devices`, `experiment` | what to run once ready: the default job, nothing (exit at ready, for boot benchmarks), a benchmark, or the experiment in the boot module |
 //! | `ktest.filter` | text | in-kernel tests: run only tests whose name contains it |
 //! | `ktest.from` | index | in-kernel tests: start at this test (the xtask resumes here after a failure) |
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
@@ -74,6 +74,8 @@ pub enum Job {
     BenchHmm,
     /// The real devices' benchmark (`cargo xtask bench devices`).
     BenchDevices,
+    /// The experiment in the boot module (`cargo xtask experiment`).
+    Experiment,
 }
 
 /// A deliberate crash, to test that crashes are reported.
@@ -165,7 +167,13 @@ impl<'a> KernelArgs<'a> {
                         "bench-mm" => Job::BenchMm,
                         "bench-hmm" => Job::BenchHmm,
                         "bench-devices" => Job::BenchDevices,
-                        _ => return Err(bad(v, "'default', 'none', 'bench-mm', 'bench-hmm' or 'bench-devices'")),
+                        "experiment" => Job::Experiment,
+                        _ => {
+                            return Err(bad(
+                                v,
+                                "'default', 'none', 'bench-mm', 'bench-hmm', 'bench-devices' or 'experiment'",
+                            ));
+                        }
                     };
                 }
                 "ktest.filter" => args.ktest_filter = Some(need("text")?),

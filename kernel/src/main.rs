@@ -22,6 +22,7 @@ mod compute;
 mod copyengine;
 mod devices;
 mod devmmu;
+mod experiment;
 mod job;
 mod json;
 mod ktest;
@@ -158,7 +159,14 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("devices benchmark", e),
         },
-        Job::Default => match job::run(system) {
+        Job::Experiment => match experiment::run(system) {
+            Ok(()) => exit(ExitCode::Success),
+            Err(e) => fail("experiment", e),
+        },
+        // The default job, then the default experiment when the xtask passed its image.
+        Job::Default => match job::run(system)
+            .and_then(|()| if system.boot.modules.is_empty() { Ok(()) } else { experiment::run(system) })
+        {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("default job", e),
         },

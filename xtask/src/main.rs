@@ -22,6 +22,7 @@
 //! with apt when running as root, otherwise the exact command is printed). QEMU always runs
 //! under a timeout, and dies with the xtask (PR_SET_PDEATHSIG).
 
+mod experiment;
 mod machine;
 
 use machine::Machine;
@@ -41,7 +42,7 @@ fn root() -> PathBuf {
 }
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]"
         .into()
 }
 
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Some("qemu") => cmd_qemu(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
+        Some("experiment") => cmd_experiment(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{}", usage());
             Ok(0)
@@ -218,6 +220,10 @@ struct Launch<'a> {
     gdb: bool,
     timeout: Duration,
     echo: bool,
+    /// A boot module (`-initrd`): the experiment image.
+    initrd: Option<&'a Path>,
+    /// Called with every line as it arrives (progress).
+    on_line: Option<&'a (dyn Fn(&str) + Sync)>,
 }
 
 fn run_qemu(l: &Launch<'_>) -> Result<Run> {
@@ -235,6 +241,7 @@ fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         .arg("-kernel")
         .arg(l.kernel)
         .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
+        .args(l.initrd.iter().flat_map(|p| [std::ffi::OsStr::new("-initrd"), p.as_os_str()]))
         .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
         .args(["-no-reboot", "-nodefaults", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .stdin(Stdio::null())
@@ -281,6 +288,9 @@ fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         match rx.recv_timeout(deadline.saturating_duration_since(now).min(Duration::from_millis(200))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
+                if let Some(f) = l.on_line {
+                    f(&line);
+                }
                 if line.starts_with("@@BOOT ") && ready_at.is_none() {
                     ready_at = Some(start.elapsed());
                 }
@@ -455,6 +465,26 @@ fn cmd_qemu(args: &[String]) -> Result<u8> {
     let machine = Machine::load(&o.machine)?;
     ensure_prerequisites(machine.firmware == "qboot")?;
     let kernel = build_kernel(o.profile)?;
+    // With no kernel arguments the default job is followed by the default experiment, on the
+    // default machine (its device memory sizes are what the experiment is written for).
+    let default_exp = root().join("experiments/default.toml");
+    let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") {
+        Some(experiment::load(&default_exp, &root())?)
+    } else {
+        None
+    };
+    let image = match &exp {
+        Some(l) => {
+            let dir = experiment::out_dir(&root(), l);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let path = dir.join("image.txt");
+            let text: String = l.points.iter().map(|p| p.encode()).collect();
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let t0 = Instant::now();
     let run = run_qemu(&Launch {
         kernel: &kernel,
         machine: &machine,
@@ -463,6 +493,8 @@ fn cmd_qemu(args: &[String]) -> Result<u8> {
         gdb: o.gdb,
         timeout: Duration::from_secs(o.timeout),
         echo: true,
+        initrd: image.as_deref(),
+        on_line: None,
     })?;
     if let Some(report) = json_line(&run.lines, "@@BOOT ") {
         print_boot_report(&report, &machine, run.ready_at);
@@ -476,8 +508,25 @@ fn cmd_qemu(args: &[String]) -> Result<u8> {
             }
         }
     }
+    let mut code = run.outcome.code();
+    if let Some(l) = &exp {
+        let mut results = experiment::Results::new();
+        let mut traces = Vec::new();
+        for line in &run.lines {
+            if let Some(j) = line.strip_prefix("@@POINT ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
+                if let Some(id) = j["id"].as_u64() {
+                    results.insert(id as u32, j);
+                }
+            } else if let Some(j) = line.strip_prefix("@@TRACE ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
+                traces.push(j);
+            }
+        }
+        if !report_experiment(l, &results, &traces, t0.elapsed())? && code == 0 {
+            code = 1;
+        }
+    }
     println!("\n{}", run.outcome.describe());
-    Ok(run.outcome.code())
+    Ok(code)
 }
 
 #[derive(Default)]
@@ -519,6 +568,8 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
             gdb: false,
             timeout: Duration::from_secs(240),
             echo: false,
+            initrd: None,
+            on_line: None,
         })?;
         let mut last_started: Option<(usize, String)> = None;
         let mut finished = None;
@@ -619,6 +670,8 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
             gdb: false,
             timeout: Duration::from_secs(60),
             echo: false,
+            initrd: None,
+            on_line: None,
         })?;
         let text = run.lines.join("\n");
         let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
@@ -754,6 +807,8 @@ fn bench_job(o: &Options, name: &str, job: &str) -> Result<(Machine, Vec<Value>)
         gdb: false,
         timeout: Duration::from_secs(o.timeout.max(300)),
         echo: false,
+        initrd: None,
+        on_line: None,
     })?;
     if run.outcome != Outcome::Success {
         for l in run.lines.iter().rev().take(20).rev() {
@@ -972,6 +1027,8 @@ fn bench_boot(o: &Options) -> Result<u8> {
             gdb: false,
             timeout: Duration::from_secs(60),
             echo: false,
+            initrd: None,
+            on_line: None,
         })?;
         if run.outcome != Outcome::Success {
             return Err(format!("boot {i}: {}", run.outcome.describe()));
@@ -991,4 +1048,220 @@ fn bench_boot(o: &Options) -> Result<u8> {
     println!("  kernel entry -> ready:      median {mg:.1} ms");
     println!("  target: under 100 ms from QEMU start: {}", if mh < 100.0 { "met" } else { "NOT met" });
     Ok(0)
+}
+
+// ---- experiments -------------------------------------------------------------------------
+
+/// Runs every point of `l`: in QEMU guests (`jobs` at a time, `points_per_boot` each), or on
+/// the host over the model mechanism. Returns the results by point and the trace events.
+fn run_points(
+    l: &experiment::Loaded,
+    host: bool,
+    jobs: usize,
+    timeout: u64,
+    profile: Profile,
+) -> Result<(experiment::Results, Vec<Value>)> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let total = l.points.len();
+    let done = AtomicUsize::new(0);
+    let progress = |n: usize| {
+        let width = 30;
+        let filled = n * width / total.max(1);
+        eprint!("\r  [{}{}] {n}/{total} points", "#".repeat(filled), ".".repeat(width - filled));
+        if n == total {
+            eprintln!();
+        }
+    };
+    let results = Mutex::new(experiment::Results::new());
+    let traces = Mutex::new(Vec::new());
+    if host {
+        let queue = Mutex::new(l.points.iter().collect::<std::collections::VecDeque<_>>());
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1) {
+                s.spawn(|| {
+                    while let Some(p) = {
+                        let mut q = queue.lock().unwrap();
+                        q.pop_front()
+                    } {
+                        let r = (|| -> std::result::Result<(Value, Vec<Value>), String> {
+                            let prepared = p.prepare(&p.devices).map_err(|e| e.to_string())?;
+                            let mut m = hmm::place::engine::model::Model::new(prepared.pages);
+                            let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+                            let j = hmm::place::spec::result_json(p, &o, "model");
+                            let tr = o
+                                .trace
+                                .iter()
+                                .filter_map(|e| serde_json::from_str(&hmm::place::spec::trace_json(p.id, e)).ok())
+                                .collect();
+                            Ok((serde_json::from_str(&j).map_err(|e| e.to_string())?, tr))
+                        })();
+                        let v = match r {
+                            Ok((v, tr)) => {
+                                traces.lock().unwrap().extend(tr);
+                                v
+                            }
+                            Err(e) => serde_json::json!({ "id": p.id, "error": e }),
+                        };
+                        results.lock().unwrap().insert(p.id, v);
+                        progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                    }
+                });
+            }
+        });
+    } else {
+        ensure_prerequisites(l.machine.firmware == "qboot")?;
+        let kernel = build_kernel(profile)?;
+        let dir = experiment::out_dir(&root(), l);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let per = l.exp.points_per_boot.as_ref().map_or(4, |p| (*p.get_ref()).max(1)) as usize;
+        let chunks: Vec<&[hmm::place::spec::Point]> = l.points.chunks(per).collect();
+        let queue = Mutex::new((0..chunks.len()).collect::<std::collections::VecDeque<_>>());
+        let failures = Mutex::new(Vec::new());
+        progress(0);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1).min(chunks.len()) {
+                s.spawn(|| {
+                    while let Some(c) = { let mut q = queue.lock().unwrap(); q.pop_front() } {
+                        let image = dir.join(format!("image-{c}.txt"));
+                        let text: String = chunks[c].iter().map(|p| p.encode()).collect();
+                        if let Err(e) = std::fs::write(&image, text) {
+                            failures.lock().unwrap().push(format!("writing {}: {e}", image.display()));
+                            continue;
+                        }
+                        let on_line = |line: &str| {
+                            if line.starts_with("@@POINT ") {
+                                progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                            }
+                        };
+                        let run = run_qemu(&Launch {
+                            kernel: &kernel,
+                            machine: &l.machine,
+                            cmdline: "job=experiment log=warn".into(),
+                            accel: "tcg",
+                            gdb: false,
+                            timeout: Duration::from_secs(timeout),
+                            echo: false,
+                            initrd: Some(&image),
+                            on_line: Some(&on_line),
+                        });
+                        let mut res = results.lock().unwrap();
+                        match run {
+                            Ok(run) => {
+                                for line in &run.lines {
+                                    if let Some(j) = line.strip_prefix("@@POINT ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
+                                        if let Some(id) = j["id"].as_u64() {
+                                            res.insert(id as u32, j);
+                                        }
+                                    } else if let Some(j) = line.strip_prefix("@@TRACE ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
+                                        traces.lock().unwrap().push(j);
+                                    }
+                                }
+                                let why = run.outcome.describe();
+                                for p in chunks[c] {
+                                    res.entry(p.id).or_insert_with(|| {
+                                        let tail: Vec<&String> = run.lines.iter().rev().take(5).collect();
+                                        serde_json::json!({ "id": p.id, "error": format!("no result: the guest ended with {why}; last lines: {tail:?}") })
+                                    });
+                                }
+                            }
+                            Err(e) => {
+                                for p in chunks[c] {
+                                    res.insert(p.id, serde_json::json!({ "id": p.id, "error": format!("QEMU: {e}") }));
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if done.load(Ordering::SeqCst) < total {
+            eprintln!();
+        }
+        if let Some(e) = failures.into_inner().unwrap().first() {
+            return Err(e.clone());
+        }
+    }
+    Ok((results.into_inner().unwrap(), traces.into_inner().unwrap()))
+}
+
+/// Writes the CSV, plots and trace, prints the summary and comparison tables; returns whether
+/// every point produced a result.
+fn report_experiment(
+    l: &experiment::Loaded,
+    results: &experiment::Results,
+    traces: &[Value],
+    wall: Duration,
+) -> Result<bool> {
+    let dir = experiment::out_dir(&root(), l);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let write = |name: &str, data: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
+    write("results.csv", &experiment::csv(l, results))?;
+    let plots = experiment::plots(l, results);
+    for (name, svg) in &plots {
+        write(name, svg)?;
+    }
+    if !traces.is_empty() {
+        write("trace.json", &experiment::trace(l, traces))?;
+    }
+    println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
+    println!("{}", experiment::summary(l, results));
+    print!("{}", experiment::comparisons(l, results));
+    let failed =
+        results.values().filter(|r| r.get("error").is_some()).count() + l.points.len().saturating_sub(results.len());
+    let sim_vs_wall: f64 = results.values().filter_map(|r| r["wall_ns"].as_f64()).sum::<f64>() / 1e9;
+    println!(
+        "\n{} points, {} failed; measured wall time of the runs {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
+        l.points.len(),
+        failed,
+        sim_vs_wall,
+        wall.as_secs_f64()
+    );
+    println!(
+        "results in {} (results.csv, {} plot(s){})",
+        dir.display(),
+        plots.len(),
+        if traces.is_empty() { "" } else { ", trace.json for Perfetto / chrome://tracing" }
+    );
+    Ok(failed == 0)
+}
+
+fn cmd_experiment(args: &[String]) -> Result<u8> {
+    let mut host = false;
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut timeout = 600;
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--host" => host = true,
+            "--jobs" => {
+                jobs =
+                    it.next().and_then(|v| v.parse().ok()).filter(|&j| j > 0).ok_or("--jobs takes a positive count")?
+            }
+            "--timeout" => {
+                timeout = it.next().and_then(|v| v.parse().ok()).filter(|&t| t > 0).ok_or("--timeout takes seconds")?
+            }
+            other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
+            other if file.is_none() => file = Some(PathBuf::from(other)),
+            other => return Err(format!("one experiment file at a time ('{other}' is a second)\n{}", usage())),
+        }
+    }
+    let file = file.ok_or_else(|| {
+        format!("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}", usage())
+    })?;
+    let l = experiment::load(&file, &root())?;
+    eprintln!(
+        "xtask: experiment {}: {} points on {}{}",
+        l.exp.name.get_ref(),
+        l.points.len(),
+        l.machine.description,
+        if host { " (host, model mechanism)" } else { "" }
+    );
+    let t0 = Instant::now();
+    let (results, traces) = run_points(&l, host, jobs, timeout, Profile::Release)?;
+    Ok(if report_experiment(&l, &results, &traces, t0.elapsed())? { 0 } else { 1 })
 }

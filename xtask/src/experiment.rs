@@ -1,0 +1,794 @@
+//! Experiments as data: `cargo xtask experiment FILE`.
+//!
+//! An experiment file (TOML) names a machine, workloads, policies and sweeps. This module
+//! checks it against the same parameter tables the guest uses (`hmm::place`), with errors that
+//! name the file, line and field and say what is allowed; expands it into points; runs them
+//! (several QEMU guests in parallel where cores allow, or on the host over the model mechanism
+//! with `--host`); and writes a CSV, a summary table, comparison tables with published numbers
+//! beside ours, SVG plots, and a Chrome/Perfetto trace.
+//!
+//! ```toml
+//! name = "example"
+//! machine = "qemu/default.toml"      # default
+//! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
+//! mechanism = "real"                  # or "model"
+//! [cost]                              # hmm::place::cost parameters
+//! far_fault_us = 45
+//! [[workload]]
+//! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
+//! degree = 6
+//! [[policy]]
+//! name = "TBNe+TBNp"                  # label
+//! placement = "tree"                  # hmm::place::policies name
+//! params = { threshold = 51 }
+//! eviction = { order = "tbne" }
+//! [sweep]
+//! oversubscription = [1.0, 1.1]
+//! ```
+
+use crate::machine::{Machine, parse_size};
+use hmm::place::params::{ParamError, Params, Value};
+use hmm::place::spec::{Point, RUN};
+use hmm::place::{cost, policies, workload};
+use serde::Deserialize;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+type Table = BTreeMap<String, Spanned<toml::Value>>;
+
+/// An experiment file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Short name (the results directory).
+    pub name: Spanned<String>,
+    /// One line.
+    #[serde(default)]
+    pub description: String,
+    /// Machine file, relative to the workspace.
+    #[serde(default)]
+    pub machine: Option<Spanned<String>>,
+    /// Device memory each point may use, per device ("16M").
+    #[serde(default)]
+    pub device_memory: Option<Spanned<Vec<String>>>,
+    /// `real` or `model`.
+    #[serde(default)]
+    pub mechanism: Option<Spanned<String>>,
+    /// Engine settings (the `run` parameters: cpus, wave, batch, trace).
+    #[serde(default)]
+    pub run: Table,
+    /// Cost model parameters.
+    #[serde(default)]
+    pub cost: Table,
+    /// Repetitions of every point (different seeds).
+    #[serde(default)]
+    pub repeat: Option<Spanned<u32>>,
+    /// Points per guest boot.
+    #[serde(default)]
+    pub points_per_boot: Option<Spanned<u32>>,
+    /// Workloads.
+    #[serde(rename = "workload")]
+    pub workloads: Vec<Table>,
+    /// Policies.
+    #[serde(rename = "policy")]
+    pub policies: Vec<PolicyEntry>,
+    /// Sweeps.
+    #[serde(default)]
+    pub sweep: Sweep,
+    /// Comparison tables with published numbers.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableSpec>,
+}
+
+/// A policy in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    /// Label in results.
+    pub name: Spanned<String>,
+    /// Placement policy.
+    pub placement: Spanned<String>,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: Table,
+    /// Eviction parameters (`order`, `reserve`, `free_buffer`).
+    #[serde(default)]
+    pub eviction: Table,
+}
+
+/// Sweeps.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Oversubscription ratios applied to every workload.
+    #[serde(default)]
+    pub oversubscription: Option<Spanned<Vec<f64>>>,
+    /// All workloads in one point (competing), instead of one point per workload.
+    #[serde(default)]
+    pub together: bool,
+}
+
+/// A comparison table: rows are workloads, columns policies (at an oversubscription), with the
+/// published values beside ours.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Title.
+    pub title: String,
+    /// Columns: `policy label` or `policy label@ratio`.
+    pub columns: Vec<String>,
+    /// Oversubscription for columns without `@`.
+    #[serde(default = "one")]
+    pub oversubscription: f64,
+    /// Divide every cell by this column of the same row (slowdowns); else cells are ms.
+    #[serde(default)]
+    pub normalise: Option<String>,
+    /// Ratios of two columns to print (ours and published).
+    #[serde(default)]
+    pub ratios: Vec<[String; 2]>,
+    /// Published values per workload, one per column (negative: not published).
+    #[serde(default)]
+    pub published: BTreeMap<String, Vec<Option<f64>>>,
+    /// Unit of the published values, for the header.
+    #[serde(default)]
+    pub unit: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A loaded, checked experiment.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file.
+    pub exp: Experiment,
+    /// Its machine.
+    pub machine: Machine,
+    /// Every point.
+    pub points: Vec<Point>,
+    /// Per point: (workload label, policy label, oversubscription).
+    pub keys: Vec<(String, String, f64)>,
+}
+
+struct Src<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Src<'_> {
+    fn at(&self, span: std::ops::Range<usize>, field: &str, msg: impl std::fmt::Display) -> String {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("{}:{line}:{col}: `{field}`: {msg}", self.path.display())
+    }
+}
+
+/// A TOML value as a point parameter.
+fn param(v: &toml::Value) -> Result<Value, String> {
+    match v {
+        toml::Value::Integer(i) => Ok(Value::Int(*i)),
+        toml::Value::Float(x) => Ok(Value::Float(*x)),
+        toml::Value::Boolean(b) => Ok(Value::Bool(*b)),
+        toml::Value::String(s) if !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '=') => {
+            Ok(Value::Text(s.clone()))
+        }
+        toml::Value::String(s) => Err(format!("\"{s}\" must be one word (no spaces or '=')")),
+        other => Err(format!("{other} is not a number, a word or a boolean")),
+    }
+}
+
+/// Converts a table, checking each value's form; `skip` keys are not parameters.
+fn params(src: &Src<'_>, t: &Table, section: &str, skip: &[&str]) -> Result<Params, String> {
+    let mut p = Params::new();
+    for (k, v) in t.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        p.set(k, param(v.get_ref()).map_err(|e| src.at(v.span(), &format!("{section}.{k}"), e))?);
+    }
+    Ok(p)
+}
+
+/// Where a parameter error points: the value's span if the field is in the table, else the
+/// section's first key.
+fn locate(src: &Src<'_>, t: &Table, section: &str, e: &ParamError, fallback: std::ops::Range<usize>) -> String {
+    match e.field().and_then(|f| t.get(f).map(|v| (f, v.span()))) {
+        Some((f, span)) => src.at(span, &format!("{section}.{f}"), e),
+        None => match e.field() {
+            // An unknown key: point at its name (TOML spans values; the key is on that line).
+            Some(f) => src.at(fallback, &format!("{section}.{f}"), e),
+            None => src.at(fallback, section, e),
+        },
+    }
+}
+
+fn span_of(t: &Table) -> std::ops::Range<usize> {
+    t.values().map(|v| v.span()).min_by_key(|s| s.start).unwrap_or(0..0)
+}
+
+/// Reads and checks an experiment file, expanding it into points.
+pub fn load(path: &Path, root: &Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    load_str(path, &text, root)
+}
+
+/// [`load`] from text.
+pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> {
+    let src = Src { path, text };
+    let exp: Experiment = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let before = &text[..span.start.min(text.len())];
+        let (line, col) = (before.matches('\n').count() + 1, span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1);
+        format!("{}:{line}:{col}: {}", path.display(), e.message().trim_end())
+    })?;
+    let name = exp.name.get_ref();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(src.at(exp.name.span(), "name", "use letters, digits, '-' and '_'"));
+    }
+    // The machine.
+    let mpath = exp.machine.as_ref().map_or_else(|| root.join("qemu/default.toml"), |m| root.join(m.get_ref()));
+    let machine = Machine::load(&mpath).map_err(|e| match &exp.machine {
+        Some(m) => src.at(m.span(), "machine", e),
+        None => e,
+    })?;
+    let have: Vec<u32> = machine
+        .devices
+        .iter()
+        .map(|d| parse_size(&d.memory).map(|b| (b / hmm::place::PAGE) as u32).unwrap_or(0))
+        .collect();
+    if have.is_empty() {
+        return Err(format!(
+            "{}: machine {} has no devices; experiments need at least one",
+            path.display(),
+            mpath.display()
+        ));
+    }
+    let devices: Vec<u32> = match &exp.device_memory {
+        None => have.clone(),
+        Some(dm) => {
+            if dm.get_ref().is_empty() || dm.get_ref().len() > have.len() {
+                return Err(src.at(
+                    dm.span(),
+                    "device_memory",
+                    format!("give 1 to {} sizes (the machine has {} devices)", have.len(), have.len()),
+                ));
+            }
+            let mut v = Vec::new();
+            for (i, s) in dm.get_ref().iter().enumerate() {
+                let b = parse_size(s).map_err(|e| src.at(dm.span(), "device_memory", e))?;
+                let pages = (b / hmm::place::PAGE) as u32;
+                if pages == 0 || pages > have[i] {
+                    return Err(src.at(
+                        dm.span(),
+                        "device_memory",
+                        format!("dev{i}: {s} asked, the machine's dev{i} has {}", machine.devices[i].memory),
+                    ));
+                }
+                v.push(pages);
+            }
+            v
+        }
+    };
+    // Engine settings and cost.
+    let mut run = params(&src, &exp.run, "run", &[])?;
+    if let Some(m) = &exp.mechanism {
+        run.set(
+            "mechanism",
+            param(&toml::Value::String(m.get_ref().clone())).map_err(|e| src.at(m.span(), "mechanism", e))?,
+        );
+    }
+    run.checked(RUN).map_err(|e| match (&exp.mechanism, e.field()) {
+        (Some(m), Some("mechanism")) => src.at(m.span(), "mechanism", &e),
+        _ => locate(&src, &exp.run, "run", &e, span_of(&exp.run)),
+    })?;
+    let costp = params(&src, &exp.cost, "cost", &[])?;
+    cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
+    // Policies.
+    if exp.policies.is_empty() {
+        return Err(format!("{}: no [[policy]]: name at least one", path.display()));
+    }
+    let mut pols = Vec::new();
+    for (i, p) in exp.policies.iter().enumerate() {
+        let sec = format!("policy[{i}]");
+        let def = policies::find(p.placement.get_ref())
+            .map_err(|e| src.at(p.placement.span(), &format!("{sec}.placement"), e))?;
+        let pp = params(&src, &p.params, &format!("{sec}.params"), &[])?;
+        pp.checked(def.params)
+            .map_err(|e| locate(&src, &p.params, &format!("{sec}.params"), &e, p.placement.span()))?;
+        let ep = params(&src, &p.eviction, &format!("{sec}.eviction"), &[])?;
+        ep.checked(policies::EVICTION.params)
+            .map_err(|e| locate(&src, &p.eviction, &format!("{sec}.eviction"), &e, p.placement.span()))?;
+        if pols.iter().any(|(n, _, _, _): &(String, String, Params, Params)| n == p.name.get_ref()) {
+            return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
+        }
+        pols.push((p.name.get_ref().clone(), p.placement.get_ref().clone(), pp, ep));
+    }
+    // Workloads.
+    if exp.workloads.is_empty() {
+        return Err(format!("{}: no [[workload]]: name at least one", path.display()));
+    }
+    let mut wls = Vec::new();
+    for (i, t) in exp.workloads.iter().enumerate() {
+        let sec = format!("workload[{i}]");
+        let kind = t.get("kind").ok_or_else(|| format!("{}: [[workload]] #{} has no `kind`", path.display(), i + 1))?;
+        let kind_s = kind.get_ref().as_str().ok_or_else(|| src.at(kind.span(), &format!("{sec}.kind"), "a name"))?;
+        let p = params(&src, t, &sec, &["kind", "name"])?;
+        workload::check(kind_s, &p).map_err(|e| match e.field() {
+            None => src.at(kind.span(), &format!("{sec}.kind"), &e),
+            Some(_) => locate(&src, t, &sec, &e, kind.span()),
+        })?;
+        let label = t.get("name").and_then(|n| n.get_ref().as_str()).unwrap_or(kind_s).to_string();
+        wls.push((label, kind_s.to_string(), p));
+    }
+    // Sweep.
+    let overs: Vec<Option<f64>> = match &exp.sweep.oversubscription {
+        None => vec![None],
+        Some(o) => {
+            if o.get_ref().is_empty() {
+                return Err(src.at(o.span(), "sweep.oversubscription", "give at least one ratio"));
+            }
+            for &x in o.get_ref() {
+                if !(0.01..=4.0).contains(&x) {
+                    return Err(src.at(o.span(), "sweep.oversubscription", format!("{x}: expected 0.01 to 4.0")));
+                }
+            }
+            o.get_ref().iter().map(|&x| Some(x)).collect()
+        }
+    };
+    let repeat = exp.repeat.as_ref().map_or(1, |r| *r.get_ref());
+    if !(1..=100).contains(&repeat) {
+        return Err(src.at(exp.repeat.as_ref().map_or(0..0, |r| r.span()), "repeat", "1 to 100"));
+    }
+    let mut points = Vec::new();
+    let mut keys = Vec::new();
+    let groups: Vec<Vec<usize>> =
+        if exp.sweep.together { vec![(0..wls.len()).collect()] } else { (0..wls.len()).map(|i| vec![i]).collect() };
+    for rep in 0..repeat {
+        for &over in &overs {
+            for (pname, placement, pp, ep) in &pols {
+                for g in &groups {
+                    let mut ws = Vec::new();
+                    let mut labels = Vec::new();
+                    for &i in g {
+                        let (label, kind, p) = &wls[i];
+                        let mut p = p.clone();
+                        if let Some(x) = over {
+                            p.set("oversubscription", Value::Float(x));
+                        }
+                        if rep > 0 {
+                            let seed = p.get("seed").map_or(1, |v| if let Value::Int(s) = v { *s } else { 1 });
+                            p.set("seed", Value::Int(seed + rep as i64 * 1000));
+                        }
+                        labels.push(label.clone());
+                        ws.push((kind.clone(), p));
+                    }
+                    let o = over.unwrap_or_else(|| {
+                        ws[0].1.get("oversubscription").map_or(1.0, |v| match v {
+                            Value::Float(x) => *x,
+                            Value::Int(i) => *i as f64,
+                            _ => 1.0,
+                        })
+                    });
+                    let wl_label = labels.join("+");
+                    let mut label = format!("{pname}/{wl_label}/{o}");
+                    if repeat > 1 {
+                        label += &format!("/r{rep}");
+                    }
+                    let point = Point {
+                        id: points.len() as u32,
+                        label,
+                        devices: devices.clone(),
+                        run: run.clone(),
+                        cost: costp.clone(),
+                        policy: placement.clone(),
+                        policy_params: pp.clone(),
+                        evict: ep.clone(),
+                        workloads: ws,
+                    };
+                    points.push(point);
+                    keys.push((wl_label, pname.clone(), o));
+                }
+            }
+        }
+    }
+    // Whole points: device counts, memory, and the guest's RAM for the managed pages.
+    let ram = machine.ram();
+    for p in &points {
+        let prepared =
+            p.prepare(&have).map_err(|e| format!("{}: point {} ({}): {e}", path.display(), p.id, p.label))?;
+        let need = prepared.pages as u64 * hmm::place::PAGE;
+        if need + (160 << 20) > ram {
+            return Err(format!(
+                "{}: point {} ({}) manages {} MiB of memory; machine {} has {} MiB of RAM and the kernel needs 160 MiB: lower oversubscription or device_memory, or use a machine with more memory",
+                path.display(),
+                p.id,
+                p.label,
+                need >> 20,
+                mpath.display(),
+                ram >> 20
+            ));
+        }
+    }
+    Ok(Loaded { exp, machine, points, keys })
+}
+
+/// The results of every point, by id (the `@@POINT` JSON, or an error object).
+pub type Results = BTreeMap<u32, Json>;
+
+/// CSV of the results.
+pub fn csv(l: &Loaded, results: &Results) -> String {
+    const COLS: &[&str] = &[
+        "accesses",
+        "dev_faults",
+        "batches",
+        "cpu_faults",
+        "to_dev",
+        "to_cpu",
+        "dev_to_dev",
+        "prefetched",
+        "prefetch_unused",
+        "evicted",
+        "remote_maps",
+        "duplicates",
+        "invalidations",
+        "throttles",
+        "fallbacks",
+        "dup_unsupported",
+        "local_lines",
+        "remote_lines",
+        "notifications",
+        "remigrated",
+    ];
+    let procs: Vec<String> = results
+        .values()
+        .find_map(|r| {
+            r["procs"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        })
+        .unwrap_or_default();
+    let mut s = String::from("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms");
+    for c in COLS {
+        s += &format!(",{c}");
+    }
+    for p in &procs {
+        s += &format!(",{p}_utilisation");
+    }
+    s += ",error\n";
+    for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
+        let r = results.get(&p.id).cloned().unwrap_or(Json::Null);
+        let f = |k: &str| r[k].as_f64().map_or(String::new(), |x| format!("{:.3}", x / 1e6));
+        let _ = write!(
+            s,
+            "{},{},{},{},{},{},{},{},{}",
+            p.id,
+            p.label,
+            w,
+            pol,
+            o,
+            r["mechanism"].as_str().unwrap_or(""),
+            f("sim_ns"),
+            f("wall_ns"),
+            f("transfer_ns")
+        );
+        for c in COLS {
+            let _ = write!(s, ",{}", r[*c].as_u64().map_or(String::new(), |v| v.to_string()));
+        }
+        for name in &procs {
+            let u = r["procs"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"].as_str() == Some(name)))
+                .and_then(|x| x["utilisation"].as_f64());
+            let _ = write!(s, ",{}", u.map_or(String::new(), |u| format!("{u:.4}")));
+        }
+        let mut err = r["error"].as_str().map(String::from);
+        if err.is_none() {
+            err = r["workloads"].as_array().and_then(|a| a.iter().find_map(|w| w["error"].as_str().map(String::from)));
+        }
+        let _ = writeln!(s, ",\"{}\"", err.unwrap_or_default().replace('"', "'"));
+    }
+    s
+}
+
+fn sim_ms(results: &Results, id: u32) -> Option<f64> {
+    results.get(&id).and_then(|r| r["sim_ns"].as_f64()).map(|x| x / 1e6)
+}
+
+/// The summary table: one row per point.
+pub fn summary(l: &Loaded, results: &Results) -> String {
+    let mut s = format!(
+        "{:<28} {:<16} {:>6} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "workload", "policy", "over", "sim ms", "wall ms", "faults", "to dev", "evicted", "to cpu", "remote%"
+    );
+    for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
+        let Some(r) = results.get(&p.id) else {
+            let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} (no result)");
+            continue;
+        };
+        if let Some(e) = r["error"].as_str() {
+            let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} error: {e}");
+            continue;
+        }
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let lines = n("local_lines") + n("remote_lines");
+        let remote = if lines > 0 { 100.0 * n("remote_lines") as f64 / lines as f64 } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "{:<28} {:<16} {:>6} {:>11.2} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>7.1}",
+            truncate(w, 28),
+            truncate(pol, 16),
+            o,
+            r["sim_ns"].as_f64().unwrap_or(0.0) / 1e6,
+            r["wall_ns"].as_f64().unwrap_or(0.0) / 1e6,
+            n("dev_faults") + n("cpu_faults"),
+            n("to_dev"),
+            n("evicted"),
+            n("to_cpu"),
+            remote
+        );
+        for w in r["workloads"].as_array().into_iter().flatten() {
+            if let Some(e) = w["error"].as_str() {
+                let _ = writeln!(s, "    workload {} stopped: {e}", w["name"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.into() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+/// The point for (workload, policy label, oversubscription), first repetition.
+fn find(l: &Loaded, w: &str, pol: &str, o: f64) -> Option<u32> {
+    l.points.iter().zip(&l.keys).find(|(_, k)| k.0 == w && k.1 == pol && (k.2 - o).abs() < 1e-9).map(|(p, _)| p.id)
+}
+
+fn column(t: &TableSpec, c: &str) -> (String, f64) {
+    match c.rsplit_once('@') {
+        Some((p, o)) => (p.to_string(), o.parse().unwrap_or(t.oversubscription)),
+        None => (c.to_string(), t.oversubscription),
+    }
+}
+
+/// The comparison tables: ours, and the published numbers beside them.
+pub fn comparisons(l: &Loaded, results: &Results) -> String {
+    let mut s = String::new();
+    let workloads: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for k in &l.keys {
+            if !v.contains(&k.0) {
+                v.push(k.0.clone());
+            }
+        }
+        v
+    };
+    for t in &l.exp.tables {
+        let _ = writeln!(s, "\n{}", t.title);
+        let unit = if t.normalise.is_some() { "×".to_string() } else { "ms".to_string() };
+        if t.published.is_empty() {
+            let _ = writeln!(s, "  (each cell: ours in {unit} | -, nothing published to compare)");
+        } else {
+            let _ = writeln!(s, "  (each cell: ours in {unit} | published in {}; ratios: ours | published)", t.unit);
+        }
+        let _ = write!(s, "  {:<12}", "");
+        for c in &t.columns {
+            let _ = write!(s, " {:>22}", truncate(c, 22));
+        }
+        for r in &t.ratios {
+            let _ = write!(s, " {:>24}", truncate(&format!("{} ÷ {}", r[0], r[1]), 24));
+        }
+        s.push('\n');
+        for w in &workloads {
+            let ours = |c: &str| {
+                let (p, o) = column(t, c);
+                let v = find(l, w, &p, o).and_then(|id| sim_ms(results, id))?;
+                match &t.normalise {
+                    Some(n) => {
+                        let (np, no) = column(t, n);
+                        let base = find(l, w, &np, no).and_then(|id| sim_ms(results, id))?;
+                        Some(v / base)
+                    }
+                    None => Some(v),
+                }
+            };
+            let published = t.published.get(w);
+            let pubv = |c: &str| {
+                let i = t.columns.iter().position(|x| x == c)?;
+                // Negative marks a value the artifact does not have.
+                published.and_then(|v| v.get(i).copied().flatten()).filter(|x| *x >= 0.0)
+            };
+            let _ = write!(s, "  {:<12}", truncate(w, 12));
+            for c in &t.columns {
+                let o = ours(c)
+                    .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.1}") });
+                let p = pubv(c)
+                    .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.0}") });
+                let _ = write!(s, " {:>22}", format!("{o} | {p}"));
+            }
+            for r in &t.ratios {
+                let o = ours(&r[0]).zip(ours(&r[1])).map(|(a, b)| a / b);
+                let p = pubv(&r[0]).zip(pubv(&r[1])).map(|(a, b)| a / b);
+                let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+                let _ = write!(s, " {:>24}", format!("{} | {}", f(o), f(p)));
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// SVG plots: per workload, simulated time against oversubscription, one line per policy (or
+/// bars when there is one ratio). Returns (file name, SVG).
+pub fn plots(l: &Loaded, results: &Results) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut workloads: Vec<&str> = Vec::new();
+    let mut pols: Vec<&str> = Vec::new();
+    let mut overs: Vec<f64> = Vec::new();
+    for k in &l.keys {
+        if !workloads.contains(&k.0.as_str()) {
+            workloads.push(&k.0);
+        }
+        if !pols.contains(&k.1.as_str()) {
+            pols.push(&k.1);
+        }
+        if !overs.iter().any(|o| (o - k.2).abs() < 1e-9) {
+            overs.push(k.2);
+        }
+    }
+    overs.sort_by(f64::total_cmp);
+    const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+    for w in workloads {
+        let series: Vec<(&str, Vec<(f64, f64)>)> = pols
+            .iter()
+            .map(|p| {
+                let pts = overs
+                    .iter()
+                    .filter_map(|&o| find(l, w, p, o).and_then(|id| sim_ms(results, id)).map(|v| (o, v)))
+                    .collect();
+                (*p, pts)
+            })
+            .collect();
+        let all: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|x| x.1)).filter(|v| *v > 0.0).collect();
+        if all.is_empty() {
+            continue;
+        }
+        let (lo, hi) = (all.iter().copied().fold(f64::MAX, f64::min), all.iter().copied().fold(0.0, f64::max));
+        let (ly0, ly1) = ((lo.log10()).floor(), (hi.log10()).ceil().max(lo.log10().floor() + 1.0));
+        let (w0, h0, x0, y0, pw, ph) = (720.0, 420.0, 80.0, 40.0, 440.0, 320.0);
+        let y = |v: f64| y0 + ph - (v.log10() - ly0) / (ly1 - ly0) * ph;
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w0}\" height=\"{h0}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{x0}\" y=\"24\" font-size=\"15\">{} — {}: simulated time (ms, log)</text>\n",
+            xml(&l.exp.name.get_ref().clone()),
+            xml(w)
+        );
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+            y0 + ph,
+            x0 + pw,
+            y0 + ph
+        );
+        let _ = writeln!(svg, "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>", y0 + ph);
+        let mut d = ly0;
+        while d <= ly1 {
+            let v = 10f64.powf(d);
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{x0}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{4}</text>",
+                y(v),
+                x0 + pw,
+                x0 - 6.0,
+                y(v) + 4.0,
+                if v >= 1.0 { format!("{v:.0}") } else { format!("{v}") }
+            );
+            d += 1.0;
+        }
+        if overs.len() > 1 {
+            let (o0, o1) = (overs[0], overs[overs.len() - 1]);
+            let x = |o: f64| x0 + (o - o0) / (o1 - o0) * pw;
+            for &o in &overs {
+                let _ =
+                    writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{o}</text>", x(o), y0 + ph + 16.0);
+            }
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">oversubscription</text>",
+                x0 + pw / 2.0,
+                y0 + ph + 34.0
+            );
+            for (i, (p, pts)) in series.iter().enumerate() {
+                let c = COLORS[i % COLORS.len()];
+                let path: Vec<String> = pts.iter().map(|(o, v)| format!("{:.1},{:.1}", x(*o), y(*v))).collect();
+                let _ = writeln!(
+                    svg,
+                    "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+                    path.join(" ")
+                );
+                for (o, v) in pts {
+                    let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>", x(*o), y(*v));
+                }
+                let _ = writeln!(
+                    svg,
+                    "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                    x0 + pw + 20.0,
+                    y0 + 20.0 * i as f64,
+                    x0 + pw + 38.0,
+                    y0 + 20.0 * i as f64 + 11.0,
+                    xml(p)
+                );
+            }
+        } else {
+            let bw = pw / series.len().max(1) as f64;
+            for (i, (p, pts)) in series.iter().enumerate() {
+                let c = COLORS[i % COLORS.len()];
+                if let Some((_, v)) = pts.first() {
+                    let bx = x0 + bw * i as f64 + bw * 0.15;
+                    let _ = writeln!(
+                        svg,
+                        "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{c}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.1}</text>",
+                        y(*v),
+                        bw * 0.7,
+                        y0 + ph - y(*v),
+                        bx + bw * 0.35,
+                        y(*v) - 4.0
+                    );
+                }
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                    x0 + bw * i as f64 + bw / 2.0,
+                    y0 + ph + 16.0,
+                    xml(&truncate(p, 18))
+                );
+            }
+        }
+        svg += "</svg>\n";
+        let file = format!("plot-{}.svg", w.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        out.push((file, svg));
+    }
+    out
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A Chrome / Perfetto trace of the traced points: one process per point, one thread per
+/// processor or link, complete events in µs of simulated time.
+pub fn trace(l: &Loaded, events: &[Json]) -> String {
+    let mut out = Vec::new();
+    let mut lanes: BTreeMap<(u64, String), usize> = BTreeMap::new();
+    for e in events {
+        let pid = e["point"].as_u64().unwrap_or(0);
+        let lane = e["lane"].as_str().unwrap_or("?").to_string();
+        let n = lanes.len();
+        let tid = *lanes.entry((pid, lane.clone())).or_insert(n + 1);
+        let what = e["what"].as_str().unwrap_or("");
+        let kind = e["kind"].as_str().unwrap_or("?");
+        let name = if what.is_empty() { kind.to_string() } else { format!("{kind} {what}") };
+        out.push(serde_json::json!({
+            "name": name, "cat": kind, "ph": "X", "pid": pid, "tid": tid,
+            "ts": e["t"].as_f64().unwrap_or(0.0) / 1000.0,
+            "dur": (e["dur"].as_f64().unwrap_or(0.0) / 1000.0).max(0.001),
+            "args": { "pages": e["pages"] }
+        }));
+    }
+    for ((pid, lane), tid) in &lanes {
+        out.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": lane}}));
+    }
+    let pids: std::collections::BTreeSet<u64> = lanes.keys().map(|k| k.0).collect();
+    for pid in pids {
+        let label = l.points.get(pid as usize).map_or(String::new(), |p| p.label.clone());
+        out.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": label}}));
+    }
+    serde_json::json!({ "traceEvents": out, "displayTimeUnit": "ms" }).to_string()
+}
+
+/// Where results go.
+pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
+    root.join("target/experiments").join(l.exp.name.get_ref())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+const SMALL: &str = r#"
+name = "small"
+device_memory = ["1M"]
+mechanism = "model"
+[[workload]]
+kind = "stream"
+[[workload]]
+kind = "random"
+updates = 2
+[[policy]]
+name = "od"
+placement = "on-touch"
+eviction = { order = "lru4k" }
+[[policy]]
+name = "tree"
+placement = "tree"
+[sweep]
+oversubscription = [1.0, 1.5]
+[[table]]
+title = "t"
+columns = ["od", "tree", "tree@1.5"]
+normalise = "tree"
+ratios = [["od", "tree"]]
+published = { stream = [40.0, 1.0, -1] }
+"#;
+
+fn load(text: &str) -> Result<Loaded, String> {
+    load_str(Path::new("exp.toml"), text, &root())
+}
+
+#[test]
+fn shipped_experiments_load() {
+    for (f, n) in [("experiments/default.toml", 12), ("experiments/reproduce.toml", 180)] {
+        let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.points.len(), n, "{f}");
+    }
+}
+
+#[test]
+fn points_expand_the_sweep() {
+    let l = load(SMALL).unwrap();
+    assert_eq!(l.points.len(), 8);
+    assert_eq!(l.points[0].devices, [256]);
+    assert_eq!(l.keys[0], ("stream".into(), "od".into(), 1.0));
+    assert_eq!(l.points[7].label, "tree/random/1.5");
+    let together = load(&SMALL.replace("[sweep]", "[sweep]\ntogether = true")).unwrap();
+    assert_eq!(together.points.len(), 4);
+    assert_eq!(together.points[0].workloads.len(), 2);
+}
+
+fn err(text: &str) -> String {
+    load(text).unwrap_err()
+}
+
+#[test]
+fn errors_name_file_line_field_and_what_is_allowed() {
+    let e = err(&SMALL.replace("placement = \"tree\"", "placement = \"treee\""));
+    assert!(e.starts_with("exp.toml:16:13: `policy[1].placement`: unknown policy `treee`; known: advice"), "{e}");
+    let e = err(&SMALL.replace("updates = 2", "updates = 0"));
+    assert!(
+        e.starts_with("exp.toml:9:11: `workload[1].updates`: `updates` = 0: expected an integer from 1 to 1024"),
+        "{e}"
+    );
+    let e = err(&SMALL.replace("updates = 2", "update = 2"));
+    assert!(e.contains("`workload[1].update`: unknown parameter `update`; allowed: updates, oversubscription"), "{e}");
+    let e = err(&SMALL.replace("order = \"lru4k\"", "order = \"lru\""));
+    assert!(e.contains(":13:") && e.contains("expected one of root-chunk, lru4k"), "{e}");
+    let e = err(&SMALL.replace("[\"1M\"]", "[\"128M\"]"));
+    assert!(e.contains("`device_memory`: dev0: 128M asked, the machine's dev0 has 64M"), "{e}");
+    let e = err(&SMALL.replace("kind = \"random\"", "kind = \"randum\""));
+    assert!(e.contains("unknown workload `randum`"), "{e}");
+    let e = err(&SMALL.replace("mechanism = \"model\"", "mechanism = \"modle\""));
+    assert!(e.contains("`mechanism`") && e.contains("real, model"), "{e}");
+    let e = err(&format!("colour = 1\n{SMALL}"));
+    assert!(e.starts_with("exp.toml:1:1: unknown field `colour`"), "{e}");
+    let e = err(&SMALL.replace("[1.0, 1.5]", "[1.0, 9.0]"));
+    assert!(e.contains("`sweep.oversubscription`: 9: expected 0.01 to 4.0"), "{e}");
+    let e = err(&SMALL.replace("[\"1M\"]", "[\"64M\"]").replace("[1.0, 1.5]", "[4.0]\ntogether = true"));
+    assert!(e.contains("MiB of RAM"), "{e}");
+    let e = err(&SMALL.replace("device_memory = [\"1M\"]", "device_memory = [\"1M\", \"1M\", \"1M\"]"));
+    assert!(e.contains("give 1 to 2 sizes"), "{e}");
+    let e = err(&SMALL.replace("[sweep]", "[cost]\nfar_fault_us = \"fast\"\n[sweep]"));
+    assert!(e.contains("`cost.far_fault_us`") && e.contains("a number from 0 to 10000"), "{e}");
+    let e = err(&SMALL.replace("kind = \"stream\"", "kind = \"stream\"\ndevice = \"dev5\""));
+    assert!(e.contains("dev0 to dev0"), "{e}");
+}
+
+/// Runs the points over the model, as `--host` does.
+fn results(l: &Loaded) -> (Results, Vec<Json>) {
+    let mut r = Results::new();
+    let mut tr = Vec::new();
+    for p in &l.points {
+        let prepared = p.prepare(&p.devices).unwrap();
+        let mut m = hmm::place::engine::model::Model::new(prepared.pages);
+        let o = prepared.run(&mut m).unwrap();
+        for e in &o.trace {
+            tr.push(serde_json::from_str(&hmm::place::spec::trace_json(p.id, e)).unwrap());
+        }
+        r.insert(p.id, serde_json::from_str(&hmm::place::spec::result_json(p, &o, "model")).unwrap());
+    }
+    (r, tr)
+}
+
+#[test]
+fn reports_from_results() {
+    let l = load(&SMALL.replace("mechanism = \"model\"", "mechanism = \"model\"\nrun = { trace = 50 }")).unwrap();
+    let (mut r, tr) = results(&l);
+    let table = csv(&l, &r);
+    assert_eq!(table.lines().count(), 9);
+    assert!(
+        table.starts_with("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms,accesses")
+    );
+    assert!(table.contains(",cpu0_utilisation,dev0_utilisation,error"));
+    let sum = summary(&l, &r);
+    assert!(sum.lines().nth(1).unwrap().starts_with("stream"), "{sum}");
+    let cmp = comparisons(&l, &r);
+    // od ÷ tree is ours | 40.00 published; cells are normalised to the tree.
+    assert!(cmp.contains("| 40.00"), "{cmp}");
+    assert!(cmp.contains("1.00 | 1.00"), "{cmp}");
+    let plots = plots(&l, &r);
+    assert_eq!(plots.len(), 2);
+    assert!(plots[0].0 == "plot-stream.svg" && plots[0].1.contains("<polyline"));
+    let t: Json = serde_json::from_str(&trace(&l, &tr)).unwrap();
+    assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "X" && e["cat"] == "faults"));
+    // A failed point is reported, not dropped.
+    r.insert(3, serde_json::json!({"id": 3, "error": "boom"}));
+    assert!(summary(&l, &r).contains("error: boom"));
+    assert!(csv(&l, &r).lines().nth(4).unwrap().ends_with(",\"boom\""));
+}
