@@ -10,7 +10,8 @@
 //!
 //! Access costs are per 128-byte line, per (initiator, memory) pair: local device memory,
 //! system memory from the CPU, system memory from a device (remote, over the link), another
-//! device's memory (peer). A CPU fault on a device page costs `cpu_fault_ns` (default 24 µs,
+//! device's memory (peer); a device wave with any remote access also waits one link round trip
+//! (1 µs). A CPU fault on a device page costs `cpu_fault_ns` (default 24 µs,
 //! Linux 6.1's fault-back time in our QEMU, `reference/platform.md`).
 //!
 //! With [`Source::Measured`] the engine charges transfers and fault service at the wall time the
@@ -53,6 +54,9 @@ pub struct CostModel {
     pub remote_line_ns: f64,
     /// Per line, a device on another device's memory.
     pub peer_line_ns: f64,
+    /// A device wave that reaches memory over the link waits one round trip (zero-copy access
+    /// is latency-bound; the wave's lanes overlap theirs).
+    pub remote_latency_ns: f64,
 }
 
 impl Default for CostModel {
@@ -69,6 +73,7 @@ impl Default for CostModel {
             cpu_line_ns: 2.0,
             remote_line_ns: 11.0,
             peer_line_ns: 11.0,
+            remote_latency_ns: 1000.0,
         }
     }
 }
@@ -86,6 +91,7 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef::float("cpu_line_ns", 2.0, 0.0, 1e6, "CPU access to system memory, per 128 B"),
     ParamDef::float("remote_line_ns", 11.0, 0.0, 1e6, "device access to system memory, per 128 B"),
     ParamDef::float("peer_line_ns", 11.0, 0.0, 1e6, "device access to a peer's memory, per 128 B"),
+    ParamDef::float("remote_latency_us", 1.0, 0.0, 10_000.0, "link round trip a wave with remote accesses waits"),
 ];
 
 impl CostModel {
@@ -105,6 +111,7 @@ impl CostModel {
             cpu_line_ns: p.float("cpu_line_ns"),
             remote_line_ns: p.float("remote_line_ns"),
             peer_line_ns: p.float("peer_line_ns"),
+            remote_latency_ns: us("remote_latency_us"),
         })
     }
 
@@ -124,6 +131,7 @@ impl CostModel {
             ("cpu_line_ns", self.cpu_line_ns),
             ("remote_line_ns", self.remote_line_ns),
             ("peer_line_ns", self.peer_line_ns),
+            ("remote_latency_us", self.remote_latency_ns / 1000.0),
         ] {
             p.set(k, Value::Float(v));
         }

@@ -592,10 +592,12 @@ impl<'m> Engine<'m> {
         let mut busy = 0.0;
         let mut faults: Vec<Fault> = Vec::new();
         let mut stalled: Vec<usize> = Vec::new();
+        let mut remote = false;
         for (i, a) in accesses.iter().enumerate() {
             let p = base + a.page;
             match self.reach(p, d, a.write) {
                 Some(at) => {
+                    remote |= at != by;
                     busy += self.touch(by, at, p, a, start)?;
                     self.count(d, p, at, a, start)?;
                 }
@@ -604,6 +606,9 @@ impl<'m> Engine<'m> {
                     faults.push(Fault { page: p, write: a.write });
                 }
             }
+        }
+        if remote {
+            busy += self.cost.remote_latency_ns;
         }
         let mut clock = start + busy;
         if faults.is_empty() {
@@ -622,6 +627,7 @@ impl<'m> Engine<'m> {
             clock = self.service(d, batch, clock)?;
         }
         // Replay.
+        let mut remote = false;
         for i in stalled {
             let a = accesses[i];
             let p = base + a.page;
@@ -632,8 +638,12 @@ impl<'m> Engine<'m> {
                     self.force(p, d, clock)?
                 }
             };
+            remote |= at != by;
             clock += self.touch(by, at, p, &a, clock)?;
             self.count(d, p, at, &a, clock)?;
+        }
+        if remote {
+            clock += self.cost.remote_latency_ns;
         }
         Ok(clock)
     }

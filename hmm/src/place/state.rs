@@ -174,14 +174,7 @@ impl State {
             m.per_block[b] -= 1;
         }
         if let Loc::Dev(d) = to {
-            self.stamp += 1;
-            let m = &mut self.devs[d as usize];
-            m.used += 1;
-            m.per_block[b] += 1;
-            m.stamp[b] = self.stamp;
-            if m.used == m.capacity {
-                m.filled = true;
-            }
+            self.hold(d, b);
         }
         let pg = &mut self.pages[p as usize];
         pg.loc = to;
@@ -196,6 +189,19 @@ impl State {
             pg.last_access = now;
         }
         true
+    }
+
+    /// Device `d` takes one more page of block `b` (an allocation: the block's chunk moves to
+    /// the tail of the allocation order).
+    fn hold(&mut self, d: u8, b: usize) {
+        self.stamp += 1;
+        let m = &mut self.devs[d as usize];
+        m.used += 1;
+        m.per_block[b] += 1;
+        m.stamp[b] = self.stamp;
+        if m.used == m.capacity {
+            m.filled = true;
+        }
     }
 
     /// Maps page `p` for remote access by device `d` where it is.
@@ -214,15 +220,7 @@ impl State {
         if self.free(d as usize) == 0 {
             return false;
         }
-        let b = (p / BLOCK) as usize;
-        self.stamp += 1;
-        let m = &mut self.devs[d as usize];
-        m.used += 1;
-        m.per_block[b] += 1;
-        m.stamp[b] = self.stamp;
-        if m.used == m.capacity {
-            m.filled = true;
-        }
+        self.hold(d, (p / BLOCK) as usize);
         self.pages[p as usize].copies |= 1 << d;
         self.pages[p as usize].remote &= !(1 << d);
         true

@@ -7,7 +7,8 @@
 //! per page, a random one an access per line).
 //!
 //! Every generator is parameterised by its footprint in pages (the engine sizes it from the
-//! oversubscription ratio and device memory) and by its own parameters, declared as a table as
+//! oversubscription ratio and device memory; a generator never uses more, so a ratio of 1.0
+//! fits device memory exactly) and by its own parameters, declared as a table as
 //! the policies' are. Generators are deterministic for a seed.
 
 pub mod backprop;

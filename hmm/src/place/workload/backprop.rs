@@ -16,7 +16,7 @@ pub const BACKPROP: WorkloadDef = WorkloadDef {
     params: &[],
     build: |_p: &Params, s: &Setup| {
         // input: n+1 floats; weights and deltas: (n+1) × 17 floats each.
-        let bytes = s.pages as u64 * PAGE;
+        let bytes = (s.pages as u64).saturating_sub(3) * PAGE;
         let n = (bytes / (4 + 2 * 17 * 4)).max(16);
         let mut l = Layout::default();
         let input = l.array((n + 1) * 4);

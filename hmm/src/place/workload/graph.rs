@@ -44,7 +44,8 @@ impl Graph {
         let degree = p.int("degree") as u64;
         let payload = p.int("payload") as u64;
         let per_vertex = 8 + 8 + 3 + payload + degree * if weighted { 8 } else { 4 };
-        let bytes = s.pages as u64 * crate::place::PAGE;
+        // Each of the (up to) seven arrays rounds up to a page.
+        let bytes = (s.pages as u64).saturating_sub(7) * crate::place::PAGE;
         let n = (bytes / per_vertex).max(16) as u32;
         let m = n as u64 * degree;
         let mut rng = Rng::new(s.seed);

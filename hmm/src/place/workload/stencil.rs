@@ -12,9 +12,10 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// Side of a square grid of `arrays` arrays of 8-byte elements that fill `pages`.
+/// Side of a square grid of `arrays` arrays of 8-byte elements that fit in `pages` (each array
+/// rounds up to a page, so one page per array is held back).
 fn side2(pages: u32, arrays: u64) -> u64 {
-    let elems = pages as u64 * PAGE / 8 / arrays;
+    let elems = (pages as u64).saturating_sub(arrays) * PAGE / 8 / arrays;
     (isqrt(elems)).max(2)
 }
 
@@ -44,7 +45,7 @@ pub const STENCIL: WorkloadDef = WorkloadDef {
     params: &[ParamDef::int("dims", 2, 2, 3, "2 or 3 dimensions")],
     build: |p: &Params, s: &Setup| {
         let dims = p.int("dims");
-        let elems = s.pages as u64 * PAGE / 16;
+        let elems = (s.pages as u64).saturating_sub(2) * PAGE / 16;
         // Rows are rows (2D) or planes (3D).
         let (n, row) = if dims == 3 {
             let n = icbrt(elems).max(2);

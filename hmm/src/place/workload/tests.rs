@@ -19,7 +19,7 @@ fn every_workload_stays_in_its_footprint_and_fills_it() {
     for d in ALL {
         let mut w = build(d.name, &Params::new().checked(d.params).unwrap(), &setup(1000)).unwrap();
         let pages = w.pages();
-        assert!((700..=1100).contains(&pages), "{}: {pages} pages for a footprint of 1000", d.name);
+        assert!((700..=1000).contains(&pages), "{}: {pages} pages for a footprint of 1000", d.name);
         let steps = drain(&mut *w);
         assert!(!steps.is_empty(), "{}", d.name);
         let mut touched = alloc::vec![false; pages as usize];
