@@ -227,7 +227,11 @@ struct Launch<'a> {
 }
 
 fn run_qemu(l: &Launch<'_>) -> Result<Run> {
-    let shm_prefix = format!("/dev/shm/hmmk-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    // Unique per launch: experiments run several guests at once from one process, and guests
+    // sharing device memory files would overwrite each other's device memory.
+    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let shm_prefix = format!("/dev/shm/hmmk-{}-{n}", std::process::id());
     let files = l.machine.shm_files(&shm_prefix);
     let _guard = ShmFiles(files.iter().map(|f| f.0.clone()).collect());
     for (path, size) in &files {
