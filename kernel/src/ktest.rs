@@ -83,6 +83,7 @@ static START_TSC: AtomicU64 = AtomicU64::new(0);
 // After the macros: textual macro scope.
 mod devices;
 mod hmm_suite;
+mod smp;
 mod spaces;
 
 pub const TESTS: &[Test] = &[
@@ -114,6 +115,12 @@ pub const TESTS: &[Test] = &[
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
+    Test { name: "smp::every_madt_cpu_is_online_and_ticking", run: smp::every_madt_cpu_is_online_and_ticking },
+    Test { name: "smp::tasks_run_on_the_cpu_they_are_spawned_on", run: smp::tasks_run_on_the_cpu_they_are_spawned_on },
+    Test { name: "smp::the_timer_preempts_a_spinning_task", run: smp::the_timer_preempts_a_spinning_task },
+    Test { name: "smp::join_times_out_and_the_task_is_reaped", run: smp::join_times_out_and_the_task_is_reaped },
+    Test { name: "smp::munmap_shoots_down_another_cpus_tlb", run: smp::munmap_shoots_down_another_cpus_tlb },
+    Test { name: "smp::device_page_faults_back_on_another_cpu", run: smp::device_page_faults_back_on_another_cpu },
     Test { name: "spaces::demand_paging_real_faults", run: spaces::demand_paging_real_faults },
     Test { name: "spaces::bad_access_is_a_fault_value", run: spaces::bad_access_is_a_fault_value },
     Test { name: "spaces::mprotect_and_munmap_flush_the_tlb", run: spaces::mprotect_and_munmap_flush_the_tlb },

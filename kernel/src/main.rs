@@ -30,6 +30,7 @@ mod logger;
 mod mm;
 mod pci;
 mod report;
+mod sched;
 mod viommu;
 mod virtio;
 mod virtiomem;
@@ -61,6 +62,8 @@ pub struct System {
     pub tsc_hz: u64,
     /// APIC mode and timer frequency.
     pub apic: (arch::apic::Mode, u64),
+    /// The CPUs brought up (and any that did not come up).
+    pub smp: arch::smp::Started,
     /// PCI bus.
     pub pci: pci::Bus,
     /// Nanoseconds from kernel entry to ready.
@@ -101,6 +104,7 @@ fn fail(step: &str, err: impl core::fmt::Display) -> ! {
 #[unsafe(no_mangle)]
 pub extern "C" fn kernel_entry(start_info: u64) -> ! {
     time::mark_boot();
+    arch::smp::init_bsp();
     serial::init();
 
     let info = match pvh::parse(&EarlyPhys, start_info) {
@@ -129,10 +133,13 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
         None => fail("TSC calibration", "the FADT names no PM timer"),
     };
     let apic = arch::apic::init(cpu.x2apic).unwrap_or_else(|e| fail("local APIC", e));
+    sched::init().unwrap_or_else(|e| fail("scheduler", e));
+    let smp = arch::smp::start_aps(info, &platform.cpus).unwrap_or_else(|e| fail("SMP", e));
+    log::info!("smp: {} of {} CPUs online", smp.online.len(), platform.cpus.iter().filter(|c| c.enabled).count());
     let pci = pci::init(&platform.ecam).unwrap_or_else(|e| fail("PCI", e));
 
     let ready_ns = time::now_ns().unwrap_or(0);
-    let system = SYSTEM.call_once(|| System { boot: info, args, cpu, platform, tsc_hz, apic, pci, ready_ns });
+    let system = SYSTEM.call_once(|| System { boot: info, args, cpu, platform, tsc_hz, apic, smp, pci, ready_ns });
     vram::set_coherent(system.args.coherent_devices);
     if let Err(e) = devices::init(system) {
         fail("devices", e);

@@ -56,6 +56,7 @@ pub fn print(s: &System) {
                 j.item(|j| {
                     j.num("apic_id", c.apic_id);
                     j.bool("enabled", c.enabled);
+                    j.bool("online", s.smp.online.contains(&c.apic_id));
                 });
             }
         });
@@ -181,11 +182,12 @@ pub fn print(s: &System) {
         });
     });
     log::info!(
-        "ready in {}.{:03} ms: {} MiB RAM, {} CPUs, {} ACPI tables, {} PCI functions ({} virtio)",
+        "ready in {}.{:03} ms: {} MiB RAM, {} CPUs ({} online), {} ACPI tables, {} PCI functions ({} virtio)",
         s.ready_ns / 1_000_000,
         (s.ready_ns / 1000) % 1000,
         s.boot.total_ram() >> 20,
         s.platform.cpus.len(),
+        s.smp.online.len(),
         s.platform.tables.len(),
         s.pci.functions.len(),
         s.pci.virtio.len()

@@ -348,7 +348,8 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
         println!("    {:#014x}-{:#014x} {}", n(&r["start"]), n(&r["end"]), r["kind"].as_str().unwrap_or("?"));
     }
     let cpus: Vec<String> = v["cpus"].as_array().into_iter().flatten().map(|c| n(&c["apic_id"]).to_string()).collect();
-    println!("  cpus     {} (apic ids {})", cpus.len(), cpus.join(", "));
+    let online = v["cpus"].as_array().into_iter().flatten().filter(|c| c["online"].as_bool() == Some(true)).count();
+    println!("  cpus     {} (apic ids {}), {online} online", cpus.len(), cpus.join(", "));
     let tables: Vec<&str> =
         v["acpi_tables"].as_array().into_iter().flatten().filter_map(|t| t["signature"].as_str()).collect();
     println!("  acpi     {}", tables.join(" "));

@@ -1,9 +1,12 @@
 //! The local APIC: x2APIC (MSRs) when the CPU has it, xAPIC (MMIO) otherwise; its timer drives
 //! the periodic tick.
 //!
-//! The legacy 8259 PICs are masked first, so the only interrupt sources are the APIC timer and
-//! spurious interrupts. The timer is calibrated against the TSC (already calibrated against the
-//! PM timer) and runs periodically at [`TICK_HZ`].
+//! The legacy 8259 PICs are masked first, so the only interrupt sources are the APIC timer,
+//! inter-processor interrupts and spurious interrupts. The timer is calibrated once, on the boot
+//! CPU, against the TSC (already calibrated against the PM timer) and runs periodically at
+//! [`TICK_HZ`] on every CPU ([`init_ap`] starts it on the others with the same count). The tick
+//! drives preemption ([`crate::sched`]); the boot CPU's also counts [`ticks`] and runs the test
+//! watchdog. [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Once;
@@ -18,6 +21,8 @@ const IA32_APIC_BASE: u32 = 0x1b;
 const REG_ID: u32 = 0x20;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
+const REG_ICR_LOW: u32 = 0x300;
+const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_TIMER_INIT: u32 = 0x380;
 const REG_TIMER_CURRENT: u32 = 0x390;
@@ -35,6 +40,8 @@ pub enum Mode {
 static MODE: Once<Mode> = Once::new();
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static TIMER_RUNNING: AtomicBool = AtomicBool::new(false);
+/// The periodic timer's initial count (set by the boot CPU's calibration).
+static TIMER_COUNT: AtomicU64 = AtomicU64::new(0);
 
 fn read(reg: u32) -> u32 {
     match MODE.get() {
@@ -119,11 +126,79 @@ pub fn init(prefer_x2apic: bool) -> Result<(Mode, u64), ApicError> {
     }
     let hz = u64::from(elapsed) * 500;
     write(REG_TIMER_INIT, 0);
-    write(REG_LVT_TIMER, (1 << 17) | u32::from(trap::TIMER_VECTOR)); // periodic
-    write(REG_TIMER_INIT, (hz / TICK_HZ).clamp(1, u64::from(u32::MAX)) as u32);
+    TIMER_COUNT.store((hz / TICK_HZ).clamp(1, u64::from(u32::MAX)), Ordering::Relaxed);
+    start_timer();
     TIMER_RUNNING.store(true, Ordering::Relaxed);
     x86_64::instructions::interrupts::enable();
     Ok((mode, hz))
+}
+
+fn start_timer() {
+    write(REG_TIMER_DIVIDE, 0b0011); // divide by 16
+    write(REG_LVT_TIMER, (1 << 17) | u32::from(trap::TIMER_VECTOR)); // periodic
+    write(REG_TIMER_INIT, TIMER_COUNT.load(Ordering::Relaxed) as u32);
+}
+
+/// Enables this application processor's local APIC in the boot CPU's mode and starts its
+/// timer with the boot CPU's calibration. Interrupts stay disabled; the caller enables them.
+pub fn init_ap() {
+    let mut base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: as in `init`: the architectural enable (and x2APIC) bits of IA32_APIC_BASE, in
+    // the mode the boot CPU chose (every CPU of the machine has the same features).
+    unsafe {
+        let base = base_msr.read();
+        match MODE.get() {
+            Some(Mode::X2Apic) => base_msr.write(base | (1 << 11) | (1 << 10)),
+            _ => base_msr.write(base | (1 << 11)),
+        }
+    }
+    write(REG_SVR, 0x100 | u32::from(trap::SPURIOUS_VECTOR));
+    start_timer();
+}
+
+/// Writes the interrupt command register: `low` (vector, delivery mode, level) to the CPU
+/// with APIC id `dest`. In xAPIC mode it first waits (bounded) for the previous command to be
+/// delivered.
+fn command(dest: u32, low: u32) {
+    match MODE.get() {
+        Some(Mode::X2Apic) => {
+            // SAFETY: the x2APIC ICR (MSR 0x830) takes the destination in its high half; one
+            // write sends the interrupt.
+            unsafe { Msr::new(0x830).write((u64::from(dest) << 32) | u64::from(low)) }
+        }
+        Some(Mode::XApic(_)) => {
+            let deadline = time::rdtsc() + time::tsc_hz().unwrap_or(1_000_000_000) / 100;
+            while read(REG_ICR_LOW) & (1 << 12) != 0 && time::rdtsc() < deadline {
+                core::hint::spin_loop();
+            }
+            write(REG_ICR_HIGH, dest << 24);
+            write(REG_ICR_LOW, low);
+        }
+        None => {}
+    }
+}
+
+/// Sends fixed interrupt `vector` to the CPU with APIC id `dest`.
+pub fn send_ipi(dest: u32, vector: u8) {
+    command(dest, (1 << 14) | u32::from(vector));
+}
+
+/// Starts the CPU with APIC id `dest` at physical `entry` (4 KiB aligned, below 1 MiB) by the
+/// INIT-SIPI-SIPI sequence, waiting after each step as the MP specification asks; a second
+/// SIPI is sent only if `started` does not turn true within 1 ms of the first.
+pub fn send_init_sipi(dest: u32, entry: u64, started: impl Fn() -> bool) {
+    command(dest, 0x4500); // INIT, level assert
+    time::delay_ns(10_000_000);
+    let sipi = 0x4600 | ((entry >> 12) as u32 & 0xff);
+    command(dest, sipi);
+    let t0 = time::rdtsc();
+    let hz = time::tsc_hz().unwrap_or(1_000_000_000);
+    while !started() && time::rdtsc() - t0 < hz / 1000 {
+        core::hint::spin_loop();
+    }
+    if !started() {
+        command(dest, sipi);
+    }
 }
 
 /// This CPU's APIC id as the APIC reports it.
@@ -144,8 +219,10 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
-/// Called by the trap dispatcher on every timer interrupt.
+/// Called by the trap dispatcher on every timer interrupt, on every CPU.
 pub fn timer_interrupt() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
-    crate::ktest::watchdog();
+    if super::smp::index() == 0 {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+        crate::ktest::watchdog();
+    }
 }

@@ -1,8 +1,11 @@
-//! The kernel's GDT and TSS, replacing the entry code's minimal GDT.
+//! The kernel's GDTs and TSSs, replacing the entry code's minimal GDT: one pair per CPU (a TSS
+//! descriptor is marked busy when loaded, so CPUs cannot share one).
 //!
 //! The TSS carries the interrupt stacks: a double fault (typically a kernel stack overflow)
 //! and an NMI each run on their own stack, so they can be reported even when the current stack
-//! is unusable.
+//! is unusable. The boot CPU's live in statics; each application processor's are allocated
+//! when it starts and live for the kernel's lifetime. Every GDT has the same layout, so the
+//! selectors are the same on every CPU.
 
 use spin::Once;
 use x86_64::{
@@ -39,6 +42,39 @@ fn stack_top(stack: *const Stack) -> VirtAddr {
 /// Kernel code selector.
 pub fn kernel_code() -> SegmentSelector {
     GDT.get().map_or(SegmentSelector(0x08), |g| g.1)
+}
+
+/// Loads the GDT and TSS on an application processor (the boot CPU's [`init`] ran first, so
+/// the heap is up): allocates its TSS, interrupt stacks and GDT, which are never freed.
+pub fn init_ap() {
+    let stack = || {
+        let s: &'static mut Stack = alloc::boxed::Box::leak(alloc::boxed::Box::new(Stack([0; IST_STACK_SIZE])));
+        stack_top(s)
+    };
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = stack();
+    tss.interrupt_stack_table[NMI_IST as usize] = stack();
+    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+    let mut gdt = GlobalDescriptorTable::new();
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    let gdt: &'static GlobalDescriptorTable = alloc::boxed::Box::leak(alloc::boxed::Box::new(gdt));
+    gdt.load();
+    // SAFETY: as in `init`: the selectors index the GDT just loaded, which (like its TSS) is
+    // leaked and so lives for the kernel's lifetime.
+    unsafe {
+        CS::set_reg(code);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        SS::set_reg(data);
+        load_tss(tss_sel);
+    }
+}
+
+/// Kernel data selector.
+pub fn kernel_data() -> SegmentSelector {
+    GDT.get().map_or(SegmentSelector(0x10), |g| g.2)
 }
 
 /// Loads the GDT and TSS on the boot CPU.

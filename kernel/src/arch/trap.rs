@@ -26,6 +26,12 @@ use super::gdt;
 pub const TIMER_VECTOR: u8 = 0x30;
 /// The local APIC spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The TLB-shootdown IPI ([`super::smp::shootdown`]).
+pub const TLB_VECTOR: u8 = 0x40;
+/// The reschedule IPI: another CPU queued a task here ([`crate::sched`]).
+pub const RESCHED_VECTOR: u8 = 0x41;
+/// `int 0x42`: the running task gives up the CPU ([`crate::sched::yield_now`]).
+pub const YIELD_VECTOR: u8 = 0x42;
 
 /// The state saved on every trap, lowest address first.
 #[derive(Debug, Clone, Copy)]
@@ -160,20 +166,19 @@ pub struct Fault {
     pub rip: u64,
 }
 
-// The last fixed-up fault (one CPU runs probes at a time for now).
-static LAST_FAULT_VECTOR: AtomicU64 = AtomicU64::new(0);
-static LAST_FAULT_ADDR: AtomicU64 = AtomicU64::new(0);
-static LAST_FAULT_CODE: AtomicU64 = AtomicU64::new(0);
-static LAST_FAULT_RIP: AtomicU64 = AtomicU64::new(0);
+// Each task's last fixed-up fault (vector, address, error code, rip).
+static LAST_FAULT: [[AtomicU64; 4]; crate::sched::MAX_TASKS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; crate::sched::MAX_TASKS];
 /// Count of faults absorbed by fixups.
 pub static FIXED_UP_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 fn last_fault() -> Fault {
+    let f = &LAST_FAULT[crate::sched::current()];
     Fault {
-        vector: LAST_FAULT_VECTOR.load(Ordering::Relaxed) as u8,
-        address: LAST_FAULT_ADDR.load(Ordering::Relaxed),
-        error: PageFaultError(LAST_FAULT_CODE.load(Ordering::Relaxed)),
-        rip: LAST_FAULT_RIP.load(Ordering::Relaxed),
+        vector: f[0].load(Ordering::Relaxed) as u8,
+        address: f[1].load(Ordering::Relaxed),
+        error: PageFaultError(f[2].load(Ordering::Relaxed)),
+        rip: f[3].load(Ordering::Relaxed),
     }
 }
 
@@ -319,10 +324,18 @@ stub!(v30, 30, error_code);
 stub!(v31, 31);
 stub!(v_timer, TIMER_VECTOR);
 stub!(v_spurious, SPURIOUS_VECTOR);
+stub!(v_tlb, TLB_VECTOR);
+stub!(v_resched, RESCHED_VECTOR);
+stub!(v_yield, YIELD_VECTOR);
 
 /// Saves the general registers around [`trap_dispatch`]. On entry the stack holds the
 /// hardware frame, the error code and the vector; 15 pushes complete a [`TrapFrame`] whose
 /// size (22 words) keeps the stack 16-byte aligned at the call.
+///
+/// `trap_dispatch` returns the frame to resume: the same one, or (when the scheduler switched
+/// tasks) the saved frame at the top of another task's stack. The routine moves to that
+/// stack, lets the scheduler finish the switch there ([`crate::sched::finish_switch`], which
+/// must not run on the old task's stack) and restores the registers from it.
 #[unsafe(naked)]
 extern "C" fn trap_common() {
     naked_asm!(
@@ -331,11 +344,14 @@ extern "C" fn trap_common() {
         "mov rdi, rsp",
         "cld",
         "call {dispatch}",
+        "mov rsp, rax",
+        "call {finish}",
         "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
         "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
         "add rsp, 16",
         "iretq",
         dispatch = sym trap_dispatch,
+        finish = sym crate::sched::finish_switch,
     )
 }
 
@@ -369,9 +385,17 @@ pub fn init() {
     }
     idt.0[TIMER_VECTOR as usize] = gate(v_timer, 0);
     idt.0[SPURIOUS_VECTOR as usize] = gate(v_spurious, 0);
+    idt.0[TLB_VECTOR as usize] = gate(v_tlb, 0);
+    idt.0[RESCHED_VECTOR as usize] = gate(v_resched, 0);
+    idt.0[YIELD_VECTOR as usize] = gate(v_yield, 0);
     // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled and
     // before any other CPU runs; no reference to it exists.
     unsafe { (&raw mut IDT).write(idt) };
+    load();
+}
+
+/// Loads the (shared, never again written) IDT on this CPU.
+pub fn load() {
     let ptr = x86_64::structures::DescriptorTablePointer {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,
         base: x86_64::VirtAddr::from_ptr(&raw const IDT),
@@ -393,31 +417,56 @@ pub fn triple_fault() -> ! {
     crate::arch::exit::exit(crate::arch::exit::ExitCode::Failure)
 }
 
-extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
+
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
+    let this: *mut TrapFrame = frame;
     match frame.vector {
         14 => {
             let address = Cr2::read_raw();
             // Faults below the kernel half go to the installed address space first: demand
             // paging, copy-on-write and the rest resolve there and the access is retried.
-            if crate::mm::uspace::handle_page_fault(address, PageFaultError(frame.error_code)) {
-                return;
+            // Resolving takes locks another CPU may hold while it waits for this one to
+            // acknowledge a TLB shootdown, so interrupts come back on first when the faulting
+            // code had them on (as Linux's fault handler does); the frame restores the flag.
+            let user = address < hmm::mm::pagetable::USER_END;
+            if user && frame.rflags & RFLAGS_IF != 0 {
+                x86_64::instructions::interrupts::enable();
+            }
+            let resolved = crate::mm::uspace::handle_page_fault(address, PageFaultError(frame.error_code));
+            x86_64::instructions::interrupts::disable();
+            if resolved {
+                return this;
             }
             if let Some(fixup) = fixup_for(frame.rip) {
-                LAST_FAULT_VECTOR.store(14, Ordering::Relaxed);
-                LAST_FAULT_ADDR.store(address, Ordering::Relaxed);
-                LAST_FAULT_CODE.store(frame.error_code, Ordering::Relaxed);
-                LAST_FAULT_RIP.store(frame.rip, Ordering::Relaxed);
+                let f = &LAST_FAULT[crate::sched::current()];
+                f[0].store(14, Ordering::Relaxed);
+                f[1].store(address, Ordering::Relaxed);
+                f[2].store(frame.error_code, Ordering::Relaxed);
+                f[3].store(frame.rip, Ordering::Relaxed);
                 FIXED_UP_FAULTS.fetch_add(1, Ordering::Relaxed);
                 frame.rip = fixup;
-                return;
+                return this;
             }
             fatal(frame, Some(address));
         }
         v if v == u64::from(TIMER_VECTOR) => {
             super::apic::timer_interrupt();
             super::apic::eoi();
+            crate::sched::preempt(this, true)
         }
-        v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if v == u64::from(RESCHED_VECTOR) => {
+            super::apic::eoi();
+            crate::sched::preempt(this, false)
+        }
+        v if v == u64::from(YIELD_VECTOR) => crate::sched::preempt(this, false),
+        v if v == u64::from(TLB_VECTOR) => {
+            super::smp::tlb_interrupt();
+            super::apic::eoi();
+            this
+        }
+        v if v == u64::from(SPURIOUS_VECTOR) => this,
         _ => fatal(frame, None),
     }
 }

@@ -39,6 +39,18 @@ impl Cpu for KernelCpu {
     fn write(&self, space: &Arc<SharedSpace>, va: u64, data: &[u8]) -> Result<(), FaultError> {
         uspace::run(space, |u| u.write(va, data)).map_err(|f| f.error)
     }
+    /// A task on the last CPU (the same CPU on a one-CPU machine, where preemption interleaves
+    /// the two), joined within 10 s.
+    fn spawn(&self, pause_us: u64, task: alloc::boxed::Box<dyn FnOnce() + Send>) -> Option<hmm::selftests::Join> {
+        let cpu = crate::arch::smp::count() - 1;
+        let h = crate::sched::spawn_on(cpu, move || {
+            crate::arch::time::delay_ns(pause_us * 1000);
+            task()
+        });
+        Some(alloc::boxed::Box::new(move || {
+            h.and_then(|h| h.join(10_000)).map_err(|e| alloc::format!("the second thread: {e}"))
+        }))
+    }
 }
 
 static CPU: KernelCpu = KernelCpu;

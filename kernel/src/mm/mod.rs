@@ -126,9 +126,29 @@ pub fn copy_phys(dst: u64, src: u64, len: u64) {
     }
 }
 
-/// Runs `f` on the kernel page table (None before [`init`]).
+/// Runs `f` on the kernel page table (None before [`init`]), with interrupts off so the timer
+/// does not preempt the holder. Waiting for the lock happens with interrupts on, so a CPU that
+/// waits here still answers the TLB shootdown the holder may be waiting for.
 pub fn with_kernel_pt<R>(f: impl FnOnce(&mut PageTable) -> R) -> Option<R> {
-    x86_64::instructions::interrupts::without_interrupts(|| KERNEL_PT.lock().as_mut().map(f))
+    let mut f = Some(f);
+    loop {
+        let done = x86_64::instructions::interrupts::without_interrupts(|| {
+            let mut pt = KERNEL_PT.try_lock()?;
+            let f = f.take()?;
+            Some(pt.as_mut().map(f))
+        });
+        if let Some(r) = done {
+            return r;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+static KERNEL_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Physical address of the kernel page table's root (after [`init`]).
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
 /// No-execute, if the CPU supports it (otherwise the bit is reserved and must stay clear).
@@ -288,6 +308,8 @@ pub fn init(info: &BootInfo, nx_supported: bool) -> Result<(), MmError> {
     drop(batch); // CR3 reload flushed non-global entries; the batch's flush is harmless.
     paging::flush_all();
     DIRECT_MAP_LIVE.store(true, Ordering::Relaxed);
+    KERNEL_ROOT.store(pt.root(), Ordering::Relaxed);
+    crate::arch::smp::set_root(pt.root());
     *KERNEL_PT.lock() = Some(pt);
 
     // Step 4: the frame allocator. Its links are carved from the first free run that holds

@@ -176,6 +176,7 @@ impl FlushBatch {
         }
         if self.pages > FULL_FLUSH_THRESHOLD {
             flush_all();
+            crate::arch::smp::shootdown(0, 0, 0, true);
         } else {
             flush_range(self.start, self.end - self.start);
         }
@@ -189,19 +190,22 @@ impl Drop for FlushBatch {
     }
 }
 
+/// Invalidates `[start, start + len)` here and on every other CPU (these are kernel page
+/// tables, whose mappings every CPU shares).
 fn flush_range(start: u64, len: u64) {
     let pages = len.div_ceil(4096);
     if pages > FULL_FLUSH_THRESHOLD {
         flush_all();
-        return;
+    } else {
+        for i in 0..pages {
+            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(start + i * 4096));
+            INVLPG_COUNT.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    for i in 0..pages {
-        x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(start + i * 4096));
-        INVLPG_COUNT.fetch_add(1, Ordering::Relaxed);
-    }
+    crate::arch::smp::shootdown(0, start, start + len, pages > FULL_FLUSH_THRESHOLD);
 }
 
-/// Flushes every TLB entry, global ones included (toggling CR4.PGE).
+/// Flushes every TLB entry of this CPU, global ones included (toggling CR4.PGE).
 pub fn flush_all() {
     FULL_FLUSH_COUNT.fetch_add(1, Ordering::Relaxed);
     let cr4 = Cr4::read();

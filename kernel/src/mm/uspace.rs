@@ -1,8 +1,9 @@
 //! Address spaces on the real machine: the kernel's [`Platform`] for `hmm::mm`, the page-fault
 //! hook, running code inside an address space, and the user-access helpers.
 //!
-//! Owns: the one [`Mm`] (frame table over usable RAM, zero pages), the address space installed
-//! on the CPU (`CURRENT`), and the exception-table entries of the user-copy routine.
+//! Owns: the one [`Mm`] (frame table over usable RAM, zero pages), the address space each task
+//! has installed (`SPACES`, indexed by task), and the exception-table entries of the user-copy
+//! routine.
 //!
 //! How a user access works: [`run`] installs an address space (its CR3; the kernel half is
 //! shared) and calls the closure. A direct load or store to an unmapped user page raises #PF;
@@ -14,8 +15,11 @@
 //! with a report (the same as any kernel-mode fault).
 //!
 //! Invariant: an address space is installed only inside [`run`], which holds a reference, so
-//! one is never dropped while a CPU uses it. One CPU runs address spaces for now (SMP and TLB
-//! shootdown come with the scheduler).
+//! one is never dropped while a task uses it. Tasks on several CPUs may run in one address
+//! space at once: a page-table change flushes this CPU and shoots down the others that have
+//! the root loaded ([`crate::arch::smp::shootdown`]). A fault on one CPU while another holds
+//! the address space's lock waits for it (with interrupts on, so shootdowns are answered),
+//! bounded by [`LOCK_WAIT_NS`].
 
 use alloc::sync::Arc;
 use boot::pvh::{BootInfo, MemoryKind};
@@ -26,17 +30,18 @@ use hmm::mm::platform::{Platform, TlbFlush};
 use hmm::mm::space::{Access, AddressSpace, FaultError};
 use hmm::mm::{Error, Mm};
 use spin::{Mutex, Once};
-use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::PhysFrame;
 
 use super::{PAGE_SIZE, frame, phys_to_virt};
+use crate::arch::smp;
 use crate::arch::trap::PageFaultError;
+use crate::sched::{self, MAX_TASKS};
 
 /// An address space shared between its users (the lock is Linux's `mmap_lock`).
 pub type Space = Mutex<AddressSpace>;
 
-/// Changes of more pages than this flush the whole TLB instead of page by page.
-const INVLPG_MAX: u64 = 32;
+/// How long a fault waits for its address space's lock before reporting it locked (the
+/// holder is another CPU in a long migration, or the faulting task itself).
+pub const LOCK_WAIT_NS: u64 = 5_000_000_000;
 
 /// The kernel's [`Platform`]: the buddy frame allocator, the direct map, `invlpg`.
 #[derive(Debug)]
@@ -125,28 +130,16 @@ impl Platform for KernelPlatform {
     }
 
     fn flush_tlb(&self, root: Pfn, flush: &TlbFlush) {
-        if Cr3::read().0.start_address().as_u64() != root.addr() {
-            return; // not installed: nothing cached (one CPU for now)
-        }
-        let pages = (flush.end - flush.start) / PAGE_SIZE;
-        if flush.tables_freed || pages > INVLPG_MAX {
-            // Reloading CR3 drops every non-global translation and the paging-structure
-            // caches; kernel mappings are global and stay.
-            let (frame, flags) = Cr3::read();
-            // SAFETY: reloading the current value changes no mapping.
-            unsafe { Cr3::write(frame, flags) };
-        } else {
-            let mut va = flush.start;
-            while va < flush.end {
-                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va));
-                va += PAGE_SIZE;
-            }
-        }
+        // This CPU if it has the root loaded, then every other CPU that has (a freed table
+        // also drops the paging-structure caches: a full flush).
+        smp::flush_local(root.addr(), flush.start, flush.end, flush.tables_freed);
+        smp::shootdown(root.addr(), flush.start, flush.end, flush.tables_freed);
     }
 }
 
 static MM: Once<Arc<Mm>> = Once::new();
-static CURRENT: Mutex<Option<Arc<Space>>> = Mutex::new(None);
+/// The address space each task has installed.
+static SPACES: [Mutex<Option<Arc<Space>>>; MAX_TASKS] = [const { Mutex::new(None) }; MAX_TASKS];
 
 /// Counters of the fault hook.
 pub static USER_FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -194,8 +187,9 @@ impl core::fmt::Display for UserFault {
     }
 }
 
-static LAST_USER_ADDR: AtomicU64 = AtomicU64::new(0);
-static LAST_USER_ERROR: Mutex<FaultError> = Mutex::new(FaultError::NoMapping);
+/// Each task's last unresolved user fault.
+static LAST_USER_ADDR: [AtomicU64; MAX_TASKS] = [const { AtomicU64::new(0) }; MAX_TASKS];
+static LAST_USER_ERROR: [Mutex<FaultError>; MAX_TASKS] = [const { Mutex::new(FaultError::NoMapping) }; MAX_TASKS];
 
 /// Called by the #PF handler for faults below the kernel half. Returns `true` when the fault
 /// was resolved and the instruction can be retried; otherwise records why.
@@ -204,7 +198,8 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
         return false;
     }
     USER_FAULTS.fetch_add(1, Ordering::Relaxed);
-    let space = CURRENT.try_lock().and_then(|c| c.clone());
+    let task = sched::current();
+    let space = SPACES[task].try_lock().and_then(|c| c.clone());
     let result = match space {
         None => Err(FaultError::NoMapping),
         Some(space) => {
@@ -215,12 +210,16 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
             } else {
                 Access::Read
             };
-            match space.try_lock() {
+            match lock_bounded(&space) {
                 Some(mut s) => s.fault(address, access),
-                // The interrupted code holds the address space's lock and touched user memory:
-                // resolving would deadlock. Report it instead.
+                // The lock stayed held: by the faulting task itself (it touched user memory
+                // while holding its address space's lock; resolving would deadlock) or by a
+                // stuck CPU. Report it instead of hanging.
                 None => {
-                    log::error!("user fault at {address:#x} while its address space is locked");
+                    log::error!(
+                        "user fault at {address:#x}: its address space stayed locked for {} ms",
+                        LOCK_WAIT_NS / 1_000_000
+                    );
                     Err(FaultError::Locked)
                 }
             }
@@ -229,8 +228,8 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
     match result {
         Ok(()) => true,
         Err(e) => {
-            LAST_USER_ADDR.store(address, Ordering::Relaxed);
-            if let Some(mut last) = LAST_USER_ERROR.try_lock() {
+            LAST_USER_ADDR[task].store(address, Ordering::Relaxed);
+            if let Some(mut last) = LAST_USER_ERROR[task].try_lock() {
                 *last = e;
             }
             false
@@ -238,9 +237,25 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
     }
 }
 
-/// The last user fault that could not be resolved.
+/// Takes the address space's lock, waiting at most [`LOCK_WAIT_NS`].
+fn lock_bounded(space: &Space) -> Option<spin::MutexGuard<'_, AddressSpace>> {
+    let t0 = crate::arch::time::rdtsc();
+    let limit = crate::arch::time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * (LOCK_WAIT_NS / 1_000_000);
+    loop {
+        if let Some(g) = space.try_lock() {
+            return Some(g);
+        }
+        if crate::arch::time::rdtsc() - t0 > limit {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The running task's last user fault that could not be resolved.
 fn last_user_fault() -> UserFault {
-    UserFault { address: LAST_USER_ADDR.load(Ordering::Relaxed), error: *LAST_USER_ERROR.lock() }
+    let task = sched::current();
+    UserFault { address: LAST_USER_ADDR[task].load(Ordering::Relaxed), error: *LAST_USER_ERROR[task].lock() }
 }
 
 /// Access to the user half of the installed address space, handed to [`run`]'s closure.
@@ -322,20 +337,19 @@ impl User {
     }
 }
 
-/// Runs `f` with `space` installed on this CPU, then reinstalls what was there before.
+/// Runs `f` with `space` installed for the running task, then reinstalls what it had before.
+/// The task may be preempted inside; it resumes with its space installed.
 pub fn run<R>(space: &Arc<Space>, f: impl FnOnce(&User) -> R) -> R {
     let root = space.lock().root();
-    let prev_space = CURRENT.lock().replace(space.clone());
-    let (prev_frame, flags) = Cr3::read();
-    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(root.addr()));
-    // SAFETY: the root's kernel half is a copy of the kernel's (init_root), so the running
-    // code, its stack and every kernel structure stay mapped; `space` is kept alive by
-    // CURRENT until it is uninstalled below.
-    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    let task = sched::current();
+    let prev_space = SPACES[task].lock().replace(space.clone());
+    // `space` is kept alive by SPACES until it is uninstalled below; its root's kernel half
+    // is a copy of the kernel's (init_root), so the running code and its stack stay mapped.
+    let prev_root = sched::switch_root(root.addr());
     let out = f(&User { _private: () });
-    // SAFETY: the previous root was installed before and is still alive (the kernel's own,
-    // or an outer `run`'s, which holds its reference in `prev_space`).
-    unsafe { Cr3::write(prev_frame, flags) };
-    *CURRENT.lock() = prev_space;
+    // The previous root is the kernel's own, or an outer `run`'s, kept alive by `prev_space`.
+    sched::switch_root(prev_root);
+    let ours = core::mem::replace(&mut *SPACES[task].lock(), prev_space);
+    drop(ours);
     out
 }

@@ -1,0 +1,243 @@
+//! In-kernel tests of SMP and the scheduler: every CPU the MADT lists is up and ticking, tasks
+//! run where they are put and are preempted by the timer, and a page-table change on one CPU
+//! reaches the TLB of another that is using the same address space (each of these would hang
+//! or read stale data without the mechanism under test, and the bounded joins turn that into
+//! a failure).
+
+use alloc::{format, string::String, sync::Arc, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hmm::mm::space::{FaultError, MapRequest};
+use hmm::mm::vma::Prot;
+
+use super::TestResult;
+use crate::System;
+use crate::arch::{smp, time};
+use crate::mm::uspace;
+use crate::sched::{self, SchedError};
+
+const PAGE: u64 = 4096;
+const JOIN_MS: u64 = 5_000;
+
+/// The CPU the cross-CPU tests use: the last one (CPU 0 itself on a one-CPU machine, where
+/// they still check the mechanism on one CPU).
+fn other_cpu() -> usize {
+    smp::count() - 1
+}
+
+pub fn every_madt_cpu_is_online_and_ticking(s: &System) -> TestResult {
+    let enabled = s.platform.cpus.iter().filter(|c| c.enabled).count().min(smp::MAX_CPUS);
+    check!(smp::count() == enabled, "{} CPUs online, the MADT enables {enabled}", smp::count());
+    check!(s.smp.failed.is_empty(), "CPUs that did not start: {:?}", s.smp.failed);
+    let before: Vec<u64> = (0..smp::count()).map(|c| smp::cpu(c).ticks.load(Ordering::Relaxed)).collect();
+    time::delay_ns(50_000_000);
+    for (c, b) in before.iter().enumerate() {
+        let now = smp::cpu(c).ticks.load(Ordering::Relaxed);
+        check!(now > *b, "CPU {c}'s timer did not tick in 50 ms ({b} -> {now})");
+    }
+    Ok(())
+}
+
+pub fn tasks_run_on_the_cpu_they_are_spawned_on(_: &System) -> TestResult {
+    let mut handles = Vec::new();
+    for c in 0..smp::count() {
+        for k in 0..3u64 {
+            handles.push((c, attempt!(sched::spawn_on(c, move || (smp::index(), k * k)))));
+        }
+    }
+    for (i, (c, h)) in handles.into_iter().enumerate() {
+        let (ran_on, v) = attempt!(h.join(JOIN_MS));
+        check!(ran_on == c, "task spawned on CPU {c} ran on CPU {ran_on}");
+        check!(v == (i as u64 % 3).pow(2), "task {i} returned {v}");
+    }
+    let e = sched::spawn_on(smp::count(), || ()).err();
+    check!(matches!(e, Some(SchedError::NoSuchCpu { .. })), "spawning on a CPU that is not online: {e:?}");
+    Ok(())
+}
+
+/// Two tasks on one CPU: the first spins (never yielding) until the second has run. Only the
+/// timer's preemption lets the second run at all.
+pub fn the_timer_preempts_a_spinning_task(_: &System) -> TestResult {
+    let cpu = other_cpu();
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let spinner = attempt!(sched::spawn_on(cpu, move || {
+        let t0 = time::rdtsc();
+        while !f.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        time::rdtsc() - t0
+    }));
+    let f = flag.clone();
+    let setter = attempt!(sched::spawn_on(cpu, move || f.store(true, Ordering::Release)));
+    attempt!(setter.join(JOIN_MS));
+    let spun = attempt!(spinner.join(JOIN_MS));
+    check!(spun > 0);
+    // And the boot task itself is preempted: it spins here while a task on its CPU sets the flag.
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let setter = attempt!(sched::spawn_on(0, move || f.store(true, Ordering::Release)));
+    let t0 = time::rdtsc();
+    let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * JOIN_MS;
+    while !flag.load(Ordering::Acquire) {
+        check!(time::rdtsc() - t0 < limit, "the boot task was never preempted");
+        core::hint::spin_loop();
+    }
+    attempt!(setter.join(JOIN_MS));
+    let (busy, switches, ticks) = sched::cpu_stats(cpu);
+    check!(busy > 0 && switches >= 2 && ticks > 0, "CPU {cpu}: busy {busy}, switches {switches}, ticks {ticks}");
+    Ok(())
+}
+
+pub fn join_times_out_and_the_task_is_reaped(_: &System) -> TestResult {
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let h = attempt!(sched::spawn_on(other_cpu(), move || {
+        while !r.load(Ordering::Acquire) {
+            sched::yield_now();
+        }
+        7u32
+    }));
+    let e = h.join(30).err();
+    check!(matches!(e, Some(SchedError::Timeout { ms: 30, .. })), "join of a task that cannot finish: {e:?}");
+    let msg = format!("{}", e.unwrap_or(SchedError::TooManyTasks));
+    check!(msg.contains("did not finish within 30 ms"), "message: {msg}");
+    release.store(true, Ordering::Release);
+    // The detached task finishes and a later spawn frees its slot: many spawns still work.
+    for _ in 0..(2 * sched::MAX_TASKS) {
+        let h = attempt!(sched::spawn_on(other_cpu(), || 1u8));
+        check!(attempt!(h.join(JOIN_MS)) == 1);
+    }
+    Ok(())
+}
+
+/// A task on another CPU reads a page of an address space in a loop, keeping the translation
+/// in its TLB; the boot CPU then unmaps the page. Without a shootdown the reader would go on
+/// reading the old frame through its stale translation and never see the fault.
+pub fn munmap_shoots_down_another_cpus_tlb(_: &System) -> TestResult {
+    let space = attempt!(uspace::new_space());
+    let a = attempt!(space.lock().mmap(MapRequest::anon(4 * PAGE, Prot::RW)));
+    attempt!(uspace::run(&space, |u| u.write_u64(a + PAGE, 0x5107)));
+    let reads = Arc::new(AtomicU64::new(0));
+    let (sp, r) = (space.clone(), reads.clone());
+    let reader = attempt!(sched::spawn_on(other_cpu(), move || {
+        uspace::run(&sp, |u| -> Result<u64, String> {
+            loop {
+                match u.read_u64(a + PAGE) {
+                    Ok(0x5107) => {
+                        r.fetch_add(1, Ordering::Release);
+                    }
+                    Ok(v) => return Err(format!("read {v:#x} instead of 0x5107")),
+                    Err(f) if f.error == FaultError::NoMapping => return Ok(r.load(Ordering::Relaxed)),
+                    Err(f) => return Err(format!("unexpected fault: {f}")),
+                }
+            }
+        })
+    }));
+    // Let the reader warm its TLB.
+    let t0 = time::rdtsc();
+    let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * JOIN_MS;
+    while reads.load(Ordering::Acquire) < 1000 {
+        check!(time::rdtsc() - t0 < limit, "the reader never read the page");
+        sched::yield_now();
+    }
+    let before = smp::SHOOTDOWNS.load(Ordering::Relaxed);
+    attempt!(space.lock().munmap(a + PAGE, PAGE));
+    let n = attempt!(attempt!(reader.join(JOIN_MS)));
+    check!(n >= 1000, "{n} reads");
+    if smp::count() > 1 {
+        check!(smp::SHOOTDOWNS.load(Ordering::Relaxed) > before, "no shootdown was sent");
+    }
+    Ok(())
+}
+
+/// The boot CPU moves pages to device memory while a task on another CPU has them in its TLB:
+/// the task's next accesses fault, and the faults, on that CPU, migrate the pages back to RAM
+/// by DMA with their data intact. Then every CPU writes its own pages of one address space at
+/// once (demand paging on all of them concurrently) and all data is checked. (QEMU happens to
+/// flush every vCPU's TLB somewhere in the DMA path, so the shootdown itself is checked by
+/// `munmap_shoots_down_another_cpus_tlb`, which fails without it.)
+pub fn device_page_faults_back_on_another_cpu(_: &System) -> TestResult {
+    let vram = match crate::vram::all() {
+        Ok(v) if !v.is_empty() => v,
+        _ => return Ok(()), // no device on this machine: the suite's device tests say so
+    };
+    let dev = vram[0].clone();
+    let space = attempt!(uspace::new_space());
+    let n = 64u64;
+    let a = attempt!(space.lock().mmap(MapRequest::anon(n * PAGE, Prot::RW)));
+    attempt!(space.lock().madvise(a, n * PAGE, hmm::mm::space::Advice::NoHugePage));
+    attempt!(uspace::run(&space, |u| -> Result<(), uspace::UserFault> {
+        for i in 0..n {
+            u.write_u64(a + i * PAGE, 0xd00d_0000 + i)?;
+        }
+        Ok(())
+    }));
+    let go = Arc::new(AtomicBool::new(false));
+    let (sp, g) = (space.clone(), go.clone());
+    let user = attempt!(sched::spawn_on(other_cpu(), move || {
+        uspace::run(&sp, |u| -> Result<(), String> {
+            // Loads and stores: both kinds of translation are cached now.
+            for i in 0..n {
+                let v = u.read_u64(a + i * PAGE).map_err(|f| format!("{f}"))?;
+                if v != 0xd00d_0000 + i {
+                    return Err(format!("page {i} read {v:#x} before the migration"));
+                }
+                u.write_u64(a + i * PAGE, v).map_err(|f| format!("{f}"))?;
+            }
+            while !g.load(Ordering::Acquire) {
+                sched::yield_now();
+            }
+            for i in 0..n {
+                let v = u.read_u64(a + i * PAGE).map_err(|f| format!("page {i}: {f}"))?;
+                if v != 0xd00d_0000 + i {
+                    return Err(format!("page {i} read {v:#x} after coming back from the device"));
+                }
+                u.write_u64(a + i * PAGE, v + 1).map_err(|f| format!("page {i}: {f}"))?;
+            }
+            Ok(())
+        })
+    }));
+    let moved = attempt!(crate::vram::migrate_to_device(&dev, &space, a, n));
+    check!(moved == n, "{moved} of {n} pages moved to the device");
+    go.store(true, Ordering::Release);
+    attempt!(attempt!(user.join(JOIN_MS)));
+    let on_dev =
+        (0..n).filter(|i| space.lock().lookup(a + i * PAGE).is_some_and(|e| dev.holds(&e.pte).is_some())).count();
+    check!(on_dev == 0, "{on_dev} pages still on the device after the other CPU touched them");
+
+    // Concurrent demand paging: each CPU writes its own pages of one fresh mapping.
+    let m = 256u64;
+    let b = attempt!(space.lock().mmap(MapRequest::anon(m * PAGE, Prot::RW)));
+    let cpus = smp::count() as u64;
+    let mut hs = Vec::new();
+    for c in 0..cpus {
+        let sp = space.clone();
+        hs.push(attempt!(sched::spawn_on(c as usize, move || {
+            uspace::run(&sp, |u| -> Result<(), uspace::UserFault> {
+                for i in (c..m).step_by(cpus as usize) {
+                    u.write_u64(b + i * PAGE, 0xcafe_0000 + i)?;
+                }
+                Ok(())
+            })
+        })));
+    }
+    for h in hs {
+        attempt!(attempt!(h.join(JOIN_MS)));
+    }
+    attempt!(uspace::run(&space, |u| -> Result<(), String> {
+        for i in 0..m {
+            let v = u.read_u64(b + i * PAGE).map_err(|f| format!("{f}"))?;
+            if v != 0xcafe_0000 + i {
+                return Err(format!("page {i} holds {v:#x}"));
+            }
+        }
+        for i in 0..n {
+            let v = u.read_u64(a + i * PAGE).map_err(|f| format!("{f}"))?;
+            if v != 0xd00d_0001 + i {
+                return Err(format!("page {i} of the migrated range holds {v:#x}"));
+            }
+        }
+        Ok(())
+    }));
+    Ok(())
+}
