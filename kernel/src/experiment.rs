@@ -14,18 +14,25 @@
 //! increments the page's first word; at the end every page's count and its identity word are
 //! checked, so a migration that lost or misplaced data fails the point.
 //!
+//! CPU accesses run on the CPU core the engine scheduled the phase on: core 0 is the boot CPU,
+//! which runs the engine; each other core's accesses are made by a worker task pinned to that
+//! CPU ([`Worker`]) running in the point's address space, so they go through that CPU's TLB
+//! and fault there, and every migration the boot CPU makes shoots their translations down.
+//!
 //! Read duplication has no HMM mechanism (Linux HMM keeps one copy of a page), so this
 //! mechanism declines it and the engine maps such pages remotely (counted as
 //! `dup_unsupported`); `mechanism=model` runs a point over the model instead.
 
-use crate::arch::time;
+use crate::arch::{smp, time};
 use crate::mm::{self, uspace};
+use crate::sched;
 use crate::vram::{self, Vram};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
 use hmm::mm::space::{AddressSpace, Advice, MapRequest};
@@ -46,6 +53,122 @@ struct Real {
     space: Arc<SharedSpace>,
     vram: Vec<Arc<Vram>>,
     writes: Vec<u32>,
+    /// The CPU core the engine runs CPU accesses on now.
+    core: usize,
+    /// A worker per CPU other than the boot CPU, started when the engine first uses it.
+    workers: Vec<Option<Worker>>,
+}
+
+/// How long the boot CPU waits for a worker to make one access.
+const WORKER_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// One access handed to a worker: the boot CPU writes `page` and `write`, then bumps `seq`;
+/// the worker makes the access and sets `ack` to `seq`.
+#[derive(Debug, Default)]
+struct Mailbox {
+    page: AtomicU32,
+    write: AtomicBool,
+    seq: AtomicU64,
+    ack: AtomicU64,
+    quit: AtomicBool,
+    /// The worker is (about to be) halted: a new request must kick it.
+    sleeping: AtomicBool,
+    error: spin::Mutex<Option<String>>,
+    /// Accesses this worker made.
+    served: AtomicU64,
+}
+
+/// A task on another CPU that runs in the point's address space and makes the CPU accesses
+/// the engine schedules on that core: real loads and stores through that CPU's MMU and TLB,
+/// so the boot CPU's migrations must shoot its translations down.
+#[derive(Debug)]
+struct Worker {
+    cpu: usize,
+    mail: Arc<Mailbox>,
+    task: Option<sched::JoinHandle<()>>,
+}
+
+/// Polls of an empty mailbox before a worker halts.
+const IDLE_SPINS: u32 = 2000;
+
+impl Worker {
+    fn start(cpu: usize, space: Arc<SharedSpace>) -> Result<Self, MechError> {
+        let mail = Arc::new(Mailbox::default());
+        let m = mail.clone();
+        let task = sched::spawn_on(cpu, move || {
+            uspace::run(&space, |u| {
+                let (mut last, mut idle) = (0, 0u32);
+                while !m.quit.load(Ordering::Acquire) {
+                    let seq = m.seq.load(Ordering::Acquire);
+                    if seq == last {
+                        // Spin a little, then sleep until the boot CPU's kick (or a tick).
+                        idle += 1;
+                        if idle > IDLE_SPINS {
+                            m.sleeping.store(true, Ordering::SeqCst);
+                            if m.seq.load(Ordering::SeqCst) == last && !m.quit.load(Ordering::SeqCst) {
+                                x86_64::instructions::interrupts::enable_and_hlt();
+                            }
+                            m.sleeping.store(false, Ordering::SeqCst);
+                            idle = 0;
+                        }
+                        core::hint::spin_loop();
+                        continue;
+                    }
+                    idle = 0;
+                    let (page, write) = (m.page.load(Ordering::Relaxed), m.write.load(Ordering::Relaxed));
+                    let va = Real::va(page);
+                    let r = u.read_u64(va).and_then(|v| if write { u.write_u64(va, v + 1) } else { Ok(()) });
+                    if let Err(f) = r {
+                        *m.error.lock() = Some(format!("CPU {cpu}'s access to page {page}: {f}"));
+                    }
+                    m.served.fetch_add(1, Ordering::Relaxed);
+                    last = seq;
+                    m.ack.store(seq, Ordering::Release);
+                }
+            })
+        })
+        .map_err(|e| err(format!("starting the worker on CPU {cpu}: {e}")))?;
+        Ok(Worker { cpu, mail, task: Some(task) })
+    }
+
+    /// Has the worker make one access, and waits for it.
+    fn access(&self, page: u32, write: bool) -> Result<(), MechError> {
+        let m = &self.mail;
+        m.page.store(page, Ordering::Relaxed);
+        m.write.store(write, Ordering::Relaxed);
+        let seq = m.seq.load(Ordering::Relaxed) + 1;
+        m.seq.store(seq, Ordering::SeqCst);
+        if m.sleeping.load(Ordering::SeqCst) {
+            sched::kick(self.cpu);
+        }
+        let t0 = time::rdtsc();
+        let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * (WORKER_TIMEOUT_NS / 1_000_000);
+        while m.ack.load(Ordering::Acquire) != seq {
+            if time::rdtsc() - t0 > limit {
+                return Err(err(format!(
+                    "the CPU worker did not make its access to page {page} within {} ms",
+                    WORKER_TIMEOUT_NS / 1_000_000
+                )));
+            }
+            core::hint::spin_loop();
+        }
+        match m.error.lock().take() {
+            Some(e) => Err(err(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.mail.quit.store(true, Ordering::SeqCst);
+        sched::kick(self.cpu);
+        if let Some(t) = self.task.take()
+            && let Err(e) = t.join(WORKER_TIMEOUT_NS / 1_000_000)
+        {
+            log::error!("experiment: stopping a CPU worker: {e}");
+        }
+    }
 }
 
 fn err(e: impl core::fmt::Display) -> MechError {
@@ -70,7 +193,8 @@ impl Real {
             uspace::run(&space, |u| u.write(BASE + p * PAGE, &page))
                 .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
         }
-        Ok(Real { space, vram: vram.to_vec(), writes: vec![0; pages as usize] })
+        let workers = (0..smp::count()).map(|_| None).collect();
+        Ok(Real { space, vram: vram.to_vec(), writes: vec![0; pages as usize], core: 0, workers })
     }
 
     fn va(p: u32) -> u64 {
@@ -149,7 +273,14 @@ impl Mechanism for Real {
                 "{by} reaches page {page} in {at} per the engine, but the page tables have it in {real}"
             )));
         }
-        if by == Loc::Cpu {
+        if by == Loc::Cpu && self.core != 0 {
+            // On the core the engine chose: that CPU's worker makes the access.
+            let core = self.core;
+            if self.workers[core].is_none() {
+                self.workers[core] = Some(Worker::start(core, self.space.clone())?);
+            }
+            self.workers[core].as_ref().ok_or_else(|| err("no worker"))?.access(page, write)?;
+        } else if by == Loc::Cpu {
             // A real user access through the page tables (it would fault if the page were not
             // in RAM).
             let va = Self::va(page);
@@ -192,10 +323,18 @@ impl Mechanism for Real {
     fn now_ns(&self) -> u64 {
         time::now_ns().unwrap_or(0)
     }
+
+    fn on_core(&mut self, core: u32) {
+        // Engine cores map onto the CPUs that are online (the xtask refuses more cores than
+        // the machine has; a CPU that did not start shares another's).
+        self.core = core as usize % smp::count();
+    }
 }
 
 impl Drop for Real {
     fn drop(&mut self) {
+        // The workers leave the address space first.
+        self.workers.clear();
         // Unmapping frees the device pages for the next point.
         let len = self.writes.len() as u64 * PAGE;
         if let Err(e) = self.space.lock().munmap(BASE, len) {
@@ -306,6 +445,33 @@ pub mod ktests {
             || o.procs.iter().filter(|p| p.name.starts_with("dev") && p.busy_ns > 0.0).count() != 2
         {
             return Err(format!("no peer migration or an idle device: {:?} {:?}", o.stats, o.procs));
+        }
+        Ok(())
+    }
+
+    /// Two CPU↔device ping-pongs at once (with dev0 and with dev1) with two CPU cores: their CPU
+    /// phases overlap, so the
+    /// engine puts them on both cores, and core 1's accesses are made on CPU 1 (its worker)
+    /// while the boot CPU migrates pages back and forth under it; the data check at the end
+    /// covers both.
+    pub fn cpu_phases_run_on_their_core(_s: &crate::System) -> crate::ktest::TestResult {
+        if smp::count() < 2 {
+            return Ok(()); // one CPU: the worker path is not used (smp:: tests say how many)
+        }
+        let mut p = point(vec![256, 256], "on-touch", "lru4k", "pingpong", 0.4);
+        let mut second = p.workloads[0].clone();
+        second.1.set("device", Value::Text("dev1".into()));
+        p.workloads.push(second);
+        p.run.set("cpus", Value::Int(2));
+        let vram = vram::all().map_err(|e| e.to_string())?;
+        let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+        let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+        let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+        let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+        let served = m.workers.get(1).and_then(|w| w.as_ref()).map_or(0, |w| w.mail.served.load(Ordering::Relaxed));
+        let busy: Vec<f64> = o.procs.iter().filter(|p| p.name.starts_with("cpu")).map(|p| p.busy_ns).collect();
+        if served == 0 || busy.len() != 2 || busy.iter().any(|&b| b <= 0.0) || o.stats.to_cpu == 0 {
+            return Err(format!("core 1 made {served} accesses; CPU busy {busy:?}; stats {:?}", o.stats));
         }
         Ok(())
     }

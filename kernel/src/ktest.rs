@@ -115,6 +115,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
+    Test {
+        name: "experiment::cpu_phases_run_on_their_core",
+        run: crate::experiment::ktests::cpu_phases_run_on_their_core,
+    },
     Test { name: "smp::every_madt_cpu_is_online_and_ticking", run: smp::every_madt_cpu_is_online_and_ticking },
     Test { name: "smp::tasks_run_on_the_cpu_they_are_spawned_on", run: smp::tasks_run_on_the_cpu_they_are_spawned_on },
     Test { name: "smp::the_timer_preempts_a_spinning_task", run: smp::the_timer_preempts_a_spinning_task },

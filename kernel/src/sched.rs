@@ -325,10 +325,16 @@ pub fn spawn_on<T: Send + 'static>(
     )?;
     TASKS[id].state.store(READY, Ordering::Release);
     interrupts::without_interrupts(|| QUEUES[cpu].lock().push(id));
-    if cpu != smp::index() {
+    kick(cpu);
+    Ok(JoinHandle { id, result })
+}
+
+/// Interrupts CPU `cpu` (the reschedule IPI): wakes it from `hlt` and lets it look at its run
+/// queue.
+pub fn kick(cpu: usize) {
+    if cpu != smp::index() && cpu < smp::count() {
         apic::send_ipi(smp::cpu(cpu).apic_id.load(Ordering::Relaxed) as u32, trap::RESCHED_VECTOR);
     }
-    Ok(JoinHandle { id, result })
 }
 
 impl<T> JoinHandle<T> {

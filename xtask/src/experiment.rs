@@ -279,10 +279,25 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             param(&toml::Value::String(m.get_ref().clone())).map_err(|e| src.at(m.span(), "mechanism", e))?,
         );
     }
-    run.checked(RUN).map_err(|e| match (&exp.mechanism, e.field()) {
+    let checked = run.checked(RUN).map_err(|e| match (&exp.mechanism, e.field()) {
         (Some(m), Some("mechanism")) => src.at(m.span(), "mechanism", &e),
         _ => locate(&src, &exp.run, "run", &e, span_of(&exp.run)),
     })?;
+    // On the real mechanism each engine CPU core is a CPU of the guest.
+    if checked.text("mechanism") == "real" && checked.int("cpus") > i64::from(machine.cpus) {
+        let span = exp.run.get("cpus").map_or_else(|| span_of(&exp.run), |v| v.span());
+        return Err(src.at(
+            span,
+            "run.cpus",
+            format!(
+                "{} CPU cores asked, the machine {} has {}; give at most {}, or mechanism = \"model\" to simulate more",
+                checked.int("cpus"),
+                mpath.display(),
+                machine.cpus,
+                machine.cpus
+            ),
+        ));
+    }
     let costp = params(&src, &exp.cost, "cost", &[])?;
     cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
     // Policies.

@@ -65,6 +65,10 @@ pub trait Mechanism {
     fn finish(&mut self) -> Result<(), MechError>;
     /// Wall clock, ns.
     fn now_ns(&self) -> u64;
+    /// The CPU accesses that follow run on CPU core `core` (of [`Config::cpus`]).
+    fn on_core(&mut self, core: u32) {
+        let _ = core;
+    }
 }
 
 /// How the engine runs.
@@ -541,7 +545,10 @@ impl<'m> Engine<'m> {
                 }
                 clock = self.device_wave(d, base, &accesses, clock)?;
             }
-            Loc::Cpu => clock = self.cpu_wave(base, &accesses, clock)?,
+            Loc::Cpu => {
+                self.mech.on_core(proc as u32);
+                clock = self.cpu_wave(proc, base, &accesses, clock)?
+            }
         }
         let run = self.runs[r].as_mut().ok_or_else(|| MechError("no such phase".into()))?;
         run.pos = end;
@@ -681,7 +688,8 @@ impl<'m> Engine<'m> {
         Ok(end)
     }
 
-    fn cpu_wave(&mut self, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
+    /// One wave of a CPU phase on CPU core `proc` (CPU cores come first among the processors).
+    fn cpu_wave(&mut self, proc: usize, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
         let mut clock = start;
         for a in accesses {
             let p = base + a.page;
@@ -702,7 +710,8 @@ impl<'m> Engine<'m> {
                     Source::Model => done.max(clock + self.cost.cpu_fault_ns),
                     Source::Measured => clock + self.mech.now_ns().saturating_sub(wall0) as f64,
                 } + stall;
-                self.event(clock, end - clock, "cpu0", "cpu-fault", 1, "");
+                let lane = self.procs[proc].name.clone();
+                self.event(clock, end - clock, &lane, "cpu-fault", 1, "");
                 clock = end;
             }
             clock += self.touch(Loc::Cpu, Loc::Cpu, p, a, clock)?;

@@ -89,6 +89,11 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     assert!(e.contains("`cost.far_fault_us`") && e.contains("a number from 0 to 10000"), "{e}");
     let e = err(&SMALL.replace("kind = \"stream\"", "kind = \"stream\"\ndevice = \"dev5\""));
     assert!(e.contains("dev0 to dev0"), "{e}");
+    // Real CPU cores are the machine's CPUs; the model simulates any number.
+    let real = SMALL.replace("mechanism = \"model\"", "mechanism = \"real\"\n[run]\ncpus = 3");
+    let e = err(&real);
+    assert!(e.contains("`run.cpus`: 3 CPU cores asked") && e.contains("has 2; give at most 2"), "{e}");
+    assert!(load(&SMALL.replace("mechanism = \"model\"", "mechanism = \"model\"\n[run]\ncpus = 3")).is_ok());
 }
 
 /// Runs the points over the model, as `--host` does.
