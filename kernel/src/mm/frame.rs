@@ -11,7 +11,9 @@
 //! kernel image, the boot modules, the bootstrap run and the links themselves; a block of `n`
 //! frames is aligned to `n.next_power_of_two()` frames and must be freed with the same `n`.
 //! Exhaustion is an [`OutOfFrames`] value; a free that the buddy refuses (double free, a
-//! block it never handed out) is logged and ignored rather than corrupting the lists.
+//! block it never handed out) is logged and ignored rather than corrupting the lists. The lock
+//! is held with interrupts off ([`buddy`]): code that runs with interrupts off (the kernel page
+//! table's users) allocates frames too, and must never wait for a task preempted holding it.
 
 use hmm::addr::Pfn;
 use hmm::mm::buddy::{Buddy, Link};
@@ -89,12 +91,19 @@ pub fn bootstrap_used() -> (u64, u64) {
     (b.start, b.next)
 }
 
+/// Runs `f` on the buddy allocator under its lock, with interrupts off (`spin_lock_irqsave`).
+fn buddy<R>(f: impl FnOnce(Option<&mut Buddy<&'static mut [Link]>>) -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| f(FRAMES.lock().as_mut()))
+}
+
 /// Adds the frames of `[start, end)` (page-aligned physical addresses) to the buddy allocator.
 /// Only after [`init`].
 pub fn add_region(start: u64, end: u64) {
-    if let Some(b) = FRAMES.lock().as_mut() {
-        b.add_range(Pfn(start / PAGE_SIZE), Pfn(end / PAGE_SIZE));
-    }
+    buddy(|b| {
+        if let Some(b) = b {
+            b.add_range(Pfn(start / PAGE_SIZE), Pfn(end / PAGE_SIZE));
+        }
+    })
 }
 
 /// Allocates `count` contiguous frames; returns the physical address of the first.
@@ -109,12 +118,13 @@ pub fn alloc(count: usize) -> Result<u64, OutOfFrames> {
         b.next += bytes;
         return Ok(b.next - bytes);
     }
-    let mut g = FRAMES.lock();
-    let b = g.as_mut().ok_or(OutOfFrames { requested: n, free: 0 })?;
-    match b.alloc(order(n)) {
-        Some(p) => Ok(p.addr()),
-        None => Err(OutOfFrames { requested: n, free: b.free_frames() as usize }),
-    }
+    buddy(|b| {
+        let b = b.ok_or(OutOfFrames { requested: n, free: 0 })?;
+        match b.alloc(order(n)) {
+            Some(p) => Ok(p.addr()),
+            None => Err(OutOfFrames { requested: n, free: b.free_frames() as usize }),
+        }
+    })
 }
 
 /// Allocates `count` contiguous zeroed frames.
@@ -132,20 +142,18 @@ pub fn alloc_zeroed(count: usize) -> Result<u64, OutOfFrames> {
 /// block the buddy can tell was not handed out (outside the span, misaligned, already free)
 /// is logged and left alone.
 pub fn free(paddr: u64, count: usize) {
-    let mut g = FRAMES.lock();
-    let Some(b) = g.as_mut() else { return };
-    if let Err(e) = b.free(Pfn(paddr / PAGE_SIZE), order(count)) {
-        drop(g);
+    let refused = buddy(|b| b.and_then(|b| b.free(Pfn(paddr / PAGE_SIZE), order(count)).err()));
+    if let Some(e) = refused {
         log::error!("frame::free({paddr:#x}, {count}) refused: {e:?}; the block stays out of the allocator");
     }
 }
 
 /// Frames currently free.
 pub fn free_frames() -> usize {
-    FRAMES.lock().as_ref().map_or(0, |b| b.free_frames() as usize)
+    buddy(|b| b.map_or(0, |b| b.free_frames() as usize))
 }
 
 /// Frames the buddy allocator's span covers.
 pub fn total_frames() -> usize {
-    FRAMES.lock().as_ref().map_or(0, |b| b.span().1 as usize)
+    buddy(|b| b.map_or(0, |b| b.span().1 as usize))
 }
