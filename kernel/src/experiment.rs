@@ -141,10 +141,9 @@ impl Worker {
         if m.sleeping.load(Ordering::SeqCst) {
             sched::kick(self.cpu);
         }
-        let t0 = time::rdtsc();
-        let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * (WORKER_TIMEOUT_NS / 1_000_000);
+        let deadline = time::Deadline::after_ns(WORKER_TIMEOUT_NS);
         while m.ack.load(Ordering::Acquire) != seq {
-            if time::rdtsc() - t0 > limit {
+            if deadline.passed() {
                 return Err(err(format!(
                     "the CPU worker did not make its access to page {page} within {} ms",
                     WORKER_TIMEOUT_NS / 1_000_000

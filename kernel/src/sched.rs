@@ -346,10 +346,9 @@ impl<T> JoinHandle<T> {
     /// Waits up to `timeout_ms` for the task to finish and returns its result. Waiting yields
     /// this CPU to its other tasks. On timeout the task is left running, detached.
     pub fn join(self, timeout_ms: u64) -> Result<T, SchedError> {
-        let t0 = time::rdtsc();
-        let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * timeout_ms;
+        let deadline = time::Deadline::after_ms(timeout_ms);
         while !self.is_done() {
-            if time::rdtsc() - t0 > limit {
+            if deadline.passed() {
                 TASKS[self.id].detached.store(true, Ordering::Release);
                 return Err(SchedError::Timeout { task: self.id, ms: timeout_ms });
             }

@@ -167,8 +167,8 @@ fn command(dest: u32, low: u32) {
             unsafe { Msr::new(0x830).write((u64::from(dest) << 32) | u64::from(low)) }
         }
         Some(Mode::XApic(_)) => {
-            let deadline = time::rdtsc() + time::tsc_hz().unwrap_or(1_000_000_000) / 100;
-            while read(REG_ICR_LOW) & (1 << 12) != 0 && time::rdtsc() < deadline {
+            let deadline = time::Deadline::after_ms(10);
+            while read(REG_ICR_LOW) & (1 << 12) != 0 && !deadline.passed() {
                 core::hint::spin_loop();
             }
             write(REG_ICR_HIGH, dest << 24);
@@ -191,9 +191,8 @@ pub fn send_init_sipi(dest: u32, entry: u64, started: impl Fn() -> bool) {
     time::delay_ns(10_000_000);
     let sipi = 0x4600 | ((entry >> 12) as u32 & 0xff);
     command(dest, sipi);
-    let t0 = time::rdtsc();
-    let hz = time::tsc_hz().unwrap_or(1_000_000_000);
-    while !started() && time::rdtsc() - t0 < hz / 1000 {
+    let deadline = time::Deadline::after_ms(1);
+    while !started() && !deadline.passed() {
         core::hint::spin_loop();
     }
     if !started() {

@@ -352,9 +352,8 @@ pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::acpi::Cpu]) -> Resul
         CPUS[i].apic_id.store(u64::from(apic_id), Ordering::Relaxed);
         CPUS[i].online.store(false, Ordering::SeqCst);
         apic::send_init_sipi(apic_id, page, || CPUS[i].online.load(Ordering::Acquire));
-        let t0 = time::rdtsc();
-        let limit = time::tsc_hz().unwrap_or(1_000_000_000) * START_TIMEOUT_NS / 1_000_000_000;
-        while !CPUS[i].online.load(Ordering::Acquire) && time::rdtsc() - t0 < limit {
+        let deadline = time::Deadline::after_ns(START_TIMEOUT_NS);
+        while !CPUS[i].online.load(Ordering::Acquire) && !deadline.passed() {
             core::hint::spin_loop();
         }
         if CPUS[i].online.load(Ordering::Acquire) {
@@ -506,10 +505,9 @@ pub fn shootdown(root: u64, start: u64, end: u64, full: bool) {
             apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed) as u32, trap::TLB_VECTOR);
         }
     }
-    let t0 = time::rdtsc();
-    let limit = time::tsc_hz().unwrap_or(1_000_000_000) * (SHOOTDOWN_TIMEOUT_NS / 1_000_000) / 1000;
+    let deadline = time::Deadline::after_ns(SHOOTDOWN_TIMEOUT_NS);
     while PENDING.load(Ordering::Acquire) != 0 {
-        if time::rdtsc() - t0 > limit {
+        if deadline.passed() {
             let left = PENDING.load(Ordering::Relaxed);
             crate::crash(format_args!(
                 "TLB shootdown: CPUs {left:#b} (bit = CPU index) did not acknowledge within {} ms; a stale translation could be used, so the run stops",

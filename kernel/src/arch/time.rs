@@ -48,6 +48,28 @@ pub fn now_ns() -> Option<u64> {
     cycles_to_ns(cycles_since_boot())
 }
 
+/// A point in time a bounded wait gives up at (TSC-based; before calibration a nanosecond is
+/// taken as one cycle, which only makes early waits shorter).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(u64);
+
+impl Deadline {
+    /// `ns` nanoseconds from now.
+    pub fn after_ns(ns: u64) -> Self {
+        let hz = tsc_hz().unwrap_or(1_000_000_000);
+        let cycles = (u128::from(ns) * u128::from(hz) / 1_000_000_000).min(u128::from(u64::MAX / 2)) as u64;
+        Deadline(rdtsc().saturating_add(cycles))
+    }
+    /// `ms` milliseconds from now.
+    pub fn after_ms(ms: u64) -> Self {
+        Self::after_ns(ms.saturating_mul(1_000_000))
+    }
+    /// Whether it has passed.
+    pub fn passed(self) -> bool {
+        rdtsc() > self.0
+    }
+}
+
 /// Busy-waits `ns` nanoseconds (requires calibration; returns at once otherwise).
 pub fn delay_ns(ns: u64) {
     let Some(hz) = tsc_hz() else { return };

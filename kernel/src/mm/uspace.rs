@@ -239,13 +239,12 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
 
 /// Takes the address space's lock, waiting at most [`LOCK_WAIT_NS`].
 fn lock_bounded(space: &Space) -> Option<spin::MutexGuard<'_, AddressSpace>> {
-    let t0 = crate::arch::time::rdtsc();
-    let limit = crate::arch::time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * (LOCK_WAIT_NS / 1_000_000);
+    let deadline = crate::arch::time::Deadline::after_ns(LOCK_WAIT_NS);
     loop {
         if let Some(g) = space.try_lock() {
             return Some(g);
         }
-        if crate::arch::time::rdtsc() - t0 > limit {
+        if deadline.passed() {
             return None;
         }
         core::hint::spin_loop();
