@@ -183,11 +183,16 @@ pub fn send_ipi(dest: u32, vector: u8) {
     command(dest, (1 << 14) | u32::from(vector));
 }
 
+/// Sends INIT to the CPU with APIC id `dest`: it stops whatever it runs and waits for a SIPI.
+pub fn send_init(dest: u32) {
+    command(dest, 0x4500); // INIT, level assert
+}
+
 /// Starts the CPU with APIC id `dest` at physical `entry` (4 KiB aligned, below 1 MiB) by the
 /// INIT-SIPI-SIPI sequence, waiting after each step as the MP specification asks; a second
 /// SIPI is sent only if `started` does not turn true within 1 ms of the first.
 pub fn send_init_sipi(dest: u32, entry: u64, started: impl Fn() -> bool) {
-    command(dest, 0x4500); // INIT, level assert
+    send_init(dest);
     time::delay_ns(10_000_000);
     let sipi = 0x4600 | ((entry >> 12) as u32 & 0xff);
     command(dest, sipi);

@@ -17,7 +17,8 @@
 //! calls [`ap_entry`] in the kernel half. There the CPU loads the kernel page table, its GS
 //! base, its own GDT and TSS, the shared IDT and its local APIC and timer, reports itself
 //! online and becomes the idle task of its run queue ([`crate::sched`]). CPUs start one at a
-//! time; one that is not online within [`START_TIMEOUT_NS`] is reported and left out.
+//! time; one that is not online within [`START_TIMEOUT_NS`] is reported, sent INIT again (so it
+//! cannot come up late under the next CPU's index) and left out.
 //!
 //! **TLB shootdown** ([`shootdown`]). Each CPU publishes the root of the page table it has
 //! loaded ([`set_root`], before writing CR3). A change to an address space's page table
@@ -360,6 +361,8 @@ pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::acpi::Cpu]) -> Resul
             started.online.push(apic_id);
             COUNT.store(i + 1, Ordering::Release);
         } else {
+            // Park it, so that a CPU that starts late cannot take the next one's index.
+            apic::send_init(apic_id);
             log::error!(
                 "smp: CPU with APIC id {apic_id} did not come online within {} ms; going on without it",
                 START_TIMEOUT_NS / 1_000_000
