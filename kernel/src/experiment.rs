@@ -37,6 +37,7 @@ use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
 use hmm::mm::space::{AddressSpace, Advice, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::place::cost::{self, HmatValue};
 use hmm::place::engine::model::Model;
 use hmm::place::engine::{MechError, Mechanism};
 use hmm::place::spec::{self, Point};
@@ -222,6 +223,27 @@ impl Real {
         }
     }
 
+    /// The SRAT memory domain that holds most of the point's pages (all in RAM after
+    /// [`Real::new`]).
+    fn memory_domain(&self) -> Result<u32, String> {
+        let srat = crate::system()
+            .and_then(|s| s.platform.srat.as_ref())
+            .ok_or("the machine has no SRAT: no memory domains")?;
+        let mut count: Vec<(u32, u32)> = Vec::new();
+        for p in 0..self.writes.len() as u32 {
+            let (_, pa) = self.locate(p).map_err(|e| e.0)?;
+            let d = srat.memory.iter().find(|m| m.base <= pa && pa < m.base + m.length).map_or(u32::MAX, |m| m.domain);
+            match count.iter_mut().find(|(x, _)| *x == d) {
+                Some((_, n)) => *n += 1,
+                None => count.push((d, 1)),
+            }
+        }
+        match count.iter().max_by_key(|(_, n)| *n) {
+            Some(&(d, _)) if d != u32::MAX => Ok(d),
+            _ => Err("the point's pages lie in no SRAT memory range".into()),
+        }
+    }
+
     fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
         self.vram.get(d as usize).ok_or_else(|| err(format!("no device {d}")))
     }
@@ -342,16 +364,67 @@ impl Drop for Real {
     }
 }
 
+/// The SRAT proximity domain of CPU `cpu`.
+fn cpu_domain(srat: &drivers::acpi::srat::Srat, cpu: usize) -> Result<u32, String> {
+    let apic = smp::cpu(cpu).apic_id.load(Ordering::Relaxed) as u32;
+    srat.cpus
+        .iter()
+        .find(|a| a.apic_id == apic)
+        .map(|a| a.domain)
+        .ok_or_else(|| format!("CPU {cpu} (APIC id {apic}) has no SRAT affinity"))
+}
+
+/// Gives each engine CPU core its line cost on memory domain `memory`, from the ACPI HMAT:
+/// core `c` runs on CPU `c` ([`Real::on_core`]), whose domain the SRAT gives.
+fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -> Result<(), String> {
+    let s = crate::system().ok_or("the system is not up")?;
+    let no = |what: &str| {
+        format!(
+            "cost.lines = \"hmat\", but the machine has no {what}: give its file [[numa.node]]s and [[numa.hmat]] entries (qemu/numa-devices.toml does)"
+        )
+    };
+    let srat = s.platform.srat.as_ref().ok_or_else(|| no("SRAT"))?;
+    let hmat = s.platform.hmat.as_ref().ok_or_else(|| no("HMAT"))?;
+    let domains =
+        (0..cores as usize).map(|c| cpu_domain(srat, c % smp::count())).collect::<Result<Vec<u32>, String>>()?;
+    let values: Vec<HmatValue> = hmat
+        .localities
+        .iter()
+        .map(|l| HmatValue {
+            initiator: l.initiator,
+            target: l.target,
+            latency: l.data_type.is_latency(),
+            value: l.value,
+        })
+        .collect();
+    cost.cpu_core_line_ns = cost::cpu_lines_from_hmat(&domains, memory, &values)?;
+    log::info!("experiment: CPU line costs from the HMAT on memory domain {memory}: {:?} ns", cost.cpu_core_line_ns);
+    Ok(())
+}
+
 /// Runs one point; the JSON line on success, the error otherwise.
 fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, String> {
-    let prepared = p.prepare(have).map_err(|e| format!("point {} ({}): {e}", p.id, p.label))?;
+    let mut prepared = p.prepare(have).map_err(|e| format!("point {} ({}): {e}", p.id, p.label))?;
     let model = prepared.model;
     let pages = prepared.pages;
+    let hmat = prepared.cost.lines_from_hmat;
+    let cores = prepared.cfg.cpus;
+    let in_point = |e: String| format!("point {} ({}): {e}", p.id, p.label);
     let (outcome, mech) = if model {
+        if hmat {
+            // No real memory: the boot CPU's own domain.
+            let srat = crate::system().and_then(|s| s.platform.srat.as_ref());
+            let memory = srat.map(|s| cpu_domain(s, 0)).transpose().map_err(in_point)?.unwrap_or(0);
+            hmat_lines(&mut prepared.cost, cores, memory).map_err(in_point)?;
+        }
         let mut m = Model::new(pages);
         (prepared.run(&mut m), "model")
     } else {
         let mut m = Real::new(pages, vram).map_err(|e| format!("point {}: {e}", p.id))?;
+        if hmat {
+            let memory = m.memory_domain().map_err(in_point)?;
+            hmat_lines(&mut prepared.cost, cores, memory).map_err(in_point)?;
+        }
         (prepared.run(&mut m), "real")
     };
     let o = outcome.map_err(|e| format!("point {} ({}): {e}", p.id, p.label))?;

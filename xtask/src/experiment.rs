@@ -14,6 +14,7 @@
 //! mechanism = "real"                  # or "model"
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
+//! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT
 //! [[workload]]
 //! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
 //! degree = 6
@@ -299,7 +300,19 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
         ));
     }
     let costp = params(&src, &exp.cost, "cost", &[])?;
-    cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
+    let costm =
+        cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
+    if costm.lines_from_hmat && machine.numa.as_ref().is_none_or(|n| n.hmat.is_empty()) {
+        let span = exp.cost.get("lines").map_or_else(|| span_of(&exp.cost), |v| v.span());
+        return Err(src.at(
+            span,
+            "cost.lines",
+            format!(
+                "\"hmat\" takes the CPU cores' line costs from the guest's ACPI HMAT, but machine {} has no [[numa.hmat]] entries; use a machine with them (qemu/numa-devices.toml) or lines = \"model\"",
+                mpath.display()
+            ),
+        ));
+    }
     // Policies.
     if exp.policies.is_empty() {
         return Err(format!("{}: no [[policy]]: name at least one", path.display()));
@@ -469,6 +482,9 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
     for p in &procs {
         s += &format!(",{p}_utilisation");
     }
+    for p in &procs {
+        s += &format!(",{p}_line_ns");
+    }
     s += ",error\n";
     for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
         let r = results.get(&p.id).cloned().unwrap_or(Json::Null);
@@ -489,12 +505,19 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
         for c in COLS {
             let _ = write!(s, ",{}", r[*c].as_u64().map_or(String::new(), |v| v.to_string()));
         }
-        for name in &procs {
-            let u = r["procs"]
+        let proc_field = |name: &str, k: &str| {
+            r["procs"]
                 .as_array()
                 .and_then(|a| a.iter().find(|x| x["name"].as_str() == Some(name)))
-                .and_then(|x| x["utilisation"].as_f64());
+                .and_then(|x| x[k].as_f64())
+        };
+        for name in &procs {
+            let u = proc_field(name, "utilisation");
             let _ = write!(s, ",{}", u.map_or(String::new(), |u| format!("{u:.4}")));
+        }
+        for name in &procs {
+            let l = proc_field(name, "line_ns");
+            let _ = write!(s, ",{}", l.map_or(String::new(), |l| format!("{l:.2}")));
         }
         let mut err = r["error"].as_str().map(String::from);
         if err.is_none() {

@@ -691,6 +691,39 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
     Ok(())
 }
 
+/// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
+/// run CPU phases, and the core on the far node got the HMAT's far line cost.
+fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
+    let name = "experiment::numa_hmat_line_costs";
+    let l = experiment::load(&root().join("experiments/numa.toml"), &root())?;
+    let (results, _) = run_points(&l, false, 2, 300, Profile::Release)?;
+    let mut problems = Vec::new();
+    for p in &l.points {
+        let r = results.get(&p.id).cloned().unwrap_or(Value::Null);
+        if let Some(e) = r["error"].as_str() {
+            problems.push(format!("point {}: {e}", p.id));
+            continue;
+        }
+        let proc = |n: &str, k: &str| {
+            r["procs"].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).and_then(|x| x[k].as_f64())
+        };
+        let (near, far) = (proc("cpu0", "line_ns"), proc("cpu1", "line_ns"));
+        // qemu/numa-devices.toml: 10 ns + 128 B at 20 GB/s near, 30 ns + 128 B at 5 GB/s far.
+        if near.is_none_or(|x| (x - 16.4).abs() > 0.01) || far.is_none_or(|x| (x - 55.6).abs() > 0.01) {
+            problems.push(format!("point {}: CPU line costs {near:?} / {far:?}, the HMAT gives 16.4 / 55.6", p.id));
+        }
+        if proc("cpu0", "busy_ns").is_none_or(|b| b <= 0.0) || proc("cpu1", "busy_ns").is_none_or(|b| b <= 0.0) {
+            problems.push(format!("point {}: a CPU core ran no CPU phase", p.id));
+        }
+    }
+    if problems.is_empty() {
+        tally.pass(name)
+    } else {
+        tally.fail(name, &problems.join("; "))
+    }
+    Ok(())
+}
+
 fn host_tests(tally: &mut Tally) -> Result<()> {
     println!("== host tests (cargo test) ==");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -745,6 +778,8 @@ fn cmd_test(args: &[String]) -> Result<u8> {
     kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", &mut tally)?;
     println!("\n== boot checks ==");
     boot_checks(&kernel, &machine, &mut tally)?;
+    println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
+    numa_experiment_check(&mut tally)?;
     println!();
     if !tally.failed.is_empty() {
         println!("failed: {}", tally.failed.join(", "));
@@ -1259,6 +1294,12 @@ fn cmd_experiment(args: &[String]) -> Result<u8> {
         format!("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}", usage())
     })?;
     let l = experiment::load(&file, &root())?;
+    if host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
+        return Err(format!(
+            "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
+            file.display()
+        ));
+    }
     eprintln!(
         "xtask: experiment {}: {} points on {}{}",
         l.exp.name.get_ref(),

@@ -16,6 +16,13 @@
 //!
 //! With [`Source::Measured`] the engine charges transfers and fault service at the wall time the
 //! mechanism measured instead (the unikernel's own costs); access costs stay modelled.
+//!
+//! With `lines = "hmat"` the CPU's line costs come from the platform instead: the guest reads
+//! the ACPI HMAT (QEMU builds it from the machine file's `[[numa.hmat]]`) and gives each CPU
+//! core the latency and bandwidth from its proximity domain to the domain that holds the
+//! experiment's memory ([`hmat_line_ns`], [`cpu_lines_from_hmat`]): a core on a far node pays
+//! more per line, and the engine's placement of CPU phases sees it. QEMU 7.2 has no generic
+//! initiators, so HMAT cannot describe the devices; their line costs stay the parameters.
 
 use super::Loc;
 use super::params::{ParamDef, ParamError, Params, Value};
@@ -48,6 +55,10 @@ pub struct CostModel {
     pub pcie_b: f64,
     /// Per line, a device reading or writing its own memory.
     pub dev_line_ns: f64,
+    /// Whether the CPU cores' line costs are to come from the platform's HMAT.
+    pub lines_from_hmat: bool,
+    /// Per CPU core, its line cost on system memory (empty: `cpu_line_ns` for every core).
+    pub cpu_core_line_ns: alloc::vec::Vec<f64>,
     /// Per line, the CPU on system memory.
     pub cpu_line_ns: f64,
     /// Per line, a device on system memory (or the CPU on coherent device memory).
@@ -70,6 +81,8 @@ impl Default for CostModel {
             pcie_a: 12.0,
             pcie_b: 0.07292,
             dev_line_ns: 1.0,
+            lines_from_hmat: false,
+            cpu_core_line_ns: alloc::vec::Vec::new(),
             cpu_line_ns: 2.0,
             remote_line_ns: 11.0,
             peer_line_ns: 11.0,
@@ -81,6 +94,7 @@ impl Default for CostModel {
 /// The cost model's parameters (all optional in an experiment).
 pub const PARAMS: &[ParamDef] = &[
     ParamDef::text("source", "model", &["model", "measured"], "where transfer and fault costs come from"),
+    ParamDef::text("lines", "model", &["model", "hmat"], "where the CPU cores' line costs come from"),
     ParamDef::float("far_fault_us", 45.0, 0.0, 10_000.0, "device far fault, per faulted page"),
     ParamDef::float("batch_us", 0.0, 0.0, 10_000.0, "fault batch overhead"),
     ParamDef::float("cpu_fault_us", 24.0, 0.0, 10_000.0, "CPU fault on a device page"),
@@ -108,6 +122,8 @@ impl CostModel {
             pcie_a: p.float("pcie_a"),
             pcie_b: p.float("pcie_b"),
             dev_line_ns: p.float("dev_line_ns"),
+            lines_from_hmat: p.text("lines") == "hmat",
+            cpu_core_line_ns: alloc::vec::Vec::new(),
             cpu_line_ns: p.float("cpu_line_ns"),
             remote_line_ns: p.float("remote_line_ns"),
             peer_line_ns: p.float("peer_line_ns"),
@@ -120,6 +136,7 @@ impl CostModel {
         let mut p = Params::new();
         let src = if self.source == Source::Measured { "measured" } else { "model" };
         p.set("source", Value::Text(src.into()));
+        p.set("lines", Value::Text(if self.lines_from_hmat { "hmat" } else { "model" }.into()));
         for (k, v) in [
             ("far_fault_us", self.far_fault_ns / 1000.0),
             ("batch_us", self.batch_ns / 1000.0),
@@ -150,15 +167,67 @@ impl CostModel {
         if bytes == 0 { 0.0 } else { bytes as f64 / self.bandwidth(bytes) }
     }
 
-    /// Time of one 128-byte line accessed by `by` in memory `mem`.
+    /// Time of one 128-byte line accessed by `by` in memory `mem` (CPU core 0 for the CPU).
     pub fn line_ns(&self, by: Loc, mem: Loc) -> f64 {
+        self.line_ns_on(0, by, mem)
+    }
+
+    /// Time of one 128-byte line accessed by `by` (CPU core `core` when it is the CPU) in
+    /// memory `mem`.
+    pub fn line_ns_on(&self, core: usize, by: Loc, mem: Loc) -> f64 {
         match (by, mem) {
-            (Loc::Cpu, Loc::Cpu) => self.cpu_line_ns,
+            (Loc::Cpu, Loc::Cpu) => self.cpu_core_line_ns.get(core).copied().unwrap_or(self.cpu_line_ns),
             (Loc::Dev(a), Loc::Dev(b)) if a == b => self.dev_line_ns,
             (Loc::Dev(_), Loc::Dev(_)) => self.peer_line_ns,
             _ => self.remote_line_ns,
         }
     }
+}
+
+/// The per-line cost a (latency, bandwidth) pair gives: the latency of the access plus the
+/// time 128 bytes take at the bandwidth. `latency_ps` as HMAT gives it (picoseconds),
+/// `bandwidth_mbps` in MB/s.
+pub fn hmat_line_ns(latency_ps: u64, bandwidth_mbps: u64) -> f64 {
+    latency_ps as f64 / 1000.0 + 128.0 * 1000.0 / bandwidth_mbps.max(1) as f64
+}
+
+/// One HMAT locality value: (initiator domain, memory domain, latency ps or bandwidth MB/s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HmatValue {
+    /// Initiator proximity domain.
+    pub initiator: u32,
+    /// Memory proximity domain.
+    pub target: u32,
+    /// Whether `value` is a latency (ps) rather than a bandwidth (MB/s).
+    pub latency: bool,
+    /// The value.
+    pub value: u64,
+}
+
+/// Each CPU core's line cost on memory domain `memory`, from the HMAT values: core `c` is in
+/// domain `core_domains[c]`. Fails, naming the pair, when the HMAT lacks a latency or a
+/// bandwidth for one.
+pub fn cpu_lines_from_hmat(
+    core_domains: &[u32],
+    memory: u32,
+    values: &[HmatValue],
+) -> Result<alloc::vec::Vec<f64>, alloc::string::String> {
+    core_domains
+        .iter()
+        .enumerate()
+        .map(|(c, &d)| {
+            let find = |latency: bool| {
+                values.iter().find(|v| v.initiator == d && v.target == memory && v.latency == latency).map(|v| v.value)
+            };
+            match (find(true), find(false)) {
+                (Some(l), Some(b)) => Ok(hmat_line_ns(l, b)),
+                _ => Err(alloc::format!(
+                    "the HMAT gives no latency and bandwidth from CPU core {c}'s domain {d} to memory domain {memory}; \
+                     add a [[numa.hmat]] entry for initiator {d}, target {memory} to the machine file"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Arc tangent (core has none without `std`): range reduction to |x| ≤ tan(π/12), then the
@@ -224,6 +293,32 @@ mod tests {
         p.set("pcie_c", Value::Float(1.0));
         let e = CostModel::from_params(&p).unwrap_err();
         assert!(e.to_string().contains("pcie_c"), "{e}");
+    }
+
+    #[test]
+    fn hmat_gives_each_core_its_line_cost() {
+        // qemu/numa-devices.toml: local 10 ns / 20000 MB/s, remote 30 ns / 5000 MB/s.
+        let v = |initiator, target, latency, value| HmatValue { initiator, target, latency, value };
+        let values = [
+            v(0, 0, true, 10_000),
+            v(0, 0, false, 20_000),
+            v(1, 0, true, 30_000),
+            v(1, 0, false, 5_000),
+            v(1, 1, true, 10_000),
+        ];
+        let lines = cpu_lines_from_hmat(&[0, 1], 0, &values).unwrap();
+        assert!((lines[0] - (10.0 + 6.4)).abs() < 1e-9, "{lines:?}");
+        assert!((lines[1] - (30.0 + 25.6)).abs() < 1e-9, "{lines:?}");
+        let e = cpu_lines_from_hmat(&[0, 1], 1, &values).unwrap_err();
+        assert!(e.contains("core 0's domain 0 to memory domain 1"), "{e}");
+        let c = CostModel { cpu_core_line_ns: lines, ..CostModel::default() };
+        assert!(c.line_ns_on(1, Loc::Cpu, Loc::Cpu) > c.line_ns_on(0, Loc::Cpu, Loc::Cpu));
+        // Cores the HMAT did not cover, and devices, keep the parameters.
+        assert_eq!(c.line_ns_on(5, Loc::Cpu, Loc::Cpu), c.cpu_line_ns);
+        assert_eq!(c.line_ns_on(1, Loc::Dev(0), Loc::Cpu), c.remote_line_ns);
+        let mut p = Params::new();
+        p.set("lines", Value::Text("hmat".into()));
+        assert!(CostModel::from_params(&p).unwrap().lines_from_hmat);
     }
 
     #[test]

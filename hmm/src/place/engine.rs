@@ -151,6 +151,9 @@ pub struct ProcStats {
     pub busy_ns: f64,
     /// Phases run.
     pub phases: u32,
+    /// Its cost per 128-byte line in its own memory (a CPU core: system memory, which the
+    /// HMAT may make differ per core).
+    pub line_ns: f64,
 }
 
 /// One workload's outcome.
@@ -358,7 +361,13 @@ impl<'m> Engine<'m> {
             procs: self
                 .procs
                 .iter()
-                .map(|p| ProcStats { name: p.name.clone(), busy_ns: p.busy, phases: p.phases })
+                .enumerate()
+                .map(|(i, p)| ProcStats {
+                    name: p.name.clone(),
+                    busy_ns: p.busy,
+                    phases: p.phases,
+                    line_ns: self.cost.line_ns_on(i, p.loc, p.loc),
+                })
                 .collect(),
             workloads: self
                 .wls
@@ -427,7 +436,13 @@ impl<'m> Engine<'m> {
             t
         };
         match phase.on {
-            Target::Cpu => (0..cpus).min_by(|&a, &b| avail(a).total_cmp(&avail(b))).unwrap_or(0),
+            // Earliest finish: when the core is free, plus the phase's lines at that core's
+            // cost (cores on a far node pay more per line when the HMAT says so).
+            Target::Cpu => {
+                let lines: f64 = phase.accesses.iter().map(|a| a.lines as f64).sum();
+                let finish = |c: usize| avail(c) + lines * self.cost.line_ns_on(c, Loc::Cpu, Loc::Cpu);
+                (0..cpus).min_by(|&a, &b| finish(a).total_cmp(&finish(b))).unwrap_or(0)
+            }
             Target::Dev(d) => cpus + (d as usize).min(self.st.devices().saturating_sub(1)),
             Target::AnyDev => {
                 let wl = &self.wls[w];
@@ -579,7 +594,8 @@ impl<'m> Engine<'m> {
     }
 
     /// One access that can proceed: invalidates copies on a write, moves the data, counts.
-    fn touch(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: f64) -> Result<f64, MechError> {
+    /// (`core` is the CPU core making a CPU access; devices pass 0.)
+    fn touch(&mut self, core: usize, by: Loc, at: Loc, p: u32, a: &Access, now: f64) -> Result<f64, MechError> {
         if a.write {
             self.drop_all_copies(p)?;
         }
@@ -591,7 +607,7 @@ impl<'m> Engine<'m> {
         } else {
             self.stats.remote_lines += a.lines as u64;
         }
-        Ok(a.lines as f64 * self.cost.line_ns(by, at))
+        Ok(a.lines as f64 * self.cost.line_ns_on(core, by, at))
     }
 
     fn device_wave(&mut self, d: u8, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
@@ -605,7 +621,7 @@ impl<'m> Engine<'m> {
             match self.reach(p, d, a.write) {
                 Some(at) => {
                     remote |= at != by;
-                    busy += self.touch(by, at, p, a, start)?;
+                    busy += self.touch(0, by, at, p, a, start)?;
                     self.count(d, p, at, a, start)?;
                 }
                 None => {
@@ -646,7 +662,7 @@ impl<'m> Engine<'m> {
                 }
             };
             remote |= at != by;
-            clock += self.touch(by, at, p, &a, clock)?;
+            clock += self.touch(0, by, at, p, &a, clock)?;
             self.count(d, p, at, &a, clock)?;
         }
         if remote {
@@ -714,7 +730,7 @@ impl<'m> Engine<'m> {
                 self.event(clock, end - clock, &lane, "cpu-fault", 1, "");
                 clock = end;
             }
-            clock += self.touch(Loc::Cpu, Loc::Cpu, p, a, clock)?;
+            clock += self.touch(proc, Loc::Cpu, Loc::Cpu, p, a, clock)?;
         }
         Ok(clock)
     }

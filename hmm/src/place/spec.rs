@@ -366,7 +366,9 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         j += ",\"busy_ns\":";
         num(&mut j, p.busy_ns);
         let util = if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 };
-        let _ = write!(j, ",\"utilisation\":{util:.4},\"phases\":{}}}", p.phases);
+        let _ = write!(j, ",\"utilisation\":{util:.4},\"phases\":{},\"line_ns\":", p.phases);
+        num(&mut j, p.line_ns);
+        j.push('}');
     }
     j += "],\"workloads\":[";
     for (i, w) in o.workloads.iter().enumerate() {

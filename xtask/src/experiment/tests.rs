@@ -36,7 +36,8 @@ fn load(text: &str) -> Result<Loaded, String> {
 
 #[test]
 fn shipped_experiments_load() {
-    for (f, n) in [("experiments/default.toml", 12), ("experiments/reproduce.toml", 180)] {
+    for (f, n) in [("experiments/default.toml", 12), ("experiments/reproduce.toml", 180), ("experiments/numa.toml", 2)]
+    {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
     }
@@ -94,6 +95,13 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     let e = err(&real);
     assert!(e.contains("`run.cpus`: 3 CPU cores asked") && e.contains("has 2; give at most 2"), "{e}");
     assert!(load(&SMALL.replace("mechanism = \"model\"", "mechanism = \"model\"\n[run]\ncpus = 3")).is_ok());
+    // HMAT line costs need a machine with an HMAT.
+    let e = err(&SMALL.replace("[sweep]", "[cost]\nlines = \"hmat\"\n[sweep]"));
+    assert!(e.contains("`cost.lines`") && e.contains("no [[numa.hmat]] entries"), "{e}");
+    let numa = SMALL
+        .replace("[sweep]", "[cost]\nlines = \"hmat\"\n[sweep]")
+        .replace("name = \"small\"", "name = \"small\"\nmachine = \"qemu/numa-devices.toml\"");
+    assert!(load(&numa).is_ok(), "{:?}", load(&numa).err());
 }
 
 /// Runs the points over the model, as `--host` does.
@@ -121,7 +129,9 @@ fn reports_from_results() {
     assert!(
         table.starts_with("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms,accesses")
     );
-    assert!(table.contains(",cpu0_utilisation,dev0_utilisation,error"));
+    assert!(table.contains(",cpu0_utilisation,dev0_utilisation,cpu0_line_ns,dev0_line_ns,error"));
+    // The default cost model's line costs: 2 ns for the CPU, 1 ns for the device.
+    assert!(table.lines().nth(1).unwrap().ends_with(",2.00,1.00,\"\""), "{table}");
     let sum = summary(&l, &r);
     assert!(sum.lines().nth(1).unwrap().starts_with("stream"), "{sum}");
     let cmp = comparisons(&l, &r);
