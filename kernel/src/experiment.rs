@@ -19,9 +19,13 @@
 //! CPU ([`Worker`]) running in the point's address space, so they go through that CPU's TLB
 //! and fault there, and every migration the boot CPU makes shoots their translations down.
 //!
-//! Read duplication has no HMM mechanism (Linux HMM keeps one copy of a page), so this
-//! mechanism declines it and the engine maps such pages remotely (counted as
-//! `dup_unsupported`); `mechanism=model` runs a point over the model instead.
+//! Read duplication (P8) is a driver's job in HMM terms (Linux keeps one copy of a page; UVM's
+//! read-mostly pages are copies its driver keeps): a device's read copy is a page of its own
+//! memory that the driver fills by DMA from wherever the page lives (`Vram::read_copies`), and
+//! the page itself does not move. A device read of a duplicated page reads the copy, and is
+//! checked to hold that page's data with as many writes as the page itself; the engine drops
+//! every copy before the page is written or moved, and the copies left at the end are checked
+//! the same way.
 
 use crate::arch::{smp, time};
 use crate::mm::{self, uspace};
@@ -58,6 +62,8 @@ struct Real {
     core: usize,
     /// A worker per CPU other than the boot CPU, started when the engine first uses it.
     workers: Vec<Option<Worker>>,
+    /// Read copies: (page, device) → the copy's page in that device's memory.
+    copies: alloc::collections::BTreeMap<(u32, u8), u64>,
 }
 
 /// How long the boot CPU waits for a worker to make one access.
@@ -194,7 +200,14 @@ impl Real {
                 .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
         }
         let workers = (0..smp::count()).map(|_| None).collect();
-        Ok(Real { space, vram: vram.to_vec(), writes: vec![0; pages as usize], core: 0, workers })
+        Ok(Real {
+            space,
+            vram: vram.to_vec(),
+            writes: vec![0; pages as usize],
+            core: 0,
+            workers,
+            copies: alloc::collections::BTreeMap::new(),
+        })
     }
 
     fn va(p: u32) -> u64 {
@@ -221,6 +234,26 @@ impl Real {
             }
             None => Err(err(format!("page {p} is not mapped"))),
         }
+    }
+
+    /// Checks device `d`'s read copy (its page `k`) of page `p`: it holds that page's data,
+    /// with every write the page has had (a copy made stale by a write is an error).
+    fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
+        let pa = self.vram(d)?.phys(k * PAGE).ok_or_else(|| err(format!("dev{d} copy page {k} has no address")))?;
+        let mut w = [0u8; 16];
+        mm::read_phys(pa, &mut w);
+        let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
+        let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
+        if id != p as u64 ^ MAGIC {
+            return Err(err(format!("dev{d}'s read copy of page {p} holds page {}'s data", id ^ MAGIC)));
+        }
+        if count != u64::from(self.writes[p as usize]) {
+            return Err(err(format!(
+                "dev{d}'s read copy of page {p} is stale: {count} writes in it, {} made",
+                self.writes[p as usize]
+            )));
+        }
+        Ok(())
     }
 
     /// The SRAT memory domain that holds most of the point's pages (all in RAM after
@@ -276,18 +309,51 @@ impl Mechanism for Real {
     }
 
     fn can_duplicate(&self) -> bool {
-        false
+        true
     }
 
-    fn duplicate(&mut self, _first: u32, _pages: u32, _from: Loc, dev: u8) -> Result<u64, MechError> {
-        Err(err(format!("read copies on dev{dev}: HMM keeps one copy of a page")))
+    fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let mut frames = Vec::with_capacity(pages as usize);
+        for p in first..first + pages {
+            let (real, pa) = self.locate(p)?;
+            if real != from {
+                return Err(err(format!("read copy of page {p} from {from}, but the page tables have it in {real}")));
+            }
+            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
+                return Err(err(format!("dev{dev} already holds page {p}")));
+            }
+            frames.push(hmm::addr::Pfn(pa / PAGE));
+        }
+        let made = self
+            .vram(dev)?
+            .read_copies(&frames)
+            .map_err(|e| err(format!("read copies of pages {first}..{}: {e}", first + pages)))?;
+        for (p, k) in (first..).zip(made) {
+            self.copies.insert((p, dev), k);
+        }
+        Ok(ns_since(t0))
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
-        Err(err(format!("dev{dev} holds no read copy of page {page}")))
+        let k = self
+            .copies
+            .remove(&(page, dev))
+            .ok_or_else(|| err(format!("dev{dev} holds no read copy of page {page}")))?;
+        self.vram(dev)?.drop_read_copy(k);
+        Ok(())
     }
 
     fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        if let Loc::Dev(d) = by
+            && at == by
+            && let Some(&k) = self.copies.get(&(page, d))
+        {
+            if write {
+                return Err(err(format!("dev{d} wrote its read copy of page {page}")));
+            }
+            return self.check_copy(page, d, k);
+        }
         let (real, pa) = self.locate(page)?;
         if real != at {
             return Err(err(format!(
@@ -325,6 +391,9 @@ impl Mechanism for Real {
     }
 
     fn finish(&mut self) -> Result<(), MechError> {
+        for (&(p, d), &k) in &self.copies {
+            self.check_copy(p, d, k)?;
+        }
         for p in 0..self.writes.len() as u32 {
             let (_, pa) = self.locate(p)?;
             let mut w = [0u8; 16];
@@ -354,8 +423,13 @@ impl Mechanism for Real {
 
 impl Drop for Real {
     fn drop(&mut self) {
-        // The workers leave the address space first.
+        // The workers leave the address space first; the read copies go back to their devices.
         self.workers.clear();
+        for (&(_, d), &k) in &self.copies {
+            if let Some(v) = self.vram.get(d as usize) {
+                v.drop_read_copy(k);
+            }
+        }
         // Unmapping frees the device pages for the next point.
         let len = self.writes.len() as u64 * PAGE;
         if let Err(e) = self.space.lock().munmap(BASE, len) {
@@ -563,8 +637,40 @@ pub mod ktests {
         }
         m.migrate(3, 1, Loc::Dev(0), Loc::Cpu).map_err(|e| e.to_string())?;
         m.finish().map_err(|e| format!("data after one device write: {e}"))?;
-        if m.duplicate(0, 1, Loc::Cpu, 0).is_ok() {
-            return Err("duplication claimed".into());
+        // A read copy is checked against its page: fresh it passes, after a write the engine
+        // failed to drop it for, it is stale.
+        m.duplicate(3, 2, Loc::Cpu, 0).map_err(|e| e.to_string())?;
+        m.access(Loc::Dev(0), Loc::Dev(0), 3, false).map_err(|e| format!("reading a fresh copy: {e}"))?;
+        if m.access(Loc::Dev(0), Loc::Dev(0), 3, true).is_ok() {
+            return Err("a device wrote its read copy".into());
+        }
+        m.access(Loc::Cpu, Loc::Cpu, 4, true).map_err(|e| e.to_string())?;
+        let e = m.access(Loc::Dev(0), Loc::Dev(0), 4, false).err().ok_or("a stale read copy passed")?;
+        if !e.0.contains("is stale") {
+            return Err(format!("wrong error for a stale copy: {e}"));
+        }
+        m.drop_copy(4, 0).map_err(|e| e.to_string())?;
+        if m.drop_copy(4, 0).is_ok() {
+            return Err("a copy dropped twice".into());
+        }
+        m.finish().map_err(|e| format!("data with one copy left: {e}"))?;
+        Ok(())
+    }
+
+    /// Read duplication on the real devices: a read-mostly table broadcast to both devices
+    /// under P8, every device read served from its own copy (checked to hold the page's data
+    /// and writes), copies dropped before each write and checked again at the end.
+    pub fn read_duplication_on_two_devices(_s: &crate::System) -> crate::ktest::TestResult {
+        let vram = vram::all().map_err(|e| e.to_string())?;
+        if vram.len() < 2 {
+            return Ok(()); // the default machine has two devices; one-device machines skip
+        }
+        let mut p = point(vec![256, 256], "duplicate", "lru4k", "broadcast", 0.5);
+        p.workloads[0].1.set("writes", Value::Float(0.01));
+        let o = run_real(&p)?;
+        let s = &o.stats;
+        if s.duplicates == 0 || s.dup_unsupported != 0 || s.invalidations == 0 || o.workloads[0].error.is_some() {
+            return Err(format!("unexpected counts: {s:?} {:?}", o.workloads));
         }
         Ok(())
     }

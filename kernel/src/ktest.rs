@@ -116,6 +116,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
     Test {
+        name: "experiment::read_duplication_on_two_devices",
+        run: crate::experiment::ktests::read_duplication_on_two_devices,
+    },
+    Test {
         name: "experiment::cpu_phases_run_on_their_core",
         run: crate::experiment::ktests::cpu_phases_run_on_their_core,
     },
