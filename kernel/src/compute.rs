@@ -4,8 +4,8 @@
 //! at that virtual address (a remote access); a miss is a replayable fault, serviced in
 //! batches by migration (DMA through the copy engine) or remote mapping.
 //!
-//! The engine runs on the calling CPU: the kernel has one core today, so "the core assigned
-//! to the device" is the boot CPU.
+//! The engine runs on the calling CPU: a caller that wants a device's engine on its own core
+//! runs `launch` in a task on that CPU (`sched::spawn_on`).
 //!
 //! Per-device counters ([`DeviceCounters`]) add the fault service's numbers to the device
 //! memory's (pages each way, CPU faults) and the copy engine's (bytes DMA'd).

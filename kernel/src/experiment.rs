@@ -7,8 +7,12 @@
 //! written by the CPU first. Migrations are `migrate_vma` to and from device memory, copied by
 //! the devices' DMA engines (`vram::migrate_to_device`, `migrate_to_ram`,
 //! `migrate_device_to_device`). Every access the engine executes is made on the real data:
-//! a CPU access through the process's page tables, a device access at the physical address the
-//! page lives at (device memory, or the RAM frame a remote mapping reaches). Before each access
+//! a CPU access through the process's page tables, a device access through the device's MMU:
+//! each device's virtio-iommu domain mirrors the point's address space (`devmmu::bind`, the
+//! interval-notifier mirror), a page it has not mapped is a device fault (`hmm_range_fault`,
+//! then a map in the domain), and the translation must agree with the CPU page table (a
+//! mirror that missed an invalidation fails the point). Peer accesses to another device's
+//! memory, which HMM cannot map for a device, go to the page's physical address. Before each access
 //! the mechanism reads the CPU page table and checks that the page is where the engine says
 //! (RAM or that device's memory); a disagreement stops the point with an error. A write
 //! increments the page's first word; at the end every page's count and its identity word are
@@ -28,6 +32,8 @@
 //! the same way.
 
 use crate::arch::{smp, time};
+use crate::devices::DevError;
+use crate::devmmu::{self, DevMirror};
 use crate::mm::{self, uspace};
 use crate::sched;
 use crate::vram::{self, Vram};
@@ -37,6 +43,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use hmm::devmmu::Where;
 use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
 use hmm::mm::space::{AddressSpace, Advice, MapRequest};
@@ -64,6 +71,9 @@ struct Real {
     workers: Vec<Option<Worker>>,
     /// Read copies: (page, device) → the copy's page in that device's memory.
     copies: alloc::collections::BTreeMap<(u32, u8), u64>,
+    /// Each device's MMU mirror of the point's address space (`None`: the device has no MMU,
+    /// and its accesses go to the page's physical address).
+    mirrors: Vec<Option<Arc<DevMirror>>>,
 }
 
 /// How long the boot CPU waits for a worker to make one access.
@@ -200,6 +210,19 @@ impl Real {
                 .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
         }
         let workers = (0..smp::count()).map(|_| None).collect();
+        let mut mirrors = Vec::new();
+        for v in vram {
+            mirrors.push(match devmmu::bind(v.device(), &space) {
+                Ok(m) => Some(m),
+                Err(DevError::Busy(n)) => {
+                    return Err(err(format!("dev{n}'s MMU mirrors another address space; unbind it first")));
+                }
+                Err(e) => {
+                    log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
+                    None
+                }
+            });
+        }
         Ok(Real {
             space,
             vram: vram.to_vec(),
@@ -207,6 +230,7 @@ impl Real {
             core: 0,
             workers,
             copies: alloc::collections::BTreeMap::new(),
+            mirrors,
         })
     }
 
@@ -234,6 +258,33 @@ impl Real {
             }
             None => Err(err(format!("page {p} is not mapped"))),
         }
+    }
+
+    /// Where device `d`'s MMU takes its access to `page`: its mirror's translation, after a
+    /// device fault (`hmm_range_fault`, then a map in the device's IOMMU domain) if the page is
+    /// not mirrored with the access needed. It must be `pa`, where the CPU page table has the
+    /// page: a mirror that missed an invalidation would still point at the old frame.
+    fn through_mirror(&self, m: &DevMirror, d: u8, page: u32, write: bool, pa: u64) -> Result<u64, MechError> {
+        let va = Self::va(page);
+        let t = match m.translate(va) {
+            Some(t) if t.write || !write => t,
+            _ => {
+                m.fault(va, va + PAGE, write).map_err(|e| err(format!("dev{d}'s MMU fault on page {page}: {e}")))?;
+                m.translate(va).ok_or_else(|| err(format!("dev{d}'s MMU fault on page {page} left it unmapped")))?
+            }
+        };
+        let at = match t.at {
+            Where::Ram(x) => x,
+            Where::Local(pfn) => {
+                self.vram(d)?.phys_of(pfn).ok_or_else(|| err(format!("dev{d} page {pfn:?} has no address")))?
+            }
+        };
+        if at != pa {
+            return Err(err(format!(
+                "dev{d}'s MMU maps page {page} at {at:#x}, the CPU page table at {pa:#x}: the mirror is stale"
+            )));
+        }
+        Ok(at)
     }
 
     /// Checks device `d`'s read copy (its page `k`) of page `p`: it holds that page's data,
@@ -376,13 +427,20 @@ impl Mechanism for Real {
                 if write { u.write_u64(va, v + 1) } else { Ok(()) }
             });
             r.map_err(|f| err(format!("CPU access to page {page}: {:?}", f.error)))?;
-        } else if write {
-            let mut w = [0u8; 8];
-            mm::read_phys(pa, &mut w);
-            mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
         } else {
+            // A device access: through the device's MMU mirror when it has one (local memory,
+            // or RAM mapped remotely), which must agree with the CPU page table.
+            let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
+                (Loc::Dev(d), Some(Some(m))) if at == by || at == Loc::Cpu => {
+                    self.through_mirror(m, d, page, write, pa)?
+                }
+                _ => pa,
+            };
             let mut w = [0u8; 8];
             mm::read_phys(pa, &mut w);
+            if write {
+                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
+            }
         }
         if write {
             self.writes[page as usize] += 1;
@@ -423,8 +481,14 @@ impl Mechanism for Real {
 
 impl Drop for Real {
     fn drop(&mut self) {
-        // The workers leave the address space first; the read copies go back to their devices.
+        // The workers leave the address space first, the device MMUs stop mirroring it, and
+        // the read copies go back to their devices.
         self.workers.clear();
+        for m in self.mirrors.drain(..).flatten() {
+            if let Err(e) = m.unbind() {
+                log::warn!("experiment: unbinding a device MMU: {e}");
+            }
+        }
         for (&(_, d), &k) in &self.copies {
             if let Some(v) = self.vram.get(d as usize) {
                 v.drop_read_copy(k);
@@ -632,10 +696,20 @@ pub mod ktests {
         }
         m.migrate(3, 1, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
         m.access(Loc::Dev(0), Loc::Dev(0), 3, true).map_err(|e| e.to_string())?;
+        // That access went through dev0's MMU mirror (the default machine has an IOMMU), and
+        // so does a remote one to a RAM page; migrating the page back invalidates the mirror.
+        let mirror = m.mirrors.first().cloned().flatten().ok_or("dev0 has no MMU mirror")?;
+        m.access(Loc::Dev(0), Loc::Cpu, 5, false).map_err(|e| e.to_string())?;
+        if mirror.pages() != 2 {
+            return Err(format!("dev0's mirror maps {} pages, expected 2", mirror.pages()));
+        }
         if m.access(Loc::Cpu, Loc::Cpu, 3, false).is_ok() {
             return Err("a CPU access to a device page passed".into());
         }
         m.migrate(3, 1, Loc::Dev(0), Loc::Cpu).map_err(|e| e.to_string())?;
+        if mirror.translate(Real::va(3)).is_some() {
+            return Err("dev0's mirror still maps a page that left its memory".into());
+        }
         m.finish().map_err(|e| format!("data after one device write: {e}"))?;
         // A read copy is checked against its page: fresh it passes, after a write the engine
         // failed to drop it for, it is stale.
