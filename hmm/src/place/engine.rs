@@ -616,13 +616,16 @@ impl<'m> Engine<'m> {
         let mut faults: Vec<Fault> = Vec::new();
         let mut stalled: Vec<usize> = Vec::new();
         let mut remote = false;
+        let mut wait = start;
         for (i, a) in accesses.iter().enumerate() {
             let p = base + a.page;
             match self.reach(p, d, a.write) {
                 Some(at) => {
                     remote |= at != by;
                     busy += self.touch(0, by, at, p, a, start)?;
-                    self.count(d, p, at, a, start)?;
+                    if let Some(t) = self.count(d, p, at, a, start)? {
+                        wait = wait.max(t);
+                    }
                 }
                 None => {
                     stalled.push(i);
@@ -633,7 +636,7 @@ impl<'m> Engine<'m> {
         if remote {
             busy += self.cost.remote_latency_ns;
         }
-        let mut clock = start + busy;
+        let mut clock = (start + busy).max(wait);
         if faults.is_empty() {
             return Ok(clock);
         }
@@ -663,7 +666,9 @@ impl<'m> Engine<'m> {
             };
             remote |= at != by;
             clock += self.touch(0, by, at, p, &a, clock)?;
-            self.count(d, p, at, &a, clock)?;
+            if let Some(t) = self.count(d, p, at, &a, clock)? {
+                clock = clock.max(t);
+            }
         }
         if remote {
             clock += self.cost.remote_latency_ns;
@@ -736,11 +741,13 @@ impl<'m> Engine<'m> {
     }
 
     /// Access counters: counts the lines, notifies at the threshold.
-    fn count(&mut self, d: u8, p: u32, at: Loc, a: &Access, now: f64) -> Result<(), MechError> {
+    /// Returns when the device may go on, if it must wait for the notification's migration
+    /// (`Counters::sync`).
+    fn count(&mut self, d: u8, p: u32, at: Loc, a: &Access, now: f64) -> Result<Option<f64>, MechError> {
         let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
-        let Some(c) = self.policy.counters(&cx, d) else { return Ok(()) };
+        let Some(c) = self.policy.counters(&cx, d) else { return Ok(None) };
         if at == Loc::Dev(d) && !c.local_too {
-            return Ok(());
+            return Ok(None);
         }
         let region = c.region.max(1);
         let key = (d, p / region);
@@ -751,7 +758,7 @@ impl<'m> Engine<'m> {
             e.0 += a.lines as u32;
         }
         if e.0 + e.1 < c.threshold {
-            return Ok(());
+            return Ok(None);
         }
         let (reads, writes) = *e;
         self.counters.remove(&key);
@@ -761,13 +768,20 @@ impl<'m> Engine<'m> {
         let mut plan = Plan::default();
         let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
         self.policy.on_access_counter(&cx, &n, &mut plan);
-        if !plan.actions.is_empty() {
-            // Serviced in the background: the links are busy, the device goes on.
-            self.apply(&plan, None, now)?;
-            let lane = format!("dev{d}");
-            self.event(now, 0.0, &lane, "counter", n.pages, "");
+        if plan.actions.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let lane = format!("dev{d}");
+        if c.sync {
+            // On the fault path: one far fault, then the transfer; the device waits.
+            let done = self.apply(&plan, Some(Loc::Dev(d)), now + self.cost.far_fault_ns)?;
+            self.event(now, done - now, &lane, "counter", n.pages, "fault path");
+            return Ok(Some(done));
+        }
+        // Serviced in the background: the links are busy, the device goes on.
+        self.apply(&plan, None, now)?;
+        self.event(now, 0.0, &lane, "counter", n.pages, "");
+        Ok(None)
     }
 
     fn apply(&mut self, plan: &Plan, faulter: Option<Loc>, t: f64) -> Result<f64, MechError> {

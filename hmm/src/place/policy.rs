@@ -140,6 +140,11 @@ pub struct Counters {
     pub threshold: u32,
     /// Count accesses to the device's own memory too (hotness sampling), not just remote ones.
     pub local_too: bool,
+    /// The migration a notification asks for is serviced on the device's fault path: the
+    /// access that reached the threshold waits for it (one far fault and the transfer), as
+    /// in IPDPS'20's delayed migration. Otherwise the driver services it in the background
+    /// while the device goes on (UVM's access counters).
+    pub sync: bool,
 }
 
 /// A device's counter for a region reached its threshold.

@@ -132,6 +132,19 @@ fn access_counters_migrate_hot_regions_and_map_the_rest() {
 }
 
 #[test]
+fn counter_migrations_on_the_fault_path_make_the_device_wait() {
+    let params = |service: &str| {
+        [("threshold", Value::Int(8)), ("mode", Value::Text("always".into())), ("service", Value::Text(service.into()))]
+    };
+    let bg = run1("fdtd", 1.25, policy("counters", &params("background"), "lfu2m"));
+    let fault = run1("fdtd", 1.25, policy("counters", &params("fault"), "lfu2m"));
+    assert!(bg.stats.notifications > 0 && fault.stats.notifications > 0);
+    // Each notification now costs the device a far fault and the transfer.
+    let far = CostModel::default().far_fault_ns * fault.stats.notifications as f64;
+    assert!(fault.stats.sim_ns > bg.stats.sim_ns + far / 4.0, "{} vs {} (+{far})", fault.stats.sim_ns, bg.stats.sim_ns);
+}
+
+#[test]
 fn thrashing_pages_are_throttled_then_pinned() {
     let pol =
         policy("thrashing", &[("lapse_us", Value::Float(500_000.0)), ("pin_threshold", Value::Int(2))], "root-chunk");

@@ -58,7 +58,7 @@ impl Policy for FirstTouch {
     }
 
     fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<Counters> {
-        (self.delay > 0).then_some(Counters { region: BIG, threshold: self.delay, local_too: false })
+        (self.delay > 0).then_some(Counters { region: BIG, threshold: self.delay, local_too: false, sync: false })
     }
 
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {

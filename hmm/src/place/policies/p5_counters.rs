@@ -12,6 +12,11 @@
 //! the tree prefetcher) until device memory first fills, then delays; `adaptive` does the same
 //! but multiplies the threshold by `penalty` once oversubscribed; `disabled` always migrates on
 //! touch (the baseline).
+//!
+//! `service`: UVM's driver services counter notifications in the background while the GPU
+//! goes on accessing remotely (`background`); in IPDPS'20's delayed migration (UVMSmart) the
+//! access that brings a block's counter to the threshold is handled as a far fault, so the
+//! device waits for the migration (`fault`).
 
 use super::p3_tree::Tree;
 use crate::place::params::{ParamDef, Params};
@@ -28,6 +33,12 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef::int("penalty", 8, 1, 64, "threshold multiplier once oversubscribed (adaptive)"),
     ParamDef::bool("prefetch", true, "tree prefetch around migrations"),
     ParamDef::bool("remote_on_evict", true, "evicted pages stay mapped remotely"),
+    ParamDef::text(
+        "service",
+        "background",
+        &["background", "fault"],
+        "counter-triggered migration: in the background (UVM), or as a far fault the device waits for (IPDPS'20)",
+    ),
 ];
 
 /// Access-counter migration.
@@ -39,6 +50,7 @@ pub struct AccessCounters {
     penalty: u32,
     prefetch: bool,
     remote_on_evict: bool,
+    sync: bool,
     tree: Tree,
     notifications: u64,
 }
@@ -54,6 +66,7 @@ impl AccessCounters {
             penalty: p.int("penalty") as u32,
             prefetch: p.bool("prefetch"),
             remote_on_evict: p.bool("remote_on_evict"),
+            sync: p.text("service") == "fault",
             tree: Tree::default(),
             notifications: 0,
         }
@@ -97,7 +110,7 @@ impl Policy for AccessCounters {
             return None;
         }
         let t = if self.mode == "adaptive" { self.threshold.saturating_mul(self.penalty) } else { self.threshold };
-        Some(Counters { region: self.region, threshold: t, local_too: false })
+        Some(Counters { region: self.region, threshold: t, local_too: false, sync: self.sync })
     }
 
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
