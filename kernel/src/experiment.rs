@@ -287,24 +287,28 @@ impl Real {
         Ok(at)
     }
 
-    /// Checks device `d`'s read copy (its page `k`) of page `p`: it holds that page's data,
-    /// with every write the page has had (a copy made stale by a write is an error).
-    fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
-        let pa = self.vram(d)?.phys(k * PAGE).ok_or_else(|| err(format!("dev{d} copy page {k} has no address")))?;
+    /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
+    /// page has had (its count); `what` names the data in the error.
+    fn check_data(&self, what: &dyn Fn() -> String, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
         mm::read_phys(pa, &mut w);
         let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
         let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
         if id != p as u64 ^ MAGIC {
-            return Err(err(format!("dev{d}'s read copy of page {p} holds page {}'s data", id ^ MAGIC)));
+            return Err(err(format!("{} holds page {}'s data", what(), id ^ MAGIC)));
         }
-        if count != u64::from(self.writes[p as usize]) {
-            return Err(err(format!(
-                "dev{d}'s read copy of page {p} is stale: {count} writes in it, {} made",
-                self.writes[p as usize]
-            )));
+        let made = self.writes[p as usize];
+        if count != u64::from(made) {
+            return Err(err(format!("{}: {count} writes found, {made} made", what())));
         }
         Ok(())
+    }
+
+    /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
+    /// has too few writes).
+    fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
+        let pa = self.vram(d)?.phys(k * PAGE).ok_or_else(|| err(format!("dev{d} copy page {k} has no address")))?;
+        self.check_data(&|| format!("dev{d}'s read copy of page {p}"), p, pa)
     }
 
     /// The SRAT memory domain that holds most of the point's pages (all in RAM after
@@ -454,16 +458,7 @@ impl Mechanism for Real {
         }
         for p in 0..self.writes.len() as u32 {
             let (_, pa) = self.locate(p)?;
-            let mut w = [0u8; 16];
-            mm::read_phys(pa, &mut w);
-            let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
-            let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
-            if id != p as u64 ^ MAGIC {
-                return Err(err(format!("page {p} holds page {}'s data", id ^ MAGIC)));
-            }
-            if count != self.writes[p as usize] as u64 {
-                return Err(err(format!("page {p}: {count} writes found, {} made", self.writes[p as usize])));
-            }
+            self.check_data(&|| format!("page {p}"), p, pa)?;
         }
         Ok(())
     }
@@ -720,7 +715,7 @@ pub mod ktests {
         }
         m.access(Loc::Cpu, Loc::Cpu, 4, true).map_err(|e| e.to_string())?;
         let e = m.access(Loc::Dev(0), Loc::Dev(0), 4, false).err().ok_or("a stale read copy passed")?;
-        if !e.0.contains("is stale") {
+        if !e.0.contains("read copy of page 4: 0 writes found, 1 made") {
             return Err(format!("wrong error for a stale copy: {e}"));
         }
         m.drop_copy(4, 0).map_err(|e| e.to_string())?;
