@@ -469,7 +469,7 @@ impl<'m> Engine<'m> {
             let cx = Ctx { state: &self.st, cost: &self.cost, now: t };
             self.policy.on_tick(&cx, &mut plan);
             if !plan.actions.is_empty() {
-                self.apply(&plan, None, t as f64)?;
+                self.apply(&plan, t as f64)?;
             }
             self.next_tick = t.checked_add(every.max(1));
         }
@@ -681,7 +681,7 @@ impl<'m> Engine<'m> {
     fn force(&mut self, p: u32, d: u8, now: f64) -> Result<Loc, MechError> {
         let mut plan = Plan::default();
         plan.migrate(p, 1, Loc::Dev(d));
-        self.apply(&plan, Some(Loc::Dev(d)), now)?;
+        self.apply(&plan, now)?;
         if self.st.page(p).loc != Loc::Dev(d) {
             self.st.map_remote(p, d);
         }
@@ -697,7 +697,7 @@ impl<'m> Engine<'m> {
         let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
         self.policy.on_device_faults(&cx, d, batch, &mut plan);
         let service = self.cost.batch_ns + self.cost.far_fault_ns * batch.len() as f64;
-        let (done, stall, moved_wall) = self.apply_timed(&plan, Some(Loc::Dev(d)), clock + service)?;
+        let (done, stall, moved_wall) = self.apply_timed(&plan, clock + service)?;
         let wall = self.mech.now_ns().saturating_sub(wall0);
         let end = match self.cost.source {
             Source::Model => done.max(clock + service),
@@ -720,12 +720,12 @@ impl<'m> Engine<'m> {
                 let mut plan = Plan::default();
                 let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
                 self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
-                let (mut done, stall, _) = self.apply_timed(&plan, Some(Loc::Cpu), clock + self.cost.cpu_fault_ns)?;
+                let (mut done, stall, _) = self.apply_timed(&plan, clock + self.cost.cpu_fault_ns)?;
                 if self.st.page(p).loc != Loc::Cpu {
                     self.stats.fallbacks += 1;
                     let mut plan = Plan::default();
                     plan.migrate(p, 1, Loc::Cpu);
-                    done = done.max(self.apply_timed(&plan, Some(Loc::Cpu), done)?.0);
+                    done = done.max(self.apply_timed(&plan, done)?.0);
                 }
                 let end = match self.cost.source {
                     Source::Model => done.max(clock + self.cost.cpu_fault_ns),
@@ -774,26 +774,25 @@ impl<'m> Engine<'m> {
         let lane = format!("dev{d}");
         if c.sync {
             // On the fault path: one far fault, then the transfer; the device waits.
-            let done = self.apply(&plan, Some(Loc::Dev(d)), now + self.cost.far_fault_ns)?;
+            let done = self.apply(&plan, now + self.cost.far_fault_ns)?;
             self.event(now, done - now, &lane, "counter", n.pages, "fault path");
             return Ok(Some(done));
         }
         // Serviced in the background: the links are busy, the device goes on.
-        self.apply(&plan, None, now)?;
+        self.apply(&plan, now)?;
         self.event(now, 0.0, &lane, "counter", n.pages, "");
         Ok(None)
     }
 
-    fn apply(&mut self, plan: &Plan, faulter: Option<Loc>, t: f64) -> Result<f64, MechError> {
-        Ok(self.apply_timed(plan, faulter, t)?.0)
+    fn apply(&mut self, plan: &Plan, t: f64) -> Result<f64, MechError> {
+        Ok(self.apply_timed(plan, t)?.0)
     }
 
     /// Applies a plan from time `t`: demand actions first, then prefetches, making room as
     /// needed. Returns (when the last transfer ends, the stall asked for, measured wall ns of
     /// the moves).
-    fn apply_timed(&mut self, plan: &Plan, faulter: Option<Loc>, t: f64) -> Result<(f64, f64, u64), MechError> {
+    fn apply_timed(&mut self, plan: &Plan, t: f64) -> Result<(f64, f64, u64), MechError> {
         use super::policy::Action;
-        let _ = faulter;
         let mut done = t;
         let mut stall = 0.0;
         let mut wall = 0;
