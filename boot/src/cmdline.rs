@@ -11,7 +11,7 @@
 //! | `ktest.filter` | text | in-kernel tests: run only tests whose name contains it |
 //! | `ktest.from` | index | in-kernel tests: start at this test (the xtask resumes here after a failure) |
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
-//! | `ktest.crash` | `pagefault`, `panic`, `triplefault` | run one deliberate crash (tests of the crash reporting) |
+//! | `ktest.crash` | `pagefault`, `panic`, `triplefault`, `stackoverflow` | run one deliberate crash (tests of the crash reporting) |
 //! | `devices.coherent` | `N[,N...]` | the devices (numbered from 0, in PCI order) whose memory is coherent (CPU-mapped) rather than private; the xtask sets it from the machine file |
 
 use crate::fixed::FixedVec;
@@ -87,6 +87,8 @@ pub enum Crash {
     Panic,
     /// Load an empty IDT and fault: the CPU triple-faults.
     TripleFault,
+    /// A task recurses past its stack into the guard page: a double fault.
+    StackOverflow,
 }
 
 /// The parsed command line.
@@ -195,7 +197,8 @@ impl<'a> KernelArgs<'a> {
                         "pagefault" => Crash::PageFault,
                         "panic" => Crash::Panic,
                         "triplefault" => Crash::TripleFault,
-                        _ => return Err(bad(v, "'pagefault', 'panic' or 'triplefault'")),
+                        "stackoverflow" => Crash::StackOverflow,
+                        _ => return Err(bad(v, "'pagefault', 'panic', 'triplefault' or 'stackoverflow'")),
                     });
                 }
                 "devices.coherent" => {

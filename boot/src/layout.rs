@@ -16,6 +16,10 @@ pub const KERNEL_VMA_OFFSET: u64 = 0xFFFF_FFFF_8000_0000;
 pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
 /// Largest physical address the direct map covers (1 TiB, 40 physical address bits).
 pub const DIRECT_MAP_MAX_PHYS: u64 = 1 << 40;
+/// Base of the kernel stacks (tasks and application processors), each above an unmapped guard
+/// page; a PML4 slot of its own in the kernel half, away from the direct map, the image and
+/// the scratch window the default job and the tests map at `0xFFFF_C000_0000_0000`.
+pub const STACKS_BASE: u64 = 0xFFFF_D000_0000_0000;
 /// The first kernel-half PML4 slot; slots below it belong to address spaces.
 pub const KERNEL_PML4_FIRST: usize = 256;
 /// Size of the boot stack the entry code sets up (above a 4 KiB guard page that the kernel

@@ -191,7 +191,26 @@ fn deliberate_crash(crash: Crash) -> ! {
         }
         Crash::Panic => panic!("deliberate panic requested by ktest.crash=panic"),
         Crash::TripleFault => arch::trap::triple_fault(),
+        Crash::StackOverflow => {
+            // A task on the last CPU recurses until it runs into its stack's guard page.
+            let cpu = arch::smp::count() - 1;
+            let task = sched::spawn_on(cpu, || recurse(0)).unwrap_or_else(|e| fail("deliberate stack overflow", e));
+            match task.join(10_000) {
+                Ok(depth) => fail("deliberate stack overflow", format_args!("returned at depth {depth}")),
+                Err(e) => fail("deliberate stack overflow", e),
+            }
+        }
     }
+}
+
+/// Recurses until the stack runs out (the depth limit is never reached), each frame keeping a
+/// buffer live so the stack really grows.
+fn recurse(depth: u64) -> u64 {
+    let buf = core::hint::black_box([depth; 64]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return buf[0];
+    }
+    recurse(depth + 1) + buf[(depth % 64) as usize]
 }
 
 static CRASHING: AtomicBool = AtomicBool::new(false);

@@ -30,7 +30,6 @@
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::alloc::Layout;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 use x86_64::instructions::interrupts;
@@ -42,8 +41,8 @@ use crate::arch::{apic, gdt, time};
 
 /// Most tasks alive at once (boot and idle tasks included).
 pub const MAX_TASKS: usize = 256;
-/// A spawned task's stack.
-pub const STACK_SIZE: usize = 64 * 1024;
+/// A spawned task's stack (guarded: [`crate::mm::stack`]).
+pub const STACK_SIZE: usize = crate::mm::stack::STACK_PAGES as usize * 4096;
 const NONE: usize = usize::MAX;
 
 const FREE: u8 = 0;
@@ -60,8 +59,9 @@ struct Task {
     rsp: AtomicU64,
     /// The page-table root it runs with.
     root: AtomicU64,
-    /// Its stack allocation (0: a stack it does not own).
-    stack: AtomicU64,
+    /// Whether it owns the guarded stack of its slot (the boot task and application
+    /// processors' idle tasks run on stacks they do not own).
+    stack: AtomicBool,
     body: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Nobody will join it: the next spawn frees it once done.
     detached: AtomicBool,
@@ -78,7 +78,7 @@ impl Task {
             cpu: AtomicUsize::new(0),
             rsp: AtomicU64::new(0),
             root: AtomicU64::new(0),
-            stack: AtomicU64::new(0),
+            stack: AtomicBool::new(false),
             body: Mutex::new(None),
             detached: AtomicBool::new(false),
             cycles: AtomicU64::new(0),
@@ -161,11 +161,6 @@ pub fn current() -> usize {
     }
 }
 
-fn stack_layout() -> Layout {
-    // 16-byte alignment is what the frame below needs; STACK_SIZE is a power of two.
-    Layout::from_size_align(STACK_SIZE, 16).unwrap_or(Layout::new::<u128>())
-}
-
 fn claim_slot() -> Option<usize> {
     (0..MAX_TASKS)
         .find(|&i| TASKS[i].state.compare_exchange(FREE, RESERVED, Ordering::AcqRel, Ordering::Relaxed).is_ok())
@@ -213,24 +208,22 @@ pub fn idle() -> ! {
 
 /// Allocates a task on `cpu` that will run `body`, with its initial frame; not yet queued.
 fn new_task(cpu: usize, body: Box<dyn FnOnce() + Send>) -> Result<usize, SchedError> {
-    // SAFETY: the layout has a non-zero size.
-    let stack = unsafe { alloc::alloc::alloc(stack_layout()) };
-    if stack.is_null() {
-        return Err(SchedError::OutOfMemory);
-    }
-    let Some(id) = claim_slot() else {
-        // SAFETY: allocated just above with this layout and not shared.
-        unsafe { alloc::alloc::dealloc(stack, stack_layout()) };
-        return Err(SchedError::TooManyTasks);
+    let id = claim_slot().ok_or(SchedError::TooManyTasks)?;
+    let top = match crate::mm::stack::alloc(id) {
+        Ok(top) => top,
+        Err(e) => {
+            log::error!("task {id}: its stack: {e}");
+            TASKS[id].state.store(FREE, Ordering::Release);
+            return Err(SchedError::OutOfMemory);
+        }
     };
     let t = &TASKS[id];
     *t.body.lock() = Some(body);
     t.cpu.store(cpu, Ordering::Relaxed);
     t.root.store(crate::mm::kernel_root(), Ordering::Relaxed);
-    t.stack.store(stack as u64, Ordering::Relaxed);
+    t.stack.store(true, Ordering::Relaxed);
     t.detached.store(false, Ordering::Relaxed);
     t.cycles.store(0, Ordering::Relaxed);
-    let top = stack as u64 + STACK_SIZE as u64;
     let frame_at = (top - 64 - core::mem::size_of::<TrapFrame>() as u64) & !15;
     let frame = TrapFrame {
         r15: 0,
@@ -277,21 +270,21 @@ extern "C" fn task_entry(id: u64) -> ! {
 
 /// Frees the stacks of detached tasks that have finished.
 fn reap_detached() {
-    for t in TASKS.iter() {
+    for (id, t) in TASKS.iter().enumerate() {
         if t.detached.load(Ordering::Acquire)
             && t.state.compare_exchange(DONE, RESERVED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
-            release(t);
+            release(id);
         }
     }
 }
 
-fn release(t: &Task) {
-    let stack = t.stack.swap(0, Ordering::AcqRel);
-    if stack != 0 {
-        // SAFETY: the stack came from `new_task` with this layout, and the task is done: the
-        // switch away from it has completed (see `finish_switch`), so nothing uses it.
-        unsafe { alloc::alloc::dealloc(stack as *mut u8, stack_layout()) };
+fn release(id: usize) {
+    let t = &TASKS[id];
+    if t.stack.swap(false, Ordering::AcqRel) {
+        // The task is done: the switch away from it has completed (see `finish_switch`), so
+        // no CPU runs on its stack.
+        crate::mm::stack::free(id);
     }
     t.detached.store(false, Ordering::Relaxed);
     t.state.store(FREE, Ordering::Release);
@@ -356,7 +349,7 @@ impl<T> JoinHandle<T> {
             core::hint::spin_loop();
         }
         let r = self.result.lock().take();
-        release(&TASKS[self.id]);
+        release(self.id);
         // A task that finished stored its result before it was marked done.
         r.ok_or(SchedError::Timeout { task: self.id, ms: timeout_ms })
     }

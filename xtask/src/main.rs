@@ -641,7 +641,7 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
 
 /// Boots that must fail in a specific, clearly reported way.
 fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()> {
-    let checks: [(&str, &str, Outcome, &[&str]); 4] = [
+    let checks: [(&str, &str, Outcome, &[&str]); 5] = [
         (
             "boot::unhandled_page_fault_reported",
             "ktest.crash=pagefault",
@@ -659,6 +659,12 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
             &["PANIC at kernel/src/main.rs:", "deliberate panic"],
         ),
         ("boot::triple_fault_detected", "ktest.crash=triplefault", Outcome::Reset, &[]),
+        (
+            "boot::task_stack_overflow_hits_its_guard",
+            "ktest.crash=stackoverflow",
+            Outcome::Failure,
+            &["FATAL EXCEPTION: #DF double fault", "rsp 0xffffd000"],
+        ),
         (
             "boot::bad_kernel_argument_named",
             "log=info bogus=1",

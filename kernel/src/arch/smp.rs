@@ -11,7 +11,7 @@
 //!
 //! **Bring-up** ([`start_aps`]). For each enabled MADT CPU but the boot one: the trampoline is
 //! copied to a free page below 1 MiB with its parameters (a CR3 below 4 GiB that maps the
-//! trampoline page 1:1 and the kernel half, the EFER bits, a fresh 64 KiB stack, the entry and
+//! trampoline page 1:1 and the kernel half, the EFER bits, a fresh guarded stack, the entry and
 //! the CPU's index); INIT-SIPI-SIPI starts the CPU at that page in real mode; the trampoline
 //! goes to protected mode, enables PAE, long mode and paging, far-jumps to 64-bit code and
 //! calls [`ap_entry`] in the kernel half. There the CPU loads the kernel page table, its GS
@@ -32,7 +32,6 @@
 //! publishing the root enough: the initiator stores the new entries, then (sequentially
 //! consistent) reads the roots; a CPU that loads the root later walks the new entries.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
@@ -47,8 +46,6 @@ pub const MAX_CPUS: usize = 64;
 pub const START_TIMEOUT_NS: u64 = 500_000_000;
 /// How long a TLB shootdown waits for every target to acknowledge.
 pub const SHOOTDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
-/// Each application processor's boot stack (it becomes the CPU's idle task's stack).
-const AP_STACK: usize = 64 * 1024;
 const IA32_GS_BASE: u32 = 0xc000_0101;
 
 /// One CPU's record.
@@ -333,8 +330,8 @@ pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::acpi::Cpu]) -> Resul
     let efer = Efer::read() & (EferFlags::LONG_MODE_ENABLE | EferFlags::NO_EXECUTE_ENABLE);
     for apic_id in others {
         let i = started.online.len();
-        let stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
-        let top = (stack.as_ptr() as u64 + AP_STACK as u64) & !15;
+        // A guarded stack in the slots past the tasks'; it becomes the CPU's idle task's.
+        let top = mm::stack::alloc(crate::sched::MAX_TASKS + i).map_err(|_| SmpError::OutOfMemory)?;
         let p = Params {
             jump32: (page + code32) as u32,
             sel32: 0x08,

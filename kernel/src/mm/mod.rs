@@ -18,6 +18,7 @@
 pub mod frame;
 pub mod heap;
 pub mod paging;
+pub mod stack;
 pub mod uspace;
 
 use boot::{

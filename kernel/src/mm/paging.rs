@@ -109,23 +109,30 @@ pub struct Flush {
     start: u64,
     len: u64,
     armed: bool,
+    /// Other CPUs may cache the old translation (an unmap or a protection change); a new
+    /// mapping replaced a not-present entry, which no CPU caches, so it is flushed here only.
+    remote: bool,
 }
 
 impl Flush {
     fn new(start: u64, len: u64) -> Self {
-        Self { start, len, armed: true }
+        Self { start, len, armed: true, remote: true }
+    }
+
+    fn new_mapping(start: u64, len: u64) -> Self {
+        Self { start, len, armed: true, remote: false }
     }
 
     /// Invalidates the range now.
     pub fn flush(mut self) {
         self.armed = false;
-        flush_range(self.start, self.len);
+        flush_range(self.start, self.len, self.remote);
     }
 
     /// Adds the range to `batch`, which invalidates when it is finished.
     pub fn defer(mut self, batch: &mut FlushBatch) {
         self.armed = false;
-        batch.add(self.start, self.len);
+        batch.add(self.start, self.len, self.remote);
     }
 }
 
@@ -133,7 +140,7 @@ impl Drop for Flush {
     fn drop(&mut self) {
         if self.armed {
             DROPPED_FLUSH_TOKENS.fetch_add(1, Ordering::Relaxed);
-            flush_range(self.start, self.len);
+            flush_range(self.start, self.len, self.remote);
         }
     }
 }
@@ -146,6 +153,8 @@ pub struct FlushBatch {
     start: u64,
     end: u64,
     pages: u64,
+    /// Some change needs the other CPUs to flush too.
+    remote: bool,
 }
 
 impl FlushBatch {
@@ -154,7 +163,8 @@ impl FlushBatch {
         Self::default()
     }
 
-    fn add(&mut self, start: u64, len: u64) {
+    fn add(&mut self, start: u64, len: u64, remote: bool) {
+        self.remote |= remote;
         if self.pages == 0 {
             self.start = start;
             self.end = start + len;
@@ -176,11 +186,14 @@ impl FlushBatch {
         }
         if self.pages > FULL_FLUSH_THRESHOLD {
             flush_all();
-            crate::arch::smp::shootdown(0, 0, 0, true);
+            if self.remote {
+                crate::arch::smp::shootdown(0, 0, 0, true);
+            }
         } else {
-            flush_range(self.start, self.end - self.start);
+            flush_range(self.start, self.end - self.start, self.remote);
         }
         self.pages = 0;
+        self.remote = false;
     }
 }
 
@@ -190,9 +203,9 @@ impl Drop for FlushBatch {
     }
 }
 
-/// Invalidates `[start, start + len)` here and on every other CPU (these are kernel page
-/// tables, whose mappings every CPU shares).
-fn flush_range(start: u64, len: u64) {
+/// Invalidates `[start, start + len)` here, and with `remote` on every other CPU too (these are
+/// kernel page tables, whose mappings every CPU shares).
+fn flush_range(start: u64, len: u64, remote: bool) {
     let pages = len.div_ceil(4096);
     if pages > FULL_FLUSH_THRESHOLD {
         flush_all();
@@ -202,7 +215,9 @@ fn flush_range(start: u64, len: u64) {
             INVLPG_COUNT.fetch_add(1, Ordering::Relaxed);
         }
     }
-    crate::arch::smp::shootdown(0, start, start + len, pages > FULL_FLUSH_THRESHOLD);
+    if remote {
+        crate::arch::smp::shootdown(0, start, start + len, pages > FULL_FLUSH_THRESHOLD);
+    }
 }
 
 /// Flushes every TLB entry of this CPU, global ones included (toggling CR4.PGE).
@@ -329,9 +344,9 @@ impl PageTable {
             flags |= F::HUGE_PAGE;
         }
         write_entry(table, i, paddr | flags.bits());
-        // A not-present entry is never cached, but a flush of the new page is cheap and makes
-        // remapping paths uniform.
-        Ok(Flush::new(vaddr, size.bytes()))
+        // A not-present entry is never cached, but a local flush of the new page is cheap and
+        // makes remapping paths uniform; no other CPU needs one.
+        Ok(Flush::new_mapping(vaddr, size.bytes()))
     }
 
     /// Finds the leaf entry for `vaddr`: (table, index, size).
