@@ -129,6 +129,25 @@ impl Ctx<'_> {
         let first = p / size * size;
         (first, (first + size).min(self.pages()))
     }
+
+    /// The faults of a batch (sorted by page) that open a new aligned window of `size`
+    /// pages, each with its window `[first, end)`: later faults inside a window already
+    /// handled are skipped.
+    pub fn fault_windows<'f>(
+        &'f self,
+        faults: &'f [Fault],
+        size: u32,
+    ) -> impl Iterator<Item = (&'f Fault, u32, u32)> + 'f {
+        let mut done_until = 0;
+        faults.iter().filter_map(move |f| {
+            if f.page < done_until {
+                return None;
+            }
+            let (first, end) = self.window(f.page, size);
+            done_until = end;
+            Some((f, first, end))
+        })
+    }
 }
 
 /// Access counters a policy asks the engine to keep, per device and region.

@@ -43,12 +43,7 @@ impl Policy for OnTouch {
         }
     }
     fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
-        let mut done_until = 0;
-        for f in faults {
-            if f.page < done_until {
-                continue;
-            }
-            let (first, end) = cx.window(f.page, self.window);
+        for (f, first, end) in cx.fault_windows(faults, self.window) {
             plan.migrate(f.page, 1, Loc::Dev(dev));
             if f.page > first {
                 plan.prefetch(first, f.page - first, Loc::Dev(dev));
@@ -56,7 +51,6 @@ impl Policy for OnTouch {
             if end > f.page + 1 {
                 plan.prefetch(f.page + 1, end - f.page - 1, Loc::Dev(dev));
             }
-            done_until = end;
         }
     }
 }

@@ -53,13 +53,7 @@ impl Policy for Duplicate {
     }
 
     fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
-        let mut done_until = 0;
-        for f in faults {
-            if f.page < done_until {
-                continue;
-            }
-            let (first, end) = cx.window(f.page, self.window);
-            done_until = end;
+        for (f, first, end) in cx.fault_windows(faults, self.window) {
             let r = self.regions.entry(f.page / BIG).or_default();
             r.devices |= 1 << dev;
             r.written |= f.write;
