@@ -1,6 +1,6 @@
 //! The portable heterogeneous-memory-management core (`no_std` + `alloc`, host-tested).
 //!
-//! This crate will hold the Linux HMM stack expressed as Rust: interval notifiers with the
+//! This crate holds the Linux HMM stack expressed as Rust: interval notifiers with the
 //! sequence protocol, range fault, device pages, migration, device-exclusive access, the
 //! placement policies and the cost model. It is generic over a page-table trait that the kernel
 //! implements over real x86_64 page tables and that tests implement with a fake.

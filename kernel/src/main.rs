@@ -1,11 +1,11 @@
-//! The unikernel: boots by PVH, owns the CPU page tables, and (in later issues) runs the HMM
+//! The unikernel: boots by PVH, owns the CPU page tables, brings up every CPU, and runs the HMM
 //! stack across several virtio-based devices.
 //!
 //! [`kernel_entry`] is called by `boot`'s entry code on the higher-half boot stack. It brings
 //! the machine to *ready* in this order, each step failing with a clear message and a non-zero
 //! exit rather than a hang: serial console, `hvm_start_info`, command line and logger,
 //! GDT/TSS/IDT, frames + kernel page tables + heap, ACPI, TSC calibration, local APIC and
-//! timer, PCI. At ready it prints the boot report (a human summary in the log and one
+//! timer, the scheduler, the other CPUs (SMP), PCI. At ready it prints the boot report (a human summary in the log and one
 //! `@@BOOT {json}` line for tools), then runs the job the command line names — the default job,
 //! nothing, or (in a `ktest` build) the in-kernel tests — and exits QEMU through
 //! `isa-debug-exit`.
