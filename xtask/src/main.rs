@@ -42,7 +42,7 @@ fn root() -> PathBuf {
 }
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]"
         .into()
 }
 
@@ -421,6 +421,7 @@ fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
         profile: Profile::Release,
         timeout: 120,
         skip_host: false,
+        filter: None,
         runs: 10,
     };
     let mut rest = Vec::new();
@@ -439,6 +440,7 @@ fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
             "--release" => o.profile = Profile::Release,
             "--debug" => o.profile = Profile::Debug,
             "--skip-host" => o.skip_host = true,
+            "--filter" => o.filter = Some(value("--filter")?),
             "--timeout" => {
                 o.timeout = value("--timeout")?.parse().map_err(|_| "--timeout takes seconds".to_string())?
             }
@@ -460,6 +462,9 @@ struct Options {
     profile: Profile,
     timeout: u64,
     skip_host: bool,
+    /// `cargo xtask test --filter P`: only the in-kernel tests whose names contain P, on
+    /// the default machine (no SeaBIOS, coherent, boot or NUMA passes).
+    filter: Option<String>,
     runs: usize,
 }
 
@@ -777,6 +782,11 @@ fn cmd_test(args: &[String]) -> Result<u8> {
     }
     println!("\n== in-kernel tests ({}) ==", machine.description);
     let kernel = build_kernel(Profile::Ktest)?;
+    if let Some(f) = &o.filter {
+        kernel_suite(&kernel, &machine, Some(f), "", &mut tally)?;
+        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+    }
     kernel_suite(&kernel, &machine, None, "", &mut tally)?;
     println!("\n== in-kernel PCI tests under SeaBIOS ==");
     kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", &mut tally)?;
