@@ -10,8 +10,19 @@
 //! before it submits: QEMU cannot recover a DMA fault (the request never completes).
 //!
 //! A failed request leaves the source intact; the destination range is undefined, so a
-//! migration backs out.
+//! migration backs out. A request that does not complete within [`TIMEOUT_MS`] fails as
+//! [`CopyError::TimedOut`] and the engine is reset (virtio status 0, which QEMU's virtio-blk
+//! honours only once its requests in flight have drained, so no DMA lands after it), then
+//! renegotiated on the same rings: the engine works again, and every other request that was
+//! in flight fails as [`CopyError::Abandoned`] (its copy may or may not have happened).
+//! Tickets carry the engine's reset epoch, so a ticket from before a reset is never confused
+//! with a request after it.
+//!
+//! Fault injection ([`crate::inject`]): [`Fault::DmaError`] sends the request for a sector
+//! past the disk's end, which the device refuses with an I/O error; [`Fault::DmaTimeout`]
+//! makes the wait for a request in flight give up at once.
 
+use crate::inject::{self, Fault};
 use crate::mm::frame;
 use crate::virtio::{DmaQueue, VirtioError, negotiate};
 use alloc::vec::Vec;
@@ -63,7 +74,16 @@ pub enum CopyError {
     },
     /// The device answered with an error status.
     Status(u8),
-    /// The queue failed or timed out.
+    /// The device did not complete the request within the bound; the engine was reset (the
+    /// copy may or may not have happened).
+    TimedOut {
+        /// The bound, in milliseconds.
+        ms: u64,
+    },
+    /// The engine was reset (after another request timed out) while this one was in flight:
+    /// its copy may or may not have happened.
+    Abandoned,
+    /// The queue failed, or the engine could not be reset after a timeout.
     Queue(VirtioError),
 }
 
@@ -81,6 +101,10 @@ impl core::fmt::Display for CopyError {
                 write!(f, "copy request with {given} segments: the device takes at most {max}; split it")
             }
             Self::Status(s) => write!(f, "the copy engine reported status {s} (1: I/O error, 2: unsupported)"),
+            Self::TimedOut { ms } => {
+                write!(f, "the copy engine did not complete a request within {ms} ms; the engine was reset")
+            }
+            Self::Abandoned => write!(f, "the copy engine was reset while this copy was in flight"),
             Self::Queue(e) => write!(f, "copy engine: {e}"),
         }
     }
@@ -99,6 +123,10 @@ pub struct Ticket {
     slot: usize,
     bytes: u64,
     dir: Dir,
+    /// The engine's reset epoch when submitted.
+    epoch: u32,
+    /// Fault injection: the wait gives up at once.
+    give_up: bool,
 }
 
 /// Counters.
@@ -110,6 +138,8 @@ pub struct CopyStats {
     pub to_device: u64,
     /// Bytes moved device to RAM.
     pub to_ram: u64,
+    /// Resets after a timeout.
+    pub resets: u64,
 }
 
 /// A bound copy engine.
@@ -120,6 +150,13 @@ pub struct CopyEngine {
     headers: u64,
     iova_of: fn(u64) -> u64,
     free_slots: Vec<usize>,
+    /// The features asked for and required at binding, negotiated again after a reset.
+    wanted: u64,
+    required: Vec<(u64, &'static str)>,
+    /// Resets so far: tickets from an earlier epoch are abandoned.
+    epoch: u32,
+    /// Device index, for fault injection (None: not yet known).
+    pub device: Option<usize>,
     /// Device memory bytes the engine reaches.
     pub capacity: u64,
     /// Segments per request.
@@ -155,6 +192,10 @@ impl CopyEngine {
             headers,
             iova_of,
             free_slots: (0..SLOTS).rev().collect(),
+            wanted,
+            required,
+            epoch: 0,
+            device: None,
             capacity: sectors * SECTOR,
             seg_max,
             translated: features & F_ACCESS_PLATFORM != 0,
@@ -182,7 +223,11 @@ impl CopyEngine {
         let hdr = self.headers + slot as u64 * SLOT;
         let mut h = [0u8; 17];
         h[0..4].copy_from_slice(&if dir == Dir::ToDevice { T_OUT } else { T_IN }.to_le_bytes());
-        h[8..16].copy_from_slice(&(offset / SECTOR).to_le_bytes());
+        // An injected I/O error: a sector past the disk's end, which the device refuses
+        // before it moves any data.
+        let sector =
+            if inject::take(Fault::DmaError, self.device) { self.capacity / SECTOR + 8 } else { offset / SECTOR };
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
         h[16] = 0xff;
         crate::mm::write_phys(hdr, &h);
         let iova = self.iova_of;
@@ -190,8 +235,9 @@ impl CopyEngine {
         segs.push(Seg::read(iova(hdr), 16));
         segs.extend(ram.iter().map(|&(a, l)| Seg { addr: a, len: l, device_writes: dir == Dir::ToRam }));
         segs.push(Seg::write(iova(hdr + 16), 1));
+        let give_up = inject::take(Fault::DmaTimeout, self.device);
         match self.q.submit(&mut self.t, &segs) {
-            Ok(token) => Ok(Ticket { token, slot, bytes, dir }),
+            Ok(token) => Ok(Ticket { token, slot, bytes, dir, epoch: self.epoch, give_up }),
             Err(e) => {
                 self.free_slots.push(slot);
                 Err(e.into())
@@ -200,14 +246,68 @@ impl CopyEngine {
     }
 
     /// Waits (bounded) until request `t` has completed, without collecting it: its status
-    /// stays for [`wait`](Self::wait).
+    /// stays for [`wait`](Self::wait). A request abandoned by a reset has ended too (the reset
+    /// drained it), and a timeout resets the engine, which ends the request.
     pub fn settle(&mut self, t: Ticket) -> Result<(), CopyError> {
-        Ok(self.q.settle(t.token, TIMEOUT_MS)?)
+        if t.epoch != self.epoch {
+            return Ok(());
+        }
+        match self.bounded(t, |q, ms| q.settle(t.token, ms)) {
+            Ok(_) => Ok(()),
+            Err(CopyError::TimedOut { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for `t` with `op` (bounded by [`TIMEOUT_MS`]); a timeout resets the engine.
+    fn bounded<R>(
+        &mut self,
+        t: Ticket,
+        op: impl FnOnce(&mut DmaQueue, u64) -> Result<R, VirtioError>,
+    ) -> Result<R, CopyError> {
+        let r = if t.give_up {
+            Err(VirtioError::Timeout { device: "virtio-blk copy engine", ms: 0 })
+        } else {
+            op(&mut self.q, TIMEOUT_MS)
+        };
+        match r {
+            Ok(v) => Ok(v),
+            Err(VirtioError::Timeout { ms, .. }) => {
+                self.reset()?;
+                Err(CopyError::TimedOut { ms })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resets the device (bounded wait for status 0: QEMU completes or cancels the requests
+    /// in flight first), negotiates again and restarts the queue on the same rings. Every
+    /// ticket submitted before is abandoned.
+    fn reset(&mut self) -> Result<(), CopyError> {
+        self.t.set_status(virtio_drivers::transport::DeviceStatus::empty());
+        let until = crate::arch::time::Deadline::after_ms(TIMEOUT_MS);
+        while !self.t.get_status().is_empty() {
+            if until.passed() {
+                return Err(CopyError::Queue(VirtioError::Dead("virtio-blk copy engine (reset did not complete)")));
+            }
+            core::hint::spin_loop();
+        }
+        negotiate(&mut self.t, self.wanted, &self.required)?;
+        self.q.reset(&mut self.t, self.iova_of)?;
+        self.t.finish_init();
+        self.epoch = self.epoch.wrapping_add(1);
+        self.free_slots = (0..SLOTS).rev().collect();
+        self.stats.resets += 1;
+        log::warn!("copy engine of dev{}: reset after a timeout", self.device.map_or(usize::MAX, |d| d));
+        Ok(())
     }
 
     /// Waits (bounded) for a submitted copy.
     pub fn wait(&mut self, t: Ticket) -> Result<(), CopyError> {
-        self.q.wait(t.token, TIMEOUT_MS)?;
+        if t.epoch != self.epoch {
+            return Err(CopyError::Abandoned);
+        }
+        self.bounded(t, |q, ms| q.wait(t.token, ms))?;
         let mut status = [0u8; 1];
         crate::mm::read_phys(self.headers + t.slot as u64 * SLOT + 16, &mut status);
         self.free_slots.push(t.slot);

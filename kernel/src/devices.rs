@@ -236,12 +236,13 @@ pub fn init(s: &System) -> Result<(), DevError> {
                 for p in io.probe(ep)? {
                     log::info!("dev{n}: endpoint {ep:#x} property {p:x?}");
                 }
-                map_recorded(io, domain, &mut shadow, &maps)?;
+                map_recorded(io, n, domain, &mut shadow, &maps)?;
                 Some((ep, domain))
             }
             _ => None,
         };
-        let engine = CopyEngine::new(t, behind, iova)?;
+        let mut engine = CopyEngine::new(t, behind, iova)?;
+        engine.device = Some(n);
         let uncached =
             x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE;
         mm::map_phys(bar.address, bar.size, uncached)
@@ -283,7 +284,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
                 .filter(|&&(m, _)| m != n)
                 .map(|&(_, (pa, len))| Mapping { iova: KERNEL_IOVA + pa, len, phys: pa, flags: MAP_READ | MAP_WRITE })
                 .collect();
-            map_recorded(io, domain, &mut d.shadow, &peers)?;
+            map_recorded(io, n, domain, &mut d.shadow, &peers)?;
         }
     }
     if let Some(io) = &iommu {
@@ -328,11 +329,12 @@ fn bind_hot(
         }
         _ => false,
     };
-    let engine = CopyEngine::new(
+    let mut engine = CopyEngine::new(
         pci::transport(eng.df).map_err(DevError::Bind)?,
         behind,
         if behind { iova_translated } else { iova_identity },
     )?;
+    engine.device = Some(n);
     let c = vm.config;
     if engine.capacity < c.region_size {
         return Err(DevError::Bind(alloc::format!(
@@ -356,16 +358,29 @@ fn bind_hot(
 }
 
 /// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records
-/// them there (the shadow holds only what the device accepted).
-fn map_recorded(io: &mut Viommu, domain: u32, shadow: &mut Shadow, maps: &[Mapping]) -> Result<(), DevError> {
+/// them there (the shadow holds exactly what the device maps). All or nothing: when the
+/// device refuses one MAP of the batch, the ones it accepted are unmapped again before the
+/// error is returned (and one it would not unmap stays recorded, so the shadow never
+/// forgets a mapping the device still has).
+fn map_recorded(io: &mut Viommu, n: usize, domain: u32, shadow: &mut Shadow, maps: &[Mapping]) -> Result<(), DevError> {
     for m in maps {
         shadow.check_free(m)?;
     }
-    io.map(domain, maps)?;
-    for m in maps {
-        shadow.insert(*m)?;
+    let results = io.map_each(domain, maps, Some(n))?;
+    let Some(first) = results.iter().position(Result::is_err) else {
+        for m in maps {
+            shadow.insert(*m)?;
+        }
+        return Ok(());
+    };
+    let accepted: Vec<Mapping> = maps.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(m, _)| *m).collect();
+    if let Err(e) = io.unmap(domain, &accepted) {
+        log::warn!("domain {domain}: backing out a failed MAP batch: {e}; the shadow keeps the mappings");
+        for m in &accepted {
+            shadow.insert(*m)?;
+        }
     }
-    Ok(())
+    Err(results[first].unwrap_err().into())
 }
 
 impl Devices {
@@ -385,7 +400,7 @@ impl Devices {
     /// Maps `maps` in device `n`'s domain (refusing overlaps), then records them.
     pub fn map(&mut self, n: usize, maps: &[Mapping]) -> Result<(), DevError> {
         let (io, d, domain) = self.mmu(n)?;
-        map_recorded(io, domain, &mut d.shadow, maps)
+        map_recorded(io, n, domain, &mut d.shadow, maps)
     }
 
     /// Unmaps `[iova, iova + len)` from device `n`'s domain: the mappings it touches go, and
@@ -397,7 +412,7 @@ impl Devices {
         for m in &plan.unmap {
             d.shadow.remove(m);
         }
-        map_recorded(io, domain, &mut d.shadow, &plan.remap)
+        map_recorded(io, n, domain, &mut d.shadow, &plan.remap)
     }
 
     /// Several copies at once (`(offset, ram segments)` each, all in flight together); one

@@ -82,6 +82,7 @@ static START_TSC: AtomicU64 = AtomicU64::new(0);
 /// Every in-kernel test, in run order.
 // After the macros: textual macro scope.
 mod devices;
+mod faults;
 mod hmm_suite;
 mod smp;
 mod spaces;
@@ -112,6 +113,11 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::huge_pages", run: devices::huge_pages },
     Test { name: "devices::hotplug", run: devices::hotplug },
+    Test { name: "faults::dma_error_backs_out", run: faults::dma_error_backs_out },
+    Test { name: "faults::dma_timeout_resets_the_engine", run: faults::dma_timeout_resets_the_engine },
+    Test { name: "faults::abandoned_copies_are_not_trusted", run: faults::abandoned_copies_are_not_trusted },
+    Test { name: "faults::ram_exhausted_during_migrate_to_ram", run: faults::ram_exhausted_during_migrate_to_ram },
+    Test { name: "faults::iommu_map_fails_midway", run: faults::iommu_map_fails_midway },
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },

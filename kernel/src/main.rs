@@ -23,6 +23,7 @@ mod copyengine;
 mod devices;
 mod devmmu;
 mod experiment;
+mod inject;
 mod job;
 mod json;
 mod ktest;

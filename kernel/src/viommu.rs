@@ -6,6 +6,7 @@
 //! moves their bytes. The virtio-iommu itself is not behind an IOMMU: its buffers are
 //! physical addresses. Every request is bounded by [`TIMEOUT_MS`].
 
+use crate::inject::{self, Fault};
 use crate::mm::{self, frame};
 use crate::virtio::{DmaQueue, VirtioError, negotiate};
 use alloc::vec::Vec;
@@ -20,6 +21,9 @@ const SLOT: u64 = 128;
 const TAIL_OFF: u64 = 96;
 const SCRATCH_PAGES: usize = 4;
 const SLOTS: usize = (SCRATCH_PAGES as u64 * mm::PAGE_SIZE / SLOT) as usize;
+/// A MAP flag bit the virtio-iommu does not define (it defines READ, WRITE and MMIO): the
+/// device refuses a MAP that carries it (fault injection).
+const UNDEFINED_MAP_FLAG: u32 = 1 << 7;
 /// Fault-event buffers kept posted.
 const EVENTS: usize = 16;
 
@@ -111,6 +115,14 @@ impl Viommu {
 
     /// Sends `reqs` (named for errors), several in flight at once; every one must succeed.
     fn execute(&mut self, reqs: &[(&'static str, Vec<u8>)]) -> Result<(), IommuError> {
+        self.execute_each(reqs)?.into_iter().collect()
+    }
+
+    /// Runs `reqs` in order and returns each one's status; the outer error is a queue failure
+    /// or timeout. Every request of a chunk is waited for before its status is read, even after
+    /// one failed: the device owns the scratch slots until then.
+    fn execute_each(&mut self, reqs: &[(&'static str, Vec<u8>)]) -> Result<Vec<Result<(), IommuError>>, IommuError> {
+        let mut out = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(SLOTS.min(usize::from(self.req.size()) / 2).max(1)) {
             let mut tokens = Vec::with_capacity(chunk.len());
             for (i, (_, body)) in chunk.iter().enumerate() {
@@ -121,19 +133,21 @@ impl Viommu {
                 tokens.push(self.req.push(&segs).map_err(err)?);
             }
             self.req.kick(&mut self.t);
-            for (i, (&tok, (name, _))) in tokens.iter().zip(chunk).enumerate() {
+            for (&tok, (name, _)) in tokens.iter().zip(chunk) {
                 self.req.wait(tok, TIMEOUT_MS).map_err(|e| match e {
                     VirtioError::Timeout { .. } => IommuError::Timeout(name),
                     e => err(e),
                 })?;
+            }
+            for (i, (name, _)) in chunk.iter().enumerate() {
                 let mut tail = [0u8; TAIL];
                 mm::read_phys(self.scratch + i as u64 * SLOT + TAIL_OFF, &mut tail);
-                proto::check_status(name, &tail)?;
+                out.push(proto::check_status(name, &tail));
             }
             self.requests += chunk.len() as u64;
         }
         self.poll_faults();
-        Ok(())
+        Ok(out)
     }
 
     /// ATTACH `endpoint` to `domain`.
@@ -148,11 +162,30 @@ impl Viommu {
 
     /// MAP every mapping of `maps` in `domain` (checked against the configuration first).
     pub fn map(&mut self, domain: u32, maps: &[Mapping]) -> Result<(), IommuError> {
+        self.map_each(domain, maps, None)?.into_iter().collect()
+    }
+
+    /// MAPs every mapping of `maps` in `domain` and returns each one's status (the device
+    /// goes on after refusing one); the outer error is a bad request or a queue failure, with
+    /// nothing sent. Fault injection: [`Fault::MapError`] sends one MAP with a flag the device
+    /// does not define, when armed for `device` (the device whose domain this is).
+    pub fn map_each(
+        &mut self,
+        domain: u32,
+        maps: &[Mapping],
+        device: Option<usize>,
+    ) -> Result<Vec<Result<(), IommuError>>, IommuError> {
         for m in maps {
             self.config.check(m.iova, m.len)?;
         }
-        let reqs: Vec<_> = maps.iter().map(|m| ("MAP", proto::map(domain, m.iova, m.len, m.phys, m.flags))).collect();
-        self.execute(&reqs)
+        let reqs: Vec<_> = maps
+            .iter()
+            .map(|m| {
+                let bogus = if inject::take(Fault::MapError, device) { UNDEFINED_MAP_FLAG } else { 0 };
+                ("MAP", proto::map(domain, m.iova, m.len, m.phys, m.flags | bogus))
+            })
+            .collect();
+        self.execute_each(&reqs)
     }
 
     /// UNMAP every mapping of `maps` (whole) in `domain`.

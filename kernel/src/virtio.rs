@@ -3,8 +3,11 @@
 //! [`drivers::virtq::Virtq`] on frames of its own with a bounded wait.
 //!
 //! Every wait on a device is bounded: a request that does not complete within its timeout
-//! marks the queue dead (its buffers may still be owned by the device, so they are never
-//! reused) and is reported as an error naming the device and the queue.
+//! marks the queue dead (its buffers may still be owned by the device, so they are not
+//! reused) and is reported as an error naming the device and the queue. A driver that can
+//! reset its device (the copy engines) then does so and [`DmaQueue::reset`]s the queue: once
+//! the device reads back status 0 it owns no buffer, and the queue starts again empty on the
+//! same rings.
 
 use crate::arch::time;
 use crate::mm::{self, frame};
@@ -107,6 +110,8 @@ pub struct DmaQueue {
     dead: bool,
     /// Completions popped while waiting for another token: (token, bytes written).
     done: alloc::vec::Vec<(u16, u32)>,
+    /// The rings' frames: physical address, pages, and the driver and device areas' offsets.
+    rings: (u64, usize, u64, u64),
 }
 
 impl DmaQueue {
@@ -138,7 +143,35 @@ impl DmaQueue {
         };
         let q = Virtq::new(rings, size)?;
         t.queue_set(index, u32::from(size), iova(pa), iova(pa + avail_off), iova(pa + used_off));
-        Ok(DmaQueue { device, index, q, dead: false, done: alloc::vec::Vec::new() })
+        Ok(DmaQueue {
+            device,
+            index,
+            q,
+            dead: false,
+            done: alloc::vec::Vec::new(),
+            rings: (pa, pages, avail_off, used_off),
+        })
+    }
+
+    /// Starts the queue again, empty, on the same rings, after the device was reset (it has
+    /// read back status 0, so it owns none of the old buffers) and renegotiated; every request
+    /// in flight before is forgotten. The caller finishes the device's initialisation.
+    pub fn reset(&mut self, t: &mut PciTransport, iova: impl Fn(u64) -> u64) -> Result<(), VirtioError> {
+        let (pa, pages, avail_off, used_off) = self.rings;
+        let size = self.q.size();
+        for p in 0..pages as u64 {
+            mm::write_phys(pa + p * mm::PAGE_SIZE, &[0u8; mm::PAGE_SIZE as usize]);
+        }
+        let rings = Rings {
+            desc: view(pa, 2 * usize::from(size)),
+            avail: view(pa + avail_off, 3 + usize::from(size)),
+            used: view(pa + used_off, 2 + 2 * usize::from(size)),
+        };
+        self.q = Virtq::new(rings, size)?;
+        t.queue_set(self.index, u32::from(size), iova(pa), iova(pa + avail_off), iova(pa + used_off));
+        self.dead = false;
+        self.done.clear();
+        Ok(())
     }
 
     /// Entries in the queue.

@@ -63,6 +63,9 @@ fn entry(table: Pfn, index: usize) -> &'static AtomicU64 {
 
 impl Platform for KernelPlatform {
     fn alloc(&self, order: u32) -> Option<Pfn> {
+        if crate::inject::take(crate::inject::Fault::OutOfRam, None) {
+            return None;
+        }
         frame::alloc(1 << order).ok().map(Pfn::containing)
     }
 
