@@ -1,0 +1,244 @@
+//! A seeded randomized interleaving of the HMM stack on the real devices, with both CPUs
+//! faulting: a task on the other CPU writes and reads the pages of a process with the CPU
+//! while this CPU migrates them at random between RAM and both devices (by DMA, device to
+//! device by peer DMA), faults them back with its own CPU reads, and plugs and removes dev0's
+//! hot-plug memory (evicting what is there). The operations are random but bounded; the
+//! interleaving is whatever the two CPUs do, so the checks are only ones that hold under any
+//! interleaving:
+//!
+//! - Each page holds `(page index, version)` repeated. The writer announces version `v` in
+//!   `intent[p]` before it writes and records it in `committed[p]` after, so any read of page
+//!   `p` (by either CPU) must see its own index and, in every word, a version between
+//!   `committed[p]` as read before and `intent[p]` as read after (no stale or lost copy); when
+//!   those are equal no write overlapped the read, and every word has that version.
+//! - No CPU access fails (a fault that meets a migration waits for it), no migration returns
+//!   an error, and at the end every page holds its last version and no device page is left.
+//!
+//! The seed is printed on failure with the operation index and the last operations.
+
+use super::TestResult;
+use crate::System;
+use crate::arch::smp;
+use crate::mm::uspace;
+use crate::sched;
+use crate::vram::{self, Vram};
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hmm::mm::SharedSpace;
+use hmm::mm::space::{AddressSpace, MapRequest};
+use hmm::mm::vma::Prot;
+
+const PAGE: u64 = 4096;
+const PAGES: u64 = 256;
+const JOIN_MS: u64 = 60_000;
+
+/// A small seeded generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What both CPUs share.
+struct Shared {
+    space: Arc<SharedSpace>,
+    a: u64,
+    intent: Vec<AtomicU64>,
+    committed: Vec<AtomicU64>,
+    stop: AtomicBool,
+}
+
+fn page_of(p: u64, v: u64) -> Vec<u8> {
+    (0..PAGE / 16).flat_map(|_| p.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+}
+
+impl Shared {
+    /// Reads page `p` with the CPU and checks it against the shadow.
+    fn check_read(&self, p: u64) -> Result<(), String> {
+        let lo = self.committed[p as usize].load(Ordering::Acquire);
+        let mut buf = alloc::vec![0u8; PAGE as usize];
+        uspace::run(&self.space, |u| u.read(self.a + p * PAGE, &mut buf))
+            .map_err(|f| format!("CPU {} read of page {p}: {:?}", smp::index(), f.error))?;
+        let hi = self.intent[p as usize].load(Ordering::Acquire);
+        let word = |i: usize| u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        // Every word pair names this page and a version in the window; a read that overlapped
+        // a write (lo < hi) may see two versions, one that did not (lo == hi) exactly one.
+        for i in (0..PAGE as usize / 8).step_by(2) {
+            let (idx, ver) = (word(i), word(i + 1));
+            if idx != p {
+                return Err(format!("page {p} holds page {idx}'s data (version {ver}) at word {i}"));
+            }
+            if ver < lo || ver > hi {
+                return Err(format!(
+                    "page {p} holds version {ver} at word {i}, expected {lo}..={hi}: a stale or lost copy"
+                ));
+            }
+            if lo == hi && ver != lo {
+                return Err(format!("page {p} is torn at word {i}: version {ver}, not {lo}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the next version of page `p` with the CPU.
+    fn write(&self, p: u64) -> Result<(), String> {
+        let v = self.intent[p as usize].load(Ordering::Acquire) + 1;
+        self.intent[p as usize].store(v, Ordering::Release);
+        let data = page_of(p, v);
+        uspace::run(&self.space, |u| u.write(self.a + p * PAGE, &data))
+            .map_err(|f| format!("CPU {} write of page {p}: {:?}", smp::index(), f.error))?;
+        self.committed[p as usize].store(v, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The other CPU's part: random writes and checked reads until told to stop (or `max` ops).
+fn writer(sh: Arc<Shared>, seed: u64, max: u64) -> Result<u64, String> {
+    let mut rng = Rng(seed ^ 0x5555);
+    let mut ops = 0;
+    while !sh.stop.load(Ordering::Acquire) && ops < max {
+        let p = rng.below(PAGES);
+        if rng.below(3) == 0 { sh.check_read(p) } else { sh.write(p) }.map_err(|e| format!("writer op {ops}: {e}"))?;
+        ops += 1;
+    }
+    Ok(ops)
+}
+
+/// One run: `ops` operations on this CPU against the writer on the other.
+fn run(seed: u64, ops: u64) -> TestResult {
+    let vs: Vec<Arc<Vram>> = vram::all().map_err(|e| e.to_string())?.to_vec();
+    if vs.len() < 2 || smp::count() < 2 {
+        return Err(format!("needs two devices and two CPUs ({} and {})", vs.len(), smp::count()));
+    }
+    let base: Vec<u64> = vs.iter().map(|v| v.in_use()).collect();
+    let plugged = vs[0].plugged_pages();
+    // With dev0's BAR taken, its pages come from hot-plug memory, so that removing it evicts
+    // pages while the other CPU is using them.
+    let mut carved = Vec::new();
+    if vs[0].hot_pages() > 0 {
+        while let Some(first) = vs[0].carve(512) {
+            carved.push(first);
+        }
+    }
+    let r = run_carved(seed, ops, &vs, plugged);
+    for first in carved {
+        vs[0].uncarve(first, 512);
+    }
+    r?;
+    for (v, b) in vs.iter().zip(&base) {
+        check!(
+            v.in_use() == *b,
+            "dev{}: {} device pages in use after the process went (base {b})",
+            v.device(),
+            v.in_use()
+        );
+    }
+    Ok(())
+}
+
+fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult {
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let a = space.lock().mmap(MapRequest::anon(PAGES * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let sh = Arc::new(Shared {
+        space,
+        a,
+        intent: (0..PAGES).map(|_| AtomicU64::new(0)).collect(),
+        committed: (0..PAGES).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+    });
+    for p in 0..PAGES {
+        sh.write(p)?;
+    }
+    let w = {
+        let sh = sh.clone();
+        sched::spawn_on(smp::count() - 1, move || writer(sh, seed, 200_000)).map_err(|e| format!("{e:?}"))?
+    };
+    let mut rng = Rng(seed);
+    let mut last: VecDeque<String> = VecDeque::new();
+    let mut result = Ok(());
+    for i in 0..ops {
+        let start = rng.below(PAGES);
+        let n = 1 + rng.below(64.min(PAGES - start));
+        let (va, d) = (a + start * PAGE, rng.below(2) as usize);
+        let op = rng.below(100);
+        let what = format!("{i}: op {op} pages {start}+{n} dev{d}");
+        let r = match op {
+            0..=29 => vram::migrate_to_device(&vs[d], &sh.space, va, n).map(|_| ()).map_err(|e| e.to_string()),
+            30..=49 => vram::migrate_to_ram(&vs[d], &sh.space, va, n).map(|_| ()).map_err(|e| e.to_string()),
+            50..=64 => vram::migrate_device_to_device(&vs[d], &vs[1 - d], &sh.space, va, n)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            65..=84 => (start..start + n).try_for_each(|p| sh.check_read(p)),
+            _ if vs[0].hot_pages() == 0 => Ok(()),
+            // Hot-plug memory comes and goes; removing it evicts the pages there.
+            85..=92 => match vs[0].grow(2 << 20) {
+                Ok(_) | Err(crate::devices::DevError::Bind(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            _ => {
+                if vs[0].plugged_pages() > plugged {
+                    vs[0].shrink(2 << 20).map(|_| ()).map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if last.len() == 16 {
+            last.pop_front();
+        }
+        last.push_back(what);
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+        if w.is_done() {
+            break;
+        }
+    }
+    sh.stop.store(true, Ordering::Release);
+    let wr = w.join(JOIN_MS).map_err(|e| format!("the writer task: {e:?}"))?;
+    let report = |e: String| {
+        let ops: Vec<&str> = last.iter().map(String::as_str).collect();
+        format!("seed {seed:#x}: {e}; last operations: [{}]", ops.join("; "))
+    };
+    // The writer's failure first: a write that failed midway leaves a torn page behind.
+    let writes = wr.map_err(report)?;
+    result.map_err(report)?;
+    // Everything home, every page at its last version, nothing left on the devices.
+    for v in vs {
+        vram::migrate_to_ram(v, &sh.space, a, PAGES).map_err(|e| report(e.to_string()))?;
+    }
+    for p in 0..PAGES {
+        sh.check_read(p).map_err(report)?;
+        let (c, t) = (sh.committed[p as usize].load(Ordering::Relaxed), sh.intent[p as usize].load(Ordering::Relaxed));
+        check!(c == t, "page {p}: version {t} announced, {c} committed");
+    }
+    while vs[0].plugged_pages() > plugged {
+        vs[0].shrink(2 << 20).map_err(|e| report(e.to_string()))?;
+    }
+    drop(sh);
+    log::info!("stress seed {seed:#x}: {ops} operations here, {writes} on the other CPU");
+    Ok(())
+}
+
+/// A few seeds of the two-CPU interleaving on the real devices.
+pub fn two_cpus_devices_and_eviction(_s: &System) -> TestResult {
+    for seed in [0x1u64, 0x2545_f491, 0xdead_beef] {
+        run(seed, 600)?;
+    }
+    Ok(())
+}
