@@ -35,7 +35,6 @@ use crate::mm::pagetable::USER_END;
 use crate::notifier::{Interval, IntervalNotifier, IntervalOps, Subscriptions};
 use crate::pagemap::Pagemaps;
 use crate::range::{HmmPfn, RangeError, Request, fault_round};
-use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use spin::Mutex;
@@ -59,13 +58,82 @@ pub struct IoMap {
     pub write: bool,
 }
 
-/// A failure of the hardware side, with its explanation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainError(pub String);
+/// Which request to the hardware side failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainOp {
+    /// Entering mappings in the domain.
+    Map,
+    /// Removing mappings from the domain.
+    Unmap,
+    /// Waiting for a DMA request in flight.
+    Settle,
+    /// Starting or completing a DMA request.
+    Dma,
+    /// Migrating pages into the device's memory (on its fault path).
+    Migrate,
+}
+
+/// Why the hardware side failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainFailure {
+    /// The IOMMU or the engine answered with an error status (its `VIRTIO_*_S_*` code).
+    Refused {
+        /// The device's status code.
+        status: u8,
+    },
+    /// The device did not answer within its bound.
+    TimedOut,
+    /// The request was malformed (misaligned, out of the device's range, overlapping, or not
+    /// mapped for the access): a driver bug, refused before it reached the device.
+    Invalid(&'static str),
+    /// No such device, or its drivers are not up.
+    NoDevice,
+    /// The device or its driver is unusable (the text says how).
+    Unusable(&'static str),
+}
+
+/// A failure of the hardware side: the request and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainError {
+    /// The request.
+    pub op: DomainOp,
+    /// Why it failed.
+    pub failure: DomainFailure,
+}
 
 impl core::fmt::Display for DomainError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.0)
+        let op = match self.op {
+            DomainOp::Map => "MAP",
+            DomainOp::Unmap => "UNMAP",
+            DomainOp::Settle => "waiting for a DMA request",
+            DomainOp::Dma => "DMA",
+            DomainOp::Migrate => "migration to device memory",
+        };
+        match self.failure {
+            DomainFailure::Refused { status } => write!(f, "{op}: the device answered status {status}"),
+            DomainFailure::TimedOut => write!(f, "{op}: the device did not answer in time"),
+            DomainFailure::Invalid(why) => write!(f, "{op}: refused before reaching the device: {why}"),
+            DomainFailure::NoDevice => write!(f, "{op}: no such device (or its drivers are not up)"),
+            DomainFailure::Unusable(why) => write!(f, "{op}: the device is unusable: {why}"),
+        }
+    }
+}
+
+/// What broke a mirror: a request on `[start, end)` that failed inside an invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakage {
+    /// First address of the range being invalidated.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// The failed request.
+    pub cause: DomainError,
+}
+
+impl core::fmt::Display for Breakage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "invalidating {:#x}..{:#x}: {}", self.start, self.end, self.cause)
     }
 }
 
@@ -131,7 +199,7 @@ pub enum MirrorError {
     Notifier(crate::mm::Error),
     /// An earlier UNMAP failed inside an invalidation, so the domain may still map pages the
     /// CPU freed: the mirror refuses all DMA until it is unbound.
-    Broken(String),
+    Broken(Breakage),
 }
 
 impl core::fmt::Display for MirrorError {
@@ -205,7 +273,7 @@ struct State<D: Domain> {
     pt: DevPageTable,
     inflight: Vec<InFlight<D::Ticket>>,
     next_id: u64,
-    broken: Option<String>,
+    broken: Option<Breakage>,
     dead: bool,
     stats: MirrorStats,
 }
@@ -374,7 +442,7 @@ impl<D: Domain> Mirror<D> {
     /// stale entries go, new RAM pages are MAPped in merged runs, then the table records them.
     fn commit(&self, st: &mut State<D>, a: u64, pfns: &[u64], write: bool) -> Result<(), MirrorError> {
         if let Some(why) = &st.broken {
-            return Err(MirrorError::Broken(why.clone()));
+            return Err(MirrorError::Broken(*why));
         }
         if st.dead {
             return Err(MirrorError::Gone);
@@ -435,7 +503,7 @@ impl<D: Domain> Mirror<D> {
     ) -> Result<Dma<D::Ticket>, MirrorError> {
         let mut st = self.state.lock();
         if let Some(why) = &st.broken {
-            return Err(MirrorError::Broken(why.clone()));
+            return Err(MirrorError::Broken(*why));
         }
         if st.dead {
             return Err(MirrorError::Gone);
@@ -480,7 +548,7 @@ impl<D: Domain> Mirror<D> {
             if f.ranges.iter().any(|&(s, e)| s < end && start < e) {
                 if let Err(e) = domain.settle(f.ticket) {
                     // The request never completed: the device may still be using the pages.
-                    *broken = Some(alloc::format!("a DMA request on {start:#x}..{end:#x} did not complete: {e}"));
+                    *broken = Some(Breakage { start, end, cause: e });
                 }
                 f.settled = true;
                 stats.settled += 1;
@@ -489,7 +557,7 @@ impl<D: Domain> Mirror<D> {
         let cleared = pt.clear(start / PAGE, end.div_ceil(PAGE));
         if cleared > 0 {
             if let Err(e) = domain.unmap(start, end) {
-                *broken = Some(alloc::format!("UNMAP of {start:#x}..{end:#x} failed: {e}"));
+                *broken = Some(Breakage { start, end, cause: e });
             }
             stats.invalidations += 1;
             stats.pages_unmapped += cleared;

@@ -18,7 +18,7 @@ impl Rng {
     }
 }
 
-use crate::devmmu::{Domain, DomainError, IoMap};
+use crate::devmmu::{Domain, DomainError, DomainFailure, DomainOp, IoMap};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -62,7 +62,7 @@ impl Domain for FakeDomain {
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), DomainError> {
         let mut hw = self.hw.lock().unwrap();
         if core::mem::take(&mut hw.fail_unmap) {
-            return Err(DomainError("UNMAP: device status IOERR".into()));
+            return Err(DomainError { op: DomainOp::Unmap, failure: DomainFailure::Refused { status: 1 } });
         }
         hw.unmaps += 1;
         let gone: Vec<u64> = hw.pages.range(start..end).map(|(&k, _)| k).collect();

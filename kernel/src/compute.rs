@@ -20,7 +20,7 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hmm::compute::{Backend, Counters, FatalFault, Kernel, Policy};
-use hmm::devmmu::{DomainError, MirrorError, Where};
+use hmm::devmmu::{DomainOp, MirrorError, Where};
 use hmm::mm::SharedSpace;
 use spin::Mutex;
 
@@ -54,7 +54,7 @@ impl Backend for DeviceBackend {
     }
     fn migrate(&mut self, start: u64, end: u64) -> Result<u64, MirrorError> {
         vram::migrate_to_device(&self.vram, &self.space, start, (end - start) / PAGE)
-            .map_err(|e| MirrorError::Domain(DomainError(e.to_string())))
+            .map_err(|e| MirrorError::Domain(crate::devmmu::domain_error(DomainOp::Migrate, &e)))
     }
     fn now(&self) -> u64 {
         time::rdtsc()

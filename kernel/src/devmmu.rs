@@ -13,11 +13,10 @@ use crate::copyengine::Dir;
 use crate::devices::Ticket;
 use crate::devices::{self, DevError};
 use crate::vram;
-use alloc::string::ToString;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use drivers::viommu::{MAP_READ, MAP_WRITE, Mapping};
-use hmm::devmmu::{Domain, DomainError, IoMap, Mirror};
+use hmm::devmmu::{Domain, DomainError, DomainFailure, DomainOp, IoMap, Mirror};
 use hmm::mm::SharedSpace;
 use spin::Mutex;
 
@@ -31,10 +30,41 @@ pub struct DeviceDomain {
 /// A device's mirror of an address space.
 pub type DevMirror = Mirror<DeviceDomain>;
 
-fn on_devices<R>(f: impl FnOnce(&mut devices::Devices) -> Result<R, DevError>) -> Result<R, DomainError> {
-    devices::with(f)
-        .unwrap_or_else(|| Err(DevError::Bind("devices not initialised".into())))
-        .map_err(|e| DomainError(e.to_string()))
+fn on_devices<R>(op: DomainOp, f: impl FnOnce(&mut devices::Devices) -> Result<R, DevError>) -> Result<R, DomainError> {
+    match devices::with(f) {
+        Some(r) => r.map_err(|e| domain_error(op, &e)),
+        None => Err(DomainError { op, failure: DomainFailure::NoDevice }),
+    }
+}
+
+/// What a device error means to the mirror (the full error is logged here, since the typed
+/// value keeps only its kind).
+pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
+    use crate::copyengine::CopyError;
+    use drivers::viommu::IommuError;
+    log::warn!("device MMU: {e}");
+    let failure = match e {
+        DevError::NoDevice(_) => DomainFailure::NoDevice,
+        DevError::Iommu(IommuError::Status { status, .. }) => DomainFailure::Refused { status: *status },
+        DevError::Iommu(IommuError::Timeout(_)) => DomainFailure::TimedOut,
+        DevError::Iommu(IommuError::Misaligned { .. }) => {
+            DomainFailure::Invalid("a mapping not aligned to the IOMMU's pages")
+        }
+        DevError::Iommu(IommuError::OutOfRange { .. }) => {
+            DomainFailure::Invalid("a mapping outside the IOMMU's input range")
+        }
+        DevError::Iommu(IommuError::Overlap { .. }) => DomainFailure::Invalid("a mapping over one the domain has"),
+        DevError::Iommu(IommuError::Device(why)) => DomainFailure::Unusable(why),
+        DevError::Copy(CopyError::Status(s)) => DomainFailure::Refused { status: *s },
+        DevError::Copy(CopyError::TimedOut { .. } | CopyError::Abandoned) => DomainFailure::TimedOut,
+        DevError::Copy(CopyError::Queue(_)) => DomainFailure::Unusable("the copy engine's queue failed"),
+        DevError::Copy(_) => DomainFailure::Invalid("a malformed copy request"),
+        DevError::NotMapped { .. } => DomainFailure::Invalid("a DMA segment the domain does not map"),
+        DevError::Mirror(_) => DomainFailure::Invalid("the device's mirror refused"),
+        DevError::Busy(_) => DomainFailure::Unusable("the device mirrors another address space"),
+        DevError::Bind(_) => DomainFailure::Unusable("the device could not be bound"),
+    };
+    DomainError { op, failure }
 }
 
 impl Domain for DeviceDomain {
@@ -50,15 +80,15 @@ impl Domain for DeviceDomain {
                 flags: MAP_READ | if m.write { MAP_WRITE } else { 0 },
             })
             .collect();
-        on_devices(|d| d.map(self.n, &maps))
+        on_devices(DomainOp::Map, |d| d.map(self.n, &maps))
     }
 
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), DomainError> {
-        on_devices(|d| d.unmap(self.n, start, end - start))
+        on_devices(DomainOp::Unmap, |d| d.unmap(self.n, start, end - start))
     }
 
     fn settle(&mut self, t: Ticket) -> Result<(), DomainError> {
-        on_devices(|d| d.settle(self.n, t))
+        on_devices(DomainOp::Settle, |d| d.settle(self.n, t))
     }
 }
 
@@ -92,6 +122,7 @@ pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevErr
 /// address space, copied to (`Dir::ToDevice`) or from device memory at `offset`. Refused
 /// unless the mirror maps every page with the access the device needs.
 pub fn dma(m: &DevMirror, dir: Dir, offset: u64, segs: &[(u64, u32)]) -> Result<(), DevError> {
-    let req = m.dma(segs, dir == Dir::ToRam, |dom| on_devices(|d| d.submit(dom.n, dir, offset, segs)))?;
+    let req =
+        m.dma(segs, dir == Dir::ToRam, |dom| on_devices(DomainOp::Dma, |d| d.submit(dom.n, dir, offset, segs)))?;
     m.complete(req, |dom, t| devices::with(|d| d.wait(dom.n, t)).unwrap_or(Err(DevError::NoDevice(dom.n))))
 }
