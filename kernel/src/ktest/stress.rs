@@ -11,6 +11,11 @@
 //!   `p` (by either CPU) must see its own index and, in every word, a version between
 //!   `committed[p]` as read before and `intent[p]` as read after (no stale or lost copy); when
 //!   those are equal no write overlapped the read, and every word has that version.
+//! - Device reads go through dev1's MMU mirror (a device fault by `hmm_range_fault`, then DMA by
+//!   virtual address into a scratch area of dev1's memory, or, for a page in dev1's own memory,
+//!   a read of it there) and are checked the same way: a missed invalidation reads a stale
+//!   frame. A DMA the mirror refuses because the page moved since the fault is allowed (the
+//!   other CPU's fault may move it); reading wrong data is not.
 //! - No CPU access fails (a fault that meets a migration waits for it), no migration returns
 //!   an error, and at the end every page holds its last version and no device page is left.
 //!
@@ -19,6 +24,7 @@
 use super::TestResult;
 use crate::System;
 use crate::arch::smp;
+use crate::devmmu::DevMirror;
 use crate::mm::uspace;
 use crate::sched;
 use crate::vram::{self, Vram};
@@ -93,6 +99,51 @@ impl Shared {
         Ok(())
     }
 
+    /// Checks a page image `buf` of page `p` read with the window `lo..=hi`.
+    fn check_image(p: u64, buf: &[u8], lo: u64, hi: u64) -> Result<(), String> {
+        let word = |i: usize| u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        for i in (0..PAGE as usize / 8).step_by(2) {
+            let (idx, ver) = (word(i), word(i + 1));
+            if idx != p || ver < lo || ver > hi || (lo == hi && ver != lo) {
+                return Err(format!(
+                    "device read of page {p}: word {i} holds page {idx} version {ver}, expected {lo}..={hi}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads page `p` as dev1 does, through its MMU mirror `m`; `scratch` is a byte offset of
+    /// dev1's memory this test owns. Returns whether the read happened (false: the page moved
+    /// between the device fault and the DMA).
+    fn device_read(&self, m: &DevMirror, v1: &Vram, scratch: u64, p: u64) -> Result<bool, String> {
+        use crate::copyengine::Dir;
+        use hmm::devmmu::{MirrorError, Where};
+        let va = self.a + p * PAGE;
+        let lo = self.committed[p as usize].load(Ordering::Acquire);
+        m.fault(va, va + PAGE, false).map_err(|e| format!("device fault on page {p}: {e}"))?;
+        let (bar, _) = crate::devices::with(|d| d.list[1].vram).ok_or("devices not initialised")?;
+        let mut buf = alloc::vec![0u8; PAGE as usize];
+        match m.translate(va).map(|t| t.at) {
+            Some(Where::Local(f)) => {
+                let off = v1.offset_of(f).ok_or_else(|| format!("page {p}: a local frame outside dev1's memory"))?;
+                if off >= v1.bar_pages() * PAGE {
+                    return Ok(false);
+                }
+                crate::mm::read_phys(bar + off, &mut buf);
+            }
+            Some(Where::Ram(_)) => match crate::devmmu::dma(m, Dir::ToDevice, scratch, &[(va, PAGE as u32)]) {
+                Ok(()) => crate::mm::read_phys(bar + scratch, &mut buf),
+                Err(crate::devices::DevError::Mirror(MirrorError::NotMapped { .. })) => return Ok(false),
+                Err(e) => return Err(format!("device read of page {p}: {e}")),
+            },
+            None => return Ok(false),
+        }
+        let hi = self.intent[p as usize].load(Ordering::Acquire);
+        Self::check_image(p, &buf, lo, hi)?;
+        Ok(true)
+    }
+
     /// Writes the next version of page `p` with the CPU.
     fn write(&self, p: u64) -> Result<(), String> {
         let v = self.intent[p as usize].load(Ordering::Acquire) + 1;
@@ -163,6 +214,25 @@ fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult
     for p in 0..PAGES {
         sh.write(p)?;
     }
+    let m = crate::devmmu::bind(1, &sh.space).map_err(|e| format!("binding dev1's MMU: {e}"))?;
+    let scratch_page = vs[1].carve(512).ok_or("no 2 MiB of dev1's memory free for the scratch area")?;
+    let r = drive(seed, ops, vs, plugged, &sh, &m, scratch_page * PAGE);
+    vs[1].uncarve(scratch_page, 512);
+    m.unbind().map_err(|e| format!("unbinding dev1's MMU: {e}"))?;
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    seed: u64,
+    ops: u64,
+    vs: &[Arc<Vram>],
+    plugged: u64,
+    sh: &Arc<Shared>,
+    m: &DevMirror,
+    scratch: u64,
+) -> TestResult {
+    let a = sh.a;
     let w = {
         let sh = sh.clone();
         sched::spawn_on(smp::count() - 1, move || writer(sh, seed, 200_000)).map_err(|e| format!("{e:?}"))?
@@ -182,7 +252,8 @@ fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult
             50..=64 => vram::migrate_device_to_device(&vs[d], &vs[1 - d], &sh.space, va, n)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            65..=84 => (start..start + n).try_for_each(|p| sh.check_read(p)),
+            65..=74 => (start..start + n).try_for_each(|p| sh.check_read(p)),
+            75..=84 => (start..start + n.min(8)).try_for_each(|p| sh.device_read(m, &vs[1], scratch, p).map(|_| ())),
             _ if vs[0].hot_pages() == 0 => Ok(()),
             // Hot-plug memory comes and goes; removing it evicts the pages there.
             85..=92 => match vs[0].grow(2 << 20) {
@@ -230,7 +301,7 @@ fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult
     while vs[0].plugged_pages() > plugged {
         vs[0].shrink(2 << 20).map_err(|e| report(e.to_string()))?;
     }
-    drop(sh);
+
     log::info!("stress seed {seed:#x}: {ops} operations here, {writes} on the other CPU");
     Ok(())
 }
