@@ -781,3 +781,56 @@ fn randomized_operations_agree_with_a_model() {
         f.assert_no_leak();
     }
 }
+
+/// `make_device_exclusive` inside a THP splits the PMD mapping at the THP's own start: the
+/// split's invalidation covers the whole 2 MiB (mirrors of the pages before the address hear
+/// of it) and every base page keeps its data and frame.
+#[test]
+fn device_exclusive_inside_a_thp_splits_it_in_place() {
+    use super::notify::Owner;
+    let f = fixture();
+    let mut s = f.space();
+    // 4 MiB-aligned, so that no address bit above the PMD offset hides a wrong split base.
+    let a = s.mmap(MapRequest::anon(M2, Prot::RW).fixed(0x4000_0000)).unwrap();
+    s.madvise(a, M2, Advice::HugePage).unwrap();
+    fill(&mut s, a, 512, 100);
+    assert!(s.lookup(a).unwrap().huge);
+    let rec = Arc::new(Recorder::default());
+    s.set_notifier(Some(rec.clone()));
+    let va = a + 5 * 4096;
+    let g = s.make_device_exclusive(va, Owner(7)).unwrap();
+    drop(g);
+    assert!(!s.lookup(a).unwrap().huge, "the THP is split for the exclusive entry");
+    // Mirrors of the first pages hear of the split too.
+    let starts = rec.starts();
+    assert!(starts.contains(&(Event::Clear, a, a + M2)), "the split's invalidation: {starts:x?}");
+    check(&mut s, a, 512, 100);
+    for i in [0u64, 4, 6, 511] {
+        let head = present(&s, a).unwrap().pfn;
+        assert_eq!(present(&s, a + i * 4096).unwrap().pfn.0, head.0 + i, "page {i} maps its own frame");
+    }
+    s.munmap(a, M2).unwrap();
+    drop(s);
+    f.assert_no_leak();
+}
+
+/// The invalidation `make_device_exclusive` sends covers exactly the page.
+#[test]
+fn device_exclusive_invalidates_exactly_its_page() {
+    use super::notify::Owner;
+    let f = fixture();
+    let mut s = f.space();
+    let rec = Arc::new(Recorder::default());
+    s.set_notifier(Some(rec.clone()));
+    let a = s.mmap(MapRequest::anon(4 * 4096, Prot::RW)).unwrap();
+    fill(&mut s, a, 4, 1);
+    rec.take();
+    let g = s.make_device_exclusive(a + 2 * 4096, Owner(3)).unwrap();
+    let starts = rec.starts();
+    assert!(starts.contains(&(Event::Exclusive, a + 2 * 4096, a + 3 * 4096)), "{starts:x?}");
+    assert!(starts.iter().all(|&(_, st, e)| st >= a && e <= a + 4 * 4096), "{starts:x?}");
+    drop(g);
+    check(&mut s, a, 4, 1);
+    drop(s);
+    f.assert_no_leak();
+}
