@@ -112,6 +112,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::huge_pages", run: devices::huge_pages },
     Test { name: "devices::hotplug", run: devices::hotplug },
+    Test { name: "devices::chunk_cycles_give_sections_back", run: devices::chunk_cycles_give_sections_back },
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
