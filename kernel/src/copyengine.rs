@@ -199,6 +199,11 @@ impl CopyEngine {
         }
     }
 
+    /// Whether a copy timed out: its queue is dead and the engine takes no more.
+    pub fn is_dead(&self) -> bool {
+        self.q.is_dead()
+    }
+
     /// Waits (bounded) until request `t` has completed, without collecting it: its status
     /// stays for [`wait`](Self::wait).
     pub fn settle(&mut self, t: Ticket) -> Result<(), CopyError> {

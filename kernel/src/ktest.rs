@@ -117,6 +117,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
     Test {
+        name: "experiment::a_failed_migration_does_not_poison_the_next_point",
+        run: crate::experiment::ktests::a_failed_migration_does_not_poison_the_next_point,
+    },
+    Test {
         name: "experiment::read_duplication_on_two_devices",
         run: crate::experiment::ktests::read_duplication_on_two_devices,
     },

@@ -68,6 +68,28 @@ static PAGEMAPS: Once<Result<Arc<Pagemaps>, Error>> = Once::new();
 /// Bit n: device n's memory is coherent (set from the command line before first use).
 static COHERENT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// Test hook: transfers to go before one fails ([`fail_nth_transfer`]); 0 = none.
+static FAIL_TRANSFER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Test hook (in-kernel tests only): the `n`-th DMA transfer from now, on any device, fails as
+/// a request with an error status does (every page in it is reported failed, and the migration
+/// backs those pages out); `0` cancels. Deterministic, to show what survives a failed
+/// migration.
+pub fn fail_nth_transfer(n: u64) {
+    FAIL_TRANSFER.store(n, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the hook of [`fail_nth_transfer`] is still armed.
+pub fn transfer_failure_pending() -> bool {
+    FAIL_TRANSFER.load(core::sync::atomic::Ordering::SeqCst) != 0
+}
+
+/// Counts one transfer against the hook; `true` if this one is to fail.
+fn injected_failure() -> bool {
+    use core::sync::atomic::Ordering::SeqCst;
+    FAIL_TRANSFER.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok_and(|n| n == 1)
+}
+
 /// Marks the devices whose memory is coherent (bit n: device n). Call before [`all`].
 pub fn set_coherent(mask: u64) {
     COHERENT.store(mask, core::sync::atomic::Ordering::Relaxed);
@@ -640,6 +662,10 @@ impl Vram {
     /// Runs the DMA for `runs` (several requests in flight); returns the entries whose copy
     /// failed.
     fn transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        if !runs.is_empty() && injected_failure() {
+            log::warn!("dev{}: DMA of {} runs failed (injected by a test)", self.device, runs.len());
+            return runs.iter().flat_map(|r| r.entries.iter().copied()).collect();
+        }
         if self.copier() == Copier::Cpu {
             return self.cpu_transfer(dir, runs);
         }
