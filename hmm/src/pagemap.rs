@@ -277,20 +277,18 @@ impl Pagemaps {
                 }
             }
         }
+        if (pm.kind, pm.external) == (MemoryKind::Private, false) {
+            // Its frame numbers and section go back (a refusal leaves the pagemap as it was).
+            for &(start, _) in &pm.ranges {
+                self.mm.remove_device_private_region(start)?;
+            }
+        }
         pm.dead.store(true, Ordering::Release);
         self.maps.write().retain(|m| !Arc::ptr_eq(m, pm));
-        match (pm.kind, pm.external) {
-            (MemoryKind::Coherent, false) => {
-                for &(start, _) in &pm.ranges {
-                    self.mm.platform().free(start, HUGE_ORDER);
-                }
+        if (pm.kind, pm.external) == (MemoryKind::Coherent, false) {
+            for &(start, _) in &pm.ranges {
+                self.mm.platform().free(start, HUGE_ORDER);
             }
-            (MemoryKind::Private, false) => {
-                for &(start, _) in &pm.ranges {
-                    self.mm.remove_device_private_region(start)?;
-                }
-            }
-            (_, true) => {}
         }
         Ok(())
     }
@@ -530,8 +528,16 @@ mod tests {
         // Live pagemaps of other sizes sit side by side; frees in any order are reused.
         let x = pm.memremap_pages(MemoryKind::Private, Owner(1), 2 * HUGE_FRAMES, w()).unwrap();
         let y = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
-        assert!(x.ranges()[0].0.0 + 2 * HUGE_FRAMES <= y.ranges()[0].0.0 || y.ranges()[0].0 == base);
+        let z = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
+        let (xb, zb) = (x.ranges()[0].0, z.ranges()[0].0);
+        assert_eq!(xb.0 + 2 * HUGE_FRAMES, zb.0, "fresh regions are adjacent");
+        // A page in use right after x's frames does not keep x from going.
+        pm.page_init(zb).unwrap();
         pm.memunmap_pages(&x).unwrap();
+        assert!(matches!(pm.memunmap_pages(&z), Err(Error::Busy(_))));
+        mm.meta(zb).unwrap().unlock();
+        mm.put_page(zb);
+        pm.memunmap_pages(&z).unwrap();
         pm.memunmap_pages(&y).unwrap();
         assert_eq!(mm.frames().live_sections(), start);
     }

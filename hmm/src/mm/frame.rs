@@ -16,9 +16,10 @@
 //! memory model. A section's storage is never freed, so a `&PageMeta` lives as long as the
 //! table; but device memory that goes away takes its section out of use
 //! ([`FrameTable::remove_section`]): lookups of its frames find nothing, and memory added again
-//! at the same frame numbers reuses the section, its metadata reset. So add/remove cycles of
-//! device memory bring [`FrameTable::live_sections`] back to where it was, and never run the
-//! table out of its [`MAX_SECTIONS`] slots.
+//! at the same frame numbers reuses the section, its metadata reset (a bigger region there
+//! needs a new one). So add/remove cycles of device memory bring
+//! [`FrameTable::live_sections`] back to where it was instead of running the table out of its
+//! [`MAX_SECTIONS`] slots.
 
 use crate::addr::Pfn;
 use alloc::vec::Vec;
@@ -338,6 +339,16 @@ impl FrameTable {
             .find(|s| s.base == base.0 && s.live.load(Ordering::Acquire) > 0)?;
         s.live.store(0, Ordering::Release);
         Some(s.metas.len() as u64)
+    }
+
+    /// The frames of the section in use that starts at `base`, if there is one.
+    pub fn section_at(&self, base: Pfn) -> Option<u64> {
+        self.sections
+            .iter()
+            .map_while(|s| s.get())
+            .map(|s| (s.base, s.live.load(Ordering::Acquire)))
+            .find(|&(b, live)| b == base.0 && live > 0)
+            .map(|(_, live)| live)
     }
 
     /// The number of sections in use (RAM included).

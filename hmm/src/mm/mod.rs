@@ -310,12 +310,11 @@ impl Mm {
         if base.0 < DEVICE_PRIVATE_BASE {
             return Err(Error::Invalid("not a device-private region"));
         }
-        let mut i = base.0;
-        while let Some(m) = self.frames.get(Pfn(i)) {
-            if m.refcount() != 0 || m.has(flags::ALLOCATED) {
+        let frames = self.frames.section_at(base).ok_or(Error::Invalid("no device-private region starts there"))?;
+        for i in 0..frames {
+            if self.frames.get(Pfn(base.0 + i)).is_some_and(|m| m.refcount() != 0 || m.has(flags::ALLOCATED)) {
                 return Err(Error::Busy("device-private frames still in use"));
             }
-            i += 1;
         }
         let room = self.frames.remove_section(base).ok_or(Error::Invalid("no device-private region starts there"))?;
         released.push((base, room));
