@@ -287,17 +287,26 @@ impl Real {
                 .map_err(|e| err(format!("mmap of {len} bytes: {e}")))?;
             s.madvise(BASE, len, Advice::NoHugePage).map_err(err)?;
         }
+        // From here on a failure drops what was set up so far (Real's teardown).
+        let mut real = Real {
+            space,
+            vram: vram.to_vec(),
+            writes: vec![0; pages as usize],
+            core: 0,
+            workers: (0..smp::count()).map(|_| None).collect(),
+            copies: alloc::collections::BTreeMap::new(),
+            mirrors: Vec::new(),
+            mech_failed: core::cell::Cell::new(false),
+        };
         // Every page populated by the CPU, with its identity word.
         let mut page = vec![0u8; PAGE as usize];
         for p in 0..pages as u64 {
             page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
-            uspace::run(&space, |u| u.write(BASE + p * PAGE, &page))
+            uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
                 .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
         }
-        let workers = (0..smp::count()).map(|_| None).collect();
-        let mut mirrors = Vec::new();
         for v in vram {
-            mirrors.push(match devmmu::bind(v.device(), &space) {
+            let m = match devmmu::bind(v.device(), &real.space) {
                 Ok(m) => Some(m),
                 Err(DevError::Busy(n)) => {
                     return Err(err(format!("dev{n}'s MMU mirrors another address space; unbind it first")));
@@ -306,18 +315,10 @@ impl Real {
                     log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
                     None
                 }
-            });
+            };
+            real.mirrors.push(m);
         }
-        Ok(Real {
-            space,
-            vram: vram.to_vec(),
-            writes: vec![0; pages as usize],
-            core: 0,
-            workers,
-            copies: alloc::collections::BTreeMap::new(),
-            mirrors,
-            mech_failed: core::cell::Cell::new(false),
-        })
+        Ok(real)
     }
 
     /// Marks `e` as the mechanism's failure (see [`FailKind`]).
