@@ -586,7 +586,7 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
         if let Some(e) = r["error"].as_str() {
             let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} error: {e}");
             if let Some(n) = r["rerun"].as_str() {
-                let _ = writeln!(s, "    ({n})");
+                let _ = writeln!(s, "    ({})", truncate(n, 110));
             }
             continue;
         }
@@ -613,7 +613,7 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
             }
         }
         if let Some(n) = r["rerun"].as_str() {
-            let _ = writeln!(s, "    ({n})");
+            let _ = writeln!(s, "    ({})", truncate(n, 110));
         }
     }
     s
