@@ -283,14 +283,11 @@ impl Mm {
         }
         let mut next = self.next_device_pfn.lock();
         let mut released = self.released_private.lock();
-        // The smallest range given back that fits.
-        if let Some(i) = (0..released.len()).filter(|&i| released[i].1 >= frames).min_by_key(|&i| released[i].1) {
-            let (base, room) = released[i];
-            if self.frames.add_section(base, frames).is_ok() {
-                released.swap_remove(i);
-                return Ok(base);
-            }
-            debug_assert!(false, "a released range's section at {base:?} ({room} frames) cannot be reused");
+        // The smallest range given back that fits (its vacant section has room for it).
+        if let Some(i) = (0..released.len()).filter(|&i| released[i].1 >= frames).min_by_key(|&i| released[i].1)
+            && self.frames.add_section(released[i].0, frames).is_ok()
+        {
+            return Ok(released.swap_remove(i).0);
         }
         let base = *next;
         let size = frames.div_ceil(HUGE_FRAMES) * HUGE_FRAMES;
