@@ -777,23 +777,32 @@ impl Dmirror {
     /// pages when that allocation fails (a pending FAIL_ALLOC makes it fail, and is used up);
     /// a base page gets a 4 KiB device page unless FAIL_ALLOC is pending. Holes and zero pages
     /// are cleared on the device, other sources copied.
+    ///
+    /// A device that could not grow because the frame table is full records it in `table_full`:
+    /// the command then fails with that, not with a page missing on the device.
     fn migrate_in(
         &self,
         mig: &mut MigrateVma<'_>,
         i: usize,
         filled: &mut Vec<usize>,
         pairs: &mut Vec<(Pfn, Option<Pfn>)>,
+        table_full: &mut bool,
     ) {
         let s = mig.src()[i];
         if !s.is_migrate() {
             return;
         }
         let me = self.this.clone();
+        let alloc = |huge: bool, table_full: &mut bool| {
+            let r = self.dev.alloc(huge, &me);
+            *table_full |= r == Err(Error::FrameTableFull);
+            r
+        };
         // Device page `d` receives source page `k` of the entry.
         let mut fill = |d: Pfn, k: u64| pairs.push((self.dev.storage(d), s.pfn().map(|p| Pfn(p.0 + k))));
         if s.is_compound() {
             if !self.fail_alloc.swap(false, Ordering::Relaxed)
-                && let Ok(d) = self.dev.alloc(true, &me)
+                && let Ok(d) = alloc(true, table_full)
             {
                 (0..HUGE_FRAMES).for_each(|k| fill(Pfn(d.0 + k), k));
                 mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
@@ -801,7 +810,7 @@ impl Dmirror {
                 return;
             }
             for k in 0..HUGE_FRAMES {
-                let Ok(d) = self.dev.alloc(false, &me) else { return };
+                let Ok(d) = alloc(false, table_full) else { return };
                 fill(d, k);
                 mig.dst_mut()[i + k as usize] = MigratePfn::new(d).with_write(s.is_write());
                 filled.push(i + k as usize);
@@ -811,7 +820,7 @@ impl Dmirror {
         if self.fail_alloc.swap(false, Ordering::Relaxed) {
             return;
         }
-        if let Ok(d) = self.dev.alloc(false, &me) {
+        if let Ok(d) = alloc(false, table_full) {
             fill(d, 0);
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
             filled.push(i);
@@ -850,13 +859,14 @@ impl Dmirror {
     pub fn migrate_to_dev(&self, addr: u64, npages: u64) -> Result<(Vec<u8>, Counts), CmdError> {
         let (start, end) = check_range(addr, npages)?;
         let space = self.space()?;
+        let mut table_full = false;
         {
             let mut s = space.lock();
             self.per_chunk(&mut s, start, end, Select::SYSTEM.compound(), true, |a, mut mig| {
                 let n = mig.src().len();
                 let (mut filled, mut pairs) = (Vec::new(), Vec::new());
                 for i in 0..n {
-                    self.migrate_in(&mut mig, i, &mut filled, &mut pairs);
+                    self.migrate_in(&mut mig, i, &mut filled, &mut pairs, &mut table_full);
                 }
                 // A failed copy backs the chunk out: the sources stay in RAM, intact.
                 let copied = self.dev.copy_or_back_out(mig.dst_mut(), &filled, &pairs);
@@ -881,8 +891,14 @@ impl Dmirror {
             })?;
         }
         let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
-        self.copy(start, &mut buf, None, 0).map_err(|_| err(ENOENT, "a page did not reach the device"))?;
-        Ok((buf, Counts { cpages: npages, faults: 0 }))
+        match self.copy(start, &mut buf, None, 0) {
+            Ok(_) => Ok((buf, Counts { cpages: npages, faults: 0 })),
+            Err(_) if table_full => Err(err(
+                Error::FrameTableFull.errno(),
+                "device memory could not grow: the frame table is full (remove device memory first)",
+            )),
+            Err(_) => Err(err(ENOENT, "a page did not reach the device")),
+        }
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrates this device's pages in the range back to RAM.

@@ -265,8 +265,10 @@ impl Pagemaps {
     }
 
     /// `memunmap_pages`: removes a pagemap whose pages are all free. `Busy` if any is still in
-    /// use (evict with `migrate_device_range` first). Coherent memory goes back to RAM; the
-    /// frame numbers of private memory are not reused.
+    /// use (evict with `migrate_device_range` first). Coherent memory goes back to RAM; private
+    /// memory from [`memremap_pages`](Self::memremap_pages) gives its frame numbers and its
+    /// frame-table section back, for the next `memremap_pages` to reuse (memory registered
+    /// `_at` a range keeps its metadata: the range is the caller's).
     pub fn memunmap_pages(&self, pm: &Arc<DevPagemap>) -> Result<(), Error> {
         for &(start, n) in &pm.ranges {
             for i in 0..n {
@@ -275,9 +277,15 @@ impl Pagemaps {
                 }
             }
         }
+        if (pm.kind, pm.external) == (MemoryKind::Private, false) {
+            // Its frame numbers and section go back (a refusal leaves the pagemap as it was).
+            for &(start, _) in &pm.ranges {
+                self.mm.remove_device_private_region(start)?;
+            }
+        }
         pm.dead.store(true, Ordering::Release);
         self.maps.write().retain(|m| !Arc::ptr_eq(m, pm));
-        if pm.kind == MemoryKind::Coherent && !pm.external {
+        if (pm.kind, pm.external) == (MemoryKind::Coherent, false) {
             for &(start, _) in &pm.ranges {
                 self.mm.platform().free(start, HUGE_ORDER);
             }
@@ -436,5 +444,131 @@ mod tests {
         let ram = Pfn(BASE_PFN.next_multiple_of(HUGE_FRAMES));
         assert!(matches!(pm.memremap_private_at(Owner(1), ram, HUGE_FRAMES, w()), Err(Error::Invalid(_))));
         assert!(matches!(pm.memremap_private_at(Owner(1), Pfn(base.0 + 1), HUGE_FRAMES, w()), Err(Error::Invalid(_))));
+    }
+
+    /// The memory manager, its pagemaps, a private dmirror device, a file of it bound to one
+    /// process, the process, and a buffer's address.
+    type Fixture = (
+        Arc<Mm>,
+        Arc<Pagemaps>,
+        Arc<crate::dmirror::DmirrorDevice>,
+        Arc<crate::dmirror::Dmirror>,
+        Arc<crate::mm::SharedSpace>,
+        u64,
+    );
+
+    /// A private device with `chunk` bytes of memory per pagemap, one process, and a buffer of
+    /// `pages` pages filled with a pattern.
+    fn dmirror_fixture(frames: u64, chunk: u64, pages: u64) -> Fixture {
+        use crate::mm::space::MapRequest;
+        use crate::mm::vma::Prot;
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames as usize)), &[(Pfn(BASE_PFN), frames)]).unwrap();
+        let pm = Pagemaps::install(&mm).unwrap();
+        let dev = crate::dmirror::DmirrorDevice::new(&pm, MemoryKind::Private, Owner(0xd000), chunk);
+        let p = mm.share(AddressSpace::new(&mm).unwrap());
+        let d = crate::dmirror::Dmirror::open(&dev, &p).unwrap();
+        let a = p.lock().mmap(MapRequest::anon(pages * 4096, Prot::RW)).unwrap();
+        let data: Vec<u8> = (0..pages * 4096).map(|i| (i / 4096 + i) as u8).collect();
+        p.lock().write(a, &data).unwrap();
+        (mm, pm, dev, d, p, a)
+    }
+
+    #[test]
+    fn device_memory_added_and_removed_100_times_gives_its_sections_back() {
+        let (mm, _pm, dev, d, p, a) = dmirror_fixture(4096, 2 << 20, 16);
+        let start = mm.frames().live_sections();
+        for cycle in 0..100 {
+            // The migration adds a chunk (a pagemap, a section); release removes it.
+            let r = d.migrate_to_dev(a, 16);
+            assert!(r.is_ok(), "cycle {cycle}: migrate_to_dev: {:?}", r.err());
+            assert_eq!(dev.pages_in_use(), 16, "cycle {cycle}");
+            assert_eq!(mm.frames().live_sections(), start + 1, "cycle {cycle}");
+            dev.release().unwrap();
+            assert_eq!(dev.pages_in_use(), 0, "cycle {cycle}");
+            assert_eq!(mm.frames().live_sections(), start, "cycle {cycle}: a section leaked");
+        }
+        // A migration still works, and the data made every trip.
+        let (buf, _) = d.migrate_to_dev(a, 16).unwrap();
+        let want: Vec<u8> = (0..16 * 4096u64).map(|i| (i / 4096 + i) as u8).collect();
+        assert!(buf == want, "data changed over the cycles");
+        let mut back = alloc::vec![0u8; 16 * 4096];
+        dev.release().unwrap();
+        p.lock().read(a, &mut back).unwrap();
+        assert!(back == want);
+        assert_eq!(mm.frames().live_sections(), start);
+    }
+
+    #[test]
+    fn memremap_and_memunmap_reuse_frame_numbers_and_sections() {
+        let frames = 4096;
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames as usize)), &[(Pfn(BASE_PFN), frames)]).unwrap();
+        let pm = Pagemaps::install(&mm).unwrap();
+        let ops: Arc<dyn PagemapOps> = Arc::new(Nothing);
+        let w = || Arc::downgrade(&ops);
+        let start = mm.frames().live_sections();
+        let first = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
+        let base = first.ranges()[0].0;
+        pm.memunmap_pages(&first).unwrap();
+        assert_eq!(mm.frames().live_sections(), start);
+        // The removed range has no metadata any more.
+        assert!(mm.meta(base).is_none());
+        for _ in 0..200 {
+            let a = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
+            assert_eq!(a.ranges()[0].0, base, "released frame numbers are handed out again");
+            // Metadata comes back clean even if a page was used the last time round.
+            let m = mm.meta(base).unwrap();
+            assert_eq!((m.refcount(), m.flags(), m.owner(), m.index()), (0, 0, 0, 0));
+            pm.page_init(base).unwrap();
+            m.set_owner(7, 9);
+            m.unlock();
+            mm.put_page(base);
+            pm.memunmap_pages(&a).unwrap();
+        }
+        assert_eq!(mm.frames().live_sections(), start);
+        // Live pagemaps of other sizes sit side by side; frees in any order are reused.
+        let x = pm.memremap_pages(MemoryKind::Private, Owner(1), 2 * HUGE_FRAMES, w()).unwrap();
+        let y = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
+        let z = pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, w()).unwrap();
+        let (xb, zb) = (x.ranges()[0].0, z.ranges()[0].0);
+        assert_eq!(xb.0 + 2 * HUGE_FRAMES, zb.0, "fresh regions are adjacent");
+        // A page in use right after x's frames does not keep x from going.
+        pm.page_init(zb).unwrap();
+        pm.memunmap_pages(&x).unwrap();
+        assert!(matches!(pm.memunmap_pages(&z), Err(Error::Busy(_))));
+        mm.meta(zb).unwrap().unlock();
+        mm.put_page(zb);
+        pm.memunmap_pages(&z).unwrap();
+        pm.memunmap_pages(&y).unwrap();
+        assert_eq!(mm.frames().live_sections(), start);
+    }
+
+    #[test]
+    fn a_full_frame_table_is_a_typed_error_at_memremap_and_at_migration() {
+        let frames = 4096;
+        let mm = Mm::new(Arc::new(FakePlatform::new(frames as usize)), &[(Pfn(BASE_PFN), frames)]).unwrap();
+        let pm = Pagemaps::install(&mm).unwrap();
+        let ops: Arc<dyn PagemapOps> = Arc::new(Nothing);
+        let mut live = Vec::new();
+        let err = loop {
+            match pm.memremap_pages(MemoryKind::Private, Owner(1), HUGE_FRAMES, Arc::downgrade(&ops)) {
+                Ok(m) => live.push(m),
+                Err(e) => break e,
+            }
+            assert!(live.len() <= crate::mm::frame::MAX_SECTIONS, "the table never filled");
+        };
+        assert_eq!(err, Error::FrameTableFull);
+        assert_eq!(mm.frames().live_sections(), crate::mm::frame::MAX_SECTIONS);
+        // A dmirror device that needs a chunk now says why, instead of a later quiet ENOENT.
+        let dev = crate::dmirror::DmirrorDevice::new(&pm, MemoryKind::Private, Owner(0xd000), 2 << 20);
+        let p = mm.share(AddressSpace::new(&mm).unwrap());
+        let d = crate::dmirror::Dmirror::open(&dev, &p).unwrap();
+        let a = p.lock().mmap(crate::mm::space::MapRequest::anon(4 * 4096, crate::mm::vma::Prot::RW)).unwrap();
+        p.lock().write(a, &[1u8; 4 * 4096]).unwrap();
+        let e = d.migrate_to_dev(a, 4).map(|_| ()).unwrap_err();
+        assert_eq!(e.errno, Error::FrameTableFull.errno(), "{e:?}");
+        assert!(e.why.contains("frame table"), "{e:?}");
+        // Freeing one pagemap makes room again.
+        pm.memunmap_pages(&live.pop().unwrap()).unwrap();
+        d.migrate_to_dev(a, 4).unwrap();
     }
 }

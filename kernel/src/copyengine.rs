@@ -245,6 +245,11 @@ impl CopyEngine {
         }
     }
 
+    /// Whether the engine is unusable: a copy timed out and the reset after it failed.
+    pub fn is_dead(&self) -> bool {
+        self.q.is_dead()
+    }
+
     /// Waits (bounded) until request `t` has completed, without collecting it: its status
     /// stays for [`wait`](Self::wait). A request abandoned by a reset has ended too (the reset
     /// drained it), and a timeout resets the engine, which ends the request.

@@ -30,6 +30,16 @@
 //! checked to hold that page's data with as many writes as the page itself; the engine drops
 //! every copy before the page is written or moved, and the copies left at the end are checked
 //! the same way.
+//!
+//! One point's failure does not leak into the next: a point's teardown ([`Real`]'s drop) stops
+//! its CPU workers, unbinds the device MMUs, gives its read copies back and unmaps its memory
+//! (which frees its device pages) whatever state the point stopped in, and before each point
+//! the runner checks that device memory is back to the state it had before the first point and
+//! that every copy engine still works ([`Idle`]); if not, the point fails with an error saying
+//! what was left. A failed point's error says whether the mechanism failed (a migration, a DMA,
+//! a CPU worker, device memory left in use: [`FailKind::Mechanism`], after which the xtask runs
+//! the rest of the boot's points in a fresh guest) or the point's own checks did
+//! ([`FailKind::Check`]).
 
 use crate::arch::{smp, time};
 use crate::devices::DevError;
@@ -60,6 +70,79 @@ const BASE: u64 = 0x10_0000_0000;
 /// The identity word: page `p`'s second word holds `p ^ MAGIC`.
 const MAGIC: u64 = 0x5eed_0000_0000_0000;
 
+/// Why a point failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The mechanism: a migration, a DMA, the device MMU, a CPU worker, setting the point up,
+    /// or device memory not back to its empty state. It may have left the guest unable to
+    /// run more points.
+    Mechanism,
+    /// The point itself: its data or placement checks, its spec, or the engine.
+    Check,
+}
+
+impl FailKind {
+    /// The name in the `@@POINT` error object (`"kind"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailKind::Mechanism => "mechanism",
+            FailKind::Check => "check",
+        }
+    }
+}
+
+/// A point that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointError {
+    /// Which part failed.
+    pub kind: FailKind,
+    /// What went wrong, naming the point.
+    pub msg: String,
+}
+
+impl core::fmt::Display for PointError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({} error)", self.msg, self.kind.name())
+    }
+}
+
+/// The state device memory is in between points: pages in use per device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idle {
+    in_use: Vec<u64>,
+}
+
+impl Idle {
+    /// The state now.
+    pub fn now(vram: &[Arc<Vram>]) -> Idle {
+        Idle { in_use: vram.iter().map(|v| v.in_use()).collect() }
+    }
+
+    /// Checks that device memory is back to `self` (the state before the first point) and that
+    /// every copy engine still works; the error says what an earlier point left behind.
+    pub fn check(&self, vram: &[Arc<Vram>]) -> Result<(), String> {
+        let mut wrong = Vec::new();
+        for (v, &was) in vram.iter().zip(&self.in_use) {
+            let now = v.in_use();
+            if now != was {
+                wrong.push(format!("dev{} has {now} device pages in use, {was} before the first point", v.device()));
+            }
+        }
+        crate::devices::with(|d| {
+            for (n, dev) in d.list.iter().enumerate() {
+                let hot_dead = dev.hot.as_ref().is_some_and(|h| h.engine.is_dead());
+                if dev.engine.is_dead() || hot_dead {
+                    wrong.push(format!("dev{n}'s copy engine stopped after a DMA timed out (its queue is dead)"));
+                }
+            }
+        });
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        Err(format!("device memory is not back to its empty state: {}", wrong.join("; ")))
+    }
+}
+
 /// The real devices as a [`Mechanism`].
 struct Real {
     space: Arc<SharedSpace>,
@@ -74,6 +157,8 @@ struct Real {
     /// Each device's MMU mirror of the point's address space (`None`: the device has no MMU,
     /// and its accesses go to the page's physical address).
     mirrors: Vec<Option<Arc<DevMirror>>>,
+    /// Set when an error of the mechanism (not of a check) was returned.
+    mech_failed: core::cell::Cell<bool>,
 }
 
 /// How long the boot CPU waits for a worker to make one access.
@@ -202,17 +287,26 @@ impl Real {
                 .map_err(|e| err(format!("mmap of {len} bytes: {e}")))?;
             s.madvise(BASE, len, Advice::NoHugePage).map_err(err)?;
         }
+        // From here on a failure drops what was set up so far (Real's teardown).
+        let mut real = Real {
+            space,
+            vram: vram.to_vec(),
+            writes: vec![0; pages as usize],
+            core: 0,
+            workers: (0..smp::count()).map(|_| None).collect(),
+            copies: alloc::collections::BTreeMap::new(),
+            mirrors: Vec::new(),
+            mech_failed: core::cell::Cell::new(false),
+        };
         // Every page populated by the CPU, with its identity word.
         let mut page = vec![0u8; PAGE as usize];
         for p in 0..pages as u64 {
             page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
-            uspace::run(&space, |u| u.write(BASE + p * PAGE, &page))
+            uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
                 .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
         }
-        let workers = (0..smp::count()).map(|_| None).collect();
-        let mut mirrors = Vec::new();
         for v in vram {
-            mirrors.push(match devmmu::bind(v.device(), &space) {
+            let m = match devmmu::bind(v.device(), &real.space) {
                 Ok(m) => Some(m),
                 Err(DevError::Busy(n)) => {
                     return Err(err(format!("dev{n}'s MMU mirrors another address space; unbind it first")));
@@ -221,17 +315,21 @@ impl Real {
                     log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
                     None
                 }
-            });
+            };
+            real.mirrors.push(m);
         }
-        Ok(Real {
-            space,
-            vram: vram.to_vec(),
-            writes: vec![0; pages as usize],
-            core: 0,
-            workers,
-            copies: alloc::collections::BTreeMap::new(),
-            mirrors,
-        })
+        Ok(real)
+    }
+
+    /// Marks `e` as the mechanism's failure (see [`FailKind`]).
+    fn mech(&self, e: MechError) -> MechError {
+        self.mech_failed.set(true);
+        e
+    }
+
+    /// Why the point failed, given that it did.
+    fn fail_kind(&self) -> FailKind {
+        if self.mech_failed.get() { FailKind::Mechanism } else { FailKind::Check }
     }
 
     fn va(p: u32) -> u64 {
@@ -269,8 +367,10 @@ impl Real {
         let t = match m.translate(va) {
             Some(t) if t.write || !write => t,
             _ => {
-                m.fault(va, va + PAGE, write).map_err(|e| err(format!("dev{d}'s MMU fault on page {page}: {e}")))?;
-                m.translate(va).ok_or_else(|| err(format!("dev{d}'s MMU fault on page {page} left it unmapped")))?
+                m.fault(va, va + PAGE, write)
+                    .map_err(|e| self.mech(err(format!("dev{d}'s MMU fault on page {page}: {e}"))))?;
+                m.translate(va)
+                    .ok_or_else(|| self.mech(err(format!("dev{d}'s MMU fault on page {page} left it unmapped"))))?
             }
         };
         let at = match t.at {
@@ -343,24 +443,7 @@ fn ns_since(t0: u64) -> u64 {
 
 impl Mechanism for Real {
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
-        let t0 = time::rdtsc();
-        let (va, n) = (Self::va(first), pages as u64);
-        let moved = match (from, to) {
-            (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &self.space, va, n),
-            (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &self.space, va, n),
-            (Loc::Dev(a), Loc::Dev(b)) => {
-                vram::migrate_device_to_device(self.vram(a)?, self.vram(b)?, &self.space, va, n)
-            }
-            (Loc::Cpu, Loc::Cpu) => Ok(0),
-        }
-        .map_err(|e| err(format!("migrating pages {first}..{} {from}->{to}: {e}", first + pages)))?;
-        if moved != n {
-            return Err(err(format!(
-                "migrating pages {first}..{} {from}->{to}: {moved} of {n} moved (device memory exhausted or a copy failed)",
-                first + pages
-            )));
-        }
-        Ok(ns_since(t0))
+        self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
     }
 
     fn can_duplicate(&self) -> bool {
@@ -368,26 +451,7 @@ impl Mechanism for Real {
     }
 
     fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
-        let t0 = time::rdtsc();
-        let mut frames = Vec::with_capacity(pages as usize);
-        for p in first..first + pages {
-            let (real, pa) = self.locate(p)?;
-            if real != from {
-                return Err(err(format!("read copy of page {p} from {from}, but the page tables have it in {real}")));
-            }
-            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
-                return Err(err(format!("dev{dev} already holds page {p}")));
-            }
-            frames.push(hmm::addr::Pfn(pa / PAGE));
-        }
-        let made = self
-            .vram(dev)?
-            .read_copies(&frames)
-            .map_err(|e| err(format!("read copies of pages {first}..{}: {e}", first + pages)))?;
-        for (p, k) in (first..).zip(made) {
-            self.copies.insert((p, dev), k);
-        }
-        Ok(ns_since(t0))
+        self.duplicate_pages(first, pages, from, dev)
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
@@ -400,56 +464,7 @@ impl Mechanism for Real {
     }
 
     fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
-        if let Loc::Dev(d) = by
-            && at == by
-            && let Some(&k) = self.copies.get(&(page, d))
-        {
-            if write {
-                return Err(err(format!("dev{d} wrote its read copy of page {page}")));
-            }
-            return self.check_copy(page, d, k);
-        }
-        let (real, pa) = self.locate(page)?;
-        if real != at {
-            return Err(err(format!(
-                "{by} reaches page {page} in {at} per the engine, but the page tables have it in {real}"
-            )));
-        }
-        if by == Loc::Cpu && self.core != 0 {
-            // On the core the engine chose: that CPU's worker makes the access.
-            let core = self.core;
-            if self.workers[core].is_none() {
-                self.workers[core] = Some(Worker::start(core, self.space.clone())?);
-            }
-            self.workers[core].as_ref().ok_or_else(|| err("no worker"))?.access(page, write)?;
-        } else if by == Loc::Cpu {
-            // A real user access through the page tables (it would fault if the page were not
-            // in RAM).
-            let va = Self::va(page);
-            let r = uspace::run(&self.space, |u| {
-                let v = u.read_u64(va)?;
-                if write { u.write_u64(va, v + 1) } else { Ok(()) }
-            });
-            r.map_err(|f| err(format!("CPU access to page {page}: {:?}", f.error)))?;
-        } else {
-            // A device access: through the device's MMU mirror when it has one (local memory,
-            // or RAM mapped remotely), which must agree with the CPU page table.
-            let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
-                (Loc::Dev(d), Some(Some(m))) if at == by || at == Loc::Cpu => {
-                    self.through_mirror(m, d, page, write, pa)?
-                }
-                _ => pa,
-            };
-            let mut w = [0u8; 8];
-            mm::read_phys(pa, &mut w);
-            if write {
-                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
-            }
-        }
-        if write {
-            self.writes[page as usize] += 1;
-        }
-        Ok(())
+        self.access_page(by, at, page, write)
     }
 
     fn finish(&mut self) -> Result<(), MechError> {
@@ -471,6 +486,106 @@ impl Mechanism for Real {
         // Engine cores map onto the CPUs that are online (the xtask refuses more cores than
         // the machine has; a CPU that did not start shares another's).
         self.core = core as usize % smp::count();
+    }
+}
+
+impl Real {
+    fn migrate_pages(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let (va, n) = (Self::va(first), pages as u64);
+        let moved = match (from, to) {
+            (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &self.space, va, n),
+            (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &self.space, va, n),
+            (Loc::Dev(a), Loc::Dev(b)) => {
+                vram::migrate_device_to_device(self.vram(a)?, self.vram(b)?, &self.space, va, n)
+            }
+            (Loc::Cpu, Loc::Cpu) => Ok(0),
+        }
+        .map_err(|e| err(format!("migrating pages {first}..{} {from}->{to}: {e}", first + pages)))?;
+        if moved != n {
+            return Err(err(format!(
+                "migrating pages {first}..{} {from}->{to}: {moved} of {n} moved (device memory exhausted or a copy failed)",
+                first + pages
+            )));
+        }
+        Ok(ns_since(t0))
+    }
+
+    fn duplicate_pages(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let mut frames = Vec::with_capacity(pages as usize);
+        for p in first..first + pages {
+            let (real, pa) = self.locate(p)?;
+            if real != from {
+                return Err(err(format!("read copy of page {p} from {from}, but the page tables have it in {real}")));
+            }
+            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
+                return Err(err(format!("dev{dev} already holds page {p}")));
+            }
+            frames.push(hmm::addr::Pfn(pa / PAGE));
+        }
+        let made = self
+            .vram(dev)?
+            .read_copies(&frames)
+            .map_err(|e| self.mech(err(format!("read copies of pages {first}..{}: {e}", first + pages))))?;
+        for (p, k) in (first..).zip(made) {
+            self.copies.insert((p, dev), k);
+        }
+        Ok(ns_since(t0))
+    }
+
+    fn access_page(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        if let Loc::Dev(d) = by
+            && at == by
+            && let Some(&k) = self.copies.get(&(page, d))
+        {
+            if write {
+                return Err(err(format!("dev{d} wrote its read copy of page {page}")));
+            }
+            return self.check_copy(page, d, k);
+        }
+        let (real, pa) = self.locate(page)?;
+        if real != at {
+            return Err(err(format!(
+                "{by} reaches page {page} in {at} per the engine, but the page tables have it in {real}"
+            )));
+        }
+        if by == Loc::Cpu && self.core != 0 {
+            // On the core the engine chose: that CPU's worker makes the access.
+            let core = self.core;
+            if self.workers[core].is_none() {
+                self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
+            }
+            let w = self.workers[core].as_ref().ok_or_else(|| err("no worker"))?;
+            w.access(page, write).map_err(|e| self.mech(e))?;
+        } else if by == Loc::Cpu {
+            // A real user access through the page tables (it would fault if the page were not
+            // in RAM).
+            let va = Self::va(page);
+            let r = uspace::run(&self.space, |u| {
+                let v = u.read_u64(va)?;
+                if write { u.write_u64(va, v + 1) } else { Ok(()) }
+            });
+            r.map_err(|f| self.mech(err(format!("CPU access to page {page}: {:?}", f.error))))?;
+        } else {
+            // A device access: through the device's MMU mirror when it has one (local memory,
+            // or RAM mapped remotely), which must agree with the CPU page table.
+            let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
+                (Loc::Dev(d), Some(Some(m))) if at == by || at == Loc::Cpu => {
+                    self.through_mirror(m, d, page, write, pa)?
+                }
+                _ => pa,
+            };
+            let mut w = [0u8; 8];
+            mm::read_phys(pa, &mut w);
+            if write {
+                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
+            }
+        }
+        if write {
+            self.writes[page as usize] += 1;
+        }
+        Ok(())
     }
 }
 
@@ -535,36 +650,70 @@ fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -
     Ok(())
 }
 
-/// Runs one point; the JSON line on success, the error otherwise.
-fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, String> {
-    let mut prepared = p.prepare(have).map_err(|e| format!("point {} ({}): {e}", p.id, p.label))?;
+/// Runs one point; the JSON line on success, the error otherwise. The point's mechanism is
+/// torn down (dropped) before this returns, whatever happened.
+fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, PointError> {
+    let fail =
+        |kind, e: &dyn core::fmt::Display| PointError { kind, msg: format!("point {} ({}): {e}", p.id, p.label) };
+    let mut prepared = p.prepare(have).map_err(|e| fail(FailKind::Check, &e))?;
     let model = prepared.model;
     let pages = prepared.pages;
     let hmat = prepared.cost.lines_from_hmat;
     let cores = prepared.cfg.cpus;
-    let in_point = |e: String| format!("point {} ({}): {e}", p.id, p.label);
     let (outcome, mech) = if model {
         if hmat {
             // No real memory: the boot CPU's own domain.
             let srat = crate::system().and_then(|s| s.platform.srat.as_ref());
-            let memory = srat.map(|s| cpu_domain(s, 0)).transpose().map_err(in_point)?.unwrap_or(0);
-            hmat_lines(&mut prepared.cost, cores, memory).map_err(in_point)?;
+            let memory =
+                srat.map(|s| cpu_domain(s, 0)).transpose().map_err(|e| fail(FailKind::Check, &e))?.unwrap_or(0);
+            hmat_lines(&mut prepared.cost, cores, memory).map_err(|e| fail(FailKind::Check, &e))?;
         }
         let mut m = Model::new(pages);
-        (prepared.run(&mut m), "model")
+        (prepared.run(&mut m).map_err(|e| fail(FailKind::Check, &e)), "model")
     } else {
-        let mut m = Real::new(pages, vram).map_err(|e| format!("point {}: {e}", p.id))?;
+        let mut m = Real::new(pages, vram).map_err(|e| fail(FailKind::Mechanism, &e))?;
         if hmat {
-            let memory = m.memory_domain().map_err(in_point)?;
-            hmat_lines(&mut prepared.cost, cores, memory).map_err(in_point)?;
+            let memory = m.memory_domain().map_err(|e| fail(FailKind::Check, &e))?;
+            hmat_lines(&mut prepared.cost, cores, memory).map_err(|e| fail(FailKind::Check, &e))?;
         }
-        (prepared.run(&mut m), "real")
+        let o = prepared.run(&mut m).map_err(|e| fail(m.fail_kind(), &e));
+        drop(m);
+        (o, "real")
     };
-    let o = outcome.map_err(|e| format!("point {} ({}): {e}", p.id, p.label))?;
+    let o = outcome?;
     for e in &o.trace {
         crate::sprintln!("@@TRACE {}", spec::trace_json(p.id, e));
     }
     Ok(spec::result_json(p, &o, mech))
+}
+
+/// Runs `points` in order, handing each result to `each`. Before each point, device memory
+/// must be back to `idle`, the state it had before the first ([`Idle::check`]): a point that
+/// finds it otherwise fails with a mechanism error saying what was left, and does not run.
+pub fn run_points(
+    points: &[Point],
+    have: &[u32],
+    vram: &[Arc<Vram>],
+    idle: &Idle,
+    mut each: impl FnMut(&Point, Result<String, PointError>),
+) {
+    for p in points {
+        let r = match idle.check(vram) {
+            Ok(()) => run_point(p, have, vram),
+            Err(e) => Err(PointError {
+                kind: FailKind::Mechanism,
+                msg: format!("point {} ({}): before it started: {e}", p.id, p.label),
+            }),
+        };
+        each(p, r);
+    }
+}
+
+/// The `@@POINT` line of a failed point: its id, the error and its kind.
+fn error_line(id: u32, e: &PointError) -> String {
+    let mut j = String::new();
+    spec::json_str(&mut j, &e.msg);
+    format!("{{\"id\":{id},\"error\":{j},\"kind\":\"{}\"}}", e.kind.name())
 }
 
 /// Runs the experiment in the first boot module.
@@ -579,21 +728,18 @@ pub fn run(s: &crate::System) -> Result<(), String> {
     let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
     let (mut ok, mut failed) = (0, 0);
     let t0 = time::now_ns().unwrap_or(0);
-    for p in &points {
-        match run_point(p, &have, vram) {
-            Ok(line) => {
-                crate::sprintln!("@@POINT {line}");
-                ok += 1;
-            }
-            Err(e) => {
-                let mut j = String::new();
-                spec::json_str(&mut j, &e);
-                crate::sprintln!("@@POINT {{\"id\":{},\"error\":{j}}}", p.id);
-                log::error!("experiment: {e}");
-                failed += 1;
-            }
+    let idle = Idle::now(vram);
+    run_points(&points, &have, vram, &idle, |p, r| match r {
+        Ok(line) => {
+            crate::sprintln!("@@POINT {line}");
+            ok += 1;
         }
-    }
+        Err(e) => {
+            crate::sprintln!("@@POINT {}", error_line(p.id, &e));
+            log::error!("experiment: {e}");
+            failed += 1;
+        }
+    });
     let ns = time::now_ns().unwrap_or(0).saturating_sub(t0);
     crate::sprintln!("@@EXPERIMENT {{\"points\":{},\"ok\":{ok},\"failed\":{failed},\"wall_ns\":{ns}}}", points.len());
     Ok(())
@@ -679,6 +825,59 @@ pub mod ktests {
             return Err(format!("core 1 made {served} accesses; CPU busy {busy:?}; stats {:?}", o.stats));
         }
         Ok(())
+    }
+
+    /// A point whose migration fails (the `n`-th DMA from its start fails, injected) fails
+    /// with a mechanism error, its teardown gives everything back, and the points after it on
+    /// the same boot run and pass. Device memory left in use (a read copy nobody gives back)
+    /// makes the next point fail before it starts, saying so, rather than fail obscurely.
+    pub fn a_failed_migration_does_not_poison_the_next_point(_s: &crate::System) -> crate::ktest::TestResult {
+        let vram = vram::all().map_err(|e| e.to_string())?;
+        let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+        let before = Idle::now(vram);
+        let mut points = vec![point(vec![512], "tree", "tbne", "stream", 1.5); 3];
+        for (i, p) in points.iter_mut().enumerate() {
+            p.id = i as u32;
+        }
+        // The third copy-engine request of the first point fails with a device I/O error: a
+        // migration RAM -> dev0 (the tree prefetcher moves pages as they fault) or an eviction
+        // back.
+        let armed = crate::inject::arm(crate::inject::Fault::DmaError, None, 2);
+        let mut got = Vec::new();
+        run_points(&points, &have, vram, &before, |p, r| got.push((p.id, r)));
+        let pending = !armed.fired();
+        drop(armed);
+        if pending {
+            return Err("the injected DMA failure never happened".into());
+        }
+        match &got[0].1 {
+            Err(e) if e.kind == FailKind::Mechanism && e.msg.contains("moved") => {}
+            other => return Err(format!("point 0: expected a failed migration (a mechanism error), got {other:?}")),
+        }
+        for (id, r) in &got[1..] {
+            if let Err(e) = r {
+                return Err(format!("point {id} after the failed one: {e}"));
+            }
+        }
+        before.check(vram).map_err(|e| format!("after the points: {e}"))?;
+        // Device memory an earlier point did not give back is found before the next starts.
+        let leak = vram[0].read_copies(&[uspace::mm().zero_pfn()]).map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        run_points(&points[..1], &have, vram, &before, |p, r| got.push((p.id, r)));
+        vram[0].drop_read_copies(&leak);
+        let want = format!(
+            "dev0 has {} device pages in use, {} before the first point",
+            before.in_use[0] + 1,
+            before.in_use[0]
+        );
+        match &got[0].1 {
+            Err(e) if e.kind == FailKind::Mechanism && e.msg.contains("before it started") && e.msg.contains(&want) => {
+            }
+            other => return Err(format!("a device page left in use was not reported: {other:?}")),
+        }
+        let mut got = Vec::new();
+        run_points(&points[..1], &have, vram, &before, |p, r| got.push((p.id, r)));
+        got[0].1.as_ref().map(|_| ()).map_err(|e| format!("once the page is back: {e}"))
     }
 
     /// The mechanism refuses what the page tables contradict.

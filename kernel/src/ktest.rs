@@ -114,6 +114,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::huge_pages", run: devices::huge_pages },
     Test { name: "devices::hotplug", run: devices::hotplug },
+    Test { name: "devices::chunk_cycles_give_sections_back", run: devices::chunk_cycles_give_sections_back },
     Test { name: "faults::dma_error_backs_out", run: faults::dma_error_backs_out },
     Test { name: "faults::dma_timeout_resets_the_engine", run: faults::dma_timeout_resets_the_engine },
     Test { name: "faults::abandoned_copies_are_not_trusted", run: faults::abandoned_copies_are_not_trusted },
@@ -123,6 +124,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
     Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
+    Test {
+        name: "experiment::a_failed_migration_does_not_poison_the_next_point",
+        run: crate::experiment::ktests::a_failed_migration_does_not_poison_the_next_point,
+    },
     Test {
         name: "experiment::read_duplication_on_two_devices",
         run: crate::experiment::ktests::read_duplication_on_two_devices,

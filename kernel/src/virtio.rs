@@ -174,6 +174,11 @@ impl DmaQueue {
         Ok(())
     }
 
+    /// Whether a request timed out: the queue takes no more.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
     /// Entries in the queue.
     pub fn size(&self) -> u16 {
         self.q.size()

@@ -445,6 +445,46 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
 /// The results of every point, by id (the `@@POINT` JSON, or an error object).
 pub type Results = BTreeMap<u32, Json>;
 
+/// What one guest boot's results mean for its batch of points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootResults {
+    /// Results to keep, by point id.
+    pub keep: Vec<(u32, Json)>,
+    /// Points to run again in a fresh guest, and the note their results will carry.
+    pub rerun: Option<(Vec<u32>, String)>,
+}
+
+/// Sorts one boot's `@@POINT` results (`got`, by id) for its `batch` (point ids in the order
+/// the guest ran them). A point that failed with a mechanism error (`"kind": "mechanism"`:
+/// the devices, DMA, a CPU worker, or device memory not back to its empty state, as opposed
+/// to a data check of the point itself) may have left the guest unable to run more: its
+/// result is kept, and every point after it in the batch is run again in a fresh guest, its
+/// result from this boot discarded. Each point of a rerun batch carries `rerun` (the note
+/// this boot's batch had, if any: reruns of reruns keep the first cause) in its result.
+/// Points with no result are left out (the caller reports them). Each rerun batch is shorter
+/// than the batch before it, so reruns end.
+pub fn sort_boot(batch: &[u32], got: &Results, rerun_note: Option<&str>) -> BootResults {
+    let mut keep = Vec::new();
+    for (i, id) in batch.iter().enumerate() {
+        let Some(r) = got.get(id) else { continue };
+        let mut r = r.clone();
+        if let (Some(note), Some(o)) = (rerun_note, r.as_object_mut()) {
+            o.insert("rerun".into(), Json::String(note.into()));
+        }
+        let mechanism = r["error"].is_string() && r["kind"].as_str() == Some("mechanism");
+        let why = r["error"].as_str().unwrap_or_default().to_string();
+        keep.push((*id, r));
+        if mechanism && i + 1 < batch.len() {
+            let note = rerun_note.map_or_else(
+                || format!("rerun in a fresh guest: point {id} of the same boot failed with a mechanism error: {why}"),
+                String::from,
+            );
+            return BootResults { keep, rerun: Some((batch[i + 1..].to_vec(), note)) };
+        }
+    }
+    BootResults { keep, rerun: None }
+}
+
 /// CSV of the results.
 pub fn csv(l: &Loaded, results: &Results) -> String {
     const COLS: &[&str] = &[
@@ -545,6 +585,9 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
         };
         if let Some(e) = r["error"].as_str() {
             let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} error: {e}");
+            if let Some(n) = r["rerun"].as_str() {
+                let _ = writeln!(s, "    ({})", truncate(n, 110));
+            }
             continue;
         }
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
@@ -568,6 +611,9 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
             if let Some(e) = w["error"].as_str() {
                 let _ = writeln!(s, "    workload {} stopped: {e}", w["name"].as_str().unwrap_or("?"));
             }
+        }
+        if let Some(n) = r["rerun"].as_str() {
+            let _ = writeln!(s, "    ({})", truncate(n, 110));
         }
     }
     s

@@ -38,8 +38,9 @@ fn default_firmware() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
-    /// Name (letters, digits, '-', '_').
-    pub name: String,
+    /// Name (letters, digits, '-', '_'), unique within the machine. Spanned, so that errors
+    /// about it name its line.
+    pub name: toml::Spanned<String>,
     /// Device memory size, a power of two, e.g. "64M".
     pub memory: String,
     /// Device memory the CPU maps (`MEMORY_DEVICE_COHERENT`) instead of private memory it never
@@ -130,7 +131,30 @@ impl Machine {
             format!("{}:{line}:{col}: {}", path.display(), e.message())
         })?;
         m.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        m.unique_names(&text).map_err(|e| format!("{}:{e}", path.display()))?;
         Ok(m)
+    }
+
+    /// Two devices with one name are an error naming the second one's line and the first's: the
+    /// name is the device's identity in reports (and once was its backing file's, so two such
+    /// devices shared memory).
+    fn unique_names(&self, text: &str) -> Result<(), String> {
+        let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Some((j, first)) =
+                self.devices[..i].iter().enumerate().find(|(_, e)| e.name.get_ref() == d.name.get_ref())
+            {
+                let (at, first_at) = (d.name.span().start, first.name.span().start);
+                let col = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+                return Err(format!(
+                    "{}:{col}: device[{i}].name = \"{}\": device[{j}] (line {}) has this name already; names must be unique",
+                    line(at),
+                    d.name.get_ref(),
+                    line(first_at)
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -174,8 +198,9 @@ impl Machine {
             (None, None) => return Err("missing field: memory (or [numa] nodes)".into()),
         }
         for (i, d) in self.devices.iter().enumerate() {
-            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(format!("device[{i}].name = \"{}\": use letters, digits, '-' and '_'", d.name));
+            let name = d.name.get_ref();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("device[{i}].name = \"{name}\": use letters, digits, '-' and '_'"));
             }
             let size = parse_size(&d.memory).map_err(|e| format!("device[{i}].memory: {e}"))?;
             if !size.is_power_of_two() || size < 1 << 20 {
@@ -265,7 +290,7 @@ impl Machine {
             push("virtio-iommu-pci".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
-            let path = format!("{shm}-{}", d.name);
+            let path = device_file(shm, i, d);
             let size = parse_size(&d.memory).unwrap_or(0);
             push("-object".into());
             push(format!("memory-backend-file,id=vram{i},share=on,mem-path={path},size={size}"));
@@ -302,14 +327,22 @@ impl Machine {
     /// The device memory files to create: (path, size).
     pub fn shm_files(&self, shm: &str) -> Vec<(String, u64)> {
         let mut files = Vec::new();
-        for d in &self.devices {
-            files.push((format!("{shm}-{}", d.name), parse_size(&d.memory).unwrap_or(0)));
+        for (i, d) in self.devices.iter().enumerate() {
+            let path = device_file(shm, i, d);
+            files.push((path.clone(), parse_size(&d.memory).unwrap_or(0)));
             if d.hotplug_bytes() > 0 {
-                files.push((format!("{shm}-{}-hot", d.name), d.hotplug_bytes()));
+                files.push((format!("{path}-hot"), d.hotplug_bytes()));
             }
         }
         files
     }
+}
+
+/// The host file backing device `i`'s memory (its hot-plug region's is this plus `-hot`): the
+/// launch's prefix, the device's index, then its name for whoever lists /dev/shm. The index makes
+/// it unique per device whatever the names are, so no two devices' memories alias.
+fn device_file(shm: &str, i: usize, d: &Device) -> String {
+    format!("{shm}-{i}-{}", d.name.get_ref())
 }
 
 #[cfg(test)]
@@ -371,11 +404,11 @@ mod tests {
         let a = m.qemu_args("/dev/shm/x").join(" ");
         assert!(a.contains("-bios /usr/share/qemu/bios-microvm.bin"));
         assert!(a.contains("virtio-iommu-pci"));
-        assert!(a.contains("mem-path=/dev/shm/x-dev0,size=67108864"));
+        assert!(a.contains("mem-path=/dev/shm/x-0-dev0,size=67108864"), "{a}");
         assert!(a.contains("iommu_platform=on"));
         assert!(a.contains("-m 512M,maxmem=544M"), "{a}");
         assert!(a.contains("virtio-mem-pci,memdev=hot0,requested-size=33554432"), "{a}");
-        assert!(m.shm_files("/x").contains(&("/x-dev0-hot".to_string(), 32 << 20)));
+        assert!(m.shm_files("/x").contains(&("/x-0-dev0-hot".to_string(), 32 << 20)));
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/numa2.toml")).unwrap();
         let a = m.qemu_args("/dev/shm/x").join(" ");
         assert!(a.contains("q35,hmat=on"));
@@ -390,6 +423,40 @@ mod tests {
         assert_eq!(m.kernel_args(), " devices.coherent=1");
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/default.toml")).unwrap();
         assert_eq!(m.kernel_args(), "");
+    }
+
+    #[test]
+    fn duplicate_device_names_are_rejected_with_their_line() {
+        let dev = |name: &str| format!("[[device]]\nname = \"{name}\"\nmemory = \"4M\"\n");
+        let text = format!("description = \"x\"\ncpus = 1\nmemory = \"512M\"\n{}{}{}", dev("a"), dev("b"), dev("a"));
+        let e = load_str(&text).unwrap_err();
+        // The third device's name is on line 11; the first's on line 5.
+        assert!(e.contains(".toml:11:8: device[2].name = \"a\""), "{e}");
+        assert!(e.contains("device[0] (line 5)"), "{e}");
+        assert!(e.contains("unique"), "{e}");
+        let ok = format!("description = \"x\"\ncpus = 1\nmemory = \"512M\"\n{}{}", dev("a"), dev("b"));
+        assert!(load_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn every_device_has_its_own_backing_files() {
+        // Built directly (validation would refuse the duplicate name): the files must differ
+        // per device even so, and per launch prefix.
+        let text = "description = \"x\"\ncpus = 1\nmemory = \"512M\"\n\
+                    [[device]]\nname = \"a\"\nmemory = \"4M\"\nhotplug = \"2M\"\n\
+                    [[device]]\nname = \"a\"\nmemory = \"4M\"\nhotplug = \"2M\"\n";
+        let m: Machine = toml::from_str(text).unwrap();
+        let files = m.shm_files("/dev/shm/p");
+        assert_eq!(files.len(), 4);
+        let mut paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 4, "{files:?}");
+        let a = m.qemu_args("/dev/shm/p").join(" ");
+        for (p, _) in &files {
+            assert_eq!(a.matches(&format!("mem-path={p},")).count(), 1, "{p} in {a}");
+        }
+        assert!(m.shm_files("/dev/shm/q").iter().all(|(p, _)| !paths.contains(&p.as_str())));
     }
 
     #[test]

@@ -1173,22 +1173,31 @@ fn run_points(
         let dir = experiment::out_dir(&root(), l);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let per = l.exp.points_per_boot.as_ref().map_or(4, |p| (*p.get_ref()).max(1)) as usize;
-        let chunks: Vec<&[hmm::place::spec::Point]> = l.points.chunks(per).collect();
-        let queue = Mutex::new((0..chunks.len()).collect::<std::collections::VecDeque<_>>());
+        // A batch: the points one guest runs, and why it runs them again (a rerun after a
+        // mechanism error in an earlier boot, which its results carry).
+        type Batch<'p> = (Vec<&'p hmm::place::spec::Point>, Option<String>);
+        let chunks: Vec<Batch<'_>> = l.points.chunks(per).map(|c| (c.iter().collect(), None)).collect();
+        let jobs = jobs.max(1).min(chunks.len());
+        let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
+        let boots = AtomicUsize::new(0);
         let failures = Mutex::new(Vec::new());
         progress(0);
         std::thread::scope(|s| {
-            for _ in 0..jobs.max(1).min(chunks.len()) {
+            for _ in 0..jobs {
                 s.spawn(|| {
-                    while let Some(c) = { let mut q = queue.lock().unwrap(); q.pop_front() } {
-                        let image = dir.join(format!("image-{c}.txt"));
-                        let text: String = chunks[c].iter().map(|p| p.encode()).collect();
+                    let mut next = None;
+                    while let Some((batch, note)) = next.take().or_else(|| queue.lock().unwrap().pop_front()) {
+                        let b = boots.fetch_add(1, Ordering::SeqCst);
+                        let image = dir.join(format!("image-{b}.txt"));
+                        let text: String = batch.iter().map(|p| p.encode()).collect();
                         if let Err(e) = std::fs::write(&image, text) {
                             failures.lock().unwrap().push(format!("writing {}: {e}", image.display()));
                             continue;
                         }
+                        let counted = AtomicUsize::new(0);
                         let on_line = |line: &str| {
                             if line.starts_with("@@POINT ") {
+                                counted.fetch_add(1, Ordering::SeqCst);
                                 progress(done.fetch_add(1, Ordering::SeqCst) + 1);
                             }
                         };
@@ -1206,17 +1215,30 @@ fn run_points(
                         let mut res = results.lock().unwrap();
                         match run {
                             Ok(run) => {
+                                let mut got = experiment::Results::new();
                                 for line in &run.lines {
                                     if let Some(j) = line.strip_prefix("@@POINT ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
                                         if let Some(id) = j["id"].as_u64() {
-                                            res.insert(id as u32, j);
+                                            got.insert(id as u32, j);
                                         }
                                     } else if let Some(j) = line.strip_prefix("@@TRACE ").and_then(|j| serde_json::from_str::<Value>(j).ok()) {
                                         traces.lock().unwrap().push(j);
                                     }
                                 }
+                                let ids: Vec<u32> = batch.iter().map(|p| p.id).collect();
+                                let sorted = experiment::sort_boot(&ids, &got, note.as_deref());
+                                let kept = sorted.keep.len();
+                                res.extend(sorted.keep);
+                                if let Some((rest, why)) = sorted.rerun {
+                                    // The progress bar counted the discarded results once.
+                                    let discarded = counted.load(Ordering::SeqCst).saturating_sub(kept);
+                                    done.fetch_sub(discarded.min(done.load(Ordering::SeqCst)), Ordering::SeqCst);
+                                    eprintln!("\n  {why}; rerunning {} points", rest.len());
+                                    next = Some((batch.iter().copied().filter(|p| rest.contains(&p.id)).collect(), Some(why)));
+                                    continue;
+                                }
                                 let why = run.outcome.describe();
-                                for p in chunks[c] {
+                                for p in &batch {
                                     res.entry(p.id).or_insert_with(|| {
                                         let tail: Vec<&String> = run.lines.iter().rev().take(5).collect();
                                         serde_json::json!({ "id": p.id, "error": format!("no result: the guest ended with {why}; last lines: {tail:?}") })
@@ -1224,7 +1246,7 @@ fn run_points(
                                 }
                             }
                             Err(e) => {
-                                for p in chunks[c] {
+                                for p in &batch {
                                     res.insert(p.id, serde_json::json!({ "id": p.id, "error": format!("QEMU: {e}") }));
                                 }
                             }

@@ -12,8 +12,14 @@
 //! - `mapcount` equals the number of reverse-map entries; a compound page keeps both on its head.
 //! - The zero pages are never counted and never in a reverse map.
 //!
-//! Frames are grouped in sections (RAM, then one per device memory region); sections are only
-//! ever added, like Linux's sparse memory model, so a `&PageMeta` lives as long as the table.
+//! Frames are grouped in sections (RAM, then one per device memory region), like Linux's sparse
+//! memory model. A section's storage is never freed, so a `&PageMeta` lives as long as the
+//! table; but device memory that goes away takes its section out of use
+//! ([`FrameTable::remove_section`]): lookups of its frames find nothing, and memory added again
+//! at the same frame numbers reuses the section, its metadata reset (a bigger region there
+//! needs a new one). So add/remove cycles of device memory bring
+//! [`FrameTable::live_sections`] back to where it was instead of running the table out of its
+//! [`MAX_SECTIONS`] slots.
 
 use crate::addr::Pfn;
 use alloc::vec::Vec;
@@ -167,6 +173,13 @@ impl PageMeta {
         *self.rmap.lock() = Rmap::Empty;
     }
 
+    /// Back to the state of a never-used frame (a section taken into use again).
+    fn wipe(&self) {
+        self.reset();
+        self.owner.store(0, Ordering::Release);
+        self.index.store(0, Ordering::Release);
+    }
+
     /// Marks the page free.
     pub fn reset(&self) {
         self.flags.store(0, Ordering::Release);
@@ -249,11 +262,19 @@ impl PageMeta {
     }
 }
 
-/// A run of frames with metadata.
+/// A run of frames with metadata: `live` frames from `base` are in use (0: the section is
+/// vacant, its storage kept for reuse at the same base).
 #[derive(Debug)]
 struct Section {
     base: u64,
     metas: Vec<PageMeta>,
+    live: AtomicU64,
+}
+
+impl Section {
+    fn covers(&self) -> core::ops::Range<u64> {
+        self.base..self.base + self.live.load(Ordering::Acquire)
+    }
 }
 
 /// The maximum number of sections (RAM plus device memory regions).
@@ -263,6 +284,7 @@ pub const MAX_SECTIONS: usize = 32;
 #[derive(Debug)]
 pub struct FrameTable {
     sections: [Once<Section>; MAX_SECTIONS],
+    /// Slots with a section (live or vacant); held while sections are added or removed.
     count: Mutex<usize>,
 }
 
@@ -282,33 +304,73 @@ impl FrameTable {
         Self { sections: [const { Once::new() }; MAX_SECTIONS], count: Mutex::new(0) }
     }
 
-    /// Adds metadata for frames `[base, base + frames)`.
+    /// Adds metadata for frames `[base, base + frames)`: a vacant section at `base` with room
+    /// for them is taken into use again (its metadata reset), otherwise a new one is made.
     pub fn add_section(&self, base: Pfn, frames: u64) -> Result<(), TableFull> {
         let mut count = self.count.lock();
+        let vacant = self.sections[..*count]
+            .iter()
+            .filter_map(Once::get)
+            .filter(|s| s.base == base.0 && s.live.load(Ordering::Acquire) == 0 && s.metas.len() as u64 >= frames)
+            .min_by_key(|s| s.metas.len());
+        if let Some(s) = vacant {
+            s.metas[..frames as usize].iter().for_each(PageMeta::wipe);
+            s.live.store(frames, Ordering::Release);
+            return Ok(());
+        }
         if *count == MAX_SECTIONS {
             return Err(TableFull);
         }
         let mut metas = Vec::new();
         metas.resize_with(frames as usize, PageMeta::default);
-        self.sections[*count].call_once(|| Section { base: base.0, metas });
+        self.sections[*count].call_once(|| Section { base: base.0, metas, live: AtomicU64::new(frames) });
         *count += 1;
         Ok(())
     }
 
-    /// Whether any section covers a frame of `[base, base + frames)`.
-    pub fn overlaps(&self, base: Pfn, frames: u64) -> bool {
+    /// Takes the section starting at `base` out of use: its frames have no metadata until a
+    /// section is added there again. Returns the frames it has room for, `None` if no section
+    /// in use starts there. The caller makes sure no frame of it is referenced.
+    pub fn remove_section(&self, base: Pfn) -> Option<u64> {
+        let count = self.count.lock();
+        let s = self.sections[..*count]
+            .iter()
+            .filter_map(Once::get)
+            .find(|s| s.base == base.0 && s.live.load(Ordering::Acquire) > 0)?;
+        s.live.store(0, Ordering::Release);
+        Some(s.metas.len() as u64)
+    }
+
+    /// The frames of the section in use that starts at `base`, if there is one.
+    pub fn section_at(&self, base: Pfn) -> Option<u64> {
         self.sections
             .iter()
             .map_while(|s| s.get())
-            .any(|s| s.base < base.0 + frames && base.0 < s.base + s.metas.len() as u64)
+            .map(|s| (s.base, s.live.load(Ordering::Acquire)))
+            .find(|&(b, live)| b == base.0 && live > 0)
+            .map(|(_, live)| live)
     }
 
-    /// The metadata of frame `pfn`, if any section covers it.
-    pub fn get(&self, pfn: Pfn) -> Option<&PageMeta> {
-        self.sections.iter().map_while(|s| s.get()).find_map(|s| {
-            let i = pfn.0.checked_sub(s.base)?;
-            s.metas.get(i as usize)
+    /// The number of sections in use (RAM included).
+    pub fn live_sections(&self) -> usize {
+        let count = self.count.lock();
+        self.sections[..*count].iter().filter_map(Once::get).filter(|s| s.live.load(Ordering::Acquire) > 0).count()
+    }
+
+    /// Whether any section in use covers a frame of `[base, base + frames)`.
+    pub fn overlaps(&self, base: Pfn, frames: u64) -> bool {
+        self.sections.iter().map_while(|s| s.get()).any(|s| {
+            let r = s.covers();
+            r.start < base.0 + frames && base.0 < r.end
         })
+    }
+
+    /// The metadata of frame `pfn`, if any section in use covers it.
+    pub fn get(&self, pfn: Pfn) -> Option<&PageMeta> {
+        self.sections
+            .iter()
+            .map_while(|s| s.get())
+            .find_map(|s| if s.covers().contains(&pfn.0) { s.metas.get((pfn.0 - s.base) as usize) } else { None })
     }
 }
 
@@ -326,6 +388,37 @@ mod tests {
         assert!(t.get(Pfn(110)).is_none());
         assert!(t.get(Pfn(1004)).is_some());
         assert!(t.get(Pfn(1005)).is_none());
+    }
+
+    #[test]
+    fn removed_sections_are_reused_at_their_base_and_come_back_clean() {
+        let t = FrameTable::new();
+        t.add_section(Pfn(0), 100).unwrap();
+        t.add_section(Pfn(1000), 10).unwrap();
+        assert_eq!(t.live_sections(), 2);
+        t.get(Pfn(1003)).unwrap().init(flags::DEVICE, 0);
+        t.get(Pfn(1003)).unwrap().set_owner(5, 6);
+        assert_eq!(t.remove_section(Pfn(1000)), Some(10));
+        assert_eq!(t.remove_section(Pfn(1000)), None);
+        assert!(t.get(Pfn(1003)).is_none() && !t.overlaps(Pfn(1000), 10));
+        assert_eq!(t.live_sections(), 1);
+        // Far more cycles than slots, at one base.
+        for _ in 0..10 * MAX_SECTIONS {
+            t.add_section(Pfn(1000), 8).unwrap();
+            let m = t.get(Pfn(1003)).unwrap();
+            assert_eq!((m.refcount(), m.flags(), m.owner(), m.index()), (0, 0, 0, 0));
+            m.init(flags::DEVICE, 0);
+            assert!(t.get(Pfn(1008)).is_none(), "only the frames asked for are covered");
+            t.remove_section(Pfn(1000)).unwrap();
+        }
+        assert_eq!(t.live_sections(), 1);
+        // A bigger region at that base needs a new slot: with every other slot live, none is
+        // left (the vacant one is too small).
+        for k in 1..MAX_SECTIONS as u64 - 1 {
+            t.add_section(Pfn(1000 * (k + 1)), 20).unwrap();
+        }
+        assert_eq!(t.add_section(Pfn(1000), 20), Err(TableFull));
+        assert_eq!(t.live_sections(), MAX_SECTIONS - 1);
     }
 
     #[test]

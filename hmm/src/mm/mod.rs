@@ -72,6 +72,9 @@ pub enum Error {
     Access(&'static str),
     /// `EIO`: a device failed to copy or transfer; the text says which.
     Io(&'static str),
+    /// `ENOMEM`: the frame table has no section left for more device memory
+    /// ([`frame::MAX_SECTIONS`] are in use, RAM included): remove device memory first.
+    FrameTableFull,
 }
 
 impl Error {
@@ -79,7 +82,7 @@ impl Error {
     pub fn errno(self) -> i32 {
         match self {
             Error::Invalid(_) => 22,
-            Error::NoMemory | Error::NoSpace(_) => 12,
+            Error::NoMemory | Error::NoSpace(_) | Error::FrameTableFull => 12,
             Error::Fault(_) => 14,
             Error::Exists => 17,
             Error::Busy(_) => 16,
@@ -100,6 +103,11 @@ impl core::fmt::Display for Error {
             Error::Busy(why) => write!(f, "busy: {why}; retry later"),
             Error::Access(why) => write!(f, "access denied: {why}"),
             Error::Io(why) => write!(f, "device I/O error: {why}"),
+            Error::FrameTableFull => write!(
+                f,
+                "frame table full: all {} sections hold RAM or live device memory; remove device memory first",
+                frame::MAX_SECTIONS
+            ),
         }
     }
 }
@@ -155,6 +163,10 @@ pub struct Mm {
     device: Once<Arc<dyn DeviceMemory>>,
     spaces: Mutex<BTreeMap<u32, Weak<SharedSpace>>>,
     next_device_pfn: Mutex<u64>,
+    /// Device-private frame ranges given back (`release_mem_region`): `(first, frames its
+    /// section has room for)`, handed out again before new frame numbers. Locked after
+    /// `next_device_pfn`.
+    released_private: Mutex<alloc::vec::Vec<(Pfn, u64)>>,
     /// Physical ranges of CPU-addressable device memory given metadata
     /// ([`add_device_region_at`](Mm::add_device_region_at)).
     device_regions: Mutex<alloc::vec::Vec<(Pfn, u64)>>,
@@ -194,6 +206,7 @@ impl Mm {
             device: Once::new(),
             spaces: Mutex::new(BTreeMap::new()),
             next_device_pfn: Mutex::new(DEVICE_PRIVATE_BASE),
+            released_private: Mutex::new(alloc::vec::Vec::new()),
             device_regions: Mutex::new(alloc::vec::Vec::new()),
             stats: MmStats::default(),
         };
@@ -260,19 +273,49 @@ impl Mm {
     }
 
     /// Reserves `frames` frame numbers for device-private memory that no RAM or MMIO uses
-    /// (`request_free_mem_region`) and gives them metadata. 2 MiB-aligned.
+    /// (`request_free_mem_region`) and gives them metadata. 2 MiB-aligned. A range given back
+    /// ([`remove_device_private_region`](Self::remove_device_private_region)) that is big
+    /// enough is reused, with its frame-table section; [`Error::FrameTableFull`] when a new
+    /// section is needed and the table has none left.
     pub fn add_device_private_region(&self, frames: u64) -> Result<Pfn, Error> {
         if frames == 0 {
             return Err(Error::Invalid("device region of 0 frames"));
         }
         let mut next = self.next_device_pfn.lock();
+        let mut released = self.released_private.lock();
+        // The smallest range given back that fits (its vacant section has room for it).
+        if let Some(i) = (0..released.len()).filter(|&i| released[i].1 >= frames).min_by_key(|&i| released[i].1)
+            && self.frames.add_section(released[i].0, frames).is_ok()
+        {
+            return Ok(released.swap_remove(i).0);
+        }
         let base = *next;
         let size = frames.div_ceil(HUGE_FRAMES) * HUGE_FRAMES;
-        self.frames
-            .add_section(Pfn(base), frames)
-            .map_err(|_| Error::Invalid("frame table full: too many device memory regions"))?;
+        self.frames.add_section(Pfn(base), frames).map_err(|_| Error::FrameTableFull)?;
         *next = base + size;
         Ok(Pfn(base))
+    }
+
+    /// Gives back a device-private range from
+    /// [`add_device_private_region`](Self::add_device_private_region) whose frames are all free
+    /// (`memunmap_pages` of private memory: `release_mem_region` and the section's removal):
+    /// its frames have no metadata until the range is handed out again. `Busy` if a frame is
+    /// still referenced or allocated; `Invalid` if no such region starts at `base`.
+    pub fn remove_device_private_region(&self, base: Pfn) -> Result<(), Error> {
+        let _next = self.next_device_pfn.lock();
+        let mut released = self.released_private.lock();
+        if base.0 < DEVICE_PRIVATE_BASE {
+            return Err(Error::Invalid("not a device-private region"));
+        }
+        let frames = self.frames.section_at(base).ok_or(Error::Invalid("no device-private region starts there"))?;
+        for i in 0..frames {
+            if self.frames.get(Pfn(base.0 + i)).is_some_and(|m| m.refcount() != 0 || m.has(flags::ALLOCATED)) {
+                return Err(Error::Busy("device-private frames still in use"));
+            }
+        }
+        let room = self.frames.remove_section(base).ok_or(Error::Invalid("no device-private region starts there"))?;
+        released.push((base, room));
+        Ok(())
     }
 
     /// Whether `[base, base + frames)` lies inside device-private frame numbers handed out by

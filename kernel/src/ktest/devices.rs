@@ -443,6 +443,18 @@ pub fn huge_pages(_s: &System) -> TestResult {
     Ok(())
 }
 
+/// Device memory added and removed 100 times on each private device, more than the frame table
+/// has sections (see [`vram::checks::dmirror_chunk_cycles`]).
+pub fn chunk_cycles_give_sections_back(_s: &System) -> TestResult {
+    for v in crate::vram::all().map_err(|e| e.to_string())? {
+        if v.kind() == hmm::pagemap::MemoryKind::Private {
+            let r = crate::vram::checks::dmirror_chunk_cycles(v, 100)?;
+            log::info!("dev{}: {r}", v.device());
+        }
+    }
+    Ok(())
+}
+
 /// Device memory added and removed at run time (see [`vram::checks::hotplug_cycle`]).
 pub fn hotplug(_s: &System) -> TestResult {
     for v in crate::vram::all().map_err(|e| e.to_string())? {

@@ -246,3 +246,59 @@ fn fill_and_remove(
     v.shrink(HUGE).map_err(|e| e.to_string())?;
     Ok((evicted, shrink_ns))
 }
+
+/// Device memory added and removed many times on a real device: a dmirror device over `v`'s
+/// BAR (`vram::backing`) with 2 MiB chunks migrates 16 pages in (its first chunk is added:
+/// `memremap_pages`) and is released (evicted by DMA, the chunk removed: `memunmap_pages`),
+/// `cycles` times, more than the frame table has sections. Every cycle moves every page and
+/// gives its section back; afterwards a migration still works and the data is intact. Returns
+/// what it measured, for the log.
+pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, String> {
+    use hmm::dmirror::{Dmirror, DmirrorDevice};
+    let n = v.device();
+    let pm = super::pagemaps().map_err(|e| e.to_string())?;
+    let mm = uspace::mm();
+    let backing = super::backing::BarBacking::new(v);
+    let dev = DmirrorDevice::with_backing(
+        pm,
+        MemoryKind::Private,
+        hmm::mm::notify::Owner(0xc7c0 + n as u64),
+        HUGE,
+        backing.clone(),
+    );
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let d = Dmirror::open(&dev, &space).map_err(|e| e.to_string())?;
+    let pages = 16;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let data = pattern(0xc7c + n as u64, (pages * PAGE) as usize);
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU write: {:?}", f.error))?;
+    let start = mm.frames().live_sections();
+    for cycle in 0..=cycles {
+        let (got, _) = d.migrate_to_dev(a, pages).map_err(|e| format!("dev{n}: cycle {cycle}: migrate: {e:?}"))?;
+        ensure!(got == data, "dev{n}: cycle {cycle}: the device read back other data");
+        ensure!(dev.pages_in_use() == pages, "dev{n}: cycle {cycle}: {} device pages in use", dev.pages_in_use());
+        ensure!(
+            mm.frames().live_sections() == start + 1,
+            "dev{n}: cycle {cycle}: {} sections",
+            mm.frames().live_sections()
+        );
+        dev.release().map_err(|e| format!("dev{n}: cycle {cycle}: release: {e:?}"))?;
+        ensure!(dev.pages_in_use() == 0, "dev{n}: cycle {cycle}: pages left after release");
+        ensure!(
+            mm.frames().live_sections() == start,
+            "dev{n}: cycle {cycle}: {} sections in use after release, {start} before (a section leaked)",
+            mm.frames().live_sections()
+        );
+    }
+    let mut back = alloc::vec![0u8; data.len()];
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    ensure!(back == data, "dev{n}: data changed over the cycles");
+    d.close().map_err(|e| e.to_string())?;
+    let dma_pages = backing.dma_pages.load(core::sync::atomic::Ordering::Relaxed);
+    ensure!(dma_pages >= u64::from(cycles) * pages * 2, "dev{n}: only {dma_pages} pages copied by DMA");
+    Ok(format!(
+        "{} cycles, sections in use {start} before and {} after, {dma_pages} pages copied by DMA",
+        cycles + 1,
+        mm.frames().live_sections()
+    ))
+}

@@ -148,3 +148,59 @@ fn reports_from_results() {
     assert!(summary(&l, &r).contains("error: boom"));
     assert!(csv(&l, &r).lines().nth(4).unwrap().ends_with(",\"boom\""));
 }
+
+#[test]
+fn a_mechanism_error_reruns_the_rest_of_its_boot_in_a_fresh_guest() {
+    use serde_json::json;
+    let ok = |id: u32| json!({ "id": id, "sim_ns": 1.0 });
+    let mut got = Results::new();
+    got.insert(1, ok(1));
+    got.insert(
+        2,
+        json!({ "id": 2, "error": "point 2: migrating pages 0..16 cpu->dev0: 0 of 16 moved", "kind": "mechanism" }),
+    );
+    // What the poisoned guest said about the points after: discarded.
+    got.insert(
+        3,
+        json!({ "id": 3, "error": "point 3: device memory is not back to its empty state", "kind": "mechanism" }),
+    );
+    got.insert(4, ok(4));
+    let b = sort_boot(&[1, 2, 3, 4], &got, None);
+    assert_eq!(b.keep.iter().map(|k| k.0).collect::<Vec<_>>(), [1, 2]);
+    assert!(b.keep.iter().all(|k| k.1.get("rerun").is_none()));
+    let (rest, note) = b.rerun.clone().unwrap();
+    assert_eq!(rest, [3, 4]);
+    assert!(note.contains("point 2") && note.contains("mechanism error") && note.contains("0 of 16 moved"), "{note}");
+    // The fresh guest runs 3 and 4: their results say they were rerun, and why.
+    let mut again = Results::new();
+    again.insert(3, ok(3));
+    again.insert(4, ok(4));
+    let c = sort_boot(&rest, &again, Some(&note));
+    assert_eq!(c.rerun, None);
+    assert_eq!(c.keep.len(), 2);
+    assert!(c.keep.iter().all(|k| k.1["rerun"].as_str() == Some(note.as_str())));
+    // A data-check failure is the point's own result: nothing is rerun.
+    let mut check = Results::new();
+    check.insert(1, json!({ "id": 1, "error": "page 0 holds page 512's data", "kind": "check" }));
+    check.insert(2, ok(2));
+    let d = sort_boot(&[1, 2], &check, None);
+    assert_eq!((d.keep.len(), d.rerun), (2, None));
+    // A mechanism error on the last point of a boot leaves nothing to rerun; an error without
+    // a kind (an older guest) is not taken for one.
+    let mut last = Results::new();
+    last.insert(1, ok(1));
+    last.insert(2, json!({ "id": 2, "error": "x", "kind": "mechanism" }));
+    assert_eq!(sort_boot(&[1, 2], &last, None).rerun, None);
+    let mut old = Results::new();
+    old.insert(1, json!({ "id": 1, "error": "x" }));
+    assert_eq!(sort_boot(&[1, 2], &old, None).rerun, None);
+    // The summary shows the note.
+    let l = load(SMALL).unwrap();
+    let mut all = Results::new();
+    for p in &l.points {
+        all.insert(p.id, ok(p.id));
+    }
+    let id = l.points[1].id;
+    all.insert(id, c.keep[0].1.clone());
+    assert!(summary(&l, &all).contains("rerun in a fresh guest: point 2"), "{}", summary(&l, &all));
+}
