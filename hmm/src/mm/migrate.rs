@@ -17,7 +17,9 @@
 //!    Holes are filled here. [`MigrateVma::finalize`] (or dropping the guard) replaces every
 //!    migration entry by the new page, or by the old one where the migration was declined,
 //!    unlocks both and drops the references the migration held. Every failure path restores
-//!    the old page: data is never lost.
+//!    the old page: data is never lost. The entry rebuilt in place of a migration entry takes
+//!    write, dirty and young from that entry and its rights (exec, `PROT_NONE`) from the VMA
+//!    as it is then (`remove_migration_pte`), so an `mprotect` during the migration holds.
 //!
 //! 2 MiB pages (`SELECT_COMPOUND`, `MIGRATE_PFN_COMPOUND`): with the flag, a PMD-mapped THP,
 //! device THP or huge zero page, and an empty THP-eligible 2 MiB hole, lying wholly in the
@@ -42,6 +44,7 @@ use super::pagetable::{PMD_SIZE, PteLookup, Slot, Tables};
 use super::platform::TlbFlush;
 use super::pte::{Present, Pte, Soft, SoftKind, table_entry};
 use super::space::{AddressSpace, PAGE};
+use super::vma::Prot;
 use super::{Error, HUGE_FRAMES, HUGE_ORDER, Mm};
 use crate::addr::Pfn;
 use alloc::vec::Vec;
@@ -154,7 +157,6 @@ struct SrcInfo {
     write: bool,
     dirty: bool,
     young: bool,
-    exec: bool,
     /// Other mappings keep the old page: the new entry is read-only.
     shared: bool,
     /// The entry is a PMD (a 2 MiB page).
@@ -194,22 +196,23 @@ fn device_kind(mm: &Mm, pfn: Pfn) -> Option<(Owner, bool)> {
     mm.device_memory().and_then(|d| d.owner_of(pfn))
 }
 
-fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo) -> u64 {
-    let write = i.write && !i.shared;
+/// The entry that maps `pfn` where a migration entry carrying `i` was, in a mapping whose
+/// protection is now `prot` (`remove_migration_pte`): rights and exec come from the mapping as
+/// it is now (an `mprotect` during the migration counts), write only if the migration entry
+/// was writable too; in a `PROT_NONE` mapping a page of RAM gets a `PROT_NONE` entry.
+fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo, prot: Prot) -> u64 {
+    let write = i.write && !i.shared && prot.write();
+    let exec = prot.exec();
     let private = mm.meta(pfn).is_some_and(|m| m.has(flags::DEVICE)) && device_kind(mm, pfn).is_some_and(|(_, p)| p);
+    let soft = |kind| {
+        Pte::Soft(Soft { kind, pfn, write, young: i.young, dirty: i.dirty, huge: i.huge, exec }).encode()
+    };
     if private {
-        Pte::Soft(Soft {
-            kind: SoftKind::DevicePrivate,
-            pfn,
-            write,
-            young: i.young,
-            dirty: i.dirty,
-            huge: i.huge,
-            exec: i.exec,
-        })
-        .encode()
+        soft(SoftKind::DevicePrivate)
+    } else if prot.is_none() {
+        soft(SoftKind::ProtNone)
     } else {
-        Pte::Present(Present { pfn, write, exec: i.exec, dirty: i.dirty, young: i.young, huge: i.huge }).encode()
+        Pte::Present(Present { pfn, write, exec, dirty: i.dirty, young: i.young, huge: i.huge }).encode()
     }
 }
 
@@ -283,7 +286,7 @@ impl Collector<'_> {
         if huge {
             e = e.with_compound();
         }
-        Some((e, SrcInfo { entry: true, write, dirty, young, exec, shared: others > 0, huge }))
+        Some((e, SrcInfo { entry: true, write, dirty, young, shared: others > 0, huge }))
     }
 }
 
@@ -498,7 +501,6 @@ impl MigrateVma<'_> {
                     write: vma.prot.write(),
                     dirty: vma.prot.write(),
                     young: true,
-                    exec: vma.prot.exec(),
                     huge,
                     ..SrcInfo::default()
                 };
@@ -506,7 +508,7 @@ impl MigrateVma<'_> {
                 if let Some(m) = mm.meta(dpfn) {
                     m.rmap_add(RmapEntry::new(id, va, huge));
                 }
-                t.swap(slot, entry_for(&mm, dpfn, inf));
+                t.swap(slot, entry_for(&mm, dpfn, inf, vma.prot));
                 if old != 0 {
                     self.space.tlb.add(va, if huge { PMD_SIZE } else { PAGE });
                 }
@@ -589,6 +591,8 @@ impl MigrateVma<'_> {
         let mm = self.space.mm.clone();
         let id = self.space.id;
         let t = Tables::new(mm.platform(), self.space.root);
+        // The range lies in one VMA, which cannot change while the migration holds the space.
+        let prot = self.space.vmas.find(self.args.start).map_or(Prot::NONE, |v| v.prot);
         for i in 0..self.src.len() {
             let inf = self.info[i];
             let dst = self.dst[i].pfn();
@@ -617,7 +621,7 @@ impl MigrateVma<'_> {
                         m.rmap_add(RmapEntry::new(id, va, inf.huge));
                     }
                     let restore = SrcInfo { shared: inf.shared && new != spfn, ..inf };
-                    t.store(slot, entry_for(&mm, new, restore));
+                    t.store(slot, entry_for(&mm, new, restore, prot));
                     if new != spfn {
                         mm.put_page(spfn);
                     }
@@ -658,9 +662,6 @@ struct Mapping {
     space: u32,
     va: u64,
     write: bool,
-    dirty: bool,
-    young: bool,
-    exec: bool,
 }
 
 /// A device-range migration in progress (`migrate_device_range` .. `migrate_device_finalize`).
@@ -741,16 +742,20 @@ impl AddressSpace {
             m.rmap_remove(RmapEntry::new(self.id, va, false));
         }
         self.finish(r);
-        Some(Mapping { space: self.id, va, write, dirty, young, exec })
+        Some(Mapping { space: self.id, va, write })
     }
 
-    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone.
+    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone. The new
+    /// entry takes write, dirty and young from the migration entry as it is now (an
+    /// `mprotect` meanwhile downgraded it) and its rights from the VMA.
     fn remap_after_migration(&mut self, mp: &Mapping, old: Pfn, new: Pfn) -> bool {
         let t = Tables::new(self.mm.platform(), self.root);
         let Ok(PteLookup::Pte(slot)) = t.pte(mp.va, false) else { return false };
-        if !matches!(Pte::decode(t.load(slot)), Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old) {
-            return false;
-        }
+        let cur = match Pte::decode(t.load(slot)) {
+            Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
+            _ => return false,
+        };
+        let Some(prot) = self.vmas.find(mp.va).map(|v| v.prot) else { return false };
         if new != old {
             self.mm.get_page(new);
         }
@@ -759,14 +764,13 @@ impl AddressSpace {
         }
         let inf = SrcInfo {
             entry: true,
-            write: mp.write,
-            dirty: mp.dirty,
-            young: mp.young,
-            exec: mp.exec,
+            write: cur.write,
+            dirty: cur.dirty,
+            young: cur.young,
             shared: false,
             huge: false,
         };
-        t.store(slot, entry_for(&self.mm, new, inf));
+        t.store(slot, entry_for(&self.mm, new, inf, prot));
         true
     }
 }

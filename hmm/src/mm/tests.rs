@@ -781,3 +781,5 @@ fn randomized_operations_agree_with_a_model() {
         f.assert_no_leak();
     }
 }
+
+mod migration;
