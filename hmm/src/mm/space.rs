@@ -63,8 +63,13 @@ pub enum FaultError {
     OutOfMemory,
     /// Past the end of the mapped file (`SIGBUS`).
     Bus,
-    /// The page is being migrated; retry once the migration finishes.
+    /// The page is being migrated; retry once the migration finishes. Returned by
+    /// [`AddressSpace::fault`], which runs under the address space's lock: the holder drops it
+    /// and waits ([`fault_shared`], [`with_migration_wait`]), so the migration can finish.
     Migrating,
+    /// The page stayed under migration for longer than the platform's wait bound
+    /// ([`Platform::migration_wait`](super::Platform::migration_wait)).
+    MigrationTimeout,
     /// The page lives in device-private memory: its pagemap must migrate it to RAM first.
     DevicePrivate {
         /// The device frame.
@@ -85,6 +90,9 @@ impl core::fmt::Display for FaultError {
             FaultError::OutOfMemory => write!(f, "out of memory while handling the fault"),
             FaultError::Bus => write!(f, "bus error: access past the end of the mapped file"),
             FaultError::Migrating => write!(f, "page under migration; retry"),
+            FaultError::MigrationTimeout => {
+                write!(f, "the page stayed under migration past the wait bound (a migration is stuck)")
+            }
             FaultError::DevicePrivate { pfn } => write!(f, "page {:#x} is in device-private memory", pfn.0),
             FaultError::Corrupt => write!(f, "corrupt page-table entry"),
             FaultError::Locked => write!(f, "user memory touched while its address space is locked"),
@@ -242,8 +250,43 @@ pub struct AddressSpace {
     notifier: Option<Arc<dyn Notifier>>,
     pub(super) tlb: TlbFlush,
     dead_tables: Vec<Pfn>,
+    /// A fault returned [`FaultError::Migrating`] since [`take_migration_wait`](Self::take_migration_wait).
+    migration_met: bool,
     /// Counters.
     pub stats: SpaceStats,
+}
+
+/// Runs `f` on the locked space; while it fails with [`FaultError::Migrating`] (a page it
+/// needs is under migration), drops the lock, waits with the platform's
+/// [`migration_wait`](super::Platform::migration_wait) and runs it again: Linux's
+/// `migration_entry_wait` and refault. The migration needs the lock to finish (an eviction
+/// takes each address space's lock to put the new page in), so the wait cannot happen under
+/// it. Bounded: `Err(MigrationTimeout)` once the platform says the wait lasted long enough.
+/// `f` must be safe to run again from the start (faults and copies are).
+pub fn with_migration_wait<R>(
+    space: &super::SharedSpace,
+    mut f: impl FnMut(&mut AddressSpace) -> Result<R, FaultError>,
+) -> Result<R, FaultError> {
+    let mut round = 0;
+    loop {
+        let mut s = space.lock();
+        let r = f(&mut s);
+        if !matches!(r, Err(FaultError::Migrating)) {
+            return r;
+        }
+        let mm = s.mm.clone();
+        drop(s);
+        round += 1;
+        if !mm.platform().migration_wait(round) {
+            return Err(FaultError::MigrationTimeout);
+        }
+    }
+}
+
+/// [`AddressSpace::fault`] on a shared space, waiting for pages under migration
+/// ([`with_migration_wait`]).
+pub fn fault_shared(space: &super::SharedSpace, va: u64, access: Access) -> Result<(), FaultError> {
+    with_migration_wait(space, |s| s.fault(va, access))
 }
 
 impl core::fmt::Debug for AddressSpace {
@@ -345,6 +388,7 @@ impl AddressSpace {
             notifier: None,
             tlb: TlbFlush::default(),
             dead_tables: Vec::new(),
+            migration_met: false,
             stats: SpaceStats::default(),
         })
     }
@@ -1073,9 +1117,26 @@ impl AddressSpace {
             && base + PMD_SIZE <= vma.end
     }
 
+    /// Whether a fault met a page under migration ([`FaultError::Migrating`]) since the last
+    /// call; clears the record. For callers that hold the lock across several faults (the
+    /// range fault) and wait once they have dropped it.
+    pub fn take_migration_wait(&mut self) -> bool {
+        core::mem::take(&mut self.migration_met)
+    }
+
     /// Handles a fault at `va`: demand paging, copy-on-write, zero pages, huge pages, restore
-    /// of device-exclusive entries. `Ok` means the access can be retried.
+    /// of device-exclusive entries. `Ok` means the access can be retried. A page under
+    /// migration is `Err(Migrating)`: the caller drops the lock and waits
+    /// ([`with_migration_wait`]).
     pub fn fault(&mut self, va: u64, access: Access) -> Result<(), FaultError> {
+        let r = self.fault_locked(va, access);
+        if r == Err(FaultError::Migrating) {
+            self.migration_met = true;
+        }
+        r
+    }
+
+    fn fault_locked(&mut self, va: u64, access: Access) -> Result<(), FaultError> {
         self.stats.faults += 1;
         if va >= USER_END {
             return Err(FaultError::NoMapping);

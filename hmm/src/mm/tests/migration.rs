@@ -4,15 +4,18 @@
 
 use crate::addr::Pfn;
 use crate::dmirror::{Dmirror, DmirrorDevice};
-use crate::mm::migrate::{MigrateArgs, MigratePfn, Select, migrate_device_range};
+use crate::mm::migrate::{DeviceMigration, MigratePfn, migrate_device_range};
 use crate::mm::notify::Owner;
-use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
+use crate::mm::platform::fake::{BASE_PFN, FakePlatform, MIGRATION_WAIT_ROUNDS};
 use crate::mm::pte::{Pte, Soft, SoftKind};
-use crate::mm::space::{Access, AddressSpace, FaultError, MapRequest};
+use crate::mm::space::{Access, AddressSpace, FaultError, MapRequest, fault_shared, with_migration_wait};
 use crate::mm::vma::Prot;
-use crate::mm::{Mm, Platform, SharedSpace, frame::flags};
+use crate::mm::{Mm, SharedSpace, frame::flags};
 use crate::pagemap::{MemoryKind, Pagemaps};
+use alloc::boxed::Box;
 use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use spin::Mutex;
 
 const PAGE: u64 = 4096;
 const FRAMES: usize = 16 * 1024;
@@ -139,4 +142,118 @@ fn entry_rebuilt_after_migration_follows_exec() {
             assert_eq!(dv.get_u32(a), Ok(40));
         }
     }
+}
+
+/// The device page mapped at `va` (private or coherent).
+fn device_pfn(dv: &Dev, va: u64) -> Pfn {
+    assert!(dv.on_device(va), "{va:#x} is not on the device");
+    dv.lookup(va).pfn().unwrap()
+}
+
+/// The driver's half of an eviction started with `migrate_device_range` (coherent pages,
+/// whose frame is their storage): copy each page to RAM, commit, finalize.
+fn finish_eviction(mm: &Mm, mut mig: DeviceMigration<'_>) {
+    for i in 0..mig.src().len() {
+        let s = mig.src()[i];
+        let (Some(p), true) = (s.pfn(), s.is_migrate()) else { continue };
+        let d = mm.alloc_page(flags::ANON, 0, false).unwrap();
+        assert!(mm.meta(d).unwrap().trylock());
+        mm.platform().copy(d, p, 1);
+        mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
+    }
+    mig.pages();
+    mig.finalize();
+}
+
+/// A coherent device with page `a` (value 40) on it and an eviction of that page started:
+/// its entry is a migration entry until the eviction is finished.
+fn eviction_pending(dv: &Dev) -> (u64, &'static Mm, Arc<Mutex<Option<DeviceMigration<'static>>>>) {
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    let pfn = device_pfn(dv, a);
+    // The eviction outlives this frame in the platform's hook: give it a memory manager that
+    // lives as long as the test process.
+    let mm: &'static Mm = Box::leak(Box::new(dv.mm.clone()));
+    let mig = migrate_device_range(mm, pfn, 1);
+    assert!(mig.src()[0].is_migrate());
+    assert!(matches!(dv.lookup(a), Pte::Soft(Soft { kind: SoftKind::Migration, .. })));
+    (a, mm, Arc::new(Mutex::new(Some(mig))))
+}
+
+/// The hook that finishes the pending eviction at the first wait.
+fn finish_at_first_wait(dv: &Dev, mm: &'static Mm, mig: &Arc<Mutex<Option<DeviceMigration<'static>>>>) {
+    let mig = mig.clone();
+    dv.plat.migration_hook.set(move |round| {
+        assert_eq!(round, 1, "the fault waits once");
+        if let Some(m) = mig.lock().take() {
+            finish_eviction(mm, m);
+        }
+    });
+}
+
+/// A CPU fault on a page being evicted from device memory waits for the eviction (with the
+/// address space unlocked, so the eviction can put the new page in) and faults again.
+#[test]
+fn cpu_fault_meeting_an_eviction_waits_and_refaults() {
+    let dv = device(MemoryKind::Coherent);
+    let (a, mm, mig) = eviction_pending(&dv);
+    // Under the lock the fault can only report it.
+    assert_eq!(dv.space.lock().fault(a, Access::Write), Err(FaultError::Migrating));
+    finish_at_first_wait(&dv, mm, &mig);
+    assert_eq!(fault_shared(&dv.space, a, Access::Write), Ok(()));
+    assert_eq!(dv.plat.migration_waits.load(Ordering::Relaxed), 1);
+    assert!(mig.lock().is_none(), "the eviction finished in the wait");
+    assert!(!dv.on_device(a));
+    assert!(matches!(dv.lookup(a), Pte::Present(p) if p.write), "{:?}", dv.lookup(a));
+    let mut b = [0; 4];
+    with_migration_wait(&dv.space, |s| s.read(a, &mut b)).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 40);
+}
+
+/// A device fault (`hmm_range_fault`) on a page being evicted waits for the eviction too,
+/// instead of returning `Busy` to the driver until its retries run out.
+#[test]
+fn range_fault_meeting_an_eviction_waits_and_refaults() {
+    let dv = device(MemoryKind::Coherent);
+    let (a, mm, mig) = eviction_pending(&dv);
+    finish_at_first_wait(&dv, mm, &mig);
+    let (data, _) = dv.d.read(a, 1).unwrap();
+    assert_eq!(u32::from_le_bytes(data[..4].try_into().unwrap()), 40);
+    assert_eq!(dv.plat.migration_waits.load(Ordering::Relaxed), 1);
+    assert!(mig.lock().is_none(), "the eviction finished in the wait");
+    assert!(!dv.on_device(a));
+}
+
+/// A migration that never finishes: the wait is bounded and ends in a typed error.
+#[test]
+fn a_fault_waiting_on_a_stuck_migration_times_out() {
+    let dv = device(MemoryKind::Coherent);
+    let (a, mm, mig) = eviction_pending(&dv);
+    assert_eq!(fault_shared(&dv.space, a, Access::Read), Err(FaultError::MigrationTimeout));
+    assert_eq!(dv.plat.migration_waits.load(Ordering::Relaxed), u64::from(MIGRATION_WAIT_ROUNDS) + 1);
+    assert!(dv.d.read(a, 1).is_err(), "the device fault gives up too");
+    // Once the migration ends, the page is reachable again.
+    finish_eviction(mm, mig.lock().take().unwrap());
+    assert_eq!(dv.get_u32(a), Ok(40));
+}
+
+/// A CPU fault on a device-private page that someone else holds locked (a migration of it in
+/// progress) waits for the lock and migrates it back once it is free.
+#[test]
+fn cpu_fault_on_a_locked_device_private_page_waits() {
+    let dv = device(MemoryKind::Private);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    let pfn = device_pfn(&dv, a);
+    let mm = dv.mm.clone();
+    assert!(mm.meta(pfn).unwrap().trylock());
+    dv.plat.migration_hook.set(move |round| {
+        if round == 2 {
+            mm.meta(pfn).unwrap().unlock();
+        }
+    });
+    assert_eq!(fault_shared(&dv.space, a, Access::Read), Ok(()));
+    assert_eq!(dv.plat.migration_waits.load(Ordering::Relaxed), 2);
+    assert!(!dv.on_device(a));
+    assert_eq!(dv.get_u32(a), Ok(40));
 }
