@@ -204,9 +204,7 @@ fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo, prot: Prot) -> u64 {
     let write = i.write && !i.shared && prot.write();
     let exec = prot.exec();
     let private = mm.meta(pfn).is_some_and(|m| m.has(flags::DEVICE)) && device_kind(mm, pfn).is_some_and(|(_, p)| p);
-    let soft = |kind| {
-        Pte::Soft(Soft { kind, pfn, write, young: i.young, dirty: i.dirty, huge: i.huge, exec }).encode()
-    };
+    let soft = |kind| Pte::Soft(Soft { kind, pfn, write, young: i.young, dirty: i.dirty, huge: i.huge, exec }).encode();
     if private {
         soft(SoftKind::DevicePrivate)
     } else if prot.is_none() {
@@ -762,14 +760,8 @@ impl AddressSpace {
         if let Some(m) = self.mm.meta(new) {
             m.rmap_add(RmapEntry::new(self.id, mp.va, false));
         }
-        let inf = SrcInfo {
-            entry: true,
-            write: cur.write,
-            dirty: cur.dirty,
-            young: cur.young,
-            shared: false,
-            huge: false,
-        };
+        let inf =
+            SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
         t.store(slot, entry_for(&self.mm, new, inf, prot));
         true
     }
