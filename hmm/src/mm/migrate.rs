@@ -743,6 +743,31 @@ impl AddressSpace {
         Some(Mapping { space: self.id, va, write })
     }
 
+    /// Replaces the copy fork made of a migration entry of `old` at `va` (it holds a
+    /// reverse-map entry, no reference) by an entry of `new`, which it references.
+    fn remap_fork_copy(&mut self, va: u64, old: Pfn, new: Pfn) {
+        let t = Tables::new(self.mm.platform(), self.root);
+        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return };
+        let cur = match Pte::decode(t.load(slot)) {
+            Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
+            _ => return,
+        };
+        let Some(prot) = self.vmas.find(va).map(|v| v.prot) else { return };
+        let e = RmapEntry::new(self.id, va, false);
+        if new != old {
+            if let Some(m) = self.mm.meta(old) {
+                m.rmap_remove(e);
+            }
+            if let Some(m) = self.mm.meta(new) {
+                m.rmap_add(e);
+            }
+        }
+        self.mm.get_page(new);
+        let inf =
+            SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
+        t.store(slot, entry_for(&self.mm, new, inf, prot));
+    }
+
     /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone. The new
     /// entry takes write, dirty and young from the migration entry as it is now (an
     /// `mprotect` meanwhile downgraded it) and its rights from the VMA.
@@ -801,6 +826,13 @@ impl DeviceMigration<'_> {
             if let Some(spfn) = self.src[i].pfn() {
                 let moved = self.committed && self.src[i].is_migrate() && dst.is_some();
                 let new = if moved { dst.unwrap_or(spfn) } else { spfn };
+                // Copies fork made of the migration entries are found through the reverse map
+                // (the entries the migration made have none).
+                for e in mm.meta(spfn).map(|m| m.rmap()).unwrap_or_default() {
+                    if let Some(space) = mm.space(e.space) {
+                        space.lock().remap_fork_copy(e.va(), spfn, new);
+                    }
+                }
                 for mp in &self.maps[i] {
                     let ok = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(mp, spfn, new));
                     if !ok || new != spfn {

@@ -10,7 +10,9 @@
 //!   end callback (one flush per operation, batched in [`TlbFlush`]).
 //! - Every present leaf, and every software leaf except a migration entry, holds one page
 //!   reference and one reverse-map entry on its frame (zero pages: neither). A migration entry
-//!   holds nothing: the migration owns the page while it exists.
+//!   holds no reference: the migration owns the page while it exists. The migration entries it
+//!   made hold nothing; one that fork copied from them holds a reverse-map entry, so that the
+//!   migration finds the copy and puts the new page there too.
 //! - A transparent huge page is mapped by at most one PMD (fork splits it first); an explicit
 //!   (hugetlb) huge page is only ever mapped by PMDs, and its VMAs change only at 2 MiB bounds.
 //! - A read fault on private anonymous memory maps the zero page; the first write replaces it.
@@ -329,8 +331,17 @@ pub(super) fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     (!mm.is_zero(pfn)).then_some((pfn, dirty))
 }
 
-/// Drops what a leaf held: its reverse-map entry and its page reference.
+/// Drops what a leaf held: its reverse-map entry and its page reference (a migration entry
+/// copied by fork: its reverse-map entry only).
 pub(super) fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
+    if let Pte::Soft(s) = Pte::decode(raw)
+        && s.kind == SoftKind::Migration
+    {
+        if let Some(m) = mm.meta(s.pfn) {
+            m.rmap_remove(RmapEntry::new(id, va, huge));
+        }
+        return;
+    }
     let Some((pfn, dirty)) = held_frame(mm, raw) else { return };
     if let Some(m) = mm.meta(pfn) {
         if dirty {
@@ -986,9 +997,12 @@ impl AddressSpace {
                 s
             };
             t.store(slot, raw);
-            if let Some((pfn, _)) = held_frame(mm, raw)
-                && let Some(m) = mm.meta(pfn)
-            {
+            // A migration entry copied by fork has a reverse-map entry to move too.
+            let rmapped = match Pte::decode(raw) {
+                Pte::Soft(s) if s.kind == SoftKind::Migration => Some(s.pfn),
+                _ => held_frame(mm, raw).map(|(pfn, _)| pfn),
+            };
+            if let Some(m) = rmapped.and_then(|pfn| mm.meta(pfn)) {
                 m.rmap_move(RmapEntry::new(id, l.va, l.huge), RmapEntry::new(id, dest, l.huge));
             }
             Ok(())
@@ -1053,7 +1067,15 @@ impl AddressSpace {
             let mut raw = pt.load(l.slot);
             if let Pte::Soft(s) = Pte::decode(raw) {
                 match s.kind {
-                    SoftKind::Migration => return Err(Error::Busy("fork during a migration")),
+                    SoftKind::Migration => {
+                        // copy_nonpresent_pte: the child gets the migration entry too (read-only
+                        // in both when the mapping is copy-on-write, below). It holds no
+                        // reference, but a reverse-map entry on the page, so the migration
+                        // finds it and puts the new page in the child as well.
+                        if let Some(m) = mm.meta(s.pfn) {
+                            m.rmap_add(RmapEntry::new(cid, l.va, l.huge));
+                        }
+                    }
                     SoftKind::Exclusive => {
                         // Device-exclusive entries are restored in the parent first.
                         raw = Pte::Present(Present {

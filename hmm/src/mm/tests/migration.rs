@@ -257,3 +257,49 @@ fn cpu_fault_on_a_locked_device_private_page_waits() {
     assert!(!dv.on_device(a));
     assert_eq!(dv.get_u32(a), Ok(40));
 }
+
+/// Fork during an eviction copies the migration entries (`copy_nonpresent_pte`): a writable
+/// one becomes read-only in parent and child, and the eviction puts the new page in both, a
+/// copy-on-write pair.
+#[test]
+fn fork_copies_migration_entries_and_the_eviction_finishes_both() {
+    for child_first in [false, true] {
+        let dv = device(MemoryKind::Coherent);
+        let (a, mm, mig) = eviction_pending(&dv);
+        let child = dv.space.lock().fork().expect("fork during a migration");
+        let child = dv.mm.share(child);
+        for s in [&dv.space, &child] {
+            match s.lock().lookup(a).map(|e| e.pte) {
+                Some(Pte::Soft(m)) => assert!(m.kind == SoftKind::Migration && !m.write, "{m:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        if child_first {
+            // The child goes away before the eviction ends.
+            drop(child);
+            finish_eviction(mm, mig.lock().take().unwrap());
+            let Pte::Present(p) = dv.lookup(a) else { panic!("{:?}", dv.lookup(a)) };
+            let m = dv.mm.meta(p.pfn).unwrap();
+            assert!(!m.has(flags::DEVICE));
+            assert_eq!((m.refcount(), m.mapcount()), (1, 1));
+            assert_eq!(dv.get_u32(a), Ok(40));
+            continue;
+        }
+        finish_eviction(mm, mig.lock().take().unwrap());
+        let (Pte::Present(p), Some(Pte::Present(c))) = (dv.lookup(a), child.lock().lookup(a).map(|e| e.pte)) else {
+            panic!("not both present: {:?}", dv.lookup(a))
+        };
+        assert_eq!(p.pfn, c.pfn, "parent and child share the new page");
+        assert!(!p.write && !c.write, "copy-on-write");
+        let m = dv.mm.meta(p.pfn).unwrap();
+        assert!(!m.has(flags::DEVICE));
+        assert_eq!((m.refcount(), m.mapcount()), (2, 2));
+        child.lock().write(a, &99u32.to_le_bytes()).unwrap();
+        assert_eq!(dv.get_u32(a), Ok(40), "the parent does not see the child's write");
+        let mut b = [0; 4];
+        child.lock().read(a, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 99);
+        dv.space.lock().write(a, &41u32.to_le_bytes()).unwrap();
+        assert_eq!(dv.get_u32(a), Ok(41));
+    }
+}
