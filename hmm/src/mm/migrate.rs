@@ -251,7 +251,8 @@ impl Collector<'_> {
             _ => return None,
         };
         let m = mm.meta(pfn)?;
-        if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 || m.has(flags::HUGETLB) {
+        if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 || m.has(flags::HUGETLB) || m.has(flags::TAIL) {
+            // Not migratable, or a subpage of a pinned huge page that could not be split.
             return None;
         }
         if huge != (m.order() == HUGE_ORDER) {

@@ -13,8 +13,11 @@
 //!   holds no reference: the migration owns the page while it exists. The migration entries it
 //!   made hold nothing; one that fork copied from them holds a reverse-map entry, so that the
 //!   migration finds the copy and puts the new page there too.
-//! - A transparent huge page is mapped by at most one PMD (fork splits it first); an explicit
-//!   (hugetlb) huge page is only ever mapped by PMDs, and its VMAs change only at 2 MiB bounds.
+//! - A transparent huge page is mapped by at most one PMD (fork splits it first), or, once its
+//!   mapping was split while the page had references beyond it (a pin), by PTEs of its
+//!   subpages, each holding its reference and reverse-map entry on the head (the page stays
+//!   whole: it is neither migrated nor made device-exclusive then); an explicit (hugetlb) huge
+//!   page is only ever mapped by PMDs, and its VMAs change only at 2 MiB bounds.
 //! - A read fault on private anonymous memory maps the zero page; the first write replaces it.
 //! - Write permission on a private page means the page is exclusively this mapping's; the
 //!   write fault on a read-only private page is the copy-on-write break (or the reuse of a page
@@ -321,14 +324,21 @@ fn leaf_size(huge: bool) -> u64 {
 }
 
 /// The frame a leaf holds a reference (and a reverse-map entry) on, with the leaf's dirty bit:
-/// present and software entries do, except migration entries and the zero pages.
+/// present and software entries do, except migration entries and the zero pages. A PTE that
+/// maps a subpage of a compound page (a THP whose mapping was split while it was referenced)
+/// holds them on the compound page's head.
 pub(super) fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     let (pfn, dirty) = match Pte::decode(raw) {
         Pte::Present(p) => (p.pfn, p.dirty),
         Pte::Soft(s) if s.kind != SoftKind::Migration => (s.pfn, s.dirty),
         _ => return None,
     };
-    (!mm.is_zero(pfn)).then_some((pfn, dirty))
+    if mm.is_zero(pfn) {
+        return None;
+    }
+    let head = Pfn(pfn.0 & !(HUGE_FRAMES - 1));
+    let tail = mm.meta(pfn).is_some_and(|m| m.has(flags::TAIL)) && mm.meta(head).is_some_and(|h| h.order() > 0);
+    Some((if tail { head } else { pfn }, dirty))
 }
 
 /// Drops what a leaf held: its reverse-map entry and its page reference (a migration entry
@@ -529,13 +539,21 @@ impl AddressSpace {
             return Err(Error::Busy("huge page under migration"));
         }
         let zero = self.mm.is_zero(pfn);
+        let mut keep_folio = false;
         if !zero {
             let m = self.mm.meta(pfn).ok_or(Error::Busy("huge page without metadata"))?;
             if m.has(flags::HUGETLB) {
                 return Err(Error::Invalid("explicit (hugetlb) huge pages cannot be split"));
             }
             if m.refcount() != 1 || m.mapcount() != 1 {
-                return Err(Error::Busy("huge page has extra references"));
+                // Referenced beyond its mapping (pinned): only the mapping is split, into PTEs
+                // of the subpages of the page, which stays whole (`__split_huge_pmd` without
+                // `split_huge_page`). A device-private one stays huge: its CPU fault path
+                // migrates whole folios or base pages.
+                if matches!(Pte::decode(raw), Pte::Soft(_)) {
+                    return Err(Error::Busy("referenced device-private huge page"));
+                }
+                keep_folio = true;
             }
         }
         let pt = Tables::alloc_table(self.mm.platform()).map_err(|_| Error::NoMemory)?;
@@ -554,7 +572,9 @@ impl AddressSpace {
         for i in 0..HUGE_FRAMES {
             self.mm.platform().store(pt, i as usize, sub(i).encode());
         }
-        if !zero {
+        if keep_folio {
+            self.map_compound_by_ptes(pfn, base);
+        } else if !zero {
             self.split_compound(pfn, base);
         }
         t.store(pmd, table_entry(pt));
@@ -572,6 +592,19 @@ impl AddressSpace {
         for i in 0..HUGE_FRAMES {
             if let Some(m) = self.mm.meta(Pfn(head.0 + i)) {
                 m.rmap_add(RmapEntry::new(self.id, base + i * PAGE, false));
+            }
+        }
+    }
+
+    /// The compound page at `head`, PMD-mapped once at `base`, stays whole and is mapped by
+    /// 512 PTEs, each holding a reference and a reverse-map entry on the head ([`held_frame`]).
+    fn map_compound_by_ptes(&self, head: Pfn, base: u64) {
+        let Some(h) = self.mm.meta(head) else { return };
+        h.rmap_remove(RmapEntry::new(self.id, base, true));
+        for i in 0..HUGE_FRAMES {
+            h.rmap_add(RmapEntry::new(self.id, base + i * PAGE, false));
+            if i > 0 {
+                h.get();
             }
         }
     }
