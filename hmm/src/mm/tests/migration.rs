@@ -4,11 +4,12 @@
 
 use crate::addr::Pfn;
 use crate::dmirror::{Dmirror, DmirrorDevice};
-use crate::mm::migrate::{DeviceMigration, MigratePfn, migrate_device_range};
+use crate::mm::migrate::{DeviceMigration, MigrateArgs, MigratePfn, Select, migrate_device_range};
 use crate::mm::notify::Owner;
+use crate::mm::pagetable::PMD_SIZE;
 use crate::mm::platform::fake::{BASE_PFN, FakePlatform, MIGRATION_WAIT_ROUNDS};
 use crate::mm::pte::{Pte, Soft, SoftKind};
-use crate::mm::space::{Access, AddressSpace, FaultError, MapRequest, fault_shared, with_migration_wait};
+use crate::mm::space::{Access, AddressSpace, Advice, FaultError, MapRequest, fault_shared, with_migration_wait};
 use crate::mm::vma::Prot;
 use crate::mm::{Mm, SharedSpace, frame::flags};
 use crate::pagemap::{MemoryKind, Pagemaps};
@@ -302,4 +303,95 @@ fn fork_copies_migration_entries_and_the_eviction_finishes_both() {
         dv.space.lock().write(a, &41u32.to_le_bytes()).unwrap();
         assert_eq!(dv.get_u32(a), Ok(41));
     }
+}
+
+fn plain() -> (Arc<FakePlatform>, Arc<Mm>) {
+    let plat = Arc::new(FakePlatform::new(FRAMES));
+    let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), FRAMES as u64)]).unwrap();
+    (plat, mm)
+}
+
+fn args(start: u64, end: u64, select: Select) -> MigrateArgs {
+    MigrateArgs { start, end, owner: OWNER, select, fault_page: None }
+}
+
+/// A pinned page is not collected, and is left unlocked (not locked for good).
+#[test]
+fn a_pinned_page_is_left_unlocked() {
+    let (_plat, mm) = plain();
+    let mut s = AddressSpace::new(&mm).unwrap();
+    let a = s.mmap(MapRequest::anon(PAGE, Prot::RW)).unwrap();
+    s.write(a, &[1]).unwrap();
+    let pfn = s.lookup(a).unwrap().pte.pfn().unwrap();
+    mm.get_page(pfn); // the pin
+    let mig = s.migrate_vma_setup(args(a, a + PAGE, Select::SYSTEM)).unwrap();
+    assert_eq!(mig.cpages(), 0);
+    assert!(!mm.meta(pfn).unwrap().has(flags::LOCKED), "the pinned page stayed locked");
+    mig.finalize();
+    assert!(!mm.meta(pfn).unwrap().has(flags::LOCKED));
+    mm.put_page(pfn);
+}
+
+/// With `SELECT_COMPOUND`, a huge page that straddles an end of the range (its split failed)
+/// is not collected: it would migrate whole, past the range.
+#[test]
+fn a_huge_page_straddling_the_range_is_not_collected_whole() {
+    let (plat, mm) = plain();
+    let mut s = AddressSpace::new(&mm).unwrap();
+    let a = s.mmap(MapRequest::anon(3 * PMD_SIZE, Prot::RW)).unwrap();
+    s.madvise(a, 3 * PMD_SIZE, Advice::HugePage).unwrap();
+    s.write(a, &[1]).unwrap();
+    s.write(a + PMD_SIZE, &[2]).unwrap();
+    for (start, end) in [(a, a + PMD_SIZE / 2), (a + PMD_SIZE + PMD_SIZE / 2, a + 3 * PMD_SIZE)] {
+        let huge = s.lookup(start).unwrap();
+        assert!(huge.huge);
+        // The split at the range's end fails (no frame for the page table).
+        plat.fail_allocs.store(1, Ordering::Relaxed);
+        let mig = s.migrate_vma_setup(args(start, end, Select::SYSTEM.compound())).unwrap();
+        assert!(mig.src().iter().all(|e| e.pfn().is_none()), "{start:#x}..{end:#x}: {:?}", &mig.src()[..2]);
+        mig.finalize();
+        assert_eq!(s.lookup(start), Some(huge), "the huge page stays where it is");
+    }
+}
+
+/// A never-touched page migrated to the device gets the entry of a first write there:
+/// writable (in a writable mapping), dirty and young, with the mapping's exec.
+#[test]
+fn a_hole_migrated_to_the_device_is_mapped_writable_dirty_young() {
+    for kind in [MemoryKind::Private, MemoryKind::Coherent] {
+        for prot in [Prot::RW, Prot::RW | Prot::EXEC] {
+            let dv = device(kind);
+            let a = dv.space.lock().mmap(MapRequest::anon(PAGE, prot)).unwrap();
+            dv.d.migrate_to_dev(a, 1).unwrap();
+            let bits = match dv.lookup(a) {
+                Pte::Soft(s) if s.kind == SoftKind::DevicePrivate => (s.write, s.dirty, s.young, s.exec),
+                Pte::Present(p) if dv.on_device(a) => (p.write, p.dirty, p.young, p.exec),
+                other => panic!("{kind:?}: {other:?}"),
+            };
+            assert_eq!(bits, (true, true, true, prot.exec()), "{kind:?} {prot:?}: (write, dirty, young, exec)");
+        }
+    }
+}
+
+/// A page that other mappings share (MAP_SHARED), declined by the driver, comes back with its
+/// write permission: only a page that moves away from the others is mapped read-only.
+#[test]
+fn a_declined_shared_page_comes_back_writable() {
+    let (_plat, mm) = plain();
+    let mut s = AddressSpace::new(&mm).unwrap();
+    let file = crate::mm::file::MemFile::new(&mm, PAGE);
+    let a = s.mmap(MapRequest::file(&file, 0, PAGE, Prot::RW).shared()).unwrap();
+    let b = s.mmap(MapRequest::file(&file, 0, PAGE, Prot::RW).shared()).unwrap();
+    s.write(a, &[1]).unwrap();
+    s.write(b, &[2]).unwrap();
+    let mut mig = s.migrate_vma_setup(args(a, a + PAGE, Select::SYSTEM)).unwrap();
+    assert_eq!(mig.cpages(), 1);
+    mig.pages(); // no destination: declined
+    assert!(!mig.src()[0].is_migrate());
+    mig.finalize();
+    match s.lookup(a).unwrap().pte {
+        Pte::Present(p) => assert!(p.write, "the declined page came back read-only"),
+        other => panic!("{other:?}"),
+    }
+    drop(s);
 }
