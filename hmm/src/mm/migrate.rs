@@ -8,8 +8,8 @@
 //!    the driver's owner, so the driver can skip its own), every selected page is locked, its
 //!    entry becomes a migration entry (write, dirty, young and exec carried in the entry: pitfall
 //!    P4), and its reverse-map entry is dropped; the entry's page reference passes to the
-//!    migration. Holes of private anonymous memory and zero pages are collected with no page.
-//!    The result is a [`MigrateVma`] guard with `src` filled.
+//!    migration. Holes of private anonymous memory and zero pages are collected with no page
+//!    (with `WRITE` when the mapping is writable). The result is a [`MigrateVma`] guard with `src` filled.
 //! 2. The driver allocates destination pages (locked, one reference), copies, and fills
 //!    [`MigrateVma::dst_mut`]; leaving an entry 0 declines that page.
 //! 3. [`MigrateVma::pages`] is the commit point: entries whose destination is missing, whose
@@ -324,7 +324,10 @@ impl AddressSpace {
         // collected.
         let _ = if select.compound { self.split_boundaries(start, end) } else { self.split_all(start, end, true) };
         let anon_holes = select.system && vma.is_anon() && vma.is_cow();
-        let hole = if anon_holes { MigratePfn(MigratePfn::MIGRATE) } else { MigratePfn(0) };
+        // A hole or zero page of a writable mapping is writable where it goes (what Linux's
+        // test driver derives from the VMA for a source without a page: `!spage && VM_WRITE`).
+        let empty = MigratePfn(MigratePfn::MIGRATE).with_write(vma.prot.write());
+        let hole = if anon_holes { empty } else { MigratePfn(0) };
         let mut src = alloc::vec![hole; n];
         let mut info = alloc::vec![SrcInfo::default(); n];
         // Empty, THP-eligible PMDs wholly inside the range are compound holes.
@@ -361,9 +364,9 @@ impl AddressSpace {
             if matches!(Pte::decode(l.raw), Pte::Present(p) if mm.is_zero(p.pfn)) {
                 // The zero page (huge or not) is collected like a hole.
                 if l.huge && anon_holes {
-                    src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+                    src[i] = empty.with_compound();
                 } else if !l.huge && select.system {
-                    src[i] = MigratePfn(MigratePfn::MIGRATE);
+                    src[i] = empty;
                 }
                 return Ok(());
             }
@@ -374,7 +377,7 @@ impl AddressSpace {
             Ok(())
         });
         for i in huge_holes {
-            src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+            src[i] = empty.with_compound();
             src[i + 1..i + HUGE_FRAMES as usize].fill(MigratePfn(0));
         }
         self.finish(r);
@@ -547,7 +550,7 @@ impl MigrateVma<'_> {
         let Some(head) = s.pfn() else {
             // A hole: a huge zero page there becomes 512 zero-page PTEs, then 512 holes.
             self.space.split_pmd_at(va)?;
-            self.src[i..i + HUGE_FRAMES as usize].fill(MigratePfn(MigratePfn::MIGRATE));
+            self.src[i..i + HUGE_FRAMES as usize].fill(MigratePfn(MigratePfn::MIGRATE).with_write(s.is_write()));
             return Ok(());
         };
         let t = Tables::new(mm.platform(), self.space.root);
@@ -683,8 +686,9 @@ impl core::fmt::Debug for DeviceMigration<'_> {
 
 /// `migrate_device_range(src, start_pfn, npages)`: takes the allocated device pages of
 /// `[start, start + n)` out of every address space that maps them (migration entries through
-/// the reverse map), for the driver to copy out. Free pages and pages locked by someone else
-/// are left (entry 0).
+/// the reverse map), for the driver to copy out. Free pages, pages locked by someone else and
+/// pages still mapped where no migration entry could replace the mapping are left (entry 0;
+/// the mappings that were replaced get the page back).
 pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> {
     let mut src = alloc::vec![MigratePfn(0); n as usize];
     let mut maps = alloc::vec![Vec::new(); n as usize];
@@ -716,6 +720,20 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
                 write |= mp.write;
                 maps[i].push(mp);
             }
+        }
+        if m.mapcount() > 0 {
+            // Still mapped somewhere (a mapping that could not be replaced): not migrated
+            // (migrate_vma_unmap). The mappings replaced get the page back, with the
+            // references the migration held for them.
+            for mp in maps[i].drain(..) {
+                let back = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(&mp, pfn, pfn));
+                if !back {
+                    mm.put_page(pfn);
+                }
+            }
+            m.unlock();
+            mm.put_page(pfn);
+            continue;
         }
         src[i] = MigratePfn::new(pfn).migrating().with_write(write);
     }

@@ -1344,11 +1344,12 @@ impl AddressSpace {
         }
         if !self.mm.is_zero(p.pfn)
             && let Some(m) = self.mm.meta(p.pfn)
-            && m.has(flags::ANON)
+            && (m.has(flags::ANON) || m.has(flags::DEVICE))
             && m.refcount() == 1
             && m.mapcount() == 1
         {
-            // The page became exclusive (the other sharers went away): reuse it.
+            // The page became exclusive (the other sharers went away): reuse it. A coherent
+            // device page here is anonymous memory too (device pages live only there).
             let cur = t.swap(slot, 0);
             let Pte::Present(c) = Pte::decode(cur) else { return Err(FaultError::Corrupt) };
             t.store(slot, Pte::Present(Present { write: true, dirty: true, young: true, ..c }).encode());
@@ -1418,7 +1419,7 @@ impl AddressSpace {
             return Ok(true);
         }
         match self.mm.meta(p.pfn) {
-            Some(m) if m.has(flags::ANON) && m.refcount() == 1 && m.mapcount() == 1 => {
+            Some(m) if (m.has(flags::ANON) || m.has(flags::DEVICE)) && m.refcount() == 1 && m.mapcount() == 1 => {
                 let cur = t.swap(pmd, 0);
                 let Pte::Present(c) = Pte::decode(cur) else { return Err(FaultError::Corrupt) };
                 t.store(pmd, Pte::Present(Present { write: true, dirty: true, young: true, ..c }).encode());

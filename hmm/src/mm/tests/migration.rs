@@ -395,3 +395,75 @@ fn a_declined_shared_page_comes_back_writable() {
     }
     drop(s);
 }
+
+/// A never-touched page or a zero page of a writable mapping, migrated to the device, is
+/// writable on the device at once (no extra device fault on the first write); in a
+/// read-only mapping it is not.
+#[test]
+fn holes_and_zero_pages_of_a_writable_mapping_are_writable_on_the_device() {
+    for kind in [MemoryKind::Private, MemoryKind::Coherent] {
+        for zero in [false, true] {
+            let dv = device(kind);
+            let a = dv.space.lock().mmap(MapRequest::anon(PAGE, Prot::RW)).unwrap();
+            if zero {
+                assert_eq!(dv.get_u32(a), Ok(0));
+            }
+            dv.d.migrate_to_dev(a, 1).unwrap();
+            let c = dv.d.write(a, &[7u8; PAGE as usize]).unwrap();
+            assert_eq!(c.faults, 0, "{kind:?} zero={zero}: the device had to fault for write");
+            assert_eq!(dv.get_u32(a), Ok(0x0707_0707));
+        }
+        let dv = device(kind);
+        let a = dv.space.lock().mmap(MapRequest::anon(PAGE, Prot::READ)).unwrap();
+        dv.d.migrate_to_dev(a, 1).unwrap();
+        assert!(dv.d.write(a, &[7u8; PAGE as usize]).is_err(), "{kind:?}: read-only mapping");
+    }
+}
+
+/// A write fault on a read-only coherent device page that is exclusive to its mapping reuses
+/// it (`do_wp_page`), as for any anonymous page: it does not copy it out of device memory.
+#[test]
+fn an_exclusive_coherent_page_is_reused_on_a_write_fault() {
+    let dv = device(MemoryKind::Coherent);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.space.lock().mprotect(a, PAGE, Prot::READ).unwrap();
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    let pfn = device_pfn(&dv, a);
+    dv.space.lock().mprotect(a, PAGE, Prot::RW).unwrap();
+    assert!(matches!(dv.lookup(a), Pte::Present(p) if !p.write));
+    dv.space.lock().write(a, &41u32.to_le_bytes()).unwrap();
+    assert_eq!(dv.lookup(a).pfn(), Some(pfn), "the exclusive device page was copied");
+    assert!(matches!(dv.lookup(a), Pte::Present(p) if p.write));
+    assert_eq!(dv.get_u32(a), Ok(41));
+    // Shared with a child it is copied (copy-on-write).
+    let mut child = dv.space.lock().fork().unwrap();
+    child.write(a, &42u32.to_le_bytes()).unwrap();
+    assert_ne!(child.lookup(a).unwrap().pte.pfn(), Some(pfn));
+    assert_eq!(dv.get_u32(a), Ok(41));
+}
+
+/// `migrate_device_range` does not migrate a page it could not unmap everywhere (here the
+/// child's address space cannot be looked up): the mappings it did replace are restored.
+#[test]
+fn a_device_page_still_mapped_somewhere_is_not_evicted() {
+    let dv = device(MemoryKind::Coherent);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    let pfn = device_pfn(&dv, a);
+    // A child that is not shared: the eviction cannot reach its mapping.
+    let child = dv.space.lock().fork().unwrap();
+    let before = dv.lookup(a);
+    let mig = migrate_device_range(&dv.mm, pfn, 1);
+    assert!(!mig.src()[0].is_migrate(), "a page still mapped was collected: {:?}", mig.src()[0]);
+    assert_eq!(dv.lookup(a), before, "the parent's mapping is restored");
+    mig.finalize();
+    assert_eq!(dv.lookup(a), before);
+    let m = dv.mm.meta(pfn).unwrap();
+    assert_eq!((m.refcount(), m.mapcount()), (2, 2));
+    assert!(!m.has(flags::LOCKED));
+    drop(child);
+    assert_eq!(dv.get_u32(a), Ok(40));
+    dv.dev.release().unwrap();
+    assert!(!dv.on_device(a));
+    assert_eq!(dv.get_u32(a), Ok(40));
+}
