@@ -354,7 +354,9 @@ fn leaf_state(mm: &Mm, pte: Pte, huge: bool, offset: u64, owner: Option<Owner>) 
 /// `hmm_range_fault` of `[start, end)` in the [`HmmPfn`] layout with `req` for every page and
 /// device pages of `owner` reported, under `seq` from `sub.read_begin()`. On `Ok` the caller
 /// takes its own lock and commits only if `sub.read_retry(seq)` is false; on `Busy` it starts
-/// a new round.
+/// a new round. A fault that meets a page under migration does not cost the driver a round:
+/// the lock is dropped, the platform's `migration_wait` lets the migration finish, and the
+/// range is walked again (bounded; past the bound the result is `Busy`).
 pub fn fault_round(
     space: &crate::mm::SharedSpace,
     sub: &Interval,
@@ -364,19 +366,34 @@ pub fn fault_round(
     owner: Option<Owner>,
     pfns: &mut [u64],
 ) -> Result<(), RangeError> {
-    pfns.iter_mut().for_each(|p| *p = 0);
-    let mut s = space.lock();
-    let mut range = HmmRange::<HmmPfn> {
-        notifier: sub,
-        notifier_seq: seq,
-        start,
-        end,
-        pfns,
-        default_flags: req,
-        pfn_flags_mask: Request::NONE,
-        dev_private_owner: owner,
-    };
-    hmm_range_fault(&mut s, &mut range)
+    let mut round = 0;
+    loop {
+        pfns.iter_mut().for_each(|p| *p = 0);
+        let mut s = space.lock();
+        s.take_migration_wait();
+        let mut range = HmmRange::<HmmPfn> {
+            notifier: sub,
+            notifier_seq: seq,
+            start,
+            end,
+            pfns: &mut *pfns,
+            default_flags: req,
+            pfn_flags_mask: Request::NONE,
+            dev_private_owner: owner,
+        };
+        let r = hmm_range_fault(&mut s, &mut range);
+        // A fault met a page under migration: wait for it with the lock dropped
+        // (migration_entry_wait), then walk again, bounded by the platform's wait.
+        if r != Err(RangeError::Busy) || !s.take_migration_wait() {
+            return r;
+        }
+        let mm = s.mm().clone();
+        drop(s);
+        round += 1;
+        if !mm.platform().migration_wait(round) {
+            return r;
+        }
+    }
 }
 
 /// `hmm_range_fault`. See the module documentation.

@@ -73,6 +73,11 @@ impl AddressSpace {
             }
             let mm = self.mm.clone();
             let m = mm.meta(p.pfn).ok_or(Error::Invalid("page without metadata"))?;
+            if m.has(flags::TAIL) {
+                // A subpage of a huge page that stayed whole (it is pinned): Linux cannot split
+                // the folio either and fails.
+                return Err(Error::Busy("the page is part of a pinned huge page"));
+            }
             if !m.trylock() {
                 return Err(Error::Busy("the page is locked (under migration)"));
             }

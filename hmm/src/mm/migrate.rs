@@ -8,8 +8,8 @@
 //!    the driver's owner, so the driver can skip its own), every selected page is locked, its
 //!    entry becomes a migration entry (write, dirty, young and exec carried in the entry: pitfall
 //!    P4), and its reverse-map entry is dropped; the entry's page reference passes to the
-//!    migration. Holes of private anonymous memory and zero pages are collected with no page.
-//!    The result is a [`MigrateVma`] guard with `src` filled.
+//!    migration. Holes of private anonymous memory and zero pages are collected with no page
+//!    (with `WRITE` when the mapping is writable). The result is a [`MigrateVma`] guard with `src` filled.
 //! 2. The driver allocates destination pages (locked, one reference), copies, and fills
 //!    [`MigrateVma::dst_mut`]; leaving an entry 0 declines that page.
 //! 3. [`MigrateVma::pages`] is the commit point: entries whose destination is missing, whose
@@ -17,7 +17,9 @@
 //!    Holes are filled here. [`MigrateVma::finalize`] (or dropping the guard) replaces every
 //!    migration entry by the new page, or by the old one where the migration was declined,
 //!    unlocks both and drops the references the migration held. Every failure path restores
-//!    the old page: data is never lost.
+//!    the old page: data is never lost. The entry rebuilt in place of a migration entry takes
+//!    write, dirty and young from that entry and its rights (exec, `PROT_NONE`) from the VMA
+//!    as it is then (`remove_migration_pte`), so an `mprotect` during the migration holds.
 //!
 //! 2 MiB pages (`SELECT_COMPOUND`, `MIGRATE_PFN_COMPOUND`): with the flag, a PMD-mapped THP,
 //! device THP or huge zero page, and an empty THP-eligible 2 MiB hole, lying wholly in the
@@ -42,6 +44,7 @@ use super::pagetable::{PMD_SIZE, PteLookup, Slot, Tables};
 use super::platform::TlbFlush;
 use super::pte::{Present, Pte, Soft, SoftKind, table_entry};
 use super::space::{AddressSpace, PAGE};
+use super::vma::Prot;
 use super::{Error, HUGE_FRAMES, HUGE_ORDER, Mm};
 use crate::addr::Pfn;
 use alloc::vec::Vec;
@@ -154,7 +157,6 @@ struct SrcInfo {
     write: bool,
     dirty: bool,
     young: bool,
-    exec: bool,
     /// Other mappings keep the old page: the new entry is read-only.
     shared: bool,
     /// The entry is a PMD (a 2 MiB page).
@@ -194,22 +196,21 @@ fn device_kind(mm: &Mm, pfn: Pfn) -> Option<(Owner, bool)> {
     mm.device_memory().and_then(|d| d.owner_of(pfn))
 }
 
-fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo) -> u64 {
-    let write = i.write && !i.shared;
+/// The entry that maps `pfn` where a migration entry carrying `i` was, in a mapping whose
+/// protection is now `prot` (`remove_migration_pte`): rights and exec come from the mapping as
+/// it is now (an `mprotect` during the migration counts), write only if the migration entry
+/// was writable too; in a `PROT_NONE` mapping a page of RAM gets a `PROT_NONE` entry.
+fn entry_for(mm: &Mm, pfn: Pfn, i: SrcInfo, prot: Prot) -> u64 {
+    let write = i.write && !i.shared && prot.write();
+    let exec = prot.exec();
     let private = mm.meta(pfn).is_some_and(|m| m.has(flags::DEVICE)) && device_kind(mm, pfn).is_some_and(|(_, p)| p);
+    let soft = |kind| Pte::Soft(Soft { kind, pfn, write, young: i.young, dirty: i.dirty, huge: i.huge, exec }).encode();
     if private {
-        Pte::Soft(Soft {
-            kind: SoftKind::DevicePrivate,
-            pfn,
-            write,
-            young: i.young,
-            dirty: i.dirty,
-            huge: i.huge,
-            exec: i.exec,
-        })
-        .encode()
+        soft(SoftKind::DevicePrivate)
+    } else if prot.is_none() {
+        soft(SoftKind::ProtNone)
     } else {
-        Pte::Present(Present { pfn, write, exec: i.exec, dirty: i.dirty, young: i.young, huge: i.huge }).encode()
+        Pte::Present(Present { pfn, write, exec, dirty: i.dirty, young: i.young, huge: i.huge }).encode()
     }
 }
 
@@ -250,7 +251,8 @@ impl Collector<'_> {
             _ => return None,
         };
         let m = mm.meta(pfn)?;
-        if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 || m.has(flags::HUGETLB) {
+        if m.flags() & (flags::ANON | flags::FILE | flags::DEVICE) == 0 || m.has(flags::HUGETLB) || m.has(flags::TAIL) {
+            // Not migratable, or a subpage of a pinned huge page that could not be split.
             return None;
         }
         if huge != (m.order() == HUGE_ORDER) {
@@ -283,7 +285,7 @@ impl Collector<'_> {
         if huge {
             e = e.with_compound();
         }
-        Some((e, SrcInfo { entry: true, write, dirty, young, exec, shared: others > 0, huge }))
+        Some((e, SrcInfo { entry: true, write, dirty, young, shared: others > 0, huge }))
     }
 }
 
@@ -322,7 +324,10 @@ impl AddressSpace {
         // collected.
         let _ = if select.compound { self.split_boundaries(start, end) } else { self.split_all(start, end, true) };
         let anon_holes = select.system && vma.is_anon() && vma.is_cow();
-        let hole = if anon_holes { MigratePfn(MigratePfn::MIGRATE) } else { MigratePfn(0) };
+        // A hole or zero page of a writable mapping is writable where it goes (what Linux's
+        // test driver derives from the VMA for a source without a page: `!spage && VM_WRITE`).
+        let empty = MigratePfn(MigratePfn::MIGRATE).with_write(vma.prot.write());
+        let hole = if anon_holes { empty } else { MigratePfn(0) };
         let mut src = alloc::vec![hole; n];
         let mut info = alloc::vec![SrcInfo::default(); n];
         // Empty, THP-eligible PMDs wholly inside the range are compound holes.
@@ -359,9 +364,9 @@ impl AddressSpace {
             if matches!(Pte::decode(l.raw), Pte::Present(p) if mm.is_zero(p.pfn)) {
                 // The zero page (huge or not) is collected like a hole.
                 if l.huge && anon_holes {
-                    src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+                    src[i] = empty.with_compound();
                 } else if !l.huge && select.system {
-                    src[i] = MigratePfn(MigratePfn::MIGRATE);
+                    src[i] = empty;
                 }
                 return Ok(());
             }
@@ -372,7 +377,7 @@ impl AddressSpace {
             Ok(())
         });
         for i in huge_holes {
-            src[i] = MigratePfn(MigratePfn::MIGRATE | MigratePfn::COMPOUND);
+            src[i] = empty.with_compound();
             src[i + 1..i + HUGE_FRAMES as usize].fill(MigratePfn(0));
         }
         self.finish(r);
@@ -498,7 +503,6 @@ impl MigrateVma<'_> {
                     write: vma.prot.write(),
                     dirty: vma.prot.write(),
                     young: true,
-                    exec: vma.prot.exec(),
                     huge,
                     ..SrcInfo::default()
                 };
@@ -506,7 +510,7 @@ impl MigrateVma<'_> {
                 if let Some(m) = mm.meta(dpfn) {
                     m.rmap_add(RmapEntry::new(id, va, huge));
                 }
-                t.swap(slot, entry_for(&mm, dpfn, inf));
+                t.swap(slot, entry_for(&mm, dpfn, inf, vma.prot));
                 if old != 0 {
                     self.space.tlb.add(va, if huge { PMD_SIZE } else { PAGE });
                 }
@@ -546,7 +550,7 @@ impl MigrateVma<'_> {
         let Some(head) = s.pfn() else {
             // A hole: a huge zero page there becomes 512 zero-page PTEs, then 512 holes.
             self.space.split_pmd_at(va)?;
-            self.src[i..i + HUGE_FRAMES as usize].fill(MigratePfn(MigratePfn::MIGRATE));
+            self.src[i..i + HUGE_FRAMES as usize].fill(MigratePfn(MigratePfn::MIGRATE).with_write(s.is_write()));
             return Ok(());
         };
         let t = Tables::new(mm.platform(), self.space.root);
@@ -589,6 +593,8 @@ impl MigrateVma<'_> {
         let mm = self.space.mm.clone();
         let id = self.space.id;
         let t = Tables::new(mm.platform(), self.space.root);
+        // The range lies in one VMA, which cannot change while the migration holds the space.
+        let prot = self.space.vmas.find(self.args.start).map_or(Prot::NONE, |v| v.prot);
         for i in 0..self.src.len() {
             let inf = self.info[i];
             let dst = self.dst[i].pfn();
@@ -617,7 +623,7 @@ impl MigrateVma<'_> {
                         m.rmap_add(RmapEntry::new(id, va, inf.huge));
                     }
                     let restore = SrcInfo { shared: inf.shared && new != spfn, ..inf };
-                    t.store(slot, entry_for(&mm, new, restore));
+                    t.store(slot, entry_for(&mm, new, restore, prot));
                     if new != spfn {
                         mm.put_page(spfn);
                     }
@@ -658,9 +664,6 @@ struct Mapping {
     space: u32,
     va: u64,
     write: bool,
-    dirty: bool,
-    young: bool,
-    exec: bool,
 }
 
 /// A device-range migration in progress (`migrate_device_range` .. `migrate_device_finalize`).
@@ -683,8 +686,9 @@ impl core::fmt::Debug for DeviceMigration<'_> {
 
 /// `migrate_device_range(src, start_pfn, npages)`: takes the allocated device pages of
 /// `[start, start + n)` out of every address space that maps them (migration entries through
-/// the reverse map), for the driver to copy out. Free pages and pages locked by someone else
-/// are left (entry 0).
+/// the reverse map), for the driver to copy out. Free pages, pages locked by someone else and
+/// pages still mapped where no migration entry could replace the mapping are left (entry 0;
+/// the mappings that were replaced get the page back).
 pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> {
     let mut src = alloc::vec![MigratePfn(0); n as usize];
     let mut maps = alloc::vec![Vec::new(); n as usize];
@@ -717,6 +721,20 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
                 maps[i].push(mp);
             }
         }
+        if m.mapcount() > 0 {
+            // Still mapped somewhere (a mapping that could not be replaced): not migrated
+            // (migrate_vma_unmap). The mappings replaced get the page back, with the
+            // references the migration held for them.
+            for mp in maps[i].drain(..) {
+                let back = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(&mp, pfn, pfn));
+                if !back {
+                    mm.put_page(pfn);
+                }
+            }
+            m.unlock();
+            mm.put_page(pfn);
+            continue;
+        }
         src[i] = MigratePfn::new(pfn).migrating().with_write(write);
     }
     DeviceMigration { mm, src, dst: alloc::vec![MigratePfn(0); n as usize], maps, committed: false, done: false }
@@ -741,32 +759,54 @@ impl AddressSpace {
             m.rmap_remove(RmapEntry::new(self.id, va, false));
         }
         self.finish(r);
-        Some(Mapping { space: self.id, va, write, dirty, young, exec })
+        Some(Mapping { space: self.id, va, write })
     }
 
-    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone.
+    /// Replaces the copy fork made of a migration entry of `old` at `va` (it holds a
+    /// reverse-map entry, no reference) by an entry of `new`, which it references.
+    fn remap_fork_copy(&mut self, va: u64, old: Pfn, new: Pfn) {
+        let t = Tables::new(self.mm.platform(), self.root);
+        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return };
+        let cur = match Pte::decode(t.load(slot)) {
+            Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
+            _ => return,
+        };
+        let Some(prot) = self.vmas.find(va).map(|v| v.prot) else { return };
+        let e = RmapEntry::new(self.id, va, false);
+        if new != old {
+            if let Some(m) = self.mm.meta(old) {
+                m.rmap_remove(e);
+            }
+            if let Some(m) = self.mm.meta(new) {
+                m.rmap_add(e);
+            }
+        }
+        self.mm.get_page(new);
+        let inf =
+            SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
+        t.store(slot, entry_for(&self.mm, new, inf, prot));
+    }
+
+    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone. The new
+    /// entry takes write, dirty and young from the migration entry as it is now (an
+    /// `mprotect` meanwhile downgraded it) and its rights from the VMA.
     fn remap_after_migration(&mut self, mp: &Mapping, old: Pfn, new: Pfn) -> bool {
         let t = Tables::new(self.mm.platform(), self.root);
         let Ok(PteLookup::Pte(slot)) = t.pte(mp.va, false) else { return false };
-        if !matches!(Pte::decode(t.load(slot)), Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old) {
-            return false;
-        }
+        let cur = match Pte::decode(t.load(slot)) {
+            Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
+            _ => return false,
+        };
+        let Some(prot) = self.vmas.find(mp.va).map(|v| v.prot) else { return false };
         if new != old {
             self.mm.get_page(new);
         }
         if let Some(m) = self.mm.meta(new) {
             m.rmap_add(RmapEntry::new(self.id, mp.va, false));
         }
-        let inf = SrcInfo {
-            entry: true,
-            write: mp.write,
-            dirty: mp.dirty,
-            young: mp.young,
-            exec: mp.exec,
-            shared: false,
-            huge: false,
-        };
-        t.store(slot, entry_for(&self.mm, new, inf));
+        let inf =
+            SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
+        t.store(slot, entry_for(&self.mm, new, inf, prot));
         true
     }
 }
@@ -805,6 +845,13 @@ impl DeviceMigration<'_> {
             if let Some(spfn) = self.src[i].pfn() {
                 let moved = self.committed && self.src[i].is_migrate() && dst.is_some();
                 let new = if moved { dst.unwrap_or(spfn) } else { spfn };
+                // Copies fork made of the migration entries are found through the reverse map
+                // (the entries the migration made have none).
+                for e in mm.meta(spfn).map(|m| m.rmap()).unwrap_or_default() {
+                    if let Some(space) = mm.space(e.space) {
+                        space.lock().remap_fork_copy(e.va(), spfn, new);
+                    }
+                }
                 for mp in &self.maps[i] {
                     let ok = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(mp, spfn, new));
                     if !ok || new != spfn {

@@ -71,18 +71,51 @@ pub trait Platform: Send + Sync {
     fn init_root(&self, root: Pfn);
     /// Invalidates TLB entries of the address space rooted at `root` for `flush`.
     fn flush_tlb(&self, root: Pfn, flush: &TlbFlush);
+    /// Waits a little for a page under migration (`migration_entry_wait`): called with no
+    /// address-space lock held, before the fault that met the migration runs again; `round`
+    /// counts this fault's waits from 1. Returns `false` once the fault has waited long enough
+    /// (a bounded wait: the fault then fails with `FaultError::MigrationTimeout`).
+    fn migration_wait(&self, round: u32) -> bool;
 }
 
 /// A host implementation of [`Platform`] over a vector, for tests.
 pub mod fake {
     use super::{Platform, TlbFlush};
     use crate::addr::Pfn;
+    use alloc::boxed::Box;
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicU64, Ordering};
     use spin::Mutex;
 
     /// The first frame number the fake hands out (frame 0 is never valid).
     pub const BASE_PFN: u64 = 0x1000;
+    /// The waits a fault makes for a page under migration before it gives up (the fake's
+    /// stand-in for a timeout: a count, so tests do not depend on time).
+    pub const MIGRATION_WAIT_ROUNDS: u32 = 64;
+
+    /// What a test runs while a fault waits for a migration (each round, with the round
+    /// number): typically it completes the migration, deterministically, at that exact point.
+    #[derive(Default)]
+    pub struct MigrationHook(Mutex<Option<HookFn>>);
+
+    type HookFn = Box<dyn FnMut(u32) + Send>;
+
+    impl MigrationHook {
+        /// Runs `f` at every later migration wait (replacing an earlier hook).
+        pub fn set(&self, f: impl FnMut(u32) + Send + 'static) {
+            *self.0.lock() = Some(Box::new(f));
+        }
+        /// Removes the hook.
+        pub fn clear(&self) {
+            *self.0.lock() = None;
+        }
+    }
+
+    impl core::fmt::Debug for MigrationHook {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(if self.0.lock().is_some() { "MigrationHook(set)" } else { "MigrationHook(none)" })
+        }
+    }
 
     /// Fake physical memory: `frames` frames starting at [`BASE_PFN`], with a first-fit
     /// allocator over a bitmap and counters for the tests.
@@ -95,6 +128,10 @@ pub mod fake {
         pub flushes: AtomicU64,
         /// Allocations to refuse from now on, counted down (for exhaustion tests).
         pub fail_allocs: AtomicU64,
+        /// Migration waits seen ([`Platform::migration_wait`]).
+        pub migration_waits: AtomicU64,
+        /// Run at each migration wait.
+        pub migration_hook: MigrationHook,
     }
 
     impl FakePlatform {
@@ -108,6 +145,8 @@ pub mod fake {
                 free: AtomicU64::new(frames as u64),
                 flushes: AtomicU64::new(0),
                 fail_allocs: AtomicU64::new(0),
+                migration_waits: AtomicU64::new(0),
+                migration_hook: MigrationHook::default(),
             }
         }
 
@@ -208,6 +247,20 @@ pub mod fake {
             if !flush.is_empty() {
                 self.flushes.fetch_add(1, Ordering::Relaxed);
             }
+        }
+
+        fn migration_wait(&self, round: u32) -> bool {
+            self.migration_waits.fetch_add(1, Ordering::Relaxed);
+            if round > MIGRATION_WAIT_ROUNDS {
+                return false;
+            }
+            // Run the hook outside its lock (it may set another one).
+            let hook = self.migration_hook.0.lock().take();
+            if let Some(mut h) = hook {
+                h(round);
+                self.migration_hook.0.lock().get_or_insert(h);
+            }
+            true
         }
     }
 }

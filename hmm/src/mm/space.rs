@@ -10,9 +10,14 @@
 //!   end callback (one flush per operation, batched in [`TlbFlush`]).
 //! - Every present leaf, and every software leaf except a migration entry, holds one page
 //!   reference and one reverse-map entry on its frame (zero pages: neither). A migration entry
-//!   holds nothing: the migration owns the page while it exists.
-//! - A transparent huge page is mapped by at most one PMD (fork splits it first); an explicit
-//!   (hugetlb) huge page is only ever mapped by PMDs, and its VMAs change only at 2 MiB bounds.
+//!   holds no reference: the migration owns the page while it exists. The migration entries it
+//!   made hold nothing; one that fork copied from them holds a reverse-map entry, so that the
+//!   migration finds the copy and puts the new page there too.
+//! - A transparent huge page is mapped by at most one PMD (fork splits it first), or, once its
+//!   mapping was split while the page had references beyond it (a pin), by PTEs of its
+//!   subpages, each holding its reference and reverse-map entry on the head (the page stays
+//!   whole: it is neither migrated nor made device-exclusive then); an explicit (hugetlb) huge
+//!   page is only ever mapped by PMDs, and its VMAs change only at 2 MiB bounds.
 //! - A read fault on private anonymous memory maps the zero page; the first write replaces it.
 //! - Write permission on a private page means the page is exclusively this mapping's; the
 //!   write fault on a read-only private page is the copy-on-write break (or the reuse of a page
@@ -63,8 +68,13 @@ pub enum FaultError {
     OutOfMemory,
     /// Past the end of the mapped file (`SIGBUS`).
     Bus,
-    /// The page is being migrated; retry once the migration finishes.
+    /// The page is being migrated; retry once the migration finishes. Returned by
+    /// [`AddressSpace::fault`], which runs under the address space's lock: the holder drops it
+    /// and waits ([`fault_shared`], [`with_migration_wait`]), so the migration can finish.
     Migrating,
+    /// The page stayed under migration for longer than the platform's wait bound
+    /// ([`Platform::migration_wait`](super::Platform::migration_wait)).
+    MigrationTimeout,
     /// The page lives in device-private memory: its pagemap must migrate it to RAM first.
     DevicePrivate {
         /// The device frame.
@@ -85,6 +95,9 @@ impl core::fmt::Display for FaultError {
             FaultError::OutOfMemory => write!(f, "out of memory while handling the fault"),
             FaultError::Bus => write!(f, "bus error: access past the end of the mapped file"),
             FaultError::Migrating => write!(f, "page under migration; retry"),
+            FaultError::MigrationTimeout => {
+                write!(f, "the page stayed under migration past the wait bound (a migration is stuck)")
+            }
             FaultError::DevicePrivate { pfn } => write!(f, "page {:#x} is in device-private memory", pfn.0),
             FaultError::Corrupt => write!(f, "corrupt page-table entry"),
             FaultError::Locked => write!(f, "user memory touched while its address space is locked"),
@@ -242,8 +255,43 @@ pub struct AddressSpace {
     notifier: Option<Arc<dyn Notifier>>,
     pub(super) tlb: TlbFlush,
     dead_tables: Vec<Pfn>,
+    /// A fault returned [`FaultError::Migrating`] since [`take_migration_wait`](Self::take_migration_wait).
+    migration_met: bool,
     /// Counters.
     pub stats: SpaceStats,
+}
+
+/// Runs `f` on the locked space; while it fails with [`FaultError::Migrating`] (a page it
+/// needs is under migration), drops the lock, waits with the platform's
+/// [`migration_wait`](super::Platform::migration_wait) and runs it again: Linux's
+/// `migration_entry_wait` and refault. The migration needs the lock to finish (an eviction
+/// takes each address space's lock to put the new page in), so the wait cannot happen under
+/// it. Bounded: `Err(MigrationTimeout)` once the platform says the wait lasted long enough.
+/// `f` must be safe to run again from the start (faults and copies are).
+pub fn with_migration_wait<R>(
+    space: &super::SharedSpace,
+    mut f: impl FnMut(&mut AddressSpace) -> Result<R, FaultError>,
+) -> Result<R, FaultError> {
+    let mut round = 0;
+    loop {
+        let mut s = space.lock();
+        let r = f(&mut s);
+        if !matches!(r, Err(FaultError::Migrating)) {
+            return r;
+        }
+        let mm = s.mm.clone();
+        drop(s);
+        round += 1;
+        if !mm.platform().migration_wait(round) {
+            return Err(FaultError::MigrationTimeout);
+        }
+    }
+}
+
+/// [`AddressSpace::fault`] on a shared space, waiting for pages under migration
+/// ([`with_migration_wait`]).
+pub fn fault_shared(space: &super::SharedSpace, va: u64, access: Access) -> Result<(), FaultError> {
+    with_migration_wait(space, |s| s.fault(va, access))
 }
 
 impl core::fmt::Debug for AddressSpace {
@@ -276,18 +324,34 @@ fn leaf_size(huge: bool) -> u64 {
 }
 
 /// The frame a leaf holds a reference (and a reverse-map entry) on, with the leaf's dirty bit:
-/// present and software entries do, except migration entries and the zero pages.
+/// present and software entries do, except migration entries and the zero pages. A PTE that
+/// maps a subpage of a compound page (a THP whose mapping was split while it was referenced)
+/// holds them on the compound page's head.
 pub(super) fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     let (pfn, dirty) = match Pte::decode(raw) {
         Pte::Present(p) => (p.pfn, p.dirty),
         Pte::Soft(s) if s.kind != SoftKind::Migration => (s.pfn, s.dirty),
         _ => return None,
     };
-    (!mm.is_zero(pfn)).then_some((pfn, dirty))
+    if mm.is_zero(pfn) {
+        return None;
+    }
+    let head = Pfn(pfn.0 & !(HUGE_FRAMES - 1));
+    let tail = mm.meta(pfn).is_some_and(|m| m.has(flags::TAIL)) && mm.meta(head).is_some_and(|h| h.order() > 0);
+    Some((if tail { head } else { pfn }, dirty))
 }
 
-/// Drops what a leaf held: its reverse-map entry and its page reference.
+/// Drops what a leaf held: its reverse-map entry and its page reference (a migration entry
+/// copied by fork: its reverse-map entry only).
 pub(super) fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
+    if let Pte::Soft(s) = Pte::decode(raw)
+        && s.kind == SoftKind::Migration
+    {
+        if let Some(m) = mm.meta(s.pfn) {
+            m.rmap_remove(RmapEntry::new(id, va, huge));
+        }
+        return;
+    }
     let Some((pfn, dirty)) = held_frame(mm, raw) else { return };
     if let Some(m) = mm.meta(pfn) {
         if dirty {
@@ -345,6 +409,7 @@ impl AddressSpace {
             notifier: None,
             tlb: TlbFlush::default(),
             dead_tables: Vec::new(),
+            migration_met: false,
             stats: SpaceStats::default(),
         })
     }
@@ -474,13 +539,21 @@ impl AddressSpace {
             return Err(Error::Busy("huge page under migration"));
         }
         let zero = self.mm.is_zero(pfn);
+        let mut keep_folio = false;
         if !zero {
             let m = self.mm.meta(pfn).ok_or(Error::Busy("huge page without metadata"))?;
             if m.has(flags::HUGETLB) {
                 return Err(Error::Invalid("explicit (hugetlb) huge pages cannot be split"));
             }
             if m.refcount() != 1 || m.mapcount() != 1 {
-                return Err(Error::Busy("huge page has extra references"));
+                // Referenced beyond its mapping (pinned): only the mapping is split, into PTEs
+                // of the subpages of the page, which stays whole (`__split_huge_pmd` without
+                // `split_huge_page`). A device-private one stays huge: its CPU fault path
+                // migrates whole folios or base pages.
+                if matches!(Pte::decode(raw), Pte::Soft(_)) {
+                    return Err(Error::Busy("referenced device-private huge page"));
+                }
+                keep_folio = true;
             }
         }
         let pt = Tables::alloc_table(self.mm.platform()).map_err(|_| Error::NoMemory)?;
@@ -499,7 +572,9 @@ impl AddressSpace {
         for i in 0..HUGE_FRAMES {
             self.mm.platform().store(pt, i as usize, sub(i).encode());
         }
-        if !zero {
+        if keep_folio {
+            self.map_compound_by_ptes(pfn, base);
+        } else if !zero {
             self.split_compound(pfn, base);
         }
         t.store(pmd, table_entry(pt));
@@ -517,6 +592,19 @@ impl AddressSpace {
         for i in 0..HUGE_FRAMES {
             if let Some(m) = self.mm.meta(Pfn(head.0 + i)) {
                 m.rmap_add(RmapEntry::new(self.id, base + i * PAGE, false));
+            }
+        }
+    }
+
+    /// The compound page at `head`, PMD-mapped once at `base`, stays whole and is mapped by
+    /// 512 PTEs, each holding a reference and a reverse-map entry on the head ([`held_frame`]).
+    fn map_compound_by_ptes(&self, head: Pfn, base: u64) {
+        let Some(h) = self.mm.meta(head) else { return };
+        h.rmap_remove(RmapEntry::new(self.id, base, true));
+        for i in 0..HUGE_FRAMES {
+            h.rmap_add(RmapEntry::new(self.id, base + i * PAGE, false));
+            if i > 0 {
+                h.get();
             }
         }
     }
@@ -942,9 +1030,12 @@ impl AddressSpace {
                 s
             };
             t.store(slot, raw);
-            if let Some((pfn, _)) = held_frame(mm, raw)
-                && let Some(m) = mm.meta(pfn)
-            {
+            // A migration entry copied by fork has a reverse-map entry to move too.
+            let rmapped = match Pte::decode(raw) {
+                Pte::Soft(s) if s.kind == SoftKind::Migration => Some(s.pfn),
+                _ => held_frame(mm, raw).map(|(pfn, _)| pfn),
+            };
+            if let Some(m) = rmapped.and_then(|pfn| mm.meta(pfn)) {
                 m.rmap_move(RmapEntry::new(id, l.va, l.huge), RmapEntry::new(id, dest, l.huge));
             }
             Ok(())
@@ -1009,7 +1100,15 @@ impl AddressSpace {
             let mut raw = pt.load(l.slot);
             if let Pte::Soft(s) = Pte::decode(raw) {
                 match s.kind {
-                    SoftKind::Migration => return Err(Error::Busy("fork during a migration")),
+                    SoftKind::Migration => {
+                        // copy_nonpresent_pte: the child gets the migration entry too (read-only
+                        // in both when the mapping is copy-on-write, below). It holds no
+                        // reference, but a reverse-map entry on the page, so the migration
+                        // finds it and puts the new page in the child as well.
+                        if let Some(m) = mm.meta(s.pfn) {
+                            m.rmap_add(RmapEntry::new(cid, l.va, l.huge));
+                        }
+                    }
                     SoftKind::Exclusive => {
                         // Device-exclusive entries are restored in the parent first.
                         raw = Pte::Present(Present {
@@ -1073,9 +1172,26 @@ impl AddressSpace {
             && base + PMD_SIZE <= vma.end
     }
 
+    /// Whether a fault met a page under migration ([`FaultError::Migrating`]) since the last
+    /// call; clears the record. For callers that hold the lock across several faults (the
+    /// range fault) and wait once they have dropped it.
+    pub fn take_migration_wait(&mut self) -> bool {
+        core::mem::take(&mut self.migration_met)
+    }
+
     /// Handles a fault at `va`: demand paging, copy-on-write, zero pages, huge pages, restore
-    /// of device-exclusive entries. `Ok` means the access can be retried.
+    /// of device-exclusive entries. `Ok` means the access can be retried. A page under
+    /// migration is `Err(Migrating)`: the caller drops the lock and waits
+    /// ([`with_migration_wait`]).
     pub fn fault(&mut self, va: u64, access: Access) -> Result<(), FaultError> {
+        let r = self.fault_locked(va, access);
+        if r == Err(FaultError::Migrating) {
+            self.migration_met = true;
+        }
+        r
+    }
+
+    fn fault_locked(&mut self, va: u64, access: Access) -> Result<(), FaultError> {
         self.stats.faults += 1;
         if va >= USER_END {
             return Err(FaultError::NoMapping);
@@ -1228,11 +1344,12 @@ impl AddressSpace {
         }
         if !self.mm.is_zero(p.pfn)
             && let Some(m) = self.mm.meta(p.pfn)
-            && m.has(flags::ANON)
+            && (m.has(flags::ANON) || m.has(flags::DEVICE))
             && m.refcount() == 1
             && m.mapcount() == 1
         {
-            // The page became exclusive (the other sharers went away): reuse it.
+            // The page became exclusive (the other sharers went away): reuse it. A coherent
+            // device page here is anonymous memory too (device pages live only there).
             let cur = t.swap(slot, 0);
             let Pte::Present(c) = Pte::decode(cur) else { return Err(FaultError::Corrupt) };
             t.store(slot, Pte::Present(Present { write: true, dirty: true, young: true, ..c }).encode());
@@ -1302,7 +1419,7 @@ impl AddressSpace {
             return Ok(true);
         }
         match self.mm.meta(p.pfn) {
-            Some(m) if m.has(flags::ANON) && m.refcount() == 1 && m.mapcount() == 1 => {
+            Some(m) if (m.has(flags::ANON) || m.has(flags::DEVICE)) && m.refcount() == 1 && m.mapcount() == 1 => {
                 let cur = t.swap(pmd, 0);
                 let Pte::Present(c) = Pte::decode(cur) else { return Err(FaultError::Corrupt) };
                 t.store(pmd, Pte::Present(Present { write: true, dirty: true, young: true, ..c }).encode());

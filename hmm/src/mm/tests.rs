@@ -834,3 +834,63 @@ fn device_exclusive_invalidates_exactly_its_page() {
     drop(s);
     f.assert_no_leak();
 }
+
+mod migration;
+
+/// Unmapping, mprotecting or madvising part of a THP that has a reference beyond its mapping
+/// (a pin) splits the PMD mapping into 512 PTEs of the same compound page, which stays whole
+/// (`__split_huge_pmd` without `split_huge_page`); everything keeps working on the subpages
+/// and the page goes when the last mapping and the pin are gone.
+#[test]
+fn partial_ops_on_a_referenced_thp_split_the_mapping_only() {
+    let f = fixture();
+    let mut s = f.space();
+    let a = s.mmap(MapRequest::anon(M2, Prot::RW)).unwrap();
+    s.madvise(a, M2, Advice::HugePage).unwrap();
+    fill(&mut s, a, 512, 0);
+    assert!(s.lookup(a).unwrap().huge);
+    let head = present(&s, a).unwrap().pfn;
+    f.mm.get_page(head); // a pin on the folio (GUP)
+    s.munmap(a + 100 * 4096, 4096).unwrap();
+    assert!(!s.lookup(a).unwrap().huge, "the mapping is split");
+    let h = f.mm.meta(head).unwrap();
+    assert_eq!(h.order(), super::HUGE_ORDER, "the pinned page stays whole");
+    assert_eq!(present(&s, a + 7 * 4096).unwrap().pfn, Pfn(head.0 + 7), "PTEs map its subpages");
+    assert_eq!((h.refcount(), h.mapcount()), (1 + 511, 511));
+    s.mprotect(a + 4096, 4096, Prot::READ).unwrap();
+    assert_eq!(s.write(a + 4096, &[0]), Err(FaultError::Protection));
+    s.madvise(a + 2 * 4096, 4096, Advice::DontNeed).unwrap();
+    assert_eq!(get_u32(&mut s, a + 2 * 4096), 0, "DONTNEED dropped the subpage's mapping");
+    for i in (0..512).filter(|i| ![2, 100].contains(i)) {
+        assert_eq!(get_u32(&mut s, a + i * 4096), i as u32);
+    }
+    // Writes: in place on a writable subpage, copy-on-write after mprotect gives write back.
+    put_u32(&mut s, a + 5 * 4096, 555);
+    assert_eq!(present(&s, a + 5 * 4096).unwrap().pfn, Pfn(head.0 + 5));
+    s.mprotect(a + 4096, 4096, Prot::RW).unwrap();
+    put_u32(&mut s, a + 4096, 111);
+    assert_eq!(get_u32(&mut s, a + 4096), 111);
+    // Migration and device-exclusive access leave the pinned subpages alone.
+    let args = super::migrate::MigrateArgs {
+        start: a + 8 * 4096,
+        end: a + 9 * 4096,
+        owner: super::notify::Owner(1),
+        select: super::migrate::Select::SYSTEM,
+        fault_page: None,
+    };
+    assert_eq!(s.migrate_vma_setup(args).unwrap().cpages(), 0);
+    let r = s.make_device_exclusive(a + 9 * 4096, super::notify::Owner(1));
+    assert!(matches!(r, Err(Error::Busy(_))), "{r:?}");
+    assert_eq!(get_u32(&mut s, a + 9 * 4096), 9);
+    // Fork shares the subpages copy-on-write.
+    let mut c = s.fork().unwrap();
+    put_u32(&mut c, a + 6 * 4096, 666);
+    assert_eq!(get_u32(&mut s, a + 6 * 4096), 6);
+    assert_eq!(get_u32(&mut c, a + 5 * 4096), 555);
+    drop(c);
+    s.munmap(a, M2).unwrap();
+    assert_eq!((h.refcount(), h.mapcount()), (1, 0), "only the pin is left");
+    f.mm.put_page(head);
+    drop(s);
+    f.assert_no_leak();
+}

@@ -19,7 +19,9 @@
 //! space at once: a page-table change flushes this CPU and shoots down the others that have
 //! the root loaded ([`crate::arch::smp::shootdown`]). A fault on one CPU while another holds
 //! the address space's lock waits for it (with interrupts on, so shootdowns are answered),
-//! bounded by [`LOCK_WAIT_NS`].
+//! bounded by [`LOCK_WAIT_NS`]. A fault that meets a page under migration (a device-memory
+//! eviction in progress) waits for it with the lock dropped and faults again, bounded by
+//! [`MIGRATION_WAIT_NS`], as Linux's `migration_entry_wait` does.
 
 use alloc::sync::Arc;
 use boot::pvh::{BootInfo, MemoryKind};
@@ -42,6 +44,12 @@ pub type Space = Mutex<AddressSpace>;
 /// How long a fault waits for its address space's lock before reporting it locked (the
 /// holder is another CPU in a long migration, or the faulting task itself).
 pub const LOCK_WAIT_NS: u64 = 5_000_000_000;
+
+/// How long a fault waits for a page under migration (a device-memory eviction copying it
+/// out) before it fails with [`FaultError::MigrationTimeout`].
+pub const MIGRATION_WAIT_NS: u64 = 5_000_000_000;
+/// One wait of a fault for a page under migration ([`Platform::migration_wait`]).
+const MIGRATION_WAIT_STEP_NS: u64 = 20_000;
 
 /// The kernel's [`Platform`]: the buddy frame allocator, the direct map, `invlpg`.
 #[derive(Debug)]
@@ -138,6 +146,18 @@ impl Platform for KernelPlatform {
         smp::flush_local(root.addr(), flush.start, flush.end, flush.tables_freed);
         smp::shootdown(root.addr(), flush.start, flush.end, flush.tables_freed);
     }
+
+    fn migration_wait(&self, round: u32) -> bool {
+        if u64::from(round) > MIGRATION_WAIT_NS / MIGRATION_WAIT_STEP_NS {
+            return false;
+        }
+        // With interrupts on (the fault path runs so), so shootdowns are answered meanwhile.
+        let step = crate::arch::time::Deadline::after_ns(MIGRATION_WAIT_STEP_NS);
+        while !step.passed() {
+            core::hint::spin_loop();
+        }
+        true
+    }
 }
 
 static MM: Once<Arc<Mm>> = Once::new();
@@ -213,17 +233,33 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
             } else {
                 Access::Read
             };
-            match lock_bounded(&space) {
-                Some(mut s) => s.fault(address, access),
-                // The lock stayed held: by the faulting task itself (it touched user memory
-                // while holding its address space's lock; resolving would deadlock) or by a
-                // stuck CPU. Report it instead of hanging.
-                None => {
+            let mut round = 0;
+            loop {
+                let r = match lock_bounded(&space) {
+                    Some(mut s) => s.fault(address, access),
+                    // The lock stayed held: by the faulting task itself (it touched user memory
+                    // while holding its address space's lock; resolving would deadlock) or by a
+                    // stuck CPU. Report it instead of hanging.
+                    None => {
+                        log::error!(
+                            "user fault at {address:#x}: its address space stayed locked for {} ms",
+                            LOCK_WAIT_NS / 1_000_000
+                        );
+                        break Err(FaultError::Locked);
+                    }
+                };
+                // A page under migration (migration_entry_wait): wait with the lock dropped,
+                // so the migration can finish, then fault again; bounded.
+                if r != Err(FaultError::Migrating) {
+                    break r;
+                }
+                round += 1;
+                if !mm().platform().migration_wait(round) {
                     log::error!(
-                        "user fault at {address:#x}: its address space stayed locked for {} ms",
-                        LOCK_WAIT_NS / 1_000_000
+                        "user fault at {address:#x}: the page stayed under migration for {} ms",
+                        MIGRATION_WAIT_NS / 1_000_000
                     );
-                    Err(FaultError::Locked)
+                    break Err(FaultError::MigrationTimeout);
                 }
             }
         }
