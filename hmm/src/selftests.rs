@@ -958,6 +958,7 @@ pub fn run_all(env: &Env<'_>, report: &mut dyn FnMut(&str, &Verdict)) {
     }
 }
 
+mod coherence;
 mod extra;
 mod old_api;
 pub use extra::EXTRA;

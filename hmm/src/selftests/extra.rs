@@ -9,7 +9,7 @@ use crate::mm::pte::{Pte, SoftKind};
 use crate::mm::space::Entry;
 
 /// Our own scenarios, run after [`SCENARIOS`] in both variants; the `old_api_*` ones are the
-/// old-API generations' (`old_api.rs`).
+/// old-API generations' (`old_api.rs`), the mirror-coherence ones `coherence.rs`'s.
 pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_alloc_fail_midway", two: false, run: migrate_alloc_fail_midway },
     Scenario { name: "migrate_thp_compound", two: false, run: migrate_thp_compound },
@@ -18,6 +18,17 @@ pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_thp_remap", two: false, run: migrate_thp_remap },
     Scenario { name: "migrate_thp_fork", two: false, run: migrate_thp_fork },
     Scenario { name: "migrate_thp_release", two: false, run: migrate_thp_release },
+    Scenario {
+        name: "mirror_sees_cpu_write_after_fork",
+        two: false,
+        run: super::coherence::mirror_sees_cpu_write_after_fork,
+    },
+    Scenario {
+        name: "mirror_sees_cpu_write_after_reopen",
+        two: false,
+        run: super::coherence::mirror_sees_cpu_write_after_reopen,
+    },
+    Scenario { name: "fault_racing_own_migration", two: false, run: super::coherence::fault_racing_own_migration },
     Scenario { name: "old_api_read", two: false, run: super::old_api::old_api_read },
     Scenario { name: "old_api_write", two: false, run: super::old_api::old_api_write },
     Scenario { name: "old_api_migrate", two: false, run: super::old_api::old_api_migrate },
