@@ -40,6 +40,10 @@ const FAULT_CHUNK: u64 = 64;
 const SNAPSHOT_CHUNK: u64 = 32;
 /// Pages per migration round (one PMD).
 const MIGRATE_CHUNK: u64 = 512;
+/// Eviction rounds of a device release before `ETIMEDOUT` (see [`DmirrorDevice::release`]).
+pub const RELEASE_ROUNDS: u32 = 1000;
+/// Spins between two eviction rounds of a device release.
+pub const RELEASE_SPINS: u32 = 100_000;
 /// Range-fault retries before `Busy` (stands in for `HMM_RANGE_DEFAULT_TIMEOUT`).
 const FAULT_RETRIES: u32 = 1000;
 
@@ -92,6 +96,8 @@ pub const ENOENT: i32 = 2;
 pub const ENOMEM: i32 = 12;
 /// `EBUSY`.
 pub const EBUSY: i32 = 16;
+/// `ETIMEDOUT`.
+pub const ETIMEDOUT: i32 = 110;
 
 fn err(errno: i32, why: &'static str) -> CmdError {
     CmdError { errno, why }
@@ -386,17 +392,50 @@ impl DmirrorDevice {
     }
 
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
-    /// driver unbind). Must be called with no address space locked.
+    /// driver unbind). A page another thread holds (a migration in flight has it locked) is
+    /// waited for, as Linux's `memunmap_pages` waits, but boundedly: [`RELEASE_ROUNDS`]
+    /// eviction rounds [`RELEASE_SPINS`] spins apart, then `ETIMEDOUT`. Must be called with no
+    /// address space locked.
     pub fn release(&self) -> Result<(), CmdError> {
-        let mm = self.pagemaps.mm().clone();
-        let chunks = {
+        self.release_waiting(RELEASE_ROUNDS, &mut |_| (0..RELEASE_SPINS).for_each(|_| core::hint::spin_loop()))
+    }
+
+    /// [`release`](Self::release) in at most `rounds` eviction rounds: after every round but
+    /// the last that left pages in use, `wait(round)` runs (rounds count from 0, no lock is
+    /// held), then the next round evicts what is left. Free pages
+    /// stop being handed out at once, and pages freed meanwhile stay off the free lists.
+    /// Returns `ENOMEM` or `EIO` when an eviction fails (without waiting further), `ETIMEDOUT`
+    /// when pages are still in use after the last round; either way the chunks still in use
+    /// stay, usable again.
+    pub fn release_waiting(&self, rounds: u32, wait: &mut dyn FnMut(u32)) -> Result<(), CmdError> {
+        let mut chunks = {
             let mut s = self.state.lock();
             s.free.clear();
             s.free_huge.clear();
             core::mem::take(&mut s.chunks)
         };
+        let mut round = 0;
+        loop {
+            let failure = self.evict(&chunks);
+            chunks.retain(|pm| self.backing.remove_chunk(&self.pagemaps, pm).is_err());
+            if chunks.is_empty() {
+                return failure.map_or(Ok(()), Err);
+            }
+            round += 1;
+            if failure.is_some() || round >= rounds {
+                self.keep(chunks);
+                return Err(failure.unwrap_or(err(ETIMEDOUT, "device pages still in use after waiting for them")));
+            }
+            wait(round - 1);
+        }
+    }
+
+    /// One eviction round over `chunks` (`migrate_device_range`, copy, `pages`, `finalize`):
+    /// pages free or held by someone else are skipped. The last failure, if any.
+    fn evict(&self, chunks: &[Arc<DevPagemap>]) -> Option<CmdError> {
+        let mm = self.pagemaps.mm().clone();
         let mut failure = None;
-        for pm in &chunks {
+        for pm in chunks {
             for &(start, n) in pm.ranges() {
                 let mut mig = migrate_device_range(&mm, start, n);
                 let (mut filled, mut pairs) = (Vec::new(), Vec::new());
@@ -422,17 +461,15 @@ impl DmirrorDevice {
                 mig.finalize();
             }
         }
+        failure
+    }
+
+    /// Makes `chunks` (still in use after a release) usable again: back in the device, their
+    /// free pages back on the free list.
+    fn keep(&self, chunks: Vec<Arc<DevPagemap>>) {
+        let mm = self.pagemaps.mm();
         let mut s = self.state.lock();
         for pm in chunks {
-            if self.backing.remove_chunk(&self.pagemaps, &pm).is_err() {
-                // Still in use (eviction failed for some page): keep it usable.
-                s.chunks.push(pm);
-                failure.get_or_insert(err(EBUSY, "device pages still in use after eviction"));
-            }
-        }
-        // Chunks kept are re-scanned for free pages.
-        let kept: Vec<Arc<DevPagemap>> = s.chunks.clone();
-        for pm in kept {
             for &(start, n) in pm.ranges() {
                 for i in 0..n {
                     let p = Pfn(start.0 + i);
@@ -441,8 +478,8 @@ impl DmirrorDevice {
                     }
                 }
             }
+            s.chunks.push(pm);
         }
-        failure.map_or(Ok(()), Err)
     }
 }
 

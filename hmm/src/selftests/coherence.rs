@@ -139,6 +139,54 @@ pub(super) fn fault_racing_own_migration(env: &Env<'_>, v: Variant) -> Verdict {
     Ok(Outcome::Pass)
 }
 
+/// Device release while another thread's migration holds a device page (the test holds the
+/// page's lock, as `migrate_vma_setup` does): release evicts what it can, waits, and evicts
+/// the page once the holder lets it go; every int comes back. A holder that never lets go ends
+/// the bounded wait with `ETIMEDOUT`, the held page still on the (still usable) device, and a
+/// later release succeeds.
+pub(super) fn release_waits_for_a_busy_page(env: &Env<'_>, v: Variant) -> Verdict {
+    let p = env.process()?;
+    let a = mmap(&p, MapRequest::anon(2 * PAGE, Prot::RW))?;
+    env.fill(&p, a, 2048, |i| i as i32)?;
+    let d = env.open(v, false, &p)?;
+    let dev = d.device();
+    for gives_up in [false, true] {
+        migrated(&d, a, 2)?;
+        let held = frame_at(&p, a)?;
+        let meta = env.mm.meta(held).ok_or(format!("no metadata for the device page {:#x}", held.0))?;
+        ensure!(meta.has(crate::mm::frame::flags::DEVICE), "page 0 is not on the device");
+        ensure!(meta.trylock(), "the device page was locked already");
+        let mut waits = Vec::new();
+        let r = dev.release_waiting(3, &mut |round| {
+            waits.push(round);
+            if round == 1 && !gives_up {
+                meta.unlock();
+            }
+        });
+        if gives_up {
+            ensure!(
+                r.map_err(|e| e.errno) == Err(crate::dmirror::ETIMEDOUT),
+                "release with a page held for good: {r:?}"
+            );
+            ensure!(waits == [0, 1], "waits {waits:?}");
+            ensure!(dev.pages_in_use() == 1, "{} device pages in use, expected the held one", dev.pages_in_use());
+            meta.unlock();
+            check_ints(&env.ints(&p, a, 2048)?, |i| i as i32, "CPU after the timed-out release")?;
+            ok!(dev.release());
+        } else {
+            ensure!(r.is_ok(), "release waiting for a held page: {r:?}");
+            ensure!(waits == [0, 1], "waits {waits:?}");
+        }
+        ensure!(dev.pages_in_use() == 0, "{} device pages in use after the release", dev.pages_in_use());
+        for k in 0..2 {
+            let f = frame_at(&p, a + k * PAGE)?;
+            ensure!(!env.mm.meta(f).is_some_and(|m| m.has(crate::mm::frame::flags::DEVICE)), "page {k} on the device");
+        }
+        check_ints(&env.ints(&p, a, 2048)?, |i| i as i32, "CPU after the release")?;
+    }
+    Ok(Outcome::Pass)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +213,11 @@ mod tests {
     #[test]
     fn a_reopened_file_sees_the_cpu_write() {
         both_variants(mirror_sees_cpu_write_after_reopen);
+    }
+
+    #[test]
+    fn device_release_waits_for_a_page_a_migration_holds() {
+        both_variants(release_waits_for_a_busy_page);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub const EXTRA: &[Scenario] = &[
         run: super::coherence::mirror_sees_cpu_write_after_reopen,
     },
     Scenario { name: "fault_racing_own_migration", two: false, run: super::coherence::fault_racing_own_migration },
+    Scenario {
+        name: "release_waits_for_a_busy_page",
+        two: false,
+        run: super::coherence::release_waits_for_a_busy_page,
+    },
     Scenario { name: "old_api_read", two: false, run: super::old_api::old_api_read },
     Scenario { name: "old_api_write", two: false, run: super::old_api::old_api_write },
     Scenario { name: "old_api_migrate", two: false, run: super::old_api::old_api_migrate },
