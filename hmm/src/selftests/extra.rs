@@ -80,7 +80,7 @@ fn migrate_alloc_fail_midway(env: &Env<'_>, v: Variant) -> Verdict {
 
 /// Where the page at `va` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
+pub(super) enum Place {
     /// In RAM, mapped by a PMD (a THP).
     RamThp,
     /// In RAM, mapped by a PTE.
@@ -112,7 +112,7 @@ fn place(env: &Env<'_>, p: &Arc<SharedSpace>, va: u64) -> Result<Place, String> 
 }
 
 /// Every page of `[a, a + n pages)` is at `want`.
-fn all_at(env: &Env<'_>, p: &Arc<SharedSpace>, a: u64, n: u64, want: Place) -> Result<(), String> {
+pub(super) fn all_at(env: &Env<'_>, p: &Arc<SharedSpace>, a: u64, n: u64, want: Place) -> Result<(), String> {
     for k in 0..n {
         let got = place(env, p, a + k * PAGE)?;
         ensure!(got == want, "page {k} at {:#x}: {got:?}, expected {want:?}", a + k * PAGE);
