@@ -32,6 +32,8 @@ use spin::{Mutex, RwLock};
 
 mod backing;
 pub use backing::{Backing, RamBacking};
+#[cfg(test)]
+mod tests;
 
 const PAGE: u64 = 4096;
 /// Pages per range-fault round (dmirror's 64-entry `pfns` array).
