@@ -404,11 +404,10 @@ impl DmirrorDevice {
 
     /// [`release`](Self::release) in at most `rounds` eviction rounds: after every round but
     /// the last that left pages in use, `wait(round)` runs (rounds count from 0, no lock is
-    /// held), then the next round evicts what is left. Free pages
-    /// stop being handed out at once, and pages freed meanwhile stay off the free lists.
-    /// Returns `ENOMEM` or `EIO` when an eviction fails (without waiting further), `ETIMEDOUT`
-    /// when pages are still in use after the last round; either way the chunks still in use
-    /// stay, usable again.
+    /// held), then the next round evicts what is left. Free pages stop being handed out at
+    /// once, and pages freed meanwhile stay off the free lists. Returns `ENOMEM` or `EIO` when
+    /// an eviction fails (without waiting further), `ETIMEDOUT` when pages are still in use
+    /// after the last round; either way the chunks still in use stay, usable again.
     pub fn release_waiting(&self, rounds: u32, wait: &mut dyn FnMut(u32)) -> Result<(), CmdError> {
         let mut chunks = {
             let mut s = self.state.lock();
