@@ -9,15 +9,16 @@
 //! "accesses" memory by copying through that table, as dmirror does.
 //!
 //! The invariants are dmirror's: the table holds no page references (the notifier keeps it
-//! coherent: every CPU page-table change erases the affected entries first, except the
-//! device's own migrations); for private memory it stores the *backing* frame; a device page's
-//! driver data is its backing frame.
+//! coherent: every CPU page-table change erases the affected entries first, the device's own
+//! migrations included, and a device fault commits only what no invalidation overtook); for
+//! private memory it stores the *backing* frame; a device page's driver data is its backing
+//! frame.
 
 use crate::addr::Pfn;
 use crate::devpt::{DevPageTable, Entry};
 use crate::mm::frame::flags;
 use crate::mm::migrate::{MigrateArgs, MigratePfn, MigrateVma, Select, migrate_device_range};
-use crate::mm::notify::{Event, Owner, Range};
+use crate::mm::notify::{Owner, Range};
 use crate::mm::pagetable::{PMD_SIZE, USER_END};
 use crate::mm::space::{AddressSpace, FaultError};
 use crate::mm::{Error, HUGE_FRAMES, HUGE_ORDER, Mm, SharedSpace};
@@ -27,10 +28,12 @@ use crate::range::{HmmPfn, Request, fault_round};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use spin::Mutex;
+use spin::{Mutex, RwLock};
 
 mod backing;
 pub use backing::{Backing, RamBacking};
+#[cfg(test)]
+mod tests;
 
 const PAGE: u64 = 4096;
 /// Pages per range-fault round (dmirror's 64-entry `pfns` array).
@@ -39,6 +42,10 @@ const FAULT_CHUNK: u64 = 64;
 const SNAPSHOT_CHUNK: u64 = 32;
 /// Pages per migration round (one PMD).
 const MIGRATE_CHUNK: u64 = 512;
+/// Eviction rounds of a device release before `ETIMEDOUT` (see [`DmirrorDevice::release`]).
+pub const RELEASE_ROUNDS: u32 = 1000;
+/// Spins between two eviction rounds of a device release.
+pub const RELEASE_SPINS: u32 = 100_000;
 /// Range-fault retries before `Busy` (stands in for `HMM_RANGE_DEFAULT_TIMEOUT`).
 const FAULT_RETRIES: u32 = 1000;
 
@@ -91,6 +98,8 @@ pub const ENOENT: i32 = 2;
 pub const ENOMEM: i32 = 12;
 /// `EBUSY`.
 pub const EBUSY: i32 = 16;
+/// `ETIMEDOUT`.
+pub const ETIMEDOUT: i32 = 110;
 
 fn err(errno: i32, why: &'static str) -> CmdError {
     CmdError { errno, why }
@@ -101,6 +110,10 @@ impl core::fmt::Display for CmdError {
         write!(f, "errno {}: {}", self.errno, self.why)
     }
 }
+
+/// A hook run between a range fault and its commit (see [`Dmirror::set_fault_hook`]): called
+/// with the round's `[start, end)`, it returns whether it stays installed.
+pub type FaultHook = alloc::boxed::Box<dyn FnMut(u64, u64) -> bool + Send>;
 
 /// The counters a command returns (`cpages`, `faults`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,9 +129,6 @@ struct DevState {
     chunks: Vec<Arc<DevPagemap>>,
     free: Vec<Pfn>,
     free_huge: Vec<Pfn>,
-    /// Open files by slot; a device page's driver data names the slot of the file it was
-    /// migrated for (dmirror's `rpage->zone_device_data`).
-    files: Vec<Weak<Dmirror>>,
     calloc: u64,
     cfree: u64,
 }
@@ -146,14 +156,16 @@ impl core::fmt::Debug for DmirrorDevice {
 
 /// One open dmirror file (`struct dmirror`).
 pub struct Dmirror {
-    this: Weak<Dmirror>,
     dev: Arc<DmirrorDevice>,
     space: Weak<SharedSpace>,
     mm: Arc<Mm>,
-    notifier: Mutex<Option<IntervalNotifier>>,
+    /// The interval notifier; read-locked by every user of it, so `close` waits for them.
+    notifier: RwLock<Option<IntervalNotifier>>,
     /// The device page table; its lock is the driver's user lock.
     pt: Mutex<DevPageTable>,
     fail_alloc: AtomicBool,
+    /// See [`Dmirror::set_fault_hook`].
+    fault_hook: Mutex<Option<FaultHook>>,
     /// Invalidations that reached the device page table.
     pub invalidations: AtomicU64,
 }
@@ -232,13 +244,12 @@ impl DmirrorDevice {
         Ok(())
     }
 
-    /// Allocates a device page for the file `user`: a 4 KiB page, or with `huge` one 2 MiB
-    /// compound page (a device THP). Private memory gets its storage frames from the backing (2 MiB
-    /// contiguous for a THP, given back one by one so that a split device THP can free them
-    /// page by page); each page's driver data names its storage frame and the file. The
-    /// page comes initialised: one reference, locked (`zone_device_folio_init`).
-    fn alloc(&self, huge: bool, user: &Weak<Dmirror>) -> Result<Pfn, Error> {
-        let user_slot = self.slot_of(user);
+    /// Allocates a device page: a 4 KiB page, or with `huge` one 2 MiB compound page (a device
+    /// THP). Private memory gets its storage frames from the backing (2 MiB contiguous for a
+    /// THP, given back one by one so that a split device THP can free them page by page); each
+    /// page's driver data is its storage frame. The page comes initialised: one reference,
+    /// locked (`zone_device_folio_init`).
+    fn alloc(&self, huge: bool) -> Result<Pfn, Error> {
         let p = {
             let mut s = self.state.lock();
             if huge {
@@ -276,7 +287,7 @@ impl DmirrorDevice {
         };
         let pm = self.pagemaps.find(p).ok_or(Error::Invalid("device page outside its pagemap"))?;
         for k in 0..n {
-            pm.set_data(Pfn(p.0 + k), pack(Pfn(backing.0 + k), user_slot));
+            pm.set_data(Pfn(p.0 + k), backing.0 + k);
         }
         if let Err(e) = self.pagemaps.folio_init(p, order) {
             for k in 0..n {
@@ -293,25 +304,7 @@ impl DmirrorDevice {
 
     /// The frame the device reads for device page `p` (its storage frame if private).
     fn storage(&self, p: Pfn) -> Pfn {
-        self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, |d| unpack(d).0)
-    }
-
-    /// The slot of `file` in the open-file table (added on first use).
-    fn slot_of(&self, file: &Weak<Dmirror>) -> u64 {
-        let mut s = self.state.lock();
-        if let Some(i) = s.files.iter().position(|f| Weak::ptr_eq(f, file)) {
-            return i as u64 + 1;
-        }
-        match s.files.iter().position(|f| f.strong_count() == 0) {
-            Some(i) => {
-                s.files[i] = file.clone();
-                i as u64 + 1
-            }
-            None => {
-                s.files.push(file.clone());
-                s.files.len() as u64
-            }
-        }
+        self.pagemaps.find(p).and_then(|pm| pm.data(p)).map_or(p, Pfn)
     }
 
     /// A locked anonymous RAM page to receive device page `p`, and the storage frame to copy
@@ -349,37 +342,31 @@ impl DmirrorDevice {
 
     /// Fills the destination of source `i` of a device-to-RAM migration: one 2 MiB RAM page
     /// for a compound source when `huge_ok` and RAM has one, else a 4 KiB page per base page
-    /// (the fallback, which makes `migrate_vma_pages` split the source), then copies. `gone(page
-    /// index, frame)` is called for every page copied, for the device-side invalidation.
+    /// (the fallback, which makes `migrate_vma_pages` split the source), then copies. (The
+    /// device-side invalidation is the migration's own: see [`Dmirror`]'s `invalidate`.)
     /// Returns the pages copied; on an allocation failure, what was filled so far still
     /// migrates; on a copy failure, nothing of this entry does.
-    fn migrate_out(
-        &self,
-        mig: &mut MigrateVma<'_>,
-        i: usize,
-        huge_ok: bool,
-        gone: &mut dyn FnMut(usize, Pfn),
-    ) -> Result<u64, Error> {
+    fn migrate_out(&self, mig: &mut MigrateVma<'_>, i: usize, huge_ok: bool) -> Result<u64, Error> {
         let s = mig.src()[i];
         let (Some(spfn), true) = (s.pfn(), s.is_migrate()) else { return Ok(0) };
         let mm = self.pagemaps.mm().clone();
         let mut filled = Vec::new();
         let mut pairs = Vec::new();
-        let mut froms = Vec::new();
+        let mut copied = 0u64;
         let mut alloc_failed = None;
         if !s.is_compound() {
             let (d, from) = self.ram_for(spfn)?;
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write());
             filled.push(i);
             pairs.push((d, Some(from)));
-            froms.push((i, from));
+            copied = 1;
         } else if huge_ok && let Ok(d) = mm.alloc_page(flags::ANON, HUGE_ORDER, false) {
             lock_new(&mm, d);
             for k in 0..HUGE_FRAMES {
                 let from = self.storage(Pfn(spfn.0 + k));
                 pairs.push((Pfn(d.0 + k), Some(from)));
-                froms.push((i + k as usize, from));
             }
+            copied = HUGE_FRAMES;
             mig.dst_mut()[i] = MigratePfn::new(d).with_write(s.is_write()).with_compound();
             filled.push(i);
         } else {
@@ -390,7 +377,7 @@ impl DmirrorDevice {
                         mig.dst_mut()[j] = MigratePfn::new(d).with_write(s.is_write());
                         filled.push(j);
                         pairs.push((d, Some(from)));
-                        froms.push((j, from));
+                        copied += 1;
                     }
                     Err(e) => {
                         alloc_failed = Some(e);
@@ -400,27 +387,56 @@ impl DmirrorDevice {
             }
         }
         self.copy_or_back_out(mig.dst_mut(), &filled, &pairs)?;
-        for &(j, from) in &froms {
-            gone(j, from);
-        }
         match alloc_failed {
-            Some(e) if froms.is_empty() => Err(e),
-            _ => Ok(froms.len() as u64),
+            Some(e) if copied == 0 => Err(e),
+            _ => Ok(copied),
         }
     }
 
     /// Evicts all device memory to RAM and removes the chunks (`HMM_DMIRROR_RELEASE` and
-    /// driver unbind). Must be called with no address space locked.
+    /// driver unbind). A page another thread holds (a migration in flight has it locked) is
+    /// waited for, as Linux's `memunmap_pages` waits, but boundedly: [`RELEASE_ROUNDS`]
+    /// eviction rounds [`RELEASE_SPINS`] spins apart, then `ETIMEDOUT`. Must be called with no
+    /// address space locked.
     pub fn release(&self) -> Result<(), CmdError> {
-        let mm = self.pagemaps.mm().clone();
-        let chunks = {
+        self.release_waiting(RELEASE_ROUNDS, &mut |_| (0..RELEASE_SPINS).for_each(|_| core::hint::spin_loop()))
+    }
+
+    /// [`release`](Self::release) in at most `rounds` eviction rounds: after every round but
+    /// the last that left pages in use, `wait(round)` runs (rounds count from 0, no lock is
+    /// held), then the next round evicts what is left. Free pages stop being handed out at
+    /// once, and pages freed meanwhile stay off the free lists. Returns `ENOMEM` or `EIO` when
+    /// an eviction fails (without waiting further), `ETIMEDOUT` when pages are still in use
+    /// after the last round; either way the chunks still in use stay, usable again.
+    pub fn release_waiting(&self, rounds: u32, wait: &mut dyn FnMut(u32)) -> Result<(), CmdError> {
+        let mut chunks = {
             let mut s = self.state.lock();
             s.free.clear();
             s.free_huge.clear();
             core::mem::take(&mut s.chunks)
         };
+        let mut round = 0;
+        loop {
+            let failure = self.evict(&chunks);
+            chunks.retain(|pm| self.backing.remove_chunk(&self.pagemaps, pm).is_err());
+            if chunks.is_empty() {
+                return failure.map_or(Ok(()), Err);
+            }
+            round += 1;
+            if failure.is_some() || round >= rounds {
+                self.keep(chunks);
+                return Err(failure.unwrap_or(err(ETIMEDOUT, "device pages still in use after waiting for them")));
+            }
+            wait(round - 1);
+        }
+    }
+
+    /// One eviction round over `chunks` (`migrate_device_range`, copy, `pages`, `finalize`):
+    /// pages free or held by someone else are skipped. The last failure, if any.
+    fn evict(&self, chunks: &[Arc<DevPagemap>]) -> Option<CmdError> {
+        let mm = self.pagemaps.mm().clone();
         let mut failure = None;
-        for pm in &chunks {
+        for pm in chunks {
             for &(start, n) in pm.ranges() {
                 let mut mig = migrate_device_range(&mm, start, n);
                 let (mut filled, mut pairs) = (Vec::new(), Vec::new());
@@ -446,17 +462,15 @@ impl DmirrorDevice {
                 mig.finalize();
             }
         }
+        failure
+    }
+
+    /// Makes `chunks` (still in use after a release) usable again: back in the device, their
+    /// free pages back on the free list.
+    fn keep(&self, chunks: Vec<Arc<DevPagemap>>) {
+        let mm = self.pagemaps.mm();
         let mut s = self.state.lock();
         for pm in chunks {
-            if self.backing.remove_chunk(&self.pagemaps, &pm).is_err() {
-                // Still in use (eviction failed for some page): keep it usable.
-                s.chunks.push(pm);
-                failure.get_or_insert(err(EBUSY, "device pages still in use after eviction"));
-            }
-        }
-        // Chunks kept are re-scanned for free pages.
-        let kept: Vec<Arc<DevPagemap>> = s.chunks.clone();
-        for pm in kept {
             for &(start, n) in pm.ranges() {
                 for i in 0..n {
                     let p = Pfn(start.0 + i);
@@ -465,8 +479,8 @@ impl DmirrorDevice {
                     }
                 }
             }
+            s.chunks.push(pm);
         }
-        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -478,9 +492,9 @@ impl PagemapOps for DmirrorDevice {
             if self.kind == MemoryKind::Private
                 && let Some(d) = pm.data(p)
                 && d != 0
-                && unpack(d).0 != p
+                && d != p.0
             {
-                self.backing.free_storage(unpack(d).0);
+                self.backing.free_storage(Pfn(d));
             }
             pm.set_data(p, 0);
         }
@@ -495,12 +509,7 @@ impl PagemapOps for DmirrorDevice {
         }
     }
 
-    fn migrate_to_ram(&self, pm: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
-        let slot = pm.data(page).map_or(0, |d| unpack(d).1);
-        let user = match slot {
-            0 => None,
-            i => self.state.lock().files.get(i as usize - 1).and_then(Weak::upgrade),
-        };
+    fn migrate_to_ram(&self, _: &DevPagemap, space: &mut AddressSpace, va: u64, page: Pfn) -> Result<(), FaultError> {
         let select = match self.kind {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
@@ -510,15 +519,11 @@ impl PagemapOps for DmirrorDevice {
         let (start, len, select) =
             if huge { (va & !(PMD_SIZE - 1), PMD_SIZE, select.compound()) } else { (va & !(PAGE - 1), PAGE, select) };
         let args = MigrateArgs { start, end: start + len, owner: self.owner, select, fault_page: Some(page) };
+        // Its invalidation has erased these pages from every file mirroring this address space.
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
-        let mut gone = |k: usize, frame: Pfn| {
-            if let Some(u) = &user {
-                u.forget_frame(start + k as u64 * PAGE, frame);
-            }
-        };
         let mut result = Ok(());
         for i in 0..mig.src().len() {
-            if let Err(e) = self.migrate_out(&mut mig, i, true, &mut gone) {
+            if let Err(e) = self.migrate_out(&mut mig, i, true) {
                 result = Err(if matches!(e, Error::Io(_)) { FaultError::Bus } else { FaultError::OutOfMemory });
                 break;
             }
@@ -569,18 +574,6 @@ fn unuse(mm: &Mm, p: Pfn) {
     mm.put_page(p);
 }
 
-/// Bits of a device page's driver data that hold its backing frame; the bits above hold the
-/// open-file slot (0: none).
-const BACKING_BITS: u32 = 40;
-
-fn pack(backing: Pfn, slot: u64) -> u64 {
-    backing.0 | slot << BACKING_BITS
-}
-
-fn unpack(d: u64) -> (Pfn, u64) {
-    (Pfn(d & ((1 << BACKING_BITS) - 1)), d >> BACKING_BITS)
-}
-
 fn check_range(addr: u64, npages: u64) -> Result<(u64, u64), CmdError> {
     if !addr.is_multiple_of(PAGE) {
         return Err(err(EINVAL, "address is not page-aligned"));
@@ -603,25 +596,25 @@ impl Dmirror {
         let mut s = space.lock();
         let mm = s.mm().clone();
         let subs = Subscriptions::of(&mut s);
-        let d = Arc::new_cyclic(|this| Dmirror {
-            this: this.clone(),
+        let d = Arc::new(Dmirror {
             dev: dev.clone(),
             space: Arc::downgrade(space),
             mm,
-            notifier: Mutex::new(None),
+            notifier: RwLock::new(None),
             pt: Mutex::new(DevPageTable::new()),
             fail_alloc: AtomicBool::new(false),
+            fault_hook: Mutex::new(None),
             invalidations: AtomicU64::new(0),
         });
         let ops: Weak<Dmirror> = Arc::downgrade(&d);
         let n = subs.insert(0, USER_END, ops)?;
-        *d.notifier.lock() = Some(n);
+        *d.notifier.write() = Some(n);
         Ok(d)
     }
 
     /// Closes the file: removes the notifier and drops the device page table.
     pub fn close(&self) -> Result<(), Error> {
-        if let Some(n) = self.notifier.lock().take() {
+        if let Some(n) = self.notifier.write().take() {
             n.remove().map_err(|(_, e)| e)?;
         }
         self.pt.lock().clear_all();
@@ -637,8 +630,21 @@ impl Dmirror {
         self.space.upgrade().ok_or(err(EINVAL, "the process's address space is gone"))
     }
 
-    fn forget_frame(&self, va: u64, frame: Pfn) {
-        self.pt.lock().remove_if(va / PAGE, frame);
+    /// Installs (or with `None` removes) a hook that runs after every successful range fault of
+    /// this file (device faults, snapshots), before the result is checked against the
+    /// notifier sequence and committed, with no lock of this file held: what another thread
+    /// does at that point of a device fault, a test does from the hook, in a fixed order. The
+    /// hook may use this file; it is not installed while it runs (a device access from it does
+    /// not run it again) and stays installed while it returns `true`.
+    pub fn set_fault_hook(&self, hook: Option<FaultHook>) {
+        *self.fault_hook.lock() = hook;
+    }
+
+    fn run_fault_hook(&self, a: u64, b: u64) {
+        let Some(mut hook) = self.fault_hook.lock().take() else { return };
+        if hook(a, b) {
+            self.fault_hook.lock().get_or_insert(hook);
+        }
     }
 
     /// `HMM_DMIRROR_FLAGS`: bit 0 makes the next device allocation fail.
@@ -688,6 +694,7 @@ impl Dmirror {
                 Err(e) => return Err(err(e.errno(), "range fault failed")),
                 Ok(()) => {}
             }
+            self.run_fault_hook(a, b);
             let mut pt = self.pt.lock();
             if sub.read_retry(seq) {
                 continue;
@@ -701,7 +708,7 @@ impl Dmirror {
     /// pages and fills the device page table.
     fn fault(&self, start: u64, end: u64, write: bool) -> Result<(), CmdError> {
         let space = self.space()?;
-        let guard = self.notifier.lock();
+        let guard = self.notifier.read();
         let sub = guard.as_ref().ok_or(err(EINVAL, "the file is closed"))?;
         let req = if write { Request::WRITE } else { Request::FAULT };
         let mut a = start;
@@ -792,9 +799,8 @@ impl Dmirror {
         if !s.is_migrate() {
             return;
         }
-        let me = self.this.clone();
         let alloc = |huge: bool, table_full: &mut bool| {
-            let r = self.dev.alloc(huge, &me);
+            let r = self.dev.alloc(huge);
             *table_full |= r == Err(Error::FrameTableFull);
             r
         };
@@ -890,6 +896,7 @@ impl Dmirror {
                 copied.map_err(|_| err(EIO, "the device's copy engine failed; the pages stay in system memory"))
             })?;
         }
+        self.map_local(start, end)?;
         let mut buf = alloc::vec![0u8; (npages * PAGE) as usize];
         match self.copy(start, &mut buf, None, 0) {
             Ok(_) => Ok((buf, Counts { cpages: npages, faults: 0 })),
@@ -899,6 +906,39 @@ impl Dmirror {
             )),
             Err(_) => Err(err(ENOENT, "a page did not reach the device")),
         }
+    }
+
+    /// Maps again the pages of `[start, end)` that are in this device's memory but have no
+    /// entry: a migration's invalidation erases its whole range, pages it did not move (those
+    /// already on the device) included. A range walk that faults nothing, under the sequence
+    /// protocol; pages elsewhere stay unmapped (the read-back then reports them).
+    fn map_local(&self, start: u64, end: u64) -> Result<(), CmdError> {
+        let complete = {
+            let pt = self.pt.lock();
+            (start / PAGE..end / PAGE).all(|v| pt.get(v).is_some())
+        };
+        if complete {
+            return Ok(());
+        }
+        let space = self.space()?;
+        let guard = self.notifier.read();
+        let sub = guard.as_ref().ok_or(err(EINVAL, "the file is closed"))?;
+        let mut a = start;
+        while a < end {
+            let b = (a + FAULT_CHUNK * PAGE).min(end);
+            self.fault_locked(&space, sub, (a, b), Request::NONE, |pt, pfns| {
+                for (i, &p) in pfns.iter().enumerate() {
+                    let pfn = HmmPfn::pfn(p);
+                    let local = self.dev.pagemaps.find(pfn).filter(|pm| pm.owner() == self.dev.owner);
+                    let (true, Some(pm)) = (p & HmmPfn::VALID != 0, local) else { continue };
+                    let frame = if pm.kind() == MemoryKind::Private { self.dev.storage(pfn) } else { pfn };
+                    pt.insert(a / PAGE + i as u64, Entry { frame, write: p & HmmPfn::WRITE != 0, atomic: false });
+                }
+                Ok(())
+            })?;
+            a = b;
+        }
+        Ok(())
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrates this device's pages in the range back to RAM.
@@ -911,7 +951,7 @@ impl Dmirror {
             MemoryKind::Private => Select::DEVICE_PRIVATE,
             MemoryKind::Coherent => Select::DEVICE_COHERENT,
         };
-        self.per_chunk(&mut s, start, end, select.compound(), false, |a, mut mig| {
+        self.per_chunk(&mut s, start, end, select.compound(), false, |_, mut mig| {
             for i in 0..mig.src().len() {
                 let src = mig.src()[i];
                 if !src.is_migrate() || src.pfn().is_none() {
@@ -924,8 +964,7 @@ impl Dmirror {
                 if fail && !src.is_compound() {
                     continue;
                 }
-                let mut gone = |k: usize, frame: Pfn| self.forget_frame(a + k as u64 * PAGE, frame);
-                c.cpages += self.dev.migrate_out(&mut mig, i, !fail, &mut gone).map_err(|e| match e {
+                c.cpages += self.dev.migrate_out(&mut mig, i, !fail).map_err(|e| match e {
                     Error::Io(_) => err(EIO, "the device's copy engine failed; the pages stay on the device"),
                     _ => err(ENOMEM, "no RAM to migrate into"),
                 })?;
@@ -1021,11 +1060,14 @@ impl Dmirror {
 }
 
 impl IntervalOps for Dmirror {
+    /// Erases `range` from the table and records the sequence, for every event, this device's
+    /// own migrations included. (Linux's dmirror skips those, `MMU_NOTIFY_MIGRATE` with its
+    /// owner, on the ground that the migration updates the table itself; but the migration only
+    /// updates the file it runs for, or the one a device page was migrated for, so another file
+    /// of the device mirroring the same pages kept entries for frames about to be freed; and a
+    /// device fault whose range fault had returned those frames committed them, its sequence
+    /// unchanged.) A migration to the device maps its pages again after `migrate_vma_pages`.
     fn invalidate(&self, sub: &Interval, range: &Range, cur_seq: u64) -> bool {
-        // Our own migrations already updated the table (dmirror_interval_invalidate).
-        if range.event == Event::Migrate && range.owner == Some(self.dev.owner) {
-            return true;
-        }
         let mut pt = if range.blockable {
             self.pt.lock()
         } else {

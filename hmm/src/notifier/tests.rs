@@ -14,6 +14,8 @@ fn range(start: u64, end: u64, event: Event) -> Range {
 #[derive(Default)]
 struct Mirror {
     seen: Mutex<Vec<(u64, u64, Event, u64)>>,
+    /// The owner of each invalidation seen.
+    owners: Mutex<Vec<Option<Owner>>>,
     lock: Mutex<()>,
     refuse_nonblocking: AtomicBool,
 }
@@ -26,6 +28,7 @@ impl IntervalOps for Mirror {
         let _g = self.lock.lock();
         sub.set_seq(cur_seq);
         self.seen.lock().push((r.start, r.end, r.event, cur_seq));
+        self.owners.lock().push(r.owner);
         true
     }
 }
@@ -210,7 +213,16 @@ fn owner_and_event_reach_the_driver() {
     r.owner = Some(Owner(7));
     subs.invalidate_start(&r);
     subs.invalidate_end(&r);
-    assert_eq!(m.seen.lock()[0].2, Event::Migrate);
+    let mut r = range(0, 0x1000, Event::Exclusive);
+    r.owner = Some(Owner(9));
+    subs.invalidate_start(&r);
+    subs.invalidate_end(&r);
+    let r = range(0, 0x1000, Event::Clear);
+    subs.invalidate_start(&r);
+    subs.invalidate_end(&r);
+    let events: Vec<Event> = m.seen.lock().iter().map(|e| e.2).collect();
+    assert_eq!(events, [Event::Migrate, Event::Exclusive, Event::Clear]);
+    assert_eq!(*m.owners.lock(), [Some(Owner(7)), Some(Owner(9)), None]);
 }
 
 #[test]

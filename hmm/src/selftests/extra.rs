@@ -9,7 +9,7 @@ use crate::mm::pte::{Pte, SoftKind};
 use crate::mm::space::Entry;
 
 /// Our own scenarios, run after [`SCENARIOS`] in both variants; the `old_api_*` ones are the
-/// old-API generations' (`old_api.rs`).
+/// old-API generations' (`old_api.rs`), the mirror-coherence ones `coherence.rs`'s.
 pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_alloc_fail_midway", two: false, run: migrate_alloc_fail_midway },
     Scenario { name: "migrate_thp_compound", two: false, run: migrate_thp_compound },
@@ -18,6 +18,22 @@ pub const EXTRA: &[Scenario] = &[
     Scenario { name: "migrate_thp_remap", two: false, run: migrate_thp_remap },
     Scenario { name: "migrate_thp_fork", two: false, run: migrate_thp_fork },
     Scenario { name: "migrate_thp_release", two: false, run: migrate_thp_release },
+    Scenario {
+        name: "mirror_sees_cpu_write_after_fork",
+        two: false,
+        run: super::coherence::mirror_sees_cpu_write_after_fork,
+    },
+    Scenario {
+        name: "mirror_sees_cpu_write_after_reopen",
+        two: false,
+        run: super::coherence::mirror_sees_cpu_write_after_reopen,
+    },
+    Scenario { name: "fault_racing_own_migration", two: false, run: super::coherence::fault_racing_own_migration },
+    Scenario {
+        name: "release_waits_for_a_busy_page",
+        two: false,
+        run: super::coherence::release_waits_for_a_busy_page,
+    },
     Scenario { name: "old_api_read", two: false, run: super::old_api::old_api_read },
     Scenario { name: "old_api_write", two: false, run: super::old_api::old_api_write },
     Scenario { name: "old_api_migrate", two: false, run: super::old_api::old_api_migrate },
@@ -64,7 +80,7 @@ fn migrate_alloc_fail_midway(env: &Env<'_>, v: Variant) -> Verdict {
 
 /// Where the page at `va` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
+pub(super) enum Place {
     /// In RAM, mapped by a PMD (a THP).
     RamThp,
     /// In RAM, mapped by a PTE.
@@ -96,7 +112,7 @@ fn place(env: &Env<'_>, p: &Arc<SharedSpace>, va: u64) -> Result<Place, String> 
 }
 
 /// Every page of `[a, a + n pages)` is at `want`.
-fn all_at(env: &Env<'_>, p: &Arc<SharedSpace>, a: u64, n: u64, want: Place) -> Result<(), String> {
+pub(super) fn all_at(env: &Env<'_>, p: &Arc<SharedSpace>, a: u64, n: u64, want: Place) -> Result<(), String> {
     for k in 0..n {
         let got = place(env, p, a + k * PAGE)?;
         ensure!(got == want, "page {k} at {:#x}: {got:?}, expected {want:?}", a + k * PAGE);

@@ -9,7 +9,9 @@
 //! the devices' copy engines ([`BarBacking`]); private memory is BAR frames behind unused frame
 //! numbers, coherent memory is BAR frames the CPU maps. `hmm_dmirror0`/`2` use dev0,
 //! `hmm_dmirror1`/`3` use dev1 (dev0 again on a one-device machine), so the two-device
-//! scenarios run across two real devices.
+//! scenarios run across two real devices. A machine without a device of private memory skips
+//! each `real/` pair with the reason (no device at all, or only coherent ones); one whose PCI
+//! bus has device functions that did not become devices fails them.
 //!
 //! The devices live for the whole run and give their memory back in [`teardown`], before the
 //! run's frame-leak check; it also checks that the real run did copy by DMA.
@@ -70,13 +72,27 @@ fn env() -> Result<&'static Env<'static>, String> {
 type RealEnv = (Env<'static>, [Arc<BarBacking>; 4]);
 static REAL: Once<Result<RealEnv, String>> = Once::new();
 
-fn real_env() -> Result<Option<&'static Env<'static>>, String> {
+/// The suite's environment on the real devices, or why this machine cannot have one (every
+/// `real/` pair then skips with that reason). A machine whose PCI bus has device functions
+/// that did not all become devices fails instead: it is supposed to have them.
+fn real_env() -> Result<Result<&'static Env<'static>, &'static str>, String> {
     let all = crate::vram::all().map_err(|e| alloc::format!("registering device memory: {e}"))?;
     // Dmirror memory is carved out of private device memory (a coherent device's BAR is its
     // own pagemap already).
     let devices: alloc::vec::Vec<_> = all.iter().filter(|v| v.kind() == hmm::pagemap::MemoryKind::Private).collect();
     if devices.is_empty() {
-        return Ok(None);
+        let functions = crate::system().map_or(0, |s| s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count());
+        if functions > all.len() {
+            return Err(alloc::format!(
+                "the PCI bus has {functions} device functions (ivshmem) but only {} devices have memory registered",
+                all.len()
+            ));
+        }
+        return Ok(Err(if all.is_empty() {
+            "this machine has no device (no ivshmem function on its PCI bus)"
+        } else {
+            "every device of this machine has coherent memory; the real run carves dmirror memory out of private device memory"
+        }));
     }
     REAL.call_once(|| {
         let dev = |n: usize| BarBacking::new(devices[n % devices.len()]);
@@ -88,7 +104,7 @@ fn real_env() -> Result<Option<&'static Env<'static>>, String> {
             .map_err(|e| alloc::format!("creating the test devices on the real devices: {e}"))
     })
     .as_ref()
-    .map(|(env, _)| Some(env))
+    .map(|(env, _)| Ok(env))
     .map_err(Clone::clone)
 }
 
@@ -120,8 +136,8 @@ pub fn run(i: usize) -> Result<Option<&'static str>, String> {
     let (s, v, real) = pick(i).ok_or_else(|| String::from("no such scenario"))?;
     let env = if real {
         match real_env()? {
-            Some(env) => env,
-            None => return Ok(Some("this machine has no device with private memory")),
+            Ok(env) => env,
+            Err(why) => return Ok(Some(why)),
         }
     } else {
         env()?
