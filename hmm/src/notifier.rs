@@ -119,8 +119,8 @@ pub struct Subscriptions {
     this: Weak<Subscriptions>,
     state: Mutex<State>,
     tree: RwLock<IntervalTree<Arc<Interval>>>,
-    /// Increments when the sequence becomes even again (what waiters watch).
-    wakeups: AtomicU64,
+    /// How long a wait spins before it gives up ([`WAIT_SPINS`]; tests shorten it).
+    wait_spins: u64,
     /// Invalidations delivered to callbacks (for tests and benchmarks).
     pub callbacks: AtomicU64,
     /// Callers waiting in `read_begin` or `remove` for an invalidation to end (a test can
@@ -196,11 +196,15 @@ impl Subscriptions {
 
     /// Subscriptions attached to nothing yet (tests drive them directly through [`Notifier`]).
     pub fn new() -> Arc<Subscriptions> {
+        Self::with_wait_spins(WAIT_SPINS)
+    }
+
+    fn with_wait_spins(wait_spins: u64) -> Arc<Subscriptions> {
         Arc::new_cyclic(|this| Subscriptions {
             this: this.clone(),
             state: Mutex::new(State { seq: 2, ..State::default() }),
             tree: RwLock::new(IntervalTree::new()),
-            wakeups: AtomicU64::new(0),
+            wait_spins,
             callbacks: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
             refused_blockable: AtomicU64::new(0),
@@ -290,7 +294,7 @@ impl Subscriptions {
         let mut r = Ok(());
         while self.state.lock().seq == seq {
             spins += 1;
-            if spins > WAIT_SPINS {
+            if spins > self.wait_spins {
                 r = Err(Error::Busy("an invalidation did not end: a notifier callback is stuck"));
                 break;
             }
@@ -366,8 +370,6 @@ impl Notifier for Subscriptions {
                 }
             }
         }
-        drop(st);
-        self.wakeups.fetch_add(1, Ordering::Release);
     }
 
     fn as_any(&self) -> &dyn Any {

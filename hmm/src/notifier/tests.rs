@@ -597,3 +597,162 @@ fn threaded_readers_never_commit_stale_values() {
     assert_eq!(round(), Some(2_000));
     assert_eq!(*dev.lock.lock(), Some(2_000));
 }
+
+// ------------------------------------------------------------------------------------------
+// Branches the tests above leave open.
+
+#[test]
+fn an_insert_during_an_invalidation_that_hit_nothing_freezes_at_once() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let far = range(0x10_0000, 0x20_0000, Event::Unmap);
+    assert!(subs.invalidate_start(&far));
+    assert_eq!(subs.seq(), 2, "nothing hit yet");
+    let sub = subs.insert(0x10_0000, 0x1000, ops(&m)).unwrap();
+    assert_eq!(subs.len(), 1, "no invalidation hit an interval: the tree takes it at once");
+    assert_eq!(subs.seq(), 3, "but the sequence goes odd, so its first read waits for the running one");
+    assert_eq!(sub.read_begin_nowait(), 3);
+    assert!(m.seen.lock().is_empty(), "the running invalidation's callbacks are over");
+    subs.invalidate_end(&far);
+    assert_eq!(subs.seq(), 4);
+    let seq = sub.read_begin().unwrap();
+    assert_eq!(seq, 3);
+    assert!(!sub.read_retry(seq));
+}
+
+#[test]
+fn only_overlapping_intervals_are_called_and_ends_are_exclusive() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let _sub = subs.insert(0x1000, 0x4000, ops(&m)).unwrap(); // [0x1000, 0x4fff]
+    for (s, e) in [(0, 0x1000), (0x5000, 0x6000)] {
+        let r = range(s, e, Event::Clear);
+        assert!(subs.invalidate_start(&r));
+        assert!(!subs.is_invalidating(), "[{s:#x}, {e:#x}) does not touch the interval");
+        subs.invalidate_end(&r);
+    }
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 0);
+    for (s, e) in [(0, 0x1001), (0x4fff, 0x6000), (0x2000, 0x3000), (0, u64::MAX)] {
+        let r = range(s, e, Event::Clear);
+        assert!(subs.invalidate_start(&r));
+        assert!(subs.is_invalidating(), "[{s:#x}, {e:#x}) touches the interval");
+        subs.invalidate_end(&r);
+    }
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 4);
+    assert_eq!(m.seen.lock().len(), 4);
+}
+
+#[test]
+fn a_dropped_driver_is_not_called() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    drop(m);
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 0);
+    subs.invalidate_end(&r);
+    assert_eq!(subs.seq(), 4, "the invalidation still ran its period");
+    sub.remove().unwrap();
+}
+
+#[test]
+fn one_refusal_fails_a_non_blockable_start_with_others_accepting() {
+    let subs = Subscriptions::new();
+    let refuser = Arc::new(Mirror::default());
+    refuser.refuse_nonblocking.store(true, Ordering::Relaxed);
+    let fine = Arc::new(Mirror::default());
+    let a = subs.insert(0, 0x1000, ops(&refuser)).unwrap();
+    let b = subs.insert(0x1000, 0x1000, ops(&fine)).unwrap();
+    let mut r = range(0, 0x2000, Event::Clear);
+    r.blockable = false;
+    assert!(!subs.invalidate_start(&r));
+    assert!(!subs.is_invalidating());
+    assert_eq!(subs.refused_blockable(), 0, "a non-blockable refusal is legal");
+    // Undone: nothing waits, and the next blockable invalidation works.
+    assert!(a.read_begin().is_ok() && b.read_begin().is_ok());
+    r.blockable = true;
+    assert!(subs.invalidate_start(&r));
+    subs.invalidate_end(&r);
+    assert!(!subs.is_invalidating());
+}
+
+#[test]
+fn a_wait_that_never_ends_is_bounded() {
+    let subs = Subscriptions::with_wait_spins(1_000);
+    let m = Arc::new(Mirror::default());
+    let sub = Arc::new(subs.insert(0, 0x1000, ops(&m)).unwrap());
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    // This thread keeps the invalidation open until the reader has given up.
+    let s2 = sub.clone();
+    let res = std::thread::spawn(move || s2.read_begin()).join().unwrap();
+    assert!(matches!(res, Err(Error::Busy(why)) if why.contains("did not end")), "{res:?}");
+    assert_eq!(subs.waiters(), 0, "a waiter that gave up is no longer counted");
+    subs.invalidate_end(&r);
+    assert!(sub.read_begin().is_ok());
+}
+
+#[test]
+fn removing_an_insert_still_deferred_does_not_wait() {
+    let subs = Subscriptions::with_wait_spins(1_000_000);
+    let m = Arc::new(Mirror::default());
+    let _a = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let b = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    // From another context, while the invalidation stays open: the queued insert is cancelled
+    // and nothing is left to wait for.
+    let res = std::thread::spawn(move || b.remove().map_err(|(_, e)| e)).join().unwrap();
+    assert_eq!(res, Ok(()));
+    subs.invalidate_end(&r);
+    assert_eq!(subs.len(), 1, "the cancelled insert never reaches the tree");
+}
+
+#[test]
+fn drop_on_another_thread_waits_for_the_invalidation_to_end() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let ended = Arc::new(AtomicBool::new(false));
+    let dropper = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            drop(sub);
+            ended.load(Ordering::SeqCst)
+        })
+    };
+    wait_until("the dropper waits", || subs.waiters() == 1);
+    ended.store(true, Ordering::SeqCst);
+    subs.invalidate_end(&r);
+    assert!(dropper.join().unwrap(), "drop returned before the invalidation ended");
+    assert!(subs.is_empty());
+}
+
+#[test]
+fn an_ended_invalidation_leaves_its_context_free_to_wait() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = Arc::new(subs.insert(0, 0x1000, ops(&m)).unwrap());
+    let r = range(0, 0x1000, Event::Clear);
+    // This thread invalidates once, start to end...
+    assert!(subs.invalidate_start(&r));
+    subs.invalidate_end(&r);
+    // ...then another thread holds one open until this thread waits on it: this thread is no
+    // longer an invalidator, so it waits instead of failing with Busy.
+    let go = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (subs, go) = (subs.clone(), go.clone());
+        std::thread::spawn(move || {
+            assert!(subs.invalidate_start(&r));
+            go.store(true, Ordering::SeqCst);
+            wait_until("the first thread waits", || subs.waiters() == 1);
+            subs.invalidate_end(&r);
+        })
+    };
+    wait_until("the other thread invalidates", || go.load(Ordering::SeqCst));
+    assert_eq!(sub.read_begin(), Ok(5));
+    other.join().unwrap();
+}

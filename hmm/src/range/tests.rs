@@ -357,3 +357,146 @@ fn vmas_without_read_permission_are_errors() {
     let mut pfns = [HmmPfn::request_bits(Request::WRITE)];
     assert_eq!(fault_masked(&mut s, &sub, r, r + PAGE, &mut pfns), Err(RangeError::Permission));
 }
+
+#[test]
+fn a_stale_sequence_is_busy_before_and_after_the_walk() {
+    let mut s = space(1024);
+    let ops = seq_only();
+    let sub = whole(&mut s, &ops);
+    let a = s.mmap(MapRequest::anon(4 * PAGE, Prot::RW)).unwrap();
+    s.madvise(a, 4 * PAGE, crate::mm::space::Advice::NoHugePage).unwrap();
+    s.fault(a, Access::Read).unwrap(); // the zero page
+    // An invalidation between read_begin and the walk: Busy at once, no output written.
+    let seq = sub.read_begin().unwrap();
+    s.munmap(a + 3 * PAGE, PAGE).unwrap();
+    let mut pfns = vec![7u64; 3];
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + 3 * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::NONE,
+        pfn_flags_mask: Request::NONE,
+        dev_private_owner: None,
+    };
+    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::Busy));
+    assert_eq!(pfns, [7, 7, 7]);
+    // Nor is anything faulted: the stale walk stops before its first fault.
+    let mut pfns = vec![0, 0, HmmPfn::request_bits(Request::WRITE)];
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + 3 * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::NONE,
+        pfn_flags_mask: Request::WRITE,
+        dev_private_owner: None,
+    };
+    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::Busy));
+    assert!(s.lookup(a + 2 * PAGE).is_none(), "a walk with a stale sequence faulted a page in");
+    // A fault that replaces a mapped page (the zero page, broken for a write) invalidates the
+    // interval itself: that walk is Busy, the next one from a new read_begin succeeds.
+    let mut pfns = vec![HmmPfn::request_bits(Request::WRITE), 0, 0];
+    assert_eq!(fault_masked(&mut s, &sub, a, a + 3 * PAGE, &mut pfns), Err(RangeError::Busy));
+    let mut pfns = vec![HmmPfn::request_bits(Request::WRITE), 0, 0];
+    fault_masked(&mut s, &sub, a, a + 3 * PAGE, &mut pfns).unwrap();
+    assert_eq!(pfns[0] & (HmmPfn::VALID | HmmPfn::WRITE), HmmPfn::VALID | HmmPfn::WRITE);
+    assert_eq!(&pfns[1..], &[0, 0]);
+}
+
+#[test]
+fn holes_between_vmas_are_errors_and_the_walk_goes_on_after_them() {
+    let mut s = space(1024);
+    let ops = seq_only();
+    let sub = whole(&mut s, &ops);
+    let a = s.mmap(MapRequest::anon(6 * PAGE, Prot::RW)).unwrap();
+    s.munmap(a + 2 * PAGE, 2 * PAGE).unwrap();
+    for i in [0, 1, 4, 5] {
+        s.fault(a + i * PAGE, Access::Write).unwrap();
+    }
+    let mut pfns = vec![0u64; 6];
+    fault_masked(&mut s, &sub, a, a + 6 * PAGE, &mut pfns).unwrap();
+    let kinds: Vec<u64> = pfns.iter().map(|&e| e & HmmPfn::FLAGS).collect();
+    let rw = HmmPfn::VALID | HmmPfn::WRITE;
+    assert_eq!(kinds, [rw, rw, HmmPfn::ERROR, HmmPfn::ERROR, rw, rw]);
+    // A fault asked for in the hole fails the whole range.
+    let mut pfns = vec![0u64; 6];
+    pfns[3] = HmmPfn::request_bits(Request::FAULT);
+    assert_eq!(fault_masked(&mut s, &sub, a, a + 6 * PAGE, &mut pfns), Err(RangeError::Fault));
+    // Faults after the hole are made.
+    let c = s.mmap(MapRequest::anon(6 * PAGE, Prot::RW)).unwrap();
+    s.munmap(c + 2 * PAGE, 2 * PAGE).unwrap();
+    let mut pfns = vec![0u64; 6];
+    pfns[5] = HmmPfn::request_bits(Request::WRITE);
+    fault_masked(&mut s, &sub, c, c + 6 * PAGE, &mut pfns).unwrap();
+    let kinds: Vec<u64> = pfns.iter().map(|&e| e & HmmPfn::FLAGS).collect();
+    assert_eq!(kinds, [0, 0, HmmPfn::ERROR, HmmPfn::ERROR, 0, rw]);
+}
+
+#[test]
+fn without_a_mask_slot_bits_are_ignored() {
+    // P2: a caller that reuses the array sees its old outputs read as requests unless the
+    // mask is 0, which takes only default_flags.
+    let mut s = space(1024);
+    let ops = seq_only();
+    let sub = whole(&mut s, &ops);
+    let a = s.mmap(MapRequest::anon(2 * PAGE, Prot::READ)).unwrap();
+    let mut pfns = vec![HmmPfn::VALID | HmmPfn::WRITE | 0x1234; 2];
+    let seq = sub.read_begin().unwrap();
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + 2 * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::FAULT,
+        pfn_flags_mask: Request::NONE,
+        dev_private_owner: None,
+    };
+    hmm_range_fault(&mut s, &mut r).unwrap();
+    assert!(pfns.iter().all(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE) == HmmPfn::VALID), "{pfns:x?}");
+    assert!(pfns.iter().all(|&e| s.mm().is_zero(HmmPfn::pfn(e))), "read faults map the zero page");
+    // With a mask, the same bits are requests: a write on a read-only mapping.
+    let mut pfns = vec![HmmPfn::VALID | HmmPfn::WRITE; 2];
+    assert_eq!(fault_masked(&mut s, &sub, a, a + 2 * PAGE, &mut pfns), Err(RangeError::Permission));
+    // And the mask limits them: fault only, the write bit dropped.
+    let mut pfns = vec![HmmPfn::VALID | HmmPfn::WRITE; 2];
+    let seq = sub.read_begin().unwrap();
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + 2 * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::NONE,
+        pfn_flags_mask: Request::FAULT,
+        dev_private_owner: None,
+    };
+    hmm_range_fault(&mut s, &mut r).unwrap();
+    assert!(pfns.iter().all(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE) == HmmPfn::VALID));
+}
+
+#[test]
+fn out_of_memory_while_faulting_is_no_memory() {
+    let mut s = space(1024);
+    let ops = seq_only();
+    let sub = whole(&mut s, &ops);
+    let n = 1024u64;
+    let a = s.mmap(MapRequest::anon(n * PAGE, Prot::RW)).unwrap();
+    s.madvise(a, n * PAGE, crate::mm::space::Advice::NoHugePage).unwrap();
+    let mut pfns = vec![0u64; n as usize];
+    let seq = sub.read_begin().unwrap();
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + n * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::WRITE,
+        pfn_flags_mask: Request::NONE,
+        dev_private_owner: None,
+    };
+    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::NoMemory));
+}
