@@ -466,10 +466,11 @@ pub fn hmm_range_fault<E: PfnEncoding>(
                     return Err(RangeError::Permission);
                 }
                 let access = if write { Access::Write } else { Access::Read };
-                for (i, st) in states.iter().enumerate().take(k).skip(j) {
+                // The whole run with one access, as Linux faults a range with the flags it
+                // needs (`hmm_vma_fault`).
+                for i in j..k {
                     let a = start + i as u64 * PAGE;
-                    let w = need_fault(req(&reqs, i), *st).unwrap_or(false);
-                    match space.fault(a, if w { Access::Write } else { access }) {
+                    match space.fault(a, access) {
                         Ok(()) => {}
                         Err(FaultError::Migrating) | Err(FaultError::Locked) => return Err(RangeError::Busy),
                         Err(FaultError::OutOfMemory) => return Err(RangeError::NoMemory),

@@ -500,3 +500,54 @@ fn out_of_memory_while_faulting_is_no_memory() {
     };
     assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::NoMemory));
 }
+
+/// Linux 6.1 never faults a device-private page of the caller's owner, not even for a write
+/// request on a read-only one: it is reported as it is.
+#[test]
+fn own_device_private_pages_are_never_faulted() {
+    use crate::dmirror::{Dmirror, DmirrorDevice};
+    use crate::pagemap::{MemoryKind, Pagemaps};
+    const OWNER: Owner = Owner(0xc0);
+    let frames = 8192;
+    let mm = Mm::new(Arc::new(FakePlatform::new(frames)), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+    let pagemaps = Pagemaps::install(&mm).unwrap();
+    let space = mm.share(AddressSpace::new(&mm).unwrap());
+    let dev = DmirrorDevice::new(&pagemaps, MemoryKind::Private, OWNER, 2 << 20);
+    let file = Dmirror::open(&dev, &space).unwrap();
+    let a = {
+        let mut s = space.lock();
+        let a = s.mmap(MapRequest::anon(2 * PAGE, Prot::RW)).unwrap();
+        s.write(a, &[5u8; 2 * PAGE as usize]).unwrap();
+        s.mprotect(a + PAGE, PAGE, Prot::READ).unwrap();
+        a
+    };
+    file.migrate_to_dev(a, 2).unwrap();
+    let ops = seq_only();
+    let sub = whole(&mut space.lock(), &ops);
+    let mut pfns = vec![HmmPfn::request_bits(Request::WRITE); 2];
+    let seq = sub.read_begin().unwrap();
+    let mut s = space.lock();
+    let mut r = HmmRange::<HmmPfn> {
+        notifier: &sub,
+        notifier_seq: seq,
+        start: a,
+        end: a + 2 * PAGE,
+        pfns: &mut pfns,
+        default_flags: Request::NONE,
+        pfn_flags_mask: Request::WRITE,
+        dev_private_owner: Some(OWNER),
+    };
+    hmm_range_fault(&mut s, &mut r).unwrap();
+    let flags: Vec<u64> = pfns.iter().map(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE | HmmPfn::ERROR)).collect();
+    assert_eq!(flags, [HmmPfn::VALID | HmmPfn::WRITE, HmmPfn::VALID], "{pfns:x?}");
+    for (i, &e) in pfns.iter().enumerate() {
+        let entry = s.lookup(a + i as u64 * PAGE).unwrap();
+        assert!(
+            matches!(entry.pte, crate::mm::pte::Pte::Soft(p) if p.kind == SoftKind::DevicePrivate && p.pfn == HmmPfn::pfn(e)),
+            "page {i} stays on the device: {entry:?}"
+        );
+    }
+    drop(s);
+    drop(sub);
+    file.close().unwrap();
+}
