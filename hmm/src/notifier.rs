@@ -29,6 +29,12 @@
 //!   to the deferred list and are applied by the last `invalidate_end`.
 //! - An interval's `seq` equals the subscriptions' `seq` exactly while an invalidation that hit
 //!   it is running (`read_begin` waits then).
+//! - A start that returns `true` is matched by exactly one `invalidate_end`. A blockable start
+//!   always returns `true` (a callback's `false` there is a driver bug, counted in
+//!   [`Subscriptions::refused_blockable`]); a non-blockable one that a callback refuses undoes
+//!   itself and returns `false`, and gets no `invalidate_end`.
+//! - Waiting (`read_begin`, `remove`) is told apart from invalidating by the caller's context
+//!   ([`set_context_fn`]); a wait is bounded and counted in [`Subscriptions::waiters`].
 //! - Callbacks run without the state lock held (they may call `read_begin`, `set_seq`, insert
 //!   and remove other notifiers); the tree is read-locked while they run.
 //! - Lock order: the address space, then the state lock, then the tree; a driver's user lock is
@@ -68,15 +74,25 @@ impl IntervalOps for SeqOnly {
 /// back into a blocking operation on its own subscriptions is reported instead of deadlocking.
 static CONTEXT: Once<fn() -> u64> = Once::new();
 
-/// Installs the function naming the current execution context (the kernel: the CPU number;
-/// host tests: a thread number). Without one every caller is context 0, which is exact on a
-/// single CPU.
+/// Installs the function naming the current execution context: the kernel's task id, unique
+/// per task (a waiter must be told apart from the invalidator it waits for, on any CPU, and a
+/// task preempted on one CPU must not look like the next task there). The first call wins.
+/// Without one every caller is context 0, which is exact only with a single thread of
+/// execution. Host tests of this crate ignore the hook: each thread is its own context there
+/// (`tests::thread_context`), so tests running in parallel in one binary cannot change each
+/// other's contexts.
 pub fn set_context_fn(f: fn() -> u64) {
     CONTEXT.call_once(|| f);
 }
 
+#[cfg(not(test))]
 fn context() -> u64 {
     CONTEXT.get().map_or(0, |f| f())
+}
+
+#[cfg(test)]
+fn context() -> u64 {
+    tests::thread_context()
 }
 
 /// How long a wait on the sequence spins before it gives up (`read_begin`, `remove`). An
@@ -103,10 +119,16 @@ pub struct Subscriptions {
     this: Weak<Subscriptions>,
     state: Mutex<State>,
     tree: RwLock<IntervalTree<Arc<Interval>>>,
-    /// Increments when the sequence becomes even again (what waiters watch).
-    wakeups: AtomicU64,
+    /// How long a wait spins before it gives up ([`WAIT_SPINS`]; tests shorten it).
+    wait_spins: u64,
     /// Invalidations delivered to callbacks (for tests and benchmarks).
     pub callbacks: AtomicU64,
+    /// Callers waiting in `read_begin` or `remove` for an invalidation to end (a test can
+    /// hold an invalidation open until it sees a waiter, instead of guessing with time).
+    waiters: AtomicU64,
+    /// Blockable invalidations a callback refused (Linux's `WARN_ON` in `mn_itree_invalidate`):
+    /// a driver bug, counted and otherwise ignored.
+    refused_blockable: AtomicU64,
 }
 
 impl core::fmt::Debug for Subscriptions {
@@ -174,12 +196,18 @@ impl Subscriptions {
 
     /// Subscriptions attached to nothing yet (tests drive them directly through [`Notifier`]).
     pub fn new() -> Arc<Subscriptions> {
+        Self::with_wait_spins(WAIT_SPINS)
+    }
+
+    fn with_wait_spins(wait_spins: u64) -> Arc<Subscriptions> {
         Arc::new_cyclic(|this| Subscriptions {
             this: this.clone(),
             state: Mutex::new(State { seq: 2, ..State::default() }),
             tree: RwLock::new(IntervalTree::new()),
-            wakeups: AtomicU64::new(0),
+            wait_spins,
             callbacks: AtomicU64::new(0),
+            waiters: AtomicU64::new(0),
+            refused_blockable: AtomicU64::new(0),
         })
     }
 
@@ -201,6 +229,17 @@ impl Subscriptions {
     /// Whether no interval is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many callers are waiting now for an invalidation to end (`read_begin`, `remove`).
+    pub fn waiters(&self) -> u64 {
+        self.waiters.load(Ordering::Acquire)
+    }
+
+    /// How many times a callback returned `false` for a blockable invalidation (a driver bug
+    /// that Linux warns about; the invalidation went on).
+    pub fn refused_blockable(&self) -> u64 {
+        self.refused_blockable.load(Ordering::Relaxed)
     }
 
     /// Registers `ops` for `[start, start + len)` (`mmu_interval_notifier_insert`).
@@ -250,15 +289,19 @@ impl Subscriptions {
                  address space): it would never end",
             ));
         }
+        self.waiters.fetch_add(1, Ordering::AcqRel);
         let mut spins = 0u64;
+        let mut r = Ok(());
         while self.state.lock().seq == seq {
             spins += 1;
-            if spins > WAIT_SPINS {
-                return Err(Error::Busy("an invalidation did not end: a notifier callback is stuck"));
+            if spins > self.wait_spins {
+                r = Err(Error::Busy("an invalidation did not end: a notifier callback is stuck"));
+                break;
             }
             core::hint::spin_loop();
         }
-        Ok(())
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        r
     }
 }
 
@@ -289,11 +332,20 @@ impl Notifier for Subscriptions {
             }
         });
         drop(tree);
-        if !ok {
-            // A non-blockable invalidation failed: undo this start (Linux's -EAGAIN path).
-            self.invalidate_end(range);
+        if ok {
+            return true;
         }
-        ok
+        if range.blockable {
+            // `false` is legal only when the range is not blockable. Linux warns and goes on
+            // (`mn_itree_invalidate`): the address space will call `invalidate_end` for this
+            // start, so it must stay open.
+            self.refused_blockable.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // A non-blockable invalidation failed: undo this start (Linux's -EAGAIN path); the
+        // caller does not call `invalidate_end`.
+        self.invalidate_end(range);
+        false
     }
 
     fn invalidate_end(&self, _range: &Range) {
@@ -318,8 +370,6 @@ impl Notifier for Subscriptions {
                 }
             }
         }
-        drop(st);
-        self.wakeups.fetch_add(1, Ordering::Release);
     }
 
     fn as_any(&self) -> &dyn Any {

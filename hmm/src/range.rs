@@ -31,6 +31,7 @@ use crate::mm::{HUGE_ORDER, Mm};
 use crate::notifier::Interval;
 
 const PAGE: u64 = 4096;
+const PMD_SIZE: u64 = 1 << 21;
 
 /// What a slot asks for (`HMM_PFN_REQ_FAULT`, `HMM_PFN_REQ_WRITE`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -436,7 +437,9 @@ pub fn hmm_range_fault<E: PfnEncoding>(
         while va < end {
             let vma = space.vmas().find(va).cloned();
             let (seg_end, readable, writable) = match &vma {
-                Some(v) => (v.end.min(end), v.prot.read() || v.prot.write() || v.prot.exec(), v.prot.write()),
+                // `hmm_vma_walk_test`: without read permission (write- or exec-only included)
+                // a VMA cannot be mirrored.
+                Some(v) => (v.end.min(end), v.prot.read(), v.prot.write()),
                 None => {
                     let next = space.vmas().overlapping(va, end).next().map_or(end, |v| v.start.max(va));
                     (next, false, false)
@@ -457,7 +460,7 @@ pub fn hmm_range_fault<E: PfnEncoding>(
             let owner = range.dev_private_owner;
             // A PMD leaf overlapping `va` is reported with its aligned address.
             space.walk_leaves(va, seg_end, &mut |lva, pte, huge| {
-                let size = if huge { 1 << 21 } else { PAGE };
+                let size = if huge { PMD_SIZE } else { PAGE };
                 let mut p = lva.max(va);
                 while p < (lva + size).min(seg_end) {
                     let i = ((p - start) / PAGE) as usize;
@@ -480,21 +483,28 @@ pub fn hmm_range_fault<E: PfnEncoding>(
                     return Err(RangeError::Permission);
                 }
                 let access = if write { Access::Write } else { Access::Read };
-                for (i, st) in states.iter().enumerate().take(k).skip(j) {
+                // The whole run with one access, as Linux faults a range with the flags it
+                // needs (`hmm_vma_fault`).
+                for i in j..k {
                     let a = start + i as u64 * PAGE;
-                    let w = need_fault(req(&reqs, i), *st).unwrap_or(false);
-                    match space.fault(a, if w { Access::Write } else { access }) {
+                    match space.fault(a, access) {
                         Ok(()) => {}
                         Err(FaultError::Migrating) | Err(FaultError::Locked) => return Err(RangeError::Busy),
                         Err(FaultError::OutOfMemory) => return Err(RangeError::NoMemory),
                         Err(_) => return Err(RangeError::Fault),
                     }
                 }
-                // Outputs below `j` are final; the rest is walked again.
-                for (i, s) in states.iter().enumerate().take(j).skip(((cur - start) / PAGE) as usize) {
+                // Outputs below the restart point are final; the rest is walked again. Linux
+                // restarts at the start of what `hmm_vma_fault` faulted (`hmm_vma_walk->last`),
+                // which for an empty or huge PMD is where the walk entered that PMD: restart at
+                // the faulted page's PMD (not before this round's start), so the earlier pages
+                // of a 2 MiB leaf the fault just mapped are reported, requested or not.
+                let restart = ((start + j as u64 * PAGE) & !(PMD_SIZE - 1)).max(cur);
+                let r = ((restart - start) / PAGE) as usize;
+                for (i, s) in states.iter().enumerate().take(r).skip(((cur - start) / PAGE) as usize) {
                     range.pfns[i] = E::encode(*s);
                 }
-                cur = start + j as u64 * PAGE;
+                cur = restart;
                 continue 'walk;
             }
             va = seg_end;

@@ -142,6 +142,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "smp::join_times_out_and_the_task_is_reaped", run: smp::join_times_out_and_the_task_is_reaped },
     Test { name: "smp::munmap_shoots_down_another_cpus_tlb", run: smp::munmap_shoots_down_another_cpus_tlb },
     Test { name: "smp::device_page_faults_back_on_another_cpu", run: smp::device_page_faults_back_on_another_cpu },
+    Test {
+        name: "smp::notifier_waits_for_an_invalidation_on_another_cpu",
+        run: smp::notifier_waits_for_an_invalidation_on_another_cpu,
+    },
     Test { name: "spaces::demand_paging_real_faults", run: spaces::demand_paging_real_faults },
     Test { name: "spaces::bad_access_is_a_fault_value", run: spaces::bad_access_is_a_fault_value },
     Test { name: "spaces::mprotect_and_munmap_flush_the_tlb", run: spaces::mprotect_and_munmap_flush_the_tlb },

@@ -10,7 +10,9 @@
 //! every switch happens on the way out of an interrupt — the timer (preemption, every tick),
 //! the reschedule IPI (a task was queued from another CPU) or `int 0x42` ([`yield_now`], and a
 //! finishing task) — so the trap path's register save and `iretq` are the context switch. A
-//! new task's stack starts with a frame that "returns" into its entry.
+//! new task's stack starts with a frame that "returns" into its entry. Every task has an id
+//! unique for the life of the kernel ([`context_id`]; slots are reused, ids are not), which is
+//! the execution context of the interval notifiers (registered by [`init`]).
 //!
 //! **Address spaces.** Each task has the page-table root it runs with; a switch loads the next
 //! task's root when it differs, publishing it first for TLB shootdown
@@ -54,6 +56,9 @@ const DONE: u8 = 5;
 
 struct Task {
     state: AtomicU8,
+    /// This task's id, unique for the life of the kernel (slots are reused, ids never): what
+    /// [`context_id`] returns.
+    uid: AtomicU64,
     cpu: AtomicUsize,
     /// The saved frame while not running.
     rsp: AtomicU64,
@@ -75,6 +80,7 @@ impl Task {
     const fn new() -> Self {
         Task {
             state: AtomicU8::new(FREE),
+            uid: AtomicU64::new(0),
             cpu: AtomicUsize::new(0),
             rsp: AtomicU64::new(0),
             root: AtomicU64::new(0),
@@ -124,6 +130,8 @@ static EXITED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(NONE) }; MAX_
 static BUSY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Context switches per CPU.
 static SWITCHES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The next task id (0 is the boot flow before [`init`]).
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 /// Why a task could not be spawned or joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,9 +169,19 @@ pub fn current() -> usize {
     }
 }
 
+/// The running task's unique id: the execution context the interval notifiers tell apart
+/// (installed with `hmm::notifier::set_context_fn` by [`init`]), so a task waiting for an
+/// invalidation that another task runs, on any CPU, waits instead of being taken for the
+/// invalidator. 0 before [`init`].
+pub fn context_id() -> u64 {
+    TASKS[current()].uid.load(Ordering::Relaxed)
+}
+
 fn claim_slot() -> Option<usize> {
-    (0..MAX_TASKS)
-        .find(|&i| TASKS[i].state.compare_exchange(FREE, RESERVED, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    let id = (0..MAX_TASKS)
+        .find(|&i| TASKS[i].state.compare_exchange(FREE, RESERVED, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+    TASKS[id].uid.store(NEXT_UID.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    Some(id)
 }
 
 /// Makes the code running now on this CPU its task `id` (the boot flow, or an application
@@ -180,10 +198,12 @@ fn adopt(cpu: usize, id: usize, idle: bool) {
     CURRENT[cpu].store(id, Ordering::Release);
 }
 
-/// Makes the boot flow task 0 and gives CPU 0 its idle task. Called once the heap is up.
+/// Makes the boot flow task 0 and gives CPU 0 its idle task, and makes tasks the execution
+/// contexts of the interval notifiers ([`context_id`]). Called once the heap is up.
 pub fn init() -> Result<(), SchedError> {
     let boot = claim_slot().ok_or(SchedError::TooManyTasks)?;
     adopt(0, boot, false);
+    hmm::notifier::set_context_fn(context_id);
     let idle = new_task(0, Box::new(|| idle()))?;
     TASKS[idle].state.store(READY, Ordering::Release);
     IDLE[0].store(idle, Ordering::Relaxed);

@@ -53,6 +53,8 @@ fn sequence_protocol_step_by_step() {
     assert!(subs.invalidate_start(&far));
     assert_eq!(subs.seq(), 2);
     subs.invalidate_end(&far);
+    assert_eq!(subs.seq(), 2, "an invalidation that hit no interval leaves the sequence as it was");
+    assert!(!subs.is_invalidating());
     assert!(!sub.read_retry(seq));
     assert!(m.seen.lock().is_empty());
 
@@ -187,6 +189,66 @@ fn non_blockable_invalidation_can_fail_and_is_undone() {
     assert!(!subs.invalidate_start(&r));
     assert!(!subs.is_invalidating(), "a failed start leaves no invalidation behind");
     assert_eq!(subs.seq() % 2, 0);
+}
+
+/// A driver that records the sequence and then refuses every invalidation, blockable or not
+/// (a bug for a blockable range; the legacy mirror layer does exactly this when a driver's
+/// `sync_cpu_device_pagetables` returns `false`).
+struct Refuser;
+
+impl IntervalOps for Refuser {
+    fn invalidate(&self, sub: &Interval, _r: &Range, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        false
+    }
+}
+
+#[test]
+fn a_refused_blockable_invalidation_goes_on_and_ends_once() {
+    let subs = Subscriptions::new();
+    let d = Arc::new(Refuser);
+    let w: Weak<Refuser> = Arc::downgrade(&d);
+    let sub = subs.insert(0, 0x1000, w).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    // As the address space does: start (its result is not looked at), change, end.
+    assert!(subs.invalidate_start(&r), "a blockable invalidation cannot fail");
+    assert!(subs.is_invalidating(), "the invalidation stays open until its end");
+    assert_eq!(subs.refused_blockable(), 1, "the refusal is reported");
+    subs.invalidate_end(&r);
+    assert!(!subs.is_invalidating());
+    assert_eq!(subs.seq(), 4);
+    let seq = sub.read_begin().expect("read_begin after a refused blockable invalidation");
+    assert_eq!(seq, 3);
+    assert!(!sub.read_retry(seq));
+    // And the next invalidation works as usual.
+    assert!(subs.invalidate_start(&r));
+    assert_eq!(subs.seq(), 5);
+    subs.invalidate_end(&r);
+    assert_eq!(subs.seq(), 6);
+    assert_eq!(subs.refused_blockable(), 2);
+    sub.remove().unwrap();
+}
+
+#[test]
+fn a_refusing_driver_does_not_wedge_its_address_space() {
+    use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
+    use crate::mm::space::MapRequest;
+    use crate::mm::vma::Prot;
+    let plat = Arc::new(FakePlatform::new(2048));
+    let mm = crate::mm::Mm::new(plat, &[(crate::addr::Pfn(BASE_PFN), 2048)]).unwrap();
+    let mut space = AddressSpace::new(&mm).unwrap();
+    let subs = Subscriptions::of(&mut space);
+    let d = Arc::new(Refuser);
+    let w: Weak<Refuser> = Arc::downgrade(&d);
+    let sub = subs.insert(0x10_0000, 0x10_0000, w).unwrap();
+    let va = space.mmap(MapRequest::anon(0x4000, Prot::RW).fixed(0x10_0000)).unwrap();
+    space.write(va, &[1]).unwrap();
+    space.munmap(va, 0x4000).unwrap();
+    assert!(subs.refused_blockable() >= 1);
+    assert!(!subs.is_invalidating());
+    let seq = sub.read_begin().expect("read_begin after munmap");
+    assert!(!sub.read_retry(seq));
+    drop(sub);
 }
 
 #[test]
@@ -412,13 +474,99 @@ fn the_checker_catches_a_driver_without_the_retry_check() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Threads: a reader loop against an invalidating writer; the mirror is never stale.
+// Threads. Every thread of this test binary is its own notifier context (`thread_context`),
+// whatever hook anything installed, so tests running in parallel cannot see each other through
+// it. No assertion below depends on how the threads are scheduled: cross-thread steps are
+// ordered by handshakes (a thread holds an invalidation open until it sees the other waiting,
+// `Subscriptions::waiters`), and every handshake wait is bounded.
 
-#[test]
-fn threaded_readers_never_commit_stale_values() {
+/// The current thread's notifier context: a number unique to the thread in this process.
+pub(super) fn thread_context() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(1);
     std::thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed) as u64);
-    set_context_fn(|| ID.with(|i| *i));
+    ID.with(|i| *i)
+}
+
+/// Spins (yielding) until `cond` holds; fails the test after ten seconds, which only a hang
+/// reaches (the handshakes below take microseconds).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn threads_are_distinct_contexts() {
+    let here = thread_context();
+    assert_eq!(here, thread_context(), "a thread keeps its context");
+    let there = std::thread::spawn(thread_context).join().unwrap();
+    assert_ne!(here, there);
+    // Installing a hook changes nothing in this binary: it could not reach other tests.
+    set_context_fn(|| 0);
+    assert_eq!(context(), here);
+}
+
+#[test]
+fn read_begin_on_another_thread_waits_for_the_invalidation_to_end() {
+    let subs = Subscriptions::new();
+    let dev = Arc::new(Device::default());
+    let w: Weak<Device> = Arc::downgrade(&dev);
+    let sub = Arc::new(subs.insert(0, 0x1000, w).unwrap());
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let cur_seq = subs.seq();
+    assert_eq!(cur_seq & 1, 1);
+    let ended = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (sub, ended) = (sub.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let seq = sub.read_begin();
+            (seq, ended.load(Ordering::SeqCst), sub.read_retry(*seq.as_ref().unwrap_or(&0)))
+        })
+    };
+    wait_until("the reader waits in read_begin", || subs.waiters() == 1);
+    assert!(!reader.is_finished(), "read_begin returned during the invalidation");
+    ended.store(true, Ordering::SeqCst);
+    subs.invalidate_end(&r);
+    let (seq, after_end, retry) = reader.join().unwrap();
+    assert_eq!(seq, Ok(cur_seq), "the reader gets the invalidation's sequence");
+    assert!(after_end, "read_begin returned before the invalidation ended");
+    assert!(!retry, "nothing invalidated since: the read is clean");
+    assert_eq!(subs.waiters(), 0);
+}
+
+#[test]
+fn remove_on_another_thread_waits_for_the_invalidation_to_end() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let ended = Arc::new(AtomicBool::new(false));
+    let remover = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let res = sub.remove().map_err(|(_, e)| e);
+            (res, ended.load(Ordering::SeqCst))
+        })
+    };
+    wait_until("the remover waits", || subs.waiters() == 1);
+    assert_eq!(subs.len(), 1, "the tree is frozen: the removal is deferred");
+    ended.store(true, Ordering::SeqCst);
+    subs.invalidate_end(&r);
+    let (res, after_end) = remover.join().unwrap();
+    assert_eq!(res, Ok(()));
+    assert!(after_end, "remove returned before the invalidation ended");
+    assert!(subs.is_empty());
+}
+
+/// A reader loop against an invalidating writer: the mirror is never stale. The loop checks an
+/// invariant that holds under every schedule; the final round, after the writer has finished,
+/// must commit the last value whatever happened before.
+#[test]
+fn threaded_readers_never_commit_stale_values() {
     let subs = Subscriptions::new();
     let dev = Arc::new(Device::default());
     let w: Weak<Device> = Arc::downgrade(&dev);
@@ -430,30 +578,193 @@ fn threaded_readers_never_commit_stale_values() {
         std::thread::spawn(move || {
             let r = range(0, 0x1000, Event::Clear);
             for _ in 0..2_000 {
-                subs.invalidate_start(&r);
+                assert!(subs.invalidate_start(&r));
                 cpu.fetch_add(1, Ordering::SeqCst);
                 subs.invalidate_end(&r);
             }
             stop.store(true, Ordering::SeqCst);
         })
     };
-    let mut commits = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    // One round of the driver's loop: Some(value) when it committed.
+    let round = || -> Option<u64> {
         let seq = sub.read_begin().unwrap();
         let snap = cpu.load(Ordering::SeqCst);
         let mut m = dev.lock.lock();
         if sub.read_retry(seq) {
-            continue;
+            return None;
         }
         *m = Some(snap);
-        commits += 1;
         // While we hold the user lock no invalidation can complete its callback, so the value
         // we just committed is the CPU's unless an invalidation started (and is blocked on us).
         let now = cpu.load(Ordering::SeqCst);
         assert_eq!(now, snap, "a value changed under the user lock without an invalidation reaching the driver");
+        Some(snap)
+    };
+    while !stop.load(Ordering::SeqCst) {
+        round();
     }
     writer.join().unwrap();
-    let m = dev.lock.lock();
-    assert!(m.is_none_or(|v| v == cpu.load(Ordering::SeqCst)));
-    assert!(commits > 0);
+    assert!(dev.lock.lock().is_none_or(|v| v == cpu.load(Ordering::SeqCst)));
+    // Nothing invalidates any more: this round commits the final value.
+    assert_eq!(round(), Some(2_000));
+    assert_eq!(*dev.lock.lock(), Some(2_000));
+}
+
+// ------------------------------------------------------------------------------------------
+// Branches the tests above leave open.
+
+#[test]
+fn an_insert_during_an_invalidation_that_hit_nothing_freezes_at_once() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let far = range(0x10_0000, 0x20_0000, Event::Unmap);
+    assert!(subs.invalidate_start(&far));
+    assert_eq!(subs.seq(), 2, "nothing hit yet");
+    let sub = subs.insert(0x10_0000, 0x1000, ops(&m)).unwrap();
+    assert_eq!(subs.len(), 1, "no invalidation hit an interval: the tree takes it at once");
+    assert_eq!(subs.seq(), 3, "but the sequence goes odd, so its first read waits for the running one");
+    assert_eq!(sub.read_begin_nowait(), 3);
+    assert!(m.seen.lock().is_empty(), "the running invalidation's callbacks are over");
+    subs.invalidate_end(&far);
+    assert_eq!(subs.seq(), 4);
+    let seq = sub.read_begin().unwrap();
+    assert_eq!(seq, 3);
+    assert!(!sub.read_retry(seq));
+}
+
+#[test]
+fn only_overlapping_intervals_are_called_and_ends_are_exclusive() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let _sub = subs.insert(0x1000, 0x4000, ops(&m)).unwrap(); // [0x1000, 0x4fff]
+    for (s, e) in [(0, 0x1000), (0x5000, 0x6000)] {
+        let r = range(s, e, Event::Clear);
+        assert!(subs.invalidate_start(&r));
+        assert!(!subs.is_invalidating(), "[{s:#x}, {e:#x}) does not touch the interval");
+        subs.invalidate_end(&r);
+    }
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 0);
+    for (s, e) in [(0, 0x1001), (0x4fff, 0x6000), (0x2000, 0x3000), (0, u64::MAX)] {
+        let r = range(s, e, Event::Clear);
+        assert!(subs.invalidate_start(&r));
+        assert!(subs.is_invalidating(), "[{s:#x}, {e:#x}) touches the interval");
+        subs.invalidate_end(&r);
+    }
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 4);
+    assert_eq!(m.seen.lock().len(), 4);
+}
+
+#[test]
+fn a_dropped_driver_is_not_called() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    drop(m);
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    assert_eq!(subs.callbacks.load(Ordering::Relaxed), 0);
+    subs.invalidate_end(&r);
+    assert_eq!(subs.seq(), 4, "the invalidation still ran its period");
+    sub.remove().unwrap();
+}
+
+#[test]
+fn one_refusal_fails_a_non_blockable_start_with_others_accepting() {
+    let subs = Subscriptions::new();
+    let refuser = Arc::new(Mirror::default());
+    refuser.refuse_nonblocking.store(true, Ordering::Relaxed);
+    let fine = Arc::new(Mirror::default());
+    let a = subs.insert(0, 0x1000, ops(&refuser)).unwrap();
+    let b = subs.insert(0x1000, 0x1000, ops(&fine)).unwrap();
+    let mut r = range(0, 0x2000, Event::Clear);
+    r.blockable = false;
+    assert!(!subs.invalidate_start(&r));
+    assert!(!subs.is_invalidating());
+    assert_eq!(subs.refused_blockable(), 0, "a non-blockable refusal is legal");
+    // Undone: nothing waits, and the next blockable invalidation works.
+    assert!(a.read_begin().is_ok() && b.read_begin().is_ok());
+    r.blockable = true;
+    assert!(subs.invalidate_start(&r));
+    subs.invalidate_end(&r);
+    assert!(!subs.is_invalidating());
+}
+
+#[test]
+fn a_wait_that_never_ends_is_bounded() {
+    let subs = Subscriptions::with_wait_spins(1_000);
+    let m = Arc::new(Mirror::default());
+    let sub = Arc::new(subs.insert(0, 0x1000, ops(&m)).unwrap());
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    // This thread keeps the invalidation open until the reader has given up.
+    let s2 = sub.clone();
+    let res = std::thread::spawn(move || s2.read_begin()).join().unwrap();
+    assert!(matches!(res, Err(Error::Busy(why)) if why.contains("did not end")), "{res:?}");
+    assert_eq!(subs.waiters(), 0, "a waiter that gave up is no longer counted");
+    subs.invalidate_end(&r);
+    assert!(sub.read_begin().is_ok());
+}
+
+#[test]
+fn removing_an_insert_still_deferred_does_not_wait() {
+    let subs = Subscriptions::with_wait_spins(1_000_000);
+    let m = Arc::new(Mirror::default());
+    let _a = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let b = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    // From another context, while the invalidation stays open: the queued insert is cancelled
+    // and nothing is left to wait for.
+    let res = std::thread::spawn(move || b.remove().map_err(|(_, e)| e)).join().unwrap();
+    assert_eq!(res, Ok(()));
+    subs.invalidate_end(&r);
+    assert_eq!(subs.len(), 1, "the cancelled insert never reaches the tree");
+}
+
+#[test]
+fn drop_on_another_thread_waits_for_the_invalidation_to_end() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0, 0x1000, ops(&m)).unwrap();
+    let r = range(0, 0x1000, Event::Clear);
+    assert!(subs.invalidate_start(&r));
+    let ended = Arc::new(AtomicBool::new(false));
+    let dropper = {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            drop(sub);
+            ended.load(Ordering::SeqCst)
+        })
+    };
+    wait_until("the dropper waits", || subs.waiters() == 1);
+    ended.store(true, Ordering::SeqCst);
+    subs.invalidate_end(&r);
+    assert!(dropper.join().unwrap(), "drop returned before the invalidation ended");
+    assert!(subs.is_empty());
+}
+
+#[test]
+fn an_ended_invalidation_leaves_its_context_free_to_wait() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = Arc::new(subs.insert(0, 0x1000, ops(&m)).unwrap());
+    let r = range(0, 0x1000, Event::Clear);
+    // This thread invalidates once, start to end...
+    assert!(subs.invalidate_start(&r));
+    subs.invalidate_end(&r);
+    // ...then another thread holds one open until this thread waits on it: this thread is no
+    // longer an invalidator, so it waits instead of failing with Busy.
+    let go = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (subs, go) = (subs.clone(), go.clone());
+        std::thread::spawn(move || {
+            assert!(subs.invalidate_start(&r));
+            go.store(true, Ordering::SeqCst);
+            wait_until("the first thread waits", || subs.waiters() == 1);
+            subs.invalidate_end(&r);
+        })
+    };
+    wait_until("the other thread invalidates", || go.load(Ordering::SeqCst));
+    assert_eq!(sub.read_begin(), Ok(5));
+    other.join().unwrap();
 }

@@ -1,13 +1,21 @@
 //! In-kernel tests of SMP and the scheduler: every CPU the MADT lists is up and ticking, tasks
 //! run where they are put and are preempted by the timer, and a page-table change on one CPU
-//! reaches the TLB of another that is using the same address space (each of these would hang
-//! or read stale data without the mechanism under test, and the bounded joins turn that into
-//! a failure).
+//! reaches the TLB of another that is using the same address space, and a task waiting on an
+//! interval notifier for an invalidation another CPU runs waits for it (each of these would
+//! hang, read stale data or fail at once without the mechanism under test, and the bounded
+//! joins turn that into a failure).
 
-use alloc::{format, string::String, sync::Arc, vec::Vec};
+use alloc::{
+    format,
+    string::String,
+    sync::{Arc, Weak},
+    vec::Vec,
+};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hmm::mm::notify::Range as NotifyRange;
 use hmm::mm::space::{FaultError, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::notifier::{Interval, IntervalOps, Subscriptions};
 
 use super::TestResult;
 use crate::System;
@@ -237,5 +245,109 @@ pub fn device_page_faults_back_on_another_cpu(_: &System) -> TestResult {
         }
         Ok(())
     }));
+    Ok(())
+}
+
+/// Interval-notifier ops that hold every invalidation open until a caller waits for it
+/// (`Subscriptions::waiters`), bounded: the cross-CPU wait is forced, never left to timing.
+struct HoldUntilWaited {
+    cur_seq: AtomicU64,
+    in_callback: AtomicBool,
+    returned: AtomicBool,
+    no_waiter: AtomicBool,
+}
+
+impl HoldUntilWaited {
+    fn new() -> Arc<Self> {
+        Arc::new(HoldUntilWaited {
+            cur_seq: AtomicU64::new(0),
+            in_callback: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
+            no_waiter: AtomicBool::new(false),
+        })
+    }
+}
+
+impl IntervalOps for HoldUntilWaited {
+    fn invalidate(&self, sub: &Interval, _range: &NotifyRange, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        self.cur_seq.store(cur_seq, Ordering::Release);
+        self.in_callback.store(true, Ordering::Release);
+        let deadline = time::Deadline::after_ms(JOIN_MS);
+        while sub.subscriptions().waiters() == 0 {
+            if deadline.passed() {
+                self.no_waiter.store(true, Ordering::Release);
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        self.returned.store(true, Ordering::Release);
+        true
+    }
+}
+
+/// Waits (bounded, yielding) until `flag` is set.
+fn wait_for(flag: &AtomicBool) -> Result<(), String> {
+    let deadline = time::Deadline::after_ms(JOIN_MS);
+    while !flag.load(Ordering::Acquire) {
+        if deadline.passed() {
+            return Err(String::from("the invalidation never reached its callback"));
+        }
+        sched::yield_now();
+    }
+    Ok(())
+}
+
+/// The boot task munmaps a range whose interval notifier holds the invalidation open; a task on
+/// another CPU then calls `read_begin` on that interval (and, in a second round, `remove` on
+/// it). Each must wait for the invalidation to end and then succeed. Every task is its own
+/// notifier context: were all tasks one (no context function), the waiter would be taken for
+/// the invalidator and fail at once with `Busy`, and the callback would give up waiting.
+pub fn notifier_waits_for_an_invalidation_on_another_cpu(_: &System) -> TestResult {
+    let space = attempt!(uspace::new_space());
+    let a = attempt!(space.lock().mmap(MapRequest::anon(4 * PAGE, Prot::RW)));
+    let b = attempt!(space.lock().mmap(MapRequest::anon(4 * PAGE, Prot::RW)));
+    attempt!(uspace::run(&space, |u| u.write_u64(a, 1)));
+    let subs = Subscriptions::of(&mut space.lock());
+
+    // read_begin.
+    let ops = HoldUntilWaited::new();
+    let w: Weak<dyn IntervalOps> = Arc::downgrade(&ops) as Weak<dyn IntervalOps>;
+    let sub = Arc::new(attempt!(subs.insert(a, 4 * PAGE, w)));
+    let (s2, o2) = (sub.clone(), ops.clone());
+    let reader = attempt!(sched::spawn_on(other_cpu(), move || -> Result<(u64, bool, bool), String> {
+        wait_for(&o2.in_callback)?;
+        let seq = s2.read_begin().map_err(|e| format!("read_begin: {e}"))?;
+        Ok((seq, o2.returned.load(Ordering::Acquire), s2.read_retry(seq)))
+    }));
+    attempt!(space.lock().munmap(a, 4 * PAGE));
+    let (seq, after_callback, retry) = attempt!(attempt!(reader.join(JOIN_MS)));
+    check!(
+        !ops.no_waiter.load(Ordering::Acquire),
+        "read_begin on CPU {} did not wait for the invalidation",
+        other_cpu()
+    );
+    check!(after_callback, "read_begin returned while the invalidation was still in its callback");
+    check!(seq == ops.cur_seq.load(Ordering::Acquire), "read_begin returned {seq}, not the invalidation's sequence");
+    check!(!retry, "nothing invalidated since read_begin, yet read_retry asks for a retry");
+    check!(!subs.is_invalidating() && subs.waiters() == 0);
+
+    // remove.
+    let ops = HoldUntilWaited::new();
+    let w: Weak<dyn IntervalOps> = Arc::downgrade(&ops) as Weak<dyn IntervalOps>;
+    let sub_b = attempt!(subs.insert(b, 4 * PAGE, w));
+    let before = subs.len();
+    let o2 = ops.clone();
+    let remover = attempt!(sched::spawn_on(other_cpu(), move || -> Result<bool, String> {
+        wait_for(&o2.in_callback)?;
+        sub_b.remove().map_err(|(_, e)| format!("remove: {e}"))?;
+        Ok(o2.returned.load(Ordering::Acquire))
+    }));
+    attempt!(space.lock().munmap(b, 4 * PAGE));
+    let after_callback = attempt!(attempt!(remover.join(JOIN_MS)));
+    check!(!ops.no_waiter.load(Ordering::Acquire), "remove on CPU {} did not wait for the invalidation", other_cpu());
+    check!(after_callback, "remove returned while the invalidation was still in its callback");
+    check!(subs.len() == before - 1, "{} intervals after the remove, {before} before", subs.len());
+    drop(sub);
     Ok(())
 }
