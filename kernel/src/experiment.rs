@@ -60,7 +60,9 @@ use hmm::mm::space::{AddressSpace, Advice, MapRequest};
 use hmm::mm::vma::Prot;
 use hmm::place::cost::{self, HmatValue};
 use hmm::place::engine::model::Model;
-use hmm::place::engine::{MechError, Mechanism};
+use hmm::place::engine::{
+    CopyFault, DataFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep,
+};
 use hmm::place::spec::{self, Point};
 use hmm::place::{Loc, PAGE};
 
@@ -175,7 +177,7 @@ struct Mailbox {
     quit: AtomicBool,
     /// The worker is (about to be) halted: a new request must kick it.
     sleeping: AtomicBool,
-    error: spin::Mutex<Option<String>>,
+    error: spin::Mutex<Option<MechError>>,
     /// Accesses this worker made.
     served: AtomicU64,
 }
@@ -221,7 +223,7 @@ impl Worker {
                     let va = Real::va(page);
                     let r = u.read_u64(va).and_then(|v| if write { u.write_u64(va, v + 1) } else { Ok(()) });
                     if let Err(f) = r {
-                        *m.error.lock() = Some(format!("CPU {cpu}'s access to page {page}: {f}"));
+                        *m.error.lock() = Some(MechError::CpuFault { page, cpu, address: f.address, error: f.error });
                     }
                     m.served.fetch_add(1, Ordering::Relaxed);
                     last = seq;
@@ -229,7 +231,7 @@ impl Worker {
                 }
             })
         })
-        .map_err(|e| err(format!("starting the worker on CPU {cpu}: {e}")))?;
+        .map_err(|e| MechError::Setup(SetupStep::Worker { cpu, cause: e.to_string() }))?;
         Ok(Worker { cpu, mail, task: Some(task) })
     }
 
@@ -246,15 +248,12 @@ impl Worker {
         let deadline = time::Deadline::after_ns(WORKER_TIMEOUT_NS);
         while m.ack.load(Ordering::Acquire) != seq {
             if deadline.passed() {
-                return Err(err(format!(
-                    "the CPU worker did not make its access to page {page} within {} ms",
-                    WORKER_TIMEOUT_NS / 1_000_000
-                )));
+                return Err(MechError::WorkerTimeout { cpu: self.cpu, page, ms: WORKER_TIMEOUT_NS / 1_000_000 });
             }
             core::hint::spin_loop();
         }
         match m.error.lock().take() {
-            Some(e) => Err(err(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -272,20 +271,16 @@ impl Drop for Worker {
     }
 }
 
-fn err(e: impl core::fmt::Display) -> MechError {
-    MechError(e.to_string())
-}
-
 impl Real {
     fn new(pages: u32, vram: &[Arc<Vram>]) -> Result<Self, MechError> {
         let mm = uspace::mm();
-        let space = mm.share(AddressSpace::new(mm).map_err(err)?);
+        let space = mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
         let len = pages as u64 * PAGE;
         {
             let mut s = space.lock();
             s.mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
-                .map_err(|e| err(format!("mmap of {len} bytes: {e}")))?;
-            s.madvise(BASE, len, Advice::NoHugePage).map_err(err)?;
+                .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
+            s.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))?;
         }
         // From here on a failure drops what was set up so far (Real's teardown).
         let mut real = Real {
@@ -303,13 +298,13 @@ impl Real {
         for p in 0..pages as u64 {
             page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
             uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
-                .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
+                .map_err(|f| MechError::Setup(SetupStep::Fill { page: p, error: f.error }))?;
         }
         for v in vram {
             let m = match devmmu::bind(v.device(), &real.space) {
                 Ok(m) => Some(m),
                 Err(DevError::Busy(n)) => {
-                    return Err(err(format!("dev{n}'s MMU mirrors another address space; unbind it first")));
+                    return Err(MechError::Setup(SetupStep::MmuBusy(n)));
                 }
                 Err(e) => {
                     log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
@@ -348,13 +343,14 @@ impl Real {
                 }
                 for (d, v) in self.vram.iter().enumerate() {
                     if let Some(pfn) = v.holds(&e.pte) {
-                        let pa = v.phys_of(pfn).ok_or_else(|| err(format!("dev{d} page {pfn:?} has no address")))?;
+                        let pa =
+                            v.phys_of(pfn).ok_or(MechError::NoAddress { dev: d as u8, at: NoAddressOf::Frame(pfn) })?;
                         return Ok((Loc::Dev(d as u8), pa));
                     }
                 }
-                Err(err(format!("page {p}: unexpected entry {:?}", e.pte)))
+                Err(MechError::Entry { page: p, pte: Some(e.pte) })
             }
-            None => Err(err(format!("page {p} is not mapped"))),
+            None => Err(MechError::Entry { page: p, pte: None }),
         }
     }
 
@@ -367,39 +363,38 @@ impl Real {
         let t = match m.translate(va) {
             Some(t) if t.write || !write => t,
             _ => {
-                m.fault(va, va + PAGE, write)
-                    .map_err(|e| self.mech(err(format!("dev{d}'s MMU fault on page {page}: {e}"))))?;
+                m.fault(va, va + PAGE, write).map_err(|e| {
+                    self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Fault(e.to_string()) })
+                })?;
                 m.translate(va)
-                    .ok_or_else(|| self.mech(err(format!("dev{d}'s MMU fault on page {page} left it unmapped"))))?
+                    .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?
             }
         };
         let at = match t.at {
             Where::Ram(x) => x,
             Where::Local(pfn) => {
-                self.vram(d)?.phys_of(pfn).ok_or_else(|| err(format!("dev{d} page {pfn:?} has no address")))?
+                self.vram(d)?.phys_of(pfn).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Frame(pfn) })?
             }
         };
         if at != pa {
-            return Err(err(format!(
-                "dev{d}'s MMU maps page {page} at {at:#x}, the CPU page table at {pa:#x}: the mirror is stale"
-            )));
+            return Err(MechError::Mirror { dev: d, page, fault: MirrorFault::Stale { at, cpu: pa } });
         }
         Ok(at)
     }
 
     /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
-    /// page has had (its count); `what` names the data in the error.
-    fn check_data(&self, what: &dyn Fn() -> String, p: u32, pa: u64) -> Result<(), MechError> {
+    /// page has had (its count); `copy` is the device whose read copy it is, if it is one.
+    fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
         mm::read_phys(pa, &mut w);
         let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
         let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
         if id != p as u64 ^ MAGIC {
-            return Err(err(format!("{} holds page {}'s data", what(), id ^ MAGIC)));
+            return Err(MechError::Data { page: p, copy, fault: DataFault::OtherPage(id ^ MAGIC) });
         }
         let made = self.writes[p as usize];
         if count != u64::from(made) {
-            return Err(err(format!("{}: {count} writes found, {made} made", what())));
+            return Err(MechError::Data { page: p, copy, fault: DataFault::Writes { found: count, made } });
         }
         Ok(())
     }
@@ -407,8 +402,8 @@ impl Real {
     /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
     /// has too few writes).
     fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
-        let pa = self.vram(d)?.phys(k * PAGE).ok_or_else(|| err(format!("dev{d} copy page {k} has no address")))?;
-        self.check_data(&|| format!("dev{d}'s read copy of page {p}"), p, pa)
+        let pa = self.vram(d)?.phys(k * PAGE).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
+        self.check_data(Some(d), p, pa)
     }
 
     /// The SRAT memory domain that holds most of the point's pages (all in RAM after
@@ -419,7 +414,7 @@ impl Real {
             .ok_or("the machine has no SRAT: no memory domains")?;
         let mut count: Vec<(u32, u32)> = Vec::new();
         for p in 0..self.writes.len() as u32 {
-            let (_, pa) = self.locate(p).map_err(|e| e.0)?;
+            let (_, pa) = self.locate(p).map_err(|e| e.to_string())?;
             let d = srat.memory.iter().find(|m| m.base <= pa && pa < m.base + m.length).map_or(u32::MAX, |m| m.domain);
             match count.iter_mut().find(|(x, _)| *x == d) {
                 Some((_, n)) => *n += 1,
@@ -433,7 +428,7 @@ impl Real {
     }
 
     fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
-        self.vram.get(d as usize).ok_or_else(|| err(format!("no device {d}")))
+        self.vram.get(d as usize).ok_or(MechError::NoDevice(d))
     }
 }
 
@@ -455,10 +450,7 @@ impl Mechanism for Real {
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
-        let k = self
-            .copies
-            .remove(&(page, dev))
-            .ok_or_else(|| err(format!("dev{dev} holds no read copy of page {page}")))?;
+        let k = self.copies.remove(&(page, dev)).ok_or(MechError::Copy { page, dev, fault: CopyFault::Missing })?;
         self.vram(dev)?.drop_read_copy(k);
         Ok(())
     }
@@ -473,7 +465,7 @@ impl Mechanism for Real {
         }
         for p in 0..self.writes.len() as u32 {
             let (_, pa) = self.locate(p)?;
-            self.check_data(&|| format!("page {p}"), p, pa)?;
+            self.check_data(None, p, pa)?;
         }
         Ok(())
     }
@@ -501,12 +493,9 @@ impl Real {
             }
             (Loc::Cpu, Loc::Cpu) => Ok(0),
         }
-        .map_err(|e| err(format!("migrating pages {first}..{} {from}->{to}: {e}", first + pages)))?;
+        .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
         if moved != n {
-            return Err(err(format!(
-                "migrating pages {first}..{} {from}->{to}: {moved} of {n} moved (device memory exhausted or a copy failed)",
-                first + pages
-            )));
+            return Err(MechError::Short { first, pages, from, to, moved });
         }
         Ok(ns_since(t0))
     }
@@ -517,17 +506,16 @@ impl Real {
         for p in first..first + pages {
             let (real, pa) = self.locate(p)?;
             if real != from {
-                return Err(err(format!("read copy of page {p} from {from}, but the page tables have it in {real}")));
+                return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
             }
             if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
-                return Err(err(format!("dev{dev} already holds page {p}")));
+                return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
             }
             frames.push(hmm::addr::Pfn(pa / PAGE));
         }
-        let made = self
-            .vram(dev)?
-            .read_copies(&frames)
-            .map_err(|e| self.mech(err(format!("read copies of pages {first}..{}: {e}", first + pages))))?;
+        let made = self.vram(dev)?.read_copies(&frames).map_err(|e| {
+            self.mech(MechError::Device { op: DeviceOp::ReadCopies { first, pages, dev }, cause: e.to_string() })
+        })?;
         for (p, k) in (first..).zip(made) {
             self.copies.insert((p, dev), k);
         }
@@ -540,15 +528,13 @@ impl Real {
             && let Some(&k) = self.copies.get(&(page, d))
         {
             if write {
-                return Err(err(format!("dev{d} wrote its read copy of page {page}")));
+                return Err(MechError::Copy { page, dev: d, fault: CopyFault::Written });
             }
             return self.check_copy(page, d, k);
         }
         let (real, pa) = self.locate(page)?;
         if real != at {
-            return Err(err(format!(
-                "{by} reaches page {page} in {at} per the engine, but the page tables have it in {real}"
-            )));
+            return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: real });
         }
         if by == Loc::Cpu && self.core != 0 {
             // On the core the engine chose: that CPU's worker makes the access.
@@ -556,7 +542,7 @@ impl Real {
             if self.workers[core].is_none() {
                 self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
             }
-            let w = self.workers[core].as_ref().ok_or_else(|| err("no worker"))?;
+            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
             w.access(page, write).map_err(|e| self.mech(e))?;
         } else if by == Loc::Cpu {
             // A real user access through the page tables (it would fault if the page were not
@@ -566,7 +552,7 @@ impl Real {
                 let v = u.read_u64(va)?;
                 if write { u.write_u64(va, v + 1) } else { Ok(()) }
             });
-            r.map_err(|f| self.mech(err(format!("CPU access to page {page}: {:?}", f.error))))?;
+            r.map_err(|f| self.mech(MechError::CpuFault { page, cpu: 0, address: f.address, error: f.error }))?;
         } else {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
@@ -885,7 +871,9 @@ pub mod ktests {
         let vram = vram::all().map_err(|e| e.to_string())?;
         let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
         let e = m.access(Loc::Dev(0), Loc::Dev(0), 3, true).err().ok_or("a device access to a RAM page passed")?;
-        if !e.0.contains("page tables have it in cpu") {
+        let want =
+            MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(0)), expected: Loc::Dev(0), found: Loc::Cpu };
+        if e != want || !e.to_string().contains("page tables have it in cpu") {
             return Err(format!("wrong error: {e}"));
         }
         m.migrate(3, 1, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
@@ -914,7 +902,8 @@ pub mod ktests {
         }
         m.access(Loc::Cpu, Loc::Cpu, 4, true).map_err(|e| e.to_string())?;
         let e = m.access(Loc::Dev(0), Loc::Dev(0), 4, false).err().ok_or("a stale read copy passed")?;
-        if !e.0.contains("read copy of page 4: 0 writes found, 1 made") {
+        let want = MechError::Data { page: 4, copy: Some(0), fault: DataFault::Writes { found: 0, made: 1 } };
+        if e != want || !e.to_string().contains("read copy of page 4: 0 writes found, 1 made") {
             return Err(format!("wrong error for a stale copy: {e}"));
         }
         m.drop_copy(4, 0).map_err(|e| e.to_string())?;
