@@ -112,6 +112,8 @@ impl Device {
 pub enum DevError {
     /// No such device.
     NoDevice(usize),
+    /// The devices are not initialised ([`init`] has not run or failed).
+    NotInitialised,
     /// A PCI function could not be bound to virtio-drivers' transport.
     Transport(pci::TransportError),
     /// The PCI functions do not group into devices (`drivers::pci::group`).
@@ -208,6 +210,7 @@ impl core::fmt::Display for DevError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoDevice(n) => write!(f, "no device {n} on this machine"),
+            Self::NotInitialised => write!(f, "devices not initialised"),
             Self::Transport(e) => write!(f, "{e}"),
             Self::Group(e) => write!(f, "grouping devices: {e}"),
             Self::NoBar2(df) => write!(f, "{df}: ivshmem without BAR2"),

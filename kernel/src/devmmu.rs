@@ -70,6 +70,7 @@ pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
         | DevError::HotEngineBypassesIommu { .. }
         | DevError::EngineTooSmall { .. }
         | DevError::NoMmu(_)
+        | DevError::NotInitialised
         | DevError::Memory(_)
         | DevError::Notifier { .. } => DomainFailure::Unusable("the device could not be bound"),
         DevError::MigrateSetup(_) | DevError::SameDevice(_) | DevError::ReadCopy { .. } | DevError::Resize { .. } => {

@@ -122,26 +122,124 @@ impl Idle {
 
     /// Checks that device memory is back to `self` (the state before the first point) and that
     /// every copy engine still works; the error says what an earlier point left behind.
-    pub fn check(&self, vram: &[Arc<Vram>]) -> Result<(), String> {
-        let mut wrong = Vec::new();
+    pub fn check(&self, vram: &[Arc<Vram>]) -> Result<(), NotIdle> {
+        let mut wrong = NotIdle::default();
         for (v, &was) in vram.iter().zip(&self.in_use) {
             let now = v.in_use();
             if now != was {
-                wrong.push(format!("dev{} has {now} device pages in use, {was} before the first point", v.device()));
+                wrong.in_use.push(InUse { device: v.device(), now, was });
             }
         }
         crate::devices::with(|d| {
             for (n, dev) in d.list.iter().enumerate() {
                 let hot_dead = dev.hot.as_ref().is_some_and(|h| h.engine.is_dead());
                 if dev.engine.is_dead() || hot_dead {
-                    wrong.push(format!("dev{n}'s copy engine stopped after a DMA timed out (its queue is dead)"));
+                    wrong.dead_engines.push(n);
                 }
             }
         });
-        if wrong.is_empty() {
+        if wrong.in_use.is_empty() && wrong.dead_engines.is_empty() {
             return Ok(());
         }
-        Err(format!("device memory is not back to its empty state: {}", wrong.join("; ")))
+        Err(wrong)
+    }
+}
+
+/// What an earlier point left behind (see [`Idle::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotIdle {
+    /// Devices with a different number of pages in use than before the first point.
+    pub in_use: Vec<InUse>,
+    /// Devices whose copy engine (or hot-plug region's engine) stopped after a DMA timed out.
+    pub dead_engines: Vec<usize>,
+}
+
+/// A device's pages in use, now and before the first point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InUse {
+    /// Device.
+    pub device: usize,
+    /// Pages in use now.
+    pub now: u64,
+    /// Pages in use before the first point.
+    pub was: u64,
+}
+
+impl core::fmt::Display for NotIdle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "device memory is not back to its empty state: ")?;
+        let mut sep = "";
+        for u in &self.in_use {
+            write!(f, "{sep}dev{} has {} device pages in use, {} before the first point", u.device, u.now, u.was)?;
+            sep = "; ";
+        }
+        for n in &self.dead_engines {
+            write!(f, "{sep}dev{n}'s copy engine stopped after a DMA timed out (its queue is dead)")?;
+            sep = "; ";
+        }
+        Ok(())
+    }
+}
+
+/// Why the CPU line costs could not be taken from the HMAT (`cost.lines = "hmat"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HmatError {
+    /// The system is not up.
+    NoSystem,
+    /// The machine has no such ACPI table ("SRAT", "HMAT").
+    NoTable(&'static str),
+    /// A CPU the SRAT gives no domain.
+    NoAffinity {
+        /// The CPU.
+        cpu: usize,
+        /// Its APIC id.
+        apic: u32,
+    },
+    /// The point's pages could not be located.
+    Locate(MechError),
+    /// The point's pages lie in no SRAT memory range.
+    NoMemoryDomain,
+    /// The cost model refused the HMAT's values.
+    Cost(String),
+}
+
+impl core::fmt::Display for HmatError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSystem => write!(f, "the system is not up"),
+            Self::NoTable(what) => write!(
+                f,
+                "cost.lines = \"hmat\", but the machine has no {what}: give its file [[numa.node]]s and [[numa.hmat]] entries (qemu/numa-devices.toml does)"
+            ),
+            Self::NoAffinity { cpu, apic } => write!(f, "CPU {cpu} (APIC id {apic}) has no SRAT affinity"),
+            Self::Locate(e) => write!(f, "locating the point's pages: {e}"),
+            Self::NoMemoryDomain => write!(f, "the point's pages lie in no SRAT memory range"),
+            Self::Cost(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why the experiment could not run at all (a point's own failure is its result instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// No boot module holds the experiment image.
+    NoImage,
+    /// The image is not UTF-8.
+    NotUtf8(core::str::Utf8Error),
+    /// A point does not decode.
+    Spec(spec::SpecError),
+    /// Device memory could not be registered.
+    Memory(hmm::mm::Error),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoImage => write!(f, "job=experiment needs the experiment image as a boot module (-initrd)"),
+            Self::NotUtf8(e) => write!(f, "the experiment image is not UTF-8: {e}"),
+            Self::Spec(e) => write!(f, "{e}"),
+            Self::Memory(e) => write!(f, "device memory: {e}"),
+        }
     }
 }
 
@@ -408,13 +506,12 @@ impl Real {
 
     /// The SRAT memory domain that holds most of the point's pages (all in RAM after
     /// [`Real::new`]).
-    fn memory_domain(&self) -> Result<u32, String> {
-        let srat = crate::system()
-            .and_then(|s| s.platform.srat.as_ref())
-            .ok_or("the machine has no SRAT: no memory domains")?;
+    fn memory_domain(&self) -> Result<u32, HmatError> {
+        let srat =
+            crate::system().ok_or(HmatError::NoSystem)?.platform.srat.as_ref().ok_or(HmatError::NoTable("SRAT"))?;
         let mut count: Vec<(u32, u32)> = Vec::new();
         for p in 0..self.writes.len() as u32 {
-            let (_, pa) = self.locate(p).map_err(|e| e.to_string())?;
+            let (_, pa) = self.locate(p).map_err(HmatError::Locate)?;
             let d = srat.memory.iter().find(|m| m.base <= pa && pa < m.base + m.length).map_or(u32::MAX, |m| m.domain);
             match count.iter_mut().find(|(x, _)| *x == d) {
                 Some((_, n)) => *n += 1,
@@ -423,7 +520,7 @@ impl Real {
         }
         match count.iter().max_by_key(|(_, n)| *n) {
             Some(&(d, _)) if d != u32::MAX => Ok(d),
-            _ => Err("the point's pages lie in no SRAT memory range".into()),
+            _ => Err(HmatError::NoMemoryDomain),
         }
     }
 
@@ -599,28 +696,19 @@ impl Drop for Real {
 }
 
 /// The SRAT proximity domain of CPU `cpu`.
-fn cpu_domain(srat: &drivers::acpi::srat::Srat, cpu: usize) -> Result<u32, String> {
+fn cpu_domain(srat: &drivers::acpi::srat::Srat, cpu: usize) -> Result<u32, HmatError> {
     let apic = smp::cpu(cpu).apic_id.load(Ordering::Relaxed) as u32;
-    srat.cpus
-        .iter()
-        .find(|a| a.apic_id == apic)
-        .map(|a| a.domain)
-        .ok_or_else(|| format!("CPU {cpu} (APIC id {apic}) has no SRAT affinity"))
+    srat.cpus.iter().find(|a| a.apic_id == apic).map(|a| a.domain).ok_or(HmatError::NoAffinity { cpu, apic })
 }
 
 /// Gives each engine CPU core its line cost on memory domain `memory`, from the ACPI HMAT:
 /// core `c` runs on CPU `c` ([`Real::on_core`]), whose domain the SRAT gives.
-fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -> Result<(), String> {
-    let s = crate::system().ok_or("the system is not up")?;
-    let no = |what: &str| {
-        format!(
-            "cost.lines = \"hmat\", but the machine has no {what}: give its file [[numa.node]]s and [[numa.hmat]] entries (qemu/numa-devices.toml does)"
-        )
-    };
-    let srat = s.platform.srat.as_ref().ok_or_else(|| no("SRAT"))?;
-    let hmat = s.platform.hmat.as_ref().ok_or_else(|| no("HMAT"))?;
+fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -> Result<(), HmatError> {
+    let s = crate::system().ok_or(HmatError::NoSystem)?;
+    let srat = s.platform.srat.as_ref().ok_or(HmatError::NoTable("SRAT"))?;
+    let hmat = s.platform.hmat.as_ref().ok_or(HmatError::NoTable("HMAT"))?;
     let domains =
-        (0..cores as usize).map(|c| cpu_domain(srat, c % smp::count())).collect::<Result<Vec<u32>, String>>()?;
+        (0..cores as usize).map(|c| cpu_domain(srat, c % smp::count())).collect::<Result<Vec<u32>, HmatError>>()?;
     let values: Vec<HmatValue> = hmat
         .localities
         .iter()
@@ -631,7 +719,7 @@ fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -
             value: l.value,
         })
         .collect();
-    cost.cpu_core_line_ns = cost::cpu_lines_from_hmat(&domains, memory, &values)?;
+    cost.cpu_core_line_ns = cost::cpu_lines_from_hmat(&domains, memory, &values).map_err(HmatError::Cost)?;
     log::info!("experiment: CPU line costs from the HMAT on memory domain {memory}: {:?} ns", cost.cpu_core_line_ns);
     Ok(())
 }
@@ -703,14 +791,13 @@ fn error_line(id: u32, e: &PointError) -> String {
 }
 
 /// Runs the experiment in the first boot module.
-pub fn run(s: &crate::System) -> Result<(), String> {
-    let m =
-        s.boot.modules.iter().next().ok_or("job=experiment needs the experiment image as a boot module (-initrd)")?;
+pub fn run(s: &crate::System) -> Result<(), RunError> {
+    let m = s.boot.modules.iter().next().ok_or(RunError::NoImage)?;
     let mut bytes = vec![0u8; m.size as usize];
     mm::read_phys(m.paddr, &mut bytes);
-    let text = core::str::from_utf8(&bytes).map_err(|e| format!("the experiment image is not UTF-8: {e}"))?;
-    let points = Point::decode_all(text).map_err(|e| e.to_string())?;
-    let vram = vram::all().map_err(|e| format!("device memory: {e}"))?;
+    let text = core::str::from_utf8(&bytes).map_err(RunError::NotUtf8)?;
+    let points = Point::decode_all(text).map_err(RunError::Spec)?;
+    let vram = vram::all().map_err(RunError::Memory)?;
     let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
     let (mut ok, mut failed) = (0, 0);
     let t0 = time::now_ns().unwrap_or(0);

@@ -3,7 +3,7 @@
 
 extern crate alloc;
 
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 use drivers::pci::{self as dpci, Function, Windows};
 use virtio_drivers::{
@@ -61,7 +61,7 @@ pub struct VirtioDevice {
     /// Device features offered.
     pub features: u64,
     /// Whether the transport bound (capabilities found, BARs mapped).
-    pub bound: Result<(), String>,
+    pub bound: Result<(), VirtioPciError>,
 }
 
 /// The enumerated bus.
@@ -164,7 +164,7 @@ pub fn init(ecam: &[(u64, u16, u8, u8)]) -> Result<Bus, BusError> {
         }
         let (bound, features) = match PciTransport::new::<KernelHal, _>(&mut root, f.df) {
             Ok(mut t) => (Ok(()), t.read_device_features()),
-            Err(e) => (Err(alloc::format!("{e}")), 0),
+            Err(e) => (Err(e), 0),
         };
         virtio.push(VirtioDevice { function: i, features, bound });
     }

@@ -920,58 +920,69 @@ pub struct RoundTrip {
 /// Migrates `pages` pages of a fresh process to device `n` and back, both ways (CPU faults,
 /// explicit), checking where the pages are and that every byte survives (read through the
 /// BAR while on the device, through real loads after).
-pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::String> {
+pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, checks::CheckError> {
     use crate::arch::time;
+    use checks::CheckError;
     use hmm::mm::pte::Pte;
     use hmm::mm::space::MapRequest;
     use hmm::mm::vma::Prot;
-    let v =
-        all().map_err(|e| alloc::format!("registering device memory: {e}"))?.get(n).ok_or("no such device")?.clone();
-    let bar = devices::with(|d| d.list[n].vram.0).ok_or("devices not initialised")?;
+    let fail = checks::CheckError::failed;
+    let v = all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
+    let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
+        .ok_or(DevError::NotInitialised)?
+        .ok_or(DevError::NoDevice(n))?;
     let mm = uspace::mm();
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| alloc::format!("{e}"))?);
-    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| alloc::format!("mmap: {e}"))?;
+    let space = mm.share(AddressSpace::new(mm).map_err(|error| CheckError::Mm { op: "a new address space", error })?);
+    let a = space
+        .lock()
+        .mmap(MapRequest::anon(pages * PAGE, Prot::RW))
+        .map_err(|error| CheckError::Mm { op: "mmap", error })?;
     let data: Vec<u8> = (0..pages * PAGE / 8).flat_map(|i| (i ^ (n as u64) << 40).to_le_bytes()).collect();
-    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| alloc::format!("CPU fill: {:?}", f.error))?;
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|fault| CheckError::Cpu { op: "CPU fill", fault })?;
     let ns = |c: u64| time::cycles_to_ns(c).unwrap_or(0) / pages;
 
     let t0 = time::rdtsc();
-    let moved = migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let moved = migrate_to_device(&v, &space, a, pages)?;
     let to_device_ns = ns(time::rdtsc() - t0);
     if moved != pages {
-        return Err(alloc::format!("{moved} of {pages} pages reached dev{n}"));
+        return Err(fail(alloc::format!("{moved} of {pages} pages reached dev{n}")));
     }
     let mut page = alloc::vec![0u8; PAGE as usize];
     for k in 0..pages {
         let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
         let Some(pfn) = e.as_ref().and_then(|e| v.holds(e)) else {
-            return Err(alloc::format!("page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}", v.kind));
+            return Err(fail(alloc::format!(
+                "page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}",
+                v.kind
+            )));
         };
-        let off = v.offset_of(pfn).ok_or("a device entry outside this device's memory")?;
+        let off =
+            v.offset_of(pfn).ok_or_else(|| fail(alloc::format!("page {k}: a device entry outside dev{n}'s memory")))?;
         crate::mm::read_phys(bar + off, &mut page);
         if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
-            return Err(alloc::format!("page {k}: device memory differs from what the CPU wrote"));
+            return Err(fail(alloc::format!("page {k}: device memory differs from what the CPU wrote")));
         }
     }
     let faults = v.stats.lock().cpu_faults;
     let mut back = alloc::vec![0u8; data.len()];
     let t0 = time::rdtsc();
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read back: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read back", fault })?;
     let fault_back_ns = ns(time::rdtsc() - t0);
     if back != data {
-        return Err("data differs after the CPU faulted the pages back".into());
+        return Err(fail("data differs after the CPU faulted the pages back".into()));
     }
     if v.kind == MemoryKind::Coherent {
         // The CPU writes device memory in place too.
         let e = space.lock().lookup(a).map(|e| e.pte);
-        let Some(Pte::Present(p)) = e else { return Err(alloc::format!("coherent page 0 unmapped: {e:?}")) };
+        let Some(Pte::Present(p)) = e else { return Err(fail(alloc::format!("coherent page 0 unmapped: {e:?}"))) };
         let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
-        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|f| alloc::format!("CPU write: {:?}", f.error))?;
+        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|fault| CheckError::Cpu { op: "CPU write", fault })?;
         crate::mm::read_phys(bar + v.offset_of(p.pfn).unwrap_or(0), &mut page);
         if page != flipped {
-            return Err("a CPU store to coherent device memory did not reach the BAR".into());
+            return Err(fail("a CPU store to coherent device memory did not reach the BAR".into()));
         }
-        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize])).map_err(|f| alloc::format!("{:?}", f.error))?;
+        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize]))
+            .map_err(|fault| CheckError::Cpu { op: "CPU write back", fault })?;
     }
     let faulted = v.stats.lock().cpu_faults - faults;
     // One fault per fault-around window the range touches; none at all on coherent memory,
@@ -981,23 +992,23 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::Stri
         MemoryKind::Coherent => 0,
     };
     if faulted != windows {
-        return Err(alloc::format!(
+        return Err(fail(alloc::format!(
             "{faulted} CPU faults for {pages} device pages in {windows} fault-around windows of {} pages",
             v.fault_around()
-        ));
+        )));
     }
-    migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    migrate_to_device(&v, &space, a, pages)?;
     let t0 = time::rdtsc();
-    let moved = migrate_to_ram(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let moved = migrate_to_ram(&v, &space, a, pages)?;
     let to_ram_ns = ns(time::rdtsc() - t0);
     back.fill(0);
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read", fault })?;
     if moved != pages || back != data {
-        return Err(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data));
+        return Err(fail(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data)));
     }
     drop(space);
     if v.in_use() != 0 {
-        return Err(alloc::format!("{} device pages still in use after the process went", v.in_use()));
+        return Err(fail(alloc::format!("{} device pages still in use after the process went", v.in_use())));
     }
     Ok(RoundTrip { pages, to_device_ns, fault_back_ns, to_ram_ns })
 }
