@@ -443,11 +443,55 @@ pub struct Group {
     pub hot: Option<(usize, usize)>,
 }
 
+/// A function that does not fit the xtask's layout of devices (see [`group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupError {
+    /// Function `function` (a `part`) does not follow a device memory; it would start device `device`.
+    Stray {
+        /// Index of the function.
+        function: usize,
+        /// What it is.
+        part: Part,
+        /// The device it would have started.
+        device: usize,
+    },
+    /// Device `device`'s memory (function `function`) has no copy engine after it.
+    MemoryWithoutEngine {
+        /// The device.
+        device: usize,
+        /// Index of its device-memory function.
+        function: usize,
+    },
+    /// Device `device`'s hot-plug region (function `function`) has no copy engine after it.
+    HotplugWithoutEngine {
+        /// The device.
+        device: usize,
+        /// Index of its virtio-mem function.
+        function: usize,
+    },
+}
+
+impl core::fmt::Display for GroupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Stray { function, part, device } => {
+                write!(f, "function {function} ({part:?}) does not follow a device memory (device {device})")
+            }
+            Self::MemoryWithoutEngine { device, function } => {
+                write!(f, "device {device}: device memory (function {function}) has no copy engine after it")
+            }
+            Self::HotplugWithoutEngine { device, function } => {
+                write!(f, "device {device}: hot-plug region (function {function}) has no copy engine")
+            }
+        }
+    }
+}
+
 /// Groups functions, in PCI order, into devices the way the xtask lays them out: each device
 /// memory is followed by its copy engine, then optionally by a virtio-mem region and that
 /// region's copy engine. Anything that does not fit (a stray engine, a device memory with no
 /// engine, a region with no engine) is named in the error.
-pub fn group(parts: &[Part]) -> Result<alloc::vec::Vec<Group>, alloc::string::String> {
+pub fn group(parts: &[Part]) -> Result<alloc::vec::Vec<Group>, GroupError> {
     let mut out = alloc::vec::Vec::new();
     let relevant: alloc::vec::Vec<(usize, Part)> =
         parts.iter().copied().enumerate().filter(|&(_, p)| p != Part::Other).collect();
@@ -455,18 +499,18 @@ pub fn group(parts: &[Part]) -> Result<alloc::vec::Vec<Group>, alloc::string::St
     while let Some(&(i, p)) = it.next() {
         let n = out.len();
         if p != Part::Memory {
-            return Err(alloc::format!("function {i} ({p:?}) does not follow a device memory (device {n})"));
+            return Err(GroupError::Stray { function: i, part: p, device: n });
         }
         let engine = match it.next() {
             Some(&(j, Part::Engine)) => j,
-            _ => return Err(alloc::format!("device {n}: device memory (function {i}) has no copy engine after it")),
+            _ => return Err(GroupError::MemoryWithoutEngine { device: n, function: i }),
         };
         let hot = match it.peek() {
             Some(&&(k, Part::Hotplug)) => {
                 it.next();
                 match it.next() {
                     Some(&(l, Part::Engine)) => Some((k, l)),
-                    _ => return Err(alloc::format!("device {n}: hot-plug region (function {k}) has no copy engine")),
+                    _ => return Err(GroupError::HotplugWithoutEngine { device: n, function: k }),
                 }
             }
             _ => None,
@@ -490,10 +534,16 @@ mod group_tests {
 
     #[test]
     fn stray_functions_are_named() {
-        assert!(group(&[Memory]).unwrap_err().contains("no copy engine"));
-        assert!(group(&[Engine]).unwrap_err().contains("does not follow"));
-        assert!(group(&[Memory, Engine, Hotplug]).unwrap_err().contains("hot-plug region"));
-        assert!(group(&[Memory, Engine, Hotplug, Memory]).unwrap_err().contains("hot-plug region"));
-        assert!(group(&[Memory, Engine, Engine]).unwrap_err().contains("does not follow"));
+        assert_eq!(group(&[Memory]), Err(GroupError::MemoryWithoutEngine { device: 0, function: 0 }));
+        assert_eq!(group(&[Engine]), Err(GroupError::Stray { function: 0, part: Engine, device: 0 }));
+        assert_eq!(group(&[Memory, Engine, Hotplug]), Err(GroupError::HotplugWithoutEngine { device: 0, function: 2 }));
+        assert_eq!(
+            group(&[Memory, Engine, Hotplug, Memory]),
+            Err(GroupError::HotplugWithoutEngine { device: 0, function: 2 })
+        );
+        assert_eq!(group(&[Memory, Engine, Engine]), Err(GroupError::Stray { function: 2, part: Engine, device: 1 }));
+        // The text names the function and what is missing.
+        assert!(group(&[Memory]).unwrap_err().to_string().contains("no copy engine"));
+        assert!(group(&[Engine]).unwrap_err().to_string().contains("does not follow"));
     }
 }

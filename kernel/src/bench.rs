@@ -82,6 +82,92 @@ fn report(op: &str, mib: u64, ns: u64, faults: u64) {
     crate::sprintln!("@@BENCH {}", j.finish());
 }
 
+/// Why a benchmark stopped.
+#[derive(Debug)]
+pub enum BenchError {
+    /// Memory management refused `op` (an address space, mmap, madvise, fork, ...).
+    Mm {
+        /// What was asked.
+        op: &'static str,
+        /// Why.
+        error: hmm::mm::Error,
+    },
+    /// A user access (`op`: a store, a load) faulted.
+    User {
+        /// What the CPU did.
+        op: &'static str,
+        /// The fault.
+        fault: crate::mm::uspace::UserFault,
+    },
+    /// The dmirror device refused `op` (at `va`).
+    Dmirror {
+        /// The command.
+        op: &'static str,
+        /// Where, if it was over a range.
+        va: Option<u64>,
+        /// Why.
+        error: hmm::dmirror::CmdError,
+    },
+    /// `hmm_range_fault` failed at `va`.
+    Range {
+        /// First address of the round.
+        va: u64,
+        /// Why.
+        error: hmm::range::RangeError,
+    },
+    /// A device failed.
+    Device {
+        /// The device, when the benchmark knows which.
+        device: Option<usize>,
+        /// Why.
+        error: crate::devices::DevError,
+    },
+    /// A kernel on device `device` could not run.
+    Launch {
+        /// The device.
+        device: usize,
+        /// Why.
+        error: crate::compute::LaunchError,
+    },
+    /// A device MMU mirror refused.
+    Mirror(hmm::devmmu::MirrorError),
+    /// The benchmark cannot run on this machine, or what it measured is wrong (described).
+    Wrong(String),
+}
+
+impl core::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Mm { op, error } => write!(f, "{op}: {error}"),
+            Self::User { op, fault } => write!(f, "{op}: {fault}"),
+            Self::Dmirror { op, va: Some(va), error } => write!(f, "{op} at {va:#x}: {error}"),
+            Self::Dmirror { op, va: None, error } => write!(f, "{op}: {error}"),
+            Self::Range { va, error } => write!(f, "range fault at {va:#x}: {error}"),
+            Self::Device { device: Some(n), error } => write!(f, "dev{n}: {error}"),
+            Self::Device { device: None, error } => write!(f, "{error}"),
+            Self::Launch { device, error } => write!(f, "dev{device}: {error}"),
+            Self::Mirror(e) => write!(f, "{e}"),
+            Self::Wrong(what) => f.write_str(what),
+        }
+    }
+}
+
+impl From<crate::devices::DevError> for BenchError {
+    fn from(error: crate::devices::DevError) -> Self {
+        Self::Device { device: None, error }
+    }
+}
+
+/// `op`'s memory-management error.
+fn mm_err(op: &'static str) -> impl FnOnce(hmm::mm::Error) -> BenchError {
+    move |error| BenchError::Mm { op, error }
+}
+
+/// `op`'s user fault.
+fn user_err(op: &'static str) -> impl FnOnce(crate::mm::uspace::UserFault) -> BenchError {
+    move |fault| BenchError::User { op, fault }
+}
+
 /// Times `f` in nanoseconds, with the CPU faults it took.
 fn timed<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let faults = USER_FAULTS.load(Ordering::Relaxed);
@@ -91,21 +177,21 @@ fn timed<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     (r, ns, USER_FAULTS.load(Ordering::Relaxed) - faults)
 }
 
-fn touch(s: &Arc<Space>, va: u64, len: u64) -> Result<(), String> {
+fn touch(s: &Arc<Space>, va: u64, len: u64) -> Result<(), BenchError> {
     uspace::run(s, |u| {
         let mut a = va;
         while a < va + len {
-            u.write_u64(a, a).map_err(|e| format!("store: {e}"))?;
+            u.write_u64(a, a).map_err(user_err("store"))?;
             a += PAGE;
         }
         Ok(())
     })
 }
 
-fn anon(s: &Arc<Space>, len: u64, advice: Advice) -> Result<u64, String> {
+fn anon(s: &Arc<Space>, len: u64, advice: Advice) -> Result<u64, BenchError> {
     let mut sp = s.lock();
-    let a = sp.mmap(MapRequest::anon(len, Prot::RW)).map_err(|e| format!("mmap {len} bytes: {e}"))?;
-    sp.madvise(a, len, advice).map_err(|e| format!("madvise: {e}"))?;
+    let a = sp.mmap(MapRequest::anon(len, Prot::RW)).map_err(mm_err("mmap"))?;
+    sp.madvise(a, len, advice).map_err(mm_err("madvise"))?;
     Ok(a)
 }
 
@@ -130,11 +216,11 @@ fn warm_guest_ram() {
 }
 
 /// Runs the address-space benchmark.
-pub fn mm() -> Result<(), String> {
+pub fn mm() -> Result<(), BenchError> {
     warm_guest_ram();
     for mib in SIZES_MIB {
         let len = mib << 20;
-        let space = || uspace::new_space().map_err(|e| format!("address space: {e}"));
+        let space = || uspace::new_space().map_err(mm_err("address space"));
 
         let s = space()?;
         let a = anon(&s, len, Advice::HugePage)?;
@@ -150,7 +236,7 @@ pub fn mm() -> Result<(), String> {
         report("first_touch_4k", mib, ns, faults);
 
         let (child, ns, _) = timed(|| s.lock().fork());
-        let child = child.map_err(|e| format!("fork: {e}"))?;
+        let child = child.map_err(mm_err("fork"))?;
         report("fork", mib, ns, 0);
         let (r, ns, faults) = timed(|| touch(&s, a, len));
         r?;
@@ -158,11 +244,11 @@ pub fn mm() -> Result<(), String> {
         drop(child);
 
         let (r, ns, _) = timed(|| s.lock().mprotect(a, len, Prot::READ));
-        r.map_err(|e| format!("mprotect: {e}"))?;
+        r.map_err(mm_err("mprotect"))?;
         report("mprotect", mib, ns, 0);
 
         let (r, ns, _) = timed(|| s.lock().munmap(a, len));
-        r.map_err(|e| format!("munmap: {e}"))?;
+        r.map_err(mm_err("munmap"))?;
         report("munmap", mib, ns, 0);
     }
     crate::sprintln!("@@BENCH {{\"done\": true}}");
@@ -170,27 +256,27 @@ pub fn mm() -> Result<(), String> {
 }
 
 /// Issues `cmd` over `[va, va + len)` in `IOCTL_PAGES` pieces.
-fn per_ioctl<T, E: core::fmt::Display>(
-    what: &str,
+fn per_ioctl<T>(
+    what: &'static str,
     va: u64,
     len: u64,
-    mut cmd: impl FnMut(u64, u64) -> Result<T, E>,
-) -> Result<(), String> {
+    mut cmd: impl FnMut(u64, u64) -> Result<T, hmm::dmirror::CmdError>,
+) -> Result<(), BenchError> {
     let mut a = va;
     while a < va + len {
         let n = ((va + len - a) / PAGE).min(IOCTL_PAGES);
-        cmd(a, n).map_err(|e| format!("{what} at {a:#x}: {e}"))?;
+        cmd(a, n).map_err(|error| BenchError::Dmirror { op: what, va: Some(a), error })?;
         a += n * PAGE;
     }
     Ok(())
 }
 
 /// One CPU load per page.
-fn load_each(s: &Arc<Space>, va: u64, len: u64) -> Result<(), String> {
+fn load_each(s: &Arc<Space>, va: u64, len: u64) -> Result<(), BenchError> {
     uspace::run(s, |u| {
         let mut a = va;
         while a < va + len {
-            u.read_u64(a).map_err(|e| format!("load: {e}"))?;
+            u.read_u64(a).map_err(user_err("load"))?;
             a += PAGE;
         }
         Ok(())
@@ -204,17 +290,17 @@ fn fault_into_table<E: PfnEncoding<Entry = u64>>(
     va: u64,
     len: u64,
     finish: impl Fn(&mut [u64]),
-) -> Result<DevPageTable, String> {
+) -> Result<DevPageTable, BenchError> {
     let ops = Arc::new(SeqOnly);
     let w: alloc::sync::Weak<dyn IntervalOps> = Arc::downgrade(&ops) as alloc::sync::Weak<dyn IntervalOps>;
-    let sub = Subscriptions::of(&mut s.lock()).insert(va, len, w).map_err(|e| format!("notifier: {e}"))?;
+    let sub = Subscriptions::of(&mut s.lock()).insert(va, len, w).map_err(mm_err("notifier"))?;
     let mut table = DevPageTable::new();
     let mut words = alloc::vec![0u64; 512];
     let mut a = va;
     while a < va + len {
         let n = ((va + len - a) / PAGE).min(512) as usize;
         loop {
-            let seq = sub.read_begin().map_err(|e| format!("read_begin: {e}"))?;
+            let seq = sub.read_begin().map_err(mm_err("read_begin"))?;
             let mut range = HmmRange::<E> {
                 notifier: &sub,
                 notifier_seq: seq,
@@ -228,7 +314,7 @@ fn fault_into_table<E: PfnEncoding<Entry = u64>>(
             match hmm_range_fault(&mut s.lock(), &mut range) {
                 Ok(()) => break,
                 Err(hmm::range::RangeError::Busy) => continue,
-                Err(e) => return Err(format!("range fault at {a:#x}: {e}")),
+                Err(error) => return Err(BenchError::Range { va: a, error }),
             }
         }
         finish(&mut words[..n]);
@@ -239,16 +325,16 @@ fn fault_into_table<E: PfnEncoding<Entry = u64>>(
 }
 
 /// Runs the HMM benchmark: the ten operations Linux 6.1 was timed on, per size.
-pub fn hmm() -> Result<(), String> {
+pub fn hmm() -> Result<(), BenchError> {
     warm_guest_ram();
-    let pagemaps = Pagemaps::install(uspace::mm()).map_err(|e| format!("device memory registry: {e}"))?;
+    let pagemaps = Pagemaps::install(uspace::mm()).map_err(mm_err("device memory registry"))?;
     // Device memory is added 64 MiB at a time, as the largest run needs it.
     let dev = DmirrorDevice::new(&pagemaps, MemoryKind::Private, Owner(0xbe0c), 64 << 20);
     for mib in SIZES_MIB {
         let len = mib << 20;
-        let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+        let s = uspace::new_space().map_err(mm_err("address space"))?;
         let a = anon(&s, len, Advice::NoHugePage)?;
-        let d = Dmirror::open(&dev, &s).map_err(|e| format!("opening the device: {e}"))?;
+        let d = Dmirror::open(&dev, &s).map_err(mm_err("opening the device"))?;
 
         let (r, ns, faults) = timed(|| touch(&s, a, len));
         r?;
@@ -274,23 +360,23 @@ pub fn hmm() -> Result<(), String> {
         let converted = r?;
         report("range_fault_modern_convert", mib, ns, faults);
         if native.len() != len / PAGE || converted.len() != native.len() {
-            return Err(format!(
+            return Err(BenchError::Wrong(format!(
                 "encoding runs mirrored {} and {} of {} pages",
                 native.len(),
                 converted.len(),
                 len / PAGE
-            ));
+            )));
         }
         drop((native, converted));
 
         let (r, ns, faults) = timed(|| d.snapshot(a, len / PAGE));
-        r.map_err(|e| format!("snapshot: {e}"))?;
+        r.map_err(|error| BenchError::Dmirror { op: "snapshot", va: Some(a), error })?;
         report("snapshot", mib, ns, faults);
 
         let (r, ns, faults) = timed(|| s.lock().mprotect(a, len, Prot::READ));
-        r.map_err(|e| format!("mprotect: {e}"))?;
+        r.map_err(mm_err("mprotect"))?;
         report("invalidate_mprotect", mib, ns, faults);
-        s.lock().mprotect(a, len, Prot::RW).map_err(|e| format!("mprotect: {e}"))?;
+        s.lock().mprotect(a, len, Prot::RW).map_err(mm_err("mprotect"))?;
 
         let migrate = |d: &Dmirror| per_ioctl("migrate to device", a, len, |va, n| d.migrate_to_dev(va, n));
         let (r, ns, faults) = timed(|| migrate(&d));
@@ -311,15 +397,15 @@ pub fn hmm() -> Result<(), String> {
 
         migrate(&d)?;
         let (r, ns, faults) = timed(|| s.lock().munmap(a, len));
-        r.map_err(|e| format!("munmap: {e}"))?;
+        r.map_err(mm_err("munmap"))?;
         report("munmap_device_pages", mib, ns, faults);
 
-        d.close().map_err(|e| format!("closing the device: {e}"))?;
+        d.close().map_err(mm_err("closing the device"))?;
         if dev.pages_in_use() != 0 {
-            return Err(format!("{} device pages still in use after munmap", dev.pages_in_use()));
+            return Err(BenchError::Wrong(format!("{} device pages still in use after munmap", dev.pages_in_use())));
         }
     }
-    dev.release().map_err(|e| format!("releasing device memory: {e}"))?;
+    dev.release().map_err(|error| BenchError::Dmirror { op: "releasing device memory", va: None, error })?;
     crate::sprintln!("@@BENCH {{\"done\": true}}");
     Ok(())
 }

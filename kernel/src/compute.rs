@@ -77,7 +77,7 @@ static COUNTERS: Mutex<Vec<Counters>> = Mutex::new(Vec::new());
 /// Device `n`'s counters so far.
 pub fn counters(n: usize) -> Result<DeviceCounters, DevError> {
     let dma = devices::with(|d| d.list.get(n).map(|dev| dev.engine.stats)).flatten().ok_or(DevError::NoDevice(n))?;
-    let v = vram::all().map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
+    let v = vram::all().map_err(DevError::Memory)?;
     let vram = *v.get(n).ok_or(DevError::NoDevice(n))?.stats.lock();
     let compute = COUNTERS.lock().get(n).copied().unwrap_or_default();
     Ok(DeviceCounters { compute, vram, dma })
@@ -115,7 +115,7 @@ pub fn launch(
     let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
         .flatten()
         .ok_or(LaunchError::Device(DevError::NoDevice(n)))?;
-    let v = vram::all().map_err(|e| LaunchError::Device(DevError::Bind(alloc::format!("{e}"))))?;
+    let v = vram::all().map_err(|e| LaunchError::Device(DevError::Memory(e)))?;
     let vram = v.get(n).ok_or(LaunchError::Device(DevError::NoDevice(n)))?.clone();
     let mut backend = DeviceBackend { vram, space: space.clone(), bar };
     let mut c = Counters::default();

@@ -31,8 +31,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::pci::Part;
 use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
+use drivers::virtio_mem::MemError;
 use spin::Mutex;
 use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 /// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
 /// map's own offset, so a kernel buffer's IOVA is its kernel virtual address).
@@ -110,8 +112,80 @@ impl Device {
 pub enum DevError {
     /// No such device.
     NoDevice(usize),
-    /// Binding or using the PCI function failed.
-    Bind(String),
+    /// The devices are not initialised ([`init`] has not run or failed).
+    NotInitialised,
+    /// A PCI function could not be bound to virtio-drivers' transport.
+    Transport(pci::TransportError),
+    /// The PCI functions do not group into devices (`drivers::pci::group`).
+    Group(drivers::pci::GroupError),
+    /// An ivshmem function (a device's memory) without BAR2.
+    NoBar2(DeviceFunction),
+    /// Device memory could not be mapped for the CPU.
+    MapForCpu {
+        /// Device.
+        device: usize,
+        /// Which memory.
+        region: Region,
+        /// What the kernel page tables refused.
+        error: crate::mm::paging::MapError,
+    },
+    /// The device's virtio-mem function (its hot-plug region) could not be bound.
+    Hotplug {
+        /// Device.
+        device: usize,
+        /// The virtio-mem function.
+        df: DeviceFunction,
+        /// What the virtio-mem driver found.
+        error: MemError,
+    },
+    /// The hot-plug region's copy engine is not behind the IOMMU, but the device is: the
+    /// engine could not reach the device's domain.
+    HotEngineBypassesIommu {
+        /// Device.
+        device: usize,
+        /// The region's copy engine.
+        df: DeviceFunction,
+    },
+    /// A copy engine's disk is smaller than the memory it copies.
+    EngineTooSmall {
+        /// Device.
+        device: usize,
+        /// Which memory.
+        region: Region,
+        /// Bytes the engine's disk holds.
+        capacity: u64,
+        /// Bytes of memory.
+        size: u64,
+    },
+    /// The device has no device MMU (the machine has no virtio-iommu).
+    NoMmu(usize),
+    /// Device memory could not be registered (pagemaps, the devices' memory).
+    Memory(hmm::mm::Error),
+    /// The mirror's interval notifier could not be inserted.
+    Notifier {
+        /// Device.
+        device: usize,
+        /// Why.
+        error: hmm::mm::Error,
+    },
+    /// `migrate_vma_setup` refused the range.
+    MigrateSetup(hmm::mm::Error),
+    /// A device-to-device migration from a device to itself.
+    SameDevice(usize),
+    /// Read duplication failed; nothing was kept.
+    ReadCopy {
+        /// Device.
+        device: usize,
+        /// What failed.
+        failure: ReadCopyFailure,
+    },
+    /// Hot-plug memory could not be added or removed.
+    Resize {
+        /// Device.
+        device: usize,
+        /// What failed.
+        failure: ResizeFailure,
+    },
     /// The virtio-iommu refused or failed.
     Iommu(IommuError),
     /// The copy engine failed.
@@ -136,7 +210,28 @@ impl core::fmt::Display for DevError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoDevice(n) => write!(f, "no device {n} on this machine"),
-            Self::Bind(e) => write!(f, "{e}"),
+            Self::NotInitialised => write!(f, "devices not initialised"),
+            Self::Transport(e) => write!(f, "{e}"),
+            Self::Group(e) => write!(f, "grouping devices: {e}"),
+            Self::NoBar2(df) => write!(f, "{df}: ivshmem without BAR2"),
+            Self::MapForCpu { device, region, error } => write!(f, "mapping {region} of dev{device}: {error}"),
+            Self::Hotplug { device, df, error } => write!(f, "dev{device}: hot-plug region {df}: {error}"),
+            Self::HotEngineBypassesIommu { device, df } => write!(
+                f,
+                "dev{device}: the hot-plug region's copy engine {df} is not behind the IOMMU but the device is"
+            ),
+            Self::EngineTooSmall { device, region, capacity, size } => {
+                write!(f, "dev{device}: the copy engine of {region} holds {capacity} bytes, the memory {size}")
+            }
+            Self::NoMmu(n) => write!(f, "dev{n} has no device MMU (no virtio-iommu)"),
+            Self::Memory(e) => write!(f, "device memory: {e}"),
+            Self::Notifier { device, error } => write!(f, "dev{device}: interval notifier: {error}"),
+            Self::MigrateSetup(e) => write!(f, "migrate_vma_setup: {e}"),
+            Self::SameDevice(n) => {
+                write!(f, "device-to-device migration needs two different devices (dev{n} twice)")
+            }
+            Self::ReadCopy { device, failure } => write!(f, "dev{device}: {failure}"),
+            Self::Resize { device, failure } => write!(f, "dev{device}: {failure}"),
             Self::Iommu(e) => write!(f, "{e}"),
             Self::Copy(e) => write!(f, "{e}"),
             Self::Mirror(e) => write!(f, "{e}"),
@@ -152,6 +247,135 @@ impl core::fmt::Display for DevError {
                 if *write { "to" } else { "from" },
                 if *write { " writable" } else { "" }
             ),
+        }
+    }
+}
+
+/// Which of a device's memories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// The ivshmem BAR.
+    Bar,
+    /// The virtio-mem hot-plug region.
+    Hotplug,
+}
+
+impl core::fmt::Display for Region {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Bar => "the device memory",
+            Self::Hotplug => "the hot-plug region",
+        })
+    }
+}
+
+/// Why read duplication ([`crate::vram::Vram::read_copies`]) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadCopyFailure {
+    /// Device memory ran out after `made` of `wanted` pages.
+    NoRoom {
+        /// Pages allocated.
+        made: usize,
+        /// Pages asked for.
+        wanted: usize,
+    },
+    /// The DMA of `failed` of the copies failed.
+    Dma {
+        /// Copies that failed.
+        failed: usize,
+    },
+}
+
+impl core::fmt::Display for ReadCopyFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRoom { made, wanted } => {
+                write!(f, "no free device page for a read copy ({made} of {wanted} made)")
+            }
+            Self::Dma { failed } => write!(f, "the DMA of {failed} read copies failed"),
+        }
+    }
+}
+
+/// Why hot-plug memory could not be added ([`crate::vram::Vram::grow`]) or removed
+/// ([`crate::vram::Vram::shrink`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResizeFailure {
+    /// Not a whole number of 2 MiB blocks (or none).
+    NotBlocks(u64),
+    /// Grow: the region has fewer unplugged bytes left than asked.
+    NoRoom {
+        /// Bytes asked.
+        asked: u64,
+        /// Bytes of the region still unplugged.
+        left: u64,
+    },
+    /// Shrink: fewer bytes plugged than asked.
+    NotPlugged {
+        /// Bytes asked.
+        asked: u64,
+        /// Bytes plugged.
+        plugged: u64,
+    },
+    /// The device has no hot-plug region.
+    NoRegion,
+    /// The virtio-mem request failed (a `NACK`: the host has not requested that much).
+    Request(MemError),
+    /// Plugged memory could not be registered as device pages.
+    Register(hmm::mm::Error),
+    /// A block could not be taken out of allocation.
+    Isolate {
+        /// Block (2 MiB) index in device memory.
+        block: u64,
+        /// Why.
+        error: hmm::devalloc::AllocError,
+    },
+    /// A block's pages could not all be evicted to RAM.
+    Evict {
+        /// Block index.
+        block: u64,
+        /// True: no RAM to evict into; false: the copy engine failed.
+        no_ram: bool,
+    },
+    /// A block still had pages in use after its eviction.
+    StillBusy {
+        /// Block index.
+        block: u64,
+        /// What the allocator said.
+        error: hmm::devalloc::AllocError,
+    },
+    /// A block's pagemap could not be unregistered.
+    Unmap {
+        /// Block index.
+        block: u64,
+        /// Why.
+        error: hmm::mm::Error,
+    },
+}
+
+impl core::fmt::Display for ResizeFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotBlocks(bytes) => {
+                write!(f, "{bytes:#x} bytes: device memory is added and removed in 2 MiB blocks")
+            }
+            Self::NoRoom { asked, left } => {
+                write!(f, "{} MiB asked, {} MiB of the hot-plug region left unplugged", asked >> 20, left >> 20)
+            }
+            Self::NotPlugged { asked, plugged } => {
+                write!(f, "{} MiB asked, {} MiB of hot-plug memory plugged", asked >> 20, plugged >> 20)
+            }
+            Self::NoRegion => write!(f, "no hot-plug region"),
+            Self::Request(e) => write!(f, "virtio-mem: {e}"),
+            Self::Register(e) => write!(f, "registering plugged memory: {e}"),
+            Self::Isolate { block, error } => write!(f, "removing block {block}: {error}"),
+            Self::Evict { block, no_ram } => write!(
+                f,
+                "evicting block {block}: {}",
+                if *no_ram { "no RAM to evict into" } else { "the copy engine failed; the pages stay on the device" }
+            ),
+            Self::StillBusy { block, error } => write!(f, "block {block} still busy after eviction: {error}"),
+            Self::Unmap { block, error } => write!(f, "unregistering block {block}: {error}"),
         }
     }
 }
@@ -194,7 +418,7 @@ pub fn with<R>(f: impl FnOnce(&mut Devices) -> R) -> Option<R> {
 pub fn init(s: &System) -> Result<(), DevError> {
     let funcs = &s.pci.functions;
     let mut iommu = match funcs.iter().find(|f| f.virtio == Some(DeviceType::IOMMU)) {
-        Some(f) => Some(Viommu::new(pci::transport(f.df).map_err(DevError::Bind)?)?),
+        Some(f) => Some(Viommu::new(pci::transport(f.df).map_err(DevError::Transport)?)?),
         None => None,
     };
     let parts: Vec<Part> = funcs
@@ -206,15 +430,15 @@ pub fn init(s: &System) -> Result<(), DevError> {
             _ => Part::Other,
         })
         .collect();
-    let groups = drivers::pci::group(&parts).map_err(|e| DevError::Bind(alloc::format!("grouping devices: {e}")))?;
+    let groups = drivers::pci::group(&parts).map_err(DevError::Group)?;
     let mut list = Vec::new();
     for (n, g) in groups.iter().enumerate() {
         let (v, b) = (&funcs[g.memory], &funcs[g.engine]);
-        let bar = v.bar(2).ok_or_else(|| DevError::Bind(alloc::format!("{}: ivshmem without BAR2", v.df)))?;
+        let bar = v.bar(2).ok_or(DevError::NoBar2(v.df))?;
         let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, b.bdf())).map(|(ep, _)| ep);
         let behind = iommu.is_some() && endpoint.is_some();
         let iova = if behind { iova_translated } else { iova_identity };
-        let t = pci::transport(b.df).map_err(DevError::Bind)?;
+        let t = pci::transport(b.df).map_err(DevError::Transport)?;
         // The domain first: the engine's rings must be reachable before it starts.
         let mut shadow = Shadow::new();
         let mmu = match (iommu.as_mut(), endpoint) {
@@ -245,8 +469,11 @@ pub fn init(s: &System) -> Result<(), DevError> {
         engine.device = Some(n);
         let uncached =
             x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE;
-        mm::map_phys(bar.address, bar.size, uncached)
-            .map_err(|e| DevError::Bind(alloc::format!("mapping device memory of dev{n}: {e}")))?;
+        mm::map_phys(bar.address, bar.size, uncached).map_err(|error| DevError::MapForCpu {
+            device: n,
+            region: Region::Bar,
+            error,
+        })?;
         log::info!(
             "dev{n}: {} MiB device memory at {:#x}, copy engine {} ({} segments/request{}){}",
             bar.size >> 20,
@@ -313,8 +540,8 @@ fn bind_hot(
     mmu: Option<(u32, u32)>,
     flags: x86_64::structures::paging::PageTableFlags,
 ) -> Result<Hot, DevError> {
-    let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Bind)?)
-        .map_err(|e| DevError::Bind(alloc::format!("dev{n}: hot-plug region {}: {e}", mem.df)))?;
+    let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
+        .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
     let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
     let behind = match (iommu, mmu, endpoint) {
         (Some(io), Some((_, domain)), Some(ep)) => {
@@ -322,29 +549,30 @@ fn bind_hot(
             true
         }
         (_, Some(_), None) => {
-            return Err(DevError::Bind(alloc::format!(
-                "dev{n}: the hot-plug region's copy engine {} is not behind the IOMMU but the device is",
-                eng.df
-            )));
+            return Err(DevError::HotEngineBypassesIommu { device: n, df: eng.df });
         }
         _ => false,
     };
     let mut engine = CopyEngine::new(
-        pci::transport(eng.df).map_err(DevError::Bind)?,
+        pci::transport(eng.df).map_err(DevError::Transport)?,
         behind,
         if behind { iova_translated } else { iova_identity },
     )?;
     engine.device = Some(n);
     let c = vm.config;
     if engine.capacity < c.region_size {
-        return Err(DevError::Bind(alloc::format!(
-            "dev{n}: the hot-plug region's copy engine holds {} bytes, the region {}",
-            engine.capacity,
-            c.region_size
-        )));
+        return Err(DevError::EngineTooSmall {
+            device: n,
+            region: Region::Hotplug,
+            capacity: engine.capacity,
+            size: c.region_size,
+        });
     }
-    mm::map_phys(c.addr, c.region_size, flags)
-        .map_err(|e| DevError::Bind(alloc::format!("mapping the hot-plug region of dev{n}: {e}")))?;
+    mm::map_phys(c.addr, c.region_size, flags).map_err(|error| DevError::MapForCpu {
+        device: n,
+        region: Region::Hotplug,
+        error,
+    })?;
     log::info!(
         "dev{n}: hot-plug region of {} MiB at {:#x} ({} MiB blocks, host requests {} MiB, features {:#x}), copy engine {}",
         c.region_size >> 20,

@@ -62,7 +62,20 @@ pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
         DevError::NotMapped { .. } => DomainFailure::Invalid("a DMA segment the domain does not map"),
         DevError::Mirror(_) => DomainFailure::Invalid("the device's mirror refused"),
         DevError::Busy(_) => DomainFailure::Unusable("the device mirrors another address space"),
-        DevError::Bind(_) => DomainFailure::Unusable("the device could not be bound"),
+        DevError::Transport(_)
+        | DevError::Group(_)
+        | DevError::NoBar2(_)
+        | DevError::MapForCpu { .. }
+        | DevError::Hotplug { .. }
+        | DevError::HotEngineBypassesIommu { .. }
+        | DevError::EngineTooSmall { .. }
+        | DevError::NoMmu(_)
+        | DevError::NotInitialised
+        | DevError::Memory(_)
+        | DevError::Notifier { .. } => DomainFailure::Unusable("the device could not be bound"),
+        DevError::MigrateSetup(_) | DevError::SameDevice(_) | DevError::ReadCopy { .. } | DevError::Resize { .. } => {
+            DomainFailure::Unusable("a device-memory operation failed")
+        }
     };
     DomainError { op, failure }
 }
@@ -99,12 +112,12 @@ pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevErr
     let has_mmu = devices::with(|d| d.list.get(n).map(|dev| dev.mmu.is_some())).flatten();
     match has_mmu {
         None => return Err(DevError::NoDevice(n)),
-        Some(false) => return Err(DevError::Bind(alloc::format!("dev{n} has no device MMU (no virtio-iommu)"))),
+        Some(false) => return Err(DevError::NoMmu(n)),
         Some(true) => {}
     }
-    let v = vram::all().map_err(|e| DevError::Bind(alloc::format!("device memory: {e}")))?;
+    let v = vram::all().map_err(DevError::Memory)?;
     let owner = v.get(n).ok_or(DevError::NoDevice(n))?.owner();
-    let pagemaps = vram::pagemaps().map_err(|e| DevError::Bind(alloc::format!("{e}")))?.clone();
+    let pagemaps = vram::pagemaps().map_err(DevError::Memory)?.clone();
     let mut bound = BOUND.lock();
     if bound.len() <= n {
         bound.resize(n + 1, Weak::new());
@@ -113,7 +126,7 @@ pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevErr
         return Err(DevError::Busy(n));
     }
     let m = Mirror::bind(space, owner, Some(pagemaps), DeviceDomain { n })
-        .map_err(|e| DevError::Bind(alloc::format!("interval notifier: {e}")))?;
+        .map_err(|error| DevError::Notifier { device: n, error })?;
     bound[n] = Arc::downgrade(&m);
     Ok(m)
 }

@@ -60,7 +60,9 @@ use hmm::mm::space::{AddressSpace, Advice, MapRequest};
 use hmm::mm::vma::Prot;
 use hmm::place::cost::{self, HmatValue};
 use hmm::place::engine::model::Model;
-use hmm::place::engine::{MechError, Mechanism};
+use hmm::place::engine::{
+    CopyFault, DataFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep,
+};
 use hmm::place::spec::{self, Point};
 use hmm::place::{Loc, PAGE};
 
@@ -120,26 +122,124 @@ impl Idle {
 
     /// Checks that device memory is back to `self` (the state before the first point) and that
     /// every copy engine still works; the error says what an earlier point left behind.
-    pub fn check(&self, vram: &[Arc<Vram>]) -> Result<(), String> {
-        let mut wrong = Vec::new();
+    pub fn check(&self, vram: &[Arc<Vram>]) -> Result<(), NotIdle> {
+        let mut wrong = NotIdle::default();
         for (v, &was) in vram.iter().zip(&self.in_use) {
             let now = v.in_use();
             if now != was {
-                wrong.push(format!("dev{} has {now} device pages in use, {was} before the first point", v.device()));
+                wrong.in_use.push(InUse { device: v.device(), now, was });
             }
         }
         crate::devices::with(|d| {
             for (n, dev) in d.list.iter().enumerate() {
                 let hot_dead = dev.hot.as_ref().is_some_and(|h| h.engine.is_dead());
                 if dev.engine.is_dead() || hot_dead {
-                    wrong.push(format!("dev{n}'s copy engine stopped after a DMA timed out (its queue is dead)"));
+                    wrong.dead_engines.push(n);
                 }
             }
         });
-        if wrong.is_empty() {
+        if wrong.in_use.is_empty() && wrong.dead_engines.is_empty() {
             return Ok(());
         }
-        Err(format!("device memory is not back to its empty state: {}", wrong.join("; ")))
+        Err(wrong)
+    }
+}
+
+/// What an earlier point left behind (see [`Idle::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotIdle {
+    /// Devices with a different number of pages in use than before the first point.
+    pub in_use: Vec<InUse>,
+    /// Devices whose copy engine (or hot-plug region's engine) stopped after a DMA timed out.
+    pub dead_engines: Vec<usize>,
+}
+
+/// A device's pages in use, now and before the first point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InUse {
+    /// Device.
+    pub device: usize,
+    /// Pages in use now.
+    pub now: u64,
+    /// Pages in use before the first point.
+    pub was: u64,
+}
+
+impl core::fmt::Display for NotIdle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "device memory is not back to its empty state: ")?;
+        let mut sep = "";
+        for u in &self.in_use {
+            write!(f, "{sep}dev{} has {} device pages in use, {} before the first point", u.device, u.now, u.was)?;
+            sep = "; ";
+        }
+        for n in &self.dead_engines {
+            write!(f, "{sep}dev{n}'s copy engine stopped after a DMA timed out (its queue is dead)")?;
+            sep = "; ";
+        }
+        Ok(())
+    }
+}
+
+/// Why the CPU line costs could not be taken from the HMAT (`cost.lines = "hmat"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HmatError {
+    /// The system is not up.
+    NoSystem,
+    /// The machine has no such ACPI table ("SRAT", "HMAT").
+    NoTable(&'static str),
+    /// A CPU the SRAT gives no domain.
+    NoAffinity {
+        /// The CPU.
+        cpu: usize,
+        /// Its APIC id.
+        apic: u32,
+    },
+    /// The point's pages could not be located.
+    Locate(MechError),
+    /// The point's pages lie in no SRAT memory range.
+    NoMemoryDomain,
+    /// The cost model refused the HMAT's values.
+    Cost(String),
+}
+
+impl core::fmt::Display for HmatError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSystem => write!(f, "the system is not up"),
+            Self::NoTable(what) => write!(
+                f,
+                "cost.lines = \"hmat\", but the machine has no {what}: give its file [[numa.node]]s and [[numa.hmat]] entries (qemu/numa-devices.toml does)"
+            ),
+            Self::NoAffinity { cpu, apic } => write!(f, "CPU {cpu} (APIC id {apic}) has no SRAT affinity"),
+            Self::Locate(e) => write!(f, "locating the point's pages: {e}"),
+            Self::NoMemoryDomain => write!(f, "the point's pages lie in no SRAT memory range"),
+            Self::Cost(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why the experiment could not run at all (a point's own failure is its result instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// No boot module holds the experiment image.
+    NoImage,
+    /// The image is not UTF-8.
+    NotUtf8(core::str::Utf8Error),
+    /// A point does not decode.
+    Spec(spec::SpecError),
+    /// Device memory could not be registered.
+    Memory(hmm::mm::Error),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoImage => write!(f, "job=experiment needs the experiment image as a boot module (-initrd)"),
+            Self::NotUtf8(e) => write!(f, "the experiment image is not UTF-8: {e}"),
+            Self::Spec(e) => write!(f, "{e}"),
+            Self::Memory(e) => write!(f, "device memory: {e}"),
+        }
     }
 }
 
@@ -175,7 +275,7 @@ struct Mailbox {
     quit: AtomicBool,
     /// The worker is (about to be) halted: a new request must kick it.
     sleeping: AtomicBool,
-    error: spin::Mutex<Option<String>>,
+    error: spin::Mutex<Option<MechError>>,
     /// Accesses this worker made.
     served: AtomicU64,
 }
@@ -221,7 +321,7 @@ impl Worker {
                     let va = Real::va(page);
                     let r = u.read_u64(va).and_then(|v| if write { u.write_u64(va, v + 1) } else { Ok(()) });
                     if let Err(f) = r {
-                        *m.error.lock() = Some(format!("CPU {cpu}'s access to page {page}: {f}"));
+                        *m.error.lock() = Some(MechError::CpuFault { page, cpu, address: f.address, error: f.error });
                     }
                     m.served.fetch_add(1, Ordering::Relaxed);
                     last = seq;
@@ -229,7 +329,7 @@ impl Worker {
                 }
             })
         })
-        .map_err(|e| err(format!("starting the worker on CPU {cpu}: {e}")))?;
+        .map_err(|e| MechError::Setup(SetupStep::Worker { cpu, cause: e.to_string() }))?;
         Ok(Worker { cpu, mail, task: Some(task) })
     }
 
@@ -246,15 +346,12 @@ impl Worker {
         let deadline = time::Deadline::after_ns(WORKER_TIMEOUT_NS);
         while m.ack.load(Ordering::Acquire) != seq {
             if deadline.passed() {
-                return Err(err(format!(
-                    "the CPU worker did not make its access to page {page} within {} ms",
-                    WORKER_TIMEOUT_NS / 1_000_000
-                )));
+                return Err(MechError::WorkerTimeout { cpu: self.cpu, page, ms: WORKER_TIMEOUT_NS / 1_000_000 });
             }
             core::hint::spin_loop();
         }
         match m.error.lock().take() {
-            Some(e) => Err(err(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -272,20 +369,16 @@ impl Drop for Worker {
     }
 }
 
-fn err(e: impl core::fmt::Display) -> MechError {
-    MechError(e.to_string())
-}
-
 impl Real {
     fn new(pages: u32, vram: &[Arc<Vram>]) -> Result<Self, MechError> {
         let mm = uspace::mm();
-        let space = mm.share(AddressSpace::new(mm).map_err(err)?);
+        let space = mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
         let len = pages as u64 * PAGE;
         {
             let mut s = space.lock();
             s.mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
-                .map_err(|e| err(format!("mmap of {len} bytes: {e}")))?;
-            s.madvise(BASE, len, Advice::NoHugePage).map_err(err)?;
+                .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
+            s.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))?;
         }
         // From here on a failure drops what was set up so far (Real's teardown).
         let mut real = Real {
@@ -303,13 +396,13 @@ impl Real {
         for p in 0..pages as u64 {
             page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
             uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
-                .map_err(|f| err(format!("CPU fill of page {p}: {:?}", f.error)))?;
+                .map_err(|f| MechError::Setup(SetupStep::Fill { page: p, error: f.error }))?;
         }
         for v in vram {
             let m = match devmmu::bind(v.device(), &real.space) {
                 Ok(m) => Some(m),
                 Err(DevError::Busy(n)) => {
-                    return Err(err(format!("dev{n}'s MMU mirrors another address space; unbind it first")));
+                    return Err(MechError::Setup(SetupStep::MmuBusy(n)));
                 }
                 Err(e) => {
                     log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
@@ -348,13 +441,14 @@ impl Real {
                 }
                 for (d, v) in self.vram.iter().enumerate() {
                     if let Some(pfn) = v.holds(&e.pte) {
-                        let pa = v.phys_of(pfn).ok_or_else(|| err(format!("dev{d} page {pfn:?} has no address")))?;
+                        let pa =
+                            v.phys_of(pfn).ok_or(MechError::NoAddress { dev: d as u8, at: NoAddressOf::Frame(pfn) })?;
                         return Ok((Loc::Dev(d as u8), pa));
                     }
                 }
-                Err(err(format!("page {p}: unexpected entry {:?}", e.pte)))
+                Err(MechError::Entry { page: p, pte: Some(e.pte) })
             }
-            None => Err(err(format!("page {p} is not mapped"))),
+            None => Err(MechError::Entry { page: p, pte: None }),
         }
     }
 
@@ -367,39 +461,38 @@ impl Real {
         let t = match m.translate(va) {
             Some(t) if t.write || !write => t,
             _ => {
-                m.fault(va, va + PAGE, write)
-                    .map_err(|e| self.mech(err(format!("dev{d}'s MMU fault on page {page}: {e}"))))?;
+                m.fault(va, va + PAGE, write).map_err(|e| {
+                    self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Fault(e.to_string()) })
+                })?;
                 m.translate(va)
-                    .ok_or_else(|| self.mech(err(format!("dev{d}'s MMU fault on page {page} left it unmapped"))))?
+                    .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?
             }
         };
         let at = match t.at {
             Where::Ram(x) => x,
             Where::Local(pfn) => {
-                self.vram(d)?.phys_of(pfn).ok_or_else(|| err(format!("dev{d} page {pfn:?} has no address")))?
+                self.vram(d)?.phys_of(pfn).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Frame(pfn) })?
             }
         };
         if at != pa {
-            return Err(err(format!(
-                "dev{d}'s MMU maps page {page} at {at:#x}, the CPU page table at {pa:#x}: the mirror is stale"
-            )));
+            return Err(MechError::Mirror { dev: d, page, fault: MirrorFault::Stale { at, cpu: pa } });
         }
         Ok(at)
     }
 
     /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
-    /// page has had (its count); `what` names the data in the error.
-    fn check_data(&self, what: &dyn Fn() -> String, p: u32, pa: u64) -> Result<(), MechError> {
+    /// page has had (its count); `copy` is the device whose read copy it is, if it is one.
+    fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
         mm::read_phys(pa, &mut w);
         let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
         let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
         if id != p as u64 ^ MAGIC {
-            return Err(err(format!("{} holds page {}'s data", what(), id ^ MAGIC)));
+            return Err(MechError::Data { page: p, copy, fault: DataFault::OtherPage(id ^ MAGIC) });
         }
         let made = self.writes[p as usize];
         if count != u64::from(made) {
-            return Err(err(format!("{}: {count} writes found, {made} made", what())));
+            return Err(MechError::Data { page: p, copy, fault: DataFault::Writes { found: count, made } });
         }
         Ok(())
     }
@@ -407,19 +500,18 @@ impl Real {
     /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
     /// has too few writes).
     fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
-        let pa = self.vram(d)?.phys(k * PAGE).ok_or_else(|| err(format!("dev{d} copy page {k} has no address")))?;
-        self.check_data(&|| format!("dev{d}'s read copy of page {p}"), p, pa)
+        let pa = self.vram(d)?.phys(k * PAGE).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
+        self.check_data(Some(d), p, pa)
     }
 
     /// The SRAT memory domain that holds most of the point's pages (all in RAM after
     /// [`Real::new`]).
-    fn memory_domain(&self) -> Result<u32, String> {
-        let srat = crate::system()
-            .and_then(|s| s.platform.srat.as_ref())
-            .ok_or("the machine has no SRAT: no memory domains")?;
+    fn memory_domain(&self) -> Result<u32, HmatError> {
+        let srat =
+            crate::system().ok_or(HmatError::NoSystem)?.platform.srat.as_ref().ok_or(HmatError::NoTable("SRAT"))?;
         let mut count: Vec<(u32, u32)> = Vec::new();
         for p in 0..self.writes.len() as u32 {
-            let (_, pa) = self.locate(p).map_err(|e| e.0)?;
+            let (_, pa) = self.locate(p).map_err(HmatError::Locate)?;
             let d = srat.memory.iter().find(|m| m.base <= pa && pa < m.base + m.length).map_or(u32::MAX, |m| m.domain);
             match count.iter_mut().find(|(x, _)| *x == d) {
                 Some((_, n)) => *n += 1,
@@ -428,12 +520,12 @@ impl Real {
         }
         match count.iter().max_by_key(|(_, n)| *n) {
             Some(&(d, _)) if d != u32::MAX => Ok(d),
-            _ => Err("the point's pages lie in no SRAT memory range".into()),
+            _ => Err(HmatError::NoMemoryDomain),
         }
     }
 
     fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
-        self.vram.get(d as usize).ok_or_else(|| err(format!("no device {d}")))
+        self.vram.get(d as usize).ok_or(MechError::NoDevice(d))
     }
 }
 
@@ -455,10 +547,7 @@ impl Mechanism for Real {
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
-        let k = self
-            .copies
-            .remove(&(page, dev))
-            .ok_or_else(|| err(format!("dev{dev} holds no read copy of page {page}")))?;
+        let k = self.copies.remove(&(page, dev)).ok_or(MechError::Copy { page, dev, fault: CopyFault::Missing })?;
         self.vram(dev)?.drop_read_copy(k);
         Ok(())
     }
@@ -473,7 +562,7 @@ impl Mechanism for Real {
         }
         for p in 0..self.writes.len() as u32 {
             let (_, pa) = self.locate(p)?;
-            self.check_data(&|| format!("page {p}"), p, pa)?;
+            self.check_data(None, p, pa)?;
         }
         Ok(())
     }
@@ -501,12 +590,9 @@ impl Real {
             }
             (Loc::Cpu, Loc::Cpu) => Ok(0),
         }
-        .map_err(|e| err(format!("migrating pages {first}..{} {from}->{to}: {e}", first + pages)))?;
+        .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
         if moved != n {
-            return Err(err(format!(
-                "migrating pages {first}..{} {from}->{to}: {moved} of {n} moved (device memory exhausted or a copy failed)",
-                first + pages
-            )));
+            return Err(MechError::Short { first, pages, from, to, moved });
         }
         Ok(ns_since(t0))
     }
@@ -517,17 +603,16 @@ impl Real {
         for p in first..first + pages {
             let (real, pa) = self.locate(p)?;
             if real != from {
-                return Err(err(format!("read copy of page {p} from {from}, but the page tables have it in {real}")));
+                return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
             }
             if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
-                return Err(err(format!("dev{dev} already holds page {p}")));
+                return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
             }
             frames.push(hmm::addr::Pfn(pa / PAGE));
         }
-        let made = self
-            .vram(dev)?
-            .read_copies(&frames)
-            .map_err(|e| self.mech(err(format!("read copies of pages {first}..{}: {e}", first + pages))))?;
+        let made = self.vram(dev)?.read_copies(&frames).map_err(|e| {
+            self.mech(MechError::Device { op: DeviceOp::ReadCopies { first, pages, dev }, cause: e.to_string() })
+        })?;
         for (p, k) in (first..).zip(made) {
             self.copies.insert((p, dev), k);
         }
@@ -540,15 +625,13 @@ impl Real {
             && let Some(&k) = self.copies.get(&(page, d))
         {
             if write {
-                return Err(err(format!("dev{d} wrote its read copy of page {page}")));
+                return Err(MechError::Copy { page, dev: d, fault: CopyFault::Written });
             }
             return self.check_copy(page, d, k);
         }
         let (real, pa) = self.locate(page)?;
         if real != at {
-            return Err(err(format!(
-                "{by} reaches page {page} in {at} per the engine, but the page tables have it in {real}"
-            )));
+            return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: real });
         }
         if by == Loc::Cpu && self.core != 0 {
             // On the core the engine chose: that CPU's worker makes the access.
@@ -556,7 +639,7 @@ impl Real {
             if self.workers[core].is_none() {
                 self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
             }
-            let w = self.workers[core].as_ref().ok_or_else(|| err("no worker"))?;
+            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
             w.access(page, write).map_err(|e| self.mech(e))?;
         } else if by == Loc::Cpu {
             // A real user access through the page tables (it would fault if the page were not
@@ -566,7 +649,7 @@ impl Real {
                 let v = u.read_u64(va)?;
                 if write { u.write_u64(va, v + 1) } else { Ok(()) }
             });
-            r.map_err(|f| self.mech(err(format!("CPU access to page {page}: {:?}", f.error))))?;
+            r.map_err(|f| self.mech(MechError::CpuFault { page, cpu: 0, address: f.address, error: f.error }))?;
         } else {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
@@ -613,28 +696,19 @@ impl Drop for Real {
 }
 
 /// The SRAT proximity domain of CPU `cpu`.
-fn cpu_domain(srat: &drivers::acpi::srat::Srat, cpu: usize) -> Result<u32, String> {
+fn cpu_domain(srat: &drivers::acpi::srat::Srat, cpu: usize) -> Result<u32, HmatError> {
     let apic = smp::cpu(cpu).apic_id.load(Ordering::Relaxed) as u32;
-    srat.cpus
-        .iter()
-        .find(|a| a.apic_id == apic)
-        .map(|a| a.domain)
-        .ok_or_else(|| format!("CPU {cpu} (APIC id {apic}) has no SRAT affinity"))
+    srat.cpus.iter().find(|a| a.apic_id == apic).map(|a| a.domain).ok_or(HmatError::NoAffinity { cpu, apic })
 }
 
 /// Gives each engine CPU core its line cost on memory domain `memory`, from the ACPI HMAT:
 /// core `c` runs on CPU `c` ([`Real::on_core`]), whose domain the SRAT gives.
-fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -> Result<(), String> {
-    let s = crate::system().ok_or("the system is not up")?;
-    let no = |what: &str| {
-        format!(
-            "cost.lines = \"hmat\", but the machine has no {what}: give its file [[numa.node]]s and [[numa.hmat]] entries (qemu/numa-devices.toml does)"
-        )
-    };
-    let srat = s.platform.srat.as_ref().ok_or_else(|| no("SRAT"))?;
-    let hmat = s.platform.hmat.as_ref().ok_or_else(|| no("HMAT"))?;
+fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -> Result<(), HmatError> {
+    let s = crate::system().ok_or(HmatError::NoSystem)?;
+    let srat = s.platform.srat.as_ref().ok_or(HmatError::NoTable("SRAT"))?;
+    let hmat = s.platform.hmat.as_ref().ok_or(HmatError::NoTable("HMAT"))?;
     let domains =
-        (0..cores as usize).map(|c| cpu_domain(srat, c % smp::count())).collect::<Result<Vec<u32>, String>>()?;
+        (0..cores as usize).map(|c| cpu_domain(srat, c % smp::count())).collect::<Result<Vec<u32>, HmatError>>()?;
     let values: Vec<HmatValue> = hmat
         .localities
         .iter()
@@ -645,7 +719,7 @@ fn hmat_lines(cost: &mut hmm::place::cost::CostModel, cores: u32, memory: u32) -
             value: l.value,
         })
         .collect();
-    cost.cpu_core_line_ns = cost::cpu_lines_from_hmat(&domains, memory, &values)?;
+    cost.cpu_core_line_ns = cost::cpu_lines_from_hmat(&domains, memory, &values).map_err(HmatError::Cost)?;
     log::info!("experiment: CPU line costs from the HMAT on memory domain {memory}: {:?} ns", cost.cpu_core_line_ns);
     Ok(())
 }
@@ -717,14 +791,13 @@ fn error_line(id: u32, e: &PointError) -> String {
 }
 
 /// Runs the experiment in the first boot module.
-pub fn run(s: &crate::System) -> Result<(), String> {
-    let m =
-        s.boot.modules.iter().next().ok_or("job=experiment needs the experiment image as a boot module (-initrd)")?;
+pub fn run(s: &crate::System) -> Result<(), RunError> {
+    let m = s.boot.modules.iter().next().ok_or(RunError::NoImage)?;
     let mut bytes = vec![0u8; m.size as usize];
     mm::read_phys(m.paddr, &mut bytes);
-    let text = core::str::from_utf8(&bytes).map_err(|e| format!("the experiment image is not UTF-8: {e}"))?;
-    let points = Point::decode_all(text).map_err(|e| e.to_string())?;
-    let vram = vram::all().map_err(|e| format!("device memory: {e}"))?;
+    let text = core::str::from_utf8(&bytes).map_err(RunError::NotUtf8)?;
+    let points = Point::decode_all(text).map_err(RunError::Spec)?;
+    let vram = vram::all().map_err(RunError::Memory)?;
     let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
     let (mut ok, mut failed) = (0, 0);
     let t0 = time::now_ns().unwrap_or(0);
@@ -885,7 +958,9 @@ pub mod ktests {
         let vram = vram::all().map_err(|e| e.to_string())?;
         let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
         let e = m.access(Loc::Dev(0), Loc::Dev(0), 3, true).err().ok_or("a device access to a RAM page passed")?;
-        if !e.0.contains("page tables have it in cpu") {
+        let want =
+            MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(0)), expected: Loc::Dev(0), found: Loc::Cpu };
+        if e != want || !e.to_string().contains("page tables have it in cpu") {
             return Err(format!("wrong error: {e}"));
         }
         m.migrate(3, 1, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
@@ -914,7 +989,8 @@ pub mod ktests {
         }
         m.access(Loc::Cpu, Loc::Cpu, 4, true).map_err(|e| e.to_string())?;
         let e = m.access(Loc::Dev(0), Loc::Dev(0), 4, false).err().ok_or("a stale read copy passed")?;
-        if !e.0.contains("read copy of page 4: 0 writes found, 1 made") {
+        let want = MechError::Data { page: 4, copy: Some(0), fault: DataFault::Writes { found: 0, made: 1 } };
+        if e != want || !e.to_string().contains("read copy of page 4: 0 writes found, 1 made") {
             return Err(format!("wrong error for a stale copy: {e}"));
         }
         m.drop_copy(4, 0).map_err(|e| e.to_string())?;

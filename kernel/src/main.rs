@@ -172,9 +172,13 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
             Err(e) => fail("experiment", e),
         },
         // The default job, then the default experiment when the xtask passed its image.
-        Job::Default => match job::run(system)
-            .and_then(|()| if system.boot.modules.is_empty() { Ok(()) } else { experiment::run(system) })
-        {
+        Job::Default => match job::run(system).and_then(|()| {
+            if system.boot.modules.is_empty() {
+                Ok(())
+            } else {
+                experiment::run(system).map_err(|e| alloc::format!("{e}"))
+            }
+        }) {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("default job", e),
         },

@@ -3,7 +3,7 @@
 
 extern crate alloc;
 
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 use drivers::pci::{self as dpci, Function, Windows};
 use virtio_drivers::{
@@ -11,7 +11,7 @@ use virtio_drivers::{
     transport::{
         Transport,
         pci::{
-            PciTransport,
+            PciTransport, VirtioPciError,
             bus::{Cam, DeviceFunction, MmioCam, PciRoot},
         },
     },
@@ -61,7 +61,7 @@ pub struct VirtioDevice {
     /// Device features offered.
     pub features: u64,
     /// Whether the transport bound (capabilities found, BARs mapped).
-    pub bound: Result<(), String>,
+    pub bound: Result<(), VirtioPciError>,
 }
 
 /// The enumerated bus.
@@ -118,10 +118,33 @@ fn root() -> Option<PciRoot<MmioCam<'static>>> {
     Some(PciRoot::new(unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) }))
 }
 
+/// Why a virtio PCI transport could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// [`init`] has not mapped the configuration space.
+    NotInitialised,
+    /// virtio-drivers refused function `df`.
+    Bind {
+        /// The function.
+        df: DeviceFunction,
+        /// What virtio-drivers found.
+        error: VirtioPciError,
+    },
+}
+
+impl core::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotInitialised => write!(f, "PCI is not initialised"),
+            Self::Bind { df, error } => write!(f, "binding {df}: {error}"),
+        }
+    }
+}
+
 /// Binds virtio-drivers' PCI transport to virtio function `df` (a driver then owns it).
-pub fn transport(df: DeviceFunction) -> Result<PciTransport, String> {
-    let mut root = root().ok_or_else(|| String::from("PCI is not initialised"))?;
-    PciTransport::new::<KernelHal, _>(&mut root, df).map_err(|e| alloc::format!("binding {df}: {e}"))
+pub fn transport(df: DeviceFunction) -> Result<PciTransport, TransportError> {
+    let mut root = root().ok_or(TransportError::NotInitialised)?;
+    PciTransport::new::<KernelHal, _>(&mut root, df).map_err(|error| TransportError::Bind { df, error })
 }
 
 /// Enumerates bus 0, assigns BARs and binds virtio transports.
@@ -141,7 +164,7 @@ pub fn init(ecam: &[(u64, u16, u8, u8)]) -> Result<Bus, BusError> {
         }
         let (bound, features) = match PciTransport::new::<KernelHal, _>(&mut root, f.df) {
             Ok(mut t) => (Ok(()), t.read_device_features()),
-            Err(e) => (Err(alloc::format!("{e}")), 0),
+            Err(e) => (Err(e), 0),
         };
         virtio.push(VirtioDevice { function: i, features, bound });
     }

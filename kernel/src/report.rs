@@ -170,7 +170,7 @@ pub fn print(s: &System) {
                             j.num("features", v.features);
                             j.bool("bound", v.bound.is_ok());
                             if let Err(e) = &v.bound {
-                                j.str("error", e);
+                                j.str("error", &alloc::format!("{e}"));
                             }
                         });
                     }

@@ -34,7 +34,7 @@
 //! it.
 
 use crate::copyengine::Dir;
-use crate::devices::{self, DevError};
+use crate::devices::{self, DevError, ReadCopyFailure, ResizeFailure};
 use crate::mm::uspace;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -341,12 +341,10 @@ impl Vram {
                 Some(k) => pages.push(k),
                 None => {
                     self.drop_read_copies(&pages);
-                    return Err(DevError::Bind(alloc::format!(
-                        "dev{}: no free device page for a read copy ({} of {} made)",
-                        self.device,
-                        pages.len(),
-                        frames.len()
-                    )));
+                    return Err(DevError::ReadCopy {
+                        device: self.device,
+                        failure: ReadCopyFailure::NoRoom { made: pages.len(), wanted: frames.len() },
+                    });
                 }
             }
         }
@@ -355,11 +353,10 @@ impl Vram {
         let failed = self.transfer(Dir::ToDevice, &self.runs_at(&items));
         if !failed.is_empty() {
             self.drop_read_copies(&pages);
-            return Err(DevError::Bind(alloc::format!(
-                "dev{}: the DMA of {} read copies failed",
-                self.device,
-                failed.len()
-            )));
+            return Err(DevError::ReadCopy {
+                device: self.device,
+                failure: ReadCopyFailure::Dma { failed: failed.len() },
+            });
         }
         Ok(pages)
     }
@@ -465,19 +462,14 @@ impl Vram {
     /// when the region has no room, or the host has not requested that much.
     pub fn grow(self: &Arc<Self>, bytes: u64) -> Result<Vec<u64>, DevError> {
         let _serial = self.resize.lock();
-        let blocks = whole_blocks(bytes)?;
+        let blocks = whole_blocks(self.device, bytes)?;
         let first = self.bar_pages / BLOCK_PAGES;
         let free: Vec<u64> = {
             let a = self.alloc.lock();
             (first..a.capacity()).filter(|&b| a.state(b) == Some(State::Offline)).take(blocks as usize).collect()
         };
         if (free.len() as u64) < blocks {
-            return Err(DevError::Bind(alloc::format!(
-                "dev{}: {} MiB asked, {} MiB of the hot-plug region left unplugged",
-                self.device,
-                bytes >> 20,
-                free.len() as u64 * 2
-            )));
+            return Err(self.resize_error(ResizeFailure::NoRoom { asked: bytes, left: free.len() as u64 * HUGE }));
         }
         let mut added = Vec::new();
         for &b in &free {
@@ -486,7 +478,7 @@ impl Vram {
             let r = plugged.and_then(|()| {
                 self.add_chunk(b * BLOCK_PAGES, BLOCK_PAGES).map_err(|e| {
                     let _ = self.with_hot(|m| m.unplug(off, HUGE));
-                    DevError::Bind(alloc::format!("dev{}: registering plugged memory: {e}", self.device))
+                    self.resize_error(ResizeFailure::Register(e))
                 })
             });
             if let Err(e) = r {
@@ -507,7 +499,7 @@ impl Vram {
     /// says why.
     pub fn shrink(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
         let _serial = self.resize.lock();
-        let blocks = whole_blocks(bytes)?;
+        let blocks = whole_blocks(self.device, bytes)?;
         let first = self.bar_pages / BLOCK_PAGES;
         let online: Vec<u64> = {
             let a = self.alloc.lock();
@@ -518,12 +510,9 @@ impl Vram {
                 .collect()
         };
         if (online.len() as u64) < blocks {
-            return Err(DevError::Bind(alloc::format!(
-                "dev{}: {} MiB asked, {} MiB of hot-plug memory plugged",
-                self.device,
-                bytes >> 20,
-                online.len() as u64 * 2
-            )));
+            return Err(
+                self.resize_error(ResizeFailure::NotPlugged { asked: bytes, plugged: online.len() as u64 * HUGE })
+            );
         }
         self.shrink_blocks(&online)
     }
@@ -533,12 +522,13 @@ impl Vram {
         let mut evicted = 0;
         for &b in blocks {
             let busy = self.alloc.lock().isolate(b, 1);
-            busy.map_err(|e| DevError::Bind(alloc::format!("dev{}: removing block {b}: {e}", self.device)))?;
+            busy.map_err(|error| self.resize_error(ResizeFailure::Isolate { block: b, error }))?;
             let r = self.evict(b).and_then(|n| {
                 evicted += n;
-                self.alloc.lock().offline(b, 1).map_err(|e| {
-                    DevError::Bind(alloc::format!("dev{}: block {b} still busy after eviction: {e}", self.device))
-                })
+                self.alloc
+                    .lock()
+                    .offline(b, 1)
+                    .map_err(|error| self.resize_error(ResizeFailure::StillBusy { block: b, error }))
             });
             if let Err(e) = r {
                 let _ = self.alloc.lock().unisolate(b, 1);
@@ -556,7 +546,7 @@ impl Vram {
                 log::warn!("dev{}: memunmap of block {b}: {e}", self.device);
                 self.chunks.write().push(c);
                 let _ = self.alloc.lock().add(b, 1);
-                return Err(DevError::Bind(alloc::format!("dev{}: {e}", self.device)));
+                return Err(self.resize_error(ResizeFailure::Unmap { block: b, error: e }));
             }
             self.with_hot(|m| m.unplug((b - first) * HUGE, HUGE))?;
         }
@@ -596,11 +586,7 @@ impl Vram {
         let moved = (items.len() - failed.len()) as u64;
         self.stats.lock().to_ram += moved;
         if no_ram || !failed.is_empty() {
-            return Err(DevError::Bind(alloc::format!(
-                "dev{}: evicting block {b}: {}",
-                self.device,
-                if no_ram { "no RAM to evict into" } else { "the copy engine failed; the pages stay on the device" }
-            )));
+            return Err(self.resize_error(ResizeFailure::Evict { block: b, no_ram }));
         }
         Ok(moved)
     }
@@ -610,19 +596,21 @@ impl Vram {
         f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> Result<R, MemError>,
     ) -> Result<R, DevError> {
         devices::with(|d| match d.list.get_mut(self.device).and_then(|x| x.hot.as_mut()) {
-            Some(h) => f(&mut h.mem).map_err(|e| DevError::Bind(alloc::format!("dev{}: {e}", self.device))),
-            None => Err(DevError::Bind(alloc::format!("dev{} has no hot-plug region", self.device))),
+            Some(h) => f(&mut h.mem).map_err(|e| self.resize_error(ResizeFailure::Request(e))),
+            None => Err(self.resize_error(ResizeFailure::NoRegion)),
         })
         .unwrap_or(Err(DevError::NoDevice(self.device)))
+    }
+
+    fn resize_error(&self, failure: ResizeFailure) -> DevError {
+        DevError::Resize { device: self.device, failure }
     }
 }
 
 /// Whole 2 MiB blocks in `bytes`.
-fn whole_blocks(bytes: u64) -> Result<u64, DevError> {
+fn whole_blocks(device: usize, bytes: u64) -> Result<u64, DevError> {
     if bytes == 0 || !bytes.is_multiple_of(HUGE) {
-        return Err(DevError::Bind(alloc::format!(
-            "{bytes:#x} bytes: device memory is added and removed in 2 MiB blocks"
-        )));
+        return Err(DevError::Resize { device, failure: ResizeFailure::NotBlocks(bytes) });
     }
     Ok(bytes / HUGE)
 }
@@ -828,7 +816,7 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
     let mut s = space.lock();
     let select = Select::SYSTEM.compound();
     let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select, fault_page: None };
-    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
+    let mut mig = s.migrate_vma_setup(args).map_err(DevError::MigrateSetup)?;
     let zero = mm.zero_pfn();
     let mut items = Vec::new();
     for i in 0..mig.src().len() {
@@ -855,8 +843,8 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
 pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u64) -> Result<u64, DevError> {
     let mut s = space.lock();
     let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: v.select(), fault_page: None };
-    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
-    v.copy_out(&mut mig).map_err(|e| DevError::Bind(alloc::format!("{e}")))?;
+    let mut mig = s.migrate_vma_setup(args).map_err(DevError::MigrateSetup)?;
+    v.copy_out(&mut mig).map_err(DevError::Memory)?;
     let moved = settle(mig);
     v.stats.lock().to_ram += moved;
     Ok(moved)
@@ -875,12 +863,12 @@ pub fn migrate_device_to_device(
     npages: u64,
 ) -> Result<u64, DevError> {
     if from.device == to.device {
-        return Err(DevError::Bind("device-to-device migration needs two different devices".into()));
+        return Err(DevError::SameDevice(from.device));
     }
     let mut s = space.lock();
     let args =
         MigrateArgs { start, end: start + npages * PAGE, owner: from.owner, select: from.select(), fault_page: None };
-    let mut mig = s.migrate_vma_setup(args).map_err(|e| DevError::Bind(alloc::format!("migrate_vma_setup: {e}")))?;
+    let mut mig = s.migrate_vma_setup(args).map_err(DevError::MigrateSetup)?;
     let mut items = Vec::new();
     // The destination, as the source engine sees it: `to`'s memory at its physical address.
     let peer = |d: Pfn| to.phys_of(d).map_or(Pfn(0), |pa| Pfn(pa / PAGE));
@@ -932,58 +920,69 @@ pub struct RoundTrip {
 /// Migrates `pages` pages of a fresh process to device `n` and back, both ways (CPU faults,
 /// explicit), checking where the pages are and that every byte survives (read through the
 /// BAR while on the device, through real loads after).
-pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::String> {
+pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, checks::CheckError> {
     use crate::arch::time;
+    use checks::CheckError;
     use hmm::mm::pte::Pte;
     use hmm::mm::space::MapRequest;
     use hmm::mm::vma::Prot;
-    let v =
-        all().map_err(|e| alloc::format!("registering device memory: {e}"))?.get(n).ok_or("no such device")?.clone();
-    let bar = devices::with(|d| d.list[n].vram.0).ok_or("devices not initialised")?;
+    let fail = checks::CheckError::failed;
+    let v = all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
+    let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
+        .ok_or(DevError::NotInitialised)?
+        .ok_or(DevError::NoDevice(n))?;
     let mm = uspace::mm();
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| alloc::format!("{e}"))?);
-    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| alloc::format!("mmap: {e}"))?;
+    let space = mm.share(AddressSpace::new(mm).map_err(|error| CheckError::Mm { op: "a new address space", error })?);
+    let a = space
+        .lock()
+        .mmap(MapRequest::anon(pages * PAGE, Prot::RW))
+        .map_err(|error| CheckError::Mm { op: "mmap", error })?;
     let data: Vec<u8> = (0..pages * PAGE / 8).flat_map(|i| (i ^ (n as u64) << 40).to_le_bytes()).collect();
-    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| alloc::format!("CPU fill: {:?}", f.error))?;
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|fault| CheckError::Cpu { op: "CPU fill", fault })?;
     let ns = |c: u64| time::cycles_to_ns(c).unwrap_or(0) / pages;
 
     let t0 = time::rdtsc();
-    let moved = migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let moved = migrate_to_device(&v, &space, a, pages)?;
     let to_device_ns = ns(time::rdtsc() - t0);
     if moved != pages {
-        return Err(alloc::format!("{moved} of {pages} pages reached dev{n}"));
+        return Err(fail(alloc::format!("{moved} of {pages} pages reached dev{n}")));
     }
     let mut page = alloc::vec![0u8; PAGE as usize];
     for k in 0..pages {
         let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
         let Some(pfn) = e.as_ref().and_then(|e| v.holds(e)) else {
-            return Err(alloc::format!("page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}", v.kind));
+            return Err(fail(alloc::format!(
+                "page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}",
+                v.kind
+            )));
         };
-        let off = v.offset_of(pfn).ok_or("a device entry outside this device's memory")?;
+        let off =
+            v.offset_of(pfn).ok_or_else(|| fail(alloc::format!("page {k}: a device entry outside dev{n}'s memory")))?;
         crate::mm::read_phys(bar + off, &mut page);
         if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
-            return Err(alloc::format!("page {k}: device memory differs from what the CPU wrote"));
+            return Err(fail(alloc::format!("page {k}: device memory differs from what the CPU wrote")));
         }
     }
     let faults = v.stats.lock().cpu_faults;
     let mut back = alloc::vec![0u8; data.len()];
     let t0 = time::rdtsc();
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read back: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read back", fault })?;
     let fault_back_ns = ns(time::rdtsc() - t0);
     if back != data {
-        return Err("data differs after the CPU faulted the pages back".into());
+        return Err(fail("data differs after the CPU faulted the pages back".into()));
     }
     if v.kind == MemoryKind::Coherent {
         // The CPU writes device memory in place too.
         let e = space.lock().lookup(a).map(|e| e.pte);
-        let Some(Pte::Present(p)) = e else { return Err(alloc::format!("coherent page 0 unmapped: {e:?}")) };
+        let Some(Pte::Present(p)) = e else { return Err(fail(alloc::format!("coherent page 0 unmapped: {e:?}"))) };
         let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
-        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|f| alloc::format!("CPU write: {:?}", f.error))?;
+        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|fault| CheckError::Cpu { op: "CPU write", fault })?;
         crate::mm::read_phys(bar + v.offset_of(p.pfn).unwrap_or(0), &mut page);
         if page != flipped {
-            return Err("a CPU store to coherent device memory did not reach the BAR".into());
+            return Err(fail("a CPU store to coherent device memory did not reach the BAR".into()));
         }
-        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize])).map_err(|f| alloc::format!("{:?}", f.error))?;
+        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize]))
+            .map_err(|fault| CheckError::Cpu { op: "CPU write back", fault })?;
     }
     let faulted = v.stats.lock().cpu_faults - faults;
     // One fault per fault-around window the range touches; none at all on coherent memory,
@@ -993,23 +992,23 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, alloc::string::Stri
         MemoryKind::Coherent => 0,
     };
     if faulted != windows {
-        return Err(alloc::format!(
+        return Err(fail(alloc::format!(
             "{faulted} CPU faults for {pages} device pages in {windows} fault-around windows of {} pages",
             v.fault_around()
-        ));
+        )));
     }
-    migrate_to_device(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    migrate_to_device(&v, &space, a, pages)?;
     let t0 = time::rdtsc();
-    let moved = migrate_to_ram(&v, &space, a, pages).map_err(|e| alloc::format!("{e}"))?;
+    let moved = migrate_to_ram(&v, &space, a, pages)?;
     let to_ram_ns = ns(time::rdtsc() - t0);
     back.fill(0);
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| alloc::format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read", fault })?;
     if moved != pages || back != data {
-        return Err(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data));
+        return Err(fail(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data)));
     }
     drop(space);
     if v.in_use() != 0 {
-        return Err(alloc::format!("{} device pages still in use after the process went", v.in_use()));
+        return Err(fail(alloc::format!("{} device pages still in use after the process went", v.in_use())));
     }
     Ok(RoundTrip { pages, to_device_ns, fault_back_ns, to_ram_ns })
 }

@@ -13,10 +13,11 @@
 //!
 //! The host's own memcpy (the physical limit) is measured by the xtask beside it.
 
-use super::{timed, warm_guest_ram};
+use super::{BenchError, mm_err, timed, user_err, warm_guest_ram};
 use crate::compute;
 use crate::copyengine::Dir;
 use crate::devices;
+use crate::devices::DevError;
 use crate::devmmu;
 use crate::json::Json;
 use crate::mm::{self, frame, uspace};
@@ -61,8 +62,8 @@ fn dir_name(engine: &str, dir: Dir) -> String {
 
 /// The copy engine and the CPU moving `TOTAL` bytes in `size` pieces between the buffer and
 /// device memory.
-fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), String> {
-    let kernel = devices::with(|d| d.list[n].iova_of(0)).ok_or("devices not initialised")?;
+fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), BenchError> {
+    let kernel = devices::with(|d| d.list[n].iova_of(0)).ok_or(DevError::NotInitialised)?;
     let span = (BLOCKS as u64 * BLOCK).min(vram_bytes);
     for size in SIZES {
         // Piece k: RAM at blocks[(k * size) / BLOCK] + (k * size) % BLOCK, device at k * size.
@@ -73,7 +74,7 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
         };
         for dir in [Dir::ToDevice, Dir::ToRam] {
             let (r, ns, _) = timed(|| {
-                devices::with(|d| -> Result<(), String> {
+                devices::with(|d| -> Result<(), BenchError> {
                     let mut k = 0;
                     while k < pieces {
                         let w = (pieces - k).min(IN_FLIGHT as u64);
@@ -81,13 +82,13 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
                             (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
                         let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
                         for res in d.dma_many(n, dir, reqs) {
-                            res.map_err(|e| format!("dev{n}: {e}"))?;
+                            res.map_err(|error| BenchError::Device { device: Some(n), error })?;
                         }
                         k += w;
                     }
                     Ok(())
                 })
-                .unwrap_or_else(|| Err("devices not initialised".into()))
+                .unwrap_or_else(|| Err(DevError::NotInitialised.into()))
             });
             r?;
             copied(&dir_name("dma", dir), n, size, ns);
@@ -109,16 +110,16 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
 /// 256 MiB of a process to device `n` and back, with the device's copier set to `copier`.
 /// `huge`: the process's memory is THPs (`MADV_HUGEPAGE`), which move as 2 MiB device pages
 /// (ops named `..._thp`); otherwise 4 KiB pages (`MADV_NOHUGEPAGE`).
-fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), String> {
-    let v = vram::all().map_err(|e| format!("device memory: {e}"))?[n].clone();
+fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), BenchError> {
+    let v = vram::all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
     v.set_copier(copier);
-    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+    let s = uspace::new_space().map_err(mm_err("address space"))?;
     let pages = TOTAL / PAGE;
     let a = {
         let mut sp = s.lock();
-        let a = sp.mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
+        let a = sp.mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(mm_err("mmap"))?;
         let advice = if huge { Advice::HugePage } else { Advice::NoHugePage };
-        sp.madvise(a, TOTAL, advice).map_err(|e| format!("madvise: {e}"))?;
+        sp.madvise(a, TOTAL, advice).map_err(mm_err("madvise"))?;
         a
     };
     super::touch(&s, a, TOTAL)?;
@@ -133,11 +134,13 @@ fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), String> {
             j.num("faults", faults);
         })
     };
-    let to_device = || -> Result<(), String> {
+    let to_device = || -> Result<(), BenchError> {
         for k in (0..pages).step_by(CALL_PAGES as usize) {
-            let moved = vram::migrate_to_device(&v, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+            let moved = vram::migrate_to_device(&v, &s, a + k * PAGE, CALL_PAGES)?;
             if moved != CALL_PAGES {
-                return Err(format!("dev{n}: {moved} of {CALL_PAGES} pages migrated (device memory full?)"));
+                return Err(BenchError::Wrong(format!(
+                    "dev{n}: {moved} of {CALL_PAGES} pages migrated (device memory full?)"
+                )));
             }
         }
         Ok(())
@@ -153,28 +156,30 @@ fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), String> {
     if !huge {
         to_device()?;
         let around = v.fault_around();
-        v.set_fault_around(1).map_err(|e| format!("{e}"))?;
+        v.set_fault_around(1).map_err(mm_err("setting the fault-around window"))?;
         let (r, ns, f) = timed(|| super::load_each(&s, a, TOTAL));
-        v.set_fault_around(around).map_err(|e| format!("{e}"))?;
+        v.set_fault_around(around).map_err(mm_err("setting the fault-around window"))?;
         r?;
         report("cpu_fault_back_single", ns, f);
     }
     to_device()?;
-    let (r, ns, f) = timed(|| -> Result<(), String> {
+    let (r, ns, f) = timed(|| -> Result<(), BenchError> {
         for k in (0..pages).step_by(CALL_PAGES as usize) {
-            vram::migrate_to_ram(&v, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+            vram::migrate_to_ram(&v, &s, a + k * PAGE, CALL_PAGES)?;
         }
         Ok(())
     });
     r?;
     report("migrate_to_ram", ns, f);
     // Every word is still what the first touch stored (its own address).
-    uspace::run(&s, |u| -> Result<(), String> {
+    uspace::run(&s, |u| -> Result<(), BenchError> {
         for k in 0..pages {
             let va = a + k * PAGE;
-            let w = u.read_u64(va).map_err(|e| format!("load: {e}"))?;
+            let w = u.read_u64(va).map_err(user_err("load"))?;
             if w != va {
-                return Err(format!("dev{n}: page {k} holds {w:#x} after the round trips, not {va:#x}"));
+                return Err(BenchError::Wrong(format!(
+                    "dev{n}: page {k} holds {w:#x} after the round trips, not {va:#x}"
+                )));
             }
         }
         Ok(())
@@ -182,21 +187,21 @@ fn migration(n: usize, copier: Copier, huge: bool) -> Result<(), String> {
     drop(s);
     v.set_copier(Copier::Dma);
     if v.in_use() != 0 {
-        return Err(format!("dev{n}: {} device pages in use after the process went", v.in_use()));
+        return Err(BenchError::Wrong(format!("dev{n}: {} device pages in use after the process went", v.in_use())));
     }
     Ok(())
 }
 
 /// Fault service latency: one word per page of 64 MiB, 256 lanes, batches of up to 256.
-fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), String> {
-    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), BenchError> {
+    let s = uspace::new_space().map_err(mm_err("address space"))?;
     let len = 64u64 << 20;
-    let a = s.lock().mmap(MapRequest::anon(len, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
+    let a = s.lock().mmap(MapRequest::anon(len, Prot::RW)).map_err(mm_err("mmap"))?;
     super::touch(&s, a, len)?;
-    let m = devmmu::bind(n, &s).map_err(|e| format!("{e}"))?;
+    let m = devmmu::bind(n, &s).map_err(|error| BenchError::Device { device: Some(n), error })?;
     let mut k = Increment::new(a, len / 8, 512, 256);
-    let c = compute::launch(&m, &s, &mut k, policy, 256).map_err(|e| format!("dev{n}: {e}"))?;
-    m.unbind().map_err(|e| format!("{e}"))?;
+    let c = compute::launch(&m, &s, &mut k, policy, 256).map_err(|error| BenchError::Launch { device: n, error })?;
+    m.unbind().map_err(BenchError::Mirror)?;
     let ns = crate::arch::time::cycles_to_ns(c.service_time).unwrap_or(0);
     line(|j| {
         j.str("op", "fault_batch");
@@ -213,14 +218,14 @@ fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), St
 }
 
 /// Runs the devices benchmark on every device of the machine.
-pub fn devices() -> Result<(), String> {
+pub fn devices() -> Result<(), BenchError> {
     warm_guest_ram();
     let list: Vec<(u64, u64)> = devices::with(|d| d.list.iter().map(|dev| dev.vram).collect()).unwrap_or_default();
     if list.is_empty() {
-        return Err("the machine has no devices (use qemu/bench-devices.toml)".into());
+        return Err(BenchError::Wrong("the machine has no devices (use qemu/bench-devices.toml)".into()));
     }
     let blocks: Vec<u64> = (0..BLOCKS)
-        .map(|_| frame::alloc(512).map_err(|_| String::from("no memory for the 64 MiB transfer buffer")))
+        .map(|_| frame::alloc(512).map_err(|_| BenchError::Wrong("no memory for the 64 MiB transfer buffer".into())))
         .collect::<Result<_, _>>()?;
     for b in &blocks {
         mm::write_phys(*b, &[0x5a; 64]);
@@ -229,7 +234,7 @@ pub fn devices() -> Result<(), String> {
         for (n, &(bar, bytes)) in list.iter().enumerate() {
             throughput(n, &blocks, bar, bytes)?;
         }
-        Ok::<(), String>(())
+        Ok::<(), BenchError>(())
     })();
     for b in blocks {
         frame::free(b, 512);
@@ -237,7 +242,10 @@ pub fn devices() -> Result<(), String> {
     r?;
     for (n, &(_, bytes)) in list.iter().enumerate() {
         if bytes < TOTAL {
-            return Err(format!("dev{n} has {} MiB of memory; the migration runs need 256 MiB", bytes >> 20));
+            return Err(BenchError::Wrong(format!(
+                "dev{n} has {} MiB of memory; the migration runs need 256 MiB",
+                bytes >> 20
+            )));
         }
         migration(n, Copier::Dma, false)?;
         migration(n, Copier::Cpu, false)?;
@@ -253,28 +261,27 @@ pub fn devices() -> Result<(), String> {
 }
 
 /// 256 MiB of a process moved from dev0's memory straight into dev1's (peer to peer).
-fn device_to_device() -> Result<(), String> {
-    let v = vram::all().map_err(|e| format!("device memory: {e}"))?;
+fn device_to_device() -> Result<(), BenchError> {
+    let v = vram::all().map_err(DevError::Memory)?;
     let (from, to) = (v[0].clone(), v[1].clone());
-    let s = uspace::new_space().map_err(|e| format!("address space: {e}"))?;
+    let s = uspace::new_space().map_err(mm_err("address space"))?;
     let pages = TOTAL / PAGE;
-    let a = s.lock().mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(|e| format!("mmap: {e}"))?;
-    s.lock().madvise(a, TOTAL, Advice::NoHugePage).map_err(|e| format!("madvise: {e}"))?;
+    let a = s.lock().mmap(MapRequest::anon(TOTAL, Prot::RW)).map_err(mm_err("mmap"))?;
+    s.lock().madvise(a, TOTAL, Advice::NoHugePage).map_err(mm_err("madvise"))?;
     super::touch(&s, a, TOTAL)?;
     for k in (0..pages).step_by(CALL_PAGES as usize) {
-        vram::migrate_to_device(&from, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+        vram::migrate_to_device(&from, &s, a + k * PAGE, CALL_PAGES)?;
     }
-    let (r, ns, _) = timed(|| -> Result<u64, String> {
+    let (r, ns, _) = timed(|| -> Result<u64, BenchError> {
         let mut moved = 0;
         for k in (0..pages).step_by(CALL_PAGES as usize) {
-            moved +=
-                vram::migrate_device_to_device(&from, &to, &s, a + k * PAGE, CALL_PAGES).map_err(|e| format!("{e}"))?;
+            moved += vram::migrate_device_to_device(&from, &to, &s, a + k * PAGE, CALL_PAGES)?;
         }
         Ok(moved)
     });
     let moved = r?;
     if moved != pages {
-        return Err(format!("{moved} of {pages} pages moved dev0 -> dev1"));
+        return Err(BenchError::Wrong(format!("{moved} of {pages} pages moved dev0 -> dev1")));
     }
     line(|j| {
         j.str("op", "device_to_device");

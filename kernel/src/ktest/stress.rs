@@ -24,6 +24,7 @@
 use super::TestResult;
 use crate::System;
 use crate::arch::smp;
+use crate::devices::{DevError, ResizeFailure};
 use crate::devmmu::DevMirror;
 use crate::mm::uspace;
 use crate::sched;
@@ -34,6 +35,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use drivers::virtio_mem::MemError;
 use hmm::mm::SharedSpace;
 use hmm::mm::space::{AddressSpace, MapRequest};
 use hmm::mm::vma::Prot;
@@ -257,7 +259,12 @@ fn drive(
             _ if vs[0].hot_pages() == 0 => Ok(()),
             // Hot-plug memory comes and goes; removing it evicts the pages there.
             85..=92 => match vs[0].grow(2 << 20) {
-                Ok(_) | Err(crate::devices::DevError::Bind(_)) => Ok(()),
+                // Refused: the region is full, or the host has not requested more (NACK).
+                Ok(_)
+                | Err(DevError::Resize {
+                    failure: ResizeFailure::NoRoom { .. } | ResizeFailure::Request(MemError::Nack(_)),
+                    ..
+                }) => Ok(()),
                 Err(e) => Err(e.to_string()),
             },
             _ => {

@@ -5,7 +5,8 @@
 
 use super::{Vram, migrate_to_device, migrate_to_ram};
 use crate::arch::time;
-use crate::devices;
+use crate::devices::{self, DevError, ResizeFailure};
+use crate::mm::uspace::UserFault;
 use crate::mm::{self, uspace};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -23,9 +24,101 @@ const HUGE: u64 = 2 << 20;
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
         if !$cond {
-            return Err(format!("{} ({}) at {}:{}", format_args!($($msg)+), stringify!($cond), file!(), line!()));
+            return Err(CheckError::Failed {
+                what: format!($($msg)+),
+                cond: Some(stringify!($cond)),
+                file: file!(),
+                line: line!(),
+            });
         }
     };
+}
+
+/// Why a check of device memory failed: an operation it made failed (typed), or what it found
+/// was wrong (described, with the condition and where it is checked).
+#[derive(Debug)]
+pub enum CheckError {
+    /// A device operation failed.
+    Device(DevError),
+    /// Memory management refused `op` (a new address space, mmap, madvise, the pagemaps).
+    Mm {
+        /// What was asked.
+        op: &'static str,
+        /// Why.
+        error: hmm::mm::Error,
+    },
+    /// A CPU access (`op`: a fill, a read back) faulted.
+    Cpu {
+        /// What the CPU did.
+        op: &'static str,
+        /// The fault.
+        fault: UserFault,
+    },
+    /// The dmirror test device refused a command.
+    Dmirror {
+        /// Device.
+        device: usize,
+        /// Cycle.
+        cycle: u32,
+        /// The command.
+        op: &'static str,
+        /// Why.
+        error: hmm::dmirror::CmdError,
+    },
+    /// What the check found is wrong.
+    Failed {
+        /// What, for people.
+        what: String,
+        /// The condition that did not hold, if it is one.
+        cond: Option<&'static str>,
+        /// Where it is checked.
+        file: &'static str,
+        /// Line.
+        line: u32,
+    },
+}
+
+impl CheckError {
+    /// What the check found is wrong (at the caller's line).
+    #[track_caller]
+    pub fn failed(what: String) -> Self {
+        let at = core::panic::Location::caller();
+        Self::Failed { what, cond: None, file: at.file(), line: at.line() }
+    }
+
+    fn mm(op: &'static str) -> impl FnOnce(hmm::mm::Error) -> Self {
+        move |error| Self::Mm { op, error }
+    }
+
+    fn cpu(op: &'static str) -> impl FnOnce(UserFault) -> Self {
+        move |fault| Self::Cpu { op, fault }
+    }
+}
+
+impl core::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Device(e) => write!(f, "{e}"),
+            Self::Mm { op, error } => write!(f, "{op}: {error}"),
+            Self::Cpu { op, fault } => write!(f, "{op}: {fault}"),
+            Self::Dmirror { device, cycle, op, error } => write!(f, "dev{device}: cycle {cycle}: {op}: {error:?}"),
+            Self::Failed { what, cond: Some(c), file, line } => write!(f, "{what} ({c}) at {file}:{line}"),
+            Self::Failed { what, cond: None, file, line } => write!(f, "{what} at {file}:{line}"),
+        }
+    }
+}
+
+impl From<DevError> for CheckError {
+    fn from(e: DevError) -> Self {
+        Self::Device(e)
+    }
+}
+
+/// The in-kernel tests' protocol is text.
+impl From<CheckError> for String {
+    fn from(e: CheckError) -> String {
+        e.to_string()
+    }
 }
 
 /// A reproducible byte pattern (xorshift from `seed`).
@@ -47,14 +140,14 @@ fn ns(cycles: u64) -> u64 {
 
 /// A fresh process with `huge` THPs (2 MiB-aligned, `MADV_HUGEPAGE`) filled with `data`;
 /// checks the CPU mapped them with huge pages.
-fn thp_process(huge: u64, data: &[u8]) -> Result<(Arc<SharedSpace>, u64), String> {
+fn thp_process(huge: u64, data: &[u8]) -> Result<(Arc<SharedSpace>, u64), CheckError> {
     let mm = uspace::mm();
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let space = mm.share(AddressSpace::new(mm).map_err(CheckError::mm("a new address space"))?);
     // Over-allocate by one huge page, then use the aligned part.
-    let raw = space.lock().mmap(MapRequest::anon((huge + 1) * HUGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let raw = space.lock().mmap(MapRequest::anon((huge + 1) * HUGE, Prot::RW)).map_err(CheckError::mm("mmap"))?;
     let a = raw.next_multiple_of(HUGE);
-    space.lock().madvise(a, huge * HUGE, Advice::HugePage).map_err(|e| e.to_string())?;
-    uspace::run(&space, |u| u.write(a, data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    space.lock().madvise(a, huge * HUGE, Advice::HugePage).map_err(CheckError::mm("madvise"))?;
+    uspace::run(&space, |u| u.write(a, data)).map_err(CheckError::cpu("CPU fill"))?;
     for k in 0..huge {
         let e = space.lock().lookup(a + k * HUGE);
         ensure!(e.as_ref().is_some_and(|e| e.huge), "THP {k} is not PMD-mapped after the fill: {e:?}");
@@ -81,31 +174,38 @@ pub struct HugeTrip {
 /// memory brings its whole THP back in one fault (coherent memory is read in place), an
 /// explicit migration brings the rest back as THPs, the bytes are intact and no device page
 /// leaks.
-pub fn huge_round_trip(v: &Vram, thps: u64) -> Result<HugeTrip, String> {
+pub fn huge_round_trip(v: &Vram, thps: u64) -> Result<HugeTrip, CheckError> {
     let n = v.device();
     let pages = thps * 512;
     let data = pattern(0x2e9 + n as u64, (thps * HUGE) as usize);
     let (space, a) = thp_process(thps, &data)?;
     let used = v.in_use();
     let t0 = time::rdtsc();
-    let moved = migrate_to_device(v, &space, a, pages).map_err(|e| e.to_string())?;
+    let moved = migrate_to_device(v, &space, a, pages)?;
     let to_device_ns_per_page = ns(time::rdtsc() - t0) / pages;
     ensure!(moved == pages, "dev{n}: {moved} pages moved");
     ensure!(v.in_use() == used + pages, "dev{n}: {} pages in use", v.in_use() - used);
     let mut page = alloc::vec![0u8; HUGE as usize];
     for k in 0..thps {
         let e = space.lock().lookup(a + k * HUGE);
-        let Some(e) = e.filter(|e| e.huge) else { return Err(format!("dev{n}: THP {k} not a huge entry")) };
-        let pfn = v.holds(&e.pte).ok_or_else(|| format!("dev{n}: THP {k} not in device memory: {e:?}"))?;
+        let Some(e) = e.filter(|e| e.huge) else {
+            return Err(CheckError::failed(format!("dev{n}: THP {k} not a huge entry")));
+        };
+        let pfn = v
+            .holds(&e.pte)
+            .ok_or_else(|| CheckError::failed(format!("dev{n}: THP {k} not in device memory: {e:?}")))?;
         let order = uspace::mm().meta(pfn).map(|m| m.order());
         ensure!(order == Some(9), "dev{n}: THP {k} is a device page of order {order:?}");
-        mm::read_phys(v.phys_of(pfn).ok_or("no device address")?, &mut page);
+        mm::read_phys(
+            v.phys_of(pfn).ok_or_else(|| CheckError::failed(format!("dev{n}: THP {k} has no device address")))?,
+            &mut page,
+        );
         ensure!(page[..] == data[(k * HUGE) as usize..((k + 1) * HUGE) as usize], "THP {k} bytes in device memory");
     }
     let faults = v.stats.lock().cpu_faults;
     let mut got = [0u8; 8];
     let t0 = time::rdtsc();
-    uspace::run(&space, |u| u.read(a + 12345, &mut got)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a + 12345, &mut got)).map_err(CheckError::cpu("CPU read"))?;
     let fault_back_ns = ns(time::rdtsc() - t0);
     ensure!(got[..] == data[12345..12353], "CPU read of THP 0");
     let private = v.kind() == MemoryKind::Private;
@@ -119,14 +219,14 @@ pub fn huge_round_trip(v: &Vram, thps: u64) -> Result<HugeTrip, String> {
         ensure!(v.in_use() == used + pages - 512, "dev{n}: {} pages in use after the fault", v.in_use() - used);
     }
     let t0 = time::rdtsc();
-    let back = migrate_to_ram(v, &space, a, pages).map_err(|e| e.to_string())?;
+    let back = migrate_to_ram(v, &space, a, pages)?;
     let expect = if private { pages - 512 } else { pages };
     let to_ram_ns_per_page = ns(time::rdtsc() - t0) / expect.max(1);
     ensure!(back == expect, "dev{n}: {back} pages back explicitly, {expect} expected");
     let e = space.lock().lookup(a + (thps - 1) * HUGE);
     ensure!(e.as_ref().is_some_and(|e| e.huge), "the last THP back in RAM whole: {e:?}");
     let mut all = alloc::vec![0u8; data.len()];
-    uspace::run(&space, |u| u.read(a, &mut all)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut all)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(all == data, "data after the round trip");
     ensure!(v.in_use() == used, "dev{n}: {} device pages leaked", v.in_use() - used);
     Ok(HugeTrip { thps, to_device_ns_per_page, fault_back_ns, to_ram_ns_per_page })
@@ -150,15 +250,22 @@ pub struct HotCycle {
 /// them (base pages, and a THP as a 2 MiB device page) (the region's own engine copies: the bytes are read back through the region);
 /// removing them evicts every page to RAM first, losing nothing, then unplugs, as the device's
 /// STATE confirms. Bad sizes are refused with nothing changed.
-pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, String> {
+pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, CheckError> {
     let n = v.device();
     let (pages0, plugged0) = (v.pages(), v.plugged_pages());
-    ensure!(v.grow(3 << 20).is_err(), "dev{n}: a 3 MiB grow was accepted");
-    ensure!(v.grow(v.hot_pages() * PAGE + HUGE).is_err(), "dev{n}: a grow past the region was accepted");
-    ensure!(v.shrink(plugged0 * PAGE + HUGE).is_err(), "dev{n}: a shrink past what is plugged was accepted");
+    let refused = |r: Result<_, DevError>| match r {
+        Err(DevError::Resize { failure, .. }) => Some(failure),
+        _ => None,
+    };
+    let r = refused(v.grow(3 << 20).map(|_| ()));
+    ensure!(matches!(r, Some(ResizeFailure::NotBlocks(_))), "dev{n}: a 3 MiB grow: {r:?}");
+    let r = refused(v.grow(v.hot_pages() * PAGE + HUGE).map(|_| ()));
+    ensure!(matches!(r, Some(ResizeFailure::NoRoom { .. })), "dev{n}: a grow past the region: {r:?}");
+    let r = refused(v.shrink(plugged0 * PAGE + HUGE).map(|_| ()));
+    ensure!(matches!(r, Some(ResizeFailure::NotPlugged { .. })), "dev{n}: a shrink past what is plugged: {r:?}");
     ensure!(v.pages() == pages0, "dev{n}: a refused resize changed the memory");
     let t0 = time::rdtsc();
-    let offs = v.grow(2 * HUGE).map_err(|e| e.to_string())?;
+    let offs = v.grow(2 * HUGE)?;
     let grow_ns = ns(time::rdtsc() - t0);
     ensure!(offs.iter().all(|&o| o >= v.bar_pages() * PAGE), "dev{n}: plugged at {offs:x?}");
     ensure!(v.pages() == pages0 + 1024, "dev{n}: {} pages after plugging 4 MiB", v.pages());
@@ -174,8 +281,11 @@ pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, String> {
     // Everything else of the device is taken, so the migration must land in the new blocks.
     let bar = v.bar_pages();
     let Some(carved) = v.carve(bar) else {
-        v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
-        return Err(format!("dev{n}: the BAR is in use ({} pages); cannot isolate the hot-plug check", v.in_use()));
+        v.shrink(2 * HUGE)?;
+        return Err(CheckError::failed(format!(
+            "dev{n}: the BAR is in use ({} pages); cannot isolate the hot-plug check",
+            v.in_use()
+        )));
     };
     let r = fill_and_remove(v, &state, pages0, plugged0);
     v.uncarve(carved, bar);
@@ -189,29 +299,36 @@ fn fill_and_remove(
     state: &dyn Fn(u64) -> Option<Result<drivers::virtio_mem::BlockState, drivers::virtio_mem::MemError>>,
     pages0: u64,
     plugged0: u64,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), CheckError> {
     let n = v.device();
     let mm = uspace::mm();
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
+    let space = mm.share(AddressSpace::new(mm).map_err(CheckError::mm("a new address space"))?);
     let pages = 300u64;
-    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(CheckError::mm("mmap"))?;
     let data = pattern(0x407 + n as u64, (pages * PAGE) as usize);
-    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
-    let moved = migrate_to_device(v, &space, a, pages).map_err(|e| e.to_string())?;
+    uspace::run(&space, |u| u.write(a, &data)).map_err(CheckError::cpu("CPU fill"))?;
+    let moved = migrate_to_device(v, &space, a, pages)?;
     ensure!(moved == pages, "dev{n}: {moved} of {pages} pages reached the plugged memory");
     let mut page = alloc::vec![0u8; PAGE as usize];
     for k in 0..pages {
         let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
-        let pfn = e.as_ref().and_then(|e| v.holds(e)).ok_or_else(|| format!("page {k}: {e:?}"))?;
-        let off = v.offset_of(pfn).ok_or("no offset")?;
+        let pfn = e
+            .as_ref()
+            .and_then(|e| v.holds(e))
+            .ok_or_else(|| CheckError::failed(format!("page {k} is not in dev{n}'s memory: {e:?}")))?;
+        let off =
+            v.offset_of(pfn).ok_or_else(|| CheckError::failed(format!("page {k}: no offset in dev{n}'s memory")))?;
         ensure!(off >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
-        mm::read_phys(v.phys(off).ok_or("no address")?, &mut page);
+        mm::read_phys(
+            v.phys(off).ok_or_else(|| CheckError::failed(format!("page {k}: no address for offset {off:#x}")))?,
+            &mut page,
+        );
         ensure!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in the region");
     }
     // And a THP, which takes the other block whole.
     let thp_data = pattern(0x7e5 + n as u64, HUGE as usize);
     let (thp_space, t) = thp_process(1, &thp_data)?;
-    let moved = migrate_to_device(v, &thp_space, t, 512).map_err(|e| e.to_string())?;
+    let moved = migrate_to_device(v, &thp_space, t, 512)?;
     let e = thp_space.lock().lookup(t);
     let off = e.as_ref().filter(|e| e.huge).and_then(|e| v.holds(&e.pte)).and_then(|p| v.offset_of(p));
     ensure!(
@@ -219,11 +336,11 @@ fn fill_and_remove(
         "dev{n}: the THP is not a device THP in the plugged memory: {moved} pages, {e:?}"
     );
     let t0 = time::rdtsc();
-    let evicted = v.shrink(2 * HUGE).map_err(|e| e.to_string())?;
+    let evicted = v.shrink(2 * HUGE)?;
     let shrink_ns = ns(time::rdtsc() - t0);
     ensure!(evicted == pages + 512, "dev{n}: {evicted} pages evicted, {} lived there", pages + 512);
     let mut back = alloc::vec![0u8; HUGE as usize];
-    uspace::run(&thp_space, |u| u.read(t, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    uspace::run(&thp_space, |u| u.read(t, &mut back)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(back == thp_data, "dev{n}: the evicted THP's data differs");
     drop(thp_space);
     ensure!(v.pages() == pages0, "dev{n}: {} pages after unplugging", v.pages());
@@ -232,7 +349,7 @@ fn fill_and_remove(
         ensure!(matches!(e, Some(Pte::Present(_))), "page {k} not in RAM after eviction: {e:?}");
     }
     let mut back = alloc::vec![0u8; data.len()];
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(back == data, "dev{n}: data differs after eviction");
     let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
     ensure!(plugged == Some(plugged0 * PAGE), "dev{n}: {plugged:?} bytes still plugged");
@@ -242,8 +359,8 @@ fn fill_and_remove(
         state(2 * HUGE)
     );
     // Plugged again, the same blocks serve again.
-    v.grow(HUGE).map_err(|e| e.to_string())?;
-    v.shrink(HUGE).map_err(|e| e.to_string())?;
+    v.grow(HUGE)?;
+    v.shrink(HUGE)?;
     Ok((evicted, shrink_ns))
 }
 
@@ -253,10 +370,10 @@ fn fill_and_remove(
 /// `cycles` times, more than the frame table has sections. Every cycle moves every page and
 /// gives its section back; afterwards a migration still works and the data is intact. Returns
 /// what it measured, for the log.
-pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, String> {
+pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, CheckError> {
     use hmm::dmirror::{Dmirror, DmirrorDevice};
     let n = v.device();
-    let pm = super::pagemaps().map_err(|e| e.to_string())?;
+    let pm = super::pagemaps().map_err(CheckError::mm("the pagemap registry"))?;
     let mm = uspace::mm();
     let backing = super::backing::BarBacking::new(v);
     let dev = DmirrorDevice::with_backing(
@@ -266,15 +383,20 @@ pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, String
         HUGE,
         backing.clone(),
     );
-    let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
-    let d = Dmirror::open(&dev, &space).map_err(|e| e.to_string())?;
+    let space = mm.share(AddressSpace::new(mm).map_err(CheckError::mm("a new address space"))?);
+    let d = Dmirror::open(&dev, &space).map_err(CheckError::mm("opening the dmirror"))?;
     let pages = 16;
-    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
+    let a = space.lock().mmap(MapRequest::anon(pages * PAGE, Prot::RW)).map_err(CheckError::mm("mmap"))?;
     let data = pattern(0xc7c + n as u64, (pages * PAGE) as usize);
-    uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU write: {:?}", f.error))?;
+    uspace::run(&space, |u| u.write(a, &data)).map_err(CheckError::cpu("CPU write"))?;
     let start = mm.frames().live_sections();
     for cycle in 0..=cycles {
-        let (got, _) = d.migrate_to_dev(a, pages).map_err(|e| format!("dev{n}: cycle {cycle}: migrate: {e:?}"))?;
+        let (got, _) = d.migrate_to_dev(a, pages).map_err(|error| CheckError::Dmirror {
+            device: n,
+            cycle,
+            op: "migrate",
+            error,
+        })?;
         ensure!(got == data, "dev{n}: cycle {cycle}: the device read back other data");
         ensure!(dev.pages_in_use() == pages, "dev{n}: cycle {cycle}: {} device pages in use", dev.pages_in_use());
         ensure!(
@@ -282,7 +404,7 @@ pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, String
             "dev{n}: cycle {cycle}: {} sections",
             mm.frames().live_sections()
         );
-        dev.release().map_err(|e| format!("dev{n}: cycle {cycle}: release: {e:?}"))?;
+        dev.release().map_err(|error| CheckError::Dmirror { device: n, cycle, op: "release", error })?;
         ensure!(dev.pages_in_use() == 0, "dev{n}: cycle {cycle}: pages left after release");
         ensure!(
             mm.frames().live_sections() == start,
@@ -291,9 +413,9 @@ pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, String
         );
     }
     let mut back = alloc::vec![0u8; data.len()];
-    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|f| format!("CPU read: {:?}", f.error))?;
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(back == data, "dev{n}: data changed over the cycles");
-    d.close().map_err(|e| e.to_string())?;
+    d.close().map_err(CheckError::mm("closing the dmirror"))?;
     let dma_pages = backing.dma_pages.load(core::sync::atomic::Ordering::Relaxed);
     ensure!(dma_pages >= u64::from(cycles) * pages * 2, "dev{n}: only {dma_pages} pages copied by DMA");
     Ok(format!(

@@ -3,9 +3,8 @@
 //! run the engine over it; the kernel can too (`mechanism = "model"`), to separate policy effects
 //! from the real devices' costs.
 
-use super::{MechError, Mechanism};
+use super::{CopyFault, MechError, Mechanism, PageOp};
 use crate::place::{Loc, MAX_DEVICES};
-use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -47,12 +46,12 @@ impl Mechanism for Model {
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
         self.calls += 1;
         for p in first..first + pages {
-            let here = self.loc.get(p as usize).copied().ok_or_else(|| MechError(format!("page {p} out of range")))?;
+            let here = self.loc.get(p as usize).copied().ok_or(MechError::PageOutOfRange(p))?;
             if here != from {
-                return Err(MechError(format!("page {p} is in {here}, not {from}")));
+                return Err(MechError::Misplaced { page: p, op: PageOp::Migrate, expected: from, found: here });
             }
             if self.copies[p as usize] != 0 {
-                return Err(MechError(format!("page {p} moved with read copies outstanding")));
+                return Err(MechError::CopiesOutstanding { page: p, writer: None });
             }
             self.loc[p as usize] = to;
         }
@@ -66,7 +65,12 @@ impl Mechanism for Model {
         self.calls += 1;
         for p in first..first + pages {
             if self.loc[p as usize] != from {
-                return Err(MechError(format!("copy of page {p} from {from}, but it is in {}", self.loc[p as usize])));
+                return Err(MechError::Misplaced {
+                    page: p,
+                    op: PageOp::Copy,
+                    expected: from,
+                    found: self.loc[p as usize],
+                });
             }
             self.copies[p as usize] |= 1 << dev;
             self.copy_data[p as usize][dev as usize] = self.data[p as usize];
@@ -75,7 +79,7 @@ impl Mechanism for Model {
     }
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
         if self.copies[page as usize] & (1 << dev) == 0 {
-            return Err(MechError(format!("dev{dev} has no copy of page {page} to drop")));
+            return Err(MechError::Copy { page, dev, fault: CopyFault::Missing });
         }
         self.copies[page as usize] &= !(1 << dev);
         Ok(())
@@ -87,17 +91,17 @@ impl Mechanism for Model {
         let home = self.loc[p];
         let copy = matches!(at, Loc::Dev(d) if self.copies[p] & (1 << d) != 0);
         if at != home && !copy {
-            return Err(MechError(format!("{by} reached page {page} in {at}, but it is in {home}")));
+            return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: home });
         }
         if write {
             if copy || self.copies[p] != 0 {
-                return Err(MechError(format!("{by} wrote page {page} with read copies outstanding")));
+                return Err(MechError::CopiesOutstanding { page, writer: Some(by) });
             }
             self.data[p] += 1;
         } else if let (true, Loc::Dev(d)) = (copy, at)
             && self.copy_data[p][d as usize] != self.data[p]
         {
-            return Err(MechError(format!("dev{d} read a stale copy of page {page}")));
+            return Err(MechError::Copy { page, dev: d, fault: CopyFault::Stale });
         }
         Ok(())
     }
@@ -105,7 +109,7 @@ impl Mechanism for Model {
         for p in 0..self.data.len() {
             for d in 0..MAX_DEVICES {
                 if self.copies[p] & (1 << d) != 0 && self.copy_data[p][d] != self.data[p] {
-                    return Err(MechError(format!("dev{d}'s copy of page {p} is stale")));
+                    return Err(MechError::Copy { page: p as u32, dev: d as u8, fault: CopyFault::Stale });
                 }
             }
         }

@@ -220,3 +220,36 @@ fn cpu_touches_bring_pages_back() {
     let o = run1("pingpong", 0.1, policy("on-touch", &[], "root-chunk"));
     assert!(o.stats.cpu_faults > 0 && o.stats.to_cpu > 0);
 }
+
+/// The model names what it caught: the page, what was done, where the engine and the model
+/// have it, as a value a caller can match and text a person can read.
+#[test]
+fn model_errors_say_what_failed() {
+    let mut m = Model::new(4);
+    let e = m.migrate(1, 1, Loc::Dev(0), Loc::Cpu).unwrap_err();
+    assert_eq!(e, MechError::Misplaced { page: 1, op: PageOp::Migrate, expected: Loc::Dev(0), found: Loc::Cpu });
+    assert!(e.to_string().contains("page 1") && e.to_string().contains("have it in cpu"), "{e}");
+    assert_eq!(m.migrate(9, 1, Loc::Cpu, Loc::Dev(0)).unwrap_err(), MechError::PageOutOfRange(9));
+    let e = m.drop_copy(2, 1).unwrap_err();
+    assert_eq!(e, MechError::Copy { page: 2, dev: 1, fault: CopyFault::Missing });
+    assert_eq!(e.to_string(), "dev1 holds no read copy of page 2");
+    m.duplicate(2, 1, Loc::Cpu, 0).unwrap();
+    let e = m.access(Loc::Cpu, Loc::Cpu, 2, true).unwrap_err();
+    assert_eq!(e, MechError::CopiesOutstanding { page: 2, writer: Some(Loc::Cpu) });
+    assert_eq!(e.to_string(), "cpu wrote page 2 with read copies outstanding");
+    let e = m.access(Loc::Dev(1), Loc::Dev(1), 3, false).unwrap_err();
+    assert_eq!(
+        e,
+        MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(1)), expected: Loc::Dev(1), found: Loc::Cpu }
+    );
+}
+
+/// A device error keeps the operation it interrupted in its text.
+#[test]
+fn device_errors_name_the_operation() {
+    let op = DeviceOp::Migrate { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1) };
+    let e = MechError::Device { op, cause: "migrate_vma_setup: EINVAL".into() };
+    assert_eq!(e.to_string(), "migrating pages 4..6 cpu->dev1: migrate_vma_setup: EINVAL");
+    let e = MechError::Short { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1), moved: 1 };
+    assert!(e.to_string().starts_with("migrating pages 4..6 cpu->dev1: 1 of 2 moved"), "{e}");
+}
