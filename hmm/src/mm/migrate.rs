@@ -323,7 +323,9 @@ impl AddressSpace {
         // 4 KiB (the fallback). A huge page that cannot be split (pinned) stays and is not
         // collected.
         let _ = if select.compound { self.split_boundaries(start, end) } else { self.split_all(start, end, true) };
-        let anon_holes = select.system && vma.is_anon() && vma.is_cow();
+        // Holes of private anonymous memory are collected whatever the selection (Linux 6.1's
+        // migrate_vma_collect_hole and pte_none); the zero page only with SELECT_SYSTEM.
+        let anon_holes = vma.is_anon() && vma.is_cow();
         // A hole or zero page of a writable mapping is writable where it goes (what Linux's
         // test driver derives from the VMA for a source without a page: `!spage && VM_WRITE`).
         let empty = MigratePfn(MigratePfn::MIGRATE).with_write(vma.prot.write());
@@ -363,7 +365,7 @@ impl AddressSpace {
             }
             if matches!(Pte::decode(l.raw), Pte::Present(p) if mm.is_zero(p.pfn)) {
                 // The zero page (huge or not) is collected like a hole.
-                if l.huge && anon_holes {
+                if l.huge && anon_holes && select.system {
                     src[i] = empty.with_compound();
                 } else if !l.huge && select.system {
                     src[i] = empty;

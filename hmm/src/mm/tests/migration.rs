@@ -467,3 +467,23 @@ fn a_device_page_still_mapped_somewhere_is_not_evicted() {
     assert!(!dv.on_device(a));
     assert_eq!(dv.get_u32(a), Ok(40));
 }
+
+/// Holes of private anonymous memory are collected whatever the selection (Linux 6.1's
+/// `migrate_vma_collect_hole` and `pte_none` case do not look at the select flags), the zero
+/// page only with `SELECT_SYSTEM`.
+#[test]
+fn holes_are_collected_without_select_system_and_the_zero_page_is_not() {
+    let d = device(MemoryKind::Private);
+    let mut s = d.space.lock();
+    let a = s.mmap(MapRequest::anon(4 * PAGE, Prot::RW)).unwrap();
+    // Page 1 maps the zero page (a read fault), pages 0, 2 and 3 are holes.
+    let mut b = [0u8; 4];
+    s.read(a + PAGE, &mut b).unwrap();
+    let args =
+        MigrateArgs { start: a, end: a + 4 * PAGE, owner: OWNER, select: Select::DEVICE_PRIVATE, fault_page: None };
+    let mig = s.migrate_vma_setup(args).unwrap();
+    let migrating: alloc::vec::Vec<bool> = mig.src().iter().map(|e| e.is_migrate()).collect();
+    assert_eq!(migrating, [true, false, true, true], "{:x?}", mig.src());
+    assert_eq!(mig.cpages(), 3);
+    drop(mig);
+}
