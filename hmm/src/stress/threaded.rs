@@ -1,0 +1,386 @@
+//! The threaded mode: CPU, device and migration operations at the same time on one address
+//! space.
+//!
+//! Pages are owned, for writing, by one thread each (blocks of [`OWN`] pages, round robin):
+//! the CPU thread writes its pages with the CPU, the device thread with device 0, the
+//! migration thread with the CPU between its migrations (to devices 1 and 2 and back). Every
+//! thread reads every page. A tag names its writer, its page and the writer's sequence
+//! number, and a writer publishes the number before it writes; so under any interleaving a
+//! page must hold 0 or a tag of its owner for that page no newer than published, and a
+//! writer reading its own page must see exactly its last write (nobody else writes there,
+//! and migrations never change contents). Each of the page's two checked words is checked on
+//! its own: a CPU read racing a device write can see the page half written, which is no bug.
+//! After the threads end, every page must hold its owner's last value, and nothing may leak.
+//!
+//! Errors that contention makes legitimate (`EBUSY` after the retry budget, `ENOENT` from a
+//! migration whose read-back raced an invalidation) are tolerated and counted; any other
+//! error, and any data check, fails the run.
+
+use super::{
+    ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, tail, va,
+};
+use crate::dmirror::{Dmirror, EBUSY, ENOENT};
+use crate::mm::platform::Platform;
+use crate::mm::space::{Advice, MapRequest};
+use crate::mm::vma::Prot;
+use crate::mm::{SharedSpace, ThpMode};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Pages per ownership block.
+const OWN: usize = 16;
+/// The writer threads: CPU, device, migration.
+const WRITERS: usize = 3;
+/// Pages the threaded mode uses (the first half of the arena: one THP-eligible block too).
+const PAGES: usize = ARENA_PAGES / 2;
+
+/// Runs tasks on threads of the caller's platform (the crate has none of its own).
+pub trait Threads {
+    /// Runs every task on a thread of its own, concurrently, and returns when all have ended.
+    /// Each thread must be a distinct context for [`crate::notifier::set_context_fn`].
+    fn run<'a>(&self, tasks: Vec<Box<dyn FnOnce() + Send + 'a>>);
+}
+
+/// What a threaded run does.
+#[derive(Debug, Clone)]
+pub struct ThreadedConfig {
+    /// Seeds each thread's generator (the interleaving is the scheduler's).
+    pub seed: u64,
+    /// Operations per thread.
+    pub ops_per_thread: u64,
+    /// Operation classes switched off ([`Feature::SameDeviceRace`] and [`Feature::Thp`] apply).
+    pub disabled: Vec<Feature>,
+}
+
+fn owner(i: usize) -> usize {
+    (i / OWN) % WRITERS
+}
+
+fn make_tag(w: usize, i: usize, seq: u64) -> u64 {
+    ((w as u64 + 1) << 60) | ((i as u64) << 40) | seq
+}
+
+/// Shared by the threads.
+struct Shared {
+    space: Arc<SharedSpace>,
+    /// Highest sequence number each writer has started to write.
+    published: [AtomicU64; WRITERS],
+    stop: AtomicBool,
+    failure: Mutex<Option<(usize, u64, String, Broken, Vec<String>)>>,
+    tolerated: AtomicU64,
+    checked: AtomicU64,
+}
+
+/// One thread's state.
+struct Worker<'a> {
+    id: usize,
+    sh: &'a Shared,
+    rng: Rng,
+    seq: u64,
+    /// This writer's last value of each page it owns (0: never written).
+    mine: Vec<u64>,
+    ring: VecDeque<String>,
+}
+
+impl Worker<'_> {
+    fn check_word0(&self, i: usize, w0: u64, who: &str) -> Result<(), Broken> {
+        self.sh.checked.fetch_add(1, Ordering::Relaxed);
+        let o = owner(i);
+        let bad = |want: String| Err(Broken::Data { reader: String::from(who), va: va(i), got: w0, torn: false, want });
+        if o == self.id {
+            if w0 != self.mine[i] {
+                return bad(format!("{:#x} (this thread's last write)", self.mine[i]));
+            }
+            return Ok(());
+        }
+        if w0 == 0 {
+            return Ok(());
+        }
+        let seq = w0 & ((1 << 40) - 1);
+        if w0 >> 60 != o as u64 + 1 || (w0 >> 40) & 0xf_ffff != i as u64 || seq > self.sh.published[o].load(Ordering::Acquire) {
+            return bad(format!("0 or a tag of writer {o} for this page"));
+        }
+        Ok(())
+    }
+
+    /// Checks the two words of page `i`, each on its own.
+    fn check(&self, i: usize, w0: u64, w1: u64, who: &str) -> Result<(), Broken> {
+        self.check_word0(i, w0, who)?;
+        // The last word is the tail of a value the page may hold: find one.
+        if w1 == tail(w0) {
+            return Ok(());
+        }
+        if owner(i) == self.id {
+            return Err(Broken::Data { reader: String::from(who), va: va(i) + PAGE - 8, got: w1, torn: true, want: format!("{:#x}", tail(self.mine[i])) });
+        }
+        // Another writer's page: the tail of 0 or of one of its tags for this page.
+        let o = owner(i);
+        let max = self.sh.published[o].load(Ordering::Acquire);
+        let ok = w1 == 0 || (1..=max).any(|s| tail(make_tag(o, i, s)) == w1);
+        if ok { Ok(()) } else { Err(Broken::Data { reader: String::from(who), va: va(i) + PAGE - 8, got: w1, torn: true, want: String::from("the tail of one of the owner's tags") }) }
+    }
+
+    fn new_tag(&mut self, i: usize) -> u64 {
+        self.seq += 1;
+        self.sh.published[self.id].store(self.seq, Ordering::Release);
+        make_tag(self.id, i, self.seq)
+    }
+
+    fn range(&mut self, own: bool) -> (usize, usize) {
+        if own {
+            let blocks: Vec<usize> = (0..PAGES / OWN).filter(|b| owner(b * OWN) == self.id).collect();
+            let b = blocks[self.rng.below(blocks.len() as u64) as usize];
+            let s = self.rng.below(OWN as u64) as usize;
+            let n = 1 + self.rng.below((OWN - s) as u64) as usize;
+            return (b * OWN + s, n);
+        }
+        if self.rng.one_in(8) {
+            return (0, 512);
+        }
+        let at = self.rng.below(PAGES as u64) as usize;
+        let n = 1 + self.rng.below(32) as usize;
+        (at, n.min(PAGES - at))
+    }
+
+    fn tolerate(&self) {
+        self.sh.tolerated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn cpu_read(&mut self, at: usize, n: usize) -> Result<(), Broken> {
+        for i in at..at + n {
+            let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+            let r = {
+                let mut s = self.sh.space.lock();
+                s.read(va(i), &mut a).and_then(|()| s.read(va(i) + PAGE - 8, &mut b))
+            };
+            r.map_err(|e| outcome(format_args!("CPU read at {:#x}", va(i)), e, "Ok"))?;
+            self.check(i, u64::from_le_bytes(a), u64::from_le_bytes(b), "CPU")?;
+        }
+        Ok(())
+    }
+
+    fn cpu_write(&mut self, at: usize, n: usize) -> Result<(), Broken> {
+        for i in at..at + n {
+            let t = self.new_tag(i);
+            let r = {
+                let mut s = self.sh.space.lock();
+                s.write(va(i), &t.to_le_bytes()).and_then(|()| s.write(va(i) + PAGE - 8, &tail(t).to_le_bytes()))
+            };
+            r.map_err(|e| outcome(format_args!("CPU write at {:#x}", va(i)), e, "Ok"))?;
+            self.mine[i] = t;
+        }
+        Ok(())
+    }
+
+    fn dev_read(&mut self, f: &Dmirror, d: usize, at: usize, n: usize) -> Result<(), Broken> {
+        match f.read(va(at), n as u64) {
+            Ok((buf, _)) => {
+                for k in 0..n {
+                    let b = &buf[k * PAGE as usize..(k + 1) * PAGE as usize];
+                    let w0 = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                    let w1 = u64::from_le_bytes(b[PAGE as usize - 8..].try_into().expect("8 bytes"));
+                    self.check(at + k, w0, w1, &format!("dev{d} READ"))?;
+                }
+                Ok(())
+            }
+            Err(e) if e.errno == EBUSY => {
+                self.tolerate();
+                Ok(())
+            }
+            Err(e) => Err(outcome(format_args!("dev{d} READ [{:#x}, {n} pages]", va(at)), e, "Ok or EBUSY")),
+        }
+    }
+
+    fn dev_write(&mut self, f: &Dmirror, at: usize, n: usize) -> Result<(), Broken> {
+        let tags: Vec<u64> = (at..at + n).map(|i| self.new_tag(i)).collect();
+        let mut buf = alloc::vec![0u8; n * PAGE as usize];
+        for (k, t) in tags.iter().enumerate() {
+            let b = &mut buf[k * PAGE as usize..(k + 1) * PAGE as usize];
+            for w in b.chunks_mut(8) {
+                w.copy_from_slice(&t.to_le_bytes());
+            }
+            b[PAGE as usize - 8..].copy_from_slice(&tail(*t).to_le_bytes());
+        }
+        match f.write(va(at), &buf) {
+            Ok(_) => {
+                for (k, t) in tags.into_iter().enumerate() {
+                    self.mine[at + k] = t;
+                }
+                Ok(())
+            }
+            Err(e) => Err(outcome(format_args!("dev0 WRITE [{:#x}, {n} pages]", va(at)), e, "Ok")),
+        }
+    }
+
+    fn migrate(&mut self, f: &Dmirror, d: usize, at: usize, n: usize, back: bool) -> Result<(), Broken> {
+        if back {
+            return match f.migrate_to_sys(va(at), n as u64) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(outcome(format_args!("dev{d} MIGRATE_TO_SYS [{:#x}, {n} pages]", va(at)), e, "Ok")),
+            };
+        }
+        match f.migrate_to_dev(va(at), n as u64) {
+            Ok((buf, _)) => {
+                for k in 0..n {
+                    let b = &buf[k * PAGE as usize..(k + 1) * PAGE as usize];
+                    let w0 = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                    let w1 = u64::from_le_bytes(b[PAGE as usize - 8..].try_into().expect("8 bytes"));
+                    self.check(at + k, w0, w1, &format!("dev{d} MIGRATE_TO_DEV read-back"))?;
+                }
+                Ok(())
+            }
+            Err(e) if e.errno == ENOENT || e.errno == EBUSY => {
+                self.tolerate();
+                Ok(())
+            }
+            Err(e) => Err(outcome(format_args!("dev{d} MIGRATE_TO_DEV [{:#x}, {n} pages]", va(at)), e, "Ok, ENOENT or EBUSY")),
+        }
+    }
+
+    fn step(&mut self, files: &[Arc<Dmirror>], same_device: bool) -> Result<String, Broken> {
+        let own = self.rng.one_in(2);
+        let (at, n) = self.range(own);
+        let text;
+        match (self.id, own) {
+            (0, true) => {
+                text = format!("cpu: write [{:#x}, {n}]", va(at));
+                self.cpu_write(at, n)?;
+            }
+            (0, false) => {
+                text = format!("cpu: read [{:#x}, {n}]", va(at));
+                self.cpu_read(at, n)?;
+            }
+            (1, true) => {
+                text = format!("dev0: write [{:#x}, {n}]", va(at));
+                self.dev_write(&files[0], at, n)?;
+            }
+            (1, false) => {
+                text = format!("dev0: read [{:#x}, {n}]", va(at));
+                self.dev_read(&files[0], 0, at, n)?;
+            }
+            (_, true) if self.rng.one_in(2) => {
+                text = format!("mig: CPU write [{:#x}, {n}]", va(at));
+                self.cpu_write(at, n)?;
+            }
+            _ => {
+                let d = if same_device { self.rng.below(3) as usize } else { 1 + self.rng.below(2) as usize };
+                let back = self.rng.one_in(3);
+                text = format!("mig: dev{d} migrate {} [{:#x}, {n}]", if back { "to sys" } else { "to dev" }, va(at));
+                self.migrate(&files[d], d, at, n, back)?;
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// Runs `cfg` on `threads`: a CPU thread, a device thread and a migration thread over one
+/// address space. Not deterministic (the interleaving is the scheduler's), but every check
+/// holds under any interleaving, so a failure is a bug.
+pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats, Failure> {
+    let setup = |b: Broken| Failure { seed: cfg.seed, op_index: 0, op: String::from("setup"), broken: b, last_ops: Vec::new() };
+    let m = Machine::new().map_err(setup)?;
+    let thp = !cfg.disabled.contains(&Feature::Thp);
+    m.mm.set_thp_mode(ThpMode::Madvise);
+    let s = crate::mm::space::AddressSpace::new(&m.mm).map_err(|e| setup(Broken::Setup(format!("{e}"))))?;
+    let space = m.mm.share(s);
+    {
+        let mut s = space.lock();
+        s.mmap(MapRequest::anon(PAGES as u64 * PAGE, Prot::RW).fixed(ARENA)).map_err(|e| setup(Broken::Setup(format!("mmap: {e}"))))?;
+        if thp {
+            s.madvise(ARENA, 512 * PAGE, Advice::HugePage).map_err(|e| setup(Broken::Setup(format!("madvise: {e}"))))?;
+        }
+    }
+    let files: Vec<Arc<Dmirror>> = (0..3)
+        .map(|d| Dmirror::open(&m.devs[d], &space))
+        .collect::<Result<_, _>>()
+        .map_err(|e| setup(Broken::Setup(format!("open: {e}"))))?;
+    let sh = Shared {
+        space: space.clone(),
+        published: Default::default(),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        tolerated: AtomicU64::new(0),
+        checked: AtomicU64::new(0),
+    };
+    let same_device = !cfg.disabled.contains(&Feature::SameDeviceRace);
+    let finals: Vec<Mutex<Vec<u64>>> = (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect();
+    {
+        let mut tasks: Vec<Box<dyn FnOnce() + Send + '_>> = Vec::new();
+        for id in 0..WRITERS {
+            let (sh, files, finals) = (&sh, &files, &finals);
+            let seed = cfg.seed.wrapping_add(id as u64 * 0x1000_0001);
+            let ops = cfg.ops_per_thread;
+            tasks.push(Box::new(move || {
+                let mut w = Worker { id, sh, rng: Rng::new(seed), seq: 0, mine: alloc::vec![0; PAGES], ring: VecDeque::new() };
+                for i in 0..ops {
+                    if sh.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match w.step(files, same_device) {
+                        Ok(text) => {
+                            if w.ring.len() == RING {
+                                w.ring.pop_front();
+                            }
+                            w.ring.push_back(format!("#{i} {text}"));
+                        }
+                        Err(b) => {
+                            let mut f = sh.failure.lock();
+                            if f.is_none() {
+                                *f = Some((id, i, format!("thread {id} operation #{i}"), b, w.ring.iter().cloned().collect()));
+                            }
+                            sh.stop.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                *finals[id].lock() = core::mem::take(&mut w.mine);
+            }));
+        }
+        threads.run(tasks);
+    }
+    if let Some((_, i, op, broken, last_ops)) = sh.failure.lock().take() {
+        return Err(Failure { seed: cfg.seed, op_index: i, op, broken, last_ops });
+    }
+    let end = |b: Broken| Failure { seed: cfg.seed, op_index: cfg.ops_per_thread, op: String::from("end-of-run checks"), broken: b, last_ops: Vec::new() };
+    // Every page holds its owner's last value.
+    for i in 0..PAGES {
+        let want = finals[owner(i)].lock()[i];
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        {
+            let mut s = space.lock();
+            s.read(va(i), &mut a).and_then(|()| s.read(va(i) + PAGE - 8, &mut b)).map_err(|e| end(outcome("final CPU read", e, "Ok")))?;
+        }
+        let (w0, w1) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
+        if w0 != want || w1 != tail(want) {
+            return Err(end(Broken::Data { reader: String::from("final CPU read"), va: va(i), got: w0, torn: w1 != tail(w0), want: format!("{want:#x}") }));
+        }
+    }
+    for (d, f) in files.iter().enumerate() {
+        f.close().map_err(|e| end(outcome(format_args!("close dev{d}"), e, "Ok")))?;
+    }
+    drop(files);
+    let (tolerated, checked) = (sh.tolerated.load(Ordering::Relaxed), sh.checked.load(Ordering::Relaxed));
+    drop(sh);
+    drop(space);
+    for (d, dev) in m.devs.iter().enumerate() {
+        if dev.pages_in_use() != 0 {
+            return Err(end(Broken::Leak(format!("dev{d}: {} device pages in use with no process left", dev.pages_in_use()))));
+        }
+        dev.release().map_err(|e| end(outcome(format_args!("dev{d} release"), e, "Ok")))?;
+    }
+    if m.plat.free_frames() != m.baseline {
+        return Err(end(Broken::Leak(format!("{} RAM frames not returned", m.baseline as i64 - m.plat.free_frames() as i64))));
+    }
+    Ok(Stats {
+        ops: cfg.ops_per_thread * WRITERS as u64,
+        pages_checked: checked + PAGES as u64,
+        expected_errors: tolerated,
+        by_kind: Vec::new(),
+    })
+}
