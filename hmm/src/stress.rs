@@ -146,6 +146,10 @@ pub enum Feature {
     RangeFault,
     /// THP-eligible 2 MiB blocks (`MADV_HUGEPAGE`) and 512-page operations on them.
     Thp,
+    /// Fork while pages are in device-private memory (parent and child then share them,
+    /// and a migration home in one leaves the other's device page table stale). Off: a fork
+    /// first migrates every private-device page of the parent home.
+    ForkWithDevicePages,
     /// Threaded mode: the migration thread also migrates with device 0, the device the
     /// device thread reads and writes through (a device fault racing a migration by the same
     /// device).
@@ -154,7 +158,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 11] = [
+    pub const ALL: [Feature; 12] = [
         Feature::TwoFilesPerDevice,
         Feature::ProtNoneOverDevicePages,
         Feature::UnboundedRelease,
@@ -166,6 +170,7 @@ impl Feature {
         Feature::RangeFault,
         Feature::Thp,
         Feature::SameDeviceRace,
+        Feature::ForkWithDevicePages,
     ];
 
     /// The command-line name (kebab case).
@@ -182,6 +187,7 @@ impl Feature {
             Feature::RangeFault => "range-fault",
             Feature::Thp => "thp",
             Feature::SameDeviceRace => "same-device-race",
+            Feature::ForkWithDevicePages => "fork-with-device-pages",
         }
     }
 
@@ -1014,6 +1020,9 @@ impl World {
             Op::Remap { p, from, n, to, keep } => self.remap(p, from, n, to, keep),
             Op::Advise { p, at, n, advice } => self.advise(p, at, n, advice),
             Op::Fork { p } => {
+                if !self.cfg.on(Feature::ForkWithDevicePages) {
+                    self.evict_private(p)?;
+                }
                 let child = self.procs[p].space.lock().fork().map_err(|e| outcome(&op, e, "Ok"))?;
                 let space = self.m.mm.share(child);
                 let pages = self.procs[p].pages.clone();
@@ -1244,6 +1253,26 @@ impl World {
             self.set_loc(p, at, n, |l| if l == Loc::Dev(d) { Loc::Ram } else { l });
         } else {
             self.set_loc(p, at, n, |l| if l == Loc::Ram { l } else { Loc::Unknown });
+        }
+        Ok(())
+    }
+
+    /// Migrates every page of process `p` in private device memory home (by runs of mapped
+    /// pages).
+    fn evict_private(&mut self, p: usize) -> Check {
+        let mut i = 0;
+        while i < ARENA_PAGES {
+            if self.procs[p].pages[i].is_none() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < ARENA_PAGES && self.procs[p].pages[i].is_some() {
+                i += 1;
+            }
+            for d in 0..2 {
+                self.to_sys(p, d, start, i - start, Inject::None)?;
+            }
         }
         Ok(())
     }

@@ -31,6 +31,15 @@ const KNOWN_BUGS_AVOIDED: &[(Feature, &str)] = &[(
          still maps the freed RAM pages and its READ returns poison 0xdeadbeef (seed \
          0x5eed0002, op #2364)",
     ),
+    (
+        Feature::ForkWithDevicePages,
+        "dmirror.rs: the same skip after fork: the child's CPU fault migrates a shared \
+         device page home under the device's owner, so the child's own file of that device \
+         skips the invalidation and keeps mapping the device page; once the parent moves it \
+         home too, the child's device READ sees the parent's later writes (seed 0x5eed0009, \
+         op #93; minimal: to_dev, fork, child READ, child CPU read, parent EXCLUSIVE + \
+         CPU write, child READ)",
+    ),
 ];
 
 fn avoided() -> Vec<Feature> {
