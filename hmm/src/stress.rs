@@ -150,6 +150,10 @@ pub enum Feature {
     /// and a migration home in one leaves the other's device page table stale). Off: a fork
     /// first migrates every private-device page of the parent home.
     ForkWithDevicePages,
+    /// Close a dmirror file while pages it migrated are still in its device's memory (a
+    /// file opened later on that device then maps them, and their migration home by a CPU
+    /// fault does not reach it). Off: a close first migrates that device's pages home.
+    CloseWithDevicePages,
     /// Threaded mode: the migration thread also migrates with device 0, the device the
     /// device thread reads and writes through (a device fault racing a migration by the same
     /// device).
@@ -158,7 +162,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 12] = [
+    pub const ALL: [Feature; 13] = [
         Feature::TwoFilesPerDevice,
         Feature::ProtNoneOverDevicePages,
         Feature::UnboundedRelease,
@@ -171,6 +175,7 @@ impl Feature {
         Feature::Thp,
         Feature::SameDeviceRace,
         Feature::ForkWithDevicePages,
+        Feature::CloseWithDevicePages,
     ];
 
     /// The command-line name (kebab case).
@@ -188,6 +193,7 @@ impl Feature {
             Feature::Thp => "thp",
             Feature::SameDeviceRace => "same-device-race",
             Feature::ForkWithDevicePages => "fork-with-device-pages",
+            Feature::CloseWithDevicePages => "close-with-device-pages",
         }
     }
 
@@ -292,7 +298,11 @@ impl fmt::Display for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Broken::Data { reader, va, got, torn, want } => {
-                write!(f, "data: {reader} read {got:#x} at {va:#x}{}, expected {want}", if *torn { " (torn)" } else { "" })
+                write!(
+                    f,
+                    "data: {reader} read {got:#x} at {va:#x}{}, expected {want}",
+                    if *torn { " (torn)" } else { "" }
+                )
             }
             Broken::Outcome { call, got, want } => write!(f, "outcome: {call} returned {got}, expected {want}"),
             Broken::Leak(what) => write!(f, "leak: {what}"),
@@ -311,7 +321,7 @@ pub struct Failure {
     /// The failing operation.
     pub op: String,
     /// What broke.
-    pub broken: Broken,
+    pub broken: Box<Broken>,
     /// The operations before it, oldest first (at most [`RING`]).
     pub last_ops: Vec<String>,
 }
@@ -496,12 +506,13 @@ impl Machine {
             .map_err(|e| Broken::Setup(format!("Mm::new: {e}")))?;
         let pm = Pagemaps::install(&mm).map_err(|e| Broken::Setup(format!("Pagemaps::install: {e}")))?;
         let baseline = plat.free_frames();
-        let engines: [Arc<Engine>; NDEV] =
-            core::array::from_fn(|_| Arc::new(Engine {
+        let engines: [Arc<Engine>; NDEV] = core::array::from_fn(|_| {
+            Arc::new(Engine {
                 ram: RamBacking::new(&mm),
                 fail_next: AtomicBool::new(false),
                 add_failures: AtomicU64::new(0),
-            }));
+            })
+        });
         let devs: [Arc<DmirrorDevice>; NDEV] = core::array::from_fn(|i| {
             let kind = if i < 2 { MemoryKind::Private } else { MemoryKind::Coherent };
             let chunk = if i < 2 { CHUNK_BYTES } else { 8 << 20 };
@@ -671,7 +682,13 @@ impl Drop for World {
 impl World {
     fn new(cfg: Config) -> Result<World, Broken> {
         let m = Machine::new()?;
-        let mut w = World { cfg, m, procs: Vec::new(), next_name: 0, next_tag: 1, private_releases: 0,
+        let mut w = World {
+            cfg,
+            m,
+            procs: Vec::new(),
+            next_name: 0,
+            next_tag: 1,
+            private_releases: 0,
             checker: Arc::new(Checker::default()),
             stats: Stats::default(),
         };
@@ -768,7 +785,9 @@ impl World {
                 26..=33 => Op::DevRead { p, d, at, n },
                 34..=41 => Op::DevWrite { p, d, at, n },
                 42..=53 => Op::ToDev { p, d, at, n, inject: self.inject(rng, &[Inject::Copy, Inject::Alloc]) },
-                54..=59 => Op::ToSys { p, d, at, n, inject: self.inject(rng, &[Inject::Copy, Inject::Alloc, Inject::Ram]) },
+                54..=59 => {
+                    Op::ToSys { p, d, at, n, inject: self.inject(rng, &[Inject::Copy, Inject::Alloc, Inject::Ram]) }
+                }
                 60..=64 => Op::Protect { p, at, n, prot },
                 65..=67 => Op::Unmap { p, at, n },
                 68..=71 => {
@@ -807,7 +826,10 @@ impl World {
                     Op::RangeFault { p, at, n, reqs: rng.next_u64(), owner }
                 }
                 95 => {
-                    if self.m.private(d) && !self.cfg.on(Feature::UnboundedRelease) && self.private_releases >= RELEASE_BUDGET {
+                    if self.m.private(d)
+                        && !self.cfg.on(Feature::UnboundedRelease)
+                        && self.private_releases >= RELEASE_BUDGET
+                    {
                         continue;
                     }
                     Op::Release { d }
@@ -908,7 +930,9 @@ impl World {
         let r = {
             let mut s = space.lock();
             let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
-            s.read(va(i), &mut a).and_then(|()| s.read(va(i) + PAGE - 8, &mut b)).map(|()| (u64::from_le_bytes(a), u64::from_le_bytes(b)))
+            s.read(va(i), &mut a)
+                .and_then(|()| s.read(va(i) + PAGE - 8, &mut b))
+                .map(|()| (u64::from_le_bytes(a), u64::from_le_bytes(b)))
         };
         let call = format_args!("CPU read at {:#x}", va(i));
         match (self.page(p, i), r) {
@@ -988,12 +1012,12 @@ impl World {
             Op::CpuWrite { p, at, n } => (at..at + n).try_for_each(|i| self.cpu_write_page(p, i)),
             Op::DevRead { p, d, at, n } => self.dev_read(p, d, at, n),
             Op::DevWrite { p, d, at, n } => self.dev_write(p, d, at, n),
-            Op::ToDev { p, d, at, n, inject } => self.to_dev(p, d, at, n, inject),
-            Op::ToSys { p, d, at, n, inject } => self.to_sys(p, d, at, n, inject),
+            Op::ToDev { p, d, at, n, inject } => self.op_to_dev(p, d, at, n, inject),
+            Op::ToSys { p, d, at, n, inject } => self.op_to_sys(p, d, at, n, inject),
             Op::Protect { p, at, n, prot } => self.protect(p, at, n, prot),
             Op::Unmap { p, at, n } => {
                 let r = self.procs[p].space.lock().munmap(va(at), n as u64 * PAGE);
-                r.map_err(|e| outcome(&op, e, "Ok"))?;
+                r.map_err(|e| outcome(op, e, "Ok"))?;
                 self.procs[p].pages[at..at + n].iter_mut().for_each(|pg| *pg = None);
                 Ok(())
             }
@@ -1006,11 +1030,11 @@ impl World {
                 let mut s = space.lock();
                 let r = s.mmap(req);
                 if r != Ok(va(at)) {
-                    return Err(outcome(&op, r, "Ok(the fixed address)"));
+                    return Err(outcome(op, r, "Ok(the fixed address)"));
                 }
                 if let Some(h) = huge {
                     let a = if h { Advice::HugePage } else { Advice::NoHugePage };
-                    s.madvise(va(at), n as u64 * PAGE, a).map_err(|e| outcome(&op, e, "Ok from madvise"))?;
+                    s.madvise(va(at), n as u64 * PAGE, a).map_err(|e| outcome(op, e, "Ok from madvise"))?;
                 }
                 drop(s);
                 let page = Page { prot, val: Val::known(0), loc: Loc::Ram };
@@ -1021,9 +1045,9 @@ impl World {
             Op::Advise { p, at, n, advice } => self.advise(p, at, n, advice),
             Op::Fork { p } => {
                 if !self.cfg.on(Feature::ForkWithDevicePages) {
-                    self.evict_private(p)?;
+                    self.evict(p, &[0, 1])?;
                 }
-                let child = self.procs[p].space.lock().fork().map_err(|e| outcome(&op, e, "Ok"))?;
+                let child = self.procs[p].space.lock().fork().map_err(|e| outcome(op, e, "Ok"))?;
                 let space = self.m.mm.share(child);
                 let pages = self.procs[p].pages.clone();
                 self.add_proc(space, pages)
@@ -1039,7 +1063,7 @@ impl World {
                 if self.m.private(d) {
                     self.private_releases += 1;
                 }
-                self.m.devs[d].release().map_err(|e| outcome(&op, e, "Ok"))?;
+                self.m.devs[d].release().map_err(|e| outcome(op, e, "Ok"))?;
                 for proc in &mut self.procs {
                     for pg in proc.pages.iter_mut().flatten() {
                         if pg.loc == Loc::Dev(d) {
@@ -1048,13 +1072,17 @@ impl World {
                     }
                 }
                 if self.m.devs[d].pages_in_use() != 0 {
-                    return Err(outcome(&op, self.m.devs[d].pages_in_use(), "0 device pages in use after it"));
+                    return Err(outcome(op, self.m.devs[d].pages_in_use(), "0 device pages in use after it"));
                 }
                 Ok(())
             }
             Op::Close { p, d } => {
+                if !self.cfg.on(Feature::CloseWithDevicePages) && self.m.private(d) && self.procs[p].files[d].is_some()
+                {
+                    self.evict(p, &[d])?;
+                }
                 if let Some(f) = self.procs[p].files[d].take() {
-                    f.close().map_err(|e| outcome(&op, e, "Ok"))?;
+                    f.close().map_err(|e| outcome(op, e, "Ok"))?;
                 }
                 Ok(())
             }
@@ -1069,19 +1097,19 @@ impl World {
                         f
                     }
                 };
-                self.migrate_with(p, 0, at, n, Inject::None, &f, "second file")?;
+                self.migrate_with((p, 0), (at, n), Inject::None, &f, "second file")?;
                 self.dev_read(p, 0, at, n)
             }
             Op::Refuse { p, at, n } => {
                 self.checker.refuse_next.store(true, Ordering::Relaxed);
                 let r = self.procs[p].space.lock().munmap(va(at), n as u64 * PAGE);
                 self.checker.refuse_next.store(false, Ordering::Relaxed);
-                r.map_err(|e| outcome(&op, e, "Ok"))?;
+                r.map_err(|e| outcome(op, e, "Ok"))?;
                 self.procs[p].pages[at..at + n].iter_mut().for_each(|pg| *pg = None);
                 // The notifier must still work: a device read of the next pages sees fresh data.
                 let subs = Subscriptions::of(&mut self.procs[p].space.lock());
                 if subs.is_invalidating() {
-                    return Err(outcome(&op, "the sequence stays odd", "no invalidation running afterwards"));
+                    return Err(outcome(op, "the sequence stays odd", "no invalidation running afterwards"));
                 }
                 Ok(())
             }
@@ -1135,9 +1163,9 @@ impl World {
         self.expected(bad.is_none());
         match (bad, r) {
             (None, Ok(_)) => {
-                for k in 0..n {
+                for (k, &t) in tags.iter().enumerate() {
                     let pg = self.procs[p].pages[at + k].as_mut().expect("mapped");
-                    pg.val = Val::known(tags[k]);
+                    pg.val = Val::known(t);
                     pg.loc = match pg.loc {
                         Loc::Ram => Loc::Ram,
                         Loc::Dev(x) if x < 2 && x != d => Loc::Ram,
@@ -1148,9 +1176,9 @@ impl World {
             }
             (Some((j, errno)), Err(e)) if e.errno == errno => {
                 // Pages before the first bad one may have been written.
-                for k in 0..j - at {
+                for (k, &t) in tags.iter().enumerate().take(j - at) {
                     let pg = self.procs[p].pages[at + k].as_mut().expect("mapped");
-                    pg.val = pg.val.or(tags[k]);
+                    pg.val = pg.val.or(t);
                 }
                 self.set_loc(p, at, n, |l| if l == Loc::Ram { l } else { Loc::Unknown });
                 Ok(())
@@ -1160,9 +1188,9 @@ impl World {
             // dmirror then fails the write with EFAULT: a page of this device that lost write
             // permission (mprotect, fork) does this.
             (_, Err(e)) if e.errno == crate::dmirror::EFAULT && self.m.private(d) && !all_ram => {
-                for k in 0..bad.map_or(n, |(j, _)| j - at) {
+                for (k, &t) in tags.iter().enumerate().take(bad.map_or(n, |(j, _)| j - at)) {
                     let pg = self.procs[p].pages[at + k].as_mut().expect("mapped");
-                    pg.val = pg.val.or(tags[k]);
+                    pg.val = pg.val.or(t);
                 }
                 self.set_loc(p, at, n, |l| if l == Loc::Ram { l } else { Loc::Unknown });
                 Ok(())
@@ -1172,12 +1200,19 @@ impl World {
         }
     }
 
-    fn to_dev(&mut self, p: usize, d: usize, at: usize, n: usize, inject: Inject) -> Check {
+    fn op_to_dev(&mut self, p: usize, d: usize, at: usize, n: usize, inject: Inject) -> Check {
         let f = self.file(p, d)?;
-        self.migrate_with(p, d, at, n, inject, &f, "file")
+        self.migrate_with((p, d), (at, n), inject, &f, "file")
     }
 
-    fn migrate_with(&mut self, p: usize, d: usize, at: usize, n: usize, inject: Inject, f: &Arc<Dmirror>, which: &str) -> Check {
+    fn migrate_with(
+        &mut self,
+        (p, d): (usize, usize),
+        (at, n): (usize, usize),
+        inject: Inject,
+        f: &Arc<Dmirror>,
+        which: &str,
+    ) -> Check {
         let mapped = self.all(p, at, n, |pg| pg.is_some_and(|pg| pg.prot.read()));
         let all_ram = self.all(p, at, n, |pg| pg.is_some_and(|pg| pg.loc == Loc::Ram));
         match inject {
@@ -1214,14 +1249,16 @@ impl World {
         match r {
             Ok((buf, _)) => {
                 self.check_buf(p, at, &buf, &format_args!("dev{d} MIGRATE_TO_DEV read-back"))?;
-                self.set_loc(p, at, n, |_| Loc::Dev(d));
+                // Pages in another device's memory are not collected; the read-back still
+                // succeeds when the file mapped them before.
+                self.set_loc(p, at, n, |l| if l == Loc::Ram || l == Loc::Dev(d) { Loc::Dev(d) } else { Loc::Unknown });
             }
             Err(_) => self.set_loc(p, at, n, |l| if l == Loc::Dev(d) || l == Loc::Ram { Loc::Unknown } else { l }),
         }
         Ok(())
     }
 
-    fn to_sys(&mut self, p: usize, d: usize, at: usize, n: usize, inject: Inject) -> Check {
+    fn op_to_sys(&mut self, p: usize, d: usize, at: usize, n: usize, inject: Inject) -> Check {
         let f = self.file(p, d)?;
         let mapped = self.all(p, at, n, Option::is_some);
         match inject {
@@ -1257,9 +1294,9 @@ impl World {
         Ok(())
     }
 
-    /// Migrates every page of process `p` in private device memory home (by runs of mapped
-    /// pages).
-    fn evict_private(&mut self, p: usize) -> Check {
+    /// Migrates every page of process `p` in the memory of devices `devs` home (by runs of
+    /// mapped pages).
+    fn evict(&mut self, p: usize, devs: &[usize]) -> Check {
         let mut i = 0;
         while i < ARENA_PAGES {
             if self.procs[p].pages[i].is_none() {
@@ -1270,8 +1307,8 @@ impl World {
             while i < ARENA_PAGES && self.procs[p].pages[i].is_some() {
                 i += 1;
             }
-            for d in 0..2 {
-                self.to_sys(p, d, start, i - start, Inject::None)?;
+            for &d in devs {
+                self.op_to_sys(p, d, start, i - start, Inject::None)?;
             }
         }
         Ok(())
@@ -1352,11 +1389,7 @@ impl World {
                         Advice::DontNeed => *pg = Page { prot: pg.prot, val: Val::known(0), loc: Loc::Ram },
                         // Lazily freed: a clean page may be discarded (zero) until written.
                         Advice::Free => pg.val = pg.val.or(0),
-                        Advice::WillNeed => {
-                            if pg.loc != Loc::Ram {
-                                pg.loc = Loc::Unknown
-                            }
-                        }
+                        Advice::WillNeed if pg.loc != Loc::Ram => pg.loc = Loc::Unknown,
                         _ => {}
                     }
                 }
@@ -1371,7 +1404,7 @@ impl World {
         let f = self.file(p, d)?;
         let r = f.snapshot(va(at), n as u64);
         let call = format_args!("dev{d} SNAPSHOT {}", R(at, n));
-        let (bytes, _) = r.map_err(|e| outcome(&call, e, "Ok"))?;
+        let (bytes, _) = r.map_err(|e| outcome(call, e, "Ok"))?;
         for (k, &b) in bytes.iter().enumerate() {
             let pg = self.page(p, at + k);
             let bad = match pg {
@@ -1389,7 +1422,7 @@ impl World {
             };
             if bad {
                 return Err(outcome(
-                    &call,
+                    call,
                     format_args!("byte {b:#04x} for page {:#x}", va(at + k)),
                     &format!("a byte consistent with {:?}", pg.map(|p| prot_name(p.prot))),
                 ));
@@ -1457,7 +1490,7 @@ impl World {
                 break;
             }
         }
-        if !allowed.iter().any(|a| *a == Err(RangeError::Fault))
+        if !allowed.contains(&Err(RangeError::Fault))
             && allowed.iter().filter(|a| **a == Err(RangeError::Permission)).count() == allowed.len()
             && !self.definite_bad(p, at, n, reqs, owner)
         {
@@ -1466,7 +1499,7 @@ impl World {
         let ops: Arc<SeqOnly> = Arc::new(SeqOnly);
         let subs = Subscriptions::of(&mut space.lock());
         let w: Weak<dyn IntervalOps> = Arc::downgrade(&ops) as Weak<dyn IntervalOps>;
-        let sub = subs.insert(start, end - start, w).map_err(|e| outcome(&call, e, "Ok from the interval insert"))?;
+        let sub = subs.insert(start, end - start, w).map_err(|e| outcome(call, e, "Ok from the interval insert"))?;
         let owner_cookie = owner.map(|d| self.m.devs[d].owner());
         let result;
         let mut pfns = alloc::vec![0u64; n];
@@ -1476,7 +1509,7 @@ impl World {
         let mut s;
         loop {
             tries += 1;
-            let seq = sub.read_begin().map_err(|e| outcome(&call, e, "Ok from read_begin"))?;
+            let seq = sub.read_begin().map_err(|e| outcome(call, e, "Ok from read_begin"))?;
             s = space.lock();
             for (k, e) in pfns.iter_mut().enumerate() {
                 *e = HmmPfn::request_bits(req_of(reqs, k));
@@ -1505,7 +1538,7 @@ impl World {
         }
         self.expected(result.is_ok());
         let checked = match result {
-            r if !allowed.contains(&r) => Err(outcome(&call, r, &format!("one of {allowed:?}"))),
+            r if !allowed.contains(&r) => Err(outcome(call, r, &format!("one of {allowed:?}"))),
             Ok(()) => self.check_pfns(p, at, &pfns, reqs, &s, &call),
             Err(_) => Ok(()),
         };
@@ -1527,7 +1560,15 @@ impl World {
         })
     }
 
-    fn check_pfns(&mut self, p: usize, at: usize, pfns: &[u64], reqs: u64, s: &AddressSpace, call: &dyn fmt::Display) -> Check {
+    fn check_pfns(
+        &mut self,
+        p: usize,
+        at: usize,
+        pfns: &[u64],
+        reqs: u64,
+        s: &AddressSpace,
+        call: &dyn fmt::Display,
+    ) -> Check {
         let mm = s.mm().clone();
         for (k, &e) in pfns.iter().enumerate() {
             let rq = req_of(reqs, k);
@@ -1659,7 +1700,13 @@ impl World {
                 let mut w = [0u8; 8];
                 space.lock().read(a, &mut w).map_err(|e| outcome("probe read", e, "Ok"))?;
                 if u64::from_le_bytes(w) != 7 {
-                    return Err(Broken::Data { reader: String::from("probe CPU"), va: a, got: u64::from_le_bytes(w), torn: false, want: String::from("0x7") });
+                    return Err(Broken::Data {
+                        reader: String::from("probe CPU"),
+                        va: a,
+                        got: u64::from_le_bytes(w),
+                        torn: false,
+                        want: String::from("0x7"),
+                    });
                 }
                 self.m.devs[d].release().map_err(|e| outcome("probe release", e, "Ok"))?;
             }
@@ -1681,13 +1728,18 @@ pub fn run_observed(cfg: &Config, observe: &mut dyn FnMut(u64, &str)) -> Result<
 
 /// Runs the operations `script` gives (fitted to the processes alive), or those the seed
 /// picks when it is `None`; `log` receives every operation run.
-fn drive(cfg: &Config, script: Option<&[Op]>, log: &mut Vec<Op>, observe: &mut dyn FnMut(u64, &str)) -> Result<Stats, Failure> {
+fn drive(
+    cfg: &Config,
+    script: Option<&[Op]>,
+    log: &mut Vec<Op>,
+    observe: &mut dyn FnMut(u64, &str),
+) -> Result<Stats, Failure> {
     let mut ring: VecDeque<String> = VecDeque::with_capacity(RING);
     let fail = |op_index: u64, op: String, broken: Broken, ring: &VecDeque<String>| Failure {
         seed: cfg.seed,
         op_index,
         op,
-        broken,
+        broken: Box::new(broken),
         last_ops: ring.iter().cloned().collect(),
     };
     let mut w = World::new(cfg.clone()).map_err(|b| fail(0, String::from("setup"), b, &ring))?;
@@ -1721,7 +1773,7 @@ fn drive(cfg: &Config, script: Option<&[Op]>, log: &mut Vec<Op>, observe: &mut d
 /// What makes two failures the same bug, for [`minimize`].
 fn signature(f: &Failure) -> String {
     let before = |s: &str, c: char| String::from(s.split(c).next().unwrap_or(""));
-    match &f.broken {
+    match &*f.broken {
         Broken::Data { reader, .. } => format!("data {}", before(reader, '(')),
         Broken::Outcome { call, got, .. } => format!("outcome {} {got}", before(call, '[')),
         Broken::Leak(what) => format!("leak {}", before(what, ':')),

@@ -60,7 +60,9 @@ pub fn cmd_stress(args: &[String]) -> Result<u8, String> {
             "--avoid" => {
                 for name in value()?.split(',') {
                     let all: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
-                    avoid.push(Feature::from_name(name).ok_or(format!("unknown feature {name}; known: {}", all.join(", ")))?);
+                    avoid.push(
+                        Feature::from_name(name).ok_or(format!("unknown feature {name}; known: {}", all.join(", ")))?,
+                    );
                 }
             }
             "--minimize" => {

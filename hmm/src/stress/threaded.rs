@@ -16,9 +16,7 @@
 //! migration whose read-back raced an invalidation) are tolerated and counted; any other
 //! error, and any data check, fails the run.
 
-use super::{
-    ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, tail, va,
-};
+use super::{ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, tail, va};
 use crate::dmirror::{Dmirror, EBUSY, ENOENT};
 use crate::mm::platform::Platform;
 use crate::mm::space::{Advice, MapRequest};
@@ -72,7 +70,7 @@ struct Shared {
     /// Highest sequence number each writer has started to write.
     published: [AtomicU64; WRITERS],
     stop: AtomicBool,
-    failure: Mutex<Option<(usize, u64, String, Broken, Vec<String>)>>,
+    failure: Mutex<Option<Failure>>,
     tolerated: AtomicU64,
     checked: AtomicU64,
 }
@@ -103,7 +101,10 @@ impl Worker<'_> {
             return Ok(());
         }
         let seq = w0 & ((1 << 40) - 1);
-        if w0 >> 60 != o as u64 + 1 || (w0 >> 40) & 0xf_ffff != i as u64 || seq > self.sh.published[o].load(Ordering::Acquire) {
+        if w0 >> 60 != o as u64 + 1
+            || (w0 >> 40) & 0xf_ffff != i as u64
+            || seq > self.sh.published[o].load(Ordering::Acquire)
+        {
             return bad(format!("0 or a tag of writer {o} for this page"));
         }
         Ok(())
@@ -117,13 +118,29 @@ impl Worker<'_> {
             return Ok(());
         }
         if owner(i) == self.id {
-            return Err(Broken::Data { reader: String::from(who), va: va(i) + PAGE - 8, got: w1, torn: true, want: format!("{:#x}", tail(self.mine[i])) });
+            return Err(Broken::Data {
+                reader: String::from(who),
+                va: va(i) + PAGE - 8,
+                got: w1,
+                torn: true,
+                want: format!("{:#x}", tail(self.mine[i])),
+            });
         }
         // Another writer's page: the tail of 0 or of one of its tags for this page.
         let o = owner(i);
         let max = self.sh.published[o].load(Ordering::Acquire);
         let ok = w1 == 0 || (1..=max).any(|s| tail(make_tag(o, i, s)) == w1);
-        if ok { Ok(()) } else { Err(Broken::Data { reader: String::from(who), va: va(i) + PAGE - 8, got: w1, torn: true, want: String::from("the tail of one of the owner's tags") }) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Broken::Data {
+                reader: String::from(who),
+                va: va(i) + PAGE - 8,
+                got: w1,
+                torn: true,
+                want: String::from("the tail of one of the owner's tags"),
+            })
+        }
     }
 
     fn new_tag(&mut self, i: usize) -> u64 {
@@ -239,7 +256,9 @@ impl Worker<'_> {
                 self.tolerate();
                 Ok(())
             }
-            Err(e) => Err(outcome(format_args!("dev{d} MIGRATE_TO_DEV [{:#x}, {n} pages]", va(at)), e, "Ok, ENOENT or EBUSY")),
+            Err(e) => {
+                Err(outcome(format_args!("dev{d} MIGRATE_TO_DEV [{:#x}, {n} pages]", va(at)), e, "Ok, ENOENT or EBUSY"))
+            }
         }
     }
 
@@ -283,7 +302,13 @@ impl Worker<'_> {
 /// address space. Not deterministic (the interleaving is the scheduler's), but every check
 /// holds under any interleaving, so a failure is a bug.
 pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats, Failure> {
-    let setup = |b: Broken| Failure { seed: cfg.seed, op_index: 0, op: String::from("setup"), broken: b, last_ops: Vec::new() };
+    let setup = |b: Broken| Failure {
+        seed: cfg.seed,
+        op_index: 0,
+        op: String::from("setup"),
+        broken: Box::new(b),
+        last_ops: Vec::new(),
+    };
     let m = Machine::new().map_err(setup)?;
     let thp = !cfg.disabled.contains(&Feature::Thp);
     m.mm.set_thp_mode(ThpMode::Madvise);
@@ -291,9 +316,11 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
     let space = m.mm.share(s);
     {
         let mut s = space.lock();
-        s.mmap(MapRequest::anon(PAGES as u64 * PAGE, Prot::RW).fixed(ARENA)).map_err(|e| setup(Broken::Setup(format!("mmap: {e}"))))?;
+        s.mmap(MapRequest::anon(PAGES as u64 * PAGE, Prot::RW).fixed(ARENA))
+            .map_err(|e| setup(Broken::Setup(format!("mmap: {e}"))))?;
         if thp {
-            s.madvise(ARENA, 512 * PAGE, Advice::HugePage).map_err(|e| setup(Broken::Setup(format!("madvise: {e}"))))?;
+            s.madvise(ARENA, 512 * PAGE, Advice::HugePage)
+                .map_err(|e| setup(Broken::Setup(format!("madvise: {e}"))))?;
         }
     }
     let files: Vec<Arc<Dmirror>> = (0..3)
@@ -317,7 +344,8 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
             let seed = cfg.seed.wrapping_add(id as u64 * 0x1000_0001);
             let ops = cfg.ops_per_thread;
             tasks.push(Box::new(move || {
-                let mut w = Worker { id, sh, rng: Rng::new(seed), seq: 0, mine: alloc::vec![0; PAGES], ring: VecDeque::new() };
+                let mut w =
+                    Worker { id, sh, rng: Rng::new(seed), seq: 0, mine: alloc::vec![0; PAGES], ring: VecDeque::new() };
                 for i in 0..ops {
                     if sh.stop.load(Ordering::Relaxed) {
                         break;
@@ -332,7 +360,13 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
                         Err(b) => {
                             let mut f = sh.failure.lock();
                             if f.is_none() {
-                                *f = Some((id, i, format!("thread {id} operation #{i}"), b, w.ring.iter().cloned().collect()));
+                                *f = Some(Failure {
+                                    seed: 0,
+                                    op_index: i,
+                                    op: format!("thread {id} operation #{i}"),
+                                    broken: Box::new(b),
+                                    last_ops: w.ring.iter().cloned().collect(),
+                                });
                             }
                             sh.stop.store(true, Ordering::Relaxed);
                             break;
@@ -344,21 +378,35 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
         }
         threads.run(tasks);
     }
-    if let Some((_, i, op, broken, last_ops)) = sh.failure.lock().take() {
-        return Err(Failure { seed: cfg.seed, op_index: i, op, broken, last_ops });
+    if let Some(f) = sh.failure.lock().take() {
+        return Err(Failure { seed: cfg.seed, ..f });
     }
-    let end = |b: Broken| Failure { seed: cfg.seed, op_index: cfg.ops_per_thread, op: String::from("end-of-run checks"), broken: b, last_ops: Vec::new() };
+    let end = |b: Broken| Failure {
+        seed: cfg.seed,
+        op_index: cfg.ops_per_thread,
+        op: String::from("end-of-run checks"),
+        broken: Box::new(b),
+        last_ops: Vec::new(),
+    };
     // Every page holds its owner's last value.
     for i in 0..PAGES {
         let want = finals[owner(i)].lock()[i];
         let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
         {
             let mut s = space.lock();
-            s.read(va(i), &mut a).and_then(|()| s.read(va(i) + PAGE - 8, &mut b)).map_err(|e| end(outcome("final CPU read", e, "Ok")))?;
+            s.read(va(i), &mut a)
+                .and_then(|()| s.read(va(i) + PAGE - 8, &mut b))
+                .map_err(|e| end(outcome("final CPU read", e, "Ok")))?;
         }
         let (w0, w1) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
         if w0 != want || w1 != tail(want) {
-            return Err(end(Broken::Data { reader: String::from("final CPU read"), va: va(i), got: w0, torn: w1 != tail(w0), want: format!("{want:#x}") }));
+            return Err(end(Broken::Data {
+                reader: String::from("final CPU read"),
+                va: va(i),
+                got: w0,
+                torn: w1 != tail(w0),
+                want: format!("{want:#x}"),
+            }));
         }
     }
     for (d, f) in files.iter().enumerate() {
@@ -370,12 +418,18 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
     drop(space);
     for (d, dev) in m.devs.iter().enumerate() {
         if dev.pages_in_use() != 0 {
-            return Err(end(Broken::Leak(format!("dev{d}: {} device pages in use with no process left", dev.pages_in_use()))));
+            return Err(end(Broken::Leak(format!(
+                "dev{d}: {} device pages in use with no process left",
+                dev.pages_in_use()
+            ))));
         }
         dev.release().map_err(|e| end(outcome(format_args!("dev{d} release"), e, "Ok")))?;
     }
     if m.plat.free_frames() != m.baseline {
-        return Err(end(Broken::Leak(format!("{} RAM frames not returned", m.baseline as i64 - m.plat.free_frames() as i64))));
+        return Err(end(Broken::Leak(format!(
+            "{} RAM frames not returned",
+            m.baseline as i64 - m.plat.free_frames() as i64
+        ))));
     }
     Ok(Stats {
         ops: cfg.ops_per_thread * WRITERS as u64,
