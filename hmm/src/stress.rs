@@ -154,6 +154,13 @@ pub enum Feature {
     /// file opened later on that device then maps them, and their migration home by a CPU
     /// fault does not reach it). Off: a close first migrates that device's pages home.
     CloseWithDevicePages,
+    /// `madvise(MADV_[NO]HUGEPAGE)` on part of a 2 MiB block (splitting the VMA inside a
+    /// huge mapping). Off: those advices are given for whole 2 MiB blocks only.
+    PartialHugeAdvice,
+    /// Threaded mode: a CPU fault that meets a migration entry (a child's read while the
+    /// parent migrates a page they share) must wait for it. Off: the fork thread retries a
+    /// fault that returns `Migrating` (bounded).
+    CpuFaultWaitsForMigration,
     /// Threaded mode: the migration thread also migrates with device 0, the device the
     /// device thread reads and writes through (a device fault racing a migration by the same
     /// device).
@@ -162,7 +169,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 13] = [
+    pub const ALL: [Feature; 15] = [
         Feature::TwoFilesPerDevice,
         Feature::ProtNoneOverDevicePages,
         Feature::UnboundedRelease,
@@ -176,6 +183,8 @@ impl Feature {
         Feature::SameDeviceRace,
         Feature::ForkWithDevicePages,
         Feature::CloseWithDevicePages,
+        Feature::CpuFaultWaitsForMigration,
+        Feature::PartialHugeAdvice,
     ];
 
     /// The command-line name (kebab case).
@@ -194,6 +203,8 @@ impl Feature {
             Feature::SameDeviceRace => "same-device-race",
             Feature::ForkWithDevicePages => "fork-with-device-pages",
             Feature::CloseWithDevicePages => "close-with-device-pages",
+            Feature::CpuFaultWaitsForMigration => "cpu-fault-waits-for-migration",
+            Feature::PartialHugeAdvice => "partial-huge-advice",
         }
     }
 
@@ -1378,6 +1389,12 @@ impl World {
     }
 
     fn advise(&mut self, p: usize, at: usize, n: usize, advice: Advice) -> Check {
+        if matches!(advice, Advice::HugePage | Advice::NoHugePage)
+            && !self.cfg.on(Feature::PartialHugeAdvice)
+            && !(at % BLOCK == 0 && n % BLOCK == 0)
+        {
+            return Ok(());
+        }
         let covered = self.all(p, at, n, Option::is_some);
         let r = self.procs[p].space.lock().madvise(va(at), n as u64 * PAGE, advice);
         self.expected(covered);

@@ -10,7 +10,10 @@
 //! writer reading its own page must see exactly its last write (nobody else writes there,
 //! and migrations never change contents). Each of the page's two checked words is checked on
 //! its own: a CPU read racing a device write can see the page half written, which is no bug.
-//! After the threads end, every page must hold its owner's last value, and nothing may leak.
+//! A fourth thread forks the address space now and then, checks what the child reads (the
+//! same rule: the child sees a snapshot), writes in the child (copy-on-write breaks) and lets
+//! it exit. After the threads end, every page must hold its owner's last value, and nothing
+//! may leak.
 //!
 //! Errors that contention makes legitimate (`EBUSY` after the retry budget, `ENOENT` from a
 //! migration whose read-back raced an invalidation) are tolerated and counted; any other
@@ -73,6 +76,8 @@ struct Shared {
     failure: Mutex<Option<Failure>>,
     tolerated: AtomicU64,
     checked: AtomicU64,
+    /// Retry a CPU fault that returns `Migrating` (what the fault path should do itself).
+    retry_migrating: bool,
 }
 
 /// One thread's state.
@@ -262,7 +267,46 @@ impl Worker<'_> {
         }
     }
 
+    /// The fork thread: forks the address space, checks what the child reads, writes in the
+    /// child (copy-on-write breaks), and lets the child exit.
+    fn fork(&mut self) -> Result<String, Broken> {
+        let (at, n) = self.range(false);
+        let text = format!("fork: child reads and writes [{:#x}, {n}]", va(at));
+        let (child, mm) = {
+            let mut s = self.sh.space.lock();
+            (s.fork().map_err(|e| outcome("fork", e, "Ok"))?, s.mm().clone())
+        };
+        let child = mm.share(child);
+        for i in at..at + n {
+            let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+            let mut r = Ok(());
+            for _ in 0..100_000 {
+                r = {
+                    let mut s = child.lock();
+                    s.read(va(i), &mut a).and_then(|()| s.read(va(i) + PAGE - 8, &mut b))
+                };
+                if r != Err(crate::mm::space::FaultError::Migrating) || !self.sh.retry_migrating {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            r.map_err(|e| outcome(format_args!("child CPU read at {:#x}", va(i)), e, "Ok"))?;
+            self.check(i, u64::from_le_bytes(a), u64::from_le_bytes(b), "child CPU")?;
+            if self.rng.one_in(4) {
+                child
+                    .lock()
+                    .write(va(i), &u64::MAX.to_le_bytes())
+                    .map_err(|e| outcome(format_args!("child CPU write at {:#x}", va(i)), e, "Ok"))?;
+            }
+        }
+        drop(child);
+        Ok(text)
+    }
+
     fn step(&mut self, files: &[Arc<Dmirror>], same_device: bool) -> Result<String, Broken> {
+        if self.id == WRITERS {
+            return self.fork();
+        }
         let own = self.rng.one_in(2);
         let (at, n) = self.range(own);
         let text;
@@ -334,12 +378,14 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
         failure: Mutex::new(None),
         tolerated: AtomicU64::new(0),
         checked: AtomicU64::new(0),
+        retry_migrating: cfg.disabled.contains(&Feature::CpuFaultWaitsForMigration),
     };
     let same_device = !cfg.disabled.contains(&Feature::SameDeviceRace);
     let finals: Vec<Mutex<Vec<u64>>> = (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect();
     {
         let mut tasks: Vec<Box<dyn FnOnce() + Send + '_>> = Vec::new();
-        for id in 0..WRITERS {
+        let forker = !cfg.disabled.contains(&Feature::Fork);
+        for id in 0..WRITERS + usize::from(forker) {
             let (sh, files, finals) = (&sh, &files, &finals);
             let seed = cfg.seed.wrapping_add(id as u64 * 0x1000_0001);
             let ops = cfg.ops_per_thread;
@@ -373,7 +419,9 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
                         }
                     }
                 }
-                *finals[id].lock() = core::mem::take(&mut w.mine);
+                if id < WRITERS {
+                    *finals[id].lock() = core::mem::take(&mut w.mine);
+                }
             }));
         }
         threads.run(tasks);
