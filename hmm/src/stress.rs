@@ -1391,7 +1391,7 @@ impl World {
     fn advise(&mut self, p: usize, at: usize, n: usize, advice: Advice) -> Check {
         if matches!(advice, Advice::HugePage | Advice::NoHugePage)
             && !self.cfg.on(Feature::PartialHugeAdvice)
-            && !(at % BLOCK == 0 && n % BLOCK == 0)
+            && !(at.is_multiple_of(BLOCK) && n.is_multiple_of(BLOCK))
         {
             return Ok(());
         }
