@@ -32,8 +32,24 @@
 //! interleaving (data: every page only ever holds a value its writer wrote, and the writer
 //! reads back its last one), never timing.
 //!
+//! The model also tracks, per page, where it surely is (`Loc`: RAM, a device, or unknown),
+//! only to know when an outcome must be exact (a migration of pages known to be in RAM must
+//! succeed); it never weakens a data check. Every migration through a device's copy engine
+//! can be made to fail ([`Backing`] of our own), so can the device's next allocation
+//! (`HMM_DMIRROR_FLAGS`) and the next RAM allocation (the fake platform's counter).
+//!
 //! Operations that hit known, not yet fixed bugs can be switched off one by one
-//! ([`Feature`], [`Config::disabled`]), so the bounded runs can stay green until the fix lands.
+//! ([`Feature`], [`Config::disabled`]), so the bounded runs can stay green until the fix lands;
+//! the bounded test lists what it avoids (`KNOWN_BUGS_AVOIDED` in `stress/tests.rs`), and
+//! `cargo xtask stress` runs everything unless told `--avoid`. [`minimize`] shrinks a failing
+//! run to a short operation sequence that fails the same way.
+//!
+//! Not covered (yet): shared and file mappings, hugetlb, the old-API devices and the real
+//! devices' backings; the threaded mode runs no `mprotect`/`munmap`/`mremap`, so races of
+//! those with migrations are not exercised.
+//!
+//! Every machine a run builds leaks its frame table (a memory manager and its pagemap
+//! registry hold each other), so the fake RAM is pooled between runs.
 
 use crate::addr::Pfn;
 use crate::dmirror::{Backing, CmdError, Dmirror, DmirrorDevice, RamBacking, prot};
