@@ -379,8 +379,11 @@ impl Val {
     fn known(t: u64) -> Self {
         Val { v: [t, 0, 0, 0, 0, 0], n: 1 }
     }
+    /// Too many possible values to keep: anything (the next read pins it again).
+    const ANY: u8 = u8::MAX;
+
     fn allows(&self, t: u64) -> bool {
-        self.v[..self.n as usize].contains(&t)
+        self.n == Self::ANY || self.v[..self.n as usize].contains(&t)
     }
     fn or(mut self, t: u64) -> Self {
         if !self.allows(t) {
@@ -389,7 +392,7 @@ impl Val {
                 self.v[n] = t;
                 self.n += 1;
             } else {
-                self.v[n - 1] = t;
+                self.n = Self::ANY;
             }
         }
         self
@@ -398,6 +401,9 @@ impl Val {
 
 impl fmt::Display for Val {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.n == Self::ANY {
+            return write!(f, "anything");
+        }
         for (i, t) in self.v[..self.n as usize].iter().enumerate() {
             write!(f, "{}{t:#x}", if i > 0 { " or " } else { "" })?;
         }
