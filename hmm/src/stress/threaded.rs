@@ -67,6 +67,9 @@ fn make_tag(w: usize, i: usize, seq: u64) -> u64 {
     ((w as u64 + 1) << 60) | ((i as u64) << 40) | seq
 }
 
+/// A writer's last value of a page and the earlier ones it may still hold.
+type Final = (u64, Vec<u64>);
+
 /// Shared by the threads.
 struct Shared {
     space: Arc<SharedSpace>,
@@ -403,7 +406,7 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
         retry_migrating: cfg.disabled.contains(&Feature::CpuFaultWaitsForMigration),
     };
     let same_device = !cfg.disabled.contains(&Feature::SameDeviceRace);
-    let finals: Vec<Mutex<Vec<(u64, Vec<u64>)>>> = (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect();
+    let finals: Vec<Mutex<Vec<Final>>> = (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect();
     {
         let mut tasks: Vec<Box<dyn FnOnce() + Send + '_>> = Vec::new();
         let forker = !cfg.disabled.contains(&Feature::Fork);
