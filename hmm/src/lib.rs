@@ -41,5 +41,6 @@ pub mod pagemap;
 pub mod place;
 pub mod range;
 pub mod selftests;
+pub mod stress;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -25,6 +25,7 @@
 mod experiment;
 mod machine;
 mod mutants;
+mod stress;
 
 use machine::Machine;
 use serde_json::Value;
@@ -43,7 +44,7 @@ fn root() -> PathBuf {
 }
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]\n  cargo xtask mutants [FILE...] [--sample N] [--jobs J]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]\n  cargo xtask mutants [FILE...] [--sample N] [--jobs J]\n  cargo xtask stress [--ops N] [--seed S] [--seeds K] [--threads] [--avoid F,G] [--minimize [BUDGET]] [--trace]"
         .into()
 }
 
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Some("bench") => cmd_bench(&args[1..]),
         Some("experiment") => cmd_experiment(&args[1..]),
         Some("mutants") => mutants::cmd(&root(), &args[1..]),
+        Some("stress") => stress::cmd_stress(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{}", usage());
             Ok(0)
