@@ -16,11 +16,16 @@
 //! may leak.
 //!
 //! Errors that contention makes legitimate (`EBUSY` after the retry budget, `ENOENT` from a
-//! migration whose read-back raced an invalidation) are tolerated and counted; any other
-//! error, and any data check, fails the run.
+//! migration whose read-back raced an invalidation, `EFAULT` from a device write to its own
+//! device page that a fork has just made read-only: Linux's `hmm_range_fault` never faults a
+//! device-private page of the caller, so the write cannot be served) are tolerated and
+//! counted; any other error, and any data check, fails the run. A CPU access that meets a
+//! page under migration waits for it and faults again, as the kernel's fault handler does
+//! ([`crate::mm::space::with_migration_wait`]), with a bound of [`MIGRATION_RETRIES`] tries
+//! (seconds of another thread's migration, never reached unless it hangs).
 
 use super::{ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, tail, va};
-use crate::dmirror::{Dmirror, EBUSY, ENOENT};
+use crate::dmirror::{Dmirror, EBUSY, EFAULT, ENOENT};
 use crate::mm::platform::Platform;
 use crate::mm::space::{Advice, FaultError, MapRequest};
 use crate::mm::vma::Prot;
@@ -40,6 +45,10 @@ const OWN: usize = 16;
 const WRITERS: usize = 3;
 /// Pages the threaded mode uses (the first half of the arena: one THP-eligible block too).
 const PAGES: usize = ARENA_PAGES / 2;
+
+/// Tries of a CPU access that keeps meeting a page under migration before it fails with
+/// `MigrationTimeout` (each try takes the lock and faults: seconds in all).
+pub const MIGRATION_RETRIES: u32 = 10_000_000;
 
 /// Runs tasks on threads of the caller's platform (the crate has none of its own).
 pub trait Threads {
@@ -79,8 +88,8 @@ struct Shared {
     failure: Mutex<Option<Failure>>,
     tolerated: AtomicU64,
     checked: AtomicU64,
-    /// Retry a CPU fault that returns `Migrating` (what the fault path should do itself).
-    retry_migrating: bool,
+    /// The fork thread runs (it can make device pages read-only under a device write).
+    forks: bool,
 }
 
 /// One thread's state.
@@ -184,16 +193,21 @@ impl Worker<'_> {
 
     /// Runs a CPU access, again while it returns `Migrating` if the fault path does not wait
     /// itself ([`Feature::CpuFaultWaitsForMigration`] off), at most 100 000 times.
+    /// Runs the CPU access `f` (which takes the address space's lock itself), waiting for a
+    /// page under migration and trying again (bounded by [`MIGRATION_RETRIES`]).
     fn cpu<T>(&self, mut f: impl FnMut() -> Result<T, FaultError>) -> Result<T, FaultError> {
         let mut r = f();
-        for _ in 0..100_000 {
-            if r.as_ref().err() != Some(&FaultError::Migrating) || !self.sh.retry_migrating {
-                break;
+        for _ in 0..MIGRATION_RETRIES {
+            if r.as_ref().err() != Some(&FaultError::Migrating) {
+                return r;
             }
             core::hint::spin_loop();
             r = f();
         }
-        r
+        match r {
+            Err(FaultError::Migrating) => Err(FaultError::MigrationTimeout),
+            r => r,
+        }
     }
 
     fn cpu_read(&mut self, at: usize, n: usize) -> Result<(), Broken> {
@@ -263,6 +277,15 @@ impl Worker<'_> {
             // Invalidated more often than the retry budget (a fork storm): the pages before
             // the round that gave up were written, the others not.
             Err(e) if e.errno == EBUSY => {
+                self.tolerate();
+                for (k, t) in tags.into_iter().enumerate() {
+                    let old = core::mem::replace(&mut self.mine[at + k], t);
+                    self.alt[at + k].push(old);
+                }
+                Ok(())
+            }
+            // The pages before the read-only one were written, the others not.
+            Err(e) if e.errno == EFAULT && self.sh.forks => {
                 self.tolerate();
                 for (k, t) in tags.into_iter().enumerate() {
                     let old = core::mem::replace(&mut self.mine[at + k], t);
@@ -403,7 +426,7 @@ pub fn run_threaded(cfg: &ThreadedConfig, threads: &dyn Threads) -> Result<Stats
         failure: Mutex::new(None),
         tolerated: AtomicU64::new(0),
         checked: AtomicU64::new(0),
-        retry_migrating: cfg.disabled.contains(&Feature::CpuFaultWaitsForMigration),
+        forks: !cfg.disabled.contains(&Feature::Fork),
     };
     let same_device = !cfg.disabled.contains(&Feature::SameDeviceRace);
     let finals: Vec<Mutex<Vec<Final>>> = (0..WRITERS).map(|_| Mutex::new(Vec::new())).collect();
