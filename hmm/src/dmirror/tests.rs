@@ -204,3 +204,34 @@ fn snapshot_bytes_follow_the_cpu_mapping() {
         assert_eq!(s, [prot::NONE], "{kind:?}: untouched page");
     }
 }
+
+/// madvise(MADV_NOHUGEPAGE) on part of a device THP (found by `hmm::stress`, seed 0x7e6): the
+/// VMA splits inside the 2 MiB block, and a later device fault that brings the device THP home
+/// must still succeed (the block's migration cannot cover both VMAs at once).
+#[test]
+fn partial_nohugepage_over_a_device_thp_still_faults_home() {
+    let frames = 16 * 1024;
+    let mm = Mm::new(Arc::new(FakePlatform::new(frames)), &[(Pfn(BASE_PFN), frames as u64)]).unwrap();
+    let pm = Pagemaps::install(&mm).unwrap();
+    let dev0 = DmirrorDevice::new(&pm, MemoryKind::Private, Owner(0xd0), 2 << 20);
+    let dev1 = DmirrorDevice::new(&pm, MemoryKind::Private, Owner(0xd1), 2 << 20);
+    let space = mm.share(AddressSpace::new(&mm).unwrap());
+    let (f0, f1) = (Dmirror::open(&dev0, &space).unwrap(), Dmirror::open(&dev1, &space).unwrap());
+    let a = 0x4060_0000;
+    {
+        let mut s = space.lock();
+        s.mmap(MapRequest::anon(PMD_SIZE, Prot::RW).fixed(a)).unwrap();
+        s.madvise(a, PMD_SIZE, Advice::HugePage).unwrap();
+        for k in 0..512u64 {
+            s.write(a + k * PAGE, &(k as u32 + 1).to_le_bytes()).unwrap();
+        }
+    }
+    f1.migrate_to_dev(a, 512).unwrap();
+    space.lock().madvise(a + 0xc5 * PAGE, 14 * PAGE, Advice::NoHugePage).unwrap();
+    let (buf, _) = f0.read(a + 0xde * PAGE, 3).unwrap();
+    for k in 0..3usize {
+        let v = u32::from_le_bytes(buf[k * PAGE as usize..][..4].try_into().unwrap());
+        assert_eq!(v, 0xde + k as u32 + 1, "page {k}");
+    }
+    drop((f0, f1));
+}

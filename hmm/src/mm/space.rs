@@ -869,6 +869,12 @@ impl AddressSpace {
                 Ok(())
             }
             Advice::HugePage | Advice::NoHugePage => {
+                // The VMA splits at an unaligned end: a huge leaf across it splits first, so no
+                // 2 MiB mapping (a device THP's included) straddles two VMAs (Linux's
+                // split_vma -> vma_adjust_trans_huge). Advice leaves hugetlb VMAs as they are.
+                if self.vmas.overlapping(start, end).all(|v| !v.flags.hugetlb) {
+                    self.split_boundaries(start, end)?;
+                }
                 self.vmas.split_at(start);
                 self.vmas.split_at(end);
                 for v in self.vmas.range_mut(start, end) {
