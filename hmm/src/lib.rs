@@ -15,6 +15,8 @@
 //! - [`pagemap`]: ZONE_DEVICE pagemaps (device-private and coherent memory);
 //! - [`devpt`]: a software device page table (what a mirroring driver keeps coherent);
 //! - [`dmirror`]: Linux's test device, and [`selftests`]: the hmm-tests acceptance suite over it;
+//! - [`stress`]: a seeded randomized interleaving of the whole stack against a shadow model of
+//!   every page (single-threaded and deterministic, or threaded);
 //! - [`place`]: placement policies (P0–P8), the cost model, workload generators and the engine
 //!   that runs experiments over a model or the real devices.
 //!
