@@ -23,6 +23,7 @@
 
 use crate::addr::Pfn;
 use crate::mm::notify::Owner;
+use crate::mm::pte::{Pte, SoftKind};
 use crate::mm::space::{AddressSpace, FaultError};
 use crate::mm::{DeviceMemory, Error, HUGE_FRAMES, HUGE_ORDER, Mm, frame::flags};
 use alloc::sync::{Arc, Weak};
@@ -356,7 +357,16 @@ impl DeviceMemory for Pagemaps {
         let r = ops.migrate_to_ram(&pm, space, va, pfn);
         m.unlock();
         self.mm.put_page(pfn);
-        r
+        // Not moved (someone else holds a reference: pitfall P5): Linux's fault returns and
+        // the access faults again. Under this lock the holder may never let go (the other
+        // process after fork, another CPU's fault between its `get` and `put`), so the
+        // caller is told to retry with the lock dropped, as for a page under migration.
+        let stayed = matches!(space.lookup(va).map(|e| e.pte),
+            Some(Pte::Soft(s)) if s.kind == SoftKind::DevicePrivate && s.pfn == pfn);
+        match r {
+            Ok(()) if stayed => Err(FaultError::Migrating),
+            r => r,
+        }
     }
 
     fn owner_of(&self, pfn: Pfn) -> Option<(Owner, bool)> {
@@ -471,6 +481,34 @@ mod tests {
         let data: Vec<u8> = (0..pages * 4096).map(|i| (i / 4096 + i) as u8).collect();
         p.lock().write(a, &data).unwrap();
         (mm, pm, dev, d, p, a)
+    }
+
+    /// A CPU fault on a device-private page that someone else holds a reference to (another
+    /// CPU's fault between its `get` and its `put`, the other process's after fork, a pin) does
+    /// not move it (pitfall P5): the fault must say "retry once the lock is dropped", as
+    /// Linux's fault returns and the access faults again, not report a corrupt page table
+    /// after the copy loop's few tries (the threaded stress test's "CPU write returned
+    /// Corrupt").
+    #[test]
+    fn a_fault_on_a_held_device_private_page_asks_for_a_retry() {
+        use crate::mm::pte::{Pte, SoftKind};
+        use crate::mm::space::{Access, FaultError};
+        let (mm, _pm, _dev, d, p, a) = dmirror_fixture(4096, 2 << 20, 1);
+        d.migrate_to_dev(a, 1).unwrap();
+        let dpfn = match p.lock().lookup(a).map(|e| e.pte) {
+            Some(Pte::Soft(s)) if s.kind == SoftKind::DevicePrivate => s.pfn,
+            other => panic!("not on the device: {other:?}"),
+        };
+        let m = mm.meta(dpfn).unwrap();
+        m.get();
+        let mut b = [0u8; 8];
+        assert_eq!(p.lock().read(a, &mut b), Err(FaultError::Migrating));
+        assert_eq!(p.lock().fault(a, Access::Write), Err(FaultError::Migrating));
+        mm.put_page(dpfn);
+        // Let go: the next try moves it.
+        p.lock().read(a, &mut b).unwrap();
+        assert_eq!(b, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert!(matches!(p.lock().lookup(a).map(|e| e.pte), Some(Pte::Present(_))));
     }
 
     #[test]
