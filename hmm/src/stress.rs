@@ -104,6 +104,19 @@ fn va(i: usize) -> u64 {
     ARENA + i as u64 * PAGE
 }
 
+/// The pages a device write of `tags` stores: each page full of its tag, its last word the
+/// tag's [`tail`].
+fn page_images(tags: &[u64]) -> Vec<u8> {
+    let mut buf = alloc::vec![0u8; tags.len() * PAGE as usize];
+    for (b, t) in buf.chunks_mut(PAGE as usize).zip(tags) {
+        for w in b.chunks_mut(8) {
+            w.copy_from_slice(&t.to_le_bytes());
+        }
+        b[PAGE as usize - 8..].copy_from_slice(&tail(*t).to_le_bytes());
+    }
+    buf
+}
+
 fn tail(tag: u64) -> u64 {
     tag.wrapping_mul(K)
 }
@@ -1183,15 +1196,7 @@ impl World {
         });
         let all_ram = self.all(p, at, n, |pg| pg.is_none_or(|pg| pg.loc == Loc::Ram));
         let tags: Vec<u64> = (0..n).map(|_| self.tag()).collect();
-        let mut buf = alloc::vec![0u8; n * PAGE as usize];
-        for (k, t) in tags.iter().enumerate() {
-            let b = &mut buf[k * PAGE as usize..(k + 1) * PAGE as usize];
-            for w in b.chunks_mut(8) {
-                w.copy_from_slice(&t.to_le_bytes());
-            }
-            b[PAGE as usize - 8..].copy_from_slice(&tail(*t).to_le_bytes());
-        }
-        let r = f.write(va(at), &buf);
+        let r = f.write(va(at), &page_images(&tags));
         let call = format_args!("dev{d} WRITE {}", R(at, n));
         self.expected(bad.is_none());
         match (bad, r) {

@@ -24,7 +24,9 @@
 //! ([`crate::mm::space::with_migration_wait`]), with a bound of [`MIGRATION_RETRIES`] tries
 //! (seconds of another thread's migration, never reached unless it hangs).
 
-use super::{ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, tail, va};
+use super::{
+    ARENA, ARENA_PAGES, Broken, Failure, Feature, Machine, PAGE, RING, Rng, Stats, outcome, page_images, tail, va,
+};
 use crate::dmirror::{Dmirror, EBUSY, EFAULT, ENOENT};
 use crate::mm::platform::Platform;
 use crate::mm::space::{Advice, FaultError, MapRequest};
@@ -258,15 +260,7 @@ impl Worker<'_> {
 
     fn dev_write(&mut self, f: &Dmirror, at: usize, n: usize) -> Result<(), Broken> {
         let tags: Vec<u64> = (at..at + n).map(|i| self.new_tag(i)).collect();
-        let mut buf = alloc::vec![0u8; n * PAGE as usize];
-        for (k, t) in tags.iter().enumerate() {
-            let b = &mut buf[k * PAGE as usize..(k + 1) * PAGE as usize];
-            for w in b.chunks_mut(8) {
-                w.copy_from_slice(&t.to_le_bytes());
-            }
-            b[PAGE as usize - 8..].copy_from_slice(&tail(*t).to_le_bytes());
-        }
-        match f.write(va(at), &buf) {
+        match f.write(va(at), &page_images(&tags)) {
             Ok(_) => {
                 for (k, t) in tags.into_iter().enumerate() {
                     self.mine[at + k] = t;
@@ -274,18 +268,10 @@ impl Worker<'_> {
                 }
                 Ok(())
             }
-            // Invalidated more often than the retry budget (a fork storm): the pages before
-            // the round that gave up were written, the others not.
-            Err(e) if e.errno == EBUSY => {
-                self.tolerate();
-                for (k, t) in tags.into_iter().enumerate() {
-                    let old = core::mem::replace(&mut self.mine[at + k], t);
-                    self.alt[at + k].push(old);
-                }
-                Ok(())
-            }
-            // The pages before the read-only one were written, the others not.
-            Err(e) if e.errno == EFAULT && self.sh.forks => {
+            // Invalidated more often than the retry budget (a fork storm), or a page made
+            // read-only by a fork: the pages before the round that gave up were written, the
+            // others not.
+            Err(e) if e.errno == EBUSY || (e.errno == EFAULT && self.sh.forks) => {
                 self.tolerate();
                 for (k, t) in tags.into_iter().enumerate() {
                     let old = core::mem::replace(&mut self.mine[at + k], t);
