@@ -39,26 +39,11 @@ use drivers::virtio_mem::MemError;
 use hmm::mm::SharedSpace;
 use hmm::mm::space::{AddressSpace, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::place::Rng;
 
 const PAGE: u64 = 4096;
 const PAGES: u64 = 256;
 const JOIN_MS: u64 = 60_000;
-
-/// A small seeded generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What both CPUs share.
 struct Shared {
@@ -160,7 +145,7 @@ impl Shared {
 
 /// The other CPU's part: random writes and checked reads until told to stop (or `max` ops).
 fn writer(sh: Arc<Shared>, seed: u64, max: u64) -> Result<u64, String> {
-    let mut rng = Rng(seed ^ 0x5555);
+    let mut rng = Rng::new(seed ^ 0x5555);
     let mut ops = 0;
     while !sh.stop.load(Ordering::Acquire) && ops < max {
         let p = rng.below(PAGES);
@@ -239,7 +224,7 @@ fn drive(
         let sh = sh.clone();
         sched::spawn_on(smp::count() - 1, move || writer(sh, seed, 200_000)).map_err(|e| format!("{e:?}"))?
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut last: VecDeque<String> = VecDeque::new();
     let mut result = Ok(());
     for i in 0..ops {
