@@ -10,11 +10,13 @@
 //! - [`pvh`]: a pure, host-tested parser from `hvm_start_info` (read through the
 //!   [`pvh::PhysRead`] trait) to a typed [`pvh::BootInfo`] whose memory map is sorted, with
 //!   overlaps resolved and neighbours merged;
+//! - [`multiboot2`]: a pure, host-tested parser from GRUB's Multiboot2 information to the
+//!   same [`pvh::BootInfo`], so the image also boots through GRUB on BIOS and UEFI machines;
 //! - [`cmdline`]: a pure, host-tested parser of the kernel command line into typed
 //!   [`cmdline::KernelArgs`];
 //! - `entry` (only when built for `x86_64-unknown-none`): the ELF note, the 32-bit entry, the
 //!   early page tables, GDT and boot stack that take the CPU to 64-bit mode in the higher half
-//!   and call the kernel's `kernel_entry(start_info_paddr)`;
+//!   and call the kernel's `kernel_entry(info_paddr, loader, magic)`;
 //! - `linker.ld`: the kernel's linker script (the kernel's `build.rs` passes it to the linker).
 //!
 //! Nothing here allocates: the parsers run before the kernel has a heap.
@@ -26,4 +28,5 @@ pub mod cmdline;
 pub mod entry;
 pub mod fixed;
 pub mod layout;
+pub mod multiboot2;
 pub mod pvh;

@@ -182,12 +182,33 @@ pub struct Module {
 /// The sorted, overlap-free memory map.
 pub type MemoryMap = FixedVec<MemoryRegion, MAX_MEMMAP_ENTRIES>;
 
-/// Everything the kernel learns from the hypervisor at entry.
+/// Which boot protocol entered the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// PVH: `hvm_start_info` (QEMU, cloud-hypervisor, Firecracker).
+    Pvh,
+    /// Multiboot2: GRUB's information structure ([`crate::multiboot2`]), on BIOS or UEFI.
+    Multiboot2,
+}
+
+impl Loader {
+    /// The name the boot report prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pvh => "pvh",
+            Self::Multiboot2 => "multiboot2",
+        }
+    }
+}
+
+/// Everything the kernel learns from the hypervisor (or the boot loader) at entry.
 #[derive(Debug, Clone)]
 pub struct BootInfo {
-    /// `hvm_start_info.version`.
+    /// The protocol that gave it.
+    pub loader: Loader,
+    /// `hvm_start_info.version` (0 under Multiboot2).
     pub version: u32,
-    /// `hvm_start_info.flags`.
+    /// `hvm_start_info.flags` (0 under Multiboot2).
     pub flags: u32,
     /// The kernel command line (`-append`).
     pub cmdline: FixedVec<u8, MAX_CMDLINE>,
@@ -278,7 +299,15 @@ pub fn parse(mem: &impl PhysRead, paddr: u64) -> Result<BootInfo, BootError> {
         modules.push(Module { paddr: m_paddr, size }).map_err(|_| BootError::TooManyModules(nr_modules))?;
     }
 
-    Ok(BootInfo { version, flags, cmdline, rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr), memory_map, modules })
+    Ok(BootInfo {
+        loader: Loader::Pvh,
+        version,
+        flags,
+        cmdline,
+        rsdp: (rsdp_paddr != 0).then_some(rsdp_paddr),
+        memory_map,
+        modules,
+    })
 }
 
 fn read_cmdline(mem: &impl PhysRead, paddr: u64) -> Result<FixedVec<u8, MAX_CMDLINE>, BootError> {
