@@ -120,6 +120,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "faults::abandoned_copies_are_not_trusted", run: faults::abandoned_copies_are_not_trusted },
     Test { name: "faults::ram_exhausted_during_migrate_to_ram", run: faults::ram_exhausted_during_migrate_to_ram },
     Test { name: "faults::iommu_map_fails_midway", run: faults::iommu_map_fails_midway },
+    Test {
+        name: "faults::device_memory_removed_during_migration",
+        run: faults::device_memory_removed_during_migration,
+    },
     Test { name: "stress::two_cpus_devices_and_eviction", run: stress::two_cpus_devices_and_eviction },
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },

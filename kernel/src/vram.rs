@@ -632,23 +632,23 @@ impl Vram {
             return self.cpu_transfer(dir, runs);
         }
         let mut failed = Vec::new();
-        devices::with(|d| {
-            for window in runs.chunks(IN_FLIGHT) {
-                let results = d.dma_many(self.device, dir, window.iter().map(|r| (r.offset, &r.ram[..])));
-                for (r, res) in window.iter().zip(results) {
-                    if let Err(e) = res {
-                        log::warn!(
-                            "dev{}: DMA of {} pages at {:#x} failed: {e}",
-                            self.device,
-                            r.entries.len(),
-                            r.offset
-                        );
-                        failed.extend(&r.entries);
-                    }
+        for (w, window) in runs.chunks(IN_FLIGHT).enumerate() {
+            if w > 0 {
+                crate::inject::reach(crate::inject::Point::BetweenCopies, Some(self.device));
+            }
+            let results =
+                devices::with(|d| d.dma_many(self.device, dir, window.iter().map(|r| (r.offset, &r.ram[..]))));
+            let Some(results) = results else {
+                failed.extend(window.iter().flat_map(|r| r.entries.iter().copied()));
+                continue;
+            };
+            for (r, res) in window.iter().zip(results) {
+                if let Err(e) = res {
+                    log::warn!("dev{}: DMA of {} pages at {:#x} failed: {e}", self.device, r.entries.len(), r.offset);
+                    failed.extend(&r.entries);
                 }
             }
-        })
-        .unwrap_or_else(|| failed.extend(runs.iter().flat_map(|r| r.entries.iter().copied())));
+        }
         failed
     }
 
@@ -831,6 +831,7 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
         }
     }
     let failed = v.transfer(Dir::ToDevice, &v.runs(&items));
+    crate::inject::reach(crate::inject::Point::Copied, Some(v.device));
     let declined = decline(&mut mig, &failed);
     let moved = settle(mig);
     let mut st = v.stats.lock();
@@ -845,6 +846,7 @@ pub fn migrate_to_ram(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages: u6
     let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select: v.select(), fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(DevError::MigrateSetup)?;
     v.copy_out(&mut mig).map_err(DevError::Memory)?;
+    crate::inject::reach(crate::inject::Point::Copied, Some(v.device));
     let moved = settle(mig);
     v.stats.lock().to_ram += moved;
     Ok(moved)
@@ -880,6 +882,7 @@ pub fn migrate_device_to_device(
         }
     }
     let failed = from.transfer(Dir::ToRam, &from.runs(&items));
+    crate::inject::reach(crate::inject::Point::Copied, Some(from.device));
     let declined = decline(&mut mig, &failed);
     let moved = settle(mig);
     from.stats.lock().declined += declined;
