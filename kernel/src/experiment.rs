@@ -130,14 +130,11 @@ impl Idle {
                 wrong.in_use.push(InUse { device: v.device(), now, was });
             }
         }
-        crate::devices::with(|d| {
-            for (n, dev) in d.list.iter().enumerate() {
-                let hot_dead = dev.hot.as_ref().is_some_and(|h| h.engine.is_dead());
-                if dev.engine.is_dead() || hot_dead {
-                    wrong.dead_engines.push(n);
-                }
+        for dev in crate::devices::all() {
+            if dev.engine_dead() {
+                wrong.dead_engines.push(dev.index());
             }
-        });
+        }
         if wrong.in_use.is_empty() && wrong.dead_engines.is_empty() {
             return Ok(());
         }

@@ -34,7 +34,7 @@
 //! it.
 
 use crate::copyengine::Dir;
-use crate::devices::{self, DevError, ReadCopyFailure, ResizeFailure};
+use crate::devices::{self, DevError, Device, ReadCopyFailure, ResizeFailure};
 use crate::mm::uspace;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -116,6 +116,8 @@ struct Chunk {
 /// [`DevAlloc`] hands out 4 KiB pages and 2 MiB blocks of what is online.
 #[derive(Debug)]
 pub struct Vram {
+    /// The device whose memory this is.
+    dev: &'static Device,
     device: usize,
     kind: MemoryKind,
     owner: Owner,
@@ -134,27 +136,27 @@ pub struct Vram {
 }
 
 impl Vram {
-    /// Registers device `device`'s memory (`bytes`, a multiple of 2 MiB) as device pages of
-    /// `kind`: private pages, or (coherent) the BAR's own frames. `hot` more bytes may be added
-    /// later (the device's hot-plug region).
-    pub fn register(device: usize, bytes: u64, hot: u64, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
+    /// Registers `dev`'s memory (its BAR, a multiple of 2 MiB) as device pages of `kind`:
+    /// private pages, or (coherent) the BAR's own frames. Its hot-plug region, if it has one,
+    /// may be added later.
+    pub fn register(dev: &'static Device, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
+        let (bytes, hot) = (dev.vram.1, dev.hot_bytes());
         let pages = bytes / PAGE;
         let hot_pages = hot / PAGE;
         let hot_frames = match (hot_pages, kind) {
             (0, _) => None,
             (_, MemoryKind::Private) => Some(uspace::mm().add_device_private_region(hot_pages)?),
             (_, MemoryKind::Coherent) => {
-                let (at, _) = devices::with(|d| d.list.get(device).and_then(|x| x.hot_region()))
-                    .flatten()
-                    .ok_or(Error::Invalid("no hot-plug region"))?;
+                let (at, _) = dev.hot_region().ok_or(Error::Invalid("no hot-plug region"))?;
                 uspace::mm().add_device_region_at(Pfn(at / PAGE), hot_pages)?;
                 Some(Pfn(at / PAGE))
             }
         };
         let v = Arc::new(Vram {
-            device,
+            dev,
+            device: dev.index(),
             kind,
-            owner: Owner(0x7e00 + device as u64),
+            owner: Owner(0x7e00 + dev.index() as u64),
             chunks: RwLock::new(Vec::new()),
             alloc: Mutex::new(DevAlloc::new((bytes + hot) / (PAGE * BLOCK_PAGES))),
             bar_pages: pages,
@@ -288,7 +290,7 @@ impl Vram {
     /// The physical address at which the CPU reaches byte `offset` of this device's memory
     /// (the BAR, or the hot-plug region).
     pub fn phys(&self, offset: u64) -> Option<u64> {
-        devices::with(|d| d.list.get(self.device).and_then(|dev| dev.phys_of(offset))).flatten()
+        self.dev.phys_of(offset)
     }
 
     /// Where device page `pfn`'s data is, for the CPU.
@@ -319,13 +321,18 @@ impl Vram {
 
     /// The BAR frame holding page `index` of this device's memory.
     pub fn bar_frame(&self, index: u64) -> Option<Pfn> {
-        let bar = devices::with(|d| d.list.get(self.device).map(|dev| dev.vram.0)).flatten()?;
+        let bar = self.dev.vram.0;
         (index < self.bar_pages).then(|| Pfn(bar / PAGE + index))
     }
 
     /// The device number.
     pub fn device(&self) -> usize {
         self.device
+    }
+
+    /// The device whose memory this is.
+    pub fn dev(&self) -> &'static Device {
+        self.dev
     }
 
     /// Read duplication (UVM's read-mostly copies): copies each of `frames` (RAM, or another
@@ -595,11 +602,10 @@ impl Vram {
         &self,
         f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> Result<R, MemError>,
     ) -> Result<R, DevError> {
-        devices::with(|d| match d.list.get_mut(self.device).and_then(|x| x.hot.as_mut()) {
-            Some(h) => f(&mut h.mem).map_err(|e| self.resize_error(ResizeFailure::Request(e))),
+        match self.dev.with_hot_mem(f) {
+            Some(r) => r.map_err(|e| self.resize_error(ResizeFailure::Request(e))),
             None => Err(self.resize_error(ResizeFailure::NoRegion)),
-        })
-        .unwrap_or(Err(DevError::NoDevice(self.device)))
+        }
     }
 
     fn resize_error(&self, failure: ResizeFailure) -> DevError {
@@ -636,12 +642,7 @@ impl Vram {
             if w > 0 {
                 crate::inject::reach(crate::inject::Point::BetweenCopies, Some(self.device));
             }
-            let results =
-                devices::with(|d| d.dma_many(self.device, dir, window.iter().map(|r| (r.offset, &r.ram[..]))));
-            let Some(results) = results else {
-                failed.extend(window.iter().flat_map(|r| r.entries.iter().copied()));
-                continue;
-            };
+            let results = self.dev.dma_many(dir, window.iter().map(|r| (r.offset, &r.ram[..])));
             for (r, res) in window.iter().zip(results) {
                 if let Err(e) = res {
                     log::warn!("dev{}: DMA of {} pages at {:#x} failed: {e}", self.device, r.entries.len(), r.offset);
@@ -680,7 +681,7 @@ impl Vram {
     /// Groups `(entry, byte offset in device memory, ram pfn)` into runs of consecutive device
     /// pages. The "RAM" frame may be another device's BAR frame (peer to peer).
     fn runs_at(&self, items: &[(usize, u64, Pfn)]) -> Vec<Run> {
-        let kernel = devices::with(|d| d.list.get(self.device).map(|dev| dev.iova_of(0))).flatten().unwrap_or(0);
+        let kernel = self.dev.iova_of(0);
         // Requests never cross from the BAR into the hot-plug region (another engine's disk).
         let region = |off: u64| off >= self.bar_pages * PAGE;
         let mut runs: Vec<Run> = Vec::new();
@@ -896,11 +897,9 @@ static VRAMS: Once<Result<Vec<Arc<Vram>>, Error>> = Once::new();
 pub fn all() -> Result<&'static [Arc<Vram>], Error> {
     VRAMS
         .call_once(|| {
-            let sizes: Vec<(u64, u64)> =
-                devices::with(|d| d.list.iter().map(|dev| (dev.vram.1, dev.hot_bytes())).collect()).unwrap_or_default();
             let coherent = COHERENT.load(core::sync::atomic::Ordering::Relaxed);
             let kind = |n: usize| if coherent >> n & 1 == 1 { MemoryKind::Coherent } else { MemoryKind::Private };
-            sizes.iter().enumerate().map(|(n, &(b, hot))| Vram::register(n, b, hot, kind(n))).collect()
+            devices::all().iter().map(|dev| Vram::register(dev, kind(dev.index()))).collect()
         })
         .as_ref()
         .map(|v| &v[..])
@@ -931,9 +930,7 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, checks::CheckError>
     use hmm::mm::vma::Prot;
     let fail = checks::CheckError::failed;
     let v = all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
-    let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
-        .ok_or(DevError::NotInitialised)?
-        .ok_or(DevError::NoDevice(n))?;
+    let bar = v.dev().vram.0;
     let mm = uspace::mm();
     let space = mm.share(AddressSpace::new(mm).map_err(|error| CheckError::Mm { op: "a new address space", error })?);
     let a = space

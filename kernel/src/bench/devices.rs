@@ -63,7 +63,8 @@ fn dir_name(engine: &str, dir: Dir) -> String {
 /// The copy engine and the CPU moving `TOTAL` bytes in `size` pieces between the buffer and
 /// device memory.
 fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), BenchError> {
-    let kernel = devices::with(|d| d.list[n].iova_of(0)).ok_or(DevError::NotInitialised)?;
+    let dev = devices::nth(n)?;
+    let kernel = dev.iova_of(0);
     let span = (BLOCKS as u64 * BLOCK).min(vram_bytes);
     for size in SIZES {
         // Piece k: RAM at blocks[(k * size) / BLOCK] + (k * size) % BLOCK, device at k * size.
@@ -73,22 +74,18 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
             (blocks[(off / BLOCK) as usize] + off % BLOCK, off)
         };
         for dir in [Dir::ToDevice, Dir::ToRam] {
-            let (r, ns, _) = timed(|| {
-                devices::with(|d| -> Result<(), BenchError> {
-                    let mut k = 0;
-                    while k < pieces {
-                        let w = (pieces - k).min(IN_FLIGHT as u64);
-                        let segs: Vec<[(u64, u32); 1]> =
-                            (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
-                        let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
-                        for res in d.dma_many(n, dir, reqs) {
-                            res.map_err(|error| BenchError::Device { device: Some(n), error })?;
-                        }
-                        k += w;
+            let (r, ns, _) = timed(|| -> Result<(), BenchError> {
+                let mut k = 0;
+                while k < pieces {
+                    let w = (pieces - k).min(IN_FLIGHT as u64);
+                    let segs: Vec<[(u64, u32); 1]> = (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
+                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
+                    for res in dev.dma_many(dir, reqs) {
+                        res.map_err(|error| BenchError::Device { device: Some(n), error })?;
                     }
-                    Ok(())
-                })
-                .unwrap_or_else(|| Err(DevError::NotInitialised.into()))
+                    k += w;
+                }
+                Ok(())
             });
             r?;
             copied(&dir_name("dma", dir), n, size, ns);
@@ -220,7 +217,7 @@ fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), Be
 /// Runs the devices benchmark on every device of the machine.
 pub fn devices() -> Result<(), BenchError> {
     warm_guest_ram();
-    let list: Vec<(u64, u64)> = devices::with(|d| d.list.iter().map(|dev| dev.vram).collect()).unwrap_or_default();
+    let list: Vec<(u64, u64)> = devices::all().iter().map(|dev| dev.vram).collect();
     if list.is_empty() {
         return Err(BenchError::Wrong("the machine has no devices (use qemu/bench-devices.toml)".into()));
     }

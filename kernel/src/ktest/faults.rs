@@ -64,7 +64,7 @@ fn dev0() -> Result<Arc<Vram>, String> {
 }
 
 fn resets(n: usize) -> u64 {
-    devices::with(|d| d.list[n].engine.stats.resets).unwrap_or(0)
+    devices::nth(n).map_or(0, |d| d.engine_stats().resets)
 }
 
 /// One migration to the device and one back, with `fault` armed for the copy of each: the
@@ -185,9 +185,9 @@ pub fn ram_exhausted_during_migrate_to_ram(_s: &System) -> TestResult {
 pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
     use crate::copyengine::Dir;
     use crate::devmmu;
-    if devices::with(|d| d.iommu.is_none() || d.list.is_empty()).unwrap_or(true) {
+    let Some(dev0) = devices::all().first().filter(|_| devices::iommu().is_some()) else {
         return Err("no virtio-iommu on this machine".into());
-    }
+    };
     let p = Proc::new(0x4d)?;
     // Give every page a frame of its own, not next to its neighbours', so that the device
     // fault's batch is many MAPs: each page is written again after a page of another mapping.
@@ -202,7 +202,7 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
         .map_err(|f| format!("refill: {:?}", f.error))?;
     }
     let m = devmmu::bind(0, &p.space).map_err(|e| e.to_string())?;
-    let mapped = |va: u64| devices::with(|d| d.list[0].shadow.translate(va).is_some()).unwrap_or(false);
+    let mapped = |va: u64| dev0.with_shadow(|s| s.translate(va).is_some()).unwrap_or(false);
     let armed = inject::arm(Fault::MapError, Some(0), 2);
     let r = m.fault(p.a, p.a + PAGES * PAGE, false);
     check!(armed.fired(), "the MAP error was never injected (the batch had fewer than 3 mappings)");
@@ -212,7 +212,7 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
         return Err(format!("page {k} is still mapped in the domain after its batch failed"));
     }
     m.fault(p.a, p.a + PAGES * PAGE, false).map_err(|e| format!("the fault after the failed one: {e}"))?;
-    let (bar, _) = devices::with(|d| d.list[0].vram).ok_or("devices not initialised")?;
+    let (bar, _) = dev0.vram;
     devmmu::dma(&m, Dir::ToDevice, 0, &[(p.a, (PAGES * PAGE) as u32)]).map_err(|e: DevError| e.to_string())?;
     let mut got = alloc::vec![0u8; (PAGES * PAGE) as usize];
     crate::mm::read_phys(bar, &mut got);

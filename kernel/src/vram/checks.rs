@@ -5,7 +5,7 @@
 
 use super::{Vram, migrate_to_device, migrate_to_ram};
 use crate::arch::time;
-use crate::devices::{self, DevError, ResizeFailure};
+use crate::devices::{DevError, ResizeFailure};
 use crate::mm::uspace::UserFault;
 use crate::mm::{self, uspace};
 use alloc::format;
@@ -269,10 +269,10 @@ pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, CheckError> {
     let grow_ns = ns(time::rdtsc() - t0);
     ensure!(offs.iter().all(|&o| o >= v.bar_pages() * PAGE), "dev{n}: plugged at {offs:x?}");
     ensure!(v.pages() == pages0 + 1024, "dev{n}: {} pages after plugging 4 MiB", v.pages());
-    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    let plugged = v.dev().with_hot_mem(|m| m.config.plugged_size);
     ensure!(plugged == Some((plugged0 + 1024) * PAGE), "dev{n}: the device says {plugged:?} bytes are plugged");
     let region = offs[0] - v.bar_pages() * PAGE;
-    let state = |len| devices::with(|d| d.list[n].hot.as_mut().map(|h| h.mem.state(region, len))).flatten();
+    let state = |len| v.dev().with_hot_mem(|m| m.state(region, len));
     ensure!(
         matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Plugged))),
         "dev{n}: STATE of the new blocks: {:?}",
@@ -351,7 +351,7 @@ fn fill_and_remove(
     let mut back = alloc::vec![0u8; data.len()];
     uspace::run(&space, |u| u.read(a, &mut back)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(back == data, "dev{n}: data differs after eviction");
-    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    let plugged = v.dev().with_hot_mem(|m| m.config.plugged_size);
     ensure!(plugged == Some(plugged0 * PAGE), "dev{n}: {plugged:?} bytes still plugged");
     ensure!(
         matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Unplugged))),
