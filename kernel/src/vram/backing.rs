@@ -14,7 +14,8 @@
 //!   by the CPU (counted apart). A failed DMA is an [`Error::Io`]: dmirror backs the migration
 //!   out.
 
-use super::{PAGE, Run, Vram};
+use super::dma::Run;
+use super::{PAGE, Vram};
 use crate::copyengine::Dir;
 use crate::devices;
 use crate::mm::uspace;
