@@ -92,10 +92,14 @@ pub fn take(fault: Fault, device: Option<usize>) -> bool {
 }
 
 /// A point inside a migration at which a test can run code of its own ([`at`]), to make
-/// something happen there deterministically: device memory removed with the copy done and
-/// the migration not yet finalized, or between two copies of a batch.
+/// something happen there deterministically: device memory removed before the migration
+/// allocates, with the copy done and the migration not yet finalized, or between two copies
+/// of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
+    /// A migration to a device has collected its source pages (`migrate_vma_setup`: they are
+    /// locked and unmapped) and not yet allocated device pages for them.
+    SetUp,
     /// A migration (either way) has allocated its destinations and run its copies, and has
     /// not yet called `pages` and `finalize`: its source and destination pages are locked.
     Copied,

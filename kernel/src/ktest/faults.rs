@@ -270,8 +270,9 @@ impl Proc {
 /// it, and between two copy requests of a batch out of it while another process's pages
 /// live there too. Each time the removal is refused with a typed error (the migration holds
 /// the block's pages), evicting what it could; the migration completes; every page's data is
-/// intact; a removal after it evicts the rest; no device page leaks; and the memory can be
-/// plugged and used again.
+/// intact; a removal after it evicts the rest; no device page leaks. Removed after a
+/// migration's setup and before its allocation, the memory goes and the migration moves
+/// nothing. And the memory can be plugged and used again.
 pub fn device_memory_removed_during_migration(_s: &System) -> TestResult {
     let all = vram::all().map_err(|e| e.to_string())?;
     let v = all.iter().find(|v| v.hot_pages() > 0).cloned().ok_or("no device with hot-plug memory on this machine")?;
@@ -355,8 +356,22 @@ fn removed_during_migration(v: &Arc<Vram>) -> TestResult {
     p.check("after the removal between two copies")?;
     q.check("the other process, after the removal evicted it")?;
 
-    // The memory is removed cleanly now, plugged again, and used again.
-    check!(v.shrink(HUGE).map_err(s)? == 0, "pages left to evict from an empty block");
+    // Removed after the migration collected its pages and before it allocates: the removal
+    // succeeds (nothing of the block is in use), and the migration, with no device memory
+    // left (the BAR is carved out), moves nothing; the pages stay in RAM.
+    let plugged = v.plugged_pages();
+    let (hook, removal) = remove_at(v, Point::SetUp, 0);
+    let moved = vram::migrate_to_device(v, &q.space, q.a, PAGES).map_err(s)?;
+    check!(hook.fired(), "the removal never ran before the allocation");
+    drop(hook);
+    let r = removal.lock().take();
+    check!(matches!(r, Some(Ok(0))), "removing an unused block during a migration's setup: {r:?}");
+    check!(moved == 0 && q.on_device(v) == 0, "{moved} pages moved into removed memory");
+    check!(v.plugged_pages() + HUGE / PAGE == plugged, "{} pages plugged, {plugged} before", v.plugged_pages());
+    check!(v.in_use() == base, "device pages in use {} (base {base})", v.in_use());
+    q.check("after the memory went before the migration allocated")?;
+
+    // The memory is plugged again, and used again.
     v.grow(HUGE).map_err(s)?;
     vram::migrate_to_device(v, &q.space, q.a, PAGES).map_err(s)?;
     check!(q.in_hot_memory(v)? == PAGES, "the plugged-again memory does not take the pages");

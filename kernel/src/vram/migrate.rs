@@ -128,6 +128,7 @@ pub fn migrate_to_device(v: &Vram, space: &Arc<SharedSpace>, start: u64, npages:
     let select = Select::SYSTEM.compound();
     let args = MigrateArgs { start, end: start + npages * PAGE, owner: v.owner, select, fault_page: None };
     let mut mig = s.migrate_vma_setup(args).map_err(DevError::MigrateSetup)?;
+    crate::inject::reach(crate::inject::Point::SetUp, Some(v.device));
     let zero = mm.zero_pfn();
     let mut items = Vec::new();
     for i in 0..mig.src().len() {
