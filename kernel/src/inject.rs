@@ -92,9 +92,9 @@ pub fn take(fault: Fault, device: Option<usize>) -> bool {
 }
 
 /// A point inside a migration at which a test can run code of its own ([`at`]), to make
-/// something happen there deterministically: device memory removed before the migration
-/// allocates, with the copy done and the migration not yet finalized, or between two copies
-/// of a batch.
+/// something happen there deterministically (device memory removed before a migration
+/// allocates, after its copies and before it finalizes, or between two copies of a batch).
+/// Reaching a point with no hook installed costs one uncontended lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
     /// A migration to a device has collected its source pages (`migrate_vma_setup`: they are
