@@ -22,7 +22,6 @@ use alloc::vec::Vec;
 use hmm::compute::{Backend, Counters, FatalFault, Kernel, Policy};
 use hmm::devmmu::{DomainOp, MirrorError, Where};
 use hmm::mm::SharedSpace;
-use spin::Mutex;
 
 const PAGE: u64 = 4096;
 
@@ -72,14 +71,13 @@ pub struct DeviceCounters {
     pub dma: CopyStats,
 }
 
-static COUNTERS: Mutex<Vec<Counters>> = Mutex::new(Vec::new());
-
 /// Device `n`'s counters so far.
 pub fn counters(n: usize) -> Result<DeviceCounters, DevError> {
-    let dma = devices::with(|d| d.list.get(n).map(|dev| dev.engine.stats)).flatten().ok_or(DevError::NoDevice(n))?;
+    let dev = devices::nth(n)?;
+    let dma = dev.engine_stats();
     let v = vram::all().map_err(DevError::Memory)?;
     let vram = *v.get(n).ok_or(DevError::NoDevice(n))?.stats.lock();
-    let compute = COUNTERS.lock().get(n).copied().unwrap_or_default();
+    let compute = dev.compute_counters();
     Ok(DeviceCounters { compute, vram, dma })
 }
 
@@ -111,20 +109,14 @@ pub fn launch(
     policy: &mut dyn Policy,
     batch: usize,
 ) -> Result<Counters, LaunchError> {
-    let n = mirror.with_domain(|d| d.n);
-    let bar = devices::with(|d| d.list.get(n).map(|dev| dev.vram.0))
-        .flatten()
-        .ok_or(LaunchError::Device(DevError::NoDevice(n)))?;
+    let dev = mirror.with_domain(|d| d.dev);
+    let (n, bar) = (dev.index(), dev.vram.0);
     let v = vram::all().map_err(|e| LaunchError::Device(DevError::Memory(e)))?;
     let vram = v.get(n).ok_or(LaunchError::Device(DevError::NoDevice(n)))?.clone();
     let mut backend = DeviceBackend { vram, space: space.clone(), bar };
     let mut c = Counters::default();
     let r = hmm::compute::run(mirror, kernel, &mut backend, policy, batch, &mut c);
-    let mut all = COUNTERS.lock();
-    if all.len() <= n {
-        all.resize(n + 1, Counters::default());
-    }
-    all[n] += &c;
+    dev.add_compute(&c);
     r.map_err(LaunchError::Fatal)?;
     Ok(c)
 }

@@ -4,6 +4,15 @@
 //! virtio-iommu, a device MMU: one domain per device, which the copy engine's endpoint is
 //! attached to.
 //!
+//! One [`Device`] object per device owns all of it: its memory windows (the BAR and, when it
+//! has one, the hot-plug region), its copy engines (each behind a lock of its own), its IOMMU
+//! domain (the [`Shadow`] of what the virtio-iommu maps, behind the domain's own lock), the
+//! mirror bound to it (see [`crate::devmmu`]) and its compute counters. Devices are found by
+//! name ([`get`]: `get("dev1")`), by handle ([`DeviceId::get`]) or by their place in PCI order
+//! ([`nth`]); the list is built once by [`init`] and never changes, so finding a device takes
+//! no lock. The registration of a device's memory as device pages is [`crate::vram`]'s (one
+//! `Vram` per device, over its `Device`).
+//!
 //! A domain has two halves. The user half (below [`KERNEL_IOVA`]) mirrors the address spaces
 //! bound to the device: IOVA = process virtual address. The kernel half maps system RAM at
 //! IOVA = [`KERNEL_IOVA`] + physical address, for the engine's own rings and headers and for
@@ -12,29 +21,46 @@
 //! peer-to-peer copies). A device's own memory is not in its domain: its engine reaches it as
 //! its disk.
 //!
-//! Invariants: [`Devices::dma`] submits only segments the domain's [`Shadow`] maps with the
+//! Invariants: [`Device::submit`] submits only segments the domain's [`Shadow`] maps with the
 //! access the transfer needs (QEMU cannot recover a DMA fault: the request would never
-//! complete); the shadow holds exactly what the virtio-iommu accepted.
+//! complete), checked and submitted under the domain's lock so no unmap slips between; the
+//! shadow holds exactly what the virtio-iommu accepted. The user half is unmapped only after
+//! the mirror has settled the DMA in flight to it (`hmm::devmmu`'s protocol); the kernel half
+//! never changes after [`init`].
 //!
 //! A device may also have hot-plug memory ([`Hot`]): a virtio-mem region and a second copy
 //! engine over the region's host memory, attached to the same domain. Device memory offsets
 //! run through the BAR, then the region; a copy is routed to the engine whose disk holds it.
 //!
+//! Lock order (a lock may be taken while holding the ones before it, never the reverse):
+//! 1. a device's mirror slot (held while a mirror is bound);
+//! 2. a device's domain ([`Domain`]'s shadow);
+//! 3. the virtio-iommu (one request queue for every domain) or one of the device's copy
+//!    engines (never both at once);
+//! 4. the device's virtio-mem region (a leaf: held only to read or change its block states).
+//!
+//! No lock of one device is held while a lock of another is taken, so two devices' copies
+//! (and two engines of one device) proceed at once: a copy holds only its engine's lock while
+//! it waits for the device.
+//!
 //! Grouping: functions are grouped in PCI order (`drivers::pci::group`): an ivshmem function,
 //! its virtio-blk engine, then optionally a virtio-mem region and its engine form device n,
 //! which is how the xtask builds the command line.
 
-use crate::copyengine::{self, CopyEngine, CopyError, Dir};
+use crate::copyengine::{self, CopyEngine, CopyError, CopyStats, Dir};
 use crate::viommu::Viommu;
 use crate::{System, mm, pci};
 use alloc::string::String;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use drivers::pci::Part;
 use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
-use drivers::virtio_mem::MemError;
-use spin::Mutex;
+use spin::{Mutex, Once};
 use virtio_drivers::transport::DeviceType;
-use virtio_drivers::transport::pci::bus::DeviceFunction;
+
+mod error;
+
+pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure};
 
 /// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
 /// map's own offset, so a kernel buffer's IOVA is its kernel virtual address).
@@ -50,21 +76,36 @@ fn iova_identity(pa: u64) -> u64 {
     pa
 }
 
-/// A device of the machine.
+/// A device's handle: its place in PCI order (`DeviceId` n is `dev{n}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(usize);
+
+impl DeviceId {
+    /// The device's place in PCI order.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// The device this handle names.
+    pub fn get(self) -> Option<&'static Device> {
+        all().get(self.0)
+    }
+}
+
+impl core::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "dev{}", self.0)
+    }
+}
+
+/// A device's IOMMU domain: its endpoint, its number, and the kernel's copy of what it maps.
 #[derive(Debug)]
-pub struct Device {
-    /// `dev0`, `dev1`, ... in PCI order.
-    pub name: String,
-    /// Device memory: physical address of the BAR and its size.
-    pub vram: (u64, u64),
-    /// The copy engine.
-    pub engine: CopyEngine,
-    /// The engine's IOMMU endpoint and its domain, when behind the virtio-iommu.
-    pub mmu: Option<(u32, u32)>,
-    /// The kernel's copy of the domain.
-    pub shadow: Shadow,
-    /// The device's hot-plug memory region, when it has one.
-    pub hot: Option<Hot>,
+pub struct Domain {
+    /// The copy engine's IOMMU endpoint.
+    pub endpoint: u32,
+    /// The domain's number.
+    pub id: u32,
+    shadow: Mutex<Shadow>,
 }
 
 /// A device's hot-plug memory: a virtio-mem region (2 MiB blocks the kernel plugs and unplugs)
@@ -72,13 +113,63 @@ pub struct Device {
 /// BAR's. Device memory offsets past the BAR are offsets in this region.
 #[derive(Debug)]
 pub struct Hot {
-    /// The virtio-mem device.
-    pub mem: crate::virtiomem::VirtioMem,
-    /// The region's copy engine.
-    pub engine: CopyEngine,
+    /// The region: physical address and bytes.
+    pub region: (u64, u64),
+    mem: Mutex<crate::virtiomem::VirtioMem>,
+    engine: Mutex<CopyEngine>,
+}
+
+/// What a device's mirror slot remembers of the mirror bound to it (implemented by
+/// [`crate::devmmu::DevMirror`]): whether it still mirrors a live address space.
+pub trait Bound: Send + Sync {
+    /// Whether the mirror is still bound to a live address space.
+    fn is_live(&self) -> bool;
+}
+
+/// A device of the machine: its memory windows, copy engines, IOMMU domain, bound mirror and
+/// counters (see the module header for what each lock guards and their order).
+pub struct Device {
+    id: DeviceId,
+    /// `dev0`, `dev1`, ... in PCI order.
+    pub name: String,
+    /// Device memory: physical address of the BAR and its size.
+    pub vram: (u64, u64),
+    engine: Mutex<CopyEngine>,
+    domain: Option<Domain>,
+    hot: Option<Hot>,
+    mirror: Mutex<Option<Weak<dyn Bound>>>,
+    compute: Mutex<hmm::compute::Counters>,
+}
+
+impl core::fmt::Debug for Device {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.name)
+            .field("vram", &self.vram)
+            .field("domain", &self.domain)
+            .field("hot", &self.hot.as_ref().map(|h| h.region))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A copy in flight on one of a device's engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    hot: bool,
+    inner: copyengine::Ticket,
 }
 
 impl Device {
+    /// The device's handle.
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    /// The device's place in PCI order (`dev{index}`).
+    pub fn index(&self) -> usize {
+        self.id.index()
+    }
+
     /// The physical address of byte `offset` of this device's memory: in the BAR, then in the
     /// hot-plug region (plugged blocks only).
     pub fn phys_of(&self, offset: u64) -> Option<u64> {
@@ -88,330 +179,220 @@ impl Device {
         }
         let h = self.hot.as_ref()?;
         let r = offset - size;
-        h.mem.is_plugged(r, 1).then(|| h.mem.config.addr + r)
+        h.mem.lock().is_plugged(r, 1).then(|| h.region.0 + r)
     }
 
     /// The hot-plug region: physical address and bytes.
     pub fn hot_region(&self) -> Option<(u64, u64)> {
-        self.hot.as_ref().map(|h| (h.mem.config.addr, h.mem.config.region_size))
+        self.hot.as_ref().map(|h| h.region)
     }
 
     /// Bytes of the hot-plug region (0 without one).
     pub fn hot_bytes(&self) -> u64 {
-        self.hot.as_ref().map_or(0, |h| h.mem.config.region_size)
+        self.hot.as_ref().map_or(0, |h| h.region.1)
+    }
+
+    /// Runs `f` on the hot-plug region's virtio-mem device (None without one).
+    pub fn with_hot_mem<R>(&self, f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> R) -> Option<R> {
+        self.hot.as_ref().map(|h| f(&mut h.mem.lock()))
+    }
+
+    /// The engine's IOMMU endpoint and its domain, when behind the virtio-iommu.
+    pub fn mmu(&self) -> Option<(u32, u32)> {
+        self.domain.as_ref().map(|d| (d.endpoint, d.id))
+    }
+
+    /// Runs `f` on the kernel's copy of the domain (None without a device MMU).
+    pub fn with_shadow<R>(&self, f: impl FnOnce(&Shadow) -> R) -> Option<R> {
+        self.domain.as_ref().map(|d| f(&d.shadow.lock()))
     }
 
     /// The device address of physical RAM `pa` for this device.
     pub fn iova_of(&self, pa: u64) -> u64 {
-        if self.mmu.is_some() { iova_translated(pa) } else { pa }
+        if self.domain.is_some() { iova_translated(pa) } else { pa }
     }
-}
 
-/// A device operation that failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DevError {
-    /// No such device.
-    NoDevice(usize),
-    /// The devices are not initialised ([`init`] has not run or failed).
-    NotInitialised,
-    /// A PCI function could not be bound to virtio-drivers' transport.
-    Transport(pci::TransportError),
-    /// The PCI functions do not group into devices (`drivers::pci::group`).
-    Group(drivers::pci::GroupError),
-    /// An ivshmem function (a device's memory) without BAR2.
-    NoBar2(DeviceFunction),
-    /// Device memory could not be mapped for the CPU.
-    MapForCpu {
-        /// Device.
-        device: usize,
-        /// Which memory.
-        region: Region,
-        /// What the kernel page tables refused.
-        error: crate::mm::paging::MapError,
-    },
-    /// The device's virtio-mem function (its hot-plug region) could not be bound.
-    Hotplug {
-        /// Device.
-        device: usize,
-        /// The virtio-mem function.
-        df: DeviceFunction,
-        /// What the virtio-mem driver found.
-        error: MemError,
-    },
-    /// The hot-plug region's copy engine is not behind the IOMMU, but the device is: the
-    /// engine could not reach the device's domain.
-    HotEngineBypassesIommu {
-        /// Device.
-        device: usize,
-        /// The region's copy engine.
-        df: DeviceFunction,
-    },
-    /// A copy engine's disk is smaller than the memory it copies.
-    EngineTooSmall {
-        /// Device.
-        device: usize,
-        /// Which memory.
-        region: Region,
-        /// Bytes the engine's disk holds.
-        capacity: u64,
-        /// Bytes of memory.
-        size: u64,
-    },
-    /// The device has no device MMU (the machine has no virtio-iommu).
-    NoMmu(usize),
-    /// Device memory could not be registered (pagemaps, the devices' memory).
-    Memory(hmm::mm::Error),
-    /// The mirror's interval notifier could not be inserted.
-    Notifier {
-        /// Device.
-        device: usize,
-        /// Why.
-        error: hmm::mm::Error,
-    },
-    /// `migrate_vma_setup` refused the range.
-    MigrateSetup(hmm::mm::Error),
-    /// A device-to-device migration from a device to itself.
-    SameDevice(usize),
-    /// Read duplication failed; nothing was kept.
-    ReadCopy {
-        /// Device.
-        device: usize,
-        /// What failed.
-        failure: ReadCopyFailure,
-    },
-    /// Hot-plug memory could not be added or removed.
-    Resize {
-        /// Device.
-        device: usize,
-        /// What failed.
-        failure: ResizeFailure,
-    },
-    /// The virtio-iommu refused or failed.
-    Iommu(IommuError),
-    /// The copy engine failed.
-    Copy(CopyError),
-    /// The device's mirror of an address space refused or failed.
-    Mirror(hmm::devmmu::MirrorError),
-    /// The device already mirrors another address space (one per domain: IOVA = VA).
-    Busy(usize),
-    /// A DMA segment is not mapped in the device's domain with the access it needs: the
-    /// transfer is refused before it reaches the device.
-    NotMapped {
-        /// Device.
-        device: usize,
-        /// First IOVA of the segment.
-        iova: u64,
-        /// Whether the device would have written there.
-        write: bool,
-    },
-}
-
-impl core::fmt::Display for DevError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoDevice(n) => write!(f, "no device {n} on this machine"),
-            Self::NotInitialised => write!(f, "devices not initialised"),
-            Self::Transport(e) => write!(f, "{e}"),
-            Self::Group(e) => write!(f, "grouping devices: {e}"),
-            Self::NoBar2(df) => write!(f, "{df}: ivshmem without BAR2"),
-            Self::MapForCpu { device, region, error } => write!(f, "mapping {region} of dev{device}: {error}"),
-            Self::Hotplug { device, df, error } => write!(f, "dev{device}: hot-plug region {df}: {error}"),
-            Self::HotEngineBypassesIommu { device, df } => write!(
-                f,
-                "dev{device}: the hot-plug region's copy engine {df} is not behind the IOMMU but the device is"
-            ),
-            Self::EngineTooSmall { device, region, capacity, size } => {
-                write!(f, "dev{device}: the copy engine of {region} holds {capacity} bytes, the memory {size}")
-            }
-            Self::NoMmu(n) => write!(f, "dev{n} has no device MMU (no virtio-iommu)"),
-            Self::Memory(e) => write!(f, "device memory: {e}"),
-            Self::Notifier { device, error } => write!(f, "dev{device}: interval notifier: {error}"),
-            Self::MigrateSetup(e) => write!(f, "migrate_vma_setup: {e}"),
-            Self::SameDevice(n) => {
-                write!(f, "device-to-device migration needs two different devices (dev{n} twice)")
-            }
-            Self::ReadCopy { device, failure } => write!(f, "dev{device}: {failure}"),
-            Self::Resize { device, failure } => write!(f, "dev{device}: {failure}"),
-            Self::Iommu(e) => write!(f, "{e}"),
-            Self::Copy(e) => write!(f, "{e}"),
-            Self::Mirror(e) => write!(f, "{e}"),
-            Self::Busy(n) => {
-                write!(
-                    f,
-                    "device {n} already mirrors another address space; unbind that one first (one per device MMU)"
-                )
-            }
-            Self::NotMapped { device, iova, write } => write!(
-                f,
-                "device {device}: DMA {} {iova:#x} refused: the device MMU does not map it{}",
-                if *write { "to" } else { "from" },
-                if *write { " writable" } else { "" }
-            ),
+    /// Runs `f` on the copy engine of `region` (None: the device has no hot-plug region),
+    /// holding that engine's lock.
+    pub fn with_engine<R>(&self, region: Region, f: impl FnOnce(&mut CopyEngine) -> R) -> Option<R> {
+        match region {
+            Region::Bar => Some(f(&mut self.engine.lock())),
+            Region::Hotplug => self.hot.as_ref().map(|h| f(&mut h.engine.lock())),
         }
     }
-}
 
-/// Which of a device's memories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Region {
-    /// The ivshmem BAR.
-    Bar,
-    /// The virtio-mem hot-plug region.
-    Hotplug,
-}
-
-impl core::fmt::Display for Region {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::Bar => "the device memory",
-            Self::Hotplug => "the hot-plug region",
-        })
+    /// The BAR's copy engine's counters.
+    pub fn engine_stats(&self) -> CopyStats {
+        self.engine.lock().stats
     }
-}
 
-/// Why read duplication ([`crate::vram::Vram::read_copies`]) failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadCopyFailure {
-    /// Device memory ran out after `made` of `wanted` pages.
-    NoRoom {
-        /// Pages allocated.
-        made: usize,
-        /// Pages asked for.
-        wanted: usize,
-    },
-    /// The DMA of `failed` of the copies failed.
-    Dma {
-        /// Copies that failed.
-        failed: usize,
-    },
-}
+    /// Whether one of the device's copy engines is unusable (a reset after a timeout failed).
+    pub fn engine_dead(&self) -> bool {
+        self.engine.lock().is_dead() || self.hot.as_ref().is_some_and(|h| h.engine.lock().is_dead())
+    }
 
-impl core::fmt::Display for ReadCopyFailure {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoRoom { made, wanted } => {
-                write!(f, "no free device page for a read copy ({made} of {wanted} made)")
-            }
-            Self::Dma { failed } => write!(f, "the DMA of {failed} read copies failed"),
+    /// The compute engine's counters so far (see [`crate::compute`]).
+    pub fn compute_counters(&self) -> hmm::compute::Counters {
+        *self.compute.lock()
+    }
+
+    /// Adds a launch's counters to the device's.
+    pub fn add_compute(&self, c: &hmm::compute::Counters) {
+        *self.compute.lock() += c;
+    }
+
+    /// Binds a mirror to this device with `bind`, unless a live one is bound already
+    /// ([`DevError::Busy`]: one address space per domain, IOVA = VA). The slot is held while
+    /// `bind` runs, so two binds cannot both succeed.
+    pub fn bind_mirror<M: Bound + 'static>(
+        &self,
+        bind: impl FnOnce() -> Result<Arc<M>, DevError>,
+    ) -> Result<Arc<M>, DevError> {
+        let mut slot = self.mirror.lock();
+        if slot.as_ref().and_then(Weak::upgrade).is_some_and(|m| m.is_live()) {
+            return Err(DevError::Busy(self.index()));
+        }
+        let m = bind()?;
+        let w: Weak<M> = Arc::downgrade(&m);
+        *slot = Some(w);
+        Ok(m)
+    }
+
+    fn iommu_domain(&self) -> Result<(&'static Mutex<Viommu>, &Domain), DevError> {
+        match (iommu(), self.domain.as_ref()) {
+            (Some(io), Some(d)) => Ok((io, d)),
+            _ => Err(IommuError::Device("the device has no MMU").into()),
         }
     }
-}
 
-/// Why hot-plug memory could not be added ([`crate::vram::Vram::grow`]) or removed
-/// ([`crate::vram::Vram::shrink`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResizeFailure {
-    /// Not a whole number of 2 MiB blocks (or none).
-    NotBlocks(u64),
-    /// Grow: the region has fewer unplugged bytes left than asked.
-    NoRoom {
-        /// Bytes asked.
-        asked: u64,
-        /// Bytes of the region still unplugged.
-        left: u64,
-    },
-    /// Shrink: fewer bytes plugged than asked.
-    NotPlugged {
-        /// Bytes asked.
-        asked: u64,
-        /// Bytes plugged.
-        plugged: u64,
-    },
-    /// The device has no hot-plug region.
-    NoRegion,
-    /// The virtio-mem request failed (a `NACK`: the host has not requested that much).
-    Request(MemError),
-    /// Plugged memory could not be registered as device pages.
-    Register(hmm::mm::Error),
-    /// A block could not be taken out of allocation.
-    Isolate {
-        /// Block (2 MiB) index in device memory.
-        block: u64,
-        /// Why.
-        error: hmm::devalloc::AllocError,
-    },
-    /// A block's pages could not all be evicted to RAM.
-    Evict {
-        /// Block index.
-        block: u64,
-        /// True: no RAM to evict into; false: the copy engine failed.
-        no_ram: bool,
-    },
-    /// A block still had pages in use after its eviction.
-    StillBusy {
-        /// Block index.
-        block: u64,
-        /// What the allocator said.
-        error: hmm::devalloc::AllocError,
-    },
-    /// A block's pagemap could not be unregistered.
-    Unmap {
-        /// Block index.
-        block: u64,
-        /// Why.
-        error: hmm::mm::Error,
-    },
-}
+    /// Maps `maps` in the device's domain (refusing overlaps), then records them.
+    pub fn map(&self, maps: &[Mapping]) -> Result<(), DevError> {
+        let (io, d) = self.iommu_domain()?;
+        let mut shadow = d.shadow.lock();
+        map_recorded(&mut io.lock(), self.index(), d.id, &mut shadow, maps)
+    }
 
-impl core::fmt::Display for ResizeFailure {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NotBlocks(bytes) => {
-                write!(f, "{bytes:#x} bytes: device memory is added and removed in 2 MiB blocks")
+    /// Unmaps `[iova, iova + len)` from the device's domain: the mappings it touches go, and
+    /// the parts of them outside the range are mapped again.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<(), DevError> {
+        let (io, d) = self.iommu_domain()?;
+        let mut shadow = d.shadow.lock();
+        let plan = shadow.plan_unmap(iova, iova.saturating_add(len));
+        let mut io = io.lock();
+        io.unmap(d.id, &plan.unmap)?;
+        for m in &plan.unmap {
+            shadow.remove(m);
+        }
+        map_recorded(&mut io, self.index(), d.id, &mut shadow, &plan.remap)
+    }
+
+    fn check_mapped(&self, shadow: Option<&Shadow>, dir: Dir, ram: &[(u64, u32)]) -> Result<(), DevError> {
+        let write = dir == Dir::ToRam;
+        if let Some(shadow) = shadow {
+            let need = if write { MAP_WRITE } else { MAP_READ };
+            if let Some(&(iova, _)) = ram.iter().find(|&&(a, l)| !shadow.covers(a, u64::from(l), need)) {
+                return Err(DevError::NotMapped { device: self.index(), iova, write });
             }
-            Self::NoRoom { asked, left } => {
-                write!(f, "{} MiB asked, {} MiB of the hot-plug region left unplugged", asked >> 20, left >> 20)
-            }
-            Self::NotPlugged { asked, plugged } => {
-                write!(f, "{} MiB asked, {} MiB of hot-plug memory plugged", asked >> 20, plugged >> 20)
-            }
-            Self::NoRegion => write!(f, "no hot-plug region"),
-            Self::Request(e) => write!(f, "virtio-mem: {e}"),
-            Self::Register(e) => write!(f, "registering plugged memory: {e}"),
-            Self::Isolate { block, error } => write!(f, "removing block {block}: {error}"),
-            Self::Evict { block, no_ram } => write!(
-                f,
-                "evicting block {block}: {}",
-                if *no_ram { "no RAM to evict into" } else { "the copy engine failed; the pages stay on the device" }
-            ),
-            Self::StillBusy { block, error } => write!(f, "block {block} still busy after eviction: {error}"),
-            Self::Unmap { block, error } => write!(f, "unregistering block {block}: {error}"),
+        }
+        Ok(())
+    }
+
+    /// The engine whose disk holds `[offset, offset + bytes)` of this device's memory, and the
+    /// offset on that disk. None if the range is past the memory, crosses from the BAR into
+    /// the hot-plug region, or touches a block of the region that is not plugged.
+    fn engine_for(&self, offset: u64, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
+        let bar = self.vram.1;
+        let end = offset.checked_add(bytes)?;
+        if end <= bar {
+            return Some((false, &self.engine, offset));
+        }
+        let h = self.hot.as_ref().filter(|h| offset >= bar && h.mem.lock().is_plugged(offset - bar, bytes))?;
+        Some((true, &h.engine, offset - bar))
+    }
+
+    fn engine_of(&self, hot: bool) -> Result<&Mutex<CopyEngine>, DevError> {
+        match (hot, self.hot.as_ref()) {
+            (false, _) => Ok(&self.engine),
+            (true, Some(h)) => Ok(&h.engine),
+            (true, None) => Err(DevError::Copy(CopyError::Invalid("no hot-plug region"))),
         }
     }
-}
 
-impl From<IommuError> for DevError {
-    fn from(e: IommuError) -> Self {
-        Self::Iommu(e)
+    /// Submits one copy between this device's memory at `offset` and the RAM segments `ram`
+    /// (device addresses) without waiting for it: refused unless the domain maps every
+    /// segment with the access needed. Holds the domain's lock (check and submit) and then
+    /// the engine's, only while submitting.
+    pub fn submit(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
+        let shadow = self.domain.as_ref().map(|d| d.shadow.lock());
+        self.check_mapped(shadow.as_deref(), dir, ram)?;
+        let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
+        let capacity = self.vram.1 + self.hot_bytes();
+        let out = CopyError::OutOfRange { offset, len: bytes, capacity };
+        let (hot, engine, at) = self.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
+        let inner = engine.lock().submit(dir, at, ram)?;
+        Ok(Ticket { hot, inner })
     }
-}
 
-impl From<hmm::devmmu::MirrorError> for DevError {
-    fn from(e: hmm::devmmu::MirrorError) -> Self {
-        Self::Mirror(e)
+    /// Collects the result of a copy [`submit`](Self::submit)ted to this device (a bounded
+    /// wait, holding only that copy's engine's lock).
+    pub fn wait(&self, t: Ticket) -> Result<(), DevError> {
+        Ok(self.engine_of(t.hot)?.lock().wait(t.inner)?)
     }
-}
 
-impl From<CopyError> for DevError {
-    fn from(e: CopyError) -> Self {
-        Self::Copy(e)
+    /// Waits until a copy submitted to this device has completed, leaving its result for
+    /// [`wait`](Self::wait).
+    pub fn settle(&self, t: Ticket) -> Result<(), DevError> {
+        Ok(self.engine_of(t.hot)?.lock().settle(t.inner)?)
+    }
+
+    /// Copies between this device's memory at `offset` and the RAM segments `ram`, checked as
+    /// [`submit`](Self::submit) checks, and waits for it.
+    pub fn dma(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
+        let t = self.submit(dir, offset, ram)?;
+        self.wait(t)
+    }
+
+    /// Several copies at once (`(offset, ram segments)` each, all in flight together); one
+    /// result per copy, in order. Each is checked as [`submit`](Self::submit) checks.
+    pub fn dma_many<'r>(
+        &self,
+        dir: Dir,
+        reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
+    ) -> Vec<Result<(), DevError>> {
+        let tickets: Vec<Result<Ticket, DevError>> = reqs.map(|(offset, ram)| self.submit(dir, offset, ram)).collect();
+        tickets.into_iter().map(|t| self.wait(t?)).collect()
     }
 }
 
 /// Every device, and the virtio-iommu they sit behind.
-#[derive(Debug, Default)]
-pub struct Devices {
-    /// The virtio-iommu, if the machine has one.
-    pub iommu: Option<Viommu>,
-    /// The devices, in PCI order.
-    pub list: Vec<Device>,
+struct Devices {
+    iommu: Option<Mutex<Viommu>>,
+    list: Vec<Device>,
 }
 
-static DEVICES: Mutex<Option<Devices>> = Mutex::new(None);
+static DEVICES: Once<Devices> = Once::new();
 
-/// Runs `f` on the devices (None before [`init`]).
-pub fn with<R>(f: impl FnOnce(&mut Devices) -> R) -> Option<R> {
-    DEVICES.lock().as_mut().map(f)
+/// Every device, in PCI order (empty before [`init`], or if it failed).
+pub fn all() -> &'static [Device] {
+    DEVICES.get().map_or(&[], |d| &d.list[..])
+}
+
+/// The device named `name` (`dev0`, `dev1`, ...).
+pub fn get(name: &str) -> Option<&'static Device> {
+    all().iter().find(|d| d.name == name)
+}
+
+/// The `n`-th device in PCI order (`dev{n}`).
+pub fn nth(n: usize) -> Result<&'static Device, DevError> {
+    match DEVICES.get() {
+        None => Err(DevError::NotInitialised),
+        Some(d) => d.list.get(n).ok_or(DevError::NoDevice(n)),
+    }
+}
+
+/// The virtio-iommu, if the machine has one.
+pub fn iommu() -> Option<&'static Mutex<Viommu>> {
+    DEVICES.get().and_then(|d| d.iommu.as_ref())
 }
 
 /// Binds the virtio-iommu and every device; their domains get the kernel half mapped.
@@ -432,6 +413,8 @@ pub fn init(s: &System) -> Result<(), DevError> {
         .collect();
     let groups = drivers::pci::group(&parts).map_err(DevError::Group)?;
     let mut list = Vec::new();
+    // Each device's shadow, filled here and moved into its domain at the end.
+    let mut shadows: Vec<Shadow> = Vec::new();
     for (n, g) in groups.iter().enumerate() {
         let (v, b) = (&funcs[g.memory], &funcs[g.engine]);
         let bar = v.bar(2).ok_or(DevError::NoBar2(v.df))?;
@@ -490,7 +473,17 @@ pub fn init(s: &System) -> Result<(), DevError> {
             Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu, uncached)?),
             None => None,
         };
-        list.push(Device { name: alloc::format!("dev{n}"), vram: (bar.address, bar.size), engine, mmu, shadow, hot });
+        shadows.push(shadow);
+        list.push(Device {
+            id: DeviceId(n),
+            name: alloc::format!("dev{n}"),
+            vram: (bar.address, bar.size),
+            engine: Mutex::new(engine),
+            domain: mmu.map(|(endpoint, id)| Domain { endpoint, id, shadow: Mutex::new(Shadow::new()) }),
+            hot,
+            mirror: Mutex::new(None),
+            compute: Mutex::new(hmm::compute::Counters::default()),
+        });
     }
     // Peer to peer: every other device's memory in each domain's kernel half, so one device's
     // engine can copy straight into another's BAR (device-to-device migration).
@@ -504,14 +497,19 @@ pub fn init(s: &System) -> Result<(), DevError> {
                 core::iter::once((n, d.vram)).chain(hot)
             })
             .collect();
-        for (n, d) in list.iter_mut().enumerate() {
-            let Some((_, domain)) = d.mmu else { continue };
+        for (n, (d, shadow)) in list.iter().zip(shadows.iter_mut()).enumerate() {
+            let Some(domain) = &d.domain else { continue };
             let peers: Vec<Mapping> = mems
                 .iter()
                 .filter(|&&(m, _)| m != n)
                 .map(|&(_, (pa, len))| Mapping { iova: KERNEL_IOVA + pa, len, phys: pa, flags: MAP_READ | MAP_WRITE })
                 .collect();
-            map_recorded(io, n, domain, &mut d.shadow, &peers)?;
+            map_recorded(io, n, domain.id, shadow, &peers)?;
+        }
+    }
+    for (d, shadow) in list.iter().zip(shadows) {
+        if let Some(domain) = &d.domain {
+            *domain.shadow.lock() = shadow;
         }
     }
     if let Some(io) = &iommu {
@@ -525,7 +523,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             io.requests
         );
     }
-    *DEVICES.lock() = Some(Devices { iommu, list });
+    DEVICES.call_once(|| Devices { iommu: iommu.map(Mutex::new), list });
     Ok(())
 }
 
@@ -582,7 +580,7 @@ fn bind_hot(
         vm.features,
         eng.df
     );
-    Ok(Hot { mem: vm, engine })
+    Ok(Hot { region: (c.addr, c.region_size), mem: Mutex::new(vm), engine: Mutex::new(engine) })
 }
 
 /// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records
@@ -609,120 +607,4 @@ fn map_recorded(io: &mut Viommu, n: usize, domain: u32, shadow: &mut Shadow, map
         }
     }
     Err(results[first].unwrap_err().into())
-}
-
-impl Devices {
-    fn dev(&mut self, n: usize) -> Result<&mut Device, DevError> {
-        self.list.get_mut(n).ok_or(DevError::NoDevice(n))
-    }
-
-    /// The IOMMU, device `n` and its domain.
-    fn mmu(&mut self, n: usize) -> Result<(&mut Viommu, &mut Device, u32), DevError> {
-        let d = self.list.get_mut(n).ok_or(DevError::NoDevice(n))?;
-        match (self.iommu.as_mut(), d.mmu) {
-            (Some(io), Some((_, domain))) => Ok((io, d, domain)),
-            _ => Err(IommuError::Device("the device has no MMU").into()),
-        }
-    }
-
-    /// Maps `maps` in device `n`'s domain (refusing overlaps), then records them.
-    pub fn map(&mut self, n: usize, maps: &[Mapping]) -> Result<(), DevError> {
-        let (io, d, domain) = self.mmu(n)?;
-        map_recorded(io, n, domain, &mut d.shadow, maps)
-    }
-
-    /// Unmaps `[iova, iova + len)` from device `n`'s domain: the mappings it touches go, and
-    /// the parts of them outside the range are mapped again.
-    pub fn unmap(&mut self, n: usize, iova: u64, len: u64) -> Result<(), DevError> {
-        let (io, d, domain) = self.mmu(n)?;
-        let plan = d.shadow.plan_unmap(iova, iova.saturating_add(len));
-        io.unmap(domain, &plan.unmap)?;
-        for m in &plan.unmap {
-            d.shadow.remove(m);
-        }
-        map_recorded(io, n, domain, &mut d.shadow, &plan.remap)
-    }
-
-    /// Several copies at once (`(offset, ram segments)` each, all in flight together); one
-    /// result per copy, in order. Each is checked as [`dma`](Self::dma) checks.
-    pub fn dma_many<'r>(
-        &mut self,
-        n: usize,
-        dir: Dir,
-        reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
-    ) -> Vec<Result<(), DevError>> {
-        let tickets: Vec<Result<Ticket, DevError>> =
-            reqs.map(|(offset, ram)| self.submit(n, dir, offset, ram)).collect();
-        tickets.into_iter().map(|t| self.wait(n, t?)).collect()
-    }
-
-    fn check_mapped(d: &Device, n: usize, dir: Dir, ram: &[(u64, u32)]) -> Result<(), DevError> {
-        let write = dir == Dir::ToRam;
-        if d.mmu.is_some() {
-            let need = if write { MAP_WRITE } else { MAP_READ };
-            if let Some(&(iova, _)) = ram.iter().find(|&&(a, l)| !d.shadow.covers(a, u64::from(l), need)) {
-                return Err(DevError::NotMapped { device: n, iova, write });
-            }
-        }
-        Ok(())
-    }
-
-    /// Submits one copy (checked as [`dma`](Self::dma) checks) without waiting for it.
-    pub fn submit(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
-        let d = self.dev(n)?;
-        Self::check_mapped(d, n, dir, ram)?;
-        let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
-        let capacity = d.vram.1 + d.hot_bytes();
-        let out = CopyError::OutOfRange { offset, len: bytes, capacity };
-        let (hot, engine, at) = d.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
-        Ok(Ticket { hot, inner: engine.submit(dir, at, ram)? })
-    }
-
-    /// Collects the result of a copy [`submit`](Self::submit)ted to device `n`.
-    pub fn wait(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
-        Ok(self.dev(n)?.engine_of(t.hot)?.wait(t.inner)?)
-    }
-
-    /// Waits until a copy submitted to device `n` has completed, leaving its result for
-    /// [`wait`](Self::wait).
-    pub fn settle(&mut self, n: usize, t: Ticket) -> Result<(), DevError> {
-        Ok(self.dev(n)?.engine_of(t.hot)?.settle(t.inner)?)
-    }
-
-    /// Copies between device `n`'s memory at `offset` and the RAM segments `ram` (device
-    /// addresses): refused unless the domain maps every segment with the access needed.
-    pub fn dma(&mut self, n: usize, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
-        let t = self.submit(n, dir, offset, ram)?;
-        self.wait(n, t)
-    }
-}
-
-/// A copy in flight on one of a device's engines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket {
-    hot: bool,
-    inner: copyengine::Ticket,
-}
-
-impl Device {
-    /// The engine whose disk holds `[offset, offset + bytes)` of this device's memory, and the
-    /// offset on that disk. None if the range is past the memory, crosses from the BAR into
-    /// the hot-plug region, or touches a block of the region that is not plugged.
-    fn engine_for(&mut self, offset: u64, bytes: u64) -> Option<(bool, &mut CopyEngine, u64)> {
-        let bar = self.vram.1;
-        let end = offset.checked_add(bytes)?;
-        if end <= bar {
-            return Some((false, &mut self.engine, offset));
-        }
-        let h = self.hot.as_mut().filter(|h| offset >= bar && h.mem.is_plugged(offset - bar, bytes))?;
-        Some((true, &mut h.engine, offset - bar))
-    }
-
-    fn engine_of(&mut self, hot: bool) -> Result<&mut CopyEngine, DevError> {
-        match (hot, self.hot.as_mut()) {
-            (false, _) => Ok(&mut self.engine),
-            (true, Some(h)) => Ok(&mut h.engine),
-            (true, None) => Err(DevError::Copy(CopyError::Invalid("no hot-plug region"))),
-        }
-    }
 }

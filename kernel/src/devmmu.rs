@@ -7,33 +7,32 @@
 //!
 //! Invariant: at most one live mirror per device (one domain, and IOVA = VA leaves room for
 //! one address space); binding a second fails with [`DevError::Busy`] until the first is
-//! unbound or its address space exits.
+//! unbound or its address space exits. The device object keeps the slot
+//! ([`Device::bind_mirror`]).
 
 use crate::copyengine::Dir;
 use crate::devices::Ticket;
-use crate::devices::{self, DevError};
+use crate::devices::{self, DevError, Device};
 use crate::vram;
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use drivers::viommu::{MAP_READ, MAP_WRITE, Mapping};
-use hmm::devmmu::{Domain, DomainError, DomainFailure, DomainOp, IoMap, Mirror};
+use hmm::devmmu::{Domain, DomainError, DomainOp, IoMap, Mirror};
 use hmm::mm::SharedSpace;
-use spin::Mutex;
 
-/// Device `n`'s domain as the hardware side of a mirror.
+/// A device's domain as the hardware side of a mirror.
 #[derive(Debug)]
 pub struct DeviceDomain {
     /// The device.
-    pub n: usize,
+    pub dev: &'static Device,
 }
 
 /// A device's mirror of an address space.
 pub type DevMirror = Mirror<DeviceDomain>;
 
-fn on_devices<R>(op: DomainOp, f: impl FnOnce(&mut devices::Devices) -> Result<R, DevError>) -> Result<R, DomainError> {
-    match devices::with(f) {
-        Some(r) => r.map_err(|e| domain_error(op, &e)),
-        None => Err(DomainError { op, failure: DomainFailure::NoDevice }),
+impl devices::Bound for DevMirror {
+    fn is_live(&self) -> bool {
+        Mirror::is_live(self)
     }
 }
 
@@ -42,6 +41,7 @@ fn on_devices<R>(op: DomainOp, f: impl FnOnce(&mut devices::Devices) -> Result<R
 pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
     use crate::copyengine::CopyError;
     use drivers::viommu::IommuError;
+    use hmm::devmmu::DomainFailure;
     log::warn!("device MMU: {e}");
     let failure = match e {
         DevError::NoDevice(_) => DomainFailure::NoDevice,
@@ -93,49 +93,39 @@ impl Domain for DeviceDomain {
                 flags: MAP_READ | if m.write { MAP_WRITE } else { 0 },
             })
             .collect();
-        on_devices(DomainOp::Map, |d| d.map(self.n, &maps))
+        self.dev.map(&maps).map_err(|e| domain_error(DomainOp::Map, &e))
     }
 
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), DomainError> {
-        on_devices(DomainOp::Unmap, |d| d.unmap(self.n, start, end - start))
+        self.dev.unmap(start, end - start).map_err(|e| domain_error(DomainOp::Unmap, &e))
     }
 
     fn settle(&mut self, t: Ticket) -> Result<(), DomainError> {
-        on_devices(DomainOp::Settle, |d| d.settle(self.n, t))
+        self.dev.settle(t).map_err(|e| domain_error(DomainOp::Settle, &e))
     }
 }
 
-static BOUND: Mutex<Vec<Weak<DevMirror>>> = Mutex::new(Vec::new());
-
 /// Binds `space` to device `n`'s MMU: from now on the device's domain mirrors it.
 pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevError> {
-    let has_mmu = devices::with(|d| d.list.get(n).map(|dev| dev.mmu.is_some())).flatten();
-    match has_mmu {
-        None => return Err(DevError::NoDevice(n)),
-        Some(false) => return Err(DevError::NoMmu(n)),
-        Some(true) => {}
+    let dev = devices::nth(n)?;
+    if dev.mmu().is_none() {
+        return Err(DevError::NoMmu(n));
     }
     let v = vram::all().map_err(DevError::Memory)?;
     let owner = v.get(n).ok_or(DevError::NoDevice(n))?.owner();
     let pagemaps = vram::pagemaps().map_err(DevError::Memory)?.clone();
-    let mut bound = BOUND.lock();
-    if bound.len() <= n {
-        bound.resize(n + 1, Weak::new());
-    }
-    if bound[n].upgrade().is_some_and(|m| m.is_live()) {
-        return Err(DevError::Busy(n));
-    }
-    let m = Mirror::bind(space, owner, Some(pagemaps), DeviceDomain { n })
-        .map_err(|error| DevError::Notifier { device: n, error })?;
-    bound[n] = Arc::downgrade(&m);
-    Ok(m)
+    dev.bind_mirror(|| {
+        Mirror::bind(space, owner, Some(pagemaps), DeviceDomain { dev })
+            .map_err(|error| DevError::Notifier { device: n, error })
+    })
 }
 
 /// DMA by process virtual address through `m`'s device: `segs` are `(va, len)` of the bound
 /// address space, copied to (`Dir::ToDevice`) or from device memory at `offset`. Refused
 /// unless the mirror maps every page with the access the device needs.
 pub fn dma(m: &DevMirror, dir: Dir, offset: u64, segs: &[(u64, u32)]) -> Result<(), DevError> {
-    let req =
-        m.dma(segs, dir == Dir::ToRam, |dom| on_devices(DomainOp::Dma, |d| d.submit(dom.n, dir, offset, segs)))?;
-    m.complete(req, |dom, t| devices::with(|d| d.wait(dom.n, t)).unwrap_or(Err(DevError::NoDevice(dom.n))))
+    let req = m.dma(segs, dir == Dir::ToRam, |dom| {
+        dom.dev.submit(dir, offset, segs).map_err(|e| domain_error(DomainOp::Dma, &e))
+    })?;
+    m.complete(req, |dom, t| dom.dev.wait(t))
 }

@@ -6,8 +6,11 @@
 //! through first; it fires once, on the next matching operation, and is then gone. Nothing is
 //! armed outside tests, and [`take`] costs one uncontended lock when nothing is.
 //!
-//! Invariant: an armed fault never outlives the test that armed it: [`arm`] returns a guard
-//! that disarms on drop.
+//! A test can also run code of its own at a named point inside a migration ([`at`],
+//! [`Point`]), e.g. remove device memory between the copy and the finalize.
+//!
+//! Invariant: an armed fault or hook never outlives the test that armed it: [`arm`] and
+//! [`at`] return guards that disarm on drop.
 
 #![cfg_attr(not(feature = "ktest"), allow(dead_code))]
 
@@ -86,4 +89,86 @@ pub fn take(fault: Fault, device: Option<usize>) -> bool {
     }
     a.swap_remove(i);
     true
+}
+
+/// A point inside a migration at which a test can run code of its own ([`at`]), to make
+/// something happen there deterministically (device memory removed before a migration
+/// allocates, after its copies and before it finalizes, or between two copies of a batch).
+/// Reaching a point with no hook installed costs one uncontended lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// A migration to a device has collected its source pages (`migrate_vma_setup`: they are
+    /// locked and unmapped) and not yet allocated device pages for them.
+    SetUp,
+    /// A migration (either way) has allocated its destinations and run its copies, and has
+    /// not yet called `pages` and `finalize`: its source and destination pages are locked.
+    Copied,
+    /// Between two windows of copy requests of one migration's batch (some copied, the rest
+    /// not yet submitted).
+    BetweenCopies,
+}
+
+type HookFn = alloc::boxed::Box<dyn FnOnce() + Send>;
+
+struct Hook {
+    point: Point,
+    device: Option<usize>,
+    skip: u32,
+    f: HookFn,
+}
+
+static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+/// Removes what [`at`] installed when dropped (whether or not it ran).
+#[derive(Debug)]
+#[must_use = "the hook is removed when the guard is dropped"]
+pub struct Hooked {
+    point: Point,
+}
+
+impl Hooked {
+    /// Whether the hook has run.
+    pub fn fired(&self) -> bool {
+        HOOK.lock().as_ref().is_none_or(|h| h.point != self.point)
+    }
+}
+
+impl Drop for Hooked {
+    fn drop(&mut self) {
+        let mut h = HOOK.lock();
+        if h.as_ref().is_some_and(|h| h.point == self.point) {
+            *h = None;
+        }
+    }
+}
+
+/// Runs `f` once, the `skip + 1`-th time a migration on `device` (None: any) reaches
+/// `point`, on the migrating CPU, with what the migration holds there still held: its
+/// pages' locks and the migrating address space's lock (so `f` must not touch that address
+/// space), but no device lock. One hook at a time; a new one replaces the old.
+pub fn at(point: Point, device: Option<usize>, skip: u32, f: impl FnOnce() + Send + 'static) -> Hooked {
+    *HOOK.lock() = Some(Hook { point, device, skip, f: alloc::boxed::Box::new(f) });
+    Hooked { point }
+}
+
+/// Called where `point` is reached, on `device`: runs the hook installed for it, if it is
+/// due (outside this module's lock, so the hook may itself reach points or take faults).
+pub fn reach(point: Point, device: Option<usize>) {
+    let f = {
+        let mut h = HOOK.lock();
+        match h.as_mut() {
+            Some(x) if x.point == point && (x.device.is_none() || x.device == device) => {
+                if x.skip > 0 {
+                    x.skip -= 1;
+                    None
+                } else {
+                    h.take().map(|x| x.f)
+                }
+            }
+            _ => None,
+        }
+    };
+    if let Some(f) = f {
+        f();
+    }
 }

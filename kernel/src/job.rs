@@ -129,7 +129,7 @@ fn selfcheck() -> Result<bool, mm::MapError> {
         j.num("caught_page_fault_ns", median(fault_ns));
         // Each device: 1 MiB of a process to its memory by DMA and back (CPU faults, then an
         // explicit migration), data verified through the BAR and by real loads.
-        let n = crate::devices::with(|d| d.list.len()).unwrap_or(0);
+        let n = crate::devices::all().len();
         for dev in 0..n {
             match crate::vram::round_trip(dev, 256) {
                 Ok(r) => {
@@ -190,7 +190,7 @@ fn selfcheck() -> Result<bool, mm::MapError> {
                 }
             }
             // A kernel on the device's compute engine over 1 MiB of a process, through its MMU.
-            if crate::devices::with(|d| d.list[dev].mmu.is_some()) != Some(true) {
+            if crate::devices::nth(dev).map_or(true, |d| d.mmu().is_none()) {
                 continue;
             }
             match crate::compute::increment_demo(dev, 256) {

@@ -112,6 +112,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::mirror_is_real", run: devices::mirror_is_real },
     Test { name: "devices::compute_kernel", run: devices::compute_kernel },
     Test { name: "devices::device_to_device", run: devices::device_to_device },
+    Test { name: "devices::two_devices_copy_at_once", run: devices::two_devices_copy_at_once },
     Test { name: "devices::huge_pages", run: devices::huge_pages },
     Test { name: "devices::hotplug", run: devices::hotplug },
     Test { name: "devices::chunk_cycles_give_sections_back", run: devices::chunk_cycles_give_sections_back },
@@ -120,6 +121,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "faults::abandoned_copies_are_not_trusted", run: faults::abandoned_copies_are_not_trusted },
     Test { name: "faults::ram_exhausted_during_migrate_to_ram", run: faults::ram_exhausted_during_migrate_to_ram },
     Test { name: "faults::iommu_map_fails_midway", run: faults::iommu_map_fails_midway },
+    Test {
+        name: "faults::device_memory_removed_during_migration",
+        run: faults::device_memory_removed_during_migration,
+    },
     Test { name: "stress::two_cpus_devices_and_eviction", run: stress::two_cpus_devices_and_eviction },
     Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
     Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },

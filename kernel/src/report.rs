@@ -119,27 +119,30 @@ pub fn print(s: &System) {
                 j.num("pci_ranges", viot.pci_ranges.len());
             });
         }
-        crate::devices::with(|d| {
+        {
             j.arr("devices", |j| {
-                for dev in &d.list {
+                for dev in crate::devices::all() {
                     j.item(|j| {
                         j.str("name", &dev.name);
                         j.num("memory_bytes", dev.vram.1);
                         j.num("memory_paddr", dev.vram.0);
-                        j.num("copy_seg_max", dev.engine.seg_max);
+                        let (seg_max, translated) = dev
+                            .with_engine(crate::devices::Region::Bar, |e| (e.seg_max, e.translated))
+                            .unwrap_or_default();
+                        j.num("copy_seg_max", seg_max);
                         if let Some((pa, bytes)) = dev.hot_region() {
                             j.num("hotplug_bytes", bytes);
                             j.num("hotplug_paddr", pa);
                         }
-                        j.bool("dma_translated", dev.engine.translated);
-                        if let Some((ep, dom)) = dev.mmu {
+                        j.bool("dma_translated", translated);
+                        if let Some((ep, dom)) = dev.mmu() {
                             j.num("iommu_endpoint", ep);
                             j.num("domain", dom);
                         }
                     });
                 }
             });
-        });
+        }
         j.num("ecam_base", s.pci.ecam_base);
         j.arr("pci", |j| {
             for (i, f) in s.pci.functions.iter().enumerate() {

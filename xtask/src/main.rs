@@ -1064,6 +1064,18 @@ fn bench_devices(o: &Options) -> Result<u8> {
             );
         }
     }
+    let two = |mode: &str| results.iter().find(|v| v["op"] == "dma_two_devices" && v["mode"] == mode);
+    if let (Some(seq), Some(conc)) = (two("sequential"), two("concurrent")) {
+        println!("\n== two devices' copy engines, 256 MiB RAM -> device each, 2 MiB requests");
+        println!(
+            "dev0 then dev1 {:.3} GB/s ({:.1} ms); both at once {:.3} GB/s ({:.1} ms): {:.2}x",
+            gbps(seq),
+            seq["ns"].as_f64().unwrap_or(0.0) / 1e6,
+            gbps(conc),
+            conc["ns"].as_f64().unwrap_or(0.0) / 1e6,
+            gbps(conc) / gbps(seq).max(1e-9)
+        );
+    }
     Ok(0)
 }
 

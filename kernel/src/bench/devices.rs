@@ -9,6 +9,7 @@
 //! | `migrate_to_device`, `cpu_fault_back`, `cpu_fault_back_single`, `migrate_to_ram` | 256 MiB of a process migrated to the device (4 MiB calls); brought back by one CPU load per page (a #PF brings back its fault-around window, 16 pages by default); again with one page per fault, as Linux's dmirror; migrated again and back explicitly: `pages`, `ns_per_page`, `faults`, with `copier` `dma` or `cpu` |
 //! | `migrate_to_device_thp`, `cpu_fault_back_thp`, `migrate_to_ram_thp` | the same 256 MiB as THPs, moving as 2 MiB device pages (a CPU load brings a whole device THP back), DMA copies |
 //! | `device_to_device` | 256 MiB of a process on dev0 moved straight into dev1's memory (dev0's engine writing dev1's BAR): `ns_per_page` |
+//! | `dma_two_devices` | dev0's and dev1's engines each moving 256 MiB RAM -> device in 2 MiB requests (32 in flight), from RAM buffers of their own: `mode` `sequential` (one device after the other, on one CPU) or `concurrent` (both at once, dev1's from the other CPU): `bytes` (both devices'), `ns` |
 //! | `fault_batch` | a compute kernel touching one word in each of 64 MiB of pages from 256 lanes: replayable faults serviced in batches of up to 256 (`policy` `migrate` or `remote`): `batches`, `faults`, `ns_per_batch`, `ns_per_fault` |
 //!
 //! The host's own memcpy (the physical limit) is measured by the xtask beside it.
@@ -63,7 +64,8 @@ fn dir_name(engine: &str, dir: Dir) -> String {
 /// The copy engine and the CPU moving `TOTAL` bytes in `size` pieces between the buffer and
 /// device memory.
 fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), BenchError> {
-    let kernel = devices::with(|d| d.list[n].iova_of(0)).ok_or(DevError::NotInitialised)?;
+    let dev = devices::nth(n)?;
+    let kernel = dev.iova_of(0);
     let span = (BLOCKS as u64 * BLOCK).min(vram_bytes);
     for size in SIZES {
         // Piece k: RAM at blocks[(k * size) / BLOCK] + (k * size) % BLOCK, device at k * size.
@@ -73,22 +75,18 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
             (blocks[(off / BLOCK) as usize] + off % BLOCK, off)
         };
         for dir in [Dir::ToDevice, Dir::ToRam] {
-            let (r, ns, _) = timed(|| {
-                devices::with(|d| -> Result<(), BenchError> {
-                    let mut k = 0;
-                    while k < pieces {
-                        let w = (pieces - k).min(IN_FLIGHT as u64);
-                        let segs: Vec<[(u64, u32); 1]> =
-                            (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
-                        let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
-                        for res in d.dma_many(n, dir, reqs) {
-                            res.map_err(|error| BenchError::Device { device: Some(n), error })?;
-                        }
-                        k += w;
+            let (r, ns, _) = timed(|| -> Result<(), BenchError> {
+                let mut k = 0;
+                while k < pieces {
+                    let w = (pieces - k).min(IN_FLIGHT as u64);
+                    let segs: Vec<[(u64, u32); 1]> = (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
+                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
+                    for res in dev.dma_many(dir, reqs) {
+                        res.map_err(|error| BenchError::Device { device: Some(n), error })?;
                     }
-                    Ok(())
-                })
-                .unwrap_or_else(|| Err(DevError::NotInitialised.into()))
+                    k += w;
+                }
+                Ok(())
             });
             r?;
             copied(&dir_name("dma", dir), n, size, ns);
@@ -220,7 +218,7 @@ fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), Be
 /// Runs the devices benchmark on every device of the machine.
 pub fn devices() -> Result<(), BenchError> {
     warm_guest_ram();
-    let list: Vec<(u64, u64)> = devices::with(|d| d.list.iter().map(|dev| dev.vram).collect()).unwrap_or_default();
+    let list: Vec<(u64, u64)> = devices::all().iter().map(|dev| dev.vram).collect();
     if list.is_empty() {
         return Err(BenchError::Wrong("the machine has no devices (use qemu/bench-devices.toml)".into()));
     }
@@ -233,6 +231,9 @@ pub fn devices() -> Result<(), BenchError> {
     let r = (|| {
         for (n, &(bar, bytes)) in list.iter().enumerate() {
             throughput(n, &blocks, bar, bytes)?;
+        }
+        if list.len() >= 2 {
+            two_devices_at_once(&blocks)?;
         }
         Ok::<(), BenchError>(())
     })();
@@ -290,5 +291,65 @@ fn device_to_device() -> Result<(), BenchError> {
         j.num("pages", pages);
         j.num("ns_per_page", ns / pages);
     });
+    Ok(())
+}
+
+/// `TOTAL` bytes RAM -> `dev`'s memory in 2 MiB requests, `IN_FLIGHT` at once, from the
+/// RAM blocks `bufs` in turn.
+fn stream(dev: &devices::Device, bufs: &[u64]) -> Result<(), DevError> {
+    let kernel = dev.iova_of(0);
+    let span = (bufs.len() as u64 * BLOCK).min(dev.vram.1);
+    let pieces = TOTAL / BLOCK;
+    let mut k = 0;
+    while k < pieces {
+        let w = (pieces - k).min(IN_FLIGHT as u64);
+        let segs: Vec<[(u64, u32); 1]> =
+            (k..k + w).map(|i| [(kernel + bufs[i as usize % bufs.len()], BLOCK as u32)]).collect();
+        let reqs = (k..k + w).zip(&segs).map(|(i, s)| ((i * BLOCK) % span, &s[..]));
+        for res in dev.dma_many(Dir::ToDevice, reqs) {
+            res?;
+        }
+        k += w;
+    }
+    Ok(())
+}
+
+/// Two devices' copy engines one after the other, then at once (dev1's driven from the
+/// other CPU): each device has a lock of its own per engine, so the second run should take
+/// about as long as the slower device alone, not the sum.
+fn two_devices_at_once(blocks: &[u64]) -> Result<(), BenchError> {
+    use crate::arch::smp;
+    let (d0, d1) = (devices::nth(0)?, devices::nth(1)?);
+    if smp::count() < 2 {
+        return Err(BenchError::Wrong("two devices at once needs two CPUs".into()));
+    }
+    let (b0, b1) = blocks.split_at(blocks.len() / 2);
+    let b1: Vec<u64> = b1.to_vec();
+    let dev_err = |n: usize| move |error| BenchError::Device { device: Some(n), error };
+    let report = |mode: &str, ns: u64| {
+        line(|j| {
+            j.str("op", "dma_two_devices");
+            j.str("mode", mode);
+            j.num("bytes", 2 * TOTAL);
+            j.num("ns", ns);
+        })
+    };
+    let (r, ns, _) = timed(|| -> Result<(), BenchError> {
+        stream(d0, b0).map_err(dev_err(0))?;
+        stream(d1, &b1).map_err(dev_err(1))
+    });
+    r?;
+    report("sequential", ns);
+    let other = (smp::index() + 1) % smp::count();
+    let (r, ns, _) = timed(|| -> Result<(), BenchError> {
+        let h = crate::sched::spawn_on(other, move || stream(d1, &b1))
+            .map_err(|e| BenchError::Wrong(format!("starting dev1's copies on cpu{other}: {e:?}")))?;
+        let r0 = stream(d0, b0).map_err(dev_err(0));
+        let r1 = h.join(120_000).map_err(|e| BenchError::Wrong(format!("dev1's copies on cpu{other}: {e:?}")))?;
+        r0?;
+        r1.map_err(dev_err(1))
+    });
+    r?;
+    report("concurrent", ns);
     Ok(())
 }

@@ -5,7 +5,7 @@
 use super::TestResult;
 use crate::System;
 use crate::copyengine::Dir;
-use crate::devices::{self, DevError, KERNEL_IOVA};
+use crate::devices::{self, DevError, KERNEL_IOVA, Region};
 use crate::mm::{self, frame};
 use crate::vram::checks::pattern;
 use alloc::format;
@@ -20,59 +20,57 @@ const PAGE: u64 = 4096;
 pub fn registered(s: &System) -> TestResult {
     let ivshmem = s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count();
     let iommu = s.pci.functions.iter().any(|f| f.name() == "virtio-iommu");
-    devices::with(|d| {
-        check!(d.list.len() == ivshmem, "{} devices for {ivshmem} ivshmem functions", d.list.len());
-        check!(d.iommu.is_some() == iommu, "virtio-iommu bound: {}", d.iommu.is_some());
-        let mut domains = Vec::new();
-        for dev in &d.list {
-            check!(
-                dev.engine.capacity == dev.vram.1,
-                "{}: engine reaches {:#x} bytes, memory is {:#x}",
-                dev.name,
-                dev.engine.capacity,
-                dev.vram.1
-            );
-            if iommu {
-                let (_, dom) = dev.mmu.ok_or_else(|| String::from("a device without a domain"))?;
-                domains.push(dom);
-                check!(dev.engine.translated, "{}: ACCESS_PLATFORM not negotiated", dev.name);
-                let ram = s.boot.total_ram();
-                check!(
-                    dev.shadow.bytes() >= ram,
-                    "{}: kernel half maps {:#x} of {ram:#x} bytes",
-                    dev.name,
-                    dev.shadow.bytes()
-                );
-                check!(dev.shadow.translate(KERNEL_IOVA + 0x10_0000).map(|t| t.0) == Some(0x10_0000));
-            }
+    let list = devices::all();
+    check!(list.len() == ivshmem, "{} devices for {ivshmem} ivshmem functions", list.len());
+    check!(devices::iommu().is_some() == iommu, "virtio-iommu bound: {}", devices::iommu().is_some());
+    let mut domains = Vec::new();
+    for (n, dev) in list.iter().enumerate() {
+        check!(dev.index() == n && devices::get(&dev.name).is_some_and(|d| core::ptr::eq(d, dev)));
+        check!(dev.id().get().is_some_and(|d| core::ptr::eq(d, dev)) && dev.name == format!("{}", dev.id()));
+        let (capacity, translated) = dev.with_engine(Region::Bar, |e| (e.capacity, e.translated)).unwrap_or_default();
+        check!(
+            capacity == dev.vram.1,
+            "{}: engine reaches {:#x} bytes, memory is {:#x}",
+            dev.name,
+            capacity,
+            dev.vram.1
+        );
+        if iommu {
+            let (_, dom) = dev.mmu().ok_or_else(|| String::from("a device without a domain"))?;
+            domains.push(dom);
+            check!(translated, "{}: ACCESS_PLATFORM not negotiated", dev.name);
+            let ram = s.boot.total_ram();
+            let bytes = dev.with_shadow(|s| s.bytes()).unwrap_or(0);
+            check!(bytes >= ram, "{}: kernel half maps {:#x} of {ram:#x} bytes", dev.name, bytes);
+            let t = dev.with_shadow(|s| s.translate(KERNEL_IOVA + 0x10_0000).map(|t| t.0)).flatten();
+            check!(t == Some(0x10_0000));
         }
-        domains.dedup();
-        check!(domains.len() == if iommu { d.list.len() } else { 0 }, "domains {domains:?}");
-        Ok(())
-    })
-    .unwrap_or_else(|| Err("devices not initialised".into()))
+    }
+    domains.dedup();
+    check!(domains.len() == if iommu { list.len() } else { 0 }, "domains {domains:?}");
+    check!(devices::get("nodev").is_none() && matches!(devices::nth(list.len()), Err(DevError::NoDevice(_))));
+    Ok(())
 }
 
 /// RAM -> device and device -> RAM through each engine, 4 KiB and a 16-page scatter-gather
 /// request from pages that are not contiguous, checked through the BAR.
 pub fn dma_round_trip(_s: &System) -> TestResult {
-    devices::with(|d| {
-        for n in 0..d.list.len() {
-            let (bar, size) = d.list[n].vram;
+    {
+        for (n, dev) in devices::all().iter().enumerate() {
+            let (bar, size) = dev.vram;
             let pages: Vec<u64> =
                 (0..16).map(|_| frame::alloc(1).map_err(|_| String::from("no frames"))).collect::<Result<_, _>>()?;
             let r = (|| {
-                let dev = &d.list[n];
-                let (translated, kernel) = (dev.mmu.is_some(), dev.iova_of(0));
+                let (translated, kernel) = (dev.mmu().is_some(), dev.iova_of(0));
                 let iova = |pa: u64| if translated { kernel + pa } else { pa };
                 for (k, &pa) in pages.iter().enumerate() {
                     mm::write_phys(pa, &pattern(n as u64 * 100 + k as u64, PAGE as usize));
                 }
                 // Single page at the start, then 16 pages near the end of device memory.
-                d.dma(n, Dir::ToDevice, 0, &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, 0, &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
                 let off = size - 16 * PAGE;
                 let segs: Vec<(u64, u32)> = pages.iter().rev().map(|&pa| (iova(pa), PAGE as u32)).collect();
-                d.dma(n, Dir::ToDevice, off, &segs).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, off, &segs).map_err(|e| e.to_string())?;
                 let mut got = alloc::vec![0u8; PAGE as usize];
                 mm::read_phys(bar, &mut got);
                 check!(got == pattern(n as u64 * 100, PAGE as usize), "dev{n}: BAR after a 4 KiB DMA write");
@@ -85,7 +83,7 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
                 // The other way: the CPU writes the BAR, the engine reads it into RAM.
                 let fresh = pattern(0xbeef + n as u64, 16 * PAGE as usize);
                 mm::write_phys(bar + off, &fresh);
-                d.dma(n, Dir::ToRam, off, &segs).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToRam, off, &segs).map_err(|e| e.to_string())?;
                 for (k, &pa) in pages.iter().rev().enumerate() {
                     mm::read_phys(pa, &mut got);
                     check!(
@@ -94,15 +92,15 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
                     );
                 }
                 // Bad requests are values.
-                let end = size + d.list[n].hot_bytes();
-                let e = d.dma(n, Dir::ToRam, end, &[(iova(pages[0]), PAGE as u32)]);
+                let end = size + dev.hot_bytes();
+                let e = dev.dma(Dir::ToRam, end, &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "DMA past the end: {e:?}");
                 if end > size {
                     // The hot-plug region: nothing is plugged outside the hot-plug test.
-                    let e = d.dma(n, Dir::ToDevice, size, &[(iova(pages[0]), PAGE as u32)]);
+                    let e = dev.dma(Dir::ToDevice, size, &[(iova(pages[0]), PAGE as u32)]);
                     check!(matches!(e, Err(DevError::Copy(_))), "DMA to unplugged memory: {e:?}");
                 }
-                let e = d.dma(n, Dir::ToRam, 100, &[(iova(pages[0]), PAGE as u32)]);
+                let e = dev.dma(Dir::ToRam, 100, &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "unaligned DMA: {e:?}");
                 Ok(())
             })();
@@ -112,55 +110,55 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
             r?;
         }
         Ok(())
-    })
-    .unwrap_or_else(|| Err("devices not initialised".into()))
+    }
 }
 
 /// The device MMU is real: a page mapped at a user-half IOVA is reachable, and once it is
 /// unmapped (splitting the mapping it was part of) the kernel refuses the DMA, while the
 /// page beside it still works and its data is intact.
 pub fn unmapped_dma_is_refused(_s: &System) -> TestResult {
-    devices::with(|d| {
-        if d.iommu.is_none() {
+    {
+        if devices::iommu().is_none() {
             return Ok(());
         }
+        let d = devices::nth(0).map_err(|e| e.to_string())?;
         let pa = frame::alloc(2).map_err(|_| String::from("no frames"))?;
         let iova = 0x7000_0000u64;
         let r = (|| {
-            d.map(0, &[Mapping { iova, len: 2 * PAGE, phys: pa, flags: MAP_READ | MAP_WRITE }])
+            d.map(&[Mapping { iova, len: 2 * PAGE, phys: pa, flags: MAP_READ | MAP_WRITE }])
                 .map_err(|e| e.to_string())?;
             let data = pattern(7, 2 * PAGE as usize);
             mm::write_phys(pa, &data);
-            d.dma(0, Dir::ToDevice, 0, &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
-            d.unmap(0, iova, PAGE).map_err(|e| e.to_string())?;
-            let e = d.dma(0, Dir::ToDevice, 0, &[(iova, PAGE as u32)]);
+            d.dma(Dir::ToDevice, 0, &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.unmap(iova, PAGE).map_err(|e| e.to_string())?;
+            let e = d.dma(Dir::ToDevice, 0, &[(iova, PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { iova: 0x7000_0000, .. })), "DMA from an unmapped page: {e:?}");
-            let e = d.dma(0, Dir::ToRam, 0, &[(iova, 2 * PAGE as u32)]);
+            let e = d.dma(Dir::ToRam, 0, &[(iova, 2 * PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { .. })), "DMA over a partly unmapped range: {e:?}");
-            d.dma(0, Dir::ToRam, PAGE, &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToRam, PAGE, &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
             let mut got = alloc::vec![0u8; PAGE as usize];
             mm::read_phys(pa + PAGE, &mut got);
             check!(got[..] == data[PAGE as usize..], "the still-mapped page after a DMA read of its own data");
-            let dev = &d.list[0];
-            check!(dev.shadow.translate(iova).is_none() && dev.shadow.translate(iova + PAGE).is_some());
+            let mapped = |va: u64| d.with_shadow(|s| s.translate(va).is_some()).unwrap_or(false);
+            check!(!mapped(iova) && mapped(iova + PAGE));
             // A mapping that overlaps is refused before it reaches the device.
-            let e = d.map(0, &[Mapping { iova: iova + PAGE, len: PAGE, phys: pa, flags: MAP_READ }]);
+            let e = d.map(&[Mapping { iova: iova + PAGE, len: PAGE, phys: pa, flags: MAP_READ }]);
             check!(e.is_err(), "an overlapping map was accepted");
-            d.unmap(0, iova, 2 * PAGE).map_err(|e| e.to_string())?;
-            check!(d.list[0].shadow.translate(iova + PAGE).is_none());
+            d.unmap(iova, 2 * PAGE).map_err(|e| e.to_string())?;
+            check!(!mapped(iova + PAGE));
             Ok(())
         })();
         frame::free(pa, 2);
         r
-    })
-    .unwrap_or_else(|| Err("devices not initialised".into()))
+    }
 }
 
 /// virtio-iommu requests that the device refuses come back as values naming the request and
 /// the status; requests the configuration forbids are refused before they are sent.
 pub fn iommu_errors_are_values(_s: &System) -> TestResult {
-    devices::with(|d| {
-        let Some(io) = d.iommu.as_mut() else { return Ok(()) };
+    {
+        let Some(io) = devices::iommu() else { return Ok(()) };
+        let mut io = io.lock();
         let domain = io.new_domain().map_err(|e| e.to_string())?;
         let e = io.attach(domain, 0xfff0).unwrap_err().to_string();
         check!(e.contains("ATTACH") && e.contains("NOENT"), "attach of an unknown endpoint: {e}");
@@ -171,8 +169,7 @@ pub fn iommu_errors_are_values(_s: &System) -> TestResult {
         check!(e.contains("not aligned"), "unaligned map: {e}");
         check!(io.features & drivers::viommu::F_MAP_UNMAP != 0);
         Ok(())
-    })
-    .unwrap_or_else(|| Err("devices not initialised".into()))
+    }
 }
 
 /// Device memory as private pages: 256 pages of a process migrate to each device by DMA,
@@ -182,7 +179,7 @@ pub fn iommu_errors_are_values(_s: &System) -> TestResult {
 /// fault, and the CPU-copy baseline.
 pub fn migrate_round_trip(_s: &System) -> TestResult {
     use crate::vram::{self, Copier};
-    let n = devices::with(|d| d.list.len()).unwrap_or(0);
+    let n = devices::all().len();
     for dev in 0..n {
         let v = vram::all().map_err(|e| e.to_string())?[dev].clone();
         let around = v.fault_around();
@@ -212,9 +209,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     use hmm::devmmu::{MirrorError, Where};
     use hmm::mm::space::{AddressSpace, MapRequest};
     use hmm::mm::vma::Prot;
-    if devices::with(|d| d.iommu.is_none() || d.list.is_empty()).unwrap_or(true) {
-        return Ok(());
-    }
+    let Some(dev0) = devices::all().first().filter(|_| devices::iommu().is_some()) else { return Ok(()) };
     let mm = uspace::mm();
     let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
     let pages = 16u64;
@@ -224,8 +219,8 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     let m = devmmu::bind(0, &space).map_err(|e| e.to_string())?;
     let e = devmmu::bind(0, &space);
     check!(matches!(e, Err(DevError::Busy(0))), "a second bind of dev0: {e:?}");
-    let (bar, _) = devices::with(|d| d.list[0].vram).ok_or("devices not initialised")?;
-    let shadow = |va: u64| devices::with(|d| d.list[0].shadow.translate(va).map(|t| t.0)).flatten();
+    let (bar, _) = dev0.vram;
+    let shadow = |va: u64| dev0.with_shadow(|s| s.translate(va).map(|t| t.0)).flatten();
     let seg = |k: u64, n: u64| [(a + k * PAGE, (n * PAGE) as u32)];
     let bar_page = |k: u64| {
         let mut b = alloc::vec![0u8; PAGE as usize];
@@ -273,7 +268,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     );
     let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 8));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
-    let e = devices::with(|d| d.dma(0, Dir::ToDevice, 0, &seg(4, 1))).ok_or("no devices")?;
+    let e = dev0.dma(Dir::ToDevice, 0, &seg(4, 1));
     check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
     mm::write_phys(bar, &[0u8; 8 * PAGE as usize]);
     devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 4)).map_err(|e| e.to_string())?;
@@ -335,7 +330,7 @@ pub fn compute_kernel(_s: &System) -> TestResult {
     use hmm::mm::space::{AddressSpace, MapRequest};
     use hmm::mm::vma::Prot;
     use hmm::pagemap::MemoryKind;
-    let n = devices::with(|d| if d.iommu.is_some() { d.list.len() } else { 0 }).unwrap_or(0);
+    let n = if devices::iommu().is_some() { devices::all().len() } else { 0 };
     for dev in 0..n {
         let mm = uspace::mm();
         let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
@@ -400,7 +395,7 @@ pub fn device_to_device(_s: &System) -> TestResult {
         return Ok(());
     }
     let (from, to) = (v[0].clone(), v[1].clone());
-    let bar1 = devices::with(|d| d.list[1].vram.0).ok_or("devices not initialised")?;
+    let bar1 = to.dev().vram.0;
     let mm = uspace::mm();
     let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
     let pages = 64u64;
@@ -464,4 +459,54 @@ pub fn hotplug(_s: &System) -> TestResult {
         }
     }
     Ok(())
+}
+
+/// Two devices' DMA copies overlap (issue 21): a copy is submitted on dev0's engine and, with
+/// it outstanding and dev0's engine lock held by this CPU (as while a CPU waits for that copy
+/// to complete), a copy on dev1 is submitted and completed by the other CPU; only then is
+/// dev0's copy collected. Both land in device memory (checked through the BARs). Each
+/// device's engines have locks of their own, so dev1's copy needs nothing dev0 holds; with one
+/// lock over every device, dev1's copy would wait for dev0's and the bounded join would fail.
+pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
+    use crate::arch::smp;
+    use crate::sched;
+    let list = devices::all();
+    check!(list.len() >= 2 && smp::count() >= 2, "needs two devices and two CPUs");
+    let (d0, d1) = (&list[0], &list[1]);
+    const LEN: u64 = 16 * PAGE;
+    let a0 = frame::alloc(16).map_err(|_| String::from("no frames"))?;
+    let Ok(a1) = frame::alloc(16) else {
+        frame::free(a0, 16);
+        return Err("no frames".into());
+    };
+    let r = (|| {
+        let (p0, p1) = (pattern(0x0d0, LEN as usize), pattern(0x0d1, LEN as usize));
+        mm::write_phys(a0, &p0);
+        mm::write_phys(a1, &p1);
+        mm::write_phys(d0.vram.0, &[0u8; LEN as usize]);
+        mm::write_phys(d1.vram.0, &[0u8; LEN as usize]);
+        let t0 = d0.submit(Dir::ToDevice, 0, &[(d0.iova_of(a0), LEN as u32)]).map_err(|e| e.to_string())?;
+        let other = (smp::index() + 1) % smp::count();
+        // dev0's engine is held here, its copy outstanding, while dev1 copies on the other CPU.
+        let r1 = d0
+            .with_engine(Region::Bar, |_held| {
+                let h = sched::spawn_on(other, move || d1.dma(Dir::ToDevice, 0, &[(d1.iova_of(a1), LEN as u32)]))
+                    .map_err(|e| format!("{e:?}"))?;
+                h.join(10_000).map_err(|e| format!("dev1's copy while dev0's engine is held: {e:?}"))
+            })
+            .ok_or("dev0 has no copy engine")?;
+        let r0 = d0.wait(t0);
+        let r1 = r1?;
+        r1.map_err(|e| format!("dev1's copy: {e}"))?;
+        r0.map_err(|e| format!("dev0's copy: {e}"))?;
+        let mut got = alloc::vec![0u8; LEN as usize];
+        mm::read_phys(d1.vram.0, &mut got);
+        check!(got == p1, "dev1's memory after its copy");
+        mm::read_phys(d0.vram.0, &mut got);
+        check!(got == p0, "dev0's memory after its copy");
+        Ok(())
+    })();
+    frame::free(a0, 16);
+    frame::free(a1, 16);
+    r
 }

@@ -6,7 +6,7 @@
 
 use super::TestResult;
 use crate::System;
-use crate::devices::{self, DevError};
+use crate::devices::{self, DevError, ResizeFailure};
 use crate::inject::{self, Fault};
 use crate::mm::uspace;
 use crate::vram::{self, Vram};
@@ -64,7 +64,7 @@ fn dev0() -> Result<Arc<Vram>, String> {
 }
 
 fn resets(n: usize) -> u64 {
-    devices::with(|d| d.list[n].engine.stats.resets).unwrap_or(0)
+    devices::nth(n).map_or(0, |d| d.engine_stats().resets)
 }
 
 /// One migration to the device and one back, with `fault` armed for the copy of each: the
@@ -185,9 +185,9 @@ pub fn ram_exhausted_during_migrate_to_ram(_s: &System) -> TestResult {
 pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
     use crate::copyengine::Dir;
     use crate::devmmu;
-    if devices::with(|d| d.iommu.is_none() || d.list.is_empty()).unwrap_or(true) {
+    let Some(dev0) = devices::all().first().filter(|_| devices::iommu().is_some()) else {
         return Err("no virtio-iommu on this machine".into());
-    }
+    };
     let p = Proc::new(0x4d)?;
     // Give every page a frame of its own, not next to its neighbours', so that the device
     // fault's batch is many MAPs: each page is written again after a page of another mapping.
@@ -202,7 +202,7 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
         .map_err(|f| format!("refill: {:?}", f.error))?;
     }
     let m = devmmu::bind(0, &p.space).map_err(|e| e.to_string())?;
-    let mapped = |va: u64| devices::with(|d| d.list[0].shadow.translate(va).is_some()).unwrap_or(false);
+    let mapped = |va: u64| dev0.with_shadow(|s| s.translate(va).is_some()).unwrap_or(false);
     let armed = inject::arm(Fault::MapError, Some(0), 2);
     let r = m.fault(p.a, p.a + PAGES * PAGE, false);
     check!(armed.fired(), "the MAP error was never injected (the batch had fewer than 3 mappings)");
@@ -212,11 +212,172 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
         return Err(format!("page {k} is still mapped in the domain after its batch failed"));
     }
     m.fault(p.a, p.a + PAGES * PAGE, false).map_err(|e| format!("the fault after the failed one: {e}"))?;
-    let (bar, _) = devices::with(|d| d.list[0].vram).ok_or("devices not initialised")?;
+    let (bar, _) = dev0.vram;
     devmmu::dma(&m, Dir::ToDevice, 0, &[(p.a, (PAGES * PAGE) as u32)]).map_err(|e: DevError| e.to_string())?;
     let mut got = alloc::vec![0u8; (PAGES * PAGE) as usize];
     crate::mm::read_phys(bar, &mut got);
     check!(got == p.data, "DMA by virtual address after the retried fault does not read the process's data");
     drop(m);
+    Ok(())
+}
+
+const HUGE: u64 = 2 << 20;
+
+/// What a removal run from a hook returned (None: the hook never ran).
+type Removal = Arc<spin::Mutex<Option<Result<u64, DevError>>>>;
+
+/// Installs a hook at `point` of `v`'s next migration that removes 2 MiB of its hot-plug
+/// memory (the block the migration uses), and returns where the removal's result lands.
+fn remove_at(v: &Arc<Vram>, point: inject::Point, skip: u32) -> (inject::Hooked, Removal) {
+    let out: Removal = Arc::new(spin::Mutex::new(None));
+    let (o, w) = (out.clone(), v.clone());
+    let hook = inject::at(point, Some(v.device()), skip, move || *o.lock() = Some(w.shrink(HUGE)));
+    (hook, out)
+}
+
+/// Whether a removal was refused, with a typed error, because the migration in flight held
+/// pages of the block.
+fn refused_busy(r: &Removal) -> Result<(), String> {
+    match r.lock().take() {
+        Some(Err(DevError::Resize { failure: ResizeFailure::StillBusy { .. }, .. })) => Ok(()),
+        other => Err(format!(
+            "device memory removed during a migration that holds pages of it: {other:?} (expected a StillBusy refusal)"
+        )),
+    }
+}
+
+impl Proc {
+    /// Pages now in `v`'s hot-plug memory, each checked against its data there.
+    fn in_hot_memory(&self, v: &Vram) -> Result<u64, String> {
+        let mut n = 0;
+        let mut page = alloc::vec![0u8; PAGE as usize];
+        for k in 0..PAGES {
+            let pte = self.space.lock().lookup(self.a + k * PAGE).map(|e| e.pte);
+            let Some(off) = pte.as_ref().and_then(|e| v.holds(e)).and_then(|p| v.offset_of(p)) else { continue };
+            check!(off >= v.bar_pages() * PAGE, "page {k} is in the BAR (offset {off:#x}), which is carved out");
+            let pa = v.phys(off).ok_or_else(|| format!("page {k}: device offset {off:#x} has no address"))?;
+            crate::mm::read_phys(pa, &mut page);
+            check!(page[..] == self.data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in device memory");
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Device memory removed during a migration (issue 20): dev0's hot-plug memory is the only
+/// device memory free (the BAR is carved out), and a hook removes it in the middle of a
+/// migration: between the copy and the finalize of a migration into it and of one out of
+/// it, and between two copy requests of a batch out of it while another process's pages
+/// live there too. Each time the removal is refused with a typed error (the migration holds
+/// the block's pages), evicting what it could; the migration completes; every page's data is
+/// intact; a removal after it evicts the rest; no device page leaks. Removed after a
+/// migration's setup and before its allocation, the memory goes and the migration moves
+/// nothing. And the memory can be plugged and used again.
+pub fn device_memory_removed_during_migration(_s: &System) -> TestResult {
+    let all = vram::all().map_err(|e| e.to_string())?;
+    let v = all.iter().find(|v| v.hot_pages() > 0).cloned().ok_or("no device with hot-plug memory on this machine")?;
+    let (pages0, plugged0) = (v.pages(), v.plugged_pages());
+    v.grow(HUGE).map_err(|e| e.to_string())?;
+    let bar = v.bar_pages();
+    let Some(carved) = v.carve(bar) else {
+        v.shrink(HUGE).map_err(|e| e.to_string())?;
+        return Err(format!("dev{}: the BAR is in use ({} pages); cannot isolate the test", v.device(), v.in_use()));
+    };
+    let r = removed_during_migration(&v);
+    v.uncarve(carved, bar);
+    if v.plugged_pages() > plugged0 {
+        v.shrink(v.plugged_pages().saturating_sub(plugged0) * PAGE).map_err(|e| e.to_string())?;
+    }
+    r?;
+    check!(v.pages() == pages0, "dev{}: {} pages online after the test, {pages0} before", v.device(), v.pages());
+    Ok(())
+}
+
+/// The part of [`device_memory_removed_during_migration`] that runs with one block plugged
+/// and the BAR carved out.
+fn removed_during_migration(v: &Arc<Vram>) -> TestResult {
+    use inject::Point;
+    let base = v.in_use();
+    let s = |e: DevError| e.to_string();
+
+    // Into the hot-plug memory: removed after the copy, before the finalize.
+    let p = Proc::new(0x5e)?;
+    let (hook, removal) = remove_at(v, Point::Copied, 0);
+    let moved = vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
+    check!(hook.fired(), "the removal never ran");
+    drop(hook);
+    refused_busy(&removal)?;
+    check!(moved == PAGES, "{moved} of {PAGES} pages moved into the memory being removed");
+    let there = p.in_hot_memory(v)?;
+    check!(there == PAGES, "{there} of {PAGES} pages in the hot-plug memory after the migration");
+    check!(v.in_use() == base + PAGES, "device pages in use {} (base {base})", v.in_use());
+    // Removed now, the memory gives its pages back to RAM.
+    let evicted = v.shrink(HUGE).map_err(s)?;
+    check!(evicted == PAGES && p.on_device(v) == 0, "{evicted} pages evicted, {} left on the device", p.on_device(v));
+    check!(v.in_use() == base, "device pages in use {} after the eviction (base {base})", v.in_use());
+    p.check("after the removal during a migration to the device")?;
+
+    // Out of the hot-plug memory: removed after the copy, before the finalize.
+    v.grow(HUGE).map_err(s)?;
+    vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
+    check!(p.in_hot_memory(v)? == PAGES, "the pages did not go back to the plugged memory");
+    let (hook, removal) = remove_at(v, Point::Copied, 0);
+    let back = vram::migrate_to_ram(v, &p.space, p.a, PAGES).map_err(s)?;
+    check!(hook.fired(), "the removal never ran on the way back");
+    drop(hook);
+    refused_busy(&removal)?;
+    check!(back == PAGES && p.on_device(v) == 0, "{back} pages came back, {} still on the device", p.on_device(v));
+    check!(v.in_use() == base, "device pages in use {} after the migration back (base {base})", v.in_use());
+    p.check("after the removal during a migration to RAM")?;
+
+    // Between two copy requests of a batch out of the memory, with another process's pages
+    // there too: each page of `p` alone makes a request (every other page first), so the
+    // batch has several windows of requests; `q`'s pages are not in the migration.
+    let q = Proc::new(0x6f)?;
+    for k in (0..PAGES).step_by(2) {
+        vram::migrate_to_device(v, &p.space, p.a + k * PAGE, 1).map_err(s)?;
+    }
+    vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
+    vram::migrate_to_device(v, &q.space, q.a, PAGES).map_err(s)?;
+    check!(p.in_hot_memory(v)? == PAGES && q.in_hot_memory(v)? == PAGES, "not every page in the plugged memory");
+    let (hook, removal) = remove_at(v, Point::BetweenCopies, 0);
+    let back = vram::migrate_to_ram(v, &p.space, p.a, PAGES).map_err(s)?;
+    check!(hook.fired(), "the removal never ran between two copies (the batch had one window)");
+    drop(hook);
+    refused_busy(&removal)?;
+    check!(back == PAGES && p.on_device(v) == 0, "{back} pages came back, {} still on the device", p.on_device(v));
+    // What the removal could take (q's pages) went to RAM.
+    check!(
+        q.on_device(v) == 0,
+        "{} of the other process's pages still on the device after the removal",
+        q.on_device(v)
+    );
+    check!(v.in_use() == base, "device pages in use {} after the batch (base {base})", v.in_use());
+    p.check("after the removal between two copies")?;
+    q.check("the other process, after the removal evicted it")?;
+
+    // Removed after the migration collected its pages and before it allocates: the removal
+    // succeeds (nothing of the block is in use), and the migration, with no device memory
+    // left (the BAR is carved out), moves nothing; the pages stay in RAM.
+    let plugged = v.plugged_pages();
+    let (hook, removal) = remove_at(v, Point::SetUp, 0);
+    let moved = vram::migrate_to_device(v, &q.space, q.a, PAGES).map_err(s)?;
+    check!(hook.fired(), "the removal never ran before the allocation");
+    drop(hook);
+    let r = removal.lock().take();
+    check!(matches!(r, Some(Ok(0))), "removing an unused block during a migration's setup: {r:?}");
+    check!(moved == 0 && q.on_device(v) == 0, "{moved} pages moved into removed memory");
+    check!(v.plugged_pages() + HUGE / PAGE == plugged, "{} pages plugged, {plugged} before", v.plugged_pages());
+    check!(v.in_use() == base, "device pages in use {} (base {base})", v.in_use());
+    q.check("after the memory went before the migration allocated")?;
+
+    // The memory is plugged again, and used again.
+    v.grow(HUGE).map_err(s)?;
+    vram::migrate_to_device(v, &q.space, q.a, PAGES).map_err(s)?;
+    check!(q.in_hot_memory(v)? == PAGES, "the plugged-again memory does not take the pages");
+    check!(v.shrink(HUGE).map_err(s)? == PAGES, "the pages in the plugged-again memory were not all evicted");
+    q.check("after the memory was plugged, used and removed again")?;
+    drop((p, q));
+    check!(v.in_use() == base, "{} device pages in use after the processes went (base {base})", v.in_use());
     Ok(())
 }

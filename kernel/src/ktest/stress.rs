@@ -109,7 +109,7 @@ impl Shared {
         let va = self.a + p * PAGE;
         let lo = self.committed[p as usize].load(Ordering::Acquire);
         m.fault(va, va + PAGE, false).map_err(|e| format!("device fault on page {p}: {e}"))?;
-        let (bar, _) = crate::devices::with(|d| d.list[1].vram).ok_or("devices not initialised")?;
+        let (bar, _) = v1.dev().vram;
         let mut buf = alloc::vec![0u8; PAGE as usize];
         match m.translate(va).map(|t| t.at) {
             Some(Where::Local(f)) => {

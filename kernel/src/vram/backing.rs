@@ -14,7 +14,8 @@
 //!   by the CPU (counted apart). A failed DMA is an [`Error::Io`]: dmirror backs the migration
 //!   out.
 
-use super::{PAGE, Run, Vram};
+use super::dma::Run;
+use super::{PAGE, Vram};
 use crate::copyengine::Dir;
 use crate::devices;
 use crate::mm::uspace;
@@ -194,7 +195,7 @@ impl Backing for BarBacking {
     }
 
     fn copy(&self, pairs: &[(Pfn, Option<Pfn>)]) -> Result<(), Error> {
-        let bars: Vec<(u64, u64)> = devices::with(|d| d.list.iter().map(|x| x.vram).collect()).unwrap_or_default();
+        let bars: Vec<(u64, u64)> = devices::all().iter().map(|x| x.vram).collect();
         let vrams = super::all()?;
         let zero = uspace::mm().zero_pfn();
         // Per (engine, direction): (entry, offset in that device's memory, RAM or peer frame).

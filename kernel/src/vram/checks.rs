@@ -1,11 +1,11 @@
 //! End-to-end checks of device memory that the default job runs and reports, and the
-//! in-kernel tests run as tests: 2 MiB device pages ([`huge_round_trip`]) and device memory
-//! added and removed at run time ([`hotplug_cycle`]). Each verifies every byte and where every
+//! in-kernel tests run as tests: migration both ways ([`round_trip`]), 2 MiB device pages
+//! ([`huge_round_trip`]) and device memory added and removed at run time ([`hotplug_cycle`]). Each verifies every byte and where every
 //! page is, and returns what it measured; the error names the first thing that was wrong.
 
-use super::{Vram, migrate_to_device, migrate_to_ram};
+use super::{Vram, all, migrate_to_device, migrate_to_ram};
 use crate::arch::time;
-use crate::devices::{self, DevError, ResizeFailure};
+use crate::devices::{DevError, ResizeFailure};
 use crate::mm::uspace::UserFault;
 use crate::mm::{self, uspace};
 use alloc::format;
@@ -269,10 +269,10 @@ pub fn hotplug_cycle(v: &Arc<Vram>) -> Result<HotCycle, CheckError> {
     let grow_ns = ns(time::rdtsc() - t0);
     ensure!(offs.iter().all(|&o| o >= v.bar_pages() * PAGE), "dev{n}: plugged at {offs:x?}");
     ensure!(v.pages() == pages0 + 1024, "dev{n}: {} pages after plugging 4 MiB", v.pages());
-    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    let plugged = v.dev().with_hot_mem(|m| m.config.plugged_size);
     ensure!(plugged == Some((plugged0 + 1024) * PAGE), "dev{n}: the device says {plugged:?} bytes are plugged");
     let region = offs[0] - v.bar_pages() * PAGE;
-    let state = |len| devices::with(|d| d.list[n].hot.as_mut().map(|h| h.mem.state(region, len))).flatten();
+    let state = |len| v.dev().with_hot_mem(|m| m.state(region, len));
     ensure!(
         matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Plugged))),
         "dev{n}: STATE of the new blocks: {:?}",
@@ -351,7 +351,7 @@ fn fill_and_remove(
     let mut back = alloc::vec![0u8; data.len()];
     uspace::run(&space, |u| u.read(a, &mut back)).map_err(CheckError::cpu("CPU read"))?;
     ensure!(back == data, "dev{n}: data differs after eviction");
-    let plugged = devices::with(|d| d.list[n].hot.as_ref().map(|h| h.mem.config.plugged_size)).flatten();
+    let plugged = v.dev().with_hot_mem(|m| m.config.plugged_size);
     ensure!(plugged == Some(plugged0 * PAGE), "dev{n}: {plugged:?} bytes still plugged");
     ensure!(
         matches!(state(2 * HUGE), Some(Ok(drivers::virtio_mem::BlockState::Unplugged))),
@@ -423,4 +423,110 @@ pub fn dmirror_chunk_cycles(v: &Arc<Vram>, cycles: u32) -> Result<String, CheckE
         cycles + 1,
         mm.frames().live_sections()
     ))
+}
+
+/// What [`round_trip`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundTrip {
+    /// Pages moved each way.
+    pub pages: u64,
+    /// ns per page, RAM -> device (migrate_vma + DMA).
+    pub to_device_ns: u64,
+    /// ns per page, CPU faults bringing pages back (migrate_to_ram + DMA each).
+    pub fault_back_ns: u64,
+    /// ns per page, explicit migration back.
+    pub to_ram_ns: u64,
+}
+
+/// Migrates `pages` pages of a fresh process to device `n` and back, both ways (CPU faults,
+/// explicit), checking where the pages are and that every byte survives (read through the
+/// BAR while on the device, through real loads after).
+pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, CheckError> {
+    use crate::arch::time;
+    use hmm::mm::pte::Pte;
+    use hmm::mm::space::MapRequest;
+    use hmm::mm::vma::Prot;
+    let fail = CheckError::failed;
+    let v = all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
+    let bar = v.dev().vram.0;
+    let mm = uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|error| CheckError::Mm { op: "a new address space", error })?);
+    let a = space
+        .lock()
+        .mmap(MapRequest::anon(pages * PAGE, Prot::RW))
+        .map_err(|error| CheckError::Mm { op: "mmap", error })?;
+    let data: Vec<u8> = (0..pages * PAGE / 8).flat_map(|i| (i ^ (n as u64) << 40).to_le_bytes()).collect();
+    uspace::run(&space, |u| u.write(a, &data)).map_err(|fault| CheckError::Cpu { op: "CPU fill", fault })?;
+    let ns = |c: u64| time::cycles_to_ns(c).unwrap_or(0) / pages;
+
+    let t0 = time::rdtsc();
+    let moved = migrate_to_device(&v, &space, a, pages)?;
+    let to_device_ns = ns(time::rdtsc() - t0);
+    if moved != pages {
+        return Err(fail(alloc::format!("{moved} of {pages} pages reached dev{n}")));
+    }
+    let mut page = alloc::vec![0u8; PAGE as usize];
+    for k in 0..pages {
+        let e = space.lock().lookup(a + k * PAGE).map(|e| e.pte);
+        let Some(pfn) = e.as_ref().and_then(|e| v.holds(e)) else {
+            return Err(fail(alloc::format!(
+                "page {k} is not in dev{n}'s {:?} memory after the migration: {e:?}",
+                v.kind
+            )));
+        };
+        let off =
+            v.offset_of(pfn).ok_or_else(|| fail(alloc::format!("page {k}: a device entry outside dev{n}'s memory")))?;
+        crate::mm::read_phys(bar + off, &mut page);
+        if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
+            return Err(fail(alloc::format!("page {k}: device memory differs from what the CPU wrote")));
+        }
+    }
+    let faults = v.stats.lock().cpu_faults;
+    let mut back = alloc::vec![0u8; data.len()];
+    let t0 = time::rdtsc();
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read back", fault })?;
+    let fault_back_ns = ns(time::rdtsc() - t0);
+    if back != data {
+        return Err(fail("data differs after the CPU faulted the pages back".into()));
+    }
+    if v.kind == MemoryKind::Coherent {
+        // The CPU writes device memory in place too.
+        let e = space.lock().lookup(a).map(|e| e.pte);
+        let Some(Pte::Present(p)) = e else { return Err(fail(alloc::format!("coherent page 0 unmapped: {e:?}"))) };
+        let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
+        uspace::run(&space, |u| u.write(a, &flipped)).map_err(|fault| CheckError::Cpu { op: "CPU write", fault })?;
+        crate::mm::read_phys(bar + v.offset_of(p.pfn).unwrap_or(0), &mut page);
+        if page != flipped {
+            return Err(fail("a CPU store to coherent device memory did not reach the BAR".into()));
+        }
+        uspace::run(&space, |u| u.write(a, &data[..PAGE as usize]))
+            .map_err(|fault| CheckError::Cpu { op: "CPU write back", fault })?;
+    }
+    let faulted = v.stats.lock().cpu_faults - faults;
+    // One fault per fault-around window the range touches; none at all on coherent memory,
+    // which the CPU read in place.
+    let windows = match v.kind {
+        MemoryKind::Private => (a + pages * PAGE).div_ceil(v.fault_around() * PAGE) - a / (v.fault_around() * PAGE),
+        MemoryKind::Coherent => 0,
+    };
+    if faulted != windows {
+        return Err(fail(alloc::format!(
+            "{faulted} CPU faults for {pages} device pages in {windows} fault-around windows of {} pages",
+            v.fault_around()
+        )));
+    }
+    migrate_to_device(&v, &space, a, pages)?;
+    let t0 = time::rdtsc();
+    let moved = migrate_to_ram(&v, &space, a, pages)?;
+    let to_ram_ns = ns(time::rdtsc() - t0);
+    back.fill(0);
+    uspace::run(&space, |u| u.read(a, &mut back)).map_err(|fault| CheckError::Cpu { op: "CPU read", fault })?;
+    if moved != pages || back != data {
+        return Err(fail(alloc::format!("explicit migration back: {moved} pages, data intact: {}", back == data)));
+    }
+    drop(space);
+    if v.in_use() != 0 {
+        return Err(fail(alloc::format!("{} device pages still in use after the process went", v.in_use())));
+    }
+    Ok(RoundTrip { pages, to_device_ns, fault_back_ns, to_ram_ns })
 }

@@ -1,0 +1,194 @@
+//! In-kernel tests of the experiment runner over the real devices.
+
+use super::*;
+use hmm::place::params::{Params, Value};
+
+fn point(devices: Vec<u32>, policy: &str, evict: &str, kind: &str, over: f64) -> Point {
+    let mut w = Params::new();
+    w.set("oversubscription", Value::Float(over));
+    let mut e = Params::new();
+    e.set("order", Value::Text(evict.into()));
+    Point {
+        id: 0,
+        label: format!("{policy}/{kind}/{over}"),
+        devices,
+        run: Params::new(),
+        cost: Params::new(),
+        policy: policy.into(),
+        policy_params: Params::new(),
+        evict: e,
+        workloads: vec![(kind.into(), w)],
+    }
+}
+
+fn run_real(p: &Point) -> Result<hmm::place::engine::Outcome, String> {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    prepared.run(&mut m).map_err(|e| e.to_string())
+}
+
+/// A stream at 150 % of 2 MiB of dev0 under the tree prefetcher and TBNe: pages move to
+/// the device and are evicted by DMA, every access is checked against the page tables,
+/// and every page's data is checked at the end.
+pub fn oversubscribed_stream(_s: &crate::System) -> crate::ktest::TestResult {
+    let o = run_real(&point(vec![512], "tree", "tbne", "stream", 1.5))?;
+    let s = &o.stats;
+    if s.to_dev < 512 || s.evicted == 0 || s.dev_faults == 0 || o.workloads[0].error.is_some() {
+        return Err(format!("unexpected counts: {s:?} {:?}", o.workloads));
+    }
+    Ok(())
+}
+
+/// A halo exchange over two devices with migrate on touch: pages move device to device
+/// (peer DMA) as the slabs' halos are read.
+pub fn two_devices_peer_migration(_s: &crate::System) -> crate::ktest::TestResult {
+    let o = run_real(&point(vec![256, 256], "on-touch", "lru4k", "halo", 0.9))?;
+    if o.stats.dev_to_dev == 0 || o.procs.iter().filter(|p| p.name.starts_with("dev") && p.busy_ns > 0.0).count() != 2 {
+        return Err(format!("no peer migration or an idle device: {:?} {:?}", o.stats, o.procs));
+    }
+    Ok(())
+}
+
+/// Two CPU↔device ping-pongs at once (with dev0 and with dev1) with two CPU cores: their CPU
+/// phases overlap, so the
+/// engine puts them on both cores, and core 1's accesses are made on CPU 1 (its worker)
+/// while the boot CPU migrates pages back and forth under it; the data check at the end
+/// covers both.
+pub fn cpu_phases_run_on_their_core(_s: &crate::System) -> crate::ktest::TestResult {
+    if smp::count() < 2 {
+        return Ok(()); // one CPU: the worker path is not used (smp:: tests say how many)
+    }
+    let mut p = point(vec![256, 256], "on-touch", "lru4k", "pingpong", 0.4);
+    let mut second = p.workloads[0].clone();
+    second.1.set("device", Value::Text("dev1".into()));
+    p.workloads.push(second);
+    p.run.set("cpus", Value::Int(2));
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+    let served = m.workers.get(1).and_then(|w| w.as_ref()).map_or(0, |w| w.mail.served.load(Ordering::Relaxed));
+    let busy: Vec<f64> = o.procs.iter().filter(|p| p.name.starts_with("cpu")).map(|p| p.busy_ns).collect();
+    if served == 0 || busy.len() != 2 || busy.iter().any(|&b| b <= 0.0) || o.stats.to_cpu == 0 {
+        return Err(format!("core 1 made {served} accesses; CPU busy {busy:?}; stats {:?}", o.stats));
+    }
+    Ok(())
+}
+
+/// A point whose migration fails (the `n`-th DMA from its start fails, injected) fails
+/// with a mechanism error, its teardown gives everything back, and the points after it on
+/// the same boot run and pass. Device memory left in use (a read copy nobody gives back)
+/// makes the next point fail before it starts, saying so, rather than fail obscurely.
+pub fn a_failed_migration_does_not_poison_the_next_point(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    let before = Idle::now(vram);
+    let mut points = vec![point(vec![512], "tree", "tbne", "stream", 1.5); 3];
+    for (i, p) in points.iter_mut().enumerate() {
+        p.id = i as u32;
+    }
+    // The third copy-engine request of the first point fails with a device I/O error: a
+    // migration RAM -> dev0 (the tree prefetcher moves pages as they fault) or an eviction
+    // back.
+    let armed = crate::inject::arm(crate::inject::Fault::DmaError, None, 2);
+    let mut got = Vec::new();
+    run_points(&points, &have, vram, &before, |p, r| got.push((p.id, r)));
+    let pending = !armed.fired();
+    drop(armed);
+    if pending {
+        return Err("the injected DMA failure never happened".into());
+    }
+    match &got[0].1 {
+        Err(e) if e.kind == FailKind::Mechanism && e.msg.contains("moved") => {}
+        other => return Err(format!("point 0: expected a failed migration (a mechanism error), got {other:?}")),
+    }
+    for (id, r) in &got[1..] {
+        if let Err(e) = r {
+            return Err(format!("point {id} after the failed one: {e}"));
+        }
+    }
+    before.check(vram).map_err(|e| format!("after the points: {e}"))?;
+    // Device memory an earlier point did not give back is found before the next starts.
+    let leak = vram[0].read_copies(&[uspace::mm().zero_pfn()]).map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    run_points(&points[..1], &have, vram, &before, |p, r| got.push((p.id, r)));
+    vram[0].drop_read_copies(&leak);
+    let want =
+        format!("dev0 has {} device pages in use, {} before the first point", before.in_use[0] + 1, before.in_use[0]);
+    match &got[0].1 {
+        Err(e) if e.kind == FailKind::Mechanism && e.msg.contains("before it started") && e.msg.contains(&want) => {}
+        other => return Err(format!("a device page left in use was not reported: {other:?}")),
+    }
+    let mut got = Vec::new();
+    run_points(&points[..1], &have, vram, &before, |p, r| got.push((p.id, r)));
+    got[0].1.as_ref().map(|_| ()).map_err(|e| format!("once the page is back: {e}"))
+}
+
+/// The mechanism refuses what the page tables contradict.
+pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
+    let e = m.access(Loc::Dev(0), Loc::Dev(0), 3, true).err().ok_or("a device access to a RAM page passed")?;
+    let want =
+        MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(0)), expected: Loc::Dev(0), found: Loc::Cpu };
+    if e != want || !e.to_string().contains("page tables have it in cpu") {
+        return Err(format!("wrong error: {e}"));
+    }
+    m.migrate(3, 1, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
+    m.access(Loc::Dev(0), Loc::Dev(0), 3, true).map_err(|e| e.to_string())?;
+    // That access went through dev0's MMU mirror (the default machine has an IOMMU), and
+    // so does a remote one to a RAM page; migrating the page back invalidates the mirror.
+    let mirror = m.mirrors.first().cloned().flatten().ok_or("dev0 has no MMU mirror")?;
+    m.access(Loc::Dev(0), Loc::Cpu, 5, false).map_err(|e| e.to_string())?;
+    if mirror.pages() != 2 {
+        return Err(format!("dev0's mirror maps {} pages, expected 2", mirror.pages()));
+    }
+    if m.access(Loc::Cpu, Loc::Cpu, 3, false).is_ok() {
+        return Err("a CPU access to a device page passed".into());
+    }
+    m.migrate(3, 1, Loc::Dev(0), Loc::Cpu).map_err(|e| e.to_string())?;
+    if mirror.translate(Real::va(3)).is_some() {
+        return Err("dev0's mirror still maps a page that left its memory".into());
+    }
+    m.finish().map_err(|e| format!("data after one device write: {e}"))?;
+    // A read copy is checked against its page: fresh it passes, after a write the engine
+    // failed to drop it for, it is stale.
+    m.duplicate(3, 2, Loc::Cpu, 0).map_err(|e| e.to_string())?;
+    m.access(Loc::Dev(0), Loc::Dev(0), 3, false).map_err(|e| format!("reading a fresh copy: {e}"))?;
+    if m.access(Loc::Dev(0), Loc::Dev(0), 3, true).is_ok() {
+        return Err("a device wrote its read copy".into());
+    }
+    m.access(Loc::Cpu, Loc::Cpu, 4, true).map_err(|e| e.to_string())?;
+    let e = m.access(Loc::Dev(0), Loc::Dev(0), 4, false).err().ok_or("a stale read copy passed")?;
+    let want = MechError::Data { page: 4, copy: Some(0), fault: DataFault::Writes { found: 0, made: 1 } };
+    if e != want || !e.to_string().contains("read copy of page 4: 0 writes found, 1 made") {
+        return Err(format!("wrong error for a stale copy: {e}"));
+    }
+    m.drop_copy(4, 0).map_err(|e| e.to_string())?;
+    if m.drop_copy(4, 0).is_ok() {
+        return Err("a copy dropped twice".into());
+    }
+    m.finish().map_err(|e| format!("data with one copy left: {e}"))?;
+    Ok(())
+}
+
+/// Read duplication on the real devices: a read-mostly table broadcast to both devices
+/// under P8, every device read served from its own copy (checked to hold the page's data
+/// and writes), copies dropped before each write and checked again at the end.
+pub fn read_duplication_on_two_devices(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    if vram.len() < 2 {
+        return Ok(()); // the default machine has two devices; one-device machines skip
+    }
+    let mut p = point(vec![256, 256], "duplicate", "lru4k", "broadcast", 0.5);
+    p.workloads[0].1.set("writes", Value::Float(0.01));
+    let o = run_real(&p)?;
+    let s = &o.stats;
+    if s.duplicates == 0 || s.dup_unsupported != 0 || s.invalidations == 0 || o.workloads[0].error.is_some() {
+        return Err(format!("unexpected counts: {s:?} {:?}", o.workloads));
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The real devices as a [`Mechanism`] ([`Real`]): a point's managed pages in a fresh
+//! process, migrations by the devices' DMA engines, device accesses through their MMU
+//! mirrors, and the teardown that leaves nothing behind (see the experiment module's header).
+
+use super::worker::Worker;
+use super::*;
+use crate::arch::{smp, time};
+use crate::devices::DevError;
+use crate::devmmu::{self, DevMirror};
+use crate::mm::{self, uspace};
+use crate::vram::{self, Vram};
+use alloc::string::ToString;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use hmm::devmmu::Where;
+use hmm::mm::SharedSpace;
+use hmm::mm::pte::Pte;
+use hmm::mm::space::{AddressSpace, Advice, MapRequest};
+use hmm::mm::vma::Prot;
+use hmm::place::engine::{
+    CopyFault, DataFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep,
+};
+use hmm::place::{Loc, PAGE};
+
+/// The real devices as a [`Mechanism`].
+pub(super) struct Real {
+    space: Arc<SharedSpace>,
+    vram: Vec<Arc<Vram>>,
+    writes: Vec<u32>,
+    /// The CPU core the engine runs CPU accesses on now.
+    core: usize,
+    /// A worker per CPU other than the boot CPU, started when the engine first uses it.
+    pub(super) workers: Vec<Option<Worker>>,
+    /// Read copies: (page, device) → the copy's page in that device's memory.
+    copies: alloc::collections::BTreeMap<(u32, u8), u64>,
+    /// Each device's MMU mirror of the point's address space (`None`: the device has no MMU,
+    /// and its accesses go to the page's physical address).
+    pub(super) mirrors: Vec<Option<Arc<DevMirror>>>,
+    /// Set when an error of the mechanism (not of a check) was returned.
+    mech_failed: core::cell::Cell<bool>,
+}
+
+impl Real {
+    pub(super) fn new(pages: u32, vram: &[Arc<Vram>]) -> Result<Self, MechError> {
+        let mm = uspace::mm();
+        let space = mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
+        let len = pages as u64 * PAGE;
+        {
+            let mut s = space.lock();
+            s.mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
+                .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
+            s.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))?;
+        }
+        // From here on a failure drops what was set up so far (Real's teardown).
+        let mut real = Real {
+            space,
+            vram: vram.to_vec(),
+            writes: vec![0; pages as usize],
+            core: 0,
+            workers: (0..smp::count()).map(|_| None).collect(),
+            copies: alloc::collections::BTreeMap::new(),
+            mirrors: Vec::new(),
+            mech_failed: core::cell::Cell::new(false),
+        };
+        // Every page populated by the CPU, with its identity word.
+        let mut page = vec![0u8; PAGE as usize];
+        for p in 0..pages as u64 {
+            page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
+            uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
+                .map_err(|f| MechError::Setup(SetupStep::Fill { page: p, error: f.error }))?;
+        }
+        for v in vram {
+            let m = match devmmu::bind(v.device(), &real.space) {
+                Ok(m) => Some(m),
+                Err(DevError::Busy(n)) => {
+                    return Err(MechError::Setup(SetupStep::MmuBusy(n)));
+                }
+                Err(e) => {
+                    log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
+                    None
+                }
+            };
+            real.mirrors.push(m);
+        }
+        Ok(real)
+    }
+
+    /// Marks `e` as the mechanism's failure (see [`FailKind`]).
+    fn mech(&self, e: MechError) -> MechError {
+        self.mech_failed.set(true);
+        e
+    }
+
+    /// Why the point failed, given that it did.
+    pub(super) fn fail_kind(&self) -> FailKind {
+        if self.mech_failed.get() { FailKind::Mechanism } else { FailKind::Check }
+    }
+
+    pub(super) fn va(p: u32) -> u64 {
+        BASE + p as u64 * PAGE
+    }
+
+    /// Where page `p` really is, and the physical address of its data.
+    fn locate(&self, p: u32) -> Result<(Loc, u64), MechError> {
+        let entry = self.space.lock().lookup(Self::va(p));
+        match entry {
+            Some(e) => {
+                if let Pte::Present(x) = e.pte
+                    && !self.vram.iter().any(|v| v.holds(&e.pte).is_some())
+                {
+                    return Ok((Loc::Cpu, x.pfn.addr()));
+                }
+                for (d, v) in self.vram.iter().enumerate() {
+                    if let Some(pfn) = v.holds(&e.pte) {
+                        let pa =
+                            v.phys_of(pfn).ok_or(MechError::NoAddress { dev: d as u8, at: NoAddressOf::Frame(pfn) })?;
+                        return Ok((Loc::Dev(d as u8), pa));
+                    }
+                }
+                Err(MechError::Entry { page: p, pte: Some(e.pte) })
+            }
+            None => Err(MechError::Entry { page: p, pte: None }),
+        }
+    }
+
+    /// Where device `d`'s MMU takes its access to `page`: its mirror's translation, after a
+    /// device fault (`hmm_range_fault`, then a map in the device's IOMMU domain) if the page is
+    /// not mirrored with the access needed. It must be `pa`, where the CPU page table has the
+    /// page: a mirror that missed an invalidation would still point at the old frame.
+    fn through_mirror(&self, m: &DevMirror, d: u8, page: u32, write: bool, pa: u64) -> Result<u64, MechError> {
+        let va = Self::va(page);
+        let t = match m.translate(va) {
+            Some(t) if t.write || !write => t,
+            _ => {
+                m.fault(va, va + PAGE, write).map_err(|e| {
+                    self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Fault(e.to_string()) })
+                })?;
+                m.translate(va)
+                    .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?
+            }
+        };
+        let at = match t.at {
+            Where::Ram(x) => x,
+            Where::Local(pfn) => {
+                self.vram(d)?.phys_of(pfn).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Frame(pfn) })?
+            }
+        };
+        if at != pa {
+            return Err(MechError::Mirror { dev: d, page, fault: MirrorFault::Stale { at, cpu: pa } });
+        }
+        Ok(at)
+    }
+
+    /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
+    /// page has had (its count); `copy` is the device whose read copy it is, if it is one.
+    fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
+        let mut w = [0u8; 16];
+        mm::read_phys(pa, &mut w);
+        let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
+        let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
+        if id != p as u64 ^ MAGIC {
+            return Err(MechError::Data { page: p, copy, fault: DataFault::OtherPage(id ^ MAGIC) });
+        }
+        let made = self.writes[p as usize];
+        if count != u64::from(made) {
+            return Err(MechError::Data { page: p, copy, fault: DataFault::Writes { found: count, made } });
+        }
+        Ok(())
+    }
+
+    /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
+    /// has too few writes).
+    fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
+        let pa = self.vram(d)?.phys(k * PAGE).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
+        self.check_data(Some(d), p, pa)
+    }
+
+    /// The SRAT memory domain that holds most of the point's pages (all in RAM after
+    /// [`Real::new`]).
+    pub(super) fn memory_domain(&self) -> Result<u32, HmatError> {
+        let srat =
+            crate::system().ok_or(HmatError::NoSystem)?.platform.srat.as_ref().ok_or(HmatError::NoTable("SRAT"))?;
+        let mut count: Vec<(u32, u32)> = Vec::new();
+        for p in 0..self.writes.len() as u32 {
+            let (_, pa) = self.locate(p).map_err(HmatError::Locate)?;
+            let d = srat.memory.iter().find(|m| m.base <= pa && pa < m.base + m.length).map_or(u32::MAX, |m| m.domain);
+            match count.iter_mut().find(|(x, _)| *x == d) {
+                Some((_, n)) => *n += 1,
+                None => count.push((d, 1)),
+            }
+        }
+        match count.iter().max_by_key(|(_, n)| *n) {
+            Some(&(d, _)) if d != u32::MAX => Ok(d),
+            _ => Err(HmatError::NoMemoryDomain),
+        }
+    }
+
+    fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
+        self.vram.get(d as usize).ok_or(MechError::NoDevice(d))
+    }
+}
+
+fn ns_since(t0: u64) -> u64 {
+    time::cycles_to_ns(time::rdtsc().saturating_sub(t0)).unwrap_or(0)
+}
+
+impl Mechanism for Real {
+    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
+    }
+
+    fn can_duplicate(&self) -> bool {
+        true
+    }
+
+    fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        self.duplicate_pages(first, pages, from, dev)
+    }
+
+    fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
+        let k = self.copies.remove(&(page, dev)).ok_or(MechError::Copy { page, dev, fault: CopyFault::Missing })?;
+        self.vram(dev)?.drop_read_copy(k);
+        Ok(())
+    }
+
+    fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        self.access_page(by, at, page, write)
+    }
+
+    fn finish(&mut self) -> Result<(), MechError> {
+        for (&(p, d), &k) in &self.copies {
+            self.check_copy(p, d, k)?;
+        }
+        for p in 0..self.writes.len() as u32 {
+            let (_, pa) = self.locate(p)?;
+            self.check_data(None, p, pa)?;
+        }
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        time::now_ns().unwrap_or(0)
+    }
+
+    fn on_core(&mut self, core: u32) {
+        // Engine cores map onto the CPUs that are online (the xtask refuses more cores than
+        // the machine has; a CPU that did not start shares another's).
+        self.core = core as usize % smp::count();
+    }
+}
+
+impl Real {
+    fn migrate_pages(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let (va, n) = (Self::va(first), pages as u64);
+        let moved = match (from, to) {
+            (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &self.space, va, n),
+            (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &self.space, va, n),
+            (Loc::Dev(a), Loc::Dev(b)) => {
+                vram::migrate_device_to_device(self.vram(a)?, self.vram(b)?, &self.space, va, n)
+            }
+            (Loc::Cpu, Loc::Cpu) => Ok(0),
+        }
+        .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
+        if moved != n {
+            return Err(MechError::Short { first, pages, from, to, moved });
+        }
+        Ok(ns_since(t0))
+    }
+
+    fn duplicate_pages(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let mut frames = Vec::with_capacity(pages as usize);
+        for p in first..first + pages {
+            let (real, pa) = self.locate(p)?;
+            if real != from {
+                return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
+            }
+            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
+                return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
+            }
+            frames.push(hmm::addr::Pfn(pa / PAGE));
+        }
+        let made = self.vram(dev)?.read_copies(&frames).map_err(|e| {
+            self.mech(MechError::Device { op: DeviceOp::ReadCopies { first, pages, dev }, cause: e.to_string() })
+        })?;
+        for (p, k) in (first..).zip(made) {
+            self.copies.insert((p, dev), k);
+        }
+        Ok(ns_since(t0))
+    }
+
+    fn access_page(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        if let Loc::Dev(d) = by
+            && at == by
+            && let Some(&k) = self.copies.get(&(page, d))
+        {
+            if write {
+                return Err(MechError::Copy { page, dev: d, fault: CopyFault::Written });
+            }
+            return self.check_copy(page, d, k);
+        }
+        let (real, pa) = self.locate(page)?;
+        if real != at {
+            return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: real });
+        }
+        if by == Loc::Cpu && self.core != 0 {
+            // On the core the engine chose: that CPU's worker makes the access.
+            let core = self.core;
+            if self.workers[core].is_none() {
+                self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
+            }
+            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
+            w.access(page, write).map_err(|e| self.mech(e))?;
+        } else if by == Loc::Cpu {
+            // A real user access through the page tables (it would fault if the page were not
+            // in RAM).
+            let va = Self::va(page);
+            let r = uspace::run(&self.space, |u| {
+                let v = u.read_u64(va)?;
+                if write { u.write_u64(va, v + 1) } else { Ok(()) }
+            });
+            r.map_err(|f| self.mech(MechError::CpuFault { page, cpu: 0, address: f.address, error: f.error }))?;
+        } else {
+            // A device access: through the device's MMU mirror when it has one (local memory,
+            // or RAM mapped remotely), which must agree with the CPU page table.
+            let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
+                (Loc::Dev(d), Some(Some(m))) if at == by || at == Loc::Cpu => {
+                    self.through_mirror(m, d, page, write, pa)?
+                }
+                _ => pa,
+            };
+            let mut w = [0u8; 8];
+            mm::read_phys(pa, &mut w);
+            if write {
+                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
+            }
+        }
+        if write {
+            self.writes[page as usize] += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Real {
+    fn drop(&mut self) {
+        // The workers leave the address space first, the device MMUs stop mirroring it, and
+        // the read copies go back to their devices.
+        self.workers.clear();
+        for m in self.mirrors.drain(..).flatten() {
+            if let Err(e) = m.unbind() {
+                log::warn!("experiment: unbinding a device MMU: {e}");
+            }
+        }
+        for (&(_, d), &k) in &self.copies {
+            if let Some(v) = self.vram.get(d as usize) {
+                v.drop_read_copy(k);
+            }
+        }
+        // Unmapping frees the device pages for the next point.
+        let len = self.writes.len() as u64 * PAGE;
+        if let Err(e) = self.space.lock().munmap(BASE, len) {
+            log::warn!("experiment: unmapping the point's memory: {e}");
+        }
+    }
+}

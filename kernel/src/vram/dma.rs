@@ -1,0 +1,107 @@
+//! The copies of a device's migrations: pages grouped into runs of consecutive device pages
+//! (one copy request each, never across from the BAR into the hot-plug region), run on the
+//! device's copy engine, [`IN_FLIGHT`](super::IN_FLIGHT) requests at once, or copied by the
+//! CPU for the baseline. A failed request's entries are returned so that the migration
+//! declines them.
+
+use super::{Copier, IN_FLIGHT, PAGE, RUN, RUN_PAGES, Vram};
+use crate::copyengine::Dir;
+use alloc::vec::Vec;
+use hmm::addr::Pfn;
+
+/// A DMA run: consecutive device pages starting at `offset`, with their RAM pages.
+pub(super) struct Run {
+    offset: u64,
+    entries: Vec<usize>,
+    /// The RAM pages as device addresses (one segment each), and as physical addresses.
+    ram: Vec<(u64, u32)>,
+    pas: Vec<u64>,
+}
+
+impl Vram {
+    /// Runs the DMA for `runs` (several requests in flight); returns the entries whose copy
+    /// failed.
+    pub(super) fn transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        if self.copier() == Copier::Cpu {
+            return self.cpu_transfer(dir, runs);
+        }
+        let mut failed = Vec::new();
+        for (w, window) in runs.chunks(IN_FLIGHT).enumerate() {
+            if w > 0 {
+                crate::inject::reach(crate::inject::Point::BetweenCopies, Some(self.device));
+            }
+            let results = self.dev.dma_many(dir, window.iter().map(|r| (r.offset, &r.ram[..])));
+            for (r, res) in window.iter().zip(results) {
+                if let Err(e) = res {
+                    log::warn!("dev{}: DMA of {} pages at {:#x} failed: {e}", self.device, r.entries.len(), r.offset);
+                    failed.extend(&r.entries);
+                }
+            }
+        }
+        failed
+    }
+
+    /// The CPU-copy baseline: the same runs copied by the CPU through the BAR.
+    fn cpu_transfer(&self, dir: Dir, runs: &[Run]) -> Vec<usize> {
+        let mut failed = Vec::new();
+        for r in runs {
+            for (k, &pa) in r.pas.iter().enumerate() {
+                let Some(dev) = self.phys(r.offset + k as u64 * PAGE) else {
+                    failed.extend(&r.entries);
+                    break;
+                };
+                match dir {
+                    Dir::ToDevice => crate::mm::copy_phys(dev, pa, PAGE),
+                    Dir::ToRam => crate::mm::copy_phys(pa, dev, PAGE),
+                }
+            }
+        }
+        failed
+    }
+
+    /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
+    pub(super) fn runs(&self, items: &[(usize, Pfn, Pfn)]) -> Vec<Run> {
+        let at: Vec<(usize, u64, Pfn)> =
+            items.iter().filter_map(|&(i, dp, ram)| Some((i, self.offset_of(dp)?, ram))).collect();
+        self.runs_at(&at)
+    }
+
+    /// Groups `(entry, byte offset in device memory, ram pfn)` into runs of consecutive device
+    /// pages. The "RAM" frame may be another device's BAR frame (peer to peer).
+    pub(super) fn runs_at(&self, items: &[(usize, u64, Pfn)]) -> Vec<Run> {
+        let kernel = self.dev.iova_of(0);
+        // Requests never cross from the BAR into the hot-plug region (another engine's disk).
+        let region = |off: u64| off >= self.bar_pages * PAGE;
+        let mut runs: Vec<Run> = Vec::new();
+        for &(i, off, ram) in items {
+            let seg = (kernel + ram.addr(), PAGE as u32);
+            let joins = runs.last().is_some_and(|r| {
+                let next_to = r.ram.last().is_some_and(|l| l.0 + u64::from(l.1) == seg.0);
+                r.offset + r.pas.len() as u64 * PAGE == off
+                    && region(r.offset) == region(off)
+                    && r.pas.len() < RUN_PAGES
+                    && (next_to || r.ram.len() < RUN)
+            });
+            match runs.last_mut() {
+                Some(r) if joins => {
+                    if r.entries.last() != Some(&i) {
+                        r.entries.push(i);
+                    }
+                    match r.ram.last_mut() {
+                        // Physically contiguous RAM (a THP) is one segment.
+                        Some(l) if l.0 + u64::from(l.1) == seg.0 => l.1 += PAGE as u32,
+                        _ => r.ram.push(seg),
+                    }
+                    r.pas.push(ram.addr());
+                }
+                _ => runs.push(Run {
+                    offset: off,
+                    entries: alloc::vec![i],
+                    ram: alloc::vec![seg],
+                    pas: alloc::vec![ram.addr()],
+                }),
+            }
+        }
+        runs
+    }
+}

@@ -1,0 +1,186 @@
+//! Hot-plug of a device's memory ([`Vram::grow`], [`Vram::shrink`]): growing plugs virtio-mem
+//! blocks and registers each as a pagemap; shrinking isolates blocks in the allocator, evicts
+//! what lives there with `migrate_device_range` (DMA to fresh RAM pages), takes them offline,
+//! `memunmap_pages`, and unplugs. A page that cannot be evicted (pinned, locked by a migration
+//! in flight, no RAM, a failed copy) leaves its block online, and the error says why.
+
+use super::migrate::unuse;
+use super::{HUGE, PAGE, Vram, pagemaps};
+use crate::copyengine::Dir;
+use crate::devices::{DevError, ResizeFailure};
+use crate::mm::uspace;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use drivers::virtio_mem::MemError;
+use hmm::devalloc::{BLOCK_PAGES, State};
+use hmm::mm::frame::flags;
+use hmm::mm::migrate::MigratePfn;
+
+impl Vram {
+    /// Pages of the hot-plug region (plugged or not; 0 without one).
+    pub fn hot_pages(&self) -> u64 {
+        self.alloc.lock().capacity() * BLOCK_PAGES - self.bar_pages
+    }
+
+    /// Pages of the hot-plug region plugged now.
+    pub fn plugged_pages(&self) -> u64 {
+        self.pages() - self.bar_pages
+    }
+
+    /// Adds `bytes` (whole 2 MiB blocks) of the hot-plug region to this device's memory: the
+    /// lowest unplugged blocks are plugged (virtio-mem PLUG) and each becomes a pagemap of
+    /// device pages. Returns the blocks' device-memory offsets. Refused, with nothing changed,
+    /// when the region has no room, or the host has not requested that much.
+    pub fn grow(self: &Arc<Self>, bytes: u64) -> Result<Vec<u64>, DevError> {
+        let _serial = self.resize.lock();
+        let blocks = whole_blocks(self.device, bytes)?;
+        let first = self.bar_pages / BLOCK_PAGES;
+        let free: Vec<u64> = {
+            let a = self.alloc.lock();
+            (first..a.capacity()).filter(|&b| a.state(b) == Some(State::Offline)).take(blocks as usize).collect()
+        };
+        if (free.len() as u64) < blocks {
+            return Err(self.resize_error(ResizeFailure::NoRoom { asked: bytes, left: free.len() as u64 * HUGE }));
+        }
+        let mut added = Vec::new();
+        for &b in &free {
+            let off = (b - first) * HUGE;
+            let plugged = self.with_hot(|m| m.plug(off, HUGE));
+            let r = plugged.and_then(|()| {
+                self.add_chunk(b * BLOCK_PAGES, BLOCK_PAGES).map_err(|e| {
+                    let _ = self.with_hot(|m| m.unplug(off, HUGE));
+                    self.resize_error(ResizeFailure::Register(e))
+                })
+            });
+            if let Err(e) = r {
+                // Give back what this call added: all or nothing.
+                let _ = self.shrink_blocks(&added);
+                return Err(e);
+            }
+            added.push(b);
+        }
+        Ok(added.iter().map(|b| b * BLOCK_PAGES * PAGE).collect())
+    }
+
+    /// Removes `bytes` (whole 2 MiB blocks) of plugged hot-plug memory, the highest blocks
+    /// first: allocation stops there, every page still in use is evicted to RAM
+    /// (`migrate_device_range`, DMA by the region's engine) with nothing lost, the pagemaps go
+    /// (`memunmap_pages`) and the blocks are unplugged. Returns the pages evicted. If a page
+    /// cannot be evicted (pinned, no RAM, a failed copy), the blocks stay online and the error
+    /// says why.
+    pub fn shrink(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
+        let _serial = self.resize.lock();
+        let blocks = whole_blocks(self.device, bytes)?;
+        let first = self.bar_pages / BLOCK_PAGES;
+        let online: Vec<u64> = {
+            let a = self.alloc.lock();
+            (first..a.capacity())
+                .rev()
+                .filter(|&b| a.state(b).is_some_and(|s| s != State::Offline))
+                .take(blocks as usize)
+                .collect()
+        };
+        if (online.len() as u64) < blocks {
+            return Err(
+                self.resize_error(ResizeFailure::NotPlugged { asked: bytes, plugged: online.len() as u64 * HUGE })
+            );
+        }
+        self.shrink_blocks(&online)
+    }
+
+    fn shrink_blocks(&self, blocks: &[u64]) -> Result<u64, DevError> {
+        let first = self.bar_pages / BLOCK_PAGES;
+        let mut evicted = 0;
+        for &b in blocks {
+            let busy = self.alloc.lock().isolate(b, 1);
+            busy.map_err(|error| self.resize_error(ResizeFailure::Isolate { block: b, error }))?;
+            let r = self.evict(b).and_then(|n| {
+                evicted += n;
+                self.alloc
+                    .lock()
+                    .offline(b, 1)
+                    .map_err(|error| self.resize_error(ResizeFailure::StillBusy { block: b, error }))
+            });
+            if let Err(e) = r {
+                let _ = self.alloc.lock().unisolate(b, 1);
+                return Err(e);
+            }
+            let chunk = {
+                let mut chunks = self.chunks.write();
+                let i = chunks.iter().position(|c| c.index == b * BLOCK_PAGES);
+                i.map(|i| chunks.remove(i))
+            };
+            if let Some(c) = chunk
+                && let Err(e) = pagemaps().and_then(|p| p.memunmap_pages(&c.pagemap))
+            {
+                // Cannot happen after a clean offline; keep the memory rather than lose track.
+                log::warn!("dev{}: memunmap of block {b}: {e}", self.device);
+                self.chunks.write().push(c);
+                let _ = self.alloc.lock().add(b, 1);
+                return Err(self.resize_error(ResizeFailure::Unmap { block: b, error: e }));
+            }
+            self.with_hot(|m| m.unplug((b - first) * HUGE, HUGE))?;
+        }
+        Ok(evicted)
+    }
+
+    /// Evicts every page in use in block `b` to RAM; returns how many moved.
+    fn evict(&self, b: u64) -> Result<u64, DevError> {
+        let Some(start) = self.pfn(b * BLOCK_PAGES) else { return Ok(0) };
+        let mm = uspace::mm();
+        let mut mig = hmm::mm::migrate::migrate_device_range(mm, start, BLOCK_PAGES);
+        let mut items = Vec::new();
+        let mut no_ram = false;
+        for i in 0..BLOCK_PAGES as usize {
+            let s = mig.src()[i];
+            let Some(from) = s.pfn().filter(|_| s.is_migrate()) else { continue };
+            let Ok(r) = mm.alloc_page(flags::ANON, 0, false) else {
+                no_ram = true;
+                break;
+            };
+            if let Some(m) = mm.meta(r) {
+                m.trylock();
+            }
+            mig.dst_mut()[i] = MigratePfn::new(r).with_write(s.is_write());
+            items.push((i, from, r));
+        }
+        let mut failed = self.transfer(Dir::ToRam, &self.runs(&items));
+        failed.sort_unstable();
+        for &i in &failed {
+            if let Some((_, _, r)) = items.iter().find(|x| x.0 == i) {
+                unuse(*r);
+            }
+            mig.dst_mut()[i] = MigratePfn(0);
+        }
+        mig.pages();
+        mig.finalize();
+        let moved = (items.len() - failed.len()) as u64;
+        self.stats.lock().to_ram += moved;
+        if no_ram || !failed.is_empty() {
+            return Err(self.resize_error(ResizeFailure::Evict { block: b, no_ram }));
+        }
+        Ok(moved)
+    }
+
+    fn with_hot<R>(
+        &self,
+        f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> Result<R, MemError>,
+    ) -> Result<R, DevError> {
+        match self.dev.with_hot_mem(f) {
+            Some(r) => r.map_err(|e| self.resize_error(ResizeFailure::Request(e))),
+            None => Err(self.resize_error(ResizeFailure::NoRegion)),
+        }
+    }
+
+    fn resize_error(&self, failure: ResizeFailure) -> DevError {
+        DevError::Resize { device: self.device, failure }
+    }
+}
+
+/// Whole 2 MiB blocks in `bytes`.
+fn whole_blocks(device: usize, bytes: u64) -> Result<u64, DevError> {
+    if bytes == 0 || !bytes.is_multiple_of(HUGE) {
+        return Err(DevError::Resize { device, failure: ResizeFailure::NotBlocks(bytes) });
+    }
+    Ok(bytes / HUGE)
+}
