@@ -2,7 +2,7 @@
 //!
 //! This file holds the usage and the dispatch to the commands, one file each in `cmd/`
 //! (`qemu`, `test`, `bench`, `experiment`, `mutants`, `stress`). The parts they share have
-//! their own modules: finding the workspace ([`root`]), set-up and building ([`setup`]), one
+//! their own modules: finding the workspace at run time ([`workspace`]), set-up and building ([`setup`]), one
 //! QEMU boot ([`qemu`]), the shared options ([`options`]), decoding the guest's output
 //! ([`decode`]), machine files ([`machine`]) and experiment files ([`experiment`]).
 //!
@@ -17,17 +17,13 @@ mod machine;
 mod options;
 mod qemu;
 mod setup;
+mod workspace;
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::process::ExitCode;
 
 type Result<T> = std::result::Result<T, String>;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
-}
+use workspace::root;
 
 fn usage() -> String {
     "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE]\n  cargo xtask bench hmm [--machine FILE]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]\n  cargo xtask mutants [FILE...] [--sample N] [--jobs J]\n  cargo xtask stress [--ops N] [--seed S] [--seeds K] [--threads] [--avoid F,G] [--minimize [BUDGET]] [--trace]"
@@ -36,12 +32,16 @@ fn usage() -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = workspace::init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match args.first().map(String::as_str) {
         Some("qemu") => cmd::qemu::cmd(&args[1..]),
         Some("test") => cmd::test::cmd(&args[1..]),
         Some("bench") => cmd::bench::cmd(&args[1..]),
         Some("experiment") => cmd::experiment::cmd(&args[1..]),
-        Some("mutants") => cmd::mutants::cmd(&root(), &args[1..]),
+        Some("mutants") => cmd::mutants::cmd(root(), &args[1..]),
         Some("stress") => cmd::stress::cmd_stress(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{}", usage());

@@ -76,7 +76,7 @@ pub fn run_points(
     } else {
         ensure_prerequisites(l.machine.firmware == "qboot")?;
         let kernel = build_kernel(profile)?;
-        let dir = experiment::out_dir(&root(), l);
+        let dir = experiment::out_dir(root(), l);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let per = l.exp.points_per_boot.as_ref().map_or(4, |p| (*p.get_ref()).max(1)) as usize;
         // A batch: the points one guest runs, and why it runs them again (a rerun after a
@@ -171,7 +171,7 @@ pub fn report_experiment(
     traces: &[Value],
     wall: Duration,
 ) -> Result<bool> {
-    let dir = experiment::out_dir(&root(), l);
+    let dir = experiment::out_dir(root(), l);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let write = |name: &str, data: &str| {
         let p = dir.join(name);
@@ -232,7 +232,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     let file = file.ok_or_else(|| {
         format!("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}", usage())
     })?;
-    let l = experiment::load(&file, &root())?;
+    let l = experiment::load(&file, root())?;
     if host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
         return Err(format!(
             "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",

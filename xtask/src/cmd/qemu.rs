@@ -25,13 +25,13 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     // default machine (its device memory sizes are what the experiment is written for).
     let default_exp = root().join("experiments/default.toml");
     let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") {
-        Some(experiment::load(&default_exp, &root())?)
+        Some(experiment::load(&default_exp, root())?)
     } else {
         None
     };
     let image = match &exp {
         Some(l) => {
-            let dir = experiment::out_dir(&root(), l);
+            let dir = experiment::out_dir(root(), l);
             std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let path = dir.join("image.txt");
             let text: String = l.points.iter().map(|p| p.encode()).collect();

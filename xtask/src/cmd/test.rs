@@ -189,7 +189,7 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
 fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
     let name = "experiment::numa_hmat_line_costs";
-    let l = experiment::load(&root().join("experiments/numa.toml"), &root())?;
+    let l = experiment::load(&root().join("experiments/numa.toml"), root())?;
     let (results, _) = run_points(&l, false, 2, 300, Profile::Release)?;
     let mut problems = Vec::new();
     for p in &l.points {
