@@ -8,6 +8,7 @@
 use crate::Result;
 use crate::machine::Machine;
 use crate::setup::QEMU;
+use boot::protocol::{EXIT_PORT, ExitCode, MARK, Tag};
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -40,24 +41,30 @@ pub enum Outcome {
 impl Outcome {
     /// Decodes QEMU's exit status (`None`: killed by a signal).
     pub fn from_status(code: Option<i32>) -> Self {
-        match code {
-            Some(33) => Self::Success,
-            Some(35) => Self::Failure,
-            Some(37) => Self::TestPanicked,
-            Some(39) => Self::TestHung,
-            Some(0) => Self::Reset,
-            Some(c) => Self::QemuError(c),
+        match code.map(|c| (c, ExitCode::from_qemu_status(c))) {
+            Some((_, Some(ExitCode::Success))) => Self::Success,
+            Some((_, Some(ExitCode::Failure))) => Self::Failure,
+            Some((_, Some(ExitCode::TestPanicked))) => Self::TestPanicked,
+            Some((_, Some(ExitCode::TestHung))) => Self::TestHung,
+            Some((0, None)) => Self::Reset,
+            Some((c, None)) => Self::QemuError(c),
             None => Self::Killed,
         }
     }
 
     /// One sentence for the user.
     pub fn describe(&self) -> String {
+        let status = |c: ExitCode| c.qemu_status();
         match self {
-            Self::Success => "the kernel finished successfully (QEMU status 33)".into(),
-            Self::Failure => "the kernel reported a failure (QEMU status 35; see the log above)".into(),
-            Self::TestPanicked => "an in-kernel test crashed (QEMU status 37)".into(),
-            Self::TestHung => "an in-kernel test hung and was stopped by the watchdog (QEMU status 39)".into(),
+            Self::Success => format!("the kernel finished successfully (QEMU status {})", status(ExitCode::Success)),
+            Self::Failure => {
+                format!("the kernel reported a failure (QEMU status {}; see the log above)", status(ExitCode::Failure))
+            }
+            Self::TestPanicked => format!("an in-kernel test crashed (QEMU status {})", status(ExitCode::TestPanicked)),
+            Self::TestHung => format!(
+                "an in-kernel test hung and was stopped by the watchdog (QEMU status {})",
+                status(ExitCode::TestHung)
+            ),
             Self::Reset => "the guest reset itself: a triple fault (QEMU status 0 under -no-reboot)".into(),
             Self::QemuError(c) => format!("QEMU failed with status {c} (see its message above)"),
             Self::Timeout(s) => format!("no result within {s} s: the kernel hung; QEMU was killed"),
@@ -142,7 +149,7 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
         .args(l.initrd.iter().flat_map(|p| [std::ffi::OsStr::new("-initrd"), p.as_os_str()]))
         .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
-        .args(["-no-reboot", "-nodefaults", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-no-reboot", "-nodefaults", "-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -190,10 +197,10 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
                 if let Some(f) = l.on_line {
                     f(&line);
                 }
-                if line.starts_with("@@BOOT ") && ready_at.is_none() {
+                if Tag::Boot.payload(&line).is_some() && ready_at.is_none() {
                     ready_at = Some(start.elapsed());
                 }
-                if l.echo && !line.starts_with("@@") {
+                if l.echo && !line.starts_with(MARK) {
                     println!("{line}");
                 }
                 lines.push(line);
@@ -202,7 +209,7 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
                 if let Ok(Some(_)) = child.try_wait() {
                     // Drain what is left.
                     while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                        if l.echo && !line.starts_with("@@") {
+                        if l.echo && !line.starts_with(MARK) {
                             println!("{line}");
                         }
                         lines.push(line);
@@ -216,4 +223,21 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
     let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
     let outcome = if timed_out { Outcome::Timeout(l.timeout.as_secs()) } else { Outcome::from_status(status.code()) };
     Ok(Run { outcome, lines, ready_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_exit_codes_are_decoded() {
+        let want = [Outcome::Success, Outcome::Failure, Outcome::TestPanicked, Outcome::TestHung];
+        for (code, want) in ExitCode::ALL.into_iter().zip(want) {
+            assert_eq!(Outcome::from_status(Some(code.qemu_status())), want);
+            assert!(want.describe().contains(&format!("QEMU status {}", code.qemu_status())), "{}", want.describe());
+        }
+        assert_eq!(Outcome::from_status(Some(0)), Outcome::Reset);
+        assert_eq!(Outcome::from_status(Some(1)), Outcome::QemuError(1));
+        assert_eq!(Outcome::from_status(None), Outcome::Killed);
+    }
 }

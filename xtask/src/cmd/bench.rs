@@ -18,6 +18,7 @@ use crate::options::{Options, parse_options};
 use crate::qemu::{Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
+use boot::protocol::Tag;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -306,7 +307,7 @@ fn bench_boot(o: &Options) -> Result<u8> {
             return Err(format!("boot {i}: {}", run.outcome.describe()));
         }
         let ready = run.ready_at.ok_or("no boot report")?;
-        let kernel_ns = json_line(&run.lines, "@@BOOT ").and_then(|v| v["ready_ns"].as_u64()).unwrap_or(0);
+        let kernel_ns = json_line(&run.lines, Tag::Boot).and_then(|v| v["ready_ns"].as_u64()).unwrap_or(0);
         host.push(ready.as_secs_f64() * 1e3);
         guest.push(kernel_ns as f64 / 1e6);
     }

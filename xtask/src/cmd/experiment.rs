@@ -10,6 +10,7 @@ use crate::experiment;
 use crate::qemu::{Launch, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
+use boot::protocol::Tag;
 use serde_json::Value;
 use std::{
     path::PathBuf,
@@ -102,7 +103,7 @@ pub fn run_points(
                         }
                         let counted = AtomicUsize::new(0);
                         let on_line = |line: &str| {
-                            if line.starts_with("@@POINT ") {
+                            if Tag::Point.payload(line).is_some() {
                                 counted.fetch_add(1, Ordering::SeqCst);
                                 progress(done.fetch_add(1, Ordering::SeqCst) + 1);
                             }

@@ -12,6 +12,7 @@ use crate::options::parse_options;
 use crate::qemu::{Launch, run_qemu};
 use crate::setup::{build_kernel, ensure_prerequisites};
 use crate::{Result, root};
+use boot::protocol::Tag;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -52,11 +53,11 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         initrd: image.as_deref(),
         on_line: None,
     })?;
-    if let Some(report) = json_line(&run.lines, "@@BOOT ") {
+    if let Some(report) = json_line(&run.lines, Tag::Boot) {
         print_boot_report(&report, &machine, run.ready_at);
-        println!("@@BOOT {report}");
+        println!("{}", Tag::Boot.line(&report));
     }
-    if let Some(result) = json_line(&run.lines, "@@RESULT ") {
+    if let Some(result) = json_line(&run.lines, Tag::Result) {
         println!("\n== default job: {} ==", result["job"].as_str().unwrap_or("?"));
         if let Some(obj) = result.as_object() {
             for (k, v) in obj.iter().filter(|(k, _)| *k != "job") {

@@ -14,6 +14,7 @@ use crate::options::parse_options;
 use crate::qemu::{Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
+use boot::protocol::{KTEST, Ktest};
 use serde_json::Value;
 use std::{
     path::Path,
@@ -64,50 +65,15 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
             initrd: None,
             on_line: None,
         })?;
-        let mut last_started: Option<(usize, String)> = None;
-        let mut finished = None;
-        for line in &run.lines {
-            let Some(rest) = line.strip_prefix("ktest: ") else {
-                if line.starts_with("BOOT FAILED")
-                    || line.starts_with("PANIC")
-                    || line.starts_with("FATAL")
-                    || line.contains("WARN")
-                {
-                    println!("  {line}");
-                }
-                continue;
-            };
-            let mut words = rest.splitn(3, ' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("start"), Some(i), Some(name)) => last_started = Some((i.parse().unwrap_or(0), name.to_string())),
-                (Some("ok"), Some(_), Some(name)) => {
-                    tally.pass(&format!("{label}{}", name.split(' ').next().unwrap_or(name)));
-                    last_started = None;
-                }
-                (Some("skip"), Some(_), Some(rest)) => {
-                    let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
-                    tally.skip(&format!("{label}{}", name.trim_end_matches(':')), why.trim());
-                    last_started = None;
-                }
-                (Some("FAIL" | "HANG"), Some(_), Some(rest)) => {
-                    let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
-                    tally.fail(&format!("{label}{}", name.trim_end_matches(':')), why.trim_start_matches(':').trim());
-                    last_started = None;
-                }
-                (Some("LEAK"), _, _) => tally.fail(&format!("{label}frame-leak-check"), rest),
-                (Some("done"), _, _) => finished = Some(()),
-                _ => {}
-            }
-        }
+        let Suite { last_started, finished } = read_suite(&run.lines, label, tally);
         match (&run.outcome, finished) {
-            (Outcome::Success | Outcome::Failure, Some(())) => return Ok(()),
+            (Outcome::Success | Outcome::Failure, true) => return Ok(()),
             (Outcome::TestPanicked | Outcome::TestHung, _) | (Outcome::Timeout(_), _) => {
                 // The crashed test has already been reported unless the kernel died silently.
                 let Some((i, name)) = last_started.or_else(|| {
-                    run.lines.iter().rev().find_map(|l| {
-                        let r = l.strip_prefix("ktest: FAIL ").or_else(|| l.strip_prefix("ktest: HANG "))?;
-                        let mut w = r.split(' ');
-                        Some((w.next()?.parse().ok()?, String::new()))
+                    run.lines.iter().rev().find_map(|l| match Ktest::parse(l)? {
+                        Ktest::Fail { index, .. } | Ktest::Hang { index, .. } => Some((index, String::new())),
+                        _ => None,
                     })
                 }) else {
                     return Err(format!("{label}in-kernel tests: {} before any test started", run.outcome.describe()));
@@ -125,6 +91,50 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
             }
         }
     }
+}
+
+/// What one boot's test runner lines said, beyond the tally.
+#[derive(Debug, PartialEq)]
+struct Suite {
+    /// The test that started and did not end (it crashed or hung): its index and name.
+    last_started: Option<(usize, String)>,
+    /// The runner printed `done`.
+    finished: bool,
+}
+
+/// Tallies one boot's `ktest:` lines (`boot::protocol::Ktest`), test names prefixed with
+/// `label`, and prints the kernel's crash and warning lines among the others.
+fn read_suite(lines: &[String], label: &str, tally: &mut Tally) -> Suite {
+    let mut suite = Suite { last_started: None, finished: false };
+    for line in lines {
+        if !line.starts_with(KTEST) {
+            if line.starts_with("BOOT FAILED")
+                || line.starts_with("PANIC")
+                || line.starts_with("FATAL")
+                || line.contains("WARN")
+            {
+                println!("  {line}");
+            }
+            continue;
+        }
+        let Some(k) = Ktest::parse(line) else { continue };
+        match k {
+            Ktest::Start { index, name } => suite.last_started = Some((index, name.to_string())),
+            Ktest::Ok { name, .. } => tally.pass(&format!("{label}{name}")),
+            Ktest::Skip { name, why, .. } => tally.skip(&format!("{label}{name}"), why.to_string().trim()),
+            Ktest::Fail { name, why, .. } => tally.fail(&format!("{label}{name}"), why.to_string().trim()),
+            Ktest::Hang { name, ms, .. } => {
+                tally.fail(&format!("{label}{name}"), &format!("(stopped by the watchdog after {ms} ms)"))
+            }
+            Ktest::Leak { .. } => tally.fail(&format!("{label}frame-leak-check"), &line[KTEST.len()..]),
+            Ktest::Done { .. } => suite.finished = true,
+            Ktest::Plan { .. } => {}
+        }
+        if matches!(k, Ktest::Ok { .. } | Ktest::Skip { .. } | Ktest::Fail { .. } | Ktest::Hang { .. }) {
+            suite.last_started = None;
+        }
+    }
+    suite
 }
 
 /// Boots that must fail in a specific, clearly reported way.
@@ -287,4 +297,44 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     }
     println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
     Ok(if tally.failed.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boot::protocol::Text;
+
+    #[test]
+    fn the_kernels_test_lines_are_tallied() {
+        // Lines as the kernel's runner writes them (`boot::protocol::Ktest`'s encoder), among log lines.
+        let err = "expected 1, got 2";
+        let lines: Vec<String> = [
+            Ktest::Plan { total: 5 }.to_string(),
+            Ktest::Start { index: 0, name: "smp::ipi" }.to_string(),
+            "some log line".into(),
+            Ktest::Ok { index: 0, name: "smp::ipi", us: 12 }.to_string(),
+            Ktest::Start { index: 1, name: "hmm.hmm_device_coherent.anon_read" }.to_string(),
+            Ktest::Skip { index: 1, name: "hmm.hmm_device_coherent.anon_read", why: Text::Str("no coherent device") }
+                .to_string(),
+            Ktest::Start { index: 2, name: "mm::fork" }.to_string(),
+            Ktest::Fail { index: 2, name: "mm::fork", why: Text::Display(&err) }.to_string(),
+            Ktest::Leak { frames: 3 }.to_string(),
+            Ktest::Start { index: 3, name: "faults::spin" }.to_string(),
+        ]
+        .into_iter()
+        .collect();
+        let mut tally = Tally::default();
+        let suite = read_suite(&lines, "real/", &mut tally);
+        assert_eq!(suite, Suite { last_started: Some((3, "faults::spin".into())), finished: false });
+        assert_eq!((tally.passed, tally.skipped), (1, 1));
+        assert_eq!(tally.failed, ["real/mm::fork", "real/frame-leak-check"]);
+        // The watchdog's line ends the hung test; `done` ends the run.
+        let more = [
+            Ktest::Hang { index: 3, name: "faults::spin", ms: 5000 }.to_string(),
+            Ktest::Done { passed: 1, failed: 2, skipped: 1 }.to_string(),
+        ];
+        let suite = read_suite(&more, "", &mut tally);
+        assert_eq!(suite, Suite { last_started: None, finished: true });
+        assert_eq!(tally.failed.last().map(String::as_str), Some("faults::spin"));
+    }
 }
