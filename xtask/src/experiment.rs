@@ -2,10 +2,11 @@
 //!
 //! An experiment file (TOML) names a machine, workloads, policies and sweeps. This module
 //! checks it against the same parameter tables the guest uses (`hmm::place`), with errors that
-//! name the file, line and field and say what is allowed; expands it into points; runs them
-//! (several QEMU guests in parallel where cores allow, or on the host over the model mechanism
-//! with `--host`); and writes a CSV, a summary table, comparison tables with published numbers
-//! beside ours, SVG plots, and a Chrome/Perfetto trace.
+//! name the file, line and field and say what is allowed ([`load`], one function per section);
+//! expands it into points, which `cmd::experiment` runs (several QEMU guests in parallel where
+//! cores allow, or on the host over the model mechanism with `--host`); and makes from their
+//! results a CSV, a summary table, comparison tables with published numbers beside ours, SVG
+//! plots, and a Chrome/Perfetto trace.
 //!
 //! ```toml
 //! name = "example"

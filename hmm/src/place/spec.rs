@@ -3,7 +3,7 @@
 //! The xtask expands an experiment file into points and writes them in this format into the
 //! guest's boot module; the guest decodes them, runs each, and prints one `@@POINT {json}` line
 //! per point (and `@@TRACE {json}` lines when traced). Both sides use this module, so the format
-//! is defined once.
+//! is defined once (the tags and the JSON writer are `boot::protocol`'s).
 //!
 //! ```text
 //! point 3
