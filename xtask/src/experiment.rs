@@ -585,28 +585,8 @@ pub fn sort_boot(batch: &[u32], got: &Results, rerun_note: Option<&str>) -> Boot
 
 /// CSV of the results.
 pub fn csv(l: &Loaded, results: &Results) -> String {
-    const COLS: &[&str] = &[
-        "accesses",
-        "dev_faults",
-        "batches",
-        "cpu_faults",
-        "to_dev",
-        "to_cpu",
-        "dev_to_dev",
-        "prefetched",
-        "prefetch_unused",
-        "evicted",
-        "remote_maps",
-        "duplicates",
-        "invalidations",
-        "throttles",
-        "fallbacks",
-        "dup_unsupported",
-        "local_lines",
-        "remote_lines",
-        "notifications",
-        "remigrated",
-    ];
+    // The counters, named as the guest's result JSON names them.
+    let cols = hmm::place::spec::counter_names();
     let procs: Vec<String> = results
         .values()
         .find_map(|r| {
@@ -614,7 +594,7 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
         })
         .unwrap_or_default();
     let mut s = String::from("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms");
-    for c in COLS {
+    for c in cols {
         s += &format!(",{c}");
     }
     for p in &procs {
@@ -640,8 +620,8 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
             f("wall_ns"),
             f("transfer_ns")
         );
-        for c in COLS {
-            let _ = write!(s, ",{}", r[*c].as_u64().map_or(String::new(), |v| v.to_string()));
+        for c in cols {
+            let _ = write!(s, ",{}", r[c].as_u64().map_or(String::new(), |v| v.to_string()));
         }
         let proc_field = |name: &str, k: &str| {
             r["procs"]

@@ -294,6 +294,38 @@ impl Prepared {
 /// The JSON writer of every guest line (`boot::protocol::json`), into a `String`.
 type Json = boot::protocol::json::Json<String>;
 
+/// The counters of a point's result, by name, in the order of its JSON object (and of the
+/// xtask's CSV columns: [`counter_names`]).
+pub fn counters(s: &engine::Stats) -> [(&'static str, u64); 20] {
+    [
+        ("accesses", s.accesses),
+        ("dev_faults", s.dev_faults),
+        ("batches", s.batches),
+        ("cpu_faults", s.cpu_faults),
+        ("to_dev", s.to_dev),
+        ("to_cpu", s.to_cpu),
+        ("dev_to_dev", s.dev_to_dev),
+        ("prefetched", s.prefetched),
+        ("prefetch_unused", s.prefetch_unused),
+        ("evicted", s.evicted),
+        ("remote_maps", s.remote_maps),
+        ("duplicates", s.duplicates),
+        ("invalidations", s.invalidations),
+        ("throttles", s.throttles),
+        ("fallbacks", s.fallbacks),
+        ("dup_unsupported", s.dup_unsupported),
+        ("local_lines", s.local_lines),
+        ("remote_lines", s.remote_lines),
+        ("notifications", s.notifications),
+        ("remigrated", s.remigrated),
+    ]
+}
+
+/// The names of [`counters`], in order.
+pub fn counter_names() -> [&'static str; 20] {
+    counters(&engine::Stats::default()).map(|(k, _)| k)
+}
+
 /// A point's result as one JSON object (the `@@POINT` line's payload). Times in ns, with one
 /// decimal; utilisation with four.
 pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
@@ -306,28 +338,7 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         j.str("mechanism", mechanism);
         j.fixed("sim_ns", s.sim_ns, 1);
         j.num("wall_ns", s.wall_ns);
-        for (k, v) in [
-            ("accesses", s.accesses),
-            ("dev_faults", s.dev_faults),
-            ("batches", s.batches),
-            ("cpu_faults", s.cpu_faults),
-            ("to_dev", s.to_dev),
-            ("to_cpu", s.to_cpu),
-            ("dev_to_dev", s.dev_to_dev),
-            ("prefetched", s.prefetched),
-            ("prefetch_unused", s.prefetch_unused),
-            ("evicted", s.evicted),
-            ("remote_maps", s.remote_maps),
-            ("duplicates", s.duplicates),
-            ("invalidations", s.invalidations),
-            ("throttles", s.throttles),
-            ("fallbacks", s.fallbacks),
-            ("dup_unsupported", s.dup_unsupported),
-            ("local_lines", s.local_lines),
-            ("remote_lines", s.remote_lines),
-            ("notifications", s.notifications),
-            ("remigrated", s.remigrated),
-        ] {
+        for (k, v) in counters(s) {
             j.num(k, v);
         }
         j.fixed("transfer_ns", s.transfer_ns, 1);

@@ -1,5 +1,6 @@
-//! Leaving QEMU through `isa-debug-exit` (iobase `boot::protocol::EXIT_PORT`, 0xf4): writing `v` makes QEMU exit with
-//! status `(v << 1) | 1`, so no code the guest writes can look like QEMU's own 0 or 1.
+//! Leaving QEMU through `isa-debug-exit` (iobase 0xf4, `boot::protocol::EXIT_PORT`): writing `v`
+//! makes QEMU exit with status `(v << 1) | 1`, so no code the guest writes can look like QEMU's
+//! own 0 or 1.
 
 use x86_64::instructions::port::Port;
 
