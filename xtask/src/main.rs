@@ -2,13 +2,15 @@
 //!
 //! This file holds the usage and the dispatch to the commands, one file each in `cmd/`
 //! (`qemu`, `test`, `bench`, `experiment`, `mutants`, `stress`). The parts they share have
-//! their own modules: finding the workspace at run time ([`workspace`]), set-up and building ([`setup`]), one
-//! QEMU boot ([`qemu`]), the shared options ([`options`]), decoding the guest's output
-//! ([`decode`]), machine files ([`machine`]) and experiment files ([`experiment`]).
+//! their own modules: finding the workspace at run time ([`workspace`]), set-up and building
+//! ([`setup`]), one QEMU boot ([`qemu`]), the shared options ([`options`]), decoding the
+//! guest's output ([`decode`], over `boot::protocol`, the guest/host protocol the kernel
+//! uses too), machine files ([`machine`]) and experiment files ([`experiment`]).
 //!
-//! Every command sets up what a fresh machine lacks: the `x86_64-unknown-none` target, and QEMU
-//! (installed with apt when running as root, otherwise the exact command is printed). QEMU
-//! always runs under a timeout, and dies with the xtask (PR_SET_PDEATHSIG).
+//! The commands that boot the kernel set up what a fresh machine lacks: the
+//! `x86_64-unknown-none` target, and QEMU (installed with apt when running as root, otherwise
+//! the exact command is printed). QEMU always runs under a timeout, and dies with the xtask
+//! (PR_SET_PDEATHSIG).
 
 mod cmd;
 mod decode;
