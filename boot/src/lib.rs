@@ -17,9 +17,13 @@
 //! - `entry` (only when built for `x86_64-unknown-none`): the ELF note, the 32-bit entry, the
 //!   early page tables, GDT and boot stack that take the CPU to 64-bit mode in the higher half
 //!   and call the kernel's `kernel_entry(info_paddr, loader, magic)`;
+//! - [`protocol`]: the guest/host protocol the kernel answers in and the xtask decodes (the
+//!   `@@` lines, the in-kernel test runner's lines, exit codes), with its JSON writer
+//!   ([`protocol::json`]);
 //! - `linker.ld`: the kernel's linker script (the kernel's `build.rs` passes it to the linker).
 //!
-//! Nothing here allocates: the parsers run before the kernel has a heap.
+//! Nothing here allocates: the parsers run before the kernel has a heap, and the protocol's
+//! writers append to a sink the caller gives.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -29,4 +33,5 @@ pub mod entry;
 pub mod fixed;
 pub mod layout;
 pub mod multiboot2;
+pub mod protocol;
 pub mod pvh;

@@ -79,7 +79,7 @@ fn report(op: &str, mib: u64, ns: u64, faults: u64) {
         j.num("ns_per_page", ns / pages);
         j.num("faults", faults);
     });
-    crate::sprintln!("@@BENCH {}", j.finish());
+    crate::sprintln!("{}", boot::protocol::Tag::Bench.line(j.finish()));
 }
 
 /// Why a benchmark stopped.
@@ -251,7 +251,7 @@ pub fn mm() -> Result<(), BenchError> {
         r.map_err(mm_err("munmap"))?;
         report("munmap", mib, ns, 0);
     }
-    crate::sprintln!("@@BENCH {{\"done\": true}}");
+    crate::sprintln!("{}", boot::protocol::Tag::Bench.line(boot::protocol::BENCH_DONE));
     Ok(())
 }
 
@@ -406,6 +406,6 @@ pub fn hmm() -> Result<(), BenchError> {
         }
     }
     dev.release().map_err(|error| BenchError::Dmirror { op: "releasing device memory", va: None, error })?;
-    crate::sprintln!("@@BENCH {{\"done\": true}}");
+    crate::sprintln!("{}", boot::protocol::Tag::Bench.line(boot::protocol::BENCH_DONE));
     Ok(())
 }

@@ -54,6 +54,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use boot::protocol::{Tag, json::Json};
 use core::sync::atomic::Ordering;
 use hmm::place::Loc;
 use hmm::place::engine::model::Model;
@@ -110,7 +111,7 @@ fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, Poin
     };
     let o = outcome?;
     for e in &o.trace {
-        crate::sprintln!("@@TRACE {}", spec::trace_json(p.id, e));
+        crate::sprintln!("{}", Tag::Trace.line(spec::trace_json(p.id, e)));
     }
     Ok(spec::result_json(p, &o, mech))
 }
@@ -139,9 +140,13 @@ pub fn run_points(
 
 /// The `@@POINT` line of a failed point: its id, the error and its kind.
 fn error_line(id: u32, e: &PointError) -> String {
-    let mut j = String::new();
-    spec::json_str(&mut j, &e.msg);
-    format!("{{\"id\":{id},\"error\":{j},\"kind\":\"{}\"}}", e.kind.name())
+    let mut j = Json::<String>::new();
+    j.object(|j| {
+        j.num("id", id);
+        j.str("error", &e.msg);
+        j.str("kind", e.kind.name());
+    });
+    j.finish()
 }
 
 /// Runs the experiment in the first boot module.
@@ -158,16 +163,23 @@ pub fn run(s: &crate::System) -> Result<(), RunError> {
     let idle = Idle::now(vram);
     run_points(&points, &have, vram, &idle, |p, r| match r {
         Ok(line) => {
-            crate::sprintln!("@@POINT {line}");
+            crate::sprintln!("{}", Tag::Point.line(line));
             ok += 1;
         }
         Err(e) => {
-            crate::sprintln!("@@POINT {}", error_line(p.id, &e));
+            crate::sprintln!("{}", Tag::Point.line(error_line(p.id, &e)));
             log::error!("experiment: {e}");
             failed += 1;
         }
     });
     let ns = time::now_ns().unwrap_or(0).saturating_sub(t0);
-    crate::sprintln!("@@EXPERIMENT {{\"points\":{},\"ok\":{ok},\"failed\":{failed},\"wall_ns\":{ns}}}", points.len());
+    let mut j = Json::<String>::new();
+    j.object(|j| {
+        j.num("points", points.len());
+        j.num("ok", ok);
+        j.num("failed", failed);
+        j.num("wall_ns", ns);
+    });
+    crate::sprintln!("{}", Tag::Experiment.line(j.finish()));
     Ok(())
 }

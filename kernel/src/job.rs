@@ -210,6 +210,6 @@ fn selfcheck() -> Result<bool, mm::MapError> {
             }
         }
     });
-    crate::sprintln!("@@RESULT {}", j.finish());
+    crate::sprintln!("{}", boot::protocol::Tag::Result.line(j.finish()));
     Ok(!failed)
 }

@@ -21,6 +21,7 @@
 extern crate alloc;
 
 use alloc::{format, string::String, vec::Vec};
+use boot::protocol::{Ktest, Text};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::{
@@ -181,7 +182,7 @@ fn name_of(i: usize) -> Option<String> {
 pub fn run(s: &System) -> ! {
     let from = s.args.ktest_from;
     let filter = s.args.ktest_filter;
-    crate::sprintln!("ktest: plan {}", total());
+    crate::sprintln!("{}", Ktest::Plan { total: total() });
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let baseline = (frame::free_frames(), mm::heap::stats().0);
     let timeout_cycles = s.tsc_hz.saturating_mul(s.args.ktest_timeout_ms) / 1000;
@@ -190,7 +191,7 @@ pub fn run(s: &System) -> ! {
         if filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        crate::sprintln!("ktest: start {i} {name}");
+        crate::sprintln!("{}", Ktest::Start { index: i, name: &name });
         let start = time::rdtsc();
         START_TSC.store(start, Ordering::SeqCst);
         DEADLINE_TSC.store(start.saturating_add(timeout_cycles), Ordering::SeqCst);
@@ -204,25 +205,25 @@ pub fn run(s: &System) -> ! {
         match result {
             Ok(None) => {
                 passed += 1;
-                crate::sprintln!("ktest: ok {i} {name} ({us} us)");
+                crate::sprintln!("{}", Ktest::Ok { index: i, name: &name, us });
             }
             Ok(Some(why)) => {
                 skipped += 1;
-                crate::sprintln!("ktest: skip {i} {name}: {why}");
+                crate::sprintln!("{}", Ktest::Skip { index: i, name: &name, why: Text::Display(&why) });
             }
             Err(msg) => {
                 failed += 1;
-                crate::sprintln!("ktest: FAIL {i} {name}: {msg}");
+                crate::sprintln!("{}", Ktest::Fail { index: i, name: &name, why: Text::Display(&msg) });
             }
         }
     }
     // Device memory of the test devices goes back before the leak check.
     if let Err(e) = hmm_suite::teardown() {
         failed += 1;
-        crate::sprintln!("ktest: FAIL {} hmm::teardown: {e}", total());
+        crate::sprintln!("{}", Ktest::Fail { index: total(), name: "hmm::teardown", why: Text::Display(&e) });
     }
     let leaked = check_leaks(baseline);
-    crate::sprintln!("ktest: done {passed} passed, {failed} failed, {skipped} skipped");
+    crate::sprintln!("{}", Ktest::Done { passed, failed, skipped });
     exit(if failed == 0 && leaked.is_none() { ExitCode::Success } else { ExitCode::Failure })
 }
 
@@ -232,7 +233,7 @@ fn check_leaks((free_before, heap_before): (usize, usize)) -> Option<usize> {
     let heap_growth = (mm::heap::stats().0 - heap_before) / 4096;
     let leaked = free_before.saturating_sub(frame::free_frames()).saturating_sub(heap_growth);
     (leaked > 0).then(|| {
-        crate::sprintln!("ktest: LEAK {leaked} frames not returned by the tests");
+        crate::sprintln!("{}", Ktest::Leak { frames: leaked });
         leaked
     })
 }
@@ -245,7 +246,7 @@ pub fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
         return false;
     }
     let name = name_of(i).unwrap_or_default();
-    write_raw(format_args!("ktest: FAIL {i} {name}: {what}\n"));
+    write_raw(format_args!("{}\n", Ktest::Fail { index: i, name: &name, why: Text::Display(&what) }));
     true
 }
 
@@ -260,8 +261,8 @@ pub fn watchdog() {
         let ms = time::cycles_to_ns(now - START_TSC.load(Ordering::Relaxed)).unwrap_or(0) / 1_000_000;
         // No allocation from the timer interrupt: the registry name, or the index.
         match TESTS.get(i) {
-            Some(t) => write_raw(format_args!("ktest: HANG {i} {} (stopped by the watchdog after {ms} ms)\n", t.name)),
-            None => write_raw(format_args!("ktest: HANG {i} hmm-scenario (stopped by the watchdog after {ms} ms)\n")),
+            Some(t) => write_raw(format_args!("{}\n", Ktest::Hang { index: i, name: t.name, ms })),
+            None => write_raw(format_args!("{}\n", Ktest::Hang { index: i, name: "hmm-scenario", ms })),
         }
         exit(ExitCode::TestHung);
     }

@@ -195,5 +195,5 @@ pub fn print(s: &System) {
         s.pci.functions.len(),
         s.pci.virtio.len()
     );
-    crate::sprintln!("@@BOOT {}", j.finish());
+    crate::sprintln!("{}", boot::protocol::Tag::Boot.line(j.finish()));
 }

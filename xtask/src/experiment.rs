@@ -2,10 +2,11 @@
 //!
 //! An experiment file (TOML) names a machine, workloads, policies and sweeps. This module
 //! checks it against the same parameter tables the guest uses (`hmm::place`), with errors that
-//! name the file, line and field and say what is allowed; expands it into points; runs them
-//! (several QEMU guests in parallel where cores allow, or on the host over the model mechanism
-//! with `--host`); and writes a CSV, a summary table, comparison tables with published numbers
-//! beside ours, SVG plots, and a Chrome/Perfetto trace.
+//! name the file, line and field and say what is allowed ([`load`], one function per section);
+//! expands it into points, which `cmd::experiment` runs (several QEMU guests in parallel where
+//! cores allow, or on the host over the model mechanism with `--host`); and makes from their
+//! results a CSV, a summary table, comparison tables with published numbers beside ours, SVG
+//! plots, and a Chrome/Perfetto trace.
 //!
 //! ```toml
 //! name = "example"
@@ -215,25 +216,52 @@ pub fn load(path: &Path, root: &Path) -> Result<Loaded, String> {
     load_str(path, &text, root)
 }
 
-/// [`load`] from text.
+/// [`load`] from text: each section checked in file order, then the points expanded and
+/// checked whole.
 pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> {
     let src = Src { path, text };
-    let exp: Experiment = toml::from_str(text).map_err(|e| {
+    let exp = parse(&src)?;
+    let (machine, mpath) = load_machine(&src, &exp, root)?;
+    let have = device_pages(&src, &machine, &mpath)?;
+    let devices = device_memory(&src, &exp, &machine, &have)?;
+    let run = engine_settings(&src, &exp, &machine, &mpath)?;
+    let cost = cost_params(&src, &exp, &machine, &mpath)?;
+    let pols = load_policies(&src, &exp)?;
+    let wls = load_workloads(&src, &exp)?;
+    let overs = oversubscriptions(&src, &exp)?;
+    let repeat = repetitions(&src, &exp)?;
+    let Expanded { points, keys } = expand(&exp, &Axes { devices, run, cost, pols, wls, overs, repeat });
+    check_points(&src, &points, &have, &machine, &mpath)?;
+    Ok(Loaded { exp, machine, points, keys })
+}
+
+/// The file as TOML, and its name checked.
+fn parse(src: &Src<'_>) -> Result<Experiment, String> {
+    let exp: Experiment = toml::from_str(src.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let before = &text[..span.start.min(text.len())];
+        let before = &src.text[..span.start.min(src.text.len())];
         let (line, col) = (before.matches('\n').count() + 1, span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1);
-        format!("{}:{line}:{col}: {}", path.display(), e.message().trim_end())
+        format!("{}:{line}:{col}: {}", src.path.display(), e.message().trim_end())
     })?;
     let name = exp.name.get_ref();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(src.at(exp.name.span(), "name", "use letters, digits, '-' and '_'"));
     }
-    // The machine.
+    Ok(exp)
+}
+
+/// `machine`: the machine file (default `qemu/default.toml`), loaded, and its path.
+fn load_machine(src: &Src<'_>, exp: &Experiment, root: &Path) -> Result<(Machine, PathBuf), String> {
     let mpath = exp.machine.as_ref().map_or_else(|| root.join("qemu/default.toml"), |m| root.join(m.get_ref()));
     let machine = Machine::load(&mpath).map_err(|e| match &exp.machine {
         Some(m) => src.at(m.span(), "machine", e),
         None => e,
     })?;
+    Ok((machine, mpath))
+}
+
+/// The pages of device memory each of the machine's devices has (at least one device).
+fn device_pages(src: &Src<'_>, machine: &Machine, mpath: &Path) -> Result<Vec<u32>, String> {
     let have: Vec<u32> = machine
         .devices
         .iter()
@@ -242,38 +270,42 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     if have.is_empty() {
         return Err(format!(
             "{}: machine {} has no devices; experiments need at least one",
-            path.display(),
+            src.path.display(),
             mpath.display()
         ));
     }
-    let devices: Vec<u32> = match &exp.device_memory {
-        None => have.clone(),
-        Some(dm) => {
-            if dm.get_ref().is_empty() || dm.get_ref().len() > have.len() {
-                return Err(src.at(
-                    dm.span(),
-                    "device_memory",
-                    format!("give 1 to {} sizes (the machine has {} devices)", have.len(), have.len()),
-                ));
-            }
-            let mut v = Vec::new();
-            for (i, s) in dm.get_ref().iter().enumerate() {
-                let b = parse_size(s).map_err(|e| src.at(dm.span(), "device_memory", e))?;
-                let pages = (b / hmm::place::PAGE) as u32;
-                if pages == 0 || pages > have[i] {
-                    return Err(src.at(
-                        dm.span(),
-                        "device_memory",
-                        format!("dev{i}: {s} asked, the machine's dev{i} has {}", machine.devices[i].memory),
-                    ));
-                }
-                v.push(pages);
-            }
-            v
+    Ok(have)
+}
+
+/// `device_memory`: the pages each point may use per device (default: all the machine has).
+fn device_memory(src: &Src<'_>, exp: &Experiment, machine: &Machine, have: &[u32]) -> Result<Vec<u32>, String> {
+    let Some(dm) = &exp.device_memory else { return Ok(have.to_vec()) };
+    if dm.get_ref().is_empty() || dm.get_ref().len() > have.len() {
+        return Err(src.at(
+            dm.span(),
+            "device_memory",
+            format!("give 1 to {} sizes (the machine has {} devices)", have.len(), have.len()),
+        ));
+    }
+    let mut v = Vec::new();
+    for (i, s) in dm.get_ref().iter().enumerate() {
+        let b = parse_size(s).map_err(|e| src.at(dm.span(), "device_memory", e))?;
+        let pages = (b / hmm::place::PAGE) as u32;
+        if pages == 0 || pages > have[i] {
+            return Err(src.at(
+                dm.span(),
+                "device_memory",
+                format!("dev{i}: {s} asked, the machine's dev{i} has {}", machine.devices[i].memory),
+            ));
         }
-    };
-    // Engine settings and cost.
-    let mut run = params(&src, &exp.run, "run", &[])?;
+        v.push(pages);
+    }
+    Ok(v)
+}
+
+/// `[run]` and `mechanism`: the engine settings, checked against `RUN` and the machine's CPUs.
+fn engine_settings(src: &Src<'_>, exp: &Experiment, machine: &Machine, mpath: &Path) -> Result<Params, String> {
+    let mut run = params(src, &exp.run, "run", &[])?;
     if let Some(m) = &exp.mechanism {
         run.set(
             "mechanism",
@@ -282,7 +314,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     }
     let checked = run.checked(RUN).map_err(|e| match (&exp.mechanism, e.field()) {
         (Some(m), Some("mechanism")) => src.at(m.span(), "mechanism", &e),
-        _ => locate(&src, &exp.run, "run", &e, span_of(&exp.run)),
+        _ => locate(src, &exp.run, "run", &e, span_of(&exp.run)),
     })?;
     // On the real mechanism each engine CPU core is a CPU of the guest.
     if checked.text("mechanism") == "real" && checked.int("cpus") > i64::from(machine.cpus) {
@@ -299,9 +331,14 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             ),
         ));
     }
-    let costp = params(&src, &exp.cost, "cost", &[])?;
+    Ok(run)
+}
+
+/// `[cost]`: the cost model's parameters, checked (`lines = "hmat"` needs a machine with an HMAT).
+fn cost_params(src: &Src<'_>, exp: &Experiment, machine: &Machine, mpath: &Path) -> Result<Params, String> {
+    let costp = params(src, &exp.cost, "cost", &[])?;
     let costm =
-        cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
+        cost::CostModel::from_params(&costp).map_err(|e| locate(src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
     if costm.lines_from_hmat && machine.numa.as_ref().is_none_or(|n| n.hmat.is_empty()) {
         let span = exp.cost.get("lines").map_or_else(|| span_of(&exp.cost), |v| v.span());
         return Err(src.at(
@@ -313,75 +350,132 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             ),
         ));
     }
-    // Policies.
+    Ok(costp)
+}
+
+/// A checked `[[policy]]`: its label, placement policy name, its parameters and eviction's.
+struct Policy {
+    label: String,
+    placement: String,
+    params: Params,
+    eviction: Params,
+}
+
+/// `[[policy]]`: at least one, each placement known, its parameters and eviction checked, the
+/// labels unique.
+fn load_policies(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Policy>, String> {
     if exp.policies.is_empty() {
-        return Err(format!("{}: no [[policy]]: name at least one", path.display()));
+        return Err(format!("{}: no [[policy]]: name at least one", src.path.display()));
     }
-    let mut pols = Vec::new();
+    let mut pols: Vec<Policy> = Vec::new();
     for (i, p) in exp.policies.iter().enumerate() {
         let sec = format!("policy[{i}]");
         let def = policies::find(p.placement.get_ref())
             .map_err(|e| src.at(p.placement.span(), &format!("{sec}.placement"), e))?;
-        let pp = params(&src, &p.params, &format!("{sec}.params"), &[])?;
-        pp.checked(def.params)
-            .map_err(|e| locate(&src, &p.params, &format!("{sec}.params"), &e, p.placement.span()))?;
-        let ep = params(&src, &p.eviction, &format!("{sec}.eviction"), &[])?;
+        let pp = params(src, &p.params, &format!("{sec}.params"), &[])?;
+        pp.checked(def.params).map_err(|e| locate(src, &p.params, &format!("{sec}.params"), &e, p.placement.span()))?;
+        let ep = params(src, &p.eviction, &format!("{sec}.eviction"), &[])?;
         ep.checked(policies::EVICTION.params)
-            .map_err(|e| locate(&src, &p.eviction, &format!("{sec}.eviction"), &e, p.placement.span()))?;
-        if pols.iter().any(|(n, _, _, _): &(String, String, Params, Params)| n == p.name.get_ref()) {
+            .map_err(|e| locate(src, &p.eviction, &format!("{sec}.eviction"), &e, p.placement.span()))?;
+        if pols.iter().any(|q| q.label == *p.name.get_ref()) {
             return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
         }
-        pols.push((p.name.get_ref().clone(), p.placement.get_ref().clone(), pp, ep));
+        pols.push(Policy {
+            label: p.name.get_ref().clone(),
+            placement: p.placement.get_ref().clone(),
+            params: pp,
+            eviction: ep,
+        });
     }
-    // Workloads.
+    Ok(pols)
+}
+
+/// A checked `[[workload]]`: its label (`name`, else its kind), kind and parameters.
+struct Workload {
+    label: String,
+    kind: String,
+    params: Params,
+}
+
+/// `[[workload]]`: at least one, each kind known and its parameters checked.
+fn load_workloads(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Workload>, String> {
     if exp.workloads.is_empty() {
-        return Err(format!("{}: no [[workload]]: name at least one", path.display()));
+        return Err(format!("{}: no [[workload]]: name at least one", src.path.display()));
     }
     let mut wls = Vec::new();
     for (i, t) in exp.workloads.iter().enumerate() {
         let sec = format!("workload[{i}]");
-        let kind = t.get("kind").ok_or_else(|| format!("{}: [[workload]] #{} has no `kind`", path.display(), i + 1))?;
+        let kind =
+            t.get("kind").ok_or_else(|| format!("{}: [[workload]] #{} has no `kind`", src.path.display(), i + 1))?;
         let kind_s = kind.get_ref().as_str().ok_or_else(|| src.at(kind.span(), &format!("{sec}.kind"), "a name"))?;
-        let p = params(&src, t, &sec, &["kind", "name"])?;
+        let p = params(src, t, &sec, &["kind", "name"])?;
         workload::check(kind_s, &p).map_err(|e| match e.field() {
             None => src.at(kind.span(), &format!("{sec}.kind"), &e),
-            Some(_) => locate(&src, t, &sec, &e, kind.span()),
+            Some(_) => locate(src, t, &sec, &e, kind.span()),
         })?;
         let label = t.get("name").and_then(|n| n.get_ref().as_str()).unwrap_or(kind_s).to_string();
-        wls.push((label, kind_s.to_string(), p));
+        wls.push(Workload { label, kind: kind_s.to_string(), params: p });
     }
-    // Sweep.
-    let overs: Vec<Option<f64>> = match &exp.sweep.oversubscription {
-        None => vec![None],
-        Some(o) => {
-            if o.get_ref().is_empty() {
-                return Err(src.at(o.span(), "sweep.oversubscription", "give at least one ratio"));
-            }
-            for &x in o.get_ref() {
-                if !(0.01..=4.0).contains(&x) {
-                    return Err(src.at(o.span(), "sweep.oversubscription", format!("{x}: expected 0.01 to 4.0")));
-                }
-            }
-            o.get_ref().iter().map(|&x| Some(x)).collect()
+    Ok(wls)
+}
+
+/// `[sweep] oversubscription`: the ratios (`[None]` without a sweep: each workload's own).
+fn oversubscriptions(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Option<f64>>, String> {
+    let Some(o) = &exp.sweep.oversubscription else { return Ok(vec![None]) };
+    if o.get_ref().is_empty() {
+        return Err(src.at(o.span(), "sweep.oversubscription", "give at least one ratio"));
+    }
+    for &x in o.get_ref() {
+        if !(0.01..=4.0).contains(&x) {
+            return Err(src.at(o.span(), "sweep.oversubscription", format!("{x}: expected 0.01 to 4.0")));
         }
-    };
+    }
+    Ok(o.get_ref().iter().map(|&x| Some(x)).collect())
+}
+
+/// `repeat`: 1 to 100 (default 1).
+fn repetitions(src: &Src<'_>, exp: &Experiment) -> Result<u32, String> {
     let repeat = exp.repeat.as_ref().map_or(1, |r| *r.get_ref());
     if !(1..=100).contains(&repeat) {
         return Err(src.at(exp.repeat.as_ref().map_or(0..0, |r| r.span()), "repeat", "1 to 100"));
     }
+    Ok(repeat)
+}
+
+/// The checked sections a point is made of.
+struct Axes {
+    devices: Vec<u32>,
+    run: Params,
+    cost: Params,
+    pols: Vec<Policy>,
+    wls: Vec<Workload>,
+    overs: Vec<Option<f64>>,
+    repeat: u32,
+}
+
+/// The points, and per point its (workload label, policy label, oversubscription).
+struct Expanded {
+    points: Vec<Point>,
+    keys: Vec<(String, String, f64)>,
+}
+
+/// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
+/// together with `sweep.together`). A repetition after the first shifts each workload's seed
+/// by 1000 per repetition.
+fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
     let mut keys = Vec::new();
     let groups: Vec<Vec<usize>> =
-        if exp.sweep.together { vec![(0..wls.len()).collect()] } else { (0..wls.len()).map(|i| vec![i]).collect() };
-    for rep in 0..repeat {
-        for &over in &overs {
-            for (pname, placement, pp, ep) in &pols {
+        if exp.sweep.together { vec![(0..a.wls.len()).collect()] } else { (0..a.wls.len()).map(|i| vec![i]).collect() };
+    for rep in 0..a.repeat {
+        for &over in &a.overs {
+            for pol in &a.pols {
                 for g in &groups {
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
                     for &i in g {
-                        let (label, kind, p) = &wls[i];
-                        let mut p = p.clone();
+                        let w = &a.wls[i];
+                        let mut p = w.params.clone();
                         if let Some(x) = over {
                             p.set("oversubscription", Value::Float(x));
                         }
@@ -389,8 +483,8 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
                             let seed = p.get("seed").map_or(1, |v| if let Value::Int(s) = v { *s } else { 1 });
                             p.set("seed", Value::Int(seed + rep as i64 * 1000));
                         }
-                        labels.push(label.clone());
-                        ws.push((kind.clone(), p));
+                        labels.push(w.label.clone());
+                        ws.push((w.kind.clone(), p));
                     }
                     let o = over.unwrap_or_else(|| {
                         ws[0].1.get("oversubscription").map_or(1.0, |v| match v {
@@ -400,37 +494,41 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
                         })
                     });
                     let wl_label = labels.join("+");
-                    let mut label = format!("{pname}/{wl_label}/{o}");
-                    if repeat > 1 {
+                    let mut label = format!("{}/{wl_label}/{o}", pol.label);
+                    if a.repeat > 1 {
                         label += &format!("/r{rep}");
                     }
-                    let point = Point {
+                    points.push(Point {
                         id: points.len() as u32,
                         label,
-                        devices: devices.clone(),
-                        run: run.clone(),
-                        cost: costp.clone(),
-                        policy: placement.clone(),
-                        policy_params: pp.clone(),
-                        evict: ep.clone(),
+                        devices: a.devices.clone(),
+                        run: a.run.clone(),
+                        cost: a.cost.clone(),
+                        policy: pol.placement.clone(),
+                        policy_params: pol.params.clone(),
+                        evict: pol.eviction.clone(),
                         workloads: ws,
-                    };
-                    points.push(point);
-                    keys.push((wl_label, pname.clone(), o));
+                    });
+                    keys.push((wl_label, pol.label.clone(), o));
                 }
             }
         }
     }
-    // Whole points: device counts, memory, and the guest's RAM for the managed pages.
+    Expanded { points, keys }
+}
+
+/// Whole points: device counts, memory, and the guest's RAM for the managed pages (the kernel
+/// keeps 160 MiB for itself).
+fn check_points(src: &Src<'_>, points: &[Point], have: &[u32], machine: &Machine, mpath: &Path) -> Result<(), String> {
     let ram = machine.ram();
-    for p in &points {
+    for p in points {
         let prepared =
-            p.prepare(&have).map_err(|e| format!("{}: point {} ({}): {e}", path.display(), p.id, p.label))?;
+            p.prepare(have).map_err(|e| format!("{}: point {} ({}): {e}", src.path.display(), p.id, p.label))?;
         let need = prepared.pages as u64 * hmm::place::PAGE;
         if need + (160 << 20) > ram {
             return Err(format!(
                 "{}: point {} ({}) manages {} MiB of memory; machine {} has {} MiB of RAM and the kernel needs 160 MiB: lower oversubscription or device_memory, or use a machine with more memory",
-                path.display(),
+                src.path.display(),
                 p.id,
                 p.label,
                 need >> 20,
@@ -439,7 +537,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             ));
         }
     }
-    Ok(Loaded { exp, machine, points, keys })
+    Ok(())
 }
 
 /// The results of every point, by id (the `@@POINT` JSON, or an error object).
@@ -487,28 +585,8 @@ pub fn sort_boot(batch: &[u32], got: &Results, rerun_note: Option<&str>) -> Boot
 
 /// CSV of the results.
 pub fn csv(l: &Loaded, results: &Results) -> String {
-    const COLS: &[&str] = &[
-        "accesses",
-        "dev_faults",
-        "batches",
-        "cpu_faults",
-        "to_dev",
-        "to_cpu",
-        "dev_to_dev",
-        "prefetched",
-        "prefetch_unused",
-        "evicted",
-        "remote_maps",
-        "duplicates",
-        "invalidations",
-        "throttles",
-        "fallbacks",
-        "dup_unsupported",
-        "local_lines",
-        "remote_lines",
-        "notifications",
-        "remigrated",
-    ];
+    // The counters, named as the guest's result JSON names them.
+    let cols = hmm::place::spec::counter_names();
     let procs: Vec<String> = results
         .values()
         .find_map(|r| {
@@ -516,7 +594,7 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
         })
         .unwrap_or_default();
     let mut s = String::from("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms");
-    for c in COLS {
+    for c in cols {
         s += &format!(",{c}");
     }
     for p in &procs {
@@ -542,8 +620,8 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
             f("wall_ns"),
             f("transfer_ns")
         );
-        for c in COLS {
-            let _ = write!(s, ",{}", r[*c].as_u64().map_or(String::new(), |v| v.to_string()));
+        for c in cols {
+            let _ = write!(s, ",{}", r[c].as_u64().map_or(String::new(), |v| v.to_string()));
         }
         let proc_field = |name: &str, k: &str| {
             r["procs"]

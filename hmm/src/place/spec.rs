@@ -3,7 +3,7 @@
 //! The xtask expands an experiment file into points and writes them in this format into the
 //! guest's boot module; the guest decodes them, runs each, and prints one `@@POINT {json}` line
 //! per point (and `@@TRACE {json}` lines when traced). Both sides use this module, so the format
-//! is defined once.
+//! is defined once (the tags and the JSON writer are `boot::protocol`'s).
 //!
 //! ```text
 //! point 3
@@ -291,46 +291,13 @@ impl Prepared {
     }
 }
 
-/// Writes `s` as a JSON string.
-pub fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
+/// The JSON writer of every guest line (`boot::protocol::json`), into a `String`.
+type Json = boot::protocol::json::Json<String>;
 
-fn num(out: &mut String, x: f64) {
-    if x.is_finite() {
-        let _ = write!(out, "{x:.1}");
-    } else {
-        out.push('0');
-    }
-}
-
-/// A point's result as one JSON object (the `@@POINT` line's payload).
-pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
-    let s = &o.stats;
-    let mut j = String::from("{\"id\":");
-    let _ = write!(j, "{}", p.id);
-    j += ",\"label\":";
-    json_str(&mut j, &p.label);
-    j += ",\"policy\":";
-    json_str(&mut j, &p.policy);
-    j += ",\"mechanism\":";
-    json_str(&mut j, mechanism);
-    j += ",\"sim_ns\":";
-    num(&mut j, s.sim_ns);
-    let _ = write!(j, ",\"wall_ns\":{}", s.wall_ns);
-    for (k, v) in [
+/// The counters of a point's result, by name, in the order of its JSON object (and of the
+/// xtask's CSV columns: [`counter_names`]).
+pub fn counters(s: &engine::Stats) -> [(&'static str, u64); 20] {
+    [
         ("accesses", s.accesses),
         ("dev_faults", s.dev_faults),
         ("batches", s.batches),
@@ -351,65 +318,76 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         ("remote_lines", s.remote_lines),
         ("notifications", s.notifications),
         ("remigrated", s.remigrated),
-    ] {
-        let _ = write!(j, ",\"{k}\":{v}");
-    }
-    j += ",\"transfer_ns\":";
-    num(&mut j, s.transfer_ns);
-    j += ",\"procs\":[";
-    for (i, p) in o.procs.iter().enumerate() {
-        if i > 0 {
-            j.push(',');
+    ]
+}
+
+/// The names of [`counters`], in order.
+pub fn counter_names() -> [&'static str; 20] {
+    counters(&engine::Stats::default()).map(|(k, _)| k)
+}
+
+/// A point's result as one JSON object (the `@@POINT` line's payload). Times in ns, with one
+/// decimal; utilisation with four.
+pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
+    let s = &o.stats;
+    let mut j = Json::new();
+    j.object(|j| {
+        j.num("id", p.id);
+        j.str("label", &p.label);
+        j.str("policy", &p.policy);
+        j.str("mechanism", mechanism);
+        j.fixed("sim_ns", s.sim_ns, 1);
+        j.num("wall_ns", s.wall_ns);
+        for (k, v) in counters(s) {
+            j.num(k, v);
         }
-        j += "{\"name\":";
-        json_str(&mut j, &p.name);
-        j += ",\"busy_ns\":";
-        num(&mut j, p.busy_ns);
-        let util = if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 };
-        let _ = write!(j, ",\"utilisation\":{util:.4},\"phases\":{},\"line_ns\":", p.phases);
-        num(&mut j, p.line_ns);
-        j.push('}');
-    }
-    j += "],\"workloads\":[";
-    for (i, w) in o.workloads.iter().enumerate() {
-        if i > 0 {
-            j.push(',');
-        }
-        j += "{\"name\":";
-        json_str(&mut j, &w.name);
-        let _ = write!(j, ",\"pages\":{},\"steps\":{},\"end_ns\":", w.pages, w.steps);
-        num(&mut j, w.end_ns);
-        j += ",\"error\":";
-        match &w.error {
-            Some(e) => json_str(&mut j, e),
-            None => j += "null",
-        }
-        j.push('}');
-    }
-    j += "],\"policy_counters\":{";
-    for (i, (k, v)) in o.policy.iter().enumerate() {
-        if i > 0 {
-            j.push(',');
-        }
-        let _ = write!(j, "\"{k}\":{v}");
-    }
-    let _ = write!(j, "}},\"trace_events\":{},\"trace_dropped\":{}}}", o.trace.len(), o.trace_dropped);
-    j
+        j.fixed("transfer_ns", s.transfer_ns, 1);
+        j.arr("procs", |j| {
+            for p in &o.procs {
+                j.item(|j| {
+                    j.str("name", &p.name);
+                    j.fixed("busy_ns", p.busy_ns, 1);
+                    j.fixed("utilisation", if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 }, 4);
+                    j.num("phases", p.phases);
+                    j.fixed("line_ns", p.line_ns, 1);
+                });
+            }
+        });
+        j.arr("workloads", |j| {
+            for w in &o.workloads {
+                j.item(|j| {
+                    j.str("name", &w.name);
+                    j.num("pages", w.pages);
+                    j.num("steps", w.steps);
+                    j.fixed("end_ns", w.end_ns, 1);
+                    j.str_or_null("error", w.error.as_deref());
+                });
+            }
+        });
+        j.obj("policy_counters", |j| {
+            for (k, v) in &o.policy {
+                j.num(k, v);
+            }
+        });
+        j.num("trace_events", o.trace.len());
+        j.num("trace_dropped", o.trace_dropped);
+    });
+    j.finish()
 }
 
 /// A trace event as one JSON object (the `@@TRACE` line's payload).
 pub fn trace_json(point: u32, e: &engine::Event) -> String {
-    let mut j = String::new();
-    let _ = write!(j, "{{\"point\":{point},\"t\":");
-    num(&mut j, e.t);
-    j += ",\"dur\":";
-    num(&mut j, e.dur);
-    j += ",\"lane\":";
-    json_str(&mut j, &e.lane);
-    let _ = write!(j, ",\"kind\":\"{}\",\"pages\":{},\"what\":", e.kind, e.pages);
-    json_str(&mut j, &e.what);
-    j.push('}');
-    j
+    let mut j = Json::new();
+    j.object(|j| {
+        j.num("point", point);
+        j.fixed("t", e.t, 1);
+        j.fixed("dur", e.dur, 1);
+        j.str("lane", &e.lane);
+        j.str("kind", e.kind);
+        j.num("pages", e.pages);
+        j.str("what", &e.what);
+    });
+    j.finish()
 }
 
 #[cfg(test)]
@@ -480,8 +458,5 @@ mod tests {
         let j = result_json(&p, &o, "model");
         assert!(j.starts_with("{\"id\":3,\"label\":\"tree+lru4k/bfs/1.25\""), "{j}");
         assert!(j.ends_with("\"trace_dropped\":0}"), "{j}");
-        let mut s = String::new();
-        json_str(&mut s, "a\"b\\c\n\u{1}");
-        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001\"");
     }
 }

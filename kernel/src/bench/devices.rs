@@ -43,7 +43,7 @@ const CALL_PAGES: u64 = 1024;
 fn line(f: impl FnOnce(&mut Json)) {
     let mut j = Json::new();
     j.object(f);
-    crate::sprintln!("@@BENCH {}", j.finish());
+    crate::sprintln!("{}", boot::protocol::Tag::Bench.line(j.finish()));
 }
 
 /// One throughput result: `TOTAL` bytes moved in `size` pieces in `ns`.
@@ -257,7 +257,7 @@ pub fn devices() -> Result<(), BenchError> {
     if list.len() >= 2 {
         device_to_device()?;
     }
-    crate::sprintln!("@@BENCH {{\"done\": true}}");
+    crate::sprintln!("{}", boot::protocol::Tag::Bench.line(boot::protocol::BENCH_DONE));
     Ok(())
 }
 

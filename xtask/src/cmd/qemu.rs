@@ -1,0 +1,164 @@
+//! `cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug]
+//! [--timeout SECS] [-- KERNEL ARGS...]`: builds the kernel, boots it on the machine FILE
+//! describes (default `qemu/default.toml`), prints the kernel log, the boot report, the default
+//! job's result and (with no kernel arguments, on the default machine) the default experiment's
+//! summary and table, and exits with QEMU's decoded status.
+
+use super::experiment::report_experiment;
+use crate::decode::{json_line, points_and_traces};
+use crate::experiment;
+use crate::machine::Machine;
+use crate::options::parse_options;
+use crate::qemu::{Launch, run_qemu};
+use crate::setup::{build_kernel, ensure_prerequisites};
+use crate::{Result, root};
+use boot::protocol::Tag;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// `cargo xtask qemu`.
+pub fn cmd(args: &[String]) -> Result<u8> {
+    let (o, kernel_args) = parse_options(args)?;
+    let machine = Machine::load(&o.machine)?;
+    ensure_prerequisites(machine.firmware == "qboot")?;
+    let kernel = build_kernel(o.profile)?;
+    // With no kernel arguments the default job is followed by the default experiment, on the
+    // default machine (its device memory sizes are what the experiment is written for).
+    let default_exp = root().join("experiments/default.toml");
+    let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") {
+        Some(experiment::load(&default_exp, root())?)
+    } else {
+        None
+    };
+    let image = match &exp {
+        Some(l) => {
+            let dir = experiment::out_dir(root(), l);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let path = dir.join("image.txt");
+            let text: String = l.points.iter().map(|p| p.encode()).collect();
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let t0 = Instant::now();
+    let run = run_qemu(&Launch {
+        kernel: &kernel,
+        machine: &machine,
+        cmdline: kernel_args.join(" "),
+        accel: &o.accel,
+        gdb: o.gdb,
+        timeout: Duration::from_secs(o.timeout),
+        echo: true,
+        initrd: image.as_deref(),
+        on_line: None,
+    })?;
+    if let Some(report) = json_line(&run.lines, Tag::Boot) {
+        print_boot_report(&report, &machine, run.ready_at);
+        println!("{}", Tag::Boot.line(&report));
+    }
+    if let Some(result) = json_line(&run.lines, Tag::Result) {
+        println!("\n== default job: {} ==", result["job"].as_str().unwrap_or("?"));
+        if let Some(obj) = result.as_object() {
+            for (k, v) in obj.iter().filter(|(k, _)| *k != "job") {
+                println!("  {k:<40} {v}");
+            }
+        }
+    }
+    let mut code = run.outcome.code();
+    if let Some(l) = &exp {
+        let (results, traces) = points_and_traces(&run.lines);
+        if !report_experiment(l, &results, &traces, t0.elapsed())? && code == 0 {
+            code = 1;
+        }
+    }
+    println!("\n{}", run.outcome.describe());
+    Ok(code)
+}
+
+/// The `@@BOOT` report as a readable summary.
+fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>) {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    println!("\n== boot report: {} ==", machine.description);
+    println!(
+        "  cpu      {} (apic {}, nx {}, x2apic {})",
+        v["cpu"]["brand"].as_str().unwrap_or("?"),
+        v["cpu"]["apic_mode"].as_str().unwrap_or("?"),
+        v["cpu"]["nx"],
+        v["cpu"]["x2apic"]
+    );
+    println!("  tsc      {:.1} MHz", n(&v["tsc_hz"]) as f64 / 1e6);
+    println!(
+        "  memory   {} MiB RAM, {} frames free, heap {} KiB",
+        n(&v["memory"]["ram_bytes"]) >> 20,
+        n(&v["memory"]["frames_free"]),
+        n(&v["memory"]["heap_bytes"]) >> 10
+    );
+    for r in v["memory_map"].as_array().into_iter().flatten() {
+        println!("    {:#014x}-{:#014x} {}", n(&r["start"]), n(&r["end"]), r["kind"].as_str().unwrap_or("?"));
+    }
+    let cpus: Vec<String> = v["cpus"].as_array().into_iter().flatten().map(|c| n(&c["apic_id"]).to_string()).collect();
+    let online = v["cpus"].as_array().into_iter().flatten().filter(|c| c["online"].as_bool() == Some(true)).count();
+    println!("  cpus     {} (apic ids {}), {online} online", cpus.len(), cpus.join(", "));
+    let tables: Vec<&str> =
+        v["acpi_tables"].as_array().into_iter().flatten().filter_map(|t| t["signature"].as_str()).collect();
+    println!("  acpi     {}", tables.join(" "));
+    if let Some(h) = v["hmat"].as_array() {
+        for e in h {
+            println!(
+                "    hmat   node {} -> node {}: {} = {}",
+                n(&e["initiator"]),
+                n(&e["target"]),
+                e["type"].as_str().unwrap_or("?"),
+                n(&e["value"])
+            );
+        }
+    }
+    println!("  pci      ECAM at {:#x}", n(&v["ecam_base"]));
+    for f in v["pci"].as_array().into_iter().flatten() {
+        let bars: Vec<String> = f["bars"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| format!("BAR{}={:#x}+{:#x}", n(&b["index"]), n(&b["address"]), n(&b["size"])))
+            .collect();
+        let virtio = if f["virtio"].is_object() {
+            format!(
+                " [virtio, {}]",
+                if f["virtio"]["bound"].as_bool() == Some(true) { "transport ok" } else { "transport FAILED" }
+            )
+        } else {
+            String::new()
+        };
+        let ep = f["iommu_endpoint"].as_u64().map(|e| format!(" [iommu endpoint {e}]")).unwrap_or_default();
+        println!(
+            "    {} {} {:<20}{virtio}{ep} {}",
+            f["bdf"].as_str().unwrap_or("?"),
+            f["id"].as_str().unwrap_or("?"),
+            f["name"].as_str().unwrap_or("?"),
+            bars.join(" ")
+        );
+    }
+    for d in v["devices"].as_array().into_iter().flatten() {
+        let mmu = match (d["domain"].as_u64(), d["iommu_endpoint"].as_u64()) {
+            (Some(dom), Some(ep)) => format!("device MMU: virtio-iommu domain {dom} (endpoint {ep})"),
+            _ => "no device MMU (no virtio-iommu)".to_string(),
+        };
+        println!(
+            "  device   {}: {} MiB device memory at {:#x}, copy engine: virtio-blk, {} segments/request{}; {mmu}",
+            d["name"].as_str().unwrap_or("?"),
+            n(&d["memory_bytes"]) >> 20,
+            n(&d["memory_paddr"]),
+            n(&d["copy_seg_max"]),
+            if d["dma_translated"].as_bool() == Some(true) { ", DMA translated" } else { "" },
+        );
+    }
+    let kernel_ms = n(&v["ready_ns"]) as f64 / 1e6;
+    match host_ready {
+        Some(h) => println!(
+            "  ready    {kernel_ms:.1} ms after kernel entry, {:.1} ms after QEMU start",
+            h.as_secs_f64() * 1e3
+        ),
+        None => println!("  ready    {kernel_ms:.1} ms after kernel entry"),
+    }
+}

@@ -1,0 +1,340 @@
+//! `cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]`: every test.
+//!
+//! Host tests (`cargo test`), then the in-kernel tests under qboot (the whole suite, booting
+//! again after a test that crashes or hangs to resume with the next), the PCI tests under
+//! SeaBIOS, the device tests with coherent device memory, boot checks (a deliberate page fault,
+//! panic, triple fault, stack overflow and bad kernel argument must each be reported clearly),
+//! and the NUMA experiment's HMAT check. Ends with `N passed, N failed, N skipped`. With
+//! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine.
+
+use super::experiment::run_points;
+use crate::experiment;
+use crate::machine::Machine;
+use crate::options::parse_options;
+use crate::qemu::{Launch, Outcome, run_qemu};
+use crate::setup::{Profile, build_kernel, ensure_prerequisites};
+use crate::{Result, root, usage};
+use boot::protocol::{KTEST, Ktest};
+use serde_json::Value;
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+/// The running count, printed as `test NAME ... ok|FAILED|skipped` lines.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+    skipped: usize,
+}
+
+impl Tally {
+    fn pass(&mut self, name: &str) {
+        self.passed += 1;
+        println!("test {name} ... ok");
+    }
+    fn skip(&mut self, name: &str, why: &str) {
+        self.skipped += 1;
+        println!("test {name} ... skipped: {why}");
+    }
+    fn fail(&mut self, name: &str, why: &str) {
+        self.failed.push(name.to_string());
+        println!("test {name} ... FAILED: {why}");
+    }
+}
+
+/// Runs the in-kernel suite, booting again after a crash or hang to continue with the next
+/// test.
+fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &str, tally: &mut Tally) -> Result<()> {
+    let mut from = 0usize;
+    loop {
+        let mut cmdline = format!("log=warn ktest.from={from}");
+        if let Some(f) = filter {
+            cmdline.push_str(&format!(" ktest.filter={f}"));
+        }
+        let run = run_qemu(&Launch {
+            kernel,
+            machine,
+            cmdline,
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(240),
+            echo: false,
+            initrd: None,
+            on_line: None,
+        })?;
+        let Suite { last_started, finished } = read_suite(&run.lines, label, tally);
+        match (&run.outcome, finished) {
+            (Outcome::Success | Outcome::Failure, true) => return Ok(()),
+            (Outcome::TestPanicked | Outcome::TestHung, _) | (Outcome::Timeout(_), _) => {
+                // The crashed test has already been reported unless the kernel died silently.
+                let Some((i, name)) = last_started.or_else(|| {
+                    run.lines.iter().rev().find_map(|l| match Ktest::parse(l)? {
+                        Ktest::Fail { index, .. } | Ktest::Hang { index, .. } => Some((index, String::new())),
+                        _ => None,
+                    })
+                }) else {
+                    return Err(format!("{label}in-kernel tests: {} before any test started", run.outcome.describe()));
+                };
+                if !name.is_empty() {
+                    tally.fail(&format!("{label}{name}"), &run.outcome.describe());
+                }
+                from = i + 1;
+            }
+            (outcome, _) => {
+                for l in run.lines.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev() {
+                    println!("  | {l}");
+                }
+                return Err(format!("{label}in-kernel tests did not finish: {}", outcome.describe()));
+            }
+        }
+    }
+}
+
+/// What one boot's test runner lines said, beyond the tally.
+#[derive(Debug, PartialEq)]
+struct Suite {
+    /// The test that started and did not end (it crashed or hung): its index and name.
+    last_started: Option<(usize, String)>,
+    /// The runner printed `done`.
+    finished: bool,
+}
+
+/// Tallies one boot's `ktest:` lines (`boot::protocol::Ktest`), test names prefixed with
+/// `label`, and prints the kernel's crash and warning lines among the others.
+fn read_suite(lines: &[String], label: &str, tally: &mut Tally) -> Suite {
+    let mut suite = Suite { last_started: None, finished: false };
+    for line in lines {
+        if !line.starts_with(KTEST) {
+            if line.starts_with("BOOT FAILED")
+                || line.starts_with("PANIC")
+                || line.starts_with("FATAL")
+                || line.contains("WARN")
+            {
+                println!("  {line}");
+            }
+            continue;
+        }
+        let Some(k) = Ktest::parse(line) else { continue };
+        match k {
+            Ktest::Start { index, name } => suite.last_started = Some((index, name.to_string())),
+            Ktest::Ok { name, .. } => tally.pass(&format!("{label}{name}")),
+            Ktest::Skip { name, why, .. } => tally.skip(&format!("{label}{name}"), why.to_string().trim()),
+            Ktest::Fail { name, why, .. } => tally.fail(&format!("{label}{name}"), why.to_string().trim()),
+            Ktest::Hang { name, ms, .. } => {
+                tally.fail(&format!("{label}{name}"), &format!("(stopped by the watchdog after {ms} ms)"))
+            }
+            Ktest::Leak { .. } => tally.fail(&format!("{label}frame-leak-check"), &line[KTEST.len()..]),
+            Ktest::Done { .. } => suite.finished = true,
+            Ktest::Plan { .. } => {}
+        }
+        if matches!(k, Ktest::Ok { .. } | Ktest::Skip { .. } | Ktest::Fail { .. } | Ktest::Hang { .. }) {
+            suite.last_started = None;
+        }
+    }
+    suite
+}
+
+/// Boots that must fail in a specific, clearly reported way.
+fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()> {
+    let checks: [(&str, &str, Outcome, &[&str]); 5] = [
+        (
+            "boot::unhandled_page_fault_reported",
+            "ktest.crash=pagefault",
+            Outcome::Failure,
+            &[
+                "FATAL EXCEPTION: #PF page fault",
+                "page fault at address 0x00000000deadb000: not-present page read in kernel mode",
+                "rip 0x",
+            ],
+        ),
+        (
+            "boot::panic_reported_with_location",
+            "ktest.crash=panic",
+            Outcome::Failure,
+            &["PANIC at kernel/src/main.rs:", "deliberate panic"],
+        ),
+        ("boot::triple_fault_detected", "ktest.crash=triplefault", Outcome::Reset, &[]),
+        (
+            "boot::task_stack_overflow_hits_its_guard",
+            "ktest.crash=stackoverflow",
+            Outcome::Failure,
+            &["FATAL EXCEPTION: #DF double fault", "rsp 0xffffd000"],
+        ),
+        (
+            "boot::bad_kernel_argument_named",
+            "log=info bogus=1",
+            Outcome::Failure,
+            &["BOOT FAILED: kernel command line: unknown kernel argument 'bogus=1'"],
+        ),
+    ];
+    for (name, cmdline, want, needles) in checks {
+        let run = run_qemu(&Launch {
+            kernel,
+            machine,
+            cmdline: cmdline.into(),
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(60),
+            echo: false,
+            initrd: None,
+            on_line: None,
+        })?;
+        let text = run.lines.join("\n");
+        let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        if run.outcome != want {
+            tally.fail(name, &format!("expected '{}', got '{}'", want.describe(), run.outcome.describe()));
+        } else if !missing.is_empty() {
+            tally.fail(name, &format!("output lacks {missing:?}"));
+        } else {
+            tally.pass(name);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
+/// run CPU phases, and the core on the far node got the HMAT's far line cost.
+fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
+    let name = "experiment::numa_hmat_line_costs";
+    let l = experiment::load(&root().join("experiments/numa.toml"), root())?;
+    let (results, _) = run_points(&l, false, 2, 300, Profile::Release)?;
+    let mut problems = Vec::new();
+    for p in &l.points {
+        let r = results.get(&p.id).cloned().unwrap_or(Value::Null);
+        if let Some(e) = r["error"].as_str() {
+            problems.push(format!("point {}: {e}", p.id));
+            continue;
+        }
+        let proc = |n: &str, k: &str| {
+            r["procs"].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).and_then(|x| x[k].as_f64())
+        };
+        let (near, far) = (proc("cpu0", "line_ns"), proc("cpu1", "line_ns"));
+        // qemu/numa-devices.toml: 10 ns + 128 B at 20 GB/s near, 30 ns + 128 B at 5 GB/s far.
+        if near.is_none_or(|x| (x - 16.4).abs() > 0.01) || far.is_none_or(|x| (x - 55.6).abs() > 0.01) {
+            problems.push(format!("point {}: CPU line costs {near:?} / {far:?}, the HMAT gives 16.4 / 55.6", p.id));
+        }
+        if proc("cpu0", "busy_ns").is_none_or(|b| b <= 0.0) || proc("cpu1", "busy_ns").is_none_or(|b| b <= 0.0) {
+            problems.push(format!("point {}: a CPU core ran no CPU phase", p.id));
+        }
+    }
+    if problems.is_empty() {
+        tally.pass(name)
+    } else {
+        tally.fail(name, &problems.join("; "))
+    }
+    Ok(())
+}
+
+/// `cargo test` over the host-testable crates, its counts added to the tally.
+fn host_tests(tally: &mut Tally) -> Result<()> {
+    println!("== host tests (cargo test) ==");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["test", "--quiet"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let (mut p, mut f) = (0, 0);
+    for l in text.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |key: &str| {
+            l.split(';')
+                .find(|s| s.contains(key))
+                .and_then(|s| s.split_whitespace().rev().nth(1)?.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        p += num(" passed");
+        f += num(" failed");
+    }
+    tally.passed += p;
+    for i in 0..f {
+        tally.failed.push(format!("host test #{i}"));
+    }
+    if !out.status.success() && f == 0 {
+        tally.failed.push("host tests (cargo test did not complete)".into());
+    }
+    println!("host: {p} passed, {f} failed");
+    Ok(())
+}
+
+/// `cargo xtask test`.
+pub fn cmd(args: &[String]) -> Result<u8> {
+    let (o, rest) = parse_options(args)?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected arguments {rest:?}\n{}", usage()));
+    }
+    let machine = Machine::load(&o.machine)?;
+    let seabios = Machine::load(&root().join("qemu/seabios.toml"))?;
+    let coherent = Machine::load(&root().join("qemu/coherent.toml"))?;
+    ensure_prerequisites(true)?;
+    let mut tally = Tally::default();
+    if !o.skip_host {
+        host_tests(&mut tally)?;
+    }
+    println!("\n== in-kernel tests ({}) ==", machine.description);
+    let kernel = build_kernel(Profile::Ktest)?;
+    if let Some(f) = &o.filter {
+        kernel_suite(&kernel, &machine, Some(f), "", &mut tally)?;
+        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+    }
+    kernel_suite(&kernel, &machine, None, "", &mut tally)?;
+    println!("\n== in-kernel PCI tests under SeaBIOS ==");
+    kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", &mut tally)?;
+    println!("\n== in-kernel device tests with coherent device memory ({}) ==", coherent.description);
+    kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", &mut tally)?;
+    println!("\n== boot checks ==");
+    boot_checks(&kernel, &machine, &mut tally)?;
+    println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
+    numa_experiment_check(&mut tally)?;
+    println!();
+    if !tally.failed.is_empty() {
+        println!("failed: {}", tally.failed.join(", "));
+    }
+    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+    Ok(if tally.failed.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boot::protocol::Text;
+
+    #[test]
+    fn the_kernels_test_lines_are_tallied() {
+        // Lines as the kernel's runner writes them (`boot::protocol::Ktest`'s encoder), among log lines.
+        let err = "expected 1, got 2";
+        let lines: Vec<String> = [
+            Ktest::Plan { total: 5 }.to_string(),
+            Ktest::Start { index: 0, name: "smp::ipi" }.to_string(),
+            "some log line".into(),
+            Ktest::Ok { index: 0, name: "smp::ipi", us: 12 }.to_string(),
+            Ktest::Start { index: 1, name: "hmm.hmm_device_coherent.anon_read" }.to_string(),
+            Ktest::Skip { index: 1, name: "hmm.hmm_device_coherent.anon_read", why: Text::Str("no coherent device") }
+                .to_string(),
+            Ktest::Start { index: 2, name: "mm::fork" }.to_string(),
+            Ktest::Fail { index: 2, name: "mm::fork", why: Text::Display(&err) }.to_string(),
+            Ktest::Leak { frames: 3 }.to_string(),
+            Ktest::Start { index: 3, name: "faults::spin" }.to_string(),
+        ]
+        .into_iter()
+        .collect();
+        let mut tally = Tally::default();
+        let suite = read_suite(&lines, "real/", &mut tally);
+        assert_eq!(suite, Suite { last_started: Some((3, "faults::spin".into())), finished: false });
+        assert_eq!((tally.passed, tally.skipped), (1, 1));
+        assert_eq!(tally.failed, ["real/mm::fork", "real/frame-leak-check"]);
+        // The watchdog's line ends the hung test; `done` ends the run.
+        let more = [
+            Ktest::Hang { index: 3, name: "faults::spin", ms: 5000 }.to_string(),
+            Ktest::Done { passed: 1, failed: 2, skipped: 1 }.to_string(),
+        ];
+        let suite = read_suite(&more, "", &mut tally);
+        assert_eq!(suite, Suite { last_started: None, finished: true });
+        assert_eq!(tally.failed.last().map(String::as_str), Some("faults::spin"));
+    }
+}

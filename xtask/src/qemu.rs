@@ -1,0 +1,243 @@
+//! Running QEMU: one guest boot from launch to decoded exit.
+//!
+//! Owns the device memory files in `/dev/shm` (unique per launch, removed when the run ends,
+//! however it ends), the QEMU command line beyond the machine's own arguments, the timeout
+//! (QEMU is killed when it passes, and dies with the xtask through `PR_SET_PDEATHSIG`), and
+//! the decoding of QEMU's exit status into an [`Outcome`].
+
+use crate::Result;
+use crate::machine::Machine;
+use crate::setup::QEMU;
+use boot::protocol::{EXIT_PORT, ExitCode, MARK, Tag};
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// How a QEMU run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The kernel exited with success.
+    Success,
+    /// The kernel exited reporting a failure.
+    Failure,
+    /// An in-kernel test crashed.
+    TestPanicked,
+    /// An in-kernel test overran its watchdog.
+    TestHung,
+    /// The guest reset (a triple fault, under `-no-reboot`).
+    Reset,
+    /// QEMU itself failed with this status.
+    QemuError(i32),
+    /// The xtask's timeout (seconds) passed and it killed QEMU.
+    Timeout(u64),
+    /// QEMU was killed by a signal.
+    Killed,
+}
+
+impl Outcome {
+    /// Decodes QEMU's exit status (`None`: killed by a signal).
+    pub fn from_status(code: Option<i32>) -> Self {
+        match code.map(|c| (c, ExitCode::from_qemu_status(c))) {
+            Some((_, Some(ExitCode::Success))) => Self::Success,
+            Some((_, Some(ExitCode::Failure))) => Self::Failure,
+            Some((_, Some(ExitCode::TestPanicked))) => Self::TestPanicked,
+            Some((_, Some(ExitCode::TestHung))) => Self::TestHung,
+            Some((0, None)) => Self::Reset,
+            Some((c, None)) => Self::QemuError(c),
+            None => Self::Killed,
+        }
+    }
+
+    /// One sentence for the user.
+    pub fn describe(&self) -> String {
+        let status = |c: ExitCode| c.qemu_status();
+        match self {
+            Self::Success => format!("the kernel finished successfully (QEMU status {})", status(ExitCode::Success)),
+            Self::Failure => {
+                format!("the kernel reported a failure (QEMU status {}; see the log above)", status(ExitCode::Failure))
+            }
+            Self::TestPanicked => format!("an in-kernel test crashed (QEMU status {})", status(ExitCode::TestPanicked)),
+            Self::TestHung => format!(
+                "an in-kernel test hung and was stopped by the watchdog (QEMU status {})",
+                status(ExitCode::TestHung)
+            ),
+            Self::Reset => "the guest reset itself: a triple fault (QEMU status 0 under -no-reboot)".into(),
+            Self::QemuError(c) => format!("QEMU failed with status {c} (see its message above)"),
+            Self::Timeout(s) => format!("no result within {s} s: the kernel hung; QEMU was killed"),
+            Self::Killed => "QEMU was killed by a signal".into(),
+        }
+    }
+
+    /// The xtask's own exit status for this outcome.
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Reset => 3,
+            Self::Timeout(_) => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// A finished QEMU run.
+pub struct Run {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Every line the guest printed on its serial port.
+    pub lines: Vec<String>,
+    /// When the boot report arrived, from QEMU's start.
+    pub ready_at: Option<Duration>,
+}
+
+/// Removes the device memory files when dropped.
+struct ShmFiles(Vec<String>);
+
+impl Drop for ShmFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// What to boot, on which machine, and how.
+pub struct Launch<'a> {
+    /// The kernel ELF.
+    pub kernel: &'a Path,
+    /// The machine file.
+    pub machine: &'a Machine,
+    /// The kernel command line (the machine's own arguments are appended).
+    pub cmdline: String,
+    /// `tcg` or `kvm`.
+    pub accel: &'a str,
+    /// QEMU waits for gdb on :1234 (no timeout then).
+    pub gdb: bool,
+    /// QEMU is killed after this.
+    pub timeout: Duration,
+    /// Print the guest's non-`@@` lines as they arrive.
+    pub echo: bool,
+    /// A boot module (`-initrd`): the experiment image.
+    pub initrd: Option<&'a Path>,
+    /// Called with every line as it arrives (progress).
+    pub on_line: Option<&'a (dyn Fn(&str) + Sync)>,
+}
+
+/// Boots `l` in QEMU, with its device memory files created (and removed after), under the
+/// timeout, and collects the guest's lines.
+pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
+    // Unique per launch: experiments run several guests at once from one process, and guests
+    // sharing device memory files would overwrite each other's device memory.
+    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let shm_prefix = format!("/dev/shm/hmmk-{}-{n}", std::process::id());
+    let files = l.machine.shm_files(&shm_prefix);
+    let _guard = ShmFiles(files.iter().map(|f| f.0.clone()).collect());
+    for (path, size) in &files {
+        let f = std::fs::File::create(path).map_err(|e| format!("creating device memory {path}: {e}"))?;
+        f.set_len(*size).map_err(|e| format!("sizing device memory {path}: {e}"))?;
+    }
+    let mut cmd = Command::new(QEMU);
+    cmd.args(l.machine.qemu_args(&shm_prefix))
+        // TCG emulates everything "max" offers; under KVM the host's CPU is what users want.
+        .args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
+        .arg("-kernel")
+        .arg(l.kernel)
+        .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
+        .args(l.initrd.iter().flat_map(|p| [std::ffi::OsStr::new("-initrd"), p.as_os_str()]))
+        .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
+        .args(["-no-reboot", "-nodefaults", "-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if l.gdb {
+        cmd.args(["-s", "-S"]);
+        eprintln!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", l.kernel.display());
+    }
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and calls only the
+        // async-signal-safe prctl.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("starting {QEMU}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut ready_at = None;
+    let deadline = start + l.timeout;
+    let mut timed_out = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline && !l.gdb {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+        match rx.recv_timeout(deadline.saturating_duration_since(now).min(Duration::from_millis(200))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                if let Some(f) = l.on_line {
+                    f(&line);
+                }
+                if Tag::Boot.payload(&line).is_some() && ready_at.is_none() {
+                    ready_at = Some(start.elapsed());
+                }
+                if l.echo && !line.starts_with(MARK) {
+                    println!("{line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    // Drain what is left.
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                        if l.echo && !line.starts_with(MARK) {
+                            println!("{line}");
+                        }
+                        lines.push(line);
+                    }
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let outcome = if timed_out { Outcome::Timeout(l.timeout.as_secs()) } else { Outcome::from_status(status.code()) };
+    Ok(Run { outcome, lines, ready_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_exit_codes_are_decoded() {
+        let want = [Outcome::Success, Outcome::Failure, Outcome::TestPanicked, Outcome::TestHung];
+        for (code, want) in ExitCode::ALL.into_iter().zip(want) {
+            assert_eq!(Outcome::from_status(Some(code.qemu_status())), want);
+            assert!(want.describe().contains(&format!("QEMU status {}", code.qemu_status())), "{}", want.describe());
+        }
+        assert_eq!(Outcome::from_status(Some(0)), Outcome::Reset);
+        assert_eq!(Outcome::from_status(Some(1)), Outcome::QemuError(1));
+        assert_eq!(Outcome::from_status(None), Outcome::Killed);
+    }
+}
