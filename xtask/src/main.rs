@@ -23,6 +23,7 @@
 //! under a timeout, and dies with the xtask (PR_SET_PDEATHSIG).
 
 mod experiment;
+mod layers;
 mod machine;
 mod mutants;
 mod stress;
