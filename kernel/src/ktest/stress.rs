@@ -22,12 +22,12 @@
 //! The seed is printed on failure with the operation index and the last operations.
 
 use super::TestResult;
-use crate::System;
 use crate::arch::smp;
 use crate::devices::{DevError, ResizeFailure};
 use crate::devmmu::DevMirror;
 use crate::mm::uspace;
 use crate::sched;
+use crate::system::System;
 use crate::vram::{self, Vram};
 use alloc::collections::VecDeque;
 use alloc::format;

@@ -99,6 +99,7 @@ fn buddy<R>(f: impl FnOnce(Option<&mut Buddy<&'static mut [Link]>>) -> R) -> R {
 /// Adds the frames of `[start, end)` (page-aligned physical addresses) to the buddy allocator.
 /// Only after [`init`].
 pub fn add_region(start: u64, end: u64) {
+    super::ram::add_managed(start, end);
     buddy(|b| {
         if let Some(b) = b {
             b.add_range(Pfn(start / PAGE_SIZE), Pfn(end / PAGE_SIZE));

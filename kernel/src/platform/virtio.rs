@@ -9,8 +9,8 @@
 //! the device reads back status 0 it owns no buffer, and the queue starts again empty on the
 //! same rings.
 
-use crate::arch::time;
-use crate::mm::{self, frame};
+use crate::platform::arch::time;
+use crate::platform::mm::{self, frame};
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 use drivers::virtq::{Layout, QueueError, Rings, Seg, Virtq};
 use virtio_drivers::transport::{DeviceStatus, Transport, pci::PciTransport};
