@@ -1,14 +1,24 @@
 //! The unikernel: boots by PVH, owns the CPU page tables, brings up every CPU, and runs the HMM
 //! stack across several virtio-based devices.
 //!
-//! [`kernel_entry`] is called by `boot`'s entry code on the higher-half boot stack. It brings
-//! the machine to *ready* in this order, each step failing with a clear message and a non-zero
-//! exit rather than a hang: serial console, `hvm_start_info`, command line and logger,
-//! GDT/TSS/IDT, frames + kernel page tables + heap, ACPI, TSC calibration, local APIC and
-//! timer, the scheduler, the other CPUs (SMP), PCI. At ready it prints the boot report (a human summary in the log and one
-//! `@@BOOT {json}` line for tools), then runs the job the command line names — the default job,
-//! nothing, or (in a `ktest` build) the in-kernel tests — and exits QEMU through
-//! `isa-debug-exit`.
+//! **Layers.** [`platform`] holds every line of unsafe code (CPU, traps, paging, frames, heap,
+//! APIC, SMP, tasks, ACPI, PCI, the virtio DMA HAL); this root denies `unsafe_code` and allows
+//! it only there. Above it: [`system`] (what boot found), [`mm`] (user address spaces over
+//! `hmm::mm`), the devices (`devices`, `copyengine`, `viommu`, `devmmu`, `vram`, `virtiomem`,
+//! `compute`, `inject`), the jobs (`job`, `bench`, `experiment`), the report and logger, and
+//! the test runner (`ktest`). Nothing below calls up: the layers above register hooks (the
+//! page-fault handler, tick hooks, the crash reporter). `xtask/src/layers.rs` checks from the
+//! sources that no import circle exists outside the platform and no `unsafe` outside it.
+//!
+//! The platform's `kernel_entry` ([`entry_point!`]) is called by `boot`'s entry code on the
+//! higher-half boot stack and enters [`kernel_main`]. It brings the machine to *ready* in this
+//! order, each step failing with a clear message and a non-zero exit rather than a hang:
+//! serial console, `hvm_start_info`, command line and logger, GDT/TSS/IDT, frames + kernel
+//! page tables + heap, the address-space manager, ACPI, TSC calibration, local APIC and timer,
+//! the scheduler, the other CPUs (SMP), PCI. At ready it prints the boot report (a human
+//! summary in the log and one `@@BOOT {json}` line for tools), then runs the job the command
+//! line names — the default job, nothing, or (in a `ktest` build) the in-kernel tests, whose
+//! tables are listed here ([`KTESTS`]) — and exits QEMU through `isa-debug-exit`.
 
 #![no_std]
 #![no_main]

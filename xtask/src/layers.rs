@@ -698,6 +698,10 @@ mod tests {
     fn kernel_has_no_import_circle_and_no_unsafe_outside_platform() {
         let report = check(&kernel_src()).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.edges.len() > 3, "the parser found almost no edges: {:?}", report.edges);
+        // The layering, for `cargo test -p xtask layers -- --nocapture`.
+        for (from, to) in &report.edges {
+            println!("{from} -> {}", to.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
         assert!(report.cycles.is_empty() && report.unsafe_outside.is_empty(), "kernel layering:\n{report}");
     }
 

@@ -1,5 +1,7 @@
 //! PCI bring-up: ECAM from the MCFG, enumeration and BAR assignment (by `drivers::pci`), and
-//! virtio devices bound through virtio-drivers' PCI transport to check they answer.
+//! virtio devices bound through virtio-drivers' PCI transport to check they answer. Device
+//! memory is reached through [`bar_window`], which makes a [`mm::PhysWindow`] only for a
+//! memory BAR of an enumerated function.
 
 extern crate alloc;
 

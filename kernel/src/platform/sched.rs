@@ -16,7 +16,8 @@
 //!
 //! **Address spaces.** Each task has the page-table root it runs with; a switch loads the next
 //! task's root when it differs, publishing it first for TLB shootdown
-//! ([`crate::platform::arch::smp::set_root`]). [`switch_root`] is how `mm::uspace::run` installs one.
+//! ([`crate::platform::arch::smp::set_root`]). [`switch_root`] is how `crate::mm::uspace::run`
+//! (above this layer) installs one.
 //!
 //! **Invariants.**
 //! - The run queues are locked only with interrupts off, and nothing in the switch path

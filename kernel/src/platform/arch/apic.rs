@@ -5,8 +5,9 @@
 //! inter-processor interrupts and spurious interrupts. The timer is calibrated once, on the boot
 //! CPU, against the TSC (already calibrated against the PM timer) and runs periodically at
 //! [`TICK_HZ`] on every CPU ([`init_ap`] starts it on the others with the same count). The tick
-//! drives preemption ([`crate::platform::sched`]); the boot CPU's also counts [`ticks`] and runs the test
-//! watchdog. [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
+//! drives preemption ([`crate::platform::sched`]); the boot CPU's also counts [`ticks`] and runs
+//! the tick hooks the layers above registered with [`on_tick`] (the test runner's watchdog).
+//! [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Once;

@@ -1,6 +1,7 @@
-//! x86_64 specifics: serial port, CPU features, descriptor tables, traps, the local APIC,
-//! SMP bring-up and TLB shootdown, timekeeping and QEMU's exit device. Nearly all of the kernel's `unsafe` lives here and in
-//! `mm::paging`, each block justified where it stands.
+//! x86_64 specifics: serial port, CPU features, descriptor tables, traps (with the probes,
+//! the user-copy routine and the page-fault hook), the local APIC (with the timer-tick hooks),
+//! SMP bring-up and TLB shootdown, timekeeping and QEMU's exit device. Part of the platform
+//! layer: its `unsafe` blocks are justified where they stand.
 
 pub mod apic;
 pub mod cpu;

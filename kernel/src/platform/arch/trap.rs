@@ -5,10 +5,13 @@
 //! and jumps to one common routine that saves the general registers and calls
 //! [`trap_dispatch`]. Stable Rust has no `extern "x86-interrupt"`; this is the stable way.
 //!
-//! Faults are either *fixed up* or *fatal*:
-//! - an instruction listed in the exception table (the `probe_*` accessors below, the
-//!   equivalent of Linux's `__ex_table`) that faults resumes at its fixup with the fault
-//!   recorded, so callers get an error value instead of a crash;
+//! A page fault goes first to the handler the layer above registered
+//! ([`set_page_fault_handler`]: the user address spaces' demand paging); if it resolves the
+//! fault, the access is retried. Otherwise faults are either *fixed up* or *fatal*:
+//! - an instruction listed in the exception table (the probes below and the user-copy
+//!   routine behind [`copy_from_user`] / [`copy_to_user`], the equivalent of Linux's
+//!   `__ex_table`) that faults resumes at its fixup with the fault recorded, so callers get an
+//!   error value instead of a crash;
 //! - any other exception is reported with its decoded state (a page fault shows the address,
 //!   the decoded error bits and RIP) and the kernel exits with a failure code. A double fault
 //!   runs on its own IST stack, so a kernel stack overflow is reported too.
