@@ -25,6 +25,8 @@ pub const MAX_RANGES: usize = 64;
 static STARTS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
 static ENDS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
 static USED: AtomicUsize = AtomicUsize::new(0);
+/// The slot that held the last range checked (a hint only: any value below `USED` is valid).
+static HINT: AtomicUsize = AtomicUsize::new(0);
 static ADDING: spin::Mutex<()> = spin::Mutex::new(());
 
 fn add(start: u64, end: u64) {
@@ -78,11 +80,23 @@ pub fn check(pa: u64, len: u64) -> Result<(), OutsideRam> {
     let outside = OutsideRam { pa, len };
     let end = pa.checked_add(len).ok_or(outside)?;
     let n = USED.load(Ordering::Acquire);
-    let inside = (0..n).any(|i| {
+    let holds = |i: usize| {
         let e = ENDS[i].load(Ordering::Acquire);
         STARTS[i].load(Ordering::Relaxed) <= pa && end <= e
-    });
-    if inside { Ok(()) } else { Err(outside) }
+    };
+    // The range that answered last first: nearly every frame hmm uses is in the one large
+    // RAM region, so the page-table walks' checks are one comparison.
+    let hint = HINT.load(Ordering::Relaxed);
+    if hint < n && holds(hint) {
+        return Ok(());
+    }
+    match (0..n).find(|&i| holds(i)) {
+        Some(i) => {
+            HINT.store(i, Ordering::Relaxed);
+            Ok(())
+        }
+        None => Err(outside),
+    }
 }
 
 /// Panics unless `[pa, pa + len)` is memory `hmm` may use.
