@@ -49,7 +49,9 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
         let v = buffer.as_ptr() as *mut u8 as u64;
-        mm::virt_to_phys(v).unwrap_or_else(|| panic!("virtio buffer at {v:#x} is not in kernel memory"))
+        let pa = mm::virt_to_phys(v).unwrap_or_else(|| panic!("virtio buffer at {v:#x} is not in kernel memory"));
+        // What virtio-drivers calls a physical address here is the address the device uses.
+        mm::Iova::identity(mm::PhysAddr::new(pa)).get()
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}

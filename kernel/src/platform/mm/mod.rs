@@ -22,8 +22,9 @@
 //! [`map_phys`]) and panic with the frame's number rather than write anywhere else. The raw
 //! direct-map copies behind them are private here, except the transitional
 //! [`read_phys`]/[`write_phys`]/[`copy_phys`] kept for the device files until they move to
-//! handles. Physical addresses are [`PhysAddr`], kernel virtual ones plain `u64`s of the kernel half.
+//! handles. Physical addresses are [`PhysAddr`], device (DMA) addresses [`Iova`].
 
+mod addr;
 pub mod frame;
 mod handles;
 pub mod heap;
@@ -31,6 +32,7 @@ pub mod paging;
 pub mod ram;
 pub mod stack;
 
+pub use addr::Iova;
 pub use handles::{FrameRange, HandleError, PhysWindow};
 pub use x86_64::PhysAddr;
 
