@@ -76,7 +76,6 @@ pub const RAW_PHYS_TRANSITIONAL: &[&str] = &[
     "experiment.rs",
     "ktest/devices.rs",
     "ktest/faults.rs",
-    "ktest/stress.rs",
     "viommu.rs",
     "virtiomem.rs",
     "vram.rs",
