@@ -10,8 +10,10 @@
 //! Invariants: a frame is in the allocator only if it is usable RAM outside the first MiB, the
 //! kernel image, the boot modules, the bootstrap run and the links themselves; a block of `n`
 //! frames is aligned to `n.next_power_of_two()` frames and must be freed with the same `n`.
-//! Exhaustion is an [`OutOfFrames`] value; a free that the buddy refuses (double free, a
-//! block it never handed out) is logged and ignored rather than corrupting the lists. The lock
+//! Every region given to the allocator is also recorded in [`super::ram`], whose checks
+//! accept only such memory for `hmm`'s platform. Exhaustion is an [`OutOfFrames`] value; a
+//! free that the buddy refuses (double free, a block it never handed out) is logged and
+//! ignored rather than corrupting the lists. The lock
 //! is held with interrupts off ([`buddy`]): code that runs with interrupts off (the kernel page
 //! table's users) allocates frames too, and must never wait for a task preempted holding it.
 
