@@ -60,9 +60,9 @@ use hmm::notifier::{IntervalOps, SeqOnly, Subscriptions};
 use hmm::pagemap::{MemoryKind, Pagemaps};
 use hmm::range::{Driver, HmmPfn, HmmRange, PfnEncoding, Request, convert, hmm_range_fault};
 
-use crate::arch::time;
 use crate::json::Json;
 use crate::mm::uspace::{self, Space, USER_FAULTS};
+use crate::platform::arch::time;
 
 const PAGE: u64 = 4096;
 const SIZES_MIB: [u64; 3] = [4, 64, 256];
@@ -200,19 +200,16 @@ fn anon(s: &Arc<Space>, len: u64, advice: Advice) -> Result<u64, BenchError> {
 /// a host page fault that has nothing to do with the code under test).
 fn warm_guest_ram() {
     let mut blocks = alloc::vec::Vec::new();
-    while let Ok(pa) = crate::mm::frame::alloc(512) {
-        blocks.push(pa);
+    while let Ok(block) = crate::mm::FrameRange::alloc(512) {
+        blocks.push(block);
     }
-    for &pa in &blocks {
-        for off in (0..(2u64 << 20)).step_by(PAGE as usize) {
-            // SAFETY: the block was just allocated for this loop's exclusive use and is mapped
-            // by the direct map; no Rust object lives in it.
-            unsafe { core::ptr::write_volatile(crate::mm::phys_to_virt(pa + off) as *mut u8, 0) };
+    for block in &mut blocks {
+        for off in (0..block.size()).step_by(PAGE as usize) {
+            // In bounds by construction; the handle checks it anyway.
+            let _ = block.write_u8(off, 0);
         }
     }
-    for pa in blocks {
-        crate::mm::frame::free(pa, 512);
-    }
+    drop(blocks);
 }
 
 /// Runs the address-space benchmark.

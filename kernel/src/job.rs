@@ -1,30 +1,34 @@
-//! The default job: a self-measurement of the memory mechanisms the kernel has so far, on real
-//! page tables and real frames. It prints one `@@RESULT {json}` line that the xtask turns into a
-//! table. (The HMM issues replace it with the default experiment.)
+//! The default job: a self-measurement of the kernel's memory mechanisms on real page tables
+//! and real frames, then a check of every device. It prints one `@@RESULT {json}` line that
+//! the xtask turns into a table; `main` then runs the default experiment when the xtask passed
+//! its image as a boot module.
 //!
 //! Measured, each as a median over several rounds:
 //! - frame allocation + free, per 4 KiB frame;
-//! - kernel page-table map + unmap with per-page flush, per 4 KiB page;
+//! - kernel page-table map + unmap with per-page flush, per 4 KiB page (in the platform's
+//!   scratch window, [`SCRATCH`]);
 //! - 2 MiB page map + unmap;
-//! - CPU copy bandwidth over 8 MiB;
+//! - CPU copy bandwidth over 8 MiB (between two owned [`FrameRange`]s);
 //! - a caught page fault (exception entry, fixup, return).
+//!
+//! Then, on each device: 1 MiB of a process to device memory and back (DMA, CPU faults, an
+//! explicit migration), two THPs the same way, a hot-plug grow/fill/shrink cycle where the
+//! device has a hot-plug region, and a compute kernel through the device MMU where it has
+//! one. A failed device check fails the job (the others still run).
 
 extern crate alloc;
 
 use alloc::vec::Vec;
 
 use crate::{
-    System,
-    arch::{time, trap},
     json::Json,
     mm::{
-        self, frame,
+        self, FrameRange, SCRATCH, frame,
         paging::{Flags, PageSize},
     },
+    platform::arch::{time, trap},
+    system::System,
 };
-
-/// A scratch virtual region of the kernel half, unused by anything else.
-pub const SCRATCH: u64 = 0xffff_c000_0000_0000;
 
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
@@ -44,9 +48,42 @@ pub fn run(_s: &System) -> Result<(), alloc::string::String> {
     }
 }
 
+/// Why the self-measurement stopped.
+#[derive(Debug)]
+enum Failure {
+    /// Out of frames.
+    Frames(frame::OutOfFrames),
+    /// A kernel mapping failed.
+    Map(mm::MapError),
+    /// A frame handle refused an access.
+    Handle(mm::HandleError),
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Frames(e) => write!(f, "{e}"),
+            Self::Map(e) => write!(f, "{e}"),
+            Self::Handle(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<frame::OutOfFrames> for Failure {
+    fn from(e: frame::OutOfFrames) -> Self {
+        Self::Frames(e)
+    }
+}
+
+impl From<mm::MapError> for Failure {
+    fn from(e: mm::MapError) -> Self {
+        Self::Map(e)
+    }
+}
+
 /// Measures the memory basics and runs the device round trips; `Ok(false)` if a round trip
 /// failed.
-fn selfcheck() -> Result<bool, mm::MapError> {
+fn selfcheck() -> Result<bool, Failure> {
     const ROUNDS: usize = 5;
     const PAGES: u64 = 1024;
 
@@ -97,18 +134,13 @@ fn selfcheck() -> Result<bool, mm::MapError> {
         frame::free(huge, 512);
 
         // Copy bandwidth: 8 MiB between two frame runs through the direct map.
-        let (src, dst) = (frame::alloc(2048)?, frame::alloc(2048)?);
-        let len = 2048 * 4096;
+        let (src, mut dst) = (FrameRange::alloc(2048)?, FrameRange::alloc(2048)?);
+        let len = dst.size();
         let t0 = time::rdtsc();
-        // SAFETY: both runs were just allocated (distinct, exclusively ours) and are mapped by
-        // the direct map.
-        unsafe {
-            core::ptr::copy_nonoverlapping(mm::phys_to_virt(src) as *const u8, mm::phys_to_virt(dst) as *mut u8, len)
-        };
+        dst.copy_from(&src).map_err(Failure::Handle)?;
         let t = ns(time::rdtsc() - t0).max(1);
-        copy_mbps.push(len as u64 * 1000 / t);
-        frame::free(src, 2048);
-        frame::free(dst, 2048);
+        copy_mbps.push(len * 1000 / t);
+        drop((src, dst));
 
         // A caught page fault.
         let t0 = time::rdtsc();

@@ -1,8 +1,12 @@
 //! The in-kernel test runner and its registry.
 //!
-//! Tests are plain functions returning [`TestResult`], listed in [`TESTS`] (an explicit
-//! registry: stable Rust has no custom test frameworks). The runner prints a line protocol the
-//! xtask reads:
+//! Tests are plain functions returning [`TestResult`], listed in tables of [`Test`]s (an
+//! explicit registry: stable Rust has no custom test frameworks). This module's own table is
+//! [`TESTS`]; `main` assembles the list of every table (this one, the experiment engine's) and
+//! hands it to [`run`], so the runner names no module whose tests it runs. Test `i` is the
+//! `i`-th of the tables in order, then the hmm-tests scenarios. The runner registers its
+//! watchdog as a timer-tick hook and its crash report as the platform's crash reporter. It
+//! prints a line protocol the xtask reads:
 //!
 //! ```text
 //! ktest: plan N
@@ -25,19 +29,20 @@ use boot::protocol::{Ktest, Text};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::{
-    System,
-    arch::{
+    mm::{
+        self, FrameRange, SCRATCH, frame,
+        paging::{self, Flags, MapError, PageSize},
+    },
+    platform::arch::{
         apic,
         exit::{ExitCode, exit},
         serial::write_raw,
-        time, trap,
+        time,
+        trap::{self, ProbeError},
     },
-    job::SCRATCH,
-    mm::{
-        self, frame,
-        paging::{self, Flags, MapError, PageSize},
-    },
+    system::System,
 };
+use spin::Once;
 
 /// A test's outcome: `Err` carries the message and location.
 pub type TestResult = Result<(), String>;
@@ -79,8 +84,9 @@ const NONE: usize = usize::MAX;
 static CURRENT: AtomicUsize = AtomicUsize::new(NONE);
 static DEADLINE_TSC: AtomicU64 = AtomicU64::new(u64::MAX);
 static START_TSC: AtomicU64 = AtomicU64::new(0);
+/// The tables [`run`] was given (read by the crash report and the watchdog).
+static TABLES: Once<&'static [&'static [Test]]> = Once::new();
 
-/// Every in-kernel test, in run order.
 // After the macros: textual macro scope.
 mod devices;
 mod faults;
@@ -89,6 +95,7 @@ mod smp;
 mod spaces;
 mod stress;
 
+/// This module's tests (the kernel's own, the devices', the address spaces'), in run order.
 pub const TESTS: &[Test] = &[
     Test { name: "boot::memory_map_sorted_disjoint", run: memory_map_sorted_disjoint },
     Test { name: "frames::alloc_aligned_zeroed", run: frames_alloc_aligned_zeroed },
@@ -100,6 +107,8 @@ pub const TESTS: &[Test] = &[
     Test { name: "paging::errors_are_values", run: paging_errors_are_values },
     Test { name: "paging::kernel_image_permissions", run: paging_kernel_image_permissions },
     Test { name: "paging::direct_map_covers_ram", run: paging_direct_map_covers_ram },
+    Test { name: "hmm_platform::frames_outside_ram_are_refused", run: hmm_platform_frames_outside_ram_are_refused },
+    Test { name: "handles::accesses_are_bounds_checked", run: handles_accesses_are_bounds_checked },
     Test { name: "trap::page_fault_caught_and_decoded", run: trap_page_fault_caught_and_decoded },
     Test { name: "time::tsc_and_apic_timer_tick", run: time_tsc_and_apic_timer_tick },
     Test { name: "acpi::tables_and_cpus", run: acpi_tables_and_cpus },
@@ -127,21 +136,6 @@ pub const TESTS: &[Test] = &[
         run: faults::device_memory_removed_during_migration,
     },
     Test { name: "stress::two_cpus_devices_and_eviction", run: stress::two_cpus_devices_and_eviction },
-    Test { name: "experiment::oversubscribed_stream", run: crate::experiment::ktests::oversubscribed_stream },
-    Test { name: "experiment::two_devices_peer_migration", run: crate::experiment::ktests::two_devices_peer_migration },
-    Test { name: "experiment::disagreement_is_caught", run: crate::experiment::ktests::disagreement_is_caught },
-    Test {
-        name: "experiment::a_failed_migration_does_not_poison_the_next_point",
-        run: crate::experiment::ktests::a_failed_migration_does_not_poison_the_next_point,
-    },
-    Test {
-        name: "experiment::read_duplication_on_two_devices",
-        run: crate::experiment::ktests::read_duplication_on_two_devices,
-    },
-    Test {
-        name: "experiment::cpu_phases_run_on_their_core",
-        run: crate::experiment::ktests::cpu_phases_run_on_their_core,
-    },
     Test { name: "smp::every_madt_cpu_is_online_and_ticking", run: smp::every_madt_cpu_is_online_and_ticking },
     Test { name: "smp::tasks_run_on_the_cpu_they_are_spawned_on", run: smp::tasks_run_on_the_cpu_they_are_spawned_on },
     Test { name: "smp::the_timer_preempts_a_spinning_task", run: smp::the_timer_preempts_a_spinning_task },
@@ -165,21 +159,46 @@ pub const TESTS: &[Test] = &[
     Test { name: "spaces::teardown_frees_every_frame", run: spaces::teardown_frees_every_frame },
 ];
 
+/// The registered test `i`, across the tables.
+fn registered(i: usize) -> Option<&'static Test> {
+    let mut i = i;
+    for t in TABLES.get().copied().unwrap_or(&[]) {
+        match t.get(i) {
+            Some(test) => return Some(test),
+            None => i -= t.len(),
+        }
+    }
+    None
+}
+
+/// Tests in the tables.
+fn registered_count() -> usize {
+    TABLES.get().map_or(0, |t| t.iter().map(|t| t.len()).sum())
+}
+
 /// The number of tests: the registry plus the hmm-tests scenarios (two variants each).
 fn total() -> usize {
-    TESTS.len() + hmm_suite::count()
+    registered_count() + hmm_suite::count()
 }
 
 /// The name of test `i`.
 fn name_of(i: usize) -> Option<String> {
-    match TESTS.get(i) {
+    match registered(i) {
         Some(t) => Some(String::from(t.name)),
-        None => hmm_suite::name(i - TESTS.len()),
+        None => hmm_suite::name(i - registered_count()),
     }
 }
 
-/// Runs the tests the command line selects and exits.
-pub fn run(s: &System) -> ! {
+/// Runs the tests of `tables` (then the hmm-tests scenarios) the command line selects, and
+/// exits.
+pub fn run(s: &System, tables: &'static [&'static [Test]]) -> ! {
+    TABLES.call_once(|| tables);
+    if !crate::platform::set_crash_reporter(report_crash) {
+        log::warn!("ktest: another crash reporter is registered; a crashing test is not named");
+    }
+    if let Err(e) = apic::on_tick(watchdog) {
+        log::warn!("ktest: no watchdog: {e}");
+    }
     let from = s.args.ktest_from;
     let filter = s.args.ktest_filter;
     crate::sprintln!("{}", Ktest::Plan { total: total() });
@@ -196,9 +215,9 @@ pub fn run(s: &System) -> ! {
         START_TSC.store(start, Ordering::SeqCst);
         DEADLINE_TSC.store(start.saturating_add(timeout_cycles), Ordering::SeqCst);
         CURRENT.store(i, Ordering::SeqCst);
-        let result = match TESTS.get(i) {
+        let result = match registered(i) {
             Some(t) => (t.run)(s).map(|()| None),
-            None => hmm_suite::run(i - TESTS.len()),
+            None => hmm_suite::run(i - registered_count()),
         };
         CURRENT.store(NONE, Ordering::SeqCst);
         let us = time::cycles_to_ns(time::rdtsc() - start).unwrap_or(0) / 1000;
@@ -238,9 +257,9 @@ fn check_leaks((free_before, heap_before): (usize, usize)) -> Option<usize> {
     })
 }
 
-/// Called by the crash path: prints the failing test, if one is running. Returns whether a
-/// test was running.
-pub fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
+/// The crash reporter [`run`] registers: prints the failing test, if one is running. Returns
+/// whether a test was running.
+fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
     let i = CURRENT.load(Ordering::SeqCst);
     if i == NONE {
         return false;
@@ -250,8 +269,8 @@ pub fn report_crash(what: core::fmt::Arguments<'_>) -> bool {
     true
 }
 
-/// Called from the timer interrupt: stops a test that overran its deadline.
-pub fn watchdog() {
+/// The timer-tick hook [`run`] registers: stops a test that overran its deadline.
+fn watchdog() {
     let i = CURRENT.load(Ordering::Relaxed);
     if i == NONE {
         return;
@@ -260,7 +279,7 @@ pub fn watchdog() {
     if now > DEADLINE_TSC.load(Ordering::Relaxed) {
         let ms = time::cycles_to_ns(now - START_TSC.load(Ordering::Relaxed)).unwrap_or(0) / 1_000_000;
         // No allocation from the timer interrupt: the registry name, or the index.
-        match TESTS.get(i) {
+        match registered(i) {
             Some(t) => write_raw(format_args!("{}\n", Ktest::Hang { index: i, name: t.name, ms })),
             None => write_raw(format_args!("{}\n", Ktest::Hang { index: i, name: "hmm-scenario", ms })),
         }
@@ -286,11 +305,9 @@ fn frames_alloc_aligned_zeroed(_s: &System) -> TestResult {
     let p = attempt!(frame::alloc(8));
     check!(p % (8 * 4096) == 0, "8-frame block at {p:#x} is not 32 KiB aligned");
     frame::free(p, 8);
-    let z = attempt!(frame::alloc_zeroed(4));
-    // SAFETY: the 4 frames were just allocated for this test and are direct-mapped.
-    let bytes = unsafe { core::slice::from_raw_parts(mm::phys_to_virt(z) as *const u8, 4 * 4096) };
-    check!(bytes.iter().all(|&b| b == 0), "alloc_zeroed returned dirty memory");
-    frame::free(z, 4);
+    let z = attempt!(FrameRange::alloc_zeroed(4));
+    check!(z.is_zero(), "alloc_zeroed returned dirty memory");
+    drop(z);
     check!(frame::free_frames() == before, "free count {} != {before} after freeing", frame::free_frames());
     Ok(())
 }
@@ -346,9 +363,9 @@ fn heap_grows_on_demand(_s: &System) -> TestResult {
 }
 
 fn paging_map_read_unmap_4k(_s: &System) -> TestResult {
-    let f = attempt!(frame::alloc_zeroed(1));
-    // SAFETY: our frame, direct-mapped.
-    unsafe { (mm::phys_to_virt(f) as *mut u64).write_volatile(0x1122_3344_5566_7788) };
+    let mut frame = attempt!(FrameRange::alloc_zeroed(1));
+    attempt!(frame.write_u64(0, 0x1122_3344_5566_7788));
+    let f = frame.phys().as_u64();
     attempt!(
         mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size4K, Flags::WRITABLE | mm::nx()))
             .ok_or("no kernel page table")?
@@ -359,9 +376,11 @@ fn paging_map_read_unmap_4k(_s: &System) -> TestResult {
     check!(t.map(|t| (t.paddr, t.size)) == Some((f + 8, PageSize::Size4K)), "translate gave {t:?}");
     // Write-protect it: a write now faults as a protection violation.
     attempt!(mm::with_kernel_pt(|pt| pt.protect(SCRATCH, mm::nx())).ok_or("no kernel page table")?).flush();
-    // SAFETY: the write targets our own frame through a now read-only mapping; it faults.
-    let w = unsafe { trap::probe_write_u64(SCRATCH, 1) };
-    check!(matches!(w, Err(f) if f.error.protection() && f.error.write()), "write to a protected page: {w:?}");
+    let w = trap::probe_write_must_fault(SCRATCH, 1);
+    check!(
+        matches!(w, Err(ProbeError::Fault(f)) if f.error.protection() && f.error.write()),
+        "write to a protected page: {w:?}"
+    );
     check!(trap::probe_read_u64(SCRATCH) == Ok(0x1122_3344_5566_7788), "read after protect");
     let (pa, size, flush) = attempt!(mm::with_kernel_pt(|pt| pt.unmap(SCRATCH)).ok_or("no kernel page table")?);
     let before = paging::INVLPG_COUNT.load(core::sync::atomic::Ordering::Relaxed);
@@ -370,17 +389,15 @@ fn paging_map_read_unmap_4k(_s: &System) -> TestResult {
     check!(pa == f && size == PageSize::Size4K);
     let fault = trap::probe_read_u64(SCRATCH);
     check!(matches!(fault, Err(trap::Fault { address: SCRATCH, .. })), "read after unmap+flush: {fault:?}");
-    frame::free(f, 1);
+    drop(frame);
     Ok(())
 }
 
 fn paging_remap_needs_flush(_s: &System) -> TestResult {
-    let (a, b) = (attempt!(frame::alloc(1)), attempt!(frame::alloc(1)));
-    // SAFETY: our frames, direct-mapped.
-    unsafe {
-        (mm::phys_to_virt(a) as *mut u64).write_volatile(0xaaaa);
-        (mm::phys_to_virt(b) as *mut u64).write_volatile(0xbbbb);
-    }
+    let (mut fa, mut fb) = (attempt!(FrameRange::alloc(1)), attempt!(FrameRange::alloc(1)));
+    attempt!(fa.write_u64(0, 0xaaaa));
+    attempt!(fb.write_u64(0, 0xbbbb));
+    let (a, b) = (fa.phys().as_u64(), fb.phys().as_u64());
     let flags = Flags::WRITABLE | mm::nx();
     mm::with_kernel_pt(|pt| -> Result<(), MapError> {
         pt.map(SCRATCH, a, PageSize::Size4K, flags)?.flush();
@@ -425,17 +442,16 @@ fn paging_remap_needs_flush(_s: &System) -> TestResult {
     })
     .ok_or("no kernel page table")?
     .map_err(|e| format!("{e}"))?;
-    frame::free(a, 1);
-    frame::free(b, 1);
+    drop((fa, fb));
     Ok(())
 }
 
 fn paging_huge_2m_pages(_s: &System) -> TestResult {
-    let f = attempt!(frame::alloc(512));
+    let mut huge = attempt!(FrameRange::alloc(512));
+    let f = huge.phys().as_u64();
     check!(f % (2 << 20) == 0, "512-frame block {f:#x} not 2 MiB aligned");
     let off = 1536 * 1024u64;
-    // SAFETY: our frames, direct-mapped.
-    unsafe { (mm::phys_to_virt(f + off) as *mut u64).write_volatile(0x2222) };
+    attempt!(huge.write_u64(off, 0x2222));
     attempt!(
         mm::with_kernel_pt(|pt| pt.map(SCRATCH, f, PageSize::Size2M, Flags::WRITABLE | mm::nx()))
             .ok_or("no kernel page table")?
@@ -453,7 +469,7 @@ fn paging_huge_2m_pages(_s: &System) -> TestResult {
     flush.flush();
     check!(pa == f && size == PageSize::Size2M);
     check!(trap::probe_read_u64(SCRATCH + off).is_err());
-    frame::free(f, 512);
+    drop(huge);
     Ok(())
 }
 
@@ -498,10 +514,8 @@ fn paging_kernel_image_permissions(_s: &System) -> TestResult {
         check!(ro.flags.contains(Flags::NO_EXECUTE) && data.flags.contains(Flags::NO_EXECUTE), "NX missing on data");
     }
     // Writing rodata faults with a protection-violation write (CR0.WP is on).
-    // SAFETY: the write is expected to fault and be fixed up; if it did not, it would only
-    // overwrite the first word of rodata, which this test then reports as a failure.
-    let w = unsafe { trap::probe_write_u64(img.rodata.0, 0) };
-    let fault = w.err().ok_or("write to rodata did not fault")?;
+    let w = trap::probe_write_must_fault(img.rodata.0, 0);
+    let Err(ProbeError::Fault(fault)) = w else { return Err(format!("write to rodata did not fault: {w:?}")) };
     check!(fault.error.protection() && fault.error.write(), "fault was {}", fault.error);
     // The lower half is empty.
     check!(tr(0x1000).is_none() && tr(0x10_0000).is_none(), "lower half still mapped");
@@ -519,6 +533,82 @@ fn paging_direct_map_covers_ram(s: &System) -> TestResult {
     Ok(())
 }
 
+/// The kernel's `hmm::mm::Platform` checks the frames hmm hands it: memory outside the RAM the
+/// frame allocator manages (the first MiB, the kernel image, beyond RAM, a range running off
+/// its end) is refused by the check every accessor makes, and frames the allocator handed
+/// out pass it and work.
+fn hmm_platform_frames_outside_ram_are_refused(s: &System) -> TestResult {
+    use hmm::addr::Pfn;
+    let ram = mm::ram::check;
+    check!(ram(0, 4096).is_err(), "frame 0 accepted");
+    check!(ram(0x9_f000, 4096).is_err(), "the first MiB accepted");
+    let img = mm::image();
+    let text = mm::virt_to_phys(img.text.0).ok_or("kernel text has no physical address")?;
+    check!(ram(text, 4096).is_err(), "the kernel image at {text:#x} accepted");
+    let top = s.boot.usable_ram(4096).map(|r| r.end).max().unwrap_or(0);
+    check!(ram(top, 4096).is_err(), "the frame past the end of RAM ({top:#x}) accepted");
+    check!(ram(u64::MAX - 100, 4096).is_err(), "an overflowing range accepted");
+    let mut f = attempt!(FrameRange::alloc(2));
+    let pa = f.phys().as_u64();
+    check!(ram(pa, 8192).is_ok(), "an allocated frame {pa:#x} refused");
+    // Through the Platform itself: zero and write/read back a frame it may use.
+    attempt!(f.write_u64(8, 0x77));
+    let platform = mm::uspace::mm().platform();
+    platform.zero(Pfn::containing(pa), 1);
+    check!(f.read_u64(8) == Ok(0), "Platform::zero did not zero the frame");
+    platform.write(pa + 4096, &[5, 6, 7]);
+    let mut back = [0u8; 3];
+    platform.read(pa + 4096, &mut back);
+    check!(back == [5, 6, 7], "Platform read back {back:?}");
+    // The message a refused frame panics with names the frame.
+    let msg = format!("{}", ram(text, 4096).err().ok_or("accepted")?);
+    check!(msg.contains(&format!("frame {:#x}", text / 4096)), "message '{msg}'");
+    Ok(())
+}
+
+/// Frame and BAR handles: reads and writes inside the handle work, anything reaching past it
+/// is a [`mm::HandleError`] value, and frames go back to the allocator when the handle drops.
+fn handles_accesses_are_bounds_checked(s: &System) -> TestResult {
+    let before = frame::free_frames();
+    let mut f = attempt!(FrameRange::alloc(2));
+    check!(f.count() == 2 && f.size() == 8192);
+    attempt!(f.write(8190, &[1, 2]));
+    let mut two = [0u8; 2];
+    attempt!(f.read(8190, &mut two));
+    check!(two == [1, 2]);
+    let past = f.write(8191, &[1, 2]);
+    check!(matches!(past, Err(mm::HandleError::OutOfBounds { offset: 8191, len: 2, size: 8192 })), "{past:?}");
+    check!(f.read_u64(8192).is_err() && f.read_u64(4) == Err(mm::HandleError::Misaligned(4)));
+    check!(f.read(u64::MAX, &mut two).is_err(), "an overflowing offset was accepted");
+    let small = attempt!(FrameRange::alloc(1));
+    check!(f.copy_from(&small) == Err(mm::HandleError::SizeMismatch(4096, 8192)));
+    drop((f, small));
+    check!(
+        frame::free_frames() == before,
+        "dropping the handles freed {} of 3 frames",
+        frame::free_frames() + 3 - before
+    );
+    // A window onto a plain-memory BAR (ivshmem's BAR 2), where the machine has one.
+    let ivshmem = s.pci.functions.iter().position(|f| f.name() == "ivshmem");
+    if let Some(n) = ivshmem {
+        let w = attempt!(crate::platform::pci::bar_window(&s.pci, n, 2));
+        let last = w.size() - 8;
+        let old = attempt!(w.read_u64(last));
+        attempt!(w.write_u64(last, 0x5a5a_0000_1234));
+        check!(w.read_u64(last) == Ok(0x5a5a_0000_1234), "BAR word did not read back");
+        attempt!(w.write_u64(last, old));
+        let mut b = [0u8; 8];
+        check!(w.read(w.size() - 4, &mut b).is_err(), "a read past the BAR was accepted");
+        attempt!(w.write(0, &[]));
+        check!(w.phys().as_u64() != 0);
+    }
+    check!(
+        crate::platform::pci::bar_window(&s.pci, usize::MAX, 0).is_err(),
+        "a window onto a function that does not exist"
+    );
+    Ok(())
+}
+
 fn trap_page_fault_caught_and_decoded(_s: &System) -> TestResult {
     let before = trap::FIXED_UP_FAULTS.load(Ordering::Relaxed);
     let addr = SCRATCH + 0x1234_5000;
@@ -527,8 +617,8 @@ fn trap_page_fault_caught_and_decoded(_s: &System) -> TestResult {
     check!(!f.error.protection() && !f.error.write() && !f.error.user(), "error bits {:#x}", f.error.0);
     let text = format!("{}", f.error);
     check!(text == "not-present page read in kernel mode", "decoded as '{text}'");
-    // SAFETY: the address is unmapped; the write faults and is fixed up.
-    let w = unsafe { trap::probe_write_u64(addr, 1) }.err().ok_or("write did not fault")?;
+    let w = trap::probe_write_must_fault(addr, 1);
+    let Err(ProbeError::Fault(w)) = w else { return Err(format!("write did not fault: {w:?}")) };
     check!(w.error.write() && format!("{}", w.error).contains("write"));
     check!(trap::FIXED_UP_FAULTS.load(Ordering::Relaxed) == before + 2);
     // The lower half (where address spaces will live) faults too.

@@ -7,7 +7,7 @@ use boot::cmdline::{KernelArgs, Level};
 use log::{LevelFilter, Metadata, Record};
 use spin::Once;
 
-use crate::arch::{cpu, time};
+use crate::platform::arch::{cpu, time};
 
 struct Logger {
     args: KernelArgs<'static>,

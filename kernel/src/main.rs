@@ -1,22 +1,33 @@
 //! The unikernel: boots by PVH, owns the CPU page tables, brings up every CPU, and runs the HMM
 //! stack across several virtio-based devices.
 //!
-//! [`kernel_entry`] is called by `boot`'s entry code on the higher-half boot stack. It brings
-//! the machine to *ready* in this order, each step failing with a clear message and a non-zero
-//! exit rather than a hang: serial console, `hvm_start_info`, command line and logger,
-//! GDT/TSS/IDT, frames + kernel page tables + heap, ACPI, TSC calibration, local APIC and
-//! timer, the scheduler, the other CPUs (SMP), PCI. At ready it prints the boot report (a human summary in the log and one
-//! `@@BOOT {json}` line for tools), then runs the job the command line names — the default job,
-//! nothing, or (in a `ktest` build) the in-kernel tests — and exits QEMU through
-//! `isa-debug-exit`.
+//! **Layers.** [`platform`] holds every line of unsafe code (CPU, traps, paging, frames, heap,
+//! APIC, SMP, tasks, ACPI, PCI, the virtio DMA HAL); this root denies `unsafe_code` and allows
+//! it only there. Above it: [`system`] (what boot found), [`mm`] (user address spaces over
+//! `hmm::mm`), the devices (`devices`, `copyengine`, `viommu`, `devmmu`, `vram`, `virtiomem`,
+//! `compute`, `inject`), the jobs (`job`, `bench`, `experiment`), the report and logger, and
+//! the test runner (`ktest`). Nothing below calls up: the layers above register hooks (the
+//! page-fault handler, tick hooks, the crash reporter). `xtask/src/layers.rs` checks from the
+//! sources that no import circle exists outside the platform and no `unsafe` outside it.
+//!
+//! The platform's `kernel_entry` ([`entry_point!`]) is called by `boot`'s entry code on the
+//! higher-half boot stack and enters [`kernel_main`]. It brings the machine to *ready* in this
+//! order, each step failing with a clear message and a non-zero exit rather than a hang:
+//! serial console, `hvm_start_info`, command line and logger, GDT/TSS/IDT, frames + kernel
+//! page tables + heap, the address-space manager, ACPI, TSC calibration, local APIC and timer,
+//! the scheduler, the other CPUs (SMP), PCI. At ready it prints the boot report (a human
+//! summary in the log and one `@@BOOT {json}` line for tools), then runs the job the command
+//! line names — the default job, nothing, or (in a `ktest` build) the in-kernel tests, whose
+//! tables are listed here ([`KTESTS`]) — and exits QEMU through `isa-debug-exit`.
 
 #![no_std]
 #![no_main]
+// Unsafe code lives only in the platform layer (`platform/`); the layering check in
+// `xtask/src/layers.rs` holds the same line from the sources.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
-mod acpi;
-mod arch;
 mod bench;
 mod compute;
 mod copyengine;
@@ -29,71 +40,31 @@ mod json;
 mod ktest;
 mod logger;
 mod mm;
-mod pci;
+#[allow(unsafe_code)]
+mod platform;
 mod report;
-mod sched;
+mod system;
 mod viommu;
-mod virtio;
 mod virtiomem;
 mod vram;
 
-use arch::{
+// The platform's modules under their old names, for the files that name them so
+// (`crate::arch::time`, `crate::sched`, `crate::pci`, `crate::virtio`); `crate::System` and
+// `crate::system()` likewise. The layering check resolves these to the modules they name.
+pub use platform::{acpi, arch, pci, sched, virtio};
+pub use system::{System, system};
+
+use boot::{
+    cmdline::{Crash, Job, KernelArgs},
+    pvh::{self, BootInfo},
+};
+use platform::arch::{
     exit::{ExitCode, exit},
     serial, time,
 };
-use boot::{
-    cmdline::{Crash, Job, KernelArgs},
-    pvh::{self, BootError, BootInfo, PhysRead},
-};
-use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
-/// What the kernel found while booting; read by the report, the job and the tests.
-#[derive(Debug)]
-pub struct System {
-    /// Parsed `hvm_start_info`.
-    pub boot: &'static BootInfo,
-    /// Parsed command line.
-    pub args: KernelArgs<'static>,
-    /// CPU features.
-    pub cpu: arch::cpu::Features,
-    /// ACPI platform description.
-    pub platform: acpi::Platform,
-    /// TSC frequency, Hz.
-    pub tsc_hz: u64,
-    /// APIC mode and timer frequency.
-    pub apic: (arch::apic::Mode, u64),
-    /// The CPUs brought up (and any that did not come up).
-    pub smp: arch::smp::Started,
-    /// PCI bus.
-    pub pci: pci::Bus,
-    /// Nanoseconds from kernel entry to ready.
-    pub ready_ns: u64,
-}
-
 static BOOT_INFO: Once<BootInfo> = Once::new();
-static SYSTEM: Once<System> = Once::new();
-
-/// The system description, once ready.
-pub fn system() -> Option<&'static System> {
-    SYSTEM.get()
-}
-
-/// Reads physical memory through the entry code's identity map of the first GiB.
-struct EarlyPhys;
-
-impl PhysRead for EarlyPhys {
-    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BootError> {
-        let end = paddr.checked_add(buf.len() as u64);
-        if paddr == 0 || end.is_none_or(|e| e > boot::layout::EARLY_MAP_SIZE) {
-            return Err(BootError::Unreadable { paddr, len: buf.len() });
-        }
-        // SAFETY: `[paddr, end)` lies in the first GiB, which the entry code identity-maps,
-        // and the hypervisor's start_info structures there are not written by anyone now.
-        unsafe { core::ptr::copy_nonoverlapping(paddr as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-}
 
 /// Reports a boot step that failed and exits with a failure code.
 fn fail(step: &str, err: impl core::fmt::Display) -> ! {
@@ -101,14 +72,12 @@ fn fail(step: &str, err: impl core::fmt::Display) -> ! {
     exit(ExitCode::Failure)
 }
 
-/// The 64-bit entry, called by `boot::entry` with the `hvm_start_info` physical address.
-#[unsafe(no_mangle)]
-pub extern "C" fn kernel_entry(start_info: u64) -> ! {
-    time::mark_boot();
-    arch::smp::init_bsp();
-    serial::init();
+crate::entry_point!(kernel_main);
 
-    let info = match pvh::parse(&EarlyPhys, start_info) {
+/// The kernel's main, entered from the platform's `kernel_entry` with the `hvm_start_info`
+/// physical address (boot timestamp, per-CPU base and serial console already set up).
+fn kernel_main(start_info: u64) -> ! {
+    let info = match pvh::parse(&platform::EarlyPhys, start_info) {
         Ok(info) => BOOT_INFO.call_once(|| info),
         Err(e) => fail("reading hvm_start_info", e),
     };
@@ -126,6 +95,10 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
     if let Err(e) = mm::init(info, cpu.nx) {
         fail("memory", e);
     }
+    // The address-space manager over hmm::mm; it registers the user page-fault handler.
+    if let Err(e) = mm::uspace::init(info, mm::kernel_root()) {
+        fail("starting the address-space manager", e);
+    }
     log::debug!("memory: {} frames ({} MiB) free", mm::frame::free_frames(), mm::frame::free_frames() / 256);
 
     let platform = acpi::discover(info.rsdp).unwrap_or_else(|e| fail("ACPI", e));
@@ -140,7 +113,7 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
     let pci = pci::init(&platform.ecam).unwrap_or_else(|e| fail("PCI", e));
 
     let ready_ns = time::now_ns().unwrap_or(0);
-    let system = SYSTEM.call_once(|| System { boot: info, args, cpu, platform, tsc_hz, apic, smp, pci, ready_ns });
+    let system = system::publish(System { boot: info, args, cpu, platform, tsc_hz, apic, smp, pci, ready_ns });
     vram::set_coherent(system.args.coherent_devices);
     if let Err(e) = devices::init(system) {
         fail("devices", e);
@@ -151,7 +124,7 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
         deliberate_crash(crash);
     }
     if cfg!(feature = "ktest") {
-        ktest::run(system)
+        ktest::run(system, KTESTS)
     }
     match system.args.job {
         Job::None => exit(ExitCode::Success),
@@ -188,12 +161,7 @@ pub extern "C" fn kernel_entry(start_info: u64) -> ! {
 fn deliberate_crash(crash: Crash) -> ! {
     log::warn!("performing the deliberate crash the command line asks for: {crash:?}");
     match crash {
-        Crash::PageFault => {
-            // SAFETY: deliberately reads an unmapped lower-half address to test the fatal
-            // page-fault report; the read never completes.
-            let v = unsafe { core::ptr::read_volatile(0xdead_b000 as *const u64) };
-            fail("deliberate page fault", format_args!("read returned {v:#x}"))
-        }
+        Crash::PageFault => platform::deliberate_page_fault(),
         Crash::Panic => panic!("deliberate panic requested by ktest.crash=panic"),
         Crash::TripleFault => arch::trap::triple_fault(),
         Crash::StackOverflow => {
@@ -218,19 +186,28 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + buf[(depth % 64) as usize]
 }
 
-static CRASHING: AtomicBool = AtomicBool::new(false);
+/// Every in-kernel test table, in run order: the registry is assembled here, at the top, so
+/// the runner (`ktest`) needs no module whose tests it runs.
+const KTESTS: &[&[ktest::Test]] = &[ktest::TESTS, EXPERIMENT_TESTS];
 
-/// The end of every crash (panic or fatal exception): tells the test runner, then exits.
-pub fn crash(what: core::fmt::Arguments<'_>) -> ! {
-    if CRASHING.swap(true, Ordering::SeqCst) {
-        serial::write_raw(format_args!("\nnested crash while reporting a crash\n"));
-        exit(ExitCode::Failure);
-    }
-    if ktest::report_crash(what) {
-        exit(ExitCode::TestPanicked);
-    }
-    exit(ExitCode::Failure)
-}
+/// The experiment engine's tests (`experiment::ktests`).
+const EXPERIMENT_TESTS: &[ktest::Test] = &[
+    ktest::Test { name: "experiment::oversubscribed_stream", run: experiment::ktests::oversubscribed_stream },
+    ktest::Test { name: "experiment::two_devices_peer_migration", run: experiment::ktests::two_devices_peer_migration },
+    ktest::Test { name: "experiment::disagreement_is_caught", run: experiment::ktests::disagreement_is_caught },
+    ktest::Test {
+        name: "experiment::a_failed_migration_does_not_poison_the_next_point",
+        run: experiment::ktests::a_failed_migration_does_not_poison_the_next_point,
+    },
+    ktest::Test {
+        name: "experiment::read_duplication_on_two_devices",
+        run: experiment::ktests::read_duplication_on_two_devices,
+    },
+    ktest::Test {
+        name: "experiment::cpu_phases_run_on_their_core",
+        run: experiment::ktests::cpu_phases_run_on_their_core,
+    },
+];
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
@@ -242,7 +219,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         None => serial::write_raw(format_args!("\nPANIC: {}\n", info.message())),
     }
     match info.location() {
-        Some(l) => crash(format_args!("panicked at {}:{}: {}", l.file(), l.line(), info.message())),
-        None => crash(format_args!("panicked: {}", info.message())),
+        Some(l) => platform::crash(format_args!("panicked at {}:{}: {}", l.file(), l.line(), info.message())),
+        None => platform::crash(format_args!("panicked: {}", info.message())),
     }
 }

@@ -1,7 +1,7 @@
 //! The boot report: a summary in the log, and the same facts as one `@@BOOT {json}` line that
 //! the xtask reads (and prints as a table).
 
-use crate::{System, json::Json, mm};
+use crate::{json::Json, mm, system::System};
 
 /// Prints the report.
 pub fn print(s: &System) {
@@ -12,7 +12,7 @@ pub fn print(s: &System) {
         j.str("cmdline", s.boot.cmdline());
         j.obj("cpu", |j| {
             let mut buf = [0u8; 48];
-            j.str("brand", crate::arch::cpu::brand(&mut buf));
+            j.str("brand", crate::platform::arch::cpu::brand(&mut buf));
             j.bool("nx", s.cpu.nx);
             j.bool("x2apic", s.cpu.x2apic);
             j.bool("huge_1g", s.cpu.huge_1g);
@@ -20,8 +20,8 @@ pub fn print(s: &System) {
             j.str(
                 "apic_mode",
                 match s.apic.0 {
-                    crate::arch::apic::Mode::X2Apic => "x2apic",
-                    crate::arch::apic::Mode::XApic(_) => "xapic",
+                    crate::platform::arch::apic::Mode::X2Apic => "x2apic",
+                    crate::platform::arch::apic::Mode::XApic(_) => "xapic",
                 },
             );
             j.num("apic_timer_hz", s.apic.1);

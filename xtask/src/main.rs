@@ -15,6 +15,7 @@
 mod cmd;
 mod decode;
 mod experiment;
+mod layers;
 mod machine;
 mod options;
 mod qemu;

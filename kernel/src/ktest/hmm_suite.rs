@@ -81,7 +81,8 @@ fn real_env() -> Result<Result<&'static Env<'static>, &'static str>, String> {
     // own pagemap already).
     let devices: alloc::vec::Vec<_> = all.iter().filter(|v| v.kind() == hmm::pagemap::MemoryKind::Private).collect();
     if devices.is_empty() {
-        let functions = crate::system().map_or(0, |s| s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count());
+        let functions =
+            crate::system::system().map_or(0, |s| s.pci.functions.iter().filter(|f| f.name() == "ivshmem").count());
         if functions > all.len() {
             return Err(alloc::format!(
                 "the PCI bus has {functions} device functions (ivshmem) but only {} devices have memory registered",

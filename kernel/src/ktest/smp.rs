@@ -18,10 +18,10 @@ use hmm::mm::vma::Prot;
 use hmm::notifier::{Interval, IntervalOps, Subscriptions};
 
 use super::TestResult;
-use crate::System;
 use crate::arch::{smp, time};
 use crate::mm::uspace;
 use crate::sched::{self, SchedError};
+use crate::system::System;
 
 const PAGE: u64 = 4096;
 const JOIN_MS: u64 = 5_000;

@@ -9,9 +9,9 @@ use hmm::mm::vma::Prot;
 use hmm::mm::{Error, ThpMode};
 
 use super::TestResult;
-use crate::System;
 use crate::mm::uspace::{self, Space, USER_FAULTS, User};
 use crate::mm::{frame, heap};
+use crate::system::System;
 
 const PAGE: u64 = 4096;
 const M2: u64 = 2 << 20;

@@ -22,12 +22,12 @@
 //! The seed is printed on failure with the operation index and the last operations.
 
 use super::TestResult;
-use crate::System;
 use crate::arch::smp;
 use crate::devices::{DevError, ResizeFailure};
 use crate::devmmu::DevMirror;
-use crate::mm::uspace;
+use crate::mm::{PhysWindow, uspace};
 use crate::sched;
+use crate::system::System;
 use crate::vram::{self, Vram};
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -49,6 +49,8 @@ const JOIN_MS: u64 = 60_000;
 struct Shared {
     space: Arc<SharedSpace>,
     a: u64,
+    /// dev1's memory BAR, as the CPU reaches it.
+    dev1: PhysWindow,
     intent: Vec<AtomicU64>,
     committed: Vec<AtomicU64>,
     stop: AtomicBool,
@@ -56,6 +58,20 @@ struct Shared {
 
 fn page_of(p: u64, v: u64) -> Vec<u8> {
     (0..PAGE / 16).flat_map(|_| p.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+}
+
+/// A window onto dev1's memory BAR: the PCI function and BAR whose address the device
+/// registry records for dev1.
+fn dev1_window() -> Result<PhysWindow, String> {
+    let (bar, _) = crate::devices::nth(1).map_err(|e| format!("dev1: {e}"))?.vram;
+    let pci = &crate::system::system().ok_or("no system description")?.pci;
+    let (n, index) = pci
+        .functions
+        .iter()
+        .enumerate()
+        .find_map(|(n, f)| f.bars.iter().find(|b| b.address == bar).map(|b| (n, b.index)))
+        .ok_or_else(|| format!("no PCI BAR at dev1's memory address {bar:#x}"))?;
+    crate::platform::pci::bar_window(pci, n, index).map_err(|e| format!("dev1's BAR: {e}"))
 }
 
 impl Shared {
@@ -109,18 +125,20 @@ impl Shared {
         let va = self.a + p * PAGE;
         let lo = self.committed[p as usize].load(Ordering::Acquire);
         m.fault(va, va + PAGE, false).map_err(|e| format!("device fault on page {p}: {e}"))?;
-        let (bar, _) = v1.dev().vram;
         let mut buf = alloc::vec![0u8; PAGE as usize];
+        let bar_read = |off: u64, buf: &mut [u8]| {
+            self.dev1.read(off, buf).map_err(|e| format!("device read of page {p} through dev1's BAR: {e}"))
+        };
         match m.translate(va).map(|t| t.at) {
             Some(Where::Local(f)) => {
                 let off = v1.offset_of(f).ok_or_else(|| format!("page {p}: a local frame outside dev1's memory"))?;
                 if off >= v1.bar_pages() * PAGE {
                     return Ok(false);
                 }
-                crate::mm::read_phys(bar + off, &mut buf);
+                bar_read(off, &mut buf)?;
             }
             Some(Where::Ram(_)) => match crate::devmmu::dma(m, Dir::ToDevice, scratch, &[(va, PAGE as u32)]) {
-                Ok(()) => crate::mm::read_phys(bar + scratch, &mut buf),
+                Ok(()) => bar_read(scratch, &mut buf)?,
                 Err(crate::devices::DevError::Mirror(MirrorError::NotMapped { .. })) => return Ok(false),
                 Err(e) => return Err(format!("device read of page {p}: {e}")),
             },
@@ -194,6 +212,7 @@ fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult
     let sh = Arc::new(Shared {
         space,
         a,
+        dev1: dev1_window()?,
         intent: (0..PAGES).map(|_| AtomicU64::new(0)).collect(),
         committed: (0..PAGES).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),

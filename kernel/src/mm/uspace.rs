@@ -1,9 +1,12 @@
 //! Address spaces on the real machine: the kernel's [`Platform`] for `hmm::mm`, the page-fault
-//! hook, running code inside an address space, and the user-access helpers.
+//! handler it registers with the platform layer, running code inside an address space, and
+//! the user-access helpers.
 //!
-//! Owns: the one [`Mm`] (frame table over usable RAM, zero pages), the address space each task
-//! has installed (`SPACES`, indexed by task), and the exception-table entries of the user-copy
-//! routine.
+//! Owns: the one [`Mm`] (frame table over usable RAM, zero pages) and the address space each
+//! task has installed (`SPACES`, indexed by task). The user-copy routine and its exception
+//! table live in the platform layer (`platform::arch::trap::copy_from_user` and friends);
+//! physical memory is reached only through `platform::mm::ram`, which checks every frame
+//! `hmm` hands over.
 //!
 //! How a user access works: [`run`] installs an address space (its CR3; the kernel half is
 //! shared) and calls the closure. A direct load or store to an unmapped user page raises #PF;
@@ -17,7 +20,7 @@
 //! Invariant: an address space is installed only inside [`run`], which holds a reference, so
 //! one is never dropped while a task uses it. Tasks on several CPUs may run in one address
 //! space at once: a page-table change flushes this CPU and shoots down the others that have
-//! the root loaded ([`crate::arch::smp::shootdown`]). A fault on one CPU while another holds
+//! the root loaded ([`crate::platform::arch::smp::shootdown`]). A fault on one CPU while another holds
 //! the address space's lock waits for it (with interrupts on, so shootdowns are answered),
 //! bounded by [`LOCK_WAIT_NS`]. A fault that meets a page under migration (a device-memory
 //! eviction in progress) waits for it with the lock dropped and faults again, bounded by
@@ -33,10 +36,10 @@ use hmm::mm::space::{Access, AddressSpace, FaultError};
 use hmm::mm::{Error, Mm};
 use spin::{Mutex, Once};
 
-use super::{PAGE_SIZE, frame, phys_to_virt};
-use crate::arch::smp;
-use crate::arch::trap::PageFaultError;
-use crate::sched::{self, MAX_TASKS};
+use crate::platform::arch::smp;
+use crate::platform::arch::trap::{self, PageFaultError, UserAccessError};
+use crate::platform::mm::{PAGE_SIZE, frame, ram};
+use crate::platform::sched::{self, MAX_TASKS};
 
 /// An address space shared between its users (the lock is Linux's `mmap_lock`).
 pub type Space = Mutex<AddressSpace>;
@@ -57,16 +60,9 @@ pub struct KernelPlatform {
     kernel_root: u64,
 }
 
-fn direct<T>(pa: u64) -> *mut T {
-    phys_to_virt(pa) as *mut T
-}
-
+/// Entry `index` of the page-table frame `table` (checked by [`ram::table`]).
 fn entry(table: Pfn, index: usize) -> &'static AtomicU64 {
-    debug_assert!(index < 512);
-    // SAFETY: `table` is a page-table frame owned by `hmm::mm` (only such frames are passed
-    // here), mapped read-write by the direct map for the kernel's lifetime; entries are
-    // naturally aligned u64s, and every access goes through this atomic view.
-    unsafe { &*direct::<AtomicU64>(table.addr() + 8 * index as u64) }
+    &ram::table(table)[index]
 }
 
 impl Platform for KernelPlatform {
@@ -85,33 +81,22 @@ impl Platform for KernelPlatform {
         frame::free_frames() as u64
     }
 
+    // Every frame hmm hands over is checked by `ram`: one outside the RAM the frame allocator
+    // manages (or device memory mapped for the CPU) panics with its number.
     fn zero(&self, pfn: Pfn, count: u64) {
-        // SAFETY: the frames belong to the memory manager, which asked for them to be zeroed;
-        // nothing else references them as Rust objects.
-        unsafe { core::ptr::write_bytes(direct::<u8>(pfn.addr()), 0, (count * PAGE_SIZE) as usize) }
+        ram::zero(pfn, count)
     }
 
     fn copy(&self, dst: Pfn, src: Pfn, count: u64) {
-        // SAFETY: both runs are frames owned by the memory manager; distinct allocations never
-        // overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                direct::<u8>(src.addr()),
-                direct::<u8>(dst.addr()),
-                (count * PAGE_SIZE) as usize,
-            )
-        }
+        ram::copy(dst, src, count)
     }
 
     fn read(&self, pa: u64, buf: &mut [u8]) {
-        // SAFETY: `pa..pa + len` lies in frames the memory manager owns (it resolved them from
-        // its own page tables); `buf` is a distinct kernel buffer.
-        unsafe { core::ptr::copy_nonoverlapping(direct::<u8>(pa), buf.as_mut_ptr(), buf.len()) }
+        ram::read(pa, buf)
     }
 
     fn write(&self, pa: u64, buf: &[u8]) {
-        // SAFETY: as in `read`, in the other direction.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), direct::<u8>(pa), buf.len()) }
+        ram::write(pa, buf)
     }
 
     fn load(&self, table: Pfn, index: usize) -> u64 {
@@ -119,10 +104,7 @@ impl Platform for KernelPlatform {
     }
 
     fn table(&self, table: Pfn) -> &[AtomicU64] {
-        // SAFETY: as for `entry`: a page-table frame owned by `hmm::mm`, mapped read-write by
-        // the direct map for the kernel's lifetime, 512 naturally aligned u64s, only ever
-        // accessed atomically.
-        unsafe { core::slice::from_raw_parts(direct::<AtomicU64>(table.addr()), 512) }
+        ram::table(table)
     }
 
     fn store(&self, table: Pfn, index: usize, value: u64) {
@@ -152,7 +134,7 @@ impl Platform for KernelPlatform {
             return false;
         }
         // With interrupts on (the fault path runs so), so shootdowns are answered meanwhile.
-        let step = crate::arch::time::Deadline::after_ns(MIGRATION_WAIT_STEP_NS);
+        let step = crate::platform::arch::time::Deadline::after_ns(MIGRATION_WAIT_STEP_NS);
         while !step.passed() {
             core::hint::spin_loop();
         }
@@ -179,6 +161,7 @@ pub fn init(info: &BootInfo, kernel_root: u64) -> Result<(), Error> {
     }
     let mm = Mm::new(Arc::new(KernelPlatform { kernel_root }), &sections)?;
     MM.call_once(|| mm);
+    trap::set_page_fault_handler(handle_page_fault);
     Ok(())
 }
 
@@ -214,7 +197,8 @@ impl core::fmt::Display for UserFault {
 static LAST_USER_ADDR: [AtomicU64; MAX_TASKS] = [const { AtomicU64::new(0) }; MAX_TASKS];
 static LAST_USER_ERROR: [Mutex<FaultError>; MAX_TASKS] = [const { Mutex::new(FaultError::NoMapping) }; MAX_TASKS];
 
-/// Called by the #PF handler for faults below the kernel half. Returns `true` when the fault
+/// The page-fault handler [`init`] registers with the platform (`trap::set_page_fault_handler`):
+/// called for every #PF, it handles those below the kernel half. Returns `true` when the fault
 /// was resolved and the instruction can be retried; otherwise records why.
 pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
     if address >= USER_END {
@@ -278,7 +262,7 @@ pub fn handle_page_fault(address: u64, error: PageFaultError) -> bool {
 
 /// Takes the address space's lock, waiting at most [`LOCK_WAIT_NS`].
 fn lock_bounded(space: &Space) -> Option<spin::MutexGuard<'_, AddressSpace>> {
-    let deadline = crate::arch::time::Deadline::after_ns(LOCK_WAIT_NS);
+    let deadline = crate::platform::arch::time::Deadline::after_ns(LOCK_WAIT_NS);
     loop {
         if let Some(g) = space.try_lock() {
             return Some(g);
@@ -302,76 +286,33 @@ pub struct User {
     _private: (),
 }
 
-// The user-copy routine: `rep movsb` with an exception-table fixup that returns the bytes not
-// copied. Demand-paging faults inside it are resolved and the instruction resumes.
-core::arch::global_asm!(
-    r#"
-    .section .text.probes, "ax"
-    .global kernel_user_copy
-kernel_user_copy:
-    mov rcx, rdx
-    .global kernel_user_copy_insn
-kernel_user_copy_insn:
-    rep movsb
-    xor eax, eax
-    ret
-    .global kernel_user_copy_fixup
-kernel_user_copy_fixup:
-    mov rax, rcx
-    ret
-    "#
-);
-
-unsafe extern "C" {
-    fn kernel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
-    static kernel_user_copy_insn: u8;
-    static kernel_user_copy_fixup: u8;
-}
-
-/// The exception-table entry of the user-copy routine: (faulting instruction, fixup).
-pub fn user_copy_fixup() -> (u64, u64) {
-    ((&raw const kernel_user_copy_insn) as u64, (&raw const kernel_user_copy_fixup) as u64)
-}
-
-fn user_range(va: u64, len: usize) -> Result<(), UserFault> {
-    match va.checked_add(len as u64) {
-        Some(end) if end <= USER_END => Ok(()),
-        _ => Err(UserFault { address: va, error: FaultError::NoMapping }),
+/// A user access that did not complete, as a [`UserFault`].
+fn user_fault(va: u64, e: UserAccessError) -> UserFault {
+    match e {
+        UserAccessError::Range(_) => UserFault { address: va, error: FaultError::NoMapping },
+        UserAccessError::Faulted => last_user_fault(),
     }
 }
 
 impl User {
     /// Copies from user address `va` into `buf` (`copy_from_user`).
     pub fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), UserFault> {
-        user_range(va, buf.len())?;
-        // SAFETY: the source is in the user half (checked above), never Rust-owned memory;
-        // faults there are resolved or absorbed by the routine's fixup. `buf` is a valid
-        // kernel buffer of `len` bytes.
-        let left = unsafe { kernel_user_copy(buf.as_mut_ptr(), va as *const u8, buf.len()) };
-        if left == 0 { Ok(()) } else { Err(last_user_fault()) }
+        trap::copy_from_user(va, buf).map_err(|e| user_fault(va, e))
     }
 
     /// Copies `data` to user address `va` (`copy_to_user`).
     pub fn write(&self, va: u64, data: &[u8]) -> Result<(), UserFault> {
-        user_range(va, data.len())?;
-        // SAFETY: the destination is in the user half (checked), which no Rust object lives
-        // in; faults are resolved or absorbed by the fixup.
-        let left = unsafe { kernel_user_copy(va as *mut u8, data.as_ptr(), data.len()) };
-        if left == 0 { Ok(()) } else { Err(last_user_fault()) }
+        trap::copy_to_user(va, data).map_err(|e| user_fault(va, e))
     }
 
     /// Loads the `u64` at `va` with one CPU load (the workload's own access pattern).
     pub fn read_u64(&self, va: u64) -> Result<u64, UserFault> {
-        user_range(va, 8)?;
-        crate::arch::trap::probe_read_u64(va).map_err(|_| last_user_fault())
+        trap::read_user_u64(va).map_err(|e| user_fault(va, e))
     }
 
     /// Stores `v` at `va` with one CPU store.
     pub fn write_u64(&self, va: u64, v: u64) -> Result<(), UserFault> {
-        user_range(va, 8)?;
-        // SAFETY: `va` is in the user half (checked), where no Rust object lives; a fault that
-        // cannot be resolved is absorbed by the probe's fixup.
-        unsafe { crate::arch::trap::probe_write_u64(va, v) }.map_err(|_| last_user_fault())
+        trap::write_user_u64(va, v).map_err(|e| user_fault(va, e))
     }
 }
 

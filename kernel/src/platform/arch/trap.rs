@@ -5,10 +5,13 @@
 //! and jumps to one common routine that saves the general registers and calls
 //! [`trap_dispatch`]. Stable Rust has no `extern "x86-interrupt"`; this is the stable way.
 //!
-//! Faults are either *fixed up* or *fatal*:
-//! - an instruction listed in the exception table (the `probe_*` accessors below, the
-//!   equivalent of Linux's `__ex_table`) that faults resumes at its fixup with the fault
-//!   recorded, so callers get an error value instead of a crash;
+//! A page fault goes first to the handler the layer above registered
+//! ([`set_page_fault_handler`]: the user address spaces' demand paging); if it resolves the
+//! fault, the access is retried. Otherwise faults are either *fixed up* or *fatal*:
+//! - an instruction listed in the exception table (the probes below and the user-copy
+//!   routine behind [`copy_from_user`] / [`copy_to_user`], the equivalent of Linux's
+//!   `__ex_table`) that faults resumes at its fixup with the fault recorded, so callers get an
+//!   error value instead of a crash;
 //! - any other exception is reported with its decoded state (a page fault shows the address,
 //!   the decoded error bits and RIP) and the kernel exits with a failure code. A double fault
 //!   runs on its own IST stack, so a kernel stack overflow is reported too.
@@ -28,9 +31,9 @@ pub const TIMER_VECTOR: u8 = 0x30;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// The TLB-shootdown IPI ([`super::smp::shootdown`]).
 pub const TLB_VECTOR: u8 = 0x40;
-/// The reschedule IPI: another CPU queued a task here ([`crate::sched`]).
+/// The reschedule IPI: another CPU queued a task here ([`crate::platform::sched`]).
 pub const RESCHED_VECTOR: u8 = 0x41;
-/// `int 0x42`: the running task gives up the CPU ([`crate::sched::yield_now`]).
+/// `int 0x42`: the running task gives up the CPU ([`crate::platform::sched::yield_now`]).
 pub const YIELD_VECTOR: u8 = 0x42;
 
 /// The state saved on every trap, lowest address first.
@@ -167,13 +170,13 @@ pub struct Fault {
 }
 
 // Each task's last fixed-up fault (vector, address, error code, rip).
-static LAST_FAULT: [[AtomicU64; 4]; crate::sched::MAX_TASKS] =
-    [const { [const { AtomicU64::new(0) }; 4] }; crate::sched::MAX_TASKS];
+static LAST_FAULT: [[AtomicU64; 4]; crate::platform::sched::MAX_TASKS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; crate::platform::sched::MAX_TASKS];
 /// Count of faults absorbed by fixups.
 pub static FIXED_UP_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 fn last_fault() -> Fault {
-    let f = &LAST_FAULT[crate::sched::current()];
+    let f = &LAST_FAULT[crate::platform::sched::current()];
     Fault {
         vector: f[0].load(Ordering::Relaxed) as u8,
         address: f[1].load(Ordering::Relaxed),
@@ -231,7 +234,7 @@ fn fixup_for(rip: u64) -> Option<u64> {
     let table = [
         ((&raw const kernel_probe_read_u64_insn) as u64, (&raw const kernel_probe_read_u64_fixup) as u64),
         ((&raw const kernel_probe_write_u64_insn) as u64, (&raw const kernel_probe_write_u64_fixup) as u64),
-        crate::mm::uspace::user_copy_fixup(),
+        ((&raw const kernel_user_copy_insn) as u64, (&raw const kernel_user_copy_fixup) as u64),
     ];
     table.iter().find(|(insn, _)| *insn == rip).map(|&(_, fixup)| fixup)
 }
@@ -250,10 +253,151 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
 /// # Safety
 /// `addr` must not be memory that Rust code owns (a write there would break aliasing rules),
 /// unless that is what the test means to check and the memory is not used afterwards.
-pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
+unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
     // SAFETY: the caller vouches for the target; faults are absorbed by the fixup.
     let faulted = unsafe { kernel_probe_write_u64(addr, value) };
     if faulted != 0 { Err(last_fault()) } else { Ok(()) }
+}
+
+/// Why [`probe_write_must_fault`] did not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The kernel page table maps the address writable: a write would land in memory Rust code
+    /// may own, so the probe refuses it.
+    Writable(u64),
+    /// The write faulted (the expected outcome of a protection test).
+    Fault(Fault),
+}
+
+impl core::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Writable(a) => write!(f, "{a:#x} is mapped writable; the probe writes only where a write must fault"),
+            Self::Fault(fault) => write!(f, "{} at {:#x}", fault.error, fault.address),
+        }
+    }
+}
+
+/// Writes `value` to the kernel-half address `addr` where the kernel page table says a write
+/// must fault (unmapped, or mapped read-only), and returns that fault: the check that a
+/// protection really holds. An address mapped writable is refused without writing
+/// ([`ProbeError::Writable`]); `Ok` means the write went through a mapping the page table
+/// calls read-only (a stale TLB entry), which the caller reports.
+pub fn probe_write_must_fault(addr: u64, value: u64) -> Result<(), ProbeError> {
+    let writable = crate::platform::mm::with_kernel_pt(|pt| {
+        pt.translate(addr).is_some_and(|t| t.flags.contains(crate::platform::mm::paging::Flags::WRITABLE))
+    });
+    if addr < hmm::mm::pagetable::USER_END || writable != Some(false) {
+        return Err(ProbeError::Writable(addr));
+    }
+    // SAFETY: the kernel page table maps `addr` read-only or not at all (checked just above),
+    // so by the page table no Rust object can be changed by this store; it faults and the
+    // fault is absorbed by the probe's fixup.
+    unsafe { probe_write_u64(addr, value) }.map_err(ProbeError::Fault)
+}
+
+// The user-copy routine: `rep movsb` with an exception-table fixup that returns the bytes not
+// copied. Demand-paging faults inside it are resolved by the page-fault handler and the
+// instruction resumes.
+core::arch::global_asm!(
+    r#"
+    .section .text.probes, "ax"
+    .global kernel_user_copy
+kernel_user_copy:
+    mov rcx, rdx
+    .global kernel_user_copy_insn
+kernel_user_copy_insn:
+    rep movsb
+    xor eax, eax
+    ret
+    .global kernel_user_copy_fixup
+kernel_user_copy_fixup:
+    mov rax, rcx
+    ret
+    "#
+);
+
+unsafe extern "C" {
+    fn kernel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
+    static kernel_user_copy_insn: u8;
+    static kernel_user_copy_fixup: u8;
+}
+
+/// `[va, va + len)` lies in the user half.
+fn user_range(va: u64, len: usize) -> Result<(), UserRange> {
+    match va.checked_add(len as u64) {
+        Some(end) if end <= hmm::mm::pagetable::USER_END => Ok(()),
+        _ => Err(UserRange { address: va, len }),
+    }
+}
+
+/// A user access named memory outside the user half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRange {
+    /// Where the access started.
+    pub address: u64,
+    /// Its length.
+    pub len: usize,
+}
+
+/// How a user access ended when it did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAccessError {
+    /// The range is not in the user half.
+    Range(UserRange),
+    /// A fault the page-fault handler could not resolve stopped the access.
+    Faulted,
+}
+
+/// Copies from user address `va` into `buf` (`copy_from_user`) in the installed address
+/// space; faults are resolved by the registered page-fault handler.
+pub fn copy_from_user(va: u64, buf: &mut [u8]) -> Result<(), UserAccessError> {
+    user_range(va, buf.len()).map_err(UserAccessError::Range)?;
+    // SAFETY: the source is in the user half (checked above), never Rust-owned memory;
+    // faults there are resolved or absorbed by the routine's fixup. `buf` is a valid kernel
+    // buffer of `len` bytes.
+    let left = unsafe { kernel_user_copy(buf.as_mut_ptr(), va as *const u8, buf.len()) };
+    if left == 0 { Ok(()) } else { Err(UserAccessError::Faulted) }
+}
+
+/// Copies `data` to user address `va` (`copy_to_user`).
+pub fn copy_to_user(va: u64, data: &[u8]) -> Result<(), UserAccessError> {
+    user_range(va, data.len()).map_err(UserAccessError::Range)?;
+    // SAFETY: the destination is in the user half (checked), which no Rust object lives in;
+    // faults are resolved or absorbed by the fixup.
+    let left = unsafe { kernel_user_copy(va as *mut u8, data.as_ptr(), data.len()) };
+    if left == 0 { Ok(()) } else { Err(UserAccessError::Faulted) }
+}
+
+/// Loads the `u64` at user address `va` with one CPU load.
+pub fn read_user_u64(va: u64) -> Result<u64, UserAccessError> {
+    user_range(va, 8).map_err(UserAccessError::Range)?;
+    probe_read_u64(va).map_err(|_| UserAccessError::Faulted)
+}
+
+/// Stores `v` at user address `va` with one CPU store.
+pub fn write_user_u64(va: u64, v: u64) -> Result<(), UserAccessError> {
+    user_range(va, 8).map_err(UserAccessError::Range)?;
+    // SAFETY: `va` is in the user half (checked), where no Rust object lives; a fault that
+    // cannot be resolved is absorbed by the probe's fixup.
+    unsafe { probe_write_u64(va, v) }.map_err(|_| UserAccessError::Faulted)
+}
+
+/// The page-fault handler of the layer above: called for every #PF with the faulting address
+/// and error code; returns `true` when it resolved the fault and the access can be retried.
+pub type PageFaultHandler = fn(u64, PageFaultError) -> bool;
+
+static PAGE_FAULT_HANDLER: spin::Once<PageFaultHandler> = spin::Once::new();
+
+/// Registers the page-fault handler (the user address spaces' demand paging). Only the first
+/// registration counts: returns whether this one did.
+pub fn set_page_fault_handler(f: PageFaultHandler) -> bool {
+    let mut ours = false;
+    PAGE_FAULT_HANDLER.call_once(|| {
+        ours = true;
+        f
+    });
+    ours
 }
 
 /// One IDT gate.
@@ -334,7 +478,7 @@ stub!(v_yield, YIELD_VECTOR);
 ///
 /// `trap_dispatch` returns the frame to resume: the same one, or (when the scheduler switched
 /// tasks) the saved frame at the top of another task's stack. The routine moves to that
-/// stack, lets the scheduler finish the switch there ([`crate::sched::finish_switch`], which
+/// stack, lets the scheduler finish the switch there ([`crate::platform::sched::finish_switch`], which
 /// must not run on the old task's stack) and restores the registers from it.
 #[unsafe(naked)]
 extern "C" fn trap_common() {
@@ -351,7 +495,7 @@ extern "C" fn trap_common() {
         "add rsp, 16",
         "iretq",
         dispatch = sym trap_dispatch,
-        finish = sym crate::sched::finish_switch,
+        finish = sym crate::platform::sched::finish_switch,
     )
 }
 
@@ -414,7 +558,7 @@ pub fn triple_fault() -> ! {
         x86_64::instructions::tables::lidt(&ptr);
         core::arch::asm!("int3");
     }
-    crate::arch::exit::exit(crate::arch::exit::ExitCode::Failure)
+    crate::platform::arch::exit::exit(crate::platform::arch::exit::ExitCode::Failure)
 }
 
 /// RFLAGS.IF.
@@ -434,13 +578,13 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
             if user && frame.rflags & RFLAGS_IF != 0 {
                 x86_64::instructions::interrupts::enable();
             }
-            let resolved = crate::mm::uspace::handle_page_fault(address, PageFaultError(frame.error_code));
+            let resolved = PAGE_FAULT_HANDLER.get().is_some_and(|h| h(address, PageFaultError(frame.error_code)));
             x86_64::instructions::interrupts::disable();
             if resolved {
                 return this;
             }
             if let Some(fixup) = fixup_for(frame.rip) {
-                let f = &LAST_FAULT[crate::sched::current()];
+                let f = &LAST_FAULT[crate::platform::sched::current()];
                 f[0].store(14, Ordering::Relaxed);
                 f[1].store(address, Ordering::Relaxed);
                 f[2].store(frame.error_code, Ordering::Relaxed);
@@ -454,13 +598,13 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
         v if v == u64::from(TIMER_VECTOR) => {
             super::apic::timer_interrupt();
             super::apic::eoi();
-            crate::sched::preempt(this, true)
+            crate::platform::sched::preempt(this, true)
         }
         v if v == u64::from(RESCHED_VECTOR) => {
             super::apic::eoi();
-            crate::sched::preempt(this, false)
+            crate::platform::sched::preempt(this, false)
         }
-        v if v == u64::from(YIELD_VECTOR) => crate::sched::preempt(this, false),
+        v if v == u64::from(YIELD_VECTOR) => crate::platform::sched::preempt(this, false),
         v if v == u64::from(TLB_VECTOR) => {
             super::smp::tlb_interrupt();
             super::apic::eoi();
@@ -473,7 +617,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
 
 /// Reports an unrecoverable exception with its decoded state and ends the run.
 fn fatal(frame: &TrapFrame, cr2: Option<u64>) -> ! {
-    use crate::arch::serial::write_raw;
+    use crate::platform::arch::serial::write_raw;
     let name = EXCEPTIONS.get(frame.vector as usize).copied().unwrap_or("interrupt");
     write_raw(format_args!("\nFATAL EXCEPTION: {} (vector {})\n", name, frame.vector));
     if let Some(addr) = cr2 {
@@ -494,5 +638,5 @@ fn fatal(frame: &TrapFrame, cr2: Option<u64>) -> ! {
         "  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n",
         frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15
     ));
-    crate::crash(format_args!("{name} at rip {:#x}", frame.rip))
+    crate::platform::crash(format_args!("{name} at rip {:#x}", frame.rip))
 }

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 use drivers::acpi::{self as raw, AcpiError, PhysMem, TableRef, hmat::Hmat, srat::Srat, viot::Viot};
 
-use crate::mm::{self, paging::Flags};
+use crate::platform::mm::{self, paging::Flags};
 
 /// Maps ACPI tables through the direct map.
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +22,7 @@ struct Handler;
 
 impl AcpiHandler for Handler {
     unsafe fn map_physical_region<T>(&self, paddr: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let _ = mm::map_phys(paddr as u64, size as u64, Flags::empty());
+        let _ = mm::map_phys_untracked(paddr as u64, size as u64, Flags::empty());
         let virt = mm::phys_to_virt(paddr as u64) as *mut T;
         // SAFETY: the region is mapped (read-only is enough for the crate) for the kernel's
         // lifetime, and the caller guarantees a `T` lies there.
@@ -36,7 +36,7 @@ struct Mem;
 
 impl PhysMem for Mem {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), AcpiError> {
-        mm::map_phys(paddr, buf.len() as u64, Flags::empty()).map_err(|_| AcpiError::Unreadable(paddr))?;
+        mm::map_phys_untracked(paddr, buf.len() as u64, Flags::empty()).map_err(|_| AcpiError::Unreadable(paddr))?;
         let src = mm::phys_to_virt(paddr) as *const u8;
         // SAFETY: just mapped; firmware tables are plain memory that nothing writes.
         unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };

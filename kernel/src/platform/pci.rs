@@ -1,5 +1,7 @@
 //! PCI bring-up: ECAM from the MCFG, enumeration and BAR assignment (by `drivers::pci`), and
-//! virtio devices bound through virtio-drivers' PCI transport to check they answer.
+//! virtio devices bound through virtio-drivers' PCI transport to check they answer. Device
+//! memory is reached through [`bar_window`], which makes a [`mm::PhysWindow`] only for a
+//! memory BAR of an enumerated function.
 
 extern crate alloc;
 
@@ -17,7 +19,7 @@ use virtio_drivers::{
     },
 };
 
-use crate::mm::{self, frame};
+use crate::platform::mm::{self, frame};
 
 /// The virtio HAL: DMA buffers from the frame allocator, MMIO through the direct map, and
 /// identity IOVAs (physical addresses) until the virtio-iommu driver maps them.
@@ -47,7 +49,9 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
         let v = buffer.as_ptr() as *mut u8 as u64;
-        mm::virt_to_phys(v).unwrap_or_else(|| panic!("virtio buffer at {v:#x} is not in kernel memory"))
+        let pa = mm::virt_to_phys(v).unwrap_or_else(|| panic!("virtio buffer at {v:#x} is not in kernel memory"));
+        // What virtio-drivers calls a physical address here is the address the device uses.
+        mm::Iova::identity(mm::PhysAddr::new(pa)).get()
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
@@ -169,4 +173,48 @@ pub fn init(ecam: &[(u64, u16, u8, u8)]) -> Result<Bus, BusError> {
         virtio.push(VirtioDevice { function: i, features, bound });
     }
     Ok(Bus { ecam_base: base, functions, virtio })
+}
+
+/// Why [`bar_window`] made no window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarWindowError {
+    /// No function with that index on the bus.
+    NoFunction(usize),
+    /// The function has no BAR in that slot.
+    NoBar(usize, u8),
+    /// The BAR is an I/O-port BAR.
+    NotMemory(usize, u8),
+    /// The BAR has no address assigned.
+    Unassigned(usize, u8),
+    /// Mapping it for the CPU failed.
+    Map(mm::MapError),
+}
+
+impl core::fmt::Display for BarWindowError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoFunction(n) => write!(f, "no PCI function {n}"),
+            Self::NoBar(n, b) => write!(f, "PCI function {n} has no BAR {b}"),
+            Self::NotMemory(n, b) => write!(f, "BAR {b} of PCI function {n} is an I/O BAR"),
+            Self::Unassigned(n, b) => write!(f, "BAR {b} of PCI function {n} has no address"),
+            Self::Map(e) => write!(f, "mapping the BAR: {e}"),
+        }
+    }
+}
+
+/// A [`PhysWindow`](mm::PhysWindow) onto memory BAR `bar` of `bus.functions[function]`,
+/// mapped uncached into the direct map: the handle through which the CPU reaches a device's
+/// memory.
+pub fn bar_window(bus: &Bus, function: usize, bar: u8) -> Result<mm::PhysWindow, BarWindowError> {
+    let f = bus.functions.get(function).ok_or(BarWindowError::NoFunction(function))?;
+    let b = f.bars.iter().find(|b| b.index == bar).ok_or(BarWindowError::NoBar(function, bar))?;
+    if b.kind == dpci::BarKind::Io {
+        return Err(BarWindowError::NotMemory(function, bar));
+    }
+    if b.address == 0 || b.size == 0 {
+        return Err(BarWindowError::Unassigned(function, bar));
+    }
+    let uncached = mm::paging::Flags::WRITABLE | mm::paging::Flags::NO_CACHE;
+    mm::map_phys(b.address, b.size, uncached).map_err(BarWindowError::Map)?;
+    Ok(mm::PhysWindow::new(b.address, b.size))
 }

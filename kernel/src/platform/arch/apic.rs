@@ -5,8 +5,9 @@
 //! inter-processor interrupts and spurious interrupts. The timer is calibrated once, on the boot
 //! CPU, against the TSC (already calibrated against the PM timer) and runs periodically at
 //! [`TICK_HZ`] on every CPU ([`init_ap`] starts it on the others with the same count). The tick
-//! drives preemption ([`crate::sched`]); the boot CPU's also counts [`ticks`] and runs the test
-//! watchdog. [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
+//! drives preemption ([`crate::platform::sched`]); the boot CPU's also counts [`ticks`] and runs
+//! the tick hooks the layers above registered with [`on_tick`] (the test runner's watchdog).
+//! [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Once;
@@ -80,7 +81,7 @@ fn mask_legacy_pic() {
 #[derive(Debug)]
 pub enum ApicError {
     /// The xAPIC MMIO page could not be mapped.
-    Map(crate::mm::MapError),
+    Map(crate::platform::mm::MapError),
     /// The timer did not count down.
     TimerStuck,
 }
@@ -110,7 +111,7 @@ pub fn init(prefer_x2apic: bool) -> Result<(Mode, u64), ApicError> {
         // SAFETY: as above.
         unsafe { base_msr.write(base | (1 << 11)) };
         let phys = base & 0x000f_ffff_ffff_f000;
-        let virt = crate::mm::map_mmio(phys, 4096).map_err(ApicError::Map)?;
+        let virt = crate::platform::mm::map_mmio(phys, 4096).map_err(ApicError::Map)?;
         Mode::XApic(virt)
     };
     MODE.call_once(|| mode);
@@ -223,10 +224,47 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
-/// Called by the trap dispatcher on every timer interrupt, on every CPU.
+/// How many tick hooks [`on_tick`] takes.
+pub const TICK_HOOKS: usize = 4;
+static TICK_HOOK: [spin::Once<fn()>; TICK_HOOKS] = [const { spin::Once::new() }; TICK_HOOKS];
+static TICK_HOOKS_USED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Every tick hook slot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyTickHooks;
+
+impl core::fmt::Display for TooManyTickHooks {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "all {TICK_HOOKS} timer-tick hooks are registered")
+    }
+}
+
+/// Registers `f` to run on the boot CPU's every timer tick, in interrupt context (interrupts
+/// off: it must not allocate, block or take a lock a task may hold). The test runner's
+/// watchdog is one. Hooks cannot be removed.
+pub fn on_tick(f: fn()) -> Result<(), TooManyTickHooks> {
+    let slot = TICK_HOOKS_USED.fetch_add(1, Ordering::AcqRel);
+    match TICK_HOOK.get(slot) {
+        Some(s) => {
+            s.call_once(|| f);
+            Ok(())
+        }
+        None => {
+            TICK_HOOKS_USED.fetch_sub(1, Ordering::AcqRel);
+            Err(TooManyTickHooks)
+        }
+    }
+}
+
+/// Called by the trap dispatcher on every timer interrupt, on every CPU: counts the boot
+/// CPU's ticks and runs the registered tick hooks there.
 pub fn timer_interrupt() {
     if super::smp::index() == 0 {
         TICKS.fetch_add(1, Ordering::Relaxed);
-        crate::ktest::watchdog();
+        for hook in &TICK_HOOK {
+            if let Some(f) = hook.get() {
+                f();
+            }
+        }
     }
 }

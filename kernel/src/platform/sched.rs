@@ -16,7 +16,8 @@
 //!
 //! **Address spaces.** Each task has the page-table root it runs with; a switch loads the next
 //! task's root when it differs, publishing it first for TLB shootdown
-//! ([`crate::arch::smp::set_root`]). [`switch_root`] is how `mm::uspace::run` installs one.
+//! ([`crate::platform::arch::smp::set_root`]). [`switch_root`] is how `crate::mm::uspace::run`
+//! (above this layer) installs one.
 //!
 //! **Invariants.**
 //! - The run queues are locked only with interrupts off, and nothing in the switch path
@@ -37,14 +38,14 @@ use spin::Mutex;
 use x86_64::instructions::interrupts;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 
-use crate::arch::smp::{self, MAX_CPUS};
-use crate::arch::trap::{self, TrapFrame};
-use crate::arch::{apic, gdt, time};
+use crate::platform::arch::smp::{self, MAX_CPUS};
+use crate::platform::arch::trap::{self, TrapFrame};
+use crate::platform::arch::{apic, gdt, time};
 
 /// Most tasks alive at once (boot and idle tasks included).
 pub const MAX_TASKS: usize = 256;
-/// A spawned task's stack (guarded: [`crate::mm::stack`]).
-pub const STACK_SIZE: usize = crate::mm::stack::STACK_PAGES as usize * 4096;
+/// A spawned task's stack (guarded: [`crate::platform::mm::stack`]).
+pub const STACK_SIZE: usize = crate::platform::mm::stack::STACK_PAGES as usize * 4096;
 const NONE: usize = usize::MAX;
 
 const FREE: u8 = 0;
@@ -189,7 +190,7 @@ fn claim_slot() -> Option<usize> {
 fn adopt(cpu: usize, id: usize, idle: bool) {
     let t = &TASKS[id];
     t.cpu.store(cpu, Ordering::Relaxed);
-    t.root.store(crate::mm::kernel_root(), Ordering::Relaxed);
+    t.root.store(crate::platform::mm::kernel_root(), Ordering::Relaxed);
     t.since.store(time::rdtsc(), Ordering::Relaxed);
     t.state.store(RUNNING, Ordering::Release);
     if idle {
@@ -214,7 +215,7 @@ pub fn init() -> Result<(), SchedError> {
 pub fn init_ap(cpu: usize) {
     match claim_slot() {
         Some(id) => adopt(cpu, id, true),
-        None => crate::crash(format_args!("CPU {cpu}: no task slot for its idle task")),
+        None => crate::platform::crash(format_args!("CPU {cpu}: no task slot for its idle task")),
     }
 }
 
@@ -229,7 +230,7 @@ pub fn idle() -> ! {
 /// Allocates a task on `cpu` that will run `body`, with its initial frame; not yet queued.
 fn new_task(cpu: usize, body: Box<dyn FnOnce() + Send>) -> Result<usize, SchedError> {
     let id = claim_slot().ok_or(SchedError::TooManyTasks)?;
-    let top = match crate::mm::stack::alloc(id) {
+    let top = match crate::platform::mm::stack::alloc(id) {
         Ok(top) => top,
         Err(e) => {
             log::error!("task {id}: its stack: {e}");
@@ -240,7 +241,7 @@ fn new_task(cpu: usize, body: Box<dyn FnOnce() + Send>) -> Result<usize, SchedEr
     let t = &TASKS[id];
     *t.body.lock() = Some(body);
     t.cpu.store(cpu, Ordering::Relaxed);
-    t.root.store(crate::mm::kernel_root(), Ordering::Relaxed);
+    t.root.store(crate::platform::mm::kernel_root(), Ordering::Relaxed);
     t.stack.store(true, Ordering::Relaxed);
     t.detached.store(false, Ordering::Relaxed);
     t.cycles.store(0, Ordering::Relaxed);
@@ -285,7 +286,7 @@ extern "C" fn task_entry(id: u64) -> ! {
     TASKS[id as usize].state.store(EXITING, Ordering::Release);
     yield_now();
     // Not reached: an exiting task is never queued again.
-    crate::crash(format_args!("task {id} resumed after exiting"))
+    crate::platform::crash(format_args!("task {id} resumed after exiting"))
 }
 
 /// Frees the stacks of detached tasks that have finished.
@@ -304,7 +305,7 @@ fn release(id: usize) {
     if t.stack.swap(false, Ordering::AcqRel) {
         // The task is done: the switch away from it has completed (see `finish_switch`), so
         // no CPU runs on its stack.
-        crate::mm::stack::free(id);
+        crate::platform::mm::stack::free(id);
     }
     t.detached.store(false, Ordering::Relaxed);
     t.state.store(FREE, Ordering::Release);
@@ -389,7 +390,7 @@ pub fn switch_root(root: u64) -> u64 {
         let t = &TASKS[current()];
         let prev = t.root.swap(root, Ordering::Relaxed);
         load_root(root);
-        if prev == 0 { crate::mm::kernel_root() } else { prev }
+        if prev == 0 { crate::platform::mm::kernel_root() } else { prev }
     })
 }
 

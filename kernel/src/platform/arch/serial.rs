@@ -90,12 +90,12 @@ pub fn write_raw(args: fmt::Arguments<'_>) {
 /// `print!` to the serial console.
 #[macro_export]
 macro_rules! sprint {
-    ($($arg:tt)*) => { $crate::arch::serial::print(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::platform::arch::serial::print(format_args!($($arg)*)) };
 }
 
 /// `println!` to the serial console.
 #[macro_export]
 macro_rules! sprintln {
     () => { $crate::sprint!("\n") };
-    ($($arg:tt)*) => { $crate::arch::serial::print(format_args!("{}\n", format_args!($($arg)*))) };
+    ($($arg:tt)*) => { $crate::platform::arch::serial::print(format_args!("{}\n", format_args!($($arg)*))) };
 }

@@ -16,7 +16,7 @@
 //! goes to protected mode, enables PAE, long mode and paging, far-jumps to 64-bit code and
 //! calls [`ap_entry`] in the kernel half. There the CPU loads the kernel page table, its GS
 //! base, its own GDT and TSS, the shared IDT and its local APIC and timer, reports itself
-//! online and becomes the idle task of its run queue ([`crate::sched`]). CPUs start one at a
+//! online and becomes the idle task of its run queue ([`crate::platform::sched`]). CPUs start one at a
 //! time; one that is not online within [`START_TIMEOUT_NS`] is reported, sent INIT again (so it
 //! cannot come up late under the next CPU's index) and left out.
 //!
@@ -38,7 +38,7 @@ use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
 
 use super::{apic, gdt, time, trap};
-use crate::mm;
+use crate::platform::mm;
 
 /// Most CPUs the kernel runs (the xtask's machine files allow as many).
 pub const MAX_CPUS: usize = 64;
@@ -301,7 +301,7 @@ fn startup_tables(kernel_root: u64) -> Result<(u64, [u64; 3]), SmpError> {
 }
 
 /// Brings up every enabled CPU in `cpus` (the MADT's) except the boot CPU.
-pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::acpi::Cpu]) -> Result<Started, SmpError> {
+pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::platform::acpi::Cpu]) -> Result<Started, SmpError> {
     let bsp = apic::id();
     CPUS[0].apic_id.store(u64::from(bsp), Ordering::Relaxed);
     let mut started = Started { online: alloc::vec![bsp], failed: Vec::new() };
@@ -331,7 +331,7 @@ pub fn start_aps(info: &boot::pvh::BootInfo, cpus: &[crate::acpi::Cpu]) -> Resul
     for apic_id in others {
         let i = started.online.len();
         // A guarded stack in the slots past the tasks'; it becomes the CPU's idle task's.
-        let top = mm::stack::alloc(crate::sched::MAX_TASKS + i).map_err(|_| SmpError::OutOfMemory)?;
+        let top = mm::stack::alloc(crate::platform::sched::MAX_TASKS + i).map_err(|_| SmpError::OutOfMemory)?;
         let p = Params {
             jump32: (page + code32) as u32,
             sel32: 0x08,
@@ -398,9 +398,9 @@ extern "C" fn ap_entry(i: u64) -> ! {
         );
     }
     apic::init_ap();
-    crate::sched::init_ap(i);
+    crate::platform::sched::init_ap(i);
     CPUS[i].online.store(true, Ordering::Release);
-    crate::sched::idle()
+    crate::platform::sched::idle()
 }
 
 // ---- TLB shootdown -------------------------------------------------------------------------
@@ -509,7 +509,7 @@ pub fn shootdown(root: u64, start: u64, end: u64, full: bool) {
     while PENDING.load(Ordering::Acquire) != 0 {
         if deadline.passed() {
             let left = PENDING.load(Ordering::Relaxed);
-            crate::crash(format_args!(
+            crate::platform::crash(format_args!(
                 "TLB shootdown: CPUs {left:#b} (bit = CPU index) did not acknowledge within {} ms; a stale translation could be used, so the run stops",
                 SHOOTDOWN_TIMEOUT_NS / 1_000_000
             ));

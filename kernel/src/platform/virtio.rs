@@ -9,8 +9,8 @@
 //! the device reads back status 0 it owns no buffer, and the queue starts again empty on the
 //! same rings.
 
-use crate::arch::time;
-use crate::mm::{self, frame};
+use crate::platform::arch::time;
+use crate::platform::mm::{self, Iova, frame};
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 use drivers::virtq::{Layout, QueueError, Rings, Seg, Virtq};
 use virtio_drivers::transport::{DeviceStatus, Transport, pci::PciTransport};
@@ -101,6 +101,21 @@ fn view<T: Word>(pa: u64, count: usize) -> &'static [T] {
     unsafe { core::slice::from_raw_parts(mm::phys_to_virt(pa) as *const T, count) }
 }
 
+/// Tells the device where queue `index`'s rings are: the IOVAs of the descriptor table (at
+/// `pa`) and the driver and device areas (at the offsets).
+fn set_rings(
+    t: &mut PciTransport,
+    index: u16,
+    size: u16,
+    iova: impl Fn(u64) -> Iova,
+    pa: u64,
+    avail_off: u64,
+    used_off: u64,
+) {
+    let (desc, avail, used) = (iova(pa), iova(pa + avail_off), iova(pa + used_off));
+    t.queue_set(index, u32::from(size), desc.get(), avail.get(), used.get());
+}
+
 /// A virtqueue on its own frames.
 #[derive(Debug)]
 pub struct DmaQueue {
@@ -118,12 +133,12 @@ impl DmaQueue {
     /// Allocates rings for queue `index` (at most `want` entries, at most what the device
     /// takes) and tells the device where they are; `iova` turns a physical address into the
     /// address the device uses (identity without an IOMMU).
-    pub fn new(
+    pub fn new<I: Into<Iova>>(
         t: &mut PciTransport,
         device: &'static str,
         index: u16,
         want: u16,
-        iova: impl Fn(u64) -> u64,
+        iova: impl Fn(u64) -> I,
     ) -> Result<DmaQueue, VirtioError> {
         let max = t.max_queue_size(index).min(u32::from(want));
         if max == 0 {
@@ -142,7 +157,7 @@ impl DmaQueue {
             used: view(pa + used_off, 2 + 2 * usize::from(size)),
         };
         let q = Virtq::new(rings, size)?;
-        t.queue_set(index, u32::from(size), iova(pa), iova(pa + avail_off), iova(pa + used_off));
+        set_rings(t, index, size, |pa| iova(pa).into(), pa, avail_off, used_off);
         Ok(DmaQueue {
             device,
             index,
@@ -156,7 +171,7 @@ impl DmaQueue {
     /// Starts the queue again, empty, on the same rings, after the device was reset (it has
     /// read back status 0, so it owns none of the old buffers) and renegotiated; every request
     /// in flight before is forgotten. The caller finishes the device's initialisation.
-    pub fn reset(&mut self, t: &mut PciTransport, iova: impl Fn(u64) -> u64) -> Result<(), VirtioError> {
+    pub fn reset<I: Into<Iova>>(&mut self, t: &mut PciTransport, iova: impl Fn(u64) -> I) -> Result<(), VirtioError> {
         let (pa, pages, avail_off, used_off) = self.rings;
         let size = self.q.size();
         for p in 0..pages as u64 {
@@ -168,7 +183,7 @@ impl DmaQueue {
             used: view(pa + used_off, 2 + 2 * usize::from(size)),
         };
         self.q = Virtq::new(rings, size)?;
-        t.queue_set(self.index, u32::from(size), iova(pa), iova(pa + avail_off), iova(pa + used_off));
+        set_rings(t, self.index, size, |pa| iova(pa).into(), pa, avail_off, used_off);
         self.dead = false;
         self.done.clear();
         Ok(())

@@ -187,7 +187,7 @@ impl FlushBatch {
         if self.pages > FULL_FLUSH_THRESHOLD {
             flush_all();
             if self.remote {
-                crate::arch::smp::shootdown(0, 0, 0, true);
+                crate::platform::arch::smp::shootdown(0, 0, 0, true);
             }
         } else {
             flush_range(self.start, self.end - self.start, self.remote);
@@ -216,7 +216,7 @@ fn flush_range(start: u64, len: u64, remote: bool) {
         }
     }
     if remote {
-        crate::arch::smp::shootdown(0, start, start + len, pages > FULL_FLUSH_THRESHOLD);
+        crate::platform::arch::smp::shootdown(0, start, start + len, pages > FULL_FLUSH_THRESHOLD);
     }
 }
 

@@ -10,8 +10,10 @@
 //! Invariants: a frame is in the allocator only if it is usable RAM outside the first MiB, the
 //! kernel image, the boot modules, the bootstrap run and the links themselves; a block of `n`
 //! frames is aligned to `n.next_power_of_two()` frames and must be freed with the same `n`.
-//! Exhaustion is an [`OutOfFrames`] value; a free that the buddy refuses (double free, a
-//! block it never handed out) is logged and ignored rather than corrupting the lists. The lock
+//! Every region given to the allocator is also recorded in [`super::ram`], whose checks
+//! accept only such memory for `hmm`'s platform. Exhaustion is an [`OutOfFrames`] value; a
+//! free that the buddy refuses (double free, a block it never handed out) is logged and
+//! ignored rather than corrupting the lists. The lock
 //! is held with interrupts off ([`buddy`]): code that runs with interrupts off (the kernel page
 //! table's users) allocates frames too, and must never wait for a task preempted holding it.
 
@@ -99,6 +101,7 @@ fn buddy<R>(f: impl FnOnce(Option<&mut Buddy<&'static mut [Link]>>) -> R) -> R {
 /// Adds the frames of `[start, end)` (page-aligned physical addresses) to the buddy allocator.
 /// Only after [`init`].
 pub fn add_region(start: u64, end: u64) {
+    super::ram::add_managed(start, end);
     buddy(|b| {
         if let Some(b) = b {
             b.add_range(Pfn(start / PAGE_SIZE), Pfn(end / PAGE_SIZE));

@@ -1,0 +1,169 @@
+//! Checked access to the physical memory `hmm::mm` manages: the frames of the kernel's
+//! `hmm::mm::Platform` implementation (`crate::mm::uspace`).
+//!
+//! `hmm` names memory by frame number. Every accessor here first checks that the whole range
+//! lies in memory `hmm` can legitimately have been handed: RAM the frame allocator manages
+//! (every region given to [`super::frame::add_region`], and the bootstrap run that holds the
+//! kernel's first page tables, whose kernel half every address space copies), or device
+//! memory mapped for the CPU with [`super::map_phys`] (a coherent device's BAR). Anything
+//! else — the first MiB, the kernel image, the frame allocator's own links, a hole, a made-up
+//! number — panics with the frame's number and the operation, instead of writing through
+//! the direct map to whatever is there.
+//!
+//! Owns: the table of those ranges ([`MAX_RANGES`] slots, filled at boot and when devices
+//! map their memory; never shrunk). Readers are lock-free: a slot is written once, its end
+//! published last with `Release`, and read with `Acquire`.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use hmm::addr::Pfn;
+
+use super::{PAGE_SIZE, phys_to_virt};
+
+/// Slots of the range table.
+pub const MAX_RANGES: usize = 64;
+
+static STARTS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
+static ENDS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
+static USED: AtomicUsize = AtomicUsize::new(0);
+/// The slot that held the last range checked (a hint only: any value below `USED` is valid).
+static HINT: AtomicUsize = AtomicUsize::new(0);
+static ADDING: spin::Mutex<()> = spin::Mutex::new(());
+
+fn add(start: u64, end: u64) {
+    if start >= end || check(start, end - start).is_ok() {
+        return;
+    }
+    let _g = ADDING.lock();
+    let i = USED.load(Ordering::Relaxed);
+    if i == MAX_RANGES {
+        log::error!("ram: range table full; [{start:#x}, {end:#x}) is not reachable by hmm's platform");
+        return;
+    }
+    STARTS[i].store(start, Ordering::Relaxed);
+    ENDS[i].store(end, Ordering::Release);
+    USED.store(i + 1, Ordering::Release);
+}
+
+/// Records `[start, end)` as RAM the frame allocator manages.
+pub(super) fn add_managed(start: u64, end: u64) {
+    add(start, end);
+}
+
+/// Records `[start, end)` as device memory mapped for the CPU.
+pub(super) fn add_device(start: u64, end: u64) {
+    add(start, end);
+}
+
+/// Memory `hmm` named that it cannot have been handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutsideRam {
+    /// Physical address of the access.
+    pub pa: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+impl core::fmt::Display for OutsideRam {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} bytes at physical {:#x} (frame {:#x}) are outside the RAM the frame allocator manages and the device memory mapped for the CPU",
+            self.len,
+            self.pa,
+            self.pa / PAGE_SIZE
+        )
+    }
+}
+
+/// Whether `[pa, pa + len)` lies inside one recorded range (see the module docs).
+pub fn check(pa: u64, len: u64) -> Result<(), OutsideRam> {
+    let outside = OutsideRam { pa, len };
+    let end = pa.checked_add(len).ok_or(outside)?;
+    let n = USED.load(Ordering::Acquire);
+    let holds = |i: usize| {
+        let e = ENDS[i].load(Ordering::Acquire);
+        STARTS[i].load(Ordering::Relaxed) <= pa && end <= e
+    };
+    // The range that answered last first: nearly every frame hmm uses is in the one large
+    // RAM region, so the page-table walks' checks are one comparison.
+    let hint = HINT.load(Ordering::Relaxed);
+    if hint < n && holds(hint) {
+        return Ok(());
+    }
+    match (0..n).find(|&i| holds(i)) {
+        Some(i) => {
+            HINT.store(i, Ordering::Relaxed);
+            Ok(())
+        }
+        None => Err(outside),
+    }
+}
+
+/// Panics unless `[pa, pa + len)` is memory `hmm` may use.
+#[track_caller]
+fn require(op: &str, pa: u64, len: u64) {
+    if let Err(e) = check(pa, len) {
+        panic!("hmm platform: {op}: {e}");
+    }
+}
+
+/// Zeroes `count` frames from `pfn`.
+#[track_caller]
+pub fn zero(pfn: Pfn, count: u64) {
+    let len = count * PAGE_SIZE;
+    require("zero", pfn.addr(), len);
+    // SAFETY: the range is RAM or mapped device memory that hmm owns (checked against the
+    // ranges above; the frame allocator handed it out, hmm asks for it zeroed), covered by
+    // the direct map; nothing else references it as a Rust object.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pfn.addr()) as *mut u8, 0, len as usize) }
+}
+
+/// Copies `count` frames from `src` to `dst` (distinct allocations: they never overlap).
+#[track_caller]
+pub fn copy(dst: Pfn, src: Pfn, count: u64) {
+    let len = count * PAGE_SIZE;
+    require("copy from", src.addr(), len);
+    require("copy to", dst.addr(), len);
+    assert!(
+        src.addr() + len <= dst.addr() || dst.addr() + len <= src.addr(),
+        "hmm platform: copy of overlapping frames {:#x} and {:#x}",
+        src.0,
+        dst.0
+    );
+    // SAFETY: both runs are checked memory hmm owns, direct-mapped, and do not overlap
+    // (checked).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            phys_to_virt(src.addr()) as *const u8,
+            phys_to_virt(dst.addr()) as *mut u8,
+            len as usize,
+        )
+    }
+}
+
+/// Reads `buf.len()` bytes at physical `pa`.
+#[track_caller]
+pub fn read(pa: u64, buf: &mut [u8]) {
+    require("read", pa, buf.len() as u64);
+    // SAFETY: `pa..pa + len` is checked memory hmm owns (it resolved it from its own page
+    // tables), direct-mapped; `buf` is a distinct kernel buffer.
+    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u8, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Writes `data` at physical `pa`.
+#[track_caller]
+pub fn write(pa: u64, data: &[u8]) {
+    require("write", pa, data.len() as u64);
+    // SAFETY: as in `read`, in the other direction.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len()) }
+}
+
+/// The 512 entries of the page-table frame `table`, as atomics.
+#[track_caller]
+pub fn table(table: Pfn) -> &'static [AtomicU64; 512] {
+    require("page-table access", table.addr(), PAGE_SIZE);
+    // SAFETY: `table` is checked memory hmm owns (a page-table frame it allocated, or the
+    // kernel root in the bootstrap run), mapped read-write by the direct map for the kernel's
+    // lifetime: 512 naturally aligned u64s, which every user accesses only atomically.
+    unsafe { &*(phys_to_virt(table.addr()) as *const [AtomicU64; 512]) }
+}
