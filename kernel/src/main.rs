@@ -56,7 +56,7 @@ pub use system::{System, system};
 
 use boot::{
     cmdline::{Crash, Job, KernelArgs},
-    pvh::{self, BootInfo},
+    pvh::BootInfo,
 };
 use platform::arch::{
     exit::{ExitCode, exit},
@@ -74,19 +74,25 @@ fn fail(step: &str, err: impl core::fmt::Display) -> ! {
 
 crate::entry_point!(kernel_main);
 
-/// The kernel's main, entered from the platform's `kernel_entry` with the `hvm_start_info`
-/// physical address (boot timestamp, per-CPU base and serial console already set up).
-fn kernel_main(start_info: u64) -> ! {
-    let info = match pvh::parse(&platform::EarlyPhys, start_info) {
+/// The kernel's main, entered from the platform's `kernel_entry` with what the loader
+/// (PVH or Multiboot2) handed over (boot timestamp, per-CPU base and serial console already set
+/// up).
+fn kernel_main(entry: platform::Entry) -> ! {
+    let info = match entry.parse() {
         Ok(info) => BOOT_INFO.call_once(|| info),
-        Err(e) => fail("reading hvm_start_info", e),
+        Err(e) => fail("boot information", e),
     };
     let args = match KernelArgs::parse(info.cmdline()) {
         Ok(args) => args,
         Err(e) => fail("kernel command line", e),
     };
     logger::init(args.clone());
-    log::info!("hmm-unikernel {} booting by PVH, command line '{}'", env!("CARGO_PKG_VERSION"), info.cmdline());
+    log::info!(
+        "hmm-unikernel {} booting by {}, command line '{}'",
+        env!("CARGO_PKG_VERSION"),
+        info.loader.name(),
+        info.cmdline()
+    );
 
     arch::gdt::init();
     arch::trap::init();

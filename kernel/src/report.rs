@@ -9,6 +9,7 @@ pub fn print(s: &System) {
     j.object(|j| {
         j.num("ready_ns", s.ready_ns);
         j.num("tsc_hz", s.tsc_hz);
+        j.str("loader", s.boot.loader.name());
         j.str("cmdline", s.boot.cmdline());
         j.obj("cpu", |j| {
             let mut buf = [0u8; 48];

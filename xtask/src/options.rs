@@ -16,6 +16,7 @@ pub fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
         skip_host: false,
         filter: None,
         runs: 10,
+        grub: None,
     };
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -39,6 +40,13 @@ pub fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
             }
             "--runs" => {
                 o.runs = value("--runs")?.parse().ok().filter(|&r| r > 0).ok_or("--runs takes a positive count")?
+            }
+            "--grub" => {
+                o.grub = Some(match value("--grub")?.as_str() {
+                    "bios" => crate::grub::Firmware::Bios,
+                    "uefi" => crate::grub::Firmware::Uefi,
+                    other => return Err(format!("--grub {other}: use bios or uefi")),
+                })
             }
             "--" => rest.extend(it.by_ref().cloned()),
             other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
@@ -67,4 +75,7 @@ pub struct Options {
     pub filter: Option<String>,
     /// `--runs N` (the boot benchmark).
     pub runs: usize,
+    /// `cargo xtask qemu --grub bios|uefi`: boot through GRUB (Multiboot2) from an ISO under
+    /// SeaBIOS or OVMF instead of by PVH.
+    pub grub: Option<crate::grub::Firmware>,
 }

@@ -124,6 +124,24 @@ pub struct Launch<'a> {
     pub initrd: Option<&'a Path>,
     /// Called with every line as it arrives (progress).
     pub on_line: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// How the kernel is started.
+    pub boot: Boot<'a>,
+}
+
+/// How a guest's kernel is started.
+#[derive(Debug, Clone, Copy)]
+pub enum Boot<'a> {
+    /// By PVH: QEMU loads [`Launch::kernel`] itself (`-kernel`, `-append`, `-initrd`), under
+    /// the machine's firmware.
+    Pvh,
+    /// Through GRUB from an ISO ([`crate::grub::make_iso`], which holds the kernel and its
+    /// command line), under SeaBIOS or OVMF; the machine's own firmware choice is ignored.
+    Grub {
+        /// The ISO.
+        iso: &'a Path,
+        /// The firmware.
+        firmware: crate::grub::Firmware,
+    },
 }
 
 /// Boots `l` in QEMU, with its device memory files created (and removed after), under the
@@ -141,13 +159,28 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         f.set_len(*size).map_err(|e| format!("sizing device memory {path}: {e}"))?;
     }
     let mut cmd = Command::new(QEMU);
-    cmd.args(l.machine.qemu_args(&shm_prefix))
-        // TCG emulates everything "max" offers; under KVM the host's CPU is what users want.
-        .args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
-        .arg("-kernel")
-        .arg(l.kernel)
-        .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
-        .args(l.initrd.iter().flat_map(|p| [std::ffi::OsStr::new("-initrd"), p.as_os_str()]))
+    let mut machine_args = l.machine.qemu_args(&shm_prefix);
+    match l.boot {
+        Boot::Pvh => {
+            cmd.args(machine_args)
+                .arg("-kernel")
+                .arg(l.kernel)
+                .args(["-append", &format!("{}{}", l.cmdline, l.machine.kernel_args())])
+                .args(l.initrd.iter().flat_map(|p| [std::ffi::OsStr::new("-initrd"), p.as_os_str()]));
+        }
+        Boot::Grub { iso, firmware } => {
+            if l.initrd.is_some() {
+                return Err("a GRUB boot carries no boot module (the ISO holds only the kernel)".into());
+            }
+            // GRUB needs a PC BIOS or UEFI, not the machine's qboot.
+            if let Some(i) = machine_args.iter().position(|a| a == "-bios") {
+                machine_args.drain(i..(i + 2).min(machine_args.len()));
+            }
+            cmd.args(machine_args).args(crate::grub::qemu_args(iso, firmware)?);
+        }
+    }
+    // TCG emulates everything "max" offers; under KVM the host's CPU is what users want.
+    cmd.args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
         .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
         .args(["-no-reboot", "-nodefaults", "-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")])
         .stdin(Stdio::null())

@@ -33,7 +33,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
 /// Reads physical memory through the entry code's identity map of the first GiB: the reader
-/// `boot::pvh::parse` needs for `hvm_start_info`, before the kernel page tables exist.
+/// `boot::pvh::parse` and `boot::multiboot2::parse` need, before the kernel page tables exist.
 #[derive(Debug)]
 pub struct EarlyPhys;
 
@@ -51,19 +51,61 @@ impl PhysRead for EarlyPhys {
     }
 }
 
-/// Defines the kernel's 64-bit entry symbol, `kernel_entry`, which `boot::entry` calls with
-/// the `hvm_start_info` physical address on the higher-half boot stack. `$main` is a
-/// `fn(u64) -> !`; the entry marks the boot time, sets the boot CPU's per-CPU base and starts
-/// the serial console before calling it.
+/// How the boot loader entered the kernel: the arguments `boot::entry` passes to
+/// `kernel_entry`.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// Physical address of `hvm_start_info` (PVH) or of the Multiboot2 information.
+    pub info: u64,
+    /// [`boot::entry::LOADER_PVH`] or [`boot::entry::LOADER_MULTIBOOT2`].
+    pub loader: u32,
+    /// The loader's `%eax` under Multiboot2 (0 under PVH).
+    pub magic: u32,
+}
+
+impl Entry {
+    /// Parses what the loader handed over into a [`boot::pvh::BootInfo`], by the protocol
+    /// that entered the kernel. The error is the text to print, naming the protocol.
+    pub fn parse(&self) -> Result<boot::pvh::BootInfo, EntryError> {
+        if self.loader == boot::entry::LOADER_MULTIBOOT2 {
+            boot::multiboot2::parse(&EarlyPhys, self.magic, self.info).map_err(EntryError::Multiboot2)
+        } else {
+            boot::pvh::parse(&EarlyPhys, self.info).map_err(EntryError::Pvh)
+        }
+    }
+}
+
+/// Why the boot information could not be read.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryError {
+    /// Entered by PVH; `hvm_start_info` is bad.
+    Pvh(BootError),
+    /// Entered by Multiboot2; its information structure is bad.
+    Multiboot2(boot::multiboot2::Mb2Error),
+}
+
+impl core::fmt::Display for EntryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Pvh(e) => write!(f, "reading hvm_start_info: {e}"),
+            Self::Multiboot2(e) => write!(f, "reading the Multiboot2 information: {e}"),
+        }
+    }
+}
+
+/// Defines the kernel's 64-bit entry symbol, `kernel_entry`, which `boot::entry` calls on the
+/// higher-half boot stack with the boot information's physical address, the loader (PVH or
+/// Multiboot2) and the loader's magic. `$main` is a `fn(Entry) -> !`; the entry marks the boot
+/// time, sets the boot CPU's per-CPU base and starts the serial console before calling it.
 #[macro_export]
 macro_rules! entry_point {
     ($main:path) => {
-        /// The 64-bit entry, called by `boot::entry` with the `hvm_start_info` physical address.
+        /// The 64-bit entry, called by `boot::entry` (see [`$crate::platform::Entry`]).
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
-        pub extern "C" fn kernel_entry(start_info: u64) -> ! {
+        pub extern "C" fn kernel_entry(info: u64, loader: u64, magic: u64) -> ! {
             $crate::platform::early_init();
-            $main(start_info)
+            $main($crate::platform::Entry { info, loader: loader as u32, magic: magic as u32 })
         }
     };
 }

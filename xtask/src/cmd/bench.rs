@@ -15,7 +15,7 @@
 use crate::decode::{bench_results, json_line};
 use crate::machine::Machine;
 use crate::options::{Options, parse_options};
-use crate::qemu::{Launch, Outcome, run_qemu};
+use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
 use boot::protocol::Tag;
@@ -84,6 +84,7 @@ fn bench_job(o: &Options, name: &str, job: &str) -> Result<(Machine, Vec<Value>)
         echo: false,
         initrd: None,
         on_line: None,
+        boot: Boot::Pvh,
     })?;
     if run.outcome != Outcome::Success {
         for l in run.lines.iter().rev().take(20).rev() {
@@ -314,6 +315,7 @@ fn bench_boot(o: &Options) -> Result<u8> {
             echo: false,
             initrd: None,
             on_line: None,
+            boot: Boot::Pvh,
         })?;
         if run.outcome != Outcome::Success {
             return Err(format!("boot {i}: {}", run.outcome.describe()));

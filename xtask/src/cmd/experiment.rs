@@ -7,7 +7,7 @@
 
 use crate::decode::points_and_traces;
 use crate::experiment;
-use crate::qemu::{Launch, run_qemu};
+use crate::qemu::{Boot, Launch, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
 use boot::protocol::Tag;
@@ -118,6 +118,7 @@ pub fn run_points(
                             echo: false,
                             initrd: Some(&image),
                             on_line: Some(&on_line),
+                            boot: Boot::Pvh,
                         });
                         let mut res = results.lock().unwrap();
                         match run {

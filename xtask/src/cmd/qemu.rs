@@ -1,15 +1,17 @@
 //! `cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug]
-//! [--timeout SECS] [-- KERNEL ARGS...]`: builds the kernel, boots it on the machine FILE
-//! describes (default `qemu/default.toml`), prints the kernel log, the boot report, the default
-//! job's result and (with no kernel arguments, on the default machine) the default experiment's
-//! summary and table, and exits with QEMU's decoded status.
+//! [--timeout SECS] [--grub bios|uefi] [-- KERNEL ARGS...]`: builds the kernel, boots it on the
+//! machine FILE describes (default `qemu/default.toml`), prints the kernel log, the boot
+//! report, the default job's result and (with no kernel arguments, on the default machine,
+//! booted by PVH) the default experiment's summary and table, and exits with QEMU's decoded
+//! status. `--grub` boots the same kernel through GRUB from an ISO (`target/grub/qemu.iso`,
+//! which also boots a physical machine) under SeaBIOS or OVMF.
 
 use super::experiment::report_experiment;
 use crate::decode::{json_line, points_and_traces};
 use crate::experiment;
 use crate::machine::Machine;
 use crate::options::parse_options;
-use crate::qemu::{Launch, run_qemu};
+use crate::qemu::{Boot, Launch, run_qemu};
 use crate::setup::{build_kernel, ensure_prerequisites};
 use crate::{Result, root};
 use boot::protocol::Tag;
@@ -25,7 +27,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     // With no kernel arguments the default job is followed by the default experiment, on the
     // default machine (its device memory sizes are what the experiment is written for).
     let default_exp = root().join("experiments/default.toml");
-    let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") {
+    let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") && o.grub.is_none() {
         Some(experiment::load(&default_exp, root())?)
     } else {
         None
@@ -41,6 +43,18 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         }
         None => None,
     };
+    let iso = match o.grub {
+        Some(_) => {
+            crate::grub::ensure_tools()?;
+            let cmdline = format!("{}{}", kernel_args.join(" "), machine.kernel_args());
+            Some(crate::grub::make_iso(root(), "qemu", &kernel, cmdline.trim())?)
+        }
+        None => None,
+    };
+    let boot = match (&iso, o.grub) {
+        (Some(iso), Some(firmware)) => Boot::Grub { iso, firmware },
+        _ => Boot::Pvh,
+    };
     let t0 = Instant::now();
     let run = run_qemu(&Launch {
         kernel: &kernel,
@@ -52,6 +66,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         echo: true,
         initrd: image.as_deref(),
         on_line: None,
+        boot,
     })?;
     if let Some(report) = json_line(&run.lines, Tag::Boot) {
         print_boot_report(&report, &machine, run.ready_at);

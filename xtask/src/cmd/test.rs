@@ -8,13 +8,15 @@
 //! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine.
 
 use super::experiment::run_points;
+use crate::decode::json_line;
 use crate::experiment;
+use crate::grub::{self, Firmware};
 use crate::machine::Machine;
 use crate::options::parse_options;
-use crate::qemu::{Launch, Outcome, run_qemu};
+use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
-use boot::protocol::{KTEST, Ktest};
+use boot::protocol::{KTEST, Ktest, Tag};
 use serde_json::Value;
 use std::{
     path::Path,
@@ -64,6 +66,7 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
             echo: false,
             initrd: None,
             on_line: None,
+            boot: Boot::Pvh,
         })?;
         let Suite { last_started, finished } = read_suite(&run.lines, label, tally);
         match (&run.outcome, finished) {
@@ -181,6 +184,7 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
             echo: false,
             initrd: None,
             on_line: None,
+            boot: Boot::Pvh,
         })?;
         let text = run.lines.join("\n");
         let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
@@ -190,6 +194,42 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
             tally.fail(name, &format!("output lacks {missing:?}"));
         } else {
             tally.pass(name);
+        }
+    }
+    Ok(())
+}
+
+/// Boots the kernel through GRUB (Multiboot2) under SeaBIOS and under OVMF (UEFI) on `machine`,
+/// running the default job: the boot report must say Multiboot2 entered the kernel, and the
+/// job must pass its checks on the machine's devices.
+fn grub_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()> {
+    grub::ensure_tools()?;
+    let cmdline = format!("job=default{}", machine.kernel_args());
+    let iso = grub::make_iso(root(), "test", kernel, &cmdline)?;
+    for fw in [Firmware::Bios, Firmware::Uefi] {
+        let name = format!("boot::grub_{}_runs_the_default_job", fw.name());
+        let run = run_qemu(&Launch {
+            kernel,
+            machine,
+            cmdline: String::new(),
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(180),
+            echo: false,
+            initrd: None,
+            on_line: None,
+            boot: Boot::Grub { iso: &iso, firmware: fw },
+        })?;
+        let loader = json_line(&run.lines, Tag::Boot).and_then(|v| v["loader"].as_str().map(str::to_string));
+        if run.outcome != Outcome::Success {
+            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
+            tally.fail(&name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+        } else if loader.as_deref() != Some("multiboot2") {
+            tally.fail(&name, &format!("the boot report names loader {loader:?}, not multiboot2"));
+        } else if json_line(&run.lines, Tag::Result).is_none() {
+            tally.fail(&name, "the default job printed no result");
+        } else {
+            tally.pass(&name);
         }
     }
     Ok(())
@@ -289,6 +329,8 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", &mut tally)?;
     println!("\n== boot checks ==");
     boot_checks(&kernel, &machine, &mut tally)?;
+    println!("\n== boot through GRUB (Multiboot2), BIOS and UEFI ==");
+    grub_checks(&kernel, &machine, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
     numa_experiment_check(&mut tally)?;
     println!();
