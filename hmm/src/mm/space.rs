@@ -10,9 +10,12 @@
 //!   end callback (one flush per operation, batched in [`TlbFlush`]).
 //! - Every present leaf, and every software leaf except a migration entry, holds one page
 //!   reference and one reverse-map entry on its frame (zero pages: neither). A migration entry
-//!   holds no reference: the migration owns the page while it exists. The migration entries it
-//!   made hold nothing; one that fork copied from them holds a reverse-map entry, so that the
-//!   migration finds the copy and puts the new page there too.
+//!   holds no reference: the migration owns the page while it exists. Those `migrate_vma_setup`
+//!   made hold nothing either (that migration holds the address space until it puts the pages
+//!   back, so nothing moves them). Those an eviction (`migrate_device_range`, which holds no
+//!   address-space lock in between) made, and every copy fork makes of a migration entry, hold
+//!   a reverse-map entry, which `mremap` moves, `munmap` drops and fork copies with the entry,
+//!   so that the migration finds each one wherever it is and puts the new page there.
 //! - A transparent huge page is mapped by at most one PMD (fork splits it first), or, once its
 //!   mapping was split while the page had references beyond it (a pin), by PTEs of its
 //!   subpages, each holding its reference and reverse-map entry on the head (the page stays
@@ -341,8 +344,8 @@ pub(super) fn held_frame(mm: &Mm, raw: u64) -> Option<(Pfn, bool)> {
     Some((if tail { head } else { pfn }, dirty))
 }
 
-/// Drops what a leaf held: its reverse-map entry and its page reference (a migration entry
-/// copied by fork: its reverse-map entry only).
+/// Drops what a leaf held: its reverse-map entry and its page reference (a migration entry:
+/// its reverse-map entry, if it has one).
 pub(super) fn release_leaf(mm: &Mm, id: u32, va: u64, raw: u64, huge: bool) {
     if let Pte::Soft(s) = Pte::decode(raw)
         && s.kind == SoftKind::Migration
@@ -1036,7 +1039,8 @@ impl AddressSpace {
                 s
             };
             t.store(slot, raw);
-            // A migration entry copied by fork has a reverse-map entry to move too.
+            // An eviction's migration entry, or fork's copy of one, has a reverse-map entry to
+            // move too (the finalize finds it there).
             let rmapped = match Pte::decode(raw) {
                 Pte::Soft(s) if s.kind == SoftKind::Migration => Some(s.pfn),
                 _ => held_frame(mm, raw).map(|(pfn, _)| pfn),
