@@ -399,6 +399,37 @@ fn an_eviction_backing_out_restores_the_entry_mremap_moved() {
     assert_eq!(dv.get_u32(to), Ok(40));
 }
 
+/// The same through a whole device release of device-private memory (dmirror's eviction:
+/// `migrate_device_range`, the device's copy out, finalize): the parent's entry, replaced
+/// first, is moved by mremap while the eviction replaces the child's; both come back to RAM
+/// with the data, the parent's at its new address.
+#[test]
+fn a_device_release_finishes_where_mremap_moved_the_entry() {
+    let dv = device(MemoryKind::Private);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    assert!(dv.on_device(a));
+    let to = a + (256 << 20);
+    let child = dv.mm.share(dv.space.lock().fork().unwrap());
+    let hook = Arc::new(MoveAtMigrate { space: dv.space.clone(), from: a, to, moved: Default::default() });
+    child.lock().set_notifier(Some(hook.clone()));
+    dv.dev.release().unwrap();
+    assert!(hook.moved.load(Ordering::Relaxed), "the mremap ran during the eviction");
+    assert_eq!(dv.lookup(a), Pte::None);
+    let Pte::Present(p) = dv.lookup(to) else { panic!("the moved entry was not replaced: {:?}", dv.lookup(to)) };
+    let Some(Pte::Present(c)) = child.lock().lookup(a).map(|e| e.pte) else { panic!("the child's page") };
+    assert_eq!(p.pfn, c.pfn, "a copy-on-write pair again");
+    let m = dv.mm.meta(p.pfn).unwrap();
+    assert!(!m.has(flags::DEVICE) && !m.has(flags::LOCKED));
+    assert_eq!((m.refcount(), m.mapcount()), (2, 2));
+    assert_eq!(dv.get_u32(to), Ok(40));
+    let mut b = [0; 4];
+    child.lock().read(a, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 40);
+    assert_eq!(dv.dev.pages_in_use(), 0);
+    child.lock().set_notifier(None);
+}
+
 fn plain() -> (Arc<FakePlatform>, Arc<Mm>) {
     let plat = Arc::new(FakePlatform::new(FRAMES));
     let mm = Mm::new(plat.clone(), &[(Pfn(BASE_PFN), FRAMES as u64)]).unwrap();
