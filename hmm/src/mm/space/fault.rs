@@ -7,11 +7,16 @@
 //! device-private pages to their pagemap's `migrate_to_ram`.
 //!
 //! Invariants (with those of the [parent module](super)):
-//! - A fault changes at most the leaf at its address (or its 2 MiB leaf); a leaf that was
-//!   present and is replaced is replaced inside an invalidation of its range.
-//! - A fault never waits: a migration entry is [`FaultError::Migrating`] (recorded for
-//!   [`AddressSpace::take_migration_wait`]), and the caller waits with the lock dropped
-//!   ([`with_migration_wait`](super::with_migration_wait)).
+//! - A fault changes only the leaf at its address (its 2 MiB leaf, or the 512 leaves a split
+//!   of it makes), except through a device-private page's `migrate_to_ram`, a migration of
+//!   its own that may move neighbouring pages too (fault-around). It fills an empty leaf, or
+//!   upgrades a present one in place (write access to a shared page or to a private page that
+//!   became exclusive, the same page: no invalidation, as Linux's `wp_page_reuse`), or
+//!   replaces one (copy-on-write, the zero page's replacement, a split, the restore of a
+//!   device-exclusive entry) inside an invalidation of its range.
+//! - A fault never waits for a migration: a migration entry is [`FaultError::Migrating`]
+//!   (recorded for [`AddressSpace::take_migration_wait`]), and the caller waits with the lock
+//!   dropped ([`with_migration_wait`](super::with_migration_wait)).
 
 use super::{AddressSpace, Entry, PAGE, release_leaf};
 use crate::addr::Pfn;

@@ -3,7 +3,8 @@
 //!
 //! Private (copy-on-write) mappings are write-protected in parent and child under a
 //! `ProtectionPage` invalidation of the parent; shared mappings share their pages. A THP is
-//! split first (it has one mapping); device-exclusive entries are restored in the parent
+//! split first (it has one mapping; hugetlb pages and the huge zero page stay shared at
+//! 2 MiB); device-exclusive entries are restored in the parent
 //! before they are copied; migration entries are copied (with a reverse-map entry on the page,
 //! no reference), so the migration in flight puts the new page in the child too.
 

@@ -5,7 +5,8 @@
 //! base pages, each mapped by its PTE; one referenced beyond its mapping (pinned) stays whole
 //! and is mapped by 512 PTEs of its subpages, each holding a reference and a reverse-map entry
 //! on the head; the huge zero page becomes 512 zero-page PTEs. Explicit (hugetlb) huge pages
-//! are never split: their mappings change only at 2 MiB bounds. A split happens under a
+//! are never split: their mappings change only at 2 MiB bounds. A huge migration entry, and a
+//! referenced device-private THP, are not split (`Busy`). A split happens under a
 //! `Clear` invalidation of the 2 MiB range.
 
 use super::{AddressSpace, PAGE};

@@ -1,10 +1,11 @@
-//! The mapping operations of an [`AddressSpace`] that keep pages where they are: `mmap`
+//! The mapping operations of an [`AddressSpace`] that do not move pages between addresses: `mmap`
 //! (with `MAP_POPULATE`), `munmap`, `mprotect` and `madvise`.
 //!
 //! Owns the request types ([`MapRequest`], [`Placement`], [`Advice`]) and the placement of new
 //! mappings. Each operation changes its leaves under one invalidation of its range (events
 //! `Unmap`, `ProtectionVma`, `Clear`), after splitting the huge leaves that straddle its ends
-//! (`huge.rs`); VMAs are split and merged so that the tree stays canonical.
+//! (`huge.rs`); VMAs are split at the range's ends and, after `mmap`, `mprotect` and the
+//! huge-page advice, merged with like neighbours.
 
 use super::fault::Access;
 use super::{AddressSpace, Entry, PAGE, leaf_size, page_range};
