@@ -12,7 +12,7 @@ use crate::dmirror::{Backing, Counts, Dmirror, DmirrorDevice, EINVAL, ENOENT, EP
 use crate::legacy::olddev::OldDevice;
 use crate::mm::file::MemFile;
 use crate::mm::notify::Owner;
-use crate::mm::space::{AddressSpace, Advice, FaultError, MapRequest, RemapFlags};
+use crate::mm::space::{AddressSpace, Advice, FaultError, MapRequest, RemapFlags, with_migration_wait};
 use crate::mm::vma::Prot;
 use crate::mm::{Error, Mm, SharedSpace};
 use crate::pagemap::{MemoryKind, Pagemaps};
@@ -49,16 +49,20 @@ pub trait Cpu: Sync {
     }
 }
 
-/// The address space's own access path (`access_process_vm`), for host runs.
+/// The address space's own access path (`access_process_vm`), for host runs. A page under
+/// migration is waited for as the kernel's page-fault loop waits ([`with_migration_wait`]:
+/// the lock dropped, the platform's bounded [`migration_wait`](crate::mm::Platform::migration_wait),
+/// then the access again), so a scenario never sees `Migrating` where a real load or store
+/// would have waited.
 #[derive(Debug, Default)]
 pub struct SpaceCpu;
 
 impl Cpu for SpaceCpu {
     fn read(&self, space: &Arc<SharedSpace>, va: u64, buf: &mut [u8]) -> Result<(), FaultError> {
-        space.lock().read(va, buf)
+        with_migration_wait(space, |s| s.read(va, buf))
     }
     fn write(&self, space: &Arc<SharedSpace>, va: u64, data: &[u8]) -> Result<(), FaultError> {
-        space.lock().write(va, data)
+        with_migration_wait(space, |s| s.write(va, data))
     }
     // Host test runs have std threads, each its own notifier context (without that every
     // thread is context 0, and a read_begin during another thread's invalidation looks like a
@@ -1146,6 +1150,62 @@ mod tests {
         free.sort();
         assert_eq!(free, [4, 6, 7]);
         assert!(crate::dmirror::take_whole_blocks(&mut free, |&k| k, 4).is_empty());
+    }
+
+    /// The host CPU meets a page under migration as the kernel's page-fault loop does: it waits
+    /// (`with_migration_wait`, the lock dropped so the migration can finish) and faults again,
+    /// instead of failing the access with `Migrating`. Here a coherent page is being evicted
+    /// (`migrate_device_range` done, the copy and finalize pending) and the eviction finishes
+    /// at the first wait.
+    #[test]
+    fn the_host_cpu_waits_for_a_page_under_migration() {
+        use crate::mm::frame::flags;
+        use crate::mm::migrate::{DeviceMigration, MigratePfn, migrate_device_range};
+        use core::sync::atomic::Ordering::Relaxed;
+        for write in [false, true] {
+            let frames = 16 * 1024;
+            let plat = Arc::new(FakePlatform::new(frames));
+            // The eviction outlives this frame in the platform's hook.
+            let mm: &'static Arc<Mm> =
+                Box::leak(Box::new(Mm::new(plat.clone(), &[(Pfn(BASE_PFN), frames as u64)]).unwrap()));
+            let pm = Pagemaps::install(mm).unwrap();
+            let dev = DmirrorDevice::new(&pm, MemoryKind::Coherent, Owner(0xd00d), 2 << 20);
+            let space = mm.share(AddressSpace::new(mm).unwrap());
+            let d = Dmirror::open(&dev, &space).unwrap();
+            let a = mmap(&space, MapRequest::anon(PAGE, Prot::RW)).unwrap();
+            SpaceCpu.write(&space, a, &40u32.to_le_bytes()).unwrap();
+            d.migrate_to_dev(a, 1).unwrap();
+            let pfn = space.lock().lookup(a).and_then(|e| e.pte.pfn()).unwrap();
+            assert!(mm.meta(pfn).unwrap().has(flags::DEVICE));
+            let mig: Arc<spin::Mutex<Option<DeviceMigration<'static>>>> =
+                Arc::new(spin::Mutex::new(Some(migrate_device_range(mm, pfn, 1))));
+            assert!(mig.lock().as_ref().unwrap().src()[0].is_migrate());
+            let pending = mig.clone();
+            plat.migration_hook.set(move |round| {
+                assert_eq!(round, 1, "one wait");
+                let Some(mut m) = pending.lock().take() else { return };
+                let dst = mm.alloc_page(flags::ANON, 0, false).unwrap();
+                assert!(mm.meta(dst).unwrap().trylock());
+                mm.platform().copy(dst, pfn, 1);
+                m.dst_mut()[0] = MigratePfn::new(dst).with_write(true);
+                m.pages();
+                m.finalize();
+            });
+            let mut b = [0; 4];
+            if write {
+                assert_eq!(SpaceCpu.write(&space, a, &41u32.to_le_bytes()), Ok(()));
+                SpaceCpu.read(&space, a, &mut b).unwrap();
+                assert_eq!(u32::from_le_bytes(b), 41);
+            } else {
+                assert_eq!(SpaceCpu.read(&space, a, &mut b), Ok(()));
+                assert_eq!(u32::from_le_bytes(b), 40);
+            }
+            assert_eq!(plat.migration_waits.load(Relaxed), 1, "write {write}");
+            assert!(mig.lock().is_none(), "the eviction finished in the wait");
+            let back = space.lock().lookup(a).and_then(|e| e.pte.pfn()).unwrap();
+            assert!(!mm.meta(back).unwrap().has(flags::DEVICE));
+            drop(d);
+        }
     }
 
     static CPU: SpaceCpu = SpaceCpu;

@@ -36,7 +36,11 @@
 //! migrated (pitfall P5: partial migration is normal).
 //!
 //! [`migrate_device_range`] evicts device pages by frame number, through their reverse map,
-//! with no VMA: the driver-unbind and memory-removal path.
+//! with no VMA: the driver-unbind and memory-removal path. It holds no address-space lock
+//! between its steps, so its migration entries keep their reverse-map entries and the finalize
+//! finds them through the reverse map wherever `mremap` moved them (`remove_migration_ptes`).
+//! A [`MigrateVma`] holds its address space (`&mut`, the mmap lock) from setup to finalize,
+//! so no `mremap` or `munmap` can run in between.
 
 use super::frame::{RmapEntry, flags};
 use super::notify::{Event, Owner};
@@ -172,6 +176,34 @@ enum Stage {
 
 /// A migration in progress (`struct migrate_vma` between setup and finalize). Holds the
 /// address space (the mmap lock) until it is finalized; dropping it finalizes.
+///
+/// So nothing changes the address space's mappings in between: its migration entries stay
+/// where setup put them, and the finalize finds them there. An `mremap` (or `munmap`, fork)
+/// during the migration does not compile:
+///
+/// ```compile_fail,E0499
+/// # use hmm::mm::space::{AddressSpace, RemapFlags};
+/// # use hmm::mm::migrate::MigrateArgs;
+/// fn migrate_and_move(s: &mut AddressSpace, args: MigrateArgs, to: u64) {
+///     let mig = s.migrate_vma_setup(args).unwrap();
+///     let how = RemapFlags { may_move: true, fixed: true, dont_unmap: false };
+///     let _ = s.mremap(args.start, args.end - args.start, args.end - args.start, how, to);
+///     mig.finalize();
+/// }
+/// ```
+///
+/// It does once the migration is finalized:
+///
+/// ```
+/// # use hmm::mm::space::{AddressSpace, RemapFlags};
+/// # use hmm::mm::migrate::MigrateArgs;
+/// fn migrate_and_move(s: &mut AddressSpace, args: MigrateArgs, to: u64) {
+///     let mig = s.migrate_vma_setup(args).unwrap();
+///     mig.finalize();
+///     let how = RemapFlags { may_move: true, fixed: true, dont_unmap: false };
+///     let _ = s.mremap(args.start, args.end - args.start, args.end - args.start, how, to);
+/// }
+/// ```
 pub struct MigrateVma<'a> {
     space: &'a mut AddressSpace,
     args: MigrateArgs,
@@ -661,21 +693,39 @@ impl Drop for MigrateVma<'_> {
 // ------------------------------------------------------------------------------------------
 // VMA-less eviction
 
-#[derive(Debug, Clone, Copy)]
-struct Mapping {
-    space: u32,
-    va: u64,
-    write: bool,
+/// What [`AddressSpace::unmap_for_migration`] found at a mapping of the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmap {
+    /// The mapping became a migration entry; the migration holds its page reference now.
+    Replaced {
+        /// The mapping was writable.
+        write: bool,
+    },
+    /// Already a migration entry of the page: one this eviction made, or fork's copy of one.
+    Migrating,
+    /// Not a 4 KiB mapping of the page (or its address space is going away).
+    Failed,
 }
+
+/// How many times [`migrate_device_range`] goes over a page's mappings: once to replace them,
+/// once more to see that a fork meanwhile did not copy one it had not reached yet.
+const UNMAP_PASSES: usize = 4;
 
 /// A device-range migration in progress (`migrate_device_range` .. `migrate_device_finalize`).
 /// Dropping it finalizes. No address-space lock may be held while it runs: it takes each
-/// mapping's space lock in turn.
+/// mapping's space lock in turn, and holds none in between.
+///
+/// Because it holds no address-space lock, the address spaces go on changing around its
+/// migration entries: an `mremap` moves one, `munmap` removes one, fork copies one. So every
+/// migration entry it makes keeps its mapping's reverse-map entry (which those operations move,
+/// drop and copy with it), and the finalize finds the entries through the reverse map, wherever
+/// they are then, as Linux's `remove_migration_ptes` walks the folio's rmap.
 pub struct DeviceMigration<'a> {
     mm: &'a Mm,
     src: Vec<MigratePfn>,
     dst: Vec<MigratePfn>,
-    maps: Vec<Vec<Mapping>>,
+    /// Per page: the page references the migration holds for the mappings it replaced.
+    held: Vec<u32>,
     committed: bool,
     done: bool,
 }
@@ -693,7 +743,7 @@ impl core::fmt::Debug for DeviceMigration<'_> {
 /// the mappings that were replaced get the page back).
 pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> {
     let mut src = alloc::vec![MigratePfn(0); n as usize];
-    let mut maps = alloc::vec![Vec::new(); n as usize];
+    let mut held = alloc::vec![0; n as usize];
     for i in 0..n as usize {
         let pfn = Pfn(start.0 + i as u64);
         let Some(m) = mm.meta(pfn) else { continue };
@@ -715,23 +765,42 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
         }
         m.get();
         let mut write = false;
-        for e in m.rmap() {
-            let Some(space) = mm.space(e.space) else { continue };
-            let mut s = space.lock();
-            if let Some(mp) = s.unmap_for_migration(e.va(), pfn) {
-                write |= mp.write;
-                maps[i].push(mp);
+        // Until a pass replaces nothing: a fork between two address spaces' turns can copy a
+        // mapping not replaced yet into a new address space (its migration entries copied
+        // there are fine: they are the migration's too).
+        let mut settled = false;
+        for _ in 0..UNMAP_PASSES {
+            let (mut replaced, mut failed) = (false, false);
+            for e in m.rmap() {
+                let Some(space) = mm.space(e.space) else {
+                    failed = true;
+                    continue;
+                };
+                match space.lock().unmap_for_migration(e.va(), pfn) {
+                    Unmap::Replaced { write: w } => {
+                        write |= w;
+                        held[i] += 1;
+                        replaced = true;
+                    }
+                    Unmap::Migrating => {}
+                    Unmap::Failed => failed = true,
+                }
+            }
+            if failed {
+                break;
+            }
+            if !replaced {
+                settled = true;
+                break;
             }
         }
-        if m.mapcount() > 0 {
+        if !settled {
             // Still mapped somewhere (a mapping that could not be replaced): not migrated
-            // (migrate_vma_unmap). The mappings replaced get the page back, with the
-            // references the migration held for them.
-            for mp in maps[i].drain(..) {
-                let back = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(&mp, pfn, pfn));
-                if !back {
-                    mm.put_page(pfn);
-                }
+            // (migrate_vma_unmap). The mappings replaced get the page back, wherever they are
+            // now, and the references the migration held for them go.
+            remove_migration_ptes(mm, pfn, pfn);
+            for _ in 0..core::mem::take(&mut held[i]) {
+                mm.put_page(pfn);
             }
             m.unlock();
             mm.put_page(pfn);
@@ -739,41 +808,55 @@ pub fn migrate_device_range(mm: &Mm, start: Pfn, n: u64) -> DeviceMigration<'_> 
         }
         src[i] = MigratePfn::new(pfn).migrating().with_write(write);
     }
-    DeviceMigration { mm, src, dst: alloc::vec![MigratePfn(0); n as usize], maps, committed: false, done: false }
+    DeviceMigration { mm, src, dst: alloc::vec![MigratePfn(0); n as usize], held, committed: false, done: false }
+}
+
+/// `remove_migration_ptes(old, new)`: every migration entry of `old` (found through the
+/// reverse map: the eviction's own, moved by `mremap` or not, and fork's copies) maps `new`
+/// instead, with a reference on it. The references the migration held are the caller's to
+/// drop. Takes each address space's lock in turn.
+fn remove_migration_ptes(mm: &Mm, old: Pfn, new: Pfn) {
+    for e in mm.meta(old).map(|m| m.rmap()).unwrap_or_default() {
+        if let Some(space) = mm.space(e.space) {
+            space.lock().remap_migration_entry(e.va(), old, new);
+        }
+    }
 }
 
 impl AddressSpace {
-    /// Turns the entry at `va` that maps `pfn` into a migration entry (for eviction).
-    fn unmap_for_migration(&mut self, va: u64, pfn: Pfn) -> Option<Mapping> {
+    /// Turns the entry at `va` that maps `pfn` into a migration entry (for eviction). The
+    /// migration entry keeps the mapping's reverse-map entry (so that the finalize finds it
+    /// wherever it moves), and its page reference passes to the migration.
+    fn unmap_for_migration(&mut self, va: u64, pfn: Pfn) -> Unmap {
         let t = Tables::new(self.mm.platform(), self.root);
-        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return None };
+        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return Unmap::Failed };
         let (write, dirty, young, exec) = match Pte::decode(t.load(slot)) {
-            Pte::Soft(s) if s.pfn == pfn && s.kind != SoftKind::Migration => (s.write, s.dirty, s.young, s.exec),
+            Pte::Soft(s) if s.pfn == pfn && s.kind == SoftKind::Migration => return Unmap::Migrating,
+            Pte::Soft(s) if s.pfn == pfn => (s.write, s.dirty, s.young, s.exec),
             Pte::Present(p) if p.pfn == pfn => (p.write, p.dirty, p.young, p.exec),
-            _ => return None,
+            _ => return Unmap::Failed,
         };
         let r = self.begin(va, va + PAGE, Event::Migrate, None);
         let mig = Soft { kind: SoftKind::Migration, pfn, write, young, dirty, huge: false, exec };
         let t = Tables::new(self.mm.platform(), self.root);
         t.swap(slot, Pte::Soft(mig).encode());
         self.tlb.add(va, PAGE);
-        if let Some(m) = self.mm.meta(pfn) {
-            m.rmap_remove(RmapEntry::new(self.id, va, false));
-        }
         self.finish(r);
-        Some(Mapping { space: self.id, va, write })
+        Unmap::Replaced { write }
     }
 
-    /// Replaces the copy fork made of a migration entry of `old` at `va` (it holds a
-    /// reverse-map entry, no reference) by an entry of `new`, which it references.
-    fn remap_fork_copy(&mut self, va: u64, old: Pfn, new: Pfn) {
+    /// Replaces the migration entry of `old` at `va` (it holds a reverse-map entry, no
+    /// reference) by an entry of `new`, which it references; `false` if there is none. The new
+    /// entry takes write, dirty and young from the migration entry as it is now (an
+    /// `mprotect` or fork meanwhile downgraded it) and its rights from the VMA.
+    fn remap_migration_entry(&mut self, va: u64, old: Pfn, new: Pfn) -> bool {
         let t = Tables::new(self.mm.platform(), self.root);
-        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return };
+        let Ok(PteLookup::Pte(slot)) = t.pte(va, false) else { return false };
         let cur = match Pte::decode(t.load(slot)) {
             Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
-            _ => return,
+            _ => return false,
         };
-        let Some(prot) = self.vmas.find(va).map(|v| v.prot) else { return };
+        let Some(prot) = self.vmas.find(va).map(|v| v.prot) else { return false };
         let e = RmapEntry::new(self.id, va, false);
         if new != old {
             if let Some(m) = self.mm.meta(old) {
@@ -784,28 +867,6 @@ impl AddressSpace {
             }
         }
         self.mm.get_page(new);
-        let inf =
-            SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
-        t.store(slot, entry_for(&self.mm, new, inf, prot));
-    }
-
-    /// Replaces the migration entry of `old` at `va` by `new`; `false` if it is gone. The new
-    /// entry takes write, dirty and young from the migration entry as it is now (an
-    /// `mprotect` meanwhile downgraded it) and its rights from the VMA.
-    fn remap_after_migration(&mut self, mp: &Mapping, old: Pfn, new: Pfn) -> bool {
-        let t = Tables::new(self.mm.platform(), self.root);
-        let Ok(PteLookup::Pte(slot)) = t.pte(mp.va, false) else { return false };
-        let cur = match Pte::decode(t.load(slot)) {
-            Pte::Soft(s) if s.kind == SoftKind::Migration && s.pfn == old => s,
-            _ => return false,
-        };
-        let Some(prot) = self.vmas.find(mp.va).map(|v| v.prot) else { return false };
-        if new != old {
-            self.mm.get_page(new);
-        }
-        if let Some(m) = self.mm.meta(new) {
-            m.rmap_add(RmapEntry::new(self.id, mp.va, false));
-        }
         let inf =
             SrcInfo { entry: true, write: cur.write, dirty: cur.dirty, young: cur.young, shared: false, huge: false };
         t.store(slot, entry_for(&self.mm, new, inf, prot));
@@ -847,19 +908,11 @@ impl DeviceMigration<'_> {
             if let Some(spfn) = self.src[i].pfn() {
                 let moved = self.committed && self.src[i].is_migrate() && dst.is_some();
                 let new = if moved { dst.unwrap_or(spfn) } else { spfn };
-                // Copies fork made of the migration entries are found through the reverse map
-                // (the entries the migration made have none).
-                for e in mm.meta(spfn).map(|m| m.rmap()).unwrap_or_default() {
-                    if let Some(space) = mm.space(e.space) {
-                        space.lock().remap_fork_copy(e.va(), spfn, new);
-                    }
-                }
-                for mp in &self.maps[i] {
-                    let ok = mm.space(mp.space).is_some_and(|s| s.lock().remap_after_migration(mp, spfn, new));
-                    if !ok || new != spfn {
-                        // The mapping's reference (held by the migration) goes.
-                        mm.put_page(spfn);
-                    }
+                remove_migration_ptes(mm, spfn, new);
+                // The references the migration held for the mappings it replaced go (each
+                // entry put back took its own).
+                for _ in 0..self.held[i] {
+                    mm.put_page(spfn);
                 }
                 if let Some(m) = mm.meta(spfn) {
                     m.unlock();

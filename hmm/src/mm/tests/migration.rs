@@ -5,11 +5,13 @@
 use crate::addr::Pfn;
 use crate::dmirror::{Dmirror, DmirrorDevice};
 use crate::mm::migrate::{DeviceMigration, MigrateArgs, MigratePfn, Select, migrate_device_range};
-use crate::mm::notify::Owner;
+use crate::mm::notify::{Event, Notifier, Owner, Range};
 use crate::mm::pagetable::PMD_SIZE;
 use crate::mm::platform::fake::{BASE_PFN, FakePlatform, MIGRATION_WAIT_ROUNDS};
 use crate::mm::pte::{Pte, Soft, SoftKind};
-use crate::mm::space::{Access, AddressSpace, Advice, FaultError, MapRequest, fault_shared, with_migration_wait};
+use crate::mm::space::{
+    Access, AddressSpace, Advice, FaultError, MapRequest, RemapFlags, fault_shared, with_migration_wait,
+};
 use crate::mm::vma::Prot;
 use crate::mm::{Mm, SharedSpace, frame::flags};
 use crate::pagemap::{MemoryKind, Pagemaps};
@@ -303,6 +305,129 @@ fn fork_copies_migration_entries_and_the_eviction_finishes_both() {
         dv.space.lock().write(a, &41u32.to_le_bytes()).unwrap();
         assert_eq!(dv.get_u32(a), Ok(41));
     }
+}
+
+/// mremap while an eviction is in flight (`migrate_device_range` drops each address space's
+/// lock, so the range can move between collect and finalize, as Linux's mremap can run while
+/// `migrate_device_range` holds only the page lock): the migration entry moves with the
+/// mapping, and the finalize replaces it where it is now (Linux finds it through the reverse
+/// map), so the page comes back to RAM at the new address with its data. It used to look only
+/// at the old address: the new one kept the migration entry for ever (every access waited
+/// until `MigrationTimeout`) and the data was lost.
+#[test]
+fn an_eviction_finishes_where_mremap_moved_its_migration_entry() {
+    for dont_unmap in [false, true] {
+        let dv = device(MemoryKind::Coherent);
+        let (a, mm, mig) = eviction_pending(&dv);
+        let pfn = dv.lookup(a).pfn().unwrap();
+        let to = a + (256 << 20);
+        let how = RemapFlags { may_move: true, fixed: true, dont_unmap };
+        assert_eq!(dv.space.lock().mremap(a, PAGE, PAGE, how, to), Ok(to));
+        assert!(matches!(dv.lookup(to), Pte::Soft(Soft { kind: SoftKind::Migration, .. })), "{:?}", dv.lookup(to));
+        assert_eq!(dv.lookup(a), Pte::None);
+        finish_eviction(mm, mig.lock().take().unwrap());
+        let Pte::Present(p) = dv.lookup(to) else {
+            panic!("dont_unmap {dont_unmap}: the moved entry was not replaced: {:?}", dv.lookup(to))
+        };
+        assert!(p.write, "dont_unmap {dont_unmap}");
+        let m = dv.mm.meta(p.pfn).unwrap();
+        assert!(!m.has(flags::DEVICE) && !m.has(flags::LOCKED), "dont_unmap {dont_unmap}");
+        assert_eq!((m.refcount(), m.mapcount()), (1, 1), "dont_unmap {dont_unmap}");
+        assert_eq!(dv.get_u32(to), Ok(40), "dont_unmap {dont_unmap}");
+        assert_eq!(dv.lookup(a), Pte::None, "dont_unmap {dont_unmap}");
+        assert_eq!(dv.mm.meta(pfn).unwrap().refcount(), 0, "the device page is free");
+        assert_eq!(dv.dev.pages_in_use(), 0, "dont_unmap {dont_unmap}");
+        dv.space.lock().write(to, &41u32.to_le_bytes()).unwrap();
+        assert_eq!(dv.get_u32(to), Ok(41));
+    }
+}
+
+/// A notifier that, at the first migration invalidation of its address space, moves a page of
+/// another address space with mremap (what another thread of that process can do while an
+/// eviction holds no address-space lock).
+struct MoveAtMigrate {
+    space: Arc<SharedSpace>,
+    from: u64,
+    to: u64,
+    moved: core::sync::atomic::AtomicBool,
+}
+
+impl Notifier for MoveAtMigrate {
+    fn invalidate_start(&self, r: &Range) -> bool {
+        if r.event == Event::Migrate && !self.moved.swap(true, Ordering::Relaxed) {
+            let how = RemapFlags { may_move: true, fixed: true, dont_unmap: false };
+            assert_eq!(self.space.lock().mremap(self.from, PAGE, PAGE, how, self.to), Ok(self.to));
+        }
+        true
+    }
+    fn invalidate_end(&self, _: &Range) {}
+    fn as_any(&self) -> &dyn core::any::Any {
+        self
+    }
+}
+
+/// The same when `migrate_device_range` backs out (a mapping it cannot replace) after an
+/// mremap moved one it had replaced: the page is restored where the entry is now. The device
+/// page is mapped by the parent (replaced first), a shared child (whose invalidation moves the
+/// parent's entry) and a child the eviction cannot reach, so it gives up.
+#[test]
+fn an_eviction_backing_out_restores_the_entry_mremap_moved() {
+    let dv = device(MemoryKind::Coherent);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    let pfn = device_pfn(&dv, a);
+    let to = a + (256 << 20);
+    let reachable = dv.mm.share(dv.space.lock().fork().unwrap());
+    let hook = Arc::new(MoveAtMigrate { space: dv.space.clone(), from: a, to, moved: Default::default() });
+    reachable.lock().set_notifier(Some(hook.clone()));
+    let unreachable = dv.space.lock().fork().unwrap();
+    assert_eq!(dv.mm.meta(pfn).unwrap().rmap()[0].space, dv.space.lock().id(), "the parent is replaced first");
+    let mig = migrate_device_range(&dv.mm, pfn, 1);
+    assert!(hook.moved.load(Ordering::Relaxed), "the mremap ran during the eviction");
+    assert!(!mig.src()[0].is_migrate(), "{:?}", mig.src()[0]);
+    mig.finalize();
+    assert_eq!(dv.lookup(a), Pte::None);
+    assert!(matches!(dv.lookup(to), Pte::Present(p) if p.pfn == pfn), "not restored: {:?}", dv.lookup(to));
+    let m = dv.mm.meta(pfn).unwrap();
+    assert_eq!((m.refcount(), m.mapcount()), (3, 3));
+    assert!(!m.has(flags::LOCKED));
+    assert_eq!(dv.get_u32(to), Ok(40));
+    reachable.lock().set_notifier(None);
+    drop((reachable, unreachable));
+    dv.dev.release().unwrap();
+    assert!(!dv.on_device(to));
+    assert_eq!(dv.get_u32(to), Ok(40));
+}
+
+/// The same through a whole device release of device-private memory (dmirror's eviction:
+/// `migrate_device_range`, the device's copy out, finalize): the parent's entry, replaced
+/// first, is moved by mremap while the eviction replaces the child's; both come back to RAM
+/// with the data, the parent's at its new address.
+#[test]
+fn a_device_release_finishes_where_mremap_moved_the_entry() {
+    let dv = device(MemoryKind::Private);
+    let a = dv.mapped(1, Prot::RW, 40);
+    dv.d.migrate_to_dev(a, 1).unwrap();
+    assert!(dv.on_device(a));
+    let to = a + (256 << 20);
+    let child = dv.mm.share(dv.space.lock().fork().unwrap());
+    let hook = Arc::new(MoveAtMigrate { space: dv.space.clone(), from: a, to, moved: Default::default() });
+    child.lock().set_notifier(Some(hook.clone()));
+    dv.dev.release().unwrap();
+    assert!(hook.moved.load(Ordering::Relaxed), "the mremap ran during the eviction");
+    assert_eq!(dv.lookup(a), Pte::None);
+    let Pte::Present(p) = dv.lookup(to) else { panic!("the moved entry was not replaced: {:?}", dv.lookup(to)) };
+    let Some(Pte::Present(c)) = child.lock().lookup(a).map(|e| e.pte) else { panic!("the child's page") };
+    assert_eq!(p.pfn, c.pfn, "a copy-on-write pair again");
+    let m = dv.mm.meta(p.pfn).unwrap();
+    assert!(!m.has(flags::DEVICE) && !m.has(flags::LOCKED));
+    assert_eq!((m.refcount(), m.mapcount()), (2, 2));
+    assert_eq!(dv.get_u32(to), Ok(40));
+    let mut b = [0; 4];
+    child.lock().read(a, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 40);
+    assert_eq!(dv.dev.pages_in_use(), 0);
+    child.lock().set_notifier(None);
 }
 
 fn plain() -> (Arc<FakePlatform>, Arc<Mm>) {
