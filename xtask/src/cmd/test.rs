@@ -4,6 +4,7 @@
 //! again after a test that crashes or hangs to resume with the next), the PCI tests under
 //! SeaBIOS, the device tests with coherent device memory, boot checks (a deliberate page fault,
 //! panic, triple fault, stack overflow and bad kernel argument must each be reported clearly),
+//! the default job booted through GRUB under SeaBIOS and OVMF,
 //! and the NUMA experiment's HMAT check. Ends with `N passed, N failed, N skipped`. With
 //! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine.
 
