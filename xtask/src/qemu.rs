@@ -96,12 +96,44 @@ pub struct Run {
 /// Removes the device memory files when dropped.
 struct ShmFiles(Vec<String>);
 
-impl Drop for ShmFiles {
-    fn drop(&mut self) {
-        for f in &self.0 {
+impl ShmFiles {
+    /// Unlinks the files now (QEMU keeps its open descriptors and mappings): once QEMU holds
+    /// them nobody else can open the guest's device memory by name.
+    fn unlink(&mut self) {
+        for f in self.0.drain(..) {
             let _ = std::fs::remove_file(f);
         }
     }
+}
+
+impl Drop for ShmFiles {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+/// A launch's device-memory file prefix under `/dev/shm`: the process, the launch number and 64
+/// random bits, so no other local user can guess (and plant) the names in advance.
+fn shm_prefix(launch: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's random source once per process and then per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(launch);
+    format!("/dev/shm/hmmk-{}-{launch}-{:016x}", std::process::id(), h.finish())
+}
+
+/// Creates one device-memory file: exclusively (a file already there, planted or stale, is an
+/// error, never followed or reused) and readable by this user only.
+fn create_device_file(path: &str, size: u64) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating device memory {path}: {e} (a file of that name must not exist)"))?;
+    f.set_len(size).map_err(|e| format!("sizing device memory {path}: {e}"))
 }
 
 /// What to boot, on which machine, and how.
@@ -151,12 +183,12 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
     // sharing device memory files would overwrite each other's device memory.
     static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let shm_prefix = format!("/dev/shm/hmmk-{}-{n}", std::process::id());
+    let shm_prefix = shm_prefix(n);
     let files = l.machine.shm_files(&shm_prefix);
-    let _guard = ShmFiles(files.iter().map(|f| f.0.clone()).collect());
+    let mut guard = ShmFiles(Vec::new());
     for (path, size) in &files {
-        let f = std::fs::File::create(path).map_err(|e| format!("creating device memory {path}: {e}"))?;
-        f.set_len(*size).map_err(|e| format!("sizing device memory {path}: {e}"))?;
+        create_device_file(path, *size)?;
+        guard.0.push(path.clone());
     }
     let mut cmd = Command::new(QEMU);
     let mut machine_args = l.machine.qemu_args(&shm_prefix);
@@ -187,7 +219,8 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if l.gdb {
-        cmd.args(["-s", "-S"]);
+        // Localhost only, as the message says (`-s` listens on every interface).
+        cmd.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
         eprintln!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", l.kernel.display());
     }
     {
@@ -233,6 +266,8 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
                 if Tag::Boot.payload(&line).is_some() && ready_at.is_none() {
                     ready_at = Some(start.elapsed());
                 }
+                // QEMU opened every backing file before the guest ran its first instruction.
+                guard.unlink();
                 if l.echo && !line.starts_with(MARK) {
                     println!("{line}");
                 }
@@ -242,6 +277,8 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
                 if let Ok(Some(_)) = child.try_wait() {
                     // Drain what is left.
                     while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                        // QEMU opened every backing file before the guest ran its first instruction.
+                        guard.unlink();
                         if l.echo && !line.starts_with(MARK) {
                             println!("{line}");
                         }
@@ -261,6 +298,28 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_memory_files_are_private_exclusive_and_unguessable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (shm_prefix(7), shm_prefix(7));
+        assert_ne!(a, b, "two launches' names must differ even with the same launch number");
+        let dir = std::env::temp_dir().join(format!("xtask-shm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dev0").display().to_string();
+        let _ = std::fs::remove_file(&path);
+        create_device_file(&path, 1 << 20).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 1 << 20);
+        // A file already there (planted, or left behind) is refused, not reused.
+        let e = create_device_file(&path, 1 << 20).unwrap_err();
+        assert!(e.contains("must not exist"), "{e}");
+        let mut g = ShmFiles(vec![path.clone()]);
+        g.unlink();
+        assert!(!Path::new(&path).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_kernels_exit_codes_are_decoded() {
