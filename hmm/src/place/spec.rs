@@ -9,7 +9,7 @@
 //! point 3
 //! label tree+lru4k/bfs/1.25
 //! devices 2048 2048
-//! run cpus=1 wave=64 batch=256 trace=0 mechanism=real
+//! run cpus=1 wave=64 batch=256 trace=0 mechanism=real scheduler=heft
 //! cost far_fault_us=45.0
 //! policy tree threshold=51
 //! evict order=lru4k
@@ -24,7 +24,7 @@ use super::engine::{self, Config, Engine, MechError, Mechanism, Outcome};
 use super::params::{ParamDef, ParamError, Params, Value};
 use super::policy::Policy;
 use super::workload::{self, Setup, Target, Workload};
-use super::{MAX_DEVICES, policies};
+use super::{MAX_DEVICES, policies, sched};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -38,6 +38,7 @@ pub const RUN: &[ParamDef] = &[
     ParamDef::int("batch", 256, 1, 4096, "faults per batch (UVM: 256)"),
     ParamDef::int("trace", 0, 0, 1_000_000, "trace events kept (0: none)"),
     ParamDef::text("mechanism", "real", &["real", "model"], "real devices, or the model mechanism"),
+    ParamDef::text("scheduler", sched::DEFAULT, sched::NAMES, "the scheduler placing phases on CPU cores and devices"),
 ];
 
 /// One point.
@@ -207,6 +208,8 @@ impl Point {
             return Err(ParamError::Other("a point needs at least one workload".into()));
         }
         let run = self.run.checked(RUN)?;
+        // Checked against the same names just above, so this cannot fail; kept typed anyway.
+        let scheduler = sched::build(run.text("scheduler")).map_err(|e| ParamError::Other(e.to_string()))?;
         let cost = CostModel::from_params(&self.cost)?;
         let policy = policies::build(&self.policy, &self.policy_params, &self.evict)?;
         let mut built: Vec<Box<dyn Workload>> = Vec::new();
@@ -250,6 +253,7 @@ impl Point {
             cfg,
             capacities: self.devices.clone(),
             model: run.text("mechanism") == "model",
+            scheduler,
         })
     }
 }
@@ -272,6 +276,8 @@ pub struct Prepared {
     pub capacities: Vec<u32>,
     /// Run over the model mechanism rather than the real devices.
     pub model: bool,
+    /// The scheduler placing phases.
+    pub scheduler: Box<dyn sched::Scheduler>,
 }
 
 impl core::fmt::Debug for Prepared {
@@ -284,6 +290,7 @@ impl Prepared {
     /// Runs the point over `mech` (which manages `self.pages` pages).
     pub fn run(self, mech: &mut dyn Mechanism) -> Result<Outcome, MechError> {
         let mut e = Engine::new(self.pages, &self.capacities, self.cost, self.policy, mech, self.cfg);
+        e.set_scheduler(self.scheduler);
         for (w, base) in self.workloads.into_iter().zip(self.bases) {
             e.add(w, base);
         }
@@ -327,7 +334,11 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
     json_str(&mut j, &p.policy);
     j += ",\"mechanism\":";
     json_str(&mut j, mechanism);
+    j += ",\"scheduler\":";
+    json_str(&mut j, o.scheduler);
     j += ",\"sim_ns\":";
+    num(&mut j, s.sim_ns);
+    j += ",\"makespan_ns\":";
     num(&mut j, s.sim_ns);
     let _ = write!(j, ",\"wall_ns\":{}", s.wall_ns);
     for (k, v) in [
@@ -365,8 +376,7 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         json_str(&mut j, &p.name);
         j += ",\"busy_ns\":";
         num(&mut j, p.busy_ns);
-        let util = if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 };
-        let _ = write!(j, ",\"utilisation\":{util:.4},\"phases\":{},\"line_ns\":", p.phases);
+        let _ = write!(j, ",\"utilisation\":{:.4},\"phases\":{},\"line_ns\":", p.utilisation, p.phases);
         num(&mut j, p.line_ns);
         j.push('}');
     }
@@ -467,6 +477,10 @@ mod tests {
         let e = q.prepare(&[256, 256]).unwrap_err();
         assert!(e.to_string().contains("dev0 to dev0"), "{e}");
         let mut q = p.clone();
+        q.run.set("scheduler", Value::Text("hfet".into()));
+        let e = q.prepare(&[256]).unwrap_err().to_string();
+        assert!(e.contains("scheduler") && e.contains("one of eft, static, round-robin, heft, dmda"), "{e}");
+        let mut q = p.clone();
         q.workloads[0].0 = "bsf".into();
         assert!(q.prepare(&[256]).unwrap_err().to_string().contains("unknown workload `bsf`"));
     }
@@ -479,6 +493,13 @@ mod tests {
         let o = prepared.run(&mut m).unwrap();
         let j = result_json(&p, &o, "model");
         assert!(j.starts_with("{\"id\":3,\"label\":\"tree+lru4k/bfs/1.25\""), "{j}");
+        assert!(j.contains("\"scheduler\":\"eft\",\"sim_ns\":"), "{j}");
+        let mut q = p.clone();
+        q.run.set("scheduler", Value::Text("heft".into()));
+        let prepared = q.prepare(&[256]).unwrap();
+        let o = prepared.run(&mut super::engine::model::Model::new(q.prepare(&[256]).unwrap().pages)).unwrap();
+        assert!(result_json(&q, &o, "model").contains("\"scheduler\":\"heft\""));
+        assert!(Point::decode_all(&q.encode()).unwrap()[0].run.text("scheduler") == "heft");
         assert!(j.ends_with("\"trace_dropped\":0}"), "{j}");
         let mut s = String::new();
         json_str(&mut s, "a\"b\\c\n\u{1}");
