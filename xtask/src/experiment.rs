@@ -12,6 +12,7 @@
 //! machine = "qemu/default.toml"      # default
 //! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
 //! mechanism = "real"                  # or "model"
+//! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
 //! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT
@@ -58,6 +59,9 @@ pub struct Experiment {
     /// `real` or `model`.
     #[serde(default)]
     pub mechanism: Option<Spanned<String>>,
+    /// The scheduler of every point (`hmm::place::sched::NAMES`; a policy's own overrides it).
+    #[serde(default)]
+    pub scheduler: Option<Spanned<String>>,
     /// Engine settings (the `run` parameters: cpus, wave, batch, trace).
     #[serde(default)]
     pub run: Table,
@@ -98,6 +102,9 @@ pub struct PolicyEntry {
     /// Eviction parameters (`order`, `reserve`, `free_buffer`).
     #[serde(default)]
     pub eviction: Table,
+    /// The scheduler of this policy's points (overrides the experiment's).
+    #[serde(default)]
+    pub scheduler: Option<Spanned<String>>,
 }
 
 /// Sweeps.
@@ -299,6 +306,20 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             ),
         ));
     }
+    // The scheduler: checked against the guest's names (the `run` line's `scheduler`).
+    let with_sched = |run: &Params, s: &Option<Spanned<String>>, field: &str| -> Result<Params, String> {
+        let mut run = run.clone();
+        if let Some(s) = s {
+            let v = Value::Text(s.get_ref().clone());
+            let mut one = Params::new();
+            one.set("scheduler", v.clone());
+            let only = RUN.iter().filter(|d| d.name == "scheduler").copied().collect::<Vec<_>>();
+            one.checked(&only).map_err(|e| src.at(s.span(), field, e))?;
+            run.set("scheduler", v);
+        }
+        Ok(run)
+    };
+    let run = with_sched(&run, &exp.scheduler, "scheduler")?;
     let costp = params(&src, &exp.cost, "cost", &[])?;
     let costm =
         cost::CostModel::from_params(&costp).map_err(|e| locate(&src, &exp.cost, "cost", &e, span_of(&exp.cost)))?;
@@ -318,6 +339,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
         return Err(format!("{}: no [[policy]]: name at least one", path.display()));
     }
     let mut pols = Vec::new();
+    let mut pol_runs = Vec::new();
     for (i, p) in exp.policies.iter().enumerate() {
         let sec = format!("policy[{i}]");
         let def = policies::find(p.placement.get_ref())
@@ -332,6 +354,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
             return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
         }
         pols.push((p.name.get_ref().clone(), p.placement.get_ref().clone(), pp, ep));
+        pol_runs.push(with_sched(&run, &p.scheduler, &format!("{sec}.scheduler"))?);
     }
     // Workloads.
     if exp.workloads.is_empty() {
@@ -375,7 +398,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
         if exp.sweep.together { vec![(0..wls.len()).collect()] } else { (0..wls.len()).map(|i| vec![i]).collect() };
     for rep in 0..repeat {
         for &over in &overs {
-            for (pname, placement, pp, ep) in &pols {
+            for (pi, (pname, placement, pp, ep)) in pols.iter().enumerate() {
                 for g in &groups {
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
@@ -408,7 +431,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
                         id: points.len() as u32,
                         label,
                         devices: devices.clone(),
-                        run: run.clone(),
+                        run: pol_runs[pi].clone(),
                         cost: costp.clone(),
                         policy: placement.clone(),
                         policy_params: pp.clone(),
