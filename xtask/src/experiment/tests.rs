@@ -36,8 +36,12 @@ fn load(text: &str) -> Result<Loaded, String> {
 
 #[test]
 fn shipped_experiments_load() {
-    for (f, n) in [("experiments/default.toml", 12), ("experiments/reproduce.toml", 180), ("experiments/numa.toml", 2)]
-    {
+    for (f, n) in [
+        ("experiments/default.toml", 12),
+        ("experiments/reproduce.toml", 180),
+        ("experiments/numa.toml", 2),
+        ("experiments/schedulers.toml", 5),
+    ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
     }
