@@ -4,10 +4,11 @@
 //! **Scheduling.** Each workload is a sequence of steps; a step's phases start together and the
 //! next step starts when all have finished. A phase runs on a processor: a CPU core or a device's
 //! compute engine. Which one is the chosen [`Scheduler`]'s decision ([`super::sched`]; `eft`
-//! unless [`Engine::set_scheduler`] says otherwise): each step is a graph of independent phases
-//! released at the step's start, the scheduler orders them once, then picks a processor for each
-//! in turn, seeing every processor free when what is queued on it is expected to end. A
-//! processor runs one phase at a time; others queue in the order placed.
+//! unless [`Engine::set_scheduler`] says otherwise): the steps that start at once (every
+//! workload whose previous step is over) form a graph of independent phases, each released at
+//! its workload's step end; the scheduler orders them once (HEFT by rank), then picks a
+//! processor for each in turn, seeing every processor free when what is queued on it is
+//! expected to end. A processor runs one phase at a time; others queue in the order placed.
 //! Among running phases the engine always advances the one with the earliest clock by one wave,
 //! so concurrent workloads interleave in simulated time and compete for device memory.
 //!
@@ -734,6 +735,7 @@ impl<'m> Engine<'m> {
 
     /// Starts the next step of every workload whose step is over.
     fn start_steps(&mut self) {
+        let mut released: Vec<(usize, Phase, f64)> = Vec::new();
         for w in 0..self.wls.len() {
             if self.wls[w].done || self.wls[w].pending > 0 {
                 continue;
@@ -744,8 +746,10 @@ impl<'m> Engine<'m> {
             };
             self.wls[w].steps += 1;
             let ready = self.wls[w].step_end;
-            let phases: Vec<Phase> = phases.into_iter().filter(|p| !p.accesses.is_empty()).collect();
-            self.place_step(w, phases, ready);
+            released.extend(phases.into_iter().filter(|p| !p.accesses.is_empty()).map(|p| (w, p, ready)));
+        }
+        if !released.is_empty() {
+            self.place(released);
         }
     }
 
@@ -768,17 +772,18 @@ impl<'m> Engine<'m> {
             .collect()
     }
 
-    /// Places one step of workload `w` (independent phases released at `ready`) with the
-    /// scheduler and queues each phase on its processor, in the scheduler's order.
-    fn place_step(&mut self, w: usize, phases: Vec<Phase>, ready: f64) {
+    /// Places the phases just released (the steps that start now, of every workload whose
+    /// previous step is over: independent phases, each released at its workload's step end)
+    /// with the scheduler, and queues each on its processor in the scheduler's order.
+    fn place(&mut self, released: Vec<(usize, Phase, f64)>) {
         let mut s = self.sched.take().unwrap_or_else(|| Box::new(sched::Eft));
         let devices = self.st.devices();
-        let (base, pages) = (self.wls[w].base, self.wls[w].w.pages());
-        let procs = self.sched_procs(ready);
+        let procs = self.sched_procs(released[0].2);
         let graph = sched::Graph {
-            nodes: phases
+            nodes: released
                 .iter()
-                .map(|ph| {
+                .map(|(w, ph, ready)| {
+                    let (base, pages) = (self.wls[*w].base, self.wls[*w].w.pages());
                     let mut touched: Vec<u32> = ph.accesses.iter().map(|a| base + a.page).collect();
                     touched.sort_unstable();
                     touched.dedup();
@@ -793,7 +798,7 @@ impl<'m> Engine<'m> {
                         pages: touched,
                         footprint: (base, pages),
                         deps: Vec::new(),
-                        ready,
+                        ready: *ready,
                     }
                 })
                 .collect(),
@@ -802,15 +807,14 @@ impl<'m> Engine<'m> {
             let view = sched::StateView { state: &self.st, cost: &self.cost };
             s.order(&sched::Ctx::new(&graph, &procs, &view))
         };
-        let mut seen = vec![false; phases.len()];
-        if order.len() != phases.len()
-            || order.iter().any(|&i| i >= phases.len() || core::mem::replace(&mut seen[i], true))
-        {
-            order = (0..phases.len()).collect();
+        let n = released.len();
+        let mut seen = vec![false; n];
+        if order.len() != n || order.iter().any(|&i| i >= n || core::mem::replace(&mut seen[i], true)) {
+            order = (0..n).collect();
         }
-        let mut phases: Vec<Option<Phase>> = phases.into_iter().map(Some).collect();
+        let mut released: Vec<Option<(usize, Phase, f64)>> = released.into_iter().map(Some).collect();
         for i in order {
-            let Some(phase) = phases[i].take() else { continue };
+            let Some((w, phase, ready)) = released[i].take() else { continue };
             let proc = {
                 let procs = self.sched_procs(ready);
                 let view = sched::StateView { state: &self.st, cost: &self.cost };
