@@ -16,7 +16,9 @@
 //!   P0–P8 policies of `reference/placement.md` 5.1, one file each.
 //! - [`workload`]: generators of access streams (stream, stencils, graphs, Zipf, ping-pong, …)
 //!   parameterised by footprint and oversubscription.
-//! - [`engine`]: runs workloads' phases on processors (list scheduling with locality), services
+//! - [`sched`]: the heterogeneous workload scheduler, a [`sched::Scheduler`] trait chosen by
+//!   name (static, round-robin, eft, heft, dmda) over phase graphs, processors and a cost view.
+//! - [`engine`]: runs workloads' phases on processors (placed by the chosen scheduler), services
 //!   faults in UVM-style batches through the policy, evicts under pressure, and accounts
 //!   simulated time beside the mechanism's measured wall time.
 //! - [`spec`]: one experiment point as compact text (the xtask writes it, the guest reads it).
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod params;
 pub mod policies;
 pub mod policy;
+pub mod sched;
 pub mod spec;
 pub mod state;
 pub mod workload;

@@ -13,6 +13,7 @@
 //! machine = "qemu/default.toml"      # default
 //! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
 //! mechanism = "real"                  # or "model"
+//! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
 //! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT
@@ -59,6 +60,9 @@ pub struct Experiment {
     /// `real` or `model`.
     #[serde(default)]
     pub mechanism: Option<Spanned<String>>,
+    /// The scheduler of every point (`hmm::place::sched::NAMES`; a policy's own overrides it).
+    #[serde(default)]
+    pub scheduler: Option<Spanned<String>>,
     /// Engine settings (the `run` parameters: cpus, wave, batch, trace).
     #[serde(default)]
     pub run: Table,
@@ -99,6 +103,9 @@ pub struct PolicyEntry {
     /// Eviction parameters (`order`, `reserve`, `free_buffer`).
     #[serde(default)]
     pub eviction: Table,
+    /// The scheduler of this policy's points (overrides the experiment's).
+    #[serde(default)]
+    pub scheduler: Option<Spanned<String>>,
 }
 
 /// Sweeps.
@@ -226,11 +233,11 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let devices = device_memory(&src, &exp, &machine, &have)?;
     let run = engine_settings(&src, &exp, &machine, &mpath)?;
     let cost = cost_params(&src, &exp, &machine, &mpath)?;
-    let pols = load_policies(&src, &exp)?;
+    let pols = load_policies(&src, &exp, &run)?;
     let wls = load_workloads(&src, &exp)?;
     let overs = oversubscriptions(&src, &exp)?;
     let repeat = repetitions(&src, &exp)?;
-    let Expanded { points, keys } = expand(&exp, &Axes { devices, run, cost, pols, wls, overs, repeat });
+    let Expanded { points, keys } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
     check_points(&src, &points, &have, &machine, &mpath)?;
     Ok(Loaded { exp, machine, points, keys })
 }
@@ -331,6 +338,21 @@ fn engine_settings(src: &Src<'_>, exp: &Experiment, machine: &Machine, mpath: &P
             ),
         ));
     }
+    with_scheduler(src, &run, &exp.scheduler, "scheduler")
+}
+
+/// `run` with `scheduler` set from `s` (the experiment's or a policy's `scheduler = "..."`),
+/// checked against the guest's names (the `run` line's `scheduler`).
+fn with_scheduler(src: &Src<'_>, run: &Params, s: &Option<Spanned<String>>, field: &str) -> Result<Params, String> {
+    let mut run = run.clone();
+    if let Some(s) = s {
+        let v = Value::Text(s.get_ref().clone());
+        let mut one = Params::new();
+        one.set("scheduler", v.clone());
+        let only = RUN.iter().filter(|d| d.name == "scheduler").copied().collect::<Vec<_>>();
+        one.checked(&only).map_err(|e| src.at(s.span(), field, e))?;
+        run.set("scheduler", v);
+    }
     Ok(run)
 }
 
@@ -359,11 +381,13 @@ struct Policy {
     placement: String,
     params: Params,
     eviction: Params,
+    /// The engine settings with this policy's scheduler (its own, else the experiment's).
+    run: Params,
 }
 
 /// `[[policy]]`: at least one, each placement known, its parameters and eviction checked, the
 /// labels unique.
-fn load_policies(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Policy>, String> {
+fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Policy>, String> {
     if exp.policies.is_empty() {
         return Err(format!("{}: no [[policy]]: name at least one", src.path.display()));
     }
@@ -385,6 +409,7 @@ fn load_policies(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Policy>, String>
             placement: p.placement.get_ref().clone(),
             params: pp,
             eviction: ep,
+            run: with_scheduler(src, run, &p.scheduler, &format!("{sec}.scheduler"))?,
         });
     }
     Ok(pols)
@@ -445,7 +470,6 @@ fn repetitions(src: &Src<'_>, exp: &Experiment) -> Result<u32, String> {
 /// The checked sections a point is made of.
 struct Axes {
     devices: Vec<u32>,
-    run: Params,
     cost: Params,
     pols: Vec<Policy>,
     wls: Vec<Workload>,
@@ -502,7 +526,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                         id: points.len() as u32,
                         label,
                         devices: a.devices.clone(),
-                        run: a.run.clone(),
+                        run: pol.run.clone(),
                         cost: a.cost.clone(),
                         policy: pol.placement.clone(),
                         policy_params: pol.params.clone(),

@@ -3,9 +3,12 @@
 //!
 //! **Scheduling.** Each workload is a sequence of steps; a step's phases start together and the
 //! next step starts when all have finished. A phase runs on a processor: a CPU core or a device's
-//! compute engine. A phase for "any device" goes where it is expected to finish first, counting
-//! the queue on each device and the cost of moving the workload's pages that are not already
-//! there (locality-aware list scheduling). A processor runs one phase at a time; others queue.
+//! compute engine. Which one is the chosen [`Scheduler`]'s decision ([`super::sched`]; `eft`
+//! unless [`Engine::set_scheduler`] says otherwise): the steps that start at once (every
+//! workload whose previous step is over) form a graph of independent phases, each released at
+//! its workload's step end; the scheduler orders them once (HEFT by rank), then picks a
+//! processor for each in turn, seeing every processor free when what is queued on it is
+//! expected to end. A processor runs one phase at a time; others queue in the order placed.
 //! Among running phases the engine always advances the one with the earliest clock by one wave,
 //! so concurrent workloads interleave in simulated time and compete for device memory.
 //!
@@ -27,6 +30,7 @@ pub mod model;
 
 use super::cost::{CostModel, Source};
 use super::policy::{Ctx, Fault, Notification, Plan, Policy, root_chunk_victims};
+use super::sched::{self, Scheduler};
 use super::state::State;
 use super::workload::{Access, Phase, Target, Workload};
 use super::{BLOCK, Loc, PAGE};
@@ -476,6 +480,8 @@ pub struct ProcStats {
     /// Its cost per 128-byte line in its own memory (a CPU core: system memory, which the
     /// HMAT may make differ per core).
     pub line_ns: f64,
+    /// Busy time over the makespan ([`Stats::sim_ns`]; 0 when nothing ran).
+    pub utilisation: f64,
 }
 
 /// One workload's outcome.
@@ -513,8 +519,10 @@ pub struct Event {
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Totals.
+    /// Totals ([`Stats::sim_ns`] is the makespan: when the last phase ended).
     pub stats: Stats,
+    /// The scheduler that placed the phases.
+    pub scheduler: &'static str,
     /// Per processor.
     pub procs: Vec<ProcStats>,
     /// Per workload.
@@ -572,6 +580,8 @@ pub struct Engine<'m> {
     wls: Vec<Wl>,
     per_access_ns: f64,
     next_tick: Option<u64>,
+    sched: Option<Box<dyn Scheduler>>,
+    sched_name: &'static str,
 }
 
 impl core::fmt::Debug for Engine<'_> {
@@ -638,7 +648,15 @@ impl<'m> Engine<'m> {
             wls: Vec::new(),
             per_access_ns: 50.0,
             next_tick,
+            sched: Some(Box::new(sched::Eft)),
+            sched_name: "eft",
         }
+    }
+
+    /// Places phases with `s` instead of the default `eft`.
+    pub fn set_scheduler(&mut self, s: Box<dyn Scheduler>) {
+        self.sched_name = s.name();
+        self.sched = Some(s);
     }
 
     /// Adds a workload whose pages start at `base` (from [`layout`]).
@@ -674,12 +692,14 @@ impl<'m> Engine<'m> {
         }
         let end = self.wls.iter().map(|w| w.step_end).fold(0.0, f64::max);
         self.stats.sim_ns = end;
+        let util = |busy: f64| if end > 0.0 { busy / end } else { 0.0 };
         self.stats.remigrated = (0..self.st.len()).filter(|&p| self.st.page(p).migrations > 1).count() as u64;
         self.stats.prefetch_unused += (0..self.st.len()).filter(|&p| self.st.page(p).prefetched).count() as u64;
         self.mech.finish()?;
         self.stats.wall_ns = self.mech.now_ns().saturating_sub(wall0);
         Ok(Outcome {
             stats: self.stats,
+            scheduler: self.sched_name,
             procs: self
                 .procs
                 .iter()
@@ -689,6 +709,7 @@ impl<'m> Engine<'m> {
                     busy_ns: p.busy,
                     phases: p.phases,
                     line_ns: self.cost.line_ns_on(i, p.loc, p.loc),
+                    utilisation: util(p.busy),
                 })
                 .collect(),
             workloads: self
@@ -714,6 +735,7 @@ impl<'m> Engine<'m> {
 
     /// Starts the next step of every workload whose step is over.
     fn start_steps(&mut self) {
+        let mut released: Vec<(usize, Phase, f64)> = Vec::new();
         for w in 0..self.wls.len() {
             if self.wls[w].done || self.wls[w].pending > 0 {
                 continue;
@@ -724,61 +746,99 @@ impl<'m> Engine<'m> {
             };
             self.wls[w].steps += 1;
             let ready = self.wls[w].step_end;
-            for phase in phases {
-                if phase.accesses.is_empty() {
-                    continue;
-                }
-                let proc = self.place(w, &phase, ready);
-                let r = self.runs.len();
-                self.runs.push(Some(Running { wl: w, phase, pos: 0, proc, clock: ready, started: ready }));
-                self.wls[w].pending += 1;
-                let p = &mut self.procs[proc];
-                if p.running.is_none() {
-                    p.running = Some(r);
-                } else {
-                    p.queue.push_back(r);
-                }
-            }
+            released.extend(phases.into_iter().filter(|p| !p.accesses.is_empty()).map(|p| (w, p, ready)));
+        }
+        if !released.is_empty() {
+            self.place(released);
         }
     }
 
-    /// Where a phase runs: list scheduling by earliest expected finish, counting queued work and
-    /// the pages that would have to move.
-    fn place(&self, w: usize, phase: &Phase, ready: f64) -> usize {
-        let cpus = self.cfg.cpus.max(1) as usize;
-        let avail = |i: usize| -> f64 {
-            let p = &self.procs[i];
-            let mut t = ready;
-            for r in p.running.iter().chain(p.queue.iter()) {
-                if let Some(run) = &self.runs[*r] {
-                    let left = (run.phase.accesses.len() - run.pos) as f64 * self.per_access_ns;
-                    t = t.max(run.clock) + left;
+    /// The processors as a scheduler sees them for a phase released at `ready`: each free when
+    /// what is running and queued on it is expected to end (the phases' remaining accesses at
+    /// the running average cost per access).
+    fn sched_procs(&self, ready: f64) -> Vec<sched::Proc> {
+        (0..self.procs.len())
+            .map(|i| {
+                let p = &self.procs[i];
+                let mut t = ready;
+                for r in p.running.iter().chain(p.queue.iter()) {
+                    if let Some(run) = &self.runs[*r] {
+                        let left = (run.phase.accesses.len() - run.pos) as f64 * self.per_access_ns;
+                        t = t.max(run.clock) + left;
+                    }
                 }
-            }
-            t
+                sched::Proc { loc: p.loc, avail: t }
+            })
+            .collect()
+    }
+
+    /// Places the phases just released (the steps that start now, of every workload whose
+    /// previous step is over: independent phases, each released at its workload's step end)
+    /// with the scheduler, and queues each on its processor in the scheduler's order.
+    fn place(&mut self, released: Vec<(usize, Phase, f64)>) {
+        let mut s = self.sched.take().unwrap_or_else(|| Box::new(sched::Eft));
+        let devices = self.st.devices();
+        let procs = self.sched_procs(released[0].2);
+        let graph = sched::Graph {
+            nodes: released
+                .iter()
+                .map(|(w, ph, ready)| {
+                    let (base, pages) = (self.wls[*w].base, self.wls[*w].w.pages());
+                    let mut touched: Vec<u32> = ph.accesses.iter().map(|a| base + a.page).collect();
+                    touched.sort_unstable();
+                    touched.dedup();
+                    sched::Node {
+                        name: ph.name,
+                        // A device the machine lacks means its last device (as always).
+                        on: match ph.on {
+                            Target::Dev(d) => Target::Dev(d.min(devices.saturating_sub(1) as u8)),
+                            t => t,
+                        },
+                        cost: sched::compute_costs(ph, &procs, &self.cost),
+                        pages: touched,
+                        footprint: (base, pages),
+                        deps: Vec::new(),
+                        ready: *ready,
+                    }
+                })
+                .collect(),
         };
-        match phase.on {
-            // Earliest finish: when the core is free, plus the phase's lines at that core's
-            // cost (cores on a far node pay more per line when the HMAT says so).
-            Target::Cpu => {
-                let lines: f64 = phase.accesses.iter().map(|a| a.lines as f64).sum();
-                let finish = |c: usize| avail(c) + lines * self.cost.line_ns_on(c, Loc::Cpu, Loc::Cpu);
-                (0..cpus).min_by(|&a, &b| finish(a).total_cmp(&finish(b))).unwrap_or(0)
-            }
-            Target::Dev(d) => cpus + (d as usize).min(self.st.devices().saturating_sub(1)),
-            Target::AnyDev => {
-                let wl = &self.wls[w];
-                let (base, pages) = (wl.base, wl.w.pages());
-                (0..self.st.devices())
-                    .map(|d| {
-                        let away = (base..base + pages).filter(|&p| self.st.page(p).loc != Loc::Dev(d as u8)).count();
-                        let mv = self.cost.transfer_ns(PAGE) * away as f64;
-                        (avail(cpus + d) + mv, cpus + d)
-                    })
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .map_or(cpus, |x| x.1)
+        let mut order = {
+            let view = sched::StateView { state: &self.st, cost: &self.cost };
+            s.order(&sched::Ctx::new(&graph, &procs, &view))
+        };
+        let n = released.len();
+        let mut seen = vec![false; n];
+        if order.len() != n || order.iter().any(|&i| i >= n || core::mem::replace(&mut seen[i], true)) {
+            order = (0..n).collect();
+        }
+        let mut released: Vec<Option<(usize, Phase, f64)>> = released.into_iter().map(Some).collect();
+        for i in order {
+            let Some((w, phase, ready)) = released[i].take() else { continue };
+            let proc = {
+                let procs = self.sched_procs(ready);
+                let view = sched::StateView { state: &self.st, cost: &self.cost };
+                let cx = sched::Ctx::new(&graph, &procs, &view);
+                let eligible = cx.eligible(i);
+                match eligible.first() {
+                    None => self.cfg.cpus.max(1) as usize % self.procs.len().max(1),
+                    Some(&first) => {
+                        let p = s.pick(&cx, i, &eligible);
+                        if eligible.contains(&p) { p } else { first }
+                    }
+                }
+            };
+            let r = self.runs.len();
+            self.runs.push(Some(Running { wl: w, phase, pos: 0, proc, clock: ready, started: ready }));
+            self.wls[w].pending += 1;
+            let p = &mut self.procs[proc];
+            if p.running.is_none() {
+                p.running = Some(r);
+            } else {
+                p.queue.push_back(r);
             }
         }
+        self.sched = Some(s);
     }
 
     fn ticks(&mut self, now: f64) -> Result<(), MechError> {

@@ -9,7 +9,7 @@
 //! point 3
 //! label tree+lru4k/bfs/1.25
 //! devices 2048 2048
-//! run cpus=1 wave=64 batch=256 trace=0 mechanism=real
+//! run cpus=1 wave=64 batch=256 trace=0 mechanism=real scheduler=heft
 //! cost far_fault_us=45.0
 //! policy tree threshold=51
 //! evict order=lru4k
@@ -24,7 +24,7 @@ use super::engine::{self, Config, Engine, MechError, Mechanism, Outcome};
 use super::params::{ParamDef, ParamError, Params, Value};
 use super::policy::Policy;
 use super::workload::{self, Setup, Target, Workload};
-use super::{MAX_DEVICES, policies};
+use super::{MAX_DEVICES, policies, sched};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -38,6 +38,7 @@ pub const RUN: &[ParamDef] = &[
     ParamDef::int("batch", 256, 1, 4096, "faults per batch (UVM: 256)"),
     ParamDef::int("trace", 0, 0, 1_000_000, "trace events kept (0: none)"),
     ParamDef::text("mechanism", "real", &["real", "model"], "real devices, or the model mechanism"),
+    ParamDef::text("scheduler", sched::DEFAULT, sched::NAMES, "the scheduler placing phases on CPU cores and devices"),
 ];
 
 /// One point.
@@ -207,6 +208,8 @@ impl Point {
             return Err(ParamError::Other("a point needs at least one workload".into()));
         }
         let run = self.run.checked(RUN)?;
+        // Checked against the same names just above, so this cannot fail; kept typed anyway.
+        let scheduler = sched::build(run.text("scheduler")).map_err(|e| ParamError::Other(e.to_string()))?;
         let cost = CostModel::from_params(&self.cost)?;
         let policy = policies::build(&self.policy, &self.policy_params, &self.evict)?;
         let mut built: Vec<Box<dyn Workload>> = Vec::new();
@@ -250,6 +253,7 @@ impl Point {
             cfg,
             capacities: self.devices.clone(),
             model: run.text("mechanism") == "model",
+            scheduler,
         })
     }
 }
@@ -272,6 +276,8 @@ pub struct Prepared {
     pub capacities: Vec<u32>,
     /// Run over the model mechanism rather than the real devices.
     pub model: bool,
+    /// The scheduler placing phases.
+    pub scheduler: Box<dyn sched::Scheduler>,
 }
 
 impl core::fmt::Debug for Prepared {
@@ -284,6 +290,7 @@ impl Prepared {
     /// Runs the point over `mech` (which manages `self.pages` pages).
     pub fn run(self, mech: &mut dyn Mechanism) -> Result<Outcome, MechError> {
         let mut e = Engine::new(self.pages, &self.capacities, self.cost, self.policy, mech, self.cfg);
+        e.set_scheduler(self.scheduler);
         for (w, base) in self.workloads.into_iter().zip(self.bases) {
             e.add(w, base);
         }
@@ -336,7 +343,9 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         j.str("label", &p.label);
         j.str("policy", &p.policy);
         j.str("mechanism", mechanism);
+        j.str("scheduler", o.scheduler);
         j.fixed("sim_ns", s.sim_ns, 1);
+        j.fixed("makespan_ns", s.sim_ns, 1);
         j.num("wall_ns", s.wall_ns);
         for (k, v) in counters(s) {
             j.num(k, v);
@@ -347,7 +356,7 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
                 j.item(|j| {
                     j.str("name", &p.name);
                     j.fixed("busy_ns", p.busy_ns, 1);
-                    j.fixed("utilisation", if s.sim_ns > 0.0 { p.busy_ns / s.sim_ns } else { 0.0 }, 4);
+                    j.fixed("utilisation", p.utilisation, 4);
                     j.num("phases", p.phases);
                     j.fixed("line_ns", p.line_ns, 1);
                 });
@@ -445,6 +454,10 @@ mod tests {
         let e = q.prepare(&[256, 256]).unwrap_err();
         assert!(e.to_string().contains("dev0 to dev0"), "{e}");
         let mut q = p.clone();
+        q.run.set("scheduler", Value::Text("hfet".into()));
+        let e = q.prepare(&[256]).unwrap_err().to_string();
+        assert!(e.contains("scheduler") && e.contains("one of eft, static, round-robin, heft, dmda"), "{e}");
+        let mut q = p.clone();
         q.workloads[0].0 = "bsf".into();
         assert!(q.prepare(&[256]).unwrap_err().to_string().contains("unknown workload `bsf`"));
     }
@@ -457,6 +470,13 @@ mod tests {
         let o = prepared.run(&mut m).unwrap();
         let j = result_json(&p, &o, "model");
         assert!(j.starts_with("{\"id\":3,\"label\":\"tree+lru4k/bfs/1.25\""), "{j}");
+        assert!(j.contains("\"scheduler\":\"eft\",\"sim_ns\":"), "{j}");
+        let mut q = p.clone();
+        q.run.set("scheduler", Value::Text("heft".into()));
+        let prepared = q.prepare(&[256]).unwrap();
+        let o = prepared.run(&mut super::engine::model::Model::new(q.prepare(&[256]).unwrap().pages)).unwrap();
+        assert!(result_json(&q, &o, "model").contains("\"scheduler\":\"heft\""));
+        assert!(Point::decode_all(&q.encode()).unwrap()[0].run.text("scheduler") == "heft");
         assert!(j.ends_with("\"trace_dropped\":0}"), "{j}");
     }
 }

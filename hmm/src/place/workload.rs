@@ -1,7 +1,9 @@
 //! Workload generators: access streams, in phases, over a footprint of pages.
 //!
 //! A workload is a sequence of steps; a step is one or more [`Phase`]s that run at the same time
-//! (on different processors) and end together (a barrier). A phase runs on a processor
+//! (on different processors) and end together (a barrier). [`dag`] turns steps into a phase
+//! graph with dependencies (each phase of a step depends on every phase of the step before, the
+//! default translation) and lets a workload give its own dependencies instead. A phase runs on a processor
 //! ([`Target`]) and is a list of [`Access`]es to the workload's pages, each one a run of 128-byte
 //! lines on one page (consecutive lines on a page are merged, so a sequential sweep is one access
 //! per page, a random one an access per line).
@@ -12,6 +14,7 @@
 //! the policies' are. Generators are deterministic for a seed.
 
 pub mod backprop;
+pub mod dag;
 pub mod graph;
 pub mod pingpong;
 pub mod simple;
@@ -36,6 +39,8 @@ pub enum Target {
     Dev(u8),
     /// Whichever device the scheduler picks.
     AnyDev,
+    /// Whichever processor the scheduler picks: a CPU core or a device.
+    Any,
 }
 
 /// A run of lines on one page.
@@ -175,8 +180,8 @@ pub const COMMON: &[ParamDef] = &[
     ParamDef::text(
         "device",
         "dev0",
-        &["any", "dev0", "dev1", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7"],
-        "device its device phases run on",
+        &["any", "anydev", "dev0", "dev1", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7"],
+        "where its device phases run: a device, `anydev` (the scheduler picks a device) or `any` (the scheduler picks a CPU core or a device)",
     ),
     ParamDef::int("iterations", 0, 0, 10_000, "iterations (0: the generator's default)"),
     ParamDef::int("seed", 1, 0, i64::MAX, "random seed"),
@@ -242,7 +247,8 @@ pub fn footprint(common: &Params, device_pages: u32) -> u32 {
 /// The target of device phases named by the common `device` parameter.
 pub fn target(common: &Params) -> Target {
     match common.text("device") {
-        "any" => Target::AnyDev,
+        "any" => Target::Any,
+        "anydev" => Target::AnyDev,
         d => Target::Dev(d.strip_prefix("dev").and_then(|n| n.parse().ok()).unwrap_or(0)),
     }
 }

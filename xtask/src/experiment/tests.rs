@@ -36,8 +36,12 @@ fn load(text: &str) -> Result<Loaded, String> {
 
 #[test]
 fn shipped_experiments_load() {
-    for (f, n) in [("experiments/default.toml", 12), ("experiments/reproduce.toml", 180), ("experiments/numa.toml", 2)]
-    {
+    for (f, n) in [
+        ("experiments/default.toml", 12),
+        ("experiments/reproduce.toml", 180),
+        ("experiments/numa.toml", 2),
+        ("experiments/schedulers.toml", 5),
+    ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
     }
@@ -203,4 +207,23 @@ fn a_mechanism_error_reruns_the_rest_of_its_boot_in_a_fresh_guest() {
     let id = l.points[1].id;
     all.insert(id, c.keep[0].1.clone());
     assert!(summary(&l, &all).contains("rerun in a fresh guest: point 2"), "{}", summary(&l, &all));
+}
+
+#[test]
+fn schedulers_are_chosen_per_experiment_and_per_policy() {
+    let text = format!("scheduler = \"heft\"\n{SMALL}")
+        .replace("name = \"tree\"\n", "name = \"tree\"\nscheduler = \"dmda\"\n");
+    let l = load(&text).unwrap();
+    let sched = |p: &Point| p.run.get("scheduler").map(|v| v.to_string());
+    for p in &l.points {
+        let want = if p.label.starts_with("tree/") { "dmda" } else { "heft" };
+        assert_eq!(sched(p).as_deref(), Some(want), "{}", p.label);
+    }
+    // Not given: the point's run line has no scheduler, so the engine's default (eft) runs.
+    assert!(load(SMALL).unwrap().points.iter().all(|p| sched(p).is_none()));
+    let e = err(&format!("scheduler = \"hfet\"\n{SMALL}"));
+    assert!(e.starts_with("exp.toml:1:13: `scheduler`: "), "{e}");
+    assert!(e.contains("one of eft, static, round-robin, heft, dmda"), "{e}");
+    let e = err(&text.replace("\"dmda\"", "\"dmad\""));
+    assert!(e.contains("`policy[1].scheduler`") && e.contains("one of eft, static"), "{e}");
 }

@@ -253,3 +253,69 @@ fn device_errors_name_the_operation() {
     let e = MechError::Short { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1), moved: 1 };
     assert!(e.to_string().starts_with("migrating pages 4..6 cpu->dev1: 1 of 2 moved"), "{e}");
 }
+
+fn four_workloads(on: Target, cpus: u32, sched: Option<&str>) -> Outcome {
+    let ws = (0..4).map(|i| wl(["stream", "bfs", "zipf", "pingpong"][i], 256, on, &[])).collect::<Vec<_>>();
+    let (bases, pages) = layout(&ws.iter().map(|w| w.pages()).collect::<Vec<_>>());
+    let mut m = Model::new(pages);
+    let cfg = Config { cpus, ..Config::default() };
+    let mut e = Engine::new(pages, &[300, 300], CostModel::default(), policy("tree", &[], "root-chunk"), &mut m, cfg);
+    if let Some(name) = sched {
+        e.set_scheduler(crate::place::sched::build(name).unwrap());
+    }
+    for (w, b) in ws.into_iter().zip(bases) {
+        e.add(w, b);
+    }
+    let o = e.run().unwrap();
+    assert!(o.workloads.iter().all(|w| w.error.is_none()), "{:?}", o.workloads);
+    o
+}
+
+/// `eft` is the default and places exactly as the engine did before schedulers were a trait:
+/// these are the bits of that engine's results on this run (four workloads on any device, two
+/// CPU cores for the ping-pong's CPU phases).
+#[test]
+fn eft_is_the_default_and_keeps_the_schedule_it_always_gave() {
+    for o in [four_workloads(Target::AnyDev, 2, None), four_workloads(Target::AnyDev, 2, Some("eft"))] {
+        assert_eq!(o.scheduler, "eft");
+        assert_eq!(o.stats.sim_ns.to_bits(), 4718561536421913709, "{}", o.stats.sim_ns);
+        assert_eq!((o.stats.dev_to_dev, o.stats.to_dev, o.stats.to_cpu), (0, 1856, 1600));
+        let procs: Vec<(&str, u64, u32)> =
+            o.procs.iter().map(|p| (p.name.as_str(), p.busy_ns.to_bits(), p.phases)).collect();
+        assert_eq!(
+            procs,
+            [
+                ("cpu0", 4716162480347010562, 4),
+                ("cpu1", 0, 0),
+                ("dev0", 4710414524245990438, 6),
+                ("dev1", 4706287851576324914, 7)
+            ]
+        );
+    }
+}
+
+#[test]
+fn every_scheduler_places_any_phases_and_reports_utilisation() {
+    let mut makespans = Vec::new();
+    for &name in crate::place::sched::NAMES {
+        let o = four_workloads(Target::Any, 1, Some(name));
+        assert_eq!(o.scheduler, name);
+        for p in &o.procs {
+            assert_eq!(p.utilisation, p.busy_ns / o.stats.sim_ns, "{name} {}", p.name);
+            assert!(p.utilisation <= 1.0 + 1e-9, "{name} {}: {}", p.name, p.utilisation);
+        }
+        let phases = |n: &str| o.procs.iter().find(|p| p.name == n).unwrap().phases;
+        match name {
+            // Every `any` phase on device 0; only the ping-pong's own CPU phases on the core.
+            "static" => assert_eq!(phases("dev1"), 0, "{:?}", o.procs),
+            // Cycles over all three processors, so the core runs `any` phases too.
+            "round-robin" => assert!(phases("dev1") > 0 && phases("cpu0") > phases("dev1"), "{:?}", o.procs),
+            // The data starts in system memory and a device pays a launch and its faults: the
+            // cost-aware schedulers run `any` phases on the core too (static: only its 4).
+            _ => assert!(phases("cpu0") > 4, "{name}: {:?}", o.procs),
+        }
+        makespans.push((name, o.stats.sim_ns));
+    }
+    let st = makespans.iter().find(|m| m.0 == "static").unwrap().1;
+    assert!(makespans.iter().any(|m| m.1 != st), "{makespans:?}");
+}
