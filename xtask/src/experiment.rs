@@ -161,6 +161,8 @@ pub struct Loaded {
     pub points: Vec<Point>,
     /// Per point: (workload label, policy label, oversubscription).
     pub keys: Vec<(String, String, f64)>,
+    /// Per point: its repetition (0 for the first).
+    pub reps: Vec<u32>,
 }
 
 struct Src<'a> {
@@ -237,9 +239,9 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let wls = load_workloads(&src, &exp)?;
     let overs = oversubscriptions(&src, &exp)?;
     let repeat = repetitions(&src, &exp)?;
-    let Expanded { points, keys } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
+    let Expanded { points, keys, reps } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
     check_points(&src, &points, &have, &machine, &mpath)?;
-    Ok(Loaded { exp, machine, points, keys })
+    Ok(Loaded { exp, machine, points, keys, reps })
 }
 
 /// The file as TOML, and its name checked.
@@ -481,6 +483,7 @@ struct Axes {
 struct Expanded {
     points: Vec<Point>,
     keys: Vec<(String, String, f64)>,
+    reps: Vec<u32>,
 }
 
 /// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
@@ -489,6 +492,7 @@ struct Expanded {
 fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
     let mut keys = Vec::new();
+    let mut reps = Vec::new();
     let groups: Vec<Vec<usize>> =
         if exp.sweep.together { vec![(0..a.wls.len()).collect()] } else { (0..a.wls.len()).map(|i| vec![i]).collect() };
     for rep in 0..a.repeat {
@@ -534,11 +538,12 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                         workloads: ws,
                     });
                     keys.push((wl_label, pol.label.clone(), o));
+                    reps.push(rep);
                 }
             }
         }
     }
-    Expanded { points, keys }
+    Expanded { points, keys, reps }
 }
 
 /// Whole points: device counts, memory, and the guest's RAM for the managed pages (the kernel
@@ -607,67 +612,131 @@ pub fn sort_boot(batch: &[u32], got: &Results, rerun_note: Option<&str>) -> Boot
     BootResults { keep, rerun: None }
 }
 
-/// CSV of the results.
-pub fn csv(l: &Loaded, results: &Results) -> String {
-    // The counters, named as the guest's result JSON names them.
-    let cols = hmm::place::spec::counter_names();
-    let procs: Vec<String> = results
+/// Every column of `results.csv` after the per-processor ones is fixed; these say what each
+/// holds and in what unit (written beside it as `results.columns.csv`).
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("id", "-", "the point's number in the experiment"),
+    ("label", "-", "policy/workloads/oversubscription[/rN]"),
+    ("workload", "-", "the workloads of the point, joined by +"),
+    ("policy", "-", "the [[policy]] name"),
+    ("scheduler", "-", "the scheduler that placed the phases"),
+    ("oversubscription", "ratio", "footprint / device memory (0: the sweep's device memory as given)"),
+    ("repetition", "index", "which repetition of the point (0 for the first)"),
+    ("seeds", "-", "each workload's seed, joined by +"),
+    ("mechanism", "-", "real (the devices in QEMU) or model (the engine's model)"),
+    ("sim_ms", "ms", "simulated time (the cost model's charge for what happened)"),
+    (
+        "wall_ms",
+        "ms",
+        "measured wall time of the run (TCG time of the mechanism in QEMU; a synthetic counter on the model)",
+    ),
+    ("transfer_ms", "ms", "simulated link busy time"),
+    ("accesses", "accesses", "accesses executed"),
+    ("dev_faults", "faults", "device faults, deduplicated per batch"),
+    ("batches", "batches", "device fault batches"),
+    ("cpu_faults", "faults", "CPU faults on device pages"),
+    ("to_dev", "pages", "pages moved system -> device"),
+    ("to_cpu", "pages", "pages moved device -> system (eviction included)"),
+    ("dev_to_dev", "pages", "pages moved device -> device"),
+    ("prefetched", "pages", "pages moved ahead of demand"),
+    ("prefetch_unused", "pages", "prefetched pages moved away again before any access"),
+    ("evicted", "pages", "pages evicted"),
+    ("remote_maps", "pages", "pages mapped remotely"),
+    ("duplicates", "pages", "read copies made"),
+    ("invalidations", "pages", "read copies dropped by writes"),
+    ("throttles", "events", "stalls the policy asked for"),
+    ("fallbacks", "pages", "faulted pages the policy left unreachable, completed by the engine"),
+    ("dup_unsupported", "pages", "read copies asked of a mechanism that cannot keep them"),
+    ("local_lines", "lines", "128-byte lines accessed in the accessor's own memory"),
+    ("remote_lines", "lines", "128-byte lines accessed remotely"),
+    ("notifications", "events", "access-counter notifications"),
+    ("remigrated", "pages", "pages that migrated more than once"),
+];
+
+/// The companion of `results.csv`: one row per column, `column,unit,meaning`.
+pub fn csv_columns(results: &Results) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(["column", "unit", "meaning"]);
+    for (c, u, m) in COLUMNS {
+        let _ = w.write_record([c, u, m]);
+    }
+    for p in &processors(results) {
+        let _ = w.write_record([format!("{p}_utilisation"), "ratio".into(), format!("{p}'s busy time / sim_ms")]);
+    }
+    for p in &processors(results) {
+        let _ = w.write_record([
+            format!("{p}_line_ns"),
+            "ns".into(),
+            format!("{p}'s cost per 128-byte line in its own memory"),
+        ]);
+    }
+    let _ = w.write_record(["error", "-", "why the point failed (empty when it passed)"]);
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// The processors the results name (`cpu0`, `dev0`, ...), in the guest's order.
+fn processors(results: &Results) -> Vec<String> {
+    results
         .values()
         .find_map(|r| {
             r["procs"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
         })
-        .unwrap_or_default();
-    let mut s = String::from("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms");
-    for c in cols {
-        s += &format!(",{c}");
-    }
-    for p in &procs {
-        s += &format!(",{p}_utilisation");
-    }
-    for p in &procs {
-        s += &format!(",{p}_line_ns");
-    }
-    s += ",error\n";
-    for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
+        .unwrap_or_default()
+}
+
+/// CSV of the results, quoted by the csv crate (a label with a comma or a quote stays one
+/// field); the columns are [`COLUMNS`] (whose counters are the guest's, in order), then each
+/// processor's utilisation and line cost, then the error.
+pub fn csv(l: &Loaded, results: &Results) -> String {
+    let counters = hmm::place::spec::counter_names();
+    let procs = processors(results);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_string()).collect();
+    header.extend(procs.iter().map(|p| format!("{p}_utilisation")));
+    header.extend(procs.iter().map(|p| format!("{p}_line_ns")));
+    header.push("error".into());
+    let _ = w.write_record(&header);
+    for (i, (p, (wl, pol, o))) in l.points.iter().zip(&l.keys).enumerate() {
         let r = results.get(&p.id).cloned().unwrap_or(Json::Null);
-        let f = |k: &str| r[k].as_f64().map_or(String::new(), |x| format!("{:.3}", x / 1e6));
-        let _ = write!(
-            s,
-            "{},{},{},{},{},{},{},{},{}",
-            p.id,
-            p.label,
-            w,
-            pol,
-            o,
-            r["mechanism"].as_str().unwrap_or(""),
-            f("sim_ns"),
-            f("wall_ns"),
-            f("transfer_ns")
-        );
-        for c in cols {
-            let _ = write!(s, ",{}", r[c].as_u64().map_or(String::new(), |v| v.to_string()));
-        }
+        let ms = |k: &str| r[k].as_f64().map_or(String::new(), |x| format!("{:.3}", x / 1e6));
+        let seeds: Vec<String> = p
+            .workloads
+            .iter()
+            .map(|(_, params)| params.get("seed").map_or("-".to_string(), |v| format!("{v}")))
+            .collect();
+        let mut row = vec![
+            p.id.to_string(),
+            p.label.clone(),
+            wl.clone(),
+            pol.clone(),
+            r["scheduler"]
+                .as_str()
+                .map_or_else(|| p.run.get("scheduler").map_or(String::new(), |v| format!("{v}")), String::from),
+            o.to_string(),
+            l.reps.get(i).map_or(String::new(), |r| r.to_string()),
+            seeds.join("+"),
+            r["mechanism"].as_str().unwrap_or("").to_string(),
+            ms("sim_ns"),
+            ms("wall_ns"),
+            ms("transfer_ns"),
+        ];
+        row.extend(counters.iter().map(|c| r[*c].as_u64().map_or(String::new(), |v| v.to_string())));
         let proc_field = |name: &str, k: &str| {
             r["procs"]
                 .as_array()
                 .and_then(|a| a.iter().find(|x| x["name"].as_str() == Some(name)))
                 .and_then(|x| x[k].as_f64())
         };
-        for name in &procs {
-            let u = proc_field(name, "utilisation");
-            let _ = write!(s, ",{}", u.map_or(String::new(), |u| format!("{u:.4}")));
-        }
-        for name in &procs {
-            let l = proc_field(name, "line_ns");
-            let _ = write!(s, ",{}", l.map_or(String::new(), |l| format!("{l:.2}")));
-        }
+        row.extend(procs.iter().map(|n| proc_field(n, "utilisation").map_or(String::new(), |u| format!("{u:.4}"))));
+        row.extend(procs.iter().map(|n| proc_field(n, "line_ns").map_or(String::new(), |v| format!("{v:.2}"))));
         let mut err = r["error"].as_str().map(String::from);
         if err.is_none() {
             err = r["workloads"].as_array().and_then(|a| a.iter().find_map(|w| w["error"].as_str().map(String::from)));
         }
-        let _ = writeln!(s, ",\"{}\"", err.unwrap_or_default().replace('"', "'"));
+        row.push(err.unwrap_or_default());
+        let _ = w.write_record(&row);
     }
-    s
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
 fn sim_ms(results: &Results, id: u32) -> Option<f64> {

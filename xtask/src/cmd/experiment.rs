@@ -180,6 +180,7 @@ pub fn report_experiment(
         std::fs::write(&p, data).map_err(|e| format!("writing {}: {e}", p.display()))
     };
     write("results.csv", &experiment::csv(l, results))?;
+    write("results.columns.csv", &experiment::csv_columns(results))?;
     let plots = experiment::plots(l, results);
     for (name, svg) in &plots {
         write(name, svg)?;

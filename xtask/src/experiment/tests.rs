@@ -131,11 +131,15 @@ fn reports_from_results() {
     let table = csv(&l, &r);
     assert_eq!(table.lines().count(), 9);
     assert!(
-        table.starts_with("id,label,workload,policy,oversubscription,mechanism,sim_ms,wall_ms,transfer_ms,accesses")
+        table.starts_with(
+            "id,label,workload,policy,scheduler,oversubscription,repetition,seeds,mechanism,sim_ms,wall_ms,transfer_ms,accesses"
+        ),
+        "{table}"
     );
     assert!(table.contains(",cpu0_utilisation,dev0_utilisation,cpu0_line_ns,dev0_line_ns,error"));
-    // The default cost model's line costs: 2 ns for the CPU, 1 ns for the device.
-    assert!(table.lines().nth(1).unwrap().ends_with(",2.00,1.00,\"\""), "{table}");
+    // The default cost model's line costs: 2 ns for the CPU, 1 ns for the device; no error.
+    assert!(table.lines().nth(1).unwrap().ends_with(",2.00,1.00,"), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains(",eft,"), "{table}");
     let sum = summary(&l, &r);
     assert!(sum.lines().nth(1).unwrap().starts_with("stream"), "{sum}");
     let cmp = comparisons(&l, &r);
@@ -150,7 +154,38 @@ fn reports_from_results() {
     // A failed point is reported, not dropped.
     r.insert(3, serde_json::json!({"id": 3, "error": "boom"}));
     assert!(summary(&l, &r).contains("error: boom"));
-    assert!(csv(&l, &r).lines().nth(4).unwrap().ends_with(",\"boom\""));
+    assert!(csv(&l, &r).lines().nth(4).unwrap().ends_with(",boom"));
+}
+
+/// results.csv used to be written by hand: a label or error with a comma or a quote shifted
+/// every later column. Every row now parses back to the header's width with the text intact.
+#[test]
+fn csv_fields_with_commas_and_quotes_stay_one_field() {
+    let l = load(&SMALL.replace("name = \"od\"", "name = \"od, \\\"tuned\\\"\"")).unwrap();
+    let (mut r, _) = results(&l);
+    r.insert(0, serde_json::json!({"id": 0, "error": "device said \"no\", twice"}));
+    let text = csv(&l, &r);
+    let mut rd = ::csv::Reader::from_reader(text.as_bytes());
+    let width = rd.headers().unwrap().len();
+    let rows: Vec<::csv::StringRecord> = rd.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), l.points.len());
+    assert!(rows.iter().all(|row| row.len() == width), "{text}");
+    assert!(rows.iter().any(|row| &row[3] == "od, \"tuned\""), "{text}");
+    assert_eq!(&rows[0][width - 1], "device said \"no\", twice");
+}
+
+/// The companion file names every column of results.csv, in order, each with a unit.
+#[test]
+fn every_csv_column_has_a_unit_and_a_meaning() {
+    let l = load(SMALL).unwrap();
+    let (r, _) = results(&l);
+    let header: Vec<String> = csv(&l, &r).lines().next().unwrap().split(',').map(String::from).collect();
+    let cols = csv_columns(&r);
+    let mut rd = ::csv::Reader::from_reader(cols.as_bytes());
+    let described: Vec<(String, String)> =
+        rd.records().map(|x| x.unwrap()).map(|x| (x[0].into(), x[1].into())).collect();
+    assert_eq!(described.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), header);
+    assert!(described.iter().all(|d| !d.1.is_empty()));
 }
 
 #[test]
