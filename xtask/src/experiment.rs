@@ -699,10 +699,19 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
     for (i, (p, (wl, pol, o))) in l.points.iter().zip(&l.keys).enumerate() {
         let r = results.get(&p.id).cloned().unwrap_or(Json::Null);
         let ms = |k: &str| r[k].as_f64().map_or(String::new(), |x| format!("{:.3}", x / 1e6));
+        // The seed each workload's generator gets: its `seed` (or the default), plus its index
+        // in the point, as the guest computes it (`spec::Point::prepare`).
         let seeds: Vec<String> = p
             .workloads
             .iter()
-            .map(|(_, params)| params.get("seed").map_or("-".to_string(), |v| format!("{v}")))
+            .enumerate()
+            .map(|(i, (_, params))| {
+                let default = hmm::place::workload::COMMON.iter().find(|d| d.name == "seed").map(|d| d.default_value());
+                match params.get("seed").cloned().or(default) {
+                    Some(Value::Int(seed)) => (seed as u64 + i as u64).to_string(),
+                    _ => "-".to_string(),
+                }
+            })
             .collect();
         let mut row = vec![
             p.id.to_string(),

@@ -110,7 +110,8 @@ impl ParamDef {
         }
     }
 
-    fn default_value(&self) -> Value {
+    /// The value a parameter takes when it is not given.
+    pub fn default_value(&self) -> Value {
         match self.kind {
             Kind::Int { default, .. } => Value::Int(default),
             Kind::Float { default, .. } => Value::Float(default),
