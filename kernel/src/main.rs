@@ -107,19 +107,29 @@ fn kernel_main(entry: platform::Entry) -> ! {
     }
     log::debug!("memory: {} frames ({} MiB) free", mm::frame::free_frames(), mm::frame::free_frames() / 256);
 
-    let platform = acpi::discover(info.rsdp).unwrap_or_else(|e| fail("ACPI", e));
-    let tsc_hz = match platform.pm_timer {
-        Some((port, wide)) => time::calibrate(port, wide, 5_000).unwrap_or_else(|e| fail("TSC calibration", e)),
-        None => fail("TSC calibration", "the FADT names no PM timer"),
+    // No RSDP (microvm with acpi=off): an empty description, so one CPU, no PCI, no PM timer.
+    let mut platform = match acpi::discover(info.rsdp) {
+        Err(acpi::PlatformError::NoRsdp) => {
+            log::info!("acpi: no ACPI (no RSDP): one CPU, no PCI, no PM timer");
+            acpi::Platform::default()
+        }
+        r => r.unwrap_or_else(|e| fail("ACPI", e)),
     };
+    let (tsc_hz, tsc_source) = time::calibrate_best(platform.pm_timer).unwrap_or_else(|e| fail("TSC calibration", e));
+    log::info!("time: TSC at {} kHz, from {}", tsc_hz / 1000, tsc_source.name());
     let apic = arch::apic::init(cpu.x2apic).unwrap_or_else(|e| fail("local APIC", e));
     sched::init().unwrap_or_else(|e| fail("scheduler", e));
+    if platform.cpus.is_empty() {
+        // No MADT: only the boot CPU is known.
+        platform.cpus.push(acpi::Cpu { apic_id: arch::apic::id(), uid: 0, enabled: true });
+    }
     let smp = arch::smp::start_aps(info, &platform.cpus).unwrap_or_else(|e| fail("SMP", e));
     log::info!("smp: {} of {} CPUs online", smp.online.len(), platform.cpus.iter().filter(|c| c.enabled).count());
     let pci = pci::init(&platform.ecam).unwrap_or_else(|e| fail("PCI", e));
 
     let ready_ns = time::now_ns().unwrap_or(0);
-    let system = system::publish(System { boot: info, args, cpu, platform, tsc_hz, apic, smp, pci, ready_ns });
+    let system =
+        system::publish(System { boot: info, args, cpu, platform, tsc_hz, tsc_source, apic, smp, pci, ready_ns });
     vram::set_coherent(system.args.coherent_devices);
     if let Err(e) = devices::init(system) {
         fail("devices", e);

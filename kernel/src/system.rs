@@ -20,6 +20,8 @@ pub struct System {
     pub platform: acpi::Platform,
     /// TSC frequency, Hz.
     pub tsc_hz: u64,
+    /// Where the TSC frequency came from.
+    pub tsc_source: arch::time::TscSource,
     /// APIC mode and timer frequency.
     pub apic: (arch::apic::Mode, u64),
     /// The CPUs brought up (and any that did not come up).
