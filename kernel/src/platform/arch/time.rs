@@ -172,6 +172,15 @@ const PIT_CMD: u16 = 0x43;
 /// until the window's ticks have passed. The legacy PICs are masked first, so the channel's
 /// IRQ 0 is never delivered (interrupts are off here anyway).
 pub fn calibrate_pit(window_us: u64) -> Result<u64, CalibrationError> {
+    let hz = measure_pit(window_us)?;
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    Ok(hz)
+}
+
+/// The TSC frequency counted over `window_us` microseconds of PIT channel 0, as
+/// [`calibrate_pit`] counts it, without making it the kernel's (a test compares it with the
+/// frequency in use).
+pub fn measure_pit(window_us: u64) -> Result<u64, CalibrationError> {
     let mut cmd = Port::<u8>::new(PIT_CMD);
     let mut ch0 = Port::<u8>::new(PIT_CH0);
     // SAFETY: ports 0x21/0xa1 are the 8259 PICs' mask registers and 0x40/0x43 the 8254 PIT's
@@ -210,10 +219,8 @@ pub fn calibrate_pit(window_us: u64) -> Result<u64, CalibrationError> {
         let now = latch();
         if window.advance(now) >= want {
             let tsc1 = rdtsc();
-            let hz = drivers::tsc::hz_from_ticks(tsc1 - tsc0, window.ticks(), drivers::tsc::PIT_HZ)
-                .ok_or(CalibrationError::PitStuck)?;
-            TSC_HZ.store(hz, Ordering::Relaxed);
-            return Ok(hz);
+            return drivers::tsc::hz_from_ticks(tsc1 - tsc0, window.ticks(), drivers::tsc::PIT_HZ)
+                .ok_or(CalibrationError::PitStuck);
         }
         if rdtsc().wrapping_sub(tsc0) > SPIN_LIMIT {
             return Err(CalibrationError::PitStuck);
