@@ -147,6 +147,23 @@ pub fn print(s: &System) {
                 }
             });
         }
+        j.arr("virtio_mmio", |j| {
+            for p in &s.virtio_mmio {
+                j.item(|j| {
+                    j.num("base", p.at.base);
+                    j.num("size", p.at.size);
+                    j.num("irq", p.at.irq);
+                    match p.found {
+                        Ok(ids) => {
+                            j.num("device_id", ids.device_id);
+                            j.num("version", ids.version);
+                            j.num("vendor", ids.vendor);
+                        }
+                        Err(e) => j.str("error", &alloc::format!("{e}")),
+                    }
+                });
+            }
+        });
         j.num("ecam_base", s.pci.ecam_base);
         j.arr("pci", |j| {
             for (i, f) in s.pci.functions.iter().enumerate() {

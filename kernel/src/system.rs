@@ -28,6 +28,8 @@ pub struct System {
     pub smp: arch::smp::Started,
     /// PCI bus.
     pub pci: pci::Bus,
+    /// virtio-mmio transports the command line names, probed.
+    pub virtio_mmio: alloc::vec::Vec<crate::platform::virtio_mmio::Probed>,
     /// Nanoseconds from kernel entry to ready.
     pub ready_ns: u64,
 }

@@ -20,6 +20,10 @@ pub struct Machine {
     pub machine: String,
     /// microvm only: ACPI tables (hardware-reduced ACPI) on or off. Default on.
     pub acpi: Option<bool>,
+    /// microvm only: a virtio-rng on a virtio-mmio transport (without ACPI QEMU names it on
+    /// the kernel command line, `virtio_mmio.device=`, as Firecracker does).
+    #[serde(default)]
+    pub virtio_rng: bool,
     /// CPU count.
     pub cpus: u32,
     /// RAM, e.g. "512M" (omit with `numa`: the nodes' sum is used).
@@ -174,8 +178,8 @@ impl Machine {
         }
         match self.machine.as_str() {
             "q35" => {
-                if self.acpi.is_some() {
-                    return Err("acpi: only for machine = \"microvm\" (q35 always has ACPI)".into());
+                if self.acpi.is_some() || self.virtio_rng {
+                    return Err("acpi, virtio_rng: only for machine = \"microvm\"".into());
                 }
             }
             "microvm" => {
@@ -272,9 +276,10 @@ impl Machine {
         push("-machine".into());
         push(match self.machine.as_str() {
             // No PCIe, the PIT on (the TSC calibration's source there), legacy serial for the
-            // console, the ISA bus isa-debug-exit sits on; the xtask passes the command line.
+            // console, the ISA bus isa-debug-exit sits on; QEMU appends `virtio_mmio.device=`
+            // for each virtio-mmio device when there is no ACPI (which would describe them).
             "microvm" => format!(
-                "microvm,acpi={},pit=on,pic=on,rtc=on,isa-serial=on,pcie=off,auto-kernel-cmdline=off",
+                "microvm,acpi={},pit=on,pic=on,rtc=on,isa-serial=on,pcie=off,auto-kernel-cmdline=on",
                 if self.acpi.unwrap_or(true) { "on" } else { "off" }
             ),
             _ if hmat => "q35,hmat=on".into(),
@@ -330,6 +335,10 @@ impl Machine {
         if self.iommu {
             push("-device".into());
             push("virtio-iommu-pci".into());
+        }
+        if self.virtio_rng {
+            push("-device".into());
+            push("virtio-rng-device".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
             let path = device_file(shm, i, d);
@@ -510,7 +519,11 @@ mod tests {
         assert!(a.contains("pcie=off"), "{a}");
         assert!(!a.contains("pci,") && !a.contains("-device"), "{a}");
         let m = Machine::load(&dir.join("microvm-noacpi.toml")).unwrap();
-        assert!(m.qemu_args("/x").join(" ").contains("-machine microvm,acpi=off,"));
+        let a = m.qemu_args("/x").join(" ");
+        assert!(a.contains("-machine microvm,acpi=off,"), "{a}");
+        assert!(a.contains("auto-kernel-cmdline=on") && a.contains("-device virtio-rng-device"), "{a}");
+        let e = load_str("description = \"x\"\ncpus = 1\nvirtio_rng = true\nmemory = \"512M\"\n").unwrap_err();
+        assert!(e.contains("only for machine"), "{e}");
         let base = "description = \"x\"\nmachine = \"microvm\"\nmemory = \"512M\"\n";
         let e = load_str(&format!("{base}cpus = 1\n[[device]]\nname = \"a\"\nmemory = \"4M\"\n")).unwrap_err();
         assert!(e.contains("no PCI"), "{e}");

@@ -162,6 +162,13 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
             bars.join(" ")
         );
     }
+    for t in v["virtio_mmio"].as_array().into_iter().flatten() {
+        let what = match t["error"].as_str() {
+            Some(e) => format!("FAILED: {e}"),
+            None => format!("virtio device id {}, version {}", n(&t["device_id"]), n(&t["version"])),
+        };
+        println!("  mmio     {:#x}+{:#x} irq {}: {what}", n(&t["base"]), n(&t["size"]), n(&t["irq"]));
+    }
     for d in v["devices"].as_array().into_iter().flatten() {
         let mmu = match (d["domain"].as_u64(), d["iommu_endpoint"].as_u64()) {
             (Some(dom), Some(ep)) => format!("device MMU: virtio-iommu domain {dom} (endpoint {ep})"),

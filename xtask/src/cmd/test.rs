@@ -272,8 +272,9 @@ fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
         if run.outcome != Outcome::Success {
             let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
             tally.fail(name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
-        } else if let Some(problem) =
-            report.as_ref().map_or(Some("no boot report".to_string()), |v| microvm_report_problem(v, acpi))
+        } else if let Some(problem) = report
+            .as_ref()
+            .map_or(Some("no boot report".to_string()), |v| microvm_report_problem(v, acpi, machine.virtio_rng))
         {
             tally.fail(name, &problem);
         } else if !matches!(source.as_deref(), Some("pit" | "cpuid-15h" | "cpuid-16h")) {
@@ -289,8 +290,9 @@ fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-/// What is wrong with a microvm boot report (`acpi`: the machine has ACPI tables), if anything.
-fn microvm_report_problem(v: &Value, acpi: bool) -> Option<String> {
+/// What is wrong with a microvm boot report (`acpi`: the machine has ACPI tables; `rng`: a
+/// virtio-rng on a virtio-mmio transport the command line names), if anything.
+fn microvm_report_problem(v: &Value, acpi: bool, rng: bool) -> Option<String> {
     if v["has_pci"] != Value::Bool(false) {
         return Some(format!("the boot report says has_pci = {}, microvm has no PCI", v["has_pci"]));
     }
@@ -299,6 +301,11 @@ fn microvm_report_problem(v: &Value, acpi: bool) -> Option<String> {
     }
     if v["devices"].as_array().is_none_or(|d| !d.is_empty()) {
         return Some(format!("the boot report lists devices {}", v["devices"]));
+    }
+    // virtio device id 4: entropy source.
+    let rngs = v["virtio_mmio"].as_array().map(|a| a.iter().filter(|t| t["device_id"] == 4).count());
+    if rng && rngs != Some(1) {
+        return Some(format!("the boot report lists virtio-mmio transports {}, not one rng", v["virtio_mmio"]));
     }
     None
 }
@@ -478,13 +485,17 @@ mod tests {
     #[test]
     fn microvm_reports_and_results_are_checked() {
         let ok = serde_json::json!({"has_acpi": false, "has_pci": false, "pci": [], "devices": []});
-        assert_eq!(microvm_report_problem(&ok, false), None);
-        assert!(microvm_report_problem(&ok, true).unwrap().contains("has_acpi"));
+        assert_eq!(microvm_report_problem(&ok, false, false), None);
+        assert!(microvm_report_problem(&ok, true, false).unwrap().contains("has_acpi"));
+        assert!(microvm_report_problem(&ok, false, true).unwrap().contains("not one rng"));
+        let rng = serde_json::json!({"has_acpi": false, "has_pci": false, "devices": [],
+            "virtio_mmio": [{"base": 4272950784u64, "size": 512, "irq": 12, "device_id": 4, "version": 1}]});
+        assert_eq!(microvm_report_problem(&rng, false, true), None);
         let pci = serde_json::json!({"has_acpi": true, "has_pci": true, "pci": [], "devices": []});
-        assert!(microvm_report_problem(&pci, true).unwrap().contains("has_pci"));
+        assert!(microvm_report_problem(&pci, true, false).unwrap().contains("has_pci"));
         // A report from before the field existed.
         let old = serde_json::json!({"pci": [], "devices": []});
-        assert!(microvm_report_problem(&old, true).unwrap().contains("has_pci"));
+        assert!(microvm_report_problem(&old, true, false).unwrap().contains("has_pci"));
         let mut r = serde_json::json!({
             "frame_alloc_free_ns_per_frame": 470, "map_unmap_4k_ns_per_page": 1738, "map_unmap_2m_ns": 165392,
             "copy_mb_per_s": 747, "caught_page_fault_ns": 37182,
