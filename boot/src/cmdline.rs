@@ -13,11 +13,64 @@
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
 //! | `ktest.crash` | `pagefault`, `panic`, `triplefault`, `stackoverflow` | run one deliberate crash (tests of the crash reporting) |
 //! | `devices.coherent` | `N[,N...]` | the devices (numbered from 0, in PCI order) whose memory is coherent (CPU-mapped) rather than private; the xtask sets it from the machine file |
+//! | `virtio_mmio.device` | `SIZE@ADDR:IRQ[:ID]` | a virtio-mmio transport, as Linux reads it (`SIZE` and `ADDR` with an optional K/M/G suffix, decimal or `0x` hex; `IRQ` and `ID` decimal): how Firecracker and QEMU's microvm (`auto-kernel-cmdline`) name their devices; may repeat, up to [`MAX_VIRTIO_MMIO`] |
 
 use crate::fixed::FixedVec;
 
 /// Most per-target log filters.
 pub const MAX_LOG_FILTERS: usize = 16;
+
+/// Most `virtio_mmio.device` transports.
+pub const MAX_VIRTIO_MMIO: usize = 16;
+
+/// A virtio-mmio transport named on the command line (`virtio_mmio.device=SIZE@ADDR:IRQ[:ID]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VirtioMmio {
+    /// Size of the register window, bytes.
+    pub size: u64,
+    /// Physical base address.
+    pub base: u64,
+    /// Interrupt line (GSI).
+    pub irq: u32,
+    /// Platform device id, if given.
+    pub id: Option<u32>,
+}
+
+/// A number as Linux's `memparse` reads it: decimal or `0x` hex, then an optional K, M, G
+/// (or lower case) multiplier. `None` on anything else or overflow.
+fn memparse(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => digits.parse::<u64>().ok()?,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+impl VirtioMmio {
+    /// Parses `SIZE@ADDR:IRQ[:ID]`; `None` if malformed, or the size is 0.
+    pub fn parse(v: &str) -> Option<Self> {
+        let (size, rest) = v.split_once('@')?;
+        let mut parts = rest.split(':');
+        let base = memparse(parts.next()?)?;
+        let irq = parts.next()?.parse::<u32>().ok()?;
+        let id = match parts.next() {
+            Some(id) => Some(id.parse::<u32>().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        let size = memparse(size).filter(|&s| s > 0)?;
+        base.checked_add(size)?;
+        Some(VirtioMmio { size, base, irq, id })
+    }
+}
 
 /// A log level; `Off` silences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -110,6 +163,8 @@ pub struct KernelArgs<'a> {
     pub crash: Option<Crash>,
     /// Bit n set: device n's memory is coherent.
     pub coherent_devices: u64,
+    /// virtio-mmio transports named by `virtio_mmio.device`, in order.
+    pub virtio_mmio: FixedVec<VirtioMmio, MAX_VIRTIO_MMIO>,
 }
 
 /// The default per-test watchdog.
@@ -126,6 +181,8 @@ pub enum ArgError<'a> {
     MissingValue { key: &'a str, expected: &'static str },
     /// More than [`MAX_LOG_FILTERS`] per-target log filters.
     TooManyLogFilters,
+    /// More than [`MAX_VIRTIO_MMIO`] `virtio_mmio.device` words.
+    TooManyVirtioMmio,
 }
 
 impl core::fmt::Display for ArgError<'_> {
@@ -133,7 +190,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent)"
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device)"
             ),
             Self::BadValue { key, value, expected } => {
                 write!(f, "kernel argument '{key}={value}': expected {expected}")
@@ -142,6 +199,7 @@ impl core::fmt::Display for ArgError<'_> {
                 write!(f, "kernel argument '{key}' needs a value: {key}=<{expected}>")
             }
             Self::TooManyLogFilters => write!(f, "more than {MAX_LOG_FILTERS} log filters in 'log='"),
+            Self::TooManyVirtioMmio => write!(f, "more than {MAX_VIRTIO_MMIO} 'virtio_mmio.device=' words"),
         }
     }
 }
@@ -211,6 +269,12 @@ impl<'a> KernelArgs<'a> {
                             .ok_or_else(|| bad(v, "device numbers 0 to 63, comma-separated"))?;
                         args.coherent_devices |= 1 << n;
                     }
+                }
+                "virtio_mmio.device" => {
+                    let v = need("size@address:irq")?;
+                    let t = VirtioMmio::parse(v)
+                        .ok_or_else(|| bad(v, "SIZE@ADDR:IRQ[:ID], e.g. 512@0xfeb00e00:12 or 4K@0xd0000000:5"))?;
+                    args.virtio_mmio.push(t).map_err(|_| ArgError::TooManyVirtioMmio)?;
                 }
                 _ => return Err(ArgError::UnknownKey(word)),
             }
@@ -333,5 +397,34 @@ mod tests {
             line.push_str(&format!(",m{i}=debug"));
         }
         assert_eq!(KernelArgs::parse(&line).unwrap_err(), ArgError::TooManyLogFilters);
+    }
+
+    #[test]
+    fn virtio_mmio_devices_as_firecracker_and_microvm_write_them() {
+        // QEMU microvm's auto-kernel-cmdline form, and Firecracker's (size with a suffix).
+        let a = KernelArgs::parse("job=none virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=4K@0xd0001000:6:3")
+            .unwrap();
+        assert_eq!(
+            &*a.virtio_mmio,
+            &[
+                VirtioMmio { size: 512, base: 0xfeb0_0e00, irq: 12, id: None },
+                VirtioMmio { size: 4096, base: 0xd000_1000, irq: 6, id: Some(3) },
+            ]
+        );
+        assert_eq!(VirtioMmio::parse("1M@268435456:5").map(|t| (t.size, t.base)), Some((1 << 20, 0x1000_0000)));
+        for bad in ["512", "512@0xfeb00e00", "@0x1000:5", "0@0x1000:5", "512@0xzz:5", "512@0x1000:x", "1@0x1000:5:6:7"]
+        {
+            assert_eq!(VirtioMmio::parse(bad), None, "{bad}");
+            let word = format!("virtio_mmio.device={bad}");
+            let e = KernelArgs::parse(&word).unwrap_err();
+            assert!(matches!(e, ArgError::BadValue { key: "virtio_mmio.device", .. }), "{bad}: {e:?}");
+            assert!(format!("{e}").contains("SIZE@ADDR:IRQ"), "{e}");
+        }
+        assert_eq!(VirtioMmio::parse("16E@0x1000:5"), None);
+        assert_eq!(VirtioMmio::parse("0x1000@0xffffffffffffff00:5"), None);
+        let many: Vec<String> =
+            (0..=MAX_VIRTIO_MMIO).map(|i| format!("virtio_mmio.device=512@{:#x}:5", 0x1000 * (i + 1))).collect();
+        let many = many.join(" ");
+        assert_eq!(KernelArgs::parse(&many).unwrap_err(), ArgError::TooManyVirtioMmio);
     }
 }

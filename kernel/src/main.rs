@@ -29,6 +29,7 @@
 extern crate alloc;
 
 mod bench;
+mod clocks;
 mod compute;
 mod copyengine;
 mod devices;
@@ -107,19 +108,49 @@ fn kernel_main(entry: platform::Entry) -> ! {
     }
     log::debug!("memory: {} frames ({} MiB) free", mm::frame::free_frames(), mm::frame::free_frames() / 256);
 
-    let platform = acpi::discover(info.rsdp).unwrap_or_else(|e| fail("ACPI", e));
-    let tsc_hz = match platform.pm_timer {
-        Some((port, wide)) => time::calibrate(port, wide, 5_000).unwrap_or_else(|e| fail("TSC calibration", e)),
-        None => fail("TSC calibration", "the FADT names no PM timer"),
+    // No RSDP (microvm with acpi=off): an empty description, so one CPU, no PCI, no PM timer.
+    let mut platform = match acpi::discover(info.rsdp) {
+        Err(acpi::PlatformError::NoRsdp) => {
+            log::info!("acpi: no ACPI (no RSDP): one CPU, no PCI, no PM timer");
+            acpi::Platform::default()
+        }
+        r => r.unwrap_or_else(|e| fail("ACPI", e)),
     };
+    let (tsc_hz, tsc_source) = time::calibrate_best(platform.pm_timer).unwrap_or_else(|e| fail("TSC calibration", e));
+    log::info!("time: TSC at {} kHz, from {}", tsc_hz / 1000, tsc_source.name());
     let apic = arch::apic::init(cpu.x2apic).unwrap_or_else(|e| fail("local APIC", e));
     sched::init().unwrap_or_else(|e| fail("scheduler", e));
+    if platform.cpus.is_empty() {
+        // No MADT: only the boot CPU is known.
+        platform.cpus.push(acpi::Cpu { apic_id: arch::apic::id(), uid: 0, enabled: true });
+    }
     let smp = arch::smp::start_aps(info, &platform.cpus).unwrap_or_else(|e| fail("SMP", e));
     log::info!("smp: {} of {} CPUs online", smp.online.len(), platform.cpus.iter().filter(|c| c.enabled).count());
     let pci = pci::init(&platform.ecam).unwrap_or_else(|e| fail("PCI", e));
+    let virtio_mmio = platform::virtio_mmio::discover(&args.virtio_mmio);
+    for p in &virtio_mmio {
+        match p.found {
+            Ok(ids) => {
+                log::info!("virtio-mmio at {:#x}: device id {}, version {}", p.at.base, ids.device_id, ids.version)
+            }
+            Err(e) => log::warn!("virtio-mmio at {:#x}: {e}", p.at.base),
+        }
+    }
 
     let ready_ns = time::now_ns().unwrap_or(0);
-    let system = system::publish(System { boot: info, args, cpu, platform, tsc_hz, apic, smp, pci, ready_ns });
+    let system = system::publish(System {
+        boot: info,
+        args,
+        cpu,
+        platform,
+        tsc_hz,
+        tsc_source,
+        apic,
+        smp,
+        pci,
+        virtio_mmio,
+        ready_ns,
+    });
     vram::set_coherent(system.args.coherent_devices);
     if let Err(e) = devices::init(system) {
         fail("devices", e);
@@ -194,7 +225,7 @@ fn recurse(depth: u64) -> u64 {
 
 /// Every in-kernel test table, in run order: the registry is assembled here, at the top, so
 /// the runner (`ktest`) needs no module whose tests it runs.
-const KTESTS: &[&[ktest::Test]] = &[ktest::TESTS, EXPERIMENT_TESTS];
+const KTESTS: &[&[ktest::Test]] = &[ktest::TESTS, EXPERIMENT_TESTS, clocks::TESTS];
 
 /// The experiment engine's tests (`experiment::ktests`).
 const EXPERIMENT_TESTS: &[ktest::Test] = &[

@@ -9,6 +9,9 @@ pub fn print(s: &System) {
     j.object(|j| {
         j.num("ready_ns", s.ready_ns);
         j.num("tsc_hz", s.tsc_hz);
+        j.str("tsc_source", s.tsc_source.name());
+        j.bool("has_acpi", s.boot.rsdp.is_some());
+        j.bool("has_pci", s.pci.ecam_base != 0);
         j.str("loader", s.boot.loader.name());
         j.str("cmdline", s.boot.cmdline());
         j.obj("cpu", |j| {
@@ -144,6 +147,23 @@ pub fn print(s: &System) {
                 }
             });
         }
+        j.arr("virtio_mmio", |j| {
+            for p in &s.virtio_mmio {
+                j.item(|j| {
+                    j.num("base", p.at.base);
+                    j.num("size", p.at.size);
+                    j.num("irq", p.at.irq);
+                    match p.found {
+                        Ok(ids) => {
+                            j.num("device_id", ids.device_id);
+                            j.num("version", ids.version);
+                            j.num("vendor", ids.vendor);
+                        }
+                        Err(e) => j.str("error", &alloc::format!("{e}")),
+                    }
+                });
+            }
+        });
         j.num("ecam_base", s.pci.ecam_base);
         j.arr("pci", |j| {
             for (i, f) in s.pci.functions.iter().enumerate() {
@@ -186,13 +206,14 @@ pub fn print(s: &System) {
         });
     });
     log::info!(
-        "ready in {}.{:03} ms: {} MiB RAM, {} CPUs ({} online), {} ACPI tables, {} PCI functions ({} virtio)",
+        "ready in {}.{:03} ms: {} MiB RAM, {} CPUs ({} online), {} ACPI tables, {}{} PCI functions ({} virtio)",
         s.ready_ns / 1_000_000,
         (s.ready_ns / 1000) % 1000,
         s.boot.total_ram() >> 20,
         s.platform.cpus.len(),
         s.smp.online.len(),
         s.platform.tables.len(),
+        if s.pci.ecam_base == 0 { "no PCI, " } else { "" },
         s.pci.functions.len(),
         s.pci.virtio.len()
     );

@@ -20,12 +20,16 @@ pub struct System {
     pub platform: acpi::Platform,
     /// TSC frequency, Hz.
     pub tsc_hz: u64,
+    /// Where the TSC frequency came from.
+    pub tsc_source: arch::time::TscSource,
     /// APIC mode and timer frequency.
     pub apic: (arch::apic::Mode, u64),
     /// The CPUs brought up (and any that did not come up).
     pub smp: arch::smp::Started,
     /// PCI bus.
     pub pci: pci::Bus,
+    /// virtio-mmio transports the command line names, probed.
+    pub virtio_mmio: alloc::vec::Vec<crate::platform::virtio_mmio::Probed>,
     /// Nanoseconds from kernel entry to ready.
     pub ready_ns: u64,
 }

@@ -1,7 +1,9 @@
 //! Machine descriptions (`qemu/*.toml`) and the QEMU command line built from them.
 //!
-//! A machine file names CPUs, memory (or NUMA nodes with HMAT entries), the firmware, whether
-//! a virtio-iommu is present, and the devices. Unknown keys and bad values are errors that name
+//! A machine file names the QEMU machine model (`q35`, the default, or `microvm`: the
+//! Firecracker machine model, no PCI, ACPI on or off), CPUs, memory (or NUMA nodes with HMAT
+//! entries), the firmware, whether a virtio-iommu is present, and the devices (PCI, so none on
+//! microvm). Unknown keys and bad values are errors that name
 //! the file, the line and the field.
 
 use serde::Deserialize;
@@ -13,6 +15,15 @@ use std::{fmt::Write as _, path::Path};
 pub struct Machine {
     /// One line for reports.
     pub description: String,
+    /// QEMU's machine model: "q35" (default) or "microvm".
+    #[serde(default = "default_model")]
+    pub machine: String,
+    /// microvm only: ACPI tables (hardware-reduced ACPI) on or off. Default on.
+    pub acpi: Option<bool>,
+    /// microvm only: a virtio-rng on a virtio-mmio transport (without ACPI QEMU names it on
+    /// the kernel command line, `virtio_mmio.device=`, as Firecracker does).
+    #[serde(default)]
+    pub virtio_rng: bool,
     /// CPU count.
     pub cpus: u32,
     /// RAM, e.g. "512M" (omit with `numa`: the nodes' sum is used).
@@ -28,6 +39,10 @@ pub struct Machine {
     pub devices: Vec<Device>,
     /// NUMA topology.
     pub numa: Option<Numa>,
+}
+
+fn default_model() -> String {
+    "q35".into()
 }
 
 fn default_firmware() -> String {
@@ -161,6 +176,28 @@ impl Machine {
         if !(1..=64).contains(&self.cpus) {
             return Err(format!("cpus = {}: must be 1 to 64", self.cpus));
         }
+        match self.machine.as_str() {
+            "q35" => {
+                if self.acpi.is_some() || self.virtio_rng {
+                    return Err("acpi, virtio_rng: only for machine = \"microvm\"".into());
+                }
+            }
+            "microvm" => {
+                if !self.devices.is_empty() || self.iommu {
+                    return Err("machine = \"microvm\" has no PCI: no [[device]] and no iommu".into());
+                }
+                if self.numa.is_some() {
+                    return Err("machine = \"microvm\": no [numa] (its ACPI has no SRAT)".into());
+                }
+                if self.firmware != "qboot" {
+                    return Err("machine = \"microvm\": firmware must be \"qboot\"".into());
+                }
+                if self.acpi == Some(false) && self.cpus != 1 {
+                    return Err("machine = \"microvm\" with acpi = false: cpus must be 1 (no MADT)".into());
+                }
+            }
+            other => return Err(format!("machine = \"{other}\": must be \"q35\" or \"microvm\"")),
+        }
         if !matches!(self.firmware.as_str(), "qboot" | "seabios") {
             return Err(format!("firmware = \"{}\": must be \"qboot\" or \"seabios\"", self.firmware));
         }
@@ -237,7 +274,17 @@ impl Machine {
         let mut push = |s: String| a.push(s);
         let hmat = self.numa.as_ref().is_some_and(|n| !n.hmat.is_empty());
         push("-machine".into());
-        push(if hmat { "q35,hmat=on".into() } else { "q35".into() });
+        push(match self.machine.as_str() {
+            // No PCIe, the PIT on (the TSC calibration's source there), legacy serial for the
+            // console, the ISA bus isa-debug-exit sits on; QEMU appends `virtio_mmio.device=`
+            // for each virtio-mmio device when there is no ACPI (which would describe them).
+            "microvm" => format!(
+                "microvm,acpi={},pit=on,pic=on,rtc=on,isa-serial=on,pcie=off,auto-kernel-cmdline=on",
+                if self.acpi.unwrap_or(true) { "on" } else { "off" }
+            ),
+            _ if hmat => "q35,hmat=on".into(),
+            _ => "q35".into(),
+        });
         push("-smp".into());
         push(self.cpus.to_string());
         push("-m".into());
@@ -288,6 +335,10 @@ impl Machine {
         if self.iommu {
             push("-device".into());
             push("virtio-iommu-pci".into());
+        }
+        if self.virtio_rng {
+            push("-device".into());
+            push("virtio-rng-device".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
             let path = device_file(shm, i, d);
@@ -457,6 +508,31 @@ mod tests {
             assert_eq!(a.matches(&format!("mem-path={p},")).count(), 1, "{p} in {a}");
         }
         assert!(m.shm_files("/dev/shm/q").iter().all(|(p, _)| !paths.contains(&p.as_str())));
+    }
+
+    #[test]
+    fn microvm_machines_have_no_pci_and_say_whether_they_have_acpi() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu");
+        let m = Machine::load(&dir.join("microvm.toml")).unwrap();
+        let a = m.qemu_args("/dev/shm/x").join(" ");
+        assert!(a.contains("-machine microvm,acpi=on,pit=on,"), "{a}");
+        assert!(a.contains("pcie=off"), "{a}");
+        assert!(!a.contains("pci,") && !a.contains("-device"), "{a}");
+        let m = Machine::load(&dir.join("microvm-noacpi.toml")).unwrap();
+        let a = m.qemu_args("/x").join(" ");
+        assert!(a.contains("-machine microvm,acpi=off,"), "{a}");
+        assert!(a.contains("auto-kernel-cmdline=on") && a.contains("-device virtio-rng-device"), "{a}");
+        let e = load_str("description = \"x\"\ncpus = 1\nvirtio_rng = true\nmemory = \"512M\"\n").unwrap_err();
+        assert!(e.contains("only for machine"), "{e}");
+        let base = "description = \"x\"\nmachine = \"microvm\"\nmemory = \"512M\"\n";
+        let e = load_str(&format!("{base}cpus = 1\n[[device]]\nname = \"a\"\nmemory = \"4M\"\n")).unwrap_err();
+        assert!(e.contains("no PCI"), "{e}");
+        let e = load_str(&format!("{base}cpus = 2\nacpi = false\n")).unwrap_err();
+        assert!(e.contains("cpus must be 1"), "{e}");
+        let e = load_str("description = \"x\"\nmachine = \"pc\"\ncpus = 1\nmemory = \"512M\"\n").unwrap_err();
+        assert!(e.contains("\"q35\" or \"microvm\""), "{e}");
+        let e = load_str("description = \"x\"\ncpus = 1\nacpi = true\nmemory = \"512M\"\n").unwrap_err();
+        assert!(e.contains("only for machine = \"microvm\""), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod mm;
 pub mod pci;
 pub mod sched;
 pub mod virtio;
+pub mod virtio_mmio;
 
 use arch::exit::{ExitCode, exit};
 use arch::serial;

@@ -102,7 +102,7 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
         v["cpu"]["nx"],
         v["cpu"]["x2apic"]
     );
-    println!("  tsc      {:.1} MHz", n(&v["tsc_hz"]) as f64 / 1e6);
+    println!("  tsc      {:.1} MHz (from {})", n(&v["tsc_hz"]) as f64 / 1e6, v["tsc_source"].as_str().unwrap_or("?"));
     println!(
         "  memory   {} MiB RAM, {} frames free, heap {} KiB",
         n(&v["memory"]["ram_bytes"]) >> 20,
@@ -117,7 +117,11 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
     println!("  cpus     {} (apic ids {}), {online} online", cpus.len(), cpus.join(", "));
     let tables: Vec<&str> =
         v["acpi_tables"].as_array().into_iter().flatten().filter_map(|t| t["signature"].as_str()).collect();
-    println!("  acpi     {}", tables.join(" "));
+    if v["has_acpi"] == Value::Bool(false) {
+        println!("  acpi     none (no RSDP): one CPU, no PCI");
+    } else {
+        println!("  acpi     {}", tables.join(" "));
+    }
     if let Some(h) = v["hmat"].as_array() {
         for e in h {
             println!(
@@ -129,7 +133,11 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
             );
         }
     }
-    println!("  pci      ECAM at {:#x}", n(&v["ecam_base"]));
+    if v["has_pci"] == Value::Bool(false) {
+        println!("  pci      none (no ECAM): this machine has no devices");
+    } else {
+        println!("  pci      ECAM at {:#x}", n(&v["ecam_base"]));
+    }
     for f in v["pci"].as_array().into_iter().flatten() {
         let bars: Vec<String> = f["bars"]
             .as_array()
@@ -153,6 +161,13 @@ fn print_boot_report(v: &Value, machine: &Machine, host_ready: Option<Duration>)
             f["name"].as_str().unwrap_or("?"),
             bars.join(" ")
         );
+    }
+    for t in v["virtio_mmio"].as_array().into_iter().flatten() {
+        let what = match t["error"].as_str() {
+            Some(e) => format!("FAILED: {e}"),
+            None => format!("virtio device id {}, version {}", n(&t["device_id"]), n(&t["version"])),
+        };
+        println!("  mmio     {:#x}+{:#x} irq {}: {what}", n(&t["base"]), n(&t["size"]), n(&t["irq"]));
     }
     for d in v["devices"].as_array().into_iter().flatten() {
         let mmu = match (d["domain"].as_u64(), d["iommu_endpoint"].as_u64()) {

@@ -4,9 +4,11 @@
 //! again after a test that crashes or hangs to resume with the next), the PCI tests under
 //! SeaBIOS, the device tests with coherent device memory, boot checks (a deliberate page fault,
 //! panic, triple fault, stack overflow and bad kernel argument must each be reported clearly),
-//! the default job booted through GRUB under SeaBIOS and OVMF,
+//! the default job booted through GRUB under SeaBIOS and OVMF, the default job's CPU-side
+//! checks on QEMU's microvm with and without ACPI,
 //! and the NUMA experiment's HMAT check. Ends with `N passed, N failed, N skipped`. With
-//! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine.
+//! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine
+//! (or, for TEXT starting `boot::microvm`, only those microvm boots).
 
 use super::experiment::run_points;
 use crate::decode::json_line;
@@ -236,6 +238,97 @@ fn grub_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
     Ok(())
 }
 
+/// The microvm boots (`qemu/microvm.toml`, `qemu/microvm-noacpi.toml`) and their test names.
+const MICROVM: [(&str, &str); 2] = [
+    ("boot::microvm_acpi_runs_the_default_job", "qemu/microvm.toml"),
+    ("boot::microvm_noacpi_runs_the_default_job", "qemu/microvm-noacpi.toml"),
+];
+
+/// Boots the kernel by PVH on QEMU's microvm (the Firecracker machine model: no PCI, no PM
+/// timer), with and without ACPI, running the default job: it must reach ready with the TSC
+/// calibrated (from CPUID or the PIT: there is no PM timer), report no PCI, and pass the job's
+/// CPU-side checks, its result saying the machine has no devices. `only`: run just the checks
+/// whose names contain it. The release kernel (a `ktest` build runs its suite, not the job).
+fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
+    let kernel = &build_kernel(Profile::Release)?;
+    for (name, file) in MICROVM.into_iter().filter(|(n, _)| only.is_none_or(|o| n.contains(o))) {
+        let machine = Machine::load(&root().join(file))?;
+        let run = run_qemu(&Launch {
+            kernel,
+            machine: &machine,
+            cmdline: "job=default".into(),
+            accel: "tcg",
+            gdb: false,
+            timeout: Duration::from_secs(120),
+            echo: false,
+            initrd: None,
+            on_line: None,
+            boot: Boot::Pvh,
+        })?;
+        let report = json_line(&run.lines, Tag::Boot);
+        let result = json_line(&run.lines, Tag::Result);
+        let source = report.as_ref().and_then(|v| v["tsc_source"].as_str().map(str::to_string));
+        let acpi = machine.acpi.unwrap_or(true);
+        if run.outcome != Outcome::Success {
+            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
+            tally.fail(name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+        } else if let Some(problem) = report
+            .as_ref()
+            .map_or(Some("no boot report".to_string()), |v| microvm_report_problem(v, acpi, machine.virtio_rng))
+        {
+            tally.fail(name, &problem);
+        } else if !matches!(source.as_deref(), Some("pit" | "cpuid-15h" | "cpuid-16h")) {
+            tally.fail(name, &format!("TSC source {source:?}: microvm has no PM timer"));
+        } else if let Some(problem) =
+            result.as_ref().map_or(Some("the default job printed no result".into()), microvm_result_problem)
+        {
+            tally.fail(name, &problem);
+        } else {
+            tally.pass(name);
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with a microvm boot report (`acpi`: the machine has ACPI tables; `rng`: a
+/// virtio-rng on a virtio-mmio transport the command line names), if anything.
+fn microvm_report_problem(v: &Value, acpi: bool, rng: bool) -> Option<String> {
+    if v["has_pci"] != Value::Bool(false) {
+        return Some(format!("the boot report says has_pci = {}, microvm has no PCI", v["has_pci"]));
+    }
+    if v["has_acpi"] != Value::Bool(acpi) {
+        return Some(format!("the boot report says has_acpi = {}, the machine has acpi = {acpi}", v["has_acpi"]));
+    }
+    if v["devices"].as_array().is_none_or(|d| !d.is_empty()) {
+        return Some(format!("the boot report lists devices {}", v["devices"]));
+    }
+    // virtio device id 4: entropy source.
+    let rngs = v["virtio_mmio"].as_array().map(|a| a.iter().filter(|t| t["device_id"] == 4).count());
+    if rng && rngs != Some(1) {
+        return Some(format!("the boot report lists virtio-mmio transports {}, not one rng", v["virtio_mmio"]));
+    }
+    None
+}
+
+/// What is wrong with the default job's result on a machine without devices, if anything: the
+/// CPU-side measurements must be there and the result must say the device checks were skipped.
+fn microvm_result_problem(r: &Value) -> Option<String> {
+    let keys = [
+        "frame_alloc_free_ns_per_frame",
+        "map_unmap_4k_ns_per_page",
+        "map_unmap_2m_ns",
+        "copy_mb_per_s",
+        "caught_page_fault_ns",
+    ];
+    if let Some(k) = keys.iter().find(|k| r[**k].as_u64().is_none_or(|x| x == 0)) {
+        return Some(format!("the default job's result has no {k} (or 0): {r}"));
+    }
+    if !r["devices"].as_str().is_some_and(|d| d.contains("this machine has no devices")) {
+        return Some(format!("the default job's result does not say the machine has no devices: {r}"));
+    }
+    None
+}
+
 /// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
 fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
@@ -316,6 +409,12 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     if !o.skip_host {
         host_tests(&mut tally)?;
     }
+    if let Some(f) = o.filter.as_deref().filter(|f| f.starts_with("boot::microvm")) {
+        // The microvm boots by name: not in-kernel tests.
+        microvm_checks(Some(f), &mut tally)?;
+        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+    }
     println!("\n== in-kernel tests ({}) ==", machine.description);
     let kernel = build_kernel(Profile::Ktest)?;
     if let Some(f) = &o.filter {
@@ -332,6 +431,8 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     boot_checks(&kernel, &machine, &mut tally)?;
     println!("\n== boot through GRUB (Multiboot2), BIOS and UEFI ==");
     grub_checks(&kernel, &machine, &mut tally)?;
+    println!("\n== boot on microvm (the Firecracker machine model), with and without ACPI ==");
+    microvm_checks(None, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
     numa_experiment_check(&mut tally)?;
     println!();
@@ -379,5 +480,32 @@ mod tests {
         let suite = read_suite(&more, "", &mut tally);
         assert_eq!(suite, Suite { last_started: None, finished: true });
         assert_eq!(tally.failed.last().map(String::as_str), Some("faults::spin"));
+    }
+
+    #[test]
+    fn microvm_reports_and_results_are_checked() {
+        let ok = serde_json::json!({"has_acpi": false, "has_pci": false, "pci": [], "devices": []});
+        assert_eq!(microvm_report_problem(&ok, false, false), None);
+        assert!(microvm_report_problem(&ok, true, false).unwrap().contains("has_acpi"));
+        assert!(microvm_report_problem(&ok, false, true).unwrap().contains("not one rng"));
+        let rng = serde_json::json!({"has_acpi": false, "has_pci": false, "devices": [],
+            "virtio_mmio": [{"base": 4272950784u64, "size": 512, "irq": 12, "device_id": 4, "version": 1}]});
+        assert_eq!(microvm_report_problem(&rng, false, true), None);
+        let pci = serde_json::json!({"has_acpi": true, "has_pci": true, "pci": [], "devices": []});
+        assert!(microvm_report_problem(&pci, true, false).unwrap().contains("has_pci"));
+        // A report from before the field existed.
+        let old = serde_json::json!({"pci": [], "devices": []});
+        assert!(microvm_report_problem(&old, true, false).unwrap().contains("has_pci"));
+        let mut r = serde_json::json!({
+            "frame_alloc_free_ns_per_frame": 470, "map_unmap_4k_ns_per_page": 1738, "map_unmap_2m_ns": 165392,
+            "copy_mb_per_s": 747, "caught_page_fault_ns": 37182,
+            "devices": "this machine has no devices: the CPU-side checks ran, the device checks are skipped"
+        });
+        assert_eq!(microvm_result_problem(&r), None);
+        r["copy_mb_per_s"] = 0.into();
+        assert!(microvm_result_problem(&r).unwrap().contains("copy_mb_per_s"));
+        r["copy_mb_per_s"] = 1.into();
+        r["devices"] = Value::Null;
+        assert!(microvm_result_problem(&r).unwrap().contains("no devices"));
     }
 }
