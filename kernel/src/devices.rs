@@ -60,7 +60,7 @@ use virtio_drivers::transport::DeviceType;
 
 mod error;
 
-pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure};
+pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure, WindowFailure};
 
 /// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
 /// map's own offset, so a kernel buffer's IOVA is its kernel virtual address).
@@ -68,12 +68,12 @@ pub const KERNEL_IOVA: u64 = boot::layout::DIRECT_MAP_BASE;
 
 const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
-fn iova_translated(pa: u64) -> u64 {
-    KERNEL_IOVA + pa
+fn iova_translated(pa: u64) -> mm::Iova {
+    mm::Iova::new(KERNEL_IOVA + pa)
 }
 
-fn iova_identity(pa: u64) -> u64 {
-    pa
+fn iova_identity(pa: u64) -> mm::Iova {
+    mm::Iova::identity(mm::PhysAddr::new(pa))
 }
 
 /// A device's handle: its place in PCI order (`DeviceId` n is `dev{n}`).
@@ -115,6 +115,7 @@ pub struct Domain {
 pub struct Hot {
     /// The region: physical address and bytes.
     pub region: (u64, u64),
+    window: mm::PhysWindow,
     mem: Mutex<crate::virtiomem::VirtioMem>,
     engine: Mutex<CopyEngine>,
 }
@@ -134,6 +135,7 @@ pub struct Device {
     pub name: String,
     /// Device memory: physical address of the BAR and its size.
     pub vram: (u64, u64),
+    bar: mm::PhysWindow,
     engine: Mutex<CopyEngine>,
     domain: Option<Domain>,
     hot: Option<Hot>,
@@ -182,6 +184,35 @@ impl Device {
         h.mem.lock().is_plugged(r, 1).then(|| h.region.0 + r)
     }
 
+    /// The window through which the CPU reaches `[offset, offset + len)` of this device's
+    /// memory, and the offset in it: the BAR, or the hot-plug region (plugged blocks only).
+    /// A range that crosses from one into the other, or runs past the memory, has none.
+    pub fn window(&self, offset: u64, len: u64) -> Result<(&mm::PhysWindow, u64), DevError> {
+        let out = DevError::Access { device: self.index(), offset, len };
+        let end = offset.checked_add(len).ok_or(out.clone())?;
+        let size = self.vram.1;
+        if end <= size {
+            return Ok((&self.bar, offset));
+        }
+        let h = self.hot.as_ref().ok_or(out.clone())?;
+        if offset < size || !h.mem.lock().is_plugged(offset - size, len) {
+            return Err(out);
+        }
+        Ok((&h.window, offset - size))
+    }
+
+    /// Reads `buf.len()` bytes of this device's memory at `offset` with the CPU.
+    pub fn read_mem(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        let (w, at) = self.window(offset, buf.len() as u64)?;
+        Ok(w.read(at, buf)?)
+    }
+
+    /// Writes `data` into this device's memory at `offset` with the CPU.
+    pub fn write_mem(&self, offset: u64, data: &[u8]) -> Result<(), DevError> {
+        let (w, at) = self.window(offset, data.len() as u64)?;
+        Ok(w.write(at, data)?)
+    }
+
     /// The hot-plug region: physical address and bytes.
     pub fn hot_region(&self) -> Option<(u64, u64)> {
         self.hot.as_ref().map(|h| h.region)
@@ -209,7 +240,7 @@ impl Device {
 
     /// The device address of physical RAM `pa` for this device.
     pub fn iova_of(&self, pa: u64) -> u64 {
-        if self.domain.is_some() { iova_translated(pa) } else { pa }
+        if self.domain.is_some() { iova_translated(pa) } else { iova_identity(pa) }.get()
     }
 
     /// Runs `f` on the copy engine of `region` (None: the device has no hot-plug region),
@@ -450,12 +481,10 @@ pub fn init(s: &System) -> Result<(), DevError> {
         };
         let mut engine = CopyEngine::new(t, behind, iova)?;
         engine.device = Some(n);
-        let uncached =
-            x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE;
-        mm::map_phys(bar.address, bar.size, uncached).map_err(|error| DevError::MapForCpu {
+        let window = pci::bar_window(&s.pci, g.memory, 2).map_err(|e| DevError::MapForCpu {
             device: n,
             region: Region::Bar,
-            error,
+            error: WindowFailure::Bar(e),
         })?;
         log::info!(
             "dev{n}: {} MiB device memory at {:#x}, copy engine {} ({} segments/request{}){}",
@@ -470,7 +499,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             }
         );
         let hot = match g.hot {
-            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu, uncached)?),
+            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu)?),
             None => None,
         };
         shadows.push(shadow);
@@ -478,6 +507,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             id: DeviceId(n),
             name: alloc::format!("dev{n}"),
             vram: (bar.address, bar.size),
+            bar: window,
             engine: Mutex::new(engine),
             domain: mmu.map(|(endpoint, id)| Domain { endpoint, id, shadow: Mutex::new(Shadow::new()) }),
             hot,
@@ -536,7 +566,6 @@ fn bind_hot(
     eng: &drivers::pci::Function,
     iommu: Option<&mut Viommu>,
     mmu: Option<(u32, u32)>,
-    flags: x86_64::structures::paging::PageTableFlags,
 ) -> Result<Hot, DevError> {
     let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
@@ -566,10 +595,10 @@ fn bind_hot(
             size: c.region_size,
         });
     }
-    mm::map_phys(c.addr, c.region_size, flags).map_err(|error| DevError::MapForCpu {
+    let window = mm::hotplug_window(c.addr, c.region_size).map_err(|e| DevError::MapForCpu {
         device: n,
         region: Region::Hotplug,
-        error,
+        error: WindowFailure::Hotplug(e),
     })?;
     log::info!(
         "dev{n}: hot-plug region of {} MiB at {:#x} ({} MiB blocks, host requests {} MiB, features {:#x}), copy engine {}",
@@ -580,7 +609,7 @@ fn bind_hot(
         vm.features,
         eng.df
     );
-    Ok(Hot { region: (c.addr, c.region_size), mem: Mutex::new(vm), engine: Mutex::new(engine) })
+    Ok(Hot { region: (c.addr, c.region_size), window, mem: Mutex::new(vm), engine: Mutex::new(engine) })
 }
 
 /// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records

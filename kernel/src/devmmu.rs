@@ -66,6 +66,8 @@ pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
         | DevError::Group(_)
         | DevError::NoBar2(_)
         | DevError::MapForCpu { .. }
+        | DevError::Access { .. }
+        | DevError::Handle(_)
         | DevError::Hotplug { .. }
         | DevError::HotEngineBypassesIommu { .. }
         | DevError::EngineTooSmall { .. }

@@ -156,7 +156,7 @@ impl Real {
     /// page has had (its count); `copy` is the device whose read copy it is, if it is one.
     fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
-        mm::read_phys(pa, &mut w);
+        mm::ram::read(pa, &mut w);
         let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
         let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
         if id != p as u64 ^ MAGIC {
@@ -332,9 +332,9 @@ impl Real {
                 _ => pa,
             };
             let mut w = [0u8; 8];
-            mm::read_phys(pa, &mut w);
+            mm::ram::read(pa, &mut w);
             if write {
-                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
+                mm::ram::write(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
             }
         }
         if write {

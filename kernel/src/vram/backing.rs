@@ -14,8 +14,8 @@
 //!   by the CPU (counted apart). A failed DMA is an [`Error::Io`]: dmirror backs the migration
 //!   out.
 
+use super::Vram;
 use super::dma::Run;
-use super::{PAGE, Vram};
 use crate::copyengine::Dir;
 use crate::devices;
 use crate::mm::uspace;
@@ -213,11 +213,11 @@ impl Backing for BarBacking {
                 (Loc::Ram, Some((_, Loc::Bar(n, off)))) => add((n, Dir::ToRam), (i, off, dst)),
                 (Loc::Bar(m, _), Some((_, Loc::Bar(n, off)))) if m != n => add((n, Dir::ToRam), (i, off, dst)),
                 (_, None) => {
-                    crate::mm::write_phys(dst.addr(), &[0u8; PAGE as usize]);
+                    crate::mm::ram::zero(dst, 1);
                     cpu += 1;
                 }
                 (_, Some((s, _))) => {
-                    crate::mm::copy_phys(dst.addr(), s.addr(), PAGE);
+                    crate::mm::ram::copy(dst, s, 1);
                     cpu += 1;
                 }
             }

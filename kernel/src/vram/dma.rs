@@ -46,13 +46,18 @@ impl Vram {
         let mut failed = Vec::new();
         for r in runs {
             for (k, &pa) in r.pas.iter().enumerate() {
-                let Some(dev) = self.phys(r.offset + k as u64 * PAGE) else {
+                let off = r.offset + k as u64 * PAGE;
+                let pa = crate::mm::PhysAddr::new(pa);
+                let copied = self.dev.window(off, PAGE).and_then(|(w, at)| {
+                    Ok(match dir {
+                        Dir::ToDevice => w.copy_from_ram(at, pa, PAGE),
+                        Dir::ToRam => w.copy_to_ram(at, pa, PAGE),
+                    }?)
+                });
+                if let Err(e) = copied {
+                    log::warn!("dev{}: CPU copy of page {k} at {off:#x} failed: {e}", self.device);
                     failed.extend(&r.entries);
                     break;
-                };
-                match dir {
-                    Dir::ToDevice => crate::mm::copy_phys(dev, pa, PAGE),
-                    Dir::ToRam => crate::mm::copy_phys(pa, dev, PAGE),
                 }
             }
         }
