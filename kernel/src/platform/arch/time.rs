@@ -84,7 +84,10 @@ pub fn delay_ns(ns: u64) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibrationError {
     /// The PM timer did not advance: wrong port or no timer.
-    PmTimerStuck { port: u16 },
+    PmTimerStuck {
+        /// The I/O port read.
+        port: u16,
+    },
 }
 
 impl core::fmt::Display for CalibrationError {
