@@ -12,7 +12,7 @@
 
 use crate::arch::time;
 use crate::copyengine::CopyStats;
-use crate::devices::{self, DevError};
+use crate::devices::{self, DevError, DevOffset};
 use crate::devmmu::DevMirror;
 use crate::mm;
 use crate::vram::{self, Vram, VramStats};
@@ -33,8 +33,8 @@ struct DeviceBackend {
 impl DeviceBackend {
     /// The byte offset in this device's memory of `va` in local page `p` (a local page is
     /// always this device's: the mirror's owner is the device's).
-    fn local(&self, p: hmm::addr::Pfn, va: u64) -> u64 {
-        self.vram.offset_of(p).unwrap_or(0) + va % PAGE
+    fn local(&self, p: hmm::addr::Pfn, va: u64) -> DevOffset {
+        self.vram.offset_of(p).unwrap_or_default().add(va % PAGE)
     }
 }
 

@@ -58,8 +58,10 @@ use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
 use spin::{Mutex, Once};
 use virtio_drivers::transport::DeviceType;
 
+mod addr;
 mod error;
 
+pub use addr::{DevOffset, DevPage};
 pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure, WindowFailure};
 
 /// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
@@ -174,7 +176,8 @@ impl Device {
 
     /// The physical address of byte `offset` of this device's memory: in the BAR, then in the
     /// hot-plug region (plugged blocks only).
-    pub fn phys_of(&self, offset: u64) -> Option<u64> {
+    pub fn phys_of(&self, offset: DevOffset) -> Option<u64> {
+        let offset = offset.get();
         let (bar, size) = self.vram;
         if offset < size {
             return Some(bar + offset);
@@ -187,7 +190,8 @@ impl Device {
     /// The window through which the CPU reaches `[offset, offset + len)` of this device's
     /// memory, and the offset in it: the BAR, or the hot-plug region (plugged blocks only).
     /// A range that crosses from one into the other, or runs past the memory, has none.
-    pub fn window(&self, offset: u64, len: u64) -> Result<(&mm::PhysWindow, u64), DevError> {
+    pub fn window(&self, offset: DevOffset, len: u64) -> Result<(&mm::PhysWindow, u64), DevError> {
+        let offset = offset.get();
         let out = DevError::Access { device: self.index(), offset, len };
         let end = offset.checked_add(len).ok_or(out.clone())?;
         let size = self.vram.1;
@@ -202,13 +206,13 @@ impl Device {
     }
 
     /// Reads `buf.len()` bytes of this device's memory at `offset` with the CPU.
-    pub fn read_mem(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+    pub fn read_mem(&self, offset: DevOffset, buf: &mut [u8]) -> Result<(), DevError> {
         let (w, at) = self.window(offset, buf.len() as u64)?;
         Ok(w.read(at, buf)?)
     }
 
     /// Writes `data` into this device's memory at `offset` with the CPU.
-    pub fn write_mem(&self, offset: u64, data: &[u8]) -> Result<(), DevError> {
+    pub fn write_mem(&self, offset: DevOffset, data: &[u8]) -> Result<(), DevError> {
         let (w, at) = self.window(offset, data.len() as u64)?;
         Ok(w.write(at, data)?)
     }
@@ -331,7 +335,8 @@ impl Device {
     /// The engine whose disk holds `[offset, offset + bytes)` of this device's memory, and the
     /// offset on that disk. None if the range is past the memory, crosses from the BAR into
     /// the hot-plug region, or touches a block of the region that is not plugged.
-    fn engine_for(&self, offset: u64, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
+    fn engine_for(&self, offset: DevOffset, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
+        let offset = offset.get();
         let bar = self.vram.1;
         let end = offset.checked_add(bytes)?;
         if end <= bar {
@@ -353,12 +358,12 @@ impl Device {
     /// (device addresses) without waiting for it: refused unless the domain maps every
     /// segment with the access needed. Holds the domain's lock (check and submit) and then
     /// the engine's, only while submitting.
-    pub fn submit(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
+    pub fn submit(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
         let shadow = self.domain.as_ref().map(|d| d.shadow.lock());
         self.check_mapped(shadow.as_deref(), dir, ram)?;
         let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
         let capacity = self.vram.1 + self.hot_bytes();
-        let out = CopyError::OutOfRange { offset, len: bytes, capacity };
+        let out = CopyError::OutOfRange { offset: offset.get(), len: bytes, capacity };
         let (hot, engine, at) = self.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
         let inner = engine.lock().submit(dir, at, ram)?;
         Ok(Ticket { hot, inner })
@@ -378,7 +383,7 @@ impl Device {
 
     /// Copies between this device's memory at `offset` and the RAM segments `ram`, checked as
     /// [`submit`](Self::submit) checks, and waits for it.
-    pub fn dma(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
+    pub fn dma(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<(), DevError> {
         let t = self.submit(dir, offset, ram)?;
         self.wait(t)
     }
@@ -388,7 +393,7 @@ impl Device {
     pub fn dma_many<'r>(
         &self,
         dir: Dir,
-        reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
+        reqs: impl Iterator<Item = (DevOffset, &'r [(u64, u32)])>,
     ) -> Vec<Result<(), DevError>> {
         let tickets: Vec<Result<Ticket, DevError>> = reqs.map(|(offset, ram)| self.submit(dir, offset, ram)).collect();
         tickets.into_iter().map(|t| self.wait(t?)).collect()

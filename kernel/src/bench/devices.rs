@@ -18,7 +18,7 @@ use super::{BenchError, mm_err, timed, user_err, warm_guest_ram};
 use crate::compute;
 use crate::copyengine::Dir;
 use crate::devices;
-use crate::devices::DevError;
+use crate::devices::{DevError, DevOffset};
 use crate::devmmu;
 use crate::json::Json;
 use crate::mm::{FrameRange, uspace};
@@ -81,7 +81,7 @@ fn throughput(n: usize, bufs: &mut [FrameRange], blocks: &[u64], vram_bytes: u64
                 while k < pieces {
                     let w = (pieces - k).min(IN_FLIGHT as u64);
                     let segs: Vec<[(u64, u32); 1]> = (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
-                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
+                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new(at(i).1), &s[..]));
                     for res in dev.dma_many(dir, reqs) {
                         res.map_err(|error| BenchError::Device { device: Some(n), error })?;
                     }
@@ -92,7 +92,7 @@ fn throughput(n: usize, bufs: &mut [FrameRange], blocks: &[u64], vram_bytes: u64
             r?;
             copied(&dir_name("dma", dir), n, size, ns);
             // The CPU copies through the BAR's window, from and to the owned buffer blocks.
-            let (bar, _) = dev.window(0, span).map_err(dev_err)?;
+            let (bar, _) = dev.window(DevOffset::new(0), span).map_err(dev_err)?;
             let (r, ns, _) = timed(|| -> Result<(), BenchError> {
                 for k in 0..pieces {
                     let off = (k * size) % span;
@@ -313,7 +313,7 @@ fn stream(dev: &devices::Device, bufs: &[u64]) -> Result<(), DevError> {
         let w = (pieces - k).min(IN_FLIGHT as u64);
         let segs: Vec<[(u64, u32); 1]> =
             (k..k + w).map(|i| [(kernel + bufs[i as usize % bufs.len()], BLOCK as u32)]).collect();
-        let reqs = (k..k + w).zip(&segs).map(|(i, s)| ((i * BLOCK) % span, &s[..]));
+        let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new((i * BLOCK) % span), &s[..]));
         for res in dev.dma_many(Dir::ToDevice, reqs) {
             res?;
         }

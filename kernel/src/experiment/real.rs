@@ -5,7 +5,7 @@
 use super::worker::Worker;
 use super::*;
 use crate::arch::{smp, time};
-use crate::devices::DevError;
+use crate::devices::{DevError, DevPage};
 use crate::devmmu::{self, DevMirror};
 use crate::mm::{self, uspace};
 use crate::vram::{self, Vram};
@@ -172,7 +172,10 @@ impl Real {
     /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
     /// has too few writes).
     fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
-        let pa = self.vram(d)?.phys(k * PAGE).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
+        let pa = self
+            .vram(d)?
+            .phys(DevPage::new(k).offset())
+            .ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
         self.check_data(Some(d), p, pa)
     }
 

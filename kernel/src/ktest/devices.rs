@@ -5,7 +5,12 @@
 use super::TestResult;
 use crate::System;
 use crate::copyengine::Dir;
-use crate::devices::{self, DevError, KERNEL_IOVA, Region};
+use crate::devices::{self, DevError, DevOffset, KERNEL_IOVA, Region};
+
+/// Byte `b` of a device's memory.
+fn at(b: u64) -> DevOffset {
+    DevOffset::new(b)
+}
 use crate::mm::{FrameRange, HandleError};
 use crate::vram::checks::pattern;
 use alloc::format;
@@ -69,23 +74,23 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
                     b.write(0, &pattern(n as u64 * 100 + k as u64, PAGE as usize)).map_err(|e| e.to_string())?;
                 }
                 // Single page at the start, then 16 pages near the end of device memory.
-                dev.dma(Dir::ToDevice, 0, &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, at(0), &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
                 let off = size - 16 * PAGE;
                 let segs: Vec<(u64, u32)> = pages.iter().rev().map(|&pa| (iova(pa), PAGE as u32)).collect();
-                dev.dma(Dir::ToDevice, off, &segs).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, at(off), &segs).map_err(|e| e.to_string())?;
                 let mut got = alloc::vec![0u8; PAGE as usize];
-                dev.read_mem(0, &mut got).map_err(|e| e.to_string())?;
+                dev.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
                 check!(got == pattern(n as u64 * 100, PAGE as usize), "dev{n}: BAR after a 4 KiB DMA write");
                 for (k, b) in bufs.iter().rev().enumerate() {
                     let mut want = alloc::vec![0u8; PAGE as usize];
                     b.read(0, &mut want).map_err(|e| e.to_string())?;
-                    dev.read_mem(off + k as u64 * PAGE, &mut got).map_err(|e| e.to_string())?;
+                    dev.read_mem(at(off + k as u64 * PAGE), &mut got).map_err(|e| e.to_string())?;
                     check!(got == want, "dev{n}: BAR page {k} after a scatter-gather DMA write");
                 }
                 // The other way: the CPU writes the BAR, the engine reads it into RAM.
                 let fresh = pattern(0xbeef + n as u64, 16 * PAGE as usize);
-                dev.write_mem(off, &fresh).map_err(|e| e.to_string())?;
-                dev.dma(Dir::ToRam, off, &segs).map_err(|e| e.to_string())?;
+                dev.write_mem(at(off), &fresh).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToRam, at(off), &segs).map_err(|e| e.to_string())?;
                 for (k, b) in bufs.iter().rev().enumerate() {
                     b.read(0, &mut got).map_err(|e| e.to_string())?;
                     check!(
@@ -95,14 +100,14 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
                 }
                 // Bad requests are values.
                 let end = size + dev.hot_bytes();
-                let e = dev.dma(Dir::ToRam, end, &[(iova(pages[0]), PAGE as u32)]);
+                let e = dev.dma(Dir::ToRam, at(end), &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "DMA past the end: {e:?}");
                 if end > size {
                     // The hot-plug region: nothing is plugged outside the hot-plug test.
-                    let e = dev.dma(Dir::ToDevice, size, &[(iova(pages[0]), PAGE as u32)]);
+                    let e = dev.dma(Dir::ToDevice, at(size), &[(iova(pages[0]), PAGE as u32)]);
                     check!(matches!(e, Err(DevError::Copy(_))), "DMA to unplugged memory: {e:?}");
                 }
-                let e = dev.dma(Dir::ToRam, 100, &[(iova(pages[0]), PAGE as u32)]);
+                let e = dev.dma(Dir::ToRam, at(100), &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "unaligned DMA: {e:?}");
             }
         }
@@ -127,13 +132,13 @@ pub fn unmapped_dma_is_refused(_s: &System) -> TestResult {
                 .map_err(|e| e.to_string())?;
             let data = pattern(7, 2 * PAGE as usize);
             buf.write(0, &data).map_err(|e| e.to_string())?;
-            d.dma(Dir::ToDevice, 0, &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToDevice, at(0), &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
             d.unmap(iova, PAGE).map_err(|e| e.to_string())?;
-            let e = d.dma(Dir::ToDevice, 0, &[(iova, PAGE as u32)]);
+            let e = d.dma(Dir::ToDevice, at(0), &[(iova, PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { iova: 0x7000_0000, .. })), "DMA from an unmapped page: {e:?}");
-            let e = d.dma(Dir::ToRam, 0, &[(iova, 2 * PAGE as u32)]);
+            let e = d.dma(Dir::ToRam, at(0), &[(iova, 2 * PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { .. })), "DMA over a partly unmapped range: {e:?}");
-            d.dma(Dir::ToRam, PAGE, &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToRam, at(PAGE), &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
             let mut got = alloc::vec![0u8; PAGE as usize];
             buf.read(PAGE, &mut got).map_err(|e| e.to_string())?;
             check!(got[..] == data[PAGE as usize..], "the still-mapped page after a DMA read of its own data");
@@ -221,12 +226,12 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     let seg = |k: u64, n: u64| [(a + k * PAGE, (n * PAGE) as u32)];
     let bar_page = |k: u64| {
         let mut b = alloc::vec![0u8; PAGE as usize];
-        dev0.read_mem(k * PAGE, &mut b).map(|()| b).map_err(|e| e.to_string())
+        dev0.read_mem(at(k * PAGE), &mut b).map(|()| b).map_err(|e| e.to_string())
     };
     let want = |k: u64| &data[(k * PAGE) as usize..((k + 1) * PAGE) as usize];
 
     // Before a device fault nothing is mapped, and DMA is refused.
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 1));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 1));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA before a fault: {e:?}");
     m.fault(a, a + pages * PAGE, true).map_err(|e| e.to_string())?;
     for k in 0..pages {
@@ -238,37 +243,37 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
         );
     }
     // The device reads the process by virtual address...
-    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, pages)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, pages)).map_err(|e| e.to_string())?;
     for k in 0..pages {
         check!(bar_page(k)? == want(k), "page {k}: device memory after a DMA by virtual address");
     }
     // ...and writes it: the CPU sees it through its own mapping.
     let fresh = pattern(0x77, PAGE as usize);
-    dev0.write_mem(100 * PAGE, &fresh).map_err(|e| e.to_string())?;
-    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(100 * PAGE), &fresh).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToRam, at(100 * PAGE), &seg(15, 1)).map_err(|e| e.to_string())?;
     let mut got = alloc::vec![0u8; PAGE as usize];
     uspace::run(&space, |u| u.read(a + 15 * PAGE, &mut got)).map_err(|f| format!("{:?}", f.error))?;
     check!(got == fresh, "the CPU does not see what the device wrote at the last page");
-    dev0.write_mem(100 * PAGE, want(15)).map_err(|e| e.to_string())?;
-    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(100 * PAGE), want(15)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToRam, at(100 * PAGE), &seg(15, 1)).map_err(|e| e.to_string())?;
 
     // munmap of pages 4..8: gone from the domain, refused, the rest intact.
     space.lock().munmap(a + 4 * PAGE, 4 * PAGE).map_err(|e| e.to_string())?;
     for k in 4..8 {
         check!(shadow(a + k * PAGE).is_none(), "page {k} is still mapped in the domain after munmap");
     }
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(4, 1));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(4, 1));
     check!(
         matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { va, .. })) if va == a + 4 * PAGE),
         "DMA from an unmapped page: {e:?}"
     );
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 8));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 8));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
-    let e = dev0.dma(Dir::ToDevice, 0, &seg(4, 1));
+    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1));
     check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
-    dev0.write_mem(0, &[0u8; 8 * PAGE as usize]).map_err(|e| e.to_string())?;
-    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 4)).map_err(|e| e.to_string())?;
-    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 8)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(0), &[0u8; 8 * PAGE as usize]).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 4)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(8 * PAGE), &seg(8, 8)).map_err(|e| e.to_string())?;
     for k in (0..4).chain(8..16) {
         check!(bar_page(k)? == want(k), "page {k} after munmap of 4..8: the rest must still work");
     }
@@ -278,11 +283,11 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     space.lock().mprotect(a + 8 * PAGE, 4 * PAGE, Prot::READ).map_err(|e| e.to_string())?;
     check!(shadow(a + 8 * PAGE).is_none(), "page 8 still mapped after mprotect");
     m.fault(a + 8 * PAGE, a + 12 * PAGE, false).map_err(|e| e.to_string())?;
-    let e = devmmu::dma(&m, Dir::ToRam, 0, &seg(8, 1));
+    let e = devmmu::dma(&m, Dir::ToRam, at(0), &seg(8, 1));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { write: true, .. }))), "device write: {e:?}");
     let e = m.fault(a + 8 * PAGE, a + 9 * PAGE, true);
     check!(matches!(e, Err(MirrorError::Fault { .. })), "write fault on a read-only page: {e:?}");
-    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 4)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(8 * PAGE), &seg(8, 4)).map_err(|e| e.to_string())?;
     for k in 8..12 {
         check!(bar_page(k)? == want(k), "page {k} read by the device after mprotect");
     }
@@ -297,7 +302,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
         let t = m.translate(a + k * PAGE);
         let Some(Where::Local(p)) = t.map(|t| t.at) else { return Err(format!("page {k}: {t:?}")) };
         let off = v.offset_of(p).ok_or("a local page outside dev0's memory")?;
-        check!(bar_page(off / PAGE)? == want(k), "page {k}: device memory after the migration");
+        check!(bar_page(off.page().get())? == want(k), "page {k}: device memory after the migration");
     }
     let mut all = alloc::vec![0u8; (4 * PAGE) as usize];
     uspace::run(&space, |u| u.read(a + 12 * PAGE, &mut all)).map_err(|f| format!("{:?}", f.error))?;
@@ -478,14 +483,14 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
         let e = |e: HandleError| e.to_string();
         b0.write(0, &p0).map_err(e)?;
         b1.write(0, &p1).map_err(e)?;
-        d0.write_mem(0, &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
-        d1.write_mem(0, &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
-        let t0 = d0.submit(Dir::ToDevice, 0, &[(d0.iova_of(a0), LEN as u32)]).map_err(|e| e.to_string())?;
+        d0.write_mem(at(0), &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
+        d1.write_mem(at(0), &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
+        let t0 = d0.submit(Dir::ToDevice, at(0), &[(d0.iova_of(a0), LEN as u32)]).map_err(|e| e.to_string())?;
         let other = (smp::index() + 1) % smp::count();
         // dev0's engine is held here, its copy outstanding, while dev1 copies on the other CPU.
         let r1 = d0
             .with_engine(Region::Bar, |_held| {
-                let h = sched::spawn_on(other, move || d1.dma(Dir::ToDevice, 0, &[(d1.iova_of(a1), LEN as u32)]))
+                let h = sched::spawn_on(other, move || d1.dma(Dir::ToDevice, at(0), &[(d1.iova_of(a1), LEN as u32)]))
                     .map_err(|e| format!("{e:?}"))?;
                 h.join(10_000).map_err(|e| format!("dev1's copy while dev0's engine is held: {e:?}"))
             })
@@ -495,9 +500,9 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
         r1.map_err(|e| format!("dev1's copy: {e}"))?;
         r0.map_err(|e| format!("dev0's copy: {e}"))?;
         let mut got = alloc::vec![0u8; LEN as usize];
-        d1.read_mem(0, &mut got).map_err(|e| e.to_string())?;
+        d1.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
         check!(got == p1, "dev1's memory after its copy");
-        d0.read_mem(0, &mut got).map_err(|e| e.to_string())?;
+        d0.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
         check!(got == p0, "dev0's memory after its copy");
         Ok(())
     })();

@@ -317,7 +317,7 @@ fn fill_and_remove(
             .ok_or_else(|| CheckError::failed(format!("page {k} is not in dev{n}'s memory: {e:?}")))?;
         let off =
             v.offset_of(pfn).ok_or_else(|| CheckError::failed(format!("page {k}: no offset in dev{n}'s memory")))?;
-        ensure!(off >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
+        ensure!(off.get() >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
         v.dev().read_mem(off, &mut page)?;
         ensure!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in the region");
     }
@@ -328,7 +328,7 @@ fn fill_and_remove(
     let e = thp_space.lock().lookup(t);
     let off = e.as_ref().filter(|e| e.huge).and_then(|e| v.holds(&e.pte)).and_then(|p| v.offset_of(p));
     ensure!(
-        moved == 512 && off.is_some_and(|o| o >= v.bar_pages() * PAGE),
+        moved == 512 && off.is_some_and(|o| o.get() >= v.bar_pages() * PAGE),
         "dev{n}: the THP is not a device THP in the plugged memory: {moved} pages, {e:?}"
     );
     let t0 = time::rdtsc();
@@ -491,7 +491,7 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, CheckError> {
         let Some(Pte::Present(p)) = e else { return Err(fail(alloc::format!("coherent page 0 unmapped: {e:?}"))) };
         let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
         uspace::run(&space, |u| u.write(a, &flipped)).map_err(|fault| CheckError::Cpu { op: "CPU write", fault })?;
-        dev.read_mem(v.offset_of(p.pfn).unwrap_or(0), &mut page)?;
+        dev.read_mem(v.offset_of(p.pfn).unwrap_or_default(), &mut page)?;
         if page != flipped {
             return Err(fail("a CPU store to coherent device memory did not reach the BAR".into()));
         }
