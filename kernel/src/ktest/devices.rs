@@ -509,3 +509,40 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
     drop((b0, b1));
     r
 }
+
+/// A device's memory windows hold exactly its memory: an access past the BAR, across into the
+/// hot-plug region or past the end is refused as a value, and a CPU copy between a window and
+/// RAM is refused when the RAM side is not memory the kernel manages (the first MiB) or
+/// overlaps the window; a copy from owned frames lands in device memory.
+pub fn windows_refuse_what_they_do_not_hold(_s: &System) -> TestResult {
+    use crate::mm::PhysAddr;
+    for (n, dev) in devices::all().iter().enumerate() {
+        let size = dev.vram.1;
+        let end = size + dev.hot_bytes();
+        let mut b = [0u8; 8];
+        let e = dev.read_mem(at(end), &mut b);
+        check!(matches!(e, Err(DevError::Access { .. })), "dev{n}: a read past the memory: {e:?}");
+        let e = dev.window(at(size - PAGE), 2 * PAGE).map(|(_, o)| o);
+        check!(matches!(e, Err(DevError::Access { .. })), "dev{n}: a window across the BAR's end: {e:?}");
+        let (w, base) = dev.window(at(0), PAGE).map_err(|e| e.to_string())?;
+        check!(base == 0 && w.size() == size, "dev{n}: the BAR's window is {:#x} bytes at {base:#x}", w.size());
+        let e = w.copy_from_ram(0, PhysAddr::new(0x1000), PAGE);
+        check!(matches!(e, Err(HandleError::NotRam(_))), "dev{n}: a copy from the first MiB: {e:?}");
+        let e = w.copy_to_ram(0, w.phys() + PAGE / 2, PAGE);
+        check!(matches!(e, Err(HandleError::Overlap { .. })), "dev{n}: a copy onto the window itself: {e:?}");
+        let e = w.copy_from_ram(size - PAGE / 2, w.phys(), PAGE);
+        check!(matches!(e, Err(HandleError::OutOfBounds { .. })), "dev{n}: a copy past the window: {e:?}");
+        let mut f = FrameRange::alloc(1).map_err(|_| String::from("no frames"))?;
+        let data = pattern(0x3d + n as u64, PAGE as usize);
+        f.write(0, &data).map_err(|e| e.to_string())?;
+        w.copy_from_frames(PAGE, &f, 0, PAGE).map_err(|e| e.to_string())?;
+        let mut got = alloc::vec![0u8; PAGE as usize];
+        dev.read_mem(at(PAGE), &mut got).map_err(|e| e.to_string())?;
+        check!(got == data, "dev{n}: device memory after a copy from owned frames");
+        f.write(0, &[0u8; PAGE as usize]).map_err(|e| e.to_string())?;
+        w.copy_to_frames(PAGE, &mut f, 0, PAGE).map_err(|e| e.to_string())?;
+        f.read(0, &mut got).map_err(|e| e.to_string())?;
+        check!(got == data, "dev{n}: owned frames after a copy from device memory");
+    }
+    Ok(())
+}
