@@ -32,6 +32,11 @@
 //! engine over the region's host memory, attached to the same domain. Device memory offsets
 //! run through the BAR, then the region; a copy is routed to the engine whose disk holds it.
 //!
+//! Device memory is addressed by [`DevOffset`] (a byte) and [`DevPage`] (a page number), not
+//! by physical address. The CPU reaches it only through the device's windows (platform
+//! `PhysWindow` handles over the BAR and the hot-plug region, made by `pci::bar_window` and
+//! `mm::hotplug_window`): [`Device::window`], [`Device::read_mem`], [`Device::write_mem`].
+//!
 //! Lock order (a lock may be taken while holding the ones before it, never the reverse):
 //! 1. a device's mirror slot (held while a mirror is bound);
 //! 2. a device's domain ([`Domain`]'s shadow);
