@@ -176,9 +176,21 @@ pub enum ArgError<'a> {
     /// A key the kernel does not know.
     UnknownKey(&'a str),
     /// A known key with a value it does not accept; `expected` says what it accepts.
-    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    BadValue {
+        /// The key.
+        key: &'a str,
+        /// The value given.
+        value: &'a str,
+        /// What the key accepts.
+        expected: &'static str,
+    },
     /// A key that needs a value was given bare.
-    MissingValue { key: &'a str, expected: &'static str },
+    MissingValue {
+        /// The key.
+        key: &'a str,
+        /// What the key accepts.
+        expected: &'static str,
+    },
     /// More than [`MAX_LOG_FILTERS`] per-target log filters.
     TooManyLogFilters,
     /// More than [`MAX_VIRTIO_MMIO`] `virtio_mmio.device` words.

@@ -39,17 +39,39 @@ pub enum BootError {
     /// `magic` was not [`START_INFO_MAGIC`]: not booted by PVH, or `%ebx` was clobbered.
     BadMagic(u32),
     /// Version 0 has no memory map, and no other source of one is supported.
-    NoMemoryMap { version: u32 },
+    NoMemoryMap {
+        /// The start-info version the loader wrote.
+        version: u32,
+    },
     /// A structure lies (partly) outside readable memory.
-    Unreadable { paddr: u64, len: usize },
+    Unreadable {
+        /// Physical address of the structure.
+        paddr: u64,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// More memory-map entries than [`MAX_MEMMAP_ENTRIES`].
     TooManyMemmapEntries(u32),
     /// A memory-map entry whose end overflows the address space.
-    MemmapOverflow { index: usize, addr: u64, size: u64 },
+    MemmapOverflow {
+        /// The entry's index in the map.
+        index: usize,
+        /// Its start address.
+        addr: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// More modules than [`MAX_MODULES`].
     TooManyModules(u32),
     /// A module whose end overflows the address space.
-    ModuleOverflow { index: usize, paddr: u64, size: u64 },
+    ModuleOverflow {
+        /// The module's index.
+        index: usize,
+        /// Its physical address.
+        paddr: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The command line has no NUL within [`MAX_CMDLINE`] bytes.
     CmdlineTooLong,
     /// The command line is not UTF-8.

@@ -108,9 +108,21 @@ impl Function {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PciError {
     /// A BAR reported an invalid type.
-    InvalidBar { df: DeviceFunction, index: u8 },
+    InvalidBar {
+        /// The function.
+        df: DeviceFunction,
+        /// The BAR's index.
+        index: u8,
+    },
     /// No room left in any window that can hold this BAR.
-    WindowExhausted { df: DeviceFunction, index: u8, size: u64 },
+    WindowExhausted {
+        /// The function.
+        df: DeviceFunction,
+        /// The BAR's index.
+        index: u8,
+        /// The BAR's size in bytes.
+        size: u64,
+    },
 }
 
 impl core::fmt::Display for PciError {

@@ -12,7 +12,7 @@
 
 use crate::arch::time;
 use crate::copyengine::CopyStats;
-use crate::devices::{self, DevError};
+use crate::devices::{self, DevError, DevOffset};
 use crate::devmmu::DevMirror;
 use crate::mm;
 use crate::vram::{self, Vram, VramStats};
@@ -28,28 +28,41 @@ const PAGE: u64 = 4096;
 struct DeviceBackend {
     vram: Arc<Vram>,
     space: Arc<SharedSpace>,
-    bar: u64,
 }
 
 impl DeviceBackend {
-    fn addr(&self, at: Where, va: u64) -> u64 {
-        match at {
-            Where::Ram(pa) => pa + va % PAGE,
-            // A local page is always this device's (the mirror's owner is the device's).
-            // Its data is in the BAR or the hot-plug region.
-            Where::Local(p) => self.vram.phys_of(p).unwrap_or(self.bar) + va % PAGE,
-        }
+    /// The byte offset in this device's memory of `va` in local page `p` (a local page is
+    /// always this device's: the mirror's owner is the device's).
+    fn local(&self, p: hmm::addr::Pfn, va: u64) -> DevOffset {
+        self.vram.offset_of(p).unwrap_or_default().add(va % PAGE)
     }
 }
 
 impl Backend for DeviceBackend {
     fn load(&mut self, at: Where, va: u64) -> u64 {
         let mut w = [0u8; 8];
-        mm::read_phys(self.addr(at, va), &mut w);
+        match at {
+            // RAM the domain maps: a frame hmm handed out, read through the checked accessors.
+            Where::Ram(pa) => mm::ram::read(pa + va % PAGE, &mut w),
+            // Local memory: through the device's window (the BAR or the hot-plug region).
+            Where::Local(p) => {
+                if let Err(e) = self.vram.dev().read_mem(self.local(p, va), &mut w) {
+                    log::error!("dev{}: lane load at {va:#x}: {e}", self.vram.device());
+                }
+            }
+        }
         u64::from_le_bytes(w)
     }
     fn store(&mut self, at: Where, va: u64, value: u64) {
-        mm::write_phys(self.addr(at, va), &value.to_le_bytes());
+        let w = value.to_le_bytes();
+        match at {
+            Where::Ram(pa) => mm::ram::write(pa + va % PAGE, &w),
+            Where::Local(p) => {
+                if let Err(e) = self.vram.dev().write_mem(self.local(p, va), &w) {
+                    log::error!("dev{}: lane store at {va:#x}: {e}", self.vram.device());
+                }
+            }
+        }
     }
     fn migrate(&mut self, start: u64, end: u64) -> Result<u64, MirrorError> {
         vram::migrate_to_device(&self.vram, &self.space, start, (end - start) / PAGE)
@@ -110,10 +123,10 @@ pub fn launch(
     batch: usize,
 ) -> Result<Counters, LaunchError> {
     let dev = mirror.with_domain(|d| d.dev);
-    let (n, bar) = (dev.index(), dev.vram.0);
+    let n = dev.index();
     let v = vram::all().map_err(|e| LaunchError::Device(DevError::Memory(e)))?;
     let vram = v.get(n).ok_or(LaunchError::Device(DevError::NoDevice(n)))?.clone();
-    let mut backend = DeviceBackend { vram, space: space.clone(), bar };
+    let mut backend = DeviceBackend { vram, space: space.clone() };
     let mut c = Counters::default();
     let r = hmm::compute::run(mirror, kernel, &mut backend, policy, batch, &mut c);
     dev.add_compute(&c);

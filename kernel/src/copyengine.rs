@@ -23,7 +23,7 @@
 //! makes the wait for a request in flight give up at once.
 
 use crate::inject::{self, Fault};
-use crate::mm::frame;
+use crate::mm::{FrameRange, Iova};
 use crate::virtio::{DmaQueue, VirtioError, negotiate};
 use alloc::vec::Vec;
 use drivers::virtq::Seg;
@@ -85,6 +85,8 @@ pub enum CopyError {
     Abandoned,
     /// The queue failed, or the engine could not be reset after a timeout.
     Queue(VirtioError),
+    /// A request header slot did not fit the engine's header frames.
+    Header(crate::mm::HandleError),
 }
 
 impl core::fmt::Display for CopyError {
@@ -106,6 +108,7 @@ impl core::fmt::Display for CopyError {
             }
             Self::Abandoned => write!(f, "the copy engine was reset while this copy was in flight"),
             Self::Queue(e) => write!(f, "copy engine: {e}"),
+            Self::Header(e) => write!(f, "copy engine request header: {e}"),
         }
     }
 }
@@ -147,8 +150,9 @@ pub struct CopyStats {
 pub struct CopyEngine {
     t: PciTransport,
     q: DmaQueue,
-    headers: u64,
-    iova_of: fn(u64) -> u64,
+    /// The request headers and status bytes, one [`SLOT`] per copy in flight.
+    headers: FrameRange,
+    iova_of: fn(u64) -> Iova,
     free_slots: Vec<usize>,
     /// The features asked for and required at binding, negotiated again after a reset.
     wanted: u64,
@@ -171,7 +175,7 @@ impl CopyEngine {
     /// Binds a virtio-blk function. `behind_iommu`: negotiate ACCESS_PLATFORM, and `iova_of`
     /// turns the physical addresses of the engine's own buffers (rings, headers) into the
     /// device addresses its domain maps them at.
-    pub fn new(mut t: PciTransport, behind_iommu: bool, iova_of: fn(u64) -> u64) -> Result<CopyEngine, CopyError> {
+    pub fn new(mut t: PciTransport, behind_iommu: bool, iova_of: fn(u64) -> Iova) -> Result<CopyEngine, CopyError> {
         let mut wanted = F_VERSION_1 | F_SEG_MAX;
         let mut required = alloc::vec![(F_VERSION_1, "VIRTIO_F_VERSION_1")];
         if behind_iommu {
@@ -182,7 +186,7 @@ impl CopyEngine {
         let sectors = crate::virtio::config_u64(&t, 0);
         let seg_max = if features & F_SEG_MAX != 0 { t.read_config_space::<u32>(12).unwrap_or(1) } else { 1 };
         let q = DmaQueue::new(&mut t, "virtio-blk copy engine", 0, 256, iova_of)?;
-        let headers = frame::alloc_zeroed(1).map_err(|_| CopyError::Queue(VirtioError::NoMemory))?;
+        let headers = FrameRange::alloc_zeroed(1).map_err(|_| CopyError::Queue(VirtioError::NoMemory))?;
         t.finish_init();
         // Two descriptors of each chain are the header and the status.
         let seg_max = (seg_max.max(1) as usize).min(usize::from(q.size()) - 2);
@@ -220,7 +224,8 @@ impl CopyEngine {
             return Err(CopyError::OutOfRange { offset, len: bytes, capacity: self.capacity });
         }
         let slot = self.free_slots.pop().ok_or(CopyError::Invalid("too many copies in flight"))?;
-        let hdr = self.headers + slot as u64 * SLOT;
+        let at = slot as u64 * SLOT;
+        let hdr = self.headers.phys().as_u64() + at;
         let mut h = [0u8; 17];
         h[0..4].copy_from_slice(&if dir == Dir::ToDevice { T_OUT } else { T_IN }.to_le_bytes());
         // An injected I/O error: a sector past the disk's end, which the device refuses
@@ -229,12 +234,15 @@ impl CopyEngine {
             if inject::take(Fault::DmaError, self.device) { self.capacity / SECTOR + 8 } else { offset / SECTOR };
         h[8..16].copy_from_slice(&sector.to_le_bytes());
         h[16] = 0xff;
-        crate::mm::write_phys(hdr, &h);
+        if let Err(e) = self.headers.write(at, &h) {
+            self.free_slots.push(slot);
+            return Err(CopyError::Header(e));
+        }
         let iova = self.iova_of;
         let mut segs = Vec::with_capacity(ram.len() + 2);
-        segs.push(Seg::read(iova(hdr), 16));
+        segs.push(Seg::read(iova(hdr).get(), 16));
         segs.extend(ram.iter().map(|&(a, l)| Seg { addr: a, len: l, device_writes: dir == Dir::ToRam }));
-        segs.push(Seg::write(iova(hdr + 16), 1));
+        segs.push(Seg::write(iova(hdr + 16).get(), 1));
         let give_up = inject::take(Fault::DmaTimeout, self.device);
         match self.q.submit(&mut self.t, &segs) {
             Ok(token) => Ok(Ticket { token, slot, bytes, dir, epoch: self.epoch, give_up }),
@@ -314,8 +322,9 @@ impl CopyEngine {
         }
         self.bounded(t, |q, ms| q.wait(t.token, ms))?;
         let mut status = [0u8; 1];
-        crate::mm::read_phys(self.headers + t.slot as u64 * SLOT + 16, &mut status);
+        let read = self.headers.read(t.slot as u64 * SLOT + 16, &mut status);
         self.free_slots.push(t.slot);
+        read.map_err(CopyError::Header)?;
         if status[0] != 0 {
             return Err(CopyError::Status(status[0]));
         }

@@ -32,6 +32,11 @@
 //! engine over the region's host memory, attached to the same domain. Device memory offsets
 //! run through the BAR, then the region; a copy is routed to the engine whose disk holds it.
 //!
+//! Device memory is addressed by [`DevOffset`] (a byte) and [`DevPage`] (a page number), not
+//! by physical address. The CPU reaches it only through the device's windows (platform
+//! `PhysWindow` handles over the BAR and the hot-plug region, made by `pci::bar_window` and
+//! `mm::hotplug_window`): [`Device::window`], [`Device::read_mem`], [`Device::write_mem`].
+//!
 //! Lock order (a lock may be taken while holding the ones before it, never the reverse):
 //! 1. a device's mirror slot (held while a mirror is bound);
 //! 2. a device's domain ([`Domain`]'s shadow);
@@ -58,9 +63,11 @@ use drivers::viommu::{IommuError, MAP_READ, MAP_WRITE, Mapping, Shadow};
 use spin::{Mutex, Once};
 use virtio_drivers::transport::DeviceType;
 
+mod addr;
 mod error;
 
-pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure};
+pub use addr::{DevOffset, DevPage};
+pub use error::{DevError, ReadCopyFailure, Region, ResizeFailure, WindowFailure};
 
 /// Where the kernel half of every domain starts: RAM at `KERNEL_IOVA + pa` (the direct
 /// map's own offset, so a kernel buffer's IOVA is its kernel virtual address).
@@ -68,12 +75,12 @@ pub const KERNEL_IOVA: u64 = boot::layout::DIRECT_MAP_BASE;
 
 const IVSHMEM: (u16, u16) = (0x1af4, 0x1110);
 
-fn iova_translated(pa: u64) -> u64 {
-    KERNEL_IOVA + pa
+fn iova_translated(pa: u64) -> mm::Iova {
+    mm::Iova::new(KERNEL_IOVA + pa)
 }
 
-fn iova_identity(pa: u64) -> u64 {
-    pa
+fn iova_identity(pa: u64) -> mm::Iova {
+    mm::Iova::identity(mm::PhysAddr::new(pa))
 }
 
 /// A device's handle: its place in PCI order (`DeviceId` n is `dev{n}`).
@@ -115,6 +122,7 @@ pub struct Domain {
 pub struct Hot {
     /// The region: physical address and bytes.
     pub region: (u64, u64),
+    window: mm::PhysWindow,
     mem: Mutex<crate::virtiomem::VirtioMem>,
     engine: Mutex<CopyEngine>,
 }
@@ -134,6 +142,7 @@ pub struct Device {
     pub name: String,
     /// Device memory: physical address of the BAR and its size.
     pub vram: (u64, u64),
+    bar: mm::PhysWindow,
     engine: Mutex<CopyEngine>,
     domain: Option<Domain>,
     hot: Option<Hot>,
@@ -172,7 +181,8 @@ impl Device {
 
     /// The physical address of byte `offset` of this device's memory: in the BAR, then in the
     /// hot-plug region (plugged blocks only).
-    pub fn phys_of(&self, offset: u64) -> Option<u64> {
+    pub fn phys_of(&self, offset: DevOffset) -> Option<u64> {
+        let offset = offset.get();
         let (bar, size) = self.vram;
         if offset < size {
             return Some(bar + offset);
@@ -180,6 +190,36 @@ impl Device {
         let h = self.hot.as_ref()?;
         let r = offset - size;
         h.mem.lock().is_plugged(r, 1).then(|| h.region.0 + r)
+    }
+
+    /// The window through which the CPU reaches `[offset, offset + len)` of this device's
+    /// memory, and the offset in it: the BAR, or the hot-plug region (plugged blocks only).
+    /// A range that crosses from one into the other, or runs past the memory, has none.
+    pub fn window(&self, offset: DevOffset, len: u64) -> Result<(&mm::PhysWindow, u64), DevError> {
+        let offset = offset.get();
+        let out = DevError::Access { device: self.index(), offset, len };
+        let end = offset.checked_add(len).ok_or(out.clone())?;
+        let size = self.vram.1;
+        if end <= size {
+            return Ok((&self.bar, offset));
+        }
+        let h = self.hot.as_ref().ok_or(out.clone())?;
+        if offset < size || !h.mem.lock().is_plugged(offset - size, len) {
+            return Err(out);
+        }
+        Ok((&h.window, offset - size))
+    }
+
+    /// Reads `buf.len()` bytes of this device's memory at `offset` with the CPU.
+    pub fn read_mem(&self, offset: DevOffset, buf: &mut [u8]) -> Result<(), DevError> {
+        let (w, at) = self.window(offset, buf.len() as u64)?;
+        Ok(w.read(at, buf)?)
+    }
+
+    /// Writes `data` into this device's memory at `offset` with the CPU.
+    pub fn write_mem(&self, offset: DevOffset, data: &[u8]) -> Result<(), DevError> {
+        let (w, at) = self.window(offset, data.len() as u64)?;
+        Ok(w.write(at, data)?)
     }
 
     /// The hot-plug region: physical address and bytes.
@@ -209,7 +249,7 @@ impl Device {
 
     /// The device address of physical RAM `pa` for this device.
     pub fn iova_of(&self, pa: u64) -> u64 {
-        if self.domain.is_some() { iova_translated(pa) } else { pa }
+        if self.domain.is_some() { iova_translated(pa) } else { iova_identity(pa) }.get()
     }
 
     /// Runs `f` on the copy engine of `region` (None: the device has no hot-plug region),
@@ -300,7 +340,8 @@ impl Device {
     /// The engine whose disk holds `[offset, offset + bytes)` of this device's memory, and the
     /// offset on that disk. None if the range is past the memory, crosses from the BAR into
     /// the hot-plug region, or touches a block of the region that is not plugged.
-    fn engine_for(&self, offset: u64, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
+    fn engine_for(&self, offset: DevOffset, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
+        let offset = offset.get();
         let bar = self.vram.1;
         let end = offset.checked_add(bytes)?;
         if end <= bar {
@@ -322,12 +363,12 @@ impl Device {
     /// (device addresses) without waiting for it: refused unless the domain maps every
     /// segment with the access needed. Holds the domain's lock (check and submit) and then
     /// the engine's, only while submitting.
-    pub fn submit(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
+    pub fn submit(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
         let shadow = self.domain.as_ref().map(|d| d.shadow.lock());
         self.check_mapped(shadow.as_deref(), dir, ram)?;
         let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
         let capacity = self.vram.1 + self.hot_bytes();
-        let out = CopyError::OutOfRange { offset, len: bytes, capacity };
+        let out = CopyError::OutOfRange { offset: offset.get(), len: bytes, capacity };
         let (hot, engine, at) = self.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
         let inner = engine.lock().submit(dir, at, ram)?;
         Ok(Ticket { hot, inner })
@@ -347,7 +388,7 @@ impl Device {
 
     /// Copies between this device's memory at `offset` and the RAM segments `ram`, checked as
     /// [`submit`](Self::submit) checks, and waits for it.
-    pub fn dma(&self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<(), DevError> {
+    pub fn dma(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<(), DevError> {
         let t = self.submit(dir, offset, ram)?;
         self.wait(t)
     }
@@ -357,7 +398,7 @@ impl Device {
     pub fn dma_many<'r>(
         &self,
         dir: Dir,
-        reqs: impl Iterator<Item = (u64, &'r [(u64, u32)])>,
+        reqs: impl Iterator<Item = (DevOffset, &'r [(u64, u32)])>,
     ) -> Vec<Result<(), DevError>> {
         let tickets: Vec<Result<Ticket, DevError>> = reqs.map(|(offset, ram)| self.submit(dir, offset, ram)).collect();
         tickets.into_iter().map(|t| self.wait(t?)).collect()
@@ -450,12 +491,10 @@ pub fn init(s: &System) -> Result<(), DevError> {
         };
         let mut engine = CopyEngine::new(t, behind, iova)?;
         engine.device = Some(n);
-        let uncached =
-            x86_64::structures::paging::PageTableFlags::WRITABLE | x86_64::structures::paging::PageTableFlags::NO_CACHE;
-        mm::map_phys(bar.address, bar.size, uncached).map_err(|error| DevError::MapForCpu {
+        let window = pci::bar_window(&s.pci, g.memory, 2).map_err(|e| DevError::MapForCpu {
             device: n,
             region: Region::Bar,
-            error,
+            error: WindowFailure::Bar(e),
         })?;
         log::info!(
             "dev{n}: {} MiB device memory at {:#x}, copy engine {} ({} segments/request{}){}",
@@ -470,7 +509,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             }
         );
         let hot = match g.hot {
-            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu, uncached)?),
+            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu)?),
             None => None,
         };
         shadows.push(shadow);
@@ -478,6 +517,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             id: DeviceId(n),
             name: alloc::format!("dev{n}"),
             vram: (bar.address, bar.size),
+            bar: window,
             engine: Mutex::new(engine),
             domain: mmu.map(|(endpoint, id)| Domain { endpoint, id, shadow: Mutex::new(Shadow::new()) }),
             hot,
@@ -536,7 +576,6 @@ fn bind_hot(
     eng: &drivers::pci::Function,
     iommu: Option<&mut Viommu>,
     mmu: Option<(u32, u32)>,
-    flags: x86_64::structures::paging::PageTableFlags,
 ) -> Result<Hot, DevError> {
     let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
@@ -566,10 +605,10 @@ fn bind_hot(
             size: c.region_size,
         });
     }
-    mm::map_phys(c.addr, c.region_size, flags).map_err(|error| DevError::MapForCpu {
+    let window = mm::hotplug_window(c.addr, c.region_size).map_err(|e| DevError::MapForCpu {
         device: n,
         region: Region::Hotplug,
-        error,
+        error: WindowFailure::Hotplug(e),
     })?;
     log::info!(
         "dev{n}: hot-plug region of {} MiB at {:#x} ({} MiB blocks, host requests {} MiB, features {:#x}), copy engine {}",
@@ -580,7 +619,7 @@ fn bind_hot(
         vm.features,
         eng.df
     );
-    Ok(Hot { region: (c.addr, c.region_size), mem: Mutex::new(vm), engine: Mutex::new(engine) })
+    Ok(Hot { region: (c.addr, c.region_size), window, mem: Mutex::new(vm), engine: Mutex::new(engine) })
 }
 
 /// MAPs `maps` in `domain` after checking they overlap nothing in its `shadow`, then records

@@ -66,6 +66,8 @@ pub fn domain_error(op: DomainOp, e: &DevError) -> DomainError {
         | DevError::Group(_)
         | DevError::NoBar2(_)
         | DevError::MapForCpu { .. }
+        | DevError::Access { .. }
+        | DevError::Handle(_)
         | DevError::Hotplug { .. }
         | DevError::HotEngineBypassesIommu { .. }
         | DevError::EngineTooSmall { .. }
@@ -123,7 +125,7 @@ pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevErr
 /// DMA by process virtual address through `m`'s device: `segs` are `(va, len)` of the bound
 /// address space, copied to (`Dir::ToDevice`) or from device memory at `offset`. Refused
 /// unless the mirror maps every page with the access the device needs.
-pub fn dma(m: &DevMirror, dir: Dir, offset: u64, segs: &[(u64, u32)]) -> Result<(), DevError> {
+pub fn dma(m: &DevMirror, dir: Dir, offset: crate::devices::DevOffset, segs: &[(u64, u32)]) -> Result<(), DevError> {
     let req = m.dma(segs, dir == Dir::ToRam, |dom| {
         dom.dev.submit(dir, offset, segs).map_err(|e| domain_error(DomainOp::Dma, &e))
     })?;

@@ -151,9 +151,7 @@ fn error_line(id: u32, e: &PointError) -> String {
 
 /// Runs the experiment in the first boot module.
 pub fn run(s: &crate::System) -> Result<(), RunError> {
-    let m = s.boot.modules.iter().next().ok_or(RunError::NoImage)?;
-    let mut bytes = vec![0u8; m.size as usize];
-    mm::read_phys(m.paddr, &mut bytes);
+    let bytes = mm::read_module(s.boot, 0).ok_or(RunError::NoImage)?;
     let text = core::str::from_utf8(&bytes).map_err(RunError::NotUtf8)?;
     let points = Point::decode_all(text).map_err(RunError::Spec)?;
     let vram = vram::all().map_err(RunError::Memory)?;

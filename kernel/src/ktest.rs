@@ -123,6 +123,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::compute_kernel", run: devices::compute_kernel },
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::two_devices_copy_at_once", run: devices::two_devices_copy_at_once },
+    Test { name: "devices::windows_refuse_what_they_do_not_hold", run: devices::windows_refuse_what_they_do_not_hold },
     Test { name: "devices::huge_pages", run: devices::huge_pages },
     Test { name: "devices::hotplug", run: devices::hotplug },
     Test { name: "devices::chunk_cycles_give_sections_back", run: devices::chunk_cycles_give_sections_back },

@@ -7,7 +7,12 @@
 //! physical addresses. Every request is bounded by [`TIMEOUT_MS`].
 
 use crate::inject::{self, Fault};
-use crate::mm::{self, frame};
+use crate::mm::{self, FrameRange, Iova, PhysAddr};
+
+/// The virtio-iommu's own DMA is never translated: its IOVAs are physical addresses.
+fn identity(pa: u64) -> Iova {
+    Iova::identity(PhysAddr::new(pa))
+}
 use crate::virtio::{DmaQueue, VirtioError, negotiate};
 use alloc::vec::Vec;
 use drivers::viommu::{self as proto, Config, FaultEvent, IommuError, Mapping, Property, TAIL};
@@ -43,8 +48,10 @@ pub struct Viommu {
     t: PciTransport,
     req: DmaQueue,
     evt: DmaQueue,
-    scratch: u64,
-    events: u64,
+    /// The request slots (bodies and status tails), one [`SLOT`] per request in flight.
+    scratch: FrameRange,
+    /// The fault-event buffers the device writes.
+    events: FrameRange,
     /// The device configuration.
     pub config: Config,
     /// Negotiated features.
@@ -77,14 +84,15 @@ impl Viommu {
             rd32(&t, 32),
             t.read_config_space::<u8>(36).unwrap_or(0),
         );
-        let req = DmaQueue::new(&mut t, "virtio-iommu requests", proto::REQUEST_QUEUE, 64, |pa| pa).map_err(err)?;
+        let req = DmaQueue::new(&mut t, "virtio-iommu requests", proto::REQUEST_QUEUE, 64, identity).map_err(err)?;
         let mut evt =
-            DmaQueue::new(&mut t, "virtio-iommu events", proto::EVENT_QUEUE, EVENTS as u16, |pa| pa).map_err(err)?;
-        let scratch = frame::alloc_zeroed(SCRATCH_PAGES).map_err(|_| IommuError::Device("no memory for requests"))?;
-        let events = frame::alloc_zeroed(1).map_err(|_| IommuError::Device("no memory for fault events"))?;
+            DmaQueue::new(&mut t, "virtio-iommu events", proto::EVENT_QUEUE, EVENTS as u16, identity).map_err(err)?;
+        let scratch =
+            FrameRange::alloc_zeroed(SCRATCH_PAGES).map_err(|_| IommuError::Device("no memory for requests"))?;
+        let events = FrameRange::alloc_zeroed(1).map_err(|_| IommuError::Device("no memory for fault events"))?;
         t.finish_init();
         for i in 0..EVENTS.min(usize::from(evt.size())) {
-            let seg = Seg::write(events + (i * proto::FAULT_EVENT) as u64, proto::FAULT_EVENT as u32);
+            let seg = Seg::write(events.phys().as_u64() + (i * proto::FAULT_EVENT) as u64, proto::FAULT_EVENT as u32);
             evt.push(&[seg]).map_err(err)?;
         }
         evt.kick(&mut t);
@@ -126,9 +134,10 @@ impl Viommu {
         for chunk in reqs.chunks(SLOTS.min(usize::from(self.req.size()) / 2).max(1)) {
             let mut tokens = Vec::with_capacity(chunk.len());
             for (i, (_, body)) in chunk.iter().enumerate() {
-                let at = self.scratch + i as u64 * SLOT;
-                mm::write_phys(at, body);
-                mm::write_phys(at + TAIL_OFF, &[0xff; TAIL]);
+                let off = i as u64 * SLOT;
+                self.scratch.write(off, body).map_err(|_| IommuError::Device("request larger than a slot"))?;
+                self.scratch.write(off + TAIL_OFF, &[0xff; TAIL]).map_err(|_| IommuError::Device("slot outside"))?;
+                let at = self.scratch.phys().as_u64() + off;
                 let segs = [Seg::read(at, body.len() as u32), Seg::write(at + TAIL_OFF, TAIL as u32)];
                 tokens.push(self.req.push(&segs).map_err(err)?);
             }
@@ -141,8 +150,10 @@ impl Viommu {
             }
             for (i, (name, _)) in chunk.iter().enumerate() {
                 let mut tail = [0u8; TAIL];
-                mm::read_phys(self.scratch + i as u64 * SLOT + TAIL_OFF, &mut tail);
-                out.push(proto::check_status(name, &tail));
+                let read = self.scratch.read(i as u64 * SLOT + TAIL_OFF, &mut tail);
+                out.push(
+                    read.map_err(|_| IommuError::Device("slot outside")).and_then(|_| proto::check_status(name, &tail)),
+                );
             }
             self.requests += chunk.len() as u64;
         }
@@ -203,12 +214,13 @@ impl Viommu {
         if size + 76 > 2 * mm::PAGE_SIZE {
             return Err(IommuError::Device("probe buffer larger than the driver supports"));
         }
-        let buf = frame::alloc_zeroed(2).map_err(|_| IommuError::Device("no memory for PROBE"))?;
+        let mut buf = FrameRange::alloc_zeroed(2).map_err(|_| IommuError::Device("no memory for PROBE"))?;
         let body = proto::probe(endpoint);
-        mm::write_phys(buf, &body);
-        let props = buf + 128;
-        let tail = props + size;
-        let segs = [Seg::read(buf, body.len() as u32), Seg::write(props, size as u32), Seg::write(tail, TAIL as u32)];
+        buf.write(0, &body).map_err(|_| IommuError::Device("PROBE request larger than its buffer"))?;
+        let (props, tail) = (128, 128 + size);
+        let pa = buf.phys().as_u64();
+        let segs =
+            [Seg::read(pa, body.len() as u32), Seg::write(pa + props, size as u32), Seg::write(pa + tail, TAIL as u32)];
         let r = self
             .req
             .submit(&mut self.t, &segs)
@@ -218,16 +230,17 @@ impl Viommu {
                 e => err(e),
             })
             .and_then(|_| {
+                let outside = |_| IommuError::Device("PROBE reply outside its buffer");
                 let mut t = [0u8; TAIL];
-                mm::read_phys(tail, &mut t);
+                buf.read(tail, &mut t).map_err(outside)?;
                 proto::check_status("PROBE", &t)?;
                 let mut p = alloc::vec![0u8; size as usize];
-                mm::read_phys(props, &mut p);
+                buf.read(props, &mut p).map_err(outside)?;
                 proto::parse_probe(&p)
             });
-        // On a timeout the device may still own the buffer: never reuse it.
-        if !matches!(r, Err(IommuError::Timeout(_))) {
-            frame::free(buf, 2);
+        // On a timeout the device may still own the buffer: never reuse it (leak it).
+        if matches!(r, Err(IommuError::Timeout(_))) {
+            core::mem::forget(buf);
         }
         r
     }
@@ -240,8 +253,12 @@ impl Viommu {
             let mut b = [0u8; proto::FAULT_EVENT];
             // The token is the head descriptor; buffers were posted one per descriptor, in
             // order, so descriptor k holds buffer k.
-            let at = self.events + u64::from(tok) * proto::FAULT_EVENT as u64;
-            mm::read_phys(at, &mut b);
+            let off = u64::from(tok) * proto::FAULT_EVENT as u64;
+            let at = self.events.phys().as_u64() + off;
+            if self.events.read(off, &mut b).is_err() {
+                log::warn!("virtio-iommu: fault event token {tok} outside the event buffers");
+                continue;
+            }
             if let Some(f) = FaultEvent::parse(&b) {
                 log::warn!("{f}");
                 self.faults.push(f);

@@ -9,7 +9,7 @@
 //! Invariant: the driver touches no byte of the region it has not plugged (it acks
 //! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`).
 
-use crate::mm::{self, frame};
+use crate::mm::{FrameRange, Iova, PhysAddr};
 use crate::virtio::{DmaQueue, VirtioError, config_u64, negotiate};
 use drivers::virtio_mem::{self as proto, BlockState, Config, MemError, Request, offset};
 use drivers::virtq::Seg;
@@ -23,7 +23,8 @@ pub const TIMEOUT_MS: u64 = 2_000;
 pub struct VirtioMem {
     t: PciTransport,
     q: DmaQueue,
-    buf: u64,
+    /// The request (at 0) and response (at [`RESPONSE_OFF`]) buffer.
+    buf: FrameRange,
     /// The configuration, as last read.
     pub config: Config,
     /// Negotiated features.
@@ -33,6 +34,9 @@ pub struct VirtioMem {
     /// Per block of the region: plugged by this driver.
     plugged: alloc::vec::Vec<bool>,
 }
+
+/// Where the response sits in the request buffer.
+const RESPONSE_OFF: u64 = 64;
 
 fn err(e: VirtioError) -> MemError {
     match e {
@@ -50,8 +54,9 @@ impl VirtioMem {
     pub fn new(mut t: PciTransport) -> Result<VirtioMem, MemError> {
         let wanted = proto::F_VERSION_1 | proto::F_ACPI_PXM | proto::F_UNPLUGGED_INACCESSIBLE;
         let features = negotiate(&mut t, wanted, &[(proto::F_VERSION_1, "VIRTIO_F_VERSION_1")]).map_err(err)?;
-        let q = DmaQueue::new(&mut t, "virtio-mem", proto::GUEST_QUEUE, 8, |pa| pa).map_err(err)?;
-        let buf = frame::alloc_zeroed(1).map_err(|_| MemError::Device("no memory for requests"))?;
+        let q = DmaQueue::new(&mut t, "virtio-mem", proto::GUEST_QUEUE, 8, |pa| Iova::identity(PhysAddr::new(pa)))
+            .map_err(err)?;
+        let buf = FrameRange::alloc_zeroed(1).map_err(|_| MemError::Device("no memory for requests"))?;
         t.finish_init();
         let mut m =
             VirtioMem { t, q, buf, config: Config::default(), features, requests: 0, plugged: Default::default() };
@@ -81,10 +86,11 @@ impl VirtioMem {
     }
 
     fn send(&mut self, req: Request) -> Result<Option<BlockState>, MemError> {
-        mm::write_phys(self.buf, &req.encode());
-        let resp = self.buf + 64;
-        mm::write_phys(resp, &[0xff; proto::RESPONSE]);
-        let segs = [Seg::read(self.buf, proto::REQUEST as u32), Seg::write(resp, proto::RESPONSE as u32)];
+        let outside = |_| MemError::Device("request or response outside its buffer");
+        self.buf.write(0, &req.encode()).map_err(outside)?;
+        self.buf.write(RESPONSE_OFF, &[0xff; proto::RESPONSE]).map_err(outside)?;
+        let pa = self.buf.phys().as_u64();
+        let segs = [Seg::read(pa, proto::REQUEST as u32), Seg::write(pa + RESPONSE_OFF, proto::RESPONSE as u32)];
         let tok = self.q.submit(&mut self.t, &segs).map_err(err)?;
         self.q.wait(tok, TIMEOUT_MS).map_err(|e| match e {
             VirtioError::Timeout { .. } => MemError::Timeout(req.name()),
@@ -92,7 +98,7 @@ impl VirtioMem {
         })?;
         self.requests += 1;
         let mut r = [0u8; proto::RESPONSE];
-        mm::read_phys(resp, &mut r);
+        self.buf.read(RESPONSE_OFF, &mut r).map_err(outside)?;
         proto::decode_response(&req, &r)
     }
 

@@ -46,7 +46,7 @@
 //! - [`checks`]: end-to-end checks on the real devices (round trips, hot-plug cycles, ...);
 //! - [`backing`]: dmirror test devices over carved-out device memory.
 
-use crate::devices::{self, Device};
+use crate::devices::{self, DevOffset, DevPage, Device};
 use crate::mm::uspace;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -200,7 +200,7 @@ impl Vram {
             }
             MemoryKind::Private => pagemaps()?.memremap_private_at(self.owner, hot(index)?, pages, w)?,
             MemoryKind::Coherent => {
-                let at = self.phys(index * PAGE).ok_or(Error::Invalid("no such device memory"))?;
+                let at = self.phys(DevPage::new(index).offset()).ok_or(Error::Invalid("no such device memory"))?;
                 pagemaps()?.memremap_pages_at(self.owner, Pfn(at / PAGE), pages, w)?
             }
         };
@@ -292,21 +292,26 @@ impl Vram {
         Some(Pfn(c.pagemap.ranges()[0].0.0 + index - c.index))
     }
 
-    /// The device page number of frame `pfn`.
+    /// The device page number of frame `pfn`, as a plain index (the allocator's).
     fn index_of(&self, pfn: Pfn) -> Option<u64> {
+        self.page_of(pfn).map(DevPage::get)
+    }
+
+    /// The device page number of frame `pfn`.
+    pub fn page_of(&self, pfn: Pfn) -> Option<DevPage> {
         let chunks = self.chunks.read();
         let c = chunks.iter().find(|c| c.pagemap.contains(pfn))?;
-        Some(c.index + pfn.0 - c.pagemap.ranges()[0].0.0)
+        Some(DevPage::new(c.index + pfn.0 - c.pagemap.ranges()[0].0.0))
     }
 
     /// The byte offset in device memory of device page `pfn`.
-    pub fn offset_of(&self, pfn: Pfn) -> Option<u64> {
-        self.index_of(pfn).map(|k| k * PAGE)
+    pub fn offset_of(&self, pfn: Pfn) -> Option<DevOffset> {
+        self.page_of(pfn).map(DevPage::offset)
     }
 
     /// The physical address at which the CPU reaches byte `offset` of this device's memory
     /// (the BAR, or the hot-plug region).
-    pub fn phys(&self, offset: u64) -> Option<u64> {
+    pub fn phys(&self, offset: DevOffset) -> Option<u64> {
         self.dev.phys_of(offset)
     }
 
@@ -318,7 +323,7 @@ impl Vram {
     /// Takes `pages` (a multiple of 512) free pages of the BAR at a 2 MiB-aligned offset out
     /// of this device's allocator, for a driver that manages them itself (a dmirror device
     /// over this memory); returns the first page's index. `None` if no such run is free.
-    pub fn carve(&self, pages: u64) -> Option<u64> {
+    pub fn carve(&self, pages: u64) -> Option<DevPage> {
         let blocks = pages.div_ceil(BLOCK_PAGES);
         let mut a = self.alloc.lock();
         let first = a.carve(blocks)?;
@@ -326,20 +331,20 @@ impl Vram {
             let _ = a.uncarve(first, blocks);
             return None;
         }
-        Some(first)
+        Some(DevPage::new(first))
     }
 
     /// Gives back pages taken with [`carve`](Self::carve).
-    pub fn uncarve(&self, first: u64, pages: u64) {
-        if let Err(e) = self.alloc.lock().uncarve(first, pages.div_ceil(BLOCK_PAGES)) {
+    pub fn uncarve(&self, first: DevPage, pages: u64) {
+        if let Err(e) = self.alloc.lock().uncarve(first.get(), pages.div_ceil(BLOCK_PAGES)) {
             log::warn!("dev{}: giving back carved pages {first}+{pages}: {e}", self.device);
         }
     }
 
     /// The BAR frame holding page `index` of this device's memory.
-    pub fn bar_frame(&self, index: u64) -> Option<Pfn> {
+    pub fn bar_frame(&self, page: DevPage) -> Option<Pfn> {
         let bar = self.dev.vram.0;
-        (index < self.bar_pages).then(|| Pfn(bar / PAGE + index))
+        (page.get() < self.bar_pages).then(|| Pfn(bar / PAGE + page.get()))
     }
 
     /// The device number.

@@ -14,9 +14,8 @@
 //!
 //! [`check`] returns every strongly connected component of more than one node, each with one
 //! concrete cycle and the file and line of every edge on it, and every file outside the
-//! platform layer that contains the `unsafe` keyword, and every file outside it that calls the
-//! raw physical-memory accessors and is not on the transitional list
-//! ([`RAW_PHYS_TRANSITIONAL`]). The `#[test]` below runs it on the
+//! platform layer that contains the `unsafe` keyword, and every file outside it that names the
+//! raw physical-memory accessors ([`RAW_PHYS`]). The `#[test]` below runs it on the
 //! kernel's sources, so the host test step of `cargo xtask test` fails naming the cycle.
 
 #![cfg(test)]
@@ -61,31 +60,13 @@ pub struct Report {
     pub cycles: Vec<Cycle>,
     /// Files outside the platform layer that contain `unsafe`, with the first line.
     pub unsafe_outside: Vec<Site>,
-    /// Files outside the platform layer, and not in [`RAW_PHYS_TRANSITIONAL`], that call the
-    /// raw physical-memory accessors (`read_phys`, `write_phys`, `copy_phys`).
+    /// Files outside the platform layer that call the raw physical-memory accessors
+    /// (`read_phys`, `write_phys`, `copy_phys`).
     pub raw_phys_outside: Vec<Site>,
 }
 
-/// The files still allowed to call the raw physical-memory accessors by address, until they
-/// move to the platform's handles (`FrameRange`, `PhysWindow`): the device files, restructured
-/// in parallel. Shrink this list as they move; a file not on it that calls them fails the check.
-pub const RAW_PHYS_TRANSITIONAL: &[&str] = &[
-    "bench/devices.rs",
-    "compute.rs",
-    "copyengine.rs",
-    "experiment.rs",
-    "experiment/real.rs",
-    "ktest/devices.rs",
-    "ktest/faults.rs",
-    "viommu.rs",
-    "virtiomem.rs",
-    "vram.rs",
-    "vram/backing.rs",
-    "vram/checks.rs",
-    "vram/dma.rs",
-];
-
-/// The raw accessors [`RAW_PHYS_TRANSITIONAL`] is about.
+/// The platform layer's raw physical-memory accessors, which no file above it may name
+/// (memory is reached through handles: `FrameRange`, `PhysWindow`, the checked `ram` ones).
 const RAW_PHYS: [&str; 3] = ["read_phys", "write_phys", "copy_phys"];
 
 /// One strongly connected component of more than one module.
@@ -706,7 +687,6 @@ pub fn check(src: &Path) -> Result<Report, LayersError> {
             report.unsafe_outside.push(Site { file: f.rel.clone(), line });
         }
         if from != PLATFORM
-            && !RAW_PHYS_TRANSITIONAL.contains(&f.rel.as_str())
             && let Some(line) = first_word_line(&f.text, &RAW_PHYS)
         {
             report.raw_phys_outside.push(Site { file: f.rel.clone(), line });

@@ -31,9 +31,19 @@ pub enum AcpiError {
     /// A checksum did not sum to zero; the signature names the structure.
     BadChecksum([u8; 4]),
     /// A length field is impossible (too short for its header, or past the table's end).
-    BadLength { signature: [u8; 4], length: u32 },
+    BadLength {
+        /// The table's signature.
+        signature: [u8; 4],
+        /// The length field found.
+        length: u32,
+    },
     /// A subtable runs past the end of its table.
-    Truncated { signature: [u8; 4], offset: usize },
+    Truncated {
+        /// The table's signature.
+        signature: [u8; 4],
+        /// Byte offset of the subtable in the table.
+        offset: usize,
+    },
     /// The root table is not RSDT/XSDT.
     BadRootSignature([u8; 4]),
 }

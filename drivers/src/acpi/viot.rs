@@ -9,9 +9,17 @@ use alloc::vec::Vec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IommuLocation {
     /// A virtio-iommu PCI function: segment and BDF.
-    Pci { segment: u16, bdf: u16 },
+    Pci {
+        /// PCI segment group.
+        segment: u16,
+        /// Bus, device and function, as `bus << 8 | dev << 3 | fn`.
+        bdf: u16,
+    },
     /// A virtio-iommu MMIO device at this base address.
-    Mmio { base: u64 },
+    Mmio {
+        /// Physical base address of its registers.
+        base: u64,
+    },
 }
 
 /// An IOMMU node, identified by its offset in the table (what endpoint nodes point at).

@@ -57,13 +57,35 @@ impl Value {
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     /// An integer in `[min, max]`.
-    Int { default: i64, min: i64, max: i64 },
+    Int {
+        /// The value when none is given.
+        default: i64,
+        /// Smallest value accepted.
+        min: i64,
+        /// Largest value accepted.
+        max: i64,
+    },
     /// A real in `[min, max]`.
-    Float { default: f64, min: f64, max: f64 },
+    Float {
+        /// The value when none is given.
+        default: f64,
+        /// Smallest value accepted.
+        min: f64,
+        /// Largest value accepted.
+        max: f64,
+    },
     /// One of `choices`.
-    Text { default: &'static str, choices: &'static [&'static str] },
+    Text {
+        /// The value when none is given.
+        default: &'static str,
+        /// Every value accepted.
+        choices: &'static [&'static str],
+    },
     /// A switch.
-    Bool { default: bool },
+    Bool {
+        /// The value when none is given.
+        default: bool,
+    },
 }
 
 /// One declared parameter.

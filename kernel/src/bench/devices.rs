@@ -18,10 +18,10 @@ use super::{BenchError, mm_err, timed, user_err, warm_guest_ram};
 use crate::compute;
 use crate::copyengine::Dir;
 use crate::devices;
-use crate::devices::DevError;
+use crate::devices::{DevError, DevOffset};
 use crate::devmmu;
 use crate::json::Json;
-use crate::mm::{self, frame, uspace};
+use crate::mm::{FrameRange, uspace};
 use crate::vram::{self, Copier};
 use alloc::format;
 use alloc::string::String;
@@ -63,8 +63,9 @@ fn dir_name(engine: &str, dir: Dir) -> String {
 
 /// The copy engine and the CPU moving `TOTAL` bytes in `size` pieces between the buffer and
 /// device memory.
-fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(), BenchError> {
+fn throughput(n: usize, bufs: &mut [FrameRange], blocks: &[u64], vram_bytes: u64) -> Result<(), BenchError> {
     let dev = devices::nth(n)?;
+    let dev_err = |error: DevError| BenchError::Device { device: Some(n), error };
     let kernel = dev.iova_of(0);
     let span = (BLOCKS as u64 * BLOCK).min(vram_bytes);
     for size in SIZES {
@@ -80,7 +81,7 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
                 while k < pieces {
                     let w = (pieces - k).min(IN_FLIGHT as u64);
                     let segs: Vec<[(u64, u32); 1]> = (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
-                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (at(i).1, &s[..]));
+                    let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new(at(i).1), &s[..]));
                     for res in dev.dma_many(dir, reqs) {
                         res.map_err(|error| BenchError::Device { device: Some(n), error })?;
                     }
@@ -90,15 +91,21 @@ fn throughput(n: usize, blocks: &[u64], bar: u64, vram_bytes: u64) -> Result<(),
             });
             r?;
             copied(&dir_name("dma", dir), n, size, ns);
-            let ((), ns, _) = timed(|| {
+            // The CPU copies through the BAR's window, from and to the owned buffer blocks.
+            let (bar, _) = dev.window(DevOffset::new(0), span).map_err(dev_err)?;
+            let (r, ns, _) = timed(|| -> Result<(), BenchError> {
                 for k in 0..pieces {
-                    let (ram, off) = at(k);
+                    let off = (k * size) % span;
+                    let (b, at) = (&mut bufs[(off / BLOCK) as usize], off % BLOCK);
                     match dir {
-                        Dir::ToDevice => mm::copy_phys(bar + off, ram, size),
-                        Dir::ToRam => mm::copy_phys(ram, bar + off, size),
+                        Dir::ToDevice => bar.copy_from_frames(off, b, at, size),
+                        Dir::ToRam => bar.copy_to_frames(off, b, at, size),
                     }
+                    .map_err(|e| dev_err(e.into()))?;
                 }
+                Ok(())
             });
+            r?;
             copied(&dir_name("cpu", dir), n, size, ns);
         }
     }
@@ -222,24 +229,25 @@ pub fn devices() -> Result<(), BenchError> {
     if list.is_empty() {
         return Err(BenchError::Wrong("the machine has no devices (use qemu/bench-devices.toml)".into()));
     }
-    let blocks: Vec<u64> = (0..BLOCKS)
-        .map(|_| frame::alloc(512).map_err(|_| BenchError::Wrong("no memory for the 64 MiB transfer buffer".into())))
+    let mut bufs: Vec<FrameRange> = (0..BLOCKS)
+        .map(|_| {
+            FrameRange::alloc(512).map_err(|_| BenchError::Wrong("no memory for the 64 MiB transfer buffer".into()))
+        })
         .collect::<Result<_, _>>()?;
-    for b in &blocks {
-        mm::write_phys(*b, &[0x5a; 64]);
+    for b in &mut bufs {
+        b.write(0, &[0x5a; 64]).map_err(|e| BenchError::Device { device: None, error: e.into() })?;
     }
+    let blocks: Vec<u64> = bufs.iter().map(|b| b.phys().as_u64()).collect();
     let r = (|| {
-        for (n, &(bar, bytes)) in list.iter().enumerate() {
-            throughput(n, &blocks, bar, bytes)?;
+        for (n, &(_, bytes)) in list.iter().enumerate() {
+            throughput(n, &mut bufs, &blocks, bytes)?;
         }
         if list.len() >= 2 {
             two_devices_at_once(&blocks)?;
         }
         Ok::<(), BenchError>(())
     })();
-    for b in blocks {
-        frame::free(b, 512);
-    }
+    drop(bufs);
     r?;
     for (n, &(_, bytes)) in list.iter().enumerate() {
         if bytes < TOTAL {
@@ -305,7 +313,7 @@ fn stream(dev: &devices::Device, bufs: &[u64]) -> Result<(), DevError> {
         let w = (pieces - k).min(IN_FLIGHT as u64);
         let segs: Vec<[(u64, u32); 1]> =
             (k..k + w).map(|i| [(kernel + bufs[i as usize % bufs.len()], BLOCK as u32)]).collect();
-        let reqs = (k..k + w).zip(&segs).map(|(i, s)| ((i * BLOCK) % span, &s[..]));
+        let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new((i * BLOCK) % span), &s[..]));
         for res in dev.dma_many(Dir::ToDevice, reqs) {
             res?;
         }

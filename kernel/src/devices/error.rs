@@ -26,9 +26,21 @@ pub enum DevError {
         device: usize,
         /// Which memory.
         region: Region,
-        /// What the kernel page tables refused.
-        error: crate::mm::paging::MapError,
+        /// Why no window was made.
+        error: WindowFailure,
     },
+    /// A CPU access to `[offset, offset + len)` of a device's memory that is past its memory,
+    /// crosses from the BAR into the hot-plug region, or touches an unplugged block.
+    Access {
+        /// Device.
+        device: usize,
+        /// Byte offset in the device's memory.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// A device-memory window refused a CPU access or copy.
+    Handle(crate::mm::HandleError),
     /// The device's virtio-mem function (its hot-plug region) could not be bound.
     Hotplug {
         /// Device.
@@ -106,6 +118,30 @@ pub enum DevError {
     },
 }
 
+/// Why a device's memory window could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowFailure {
+    /// The BAR's window (`pci::bar_window`).
+    Bar(pci::BarWindowError),
+    /// The hot-plug region's window (`mm::hotplug_window`).
+    Hotplug(crate::mm::WindowError),
+}
+
+impl core::fmt::Display for WindowFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Bar(e) => write!(f, "{e}"),
+            Self::Hotplug(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<crate::mm::HandleError> for DevError {
+    fn from(e: crate::mm::HandleError) -> Self {
+        Self::Handle(e)
+    }
+}
+
 impl core::fmt::Display for DevError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -115,6 +151,11 @@ impl core::fmt::Display for DevError {
             Self::Group(e) => write!(f, "grouping devices: {e}"),
             Self::NoBar2(df) => write!(f, "{df}: ivshmem without BAR2"),
             Self::MapForCpu { device, region, error } => write!(f, "mapping {region} of dev{device}: {error}"),
+            Self::Access { device, offset, len } => write!(
+                f,
+                "{len} bytes at offset {offset:#x} of dev{device}'s memory are past it, cross into the hot-plug region or are not plugged"
+            ),
+            Self::Handle(e) => write!(f, "device memory: {e}"),
             Self::Hotplug { device, df, error } => write!(f, "dev{device}: hot-plug region {df}: {error}"),
             Self::HotEngineBypassesIommu { device, df } => write!(
                 f,

@@ -5,7 +5,7 @@
 use super::worker::Worker;
 use super::*;
 use crate::arch::{smp, time};
-use crate::devices::DevError;
+use crate::devices::{DevError, DevPage};
 use crate::devmmu::{self, DevMirror};
 use crate::mm::{self, uspace};
 use crate::vram::{self, Vram};
@@ -156,7 +156,7 @@ impl Real {
     /// page has had (its count); `copy` is the device whose read copy it is, if it is one.
     fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
-        mm::read_phys(pa, &mut w);
+        mm::ram::read(pa, &mut w);
         let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
         let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
         if id != p as u64 ^ MAGIC {
@@ -172,7 +172,10 @@ impl Real {
     /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale
     /// has too few writes).
     fn check_copy(&self, p: u32, d: u8, k: u64) -> Result<(), MechError> {
-        let pa = self.vram(d)?.phys(k * PAGE).ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
+        let pa = self
+            .vram(d)?
+            .phys(DevPage::new(k).offset())
+            .ok_or(MechError::NoAddress { dev: d, at: NoAddressOf::Copy(k) })?;
         self.check_data(Some(d), p, pa)
     }
 
@@ -332,9 +335,9 @@ impl Real {
                 _ => pa,
             };
             let mut w = [0u8; 8];
-            mm::read_phys(pa, &mut w);
+            mm::ram::read(pa, &mut w);
             if write {
-                mm::write_phys(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
+                mm::ram::write(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
             }
         }
         if write {

@@ -5,8 +5,13 @@
 use super::TestResult;
 use crate::System;
 use crate::copyengine::Dir;
-use crate::devices::{self, DevError, KERNEL_IOVA, Region};
-use crate::mm::{self, frame};
+use crate::devices::{self, DevError, DevOffset, KERNEL_IOVA, Region};
+
+/// Byte `b` of a device's memory.
+fn at(b: u64) -> DevOffset {
+    DevOffset::new(b)
+}
+use crate::mm::{FrameRange, HandleError};
 use crate::vram::checks::pattern;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -57,35 +62,37 @@ pub fn registered(s: &System) -> TestResult {
 pub fn dma_round_trip(_s: &System) -> TestResult {
     {
         for (n, dev) in devices::all().iter().enumerate() {
-            let (bar, size) = dev.vram;
-            let pages: Vec<u64> =
-                (0..16).map(|_| frame::alloc(1).map_err(|_| String::from("no frames"))).collect::<Result<_, _>>()?;
-            let r = (|| {
+            let size = dev.vram.1;
+            let mut bufs: Vec<FrameRange> = (0..16)
+                .map(|_| FrameRange::alloc(1).map_err(|_| String::from("no frames")))
+                .collect::<Result<_, _>>()?;
+            let pages: Vec<u64> = bufs.iter().map(|b| b.phys().as_u64()).collect();
+            {
                 let (translated, kernel) = (dev.mmu().is_some(), dev.iova_of(0));
                 let iova = |pa: u64| if translated { kernel + pa } else { pa };
-                for (k, &pa) in pages.iter().enumerate() {
-                    mm::write_phys(pa, &pattern(n as u64 * 100 + k as u64, PAGE as usize));
+                for (k, b) in bufs.iter_mut().enumerate() {
+                    b.write(0, &pattern(n as u64 * 100 + k as u64, PAGE as usize)).map_err(|e| e.to_string())?;
                 }
                 // Single page at the start, then 16 pages near the end of device memory.
-                dev.dma(Dir::ToDevice, 0, &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, at(0), &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
                 let off = size - 16 * PAGE;
                 let segs: Vec<(u64, u32)> = pages.iter().rev().map(|&pa| (iova(pa), PAGE as u32)).collect();
-                dev.dma(Dir::ToDevice, off, &segs).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToDevice, at(off), &segs).map_err(|e| e.to_string())?;
                 let mut got = alloc::vec![0u8; PAGE as usize];
-                mm::read_phys(bar, &mut got);
+                dev.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
                 check!(got == pattern(n as u64 * 100, PAGE as usize), "dev{n}: BAR after a 4 KiB DMA write");
-                for (k, &pa) in pages.iter().rev().enumerate() {
+                for (k, b) in bufs.iter().rev().enumerate() {
                     let mut want = alloc::vec![0u8; PAGE as usize];
-                    mm::read_phys(pa, &mut want);
-                    mm::read_phys(bar + off + k as u64 * PAGE, &mut got);
+                    b.read(0, &mut want).map_err(|e| e.to_string())?;
+                    dev.read_mem(at(off + k as u64 * PAGE), &mut got).map_err(|e| e.to_string())?;
                     check!(got == want, "dev{n}: BAR page {k} after a scatter-gather DMA write");
                 }
                 // The other way: the CPU writes the BAR, the engine reads it into RAM.
                 let fresh = pattern(0xbeef + n as u64, 16 * PAGE as usize);
-                mm::write_phys(bar + off, &fresh);
-                dev.dma(Dir::ToRam, off, &segs).map_err(|e| e.to_string())?;
-                for (k, &pa) in pages.iter().rev().enumerate() {
-                    mm::read_phys(pa, &mut got);
+                dev.write_mem(at(off), &fresh).map_err(|e| e.to_string())?;
+                dev.dma(Dir::ToRam, at(off), &segs).map_err(|e| e.to_string())?;
+                for (k, b) in bufs.iter().rev().enumerate() {
+                    b.read(0, &mut got).map_err(|e| e.to_string())?;
                     check!(
                         got[..] == fresh[k * PAGE as usize..(k + 1) * PAGE as usize],
                         "dev{n}: RAM page {k} after a DMA read"
@@ -93,21 +100,16 @@ pub fn dma_round_trip(_s: &System) -> TestResult {
                 }
                 // Bad requests are values.
                 let end = size + dev.hot_bytes();
-                let e = dev.dma(Dir::ToRam, end, &[(iova(pages[0]), PAGE as u32)]);
+                let e = dev.dma(Dir::ToRam, at(end), &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "DMA past the end: {e:?}");
                 if end > size {
                     // The hot-plug region: nothing is plugged outside the hot-plug test.
-                    let e = dev.dma(Dir::ToDevice, size, &[(iova(pages[0]), PAGE as u32)]);
+                    let e = dev.dma(Dir::ToDevice, at(size), &[(iova(pages[0]), PAGE as u32)]);
                     check!(matches!(e, Err(DevError::Copy(_))), "DMA to unplugged memory: {e:?}");
                 }
-                let e = dev.dma(Dir::ToRam, 100, &[(iova(pages[0]), PAGE as u32)]);
+                let e = dev.dma(Dir::ToRam, at(100), &[(iova(pages[0]), PAGE as u32)]);
                 check!(matches!(e, Err(DevError::Copy(_))), "unaligned DMA: {e:?}");
-                Ok(())
-            })();
-            for pa in pages {
-                frame::free(pa, 1);
             }
-            r?;
         }
         Ok(())
     }
@@ -122,22 +124,23 @@ pub fn unmapped_dma_is_refused(_s: &System) -> TestResult {
             return Ok(());
         }
         let d = devices::nth(0).map_err(|e| e.to_string())?;
-        let pa = frame::alloc(2).map_err(|_| String::from("no frames"))?;
+        let mut buf = FrameRange::alloc(2).map_err(|_| String::from("no frames"))?;
+        let pa = buf.phys().as_u64();
         let iova = 0x7000_0000u64;
         let r = (|| {
             d.map(&[Mapping { iova, len: 2 * PAGE, phys: pa, flags: MAP_READ | MAP_WRITE }])
                 .map_err(|e| e.to_string())?;
             let data = pattern(7, 2 * PAGE as usize);
-            mm::write_phys(pa, &data);
-            d.dma(Dir::ToDevice, 0, &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
+            buf.write(0, &data).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToDevice, at(0), &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
             d.unmap(iova, PAGE).map_err(|e| e.to_string())?;
-            let e = d.dma(Dir::ToDevice, 0, &[(iova, PAGE as u32)]);
+            let e = d.dma(Dir::ToDevice, at(0), &[(iova, PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { iova: 0x7000_0000, .. })), "DMA from an unmapped page: {e:?}");
-            let e = d.dma(Dir::ToRam, 0, &[(iova, 2 * PAGE as u32)]);
+            let e = d.dma(Dir::ToRam, at(0), &[(iova, 2 * PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { .. })), "DMA over a partly unmapped range: {e:?}");
-            d.dma(Dir::ToRam, PAGE, &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToRam, at(PAGE), &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
             let mut got = alloc::vec![0u8; PAGE as usize];
-            mm::read_phys(pa + PAGE, &mut got);
+            buf.read(PAGE, &mut got).map_err(|e| e.to_string())?;
             check!(got[..] == data[PAGE as usize..], "the still-mapped page after a DMA read of its own data");
             let mapped = |va: u64| d.with_shadow(|s| s.translate(va).is_some()).unwrap_or(false);
             check!(!mapped(iova) && mapped(iova + PAGE));
@@ -148,7 +151,7 @@ pub fn unmapped_dma_is_refused(_s: &System) -> TestResult {
             check!(!mapped(iova + PAGE));
             Ok(())
         })();
-        frame::free(pa, 2);
+        drop(buf);
         r
     }
 }
@@ -219,18 +222,16 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     let m = devmmu::bind(0, &space).map_err(|e| e.to_string())?;
     let e = devmmu::bind(0, &space);
     check!(matches!(e, Err(DevError::Busy(0))), "a second bind of dev0: {e:?}");
-    let (bar, _) = dev0.vram;
     let shadow = |va: u64| dev0.with_shadow(|s| s.translate(va).map(|t| t.0)).flatten();
     let seg = |k: u64, n: u64| [(a + k * PAGE, (n * PAGE) as u32)];
     let bar_page = |k: u64| {
         let mut b = alloc::vec![0u8; PAGE as usize];
-        mm::read_phys(bar + k * PAGE, &mut b);
-        b
+        dev0.read_mem(at(k * PAGE), &mut b).map(|()| b).map_err(|e| e.to_string())
     };
     let want = |k: u64| &data[(k * PAGE) as usize..((k + 1) * PAGE) as usize];
 
     // Before a device fault nothing is mapped, and DMA is refused.
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 1));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 1));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA before a fault: {e:?}");
     m.fault(a, a + pages * PAGE, true).map_err(|e| e.to_string())?;
     for k in 0..pages {
@@ -242,39 +243,39 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
         );
     }
     // The device reads the process by virtual address...
-    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, pages)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, pages)).map_err(|e| e.to_string())?;
     for k in 0..pages {
-        check!(bar_page(k) == want(k), "page {k}: device memory after a DMA by virtual address");
+        check!(bar_page(k)? == want(k), "page {k}: device memory after a DMA by virtual address");
     }
     // ...and writes it: the CPU sees it through its own mapping.
     let fresh = pattern(0x77, PAGE as usize);
-    mm::write_phys(bar + 100 * PAGE, &fresh);
-    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(100 * PAGE), &fresh).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToRam, at(100 * PAGE), &seg(15, 1)).map_err(|e| e.to_string())?;
     let mut got = alloc::vec![0u8; PAGE as usize];
     uspace::run(&space, |u| u.read(a + 15 * PAGE, &mut got)).map_err(|f| format!("{:?}", f.error))?;
     check!(got == fresh, "the CPU does not see what the device wrote at the last page");
-    mm::write_phys(bar + 100 * PAGE, want(15));
-    devmmu::dma(&m, Dir::ToRam, 100 * PAGE, &seg(15, 1)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(100 * PAGE), want(15)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToRam, at(100 * PAGE), &seg(15, 1)).map_err(|e| e.to_string())?;
 
     // munmap of pages 4..8: gone from the domain, refused, the rest intact.
     space.lock().munmap(a + 4 * PAGE, 4 * PAGE).map_err(|e| e.to_string())?;
     for k in 4..8 {
         check!(shadow(a + k * PAGE).is_none(), "page {k} is still mapped in the domain after munmap");
     }
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(4, 1));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(4, 1));
     check!(
         matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { va, .. })) if va == a + 4 * PAGE),
         "DMA from an unmapped page: {e:?}"
     );
-    let e = devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 8));
+    let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 8));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
-    let e = dev0.dma(Dir::ToDevice, 0, &seg(4, 1));
+    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1));
     check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
-    mm::write_phys(bar, &[0u8; 8 * PAGE as usize]);
-    devmmu::dma(&m, Dir::ToDevice, 0, &seg(0, 4)).map_err(|e| e.to_string())?;
-    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 8)).map_err(|e| e.to_string())?;
+    dev0.write_mem(at(0), &[0u8; 8 * PAGE as usize]).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 4)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(8 * PAGE), &seg(8, 8)).map_err(|e| e.to_string())?;
     for k in (0..4).chain(8..16) {
-        check!(bar_page(k) == want(k), "page {k} after munmap of 4..8: the rest must still work");
+        check!(bar_page(k)? == want(k), "page {k} after munmap of 4..8: the rest must still work");
     }
 
     // mprotect of 8..12 read-only: the device loses it, gets it back read-only, and a
@@ -282,13 +283,13 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     space.lock().mprotect(a + 8 * PAGE, 4 * PAGE, Prot::READ).map_err(|e| e.to_string())?;
     check!(shadow(a + 8 * PAGE).is_none(), "page 8 still mapped after mprotect");
     m.fault(a + 8 * PAGE, a + 12 * PAGE, false).map_err(|e| e.to_string())?;
-    let e = devmmu::dma(&m, Dir::ToRam, 0, &seg(8, 1));
+    let e = devmmu::dma(&m, Dir::ToRam, at(0), &seg(8, 1));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { write: true, .. }))), "device write: {e:?}");
     let e = m.fault(a + 8 * PAGE, a + 9 * PAGE, true);
     check!(matches!(e, Err(MirrorError::Fault { .. })), "write fault on a read-only page: {e:?}");
-    devmmu::dma(&m, Dir::ToDevice, 8 * PAGE, &seg(8, 4)).map_err(|e| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, at(8 * PAGE), &seg(8, 4)).map_err(|e| e.to_string())?;
     for k in 8..12 {
-        check!(bar_page(k) == want(k), "page {k} read by the device after mprotect");
+        check!(bar_page(k)? == want(k), "page {k} read by the device after mprotect");
     }
 
     // Pages 12..16 migrate to the device: the domain drops them; faulted again they are local.
@@ -301,7 +302,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
         let t = m.translate(a + k * PAGE);
         let Some(Where::Local(p)) = t.map(|t| t.at) else { return Err(format!("page {k}: {t:?}")) };
         let off = v.offset_of(p).ok_or("a local page outside dev0's memory")?;
-        check!(bar_page(off / PAGE) == want(k), "page {k}: device memory after the migration");
+        check!(bar_page(off.page().get())? == want(k), "page {k}: device memory after the migration");
     }
     let mut all = alloc::vec![0u8; (4 * PAGE) as usize];
     uspace::run(&space, |u| u.read(a + 12 * PAGE, &mut all)).map_err(|f| format!("{:?}", f.error))?;
@@ -395,7 +396,7 @@ pub fn device_to_device(_s: &System) -> TestResult {
         return Ok(());
     }
     let (from, to) = (v[0].clone(), v[1].clone());
-    let bar1 = to.dev().vram.0;
+    let dev1 = to.dev();
     let mm = uspace::mm();
     let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
     let pages = 64u64;
@@ -416,7 +417,7 @@ pub fn device_to_device(_s: &System) -> TestResult {
             return Err(format!("page {k} is not in dev1's {:?} memory after the move: {e:?}", to.kind()));
         };
         let off = to.offset_of(pfn).ok_or_else(|| format!("page {k} is not in dev1's memory"))?;
-        mm::read_phys(bar1 + off, &mut page);
+        dev1.read_mem(off, &mut page).map_err(|e| e.to_string())?;
         check!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in dev1's memory");
     }
     let e = vram::migrate_device_to_device(&to, &to, &space, a, pages);
@@ -474,23 +475,22 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
     check!(list.len() >= 2 && smp::count() >= 2, "needs two devices and two CPUs");
     let (d0, d1) = (&list[0], &list[1]);
     const LEN: u64 = 16 * PAGE;
-    let a0 = frame::alloc(16).map_err(|_| String::from("no frames"))?;
-    let Ok(a1) = frame::alloc(16) else {
-        frame::free(a0, 16);
-        return Err("no frames".into());
-    };
+    let mut b0 = FrameRange::alloc(16).map_err(|_| String::from("no frames"))?;
+    let mut b1 = FrameRange::alloc(16).map_err(|_| String::from("no frames"))?;
+    let (a0, a1) = (b0.phys().as_u64(), b1.phys().as_u64());
     let r = (|| {
         let (p0, p1) = (pattern(0x0d0, LEN as usize), pattern(0x0d1, LEN as usize));
-        mm::write_phys(a0, &p0);
-        mm::write_phys(a1, &p1);
-        mm::write_phys(d0.vram.0, &[0u8; LEN as usize]);
-        mm::write_phys(d1.vram.0, &[0u8; LEN as usize]);
-        let t0 = d0.submit(Dir::ToDevice, 0, &[(d0.iova_of(a0), LEN as u32)]).map_err(|e| e.to_string())?;
+        let e = |e: HandleError| e.to_string();
+        b0.write(0, &p0).map_err(e)?;
+        b1.write(0, &p1).map_err(e)?;
+        d0.write_mem(at(0), &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
+        d1.write_mem(at(0), &[0u8; LEN as usize]).map_err(|e| e.to_string())?;
+        let t0 = d0.submit(Dir::ToDevice, at(0), &[(d0.iova_of(a0), LEN as u32)]).map_err(|e| e.to_string())?;
         let other = (smp::index() + 1) % smp::count();
         // dev0's engine is held here, its copy outstanding, while dev1 copies on the other CPU.
         let r1 = d0
             .with_engine(Region::Bar, |_held| {
-                let h = sched::spawn_on(other, move || d1.dma(Dir::ToDevice, 0, &[(d1.iova_of(a1), LEN as u32)]))
+                let h = sched::spawn_on(other, move || d1.dma(Dir::ToDevice, at(0), &[(d1.iova_of(a1), LEN as u32)]))
                     .map_err(|e| format!("{e:?}"))?;
                 h.join(10_000).map_err(|e| format!("dev1's copy while dev0's engine is held: {e:?}"))
             })
@@ -500,13 +500,49 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
         r1.map_err(|e| format!("dev1's copy: {e}"))?;
         r0.map_err(|e| format!("dev0's copy: {e}"))?;
         let mut got = alloc::vec![0u8; LEN as usize];
-        mm::read_phys(d1.vram.0, &mut got);
+        d1.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
         check!(got == p1, "dev1's memory after its copy");
-        mm::read_phys(d0.vram.0, &mut got);
+        d0.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
         check!(got == p0, "dev0's memory after its copy");
         Ok(())
     })();
-    frame::free(a0, 16);
-    frame::free(a1, 16);
+    drop((b0, b1));
     r
+}
+
+/// A device's memory windows hold exactly its memory: an access past the BAR, across into the
+/// hot-plug region or past the end is refused as a value, and a CPU copy between a window and
+/// RAM is refused when the RAM side is not memory the kernel manages (the first MiB) or
+/// overlaps the window; a copy from owned frames lands in device memory.
+pub fn windows_refuse_what_they_do_not_hold(_s: &System) -> TestResult {
+    use crate::mm::PhysAddr;
+    for (n, dev) in devices::all().iter().enumerate() {
+        let size = dev.vram.1;
+        let end = size + dev.hot_bytes();
+        let mut b = [0u8; 8];
+        let e = dev.read_mem(at(end), &mut b);
+        check!(matches!(e, Err(DevError::Access { .. })), "dev{n}: a read past the memory: {e:?}");
+        let e = dev.window(at(size - PAGE), 2 * PAGE).map(|(_, o)| o);
+        check!(matches!(e, Err(DevError::Access { .. })), "dev{n}: a window across the BAR's end: {e:?}");
+        let (w, base) = dev.window(at(0), PAGE).map_err(|e| e.to_string())?;
+        check!(base == 0 && w.size() == size, "dev{n}: the BAR's window is {:#x} bytes at {base:#x}", w.size());
+        let e = w.copy_from_ram(0, PhysAddr::new(0x1000), PAGE);
+        check!(matches!(e, Err(HandleError::NotRam(_))), "dev{n}: a copy from the first MiB: {e:?}");
+        let e = w.copy_to_ram(0, w.phys() + PAGE / 2, PAGE);
+        check!(matches!(e, Err(HandleError::Overlap { .. })), "dev{n}: a copy onto the window itself: {e:?}");
+        let e = w.copy_from_ram(size - PAGE / 2, w.phys(), PAGE);
+        check!(matches!(e, Err(HandleError::OutOfBounds { .. })), "dev{n}: a copy past the window: {e:?}");
+        let mut f = FrameRange::alloc(1).map_err(|_| String::from("no frames"))?;
+        let data = pattern(0x3d + n as u64, PAGE as usize);
+        f.write(0, &data).map_err(|e| e.to_string())?;
+        w.copy_from_frames(PAGE, &f, 0, PAGE).map_err(|e| e.to_string())?;
+        let mut got = alloc::vec![0u8; PAGE as usize];
+        dev.read_mem(at(PAGE), &mut got).map_err(|e| e.to_string())?;
+        check!(got == data, "dev{n}: device memory after a copy from owned frames");
+        f.write(0, &[0u8; PAGE as usize]).map_err(|e| e.to_string())?;
+        w.copy_to_frames(PAGE, &mut f, 0, PAGE).map_err(|e| e.to_string())?;
+        f.read(0, &mut got).map_err(|e| e.to_string())?;
+        check!(got == data, "dev{n}: owned frames after a copy from device memory");
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 
 use super::TestResult;
 use crate::System;
-use crate::devices::{self, DevError, ResizeFailure};
+use crate::devices::{self, DevError, DevOffset, ResizeFailure};
 use crate::inject::{self, Fault};
 use crate::mm::uspace;
 use crate::vram::{self, Vram};
@@ -212,10 +212,10 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
         return Err(format!("page {k} is still mapped in the domain after its batch failed"));
     }
     m.fault(p.a, p.a + PAGES * PAGE, false).map_err(|e| format!("the fault after the failed one: {e}"))?;
-    let (bar, _) = dev0.vram;
-    devmmu::dma(&m, Dir::ToDevice, 0, &[(p.a, (PAGES * PAGE) as u32)]).map_err(|e: DevError| e.to_string())?;
+    devmmu::dma(&m, Dir::ToDevice, DevOffset::new(0), &[(p.a, (PAGES * PAGE) as u32)])
+        .map_err(|e: DevError| e.to_string())?;
     let mut got = alloc::vec![0u8; (PAGES * PAGE) as usize];
-    crate::mm::read_phys(bar, &mut got);
+    dev0.read_mem(DevOffset::new(0), &mut got).map_err(|e| e.to_string())?;
     check!(got == p.data, "DMA by virtual address after the retried fault does not read the process's data");
     drop(m);
     Ok(())
@@ -254,9 +254,8 @@ impl Proc {
         for k in 0..PAGES {
             let pte = self.space.lock().lookup(self.a + k * PAGE).map(|e| e.pte);
             let Some(off) = pte.as_ref().and_then(|e| v.holds(e)).and_then(|p| v.offset_of(p)) else { continue };
-            check!(off >= v.bar_pages() * PAGE, "page {k} is in the BAR (offset {off:#x}), which is carved out");
-            let pa = v.phys(off).ok_or_else(|| format!("page {k}: device offset {off:#x} has no address"))?;
-            crate::mm::read_phys(pa, &mut page);
+            check!(off.get() >= v.bar_pages() * PAGE, "page {k} is in the BAR (offset {off:#x}), which is carved out");
+            v.dev().read_mem(off, &mut page).map_err(|e| format!("page {k}: device offset {off:#x}: {e}"))?;
             check!(page[..] == self.data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in device memory");
             n += 1;
         }

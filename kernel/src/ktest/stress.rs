@@ -23,7 +23,7 @@
 
 use super::TestResult;
 use crate::arch::smp;
-use crate::devices::{DevError, ResizeFailure};
+use crate::devices::{DevError, DevOffset, ResizeFailure};
 use crate::devmmu::DevMirror;
 use crate::mm::{PhysWindow, uspace};
 use crate::sched;
@@ -132,16 +132,18 @@ impl Shared {
         match m.translate(va).map(|t| t.at) {
             Some(Where::Local(f)) => {
                 let off = v1.offset_of(f).ok_or_else(|| format!("page {p}: a local frame outside dev1's memory"))?;
-                if off >= v1.bar_pages() * PAGE {
+                if off.get() >= v1.bar_pages() * PAGE {
                     return Ok(false);
                 }
-                bar_read(off, &mut buf)?;
+                bar_read(off.get(), &mut buf)?;
             }
-            Some(Where::Ram(_)) => match crate::devmmu::dma(m, Dir::ToDevice, scratch, &[(va, PAGE as u32)]) {
-                Ok(()) => bar_read(scratch, &mut buf)?,
-                Err(crate::devices::DevError::Mirror(MirrorError::NotMapped { .. })) => return Ok(false),
-                Err(e) => return Err(format!("device read of page {p}: {e}")),
-            },
+            Some(Where::Ram(_)) => {
+                match crate::devmmu::dma(m, Dir::ToDevice, DevOffset::new(scratch), &[(va, PAGE as u32)]) {
+                    Ok(()) => bar_read(scratch, &mut buf)?,
+                    Err(crate::devices::DevError::Mirror(MirrorError::NotMapped { .. })) => return Ok(false),
+                    Err(e) => return Err(format!("device read of page {p}: {e}")),
+                }
+            }
             None => return Ok(false),
         }
         let hi = self.intent[p as usize].load(Ordering::Acquire);
@@ -222,7 +224,7 @@ fn run_carved(seed: u64, ops: u64, vs: &[Arc<Vram>], plugged: u64) -> TestResult
     }
     let m = crate::devmmu::bind(1, &sh.space).map_err(|e| format!("binding dev1's MMU: {e}"))?;
     let scratch_page = vs[1].carve(512).ok_or("no 2 MiB of dev1's memory free for the scratch area")?;
-    let r = drive(seed, ops, vs, plugged, &sh, &m, scratch_page * PAGE);
+    let r = drive(seed, ops, vs, plugged, &sh, &m, scratch_page.offset().get());
     vs[1].uncarve(scratch_page, 512);
     m.unbind().map_err(|e| format!("unbinding dev1's MMU: {e}"))?;
     r

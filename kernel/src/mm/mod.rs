@@ -2,9 +2,9 @@
 //!
 //! Frames, the kernel page tables, the heap and physical-memory handles belong to the
 //! platform layer (`crate::platform::mm`); they are re-exported here so `crate::mm::frame`,
-//! `crate::mm::paging` and the rest keep resolving. The transitional raw accessors among them
-//! (`read_phys`, `write_phys`, `copy_phys`) are used only by the device files until they move
-//! to handles.
+//! `crate::mm::paging` and the rest keep resolving. Physical memory is reached only through
+//! handles (`FrameRange`, `PhysWindow`) and the checked accessors of `ram`; the raw
+//! direct-map accessors are private to the platform layer.
 
 pub mod uspace;
 

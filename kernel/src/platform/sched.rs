@@ -138,13 +138,23 @@ static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchedError {
     /// No CPU with that index is online.
-    NoSuchCpu { cpu: usize, online: usize },
+    NoSuchCpu {
+        /// The index asked for.
+        cpu: usize,
+        /// CPUs online.
+        online: usize,
+    },
     /// All [`MAX_TASKS`] slots are in use.
     TooManyTasks,
     /// The stack could not be allocated.
     OutOfMemory,
     /// The task did not finish in time (it keeps running, detached).
-    Timeout { task: usize, ms: u64 },
+    Timeout {
+        /// The task's slot.
+        task: usize,
+        /// The bound, in milliseconds.
+        ms: u64,
+    },
 }
 
 impl core::fmt::Display for SchedError {

@@ -133,12 +133,12 @@ impl DmaQueue {
     /// Allocates rings for queue `index` (at most `want` entries, at most what the device
     /// takes) and tells the device where they are; `iova` turns a physical address into the
     /// address the device uses (identity without an IOMMU).
-    pub fn new<I: Into<Iova>>(
+    pub fn new(
         t: &mut PciTransport,
         device: &'static str,
         index: u16,
         want: u16,
-        iova: impl Fn(u64) -> I,
+        iova: impl Fn(u64) -> Iova,
     ) -> Result<DmaQueue, VirtioError> {
         let max = t.max_queue_size(index).min(u32::from(want));
         if max == 0 {
@@ -157,7 +157,7 @@ impl DmaQueue {
             used: view(pa + used_off, 2 + 2 * usize::from(size)),
         };
         let q = Virtq::new(rings, size)?;
-        set_rings(t, index, size, |pa| iova(pa).into(), pa, avail_off, used_off);
+        set_rings(t, index, size, iova, pa, avail_off, used_off);
         Ok(DmaQueue {
             device,
             index,
@@ -171,7 +171,7 @@ impl DmaQueue {
     /// Starts the queue again, empty, on the same rings, after the device was reset (it has
     /// read back status 0, so it owns none of the old buffers) and renegotiated; every request
     /// in flight before is forgotten. The caller finishes the device's initialisation.
-    pub fn reset<I: Into<Iova>>(&mut self, t: &mut PciTransport, iova: impl Fn(u64) -> I) -> Result<(), VirtioError> {
+    pub fn reset(&mut self, t: &mut PciTransport, iova: impl Fn(u64) -> Iova) -> Result<(), VirtioError> {
         let (pa, pages, avail_off, used_off) = self.rings;
         let size = self.q.size();
         for p in 0..pages as u64 {
@@ -183,7 +183,7 @@ impl DmaQueue {
             used: view(pa + used_off, 2 + 2 * usize::from(size)),
         };
         self.q = Virtq::new(rings, size)?;
-        set_rings(t, self.index, size, |pa| iova(pa).into(), pa, avail_off, used_off);
+        set_rings(t, self.index, size, iova, pa, avail_off, used_off);
         self.dead = false;
         self.done.clear();
         Ok(())

@@ -14,10 +14,10 @@
 //!   by the CPU (counted apart). A failed DMA is an [`Error::Io`]: dmirror backs the migration
 //!   out.
 
+use super::Vram;
 use super::dma::Run;
-use super::{PAGE, Vram};
 use crate::copyengine::Dir;
-use crate::devices;
+use crate::devices::{self, DevOffset, DevPage};
 use crate::mm::uspace;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -80,11 +80,11 @@ impl BarBacking {
     }
 
     fn frame(&self, index: u64) -> Result<Pfn, Error> {
-        self.vram.bar_frame(index).ok_or(Error::Invalid("device memory index outside the BAR"))
+        self.vram.bar_frame(DevPage::new(index)).ok_or(Error::Invalid("device memory index outside the BAR"))
     }
 
     fn carve_block(&self, pool: &mut Pool) -> Result<u64, Error> {
-        let b = self.vram.carve(BLOCK).ok_or(Error::NoMemory)?;
+        let b = self.vram.carve(BLOCK).ok_or(Error::NoMemory)?.get();
         pool.blocks.push(b);
         Ok(b)
     }
@@ -101,7 +101,7 @@ impl BarBacking {
         Self::coalesce(pool);
         for b in core::mem::take(&mut pool.free_huge) {
             pool.blocks.retain(|&x| x != b);
-            self.vram.uncarve(b, BLOCK);
+            self.vram.uncarve(DevPage::new(b), BLOCK);
         }
     }
 
@@ -142,12 +142,12 @@ impl Backing for BarBacking {
                     );
                     return Err(Error::NoMemory);
                 };
-                let base = self.frame(first)?;
+                let base = self.frame(first.get())?;
                 // The whole BAR gets metadata once, so chunks can come and go anywhere in it.
                 let whole = self.frame(0).and_then(|b| pagemaps.mm().add_device_region_at(b, self.vram.pages()));
                 match whole.and_then(|()| pagemaps.memremap_pages_at(owner, base, frames, ops)) {
                     Ok(pm) => {
-                        self.pool.lock().coherent.push((base, first, frames));
+                        self.pool.lock().coherent.push((base, first.get(), frames));
                         Ok(pm)
                     }
                     Err(e) => {
@@ -166,7 +166,7 @@ impl Backing for BarBacking {
         let base = chunk.ranges()[0].0;
         if let Some(i) = pool.coherent.iter().position(|c| c.0 == base) {
             let (_, first, n) = pool.coherent.remove(i);
-            self.vram.uncarve(first, n);
+            self.vram.uncarve(DevPage::new(first), n);
         }
         self.trim(&mut pool);
         Ok(())
@@ -190,7 +190,7 @@ impl Backing for BarBacking {
     }
 
     fn free_storage(&self, frame: Pfn) {
-        let Some(bar) = self.vram.bar_frame(0) else { return };
+        let Some(bar) = self.vram.bar_frame(DevPage::new(0)) else { return };
         self.pool.lock().free.push(frame.0 - bar.0);
     }
 
@@ -199,7 +199,7 @@ impl Backing for BarBacking {
         let vrams = super::all()?;
         let zero = uspace::mm().zero_pfn();
         // Per (engine, direction): (entry, offset in that device's memory, RAM or peer frame).
-        type Items = Vec<(usize, u64, Pfn)>;
+        type Items = Vec<(usize, DevOffset, Pfn)>;
         let mut jobs: Vec<((usize, Dir), Items)> = Vec::new();
         let mut add = |key: (usize, Dir), item| match jobs.iter_mut().find(|j| j.0 == key) {
             Some(j) => j.1.push(item),
@@ -208,16 +208,18 @@ impl Backing for BarBacking {
         let mut cpu = 0;
         for (i, &(dst, src)) in pairs.iter().enumerate() {
             match (locate(&bars, dst), src.map(|s| (s, locate(&bars, s)))) {
-                (Loc::Bar(n, off), None) => add((n, Dir::ToDevice), (i, off, zero)),
-                (Loc::Bar(n, off), Some((s, Loc::Ram))) => add((n, Dir::ToDevice), (i, off, s)),
-                (Loc::Ram, Some((_, Loc::Bar(n, off)))) => add((n, Dir::ToRam), (i, off, dst)),
-                (Loc::Bar(m, _), Some((_, Loc::Bar(n, off)))) if m != n => add((n, Dir::ToRam), (i, off, dst)),
+                (Loc::Bar(n, off), None) => add((n, Dir::ToDevice), (i, DevOffset::new(off), zero)),
+                (Loc::Bar(n, off), Some((s, Loc::Ram))) => add((n, Dir::ToDevice), (i, DevOffset::new(off), s)),
+                (Loc::Ram, Some((_, Loc::Bar(n, off)))) => add((n, Dir::ToRam), (i, DevOffset::new(off), dst)),
+                (Loc::Bar(m, _), Some((_, Loc::Bar(n, off)))) if m != n => {
+                    add((n, Dir::ToRam), (i, DevOffset::new(off), dst))
+                }
                 (_, None) => {
-                    crate::mm::write_phys(dst.addr(), &[0u8; PAGE as usize]);
+                    crate::mm::ram::zero(dst, 1);
                     cpu += 1;
                 }
                 (_, Some((s, _))) => {
-                    crate::mm::copy_phys(dst.addr(), s.addr(), PAGE);
+                    crate::mm::ram::copy(dst, s, 1);
                     cpu += 1;
                 }
             }

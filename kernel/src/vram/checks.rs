@@ -6,8 +6,8 @@
 use super::{Vram, all, migrate_to_device, migrate_to_ram};
 use crate::arch::time;
 use crate::devices::{DevError, ResizeFailure};
+use crate::mm::uspace;
 use crate::mm::uspace::UserFault;
-use crate::mm::{self, uspace};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -196,10 +196,9 @@ pub fn huge_round_trip(v: &Vram, thps: u64) -> Result<HugeTrip, CheckError> {
             .ok_or_else(|| CheckError::failed(format!("dev{n}: THP {k} not in device memory: {e:?}")))?;
         let order = uspace::mm().meta(pfn).map(|m| m.order());
         ensure!(order == Some(9), "dev{n}: THP {k} is a device page of order {order:?}");
-        mm::read_phys(
-            v.phys_of(pfn).ok_or_else(|| CheckError::failed(format!("dev{n}: THP {k} has no device address")))?,
-            &mut page,
-        );
+        let off =
+            v.offset_of(pfn).ok_or_else(|| CheckError::failed(format!("dev{n}: THP {k} has no device offset")))?;
+        v.dev().read_mem(off, &mut page)?;
         ensure!(page[..] == data[(k * HUGE) as usize..((k + 1) * HUGE) as usize], "THP {k} bytes in device memory");
     }
     let faults = v.stats.lock().cpu_faults;
@@ -318,11 +317,8 @@ fn fill_and_remove(
             .ok_or_else(|| CheckError::failed(format!("page {k} is not in dev{n}'s memory: {e:?}")))?;
         let off =
             v.offset_of(pfn).ok_or_else(|| CheckError::failed(format!("page {k}: no offset in dev{n}'s memory")))?;
-        ensure!(off >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
-        mm::read_phys(
-            v.phys(off).ok_or_else(|| CheckError::failed(format!("page {k}: no address for offset {off:#x}")))?,
-            &mut page,
-        );
+        ensure!(off.get() >= v.bar_pages() * PAGE, "page {k} at offset {off:#x}, in the BAR");
+        v.dev().read_mem(off, &mut page)?;
         ensure!(page[..] == data[(k * PAGE) as usize..((k + 1) * PAGE) as usize], "page {k} in the region");
     }
     // And a THP, which takes the other block whole.
@@ -332,7 +328,7 @@ fn fill_and_remove(
     let e = thp_space.lock().lookup(t);
     let off = e.as_ref().filter(|e| e.huge).and_then(|e| v.holds(&e.pte)).and_then(|p| v.offset_of(p));
     ensure!(
-        moved == 512 && off.is_some_and(|o| o >= v.bar_pages() * PAGE),
+        moved == 512 && off.is_some_and(|o| o.get() >= v.bar_pages() * PAGE),
         "dev{n}: the THP is not a device THP in the plugged memory: {moved} pages, {e:?}"
     );
     let t0 = time::rdtsc();
@@ -448,7 +444,7 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, CheckError> {
     use hmm::mm::vma::Prot;
     let fail = CheckError::failed;
     let v = all().map_err(DevError::Memory)?.get(n).ok_or(DevError::NoDevice(n))?.clone();
-    let bar = v.dev().vram.0;
+    let dev = v.dev();
     let mm = uspace::mm();
     let space = mm.share(AddressSpace::new(mm).map_err(|error| CheckError::Mm { op: "a new address space", error })?);
     let a = space
@@ -476,7 +472,7 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, CheckError> {
         };
         let off =
             v.offset_of(pfn).ok_or_else(|| fail(alloc::format!("page {k}: a device entry outside dev{n}'s memory")))?;
-        crate::mm::read_phys(bar + off, &mut page);
+        dev.read_mem(off, &mut page)?;
         if page[..] != data[(k * PAGE) as usize..((k + 1) * PAGE) as usize] {
             return Err(fail(alloc::format!("page {k}: device memory differs from what the CPU wrote")));
         }
@@ -495,7 +491,7 @@ pub fn round_trip(n: usize, pages: u64) -> Result<RoundTrip, CheckError> {
         let Some(Pte::Present(p)) = e else { return Err(fail(alloc::format!("coherent page 0 unmapped: {e:?}"))) };
         let flipped: Vec<u8> = data[..PAGE as usize].iter().map(|b| !b).collect();
         uspace::run(&space, |u| u.write(a, &flipped)).map_err(|fault| CheckError::Cpu { op: "CPU write", fault })?;
-        crate::mm::read_phys(bar + v.offset_of(p.pfn).unwrap_or(0), &mut page);
+        dev.read_mem(v.offset_of(p.pfn).unwrap_or_default(), &mut page)?;
         if page != flipped {
             return Err(fail("a CPU store to coherent device memory did not reach the BAR".into()));
         }

@@ -6,12 +6,13 @@
 
 use super::{Copier, IN_FLIGHT, PAGE, RUN, RUN_PAGES, Vram};
 use crate::copyengine::Dir;
+use crate::devices::DevOffset;
 use alloc::vec::Vec;
 use hmm::addr::Pfn;
 
 /// A DMA run: consecutive device pages starting at `offset`, with their RAM pages.
 pub(super) struct Run {
-    offset: u64,
+    offset: DevOffset,
     entries: Vec<usize>,
     /// The RAM pages as device addresses (one segment each), and as physical addresses.
     ram: Vec<(u64, u32)>,
@@ -46,13 +47,18 @@ impl Vram {
         let mut failed = Vec::new();
         for r in runs {
             for (k, &pa) in r.pas.iter().enumerate() {
-                let Some(dev) = self.phys(r.offset + k as u64 * PAGE) else {
+                let off = r.offset.add(k as u64 * PAGE);
+                let pa = crate::mm::PhysAddr::new(pa);
+                let copied = self.dev.window(off, PAGE).and_then(|(w, at)| {
+                    Ok(match dir {
+                        Dir::ToDevice => w.copy_from_ram(at, pa, PAGE),
+                        Dir::ToRam => w.copy_to_ram(at, pa, PAGE),
+                    }?)
+                });
+                if let Err(e) = copied {
+                    log::warn!("dev{}: CPU copy of page {k} at {off:#x} failed: {e}", self.device);
                     failed.extend(&r.entries);
                     break;
-                };
-                match dir {
-                    Dir::ToDevice => crate::mm::copy_phys(dev, pa, PAGE),
-                    Dir::ToRam => crate::mm::copy_phys(pa, dev, PAGE),
                 }
             }
         }
@@ -61,23 +67,23 @@ impl Vram {
 
     /// Groups `(entry, device page, ram pfn)` into runs of consecutive device pages.
     pub(super) fn runs(&self, items: &[(usize, Pfn, Pfn)]) -> Vec<Run> {
-        let at: Vec<(usize, u64, Pfn)> =
+        let at: Vec<(usize, DevOffset, Pfn)> =
             items.iter().filter_map(|&(i, dp, ram)| Some((i, self.offset_of(dp)?, ram))).collect();
         self.runs_at(&at)
     }
 
     /// Groups `(entry, byte offset in device memory, ram pfn)` into runs of consecutive device
     /// pages. The "RAM" frame may be another device's BAR frame (peer to peer).
-    pub(super) fn runs_at(&self, items: &[(usize, u64, Pfn)]) -> Vec<Run> {
+    pub(super) fn runs_at(&self, items: &[(usize, DevOffset, Pfn)]) -> Vec<Run> {
         let kernel = self.dev.iova_of(0);
         // Requests never cross from the BAR into the hot-plug region (another engine's disk).
-        let region = |off: u64| off >= self.bar_pages * PAGE;
+        let region = |off: DevOffset| off.get() >= self.bar_pages * PAGE;
         let mut runs: Vec<Run> = Vec::new();
         for &(i, off, ram) in items {
             let seg = (kernel + ram.addr(), PAGE as u32);
             let joins = runs.last().is_some_and(|r| {
                 let next_to = r.ram.last().is_some_and(|l| l.0 + u64::from(l.1) == seg.0);
-                r.offset + r.pas.len() as u64 * PAGE == off
+                r.offset.add(r.pas.len() as u64 * PAGE) == off
                     && region(r.offset) == region(off)
                     && r.pas.len() < RUN_PAGES
                     && (next_to || r.ram.len() < RUN)

@@ -1,9 +1,9 @@
 //! Read duplication (UVM's read-mostly copies): copies of pages in a device's memory that
 //! the driver keeps for itself, outside any pagemap, while the pages stay where they are.
 
-use super::{PAGE, Vram};
+use super::Vram;
 use crate::copyengine::Dir;
-use crate::devices::{DevError, ReadCopyFailure};
+use crate::devices::{DevError, DevOffset, DevPage, ReadCopyFailure};
 use alloc::vec::Vec;
 use hmm::addr::Pfn;
 
@@ -28,8 +28,8 @@ impl Vram {
                 }
             }
         }
-        let items: Vec<(usize, u64, Pfn)> =
-            pages.iter().zip(frames).enumerate().map(|(i, (&k, &f))| (i, k * PAGE, f)).collect();
+        let items: Vec<(usize, DevOffset, Pfn)> =
+            pages.iter().zip(frames).enumerate().map(|(i, (&k, &f))| (i, DevPage::new(k).offset(), f)).collect();
         let failed = self.transfer(Dir::ToDevice, &self.runs_at(&items));
         if !failed.is_empty() {
             self.drop_read_copies(&pages);

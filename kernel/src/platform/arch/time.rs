@@ -93,7 +93,10 @@ pub fn delay_ns(ns: u64) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibrationError {
     /// The PM timer did not advance: wrong port or no timer.
-    PmTimerStuck { port: u16 },
+    PmTimerStuck {
+        /// The I/O port read.
+        port: u16,
+    },
     /// PIT channel 0 did not count down (no PIT, e.g. microvm with `pit=off`).
     PitStuck,
     /// No source at all: CPUID names no frequency, no PM timer works, and the PIT does not

@@ -31,11 +31,3 @@ impl Iova {
         Iova(self.0 + bytes)
     }
 }
-
-/// Transitional: the device files' address translations still return bare `u64` IOVAs; they
-/// return [`Iova`] once they move to typed addresses, and this conversion goes.
-impl From<u64> for Iova {
-    fn from(v: u64) -> Iova {
-        Iova(v)
-    }
-}

@@ -8,7 +8,7 @@
 //! exactly one memory BAR of a function on the enumerated bus, mapped into the direct map
 //! (uncached) before the window is made, for the kernel's lifetime.
 
-use super::{PAGE_SIZE, PhysAddr, frame, phys_to_virt};
+use super::{PAGE_SIZE, PhysAddr, frame, phys_to_virt, ram};
 
 /// A handle access that does not fit the handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,17 @@ pub enum HandleError {
     Misaligned(u64),
     /// Two handles of different sizes were asked to copy one into the other.
     SizeMismatch(u64, u64),
+    /// The RAM side of a copy between a window and RAM is not memory the kernel manages.
+    NotRam(ram::OutsideRam),
+    /// The two sides of a copy between a window and RAM overlap.
+    Overlap {
+        /// The window byte the copy starts at, as a physical address.
+        window: u64,
+        /// The RAM side's physical address.
+        ram: u64,
+        /// The copy's length.
+        len: u64,
+    },
 }
 
 impl core::fmt::Display for HandleError {
@@ -36,6 +47,10 @@ impl core::fmt::Display for HandleError {
             }
             Self::Misaligned(o) => write!(f, "word access at misaligned offset {o:#x}"),
             Self::SizeMismatch(a, b) => write!(f, "copy between handles of {a} and {b} bytes"),
+            Self::NotRam(e) => write!(f, "the RAM side of a window copy: {e}"),
+            Self::Overlap { window, ram, len } => {
+                write!(f, "a window copy of {len} bytes between {window:#x} and {ram:#x}, which overlap")
+            }
         }
     }
 }
@@ -155,8 +170,9 @@ impl Drop for FrameRange {
     }
 }
 
-/// A window onto one memory BAR of an enumerated PCI function, mapped uncached for the CPU.
-/// Made only by [`crate::platform::pci::bar_window`].
+/// A window onto device memory, mapped uncached for the CPU: one memory BAR of an enumerated
+/// PCI function (made only by [`crate::platform::pci::bar_window`]) or a hot-plug region a
+/// memory device reported (made only by [`super::hotplug_window`], which refuses RAM).
 #[derive(Debug)]
 pub struct PhysWindow {
     base: u64,
@@ -164,8 +180,8 @@ pub struct PhysWindow {
 }
 
 impl PhysWindow {
-    /// Wraps `[base, base + size)`, which the caller (the platform's PCI code) validated as a
-    /// memory BAR and mapped.
+    /// Wraps `[base, base + size)`, which the caller (the platform's PCI or memory code)
+    /// validated as device memory and mapped.
     pub(in crate::platform) fn new(base: u64, size: u64) -> PhysWindow {
         PhysWindow { base, size }
     }
@@ -220,5 +236,63 @@ impl PhysWindow {
         // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
         unsafe { (phys_to_virt(self.base + offset) as *mut u64).write_volatile(v) };
         Ok(())
+    }
+
+    /// Checks a copy of `len` bytes between window offset `offset` and RAM at `pa`: inside the
+    /// window, inside memory the kernel manages (RAM the frame allocator manages, or device
+    /// memory mapped for the CPU: a peer device's page), and not overlapping.
+    fn check_ram_copy(&self, offset: u64, pa: PhysAddr, len: u64) -> Result<(), HandleError> {
+        bounds(offset, len, self.size)?;
+        let pa = pa.as_u64();
+        ram::check(pa, len).map_err(HandleError::NotRam)?;
+        let window = self.base + offset;
+        if window < pa + len && pa < window + len {
+            return Err(HandleError::Overlap { window, ram: pa, len });
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes from RAM at `src` (frames the caller owns or hmm handed it, checked
+    /// as [`ram`] checks them) into the window at `offset`: a CPU copy into device memory.
+    pub fn copy_from_ram(&self, offset: u64, src: PhysAddr, len: u64) -> Result<(), HandleError> {
+        self.check_ram_copy(offset, src, len)?;
+        // SAFETY: the window range is in bounds of a BAR or region mapped for the kernel's
+        // lifetime; the RAM range is checked memory the kernel manages, direct-mapped; they do
+        // not overlap (checked). Neither holds a Rust object.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(src.as_u64()) as *const u8,
+                phys_to_virt(self.base + offset) as *mut u8,
+                len as usize,
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from the window at `offset` to RAM at `dst` (checked as in
+    /// [`copy_from_ram`](Self::copy_from_ram)): a CPU copy out of device memory.
+    pub fn copy_to_ram(&self, offset: u64, dst: PhysAddr, len: u64) -> Result<(), HandleError> {
+        self.check_ram_copy(offset, dst, len)?;
+        // SAFETY: as in `copy_from_ram`, in the other direction.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(self.base + offset) as *const u8,
+                phys_to_virt(dst.as_u64()) as *mut u8,
+                len as usize,
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `len` bytes at `src_off` of the owned frames `src` into the window at `offset`.
+    pub fn copy_from_frames(&self, offset: u64, src: &FrameRange, src_off: u64, len: u64) -> Result<(), HandleError> {
+        bounds(src_off, len, src.size())?;
+        self.copy_from_ram(offset, PhysAddr::new(src.base + src_off), len)
+    }
+
+    /// Copies `len` bytes of the window at `offset` to `dst_off` of the owned frames `dst`.
+    pub fn copy_to_frames(&self, offset: u64, dst: &mut FrameRange, dst_off: u64, len: u64) -> Result<(), HandleError> {
+        bounds(dst_off, len, dst.size())?;
+        self.copy_to_ram(offset, PhysAddr::new(dst.base + dst_off), len)
     }
 }

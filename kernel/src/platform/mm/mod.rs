@@ -20,9 +20,9 @@
 //! ([`PhysWindow`]), and, for `hmm::mm`'s `Platform`, the accessors of [`ram`], which check
 //! every frame against the RAM the frame allocator manages (and device memory mapped with
 //! [`map_phys`]) and panic with the frame's number rather than write anywhere else. The raw
-//! direct-map copies behind them are private here, except the transitional
-//! [`read_phys`]/[`write_phys`]/[`copy_phys`] kept for the device files until they move to
-//! handles. Physical addresses are [`PhysAddr`], device (DMA) addresses [`Iova`].
+//! direct-map copies behind them ([`read_phys`]/[`write_phys`], and
+//! [`map_phys`], which makes memory reachable) are private to the platform layer; boot
+//! modules are read with [`read_module`]. Physical addresses are [`PhysAddr`], device (DMA) addresses [`Iova`].
 
 mod addr;
 pub mod frame;
@@ -111,12 +111,9 @@ pub fn virt_to_phys(vaddr: u64) -> Option<u64> {
 }
 
 /// Reads `buf.len()` bytes of physical memory at `pa` through the direct map: for buffers the
-/// caller owns (DMA buffers it allocated, device memory it mapped with [`map_phys`]).
-///
-/// Transitional: the device files (`devices.rs`, `copyengine.rs`, `vram/`, ...) still call
-/// it by address; they move to [`FrameRange`]/[`PhysWindow`] after the merge, and then it
-/// becomes private to this module. Nothing else above the platform layer calls it.
-pub fn read_phys(pa: u64, buf: &mut [u8]) {
+/// caller owns (DMA buffers it allocated, device memory it mapped with [`map_phys`]). Private
+/// to the platform layer: everything above it reaches memory through handles.
+pub(in crate::platform) fn read_phys(pa: u64, buf: &mut [u8]) {
     assert!(
         pa.checked_add(buf.len() as u64).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS),
         "read_phys past the direct map"
@@ -127,27 +124,14 @@ pub fn read_phys(pa: u64, buf: &mut [u8]) {
 }
 
 /// Writes `data` to physical memory at `pa` through the direct map (same contract as
-/// [`read_phys`]; transitional like it).
-pub fn write_phys(pa: u64, data: &[u8]) {
+/// [`read_phys`]; private to the platform layer like it).
+pub(in crate::platform) fn write_phys(pa: u64, data: &[u8]) {
     assert!(
         pa.checked_add(data.len() as u64).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS),
         "write_phys past the direct map"
     );
     // SAFETY: as in `read_phys`, in the other direction.
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len()) }
-}
-
-/// Copies `len` bytes of physical memory from `src` to `dst` through the direct map (same
-/// contract as [`read_phys`], for both ranges; they must not overlap; transitional like it).
-pub fn copy_phys(dst: u64, src: u64, len: u64) {
-    let inside = |pa: u64| pa.checked_add(len).is_some_and(|e| e <= DIRECT_MAP_MAX_PHYS);
-    assert!(inside(src) && inside(dst), "copy_phys past the direct map");
-    assert!(src + len <= dst || dst + len <= src, "copy_phys of overlapping ranges");
-    // SAFETY: both ranges lie inside the direct map (checked), do not overlap (checked), and by
-    // this function's contract are memory the caller owns.
-    unsafe {
-        core::ptr::copy_nonoverlapping(phys_to_virt(src) as *const u8, phys_to_virt(dst) as *mut u8, len as usize)
-    }
 }
 
 /// Runs `f` on the kernel page table (None before [`init`]), with interrupts off so the timer
@@ -236,13 +220,54 @@ pub fn map_mmio(paddr: u64, len: u64) -> Result<u64, MapError> {
 }
 
 /// Makes physical `[paddr, paddr + len)` reachable through the direct map with `flags`
-/// (write-back memory outside the memory map, such as firmware tables, or MMIO).
-pub fn map_phys(paddr: u64, len: u64, flags: Flags) -> Result<(), MapError> {
+/// (write-back memory outside the memory map, such as firmware tables, or MMIO). Above the
+/// platform layer device memory is mapped by making its window ([`hotplug_window`],
+/// `pci::bar_window`).
+pub(in crate::platform) fn map_phys(paddr: u64, len: u64, flags: Flags) -> Result<(), MapError> {
     map_phys_untracked(paddr, len, flags)?;
     // Device memory the CPU can now reach (a device's BAR, hot-plugged memory): hmm may be
     // handed its frames (coherent device memory), so the checked accessors accept them.
     ram::add_device(paddr, paddr.saturating_add(len));
     Ok(())
+}
+
+/// Why [`hotplug_window`] made no window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowError {
+    /// `[start, end)` overlaps RAM the kernel already manages.
+    Ram(u64, u64),
+    /// Mapping it for the CPU failed.
+    Map(MapError),
+}
+
+impl core::fmt::Display for WindowError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Ram(s, e) => write!(f, "[{s:#x}, {e:#x}) overlaps RAM the kernel manages"),
+            Self::Map(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A [`PhysWindow`] onto the hot-plug region `[paddr, paddr + len)` a memory device (virtio-mem)
+/// reported, mapped uncached for the CPU like a BAR and recorded as device memory `hmm` may be
+/// handed. Refused if the range overlaps RAM the frame allocator manages.
+pub fn hotplug_window(paddr: u64, len: u64) -> Result<PhysWindow, WindowError> {
+    let end = paddr.checked_add(len).ok_or(WindowError::Map(MapError::NonCanonical(paddr)))?;
+    if ram::overlaps_managed(paddr, end) {
+        return Err(WindowError::Ram(paddr, end));
+    }
+    map_phys(paddr, len, Flags::WRITABLE | Flags::NO_CACHE).map_err(WindowError::Map)?;
+    Ok(PhysWindow::new(paddr, len))
+}
+
+/// The bytes of boot module `m` (the memory it occupies is reserved at boot and never given to
+/// the frame allocator, so it still holds what the loader put there).
+pub fn read_module(info: &BootInfo, index: usize) -> Option<alloc::vec::Vec<u8>> {
+    let m = info.modules.get(index)?;
+    let mut bytes = alloc::vec![0u8; m.size as usize];
+    read_phys(m.paddr, &mut bytes);
+    Some(bytes)
 }
 
 /// [`map_phys`] without recording the range as memory `hmm` may be handed ([`ram`]): for

@@ -19,6 +19,7 @@ use x86_64::{
 };
 
 use super::{frame, phys_to_virt};
+use hmm::mm::platform::TlbFlush;
 
 pub use x86_64::structures::paging::PageTableFlags as Flags;
 
@@ -146,12 +147,13 @@ impl Drop for Flush {
 }
 
 /// Invalidations gathered over one operation, performed once by [`FlushBatch::finish`] (or
-/// on drop).
+/// on drop). The range is gathered in `hmm`'s batch ([`TlbFlush`], the one the user half's
+/// flushes use); on top of it the kernel half counts 4 KiB pages (a 2 MiB entry is 512 of
+/// them, for the full-flush threshold) and whether other CPUs must flush too.
 #[derive(Debug, Default)]
 #[must_use = "a batch invalidates when finished or dropped"]
 pub struct FlushBatch {
-    start: u64,
-    end: u64,
+    range: TlbFlush,
     pages: u64,
     /// Some change needs the other CPUs to flush too.
     remote: bool,
@@ -165,13 +167,7 @@ impl FlushBatch {
 
     fn add(&mut self, start: u64, len: u64, remote: bool) {
         self.remote |= remote;
-        if self.pages == 0 {
-            self.start = start;
-            self.end = start + len;
-        } else {
-            self.start = self.start.min(start);
-            self.end = self.end.max(start + len);
-        }
+        self.range.add(start, len);
         self.pages += len.div_ceil(4096);
     }
 
@@ -190,8 +186,9 @@ impl FlushBatch {
                 crate::platform::arch::smp::shootdown(0, 0, 0, true);
             }
         } else {
-            flush_range(self.start, self.end - self.start, self.remote);
+            flush_range(self.range.start, self.range.end - self.range.start, self.remote);
         }
+        self.range = TlbFlush::default();
         self.pages = 0;
         self.remote = false;
     }

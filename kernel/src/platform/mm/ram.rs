@@ -14,7 +14,7 @@
 //! map their memory; never shrunk). Readers are lock-free: a slot is written once, its end
 //! published last with `Release`, and read with `Acquire`.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use hmm::addr::Pfn;
 
 use super::{PAGE_SIZE, phys_to_virt};
@@ -24,12 +24,14 @@ pub const MAX_RANGES: usize = 64;
 
 static STARTS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
 static ENDS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES];
+/// Whether slot i is RAM the frame allocator manages (set before its end is published).
+static MANAGED: [AtomicBool; MAX_RANGES] = [const { AtomicBool::new(false) }; MAX_RANGES];
 static USED: AtomicUsize = AtomicUsize::new(0);
 /// The slot that held the last range checked (a hint only: any value below `USED` is valid).
 static HINT: AtomicUsize = AtomicUsize::new(0);
 static ADDING: spin::Mutex<()> = spin::Mutex::new(());
 
-fn add(start: u64, end: u64) {
+fn add(start: u64, end: u64, managed: bool) {
     if start >= end || check(start, end - start).is_ok() {
         return;
     }
@@ -40,18 +42,19 @@ fn add(start: u64, end: u64) {
         return;
     }
     STARTS[i].store(start, Ordering::Relaxed);
+    MANAGED[i].store(managed, Ordering::Relaxed);
     ENDS[i].store(end, Ordering::Release);
     USED.store(i + 1, Ordering::Release);
 }
 
 /// Records `[start, end)` as RAM the frame allocator manages.
 pub(super) fn add_managed(start: u64, end: u64) {
-    add(start, end);
+    add(start, end, true);
 }
 
 /// Records `[start, end)` as device memory mapped for the CPU.
 pub(super) fn add_device(start: u64, end: u64) {
-    add(start, end);
+    add(start, end, false);
 }
 
 /// Memory `hmm` named that it cannot have been handed.
@@ -97,6 +100,15 @@ pub fn check(pa: u64, len: u64) -> Result<(), OutsideRam> {
         }
         None => Err(outside),
     }
+}
+
+/// Whether `[start, end)` overlaps RAM the frame allocator manages (not device memory).
+pub(super) fn overlaps_managed(start: u64, end: u64) -> bool {
+    let n = USED.load(Ordering::Acquire);
+    (0..n).any(|i| {
+        let e = ENDS[i].load(Ordering::Acquire);
+        MANAGED[i].load(Ordering::Relaxed) && STARTS[i].load(Ordering::Relaxed) < end && start < e
+    })
 }
 
 /// Panics unless `[pa, pa + len)` is memory `hmm` may use.
