@@ -74,3 +74,19 @@ fn debug_output_describes_the_pagemaps() {
     let s = format!("{pm:?}");
     assert!(s.contains("Pagemaps") && s.contains("maps: 1"), "{s}");
 }
+
+/// `memunmap_pages` refuses while any page of the pagemap is in use, not only its first (a
+/// pagemap registered at a range: nothing else checks its frames on the way out).
+#[test]
+fn memunmap_refuses_while_any_page_is_in_use() {
+    let (mm, pm, ops) = setup();
+    let base = mm.add_device_private_region(HUGE_FRAMES).unwrap();
+    let a = pm.memremap_private_at(Owner(1), base, HUGE_FRAMES, Arc::downgrade(&ops)).unwrap();
+    let used = Pfn(base.0 + 5);
+    pm.page_init(used).unwrap();
+    let r = pm.memunmap_pages(&a);
+    assert!(matches!(r, Err(Error::Busy(_))), "{r:?}");
+    mm.meta(used).unwrap().unlock();
+    mm.put_page(used);
+    pm.memunmap_pages(&a).unwrap();
+}
