@@ -836,6 +836,7 @@ fn device_exclusive_invalidates_exactly_its_page() {
 }
 
 mod migration;
+mod pagemap;
 
 /// Unmapping, mprotecting or madvising part of a THP that has a reference beyond its mapping
 /// (a pin) splits the PMD mapping into 512 PTEs of the same compound page, which stays whole

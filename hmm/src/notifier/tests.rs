@@ -768,3 +768,17 @@ fn an_ended_invalidation_leaves_its_context_free_to_wait() {
     assert_eq!(sub.read_begin(), Ok(5));
     other.join().unwrap();
 }
+
+/// `Debug` of an interval (and of its notifier handle) shows what it covers and its
+/// sequence, which is what a failing test or a driver's log needs to say.
+#[test]
+fn debug_output_names_the_interval_and_its_sequence() {
+    let subs = Subscriptions::new();
+    let m = Arc::new(Mirror::default());
+    let sub = subs.insert(0x1000, 0x4000, ops(&m)).unwrap();
+    let want = "Interval { start: 4096, last: 20479, seq: 1 }";
+    assert_eq!(format!("{sub:?}"), want);
+    assert_eq!(format!("{:?}", &*sub), want);
+    assert_eq!(format!("{subs:?}"), "Subscriptions { seq: 2, active: 0, .. }");
+    sub.remove().unwrap();
+}
