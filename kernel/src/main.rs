@@ -29,7 +29,6 @@
 extern crate alloc;
 
 mod bench;
-mod clocks;
 mod compute;
 mod copyengine;
 mod devices;
@@ -225,7 +224,7 @@ fn recurse(depth: u64) -> u64 {
 
 /// Every in-kernel test table, in run order: the registry is assembled here, at the top, so
 /// the runner (`ktest`) needs no module whose tests it runs.
-const KTESTS: &[&[ktest::Test]] = &[ktest::TESTS, EXPERIMENT_TESTS, clocks::TESTS];
+const KTESTS: &[&[ktest::Test]] = &[ktest::TESTS, EXPERIMENT_TESTS];
 
 /// The experiment engine's tests (`experiment::ktests`).
 const EXPERIMENT_TESTS: &[ktest::Test] = &[

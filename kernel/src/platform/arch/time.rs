@@ -180,9 +180,8 @@ pub fn calibrate_pit(window_us: u64) -> Result<u64, CalibrationError> {
     Ok(hz)
 }
 
-/// The TSC frequency counted over `window_us` microseconds of PIT channel 0, as
-/// [`calibrate_pit`] counts it, without making it the kernel's (a test compares it with the
-/// frequency in use).
+/// The TSC frequency counted over `window_us` microseconds of PIT channel 0 (what
+/// [`calibrate_pit`] makes the kernel's).
 pub fn measure_pit(window_us: u64) -> Result<u64, CalibrationError> {
     let mut cmd = Port::<u8>::new(PIT_CMD);
     let mut ch0 = Port::<u8>::new(PIT_CH0);
