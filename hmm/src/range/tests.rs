@@ -24,6 +24,30 @@ impl DeviceFormat for Fmt {
     const PFN_SHIFT: u32 = 12;
 }
 
+/// One `hmm_range_fault` over `[start, end)` with the sequence `seq` (a stale one for the
+/// tests of the retry protocol), the range's `(default_flags, pfn_flags_mask)` and owner.
+fn range_fault<E: PfnEncoding>(
+    s: &mut AddressSpace,
+    sub: &Interval,
+    seq: u64,
+    (start, end): (u64, u64),
+    pfns: &mut [E::Entry],
+    (default_flags, pfn_flags_mask): (Request, Request),
+    dev_private_owner: Option<Owner>,
+) -> Result<(), RangeError> {
+    let mut r = HmmRange::<E> {
+        notifier: sub,
+        notifier_seq: seq,
+        start,
+        end,
+        pfns,
+        default_flags,
+        pfn_flags_mask,
+        dev_private_owner,
+    };
+    hmm_range_fault(s, &mut r)
+}
+
 fn fault<E: PfnEncoding>(
     s: &mut AddressSpace,
     sub: &Interval,
@@ -33,17 +57,7 @@ fn fault<E: PfnEncoding>(
 ) -> Result<(), RangeError> {
     let seq = sub.read_begin().unwrap();
     let end = start + pfns.len() as u64 * PAGE;
-    let mut r = HmmRange::<E> {
-        notifier: sub,
-        notifier_seq: seq,
-        start,
-        end,
-        pfns,
-        default_flags: default,
-        pfn_flags_mask: Request::NONE,
-        dev_private_owner: None,
-    };
-    hmm_range_fault(s, &mut r)
+    range_fault::<E>(s, sub, seq, (start, end), pfns, (default, Request::NONE), None)
 }
 
 #[test]
@@ -93,17 +107,15 @@ fn driver_format_matches_the_converted_modern_word() {
         req[9] = Driver::<Fmt>::request_bits(Request::WRITE);
         req[5] = Driver::<Fmt>::request_bits(Request::WRITE);
         let seq = sub.read_begin().unwrap();
-        let mut r = HmmRange::<Driver<Fmt>> {
-            notifier: &sub,
-            notifier_seq: seq,
-            start: a,
-            end: a + 12 * PAGE,
-            pfns: &mut req,
-            default_flags: Request::NONE,
-            pfn_flags_mask: Request::WRITE,
-            dev_private_owner: None,
-        };
-        match hmm_range_fault(&mut s, &mut r) {
+        match range_fault::<Driver<Fmt>>(
+            &mut s,
+            &sub,
+            seq,
+            (a, a + 12 * PAGE),
+            &mut req,
+            (Request::NONE, Request::WRITE),
+            None,
+        ) {
             Ok(()) => break req,
             Err(RangeError::Busy) => continue,
             Err(e) => panic!("range fault: {e}"),
@@ -147,17 +159,7 @@ fn fault_masked(
     pfns: &mut [u64],
 ) -> Result<(), RangeError> {
     let seq = sub.read_begin().unwrap();
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: sub,
-        notifier_seq: seq,
-        start,
-        end,
-        pfns,
-        default_flags: Request::NONE,
-        pfn_flags_mask: Request::WRITE,
-        dev_private_owner: None,
-    };
-    hmm_range_fault(s, &mut r)
+    range_fault::<HmmPfn>(s, sub, seq, (start, end), pfns, (Request::NONE, Request::WRITE), None)
 }
 
 #[test]
@@ -370,31 +372,17 @@ fn a_stale_sequence_is_busy_before_and_after_the_walk() {
     let seq = sub.read_begin().unwrap();
     s.munmap(a + 3 * PAGE, PAGE).unwrap();
     let mut pfns = vec![7u64; 3];
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + 3 * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::NONE,
-        pfn_flags_mask: Request::NONE,
-        dev_private_owner: None,
-    };
-    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::Busy));
+    assert_eq!(
+        range_fault::<HmmPfn>(&mut s, &sub, seq, (a, a + 3 * PAGE), &mut pfns, (Request::NONE, Request::NONE), None),
+        Err(RangeError::Busy)
+    );
     assert_eq!(pfns, [7, 7, 7]);
     // Nor is anything faulted: the stale walk stops before its first fault.
     let mut pfns = vec![0, 0, HmmPfn::request_bits(Request::WRITE)];
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + 3 * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::NONE,
-        pfn_flags_mask: Request::WRITE,
-        dev_private_owner: None,
-    };
-    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::Busy));
+    assert_eq!(
+        range_fault::<HmmPfn>(&mut s, &sub, seq, (a, a + 3 * PAGE), &mut pfns, (Request::NONE, Request::WRITE), None),
+        Err(RangeError::Busy)
+    );
     assert!(s.lookup(a + 2 * PAGE).is_none(), "a walk with a stale sequence faulted a page in");
     // A fault that replaces a mapped page (the zero page, broken for a write) invalidates the
     // interval itself: that walk is Busy, the next one from a new read_begin succeeds.
@@ -445,17 +433,8 @@ fn without_a_mask_slot_bits_are_ignored() {
     let a = s.mmap(MapRequest::anon(2 * PAGE, Prot::READ)).unwrap();
     let mut pfns = vec![HmmPfn::VALID | HmmPfn::WRITE | 0x1234; 2];
     let seq = sub.read_begin().unwrap();
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + 2 * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::FAULT,
-        pfn_flags_mask: Request::NONE,
-        dev_private_owner: None,
-    };
-    hmm_range_fault(&mut s, &mut r).unwrap();
+    range_fault::<HmmPfn>(&mut s, &sub, seq, (a, a + 2 * PAGE), &mut pfns, (Request::FAULT, Request::NONE), None)
+        .unwrap();
     assert!(pfns.iter().all(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE) == HmmPfn::VALID), "{pfns:x?}");
     assert!(pfns.iter().all(|&e| s.mm().is_zero(HmmPfn::pfn(e))), "read faults map the zero page");
     // With a mask, the same bits are requests: a write on a read-only mapping.
@@ -464,17 +443,8 @@ fn without_a_mask_slot_bits_are_ignored() {
     // And the mask limits them: fault only, the write bit dropped.
     let mut pfns = vec![HmmPfn::VALID | HmmPfn::WRITE; 2];
     let seq = sub.read_begin().unwrap();
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + 2 * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::NONE,
-        pfn_flags_mask: Request::FAULT,
-        dev_private_owner: None,
-    };
-    hmm_range_fault(&mut s, &mut r).unwrap();
+    range_fault::<HmmPfn>(&mut s, &sub, seq, (a, a + 2 * PAGE), &mut pfns, (Request::NONE, Request::FAULT), None)
+        .unwrap();
     assert!(pfns.iter().all(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE) == HmmPfn::VALID));
 }
 
@@ -488,17 +458,10 @@ fn out_of_memory_while_faulting_is_no_memory() {
     s.madvise(a, n * PAGE, crate::mm::space::Advice::NoHugePage).unwrap();
     let mut pfns = vec![0u64; n as usize];
     let seq = sub.read_begin().unwrap();
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + n * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::WRITE,
-        pfn_flags_mask: Request::NONE,
-        dev_private_owner: None,
-    };
-    assert_eq!(hmm_range_fault(&mut s, &mut r), Err(RangeError::NoMemory));
+    assert_eq!(
+        range_fault::<HmmPfn>(&mut s, &sub, seq, (a, a + n * PAGE), &mut pfns, (Request::WRITE, Request::NONE), None),
+        Err(RangeError::NoMemory)
+    );
 }
 
 /// Linux 6.1 never faults a device-private page of the caller's owner, not even for a write
@@ -527,17 +490,16 @@ fn own_device_private_pages_are_never_faulted() {
     let mut pfns = vec![HmmPfn::request_bits(Request::WRITE); 2];
     let seq = sub.read_begin().unwrap();
     let mut s = space.lock();
-    let mut r = HmmRange::<HmmPfn> {
-        notifier: &sub,
-        notifier_seq: seq,
-        start: a,
-        end: a + 2 * PAGE,
-        pfns: &mut pfns,
-        default_flags: Request::NONE,
-        pfn_flags_mask: Request::WRITE,
-        dev_private_owner: Some(OWNER),
-    };
-    hmm_range_fault(&mut s, &mut r).unwrap();
+    range_fault::<HmmPfn>(
+        &mut s,
+        &sub,
+        seq,
+        (a, a + 2 * PAGE),
+        &mut pfns,
+        (Request::NONE, Request::WRITE),
+        Some(OWNER),
+    )
+    .unwrap();
     let flags: Vec<u64> = pfns.iter().map(|&e| e & (HmmPfn::VALID | HmmPfn::WRITE | HmmPfn::ERROR)).collect();
     assert_eq!(flags, [HmmPfn::VALID | HmmPfn::WRITE, HmmPfn::VALID], "{pfns:x?}");
     for (i, &e) in pfns.iter().enumerate() {
