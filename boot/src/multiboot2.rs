@@ -344,21 +344,7 @@ fn read_mmap(mem: &impl PhysRead, body: u64, ty: u32, size: u32) -> Result<Memor
 mod tests {
     use super::*;
 
-    /// Guest memory for tests: a byte buffer at physical address `base`.
-    struct Mem {
-        base: u64,
-        bytes: Vec<u8>,
-    }
-
-    impl PhysRead for Mem {
-        fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BootError> {
-            let err = BootError::Unreadable { paddr, len: buf.len() };
-            let off = paddr.checked_sub(self.base).ok_or(err)? as usize;
-            let src = self.bytes.get(off..off + buf.len()).ok_or(err)?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-    }
+    use crate::pvh::test_mem::Mem;
 
     const INFO: u64 = 0x9000;
 

@@ -417,14 +417,15 @@ pub fn normalize(raw: &[MemoryRegion]) -> MemoryMap {
     out
 }
 
+/// Guest memory for the parsers' tests (this one's and `multiboot2`'s).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_mem {
+    use super::{BootError, PhysRead};
 
-    /// Guest memory for tests: a byte buffer at physical address `base`.
-    struct Mem {
-        base: u64,
-        bytes: Vec<u8>,
+    /// A byte buffer at physical address `base`.
+    pub(crate) struct Mem {
+        pub(crate) base: u64,
+        pub(crate) bytes: Vec<u8>,
     }
 
     impl PhysRead for Mem {
@@ -436,6 +437,12 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_mem::Mem;
+    use super::*;
 
     const BASE: u64 = 0x1000;
     const INFO: u64 = BASE;
