@@ -373,11 +373,30 @@ impl core::fmt::Display for SetupStep {
     }
 }
 
-/// What moves and touches the data: a model on the host, the real devices in the kernel.
+/// What moves and touches the data, and says which accesses fault: the HMM stack over the
+/// host platform with `--host` and in the host tests, the real devices in the kernel.
+///
+/// The mechanism, not the engine, decides whether an access faults: a device access faults
+/// when that device's MMU ([`Mechanism::device_translate`]) has no translation with the access
+/// needed, a CPU access when the CPU page tables do not have the page in system memory
+/// ([`Mechanism::resident`]). The engine's [`State`] is the policies' view of residency, kept
+/// from what the mechanism did; where the two disagree the mechanism's answer stands (an
+/// access the state thinks reachable still faults).
 pub trait Mechanism {
     /// Moves pages `[first, first + pages)`, all now in `from`, to `to`. Returns the wall time
-    /// it took, ns.
+    /// it took, ns. Moving pages to a device also maps them in that device's MMU (as UVM maps
+    /// what a fault batch migrated); every other device's mapping of them goes.
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError>;
+    /// Device `dev`'s MMU translation of `page` for a read, or for a write when `write`,
+    /// without faulting: `Some(Loc::Dev(dev))` its own memory (or, for a read, its read copy),
+    /// `Some(at)` memory `at` reached through a remote mapping, `None` a miss (a device fault).
+    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError>;
+    /// Maps `[first, first + pages)` in device `dev`'s MMU where the pages are now, for
+    /// remote access (the device fault path's range fault, as `hmm_range_fault` then a map in
+    /// the device's page table).
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError>;
+    /// Where the CPU page tables have `page` (a CPU access faults unless it is `Loc::Cpu`).
+    fn resident(&mut self, page: u32) -> Result<Loc, MechError>;
     /// Whether it can keep read copies on devices.
     fn can_duplicate(&self) -> bool;
     /// Gives device `dev` a read copy of `[first, first + pages)`, now in `from`.
@@ -956,10 +975,6 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
-    fn reach(&self, p: u32, d: u8, write: bool) -> Option<Loc> {
-        if write { self.st.writable_by(p, d) } else { self.st.readable_by(p, d) }
-    }
-
     /// Drops every read copy of page `p` (before it is written or moved).
     fn drop_all_copies(&mut self, p: u32) -> Result<(), MechError> {
         let copies = self.st.page(p).copies;
@@ -1001,7 +1016,7 @@ impl<'m> Engine<'m> {
         let mut wait = start;
         for (i, a) in accesses.iter().enumerate() {
             let p = base + a.page;
-            match self.reach(p, d, a.write) {
+            match self.mech.device_translate(d, p, a.write)? {
                 Some(at) => {
                     remote |= at != by;
                     busy += self.touch(0, by, at, p, a, start)?;
@@ -1039,7 +1054,7 @@ impl<'m> Engine<'m> {
         for i in stalled {
             let a = accesses[i];
             let p = base + a.page;
-            let at = match self.reach(p, d, a.write) {
+            let at = match self.mech.device_translate(d, p, a.write)? {
                 Some(at) => at,
                 None => {
                     self.stats.fallbacks += 1;
@@ -1065,7 +1080,7 @@ impl<'m> Engine<'m> {
         plan.migrate(p, 1, Loc::Dev(d));
         self.apply(&plan, now)?;
         if self.st.page(p).loc != Loc::Dev(d) {
-            self.st.map_remote(p, d);
+            self.map_remote(p, 1, d)?;
         }
         Ok(self.st.page(p).loc)
     }
@@ -1096,14 +1111,14 @@ impl<'m> Engine<'m> {
         let mut clock = start;
         for a in accesses {
             let p = base + a.page;
-            if self.st.page(p).loc != Loc::Cpu {
+            if self.mech.resident(p)? != Loc::Cpu {
                 self.stats.cpu_faults += 1;
                 let wall0 = self.mech.now_ns();
                 let mut plan = Plan::default();
                 let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
                 self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
                 let (mut done, stall, _) = self.apply_timed(&plan, clock + self.cost.cpu_fault_ns)?;
-                if self.st.page(p).loc != Loc::Cpu {
+                if self.mech.resident(p)? != Loc::Cpu {
                     self.stats.fallbacks += 1;
                     let mut plan = Plan::default();
                     plan.migrate(p, 1, Loc::Cpu);
@@ -1194,11 +1209,7 @@ impl<'m> Engine<'m> {
                         wall += w;
                     }
                     Action::MapRemote { first, pages, dev } if !prefetch_pass => {
-                        let end = first.saturating_add(pages).min(self.st.len());
-                        for p in first..end {
-                            self.st.map_remote(p, dev);
-                        }
-                        self.stats.remote_maps += (end.saturating_sub(first)) as u64;
+                        self.stats.remote_maps += self.map_remote(first, pages, dev)? as u64;
                     }
                     Action::Duplicate { first, pages, dev } if !prefetch_pass => {
                         let (e, w) = self.duplicate(first, pages, dev, &protect, t)?;
@@ -1229,6 +1240,20 @@ impl<'m> Engine<'m> {
         }
         self.stats.transfer_ns += dur;
         start + dur
+    }
+
+    /// Maps `[first, first + pages)` (clipped to the managed pages) for remote access by
+    /// device `d`, in the device's MMU and in the state; returns the pages.
+    fn map_remote(&mut self, first: u32, pages: u32, d: u8) -> Result<u32, MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        if end <= first {
+            return Ok(0);
+        }
+        self.mech.map_remote(first, end - first, d)?;
+        for p in first..end {
+            self.st.map_remote(p, d);
+        }
+        Ok(end - first)
     }
 
     fn protected(protect: &[(u32, u32)], p: u32) -> bool {
@@ -1318,10 +1343,7 @@ impl<'m> Engine<'m> {
     ) -> Result<(f64, u64), MechError> {
         let end = first.saturating_add(pages).min(self.st.len());
         if !self.mech.can_duplicate() {
-            self.stats.dup_unsupported += (end.saturating_sub(first)) as u64;
-            for p in first..end {
-                self.st.map_remote(p, dev);
-            }
+            self.stats.dup_unsupported += self.map_remote(first, pages, dev)? as u64;
             return Ok((t, 0));
         }
         let mut done = t;
@@ -1334,7 +1356,7 @@ impl<'m> Engine<'m> {
             if self.st.free(dev as usize) == 0 {
                 done = done.max(self.make_room(dev, 1, protect, t)?);
                 if self.st.free(dev as usize) == 0 {
-                    self.st.map_remote(p, dev);
+                    self.map_remote(p, 1, dev)?;
                     continue;
                 }
             }
@@ -1423,9 +1445,9 @@ impl<'m> Engine<'m> {
                     self.stats.prefetch_unused += 1;
                 }
                 self.st.set_loc(p, Loc::Cpu, *done as u64, false);
-                if remote {
-                    self.st.map_remote(p, d);
-                }
+            }
+            if remote {
+                self.map_remote(first, n, d)?;
             }
             self.stats.evicted += n as u64;
             self.stats.to_cpu += n as u64;

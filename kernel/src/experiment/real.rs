@@ -34,6 +34,11 @@ pub(super) struct Real {
     pub(super) workers: Vec<Option<Worker>>,
     /// Read copies: (page, device) → the copy's page in that device's memory.
     copies: alloc::collections::BTreeMap<(u32, u8), u64>,
+    /// Mappings no device MMU holds: a device's mapping of a page in another device's memory
+    /// (a peer mapping, which `hmm_range_fault` cannot give: it would migrate the page to
+    /// RAM), and every mapping of a device without an MMU mirror. Dropped when the page moves,
+    /// as the mirrors' are by the migration's invalidation.
+    soft_maps: alloc::collections::BTreeSet<(u32, u8)>,
     /// Each device's MMU mirror of the point's address space (`None`: the device has no MMU,
     /// and its accesses go to the page's physical address).
     pub(super) mirrors: Vec<Option<Arc<DevMirror>>>,
@@ -60,6 +65,7 @@ impl Real {
             core: 0,
             workers: (0..smp::count()).map(|_| None).collect(),
             copies: alloc::collections::BTreeMap::new(),
+            soft_maps: alloc::collections::BTreeSet::new(),
             mirrors: Vec::new(),
             mech_failed: core::cell::Cell::new(false),
         };
@@ -124,22 +130,15 @@ impl Real {
         }
     }
 
-    /// Where device `d`'s MMU takes its access to `page`: its mirror's translation, after a
-    /// device fault (`hmm_range_fault`, then a map in the device's IOMMU domain) if the page is
-    /// not mirrored with the access needed. It must be `pa`, where the CPU page table has the
-    /// page: a mirror that missed an invalidation would still point at the old frame.
+    /// Where device `d`'s MMU takes its access to `page`: its mirror's translation, which
+    /// the engine has seen (through [`Mechanism::device_translate`]) before it makes the access.
+    /// It must be `pa`, where the CPU page table has the page: a mirror that missed an
+    /// invalidation would still point at the old frame.
     fn through_mirror(&self, m: &DevMirror, d: u8, page: u32, write: bool, pa: u64) -> Result<u64, MechError> {
-        let va = Self::va(page);
-        let t = match m.translate(va) {
-            Some(t) if t.write || !write => t,
-            _ => {
-                m.fault(va, va + PAGE, write).map_err(|e| {
-                    self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Fault(e.to_string()) })
-                })?;
-                m.translate(va)
-                    .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?
-            }
-        };
+        let t = m
+            .translate(Self::va(page))
+            .filter(|t| t.write || !write)
+            .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?;
         let at = match t.at {
             Where::Ram(x) => x,
             Where::Local(pfn) => {
@@ -150,6 +149,19 @@ impl Real {
             return Err(MechError::Mirror { dev: d, page, fault: MirrorFault::Stale { at, cpu: pa } });
         }
         Ok(at)
+    }
+
+    /// Device `d`'s MMU mirror, if it has one.
+    fn mirror(&self, d: u8) -> Option<&Arc<DevMirror>> {
+        self.mirrors.get(d as usize).and_then(|m| m.as_ref())
+    }
+
+    /// A device fault on `[first, first + pages)` through device `d`'s mirror
+    /// (`hmm_range_fault`, then a map in the device's IOMMU domain).
+    fn mirror_fault(&self, m: &DevMirror, d: u8, first: u32, pages: u32) -> Result<(), MechError> {
+        let va = Self::va(first);
+        m.fault(va, va + pages as u64 * PAGE, false)
+            .map_err(|e| self.mech(MechError::Mirror { dev: d, page: first, fault: MirrorFault::Fault(e.to_string()) }))
     }
 
     /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
@@ -213,6 +225,57 @@ impl Mechanism for Real {
         self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
     }
 
+    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
+        if !write && self.copies.contains_key(&(page, dev)) {
+            return Ok(Some(Loc::Dev(dev)));
+        }
+        if self.soft_maps.contains(&(page, dev)) {
+            return Ok(Some(self.locate(page)?.0));
+        }
+        let Some(m) = self.mirror(dev) else {
+            // No MMU: the device reaches its own memory, and nothing else unless mapped.
+            let here = self.locate(page)?.0;
+            return Ok((here == Loc::Dev(dev)).then_some(here));
+        };
+        Ok(m.translate(Self::va(page)).filter(|t| t.write || !write).map(|t| match t.at {
+            Where::Local(_) => Loc::Dev(dev),
+            Where::Ram(_) => Loc::Cpu,
+        }))
+    }
+
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+        let mirror = self.mirror(dev).cloned();
+        let mut run: Option<(u32, u32)> = None;
+        for p in first..first + pages {
+            let here = self.locate(p)?.0;
+            match (&mirror, here) {
+                // In RAM (or its own memory): the mirror's range fault maps it.
+                (Some(_), Loc::Cpu) => {
+                    run = match run {
+                        Some((a, n)) if a + n == p => Some((a, n + 1)),
+                        Some((a, n)) => {
+                            self.mirror_fault(mirror.as_deref().ok_or(MechError::NoDevice(dev))?, dev, a, n)?;
+                            Some((p, 1))
+                        }
+                        None => Some((p, 1)),
+                    };
+                }
+                (Some(_), Loc::Dev(d)) if d == dev => {}
+                _ => {
+                    self.soft_maps.insert((p, dev));
+                }
+            }
+        }
+        if let (Some(m), Some((a, n))) = (&mirror, run) {
+            self.mirror_fault(m, dev, a, n)?;
+        }
+        Ok(())
+    }
+
+    fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
+        Ok(self.locate(page)?.0)
+    }
+
     fn can_duplicate(&self) -> bool {
         true
     }
@@ -268,6 +331,18 @@ impl Real {
         .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
         if moved != n {
             return Err(MechError::Short { first, pages, from, to, moved });
+        }
+        // The migration invalidated every mirror's mapping of the pages; the peer and
+        // MMU-less mappings go with them.
+        self.soft_maps.retain(|&(p, _)| p < first || p >= first + pages);
+        // The destination device maps what it received, as a fault batch's migration does.
+        if let Loc::Dev(d) = to {
+            match self.mirror(d).cloned() {
+                Some(m) => self.mirror_fault(&m, d, first, pages)?,
+                None => {
+                    // No MMU: nothing to map (its own memory is reached physically).
+                }
+            }
         }
         Ok(ns_since(t0))
     }
@@ -329,7 +404,7 @@ impl Real {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
             let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
-                (Loc::Dev(d), Some(Some(m))) if at == by || at == Loc::Cpu => {
+                (Loc::Dev(d), Some(Some(m))) if !self.soft_maps.contains(&(page, d)) => {
                     self.through_mirror(m, d, page, write, pa)?
                 }
                 _ => pa,

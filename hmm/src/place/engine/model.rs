@@ -13,6 +13,8 @@ use alloc::vec::Vec;
 pub struct Model {
     loc: Vec<Loc>,
     copies: Vec<u8>,
+    /// Devices that map each page remotely where it is.
+    remote: Vec<u8>,
     data: Vec<u32>,
     copy_data: Vec<[u32; MAX_DEVICES]>,
     clock: u64,
@@ -26,6 +28,7 @@ impl Model {
         Model {
             loc: vec![Loc::Cpu; pages as usize],
             copies: vec![0; pages as usize],
+            remote: vec![0; pages as usize],
             data: vec![0; pages as usize],
             copy_data: vec![[0; MAX_DEVICES]; pages as usize],
             clock: 0,
@@ -54,9 +57,33 @@ impl Mechanism for Model {
                 return Err(MechError::CopiesOutstanding { page: p, writer: None });
             }
             self.loc[p as usize] = to;
+            self.remote[p as usize] = 0;
         }
         self.clock += 1000 * pages as u64;
         Ok(1000 * pages as u64)
+    }
+    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
+        let p = page as usize;
+        let here = *self.loc.get(p).ok_or(MechError::PageOutOfRange(page))?;
+        Ok(if here == Loc::Dev(dev) || (!write && self.copies[p] & (1 << dev) != 0) {
+            Some(Loc::Dev(dev))
+        } else if self.remote[p] & (1 << dev) != 0 {
+            Some(here)
+        } else {
+            None
+        })
+    }
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+        for p in first..first + pages {
+            let here = *self.loc.get(p as usize).ok_or(MechError::PageOutOfRange(p))?;
+            if here != Loc::Dev(dev) {
+                self.remote[p as usize] |= 1 << dev;
+            }
+        }
+        Ok(())
+    }
+    fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
+        self.loc.get(page as usize).copied().ok_or(MechError::PageOutOfRange(page))
     }
     fn can_duplicate(&self) -> bool {
         true
@@ -73,6 +100,7 @@ impl Mechanism for Model {
                 });
             }
             self.copies[p as usize] |= 1 << dev;
+            self.remote[p as usize] &= !(1 << dev);
             self.copy_data[p as usize][dev as usize] = self.data[p as usize];
         }
         Ok(1000 * pages as u64)
