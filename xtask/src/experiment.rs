@@ -670,8 +670,31 @@ pub fn csv_columns(results: &Results) -> String {
             format!("{p}'s cost per 128-byte line in its own memory"),
         ]);
     }
+    for l in &links(results) {
+        let d = l.trim_start_matches("link");
+        let _ = w.write_record([
+            format!("{l}_in_mib"),
+            "MiB".into(),
+            format!("bytes moved into dev{d} over its link (migrations, prefetches, read copies)"),
+        ]);
+        let _ = w.write_record([
+            format!("{l}_out_mib"),
+            "MiB".into(),
+            format!("bytes moved out of dev{d} over its link (migrations back, evictions, to another device)"),
+        ]);
+    }
     let _ = w.write_record(["error", "-", "why the point failed (empty when it passed)"]);
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// The links the results name (`link0`, ...), in the guest's order.
+fn links(results: &Results) -> Vec<String> {
+    results
+        .values()
+        .find_map(|r| {
+            r["links"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        })
+        .unwrap_or_default()
 }
 
 /// The processors the results name (`cpu0`, `dev0`, ...), in the guest's order.
@@ -686,7 +709,8 @@ fn processors(results: &Results) -> Vec<String> {
 
 /// CSV of the results, quoted by the csv crate (a label with a comma or a quote stays one
 /// field); the columns are [`COLUMNS`] (whose counters are the guest's, in order), then each
-/// processor's utilisation and line cost, then the error.
+/// processor's utilisation and line cost, then the MiB moved in and out over each link, then
+/// the error.
 pub fn csv(l: &Loaded, results: &Results) -> String {
     let counters = hmm::place::spec::counter_names();
     let procs = processors(results);
@@ -694,6 +718,11 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
     let mut header: Vec<String> = COLUMNS.iter().map(|c| c.0.to_string()).collect();
     header.extend(procs.iter().map(|p| format!("{p}_utilisation")));
     header.extend(procs.iter().map(|p| format!("{p}_line_ns")));
+    let links = links(results);
+    for l in &links {
+        header.push(format!("{l}_in_mib"));
+        header.push(format!("{l}_out_mib"));
+    }
     header.push("error".into());
     let _ = w.write_record(&header);
     for (i, (p, (wl, pol, o))) in l.points.iter().zip(&l.keys).enumerate() {
@@ -738,6 +767,14 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
         };
         row.extend(procs.iter().map(|n| proc_field(n, "utilisation").map_or(String::new(), |u| format!("{u:.4}"))));
         row.extend(procs.iter().map(|n| proc_field(n, "line_ns").map_or(String::new(), |v| format!("{v:.2}"))));
+        for l in &links {
+            let link = r["links"].as_array().and_then(|a| a.iter().find(|x| x["name"].as_str() == Some(l)));
+            for k in ["in_bytes", "out_bytes"] {
+                row.push(
+                    link.and_then(|x| x[k].as_u64()).map_or(String::new(), |b| format!("{:.3}", b as f64 / 1048576.0)),
+                );
+            }
+        }
         let mut err = r["error"].as_str().map(String::from);
         if err.is_none() {
             err = r["workloads"].as_array().and_then(|a| a.iter().find_map(|w| w["error"].as_str().map(String::from)));

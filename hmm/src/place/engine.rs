@@ -503,6 +503,20 @@ pub struct ProcStats {
     pub utilisation: f64,
 }
 
+/// One link's share: the PCIe-like link between system memory and a device (a device-to-device
+/// move uses both devices' links).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkStats {
+    /// "link0", "link1", … (link `d` is device `d`'s).
+    pub name: String,
+    /// Bytes moved into the device over it (migrations, prefetches, read copies).
+    pub in_bytes: u64,
+    /// Bytes moved out of the device over it (migrations back, evictions, device-to-device).
+    pub out_bytes: u64,
+    /// Time the link was busy, simulated ns.
+    pub busy_ns: f64,
+}
+
 /// One workload's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadResult {
@@ -544,6 +558,8 @@ pub struct Outcome {
     pub scheduler: &'static str,
     /// Per processor.
     pub procs: Vec<ProcStats>,
+    /// Per link.
+    pub links: Vec<LinkStats>,
     /// Per workload.
     pub workloads: Vec<WorkloadResult>,
     /// The policy's own counters.
@@ -590,6 +606,7 @@ pub struct Engine<'m> {
     mech: &'m mut dyn Mechanism,
     cfg: Config,
     links: Vec<f64>,
+    link_stats: Vec<LinkStats>,
     counters: BTreeMap<(u8, u32), (u32, u32)>,
     stats: Stats,
     trace: Vec<Event>,
@@ -658,6 +675,9 @@ impl<'m> Engine<'m> {
             mech,
             cfg,
             links: vec![0.0; capacities.len()],
+            link_stats: (0..capacities.len())
+                .map(|d| LinkStats { name: format!("link{d}"), ..LinkStats::default() })
+                .collect(),
             counters: BTreeMap::new(),
             stats: Stats::default(),
             trace: Vec::new(),
@@ -731,6 +751,7 @@ impl<'m> Engine<'m> {
                     utilisation: util(p.busy),
                 })
                 .collect(),
+            links: self.link_stats,
             workloads: self
                 .wls
                 .iter()
@@ -1237,6 +1258,14 @@ impl<'m> Engine<'m> {
         let start = links.iter().map(|&l| self.links[l]).fold(t, f64::max);
         for &l in &links {
             self.links[l] = start + dur;
+            self.link_stats[l].busy_ns += dur;
+        }
+        let bytes = pages as u64 * PAGE;
+        if let Some(d) = from.dev() {
+            self.link_stats[d].out_bytes += bytes;
+        }
+        if let Some(d) = to.dev() {
+            self.link_stats[d].in_bytes += bytes;
         }
         self.stats.transfer_ns += dur;
         start + dur

@@ -362,6 +362,16 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
                 });
             }
         });
+        j.arr("links", |j| {
+            for l in &o.links {
+                j.item(|j| {
+                    j.str("name", &l.name);
+                    j.num("in_bytes", l.in_bytes);
+                    j.num("out_bytes", l.out_bytes);
+                    j.fixed("busy_ns", l.busy_ns, 1);
+                });
+            }
+        });
         j.arr("workloads", |j| {
             for w in &o.workloads {
                 j.item(|j| {

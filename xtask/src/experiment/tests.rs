@@ -136,9 +136,19 @@ fn reports_from_results() {
         ),
         "{table}"
     );
-    assert!(table.contains(",cpu0_utilisation,dev0_utilisation,cpu0_line_ns,dev0_line_ns,error"));
+    assert!(
+        table.contains(",cpu0_utilisation,dev0_utilisation,cpu0_line_ns,dev0_line_ns,link0_in_mib,link0_out_mib,error")
+    );
     // The default cost model's line costs: 2 ns for the CPU, 1 ns for the device; no error.
-    assert!(table.lines().nth(1).unwrap().ends_with(",2.00,1.00,"), "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split(',').collect();
+    let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!((col("cpu0_line_ns"), col("dev0_line_ns"), col("error")), ("2.00", "1.00", ""), "{table}");
+    // Bytes over the link are the pages moved each way.
+    let mib = |pages: &str| format!("{:.3}", pages.parse::<u64>().unwrap() as f64 * 4096.0 / 1048576.0);
+    assert_eq!(col("link0_in_mib"), mib(col("to_dev")), "{table}");
+    assert_eq!(col("link0_out_mib"), mib(col("to_cpu")), "{table}");
+    assert_ne!(col("link0_in_mib"), "0.000", "{table}");
     assert!(table.lines().nth(1).unwrap().contains(",eft,"), "{table}");
     let sum = summary(&l, &r);
     assert!(sum.lines().nth(1).unwrap().starts_with("stream"), "{sum}");
