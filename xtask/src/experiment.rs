@@ -1091,5 +1091,7 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
     root.join("target/experiments").join(l.exp.name.get_ref())
 }
 
+pub mod agree;
+
 #[cfg(test)]
 mod tests;

@@ -6,9 +6,11 @@
 //! panic, triple fault, stack overflow and bad kernel argument must each be reported clearly),
 //! the default job booted through GRUB under SeaBIOS, the default job's CPU-side
 //! checks on QEMU's microvm with and without ACPI,
-//! and the NUMA experiment's HMAT check. Ends with `N passed, N failed, N skipped`. With
+//! the NUMA experiment's HMAT check, and the default experiment run on the host and in the guest,
+//! which must agree. Ends with `N passed, N failed, N skipped`. With
 //! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine
-//! (or, for TEXT starting `boot::microvm`, only those microvm boots).
+//! (or, for TEXT starting `boot::microvm` or `boot::grub`, or the start of an experiment
+//! check's name, only those checks).
 
 use super::experiment::run_points;
 use crate::decode::json_line;
@@ -339,10 +341,14 @@ fn microvm_result_problem(r: &Value) -> Option<String> {
     None
 }
 
+/// The experiment checks' names.
+const NUMA_CHECK: &str = "experiment::numa_hmat_line_costs";
+const AGREE_CHECK: &str = "experiment::host_and_guest_agree_on_default";
+
 /// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
 fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
-    let name = "experiment::numa_hmat_line_costs";
+    let name = NUMA_CHECK;
     let l = experiment::load(&root().join("experiments/numa.toml"), root())?;
     let (results, _) = run_points(&l, false, 2, 300, Profile::Release)?;
     let mut problems = Vec::new();
@@ -368,6 +374,29 @@ fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
         tally.pass(name)
     } else {
         tally.fail(name, &problems.join("; "))
+    }
+    Ok(())
+}
+
+/// Runs `experiments/default.toml` on the host and in the guest: the same engine and policies
+/// over the HMM stack on two platforms must make the same decisions and count the same, point
+/// by point (only the mechanism's measured time differs); a failure names the first difference.
+fn host_and_guest_agree_check(tally: &mut Tally) -> Result<()> {
+    let name = AGREE_CHECK;
+    let l = experiment::load(&root().join("experiments/default.toml"), root())?;
+    let (host, _) = run_points(&l, true, 2, 300, Profile::Release)?;
+    let (guest, _) = run_points(&l, false, 2, 300, Profile::Release)?;
+    let failed: Vec<String> = host
+        .iter()
+        .chain(&guest)
+        .filter_map(|(id, r)| r["error"].as_str().map(|e| format!("point {id}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        tally.fail(name, &failed.join("; "));
+    } else if let Some(d) = experiment::agree::first_difference("host", &host, "guest", &guest) {
+        tally.fail(name, &format!("host and guest differ: {d}"));
+    } else {
+        tally.pass(name);
     }
     Ok(())
 }
@@ -426,6 +455,22 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
         return Ok(if tally.failed.is_empty() { 0 } else { 1 });
     }
+    // The host-driven experiment checks by name (a filter that starts one of their names; the
+    // in-kernel tests have `experiment::` names too).
+    if let Some(f) = o
+        .filter
+        .as_deref()
+        .filter(|f| f.len() > "experiment::".len() && (NUMA_CHECK.starts_with(*f) || AGREE_CHECK.starts_with(*f)))
+    {
+        if NUMA_CHECK.starts_with(f) {
+            numa_experiment_check(&mut tally)?;
+        }
+        if AGREE_CHECK.starts_with(f) {
+            host_and_guest_agree_check(&mut tally)?;
+        }
+        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+    }
     println!("\n== in-kernel tests ({}) ==", machine.description);
     let kernel = build_kernel(Profile::Ktest)?;
     if let Some(f) = &o.filter {
@@ -446,6 +491,8 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     microvm_checks(None, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
     numa_experiment_check(&mut tally)?;
+    println!("\n== the default experiment on the host and in the guest (experiments/default.toml) ==");
+    host_and_guest_agree_check(&mut tally)?;
     println!();
     if !tally.failed.is_empty() {
         println!("failed: {}", tally.failed.join(", "));
