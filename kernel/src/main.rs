@@ -243,6 +243,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         name: "experiment::cpu_phases_run_on_their_core",
         run: experiment::ktests::cpu_phases_run_on_their_core,
     },
+    ktest::Test {
+        name: "experiment::policy_decisions_are_seen_in_the_device_mmu",
+        run: experiment::ktests::policy_decisions_are_seen_in_the_device_mmu,
+    },
 ];
 
 #[panic_handler]

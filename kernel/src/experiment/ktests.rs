@@ -1,6 +1,8 @@
 //! In-kernel tests of the experiment runner over the real devices.
 
 use super::*;
+use hmm::devmmu::Where;
+use hmm::place::engine::MirrorFault;
 use hmm::place::params::{Params, Value};
 
 fn point(devices: Vec<u32>, policy: &str, evict: &str, kind: &str, over: f64) -> Point {
@@ -139,9 +141,22 @@ pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
     }
     m.migrate(3, 1, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
     m.access(Loc::Dev(0), Loc::Dev(0), 3, true).map_err(|e| e.to_string())?;
-    // That access went through dev0's MMU mirror (the default machine has an IOMMU), and
-    // so does a remote one to a RAM page; migrating the page back invalidates the mirror.
+    // That access went through dev0's MMU mirror (the default machine has an IOMMU), which
+    // the migration filled; a remote one to a RAM page needs the device fault's mapping first
+    // (an access the device MMU cannot translate is refused, not faulted in behind the
+    // engine's back); migrating the page back invalidates the mirror.
     let mirror = m.mirrors.first().cloned().flatten().ok_or("dev0 has no MMU mirror")?;
+    if m.device_translate(0, 3, true) != Ok(Some(Loc::Dev(0))) || m.device_translate(0, 5, false) != Ok(None) {
+        return Err("dev0's MMU translations of pages 3 and 5 are not local and missing".into());
+    }
+    let e = m.access(Loc::Dev(0), Loc::Cpu, 5, false).err().ok_or("an access dev0's MMU does not map passed")?;
+    if e != (MechError::Mirror { dev: 0, page: 5, fault: MirrorFault::Unmapped }) {
+        return Err(format!("wrong error for an unmapped device access: {e}"));
+    }
+    m.map_remote(5, 1, 0).map_err(|e| e.to_string())?;
+    if m.device_translate(0, 5, true) != Ok(Some(Loc::Cpu)) {
+        return Err("page 5 is not mapped remotely in dev0's MMU after map_remote".into());
+    }
     m.access(Loc::Dev(0), Loc::Cpu, 5, false).map_err(|e| e.to_string())?;
     if mirror.pages() != 2 {
         return Err(format!("dev0's mirror maps {} pages, expected 2", mirror.pages()));
@@ -189,6 +204,54 @@ pub fn read_duplication_on_two_devices(_s: &crate::System) -> crate::ktest::Test
     let s = &o.stats;
     if s.duplicates == 0 || s.dup_unsupported != 0 || s.invalidations == 0 || o.workloads[0].error.is_some() {
         return Err(format!("unexpected counts: {s:?} {:?}", o.workloads));
+    }
+    Ok(())
+}
+
+/// Where device `d`'s MMU mirror takes each of the first `pages` pages: `(local, ram, none)`
+/// counts, after checking every RAM translation against the CPU page table.
+fn mirror_view(m: &Real, d: usize, pages: u32) -> Result<(u32, u32, u32), String> {
+    let mirror = m.mirrors.get(d).and_then(|x| x.as_ref()).ok_or(format!("dev{d} has no MMU mirror"))?;
+    let (mut local, mut ram, mut none) = (0, 0, 0);
+    for p in 0..pages {
+        match mirror.translate(Real::va(p)).map(|t| t.at) {
+            Some(Where::Local(_)) => local += 1,
+            Some(Where::Ram(_)) => ram += 1,
+            None => none += 1,
+        }
+    }
+    Ok((local, ram, none))
+}
+
+/// A policy's decision is what the device MMU does: with the advice "preferred location
+/// system memory, dev0 accesses it" no page migrates, every page the device touched is
+/// mapped remotely in dev0's MMU mirror (its IOMMU domain), and the accesses count as remote;
+/// with migrate on touch the same workload's pages are in dev0's memory, mapped locally.
+pub fn policy_decisions_are_seen_in_the_device_mmu(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    for (policy, remote) in [("advice", true), ("on-touch", false)] {
+        let mut p = point(vec![512], policy, "lru4k", "stream", 0.5);
+        if remote {
+            p.policy_params.set("preferred", Value::Text("cpu".into()));
+            p.policy_params.set("accessed_by", Value::Bool(true));
+        }
+        let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+        let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+        let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+        let touched = o.workloads[0].pages;
+        let (local, ram, none) = mirror_view(&m, 0, touched)?;
+        let s = &o.stats;
+        let ok = if remote {
+            s.to_dev == 0 && s.remote_maps > 0 && s.remote_lines > 0 && s.local_lines == 0 && ram == touched
+        } else {
+            s.to_dev >= touched as u64 && s.remote_maps == 0 && local == touched
+        };
+        if !ok || s.dev_faults == 0 {
+            return Err(format!(
+                "{policy}: dev0's MMU maps {local} pages locally, {ram} remotely, {none} not at all of {touched}; {s:?}"
+            ));
+        }
     }
     Ok(())
 }
