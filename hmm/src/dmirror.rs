@@ -516,8 +516,14 @@ impl PagemapOps for DmirrorDevice {
         };
         // A device THP moves back whole (or, failing a 2 MiB RAM page, as base pages).
         let huge = self.pagemaps.mm().meta(page).is_some_and(|m| m.order() == HUGE_ORDER);
-        let (start, len, select) =
-            if huge { (va & !(PMD_SIZE - 1), PMD_SIZE, select.compound()) } else { (va & !(PAGE - 1), PAGE, select) };
+        // Else the page alone (test_hmm's choice), or the window a placement policy set.
+        let (start, len, select) = if huge {
+            (va & !(PMD_SIZE - 1), PMD_SIZE, select.compound())
+        } else if let Some((s, e)) = space.fault_window(va) {
+            (s, e - s, select)
+        } else {
+            (va & !(PAGE - 1), PAGE, select)
+        };
         let args = MigrateArgs { start, end: start + len, owner: self.owner, select, fault_page: Some(page) };
         // Its invalidation has erased these pages from every file mirroring this address space.
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;

@@ -247,6 +247,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         name: "experiment::policy_decisions_are_seen_in_the_device_mmu",
         run: experiment::ktests::policy_decisions_are_seen_in_the_device_mmu,
     },
+    ktest::Test {
+        name: "experiment::the_policy_chooses_the_cpu_fault_window",
+        run: experiment::ktests::the_policy_chooses_the_cpu_fault_window,
+    },
 ];
 
 #[panic_handler]

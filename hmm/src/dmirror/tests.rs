@@ -235,3 +235,31 @@ fn partial_nohugepage_over_a_device_thp_still_faults_home() {
     }
     drop((f0, f1));
 }
+
+/// Where each of `n` pages from `a` is: true when the CPU page table has it in RAM.
+fn in_ram(f: &Fixture, a: u64, n: u64) -> Vec<bool> {
+    let s = f.space.lock();
+    (0..n).map(|k| matches!(s.lookup(a + k * PAGE).map(|e| e.pte), Some(crate::mm::pte::Pte::Present(_)))).collect()
+}
+
+/// A CPU fault on a device-private page brings back that page alone (test_hmm's choice), or
+/// the device's pages in the window a placement policy set for the address space, clipped to
+/// the VMA; the window is the policy's for the faults inside it only.
+#[test]
+fn a_cpu_fault_migrates_the_window_the_policy_set() {
+    let f = fixture(MemoryKind::Private);
+    let a = f.pages(8, Prot::RW);
+    f.d.migrate_to_dev(a, 8).unwrap();
+    assert_eq!(f.cpu(a + PAGE), [2; PAGE as usize]);
+    assert_eq!(in_ram(&f, a, 8), [false, true, false, false, false, false, false, false]);
+    // Pages 2..6 for a fault inside; the window reaches past the VMA's start, which clips it.
+    f.space.lock().set_fault_window(Some((a - 4 * PAGE, a + 6 * PAGE)));
+    assert_eq!(f.cpu(a + 3 * PAGE), [4; PAGE as usize]);
+    assert_eq!(in_ram(&f, a, 8), [true, true, true, true, true, true, false, false]);
+    // A fault outside the window: the page alone.
+    assert_eq!(f.space.lock().fault_window(a + 7 * PAGE), None);
+    assert_eq!(f.cpu(a + 7 * PAGE), [8; PAGE as usize]);
+    assert_eq!(in_ram(&f, a, 8), [true, true, true, true, true, true, false, true]);
+    f.space.lock().set_fault_window(None);
+    assert_eq!(f.space.lock().fault_window(a + 6 * PAGE), None);
+}

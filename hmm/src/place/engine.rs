@@ -397,6 +397,12 @@ pub trait Mechanism {
     fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError>;
     /// Where the CPU page tables have `page` (a CPU access faults unless it is `Loc::Cpu`).
     fn resident(&mut self, page: u32) -> Result<Loc, MechError>;
+    /// A CPU access to `page`, which is not in system memory: it faults in the CPU page-fault
+    /// path, whose device driver migrates back that device's pages in `[first, first +
+    /// pages)` (the policy's fault-around window, set on the address space before the access;
+    /// a device THP comes back whole), and then completes. Returns the wall time, ns. What
+    /// moved the engine reads back with [`Mechanism::resident`].
+    fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError>;
     /// Whether it can keep read copies on devices.
     fn can_duplicate(&self) -> bool;
     /// Gives device `dev` a read copy of `[first, first + pages)`, now in `from`.
@@ -1018,6 +1024,12 @@ impl<'m> Engine<'m> {
             self.drop_all_copies(p)?;
         }
         self.mech.access(by, at, p, a.write)?;
+        self.account(by, at, p, a, now);
+        Ok(a.lines as f64 * self.cost.line_ns_on(core, by, at))
+    }
+
+    /// Counts an access that was made.
+    fn account(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: f64) {
         self.st.touch(p, now as u64, a.lines as u32);
         self.stats.accesses += 1;
         if by == at {
@@ -1025,7 +1037,6 @@ impl<'m> Engine<'m> {
         } else {
             self.stats.remote_lines += a.lines as u64;
         }
-        Ok(a.lines as f64 * self.cost.line_ns_on(core, by, at))
     }
 
     fn device_wave(&mut self, d: u8, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
@@ -1128,34 +1139,110 @@ impl<'m> Engine<'m> {
     }
 
     /// One wave of a CPU phase on CPU core `proc` (CPU cores come first among the processors).
+    ///
+    /// An access to a page the CPU page tables do not have in system memory is a CPU fault:
+    /// the policy plans ([`Policy::on_cpu_fault`]); the migration back to system memory that
+    /// covers the page is its fault-around window, which the real fault path carries out (the
+    /// access faults and the device's driver migrates its pages in the window, see
+    /// [`Mechanism::cpu_fault`]); the rest of the plan (prefetches, other moves) is applied
+    /// after it. What the fault moved is read back from the page tables and charged on the
+    /// links.
     fn cpu_wave(&mut self, proc: usize, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
         let mut clock = start;
         for a in accesses {
             let p = base + a.page;
             if self.mech.resident(p)? != Loc::Cpu {
-                self.stats.cpu_faults += 1;
-                let wall0 = self.mech.now_ns();
-                let mut plan = Plan::default();
-                let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
-                self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
-                let (mut done, stall, _) = self.apply_timed(&plan, clock + self.cost.cpu_fault_ns)?;
-                if self.mech.resident(p)? != Loc::Cpu {
-                    self.stats.fallbacks += 1;
-                    let mut plan = Plan::default();
-                    plan.migrate(p, 1, Loc::Cpu);
-                    done = done.max(self.apply_timed(&plan, done)?.0);
-                }
-                let end = match self.cost.source {
-                    Source::Model => done.max(clock + self.cost.cpu_fault_ns),
-                    Source::Measured => clock + self.mech.now_ns().saturating_sub(wall0) as f64,
-                } + stall;
-                let lane = self.procs[proc].name.clone();
-                self.event(clock, end - clock, &lane, "cpu-fault", 1, "");
-                clock = end;
+                clock = self.cpu_fault(proc, p, a, clock)?;
+            } else {
+                clock += self.touch(proc, Loc::Cpu, Loc::Cpu, p, a, clock)?;
             }
-            clock += self.touch(proc, Loc::Cpu, Loc::Cpu, p, a, clock)?;
         }
         Ok(clock)
+    }
+
+    /// A CPU fault on page `p` by core `proc` at `clock`, and its access; returns when the
+    /// access completed.
+    fn cpu_fault(&mut self, proc: usize, p: u32, a: &Access, clock: f64) -> Result<f64, MechError> {
+        use super::policy::Action;
+        self.stats.cpu_faults += 1;
+        let wall0 = self.mech.now_ns();
+        let mut plan = Plan::default();
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
+        self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
+        // The fault-around window: the first demand migration to system memory that covers
+        // the page (else the page alone, the engine's completion of the plan).
+        let window = plan.actions.iter().position(|x| {
+            matches!(*x, Action::Migrate { first, pages, to: Loc::Cpu, prefetch: false }
+                if first <= p && p < first.saturating_add(pages))
+        });
+        let (first, pages) = match window.map(|i| plan.actions.remove(i)) {
+            Some(Action::Migrate { first, pages, .. }) => {
+                let end = first.saturating_add(pages).min(self.st.len());
+                (first, end - first)
+            }
+            _ => {
+                self.stats.fallbacks += 1;
+                (p, 1)
+            }
+        };
+        // The device whose pages the fault brings back, and what it holds in the window.
+        let from = self.st.page(p).loc;
+        let held: Vec<u32> = (first..first + pages).filter(|&q| self.st.page(q).loc == from).collect();
+        for &q in &held {
+            self.drop_all_copies(q)?;
+        }
+        if a.write {
+            self.drop_all_copies(p)?;
+        }
+        let fault_wall = self.mech.cpu_fault(p, a.write, first, pages)?;
+        if self.mech.resident(p)? != Loc::Cpu {
+            return Err(MechError::Misplaced {
+                page: p,
+                op: PageOp::Access(Loc::Cpu),
+                expected: Loc::Cpu,
+                found: from,
+            });
+        }
+        // What moved: the held pages now in system memory, in runs for the link.
+        let t = clock + self.cost.cpu_fault_ns;
+        let mut done = t;
+        let mut moved: Vec<u32> = Vec::new();
+        for &q in &held {
+            if self.mech.resident(q)? == Loc::Cpu {
+                moved.push(q);
+            }
+        }
+        let mut i = 0;
+        while i < moved.len() {
+            let mut j = i + 1;
+            while j < moved.len() && moved[j] == moved[j - 1] + 1 {
+                j += 1;
+            }
+            let n = (j - i) as u32;
+            for &q in &moved[i..j] {
+                if self.st.page(q).prefetched {
+                    self.stats.prefetch_unused += 1;
+                }
+                self.st.set_loc(q, Loc::Cpu, t as u64, false);
+            }
+            self.stats.to_cpu += n as u64;
+            // The fault's measured time goes with its first run.
+            let e = self.transfer(from, Loc::Cpu, n, if i == 0 { fault_wall } else { 0 }, done);
+            let lane = format!("link{}", from.dev().unwrap_or(0));
+            self.event(done, e - done, &lane, "migrate", n, &format!("{from}->cpu (fault)"));
+            done = done.max(e);
+            i = j;
+        }
+        // The access itself was made in the fault path.
+        self.account(Loc::Cpu, Loc::Cpu, p, a, clock);
+        let (rest_done, stall, _) = self.apply_timed(&plan, done)?;
+        let end = match self.cost.source {
+            Source::Model => done.max(rest_done).max(clock + self.cost.cpu_fault_ns),
+            Source::Measured => clock + self.mech.now_ns().saturating_sub(wall0) as f64,
+        } + stall;
+        let lane = self.procs[proc].name.clone();
+        self.event(clock, end - clock, &lane, "cpu-fault", moved.len() as u32, "");
+        Ok(end + a.lines as f64 * self.cost.line_ns_on(proc, Loc::Cpu, Loc::Cpu))
     }
 
     /// Access counters: counts the lines, notifies at the threshold.

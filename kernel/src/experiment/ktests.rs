@@ -255,3 +255,60 @@ pub fn policy_decisions_are_seen_in_the_device_mmu(_s: &crate::System) -> crate:
     }
     Ok(())
 }
+
+/// A test policy: device faults migrate their page; a CPU fault brings back the aligned
+/// 16-page window around it (a 64 KiB fault-around).
+struct Window16;
+
+impl hmm::place::policy::Policy for Window16 {
+    fn name(&self) -> &str {
+        "window16"
+    }
+    fn on_device_faults(
+        &mut self,
+        _cx: &hmm::place::policy::Ctx<'_>,
+        dev: u8,
+        faults: &[hmm::place::policy::Fault],
+        plan: &mut hmm::place::policy::Plan,
+    ) {
+        for f in faults {
+            plan.migrate(f.page, 1, Loc::Dev(dev));
+        }
+    }
+    fn on_cpu_fault(
+        &mut self,
+        cx: &hmm::place::policy::Ctx<'_>,
+        page: u32,
+        _w: bool,
+        plan: &mut hmm::place::policy::Plan,
+    ) {
+        let (first, end) = cx.window(page, 16);
+        plan.migrate(first, end - first, Loc::Cpu);
+    }
+}
+
+/// The policy's CPU fault window is what the real page-fault path migrates: a ping-pong
+/// between dev0 and the CPU, whose CPU accesses fault (#PF) on pages in device memory, moves
+/// 16 pages back per fault. The device driver's own counters (its `migrate_to_ram`) see the
+/// same faults and pages as the engine.
+pub fn the_policy_chooses_the_cpu_fault_window(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    let p = point(vec![512], "on-touch", "lru4k", "pingpong", 0.25);
+    let mut prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+    prepared.policy = alloc::boxed::Box::new(Window16);
+    let before = *vram[0].stats.lock();
+    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+    drop(m);
+    let after = *vram[0].stats.lock();
+    let s = &o.stats;
+    let (faults, back) = (after.cpu_faults - before.cpu_faults, after.to_ram - before.to_ram);
+    if s.cpu_faults == 0 || s.to_cpu != 16 * s.cpu_faults || faults != s.cpu_faults || back != s.to_cpu {
+        return Err(format!(
+            "engine: {} CPU faults, {} pages back; dev0's fault path: {faults} faults, {back} pages back",
+            s.cpu_faults, s.to_cpu
+        ));
+    }
+    Ok(())
+}

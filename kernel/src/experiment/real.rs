@@ -276,6 +276,35 @@ impl Mechanism for Real {
         Ok(self.locate(page)?.0)
     }
 
+    fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
+        let t0 = time::rdtsc();
+        let from = self.locate(page)?.0;
+        if from == Loc::Cpu {
+            return Err(MechError::Misplaced {
+                page,
+                op: PageOp::Access(Loc::Cpu),
+                expected: Loc::Dev(0),
+                found: from,
+            });
+        }
+        let end = first.saturating_add(pages).min(self.writes.len() as u32);
+        let held: Vec<u32> = (first..end).filter(|&p| self.locate(p).is_ok_and(|(l, _)| l == from)).collect();
+        // The access faults on its core (#PF, `uspace::handle_page_fault`), and the device's
+        // `migrate_to_ram` migrates the window the policy chose.
+        self.space.lock().set_fault_window(Some((Self::va(first), Self::va(end))));
+        let r = self.cpu_access(page, write);
+        self.space.lock().set_fault_window(None);
+        r?;
+        // Mappings no mirror holds go with the pages that moved (the mirrors' went in the
+        // migration's invalidation).
+        for p in held {
+            if self.locate(p)?.0 != from {
+                self.soft_maps.retain(|&(q, _)| q != p);
+            }
+        }
+        Ok(ns_since(t0))
+    }
+
     fn can_duplicate(&self) -> bool {
         true
     }
@@ -383,23 +412,8 @@ impl Real {
         if real != at {
             return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: real });
         }
-        if by == Loc::Cpu && self.core != 0 {
-            // On the core the engine chose: that CPU's worker makes the access.
-            let core = self.core;
-            if self.workers[core].is_none() {
-                self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
-            }
-            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
-            w.access(page, write).map_err(|e| self.mech(e))?;
-        } else if by == Loc::Cpu {
-            // A real user access through the page tables (it would fault if the page were not
-            // in RAM).
-            let va = Self::va(page);
-            let r = uspace::run(&self.space, |u| {
-                let v = u.read_u64(va)?;
-                if write { u.write_u64(va, v + 1) } else { Ok(()) }
-            });
-            r.map_err(|f| self.mech(MechError::CpuFault { page, cpu: 0, address: f.address, error: f.error }))?;
+        if by == Loc::Cpu {
+            return self.cpu_access(page, write);
         } else {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
@@ -414,6 +428,33 @@ impl Real {
             if write {
                 mm::ram::write(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
             }
+        }
+        if write {
+            self.writes[page as usize] += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Real {
+    /// A real user access to `page` through the page tables on the core the engine chose (a
+    /// page not in RAM faults), counted when it writes.
+    fn cpu_access(&mut self, page: u32, write: bool) -> Result<(), MechError> {
+        if self.core != 0 {
+            // That CPU's worker makes the access.
+            let core = self.core;
+            if self.workers[core].is_none() {
+                self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
+            }
+            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
+            w.access(page, write).map_err(|e| self.mech(e))?;
+        } else {
+            let va = Self::va(page);
+            let r = uspace::run(&self.space, |u| {
+                let v = u.read_u64(va)?;
+                if write { u.write_u64(va, v + 1) } else { Ok(()) }
+            });
+            r.map_err(|f| self.mech(MechError::CpuFault { page, cpu: 0, address: f.address, error: f.error }))?;
         }
         if write {
             self.writes[page as usize] += 1;

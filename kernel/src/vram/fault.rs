@@ -24,11 +24,14 @@ impl PagemapOps for Vram {
         // fault-around: this device's pages in the aligned window around the fault come back
         // in the same DMA request (AMD SVM migrates its whole granule on a CPU fault), within
         // the faulting VMA.
+        // A placement policy may have chosen the window instead (`set_fault_window`).
         let huge = uspace::mm().meta(page).is_some_and(|m| m.order() == 9);
         let window = if huge { HUGE } else { self.fault_around() * PAGE };
         let (lo, hi) = space.vmas().find(va).map(|v| (v.start, v.end)).ok_or(FaultError::Bus)?;
-        let start = (va & !(window - 1)).max(lo);
-        let end = ((va & !(window - 1)) + window).min(hi);
+        let (start, end) = match space.fault_window(va) {
+            Some(w) if !huge => w,
+            _ => ((va & !(window - 1)).max(lo), ((va & !(window - 1)) + window).min(hi)),
+        };
         let args = MigrateArgs { start, end, owner: self.owner, select: self.select(), fault_page: Some(page) };
         let mut mig = space.migrate_vma_setup(args).map_err(|_| FaultError::Bus)?;
         self.copy_out(&mut mig).map_err(|_| FaultError::Bus)?;

@@ -103,6 +103,23 @@ impl AddressSpace {
             && base + PMD_SIZE <= vma.end
     }
 
+    /// Sets the window `[start, end)` that a CPU fault on a device page inside it migrates
+    /// back (`None`: each driver's own choice, its fault-around or THP). A placement policy
+    /// chooses it before the access that will fault; the driver's `migrate_to_ram` reads it
+    /// with [`fault_window`](Self::fault_window). Only the faulting device's pages in it move
+    /// (the driver selects its own pages), and a device THP still comes back whole.
+    pub fn set_fault_window(&mut self, window: Option<(u64, u64)>) {
+        self.fault_window = window.map(|(s, e)| (s & !(PAGE - 1), e.next_multiple_of(PAGE)));
+    }
+
+    /// The window set with [`set_fault_window`](Self::set_fault_window), if it covers `va`,
+    /// clipped to the VMA that holds `va` (`None` also when no VMA does).
+    pub fn fault_window(&self, va: u64) -> Option<(u64, u64)> {
+        let (s, e) = self.fault_window.filter(|&(s, e)| s <= va && va < e)?;
+        let v = self.vmas.find(va)?;
+        Some((s.max(v.start), e.min(v.end)))
+    }
+
     /// Whether a fault met a page under migration ([`FaultError::Migrating`]) since the last
     /// call; clears the record. For callers that hold the lock across several faults (the
     /// range fault) and wait once they have dropped it.

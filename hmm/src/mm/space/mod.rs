@@ -117,6 +117,9 @@ pub struct AddressSpace {
     dead_tables: Vec<Pfn>,
     /// A fault returned [`FaultError::Migrating`] since [`take_migration_wait`](Self::take_migration_wait).
     migration_met: bool,
+    /// The window a placement policy chose for CPU faults on device pages
+    /// ([`set_fault_window`](Self::set_fault_window)).
+    fault_window: Option<(u64, u64)>,
     /// Counters.
     pub stats: SpaceStats,
 }
@@ -236,6 +239,7 @@ impl AddressSpace {
             tlb: TlbFlush::default(),
             dead_tables: Vec::new(),
             migration_met: false,
+            fault_window: None,
             stats: SpaceStats::default(),
         })
     }

@@ -85,6 +85,32 @@ impl Mechanism for Model {
     fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
         self.loc.get(page as usize).copied().ok_or(MechError::PageOutOfRange(page))
     }
+    fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
+        let from = *self.loc.get(page as usize).ok_or(MechError::PageOutOfRange(page))?;
+        if from == Loc::Cpu {
+            return Err(MechError::Misplaced {
+                page,
+                op: PageOp::Access(Loc::Cpu),
+                expected: Loc::Dev(0),
+                found: from,
+            });
+        }
+        let end = first.saturating_add(pages).min(self.loc.len() as u32);
+        let mut moved = 0;
+        for p in first.min(page)..end.max(page + 1) {
+            if self.loc[p as usize] == from && (first..end).contains(&p) || p == page {
+                if self.copies[p as usize] != 0 {
+                    return Err(MechError::CopiesOutstanding { page: p, writer: None });
+                }
+                self.loc[p as usize] = Loc::Cpu;
+                self.remote[p as usize] = 0;
+                moved += 1;
+            }
+        }
+        self.clock += 1000 * moved;
+        self.access(Loc::Cpu, Loc::Cpu, page, write)?;
+        Ok(1000 * moved)
+    }
     fn can_duplicate(&self) -> bool {
         true
     }
