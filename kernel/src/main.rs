@@ -251,6 +251,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         name: "experiment::the_policy_chooses_the_cpu_fault_window",
         run: experiment::ktests::the_policy_chooses_the_cpu_fault_window,
     },
+    ktest::Test {
+        name: "experiment::a_full_device_refuses_past_the_points_capacity",
+        run: experiment::ktests::a_full_device_refuses_past_the_points_capacity,
+    },
 ];
 
 #[panic_handler]

@@ -148,6 +148,9 @@ pub struct Vram {
     resize: Mutex<()>,
     copier: Mutex<Copier>,
     fault_around: core::sync::atomic::AtomicU64,
+    /// The most pages that may be in use at once (`u64::MAX`: all there are); see
+    /// [`Vram::set_limit`].
+    limit: core::sync::atomic::AtomicU64,
     /// Counters.
     pub stats: Mutex<VramStats>,
 }
@@ -181,6 +184,7 @@ impl Vram {
             resize: Mutex::new(()),
             copier: Mutex::new(Copier::Dma),
             fault_around: core::sync::atomic::AtomicU64::new(FAULT_AROUND),
+            limit: core::sync::atomic::AtomicU64::new(u64::MAX),
             stats: Mutex::new(VramStats::default()),
         });
         v.add_chunk(0, pages)?;
@@ -352,6 +356,20 @@ impl Vram {
         self.device
     }
 
+    /// Limits the pages in use at once to `pages` (`None`: every page the device has): an
+    /// allocation past it is refused as when the memory is full, so an experiment's device of
+    /// N pages really runs out at N (and evicts), on a device that has more.
+    pub fn set_limit(&self, pages: Option<u64>) {
+        self.limit.store(pages.unwrap_or(u64::MAX), core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `pages` more pages fit under the limit, given the allocator (locked by the
+    /// caller).
+    fn room_for(&self, a: &DevAlloc, pages: u64) -> bool {
+        let used = a.online_pages() - a.free_pages();
+        used.saturating_add(pages) <= self.limit.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The device whose memory this is.
     pub fn dev(&self) -> &'static Device {
         self.dev
@@ -361,6 +379,9 @@ impl Vram {
     /// migration.
     fn alloc(&self, huge: bool) -> Option<Pfn> {
         let mut a = self.alloc.lock();
+        if !self.room_for(&a, if huge { 512 } else { 1 }) {
+            return None;
+        }
         let k = if huge { a.alloc_block()? } else { a.alloc_page()? };
         let order = if huge { 9 } else { 0 };
         let init = self.pfn(k).ok_or(Error::Invalid("no chunk")).and_then(|p| {

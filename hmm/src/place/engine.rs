@@ -385,7 +385,10 @@ impl core::fmt::Display for SetupStep {
 pub trait Mechanism {
     /// Moves pages `[first, first + pages)`, all now in `from`, to `to`. Returns the wall time
     /// it took, ns. Moving pages to a device also maps them in that device's MMU (as UVM maps
-    /// what a fault batch migrated); every other device's mapping of them goes.
+    /// what a fault batch migrated); every other device's mapping of them goes. A device whose
+    /// allocator is full takes only what it has room for; the others stay where they are (the
+    /// engine reads back which moved with [`Mechanism::resident`] and evicts). Any other short
+    /// move (a failed copy, no RAM) is an error.
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError>;
     /// Device `dev`'s MMU translation of `page` for a read, or for a write when `write`,
     /// without faulting: `Some(Loc::Dev(dev))` its own memory (or, for a read, its read copy),
@@ -397,6 +400,10 @@ pub trait Mechanism {
     fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError>;
     /// Where the CPU page tables have `page` (a CPU access faults unless it is `Loc::Cpu`).
     fn resident(&mut self, page: u32) -> Result<Loc, MechError>;
+    /// Device `d` holds at most `capacities[d]` of the run's pages (and read copies): its
+    /// allocator refuses more, as a full device does, and [`Mechanism::migrate`] to it then
+    /// moves only the pages it had room for. The engine says so once, before the run.
+    fn set_capacities(&mut self, capacities: &[u32]);
     /// A CPU access to `page`, which is not in system memory: it faults in the CPU page-fault
     /// path, whose device driver migrates back that device's pages in `[first, first +
     /// pages)` (the policy's fault-around window, set on the address space before the access;
@@ -632,6 +639,18 @@ impl core::fmt::Debug for Engine<'_> {
     }
 }
 
+/// Sorted pages as runs `(first, count)` of consecutive pages that do not cross a 2 MiB block.
+fn runs(pages: &[u32]) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = Vec::new();
+    for &p in pages {
+        match v.last_mut() {
+            Some((a, n)) if *a + *n == p && !p.is_multiple_of(BLOCK) => *n += 1,
+            _ => v.push((p, 1)),
+        }
+    }
+    v
+}
+
 /// Pages managed for `workloads` of these footprints: each starts on a 2 MiB boundary.
 pub fn layout(footprints: &[u32]) -> (Vec<u32>, u32) {
     let mut bases = Vec::new();
@@ -653,6 +672,7 @@ impl<'m> Engine<'m> {
         mech: &'m mut dyn Mechanism,
         cfg: Config,
     ) -> Self {
+        mech.set_capacities(capacities);
         let mut procs: Vec<Proc> = (0..cfg.cpus.max(1))
             .map(|c| Proc {
                 loc: Loc::Cpu,
@@ -1400,53 +1420,80 @@ impl<'m> Engine<'m> {
             while q < end && self.st.page(q).loc == from && q - p < BLOCK && (q == p || !q.is_multiple_of(BLOCK)) {
                 q += 1;
             }
-            let mut n = q - p;
-            if let Loc::Dev(d) = to {
-                let free = self.st.free(d as usize);
-                if free < n {
-                    done = done.max(self.make_room(d, n - free, protect, t)?);
-                }
-                n = n.min(self.st.free(d as usize));
-                if n == 0 {
-                    break;
-                }
-            }
-            for x in p..p + n {
+            let n = q - p;
+            for x in p..q {
                 self.drop_all_copies(x)?;
             }
-            let w = self.mech.migrate(p, n, from, to)?;
-            wall += w;
-            for x in p..p + n {
-                if self.st.page(x).prefetched {
-                    self.stats.prefetch_unused += 1;
+            let mut w = self.mech.migrate(p, n, from, to)?;
+            let mut moved = self.arrived(p, q, to)?;
+            if let Loc::Dev(d) = to
+                && moved.len() < n as usize
+            {
+                // The device's allocator refused the rest: it is full. Evict in the policy's
+                // order (UVM evicts when its allocator fails), then move what is left.
+                done = done.max(self.make_room(d, n - moved.len() as u32, protect, t)?);
+                let left: Vec<u32> = (p..q).filter(|x| !moved.contains(x)).collect();
+                for (a, k) in runs(&left) {
+                    w += self.mech.migrate(a, k, from, to)?;
                 }
-                self.st.set_loc(x, to, t as u64, prefetch);
+                moved = self.arrived(p, q, to)?;
             }
-            match (from, to) {
-                (Loc::Cpu, _) => self.stats.to_dev += n as u64,
-                (_, Loc::Cpu) => self.stats.to_cpu += n as u64,
-                _ => self.stats.dev_to_dev += n as u64,
+            wall += w;
+            if moved.is_empty() {
+                // Full, and nothing could be evicted: the rest stays where it is.
+                break;
             }
-            if prefetch {
-                self.stats.prefetched += n as u64;
+            for (k, (a, m)) in runs(&moved).into_iter().enumerate() {
+                for x in a..a + m {
+                    if self.st.page(x).prefetched {
+                        self.stats.prefetch_unused += 1;
+                    }
+                    if !self.st.set_loc(x, to, t as u64, prefetch) {
+                        // The mechanism found room the state does not have.
+                        return Err(MechError::Misplaced { page: x, op: PageOp::Migrate, expected: from, found: to });
+                    }
+                }
+                match (from, to) {
+                    (Loc::Cpu, _) => self.stats.to_dev += m as u64,
+                    (_, Loc::Cpu) => self.stats.to_cpu += m as u64,
+                    _ => self.stats.dev_to_dev += m as u64,
+                }
+                if prefetch {
+                    self.stats.prefetched += m as u64;
+                }
+                // The measured time goes with the first run.
+                let e = self.transfer(from, to, m, if k == 0 { w } else { 0 }, done);
+                let lane = match (from, to) {
+                    (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
+                    _ => "link".into(),
+                };
+                self.event(
+                    done,
+                    e - done,
+                    &lane,
+                    if prefetch { "prefetch" } else { "migrate" },
+                    m,
+                    &format!("{from}->{to}"),
+                );
+                done = done.max(e);
             }
-            let e = self.transfer(from, to, n, w, done);
-            let lane = match (from, to) {
-                (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
-                _ => "link".into(),
-            };
-            self.event(
-                done,
-                e - done,
-                &lane,
-                if prefetch { "prefetch" } else { "migrate" },
-                n,
-                &format!("{from}->{to}"),
-            );
-            done = done.max(e);
-            p += n;
+            if moved.len() < n as usize {
+                break;
+            }
+            p = q;
         }
         Ok((done, wall))
+    }
+
+    /// The pages of `[p, q)` the page tables have in `to`.
+    fn arrived(&mut self, p: u32, q: u32, to: Loc) -> Result<Vec<u32>, MechError> {
+        let mut v = Vec::new();
+        for x in p..q {
+            if self.mech.resident(x)? == to {
+                v.push(x);
+            }
+        }
+        Ok(v)
     }
 
     fn duplicate(

@@ -312,3 +312,29 @@ pub fn the_policy_chooses_the_cpu_fault_window(_s: &crate::System) -> crate::kte
     }
     Ok(())
 }
+
+/// A point's device of N pages is full at N: with room for 4 pages, a migration of 8 moves
+/// the first 4 (dev0's allocator refuses the rest, which stay in RAM and mapped for the
+/// CPU), read copies are refused too, and after evicting 2 pages, 2 more fit.
+pub fn a_full_device_refuses_past_the_points_capacity(_s: &crate::System) -> crate::ktest::TestResult {
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
+    m.set_capacities(&[4]);
+    m.migrate(0, 8, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
+    let at = |m: &mut Real| (0..8).map(|p| m.resident(p)).collect::<Result<Vec<Loc>, MechError>>();
+    let want = |dev: u32| (0..8).map(|p| if p < dev { Loc::Dev(0) } else { Loc::Cpu }).collect::<Vec<Loc>>();
+    if at(&mut m).map_err(|e| e.to_string())? != want(4) {
+        return Err(format!("after moving 8 pages to a device of 4: {:?}", at(&mut m)));
+    }
+    if m.duplicate(8, 1, Loc::Cpu, 0).is_ok() {
+        return Err("a read copy on a full device was made".into());
+    }
+    m.migrate(2, 2, Loc::Dev(0), Loc::Cpu).map_err(|e| e.to_string())?;
+    m.migrate(4, 4, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
+    let got = at(&mut m).map_err(|e| e.to_string())?;
+    let dev = [0, 1, 4, 5];
+    if got.iter().enumerate().any(|(p, &l)| (l == Loc::Dev(0)) != dev.contains(&p)) {
+        return Err(format!("after evicting 2 and moving 4 more: {got:?}"));
+    }
+    m.finish().map_err(|e| e.to_string())
+}

@@ -272,6 +272,14 @@ impl Mechanism for Real {
         Ok(())
     }
 
+    fn set_capacities(&mut self, capacities: &[u32]) {
+        // Each device's allocator refuses past the point's share of it, as a full device does
+        // (the limit counts from what is in use now: nothing, after the idle check).
+        for (v, &cap) in self.vram.iter().zip(capacities) {
+            v.set_limit(Some(v.in_use() + cap as u64));
+        }
+    }
+
     fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
         Ok(self.locate(page)?.0)
     }
@@ -349,6 +357,15 @@ impl Real {
     fn migrate_pages(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
         let t0 = time::rdtsc();
         let (va, n) = (Self::va(first), pages as u64);
+        let declined = |r: &Self| {
+            [from.dev(), to.dev()]
+                .into_iter()
+                .flatten()
+                .filter_map(|d| r.vram.get(d))
+                .map(|v| v.stats.lock().declined)
+                .sum::<u64>()
+        };
+        let declined0 = declined(self);
         let moved = match (from, to) {
             (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &self.space, va, n),
             (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &self.space, va, n),
@@ -358,18 +375,33 @@ impl Real {
             (Loc::Cpu, Loc::Cpu) => Ok(0),
         }
         .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
-        if moved != n {
+        // A device's allocator may refuse pages (the point's device is full): those stay
+        // where they are, and the engine reads back which moved. Anything else (a copy that
+        // failed, counted as declined, or a move to RAM) must move all.
+        if moved != n && (to == Loc::Cpu || declined(self) != declined0) {
             return Err(MechError::Short { first, pages, from, to, moved });
         }
-        // The migration invalidated every mirror's mapping of the pages; the peer and
-        // MMU-less mappings go with them.
-        self.soft_maps.retain(|&(p, _)| p < first || p >= first + pages);
+        // The migration invalidated every mirror's mapping of the pages that moved; the peer
+        // and MMU-less mappings go with them.
+        if moved == n {
+            self.soft_maps.retain(|&(p, _)| p < first || p >= first + pages);
+        } else {
+            for p in first..first + pages {
+                if self.locate(p)?.0 == to {
+                    self.soft_maps.retain(|&(q, _)| q != p);
+                }
+            }
+        }
         // The destination device maps what it received, as a fault batch's migration does.
-        if let Loc::Dev(d) = to {
-            match self.mirror(d).cloned() {
-                Some(m) => self.mirror_fault(&m, d, first, pages)?,
-                None => {
-                    // No MMU: nothing to map (its own memory is reached physically).
+        if let (Loc::Dev(d), Some(m)) = (to, self.mirror(to.dev().unwrap_or(0) as u8).cloned()) {
+            // (A device without an MMU reaches its own memory physically: nothing to map.)
+            if moved == n {
+                self.mirror_fault(&m, d, first, pages)?;
+            } else {
+                for p in first..first + pages {
+                    if self.locate(p)?.0 == to {
+                        self.mirror_fault(&m, d, p, 1)?;
+                    }
                 }
             }
         }
@@ -482,6 +514,9 @@ impl Drop for Real {
         let len = self.writes.len() as u64 * PAGE;
         if let Err(e) = self.space.lock().munmap(BASE, len) {
             log::warn!("experiment: unmapping the point's memory: {e}");
+        }
+        for v in &self.vram {
+            v.set_limit(None);
         }
     }
 }

@@ -17,7 +17,11 @@ impl Vram {
     pub fn read_copies(&self, frames: &[Pfn]) -> Result<Vec<u64>, DevError> {
         let mut pages = Vec::with_capacity(frames.len());
         for _ in frames {
-            match self.alloc.lock().alloc_page() {
+            let k = {
+                let mut a = self.alloc.lock();
+                if self.room_for(&a, 1) { a.alloc_page() } else { None }
+            };
+            match k {
                 Some(k) => pages.push(k),
                 None => {
                     self.drop_read_copies(&pages);

@@ -18,6 +18,8 @@ pub struct Model {
     data: Vec<u32>,
     copy_data: Vec<[u32; MAX_DEVICES]>,
     clock: u64,
+    /// Each device's capacity, pages (`None`: unlimited).
+    caps: Vec<u32>,
     /// Calls made (migrations, copies, accesses).
     pub calls: u64,
 }
@@ -32,6 +34,7 @@ impl Model {
             data: vec![0; pages as usize],
             copy_data: vec![[0; MAX_DEVICES]; pages as usize],
             clock: 0,
+            caps: Vec::new(),
             calls: 0,
         }
     }
@@ -45,10 +48,29 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Pages device `d` holds (its own and read copies).
+    fn used(&self, d: u8) -> usize {
+        (0..self.loc.len()).filter(|&p| self.loc[p] == Loc::Dev(d) || self.copies[p] & (1 << d) != 0).count()
+    }
+}
+
 impl Mechanism for Model {
+    fn set_capacities(&mut self, capacities: &[u32]) {
+        self.caps = capacities.to_vec();
+    }
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
         self.calls += 1;
+        let mut room = match to {
+            Loc::Dev(d) => self.caps.get(d as usize).map_or(usize::MAX, |&c| (c as usize).saturating_sub(self.used(d))),
+            Loc::Cpu => usize::MAX,
+        };
         for p in first..first + pages {
+            if room == 0 {
+                // Full: the rest stays (the engine evicts and asks again).
+                break;
+            }
+            room -= 1;
             let here = self.loc.get(p as usize).copied().ok_or(MechError::PageOutOfRange(p))?;
             if here != from {
                 return Err(MechError::Misplaced { page: p, op: PageOp::Migrate, expected: from, found: here });
