@@ -1,21 +1,27 @@
 //! A device's compute engine: kernels (workload code) run lane by lane, and every access goes
-//! through the device MMU ([`Mirror`]). A miss is a replayable fault: the lane stalls, the
-//! fault goes into the fault buffer, and when the buffer is full or no lane can go on, the
-//! batch is serviced and every stalled lane replays its access (NVIDIA UVM's model,
-//! `reference/placement.md` 1.2: batches of up to 256 faults, sorted and deduplicated, serviced
-//! per contiguous group).
+//! through the device MMU. A miss is a replayable fault: the lane stalls, the fault goes into
+//! the fault buffer, and when the buffer is full or no lane can go on, the batch is serviced
+//! and every stalled lane replays its access (NVIDIA UVM's model, `reference/placement.md`
+//! 1.2: batches of up to 256 faults, sorted and deduplicated, serviced per contiguous group).
 //!
-//! Servicing a group is a [`Policy`] decision: migrate it to device memory (the default,
-//! [`MigrateOnTouch`]), or map the system pages for remote access (a range fault). A migration
-//! that moves fewer pages than asked leaves the rest in RAM, mapped remotely. A fault that
-//! cannot be serviced (an address the process does not map, a write to read-only memory) is
-//! fatal for the kernel, as a GPU's fatal MMU fault kills its channel: [`run`] returns it.
+//! This is the one device fault pipeline: [`run`] drives a [`Device`] (its MMU's
+//! translations, its loads and stores, the service of a batch). The experiments' engine is one
+//! device (`place::engine`: accesses of a workload's phase, each batch serviced by the
+//! placement policy); [`Placed`] is the other, for a kernel on a device's [`Mirror`] (the
+//! kernel's compute jobs, the devices benchmark): each batch goes to a placement policy
+//! ([`crate::place::policy::Policy`], the one policy trait) and its plan is carried out by
+//! migration to device memory or by mapping the pages where they are (a range fault). A fault
+//! that cannot be serviced (an address the process does not map, a write to read-only memory)
+//! is fatal for the kernel, as a GPU's fatal MMU fault kills its channel: [`run`] returns it.
 //!
-//! Invariant: a lane's access is executed only when the mirror translates its page with the
-//! access it needs, so a device access never bypasses the CPU page tables.
+//! Invariant: a lane's access is executed only when the device's MMU translates its page with
+//! the access it needs, so a device access never bypasses the CPU page tables.
 
 use crate::devmmu::{Domain, Mirror, MirrorError, Translation, Where};
-use alloc::collections::BTreeMap;
+use crate::place::Loc;
+use crate::place::cost::CostModel;
+use crate::place::policy::{Action, Ctx, Fault as PlaceFault, Plan, Policy};
+use crate::place::state::State;
 use alloc::vec::Vec;
 
 const PAGE: u64 = 4096;
@@ -62,15 +68,6 @@ pub trait Kernel {
     fn retire(&mut self, lane: usize, value: u64);
 }
 
-/// How a fault group is serviced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Migrate the pages to device memory.
-    Migrate,
-    /// Leave them where they are and map them for remote access.
-    Remote,
-}
-
 /// Faults of one batch on consecutive pages of one 2 MiB block, with the same access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultGroup {
@@ -84,58 +81,30 @@ pub struct FaultGroup {
     pub faults: usize,
 }
 
-/// Decides how each fault group is serviced.
-pub trait Policy {
-    /// The decision for `g`.
-    fn decide(&mut self, g: &FaultGroup) -> Decision;
+/// The device a kernel runs on, as [`run`] sees it.
+pub trait Device {
+    /// Where the device's MMU takes an access (an address, or a memory).
+    type At: Copy;
+    /// A failure of the device or of a batch's service.
+    type Error;
+    /// The MMU's translation of `va` for a read, or a write when `write`, without faulting
+    /// (`None`: a miss, which faults).
+    fn translate(&mut self, va: u64, write: bool) -> Result<Option<Self::At>, Self::Error>;
+    /// Whether `at` is the device's own memory (else the access is remote).
+    fn is_local(&self, at: Self::At) -> bool;
+    /// Reads the word at `va`, which the device reaches at `at`.
+    fn load(&mut self, at: Self::At, va: u64) -> Result<u64, Self::Error>;
+    /// Writes the word at `va`.
+    fn store(&mut self, at: Self::At, va: u64, value: u64) -> Result<(), Self::Error>;
+    /// Services one batch: its faults sorted by page, deduplicated (a write wins) and grouped.
+    /// A fault still unmapped afterwards faults again when its lane replays. An error is the
+    /// group that could not be serviced and why.
+    fn service(&mut self, groups: &[FaultGroup], c: &mut Counters) -> Result<(), (FaultGroup, Self::Error)>;
+    /// A monotonic clock (any unit; batch service time is reported in it).
+    fn now(&self) -> u64;
 }
 
-/// Migrate on first touch (UVM's and SVM's default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MigrateOnTouch;
-
-impl Policy for MigrateOnTouch {
-    fn decide(&mut self, _g: &FaultGroup) -> Decision {
-        Decision::Migrate
-    }
-}
-
-/// Never migrate: the device reaches system memory remotely (pinned to system memory,
-/// `cudaMemAdviseSetPreferredLocation(cpu)` + `SetAccessedBy`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RemoteMap;
-
-impl Policy for RemoteMap {
-    fn decide(&mut self, _g: &FaultGroup) -> Decision {
-        Decision::Remote
-    }
-}
-
-/// Map remotely until a 2 MiB block has faulted `threshold` times, then migrate it (an
-/// access-counter style policy, UVM's `uvm_perf_access_counter` threshold in spirit).
-#[derive(Debug, Clone, Default)]
-pub struct MigrateAfter {
-    /// Faults on a block before it migrates.
-    pub threshold: u32,
-    counts: BTreeMap<u64, u32>,
-}
-
-impl MigrateAfter {
-    /// Migrate a block after `threshold` faults on it.
-    pub fn new(threshold: u32) -> Self {
-        MigrateAfter { threshold, counts: BTreeMap::new() }
-    }
-}
-
-impl Policy for MigrateAfter {
-    fn decide(&mut self, g: &FaultGroup) -> Decision {
-        let c = self.counts.entry(g.start / PAGE / BLOCK).or_insert(0);
-        *c += g.faults as u32;
-        if *c >= self.threshold { Decision::Migrate } else { Decision::Remote }
-    }
-}
-
-/// The device side of the engine: memory access by translation, migration, a clock.
+/// The memory side of a [`Placed`] device: word access by translation, migration, a clock.
 pub trait Backend {
     /// Reads the word at `va`, which the device sees at `at`.
     fn load(&mut self, at: Where, va: u64) -> u64;
@@ -192,7 +161,7 @@ impl core::ops::AddAssign<&Counters> for Counters {
 
 /// A kernel stopped by a fault that could not be serviced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FatalFault {
+pub struct FatalFault<E = MirrorError> {
     /// The lane.
     pub lane: usize,
     /// The address.
@@ -200,10 +169,10 @@ pub struct FatalFault {
     /// A write.
     pub write: bool,
     /// Why the service failed.
-    pub error: MirrorError,
+    pub error: E,
 }
 
-impl core::fmt::Display for FatalFault {
+impl<E: core::fmt::Display> core::fmt::Display for FatalFault<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -216,6 +185,33 @@ impl core::fmt::Display for FatalFault {
     }
 }
 
+/// Why [`run`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError<E> {
+    /// A fault the device could not service (or serviced, yet the access kept missing).
+    Fatal(FatalFault<Option<E>>),
+    /// The device failed on an access.
+    Device(E),
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for RunError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RunError::Fatal(x) => match &x.error {
+                Some(e) => write!(f, "{}", FatalFault { lane: x.lane, va: x.va, write: x.write, error: e }),
+                None => write!(
+                    f,
+                    "fatal device fault: lane {} {} {:#x}: serviced, yet the access misses again",
+                    x.lane,
+                    if x.write { "writing" } else { "reading" },
+                    x.va
+                ),
+            },
+            RunError::Device(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Fault {
     page: u64,
@@ -223,20 +219,14 @@ struct Fault {
     lane: usize,
 }
 
-fn allowed(t: Option<Translation>, write: bool) -> Option<Where> {
-    t.filter(|t| t.write || !write).map(|t| t.at)
-}
-
-/// Runs `kernel` to completion on the device that `mirror` belongs to, servicing faults in
-/// batches of at most `batch_max` (≤ [`BATCH_MAX`]) as `policy` decides.
-pub fn run<D: Domain>(
-    mirror: &Mirror<D>,
+/// Runs `kernel` to completion on `dev`, servicing faults in batches of at most `batch_max`
+/// (≤ [`BATCH_MAX`]).
+pub fn run<D: Device + ?Sized>(
     kernel: &mut dyn Kernel,
-    backend: &mut dyn Backend,
-    policy: &mut dyn Policy,
+    dev: &mut D,
     batch_max: usize,
     c: &mut Counters,
-) -> Result<(), FatalFault> {
+) -> Result<(), RunError<D::Error>> {
     let batch_max = batch_max.clamp(1, BATCH_MAX);
     let lanes = kernel.lanes();
     let mut stalled = alloc::vec![false; lanes];
@@ -254,7 +244,7 @@ pub fn run<D: Domain>(
             while let Some(op) = kernel.op(lane) {
                 live = true;
                 let va = op.va();
-                let Some(at) = allowed(mirror.translate(va), op.writes()) else {
+                let Some(at) = dev.translate(va, op.writes()).map_err(RunError::Device)? else {
                     *stall = true;
                     c.faults += 1;
                     buffer.push(Fault { page: va & !(PAGE - 1), write: op.writes(), lane });
@@ -263,19 +253,20 @@ pub fn run<D: Domain>(
                     }
                     continue 'lanes;
                 };
-                match at {
-                    Where::Local(_) => c.local_accesses += 1,
-                    Where::Ram(_) => c.remote_accesses += 1,
+                if dev.is_local(at) {
+                    c.local_accesses += 1;
+                } else {
+                    c.remote_accesses += 1;
                 }
                 let value = match op {
-                    Op::Load(_) => backend.load(at, va),
+                    Op::Load(_) => dev.load(at, va).map_err(RunError::Device)?,
                     Op::Store(_, v) => {
-                        backend.store(at, va, v);
+                        dev.store(at, va, v).map_err(RunError::Device)?;
                         0
                     }
                     Op::Add(_, d) => {
-                        let old = backend.load(at, va);
-                        backend.store(at, va, old.wrapping_add(d));
+                        let old = dev.load(at, va).map_err(RunError::Device)?;
+                        dev.store(at, va, old.wrapping_add(d)).map_err(RunError::Device)?;
                         old
                     }
                 };
@@ -293,24 +284,22 @@ pub fn run<D: Domain>(
         if idle > STUCK_BATCHES {
             // Serviced, yet the same accesses miss again: say so instead of spinning.
             let f = buffer[0];
-            return Err(FatalFault { lane: f.lane, va: f.page, write: f.write, error: MirrorError::Unstable(f.page) });
+            return Err(RunError::Fatal(FatalFault { lane: f.lane, va: f.page, write: f.write, error: None }));
         }
-        let t0 = backend.now();
-        service(mirror, &mut buffer, backend, policy, c)?;
-        c.service_time += backend.now().saturating_sub(t0);
+        let t0 = dev.now();
+        service(dev, &mut buffer, c)?;
+        c.service_time += dev.now().saturating_sub(t0);
         c.replays += stalled.iter().filter(|&&s| s).count() as u64;
         stalled.iter_mut().for_each(|s| *s = false);
     }
 }
 
-/// Services one batch: sort, deduplicate, group, decide, migrate or map; empties `buffer`.
-fn service<D: Domain>(
-    mirror: &Mirror<D>,
+/// Services one batch: sort, deduplicate, group, hand to the device; empties `buffer`.
+fn service<D: Device + ?Sized>(
+    dev: &mut D,
     buffer: &mut Vec<Fault>,
-    backend: &mut dyn Backend,
-    policy: &mut dyn Policy,
     c: &mut Counters,
-) -> Result<(), FatalFault> {
+) -> Result<(), RunError<D::Error>> {
     c.batches += 1;
     c.max_batch = c.max_batch.max(buffer.len() as u64);
     buffer.sort_by_key(|f| (f.page, !f.write));
@@ -322,40 +311,139 @@ fn service<D: Domain>(
         same
     });
     c.duplicates += (n - buffer.len()) as u64;
-    let mut groups: Vec<(FaultGroup, usize)> = Vec::new();
-    for (i, f) in buffer.iter().enumerate() {
+    let mut groups: Vec<FaultGroup> = Vec::new();
+    for f in buffer.iter() {
         match groups.last_mut() {
-            Some((g, _))
-                if g.end == f.page && g.write == f.write && g.start / PAGE / BLOCK == f.page / PAGE / BLOCK =>
-            {
+            Some(g) if g.end == f.page && g.write == f.write && g.start / PAGE / BLOCK == f.page / PAGE / BLOCK => {
                 g.end += PAGE;
                 g.faults += 1;
             }
-            _ => groups.push((FaultGroup { start: f.page, end: f.page + PAGE, write: f.write, faults: 1 }, i)),
+            _ => groups.push(FaultGroup { start: f.page, end: f.page + PAGE, write: f.write, faults: 1 }),
         }
     }
-    for (g, first) in groups {
-        let r = match policy.decide(&g) {
-            Decision::Migrate => {
-                c.migrated_groups += 1;
-                // Pages that cannot move (device memory full, pinned) stay and are mapped remotely.
-                backend.migrate(g.start, g.end).map(|moved| c.pages_to_device += moved)
-            }
-            Decision::Remote => {
-                c.remote_groups += 1;
-                Ok(())
-            }
-        }
-        .and_then(|()| mirror.fault(g.start, g.end, g.write));
-        if let Err(error) = r {
-            // Name the page and lane that cannot be serviced: the first page that fails alone.
-            let faults = &buffer[first..first + g.faults];
-            let f = faults.iter().find(|f| mirror.fault(f.page, f.page + PAGE, f.write).is_err()).unwrap_or(&faults[0]);
-            return Err(FatalFault { lane: f.lane, va: f.page, write: f.write, error });
-        }
+    if let Err((g, error)) = dev.service(&groups, c) {
+        // Name the group's first faulting lane.
+        let f = buffer.iter().find(|f| f.page >= g.start && f.page < g.end).copied().unwrap_or(buffer[0]);
+        return Err(RunError::Fatal(FatalFault { lane: f.lane, va: f.page, write: f.write, error: Some(error) }));
     }
     buffer.clear();
     Ok(())
+}
+
+fn allowed(t: Option<Translation>, write: bool) -> Option<Where> {
+    t.filter(|t| t.write || !write).map(|t| t.at)
+}
+
+/// A kernel on a device's [`Mirror`], its fault batches serviced by a placement policy over
+/// the pages of one region (`[base, base + pages * 4096)`, page `p` of the policy's numbering
+/// at `base + p * 4096`): the policy's plan migrates pages to this device (through the
+/// backend: `migrate_vma` and a copy) or maps them where they are, and then every faulted
+/// group is faulted into the mirror (`hmm_range_fault`, a map in the device's domain). Only the
+/// plan's actions a compute job can carry out apply: migrations to this device and remote
+/// mappings (a read copy is mapped remotely, other moves are left to the CPU's faults). Faults
+/// outside the region are mapped where they are.
+pub struct Placed<'a, D: Domain> {
+    mirror: &'a Mirror<D>,
+    backend: &'a mut dyn Backend,
+    policy: &'a mut dyn Policy,
+    state: State,
+    cost: CostModel,
+    base: u64,
+    dev: u8,
+}
+
+impl<D: Domain> core::fmt::Debug for Placed<'_, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Placed(dev{}, {} pages at {:#x}, {})", self.dev, self.state.len(), self.base, self.policy.name())
+    }
+}
+
+impl<'a, D: Domain> Placed<'a, D> {
+    /// Device `dev` (its index among the devices a policy may name) with `mirror` and
+    /// `backend`, `capacity` pages of device memory for the region's `pages` at `base`.
+    pub fn new(
+        mirror: &'a Mirror<D>,
+        backend: &'a mut dyn Backend,
+        policy: &'a mut dyn Policy,
+        dev: u8,
+        (base, pages): (u64, u32),
+        capacity: u32,
+    ) -> Self {
+        let mut caps = alloc::vec![0u32; dev as usize + 1];
+        caps[dev as usize] = capacity;
+        Placed { mirror, backend, policy, state: State::new(pages, &caps), cost: CostModel::default(), base, dev }
+    }
+
+    fn page(&self, va: u64) -> Option<u32> {
+        let p = va.checked_sub(self.base)? / PAGE;
+        (p < self.state.len() as u64).then_some(p as u32)
+    }
+}
+
+impl<D: Domain> Device for Placed<'_, D> {
+    type At = Where;
+    type Error = MirrorError;
+
+    fn translate(&mut self, va: u64, write: bool) -> Result<Option<Where>, MirrorError> {
+        Ok(allowed(self.mirror.translate(va), write))
+    }
+    fn is_local(&self, at: Where) -> bool {
+        matches!(at, Where::Local(_))
+    }
+    fn load(&mut self, at: Where, va: u64) -> Result<u64, MirrorError> {
+        Ok(self.backend.load(at, va))
+    }
+    fn store(&mut self, at: Where, va: u64, value: u64) -> Result<(), MirrorError> {
+        self.backend.store(at, va, value);
+        Ok(())
+    }
+    fn now(&self) -> u64 {
+        self.backend.now()
+    }
+
+    fn service(&mut self, groups: &[FaultGroup], c: &mut Counters) -> Result<(), (FaultGroup, MirrorError)> {
+        let faults: Vec<PlaceFault> = groups
+            .iter()
+            .flat_map(|g| (g.start..g.end).step_by(PAGE as usize).map(move |va| (va, g.write)))
+            .filter_map(|(va, write)| self.page(va).map(|page| PlaceFault { page, write }))
+            .collect();
+        let mut plan = Plan::default();
+        let now = self.backend.now();
+        self.policy.on_device_faults(&Ctx { state: &self.state, cost: &self.cost, now }, self.dev, &faults, &mut plan);
+        let mut migrated: Vec<(u32, u32)> = Vec::new();
+        for a in &plan.actions {
+            if let Action::Migrate { first, pages, to: Loc::Dev(d), .. } = *a
+                && d == self.dev
+            {
+                let end = first.saturating_add(pages).min(self.state.len());
+                let (s, e) = (self.base + first as u64 * PAGE, self.base + end as u64 * PAGE);
+                // Pages that cannot move (device memory full, pinned) stay and are mapped remotely.
+                let moved = self.backend.migrate(s, e).map_err(|err| (groups[0], err))?;
+                c.pages_to_device += moved;
+                for p in first..end {
+                    self.state.set_loc(p, Loc::Dev(d), now, false);
+                }
+                migrated.push((first, end));
+            }
+        }
+        for g in groups {
+            let moved = self.page(g.start).is_some_and(|p| migrated.iter().any(|&(a, b)| p >= a && p < b));
+            if moved {
+                c.migrated_groups += 1;
+            } else {
+                c.remote_groups += 1;
+            }
+            if let Err(e) = self.mirror.fault(g.start, g.end, g.write) {
+                // Name the page that cannot be serviced: the first that fails alone.
+                let bad = (g.start..g.end)
+                    .step_by(PAGE as usize)
+                    .find(|&va| self.mirror.fault(va, va + PAGE, g.write).is_err())
+                    .unwrap_or(g.start);
+                return Err((FaultGroup { start: bad, end: bad + PAGE, write: g.write, faults: 1 }, e));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A kernel: lane `l` adds 1 to words `l, l + lanes, l + 2 * lanes, ...` (counted in units

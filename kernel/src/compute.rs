@@ -2,7 +2,8 @@
 //! mirror, its memory (the ivshmem BAR) and its copy engine. A lane's access to a local page
 //! reads or writes the BAR; an access to system RAM goes to the frame the device's domain maps
 //! at that virtual address (a remote access); a miss is a replayable fault, serviced in
-//! batches by migration (DMA through the copy engine) or remote mapping.
+//! batches as a placement policy decides (`hmm::place`, the one policy trait, through
+//! [`hmm::compute::Placed`]): by migration (DMA through the copy engine) or remote mapping.
 //!
 //! The engine runs on the calling CPU: a caller that wants a device's engine on its own core
 //! runs `launch` in a task on that CPU (`sched::spawn_on`).
@@ -19,9 +20,10 @@ use crate::vram::{self, Vram, VramStats};
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hmm::compute::{Backend, Counters, FatalFault, Kernel, Policy};
+use hmm::compute::{Backend, Counters, Kernel, Placed, RunError};
 use hmm::devmmu::{DomainOp, MirrorError, Where};
 use hmm::mm::SharedSpace;
+use hmm::place::policy::Policy;
 
 const PAGE: u64 = 4096;
 
@@ -100,7 +102,7 @@ pub enum LaunchError {
     /// The device or its memory.
     Device(DevError),
     /// A fault the engine could not service.
-    Fatal(FatalFault),
+    Fatal(RunError<MirrorError>),
 }
 
 impl core::fmt::Display for LaunchError {
@@ -113,22 +115,26 @@ impl core::fmt::Display for LaunchError {
 }
 
 /// Runs `kernel` on the device `mirror` belongs to, over the address space `space` it mirrors,
-/// with batches of at most `batch` faults serviced as `policy` decides. Returns this launch's
-/// counters (and adds them to the device's).
+/// with batches of at most `batch` faults serviced as `policy` decides for the `pages` pages
+/// at `base` (`region`: the kernel's data; faults elsewhere are mapped where they are).
+/// Returns this launch's counters (and adds them to the device's).
 pub fn launch(
     mirror: &DevMirror,
     space: &Arc<SharedSpace>,
     kernel: &mut dyn Kernel,
     policy: &mut dyn Policy,
+    region: (u64, u32),
     batch: usize,
 ) -> Result<Counters, LaunchError> {
     let dev = mirror.with_domain(|d| d.dev);
     let n = dev.index();
     let v = vram::all().map_err(|e| LaunchError::Device(DevError::Memory(e)))?;
     let vram = v.get(n).ok_or(LaunchError::Device(DevError::NoDevice(n)))?.clone();
+    let capacity = vram.pages().min(u32::MAX as u64) as u32;
     let mut backend = DeviceBackend { vram, space: space.clone() };
     let mut c = Counters::default();
-    let r = hmm::compute::run(mirror, kernel, &mut backend, policy, batch, &mut c);
+    let mut device = Placed::new(mirror, &mut backend, policy, n as u8, region, capacity);
+    let r = hmm::compute::run(kernel, &mut device, batch, &mut c);
     dev.add_compute(&c);
     r.map_err(LaunchError::Fatal)?;
     Ok(c)
@@ -139,7 +145,7 @@ pub fn launch(
 /// word afterwards. Returns the launch's counters.
 pub fn increment_demo(n: usize, pages: u64) -> Result<Counters, alloc::string::String> {
     use crate::mm::uspace;
-    use hmm::compute::{Increment, MigrateOnTouch};
+    use hmm::compute::Increment;
     use hmm::mm::space::{AddressSpace, MapRequest};
     use hmm::mm::vma::Prot;
     let mm = uspace::mm();
@@ -150,7 +156,8 @@ pub fn increment_demo(n: usize, pages: u64) -> Result<Counters, alloc::string::S
     uspace::run(&space, |u| u.write(a, &data)).map_err(|f| alloc::format!("CPU fill: {:?}", f.error))?;
     let m = crate::devmmu::bind(n, &space).map_err(|e| e.to_string())?;
     let mut k = Increment::new(a, words, 1, 32);
-    let r = launch(&m, &space, &mut k, &mut MigrateOnTouch, hmm::compute::BATCH_MAX);
+    let mut policy = hmm::place::policies::migrate_on_touch();
+    let r = launch(&m, &space, &mut k, &mut *policy, (a, pages as u32), hmm::compute::BATCH_MAX);
     m.unbind().map_err(|e| e.to_string())?;
     let c = r.map_err(|e| e.to_string())?;
     let mut back = alloc::vec![0u8; data.len()];

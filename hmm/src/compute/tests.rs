@@ -1,6 +1,7 @@
 //! The compute engine on the fake platform: a device MMU over a fake domain, device memory
 //! from a dmirror device with the mirror's owner (its migration and its own view of device
-//! pages), and kernels that really read and write the process's words.
+//! pages), kernels that really read and write the process's words, and fault batches
+//! serviced by the placement policies ([`Placed`]).
 
 use super::*;
 use crate::addr::Pfn;
@@ -11,6 +12,7 @@ use crate::mm::space::{AddressSpace, MapRequest};
 use crate::mm::vma::Prot;
 use crate::mm::{Mm, SharedSpace};
 use crate::pagemap::{MemoryKind, Pagemaps};
+use crate::place::policies::{migrate_on_touch, remote_map};
 use crate::testing::{FakeDomain, Hw};
 use alloc::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -99,6 +101,20 @@ impl Backend for TestBackend<'_> {
     }
 }
 
+/// Runs `k` on the fixture's device under `policy`, for the region of `pages` at `a`.
+fn launch(
+    f: &Fix,
+    k: &mut dyn Kernel,
+    policy: &mut dyn Policy,
+    (a, pages): (u64, u64),
+    batch: usize,
+    c: &mut Counters,
+) -> Result<(), RunError<MirrorError>> {
+    let mut b = f.backend();
+    let mut dev = Placed::new(&f.mirror, &mut b, policy, 0, (a, pages as u32), 1024);
+    run(k, &mut dev, batch, c)
+}
+
 #[test]
 fn migrate_on_touch_moves_the_data_and_computes_on_it() {
     let f = fix();
@@ -107,7 +123,7 @@ fn migrate_on_touch_moves_the_data_and_computes_on_it() {
     let words = pages * 512;
     let mut k = Increment::new(a, words, 1, 32);
     let mut c = Counters::default();
-    run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateOnTouch, BATCH_MAX, &mut c).unwrap();
+    launch(&f, &mut k, &mut *migrate_on_touch(), (a, pages), BATCH_MAX, &mut c).unwrap();
     assert_eq!(k.sum, words * (words - 1) / 2, "the kernel read other values than the CPU wrote");
     assert_eq!(c.pages_to_device, pages);
     assert_eq!(f.dev.pages_in_use(), pages);
@@ -128,7 +144,7 @@ fn remote_map_leaves_the_pages_in_ram() {
     let words = pages * 512;
     let mut k = Increment::new(a, words, 1, 8);
     let mut c = Counters::default();
-    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap();
+    launch(&f, &mut k, &mut *remote_map(), (a, pages), BATCH_MAX, &mut c).unwrap();
     assert_eq!((c.pages_to_device, c.local_accesses, c.remote_accesses), (0, 0, words));
     assert_eq!(c.remote_groups, c.batches, "one group per batch of consecutive pages: {c:?}");
     assert_eq!(f.dev.pages_in_use(), 0);
@@ -143,7 +159,7 @@ fn batches_hold_at_most_the_buffer_size_and_deduplicate() {
     // 600 lanes, two per page: every page faults twice in the same batch.
     let mut k = Increment::new(a, pages * 512, 256, 600);
     let mut c = Counters::default();
-    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap();
+    launch(&f, &mut k, &mut *remote_map(), (a, pages), BATCH_MAX, &mut c).unwrap();
     assert_eq!(c.max_batch, 256);
     assert_eq!(c.faults, 600);
     assert_eq!(c.duplicates, 300);
@@ -156,23 +172,8 @@ fn batches_hold_at_most_the_buffer_size_and_deduplicate() {
     f.space.lock().munmap(a, 8 * PAGE).unwrap();
     let b = f.array(8);
     k.base = b;
-    run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, 1, &mut c1).unwrap();
+    launch(&f, &mut k, &mut *remote_map(), (b, 8), 1, &mut c1).unwrap();
     assert_eq!((c1.batches, c1.max_batch), (8, 1));
-}
-
-#[test]
-fn migrate_after_a_threshold_starts_remote() {
-    let f = fix();
-    let pages = 16;
-    let a = f.array(pages);
-    let mut k = Increment::new(a, pages * 512, 512, 16);
-    let mut c = Counters::default();
-    run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateAfter::new(8), 4, &mut c).unwrap();
-    // Batches of 4 faults on one block: the first reaches 4, the second 8 and migrates.
-    assert_eq!((c.remote_groups, c.migrated_groups), (1, 3), "{c:?}");
-    assert_eq!(c.pages_to_device, 12);
-    assert_eq!((c.remote_accesses, c.local_accesses), (4, 12));
-    assert!(f.words(a, pages).iter().enumerate().all(|(i, &w)| w == i as u64 + u64::from(i % 512 == 0)));
 }
 
 #[test]
@@ -182,12 +183,22 @@ fn faults_that_cannot_be_serviced_stop_the_kernel_naming_the_access() {
     f.space.lock().munmap(a + 5 * PAGE, PAGE).unwrap();
     let mut k = Increment::new(a, 8 * 512, 512, 8);
     let mut c = Counters::default();
-    let e = run(&f.mirror, &mut k, &mut f.backend(), &mut RemoteMap, BATCH_MAX, &mut c).unwrap_err();
-    assert_eq!((e.lane, e.va, e.write), (5, a + 5 * PAGE, true));
+    let e = launch(&f, &mut k, &mut *remote_map(), (a, 8), BATCH_MAX, &mut c).unwrap_err();
+    let RunError::Fatal(x) = &e else { panic!("{e:?}") };
+    assert_eq!((x.lane, x.va, x.write), (5, a + 5 * PAGE, true));
     assert!(e.to_string().contains("lane 5"), "{e}");
     // A write to read-only memory is refused too, and reads of it work.
     f.space.lock().mprotect(a, PAGE, Prot::READ).unwrap();
     let mut k = Increment::new(a, 512, 512, 1);
-    let e = run(&f.mirror, &mut k, &mut f.backend(), &mut MigrateOnTouch, BATCH_MAX, &mut c).unwrap_err();
-    assert!(matches!(e.error, MirrorError::Fault { error: crate::range::RangeError::Permission, .. }), "{e:?}");
+    let e = launch(&f, &mut k, &mut *migrate_on_touch(), (a, 1), BATCH_MAX, &mut c).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RunError::Fatal(FatalFault {
+                error: Some(MirrorError::Fault { error: crate::range::RangeError::Permission, .. }),
+                ..
+            })
+        ),
+        "{e:?}"
+    );
 }

@@ -140,6 +140,28 @@ pub fn build(name: &str, params: &Params, evict: &Params) -> Result<Box<dyn Poli
     Ok(Box::new(Stack::new(place, evict)))
 }
 
+/// Migrate on touch, page by page (`on-touch`, 4 KiB: UVM's and SVM's default), with the
+/// default eviction order: the compute jobs' default policy.
+pub fn migrate_on_touch() -> Box<dyn Policy> {
+    Box::new(Stack::new(
+        Box::new(p2_on_touch::OnTouch { window: 1 }),
+        (EVICTION.build)(&Params::new().checked(EVICTION.params).unwrap_or_default()),
+    ))
+}
+
+/// Never migrate: the device maps system memory where it is (`advice` with the preferred
+/// location the CPU and the device in accessed-by: `cudaMemAdviseSetPreferredLocation(cpu)` +
+/// `SetAccessedBy`).
+pub fn remote_map() -> Box<dyn Policy> {
+    let mut p = Params::new();
+    p.set("preferred", super::params::Value::Text("cpu".into()));
+    p.set("accessed_by", super::params::Value::Bool(true));
+    Box::new(Stack::new(
+        Box::new(p0_advice::Advice::new(&p.checked(p0_advice::PARAMS).unwrap_or_default())),
+        (EVICTION.build)(&Params::new().checked(EVICTION.params).unwrap_or_default()),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,9 +26,10 @@ use crate::vram::{self, Copier};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hmm::compute::{Increment, MigrateOnTouch, Policy, RemoteMap};
+use hmm::compute::Increment;
 use hmm::mm::space::{Advice, MapRequest};
 use hmm::mm::vma::Prot;
+use hmm::place::policy::Policy;
 
 const PAGE: u64 = 4096;
 const TOTAL: u64 = 256 << 20;
@@ -205,7 +206,8 @@ fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), Be
     super::touch(&s, a, len)?;
     let m = devmmu::bind(n, &s).map_err(|error| BenchError::Device { device: Some(n), error })?;
     let mut k = Increment::new(a, len / 8, 512, 256);
-    let c = compute::launch(&m, &s, &mut k, policy, 256).map_err(|error| BenchError::Launch { device: n, error })?;
+    let c = compute::launch(&m, &s, &mut k, policy, (a, (len / 4096) as u32), 256)
+        .map_err(|error| BenchError::Launch { device: n, error })?;
     m.unbind().map_err(BenchError::Mirror)?;
     let ns = crate::arch::time::cycles_to_ns(c.service_time).unwrap_or(0);
     line(|j| {
@@ -259,8 +261,8 @@ pub fn devices() -> Result<(), BenchError> {
         migration(n, Copier::Dma, false)?;
         migration(n, Copier::Cpu, false)?;
         migration(n, Copier::Dma, true)?;
-        fault_batches(n, &mut MigrateOnTouch, "migrate")?;
-        fault_batches(n, &mut RemoteMap, "remote")?;
+        fault_batches(n, &mut *hmm::place::policies::migrate_on_touch(), "migrate")?;
+        fault_batches(n, &mut *hmm::place::policies::remote_map(), "remote")?;
     }
     if list.len() >= 2 {
         device_to_device()?;

@@ -327,10 +327,11 @@ pub fn compute_kernel(_s: &System) -> TestResult {
     use crate::devmmu;
     use crate::mm::uspace;
     use crate::vram;
-    use hmm::compute::{Increment, MigrateOnTouch, RemoteMap};
+    use hmm::compute::{Increment, RunError};
     use hmm::mm::space::{AddressSpace, MapRequest};
     use hmm::mm::vma::Prot;
     use hmm::pagemap::MemoryKind;
+    use hmm::place::policies::{migrate_on_touch, remote_map};
     let n = if devices::iommu().is_some() { devices::all().len() } else { 0 };
     for dev in 0..n {
         let mm = uspace::mm();
@@ -347,12 +348,14 @@ pub fn compute_kernel(_s: &System) -> TestResult {
         let m = devmmu::bind(dev, &space).map_err(|e| e.to_string())?;
         let before = compute::counters(dev).map_err(|e| e.to_string())?;
         let mut k = Increment::new(arrays[0], words, 1, 32);
-        let c = compute::launch(&m, &space, &mut k, &mut MigrateOnTouch, 256).map_err(|e| e.to_string())?;
+        let c = compute::launch(&m, &space, &mut k, &mut *migrate_on_touch(), (arrays[0], pages as u32), 256)
+            .map_err(|e| e.to_string())?;
         check!(k.sum == words * (words - 1) / 2, "dev{dev}: the kernel read other values than the CPU wrote");
         check!(c.pages_to_device == pages && c.local_accesses == words && c.remote_accesses == 0, "dev{dev}: {c:?}");
         check!(c.batches >= 1 && c.max_batch <= 256 && c.faults >= pages, "dev{dev}: {c:?}");
         let mut k = Increment::new(arrays[1], words, 1, 32);
-        let r = compute::launch(&m, &space, &mut k, &mut RemoteMap, 256).map_err(|e| e.to_string())?;
+        let r = compute::launch(&m, &space, &mut k, &mut *remote_map(), (arrays[1], pages as u32), 256)
+            .map_err(|e| e.to_string())?;
         check!(r.pages_to_device == 0 && r.remote_accesses == words, "dev{dev} remote: {r:?}");
         for &a in &arrays {
             let mut back = alloc::vec![0u8; (words * 8) as usize];
@@ -373,9 +376,9 @@ pub fn compute_kernel(_s: &System) -> TestResult {
         // A fault the engine cannot service names the access.
         space.lock().munmap(arrays[1] + 8 * PAGE, PAGE).map_err(|e| e.to_string())?;
         let mut k = Increment::new(arrays[1], words, 512, 64);
-        let e = compute::launch(&m, &space, &mut k, &mut RemoteMap, 256);
+        let e = compute::launch(&m, &space, &mut k, &mut *remote_map(), (arrays[1], pages as u32), 256);
         check!(
-            matches!(&e, Err(compute::LaunchError::Fatal(f)) if f.va == arrays[1] + 8 * PAGE && f.lane == 8),
+            matches!(&e, Err(compute::LaunchError::Fatal(RunError::Fatal(f))) if f.va == arrays[1] + 8 * PAGE && f.lane == 8),
             "dev{dev}: a kernel touching an unmapped page: {e:?}"
         );
         m.unbind().map_err(|e| e.to_string())?;
