@@ -92,10 +92,10 @@ pub trait Device {
     fn translate(&mut self, va: u64, write: bool) -> Result<Option<Self::At>, Self::Error>;
     /// Whether `at` is the device's own memory (else the access is remote).
     fn is_local(&self, at: Self::At) -> bool;
-    /// Reads the word at `va`, which the device reaches at `at`.
-    fn load(&mut self, at: Self::At, va: u64) -> Result<u64, Self::Error>;
-    /// Writes the word at `va`.
-    fn store(&mut self, at: Self::At, va: u64, value: u64) -> Result<(), Self::Error>;
+    /// Lane `lane` reads the word at `va`, which the device reaches at `at`.
+    fn load(&mut self, lane: usize, at: Self::At, va: u64) -> Result<u64, Self::Error>;
+    /// Lane `lane` writes the word at `va`.
+    fn store(&mut self, lane: usize, at: Self::At, va: u64, value: u64) -> Result<(), Self::Error>;
     /// Services one batch: its faults sorted by page, deduplicated (a write wins) and grouped.
     /// A fault still unmapped afterwards faults again when its lane replays. An error is the
     /// group that could not be serviced and why.
@@ -259,14 +259,14 @@ pub fn run<D: Device + ?Sized>(
                     c.remote_accesses += 1;
                 }
                 let value = match op {
-                    Op::Load(_) => dev.load(at, va).map_err(RunError::Device)?,
+                    Op::Load(_) => dev.load(lane, at, va).map_err(RunError::Device)?,
                     Op::Store(_, v) => {
-                        dev.store(at, va, v).map_err(RunError::Device)?;
+                        dev.store(lane, at, va, v).map_err(RunError::Device)?;
                         0
                     }
                     Op::Add(_, d) => {
-                        let old = dev.load(at, va).map_err(RunError::Device)?;
-                        dev.store(at, va, old.wrapping_add(d)).map_err(RunError::Device)?;
+                        let old = dev.load(lane, at, va).map_err(RunError::Device)?;
+                        dev.store(lane, at, va, old.wrapping_add(d)).map_err(RunError::Device)?;
                         old
                     }
                 };
@@ -390,10 +390,10 @@ impl<D: Domain> Device for Placed<'_, D> {
     fn is_local(&self, at: Where) -> bool {
         matches!(at, Where::Local(_))
     }
-    fn load(&mut self, at: Where, va: u64) -> Result<u64, MirrorError> {
+    fn load(&mut self, _lane: usize, at: Where, va: u64) -> Result<u64, MirrorError> {
         Ok(self.backend.load(at, va))
     }
-    fn store(&mut self, at: Where, va: u64, value: u64) -> Result<(), MirrorError> {
+    fn store(&mut self, _lane: usize, at: Where, va: u64, value: u64) -> Result<(), MirrorError> {
         self.backend.store(at, va, value);
         Ok(())
     }

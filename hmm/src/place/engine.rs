@@ -12,19 +12,30 @@
 //! Among running phases the engine always advances the one with the earliest clock by one wave,
 //! so concurrent workloads interleave in simulated time and compete for device memory.
 //!
-//! **A device wave.** Up to `wave` accesses issue; those the device can reach (its own memory, a
-//! read copy, a remote mapping) complete at their line cost; the others fault. Faults are
-//! deduplicated and serviced in batches of at most `batch` (UVM's 256): the policy plans, the
-//! engine makes room (eviction through the policy), moves data through the mechanism, and the
-//! faulting accesses replay. A batch costs the far-fault latency per faulted page plus the
-//! transfers, which serialize on each device's link.
+//! **Execution-driven.** The mechanism (the HMM stack: the real devices in the kernel, the
+//! same core over the host platform with `--host`) decides which accesses fault and what
+//! really moved; the engine calls the policy where the stack would and charges simulated time
+//! by the cost model for what happened.
 //!
-//! **A CPU access** to a page held by a device is a CPU fault, serviced through the policy.
+//! **A device wave** runs on the device's compute engine ([`crate::compute::run`], the one
+//! device fault pipeline): up to `wave` lines of accesses issue as lanes; those the device's
+//! MMU translates ([`Mechanism::device_translate`]: its own memory, a read copy, a remote
+//! mapping) complete at their line cost; the others stall and fault into the fault buffer.
+//! Faults are sorted, deduplicated and serviced in batches of at most `batch` (UVM's 256): the
+//! policy plans ([`Policy::on_device_faults`]), the engine moves data through the mechanism,
+//! and when a device's allocator refuses a migration (the device is full) evicts in the
+//! policy's order and asks again; the stalled lanes replay. A batch costs the far-fault
+//! latency per faulted page plus the transfers, which serialize on each device's link.
 //!
-//! Invariants: the engine's [`State`] and the mechanism agree on every page's location (the
-//! mechanism checks each access against where the engine says the data is); a write drops every
-//! read copy first; a plan that leaves a faulted page unreachable is completed here (migrate to
-//! the faulter, else map remotely), so no workload can stall forever.
+//! **A CPU access** to a page the CPU page tables do not have in system memory is a CPU fault:
+//! the policy's plan gives the fault-around window, and the access faults in the real
+//! page-fault path, whose device driver migrates the window back ([`Mechanism::cpu_fault`]).
+//!
+//! Invariants: the engine's [`State`] is kept from what the mechanism did (pages that arrived
+//! are read back from the page tables; the mechanism checks each access against where the
+//! state says the data is); a write drops every read copy first; a plan that leaves a faulted
+//! page unreachable is completed here (migrate to the faulter, else map remotely), so no
+//! workload can stall forever.
 
 pub mod model;
 
@@ -34,6 +45,7 @@ use super::sched::{self, Scheduler};
 use super::state::State;
 use super::workload::{Access, Phase, Target, Workload};
 use super::{BLOCK, Loc, PAGE};
+use crate::compute;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -651,6 +663,127 @@ fn runs(pages: &[u32]) -> Vec<(u32, u32)> {
     v
 }
 
+/// A device wave as a compute kernel: lane `i` makes access `i` (a load, or a store for a
+/// write) on its page's first word, at virtual address page × 4096.
+struct WaveKernel<'a> {
+    accesses: &'a [Access],
+    base: u32,
+    done: Vec<bool>,
+}
+
+impl compute::Kernel for WaveKernel<'_> {
+    fn lanes(&self) -> usize {
+        self.accesses.len()
+    }
+    fn op(&mut self, lane: usize) -> Option<compute::Op> {
+        let a = self.accesses.get(lane).filter(|_| !self.done[lane])?;
+        let va = (self.base + a.page) as u64 * PAGE;
+        Some(if a.write { compute::Op::Store(va, 0) } else { compute::Op::Load(va) })
+    }
+    fn retire(&mut self, lane: usize, _value: u64) {
+        self.done[lane] = true;
+    }
+}
+
+/// The engine as the device a wave runs on: translations from the mechanism's device MMU,
+/// accesses through the mechanism (charged by the cost model), batches serviced by the
+/// policy.
+struct WaveDevice<'e, 'm> {
+    e: &'e mut Engine<'m>,
+    d: u8,
+    accesses: &'e [Access],
+    base: u32,
+    start: f64,
+    /// Line time of the accesses that completed without a fault (they run in parallel).
+    busy: f64,
+    /// When an access counter's migration on the fault path lets the device go on.
+    wait: f64,
+    /// After the first batch: the device's clock (replays run one after another).
+    clock: f64,
+    serviced: bool,
+    /// An access of the current pass was remote.
+    remote: bool,
+}
+
+impl WaveDevice<'_, '_> {
+    /// When the accesses so far are done.
+    fn end(&self) -> f64 {
+        let latency = if self.remote { self.e.cost.remote_latency_ns } else { 0.0 };
+        if self.serviced { self.clock + latency } else { (self.start + self.busy + latency).max(self.wait) }
+    }
+
+    fn access(&mut self, lane: usize, at: Loc) -> Result<(), MechError> {
+        let a = self.accesses[lane];
+        let (p, by) = (self.base + a.page, Loc::Dev(self.d));
+        self.remote |= at != by;
+        let now = if self.serviced { self.clock } else { self.start };
+        let t = self.e.touch(0, by, at, p, &a, now)?;
+        let counted = self.e.count(self.d, p, at, &a, now + if self.serviced { t } else { 0.0 })?;
+        if self.serviced {
+            self.clock += t;
+            if let Some(w) = counted {
+                self.clock = self.clock.max(w);
+            }
+        } else {
+            self.busy += t;
+            if let Some(w) = counted {
+                self.wait = self.wait.max(w);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl compute::Device for WaveDevice<'_, '_> {
+    type At = Loc;
+    type Error = MechError;
+
+    fn translate(&mut self, va: u64, write: bool) -> Result<Option<Loc>, MechError> {
+        self.e.mech.device_translate(self.d, (va / PAGE) as u32, write)
+    }
+    fn is_local(&self, at: Loc) -> bool {
+        at == Loc::Dev(self.d)
+    }
+    fn load(&mut self, lane: usize, at: Loc, _va: u64) -> Result<u64, MechError> {
+        self.access(lane, at)?;
+        Ok(0)
+    }
+    fn store(&mut self, lane: usize, at: Loc, _va: u64, _value: u64) -> Result<(), MechError> {
+        self.access(lane, at)
+    }
+    fn now(&self) -> u64 {
+        self.e.mech.now_ns()
+    }
+
+    fn service(
+        &mut self,
+        groups: &[compute::FaultGroup],
+        _c: &mut compute::Counters,
+    ) -> Result<(), (compute::FaultGroup, MechError)> {
+        let faults: Vec<Fault> = groups
+            .iter()
+            .flat_map(|g| (g.start / PAGE..g.end / PAGE).map(move |p| Fault { page: p as u32, write: g.write }))
+            .collect();
+        if !self.serviced {
+            self.clock = self.end();
+            self.serviced = true;
+        }
+        self.remote = false;
+        let first = groups[0];
+        self.clock = self.e.service(self.d, &faults, self.clock).map_err(|e| (first, e))?;
+        // A plan that left a faulted page unreachable is completed here (migrate to the
+        // faulter, else map remotely), so no workload can stall.
+        for f in &faults {
+            let reach = self.e.mech.device_translate(self.d, f.page, f.write).map_err(|e| (first, e))?;
+            if reach.is_none() {
+                self.e.stats.fallbacks += 1;
+                self.e.force(f.page, self.d, self.clock).map_err(|e| (first, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Pages managed for `workloads` of these footprints: each starts on a 2 MiB boundary.
 pub fn layout(footprints: &[u32]) -> (Vec<u32>, u32) {
     let mut bases = Vec::new();
@@ -1059,70 +1192,41 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// One wave of a device phase, run on the device's compute engine ([`compute::run`], the
+    /// one device fault pipeline): each access is a lane; one the device's MMU cannot
+    /// translate stalls and its fault goes into the fault buffer; the batch (sorted,
+    /// deduplicated, at most `batch`) is serviced through the policy ([`Engine::service`]) and
+    /// the stalled lanes replay. The accesses that complete at once cost their lines in
+    /// parallel; replays one after another.
     fn device_wave(&mut self, d: u8, base: u32, accesses: &[Access], start: f64) -> Result<f64, MechError> {
-        let by = Loc::Dev(d);
-        let mut busy = 0.0;
-        let mut faults: Vec<Fault> = Vec::new();
-        let mut stalled: Vec<usize> = Vec::new();
-        let mut remote = false;
-        let mut wait = start;
-        for (i, a) in accesses.iter().enumerate() {
-            let p = base + a.page;
-            match self.mech.device_translate(d, p, a.write)? {
-                Some(at) => {
-                    remote |= at != by;
-                    busy += self.touch(0, by, at, p, a, start)?;
-                    if let Some(t) = self.count(d, p, at, a, start)? {
-                        wait = wait.max(t);
-                    }
-                }
-                None => {
-                    stalled.push(i);
-                    faults.push(Fault { page: p, write: a.write });
-                }
+        let mut kernel = WaveKernel { accesses, base, done: vec![false; accesses.len()] };
+        let batch = self.cfg.batch.max(1) as usize;
+        let mut dev = WaveDevice {
+            e: self,
+            d,
+            accesses,
+            base,
+            start,
+            busy: 0.0,
+            wait: start,
+            clock: start,
+            serviced: false,
+            remote: false,
+        };
+        let mut c = compute::Counters::default();
+        match compute::run(&mut kernel, &mut dev, batch, &mut c) {
+            Ok(()) => {}
+            Err(
+                compute::RunError::Device(e) | compute::RunError::Fatal(compute::FatalFault { error: Some(e), .. }),
+            ) => {
+                return Err(e);
+            }
+            Err(compute::RunError::Fatal(f)) => {
+                let page = (f.va / PAGE) as u32;
+                return Err(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped });
             }
         }
-        if remote {
-            busy += self.cost.remote_latency_ns;
-        }
-        let mut clock = (start + busy).max(wait);
-        if faults.is_empty() {
-            return Ok(clock);
-        }
-        faults.sort_by_key(|f| f.page);
-        faults.dedup_by(|b, a| {
-            if a.page == b.page {
-                a.write |= b.write;
-                true
-            } else {
-                false
-            }
-        });
-        for batch in faults.chunks(self.cfg.batch.max(1) as usize) {
-            clock = self.service(d, batch, clock)?;
-        }
-        // Replay.
-        let mut remote = false;
-        for i in stalled {
-            let a = accesses[i];
-            let p = base + a.page;
-            let at = match self.mech.device_translate(d, p, a.write)? {
-                Some(at) => at,
-                None => {
-                    self.stats.fallbacks += 1;
-                    self.force(p, d, clock)?
-                }
-            };
-            remote |= at != by;
-            clock += self.touch(0, by, at, p, &a, clock)?;
-            if let Some(t) = self.count(d, p, at, &a, clock)? {
-                clock = clock.max(t);
-            }
-        }
-        if remote {
-            clock += self.cost.remote_latency_ns;
-        }
-        Ok(clock)
+        Ok(dev.end())
     }
 
     /// Makes page `p` reachable by device `d` when the policy did not: migrate it there, or map
