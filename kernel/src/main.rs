@@ -255,6 +255,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         name: "experiment::a_full_device_refuses_past_the_points_capacity",
         run: experiment::ktests::a_full_device_refuses_past_the_points_capacity,
     },
+    ktest::Test {
+        name: "experiment::devices_and_a_cpu_core_run_at_once",
+        run: experiment::ktests::devices_and_a_cpu_core_run_at_once,
+    },
 ];
 
 #[panic_handler]

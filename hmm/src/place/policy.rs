@@ -1,13 +1,18 @@
 //! The placement policy trait: every decision about where pages go goes through it.
 //!
-//! The engine calls a policy at five points, as UVM's and SVM's drivers do:
-//! - [`Policy::on_device_faults`]: a batch of device faults (deduplicated, sorted by page, at
-//!   most 256, UVM's `uvm_perf_fault_batch_count`), after which the device replays them;
-//! - [`Policy::on_cpu_fault`]: the CPU touched a page held by a device;
+//! This is the one policy trait: the HMM stack calls it where UVM's and SVM's drivers decide,
+//! at five points:
+//! - [`Policy::on_device_faults`]: a batch of device faults from a device's compute engine
+//!   (its MMU's misses in the replayable fault buffer, deduplicated, sorted by page, at most
+//!   256, UVM's `uvm_perf_fault_batch_count`), after which the device replays them;
+//! - [`Policy::on_cpu_fault`]: the CPU touched a page held by a device; the plan's demand
+//!   migration to the CPU that covers the page is the window the CPU page-fault path migrates
+//!   back (its fault-around);
 //! - [`Policy::on_access_counter`]: a device's access counter for a region reached its
 //!   threshold ([`Policy::counters`] turns the counters on, as
 //!   `uvm_perf_access_counter_migration_enable` does);
-//! - [`Policy::on_eviction_pressure`]: a device must free pages before a migration can land;
+//! - [`Policy::on_eviction_pressure`]: a device's allocator refused a migration (the device is
+//!   full): the order in which to evict;
 //! - [`Policy::on_tick`]: periodically, every [`Policy::tick_ns`] of simulated time.
 //!
 //! A policy answers with a [`Plan`] (migrations, remote mappings, read copies, a throttle) or a
@@ -196,7 +201,9 @@ pub trait Policy {
         }
     }
 
-    /// The CPU touched page `page`, which a device holds.
+    /// The CPU touched page `page`, which a device holds. A demand migration to the CPU that
+    /// covers `page` is the fault-around window (only the faulting device's pages in it move,
+    /// as the fault path selects them); the rest of the plan is applied after the fault.
     fn on_cpu_fault(&mut self, cx: &Ctx<'_>, page: u32, write: bool, plan: &mut Plan) {
         let _ = (cx, write);
         plan.migrate(page, 1, Loc::Cpu);

@@ -338,3 +338,33 @@ pub fn a_full_device_refuses_past_the_points_capacity(_s: &crate::System) -> cra
     }
     m.finish().map_err(|e| e.to_string())
 }
+
+/// Whether some interval of `a` overlaps some interval of `b` (start, length).
+fn overlap(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    a.iter().any(|&(s, d)| b.iter().any(|&(t, e)| s < t + e && t < s + d))
+}
+
+/// Processors run at once: a stream on dev1 beside a ping-pong between dev0 and the CPU, on
+/// the real devices. The trace's phases show dev1 busy while dev0 is, and while the CPU is,
+/// in simulated time, and every page's data checks out at the end.
+pub fn devices_and_a_cpu_core_run_at_once(_s: &crate::System) -> crate::ktest::TestResult {
+    let mut p = point(vec![256, 256], "on-touch", "lru4k", "pingpong", 0.5);
+    let mut stream = p.workloads[0].clone();
+    stream.0 = "stream".into();
+    stream.1.set("device", Value::Text("dev1".into()));
+    stream.1.set("iterations", Value::Int(4));
+    p.workloads.push(stream);
+    p.run.set("trace", Value::Int(10_000));
+    let o = run_real(&p)?;
+    let busy = |lane: &str| -> Vec<(f64, f64)> {
+        o.trace.iter().filter(|e| e.kind == "phase" && e.lane == lane).map(|e| (e.t, e.dur)).collect()
+    };
+    let (d0, d1, c0) = (busy("dev0"), busy("dev1"), busy("cpu0"));
+    if d0.is_empty() || d1.is_empty() || c0.is_empty() || !overlap(&d1, &d0) || !overlap(&d1, &c0) {
+        return Err(format!("phases dev0 {d0:?}, dev1 {d1:?}, cpu0 {c0:?}: dev1 does not overlap both"));
+    }
+    if o.workloads.iter().any(|w| w.error.is_some()) {
+        return Err(format!("{:?}", o.workloads));
+    }
+    Ok(())
+}
