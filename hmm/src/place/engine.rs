@@ -26,7 +26,7 @@
 //! read copy first; a plan that leaves a faulted page unreachable is completed here (migrate to
 //! the faulter, else map remotely), so no workload can stall forever.
 
-pub mod model;
+pub mod host;
 
 use super::cost::{CostModel, Source};
 use super::policy::{Ctx, Fault, Notification, Plan, Policy, root_chunk_victims};
