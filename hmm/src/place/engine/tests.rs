@@ -172,20 +172,20 @@ fn the_engine_and_the_stack_agree_under_every_policy() {
     let kinds = ["stream", "bfs", "pingpong", "broadcast", "zipf", "halo"];
     for d in policies::PLACEMENT {
         for order in policies::p7_evict::ORDERS {
-            let (bases, pages) = layout(&[600, 600]);
-            let mut m = stack(pages, &[256, 192]);
+            let (bases, pages) = layout(&[300, 300]);
+            let mut m = stack(pages, &[128, 96]);
             let mut books = Books::new(&mut m);
             let o = {
                 let mut e = Engine::new(
                     pages,
-                    &[256, 192],
+                    &[128, 96],
                     CostModel::default(),
                     policy(d.name, &[], order),
                     &mut books,
                     Config::default(),
                 );
                 for (i, b) in bases.iter().enumerate() {
-                    e.add(wl(kinds[(i + d.name.len()) % kinds.len()], 600, Target::AnyDev, &[]), *b);
+                    e.add(wl(kinds[(i + d.name.len()) % kinds.len()], 300, Target::AnyDev, &[]), *b);
                 }
                 e.state().check().unwrap();
                 e.run().unwrap_or_else(|err| panic!("{} + {order}: {err}", d.name))
@@ -194,7 +194,7 @@ fn the_engine_and_the_stack_agree_under_every_policy() {
             assert!(o.stats.sim_ns > 0.0);
             assert!(o.workloads.iter().all(|w| w.error.is_none()), "{} {:?}", d.name, o.workloads);
             for dev in 0..2 {
-                let cap = [256, 192][dev as usize];
+                let cap = [128, 96][dev as usize];
                 assert!(m.device_pages_used(dev).unwrap() <= cap, "{} + {order}: dev{dev} over capacity", d.name);
             }
         }
