@@ -436,6 +436,14 @@ impl HostStack {
         (self.clock)()
     }
 
+    /// Tears the stack down and hands back its machine instead of returning it to the pool.
+    #[cfg(test)]
+    fn into_machine(mut self) -> Option<Machine> {
+        let m = self._lease.machine.take();
+        drop(self);
+        m
+    }
+
     fn dev(&self, d: u8) -> Result<&Dev, MechError> {
         self.devs.get(d as usize).ok_or(MechError::NoDevice(d))
     }

@@ -173,3 +173,35 @@ fn peer_mappings_reach_another_devices_memory_and_go_when_the_page_moves() {
     assert_eq!((m.device(0).unwrap().pages_in_use(), m.device(1).unwrap().pages_in_use()), (0, 2));
     m.finish().unwrap();
 }
+
+#[test]
+fn the_teardown_leaves_the_machine_as_it_found_it() {
+    // Pages on both devices, read copies, peer and remote mappings outstanding.
+    let mut m = stack(1024, &[256, 256]);
+    let (bases, pages) = layout(&[300, 300]);
+    assert_eq!(pages, 1024);
+    {
+        let mut e = Engine::new(
+            pages,
+            &[256, 256],
+            CostModel::default(),
+            policy("duplicate", &[], "lru4k"),
+            &mut m,
+            Config::default(),
+        );
+        e.add(wl("broadcast", 300, Target::Dev(0), &[("writes", Value::Float(0.0))]), bases[0]);
+        e.add(wl("stream", 300, Target::Dev(1), &[]), bases[1]);
+        let o = e.run().unwrap();
+        assert!(o.stats.duplicates > 0 && o.stats.to_dev > 0, "{:?}", o.stats);
+    }
+    m.map_remote(0, 8, 1).unwrap();
+    assert!(m.device_pages_used(0).unwrap() > 0 && m.device_pages_used(1).unwrap() > 0);
+    let machine = m.into_machine().unwrap();
+    assert!(machine.idle(), "free frames {} of {}", machine.platform.free_frames(), machine.idle_free);
+    // A machine comes back idle after a run that stopped half way too.
+    let mut m = stack(16, &[4]);
+    m.migrate(0, 2, Loc::Cpu, Loc::Dev(0)).unwrap();
+    m.duplicate(4, 1, Loc::Cpu, 0).unwrap();
+    assert!(m.migrate(4, 4, Loc::Cpu, Loc::Dev(0)).is_err());
+    assert!(m.into_machine().unwrap().idle());
+}
