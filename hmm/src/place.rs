@@ -1,6 +1,7 @@
 //! Placement: where pages live across the CPU and the devices, decided by pluggable policies,
 //! priced by a cost model, driven by workload generators, and run by one engine that the host
-//! tests drive over a model of memory and the kernel drives over the real devices.
+//! tests and `--host` drive over the HMM stack on the host platform ([`engine::host`]) and the
+//! kernel drives over the real devices.
 //!
 //! The pieces, bottom up:
 //! - [`cost`]: the cost model. Far-fault latency, the PCIe transfer curve of UVMSmart

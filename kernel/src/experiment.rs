@@ -57,7 +57,7 @@ use alloc::vec::Vec;
 use boot::protocol::{Tag, json::Json};
 use core::sync::atomic::Ordering;
 use hmm::place::Loc;
-use hmm::place::engine::model::Model;
+use hmm::place::engine::host::HostStack;
 use hmm::place::engine::{DataFault, MechError, Mechanism, PageOp};
 use hmm::place::spec::{self, Point};
 
@@ -85,20 +85,25 @@ fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, Poin
     let fail =
         |kind, e: &dyn core::fmt::Display| PointError { kind, msg: format!("point {} ({}): {e}", p.id, p.label) };
     let mut prepared = p.prepare(have).map_err(|e| fail(FailKind::Check, &e))?;
-    let model = prepared.model;
+    let host = prepared.host;
     let pages = prepared.pages;
     let hmat = prepared.cost.lines_from_hmat;
     let cores = prepared.cfg.cpus;
-    let (outcome, mech) = if model {
+    let (outcome, mech) = if host {
         if hmat {
-            // No real memory: the boot CPU's own domain.
+            // Its memory is the kernel heap's, not a domain of its own: the boot CPU's domain.
             let srat = crate::system().and_then(|s| s.platform.srat.as_ref());
             let memory =
                 srat.map(|s| cpu_domain(s, 0)).transpose().map_err(|e| fail(FailKind::Check, &e))?.unwrap_or(0);
             hmat_lines(&mut prepared.cost, cores, memory).map_err(|e| fail(FailKind::Check, &e))?;
         }
-        let mut m = Model::new(pages);
-        (prepared.run(&mut m).map_err(|e| fail(FailKind::Check, &e)), "model")
+        // The HMM stack over the host platform (software page tables, RAM-backed devices in
+        // the kernel heap), timed by the kernel's clock.
+        let clock = alloc::boxed::Box::new(|| time::now_ns().unwrap_or(0));
+        let mut m = HostStack::new(pages, &prepared.capacities, clock).map_err(|e| fail(FailKind::Check, &e))?;
+        let o = prepared.run(&mut m).map_err(|e| fail(FailKind::Check, &e));
+        drop(m);
+        (o, "host")
     } else {
         let mut m = Real::new(pages, vram).map_err(|e| fail(FailKind::Mechanism, &e))?;
         if hmat {

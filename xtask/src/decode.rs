@@ -49,7 +49,7 @@ mod tests {
     use boot::protocol::json::Json;
     use hmm::place::spec::{self, Point};
 
-    /// A point of the default experiment, run on the host's model mechanism with tracing.
+    /// A point of the default experiment, run on the HMM stack over the host platform with tracing.
     fn point() -> (Point, hmm::place::engine::Outcome) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let l = crate::experiment::load(&root.join("experiments/default.toml"), root).unwrap();
@@ -57,7 +57,8 @@ mod tests {
         p.run.set("trace", hmm::place::params::Value::Int(20));
         p.label = "label with \"quotes\", commas\\ and\ttabs".into();
         let prepared = p.prepare(&p.devices).unwrap();
-        let mut m = hmm::place::engine::model::Model::new(prepared.pages);
+        let mut m =
+            hmm::place::engine::host::HostStack::new(prepared.pages, &prepared.capacities, Box::new(|| 0)).unwrap();
         let o = prepared.run(&mut m).unwrap();
         (p, o)
     }
@@ -69,7 +70,7 @@ mod tests {
         // point's error object, among log lines.
         let mut lines: Vec<String> = vec!["experiment: starting".into()];
         lines.extend(o.trace.iter().map(|e| Tag::Trace.line(spec::trace_json(p.id, e)).to_string()));
-        lines.push(Tag::Point.line(spec::result_json(&p, &o, "model")).to_string());
+        lines.push(Tag::Point.line(spec::result_json(&p, &o, "host")).to_string());
         let mut err = Json::<String>::new();
         err.object(|j| {
             j.num("id", 7);

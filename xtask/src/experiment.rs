@@ -4,7 +4,7 @@
 //! checks it against the same parameter tables the guest uses (`hmm::place`), with errors that
 //! name the file, line and field and say what is allowed ([`load`], one function per section);
 //! expands it into points, which `cmd::experiment` runs (several QEMU guests in parallel where
-//! cores allow, or on the host over the model mechanism with `--host`); and makes from their
+//! cores allow, or with `--host` on the host over the HMM stack on the host platform); and makes from their
 //! results a CSV, a summary table, comparison tables with published numbers beside ours, SVG
 //! plots, and a Chrome/Perfetto trace.
 //!
@@ -12,7 +12,7 @@
 //! name = "example"
 //! machine = "qemu/default.toml"      # default
 //! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
-//! mechanism = "real"                  # or "model"
+//! mechanism = "real"                  # or "host": the HMM stack over the host platform, in the guest
 //! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
@@ -57,7 +57,7 @@ pub struct Experiment {
     /// Device memory each point may use, per device ("16M").
     #[serde(default)]
     pub device_memory: Option<Spanned<Vec<String>>>,
-    /// `real` or `model`.
+    /// `real` or `host`.
     #[serde(default)]
     pub mechanism: Option<Spanned<String>>,
     /// The scheduler of every point (`hmm::place::sched::NAMES`; a policy's own overrides it).
@@ -332,7 +332,7 @@ fn engine_settings(src: &Src<'_>, exp: &Experiment, machine: &Machine, mpath: &P
             span,
             "run.cpus",
             format!(
-                "{} CPU cores asked, the machine {} has {}; give at most {}, or mechanism = \"model\" to simulate more",
+                "{} CPU cores asked, the machine {} has {}; give at most {}, or mechanism = \"host\" to run them over the host platform",
                 checked.int("cpus"),
                 mpath.display(),
                 machine.cpus,
@@ -623,12 +623,12 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("oversubscription", "ratio", "footprint / device memory (0: the sweep's device memory as given)"),
     ("repetition", "index", "which repetition of the point (0 for the first)"),
     ("seeds", "-", "each workload's seed, joined by +"),
-    ("mechanism", "-", "real (the devices in QEMU) or model (the engine's model)"),
+    ("mechanism", "-", "real (the devices in QEMU) or host (the HMM stack over the host platform)"),
     ("sim_ms", "ms", "simulated time (the cost model's charge for what happened)"),
     (
         "wall_ms",
         "ms",
-        "measured wall time of the run (TCG time of the mechanism in QEMU; a synthetic counter on the model)",
+        "measured wall time of the run (TCG time of the mechanism in QEMU; host time of the mechanism with --host)",
     ),
     ("transfer_ms", "ms", "simulated link busy time"),
     ("accesses", "accesses", "accesses executed"),

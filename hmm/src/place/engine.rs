@@ -37,7 +37,7 @@
 //! page unreachable is completed here (migrate to the faulter, else map remotely), so no
 //! workload can stall forever.
 
-pub mod model;
+pub mod host;
 
 use super::cost::{CostModel, Source};
 use super::policy::{Ctx, Fault, Notification, Plan, Policy, root_chunk_victims};

@@ -37,7 +37,12 @@ pub const RUN: &[ParamDef] = &[
     ParamDef::int("wave", 64, 1, 65536, "accesses a device issues between fault services"),
     ParamDef::int("batch", 256, 1, 4096, "faults per batch (UVM: 256)"),
     ParamDef::int("trace", 0, 0, 1_000_000, "trace events kept (0: none)"),
-    ParamDef::text("mechanism", "real", &["real", "model"], "real devices, or the model mechanism"),
+    ParamDef::text(
+        "mechanism",
+        "real",
+        &["real", "host"],
+        "the real devices, or the HMM stack over the host platform (software page tables, RAM-backed devices)",
+    ),
     ParamDef::text("scheduler", sched::DEFAULT, sched::NAMES, "the scheduler placing phases on CPU cores and devices"),
 ];
 
@@ -252,7 +257,7 @@ impl Point {
             cost,
             cfg,
             capacities: self.devices.clone(),
-            model: run.text("mechanism") == "model",
+            host: run.text("mechanism") == "host",
             scheduler,
         })
     }
@@ -274,8 +279,9 @@ pub struct Prepared {
     pub cfg: Config,
     /// Device pages used.
     pub capacities: Vec<u32>,
-    /// Run over the model mechanism rather than the real devices.
-    pub model: bool,
+    /// Run over the HMM stack on the host platform (`engine::host::HostStack`, in the guest
+    /// too) rather than the real devices.
+    pub host: bool,
     /// The scheduler placing phases.
     pub scheduler: Box<dyn sched::Scheduler>,
 }
@@ -419,7 +425,7 @@ mod tests {
         let mut ev = Params::new();
         ev.set("order", Value::Text("lru4k".into()));
         let mut run = Params::new();
-        run.set("mechanism", Value::Text("model".into()));
+        run.set("mechanism", Value::Text("host".into()));
         Point {
             id: 3,
             label: "tree+lru4k/bfs/1.25".into(),
@@ -472,20 +478,44 @@ mod tests {
         assert!(q.prepare(&[256]).unwrap_err().to_string().contains("unknown workload `bsf`"));
     }
 
+    fn stack(prepared: &Prepared) -> super::engine::host::HostStack {
+        let t = core::cell::Cell::new(0u64);
+        let clock = Box::new(move || {
+            t.set(t.get() + 1000);
+            t.get()
+        });
+        super::engine::host::HostStack::new(prepared.pages, &prepared.capacities, clock).unwrap()
+    }
+
+    #[test]
+    fn the_mechanism_is_real_or_host() {
+        let p = point();
+        assert!(p.prepare(&[256]).unwrap().host);
+        let mut q = p.clone();
+        q.run.set("mechanism", Value::Text("real".into()));
+        assert!(!q.prepare(&[256]).unwrap().host);
+        q.run = Params::new();
+        assert!(!q.prepare(&[256]).unwrap().host, "real by default");
+        q.run.set("mechanism", Value::Text("model".into()));
+        let e = q.prepare(&[256]).unwrap_err().to_string();
+        assert!(e.contains("mechanism") && e.contains("one of real, host"), "{e}");
+    }
+
     #[test]
     fn results_are_json() {
         let p = point();
         let prepared = p.prepare(&[256]).unwrap();
-        let mut m = super::engine::model::Model::new(prepared.pages);
+        let mut m = stack(&prepared);
         let o = prepared.run(&mut m).unwrap();
-        let j = result_json(&p, &o, "model");
+        let j = result_json(&p, &o, "host");
         assert!(j.starts_with("{\"id\":3,\"label\":\"tree+lru4k/bfs/1.25\""), "{j}");
         assert!(j.contains("\"scheduler\":\"eft\",\"sim_ns\":"), "{j}");
         let mut q = p.clone();
         q.run.set("scheduler", Value::Text("heft".into()));
         let prepared = q.prepare(&[256]).unwrap();
-        let o = prepared.run(&mut super::engine::model::Model::new(q.prepare(&[256]).unwrap().pages)).unwrap();
-        assert!(result_json(&q, &o, "model").contains("\"scheduler\":\"heft\""));
+        let mut m = stack(&prepared);
+        let o = prepared.run(&mut m).unwrap();
+        assert!(result_json(&q, &o, "host").contains("\"scheduler\":\"heft\""));
         assert!(Point::decode_all(&q.encode()).unwrap()[0].run.text("scheduler") == "heft");
         assert!(j.ends_with("\"trace_dropped\":0}"), "{j}");
     }

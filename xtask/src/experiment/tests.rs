@@ -7,7 +7,7 @@ fn root() -> PathBuf {
 const SMALL: &str = r#"
 name = "small"
 device_memory = ["1M"]
-mechanism = "model"
+mechanism = "host"
 [[workload]]
 kind = "stream"
 [[workload]]
@@ -80,8 +80,8 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     assert!(e.contains("`device_memory`: dev0: 128M asked, the machine's dev0 has 64M"), "{e}");
     let e = err(&SMALL.replace("kind = \"random\"", "kind = \"randum\""));
     assert!(e.contains("unknown workload `randum`"), "{e}");
-    let e = err(&SMALL.replace("mechanism = \"model\"", "mechanism = \"modle\""));
-    assert!(e.contains("`mechanism`") && e.contains("real, model"), "{e}");
+    let e = err(&SMALL.replace("mechanism = \"host\"", "mechanism = \"modle\""));
+    assert!(e.contains("`mechanism`") && e.contains("real, host"), "{e}");
     let e = err(&format!("colour = 1\n{SMALL}"));
     assert!(e.starts_with("exp.toml:1:1: unknown field `colour`"), "{e}");
     let e = err(&SMALL.replace("[1.0, 1.5]", "[1.0, 9.0]"));
@@ -94,11 +94,11 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     assert!(e.contains("`cost.far_fault_us`") && e.contains("a number from 0 to 10000"), "{e}");
     let e = err(&SMALL.replace("kind = \"stream\"", "kind = \"stream\"\ndevice = \"dev5\""));
     assert!(e.contains("dev0 to dev0"), "{e}");
-    // Real CPU cores are the machine's CPUs; the model simulates any number.
-    let real = SMALL.replace("mechanism = \"model\"", "mechanism = \"real\"\n[run]\ncpus = 3");
+    // Real CPU cores are the machine's CPUs; the host stack runs any number in one address space.
+    let real = SMALL.replace("mechanism = \"host\"", "mechanism = \"real\"\n[run]\ncpus = 3");
     let e = err(&real);
     assert!(e.contains("`run.cpus`: 3 CPU cores asked") && e.contains("has 2; give at most 2"), "{e}");
-    assert!(load(&SMALL.replace("mechanism = \"model\"", "mechanism = \"model\"\n[run]\ncpus = 3")).is_ok());
+    assert!(load(&SMALL.replace("mechanism = \"host\"", "mechanism = \"host\"\n[run]\ncpus = 3")).is_ok());
     // HMAT line costs need a machine with an HMAT.
     let e = err(&SMALL.replace("[sweep]", "[cost]\nlines = \"hmat\"\n[sweep]"));
     assert!(e.contains("`cost.lines`") && e.contains("no [[numa.hmat]] entries"), "{e}");
@@ -108,25 +108,26 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     assert!(load(&numa).is_ok(), "{:?}", load(&numa).err());
 }
 
-/// Runs the points over the model, as `--host` does.
+/// Runs the points over the HMM stack on the host platform, as `--host` does.
 fn results(l: &Loaded) -> (Results, Vec<Json>) {
     let mut r = Results::new();
     let mut tr = Vec::new();
     for p in &l.points {
         let prepared = p.prepare(&p.devices).unwrap();
-        let mut m = hmm::place::engine::model::Model::new(prepared.pages);
+        let mut m =
+            hmm::place::engine::host::HostStack::new(prepared.pages, &prepared.capacities, Box::new(|| 0)).unwrap();
         let o = prepared.run(&mut m).unwrap();
         for e in &o.trace {
             tr.push(serde_json::from_str(&hmm::place::spec::trace_json(p.id, e)).unwrap());
         }
-        r.insert(p.id, serde_json::from_str(&hmm::place::spec::result_json(p, &o, "model")).unwrap());
+        r.insert(p.id, serde_json::from_str(&hmm::place::spec::result_json(p, &o, "host")).unwrap());
     }
     (r, tr)
 }
 
 #[test]
 fn reports_from_results() {
-    let l = load(&SMALL.replace("mechanism = \"model\"", "mechanism = \"model\"\nrun = { trace = 50 }")).unwrap();
+    let l = load(&SMALL.replace("mechanism = \"host\"", "mechanism = \"host\"\nrun = { trace = 50 }")).unwrap();
     let (mut r, tr) = results(&l);
     let table = csv(&l, &r);
     assert_eq!(table.lines().count(), 9);

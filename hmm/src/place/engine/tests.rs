@@ -1,10 +1,10 @@
-use super::model::Model;
+use super::host::HostStack;
 use super::*;
 use crate::place::params::{Params, Value};
 use crate::place::policies;
 use crate::place::workload::{self, Setup};
 
-fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)]) -> Box<dyn Workload> {
+pub(crate) fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)]) -> Box<dyn Workload> {
     let mut p = Params::new();
     for (k, v) in params {
         p.set(k, v.clone());
@@ -14,7 +14,7 @@ fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)]) -> Box<d
     workload::build(kind, &own, &Setup { pages, device, devices: 2, seed: 3, iterations }).unwrap()
 }
 
-fn policy(name: &str, params: &[(&str, Value)], evict: &str) -> Box<dyn Policy> {
+pub(crate) fn policy(name: &str, params: &[(&str, Value)], evict: &str) -> Box<dyn Policy> {
     let mut p = Params::new();
     for (k, v) in params {
         p.set(k, v.clone());
@@ -24,22 +24,155 @@ fn policy(name: &str, params: &[(&str, Value)], evict: &str) -> Box<dyn Policy> 
     policies::build(name, &p, &e).unwrap()
 }
 
-/// Runs workloads (over one device of `cap` pages, or two) and checks the engine and the model
-/// agree on every page at the end.
-fn run_with(ws: Vec<Box<dyn Workload>>, caps: &[u32], pol: Box<dyn Policy>, cost: CostModel) -> Outcome {
-    let (bases, pages) = layout(&ws.iter().map(|w| w.pages()).collect::<Vec<_>>());
-    let mut m = Model::new(pages);
-    let mut e = Engine::new(pages, caps, cost, pol, &mut m, Config { trace_limit: 100, ..Config::default() });
-    for (w, b) in ws.into_iter().zip(bases) {
-        e.add(w, b);
+/// A deterministic clock: every reading is 1 µs after the last.
+pub(crate) fn ticks() -> super::host::Clock {
+    let t = core::cell::Cell::new(0u64);
+    Box::new(move || {
+        t.set(t.get() + 1000);
+        t.get()
+    })
+}
+
+/// The HMM stack over the host platform, for `pages` pages and devices of `caps`.
+pub(crate) fn stack(pages: u32, caps: &[u32]) -> HostStack {
+    HostStack::new(pages, caps, ticks()).unwrap()
+}
+
+/// The engine's view of the pages as its calls to the mechanism tell it (where each page is
+/// after each migration, which devices hold read copies), kept beside the stack and compared
+/// with the stack's page tables: before each migration (the engine's `from` is where its state
+/// has the pages) and at the end of the run, page by page.
+struct Books<'s> {
+    stack: &'s mut HostStack,
+    loc: Vec<Loc>,
+    copies: Vec<u8>,
+    /// Mismatches found before a migration.
+    diverged: Vec<String>,
+}
+
+impl<'s> Books<'s> {
+    fn new(stack: &'s mut HostStack) -> Self {
+        let n = stack.pages() as usize;
+        Books { stack, loc: alloc::vec![Loc::Cpu; n], copies: alloc::vec![0; n], diverged: Vec::new() }
     }
-    // Check the books through a second engine handle: run consumes the engine, so compare the
-    // model afterwards against an invariant check done inside.
-    let o = e.run().unwrap();
+
+    /// Every page where the engine's view has it, in the page tables and the device MMUs.
+    fn agree(&self) -> Result<(), String> {
+        if let Some(d) = self.diverged.first() {
+            return Err(d.clone());
+        }
+        for p in 0..self.loc.len() as u32 {
+            let real = self.stack.locate(p).map_err(|e| e.to_string())?.0;
+            if real != self.loc[p as usize] {
+                return Err(format!(
+                    "page {p}: the engine has it in {}, the page tables in {real}",
+                    self.loc[p as usize]
+                ));
+            }
+            if let Loc::Dev(d) = real {
+                let t = self.stack.translate(d, p);
+                if !matches!(t, Some(crate::devmmu::Translation { at: crate::devmmu::Where::Local(_), .. })) {
+                    return Err(format!("page {p} is in dev{d}'s memory, but its MMU has {t:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mechanism for Books<'_> {
+    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        for p in first..first + pages {
+            let real = self.stack.locate(p)?.0;
+            if real != from || self.loc[p as usize] != from {
+                self.diverged.push(format!(
+                    "moving page {p} from {from}: the books have it in {}, the page tables in {real}",
+                    self.loc[p as usize]
+                ));
+            }
+        }
+        let w = self.stack.migrate(first, pages, from, to)?;
+        // A full device takes only some: the books follow what arrived.
+        for p in first..first + pages {
+            if self.stack.locate(p)?.0 == to {
+                self.loc[p as usize] = to;
+            }
+        }
+        Ok(w)
+    }
+    fn set_capacities(&mut self, capacities: &[u32]) {
+        self.stack.set_capacities(capacities);
+    }
+    fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
+        let w = self.stack.cpu_fault(page, write, first, pages)?;
+        for p in first.min(page)..(first + pages).max(page + 1) {
+            if self.stack.locate(p)?.0 == Loc::Cpu {
+                self.loc[p as usize] = Loc::Cpu;
+            }
+        }
+        Ok(w)
+    }
+    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
+        self.stack.device_translate(dev, page, write)
+    }
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+        self.stack.map_remote(first, pages, dev)
+    }
+    fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
+        self.stack.resident(page)
+    }
+    fn can_duplicate(&self) -> bool {
+        self.stack.can_duplicate()
+    }
+    fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        let w = self.stack.duplicate(first, pages, from, dev)?;
+        for p in first..first + pages {
+            self.copies[p as usize] |= 1 << dev;
+        }
+        Ok(w)
+    }
+    fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
+        self.stack.drop_copy(page, dev)?;
+        self.copies[page as usize] &= !(1 << dev);
+        Ok(())
+    }
+    fn access(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        self.stack.access(by, at, page, write)
+    }
+    fn finish(&mut self) -> Result<(), MechError> {
+        self.stack.finish()
+    }
+    fn now_ns(&self) -> u64 {
+        self.stack.now_ns()
+    }
+    fn on_core(&mut self, core: u32) {
+        self.stack.on_core(core);
+    }
+}
+
+/// Runs workloads (over one device of `cap` pages, or two) on the HMM stack and checks that
+/// the engine's view and the stack's page tables agree on every page at the end.
+fn run_with(ws: Vec<Box<dyn Workload>>, caps: &[u32], pol: Box<dyn Policy>, cost: CostModel) -> Outcome {
+    run_on(ws, caps, pol, cost).0
+}
+
+/// [`run_with`], also returning what the stack did (migrations and read-copy calls).
+fn run_on(ws: Vec<Box<dyn Workload>>, caps: &[u32], pol: Box<dyn Policy>, cost: CostModel) -> (Outcome, u64) {
+    let (bases, pages) = layout(&ws.iter().map(|w| w.pages()).collect::<Vec<_>>());
+    let mut m = stack(pages, caps);
+    let mut books = Books::new(&mut m);
+    let o = {
+        let mut e = Engine::new(pages, caps, cost, pol, &mut books, Config { trace_limit: 100, ..Config::default() });
+        for (w, b) in ws.into_iter().zip(bases) {
+            e.add(w, b);
+        }
+        e.run().unwrap()
+    };
+    books.agree().unwrap();
     for w in &o.workloads {
         assert!(w.error.is_none(), "{:?}", w.error);
     }
-    o
+    (o, m.moves())
 }
 
 fn run1(kind: &str, ratio: f64, pol: Box<dyn Policy>) -> Outcome {
@@ -50,35 +183,43 @@ fn run1(kind: &str, ratio: f64, pol: Box<dyn Policy>) -> Outcome {
 }
 
 #[test]
-fn the_engine_and_the_model_agree_under_every_policy() {
+fn the_engine_and_the_stack_agree_under_every_policy() {
     let kinds = ["stream", "bfs", "pingpong", "broadcast", "zipf", "halo"];
     for d in policies::PLACEMENT {
         for order in policies::p7_evict::ORDERS {
-            let (bases, pages) = layout(&[600, 600]);
-            let mut m = Model::new(pages);
-            let mut e = Engine::new(
-                pages,
-                &[256, 192],
-                CostModel::default(),
-                policy(d.name, &[], order),
-                &mut m,
-                Config::default(),
-            );
-            for (i, b) in bases.iter().enumerate() {
-                e.add(wl(kinds[(i + d.name.len()) % kinds.len()], 600, Target::AnyDev, &[]), *b);
-            }
-            e.state().check().unwrap();
-            let o = e.run().unwrap_or_else(|err| panic!("{} + {order}: {err}", d.name));
+            let (bases, pages) = layout(&[300, 300]);
+            let mut m = stack(pages, &[128, 96]);
+            let mut books = Books::new(&mut m);
+            let o = {
+                let mut e = Engine::new(
+                    pages,
+                    &[128, 96],
+                    CostModel::default(),
+                    policy(d.name, &[], order),
+                    &mut books,
+                    Config::default(),
+                );
+                for (i, b) in bases.iter().enumerate() {
+                    e.add(wl(kinds[(i + d.name.len()) % kinds.len()], 300, Target::AnyDev, &[]), *b);
+                }
+                e.state().check().unwrap();
+                e.run().unwrap_or_else(|err| panic!("{} + {order}: {err}", d.name))
+            };
+            books.agree().unwrap_or_else(|err| panic!("{} + {order}: {err}", d.name));
             assert!(o.stats.sim_ns > 0.0);
             assert!(o.workloads.iter().all(|w| w.error.is_none()), "{} {:?}", d.name, o.workloads);
+            for dev in 0..2 {
+                let cap = [128, 96][dev as usize];
+                assert!(m.device_pages_used(dev).unwrap() <= cap, "{} + {order}: dev{dev} over capacity", d.name);
+            }
         }
     }
 }
 
 #[test]
-fn capacity_holds_and_residency_matches_the_model() {
+fn capacity_holds_and_residency_matches_the_page_tables() {
     let (bases, pages) = layout(&[3000]);
-    let mut m = Model::new(pages);
+    let mut m = stack(pages, &[1000]);
     {
         let mut e =
             Engine::new(pages, &[1000], CostModel::default(), policy("tree", &[], "lru4k"), &mut m, Config::default());
@@ -86,7 +227,8 @@ fn capacity_holds_and_residency_matches_the_model() {
         let o = e.run().unwrap();
         assert!(o.stats.evicted > 0);
     }
-    let on_dev = (0..pages).filter(|&p| m.loc(p) == Loc::Dev(0)).count();
+    let on_dev = (0..pages).filter(|&p| m.locate(p).unwrap().0 == Loc::Dev(0)).count();
+    assert_eq!(m.device(0).unwrap().pages_in_use(), on_dev as u64);
     assert!(on_dev <= 1000, "{on_dev} pages on a 1000-page device");
     assert!(on_dev > 900, "device memory stays used: {on_dev}");
 }
@@ -195,7 +337,7 @@ impl Workload for Bad {
 #[test]
 fn a_bad_workload_is_reported_and_the_rest_continues() {
     let (bases, pages) = layout(&[16, 300]);
-    let mut m = Model::new(pages);
+    let mut m = stack(pages, &[512]);
     let mut e =
         Engine::new(pages, &[512], CostModel::default(), policy("tree", &[], "root-chunk"), &mut m, Config::default());
     e.add(Box::new(Bad), bases[0]);
@@ -209,10 +351,12 @@ fn a_bad_workload_is_reported_and_the_rest_continues() {
 #[test]
 fn measured_costs_replace_the_model() {
     let cost = CostModel { source: crate::place::cost::Source::Measured, ..CostModel::default() };
-    let o =
-        run_with(alloc::vec![wl("stream", 300, Target::Dev(0), &[])], &[512], policy("tree", &[], "root-chunk"), cost);
-    // The model mechanism reports 1 µs per page moved.
-    assert!((o.stats.transfer_ns - 1000.0 * o.stats.to_dev as f64).abs() < 1.0, "{:?}", o.stats);
+    let (o, moves) =
+        run_on(alloc::vec![wl("stream", 300, Target::Dev(0), &[])], &[512], policy("tree", &[], "root-chunk"), cost);
+    // The test clock advances 1 µs a reading, and the stack reads it before and after each
+    // move: each transfer is charged what the mechanism measured, 1 µs, not the cost model.
+    assert!(moves > 0);
+    assert_eq!(o.stats.transfer_ns, 1000.0 * moves as f64, "{:?}", o.stats);
 }
 
 #[test]
@@ -221,11 +365,11 @@ fn cpu_touches_bring_pages_back() {
     assert!(o.stats.cpu_faults > 0 && o.stats.to_cpu > 0);
 }
 
-/// The model names what it caught: the page, what was done, where the engine and the model
-/// have it, as a value a caller can match and text a person can read.
+/// The stack names what it caught: the page, what was done, where the engine and the page
+/// tables have it, as a value a caller can match and text a person can read.
 #[test]
-fn model_errors_say_what_failed() {
-    let mut m = Model::new(4);
+fn stack_errors_say_what_failed() {
+    let mut m = stack(4, &[8, 8]);
     let e = m.migrate(1, 1, Loc::Dev(0), Loc::Cpu).unwrap_err();
     assert_eq!(e, MechError::Misplaced { page: 1, op: PageOp::Migrate, expected: Loc::Dev(0), found: Loc::Cpu });
     assert!(e.to_string().contains("page 1") && e.to_string().contains("have it in cpu"), "{e}");
@@ -234,9 +378,20 @@ fn model_errors_say_what_failed() {
     assert_eq!(e, MechError::Copy { page: 2, dev: 1, fault: CopyFault::Missing });
     assert_eq!(e.to_string(), "dev1 holds no read copy of page 2");
     m.duplicate(2, 1, Loc::Cpu, 0).unwrap();
-    let e = m.access(Loc::Cpu, Loc::Cpu, 2, true).unwrap_err();
-    assert_eq!(e, MechError::CopiesOutstanding { page: 2, writer: Some(Loc::Cpu) });
-    assert_eq!(e.to_string(), "cpu wrote page 2 with read copies outstanding");
+    assert_eq!(
+        m.duplicate(2, 1, Loc::Cpu, 0).unwrap_err(),
+        MechError::Copy { page: 2, dev: 0, fault: CopyFault::AlreadyHeld }
+    );
+    let e = m.access(Loc::Dev(0), Loc::Dev(0), 2, true).unwrap_err();
+    assert_eq!(e, MechError::Copy { page: 2, dev: 0, fault: CopyFault::Written });
+    // A CPU write the engine made without dropping the copy leaves it stale: the end's check
+    // finds it.
+    m.access(Loc::Cpu, Loc::Cpu, 2, true).unwrap();
+    let e = m.finish().unwrap_err();
+    assert_eq!(e, MechError::Data { page: 2, copy: Some(0), fault: DataFault::Writes { found: 0, made: 1 } });
+    assert_eq!(e.to_string(), "dev0's read copy of page 2: 0 writes found, 1 made");
+    m.drop_copy(2, 0).unwrap();
+    m.finish().unwrap();
     let e = m.access(Loc::Dev(1), Loc::Dev(1), 3, false).unwrap_err();
     assert_eq!(
         e,
@@ -257,7 +412,7 @@ fn device_errors_name_the_operation() {
 fn four_workloads(on: Target, cpus: u32, sched: Option<&str>) -> Outcome {
     let ws = (0..4).map(|i| wl(["stream", "bfs", "zipf", "pingpong"][i], 256, on, &[])).collect::<Vec<_>>();
     let (bases, pages) = layout(&ws.iter().map(|w| w.pages()).collect::<Vec<_>>());
-    let mut m = Model::new(pages);
+    let mut m = stack(pages, &[300, 300]);
     let cfg = Config { cpus, ..Config::default() };
     let mut e = Engine::new(pages, &[300, 300], CostModel::default(), policy("tree", &[], "root-chunk"), &mut m, cfg);
     if let Some(name) = sched {
