@@ -12,8 +12,9 @@
 //!   correctness. (Only an explicit `mem::forget` can skip it.)
 //!
 //! Invariants: intermediate entries are present + writable (+ user below the kernel half:
-//! [`Tables::new`] there, [`Tables::kernel`] above); permissions are decided by the leaf alone. A huge page is never silently split: mapping a
-//! 4 KiB page inside one is [`MapError::HugePageInTheWay`].
+//! [`Tables::new`] there, [`Tables::kernel`] above); permissions are decided by the leaf
+//! alone. A huge page is never silently split: mapping a 4 KiB page inside one is
+//! [`MapError::HugePageInTheWay`] (the walker's [`Lookup::Blocked`]).
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering};
