@@ -316,6 +316,8 @@ impl<'a, M: TableMemory + ?Sized> Tables<'a, M> {
     /// Calls `f` for every non-empty leaf intersecting `[start, end)`, in address order.
     /// A PMD leaf is reported once, with its 2 MiB-aligned address, even when it only partly
     /// overlaps the range. `f` may rewrite the leaf's slot but not the table structure.
+    /// Entries above the PMD that are not tables (1 GiB leaves, which only the kernel half
+    /// holds) are passed over: this is the user halves' range walk.
     ///
     /// Generic over the callback so that the per-leaf call is inlined: walks are the inner
     /// loop of range faults, invalidations and teardown.
