@@ -1,6 +1,9 @@
 //! x86_64 4-level page tables, walked and edited through the direct map.
 //!
-//! [`PageTable`] maps, unmaps, re-protects and translates 4 KiB, 2 MiB and 1 GiB pages.
+//! [`PageTable`] maps, unmaps, re-protects and translates 4 KiB, 2 MiB and 1 GiB pages. The
+//! walk is `hmm`'s ([`hmm::mm::pagetable::Tables`], the one the user halves use too), over
+//! [`DirectMap`]: table frames reached through the direct map (the early identity map during
+//! bootstrap) and allocated from [`frame`] (its bootstrap run before the buddy allocator).
 //! Every change that can leave a stale TLB entry returns a [`Flush`] token:
 //! - `#[must_use]`, so ignoring it is a compiler warning (an error under `-D warnings`);
 //! - consumed by [`Flush::flush`] (invalidate now) or [`Flush::defer`] (add to a
@@ -8,10 +11,12 @@
 //! - and if dropped anyway, it flushes in its `Drop`, so a forgotten flush costs time, never
 //!   correctness. (Only an explicit `mem::forget` can skip it.)
 //!
-//! Invariants: intermediate entries are present + writable (+ user below the kernel half);
-//! permissions are decided by the leaf alone. A huge page is never silently split: mapping a
-//! 4 KiB page inside one is [`MapError::HugePageInTheWay`].
+//! Invariants: intermediate entries are present + writable (+ user below the kernel half:
+//! [`Tables::new`] there, [`Tables::kernel`] above); permissions are decided by the leaf
+//! alone. A huge page is never silently split: mapping a 4 KiB page inside one is
+//! [`MapError::HugePageInTheWay`] (the walker's [`Lookup::Blocked`]).
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::{
     registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags},
@@ -19,7 +24,10 @@ use x86_64::{
 };
 
 use super::{frame, phys_to_virt};
+use hmm::addr::Pfn;
+use hmm::mm::pagetable::{Level, Lookup, NoTableMemory, Slot, TableMemory, Tables};
 use hmm::mm::platform::TlbFlush;
+use hmm::mm::pte::ADDR_MASK;
 
 pub use x86_64::structures::paging::PageTableFlags as Flags;
 
@@ -33,7 +41,8 @@ pub static DROPPED_FLUSH_TOKENS: AtomicU64 = AtomicU64::new(0);
 /// Above this many pages, a flush reloads the whole TLB instead of invalidating page by page.
 const FULL_FLUSH_THRESHOLD: u64 = 64;
 
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// The first address of the kernel half.
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 
 /// A page size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +64,22 @@ impl PageSize {
             Self::Size1G => 1 << 30,
         }
     }
-    /// The table level whose entry is the leaf (1 = PT, 2 = PD, 3 = PDPT).
-    const fn leaf_level(self) -> usize {
+    /// The level whose entry is the leaf.
+    const fn level(self) -> Level {
         match self {
-            Self::Size4K => 1,
-            Self::Size2M => 2,
-            Self::Size1G => 3,
+            Self::Size4K => Level::Pte,
+            Self::Size2M => Level::Pmd,
+            Self::Size1G => Level::Pud,
+        }
+    }
+
+    /// The page size of a leaf at `level` (`None` at the root's level, which holds no leaves).
+    const fn of(level: Level) -> Option<Self> {
+        match level {
+            Level::Pte => Some(Self::Size4K),
+            Level::Pmd => Some(Self::Size2M),
+            Level::Pud => Some(Self::Size1G),
+            Level::Pml4 => None,
         }
     }
 }
@@ -249,23 +268,58 @@ pub struct PageTable {
     root: u64,
 }
 
-fn index(vaddr: u64, level: usize) -> usize {
-    ((vaddr >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+/// The kernel's page-table frames as `hmm`'s walker reaches them: through the direct map (the
+/// early identity map before it is live), allocated zeroed from [`frame`] and freed to it.
+/// Made for one operation; it keeps the allocator's error, which the walker only reports as
+/// [`NoTableMemory`].
+#[derive(Debug, Default)]
+struct DirectMap {
+    failed: Cell<Option<frame::OutOfFrames>>,
 }
 
-fn entry(table: u64, i: usize) -> *mut u64 {
-    (phys_to_virt(table) + 8 * i as u64) as *mut u64
+impl DirectMap {
+    /// The error behind a [`NoTableMemory`] of this operation's walk.
+    fn out_of_frames(&self, _: NoTableMemory) -> MapError {
+        MapError::OutOfFrames(self.failed.get().unwrap_or(frame::OutOfFrames { requested: 1, free: 0 }))
+    }
 }
 
-fn read_entry(table: u64, i: usize) -> u64 {
-    // SAFETY: `table` is a page-table frame of this hierarchy (only such frames are passed
-    // here), reachable through the direct map; entries are naturally aligned u64s.
-    unsafe { entry(table, i).read_volatile() }
+/// The 512 entries of the page-table frame `table`.
+fn entries(table: Pfn) -> &'static [AtomicU64; 512] {
+    // SAFETY: only frames of a kernel page-table hierarchy come here: its root, or a frame
+    // read from one of its table entries, every one allocated by `DirectMap::alloc_table` (or
+    // `PageTable::new`) for this purpose and freed only after being unhooked. Such a frame is
+    // RAM that the direct map (the early identity map during bootstrap) maps read-write for
+    // the kernel's lifetime; it holds 512 naturally aligned u64s, which every user (the CPU's
+    // walker included) accesses only as whole atomic words.
+    unsafe { &*(phys_to_virt(table.addr()) as *const [AtomicU64; 512]) }
 }
 
-fn write_entry(table: u64, i: usize, value: u64) {
-    // SAFETY: as in `read_entry`; the caller holds `&mut PageTable`, so no other editor races.
-    unsafe { entry(table, i).write_volatile(value) }
+impl TableMemory for DirectMap {
+    fn alloc_table(&self) -> Option<Pfn> {
+        frame::alloc_zeroed(1).map(Pfn::containing).map_err(|e| self.failed.set(Some(e))).ok()
+    }
+    fn free_table(&self, table: Pfn) {
+        frame::free(table.addr(), 1)
+    }
+    fn load_entry(&self, table: Pfn, index: usize) -> u64 {
+        entries(table)[index].load(Ordering::Acquire)
+    }
+    fn store_entry(&self, table: Pfn, index: usize, value: u64) {
+        entries(table)[index].store(value, Ordering::Release)
+    }
+    fn swap_entry(&self, table: Pfn, index: usize, value: u64) -> u64 {
+        entries(table)[index].swap(value, Ordering::AcqRel)
+    }
+    fn entries(&self, table: Pfn) -> &[AtomicU64] {
+        entries(table)
+    }
+}
+
+/// The present leaf that maps `vaddr`: its slot, size and raw entry.
+fn leaf(t: &Tables<'_, DirectMap>, vaddr: u64) -> Option<(Slot, PageSize, u64)> {
+    let e = t.find(vaddr).filter(|e| e.raw & F::PRESENT.bits() != 0)?;
+    Some((e.slot, PageSize::of(e.level)?, e.raw))
 }
 
 fn canonical(vaddr: u64) -> bool {
@@ -294,32 +348,11 @@ impl PageTable {
         unsafe { Cr3::write(frame, Cr3Flags::empty()) };
     }
 
-    /// Walks to the table whose entry maps `vaddr` at `level`, creating missing tables when
-    /// `create`. Fails with `HugePageInTheWay` if a larger leaf is in the way.
-    fn walk(&mut self, vaddr: u64, level: usize, create: bool) -> Result<Option<u64>, MapError> {
-        let mut table = self.root;
-        let user = vaddr < 0xffff_8000_0000_0000;
-        for l in (level + 1..=4).rev() {
-            let i = index(vaddr, l);
-            let e = read_entry(table, i);
-            if e & F::PRESENT.bits() == 0 {
-                if !create {
-                    return Ok(None);
-                }
-                let next = frame::alloc_zeroed(1)?;
-                let mut flags = F::PRESENT | F::WRITABLE;
-                if user {
-                    flags |= F::USER_ACCESSIBLE;
-                }
-                write_entry(table, i, next | flags.bits());
-                table = next;
-            } else if e & F::HUGE_PAGE.bits() != 0 {
-                return Err(MapError::HugePageInTheWay(vaddr));
-            } else {
-                table = e & ADDR_MASK;
-            }
-        }
-        Ok(Some(table))
+    /// The walker for `vaddr` over `mem`: tables it creates get the user bit below the kernel
+    /// half only.
+    fn tables<'a>(&self, mem: &'a DirectMap, vaddr: u64) -> Tables<'a, DirectMap> {
+        let root = Pfn::containing(self.root);
+        if vaddr < KERNEL_HALF { Tables::new(mem, root) } else { Tables::kernel(mem, root) }
     }
 
     /// Maps `vaddr` to `paddr` with a page of `size` and `flags` (PRESENT is implied).
@@ -330,54 +363,34 @@ impl PageTable {
         if !vaddr.is_multiple_of(size.bytes()) || !paddr.is_multiple_of(size.bytes()) {
             return Err(MapError::Misaligned { vaddr, paddr, size });
         }
-        let level = size.leaf_level();
-        let table = self.walk(vaddr, level, true)?.ok_or(MapError::NotMapped(vaddr))?;
-        let i = index(vaddr, level);
-        if read_entry(table, i) & F::PRESENT.bits() != 0 {
+        let mem = DirectMap::default();
+        let t = self.tables(&mem, vaddr);
+        let slot = match t.slot(vaddr, size.level(), true).map_err(|e| mem.out_of_frames(e))? {
+            Lookup::Slot(slot) => slot,
+            Lookup::Blocked { .. } => return Err(MapError::HugePageInTheWay(vaddr)),
+            Lookup::Missing => return Err(MapError::NotMapped(vaddr)),
+        };
+        if t.load(slot) & F::PRESENT.bits() != 0 {
             return Err(MapError::AlreadyMapped(vaddr));
         }
         let mut flags = flags | F::PRESENT;
         if size != PageSize::Size4K {
             flags |= F::HUGE_PAGE;
         }
-        write_entry(table, i, paddr | flags.bits());
+        t.store(slot, paddr | flags.bits());
         // A not-present entry is never cached, but a local flush of the new page is cheap and
         // makes remapping paths uniform; no other CPU needs one.
         Ok(Flush::new_mapping(vaddr, size.bytes()))
     }
 
-    /// Finds the leaf entry for `vaddr`: (table, index, size).
-    fn leaf(&self, vaddr: u64) -> Option<(u64, usize, PageSize)> {
-        let mut table = self.root;
-        for level in (1..=4).rev() {
-            let i = index(vaddr, level);
-            let e = read_entry(table, i);
-            if e & F::PRESENT.bits() == 0 {
-                return None;
-            }
-            let size = match level {
-                1 => Some(PageSize::Size4K),
-                2 if e & F::HUGE_PAGE.bits() != 0 => Some(PageSize::Size2M),
-                3 if e & F::HUGE_PAGE.bits() != 0 => Some(PageSize::Size1G),
-                _ => None,
-            };
-            if let Some(size) = size {
-                return Some((table, i, size));
-            }
-            table = e & ADDR_MASK;
-        }
-        None
-    }
-
     /// Translates `vaddr`.
     pub fn translate(&self, vaddr: u64) -> Option<Translation> {
-        let (table, i, size) = self.leaf(vaddr)?;
-        let e = read_entry(table, i);
-        let flag_bits = e & !ADDR_MASK;
+        let mem = DirectMap::default();
+        let (_, size, e) = leaf(&self.tables(&mem, vaddr), vaddr)?;
         Some(Translation {
             paddr: (e & ADDR_MASK & !(size.bytes() - 1)) + (vaddr & (size.bytes() - 1)),
             size,
-            flags: F::from_bits_truncate(flag_bits),
+            flags: F::from_bits_truncate(e & !ADDR_MASK),
         })
     }
 
@@ -385,43 +398,24 @@ impl PageTable {
     /// left empty are freed (except the kernel half's PDPTs, which every address space shares
     /// through its PML4), and the flush covers the paging-structure caches of the address.
     pub fn unmap(&mut self, vaddr: u64) -> Result<(u64, PageSize, Flush), MapError> {
-        let (table, i, size) = self.leaf(vaddr).ok_or(MapError::NotMapped(vaddr))?;
+        let mem = DirectMap::default();
+        let t = self.tables(&mem, vaddr);
+        let (slot, size, e) = leaf(&t, vaddr).ok_or(MapError::NotMapped(vaddr))?;
+        t.store(slot, 0);
+        let keep = if vaddr >= KERNEL_HALF { Level::Pud } else { Level::Pml4 };
+        t.prune_path(vaddr, size.level(), keep, &mut |table| mem.free_table(table));
         let start = vaddr & !(size.bytes() - 1);
-        let e = read_entry(table, i);
-        write_entry(table, i, 0);
-        self.free_empty_tables(vaddr, size.leaf_level());
         Ok((e & ADDR_MASK & !(size.bytes() - 1), size, Flush::new(start, size.bytes())))
-    }
-
-    /// Frees the tables on `vaddr`'s path from `level` up that hold no entry any more.
-    fn free_empty_tables(&mut self, vaddr: u64, level: usize) {
-        let kernel_half = vaddr >= 0xffff_8000_0000_0000;
-        // path[l] = the table at level l on the walk (4 = PML4).
-        let mut path = [0u64; 5];
-        path[4] = self.root;
-        for l in (level + 1..=4).rev() {
-            path[l - 1] = read_entry(path[l], index(vaddr, l)) & ADDR_MASK;
-        }
-        for l in level..4 {
-            if kernel_half && l == 3 {
-                break;
-            }
-            if (0..512).any(|i| read_entry(path[l], i) != 0) {
-                break;
-            }
-            write_entry(path[l + 1], index(vaddr, l + 1), 0);
-            frame::free(path[l], 1);
-        }
     }
 
     /// Replaces the flags of the page containing `vaddr` (PRESENT and HUGE_PAGE are kept as
     /// they are).
     pub fn protect(&mut self, vaddr: u64, flags: F) -> Result<Flush, MapError> {
-        let (table, i, size) = self.leaf(vaddr).ok_or(MapError::NotMapped(vaddr))?;
-        let e = read_entry(table, i);
-        let keep = e & (ADDR_MASK | F::PRESENT.bits() | F::HUGE_PAGE.bits());
-        let flags = flags.bits() & !(ADDR_MASK | F::PRESENT.bits() | F::HUGE_PAGE.bits());
-        write_entry(table, i, keep | flags);
+        let mem = DirectMap::default();
+        let t = self.tables(&mem, vaddr);
+        let (slot, size, e) = leaf(&t, vaddr).ok_or(MapError::NotMapped(vaddr))?;
+        let kept = ADDR_MASK | F::PRESENT.bits() | F::HUGE_PAGE.bits();
+        t.store(slot, (e & kept) | (flags.bits() & !kept));
         let start = vaddr & !(size.bytes() - 1);
         Ok(Flush::new(start, size.bytes()))
     }
@@ -430,11 +424,11 @@ impl PageTable {
     /// changes and address spaces can share it by copying PML4[256..512] once (as Linux
     /// preallocates its kernel PUDs).
     pub fn populate_kernel_half(&mut self) -> Result<(), MapError> {
+        let mem = DirectMap::default();
         for i in boot::layout::KERNEL_PML4_FIRST..512 {
-            if read_entry(self.root, i) & F::PRESENT.bits() == 0 {
-                let pdpt = frame::alloc_zeroed(1)?;
-                write_entry(self.root, i, pdpt | (F::PRESENT | F::WRITABLE).bits());
-            }
+            // The first address of PML4 slot i (sign-extended: the kernel half).
+            let va = KERNEL_HALF | ((i as u64) << 39);
+            self.tables(&mem, va).slot(va, Level::Pud, true).map_err(|e| mem.out_of_frames(e))?;
         }
         Ok(())
     }
