@@ -624,7 +624,7 @@ struct Wl {
 type Release = (usize, Phase, f64, Option<usize>);
 
 /// Graph phases of one workload the scheduler sees beyond those released, at most.
-pub const LOOKAHEAD: usize = 1024;
+pub const LOOKAHEAD: usize = 256;
 
 /// A phase graph being run: what is released, what has ended, what each phase waits for.
 /// Invariants: `waiting[i]` is the number of `i`'s dependencies not ended; a phase is in `ready`
@@ -639,6 +639,8 @@ struct GraphRun {
     ready: VecDeque<usize>,
     /// Phases not ended.
     left: usize,
+    /// No phase before it is unreleased (where the look-ahead starts).
+    first: usize,
     /// Each phase's scheduler target, compute costs per processor, and pages passed per
     /// dependency (in `deps` order), computed once.
     on: Vec<Target>,
@@ -936,6 +938,7 @@ impl<'m> Engine<'m> {
             ready: (0..n).filter(|&i| g.deps[i].is_empty()).collect(),
             ready_at: vec![0.0; n],
             left: n,
+            first: 0,
             succs,
             deps: g.deps,
             phases: g.phases.into_iter().map(Some).collect(),
@@ -1001,10 +1004,13 @@ impl<'m> Engine<'m> {
         let mut graph_wls: Vec<usize> = released.iter().filter(|r| r.3.is_some()).map(|r| r.0).collect();
         graph_wls.dedup();
         for w in graph_wls {
-            let Some(g) = self.wls[w].graph.as_ref() else { continue };
             let (base, pages) = (self.wls[w].base, self.wls[w].w.pages());
+            let Some(g) = self.wls[w].graph.as_mut() else { continue };
+            while g.first < g.phases.len() && g.phases[g.first].is_none() {
+                g.first += 1;
+            }
             let ready = released.iter().filter(|r| r.0 == w).map(|r| r.2).fold(0.0, f64::max);
-            let future = (0..g.phases.len()).filter(|&i| g.phases[i].is_some()).take(LOOKAHEAD);
+            let future = (g.first..g.phases.len()).filter(|&i| g.phases[i].is_some()).take(LOOKAHEAD);
             for i in future.collect::<Vec<_>>() {
                 let deps = g.deps[i]
                     .iter()

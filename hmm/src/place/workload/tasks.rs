@@ -35,6 +35,24 @@ fn slice(pages: u32, n: u32, k: u32) -> (u32, u32) {
     (first, first + per + u32::from(k < extra))
 }
 
+/// Accesses a graph may hold: it is materialised whole (in the guest too), so a fork-join or
+/// pipeline larger than this is refused with the parameter to lower.
+pub const MAX_ACCESSES: u64 = 1 << 22;
+
+/// Refuses a graph of `accesses` accesses over [`MAX_ACCESSES`], naming `name = value`.
+fn fits(accesses: u64, name: &str, value: u64) -> Result<(), ParamError> {
+    if accesses <= MAX_ACCESSES {
+        return Ok(());
+    }
+    Err(ParamError::Bad {
+        name: name.into(),
+        value: alloc::format!("{value}"),
+        allowed: alloc::format!(
+            "a value giving at most {MAX_ACCESSES} accesses in the whole graph (this gives {accesses}; a graph is held in memory whole)"
+        ),
+    })
+}
+
 /// Adds a phase whose dependencies were made by this builder (always earlier, so `add` cannot
 /// refuse it).
 fn add(g: &mut PhaseGraph, p: super::Phase, deps: &[usize]) -> Result<usize, ParamError> {
@@ -57,6 +75,7 @@ pub const FORKJOIN: WorkloadDef = WorkloadDef {
         let data = l.array(data_pages as u64 * PAGE);
         let result = l.array(PAGE);
         let rounds = or(s.iterations, 2);
+        fits(rounds as u64 * (3 * data_pages as u64 + 1), "iterations", rounds as u64)?;
         let mut g = PhaseGraph::default();
         let mut e = Emit::default();
         let mut prev_join: Option<usize> = None;
@@ -100,6 +119,7 @@ pub const PIPELINE: WorkloadDef = WorkloadDef {
         let data_pages = s.pages.saturating_sub(stages).max(1);
         let data = l.array(data_pages as u64 * PAGE);
         let state = l.array(stages as u64 * PAGE);
+        fits(stages as u64 * (data_pages as u64 + chunks as u64), "stages", stages as u64)?;
         let on = |st: u32| {
             if p.bool("spread") { Target::Dev((st % s.devices.max(1) as u32) as u8) } else { s.device }
         };
@@ -192,6 +212,17 @@ mod tests {
         let spread = build(&PIPELINE, 64, 4, &[("spread", crate::place::params::Value::Bool(true))]);
         let on: Vec<Target> = spread.phases[..3].iter().map(|p| p.on).collect();
         assert_eq!(on, [Target::Dev(0), Target::Dev(1), Target::Dev(0)]);
+    }
+
+    #[test]
+    fn a_graph_too_large_to_hold_is_refused() {
+        let mut p = Params::new();
+        p.set("width", crate::place::params::Value::Int(4));
+        let p = p.checked(FORKJOIN.params).unwrap();
+        let setup = Setup { pages: 1 << 20, device: Target::Any, devices: 2, seed: 1, iterations: 10 };
+        let e = (FORKJOIN.build)(&p, &setup).unwrap_err();
+        assert!(e.to_string().contains("iterations"), "{e}");
+        assert!((FORKJOIN.build)(&p, &Setup { iterations: 1, ..setup }).is_ok());
     }
 
     #[test]
