@@ -20,7 +20,9 @@
 //! communication; then, in that order, the engine asks it for a processor for each released
 //! phase only, seeing every processor free when what is queued on it is expected to end. Step
 //! workloads give exactly the graph they always did (no successors are known). A processor runs
-//! one phase at a time; others queue in the order placed.
+//! one phase at a time; others queue in the order placed, and a phase placed on an idle
+//! processor starts no earlier than the processor's last phase ended (the engine may place it
+//! after advancing that phase past its release).
 //! Among running phases the engine always advances the one with the earliest clock by one wave,
 //! so concurrent workloads interleave in simulated time and compete for device memory.
 //!
