@@ -1,14 +1,28 @@
 //! The engine: runs workloads on processors under a policy, over a [`Mechanism`] that moves and
 //! touches the data, and accounts simulated time by the cost model beside measured wall time.
 //!
-//! **Scheduling.** Each workload is a sequence of steps; a step's phases start together and the
-//! next step starts when all have finished. A phase runs on a processor: a CPU core or a device's
-//! compute engine. Which one is the chosen [`Scheduler`]'s decision ([`super::sched`]; `eft`
-//! unless [`Engine::set_scheduler`] says otherwise): the steps that start at once (every
-//! workload whose previous step is over) form a graph of independent phases, each released at
-//! its workload's step end; the scheduler orders them once (HEFT by rank), then picks a
-//! processor for each in turn, seeing every processor free when what is queued on it is
-//! expected to end. A processor runs one phase at a time; others queue in the order placed.
+//! **Scheduling.** A workload is either a chain of steps (a step's phases start together and
+//! the next step starts when all have finished; the steps are asked for one at a time, so a
+//! large generator is never materialised) or, when [`Workload::graph`] gives one, a phase graph
+//! with its own dependencies: a graph phase is released when its last dependency ends, at the
+//! latest end among them (a phase without dependencies at 0), with no barrier; a phase without
+//! accesses ends as soon as it is released. A phase runs on a processor: a CPU core or a
+//! device's compute engine. Which one is the chosen [`Scheduler`]'s decision ([`super::sched`];
+//! `eft` unless [`Engine::set_scheduler`] says otherwise): the phases released at once (the next
+//! step of every step workload whose previous step is over, and every graph phase whose
+//! dependencies have all ended, each released at its own time) are placed together: they form
+//! one [`sched::Graph`] (released phases have no dependencies left among them), followed by the
+//! phases of the same graph workloads not yet released (at most [`LOOKAHEAD`] per workload, in
+//! topological order), with their dependencies on the released phases and on each other, their
+//! compute costs and the pages each dependency passes, but no pages of their own (where pages
+//! will be then is not known) and no processor. The scheduler orders that whole graph once, so
+//! HEFT's upward rank of a released phase counts its remaining successors' mean compute and
+//! communication; then, in that order, the engine asks it for a processor for each released
+//! phase only, seeing every processor free when what is queued on it is expected to end. Step
+//! workloads give exactly the graph they always did (no successors are known). A processor runs
+//! one phase at a time; others queue in the order placed, and a phase placed on an idle
+//! processor starts no earlier than the processor's last phase ended (the engine may place it
+//! after advancing that phase past its release).
 //! Among running phases the engine always advances the one with the earliest clock by one wave,
 //! so concurrent workloads interleave in simulated time and compete for device memory.
 //!
@@ -598,6 +612,8 @@ pub struct Outcome {
 struct Proc {
     loc: Loc,
     name: String,
+    /// When its last phase ended, simulated ns (nothing it runs starts earlier).
+    free: f64,
     busy: f64,
     phases: u32,
     running: Option<usize>,
@@ -606,6 +622,8 @@ struct Proc {
 
 struct Running {
     wl: usize,
+    /// The phase's index in its workload's graph (`None`: a step's phase).
+    node: Option<usize>,
     phase: Phase,
     pos: usize,
     proc: usize,
@@ -619,8 +637,57 @@ struct Wl {
     pending: usize,
     step_end: f64,
     done: bool,
+    /// Steps started; for a graph workload, the times some of its phases were released.
     steps: u32,
     error: Option<String>,
+    /// Whether [`Workload::graph`] was asked.
+    asked: bool,
+    /// Its phase graph being run, when it gave one.
+    graph: Option<GraphRun>,
+}
+
+/// A phase released to be placed: its workload, the phase, its release time, and its index in
+/// its workload's graph (`None`: a step's phase).
+type Release = (usize, Phase, f64, Option<usize>);
+
+/// Graph phases of one workload the scheduler sees beyond those released, at most.
+pub const LOOKAHEAD: usize = 256;
+
+/// A phase graph being run: what is released, what has ended, what each phase waits for.
+/// Invariants: `waiting[i]` is the number of `i`'s dependencies not ended; a phase is in `ready`
+/// exactly when it waits for nothing and is not released; `phases[i]` is `None` once released.
+struct GraphRun {
+    phases: Vec<Option<Phase>>,
+    deps: Vec<Vec<usize>>,
+    succs: Vec<Vec<usize>>,
+    waiting: Vec<usize>,
+    /// The latest end among the ended dependencies (the release time once all have ended).
+    ready_at: Vec<f64>,
+    ready: VecDeque<usize>,
+    /// Phases not ended.
+    left: usize,
+    /// No phase before it is unreleased (where the look-ahead starts).
+    first: usize,
+    /// Each phase's scheduler target, compute costs per processor, and pages passed per
+    /// dependency (in `deps` order), computed once.
+    on: Vec<Target>,
+    cost: Vec<Vec<f64>>,
+    passed: Vec<Vec<u32>>,
+}
+
+impl GraphRun {
+    /// Phase `i` ended at `t`: releases the successors that waited only for it.
+    fn end(&mut self, i: usize, t: f64) {
+        self.left -= 1;
+        for k in 0..self.succs[i].len() {
+            let j = self.succs[i][k];
+            self.ready_at[j] = self.ready_at[j].max(t);
+            self.waiting[j] -= 1;
+            if self.waiting[j] == 0 {
+                self.ready.push_back(j);
+            }
+        }
+    }
 }
 
 /// The engine. Build with [`Engine::new`], add workloads, [`Engine::run`].
@@ -795,6 +862,15 @@ pub fn layout(footprints: &[u32]) -> (Vec<u32>, u32) {
     (bases, next)
 }
 
+/// A phase's target as the scheduler sees it: a device the machine lacks means its last device
+/// (as always).
+fn clamp_target(on: Target, devices: usize) -> Target {
+    match on {
+        Target::Dev(d) => Target::Dev(d.min(devices.saturating_sub(1) as u8)),
+        t => t,
+    }
+}
+
 impl<'m> Engine<'m> {
     /// An engine over `pages` managed pages and devices of `capacities` (pages).
     pub fn new(
@@ -810,6 +886,7 @@ impl<'m> Engine<'m> {
             .map(|c| Proc {
                 loc: Loc::Cpu,
                 name: format!("cpu{c}"),
+                free: 0.0,
                 busy: 0.0,
                 phases: 0,
                 running: None,
@@ -820,6 +897,7 @@ impl<'m> Engine<'m> {
             procs.push(Proc {
                 loc: Loc::Dev(d as u8),
                 name: format!("dev{d}"),
+                free: 0.0,
                 busy: 0.0,
                 phases: 0,
                 running: None,
@@ -859,7 +937,17 @@ impl<'m> Engine<'m> {
 
     /// Adds a workload whose pages start at `base` (from [`layout`]).
     pub fn add(&mut self, w: Box<dyn Workload>, base: u32) {
-        self.wls.push(Wl { w, base, pending: 0, step_end: 0.0, done: false, steps: 0, error: None });
+        self.wls.push(Wl {
+            w,
+            base,
+            pending: 0,
+            step_end: 0.0,
+            done: false,
+            steps: 0,
+            error: None,
+            asked: false,
+            graph: None,
+        });
     }
 
     /// The residency (for checks).
@@ -932,11 +1020,45 @@ impl<'m> Engine<'m> {
         self.runs[r].as_ref().map_or(f64::INFINITY, |r| r.clock)
     }
 
-    /// Starts the next step of every workload whose step is over.
+    /// Starts the next step of every step workload whose step is over and releases every graph
+    /// phase whose dependencies have all ended.
     fn start_steps(&mut self) {
-        let mut released: Vec<(usize, Phase, f64)> = Vec::new();
+        let mut released: Vec<Release> = Vec::new();
         for w in 0..self.wls.len() {
-            if self.wls[w].done || self.wls[w].pending > 0 {
+            if self.wls[w].done {
+                continue;
+            }
+            if !self.wls[w].asked {
+                self.wls[w].asked = true;
+                if let Some(g) = self.wls[w].w.graph() {
+                    self.start_graph(w, g);
+                    if self.wls[w].done {
+                        continue;
+                    }
+                }
+            }
+            let mut end = self.wls[w].step_end;
+            if let Some(g) = self.wls[w].graph.as_mut() {
+                let mut any = false;
+                while let Some(i) = g.ready.pop_front() {
+                    let Some(phase) = g.phases[i].take() else { continue };
+                    let at = g.ready_at[i];
+                    if phase.accesses.is_empty() {
+                        end = end.max(at);
+                        g.end(i, at);
+                        continue;
+                    }
+                    any = true;
+                    released.push((w, phase, at, Some(i)));
+                }
+                let finished = g.left == 0;
+                let wl = &mut self.wls[w];
+                wl.step_end = end;
+                wl.steps += u32::from(any);
+                wl.done = finished;
+                continue;
+            }
+            if self.wls[w].pending > 0 {
                 continue;
             }
             let Some(phases) = self.wls[w].w.next_step() else {
@@ -945,11 +1067,45 @@ impl<'m> Engine<'m> {
             };
             self.wls[w].steps += 1;
             let ready = self.wls[w].step_end;
-            released.extend(phases.into_iter().filter(|p| !p.accesses.is_empty()).map(|p| (w, p, ready)));
+            released.extend(phases.into_iter().filter(|p| !p.accesses.is_empty()).map(|p| (w, p, ready, None)));
         }
         if !released.is_empty() {
             self.place(released);
         }
+    }
+
+    /// Takes workload `w`'s phase graph `g` to run; a graph that breaks its invariant stops the
+    /// workload.
+    fn start_graph(&mut self, w: usize, mut g: super::workload::dag::PhaseGraph) {
+        let n = g.phases.len();
+        if let Err(e) = g.check() {
+            self.fail_workload(w, format!("{}: {e}", self.wls[w].w.name()));
+            return;
+        }
+        g.deps.resize(n, Vec::new());
+        let devices = self.st.devices();
+        let procs = self.sched_procs(0.0);
+        let mut succs = vec![Vec::new(); n];
+        for (i, d) in g.deps.iter().enumerate() {
+            for &dep in d {
+                succs[dep].push(i);
+            }
+        }
+        let run = GraphRun {
+            on: g.phases.iter().map(|p| clamp_target(p.on, devices)).collect(),
+            cost: g.phases.iter().map(|p| sched::compute_costs(p, &procs, &self.cost)).collect(),
+            passed: (0..n).map(|i| g.deps[i].iter().map(|&d| g.passed(d, i)).collect()).collect(),
+            waiting: g.deps.iter().map(Vec::len).collect(),
+            ready: (0..n).filter(|&i| g.deps[i].is_empty()).collect(),
+            ready_at: vec![0.0; n],
+            left: n,
+            first: 0,
+            succs,
+            deps: g.deps,
+            phases: g.phases.into_iter().map(Some).collect(),
+        };
+        self.wls[w].done = n == 0;
+        self.wls[w].graph = Some(run);
     }
 
     /// The processors as a scheduler sees them for a phase released at `ready`: each free when
@@ -959,7 +1115,7 @@ impl<'m> Engine<'m> {
         (0..self.procs.len())
             .map(|i| {
                 let p = &self.procs[i];
-                let mut t = ready;
+                let mut t = ready.max(p.free);
                 for r in p.running.iter().chain(p.queue.iter()) {
                     if let Some(run) = &self.runs[*r] {
                         let left = (run.phase.accesses.len() - run.pos) as f64 * self.per_access_ns;
@@ -971,49 +1127,82 @@ impl<'m> Engine<'m> {
             .collect()
     }
 
-    /// Places the phases just released (the steps that start now, of every workload whose
-    /// previous step is over: independent phases, each released at its workload's step end)
-    /// with the scheduler, and queues each on its processor in the scheduler's order.
-    fn place(&mut self, released: Vec<(usize, Phase, f64)>) {
+    /// Places the phases just released (the steps that start now, of every step workload whose
+    /// previous step is over, and the graph phases whose dependencies have ended: phases with no
+    /// dependencies among them, each released at its own time) with the scheduler, and queues
+    /// each on its processor in the scheduler's order. The graph the scheduler orders also has
+    /// the released graph workloads' phases still to come (see the module docs).
+    fn place(&mut self, released: Vec<Release>) {
         let mut s = self.sched.take().unwrap_or_else(|| Box::new(sched::Eft));
         let devices = self.st.devices();
         let procs = self.sched_procs(released[0].2);
-        let graph = sched::Graph {
-            nodes: released
-                .iter()
-                .map(|(w, ph, ready)| {
-                    let (base, pages) = (self.wls[*w].base, self.wls[*w].w.pages());
-                    let mut touched: Vec<u32> = ph.accesses.iter().map(|a| base + a.page).collect();
-                    touched.sort_unstable();
-                    touched.dedup();
-                    sched::Node {
-                        name: ph.name,
-                        // A device the machine lacks means its last device (as always).
-                        on: match ph.on {
-                            Target::Dev(d) => Target::Dev(d.min(devices.saturating_sub(1) as u8)),
-                            t => t,
-                        },
-                        cost: sched::compute_costs(ph, &procs, &self.cost),
-                        pages: touched,
-                        footprint: (base, pages),
-                        deps: Vec::new(),
-                        ready: *ready,
-                    }
-                })
-                .collect(),
-        };
+        let mut nodes: Vec<sched::Node> = released
+            .iter()
+            .map(|(w, ph, ready, _)| {
+                let (base, pages) = (self.wls[*w].base, self.wls[*w].w.pages());
+                let mut touched: Vec<u32> = ph.accesses.iter().map(|a| base + a.page).collect();
+                touched.sort_unstable();
+                touched.dedup();
+                sched::Node {
+                    name: ph.name,
+                    on: clamp_target(ph.on, devices),
+                    cost: sched::compute_costs(ph, &procs, &self.cost),
+                    pages: touched,
+                    footprint: (base, pages),
+                    deps: Vec::new(),
+                    ready: *ready,
+                }
+            })
+            .collect();
+        let n = released.len();
+        // The phases still to come of the graph workloads released here, after the released.
+        let mut at: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        for (k, (w, _, _, node)) in released.iter().enumerate() {
+            if let Some(i) = node {
+                at.insert((*w, *i), k);
+            }
+        }
+        let mut graph_wls: Vec<usize> = released.iter().filter(|r| r.3.is_some()).map(|r| r.0).collect();
+        graph_wls.dedup();
+        for w in graph_wls {
+            let (base, pages) = (self.wls[w].base, self.wls[w].w.pages());
+            let Some(g) = self.wls[w].graph.as_mut() else { continue };
+            while g.first < g.phases.len() && g.phases[g.first].is_none() {
+                g.first += 1;
+            }
+            let ready = released.iter().filter(|r| r.0 == w).map(|r| r.2).fold(0.0, f64::max);
+            let future = (g.first..g.phases.len()).filter(|&i| g.phases[i].is_some()).take(LOOKAHEAD);
+            for i in future.collect::<Vec<_>>() {
+                let deps = g.deps[i]
+                    .iter()
+                    .zip(&g.passed[i])
+                    .filter_map(|(d, &pages)| at.get(&(w, *d)).map(|&on| sched::Dep { on, pages }))
+                    .collect();
+                at.insert((w, i), nodes.len());
+                nodes.push(sched::Node {
+                    name: g.phases[i].as_ref().map_or("", |p| p.name),
+                    on: g.on[i],
+                    cost: g.cost[i].clone(),
+                    pages: Vec::new(),
+                    footprint: (base, pages),
+                    deps,
+                    ready,
+                });
+            }
+        }
+        let graph = sched::Graph { nodes };
+        let total = graph.nodes.len();
         let mut order = {
             let view = sched::StateView { state: &self.st, cost: &self.cost };
             s.order(&sched::Ctx::new(&graph, &procs, &view))
         };
-        let n = released.len();
-        let mut seen = vec![false; n];
-        if order.len() != n || order.iter().any(|&i| i >= n || core::mem::replace(&mut seen[i], true)) {
-            order = (0..n).collect();
+        let mut seen = vec![false; total];
+        if order.len() != total || order.iter().any(|&i| i >= total || core::mem::replace(&mut seen[i], true)) {
+            order = (0..total).collect();
         }
-        let mut released: Vec<Option<(usize, Phase, f64)>> = released.into_iter().map(Some).collect();
-        for i in order {
-            let Some((w, phase, ready)) = released[i].take() else { continue };
+        let mut released: Vec<Option<Release>> = released.into_iter().map(Some).collect();
+        for i in order.into_iter().filter(|&i| i < n) {
+            let Some((w, phase, ready, node)) = released[i].take() else { continue };
             let proc = {
                 let procs = self.sched_procs(ready);
                 let view = sched::StateView { state: &self.st, cost: &self.cost };
@@ -1028,7 +1217,9 @@ impl<'m> Engine<'m> {
                 }
             };
             let r = self.runs.len();
-            self.runs.push(Some(Running { wl: w, phase, pos: 0, proc, clock: ready, started: ready }));
+            // An idle processor whose last phase ended after `ready` starts it then.
+            let start = ready.max(self.procs[proc].free);
+            self.runs.push(Some(Running { wl: w, node, phase, pos: 0, proc, clock: start, started: start }));
             self.wls[w].pending += 1;
             let p = &mut self.procs[proc];
             if p.running.is_none() {
@@ -1062,6 +1253,7 @@ impl<'m> Engine<'m> {
         let Some(run) = self.runs[r].take() else { return };
         let p = &mut self.procs[run.proc];
         p.busy += run.clock - run.started;
+        p.free = p.free.max(run.clock);
         p.phases += 1;
         p.running = None;
         let n = run.phase.accesses.len().max(1) as f64;
@@ -1073,6 +1265,9 @@ impl<'m> Engine<'m> {
         let w = &mut self.wls[run.wl];
         w.pending -= 1;
         w.step_end = w.step_end.max(run.clock);
+        if let (Some(i), Some(g)) = (run.node, w.graph.as_mut()) {
+            g.end(i, run.clock);
+        }
         // The next queued phase starts no earlier than now.
         while let Some(next) = self.procs[run.proc].queue.pop_front() {
             if let Some(nr) = self.runs[next].as_mut() {
@@ -1729,5 +1924,7 @@ impl<'m> Engine<'m> {
     }
 }
 
+#[cfg(test)]
+mod dag_tests;
 #[cfg(test)]
 mod tests;

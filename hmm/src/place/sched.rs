@@ -9,9 +9,10 @@
 //! when each is free); and a [`CostView`]: where every page is now and what moving pages between
 //! two memories costs. It answers the order in which to place the phases (once per graph:
 //! [`Scheduler::order`]) and, for each phase in that order, its processor
-//! ([`Scheduler::pick`]). Nothing here knows the engine: the engine (one step of a workload at a
-//! time, phases queued on processors) and [`schedule`] (a whole graph under the execution model
-//! below, for tests and planning) both drive the same trait.
+//! ([`Scheduler::pick`]). Nothing here knows the engine: the engine (the phases released at one
+//! moment followed by what remains of their workloads' graphs, picking processors for the
+//! released ones only, queued on processors) and [`schedule`] (a whole graph under the execution
+//! model below, for tests and planning) both drive the same trait.
 //!
 //! **Execution model of [`schedule`]** (the one HEFT and dmda estimate with): phase `i` on
 //! processor `p` may start when `p` is free and every dependency has finished, plus the
@@ -442,15 +443,17 @@ impl Heft {
             }
             s / (np * (np - 1)) as f64
         };
+        // In reverse topological order, each phase's rank is final when it is reached (its
+        // successors are later) and is then passed to its dependencies: O(phases + edges).
         let mut rank = vec![0.0; g.nodes.len()];
+        let mut succ: Vec<f64> = vec![0.0; g.nodes.len()];
         for i in (0..g.nodes.len()).rev() {
-            let mut succ: f64 = 0.0;
-            for (j, n) in g.nodes.iter().enumerate().skip(i + 1) {
-                for d in n.deps.iter().filter(|d| d.on == i) {
-                    succ = succ.max(mean_comm(d.pages) + rank[j]);
+            rank[i] = mean_cost(i) + succ[i];
+            for d in &g.nodes[i].deps {
+                if d.on < i {
+                    succ[d.on] = succ[d.on].max(mean_comm(d.pages) + rank[i]);
                 }
             }
-            rank[i] = mean_cost(i) + succ;
         }
         rank
     }

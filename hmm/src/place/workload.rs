@@ -3,7 +3,8 @@
 //! A workload is a sequence of steps; a step is one or more [`Phase`]s that run at the same time
 //! (on different processors) and end together (a barrier). [`dag`] turns steps into a phase
 //! graph with dependencies (each phase of a step depends on every phase of the step before, the
-//! default translation) and lets a workload give its own dependencies instead. A phase runs on a processor
+//! default translation) and lets a workload give its own dependencies instead
+//! ([`Workload::graph`]; [`tasks`] has two such kinds). A phase runs on a processor
 //! ([`Target`]) and is a list of [`Access`]es to the workload's pages, each one a run of 128-byte
 //! lines on one page (consecutive lines on a page are merged, so a sequential sweep is one access
 //! per page, a random one an access per line).
@@ -19,6 +20,7 @@ pub mod graph;
 pub mod pingpong;
 pub mod simple;
 pub mod stencil;
+pub mod tasks;
 pub mod zipf;
 
 use super::params::{ParamDef, ParamError, Params};
@@ -73,6 +75,14 @@ pub trait Workload {
     fn pages(&self) -> u32;
     /// The next step's phases (run together), or `None` when done.
     fn next_step(&mut self) -> Option<Vec<Phase>>;
+    /// The whole workload as a phase graph with its own dependencies, for workloads with real
+    /// ones (a fork-join, a pipeline). Asked once, before any step; `Some` replaces the steps
+    /// (the engine then never calls [`Workload::next_step`]) and releases each phase when its
+    /// dependencies have ended. The default `None` keeps the step chain, which stays lazy: a
+    /// large generator gives one step at a time and is never materialised.
+    fn graph(&mut self) -> Option<dag::PhaseGraph> {
+        None
+    }
 }
 
 impl core::fmt::Debug for dyn Workload {
@@ -204,6 +214,8 @@ pub const ALL: &[WorkloadDef] = &[
     pingpong::BROADCAST,
     stencil::HALO,
     backprop::BACKPROP,
+    tasks::FORKJOIN,
+    tasks::PIPELINE,
 ];
 
 /// The workload named `name`.

@@ -3,10 +3,12 @@
 //! A workload gives steps (a chain of barriers); [`PhaseGraph::from_steps`] is the default
 //! translation: every phase of a step depends on every phase of the step before. A generator
 //! with real dependencies (a fork-join, a pipeline) builds a [`PhaseGraph`] directly with
-//! [`PhaseGraph::add`]. Invariant: phases are in topological order (a dependency is always an
-//! earlier phase), which [`PhaseGraph::add`] enforces.
+//! [`PhaseGraph::add`] and gives it through [`Workload::graph`] ([`Graph`] wraps one). Invariant:
+//! phases are in topological order (a dependency is always an earlier phase), which
+//! [`PhaseGraph::add`] enforces and [`PhaseGraph::check`] checks (the fields are public).
 
 use super::{Phase, Workload};
+use alloc::vec;
 use alloc::vec::Vec;
 
 /// Phases and, for each, the earlier phases it depends on.
@@ -46,6 +48,29 @@ impl PhaseGraph {
         self.phases.push(phase);
         self.deps.push(d);
         Ok(i)
+    }
+
+    /// Checks the invariant: one dependency list per phase, each naming only earlier phases.
+    pub fn check(&self) -> Result<(), NotEarlier> {
+        let n = self.phases.len();
+        for i in 0..self.deps.len().max(n) {
+            let deps = self.deps.get(i).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(&dep) = deps.iter().find(|&&d| d >= i || i >= n) {
+                return Err(NotEarlier { phase: i, dep });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each phase's level: 0 without dependencies, else one more than its deepest dependency's.
+    /// Phases of one level never depend on each other, so the levels in order are barrier steps
+    /// that keep every dependency.
+    pub fn levels(&self) -> Vec<usize> {
+        let mut level = vec![0usize; self.phases.len()];
+        for i in 0..self.phases.len() {
+            level[i] = self.deps[i].iter().map(|&d| level[d] + 1).max().unwrap_or(0);
+        }
+        level
     }
 
     /// Steps as a graph: each phase of step `k + 1` depends on every phase of step `k`.
@@ -88,5 +113,46 @@ impl PhaseGraph {
         w.sort_unstable();
         w.dedup();
         self.pages(i).iter().filter(|p| w.binary_search(p).is_ok()).count() as u32
+    }
+}
+
+/// A workload given as a whole phase graph ([`Workload::graph`] hands it over). Asked for steps
+/// instead, it gives the graph's levels ([`PhaseGraph::levels`]) as barrier steps, which keep
+/// every dependency.
+#[derive(Debug)]
+pub struct Graph {
+    name: &'static str,
+    pages: u32,
+    graph: Option<PhaseGraph>,
+    steps: alloc::collections::VecDeque<Vec<Phase>>,
+}
+
+impl Graph {
+    /// Workload `name` over `pages` pages running `graph`.
+    pub fn new(name: &'static str, pages: u32, graph: PhaseGraph) -> Self {
+        Graph { name, pages, graph: Some(graph), steps: Default::default() }
+    }
+}
+
+impl Workload for Graph {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn pages(&self) -> u32 {
+        self.pages
+    }
+    fn next_step(&mut self) -> Option<Vec<Phase>> {
+        if let Some(g) = self.graph.take() {
+            let level = g.levels();
+            let mut steps: Vec<Vec<Phase>> = vec![Vec::new(); level.iter().max().map_or(0, |m| m + 1)];
+            for (p, l) in g.phases.into_iter().zip(level) {
+                steps[l].push(p);
+            }
+            self.steps = steps.into();
+        }
+        self.steps.pop_front()
+    }
+    fn graph(&mut self) -> Option<PhaseGraph> {
+        self.graph.take()
     }
 }
