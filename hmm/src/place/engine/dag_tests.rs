@@ -2,7 +2,6 @@
 //! a barrier), the scheduler places it, and HEFT ranks it over the rest of its graph. Every
 //! check reads the trace's `phase` events (lane, start, length, name).
 
-use super::model::Model;
 use super::*;
 use crate::place::params::{Params, Value};
 use crate::place::policies;
@@ -12,7 +11,7 @@ use crate::place::{Rng, sched};
 
 fn run(ws: Vec<Box<dyn Workload>>, caps: &[u32], sched: &str, cpus: u32) -> Outcome {
     let (bases, pages) = layout(&ws.iter().map(|w| w.pages()).collect::<Vec<_>>());
-    let mut m = Model::new(pages);
+    let mut m = super::tests::stack(pages, caps);
     let mut e = policies::build("tree", &Params::new(), &{
         let mut p = Params::new();
         p.set("order", Value::Text("root-chunk".into()));
