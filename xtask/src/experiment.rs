@@ -626,9 +626,9 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("mechanism", "-", "real (the devices in QEMU) or host (the HMM stack over the host platform)"),
     ("sim_ms", "ms", "simulated time (the cost model's charge for what happened)"),
     (
-        "wall_ms",
+        "mechanism_ms",
         "ms",
-        "measured wall time of the run (TCG time of the mechanism in QEMU; host time of the mechanism with --host)",
+        "time the mechanism itself took, measured: TCG time of the real devices' mechanism in QEMU, host time of the HMM stack with --host (a property of the emulator and the host, not a result; sim_ms is the result)",
     ),
     ("transfer_ms", "ms", "simulated link busy time"),
     ("accesses", "accesses", "accesses executed"),
@@ -755,7 +755,7 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
             seeds.join("+"),
             r["mechanism"].as_str().unwrap_or("").to_string(),
             ms("sim_ns"),
-            ms("wall_ns"),
+            ms("mechanism_ns"),
             ms("transfer_ns"),
         ];
         row.extend(counters.iter().map(|c| r[*c].as_u64().map_or(String::new(), |v| v.to_string())));
@@ -793,7 +793,7 @@ fn sim_ms(results: &Results, id: u32) -> Option<f64> {
 pub fn summary(l: &Loaded, results: &Results) -> String {
     let mut s = format!(
         "{:<28} {:<16} {:>6} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
-        "workload", "policy", "over", "sim ms", "wall ms", "faults", "to dev", "evicted", "to cpu", "remote%"
+        "workload", "policy", "over", "sim ms", "mech ms", "faults", "to dev", "evicted", "to cpu", "remote%"
     );
     for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
         let Some(r) = results.get(&p.id) else {
@@ -817,7 +817,7 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
             truncate(pol, 16),
             o,
             r["sim_ns"].as_f64().unwrap_or(0.0) / 1e6,
-            r["wall_ns"].as_f64().unwrap_or(0.0) / 1e6,
+            r["mechanism_ns"].as_f64().unwrap_or(0.0) / 1e6,
             n("dev_faults") + n("cpu_faults"),
             n("to_dev"),
             n("evicted"),

@@ -21,6 +21,72 @@
 //! unreachable is completed by the engine (the page migrates to the faulter, counted as a
 //! fallback), so a policy can never hang a workload.
 
+//!
+//! # Writing a policy
+//!
+//! Implement [`Policy`]: a name and the hooks you need (the others keep UVM's defaults). This
+//! one keeps a hot set in device memory and the rest in system memory: a device fault on one
+//! of the first `hot` pages migrates it, any other is mapped remotely where it is. It runs
+//! over the HMM stack on the host platform (the same engine and stack run in the guest over
+//! the real devices):
+//!
+//! ```
+//! use hmm::place::engine::host::HostStack;
+//! use hmm::place::params::{Params, Value};
+//! use hmm::place::policy::{Ctx, Fault, Plan, Policy};
+//! use hmm::place::spec::Point;
+//! use hmm::place::Loc;
+//!
+//! /// The first `hot` pages in device memory, the rest reached remotely.
+//! struct HotSet {
+//!     hot: u32,
+//! }
+//!
+//! impl Policy for HotSet {
+//!     fn name(&self) -> &str {
+//!         "hot-set"
+//!     }
+//!     fn on_device_faults(&mut self, _cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+//!         for f in faults {
+//!             if f.page < self.hot {
+//!                 plan.migrate(f.page, 1, Loc::Dev(dev)); // migrate_vma, DMA into device memory
+//!             } else {
+//!                 plan.remote(f.page, 1, dev); // a range fault into the device's MMU
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! // A point: a 256-page stream on a device of 512 pages.
+//! let mut w = Params::new();
+//! w.set("footprint_pages", Value::Int(256));
+//! let point = Point {
+//!     id: 0,
+//!     label: "hot-set".into(),
+//!     devices: vec![512],
+//!     run: Params::new(),
+//!     cost: Params::new(),
+//!     policy: "on-touch".into(), // replaced below
+//!     policy_params: Params::new(),
+//!     evict: Params::new(),
+//!     workloads: vec![("stream".into(), w)],
+//! };
+//! let mut prepared = point.prepare(&[512]).unwrap();
+//! prepared.policy = Box::new(HotSet { hot: 64 });
+//! let clock = std::time::Instant::now();
+//! let mut stack =
+//!     HostStack::new(prepared.pages, &prepared.capacities, Box::new(move || clock.elapsed().as_nanos() as u64))
+//!         .unwrap();
+//! let out = prepared.run(&mut stack).unwrap();
+//! // What the stack did: 64 pages moved, the rest mapped remotely, and the device's accesses
+//! // to those went to system memory.
+//! assert_eq!(out.stats.to_dev, 64, "{:?}", out.stats);
+//! assert!(out.stats.remote_maps >= 190 && out.stats.remote_lines > 0, "{:?}", out.stats);
+//! ```
+//!
+//! To name it in experiment files, add it to `PLACEMENT` in [`super::policies`] with its
+//! parameter table (see `policies/p2_on_touch.rs`, the smallest).
+
 use super::cost::CostModel;
 use super::state::State;
 use super::{BLOCK, Loc};

@@ -352,7 +352,7 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
         j.str("scheduler", o.scheduler);
         j.fixed("sim_ns", s.sim_ns, 1);
         j.fixed("makespan_ns", s.sim_ns, 1);
-        j.num("wall_ns", s.wall_ns);
+        j.num("mechanism_ns", s.wall_ns);
         for (k, v) in counters(s) {
             j.num(k, v);
         }

@@ -2,7 +2,7 @@
 //! over the software platform) and the guest's (the real devices). Both execute the same
 //! engine and policy code over two platforms, so every decision and counter, and the simulated
 //! times the cost model charges for them, must be equal; only the mechanism's own measured time
-//! (`wall_ns`) and its name differ. [`first_difference`] names the first field that does not
+//! (`mechanism_ns`) and its name differ. [`first_difference`] names the first field that does not
 //! agree.
 
 use super::Results;
@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 
 /// Fields that are expected to differ between platforms: the measured time of the mechanism and
 /// its name.
-const PLATFORM_FIELDS: [&str; 2] = ["wall_ns", "mechanism"];
+const PLATFORM_FIELDS: [&str; 2] = ["mechanism_ns", "mechanism"];
 
 /// The first difference between `a` (named `an`) and `b` (`bn`), point by point in id order:
 /// `point 3 (label): dev_faults: host 120, guest 118`. `None` when they agree.
@@ -80,8 +80,8 @@ mod tests {
 
     #[test]
     fn equal_runs_agree_whatever_their_measured_time() {
-        let a = results(&[json!({"id": 0, "label": "x", "dev_faults": 3, "wall_ns": 10, "mechanism": "host"})]);
-        let b = results(&[json!({"id": 0, "label": "x", "dev_faults": 3, "wall_ns": 99, "mechanism": "real"})]);
+        let a = results(&[json!({"id": 0, "label": "x", "dev_faults": 3, "mechanism_ns": 10, "mechanism": "host"})]);
+        let b = results(&[json!({"id": 0, "label": "x", "dev_faults": 3, "mechanism_ns": 99, "mechanism": "real"})]);
         assert_eq!(first_difference("host", &a, "guest", &b), None);
     }
 

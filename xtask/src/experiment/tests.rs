@@ -133,7 +133,7 @@ fn reports_from_results() {
     assert_eq!(table.lines().count(), 9);
     assert!(
         table.starts_with(
-            "id,label,workload,policy,scheduler,oversubscription,repetition,seeds,mechanism,sim_ms,wall_ms,transfer_ms,accesses"
+            "id,label,workload,policy,scheduler,oversubscription,repetition,seeds,mechanism,sim_ms,mechanism_ms,transfer_ms,accesses"
         ),
         "{table}"
     );
