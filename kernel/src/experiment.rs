@@ -73,11 +73,8 @@ use hmat::{cpu_domain, hmat_lines};
 pub use idle::Idle;
 use real::Real;
 
-/// Where the managed region starts in its address space (2 MiB aligned, so VA blocks line up
-/// with the engine's).
-pub(super) const BASE: u64 = 0x10_0000_0000;
-/// The identity word: page `p`'s second word holds `p ^ MAGIC`.
-pub(super) const MAGIC: u64 = 0x5eed_0000_0000_0000;
+/// Where the managed region starts in its address space, as on the host (`hmm::place::engine::pages`).
+pub(super) use hmm::place::engine::pages::BASE;
 
 /// Runs one point; the JSON line on success, the error otherwise. The point's mechanism is
 /// torn down (dropped) before this returns, whatever happened.

@@ -52,6 +52,7 @@
 //! workload can stall forever.
 
 pub mod host;
+pub mod pages;
 
 use super::cost::{CostModel, Source};
 use super::policy::{Ctx, Fault, Notification, Plan, Policy, root_chunk_victims};

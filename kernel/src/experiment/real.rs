@@ -16,11 +16,8 @@ use alloc::vec::Vec;
 use hmm::devmmu::Where;
 use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
-use hmm::mm::space::{AddressSpace, Advice, MapRequest};
-use hmm::mm::vma::Prot;
-use hmm::place::engine::{
-    CopyFault, DataFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep,
-};
+use hmm::mm::space::AddressSpace;
+use hmm::place::engine::{CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep};
 use hmm::place::{Loc, PAGE};
 
 /// The real devices as a [`Mechanism`].
@@ -50,13 +47,7 @@ impl Real {
     pub(super) fn new(pages: u32, vram: &[Arc<Vram>]) -> Result<Self, MechError> {
         let mm = uspace::mm();
         let space = mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
-        let len = pages as u64 * PAGE;
-        {
-            let mut s = space.lock();
-            s.mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
-                .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
-            s.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))?;
-        }
+        hmm::place::engine::pages::map(&mut space.lock(), pages)?;
         // From here on a failure drops what was set up so far (Real's teardown).
         let mut real = Real {
             space,
@@ -72,7 +63,7 @@ impl Real {
         // Every page populated by the CPU, with its identity word.
         let mut page = vec![0u8; PAGE as usize];
         for p in 0..pages as u64 {
-            page[8..16].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
+            page[8..16].copy_from_slice(&hmm::place::engine::pages::identity(p).to_le_bytes());
             uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
                 .map_err(|f| MechError::Setup(SetupStep::Fill { page: p, error: f.error }))?;
         }
@@ -169,16 +160,7 @@ impl Real {
     fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
         mm::ram::read(pa, &mut w);
-        let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
-        let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
-        if id != p as u64 ^ MAGIC {
-            return Err(MechError::Data { page: p, copy, fault: DataFault::OtherPage(id ^ MAGIC) });
-        }
-        let made = self.writes[p as usize];
-        if count != u64::from(made) {
-            return Err(MechError::Data { page: p, copy, fault: DataFault::Writes { found: count, made } });
-        }
-        Ok(())
+        hmm::place::engine::pages::check(copy, p, w, self.writes[p as usize])
     }
 
     /// Checks device `d`'s read copy (its page `k`) of page `p` (a copy a write made stale

@@ -43,7 +43,7 @@
 //! `now_ns` is the clock the constructor was given (the host's monotonic clock for `--host`,
 //! a counter in tests): the wall time of the mechanism on the host, not a model.
 
-use super::{CopyFault, DataFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep};
+use super::{CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep};
 use crate::addr::Pfn;
 use crate::devmmu::{Domain, DomainError, DomainFailure, DomainOp, IoMap, Mirror, Translation, Where};
 use crate::dmirror::{Backing, CmdError, Dmirror, DmirrorDevice, ENOENT, RamBacking};
@@ -51,8 +51,7 @@ use crate::mm::notify::Owner;
 use crate::mm::platform::Platform;
 use crate::mm::platform::fake::{BASE_PFN, FakePlatform};
 use crate::mm::pte::{Pte, SoftKind};
-use crate::mm::space::{AddressSpace, Advice, MapRequest};
-use crate::mm::vma::Prot;
+use crate::mm::space::AddressSpace;
 use crate::mm::{Error, HUGE_FRAMES, Mm, SharedSpace};
 use crate::pagemap::{DevPagemap, MemoryKind, PagemapOps, Pagemaps};
 use crate::place::{Loc, MAX_DEVICES, PAGE};
@@ -64,10 +63,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Where the managed pages start in the address space (2 MiB aligned, as the kernel's).
-pub const BASE: u64 = 0x10_0000_0000;
-/// The identity word: page `p`'s second word holds `p ^ MAGIC`.
-pub const MAGIC: u64 = 0x5eed_0000_0000_0000;
+use super::pages::{self, va};
+pub use super::pages::{BASE, MAGIC};
 /// Owner cookie of device `d`'s memory: `OWNER_BASE + d`.
 pub const OWNER_BASE: u64 = 0x4057_0000;
 
@@ -316,10 +313,6 @@ impl core::fmt::Debug for HostStack {
     }
 }
 
-fn va(p: u32) -> u64 {
-    BASE + p as u64 * PAGE
-}
-
 impl HostStack {
     /// `pages` managed pages, all in system memory with their identity words, and devices of
     /// `capacities` pages; `clock` is what [`Mechanism::now_ns`] reads.
@@ -345,13 +338,7 @@ impl HostStack {
         let machine_devs: Vec<(Arc<DmirrorDevice>, Arc<Capped>)> =
             m.devs.iter().take(capacities.len()).map(|d| (d.dev.clone(), d.backing.clone())).collect();
         let space = mm.share(AddressSpace::new(&mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
-        let len = pages as u64 * PAGE;
-        {
-            let mut s = space.lock();
-            s.mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
-                .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
-            s.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))?;
-        }
+        pages::map(&mut space.lock(), pages)?;
         // From here on a failure drops what was set up so far (the teardown).
         let mut stack = HostStack {
             platform,
@@ -372,7 +359,7 @@ impl HostStack {
             let mut s = stack.space.lock();
             let mut w = [0u8; 16];
             for p in 0..pages as u64 {
-                w[8..].copy_from_slice(&(p ^ MAGIC).to_le_bytes());
+                w[8..].copy_from_slice(&pages::identity(p).to_le_bytes());
                 s.write(BASE + p * PAGE, &w).map_err(|error| MechError::Setup(SetupStep::Fill { page: p, error }))?;
             }
         }
@@ -535,16 +522,7 @@ impl HostStack {
     fn check_data(&self, copy: Option<u8>, p: u32, pa: u64) -> Result<(), MechError> {
         let mut w = [0u8; 16];
         self.platform.read(pa, &mut w);
-        let count = u64::from_le_bytes(w[..8].try_into().unwrap_or_default());
-        let id = u64::from_le_bytes(w[8..].try_into().unwrap_or_default());
-        if id != p as u64 ^ MAGIC {
-            return Err(MechError::Data { page: p, copy, fault: DataFault::OtherPage(id ^ MAGIC) });
-        }
-        let made = self.writes[p as usize];
-        if count != u64::from(made) {
-            return Err(MechError::Data { page: p, copy, fault: DataFault::Writes { found: count, made } });
-        }
-        Ok(())
+        pages::check(copy, p, w, self.writes[p as usize])
     }
 
     /// Pages of `[first, first + pages)` now at `at`.

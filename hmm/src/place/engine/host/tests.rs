@@ -5,6 +5,7 @@ use super::*;
 use crate::devmmu::Where;
 use crate::place::Loc;
 use crate::place::cost::CostModel;
+use crate::place::engine::DataFault;
 use crate::place::engine::tests::{policy, stack, wl};
 use crate::place::engine::{Config, Engine, Outcome, layout};
 use crate::place::params::Value;
