@@ -61,7 +61,7 @@ pub struct Report {
     /// Files outside the platform layer that contain `unsafe`, with the first line.
     pub unsafe_outside: Vec<Site>,
     /// Files outside the platform layer that call the raw physical-memory accessors
-    /// (`read_phys`, `write_phys`, `copy_phys`).
+    /// (`read_phys`, `write_phys`, and `copy_phys`, which is gone and must not come back).
     pub raw_phys_outside: Vec<Site>,
 }
 

@@ -564,7 +564,7 @@ pub struct WorkloadResult {
     pub name: String,
     /// Footprint, pages.
     pub pages: u32,
-    /// Steps run.
+    /// Steps run (a phase-graph workload: the times some of its phases were released together).
     pub steps: u32,
     /// When its last phase ended, ns.
     pub end_ns: f64,
