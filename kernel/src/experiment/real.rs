@@ -269,22 +269,12 @@ impl Mechanism for Real {
     fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
         let t0 = time::rdtsc();
         let from = self.locate(page)?.0;
-        if from == Loc::Cpu {
-            return Err(MechError::Misplaced {
-                page,
-                op: PageOp::Access(Loc::Cpu),
-                expected: Loc::Dev(0),
-                found: from,
-            });
-        }
         let end = first.saturating_add(pages).min(self.writes.len() as u32);
         let held: Vec<u32> = (first..end).filter(|&p| self.locate(p).is_ok_and(|(l, _)| l == from)).collect();
         // The access faults on its core (#PF, `uspace::handle_page_fault`), and the device's
         // `migrate_to_ram` migrates the window the policy chose.
-        self.space.lock().set_fault_window(Some((Self::va(first), Self::va(end))));
-        let r = self.cpu_access(page, write);
-        self.space.lock().set_fault_window(None);
-        r?;
+        let space = self.space.clone();
+        hmm::place::engine::pages::fault_in_window(&space, page, from, (first, end), || self.cpu_access(page, write))?;
         // Mappings no mirror holds go with the pages that moved (the mirrors' went in the
         // migration's invalidation).
         for p in held {
@@ -392,17 +382,13 @@ impl Real {
 
     fn duplicate_pages(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
         let t0 = time::rdtsc();
-        let mut frames = Vec::with_capacity(pages as usize);
-        for p in first..first + pages {
-            let (real, pa) = self.locate(p)?;
-            if real != from {
-                return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
-            }
-            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
-                return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
-            }
-            frames.push(hmm::addr::Pfn(pa / PAGE));
-        }
+        let frames = hmm::place::engine::pages::copy_sources(
+            (first, pages),
+            from,
+            dev,
+            |p| self.locate(p),
+            |p| self.copies.contains_key(&(p, dev)),
+        )?;
         let made = self.vram(dev)?.read_copies(&frames).map_err(|e| {
             self.mech(MechError::Device { op: DeviceOp::ReadCopies { first, pages, dev }, cause: e.to_string() })
         })?;

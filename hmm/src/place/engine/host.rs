@@ -620,17 +620,13 @@ impl HostStack {
 
     fn duplicate_pages(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<(), MechError> {
         self.check_range(first, pages)?;
-        let mut frames = Vec::with_capacity(pages as usize);
-        for p in first..first + pages {
-            let (real, pa) = self.locate(p)?;
-            if real != from {
-                return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
-            }
-            if real == Loc::Dev(dev) || self.copies.contains_key(&(p, dev)) {
-                return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
-            }
-            frames.push(Pfn(pa / PAGE));
-        }
+        let frames = pages::copy_sources(
+            (first, pages),
+            from,
+            dev,
+            |p| self.locate(p),
+            |p| self.copies.contains_key(&(p, dev)),
+        )?;
         let backing = self.dev(dev)?.backing.clone();
         let mut made = Vec::with_capacity(frames.len());
         for &src in &frames {
@@ -781,21 +777,11 @@ impl Mechanism for HostStack {
         let t0 = self.now();
         self.check_page(page)?;
         let from = self.locate(page)?.0;
-        if from == Loc::Cpu {
-            return Err(MechError::Misplaced {
-                page,
-                op: PageOp::Access(Loc::Cpu),
-                expected: Loc::Dev(0),
-                found: from,
-            });
-        }
         let end = first.saturating_add(pages).min(self.writes.len() as u32);
         // The access faults in the address space's fault path, whose device (dmirror's
         // `migrate_to_ram`) migrates its pages in the window the policy chose.
-        self.space.lock().set_fault_window(Some((va(first), va(end))));
-        let r = self.cpu_access(page, write);
-        self.space.lock().set_fault_window(None);
-        r?;
+        let space = self.space.clone();
+        pages::fault_in_window(&space, page, from, (first, end), || self.cpu_access(page, write))?;
         // Peer mappings go with the pages that moved.
         for p in first..end {
             if self.locate(p)?.0 == Loc::Cpu {

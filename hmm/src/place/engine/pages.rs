@@ -1,13 +1,17 @@
 //! The managed pages as every mechanism lays them out, and their data check: one address
 //! space with the run's pages at [`BASE`], each page's first word its write count and its
-//! second its identity ([`identity`]). The host stack (`host.rs`) and the kernel's real
-//! devices (`kernel/src/experiment/real.rs`) both use it, so a page means the same thing on
-//! both platforms.
+//! second its identity ([`identity`]); and a CPU fault with the policy's window
+//! ([`fault_in_window`]). The host stack (`host.rs`) and the kernel's real devices
+//! (`kernel/src/experiment/real.rs`) both use it, so a page means the same thing on both
+//! platforms.
 
-use super::{DataFault, MechError, SetupStep};
+use super::{CopyFault, DataFault, MechError, PageOp, SetupStep};
+use crate::addr::Pfn;
+use crate::mm::SharedSpace;
 use crate::mm::space::{AddressSpace, Advice, MapRequest};
 use crate::mm::vma::Prot;
-use crate::place::PAGE;
+use crate::place::{Loc, PAGE};
+use alloc::vec::Vec;
 
 /// Where the managed pages start in the address space (2 MiB aligned, so the engine's 2 MiB VA
 /// blocks are the page tables' PMDs).
@@ -33,6 +37,52 @@ pub fn map(space: &mut AddressSpace, pages: u32) -> Result<(), MechError> {
         .mmap(MapRequest::anon(len, Prot::RW).fixed(BASE))
         .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
     space.madvise(BASE, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))
+}
+
+/// A CPU fault on `page`, which the page tables have in `from`: `access` makes the access
+/// (which faults in the address space's fault path) with the policy's window `[first, end)`
+/// set on `space` for the device driver's `migrate_to_ram`, cleared afterwards whatever the
+/// access returned. A page already in system memory is refused: the engine only calls this for
+/// a page the CPU page tables do not have there.
+pub fn fault_in_window(
+    space: &SharedSpace,
+    page: u32,
+    from: Loc,
+    (first, end): (u32, u32),
+    access: impl FnOnce() -> Result<(), MechError>,
+) -> Result<(), MechError> {
+    if from == Loc::Cpu {
+        return Err(MechError::Misplaced { page, op: PageOp::Access(Loc::Cpu), expected: Loc::Dev(0), found: from });
+    }
+    space.lock().set_fault_window(Some((va(first), va(end))));
+    let r = access();
+    space.lock().set_fault_window(None);
+    r
+}
+
+/// The frames to copy for device `dev`'s read copies of `[first, first + pages)`, all now in
+/// `from`: `locate` says where a page is and the physical address of its data, `has_copy`
+/// whether `dev` already holds a copy of it. A page elsewhere, or one the device already
+/// holds, is an error.
+pub fn copy_sources(
+    (first, pages): (u32, u32),
+    from: Loc,
+    dev: u8,
+    mut locate: impl FnMut(u32) -> Result<(Loc, u64), MechError>,
+    has_copy: impl Fn(u32) -> bool,
+) -> Result<Vec<Pfn>, MechError> {
+    let mut frames = Vec::with_capacity(pages as usize);
+    for p in first..first + pages {
+        let (real, pa) = locate(p)?;
+        if real != from {
+            return Err(MechError::Misplaced { page: p, op: PageOp::Copy, expected: from, found: real });
+        }
+        if real == Loc::Dev(dev) || has_copy(p) {
+            return Err(MechError::Copy { page: p, dev, fault: CopyFault::AlreadyHeld });
+        }
+        frames.push(Pfn(pa / PAGE));
+    }
+    Ok(frames)
 }
 
 /// Checks the first 16 bytes of a page's data, `words`, as page `p`'s with `made` writes;
