@@ -6,7 +6,7 @@ use super::*;
 use crate::place::params::{Params, Value};
 use crate::place::policies;
 use crate::place::workload::dag::{Graph, PhaseGraph};
-use crate::place::workload::{self, Setup};
+use crate::place::workload::{self, Access, Setup};
 use crate::place::{Rng, sched};
 
 fn run(ws: Vec<Box<dyn Workload>>, caps: &[u32], sched: &str, cpus: u32) -> Outcome {

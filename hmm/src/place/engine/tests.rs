@@ -2,7 +2,7 @@ use super::host::HostStack;
 use super::*;
 use crate::place::params::{Params, Value};
 use crate::place::policies;
-use crate::place::workload::{self, Setup};
+use crate::place::workload::{self, Access, Setup};
 
 pub(crate) fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)]) -> Box<dyn Workload> {
     let mut p = Params::new();

@@ -1,0 +1,339 @@
+//! Carrying out a plan: migrations (in runs that share a source, partial when a device is full,
+//! what arrived read back from the mechanism), read copies, remote mappings, eviction in the
+//! policy's order to make room, and the link time each transfer takes.
+
+use super::{Engine, MechError, PageOp};
+use crate::place::cost::Source;
+use crate::place::policy::{Ctx, Plan, root_chunk_victims};
+use crate::place::{BLOCK, Loc, PAGE};
+use alloc::format;
+use alloc::vec::Vec;
+
+/// Sorted pages as runs `(first, count)` of consecutive pages that do not cross a 2 MiB block.
+fn runs(pages: &[u32]) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = Vec::new();
+    for &p in pages {
+        match v.last_mut() {
+            Some((a, n)) if *a + *n == p && !p.is_multiple_of(BLOCK) => *n += 1,
+            _ => v.push((p, 1)),
+        }
+    }
+    v
+}
+
+impl Engine<'_> {
+    pub(super) fn apply(&mut self, plan: &Plan, t: f64) -> Result<f64, MechError> {
+        Ok(self.apply_timed(plan, t)?.0)
+    }
+
+    /// Applies a plan from time `t`: demand actions first, then prefetches, making room as
+    /// needed. Returns (when the last transfer ends, the stall asked for, measured wall ns of
+    /// the moves).
+    pub(super) fn apply_timed(&mut self, plan: &Plan, t: f64) -> Result<(f64, f64, u64), MechError> {
+        use crate::place::policy::Action;
+        let mut done = t;
+        let mut stall = 0.0;
+        let mut wall = 0;
+        // Pages this plan brings to a device are protected from its own evictions.
+        let mut protect: Vec<(u32, u32)> = Vec::new();
+        for a in &plan.actions {
+            if let Action::Migrate { first, pages, to: Loc::Dev(_), .. } | Action::Duplicate { first, pages, .. } = *a {
+                protect.push((first, first.saturating_add(pages)));
+            }
+        }
+        for prefetch_pass in [false, true] {
+            for a in &plan.actions {
+                match *a {
+                    Action::Migrate { first, pages, to, prefetch } if prefetch == prefetch_pass => {
+                        let (e, w) = self.migrate(first, pages, to, prefetch, &protect, t)?;
+                        done = done.max(e);
+                        wall += w;
+                    }
+                    Action::MapRemote { first, pages, dev } if !prefetch_pass => {
+                        self.stats.remote_maps += self.map_remote(first, pages, dev)? as u64;
+                    }
+                    Action::Duplicate { first, pages, dev } if !prefetch_pass => {
+                        let (e, w) = self.duplicate(first, pages, dev, &protect, t)?;
+                        done = done.max(e);
+                        wall += w;
+                    }
+                    Action::Stall { ns } if !prefetch_pass => {
+                        self.stats.throttles += 1;
+                        stall += ns as f64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((done, stall, wall))
+    }
+
+    /// Occupies the links a transfer between `from` and `to` uses; returns its end.
+    pub(super) fn transfer(&mut self, from: Loc, to: Loc, pages: u32, measured: u64, t: f64) -> f64 {
+        let dur = match self.cost.source {
+            Source::Model => self.cost.transfer_ns(pages as u64 * PAGE),
+            Source::Measured => measured as f64,
+        };
+        let links: Vec<usize> = [from.dev(), to.dev()].into_iter().flatten().collect();
+        let start = links.iter().map(|&l| self.links[l]).fold(t, f64::max);
+        for &l in &links {
+            self.links[l] = start + dur;
+            self.link_stats[l].busy_ns += dur;
+        }
+        let bytes = pages as u64 * PAGE;
+        if let Some(d) = from.dev() {
+            self.link_stats[d].out_bytes += bytes;
+        }
+        if let Some(d) = to.dev() {
+            self.link_stats[d].in_bytes += bytes;
+        }
+        self.stats.transfer_ns += dur;
+        start + dur
+    }
+
+    /// Maps `[first, first + pages)` (clipped to the managed pages) for remote access by
+    /// device `d`, in the device's MMU and in the state; returns the pages.
+    pub(super) fn map_remote(&mut self, first: u32, pages: u32, d: u8) -> Result<u32, MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        if end <= first {
+            return Ok(0);
+        }
+        self.mech.map_remote(first, end - first, d)?;
+        for p in first..end {
+            self.st.map_remote(p, d);
+        }
+        Ok(end - first)
+    }
+
+    pub(super) fn protected(protect: &[(u32, u32)], p: u32) -> bool {
+        protect.iter().any(|&(a, b)| p >= a && p < b)
+    }
+
+    /// Moves `[first, first + pages)` to `to`, in runs of pages that share a source.
+    pub(super) fn migrate(
+        &mut self,
+        first: u32,
+        pages: u32,
+        to: Loc,
+        prefetch: bool,
+        protect: &[(u32, u32)],
+        t: f64,
+    ) -> Result<(f64, u64), MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        let mut done = t;
+        let mut wall = 0;
+        let mut p = first;
+        while p < end {
+            let from = self.st.page(p).loc;
+            if from == to {
+                p += 1;
+                continue;
+            }
+            let mut q = p;
+            while q < end && self.st.page(q).loc == from && q - p < BLOCK && (q == p || !q.is_multiple_of(BLOCK)) {
+                q += 1;
+            }
+            let n = q - p;
+            for x in p..q {
+                self.drop_all_copies(x)?;
+            }
+            let mut w = self.mech.migrate(p, n, from, to)?;
+            let mut moved = self.arrived(p, q, to)?;
+            if let Loc::Dev(d) = to
+                && moved.len() < n as usize
+            {
+                // The device's allocator refused the rest: it is full. Evict in the policy's
+                // order (UVM evicts when its allocator fails), then move what is left.
+                done = done.max(self.make_room(d, n - moved.len() as u32, protect, t)?);
+                let left: Vec<u32> = (p..q).filter(|x| !moved.contains(x)).collect();
+                for (a, k) in runs(&left) {
+                    w += self.mech.migrate(a, k, from, to)?;
+                }
+                moved = self.arrived(p, q, to)?;
+            }
+            wall += w;
+            if moved.is_empty() {
+                // Full, and nothing could be evicted: the rest stays where it is.
+                break;
+            }
+            for (k, (a, m)) in runs(&moved).into_iter().enumerate() {
+                for x in a..a + m {
+                    if self.st.page(x).prefetched {
+                        self.stats.prefetch_unused += 1;
+                    }
+                    if !self.st.set_loc(x, to, t as u64, prefetch) {
+                        // The mechanism found room the state does not have.
+                        return Err(MechError::Misplaced { page: x, op: PageOp::Migrate, expected: from, found: to });
+                    }
+                }
+                match (from, to) {
+                    (Loc::Cpu, _) => self.stats.to_dev += m as u64,
+                    (_, Loc::Cpu) => self.stats.to_cpu += m as u64,
+                    _ => self.stats.dev_to_dev += m as u64,
+                }
+                if prefetch {
+                    self.stats.prefetched += m as u64;
+                }
+                // The measured time goes with the first run.
+                let e = self.transfer(from, to, m, if k == 0 { w } else { 0 }, done);
+                let lane = match (from, to) {
+                    (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
+                    _ => "link".into(),
+                };
+                self.event(
+                    done,
+                    e - done,
+                    &lane,
+                    if prefetch { "prefetch" } else { "migrate" },
+                    m,
+                    &format!("{from}->{to}"),
+                );
+                done = done.max(e);
+            }
+            if moved.len() < n as usize {
+                break;
+            }
+            p = q;
+        }
+        Ok((done, wall))
+    }
+
+    /// The pages of `[p, q)` the page tables have in `to`.
+    pub(super) fn arrived(&mut self, p: u32, q: u32, to: Loc) -> Result<Vec<u32>, MechError> {
+        let mut v = Vec::new();
+        for x in p..q {
+            if self.mech.resident(x)? == to {
+                v.push(x);
+            }
+        }
+        Ok(v)
+    }
+
+    pub(super) fn duplicate(
+        &mut self,
+        first: u32,
+        pages: u32,
+        dev: u8,
+        protect: &[(u32, u32)],
+        t: f64,
+    ) -> Result<(f64, u64), MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        if !self.mech.can_duplicate() {
+            self.stats.dup_unsupported += self.map_remote(first, pages, dev)? as u64;
+            return Ok((t, 0));
+        }
+        let mut done = t;
+        let mut wall = 0;
+        for p in first..end {
+            let pg = *self.st.page(p);
+            if pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0 {
+                continue;
+            }
+            if self.st.free(dev as usize) == 0 {
+                done = done.max(self.make_room(dev, 1, protect, t)?);
+                if self.st.free(dev as usize) == 0 {
+                    self.map_remote(p, 1, dev)?;
+                    continue;
+                }
+            }
+            let w = self.mech.duplicate(p, 1, pg.loc, dev)?;
+            wall += w;
+            self.st.add_copy(p, dev);
+            self.stats.duplicates += 1;
+            let e = self.transfer(pg.loc, Loc::Dev(dev), 1, w, done);
+            done = done.max(e);
+        }
+        Ok((done, wall))
+    }
+
+    /// Frees at least `need` pages of device `d` (if it can without touching `protect`);
+    /// returns when the evictions' transfers end.
+    pub(super) fn make_room(&mut self, d: u8, need: u32, protect: &[(u32, u32)], t: f64) -> Result<f64, MechError> {
+        let mut victims = Vec::new();
+        let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+        self.policy.on_eviction_pressure(&cx, d, need, &mut victims);
+        let mut done = t;
+        let freed = self.evict(d, &victims, protect, &mut done)?;
+        if freed < need {
+            let mut more = Vec::new();
+            let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+            root_chunk_victims(&cx, d, self.st.dev(d as usize).capacity, &mut more);
+            let mut left = need - freed;
+            let mut picked = Vec::new();
+            for (first, n) in more {
+                for p in first..first + n {
+                    if left == 0 {
+                        break;
+                    }
+                    let pg = self.st.page(p);
+                    if (pg.loc == Loc::Dev(d) || pg.copies & (1 << d) != 0) && !Self::protected(protect, p) {
+                        picked.push((p, 1));
+                        left -= 1;
+                    }
+                }
+            }
+            self.evict(d, &picked, protect, &mut done)?;
+        }
+        Ok(done)
+    }
+
+    /// Evicts the victims' pages held by `d` to system memory (dropping read copies), in
+    /// contiguous runs. Returns the pages freed.
+    pub(super) fn evict(
+        &mut self,
+        d: u8,
+        victims: &[(u32, u32)],
+        protect: &[(u32, u32)],
+        done: &mut f64,
+    ) -> Result<u32, MechError> {
+        let mut pages: Vec<u32> = Vec::new();
+        let mut freed = 0;
+        for &(first, n) in victims {
+            for p in first..first.saturating_add(n).min(self.st.len()) {
+                if Self::protected(protect, p) {
+                    continue;
+                }
+                if self.st.page(p).copies & (1 << d) != 0 {
+                    self.mech.drop_copy(p, d)?;
+                    self.st.drop_copy(p, d);
+                    freed += 1;
+                } else if self.st.page(p).loc == Loc::Dev(d) {
+                    pages.push(p);
+                }
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        let remote = self.policy.remote_after_eviction();
+        let mut i = 0;
+        while i < pages.len() {
+            let mut j = i + 1;
+            while j < pages.len() && pages[j] == pages[j - 1] + 1 && !pages[j].is_multiple_of(BLOCK) {
+                j += 1;
+            }
+            let (first, n) = (pages[i], (j - i) as u32);
+            for x in first..first + n {
+                self.drop_all_copies(x)?;
+            }
+            let w = self.mech.migrate(first, n, Loc::Dev(d), Loc::Cpu)?;
+            for p in first..first + n {
+                if self.st.page(p).prefetched {
+                    self.stats.prefetch_unused += 1;
+                }
+                self.st.set_loc(p, Loc::Cpu, *done as u64, false);
+            }
+            if remote {
+                self.map_remote(first, n, d)?;
+            }
+            self.stats.evicted += n as u64;
+            self.stats.to_cpu += n as u64;
+            let e = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
+            let lane = format!("link{d}");
+            self.event(*done, e - *done, &lane, "evict", n, &format!("dev{d}->cpu"));
+            *done = done.max(e);
+            freed += n;
+            i = j;
+        }
+        Ok(freed)
+    }
+}
