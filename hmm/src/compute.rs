@@ -14,13 +14,21 @@
 //! that cannot be serviced (an address the process does not map, a write to read-only memory)
 //! is fatal for the kernel, as a GPU's fatal MMU fault kills its channel: [`run`] returns it.
 //!
+//! The device's access-counter unit ([`AccessCounters`], `access.rs`) counts the accesses
+//! [`run`] completes and notifies its driver ([`Device::notify`]) when a region reaches the
+//! threshold: access counters come from the compute engine, not from its driver's books.
+//!
 //! Invariant: a lane's access is executed only when the device's MMU translates its page with
 //! the access it needs, so a device access never bypasses the CPU page tables.
+
+mod access;
+
+pub use access::{AccessCounters, CounterConfig, CounterNotification};
 
 use crate::devmmu::{Domain, Mirror, MirrorError, Translation, Where};
 use crate::place::Loc;
 use crate::place::cost::CostModel;
-use crate::place::policy::{Action, Ctx, Fault as PlaceFault, Plan, Policy};
+use crate::place::policy::{Action, Ctx, Fault as PlaceFault, Notification, Plan, Policy};
 use crate::place::state::State;
 use alloc::vec::Vec;
 
@@ -66,6 +74,12 @@ pub trait Kernel {
     /// `lane`'s current access completed; `value` is the word it read (the old value for
     /// [`Op::Add`], 0 for a store).
     fn retire(&mut self, lane: usize, value: u64);
+    /// How many accesses `lane`'s current access stands for, as the access counters count it
+    /// (a workload access that covers several cache lines of its page counts each).
+    fn weight(&self, lane: usize) -> u32 {
+        let _ = lane;
+        1
+    }
 }
 
 /// Faults of one batch on consecutive pages of one 2 MiB block, with the same access.
@@ -102,6 +116,17 @@ pub trait Device {
     fn service(&mut self, groups: &[FaultGroup], c: &mut Counters) -> Result<(), (FaultGroup, Self::Error)>;
     /// A monotonic clock (any unit; batch service time is reported in it).
     fn now(&self) -> u64;
+    /// The device's access-counter unit, as its driver programmed it now (`None`: the device
+    /// counts nothing). [`run`] counts every completed access in it.
+    fn access_counters(&mut self) -> Option<&mut AccessCounters> {
+        None
+    }
+    /// The access-counter unit notified: lane `lane`'s access, just completed, brought `n`'s
+    /// region to the threshold. The driver services it before the lane goes on.
+    fn notify(&mut self, lane: usize, n: &CounterNotification, c: &mut Counters) -> Result<(), Self::Error> {
+        let _ = (lane, n, c);
+        Ok(())
+    }
 }
 
 /// The memory side of a [`Placed`] device: word access by translation, migration, a clock.
@@ -141,6 +166,8 @@ pub struct Counters {
     pub replays: u64,
     /// Total batch service time, in the backend's clock.
     pub service_time: u64,
+    /// Access-counter notifications raised.
+    pub notifications: u64,
 }
 
 impl core::ops::AddAssign<&Counters> for Counters {
@@ -156,6 +183,7 @@ impl core::ops::AddAssign<&Counters> for Counters {
         self.remote_accesses += c.remote_accesses;
         self.replays += c.replays;
         self.service_time += c.service_time;
+        self.notifications += c.notifications;
     }
 }
 
@@ -253,7 +281,8 @@ pub fn run<D: Device + ?Sized>(
                     }
                     continue 'lanes;
                 };
-                if dev.is_local(at) {
+                let local = dev.is_local(at);
+                if local {
                     c.local_accesses += 1;
                 } else {
                     c.remote_accesses += 1;
@@ -270,6 +299,12 @@ pub fn run<D: Device + ?Sized>(
                         old
                     }
                 };
+                let weight = kernel.weight(lane);
+                let page = va / PAGE;
+                if let Some(n) = dev.access_counters().and_then(|u| u.count(page, op.writes(), local, weight)) {
+                    c.notifications += 1;
+                    dev.notify(lane, &n, c).map_err(RunError::Device)?;
+                }
                 kernel.retire(lane, value);
                 progress = true;
             }
@@ -341,7 +376,9 @@ fn allowed(t: Option<Translation>, write: bool) -> Option<Where> {
 /// group is faulted into the mirror (`hmm_range_fault`, a map in the device's domain). Only the
 /// plan's actions a compute job can carry out apply: migrations to this device and remote
 /// mappings (a read copy is mapped remotely, other moves are left to the CPU's faults). Faults
-/// outside the region are mapped where they are.
+/// outside the region are mapped where they are. The policy's access counters
+/// ([`Policy::counters`]) program the device's counter unit; a notification's plan is carried
+/// out the same way and what it migrated is mapped in the mirror.
 pub struct Placed<'a, D: Domain> {
     mirror: &'a Mirror<D>,
     backend: &'a mut dyn Backend,
@@ -350,6 +387,7 @@ pub struct Placed<'a, D: Domain> {
     cost: CostModel,
     base: u64,
     dev: u8,
+    counters: AccessCounters,
 }
 
 impl<D: Domain> core::fmt::Debug for Placed<'_, D> {
@@ -371,7 +409,28 @@ impl<'a, D: Domain> Placed<'a, D> {
     ) -> Self {
         let mut caps = alloc::vec![0u32; dev as usize + 1];
         caps[dev as usize] = capacity;
-        Placed { mirror, backend, policy, state: State::new(pages, &caps), cost: CostModel::default(), base, dev }
+        let state = State::new(pages, &caps);
+        Placed { mirror, backend, policy, state, cost: CostModel::default(), base, dev, counters: Default::default() }
+    }
+
+    /// Carries out the plan's migrations to this device; returns the ranges migrated.
+    fn migrate_planned(&mut self, plan: &Plan, now: u64, c: &mut Counters) -> Result<Vec<(u32, u32)>, MirrorError> {
+        let mut migrated: Vec<(u32, u32)> = Vec::new();
+        for a in &plan.actions {
+            if let Action::Migrate { first, pages, to: Loc::Dev(d), .. } = *a
+                && d == self.dev
+            {
+                let end = first.saturating_add(pages).min(self.state.len());
+                let (s, e) = (self.base + first as u64 * PAGE, self.base + end as u64 * PAGE);
+                // Pages that cannot move (device memory full, pinned) stay and are mapped remotely.
+                c.pages_to_device += self.backend.migrate(s, e)?;
+                for p in first..end {
+                    self.state.set_loc(p, Loc::Dev(d), now, false);
+                }
+                migrated.push((first, end));
+            }
+        }
+        Ok(migrated)
     }
 
     fn page(&self, va: u64) -> Option<u32> {
@@ -401,6 +460,32 @@ impl<D: Domain> Device for Placed<'_, D> {
         self.backend.now()
     }
 
+    fn access_counters(&mut self) -> Option<&mut AccessCounters> {
+        let cx = Ctx { state: &self.state, cost: &self.cost, now: self.backend.now() };
+        let c = self.policy.counters(&cx, self.dev);
+        self.counters.configure(c.map(|c| CounterConfig {
+            region: c.region,
+            threshold: c.threshold,
+            count_local: c.local_too,
+        }));
+        c.map(|_| &mut self.counters)
+    }
+
+    fn notify(&mut self, _lane: usize, n: &CounterNotification, c: &mut Counters) -> Result<(), MirrorError> {
+        // Only the region's pages inside the policy's numbering are the policy's.
+        let Some(first) = self.page(n.first * PAGE) else { return Ok(()) };
+        let pages = n.pages.min(self.state.len() - first);
+        let note = Notification { dev: self.dev, first, pages, reads: n.reads, writes: n.writes };
+        let now = self.backend.now();
+        let mut plan = Plan::default();
+        self.policy.on_access_counter(&Ctx { state: &self.state, cost: &self.cost, now }, &note, &mut plan);
+        for (a, b) in self.migrate_planned(&plan, now, c)? {
+            // What moved is mapped where it is now, as the fault path maps a migrated group.
+            self.mirror.fault(self.base + a as u64 * PAGE, self.base + b as u64 * PAGE, false)?;
+        }
+        Ok(())
+    }
+
     fn service(&mut self, groups: &[FaultGroup], c: &mut Counters) -> Result<(), (FaultGroup, MirrorError)> {
         let faults: Vec<PlaceFault> = groups
             .iter()
@@ -410,22 +495,7 @@ impl<D: Domain> Device for Placed<'_, D> {
         let mut plan = Plan::default();
         let now = self.backend.now();
         self.policy.on_device_faults(&Ctx { state: &self.state, cost: &self.cost, now }, self.dev, &faults, &mut plan);
-        let mut migrated: Vec<(u32, u32)> = Vec::new();
-        for a in &plan.actions {
-            if let Action::Migrate { first, pages, to: Loc::Dev(d), .. } = *a
-                && d == self.dev
-            {
-                let end = first.saturating_add(pages).min(self.state.len());
-                let (s, e) = (self.base + first as u64 * PAGE, self.base + end as u64 * PAGE);
-                // Pages that cannot move (device memory full, pinned) stay and are mapped remotely.
-                let moved = self.backend.migrate(s, e).map_err(|err| (groups[0], err))?;
-                c.pages_to_device += moved;
-                for p in first..end {
-                    self.state.set_loc(p, Loc::Dev(d), now, false);
-                }
-                migrated.push((first, end));
-            }
-        }
+        let migrated = self.migrate_planned(&plan, now, c).map_err(|err| (groups[0], err))?;
         for g in groups {
             let moved = self.page(g.start).is_some_and(|p| migrated.iter().any(|&(a, b)| p >= a && p < b));
             if moved {

@@ -13,6 +13,7 @@ use crate::mm::vma::Prot;
 use crate::mm::{Mm, SharedSpace};
 use crate::pagemap::{MemoryKind, Pagemaps};
 use crate::place::policies::{migrate_on_touch, remote_map};
+use crate::place::policy::{Ctx, Fault as PlaceFault, Notification, Plan};
 use crate::testing::{FakeDomain, Hw};
 use alloc::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -201,4 +202,61 @@ fn faults_that_cannot_be_serviced_stop_the_kernel_naming_the_access() {
         ),
         "{e:?}"
     );
+}
+
+/// Maps every fault remotely and migrates a region once the device's counters notify on it.
+struct Delayed {
+    threshold: u32,
+    notes: Vec<Notification>,
+}
+
+impl Policy for Delayed {
+    fn name(&self) -> &str {
+        "delayed"
+    }
+    fn on_device_faults(&mut self, _cx: &Ctx<'_>, dev: u8, faults: &[PlaceFault], plan: &mut Plan) {
+        for f in faults {
+            plan.remote(f.page, 1, dev);
+        }
+    }
+    fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<crate::place::policy::Counters> {
+        Some(crate::place::policy::Counters { region: 4, threshold: self.threshold, local_too: false, sync: false })
+    }
+    fn on_access_counter(&mut self, _cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
+        self.notes.push(*n);
+        plan.migrate(n.first, n.pages, Loc::Dev(n.dev));
+    }
+}
+
+#[test]
+fn the_compute_engine_counts_remote_accesses_and_its_notifications_migrate() {
+    let f = fix();
+    let pages = 16;
+    let a = f.array(pages);
+    let words = pages * 512;
+    // One lane per page's worth of words: lane l walks words l, l + 8, ... (each page is
+    // touched by every lane, 64 words per lane per page).
+    let mut k = Increment::new(a, words, 1, 8);
+    let mut c = Counters::default();
+    let mut policy = Delayed { threshold: 1024, notes: Vec::new() };
+    launch(&f, &mut k, &mut policy, (a, pages), BATCH_MAX, &mut c).unwrap();
+    // Every region of 4 pages (2,048 words) notifies once its 1,024th remote access is
+    // counted; the rest of its accesses are local.
+    assert_eq!(c.notifications, 4, "{c:?}");
+    assert_eq!(policy.notes.len(), 4);
+    assert!(policy.notes.iter().all(|n| n.pages == 4 && n.reads + n.writes >= 1024), "{:?}", policy.notes);
+    let firsts: Vec<u32> = policy.notes.iter().map(|n| n.first).collect();
+    assert_eq!(firsts, [0, 4, 8, 12]);
+    assert_eq!(c.pages_to_device, pages);
+    assert_eq!(c.remote_accesses + c.local_accesses, words);
+    assert!(c.remote_accesses >= 4 * 1024 && c.local_accesses > 0, "{c:?}");
+    assert_eq!(k.sum, words * (words - 1) / 2);
+    assert!(f.words(a, pages).iter().enumerate().all(|(i, &w)| w == i as u64 + 1));
+    // Above the accesses a region gets, nothing notifies and nothing moves.
+    let mut k = Increment::new(a, words, 1, 8);
+    let mut c = Counters::default();
+    let mut policy = Delayed { threshold: 1 << 20, notes: Vec::new() };
+    launch(&f, &mut k, &mut policy, (a, pages), BATCH_MAX, &mut c).unwrap();
+    assert_eq!((c.notifications, c.pages_to_device, c.local_accesses), (0, 0, 0), "{c:?}");
+    f.file.close().unwrap();
 }

@@ -76,7 +76,7 @@ use super::state::State;
 use super::workload::{Phase, Target, Workload};
 use super::{BLOCK, Loc};
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -248,7 +248,8 @@ pub struct Engine<'m> {
     cfg: Config,
     links: Vec<f64>,
     link_stats: Vec<LinkStats>,
-    counters: BTreeMap<(u8, u32), (u32, u32)>,
+    /// Each device's access-counter unit (its compute engine's).
+    counter_units: Vec<crate::compute::AccessCounters>,
     stats: Stats,
     trace: Vec<Event>,
     dropped: u64,
@@ -331,7 +332,7 @@ impl<'m> Engine<'m> {
             link_stats: (0..capacities.len())
                 .map(|d| LinkStats { name: format!("link{d}"), ..LinkStats::default() })
                 .collect(),
-            counters: BTreeMap::new(),
+            counter_units: vec![Default::default(); capacities.len()],
             stats: Stats::default(),
             trace: Vec::new(),
             dropped: 0,

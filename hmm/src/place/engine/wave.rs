@@ -33,6 +33,9 @@ impl compute::Kernel for WaveKernel<'_> {
     fn retire(&mut self, lane: usize, _value: u64) {
         self.done[lane] = true;
     }
+    fn weight(&self, lane: usize) -> u32 {
+        self.accesses[lane].lines as u32
+    }
 }
 
 /// The engine as the device a wave runs on: translations from the mechanism's device MMU,
@@ -53,6 +56,10 @@ struct WaveDevice<'e, 'm> {
     serviced: bool,
     /// An access of the current pass was remote.
     remote: bool,
+    /// When the last access completed (what an access-counter notification it raised sees).
+    at: f64,
+    /// The access counters' notifications are serviced on the fault path (the device waits).
+    sync: bool,
 }
 
 impl WaveDevice<'_, '_> {
@@ -68,17 +75,12 @@ impl WaveDevice<'_, '_> {
         self.remote |= at != by;
         let now = if self.serviced { self.clock } else { self.start };
         let t = self.e.touch(0, by, at, p, &a, now)?;
-        let counted = self.e.count(self.d, p, at, &a, now + if self.serviced { t } else { 0.0 })?;
         if self.serviced {
+            self.at = now + t;
             self.clock += t;
-            if let Some(w) = counted {
-                self.clock = self.clock.max(w);
-            }
         } else {
+            self.at = now;
             self.busy += t;
-            if let Some(w) = counted {
-                self.wait = self.wait.max(w);
-            }
         }
         Ok(())
     }
@@ -103,6 +105,55 @@ impl compute::Device for WaveDevice<'_, '_> {
     }
     fn now(&self) -> u64 {
         self.e.mech.now_ns()
+    }
+
+    /// The device's counter unit, programmed as the policy asks now ([`Policy::counters`](crate::place::policy::Policy::counters)).
+    fn access_counters(&mut self) -> Option<&mut compute::AccessCounters> {
+        let cx = Ctx { state: &self.e.st, cost: &self.e.cost, now: self.at as u64 };
+        let c = self.e.policy.counters(&cx, self.d);
+        self.sync = c.is_some_and(|c| c.sync);
+        let unit = self.e.counter_units.get_mut(self.d as usize)?;
+        unit.configure(c.map(|c| compute::CounterConfig {
+            region: c.region,
+            threshold: c.threshold,
+            count_local: c.local_too,
+        }));
+        c.map(|_| unit)
+    }
+
+    /// A notification: the policy plans ([`Policy::on_access_counter`](crate::place::policy::Policy::on_access_counter)); on the fault path
+    /// (`sync`) one far fault and the transfer, which the device waits for, else serviced in
+    /// the background while the device goes on (the links are busy).
+    fn notify(
+        &mut self,
+        _lane: usize,
+        n: &compute::CounterNotification,
+        _c: &mut compute::Counters,
+    ) -> Result<(), MechError> {
+        let (e, d, now) = (&mut *self.e, self.d, self.at);
+        e.stats.notifications += 1;
+        let first = n.first as u32;
+        let pages = n.pages.min(e.st.len().saturating_sub(first));
+        let note = Notification { dev: d, first, pages, reads: n.reads, writes: n.writes };
+        let mut plan = Plan::default();
+        e.policy.on_access_counter(&Ctx { state: &e.st, cost: &e.cost, now: now as u64 }, &note, &mut plan);
+        if plan.actions.is_empty() {
+            return Ok(());
+        }
+        let lane = format!("dev{d}");
+        if self.sync {
+            let done = e.apply(&plan, now + e.cost.far_fault_ns)?;
+            e.event(now, done - now, &lane, "counter", pages, "fault path");
+            if self.serviced {
+                self.clock = self.clock.max(done);
+            } else {
+                self.wait = self.wait.max(done);
+            }
+        } else {
+            e.apply(&plan, now)?;
+            e.event(now, 0.0, &lane, "counter", pages, "");
+        }
+        Ok(())
     }
 
     fn service(
@@ -253,6 +304,8 @@ impl Engine<'_> {
             clock: start,
             serviced: false,
             remote: false,
+            at: start,
+            sync: false,
         };
         let mut c = compute::Counters::default();
         match compute::run(&mut kernel, &mut dev, batch, &mut c) {
@@ -414,49 +467,5 @@ impl Engine<'_> {
         let lane = self.procs[proc].name.clone();
         self.event(clock, end - clock, &lane, "cpu-fault", moved.len() as u32, "");
         Ok(end + a.lines as f64 * self.cost.line_ns_on(proc, Loc::Cpu, Loc::Cpu))
-    }
-
-    /// Access counters: counts the lines, notifies at the threshold.
-    /// Returns when the device may go on, if it must wait for the notification's migration
-    /// (`Counters::sync`).
-    pub(super) fn count(&mut self, d: u8, p: u32, at: Loc, a: &Access, now: f64) -> Result<Option<f64>, MechError> {
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
-        let Some(c) = self.policy.counters(&cx, d) else { return Ok(None) };
-        if at == Loc::Dev(d) && !c.local_too {
-            return Ok(None);
-        }
-        let region = c.region.max(1);
-        let key = (d, p / region);
-        let e = self.counters.entry(key).or_insert((0, 0));
-        if a.write {
-            e.1 += a.lines as u32;
-        } else {
-            e.0 += a.lines as u32;
-        }
-        if e.0 + e.1 < c.threshold {
-            return Ok(None);
-        }
-        let (reads, writes) = *e;
-        self.counters.remove(&key);
-        self.stats.notifications += 1;
-        let first = p / region * region;
-        let n = Notification { dev: d, first, pages: region.min(self.st.len() - first), reads, writes };
-        let mut plan = Plan::default();
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: now as u64 };
-        self.policy.on_access_counter(&cx, &n, &mut plan);
-        if plan.actions.is_empty() {
-            return Ok(None);
-        }
-        let lane = format!("dev{d}");
-        if c.sync {
-            // On the fault path: one far fault, then the transfer; the device waits.
-            let done = self.apply(&plan, now + self.cost.far_fault_ns)?;
-            self.event(now, done - now, &lane, "counter", n.pages, "fault path");
-            return Ok(Some(done));
-        }
-        // Serviced in the background: the links are busy, the device goes on.
-        self.apply(&plan, now)?;
-        self.event(now, 0.0, &lane, "counter", n.pages, "");
-        Ok(None)
     }
 }
