@@ -39,7 +39,8 @@
 //! policy plans ([`Policy::on_device_faults`]), the engine moves data through the mechanism,
 //! and when a device's allocator refuses a migration (the device is full) evicts in the
 //! policy's order and asks again; the stalled lanes replay. A batch costs the far-fault
-//! latency per faulted page plus the transfers, which serialize on each device's link.
+//! latency per faulted page plus the transfers, which serialize on each direction of each device's link (full duplex:
+//! transfers into a device and out of it overlap).
 //!
 //! **A CPU access** to a page the CPU page tables do not have in system memory is a CPU fault:
 //! the policy's plan gives the fault-around window, and the access faults in the real
@@ -246,7 +247,8 @@ pub struct Engine<'m> {
     policy: Box<dyn Policy>,
     mech: &'m mut dyn Mechanism,
     cfg: Config,
-    links: Vec<f64>,
+    /// When each device link's inbound (`[0]`) and outbound (`[1]`) direction is next free.
+    links: Vec<[f64; 2]>,
     link_stats: Vec<LinkStats>,
     /// Each device's access-counter unit (its compute engine's).
     counter_units: Vec<crate::compute::AccessCounters>,
@@ -328,7 +330,7 @@ impl<'m> Engine<'m> {
             policy,
             mech,
             cfg,
-            links: vec![0.0; capacities.len()],
+            links: vec![[0.0; 2]; capacities.len()],
             link_stats: (0..capacities.len())
                 .map(|d| LinkStats { name: format!("link{d}"), ..LinkStats::default() })
                 .collect(),

@@ -68,16 +68,24 @@ impl Engine<'_> {
         Ok((done, stall, wall))
     }
 
-    /// Occupies the links a transfer between `from` and `to` uses; returns its end.
-    pub(super) fn transfer(&mut self, from: Loc, to: Loc, pages: u32, measured: u64, t: f64) -> f64 {
+    /// Occupies the link directions a transfer between `from` and `to` uses; returns its end.
+    /// A link is full duplex (PCIe; UVMSmart queues host-to-device and device-to-host
+    /// transfers separately): a move out of device `d` uses `d`'s outbound direction, a move
+    /// into it the inbound one, so an eviction does not delay a fetch; a device-to-device move
+    /// uses the source's outbound and the destination's inbound direction. Returns when the
+    /// transfer starts (its directions free and `t` reached) and ends.
+    pub(super) fn transfer(&mut self, from: Loc, to: Loc, pages: u32, measured: u64, t: f64) -> (f64, f64) {
+        const IN: usize = 0;
+        const OUT: usize = 1;
         let dur = match self.cost.source {
             Source::Model => self.cost.transfer_ns(pages as u64 * PAGE),
             Source::Measured => measured as f64,
         };
-        let links: Vec<usize> = [from.dev(), to.dev()].into_iter().flatten().collect();
-        let start = links.iter().map(|&l| self.links[l]).fold(t, f64::max);
-        for &l in &links {
-            self.links[l] = start + dur;
+        let used: Vec<(usize, usize)> =
+            [from.dev().map(|d| (d, OUT)), to.dev().map(|d| (d, IN))].into_iter().flatten().collect();
+        let start = used.iter().map(|&(l, dir)| self.links[l][dir]).fold(t, f64::max);
+        for &(l, dir) in &used {
+            self.links[l][dir] = start + dur;
             self.link_stats[l].busy_ns += dur;
         }
         let bytes = pages as u64 * PAGE;
@@ -88,7 +96,7 @@ impl Engine<'_> {
             self.link_stats[d].in_bytes += bytes;
         }
         self.stats.transfer_ns += dur;
-        start + dur
+        (start, start + dur)
     }
 
     /// Maps `[first, first + pages)` (clipped to the managed pages) for remote access by
@@ -175,19 +183,12 @@ impl Engine<'_> {
                     self.stats.prefetched += m as u64;
                 }
                 // The measured time goes with the first run.
-                let e = self.transfer(from, to, m, if k == 0 { w } else { 0 }, done);
+                let (s, e) = self.transfer(from, to, m, if k == 0 { w } else { 0 }, done);
                 let lane = match (from, to) {
                     (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
                     _ => "link".into(),
                 };
-                self.event(
-                    done,
-                    e - done,
-                    &lane,
-                    if prefetch { "prefetch" } else { "migrate" },
-                    m,
-                    &format!("{from}->{to}"),
-                );
+                self.event(s, e - s, &lane, if prefetch { "prefetch" } else { "migrate" }, m, &format!("{from}->{to}"));
                 done = done.max(e);
             }
             if moved.len() < n as usize {
@@ -240,7 +241,7 @@ impl Engine<'_> {
             wall += w;
             self.st.add_copy(p, dev);
             self.stats.duplicates += 1;
-            let e = self.transfer(pg.loc, Loc::Dev(dev), 1, w, done);
+            let (_, e) = self.transfer(pg.loc, Loc::Dev(dev), 1, w, done);
             done = done.max(e);
         }
         Ok((done, wall))
@@ -327,9 +328,9 @@ impl Engine<'_> {
             }
             self.stats.evicted += n as u64;
             self.stats.to_cpu += n as u64;
-            let e = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
+            let (s, e) = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
             let lane = format!("link{d}");
-            self.event(*done, e - *done, &lane, "evict", n, &format!("dev{d}->cpu"));
+            self.event(s, e - s, &lane, "evict", n, &format!("dev{d}->cpu"));
             *done = done.max(e);
             freed += n;
             i = j;

@@ -80,7 +80,8 @@ pub struct LinkStats {
     pub in_bytes: u64,
     /// Bytes moved out of the device over it (migrations back, evictions, device-to-device).
     pub out_bytes: u64,
-    /// Time the link was busy, simulated ns.
+    /// Time the link was busy, simulated ns, summed over its two directions (full duplex: a
+    /// transfer in and one out may overlap).
     pub busy_ns: f64,
 }
 

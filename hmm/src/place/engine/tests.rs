@@ -428,22 +428,23 @@ fn four_workloads(on: Target, cpus: u32, sched: Option<&str>) -> Outcome {
 
 /// `eft` is the default and places exactly as the engine did before schedulers were a trait:
 /// these are the bits of that engine's results on this run (four workloads on any device, two
-/// CPU cores for the ping-pong's CPU phases).
+/// CPU cores for the ping-pong's CPU phases), since the links became full duplex (the same
+/// placement and pages moved; the times shorter where an eviction and a fetch overlap).
 #[test]
 fn eft_is_the_default_and_keeps_the_schedule_it_always_gave() {
     for o in [four_workloads(Target::AnyDev, 2, None), four_workloads(Target::AnyDev, 2, Some("eft"))] {
         assert_eq!(o.scheduler, "eft");
-        assert_eq!(o.stats.sim_ns.to_bits(), 4718561536421913709, "{}", o.stats.sim_ns);
+        assert_eq!(o.stats.sim_ns.to_bits(), 4718559561321038668, "{}", o.stats.sim_ns);
         assert_eq!((o.stats.dev_to_dev, o.stats.to_dev, o.stats.to_cpu), (0, 1856, 1600));
         let procs: Vec<(&str, u64, u32)> =
             o.procs.iter().map(|p| (p.name.as_str(), p.busy_ns.to_bits(), p.phases)).collect();
         assert_eq!(
             procs,
             [
-                ("cpu0", 4716162480347010562, 4),
+                ("cpu0", 4716162480347010563, 4),
                 ("cpu1", 0, 0),
-                ("dev0", 4710414524245990438, 6),
-                ("dev1", 4706287851576324914, 7)
+                ("dev0", 4710371369080616056, 6),
+                ("dev1", 4706253315588930288, 7)
             ]
         );
     }
@@ -473,4 +474,30 @@ fn every_scheduler_places_any_phases_and_reports_utilisation() {
     }
     let st = makespans.iter().find(|m| m.0 == "static").unwrap().1;
     assert!(makespans.iter().any(|m| m.1 != st), "{makespans:?}");
+}
+
+#[test]
+fn a_link_carries_an_eviction_out_while_a_fetch_comes_in() {
+    // PCIe is full duplex (UVMSmart queues reads and writes apart): under oversubscription the
+    // evictions out of dev0 and the migrations into it overlap on link0.
+    let pages = 1200;
+    let ws = alloc::vec![wl("stream", pages, Target::Dev(0), &[])];
+    let (bases, total) = layout(&[pages]);
+    let mut m = stack(total, &[1000]);
+    let o = {
+        let cfg = Config { trace_limit: 100_000, ..Config::default() };
+        let mut e = Engine::new(total, &[1000], CostModel::default(), policy("on-touch", &[], "lru4k"), &mut m, cfg);
+        for (w, b) in ws.into_iter().zip(bases) {
+            e.add(w, b);
+        }
+        e.run().unwrap()
+    };
+    assert!(o.stats.evicted > 0, "no eviction: {:?}", o.stats);
+    let on_link = |kind: &str| -> Vec<(f64, f64)> {
+        o.trace.iter().filter(|e| e.lane == "link0" && e.kind == kind).map(|e| (e.t, e.t + e.dur)).collect()
+    };
+    let (outs, ins) = (on_link("evict"), on_link("migrate"));
+    assert!(!outs.is_empty() && !ins.is_empty(), "trace: {} events", o.trace.len());
+    let overlap = outs.iter().any(|&(a, b)| ins.iter().any(|&(c, d)| a < d && c < b));
+    assert!(overlap, "no eviction overlaps a fetch on link0: {outs:?} / {ins:?}");
 }

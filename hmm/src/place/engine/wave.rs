@@ -451,9 +451,9 @@ impl Engine<'_> {
             }
             self.stats.to_cpu += n as u64;
             // The fault's measured time goes with its first run.
-            let e = self.transfer(from, Loc::Cpu, n, if i == 0 { fault_wall } else { 0 }, done);
+            let (s, e) = self.transfer(from, Loc::Cpu, n, if i == 0 { fault_wall } else { 0 }, done);
             let lane = format!("link{}", from.dev().unwrap_or(0));
-            self.event(done, e - done, &lane, "migrate", n, &format!("{from}->cpu (fault)"));
+            self.event(s, e - s, &lane, "migrate", n, &format!("{from}->cpu (fault)"));
             done = done.max(e);
             i = j;
         }
