@@ -39,8 +39,8 @@
 //! policy plans ([`Policy::on_device_faults`]), the engine moves data through the mechanism,
 //! and when a device's allocator refuses a migration (the device is full) evicts in the
 //! policy's order and asks again; the stalled lanes replay. A batch costs the far-fault
-//! latency per faulted page plus the transfers, which serialize on each direction of each device's link (full duplex:
-//! transfers into a device and out of it overlap).
+//! latency per faulted page plus the transfers, which serialize on each direction of each
+//! device's link (full duplex: transfers into a device and out of it overlap).
 //!
 //! **A CPU access** to a page the CPU page tables do not have in system memory is a CPU fault:
 //! the policy's plan gives the fault-around window, and the access faults in the real
