@@ -25,6 +25,7 @@
 //! placement = "tree"                  # hmm::place::policies name
 //! params = { threshold = 51 }
 //! eviction = { order = "tbne" }
+//! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]
 //! ```
@@ -106,6 +107,9 @@ pub struct PolicyEntry {
     /// The scheduler of this policy's points (overrides the experiment's).
     #[serde(default)]
     pub scheduler: Option<Spanned<String>>,
+    /// The sweep's oversubscription ratios this policy runs at (default: all of them).
+    #[serde(default)]
+    pub oversubscription: Option<Spanned<Vec<f64>>>,
 }
 
 /// Sweeps.
@@ -211,6 +215,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let repeat = repetitions(&src, &exp)?;
     let Expanded { points, keys, reps } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
     check_points(&src, &points, &have, &machine, &mpath)?;
+    tables::check(&src, &exp.tables, &keys)?;
     Ok(Loaded { exp, machine, points, keys, reps })
 }
 
@@ -355,6 +360,8 @@ struct Policy {
     eviction: Params,
     /// The engine settings with this policy's scheduler (its own, else the experiment's).
     run: Params,
+    /// The sweep's ratios it runs at (`None`: all).
+    overs: Option<Vec<f64>>,
 }
 
 /// `[[policy]]`: at least one, each placement known, its parameters and eviction checked, the
@@ -376,12 +383,27 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Po
         if pols.iter().any(|q| q.label == *p.name.get_ref()) {
             return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
         }
+        if let Some(o) = &p.oversubscription {
+            let sweep = exp.sweep.oversubscription.as_ref().map_or(&[][..], |s| s.get_ref().as_slice());
+            let f = format!("{sec}.oversubscription");
+            if o.get_ref().is_empty() {
+                return Err(src.at(o.span(), &f, "give at least one of the sweep's ratios"));
+            }
+            if let Some(x) = o.get_ref().iter().find(|x| !sweep.iter().any(|y| (*x - y).abs() < 1e-9)) {
+                return Err(src.at(
+                    o.span(),
+                    &f,
+                    format!("{x} is not in [sweep] oversubscription ({sweep:?}); a policy runs at some of the sweep's ratios"),
+                ));
+            }
+        }
         pols.push(Policy {
             label: p.name.get_ref().clone(),
             placement: p.placement.get_ref().clone(),
             params: pp,
             eviction: ep,
             run: with_scheduler(src, run, &p.scheduler, &format!("{sec}.scheduler"))?,
+            overs: p.oversubscription.as_ref().map(|o| o.get_ref().clone()),
         });
     }
     Ok(pols)
@@ -457,7 +479,7 @@ struct Expanded {
 }
 
 /// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
-/// together with `sweep.together`). A repetition after the first shifts each workload's seed
+/// together with `sweep.together`); a policy with its own `oversubscription` only at those. A repetition after the first shifts each workload's seed
 /// by 1000 per repetition.
 fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
@@ -468,6 +490,11 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     for rep in 0..a.repeat {
         for &over in &a.overs {
             for pol in &a.pols {
+                if let (Some(only), Some(x)) = (&pol.overs, over)
+                    && !only.iter().any(|y| (x - y).abs() < 1e-9)
+                {
+                    continue;
+                }
                 for g in &groups {
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
@@ -985,7 +1012,7 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 pub mod agree;
 mod tables;
 use tables::find;
-pub use tables::{TableSpec, comparisons};
+pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 
 #[cfg(test)]
 mod tests;
