@@ -28,7 +28,22 @@
 //! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]
+//! [[table]]                           # rows: workloads; columns: policies at a ratio
+//! title = "(A) prefetchers"
+//! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
+//! columns = ["on-demand", "TBNe+TBNp", "TBNe+TBNp@1.1"]
+//! unit = "us"                         # of the published values
+//! reference = "TBNe+TBNp"             # verdicts compare ours ÷ ours[reference] with published ÷ published[reference]
+//! # normalise = "TBNe+TBNp"           # or: every cell ÷ this column of its row (cells are ratios, compared directly)
+//! tie = 0.05                          # published values closer than 5 % are not an ordering (default)
+//! ratios = [["on-demand", "TBNe+TBNp"]]
+//! published = { bfs = [116942, 3845, -1] }   # one per column; -1: not published
 //! ```
+//!
+//! Each published cell gets a verdict (within 2x of the published value or not) and each
+//! published ordering of a row (held or not); the run ends with
+//! `reproduction: C of T published cells within 2x; O of P orderings as published`. The rules
+//! are in [`tables`].
 
 use crate::machine::{Machine, parse_size};
 use hmm::place::params::{ParamError, Params, Value};
@@ -1010,7 +1025,7 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 }
 
 pub mod agree;
-mod tables;
+pub mod tables;
 use tables::find;
 pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 

@@ -378,11 +378,16 @@ impl std::fmt::Display for Ordering {
             num(self.published.1)
         )?;
         let unit = if self.normalised { "" } else { " ms" };
+        // Two different values of ours that round alike are shown to four decimals.
+        let ours = |a: f64, b: f64| match (num(a), num(b)) {
+            (x, y) if x == y && a != b => format!("{a:.4} vs {b:.4}{unit}"),
+            (x, y) => format!("{x} vs {y}{unit}"),
+        };
         match self.ours {
             None => write!(f, "ours missing"),
-            Some((a, b)) if a == b => write!(f, "ours tied ({} vs {}{unit})", num(a), num(b)),
-            Some((a, b)) if a > b => write!(f, "ours reversed ({} vs {}{unit})", num(a), num(b)),
-            Some((a, b)) => write!(f, "ours held ({} vs {}{unit})", num(a), num(b)),
+            Some((a, b)) if a == b => write!(f, "ours tied ({})", ours(a, b)),
+            Some((a, b)) if a > b => write!(f, "ours reversed ({})", ours(a, b)),
+            Some((a, b)) => write!(f, "ours held ({})", ours(a, b)),
         }
     }
 }
@@ -491,8 +496,9 @@ pub fn comparisons(l: &Loaded, results: &Results) -> String {
             };
             let _ = writeln!(
                 s,
-                "  (each cell: ours in {unit} | published in {}, then ok when {scale} is within 2x, else that ratio; ratios: ours | published)",
-                t.unit
+                "  (each cell: ours in {unit} | published in {}, then ok when {scale} is within 2x, else that ratio{})",
+                t.unit,
+                if t.ratios.is_empty() { "" } else { "; ratios: ours | published" }
             );
         }
         let width = if t.published.is_empty() { 22 } else { 28 };

@@ -438,6 +438,10 @@ fn published_orderings_hold_or_are_reversed_and_ties_are_not_counted() {
     r.insert(id_of(&tight, "stream", "d", 1.0), serde_json::json!({ "sim_ns": 25e6 }));
     let bd = verdicts(&tight, &r)[0].orderings.iter().find(|o| o.lower == "b" && o.higher == "d").cloned().unwrap();
     assert!(!bd.held() && bd.to_string().contains("ours tied (25.0 vs 25.0 ms)"), "{bd}");
+    // Reversed by less than the printed figures show: more digits.
+    r.insert(id_of(&tight, "stream", "d", 1.0), serde_json::json!({ "sim_ns": 24.999e6 }));
+    let bd = verdicts(&tight, &r)[0].orderings.iter().find(|o| o.lower == "b" && o.higher == "d").cloned().unwrap();
+    assert!(bd.to_string().contains("ours reversed (25.0000 vs 24.9990 ms)"), "{bd}");
 }
 
 #[test]
