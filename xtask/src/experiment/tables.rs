@@ -93,6 +93,7 @@ pub(super) fn find(l: &Loaded, w: &str, pol: &str, o: f64) -> Option<u32> {
     l.points.iter().zip(&l.keys).find(|(_, k)| k.0 == w && k.1 == pol && (k.2 - o).abs() < 1e-9).map(|(p, _)| p.id)
 }
 
+/// A column's policy and oversubscription (its `@ratio` is a number: [`check`] says so on load).
 fn column(t: &TableSpec, c: &str) -> (String, f64) {
     match c.rsplit_once('@') {
         Some((p, o)) => (p.to_string(), o.parse().unwrap_or(t.oversubscription)),
@@ -106,7 +107,7 @@ fn header(src: &Src<'_>, i: usize) -> std::ops::Range<usize> {
     let mut at = 0;
     let mut n = 0;
     for line in src.text.split_inclusive('\n') {
-        if line.trim() == "[[table]]" {
+        if line.trim_start().starts_with("[[table]]") {
             if n == i {
                 let start = at + line.find('[').unwrap_or(0);
                 return start..start + 9;
@@ -143,6 +144,7 @@ pub(super) fn check(src: &Src<'_>, tables: &[TableSpec], keys: &[(String, String
                 }
             }
             let mut overs: Vec<f64> = keys.iter().filter(|k| k.1 == p).map(|k| k.2).collect();
+            overs.sort_by(f64::total_cmp);
             overs.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
             Err(at(
                 field,

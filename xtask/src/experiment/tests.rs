@@ -486,6 +486,15 @@ fn tables_are_checked_when_the_file_loads() {
     assert!(e.contains("`table[1].columns`: `e@1.5`: no policy `e`; policies: a, b, c, d"), "{e}");
     let e = err(&VERDICTS.replace("[\"c@1.5\"", "[\"c@1.3\""));
     assert!(e.contains("`c@1.3`: no point of `c` at oversubscription 1.3; it runs at 1, 1.5"), "{e}");
+    // Each ratio once, whatever the repetitions; a header with a comment is still found.
+    let e = err(&VERDICTS
+        .replace("[\"c@1.5\"", "[\"c@1.3\"")
+        .replace("mechanism = \"host\"", "mechanism = \"host\"\nrepeat = 2"));
+    assert!(e.ends_with("it runs at 1, 1.5"), "{e}");
+    let e = err(&VERDICTS
+        .replace("reference = \"c\"\n", "")
+        .replace("[[table]]\ntitle = \"abs\"", "[[table]] # (A)\ntitle = \"abs\""));
+    assert!(e.starts_with("exp.toml:23:1: `table[0].reference`"), "{e}");
     let e = err(&VERDICTS.replace("[\"c@1.5\"", "[\"c@x\""));
     assert!(e.contains("`c@x`: `x` after '@' is not a ratio"), "{e}");
     let e = err(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\ntie = 5"));
