@@ -25,9 +25,25 @@
 //! placement = "tree"                  # hmm::place::policies name
 //! params = { threshold = 51 }
 //! eviction = { order = "tbne" }
+//! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]
+//! [[table]]                           # rows: workloads; columns: policies at a ratio
+//! title = "(A) prefetchers"
+//! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
+//! columns = ["on-demand", "TBNe+TBNp", "TBNe+TBNp@1.1"]
+//! unit = "us"                         # of the published values
+//! reference = "TBNe+TBNp"             # verdicts compare ours ÷ ours[reference] with published ÷ published[reference]
+//! # normalise = "TBNe+TBNp"           # or: every cell ÷ this column of its row (cells are ratios, compared directly)
+//! tie = 0.05                          # published values closer than 5 % are not an ordering (default)
+//! ratios = [["on-demand", "TBNe+TBNp"]]
+//! published = { bfs = [116942, 3845, -1] }   # one per column; -1: not published
 //! ```
+//!
+//! Each published cell gets a verdict (within 2x of the published value or not) and each
+//! published ordering of a row (held or not); the run ends with
+//! `reproduction: C of T published cells within 2x; O of P orderings as published`. The rules
+//! are in [`tables`].
 
 use crate::machine::{Machine, parse_size};
 use hmm::place::params::{ParamError, Params, Value};
@@ -106,6 +122,9 @@ pub struct PolicyEntry {
     /// The scheduler of this policy's points (overrides the experiment's).
     #[serde(default)]
     pub scheduler: Option<Spanned<String>>,
+    /// The sweep's oversubscription ratios this policy runs at (default: all of them).
+    #[serde(default)]
+    pub oversubscription: Option<Spanned<Vec<f64>>>,
 }
 
 /// Sweeps.
@@ -118,36 +137,6 @@ pub struct Sweep {
     /// All workloads in one point (competing), instead of one point per workload.
     #[serde(default)]
     pub together: bool,
-}
-
-/// A comparison table: rows are workloads, columns policies (at an oversubscription), with the
-/// published values beside ours.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableSpec {
-    /// Title.
-    pub title: String,
-    /// Columns: `policy label` or `policy label@ratio`.
-    pub columns: Vec<String>,
-    /// Oversubscription for columns without `@`.
-    #[serde(default = "one")]
-    pub oversubscription: f64,
-    /// Divide every cell by this column of the same row (slowdowns); else cells are ms.
-    #[serde(default)]
-    pub normalise: Option<String>,
-    /// Ratios of two columns to print (ours and published).
-    #[serde(default)]
-    pub ratios: Vec<[String; 2]>,
-    /// Published values per workload, one per column (negative: not published).
-    #[serde(default)]
-    pub published: BTreeMap<String, Vec<Option<f64>>>,
-    /// Unit of the published values, for the header.
-    #[serde(default)]
-    pub unit: String,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// A loaded, checked experiment.
@@ -241,6 +230,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let repeat = repetitions(&src, &exp)?;
     let Expanded { points, keys, reps } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
     check_points(&src, &points, &have, &machine, &mpath)?;
+    tables::check(&src, &exp.tables, &keys)?;
     Ok(Loaded { exp, machine, points, keys, reps })
 }
 
@@ -385,6 +375,8 @@ struct Policy {
     eviction: Params,
     /// The engine settings with this policy's scheduler (its own, else the experiment's).
     run: Params,
+    /// The sweep's ratios it runs at (`None`: all).
+    overs: Option<Vec<f64>>,
 }
 
 /// `[[policy]]`: at least one, each placement known, its parameters and eviction checked, the
@@ -406,12 +398,27 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Po
         if pols.iter().any(|q| q.label == *p.name.get_ref()) {
             return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
         }
+        if let Some(o) = &p.oversubscription {
+            let sweep = exp.sweep.oversubscription.as_ref().map_or(&[][..], |s| s.get_ref().as_slice());
+            let f = format!("{sec}.oversubscription");
+            if o.get_ref().is_empty() {
+                return Err(src.at(o.span(), &f, "give at least one of the sweep's ratios"));
+            }
+            if let Some(x) = o.get_ref().iter().find(|x| !sweep.iter().any(|y| (*x - y).abs() < 1e-9)) {
+                return Err(src.at(
+                    o.span(),
+                    &f,
+                    format!("{x} is not in [sweep] oversubscription ({sweep:?}); a policy runs at some of the sweep's ratios"),
+                ));
+            }
+        }
         pols.push(Policy {
             label: p.name.get_ref().clone(),
             placement: p.placement.get_ref().clone(),
             params: pp,
             eviction: ep,
             run: with_scheduler(src, run, &p.scheduler, &format!("{sec}.scheduler"))?,
+            overs: p.oversubscription.as_ref().map(|o| o.get_ref().clone()),
         });
     }
     Ok(pols)
@@ -487,7 +494,7 @@ struct Expanded {
 }
 
 /// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
-/// together with `sweep.together`). A repetition after the first shifts each workload's seed
+/// together with `sweep.together`); a policy with its own `oversubscription` only at those. A repetition after the first shifts each workload's seed
 /// by 1000 per repetition.
 fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
@@ -498,6 +505,11 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     for rep in 0..a.repeat {
         for &over in &a.overs {
             for pol in &a.pols {
+                if let (Some(only), Some(x)) = (&pol.overs, over)
+                    && !only.iter().any(|y| (x - y).abs() < 1e-9)
+                {
+                    continue;
+                }
                 for g in &groups {
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
@@ -840,85 +852,6 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.into() } else { s.chars().take(n - 1).collect::<String>() + "…" }
 }
 
-/// The point for (workload, policy label, oversubscription), first repetition.
-fn find(l: &Loaded, w: &str, pol: &str, o: f64) -> Option<u32> {
-    l.points.iter().zip(&l.keys).find(|(_, k)| k.0 == w && k.1 == pol && (k.2 - o).abs() < 1e-9).map(|(p, _)| p.id)
-}
-
-fn column(t: &TableSpec, c: &str) -> (String, f64) {
-    match c.rsplit_once('@') {
-        Some((p, o)) => (p.to_string(), o.parse().unwrap_or(t.oversubscription)),
-        None => (c.to_string(), t.oversubscription),
-    }
-}
-
-/// The comparison tables: ours, and the published numbers beside them.
-pub fn comparisons(l: &Loaded, results: &Results) -> String {
-    let mut s = String::new();
-    let workloads: Vec<String> = {
-        let mut v: Vec<String> = Vec::new();
-        for k in &l.keys {
-            if !v.contains(&k.0) {
-                v.push(k.0.clone());
-            }
-        }
-        v
-    };
-    for t in &l.exp.tables {
-        let _ = writeln!(s, "\n{}", t.title);
-        let unit = if t.normalise.is_some() { "×".to_string() } else { "ms".to_string() };
-        if t.published.is_empty() {
-            let _ = writeln!(s, "  (each cell: ours in {unit} | -, nothing published to compare)");
-        } else {
-            let _ = writeln!(s, "  (each cell: ours in {unit} | published in {}; ratios: ours | published)", t.unit);
-        }
-        let _ = write!(s, "  {:<12}", "");
-        for c in &t.columns {
-            let _ = write!(s, " {:>22}", truncate(c, 22));
-        }
-        for r in &t.ratios {
-            let _ = write!(s, " {:>24}", truncate(&format!("{} ÷ {}", r[0], r[1]), 24));
-        }
-        s.push('\n');
-        for w in &workloads {
-            let ours = |c: &str| {
-                let (p, o) = column(t, c);
-                let v = find(l, w, &p, o).and_then(|id| sim_ms(results, id))?;
-                match &t.normalise {
-                    Some(n) => {
-                        let (np, no) = column(t, n);
-                        let base = find(l, w, &np, no).and_then(|id| sim_ms(results, id))?;
-                        Some(v / base)
-                    }
-                    None => Some(v),
-                }
-            };
-            let published = t.published.get(w);
-            let pubv = |c: &str| {
-                let i = t.columns.iter().position(|x| x == c)?;
-                // Negative marks a value the artifact does not have.
-                published.and_then(|v| v.get(i).copied().flatten()).filter(|x| *x >= 0.0)
-            };
-            let _ = write!(s, "  {:<12}", truncate(w, 12));
-            for c in &t.columns {
-                let o = ours(c)
-                    .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.1}") });
-                let p = pubv(c)
-                    .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.0}") });
-                let _ = write!(s, " {:>22}", format!("{o} | {p}"));
-            }
-            for r in &t.ratios {
-                let o = ours(&r[0]).zip(ours(&r[1])).map(|(a, b)| a / b);
-                let p = pubv(&r[0]).zip(pubv(&r[1])).map(|(a, b)| a / b);
-                let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
-                let _ = write!(s, " {:>24}", format!("{} | {}", f(o), f(p)));
-            }
-            s.push('\n');
-        }
-    }
-    s
-}
-
 /// SVG plots: per workload, simulated time against oversubscription, one line per policy (or
 /// bars when there is one ratio). Returns (file name, SVG).
 pub fn plots(l: &Loaded, results: &Results) -> Vec<(String, String)> {
@@ -1092,6 +1025,9 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 }
 
 pub mod agree;
+pub mod tables;
+use tables::find;
+pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 //! at a time, `points_per_boot` each, a batch rerun in a fresh guest after a mechanism error)
 //! or on the host over the HMM stack on the host platform (`--host`: the same hmm core over
 //! software page tables and RAM-backed devices, `hmm::place::engine::host`), then writes the CSV, plots and trace
-//! into `target/experiments/NAME/` and prints the summary and comparison tables.
+//! into `target/experiments/NAME/` and prints the summary and comparison tables, each published
+//! cell's and ordering's verdict, and, last, the `reproduction:` line (also in `summary.txt`).
 
 use crate::decode::points_and_traces;
 use crate::experiment;
@@ -196,9 +197,16 @@ pub fn report_experiment(
     if !traces.is_empty() {
         write("trace.json", &experiment::trace(l, traces))?;
     }
+    let summary = experiment::summary(l, results);
+    let comparisons = experiment::comparisons(l, results);
+    let reproduction = experiment::reproduction(&experiment::verdicts(l, results));
+    write(
+        "summary.txt",
+        &format!("{summary}{comparisons}{}", reproduction.as_ref().map_or(String::new(), |r| format!("\n{r}"))),
+    )?;
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
-    println!("{}", experiment::summary(l, results));
-    print!("{}", experiment::comparisons(l, results));
+    println!("{summary}");
+    print!("{comparisons}");
     let failed =
         results.values().filter(|r| r.get("error").is_some()).count() + l.points.len().saturating_sub(results.len());
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;
@@ -216,11 +224,15 @@ pub fn report_experiment(
         wall.as_secs_f64()
     );
     println!(
-        "results in {} (results.csv, {} plot(s){})",
+        "results in {} (results.csv, summary.txt, {} plot(s){})",
         dir.display(),
         plots.len(),
         if traces.is_empty() { "" } else { ", trace.json for Perfetto / chrome://tracing" }
     );
+    // Last, so the run ends with it: each table's counts and the whole file's.
+    if let Some(r) = reproduction {
+        print!("\n{r}");
+    }
     Ok(failed == 0)
 }
 

@@ -38,7 +38,7 @@ fn load(text: &str) -> Result<Loaded, String> {
 fn shipped_experiments_load() {
     for (f, n) in [
         ("experiments/default.toml", 12),
-        ("experiments/reproduce.toml", 180),
+        ("experiments/reproduce.toml", 200),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
     ] {
@@ -54,7 +54,9 @@ fn points_expand_the_sweep() {
     assert_eq!(l.points[0].devices, [256]);
     assert_eq!(l.keys[0], ("stream".into(), "od".into(), 1.0));
     assert_eq!(l.points[7].label, "tree/random/1.5");
-    let together = load(&SMALL.replace("[sweep]", "[sweep]\ntogether = true")).unwrap();
+    // Together, the one workload row is `stream+random` (the table's `stream` row names none).
+    let untabled = SMALL.split("[[table]]").next().unwrap();
+    let together = load(&untabled.replace("[sweep]", "[sweep]\ntogether = true")).unwrap();
     assert_eq!(together.points.len(), 4);
     assert_eq!(together.points[0].workloads.len(), 2);
 }
@@ -172,7 +174,8 @@ fn reports_from_results() {
 /// every later column. Every row now parses back to the header's width with the text intact.
 #[test]
 fn csv_fields_with_commas_and_quotes_stay_one_field() {
-    let l = load(&SMALL.replace("name = \"od\"", "name = \"od, \\\"tuned\\\"\"")).unwrap();
+    let l = load(&SMALL.split("[[table]]").next().unwrap().replace("name = \"od\"", "name = \"od, \\\"tuned\\\"\""))
+        .unwrap();
     let (mut r, _) = results(&l);
     r.insert(0, serde_json::json!({"id": 0, "error": "device said \"no\", twice"}));
     let text = csv(&l, &r);
@@ -272,4 +275,228 @@ fn schedulers_are_chosen_per_experiment_and_per_policy() {
     assert!(e.contains("one of eft, static, round-robin, heft, dmda"), "{e}");
     let e = err(&text.replace("\"dmda\"", "\"dmad\""));
     assert!(e.contains("`policy[1].scheduler`") && e.contains("one of eft, static"), "{e}");
+}
+
+/// A policy's own `oversubscription` runs it at only those of the sweep's ratios.
+#[test]
+fn a_policy_runs_at_its_own_ratios() {
+    let only = SMALL.replace("placement = \"tree\"\n", "placement = \"tree\"\noversubscription = [1.5]\n");
+    // The table's `tree` column (at 1.0) has no point any more: say so.
+    let e = err(&only);
+    assert!(e.contains("`table[0].columns`: `tree`: no point of `tree` at oversubscription 1; it runs at 1.5"), "{e}");
+    let l = load(
+        &only
+            .replace("columns = [\"od\", \"tree\", \"tree@1.5\"]", "columns = [\"od\", \"od@1.5\", \"tree@1.5\"]")
+            .replace("normalise = \"tree\"", "normalise = \"od\"")
+            .replace("ratios = [[\"od\", \"tree\"]]", "ratios = []"),
+    )
+    .unwrap();
+    assert_eq!(l.points.len(), 6);
+    assert!(l.keys.iter().filter(|k| k.1 == "tree").all(|k| k.2 == 1.5), "{:?}", l.keys);
+    assert_eq!(l.keys.iter().filter(|k| k.1 == "od").count(), 4);
+    let e = err(&only.replace("[1.5]\n", "[2.0]\n"));
+    assert!(e.contains("`policy[1].oversubscription`: 2 is not in [sweep] oversubscription ([1.0, 1.5])"), "{e}");
+}
+
+/// Four policies, two workloads, two ratios; an absolute table compared to its reference `c`
+/// and a normalised one. The hand-computed verdicts are in [`synthetic`].
+const VERDICTS: &str = r#"
+name = "verdicts"
+device_memory = ["1M"]
+mechanism = "host"
+[[workload]]
+kind = "stream"
+[[workload]]
+kind = "random"
+[[policy]]
+name = "a"
+placement = "on-touch"
+[[policy]]
+name = "b"
+placement = "on-touch"
+[[policy]]
+name = "c"
+placement = "tree"
+[[policy]]
+name = "d"
+placement = "tree"
+[sweep]
+oversubscription = [1.0, 1.5]
+[[table]]
+title = "abs"
+unit = "us"
+columns = ["a", "b", "c", "d"]
+reference = "c"
+published = { stream = [400, 100, 10, 103], random = [50, 20, -1, -1] }
+[[table]]
+title = "slow"
+columns = ["c@1.5", "a@1.5"]
+normalise = "c"
+published = { stream = [3.0, 100.0] }
+[[table]]
+title = "nothing published"
+columns = ["a", "b"]
+"#;
+
+/// Ours, in simulated ms, for (workload, policy, oversubscription); every point has a result.
+/// - abs, stream (reference c = 1 ms; published reference 10): a 40/1 against 400/10, 1x, ok;
+///   b 25 against 10, 2.5x, outside; c the reference; d 20 against 10.3, 1.94x, ok.
+///   Orderings: b<a, c<a, d<a, c<b, c<d held; b, d (100 vs 103) within 5 %, not counted.
+/// - abs, random: the reference is not published, so no cell counts; b<a published
+///   (20 vs 50), ours 6 vs 5: reversed.
+/// - slow, stream: c@1.5 is 4/1 against 3 (1.33x, ok), a@1.5 50/1 against 100 (0.5x, ok: the
+///   bound is included); c@1.5 < a@1.5 held.
+fn synthetic(l: &Loaded) -> Results {
+    let ms = |w: &str, p: &str, o: f64| -> f64 {
+        match (w, p, o == 1.0) {
+            ("stream", "a", true) => 40.0,
+            ("stream", "b", true) => 25.0,
+            ("stream", "d", true) => 20.0,
+            ("random", "a", true) => 5.0,
+            ("random", "b", true) => 6.0,
+            ("stream", "a", false) => 50.0,
+            ("stream", "c", false) => 4.0,
+            _ => 1.0,
+        }
+    };
+    l.points
+        .iter()
+        .zip(&l.keys)
+        .map(|(p, k)| (p.id, serde_json::json!({ "id": p.id, "sim_ns": ms(&k.0, &k.1, k.2) * 1e6 })))
+        .collect()
+}
+
+fn id_of(l: &Loaded, w: &str, p: &str, o: f64) -> u32 {
+    l.points.iter().zip(&l.keys).find(|(_, k)| k.0 == w && k.1 == p && k.2 == o).unwrap().0.id
+}
+
+#[test]
+fn cells_are_within_2x_of_the_published_value_relative_to_the_reference() {
+    use super::tables::Cell;
+    let l = load(VERDICTS).unwrap();
+    let v = verdicts(&l, &synthetic(&l));
+    // The table with nothing published has no verdicts.
+    assert_eq!(v.iter().map(|t| t.title.as_str()).collect::<Vec<_>>(), ["abs", "slow"]);
+    let cell = |t: usize, w: &str, c: &str| v[t].cells.iter().find(|x| x.0 == w && x.1 == c).unwrap().2;
+    // Divided by the reference, ours and published: 40/1 against 400/10.
+    assert_eq!(cell(0, "stream", "a"), Cell::Ratio(1.0));
+    assert!(cell(0, "stream", "a").within());
+    assert_eq!(cell(0, "stream", "b"), Cell::Ratio(2.5));
+    assert!(!cell(0, "stream", "b").within() && cell(0, "stream", "b").counted());
+    assert!(cell(0, "stream", "d").within());
+    assert_eq!(cell(0, "stream", "c"), Cell::Reference);
+    assert!(!Cell::Reference.counted());
+    // No published reference in the row: nothing counts.
+    assert!(v[0].cells.iter().filter(|x| x.0 == "random").all(|x| x.2 == Cell::NotCounted));
+    assert_eq!(v[0].cell_counts(), (2, 3));
+    // Normalised cells compare directly; 0.5x and 2x are within, just past them is not.
+    assert!((matches!(cell(1, "stream", "c@1.5"), Cell::Ratio(q) if (q - 4.0 / 3.0).abs() < 1e-9)));
+    assert_eq!(cell(1, "stream", "a@1.5"), Cell::Ratio(0.5));
+    assert!(cell(1, "stream", "a@1.5").within());
+    assert!(Cell::Ratio(2.0).within() && !Cell::Ratio(2.01).within() && !Cell::Ratio(0.49).within());
+    assert_eq!(v[1].cell_counts(), (2, 2));
+    // The marks in the printed table.
+    let cmp = comparisons(&l, &synthetic(&l));
+    assert!(cmp.contains("40.0 | 400 ok") && cmp.contains("25.0 | 100 2.50x") && cmp.contains("1.0 | 10 ref"), "{cmp}");
+    assert!(cmp.contains("verdict: 2 of 3 cells within 2x; 5 of 6 orderings as published"), "{cmp}");
+}
+
+#[test]
+fn published_orderings_hold_or_are_reversed_and_ties_are_not_counted() {
+    let l = load(VERDICTS).unwrap();
+    let r = synthetic(&l);
+    let v = verdicts(&l, &r);
+    let names = |t: usize| -> Vec<(String, String, String, bool)> {
+        v[t].orderings.iter().map(|o| (o.row.clone(), o.lower.clone(), o.higher.clone(), o.held())).collect()
+    };
+    let o = |w: &str, lo: &str, hi: &str, held: bool| (w.to_string(), lo.to_string(), hi.to_string(), held);
+    assert_eq!(
+        names(0),
+        [
+            o("stream", "b", "a", true),
+            o("stream", "c", "a", true),
+            o("stream", "d", "a", true),
+            o("stream", "c", "b", true),
+            o("stream", "c", "d", true),
+            o("random", "b", "a", false),
+        ]
+    );
+    assert_eq!(names(1), [o("stream", "c@1.5", "a@1.5", true)]);
+    let cmp = comparisons(&l, &r);
+    assert!(
+        cmp.contains("not as published: random: b < a published (20.0 vs 50.0), ours reversed (6.00 vs 5.00 ms)"),
+        "{cmp}"
+    );
+    // With a 1 % tie tolerance b and d (100 vs 103) are an ordering: ours 25 vs 20, reversed;
+    // ours equal is not the published order either.
+    let tight = load(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\ntie = 0.01")).unwrap();
+    let v = verdicts(&tight, &synthetic(&tight));
+    let bd = v[0].orderings.iter().find(|o| o.lower == "b" && o.higher == "d").unwrap();
+    assert!(!bd.held() && bd.ours == Some((25.0, 20.0)), "{bd}");
+    assert_eq!(v[0].ordering_counts(), (5, 7));
+    let mut r = synthetic(&tight);
+    r.insert(id_of(&tight, "stream", "d", 1.0), serde_json::json!({ "sim_ns": 25e6 }));
+    let bd = verdicts(&tight, &r)[0].orderings.iter().find(|o| o.lower == "b" && o.higher == "d").cloned().unwrap();
+    assert!(!bd.held() && bd.to_string().contains("ours tied (25.0 vs 25.0 ms)"), "{bd}");
+    // Reversed by less than the printed figures show: more digits.
+    r.insert(id_of(&tight, "stream", "d", 1.0), serde_json::json!({ "sim_ns": 24.999e6 }));
+    let bd = verdicts(&tight, &r)[0].orderings.iter().find(|o| o.lower == "b" && o.higher == "d").cloned().unwrap();
+    assert!(bd.to_string().contains("ours reversed (25.0000 vs 24.9990 ms)"), "{bd}");
+}
+
+#[test]
+fn the_final_line_counts_every_table_and_a_missing_point_fails() {
+    let l = load(VERDICTS).unwrap();
+    let mut r = synthetic(&l);
+    let line = reproduction(&verdicts(&l, &r)).unwrap();
+    assert_eq!(
+        line,
+        "reproduction, per table:\n  abs: 2 of 3 cells within 2x; 5 of 6 orderings as published\n  slow: 2 of 2 cells within 2x; 1 of 1 orderings as published\nreproduction: 4 of 5 published cells within 2x; 6 of 7 orderings as published\n"
+    );
+    // stream's `a` at 1.0 failed: its cell and the three orderings it is in fail.
+    r.insert(id_of(&l, "stream", "a", 1.0), serde_json::json!({ "error": "boom" }));
+    let v = verdicts(&l, &r);
+    assert_eq!(v[0].cell_counts(), (1, 3));
+    assert!(
+        reproduction(&v)
+            .unwrap()
+            .ends_with("reproduction: 3 of 5 published cells within 2x; 3 of 7 orderings as published\n")
+    );
+    // The reference missing fails every counted cell of its row.
+    r.remove(&id_of(&l, "stream", "c", 1.0));
+    assert_eq!(verdicts(&l, &r)[0].cell_counts(), (0, 3));
+    assert!(comparisons(&l, &r).contains("- | 400 miss"));
+    // No table with published values: no line.
+    assert_eq!(reproduction(&verdicts(&load(SMALL.split("[[table]]").next().unwrap()).unwrap(), &r)), None);
+}
+
+#[test]
+fn tables_are_checked_when_the_file_loads() {
+    let e = err(&VERDICTS.replace("reference = \"c\"\n", ""));
+    assert!(e.starts_with("exp.toml:23:1: `table[0].reference`: the cells are absolute"), "{e}");
+    let e = err(&VERDICTS.replace("reference = \"c\"", "reference = \"e\""));
+    assert!(e.starts_with("exp.toml:27:13: `table[0].reference`: `e` is not a column; columns: a, b, c, d"), "{e}");
+    let e = err(&VERDICTS.replace("normalise = \"c\"", "normalise = \"c\"\nreference = \"a@1.5\""));
+    assert!(e.contains("`table[1].reference`: a `normalise` table's cells are ratios already"), "{e}");
+    let e = err(&VERDICTS.replace("random = [50", "randum = [50"));
+    assert!(e.contains("`table[0].published`: row `randum` names no workload; workloads: stream, random"), "{e}");
+    let e = err(&VERDICTS.replace("[50, 20, -1, -1]", "[50, 20, -1]"));
+    assert!(e.contains("row `random` has 3 values for 4 columns"), "{e}");
+    let e = err(&VERDICTS.replace("[\"c@1.5\"", "[\"e@1.5\""));
+    assert!(e.contains("`table[1].columns`: `e@1.5`: no policy `e`; policies: a, b, c, d"), "{e}");
+    let e = err(&VERDICTS.replace("[\"c@1.5\"", "[\"c@1.3\""));
+    assert!(e.contains("`c@1.3`: no point of `c` at oversubscription 1.3; it runs at 1, 1.5"), "{e}");
+    // Each ratio once, whatever the repetitions; a header with a comment is still found.
+    let e = err(&VERDICTS
+        .replace("[\"c@1.5\"", "[\"c@1.3\"")
+        .replace("mechanism = \"host\"", "mechanism = \"host\"\nrepeat = 2"));
+    assert!(e.ends_with("it runs at 1, 1.5"), "{e}");
+    let e = err(&VERDICTS
+        .replace("reference = \"c\"\n", "")
+        .replace("[[table]]\ntitle = \"abs\"", "[[table]] # (A)\ntitle = \"abs\""));
+    assert!(e.starts_with("exp.toml:23:1: `table[0].reference`"), "{e}");
+    let e = err(&VERDICTS.replace("[\"c@1.5\"", "[\"c@x\""));
+    assert!(e.contains("`c@x`: `x` after '@' is not a ratio"), "{e}");
+    let e = err(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\ntie = 5"));
+    assert!(e.contains("`table[0].tie`: 5: expected 0 to 1"), "{e}");
 }
