@@ -85,3 +85,84 @@ fn emit_merges_lines_per_page() {
     e.line(4096 + 128, true);
     assert_eq!(e.out, [Access { page: 0, write: false, lines: 1 }, Access { page: 1, write: true, lines: 3 }]);
 }
+
+/// Distinct pages a step's phases touch, and how many of its accesses write.
+fn touched(step: &[Phase]) -> (usize, usize) {
+    let mut pages: Vec<u32> = step.iter().flat_map(|p| p.accesses.iter().map(|a| a.page)).collect();
+    let writes = step.iter().flat_map(|p| &p.accesses).filter(|a| a.write).count();
+    pages.sort_unstable();
+    pages.dedup();
+    (pages.len(), writes)
+}
+
+fn own(kind: &str, set: &[(&str, Value)]) -> Params {
+    let mut p = Params::new();
+    for (k, v) in set {
+        p.set(k, v.clone());
+    }
+    p.checked(find(kind).unwrap().params).unwrap()
+}
+
+#[test]
+fn bfs_is_rodinia_over_a_uniform_random_graph_by_default() {
+    // Rodinia's graphgen: vertex 0 has 2-4 edges of its own plus a few back-edges, so the
+    // first level writes a handful of lines; from an R-MAT hub it writes thousands.
+    let mut w = build("bfs", &own("bfs", &[]), &setup(1000)).unwrap();
+    let steps = drain(&mut *w);
+    let (_, first_writes) = touched(&steps[0]);
+    assert!(first_writes < 60, "level 0 wrote {first_writes} runs of lines");
+    // Levels grow by about the degree: a uniform graph of ~10^5 vertices is done in few levels.
+    assert!((5..=20).contains(&steps.len()), "{} levels", steps.len());
+    let mut rmat = build("bfs", &own("bfs", &[("graph", Value::Text("rmat".into()))]), &setup(1000)).unwrap();
+    let (_, hub_writes) = touched(&rmat.next_step().unwrap());
+    assert!(hub_writes > 200, "the R-MAT hub's level wrote only {hub_writes} runs");
+}
+
+#[test]
+fn graph_arrays_follow_the_benchmarks() {
+    let s = setup(1000);
+    // bfs: 8-byte nodes, three flag bytes, a 4-byte cost and 4-byte edges, no payload.
+    let g = graph::Graph::new(&own("bfs", &[]), &s, graph::For::Bfs);
+    let m = g.edges.len() as f64;
+    assert!((m / g.n as f64 - 6.0).abs() < 0.1, "average degree {}", m / g.n as f64);
+    let bytes = g.n as f64 * 15.0 + m * 4.0;
+    assert!(bytes > 0.98 * 1000.0 * 4096.0 - 7.0 * 4096.0, "{bytes} bytes of arrays");
+    assert!(g.pages <= 1000);
+    let max = (0..g.n).map(|v| g.out(v).len()).max().unwrap();
+    assert!(max < 40, "a uniform graph has no hub (max degree {max})");
+    assert_eq!(g.source(), 0);
+    // sssp: exactly two distinct out-edges per vertex, never to itself.
+    let g = graph::Graph::new(&own("sssp", &[]), &s, graph::For::Sssp);
+    for v in 0..g.n {
+        let r = g.out(v);
+        assert_eq!(r.len(), 2, "vertex {v}");
+        let (a, b) = (g.edges[r.start], g.edges[r.start + 1]);
+        assert!(a != b && a != v && b != v, "vertex {v}: {a}, {b}");
+    }
+    assert!(g.weights.iter().all(|&w| w < 1000));
+    // 4-byte offsets, two 4-byte edge arrays, two 4-byte distance arrays: 28 bytes a vertex.
+    assert!(g.n as u64 * 28 > 990 * 4096 - 5 * 4096, "{} vertices", g.n);
+}
+
+#[test]
+fn sssp_sweeps_both_distance_arrays_for_at_most_15_iterations() {
+    let mut w = build("sssp", &own("sssp", &[]), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    // initializeArrays, then 15 iterations (2^15 vertices are not all reached by then).
+    assert_eq!(steps.len(), 16);
+    for (i, s) in steps.iter().enumerate() {
+        // The distance arrays are 8 of the 28 bytes a vertex.
+        let (n, writes) = touched(s);
+        assert!(n * 100 >= pages * 28, "step {i} touched {n} of {pages} pages");
+        assert!(writes * 100 >= pages * 14, "step {i} wrote {writes} runs");
+    }
+    // The former frontier-only kernel 2 is still there.
+    let mut w = build("sssp", &own("sssp", &[("sweep", Value::Bool(false))]), &setup(1000)).unwrap();
+    let steps = drain(&mut *w);
+    let (n, _) = touched(&steps[1]);
+    assert!(n < 20, "the first frontier-only iteration touched {n} pages");
+    // `iterations` caps it.
+    let s = Setup { iterations: 3, ..setup(1000) };
+    assert_eq!(drain(&mut *build("sssp", &own("sssp", &[]), &s).unwrap()).len(), 4);
+}
