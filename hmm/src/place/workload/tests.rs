@@ -166,3 +166,67 @@ fn sssp_sweeps_both_distance_arrays_for_at_most_15_iterations() {
     let s = Setup { iterations: 3, ..setup(1000) };
     assert_eq!(drain(&mut *build("sssp", &own("sssp", &[]), &s).unwrap()).len(), 4);
 }
+
+/// The set of pages a phase list touches (`writes`: only those written).
+fn page_set(phases: &[Phase], writes: bool) -> alloc::collections::BTreeSet<u32> {
+    phases.iter().flat_map(|p| &p.accesses).filter(|a| a.write || !writes).map(|a| a.page).collect()
+}
+
+#[test]
+fn fdtd_runs_five_time_steps_of_three_sweeps() {
+    let mut w = build("fdtd", &Params::new(), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    // fdtd2d.cu: tmax = 5, three kernels per time step.
+    assert_eq!(steps.len(), 15);
+    let names: Vec<&str> = steps.iter().map(|s| s[0].name).collect();
+    assert_eq!(&names[..3], ["fdtd-ey", "fdtd-ex", "fdtd-hz"]);
+    // Each kernel updates one field (a third of the footprint) and reads the others it needs.
+    let written: Vec<_> = steps[..3].iter().map(|s| page_set(s, true)).collect();
+    for (k, set) in written.iter().enumerate() {
+        assert!(set.len() * 100 > pages * 30 && set.len() * 100 < pages * 36, "kernel {k} wrote {}", set.len());
+    }
+    assert!(written[0].is_disjoint(&written[1]) && written[1].is_disjoint(&written[2]));
+    // The hz kernel reads ex and ey: all three fields.
+    assert!(page_set(&steps[2], false).len() * 100 > pages * 98);
+}
+
+#[test]
+fn hotspot_walks_bands_of_pyramid_tiles_between_ping_pong_grids() {
+    let mut w = build("hotspot", &own("hotspot", &[]), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    // hotspot 1024 2 8: 8 time steps, 2 per launch.
+    assert_eq!(steps.len(), 4);
+    let (w0, w1) = (page_set(&steps[0], true), page_set(&steps[1], true));
+    assert!(w0.is_disjoint(&w1), "launches alternate their destination grid");
+    assert!(w0.len() * 100 > pages * 32, "a launch writes a whole grid ({} pages)", w0.len());
+    // The first band's blocks load 14 rows (16 less the top border) of temperature and power
+    // before any block writes its 12 × 12 cells: in index order, with no write between.
+    let first = &steps[0][0].accesses;
+    let before: alloc::collections::BTreeSet<u32> = first.iter().take_while(|a| !a.write).map(|a| a.page).collect();
+    let row_pages = (pages / 3) as f64 / ((pages / 3 * 4096 / 4) as f64).sqrt();
+    assert!(before.len() as f64 >= 2.0 * 13.0 * row_pages, "{} pages read before the first write", before.len());
+    // Each launch still sweeps the whole footprint: the source does.
+    for s in &steps {
+        assert!(page_set(s, false).len() * 100 > pages * 98);
+    }
+    let p = own("hotspot", &[("pyramid", Value::Int(4))]);
+    assert_eq!(drain(&mut *build("hotspot", &p, &setup(1000)).unwrap()).len(), 2);
+}
+
+#[test]
+fn backprop_updates_a_copy_of_the_weights_the_forward_pass_streamed() {
+    let mut w = build("backprop", &Params::new(), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    let on: Vec<Target> = steps.iter().map(|s| s[0].on).collect();
+    assert_eq!(on, [Target::Dev(0), Target::Cpu, Target::Dev(0)], "forward, CPU reduction, backward");
+    let forward = page_set(&steps[0], false);
+    let backward = page_set(&steps[2], false);
+    // The forward pass streams a third of the footprint, the backward two thirds...
+    assert!(forward.len() * 100 > pages * 32 && backward.len() * 100 > pages * 64);
+    // ... and re-reads only the inputs (4 of 212 bytes an input unit) and the first weight row.
+    let again = forward.intersection(&backward).count();
+    assert!(again * 100 < pages * 3, "the backward pass re-reads {again} of the forward pass's pages");
+}
