@@ -1,10 +1,11 @@
-//! Grid workloads: 2D/3D stencil, hotspot (Rodinia), fdtd (Polybench fdtd-2d), wavefront dynamic
-//! programming (nw), and a multi-device partitioned stencil with shared halos.
+//! Grid workloads: 2D/3D stencil, hotspot and srad (Rodinia), fdtd (Polybench fdtd-2d), wavefront
+//! dynamic programming (nw, and Rodinia's pathfinder), and a multi-device partitioned stencil with
+//! shared halos.
 //!
 //! Grids are sized so their arrays fill the footprint. `stencil`, `wavefront` and `halo` have
 //! 8-byte elements and sweep row by row, reading the neighbouring rows (planes in 3D) of their
 //! inputs and writing the row of their output, as a GPU's thread blocks march down the grid.
-//! `hotspot` and `fdtd` follow their benchmarks' CUDA sources (float elements, their arrays, time
+//! `hotspot`, `fdtd`, `srad` and `pathfinder` follow the CUDA sources the UVMSmart artifact runs (float elements, their arrays, time
 //! steps and thread-block tiles; each one's doc says how): their thread blocks are issued in index
 //! order, so each kernel launch walks the grid in bands of a block's rows.
 
@@ -262,6 +263,136 @@ pub const HALO: WorkloadDef = WorkloadDef {
                 phases.push(e.phase("slab", on));
             }
             Some(phases)
+        })))
+    },
+};
+
+/// Rodinia srad_v2 as the artifact runs it (`srad 2048 2048 0 127 0 127 0.5 2`): speckle-reducing
+/// anisotropic diffusion of a float image `J`, `iterations` (default 2) of: the CPU reads the
+/// 128 × 128 region of interest (rows and columns 0..=127) for its statistics, then `srad_cuda_1`
+/// (16 × 16 blocks: each reads its tile of `J` and the rows just above and below it, and writes
+/// the diffusion coefficient `C` and the four derivatives `E`, `W`, `S`, `N` of its tile) and
+/// `srad_cuda_2` (each reads its tile of `J`, `C` with the row below, the four derivatives, and
+/// writes its tile of `J`). Blocks run in index order, x fastest: bands of 16 rows.
+///
+/// In the artifact only `J` is managed (`cudaMallocManaged`); `C` and the derivatives are
+/// `cudaMalloc`'d device memory, never migrated: with `coefficients = "device"` (the default) the
+/// footprint is `J` alone and those accesses are not pages of it; `"managed"` makes all six
+/// arrays managed, sized together.
+pub const SRAD: WorkloadDef = WorkloadDef {
+    name: "srad",
+    help: "Rodinia srad_v2: CPU statistics of a region, then two stencil kernels per iteration",
+    params: &[ParamDef::text(
+        "coefficients",
+        "device",
+        &["device", "managed"],
+        "where C, E, W, S, N live: device memory (as the artifact) or managed",
+    )],
+    build: |p: &Params, s: &Setup| {
+        const ROWS: i64 = 16;
+        let managed = p.text("coefficients") == "managed";
+        let arrays = if managed { 6 } else { 1 };
+        let n = side(s.pages, arrays, 4) / 16 * 16;
+        let row = n * 4;
+        let mut l = Layout::default();
+        let j = l.array(n * row);
+        let coef: Vec<u64> = if managed { (0..5).map(|_| l.array(n * row)).collect() } else { Vec::new() };
+        let roi = 128.min(n);
+        let (iters, on) = (or(s.iterations, 2), s.device);
+        let bands = n as i64 / ROWS;
+        Ok(Box::new(Lazy::new("srad", l.pages(), move |step| {
+            if step >= 3 * iters {
+                return None;
+            }
+            let mut e = Emit::default();
+            match step % 3 {
+                0 => {
+                    for r in 0..roi {
+                        e.range(j + r * row, roi * 4, false);
+                    }
+                    return Some(vec![e.phase("srad-roi", Target::Cpu)]);
+                }
+                1 => {
+                    for b in 0..bands {
+                        band(&mut e, j, row, n, b * ROWS - 1..(b + 1) * ROWS + 1, false);
+                        for &c in &coef {
+                            band(&mut e, c, row, n, b * ROWS..(b + 1) * ROWS, true);
+                        }
+                    }
+                }
+                _ => {
+                    for b in 0..bands {
+                        band(&mut e, j, row, n, b * ROWS..(b + 1) * ROWS, false);
+                        if let Some(&c) = coef.first() {
+                            band(&mut e, c, row, n, b * ROWS..(b + 1) * ROWS + 1, false);
+                            for &d in &coef[1..] {
+                                band(&mut e, d, row, n, b * ROWS..(b + 1) * ROWS, false);
+                            }
+                        }
+                        band(&mut e, j, row, n, b * ROWS..(b + 1) * ROWS, true);
+                    }
+                }
+            }
+            Some(vec![e.phase(if step % 3 == 1 { "srad-1" } else { "srad-2" }, on)])
+        })))
+    },
+};
+
+/// Rodinia pathfinder as the artifact runs it (`pathfinder 100000 100 20`): dynamic programming
+/// down a grid of `rows` (100) rows of int weights, the columns filling the footprint. Each
+/// launch advances `pyramid` (20) rows: a block of 256 threads loads 256 entries of the source
+/// result row (its 216 columns and a border of `pyramid` on each side), then reads one row of
+/// the wall per step over a shrinking range, and writes its 216 columns of the destination
+/// result row (two result rows, ping-pong). Blocks run in index order along the columns, so a
+/// launch streams `pyramid` rows of the wall side by side; every wall row is read by one launch.
+/// (The artifact also prefetches the wall to the device before the first launch,
+/// `cudaMemPrefetchAsync`; the generator has no prefetch, the policy's faults bring it.)
+pub const PATHFINDER: WorkloadDef = WorkloadDef {
+    name: "pathfinder",
+    help: "Rodinia pathfinder: row-by-row dynamic programming, pyramid blocking",
+    params: &[
+        ParamDef::int("rows", 100, 2, 100_000, "grid rows"),
+        ParamDef::int("pyramid", 20, 1, 100, "rows per kernel launch"),
+    ],
+    build: |p: &Params, s: &Setup| {
+        const BLOCK: i64 = 256;
+        let (rows, pyramid) = (p.int("rows") as u64, p.int("pyramid") as i64);
+        // Two result rows and rows - 1 wall rows of 4-byte ints.
+        let cols = ((s.pages as u64).saturating_sub(3) * PAGE / 4 / (rows + 1)).max(BLOCK as u64) as i64;
+        let mut l = Layout::default();
+        let result = [l.array(cols as u64 * 4), l.array(cols as u64 * 4)];
+        let wall = l.array((rows - 1) * cols as u64 * 4);
+        let small = (BLOCK - 2 * pyramid).max(1);
+        let blocks = (cols + small - 1) / small;
+        let on = s.device;
+        let launches = (rows as i64 - 1 + pyramid - 1) / pyramid;
+        let clip = move |lo: i64, hi: i64| (lo.max(0), hi.min(cols));
+        Ok(Box::new(Lazy::new("pathfinder", l.pages(), move |step| {
+            if step as i64 >= launches {
+                return None;
+            }
+            let t = step as i64 * pyramid;
+            let iteration = pyramid.min(rows as i64 - 1 - t);
+            // calc_path swaps before each launch: launch k reads result[k % 2].
+            let (src, dst) = (result[step as usize % 2], result[(step as usize + 1) % 2]);
+            let mut e = Emit::default();
+            for bx in 0..blocks {
+                let x = small * bx - pyramid;
+                let (lo, hi) = clip(x, x + BLOCK);
+                e.range(src + lo as u64 * 4, (hi - lo) as u64 * 4, false);
+                for i in 0..iteration {
+                    let (lo, hi) = clip(x + i + 1, x + BLOCK - i - 1);
+                    if lo < hi {
+                        let at = wall + ((t + i) * cols + lo) as u64 * 4;
+                        e.range(at, (hi - lo) as u64 * 4, false);
+                    }
+                }
+                let (lo, hi) = clip(x + iteration, x + BLOCK - iteration);
+                if lo < hi {
+                    e.range(dst + lo as u64 * 4, (hi - lo) as u64 * 4, true);
+                }
+            }
+            Some(vec![e.phase("pathfinder", on)])
         })))
     },
 };

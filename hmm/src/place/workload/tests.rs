@@ -230,3 +230,74 @@ fn backprop_updates_a_copy_of_the_weights_the_forward_pass_streamed() {
     let again = forward.intersection(&backward).count();
     assert!(again * 100 < pages * 3, "the backward pass re-reads {again} of the forward pass's pages");
 }
+
+#[test]
+fn uvm_microbenchmarks_read_in_their_orders() {
+    let s = setup(1000);
+    // grid-stride: one sweep in index order, whole pages, then element 0 written.
+    let mut w = build("grid-stride", &own("grid-stride", &[]), &s).unwrap();
+    let a = drain(&mut *w).remove(0).remove(0).accesses;
+    let (last, reads) = a.split_last().unwrap();
+    assert!(last.write && last.page == 0);
+    assert_eq!(reads.len(), 1000);
+    assert!(reads.iter().enumerate().all(|(i, x)| x.page == i as u32 && x.lines == 32 && !x.write));
+    // block-stride: a round touches one place per block, spread evenly over the array.
+    let p = own("block-stride", &[("blocks", Value::Int(100))]);
+    let a = drain(&mut *build("block-stride", &p, &s).unwrap()).remove(0).remove(0).accesses;
+    let round: Vec<u32> = a[..100].iter().map(|x| x.page).collect();
+    assert!(round.windows(2).all(|w| (9..=11).contains(&(w[1] - w[0]))), "{round:?}");
+    // 512 bytes a block, from a share's start that need not be line-aligned.
+    assert!(a[..100].iter().all(|x| (4..=5).contains(&x.lines)));
+    let mut read = alloc::vec![0u32; 1000];
+    for x in a.iter().filter(|x| !x.write) {
+        read[x.page as usize] += x.lines as u32;
+    }
+    let bad: Vec<(usize, u32)> = read.iter().copied().enumerate().filter(|&(_, l)| !(32..=41).contains(&l)).collect();
+    assert!(bad.is_empty(), "every line read once (or twice at a run edge): {bad:?}");
+    // random-warp: 128 bytes at a time anywhere, the array's size in all.
+    let a = drain(&mut *build("random-warp", &own("random-warp", &[]), &s).unwrap()).remove(0).remove(0).accesses;
+    let lines: u64 = a.iter().map(|x| x.lines as u64).sum();
+    assert!((32_000..64_000).contains(&lines), "{lines} lines");
+    let spread: alloc::collections::BTreeSet<u32> = a.iter().map(|x| x.page).collect();
+    assert!(spread.len() > 900, "{} pages", spread.len());
+    assert!(a.windows(2).filter(|w| w[1].page < w[0].page).count() > a.len() / 3, "not in order");
+}
+
+#[test]
+fn srad_reads_the_region_on_the_cpu_and_runs_two_kernels() {
+    let mut w = build("srad", &own("srad", &[]), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    assert_eq!(steps.len(), 6, "2 iterations of CPU statistics and two kernels");
+    assert_eq!(steps[0][0].on, Target::Cpu);
+    // The 128 × 128 region: 128 rows of 512 bytes.
+    assert!(page_set(&steps[0], false).len() <= 129);
+    // Only J is managed: kernel 1 reads it, kernel 2 rewrites it.
+    assert!(page_set(&steps[1], true).is_empty());
+    assert!(page_set(&steps[2], true).len() * 100 > pages * 98);
+    // With managed coefficients kernel 1 writes five of the six arrays.
+    let p = own("srad", &[("coefficients", Value::Text("managed".into()))]);
+    let mut w = build("srad", &p, &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    let k1 = page_set(&steps[1], true).len();
+    assert!(k1 * 6 > pages * 49 / 10 && k1 * 6 < pages * 51 / 10, "{k1} of {pages}");
+}
+
+#[test]
+fn pathfinder_reads_each_wall_row_in_one_launch() {
+    let mut w = build("pathfinder", &own("pathfinder", &[]), &setup(1000)).unwrap();
+    let pages = w.pages() as usize;
+    let steps = drain(&mut *w);
+    // 99 wall rows, 20 per launch.
+    assert_eq!(steps.len(), 5);
+    let sets: Vec<_> = steps.iter().map(|s| page_set(s, false)).collect();
+    let shared = sets[0].intersection(&sets[1]).count();
+    // Launches share the two result rows (and a page where wall rows meet), nothing else.
+    assert!(shared * 100 < pages * 3, "{shared} pages shared");
+    let all: alloc::collections::BTreeSet<u32> = sets.iter().flatten().copied().collect();
+    assert!(all.len() * 100 > pages * 98);
+    // A launch streams its rows side by side: the first block already touches 20 wall rows.
+    let first: alloc::collections::BTreeSet<u32> = steps[0][0].accesses[..22].iter().map(|a| a.page).collect();
+    assert!(first.len() >= 20, "{first:?}");
+}
