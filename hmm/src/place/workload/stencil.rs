@@ -282,14 +282,18 @@ pub const HALO: WorkloadDef = WorkloadDef {
 pub const SRAD: WorkloadDef = WorkloadDef {
     name: "srad",
     help: "Rodinia srad_v2: CPU statistics of a region, then two stencil kernels per iteration",
-    params: &[ParamDef::text(
-        "coefficients",
-        "device",
-        &["device", "managed"],
-        "where C, E, W, S, N live: device memory (as the artifact) or managed",
-    )],
+    params: &[
+        ParamDef::text(
+            "coefficients",
+            "device",
+            &["device", "managed"],
+            "where C, E, W, S, N live: device memory (as the artifact) or managed",
+        ),
+        ParamDef::bool("host", false, "the CPU's statistics of the region as a CPU phase"),
+    ],
     build: |p: &Params, s: &Setup| {
         const ROWS: i64 = 16;
+        let host = p.bool("host");
         let managed = p.text("coefficients") == "managed";
         let arrays = if managed { 6 } else { 1 };
         let n = side(s.pages, arrays, 4) / 16 * 16;
@@ -300,12 +304,15 @@ pub const SRAD: WorkloadDef = WorkloadDef {
         let roi = 128.min(n);
         let (iters, on) = (or(s.iterations, 2), s.device);
         let bands = n as i64 / ROWS;
+        // Steps per iteration: [the CPU's,] kernel 1, kernel 2.
+        let per = if host { 3 } else { 2 };
         Ok(Box::new(Lazy::new("srad", l.pages(), move |step| {
-            if step >= 3 * iters {
+            if step >= per * iters {
                 return None;
             }
+            let k = step % per + 3 - per;
             let mut e = Emit::default();
-            match step % 3 {
+            match k {
                 0 => {
                     for r in 0..roi {
                         e.range(j + r * row, roi * 4, false);
@@ -333,7 +340,7 @@ pub const SRAD: WorkloadDef = WorkloadDef {
                     }
                 }
             }
-            Some(vec![e.phase(if step % 3 == 1 { "srad-1" } else { "srad-2" }, on)])
+            Some(vec![e.phase(if k == 1 { "srad-1" } else { "srad-2" }, on)])
         })))
     },
 };

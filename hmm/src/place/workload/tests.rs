@@ -217,11 +217,15 @@ fn hotspot_walks_bands_of_pyramid_tiles_between_ping_pong_grids() {
 
 #[test]
 fn backprop_updates_a_copy_of_the_weights_the_forward_pass_streamed() {
-    let mut w = build("backprop", &Params::new(), &setup(1000)).unwrap();
+    let mut w = build("backprop", &own("backprop", &[("host", Value::Bool(true))]), &setup(1000)).unwrap();
     let pages = w.pages() as usize;
     let steps = drain(&mut *w);
     let on: Vec<Target> = steps.iter().map(|s| s[0].on).collect();
     assert_eq!(on, [Target::Dev(0), Target::Cpu, Target::Dev(0)], "forward, CPU reduction, backward");
+    // By default the kernels only, as GPGPU-Sim sees the run.
+    let kernels = drain(&mut *build("backprop", &own("backprop", &[]), &setup(1000)).unwrap());
+    assert_eq!(kernels.len(), 2);
+    assert_eq!(kernels[1][0].accesses, steps[2][0].accesses);
     let forward = page_set(&steps[0], false);
     let backward = page_set(&steps[2], false);
     // The forward pass streams a third of the footprint, the backward two thirds...
@@ -265,10 +269,13 @@ fn uvm_microbenchmarks_read_in_their_orders() {
 
 #[test]
 fn srad_reads_the_region_on_the_cpu_and_runs_two_kernels() {
-    let mut w = build("srad", &own("srad", &[]), &setup(1000)).unwrap();
+    let mut w = build("srad", &own("srad", &[("host", Value::Bool(true))]), &setup(1000)).unwrap();
     let pages = w.pages() as usize;
     let steps = drain(&mut *w);
     assert_eq!(steps.len(), 6, "2 iterations of CPU statistics and two kernels");
+    let kernels = drain(&mut *build("srad", &own("srad", &[]), &setup(1000)).unwrap());
+    assert_eq!(kernels.len(), 4, "by default the kernels only");
+    assert_eq!(kernels[3][0].accesses, steps[5][0].accesses);
     assert_eq!(steps[0][0].on, Target::Cpu);
     // The 128 × 128 region: 128 rows of 512 bytes.
     assert!(page_set(&steps[0], false).len() <= 129);
@@ -280,7 +287,7 @@ fn srad_reads_the_region_on_the_cpu_and_runs_two_kernels() {
     let mut w = build("srad", &p, &setup(1000)).unwrap();
     let pages = w.pages() as usize;
     let steps = drain(&mut *w);
-    let k1 = page_set(&steps[1], true).len();
+    let k1 = page_set(&steps[0], true).len();
     assert!(k1 * 6 > pages * 49 / 10 && k1 * 6 < pages * 51 / 10, "{k1} of {pages}");
 }
 
