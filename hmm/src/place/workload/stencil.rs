@@ -363,7 +363,7 @@ pub const PATHFINDER: WorkloadDef = WorkloadDef {
     ],
     build: |p: &Params, s: &Setup| {
         const BLOCK: i64 = 256;
-        let (rows, pyramid) = (p.int("rows") as u64, p.int("pyramid") as i64);
+        let (rows, pyramid) = (p.int("rows") as u64, p.int("pyramid"));
         // Two result rows and rows - 1 wall rows of 4-byte ints.
         let cols = ((s.pages as u64).saturating_sub(3) * PAGE / 4 / (rows + 1)).max(BLOCK as u64) as i64;
         let mut l = Layout::default();
