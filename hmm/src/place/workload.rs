@@ -17,6 +17,7 @@
 pub mod backprop;
 pub mod dag;
 pub mod graph;
+pub mod micro;
 pub mod pingpong;
 pub mod simple;
 pub mod stencil;
@@ -216,6 +217,11 @@ pub const ALL: &[WorkloadDef] = &[
     backprop::BACKPROP,
     tasks::FORKJOIN,
     tasks::PIPELINE,
+    micro::GRID_STRIDE,
+    micro::BLOCK_STRIDE,
+    micro::RANDOM_WARP,
+    stencil::SRAD,
+    stencil::PATHFINDER,
 ];
 
 /// The workload named `name`.

@@ -426,28 +426,20 @@ fn four_workloads(on: Target, cpus: u32, sched: Option<&str>) -> Outcome {
     o
 }
 
-/// `eft` is the default and places exactly as the engine did before schedulers were a trait:
-/// these are the bits of that engine's results on this run (four workloads on any device, two
-/// CPU cores for the ping-pong's CPU phases), since the links became full duplex (the same
-/// placement and pages moved; the times shorter where an eviction and a fetch overlap).
+/// `eft` is the default: a run that names no scheduler places every phase as one that names
+/// `eft` does, to the bit (four workloads on any device, two CPU cores for the ping-pong's CPU
+/// phases). What eft chooses is tested on known graphs in `sched::tests`.
 #[test]
-fn eft_is_the_default_and_keeps_the_schedule_it_always_gave() {
-    for o in [four_workloads(Target::AnyDev, 2, None), four_workloads(Target::AnyDev, 2, Some("eft"))] {
-        assert_eq!(o.scheduler, "eft");
-        assert_eq!(o.stats.sim_ns.to_bits(), 4718559561321038668, "{}", o.stats.sim_ns);
-        assert_eq!((o.stats.dev_to_dev, o.stats.to_dev, o.stats.to_cpu), (0, 1856, 1600));
-        let procs: Vec<(&str, u64, u32)> =
-            o.procs.iter().map(|p| (p.name.as_str(), p.busy_ns.to_bits(), p.phases)).collect();
-        assert_eq!(
-            procs,
-            [
-                ("cpu0", 4716162480347010563, 4),
-                ("cpu1", 0, 0),
-                ("dev0", 4710371369080616056, 6),
-                ("dev1", 4706253315588930288, 7)
-            ]
-        );
-    }
+fn eft_is_the_default() {
+    let bits = |o: &Outcome| {
+        let procs: Vec<(String, u64, u32)> =
+            o.procs.iter().map(|p| (p.name.clone(), p.busy_ns.to_bits(), p.phases)).collect();
+        (o.scheduler, o.stats.sim_ns.to_bits(), o.stats.dev_to_dev, o.stats.to_dev, o.stats.to_cpu, procs)
+    };
+    let (default, named) = (four_workloads(Target::AnyDev, 2, None), four_workloads(Target::AnyDev, 2, Some("eft")));
+    assert_eq!(default.scheduler, "eft");
+    assert_eq!(bits(&default), bits(&named));
+    assert!(default.procs.iter().filter(|p| p.name.starts_with("dev")).all(|p| p.phases > 0), "{:?}", default.procs);
 }
 
 #[test]
