@@ -577,13 +577,13 @@ fn hmm_platform_table_checked_once_not_per_entry(_: &System) -> TestResult {
     let f = attempt!(FrameRange::alloc(1));
     let table = Pfn::containing(f.phys().as_u64());
     let platform = mm::uspace::mm().platform();
-    let before = mm::ram::searches();
+    let before = mm::ram::table_searches();
     for i in 0..512 {
         let v = platform.load(table, i);
         platform.store(table, i, v);
         platform.swap(table, i, v);
     }
-    let searched = mm::ram::searches() - before;
+    let searched = mm::ram::table_searches() - before;
     // One search for the frame, a few for whatever else ran meanwhile (the other CPU, a timer
     // tick); per entry it would be 3 x 512.
     check!(searched <= 8, "1536 entry accesses of one table searched the range table {searched} times");
