@@ -199,8 +199,9 @@ fn refused(op: &str, e: OutsideRam) -> ! {
     panic!("hmm platform: {op}: {e}")
 }
 
-/// Slots of [`CHECKED_TABLES`] (a power of two).
-const TABLE_SLOTS: usize = 8;
+/// Slots of [`CHECKED_TABLES`] (a power of two): enough that the tables a walk alternates
+/// between (fork's parent and child table, a walk's four levels) rarely share one.
+const TABLE_SLOTS: usize = 64;
 
 /// Page-table frames that passed [`check`], plus one (0: empty), in the slot their number's
 /// low bits pick: a direct-mapped cache, so an entry access of a table checked before costs
