@@ -100,7 +100,7 @@ impl Platform for KernelPlatform {
     }
 
     fn load(&self, table: Pfn, index: usize) -> u64 {
-        entry(table, index).load(Ordering::Acquire)
+        ram::entry(table, index, |e| e.load(Ordering::Acquire))
     }
 
     fn table(&self, table: Pfn) -> &[AtomicU64] {
@@ -108,11 +108,11 @@ impl Platform for KernelPlatform {
     }
 
     fn store(&self, table: Pfn, index: usize, value: u64) {
-        entry(table, index).store(value, Ordering::Release)
+        ram::entry(table, index, move |e| e.store(value, Ordering::Release))
     }
 
     fn swap(&self, table: Pfn, index: usize, value: u64) -> u64 {
-        entry(table, index).swap(value, Ordering::AcqRel)
+        ram::entry(table, index, move |e| e.swap(value, Ordering::AcqRel))
     }
 
     fn init_root(&self, root: Pfn) {

@@ -10,6 +10,11 @@
 //!   migration of 256 MiB each way beside Linux, fault-batch latency), on
 //!   `qemu/bench-devices.toml` unless `--machine` says otherwise.
 //!
+//! `bench mm|hmm --kernel A --kernel B [--runs N]` compares prebuilt kernel ELFs (say, two
+//! commits' `target/x86_64-unknown-none/release/kernel`) in paired runs, A B A B ..., and prints
+//! each operation's ratio to the first kernel: the way to tell a regression from the noise of
+//! a shared machine.
+//!
 //! Owns the published reference numbers each benchmark is printed beside.
 
 use crate::decode::{bench_results, json_line};
@@ -20,11 +25,24 @@ use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
 use boot::protocol::Tag;
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `cargo xtask bench NAME`.
 pub fn cmd(args: &[String]) -> Result<u8> {
-    let (mut o, rest) = parse_options(args)?;
+    let (kernels, args) = take_kernels(args)?;
+    let (mut o, rest) = parse_options(&args)?;
+    if !kernels.is_empty() {
+        let job = match rest.first().map(String::as_str) {
+            Some("mm") => "bench-mm",
+            Some("hmm") => "bench-hmm",
+            _ => return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into()),
+        };
+        if o.machine == root().join("qemu/default.toml") {
+            o.machine = root().join("qemu/bench.toml");
+        }
+        return compare(&o, &rest[0], job, &kernels);
+    }
     match rest.first().map(String::as_str) {
         Some("boot") => bench_boot(&o),
         Some("mm") => {
@@ -74,9 +92,15 @@ fn bench_job(o: &Options, name: &str, job: &str) -> Result<(Machine, Vec<Value>)
     let machine = Machine::load(&o.machine)?;
     ensure_prerequisites(machine.firmware == "qboot")?;
     let kernel = build_kernel(Profile::Release)?;
+    let results = boot_job(o, &machine, &kernel, name, job)?;
+    Ok((machine, results))
+}
+
+/// One boot of `kernel` with `job` on `machine`: its `@@BENCH` results.
+fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str) -> Result<Vec<Value>> {
     let run = run_qemu(&Launch {
-        kernel: &kernel,
-        machine: &machine,
+        kernel,
+        machine,
         cmdline: format!("log=warn job={job}"),
         accel: &o.accel,
         gdb: false,
@@ -90,13 +114,143 @@ fn bench_job(o: &Options, name: &str, job: &str) -> Result<(Machine, Vec<Value>)
         for l in run.lines.iter().rev().take(20).rev() {
             eprintln!("  | {l}");
         }
-        return Err(format!("{name} benchmark: {}", run.outcome.describe()));
+        return Err(format!("{name} benchmark ({}): {}", kernel.display(), run.outcome.describe()));
     }
     let results = bench_results(&run.lines);
     if results.is_empty() {
-        return Err(format!("{name} benchmark: the kernel printed no results"));
+        return Err(format!("{name} benchmark ({}): the kernel printed no results", kernel.display()));
     }
-    Ok((machine, results))
+    Ok(results)
+}
+
+/// Takes the `--kernel FILE` arguments (repeatable) out of `args`, before the shared options
+/// are parsed.
+fn take_kernels(args: &[String]) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let (mut kernels, mut rest) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a.clone());
+            rest.extend(it.by_ref().cloned());
+        } else if a == "--kernel" {
+            kernels.push(PathBuf::from(it.next().ok_or_else(|| format!("--kernel needs a file\n{}", usage()))?));
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    Ok((kernels, rest))
+}
+
+/// The median of `v` (not empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// `bench mm|hmm --kernel A --kernel B ... --runs N`: paired runs of prebuilt kernels (no
+/// build), A, B, ..., A, B, ... `N` rounds, so the machine's load drifts over all of them
+/// alike. Prints, per operation and size, each kernel's median `ns_per_page`, the median over
+/// rounds of its ratio to the first kernel's (above 1: slower than the first) and the ratio of
+/// the two kernels' fastest rounds, then the geometric means of both over all operations. Every
+/// measurement also goes to stderr (`raw round=.. kernel=.. op=.. mib=.. ns_per_page=..`).
+fn compare(o: &Options, name: &str, job: &str, kernels: &[PathBuf]) -> Result<u8> {
+    let machine = Machine::load(&o.machine)?;
+    ensure_prerequisites(machine.firmware == "qboot")?;
+    for k in kernels {
+        if !k.is_file() {
+            return Err(format!("--kernel {}: no such file", k.display()));
+        }
+    }
+    // rounds[r][k]: kernel k's (op, mib) -> ns_per_page in round r.
+    let mut rounds: Vec<Vec<std::collections::BTreeMap<(String, u64), f64>>> = Vec::new();
+    let mut order: Vec<(String, u64)> = Vec::new();
+    for r in 0..o.runs {
+        let mut round = Vec::new();
+        for (i, k) in kernels.iter().enumerate() {
+            let t0 = Instant::now();
+            let results = boot_job(o, &machine, k, name, job)?;
+            eprintln!("round {}/{} kernel {i}: {:.0} s", r + 1, o.runs, t0.elapsed().as_secs_f64());
+            let mut m = std::collections::BTreeMap::new();
+            for v in &results {
+                let (Some(op), Some(mib), Some(ns)) = (v["op"].as_str(), v["mib"].as_u64(), v["ns_per_page"].as_u64())
+                else {
+                    continue;
+                };
+                let key = (op.to_string(), mib);
+                if i == 0 && r == 0 {
+                    order.push(key.clone());
+                }
+                // Every measurement, for a closer look at the spread: on stderr.
+                eprintln!("raw round={r} kernel={i} op={} mib={} ns_per_page={ns}", key.0, key.1);
+                m.insert(key, ns as f64);
+            }
+            round.push(m);
+        }
+        rounds.push(round);
+    }
+    println!("{name} benchmark, paired: {} ({}), {} rounds", machine.description, o.accel, o.runs);
+    for (i, k) in kernels.iter().enumerate() {
+        println!("  kernel {i}: {}", k.display());
+    }
+    print!("{:<28} {:>5}", "op", "mib");
+    for i in 0..kernels.len() {
+        print!(" {:>10}", format!("ns k{i}"));
+    }
+    for i in 1..kernels.len() {
+        print!(" {:>8}", format!("k{i}/k0"));
+    }
+    for i in 1..kernels.len() {
+        print!(" {:>8}", format!("min{i}/0"));
+    }
+    println!();
+    let mut logs = vec![Vec::new(); kernels.len()];
+    let mut min_logs = vec![Vec::new(); kernels.len()];
+    for key in &order {
+        print!("{:<28} {:>5}", key.0, key.1);
+        let mut mins = Vec::new();
+        for i in 0..kernels.len() {
+            let mut ns: Vec<f64> = rounds.iter().filter_map(|r| r[i].get(key).copied()).collect();
+            mins.push(ns.iter().copied().reduce(f64::min));
+            if ns.is_empty() {
+                print!(" {:>10}", "missing");
+            } else {
+                print!(" {:>10.0}", median(&mut ns));
+            }
+        }
+        for (i, log) in logs.iter_mut().enumerate().skip(1) {
+            let mut ratios: Vec<f64> =
+                rounds.iter().filter_map(|r| Some(r[i].get(key)?.max(1.0) / r[0].get(key)?.max(1.0))).collect();
+            if ratios.is_empty() {
+                print!(" {:>8}", "-");
+            } else {
+                let m = median(&mut ratios);
+                log.push(m.ln());
+                print!(" {m:>8.2}");
+            }
+        }
+        // The fastest round of each: the machine's noise only ever adds time.
+        for (i, log) in min_logs.iter_mut().enumerate().skip(1) {
+            match (mins[i], mins[0]) {
+                (Some(a), Some(b)) => {
+                    let m = a.max(1.0) / b.max(1.0);
+                    log.push(m.ln());
+                    print!(" {m:>8.2}");
+                }
+                _ => print!(" {:>8}", "-"),
+            }
+        }
+        println!();
+    }
+    let geo = |log: &[f64]| (log.iter().sum::<f64>() / log.len().max(1) as f64).exp();
+    for i in 1..kernels.len() {
+        println!(
+            "kernel {i} / kernel 0 over all operations (geometric mean): {:.3} of the median ratios, {:.3} of the minimums' ratios",
+            geo(&logs[i]),
+            geo(&min_logs[i])
+        );
+    }
+    Ok(0)
 }
 
 /// The largest size's `ns_per_page` for `op`.

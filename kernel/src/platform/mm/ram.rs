@@ -12,7 +12,10 @@
 //!
 //! Owns: the table of those ranges ([`MAX_RANGES`] slots, filled at boot and when devices
 //! map their memory; never shrunk). Readers are lock-free: a slot is written once, its end
-//! published last with `Release`, and read with `Acquire`.
+//! published last with `Release`, and read with `Acquire`. And a small cache of page-table
+//! frames already checked ([`CHECKED_TABLES`]), so the per-entry accessors ([`table`]) search
+//! the range table once per table frame, not on every entry: it holds only frames that passed
+//! the check, which stay inside forever because ranges are never removed.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use hmm::addr::Pfn;
@@ -30,6 +33,14 @@ static USED: AtomicUsize = AtomicUsize::new(0);
 /// The slot that held the last range checked (a hint only: any value below `USED` is valid).
 static HINT: AtomicUsize = AtomicUsize::new(0);
 static ADDING: spin::Mutex<()> = spin::Mutex::new(());
+/// Searches of the range table the page-table accessors have made (table frames not in
+/// [`CHECKED_TABLES`]), for tests of how often they pay for one.
+static TABLE_SEARCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the page-table accessors have searched the range table since boot.
+pub fn table_searches() -> u64 {
+    TABLE_SEARCHES.load(Ordering::Relaxed)
+}
 
 fn add(start: u64, end: u64, managed: bool) {
     if start >= end || check(start, end - start).is_ok() {
@@ -115,7 +126,7 @@ pub(super) fn overlaps_managed(start: u64, end: u64) -> bool {
 #[track_caller]
 fn require(op: &str, pa: u64, len: u64) {
     if let Err(e) = check(pa, len) {
-        panic!("hmm platform: {op}: {e}");
+        refused(op, e);
     }
 }
 
@@ -170,12 +181,94 @@ pub fn write(pa: u64, data: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len()) }
 }
 
-/// The 512 entries of the page-table frame `table`, as atomics.
+/// The 512 entries of the page-table frame `table`, as atomics (checked once per frame: see
+/// [`CHECKED_TABLES`]).
 #[track_caller]
+#[inline]
 pub fn table(table: Pfn) -> &'static [AtomicU64; 512] {
-    require("page-table access", table.addr(), PAGE_SIZE);
-    // SAFETY: `table` is checked memory hmm owns (a page-table frame it allocated, or the
-    // kernel root in the bootstrap run), mapped read-write by the direct map for the kernel's
-    // lifetime: 512 naturally aligned u64s, which every user accesses only atomically.
+    match try_table(table) {
+        Ok(t) => t,
+        Err(e) => refused("page-table access", e),
+    }
+}
+
+/// The panic of an access to memory outside the recorded ranges.
+#[cold]
+#[track_caller]
+fn refused(op: &str, e: OutsideRam) -> ! {
+    panic!("hmm platform: {op}: {e}")
+}
+
+/// Slots of [`CHECKED_TABLES`] (a power of two): enough that the tables a walk alternates
+/// between (fork's parent and child table, a walk's four levels) rarely share one.
+const TABLE_SLOTS: usize = 64;
+
+/// Page-table frames that passed [`check`], plus one (0: empty), in the slot their number's
+/// low bits pick: a direct-mapped cache, so an entry access of a table checked before costs
+/// one load and one comparison instead of a search of the range table. Sound because ranges
+/// are only ever added: a frame once inside one stays inside for the kernel's lifetime. Only
+/// frames that passed are stored; a slot read while another CPU replaces it holds either
+/// value, both checked.
+static CHECKED_TABLES: [AtomicU64; TABLE_SLOTS] = [const { AtomicU64::new(0) }; TABLE_SLOTS];
+
+/// [`table`], with a frame outside the recorded ranges an error instead of a panic.
+#[inline]
+pub fn try_table(table: Pfn) -> Result<&'static [AtomicU64; 512], OutsideRam> {
+    if in_cache(table) { Ok(direct_table(table)) } else { try_table_miss(table) }
+}
+
+/// Runs `f` on entry `index` (below 512) of the page-table frame `table` ([`table`]'s check:
+/// a frame outside the recorded ranges panics). The per-entry accessors of
+/// hmm's platform: when the frame is in the cache the access is inlined and makes no call (a
+/// call on the fast path would make every access save and restore registers), otherwise an
+/// out-of-line tail call checks it.
+#[inline]
+#[track_caller]
+pub fn entry<R>(table: Pfn, index: usize, f: impl FnOnce(&AtomicU64) -> R) -> R {
+    debug_assert!(index < 512, "page-table index {index}");
+    // Masked rather than bounds-checked: one branch less on every access, and an index past
+    // 511 (a bug in hmm) still stays inside the checked frame.
+    if in_cache(table) { f(&direct_table(table)[index % 512]) } else { entry_miss(table, index, f) }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn entry_miss<R>(table: Pfn, index: usize, f: impl FnOnce(&AtomicU64) -> R) -> R {
+    match try_table_miss(table) {
+        Ok(t) => f(&t[index]),
+        Err(e) => refused("page-table access", e),
+    }
+}
+
+/// Whether `table` is in [`CHECKED_TABLES`] (so it passed [`check`]).
+#[inline]
+fn in_cache(table: Pfn) -> bool {
+    CHECKED_TABLES[table.0 as usize % TABLE_SLOTS].load(Ordering::Relaxed) == table.0.wrapping_add(1)
+}
+
+/// The range-table search for a table frame not in the cache, which records it there if it
+/// passes.
+#[cold]
+#[inline(never)]
+fn try_table_miss(table: Pfn) -> Result<&'static [AtomicU64; 512], OutsideRam> {
+    TABLE_SEARCHES.fetch_add(1, Ordering::Relaxed);
+    // A number whose address does not fit is outside everything (and its tag could wrap).
+    if table.0 >= 1 << (64 - 12) {
+        return Err(OutsideRam { pa: u64::MAX, len: PAGE_SIZE });
+    }
+    check(table.addr(), PAGE_SIZE)?;
+    CHECKED_TABLES[table.0 as usize % TABLE_SLOTS].store(table.0 + 1, Ordering::Relaxed);
+    Ok(direct_table(table))
+}
+
+/// The direct-map view of a table frame that passed [`check`] (now or earlier).
+#[inline]
+fn direct_table(table: Pfn) -> &'static [AtomicU64; 512] {
+    // SAFETY: only called for a frame that passed `check` (just now, or earlier and recorded in
+    // `CHECKED_TABLES`; ranges never shrink): memory hmm owns (a page-table frame it
+    // allocated, or the kernel root in the bootstrap run), mapped read-write by the direct map
+    // for the kernel's lifetime: 512 naturally aligned u64s, which every user accesses only
+    // atomically.
     unsafe { &*(phys_to_virt(table.addr()) as *const [AtomicU64; 512]) }
 }
