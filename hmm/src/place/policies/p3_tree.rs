@@ -8,7 +8,7 @@
 //! prefetched.
 
 use crate::place::params::{ParamDef, Params};
-use crate::place::policy::{Ctx, Fault, Plan, Policy};
+use crate::place::policy::{Ctx, Fault, Plan, Policy, UNTIL_FULL};
 use crate::place::{BIG, BLOCK, Loc};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -18,6 +18,7 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef::int("threshold", 51, 1, 100, "density (%) a subregion must exceed to be prefetched"),
     ParamDef::text("leaf", "64K", &["4K", "64K"], "fault granularity growth (UVM's big page)"),
     ParamDef::int("min_faults", 1, 1, 20, "faults in a block before it prefetches"),
+    UNTIL_FULL,
 ];
 
 /// The tree prefetcher.

@@ -20,7 +20,7 @@
 
 use super::p3_tree::Tree;
 use crate::place::params::{ParamDef, Params};
-use crate::place::policy::{Counters, Ctx, Fault, Notification, Plan, Policy};
+use crate::place::policy::{Counters, Ctx, Fault, Notification, Plan, Policy, Refusals};
 use crate::place::{BIG, BLOCK};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -52,6 +52,7 @@ pub struct AccessCounters {
     remote_on_evict: bool,
     sync: bool,
     tree: Tree,
+    refused: Refusals,
     notifications: u64,
 }
 
@@ -68,14 +69,15 @@ impl AccessCounters {
             remote_on_evict: p.bool("remote_on_evict"),
             sync: p.text("service") == "fault",
             tree: Tree::default(),
+            refused: Refusals::default(),
             notifications: 0,
         }
     }
 
-    fn delaying(&self, cx: &Ctx<'_>, dev: u8) -> bool {
+    fn delaying(&self, dev: u8) -> bool {
         match self.mode {
             "always" => true,
-            "oversub" | "adaptive" => cx.oversubscribed(dev),
+            "oversub" | "adaptive" => self.refused.of(dev),
             _ => false,
         }
     }
@@ -92,7 +94,7 @@ impl Policy for AccessCounters {
     }
 
     fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
-        if self.delaying(cx, dev) {
+        if self.delaying(dev) {
             for f in faults {
                 plan.remote(f.page, 1, dev);
             }
@@ -105,8 +107,8 @@ impl Policy for AccessCounters {
         }
     }
 
-    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
-        if !self.delaying(cx, dev) {
+    fn counters(&self, _cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
+        if !self.delaying(dev) {
             return None;
         }
         let t = if self.mode == "adaptive" { self.threshold.saturating_mul(self.penalty) } else { self.threshold };
@@ -121,6 +123,10 @@ impl Policy for AccessCounters {
         } else {
             plan.migrate(n.first, n.pages, crate::place::Loc::Dev(n.dev));
         }
+    }
+
+    fn on_allocation_refused(&mut self, _cx: &Ctx<'_>, dev: u8) {
+        self.refused.note(dev);
     }
 
     fn remote_after_eviction(&self) -> bool {
