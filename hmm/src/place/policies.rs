@@ -28,7 +28,7 @@ pub mod p7_evict;
 pub mod p8_duplicate;
 
 use super::params::{ParamDef, ParamError, Params};
-use super::policy::{Policy, Stack};
+use super::policy::{Policy, Stack, UntilFull};
 use alloc::boxed::Box;
 use alloc::format;
 
@@ -135,7 +135,15 @@ pub fn find(name: &str) -> Result<&'static PolicyDef, ParamError> {
 /// (UVM's root-chunk order when empty).
 pub fn build(name: &str, params: &Params, evict: &Params) -> Result<Box<dyn Policy>, ParamError> {
     let d = find(name)?;
-    let place = (d.build)(&params.checked(d.params)?);
+    let checked = params.checked(d.params)?;
+    let mut place = (d.build)(&checked);
+    // The prefetchers' `until_full`: another placement (with its defaults) decides until the
+    // device is first oversubscribed.
+    let before = checked.text("until_full");
+    if !before.is_empty() && before != "none" {
+        let b = find(before)?;
+        place = Box::new(UntilFull::new((b.build)(&Params::new().checked(b.params)?), place));
+    }
     let evict = (EVICTION.build)(&evict.checked(EVICTION.params)?);
     Ok(Box::new(Stack::new(place, evict)))
 }

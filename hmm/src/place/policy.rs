@@ -1,7 +1,7 @@
 //! The placement policy trait: every decision about where pages go goes through it.
 //!
 //! This is the one policy trait: the HMM stack calls it where UVM's and SVM's drivers decide,
-//! at five points:
+//! at six points:
 //! - [`Policy::on_device_faults`]: a batch of device faults from a device's compute engine
 //!   (its MMU's misses in the replayable fault buffer, deduplicated, sorted by page, at most
 //!   256, UVM's `uvm_perf_fault_batch_count`), after which the device replays them;
@@ -13,6 +13,12 @@
 //!   `uvm_perf_access_counter_migration_enable` does);
 //! - [`Policy::on_eviction_pressure`]: a device's allocator refused a migration (the device is
 //!   full): the order in which to evict;
+//! - [`Policy::on_allocation_refused`]: the same refusal, told to every policy of a [`Stack`]
+//!   (not only the eviction policy), before the victims are chosen. A device counts as
+//!   oversubscribed from its first refusal on, for good ([`Refusals`]): UVMSmart's `over_sub`,
+//!   set at the first batch whose pages do not fit, which switches its prefetcher
+//!   (`hwprefetch_oversub`) and its delayed-migration modes. Device memory that is merely full
+//!   (every page used, nothing refused yet, as at exactly 100 %) is not oversubscription;
 //! - [`Policy::on_tick`]: periodically, every [`Policy::tick_ns`] of simulated time.
 //!
 //! A policy answers with a [`Plan`] (migrations, remote mappings, read copies, a throttle) or a
@@ -190,10 +196,6 @@ impl Ctx<'_> {
     pub fn pages(&self) -> u32 {
         self.state.len()
     }
-    /// Whether device `d`'s memory has filled up at least once.
-    pub fn oversubscribed(&self, d: u8) -> bool {
-        self.state.dev(d as usize).filled
-    }
     /// The `[first, end)` of the aligned window of `size` pages around `p`, clipped to the
     /// managed pages.
     pub fn window(&self, p: u32, size: u32) -> (u32, u32) {
@@ -293,6 +295,14 @@ pub trait Policy {
         root_chunk_victims(cx, dev, need, victims);
     }
 
+    /// Device `dev`'s allocator refused a migration (it is full and must evict): from now on
+    /// the device is oversubscribed. A [`Stack`] tells both its policies, from its
+    /// [`Policy::on_eviction_pressure`] (which the engine calls at every refusal, before it
+    /// evicts); a policy that is not stacked sees the refusal as its own eviction pressure.
+    fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
+        let _ = (cx, dev);
+    }
+
     /// Whether pages evicted from a device stay mapped there remotely (UVM's
     /// `uvm_perf_map_remote_on_eviction`, effective with access-counter migration).
     fn remote_after_eviction(&self) -> bool {
@@ -379,7 +389,14 @@ impl Policy for Stack {
         self.place.on_access_counter(cx, n, plan)
     }
     fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        // The engine asks for victims exactly when the device's allocator refused: that is
+        // the refusal every policy of the stack hears of.
+        self.on_allocation_refused(cx, dev);
         self.evict.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
+        self.place.on_allocation_refused(cx, dev);
+        self.evict.on_allocation_refused(cx, dev);
     }
     fn remote_after_eviction(&self) -> bool {
         self.place.remote_after_eviction()
@@ -401,7 +418,211 @@ impl Policy for Stack {
     }
 }
 
+/// The devices whose allocator has refused a migration at least once: oversubscribed, for
+/// good (UVMSmart's sticky `over_sub`). A policy keeps one and notes each
+/// [`Policy::on_allocation_refused`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals(u8);
+
+impl Refusals {
+    /// Device `dev` was refused.
+    pub fn note(&mut self, dev: u8) {
+        self.0 |= 1 << dev;
+    }
+    /// Whether device `dev` has been refused: oversubscribed.
+    pub fn of(&self, dev: u8) -> bool {
+        self.0 & (1 << dev) != 0
+    }
+}
+
+/// The `until_full` parameter of the prefetching policies (`on-touch`, `tree`,
+/// `random-prefetch`): the placement policy (with its defaults) that decides until device
+/// memory is first oversubscribed, after which the named policy does ([`UntilFull`]).
+/// `none`: the named policy from the first fault.
+pub const UNTIL_FULL: super::params::ParamDef = super::params::ParamDef::text(
+    "until_full",
+    "none",
+    &["none", "tree", "on-touch", "random-prefetch"],
+    "placement until device memory is first oversubscribed (ISCA'19's runs: tree), then this policy",
+);
+
+/// One placement policy until a device's memory is first oversubscribed, another from then on
+/// (UVMSmart's `hardware_prefetch` and `hwprefetch_oversub`, which ISCA'19's eviction ×
+/// prefetch runs set to the tree prefetcher and then the named one). Per device: a device's
+/// faults go to `before` until its allocator first refuses a migration, then to `after`; the
+/// batch whose migration was refused was already planned by `before`, as in UVMSmart, which
+/// switches after the batch that did not fit. CPU faults, counters and ticks go to `after`
+/// once any device is oversubscribed. Victims come from the stack's eviction policy.
+pub struct UntilFull {
+    before: alloc::boxed::Box<dyn Policy>,
+    after: alloc::boxed::Box<dyn Policy>,
+    refused: Refusals,
+    name: alloc::string::String,
+}
+
+impl core::fmt::Debug for UntilFull {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "UntilFull({})", self.name)
+    }
+}
+
+impl UntilFull {
+    /// `before` until a device is first refused, `after` from then on.
+    pub fn new(before: alloc::boxed::Box<dyn Policy>, after: alloc::boxed::Box<dyn Policy>) -> Self {
+        let name = alloc::format!("{}-until-full-{}", before.name(), after.name());
+        UntilFull { before, after, refused: Refusals::default(), name }
+    }
+
+    /// The policy deciding for device `dev` now.
+    fn now_for(&mut self, dev: u8) -> &mut dyn Policy {
+        if self.refused.of(dev) { &mut *self.after } else { &mut *self.before }
+    }
+
+    /// The policy deciding for the CPU and the whole space.
+    fn global(&self) -> &dyn Policy {
+        if self.refused != Refusals::default() { &*self.after } else { &*self.before }
+    }
+
+    fn global_mut(&mut self) -> &mut dyn Policy {
+        if self.refused != Refusals::default() { &mut *self.after } else { &mut *self.before }
+    }
+}
+
+impl Policy for UntilFull {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+        self.now_for(dev).on_device_faults(cx, dev, faults, plan)
+    }
+    fn on_cpu_fault(&mut self, cx: &Ctx<'_>, page: u32, write: bool, plan: &mut Plan) {
+        self.global_mut().on_cpu_fault(cx, page, write, plan)
+    }
+    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
+        if self.refused.of(dev) { self.after.counters(cx, dev) } else { self.before.counters(cx, dev) }
+    }
+    fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
+        self.now_for(n.dev).on_access_counter(cx, n, plan)
+    }
+    fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        self.on_allocation_refused(cx, dev);
+        self.after.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
+        self.refused.note(dev);
+        self.before.on_allocation_refused(cx, dev);
+        self.after.on_allocation_refused(cx, dev);
+    }
+    fn remote_after_eviction(&self) -> bool {
+        self.global().remote_after_eviction()
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        match (self.before.tick_ns(), self.after.tick_ns()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn on_tick(&mut self, cx: &Ctx<'_>, plan: &mut Plan) {
+        self.global_mut().on_tick(cx, plan)
+    }
+    fn report(&self) -> Vec<(&'static str, u64)> {
+        let mut r = self.before.report();
+        r.extend(self.after.report());
+        r.push(("oversubscribed_devices", self.refused.0.count_ones() as u64));
+        r
+    }
+}
+
 /// Whether pages `[first, first + pages)` lie in one VA block.
 pub fn in_one_block(first: u32, pages: u32) -> bool {
     pages == 0 || first / BLOCK == (first + pages - 1) / BLOCK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::place::params::{Params, Value};
+    use crate::place::policies;
+
+    fn build(name: &str, params: &[(&str, &str)]) -> alloc::boxed::Box<dyn Policy> {
+        let mut p = Params::new();
+        for (k, v) in params {
+            p.set(k, Value::Text((*v).into()));
+        }
+        policies::build(name, &p, &Params::new()).unwrap()
+    }
+
+    /// Device 0 holds `held` pages of a space of `pages`, capacity `cap`.
+    fn state(pages: u32, caps: &[u32], held: u32) -> State {
+        let mut s = State::new(pages, caps);
+        for p in 0..held {
+            assert!(s.set_loc(p, Loc::Dev(0), 1, false));
+        }
+        s
+    }
+
+    fn faults(pol: &mut dyn Policy, st: &State, dev: u8, pages: &[u32]) -> Plan {
+        let cost = CostModel::default();
+        let cx = Ctx { state: st, cost: &cost, now: 10 };
+        let f: Vec<Fault> = pages.iter().map(|&page| Fault { page, write: false }).collect();
+        let mut plan = Plan::default();
+        pol.on_device_faults(&cx, dev, &f, &mut plan);
+        plan
+    }
+
+    /// The engine asks for victims when the device's allocator refused a migration.
+    fn refuse(pol: &mut dyn Policy, st: &State, dev: u8) {
+        let cost = CostModel::default();
+        let cx = Ctx { state: st, cost: &cost, now: 10 };
+        let mut v = Vec::new();
+        pol.on_eviction_pressure(&cx, dev, 1, &mut v);
+    }
+
+    fn remote(plan: &Plan) -> bool {
+        plan.actions.iter().any(|a| matches!(a, Action::MapRemote { .. }))
+    }
+
+    #[test]
+    fn a_device_is_oversubscribed_from_its_first_refused_allocation_not_when_merely_full() {
+        let mut p = build("counters", &[("mode", "oversub")]);
+        // Full to the last page, nothing refused (a footprint of exactly 100 %): not
+        // oversubscribed, the fault migrates.
+        let full = state(1024, &[64], 64);
+        assert!(full.dev(0).filled);
+        let plan = faults(&mut *p, &full, 0, &[600]);
+        assert!(!remote(&plan), "merely full is not oversubscribed: {plan:?}");
+        // Refused with free pages left (a free-page buffer, or an allocator that refuses a
+        // chunk): oversubscribed, delayed migration maps remotely.
+        let roomy = state(1024, &[64], 10);
+        refuse(&mut *p, &roomy, 0);
+        let plan = faults(&mut *p, &roomy, 0, &[700]);
+        assert!(remote(&plan), "refused is oversubscribed: {plan:?}");
+        // Sticky: still so once the device has room again.
+        let empty = state(1024, &[64], 0);
+        assert!(remote(&faults(&mut *p, &empty, 0, &[800])));
+    }
+
+    #[test]
+    fn until_full_runs_the_tree_until_the_first_refusal_then_the_named_prefetcher() {
+        let mut p = build("on-touch", &[("until_full", "tree")]);
+        assert!(p.name().starts_with("tree-until-full-on-touch-4K"), "{}", p.name());
+        let prefetches =
+            |plan: &Plan| plan.actions.iter().filter(|a| matches!(a, Action::Migrate { prefetch: true, .. })).count();
+        let st = state(2048, &[64, 64], 0);
+        assert!(prefetches(&faults(&mut *p, &st, 0, &[0])) > 0, "the tree grows the fault to its big page");
+        // Full but never refused: still the tree.
+        let full = state(2048, &[64, 64], 64);
+        assert!(prefetches(&faults(&mut *p, &full, 0, &[600])) > 0, "no switch before a refusal");
+        refuse(&mut *p, &full, 0);
+        let plan = faults(&mut *p, &full, 0, &[1200]);
+        assert_eq!(
+            plan.actions,
+            alloc::vec![Action::Migrate { first: 1200, pages: 1, to: Loc::Dev(0), prefetch: false }]
+        );
+        // Per device: device 1 was never refused.
+        assert!(prefetches(&faults(&mut *p, &full, 1, &[1500])) > 0, "dev1 keeps the tree");
+        // Without the parameter, the named prefetcher from the first fault.
+        let mut plain = build("on-touch", &[]);
+        assert_eq!(prefetches(&faults(&mut *plain, &st, 0, &[0])), 0);
+    }
 }

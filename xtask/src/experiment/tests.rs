@@ -38,7 +38,7 @@ fn load(text: &str) -> Result<Loaded, String> {
 fn shipped_experiments_load() {
     for (f, n) in [
         ("experiments/default.toml", 12),
-        ("experiments/reproduce.toml", 200),
+        ("experiments/reproduce.toml", 215),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
     ] {

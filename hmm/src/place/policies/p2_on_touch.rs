@@ -2,14 +2,19 @@
 //! around it, 4 KiB (on demand, UVMSmart's baseline), 64 KiB (a big page: ISCA'19's SLp) or
 //! 2 MiB (AMD SVM's default granularity, `svm_default_granularity` = 9). The window never
 //! crosses a 2 MiB VA block.
+//!
+//! `until_full = "tree"` runs UVM's tree prefetcher until device memory is first
+//! oversubscribed and this policy from then on, as ISCA'19's eviction × prefetch runs do
+//! (UVMSmart's `hwprefetch_oversub`; see [`crate::place::policy::UntilFull`]). `tree` and
+//! `random-prefetch` take the same parameter.
 
 use crate::place::params::{ParamDef, Params};
-use crate::place::policy::{Ctx, Fault, Plan, Policy};
+use crate::place::policy::{Ctx, Fault, Plan, Policy, UNTIL_FULL};
 use crate::place::{BLOCK, Loc};
 
 /// Parameters.
 pub const PARAMS: &[ParamDef] =
-    &[ParamDef::text("granularity", "4K", &["4K", "64K", "2M"], "window migrated around each fault")];
+    &[ParamDef::text("granularity", "4K", &["4K", "64K", "2M"], "window migrated around each fault"), UNTIL_FULL];
 
 /// Pages in a granularity word.
 pub fn pages_of(g: &str) -> u32 {

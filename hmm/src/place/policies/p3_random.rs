@@ -2,11 +2,11 @@
 //! other page of its 2 MiB block that the device does not hold yet.
 
 use crate::place::params::{ParamDef, Params};
-use crate::place::policy::{Ctx, Fault, Plan, Policy};
+use crate::place::policy::{Ctx, Fault, Plan, Policy, UNTIL_FULL};
 use crate::place::{BLOCK, Loc, Rng};
 
 /// Parameters.
-pub const PARAMS: &[ParamDef] = &[ParamDef::int("seed", 1, 0, i64::MAX, "random stream")];
+pub const PARAMS: &[ParamDef] = &[ParamDef::int("seed", 1, 0, i64::MAX, "random stream"), UNTIL_FULL];
 
 /// The random prefetcher.
 #[derive(Debug, Clone)]
