@@ -394,6 +394,18 @@ impl<D: Domain> Mirror<D> {
     /// `write`), faulting CPU pages in as needed, and maps the RAM pages in the domain. Pages
     /// already mirrored with the access needed are left as they are.
     pub fn fault(&self, start: u64, end: u64, write: bool) -> Result<(), MirrorError> {
+        self.fault_as(start, end, write, false)
+    }
+
+    /// Maps `[start, end)` for reads only, whatever the CPU page tables allow: a driver that maps
+    /// system memory ahead of the device's accesses (as `cudaMemAdviseSetAccessedBy` does) but
+    /// wants its writes to fault, so that they reach the fault path (and its policy). The
+    /// device's own pages keep the access the range fault reports.
+    pub fn fault_read_only(&self, start: u64, end: u64) -> Result<(), MirrorError> {
+        self.fault_as(start, end, false, true)
+    }
+
+    fn fault_as(&self, start: u64, end: u64, write: bool, read_only: bool) -> Result<(), MirrorError> {
         check(start, end)?;
         let space = self.space.upgrade().ok_or(MirrorError::Gone)?;
         let guard = self.notifier.lock();
@@ -402,7 +414,7 @@ impl<D: Domain> Mirror<D> {
         let mut a = start;
         while a < end {
             let b = (a + CHUNK * PAGE).min(end);
-            self.fault_chunk(&space, sub, a, b, req)?;
+            self.fault_chunk(&space, sub, a, b, req, read_only)?;
             a = b;
         }
         Ok(())
@@ -415,6 +427,7 @@ impl<D: Domain> Mirror<D> {
         a: u64,
         b: u64,
         req: Request,
+        read_only: bool,
     ) -> Result<(), MirrorError> {
         let mut pfns = alloc::vec![0u64; ((b - a) / PAGE) as usize];
         for _ in 0..RETRIES {
@@ -433,14 +446,14 @@ impl<D: Domain> Mirror<D> {
                 st.stats.retries += 1;
                 continue;
             }
-            return self.commit(&mut st, a, &pfns, req.write);
+            return self.commit(&mut st, a, &pfns, req.write, read_only);
         }
         Err(MirrorError::Unstable(a))
     }
 
     /// Enters a range fault's results (valid under the mirror lock and the sequence check):
     /// stale entries go, new RAM pages are MAPped in merged runs, then the table records them.
-    fn commit(&self, st: &mut State<D>, a: u64, pfns: &[u64], write: bool) -> Result<(), MirrorError> {
+    fn commit(&self, st: &mut State<D>, a: u64, pfns: &[u64], write: bool, read_only: bool) -> Result<(), MirrorError> {
         if let Some(why) = &st.broken {
             return Err(MirrorError::Broken(*why));
         }
@@ -452,7 +465,10 @@ impl<D: Domain> Mirror<D> {
         let mut new = Vec::new();
         for (i, &p) in pfns.iter().enumerate() {
             let va = a + i as u64 * PAGE;
-            let e = Entry { frame: HmmPfn::pfn(p), write: p & HmmPfn::WRITE != 0, atomic: false };
+            let frame = HmmPfn::pfn(p);
+            // A read-only mapping restricts only system memory, not the device's own pages.
+            let allowed = p & HmmPfn::WRITE != 0 && (!read_only || self.is_local(frame));
+            let e = Entry { frame, write: allowed, atomic: false };
             if write && !e.write {
                 // Reported without write access (the device's own read-only page): a write
                 // fault cannot be satisfied, and mapping it read-only would fault forever.

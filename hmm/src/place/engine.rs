@@ -106,8 +106,10 @@ pub trait Mechanism {
     fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError>;
     /// Maps `[first, first + pages)` in device `dev`'s MMU where the pages are now, for
     /// remote access (the device fault path's range fault, as `hmm_range_fault` then a map in
-    /// the device's page table).
-    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError>;
+    /// the device's page table). With `read_only` the device's mapping allows reads only,
+    /// whatever the CPU allows, so its writes still fault (a mapping made ahead of the
+    /// device's accesses; a peer mapping of another device's page is not restricted).
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError>;
     /// Where the CPU page tables have `page` (a CPU access faults unless it is `Loc::Cpu`).
     fn resident(&mut self, page: u32) -> Result<Loc, MechError>;
     /// Device `d` holds at most `capacities[d]` of the run's pages (and read copies): its

@@ -129,6 +129,8 @@ pub enum Action {
         pages: u32,
         /// The device.
         dev: u8,
+        /// For reads only: the device's writes still fault ([`Plan::remote_ahead`]).
+        read_only: bool,
     },
     /// Give device `dev` a read-only copy of pages (read duplication).
     Duplicate {
@@ -164,7 +166,13 @@ impl Plan {
     }
     /// Maps `[first, first + pages)` for `dev` where they are.
     pub fn remote(&mut self, first: u32, pages: u32, dev: u8) {
-        self.actions.push(Action::MapRemote { first, pages, dev });
+        self.actions.push(Action::MapRemote { first, pages, dev, read_only: false });
+    }
+    /// Maps `[first, first + pages)` for `dev` where they are, for reads only, ahead of its
+    /// accesses (as `cudaMemAdviseSetAccessedBy` maps eagerly): its reads then reach them
+    /// without a fault, its writes still fault.
+    pub fn remote_ahead(&mut self, first: u32, pages: u32, dev: u8) {
+        self.actions.push(Action::MapRemote { first, pages, dev, read_only: true });
     }
     /// Read copies of `[first, first + pages)` for `dev`.
     pub fn duplicate(&mut self, first: u32, pages: u32, dev: u8) {
@@ -309,6 +317,12 @@ pub trait Policy {
         false
     }
 
+    /// Whether those remote mappings after eviction allow reads only (the device's writes
+    /// fault and reach the policy).
+    fn remote_read_only(&self) -> bool {
+        false
+    }
+
     /// How often [`Policy::on_tick`] runs, in simulated ns (never by default).
     fn tick_ns(&self) -> Option<u64> {
         None
@@ -400,6 +414,9 @@ impl Policy for Stack {
     }
     fn remote_after_eviction(&self) -> bool {
         self.place.remote_after_eviction()
+    }
+    fn remote_read_only(&self) -> bool {
+        self.place.remote_read_only()
     }
     fn tick_ns(&self) -> Option<u64> {
         match (self.place.tick_ns(), self.evict.tick_ns()) {
@@ -515,6 +532,9 @@ impl Policy for UntilFull {
     }
     fn remote_after_eviction(&self) -> bool {
         self.global().remote_after_eviction()
+    }
+    fn remote_read_only(&self) -> bool {
+        self.global().remote_read_only()
     }
     fn tick_ns(&self) -> Option<u64> {
         match (self.before.tick_ns(), self.after.tick_ns()) {

@@ -153,7 +153,12 @@ pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
     if e != (MechError::Mirror { dev: 0, page: 5, fault: MirrorFault::Unmapped }) {
         return Err(format!("wrong error for an unmapped device access: {e}"));
     }
-    m.map_remote(5, 1, 0).map_err(|e| e.to_string())?;
+    // Mapped ahead for reads only: the IOMMU mirror serves reads, a write still misses.
+    m.map_remote(5, 1, 0, true).map_err(|e| e.to_string())?;
+    if m.device_translate(0, 5, false) != Ok(Some(Loc::Cpu)) || m.device_translate(0, 5, true) != Ok(None) {
+        return Err("page 5 mapped ahead for reads is not read-only in dev0's MMU".into());
+    }
+    m.map_remote(5, 1, 0, false).map_err(|e| e.to_string())?;
     if m.device_translate(0, 5, true) != Ok(Some(Loc::Cpu)) {
         return Err("page 5 is not mapped remotely in dev0's MMU after map_remote".into());
     }

@@ -150,9 +150,16 @@ impl Real {
     /// A device fault on `[first, first + pages)` through device `d`'s mirror
     /// (`hmm_range_fault`, then a map in the device's IOMMU domain).
     fn mirror_fault(&self, m: &DevMirror, d: u8, first: u32, pages: u32) -> Result<(), MechError> {
+        self.mirror_map(m, d, first, pages, false)
+    }
+
+    /// [`Self::mirror_fault`], for reads only when `read_only` (a mapping made ahead of the
+    /// device's accesses, whose writes must still fault).
+    fn mirror_map(&self, m: &DevMirror, d: u8, first: u32, pages: u32, read_only: bool) -> Result<(), MechError> {
         let va = Self::va(first);
-        m.fault(va, va + pages as u64 * PAGE, false)
-            .map_err(|e| self.mech(MechError::Mirror { dev: d, page: first, fault: MirrorFault::Fault(e.to_string()) }))
+        let (a, b) = (va, va + pages as u64 * PAGE);
+        let r = if read_only { m.fault_read_only(a, b) } else { m.fault(a, b, false) };
+        r.map_err(|e| self.mech(MechError::Mirror { dev: d, page: first, fault: MirrorFault::Fault(e.to_string()) }))
     }
 
     /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
@@ -225,7 +232,7 @@ impl Mechanism for Real {
         }))
     }
 
-    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
         let mirror = self.mirror(dev).cloned();
         let mut run: Option<(u32, u32)> = None;
         for p in first..first + pages {
@@ -236,7 +243,7 @@ impl Mechanism for Real {
                     run = match run {
                         Some((a, n)) if a + n == p => Some((a, n + 1)),
                         Some((a, n)) => {
-                            self.mirror_fault(mirror.as_deref().ok_or(MechError::NoDevice(dev))?, dev, a, n)?;
+                            self.mirror_map(mirror.as_deref().ok_or(MechError::NoDevice(dev))?, dev, a, n, read_only)?;
                             Some((p, 1))
                         }
                         None => Some((p, 1)),
@@ -249,7 +256,7 @@ impl Mechanism for Real {
             }
         }
         if let (Some(m), Some((a, n))) = (&mirror, run) {
-            self.mirror_fault(m, dev, a, n)?;
+            self.mirror_map(m, dev, a, n, read_only)?;
         }
         Ok(())
     }

@@ -509,12 +509,15 @@ impl HostStack {
 
     /// A device fault on `[first, first + pages)` through device `d`'s mirror.
     fn mirror_fault(&self, d: u8, first: u32, pages: u32) -> Result<(), MechError> {
+        self.mirror_map(d, first, pages, false)
+    }
+
+    /// [`Self::mirror_fault`], for reads only when `read_only` (a mapping made ahead).
+    fn mirror_map(&self, d: u8, first: u32, pages: u32, read_only: bool) -> Result<(), MechError> {
         let (a, b) = (va(first), va(first) + pages as u64 * PAGE);
-        self.dev(d)?.mirror.fault(a, b, false).map_err(|e| MechError::Mirror {
-            dev: d,
-            page: first,
-            fault: MirrorFault::Fault(e.to_string()),
-        })
+        let m = &self.dev(d)?.mirror;
+        let r = if read_only { m.fault_read_only(a, b) } else { m.fault(a, b, false) };
+        r.map_err(|e| MechError::Mirror { dev: d, page: first, fault: MirrorFault::Fault(e.to_string()) })
     }
 
     /// Checks that the data at `pa` is page `p`'s (its identity word) with every write the
@@ -731,7 +734,7 @@ impl Mechanism for HostStack {
         }))
     }
 
-    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
         self.check_range(first, pages)?;
         self.dev(dev)?;
         let mut run: Option<(u32, u32)> = None;
@@ -742,7 +745,7 @@ impl Mechanism for HostStack {
                     run = match run {
                         Some((a, n)) if a + n == p => Some((a, n + 1)),
                         Some((a, n)) => {
-                            self.mirror_fault(dev, a, n)?;
+                            self.mirror_map(dev, a, n, read_only)?;
                             Some((p, 1))
                         }
                         None => Some((p, 1)),
@@ -757,7 +760,7 @@ impl Mechanism for HostStack {
             }
         }
         if let Some((a, n)) = run {
-            self.mirror_fault(dev, a, n)?;
+            self.mirror_map(dev, a, n, read_only)?;
         }
         Ok(())
     }

@@ -49,8 +49,8 @@ impl Engine<'_> {
                         done = done.max(e);
                         wall += w;
                     }
-                    Action::MapRemote { first, pages, dev } if !prefetch_pass => {
-                        self.stats.remote_maps += self.map_remote(first, pages, dev)? as u64;
+                    Action::MapRemote { first, pages, dev, read_only } if !prefetch_pass => {
+                        self.stats.remote_maps += self.map_remote(first, pages, dev, read_only)? as u64;
                     }
                     Action::Duplicate { first, pages, dev } if !prefetch_pass => {
                         let (e, w) = self.duplicate(first, pages, dev, &protect, t)?;
@@ -101,12 +101,12 @@ impl Engine<'_> {
 
     /// Maps `[first, first + pages)` (clipped to the managed pages) for remote access by
     /// device `d`, in the device's MMU and in the state; returns the pages.
-    pub(super) fn map_remote(&mut self, first: u32, pages: u32, d: u8) -> Result<u32, MechError> {
+    pub(super) fn map_remote(&mut self, first: u32, pages: u32, d: u8, read_only: bool) -> Result<u32, MechError> {
         let end = first.saturating_add(pages).min(self.st.len());
         if end <= first {
             return Ok(0);
         }
-        self.mech.map_remote(first, end - first, d)?;
+        self.mech.map_remote(first, end - first, d, read_only)?;
         for p in first..end {
             self.st.map_remote(p, d);
         }
@@ -220,7 +220,7 @@ impl Engine<'_> {
     ) -> Result<(f64, u64), MechError> {
         let end = first.saturating_add(pages).min(self.st.len());
         if !self.mech.can_duplicate() {
-            self.stats.dup_unsupported += self.map_remote(first, pages, dev)? as u64;
+            self.stats.dup_unsupported += self.map_remote(first, pages, dev, false)? as u64;
             return Ok((t, 0));
         }
         let mut done = t;
@@ -233,7 +233,7 @@ impl Engine<'_> {
             if self.st.free(dev as usize) == 0 {
                 done = done.max(self.make_room(dev, 1, protect, t)?);
                 if self.st.free(dev as usize) == 0 {
-                    self.map_remote(p, 1, dev)?;
+                    self.map_remote(p, 1, dev, false)?;
                     continue;
                 }
             }
@@ -324,7 +324,7 @@ impl Engine<'_> {
                 self.st.set_loc(p, Loc::Cpu, *done as u64, false);
             }
             if remote {
-                self.map_remote(first, n, d)?;
+                self.map_remote(first, n, d, self.policy.remote_read_only())?;
             }
             self.stats.evicted += n as u64;
             self.stats.to_cpu += n as u64;

@@ -115,8 +115,8 @@ impl Mechanism for Books<'_> {
     fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
         self.stack.device_translate(dev, page, write)
     }
-    fn map_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
-        self.stack.map_remote(first, pages, dev)
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
+        self.stack.map_remote(first, pages, dev, read_only)
     }
     fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
         self.stack.resident(page)

@@ -330,7 +330,7 @@ impl Engine<'_> {
         plan.migrate(p, 1, Loc::Dev(d));
         self.apply(&plan, now)?;
         if self.st.page(p).loc != Loc::Dev(d) {
-            self.map_remote(p, 1, d)?;
+            self.map_remote(p, 1, d, false)?;
         }
         Ok(self.st.page(p).loc)
     }

@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(
             plan.actions,
             alloc::vec![
-                Action::MapRemote { first: 10, pages: 1, dev: 0 },
+                Action::MapRemote { first: 10, pages: 1, dev: 0, read_only: false },
                 Action::Migrate { first: 700, pages: 1, to: Loc::Dev(0), prefetch: false },
             ]
         );

@@ -23,7 +23,13 @@
 //!   × penalty × (round trips + 1)` once oversubscribed, where a region's round trips are the
 //!   most times one of its pages went to a device and back (UVMSmart counts evictions of the
 //!   basic block), and `1 + threshold × occupancy` before (occupancy: the device's used
-//!   fraction, UVMSmart's projected occupancy without the in-flight transfers).
+//!   fraction, UVMSmart's projected occupancy without the in-flight transfers). UVMSmart
+//!   serves a read it does not migrate as a zero-copy DMA that takes no fault; with `ahead`
+//!   (the default) the same happens here: at the first fault once migration is delayed, every
+//!   page the device does not hold is mapped for reads ahead of its accesses
+//!   ([`Plan::remote_ahead`](crate::place::policy::Plan::remote_ahead)), so its reads reach
+//!   them without a fault while its writes still fault and migrate; evicted pages are
+//!   remapped for reads only.
 //!
 //! Modes (IPDPS'20): `always` delays migration from the start; `oversub` migrates on touch (with
 //! the tree prefetcher) until the device is first oversubscribed (its first refused
@@ -63,6 +69,11 @@ pub const PARAMS: &[ParamDef] = &[
     ParamDef::int("penalty", 8, 1, 64, "threshold multiplier once oversubscribed (adaptive)"),
     ParamDef::bool("prefetch", true, "tree prefetch around migrations"),
     ParamDef::bool("remote_on_evict", true, "evicted pages stay mapped remotely"),
+    ParamDef::bool(
+        "ahead",
+        true,
+        "counting = ipdps: once migration is delayed, map the device's other pages for reads ahead of its accesses",
+    ),
     ParamDef::text(
         "service",
         "background",
@@ -102,6 +113,9 @@ pub struct AccessCounters {
     penalty: u32,
     prefetch: bool,
     remote_on_evict: bool,
+    ahead: bool,
+    /// Devices whose pages were mapped ahead.
+    mapped_ahead: [bool; MAX_DEVICES],
     sync: bool,
     tree: Tree,
     refused: Refusals,
@@ -128,6 +142,8 @@ impl AccessCounters {
             penalty: p.int("penalty") as u32,
             prefetch: p.bool("prefetch"),
             remote_on_evict: p.bool("remote_on_evict"),
+            ahead: p.bool("ahead"),
+            mapped_ahead: [false; MAX_DEVICES],
             sync: p.text("service") == "fault",
             tree: Tree::default(),
             refused: Refusals::default(),
@@ -239,13 +255,24 @@ impl Policy for AccessCounters {
             return;
         }
         // IPDPS'20: writes migrate; a read migrates if its region is hot (the faulting access
-        // counts one), else it is accessed remotely.
+        // counts one), else it is accessed remotely. In UVMSmart such a read is a zero-copy
+        // DMA that never faults: the device's other pages are mapped for reads ahead, at the
+        // first fault once migration is delayed, so later reads reach them without a fault
+        // and writes still fault (and migrate).
+        let ahead = self.ahead && !core::mem::replace(&mut self.mapped_ahead[dev as usize % MAX_DEVICES], true);
+        if ahead {
+            plan.remote_ahead(0, cx.pages(), dev);
+        }
         let mut hot = Vec::new();
         for f in faults {
             if f.write || self.lines(dev, f.page).saturating_add(1) >= self.threshold_for(cx, dev, f.page) {
                 hot.push(*f);
-            } else {
-                plan.remote(f.page, 1, dev);
+            } else if !ahead {
+                if self.ahead {
+                    plan.remote_ahead(f.page, 1, dev);
+                } else {
+                    plan.remote(f.page, 1, dev);
+                }
             }
         }
         self.migrate(cx, dev, &hot, plan);
@@ -317,6 +344,10 @@ impl Policy for AccessCounters {
 
     fn remote_after_eviction(&self) -> bool {
         self.remote_on_evict && self.mode != Mode::Disabled
+    }
+
+    fn remote_read_only(&self) -> bool {
+        self.ipdps && self.ahead
     }
 
     fn report(&self) -> Vec<(&'static str, u64)> {
@@ -474,5 +505,34 @@ mod tests {
         // A region without round trips needs 16.
         assert!(access(&mut pol, &st, 70, 15, false).actions.is_empty());
         assert_eq!(migrated(&fault(&mut pol, &st, 71, false)), alloc::vec![71]);
+    }
+
+    #[test]
+    fn ipdps_maps_the_pages_ahead_for_reads_at_the_first_delayed_fault() {
+        let params = [("counting", text("ipdps")), ("region", text("64K")), ("threshold", Value::Int(8))];
+        let st = State::new(1024, &[512]);
+        let mut pol = policy(&params);
+        let ahead = |plan: &Plan| {
+            plan.actions.iter().filter(|a| matches!(a, Action::MapRemote { read_only: true, .. })).count()
+        };
+        let first = fault(&mut pol, &st, 40, false);
+        assert!(
+            first.actions.contains(&Action::MapRemote { first: 0, pages: 1024, dev: 0, read_only: true }),
+            "{first:?}"
+        );
+        assert!(!first.actions.iter().any(|a| matches!(a, Action::MapRemote { read_only: false, .. })), "{first:?}");
+        // Once: later read faults (pages the CPU moved back) are mapped for reads alone.
+        let later = fault(&mut pol, &st, 300, false);
+        assert_eq!(later.actions, alloc::vec![Action::MapRemote { first: 300, pages: 1, dev: 0, read_only: true }]);
+        assert_eq!(ahead(&fault(&mut pol, &st, 301, true)), 0, "a write fault migrates");
+        assert!(pol.remote_read_only(), "evicted pages are remapped for reads only");
+        // `ahead = false`: each cold read fault is mapped remotely, writable, as before.
+        let mut off = policy(&[params[0].clone(), params[1].clone(), params[2].clone(), ("ahead", Value::Bool(false))]);
+        let plan = fault(&mut off, &st, 40, false);
+        assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 40, pages: 1, dev: 0, read_only: false }]);
+        assert!(!off.remote_read_only());
+        // The disabled mode never maps ahead.
+        let mut disabled = policy(&[params[0].clone(), ("mode", text("disabled"))]);
+        assert_eq!(ahead(&fault(&mut disabled, &st, 40, false)), 0);
     }
 }

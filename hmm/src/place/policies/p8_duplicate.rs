@@ -154,7 +154,7 @@ mod tests {
         pol.on_device_faults(&cx, 0, &[Fault { page: 1, write: true }], &mut plan);
         let mut plan = Plan::default();
         pol.on_device_faults(&cx, 1, &[Fault { page: 2, write: true }], &mut plan);
-        assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 0, pages: 16, dev: 1 }]);
+        assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 0, pages: 16, dev: 1, read_only: false }]);
         // dev1's counter for it reaches the threshold: the region migrates to dev1.
         let mut plan = Plan::default();
         pol.on_access_counter(&cx, &Notification { dev: 1, first: 0, pages: 16, reads: 20, writes: 12 }, &mut plan);

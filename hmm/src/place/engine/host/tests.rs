@@ -166,7 +166,7 @@ fn peer_mappings_reach_another_devices_memory_and_go_when_the_page_moves() {
     let mut m = stack(4, &[4, 4]);
     m.migrate(0, 2, Loc::Cpu, Loc::Dev(0)).unwrap();
     assert_eq!(m.device_translate(1, 0, false).unwrap(), None);
-    m.map_remote(0, 2, 1).unwrap();
+    m.map_remote(0, 2, 1, false).unwrap();
     assert_eq!(m.device_translate(1, 0, true).unwrap(), Some(Loc::Dev(0)));
     m.access(Loc::Dev(1), Loc::Dev(0), 0, true).unwrap();
     // Device to device (through RAM): the peer mapping goes, the new owner maps it locally.
@@ -197,7 +197,7 @@ fn the_teardown_leaves_the_machine_as_it_found_it() {
         let o = e.run().unwrap();
         assert!(o.stats.duplicates > 0 && o.stats.to_dev > 0, "{:?}", o.stats);
     }
-    m.map_remote(0, 8, 1).unwrap();
+    m.map_remote(0, 8, 1, false).unwrap();
     assert!(m.device_pages_used(0).unwrap() > 0 && m.device_pages_used(1).unwrap() > 0);
     let machine = m.into_machine().unwrap();
     assert!(machine.idle(), "free frames {} of {}", machine.platform.free_frames(), machine.idle_free);
@@ -210,4 +210,23 @@ fn the_teardown_leaves_the_machine_as_it_found_it() {
     assert_eq!((5..8).map(|p| m.resident(p).unwrap()).collect::<Vec<_>>(), [Loc::Dev(0), Loc::Cpu, Loc::Cpu]);
     assert!(m.migrate(0, 4, Loc::Cpu, Loc::Dev(0)).is_err());
     assert!(m.into_machine().unwrap().idle());
+}
+
+#[test]
+fn a_remote_mapping_made_ahead_serves_reads_and_lets_writes_fault() {
+    let mut m = stack(8, &[8]);
+    // Writable in the CPU page tables, yet mapped for reads only.
+    m.map_remote(0, 8, 0, true).unwrap();
+    for p in 0..8 {
+        assert_eq!(m.device_translate(0, p, false).unwrap(), Some(Loc::Cpu), "page {p} read");
+        assert_eq!(m.device_translate(0, p, true).unwrap(), None, "page {p}: a write must fault");
+    }
+    // The write fault's service maps it writable; the others stay read-only.
+    m.map_remote(3, 1, 0, false).unwrap();
+    assert_eq!(m.device_translate(0, 3, true).unwrap(), Some(Loc::Cpu));
+    assert_eq!(m.device_translate(0, 4, true).unwrap(), None);
+    // A page in the device's own memory keeps its write access.
+    m.migrate(5, 1, Loc::Cpu, Loc::Dev(0)).unwrap();
+    m.map_remote(0, 8, 0, true).unwrap();
+    assert_eq!(m.device_translate(0, 5, true).unwrap(), Some(Loc::Dev(0)));
 }
