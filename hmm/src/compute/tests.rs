@@ -234,8 +234,8 @@ fn the_compute_engine_counts_remote_accesses_and_its_notifications_migrate() {
     let pages = 16;
     let a = f.array(pages);
     let words = pages * 512;
-    // One lane per page's worth of words: lane l walks words l, l + 8, ... (each page is
-    // touched by every lane, 64 words per lane per page).
+    // Eight lanes: lane l walks words l, l + 8, ..., so every lane touches every page (64
+    // words each).
     let mut k = Increment::new(a, words, 1, 8);
     let mut c = Counters::default();
     let mut policy = Delayed { threshold: 1024, notes: Vec::new() };
