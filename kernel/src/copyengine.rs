@@ -209,7 +209,7 @@ impl CopyEngine {
 
     /// Starts a copy between device memory at `offset` and the RAM segments `ram` (device
     /// addresses and lengths, in order). Offsets and lengths are multiples of 512 bytes.
-    pub fn submit(&mut self, dir: Dir, offset: u64, ram: &[(u64, u32)]) -> Result<Ticket, CopyError> {
+    pub fn submit(&mut self, dir: Dir, offset: u64, ram: &[(Iova, u32)]) -> Result<Ticket, CopyError> {
         if ram.is_empty() {
             return Err(CopyError::Invalid("no RAM segments"));
         }
@@ -241,7 +241,7 @@ impl CopyEngine {
         let iova = self.iova_of;
         let mut segs = Vec::with_capacity(ram.len() + 2);
         segs.push(Seg::read(iova(hdr).get(), 16));
-        segs.extend(ram.iter().map(|&(a, l)| Seg { addr: a, len: l, device_writes: dir == Dir::ToRam }));
+        segs.extend(ram.iter().map(|&(a, l)| Seg { addr: a.get(), len: l, device_writes: dir == Dir::ToRam }));
         segs.push(Seg::write(iova(hdr + 16).get(), 1));
         let give_up = inject::take(Fault::DmaTimeout, self.device);
         match self.q.submit(&mut self.t, &segs) {

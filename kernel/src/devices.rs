@@ -53,6 +53,7 @@
 //! which is how the xtask builds the command line.
 
 use crate::copyengine::{self, CopyEngine, CopyError, CopyStats, Dir};
+use crate::mm::Iova;
 use crate::viommu::Viommu;
 use crate::{System, mm, pci};
 use alloc::string::String;
@@ -134,14 +135,23 @@ pub trait Bound: Send + Sync {
     fn is_live(&self) -> bool;
 }
 
+/// A device's memory as the CPU sees it: its BAR's physical address and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarMemory {
+    /// Where the BAR starts.
+    pub at: mm::PhysAddr,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
 /// A device of the machine: its memory windows, copy engines, IOMMU domain, bound mirror and
 /// counters (see the module header for what each lock guards and their order).
 pub struct Device {
     id: DeviceId,
     /// `dev0`, `dev1`, ... in PCI order.
     pub name: String,
-    /// Device memory: physical address of the BAR and its size.
-    pub vram: (u64, u64),
+    /// Device memory: where its BAR is and how large.
+    pub vram: BarMemory,
     bar: mm::PhysWindow,
     engine: Mutex<CopyEngine>,
     domain: Option<Domain>,
@@ -183,7 +193,7 @@ impl Device {
     /// hot-plug region (plugged blocks only).
     pub fn phys_of(&self, offset: DevOffset) -> Option<u64> {
         let offset = offset.get();
-        let (bar, size) = self.vram;
+        let (bar, size) = (self.vram.at.as_u64(), self.vram.bytes);
         if offset < size {
             return Some(bar + offset);
         }
@@ -199,7 +209,7 @@ impl Device {
         let offset = offset.get();
         let out = DevError::Access { device: self.index(), offset, len };
         let end = offset.checked_add(len).ok_or(out.clone())?;
-        let size = self.vram.1;
+        let size = self.vram.bytes;
         if end <= size {
             return Ok((&self.bar, offset));
         }
@@ -248,8 +258,8 @@ impl Device {
     }
 
     /// The device address of physical RAM `pa` for this device.
-    pub fn iova_of(&self, pa: u64) -> u64 {
-        if self.domain.is_some() { iova_translated(pa) } else { iova_identity(pa) }.get()
+    pub fn iova_of(&self, pa: u64) -> Iova {
+        if self.domain.is_some() { iova_translated(pa) } else { iova_identity(pa) }
     }
 
     /// Runs `f` on the copy engine of `region` (None: the device has no hot-plug region),
@@ -326,12 +336,12 @@ impl Device {
         map_recorded(&mut io, self.index(), d.id, &mut shadow, &plan.remap)
     }
 
-    fn check_mapped(&self, shadow: Option<&Shadow>, dir: Dir, ram: &[(u64, u32)]) -> Result<(), DevError> {
+    fn check_mapped(&self, shadow: Option<&Shadow>, dir: Dir, ram: &[(Iova, u32)]) -> Result<(), DevError> {
         let write = dir == Dir::ToRam;
         if let Some(shadow) = shadow {
             let need = if write { MAP_WRITE } else { MAP_READ };
-            if let Some(&(iova, _)) = ram.iter().find(|&&(a, l)| !shadow.covers(a, u64::from(l), need)) {
-                return Err(DevError::NotMapped { device: self.index(), iova, write });
+            if let Some(&(iova, _)) = ram.iter().find(|&&(a, l)| !shadow.covers(a.get(), u64::from(l), need)) {
+                return Err(DevError::NotMapped { device: self.index(), iova: iova.get(), write });
             }
         }
         Ok(())
@@ -342,7 +352,7 @@ impl Device {
     /// the hot-plug region, or touches a block of the region that is not plugged.
     fn engine_for(&self, offset: DevOffset, bytes: u64) -> Option<(bool, &Mutex<CopyEngine>, u64)> {
         let offset = offset.get();
-        let bar = self.vram.1;
+        let bar = self.vram.bytes;
         let end = offset.checked_add(bytes)?;
         if end <= bar {
             return Some((false, &self.engine, offset));
@@ -363,11 +373,11 @@ impl Device {
     /// (device addresses) without waiting for it: refused unless the domain maps every
     /// segment with the access needed. Holds the domain's lock (check and submit) and then
     /// the engine's, only while submitting.
-    pub fn submit(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<Ticket, DevError> {
+    pub fn submit(&self, dir: Dir, offset: DevOffset, ram: &[(Iova, u32)]) -> Result<Ticket, DevError> {
         let shadow = self.domain.as_ref().map(|d| d.shadow.lock());
         self.check_mapped(shadow.as_deref(), dir, ram)?;
         let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
-        let capacity = self.vram.1 + self.hot_bytes();
+        let capacity = self.vram.bytes + self.hot_bytes();
         let out = CopyError::OutOfRange { offset: offset.get(), len: bytes, capacity };
         let (hot, engine, at) = self.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
         let inner = engine.lock().submit(dir, at, ram)?;
@@ -388,7 +398,7 @@ impl Device {
 
     /// Copies between this device's memory at `offset` and the RAM segments `ram`, checked as
     /// [`submit`](Self::submit) checks, and waits for it.
-    pub fn dma(&self, dir: Dir, offset: DevOffset, ram: &[(u64, u32)]) -> Result<(), DevError> {
+    pub fn dma(&self, dir: Dir, offset: DevOffset, ram: &[(Iova, u32)]) -> Result<(), DevError> {
         let t = self.submit(dir, offset, ram)?;
         self.wait(t)
     }
@@ -398,7 +408,7 @@ impl Device {
     pub fn dma_many<'r>(
         &self,
         dir: Dir,
-        reqs: impl Iterator<Item = (DevOffset, &'r [(u64, u32)])>,
+        reqs: impl Iterator<Item = (DevOffset, &'r [(Iova, u32)])>,
     ) -> Vec<Result<(), DevError>> {
         let tickets: Vec<Result<Ticket, DevError>> = reqs.map(|(offset, ram)| self.submit(dir, offset, ram)).collect();
         tickets.into_iter().map(|t| self.wait(t?)).collect()
@@ -516,7 +526,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
         list.push(Device {
             id: DeviceId(n),
             name: alloc::format!("dev{n}"),
-            vram: (bar.address, bar.size),
+            vram: BarMemory { at: mm::PhysAddr::new(bar.address), bytes: bar.size },
             bar: window,
             engine: Mutex::new(engine),
             domain: mmu.map(|(endpoint, id)| Domain { endpoint, id, shadow: Mutex::new(Shadow::new()) }),
@@ -534,7 +544,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             .enumerate()
             .flat_map(|(n, d)| {
                 let hot = d.hot_region().map(|r| (n, r));
-                core::iter::once((n, d.vram)).chain(hot)
+                core::iter::once((n, (d.vram.at.as_u64(), d.vram.bytes))).chain(hot)
             })
             .collect();
         for (n, (d, shadow)) in list.iter().zip(shadows.iter_mut()).enumerate() {

@@ -13,6 +13,7 @@
 use crate::copyengine::Dir;
 use crate::devices::Ticket;
 use crate::devices::{self, DevError, Device};
+use crate::mm::Iova;
 use crate::vram;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -126,8 +127,10 @@ pub fn bind(n: usize, space: &Arc<SharedSpace>) -> Result<Arc<DevMirror>, DevErr
 /// address space, copied to (`Dir::ToDevice`) or from device memory at `offset`. Refused
 /// unless the mirror maps every page with the access the device needs.
 pub fn dma(m: &DevMirror, dir: Dir, offset: crate::devices::DevOffset, segs: &[(u64, u32)]) -> Result<(), DevError> {
+    // The domain maps the address space at its own virtual addresses: a VA is the IOVA.
+    let iovas: Vec<(Iova, u32)> = segs.iter().map(|&(va, l)| (Iova::new(va), l)).collect();
     let req = m.dma(segs, dir == Dir::ToRam, |dom| {
-        dom.dev.submit(dir, offset, segs).map_err(|e| domain_error(DomainOp::Dma, &e))
+        dom.dev.submit(dir, offset, &iovas).map_err(|e| domain_error(DomainOp::Dma, &e))
     })?;
     m.complete(req, |dom, t| dom.dev.wait(t))
 }

@@ -128,8 +128,8 @@ pub fn print(s: &System) {
                 for dev in crate::devices::all() {
                     j.item(|j| {
                         j.str("name", &dev.name);
-                        j.num("memory_bytes", dev.vram.1);
-                        j.num("memory_paddr", dev.vram.0);
+                        j.num("memory_bytes", dev.vram.bytes);
+                        j.num("memory_paddr", dev.vram.at.as_u64());
                         let (seg_max, translated) = dev
                             .with_engine(crate::devices::Region::Bar, |e| (e.seg_max, e.translated))
                             .unwrap_or_default();

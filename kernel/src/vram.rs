@@ -160,7 +160,7 @@ impl Vram {
     /// private pages, or (coherent) the BAR's own frames. Its hot-plug region, if it has one,
     /// may be added later.
     pub fn register(dev: &'static Device, kind: MemoryKind) -> Result<Arc<Vram>, Error> {
-        let (bytes, hot) = (dev.vram.1, dev.hot_bytes());
+        let (bytes, hot) = (dev.vram.bytes, dev.hot_bytes());
         let pages = bytes / PAGE;
         let hot_pages = hot / PAGE;
         let hot_frames = match (hot_pages, kind) {
@@ -347,7 +347,7 @@ impl Vram {
 
     /// The BAR frame holding page `index` of this device's memory.
     pub fn bar_frame(&self, page: DevPage) -> Option<Pfn> {
-        let bar = self.dev.vram.0;
+        let bar = self.dev.vram.at.as_u64();
         (page.get() < self.bar_pages).then(|| Pfn(bar / PAGE + page.get()))
     }
 

@@ -21,7 +21,7 @@ use crate::devices;
 use crate::devices::{DevError, DevOffset};
 use crate::devmmu;
 use crate::json::Json;
-use crate::mm::{FrameRange, uspace};
+use crate::mm::{FrameRange, Iova, uspace};
 use crate::vram::{self, Copier};
 use alloc::format;
 use alloc::string::String;
@@ -81,7 +81,8 @@ fn throughput(n: usize, bufs: &mut [FrameRange], blocks: &[u64], vram_bytes: u64
                 let mut k = 0;
                 while k < pieces {
                     let w = (pieces - k).min(IN_FLIGHT as u64);
-                    let segs: Vec<[(u64, u32); 1]> = (k..k + w).map(|i| [(kernel + at(i).0, size as u32)]).collect();
+                    let segs: Vec<[(Iova, u32); 1]> =
+                        (k..k + w).map(|i| [(kernel.offset(at(i).0), size as u32)]).collect();
                     let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new(at(i).1), &s[..]));
                     for res in dev.dma_many(dir, reqs) {
                         res.map_err(|error| BenchError::Device { device: Some(n), error })?;
@@ -227,7 +228,7 @@ fn fault_batches(n: usize, policy: &mut dyn Policy, name: &str) -> Result<(), Be
 /// Runs the devices benchmark on every device of the machine.
 pub fn devices() -> Result<(), BenchError> {
     warm_guest_ram();
-    let list: Vec<(u64, u64)> = devices::all().iter().map(|dev| dev.vram).collect();
+    let list: Vec<(u64, u64)> = devices::all().iter().map(|dev| (dev.vram.at.as_u64(), dev.vram.bytes)).collect();
     if list.is_empty() {
         return Err(BenchError::Wrong("the machine has no devices (use qemu/bench-devices.toml)".into()));
     }
@@ -308,13 +309,13 @@ fn device_to_device() -> Result<(), BenchError> {
 /// RAM blocks `bufs` in turn.
 fn stream(dev: &devices::Device, bufs: &[u64]) -> Result<(), DevError> {
     let kernel = dev.iova_of(0);
-    let span = (bufs.len() as u64 * BLOCK).min(dev.vram.1);
+    let span = (bufs.len() as u64 * BLOCK).min(dev.vram.bytes);
     let pieces = TOTAL / BLOCK;
     let mut k = 0;
     while k < pieces {
         let w = (pieces - k).min(IN_FLIGHT as u64);
-        let segs: Vec<[(u64, u32); 1]> =
-            (k..k + w).map(|i| [(kernel + bufs[i as usize % bufs.len()], BLOCK as u32)]).collect();
+        let segs: Vec<[(Iova, u32); 1]> =
+            (k..k + w).map(|i| [(kernel.offset(bufs[i as usize % bufs.len()]), BLOCK as u32)]).collect();
         let reqs = (k..k + w).zip(&segs).map(|(i, s)| (DevOffset::new((i * BLOCK) % span), &s[..]));
         for res in dev.dma_many(Dir::ToDevice, reqs) {
             res?;

@@ -11,7 +11,7 @@ use crate::devices::{self, DevError, DevOffset, KERNEL_IOVA, Region};
 fn at(b: u64) -> DevOffset {
     DevOffset::new(b)
 }
-use crate::mm::{FrameRange, HandleError};
+use crate::mm::{FrameRange, HandleError, Iova};
 use crate::vram::checks::pattern;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -34,11 +34,11 @@ pub fn registered(s: &System) -> TestResult {
         check!(dev.id().get().is_some_and(|d| core::ptr::eq(d, dev)) && dev.name == format!("{}", dev.id()));
         let (capacity, translated) = dev.with_engine(Region::Bar, |e| (e.capacity, e.translated)).unwrap_or_default();
         check!(
-            capacity == dev.vram.1,
+            capacity == dev.vram.bytes,
             "{}: engine reaches {:#x} bytes, memory is {:#x}",
             dev.name,
             capacity,
-            dev.vram.1
+            dev.vram.bytes
         );
         if iommu {
             let (_, dom) = dev.mmu().ok_or_else(|| String::from("a device without a domain"))?;
@@ -62,21 +62,21 @@ pub fn registered(s: &System) -> TestResult {
 pub fn dma_round_trip(_s: &System) -> TestResult {
     {
         for (n, dev) in devices::all().iter().enumerate() {
-            let size = dev.vram.1;
+            let size = dev.vram.bytes;
             let mut bufs: Vec<FrameRange> = (0..16)
                 .map(|_| FrameRange::alloc(1).map_err(|_| String::from("no frames")))
                 .collect::<Result<_, _>>()?;
             let pages: Vec<u64> = bufs.iter().map(|b| b.phys().as_u64()).collect();
             {
                 let (translated, kernel) = (dev.mmu().is_some(), dev.iova_of(0));
-                let iova = |pa: u64| if translated { kernel + pa } else { pa };
+                let iova = |pa: u64| if translated { kernel.offset(pa) } else { Iova::new(pa) };
                 for (k, b) in bufs.iter_mut().enumerate() {
                     b.write(0, &pattern(n as u64 * 100 + k as u64, PAGE as usize)).map_err(|e| e.to_string())?;
                 }
                 // Single page at the start, then 16 pages near the end of device memory.
                 dev.dma(Dir::ToDevice, at(0), &[(iova(pages[0]), PAGE as u32)]).map_err(|e| e.to_string())?;
                 let off = size - 16 * PAGE;
-                let segs: Vec<(u64, u32)> = pages.iter().rev().map(|&pa| (iova(pa), PAGE as u32)).collect();
+                let segs: Vec<(Iova, u32)> = pages.iter().rev().map(|&pa| (iova(pa), PAGE as u32)).collect();
                 dev.dma(Dir::ToDevice, at(off), &segs).map_err(|e| e.to_string())?;
                 let mut got = alloc::vec![0u8; PAGE as usize];
                 dev.read_mem(at(0), &mut got).map_err(|e| e.to_string())?;
@@ -132,13 +132,13 @@ pub fn unmapped_dma_is_refused(_s: &System) -> TestResult {
                 .map_err(|e| e.to_string())?;
             let data = pattern(7, 2 * PAGE as usize);
             buf.write(0, &data).map_err(|e| e.to_string())?;
-            d.dma(Dir::ToDevice, at(0), &[(iova, 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToDevice, at(0), &[(Iova::new(iova), 2 * PAGE as u32)]).map_err(|e| e.to_string())?;
             d.unmap(iova, PAGE).map_err(|e| e.to_string())?;
-            let e = d.dma(Dir::ToDevice, at(0), &[(iova, PAGE as u32)]);
+            let e = d.dma(Dir::ToDevice, at(0), &[(Iova::new(iova), PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { iova: 0x7000_0000, .. })), "DMA from an unmapped page: {e:?}");
-            let e = d.dma(Dir::ToRam, at(0), &[(iova, 2 * PAGE as u32)]);
+            let e = d.dma(Dir::ToRam, at(0), &[(Iova::new(iova), 2 * PAGE as u32)]);
             check!(matches!(e, Err(DevError::NotMapped { .. })), "DMA over a partly unmapped range: {e:?}");
-            d.dma(Dir::ToRam, at(PAGE), &[(iova + PAGE, PAGE as u32)]).map_err(|e| e.to_string())?;
+            d.dma(Dir::ToRam, at(PAGE), &[(Iova::new(iova + PAGE), PAGE as u32)]).map_err(|e| e.to_string())?;
             let mut got = alloc::vec![0u8; PAGE as usize];
             buf.read(PAGE, &mut got).map_err(|e| e.to_string())?;
             check!(got[..] == data[PAGE as usize..], "the still-mapped page after a DMA read of its own data");
@@ -269,7 +269,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     );
     let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 8));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
-    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1));
+    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1).map(|(va, l)| (Iova::new(va), l)));
     check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
     dev0.write_mem(at(0), &[0u8; 8 * PAGE as usize]).map_err(|e| e.to_string())?;
     devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 4)).map_err(|e| e.to_string())?;
@@ -520,7 +520,7 @@ pub fn two_devices_copy_at_once(_s: &System) -> TestResult {
 pub fn windows_refuse_what_they_do_not_hold(_s: &System) -> TestResult {
     use crate::mm::PhysAddr;
     for (n, dev) in devices::all().iter().enumerate() {
-        let size = dev.vram.1;
+        let size = dev.vram.bytes;
         let end = size + dev.hot_bytes();
         let mut b = [0u8; 8];
         let e = dev.read_mem(at(end), &mut b);

@@ -63,7 +63,7 @@ fn page_of(p: u64, v: u64) -> Vec<u8> {
 /// A window onto dev1's memory BAR: the PCI function and BAR whose address the device
 /// registry records for dev1.
 fn dev1_window() -> Result<PhysWindow, String> {
-    let (bar, _) = crate::devices::nth(1).map_err(|e| format!("dev1: {e}"))?.vram;
+    let bar = crate::devices::nth(1).map_err(|e| format!("dev1: {e}"))?.vram.at.as_u64();
     let pci = &crate::system::system().ok_or("no system description")?.pci;
     let (n, index) = pci
         .functions

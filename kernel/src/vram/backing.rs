@@ -195,7 +195,7 @@ impl Backing for BarBacking {
     }
 
     fn copy(&self, pairs: &[(Pfn, Option<Pfn>)]) -> Result<(), Error> {
-        let bars: Vec<(u64, u64)> = devices::all().iter().map(|x| x.vram).collect();
+        let bars: Vec<(u64, u64)> = devices::all().iter().map(|x| (x.vram.at.as_u64(), x.vram.bytes)).collect();
         let vrams = super::all()?;
         let zero = uspace::mm().zero_pfn();
         // Per (engine, direction): (entry, offset in that device's memory, RAM or peer frame).

@@ -7,6 +7,7 @@
 use super::{Copier, IN_FLIGHT, PAGE, RUN, RUN_PAGES, Vram};
 use crate::copyengine::Dir;
 use crate::devices::DevOffset;
+use crate::mm::Iova;
 use alloc::vec::Vec;
 use hmm::addr::Pfn;
 
@@ -15,7 +16,7 @@ pub(super) struct Run {
     offset: DevOffset,
     entries: Vec<usize>,
     /// The RAM pages as device addresses (one segment each), and as physical addresses.
-    ram: Vec<(u64, u32)>,
+    ram: Vec<(Iova, u32)>,
     pas: Vec<u64>,
 }
 
@@ -80,9 +81,9 @@ impl Vram {
         let region = |off: DevOffset| off.get() >= self.bar_pages * PAGE;
         let mut runs: Vec<Run> = Vec::new();
         for &(i, off, ram) in items {
-            let seg = (kernel + ram.addr(), PAGE as u32);
+            let seg = (kernel.offset(ram.addr()), PAGE as u32);
             let joins = runs.last().is_some_and(|r| {
-                let next_to = r.ram.last().is_some_and(|l| l.0 + u64::from(l.1) == seg.0);
+                let next_to = r.ram.last().is_some_and(|l| l.0.offset(u64::from(l.1)) == seg.0);
                 r.offset.add(r.pas.len() as u64 * PAGE) == off
                     && region(r.offset) == region(off)
                     && r.pas.len() < RUN_PAGES
@@ -95,7 +96,7 @@ impl Vram {
                     }
                     match r.ram.last_mut() {
                         // Physically contiguous RAM (a THP) is one segment.
-                        Some(l) if l.0 + u64::from(l.1) == seg.0 => l.1 += PAGE as u32,
+                        Some(l) if l.0.offset(u64::from(l.1)) == seg.0 => l.1 += PAGE as u32,
                         _ => r.ram.push(seg),
                     }
                     r.pas.push(ram.addr());
