@@ -472,9 +472,18 @@ impl<D: Domain> Device for Placed<'_, D> {
     }
 
     fn notify(&mut self, _lane: usize, n: &CounterNotification, c: &mut Counters) -> Result<(), MirrorError> {
-        // Only the region's pages inside the policy's numbering are the policy's.
-        let Some(first) = self.page(n.first * PAGE) else { return Ok(()) };
-        let pages = n.pages.min(self.state.len() - first);
+        // Only the region's pages inside the policy's numbering are the policy's (a region
+        // may start below the managed range or end past it).
+        let (start, end) = (n.first * PAGE, (n.first + u64::from(n.pages)) * PAGE);
+        if end <= self.base {
+            return Ok(());
+        }
+        let Some(first) = self.page(start.max(self.base)) else { return Ok(()) };
+        let last = self.page(end - PAGE).unwrap_or(self.state.len() - 1);
+        if last < first {
+            return Ok(());
+        }
+        let pages = last - first + 1;
         let note = Notification { dev: self.dev, first, pages, reads: n.reads, writes: n.writes };
         let now = self.backend.now();
         let mut plan = Plan::default();

@@ -260,3 +260,23 @@ fn the_compute_engine_counts_remote_accesses_and_its_notifications_migrate() {
     assert_eq!((c.notifications, c.pages_to_device, c.local_accesses), (0, 0, 0), "{c:?}");
     f.file.close().unwrap();
 }
+
+#[test]
+fn a_counter_region_across_the_managed_ranges_start_notifies_its_managed_pages() {
+    let f = fix();
+    let pages = 16;
+    let a = f.array(pages);
+    assert_eq!(a % (4 * PAGE), 0, "the array starts on a 4-page region");
+    // The policy manages pages 1..16 of the array: the first counter region, pages 0..4,
+    // starts one page before it.
+    let (base, managed) = (a + PAGE, pages - 1);
+    let words = managed * 512;
+    let mut k = Increment::new(base, words, 1, 8);
+    let mut c = Counters::default();
+    let mut policy = Delayed { threshold: 1024, notes: Vec::new() };
+    launch(&f, &mut k, &mut policy, (base, managed), BATCH_MAX, &mut c).unwrap();
+    let first = policy.notes.first().copied().expect("no notification");
+    assert_eq!((first.first, first.pages), (0, 3), "{:?}", policy.notes);
+    assert_eq!(c.pages_to_device, managed, "{c:?}");
+    f.file.close().unwrap();
+}
