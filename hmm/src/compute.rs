@@ -463,11 +463,7 @@ impl<D: Domain> Device for Placed<'_, D> {
     fn access_counters(&mut self) -> Option<&mut AccessCounters> {
         let cx = Ctx { state: &self.state, cost: &self.cost, now: self.backend.now() };
         let c = self.policy.counters(&cx, self.dev);
-        self.counters.configure(c.map(|c| CounterConfig {
-            region: c.region,
-            threshold: c.threshold,
-            count_local: c.local_too,
-        }));
+        self.counters.configure(c.map(crate::place::policy::Counters::unit));
         c.map(|_| &mut self.counters)
     }
 

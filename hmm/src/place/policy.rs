@@ -231,7 +231,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Access counters a policy asks the engine to keep, per device and region.
+/// Access counters a policy asks the device's counter unit to keep, per region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     /// Pages per region (16 = 64 KiB, UVM's sub-region granularity).
@@ -245,6 +245,14 @@ pub struct Counters {
     /// in IPDPS'20's delayed migration. Otherwise the driver services it in the background
     /// while the device goes on (UVM's access counters).
     pub sync: bool,
+}
+
+impl Counters {
+    /// What the driver programs into the device's counter unit for these counters (the
+    /// servicing choice, `sync`, stays with the driver).
+    pub fn unit(self) -> crate::compute::CounterConfig {
+        crate::compute::CounterConfig { region: self.region, threshold: self.threshold, count_local: self.local_too }
+    }
 }
 
 /// A device's counter for a region reached its threshold.

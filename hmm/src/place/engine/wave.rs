@@ -107,23 +107,21 @@ impl compute::Device for WaveDevice<'_, '_> {
         self.e.mech.now_ns()
     }
 
-    /// The device's counter unit, programmed as the policy asks now ([`Policy::counters`](crate::place::policy::Policy::counters)).
+    /// The device's counter unit, programmed as the policy asks now
+    /// ([`Policy::counters`](crate::place::policy::Policy::counters)).
     fn access_counters(&mut self) -> Option<&mut compute::AccessCounters> {
         let cx = Ctx { state: &self.e.st, cost: &self.e.cost, now: self.at as u64 };
         let c = self.e.policy.counters(&cx, self.d);
         self.sync = c.is_some_and(|c| c.sync);
         let unit = self.e.counter_units.get_mut(self.d as usize)?;
-        unit.configure(c.map(|c| compute::CounterConfig {
-            region: c.region,
-            threshold: c.threshold,
-            count_local: c.local_too,
-        }));
+        unit.configure(c.map(crate::place::policy::Counters::unit));
         c.map(|_| unit)
     }
 
-    /// A notification: the policy plans ([`Policy::on_access_counter`](crate::place::policy::Policy::on_access_counter)); on the fault path
-    /// (`sync`) one far fault and the transfer, which the device waits for, else serviced in
-    /// the background while the device goes on (the links are busy).
+    /// A notification: the policy plans
+    /// ([`Policy::on_access_counter`](crate::place::policy::Policy::on_access_counter)); on the
+    /// fault path (`sync`) one far fault and the transfer, which the device waits for, else
+    /// serviced in the background while the device goes on (the links are busy).
     fn notify(
         &mut self,
         _lane: usize,
