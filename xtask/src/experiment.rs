@@ -1025,6 +1025,7 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 }
 
 pub mod agree;
+pub mod plan;
 pub mod tables;
 use tables::find;
 pub use tables::{TableSpec, comparisons, reproduction, verdicts};

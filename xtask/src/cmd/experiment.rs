@@ -1,6 +1,8 @@
-//! `cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]`: runs an experiment file.
+//! `cargo xtask experiment FILE [--check] [--list] [--host] [--jobs N] [--timeout SECS]`: runs
+//! an experiment file.
 //!
-//! Loads and checks the file ([`crate::experiment`]), runs its points in QEMU guests (`--jobs`
+//! `--check` loads and checks the file and says what a run would do, `--list` lists its points;
+//! neither builds or boots anything. Otherwise: loads and checks the file ([`crate::experiment`]), runs its points in QEMU guests (`--jobs`
 //! at a time, `points_per_boot` each, a batch rerun in a fresh guest after a mechanism error)
 //! or on the host over the HMM stack on the host platform (`--host`: the same hmm core over
 //! software page tables and RAM-backed devices, `hmm::place::engine::host`), then writes the CSV, plots and trace
@@ -9,9 +11,10 @@
 
 use crate::decode::points_and_traces;
 use crate::experiment;
+use crate::options::positive;
 use crate::qemu::{Boot, Launch, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
-use crate::{Result, root, usage};
+use crate::{Result, root};
 use boot::protocol::Tag;
 use serde_json::Value;
 use std::{
@@ -236,37 +239,52 @@ pub fn report_experiment(
     Ok(failed == 0)
 }
 
+/// `cargo xtask experiment`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Run an experiment file, or only check it (--check) or list its points (--list)",
+    long_about = "Run an experiment file (experiments/*.toml): its points in QEMU guests (--jobs at a time, points_per_boot each) or on the host over the HMM stack (--host); then the CSV, plots, trace and summary in target/experiments/NAME/, the comparison tables with their verdicts, and the `reproduction:` line.\n\nThe file is checked before anything boots; --check stops there and says what a run would do, --list also lists every point."
+)]
+pub struct Args {
+    /// The experiment file, e.g. experiments/reproduce.toml (any of experiments/*.toml).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Only check the file and print what a run would do (points, boots, machine, output folder); boot nothing.
+    #[arg(long)]
+    check: bool,
+    /// Only check the file and list the points a run would run (id, label, workload, policy, ratio, repetition); boot nothing.
+    #[arg(long)]
+    list: bool,
+    /// Run the points on the host, over the HMM stack on the host platform, instead of in QEMU guests.
+    #[arg(long)]
+    host: bool,
+    /// Guests (or host threads) at a time [default: one per host core].
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    jobs: Option<usize>,
+    /// Kill a guest after SECS seconds (the xtask's own timeout per boot).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>)]
+    timeout: u64,
+}
+
 /// `cargo xtask experiment`.
-pub fn cmd(args: &[String]) -> Result<u8> {
-    let mut host = false;
-    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut timeout = 600;
-    let mut file = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--host" => host = true,
-            "--jobs" => {
-                jobs =
-                    it.next().and_then(|v| v.parse().ok()).filter(|&j| j > 0).ok_or("--jobs takes a positive count")?
-            }
-            "--timeout" => {
-                timeout = it.next().and_then(|v| v.parse().ok()).filter(|&t| t > 0).ok_or("--timeout takes seconds")?
-            }
-            other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
-            other if file.is_none() => file = Some(PathBuf::from(other)),
-            other => return Err(format!("one experiment file at a time ('{other}' is a second)\n{}", usage())),
-        }
-    }
-    let file = file.ok_or_else(|| {
-        format!("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}", usage())
-    })?;
-    let l = experiment::load(&file, root())?;
+pub fn cmd(a: &Args) -> Result<u8> {
+    let host = a.host;
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let timeout = a.timeout;
+    let file = &a.file;
+    let l = experiment::load(file, root())?;
     if host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
         return Err(format!(
             "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
             file.display()
         ));
+    }
+    if a.check || a.list {
+        print!("{}", experiment::plan::check(&l, file, host, jobs));
+        if a.list {
+            print!("\n{}", experiment::plan::list(&l));
+        }
+        return Ok(0);
     }
     eprintln!(
         "xtask: experiment {}: {} points on {}{}",
