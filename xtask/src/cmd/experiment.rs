@@ -280,7 +280,7 @@ pub fn cmd(a: &Args) -> Result<u8> {
         ));
     }
     if a.check || a.list {
-        print!("{}", experiment::plan::check(&l, file, host, jobs));
+        print!("{}", experiment::plan::check(&l, file, root(), host, jobs));
         if a.list {
             print!("\n{}", experiment::plan::list(&l));
         }

@@ -26,7 +26,7 @@ fn distinct<T: PartialEq + Clone>(l: &Loaded, f: impl Fn(&(String, String, f64),
 /// `--check`: the file is valid, and what a run would do: the points (by workload, policy,
 /// ratio and repetition), where (the machine, or the host), in how many guest boots, and where
 /// the results would go.
-pub fn check(l: &Loaded, file: &Path, host: bool, jobs: usize) -> String {
+pub fn check(l: &Loaded, file: &Path, root: &Path, host: bool, jobs: usize) -> String {
     let mut s = String::new();
     let name = l.exp.name.get_ref();
     let _ = writeln!(s, "{}: ok (checked; nothing was built or booted)", file.display());
@@ -36,15 +36,7 @@ pub fn check(l: &Loaded, file: &Path, host: bool, jobs: usize) -> String {
         if l.exp.description.is_empty() { String::new() } else { format!(": {}", l.exp.description) }
     );
     let machine = l.exp.machine.as_ref().map_or("qemu/default.toml", |m| m.get_ref().as_str());
-    let devices: Vec<String> = l.machine.devices.iter().map(|d| format!("{} {}", d.name.get_ref(), d.memory)).collect();
-    let _ = writeln!(
-        s,
-        "  machine     {machine}: {} ({} CPUs, {} MiB RAM, devices {})",
-        l.machine.description,
-        l.machine.cpus,
-        l.machine.ram() >> 20,
-        devices.join(", ")
-    );
+    let _ = writeln!(s, "  machine     {machine}: {}", l.machine.description);
     let (w, p, o, r) = (
         distinct(l, |k, _| k.0.clone()).len(),
         distinct(l, |k, _| k.1.clone()).len(),
@@ -69,7 +61,7 @@ pub fn check(l: &Loaded, file: &Path, host: bool, jobs: usize) -> String {
             jobs.min(boots).max(1)
         );
     }
-    let _ = writeln!(s, "  results     {}", out_dir(crate::root(), l).display());
+    let _ = writeln!(s, "  results     {}", out_dir(root, l).display());
     s
 }
 
