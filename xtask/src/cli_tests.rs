@@ -91,3 +91,26 @@ fn the_commands_parse_their_options() {
     assert!(err("test a --filter b").contains("cannot be used with"));
     assert!(err("experiment").contains("<FILE>"));
 }
+
+#[test]
+fn ktest_kernel_arguments_boot_the_test_build() {
+    use crate::cmd::qemu::kernel_profile;
+    use crate::setup::Profile;
+    let p = |a: &str| match parse(args(a)).unwrap().command {
+        Command::Qemu(q) => q,
+        other => panic!("{other:?}"),
+    };
+    // `cargo xtask qemu -- ktest.filter=pci::` was accepted and ignored by the release kernel.
+    let q = p("qemu -- log=warn ktest.filter=pci::");
+    assert_eq!(kernel_profile(&q.kernel_args, q.profile), Ok(Profile::Ktest));
+    let q = p("qemu -- ktest.from=3");
+    assert_eq!(kernel_profile(&q.kernel_args, q.profile), Ok(Profile::Ktest));
+    let q = p("qemu --debug -- ktest.filter=mm::");
+    let e = kernel_profile(&q.kernel_args, q.profile).unwrap_err();
+    assert!(e.contains("'ktest.filter=mm::'") && e.contains("drop --debug"), "{e}");
+    // Other arguments keep the build asked for; ktest.crash works in every build.
+    let q = p("qemu --debug -- log=debug ktest.crash=panic");
+    assert_eq!(kernel_profile(&q.kernel_args, q.profile), Ok(Profile::Debug));
+    let q = p("qemu");
+    assert_eq!(kernel_profile(&q.kernel_args, q.profile), Ok(Profile::Release));
+}

@@ -143,8 +143,8 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
         boot: Boot::Pvh,
     })?;
     if run.outcome != Outcome::Success {
-        for l in run.lines.iter().rev().take(20).rev() {
-            eprintln!("  | {l}");
+        for l in &run.lines[run.lines.len().saturating_sub(20)..] {
+            eprintln!("  | {}", crate::decode::brief(l));
         }
         return Err(format!("{name} benchmark ({}): {}", kernel.display(), run.outcome.describe()));
     }

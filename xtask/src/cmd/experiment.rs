@@ -152,8 +152,8 @@ pub fn run_points(
                                 let why = run.outcome.describe();
                                 for p in &batch {
                                     res.entry(p.id).or_insert_with(|| {
-                                        let tail: Vec<&String> = run.lines.iter().rev().take(5).collect();
-                                        serde_json::json!({ "id": p.id, "error": format!("no result: the guest ended with {why}; last lines: {tail:?}") })
+                                        let tail = crate::decode::tail(&run.lines, 5);
+                                        serde_json::json!({ "id": p.id, "error": format!("no result: the guest ended with {why}; last lines: {tail}") })
                                     });
                                 }
                             }

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     gdb: bool,
     #[command(flatten)]
-    profile: ProfileOpt,
+    pub(crate) profile: ProfileOpt,
     /// Kill QEMU after SECS seconds (the xtask's own timeout).
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = positive::<u64>)]
     timeout: u64,
@@ -48,7 +48,7 @@ pub struct Args {
     grub: Option<GrubFirmware>,
     /// Kernel command-line arguments (after `--`), e.g. log=debug job=none ktest.filter=pci::
     #[arg(last = true, value_name = "KERNEL ARGS")]
-    kernel_args: Vec<String>,
+    pub(crate) kernel_args: Vec<String>,
 }
 
 /// `--grub bios|uefi`.

@@ -14,7 +14,7 @@
 //! of an experiment check's name, only those checks). A filter no test matches is a failure.
 
 use super::experiment::run_points;
-use crate::decode::json_line;
+use crate::decode::{brief, json_line, tail};
 use crate::experiment;
 use crate::grub::{self, Firmware};
 use crate::machine::Machine;
@@ -146,8 +146,8 @@ fn kernel_suite(
                 from = i + 1;
             }
             (outcome, _) => {
-                for l in run.lines.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev() {
-                    println!("  | {l}");
+                for l in &run.lines[run.lines.len().saturating_sub(30)..] {
+                    println!("  | {}", brief(l));
                 }
                 return Err(format!("{label}in-kernel tests did not finish: {}", outcome.describe()));
             }
@@ -298,8 +298,8 @@ fn grub_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally:
         })?;
         let loader = json_line(&run.lines, Tag::Boot).and_then(|v| v["loader"].as_str().map(str::to_string));
         if run.outcome != Outcome::Success {
-            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
-            tally.fail(&name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+            let last = tail(&run.lines, 5);
+            tally.fail(&name, &format!("expected success, got '{}'; last lines: {last}", run.outcome.describe()));
         } else if loader.as_deref() != Some("multiboot2") {
             tally.fail(&name, &format!("the boot report names loader {loader:?}, not multiboot2"));
         } else if json_line(&run.lines, Tag::Result).is_none() {
@@ -343,8 +343,8 @@ fn microvm_checks(only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> 
         let source = report.as_ref().and_then(|v| v["tsc_source"].as_str().map(str::to_string));
         let acpi = machine.acpi.unwrap_or(true);
         if run.outcome != Outcome::Success {
-            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
-            tally.fail(name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+            let last = tail(&run.lines, 5);
+            tally.fail(name, &format!("expected success, got '{}'; last lines: {last}", run.outcome.describe()));
         } else if let Some(problem) = report
             .as_ref()
             .map_or(Some("no boot report".to_string()), |v| microvm_report_problem(v, acpi, machine.virtio_rng))
