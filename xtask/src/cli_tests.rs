@@ -30,6 +30,18 @@ fn options_that_do_not_apply_to_a_command_are_rejected() {
     assert!(err("experiment e.toml --jobs 0").contains("not a positive whole number"));
     assert!(err("bench fast").contains("possible values: boot, mm, hmm, devices"));
     assert!(err("stress --avoid nosuch").contains("unknown feature nosuch; known:"));
+    // Options of a command that do not apply to the way it is asked to run.
+    assert!(err("qemu --gdb --timeout 5").contains("cannot be used with"));
+    assert!(err("experiment e.toml --host --timeout 5").contains("cannot be used with"));
+    assert!(parse(args("qemu --gdb")).is_ok() && parse(args("experiment e.toml --host")).is_ok());
+    let bench = |s: &str| match parse(args(s)).unwrap().command {
+        Command::Bench(b) => b.check(),
+        other => panic!("{other:?}"),
+    };
+    assert!(bench("bench mm --runs 3").unwrap_err().contains("this benchmark boots once"));
+    assert!(bench("bench devices --kernel a").unwrap_err().contains("bench mm or bench hmm only"));
+    assert!(bench("bench boot --runs 3").is_ok() && bench("bench hmm --kernel a --kernel b --runs 3").is_ok());
+    assert!(bench("bench mm").is_ok());
 }
 
 #[test]

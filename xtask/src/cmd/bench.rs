@@ -44,15 +44,33 @@ pub struct Args {
     /// The accelerator: tcg (QEMU's emulator) or kvm (real hardware).
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
-    /// Boots: of `boot` (default 10), or rounds of a --kernel comparison (default 10).
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = positive::<usize>)]
-    runs: usize,
+    /// Boots of `boot`, or rounds of a --kernel comparison [default: 10].
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    runs: Option<usize>,
     /// Kill a benchmark boot after SECS seconds [default: 60 for boot, 300 for the others].
     #[arg(long, value_name = "SECS", value_parser = positive::<u64>)]
     timeout: Option<u64>,
     /// A prebuilt kernel ELF to compare (repeat: --kernel A --kernel B); mm and hmm only.
     #[arg(long = "kernel", value_name = "ELF")]
     kernels: Vec<PathBuf>,
+}
+
+impl Args {
+    /// The options that do not apply to the benchmark asked for, as an error: `--kernel` is
+    /// for `mm` and `hmm`, `--runs` for `boot` and `--kernel` comparisons (the other
+    /// benchmarks boot once).
+    pub fn check(&self) -> Result<()> {
+        if !self.kernels.is_empty() && !matches!(self.bench, Bench::Mm | Bench::Hmm) {
+            return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into());
+        }
+        if self.runs.is_some() && self.kernels.is_empty() && self.bench != Bench::Boot {
+            return Err(
+                "--runs is the number of boots of bench boot, or of rounds of a --kernel comparison; this benchmark boots once"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The benchmarks.
@@ -83,12 +101,13 @@ pub fn cmd(a: &Args) -> Result<u8> {
         Bench::Mm | Bench::Hmm => a.machine.path_or("qemu/bench.toml"),
         Bench::Devices => a.machine.path_or("qemu/bench-devices.toml"),
     };
-    let o = Options { machine, accel: a.accel.name(), timeout: a.timeout, runs: a.runs };
+    a.check()?;
+    let o = Options { machine, accel: a.accel.name(), timeout: a.timeout, runs: a.runs.unwrap_or(10) };
     if !a.kernels.is_empty() {
         let (name, job) = match a.bench {
             Bench::Mm => ("mm", "bench-mm"),
             Bench::Hmm => ("hmm", "bench-hmm"),
-            _ => return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into()),
+            _ => unreachable!("checked above"),
         };
         return compare(&o, name, job, &a.kernels);
     }

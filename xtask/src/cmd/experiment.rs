@@ -261,8 +261,8 @@ pub struct Args {
     /// Guests (or host threads) at a time [default: one per host core].
     #[arg(long, value_name = "N", value_parser = positive::<usize>)]
     jobs: Option<usize>,
-    /// Kill a guest after SECS seconds (the xtask's own timeout per boot).
-    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>)]
+    /// Kill a guest after SECS seconds (the xtask's own timeout per boot; not with --host).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
 }
 

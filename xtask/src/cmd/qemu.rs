@@ -40,8 +40,8 @@ pub struct Args {
     gdb: bool,
     #[command(flatten)]
     pub(crate) profile: ProfileOpt,
-    /// Kill QEMU after SECS seconds (the xtask's own timeout).
-    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = positive::<u64>)]
+    /// Kill QEMU after SECS seconds (the xtask's own timeout; none with --gdb).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = positive::<u64>, conflicts_with = "gdb")]
     timeout: u64,
     /// Boot through GRUB (Multiboot2) from an ISO under SeaBIOS (bios) or OVMF (uefi) instead of by PVH.
     #[arg(long, value_enum, value_name = "FIRMWARE")]
