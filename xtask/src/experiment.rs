@@ -14,11 +14,14 @@
 //! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
 //! mechanism = "real"                  # or "host": the HMM stack over the host platform, in the guest
 //! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
+//! repeat = 1                          # every point this many times, seeds shifted (1 to 100)
+//! points_per_boot = 4                 # points per guest boot (1 to 1000; default 4)
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
 //! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT
 //! [[workload]]
 //! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
+//! name = "bfs-6"                      # its label (default: its kind); labels are unique
 //! degree = 6
 //! [[policy]]
 //! name = "TBNe+TBNp"                  # label
@@ -27,7 +30,7 @@
 //! eviction = { order = "tbne" }
 //! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
 //! [sweep]
-//! oversubscription = [1.0, 1.1]
+//! oversubscription = [1.0, 1.1]       # each ratio once
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
