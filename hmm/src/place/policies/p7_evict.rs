@@ -19,8 +19,9 @@
 use crate::place::params::{ParamDef, Params};
 use crate::place::policy::{Ctx, Policy, root_chunk_victims};
 use crate::place::{BIG, BLOCK, Loc, Rng};
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeSet, BinaryHeap};
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 
 /// The orders.
 pub const ORDERS: &[&str] = &["root-chunk", "lru4k", "lru2m", "lfu2m", "tbne", "sle", "random"];
@@ -90,11 +91,22 @@ impl Policy for Evict {
         let cap = cx.state.dev(dev as usize).capacity;
         let need = need + cap * self.free_buffer / 100;
         let mut lru = held(cx, dev);
-        lru.sort_unstable();
-        // Reserved: the most recently accessed `reserve` % of held pages.
+        // Reserved: the most recently accessed `reserve` % of held pages (a partition, not a
+        // sort: this runs at every eviction, over every page the device holds).
         let keep = lru.len() * self.reserve as usize / 100;
-        let reserved: BTreeSet<u32> = lru[lru.len() - keep..].iter().map(|&(_, p)| p).collect();
-        lru.truncate(lru.len() - keep);
+        let split = lru.len() - keep;
+        if keep > 0 {
+            lru.select_nth_unstable(split);
+        }
+        let reserved: BTreeSet<u32> = lru[split..].iter().map(|&(_, p)| p).collect();
+        lru.truncate(split);
+        // The rest, least recently accessed first, taken only as far as needed (a heap: most
+        // evictions take a few pages of thousands). Keys are unique (the page is in them), so
+        // the order is the sorted order.
+        let oldest = || {
+            let mut heap: BinaryHeap<Reverse<(u64, u32)>> = lru.iter().copied().map(Reverse).collect();
+            core::iter::from_fn(move || heap.pop().map(|Reverse(k)| k))
+        };
         let mut chosen: BTreeSet<u32> = BTreeSet::new();
         let take = |first: u32, pages: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>| {
             let mut got = 0;
@@ -109,7 +121,7 @@ impl Policy for Evict {
         let mut got = 0;
         match self.order {
             "lru4k" => {
-                for &(_, p) in &lru {
+                for (_, p) in oldest() {
                     if got >= need {
                         break;
                     }
@@ -117,6 +129,8 @@ impl Policy for Evict {
                 }
             }
             "random" => {
+                // Random picks index the pages in LRU order.
+                lru.sort_unstable();
                 while got < need && !lru.is_empty() {
                     let i = self.rng.below(lru.len() as u64) as usize;
                     let (_, p) = lru.swap_remove(i);
@@ -124,7 +138,7 @@ impl Policy for Evict {
                 }
             }
             "sle" | "tbne" => {
-                for &(_, p) in &lru {
+                for (_, p) in oldest() {
                     if got >= need {
                         break;
                     }
