@@ -210,6 +210,22 @@ impl CopyEngine {
     /// Starts a copy between device memory at `offset` and the RAM segments `ram` (device
     /// addresses and lengths, in order). Offsets and lengths are multiples of 512 bytes.
     pub fn submit(&mut self, dir: Dir, offset: u64, ram: &[(Iova, u32)]) -> Result<Ticket, CopyError> {
+        self.start(dir, offset, ram, true)
+    }
+
+    /// [`submit`](Self::submit) without notifying the device: several copies are published,
+    /// then one [`kick`](Self::kick) starts them all (one notification, which under TCG is
+    /// one trap into QEMU, instead of one per copy).
+    pub fn push(&mut self, dir: Dir, offset: u64, ram: &[(Iova, u32)]) -> Result<Ticket, CopyError> {
+        self.start(dir, offset, ram, false)
+    }
+
+    /// Notifies the device of the copies [`push`](Self::push)ed.
+    pub fn kick(&mut self) {
+        self.q.kick(&mut self.t);
+    }
+
+    fn start(&mut self, dir: Dir, offset: u64, ram: &[(Iova, u32)], notify: bool) -> Result<Ticket, CopyError> {
         if ram.is_empty() {
             return Err(CopyError::Invalid("no RAM segments"));
         }
@@ -244,7 +260,8 @@ impl CopyEngine {
         segs.extend(ram.iter().map(|&(a, l)| Seg { addr: a.get(), len: l, device_writes: dir == Dir::ToRam }));
         segs.push(Seg::write(iova(hdr + 16).get(), 1));
         let give_up = inject::take(Fault::DmaTimeout, self.device);
-        match self.q.submit(&mut self.t, &segs) {
+        let published = if notify { self.q.submit(&mut self.t, &segs) } else { self.q.push(&segs) };
+        match published {
             Ok(token) => Ok(Ticket { token, slot, bytes, dir, epoch: self.epoch, give_up }),
             Err(e) => {
                 self.free_slots.push(slot);

@@ -374,13 +374,20 @@ impl Device {
     /// segment with the access needed. Holds the domain's lock (check and submit) and then
     /// the engine's, only while submitting.
     pub fn submit(&self, dir: Dir, offset: DevOffset, ram: &[(Iova, u32)]) -> Result<Ticket, DevError> {
+        self.start(dir, offset, ram, true)
+    }
+
+    /// Checks and publishes a copy as [`submit`](Self::submit) does; the device is notified
+    /// only when `notify` (else by a later [`CopyEngine::kick`] of the ticket's engine).
+    fn start(&self, dir: Dir, offset: DevOffset, ram: &[(Iova, u32)], notify: bool) -> Result<Ticket, DevError> {
         let shadow = self.domain.as_ref().map(|d| d.shadow.lock());
         self.check_mapped(shadow.as_deref(), dir, ram)?;
         let bytes: u64 = ram.iter().map(|&(_, l)| u64::from(l)).sum();
         let capacity = self.vram.bytes + self.hot_bytes();
         let out = CopyError::OutOfRange { offset: offset.get(), len: bytes, capacity };
         let (hot, engine, at) = self.engine_for(offset, bytes).ok_or(DevError::Copy(out))?;
-        let inner = engine.lock().submit(dir, at, ram)?;
+        let mut e = engine.lock();
+        let inner = if notify { e.submit(dir, at, ram)? } else { e.push(dir, at, ram)? };
         Ok(Ticket { hot, inner })
     }
 
@@ -410,7 +417,17 @@ impl Device {
         dir: Dir,
         reqs: impl Iterator<Item = (DevOffset, &'r [(Iova, u32)])>,
     ) -> Vec<Result<(), DevError>> {
-        let tickets: Vec<Result<Ticket, DevError>> = reqs.map(|(offset, ram)| self.submit(dir, offset, ram)).collect();
+        // All published first, then one notification per engine that got any: the device
+        // starts them together (a copy that could not be published is its error).
+        let tickets: Vec<Result<Ticket, DevError>> =
+            reqs.map(|(offset, ram)| self.start(dir, offset, ram, false)).collect();
+        for hot in [false, true] {
+            if tickets.iter().any(|t| t.as_ref().is_ok_and(|t| t.hot == hot))
+                && let Ok(e) = self.engine_of(hot)
+            {
+                e.lock().kick();
+            }
+        }
         tickets.into_iter().map(|t| self.wait(t?)).collect()
     }
 }

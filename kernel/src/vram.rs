@@ -251,13 +251,27 @@ impl Vram {
     /// The device page a CPU page-table entry maps, if it is one of this device's: a
     /// device-private entry for private memory, an ordinary entry for coherent memory.
     pub fn holds(&self, pte: &hmm::mm::pte::Pte) -> Option<Pfn> {
+        self.entry_pfn(pte).filter(|&pfn| self.offset_of(pfn).is_some())
+    }
+
+    /// The frame an entry of this device's kind names (device-private: a device-private
+    /// swap entry; coherent: a present entry), whether or not the frame is this device's.
+    fn entry_pfn(&self, pte: &hmm::mm::pte::Pte) -> Option<Pfn> {
         use hmm::mm::pte::{Pte, SoftKind};
-        let pfn = match (self.kind, pte) {
-            (MemoryKind::Private, Pte::Soft(s)) if s.kind == SoftKind::DevicePrivate => s.pfn,
-            (MemoryKind::Coherent, Pte::Present(p)) => p.pfn,
-            _ => return None,
-        };
-        self.offset_of(pfn).map(|_| pfn)
+        match (self.kind, pte) {
+            (MemoryKind::Private, Pte::Soft(s)) if s.kind == SoftKind::DevicePrivate => Some(s.pfn),
+            (MemoryKind::Coherent, Pte::Present(p)) => Some(p.pfn),
+            _ => None,
+        }
+    }
+
+    /// [`holds`](Self::holds) with where the CPU reaches the page's data
+    /// ([`phys_of`](Self::phys_of); `None` if the device maps no such address), finding the
+    /// page's chunk once.
+    pub fn held_at(&self, pte: &hmm::mm::pte::Pte) -> Option<(Pfn, Option<u64>)> {
+        let pfn = self.entry_pfn(pte)?;
+        let offset = self.offset_of(pfn)?;
+        Some((pfn, self.phys(offset)))
     }
 
     /// What `migrate_vma_setup` selects to find this device's pages (2 MiB pages whole).

@@ -13,7 +13,7 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use hmm::devmmu::Where;
+use hmm::devmmu::{Translation, Where};
 use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
 use hmm::mm::space::AddressSpace;
@@ -41,6 +41,10 @@ pub(super) struct Real {
     pub(super) mirrors: Vec<Option<Arc<DevMirror>>>,
     /// Set when an error of the mechanism (not of a check) was returned.
     mech_failed: core::cell::Cell<bool>,
+    /// The device MMU translation [`Mechanism::device_translate`] just gave (device, page,
+    /// translation): the one the device's next access of that page goes through. Taken by
+    /// that access; cleared by every other operation, since any of them may change mappings.
+    seen: Option<(u8, u32, Translation)>,
 }
 
 impl Real {
@@ -59,6 +63,7 @@ impl Real {
             soft_maps: alloc::collections::BTreeSet::new(),
             mirrors: Vec::new(),
             mech_failed: core::cell::Cell::new(false),
+            seen: None,
         };
         // Every page populated by the CPU, with its identity word.
         let mut page = vec![0u8; PAGE as usize];
@@ -100,34 +105,35 @@ impl Real {
 
     /// Where page `p` really is, and the physical address of its data.
     fn locate(&self, p: u32) -> Result<(Loc, u64), MechError> {
-        let entry = self.space.lock().lookup(Self::va(p));
-        match entry {
-            Some(e) => {
-                if let Pte::Present(x) = e.pte
-                    && !self.vram.iter().any(|v| v.holds(&e.pte).is_some())
-                {
-                    return Ok((Loc::Cpu, x.pfn.addr()));
-                }
-                for (d, v) in self.vram.iter().enumerate() {
-                    if let Some(pfn) = v.holds(&e.pte) {
-                        let pa =
-                            v.phys_of(pfn).ok_or(MechError::NoAddress { dev: d as u8, at: NoAddressOf::Frame(pfn) })?;
-                        return Ok((Loc::Dev(d as u8), pa));
-                    }
-                }
-                Err(MechError::Entry { page: p, pte: Some(e.pte) })
+        let e = self.space.lock().lookup(Self::va(p)).ok_or(MechError::Entry { page: p, pte: None })?;
+        // A device's page (private, or coherent and so also present), else a RAM page.
+        for (d, v) in self.vram.iter().enumerate() {
+            if let Some((pfn, pa)) = v.held_at(&e.pte) {
+                let pa = pa.ok_or(MechError::NoAddress { dev: d as u8, at: NoAddressOf::Frame(pfn) })?;
+                return Ok((Loc::Dev(d as u8), pa));
             }
-            None => Err(MechError::Entry { page: p, pte: None }),
+        }
+        match e.pte {
+            Pte::Present(x) => Ok((Loc::Cpu, x.pfn.addr())),
+            pte => Err(MechError::Entry { page: p, pte: Some(pte) }),
         }
     }
 
     /// Where device `d`'s MMU takes its access to `page`: its mirror's translation, which
-    /// the engine has seen (through [`Mechanism::device_translate`]) before it makes the access.
-    /// It must be `pa`, where the CPU page table has the page: a mirror that missed an
-    /// invalidation would still point at the old frame.
-    fn through_mirror(&self, m: &DevMirror, d: u8, page: u32, write: bool, pa: u64) -> Result<u64, MechError> {
-        let t = m
-            .translate(Self::va(page))
+    /// the engine has seen (through [`Mechanism::device_translate`], `seen`, else translated
+    /// again) before it makes the access. It must be `pa`, where the CPU page table has the
+    /// page: a mirror that missed an invalidation would still point at the old frame.
+    fn through_mirror(
+        &self,
+        m: &DevMirror,
+        d: u8,
+        page: u32,
+        write: bool,
+        pa: u64,
+        seen: Option<Translation>,
+    ) -> Result<u64, MechError> {
+        let t = seen
+            .or_else(|| m.translate(Self::va(page)))
             .filter(|t| t.write || !write)
             .ok_or_else(|| self.mech(MechError::Mirror { dev: d, page, fault: MirrorFault::Unmapped }))?;
         let at = match t.at {
@@ -211,10 +217,12 @@ fn ns_since(t0: u64) -> u64 {
 
 impl Mechanism for Real {
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        self.seen = None;
         self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
     }
 
     fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
+        self.seen = None;
         if !write && self.copies.contains_key(&(page, dev)) {
             return Ok(Some(Loc::Dev(dev)));
         }
@@ -226,13 +234,16 @@ impl Mechanism for Real {
             let here = self.locate(page)?.0;
             return Ok((here == Loc::Dev(dev)).then_some(here));
         };
-        Ok(m.translate(Self::va(page)).filter(|t| t.write || !write).map(|t| match t.at {
+        let t = m.translate(Self::va(page));
+        self.seen = t.map(|t| (dev, page, t));
+        Ok(t.filter(|t| t.write || !write).map(|t| match t.at {
             Where::Local(_) => Loc::Dev(dev),
             Where::Ram(_) => Loc::Cpu,
         }))
     }
 
     fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
+        self.seen = None;
         let mirror = self.mirror(dev).cloned();
         let mut run: Option<(u32, u32)> = None;
         for p in first..first + pages {
@@ -262,6 +273,7 @@ impl Mechanism for Real {
     }
 
     fn set_capacities(&mut self, capacities: &[u32]) {
+        self.seen = None;
         // Each device's allocator refuses past the point's share of it, as a full device does
         // (the limit counts from what is in use now: nothing, after the idle check).
         for (v, &cap) in self.vram.iter().zip(capacities) {
@@ -274,6 +286,7 @@ impl Mechanism for Real {
     }
 
     fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
+        self.seen = None;
         let t0 = time::rdtsc();
         let from = self.locate(page)?.0;
         let end = first.saturating_add(pages).min(self.writes.len() as u32);
@@ -297,10 +310,12 @@ impl Mechanism for Real {
     }
 
     fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
+        self.seen = None;
         self.duplicate_pages(first, pages, from, dev)
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
+        self.seen = None;
         let k = self.copies.remove(&(page, dev)).ok_or(MechError::Copy { page, dev, fault: CopyFault::Missing })?;
         self.vram(dev)?.drop_read_copy(k);
         Ok(())
@@ -311,6 +326,7 @@ impl Mechanism for Real {
     }
 
     fn finish(&mut self) -> Result<(), MechError> {
+        self.seen = None;
         for (&(p, d), &k) in &self.copies {
             self.check_copy(p, d, k)?;
         }
@@ -406,6 +422,7 @@ impl Real {
     }
 
     fn access_page(&mut self, by: Loc, at: Loc, page: u32, write: bool) -> Result<(), MechError> {
+        let seen = self.seen.take();
         if let Loc::Dev(d) = by
             && at == by
             && let Some(&k) = self.copies.get(&(page, d))
@@ -426,7 +443,8 @@ impl Real {
             // or RAM mapped remotely), which must agree with the CPU page table.
             let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
                 (Loc::Dev(d), Some(Some(m))) if !self.soft_maps.contains(&(page, d)) => {
-                    self.through_mirror(m, d, page, write, pa)?
+                    let seen = seen.filter(|&(sd, sp, _)| (sd, sp) == (d, page)).map(|(_, _, t)| t);
+                    self.through_mirror(m, d, page, write, pa, seen)?
                 }
                 _ => pa,
             };
