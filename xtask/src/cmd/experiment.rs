@@ -88,11 +88,8 @@ pub fn execute(
         }
         let n = recorded.fetch_add(1, Ordering::SeqCst) + 1;
         if stop_after == Some(n) {
-            // SAFETY: raise only sends a signal to this thread; the handler installed above
-            // runs before it returns.
-            unsafe {
-                libc::raise(libc::SIGTERM);
-            }
+            // Delivered to this thread before raise returns: the handler has run.
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         }
     };
     let stopped = || interrupt::requested().is_some();
@@ -136,7 +133,9 @@ pub fn execute(
                             break;
                         }
                         let b = boots.fetch_add(1, Ordering::SeqCst);
-                        let image = run.dir.join(format!("image-{b}.txt"));
+                        // Named by its first point too: shards running at once into one folder
+                        // never share a point, so never an image.
+                        let image = run.dir.join(format!("image-{}-{b}.txt", batch[0].id));
                         let text: String = batch.iter().map(|p| p.encode()).collect();
                         if let Err(e) = std::fs::write(&image, text) {
                             failures.lock().unwrap().push(format!("writing {}: {e}", image.display()));
