@@ -316,14 +316,15 @@ pub fn report_experiment(
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
     println!("{summary}");
     print!("{comparisons}");
-    let failed =
-        results.values().filter(|r| r.get("error").is_some()).count() + l.points.len().saturating_sub(results.len());
+    let failed = results.values().filter(|r| r.get("error").is_some()).count();
+    let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;
     let host = results.values().any(|r| r["mechanism"].as_str() == Some("host"));
     println!(
-        "\n{} points, {} failed; {} {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
+        "\n{} points, {} failed{}; {} {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
         l.points.len(),
         failed,
+        if missing > 0 { format!(", {missing} without a result") } else { String::new() },
         if host {
             "host time of the mechanism (the HMM stack over the host platform; the mech ms column)"
         } else {
@@ -351,7 +352,7 @@ pub fn report_experiment(
     if let Some(r) = reproduction {
         print!("\n{r}");
     }
-    Ok(failed == 0)
+    Ok(failed + missing == 0)
 }
 
 /// What `cargo xtask experiment` was asked to do.
