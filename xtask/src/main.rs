@@ -30,10 +30,12 @@ mod cmd;
 mod decode;
 mod experiment;
 mod grub;
+mod interrupt;
 mod layers;
 mod machine;
 mod options;
 mod qemu;
+mod run;
 mod setup;
 mod workspace;
 

@@ -38,7 +38,7 @@ pub enum Command {
     Test(cmd::test::Args),
     /// Benchmarks: boot time, address-space operations, HMM operations, the real devices.
     Bench(cmd::bench::Args),
-    /// Run an experiment file (its points in QEMU guests, or on the host), or only check it.
+    /// Run an experiment file (its points in QEMU guests, or on the host) into a run folder, resume a run, merge its shards, or only check it.
     Experiment(cmd::experiment::Args),
     /// Mutation testing of the HMM core with cargo-mutants.
     Mutants(cmd::mutants::Args),

@@ -61,7 +61,11 @@ pub fn check(l: &Loaded, file: &Path, root: &Path, host: bool, jobs: usize) -> S
             jobs.min(boots).max(1)
         );
     }
-    let _ = writeln!(s, "  results     {}", out_dir(root, l).display());
+    let _ = writeln!(
+        s,
+        "  results     {}/RUN-ID/ (a new run folder; `latest` beside it links to it)",
+        out_dir(root, l).display()
+    );
     s
 }
 
