@@ -21,6 +21,7 @@ mod machine;
 mod options;
 mod qemu;
 mod setup;
+mod slurm;
 mod workspace;
 
 use std::process::ExitCode;
