@@ -719,6 +719,20 @@ fn processors(results: &Results) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The seed each workload's generator gets in point `p`: its `seed` (or the default), plus
+/// its index in the point, as the guest computes it (`spec::Point::prepare`).
+pub fn point_seeds(p: &Point) -> Vec<u64> {
+    let default = hmm::place::workload::COMMON.iter().find(|d| d.name == "seed").map(|d| d.default_value());
+    p.workloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, params))| match params.get("seed").cloned().or(default.clone()) {
+            Some(Value::Int(seed)) => Some(seed as u64 + i as u64),
+            _ => None,
+        })
+        .collect()
+}
+
 /// CSV of the results, quoted by the csv crate (a label with a comma or a quote stays one
 /// field); the columns are [`COLUMNS`] (whose counters are the guest's, in order), then each
 /// processor's utilisation and line cost, then the MiB moved in and out over each link, then
@@ -740,20 +754,7 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
     for (i, (p, (wl, pol, o))) in l.points.iter().zip(&l.keys).enumerate() {
         let r = results.get(&p.id).cloned().unwrap_or(Json::Null);
         let ms = |k: &str| r[k].as_f64().map_or(String::new(), |x| format!("{:.3}", x / 1e6));
-        // The seed each workload's generator gets: its `seed` (or the default), plus its index
-        // in the point, as the guest computes it (`spec::Point::prepare`).
-        let seeds: Vec<String> = p
-            .workloads
-            .iter()
-            .enumerate()
-            .map(|(i, (_, params))| {
-                let default = hmm::place::workload::COMMON.iter().find(|d| d.name == "seed").map(|d| d.default_value());
-                match params.get("seed").cloned().or(default) {
-                    Some(Value::Int(seed)) => (seed as u64 + i as u64).to_string(),
-                    _ => "-".to_string(),
-                }
-            })
-            .collect();
+        let seeds: Vec<String> = point_seeds(p).iter().map(u64::to_string).collect();
         let mut row = vec![
             p.id.to_string(),
             p.label.clone(),
@@ -790,6 +791,9 @@ pub fn csv(l: &Loaded, results: &Results) -> String {
         let mut err = r["error"].as_str().map(String::from);
         if err.is_none() {
             err = r["workloads"].as_array().and_then(|a| a.iter().find_map(|w| w["error"].as_str().map(String::from)));
+        }
+        if !results.contains_key(&p.id) {
+            err = Some("no result (the point did not run, or did not finish)".into());
         }
         row.push(err.unwrap_or_default());
         let _ = w.write_record(&row);
@@ -843,6 +847,13 @@ pub fn summary(l: &Loaded, results: &Results) -> String {
         }
         if let Some(n) = r["rerun"].as_str() {
             let _ = writeln!(s, "    ({})", truncate(n, 110));
+        }
+        if let Some(d) = r["trace_dropped"].as_u64().filter(|d| *d > 0) {
+            let kept = r["trace_events"].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "    trace truncated: the first {kept} events kept, {d} dropped at the cap (raise run.trace to keep them)"
+            );
         }
     }
     s
@@ -989,37 +1000,99 @@ fn xml(s: &str) -> String {
 }
 
 /// A Chrome / Perfetto trace of the traced points: one process per point, one thread per
-/// processor or link, complete events in µs of simulated time.
-pub fn trace(l: &Loaded, events: &[Json]) -> String {
-    let mut out = Vec::new();
-    let mut lanes: BTreeMap<(u64, String), usize> = BTreeMap::new();
+/// processor or link, complete events in µs of simulated time. Times are whole nanoseconds
+/// (the guest's are to 0.1 ns), written as µs with three decimals, and the slices on one
+/// track nest: a slice that starts inside another and would end after it (by rounding, or
+/// because the engine's phases overlap a little) is cut at the other's end, so no two slices
+/// of a track partly overlap. A point whose events passed the cap (`run.trace`; its result's
+/// `trace_dropped`) gets an instant event saying how many were dropped, and its process name
+/// says it is truncated.
+pub fn trace(l: &Loaded, results: &Results, events: &[Json]) -> String {
+    // (start, end) in ns per track, and the slice's fields.
+    struct Slice {
+        start: u64,
+        end: u64,
+        name: String,
+        kind: String,
+        pages: Json,
+    }
+    let ns = |v: &Json| v.as_f64().map_or(0, |x| (x.max(0.0)).round() as u64);
+    let mut tracks: BTreeMap<(u64, String), Vec<Slice>> = BTreeMap::new();
+    let mut order: Vec<(u64, String)> = Vec::new();
     for e in events {
         let pid = e["point"].as_u64().unwrap_or(0);
         let lane = e["lane"].as_str().unwrap_or("?").to_string();
-        let n = lanes.len();
-        let tid = *lanes.entry((pid, lane.clone())).or_insert(n + 1);
         let what = e["what"].as_str().unwrap_or("");
-        let kind = e["kind"].as_str().unwrap_or("?");
-        let name = if what.is_empty() { kind.to_string() } else { format!("{kind} {what}") };
-        out.push(serde_json::json!({
-            "name": name, "cat": kind, "ph": "X", "pid": pid, "tid": tid,
-            "ts": e["t"].as_f64().unwrap_or(0.0) / 1000.0,
-            "dur": (e["dur"].as_f64().unwrap_or(0.0) / 1000.0).max(0.001),
-            "args": { "pages": e["pages"] }
-        }));
+        let kind = e["kind"].as_str().unwrap_or("?").to_string();
+        let name = if what.is_empty() { kind.clone() } else { format!("{kind} {what}") };
+        let start = ns(&e["t"]);
+        // At least 1 ns, so every slice shows.
+        let end = (start + ns(&e["dur"])).max(start + 1);
+        let key = (pid, lane);
+        if !tracks.contains_key(&key) {
+            order.push(key.clone());
+        }
+        tracks.entry(key).or_default().push(Slice { start, end, name, kind, pages: e["pages"].clone() });
     }
-    for ((pid, lane), tid) in &lanes {
-        out.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": lane}}));
+    let us = |t: u64| Json::from(t as f64 / 1000.0);
+    let mut out = Vec::new();
+    for (tid, key) in order.iter().enumerate() {
+        let tid = tid + 1;
+        let slices = tracks.get_mut(key).unwrap();
+        // Outer slices first: by start, then the longest.
+        slices.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+        let mut open: Vec<u64> = Vec::new();
+        for s in slices.iter_mut() {
+            while open.last().is_some_and(|&end| end <= s.start) {
+                open.pop();
+            }
+            if let Some(&end) = open.last() {
+                s.end = s.end.min(end);
+            }
+            open.push(s.end);
+            out.push(serde_json::json!({
+                "name": s.name, "cat": s.kind, "ph": "X", "pid": key.0, "tid": tid,
+                "ts": us(s.start), "dur": us(s.end - s.start), "args": { "pages": s.pages }
+            }));
+        }
+        out.push(
+            serde_json::json!({"name": "thread_name", "ph": "M", "pid": key.0, "tid": tid, "args": {"name": key.1}}),
+        );
     }
-    let pids: std::collections::BTreeSet<u64> = lanes.keys().map(|k| k.0).collect();
+    let pids: std::collections::BTreeSet<u64> = order.iter().map(|k| k.0).collect();
     for pid in pids {
         let label = l.points.get(pid as usize).map_or(String::new(), |p| p.label.clone());
+        let r = results.get(&(pid as u32));
+        let dropped = r.and_then(|r| r["trace_dropped"].as_u64()).unwrap_or(0);
+        let label = if dropped > 0 {
+            let kept = r.and_then(|r| r["trace_events"].as_u64()).unwrap_or(0);
+            let end = tracks.iter().filter(|(k, _)| k.0 == pid).flat_map(|(_, v)| v.iter().map(|s| s.end)).max();
+            out.push(serde_json::json!({
+                "name": format!("trace truncated: {dropped} events dropped after the first {kept} (raise run.trace)"),
+                "ph": "i", "s": "p", "pid": pid, "tid": 0, "ts": us(end.unwrap_or(0)),
+            }));
+            format!("{label} (truncated: {dropped} events dropped)")
+        } else {
+            label
+        };
         out.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": label}}));
     }
     serde_json::json!({ "traceEvents": out, "displayTimeUnit": "ms" }).to_string()
 }
 
-/// Where results go.
+/// The points whose trace passed its cap: (point id, events kept, events dropped).
+pub fn truncated_traces(results: &Results) -> Vec<(u32, u64, u64)> {
+    results
+        .iter()
+        .filter_map(|(id, r)| {
+            let dropped = r["trace_dropped"].as_u64().filter(|d| *d > 0)?;
+            Some((*id, r["trace_events"].as_u64().unwrap_or(0), dropped))
+        })
+        .collect()
+}
+
+/// The folder of the experiment's runs (`target/experiments/NAME`): one folder per run
+/// beside a `latest` link ([`crate::run`]).
 pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
     root.join("target/experiments").join(l.exp.name.get_ref())
 }
@@ -1031,3 +1104,5 @@ pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;

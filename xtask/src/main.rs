@@ -16,10 +16,12 @@ mod cmd;
 mod decode;
 mod experiment;
 mod grub;
+mod interrupt;
 mod layers;
 mod machine;
 mod options;
 mod qemu;
+mod run;
 mod setup;
 mod slurm;
 mod workspace;
@@ -31,7 +33,7 @@ type Result<T> = std::result::Result<T, String>;
 use workspace::root;
 
 fn usage() -> String {
-    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [--grub bios|uefi] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE] [--kernel ELF --kernel ELF ... --runs N]\n  cargo xtask bench hmm [--machine FILE] [--kernel ELF --kernel ELF ... --runs N]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]\n  cargo xtask mutants [FILE[:N]...] [--sample N] [--jobs J] [--rerun-missed]\n  cargo xtask stress [--ops N] [--seed S] [--seeds K] [--threads] [--avoid F,G] [--minimize [BUDGET]] [--trace]"
+    "usage:\n  cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [--grub bios|uefi] [-- KERNEL ARGS...]\n  cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]\n  cargo xtask bench boot [--runs N] [--machine FILE]\n  cargo xtask bench mm [--machine FILE] [--kernel ELF --kernel ELF ... --runs N]\n  cargo xtask bench hmm [--machine FILE] [--kernel ELF --kernel ELF ... --runs N]\n  cargo xtask bench devices [--machine FILE]\n  cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS] [--shard I/N]\n  cargo xtask experiment --resume RUN [FILE] [--jobs N] [--timeout SECS] [--shard I/N]\n  cargo xtask experiment merge RUN\n  cargo xtask mutants [FILE[:N]...] [--sample N] [--jobs J] [--rerun-missed]\n  cargo xtask stress [--ops N] [--seed S] [--seeds K] [--threads] [--avoid F,G] [--minimize [BUDGET]] [--trace]"
         .into()
 }
 

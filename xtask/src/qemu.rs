@@ -1,9 +1,12 @@
 //! Running QEMU: one guest boot from launch to decoded exit.
 //!
-//! Owns the device memory files in `/dev/shm` (unique per launch, removed when the run ends,
-//! however it ends), the QEMU command line beyond the machine's own arguments, the timeout
-//! (QEMU is killed when it passes, and dies with the xtask through `PR_SET_PDEATHSIG`), and
-//! the decoding of QEMU's exit status into an [`Outcome`].
+//! Owns the device memory files in `/dev/shm` (created exclusively, mode 0600, under names
+//! with 64 random bits; unlinked as soon as QEMU holds them, at its first output line, and in
+//! any case when the run ends, however it ends: a timeout, an error, Ctrl-C or SIGTERM), the
+//! QEMU command line beyond the machine's own arguments, the timeout (QEMU is killed when it
+//! passes, and dies with the xtask through `PR_SET_PDEATHSIG`), the stop on Ctrl-C or SIGTERM
+//! ([`crate::interrupt`]: QEMU killed, the files removed, an error returned), and the
+//! decoding of QEMU's exit status into an [`Outcome`].
 
 use crate::Result;
 use crate::machine::Machine;
@@ -177,8 +180,15 @@ pub enum Boot<'a> {
 }
 
 /// Boots `l` in QEMU, with its device memory files created (and removed after), under the
-/// timeout, and collects the guest's lines.
+/// timeout, and collects the guest's lines. Ctrl-C or SIGTERM kills QEMU and returns an error
+/// ([`crate::interrupt::requested`] then says which signal).
 pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
+    crate::interrupt::install();
+    run_program(Path::new(QEMU), l, &|| crate::interrupt::requested().is_some())
+}
+
+/// [`run_qemu`] with `program` as QEMU, stopping when `stop` says so.
+fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Result<Run> {
     // Unique per launch: experiments run several guests at once from one process, and guests
     // sharing device memory files would overwrite each other's device memory.
     static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -190,7 +200,7 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         create_device_file(path, *size)?;
         guard.0.push(path.clone());
     }
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = Command::new(program);
     let mut machine_args = l.machine.qemu_args(&shm_prefix);
     match l.boot {
         Boot::Pvh => {
@@ -235,7 +245,7 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
         }
     }
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("starting {QEMU}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", program.display()))?;
     let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -251,6 +261,18 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
     let deadline = start + l.timeout;
     let mut timed_out = false;
     loop {
+        if stop() {
+            let _ = child.kill();
+            let _ = child.wait();
+            guard.unlink();
+            return Err(match crate::interrupt::requested() {
+                Some(sig) => format!(
+                    "interrupted by {}: QEMU stopped and its device-memory files removed",
+                    crate::interrupt::name(sig)
+                ),
+                None => "stopped: QEMU killed and its device-memory files removed".into(),
+            });
+        }
         let now = Instant::now();
         if now >= deadline && !l.gdb {
             timed_out = true;
@@ -333,3 +355,6 @@ mod tests {
         assert_eq!(Outcome::from_status(None), Outcome::Killed);
     }
 }
+
+#[cfg(test)]
+mod shm_tests;

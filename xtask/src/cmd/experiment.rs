@@ -1,123 +1,183 @@
-//! `cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS]`: runs an experiment file.
+//! `cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS] [--shard I/N]`,
+//! `cargo xtask experiment --resume RUN [FILE] [--jobs N] [--timeout SECS] [--shard I/N]` and
+//! `cargo xtask experiment merge RUN`: runs an experiment file into a run folder, resumes one,
+//! or merges its shards.
 //!
-//! Loads and checks the file ([`crate::experiment`]), runs its points in QEMU guests (`--jobs`
-//! at a time, `points_per_boot` each, a batch rerun in a fresh guest after a mechanism error)
-//! or on the host over the HMM stack on the host platform (`--host`: the same hmm core over
-//! software page tables and RAM-backed devices, `hmm::place::engine::host`), then writes the CSV, plots and trace
-//! into `target/experiments/NAME/` and prints the summary and comparison tables, each published
-//! cell's and ordering's verdict, and, last, the `reproduction:` line (also in `summary.txt`).
+//! Loads and checks the file ([`crate::experiment`]), makes a new run folder
+//! (`target/experiments/NAME/RUN-ID/`, [`crate::run`]) with the copies of the experiment and
+//! machine files and the provenance, then runs its points in QEMU guests (`--jobs` at a time,
+//! `points_per_boot` each, a batch rerun in a fresh guest after a mechanism error) or on the
+//! host over the HMM stack on the host platform (`--host`: the same hmm core over software
+//! page tables and RAM-backed devices, `hmm::place::engine::host`). Each point's result (and
+//! trace) is recorded in the run folder as it finishes; the CSV, plots, trace and summary are
+//! then written from the records, and the summary and comparison tables printed with each
+//! published cell's and ordering's verdict and, last, the `reproduction:` line (also in
+//! `summary.txt`).
+//!
+//! Ctrl-C or SIGTERM stops the run: no new point starts, QEMU is killed and its device-memory
+//! files removed, the finished points stay recorded and the partial results are written; the
+//! exit status is 128 + the signal. `--resume RUN` runs the points of RUN that have no
+//! finished record (the experiment and machine files are RUN's copies, checked against the
+//! machine file and the points as they expand now) and writes the whole run's results again.
+//! `--shard I/N` runs only the points whose id is I modulo N, recording them in the shard's
+//! own file, and writes no results; `merge RUN` writes the results of every record in RUN, as
+//! a run of all the points in one place would.
 
 use crate::decode::points_and_traces;
 use crate::experiment;
+use crate::interrupt;
 use crate::qemu::{Boot, Launch, run_qemu};
+use crate::run::{self, Invocation, Record, Run, Shard};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root, usage};
 use boot::protocol::Tag;
+use hmm::place::spec::Point;
 use serde_json::Value;
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-/// Runs every point of `l`: in QEMU guests (`jobs` at a time, `points_per_boot` each), or on
-/// the host over the HMM stack on the host platform. Returns the results by point and the
-/// trace events.
-pub fn run_points(
+/// How a run of points ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ran {
+    /// The signal that stopped it before every point ran, if one did.
+    pub interrupted: Option<i32>,
+}
+
+/// The test hook of the end-to-end tests: after this many points are recorded, the xtask
+/// sends itself SIGTERM (as `kill` would), so a test stops a run at a known point without
+/// depending on timing. Unset in normal use.
+const STOP_AFTER_ENV: &str = "XTASK_TEST_SIGTERM_AFTER";
+
+fn stop_after() -> Option<usize> {
+    std::env::var(STOP_AFTER_ENV).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `todo` (points of `l`) into `run`, recording each point's result as it finishes: in
+/// QEMU guests (`jobs` at a time, `points_per_boot` each), or on the host over the HMM stack
+/// on the host platform. Stops early on Ctrl-C or SIGTERM, recording nothing for the points
+/// it stopped.
+pub fn execute(
+    run: &Run,
     l: &experiment::Loaded,
+    todo: &[&Point],
     host: bool,
     jobs: usize,
     timeout: u64,
     profile: Profile,
-) -> Result<(experiment::Results, Vec<Value>)> {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let total = l.points.len();
+) -> Result<Ran> {
+    interrupt::install();
+    let total = todo.len();
     let done = AtomicUsize::new(0);
+    let recorded = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::<String>::new());
+    let stop_after = stop_after();
     let progress = |n: usize| {
         let width = 30;
-        let filled = n * width / total.max(1);
+        let filled = n.min(total) * width / total.max(1);
         eprint!("\r  [{}{}] {n}/{total} points", "#".repeat(filled), ".".repeat(width - filled));
         if n == total {
             eprintln!();
         }
     };
-    let results = Mutex::new(experiment::Results::new());
-    let traces = Mutex::new(Vec::new());
+    let keep = |r: Record| {
+        if let Err(e) = run.record(&r) {
+            failures.lock().unwrap().push(e);
+        }
+        let n = recorded.fetch_add(1, Ordering::SeqCst) + 1;
+        if stop_after == Some(n) {
+            // Delivered to this thread before raise returns: the handler has run.
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        }
+    };
+    let stopped = || interrupt::requested().is_some();
     if host {
-        let queue = Mutex::new(l.points.iter().collect::<std::collections::VecDeque<_>>());
+        let queue = Mutex::new(todo.iter().copied().collect::<std::collections::VecDeque<_>>());
         std::thread::scope(|s| {
             for _ in 0..jobs.max(1) {
                 s.spawn(|| {
                     while let Some(p) = {
                         let mut q = queue.lock().unwrap();
-                        q.pop_front()
+                        if stopped() { None } else { q.pop_front() }
                     } {
-                        let r = (|| -> std::result::Result<(Value, Vec<Value>), String> {
-                            let prepared = p.prepare(&p.devices).map_err(|e| e.to_string())?;
-                            // The host's monotonic clock: the mechanism's own time on the host.
-                            let t0 = Instant::now();
-                            let clock = Box::new(move || t0.elapsed().as_nanos() as u64);
-                            let mut m =
-                                hmm::place::engine::host::HostStack::new(prepared.pages, &prepared.capacities, clock)
-                                    .map_err(|e| e.to_string())?;
-                            let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
-                            drop(m);
-                            let j = hmm::place::spec::result_json(p, &o, "host");
-                            let tr = o
-                                .trace
-                                .iter()
-                                .filter_map(|e| serde_json::from_str(&hmm::place::spec::trace_json(p.id, e)).ok())
-                                .collect();
-                            Ok((serde_json::from_str(&j).map_err(|e| e.to_string())?, tr))
-                        })();
-                        let v = match r {
-                            Ok((v, tr)) => {
-                                traces.lock().unwrap().extend(tr);
-                                v
-                            }
-                            Err(e) => serde_json::json!({ "id": p.id, "error": e }),
+                        let (result, trace) = match run_on_host(p) {
+                            Ok(x) => x,
+                            Err(e) => (serde_json::json!({ "id": p.id, "error": e }), Vec::new()),
                         };
-                        results.lock().unwrap().insert(p.id, v);
+                        keep(Record { id: p.id, result, trace });
                         progress(done.fetch_add(1, Ordering::SeqCst) + 1);
                     }
                 });
             }
         });
-    } else {
+    } else if !todo.is_empty() {
         ensure_prerequisites(l.machine.firmware == "qboot")?;
         let kernel = build_kernel(profile)?;
-        let dir = experiment::out_dir(root(), l);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let per = l.exp.points_per_boot.as_ref().map_or(4, |p| (*p.get_ref()).max(1)) as usize;
         // A batch: the points one guest runs, and why it runs them again (a rerun after a
         // mechanism error in an earlier boot, which its results carry).
-        type Batch<'p> = (Vec<&'p hmm::place::spec::Point>, Option<String>);
-        let chunks: Vec<Batch<'_>> = l.points.chunks(per).map(|c| (c.iter().collect(), None)).collect();
+        type Batch<'p> = (Vec<&'p Point>, Option<String>);
+        let chunks: Vec<Batch<'_>> = todo.chunks(per).map(|c| (c.to_vec(), None)).collect();
         let jobs = jobs.max(1).min(chunks.len());
         let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
         let boots = AtomicUsize::new(0);
-        let failures = Mutex::new(Vec::new());
         progress(0);
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 s.spawn(|| {
                     let mut next = None;
                     while let Some((batch, note)) = next.take().or_else(|| queue.lock().unwrap().pop_front()) {
+                        if stopped() {
+                            break;
+                        }
                         let b = boots.fetch_add(1, Ordering::SeqCst);
-                        let image = dir.join(format!("image-{b}.txt"));
+                        // Named by its first point too: shards running at once into one folder
+                        // never share a point, so never an image.
+                        let image = run.dir.join(format!("image-{}-{b}.txt", batch[0].id));
                         let text: String = batch.iter().map(|p| p.encode()).collect();
                         if let Err(e) = std::fs::write(&image, text) {
                             failures.lock().unwrap().push(format!("writing {}: {e}", image.display()));
                             continue;
                         }
+                        let ids: Vec<u32> = batch.iter().map(|p| p.id).collect();
+                        // This boot's results and trace events as they arrive, and the points
+                        // recorded so far: each is recorded as soon as its line arrives, unless
+                        // an earlier point of the boot failed with a mechanism error
+                        // (`experiment::sort_boot`, applied to the results so far).
+                        let got = Mutex::new((experiment::Results::new(), BTreeMap::<u32, Vec<Value>>::new()));
+                        let kept = Mutex::new(std::collections::BTreeSet::<u32>::new());
                         let counted = AtomicUsize::new(0);
-                        let on_line = |line: &str| {
-                            if Tag::Point.payload(line).is_some() {
-                                counted.fetch_add(1, Ordering::SeqCst);
-                                progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                        let record_kept = |got: &experiment::Results, traces: &BTreeMap<u32, Vec<Value>>| {
+                            let mut kept = kept.lock().unwrap();
+                            for (id, r) in experiment::sort_boot(&ids, got, note.as_deref()).keep {
+                                if kept.insert(id) {
+                                    let trace = traces.get(&id).cloned().unwrap_or_default();
+                                    keep(Record { id, result: r, trace });
+                                }
                             }
                         };
-                        let run = run_qemu(&Launch {
+                        let on_line = |line: &str| {
+                            let Some((tag, payload)) = boot::protocol::parse_line(line) else { return };
+                            let Ok(j) = serde_json::from_str::<Value>(payload) else { return };
+                            let mut g = got.lock().unwrap();
+                            match tag {
+                                Tag::Trace => {
+                                    let id = j["point"].as_u64().unwrap_or(u64::MAX) as u32;
+                                    g.1.entry(id).or_default().push(j);
+                                }
+                                Tag::Point => {
+                                    let Some(id) = j["id"].as_u64() else { return };
+                                    g.0.insert(id as u32, j);
+                                    record_kept(&g.0, &g.1);
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                    progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                                }
+                                _ => {}
+                            }
+                        };
+                        let launched = run_qemu(&Launch {
                             kernel: &kernel,
                             machine: &l.machine,
                             cmdline: "job=experiment log=warn".into(),
@@ -129,34 +189,51 @@ pub fn run_points(
                             on_line: Some(&on_line),
                             boot: Boot::Pvh,
                         });
-                        let mut res = results.lock().unwrap();
-                        match run {
-                            Ok(run) => {
-                                let (got, tr) = points_and_traces(&run.lines);
-                                traces.lock().unwrap().extend(tr);
-                                let ids: Vec<u32> = batch.iter().map(|p| p.id).collect();
-                                let sorted = experiment::sort_boot(&ids, &got, note.as_deref());
-                                let kept = sorted.keep.len();
-                                res.extend(sorted.keep);
+                        // Stopped: what finished is recorded; the rest is not a failure.
+                        if stopped() {
+                            break;
+                        }
+                        match launched {
+                            Ok(qemu) => {
+                                // The lines again, whole (a line the callback could not take).
+                                let (all, traces) = points_and_traces(&qemu.lines);
+                                let mut by_point = BTreeMap::<u32, Vec<Value>>::new();
+                                for t in traces {
+                                    by_point.entry(t["point"].as_u64().unwrap_or(u64::MAX) as u32).or_default().push(t);
+                                }
+                                record_kept(&all, &by_point);
+                                let sorted = experiment::sort_boot(&ids, &all, note.as_deref());
                                 if let Some((rest, why)) = sorted.rerun {
                                     // The progress bar counted the discarded results once.
-                                    let discarded = counted.load(Ordering::SeqCst).saturating_sub(kept);
+                                    let discarded = counted.load(Ordering::SeqCst).saturating_sub(sorted.keep.len());
                                     done.fetch_sub(discarded.min(done.load(Ordering::SeqCst)), Ordering::SeqCst);
                                     eprintln!("\n  {why}; rerunning {} points", rest.len());
-                                    next = Some((batch.iter().copied().filter(|p| rest.contains(&p.id)).collect(), Some(why)));
+                                    next = Some((
+                                        batch.iter().copied().filter(|p| rest.contains(&p.id)).collect(),
+                                        Some(why),
+                                    ));
                                     continue;
                                 }
-                                let why = run.outcome.describe();
-                                for p in &batch {
-                                    res.entry(p.id).or_insert_with(|| {
-                                        let tail: Vec<&String> = run.lines.iter().rev().take(5).collect();
-                                        serde_json::json!({ "id": p.id, "error": format!("no result: the guest ended with {why}; last lines: {tail:?}") })
+                                let why = qemu.outcome.describe();
+                                let kept = kept.lock().unwrap().clone();
+                                for p in batch.iter().filter(|p| !kept.contains(&p.id)) {
+                                    let tail: Vec<&String> = qemu.lines.iter().rev().take(5).collect();
+                                    let error = format!("no result: the guest ended with {why}; last lines: {tail:?}");
+                                    keep(Record {
+                                        id: p.id,
+                                        result: serde_json::json!({ "id": p.id, "error": error }),
+                                        trace: Vec::new(),
                                     });
                                 }
                             }
                             Err(e) => {
                                 for p in &batch {
-                                    res.insert(p.id, serde_json::json!({ "id": p.id, "error": format!("QEMU: {e}") }));
+                                    let error = format!("QEMU: {e}");
+                                    keep(Record {
+                                        id: p.id,
+                                        result: serde_json::json!({ "id": p.id, "error": error }),
+                                        trace: Vec::new(),
+                                    });
                                 }
                             }
                         }
@@ -167,27 +244,59 @@ pub fn run_points(
         if done.load(Ordering::SeqCst) < total {
             eprintln!();
         }
-        if let Some(e) = failures.into_inner().unwrap().first() {
-            return Err(e.clone());
-        }
     }
-    Ok((results.into_inner().unwrap(), traces.into_inner().unwrap()))
+    if let Some(e) = failures.into_inner().unwrap().first() {
+        return Err(e.clone());
+    }
+    Ok(Ran { interrupted: interrupt::requested() })
 }
 
-/// Writes the CSV, plots and trace, prints the summary and comparison tables; returns whether
-/// every point produced a result.
+/// One point on the host over the HMM stack on the host platform: its result and trace.
+fn run_on_host(p: &Point) -> std::result::Result<(Value, Vec<Value>), String> {
+    let prepared = p.prepare(&p.devices).map_err(|e| e.to_string())?;
+    // The host's monotonic clock: the mechanism's own time on the host.
+    let t0 = Instant::now();
+    let clock = Box::new(move || t0.elapsed().as_nanos() as u64);
+    let mut m = hmm::place::engine::host::HostStack::new(prepared.pages, &prepared.capacities, clock)
+        .map_err(|e| e.to_string())?;
+    let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+    drop(m);
+    let j = hmm::place::spec::result_json(p, &o, "host");
+    let tr = o.trace.iter().filter_map(|e| serde_json::from_str(&hmm::place::spec::trace_json(p.id, e)).ok()).collect();
+    Ok((serde_json::from_str(&j).map_err(|e| e.to_string())?, tr))
+}
+
+/// Runs every point of `l` (read from `file`) in a new run folder, as `action` (e.g. a check
+/// of `cargo xtask test`), and returns the results by point and the trace events. A run
+/// stopped by Ctrl-C or SIGTERM is an error.
+pub fn run_points(
+    file: &Path,
+    l: &experiment::Loaded,
+    host: bool,
+    jobs: usize,
+    timeout: u64,
+    profile: Profile,
+) -> Result<(experiment::Results, Vec<Value>)> {
+    let base = experiment::out_dir(root(), l);
+    let run = Run::create(&base, root(), file, l, Invocation::now("test", root(), None), host)?;
+    let todo: Vec<&Point> = l.points.iter().collect();
+    let ran = execute(&run, l, &todo, host, jobs, timeout, profile)?;
+    if let Some(sig) = ran.interrupted {
+        return Err(format!("interrupted by {}; what finished is in {}", interrupt::name(sig), run.dir.display()));
+    }
+    Ok(run::results_of(&run::read_records(&run.dir)?))
+}
+
+/// Writes the CSV, plots, trace and summary into the run folder `dir`, prints the summary and
+/// comparison tables; returns whether every point produced a result.
 pub fn report_experiment(
     l: &experiment::Loaded,
+    dir: &Path,
     results: &experiment::Results,
     traces: &[Value],
     wall: Duration,
 ) -> Result<bool> {
-    let dir = experiment::out_dir(root(), l);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let write = |name: &str, data: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, data).map_err(|e| format!("writing {}: {e}", p.display()))
-    };
+    let write = |name: &str, data: &str| run::write_atomic(dir, name, data.as_bytes());
     write("results.csv", &experiment::csv(l, results))?;
     write("results.columns.csv", &experiment::csv_columns(results))?;
     let plots = experiment::plots(l, results);
@@ -195,7 +304,7 @@ pub fn report_experiment(
         write(name, svg)?;
     }
     if !traces.is_empty() {
-        write("trace.json", &experiment::trace(l, traces))?;
+        write("trace.json", &experiment::trace(l, results, traces))?;
     }
     let summary = experiment::summary(l, results);
     let comparisons = experiment::comparisons(l, results);
@@ -207,14 +316,15 @@ pub fn report_experiment(
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
     println!("{summary}");
     print!("{comparisons}");
-    let failed =
-        results.values().filter(|r| r.get("error").is_some()).count() + l.points.len().saturating_sub(results.len());
+    let failed = results.values().filter(|r| r.get("error").is_some()).count();
+    let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;
     let host = results.values().any(|r| r["mechanism"].as_str() == Some("host"));
     println!(
-        "\n{} points, {} failed; {} {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
+        "\n{} points, {} failed{}; {} {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
         l.points.len(),
         failed,
+        if missing > 0 { format!(", {missing} without a result") } else { String::new() },
         if host {
             "host time of the mechanism (the HMM stack over the host platform; the mech ms column)"
         } else {
@@ -223,6 +333,15 @@ pub fn report_experiment(
         sim_vs_wall,
         wall.as_secs_f64()
     );
+    let truncated = experiment::truncated_traces(results);
+    if !truncated.is_empty() {
+        let ids: Vec<String> = truncated.iter().map(|t| t.0.to_string()).collect();
+        println!(
+            "trace truncated at the per-point cap (run.trace) for point(s) {}: {} events dropped in all; raise run.trace to keep them",
+            ids.join(", "),
+            truncated.iter().map(|t| t.2).sum::<u64>()
+        );
+    }
     println!(
         "results in {} (results.csv, summary.txt, {} plot(s){})",
         dir.display(),
@@ -233,15 +352,54 @@ pub fn report_experiment(
     if let Some(r) = reproduction {
         print!("\n{r}");
     }
-    Ok(failed == 0)
+    Ok(failed + missing == 0)
 }
 
-/// `cargo xtask experiment`.
-pub fn cmd(args: &[String]) -> Result<u8> {
+/// What `cargo xtask experiment` was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run FILE in a new run folder.
+    Run(PathBuf),
+    /// Resume the run folder `run` (checking FILE, if given, is its experiment).
+    Resume {
+        /// The run folder as given.
+        run: String,
+        /// The experiment file, if given.
+        file: Option<PathBuf>,
+    },
+    /// Merge the records of the run folder.
+    Merge(String),
+}
+
+/// The command line of `cargo xtask experiment`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    /// What to do.
+    pub action: Action,
+    /// `--host`.
+    pub host: bool,
+    /// `--jobs`.
+    pub jobs: usize,
+    /// `--timeout`, seconds per guest.
+    pub timeout: u64,
+    /// `--shard I/N`.
+    pub shard: Option<Shard>,
+}
+
+/// Parses the arguments after `experiment`.
+pub fn parse_args(args: &[String]) -> Result<Args> {
     let mut host = false;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut timeout = 600;
     let mut file = None;
+    let mut resume = None;
+    let mut shard = None;
+    if args.first().map(String::as_str) == Some("merge") {
+        return match &args[1..] {
+            [run] => Ok(Args { action: Action::Merge(run.clone()), host, jobs, timeout, shard }),
+            _ => Err(format!("merge takes one run folder: cargo xtask experiment merge RUN\n{}", usage())),
+        };
+    }
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -253,29 +411,170 @@ pub fn cmd(args: &[String]) -> Result<u8> {
             "--timeout" => {
                 timeout = it.next().and_then(|v| v.parse().ok()).filter(|&t| t > 0).ok_or("--timeout takes seconds")?
             }
+            "--shard" => shard = Some(Shard::parse(it.next().ok_or("--shard takes I/N")?)?),
+            "--resume" => resume = Some(it.next().ok_or("--resume takes a run folder (e.g. default/latest)")?.clone()),
             other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
             other if file.is_none() => file = Some(PathBuf::from(other)),
             other => return Err(format!("one experiment file at a time ('{other}' is a second)\n{}", usage())),
         }
     }
-    let file = file.ok_or_else(|| {
-        format!("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}", usage())
-    })?;
-    let l = experiment::load(&file, root())?;
-    if host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
+    let action = match (resume, file) {
+        (Some(run), file) => Action::Resume { run, file },
+        (None, Some(file)) => Action::Run(file),
+        (None, None) => {
+            return Err(format!(
+                "which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}",
+                usage()
+            ));
+        }
+    };
+    Ok(Args { action, host, jobs, timeout, shard })
+}
+
+/// `cargo xtask experiment`.
+pub fn cmd(args: &[String]) -> Result<u8> {
+    let a = parse_args(args)?;
+    interrupt::install();
+    match &a.action {
+        Action::Run(file) => run_new(&a, file),
+        Action::Resume { run, file } => resume(&a, run, file.as_deref()),
+        Action::Merge(run) => merge(run),
+    }
+}
+
+/// The points of `l` in `shard` that `records` has no finished record of.
+fn to_run<'l>(l: &'l experiment::Loaded, shard: Option<Shard>, records: &BTreeMap<u32, Record>) -> Vec<&'l Point> {
+    l.points
+        .iter()
+        .filter(|p| shard.is_none_or(|s| s.contains(p.id)))
+        .filter(|p| !records.get(&p.id).is_some_and(Record::finished))
+        .collect()
+}
+
+fn run_new(a: &Args, file: &Path) -> Result<u8> {
+    let l = experiment::load(file, root())?;
+    if a.host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
         return Err(format!(
             "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
             file.display()
         ));
     }
+    let base = experiment::out_dir(root(), &l);
+    let run = Run::create(&base, root(), file, &l, Invocation::now("run", root(), a.shard), a.host)?;
+    let todo = to_run(&l, a.shard, &BTreeMap::new());
     eprintln!(
-        "xtask: experiment {}: {} points on {}{}",
+        "xtask: experiment {}: {} points{} on {}{}; run folder {}",
         l.exp.name.get_ref(),
-        l.points.len(),
+        todo.len(),
+        a.shard.map_or(String::new(), |s| format!(" (shard {s} of {})", l.points.len())),
         l.machine.description,
-        if host { " (host: the HMM stack over the host platform)" } else { "" }
+        if a.host { " (host: the HMM stack over the host platform)" } else { "" },
+        run.dir.display()
     );
+    finish(&run, &l, &todo, a, a.host)
+}
+
+fn resume(a: &Args, arg: &str, file: Option<&Path>) -> Result<u8> {
+    let dir = run::resolve(root(), arg)?;
+    let prov = run::provenance(&dir)?;
+    if a.host && !prov.on_host {
+        return Err(format!(
+            "{} ran its points in QEMU guests; a resume runs them the same way: drop --host",
+            dir.display()
+        ));
+    }
+    let copy = dir.join("experiment.toml");
+    if let Some(f) = file {
+        let given = std::fs::read(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+        if std::fs::read(&copy).ok().as_deref() != Some(given.as_slice()) {
+            return Err(format!(
+                "{} is not the experiment {} ran (its copy is {}): give the run folder alone to resume it, or start a new run of {}",
+                f.display(),
+                dir.display(),
+                copy.display(),
+                f.display()
+            ));
+        }
+    }
+    let l = experiment::load(&copy, root())?;
+    run::check_machine(&dir, root(), &l)?;
+    run::check_points(&dir, &l, &prov)?;
+    let records = run::read_records(&dir)?;
+    let run = Run::reopen(&dir, Invocation::now("resume", root(), a.shard))?;
+    let todo = to_run(&l, a.shard, &records);
+    let finished = records.values().filter(|r| r.finished()).count();
+    eprintln!(
+        "xtask: resuming {}: {finished} of {} points finished; running {}{}",
+        dir.display(),
+        l.points.len(),
+        todo.len(),
+        a.shard.map_or(String::new(), |s| format!(" of shard {s}"))
+    );
+    finish(&run, &l, &todo, a, prov.on_host)
+}
+
+/// Runs `todo` into `run`, then writes the run's results (all of its records) unless this is
+/// a shard; the exit status.
+fn finish(run: &Run, l: &experiment::Loaded, todo: &[&Point], a: &Args, host: bool) -> Result<u8> {
     let t0 = Instant::now();
-    let (results, traces) = run_points(&l, host, jobs, timeout, Profile::Release)?;
-    Ok(if report_experiment(&l, &results, &traces, t0.elapsed())? { 0 } else { 1 })
+    let ran = execute(run, l, todo, host, a.jobs, a.timeout, Profile::Release)?;
+    let records = run::read_records(&run.dir)?;
+    let finished = records.values().filter(|r| r.finished()).count();
+    let rel = run.dir.strip_prefix(root().join("target/experiments")).unwrap_or(&run.dir).display().to_string();
+    if let Some(s) = run.shard {
+        let mine: Vec<u32> = l.points.iter().map(|p| p.id).filter(|id| s.contains(*id)).collect();
+        let done = mine.iter().filter(|id| records.get(id).is_some_and(Record::finished)).count();
+        println!(
+            "shard {s}: {done} of its {} points finished, recorded in {}; once every shard is done: cargo xtask experiment merge {rel}",
+            mine.len(),
+            run.dir.display()
+        );
+        if let Some(sig) = ran.interrupted {
+            println!(
+                "interrupted by {}: resume the shard with: cargo xtask experiment --resume {rel} --shard {s}",
+                interrupt::name(sig)
+            );
+            return Ok(interrupt::exit_status(sig));
+        }
+        return Ok(if done == mine.len() { 0 } else { 1 });
+    }
+    let (results, traces) = run::results_of(&records);
+    let ok = report_experiment(l, &run.dir, &results, &traces, t0.elapsed())?;
+    if let Some(sig) = ran.interrupted {
+        println!(
+            "\ninterrupted by {}: {finished} of {} points finished, kept in {} (results.csv has them); resume with: cargo xtask experiment --resume {rel}",
+            interrupt::name(sig),
+            l.points.len(),
+            run.dir.display()
+        );
+        return Ok(interrupt::exit_status(sig));
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// `cargo xtask experiment merge RUN`: the results of every record in the run folder.
+fn merge(arg: &str) -> Result<u8> {
+    let t0 = Instant::now();
+    let dir = run::resolve(root(), arg)?;
+    let prov = run::provenance(&dir)?;
+    let l = experiment::load(&dir.join("experiment.toml"), root())?;
+    run::check_points(&dir, &l, &prov)?;
+    run::add_invocation(&dir, &Invocation::now("merge", root(), None))?;
+    let records = run::read_records(&dir)?;
+    let missing: Vec<u32> =
+        l.points.iter().map(|p| p.id).filter(|id| !records.get(id).is_some_and(Record::finished)).collect();
+    let (results, traces) = run::results_of(&records);
+    let ok = report_experiment(&l, &dir, &results, &traces, t0.elapsed())?;
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing.iter().take(20).map(u32::to_string).collect();
+        println!(
+            "\n{} of {} points not finished ({}{}); run them with: cargo xtask experiment --resume {} [--shard I/N]",
+            missing.len(),
+            l.points.len(),
+            shown.join(", "),
+            if missing.len() > 20 { ", ..." } else { "" },
+            dir.display()
+        );
+    }
+    Ok(if ok { 0 } else { 1 })
 }

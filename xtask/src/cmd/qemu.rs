@@ -32,16 +32,24 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     } else {
         None
     };
-    let image = match &exp {
+    // The default experiment's run folder (`target/experiments/default/RUN-ID`), with the guest's
+    // image of its points.
+    let exp_run = match &exp {
         Some(l) => {
-            let dir = experiment::out_dir(root(), l);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let path = dir.join("image.txt");
+            let base = experiment::out_dir(root(), l);
+            let inv = crate::run::Invocation::now("default-job", root(), None);
+            Some(crate::run::Run::create(&base, root(), &default_exp, l, inv, false)?)
+        }
+        None => None,
+    };
+    let image = match (&exp, &exp_run) {
+        (Some(l), Some(r)) => {
+            let path = r.dir.join("image.txt");
             let text: String = l.points.iter().map(|p| p.encode()).collect();
             std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
             Some(path)
         }
-        None => None,
+        _ => None,
     };
     let iso = match o.grub {
         Some(_) => {
@@ -81,9 +89,13 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         }
     }
     let mut code = run.outcome.code();
-    if let Some(l) = &exp {
+    if let (Some(l), Some(r)) = (&exp, &exp_run) {
         let (results, traces) = points_and_traces(&run.lines);
-        if !report_experiment(l, &results, &traces, t0.elapsed())? && code == 0 {
+        for rec in crate::run::records_of(&results, &traces) {
+            r.record(&rec)?;
+        }
+        let (results, traces) = crate::run::results_of(&crate::run::read_records(&r.dir)?);
+        if !report_experiment(l, &r.dir, &results, &traces, t0.elapsed())? && code == 0 {
             code = 1;
         }
     }

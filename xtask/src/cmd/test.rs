@@ -349,8 +349,9 @@ const AGREE_CHECK: &str = "experiment::host_and_guest_agree_on_default";
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
 fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
     let name = NUMA_CHECK;
-    let l = experiment::load(&root().join("experiments/numa.toml"), root())?;
-    let (results, _) = run_points(&l, false, 2, 300, Profile::Release)?;
+    let file = root().join("experiments/numa.toml");
+    let l = experiment::load(&file, root())?;
+    let (results, _) = run_points(&file, &l, false, 2, 300, Profile::Release)?;
     let mut problems = Vec::new();
     for p in &l.points {
         let r = results.get(&p.id).cloned().unwrap_or(Value::Null);
@@ -383,9 +384,10 @@ fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
 /// by point (only the mechanism's measured time differs); a failure names the first difference.
 fn host_and_guest_agree_check(tally: &mut Tally) -> Result<()> {
     let name = AGREE_CHECK;
-    let l = experiment::load(&root().join("experiments/default.toml"), root())?;
-    let (host, _) = run_points(&l, true, 2, 300, Profile::Release)?;
-    let (guest, _) = run_points(&l, false, 2, 300, Profile::Release)?;
+    let file = root().join("experiments/default.toml");
+    let l = experiment::load(&file, root())?;
+    let (host, _) = run_points(&file, &l, true, 2, 300, Profile::Release)?;
+    let (guest, _) = run_points(&file, &l, false, 2, 300, Profile::Release)?;
     let failed: Vec<String> = host
         .iter()
         .chain(&guest)

@@ -162,7 +162,7 @@ fn reports_from_results() {
     let plots = plots(&l, &r);
     assert_eq!(plots.len(), 2);
     assert!(plots[0].0 == "plot-stream.svg" && plots[0].1.contains("<polyline"));
-    let t: Json = serde_json::from_str(&trace(&l, &tr)).unwrap();
+    let t: Json = serde_json::from_str(&trace(&l, &r, &tr)).unwrap();
     assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "X" && e["cat"] == "faults"));
     // A failed point is reported, not dropped.
     r.insert(3, serde_json::json!({"id": 3, "error": "boom"}));
