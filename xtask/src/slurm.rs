@@ -336,6 +336,15 @@ pub fn write(s: &Sweep) -> Result<Scripts, SlurmError> {
             return Err(SlurmError::Invalid { what: format!("the {what} {} is not an absolute path", p.display()) });
         }
     }
+    if s.run_dir.to_string_lossy().contains('%') {
+        // sbatch would read it as a pattern (%a, %j, ...) in the logs' names.
+        return Err(SlurmError::Invalid {
+            what: format!(
+                "the run folder {} has a '%' in its path, which sbatch's --output reads as a pattern",
+                s.run_dir.display()
+            ),
+        });
+    }
     let scripts = Scripts::at(&s.run_dir);
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -562,6 +571,177 @@ pub fn wait(client: &Client, sub: &Submitted, timeout: Duration, poll: Duration)
         what.push_str(&format!(": {}", shards.join("; ")));
     }
     Err(SlurmError::Failed { what })
+}
+
+/// What `cargo xtask experiment FILE --slurm` was asked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--partition P`.
+    pub partition: Option<String>,
+    /// `--tasks N`: the shards (at most one per point).
+    pub tasks: u32,
+    /// `--wait`: block until the merge job has ended, at most this long.
+    pub wait: Option<Duration>,
+}
+
+/// The options only `--slurm` takes.
+pub const SLURM_OPTIONS: [&str; 4] = ["--partition", "--tasks", "--wait", "--wait-timeout"];
+
+/// Takes `--slurm` and its options ([`SLURM_OPTIONS`]) out of `experiment`'s arguments: the
+/// options (`None` without `--slurm`), `--jobs` if given (kept in the rest too), and the rest.
+pub fn split_options(args: &[String]) -> Result<(Option<Options>, Option<usize>, Vec<String>), String> {
+    let mut o = Options { partition: None, tasks: 4, wait: None };
+    let (mut slurm, mut wait, mut bound, mut seen) = (false, false, None, None);
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if seen.is_none() && SLURM_OPTIONS.contains(&a.as_str()) {
+            seen = Some(a.clone());
+        }
+        let mut value = |what: &str| it.next().cloned().ok_or_else(|| format!("{a} takes {what}"));
+        match a.as_str() {
+            "--slurm" => slurm = true,
+            "--partition" => o.partition = Some(value("a partition's name (sinfo lists them)")?),
+            "--tasks" => {
+                o.tasks = value("a positive count")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--tasks takes a positive count")?
+            }
+            "--wait-timeout" => {
+                bound = Some(
+                    value("seconds")?.parse::<u64>().ok().filter(|&t| t > 0).ok_or("--wait-timeout takes seconds")?,
+                )
+            }
+            "--wait" => wait = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    if !slurm {
+        return match seen {
+            Some(name) => {
+                Err(format!("{name} is an option of --slurm (cargo xtask experiment FILE --slurm {name} ...)"))
+            }
+            None => Ok((None, None, rest)),
+        };
+    }
+    if bound.is_some() && !wait {
+        return Err("--wait-timeout bounds --wait: give --wait too".into());
+    }
+    o.wait = wait.then(|| Duration::from_secs(bound.unwrap_or(86_400)));
+    let jobs = rest.iter().position(|a| a == "--jobs").and_then(|i| rest.get(i + 1)?.parse().ok());
+    Ok((Some(o), jobs, rest))
+}
+
+/// `cargo xtask experiment`'s hook: with `--slurm`, hands the sweep to Slurm and returns the
+/// exit code; without, `None` (the experiment runs here).
+pub fn experiment_args(args: &[String]) -> Result<Option<u8>, String> {
+    use crate::cmd::experiment::{Action, parse_args};
+    let (Some(o), jobs, rest) = split_options(args)? else { return Ok(None) };
+    let a = parse_args(&rest)?;
+    let file = match &a.action {
+        Action::Run(file) if a.shard.is_none() => file,
+        Action::Run(_) => return Err("--slurm makes the shards itself (--tasks N): drop --shard".into()),
+        _ => {
+            return Err(
+                "--slurm starts a new run of FILE (cargo xtask experiment FILE --slurm); to finish a run folder on the cluster, submit its RUN/slurm/shards.sh again".into(),
+            );
+        }
+    };
+    let l = crate::experiment::load(file, crate::root())?;
+    if a.host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
+        return Err(format!(
+            "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
+            file.display()
+        ));
+    }
+    submit_experiment(&l, file, a.host, jobs, a.timeout, &o).map(Some)
+}
+
+/// `cargo xtask experiment FILE --slurm`: makes the run folder of the experiment `l` (loaded
+/// from `file`) and hands its points to Slurm, `o.tasks` shards each running `--jobs jobs`
+/// points at a time (default 1) on as many CPUs, with the per-boot `timeout`. For a sweep in QEMU
+/// the kernel is built first, so that each shard's build is only cargo's up-to-date check.
+pub fn submit_experiment(
+    l: &crate::experiment::Loaded,
+    file: &Path,
+    host: bool,
+    jobs: Option<usize>,
+    timeout: u64,
+    o: &Options,
+) -> Result<u8, String> {
+    use crate::run::{Invocation, Run};
+    if !host {
+        crate::setup::ensure_prerequisites(l.machine.firmware == "qboot")?;
+        crate::setup::build_kernel(crate::setup::Profile::Release)?;
+    }
+    let root = crate::root();
+    let base = crate::experiment::out_dir(root, l);
+    let dir = Run::create(&base, root, file, l, Invocation::now("slurm", root, None), host)?.dir;
+    let cpus = u32::try_from(jobs.unwrap_or(1)).unwrap_or(u32::MAX);
+    let d = dir.display().to_string();
+    let shard_args = [
+        "experiment",
+        "--resume",
+        &d,
+        "--shard",
+        SHARD,
+        "--jobs",
+        &cpus.to_string(),
+        "--timeout",
+        &timeout.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let merge_args = ["experiment", "merge", &d].map(String::from).to_vec();
+    hand_over(l.exp.name.get_ref(), l.points.len(), &dir, shard_args, merge_args, cpus, o)
+}
+
+/// Writes and submits the sweep of `points` points named `name` into the run folder `run_dir`
+/// (`shard_args` run one shard into it, with [`SHARD`]; `merge_args` merge them), `cpus` per
+/// task. Prints the jobs and where the results will be; with `--wait`, waits for them and
+/// prints the merge job's output. Returns the exit code.
+pub fn hand_over(
+    name: &str,
+    points: usize,
+    run_dir: &Path,
+    shard_args: Vec<String>,
+    merge_args: Vec<String>,
+    cpus: u32,
+    o: &Options,
+) -> Result<u8, String> {
+    let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))?;
+    let tasks = o.tasks.min(u32::try_from(points).unwrap_or(u32::MAX)).max(1);
+    if tasks < o.tasks {
+        eprintln!("xtask: {tasks} tasks, not {}: the experiment has {points} points", o.tasks);
+    }
+    let s = Sweep {
+        name: name.into(),
+        run_dir: run_dir.to_path_buf(),
+        workdir: crate::root().to_path_buf(),
+        xtask,
+        shard_args,
+        merge_args,
+        tasks,
+        cpus_per_task: cpus,
+        partition: o.partition.clone(),
+    };
+    let client = Client::default();
+    let scripts = write(&s)?;
+    let sub = submit(&client, &s, &scripts)?;
+    println!("{sub}");
+    println!("results in {} (once the merge job {} has run)", run_dir.display(), sub.merge);
+    let Some(bound) = o.wait else { return Ok(0) };
+    eprintln!("xtask: waiting for jobs {} and {} (at most {} s)", sub.array, sub.merge, bound.as_secs());
+    let r = wait(&client, &sub, bound, Duration::from_secs(1));
+    // The merge job's output: the tables and the summary a local run prints.
+    if let Ok(log) = std::fs::read_to_string(scripts.merge_log()) {
+        print!("{log}");
+    }
+    r?;
+    println!("results in {}", run_dir.display());
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -433,6 +433,10 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
 
 /// `cargo xtask experiment`.
 pub fn cmd(args: &[String]) -> Result<u8> {
+    // `--slurm`: the sweep handed to Slurm instead (`crate::slurm`).
+    if let Some(code) = crate::slurm::experiment_args(args)? {
+        return Ok(code);
+    }
     let a = parse_args(args)?;
     interrupt::install();
     match &a.action {

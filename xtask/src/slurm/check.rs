@@ -227,7 +227,7 @@ fn sweep(cluster: &Cluster) -> Verdict {
             "--tasks",
             "2",
             "--wait",
-            "--timeout",
+            "--wait-timeout",
             &timeout,
         ],
         Some(cluster.conf()),
