@@ -587,9 +587,19 @@ pub struct Options {
 /// The options only `--slurm` takes.
 pub const SLURM_OPTIONS: [&str; 4] = ["--partition", "--tasks", "--wait", "--wait-timeout"];
 
-/// Takes `--slurm` and its options ([`SLURM_OPTIONS`]) out of `experiment`'s arguments: the
-/// options (`None` without `--slurm`), `--jobs` if given (kept in the rest too), and the rest.
-pub fn split_options(args: &[String]) -> Result<(Option<Options>, Option<usize>, Vec<String>), String> {
+/// `experiment`'s arguments with `--slurm`'s taken out.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// `--slurm`'s options; `None` without `--slurm`.
+    pub options: Option<Options>,
+    /// `--jobs N`, if given (kept in `rest` too).
+    pub jobs: Option<usize>,
+    /// The other arguments.
+    pub rest: Vec<String>,
+}
+
+/// Takes `--slurm` and its options ([`SLURM_OPTIONS`]) out of `experiment`'s arguments.
+pub fn split_options(args: &[String]) -> Result<Split, String> {
     let mut o = Options { partition: None, tasks: 4, wait: None };
     let (mut slurm, mut wait, mut bound, mut seen) = (false, false, None, None);
     let mut rest = Vec::new();
@@ -623,7 +633,7 @@ pub fn split_options(args: &[String]) -> Result<(Option<Options>, Option<usize>,
             Some(name) => {
                 Err(format!("{name} is an option of --slurm (cargo xtask experiment FILE --slurm {name} ...)"))
             }
-            None => Ok((None, None, rest)),
+            None => Ok(Split { options: None, jobs: None, rest }),
         };
     }
     if bound.is_some() && !wait {
@@ -631,14 +641,14 @@ pub fn split_options(args: &[String]) -> Result<(Option<Options>, Option<usize>,
     }
     o.wait = wait.then(|| Duration::from_secs(bound.unwrap_or(86_400)));
     let jobs = rest.iter().position(|a| a == "--jobs").and_then(|i| rest.get(i + 1)?.parse().ok());
-    Ok((Some(o), jobs, rest))
+    Ok(Split { options: Some(o), jobs, rest })
 }
 
 /// `cargo xtask experiment`'s hook: with `--slurm`, hands the sweep to Slurm and returns the
 /// exit code; without, `None` (the experiment runs here).
 pub fn experiment_args(args: &[String]) -> Result<Option<u8>, String> {
     use crate::cmd::experiment::{Action, parse_args};
-    let (Some(o), jobs, rest) = split_options(args)? else { return Ok(None) };
+    let Split { options: Some(o), jobs, rest } = split_options(args)? else { return Ok(None) };
     let a = parse_args(&rest)?;
     let file = match &a.action {
         Action::Run(file) if a.shard.is_none() => file,
