@@ -584,6 +584,17 @@ pub struct Options {
     pub wait: Option<Duration>,
 }
 
+/// The binary this process runs, to copy or to run again: `/proc/self/exe`, which still opens
+/// after cargo has replaced `target/debug/xtask` by a rebuild (`current_exe` then names a path
+/// that is gone: `.../xtask (deleted)`); elsewhere `current_exe`.
+pub fn running_xtask() -> Result<PathBuf, String> {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc.to_path_buf());
+    }
+    std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))
+}
+
 /// The options only `--slurm` takes.
 pub const SLURM_OPTIONS: [&str; 4] = ["--partition", "--tasks", "--wait", "--wait-timeout"];
 
@@ -721,7 +732,7 @@ pub fn hand_over(
     cpus: u32,
     o: &Options,
 ) -> Result<u8, String> {
-    let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))?;
+    let xtask = running_xtask()?;
     let tasks = o.tasks.min(u32::try_from(points).unwrap_or(u32::MAX)).max(1);
     if tasks < o.tasks {
         eprintln!("xtask: {tasks} tasks, not {}: the experiment has {points} points", o.tasks);

@@ -118,7 +118,7 @@ pub fn compare(local: &Path, slurm: &Path) -> Result<Option<String>, String> {
 /// Runs the xtask (this binary) with `args` from the checkout's root, `conf` as `SLURM_CONF`;
 /// returns its stdout, or why it failed with the end of its output.
 fn xtask(args: &[&str], conf: Option<&Path>) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))?;
+    let exe = super::running_xtask()?;
     let mut cmd = Command::new(&exe);
     cmd.current_dir(root()).args(args);
     if let Some(c) = conf {
