@@ -1,5 +1,7 @@
 //! Decoding the guest's output: the machine-readable lines (`boot::protocol`'s tagged lines)
-//! among its log lines, their JSON payloads parsed.
+//! among its log lines, their JSON payloads parsed; and the guest's lines as a person reads
+//! them ([`brief`], [`tail`]): a tagged line (kilobytes of JSON) is shown as a short decoded
+//! message, never raw, on the terminal or in an error message (which lands in the CSV).
 
 use crate::experiment::Results;
 use boot::protocol::{Tag, parse_line};
@@ -42,6 +44,63 @@ pub fn bench_results(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// The longest log line [`brief`] shows whole, in characters.
+pub const BRIEF: usize = 200;
+
+/// `s` cut to `n` characters, with `…` where it was cut.
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+/// One guest line for a person: a log line as it is (cut to [`BRIEF`] characters), a tagged
+/// line (anywhere in the line: a log line of another CPU may come first) as what it carries,
+/// e.g. `@@POINT 3 (tree/bfs/1.25): error: DMA timed out` or `@@BOOT: the boot report (2104
+/// bytes of JSON)`.
+pub fn brief(line: &str) -> String {
+    let Some((at, tag)) =
+        Tag::ALL.into_iter().filter_map(|t| line.find(t.prefix()).map(|i| (i, t))).min_by_key(|x| x.0)
+    else {
+        return cut(line, BRIEF);
+    };
+    let before = cut(&line[..at], BRIEF);
+    let payload = &line[at + tag.prefix().len()..];
+    let name = tag.prefix().trim_end();
+    let bytes = payload.len();
+    let Ok(j) = serde_json::from_str::<Value>(payload) else {
+        return format!("{before}{name}: {bytes} bytes, not valid JSON (cut off?)");
+    };
+    let what = match tag {
+        Tag::Point => {
+            let id = j["id"].as_u64().map_or("?".to_string(), |i| i.to_string());
+            let label = j["label"].as_str().map(|l| format!(" ({l})")).unwrap_or_default();
+            match j["error"].as_str() {
+                Some(e) => format!("{name} {id}{label}: error: {}", cut(e, 160)),
+                None => format!("{name} {id}{label}: a result ({bytes} bytes of JSON)"),
+            }
+        }
+        Tag::Boot => format!("{name}: the boot report ({bytes} bytes of JSON)"),
+        Tag::Result => {
+            format!("{name}: the {} job's result ({bytes} bytes of JSON)", j["job"].as_str().unwrap_or("default"))
+        }
+        Tag::Bench => match j["op"].as_str() {
+            Some(op) => format!("{name}: {op} ({bytes} bytes of JSON)"),
+            None => format!("{name}: {}", cut(payload, 60)),
+        },
+        Tag::Trace => {
+            format!("{name}: a trace event of point {}", j["point"].as_u64().map_or("?".to_string(), |i| i.to_string()))
+        }
+        Tag::Experiment => format!("{name}: {}", cut(payload, 120)),
+    };
+    format!("{before}{what}")
+}
+
+/// The last `n` guest lines, each [`brief`], joined by ` | ` (for an error message).
+pub fn tail(lines: &[String], n: usize) -> String {
+    let start = lines.len().saturating_sub(n);
+    let v: Vec<String> = lines[start..].iter().map(|l| brief(l)).collect();
+    if v.is_empty() { "(none)".to_string() } else { v.join(" | ") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,7 +109,7 @@ mod tests {
     use hmm::place::spec::{self, Point};
 
     /// A point of the default experiment, run on the HMM stack over the host platform with tracing.
-    fn point() -> (Point, hmm::place::engine::Outcome) {
+    pub(super) fn point() -> (Point, hmm::place::engine::Outcome) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let l = crate::experiment::load(&root.join("experiments/default.toml"), root).unwrap();
         let mut p = l.points[0].clone();
@@ -123,3 +182,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(BENCH_DONE).unwrap()["done"], true);
     }
 }
+
+#[cfg(test)]
+mod brief_tests;

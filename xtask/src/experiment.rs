@@ -14,11 +14,14 @@
 //! device_memory = ["16M"]             # per device, at most what the machine has (default: all)
 //! mechanism = "real"                  # or "host": the HMM stack over the host platform, in the guest
 //! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
+//! repeat = 1                          # every point this many times, seeds shifted (1 to 100)
+//! points_per_boot = 4                 # points per guest boot (1 to 1000; default 4)
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
 //! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT
 //! [[workload]]
 //! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
+//! name = "bfs-6"                      # its label (default: its kind); labels are unique
 //! degree = 6
 //! [[policy]]
 //! name = "TBNe+TBNp"                  # label
@@ -27,7 +30,7 @@
 //! eviction = { order = "tbne" }
 //! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
 //! [sweep]
-//! oversubscription = [1.0, 1.1]
+//! oversubscription = [1.0, 1.1]       # each ratio once
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
@@ -210,7 +213,18 @@ fn span_of(t: &Table) -> std::ops::Range<usize> {
 
 /// Reads and checks an experiment file, expanding it into points.
 pub fn load(path: &Path, root: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let list = crate::machine::available(&root.join("experiments"));
+            format!(
+                "{}: no such experiment file; the experiment files are {} (or give the path of your own)",
+                path.display(),
+                if list.is_empty() { "none here".to_string() } else { list.join(", ") }
+            )
+        } else {
+            format!("{}: cannot read: {e}", path.display())
+        }
+    })?;
     load_str(path, &text, root)
 }
 
@@ -236,12 +250,7 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
 
 /// The file as TOML, and its name checked.
 fn parse(src: &Src<'_>) -> Result<Experiment, String> {
-    let exp: Experiment = toml::from_str(src.text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let before = &src.text[..span.start.min(src.text.len())];
-        let (line, col) = (before.matches('\n').count() + 1, span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1);
-        format!("{}:{line}:{col}: {}", src.path.display(), e.message().trim_end())
-    })?;
+    let exp: Experiment = toml::from_str(src.text).map_err(|e| crate::machine::toml_error(src.path, src.text, &e))?;
     let name = exp.name.get_ref();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(src.at(exp.name.span(), "name", "use letters, digits, '-' and '_'"));
@@ -398,11 +407,21 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Po
         if pols.iter().any(|q| q.label == *p.name.get_ref()) {
             return Err(src.at(p.name.span(), &format!("{sec}.name"), "two policies have this name"));
         }
+        if p.name.get_ref().is_empty() || p.name.get_ref().contains('@') {
+            return Err(src.at(
+                p.name.span(),
+                &format!("{sec}.name"),
+                "give a label without '@' (a [[table]] column is `label@ratio`)",
+            ));
+        }
         if let Some(o) = &p.oversubscription {
             let sweep = exp.sweep.oversubscription.as_ref().map_or(&[][..], |s| s.get_ref().as_slice());
             let f = format!("{sec}.oversubscription");
             if o.get_ref().is_empty() {
                 return Err(src.at(o.span(), &f, "give at least one of the sweep's ratios"));
+            }
+            if let Some(x) = repeated(o.get_ref()) {
+                return Err(src.at(o.span(), &f, format!("{x} is given twice; give each ratio once")));
             }
             if let Some(x) = o.get_ref().iter().find(|x| !sweep.iter().any(|y| (*x - y).abs() < 1e-9)) {
                 return Err(src.at(
@@ -431,7 +450,13 @@ struct Workload {
     params: Params,
 }
 
-/// `[[workload]]`: at least one, each kind known and its parameters checked.
+/// The first value of `v` that an earlier one equals (ratios: within 1e-9).
+fn repeated(v: &[f64]) -> Option<f64> {
+    v.iter().enumerate().find(|(i, x)| v[..*i].iter().any(|y| (*x - y).abs() < 1e-9)).map(|(_, x)| *x)
+}
+
+/// `[[workload]]`: at least one, each kind known and its parameters checked, each label (its
+/// `name`, else its kind) unique: results, plots and tables tell workloads apart by label.
 fn load_workloads(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Workload>, String> {
     if exp.workloads.is_empty() {
         return Err(format!("{}: no [[workload]]: name at least one", src.path.display()));
@@ -447,7 +472,32 @@ fn load_workloads(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Workload>, Stri
             None => src.at(kind.span(), &format!("{sec}.kind"), &e),
             Some(_) => locate(src, t, &sec, &e, kind.span()),
         })?;
-        let label = t.get("name").and_then(|n| n.get_ref().as_str()).unwrap_or(kind_s).to_string();
+        let label = match t.get("name") {
+            None => kind_s.to_string(),
+            Some(n) => match n.get_ref().as_str() {
+                Some(s) if !s.is_empty() && !s.contains(['+', '/']) => s.to_string(),
+                _ => {
+                    return Err(src.at(
+                        n.span(),
+                        &format!("{sec}.name"),
+                        "a label: a non-empty string without '+' or '/' (they join and separate labels in results)",
+                    ));
+                }
+            },
+        };
+        if let Some(j) = wls.iter().position(|w: &Workload| w.label == label) {
+            let (span, how) = match t.get("name") {
+                Some(n) => (n.span(), "this name"),
+                None => (kind.span(), "this label (its kind, without a `name`)"),
+            };
+            return Err(src.at(
+                span,
+                &format!("{sec}.name"),
+                format!(
+                    "workload[{j}] has {how} already: results, plots and tables tell workloads apart by label; give each a distinct `name = \"...\"`"
+                ),
+            ));
+        }
         wls.push(Workload { label, kind: kind_s.to_string(), params: p });
     }
     Ok(wls)
@@ -464,14 +514,34 @@ fn oversubscriptions(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Option<f64>>
             return Err(src.at(o.span(), "sweep.oversubscription", format!("{x}: expected 0.01 to 4.0")));
         }
     }
+    if let Some(x) = repeated(o.get_ref()) {
+        return Err(src.at(
+            o.span(),
+            "sweep.oversubscription",
+            format!("{x} is given twice; give each ratio once (`repeat = N` runs every point N times)"),
+        ));
+    }
     Ok(o.get_ref().iter().map(|&x| Some(x)).collect())
 }
 
-/// `repeat`: 1 to 100 (default 1).
+/// `repeat`: 1 to 100 (default 1); and `points_per_boot`: 1 to 1000.
 fn repetitions(src: &Src<'_>, exp: &Experiment) -> Result<u32, String> {
     let repeat = exp.repeat.as_ref().map_or(1, |r| *r.get_ref());
     if !(1..=100).contains(&repeat) {
-        return Err(src.at(exp.repeat.as_ref().map_or(0..0, |r| r.span()), "repeat", "1 to 100"));
+        return Err(src.at(
+            exp.repeat.as_ref().map_or(0..0, |r| r.span()),
+            "repeat",
+            format!("{repeat}: expected 1 to 100"),
+        ));
+    }
+    if let Some(p) = &exp.points_per_boot
+        && !(1..=1000).contains(p.get_ref())
+    {
+        return Err(src.at(
+            p.span(),
+            "points_per_boot",
+            format!("{}: expected 1 to 1000 (the points one guest runs before the next boots)", p.get_ref()),
+        ));
     }
     Ok(repeat)
 }
@@ -1098,6 +1168,7 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 }
 
 pub mod agree;
+pub mod plan;
 pub mod tables;
 use tables::find;
 pub use tables::{TableSpec, comparisons, reproduction, verdicts};
@@ -1106,3 +1177,5 @@ pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 mod tests;
 #[cfg(test)]
 mod trace_tests;
+#[cfg(test)]
+mod validate_tests;

@@ -4,7 +4,9 @@
 //! Firecracker machine model, no PCI, ACPI on or off), CPUs, memory (or NUMA nodes with HMAT
 //! entries), the firmware, whether a virtio-iommu is present, and the devices (PCI, so none on
 //! microvm). Unknown keys and bad values are errors that name
-//! the file, the line and the field.
+//! the file, the line and the field (TOML and type errors too: [`toml_error`], which the
+//! experiment files' loader uses as well); a missing file's error lists the machine files there
+//! are ([`available`]).
 
 use serde::Deserialize;
 use std::{fmt::Write as _, path::Path};
@@ -13,7 +15,8 @@ use std::{fmt::Write as _, path::Path};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
-    /// One line for reports.
+    /// One line for reports (optional: the file's name when absent).
+    #[serde(default)]
     pub description: String,
     /// QEMU's machine model: "q35" (default) or "microvm".
     #[serde(default = "default_model")]
@@ -135,18 +138,29 @@ impl Machine {
         if coherent.is_empty() { String::new() } else { format!(" devices.coherent={}", coherent.join(",")) }
     }
 
-    /// Reads and validates a machine file.
+    /// Reads and validates a machine file. A missing file's error lists the machine files in
+    /// its directory (or in the workspace's `qemu/`).
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let m: Machine = toml::from_str(&text).map_err(|e| {
-            let (line, col) = e.span().map_or((0, 0), |s| {
-                let before = &text[..s.start];
-                (before.matches('\n').count() + 1, s.start - before.rfind('\n').map_or(0, |i| i + 1) + 1)
-            });
-            format!("{}:{line}:{col}: {}", path.display(), e.message())
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                let dir = path.parent().filter(|d| !available(d).is_empty()).map(Path::to_path_buf);
+                let dir = dir.or_else(|| crate::workspace::found().map(|r| r.join("qemu")));
+                let list = dir.map(|d| available(&d)).unwrap_or_default();
+                format!(
+                    "{}: no such machine file; the machine files are {} (or give the path of your own)",
+                    path.display(),
+                    if list.is_empty() { "none here".to_string() } else { list.join(", ") }
+                )
+            } else {
+                format!("{}: cannot read: {e}", path.display())
+            }
         })?;
+        let mut m: Machine = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
         m.validate().map_err(|e| format!("{}: {e}", path.display()))?;
         m.unique_names(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+        if m.description.trim().is_empty() {
+            m.description = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into());
+        }
         Ok(m)
     }
 
@@ -387,6 +401,95 @@ impl Machine {
         }
         files
     }
+}
+
+/// The `*.toml` files in `dir`, sorted, each as `dir/name` relative to the workspace root when
+/// it is under it (empty when the directory cannot be read).
+pub fn available(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut v: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .map(|p| {
+            let rel = crate::workspace::found().and_then(|r| p.strip_prefix(r).ok()).map(Path::to_path_buf);
+            rel.unwrap_or(p).display().to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A TOML or type error in `text` (the file `path`) as `file:line:col: `field`: what; what is
+/// allowed`, the field found from where the error points ([`field_at`]).
+pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let span = e.span().unwrap_or(0..0);
+    let at = span.start.min(text.len());
+    let before = &text[..at];
+    let (line, col) = (before.matches('\n').count() + 1, at - before.rfind('\n').map_or(0, |i| i + 1) + 1);
+    let msg = explain(e.message().trim_end());
+    match field_at(text, at) {
+        Some(f) => format!("{}:{line}:{col}: `{f}`: {msg}", path.display()),
+        None => format!("{}:{line}:{col}: {msg}", path.display()),
+    }
+}
+
+/// serde's `what, expected X` as `what; expected X`, with Rust's type names said in words.
+fn explain(msg: &str) -> String {
+    let Some((what, expected)) = msg.split_once(", expected ") else { return msg.to_string() };
+    let words = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more".to_string(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        "a sequence" => "a list, e.g. [1.0, 1.5]".to_string(),
+        "a map" | "struct" => "a table".to_string(),
+        other if other.starts_with("struct ") => "a table".to_string(),
+        other => other.to_string(),
+    };
+    format!("{what}; expected {words}")
+}
+
+/// The dotted name of the field at byte `at` of a TOML text: the table header above it
+/// (`[[policy]]` headers numbered, `policy[1]`), then the key of its line, then, inside an
+/// inline table, the key there (`policy[1].params.threshold`). `None` before any key.
+pub fn field_at(text: &str, at: usize) -> Option<String> {
+    let mut header: Option<String> = None;
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let mut start = 0;
+    for raw in text.split_inclusive('\n') {
+        let end = start + raw.len();
+        let line = raw.split('#').next().unwrap_or("").trim();
+        let on_this = at >= start && (at < end || end == text.len());
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            let n = counts.entry(name.trim().to_string()).or_insert(0);
+            header = Some(format!("{}[{n}]", name.trim()));
+            *n += 1;
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            header = Some(name.trim().to_string());
+        } else if on_this && let Some((key, _)) = raw.split_once('=') {
+            let col = at - start;
+            let key = key.trim().trim_matches('"').to_string();
+            let mut path = match &header {
+                Some(h) => format!("{h}.{key}"),
+                None => key,
+            };
+            // Inside an inline table: the last `key =` before the error, after a `{` or `,`.
+            let upto = &raw[..col.min(raw.len())];
+            if let Some(brace) = upto.find('{')
+                && let Some(eq) = upto.rfind('=').filter(|&e| e > brace)
+            {
+                let k = upto[..eq].rsplit(['{', ',']).next().unwrap_or("").trim().trim_matches('"');
+                if !k.is_empty() {
+                    path = format!("{path}.{k}");
+                }
+            }
+            return Some(path);
+        }
+        if on_this {
+            return header;
+        }
+        start = end;
+    }
+    header
 }
 
 /// The host file backing device `i`'s memory (its hot-plug region's is this plus `-hot`): the

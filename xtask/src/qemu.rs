@@ -6,7 +6,10 @@
 //! QEMU command line beyond the machine's own arguments, the timeout (QEMU is killed when it
 //! passes, and dies with the xtask through `PR_SET_PDEATHSIG`), the stop on Ctrl-C or SIGTERM
 //! ([`crate::interrupt`]: QEMU killed, the files removed, an error returned), and the
-//! decoding of QEMU's exit status into an [`Outcome`].
+//! decoding of QEMU's exit into an [`Outcome`]: its status, the signal that killed it, and
+//! what it said on stderr (which the xtask passes on as it arrives), since QEMU ends with
+//! status 0 both when the guest triple-faults under `-no-reboot` and when it is stopped by
+//! SIGINT/SIGTERM (`terminating on signal N`) or by gdb's `kill` (`Terminated via GDBstub`).
 
 use crate::Result;
 use crate::machine::Machine;
@@ -37,12 +40,54 @@ pub enum Outcome {
     QemuError(i32),
     /// The xtask's timeout (seconds) passed and it killed QEMU.
     Timeout(u64),
-    /// QEMU was killed by a signal.
-    Killed,
+    /// QEMU was killed by this signal, or ended on it (QEMU exits with status 0 after
+    /// SIGINT, SIGTERM or SIGHUP, saying `terminating on signal N`).
+    Signal(i32),
+    /// gdb killed the guest (`kill` in gdb: QEMU says `Terminated via GDBstub` and exits 0).
+    GdbKill,
+}
+
+/// What QEMU says on stderr when a signal stops it (status 0 follows).
+const QEMU_SIGNAL: &str = "terminating on signal ";
+/// What QEMU says on stderr when gdb kills the guest (status 0 follows).
+const QEMU_GDB_KILL: &str = "Terminated via GDBstub";
+
+/// A signal's name.
+fn signal_name(n: i32) -> String {
+    match n {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT, Ctrl-C".into(),
+        3 => "SIGQUIT".into(),
+        6 => "SIGABRT".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
 }
 
 impl Outcome {
-    /// Decodes QEMU's exit status (`None`: killed by a signal).
+    /// Decodes how QEMU ended: its exit status (`None` when a signal killed it), that
+    /// signal, and the lines it wrote on stderr. A status 0 is a triple fault (under
+    /// `-no-reboot`) unless QEMU said it was stopped by a signal or by gdb.
+    pub fn from_exit(code: Option<i32>, signal: Option<i32>, stderr: &[String]) -> Self {
+        if code == Some(0) {
+            for l in stderr {
+                if let Some(n) = l.split(QEMU_SIGNAL).nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()) {
+                    return Self::Signal(n);
+                }
+                if l.contains(QEMU_GDB_KILL) {
+                    return Self::GdbKill;
+                }
+            }
+        }
+        match (code, signal) {
+            (None, Some(n)) => Self::Signal(n),
+            (code, _) => Self::from_status(code),
+        }
+    }
+
+    /// Decodes QEMU's exit status alone (`None`: killed by a signal, which one unknown).
     pub fn from_status(code: Option<i32>) -> Self {
         match code.map(|c| (c, ExitCode::from_qemu_status(c))) {
             Some((_, Some(ExitCode::Success))) => Self::Success,
@@ -51,7 +96,7 @@ impl Outcome {
             Some((_, Some(ExitCode::TestHung))) => Self::TestHung,
             Some((0, None)) => Self::Reset,
             Some((c, None)) => Self::QemuError(c),
-            None => Self::Killed,
+            None => Self::Signal(0),
         }
     }
 
@@ -70,8 +115,12 @@ impl Outcome {
             ),
             Self::Reset => "the guest reset itself: a triple fault (QEMU status 0 under -no-reboot)".into(),
             Self::QemuError(c) => format!("QEMU failed with status {c} (see its message above)"),
-            Self::Timeout(s) => format!("no result within {s} s: the kernel hung; QEMU was killed"),
-            Self::Killed => "QEMU was killed by a signal".into(),
+            Self::Timeout(s) => format!(
+                "the xtask's timeout of {s} s expired before the kernel finished, so it killed QEMU (the kernel may be hung, or only slow: TCG on a loaded machine is); raise the timeout with --timeout SECS"
+            ),
+            Self::Signal(0) => "QEMU was killed by a signal".into(),
+            Self::Signal(n) => format!("QEMU was stopped by signal {n} ({}), not by the kernel", signal_name(*n)),
+            Self::GdbKill => "gdb killed the guest (QEMU: Terminated via GDBstub)".into(),
         }
     }
 
@@ -137,6 +186,18 @@ fn create_device_file(path: &str, size: u64) -> Result<()> {
         .open(path)
         .map_err(|e| format!("creating device memory {path}: {e} (a file of that name must not exist)"))?;
     f.set_len(size).map_err(|e| format!("sizing device memory {path}: {e}"))
+}
+
+/// What the terminal shows of a guest line: nothing for a machine-readable line, a short
+/// decoded message for one that a log line ran into ([`crate::decode::brief`]), else the line.
+pub fn echo(line: &str) -> Option<String> {
+    if line.starts_with(MARK) {
+        return None;
+    }
+    if Tag::ALL.iter().any(|t| line.contains(t.prefix())) {
+        return Some(crate::decode::brief(line));
+    }
+    Some(line.to_string())
 }
 
 /// What to boot, on which machine, and how.
@@ -227,7 +288,7 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         .args(["-no-reboot", "-nodefaults", "-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     if l.gdb {
         // Localhost only, as the message says (`-s` listens on every interface).
         cmd.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
@@ -247,6 +308,20 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", program.display()))?;
     let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let stderr = child.stderr.take().ok_or("no QEMU stderr")?;
+    // QEMU's own messages go on to the terminal as they come; the ones that say how it ended
+    // are kept for the outcome.
+    let said = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if line.contains(QEMU_SIGNAL) || line.contains(QEMU_GDB_KILL) {
+                kept.push(line);
+            }
+        }
+        kept
+    });
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -290,8 +365,10 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
                 }
                 // QEMU opened every backing file before the guest ran its first instruction.
                 guard.unlink();
-                if l.echo && !line.starts_with(MARK) {
-                    println!("{line}");
+                if l.echo
+                    && let Some(t) = echo(&line)
+                {
+                    println!("{t}");
                 }
                 lines.push(line);
             }
@@ -301,8 +378,10 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
                     while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
                         // QEMU opened every backing file before the guest ran its first instruction.
                         guard.unlink();
-                        if l.echo && !line.starts_with(MARK) {
-                            println!("{line}");
+                        if l.echo
+                            && let Some(t) = echo(&line)
+                        {
+                            println!("{t}");
                         }
                         lines.push(line);
                     }
@@ -313,7 +392,13 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         }
     }
     let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
-    let outcome = if timed_out { Outcome::Timeout(l.timeout.as_secs()) } else { Outcome::from_status(status.code()) };
+    let said = said.join().unwrap_or_default();
+    let outcome = if timed_out {
+        Outcome::Timeout(l.timeout.as_secs())
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        Outcome::from_exit(status.code(), status.signal(), &said)
+    };
     Ok(Run { outcome, lines, ready_at })
 }
 
@@ -352,9 +437,11 @@ mod tests {
         }
         assert_eq!(Outcome::from_status(Some(0)), Outcome::Reset);
         assert_eq!(Outcome::from_status(Some(1)), Outcome::QemuError(1));
-        assert_eq!(Outcome::from_status(None), Outcome::Killed);
+        assert_eq!(Outcome::from_status(None), Outcome::Signal(0));
     }
 }
 
+#[cfg(test)]
+mod messages_tests;
 #[cfg(test)]
 mod shm_tests;

@@ -58,7 +58,7 @@ pub fn ensure_prerequisites(firmware_needed: bool) -> Result<()> {
 }
 
 /// The kernel build: `--debug`, `--release` (the default), or the in-kernel test build.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Profile {
     /// `target/x86_64-unknown-none/debug`.
     Debug,

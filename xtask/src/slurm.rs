@@ -595,89 +595,35 @@ pub fn running_xtask() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("the xtask binary: {e}"))
 }
 
-/// The options only `--slurm` takes.
-pub const SLURM_OPTIONS: [&str; 4] = ["--partition", "--tasks", "--wait", "--wait-timeout"];
-
-/// `experiment`'s arguments with `--slurm`'s taken out.
-#[derive(Debug, Clone)]
-pub struct Split {
-    /// `--slurm`'s options; `None` without `--slurm`.
-    pub options: Option<Options>,
-    /// `--jobs N`, if given (kept in `rest` too).
-    pub jobs: Option<usize>,
-    /// The other arguments.
-    pub rest: Vec<String>,
+/// `cargo xtask experiment`'s `--slurm` options (flattened into its arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SlurmArgs {
+    /// Submit the sweep to Slurm instead of running it here: a job array of --tasks shards (each `--shard I/N` into one new run folder) and a merge job after them; prints the job ids and the run folder.
+    #[arg(long, help_heading = "Slurm", conflicts_with_all = ["shard", "resume", "check", "list"])]
+    pub slurm: bool,
+    /// The Slurm partition [default: the cluster's default].
+    #[arg(long, value_name = "P", requires = "slurm", help_heading = "Slurm")]
+    pub partition: Option<String>,
+    /// Array tasks, one shard of the points each (at most one per point) [default: 4].
+    #[arg(long, value_name = "N", requires = "slurm", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Slurm")]
+    pub tasks: Option<u32>,
+    /// Wait until the merge job has ended and print its output; fail naming a shard that failed.
+    #[arg(long, requires = "slurm", help_heading = "Slurm")]
+    pub wait: bool,
+    /// With --wait: stop waiting after SECS seconds (the jobs go on) [default: 86400].
+    #[arg(long, value_name = "SECS", requires = "wait", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Slurm")]
+    pub wait_timeout: Option<u64>,
 }
 
-/// Takes `--slurm` and its options ([`SLURM_OPTIONS`]) out of `experiment`'s arguments.
-pub fn split_options(args: &[String]) -> Result<Split, String> {
-    let mut o = Options { partition: None, tasks: 4, wait: None };
-    let (mut slurm, mut wait, mut bound, mut seen) = (false, false, None, None);
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if seen.is_none() && SLURM_OPTIONS.contains(&a.as_str()) {
-            seen = Some(a.clone());
-        }
-        let mut value = |what: &str| it.next().cloned().ok_or_else(|| format!("{a} takes {what}"));
-        match a.as_str() {
-            "--slurm" => slurm = true,
-            "--partition" => o.partition = Some(value("a partition's name (sinfo lists them)")?),
-            "--tasks" => {
-                o.tasks = value("a positive count")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--tasks takes a positive count")?
-            }
-            "--wait-timeout" => {
-                bound = Some(
-                    value("seconds")?.parse::<u64>().ok().filter(|&t| t > 0).ok_or("--wait-timeout takes seconds")?,
-                )
-            }
-            "--wait" => wait = true,
-            _ => rest.push(a.clone()),
-        }
+impl SlurmArgs {
+    /// The options of a `--slurm` run; `None` without `--slurm`.
+    pub fn options(&self) -> Option<Options> {
+        self.slurm.then(|| Options {
+            partition: self.partition.clone(),
+            tasks: self.tasks.unwrap_or(4),
+            wait: self.wait.then(|| Duration::from_secs(self.wait_timeout.unwrap_or(86_400))),
+        })
     }
-    if !slurm {
-        return match seen {
-            Some(name) => {
-                Err(format!("{name} is an option of --slurm (cargo xtask experiment FILE --slurm {name} ...)"))
-            }
-            None => Ok(Split { options: None, jobs: None, rest }),
-        };
-    }
-    if bound.is_some() && !wait {
-        return Err("--wait-timeout bounds --wait: give --wait too".into());
-    }
-    o.wait = wait.then(|| Duration::from_secs(bound.unwrap_or(86_400)));
-    let jobs = rest.iter().position(|a| a == "--jobs").and_then(|i| rest.get(i + 1)?.parse().ok());
-    Ok(Split { options: Some(o), jobs, rest })
-}
-
-/// `cargo xtask experiment`'s hook: with `--slurm`, hands the sweep to Slurm and returns the
-/// exit code; without, `None` (the experiment runs here).
-pub fn experiment_args(args: &[String]) -> Result<Option<u8>, String> {
-    use crate::cmd::experiment::{Action, parse_args};
-    let Split { options: Some(o), jobs, rest } = split_options(args)? else { return Ok(None) };
-    let a = parse_args(&rest)?;
-    let file = match &a.action {
-        Action::Run(file) if a.shard.is_none() => file,
-        Action::Run(_) => return Err("--slurm makes the shards itself (--tasks N): drop --shard".into()),
-        _ => {
-            return Err(
-                "--slurm starts a new run of FILE (cargo xtask experiment FILE --slurm); to finish a run folder on the cluster, submit its RUN/slurm/shards.sh again".into(),
-            );
-        }
-    };
-    let l = crate::experiment::load(file, crate::root())?;
-    if a.host && l.exp.cost.get("lines").and_then(|v| v.get_ref().as_str()) == Some("hmat") {
-        return Err(format!(
-            "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
-            file.display()
-        ));
-    }
-    submit_experiment(&l, file, a.host, jobs, a.timeout, &o).map(Some)
 }
 
 /// `cargo xtask experiment FILE --slurm`: makes the run folder of the experiment `l` (loaded
@@ -702,19 +648,12 @@ pub fn submit_experiment(
     let dir = Run::create(&base, root, file, l, Invocation::now("slurm", root, None), host)?.dir;
     let cpus = u32::try_from(jobs.unwrap_or(1)).unwrap_or(u32::MAX);
     let d = dir.display().to_string();
-    let shard_args = [
-        "experiment",
-        "--resume",
-        &d,
-        "--shard",
-        SHARD,
-        "--jobs",
-        &cpus.to_string(),
-        "--timeout",
-        &timeout.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut shard_args: Vec<String> =
+        ["experiment", "--resume", &d, "--shard", SHARD, "--jobs", &cpus.to_string()].map(String::from).to_vec();
+    if !host {
+        // The xtask's timeout per guest boot (not an option of --host runs).
+        shard_args.extend(["--timeout".to_string(), timeout.to_string()]);
+    }
     let merge_args = ["experiment", "merge", &d].map(String::from).to_vec();
     hand_over(l.exp.name.get_ref(), l.points.len(), &dir, shard_args, merge_args, cpus, o)
 }

@@ -101,6 +101,11 @@ pub fn root() -> &'static Path {
     ROOT.get().expect("workspace::init runs before any command")
 }
 
+/// The root once [`init`] found it, else `None` (in unit tests, which do not call it).
+pub fn found() -> Option<&'static Path> {
+    ROOT.get().map(PathBuf::as_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

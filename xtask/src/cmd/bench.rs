@@ -1,4 +1,5 @@
-//! `cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--runs N]`: the benchmarks.
+//! `cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--accel tcg|kvm] [--runs N]
+//! [--timeout SECS] [--kernel ELF...]`: the benchmarks.
 //!
 //! - `boot`: median time from QEMU start to kernel ready.
 //! - `mm`: address-space operations (first touch, fork, COW, mprotect, munmap) per page for 4,
@@ -17,54 +18,104 @@
 //!
 //! Owns the published reference numbers each benchmark is printed beside.
 
+use crate::Result;
 use crate::decode::{bench_results, json_line};
 use crate::machine::Machine;
-use crate::options::{Options, parse_options};
+use crate::options::{Accel, MachineOpt, positive};
 use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
-use crate::{Result, root, usage};
 use boot::protocol::Tag;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// `cargo xtask bench NAME`.
-pub fn cmd(args: &[String]) -> Result<u8> {
-    let (kernels, args) = take_kernels(args)?;
-    let (mut o, rest) = parse_options(&args)?;
-    if !kernels.is_empty() {
-        let job = match rest.first().map(String::as_str) {
-            Some("mm") => "bench-mm",
-            Some("hmm") => "bench-hmm",
-            _ => return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into()),
-        };
-        if o.machine == root().join("qemu/default.toml") {
-            o.machine = root().join("qemu/bench.toml");
+/// `cargo xtask bench`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Benchmarks: boot time, address-space and HMM operations, the real devices",
+    long_about = "Benchmarks. `boot`: the median time from QEMU start to kernel ready over --runs boots. `mm`: address-space operations per page for 4, 64 and 256 MiB on qemu/bench.toml. `hmm`: the HMM operations Linux 6.1's lib/test_hmm was timed on, beside Linux's numbers. `devices`: the real devices (copy engines, migration, fault batches) on qemu/bench-devices.toml.\n\n`bench mm|hmm --kernel A --kernel B [--runs N]` boots prebuilt kernel ELFs in turn (A B A B ...) and prints each operation's ratio to the first kernel."
+)]
+pub struct Args {
+    /// The benchmark.
+    #[arg(value_enum)]
+    bench: Bench,
+    #[command(flatten)]
+    machine: MachineOpt,
+    /// The accelerator: tcg (QEMU's emulator) or kvm (real hardware).
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    accel: Accel,
+    /// Boots of `boot`, or rounds of a --kernel comparison [default: 10].
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    runs: Option<usize>,
+    /// Kill a benchmark boot after SECS seconds [default: 60 for boot, 300 for the others].
+    #[arg(long, value_name = "SECS", value_parser = positive::<u64>)]
+    timeout: Option<u64>,
+    /// A prebuilt kernel ELF to compare (repeat: --kernel A --kernel B); mm and hmm only.
+    #[arg(long = "kernel", value_name = "ELF")]
+    kernels: Vec<PathBuf>,
+}
+
+impl Args {
+    /// The options that do not apply to the benchmark asked for, as an error: `--kernel` is
+    /// for `mm` and `hmm`, `--runs` for `boot` and `--kernel` comparisons (the other
+    /// benchmarks boot once).
+    pub fn check(&self) -> Result<()> {
+        if !self.kernels.is_empty() && !matches!(self.bench, Bench::Mm | Bench::Hmm) {
+            return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into());
         }
-        return compare(&o, &rest[0], job, &kernels);
+        if self.runs.is_some() && self.kernels.is_empty() && self.bench != Bench::Boot {
+            return Err(
+                "--runs is the number of boots of bench boot, or of rounds of a --kernel comparison; this benchmark boots once"
+                    .into(),
+            );
+        }
+        Ok(())
     }
-    match rest.first().map(String::as_str) {
-        Some("boot") => bench_boot(&o),
-        Some("mm") => {
-            if o.machine == root().join("qemu/default.toml") {
-                o.machine = root().join("qemu/bench.toml");
-            }
-            bench_mm(&o)
-        }
-        Some("hmm") => {
-            if o.machine == root().join("qemu/default.toml") {
-                o.machine = root().join("qemu/bench.toml");
-            }
-            bench_hmm(&o)
-        }
-        Some("devices") => {
-            if o.machine == root().join("qemu/default.toml") {
-                o.machine = root().join("qemu/bench-devices.toml");
-            }
-            bench_devices(&o)
-        }
-        Some(other) => Err(format!("unknown benchmark '{other}' (available: boot, mm, hmm, devices)")),
-        None => Err(format!("name a benchmark\n{}", usage())),
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Bench {
+    /// Time from QEMU start to kernel ready.
+    Boot,
+    /// Address-space operations per page (qemu/bench.toml).
+    Mm,
+    /// HMM operations beside Linux 6.1's lib/test_hmm (qemu/bench.toml).
+    Hmm,
+    /// The real devices: copy engines, migration, fault batches (qemu/bench-devices.toml).
+    Devices,
+}
+
+/// The options a benchmark runs with (the machine file resolved).
+struct Options {
+    machine: PathBuf,
+    accel: &'static str,
+    timeout: Option<u64>,
+    runs: usize,
+}
+
+/// `cargo xtask bench NAME`.
+pub fn cmd(a: &Args) -> Result<u8> {
+    let machine = match a.bench {
+        Bench::Boot => a.machine.path_or("qemu/default.toml"),
+        Bench::Mm | Bench::Hmm => a.machine.path_or("qemu/bench.toml"),
+        Bench::Devices => a.machine.path_or("qemu/bench-devices.toml"),
+    };
+    a.check()?;
+    let o = Options { machine, accel: a.accel.name(), timeout: a.timeout, runs: a.runs.unwrap_or(10) };
+    if !a.kernels.is_empty() {
+        let (name, job) = match a.bench {
+            Bench::Mm => ("mm", "bench-mm"),
+            Bench::Hmm => ("hmm", "bench-hmm"),
+            _ => unreachable!("checked above"),
+        };
+        return compare(&o, name, job, &a.kernels);
+    }
+    match a.bench {
+        Bench::Boot => bench_boot(&o),
+        Bench::Mm => bench_mm(&o),
+        Bench::Hmm => bench_hmm(&o),
+        Bench::Devices => bench_devices(&o),
     }
 }
 
@@ -102,17 +153,17 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
         kernel,
         machine,
         cmdline: format!("log=warn job={job}"),
-        accel: &o.accel,
+        accel: o.accel,
         gdb: false,
-        timeout: Duration::from_secs(o.timeout.max(300)),
+        timeout: Duration::from_secs(o.timeout.unwrap_or(300)),
         echo: false,
         initrd: None,
         on_line: None,
         boot: Boot::Pvh,
     })?;
     if run.outcome != Outcome::Success {
-        for l in run.lines.iter().rev().take(20).rev() {
-            eprintln!("  | {l}");
+        for l in &run.lines[run.lines.len().saturating_sub(20)..] {
+            eprintln!("  | {}", crate::decode::brief(l));
         }
         return Err(format!("{name} benchmark ({}): {}", kernel.display(), run.outcome.describe()));
     }
@@ -121,24 +172,6 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
         return Err(format!("{name} benchmark ({}): the kernel printed no results", kernel.display()));
     }
     Ok(results)
-}
-
-/// Takes the `--kernel FILE` arguments (repeatable) out of `args`, before the shared options
-/// are parsed.
-fn take_kernels(args: &[String]) -> Result<(Vec<PathBuf>, Vec<String>)> {
-    let (mut kernels, mut rest) = (Vec::new(), Vec::new());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--" {
-            rest.push(a.clone());
-            rest.extend(it.by_ref().cloned());
-        } else if a == "--kernel" {
-            kernels.push(PathBuf::from(it.next().ok_or_else(|| format!("--kernel needs a file\n{}", usage()))?));
-        } else {
-            rest.push(a.clone());
-        }
-    }
-    Ok((kernels, rest))
 }
 
 /// The median of `v` (not empty).
@@ -463,9 +496,9 @@ fn bench_boot(o: &Options) -> Result<u8> {
             kernel: &kernel,
             machine: &machine,
             cmdline: "log=warn job=none".into(),
-            accel: &o.accel,
+            accel: o.accel,
             gdb: false,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(o.timeout.unwrap_or(60)),
             echo: false,
             initrd: None,
             on_line: None,

@@ -1,9 +1,11 @@
-//! `cargo xtask experiment FILE [--host] [--jobs N] [--timeout SECS] [--shard I/N]`,
+//! `cargo xtask experiment FILE [--check] [--list] [--host] [--jobs N] [--timeout SECS] [--shard I/N]`,
 //! `cargo xtask experiment --resume RUN [FILE] [--jobs N] [--timeout SECS] [--shard I/N]` and
 //! `cargo xtask experiment merge RUN`: runs an experiment file into a run folder, resumes one,
 //! or merges its shards.
 //!
-//! Loads and checks the file ([`crate::experiment`]), makes a new run folder
+//! `--check` loads and checks the file and says what a run would do, `--list` lists its points;
+//! neither builds or boots anything. Otherwise: loads and checks the file
+//! ([`crate::experiment`]), makes a new run folder
 //! (`target/experiments/NAME/RUN-ID/`, [`crate::run`]) with the copies of the experiment and
 //! machine files and the provenance, then runs its points in QEMU guests (`--jobs` at a time,
 //! `points_per_boot` each, a batch rerun in a fresh guest after a mechanism error) or on the
@@ -26,10 +28,11 @@
 use crate::decode::points_and_traces;
 use crate::experiment;
 use crate::interrupt;
+use crate::options::positive;
 use crate::qemu::{Boot, Launch, run_qemu};
 use crate::run::{self, Invocation, Record, Run, Shard};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
-use crate::{Result, root, usage};
+use crate::{Result, root};
 use boot::protocol::Tag;
 use hmm::place::spec::Point;
 use serde_json::Value;
@@ -217,8 +220,8 @@ pub fn execute(
                                 let why = qemu.outcome.describe();
                                 let kept = kept.lock().unwrap().clone();
                                 for p in batch.iter().filter(|p| !kept.contains(&p.id)) {
-                                    let tail: Vec<&String> = qemu.lines.iter().rev().take(5).collect();
-                                    let error = format!("no result: the guest ended with {why}; last lines: {tail:?}");
+                                    let tail = crate::decode::tail(&qemu.lines, 5);
+                                    let error = format!("no result: the guest ended with {why}; last lines: {tail}");
                                     keep(Record {
                                         id: p.id,
                                         result: serde_json::json!({ "id": p.id, "error": error }),
@@ -355,94 +358,72 @@ pub fn report_experiment(
     Ok(failed + missing == 0)
 }
 
-/// What `cargo xtask experiment` was asked to do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Run FILE in a new run folder.
-    Run(PathBuf),
-    /// Resume the run folder `run` (checking FILE, if given, is its experiment).
-    Resume {
-        /// The run folder as given.
-        run: String,
-        /// The experiment file, if given.
-        file: Option<PathBuf>,
-    },
-    /// Merge the records of the run folder.
-    Merge(String),
-}
-
-/// The command line of `cargo xtask experiment`, parsed.
-#[derive(Debug, Clone, PartialEq)]
+/// `cargo xtask experiment`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Run an experiment file into a run folder, resume a run (--resume), merge its shards (merge), or only check the file (--check) or list its points (--list)",
+    long_about = "Run an experiment file (experiments/*.toml): its points in QEMU guests (--jobs at a time, points_per_boot each) or on the host over the HMM stack (--host), in a new run folder target/experiments/NAME/RUN-ID/ (`latest` beside it names the newest) holding copies of the experiment and machine files, provenance.toml and each point's record as it finishes; then the CSV, plots, trace and summary there, the comparison tables with their verdicts, and the `reproduction:` line.\n\nCtrl-C or SIGTERM stops the run and keeps what finished; --resume RUN runs what is left. --shard I/N runs only the points whose id is I mod N (the first shard with FILE, the others with --resume RUN); `merge RUN` then writes the results of every shard.\n\nThe file is checked before anything boots; --check stops there and says what a run would do, --list also lists every point.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
-    /// What to do.
-    pub action: Action,
-    /// `--host`.
-    pub host: bool,
-    /// `--jobs`.
-    pub jobs: usize,
-    /// `--timeout`, seconds per guest.
-    pub timeout: u64,
-    /// `--shard I/N`.
-    pub shard: Option<Shard>,
+    /// `merge RUN`.
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    /// The experiment file, e.g. experiments/reproduce.toml (any of experiments/*.toml); with --resume, checked to be the run's.
+    #[arg(value_name = "FILE", required_unless_present = "resume")]
+    file: Option<PathBuf>,
+    /// Only check the file and print what a run would do (points, boots, machine, output folder); boot nothing.
+    #[arg(long, conflicts_with = "resume")]
+    check: bool,
+    /// Only check the file and list the points a run would run (id, label, workload, policy, ratio, repetition); boot nothing.
+    #[arg(long, conflicts_with = "resume")]
+    list: bool,
+    /// Run the points on the host, over the HMM stack on the host platform, instead of in QEMU guests.
+    #[arg(long)]
+    host: bool,
+    /// Guests (or host threads) at a time [default: one per host core].
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    jobs: Option<usize>,
+    /// Kill a guest after SECS seconds (the xtask's own timeout per boot; not with --host).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
+    timeout: u64,
+    /// `--slurm` and its options: the sweep handed to Slurm (`crate::slurm`).
+    #[command(flatten)]
+    slurm: crate::slurm::SlurmArgs,
+    /// Resume the run folder RUN (a path, or relative to target/experiments/, e.g. default/latest): run its points that have no finished record, the way the run began (--host or QEMU).
+    #[arg(long, value_name = "RUN")]
+    resume: Option<String>,
+    /// Run only shard I of N: the points whose id is I modulo N, recorded in the run folder; no results are written (merge RUN writes them).
+    #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
+    shard: Option<Shard>,
 }
 
-/// Parses the arguments after `experiment`.
-pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut host = false;
-    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut timeout = 600;
-    let mut file = None;
-    let mut resume = None;
-    let mut shard = None;
-    if args.first().map(String::as_str) == Some("merge") {
-        return match &args[1..] {
-            [run] => Ok(Args { action: Action::Merge(run.clone()), host, jobs, timeout, shard }),
-            _ => Err(format!("merge takes one run folder: cargo xtask experiment merge RUN\n{}", usage())),
-        };
+/// `cargo xtask experiment`'s subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Merge the records of a run folder (every shard's) into the CSV, tables, plots, trace and summary a run of all its points in one place writes.
+    Merge {
+        /// The run folder: a path, or relative to target/experiments/ (e.g. default/latest).
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+}
+
+impl Args {
+    /// `--jobs`, else one per host core.
+    fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--host" => host = true,
-            "--jobs" => {
-                jobs =
-                    it.next().and_then(|v| v.parse().ok()).filter(|&j| j > 0).ok_or("--jobs takes a positive count")?
-            }
-            "--timeout" => {
-                timeout = it.next().and_then(|v| v.parse().ok()).filter(|&t| t > 0).ok_or("--timeout takes seconds")?
-            }
-            "--shard" => shard = Some(Shard::parse(it.next().ok_or("--shard takes I/N")?)?),
-            "--resume" => resume = Some(it.next().ok_or("--resume takes a run folder (e.g. default/latest)")?.clone()),
-            other if other.starts_with('-') => return Err(format!("unknown option '{other}'\n{}", usage())),
-            other if file.is_none() => file = Some(PathBuf::from(other)),
-            other => return Err(format!("one experiment file at a time ('{other}' is a second)\n{}", usage())),
-        }
-    }
-    let action = match (resume, file) {
-        (Some(run), file) => Action::Resume { run, file },
-        (None, Some(file)) => Action::Run(file),
-        (None, None) => {
-            return Err(format!(
-                "which experiment? e.g. cargo xtask experiment experiments/reproduce.toml\n{}",
-                usage()
-            ));
-        }
-    };
-    Ok(Args { action, host, jobs, timeout, shard })
 }
 
 /// `cargo xtask experiment`.
-pub fn cmd(args: &[String]) -> Result<u8> {
-    // `--slurm`: the sweep handed to Slurm instead (`crate::slurm`).
-    if let Some(code) = crate::slurm::experiment_args(args)? {
-        return Ok(code);
-    }
-    let a = parse_args(args)?;
+pub fn cmd(a: &Args) -> Result<u8> {
     interrupt::install();
-    match &a.action {
-        Action::Run(file) => run_new(&a, file),
-        Action::Resume { run, file } => resume(&a, run, file.as_deref()),
-        Action::Merge(run) => merge(run),
+    match (&a.sub, &a.resume, &a.file) {
+        (Some(Sub::Merge { run }), _, _) => merge(run),
+        (None, Some(run), file) => resume(a, run, file.as_deref()),
+        (None, None, Some(file)) => run_new(a, file),
+        (None, None, None) => Err("which experiment? e.g. cargo xtask experiment experiments/reproduce.toml".into()),
     }
 }
 
@@ -462,6 +443,16 @@ fn run_new(a: &Args, file: &Path) -> Result<u8> {
             "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
             file.display()
         ));
+    }
+    if let Some(o) = a.slurm.options() {
+        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, &o);
+    }
+    if a.check || a.list {
+        print!("{}", experiment::plan::check(&l, file, root(), a.host, a.jobs()));
+        if a.list {
+            print!("\n{}", experiment::plan::list(&l));
+        }
+        return Ok(0);
     }
     let base = experiment::out_dir(root(), &l);
     let run = Run::create(&base, root(), file, &l, Invocation::now("run", root(), a.shard), a.host)?;
@@ -521,7 +512,7 @@ fn resume(a: &Args, arg: &str, file: Option<&Path>) -> Result<u8> {
 /// a shard; the exit status.
 fn finish(run: &Run, l: &experiment::Loaded, todo: &[&Point], a: &Args, host: bool) -> Result<u8> {
     let t0 = Instant::now();
-    let ran = execute(run, l, todo, host, a.jobs, a.timeout, Profile::Release)?;
+    let ran = execute(run, l, todo, host, a.jobs(), a.timeout, Profile::Release)?;
     let records = run::read_records(&run.dir)?;
     let finished = records.values().filter(|r| r.finished()).count();
     let rel = run.dir.strip_prefix(root().join("target/experiments")).unwrap_or(&run.dir).display().to_string();
@@ -582,3 +573,6 @@ fn merge(arg: &str) -> Result<u8> {
     }
     Ok(if ok { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod args_tests;

@@ -63,40 +63,54 @@ impl Options {
     }
 }
 
-fn positive(v: Option<&str>, name: &str) -> Result<u32> {
-    v.and_then(|v| v.parse().ok()).filter(|&n: &u32| n > 0).ok_or_else(|| format!("{name} takes a positive number"))
+/// `cargo xtask mutants`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Mutation testing of the HMM core with cargo-mutants",
+    long_about = "Mutation testing of the HMM core: cargo-mutants (installed on first use) over the hmm library's tests, one run for all files, and each file's score, caught / (caught + missed + timed out). The missed mutants are listed in target/mutants/mutants.out/missed.txt."
+)]
+pub struct Args {
+    /// Files to mutate, from the workspace root; FILE:N tests every N-th mutant of FILE, FILE:N+K every N-th from the K-th [default: the core files, hmm/src/notifier.rs, range.rs, mm/migrate.rs, pagemap.rs, mm/exclusive.rs, dmirror.rs].
+    #[arg(value_name = "FILE[:N[+K]]", value_parser = file_spec)]
+    files: Vec<(String, Option<Step>)>,
+    /// Test every N-th mutant of each file without its own :N.
+    #[arg(long, value_name = "N", value_parser = crate::options::positive::<u32>)]
+    sample: Option<u32>,
+    /// cargo-mutants' parallel jobs.
+    #[arg(long, value_name = "J", default_value_t = 1, value_parser = crate::options::positive::<u32>)]
+    jobs: u32,
+    /// Run again what the last run missed or timed out on (after adding tests).
+    #[arg(long)]
+    rerun_missed: bool,
+}
+
+/// `FILE`, `FILE:N` or `FILE:N+K`.
+fn file_spec(f: &str) -> Result<(String, Option<Step>)> {
+    match f.rsplit_once(':') {
+        Some((path, n)) => Ok((path.to_string(), Some(step(n, f)?))),
+        None => Ok((f.to_string(), None)),
+    }
+}
+
+fn positive(v: &str, name: &str) -> Result<u32> {
+    crate::options::positive(v).map_err(|e| format!("{name}: {e}"))
 }
 
 /// `N` or `N+K` (every N-th mutant from the K-th on, K < N).
 fn step(v: &str, what: &str) -> Result<Step> {
     let (n, k) = v.split_once('+').unwrap_or((v, "0"));
-    let step = positive(Some(n), what)?;
+    let step = positive(n, what)?;
     let offset: u32 =
         k.parse().ok().filter(|&k| k < step).ok_or_else(|| format!("{what}: the offset K of N+K must be below N"))?;
     Ok(Step { step, offset })
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { files: Vec::new(), sample: None, jobs: 1, rerun_missed: false };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--sample" => o.sample = Some(positive(it.next().map(String::as_str), "--sample")?),
-            "--jobs" => o.jobs = positive(it.next().map(String::as_str), "--jobs")?,
-            "--rerun-missed" => o.rerun_missed = true,
-            f if f.starts_with('-') => {
-                return Err(format!("unknown option '{f}' (use --sample N, --jobs J, --rerun-missed)"));
-            }
-            f => match f.rsplit_once(':') {
-                Some((path, n)) => o.files.push((path.to_string(), Some(step(n, f)?))),
-                None => o.files.push((f.to_string(), None)),
-            },
-        }
-    }
+fn options(a: &Args) -> Options {
+    let mut o = Options { files: a.files.clone(), sample: a.sample, jobs: a.jobs, rerun_missed: a.rerun_missed };
     if o.files.is_empty() {
         o.files = CORE.iter().map(|s| (s.to_string(), None)).collect();
     }
-    Ok(o)
+    o
 }
 
 fn ensure_cargo_mutants() -> Result<()> {
@@ -167,8 +181,9 @@ fn list(root: &Path, file: &str) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
-pub fn cmd(root: &Path, args: &[String]) -> Result<u8> {
-    let o = parse(args)?;
+/// `cargo xtask mutants`.
+pub fn cmd(root: &Path, args: &Args) -> Result<u8> {
+    let o = options(args);
     for (f, _) in &o.files {
         if !root.join(f).is_file() {
             return Err(format!("{f}: no such file (give paths from the workspace root, e.g. hmm/src/range.rs)"));
@@ -261,6 +276,14 @@ pub fn cmd(root: &Path, args: &[String]) -> Result<u8> {
 mod tests {
     use super::*;
 
+    fn parse(args: &[String]) -> std::result::Result<Options, String> {
+        let all = ["cargo xtask", "mutants"].into_iter().map(String::from).chain(args.iter().cloned());
+        match <crate::options::Cli as clap::Parser>::try_parse_from(all).map_err(|e| e.to_string())?.command {
+            crate::options::Command::Mutants(a) => Ok(super::options(&a)),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn options() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -282,7 +305,7 @@ mod tests {
         assert!(parse(&a(&["hmm/src/range.rs:4+4"])).unwrap_err().contains("below"));
         assert_eq!(parse(&[]).unwrap().files.len(), CORE.len());
         assert!(parse(&a(&["--sample", "0"])).unwrap_err().contains("positive"));
-        assert!(parse(&a(&["--frobnicate"])).unwrap_err().contains("unknown option"));
+        assert!(parse(&a(&["--frobnicate"])).unwrap_err().contains("unexpected argument '--frobnicate'"));
     }
 
     #[test]

@@ -5,29 +5,99 @@
 //! booted by PVH) the default experiment's summary and table, and exits with QEMU's decoded
 //! status. `--grub` boots the same kernel through GRUB from an ISO (`target/grub/qemu.iso`,
 //! which also boots a physical machine) under SeaBIOS or OVMF.
+//!
+//! Kernel arguments that select in-kernel tests (`ktest.filter=`, `ktest.from=`,
+//! `ktest.timeout_ms=`) only mean something to the test build, so with them this boots the
+//! `ktest` build (the in-kernel test runner) instead of the release kernel
+//! ([`kernel_profile`]); `--debug` with them is refused.
 
 use super::experiment::report_experiment;
 use crate::decode::{json_line, points_and_traces};
 use crate::experiment;
 use crate::machine::Machine;
-use crate::options::parse_options;
+use crate::options::{Accel, MachineOpt, ProfileOpt, positive};
 use crate::qemu::{Boot, Launch, run_qemu};
-use crate::setup::{build_kernel, ensure_prerequisites};
+use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root};
 use boot::protocol::Tag;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// `cargo xtask qemu`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Build the kernel and boot it in QEMU",
+    long_about = "Build the kernel and boot it in QEMU: the kernel log, the boot report, the default job's result and, with no kernel arguments on the default machine, the default experiment (experiments/default.toml) with its summary and table; then the decoded QEMU exit (0 on success).\n\nKernel arguments go after `--`, e.g. `cargo xtask qemu -- log=debug,kernel::pci=trace`; `-- ktest.filter=pci::` boots the in-kernel test build and runs the tests whose names contain `pci::`."
+)]
+pub struct Args {
+    #[command(flatten)]
+    machine: MachineOpt,
+    /// The accelerator: tcg (QEMU's emulator) or kvm (real hardware).
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    accel: Accel,
+    /// QEMU waits for gdb on 127.0.0.1:1234 before the kernel's first instruction (no timeout then).
+    #[arg(long)]
+    gdb: bool,
+    #[command(flatten)]
+    pub(crate) profile: ProfileOpt,
+    /// Kill QEMU after SECS seconds (the xtask's own timeout; none with --gdb).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = positive::<u64>, conflicts_with = "gdb")]
+    timeout: u64,
+    /// Boot through GRUB (Multiboot2) from an ISO under SeaBIOS (bios) or OVMF (uefi) instead of by PVH.
+    #[arg(long, value_enum, value_name = "FIRMWARE")]
+    grub: Option<GrubFirmware>,
+    /// Kernel command-line arguments (after `--`), e.g. log=debug job=none ktest.filter=pci::
+    #[arg(last = true, value_name = "KERNEL ARGS")]
+    pub(crate) kernel_args: Vec<String>,
+}
+
+/// `--grub bios|uefi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GrubFirmware {
+    /// SeaBIOS.
+    Bios,
+    /// OVMF (UEFI).
+    Uefi,
+}
+
+/// The kernel arguments only the in-kernel test build reads.
+const KTEST_ARGS: [&str; 3] = ["ktest.filter=", "ktest.from=", "ktest.timeout_ms="];
+
+/// The kernel build to boot: the `ktest` build when a kernel argument selects in-kernel tests
+/// (the release and debug builds have no test runner and would ignore it), else the one
+/// `--release`/`--debug` chose.
+pub fn kernel_profile(kernel_args: &[String], chosen: ProfileOpt) -> Result<Profile> {
+    let Some(a) = kernel_args.iter().find(|a| KTEST_ARGS.iter().any(|k| a.starts_with(k))) else {
+        return Ok(chosen.profile());
+    };
+    if chosen.debug {
+        return Err(format!(
+            "kernel argument '{a}' selects in-kernel tests, which only the ktest build runs (optimised, with every check on); drop --debug"
+        ));
+    }
+    Ok(Profile::Ktest)
+}
+
 /// `cargo xtask qemu`.
-pub fn cmd(args: &[String]) -> Result<u8> {
-    let (o, kernel_args) = parse_options(args)?;
-    let machine = Machine::load(&o.machine)?;
+pub fn cmd(o: &Args) -> Result<u8> {
+    let kernel_args = &o.kernel_args;
+    let default_machine = root().join("qemu/default.toml");
+    let machine_path = o.machine.path_or("qemu/default.toml");
+    let profile = kernel_profile(kernel_args, o.profile)?;
+    let machine = Machine::load(&machine_path)?;
     ensure_prerequisites(machine.firmware == "qboot")?;
-    let kernel = build_kernel(o.profile)?;
+    if profile == Profile::Ktest {
+        eprintln!("xtask: ktest.* kernel arguments: booting the in-kernel test build (the ktest profile)");
+    }
+    let kernel = build_kernel(profile)?;
+    let grub = o.grub.map(|g| match g {
+        GrubFirmware::Bios => crate::grub::Firmware::Bios,
+        GrubFirmware::Uefi => crate::grub::Firmware::Uefi,
+    });
     // With no kernel arguments the default job is followed by the default experiment, on the
     // default machine (its device memory sizes are what the experiment is written for).
     let default_exp = root().join("experiments/default.toml");
-    let exp = if kernel_args.is_empty() && o.machine == root().join("qemu/default.toml") && o.grub.is_none() {
+    let exp = if kernel_args.is_empty() && machine_path == default_machine && grub.is_none() {
         Some(experiment::load(&default_exp, root())?)
     } else {
         None
@@ -51,7 +121,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         }
         _ => None,
     };
-    let iso = match o.grub {
+    let iso = match grub {
         Some(_) => {
             crate::grub::ensure_tools()?;
             let cmdline = format!("{}{}", kernel_args.join(" "), machine.kernel_args());
@@ -59,7 +129,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         }
         None => None,
     };
-    let boot = match (&iso, o.grub) {
+    let boot = match (&iso, grub) {
         (Some(iso), Some(firmware)) => Boot::Grub { iso, firmware },
         _ => Boot::Pvh,
     };
@@ -68,7 +138,7 @@ pub fn cmd(args: &[String]) -> Result<u8> {
         kernel: &kernel,
         machine: &machine,
         cmdline: kernel_args.join(" "),
-        accel: &o.accel,
+        accel: o.accel.name(),
         gdb: o.gdb,
         timeout: Duration::from_secs(o.timeout),
         echo: true,
@@ -78,7 +148,14 @@ pub fn cmd(args: &[String]) -> Result<u8> {
     })?;
     if let Some(report) = json_line(&run.lines, Tag::Boot) {
         print_boot_report(&report, &machine, run.ready_at);
-        println!("{}", Tag::Boot.line(&report));
+        // The same report as JSON, for scripts: in a file, not several KB on the terminal.
+        let path = root().join("target/qemu/boot.json");
+        let written = std::fs::create_dir_all(root().join("target/qemu"))
+            .and_then(|()| std::fs::write(&path, format!("{report}\n")));
+        match written {
+            Ok(()) => println!("  (the boot report as JSON: {})", path.display()),
+            Err(e) => eprintln!("xtask: writing {}: {e}", path.display()),
+        }
     }
     if let Some(result) = json_line(&run.lines, Tag::Result) {
         println!("\n== default job: {} ==", result["job"].as_str().unwrap_or("?"));

@@ -35,46 +35,54 @@ impl Threads for StdThreads {
     }
 }
 
+/// `cargo xtask stress`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "The seeded randomized interleaving test of the HMM stack, as a longer soak",
+    long_about = "The seeded randomized interleaving test of the HMM stack (hmm::stress) on the host: K seeds from S of N operations each, single-threaded and deterministic, or with --threads the threaded mode. On a failure it prints the seed, the operation index, the last operations and the broken check; --minimize then shrinks the failing sequence. Exit status 1 on a failure."
+)]
+pub struct Args {
+    /// Operations per run (per thread with --threads).
+    #[arg(long, value_name = "N", default_value = "100000", value_parser = number)]
+    ops: u64,
+    /// The first seed (decimal or 0x hex).
+    #[arg(long, value_name = "S", default_value = "1", value_parser = number)]
+    seed: u64,
+    /// How many seeds, from S on.
+    #[arg(long, value_name = "K", default_value = "1", value_parser = number)]
+    seeds: u64,
+    /// The threaded mode: CPU, device, migration and fork threads on one address space.
+    #[arg(long)]
+    threads: bool,
+    /// Switch operation classes off, e.g. --avoid exclusive,fork (names: hmm::stress::Feature).
+    #[arg(long, value_name = "F,G", value_delimiter = ',', value_parser = feature)]
+    avoid: Vec<Feature>,
+    /// On a failure, shrink the failing sequence in at most BUDGET trial runs.
+    #[arg(long, value_name = "BUDGET", num_args = 0..=1, default_missing_value = "400", value_parser = number)]
+    minimize: Option<u64>,
+    /// Print every operation as it runs.
+    #[arg(long)]
+    trace: bool,
+}
+
 fn number(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x") {
         Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
     };
-    r.map_err(|_| format!("not a number: {s}"))
+    r.map_err(|_| format!("not a number: {s} (decimal, or hex with 0x)"))
+}
+
+fn feature(name: &str) -> Result<Feature, String> {
+    let all: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+    Feature::from_name(name).ok_or(format!("unknown feature {name}; known: {}", all.join(", ")))
 }
 
 /// Runs the command; `Ok(1)` when a run failed.
-pub fn cmd_stress(args: &[String]) -> Result<u8, String> {
-    let (mut ops, mut seed, mut seeds, mut threads, mut trace) = (100_000u64, 1u64, 1u64, false, false);
-    let mut minimize: Option<usize> = None;
-    let mut avoid: Vec<Feature> = Vec::new();
-    let mut it = args.iter().peekable();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--ops" => ops = number(value()?)?,
-            "--seed" => seed = number(value()?)?,
-            "--seeds" => seeds = number(value()?)?,
-            "--threads" => threads = true,
-            "--trace" => trace = true,
-            "--avoid" => {
-                for name in value()?.split(',') {
-                    let all: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
-                    avoid.push(
-                        Feature::from_name(name).ok_or(format!("unknown feature {name}; known: {}", all.join(", ")))?,
-                    );
-                }
-            }
-            "--minimize" => {
-                minimize = Some(400);
-                if let Some(b) = it.peek().and_then(|b| number(b).ok()) {
-                    minimize = Some(b as usize);
-                    it.next();
-                }
-            }
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
+pub fn cmd_stress(a: &Args) -> Result<u8, String> {
+    let (ops, seed, seeds, threads, trace) = (a.ops, a.seed, a.seeds, a.threads, a.trace);
+    let minimize = a.minimize.map(|b| b as usize);
+    let avoid = a.avoid.clone();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("stress: the code under test panicked: {info}");
         eprintln!("the last operations (the last one panicked):");

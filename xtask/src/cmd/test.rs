@@ -1,4 +1,4 @@
-//! `cargo xtask test [--machine FILE] [--skip-host] [--filter TEXT]`: every test.
+//! `cargo xtask test [FILTER] [--machine FILE] [--skip-host] [--timeout SECS]`: every test.
 //!
 //! Host tests (`cargo test`), then the in-kernel tests under qboot (the whole suite, booting
 //! again after a test that crashes or hangs to resume with the next), the PCI tests under
@@ -7,20 +7,21 @@
 //! the default job booted through GRUB under SeaBIOS, the default job's CPU-side
 //! checks on QEMU's microvm with and without ACPI,
 //! the NUMA experiment's HMAT check, and the default experiment run on the host and in the guest,
-//! which must agree. Ends with `N passed, N failed, N skipped`. With
-//! `--filter TEXT` only the in-kernel tests whose names contain TEXT, on the default machine
-//! (or, for TEXT starting `boot::microvm` or `boot::grub`, or the start of an experiment
-//! check's name, only those checks).
+//! which must agree. Ends with `N passed, N failed, N skipped`. With a `FILTER` (or
+//! `--filter FILTER`) only the tests whose names contain it: the host tests `cargo test FILTER`
+//! selects, then the in-kernel tests (`ktest.filter=FILTER`) on the machine and the boot checks
+//! whose names contain it (or, for FILTER starting `boot::microvm` or `boot::grub`, or the start
+//! of an experiment check's name, only those checks). A filter no test matches is a failure.
 
 use super::experiment::run_points;
-use crate::decode::json_line;
+use crate::decode::{brief, json_line, tail};
 use crate::experiment;
 use crate::grub::{self, Firmware};
 use crate::machine::Machine;
-use crate::options::parse_options;
+use crate::options::{MachineOpt, positive};
 use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
-use crate::{Result, root, usage};
+use crate::{Result, root};
 use boot::protocol::{KTEST, Ktest, Tag};
 use serde_json::Value;
 use std::{
@@ -28,6 +29,52 @@ use std::{
     process::{Command, Stdio},
     time::Duration,
 };
+
+/// `cargo xtask test`'s options.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Every test: host tests, in-kernel tests in QEMU, boot checks",
+    long_about = "Every test: `cargo test` over the host-testable crates, the in-kernel tests in QEMU (resuming after a test that crashes or hangs), the PCI tests under SeaBIOS, the device tests with coherent device memory, the boot checks, the GRUB and microvm boots and the experiment checks; ends with `N passed, N failed, N skipped`.\n\nWith FILTER, only the tests whose names contain it: `cargo test FILTER` on the host (unless --skip-host), then the in-kernel tests on the machine (the kernel's ktest.filter) and the boot checks whose names contain it. `boot::microvm...`, `boot::grub...` and the experiment checks (`experiment::numa_hmat_line_costs`, `experiment::host_and_guest_agree_on_default`, or a start of their names) run just those checks."
+)]
+pub struct Args {
+    /// Run only the tests whose names contain FILTER (host and in-kernel), e.g. `faults::` or `mm::fork`.
+    #[arg(value_name = "FILTER", value_parser = filter_value)]
+    filter: Option<String>,
+    /// The same as FILTER (kept for older scripts).
+    #[arg(long = "filter", value_name = "FILTER", conflicts_with = "filter", value_parser = filter_value)]
+    filter_option: Option<String>,
+    #[command(flatten)]
+    machine: MachineOpt,
+    /// Skip the host tests (`cargo test`): only the tests in QEMU.
+    #[arg(long)]
+    skip_host: bool,
+    /// Give every QEMU boot at least SECS seconds before the xtask kills it [default: 240 for the in-kernel suite, 60 to 300 for the other checks].
+    #[arg(long, value_name = "SECS", value_parser = positive::<u64>)]
+    timeout: Option<u64>,
+}
+
+impl Args {
+    /// The filter, from the positional argument or `--filter`.
+    fn filter(&self) -> Option<&str> {
+        self.filter.as_deref().or(self.filter_option.as_deref())
+    }
+}
+
+/// A test filter: it goes on the kernel command line as `ktest.filter=FILTER`, which splits at
+/// whitespace.
+fn filter_value(s: &str) -> Result<String> {
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "'{s}': a filter is one word (no spaces): it is passed to the kernel as ktest.filter=FILTER"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// The timeout of one boot: the check's own, or the `--timeout` floor if that is longer.
+fn secs(own: u64, floor: Option<u64>) -> Duration {
+    Duration::from_secs(own.max(floor.unwrap_or(0)))
+}
 
 /// The running count, printed as `test NAME ... ok|FAILED|skipped` lines.
 #[derive(Default)]
@@ -54,7 +101,14 @@ impl Tally {
 
 /// Runs the in-kernel suite, booting again after a crash or hang to continue with the next
 /// test.
-fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &str, tally: &mut Tally) -> Result<()> {
+fn kernel_suite(
+    kernel: &Path,
+    machine: &Machine,
+    filter: Option<&str>,
+    label: &str,
+    floor: Option<u64>,
+    tally: &mut Tally,
+) -> Result<()> {
     let mut from = 0usize;
     loop {
         let mut cmdline = format!("log=warn ktest.from={from}");
@@ -67,7 +121,7 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
             cmdline,
             accel: "tcg",
             gdb: false,
-            timeout: Duration::from_secs(240),
+            timeout: secs(240, floor),
             echo: false,
             initrd: None,
             on_line: None,
@@ -92,8 +146,8 @@ fn kernel_suite(kernel: &Path, machine: &Machine, filter: Option<&str>, label: &
                 from = i + 1;
             }
             (outcome, _) => {
-                for l in run.lines.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev() {
-                    println!("  | {l}");
+                for l in &run.lines[run.lines.len().saturating_sub(30)..] {
+                    println!("  | {}", brief(l));
                 }
                 return Err(format!("{label}in-kernel tests did not finish: {}", outcome.describe()));
             }
@@ -145,8 +199,15 @@ fn read_suite(lines: &[String], label: &str, tally: &mut Tally) -> Suite {
     suite
 }
 
-/// Boots that must fail in a specific, clearly reported way.
-fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()> {
+/// Boots that must fail in a specific, clearly reported way (`only`: just the checks whose
+/// names contain it).
+fn boot_checks(
+    kernel: &Path,
+    machine: &Machine,
+    only: Option<&str>,
+    floor: Option<u64>,
+    tally: &mut Tally,
+) -> Result<()> {
     let checks: [(&str, &str, Outcome, &[&str]); 5] = [
         (
             "boot::unhandled_page_fault_reported",
@@ -178,14 +239,14 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
             &["BOOT FAILED: kernel command line: unknown kernel argument 'bogus=1'"],
         ),
     ];
-    for (name, cmdline, want, needles) in checks {
+    for (name, cmdline, want, needles) in checks.into_iter().filter(|c| only.is_none_or(|o| c.0.contains(o))) {
         let run = run_qemu(&Launch {
             kernel,
             machine,
             cmdline: cmdline.into(),
             accel: "tcg",
             gdb: false,
-            timeout: Duration::from_secs(60),
+            timeout: secs(60, floor),
             echo: false,
             initrd: None,
             on_line: None,
@@ -208,7 +269,7 @@ fn boot_checks(kernel: &Path, machine: &Machine, tally: &mut Tally) -> Result<()
 /// running the default job: the boot report must say Multiboot2 entered the kernel, and the
 /// job must pass its checks on the machine's devices. `only`: run just the checks whose names
 /// contain it. The release kernel (a `ktest` build runs its suite, not the job).
-fn grub_checks(machine: &Machine, only: Option<&str>, tally: &mut Tally) -> Result<()> {
+fn grub_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     let names =
         // UEFI is not in the list: GRUB's EFI loader fails on the current kernel image
         // ("failure reading sector 0x27e0 from `cd0'", before the kernel runs), though an
@@ -229,7 +290,7 @@ fn grub_checks(machine: &Machine, only: Option<&str>, tally: &mut Tally) -> Resu
             cmdline: String::new(),
             accel: "tcg",
             gdb: false,
-            timeout: Duration::from_secs(180),
+            timeout: secs(180, floor),
             echo: false,
             initrd: None,
             on_line: None,
@@ -237,8 +298,8 @@ fn grub_checks(machine: &Machine, only: Option<&str>, tally: &mut Tally) -> Resu
         })?;
         let loader = json_line(&run.lines, Tag::Boot).and_then(|v| v["loader"].as_str().map(str::to_string));
         if run.outcome != Outcome::Success {
-            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
-            tally.fail(&name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+            let last = tail(&run.lines, 5);
+            tally.fail(&name, &format!("expected success, got '{}'; last lines: {last}", run.outcome.describe()));
         } else if loader.as_deref() != Some("multiboot2") {
             tally.fail(&name, &format!("the boot report names loader {loader:?}, not multiboot2"));
         } else if json_line(&run.lines, Tag::Result).is_none() {
@@ -261,7 +322,7 @@ const MICROVM: [(&str, &str); 2] = [
 /// calibrated (from CPUID or the PIT: there is no PM timer), report no PCI, and pass the job's
 /// CPU-side checks, its result saying the machine has no devices. `only`: run just the checks
 /// whose names contain it. The release kernel (a `ktest` build runs its suite, not the job).
-fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
+fn microvm_checks(only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     let kernel = &build_kernel(Profile::Release)?;
     for (name, file) in MICROVM.into_iter().filter(|(n, _)| only.is_none_or(|o| n.contains(o))) {
         let machine = Machine::load(&root().join(file))?;
@@ -271,7 +332,7 @@ fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
             cmdline: "job=default".into(),
             accel: "tcg",
             gdb: false,
-            timeout: Duration::from_secs(120),
+            timeout: secs(120, floor),
             echo: false,
             initrd: None,
             on_line: None,
@@ -282,8 +343,8 @@ fn microvm_checks(only: Option<&str>, tally: &mut Tally) -> Result<()> {
         let source = report.as_ref().and_then(|v| v["tsc_source"].as_str().map(str::to_string));
         let acpi = machine.acpi.unwrap_or(true);
         if run.outcome != Outcome::Success {
-            let last: Vec<&String> = run.lines.iter().rev().take(5).collect();
-            tally.fail(name, &format!("expected success, got '{}'; last lines {last:?}", run.outcome.describe()));
+            let last = tail(&run.lines, 5);
+            tally.fail(name, &format!("expected success, got '{}'; last lines: {last}", run.outcome.describe()));
         } else if let Some(problem) = report
             .as_ref()
             .map_or(Some("no boot report".to_string()), |v| microvm_report_problem(v, acpi, machine.virtio_rng))
@@ -347,11 +408,11 @@ const AGREE_CHECK: &str = "experiment::host_and_guest_agree_on_default";
 
 /// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
-fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
+fn numa_experiment_check(floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     let name = NUMA_CHECK;
     let file = root().join("experiments/numa.toml");
     let l = experiment::load(&file, root())?;
-    let (results, _) = run_points(&file, &l, false, 2, 300, Profile::Release)?;
+    let (results, _) = run_points(&file, &l, false, 2, secs(300, floor).as_secs(), Profile::Release)?;
     let mut problems = Vec::new();
     for p in &l.points {
         let r = results.get(&p.id).cloned().unwrap_or(Value::Null);
@@ -382,12 +443,13 @@ fn numa_experiment_check(tally: &mut Tally) -> Result<()> {
 /// Runs `experiments/default.toml` on the host and in the guest: the same engine and policies
 /// over the HMM stack on two platforms must make the same decisions and count the same, point
 /// by point (only the mechanism's measured time differs); a failure names the first difference.
-fn host_and_guest_agree_check(tally: &mut Tally) -> Result<()> {
+fn host_and_guest_agree_check(floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     let name = AGREE_CHECK;
     let file = root().join("experiments/default.toml");
     let l = experiment::load(&file, root())?;
-    let (host, _) = run_points(&file, &l, true, 2, 300, Profile::Release)?;
-    let (guest, _) = run_points(&file, &l, false, 2, 300, Profile::Release)?;
+    let timeout = secs(300, floor).as_secs();
+    let (host, _) = run_points(&file, &l, true, 2, timeout, Profile::Release)?;
+    let (guest, _) = run_points(&file, &l, false, 2, timeout, Profile::Release)?;
     let failed: Vec<String> = host
         .iter()
         .chain(&guest)
@@ -415,12 +477,16 @@ fn slurm_checks(only: &str, tally: &mut Tally) {
     }
 }
 
-/// `cargo test` over the host-testable crates, its counts added to the tally.
-fn host_tests(tally: &mut Tally) -> Result<()> {
-    println!("== host tests (cargo test) ==");
+/// `cargo test [FILTER]` over the host-testable crates, its counts added to the tally.
+fn host_tests(filter: Option<&str>, tally: &mut Tally) -> Result<()> {
+    match filter {
+        Some(f) => println!("== host tests (cargo test {f}) =="),
+        None => println!("== host tests (cargo test) =="),
+    }
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
         .args(["test", "--quiet"])
+        .args(filter)
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("running cargo test: {e}"))?;
@@ -448,75 +514,84 @@ fn host_tests(tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask test`.
-pub fn cmd(args: &[String]) -> Result<u8> {
-    let (o, rest) = parse_options(args)?;
-    if !rest.is_empty() {
-        return Err(format!("unexpected arguments {rest:?}\n{}", usage()));
+/// The closing line, `N passed, N failed, N skipped`, and the exit status; with a filter no
+/// test matched, a failure that says so.
+fn finish(tally: &Tally, filter: Option<&str>) -> Result<u8> {
+    println!();
+    if !tally.failed.is_empty() {
+        println!("failed: {}", tally.failed.join(", "));
     }
-    let machine = Machine::load(&o.machine)?;
+    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
+    if let Some(f) = filter
+        && tally.passed + tally.failed.len() + tally.skipped == 0
+    {
+        return Err(format!(
+            "no test name contains '{f}' (host tests, in-kernel tests and checks); names are like `mm::fork`, `faults::`, `hmm.hmm_device_private.anon_read`, `boot::microvm_acpi_runs_the_default_job`"
+        ));
+    }
+    Ok(if tally.failed.is_empty() { 0 } else { 1 })
+}
+
+/// `cargo xtask test`.
+pub fn cmd(o: &Args) -> Result<u8> {
+    let filter = o.filter();
+    let floor = o.timeout;
+    let machine = Machine::load(&o.machine.path_or("qemu/default.toml"))?;
     let seabios = Machine::load(&root().join("qemu/seabios.toml"))?;
     let coherent = Machine::load(&root().join("qemu/coherent.toml"))?;
     ensure_prerequisites(true)?;
     let mut tally = Tally::default();
     if !o.skip_host {
-        host_tests(&mut tally)?;
+        host_tests(filter, &mut tally)?;
     }
-    if let Some(f) = o.filter.as_deref().filter(|f| f.starts_with("boot::microvm") || f.starts_with("boot::grub")) {
+    if let Some(f) = filter.filter(|f| f.starts_with("boot::microvm") || f.starts_with("boot::grub")) {
         // The microvm and GRUB boots by name: not in-kernel tests.
-        microvm_checks(Some(f), &mut tally)?;
-        grub_checks(&machine, Some(f), &mut tally)?;
-        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
-        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+        microvm_checks(Some(f), floor, &mut tally)?;
+        grub_checks(&machine, Some(f), floor, &mut tally)?;
+        return finish(&tally, filter);
     }
     // The host-driven experiment checks by name (a filter that starts one of their names; the
     // in-kernel tests have `experiment::` names too).
-    if let Some(f) = o.filter.as_deref().filter(|f| {
+    if let Some(f) = filter.filter(|f| {
         f.len() > "experiment::".len()
             && (NUMA_CHECK.starts_with(*f)
                 || AGREE_CHECK.starts_with(*f)
                 || crate::slurm::check::NAMES.iter().any(|n| n.starts_with(*f)))
     }) {
         if NUMA_CHECK.starts_with(f) {
-            numa_experiment_check(&mut tally)?;
+            numa_experiment_check(floor, &mut tally)?;
         }
         if AGREE_CHECK.starts_with(f) {
-            host_and_guest_agree_check(&mut tally)?;
+            host_and_guest_agree_check(floor, &mut tally)?;
         }
         slurm_checks(f, &mut tally);
-        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
-        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+        return finish(&tally, filter);
     }
     println!("\n== in-kernel tests ({}) ==", machine.description);
     let kernel = build_kernel(Profile::Ktest)?;
-    if let Some(f) = &o.filter {
-        kernel_suite(&kernel, &machine, Some(f), "", &mut tally)?;
-        println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
-        return Ok(if tally.failed.is_empty() { 0 } else { 1 });
+    if let Some(f) = filter {
+        kernel_suite(&kernel, &machine, Some(f), "", floor, &mut tally)?;
+        boot_checks(&kernel, &machine, Some(f), floor, &mut tally)?;
+        return finish(&tally, filter);
     }
-    kernel_suite(&kernel, &machine, None, "", &mut tally)?;
+    kernel_suite(&kernel, &machine, None, "", floor, &mut tally)?;
     println!("\n== in-kernel PCI tests under SeaBIOS ==");
-    kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", &mut tally)?;
+    kernel_suite(&kernel, &seabios, Some("pci::"), "seabios/", floor, &mut tally)?;
     println!("\n== in-kernel device tests with coherent device memory ({}) ==", coherent.description);
-    kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", &mut tally)?;
+    kernel_suite(&kernel, &coherent, Some("devices::"), "coherent/", floor, &mut tally)?;
     println!("\n== boot checks ==");
-    boot_checks(&kernel, &machine, &mut tally)?;
+    boot_checks(&kernel, &machine, None, floor, &mut tally)?;
     println!("\n== boot through GRUB (Multiboot2), BIOS and UEFI ==");
-    grub_checks(&machine, None, &mut tally)?;
+    grub_checks(&machine, None, floor, &mut tally)?;
     println!("\n== boot on microvm (the Firecracker machine model), with and without ACPI ==");
-    microvm_checks(None, &mut tally)?;
+    microvm_checks(None, floor, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
-    numa_experiment_check(&mut tally)?;
+    numa_experiment_check(floor, &mut tally)?;
     println!("\n== the default experiment on the host and in the guest (experiments/default.toml) ==");
-    host_and_guest_agree_check(&mut tally)?;
+    host_and_guest_agree_check(floor, &mut tally)?;
     println!("\n== sweeps through a single-node Slurm cluster on this machine ==");
     slurm_checks("", &mut tally);
-    println!();
-    if !tally.failed.is_empty() {
-        println!("failed: {}", tally.failed.join(", "));
-    }
-    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped);
-    Ok(if tally.failed.is_empty() { 0 } else { 1 })
+    finish(&tally, None)
 }
 
 #[cfg(test)]

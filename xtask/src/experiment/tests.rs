@@ -85,7 +85,7 @@ fn errors_name_file_line_field_and_what_is_allowed() {
     let e = err(&SMALL.replace("mechanism = \"host\"", "mechanism = \"modle\""));
     assert!(e.contains("`mechanism`") && e.contains("real, host"), "{e}");
     let e = err(&format!("colour = 1\n{SMALL}"));
-    assert!(e.starts_with("exp.toml:1:1: unknown field `colour`"), "{e}");
+    assert!(e.starts_with("exp.toml:1:1: `colour`: unknown field `colour`"), "{e}");
     let e = err(&SMALL.replace("[1.0, 1.5]", "[1.0, 9.0]"));
     assert!(e.contains("`sweep.oversubscription`: 9: expected 0.01 to 4.0"), "{e}");
     let e = err(&SMALL.replace("[\"1M\"]", "[\"64M\"]").replace("[1.0, 1.5]", "[4.0]\ntogether = true"));

@@ -228,37 +228,3 @@ fn the_node_is_the_machine_slurmd_finds_named_localhost() {
         assert!(conf.contains(want), "{want:?} not in\n{conf}");
     }
 }
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-#[test]
-fn the_slurm_options_are_taken_out_of_the_experiments() {
-    let Split { options, jobs, rest } =
-        split_options(&args(&["f.toml", "--host", "--slurm", "--partition", "batch", "--tasks", "8", "--jobs", "3"]))
-            .unwrap();
-    let o = options.unwrap();
-    assert_eq!((o.partition.as_deref(), o.tasks, o.wait, jobs), (Some("batch"), 8, None, Some(3)));
-    assert_eq!(rest, args(&["f.toml", "--host", "--jobs", "3"]));
-    let Split { options, jobs, .. } =
-        split_options(&args(&["f.toml", "--slurm", "--wait", "--wait-timeout", "60"])).unwrap();
-    let o = options.unwrap();
-    assert_eq!((o.partition, o.tasks, o.wait, jobs), (None, 4, Some(Duration::from_secs(60)), None));
-    assert_eq!(
-        split_options(&args(&["f.toml", "--slurm", "--wait"])).unwrap().options.unwrap().wait,
-        Some(Duration::from_secs(86_400))
-    );
-    // Without --slurm nothing is taken, and its options are refused by name.
-    let Split { options, rest, .. } = split_options(&args(&["f.toml", "--host"])).unwrap();
-    assert!(options.is_none());
-    assert_eq!(rest, args(&["f.toml", "--host"]));
-    let e = split_options(&args(&["f.toml", "--tasks", "2"])).unwrap_err();
-    assert!(e.contains("--tasks is an option of --slurm"), "{e}");
-    assert!(split_options(&args(&["f.toml", "--wait"])).unwrap_err().contains("--wait is an option of --slurm"));
-    assert!(split_options(&args(&["f.toml", "--slurm", "--tasks", "0"])).unwrap_err().contains("positive"));
-    assert!(split_options(&args(&["f.toml", "--slurm", "--partition"])).unwrap_err().contains("--partition takes"));
-    assert!(
-        split_options(&args(&["f.toml", "--slurm", "--wait-timeout", "5"])).unwrap_err().contains("give --wait too")
-    );
-}

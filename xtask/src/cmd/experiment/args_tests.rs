@@ -1,0 +1,36 @@
+//! `cargo xtask experiment`'s run-folder options: `--resume`, `--shard`, `merge`.
+
+use super::*;
+use crate::options::{Command, parse};
+
+fn exp(s: &str) -> std::result::Result<Args, String> {
+    match parse(s.split_whitespace().map(String::from)) {
+        Ok(c) => match c.command {
+            Command::Experiment(a) => Ok(a),
+            _ => panic!("{s}: not the experiment command"),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn resume_shard_and_merge_parse_and_mistakes_are_refused() {
+    let a = exp("experiment --resume default/latest --shard 1/2 --jobs 1").unwrap();
+    assert_eq!(
+        (a.resume.as_deref(), a.shard, a.file.as_ref()),
+        (Some("default/latest"), Some(Shard { index: 1, count: 2 }), None)
+    );
+    let a = exp("experiment experiments/default.toml --resume default/latest").unwrap();
+    assert!(a.file.is_some() && a.resume.is_some());
+    let a = exp("experiment experiments/default.toml --shard 0/3 --host").unwrap();
+    assert_eq!(a.shard, Some(Shard { index: 0, count: 3 }));
+    let a = exp("experiment merge default/latest").unwrap();
+    assert!(matches!(&a.sub, Some(Sub::Merge { run }) if run == "default/latest"), "{a:?}");
+    // A shard past the count, a resume that is also a check, a merge without its folder or
+    // with run options, no file and no resume.
+    assert!(exp("experiment e.toml --shard 2/2").unwrap_err().contains("0 <= I < N"));
+    assert!(exp("experiment --resume r --check").unwrap_err().contains("cannot be used with"));
+    assert!(exp("experiment merge").unwrap_err().contains("<RUN>"));
+    assert!(exp("experiment merge r --host").is_err());
+    assert!(exp("experiment").unwrap_err().contains("<FILE>"));
+}
