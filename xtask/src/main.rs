@@ -37,6 +37,7 @@ mod options;
 mod qemu;
 mod run;
 mod setup;
+mod slurm;
 mod workspace;
 
 #[cfg(test)]

@@ -387,6 +387,9 @@ pub struct Args {
     /// Kill a guest after SECS seconds (the xtask's own timeout per boot; not with --host).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
+    /// `--slurm` and its options: the sweep handed to Slurm (`crate::slurm`).
+    #[command(flatten)]
+    slurm: crate::slurm::SlurmArgs,
     /// Resume the run folder RUN (a path, or relative to target/experiments/, e.g. default/latest): run its points that have no finished record, the way the run began (--host or QEMU).
     #[arg(long, value_name = "RUN")]
     resume: Option<String>,
@@ -440,6 +443,9 @@ fn run_new(a: &Args, file: &Path) -> Result<u8> {
             "{}: cost.lines = \"hmat\" takes the line costs from the guest's ACPI HMAT, which --host has not got; run it without --host",
             file.display()
         ));
+    }
+    if let Some(o) = a.slurm.options() {
+        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, &o);
     }
     if a.check || a.list {
         print!("{}", experiment::plan::check(&l, file, root(), a.host, a.jobs()));

@@ -465,6 +465,18 @@ fn host_and_guest_agree_check(floor: Option<u64>, tally: &mut Tally) -> Result<(
     Ok(())
 }
 
+/// The Slurm cluster tests whose names start with `only` (`crate::slurm::check`).
+fn slurm_checks(only: &str, tally: &mut Tally) {
+    use crate::slurm::check::Verdict;
+    for (name, v) in crate::slurm::check::run(only) {
+        match v {
+            Verdict::Pass => tally.pass(name),
+            Verdict::Fail(why) => tally.fail(name, &why),
+            Verdict::Skip(why) => tally.skip(name, &why),
+        }
+    }
+}
+
 /// `cargo test [FILTER]` over the host-testable crates, its counts added to the tally.
 fn host_tests(filter: Option<&str>, tally: &mut Tally) -> Result<()> {
     match filter {
@@ -540,15 +552,19 @@ pub fn cmd(o: &Args) -> Result<u8> {
     }
     // The host-driven experiment checks by name (a filter that starts one of their names; the
     // in-kernel tests have `experiment::` names too).
-    if let Some(f) =
-        filter.filter(|f| f.len() > "experiment::".len() && (NUMA_CHECK.starts_with(*f) || AGREE_CHECK.starts_with(*f)))
-    {
+    if let Some(f) = filter.filter(|f| {
+        f.len() > "experiment::".len()
+            && (NUMA_CHECK.starts_with(*f)
+                || AGREE_CHECK.starts_with(*f)
+                || crate::slurm::check::NAMES.iter().any(|n| n.starts_with(*f)))
+    }) {
         if NUMA_CHECK.starts_with(f) {
             numa_experiment_check(floor, &mut tally)?;
         }
         if AGREE_CHECK.starts_with(f) {
             host_and_guest_agree_check(floor, &mut tally)?;
         }
+        slurm_checks(f, &mut tally);
         return finish(&tally, filter);
     }
     println!("\n== in-kernel tests ({}) ==", machine.description);
@@ -573,6 +589,8 @@ pub fn cmd(o: &Args) -> Result<u8> {
     numa_experiment_check(floor, &mut tally)?;
     println!("\n== the default experiment on the host and in the guest (experiments/default.toml) ==");
     host_and_guest_agree_check(floor, &mut tally)?;
+    println!("\n== sweeps through a single-node Slurm cluster on this machine ==");
+    slurm_checks("", &mut tally);
     finish(&tally, None)
 }
 
