@@ -431,7 +431,13 @@ impl<'m> Engine<'m> {
                     error: w.error.clone(),
                 })
                 .collect(),
-            policy: self.policy.report(),
+            policy: {
+                let mut r = self.policy.report();
+                // The counter units' halvings at saturation, where a policy programmed them.
+                let halvings = self.counter_units.iter().filter_map(|u| u.halvings()).reduce(|a, b| a + b);
+                r.extend(halvings.map(|h| ("counter_halvings", h)));
+                r
+            },
             trace: self.trace,
             trace_dropped: self.dropped,
         })

@@ -4,7 +4,7 @@
 
 use super::{Engine, MechError, PageOp};
 use crate::place::cost::Source;
-use crate::place::policy::{Ctx, Plan, root_chunk_victims};
+use crate::place::policy::{Ctx, Plan, Units, root_chunk_victims};
 use crate::place::{BLOCK, Loc, PAGE};
 use alloc::format;
 use alloc::vec::Vec;
@@ -251,13 +251,13 @@ impl Engine<'_> {
     /// returns when the evictions' transfers end.
     pub(super) fn make_room(&mut self, d: u8, need: u32, protect: &[(u32, u32)], t: f64) -> Result<f64, MechError> {
         let mut victims = Vec::new();
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+        let cx = Ctx::new(&self.st, &self.cost, t as u64).with_units(Units::new(&self.counter_units, 0));
         self.policy.on_eviction_pressure(&cx, d, need, &mut victims);
         let mut done = t;
         let freed = self.evict(d, &victims, protect, &mut done)?;
         if freed < need {
             let mut more = Vec::new();
-            let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+            let cx = Ctx::new(&self.st, &self.cost, t as u64);
             root_chunk_victims(&cx, d, self.st.dev(d as usize).capacity, &mut more);
             let mut left = need - freed;
             let mut picked = Vec::new();

@@ -274,6 +274,32 @@ fn access_counters_migrate_hot_regions_and_map_the_rest() {
 }
 
 #[test]
+fn notifications_are_the_counter_units_not_every_counted_access() {
+    // UVM's counters at threshold 256: a notification per 256 remote lines at most.
+    let o = run1("bfs", 1.25, policy("counters", &[("mode", Value::Text("always".into()))], "lfu2m"));
+    assert!(o.stats.notifications > 0, "{:?}", o.stats);
+    assert!(o.stats.notifications * 256 <= o.stats.remote_lines, "{:?}", o.stats);
+    // IPDPS'20's counters before oversubscription (mode oversub, device not full): the unit
+    // counts every access and notifies none.
+    let ipdps = |mode: &str| {
+        [
+            ("mode", Value::Text(mode.into())),
+            ("counting", Value::Text("ipdps".into())),
+            ("region", Value::Text("64K".into())),
+            ("threshold", Value::Int(8)),
+        ]
+    };
+    let o = run1("fdtd", 0.9, policy("counters", &ipdps("oversub"), "lfu2m"));
+    assert!(o.stats.local_lines > 0, "{:?}", o.stats);
+    assert_eq!(o.stats.notifications, 0, "{:?}", o.stats);
+    // Once delayed, every counted access of a hot block notifies; the halvings the unit was
+    // programmed for are reported with the policy's counters.
+    let o = run1("bfs", 1.25, policy("counters", &ipdps("always"), "lfu2m"));
+    assert!(o.stats.notifications > 0 && o.stats.notifications < o.stats.accesses, "{:?}", o.stats);
+    assert!(o.policy.contains(&("counter_halvings", 0)), "{:?}", o.policy);
+}
+
+#[test]
 fn counter_migrations_on_the_fault_path_make_the_device_wait() {
     let params = |service: &str| {
         [("threshold", Value::Int(8)), ("mode", Value::Text("always".into())), ("service", Value::Text(service.into()))]

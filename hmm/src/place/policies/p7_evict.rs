@@ -201,7 +201,7 @@ mod tests {
         p.set("reserve", Value::Int(reserve));
         let mut e = Evict::new(&p.checked(PARAMS).unwrap());
         let c = CostModel::default();
-        let cx = Ctx { state: s, cost: &c, now: 100 };
+        let cx = Ctx::new(s, &c, 100);
         let mut v = Vec::new();
         e.on_eviction_pressure(&cx, 0, need, &mut v);
         v.into_iter().flat_map(|(f, n)| f..f + n).collect()
