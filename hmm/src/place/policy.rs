@@ -411,6 +411,14 @@ pub trait Policy {
         let _ = (cx, dev);
     }
 
+    /// Pages device `dev` keeps free once it is oversubscribed (UVMSmart's free-page buffer,
+    /// none by default): after each migration into the device the engine evicts, in
+    /// [`Policy::on_eviction_pressure`]'s order, until that many pages are free.
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        let _ = (cx, dev);
+        0
+    }
+
     /// Whether pages evicted from a device stay mapped there remotely (UVM's
     /// `uvm_perf_map_remote_on_eviction`, effective with access-counter migration).
     fn remote_after_eviction(&self) -> bool {
@@ -507,6 +515,9 @@ impl Policy for Stack {
         // the refusal every policy of the stack hears of.
         self.on_allocation_refused(cx, dev);
         self.evict.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        self.evict.free_buffer(cx, dev)
     }
     fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
         self.place.on_allocation_refused(cx, dev);
