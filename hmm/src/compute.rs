@@ -23,12 +23,12 @@
 
 mod access;
 
-pub use access::{AccessCounters, CounterConfig, CounterNotification};
+pub use access::{AccessCounters, CounterConfig, CounterNotification, NEVER};
 
 use crate::devmmu::{Domain, Mirror, MirrorError, Translation, Where};
 use crate::place::Loc;
 use crate::place::cost::CostModel;
-use crate::place::policy::{Action, Ctx, Fault as PlaceFault, Notification, Plan, Policy};
+use crate::place::policy::{Action, Ctx, Fault as PlaceFault, Notification, Plan, Policy, Units};
 use crate::place::state::State;
 use alloc::vec::Vec;
 
@@ -387,7 +387,8 @@ pub struct Placed<'a, D: Domain> {
     cost: CostModel,
     base: u64,
     dev: u8,
-    counters: AccessCounters,
+    /// The device's counter unit at index `dev` (the policy reads unit `dev`).
+    units: Vec<AccessCounters>,
 }
 
 impl<D: Domain> core::fmt::Debug for Placed<'_, D> {
@@ -410,7 +411,8 @@ impl<'a, D: Domain> Placed<'a, D> {
         let mut caps = alloc::vec![0u32; dev as usize + 1];
         caps[dev as usize] = capacity;
         let state = State::new(pages, &caps);
-        Placed { mirror, backend, policy, state, cost: CostModel::default(), base, dev, counters: Default::default() }
+        let units = alloc::vec![AccessCounters::default(); dev as usize + 1];
+        Placed { mirror, backend, policy, state, cost: CostModel::default(), base, dev, units }
     }
 
     /// Carries out the plan's migrations to this device; returns the ranges migrated.
@@ -461,10 +463,12 @@ impl<D: Domain> Device for Placed<'_, D> {
     }
 
     fn access_counters(&mut self) -> Option<&mut AccessCounters> {
-        let cx = Ctx { state: &self.state, cost: &self.cost, now: self.backend.now() };
+        let cx =
+            Ctx::new(&self.state, &self.cost, self.backend.now()).with_units(Units::new(&self.units, self.base / PAGE));
         let c = self.policy.counters(&cx, self.dev);
-        self.counters.configure(c.map(crate::place::policy::Counters::unit));
-        c.map(|_| &mut self.counters)
+        let unit = &mut self.units[self.dev as usize];
+        unit.configure(c.map(crate::place::policy::Counters::unit));
+        c.map(|_| unit)
     }
 
     fn notify(&mut self, _lane: usize, n: &CounterNotification, c: &mut Counters) -> Result<(), MirrorError> {
@@ -480,10 +484,23 @@ impl<D: Domain> Device for Placed<'_, D> {
             return Ok(());
         }
         let pages = last - first + 1;
-        let note = Notification { dev: self.dev, first, pages, reads: n.reads, writes: n.writes };
+        // The mask in the policy's pages: a region clipped at its start shifts its
+        // sub-regions, and a policy sub-region is marked if any unit sub-region over it was.
+        let shift = (self.base / PAGE + u64::from(first)) - n.first;
+        let mask = shift_mask(n.mask, n.mask_pages, n.pages, shift, pages);
+        let note = Notification {
+            dev: self.dev,
+            first,
+            pages,
+            reads: n.reads,
+            writes: n.writes,
+            mask,
+            mask_pages: n.mask_pages,
+        };
         let now = self.backend.now();
         let mut plan = Plan::default();
-        self.policy.on_access_counter(&Ctx { state: &self.state, cost: &self.cost, now }, &note, &mut plan);
+        let cx = Ctx::new(&self.state, &self.cost, now).with_units(Units::new(&self.units, self.base / PAGE));
+        self.policy.on_access_counter(&cx, &note, &mut plan);
         for (a, b) in self.migrate_planned(&plan, now, c)? {
             // What moved is mapped where it is now, as the fault path maps a migrated group.
             self.mirror.fault(self.base + a as u64 * PAGE, self.base + b as u64 * PAGE, false)?;
@@ -499,7 +516,8 @@ impl<D: Domain> Device for Placed<'_, D> {
             .collect();
         let mut plan = Plan::default();
         let now = self.backend.now();
-        self.policy.on_device_faults(&Ctx { state: &self.state, cost: &self.cost, now }, self.dev, &faults, &mut plan);
+        let cx = Ctx::new(&self.state, &self.cost, now).with_units(Units::new(&self.units, self.base / PAGE));
+        self.policy.on_device_faults(&cx, self.dev, &faults, &mut plan);
         let migrated = self.migrate_planned(&plan, now, c).map_err(|err| (groups[0], err))?;
         for g in groups {
             let moved = self.page(g.start).is_some_and(|p| migrated.iter().any(|&(a, b)| p >= a && p < b));
@@ -519,6 +537,33 @@ impl<D: Domain> Device for Placed<'_, D> {
         }
         Ok(())
     }
+}
+
+/// A sub-region mask (a bit per `mask_pages` pages of a region of `region` pages, bit 31
+/// holding the rest) re-expressed for the same region seen from `shift` pages into it, over
+/// `pages` pages: a bit of the result is set when any set bit's pages overlap its own.
+fn shift_mask(mask: u32, mask_pages: u32, region: u32, shift: u64, pages: u32) -> u32 {
+    let mp = u64::from(mask_pages.max(1));
+    if shift == 0 {
+        return mask;
+    }
+    let mut out = 0u32;
+    for i in 0..32u64 {
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let lo = i * mp;
+        let hi = if i == 31 { u64::from(region).max(lo + mp) } else { lo + mp };
+        // Its pages from the clipped start, within the `pages` the policy sees.
+        let (lo, hi) = (lo.saturating_sub(shift), hi.saturating_sub(shift).min(u64::from(pages)));
+        if lo >= hi {
+            continue;
+        }
+        for j in lo / mp..=((hi - 1) / mp).min(31) {
+            out |= 1 << j;
+        }
+    }
+    out
 }
 
 /// A kernel: lane `l` adds 1 to words `l, l + lanes, l + 2 * lanes, ...` (counted in units

@@ -1,30 +1,66 @@
 //! A device's access-counter unit: the hardware that counts the compute engine's accesses per
 //! region of virtual memory and raises a notification when a region's count reaches the
-//! threshold its driver programmed (NVIDIA's access counters, `reference/placement.md` 1.5:
-//! counted over the accesses that reach another processor's memory, reset when they notify).
+//! threshold its driver programmed (NVIDIA's access counters, `reference/placement.md` 1.5;
+//! IPDPS'20's per-block access registers, §4.2).
 //!
 //! [`run`](super::run) feeds the unit every access a lane completes, weighted by
 //! [`Kernel::weight`](super::Kernel::weight) (a workload access that covers several cache
 //! lines counts each), and hands each notification to
 //! [`Device::notify`](super::Device::notify), where the driver services it (the placement
-//! policy's [`on_access_counter`](crate::place::policy::Policy::on_access_counter)).
+//! policy's [`on_access_counter`](crate::place::policy::Policy::on_access_counter)). The driver
+//! can also read a region's count at any time ([`AccessCounters::count_of`]), as it does at
+//! fault time to decide whether a faulting page is hot.
 //!
-//! Invariants: a region's count holds the reads and writes counted since its last
-//! notification (or since the unit was cleared); a notification resets exactly that region;
-//! reprogramming the unit ([`AccessCounters::configure`]) keeps the counts, as the driver's
-//! change of threshold does not clear the hardware's counters.
+//! Modes ([`CounterConfig`]):
+//! - *resetting* (UVM's access counters, the default): a notification resets its region's
+//!   count and sub-region mask;
+//! - *cumulative* (IPDPS'20's): counts are never reset by a notification; a region at or
+//!   above the threshold notifies at every counted access, and its mask starts again;
+//! - *halving* at saturation (IPDPS'20's 27-bit registers): when one region's count reaches
+//!   [`CounterConfig::halve_at`], every region's counts halve;
+//! - a notification carries the *sub-region mask* (UVM's `sub_granularity`): one bit per
+//!   [`CounterConfig::mask_pages`] pages of the region, set for those accessed since the
+//!   region's last notification.
+//!
+//! Invariants: a region's count holds the reads and writes counted since its last reset (a
+//! notification in the resetting mode, [`AccessCounters::clear`], or a change of region size),
+//! halved once per halving since; its mask holds the sub-regions counted since its last
+//! notification. Reprogramming the unit with the same region size
+//! ([`AccessCounters::configure`]) keeps the counts, as the driver's change of threshold does
+//! not clear the hardware's counters; a new region size clears them (they would no longer
+//! name regions of that size).
 
 use alloc::collections::BTreeMap;
+
+/// A threshold that never notifies: the unit only counts, for the driver to read.
+pub const NEVER: u32 = u32::MAX;
 
 /// What the driver programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterConfig {
     /// Pages per counted region (a power of two is expected; any positive size works).
     pub region: u32,
-    /// Accesses counted in a region before it notifies.
+    /// Accesses counted in a region before it notifies ([`NEVER`]: it never does).
     pub threshold: u32,
     /// Count accesses to the device's own memory too (hotness sampling), not only remote ones.
     pub count_local: bool,
+    /// A notification does not reset the region's count (IPDPS'20): a region at or above the
+    /// threshold notifies at every counted access.
+    pub cumulative: bool,
+    /// When one region's count reaches this, every region's reads and writes halve (`None`:
+    /// counts saturate at `u32::MAX`).
+    pub halve_at: Option<u32>,
+    /// Pages per bit of a notification's sub-region mask (UVM: 16, 64 KiB of a 2 MiB
+    /// region). Bits past the 32nd fold into bit 31.
+    pub mask_pages: u32,
+}
+
+impl CounterConfig {
+    /// UVM's programming: `threshold` accesses of remote memory per `region`, reset at each
+    /// notification, no halving, a mask bit per 64 KiB.
+    pub fn new(region: u32, threshold: u32) -> Self {
+        CounterConfig { region, threshold, count_local: false, cumulative: false, halve_at: None, mask_pages: 16 }
+    }
 }
 
 /// A region's count reached the threshold.
@@ -34,23 +70,56 @@ pub struct CounterNotification {
     pub first: u64,
     /// Pages in the region.
     pub pages: u32,
-    /// Reads counted since the region's last notification.
+    /// Reads counted in the region (since its last reset).
     pub reads: u32,
-    /// Writes counted since then.
+    /// Writes counted there.
     pub writes: u32,
+    /// Sub-regions accessed since the region's last notification: bit `i` covers pages
+    /// `first + i × mask_pages ..` (`mask_pages` as programmed).
+    pub mask: u32,
+    /// Pages per mask bit.
+    pub mask_pages: u32,
+}
+
+/// One region's counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Count {
+    reads: u32,
+    writes: u32,
+    mask: u32,
+}
+
+impl Count {
+    fn total(self) -> u32 {
+        self.reads.saturating_add(self.writes)
+    }
 }
 
 /// The unit: its programming and its per-region counts.
 #[derive(Debug, Clone, Default)]
 pub struct AccessCounters {
     config: Option<CounterConfig>,
-    counts: BTreeMap<u64, (u32, u32)>,
+    /// The region size the counts are kept in (pages; 0 before the first programming).
+    region: u32,
+    counts: BTreeMap<u64, Count>,
     notifications: u64,
+    halvings: u64,
+    /// Programmed to halve at least once.
+    halving: bool,
 }
 
 impl AccessCounters {
-    /// Programs the unit (`None`: it counts nothing). The counts are kept.
+    /// Programs the unit (`None`: it counts nothing). The counts are kept unless the region
+    /// size changes.
     pub fn configure(&mut self, config: Option<CounterConfig>) {
+        if let Some(c) = config {
+            let region = c.region.max(1);
+            if region != self.region {
+                self.counts.clear();
+                self.region = region;
+            }
+            self.halving |= c.halve_at.is_some();
+        }
         self.config = config;
     }
 
@@ -64,34 +133,72 @@ impl AccessCounters {
         self.notifications
     }
 
+    /// Times every count was halved at saturation; `None` if the unit was never programmed
+    /// to halve.
+    pub fn halvings(&self) -> Option<u64> {
+        self.halving.then_some(self.halvings)
+    }
+
     /// Clears every count.
     pub fn clear(&mut self) {
         self.counts.clear();
     }
 
+    /// The reads and writes counted in `page`'s region (in the region size last programmed;
+    /// 0 before any programming).
+    pub fn count_of(&self, page: u64) -> u32 {
+        if self.region == 0 {
+            return 0;
+        }
+        self.counts.get(&(page / u64::from(self.region))).map_or(0, |c| c.total())
+    }
+
     /// Counts `weight` accesses to `page` (a write when `write`; `local` when the device
-    /// reached its own memory). Returns the notification when the page's region reaches the
-    /// threshold; that region's count starts again from zero.
+    /// reached its own memory). Returns the notification when the page's region is at or
+    /// above the threshold; in the resetting mode that region's count starts again from
+    /// zero.
     pub fn count(&mut self, page: u64, write: bool, local: bool, weight: u32) -> Option<CounterNotification> {
         let c = self.config?;
         if local && !c.count_local {
             return None;
         }
-        let region = u64::from(c.region.max(1));
+        let region = u64::from(self.region);
         let key = page / region;
-        let e = self.counts.entry(key).or_insert((0, 0));
+        let mask_pages = c.mask_pages.max(1);
+        let bit = ((page % region) / u64::from(mask_pages)).min(31);
+        let e = self.counts.entry(key).or_default();
         if write {
-            e.1 = e.1.saturating_add(weight);
+            e.writes = e.writes.saturating_add(weight);
         } else {
-            e.0 = e.0.saturating_add(weight);
+            e.reads = e.reads.saturating_add(weight);
         }
-        if e.0.saturating_add(e.1) < c.threshold {
+        e.mask |= 1 << bit;
+        let mut now = *e;
+        if c.halve_at.is_some_and(|limit| now.total() >= limit) {
+            self.halvings += 1;
+            for v in self.counts.values_mut() {
+                v.reads /= 2;
+                v.writes /= 2;
+            }
+            now = self.counts[&key];
+        }
+        if c.threshold == NEVER || now.total() < c.threshold {
             return None;
         }
-        let (reads, writes) = *e;
-        self.counts.remove(&key);
+        if c.cumulative {
+            self.counts.entry(key).or_default().mask = 0;
+        } else {
+            self.counts.remove(&key);
+        }
         self.notifications += 1;
-        Some(CounterNotification { first: key * region, pages: c.region.max(1), reads, writes })
+        Some(CounterNotification {
+            first: key * region,
+            pages: self.region,
+            reads: now.reads,
+            writes: now.writes,
+            mask: now.mask,
+            mask_pages,
+        })
     }
 }
 
@@ -101,8 +208,12 @@ mod tests {
 
     fn unit(region: u32, threshold: u32, count_local: bool) -> AccessCounters {
         let mut u = AccessCounters::default();
-        u.configure(Some(CounterConfig { region, threshold, count_local }));
+        u.configure(Some(CounterConfig { count_local, ..CounterConfig::new(region, threshold) }));
         u
+    }
+
+    fn totals(n: Option<CounterNotification>) -> Option<(u64, u32, u32)> {
+        n.map(|n| (n.first, n.reads, n.writes))
     }
 
     #[test]
@@ -114,13 +225,16 @@ mod tests {
         // Another region's accesses do not add up with it.
         assert_eq!(u.count(32, false, false, 7), None);
         let n = u.count(20, false, false, 1).expect("the eighth access notifies");
-        assert_eq!(n, CounterNotification { first: 16, pages: 16, reads: 4, writes: 4 });
+        assert_eq!(totals(Some(n)), Some((16, 4, 4)));
+        assert_eq!(n.pages, 16);
         assert_eq!(u.notifications(), 1);
         // Reset: the region counts from zero again.
+        assert_eq!(u.count_of(20), 0);
         assert_eq!(u.count(20, false, false, 7), None);
         assert!(u.count(20, false, false, 1).is_some());
         // Region 32's count is still there.
-        assert_eq!(u.count(33, true, false, 1).map(|n| (n.first, n.reads, n.writes)), Some((32, 7, 1)));
+        assert_eq!(u.count_of(40), 7);
+        assert_eq!(totals(u.count(33, true, false, 1)), Some((32, 7, 1)));
     }
 
     #[test]
@@ -131,12 +245,84 @@ mod tests {
         assert!(v.count(5, false, true, 2).is_some());
         let mut off = AccessCounters::default();
         assert_eq!(off.count(5, false, false, 100), None);
+        assert_eq!(off.count_of(5), 0);
         // Reprogramming keeps the counts.
         let mut w = unit(4, 10, false);
         assert_eq!(w.count(0, false, false, 6), None);
-        w.configure(Some(CounterConfig { region: 4, threshold: 8, count_local: false }));
+        w.configure(Some(CounterConfig::new(4, 8)));
         assert_eq!(w.count(1, false, false, 2).map(|n| n.reads), Some(8));
         w.configure(None);
         assert_eq!(w.count(1, false, false, 100), None);
+    }
+
+    #[test]
+    fn a_new_region_size_clears_the_counts() {
+        let mut u = unit(16, 100, false);
+        assert_eq!(u.count(3, false, false, 50), None);
+        assert_eq!(u.count_of(0), 50);
+        u.configure(Some(CounterConfig::new(512, 100)));
+        assert_eq!(u.count_of(0), 0, "counts of 16-page regions named 512-page ones");
+        assert_eq!(u.count(3, false, false, 60), None);
+        assert_eq!(u.count_of(511), 60);
+    }
+
+    #[test]
+    fn the_notification_carries_the_sub_regions_accessed_since_the_last_one() {
+        // UVM: 2 MiB regions, a bit per 64 KiB.
+        let mut u = unit(512, 4, false);
+        assert_eq!(u.count(512 + 3, false, false, 1), None);
+        assert_eq!(u.count(512 + 5 * 16 + 2, false, false, 1), None);
+        assert_eq!(u.count(512 + 5 * 16 + 9, false, false, 1), None);
+        let n = u.count(512 + 31 * 16, true, false, 1).expect("the fourth access notifies");
+        assert_eq!((n.first, n.pages, n.mask, n.mask_pages), (512, 512, 1 | 1 << 5 | 1 << 31, 16));
+        // The mask starts again with the count.
+        assert_eq!(u.count(512 + 7 * 16, false, false, 3), None);
+        assert_eq!(u.count(512 + 7 * 16, false, false, 1).map(|n| n.mask), Some(1 << 7));
+        // More sub-regions than 32 bits fold into bit 31.
+        let mut wide = AccessCounters::default();
+        wide.configure(Some(CounterConfig { mask_pages: 1, ..CounterConfig::new(64, 1) }));
+        assert_eq!(wide.count(60, false, false, 1).map(|n| n.mask), Some(1 << 31));
+    }
+
+    #[test]
+    fn cumulative_counts_are_not_reset_and_notify_at_every_access_above_the_threshold() {
+        let mut u = AccessCounters::default();
+        u.configure(Some(CounterConfig { cumulative: true, count_local: true, ..CounterConfig::new(16, 8) }));
+        assert_eq!(u.count(2, false, true, 7), None);
+        let n = u.count(3, true, false, 1).expect("the eighth access notifies");
+        assert_eq!((n.reads, n.writes, n.mask), (7, 1, 1));
+        assert_eq!(u.count_of(0), 8, "a cumulative count is not reset");
+        // Every later access of the region notifies, with the count so far.
+        assert_eq!(totals(u.count(4, false, true, 2)), Some((0, 9, 1)));
+        assert_eq!(u.count_of(15), 10);
+        assert_eq!(u.notifications(), 2);
+        // Raising the threshold above the count silences it; the count stays.
+        u.configure(Some(CounterConfig { cumulative: true, count_local: true, ..CounterConfig::new(16, 64) }));
+        assert_eq!(u.count(4, false, true, 1), None);
+        assert_eq!(u.count_of(4), 11);
+        // A threshold of NEVER counts without notifying.
+        u.configure(Some(CounterConfig { cumulative: true, count_local: true, ..CounterConfig::new(16, NEVER) }));
+        assert_eq!(u.count(4, false, true, 1_000_000), None);
+        assert_eq!(u.count_of(4), 1_000_011);
+    }
+
+    #[test]
+    fn saturation_halves_every_region() {
+        let mut u = AccessCounters::default();
+        let config = CounterConfig { cumulative: true, halve_at: Some(100), ..CounterConfig::new(16, 60) };
+        u.configure(Some(config));
+        assert_eq!(u.halvings(), Some(0));
+        assert_eq!(u.count(0, false, false, 9), None);
+        assert_eq!(u.count(0, true, false, 4), None);
+        assert_eq!(u.count(40, false, false, 30), None);
+        // Region 16 reaches 100: every region's reads and writes halve, the notification sees
+        // the halved count (50 < 60: none).
+        assert_eq!(u.count(20, false, false, 100), None);
+        assert_eq!(u.halvings(), Some(1));
+        assert_eq!((u.count_of(20), u.count_of(0), u.count_of(40)), (50, 4 + 2, 15));
+        // 50 + 10 = 60: at the threshold.
+        assert_eq!(totals(u.count(21, false, false, 10)), Some((16, 60, 0)));
+        // A unit never programmed to halve says so.
+        assert_eq!(unit(16, 8, false).halvings(), None);
     }
 }

@@ -220,7 +220,7 @@ impl Policy for Delayed {
         }
     }
     fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<crate::place::policy::Counters> {
-        Some(crate::place::policy::Counters { region: 4, threshold: self.threshold, local_too: false, sync: false })
+        Some(crate::place::policy::Counters::new(4, self.threshold))
     }
     fn on_access_counter(&mut self, _cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
         self.notes.push(*n);

@@ -254,6 +254,14 @@ pub struct Engine<'m> {
     link_stats: Vec<LinkStats>,
     /// Each device's access-counter unit (its compute engine's).
     counter_units: Vec<crate::compute::AccessCounters>,
+    /// Devices whose allocator has refused a migration: oversubscribed, for good (from then
+    /// on their free-page buffer is kept, [`Policy::free_buffer`]).
+    refused: Vec<bool>,
+    /// Per device, when its pages freed by evictions still in flight become usable (their
+    /// write-backs' ends, in order): a fetch into the device starts once it has the pages
+    /// (UVMSmart starts a fetch only when enough pages are free). Kept for devices with a
+    /// free-page buffer; never longer than the device's free pages.
+    pending_free: Vec<VecDeque<f64>>,
     stats: Stats,
     trace: Vec<Event>,
     dropped: u64,
@@ -337,6 +345,8 @@ impl<'m> Engine<'m> {
                 .map(|d| LinkStats { name: format!("link{d}"), ..LinkStats::default() })
                 .collect(),
             counter_units: vec![Default::default(); capacities.len()],
+            refused: vec![false; capacities.len()],
+            pending_free: vec![VecDeque::new(); capacities.len()],
             stats: Stats::default(),
             trace: Vec::new(),
             dropped: 0,
@@ -431,7 +441,13 @@ impl<'m> Engine<'m> {
                     error: w.error.clone(),
                 })
                 .collect(),
-            policy: self.policy.report(),
+            policy: {
+                let mut r = self.policy.report();
+                // The counter units' halvings at saturation, where a policy programmed them.
+                let halvings = self.counter_units.iter().filter_map(|u| u.halvings()).reduce(|a, b| a + b);
+                r.extend(halvings.map(|h| ("counter_halvings", h)));
+                r
+            },
             trace: self.trace,
             trace_dropped: self.dropped,
         })

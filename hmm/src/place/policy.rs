@@ -197,9 +197,43 @@ pub struct Ctx<'a> {
     pub cost: &'a CostModel,
     /// Simulated time now, ns.
     pub now: u64,
+    /// The devices' access-counter units, as the driver reads them ([`Ctx::count_of`]).
+    pub units: Units<'a>,
 }
 
-impl Ctx<'_> {
+/// The devices' access-counter units as a policy reads them: unit `d` is device `d`'s, and
+/// policy page `p` is the unit's page `first_page + p` (the managed range's first virtual
+/// page).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Units<'a> {
+    units: &'a [crate::compute::AccessCounters],
+    first_page: u64,
+}
+
+impl<'a> Units<'a> {
+    /// Device `d`'s unit is `units[d]`; policy page 0 is virtual page `first_page`.
+    pub fn new(units: &'a [crate::compute::AccessCounters], first_page: u64) -> Self {
+        Units { units, first_page }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// A context without counter units (their counts read 0).
+    pub fn new(state: &'a State, cost: &'a CostModel, now: u64) -> Self {
+        Ctx { state, cost, now, units: Units::default() }
+    }
+
+    /// The same context reading `units`.
+    pub fn with_units(self, units: Units<'a>) -> Self {
+        Ctx { units, ..self }
+    }
+
+    /// The count device `dev`'s access-counter unit holds for `page`'s region now
+    /// ([`AccessCounters::count_of`](crate::compute::AccessCounters::count_of)), as the
+    /// driver reads it at fault time; 0 when the device has no unit or it counted nothing.
+    pub fn count_of(&self, dev: u8, page: u32) -> u32 {
+        self.units.units.get(dev as usize).map_or(0, |u| u.count_of(self.units.first_page + u64::from(page)))
+    }
     /// Managed pages.
     pub fn pages(&self) -> u32 {
         self.state.len()
@@ -231,15 +265,24 @@ impl Ctx<'_> {
     }
 }
 
-/// Access counters a policy asks the device's counter unit to keep, per region.
+/// Access counters a policy asks the device's counter unit to keep, per region (the unit's
+/// modes: [`crate::compute::CounterConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     /// Pages per region (16 = 64 KiB, UVM's sub-region granularity).
     pub region: u32,
-    /// Lines counted in a region before a notification.
+    /// Lines counted in a region before a notification
+    /// ([`NEVER`](crate::compute::NEVER): none, the unit only counts).
     pub threshold: u32,
     /// Count accesses to the device's own memory too (hotness sampling), not just remote ones.
     pub local_too: bool,
+    /// Counts are not reset by a notification; a region at or above the threshold notifies
+    /// at every counted access (IPDPS'20).
+    pub cumulative: bool,
+    /// When a region's count reaches this, every count halves (IPDPS'20's saturation).
+    pub halve_at: Option<u32>,
+    /// Pages per bit of a notification's sub-region mask (16: 64 KiB).
+    pub mask_pages: u32,
     /// The migration a notification asks for is serviced on the device's fault path: the
     /// access that reached the threshold waits for it (one far fault and the transfer), as
     /// in IPDPS'20's delayed migration. Otherwise the driver services it in the background
@@ -248,10 +291,31 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// UVM's counters: `threshold` remote lines per `region` pages, reset at each
+    /// notification, a mask bit per 64 KiB, serviced in the background.
+    pub fn new(region: u32, threshold: u32) -> Self {
+        Counters {
+            region,
+            threshold,
+            local_too: false,
+            cumulative: false,
+            halve_at: None,
+            mask_pages: super::BIG,
+            sync: false,
+        }
+    }
+
     /// What the driver programs into the device's counter unit for these counters (the
     /// servicing choice, `sync`, stays with the driver).
     pub fn unit(self) -> crate::compute::CounterConfig {
-        crate::compute::CounterConfig { region: self.region, threshold: self.threshold, count_local: self.local_too }
+        crate::compute::CounterConfig {
+            region: self.region,
+            threshold: self.threshold,
+            count_local: self.local_too,
+            cumulative: self.cumulative,
+            halve_at: self.halve_at,
+            mask_pages: self.mask_pages,
+        }
     }
 }
 
@@ -264,10 +328,38 @@ pub struct Notification {
     pub first: u32,
     /// Pages in the region.
     pub pages: u32,
-    /// Lines read since the last notification.
+    /// Lines read in the region since its count was last reset (the last notification,
+    /// unless the counters are cumulative).
     pub reads: u32,
-    /// Lines written since the last notification.
+    /// Lines written since then.
     pub writes: u32,
+    /// The region's sub-regions accessed since its last notification: bit `i` covers pages
+    /// `first + i × mask_pages ..` (clipped to the region).
+    pub mask: u32,
+    /// Pages per mask bit.
+    pub mask_pages: u32,
+}
+
+impl Notification {
+    /// A notification of `lines` reads over the whole region, with every sub-region of
+    /// `mask_pages` pages marked accessed (what a policy sees of a region it reads as one).
+    pub fn reads(dev: u8, first: u32, pages: u32, lines: u32) -> Self {
+        Notification { dev, first, pages, reads: lines, writes: 0, mask: u32::MAX, mask_pages: pages.max(1) }
+    }
+
+    /// The sub-regions the mask marks accessed, as `[first, end)` page ranges clipped to the
+    /// region.
+    pub fn accessed(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mp = self.mask_pages.max(1);
+        let end = self.first.saturating_add(self.pages);
+        let bits = self.pages.div_ceil(mp).min(32);
+        (0..bits).filter(move |&i| self.mask & (1 << i) != 0).map(move |i| {
+            let a = self.first + i * mp;
+            // Bit 31 holds every sub-region past it.
+            let b = if i == 31 { end } else { (a + mp).min(end) };
+            (a, b)
+        })
+    }
 }
 
 /// A placement policy. Every hook but [`Policy::name`] has a default: migrate the faulted page
@@ -317,6 +409,14 @@ pub trait Policy {
     /// evicts); a policy that is not stacked sees the refusal as its own eviction pressure.
     fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
         let _ = (cx, dev);
+    }
+
+    /// Pages device `dev` keeps free once it is oversubscribed (UVMSmart's free-page buffer,
+    /// none by default): after each migration into the device the engine evicts, in
+    /// [`Policy::on_eviction_pressure`]'s order, until that many pages are free.
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        let _ = (cx, dev);
+        0
     }
 
     /// Whether pages evicted from a device stay mapped there remotely (UVM's
@@ -415,6 +515,9 @@ impl Policy for Stack {
         // the refusal every policy of the stack hears of.
         self.on_allocation_refused(cx, dev);
         self.evict.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        self.evict.free_buffer(cx, dev)
     }
     fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
         self.place.on_allocation_refused(cx, dev);
@@ -591,7 +694,7 @@ mod tests {
 
     fn faults(pol: &mut dyn Policy, st: &State, dev: u8, pages: &[u32]) -> Plan {
         let cost = CostModel::default();
-        let cx = Ctx { state: st, cost: &cost, now: 10 };
+        let cx = Ctx::new(st, &cost, 10);
         let f: Vec<Fault> = pages.iter().map(|&page| Fault { page, write: false }).collect();
         let mut plan = Plan::default();
         pol.on_device_faults(&cx, dev, &f, &mut plan);
@@ -601,7 +704,7 @@ mod tests {
     /// The engine asks for victims when the device's allocator refused a migration.
     fn refuse(pol: &mut dyn Policy, st: &State, dev: u8) {
         let cost = CostModel::default();
-        let cx = Ctx { state: st, cost: &cost, now: 10 };
+        let cx = Ctx::new(st, &cost, 10);
         let mut v = Vec::new();
         pol.on_eviction_pressure(&cx, dev, 1, &mut v);
     }

@@ -1,10 +1,19 @@
 //! Carrying out a plan: migrations (in runs that share a source, partial when a device is full,
 //! what arrived read back from the mechanism), read copies, remote mappings, eviction in the
-//! policy's order to make room, and the link time each transfer takes.
+//! policy's order to make room, the free-page buffer, and the link time each transfer takes.
+//!
+//! The free-page buffer (UVMSmart's `free_page_buffer_percentage`): once a device's
+//! allocator has refused a migration, after every migration or read copy into it the engine
+//! evicts, in the policy's order, until [`Policy::free_buffer`](crate::place::policy::Policy::free_buffer)
+//! pages are free, as UVMSmart's `should_evict_page` starts evictions every GMMU cycle while
+//! allocated + incoming + buffer pages exceed capacity + pending write-backs. Those evictions
+//! run in the background on the device's outbound link; the pages they free become usable
+//! when their write-backs end, and a fetch into the device starts only once it has its pages
+//! (UVMSmart starts a fetch only when enough pages are free): `Engine::pending_free`.
 
 use super::{Engine, MechError, PageOp};
 use crate::place::cost::Source;
-use crate::place::policy::{Ctx, Plan, root_chunk_victims};
+use crate::place::policy::{Ctx, Plan, Units, root_chunk_victims};
 use crate::place::{BLOCK, Loc, PAGE};
 use alloc::format;
 use alloc::vec::Vec;
@@ -152,6 +161,7 @@ impl Engine<'_> {
             {
                 // The device's allocator refused the rest: it is full. Evict in the policy's
                 // order (UVM evicts when its allocator fails), then move what is left.
+                self.refused[d as usize] = true;
                 done = done.max(self.make_room(d, n - moved.len() as u32, protect, t)?);
                 let left: Vec<u32> = (p..q).filter(|x| !moved.contains(x)).collect();
                 for (a, k) in runs(&left) {
@@ -165,6 +175,11 @@ impl Engine<'_> {
                 break;
             }
             for (k, (a, m)) in runs(&moved).into_iter().enumerate() {
+                // A fetch into a device starts once it has its pages.
+                let at = match to {
+                    Loc::Dev(d) => self.gate(d, m, done),
+                    Loc::Cpu => done,
+                };
                 for x in a..a + m {
                     if self.st.page(x).prefetched {
                         self.stats.prefetch_unused += 1;
@@ -183,7 +198,7 @@ impl Engine<'_> {
                     self.stats.prefetched += m as u64;
                 }
                 // The measured time goes with the first run.
-                let (s, e) = self.transfer(from, to, m, if k == 0 { w } else { 0 }, done);
+                let (s, e) = self.transfer(from, to, m, if k == 0 { w } else { 0 }, at);
                 let lane = match (from, to) {
                     (Loc::Dev(d), _) | (_, Loc::Dev(d)) => format!("link{d}"),
                     _ => "link".into(),
@@ -196,7 +211,50 @@ impl Engine<'_> {
             }
             p = q;
         }
+        if let Loc::Dev(d) = to {
+            self.keep_free(d, protect, t)?;
+        }
         Ok((done, wall))
+    }
+
+    /// The pages device `d` keeps free now: its policy's free-page buffer once the device
+    /// has been refused, else none.
+    fn buffer(&self, d: u8, t: f64) -> u32 {
+        if !self.refused[d as usize] {
+            return 0;
+        }
+        let cx = Ctx::new(&self.st, &self.cost, t as u64).with_units(Units::new(&self.counter_units, 0));
+        self.policy.free_buffer(&cx, d).min(self.st.dev(d as usize).capacity)
+    }
+
+    /// Evicts (in the background, from `t`) until device `d` has its free-page buffer.
+    fn keep_free(&mut self, d: u8, protect: &[(u32, u32)], t: f64) -> Result<(), MechError> {
+        let (want, free) = (self.buffer(d, t), self.st.free(d as usize));
+        if want > free {
+            self.make_room(d, want - free, protect, t)?;
+        }
+        Ok(())
+    }
+
+    /// When a fetch of `pages` pages into device `d`, ready at `t`, has its pages: the free
+    /// pages not waiting for a write-back first, then those whose write-backs end soonest,
+    /// which it takes.
+    pub(super) fn gate(&mut self, d: u8, pages: u32, t: f64) -> f64 {
+        let free = self.st.free(d as usize) as usize;
+        let q = &mut self.pending_free[d as usize];
+        // Pages taken by a path that does not wait (none today) took the first ones.
+        while q.len() > free {
+            q.pop_front();
+        }
+        let ready = free - q.len();
+        let mut at = t;
+        for _ in 0..(pages as usize).saturating_sub(ready) {
+            match q.pop_front() {
+                Some(x) => at = at.max(x),
+                None => break,
+            }
+        }
+        at
     }
 
     /// The pages of `[p, q)` the page tables have in `to`.
@@ -231,6 +289,7 @@ impl Engine<'_> {
                 continue;
             }
             if self.st.free(dev as usize) == 0 {
+                self.refused[dev as usize] = true;
                 done = done.max(self.make_room(dev, 1, protect, t)?);
                 if self.st.free(dev as usize) == 0 {
                     self.map_remote(p, 1, dev, false)?;
@@ -239,11 +298,13 @@ impl Engine<'_> {
             }
             let w = self.mech.duplicate(p, 1, pg.loc, dev)?;
             wall += w;
+            let at = self.gate(dev, 1, done);
             self.st.add_copy(p, dev);
             self.stats.duplicates += 1;
-            let (_, e) = self.transfer(pg.loc, Loc::Dev(dev), 1, w, done);
+            let (_, e) = self.transfer(pg.loc, Loc::Dev(dev), 1, w, at);
             done = done.max(e);
         }
+        self.keep_free(dev, protect, t)?;
         Ok((done, wall))
     }
 
@@ -251,13 +312,13 @@ impl Engine<'_> {
     /// returns when the evictions' transfers end.
     pub(super) fn make_room(&mut self, d: u8, need: u32, protect: &[(u32, u32)], t: f64) -> Result<f64, MechError> {
         let mut victims = Vec::new();
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+        let cx = Ctx::new(&self.st, &self.cost, t as u64).with_units(Units::new(&self.counter_units, 0));
         self.policy.on_eviction_pressure(&cx, d, need, &mut victims);
         let mut done = t;
         let freed = self.evict(d, &victims, protect, &mut done)?;
         if freed < need {
             let mut more = Vec::new();
-            let cx = Ctx { state: &self.st, cost: &self.cost, now: t as u64 };
+            let cx = Ctx::new(&self.st, &self.cost, t as u64);
             root_chunk_victims(&cx, d, self.st.dev(d as usize).capacity, &mut more);
             let mut left = need - freed;
             let mut picked = Vec::new();
@@ -306,6 +367,7 @@ impl Engine<'_> {
         pages.sort_unstable();
         pages.dedup();
         let remote = self.policy.remote_after_eviction();
+        let buffered = self.buffer(d, *done) > 0;
         let mut i = 0;
         while i < pages.len() {
             let mut j = i + 1;
@@ -329,6 +391,10 @@ impl Engine<'_> {
             self.stats.evicted += n as u64;
             self.stats.to_cpu += n as u64;
             let (s, e) = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
+            if buffered {
+                // These pages are usable once their write-back ends.
+                self.pending_free[d as usize].extend(core::iter::repeat_n(e, n as usize));
+            }
             let lane = format!("link{d}");
             self.event(s, e - s, &lane, "evict", n, &format!("dev{d}->cpu"));
             *done = done.max(e);

@@ -4,7 +4,7 @@
 //! dropped. The policy's periodic ticks run here too.
 
 use super::{Engine, GraphRun, LOOKAHEAD, MechError, Release, Running, clamp_target};
-use crate::place::policy::{Ctx, Plan};
+use crate::place::policy::{Ctx, Plan, Units};
 use crate::place::{Loc, sched};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -232,7 +232,7 @@ impl Engine<'_> {
                 break;
             }
             let mut plan = Plan::default();
-            let cx = Ctx { state: &self.st, cost: &self.cost, now: t };
+            let cx = Ctx::new(&self.st, &self.cost, t).with_units(Units::new(&self.counter_units, 0));
             self.policy.on_tick(&cx, &mut plan);
             if !plan.actions.is_empty() {
                 self.apply(&plan, t as f64)?;

@@ -2,6 +2,7 @@ use super::host::HostStack;
 use super::*;
 use crate::place::params::{Params, Value};
 use crate::place::policies;
+use crate::place::policy::{Ctx, Fault, Plan};
 use crate::place::workload::{self, Access, Setup};
 
 pub(crate) fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)]) -> Box<dyn Workload> {
@@ -271,6 +272,92 @@ fn access_counters_migrate_hot_regions_and_map_the_rest() {
     let disabled = run1("bfs", 1.25, policy("counters", &[("mode", Value::Text("disabled".into()))], "lfu2m"));
     assert_eq!(disabled.stats.notifications, 0);
     assert_eq!(disabled.stats.remote_lines, 0);
+}
+
+/// On-touch placement that records the device's free pages at each batch once its allocator
+/// has refused (`Rc` so the test reads them after the engine consumed the policy).
+struct FreeAtBatches {
+    inner: policies::p2_on_touch::OnTouch,
+    refused: bool,
+    free: std::rc::Rc<core::cell::RefCell<Vec<u32>>>,
+}
+
+impl Policy for FreeAtBatches {
+    fn name(&self) -> &str {
+        "free-at-batches"
+    }
+    fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+        if self.refused {
+            self.free.borrow_mut().push(cx.state.free(dev as usize));
+        }
+        self.inner.on_device_faults(cx, dev, faults, plan)
+    }
+    fn on_allocation_refused(&mut self, _cx: &Ctx<'_>, _dev: u8) {
+        self.refused = true;
+    }
+}
+
+#[test]
+fn the_free_page_buffer_is_kept_after_every_migration_once_oversubscribed() {
+    let free = std::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+    let place =
+        FreeAtBatches { inner: policies::p2_on_touch::OnTouch { window: 1 }, refused: false, free: free.clone() };
+    let mut e = Params::new();
+    e.set("order", Value::Text("lru4k".into()));
+    e.set("free_buffer", Value::Int(10));
+    let evict = (policies::EVICTION.build)(&e.checked(policies::EVICTION.params).unwrap());
+    let pol = Box::new(crate::place::policy::Stack::new(Box::new(place), evict));
+    let cap = 1024;
+    let o = run_with(alloc::vec![wl("random", cap * 5 / 4, Target::Dev(0), &[])], &[cap], pol, CostModel::default());
+    let free = free.borrow();
+    assert!(free.len() > 10 && o.stats.evicted > 0, "{} batches after the refusal, {:?}", free.len(), o.stats);
+    // UVMSmart's should_evict_page: every batch after the first refusal finds the buffer
+    // (10 % of 1,024 pages) free, not only the one after a refusal.
+    let low: Vec<_> = free.iter().enumerate().filter(|&(_, &f)| f < cap / 10).collect();
+    assert!(low.is_empty(), "batches (index, free pages) below the buffer: {low:?}");
+}
+
+#[test]
+fn a_fetch_waits_for_the_write_backs_that_free_its_pages() {
+    let mut m = stack(512, &[64]);
+    let mut e =
+        Engine::new(512, &[64], CostModel::default(), policy("on-touch", &[], "lru4k"), &mut m, Config::default());
+    // 64 free pages, 4 of them freed by write-backs still in flight (ending at 10 and 20).
+    e.pending_free[0].extend([10.0, 10.0, 20.0, 20.0]);
+    // 60 are usable now: a fetch of 60 starts at once, the next 3 pages wait for the write-backs.
+    assert_eq!(e.gate(0, 60, 5.0), 5.0);
+    assert_eq!(e.pending_free[0].len(), 4, "a fetch that has its pages takes no pending ones");
+    for p in 0..60 {
+        e.st.set_loc(p, Loc::Dev(0), 5, false);
+    }
+    assert_eq!(e.gate(0, 3, 5.0), 20.0, "the third page's write-back ends at 20");
+    assert_eq!(e.gate(0, 1, 30.0), 30.0, "ready by then");
+}
+
+#[test]
+fn notifications_are_the_counter_units_not_every_counted_access() {
+    // UVM's counters at threshold 256: a notification per 256 remote lines at most.
+    let o = run1("bfs", 1.25, policy("counters", &[("mode", Value::Text("always".into()))], "lfu2m"));
+    assert!(o.stats.notifications > 0, "{:?}", o.stats);
+    assert!(o.stats.notifications * 256 <= o.stats.remote_lines, "{:?}", o.stats);
+    // IPDPS'20's counters before oversubscription (mode oversub, device not full): the unit
+    // counts every access and notifies none.
+    let ipdps = |mode: &str| {
+        [
+            ("mode", Value::Text(mode.into())),
+            ("counting", Value::Text("ipdps".into())),
+            ("region", Value::Text("64K".into())),
+            ("threshold", Value::Int(8)),
+        ]
+    };
+    let o = run1("fdtd", 0.9, policy("counters", &ipdps("oversub"), "lfu2m"));
+    assert!(o.stats.local_lines > 0, "{:?}", o.stats);
+    assert_eq!(o.stats.notifications, 0, "{:?}", o.stats);
+    // Once delayed, every counted access of a hot block notifies; the halvings the unit was
+    // programmed for are reported with the policy's counters.
+    let o = run1("bfs", 1.25, policy("counters", &ipdps("always"), "lfu2m"));
+    assert!(o.stats.notifications > 0 && o.stats.notifications < o.stats.accesses, "{:?}", o.stats);
+    assert!(o.policy.contains(&("counter_halvings", 0)), "{:?}", o.policy);
 }
 
 #[test]

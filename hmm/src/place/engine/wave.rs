@@ -6,7 +6,7 @@
 use super::{Engine, MechError, MirrorFault, PageOp};
 use crate::compute;
 use crate::place::cost::Source;
-use crate::place::policy::{Ctx, Fault, Notification, Plan};
+use crate::place::policy::{Ctx, Fault, Notification, Plan, Units};
 use crate::place::workload::Access;
 use crate::place::{Loc, PAGE};
 use alloc::format;
@@ -110,7 +110,7 @@ impl compute::Device for WaveDevice<'_, '_> {
     /// The device's counter unit, programmed as the policy asks now
     /// ([`Policy::counters`](crate::place::policy::Policy::counters)).
     fn access_counters(&mut self) -> Option<&mut compute::AccessCounters> {
-        let cx = Ctx { state: &self.e.st, cost: &self.e.cost, now: self.at as u64 };
+        let cx = Ctx::new(&self.e.st, &self.e.cost, self.at as u64).with_units(Units::new(&self.e.counter_units, 0));
         let c = self.e.policy.counters(&cx, self.d);
         self.sync = c.is_some_and(|c| c.sync);
         let unit = self.e.counter_units.get_mut(self.d as usize)?;
@@ -132,9 +132,18 @@ impl compute::Device for WaveDevice<'_, '_> {
         e.stats.notifications += 1;
         let first = n.first as u32;
         let pages = n.pages.min(e.st.len().saturating_sub(first));
-        let note = Notification { dev: d, first, pages, reads: n.reads, writes: n.writes };
+        let note = Notification {
+            dev: d,
+            first,
+            pages,
+            reads: n.reads,
+            writes: n.writes,
+            mask: n.mask,
+            mask_pages: n.mask_pages,
+        };
         let mut plan = Plan::default();
-        e.policy.on_access_counter(&Ctx { state: &e.st, cost: &e.cost, now: now as u64 }, &note, &mut plan);
+        let cx = Ctx::new(&e.st, &e.cost, now as u64).with_units(Units::new(&e.counter_units, 0));
+        e.policy.on_access_counter(&cx, &note, &mut plan);
         if plan.actions.is_empty() {
             return Ok(());
         }
@@ -339,7 +348,8 @@ impl Engine<'_> {
         self.stats.dev_faults += batch.len() as u64;
         let wall0 = self.mech.now_ns();
         let mut plan = Plan::default();
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
+        // The driver reads the device's access counters at fault time.
+        let cx = Ctx::new(&self.st, &self.cost, clock as u64).with_units(Units::new(&self.counter_units, 0));
         self.policy.on_device_faults(&cx, d, batch, &mut plan);
         let service = self.cost.batch_ns + self.cost.far_fault_ns * batch.len() as f64;
         let (done, stall, moved_wall) = self.apply_timed(&plan, clock + service)?;
@@ -389,7 +399,7 @@ impl Engine<'_> {
         self.stats.cpu_faults += 1;
         let wall0 = self.mech.now_ns();
         let mut plan = Plan::default();
-        let cx = Ctx { state: &self.st, cost: &self.cost, now: clock as u64 };
+        let cx = Ctx::new(&self.st, &self.cost, clock as u64).with_units(Units::new(&self.counter_units, 0));
         self.policy.on_cpu_fault(&cx, p, a.write, &mut plan);
         // The fault-around window: the first demand migration to system memory that covers
         // the page (else the page alone, the engine's completion of the plan).

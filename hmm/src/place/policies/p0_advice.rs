@@ -138,7 +138,7 @@ mod tests {
         let mut pol = Advice::new(&p.checked(PARAMS).unwrap());
         let st = State::new(1024, &[1024]);
         let cost = CostModel::default();
-        let cx = Ctx { state: &st, cost: &cost, now: 0 };
+        let cx = Ctx::new(&st, &cost, 0);
         let mut plan = Plan::default();
         pol.on_device_faults(&cx, 0, &[Fault { page: 10, write: false }, Fault { page: 700, write: false }], &mut plan);
         assert_eq!(

@@ -112,9 +112,9 @@ impl Policy for FirstTouch {
     fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<Counters> {
         if self.heaviest > 0 {
             // Every access, reported one by one: the policy counts (delay and heaviest).
-            return Some(Counters { region: BIG, threshold: 1, local_too: true, sync: false });
+            return Some(Counters { local_too: true, ..Counters::new(BIG, 1) });
         }
-        (self.delay > 0).then_some(Counters { region: BIG, threshold: self.delay, local_too: false, sync: false })
+        (self.delay > 0).then_some(Counters::new(BIG, self.delay))
     }
 
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
@@ -150,8 +150,8 @@ mod tests {
 
     fn access(pol: &mut FirstTouch, st: &State, dev: u8, page: u32, lines: u32) -> Plan {
         let cost = CostModel::default();
-        let cx = Ctx { state: st, cost: &cost, now: 0 };
-        let n = Notification { dev, first: page / BIG * BIG, pages: BIG, reads: lines, writes: 0 };
+        let cx = Ctx::new(st, &cost, 0);
+        let n = Notification::reads(dev, page / BIG * BIG, BIG, lines);
         let mut plan = Plan::default();
         pol.on_access_counter(&cx, &n, &mut plan);
         plan

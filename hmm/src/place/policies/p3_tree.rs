@@ -197,7 +197,7 @@ mod tests {
     fn one_fault_grows_to_its_big_page() {
         let s = State::new(1024, &[1024]);
         let c = CostModel::default();
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let mut plan = Plan::default();
         Tree::default().on_device_faults(&cx, 0, &[Fault { page: 5, write: false }], &mut plan);
         assert_eq!(moved(&plan), (1, 15));
@@ -212,7 +212,7 @@ mod tests {
             s.set_loc(p, Loc::Dev(0), 0, false);
         }
         let c = CostModel::default();
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let mut plan = Plan::default();
         Tree::default().on_device_faults(&cx, 0, &[Fault { page: 20, write: false }], &mut plan);
         assert_eq!(moved(&plan), (1, 15));
@@ -222,7 +222,7 @@ mod tests {
         for p in 0..64 {
             s.set_loc(p, Loc::Dev(0), 0, false);
         }
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let mut plan = Plan::default();
         Tree::default().on_device_faults(&cx, 0, &[Fault { page: 70, write: false }], &mut plan);
         assert_eq!(moved(&plan), (1, 63));
@@ -238,7 +238,7 @@ mod tests {
             s.set_loc(p, Loc::Dev(0), 0, false);
         }
         let c = CostModel::default();
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let tree = |extent: &str| {
             let mut p = Params::new();
             p.set("extent", crate::place::params::Value::Text(extent.into()));
@@ -257,7 +257,7 @@ mod tests {
         for p in 0..128 {
             s.set_loc(p, Loc::Dev(0), 0, false);
         }
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let mut plan = Plan::default();
         tree("2M").on_device_faults(&cx, 0, &[Fault { page: 128, write: false }], &mut plan);
         assert_eq!(moved(&plan), (1, 127));
@@ -270,7 +270,7 @@ mod tests {
     fn excluded_pages_are_not_grown() {
         let s = State::new(512, &[512]);
         let c = CostModel::default();
-        let cx = Ctx { state: &s, cost: &c, now: 0 };
+        let cx = Ctx::new(&s, &c, 0);
         let mut plan = Plan::default();
         let ex: BTreeSet<u32> = [5].into_iter().collect();
         Tree::default().plan(&cx, 0, &[Fault { page: 5, write: true }], &ex, &mut plan);

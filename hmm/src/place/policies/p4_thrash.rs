@@ -421,7 +421,7 @@ mod tests {
     fn dev_fault(pol: &mut Thrashing, st: &mut State, page: u32, now: u64) -> Plan {
         let cost = CostModel::default();
         let mut plan = Plan::default();
-        pol.on_device_faults(&Ctx { state: st, cost: &cost, now }, 0, &[Fault { page, write: true }], &mut plan);
+        pol.on_device_faults(&Ctx::new(st, &cost, now), 0, &[Fault { page, write: true }], &mut plan);
         apply(st, &plan, now);
         plan
     }
@@ -429,7 +429,7 @@ mod tests {
     fn cpu_fault(pol: &mut Thrashing, st: &mut State, page: u32, now: u64) -> Plan {
         let cost = CostModel::default();
         let mut plan = Plan::default();
-        pol.on_cpu_fault(&Ctx { state: st, cost: &cost, now }, page, true, &mut plan);
+        pol.on_cpu_fault(&Ctx::new(st, &cost, now), page, true, &mut plan);
         apply(st, &plan, now);
         plan
     }

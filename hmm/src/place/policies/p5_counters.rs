@@ -3,23 +3,26 @@
 //!
 //! A faulting device maps the pages remotely (zero-copy) instead of migrating them, and
 //! migrates what its access counters find hot (with the tree prefetcher's density rule around
-//! it when `prefetch` is on). The policy keeps the counters itself: it asks the engine for a
-//! notification at every counted access of a 64 KiB sub-region ([`Counters`] with threshold 1)
-//! and counts the lines.
+//! it when `prefetch` is on). The device's counter unit ([`crate::compute::AccessCounters`])
+//! does the counting, programmed through [`Policy::counters`] as the hardware is: the policy
+//! sees its notifications and reads a region's count at fault time ([`Ctx::count_of`]); it
+//! counts nothing itself.
 //!
 //! Two counter semantics (`counting`):
 //! - `uvm` (default): UVM's hardware counters (`uvm_gpu_access_counters.c`). Only *remote*
 //!   accesses count, per `region` (default 2 MiB, UVM's granularity) with a mask of the
 //!   32 × 64 KiB sub-regions accessed; at `threshold` (default 256,
-//!   `uvm_perf_access_counter_threshold`) lines the notification migrates the accessed
-//!   sub-regions and the region's count and mask start again. `region = "64K"` counts each
-//!   sub-region alone.
+//!   `uvm_perf_access_counter_threshold`) lines the unit notifies, resetting the region's
+//!   count and mask, and the policy migrates the accessed sub-regions. `region = "64K"`
+//!   counts each sub-region alone.
 //! - `ipdps`: IPDPS'20's (UVMSmart's 32-bit access register per 64 KiB basic block, `region
 //!   = "64K"` for the paper's granularity). *Every* access counts, local ones included,
-//!   cumulatively; when a counter saturates (2^27 − 1) all counters halve. A read fault
-//!   migrates when its region's count (the faulting access included) reaches the threshold,
-//!   else it is mapped remotely; a remote access that brings the count there migrates its
-//!   sub-region. Write faults always migrate. In `adaptive` mode the threshold is `threshold
+//!   cumulatively (the unit's cumulative mode); when a counter saturates (2^27 − 1) the unit
+//!   halves all counters. A read fault migrates when its region's count (read from the unit,
+//!   the faulting access included) reaches the threshold, else it is mapped remotely; while
+//!   migration is delayed, every counted access of a region at the threshold notifies and the
+//!   pages of its accessed sub-regions that the device reaches remotely migrate (so a hot
+//!   block's remote pages come over at its next access). Write faults always migrate. In `adaptive` mode the threshold is `threshold
 //!   × penalty × (round trips + 1)` once oversubscribed, where a region's round trips are the
 //!   most times one of its pages went to a device and back (UVMSmart counts evictions of the
 //!   basic block), and `1 + threshold × occupancy` before (occupancy: the device's used
@@ -49,6 +52,7 @@
 //! device waits for the migration (`fault`).
 
 use super::p3_tree::Tree;
+use crate::compute::NEVER;
 use crate::place::params::{ParamDef, Params};
 use crate::place::policy::{Counters, Ctx, Fault, Notification, Plan, Policy, Refusals};
 use crate::place::{BIG, BLOCK, Loc, MAX_DEVICES};
@@ -94,15 +98,6 @@ enum Mode {
     Disabled,
 }
 
-/// One region's counter.
-#[derive(Debug, Clone, Copy, Default)]
-struct Count {
-    /// Lines counted.
-    lines: u32,
-    /// 64 KiB sub-regions accessed since the last notification (`uvm` counting).
-    mask: u32,
-}
-
 /// Access-counter migration.
 #[derive(Debug, Clone)]
 pub struct AccessCounters {
@@ -119,10 +114,8 @@ pub struct AccessCounters {
     sync: bool,
     tree: Tree,
     refused: Refusals,
-    /// Per device, per region.
-    counts: [Vec<Count>; MAX_DEVICES],
-    notifications: u64,
-    halvings: u64,
+    /// Notifications that migrated pages.
+    migrations: u64,
 }
 
 impl AccessCounters {
@@ -147,9 +140,7 @@ impl AccessCounters {
             sync: p.text("service") == "fault",
             tree: Tree::default(),
             refused: Refusals::default(),
-            counts: Default::default(),
-            notifications: 0,
-            halvings: 0,
+            migrations: 0,
         }
     }
 
@@ -163,19 +154,6 @@ impl AccessCounters {
         }
     }
 
-    fn count(&mut self, cx: &Ctx<'_>, dev: u8, page: u32) -> &mut Count {
-        let v = &mut self.counts[dev as usize];
-        if v.is_empty() {
-            v.resize(cx.pages().div_ceil(self.region) as usize, Count::default());
-        }
-        &mut v[(page / self.region) as usize]
-    }
-
-    /// Lines counted for `page`'s region on `dev`.
-    fn lines(&self, dev: u8, page: u32) -> u32 {
-        self.counts[dev as usize].get((page / self.region) as usize).map_or(0, |c| c.lines)
-    }
-
     /// Round trips of `page`'s region: the most times one of its pages went to a device and
     /// back.
     fn round_trips(&self, cx: &Ctx<'_>, page: u32) -> u32 {
@@ -184,32 +162,31 @@ impl AccessCounters {
         (first..end).map(|p| cx.state.page(p).migrations as u32 / 2).max().unwrap_or(0)
     }
 
-    /// The count at which `page`'s region migrates to `dev`.
-    fn threshold_for(&self, cx: &Ctx<'_>, dev: u8, page: u32) -> u32 {
+    /// The threshold programmed into `dev`'s counter unit now: the count at which a region
+    /// notifies, before its round trips (`threshold_for`).
+    fn unit_threshold(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
         let oversub = self.refused.of(dev);
-        if !self.ipdps {
-            return if self.mode == Mode::Adaptive && oversub {
-                self.threshold.saturating_mul(self.penalty)
-            } else {
-                self.threshold
-            };
-        }
         match self.mode {
-            Mode::Adaptive if oversub => {
-                let base = self.threshold.saturating_mul(self.penalty);
-                // Round trips only matter once the base is reached (they only raise it).
-                if self.lines(dev, page).saturating_add(1) < base {
-                    return base;
-                }
-                base.saturating_mul(self.round_trips(cx, page) + 1)
-            }
-            Mode::Adaptive => {
+            Mode::Adaptive if oversub => self.threshold.saturating_mul(self.penalty),
+            Mode::Adaptive if self.ipdps => {
                 let m = cx.state.dev(dev as usize);
                 let occupancy = m.used as f64 / m.capacity.max(1) as f64;
                 (1.0 + self.threshold as f64 * occupancy) as u32
             }
             _ => self.threshold,
         }
+    }
+
+    /// The count at which `page`'s region migrates to `dev`, for a region whose count is
+    /// `count`: the unit's threshold, times the region's round trips + 1 in `ipdps`'s
+    /// adaptive mode once oversubscribed.
+    fn threshold_for(&self, cx: &Ctx<'_>, dev: u8, page: u32, count: u32) -> u32 {
+        let base = self.unit_threshold(cx, dev);
+        // Round trips only matter once the base is reached (they only raise it).
+        if !(self.ipdps && self.mode == Mode::Adaptive && self.refused.of(dev)) || count < base {
+            return base;
+        }
+        base.saturating_mul(self.round_trips(cx, page) + 1)
     }
 
     /// Plans the migration of `pages` (faults or hot pages) to `dev`.
@@ -219,15 +196,6 @@ impl AccessCounters {
         } else {
             for f in faults {
                 plan.migrate(f.page, 1, Loc::Dev(dev));
-            }
-        }
-    }
-
-    fn halve_all(&mut self) {
-        self.halvings += 1;
-        for v in &mut self.counts {
-            for c in v.iter_mut() {
-                c.lines /= 2;
             }
         }
     }
@@ -265,7 +233,9 @@ impl Policy for AccessCounters {
         }
         let mut hot = Vec::new();
         for f in faults {
-            if f.write || self.lines(dev, f.page).saturating_add(1) >= self.threshold_for(cx, dev, f.page) {
+            // The driver reads the region's count from the device's unit.
+            let count = cx.count_of(dev, f.page).saturating_add(1);
+            if f.write || count >= self.threshold_for(cx, dev, f.page, count) {
                 hot.push(*f);
             } else if !ahead {
                 if self.ahead {
@@ -278,63 +248,45 @@ impl Policy for AccessCounters {
         self.migrate(cx, dev, &hot, plan);
     }
 
-    fn counters(&self, _cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
-        // IPDPS'20's counter runs from the start (it counts every access, cumulatively);
-        // UVM's only while migration is delayed.
-        let on = if self.ipdps { self.mode != Mode::Disabled } else { self.delaying(dev) };
-        on.then_some(Counters { region: BIG, threshold: 1, local_too: self.ipdps, sync: self.sync })
+    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
+        let unit = Counters { sync: self.sync, ..Counters::new(self.region, self.unit_threshold(cx, dev)) };
+        if !self.ipdps {
+            // UVM's counters run only while migration is delayed.
+            return self.delaying(dev).then_some(unit);
+        }
+        // IPDPS'20's counter runs from the start, counting every access cumulatively; it
+        // notifies only while migration is delayed.
+        (self.mode != Mode::Disabled).then_some(Counters {
+            threshold: if self.delaying(dev) { unit.threshold } else { NEVER },
+            local_too: true,
+            cumulative: true,
+            halve_at: Some(SATURATION),
+            ..unit
+        })
     }
 
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
-        let lines = n.reads.saturating_add(n.writes);
-        let region = self.region;
         let dev = n.dev;
-        if self.ipdps {
-            let c = self.count(cx, dev, n.first);
-            c.lines = c.lines.saturating_add(lines);
-            if c.lines >= SATURATION {
-                self.halve_all();
-            }
-            if !self.delaying(dev) || self.lines(dev, n.first) < self.threshold_for(cx, dev, n.first) {
-                return;
-            }
-            // Hot: the pages of the accessed sub-region it reaches remotely migrate.
-            let end = (n.first + n.pages).min(cx.pages());
-            let hot: Vec<Fault> = (n.first..end)
-                .filter(|&p| cx.state.page(p).remote & (1 << dev) != 0)
-                .map(|page| Fault { page, write: false })
-                .collect();
-            if !hot.is_empty() {
-                self.notifications += 1;
-                self.migrate(cx, dev, &hot, plan);
-            }
+        let count = n.reads.saturating_add(n.writes);
+        if self.ipdps && (!self.delaying(dev) || count < self.threshold_for(cx, dev, n.first, count)) {
             return;
         }
-        let threshold = self.threshold_for(cx, dev, n.first);
-        let sub = (n.first % region) / BIG;
-        let c = self.count(cx, dev, n.first);
-        c.lines = c.lines.saturating_add(lines);
-        c.mask |= 1 << sub;
-        if c.lines < threshold {
-            return;
-        }
-        let mask = core::mem::take(&mut c.mask);
-        c.lines = 0;
-        self.notifications += 1;
-        // The accessed sub-regions migrate.
-        let first = n.first / region * region;
+        // UVM: the accessed sub-regions migrate; IPDPS'20: their pages the device reaches
+        // remotely.
         let mut hot = Vec::new();
-        for s in 0..region.div_ceil(BIG) {
-            if mask & (1 << s) == 0 {
-                continue;
-            }
-            let a = first + s * BIG;
-            for page in a..(a + BIG).min(cx.pages()) {
-                if cx.state.page(page).loc != Loc::Dev(dev) {
-                    hot.push(Fault { page, write: n.writes > 0 });
+        for (a, b) in n.accessed() {
+            for page in a..b.min(cx.pages()) {
+                let p = cx.state.page(page);
+                let take = if self.ipdps { p.remote & (1 << dev) != 0 } else { p.loc != Loc::Dev(dev) };
+                if take {
+                    hot.push(Fault { page, write: !self.ipdps && n.writes > 0 });
                 }
             }
         }
+        if self.ipdps && hot.is_empty() {
+            return;
+        }
+        self.migrations += 1;
         self.migrate(cx, dev, &hot, plan);
     }
 
@@ -351,16 +303,17 @@ impl Policy for AccessCounters {
     }
 
     fn report(&self) -> Vec<(&'static str, u64)> {
-        alloc::vec![("counter_migrations", self.notifications), ("counter_halvings", self.halvings)]
+        alloc::vec![("counter_migrations", self.migrations)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::AccessCounters as Unit;
     use crate::place::cost::CostModel;
     use crate::place::params::Value;
-    use crate::place::policy::Action;
+    use crate::place::policy::{Action, Units};
     use crate::place::state::State;
 
     fn policy(params: &[(&str, Value)]) -> AccessCounters {
@@ -375,27 +328,38 @@ mod tests {
         Value::Text(v.into())
     }
 
-    /// An access of `lines` lines by dev0 to the 64 KiB sub-region of `page`, as the engine
-    /// reports it with a threshold of 1.
-    fn access(pol: &mut AccessCounters, st: &State, page: u32, lines: u32, write: bool) -> Plan {
+    /// An access of `lines` lines by dev0 to `page`, counted by dev0's counter unit
+    /// (`unit[0]`) as the policy programs it; a notification goes to the policy, as the
+    /// engine delivers it.
+    fn access(pol: &mut AccessCounters, unit: &mut [Unit; 1], st: &State, page: u32, lines: u32, write: bool) -> Plan {
         let cost = CostModel::default();
-        let cx = Ctx { state: st, cost: &cost, now: 0 };
-        let first = page / BIG * BIG;
-        let n = Notification {
-            dev: 0,
-            first,
-            pages: BIG,
-            reads: if write { 0 } else { lines },
-            writes: if write { lines } else { 0 },
-        };
+        let c = pol.counters(&Ctx::new(st, &cost, 0).with_units(Units::new(unit, 0)), 0);
+        unit[0].configure(c.map(Counters::unit));
+        let local = st.page(page).loc == Loc::Dev(0);
         let mut plan = Plan::default();
-        pol.on_access_counter(&cx, &n, &mut plan);
+        if c.is_none() {
+            return plan;
+        }
+        if let Some(n) = unit[0].count(u64::from(page), write, local, lines) {
+            let first = n.first as u32;
+            let note = Notification {
+                dev: 0,
+                first,
+                pages: n.pages.min(st.len() - first),
+                reads: n.reads,
+                writes: n.writes,
+                mask: n.mask,
+                mask_pages: n.mask_pages,
+            };
+            pol.on_access_counter(&Ctx::new(st, &cost, 0).with_units(Units::new(unit, 0)), &note, &mut plan);
+        }
         plan
     }
 
-    fn fault(pol: &mut AccessCounters, st: &State, page: u32, write: bool) -> Plan {
+    /// A read or write fault of dev0 on `page`; the policy reads `unit`.
+    fn fault(pol: &mut AccessCounters, unit: &[Unit; 1], st: &State, page: u32, write: bool) -> Plan {
         let cost = CostModel::default();
-        let cx = Ctx { state: st, cost: &cost, now: 0 };
+        let cx = Ctx::new(st, &cost, 0).with_units(Units::new(unit, 0));
         let mut plan = Plan::default();
         pol.on_device_faults(&cx, 0, &[Fault { page, write }], &mut plan);
         plan
@@ -421,27 +385,44 @@ mod tests {
     fn uvm_counts_remote_lines_over_2m_and_migrates_the_accessed_sub_regions() {
         let mut pol = policy(&[("prefetch", Value::Bool(false))]);
         let st = State::new(2048, &[1024]);
-        let cx_cost = CostModel::default();
-        let cx = Ctx { state: &st, cost: &cx_cost, now: 0 };
-        let c = pol.counters(&cx, 0).unwrap();
+        let cost = CostModel::default();
+        let c = pol.counters(&Ctx::new(&st, &cost, 0), 0).unwrap();
         assert!(!c.local_too, "UVM counts remote accesses only");
+        // The unit does the counting: 2 MiB regions, threshold 256, reset at notification.
+        assert_eq!((c.region, c.threshold, c.cumulative, c.halve_at, c.mask_pages), (512, 256, false, None, 16));
+        let mut unit = [Unit::default()];
         // 255 lines over two sub-regions (0 and 5) of block 1: no notification yet.
         for _ in 0..127 {
-            assert!(access(&mut pol, &st, 512 + 3, 1, false).actions.is_empty());
-            assert!(access(&mut pol, &st, 512 + 5 * 16 + 2, 1, false).actions.is_empty());
+            assert!(access(&mut pol, &mut unit, &st, 512 + 3, 1, false).actions.is_empty());
+            assert!(access(&mut pol, &mut unit, &st, 512 + 5 * 16 + 2, 1, false).actions.is_empty());
         }
-        assert!(access(&mut pol, &st, 512 + 1, 1, false).actions.is_empty());
+        assert!(access(&mut pol, &mut unit, &st, 512 + 1, 1, false).actions.is_empty());
+        assert_eq!(unit[0].notifications(), 0, "the unit notifies at the threshold, not at every access");
         // The 256th: the two accessed sub-regions migrate, nothing else.
-        let plan = access(&mut pol, &st, 512 + 5 * 16, 1, false);
+        let plan = access(&mut pol, &mut unit, &st, 512 + 5 * 16, 1, false);
         let want: Vec<u32> = (512..512 + 16).chain(512 + 80..512 + 96).collect();
         assert_eq!(migrated(&plan), want);
+        assert_eq!(unit[0].notifications(), 1);
+        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1)]);
         // Count and mask start again.
-        assert!(access(&mut pol, &st, 512 + 5 * 16, 255, false).actions.is_empty());
+        assert!(access(&mut pol, &mut unit, &st, 512 + 5 * 16, 255, false).actions.is_empty());
         // `region = "64K"` keeps a counter per sub-region.
         let mut small = policy(&[("prefetch", Value::Bool(false)), ("region", text("64K"))]);
-        assert!(access(&mut small, &st, 3, 200, false).actions.is_empty());
-        assert!(access(&mut small, &st, 20, 200, false).actions.is_empty(), "another sub-region's count");
-        assert_eq!(migrated(&access(&mut small, &st, 4, 56, false)), (0..16).collect::<Vec<_>>());
+        let mut unit = [Unit::default()];
+        assert!(access(&mut small, &mut unit, &st, 3, 200, false).actions.is_empty());
+        assert!(access(&mut small, &mut unit, &st, 20, 200, false).actions.is_empty(), "another sub-region's count");
+        assert_eq!(migrated(&access(&mut small, &mut unit, &st, 4, 56, false)), (0..16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn uvm_adaptive_programs_the_penalty_once_oversubscribed() {
+        let mut pol = policy(&[("mode", text("adaptive")), ("threshold", Value::Int(4)), ("penalty", Value::Int(3))]);
+        let st = State::new(1024, &[512]);
+        let cost = CostModel::default();
+        let cx = Ctx::new(&st, &cost, 0);
+        assert_eq!(pol.counters(&cx, 0), None, "UVM's counters run only while migration is delayed");
+        pol.on_allocation_refused(&cx, 0);
+        assert_eq!(pol.counters(&cx, 0).map(|c| c.threshold), Some(12));
     }
 
     #[test]
@@ -455,28 +436,52 @@ mod tests {
         let mut pol = policy(&params);
         let mut st = State::new(1024, &[512]);
         let cost = CostModel::default();
-        let cx = Ctx { state: &st, cost: &cost, now: 0 };
-        assert!(pol.counters(&cx, 0).unwrap().local_too, "IPDPS'20 counts local accesses too");
+        let c = pol.counters(&Ctx::new(&st, &cost, 0), 0).unwrap();
+        assert!(c.local_too, "IPDPS'20 counts local accesses too");
+        assert_eq!((c.region, c.threshold, c.cumulative, c.halve_at), (16, 8, true, Some(SATURATION)));
+        let mut unit = [Unit::default()];
         // A cold read fault is mapped remotely, a write fault migrates.
-        assert!(migrated(&fault(&mut pol, &st, 40, false)).is_empty());
-        assert_eq!(migrated(&fault(&mut pol, &st, 41, true)), alloc::vec![41]);
+        assert!(migrated(&fault(&mut pol, &unit, &st, 40, false)).is_empty());
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 41, true)), alloc::vec![41]);
         // Seven lines to the region (local ones count): the next read fault there is the
-        // eighth access and migrates.
+        // eighth access and migrates; the policy reads the count from the unit.
         for p in 0..7 {
             assert!(st.set_loc(32 + p, Loc::Dev(0), 0, false));
         }
         for p in 0..7 {
-            assert!(access(&mut pol, &st, 32 + p, 1, false).actions.is_empty());
+            assert!(access(&mut pol, &mut unit, &st, 32 + p, 1, false).actions.is_empty());
         }
-        assert_eq!(migrated(&fault(&mut pol, &st, 44, false)), alloc::vec![44]);
+        assert_eq!(unit[0].count_of(44), 7);
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 44, false)), alloc::vec![44]);
+        // The same fault with a unit that counted nothing stays remote.
+        assert!(migrated(&fault(&mut pol, &[Unit::default()], &st, 44, false)).is_empty());
         // Cumulative: no reset; a remote access to a hot region migrates its remote pages.
         remote_map(&mut st, 45..48);
-        assert_eq!(migrated(&access(&mut pol, &st, 45, 1, false)), alloc::vec![45, 46, 47]);
-        // Saturation halves every counter.
-        assert!(access(&mut pol, &st, 100, SATURATION, false).actions.is_empty());
-        assert_eq!(pol.halvings, 1);
-        assert_eq!(pol.lines(0, 100), SATURATION / 2);
-        assert_eq!(pol.lines(0, 40), 8 / 2);
+        assert_eq!(migrated(&access(&mut pol, &mut unit, &st, 45, 1, false)), alloc::vec![45, 46, 47]);
+        assert_eq!(unit[0].count_of(45), 8);
+        // Saturation halves every counter (the unit's).
+        assert!(access(&mut pol, &mut unit, &st, 100, SATURATION, false).actions.is_empty());
+        assert_eq!(unit[0].halvings(), Some(1));
+        assert_eq!(unit[0].count_of(100), SATURATION / 2);
+        assert_eq!(unit[0].count_of(40), 8 / 2);
+        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1)]);
+    }
+
+    #[test]
+    fn ipdps_before_migration_is_delayed_counts_without_notifying() {
+        let params = [("counting", text("ipdps")), ("region", text("64K")), ("mode", text("oversub"))];
+        let mut pol = policy(&params);
+        let mut st = State::new(1024, &[512]);
+        remote_map(&mut st, 0..16);
+        let mut unit = [Unit::default()];
+        // Not yet oversubscribed: the unit counts (cumulatively) but never notifies.
+        assert!(access(&mut pol, &mut unit, &st, 3, 300, false).actions.is_empty());
+        assert_eq!((unit[0].notifications(), unit[0].count_of(3)), (0, 300));
+        let cost = CostModel::default();
+        pol.on_allocation_refused(&Ctx::new(&st, &cost, 0), 0);
+        // Delayed from now on: the region is hot (301 >= 256), its remote pages migrate.
+        assert_eq!(migrated(&access(&mut pol, &mut unit, &st, 3, 1, false)).len(), 16);
+        assert_eq!(unit[0].notifications(), 1);
     }
 
     #[test]
@@ -491,20 +496,24 @@ mod tests {
         ];
         let mut pol = policy(&params);
         let mut st = State::new(1024, &[512]);
+        let mut unit = [Unit::default()];
         // Before oversubscription: 1 + 8 × occupancy (empty device: 1), the first access migrates.
-        assert_eq!(migrated(&fault(&mut pol, &st, 3, false)), alloc::vec![3]);
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 3, false)), alloc::vec![3]);
         // Oversubscribed: 8 × 2 × (round trips + 1). Page 20 went to the device and back once.
         let cost = CostModel::default();
-        let cx = Ctx { state: &st, cost: &cost, now: 0 };
+        let cx = Ctx::new(&st, &cost, 0);
         pol.on_allocation_refused(&cx, 0);
+        assert_eq!(pol.counters(&cx, 0).map(|c| c.threshold), Some(16), "the unit notifies at 8 × 2");
         assert!(st.set_loc(20, Loc::Dev(0), 0, false) && st.set_loc(20, Loc::Cpu, 1, false));
-        assert!(access(&mut pol, &st, 17, 30, false).actions.is_empty());
-        assert!(migrated(&fault(&mut pol, &st, 18, false)).is_empty(), "31 accesses < 32");
-        assert!(access(&mut pol, &st, 17, 1, false).actions.is_empty());
-        assert_eq!(migrated(&fault(&mut pol, &st, 18, false)), alloc::vec![18], "32 accesses");
+        remote_map(&mut st, 16..32);
+        assert!(access(&mut pol, &mut unit, &st, 17, 30, false).actions.is_empty(), "30 < 32");
+        assert!(migrated(&fault(&mut pol, &unit, &st, 18, false)).is_empty(), "31 accesses < 32");
+        assert!(access(&mut pol, &mut unit, &st, 17, 1, false).actions.is_empty());
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 18, false)), alloc::vec![18], "32 accesses");
+        assert_eq!(migrated(&access(&mut pol, &mut unit, &st, 17, 1, false)).len(), 16, "32: the block migrates");
         // A region without round trips needs 16.
-        assert!(access(&mut pol, &st, 70, 15, false).actions.is_empty());
-        assert_eq!(migrated(&fault(&mut pol, &st, 71, false)), alloc::vec![71]);
+        assert!(access(&mut pol, &mut unit, &st, 70, 15, false).actions.is_empty());
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 71, false)), alloc::vec![71]);
     }
 
     #[test]
@@ -512,27 +521,28 @@ mod tests {
         let params = [("counting", text("ipdps")), ("region", text("64K")), ("threshold", Value::Int(8))];
         let st = State::new(1024, &[512]);
         let mut pol = policy(&params);
+        let unit = [Unit::default()];
         let ahead = |plan: &Plan| {
             plan.actions.iter().filter(|a| matches!(a, Action::MapRemote { read_only: true, .. })).count()
         };
-        let first = fault(&mut pol, &st, 40, false);
+        let first = fault(&mut pol, &unit, &st, 40, false);
         assert!(
             first.actions.contains(&Action::MapRemote { first: 0, pages: 1024, dev: 0, read_only: true }),
             "{first:?}"
         );
         assert!(!first.actions.iter().any(|a| matches!(a, Action::MapRemote { read_only: false, .. })), "{first:?}");
         // Once: later read faults (pages the CPU moved back) are mapped for reads alone.
-        let later = fault(&mut pol, &st, 300, false);
+        let later = fault(&mut pol, &unit, &st, 300, false);
         assert_eq!(later.actions, alloc::vec![Action::MapRemote { first: 300, pages: 1, dev: 0, read_only: true }]);
-        assert_eq!(ahead(&fault(&mut pol, &st, 301, true)), 0, "a write fault migrates");
+        assert_eq!(ahead(&fault(&mut pol, &unit, &st, 301, true)), 0, "a write fault migrates");
         assert!(pol.remote_read_only(), "evicted pages are remapped for reads only");
         // `ahead = false`: each cold read fault is mapped remotely, writable, as before.
         let mut off = policy(&[params[0].clone(), params[1].clone(), params[2].clone(), ("ahead", Value::Bool(false))]);
-        let plan = fault(&mut off, &st, 40, false);
+        let plan = fault(&mut off, &unit, &st, 40, false);
         assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 40, pages: 1, dev: 0, read_only: false }]);
         assert!(!off.remote_read_only());
         // The disabled mode never maps ahead.
         let mut disabled = policy(&[params[0].clone(), ("mode", text("disabled"))]);
-        assert_eq!(ahead(&fault(&mut disabled, &st, 40, false)), 0);
+        assert_eq!(ahead(&fault(&mut disabled, &unit, &st, 40, false)), 0);
     }
 }

@@ -117,7 +117,7 @@ impl Policy for Hotness {
     }
 
     fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<Counters> {
-        Some(Counters { region: 1, threshold: self.sample, local_too: true, sync: false })
+        Some(Counters { local_too: true, ..Counters::new(1, self.sample) })
     }
 
     fn on_access_counter(&mut self, _cx: &Ctx<'_>, n: &Notification, _plan: &mut Plan) {

@@ -13,8 +13,10 @@
 //! - `random`: random 4 KiB pages (ISCA'19's Re).
 //!
 //! `reserve` keeps that percentage of the device's most recently accessed pages out of
-//! eviction (ISCA'19 §D); `free_buffer` evicts that percentage of capacity beyond what is
-//! needed, keeping a free-page buffer (which ISCA'19 shows hurts a locality-blind LRU).
+//! eviction (ISCA'19 §D); `free_buffer` asks for that percentage of capacity to be kept free
+//! ([`Policy::free_buffer`]): once the device is oversubscribed the engine evicts, in this
+//! order, whenever fewer pages are free, as UVMSmart's `should_evict_page` does every GMMU
+//! cycle (which ISCA'19 shows hurts a locality-blind LRU).
 
 use crate::place::params::{ParamDef, Params};
 use crate::place::policy::{Ctx, Policy, root_chunk_victims};
@@ -30,7 +32,7 @@ pub const ORDERS: &[&str] = &["root-chunk", "lru4k", "lru2m", "lfu2m", "tbne", "
 pub const PARAMS: &[ParamDef] = &[
     ParamDef::text("order", "root-chunk", ORDERS, "victim order"),
     ParamDef::int("reserve", 0, 0, 90, "% of most recently accessed pages never evicted"),
-    ParamDef::int("free_buffer", 0, 0, 50, "% of capacity evicted beyond the need"),
+    ParamDef::int("free_buffer", 0, 0, 50, "% of capacity kept free once oversubscribed"),
     ParamDef::int("seed", 1, 0, i64::MAX, "random stream (order = random)"),
 ];
 
@@ -87,9 +89,11 @@ impl Policy for Evict {
         &self.name
     }
 
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        cx.state.dev(dev as usize).capacity * self.free_buffer / 100
+    }
+
     fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
-        let cap = cx.state.dev(dev as usize).capacity;
-        let need = need + cap * self.free_buffer / 100;
         let mut lru = held(cx, dev);
         // Reserved: the most recently accessed `reserve` % of held pages (a partition, not a
         // sort: this runs at every eviction, over every page the device holds).
@@ -215,7 +219,7 @@ mod tests {
         p.set("reserve", Value::Int(reserve));
         let mut e = Evict::new(&p.checked(PARAMS).unwrap());
         let c = CostModel::default();
-        let cx = Ctx { state: s, cost: &c, now: 100 };
+        let cx = Ctx::new(s, &c, 100);
         let mut v = Vec::new();
         e.on_eviction_pressure(&cx, 0, need, &mut v);
         v.into_iter().flat_map(|(f, n)| f..f + n).collect()

@@ -91,12 +91,7 @@ impl Policy for Duplicate {
     }
 
     fn counters(&self, _cx: &Ctx<'_>, _dev: u8) -> Option<Counters> {
-        (self.grit && self.counter_threshold > 0).then_some(Counters {
-            region: BIG,
-            threshold: self.counter_threshold,
-            local_too: false,
-            sync: false,
-        })
+        (self.grit && self.counter_threshold > 0).then_some(Counters::new(BIG, self.counter_threshold))
     }
 
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
@@ -147,7 +142,7 @@ mod tests {
         let mut pol = Duplicate::new(&p.checked(PARAMS).unwrap());
         let st = State::new(64, &[64, 64]);
         let cost = CostModel::default();
-        let cx = Ctx { state: &st, cost: &cost, now: 0 };
+        let cx = Ctx::new(&st, &cost, 0);
         assert_eq!(pol.counters(&cx, 0).map(|c| c.threshold), Some(32));
         // dev0 then dev1 write region 0: shared and written, mapped remotely.
         let mut plan = Plan::default();
@@ -157,14 +152,14 @@ mod tests {
         assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 0, pages: 16, dev: 1, read_only: false }]);
         // dev1's counter for it reaches the threshold: the region migrates to dev1.
         let mut plan = Plan::default();
-        pol.on_access_counter(&cx, &Notification { dev: 1, first: 0, pages: 16, reads: 20, writes: 12 }, &mut plan);
+        pol.on_access_counter(&cx, &Notification { writes: 12, ..Notification::reads(1, 0, 16, 20) }, &mut plan);
         assert_eq!(plan.actions.len(), 16);
         assert!(plan.actions.iter().all(|a| matches!(a, Action::Migrate { to: Loc::Dev(1), .. })));
         // A region only one device uses is not the counters' business.
         let mut plan = Plan::default();
         pol.on_device_faults(&cx, 0, &[Fault { page: 40, write: true }], &mut plan);
         let mut plan = Plan::default();
-        pol.on_access_counter(&cx, &Notification { dev: 1, first: 32, pages: 16, reads: 32, writes: 0 }, &mut plan);
+        pol.on_access_counter(&cx, &Notification::reads(1, 32, 16, 32), &mut plan);
         assert!(plan.actions.is_empty());
     }
 }
