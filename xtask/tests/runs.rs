@@ -30,7 +30,8 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn experiment(name: &str, text: &str) -> (PathBuf, PathBuf) {
     let base = root().join("target/experiments").join(name);
     let _ = std::fs::remove_dir_all(&base);
-    let dir = std::env::temp_dir().join(format!("{name}-file"));
+    // Per process: two checkouts testing at once must not share the file.
+    let dir = std::env::temp_dir().join(format!("{name}-{}-file", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("experiment.toml");
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
