@@ -1,6 +1,7 @@
 use super::*;
 
-fn root() -> PathBuf {
+/// The workspace root (the test modules of `experiment` share it).
+pub(super) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 

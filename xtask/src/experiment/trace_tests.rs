@@ -3,9 +3,7 @@
 
 use super::*;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use super::tests::root;
 
 fn default_exp() -> Loaded {
     load(&root().join("experiments/default.toml"), &root()).unwrap()

@@ -6,9 +6,7 @@
 use super::*;
 use crate::machine::{Machine, field_at};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use super::tests::root;
 
 /// Two workloads, two policies, two ratios, on the host: 8 points.
 const BASE: &str = r#"
