@@ -270,6 +270,27 @@ impl CopyEngine {
         }
     }
 
+    /// Signals completions by MSI-X entry 0 of the engine's function (`msix`, `common`: its
+    /// table and common configuration), so waits halt the CPU instead of spinning (see
+    /// [`crate::virtio`]); kept across resets.
+    pub fn use_interrupt(
+        &mut self,
+        msix: crate::platform::pci::Msix,
+        common: crate::platform::pci::VirtioCommon,
+    ) -> Result<(), crate::platform::pci::MsixError> {
+        self.q.use_interrupt(msix, common, 0)
+    }
+
+    /// Whether completions interrupt.
+    pub fn interrupts(&self) -> bool {
+        self.q.interrupts()
+    }
+
+    /// Halts in waits so far (each ended by the completion's interrupt or a tick).
+    pub fn halts(&self) -> u64 {
+        self.q.halts()
+    }
+
     /// Whether the engine is unusable: a copy timed out and the reset after it failed.
     pub fn is_dead(&self) -> bool {
         self.q.is_dead()

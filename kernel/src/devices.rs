@@ -518,6 +518,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
         };
         let mut engine = CopyEngine::new(t, behind, iova)?;
         engine.device = Some(n);
+        interrupt_completions(s, n, g.engine, &mut engine);
         let window = pci::bar_window(&s.pci, g.memory, 2).map_err(|e| DevError::MapForCpu {
             device: n,
             region: Region::Bar,
@@ -536,7 +537,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             }
         );
         let hot = match g.hot {
-            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], &funcs[e], iommu.as_mut(), mmu)?),
+            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], e, iommu.as_mut(), mmu)?),
             None => None,
         };
         shadows.push(shadow);
@@ -594,16 +595,29 @@ pub fn init(s: &System) -> Result<(), DevError> {
     Ok(())
 }
 
+/// Has copy engine `engine` (PCI function `function` of device `n`) signal its completions by
+/// MSI-X, so its waits halt instead of spinning. A function without MSI-X keeps polling (the
+/// copies work the same, the waits spin), with a warning that says so.
+fn interrupt_completions(s: &System, n: usize, function: usize, engine: &mut CopyEngine) {
+    let set = pci::Msix::enable(&s.pci, function)
+        .and_then(|m| Ok((m, pci::VirtioCommon::find(&s.pci, function)?)))
+        .and_then(|(m, c)| engine.use_interrupt(m, c));
+    if let Err(e) = set {
+        log::warn!("dev{n}: copy-engine completions by polling (no interrupt: {e})");
+    }
+}
+
 /// Binds device `n`'s hot-plug region `mem` and its copy engine `eng` (attached to the
 /// device's domain `mmu`, when it has one) and maps the region for the CPU.
 fn bind_hot(
     s: &System,
     n: usize,
     mem: &drivers::pci::Function,
-    eng: &drivers::pci::Function,
+    eng: usize,
     iommu: Option<&mut Viommu>,
     mmu: Option<(u32, u32)>,
 ) -> Result<Hot, DevError> {
+    let (e, eng) = (eng, &s.pci.functions[eng]);
     let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
     let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
@@ -623,6 +637,7 @@ fn bind_hot(
         if behind { iova_translated } else { iova_identity },
     )?;
     engine.device = Some(n);
+    interrupt_completions(s, n, e, &mut engine);
     let c = vm.config;
     if engine.capacity < c.region_size {
         return Err(DevError::EngineTooSmall {

@@ -117,6 +117,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "pci::virtio_devices_bind", run: pci_virtio_devices_bind },
     Test { name: "devices::registered", run: devices::registered },
     Test { name: "devices::dma_round_trip", run: devices::dma_round_trip },
+    Test { name: "devices::completions_interrupt", run: devices::completions_interrupt },
     Test { name: "devices::unmapped_dma_is_refused", run: devices::unmapped_dma_is_refused },
     Test { name: "devices::iommu_errors_are_values", run: devices::iommu_errors_are_values },
     Test { name: "devices::migrate_round_trip", run: devices::migrate_round_trip },

@@ -14,7 +14,7 @@ use virtio_drivers::{
         Transport,
         pci::{
             PciTransport, VirtioPciError,
-            bus::{Cam, DeviceFunction, MmioCam, PciRoot},
+            bus::{Cam, ConfigurationAccess, DeviceFunction, MmioCam, PciRoot},
         },
     },
 };
@@ -115,11 +115,7 @@ static ECAM: spin::Once<u64> = spin::Once::new();
 
 /// A configuration-space root over the mapped ECAM window.
 fn root() -> Option<PciRoot<MmioCam<'static>>> {
-    let virt = *ECAM.get()?;
-    // SAFETY: `virt` maps the whole ECAM region of segment 0 uncached for the kernel's
-    // lifetime (mapped once by `init`); configuration accesses are independent MMIO reads and
-    // writes, and only the drivers binding a function touch its registers.
-    Some(PciRoot::new(unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) }))
+    Some(PciRoot::new(cam()?))
 }
 
 /// Why a virtio PCI transport could not be bound.
@@ -222,4 +218,198 @@ pub fn bar_window(bus: &Bus, function: usize, bar: u8) -> Result<mm::PhysWindow,
     let uncached = mm::paging::Flags::WRITABLE | mm::paging::Flags::NO_CACHE;
     mm::map_phys(b.address, b.size, uncached).map_err(BarWindowError::Map)?;
     Ok(mm::PhysWindow::new(b.address, b.size))
+}
+
+/// The MSI-X capability's id.
+const CAP_MSIX: u8 = 0x11;
+/// The vendor-specific capability virtio uses for its structures.
+const CAP_VENDOR: u8 = 0x09;
+/// `virtio_pci_cap.cfg_type` of the common configuration.
+const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
+/// Message Control: MSI-X enable.
+const MSIX_ENABLE: u16 = 1 << 15;
+/// Message Control: function mask.
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+/// Vector Control: the entry is masked.
+const MSIX_ENTRY_MASKED: u32 = 1;
+/// An MSI's address: the local APIC's interrupt window, fixed delivery, physical destination.
+const MSI_ADDRESS: u32 = 0xfee0_0000;
+/// `queue_select` and `queue_msix_vector` in `virtio_pci_common_cfg`.
+const COMMON_QUEUE_SELECT: u64 = 0x16;
+const COMMON_QUEUE_MSIX_VECTOR: u64 = 0x1a;
+/// The value of a virtio vector field that means "no vector".
+const VIRTIO_NO_VECTOR: u16 = 0xffff;
+
+/// Why a function's interrupt could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsixError {
+    /// [`init`] has not mapped the configuration space.
+    NotInitialised,
+    /// No function with that index on the bus.
+    NoFunction(usize),
+    /// The function has no MSI-X capability.
+    NoMsix(DeviceFunction),
+    /// The function's virtio capabilities name no common configuration.
+    NoCommonConfig(DeviceFunction),
+    /// The entry is past the function's table.
+    NoEntry {
+        /// The function.
+        df: DeviceFunction,
+        /// The entry asked for.
+        entry: u16,
+        /// Entries in its table.
+        entries: u16,
+    },
+    /// The BAR holding the table or the common configuration could not be mapped.
+    Bar(BarWindowError),
+    /// A register access failed (outside the window, misaligned).
+    Access(mm::HandleError),
+    /// The device did not take the queue's vector (it read back "no vector").
+    VectorRefused {
+        /// The function.
+        df: DeviceFunction,
+        /// The queue.
+        queue: u16,
+    },
+}
+
+impl core::fmt::Display for MsixError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotInitialised => write!(f, "PCI is not initialised"),
+            Self::NoFunction(n) => write!(f, "no PCI function {n}"),
+            Self::NoMsix(df) => write!(f, "{df} has no MSI-X capability"),
+            Self::NoCommonConfig(df) => write!(f, "{df} has no virtio common configuration capability"),
+            Self::NoEntry { df, entry, entries } => {
+                write!(f, "{df}: MSI-X entry {entry} asked for, its table has {entries}")
+            }
+            Self::Bar(e) => write!(f, "MSI-X: {e}"),
+            Self::Access(e) => write!(f, "MSI-X register: {e}"),
+            Self::VectorRefused { df, queue } => {
+                write!(f, "{df}: the device refused an MSI-X vector for queue {queue} (it has no free vector)")
+            }
+        }
+    }
+}
+
+impl From<mm::HandleError> for MsixError {
+    fn from(e: mm::HandleError) -> Self {
+        Self::Access(e)
+    }
+}
+
+/// The MSI-X table of one PCI function, enabled, every entry masked until [`Msix::route`]d.
+#[derive(Debug)]
+pub struct Msix {
+    df: DeviceFunction,
+    /// The BAR holding the table.
+    bar: mm::PhysWindow,
+    /// The table's offset in that BAR.
+    table: u64,
+    /// Entries in the table.
+    entries: u16,
+}
+
+impl Msix {
+    /// Finds `bus.functions[function]`'s MSI-X capability, maps its table, masks every entry and
+    /// enables MSI-X (which also turns the function's INTx off).
+    pub fn enable(bus: &Bus, function: usize) -> Result<Msix, MsixError> {
+        let f = bus.functions.get(function).ok_or(MsixError::NoFunction(function))?;
+        let root = root().ok_or(MsixError::NotInitialised)?;
+        let cap = root.capabilities(f.df).find(|c| c.id == CAP_MSIX).ok_or(MsixError::NoMsix(f.df))?;
+        let mut cam = cam().ok_or(MsixError::NotInitialised)?;
+        let control = cap.private_header;
+        let entries = (control & 0x7ff) + 1;
+        let location = cam.read_word(f.df, cap.offset + 4);
+        let bar = bar_window(bus, function, (location & 7) as u8).map_err(MsixError::Bar)?;
+        let m = Msix { df: f.df, bar, table: u64::from(location & !7), entries };
+        for e in 0..entries {
+            m.bar.write_u32(m.table + u64::from(e) * 16 + 12, MSIX_ENTRY_MASKED)?;
+        }
+        let word = cam.read_word(f.df, cap.offset);
+        let control = (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK;
+        cam.write_word(f.df, cap.offset, (word & 0xffff) | u32::from(control) << 16);
+        Ok(m)
+    }
+
+    /// Entries in the table.
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    fn entry(&self, entry: u16) -> Result<u64, MsixError> {
+        if entry >= self.entries {
+            return Err(MsixError::NoEntry { df: self.df, entry, entries: self.entries });
+        }
+        Ok(self.table + u64::from(entry) * 16)
+    }
+
+    /// Points `entry` at `vector` on the CPU with local APIC id `apic` (fixed delivery, edge)
+    /// and unmasks it.
+    pub fn route(&self, entry: u16, vector: u8, apic: u32) -> Result<(), MsixError> {
+        let at = self.entry(entry)?;
+        self.bar.write_u32(at + 12, MSIX_ENTRY_MASKED)?;
+        self.bar.write_u32(at, MSI_ADDRESS | (apic & 0xff) << 12)?;
+        self.bar.write_u32(at + 4, 0)?;
+        self.bar.write_u32(at + 8, u32::from(vector))?;
+        self.bar.write_u32(at + 12, 0)?;
+        Ok(())
+    }
+
+    /// Sends `entry`'s interrupts to the CPU with APIC id `apic` from now on (one register
+    /// write: the device reads the entry when it signals, so a message sent after this goes
+    /// there).
+    pub fn retarget(&self, entry: u16, apic: u32) -> Result<(), MsixError> {
+        let at = self.entry(entry)?;
+        self.bar.write_u32(at, MSI_ADDRESS | (apic & 0xff) << 12)?;
+        Ok(())
+    }
+}
+
+/// A virtio function's common configuration, for what virtio-drivers' transport does not set:
+/// the queues' MSI-X vectors.
+#[derive(Debug)]
+pub struct VirtioCommon {
+    df: DeviceFunction,
+    bar: mm::PhysWindow,
+    offset: u64,
+}
+
+impl VirtioCommon {
+    /// Finds `bus.functions[function]`'s common configuration structure (its
+    /// `VIRTIO_PCI_CAP_COMMON_CFG` capability) and maps the BAR holding it.
+    pub fn find(bus: &Bus, function: usize) -> Result<VirtioCommon, MsixError> {
+        let f = bus.functions.get(function).ok_or(MsixError::NoFunction(function))?;
+        let root = root().ok_or(MsixError::NotInitialised)?;
+        let cam = cam().ok_or(MsixError::NotInitialised)?;
+        let cap = root
+            .capabilities(f.df)
+            .find(|c| c.id == CAP_VENDOR && (c.private_header >> 8) as u8 == VIRTIO_PCI_CAP_COMMON_CFG)
+            .ok_or(MsixError::NoCommonConfig(f.df))?;
+        let bar = (cam.read_word(f.df, cap.offset + 4) & 0xff) as u8;
+        let offset = u64::from(cam.read_word(f.df, cap.offset + 8));
+        let bar = bar_window(bus, function, bar).map_err(MsixError::Bar)?;
+        Ok(VirtioCommon { df: f.df, bar, offset })
+    }
+
+    /// Signals queue `queue`'s used buffers through MSI-X entry `entry` (or through none, with
+    /// `None`). Set after the device's reset and before DRIVER_OK (a reset forgets it).
+    pub fn set_queue_vector(&self, queue: u16, entry: Option<u16>) -> Result<(), MsixError> {
+        let v = entry.unwrap_or(VIRTIO_NO_VECTOR);
+        self.bar.write_u16(self.offset + COMMON_QUEUE_SELECT, queue)?;
+        self.bar.write_u16(self.offset + COMMON_QUEUE_MSIX_VECTOR, v)?;
+        if self.bar.read_u16(self.offset + COMMON_QUEUE_MSIX_VECTOR)? != v {
+            return Err(MsixError::VectorRefused { df: self.df, queue });
+        }
+        Ok(())
+    }
+}
+
+/// Raw configuration-space access over the mapped ECAM window.
+fn cam() -> Option<MmioCam<'static>> {
+    let virt = *ECAM.get()?;
+    // SAFETY: `virt` maps the whole ECAM region of segment 0 uncached for the kernel's
+    // lifetime (mapped once by `init`); configuration accesses are independent MMIO reads and
+    // writes, and only the drivers binding a function touch its registers.
+    Some(unsafe { MmioCam::new(virt as *mut u8, Cam::Ecam) })
 }

@@ -8,12 +8,22 @@
 //! reset its device (the copy engines) then does so and [`DmaQueue::reset`]s the queue: once
 //! the device reads back status 0 it owns no buffer, and the queue starts again empty on the
 //! same rings.
+//!
+//! A queue may signal its completions by MSI-X ([`DmaQueue::use_interrupt`]). Its waits then
+//! halt the CPU between looks at the used ring instead of spinning, so under emulation the
+//! host core goes to the emulator's threads doing the copy. The interrupt is routed to the
+//! waiting CPU before it looks; the look and the halt run with interrupts off up to `sti;
+//! hlt`, so a completion after the look wakes the halt. The APIC timer's tick also ends every
+//! halt, so a lost message costs at most a tick, and the wait stays bounded by its timeout.
+//! A wait entered with interrupts off spins as before.
 
-use crate::platform::arch::time;
+use crate::platform::arch::{apic, time, trap};
 use crate::platform::mm::{self, Iova, frame};
+use crate::platform::pci::{Msix, MsixError, VirtioCommon};
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 use drivers::virtq::{Layout, QueueError, Rings, Seg, Virtq};
 use virtio_drivers::transport::{DeviceStatus, Transport, pci::PciTransport};
+use x86_64::instructions::interrupts;
 
 /// A failed virtio operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,20 @@ pub struct DmaQueue {
     done: alloc::vec::Vec<(u16, u32)>,
     /// The rings' frames: physical address, pages, and the driver and device areas' offsets.
     rings: (u64, usize, u64, u64),
+    /// The completion interrupt, once [`DmaQueue::use_interrupt`] set it up.
+    irq: Option<Irq>,
+    /// Halts in waits (each ended by an interrupt: the completion's or a tick).
+    halts: u64,
+}
+
+/// A queue's completion interrupt: an MSI-X entry of its function, and where it points now.
+#[derive(Debug)]
+pub struct Irq {
+    msix: Msix,
+    common: VirtioCommon,
+    entry: u16,
+    /// The APIC id the entry targets.
+    target: u32,
 }
 
 impl DmaQueue {
@@ -165,6 +189,8 @@ impl DmaQueue {
             dead: false,
             done: alloc::vec::Vec::new(),
             rings: (pa, pages, avail_off, used_off),
+            irq: None,
+            halts: 0,
         })
     }
 
@@ -186,7 +212,36 @@ impl DmaQueue {
         set_rings(t, self.index, size, iova, pa, avail_off, used_off);
         self.dead = false;
         self.done.clear();
+        // The device's reset forgot the queue's vector.
+        if let Some(irq) = &self.irq
+            && irq.common.set_queue_vector(self.index, Some(irq.entry)).is_err()
+        {
+            log::warn!("{}: MSI-X vector refused after the reset; its waits spin", self.device);
+            self.irq = None;
+        }
         Ok(())
+    }
+
+    /// Signals this queue's completions through MSI-X entry `entry` of its function
+    /// (`msix`, `common`: that function's table and common configuration) as
+    /// [`trap::DMA_VECTOR`] to this CPU for now. Before DRIVER_OK, or after it: the device
+    /// takes a vector at any time.
+    pub fn use_interrupt(&mut self, msix: Msix, common: VirtioCommon, entry: u16) -> Result<(), MsixError> {
+        let target = apic::id();
+        msix.route(entry, trap::DMA_VECTOR, target)?;
+        common.set_queue_vector(self.index, Some(entry))?;
+        self.irq = Some(Irq { msix, common, entry, target });
+        Ok(())
+    }
+
+    /// Whether completions interrupt (waits halt instead of spinning).
+    pub fn interrupts(&self) -> bool {
+        self.irq.is_some()
+    }
+
+    /// Halts in waits so far.
+    pub fn halts(&self) -> u64 {
+        self.halts
     }
 
     /// Whether a request timed out: the queue takes no more.
@@ -247,16 +302,50 @@ impl DmaQueue {
         }
         let start = time::rdtsc();
         let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * timeout_ms;
+        let enabled = interrupts::are_enabled();
         loop {
-            match self.q.pop_used()? {
+            // Halt only when the message comes here (a task moved to another CPU routes it
+            // again), with interrupts off from the look to `sti; hlt`: a completion after the
+            // look raises its message while they are off, and it wakes the halt.
+            let halt = enabled && self.route_here();
+            if halt {
+                interrupts::disable();
+            }
+            let used = self.q.pop_used();
+            match used {
+                Ok(Some(_)) | Err(_) if halt => interrupts::enable(),
+                _ => {}
+            }
+            match used? {
                 Some((t, len)) if t == token => return Ok(len),
                 Some(other) => self.done.push(other),
                 None if time::rdtsc().wrapping_sub(start) > limit => {
+                    if halt {
+                        interrupts::enable();
+                    }
                     self.dead = true;
                     return Err(VirtioError::Timeout { device: self.device, ms: timeout_ms });
+                }
+                None if halt => {
+                    self.halts += 1;
+                    interrupts::enable_and_hlt();
                 }
                 None => core::hint::spin_loop(),
             }
         }
+    }
+
+    /// Points the completion interrupt at this CPU, if it points elsewhere; whether it does.
+    fn route_here(&mut self) -> bool {
+        let Some(irq) = self.irq.as_mut() else { return false };
+        let me = apic::id();
+        if irq.target != me {
+            if let Err(e) = irq.msix.retarget(irq.entry, me) {
+                log::warn!("{}: retargeting its MSI-X entry: {e}", self.device);
+                return false;
+            }
+            irq.target = me;
+        }
+        true
     }
 }

@@ -35,6 +35,12 @@ pub const TLB_VECTOR: u8 = 0x40;
 pub const RESCHED_VECTOR: u8 = 0x41;
 /// `int 0x42`: the running task gives up the CPU ([`crate::platform::sched::yield_now`]).
 pub const YIELD_VECTOR: u8 = 0x42;
+/// A device's DMA completion (an MSI-X message of a copy engine's queue): it only wakes a CPU
+/// halted in [`crate::platform::virtio::DmaQueue::wait`], which then reads its used ring.
+pub const DMA_VECTOR: u8 = 0x43;
+
+/// DMA completion interrupts taken, on every CPU.
+pub static DMA_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
 /// The state saved on every trap, lowest address first.
 #[derive(Debug, Clone, Copy)]
@@ -471,6 +477,7 @@ stub!(v_spurious, SPURIOUS_VECTOR);
 stub!(v_tlb, TLB_VECTOR);
 stub!(v_resched, RESCHED_VECTOR);
 stub!(v_yield, YIELD_VECTOR);
+stub!(v_dma, DMA_VECTOR);
 
 /// Saves the general registers around [`trap_dispatch`]. On entry the stack holds the
 /// hardware frame, the error code and the vector; 15 pushes complete a [`TrapFrame`] whose
@@ -532,6 +539,7 @@ pub fn init() {
     idt.0[TLB_VECTOR as usize] = gate(v_tlb, 0);
     idt.0[RESCHED_VECTOR as usize] = gate(v_resched, 0);
     idt.0[YIELD_VECTOR as usize] = gate(v_yield, 0);
+    idt.0[DMA_VECTOR as usize] = gate(v_dma, 0);
     // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled and
     // before any other CPU runs; no reference to it exists.
     unsafe { (&raw mut IDT).write(idt) };
@@ -545,7 +553,7 @@ pub fn load() {
         base: x86_64::VirtAddr::from_ptr(&raw const IDT),
     };
     // SAFETY: the IDT is a static with valid gates for every vector that can be raised
-    // (exceptions and the two APIC vectors; no other source is unmasked).
+    // (exceptions, the APIC's vectors and the DMA completion vector; no other source is unmasked).
     unsafe { x86_64::instructions::tables::lidt(&ptr) };
 }
 
@@ -605,6 +613,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
             crate::platform::sched::preempt(this, false)
         }
         v if v == u64::from(YIELD_VECTOR) => crate::platform::sched::preempt(this, false),
+        v if v == u64::from(DMA_VECTOR) => {
+            DMA_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+            super::apic::eoi();
+            this
+        }
         v if v == u64::from(TLB_VECTOR) => {
             super::smp::tlb_interrupt();
             super::apic::eoi();

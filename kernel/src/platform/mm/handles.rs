@@ -238,6 +238,38 @@ impl PhysWindow {
         Ok(())
     }
 
+    /// Stores `v` at the aligned `offset` (one volatile 32-bit store: a device register).
+    pub fn write_u32(&self, offset: u64, v: u32) -> Result<(), HandleError> {
+        bounds(offset, 4, self.size)?;
+        if !offset.is_multiple_of(4) {
+            return Err(HandleError::Misaligned(offset));
+        }
+        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
+        unsafe { (phys_to_virt(self.base + offset) as *mut u32).write_volatile(v) };
+        Ok(())
+    }
+
+    /// Loads the aligned `u16` at `offset` (one volatile 16-bit load: a device register).
+    pub fn read_u16(&self, offset: u64) -> Result<u16, HandleError> {
+        bounds(offset, 2, self.size)?;
+        if !offset.is_multiple_of(2) {
+            return Err(HandleError::Misaligned(offset));
+        }
+        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
+        Ok(unsafe { (phys_to_virt(self.base + offset) as *const u16).read_volatile() })
+    }
+
+    /// Stores `v` at the aligned `offset` (one volatile 16-bit store: a device register).
+    pub fn write_u16(&self, offset: u64, v: u16) -> Result<(), HandleError> {
+        bounds(offset, 2, self.size)?;
+        if !offset.is_multiple_of(2) {
+            return Err(HandleError::Misaligned(offset));
+        }
+        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
+        unsafe { (phys_to_virt(self.base + offset) as *mut u16).write_volatile(v) };
+        Ok(())
+    }
+
     /// Checks a copy of `len` bytes between window offset `offset` and RAM at `pa`: inside the
     /// window, inside memory the kernel manages (RAM the frame allocator manages, or device
     /// memory mapped for the CPU: a peer device's page), and not overlapping.
