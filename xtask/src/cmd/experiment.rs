@@ -1,4 +1,4 @@
-//! `cargo xtask experiment FILE [--check] [--list] [--host] [--jobs N] [--timeout SECS] [--shard I/N]`,
+//! `cargo xtask experiment FILE [--check] [--list] [--host] [--jobs N] [--timeout SECS] [--kernel ELF] [--shard I/N]`,
 //! `cargo xtask experiment --resume RUN [FILE] [--jobs N] [--timeout SECS] [--shard I/N]` and
 //! `cargo xtask experiment merge RUN`: runs an experiment file into a run folder, resumes one,
 //! or merges its shards.
@@ -58,6 +58,42 @@ fn stop_after() -> Option<usize> {
     std::env::var(STOP_AFTER_ENV).ok().and_then(|v| v.parse().ok())
 }
 
+/// The kernel a run's guests boot.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    /// Built from this checkout with the profile.
+    Build(Profile),
+    /// This ELF, as given (`--kernel`).
+    Elf(PathBuf),
+}
+
+impl Kernel {
+    /// The ELF to boot: built now, or the given one once checked to be an ELF file.
+    fn path(&self) -> Result<PathBuf> {
+        match self {
+            Kernel::Build(p) => build_kernel(*p),
+            Kernel::Elf(f) => check_elf(f).map(|()| f.clone()),
+        }
+    }
+}
+
+/// Whether `f` is an ELF file, as `--kernel` needs.
+fn check_elf(f: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(f).and_then(|mut h| std::io::Read::read_exact(&mut h, &mut magic));
+    match read {
+        Err(e) => Err(format!(
+            "--kernel {}: cannot read it ({e}); give a kernel ELF, e.g. target/x86_64-unknown-none/release/kernel",
+            f.display()
+        )),
+        Ok(()) if &magic != b"\x7fELF" => Err(format!(
+            "--kernel {}: not an ELF file; give the kernel's ELF (target/x86_64-unknown-none/release/kernel), not an ISO or image",
+            f.display()
+        )),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Runs `todo` (points of `l`) into `run`, recording each point's result as it finishes: in
 /// QEMU guests (`jobs` at a time, `points_per_boot` each), or on the host over the HMM stack
 /// on the host platform. Stops early on Ctrl-C or SIGTERM, recording nothing for the points
@@ -69,7 +105,7 @@ pub fn execute(
     host: bool,
     jobs: usize,
     timeout: u64,
-    profile: Profile,
+    kernel: &Kernel,
 ) -> Result<Ran> {
     interrupt::install();
     let total = todo.len();
@@ -117,7 +153,7 @@ pub fn execute(
         });
     } else if !todo.is_empty() {
         ensure_prerequisites(l.machine.firmware == "qboot")?;
-        let kernel = build_kernel(profile)?;
+        let kernel = kernel.path()?;
         let per = l.exp.points_per_boot.as_ref().map_or(4, |p| (*p.get_ref()).max(1)) as usize;
         // A batch: the points one guest runs, and why it runs them again (a rerun after a
         // mechanism error in an earlier boot, which its results carry).
@@ -283,7 +319,7 @@ pub fn run_points(
     let base = experiment::out_dir(root(), l);
     let run = Run::create(&base, root(), file, l, Invocation::now("test", root(), None), host)?;
     let todo: Vec<&Point> = l.points.iter().collect();
-    let ran = execute(&run, l, &todo, host, jobs, timeout, profile)?;
+    let ran = execute(&run, l, &todo, host, jobs, timeout, &Kernel::Build(profile))?;
     if let Some(sig) = ran.interrupted {
         return Err(format!("interrupted by {}; what finished is in {}", interrupt::name(sig), run.dir.display()));
     }
@@ -387,6 +423,9 @@ pub struct Args {
     /// Kill a guest after SECS seconds (the xtask's own timeout per boot; not with --host).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
+    /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); not with --host.
+    #[arg(long, value_name = "ELF", conflicts_with_all = ["host", "slurm"])]
+    kernel: Option<PathBuf>,
     /// `--slurm` and its options: the sweep handed to Slurm (`crate::slurm`).
     #[command(flatten)]
     slurm: crate::slurm::SlurmArgs,
@@ -419,6 +458,9 @@ impl Args {
 /// `cargo xtask experiment`.
 pub fn cmd(a: &Args) -> Result<u8> {
     interrupt::install();
+    if let Some(k) = &a.kernel {
+        check_elf(k)?;
+    }
     match (&a.sub, &a.resume, &a.file) {
         (Some(Sub::Merge { run }), _, _) => merge(run),
         (None, Some(run), file) => resume(a, run, file.as_deref()),
@@ -512,7 +554,8 @@ fn resume(a: &Args, arg: &str, file: Option<&Path>) -> Result<u8> {
 /// a shard; the exit status.
 fn finish(run: &Run, l: &experiment::Loaded, todo: &[&Point], a: &Args, host: bool) -> Result<u8> {
     let t0 = Instant::now();
-    let ran = execute(run, l, todo, host, a.jobs(), a.timeout, Profile::Release)?;
+    let kernel = a.kernel.clone().map_or(Kernel::Build(Profile::Release), Kernel::Elf);
+    let ran = execute(run, l, todo, host, a.jobs(), a.timeout, &kernel)?;
     let records = run::read_records(&run.dir)?;
     let finished = records.values().filter(|r| r.finished()).count();
     let rel = run.dir.strip_prefix(root().join("target/experiments")).unwrap_or(&run.dir).display().to_string();
