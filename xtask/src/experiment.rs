@@ -663,6 +663,11 @@ pub struct BootResults {
     pub rerun: Option<(Vec<u32>, String)>,
 }
 
+/// Whether a point of `batch` failed in the boot that gave `got`: an error result, or none.
+pub fn boot_failed(batch: &[u32], got: &Results) -> bool {
+    batch.iter().any(|id| got.get(id).is_none_or(|r| r.get("error").is_some()))
+}
+
 /// Sorts one boot's `@@POINT` results (`got`, by id) for its `batch` (point ids in the order
 /// the guest ran them). A point that failed with a mechanism error (`"kind": "mechanism"`:
 /// the devices, DMA, a CPU worker, or device memory not back to its empty state, as opposed

@@ -200,6 +200,37 @@ pub fn echo(line: &str) -> Option<String> {
     Some(line.to_string())
 }
 
+/// The xtask's timeout of a guest: it expires `timeout` after the start, or after the last
+/// line tagged `restart_on`.
+#[derive(Debug, Clone, Copy)]
+struct Watchdog {
+    timeout: Duration,
+    restart_on: Option<Tag>,
+    deadline: Instant,
+}
+
+impl Watchdog {
+    fn new(start: Instant, timeout: Duration, restart_on: Option<Tag>) -> Watchdog {
+        Watchdog { timeout, restart_on, deadline: start + timeout }
+    }
+
+    /// A guest line arrived at `now`.
+    fn saw(&mut self, line: &str, now: Instant) {
+        if self.restart_on.is_some_and(|t| t.payload(line).is_some()) {
+            self.deadline = now + self.timeout;
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// Time left at `now`.
+    fn left(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
 /// What to boot, on which machine, and how.
 pub struct Launch<'a> {
     /// The kernel ELF.
@@ -212,8 +243,11 @@ pub struct Launch<'a> {
     pub accel: &'a str,
     /// QEMU waits for gdb on :1234 (no timeout then).
     pub gdb: bool,
-    /// QEMU is killed after this.
+    /// QEMU is killed after this (from the start, or from the last `restart_on` line).
     pub timeout: Duration,
+    /// A line with this tag starts the timeout again (a guest that keeps finishing points is
+    /// not hung); `None`: the timeout counts from the start.
+    pub restart_on: Option<Tag>,
     /// Print the guest's non-`@@` lines as they arrive.
     pub echo: bool,
     /// A boot module (`-initrd`): the experiment image.
@@ -333,7 +367,7 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
     });
     let mut lines = Vec::new();
     let mut ready_at = None;
-    let deadline = start + l.timeout;
+    let mut watchdog = Watchdog::new(start, l.timeout, l.restart_on);
     let mut timed_out = false;
     loop {
         if stop() {
@@ -349,17 +383,18 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
             });
         }
         let now = Instant::now();
-        if now >= deadline && !l.gdb {
+        if watchdog.expired(now) && !l.gdb {
             timed_out = true;
             let _ = child.kill();
             break;
         }
-        match rx.recv_timeout(deadline.saturating_duration_since(now).min(Duration::from_millis(200))) {
+        match rx.recv_timeout(watchdog.left(now).min(Duration::from_millis(200))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
                 if let Some(f) = l.on_line {
                     f(&line);
                 }
+                watchdog.saw(&line, Instant::now());
                 if Tag::Boot.payload(&line).is_some() && ready_at.is_none() {
                     ready_at = Some(start.elapsed());
                 }
@@ -426,6 +461,23 @@ mod tests {
         g.unlink();
         assert!(!Path::new(&path).exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A guest that keeps finishing points is not killed: each point's line starts the timeout
+    /// again; other lines do not, and without `restart_on` it counts from the start.
+    #[test]
+    fn the_timeout_restarts_at_each_point() {
+        let (t0, s) = (Instant::now(), Duration::from_secs);
+        let point = Tag::Point.line("{\"id\":3}").to_string();
+        let mut w = Watchdog::new(t0, s(10), Some(Tag::Point));
+        w.saw("dev0: a warning", t0 + s(8));
+        assert!(!w.expired(t0 + s(9)) && w.expired(t0 + s(10)));
+        w.saw(&point, t0 + s(9));
+        assert!(!w.expired(t0 + s(18)) && w.expired(t0 + s(19)));
+        assert_eq!(w.left(t0 + s(15)), s(4));
+        let mut fixed = Watchdog::new(t0, s(10), None);
+        fixed.saw(&point, t0 + s(9));
+        assert!(fixed.expired(t0 + s(10)) && fixed.left(t0 + s(11)) == Duration::ZERO);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   `{"id":N,"result":{...},"trace":[...]}`, appended as each point finishes;
 //! - what the report writes from the records: `results.csv`, `results.columns.csv`,
 //!   `summary.txt`, `plot-*.svg`, `trace.json`; and `image-P-B.txt`, the points of a guest boot
-//!   (from point P, the invocation's boot B).
+//!   (from point P, the invocation's boot B), with `guest-P-B.log` beside it, that guest's
+//!   serial log, when a point of the boot failed.
 //!
 //! Invariants: a run id (`2026-12-02T14-05-33Z`, UTC, with `-1`, `-2`... when that second is
 //! taken) is never reused: the folder is made with `create_dir`, which fails if it exists.

@@ -223,6 +223,7 @@ pub fn execute(
                             accel: "tcg",
                             gdb: false,
                             timeout: Duration::from_secs(timeout),
+                            restart_on: Some(Tag::Point),
                             echo: false,
                             initrd: Some(&image),
                             on_line: Some(&on_line),
@@ -241,6 +242,19 @@ pub fn execute(
                                     by_point.entry(t["point"].as_u64().unwrap_or(u64::MAX) as u32).or_default().push(t);
                                 }
                                 record_kept(&all, &by_point);
+                                // A boot with a failure leaves its serial log (warnings
+                                // included) beside the image, for the why.
+                                if experiment::boot_failed(&ids, &all) {
+                                    let log = run.dir.join(format!("guest-{}-{b}.log", batch[0].id));
+                                    if let Err(e) = std::fs::write(&log, qemu.lines.join("\n") + "\n") {
+                                        failures.lock().unwrap().push(format!("writing {}: {e}", log.display()));
+                                    } else {
+                                        eprintln!(
+                                            "\n  a point of boot {b} failed: its guest's log is {}",
+                                            log.display()
+                                        );
+                                    }
+                                }
                                 let sorted = experiment::sort_boot(&ids, &all, note.as_deref());
                                 if let Some((rest, why)) = sorted.rerun {
                                     // The progress bar counted the discarded results once.
@@ -420,7 +434,7 @@ pub struct Args {
     /// Guests (or host threads) at a time [default: one per host core].
     #[arg(long, value_name = "N", value_parser = positive::<usize>)]
     jobs: Option<usize>,
-    /// Kill a guest after SECS seconds (the xtask's own timeout per boot; not with --host).
+    /// Kill a guest that finishes no point for SECS seconds (the xtask's own timeout; each point's result starts it again; not with --host).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
     /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); not with --host.

@@ -141,6 +141,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
         accel: o.accel.name(),
         gdb: o.gdb,
         timeout: Duration::from_secs(o.timeout),
+        restart_on: None,
         echo: true,
         initrd: image.as_deref(),
         on_line: None,

@@ -203,6 +203,19 @@ fn every_csv_column_has_a_unit_and_a_meaning() {
     assert!(described.iter().all(|d| !d.1.is_empty()));
 }
 
+/// A boot whose guest log is kept: one with an error result or a point without a result.
+#[test]
+fn a_boot_failed_when_a_point_has_an_error_or_no_result() {
+    use serde_json::json;
+    let mut got = Results::new();
+    got.insert(1, json!({ "id": 1, "sim_ns": 1.0 }));
+    got.insert(2, json!({ "id": 2, "sim_ns": 2.0 }));
+    assert!(!crate::experiment::boot_failed(&[1, 2], &got));
+    assert!(crate::experiment::boot_failed(&[1, 2, 3], &got), "point 3 has no result");
+    got.insert(3, json!({ "id": 3, "error": "a data check failed" }));
+    assert!(crate::experiment::boot_failed(&[1, 3], &got));
+}
+
 #[test]
 fn a_mechanism_error_reruns_the_rest_of_its_boot_in_a_fresh_guest() {
     use serde_json::json;

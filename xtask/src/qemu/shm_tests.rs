@@ -52,6 +52,7 @@ fn launch<'a>(m: &'a Machine, kernel: &'a Path) -> Launch<'a> {
         accel: "tcg",
         gdb: false,
         timeout: Duration::from_secs(60),
+        restart_on: None,
         echo: false,
         initrd: None,
         on_line: None,
