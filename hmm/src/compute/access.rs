@@ -144,6 +144,20 @@ impl AccessCounters {
         self.counts.clear();
     }
 
+    /// Clears the counts of the regions of `[first, first + pages)` (a targeted clear, as UVM's
+    /// driver clears a region it has serviced).
+    pub fn clear_range(&mut self, first: u64, pages: u64) {
+        if self.region == 0 || pages == 0 {
+            return;
+        }
+        let region = u64::from(self.region);
+        let (lo, hi) = (first / region, (first + pages - 1) / region);
+        let keys: alloc::vec::Vec<u64> = self.counts.range(lo..=hi).map(|(&k, _)| k).collect();
+        for k in keys {
+            self.counts.remove(&k);
+        }
+    }
+
     /// The reads and writes counted in `page`'s region (in the region size last programmed;
     /// 0 before any programming).
     pub fn count_of(&self, page: u64) -> u32 {

@@ -141,6 +141,14 @@ pub enum Action {
         /// The device.
         dev: u8,
     },
+    /// Clear every device's access counts of the regions of pages `[first, first + pages)`
+    /// (the driver's targeted clear of the counter units).
+    ClearCounts {
+        /// First page.
+        first: u32,
+        /// Page count.
+        pages: u32,
+    },
     /// Hold the faulting processor back this long before it replays (thrashing throttle).
     Stall {
         /// Nanoseconds.
@@ -156,6 +164,10 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Clears every device's access counts of `[first, first + pages)`'s regions.
+    pub fn clear_counts(&mut self, first: u32, pages: u32) {
+        self.actions.push(Action::ClearCounts { first, pages });
+    }
     /// Moves `[first, first + pages)` to `to`, on demand.
     pub fn migrate(&mut self, first: u32, pages: u32, to: Loc) {
         self.actions.push(Action::Migrate { first, pages, to, prefetch: false });

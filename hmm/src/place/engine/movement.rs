@@ -66,6 +66,11 @@ impl Engine<'_> {
                         done = done.max(e);
                         wall += w;
                     }
+                    Action::ClearCounts { first, pages } if !prefetch_pass => {
+                        for u in &mut self.counter_units {
+                            u.clear_range(u64::from(first), u64::from(pages));
+                        }
+                    }
                     Action::Stall { ns } if !prefetch_pass => {
                         self.stats.throttles += 1;
                         stall += ns as f64;

@@ -384,6 +384,20 @@ fn thrashing_pages_are_throttled_then_pinned() {
     assert!(o.stats.remote_lines > 0, "pinned pages are reached remotely");
 }
 
+/// Griffin's migration to the heaviest user runs on the devices' counter units: a shared
+/// array read by both devices has regions moved between them, with fewer notifications than
+/// counted accesses (the units notify from the threshold on, the policy counts nothing).
+#[test]
+fn the_heaviest_user_comes_from_the_counter_units() {
+    let w = || alloc::vec![wl("broadcast", 200, Target::Dev(0), &[("writes", Value::Float(0.0))])];
+    let pol = policy("first-touch", &[("heaviest", Value::Int(64))], "root-chunk");
+    let o = run_with(w(), &[512, 512], pol, CostModel::default());
+    let moves = o.policy.iter().find(|(n, _)| *n == "heaviest_user_moves").map_or(0, |x| x.1);
+    assert!(moves > 0 && o.stats.dev_to_dev > 0, "{:?} {:?}", o.policy, o.stats);
+    assert!(o.stats.notifications > 0, "{:?}", o.stats);
+    assert!(o.stats.notifications < o.stats.accesses, "{:?}", o.stats);
+}
+
 #[test]
 fn duplication_serves_a_broadcast_locally() {
     let mk = || alloc::vec![wl("broadcast", 200, Target::Dev(0), &[("writes", Value::Float(0.0))])];
