@@ -67,7 +67,7 @@ pub mod pages;
 mod schedule;
 mod wave;
 
-pub use error::{CopyFault, DataFault, DeviceOp, MechError, MirrorFault, NoAddressOf, PageOp, SetupStep};
+pub use error::{CopyFault, DataFault, DeviceOp, MechError, MirrorFault, NoAddressOf, PageOp, SetupStep, ShortWhy};
 pub use outcome::{Event, LinkStats, Outcome, ProcStats, Stats, WorkloadResult};
 
 use super::cost::CostModel;

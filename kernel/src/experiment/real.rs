@@ -17,7 +17,9 @@ use hmm::devmmu::{Translation, Where};
 use hmm::mm::SharedSpace;
 use hmm::mm::pte::Pte;
 use hmm::mm::space::AddressSpace;
-use hmm::place::engine::{CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep};
+use hmm::place::engine::{
+    CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep, ShortWhy,
+};
 use hmm::place::{Loc, PAGE};
 
 /// The real devices as a [`Mechanism`].
@@ -374,7 +376,8 @@ impl Real {
         // where they are, and the engine reads back which moved. Anything else (a copy that
         // failed, counted as declined, or a move to RAM) must move all.
         if moved != n && (to == Loc::Cpu || declined(self) != declined0) {
-            return Err(MechError::Short { first, pages, from, to, moved });
+            let why = if declined(self) != declined0 { ShortWhy::CopyFailed } else { ShortWhy::Stayed };
+            return Err(MechError::Short { first, pages, from, to, moved, why });
         }
         // The migration invalidated every mirror's mapping of the pages that moved; the peer
         // and MMU-less mappings go with them.

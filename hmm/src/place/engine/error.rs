@@ -17,7 +17,7 @@ pub enum MechError {
         /// The device's error, as the kernel renders it.
         cause: String,
     },
-    /// A migration moved fewer pages than asked (device memory exhausted or a copy failed).
+    /// A migration moved fewer pages than asked.
     Short {
         /// First page.
         first: u32,
@@ -29,6 +29,8 @@ pub enum MechError {
         to: Loc,
         /// Pages moved.
         moved: u64,
+        /// Why the rest did not.
+        why: ShortWhy,
     },
     /// The engine and the page tables disagree on where a page is.
     Misplaced {
@@ -241,15 +243,36 @@ pub enum SetupStep {
     NoWorker(usize),
 }
 
+/// Why a migration moved fewer pages than asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortWhy {
+    /// A copy of some of them failed (the copy engine's error is in the guest's log); their
+    /// sources stayed.
+    CopyFailed,
+    /// The destination had no room for them.
+    NoRoom,
+    /// They stayed where they were (not migratable at that moment, or a move to system
+    /// memory that must move all).
+    Stayed,
+}
+
+impl core::fmt::Display for ShortWhy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::CopyFailed => "a copy failed; the guest's log names the copy engine's error",
+            Self::NoRoom => "the destination had no room",
+            Self::Stayed => "the rest stayed where they were",
+        })
+    }
+}
+
 impl core::fmt::Display for MechError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Device { op, cause } => write!(f, "{op}: {cause}"),
-            Self::Short { first, pages, from, to, moved } => write!(
-                f,
-                "migrating pages {first}..{} {from}->{to}: {moved} of {pages} moved (device memory exhausted or a copy failed)",
-                first + pages
-            ),
+            Self::Short { first, pages, from, to, moved, why } => {
+                write!(f, "migrating pages {first}..{} {from}->{to}: {moved} of {pages} moved ({why})", first + pages)
+            }
             Self::Misplaced { page, op, expected, found } => match op {
                 PageOp::Migrate => {
                     write!(f, "page {page} is to move from {expected}, but the page tables have it in {found}")

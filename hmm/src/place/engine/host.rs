@@ -43,7 +43,7 @@
 //! `now_ns` is the clock the constructor was given (the host's monotonic clock for `--host`,
 //! a counter in tests): the wall time of the mechanism on the host, not a model.
 
-use super::{CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep};
+use super::{CopyFault, DeviceOp, MechError, Mechanism, MirrorFault, NoAddressOf, PageOp, SetupStep, ShortWhy};
 use crate::addr::Pfn;
 use crate::devmmu::{Domain, DomainError, DomainFailure, DomainOp, IoMap, Mirror, Translation, Where};
 use crate::dmirror::{Backing, CmdError, Dmirror, DmirrorDevice, ENOENT, RamBacking};
@@ -583,11 +583,11 @@ impl HostStack {
                 } else {
                     let out = self.to_sys(a, first, n, op)?;
                     if out != n as u64 {
-                        return Err(MechError::Short { first, pages, from, to, moved: 0 });
+                        return Err(MechError::Short { first, pages, from, to, moved: 0, why: ShortWhy::Stayed });
                     }
                     let moved = self.to_dev(b, first, n, op)?;
                     if moved != n as u64 {
-                        return Err(MechError::Short { first, pages, from, to, moved });
+                        return Err(MechError::Short { first, pages, from, to, moved, why: ShortWhy::NoRoom });
                     }
                     moved
                 }
@@ -598,7 +598,7 @@ impl HostStack {
         // A device's allocator may refuse pages (the device is full): those stay where they
         // are, and the engine reads back which moved. Any other short move is an error.
         if moved != want && to == Loc::Cpu {
-            return Err(MechError::Short { first, pages, from, to, moved });
+            return Err(MechError::Short { first, pages, from, to, moved, why: ShortWhy::Stayed });
         }
         // The migration invalidated every mirror's mapping of the pages that moved; the peer
         // mappings go with them. The destination device maps what it received, as a fault

@@ -506,8 +506,12 @@ fn device_errors_name_the_operation() {
     let op = DeviceOp::Migrate { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1) };
     let e = MechError::Device { op, cause: "migrate_vma_setup: EINVAL".into() };
     assert_eq!(e.to_string(), "migrating pages 4..6 cpu->dev1: migrate_vma_setup: EINVAL");
-    let e = MechError::Short { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1), moved: 1 };
-    assert!(e.to_string().starts_with("migrating pages 4..6 cpu->dev1: 1 of 2 moved"), "{e}");
+    let e =
+        MechError::Short { first: 4, pages: 2, from: Loc::Cpu, to: Loc::Dev(1), moved: 1, why: ShortWhy::CopyFailed };
+    assert_eq!(
+        e.to_string(),
+        "migrating pages 4..6 cpu->dev1: 1 of 2 moved (a copy failed; the guest's log names the copy engine's error)"
+    );
 }
 
 fn four_workloads(on: Target, cpus: u32, sched: Option<&str>) -> Outcome {
