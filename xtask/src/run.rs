@@ -11,7 +11,9 @@
 //! - `points.jsonl` (or `points-shard-I-of-N.jsonl` for a shard): one line per finished point,
 //!   `{"id":N,"result":{...},"trace":[...]}`, appended as each point finishes;
 //! - what the report writes from the records: `results.csv`, `results.columns.csv`,
-//!   `summary.txt`, `plot-*.svg`, `trace.json`; and `image-P-B.txt`, the points of a guest boot
+//!   `summary.txt`, `plot-WORKLOAD.svg` (simulated time and counts) and `plot-WORKLOAD-mech.svg`
+//!   (the mechanism's measured time) per workload (`experiment::plot`), `trace.json`; and
+//!   `image-P-B.txt`, the points of a guest boot
 //!   (from point P, the invocation's boot B).
 //!
 //! Invariants: a run id (`2026-12-02T14-05-33Z`, UTC, with `-1`, `-2`... when that second is
