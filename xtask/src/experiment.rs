@@ -938,140 +938,14 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.into() } else { s.chars().take(n - 1).collect::<String>() + "…" }
 }
 
-/// SVG plots: per workload, simulated time against oversubscription, one line per policy (or
-/// bars when there is one ratio). Returns (file name, SVG).
-pub fn plots(l: &Loaded, results: &Results) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut workloads: Vec<&str> = Vec::new();
-    let mut pols: Vec<&str> = Vec::new();
-    let mut overs: Vec<f64> = Vec::new();
-    for k in &l.keys {
-        if !workloads.contains(&k.0.as_str()) {
-            workloads.push(&k.0);
-        }
-        if !pols.contains(&k.1.as_str()) {
-            pols.push(&k.1);
-        }
-        if !overs.iter().any(|o| (o - k.2).abs() < 1e-9) {
-            overs.push(k.2);
-        }
+/// What the mechanism's measured time is, in the words of the run's last line and the plots:
+/// the host's time with `--host`, TCG's in QEMU.
+pub fn mechanism_time(results: &Results) -> &'static str {
+    if results.values().any(|r| r["mechanism"].as_str() == Some("host")) {
+        "host time of the mechanism"
+    } else {
+        "TCG time of the real mechanism"
     }
-    overs.sort_by(f64::total_cmp);
-    const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-    for w in workloads {
-        let series: Vec<(&str, Vec<(f64, f64)>)> = pols
-            .iter()
-            .map(|p| {
-                let pts = overs
-                    .iter()
-                    .filter_map(|&o| find(l, w, p, o).and_then(|id| sim_ms(results, id)).map(|v| (o, v)))
-                    .collect();
-                (*p, pts)
-            })
-            .collect();
-        let all: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|x| x.1)).filter(|v| *v > 0.0).collect();
-        if all.is_empty() {
-            continue;
-        }
-        let (lo, hi) = (all.iter().copied().fold(f64::MAX, f64::min), all.iter().copied().fold(0.0, f64::max));
-        let (ly0, ly1) = ((lo.log10()).floor(), (hi.log10()).ceil().max(lo.log10().floor() + 1.0));
-        let (w0, h0, x0, y0, pw, ph) = (720.0, 420.0, 80.0, 40.0, 440.0, 320.0);
-        let y = |v: f64| y0 + ph - (v.log10() - ly0) / (ly1 - ly0) * ph;
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w0}\" height=\"{h0}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{x0}\" y=\"24\" font-size=\"15\">{} — {}: simulated time (ms, log)</text>\n",
-            xml(&l.exp.name.get_ref().clone()),
-            xml(w)
-        );
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-            y0 + ph,
-            x0 + pw,
-            y0 + ph
-        );
-        let _ = writeln!(svg, "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>", y0 + ph);
-        let mut d = ly0;
-        while d <= ly1 {
-            let v = 10f64.powf(d);
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{x0}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{4}</text>",
-                y(v),
-                x0 + pw,
-                x0 - 6.0,
-                y(v) + 4.0,
-                if v >= 1.0 { format!("{v:.0}") } else { format!("{v}") }
-            );
-            d += 1.0;
-        }
-        if overs.len() > 1 {
-            let (o0, o1) = (overs[0], overs[overs.len() - 1]);
-            let x = |o: f64| x0 + (o - o0) / (o1 - o0) * pw;
-            for &o in &overs {
-                let _ =
-                    writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{o}</text>", x(o), y0 + ph + 16.0);
-            }
-            let _ = writeln!(
-                svg,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">oversubscription</text>",
-                x0 + pw / 2.0,
-                y0 + ph + 34.0
-            );
-            for (i, (p, pts)) in series.iter().enumerate() {
-                let c = COLORS[i % COLORS.len()];
-                let path: Vec<String> = pts.iter().map(|(o, v)| format!("{:.1},{:.1}", x(*o), y(*v))).collect();
-                let _ = writeln!(
-                    svg,
-                    "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-                    path.join(" ")
-                );
-                for (o, v) in pts {
-                    let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>", x(*o), y(*v));
-                }
-                let _ = writeln!(
-                    svg,
-                    "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-                    x0 + pw + 20.0,
-                    y0 + 20.0 * i as f64,
-                    x0 + pw + 38.0,
-                    y0 + 20.0 * i as f64 + 11.0,
-                    xml(p)
-                );
-            }
-        } else {
-            let bw = pw / series.len().max(1) as f64;
-            for (i, (p, pts)) in series.iter().enumerate() {
-                let c = COLORS[i % COLORS.len()];
-                if let Some((_, v)) = pts.first() {
-                    let bx = x0 + bw * i as f64 + bw * 0.15;
-                    let _ = writeln!(
-                        svg,
-                        "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{c}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.1}</text>",
-                        y(*v),
-                        bw * 0.7,
-                        y0 + ph - y(*v),
-                        bx + bw * 0.35,
-                        y(*v) - 4.0
-                    );
-                }
-                let _ = writeln!(
-                    svg,
-                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                    x0 + bw * i as f64 + bw / 2.0,
-                    y0 + ph + 16.0,
-                    xml(&truncate(p, 18))
-                );
-            }
-        }
-        svg += "</svg>\n";
-        let file = format!("plot-{}.svg", w.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-        out.push((file, svg));
-    }
-    out
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A Chrome / Perfetto trace of the traced points: one process per point, one thread per
@@ -1173,9 +1047,10 @@ pub fn out_dir(root: &Path, l: &Loaded) -> PathBuf {
 }
 
 pub mod agree;
+pub mod plot;
+pub use plot::plots;
 pub mod plan;
 pub mod tables;
-use tables::find;
 pub use tables::{TableSpec, comparisons, reproduction, verdicts};
 
 #[cfg(test)]

@@ -11,9 +11,10 @@
 //! - `points.jsonl` (or `points-shard-I-of-N.jsonl` for a shard): one line per finished point,
 //!   `{"id":N,"result":{...},"trace":[...]}`, appended as each point finishes;
 //! - what the report writes from the records: `results.csv`, `results.columns.csv`,
-//!   `summary.txt`, `plot-*.svg`, `trace.json`; and `image-P-B.txt`, the points of a guest boot
-//!   (from point P, the invocation's boot B), with `guest-P-B.log` beside it, that guest's
-//!   serial log, when a point of the boot failed.
+//!   `summary.txt`, `plot-WORKLOAD.svg` (simulated time and counts) and `plot-WORKLOAD-mech.svg`
+//!   (the mechanism's measured time) per workload (`experiment::plot`), `trace.json`; and
+//!   `image-P-B.txt`, the points of a guest boot (from point P, the invocation's boot B), with
+//!   `guest-P-B.log` beside it, that guest's serial log, when a point of the boot failed.
 //!
 //! Invariants: a run id (`2026-12-02T14-05-33Z`, UTC, with `-1`, `-2`... when that second is
 //! taken) is never reused: the folder is made with `create_dir`, which fails if it exists.

@@ -352,7 +352,7 @@ pub fn report_experiment(
     let write = |name: &str, data: &str| run::write_atomic(dir, name, data.as_bytes());
     write("results.csv", &experiment::csv(l, results))?;
     write("results.columns.csv", &experiment::csv_columns(results))?;
-    let plots = experiment::plots(l, results);
+    let plots = experiment::plots(l, results).map_err(|e| e.to_string())?;
     for (name, svg) in &plots {
         write(name, svg)?;
     }
@@ -373,16 +373,14 @@ pub fn report_experiment(
     let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;
     let host = results.values().any(|r| r["mechanism"].as_str() == Some("host"));
+    let why =
+        if host { "the HMM stack over the host platform; the mech ms column" } else { "measured; the mech ms column" };
     println!(
-        "\n{} points, {} failed{}; {} {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
+        "\n{} points, {} failed{}; {} ({why}) {:.1} s (the sim ms column is the cost model's simulated device time); {:.1} s in all",
         l.points.len(),
         failed,
         if missing > 0 { format!(", {missing} without a result") } else { String::new() },
-        if host {
-            "host time of the mechanism (the HMM stack over the host platform; the mech ms column)"
-        } else {
-            "TCG time of the real mechanism (measured; the mech ms column)"
-        },
+        experiment::mechanism_time(results),
         sim_vs_wall,
         wall.as_secs_f64()
     );

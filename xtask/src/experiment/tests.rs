@@ -160,9 +160,10 @@ fn reports_from_results() {
     // od ÷ tree is ours | 40.00 published; cells are normalised to the tree.
     assert!(cmp.contains("| 40.00"), "{cmp}");
     assert!(cmp.contains("1.00 | 1.00"), "{cmp}");
-    let plots = plots(&l, &r);
-    assert_eq!(plots.len(), 2);
-    assert!(plots[0].0 == "plot-stream.svg" && plots[0].1.contains("<polyline"));
+    let plots = plots(&l, &r).unwrap();
+    let names: Vec<&str> = plots.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["plot-stream.svg", "plot-stream-mech.svg", "plot-random.svg", "plot-random-mech.svg"]);
+    assert!(plots[0].1.contains("<polyline"));
     let t: Json = serde_json::from_str(&trace(&l, &r, &tr)).unwrap();
     assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "X" && e["cat"] == "faults"));
     // A failed point is reported, not dropped.

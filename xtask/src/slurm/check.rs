@@ -106,6 +106,9 @@ pub fn compare(local: &Path, slurm: &Path) -> Result<Option<String>, String> {
     if lp != sp {
         return Ok(Some(format!("the plots differ: local {lp:?}, Slurm {sp:?}")));
     }
+    // `plot-W-mech.svg` plots the mechanism's measured time (`mechanism_ms`), which differs run to
+    // run like that column: only its name is compared. Every other plot is drawn from results
+    // alone (experiment::plot) and must be byte for byte the same.
     for p in lp.iter().filter(|p| !is_time_column(p) && !p.contains("mech")) {
         let read = |d: &Path| std::fs::read(d.join(p)).map_err(|e| format!("{}: {e}", d.join(p).display()));
         if read(local)? != read(slurm)? {
