@@ -217,56 +217,51 @@ impl PhysWindow {
         Ok(())
     }
 
-    /// Loads the aligned `u64` at `offset` (one volatile load: a device register or word).
-    pub fn read_u64(&self, offset: u64) -> Result<u64, HandleError> {
-        bounds(offset, 8, self.size)?;
-        if !offset.is_multiple_of(8) {
+    /// The address of the aligned `T` at `offset`, checked to be inside the window.
+    fn register<T>(&self, offset: u64) -> Result<*mut T, HandleError> {
+        let n = core::mem::size_of::<T>() as u64;
+        bounds(offset, n, self.size)?;
+        if !offset.is_multiple_of(n) {
             return Err(HandleError::Misaligned(offset));
         }
-        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
-        Ok(unsafe { (phys_to_virt(self.base + offset) as *const u64).read_volatile() })
+        Ok(phys_to_virt(self.base + offset) as *mut T)
+    }
+
+    /// Loads the aligned `u64` at `offset` (one volatile load: a device register or word).
+    pub fn read_u64(&self, offset: u64) -> Result<u64, HandleError> {
+        let r = self.register::<u64>(offset)?;
+        // SAFETY: in bounds and aligned (checked by `register`), inside the mapped BAR.
+        Ok(unsafe { r.read_volatile() })
     }
 
     /// Stores `v` at the aligned `offset` (one volatile store).
     pub fn write_u64(&self, offset: u64, v: u64) -> Result<(), HandleError> {
-        bounds(offset, 8, self.size)?;
-        if !offset.is_multiple_of(8) {
-            return Err(HandleError::Misaligned(offset));
-        }
-        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
-        unsafe { (phys_to_virt(self.base + offset) as *mut u64).write_volatile(v) };
+        let r = self.register::<u64>(offset)?;
+        // SAFETY: in bounds and aligned (checked by `register`), inside the mapped BAR.
+        unsafe { r.write_volatile(v) };
         Ok(())
     }
 
     /// Stores `v` at the aligned `offset` (one volatile 32-bit store: a device register).
     pub fn write_u32(&self, offset: u64, v: u32) -> Result<(), HandleError> {
-        bounds(offset, 4, self.size)?;
-        if !offset.is_multiple_of(4) {
-            return Err(HandleError::Misaligned(offset));
-        }
-        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
-        unsafe { (phys_to_virt(self.base + offset) as *mut u32).write_volatile(v) };
+        let r = self.register::<u32>(offset)?;
+        // SAFETY: in bounds and aligned (checked by `register`), inside the mapped BAR.
+        unsafe { r.write_volatile(v) };
         Ok(())
     }
 
     /// Loads the aligned `u16` at `offset` (one volatile 16-bit load: a device register).
     pub fn read_u16(&self, offset: u64) -> Result<u16, HandleError> {
-        bounds(offset, 2, self.size)?;
-        if !offset.is_multiple_of(2) {
-            return Err(HandleError::Misaligned(offset));
-        }
-        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
-        Ok(unsafe { (phys_to_virt(self.base + offset) as *const u16).read_volatile() })
+        let r = self.register::<u16>(offset)?;
+        // SAFETY: in bounds and aligned (checked by `register`), inside the mapped BAR.
+        Ok(unsafe { r.read_volatile() })
     }
 
     /// Stores `v` at the aligned `offset` (one volatile 16-bit store: a device register).
     pub fn write_u16(&self, offset: u64, v: u16) -> Result<(), HandleError> {
-        bounds(offset, 2, self.size)?;
-        if !offset.is_multiple_of(2) {
-            return Err(HandleError::Misaligned(offset));
-        }
-        // SAFETY: in bounds and aligned (checked), inside the mapped BAR.
-        unsafe { (phys_to_virt(self.base + offset) as *mut u16).write_volatile(v) };
+        let r = self.register::<u16>(offset)?;
+        // SAFETY: in bounds and aligned (checked by `register`), inside the mapped BAR.
+        unsafe { r.write_volatile(v) };
         Ok(())
     }
 
