@@ -34,6 +34,7 @@ mod interrupt;
 mod layers;
 mod machine;
 mod options;
+mod profile;
 mod qemu;
 mod run;
 mod setup;

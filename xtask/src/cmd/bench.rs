@@ -1,5 +1,5 @@
 //! `cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--accel tcg|kvm] [--runs N]
-//! [--timeout SECS] [--kernel ELF...]`: the benchmarks.
+//! [--timeout SECS] [--kernel ELF...] [--profile [--profile-hz N]]`: the benchmarks.
 //!
 //! - `boot`: median time from QEMU start to kernel ready.
 //! - `mm`: address-space operations (first touch, fork, COW, mprotect, munmap) per page for 4,
@@ -16,12 +16,17 @@
 //! each operation's ratio to the first kernel: the way to tell a regression from the noise of
 //! a shared machine.
 //!
+//! `--profile [--profile-hz N]` (mm, hmm, devices) boots with the kernel's sampling profiler
+//! on and, after the benchmark's output, writes and summarises the profile
+//! (`target/profile/bench-NAME/`, [`crate::profile`]).
+//!
 //! Owns the published reference numbers each benchmark is printed beside.
 
 use crate::Result;
 use crate::decode::{bench_results, json_line};
 use crate::machine::Machine;
 use crate::options::{Accel, MachineOpt, positive};
+use crate::profile::SamplingOpt;
 use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use boot::protocol::Tag;
@@ -53,6 +58,8 @@ pub struct Args {
     /// A prebuilt kernel ELF to compare (repeat: --kernel A --kernel B); mm and hmm only.
     #[arg(long = "kernel", value_name = "ELF")]
     kernels: Vec<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingOpt,
 }
 
 impl Args {
@@ -62,6 +69,12 @@ impl Args {
     pub fn check(&self) -> Result<()> {
         if !self.kernels.is_empty() && !matches!(self.bench, Bench::Mm | Bench::Hmm) {
             return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into());
+        }
+        if self.sampling.profile && (self.bench == Bench::Boot || !self.kernels.is_empty()) {
+            return Err(
+                "--profile samples one benchmark boot of mm, hmm or devices; not bench boot or a --kernel comparison"
+                    .into(),
+            );
         }
         if self.runs.is_some() && self.kernels.is_empty() && self.bench != Bench::Boot {
             return Err(
@@ -92,6 +105,7 @@ struct Options {
     accel: &'static str,
     timeout: Option<u64>,
     runs: usize,
+    sampling: SamplingOpt,
 }
 
 /// `cargo xtask bench NAME`.
@@ -102,7 +116,13 @@ pub fn cmd(a: &Args) -> Result<u8> {
         Bench::Devices => a.machine.path_or("qemu/bench-devices.toml"),
     };
     a.check()?;
-    let o = Options { machine, accel: a.accel.name(), timeout: a.timeout, runs: a.runs.unwrap_or(10) };
+    let o = Options {
+        machine,
+        accel: a.accel.name(),
+        timeout: a.timeout,
+        runs: a.runs.unwrap_or(10),
+        sampling: a.sampling,
+    };
     if !a.kernels.is_empty() {
         let (name, job) = match a.bench {
             Bench::Mm => ("mm", "bench-mm"),
@@ -152,7 +172,7 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
     let run = run_qemu(&Launch {
         kernel,
         machine,
-        cmdline: format!("log=warn job={job}"),
+        cmdline: format!("log=warn job={job}{}", o.sampling.kernel_arg()),
         accel: o.accel,
         gdb: false,
         timeout: Duration::from_secs(o.timeout.unwrap_or(300)),
@@ -170,6 +190,9 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
     let results = bench_results(&run.lines);
     if results.is_empty() {
         return Err(format!("{name} benchmark ({}): the kernel printed no results", kernel.display()));
+    }
+    if o.sampling.profile {
+        crate::profile::report(crate::root(), &format!("bench-{name}"), kernel, &run.lines)?;
     }
     Ok(results)
 }
