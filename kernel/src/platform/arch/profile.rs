@@ -136,11 +136,6 @@ fn stack_containing(addr: u64) -> Option<core::ops::Range<u64>> {
     if boot.contains(&addr) { Some(boot) } else { stack::containing(addr) }
 }
 
-/// Whether the profiler is on.
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
 /// Stops sampling and prints the report (`@@PROFILE` lines). Does nothing when the profiler
 /// is off; prints once.
 pub fn report() {
