@@ -18,7 +18,8 @@
 //! kernel's text. A function interrupted in its prologue (before `mov rbp, rsp`) shows its
 //! caller's caller as its parent: the usual frame-pointer limit.
 //!
-//! **Storage.** One [`Table`] per CPU known at [`init`] (the ACPI CPU count), allocated there,
+//! **Storage.** One [`Table`] per CPU known at [`init`] (the ACPI CPU count), allocated there
+//! (8192 slots each, fewer when 8 MiB does not hold that many for every CPU),
 //! before the timer starts: the interrupt never allocates. The interrupt only `try_lock`s its
 //! CPU's table (the reporter is the only other user, and takes it only after sampling stopped,
 //! so a sample that meets it busy came after the end and is not taken). A full table counts
@@ -40,8 +41,12 @@ use spin::{Mutex, Once};
 use super::trap::TrapFrame;
 use crate::platform::mm::stack;
 
-/// Unique stacks each CPU's table holds (at 75 % load: [`Table::FULL_PERCENT`]).
-const SLOTS_PER_CPU: usize = 2048;
+/// Most slots of each CPU's table (it holds [`Table::FULL_PERCENT`] of them in stacks).
+const MAX_SLOTS_PER_CPU: usize = 8192;
+/// Fewest slots per CPU.
+const MIN_SLOTS_PER_CPU: usize = 256;
+/// The heap all tables together may take (they are split among the CPUs).
+const TABLES_BYTES: usize = 8 << 20;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static HZ: AtomicU32 = AtomicU32::new(0);
@@ -52,17 +57,19 @@ static LOST: AtomicU64 = AtomicU64::new(0);
 /// Turns the profiler on at `hz` samples per second per CPU (a multiple of `TICK_HZ`, as the
 /// command line checked) for `cpus` CPUs. Call once, before the APIC timer starts.
 pub fn init(hz: u32, cpus: usize) {
+    let cpus = cpus.max(1);
+    let per_cpu = (TABLES_BYTES / core::mem::size_of::<Slot>() / cpus).clamp(MIN_SLOTS_PER_CPU, MAX_SLOTS_PER_CPU);
     let tables = TABLES.call_once(|| {
-        (0..cpus.max(1))
+        (0..cpus)
             .map(|_| {
-                let slots: &'static mut [Slot] = alloc::vec![Slot::EMPTY; SLOTS_PER_CPU].leak();
+                let slots: &'static mut [Slot] = alloc::vec![Slot::EMPTY; per_cpu].leak();
                 Mutex::new(Table::new(slots))
             })
             .collect()
     });
     HZ.store(hz, Ordering::Relaxed);
     super::apic::set_sub_ticks((u64::from(hz) / super::apic::TICK_HZ).max(1) as u32);
-    log::info!("profile: sampling at {hz} Hz on {} CPUs, {SLOTS_PER_CPU} stacks per CPU", tables.len());
+    log::info!("profile: sampling at {hz} Hz on {} CPUs, {per_cpu} slots per CPU", tables.len());
     ENABLED.store(true, Ordering::Release);
 }
 
