@@ -13,6 +13,7 @@
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
 //! | `ktest.crash` | `pagefault`, `panic`, `triplefault`, `stackoverflow` | run one deliberate crash (tests of the crash reporting) |
 //! | `devices.coherent` | `N[,N...]` | the devices (numbered from 0, in PCI order) whose memory is coherent (CPU-mapped) rather than private; the xtask sets it from the machine file |
+//! | `profile.hz` | samples per second, a multiple of 100 from 100 to 10000 | run the sampling profiler: the timer interrupts this often and samples the interrupted stack; the report is printed at exit (off when absent) |
 //! | `virtio_mmio.device` | `SIZE@ADDR:IRQ[:ID]` | a virtio-mmio transport, as Linux reads it (`SIZE` and `ADDR` with an optional K/M/G suffix, decimal or `0x` hex; `IRQ` and `ID` decimal): how Firecracker and QEMU's microvm (`auto-kernel-cmdline`) name their devices; may repeat, up to [`MAX_VIRTIO_MMIO`] |
 
 use crate::fixed::FixedVec;
@@ -165,7 +166,16 @@ pub struct KernelArgs<'a> {
     pub coherent_devices: u64,
     /// virtio-mmio transports named by `virtio_mmio.device`, in order.
     pub virtio_mmio: FixedVec<VirtioMmio, MAX_VIRTIO_MMIO>,
+    /// The sampling profiler's rate (`profile.hz`), samples per second per CPU; `None`: off.
+    pub profile_hz: Option<u32>,
 }
+
+/// The scheduler tick's rate, which `profile.hz` must be a multiple of (the kernel's
+/// `apic::TICK_HZ`): the timer runs at `profile.hz` and every `profile.hz / 100`th interrupt is
+/// a scheduler tick.
+pub const PROFILE_HZ_STEP: u32 = 100;
+/// The fastest `profile.hz`.
+pub const PROFILE_HZ_MAX: u32 = 10_000;
 
 /// The default per-test watchdog.
 pub const DEFAULT_KTEST_TIMEOUT_MS: u64 = 20_000;
@@ -202,7 +212,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device)"
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device, profile.hz)"
             ),
             Self::BadValue { key, value, expected } => {
                 write!(f, "kernel argument '{key}={value}': expected {expected}")
@@ -288,6 +298,15 @@ impl<'a> KernelArgs<'a> {
                         .ok_or_else(|| bad(v, "SIZE@ADDR:IRQ[:ID], e.g. 512@0xfeb00e00:12 or 4K@0xd0000000:5"))?;
                     args.virtio_mmio.push(t).map_err(|_| ArgError::TooManyVirtioMmio)?;
                 }
+                "profile.hz" => {
+                    let v = need("samples per second")?;
+                    let hz = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&hz| hz > 0 && hz <= PROFILE_HZ_MAX && hz % PROFILE_HZ_STEP == 0)
+                        .ok_or_else(|| bad(v, "samples per second, a multiple of 100 from 100 to 10000"))?;
+                    args.profile_hz = Some(hz);
+                }
                 _ => return Err(ArgError::UnknownKey(word)),
             }
         }
@@ -341,6 +360,21 @@ mod tests {
         assert_eq!(a.ktest_from, 0);
         assert_eq!(a.ktest_timeout_ms, DEFAULT_KTEST_TIMEOUT_MS);
         assert_eq!(a.crash, None);
+        assert_eq!(a.profile_hz, None);
+    }
+
+    #[test]
+    fn profile_rate_is_a_multiple_of_the_tick() {
+        assert_eq!(KernelArgs::parse("profile.hz=1000").unwrap().profile_hz, Some(1000));
+        assert_eq!(KernelArgs::parse("profile.hz=100").unwrap().profile_hz, Some(100));
+        assert_eq!(KernelArgs::parse("profile.hz=10000").unwrap().profile_hz, Some(10_000));
+        for bad in ["0", "50", "150", "10100", "x", "-100"] {
+            let word = format!("profile.hz={bad}");
+            let e = KernelArgs::parse(&word).unwrap_err();
+            assert!(matches!(e, ArgError::BadValue { key: "profile.hz", .. }), "{bad}: {e:?}");
+            assert!(e.to_string().contains("multiple of 100"), "{e}");
+        }
+        assert!(matches!(KernelArgs::parse("profile.hz").unwrap_err(), ArgError::MissingValue { .. }));
     }
 
     #[test]

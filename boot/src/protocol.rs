@@ -8,7 +8,8 @@
 //! - **Tagged lines** `@@TAG {json}` ([`Tag`], [`Tag::line`], [`parse_line`]): the boot report
 //!   (`@@BOOT`), the default job's result (`@@RESULT`), benchmark results (`@@BENCH`), an
 //!   experiment point's result or error (`@@POINT`), a trace event (`@@TRACE`), and the end of
-//!   an experiment (`@@EXPERIMENT`). Payloads are one JSON object each, written with
+//!   an experiment (`@@EXPERIMENT`), the sampling profiler's report (`@@PROFILE`, [`profile`]).
+//!   Payloads are one JSON object each, written with
 //!   [`json::Json`]; what a point's and a trace event's objects hold is `hmm::place::spec`'s
 //!   (the point format the host sends is there too).
 //! - **The in-kernel test runner's lines** `ktest: ...` ([`Ktest`]): plan, start, ok, skip,
@@ -24,6 +25,7 @@
 use core::fmt;
 
 pub mod json;
+pub mod profile;
 
 /// What every machine-readable line starts with.
 pub const MARK: &str = "@@";
@@ -44,11 +46,15 @@ pub enum Tag {
     Trace,
     /// The end of an experiment: `points`, `ok`, `failed`, `wall_ns`.
     Experiment,
+    /// The sampling profiler's report: a CPU's summary, one of its stacks, or the end
+    /// ([`profile`]).
+    Profile,
 }
 
 impl Tag {
     /// Every tag.
-    pub const ALL: [Tag; 6] = [Tag::Boot, Tag::Result, Tag::Bench, Tag::Point, Tag::Trace, Tag::Experiment];
+    pub const ALL: [Tag; 7] =
+        [Tag::Boot, Tag::Result, Tag::Bench, Tag::Point, Tag::Trace, Tag::Experiment, Tag::Profile];
 
     /// The line's start: `@@` and the name, then a space before the payload.
     pub const fn prefix(self) -> &'static str {
@@ -59,6 +65,7 @@ impl Tag {
             Tag::Point => "@@POINT ",
             Tag::Trace => "@@TRACE ",
             Tag::Experiment => "@@EXPERIMENT ",
+            Tag::Profile => "@@PROFILE ",
         }
     }
 

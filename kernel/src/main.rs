@@ -117,6 +117,10 @@ fn kernel_main(entry: platform::Entry) -> ! {
     };
     let (tsc_hz, tsc_source) = time::calibrate_best(platform.pm_timer).unwrap_or_else(|e| fail("TSC calibration", e));
     log::info!("time: TSC at {} kHz, from {}", tsc_hz / 1000, tsc_source.name());
+    if let Some(hz) = args.profile_hz {
+        // Before the timer starts: it runs at the profiler's rate from calibration on.
+        arch::profile::init(hz, platform.cpus.len().max(1));
+    }
     let apic = arch::apic::init(cpu.x2apic).unwrap_or_else(|e| fail("local APIC", e));
     sched::init().unwrap_or_else(|e| fail("scheduler", e));
     if platform.cpus.is_empty() {

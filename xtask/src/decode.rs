@@ -90,6 +90,7 @@ pub fn brief(line: &str) -> String {
             format!("{name}: a trace event of point {}", j["point"].as_u64().map_or("?".to_string(), |i| i.to_string()))
         }
         Tag::Experiment => format!("{name}: {}", cut(payload, 120)),
+        Tag::Profile => format!("{name}: a profiler line ({bytes} bytes of JSON)"),
     };
     format!("{before}{what}")
 }

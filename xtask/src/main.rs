@@ -1,9 +1,9 @@
 //! `cargo xtask`: build, boot, test and benchmark the unikernel.
 //!
 //! ```text
-//! cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [--grub bios|uefi] [-- KERNEL ARGS...]
+//! cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug] [--timeout SECS] [--grub bios|uefi] [--profile [--profile-hz N]] [-- KERNEL ARGS...]
 //! cargo xtask test [FILTER] [--machine FILE] [--skip-host] [--timeout SECS]
-//! cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--accel tcg|kvm] [--runs N] [--timeout SECS] [--kernel ELF...]
+//! cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--accel tcg|kvm] [--runs N] [--timeout SECS] [--kernel ELF...] [--profile [--profile-hz N]]
 //! cargo xtask experiment FILE [--check] [--list] [--host] [--jobs N] [--timeout SECS]
 //! cargo xtask mutants [FILE[:N[+K]]...] [--sample N] [--jobs J] [--rerun-missed]
 //! cargo xtask stress [--ops N] [--seed S] [--seeds K] [--threads] [--avoid F,G] [--minimize [BUDGET]] [--trace]
@@ -34,6 +34,7 @@ mod interrupt;
 mod layers;
 mod machine;
 mod options;
+mod profile;
 mod qemu;
 mod run;
 mod setup;

@@ -144,6 +144,11 @@ pub fn set_crash_reporter(f: fn(core::fmt::Arguments<'_>) -> bool) -> bool {
     ours
 }
 
+/// Whether [`crash`] has been called: the run is ending in a crash report.
+pub fn crashing() -> bool {
+    CRASHING.load(Ordering::Relaxed)
+}
+
 /// The end of every crash (panic or fatal exception): tells the registered reporter, then
 /// exits ([`ExitCode::TestPanicked`] if it reported a failing test, [`ExitCode::Failure`]
 /// otherwise). A crash while reporting a crash exits at once.

@@ -1,5 +1,5 @@
 //! `cargo xtask bench boot|mm|hmm|devices [--machine FILE] [--accel tcg|kvm] [--runs N]
-//! [--timeout SECS] [--kernel ELF...]`: the benchmarks.
+//! [--timeout SECS] [--kernel ELF...] [--profile [--profile-hz N]]`: the benchmarks.
 //!
 //! - `boot`: median time from QEMU start to kernel ready.
 //! - `mm`: address-space operations (first touch, fork, COW, mprotect, munmap) per page for 4,
@@ -16,12 +16,17 @@
 //! each operation's ratio to the first kernel: the way to tell a regression from the noise of
 //! a shared machine.
 //!
+//! `--profile [--profile-hz N]` (mm, hmm, devices) boots with the kernel's sampling profiler
+//! on and, after the benchmark's output, writes and summarises the profile
+//! (`target/profile/bench-NAME/`, [`crate::profile`]).
+//!
 //! Owns the published reference numbers each benchmark is printed beside.
 
 use crate::Result;
 use crate::decode::{bench_results, json_line};
 use crate::machine::Machine;
 use crate::options::{Accel, MachineOpt, positive};
+use crate::profile::SamplingOpt;
 use crate::qemu::{Boot, Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use boot::protocol::Tag;
@@ -53,6 +58,8 @@ pub struct Args {
     /// A prebuilt kernel ELF to compare (repeat: --kernel A --kernel B); mm and hmm only.
     #[arg(long = "kernel", value_name = "ELF")]
     kernels: Vec<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingOpt,
 }
 
 impl Args {
@@ -62,6 +69,12 @@ impl Args {
     pub fn check(&self) -> Result<()> {
         if !self.kernels.is_empty() && !matches!(self.bench, Bench::Mm | Bench::Hmm) {
             return Err("--kernel compares prebuilt kernels on bench mm or bench hmm only".into());
+        }
+        if self.sampling.profile && (self.bench == Bench::Boot || !self.kernels.is_empty()) {
+            return Err(
+                "--profile samples one benchmark boot of mm, hmm or devices; not bench boot or a --kernel comparison"
+                    .into(),
+            );
         }
         if self.runs.is_some() && self.kernels.is_empty() && self.bench != Bench::Boot {
             return Err(
@@ -92,6 +105,7 @@ struct Options {
     accel: &'static str,
     timeout: Option<u64>,
     runs: usize,
+    sampling: SamplingOpt,
 }
 
 /// `cargo xtask bench NAME`.
@@ -102,7 +116,13 @@ pub fn cmd(a: &Args) -> Result<u8> {
         Bench::Devices => a.machine.path_or("qemu/bench-devices.toml"),
     };
     a.check()?;
-    let o = Options { machine, accel: a.accel.name(), timeout: a.timeout, runs: a.runs.unwrap_or(10) };
+    let o = Options {
+        machine,
+        accel: a.accel.name(),
+        timeout: a.timeout,
+        runs: a.runs.unwrap_or(10),
+        sampling: a.sampling,
+    };
     if !a.kernels.is_empty() {
         let (name, job) = match a.bench {
             Bench::Mm => ("mm", "bench-mm"),
@@ -152,7 +172,7 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
     let run = run_qemu(&Launch {
         kernel,
         machine,
-        cmdline: format!("log=warn job={job}"),
+        cmdline: format!("log=warn job={job}{}", o.sampling.kernel_arg()),
         accel: o.accel,
         gdb: false,
         timeout: Duration::from_secs(o.timeout.unwrap_or(300)),
@@ -171,6 +191,9 @@ fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str
     let results = bench_results(&run.lines);
     if results.is_empty() {
         return Err(format!("{name} benchmark ({}): the kernel printed no results", kernel.display()));
+    }
+    if o.sampling.profile {
+        crate::profile::report(crate::root(), &format!("bench-{name}"), kernel, &run.lines)?;
     }
     Ok(results)
 }
@@ -389,10 +412,89 @@ fn host_memcpy(size: usize) -> f64 {
     total as f64 / t0.elapsed().as_nanos().max(1) as f64
 }
 
+/// A copy size as the machine-readable lines name it: `4k`, `64k`, `2m`.
+fn size_label(size: u64) -> String {
+    if size >= 1 << 20 { format!("{}m", size >> 20) } else { format!("{}k", size >> 10) }
+}
+
+/// `bench devices`' machine-readable lines, one per figure, in `bench hmm`'s form
+/// `<op> [device=N] pages=N ns_per_page=X gbps=Y` (GB/s of 4 KiB pages: 4096 / ns_per_page):
+/// - `copy_{dma|cpu}_{4k|64k|2m}_{ram_to_dev|dev_to_ram}`: the copy throughput rows;
+/// - `host_memcpy_{size}`: the host's memcpy in the same pieces (`host` by size, GB/s);
+/// - `{dma|cpu}_{migrate_to_device|cpu_fault_back|cpu_fault_back_single|migrate_to_ram}` and
+///   `thp_{migrate_to_device|cpu_fault_back|migrate_to_ram}`: the migration steps;
+/// - `device_to_device device=N to=M`, `copy_dma_2m_two_devices_{sequential|concurrent}`;
+/// - `fault_batch_{policy} device=N faults=F ns_per_fault=X ns_per_batch=Y`: not per page.
+fn machine_lines(results: &[Value], host: &std::collections::BTreeMap<u64, f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let per_page = |op: &str, dev: Option<u64>, pages: u64, ns_per_page: f64| {
+        let device = dev.map(|d| format!(" device={d}")).unwrap_or_default();
+        let gbps = if ns_per_page > 0.0 { 4096.0 / ns_per_page } else { 0.0 };
+        format!("{op}{device} pages={pages} ns_per_page={ns_per_page:.0} gbps={gbps:.3}")
+    };
+    for v in results {
+        let Some(op) = v["op"].as_str() else { continue };
+        let dev = v["device"].as_u64();
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        match op {
+            "dma_to_device" | "dma_to_ram" | "cpu_to_device" | "cpu_to_ram" => {
+                let (engine, dir) = op.split_once('_').unwrap_or((op, ""));
+                let dir = if dir == "to_device" { "ram_to_dev" } else { "dev_to_ram" };
+                let pages = u("bytes") / 4096;
+                let ns = u("ns") as f64 / pages.max(1) as f64;
+                out.push(per_page(&format!("copy_{engine}_{}_{dir}", size_label(u("size"))), dev, pages, ns));
+            }
+            "migrate_to_device" | "cpu_fault_back" | "cpu_fault_back_single" | "migrate_to_ram" => {
+                let copier = v["copier"].as_str().unwrap_or("?");
+                out.push(per_page(&format!("{copier}_{op}"), dev, u("pages"), u("ns_per_page") as f64));
+            }
+            _ if op.ends_with("_thp") => {
+                let base = op.trim_end_matches("_thp");
+                out.push(per_page(&format!("thp_{base}"), dev, u("pages"), u("ns_per_page") as f64));
+            }
+            "device_to_device" => {
+                let line = per_page(op, dev, u("pages"), u("ns_per_page") as f64);
+                out.push(line.replacen(" pages=", &format!(" to={} pages=", u("to")), 1));
+            }
+            "fault_batch" => out.push(format!(
+                "fault_batch_{}{} faults={} ns_per_fault={} ns_per_batch={}",
+                v["policy"].as_str().unwrap_or("?"),
+                dev.map(|d| format!(" device={d}")).unwrap_or_default(),
+                u("faults"),
+                u("ns_per_fault"),
+                u("ns_per_batch")
+            )),
+            "dma_two_devices" => {
+                let pages = u("bytes") / 4096;
+                let ns = u("ns") as f64 / pages.max(1) as f64;
+                let mode = v["mode"].as_str().unwrap_or("?");
+                out.push(per_page(&format!("copy_dma_2m_two_devices_{mode}"), None, pages, ns));
+            }
+            _ => {}
+        }
+    }
+    for (&size, &gbps) in host {
+        let ns = if gbps > 0.0 { 4096.0 / gbps } else { 0.0 };
+        out.push(format!(
+            "host_memcpy_{} pages={} ns_per_page={ns:.0} gbps={gbps:.3}",
+            size_label(size),
+            (256u64 << 20) / 4096
+        ));
+    }
+    out
+}
+
 /// `bench devices`: copy throughput, migration and fault service of the real devices.
 fn bench_devices(o: &Options) -> Result<u8> {
     let (machine, results) = bench_job(o, "devices", "bench-devices")?;
     println!("devices benchmark: {} ({})", machine.description, o.accel);
+    // The host's memcpy per copy size, measured once.
+    let mut host = std::collections::BTreeMap::new();
+    for v in results.iter().filter(|v| v["op"] == "dma_to_device") {
+        if let Some(size) = v["size"].as_u64() {
+            host.entry(size).or_insert_with(|| host_memcpy(size as usize));
+        }
+    }
     let gbps = |v: &Value| v["bytes"].as_u64().unwrap_or(0) as f64 / v["ns"].as_u64().unwrap_or(1).max(1) as f64;
     let devices: std::collections::BTreeSet<u64> = results.iter().filter_map(|v| v["device"].as_u64()).collect();
     for &n in &devices {
@@ -413,7 +515,7 @@ fn bench_devices(o: &Options) -> Result<u8> {
                 find("dma_to_ram"),
                 find("cpu_to_device"),
                 find("cpu_to_ram"),
-                host_memcpy(size as usize)
+                host.get(&size).copied().unwrap_or(0.0)
             );
         }
         println!("\n== dev{n}: migration of 256 MiB, ns per 4 KiB page");
@@ -477,6 +579,10 @@ fn bench_devices(o: &Options) -> Result<u8> {
             gbps(conc) / gbps(seq).max(1e-9)
         );
     }
+    println!("\n== machine-readable, one line per figure");
+    for l in machine_lines(&results, &host) {
+        println!("{l}");
+    }
     Ok(0)
 }
 
@@ -524,4 +630,41 @@ fn bench_boot(o: &Options) -> Result<u8> {
     println!("  kernel entry -> ready:      median {mg:.1} ms");
     println!("  target: under 100 ms from QEMU start: {}", if mh < 100.0 { "met" } else { "NOT met" });
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn devices_figures_become_one_machine_readable_line_each() {
+        let results = vec![
+            json!({"op":"dma_to_device","device":0,"size":2097152,"bytes":268435456,"ns":134217728}),
+            json!({"op":"cpu_to_ram","device":0,"size":4096,"bytes":268435456,"ns":268435456}),
+            json!({"op":"migrate_to_device","device":0,"copier":"dma","pages":65536,"ns_per_page":8192}),
+            json!({"op":"cpu_fault_back","device":1,"copier":"cpu","pages":65536,"ns_per_page":4096}),
+            json!({"op":"migrate_to_device_thp","device":0,"pages":65536,"ns_per_page":2048}),
+            json!({"op":"device_to_device","device":0,"to":1,"pages":1024,"ns_per_page":1000}),
+            json!({"op":"fault_batch","device":0,"policy":"migrate","faults":16384,"ns_per_fault":3000,"ns_per_batch":768000}),
+            json!({"op":"dma_two_devices","mode":"concurrent","bytes":536870912,"ns":268435456}),
+            json!({"done":true}),
+        ];
+        let host = std::collections::BTreeMap::from([(2u64 << 20, 2.0)]);
+        let lines = machine_lines(&results, &host);
+        assert_eq!(
+            lines,
+            vec![
+                "copy_dma_2m_ram_to_dev device=0 pages=65536 ns_per_page=2048 gbps=2.000",
+                "copy_cpu_4k_dev_to_ram device=0 pages=65536 ns_per_page=4096 gbps=1.000",
+                "dma_migrate_to_device device=0 pages=65536 ns_per_page=8192 gbps=0.500",
+                "cpu_cpu_fault_back device=1 pages=65536 ns_per_page=4096 gbps=1.000",
+                "thp_migrate_to_device device=0 pages=65536 ns_per_page=2048 gbps=2.000",
+                "device_to_device device=0 to=1 pages=1024 ns_per_page=1000 gbps=4.096",
+                "fault_batch_migrate device=0 faults=16384 ns_per_fault=3000 ns_per_batch=768000",
+                "copy_dma_2m_two_devices_concurrent pages=131072 ns_per_page=2048 gbps=2.000",
+                "host_memcpy_2m pages=65536 ns_per_page=2048 gbps=2.000",
+            ]
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask qemu [--machine FILE] [--accel tcg|kvm] [--gdb] [--release|--debug]
-//! [--timeout SECS] [--grub bios|uefi] [-- KERNEL ARGS...]`: builds the kernel, boots it on the
+//! [--timeout SECS] [--grub bios|uefi] [--profile [--profile-hz N]] [-- KERNEL ARGS...]`: builds the kernel, boots it on the
 //! machine FILE describes (default `qemu/default.toml`), prints the kernel log, the boot
 //! report, the default job's result and (with no kernel arguments, on the default machine,
 //! booted by PVH) the default experiment's summary and table, and exits with QEMU's decoded
@@ -40,6 +40,8 @@ pub struct Args {
     gdb: bool,
     #[command(flatten)]
     pub(crate) profile: ProfileOpt,
+    #[command(flatten)]
+    sampling: crate::profile::SamplingOpt,
     /// Kill QEMU after SECS seconds (the xtask's own timeout; none with --gdb).
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = positive::<u64>, conflicts_with = "gdb")]
     timeout: u64,
@@ -124,7 +126,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
     let iso = match grub {
         Some(_) => {
             crate::grub::ensure_tools()?;
-            let cmdline = format!("{}{}", kernel_args.join(" "), machine.kernel_args());
+            let cmdline = format!("{}{}{}", kernel_args.join(" "), o.sampling.kernel_arg(), machine.kernel_args());
             Some(crate::grub::make_iso(root(), "qemu", &kernel, cmdline.trim())?)
         }
         None => None,
@@ -137,7 +139,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
     let run = run_qemu(&Launch {
         kernel: &kernel,
         machine: &machine,
-        cmdline: kernel_args.join(" "),
+        cmdline: format!("{}{}", kernel_args.join(" "), o.sampling.kernel_arg()).trim().to_string(),
         accel: o.accel.name(),
         gdb: o.gdb,
         timeout: Duration::from_secs(o.timeout),
@@ -176,6 +178,12 @@ pub fn cmd(o: &Args) -> Result<u8> {
         if !report_experiment(l, &r.dir, &results, &traces, t0.elapsed())? && code == 0 {
             code = 1;
         }
+    }
+    if o.sampling.profile
+        && let Err(e) = crate::profile::report(root(), "qemu", &kernel, &run.lines)
+    {
+        eprintln!("xtask: {e}");
+        code = code.max(1);
     }
     println!("\n{}", run.outcome.describe());
     Ok(code)

@@ -264,7 +264,65 @@ fn boot_checks(
             tally.pass(name);
         }
     }
+    if only.is_none_or(|o| PROFILE_CHECK.contains(o)) {
+        profile_check(kernel, machine, floor, tally)?;
+    }
     Ok(())
+}
+
+/// The profiled boot's check.
+const PROFILE_CHECK: &str = "boot::profile_samples_symbolised";
+
+/// Boots `kernel` with the sampling profiler on (1000 Hz) around one short in-kernel test: the
+/// report must be complete, say how many samples were dropped, hold samples, and its top
+/// function by self samples must be a kernel symbol, with at least one stack walked past its
+/// first frame. Counts are not checked (they depend on the host's speed).
+fn profile_check(kernel: &Path, machine: &Machine, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    let run = run_qemu(&Launch {
+        kernel,
+        machine,
+        cmdline: "ktest.filter=devices::dma_round_trip profile.hz=1000".into(),
+        accel: "tcg",
+        gdb: false,
+        timeout: secs(60, floor),
+        restart_on: None,
+        echo: false,
+        initrd: None,
+        on_line: None,
+        boot: Boot::Pvh,
+    })?;
+    if run.outcome != Outcome::Success {
+        tally.fail(PROFILE_CHECK, &format!("the profiled boot: {}", run.outcome.describe()));
+        return Ok(());
+    }
+    let problem = match crate::profile::report(root(), "test", kernel, &run.lines) {
+        Err(e) => Some(e),
+        Ok(w) => profile_problem(&w),
+    };
+    match problem {
+        Some(p) => tally.fail(PROFILE_CHECK, &p),
+        None => tally.pass(PROFILE_CHECK),
+    }
+    Ok(())
+}
+
+/// What is wrong with a profiled run's report, if anything.
+fn profile_problem(w: &crate::profile::Written) -> Option<String> {
+    let raw = std::fs::read_to_string(w.dir.join("samples.txt")).unwrap_or_default();
+    let deep = w.samples.stacks.iter().any(|s| s.pcs.len() > 1);
+    if w.samples.total() == 0 {
+        Some("the profile holds no samples".into())
+    } else if !raw.contains("\"drops\":") {
+        Some("the profile's summary lines do not report drops".into())
+    } else if w.top.first().is_none_or(|(f, _)| f.starts_with("0x") || f == "[user]") {
+        Some(format!("the top function is not a kernel symbol: {:?}", w.top.first()))
+    } else if !deep {
+        Some("no sample's stack was walked past the interrupted instruction".into())
+    } else if !w.dir.join("flamegraph.svg").is_file() {
+        Some("no flame graph was written".into())
+    } else {
+        None
+    }
 }
 
 /// Boots the kernel through GRUB (Multiboot2) under SeaBIOS on `machine`,

@@ -8,8 +8,12 @@
 //! drives preemption ([`crate::platform::sched`]); the boot CPU's also counts [`ticks`] and runs
 //! the tick hooks the layers above registered with [`on_tick`] (the test runner's watchdog).
 //! [`send_ipi`] and [`send_init_sipi`] write the interrupt command register.
+//!
+//! With the sampling profiler on ([`super::profile`]) the timer runs [`set_sub_ticks`] times
+//! faster and only every that many-th interrupt on a CPU is a tick ([`timer_interrupt`] says
+//! which), so the tick rate stays [`TICK_HZ`].
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Once;
 use x86_64::{instructions::port::Port, registers::model_specific::Msr};
 
@@ -43,6 +47,16 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 static TIMER_RUNNING: AtomicBool = AtomicBool::new(false);
 /// The periodic timer's initial count (set by the boot CPU's calibration).
 static TIMER_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts per tick (1 unless the profiler samples faster than the tick).
+static SUB_TICKS: AtomicU32 = AtomicU32::new(1);
+/// Each CPU's timer interrupts since its last tick.
+static SINCE_TICK: [AtomicU32; super::smp::MAX_CPUS] = [const { AtomicU32::new(0) }; super::smp::MAX_CPUS];
+
+/// Makes the timer interrupt `n` times per tick (the profiler's rate is `n * TICK_HZ`). Call
+/// before [`init`]: the count is set when the timer is calibrated.
+pub fn set_sub_ticks(n: u32) {
+    SUB_TICKS.store(n.max(1), Ordering::Relaxed);
+}
 
 fn read(reg: u32) -> u32 {
     match MODE.get() {
@@ -127,7 +141,8 @@ pub fn init(prefer_x2apic: bool) -> Result<(Mode, u64), ApicError> {
     }
     let hz = u64::from(elapsed) * 500;
     write(REG_TIMER_INIT, 0);
-    TIMER_COUNT.store((hz / TICK_HZ).clamp(1, u64::from(u32::MAX)), Ordering::Relaxed);
+    let rate = TICK_HZ * u64::from(SUB_TICKS.load(Ordering::Relaxed));
+    TIMER_COUNT.store((hz / rate).clamp(1, u64::from(u32::MAX)), Ordering::Relaxed);
     start_timer();
     TIMER_RUNNING.store(true, Ordering::Relaxed);
     x86_64::instructions::interrupts::enable();
@@ -256,10 +271,22 @@ pub fn on_tick(f: fn()) -> Result<(), TooManyTickHooks> {
     }
 }
 
-/// Called by the trap dispatcher on every timer interrupt, on every CPU: counts the boot
-/// CPU's ticks and runs the registered tick hooks there.
-pub fn timer_interrupt() {
-    if super::smp::index() == 0 {
+/// Called by the trap dispatcher on every timer interrupt, on every CPU. Returns whether this
+/// interrupt is a tick (always, unless the profiler runs the timer faster: [`set_sub_ticks`]);
+/// on a tick, counts the boot CPU's ticks and runs the registered tick hooks there.
+pub fn timer_interrupt() -> bool {
+    let sub = SUB_TICKS.load(Ordering::Relaxed);
+    let cpu = super::smp::index();
+    if sub > 1 {
+        let Some(since) = SINCE_TICK.get(cpu) else { return true };
+        let n = since.load(Ordering::Relaxed) + 1;
+        if n < sub {
+            since.store(n, Ordering::Relaxed);
+            return false;
+        }
+        since.store(0, Ordering::Relaxed);
+    }
+    if cpu == 0 {
         TICKS.fetch_add(1, Ordering::Relaxed);
         for hook in &TICK_HOOK {
             if let Some(f) = hook.get() {
@@ -267,4 +294,5 @@ pub fn timer_interrupt() {
             }
         }
     }
+    true
 }

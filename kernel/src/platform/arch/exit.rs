@@ -8,7 +8,11 @@ use x86_64::instructions::port::Port;
 pub use boot::protocol::ExitCode;
 
 /// Exits QEMU with `code`. If no exit device is present, halts forever with interrupts off.
+/// A run that ends without a crash first prints the sampling profiler's report (when it is on).
 pub fn exit(code: ExitCode) -> ! {
+    if !crate::platform::crashing() {
+        super::profile::report();
+    }
     let mut port = Port::<u32>::new(boot::protocol::EXIT_PORT);
     // SAFETY: port 0xf4 is isa-debug-exit in every machine the xtask starts; on a machine
     // without it, an I/O write to an unclaimed port is ignored.

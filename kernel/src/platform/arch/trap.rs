@@ -603,11 +603,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
             }
             fatal(frame, Some(address));
         }
-        v if v == u64::from(TIMER_VECTOR) => {
-            super::apic::timer_interrupt();
-            super::apic::eoi();
-            crate::platform::sched::preempt(this, true)
-        }
+        v if v == u64::from(TIMER_VECTOR) => timer(frame, this),
         v if v == u64::from(RESCHED_VECTOR) => {
             super::apic::eoi();
             crate::platform::sched::preempt(this, false)
@@ -626,6 +622,15 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
         v if v == u64::from(SPURIOUS_VECTOR) => this,
         _ => fatal(frame, None),
     }
+}
+
+/// The timer interrupt: a sample when the profiler is on, and (every interrupt, or every
+/// `profile.hz / TICK_HZ`th when profiling) the scheduler tick.
+fn timer(frame: &TrapFrame, this: *mut TrapFrame) -> *mut TrapFrame {
+    let tick = super::apic::timer_interrupt();
+    super::profile::sample(frame);
+    super::apic::eoi();
+    if tick { crate::platform::sched::preempt(this, true) } else { this }
 }
 
 /// Reports an unrecoverable exception with its decoded state and ends the run.

@@ -57,6 +57,17 @@ pub fn alloc(slot: usize) -> Result<u64, MapError> {
     Ok(start + STACK_PAGES * PAGE_SIZE)
 }
 
+/// The stack of the slot whose mapped pages hold `addr` (`None` outside the stack area or in a
+/// guard page). Whether the slot is mapped is the caller's to know: the profiler asks only for
+/// the stack the interrupted code runs on.
+pub fn containing(addr: u64) -> Option<core::ops::Range<u64>> {
+    let stride = GUARD + STACK_PAGES * PAGE_SIZE;
+    let slot = usize::try_from(addr.checked_sub(STACKS_BASE)? / stride).ok().filter(|&s| s < SLOTS)?;
+    let start = base(slot);
+    let range = start..start + STACK_PAGES * PAGE_SIZE;
+    range.contains(&addr).then_some(range)
+}
+
 /// Unmaps the stack in `slot` and frees its frames. The caller guarantees no CPU runs on it.
 pub fn free(slot: usize) {
     if slot < SLOTS {
