@@ -258,6 +258,26 @@ pub struct Launch<'a> {
     pub boot: Boot<'a>,
 }
 
+impl<'a> Launch<'a> {
+    /// A PVH boot of `kernel` on `machine` under TCG with `cmdline`, killed after `timeout`:
+    /// no gdb, nothing echoed, no boot module, no line callback (a caller sets what differs).
+    pub fn new(kernel: &'a Path, machine: &'a Machine, cmdline: String, timeout: Duration) -> Launch<'a> {
+        Launch {
+            kernel,
+            machine,
+            cmdline,
+            accel: "tcg",
+            gdb: false,
+            timeout,
+            restart_on: None,
+            echo: false,
+            initrd: None,
+            on_line: None,
+            boot: Boot::Pvh,
+        }
+    }
+}
+
 /// How a guest's kernel is started.
 #[derive(Debug, Clone, Copy)]
 pub enum Boot<'a> {

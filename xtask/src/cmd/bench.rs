@@ -27,7 +27,7 @@ use crate::decode::{bench_results, json_line};
 use crate::machine::Machine;
 use crate::options::{Accel, MachineOpt, positive};
 use crate::profile::SamplingOpt;
-use crate::qemu::{Boot, Launch, Outcome, run_qemu};
+use crate::qemu::{Launch, Outcome, run_qemu};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use boot::protocol::Tag;
 use serde_json::Value;
@@ -170,17 +170,13 @@ fn bench_job(o: &Options, name: &str, job: &str) -> Result<(Machine, Vec<Value>)
 /// One boot of `kernel` with `job` on `machine`: its `@@BENCH` results.
 fn boot_job(o: &Options, machine: &Machine, kernel: &Path, name: &str, job: &str) -> Result<Vec<Value>> {
     let run = run_qemu(&Launch {
-        kernel,
-        machine,
-        cmdline: format!("log=warn job={job}{}", o.sampling.kernel_arg()),
         accel: o.accel,
-        gdb: false,
-        timeout: Duration::from_secs(o.timeout.unwrap_or(300)),
-        restart_on: None,
-        echo: false,
-        initrd: None,
-        on_line: None,
-        boot: Boot::Pvh,
+        ..Launch::new(
+            kernel,
+            machine,
+            format!("log=warn job={job}{}", o.sampling.kernel_arg()),
+            Duration::from_secs(o.timeout.unwrap_or(300)),
+        )
     })?;
     if run.outcome != Outcome::Success {
         for l in &run.lines[run.lines.len().saturating_sub(20)..] {
@@ -600,17 +596,8 @@ fn bench_boot(o: &Options) -> Result<u8> {
     let (mut host, mut guest) = (Vec::new(), Vec::new());
     for i in 0..o.runs {
         let run = run_qemu(&Launch {
-            kernel: &kernel,
-            machine: &machine,
-            cmdline: "log=warn job=none".into(),
             accel: o.accel,
-            gdb: false,
-            timeout: Duration::from_secs(o.timeout.unwrap_or(60)),
-            restart_on: None,
-            echo: false,
-            initrd: None,
-            on_line: None,
-            boot: Boot::Pvh,
+            ..Launch::new(&kernel, &machine, "log=warn job=none".into(), Duration::from_secs(o.timeout.unwrap_or(60)))
         })?;
         if run.outcome != Outcome::Success {
             return Err(format!("boot {i}: {}", run.outcome.describe()));

@@ -29,7 +29,7 @@ use crate::decode::points_and_traces;
 use crate::experiment;
 use crate::interrupt;
 use crate::options::positive;
-use crate::qemu::{Boot, Launch, run_qemu};
+use crate::qemu::{Launch, run_qemu};
 use crate::run::{self, Invocation, Record, Run, Shard};
 use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root};
@@ -217,17 +217,15 @@ pub fn execute(
                             }
                         };
                         let launched = run_qemu(&Launch {
-                            kernel: &kernel,
-                            machine: &l.machine,
-                            cmdline: "job=experiment log=warn".into(),
-                            accel: "tcg",
-                            gdb: false,
-                            timeout: Duration::from_secs(timeout),
                             restart_on: Some(Tag::Point),
-                            echo: false,
                             initrd: Some(&image),
                             on_line: Some(&on_line),
-                            boot: Boot::Pvh,
+                            ..Launch::new(
+                                &kernel,
+                                &l.machine,
+                                "job=experiment log=warn".into(),
+                                Duration::from_secs(timeout),
+                            )
                         });
                         // Stopped: what finished is recorded; the rest is not a failure.
                         if stopped() {

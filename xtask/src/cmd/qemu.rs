@@ -137,17 +137,17 @@ pub fn cmd(o: &Args) -> Result<u8> {
     };
     let t0 = Instant::now();
     let run = run_qemu(&Launch {
-        kernel: &kernel,
-        machine: &machine,
-        cmdline: format!("{}{}", kernel_args.join(" "), o.sampling.kernel_arg()).trim().to_string(),
         accel: o.accel.name(),
         gdb: o.gdb,
-        timeout: Duration::from_secs(o.timeout),
-        restart_on: None,
         echo: true,
         initrd: image.as_deref(),
-        on_line: None,
         boot,
+        ..Launch::new(
+            &kernel,
+            &machine,
+            format!("{}{}", kernel_args.join(" "), o.sampling.kernel_arg()).trim().to_string(),
+            Duration::from_secs(o.timeout),
+        )
     })?;
     if let Some(report) = json_line(&run.lines, Tag::Boot) {
         print_boot_report(&report, &machine, run.ready_at);

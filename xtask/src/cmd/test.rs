@@ -115,19 +115,7 @@ fn kernel_suite(
         if let Some(f) = filter {
             cmdline.push_str(&format!(" ktest.filter={f}"));
         }
-        let run = run_qemu(&Launch {
-            kernel,
-            machine,
-            cmdline,
-            accel: "tcg",
-            gdb: false,
-            timeout: secs(240, floor),
-            restart_on: None,
-            echo: false,
-            initrd: None,
-            on_line: None,
-            boot: Boot::Pvh,
-        })?;
+        let run = run_qemu(&Launch::new(kernel, machine, cmdline, secs(240, floor)))?;
         let Suite { last_started, finished } = read_suite(&run.lines, label, tally);
         match (&run.outcome, finished) {
             (Outcome::Success | Outcome::Failure, true) => return Ok(()),
@@ -241,19 +229,7 @@ fn boot_checks(
         ),
     ];
     for (name, cmdline, want, needles) in checks.into_iter().filter(|c| only.is_none_or(|o| c.0.contains(o))) {
-        let run = run_qemu(&Launch {
-            kernel,
-            machine,
-            cmdline: cmdline.into(),
-            accel: "tcg",
-            gdb: false,
-            timeout: secs(60, floor),
-            restart_on: None,
-            echo: false,
-            initrd: None,
-            on_line: None,
-            boot: Boot::Pvh,
-        })?;
+        let run = run_qemu(&Launch::new(kernel, machine, cmdline.into(), secs(60, floor)))?;
         let text = run.lines.join("\n");
         let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
         if run.outcome != want {
@@ -278,19 +254,12 @@ const PROFILE_CHECK: &str = "boot::profile_samples_symbolised";
 /// function by self samples must be a kernel symbol, with at least one stack walked past its
 /// first frame. Counts are not checked (they depend on the host's speed).
 fn profile_check(kernel: &Path, machine: &Machine, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
-    let run = run_qemu(&Launch {
+    let run = run_qemu(&Launch::new(
         kernel,
         machine,
-        cmdline: "ktest.filter=devices::dma_round_trip profile.hz=1000".into(),
-        accel: "tcg",
-        gdb: false,
-        timeout: secs(60, floor),
-        restart_on: None,
-        echo: false,
-        initrd: None,
-        on_line: None,
-        boot: Boot::Pvh,
-    })?;
+        "ktest.filter=devices::dma_round_trip profile.hz=1000".into(),
+        secs(60, floor),
+    ))?;
     if run.outcome != Outcome::Success {
         tally.fail(PROFILE_CHECK, &format!("the profiled boot: {}", run.outcome.describe()));
         return Ok(());
@@ -345,17 +314,8 @@ fn grub_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally:
     let iso = grub::make_iso(root(), "test", kernel, &cmdline)?;
     for (fw, name) in names.into_iter().filter(|(_, n)| only.is_none_or(|o| n.contains(o))) {
         let run = run_qemu(&Launch {
-            kernel,
-            machine,
-            cmdline: String::new(),
-            accel: "tcg",
-            gdb: false,
-            timeout: secs(180, floor),
-            restart_on: None,
-            echo: false,
-            initrd: None,
-            on_line: None,
             boot: Boot::Grub { iso: &iso, firmware: fw },
+            ..Launch::new(kernel, machine, String::new(), secs(180, floor))
         })?;
         let loader = json_line(&run.lines, Tag::Boot).and_then(|v| v["loader"].as_str().map(str::to_string));
         if run.outcome != Outcome::Success {
@@ -387,19 +347,7 @@ fn microvm_checks(only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> 
     let kernel = &build_kernel(Profile::Release)?;
     for (name, file) in MICROVM.into_iter().filter(|(n, _)| only.is_none_or(|o| n.contains(o))) {
         let machine = Machine::load(&root().join(file))?;
-        let run = run_qemu(&Launch {
-            kernel,
-            machine: &machine,
-            cmdline: "job=default".into(),
-            accel: "tcg",
-            gdb: false,
-            timeout: secs(120, floor),
-            restart_on: None,
-            echo: false,
-            initrd: None,
-            on_line: None,
-            boot: Boot::Pvh,
-        })?;
+        let run = run_qemu(&Launch::new(kernel, &machine, "job=default".into(), secs(120, floor)))?;
         let report = json_line(&run.lines, Tag::Boot);
         let result = json_line(&run.lines, Tag::Result);
         let source = report.as_ref().and_then(|v| v["tsc_source"].as_str().map(str::to_string));

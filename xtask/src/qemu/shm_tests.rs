@@ -45,19 +45,7 @@ fn machine() -> Machine {
 }
 
 fn launch<'a>(m: &'a Machine, kernel: &'a Path) -> Launch<'a> {
-    Launch {
-        kernel,
-        machine: m,
-        cmdline: String::new(),
-        accel: "tcg",
-        gdb: false,
-        timeout: Duration::from_secs(60),
-        restart_on: None,
-        echo: false,
-        initrd: None,
-        on_line: None,
-        boot: Boot::Pvh,
-    }
+    Launch::new(kernel, m, String::new(), Duration::from_secs(60))
 }
 
 /// The paths the fake QEMU was given, each with whether it existed when QEMU started.
