@@ -307,8 +307,8 @@ impl DmaQueue {
             return Ok(self.done.swap_remove(i).1);
         }
         let start = time::rdtsc();
-        let limit = time::tsc_hz().unwrap_or(1_000_000_000) / 1000 * timeout_ms;
-        let spin = time::tsc_hz().unwrap_or(1_000_000_000) / 1_000_000 * SPIN_US;
+        let hz = time::tsc_hz().unwrap_or(1_000_000_000);
+        let (limit, spin) = (hz / 1000 * timeout_ms, hz / 1_000_000 * SPIN_US);
         let enabled = interrupts::are_enabled() && self.irq.is_some();
         loop {
             // After the first SPIN_US, halt; only when the message comes here (a task moved
