@@ -607,17 +607,17 @@ fn interrupt_completions(s: &System, n: usize, function: usize, engine: &mut Cop
     }
 }
 
-/// Binds device `n`'s hot-plug region `mem` and its copy engine `eng` (attached to the
-/// device's domain `mmu`, when it has one) and maps the region for the CPU.
+/// Binds device `n`'s hot-plug region `mem` and its copy engine, PCI function `function`
+/// (attached to the device's domain `mmu`, when it has one), and maps the region for the CPU.
 fn bind_hot(
     s: &System,
     n: usize,
     mem: &drivers::pci::Function,
-    eng: usize,
+    function: usize,
     iommu: Option<&mut Viommu>,
     mmu: Option<(u32, u32)>,
 ) -> Result<Hot, DevError> {
-    let (e, eng) = (eng, &s.pci.functions[eng]);
+    let eng = &s.pci.functions[function];
     let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
     let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
@@ -637,7 +637,7 @@ fn bind_hot(
         if behind { iova_translated } else { iova_identity },
     )?;
     engine.device = Some(n);
-    interrupt_completions(s, n, e, &mut engine);
+    interrupt_completions(s, n, function, &mut engine);
     let c = vm.config;
     if engine.capacity < c.region_size {
         return Err(DevError::EngineTooSmall {
