@@ -173,6 +173,13 @@ pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
     if mirror.translate(Real::va(3)).is_some() {
         return Err("dev0's mirror still maps a page that left its memory".into());
     }
+    // The access path remembers where page 3 was (it was accessed on dev0 above); the
+    // migration made that stale, so dev0's access is refused, not served from memory.
+    let e = m.access(Loc::Dev(0), Loc::Dev(0), 3, false).err().ok_or("dev0 accessed page 3 after it left")?;
+    if e != (MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(0)), expected: Loc::Dev(0), found: Loc::Cpu })
+    {
+        return Err(format!("wrong error for an access after the page moved: {e}"));
+    }
     m.finish().map_err(|e| format!("data after one device write: {e}"))?;
     // A read copy is checked against its page: fresh it passes, after a write the engine
     // failed to drop it for, it is stale.

@@ -47,6 +47,24 @@ pub(super) struct Real {
     /// translation): the one the device's next access of that page goes through. Taken by
     /// that access; cleared by every other operation, since any of them may change mappings.
     seen: Option<(u8, u32, Translation)>,
+    /// What [`Real::locate`] answered for each page since the last operation that can move or
+    /// remap one (`epoch`), and the device translation of it already checked against that
+    /// answer: a device's repeated accesses between two such operations walk the CPU page
+    /// table once. Only the access path reads and fills it ([`Real::located`]).
+    located: Vec<core::cell::Cell<Located>>,
+    /// Counts the operations that can move or remap pages ([`Real::changed`]); an entry of
+    /// `located` from an older epoch is stale.
+    epoch: u64,
+}
+
+/// A page's place as [`Real::locate`] gave it in epoch `epoch`, and the device translation
+/// that was checked to agree with it (device, translation), if one was.
+#[derive(Clone, Copy)]
+struct Located {
+    epoch: u64,
+    loc: Loc,
+    pa: u64,
+    agreed: Option<(u8, Translation)>,
 }
 
 impl Real {
@@ -66,6 +84,11 @@ impl Real {
             mirrors: Vec::new(),
             mech_failed: core::cell::Cell::new(false),
             seen: None,
+            located: vec![
+                core::cell::Cell::new(Located { epoch: 0, loc: Loc::Cpu, pa: 0, agreed: None });
+                pages as usize
+            ],
+            epoch: 1,
         };
         // Every page populated by the CPU, with its identity word.
         let mut page = vec![0u8; PAGE as usize];
@@ -88,6 +111,26 @@ impl Real {
             real.mirrors.push(m);
         }
         Ok(real)
+    }
+
+    /// Called by every operation that can move a page or change a mapping, before it does:
+    /// the translation the engine saw and every [`Real::located`] answer are stale.
+    fn changed(&mut self) {
+        self.seen = None;
+        self.epoch += 1;
+    }
+
+    /// [`Real::locate`] for the access path, remembered until the next [`Real::changed`].
+    fn located(&self, p: u32) -> Result<Located, MechError> {
+        let cell = self.located.get(p as usize).ok_or(MechError::Entry { page: p, pte: None })?;
+        let l = cell.get();
+        if l.epoch == self.epoch {
+            return Ok(l);
+        }
+        let (loc, pa) = self.locate(p)?;
+        let l = Located { epoch: self.epoch, loc, pa, agreed: None };
+        cell.set(l);
+        Ok(l)
     }
 
     /// Marks `e` as the mechanism's failure (see [`FailKind`]).
@@ -219,7 +262,7 @@ fn ns_since(t0: u64) -> u64 {
 
 impl Mechanism for Real {
     fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
-        self.seen = None;
+        self.changed();
         self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
     }
 
@@ -245,7 +288,7 @@ impl Mechanism for Real {
     }
 
     fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
-        self.seen = None;
+        self.changed();
         let mirror = self.mirror(dev).cloned();
         let mut run: Option<(u32, u32)> = None;
         for p in first..first + pages {
@@ -275,7 +318,7 @@ impl Mechanism for Real {
     }
 
     fn set_capacities(&mut self, capacities: &[u32]) {
-        self.seen = None;
+        self.changed();
         // Each device's allocator refuses past the point's share of it, as a full device does
         // (the limit counts from what is in use now: nothing, after the idle check).
         for (v, &cap) in self.vram.iter().zip(capacities) {
@@ -288,7 +331,7 @@ impl Mechanism for Real {
     }
 
     fn cpu_fault(&mut self, page: u32, write: bool, first: u32, pages: u32) -> Result<u64, MechError> {
-        self.seen = None;
+        self.changed();
         let t0 = time::rdtsc();
         let from = self.locate(page)?.0;
         let end = first.saturating_add(pages).min(self.writes.len() as u32);
@@ -312,12 +355,12 @@ impl Mechanism for Real {
     }
 
     fn duplicate(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
-        self.seen = None;
+        self.changed();
         self.duplicate_pages(first, pages, from, dev)
     }
 
     fn drop_copy(&mut self, page: u32, dev: u8) -> Result<(), MechError> {
-        self.seen = None;
+        self.changed();
         let k = self.copies.remove(&(page, dev)).ok_or(MechError::Copy { page, dev, fault: CopyFault::Missing })?;
         self.vram(dev)?.drop_read_copy(k);
         Ok(())
@@ -328,7 +371,7 @@ impl Mechanism for Real {
     }
 
     fn finish(&mut self) -> Result<(), MechError> {
-        self.seen = None;
+        self.changed();
         for (&(p, d), &k) in &self.copies {
             self.check_copy(p, d, k)?;
         }
@@ -435,19 +478,34 @@ impl Real {
             }
             return self.check_copy(page, d, k);
         }
-        let (real, pa) = self.locate(page)?;
+        let here = self.located(page)?;
+        let (real, pa) = (here.loc, here.pa);
         if real != at {
             return Err(MechError::Misplaced { page, op: PageOp::Access(by), expected: at, found: real });
         }
         if by == Loc::Cpu {
-            return self.cpu_access(page, write);
+            // The access may fault, and the fault may move or remap the page.
+            let r = self.cpu_access(page, write);
+            self.changed();
+            return r;
         } else {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
             let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
                 (Loc::Dev(d), Some(Some(m))) if !self.soft_maps.contains(&(page, d)) => {
                     let seen = seen.filter(|&(sd, sp, _)| (sd, sp) == (d, page)).map(|(_, _, t)| t);
-                    self.through_mirror(m, d, page, write, pa, seen)?
+                    match (seen, here.agreed) {
+                        // The translation already checked against the CPU page table in this
+                        // epoch, with the access it allows.
+                        (Some(t), Some((ad, at))) if ad == d && at == t && (t.write || !write) => pa,
+                        _ => {
+                            let t = self.through_mirror(m, d, page, write, pa, seen)?;
+                            if let Some(t) = seen {
+                                self.located[page as usize].set(Located { agreed: Some((d, t)), ..here });
+                            }
+                            t
+                        }
+                    }
                 }
                 _ => pa,
             };

@@ -30,8 +30,11 @@ static ENDS: [AtomicU64; MAX_RANGES] = [const { AtomicU64::new(0) }; MAX_RANGES]
 /// Whether slot i is RAM the frame allocator manages (set before its end is published).
 static MANAGED: [AtomicBool; MAX_RANGES] = [const { AtomicBool::new(false) }; MAX_RANGES];
 static USED: AtomicUsize = AtomicUsize::new(0);
-/// The slot that held the last range checked (a hint only: any value below `USED` is valid).
+/// The slots that held the last two ranges checked, newest first (hints only: any value below
+/// `USED` is valid). Two, because the experiments' device accesses alternate between a
+/// device's memory and the RAM its page tables live in.
 static HINT: AtomicUsize = AtomicUsize::new(0);
+static HINT2: AtomicUsize = AtomicUsize::new(0);
 static ADDING: spin::Mutex<()> = spin::Mutex::new(());
 /// Searches of the range table the page-table accessors have made (table frames not in
 /// [`CHECKED_TABLES`]), for tests of how often they pay for one.
@@ -98,14 +101,17 @@ pub fn check(pa: u64, len: u64) -> Result<(), OutsideRam> {
         let e = ENDS[i].load(Ordering::Acquire);
         STARTS[i].load(Ordering::Relaxed) <= pa && end <= e
     };
-    // The range that answered last first: nearly every frame hmm uses is in the one large
-    // RAM region, so the page-table walks' checks are one comparison.
+    // The two ranges that answered last first: nearly every frame hmm uses is in the one large
+    // RAM region or a device's memory, so most checks are one or two comparisons.
     let hint = HINT.load(Ordering::Relaxed);
     if hint < n && holds(hint) {
         return Ok(());
     }
-    match (0..n).find(|&i| holds(i)) {
+    let hint2 = HINT2.load(Ordering::Relaxed);
+    let found = if hint2 < n && holds(hint2) { Some(hint2) } else { (0..n).find(|&i| holds(i)) };
+    match found {
         Some(i) => {
+            HINT2.store(hint, Ordering::Relaxed);
             HINT.store(i, Ordering::Relaxed);
             Ok(())
         }
