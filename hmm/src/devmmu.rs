@@ -376,7 +376,7 @@ impl<D: Domain> Mirror<D> {
     }
 
     fn is_local(&self, pfn: Pfn) -> bool {
-        self.pagemaps.as_ref().and_then(|p| p.find(pfn)).is_some_and(|pm| pm.owner() == self.owner)
+        self.pagemaps.as_ref().and_then(|p| p.owner_of(pfn)) == Some(self.owner)
     }
 
     /// What the device sees at `va`, if the mirror maps it.

@@ -299,6 +299,12 @@ impl Pagemaps {
         self.maps.read().iter().find(|m| m.contains(pfn)).cloned()
     }
 
+    /// The owner of the pagemap holding `pfn` (`page_pgmap(page)->owner`), without taking a
+    /// reference to the pagemap: what a device MMU asks of every translation.
+    pub fn owner_of(&self, pfn: Pfn) -> Option<Owner> {
+        self.maps.read().iter().find(|m| m.contains(pfn)).map(|m| m.owner())
+    }
+
     /// `zone_device_page_init`: a free device page becomes allocated: refcount 1, locked.
     pub fn page_init(&self, pfn: Pfn) -> Result<(), Error> {
         self.folio_init(pfn, 0)
