@@ -79,6 +79,86 @@ fn held(cx: &Ctx<'_>, dev: u8) -> Vec<(u64, u32)> {
     v
 }
 
+/// Held pages, least recently accessed first, found only as far as they are asked for: the
+/// first few by a linear scan each (most evictions take one page of thousands), then from a
+/// heap of the rest. Keys are unique (the page is in them), so the order is the sorted order.
+struct Oldest {
+    pages: Vec<(u64, u32)>,
+    heap: Option<BinaryHeap<Reverse<(u64, u32)>>>,
+    scans: u32,
+}
+
+impl Oldest {
+    /// Scans before the rest go into a heap.
+    const SCANS: u32 = 4;
+
+    fn new(pages: Vec<(u64, u32)>) -> Self {
+        Oldest { pages, heap: None, scans: 0 }
+    }
+}
+
+impl Iterator for Oldest {
+    type Item = (u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u32)> {
+        if self.heap.is_none() && self.scans < Self::SCANS {
+            self.scans += 1;
+            let (i, _) = self.pages.iter().enumerate().min_by_key(|&(_, k)| k)?;
+            return Some(self.pages.swap_remove(i));
+        }
+        let pages = core::mem::take(&mut self.pages);
+        let heap = self.heap.get_or_insert_with(|| pages.into_iter().map(Reverse).collect());
+        heap.pop().map(|Reverse(k)| k)
+    }
+}
+
+/// The pages in LRU order as a vector that picks are `swap_remove`d from, without sorting
+/// it. Keys are unique, so the sorted vector is a list of ranks, and `swap_remove` only
+/// permutes ranks: position `i` holds rank `i` unless a removal moved another rank there
+/// (recorded, one per pick at most), and a picked rank is found by `select_nth_unstable`
+/// (linear). A full device evicts one page per fault, and sorting every held page for each
+/// random pick was most of an oversubscribed point's time. The picks are those of sorting
+/// and `swap_remove`, entry for entry.
+struct SwapRemoved<'a> {
+    entries: &'a mut [(u64, u32)],
+    len: usize,
+    /// (position, the rank a removal moved there).
+    moved: Vec<(usize, usize)>,
+}
+
+impl<'a> SwapRemoved<'a> {
+    fn new(entries: &'a mut [(u64, u32)]) -> Self {
+        let len = entries.len();
+        SwapRemoved { entries, len, moved: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The rank at position `pos`.
+    fn rank(&self, pos: usize) -> usize {
+        self.moved.iter().find(|&&(q, _)| q == pos).map_or(pos, |&(_, r)| r)
+    }
+
+    /// Removes and returns the entry at `pos` (below `len`), the last one taking its place.
+    fn swap_remove(&mut self, pos: usize) -> (u64, u32) {
+        let e = *self.entries.select_nth_unstable(self.rank(pos)).1;
+        let last = self.len - 1;
+        let tail = self.rank(last);
+        self.moved.retain(|&(q, _)| q != pos && q != last);
+        if pos != last {
+            self.moved.push((pos, tail));
+        }
+        self.len = last;
+        e
+    }
+}
+
 fn holds(cx: &Ctx<'_>, dev: u8, p: u32) -> bool {
     let pg = cx.state.page(p);
     pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0
@@ -107,10 +187,7 @@ impl Policy for Evict {
         // The rest, least recently accessed first, taken only as far as needed (a heap: most
         // evictions take a few pages of thousands). Keys are unique (the page is in them), so
         // the order is the sorted order.
-        let oldest = || {
-            let mut heap: BinaryHeap<Reverse<(u64, u32)>> = lru.iter().copied().map(Reverse).collect();
-            core::iter::from_fn(move || heap.pop().map(|Reverse(k)| k))
-        };
+        let oldest = || Oldest::new(lru.clone());
         let mut chosen: BTreeSet<u32> = BTreeSet::new();
         let take = |first: u32, pages: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>| {
             let mut got = 0;
@@ -133,11 +210,11 @@ impl Policy for Evict {
                 }
             }
             "random" => {
-                // Random picks index the pages in LRU order.
-                lru.sort_unstable();
-                while got < need && !lru.is_empty() {
-                    let i = self.rng.below(lru.len() as u64) as usize;
-                    let (_, p) = lru.swap_remove(i);
+                // Random picks index the pages in LRU order, each pick swap-removed from it.
+                let mut order = SwapRemoved::new(&mut lru);
+                while got < need && !order.is_empty() {
+                    let i = self.rng.below(order.len() as u64) as usize;
+                    let (_, p) = order.swap_remove(i);
                     got += take(p, 1, &mut chosen, victims);
                 }
             }
@@ -256,6 +333,41 @@ mod tests {
         assert_eq!(evict("random", 0, &s, 5).len(), 5);
         // Reserving 90 % leaves only the 13 least recent pages evictable.
         assert_eq!(evict("lru4k", 90, &s, 100).len(), 13);
+    }
+
+    /// `Oldest` gives every entry in sorted order, across its switch from scans to the heap.
+    #[test]
+    fn oldest_is_the_sorted_order() {
+        let mut rng = Rng::new(9);
+        for n in 0..40usize {
+            let entries: Vec<(u64, u32)> = (0..n).map(|i| (rng.below(8), i as u32)).collect();
+            let mut sorted = entries.clone();
+            sorted.sort_unstable();
+            assert_eq!(Oldest::new(entries).collect::<Vec<_>>(), sorted, "n {n}");
+        }
+    }
+
+    /// Picks from `SwapRemoved` are those of sorting and `swap_remove`, for every length
+    /// and seeded sequences of positions, down to the last entry.
+    #[test]
+    fn swap_removed_picks_as_sorting_does() {
+        let mut rng = Rng::new(7);
+        for n in 0..40usize {
+            for _ in 0..8 {
+                let entries: Vec<(u64, u32)> =
+                    (0..n).map(|i| (rng.below(16), i as u32 * 3 + rng.below(3) as u32)).collect();
+                let mut sorted = entries.clone();
+                sorted.sort_unstable();
+                let mut unsorted = entries;
+                let mut order = SwapRemoved::new(&mut unsorted);
+                while !sorted.is_empty() {
+                    assert_eq!(order.len(), sorted.len());
+                    let i = rng.below(sorted.len() as u64) as usize;
+                    assert_eq!(order.swap_remove(i), sorted.swap_remove(i), "n {n}");
+                }
+                assert!(order.is_empty());
+            }
+        }
     }
 
     #[test]
