@@ -157,10 +157,13 @@ pub mod fake {
 
     /// Fake physical memory: `frames` frames starting at [`BASE_PFN`], with a first-fit
     /// allocator over a bitmap and counters for the tests.
+    ///
+    /// Invariant: every frame below `Used::first_free` is in use, so first fit starts its
+    /// scan there (at the aligned block holding it) and finds what a scan from 0 finds.
     #[derive(Debug)]
     pub struct FakePlatform {
         words: Vec<AtomicU64>,
-        used: Mutex<Vec<bool>>,
+        used: Mutex<Used>,
         free: AtomicU64,
         /// TLB flush requests seen.
         pub flushes: AtomicU64,
@@ -174,6 +177,13 @@ pub mod fake {
         pub store_hook: StoreHook,
     }
 
+    /// The allocation bitmap and a lower bound of its first free frame.
+    #[derive(Debug)]
+    struct Used {
+        frames: Vec<bool>,
+        first_free: usize,
+    }
+
     impl FakePlatform {
         /// Fake memory of `frames` frames.
         pub fn new(frames: usize) -> Self {
@@ -181,7 +191,7 @@ pub mod fake {
             words.resize_with(frames * 512, || AtomicU64::new(0xdead_beef_dead_beef));
             Self {
                 words,
-                used: Mutex::new(alloc::vec![false; frames]),
+                used: Mutex::new(Used { frames: alloc::vec![false; frames], first_free: 0 }),
                 free: AtomicU64::new(frames as u64),
                 flushes: AtomicU64::new(0),
                 fail_allocs: AtomicU64::new(0),
@@ -204,13 +214,22 @@ pub mod fake {
                 return None;
             }
             let n = 1usize << order;
-            let mut used = self.used.lock();
-            let mut i = 0;
+            let mut guard = self.used.lock();
+            let Used { frames: used, first_free } = &mut *guard;
+            // Blocks wholly below the first free frame are in use: skip them.
+            let mut i = *first_free / n * n;
             while i + n <= used.len() {
                 if used[i..i + n].iter().all(|u| !u) {
                     used[i..i + n].iter_mut().for_each(|u| *u = true);
+                    if i == *first_free {
+                        *first_free = i + n;
+                    }
                     self.free.fetch_sub(n as u64, Ordering::Relaxed);
                     return Some(Pfn(BASE_PFN + i as u64));
+                }
+                if n == 1 {
+                    // A single frame's scan saw only used frames so far.
+                    *first_free = i + 1;
                 }
                 i += n;
             }
@@ -220,9 +239,11 @@ pub mod fake {
         fn free(&self, pfn: Pfn, order: u32) {
             let n = 1usize << order;
             let i = (pfn.0 - BASE_PFN) as usize;
-            let mut used = self.used.lock();
+            let mut guard = self.used.lock();
+            let Used { frames: used, first_free } = &mut *guard;
             assert!(used[i..i + n].iter().all(|u| *u), "double free of frame {:#x}", pfn.0);
             used[i..i + n].iter_mut().for_each(|u| *u = false);
+            *first_free = (*first_free).min(i);
             self.free.fetch_add(n as u64, Ordering::Relaxed);
             // Poison freed memory so use-after-free shows up in tests.
             for w in 0..n * 512 {
@@ -362,6 +383,36 @@ pub mod fake {
             p.read(pa, &mut b);
             assert_eq!(u64::from_le_bytes(b), (new & !(0xff << 24)) | (0x5a << 24));
             p.free(f, 0);
+        }
+
+        /// The allocator gives what a first-fit scan from frame 0 gives, for seeded mixes of
+        /// orders, frees and exhaustion (its first-free hint only skips used frames).
+        #[test]
+        fn allocation_is_first_fit_from_frame_zero() {
+            let frames = 64;
+            let p = FakePlatform::new(frames);
+            let mut model = alloc::vec![false; frames];
+            let mut held: Vec<(Pfn, u32)> = Vec::new();
+            let mut rng = crate::testing::Rng(11);
+            for _ in 0..4000 {
+                if held.is_empty() || rng.below(3) != 0 {
+                    let order = [0, 0, 0, 1, 2, 3][rng.below(6) as usize];
+                    let n = 1usize << order;
+                    let expect = (0..frames / n).map(|b| b * n).find(|&i| model[i..i + n].iter().all(|u| !u));
+                    let got = p.alloc(order);
+                    assert_eq!(got.map(|f| (f.0 - BASE_PFN) as usize), expect, "order {order}");
+                    if let Some(i) = expect {
+                        model[i..i + n].iter_mut().for_each(|u| *u = true);
+                        held.push((got.unwrap(), order));
+                    }
+                } else {
+                    let (f, order) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                    let i = (f.0 - BASE_PFN) as usize;
+                    model[i..i + (1 << order)].iter_mut().for_each(|u| *u = false);
+                    p.free(f, order);
+                }
+                assert_eq!(p.free_frames(), model.iter().filter(|u| !**u).count() as u64);
+            }
         }
     }
 }
