@@ -35,6 +35,7 @@ use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root};
 use boot::protocol::Tag;
 use hmm::place::spec::Point;
+use progress::Progress;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,20 +109,14 @@ pub fn execute(
     kernel: &Kernel,
 ) -> Result<Ran> {
     interrupt::install();
-    let total = todo.len();
-    let done = AtomicUsize::new(0);
+    let progress = Progress::new(todo.len());
     let recorded = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::<String>::new());
     let stop_after = stop_after();
-    let progress = |n: usize| {
-        let width = 30;
-        let filled = n.min(total) * width / total.max(1);
-        eprint!("\r  [{}{}] {n}/{total} points", "#".repeat(filled), ".".repeat(width - filled));
-        if n == total {
-            eprintln!();
-        }
-    };
     let keep = |r: Record| {
+        if r.result.get("error").is_some() {
+            progress.failed();
+        }
         if let Err(e) = run.record(&r) {
             failures.lock().unwrap().push(e);
         }
@@ -146,7 +141,7 @@ pub fn execute(
                             Err(e) => (serde_json::json!({ "id": p.id, "error": e }), Vec::new()),
                         };
                         keep(Record { id: p.id, result, trace });
-                        progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                        progress.point();
                     }
                 });
             }
@@ -162,7 +157,6 @@ pub fn execute(
         let jobs = jobs.max(1).min(chunks.len());
         let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
         let boots = AtomicUsize::new(0);
-        progress(0);
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 s.spawn(|| {
@@ -211,7 +205,7 @@ pub fn execute(
                                     g.0.insert(id as u32, j);
                                     record_kept(&g.0, &g.1);
                                     counted.fetch_add(1, Ordering::SeqCst);
-                                    progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                                    progress.point();
                                 }
                                 _ => {}
                             }
@@ -247,18 +241,17 @@ pub fn execute(
                                     if let Err(e) = std::fs::write(&log, qemu.lines.join("\n") + "\n") {
                                         failures.lock().unwrap().push(format!("writing {}: {e}", log.display()));
                                     } else {
-                                        eprintln!(
-                                            "\n  a point of boot {b} failed: its guest's log is {}",
+                                        progress.note(&format!(
+                                            "  a point of boot {b} failed: its guest's log is {}",
                                             log.display()
-                                        );
+                                        ));
                                     }
                                 }
                                 let sorted = experiment::sort_boot(&ids, &all, note.as_deref());
                                 if let Some((rest, why)) = sorted.rerun {
                                     // The progress bar counted the discarded results once.
-                                    let discarded = counted.load(Ordering::SeqCst).saturating_sub(sorted.keep.len());
-                                    done.fetch_sub(discarded.min(done.load(Ordering::SeqCst)), Ordering::SeqCst);
-                                    eprintln!("\n  {why}; rerunning {} points", rest.len());
+                                    progress.discard(counted.load(Ordering::SeqCst).saturating_sub(sorted.keep.len()));
+                                    progress.note(&format!("  {why}; rerunning {} points", rest.len()));
                                     next = Some((
                                         batch.iter().copied().filter(|p| rest.contains(&p.id)).collect(),
                                         Some(why),
@@ -275,6 +268,10 @@ pub fn execute(
                                         result: serde_json::json!({ "id": p.id, "error": error }),
                                         trace: Vec::new(),
                                     });
+                                    // No result line: not counted yet.
+                                    if !got.lock().unwrap().0.contains_key(&p.id) {
+                                        progress.point();
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -285,6 +282,10 @@ pub fn execute(
                                         result: serde_json::json!({ "id": p.id, "error": error }),
                                         trace: Vec::new(),
                                     });
+                                    // Counted already if its result line arrived.
+                                    if !got.lock().unwrap().0.contains_key(&p.id) {
+                                        progress.point();
+                                    }
                                 }
                             }
                         }
@@ -292,10 +293,8 @@ pub fn execute(
                 });
             }
         });
-        if done.load(Ordering::SeqCst) < total {
-            eprintln!();
-        }
     }
+    progress.end();
     if let Some(e) = failures.into_inner().unwrap().first() {
         return Err(e.clone());
     }
@@ -626,6 +625,8 @@ fn merge(arg: &str) -> Result<u8> {
     }
     Ok(if ok { 0 } else { 1 })
 }
+
+mod progress;
 
 #[cfg(test)]
 mod args_tests;
