@@ -1051,7 +1051,7 @@ pub mod plot;
 pub use plot::plots;
 pub mod plan;
 pub mod tables;
-pub use tables::{TableSpec, comparisons, reproduction, verdicts};
+pub use tables::{TableSpec, comparisons, comparisons_terminal, reproduction, verdicts};
 
 #[cfg(test)]
 mod tests;

@@ -365,7 +365,7 @@ pub fn report_experiment(
     )?;
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
     println!("{summary}");
-    print!("{comparisons}");
+    print!("{}", experiment::comparisons_terminal(l, results));
     let failed = results.values().filter(|r| r.get("error").is_some()).count();
     let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;

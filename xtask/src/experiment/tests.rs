@@ -515,3 +515,105 @@ fn tables_are_checked_when_the_file_loads() {
     let e = err(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\ntie = 5"));
     assert!(e.contains("`table[0].tie`: 5: expected 0 to 1"), "{e}");
 }
+
+/// The comparison tables as summary.txt holds them, byte for byte (the terminal gets them
+/// through comfy-table, `tables::comparisons_terminal`).
+#[test]
+fn the_comparison_tables_text_is_pinned() {
+    let l =
+        load(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\nratios = [[\"a\", \"b\"], [\"d\", \"c\"]]"))
+            .unwrap();
+    let mut r = synthetic(&l);
+    r.remove(&id_of(&l, "random", "b", 1.0));
+    let cmp = comparisons(&l, &r);
+    assert_eq!(cmp, PINNED);
+}
+
+/// The terminal's tables (comfy-table) hold every header and cell of the text's, whole, in
+/// their rows and columns, and the same titles, legends and notes.
+#[test]
+fn the_terminal_tables_hold_each_header_and_cell() {
+    let l =
+        load(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\nratios = [[\"a\", \"b\"], [\"d\", \"c\"]]"))
+            .unwrap();
+    let mut r = synthetic(&l);
+    r.remove(&id_of(&l, "random", "b", 1.0));
+    let term = tables::comparisons_terminal(&l, &r);
+    // A table's lines between its outer borders, cut at the column rules.
+    let rows: Vec<Vec<&str>> = term
+        .lines()
+        .filter_map(|line| line.strip_prefix("  │"))
+        .map(|line| line.trim_end_matches('│').split('┆').map(str::trim).collect())
+        .collect();
+    let row = |first: &str, n: usize| rows.iter().filter(|r| r[0] == first).nth(n).cloned().unwrap_or_default();
+    assert_eq!(row("workload", 0), ["workload", "a", "b", "c", "d", "a ÷ b", "d ÷ c"], "{term}");
+    assert_eq!(
+        row("stream", 0),
+        [
+            "stream",
+            "40.0 | 400 ok",
+            "25.0 | 100 2.50x",
+            "1.0 | 10 ref",
+            "20.0 | 103 ok",
+            "1.60 | 4.00",
+            "20.00 | 10.30"
+        ],
+        "{term}"
+    );
+    assert_eq!(
+        row("random", 0),
+        ["random", "5.0 | 50", "- | 20", "1.0 | -", "1.0 | -", "- | 2.50", "1.00 | -"],
+        "{term}"
+    );
+    assert_eq!(row("workload", 1), ["workload", "c@1.5", "a@1.5"], "{term}");
+    assert_eq!(row("stream", 1), ["stream", "4.00 | 3.00 ok", "50.00 | 100.00 ok"], "{term}");
+    assert_eq!(row("workload", 2), ["workload", "a", "b"], "{term}");
+    assert_eq!(row("random", 2), ["random", "5.0 | -", "- | -"], "{term}");
+    assert_eq!(rows.len(), 3 + 3 + 3, "a header and two rows per table: {term}");
+    // Everything around the tables is the text's.
+    let outside = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                !l.starts_with("  ") || l.starts_with("  (") || l.starts_with("  verdict") || l.starts_with("  not as")
+            })
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(outside(&term), outside(&comparisons(&l, &r)));
+    assert!(term.contains("\nabs\n  (each cell: ours in ms | published in us,"), "{term}");
+    assert!(term.contains("  not as published: random: b < a published (20.0 vs 50.0), ours missing\n"), "{term}");
+    // Names are whole on the terminal, where the text cuts them to the column.
+    let long = "a-policy-name-longer-than-a-column";
+    let named = load(
+        &VERDICTS.replace("name = \"d\"", &format!("name = \"{long}\"")).replace("\"d\"]", &format!("\"{long}\"]")),
+    )
+    .unwrap();
+    let term = tables::comparisons_terminal(&named, &synthetic(&named));
+    assert!(term.lines().any(|l| l.contains(&format!("┆ {long} │"))), "{term}");
+    assert!(comparisons(&named, &synthetic(&named)).contains(&format!(" {}…\n", &long[..27])));
+}
+
+/// [`the_comparison_tables_text_is_pinned`]'s tables, as the code before comfy-table wrote them.
+const PINNED: &str = concat!(
+    "\n",
+    "abs\n",
+    "  (each cell: ours in ms | published in us, then ok when ours ÷ ours[c] against published ÷ published[c] is within 2x, else that ratio; ratios: ours | published)\n",
+    "                                          a                            b                            c                            d                    a ÷ b                    d ÷ c\n",
+    "  stream                      40.0 | 400 ok             25.0 | 100 2.50x                 1.0 | 10 ref                20.0 | 103 ok              1.60 | 4.00            20.00 | 10.30\n",
+    "  random                           5.0 | 50                       - | 20                      1.0 | -                      1.0 | -                 - | 2.50                 1.00 | -\n",
+    "  verdict: 2 of 3 cells within 2x; 5 of 6 orderings as published\n",
+    "  not as published: random: b < a published (20.0 vs 50.0), ours missing\n",
+    "\n",
+    "slow\n",
+    "  (each cell: ours in × | published in , then ok when ours against published is within 2x, else that ratio)\n",
+    "                                      c@1.5                        a@1.5\n",
+    "  stream                     4.00 | 3.00 ok            50.00 | 100.00 ok\n",
+    "  random                           1.00 | -                     1.00 | -\n",
+    "  verdict: 2 of 2 cells within 2x; 1 of 1 orderings as published\n",
+    "\n",
+    "nothing published\n",
+    "  (each cell: ours in ms | -, nothing published to compare)\n",
+    "                                    a                      b\n",
+    "  stream                     40.0 | -               25.0 | -\n",
+    "  random                      5.0 | -                  - | -\n",
+);
