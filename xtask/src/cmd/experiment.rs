@@ -432,8 +432,8 @@ pub struct Args {
     /// Kill a guest that finishes no point for SECS seconds (the xtask's own timeout; each point's result starts it again; not with --host).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
-    /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); not with --host.
-    #[arg(long, value_name = "ELF", conflicts_with_all = ["host", "slurm"])]
+    /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); with --slurm every shard boots it; not with --host.
+    #[arg(long, value_name = "ELF", conflicts_with = "host")]
     kernel: Option<PathBuf>,
     /// `--slurm` and its options: the sweep handed to Slurm (`crate::slurm`).
     #[command(flatten)]
@@ -496,7 +496,7 @@ fn run_new(a: &Args, file: &Path) -> Result<u8> {
         ));
     }
     if let Some(o) = a.slurm.options() {
-        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, &o);
+        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, a.kernel.as_deref(), &o);
     }
     if a.check || a.list {
         print!("{}", experiment::plan::check(&l, file, root(), a.host, a.jobs()));

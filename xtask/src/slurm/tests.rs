@@ -90,6 +90,33 @@ fn each_array_task_runs_its_shard_with_the_arguments_as_given() {
 }
 
 #[test]
+fn with_kernel_each_shard_boots_that_elf_and_nothing_is_built() {
+    // `--kernel` given relative to where the sweep is submitted from: absolute in the shards.
+    let given = ShardKernel::of(false, Some(Path::new("old/kernel"))).unwrap();
+    let ShardKernel::Given(abs) = &given else { panic!("{given:?}") };
+    assert_eq!(abs, &std::env::current_dir().unwrap().join("old/kernel"));
+    assert_eq!(ShardKernel::of(false, None), Ok(ShardKernel::Build));
+    assert_eq!(ShardKernel::of(true, None), Ok(ShardKernel::Host));
+    // The shard script as bash runs it under Slurm passes it on.
+    let d = Dir::new("kernel");
+    let base = sweep(&d.0);
+    let s = Sweep { shard_args: shard_args(&base.run_dir, 1, Some(600), Some(abs)), ..base };
+    let scripts = write(&s).unwrap();
+    let st = Command::new("bash").arg(&scripts.shards).env("SLURM_ARRAY_TASK_ID", "1").status().unwrap();
+    assert!(st.success());
+    let got = std::fs::read_to_string(scripts.dir.join("args-1.txt")).unwrap();
+    let want = format!(
+        "{}\nexperiment\n--resume\n{}\n--shard\n1/3\n--jobs\n1\n--timeout\n600\n--kernel\n{}\n",
+        s.workdir.display(),
+        s.run_dir.display(),
+        abs.display()
+    );
+    assert_eq!(got, want);
+    // Without --kernel: no --kernel.
+    assert!(!shard_args(&s.run_dir, 1, Some(600), None).iter().any(|a| a == "--kernel"));
+}
+
+#[test]
 fn sbatch_gets_an_array_of_n_tasks_and_a_merge_after_it() {
     let d = Dir::new("options");
     let s = sweep(&d.0);

@@ -50,3 +50,17 @@ fn kernel_must_be_an_elf_file() {
     assert_eq!(check_elf(&std::env::current_exe().unwrap()), Ok(()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--kernel ELF` with `--slurm` is accepted, and a shard's command line with `--kernel`
+/// (`crate::slurm::shard_args`) parses, taking the kernel as given.
+#[test]
+fn a_slurm_sweep_takes_kernel_and_its_shards_command_line_parses() {
+    let a = exp("experiment e.toml --slurm --tasks 2 --kernel old/kernel").unwrap();
+    assert!(a.slurm.options().is_some());
+    assert_eq!(a.kernel.as_deref(), Some(std::path::Path::new("old/kernel")));
+    let k = std::path::Path::new("/builds/old/kernel");
+    let shard = crate::slurm::shard_args(std::path::Path::new("/runs/default/r1"), 2, Some(600), Some(k));
+    let s = exp(&shard.join(" ").replace(crate::slurm::SHARD, "1/2")).unwrap();
+    assert_eq!((s.kernel.as_deref(), s.shard), (Some(k), Some(Shard { index: 1, count: 2 })));
+    assert_eq!((s.resume.as_deref(), s.timeout, s.jobs), (Some("/runs/default/r1"), 600, Some(2)));
+}
