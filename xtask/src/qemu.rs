@@ -294,6 +294,15 @@ pub enum Boot<'a> {
     },
 }
 
+/// QEMU's arguments for `--gdb`: the gdb stub on localhost only, as [`gdb_message`] says (`-s`
+/// listens on every interface), and the guest stopped before its first instruction.
+pub const GDB_ARGS: [&str; 3] = ["-gdb", "tcp:127.0.0.1:1234", "-S"];
+
+/// What `--gdb` tells the user: where the stub listens and how to attach to it.
+pub fn gdb_message(kernel: &Path) -> String {
+    format!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", kernel.display())
+}
+
 /// Boots `l` in QEMU, with its device memory files created (and removed after), under the
 /// timeout, and collects the guest's lines. Ctrl-C or SIGTERM kills QEMU and returns an error
 /// ([`crate::interrupt::requested`] then says which signal).
@@ -344,9 +353,8 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if l.gdb {
-        // Localhost only, as the message says (`-s` listens on every interface).
-        cmd.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
-        eprintln!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", l.kernel.display());
+        cmd.args(GDB_ARGS);
+        eprintln!("{}", gdb_message(l.kernel));
     }
     {
         use std::os::unix::process::CommandExt;
