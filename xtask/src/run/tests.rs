@@ -150,6 +150,14 @@ fn a_run_folder_holds_the_files_and_provenance_and_a_resume_is_added() {
     assert!(p.started.date.ends_with('Z') && p.started.date.len() == 20, "{}", p.started.date);
     assert!(p.started.rustc.starts_with("rustc "), "{}", p.started.rustc);
     assert!(!p.started.git_revision.is_empty());
+    // The dirty state (this is a git checkout), and the xtask's and QEMU's versions (or why not).
+    assert!(p.started.git_dirty.is_some(), "{:?}", p.started);
+    assert_eq!(p.started.xtask, env!("CARGO_PKG_VERSION"));
+    assert!(!p.started.qemu.is_empty());
+    let text = std::fs::read_to_string(run.dir.join("provenance.toml")).unwrap();
+    for key in ["git_revision = ", "git_dirty = ", "command = ", "xtask = ", "rustc = ", "qemu = ", "seeds = "] {
+        assert!(text.contains(key), "{key} not in\n{text}");
+    }
     assert!(p.resumed.is_empty());
     drop(run);
     let dir = base.join(LATEST);
