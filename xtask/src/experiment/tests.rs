@@ -516,6 +516,30 @@ fn tables_are_checked_when_the_file_loads() {
     assert!(e.contains("`table[0].tie`: 5: expected 0 to 1"), "{e}");
 }
 
+/// With `repeat = 2` every point runs twice: results.csv's `repetition` column says which run a
+/// row is and `seeds` gives each workload's seed, shifted for the second repetition.
+#[test]
+fn the_csv_names_each_rows_repetition_and_its_seeds() {
+    let l = load(&SMALL.replace("mechanism = \"host\"", "mechanism = \"host\"\nrepeat = 2")).unwrap();
+    assert_eq!(l.points.len(), 16);
+    let text = csv(&l, &Results::new());
+    let mut rd = ::csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<Vec<String>> = rd.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
+    assert_eq!(rows.len(), 16);
+    let (label, rep, seeds) = (col("label"), col("repetition"), col("seeds"));
+    // The same point's two repetitions: one label but the `/rN` suffix, repetitions 0 and 1,
+    // and their seeds differ.
+    let first = rows.iter().find(|r| r[label] == "od/stream/1/r0").unwrap_or_else(|| panic!("{text}"));
+    let second = rows.iter().find(|r| r[label] == "od/stream/1/r1").unwrap();
+    assert_eq!((first[rep].as_str(), second[rep].as_str()), ("0", "1"));
+    assert!(!first[seeds].is_empty() && first[seeds] != second[seeds], "{first:?} {second:?}");
+    assert_eq!(rows.iter().filter(|r| r[rep] == "1").count(), 8);
+    // The units say what the columns hold.
+    assert!(csv_columns(&Results::new()).contains("repetition,index,"), "{}", csv_columns(&Results::new()));
+}
+
 /// The comparison tables as summary.txt holds them, byte for byte (the terminal gets them
 /// through comfy-table, `tables::comparisons_terminal`).
 #[test]
