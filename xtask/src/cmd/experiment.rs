@@ -157,6 +157,7 @@ pub fn execute(
         let jobs = jobs.max(1).min(chunks.len());
         let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
         let boots = AtomicUsize::new(0);
+        progress.start();
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 s.spawn(|| {

@@ -22,14 +22,23 @@ impl Progress {
         Self::with_target(total, ProgressDrawTarget::stderr())
     }
 
-    /// On `target`.
+    /// On `target`; nowhere when there is nothing to run.
     pub fn with_target(total: usize, target: ProgressDrawTarget) -> Self {
+        let target = if total == 0 { ProgressDrawTarget::hidden() } else { target };
         let bar = ProgressBar::with_draw_target(Some(total as u64), target);
         // TEMPLATE is a constant the tests render: it parses.
         if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
             bar.set_style(style.progress_chars("#>."));
         }
         Self { bar, failed: AtomicUsize::new(0) }
+    }
+
+    /// The points start now (the kernel is built, the first guests boot): the time elapsed and
+    /// the estimate count from here, and the bar is drawn at 0.
+    pub fn start(&self) {
+        self.bar.reset_elapsed();
+        self.bar.reset_eta();
+        self.bar.tick();
     }
 
     /// A point is done (its result arrived, or it is recorded without one).
@@ -142,6 +151,19 @@ mod tests {
     fn the_bar_is_drawn_only_when_stderr_is_a_terminal() {
         assert_eq!(Progress::new(3).bar.is_hidden(), !std::io::stderr().is_terminal());
         assert!(Progress::with_target(3, ProgressDrawTarget::hidden()).bar.is_hidden());
+    }
+
+    #[test]
+    fn nothing_to_run_draws_no_bar_and_a_started_bar_is_drawn_at_zero() {
+        assert!(Progress::new(0).bar.is_hidden());
+        let screen = Screen::default();
+        let p = Progress::with_target(0, ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        p.start();
+        p.end();
+        assert_eq!(*screen.0.lock().unwrap(), "");
+        let p = Progress::with_target(3, ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        p.start();
+        assert!(screen.0.lock().unwrap().contains("] 0/3 points, "), "{:?}", screen.0.lock().unwrap());
     }
 
     #[test]
