@@ -1,6 +1,6 @@
-//! The xtask binary end to end, on the host (`--host`, no QEMU): a run stopped by SIGTERM keeps
-//! its finished points and a resume ends with the results a run without a stop gives; the
-//! shards of a run merged give the results of the whole run. Results are compared in
+//! The xtask binary end to end, on the host (`--host`, no QEMU): a run stopped by SIGTERM (or
+//! by Ctrl-C's SIGINT) keeps its finished points and a resume ends with the results a run
+//! without a stop gives; the shards of a run merged give the results of the whole run. Results are compared in
 //! everything but the measured time of the mechanism (`mechanism_ms`, the summary's `mech ms`),
 //! which is the host's, not a result.
 //!
@@ -161,6 +161,25 @@ fn a_run_stopped_by_sigterm_keeps_its_points_and_a_resume_finishes_it_the_same()
     let refused = xtask(&["experiment", other.to_str().unwrap(), "--resume", dir.to_str().unwrap()], &[]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not the experiment"));
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[test]
+fn ctrl_c_keeps_the_finished_points_and_says_how_to_resume() {
+    let (file, base) = experiment("xtask-test-ctrl-c", SMALL);
+    let f = file.to_str().unwrap();
+    // SIGINT, as Ctrl-C sends, after the second point.
+    let stopped = xtask(&["experiment", f, "--host", "--jobs", "1"], &[("XTASK_TEST_SIGINT_AFTER", "2")]);
+    assert_eq!(stopped.status.code(), Some(128 + 2), "SIGINT's status");
+    let out = String::from_utf8_lossy(&stopped.stdout);
+    assert!(out.contains("interrupted by SIGINT (Ctrl-C): 2 of 8 points finished"), "{out}");
+    assert!(out.contains("resume with: cargo xtask experiment --resume xtask-test-ctrl-c/"), "{out}");
+    let dir = latest(&base);
+    assert_eq!(lines(&dir.join("points.jsonl")), 2);
+    let partial = csv_without_time(&dir);
+    let error = partial[0].iter().position(|h| h == "error").unwrap();
+    assert_eq!(partial[1..].iter().filter(|r| r[error].is_empty()).count(), 2, "{partial:?}");
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }

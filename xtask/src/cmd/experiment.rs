@@ -50,13 +50,18 @@ pub struct Ran {
     pub interrupted: Option<i32>,
 }
 
-/// The test hook of the end-to-end tests: after this many points are recorded, the xtask
-/// sends itself SIGTERM (as `kill` would), so a test stops a run at a known point without
-/// depending on timing. Unset in normal use.
+/// The test hooks of the end-to-end tests: after this many points are recorded, the xtask
+/// sends itself SIGTERM (as `kill` would) or SIGINT (as Ctrl-C would), so a test stops a run at
+/// a known point without depending on timing. Unset in normal use.
 const STOP_AFTER_ENV: &str = "XTASK_TEST_SIGTERM_AFTER";
+const INT_AFTER_ENV: &str = "XTASK_TEST_SIGINT_AFTER";
 
-fn stop_after() -> Option<usize> {
-    std::env::var(STOP_AFTER_ENV).ok().and_then(|v| v.parse().ok())
+/// The test hook's point count and signal, if one is set.
+fn stop_after() -> Option<(usize, i32)> {
+    let after = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    after(STOP_AFTER_ENV)
+        .map(|n| (n, signal_hook::consts::SIGTERM))
+        .or_else(|| after(INT_AFTER_ENV).map(|n| (n, signal_hook::consts::SIGINT)))
 }
 
 /// The kernel a run's guests boot.
@@ -121,9 +126,11 @@ pub fn execute(
             failures.lock().unwrap().push(e);
         }
         let n = recorded.fetch_add(1, Ordering::SeqCst) + 1;
-        if stop_after == Some(n) {
+        if let Some((at, sig)) = stop_after
+            && at == n
+        {
             // Delivered to this thread before raise returns: the handler has run.
-            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+            let _ = signal_hook::low_level::raise(sig);
         }
     };
     let stopped = || interrupt::requested().is_some();
