@@ -506,9 +506,8 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str) -> Result<Machine, String> {
-        let dir = std::env::temp_dir().join(format!("xtask-machine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("m{}.toml", text.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(format!("m{}.toml", text.len()));
         std::fs::write(&p, text).unwrap();
         Machine::load(&p)
     }

@@ -259,13 +259,21 @@ pub fn machine_file(l: &Loaded) -> String {
     l.exp.machine.as_ref().map_or_else(|| "qemu/default.toml".to_string(), |m| m.get_ref().clone())
 }
 
-/// Writes `data` to `dir/name` through a temporary file and a rename, so a reader (or a kill)
-/// never sees half a file.
+/// Writes `data` to `dir/name` through a temporary file (tempfile's, `.NAME.` and random
+/// characters, with the mode `std::fs::write` gives) and a rename, so a reader (or a kill) never
+/// sees half a file; a failed write leaves no temporary file behind.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::write(&tmp, data).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))
+    let prefix = format!(".{name}.");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tmp.write_all(data).map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
+    tmp.persist(&path).map(drop).map_err(|e| format!("renaming {} to {}: {e}", e.file.path().display(), path.display()))
 }
 
 /// Makes a new run folder under `base` (`target/experiments/NAME`), named by the date (with a

@@ -55,9 +55,8 @@ fn the_gdb_stub_listens_on_localhost_only_as_its_message_says() {
     let msg = gdb_message(Path::new("target/kernel"));
     assert!(msg.contains(&format!("localhost:{}", addr.port())), "{msg}");
     assert!(msg.contains(&format!("target remote :{}", addr.port())), "{msg}");
-    let dir = std::env::temp_dir().join(format!("xtask-gdb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let qemu = dir.join("qemu");
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = dir.path().join("qemu");
     std::fs::write(&qemu, "#!/bin/sh\nfor a in \"$@\"; do echo \"arg $a\"; done\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -68,5 +67,4 @@ fn the_gdb_stub_listens_on_localhost_only_as_its_message_says() {
     let at = args.iter().position(|a| *a == "-gdb").unwrap_or_else(|| panic!("no -gdb in {args:?}"));
     assert_eq!(&args[at..at + 3], GDB_ARGS);
     assert!(!args.contains(&"-s"), "{args:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,15 +4,12 @@
 use super::cluster::{node_line, slurm_conf};
 use super::*;
 
-/// A directory under the temp dir, removed when dropped.
+/// A directory under the temp dir (made by tempfile), removed when dropped.
 struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("xtask-slurm-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
+        Self(tempfile::Builder::new().prefix(&format!("xtask-slurm-{name}-")).tempdir().unwrap().keep())
     }
 }
 

@@ -40,15 +40,13 @@ fn resume_shard_and_merge_parse_and_mistakes_are_refused() {
 fn kernel_must_be_an_elf_file() {
     let missing = check_elf(std::path::Path::new("/nonexistent/kernel")).unwrap_err();
     assert!(missing.starts_with("--kernel /nonexistent/kernel: cannot read it"), "{missing}");
-    let dir = std::env::temp_dir().join(format!("xtask-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("kernel.iso");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("kernel.iso");
     std::fs::write(&text, "not an elf").unwrap();
     let e = check_elf(&text).unwrap_err();
     assert!(e.contains("not an ELF file"), "{e}");
     // This test binary is an ELF.
     assert_eq!(check_elf(&std::env::current_exe().unwrap()), Ok(()));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `--kernel ELF` with `--slurm` is accepted, and a shard's command line with `--kernel`
