@@ -641,3 +641,70 @@ const PINNED: &str = concat!(
     "  stream                     40.0 | -               25.0 | -\n",
     "  random                      5.0 | -                  - | -\n",
 );
+
+/// An experiment with a workload label longer than the summary's column (28) and a policy's
+/// longer than its (16), and results of every kind the per-point table shows: whole, with a
+/// workload stopped, a rerun note longer than the text keeps and a truncated trace, an error
+/// with and without a rerun note, and none.
+fn summary_case() -> (Loaded, Results) {
+    let text = SMALL
+        .split("[[table]]")
+        .next()
+        .unwrap()
+        .replace("updates = 2", "updates = 2\nname = \"random-updates-of-a-long-named-array\"")
+        .replace("name = \"tree\"", "name = \"tree-placement-long-name\"");
+    let l = load(&text).unwrap();
+    let id = |i: usize| l.points[i].id;
+    let whole = |i: usize, k: u64| {
+        serde_json::json!({
+            "id": id(i), "sim_ns": 1_234_567.0 * k as f64, "mechanism_ns": 98_765_432.1 / k as f64,
+            "dev_faults": 10 * k, "cpu_faults": k, "to_dev": 20 * k, "evicted": 3 * k, "to_cpu": 4 * k,
+            "local_lines": 300 * k, "remote_lines": 100, "workloads": [{ "name": "stream" }],
+        })
+    };
+    let mut r = Results::new();
+    r.insert(id(0), whole(0, 1));
+    let mut noted = whole(1, 2);
+    noted["workloads"] = serde_json::json!([{ "name": "stream", "error": "out of device memory" }, { "name": "x" }]);
+    noted["rerun"] = Json::from(format!("rerun in a fresh guest: point 0 failed ({})", "why ".repeat(30)));
+    noted["trace_dropped"] = Json::from(5);
+    noted["trace_events"] = Json::from(100);
+    r.insert(id(1), noted);
+    r.insert(
+        id(2),
+        serde_json::json!({ "id": id(2), "error": "boom, \"quoted\"", "rerun": "rerun in a fresh guest: point 1" }),
+    );
+    r.insert(id(4), serde_json::json!({ "id": id(4), "error": "no result: the guest stopped" }));
+    for i in 5..8 {
+        let mut w = whole(i, i as u64);
+        w["local_lines"] = Json::from(0);
+        w["remote_lines"] = Json::from(0);
+        r.insert(id(i), w);
+    }
+    (l, r)
+}
+
+/// The per-point table as summary.txt holds it, byte for byte (the terminal gets it through
+/// comfy-table).
+#[test]
+fn the_summary_text_is_pinned() {
+    let (l, r) = summary_case();
+    assert_eq!(summary(&l, &r), PINNED_SUMMARY);
+}
+
+/// [`the_summary_text_is_pinned`]'s table, as the code before comfy-table wrote it.
+const PINNED_SUMMARY: &str = concat!(
+    "workload                     policy             over      sim ms    mech ms   faults   to dev  evicted   to cpu remote%\n",
+    "stream                       od                    1        1.23       98.8       11       20        3        4    25.0\n",
+    "random-updates-of-a-long-na… od                    1        2.47       49.4       22       40        6        8    14.3\n",
+    "    workload stream stopped: out of device memory\n",
+    "    (rerun in a fresh guest: point 0 failed (why why why why why why why why why why why why why why why why why w…)\n",
+    "    trace truncated: the first 100 events kept, 5 dropped at the cap (raise run.trace to keep them)\n",
+    "stream                       tree-placement-long-name      1 error: boom, \"quoted\"\n",
+    "    (rerun in a fresh guest: point 1)\n",
+    "random-updates-of-a-long-named-array tree-placement-long-name      1 (no result)\n",
+    "stream                       od                  1.5 error: no result: the guest stopped\n",
+    "random-updates-of-a-long-na… od                  1.5        6.17       19.8       55      100       15       20     0.0\n",
+    "stream                       tree-placement-…    1.5        7.41       16.5       66      120       18       24     0.0\n",
+    "random-updates-of-a-long-na… tree-placement-…    1.5        8.64       14.1       77      140       21       28     0.0\n",
+);
