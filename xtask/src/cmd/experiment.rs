@@ -372,7 +372,7 @@ pub fn report_experiment(
         &format!("{summary}{comparisons}{}", reproduction.as_ref().map_or(String::new(), |r| format!("\n{r}"))),
     )?;
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
-    println!("{summary}");
+    println!("{}", experiment::summary_terminal(l, results));
     print!("{}", experiment::comparisons_terminal(l, results));
     let failed = results.values().filter(|r| r.get("error").is_some()).count();
     let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();

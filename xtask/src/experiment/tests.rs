@@ -692,6 +692,66 @@ fn the_summary_text_is_pinned() {
     assert_eq!(summary(&l, &r), PINNED_SUMMARY);
 }
 
+/// The terminal's per-point table (comfy-table) holds each header and each point's cells, whole,
+/// in its rows and columns; a point without results says so in its first measured column, and
+/// every note follows the table after its point's label, whole.
+#[test]
+fn the_terminal_summary_holds_each_header_and_cell() {
+    let (l, r) = summary_case();
+    let term = summary_terminal(&l, &r);
+    let rows: Vec<Vec<&str>> = term
+        .lines()
+        .filter_map(|line| line.strip_prefix('│'))
+        .map(|line| line.trim_end_matches('│').split('┆').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 1 + 8, "a header and a row per point: {term}");
+    assert_eq!(rows[0], SUMMARY_COLUMNS, "{term}");
+    let long = "random-updates-of-a-long-named-array";
+    let pol = "tree-placement-long-name";
+    let want: [[&str; 10]; 8] = [
+        ["stream", "od", "1", "1.23", "98.8", "11", "20", "3", "4", "25.0"],
+        [long, "od", "1", "2.47", "49.4", "22", "40", "6", "8", "14.3"],
+        ["stream", pol, "1", "error", "-", "-", "-", "-", "-", "-"],
+        [long, pol, "1", "no result", "-", "-", "-", "-", "-", "-"],
+        ["stream", "od", "1.5", "error", "-", "-", "-", "-", "-", "-"],
+        [long, "od", "1.5", "6.17", "19.8", "55", "100", "15", "20", "0.0"],
+        ["stream", pol, "1.5", "7.41", "16.5", "66", "120", "18", "24", "0.0"],
+        [long, pol, "1.5", "8.64", "14.1", "77", "140", "21", "28", "0.0"],
+    ];
+    for (got, want) in rows[1..].iter().zip(want) {
+        assert_eq!(got, &want, "{term}");
+    }
+    // The cells are the text's, the names whole.
+    let text = summary(&l, &r);
+    for row in &want {
+        if row[3] != "error" && row[3] != "no result" {
+            assert!(
+                text.lines().any(|t| t.split_whitespace().skip(2).eq(row[2..].iter().copied())),
+                "{row:?} in {text}"
+            );
+        }
+    }
+    // Under the table, each note after its point's label, the rerun note whole.
+    let notes: Vec<&str> = term.lines().skip_while(|l| !l.starts_with('└')).skip(1).collect();
+    let label = |i: usize| l.points[i].label.as_str();
+    let rerun = format!("rerun in a fresh guest: point 0 failed ({})", "why ".repeat(30));
+    assert_eq!(
+        notes,
+        [
+            format!("  {}: workload stream stopped: out of device memory", label(1)),
+            format!("  {}: ({rerun})", label(1)),
+            format!(
+                "  {}: trace truncated: the first 100 events kept, 5 dropped at the cap (raise run.trace to keep them)",
+                label(1)
+            ),
+            format!("  {}: error: boom, \"quoted\"", label(2)),
+            format!("  {}: (rerun in a fresh guest: point 1)", label(2)),
+            format!("  {}: error: no result: the guest stopped", label(4)),
+        ],
+        "{term}"
+    );
+}
+
 /// [`the_summary_text_is_pinned`]'s table, as the code before comfy-table wrote it.
 const PINNED_SUMMARY: &str = concat!(
     "workload                     policy             over      sim ms    mech ms   faults   to dev  evicted   to cpu remote%\n",
