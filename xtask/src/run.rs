@@ -286,11 +286,14 @@ pub fn new_dir(base: &Path, secs: u64) -> Result<PathBuf> {
         let dir = base.join(&id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {
-                let tmp = base.join(format!(".{LATEST}.tmp-{}", std::process::id()));
-                let _ = std::fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(&id, &tmp)
-                    .and_then(|()| std::fs::rename(&tmp, base.join(LATEST)))
-                    .map_err(|e| format!("pointing {} at {id}: {e}", base.join(LATEST).display()))?;
+                // The new link under a name of tempfile's, then renamed over the old one.
+                let latest = base.join(LATEST);
+                let prefix = format!(".{LATEST}.");
+                tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .make_in(base, |tmp| std::os::unix::fs::symlink(&id, tmp))
+                    .and_then(|tmp| tmp.persist(&latest).map_err(|e| e.error))
+                    .map_err(|e| format!("pointing {} at {id}: {e}", latest.display()))?;
                 return Ok(dir);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

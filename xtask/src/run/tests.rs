@@ -37,6 +37,11 @@ fn run_folders_are_never_reused_and_latest_names_the_newest() {
     assert_eq!(std::fs::read_to_string(a.join("results.csv")).unwrap(), "old");
     assert_eq!(std::fs::read_link(base.join(LATEST)).unwrap(), Path::new("2026-12-02T14-05-34Z"));
     assert!(base.join(LATEST).join(".").is_dir());
+    // No temporary link is left beside them.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["2026-12-02T14-05-33Z", "2026-12-02T14-05-33Z-1", "2026-12-02T14-05-34Z", LATEST]);
 }
 
 #[test]
