@@ -34,7 +34,7 @@ fn options_that_do_not_apply_to_a_command_are_rejected() {
     assert!(err("qemu --gdb --timeout 5").contains("cannot be used with"));
     assert!(err("experiment e.toml --host --timeout 5").contains("cannot be used with"));
     assert!(err("experiment e.toml --host --kernel k.elf").contains("cannot be used with"));
-    assert!(err("experiment e.toml --slurm --kernel k.elf").contains("cannot be used with"));
+    assert!(err("experiment e.toml --slurm --host --kernel k.elf").contains("cannot be used with"));
     assert!(parse(args("qemu --gdb")).is_ok() && parse(args("experiment e.toml --host")).is_ok());
     let bench = |s: &str| match parse(args(s)).unwrap().command {
         Command::Bench(b) => b.check(),

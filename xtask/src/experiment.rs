@@ -880,56 +880,161 @@ fn sim_ms(results: &Results, id: u32) -> Option<f64> {
     results.get(&id).and_then(|r| r["sim_ns"].as_f64()).map(|x| x / 1e6)
 }
 
-/// The summary table: one row per point.
-pub fn summary(l: &Loaded, results: &Results) -> String {
-    let mut s = format!(
-        "{:<28} {:<16} {:>6} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
-        "workload", "policy", "over", "sim ms", "mech ms", "faults", "to dev", "evicted", "to cpu", "remote%"
-    );
-    for (p, (w, pol, o)) in l.points.iter().zip(&l.keys) {
-        let Some(r) = results.get(&p.id) else {
-            let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} (no result)");
+/// The per-point table's column headers.
+const SUMMARY_COLUMNS: [&str; 10] =
+    ["workload", "policy", "over", "sim ms", "mech ms", "faults", "to dev", "evicted", "to cpu", "remote%"];
+
+/// What the per-point table shows of one point, the parts both renderings share: the text of
+/// [`summary`] (summary.txt) and the terminal's ([`summary_terminal`]).
+struct SummaryLine<'a> {
+    point: &'a Point,
+    workload: &'a str,
+    policy: &'a str,
+    over: f64,
+    measured: Measured,
+    /// The lines under the point.
+    notes: Vec<Note>,
+}
+
+/// A point's measured columns (sim ms to remote%, formatted), or why it has none.
+enum Measured {
+    Cells([String; 7]),
+    Error(String),
+    Missing,
+}
+
+/// A line under a point in the per-point table.
+enum Note {
+    /// A workload of the point stopped (its name, its error).
+    Stopped(String, String),
+    /// Why the point ran in a fresh guest.
+    Rerun(String),
+    /// The trace passed the cap: events kept, dropped.
+    Trace(u64, u64),
+}
+
+impl Note {
+    /// The note's text; `whole` keeps a rerun note whole (the text cuts it to 110 characters).
+    fn text(&self, whole: bool) -> String {
+        match self {
+            Note::Stopped(w, e) => format!("workload {w} stopped: {e}"),
+            Note::Rerun(n) if whole => format!("({n})"),
+            Note::Rerun(n) => format!("({})", truncate(n, 110)),
+            Note::Trace(kept, d) => {
+                format!(
+                    "trace truncated: the first {kept} events kept, {d} dropped at the cap (raise run.trace to keep them)"
+                )
+            }
+        }
+    }
+}
+
+/// The per-point table's lines, in point order.
+fn summary_lines<'a>(l: &'a Loaded, results: &Results) -> Vec<SummaryLine<'a>> {
+    let mut out = Vec::new();
+    for (point, (workload, policy, over)) in l.points.iter().zip(&l.keys) {
+        let mut line =
+            SummaryLine { point, workload, policy, over: *over, measured: Measured::Missing, notes: Vec::new() };
+        let Some(r) = results.get(&point.id) else {
+            out.push(line);
             continue;
         };
+        let rerun = r["rerun"].as_str().map(|n| Note::Rerun(n.to_string()));
         if let Some(e) = r["error"].as_str() {
-            let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} error: {e}");
-            if let Some(n) = r["rerun"].as_str() {
-                let _ = writeln!(s, "    ({})", truncate(n, 110));
-            }
+            line.measured = Measured::Error(e.to_string());
+            line.notes.extend(rerun);
+            out.push(line);
             continue;
         }
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
         let lines = n("local_lines") + n("remote_lines");
         let remote = if lines > 0 { 100.0 * n("remote_lines") as f64 / lines as f64 } else { 0.0 };
-        let _ = writeln!(
-            s,
-            "{:<28} {:<16} {:>6} {:>11.2} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>7.1}",
-            truncate(w, 28),
-            truncate(pol, 16),
-            o,
-            r["sim_ns"].as_f64().unwrap_or(0.0) / 1e6,
-            r["mechanism_ns"].as_f64().unwrap_or(0.0) / 1e6,
-            n("dev_faults") + n("cpu_faults"),
-            n("to_dev"),
-            n("evicted"),
-            n("to_cpu"),
-            remote
-        );
+        line.measured = Measured::Cells([
+            format!("{:.2}", r["sim_ns"].as_f64().unwrap_or(0.0) / 1e6),
+            format!("{:.1}", r["mechanism_ns"].as_f64().unwrap_or(0.0) / 1e6),
+            (n("dev_faults") + n("cpu_faults")).to_string(),
+            n("to_dev").to_string(),
+            n("evicted").to_string(),
+            n("to_cpu").to_string(),
+            format!("{remote:.1}"),
+        ]);
         for w in r["workloads"].as_array().into_iter().flatten() {
             if let Some(e) = w["error"].as_str() {
-                let _ = writeln!(s, "    workload {} stopped: {e}", w["name"].as_str().unwrap_or("?"));
+                line.notes.push(Note::Stopped(w["name"].as_str().unwrap_or("?").to_string(), e.to_string()));
             }
         }
-        if let Some(n) = r["rerun"].as_str() {
-            let _ = writeln!(s, "    ({})", truncate(n, 110));
-        }
+        line.notes.extend(rerun);
         if let Some(d) = r["trace_dropped"].as_u64().filter(|d| *d > 0) {
-            let kept = r["trace_events"].as_u64().unwrap_or(0);
-            let _ = writeln!(
-                s,
-                "    trace truncated: the first {kept} events kept, {d} dropped at the cap (raise run.trace to keep them)"
-            );
+            line.notes.push(Note::Trace(r["trace_events"].as_u64().unwrap_or(0), d));
         }
+        out.push(line);
+    }
+    out
+}
+
+/// The per-point table as summary.txt holds it: one row per point in fixed-width columns (names
+/// cut to fit, but on a row without results), the notes indented under their point.
+pub fn summary(l: &Loaded, results: &Results) -> String {
+    let [w, p, o, sim, mech, faults, to_dev, evicted, to_cpu, remote] = SUMMARY_COLUMNS;
+    let mut s = format!(
+        "{w:<28} {p:<16} {o:>6} {sim:>11} {mech:>10} {faults:>8} {to_dev:>8} {evicted:>8} {to_cpu:>8} {remote:>7}\n"
+    );
+    for line in summary_lines(l, results) {
+        let (w, pol, o) = (line.workload, line.policy, line.over);
+        match &line.measured {
+            Measured::Missing => {
+                let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} (no result)");
+            }
+            Measured::Error(e) => {
+                let _ = writeln!(s, "{w:<28} {pol:<16} {o:>6} error: {e}");
+            }
+            Measured::Cells([sim, mech, faults, to_dev, evicted, to_cpu, remote]) => {
+                let _ = writeln!(
+                    s,
+                    "{:<28} {:<16} {o:>6} {sim:>11} {mech:>10} {faults:>8} {to_dev:>8} {evicted:>8} {to_cpu:>8} {remote:>7}",
+                    truncate(w, 28),
+                    truncate(pol, 16),
+                );
+            }
+        }
+        for n in &line.notes {
+            let _ = writeln!(s, "    {}", n.text(false));
+        }
+    }
+    s
+}
+
+/// The per-point table as the terminal gets it: the same rows as [`summary`], drawn by
+/// comfy-table with whole names and columns as wide as their cells; a point without results
+/// says `error` or `no result` in its first measured column, and the notes follow the table,
+/// each after its point's label (the error first, then the notes whole).
+pub fn summary_terminal(l: &Loaded, results: &Results) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(SUMMARY_COLUMNS);
+    let mut notes = Vec::new();
+    for line in summary_lines(l, results) {
+        let label = &line.point.label;
+        let measured: Vec<String> = match line.measured {
+            Measured::Cells(c) => c.into(),
+            Measured::Error(e) => {
+                notes.push(format!("{label}: error: {e}"));
+                std::iter::once("error".to_string()).chain(std::iter::repeat_n("-".to_string(), 6)).collect()
+            }
+            Measured::Missing => {
+                std::iter::once("no result".to_string()).chain(std::iter::repeat_n("-".to_string(), 6)).collect()
+            }
+        };
+        notes.extend(line.notes.iter().map(|n| format!("{label}: {}", n.text(true))));
+        let key = [line.workload.to_string(), line.policy.to_string(), line.over.to_string()];
+        table.add_row(key.into_iter().chain(measured));
+    }
+    for c in table.column_iter_mut().skip(2) {
+        c.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    let mut s: String = table.lines().map(|line| line + "\n").collect();
+    for n in notes {
+        let _ = writeln!(s, "  {n}");
     }
     s
 }
@@ -1051,7 +1156,7 @@ pub mod plot;
 pub use plot::plots;
 pub mod plan;
 pub mod tables;
-pub use tables::{TableSpec, comparisons, reproduction, verdicts};
+pub use tables::{TableSpec, comparisons, comparisons_terminal, reproduction, verdicts};
 
 #[cfg(test)]
 mod tests;

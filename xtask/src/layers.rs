@@ -744,20 +744,11 @@ mod tests {
     }
 
     mod tempdir {
-        /// A scratch directory removed on drop.
+        /// A scratch directory (made by tempfile) removed on drop.
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "layers-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                ));
-                let _ = std::fs::remove_dir_all(&p);
-                std::fs::create_dir_all(&p).expect("mkdir");
-                Dir(p)
+                Dir(tempfile::Builder::new().prefix("layers-test-").tempdir().expect("mkdir").keep())
             }
         }
         impl Drop for Dir {

@@ -281,9 +281,9 @@ impl Machine {
         }
     }
 
-    /// QEMU arguments for this machine (without the kernel, serial or exit device). `shm` is
-    /// the prefix of the per-device memory files.
-    pub fn qemu_args(&self, shm: &str) -> Vec<String> {
+    /// QEMU arguments for this machine (without the kernel, serial or exit device). `shm` gives
+    /// the path of each device-memory file from its name in [`Machine::shm_files`].
+    pub fn qemu_args(&self, shm: &dyn Fn(&str) -> String) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: String| a.push(s);
         let hmat = self.numa.as_ref().is_some_and(|n| !n.hmat.is_empty());
@@ -355,7 +355,8 @@ impl Machine {
             push("virtio-rng-device".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
-            let path = device_file(shm, i, d);
+            let name = device_file(i, d);
+            let path = shm(&name);
             let size = parse_size(&d.memory).unwrap_or(0);
             push("-object".into());
             push(format!("memory-backend-file,id=vram{i},share=on,mem-path={path},size={size}"));
@@ -372,7 +373,7 @@ impl Machine {
             if hot > 0 {
                 // Right after the device's own parts, in PCI order: the virtio-mem device, then
                 // the region's copy engine (the kernel groups functions by that order).
-                let path = format!("{path}-hot");
+                let path = shm(&format!("{name}-hot"));
                 push("-object".into());
                 push(format!("memory-backend-file,id=hot{i},share=on,mem-path={path},size={hot}"));
                 push("-device".into());
@@ -389,14 +390,15 @@ impl Machine {
         a
     }
 
-    /// The device memory files to create: (path, size).
-    pub fn shm_files(&self, shm: &str) -> Vec<(String, u64)> {
+    /// The device memory files to create: (name, size). A name is unique in the machine; the
+    /// launch makes each file under a random name ending in it ([`crate::qemu`]).
+    pub fn shm_files(&self) -> Vec<(String, u64)> {
         let mut files = Vec::new();
         for (i, d) in self.devices.iter().enumerate() {
-            let path = device_file(shm, i, d);
-            files.push((path.clone(), parse_size(&d.memory).unwrap_or(0)));
+            let name = device_file(i, d);
+            files.push((name.clone(), parse_size(&d.memory).unwrap_or(0)));
             if d.hotplug_bytes() > 0 {
-                files.push((format!("{path}-hot"), d.hotplug_bytes()));
+                files.push((format!("{name}-hot"), d.hotplug_bytes()));
             }
         }
         files
@@ -492,11 +494,11 @@ pub fn field_at(text: &str, at: usize) -> Option<String> {
     header
 }
 
-/// The host file backing device `i`'s memory (its hot-plug region's is this plus `-hot`): the
-/// launch's prefix, the device's index, then its name for whoever lists /dev/shm. The index makes
-/// it unique per device whatever the names are, so no two devices' memories alias.
-fn device_file(shm: &str, i: usize, d: &Device) -> String {
-    format!("{shm}-{i}-{}", d.name.get_ref())
+/// The name of the host file backing device `i`'s memory (its hot-plug region's is this plus
+/// `-hot`): the device's index, then its name for whoever lists /dev/shm. The index makes it
+/// unique per device whatever the names are, so no two devices' memories alias.
+fn device_file(i: usize, d: &Device) -> String {
+    format!("{i}-{}", d.name.get_ref())
 }
 
 #[cfg(test)]
@@ -504,9 +506,8 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str) -> Result<Machine, String> {
-        let dir = std::env::temp_dir().join(format!("xtask-machine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("m{}.toml", text.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(format!("m{}.toml", text.len()));
         std::fs::write(&p, text).unwrap();
         Machine::load(&p)
     }
@@ -555,16 +556,16 @@ mod tests {
     #[test]
     fn builds_device_and_numa_arguments() {
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/default.toml")).unwrap();
-        let a = m.qemu_args("/dev/shm/x").join(" ");
+        let a = m.qemu_args(&|n| format!("/dev/shm/x-{n}")).join(" ");
         assert!(a.contains("-bios /usr/share/qemu/bios-microvm.bin"));
         assert!(a.contains("virtio-iommu-pci"));
         assert!(a.contains("mem-path=/dev/shm/x-0-dev0,size=67108864"), "{a}");
         assert!(a.contains("iommu_platform=on"));
         assert!(a.contains("-m 512M,maxmem=544M"), "{a}");
         assert!(a.contains("virtio-mem-pci,memdev=hot0,requested-size=33554432"), "{a}");
-        assert!(m.shm_files("/x").contains(&("/x-0-dev0-hot".to_string(), 32 << 20)));
+        assert!(m.shm_files().contains(&("0-dev0-hot".to_string(), 32 << 20)));
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/numa2.toml")).unwrap();
-        let a = m.qemu_args("/dev/shm/x").join(" ");
+        let a = m.qemu_args(&|n| format!("/dev/shm/x-{n}")).join(" ");
         assert!(a.contains("q35,hmat=on"));
         assert!(a.contains("-m 512M"));
         assert!(a.contains("node,nodeid=1,memdev=numa1,cpus=1,initiator=1"));
@@ -595,34 +596,33 @@ mod tests {
     #[test]
     fn every_device_has_its_own_backing_files() {
         // Built directly (validation would refuse the duplicate name): the files must differ
-        // per device even so, and per launch prefix.
+        // per device even so (per launch, tempfile's random names differ: crate::qemu's tests).
         let text = "description = \"x\"\ncpus = 1\nmemory = \"512M\"\n\
                     [[device]]\nname = \"a\"\nmemory = \"4M\"\nhotplug = \"2M\"\n\
                     [[device]]\nname = \"a\"\nmemory = \"4M\"\nhotplug = \"2M\"\n";
         let m: Machine = toml::from_str(text).unwrap();
-        let files = m.shm_files("/dev/shm/p");
+        let files = m.shm_files();
         assert_eq!(files.len(), 4);
         let mut paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), 4, "{files:?}");
-        let a = m.qemu_args("/dev/shm/p").join(" ");
+        let a = m.qemu_args(&|n| format!("/dev/shm/p-{n}")).join(" ");
         for (p, _) in &files {
-            assert_eq!(a.matches(&format!("mem-path={p},")).count(), 1, "{p} in {a}");
+            assert_eq!(a.matches(&format!("mem-path=/dev/shm/p-{p},")).count(), 1, "{p} in {a}");
         }
-        assert!(m.shm_files("/dev/shm/q").iter().all(|(p, _)| !paths.contains(&p.as_str())));
     }
 
     #[test]
     fn microvm_machines_have_no_pci_and_say_whether_they_have_acpi() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu");
         let m = Machine::load(&dir.join("microvm.toml")).unwrap();
-        let a = m.qemu_args("/dev/shm/x").join(" ");
+        let a = m.qemu_args(&|n| format!("/dev/shm/x-{n}")).join(" ");
         assert!(a.contains("-machine microvm,acpi=on,pit=on,"), "{a}");
         assert!(a.contains("pcie=off"), "{a}");
         assert!(!a.contains("pci,") && !a.contains("-device"), "{a}");
         let m = Machine::load(&dir.join("microvm-noacpi.toml")).unwrap();
-        let a = m.qemu_args("/x").join(" ");
+        let a = m.qemu_args(&|n| format!("/x-{n}")).join(" ");
         assert!(a.contains("-machine microvm,acpi=off,"), "{a}");
         assert!(a.contains("auto-kernel-cmdline=on") && a.contains("-device virtio-rng-device"), "{a}");
         let e = load_str("description = \"x\"\ncpus = 1\nvirtio_rng = true\nmemory = \"512M\"\n").unwrap_err();

@@ -386,20 +386,14 @@ mod tests {
             format!(r#"@@PROFILE {{"cpu":0,"n":4,"user":false,"pcs":"{:x}"}}"#, addr + 1),
             r#"@@PROFILE {"done":true,"cpus":1,"lost":0}"#.into(),
         ];
-        let dir = tempdir();
-        let w = report(&dir, "unit", &exe, &lines).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let w = report(dir, "unit", &exe, &lines).unwrap();
         assert!(w.top[0].0.ends_with("report_writes_the_files_with_real_symbols"), "{:?}", w.top);
         let folded = std::fs::read_to_string(w.dir.join("stacks.folded")).unwrap();
         assert!(folded.trim_end().ends_with("report_writes_the_files_with_real_symbols 4"), "{folded}");
         let svg = std::fs::read_to_string(w.dir.join("flamegraph.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("report_writes_the_files_with_real_symbols"));
-        assert!(report(&dir, "unit", &exe, &lines[..2]).unwrap_err().contains("no complete profile"));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-profile-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        assert!(report(dir, "unit", &exe, &lines[..2]).unwrap_err().contains("no complete profile"));
     }
 }

@@ -1,7 +1,7 @@
 //! Running QEMU: one guest boot from launch to decoded exit.
 //!
-//! Owns the device memory files in `/dev/shm` (created exclusively, mode 0600, under names
-//! with 64 random bits; unlinked as soon as QEMU holds them, at its first output line, and in
+//! Owns the device memory files in `/dev/shm` (made by tempfile: created exclusively, mode
+//! 0600, under names with 95 random bits; unlinked as soon as QEMU holds them, at its first output line, and in
 //! any case when the run ends, however it ends: a timeout, an error, Ctrl-C or SIGTERM), the
 //! QEMU command line beyond the machine's own arguments, the timeout (QEMU is killed when it
 //! passes, and dies with the xtask through `PR_SET_PDEATHSIG`), the stop on Ctrl-C or SIGTERM
@@ -145,15 +145,15 @@ pub struct Run {
     pub ready_at: Option<Duration>,
 }
 
-/// Removes the device memory files when dropped.
-struct ShmFiles(Vec<String>);
+/// The device memory files, removed when dropped (or at [`ShmFiles::unlink`]).
+struct ShmFiles(Vec<tempfile::TempPath>);
 
 impl ShmFiles {
     /// Unlinks the files now (QEMU keeps its open descriptors and mappings): once QEMU holds
     /// them nobody else can open the guest's device memory by name.
     fn unlink(&mut self) {
         for f in self.0.drain(..) {
-            let _ = std::fs::remove_file(f);
+            let _ = f.close();
         }
     }
 }
@@ -164,28 +164,35 @@ impl Drop for ShmFiles {
     }
 }
 
-/// A launch's device-memory file prefix under `/dev/shm`: the process, the launch number and 64
-/// random bits, so no other local user can guess (and plant) the names in advance.
-fn shm_prefix(launch: u64) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS's random source once per process and then per instance.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(launch);
-    format!("/dev/shm/hmmk-{}-{launch}-{:016x}", std::process::id(), h.finish())
-}
+/// Where the device memory files are made.
+const SHM_DIR: &str = "/dev/shm";
 
-/// Creates one device-memory file: exclusively (a file already there, planted or stale, is an
-/// error, never followed or reused) and readable by this user only.
-fn create_device_file(path: &str, size: u64) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("creating device memory {path}: {e} (a file of that name must not exist)"))?;
-    f.set_len(size).map_err(|e| format!("sizing device memory {path}: {e}"))
+/// How many random characters (of 62) a device-memory file's name has: 95 bits.
+const NAME_RANDOM: usize = 16;
+
+/// Creates one device-memory file in `dir` through tempfile: `hmmk-`, `random` random
+/// characters, then `-NAME` (the machine's name for it, [`Machine::shm_files`]); exclusively
+/// (`O_EXCL`: a file or symlink already at a name, planted or stale, is never followed or
+/// reused: tempfile tries another name, or with no random characters fails), readable by this
+/// user only, and `size` bytes long. It is removed when the returned path is dropped.
+fn create_device_file(dir: &Path, name: &str, size: u64, random: usize) -> Result<tempfile::TempPath> {
+    use std::os::unix::fs::PermissionsExt;
+    // tempfile's names come from fastrand's thread-local generator, which seeds itself from the
+    // time and thread; seeded here from the OS so that no other local user can guess (and plant)
+    // the names in advance.
+    if let Ok(seed) = getrandom::u64() {
+        fastrand::seed(seed);
+    }
+    let suffix = format!("-{name}");
+    let f = tempfile::Builder::new()
+        .prefix("hmmk-")
+        .suffix(&suffix)
+        .rand_bytes(random)
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| format!("creating device memory {name} in {}: {e}", dir.display()))?;
+    f.as_file().set_len(size).map_err(|e| format!("sizing device memory {}: {e}", f.path().display()))?;
+    Ok(f.into_temp_path())
 }
 
 /// What the terminal shows of a guest line: nothing for a machine-readable line, a short
@@ -294,6 +301,15 @@ pub enum Boot<'a> {
     },
 }
 
+/// QEMU's arguments for `--gdb`: the gdb stub on localhost only, as [`gdb_message`] says (`-s`
+/// listens on every interface), and the guest stopped before its first instruction.
+pub const GDB_ARGS: [&str; 3] = ["-gdb", "tcp:127.0.0.1:1234", "-S"];
+
+/// What `--gdb` tells the user: where the stub listens and how to attach to it.
+pub fn gdb_message(kernel: &Path) -> String {
+    format!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", kernel.display())
+}
+
 /// Boots `l` in QEMU, with its device memory files created (and removed after), under the
 /// timeout, and collects the guest's lines. Ctrl-C or SIGTERM kills QEMU and returns an error
 /// ([`crate::interrupt::requested`] then says which signal).
@@ -304,19 +320,17 @@ pub fn run_qemu(l: &Launch<'_>) -> Result<Run> {
 
 /// [`run_qemu`] with `program` as QEMU, stopping when `stop` says so.
 fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Result<Run> {
-    // Unique per launch: experiments run several guests at once from one process, and guests
-    // sharing device memory files would overwrite each other's device memory.
-    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let shm_prefix = shm_prefix(n);
-    let files = l.machine.shm_files(&shm_prefix);
+    // Each file has its own random name, so experiments running several guests at once from
+    // one process never share (and overwrite each other's) device memory.
     let mut guard = ShmFiles(Vec::new());
-    for (path, size) in &files {
-        create_device_file(path, *size)?;
-        guard.0.push(path.clone());
+    let mut paths = std::collections::HashMap::new();
+    for (name, size) in l.machine.shm_files() {
+        let file = create_device_file(Path::new(SHM_DIR), &name, size, NAME_RANDOM)?;
+        paths.insert(name, file.display().to_string());
+        guard.0.push(file);
     }
     let mut cmd = Command::new(program);
-    let mut machine_args = l.machine.qemu_args(&shm_prefix);
+    let mut machine_args = l.machine.qemu_args(&|name| paths[name].clone());
     match l.boot {
         Boot::Pvh => {
             cmd.args(machine_args)
@@ -344,9 +358,8 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if l.gdb {
-        // Localhost only, as the message says (`-s` listens on every interface).
-        cmd.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
-        eprintln!("xtask: QEMU waits for gdb on localhost:1234 (gdb {} -ex 'target remote :1234')", l.kernel.display());
+        cmd.args(GDB_ARGS);
+        eprintln!("{}", gdb_message(l.kernel));
     }
     {
         use std::os::unix::process::CommandExt;
@@ -464,23 +477,25 @@ mod tests {
     #[test]
     fn device_memory_files_are_private_exclusive_and_unguessable() {
         use std::os::unix::fs::PermissionsExt;
-        let (a, b) = (shm_prefix(7), shm_prefix(7));
-        assert_ne!(a, b, "two launches' names must differ even with the same launch number");
-        let dir = std::env::temp_dir().join(format!("xtask-shm-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("dev0").display().to_string();
-        let _ = std::fs::remove_file(&path);
-        create_device_file(&path, 1 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            create_device_file(dir.path(), "0-dev0", 4096, NAME_RANDOM).unwrap(),
+            create_device_file(dir.path(), "0-dev0", 4096, NAME_RANDOM).unwrap(),
+        );
+        assert_ne!(a.to_path_buf(), b.to_path_buf(), "two launches' names must differ for the same device");
+        let path = create_device_file(dir.path(), "dev0", 1 << 20, 0).unwrap();
+        assert_eq!(path.to_path_buf(), dir.path().join("hmmk--dev0"));
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 1 << 20);
         // A file already there (planted, or left behind) is refused, not reused.
-        let e = create_device_file(&path, 1 << 20).unwrap_err();
-        assert!(e.contains("must not exist"), "{e}");
-        let mut g = ShmFiles(vec![path.clone()]);
+        let e = create_device_file(dir.path(), "dev0", 1 << 20, 0).unwrap_err();
+        assert!(e.contains("creating device memory dev0") && e.contains("exists"), "{e}");
+        let kept = path.to_path_buf();
+        let mut g = ShmFiles(vec![path, a, b]);
         g.unlink();
-        assert!(!Path::new(&path).exists());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!kept.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "every file unlinked");
     }
 
     /// A guest that keeps finishing points is not killed: each point's line starts the timeout

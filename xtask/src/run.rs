@@ -259,13 +259,21 @@ pub fn machine_file(l: &Loaded) -> String {
     l.exp.machine.as_ref().map_or_else(|| "qemu/default.toml".to_string(), |m| m.get_ref().clone())
 }
 
-/// Writes `data` to `dir/name` through a temporary file and a rename, so a reader (or a kill)
-/// never sees half a file.
+/// Writes `data` to `dir/name` through a temporary file (tempfile's, `.NAME.` and random
+/// characters, with the mode `std::fs::write` gives) and a rename, so a reader (or a kill) never
+/// sees half a file; a failed write leaves no temporary file behind.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::write(&tmp, data).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))
+    let prefix = format!(".{name}.");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tmp.write_all(data).map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
+    tmp.persist(&path).map(drop).map_err(|e| format!("renaming {} to {}: {e}", e.file.path().display(), path.display()))
 }
 
 /// Makes a new run folder under `base` (`target/experiments/NAME`), named by the date (with a
@@ -278,11 +286,14 @@ pub fn new_dir(base: &Path, secs: u64) -> Result<PathBuf> {
         let dir = base.join(&id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {
-                let tmp = base.join(format!(".{LATEST}.tmp-{}", std::process::id()));
-                let _ = std::fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(&id, &tmp)
-                    .and_then(|()| std::fs::rename(&tmp, base.join(LATEST)))
-                    .map_err(|e| format!("pointing {} at {id}: {e}", base.join(LATEST).display()))?;
+                // The new link under a name of tempfile's, then renamed over the old one.
+                let latest = base.join(LATEST);
+                let prefix = format!(".{LATEST}.");
+                tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .make_in(base, |tmp| std::os::unix::fs::symlink(&id, tmp))
+                    .and_then(|tmp| tmp.persist(&latest).map_err(|e| e.error))
+                    .map_err(|e| format!("pointing {} at {id}: {e}", latest.display()))?;
                 return Ok(dir);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -1,7 +1,7 @@
 //! Sweeps on a Slurm cluster: the job scripts, their submission and the wait for them.
 //!
-//! `cargo xtask experiment FILE --slurm [--partition P] [--tasks N] [--wait]` hands a sweep to
-//! Slurm as two jobs:
+//! `cargo xtask experiment FILE --slurm [--partition P] [--tasks N] [--wait] [--kernel ELF]` hands
+//! a sweep to Slurm as two jobs:
 //!
 //! - a job array of N tasks (`sbatch --array=0-(N-1)`), task i running shard i/N of the points
 //!   (`cargo xtask experiment FILE --shard i/N`) into the run folder, and
@@ -629,33 +629,77 @@ impl SlurmArgs {
 /// `cargo xtask experiment FILE --slurm`: makes the run folder of the experiment `l` (loaded
 /// from `file`) and hands its points to Slurm, `o.tasks` shards each running `--jobs jobs`
 /// points at a time (default 1) on as many CPUs, with the per-boot `timeout`. For a sweep in QEMU
-/// the kernel is built first, so that each shard's build is only cargo's up-to-date check.
+/// the kernel is built first, so that each shard's build is only cargo's up-to-date check; with
+/// `kernel` (`--kernel ELF`) nothing is built and every shard boots that ELF.
 pub fn submit_experiment(
     l: &crate::experiment::Loaded,
     file: &Path,
     host: bool,
     jobs: Option<usize>,
     timeout: u64,
+    kernel: Option<&Path>,
     o: &Options,
 ) -> Result<u8, String> {
     use crate::run::{Invocation, Run};
-    if !host {
-        crate::setup::ensure_prerequisites(l.machine.firmware == "qboot")?;
-        crate::setup::build_kernel(crate::setup::Profile::Release)?;
-    }
+    let kernel = match ShardKernel::of(host, kernel)? {
+        ShardKernel::Build => {
+            crate::setup::ensure_prerequisites(l.machine.firmware == "qboot")?;
+            crate::setup::build_kernel(crate::setup::Profile::Release)?;
+            None
+        }
+        ShardKernel::Given(k) => Some(k),
+        ShardKernel::Host => None,
+    };
     let root = crate::root();
     let base = crate::experiment::out_dir(root, l);
     let dir = Run::create(&base, root, file, l, Invocation::now("slurm", root, None), host)?.dir;
     let cpus = u32::try_from(jobs.unwrap_or(1)).unwrap_or(u32::MAX);
-    let d = dir.display().to_string();
-    let mut shard_args: Vec<String> =
-        ["experiment", "--resume", &d, "--shard", SHARD, "--jobs", &cpus.to_string()].map(String::from).to_vec();
-    if !host {
-        // The xtask's timeout per guest boot (not an option of --host runs).
-        shard_args.extend(["--timeout".to_string(), timeout.to_string()]);
-    }
-    let merge_args = ["experiment", "merge", &d].map(String::from).to_vec();
+    let shard_args = shard_args(&dir, cpus, (!host).then_some(timeout), kernel.as_deref());
+    let merge_args = ["experiment", "merge", &dir.display().to_string()].map(String::from).to_vec();
     hand_over(l.exp.name.get_ref(), l.points.len(), &dir, shard_args, merge_args, cpus, o)
+}
+
+/// The kernel a `--slurm` sweep's shards boot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardKernel {
+    /// None: the points run on the host (`--host`).
+    Host,
+    /// The checkout's release build, built before the submission (each shard's build is then
+    /// only cargo's up-to-date check).
+    Build,
+    /// This ELF (`--kernel`), absolute; nothing is built.
+    Given(PathBuf),
+}
+
+impl ShardKernel {
+    /// For a sweep on the host or not, with `--kernel` or not. The given path is made absolute
+    /// against the current directory: the shards start in the checkout's root.
+    pub fn of(host: bool, kernel: Option<&Path>) -> Result<Self, String> {
+        match (host, kernel) {
+            (true, _) => Ok(Self::Host),
+            (false, None) => Ok(Self::Build),
+            (false, Some(k)) => {
+                std::path::absolute(k).map(Self::Given).map_err(|e| format!("--kernel {}: {e}", k.display()))
+            }
+        }
+    }
+}
+
+/// A shard's arguments to the xtask: resume the run folder `dir` as shard [`SHARD`], `cpus`
+/// points at a time; in QEMU guests, `timeout` (the xtask's per-boot timeout, not an option of
+/// `--host` runs) and `kernel`, the ELF to boot (absolute: the shards start in the checkout's
+/// root) instead of the checkout's build.
+pub fn shard_args(dir: &Path, cpus: u32, timeout: Option<u64>, kernel: Option<&Path>) -> Vec<String> {
+    let d = dir.display().to_string();
+    let mut a: Vec<String> =
+        ["experiment", "--resume", &d, "--shard", SHARD, "--jobs", &cpus.to_string()].map(String::from).to_vec();
+    if let Some(t) = timeout {
+        a.extend(["--timeout".to_string(), t.to_string()]);
+    }
+    if let Some(k) = kernel {
+        a.extend(["--kernel".to_string(), k.display().to_string()]);
+    }
+    a
 }
 
 /// Writes and submits the sweep of `points` points named `name` into the run folder `run_dir`

@@ -110,15 +110,12 @@ pub fn found() -> Option<&'static Path> {
 mod tests {
     use super::*;
 
-    /// A directory tree under the temp dir, removed when dropped.
+    /// A directory tree under the temp dir (made by tempfile), removed when dropped.
     struct Tree(PathBuf);
 
     impl Tree {
         fn new(name: &str) -> Self {
-            let d = std::env::temp_dir().join(format!("xtask-ws-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            Self(d)
+            Self(tempfile::Builder::new().prefix(&format!("xtask-ws-{name}-")).tempdir().unwrap().keep())
         }
         fn file(&self, rel: &str, text: &str) -> &Self {
             let p = self.0.join(rel);

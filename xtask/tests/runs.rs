@@ -1,6 +1,6 @@
-//! The xtask binary end to end, on the host (`--host`, no QEMU): a run stopped by SIGTERM keeps
-//! its finished points and a resume ends with the results a run without a stop gives; the
-//! shards of a run merged give the results of the whole run. Results are compared in
+//! The xtask binary end to end, on the host (`--host`, no QEMU): a run stopped by SIGTERM (or
+//! by Ctrl-C's SIGINT) keeps its finished points and a resume ends with the results a run
+//! without a stop gives; the shards of a run merged give the results of the whole run. Results are compared in
 //! everything but the measured time of the mechanism (`mechanism_ms`, the summary's `mech ms`),
 //! which is the host's, not a result.
 //!
@@ -26,19 +26,19 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
-/// An experiment file named `name` with the text of `text` otherwise, and its runs' folder.
-fn experiment(name: &str, text: &str) -> (PathBuf, PathBuf) {
+/// An experiment file named `name` with the text of `text` otherwise (in a temporary folder,
+/// removed when the first value is dropped), and its runs' folder.
+fn experiment(name: &str, text: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let base = root().join("target/experiments").join(name);
     let _ = std::fs::remove_dir_all(&base);
-    // Per process: two checkouts testing at once must not share the file.
-    let dir = std::env::temp_dir().join(format!("{name}-{}-file", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("experiment.toml");
+    // Its own folder: two checkouts testing at once must not share the file.
+    let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
+    let file = dir.path().join("experiment.toml");
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let i = lines.iter().position(|l| l.starts_with("name = ")).unwrap();
     lines[i] = format!("name = \"{name}\"");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    (file, base)
+    (dir, file, base)
 }
 
 /// The run folder `latest` names.
@@ -121,7 +121,7 @@ oversubscription = [1.0, 1.5]
 
 #[test]
 fn a_run_stopped_by_sigterm_keeps_its_points_and_a_resume_finishes_it_the_same() {
-    let (file, base) = experiment("xtask-test-resume", SMALL);
+    let (_file_dir, file, base) = experiment("xtask-test-resume", SMALL);
     let f = file.to_str().unwrap();
     let whole = xtask(&["experiment", f, "--host", "--jobs", "1"], &[]);
     assert!(whole.status.success());
@@ -162,13 +162,30 @@ fn a_run_stopped_by_sigterm_keeps_its_points_and_a_resume_finishes_it_the_same()
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not the experiment"));
     let _ = std::fs::remove_dir_all(&base);
-    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[test]
+fn ctrl_c_keeps_the_finished_points_and_says_how_to_resume() {
+    let (_file_dir, file, base) = experiment("xtask-test-ctrl-c", SMALL);
+    let f = file.to_str().unwrap();
+    // SIGINT, as Ctrl-C sends, after the second point.
+    let stopped = xtask(&["experiment", f, "--host", "--jobs", "1"], &[("XTASK_TEST_SIGINT_AFTER", "2")]);
+    assert_eq!(stopped.status.code(), Some(128 + 2), "SIGINT's status");
+    let out = String::from_utf8_lossy(&stopped.stdout);
+    assert!(out.contains("interrupted by SIGINT (Ctrl-C): 2 of 8 points finished"), "{out}");
+    assert!(out.contains("resume with: cargo xtask experiment --resume xtask-test-ctrl-c/"), "{out}");
+    let dir = latest(&base);
+    assert_eq!(lines(&dir.join("points.jsonl")), 2);
+    let partial = csv_without_time(&dir);
+    let error = partial[0].iter().position(|h| h == "error").unwrap();
+    assert_eq!(partial[1..].iter().filter(|r| r[error].is_empty()).count(), 2, "{partial:?}");
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]
 fn the_shards_of_the_default_experiment_merged_equal_a_whole_run() {
     let text = std::fs::read_to_string(root().join("experiments/default.toml")).unwrap();
-    let (file, base) = experiment("xtask-test-shards", &text);
+    let (_file_dir, file, base) = experiment("xtask-test-shards", &text);
     let f = file.to_str().unwrap();
     let whole = xtask(&["experiment", f, "--host"], &[]);
     assert!(whole.status.success());
@@ -195,5 +212,4 @@ fn the_shards_of_the_default_experiment_merged_equal_a_whole_run() {
     assert_eq!(names, ["plot-bfs-mech.svg", "plot-bfs.svg", "plot-stream-mech.svg", "plot-stream.svg"]);
     assert_eq!(p, plots(&whole_dir));
     let _ = std::fs::remove_dir_all(&base);
-    let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }

@@ -35,6 +35,7 @@ use crate::setup::{Profile, build_kernel, ensure_prerequisites};
 use crate::{Result, root};
 use boot::protocol::Tag;
 use hmm::place::spec::Point;
+use progress::Progress;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,13 +50,18 @@ pub struct Ran {
     pub interrupted: Option<i32>,
 }
 
-/// The test hook of the end-to-end tests: after this many points are recorded, the xtask
-/// sends itself SIGTERM (as `kill` would), so a test stops a run at a known point without
-/// depending on timing. Unset in normal use.
+/// The test hooks of the end-to-end tests: after this many points are recorded, the xtask
+/// sends itself SIGTERM (as `kill` would) or SIGINT (as Ctrl-C would), so a test stops a run at
+/// a known point without depending on timing. Unset in normal use.
 const STOP_AFTER_ENV: &str = "XTASK_TEST_SIGTERM_AFTER";
+const INT_AFTER_ENV: &str = "XTASK_TEST_SIGINT_AFTER";
 
-fn stop_after() -> Option<usize> {
-    std::env::var(STOP_AFTER_ENV).ok().and_then(|v| v.parse().ok())
+/// The test hook's point count and signal, if one is set.
+fn stop_after() -> Option<(usize, i32)> {
+    let after = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    after(STOP_AFTER_ENV)
+        .map(|n| (n, signal_hook::consts::SIGTERM))
+        .or_else(|| after(INT_AFTER_ENV).map(|n| (n, signal_hook::consts::SIGINT)))
 }
 
 /// The kernel a run's guests boot.
@@ -108,27 +114,23 @@ pub fn execute(
     kernel: &Kernel,
 ) -> Result<Ran> {
     interrupt::install();
-    let total = todo.len();
-    let done = AtomicUsize::new(0);
+    let progress = Progress::new(todo.len());
     let recorded = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::<String>::new());
     let stop_after = stop_after();
-    let progress = |n: usize| {
-        let width = 30;
-        let filled = n.min(total) * width / total.max(1);
-        eprint!("\r  [{}{}] {n}/{total} points", "#".repeat(filled), ".".repeat(width - filled));
-        if n == total {
-            eprintln!();
-        }
-    };
     let keep = |r: Record| {
+        if r.result.get("error").is_some() {
+            progress.failed();
+        }
         if let Err(e) = run.record(&r) {
             failures.lock().unwrap().push(e);
         }
         let n = recorded.fetch_add(1, Ordering::SeqCst) + 1;
-        if stop_after == Some(n) {
+        if let Some((at, sig)) = stop_after
+            && at == n
+        {
             // Delivered to this thread before raise returns: the handler has run.
-            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+            let _ = signal_hook::low_level::raise(sig);
         }
     };
     let stopped = || interrupt::requested().is_some();
@@ -146,7 +148,7 @@ pub fn execute(
                             Err(e) => (serde_json::json!({ "id": p.id, "error": e }), Vec::new()),
                         };
                         keep(Record { id: p.id, result, trace });
-                        progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                        progress.point();
                     }
                 });
             }
@@ -162,7 +164,7 @@ pub fn execute(
         let jobs = jobs.max(1).min(chunks.len());
         let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
         let boots = AtomicUsize::new(0);
-        progress(0);
+        progress.start();
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 s.spawn(|| {
@@ -211,7 +213,7 @@ pub fn execute(
                                     g.0.insert(id as u32, j);
                                     record_kept(&g.0, &g.1);
                                     counted.fetch_add(1, Ordering::SeqCst);
-                                    progress(done.fetch_add(1, Ordering::SeqCst) + 1);
+                                    progress.point();
                                 }
                                 _ => {}
                             }
@@ -247,18 +249,17 @@ pub fn execute(
                                     if let Err(e) = std::fs::write(&log, qemu.lines.join("\n") + "\n") {
                                         failures.lock().unwrap().push(format!("writing {}: {e}", log.display()));
                                     } else {
-                                        eprintln!(
-                                            "\n  a point of boot {b} failed: its guest's log is {}",
+                                        progress.note(&format!(
+                                            "  a point of boot {b} failed: its guest's log is {}",
                                             log.display()
-                                        );
+                                        ));
                                     }
                                 }
                                 let sorted = experiment::sort_boot(&ids, &all, note.as_deref());
                                 if let Some((rest, why)) = sorted.rerun {
                                     // The progress bar counted the discarded results once.
-                                    let discarded = counted.load(Ordering::SeqCst).saturating_sub(sorted.keep.len());
-                                    done.fetch_sub(discarded.min(done.load(Ordering::SeqCst)), Ordering::SeqCst);
-                                    eprintln!("\n  {why}; rerunning {} points", rest.len());
+                                    progress.discard(counted.load(Ordering::SeqCst).saturating_sub(sorted.keep.len()));
+                                    progress.note(&format!("  {why}; rerunning {} points", rest.len()));
                                     next = Some((
                                         batch.iter().copied().filter(|p| rest.contains(&p.id)).collect(),
                                         Some(why),
@@ -275,6 +276,10 @@ pub fn execute(
                                         result: serde_json::json!({ "id": p.id, "error": error }),
                                         trace: Vec::new(),
                                     });
+                                    // No result line: not counted yet.
+                                    if !got.lock().unwrap().0.contains_key(&p.id) {
+                                        progress.point();
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -285,6 +290,10 @@ pub fn execute(
                                         result: serde_json::json!({ "id": p.id, "error": error }),
                                         trace: Vec::new(),
                                     });
+                                    // Counted already if its result line arrived.
+                                    if !got.lock().unwrap().0.contains_key(&p.id) {
+                                        progress.point();
+                                    }
                                 }
                             }
                         }
@@ -292,10 +301,8 @@ pub fn execute(
                 });
             }
         });
-        if done.load(Ordering::SeqCst) < total {
-            eprintln!();
-        }
     }
+    progress.end();
     if let Some(e) = failures.into_inner().unwrap().first() {
         return Err(e.clone());
     }
@@ -365,8 +372,8 @@ pub fn report_experiment(
         &format!("{summary}{comparisons}{}", reproduction.as_ref().map_or(String::new(), |r| format!("\n{r}"))),
     )?;
     println!("\n== experiment {}: {} ==", l.exp.name.get_ref(), l.exp.description);
-    println!("{summary}");
-    print!("{comparisons}");
+    println!("{}", experiment::summary_terminal(l, results));
+    print!("{}", experiment::comparisons_terminal(l, results));
     let failed = results.values().filter(|r| r.get("error").is_some()).count();
     let missing = l.points.iter().filter(|p| !results.contains_key(&p.id)).count();
     let sim_vs_wall: f64 = results.values().filter_map(|r| r["mechanism_ns"].as_f64()).sum::<f64>() / 1e9;
@@ -433,8 +440,8 @@ pub struct Args {
     /// Kill a guest that finishes no point for SECS seconds (the xtask's own timeout; each point's result starts it again; not with --host).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>, conflicts_with = "host")]
     timeout: u64,
-    /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); not with --host.
-    #[arg(long, value_name = "ELF", conflicts_with_all = ["host", "slurm"])]
+    /// Boot this kernel ELF instead of building one from the checkout (a kernel built elsewhere, or an older build to compare against); with --slurm every shard boots it; not with --host.
+    #[arg(long, value_name = "ELF", conflicts_with = "host")]
     kernel: Option<PathBuf>,
     /// `--slurm` and its options: the sweep handed to Slurm (`crate::slurm`).
     #[command(flatten)]
@@ -497,7 +504,7 @@ fn run_new(a: &Args, file: &Path) -> Result<u8> {
         ));
     }
     if let Some(o) = a.slurm.options() {
-        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, &o);
+        return crate::slurm::submit_experiment(&l, file, a.host, a.jobs, a.timeout, a.kernel.as_deref(), &o);
     }
     if a.check || a.list {
         print!("{}", experiment::plan::check(&l, file, root(), a.host, a.jobs()));
@@ -626,6 +633,8 @@ fn merge(arg: &str) -> Result<u8> {
     }
     Ok(if ok { 0 } else { 1 })
 }
+
+mod progress;
 
 #[cfg(test)]
 mod args_tests;

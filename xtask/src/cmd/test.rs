@@ -101,6 +101,16 @@ impl Tally {
 
 /// Runs the in-kernel suite, booting again after a crash or hang to continue with the next
 /// test.
+/// The kernel command line of the in-kernel suite from test `from`, only the tests whose names
+/// contain `filter` (the kernel's `ktest.filter`).
+fn suite_cmdline(from: usize, filter: Option<&str>) -> String {
+    let mut cmdline = format!("log=warn ktest.from={from}");
+    if let Some(f) = filter {
+        cmdline.push_str(&format!(" ktest.filter={f}"));
+    }
+    cmdline
+}
+
 fn kernel_suite(
     kernel: &Path,
     machine: &Machine,
@@ -111,10 +121,7 @@ fn kernel_suite(
 ) -> Result<()> {
     let mut from = 0usize;
     loop {
-        let mut cmdline = format!("log=warn ktest.from={from}");
-        if let Some(f) = filter {
-            cmdline.push_str(&format!(" ktest.filter={f}"));
-        }
+        let cmdline = suite_cmdline(from, filter);
         let run = run_qemu(&Launch::new(kernel, machine, cmdline, secs(240, floor)))?;
         let Suite { last_started, finished } = read_suite(&run.lines, label, tally);
         match (&run.outcome, finished) {
@@ -487,6 +494,41 @@ fn slurm_checks(only: &str, tally: &mut Tally) {
     }
 }
 
+/// cargo's arguments for the host tests: `cargo test FILTER` runs only the tests whose names
+/// contain FILTER.
+fn host_test_args(filter: Option<&str>) -> Vec<&str> {
+    ["test", "--quiet"].into_iter().chain(filter).collect()
+}
+
+/// What `cargo xtask test` runs after the host tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Selection<'f> {
+    /// No filter: every suite and check.
+    Everything,
+    /// A filter starting `boot::microvm` or `boot::grub`: those boots whose names contain it
+    /// (they are not in-kernel tests).
+    Boots(&'f str),
+    /// The start of a host-driven experiment check's name (the NUMA, agreement and Slurm
+    /// checks): just those (the in-kernel tests have `experiment::` names too).
+    ExperimentChecks(&'f str),
+    /// Any other filter: the in-kernel tests whose names contain it (`ktest.filter`) and the
+    /// boot checks whose names contain it.
+    Kernel(&'f str),
+}
+
+/// Which tests `filter` selects.
+fn select(filter: Option<&str>) -> Selection<'_> {
+    let Some(f) = filter else { return Selection::Everything };
+    if f.starts_with("boot::microvm") || f.starts_with("boot::grub") {
+        return Selection::Boots(f);
+    }
+    let experiment = [NUMA_CHECK, AGREE_CHECK].iter().chain(&crate::slurm::check::NAMES).any(|n| n.starts_with(f));
+    if f.len() > "experiment::".len() && experiment {
+        return Selection::ExperimentChecks(f);
+    }
+    Selection::Kernel(f)
+}
+
 /// `cargo test [FILTER]` over the host-testable crates, its counts added to the tally.
 fn host_tests(filter: Option<&str>, tally: &mut Tally) -> Result<()> {
     match filter {
@@ -495,8 +537,7 @@ fn host_tests(filter: Option<&str>, tally: &mut Tally) -> Result<()> {
     }
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
-        .args(["test", "--quiet"])
-        .args(filter)
+        .args(host_test_args(filter))
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("running cargo test: {e}"))?;
@@ -554,32 +595,27 @@ pub fn cmd(o: &Args) -> Result<u8> {
     if !o.skip_host {
         host_tests(filter, &mut tally)?;
     }
-    if let Some(f) = filter.filter(|f| f.starts_with("boot::microvm") || f.starts_with("boot::grub")) {
-        // The microvm and GRUB boots by name: not in-kernel tests.
-        microvm_checks(Some(f), floor, &mut tally)?;
-        grub_checks(&machine, Some(f), floor, &mut tally)?;
-        return finish(&tally, filter);
-    }
-    // The host-driven experiment checks by name (a filter that starts one of their names; the
-    // in-kernel tests have `experiment::` names too).
-    if let Some(f) = filter.filter(|f| {
-        f.len() > "experiment::".len()
-            && (NUMA_CHECK.starts_with(*f)
-                || AGREE_CHECK.starts_with(*f)
-                || crate::slurm::check::NAMES.iter().any(|n| n.starts_with(*f)))
-    }) {
-        if NUMA_CHECK.starts_with(f) {
-            numa_experiment_check(floor, &mut tally)?;
+    match select(filter) {
+        Selection::Boots(f) => {
+            microvm_checks(Some(f), floor, &mut tally)?;
+            grub_checks(&machine, Some(f), floor, &mut tally)?;
+            return finish(&tally, filter);
         }
-        if AGREE_CHECK.starts_with(f) {
-            host_and_guest_agree_check(floor, &mut tally)?;
+        Selection::ExperimentChecks(f) => {
+            if NUMA_CHECK.starts_with(f) {
+                numa_experiment_check(floor, &mut tally)?;
+            }
+            if AGREE_CHECK.starts_with(f) {
+                host_and_guest_agree_check(floor, &mut tally)?;
+            }
+            slurm_checks(f, &mut tally);
+            return finish(&tally, filter);
         }
-        slurm_checks(f, &mut tally);
-        return finish(&tally, filter);
+        Selection::Kernel(_) | Selection::Everything => {}
     }
     println!("\n== in-kernel tests ({}) ==", machine.description);
     let kernel = build_kernel(Profile::Ktest)?;
-    if let Some(f) = filter {
+    if let Selection::Kernel(f) = select(filter) {
         kernel_suite(&kernel, &machine, Some(f), "", floor, &mut tally)?;
         boot_checks(&kernel, &machine, Some(f), floor, &mut tally)?;
         return finish(&tally, filter);
@@ -641,6 +677,32 @@ mod tests {
         let suite = read_suite(&more, "", &mut tally);
         assert_eq!(suite, Suite { last_started: None, finished: true });
         assert_eq!(tally.failed.last().map(String::as_str), Some("faults::spin"));
+    }
+
+    /// `cargo xtask test FILTER`: the host tests get the filter (`cargo test FILTER`), the
+    /// in-kernel suite gets it as `ktest.filter`, a microvm/GRUB or experiment check's name runs
+    /// just those checks, and a filter no test matches is a failure that says so.
+    #[test]
+    fn a_filter_selects_the_host_and_in_kernel_tests_and_checks_it_names() {
+        assert_eq!(host_test_args(Some("mm::fork")), ["test", "--quiet", "mm::fork"]);
+        assert_eq!(host_test_args(None), ["test", "--quiet"]);
+        assert_eq!(suite_cmdline(3, Some("pci::")), "log=warn ktest.from=3 ktest.filter=pci::");
+        assert_eq!(suite_cmdline(0, None), "log=warn ktest.from=0");
+        assert_eq!(select(None), Selection::Everything);
+        assert_eq!(select(Some("faults::")), Selection::Kernel("faults::"));
+        assert_eq!(select(Some("boot::microvm_acpi")), Selection::Boots("boot::microvm_acpi"));
+        assert_eq!(select(Some("boot::grub")), Selection::Boots("boot::grub"));
+        // A boot check that is not a microvm/GRUB boot runs with the kernel's tests.
+        assert_eq!(select(Some("boot::panic")), Selection::Kernel("boot::panic"));
+        assert_eq!(select(Some("experiment::numa")), Selection::ExperimentChecks("experiment::numa"));
+        assert_eq!(select(Some("experiment::slurm")), Selection::ExperimentChecks("experiment::slurm"));
+        // `experiment::` alone names in-kernel tests too.
+        assert_eq!(select(Some("experiment::")), Selection::Kernel("experiment::"));
+        assert_eq!(select(Some("experiment::nosuch")), Selection::Kernel("experiment::nosuch"));
+        let e = finish(&Tally::default(), Some("nosuch")).unwrap_err();
+        assert!(e.contains("no test name contains 'nosuch'"), "{e}");
+        assert_eq!(finish(&Tally { passed: 1, ..Tally::default() }, Some("mm::fork")), Ok(0));
+        assert_eq!(finish(&Tally { failed: vec!["mm::fork".into()], ..Tally::default() }, Some("mm::fork")), Ok(1));
     }
 
     #[test]

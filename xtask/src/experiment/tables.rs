@@ -2,7 +2,8 @@
 //! oversubscription; ours beside the published numbers, and whether ours reproduce them.
 //!
 //! Owns the table format ([`TableSpec`], checked by [`check`] when the file loads), the
-//! printed tables ([`comparisons`]) and their verdicts ([`verdicts`], [`reproduction`]).
+//! printed tables (in summary.txt as fixed-width text, [`comparisons`]; on the terminal drawn by
+//! comfy-table, [`comparisons_terminal`]) and their verdicts ([`verdicts`], [`reproduction`]).
 //!
 //! **Cells.** A cell with a published value is *within 2x* when ours, set on the published
 //! value's scale, is between half and twice it (both bounds included):
@@ -481,40 +482,47 @@ pub fn reproduction(v: &[TableVerdict]) -> Option<String> {
     Some(s)
 }
 
-/// The comparison tables: ours, and the published numbers beside them with each cell's
-/// verdict; under each table its counts and the published orderings ours do not hold.
-pub fn comparisons(l: &Loaded, results: &Results) -> String {
-    let mut s = String::new();
+/// One comparison table, cut into the parts both renderings share: the text of
+/// [`comparisons`] (summary.txt) and the terminal's ([`comparisons_terminal`]).
+struct Drawn {
+    title: String,
+    /// What a cell holds (printed under the title).
+    legend: String,
+    /// The policy columns' headers.
+    columns: Vec<String>,
+    /// The ratio columns' headers (`a ÷ b`).
+    ratios: Vec<String>,
+    /// Per workload, its cells: one per policy column, then one per ratio column.
+    rows: Vec<(String, Vec<String>)>,
+    /// The verdict and the published orderings ours do not hold.
+    notes: Vec<String>,
+    /// A policy column's width in the text.
+    width: usize,
+}
+
+/// The comparison tables of `l` with `results`, in file order.
+fn drawn(l: &Loaded, results: &Results) -> Vec<Drawn> {
     let workloads = workloads(l);
+    let mut out = Vec::new();
     for t in &l.exp.tables {
-        let _ = writeln!(s, "\n{}", t.title);
         let unit = if t.normalise.is_some() { "×".to_string() } else { "ms".to_string() };
-        if t.published.is_empty() {
-            let _ = writeln!(s, "  (each cell: ours in {unit} | -, nothing published to compare)");
+        let legend = if t.published.is_empty() {
+            format!("(each cell: ours in {unit} | -, nothing published to compare)")
         } else {
             let scale = match t.reference() {
                 Some(r) => format!("ours ÷ ours[{r}] against published ÷ published[{r}]"),
                 None => "ours against published".into(),
             };
-            let _ = writeln!(
-                s,
-                "  (each cell: ours in {unit} | published in {}, then ok when {scale} is within 2x, else that ratio{})",
+            format!(
+                "(each cell: ours in {unit} | published in {}, then ok when {scale} is within 2x, else that ratio{})",
                 t.unit,
                 if t.ratios.is_empty() { "" } else { "; ratios: ours | published" }
-            );
-        }
-        let width = if t.published.is_empty() { 22 } else { 28 };
-        let _ = write!(s, "  {:<12}", "");
-        for c in &t.columns {
-            let _ = write!(s, " {:>width$}", truncate(c, width));
-        }
-        for r in &t.ratios {
-            let _ = write!(s, " {:>24}", truncate(&format!("{} ÷ {}", r[0], r[1]), 24));
-        }
-        s.push('\n');
+            )
+        };
+        let mut rows = Vec::new();
         for w in &workloads {
             let row = Row { l, results, t, w };
-            let _ = write!(s, "  {:<12}", truncate(w, 12));
+            let mut cells = Vec::new();
             for c in &t.columns {
                 let o = row
                     .ours(c)
@@ -523,23 +531,92 @@ pub fn comparisons(l: &Loaded, results: &Results) -> String {
                     .published(c)
                     .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.0}") });
                 let mark = if t.published.contains_key(w) { row.cell(c).mark() } else { String::new() };
-                let cell = if mark.is_empty() { format!("{o} | {p}") } else { format!("{o} | {p} {mark}") };
-                let _ = write!(s, " {cell:>width$}");
+                cells.push(if mark.is_empty() { format!("{o} | {p}") } else { format!("{o} | {p} {mark}") });
             }
             for r in &t.ratios {
                 let o = row.ours(&r[0]).zip(row.ours(&r[1])).map(|(a, b)| a / b);
                 let p = row.published(&r[0]).zip(row.published(&r[1])).map(|(a, b)| a / b);
                 let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
-                let _ = write!(s, " {:>24}", format!("{} | {}", f(o), f(p)));
+                cells.push(format!("{} | {}", f(o), f(p)));
+            }
+            rows.push((w.clone(), cells));
+        }
+        let mut notes = Vec::new();
+        if !t.published.is_empty() {
+            let v = verdict(l, results, t);
+            notes.push(format!("verdict: {}", v.counts()));
+            notes.extend(v.orderings.iter().filter(|o| !o.held()).map(|o| format!("not as published: {o}")));
+        }
+        out.push(Drawn {
+            title: t.title.clone(),
+            legend,
+            columns: t.columns.clone(),
+            ratios: t.ratios.iter().map(|r| format!("{} ÷ {}", r[0], r[1])).collect(),
+            rows,
+            notes,
+            width: if t.published.is_empty() { 22 } else { 28 },
+        });
+    }
+    out
+}
+
+/// The comparison tables as summary.txt holds them: ours, and the published numbers beside
+/// them with each cell's verdict, in fixed-width columns (names cut to fit); under each table
+/// its counts and the published orderings ours do not hold.
+pub fn comparisons(l: &Loaded, results: &Results) -> String {
+    let mut s = String::new();
+    for d in drawn(l, results) {
+        let width = d.width;
+        let _ = writeln!(s, "\n{}", d.title);
+        let _ = writeln!(s, "  {}", d.legend);
+        let _ = write!(s, "  {:<12}", "");
+        for c in &d.columns {
+            let _ = write!(s, " {:>width$}", truncate(c, width));
+        }
+        for r in &d.ratios {
+            let _ = write!(s, " {:>24}", truncate(r, 24));
+        }
+        s.push('\n');
+        for (w, cells) in &d.rows {
+            let _ = write!(s, "  {:<12}", truncate(w, 12));
+            for (i, cell) in cells.iter().enumerate() {
+                if i < d.columns.len() {
+                    let _ = write!(s, " {cell:>width$}");
+                } else {
+                    let _ = write!(s, " {cell:>24}");
+                }
             }
             s.push('\n');
         }
-        if !t.published.is_empty() {
-            let v = verdict(l, results, t);
-            let _ = writeln!(s, "  verdict: {}", v.counts());
-            for o in v.orderings.iter().filter(|o| !o.held()) {
-                let _ = writeln!(s, "  not as published: {o}");
-            }
+        for n in &d.notes {
+            let _ = writeln!(s, "  {n}");
+        }
+    }
+    s
+}
+
+/// The comparison tables as the terminal gets them: the same titles, cells and notes as
+/// [`comparisons`], each table drawn by comfy-table with whole names and columns as wide as
+/// their cells.
+pub fn comparisons_terminal(l: &Loaded, results: &Results) -> String {
+    let mut s = String::new();
+    for d in drawn(l, results) {
+        let _ = writeln!(s, "\n{}", d.title);
+        let _ = writeln!(s, "  {}", d.legend);
+        let mut table = comfy_table::Table::new();
+        table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+        table.set_header(std::iter::once("workload".to_string()).chain(d.columns).chain(d.ratios));
+        for (w, cells) in d.rows {
+            table.add_row(std::iter::once(w).chain(cells));
+        }
+        for c in table.column_iter_mut().skip(1) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+        for line in table.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+        for n in &d.notes {
+            let _ = writeln!(s, "  {n}");
         }
     }
     s

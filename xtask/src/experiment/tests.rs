@@ -515,3 +515,256 @@ fn tables_are_checked_when_the_file_loads() {
     let e = err(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\ntie = 5"));
     assert!(e.contains("`table[0].tie`: 5: expected 0 to 1"), "{e}");
 }
+
+/// With `repeat = 2` every point runs twice: results.csv's `repetition` column says which run a
+/// row is and `seeds` gives each workload's seed, shifted for the second repetition.
+#[test]
+fn the_csv_names_each_rows_repetition_and_its_seeds() {
+    let l = load(&SMALL.replace("mechanism = \"host\"", "mechanism = \"host\"\nrepeat = 2")).unwrap();
+    assert_eq!(l.points.len(), 16);
+    let text = csv(&l, &Results::new());
+    let mut rd = ::csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<Vec<String>> = rd.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
+    assert_eq!(rows.len(), 16);
+    let (label, rep, seeds) = (col("label"), col("repetition"), col("seeds"));
+    // The same point's two repetitions: one label but the `/rN` suffix, repetitions 0 and 1,
+    // and their seeds differ.
+    let first = rows.iter().find(|r| r[label] == "od/stream/1/r0").unwrap_or_else(|| panic!("{text}"));
+    let second = rows.iter().find(|r| r[label] == "od/stream/1/r1").unwrap();
+    assert_eq!((first[rep].as_str(), second[rep].as_str()), ("0", "1"));
+    assert!(!first[seeds].is_empty() && first[seeds] != second[seeds], "{first:?} {second:?}");
+    assert_eq!(rows.iter().filter(|r| r[rep] == "1").count(), 8);
+    // The units say what the columns hold.
+    assert!(csv_columns(&Results::new()).contains("repetition,index,"), "{}", csv_columns(&Results::new()));
+}
+
+/// The comparison tables as summary.txt holds them, byte for byte (the terminal gets them
+/// through comfy-table, `tables::comparisons_terminal`).
+#[test]
+fn the_comparison_tables_text_is_pinned() {
+    let l =
+        load(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\nratios = [[\"a\", \"b\"], [\"d\", \"c\"]]"))
+            .unwrap();
+    let mut r = synthetic(&l);
+    r.remove(&id_of(&l, "random", "b", 1.0));
+    let cmp = comparisons(&l, &r);
+    assert_eq!(cmp, PINNED);
+}
+
+/// The terminal's tables (comfy-table) hold every header and cell of the text's, whole, in
+/// their rows and columns, and the same titles, legends and notes.
+#[test]
+fn the_terminal_tables_hold_each_header_and_cell() {
+    let l =
+        load(&VERDICTS.replace("reference = \"c\"", "reference = \"c\"\nratios = [[\"a\", \"b\"], [\"d\", \"c\"]]"))
+            .unwrap();
+    let mut r = synthetic(&l);
+    r.remove(&id_of(&l, "random", "b", 1.0));
+    let term = tables::comparisons_terminal(&l, &r);
+    // A table's lines between its outer borders, cut at the column rules.
+    let rows: Vec<Vec<&str>> = term
+        .lines()
+        .filter_map(|line| line.strip_prefix("  │"))
+        .map(|line| line.trim_end_matches('│').split('┆').map(str::trim).collect())
+        .collect();
+    let row = |first: &str, n: usize| rows.iter().filter(|r| r[0] == first).nth(n).cloned().unwrap_or_default();
+    assert_eq!(row("workload", 0), ["workload", "a", "b", "c", "d", "a ÷ b", "d ÷ c"], "{term}");
+    assert_eq!(
+        row("stream", 0),
+        [
+            "stream",
+            "40.0 | 400 ok",
+            "25.0 | 100 2.50x",
+            "1.0 | 10 ref",
+            "20.0 | 103 ok",
+            "1.60 | 4.00",
+            "20.00 | 10.30"
+        ],
+        "{term}"
+    );
+    assert_eq!(
+        row("random", 0),
+        ["random", "5.0 | 50", "- | 20", "1.0 | -", "1.0 | -", "- | 2.50", "1.00 | -"],
+        "{term}"
+    );
+    assert_eq!(row("workload", 1), ["workload", "c@1.5", "a@1.5"], "{term}");
+    assert_eq!(row("stream", 1), ["stream", "4.00 | 3.00 ok", "50.00 | 100.00 ok"], "{term}");
+    assert_eq!(row("workload", 2), ["workload", "a", "b"], "{term}");
+    assert_eq!(row("random", 2), ["random", "5.0 | -", "- | -"], "{term}");
+    assert_eq!(rows.len(), 3 + 3 + 3, "a header and two rows per table: {term}");
+    // Everything around the tables is the text's.
+    let outside = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                !l.starts_with("  ") || l.starts_with("  (") || l.starts_with("  verdict") || l.starts_with("  not as")
+            })
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(outside(&term), outside(&comparisons(&l, &r)));
+    assert!(term.contains("\nabs\n  (each cell: ours in ms | published in us,"), "{term}");
+    assert!(term.contains("  not as published: random: b < a published (20.0 vs 50.0), ours missing\n"), "{term}");
+    // Names are whole on the terminal, where the text cuts them to the column.
+    let long = "a-policy-name-longer-than-a-column";
+    let named = load(
+        &VERDICTS.replace("name = \"d\"", &format!("name = \"{long}\"")).replace("\"d\"]", &format!("\"{long}\"]")),
+    )
+    .unwrap();
+    let term = tables::comparisons_terminal(&named, &synthetic(&named));
+    assert!(term.lines().any(|l| l.contains(&format!("┆ {long} │"))), "{term}");
+    assert!(comparisons(&named, &synthetic(&named)).contains(&format!(" {}…\n", &long[..27])));
+}
+
+/// [`the_comparison_tables_text_is_pinned`]'s tables, as the code before comfy-table wrote them.
+const PINNED: &str = concat!(
+    "\n",
+    "abs\n",
+    "  (each cell: ours in ms | published in us, then ok when ours ÷ ours[c] against published ÷ published[c] is within 2x, else that ratio; ratios: ours | published)\n",
+    "                                          a                            b                            c                            d                    a ÷ b                    d ÷ c\n",
+    "  stream                      40.0 | 400 ok             25.0 | 100 2.50x                 1.0 | 10 ref                20.0 | 103 ok              1.60 | 4.00            20.00 | 10.30\n",
+    "  random                           5.0 | 50                       - | 20                      1.0 | -                      1.0 | -                 - | 2.50                 1.00 | -\n",
+    "  verdict: 2 of 3 cells within 2x; 5 of 6 orderings as published\n",
+    "  not as published: random: b < a published (20.0 vs 50.0), ours missing\n",
+    "\n",
+    "slow\n",
+    "  (each cell: ours in × | published in , then ok when ours against published is within 2x, else that ratio)\n",
+    "                                      c@1.5                        a@1.5\n",
+    "  stream                     4.00 | 3.00 ok            50.00 | 100.00 ok\n",
+    "  random                           1.00 | -                     1.00 | -\n",
+    "  verdict: 2 of 2 cells within 2x; 1 of 1 orderings as published\n",
+    "\n",
+    "nothing published\n",
+    "  (each cell: ours in ms | -, nothing published to compare)\n",
+    "                                    a                      b\n",
+    "  stream                     40.0 | -               25.0 | -\n",
+    "  random                      5.0 | -                  - | -\n",
+);
+
+/// An experiment with a workload label longer than the summary's column (28) and a policy's
+/// longer than its (16), and results of every kind the per-point table shows: whole, with a
+/// workload stopped, a rerun note longer than the text keeps and a truncated trace, an error
+/// with and without a rerun note, and none.
+fn summary_case() -> (Loaded, Results) {
+    let text = SMALL
+        .split("[[table]]")
+        .next()
+        .unwrap()
+        .replace("updates = 2", "updates = 2\nname = \"random-updates-of-a-long-named-array\"")
+        .replace("name = \"tree\"", "name = \"tree-placement-long-name\"");
+    let l = load(&text).unwrap();
+    let id = |i: usize| l.points[i].id;
+    let whole = |i: usize, k: u64| {
+        serde_json::json!({
+            "id": id(i), "sim_ns": 1_234_567.0 * k as f64, "mechanism_ns": 98_765_432.1 / k as f64,
+            "dev_faults": 10 * k, "cpu_faults": k, "to_dev": 20 * k, "evicted": 3 * k, "to_cpu": 4 * k,
+            "local_lines": 300 * k, "remote_lines": 100, "workloads": [{ "name": "stream" }],
+        })
+    };
+    let mut r = Results::new();
+    r.insert(id(0), whole(0, 1));
+    let mut noted = whole(1, 2);
+    noted["workloads"] = serde_json::json!([{ "name": "stream", "error": "out of device memory" }, { "name": "x" }]);
+    noted["rerun"] = Json::from(format!("rerun in a fresh guest: point 0 failed ({})", "why ".repeat(30)));
+    noted["trace_dropped"] = Json::from(5);
+    noted["trace_events"] = Json::from(100);
+    r.insert(id(1), noted);
+    r.insert(
+        id(2),
+        serde_json::json!({ "id": id(2), "error": "boom, \"quoted\"", "rerun": "rerun in a fresh guest: point 1" }),
+    );
+    r.insert(id(4), serde_json::json!({ "id": id(4), "error": "no result: the guest stopped" }));
+    for i in 5..8 {
+        let mut w = whole(i, i as u64);
+        w["local_lines"] = Json::from(0);
+        w["remote_lines"] = Json::from(0);
+        r.insert(id(i), w);
+    }
+    (l, r)
+}
+
+/// The per-point table as summary.txt holds it, byte for byte (the terminal gets it through
+/// comfy-table).
+#[test]
+fn the_summary_text_is_pinned() {
+    let (l, r) = summary_case();
+    assert_eq!(summary(&l, &r), PINNED_SUMMARY);
+}
+
+/// The terminal's per-point table (comfy-table) holds each header and each point's cells, whole,
+/// in its rows and columns; a point without results says so in its first measured column, and
+/// every note follows the table after its point's label, whole.
+#[test]
+fn the_terminal_summary_holds_each_header_and_cell() {
+    let (l, r) = summary_case();
+    let term = summary_terminal(&l, &r);
+    let rows: Vec<Vec<&str>> = term
+        .lines()
+        .filter_map(|line| line.strip_prefix('│'))
+        .map(|line| line.trim_end_matches('│').split('┆').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 1 + 8, "a header and a row per point: {term}");
+    assert_eq!(rows[0], SUMMARY_COLUMNS, "{term}");
+    let long = "random-updates-of-a-long-named-array";
+    let pol = "tree-placement-long-name";
+    let want: [[&str; 10]; 8] = [
+        ["stream", "od", "1", "1.23", "98.8", "11", "20", "3", "4", "25.0"],
+        [long, "od", "1", "2.47", "49.4", "22", "40", "6", "8", "14.3"],
+        ["stream", pol, "1", "error", "-", "-", "-", "-", "-", "-"],
+        [long, pol, "1", "no result", "-", "-", "-", "-", "-", "-"],
+        ["stream", "od", "1.5", "error", "-", "-", "-", "-", "-", "-"],
+        [long, "od", "1.5", "6.17", "19.8", "55", "100", "15", "20", "0.0"],
+        ["stream", pol, "1.5", "7.41", "16.5", "66", "120", "18", "24", "0.0"],
+        [long, pol, "1.5", "8.64", "14.1", "77", "140", "21", "28", "0.0"],
+    ];
+    for (got, want) in rows[1..].iter().zip(want) {
+        assert_eq!(got, &want, "{term}");
+    }
+    // The cells are the text's, the names whole.
+    let text = summary(&l, &r);
+    for row in &want {
+        if row[3] != "error" && row[3] != "no result" {
+            assert!(
+                text.lines().any(|t| t.split_whitespace().skip(2).eq(row[2..].iter().copied())),
+                "{row:?} in {text}"
+            );
+        }
+    }
+    // Under the table, each note after its point's label, the rerun note whole.
+    let notes: Vec<&str> = term.lines().skip_while(|l| !l.starts_with('└')).skip(1).collect();
+    let label = |i: usize| l.points[i].label.as_str();
+    let rerun = format!("rerun in a fresh guest: point 0 failed ({})", "why ".repeat(30));
+    assert_eq!(
+        notes,
+        [
+            format!("  {}: workload stream stopped: out of device memory", label(1)),
+            format!("  {}: ({rerun})", label(1)),
+            format!(
+                "  {}: trace truncated: the first 100 events kept, 5 dropped at the cap (raise run.trace to keep them)",
+                label(1)
+            ),
+            format!("  {}: error: boom, \"quoted\"", label(2)),
+            format!("  {}: (rerun in a fresh guest: point 1)", label(2)),
+            format!("  {}: error: no result: the guest stopped", label(4)),
+        ],
+        "{term}"
+    );
+}
+
+/// [`the_summary_text_is_pinned`]'s table, as the code before comfy-table wrote it.
+const PINNED_SUMMARY: &str = concat!(
+    "workload                     policy             over      sim ms    mech ms   faults   to dev  evicted   to cpu remote%\n",
+    "stream                       od                    1        1.23       98.8       11       20        3        4    25.0\n",
+    "random-updates-of-a-long-na… od                    1        2.47       49.4       22       40        6        8    14.3\n",
+    "    workload stream stopped: out of device memory\n",
+    "    (rerun in a fresh guest: point 0 failed (why why why why why why why why why why why why why why why why why w…)\n",
+    "    trace truncated: the first 100 events kept, 5 dropped at the cap (raise run.trace to keep them)\n",
+    "stream                       tree-placement-long-name      1 error: boom, \"quoted\"\n",
+    "    (rerun in a fresh guest: point 1)\n",
+    "random-updates-of-a-long-named-array tree-placement-long-name      1 (no result)\n",
+    "stream                       od                  1.5 error: no result: the guest stopped\n",
+    "random-updates-of-a-long-na… od                  1.5        6.17       19.8       55      100       15       20     0.0\n",
+    "stream                       tree-placement-…    1.5        7.41       16.5       66      120       18       24     0.0\n",
+    "random-updates-of-a-long-na… tree-placement-…    1.5        8.64       14.1       77      140       21       28     0.0\n",
+);

@@ -153,13 +153,10 @@ fn table_mistakes_are_rejected() {
 }
 
 fn machine(text: &str, name: &str) -> Result<Machine, String> {
-    let dir = std::env::temp_dir().join(format!("xtask-validate-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(format!("{name}.toml"));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(format!("{name}.toml"));
     std::fs::write(&p, text).unwrap();
-    let m = Machine::load(&p);
-    let _ = std::fs::remove_dir_all(&dir);
-    m
+    Machine::load(&p)
 }
 
 #[test]

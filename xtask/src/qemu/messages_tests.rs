@@ -1,6 +1,7 @@
 //! Tests of how a QEMU run's end is told (issue 25's misleading messages): the xtask's own
 //! timeout is not "the kernel hung", a QEMU stopped by a signal or by gdb is not a triple
-//! fault, and tagged lines reach the terminal decoded.
+//! fault, tagged lines reach the terminal decoded, and the gdb stub listens where the message
+//! says: on localhost only.
 
 use super::*;
 
@@ -40,4 +41,30 @@ fn tagged_lines_are_hidden_or_decoded_on_the_terminal() {
     assert_eq!(echo("a log line").as_deref(), Some("a log line"));
     let mixed = format!("WARN x{}", Tag::Point.line("{\"id\":4,\"error\":\"boom\"}"));
     assert_eq!(echo(&mixed).as_deref(), Some("WARN x@@POINT 4: error: boom"));
+}
+
+/// `--gdb`: QEMU is given a stub on the loopback address only (not `-s`, which listens on every
+/// interface), on the port the message tells gdb to attach to. A shell script stands in for
+/// QEMU and prints the arguments it was given.
+#[test]
+fn the_gdb_stub_listens_on_localhost_only_as_its_message_says() {
+    let (gdb, stub) = (GDB_ARGS[0], GDB_ARGS[1]);
+    assert_eq!(gdb, "-gdb");
+    let addr: std::net::SocketAddr = stub.strip_prefix("tcp:").unwrap().parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{stub}");
+    let msg = gdb_message(Path::new("target/kernel"));
+    assert!(msg.contains(&format!("localhost:{}", addr.port())), "{msg}");
+    assert!(msg.contains(&format!("target remote :{}", addr.port())), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = dir.path().join("qemu");
+    std::fs::write(&qemu, "#!/bin/sh\nfor a in \"$@\"; do echo \"arg $a\"; done\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let m = crate::machine::Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/default.toml")).unwrap();
+    let l = Launch { gdb: true, ..Launch::new(Path::new("target/kernel"), &m, String::new(), Duration::from_secs(60)) };
+    let run = run_program(&qemu, &l, &|| false).unwrap();
+    let args: Vec<&str> = run.lines.iter().filter_map(|l| l.strip_prefix("arg ")).collect();
+    let at = args.iter().position(|a| *a == "-gdb").unwrap_or_else(|| panic!("no -gdb in {args:?}"));
+    assert_eq!(&args[at..at + 3], GDB_ARGS);
+    assert!(!args.contains(&"-s"), "{args:?}");
 }

@@ -1,10 +1,8 @@
 use super::*;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtask-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch folder, removed when dropped.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("xtask-run-{name}-")).tempdir().unwrap()
 }
 
 fn root() -> PathBuf {
@@ -24,7 +22,8 @@ fn run_ids_are_utc_dates() {
 
 #[test]
 fn run_folders_are_never_reused_and_latest_names_the_newest() {
-    let base = scratch("dirs");
+    let tmp = scratch("dirs");
+    let base = tmp.path().to_path_buf();
     let t = 1_796_220_333;
     let a = new_dir(&base, t).unwrap();
     std::fs::write(a.join("results.csv"), "old").unwrap();
@@ -38,7 +37,11 @@ fn run_folders_are_never_reused_and_latest_names_the_newest() {
     assert_eq!(std::fs::read_to_string(a.join("results.csv")).unwrap(), "old");
     assert_eq!(std::fs::read_link(base.join(LATEST)).unwrap(), Path::new("2026-12-02T14-05-34Z"));
     assert!(base.join(LATEST).join(".").is_dir());
-    let _ = std::fs::remove_dir_all(&base);
+    // No temporary link is left beside them.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["2026-12-02T14-05-33Z", "2026-12-02T14-05-33Z-1", "2026-12-02T14-05-34Z", LATEST]);
 }
 
 #[test]
@@ -70,7 +73,8 @@ fn rec(id: u32, error: Option<&str>) -> Record {
 
 #[test]
 fn records_read_back_a_finished_point_wins_and_a_cut_line_is_dropped() {
-    let dir = scratch("records");
+    let tmp = scratch("records");
+    let dir = tmp.path().to_path_buf();
     let run = Run::open_records(dir.clone(), None).unwrap();
     run.record(&rec(0, None)).unwrap();
     run.record(&rec(1, Some("QEMU: killed"))).unwrap();
@@ -102,7 +106,6 @@ fn records_read_back_a_finished_point_wins_and_a_cut_line_is_dropped() {
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     let e = read_records(&dir).unwrap_err();
     assert!(e.contains("points.jsonl:2:"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -129,7 +132,8 @@ fn records_group_a_boots_trace_events_by_point() {
 #[test]
 fn a_run_folder_holds_the_files_and_provenance_and_a_resume_is_added() {
     let root = root();
-    let base = scratch("folder");
+    let tmp = scratch("folder");
+    let base = tmp.path().to_path_buf();
     let file = root.join("experiments/default.toml");
     let l = experiment::load(&file, &root).unwrap();
     let run = Run::create(&base, &root, &file, &l, Invocation::now("run", &root, None), true).unwrap();
@@ -150,6 +154,14 @@ fn a_run_folder_holds_the_files_and_provenance_and_a_resume_is_added() {
     assert!(p.started.date.ends_with('Z') && p.started.date.len() == 20, "{}", p.started.date);
     assert!(p.started.rustc.starts_with("rustc "), "{}", p.started.rustc);
     assert!(!p.started.git_revision.is_empty());
+    // The dirty state (this is a git checkout), and the xtask's and QEMU's versions (or why not).
+    assert!(p.started.git_dirty.is_some(), "{:?}", p.started);
+    assert_eq!(p.started.xtask, env!("CARGO_PKG_VERSION"));
+    assert!(!p.started.qemu.is_empty());
+    let text = std::fs::read_to_string(run.dir.join("provenance.toml")).unwrap();
+    for key in ["git_revision = ", "git_dirty = ", "command = ", "xtask = ", "rustc = ", "qemu = ", "seeds = "] {
+        assert!(text.contains(key), "{key} not in\n{text}");
+    }
     assert!(p.resumed.is_empty());
     drop(run);
     let dir = base.join(LATEST);
@@ -169,12 +181,12 @@ fn a_run_folder_holds_the_files_and_provenance_and_a_resume_is_added() {
     std::fs::write(dir.join("machine.toml"), "cpus = 1\n").unwrap();
     let e = check_machine(&dir, &root, &l).unwrap_err();
     assert!(e.contains("qemu/default.toml changed"), "{e}");
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]
 fn a_run_folder_is_found_by_path_or_under_target_experiments() {
-    let root = scratch("resolve");
+    let tmp = scratch("resolve");
+    let root = tmp.path().to_path_buf();
     let run = root.join("target/experiments/x/2026-01-01T00-00-00Z");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("provenance.toml"), "").unwrap();
@@ -183,5 +195,24 @@ fn a_run_folder_is_found_by_path_or_under_target_experiments() {
     assert_eq!(resolve(&root, &run.display().to_string()).unwrap(), run.canonicalize().unwrap());
     let e = resolve(&root, "y/latest").unwrap_err();
     assert!(e.contains("not a run folder") && e.contains("x/latest"), "{e}");
-    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A file written through write_atomic: its text, the mode `std::fs::write` gives (not
+/// tempfile's 0600), a second write replacing it, and no temporary file left beside it.
+#[test]
+fn an_atomic_write_replaces_the_file_and_leaves_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = scratch("atomic");
+    let dir = tmp.path();
+    std::fs::write(dir.join("plain"), "x").unwrap();
+    write_atomic(dir, "results.csv", b"one").unwrap();
+    write_atomic(dir, "results.csv", b"two").unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("results.csv")).unwrap(), "two");
+    let mode = |n: &str| std::fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("results.csv"), mode("plain"));
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["plain", "results.csv"]);
+    assert!(write_atomic(&dir.join("missing"), "x", b"").unwrap_err().contains("missing/x"));
 }

@@ -264,14 +264,12 @@ fn sweep(cluster: &Cluster) -> Verdict {
 mod tests {
     use super::*;
 
-    /// A directory under the temp dir, removed when dropped.
+    /// A directory under the temp dir (made by tempfile), removed when dropped.
     struct Dir(PathBuf);
 
     impl Dir {
         fn new(name: &str, csv: &str, plots: &[(&str, &str)]) -> Self {
-            let d = std::env::temp_dir().join(format!("xtask-slurm-check-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
+            let d = tempfile::Builder::new().prefix(&format!("xtask-slurm-check-{name}-")).tempdir().unwrap().keep();
             std::fs::write(d.join("results.csv"), csv).unwrap();
             for (n, t) in plots {
                 std::fs::write(d.join(n), t).unwrap();

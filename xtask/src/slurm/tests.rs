@@ -4,15 +4,12 @@
 use super::cluster::{node_line, slurm_conf};
 use super::*;
 
-/// A directory under the temp dir, removed when dropped.
+/// A directory under the temp dir (made by tempfile), removed when dropped.
 struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("xtask-slurm-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
+        Self(tempfile::Builder::new().prefix(&format!("xtask-slurm-{name}-")).tempdir().unwrap().keep())
     }
 }
 
@@ -87,6 +84,33 @@ fn each_array_task_runs_its_shard_with_the_arguments_as_given() {
     let out = Command::new("bash").arg(&scripts.shards).env_remove("SLURM_ARRAY_TASK_ID").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Slurm job array task (sbatch --array=0-2)"));
+}
+
+#[test]
+fn with_kernel_each_shard_boots_that_elf_and_nothing_is_built() {
+    // `--kernel` given relative to where the sweep is submitted from: absolute in the shards.
+    let given = ShardKernel::of(false, Some(Path::new("old/kernel"))).unwrap();
+    let ShardKernel::Given(abs) = &given else { panic!("{given:?}") };
+    assert_eq!(abs, &std::env::current_dir().unwrap().join("old/kernel"));
+    assert_eq!(ShardKernel::of(false, None), Ok(ShardKernel::Build));
+    assert_eq!(ShardKernel::of(true, None), Ok(ShardKernel::Host));
+    // The shard script as bash runs it under Slurm passes it on.
+    let d = Dir::new("kernel");
+    let base = sweep(&d.0);
+    let s = Sweep { shard_args: shard_args(&base.run_dir, 1, Some(600), Some(abs)), ..base };
+    let scripts = write(&s).unwrap();
+    let st = Command::new("bash").arg(&scripts.shards).env("SLURM_ARRAY_TASK_ID", "1").status().unwrap();
+    assert!(st.success());
+    let got = std::fs::read_to_string(scripts.dir.join("args-1.txt")).unwrap();
+    let want = format!(
+        "{}\nexperiment\n--resume\n{}\n--shard\n1/3\n--jobs\n1\n--timeout\n600\n--kernel\n{}\n",
+        s.workdir.display(),
+        s.run_dir.display(),
+        abs.display()
+    );
+    assert_eq!(got, want);
+    // Without --kernel: no --kernel.
+    assert!(!shard_args(&s.run_dir, 1, Some(600), None).iter().any(|a| a == "--kernel"));
 }
 
 #[test]

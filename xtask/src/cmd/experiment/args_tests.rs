@@ -40,13 +40,25 @@ fn resume_shard_and_merge_parse_and_mistakes_are_refused() {
 fn kernel_must_be_an_elf_file() {
     let missing = check_elf(std::path::Path::new("/nonexistent/kernel")).unwrap_err();
     assert!(missing.starts_with("--kernel /nonexistent/kernel: cannot read it"), "{missing}");
-    let dir = std::env::temp_dir().join(format!("xtask-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("kernel.iso");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("kernel.iso");
     std::fs::write(&text, "not an elf").unwrap();
     let e = check_elf(&text).unwrap_err();
     assert!(e.contains("not an ELF file"), "{e}");
     // This test binary is an ELF.
     assert_eq!(check_elf(&std::env::current_exe().unwrap()), Ok(()));
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--kernel ELF` with `--slurm` is accepted, and a shard's command line with `--kernel`
+/// (`crate::slurm::shard_args`) parses, taking the kernel as given.
+#[test]
+fn a_slurm_sweep_takes_kernel_and_its_shards_command_line_parses() {
+    let a = exp("experiment e.toml --slurm --tasks 2 --kernel old/kernel").unwrap();
+    assert!(a.slurm.options().is_some());
+    assert_eq!(a.kernel.as_deref(), Some(std::path::Path::new("old/kernel")));
+    let k = std::path::Path::new("/builds/old/kernel");
+    let shard = crate::slurm::shard_args(std::path::Path::new("/runs/default/r1"), 2, Some(600), Some(k));
+    let s = exp(&shard.join(" ").replace(crate::slurm::SHARD, "1/2")).unwrap();
+    assert_eq!((s.kernel.as_deref(), s.shard), (Some(k), Some(Shard { index: 1, count: 2 })));
+    assert_eq!((s.resume.as_deref(), s.timeout, s.jobs), (Some("/runs/default/r1"), 600, Some(2)));
 }

@@ -63,6 +63,10 @@ fn every_policy_has_one_legend_entry_in_both_files_and_the_svg_parses() {
         }
     }
     assert!(texts(svg(&plots, "plot-stream.svg")).iter().any(|t| t == "simulated time (ms), log"));
+    // The counts beside simulated time: a panel each.
+    for panel in ["device faults", "pages moved (to device + to CPU)", "pages evicted"] {
+        assert!(texts(svg(&plots, "plot-stream.svg")).iter().any(|t| t.starts_with(panel)), "no {panel} panel");
+    }
     assert!(texts(svg(&plots, "plot-stream-mech.svg")).iter().any(|t| t.starts_with("host time of the mechanism")));
     // Drawn again from the same results, the same bytes (a resumed or merged run compares them).
     assert_eq!(plots, super::plots(&l, &r).unwrap());
