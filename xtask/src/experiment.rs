@@ -15,7 +15,7 @@
 //! mechanism = "real"                  # or "host": the HMM stack over the host platform, in the guest
 //! scheduler = "eft"                   # hmm::place::sched name (per [[policy]] too); default eft
 //! repeat = 1                          # every point this many times, seeds shifted (1 to 100)
-//! points_per_boot = 4                 # points per guest boot (1 to 1000; default 4)
+//! points_per_boot = 4                 # points per guest boot at most (1 to 1000; default 4; the last boots take fewer)
 //! [cost]                              # hmm::place::cost parameters
 //! far_fault_us = 45
 //! lines = "model"                     # or "hmat": CPU line costs from the guest's ACPI HMAT

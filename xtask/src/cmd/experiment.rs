@@ -160,7 +160,16 @@ pub fn execute(
         // A batch: the points one guest runs, and why it runs them again (a rerun after a
         // mechanism error in an earlier boot, which its results carry).
         type Batch<'p> = (Vec<&'p Point>, Option<String>);
-        let chunks: Vec<Batch<'_>> = todo.chunks(per).map(|c| (c.to_vec(), None)).collect();
+        // Smaller boots at the end, so the guests finish together (`plan::boot_sizes`).
+        let mut rest = todo;
+        let chunks: Vec<Batch<'_>> = experiment::plan::boot_sizes(todo.len(), per, jobs)
+            .into_iter()
+            .map(|n| {
+                let (c, r) = rest.split_at(n);
+                rest = r;
+                (c.to_vec(), None)
+            })
+            .collect();
         let jobs = jobs.max(1).min(chunks.len());
         let queue = Mutex::new(chunks.into_iter().collect::<std::collections::VecDeque<_>>());
         let boots = AtomicUsize::new(0);

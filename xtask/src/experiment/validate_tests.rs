@@ -189,14 +189,30 @@ fn a_missing_file_lists_the_available_ones() {
     assert!(e.contains("`machine`") && e.contains("qemu/default.toml"), "{e}");
 }
 
+/// Boots take `points_per_boot` points while there is plenty, then each its share of what is
+/// left, so the guests finish together; every point is in exactly one boot.
+#[test]
+fn boots_shrink_at_the_end_so_the_guests_finish_together() {
+    assert_eq!(plan::boot_sizes(215, 10, 2), [[10; 20].as_slice(), &[8, 4, 2, 1]].concat());
+    assert_eq!(plan::boot_sizes(12, 4, 1), [4, 4, 4]);
+    assert_eq!(plan::boot_sizes(8, 4, 2), [4, 2, 1, 1]);
+    assert_eq!(plan::boot_sizes(3, 10, 4), [1, 1, 1]);
+    assert_eq!(plan::boot_sizes(0, 10, 2), Vec::<usize>::new());
+    for (n, per, jobs) in [(215, 10, 2), (7, 3, 3), (100, 1, 8), (1, 0, 0)] {
+        let sizes = plan::boot_sizes(n, per, jobs);
+        assert_eq!(sizes.iter().sum::<usize>(), n);
+        assert!(sizes.iter().all(|&s| (1..=per.max(1)).contains(&s)));
+    }
+}
+
 #[test]
 fn check_and_list_say_what_a_run_would_do() {
     let l = load(BASE).unwrap();
     let c = plan::check(&l, Path::new("exp.toml"), Path::new("/r"), false, 2);
     assert!(c.starts_with("exp.toml: ok (checked; nothing was built or booted)"), "{c}");
     assert!(c.contains("points      8 (2 workload group(s) x 2 polic(ies) x 2 ratio(s) x 1 repetition(s))"), "{c}");
-    // Default points per boot: 4, so two boots, both at once.
-    assert!(c.contains("in QEMU guests: 2 boot(s) of up to 4 point(s), 2 at a time"), "{c}");
+    // Default points per boot: 4, then shares of what is left: 4, 2, 1, 1; two at once.
+    assert!(c.contains("in QEMU guests: 4 boot(s) of up to 4 point(s) (fewer in the last ones), 2 at a time"), "{c}");
     assert!(c.contains("results     /r/target/experiments/small"), "{c}");
     let c = plan::check(&l, Path::new("exp.toml"), Path::new("/r"), true, 3);
     assert!(c.contains("on the host (the HMM stack over the host platform), 3 at a time"), "{c}");
