@@ -398,6 +398,10 @@ pub trait Policy {
     }
 
     /// The access counters this policy wants (none by default: UVM's default on x86/PCIe).
+    /// Asked when a device wave starts and again after each fault batch or counter
+    /// notification it services, and the answer holds for the accesses in between: it may
+    /// depend on the policy's and the engine's state (which change only there), not on the
+    /// time of each access.
     fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
         let _ = (cx, dev);
         None

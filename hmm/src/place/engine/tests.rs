@@ -360,6 +360,79 @@ fn notifications_are_the_counter_units_not_every_counted_access() {
     assert!(o.policy.contains(&("counter_halvings", 0)), "{:?}", o.policy);
 }
 
+/// A policy that counts how often the engine asks it for its counter unit
+/// ([`Policy::counters`]), forwarding everything to `inner`.
+struct CountsAsks {
+    inner: Box<dyn Policy>,
+    asks: std::rc::Rc<core::cell::Cell<u64>>,
+}
+
+impl Policy for CountsAsks {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn on_device_faults(&mut self, cx: &Ctx<'_>, dev: u8, faults: &[Fault], plan: &mut Plan) {
+        self.inner.on_device_faults(cx, dev, faults, plan)
+    }
+    fn on_cpu_fault(&mut self, cx: &Ctx<'_>, page: u32, write: bool, plan: &mut Plan) {
+        self.inner.on_cpu_fault(cx, page, write, plan)
+    }
+    fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<crate::place::policy::Counters> {
+        self.asks.set(self.asks.get() + 1);
+        self.inner.counters(cx, dev)
+    }
+    fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &crate::place::policy::Notification, plan: &mut Plan) {
+        self.inner.on_access_counter(cx, n, plan)
+    }
+    fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
+        self.inner.on_eviction_pressure(cx, dev, need, victims)
+    }
+    fn on_allocation_refused(&mut self, cx: &Ctx<'_>, dev: u8) {
+        self.inner.on_allocation_refused(cx, dev)
+    }
+    fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
+        self.inner.free_buffer(cx, dev)
+    }
+    fn remote_after_eviction(&self) -> bool {
+        self.inner.remote_after_eviction()
+    }
+    fn remote_read_only(&self) -> bool {
+        self.inner.remote_read_only()
+    }
+    fn tick_ns(&self) -> Option<u64> {
+        self.inner.tick_ns()
+    }
+    fn on_tick(&mut self, cx: &Ctx<'_>, plan: &mut Plan) {
+        self.inner.on_tick(cx, plan)
+    }
+    fn report(&self) -> Vec<(&'static str, u64)> {
+        self.inner.report()
+    }
+}
+
+/// The counter unit is programmed when a wave starts and after each batch or notification
+/// it services, not at every access (under TCG asking at every access cost several per cent
+/// of a point); what the unit counts and notifies is unchanged. IPDPS'20's counters before
+/// oversubscription count every access and notify none, so only waves and batches ask.
+#[test]
+fn the_counter_unit_is_asked_for_once_per_wave_batch_or_notification() {
+    let params = [
+        ("mode", Value::Text("oversub".into())),
+        ("counting", Value::Text("ipdps".into())),
+        ("region", Value::Text("64K".into())),
+        ("threshold", Value::Int(8)),
+    ];
+    let asks = std::rc::Rc::new(core::cell::Cell::new(0));
+    let counted = CountsAsks { inner: policy("counters", &params, "lfu2m"), asks: asks.clone() };
+    let o = run1("bfs", 0.9, Box::new(counted));
+    let plain = run1("bfs", 0.9, policy("counters", &params, "lfu2m"));
+    assert_eq!(format!("{:?}", o.stats), format!("{:?}", plain.stats));
+    assert!(o.stats.local_lines > 0 && o.stats.batches > 0, "{:?}", o.stats);
+    assert_eq!(o.stats.notifications, 0, "{:?}", o.stats);
+    assert!(asks.get() > 0);
+    assert!(asks.get() * 20 < o.stats.accesses, "{} asks for {} accesses: {:?}", asks.get(), o.stats.accesses, o.stats);
+}
+
 #[test]
 fn counter_migrations_on_the_fault_path_make_the_device_wait() {
     let params = |service: &str| {

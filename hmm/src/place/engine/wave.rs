@@ -60,6 +60,11 @@ struct WaveDevice<'e, 'm> {
     at: f64,
     /// The access counters' notifications are serviced on the fault path (the device waits).
     sync: bool,
+    /// What the policy last said of the counter unit ([`Policy::counters`]), until a batch
+    /// service or a notification (the only changes to the state it reads within a wave).
+    ///
+    /// [`Policy::counters`]: crate::place::policy::Policy::counters
+    asked: Option<Option<crate::place::policy::Counters>>,
 }
 
 impl WaveDevice<'_, '_> {
@@ -110,11 +115,22 @@ impl compute::Device for WaveDevice<'_, '_> {
     /// The device's counter unit, programmed as the policy asks now
     /// ([`Policy::counters`](crate::place::policy::Policy::counters)).
     fn access_counters(&mut self) -> Option<&mut compute::AccessCounters> {
-        let cx = Ctx::new(&self.e.st, &self.e.cost, self.at as u64).with_units(Units::new(&self.e.counter_units, 0));
-        let c = self.e.policy.counters(&cx, self.d);
-        self.sync = c.is_some_and(|c| c.sync);
+        let c = match self.asked {
+            Some(c) => {
+                self.e.counter_units.get_mut(self.d as usize)?;
+                c
+            }
+            None => {
+                let cx =
+                    Ctx::new(&self.e.st, &self.e.cost, self.at as u64).with_units(Units::new(&self.e.counter_units, 0));
+                let c = self.e.policy.counters(&cx, self.d);
+                self.sync = c.is_some_and(|c| c.sync);
+                self.e.counter_units.get_mut(self.d as usize)?.configure(c.map(crate::place::policy::Counters::unit));
+                self.asked = Some(c);
+                c
+            }
+        };
         let unit = self.e.counter_units.get_mut(self.d as usize)?;
-        unit.configure(c.map(crate::place::policy::Counters::unit));
         c.map(|_| unit)
     }
 
@@ -128,6 +144,7 @@ impl compute::Device for WaveDevice<'_, '_> {
         n: &compute::CounterNotification,
         _c: &mut compute::Counters,
     ) -> Result<(), MechError> {
+        self.asked = None;
         let (e, d, now) = (&mut *self.e, self.d, self.at);
         e.stats.notifications += 1;
         let first = n.first as u32;
@@ -168,6 +185,7 @@ impl compute::Device for WaveDevice<'_, '_> {
         groups: &[compute::FaultGroup],
         _c: &mut compute::Counters,
     ) -> Result<(), (compute::FaultGroup, MechError)> {
+        self.asked = None;
         let faults: Vec<Fault> = groups
             .iter()
             .flat_map(|g| (g.start / PAGE..g.end / PAGE).map(move |p| Fault { page: p as u32, write: g.write }))
@@ -313,6 +331,7 @@ impl Engine<'_> {
             remote: false,
             at: start,
             sync: false,
+            asked: None,
         };
         let mut c = compute::Counters::default();
         match compute::run(&mut kernel, &mut dev, batch, &mut c) {
