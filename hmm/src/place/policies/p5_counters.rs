@@ -58,6 +58,7 @@ use crate::place::policy::{Counters, Ctx, Fault, Notification, Plan, Policy, Ref
 use crate::place::{BIG, BLOCK, Loc, MAX_DEVICES};
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 /// Parameters.
 pub const PARAMS: &[ParamDef] = &[
@@ -116,6 +117,10 @@ pub struct AccessCounters {
     refused: Refusals,
     /// Notifications that migrated pages.
     migrations: u64,
+    /// The last adaptive threshold computed from an occupancy: (pages used, capacity,
+    /// threshold). Under IPDPS'20's counting nearly every access notifies and asks for it, and
+    /// under TCG its soft-float arithmetic was several per cent of such a point.
+    occupancy_memo: Cell<(u32, u32, u32)>,
 }
 
 impl AccessCounters {
@@ -141,6 +146,7 @@ impl AccessCounters {
             tree: Tree::default(),
             refused: Refusals::default(),
             migrations: 0,
+            occupancy_memo: Cell::new((u32::MAX, 0, 0)),
         }
     }
 
@@ -170,8 +176,14 @@ impl AccessCounters {
             Mode::Adaptive if oversub => self.threshold.saturating_mul(self.penalty),
             Mode::Adaptive if self.ipdps => {
                 let m = cx.state.dev(dev as usize);
+                let (used, capacity, memo) = self.occupancy_memo.get();
+                if (used, capacity) == (m.used, m.capacity) {
+                    return memo;
+                }
                 let occupancy = m.used as f64 / m.capacity.max(1) as f64;
-                (1.0 + self.threshold as f64 * occupancy) as u32
+                let t = (1.0 + self.threshold as f64 * occupancy) as u32;
+                self.occupancy_memo.set((m.used, m.capacity, t));
+                t
             }
             _ => self.threshold,
         }
@@ -482,6 +494,39 @@ mod tests {
         // Delayed from now on: the region is hot (301 >= 256), its remote pages migrate.
         assert_eq!(migrated(&access(&mut pol, &mut unit, &st, 3, 1, false)).len(), 16);
         assert_eq!(unit[0].notifications(), 1);
+    }
+
+    /// Before oversubscription the adaptive threshold follows the device's occupancy, `1 +
+    /// 8 × used / capacity`, through every change of it (the memo of the last one is never
+    /// stale), here across two states of different capacities.
+    #[test]
+    fn ipdps_adaptive_threshold_follows_the_occupancy() {
+        let params = [
+            ("counting", text("ipdps")),
+            ("region", text("64K")),
+            ("threshold", Value::Int(8)),
+            ("mode", text("adaptive")),
+        ];
+        let pol = policy(&params);
+        let cost = CostModel::default();
+        let mut st = State::new(2048, &[512]);
+        let mut other = State::new(2048, &[640]);
+        let threshold = |st: &State| pol.counters(&Ctx::new(st, &cost, 0), 0).map(|c| c.threshold);
+        let mut held = 0;
+        for target in [0, 64, 64, 256, 100, 511, 512, 0] {
+            while held < target {
+                assert!(st.set_loc(held, Loc::Dev(0), 0, false));
+                assert!(other.set_loc(held, Loc::Dev(0), 0, false));
+                held += 1;
+            }
+            while held > target {
+                held -= 1;
+                assert!(st.set_loc(held, Loc::Cpu, 0, false) && other.set_loc(held, Loc::Cpu, 0, false));
+            }
+            assert_eq!(threshold(&st), Some(1 + 8 * target / 512), "{target} of 512");
+            assert_eq!(threshold(&other), Some(1 + (8.0 * target as f64 / 640.0) as u32), "{target} of 640");
+            assert_eq!(threshold(&st), Some(1 + 8 * target / 512), "{target} of 512 again");
+        }
     }
 
     #[test]
