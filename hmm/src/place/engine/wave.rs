@@ -116,10 +116,7 @@ impl compute::Device for WaveDevice<'_, '_> {
     /// ([`Policy::counters`](crate::place::policy::Policy::counters)).
     fn access_counters(&mut self) -> Option<&mut compute::AccessCounters> {
         let c = match self.asked {
-            Some(c) => {
-                self.e.counter_units.get_mut(self.d as usize)?;
-                c
-            }
+            Some(c) => c,
             None => {
                 let cx =
                     Ctx::new(&self.e.st, &self.e.cost, self.at as u64).with_units(Units::new(&self.e.counter_units, 0));

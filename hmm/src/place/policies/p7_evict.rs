@@ -117,8 +117,8 @@ impl Iterator for Oldest {
 /// permutes ranks: position `i` holds rank `i` unless a removal moved another rank there
 /// (recorded, one per pick at most), and a picked rank is found by `select_nth_unstable`
 /// (linear). A full device evicts one page per fault, and sorting every held page for each
-/// random pick was most of an oversubscribed point's time. The picks are those of sorting
-/// and `swap_remove`, entry for entry.
+/// random pick was about a fifth of a TCG profile of the heaviest oversubscribed points. The
+/// picks are those of sorting and `swap_remove`, entry for entry.
 struct SwapRemoved<'a> {
     entries: &'a mut [(u64, u32)],
     len: usize,
