@@ -30,7 +30,7 @@
 //! not clear the hardware's counters; a new region size clears them (they would no longer
 //! name regions of that size).
 
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 /// A threshold that never notifies: the unit only counts, for the driver to read.
 pub const NEVER: u32 = u32::MAX;
@@ -95,13 +95,70 @@ impl Count {
     }
 }
 
+/// The per-region counts: one entry per region counted since the last [`Regions::clear`],
+/// sorted by region; a region reset is zeroed, not removed (a zero count is no count), so a
+/// region keeps its entry and the next access to it finds it where the last one did.
+///
+/// The compute engine counts every access a lane completes (millions in a wave), mostly in the
+/// region the previous access counted: [`Regions::slot`] looks at that entry first, then
+/// searches.
+#[derive(Debug, Clone, Default)]
+struct Regions {
+    entries: Vec<(u64, Count)>,
+    /// The index [`Regions::slot`] last answered with.
+    last: usize,
+}
+
+impl Regions {
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        match self.entries.get(self.last) {
+            Some(&(k, _)) if k == key => Ok(self.last),
+            _ => self.entries.binary_search_by_key(&key, |&(k, _)| k),
+        }
+    }
+
+    fn get(&self, key: u64) -> Count {
+        self.find(key).map_or(Count::default(), |i| self.entries[i].1)
+    }
+
+    /// The count of region `key`, made (zero) if it has none.
+    fn slot(&mut self, key: u64) -> &mut Count {
+        let i = self.find(key).unwrap_or_else(|i| {
+            self.entries.insert(i, (key, Count::default()));
+            i
+        });
+        self.last = i;
+        &mut self.entries[i].1
+    }
+
+    /// Zeroes the counts of regions `lo..=hi`.
+    fn reset(&mut self, lo: u64, hi: u64) {
+        let from = self.entries.partition_point(|&(k, _)| k < lo);
+        for (_, c) in self.entries[from..].iter_mut().take_while(|(k, _)| *k <= hi) {
+            *c = Count::default();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.last = 0;
+    }
+
+    fn halve(&mut self) {
+        for (_, v) in &mut self.entries {
+            v.reads /= 2;
+            v.writes /= 2;
+        }
+    }
+}
+
 /// The unit: its programming and its per-region counts.
 #[derive(Debug, Clone, Default)]
 pub struct AccessCounters {
     config: Option<CounterConfig>,
     /// The region size the counts are kept in (pages; 0 before the first programming).
     region: u32,
-    counts: BTreeMap<u64, Count>,
+    counts: Regions,
     notifications: u64,
     halvings: u64,
     /// Programmed to halve at least once.
@@ -151,11 +208,7 @@ impl AccessCounters {
             return;
         }
         let region = u64::from(self.region);
-        let (lo, hi) = (first / region, (first + pages - 1) / region);
-        let keys: alloc::vec::Vec<u64> = self.counts.range(lo..=hi).map(|(&k, _)| k).collect();
-        for k in keys {
-            self.counts.remove(&k);
-        }
+        self.counts.reset(first / region, (first + pages - 1) / region);
     }
 
     /// The reads and writes counted in `page`'s region (in the region size last programmed;
@@ -164,7 +217,7 @@ impl AccessCounters {
         if self.region == 0 {
             return 0;
         }
-        self.counts.get(&(page / u64::from(self.region))).map_or(0, |c| c.total())
+        self.counts.get(page / u64::from(self.region)).total()
     }
 
     /// Counts `weight` accesses to `page` (a write when `write`; `local` when the device
@@ -180,7 +233,7 @@ impl AccessCounters {
         let key = page / region;
         let mask_pages = c.mask_pages.max(1);
         let bit = ((page % region) / u64::from(mask_pages)).min(31);
-        let e = self.counts.entry(key).or_default();
+        let e = self.counts.slot(key);
         if write {
             e.writes = e.writes.saturating_add(weight);
         } else {
@@ -190,19 +243,17 @@ impl AccessCounters {
         let mut now = *e;
         if c.halve_at.is_some_and(|limit| now.total() >= limit) {
             self.halvings += 1;
-            for v in self.counts.values_mut() {
-                v.reads /= 2;
-                v.writes /= 2;
-            }
-            now = self.counts[&key];
+            self.counts.halve();
+            now = *self.counts.slot(key);
         }
         if c.threshold == NEVER || now.total() < c.threshold {
             return None;
         }
+        let e = self.counts.slot(key);
         if c.cumulative {
-            self.counts.entry(key).or_default().mask = 0;
+            e.mask = 0;
         } else {
-            self.counts.remove(&key);
+            *e = Count::default();
         }
         self.notifications += 1;
         Some(CounterNotification {
@@ -338,5 +389,67 @@ mod tests {
         assert_eq!(totals(u.count(21, false, false, 10)), Some((16, 60, 0)));
         // A unit never programmed to halve says so.
         assert_eq!(unit(16, 8, false).halvings(), None);
+    }
+
+    /// The region store against a map of the counts (the store's former shape): seeded random
+    /// counts, targeted clears and halvings, clustered as a wave's accesses are and scattered.
+    #[test]
+    fn the_region_store_keeps_what_a_map_of_the_counts_keeps() {
+        use alloc::collections::BTreeMap;
+        let mut rng = crate::place::Rng::new(0x5eed_0ac7);
+        for round in 0..40 {
+            let mut store = Regions::default();
+            let mut model: BTreeMap<u64, Count> = BTreeMap::new();
+            let span = [4u64, 64, 1 << 20][round % 3];
+            let mut key = rng.below(span);
+            for _ in 0..2_000 {
+                match rng.below(100) {
+                    0..=69 => {
+                        // Mostly the region just counted, else a jump.
+                        if rng.below(4) == 0 {
+                            key = rng.below(span);
+                        }
+                        let w = rng.below(50) as u32;
+                        let write = rng.below(2) == 0;
+                        let (a, b) = (store.slot(key), model.entry(key).or_default());
+                        for c in [a, b] {
+                            if write {
+                                c.writes += w;
+                            } else {
+                                c.reads += w;
+                            }
+                            c.mask |= 1 << (w % 32);
+                        }
+                    }
+                    70..=79 => {
+                        let lo = rng.below(span);
+                        let hi = lo + rng.below(8);
+                        store.reset(lo, hi);
+                        model.retain(|&k, _| k < lo || k > hi);
+                    }
+                    80..=84 => {
+                        store.halve();
+                        for v in model.values_mut() {
+                            v.reads /= 2;
+                            v.writes /= 2;
+                        }
+                    }
+                    85 => {
+                        store.clear();
+                        model.clear();
+                    }
+                    _ => {
+                        let k = if rng.below(2) == 0 { key } else { rng.below(span) };
+                        assert_eq!(store.get(k), model.get(&k).copied().unwrap_or_default(), "region {k}");
+                    }
+                }
+            }
+            for (&k, &c) in &model {
+                assert_eq!(store.get(k), c, "region {k} at the end of round {round}");
+            }
+            let nonzero = store.entries.iter().filter(|(_, c)| *c != Count::default()).count();
+            assert_eq!(nonzero, model.values().filter(|c| **c != Count::default()).count());
+            assert!(store.entries.windows(2).all(|w| w[0].0 < w[1].0), "entries out of order");
+        }
     }
 }
