@@ -120,6 +120,19 @@ impl Real {
         self.epoch += 1;
     }
 
+    /// Device `dev`'s read copy of `page`, if it has one (most points make none: the access
+    /// path asks at every access, so an empty map is not searched).
+    #[inline]
+    fn copy_of(&self, page: u32, dev: u8) -> Option<u64> {
+        if self.copies.is_empty() { None } else { self.copies.get(&(page, dev)).copied() }
+    }
+
+    /// Whether device `dev` reaches `page` by a mapping no mirror holds (as [`Real::copy_of`]).
+    #[inline]
+    fn soft_mapped(&self, page: u32, dev: u8) -> bool {
+        !self.soft_maps.is_empty() && self.soft_maps.contains(&(page, dev))
+    }
+
     /// [`Real::locate`] for the access path, remembered until the next [`Real::changed`].
     fn located(&self, p: u32) -> Result<Located, MechError> {
         let cell = self.located.get(p as usize).ok_or(MechError::Entry { page: p, pte: None })?;
@@ -268,10 +281,10 @@ impl Mechanism for Real {
 
     fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
         self.seen = None;
-        if !write && self.copies.contains_key(&(page, dev)) {
+        if !write && self.copy_of(page, dev).is_some() {
             return Ok(Some(Loc::Dev(dev)));
         }
-        if self.soft_maps.contains(&(page, dev)) {
+        if self.soft_mapped(page, dev) {
             return Ok(Some(self.locate(page)?.0));
         }
         let Some(m) = self.mirror(dev) else {
@@ -279,7 +292,15 @@ impl Mechanism for Real {
             let here = self.locate(page)?.0;
             return Ok((here == Loc::Dev(dev)).then_some(here));
         };
-        let t = m.translate(Self::va(page));
+        // The translation this epoch already walked and checked against the CPU page table
+        // (`access_page`): the mirror has not changed since, as every change to it (a
+        // migration's invalidation, a fault, a mapping) begins a new epoch ([`Real::changed`]).
+        // A mirror that missed an invalidation is still caught: by the first access after it.
+        let cached = self.located.get(page as usize).map(core::cell::Cell::get);
+        let t = match cached {
+            Some(Located { epoch, agreed: Some((d, t)), .. }) if epoch == self.epoch && d == dev => Some(t),
+            _ => m.translate(Self::va(page)),
+        };
         self.seen = t.map(|t| (dev, page, t));
         Ok(t.filter(|t| t.write || !write).map(|t| match t.at {
             Where::Local(_) => Loc::Dev(dev),
@@ -471,7 +492,7 @@ impl Real {
         let seen = self.seen.take();
         if let Loc::Dev(d) = by
             && at == by
-            && let Some(&k) = self.copies.get(&(page, d))
+            && let Some(k) = self.copy_of(page, d)
         {
             if write {
                 return Err(MechError::Copy { page, dev: d, fault: CopyFault::Written });
@@ -492,7 +513,7 @@ impl Real {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
             let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
-                (Loc::Dev(d), Some(Some(m))) if !self.soft_maps.contains(&(page, d)) => {
+                (Loc::Dev(d), Some(Some(m))) if !self.soft_mapped(page, d) => {
                     let seen = seen.filter(|&(sd, sp, _)| (sd, sp) == (d, page)).map(|(_, _, t)| t);
                     match (seen, here.agreed) {
                         // The translation already checked against the CPU page table in this
@@ -509,11 +530,7 @@ impl Real {
                 }
                 _ => pa,
             };
-            let mut w = [0u8; 8];
-            mm::ram::read(pa, &mut w);
-            if write {
-                mm::ram::write(pa, &(u64::from_le_bytes(w) + 1).to_le_bytes());
-            }
+            mm::ram::bump_u64(pa, write);
         }
         if write {
             self.writes[page as usize] += 1;

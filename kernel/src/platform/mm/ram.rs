@@ -93,7 +93,25 @@ impl core::fmt::Display for OutsideRam {
 }
 
 /// Whether `[pa, pa + len)` lies inside one recorded range (see the module docs).
+#[inline(always)]
 pub fn check(pa: u64, len: u64) -> Result<(), OutsideRam> {
+    // The range that answered last first, inline: nearly every frame hmm uses is in the one
+    // large RAM region or a device's memory, so most checks are two comparisons (and no call:
+    // under TCG a call and its return cost more than the comparisons).
+    let hint = HINT.load(Ordering::Relaxed);
+    if let Some(end) = pa.checked_add(len)
+        && hint < USED.load(Ordering::Acquire)
+        && ENDS[hint].load(Ordering::Acquire) >= end
+        && STARTS[hint].load(Ordering::Relaxed) <= pa
+    {
+        return Ok(());
+    }
+    check_slow(pa, len)
+}
+
+/// [`check`] past the last range that answered.
+#[inline(never)]
+fn check_slow(pa: u64, len: u64) -> Result<(), OutsideRam> {
     let outside = OutsideRam { pa, len };
     let end = pa.checked_add(len).ok_or(outside)?;
     let n = USED.load(Ordering::Acquire);
@@ -130,6 +148,7 @@ pub(super) fn overlaps_managed(start: u64, end: u64) -> bool {
 
 /// Panics unless `[pa, pa + len)` is memory `hmm` may use.
 #[track_caller]
+#[inline]
 fn require(op: &str, pa: u64, len: u64) {
     if let Err(e) = check(pa, len) {
         refused(op, e);
@@ -168,6 +187,25 @@ pub fn copy(dst: Pfn, src: Pfn, count: u64) {
             len as usize,
         )
     }
+}
+
+/// The little-endian word at physical `pa` (8-aligned), incremented there when `bump`; returns
+/// the word as it was. One check and one load (and store): the experiments' access path reads
+/// a word of a page, and bumps it on a write, at each of its millions of accesses.
+#[track_caller]
+#[inline]
+pub fn bump_u64(pa: u64, bump: bool) -> u64 {
+    require("word access", pa, 8);
+    assert!(pa.is_multiple_of(8), "hmm platform: unaligned word access at {pa:#x}");
+    let at = phys_to_virt(pa) as *mut u64;
+    // SAFETY: `pa..pa + 8` is checked memory hmm owns, direct-mapped, and aligned (checked);
+    // no Rust reference to it exists (hmm reaches its frames only through this module).
+    let w = u64::from_le(unsafe { core::ptr::read(at) });
+    if bump {
+        // SAFETY: as above.
+        unsafe { core::ptr::write(at, w.wrapping_add(1).to_le()) }
+    }
+    w
 }
 
 /// Reads `buf.len()` bytes at physical `pa`.
