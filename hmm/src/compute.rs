@@ -249,8 +249,11 @@ struct Fault {
 
 /// Runs `kernel` to completion on `dev`, servicing faults in batches of at most `batch_max`
 /// (≤ [`BATCH_MAX`]).
-pub fn run<D: Device + ?Sized>(
-    kernel: &mut dyn Kernel,
+///
+/// Generic in the kernel too (a `&mut dyn Kernel` works): a kernel's `op`, `weight` and
+/// `retire` run at every access, and a known kernel type lets them inline.
+pub fn run<K: Kernel + ?Sized, D: Device + ?Sized>(
+    kernel: &mut K,
     dev: &mut D,
     batch_max: usize,
     c: &mut Counters,

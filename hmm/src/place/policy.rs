@@ -398,10 +398,12 @@ pub trait Policy {
     }
 
     /// The access counters this policy wants (none by default: UVM's default on x86/PCIe).
-    /// Asked when a device wave starts and again after each fault batch or counter
-    /// notification it services, and the answer holds for the accesses in between: it may
-    /// depend on the policy's and the engine's state (which change only there), not on the
-    /// time of each access.
+    /// Asked when a device wave starts and again after each fault batch it services and each
+    /// counter notification it acts on (plans something for), and the answer holds for the
+    /// accesses in between: it may depend on the engine's state and on what the policy does
+    /// in those hooks, not on the time of each access nor on notifications it declines (a
+    /// unit that notifies at every access, as IPDPS'20's cumulative counters do, is not
+    /// reprogrammed at every access; a driver reprograms its counters when it acts).
     fn counters(&self, cx: &Ctx<'_>, dev: u8) -> Option<Counters> {
         let _ = (cx, dev);
         None

@@ -433,6 +433,33 @@ fn the_counter_unit_is_asked_for_once_per_wave_batch_or_notification() {
     assert!(asks.get() * 20 < o.stats.accesses, "{} asks for {} accesses: {:?}", asks.get(), o.stats.accesses, o.stats);
 }
 
+/// A notification the policy declines does not ask for the counter programming again:
+/// IPDPS'20's cumulative counters notify at nearly every access once a region is hot, and the
+/// policy declines those of regions with nothing mapped remotely.
+#[test]
+fn a_declined_notification_keeps_the_counter_programming() {
+    let params = [
+        ("mode", Value::Text("always".into())),
+        ("counting", Value::Text("ipdps".into())),
+        ("region", Value::Text("64K".into())),
+        ("threshold", Value::Int(8)),
+    ];
+    let asks = std::rc::Rc::new(core::cell::Cell::new(0));
+    let counted = CountsAsks { inner: policy("counters", &params, "lfu2m"), asks: asks.clone() };
+    let o = run1("bfs", 1.25, Box::new(counted));
+    let plain = run1("bfs", 1.25, policy("counters", &params, "lfu2m"));
+    assert_eq!(format!("{:?}", o.stats), format!("{:?}", plain.stats));
+    let acted = o.policy.iter().find(|(n, _)| *n == "counter_migrations").map_or(0, |x| x.1);
+    assert!(o.stats.notifications > 1000 && acted > 0, "{:?} {:?}", o.stats, o.policy);
+    assert!(
+        asks.get() * 20 < o.stats.notifications,
+        "{} asks for {} notifications ({acted} acted on): {:?}",
+        asks.get(),
+        o.stats.notifications,
+        o.stats
+    );
+}
+
 #[test]
 fn counter_migrations_on_the_fault_path_make_the_device_wait() {
     let params = |service: &str| {

@@ -61,13 +61,55 @@ struct WaveDevice<'e, 'm> {
     /// The access counters' notifications are serviced on the fault path (the device waits).
     sync: bool,
     /// What the policy last said of the counter unit ([`Policy::counters`]), until a batch
-    /// service or a notification (the only changes to the state it reads within a wave).
+    /// service or a notification the policy acted on (the only changes to the state it reads
+    /// within a wave).
     ///
     /// [`Policy::counters`]: crate::place::policy::Policy::counters
     asked: Option<Option<crate::place::policy::Counters>>,
+    /// The last access time converted to whole ns: (its bits, the ns).
+    now_ns: (u64, u64),
+    /// [`WaveDevice::line_time`]'s products: local ([0]) and from system memory ([1]), by
+    /// line count (the cost model does not change within a wave).
+    line_times: [[Option<f64>; LINE_TIMES]; 2],
 }
 
+/// Line counts whose access time a wave remembers (an access covers at most a page's 32
+/// lines).
+const LINE_TIMES: usize = 33;
+
 impl WaveDevice<'_, '_> {
+    /// `lines` lines of memory at `at` accessed by this device: `lines × line_ns_on`, as
+    /// [`Engine::touch`] has it (the same product, remembered per line count).
+    fn line_time(&mut self, at: Loc, lines: u16) -> f64 {
+        let by = Loc::Dev(self.d);
+        // Local memory and system memory are kept (a peer's memory is not: peers differ).
+        let kept = match at {
+            _ if at == by => self.line_times[0].get_mut(lines as usize),
+            Loc::Cpu => self.line_times[1].get_mut(lines as usize),
+            Loc::Dev(_) => None,
+        };
+        if let Some(Some(t)) = kept {
+            return *t;
+        }
+        let t = lines as f64 * self.e.cost.line_ns_on(0, by, at);
+        if let Some(slot) = kept {
+            *slot = Some(t);
+        }
+        t
+    }
+
+    /// `t as u64`, the last conversion remembered.
+    fn whole_ns(&mut self, t: f64) -> u64 {
+        match self.now_ns {
+            (bits, ns) if bits == t.to_bits() => ns,
+            _ => {
+                let ns = t as u64;
+                self.now_ns = (t.to_bits(), ns);
+                ns
+            }
+        }
+    }
+
     /// When the accesses so far are done.
     fn end(&self) -> f64 {
         let latency = if self.remote { self.e.cost.remote_latency_ns } else { 0.0 };
@@ -79,7 +121,12 @@ impl WaveDevice<'_, '_> {
         let (p, by) = (self.base + a.page, Loc::Dev(self.d));
         self.remote |= at != by;
         let now = if self.serviced { self.clock } else { self.start };
-        let t = self.e.touch(0, by, at, p, &a, now)?;
+        // What `Engine::touch` computes, the conversions remembered (the kernel target's
+        // floating point is software: a conversion or a product is a call, at each of a
+        // wave's up to millions of accesses, and most have the same time and line count).
+        let now_ns = self.whole_ns(now);
+        self.e.make_access(by, at, p, &a, now_ns)?;
+        let t = self.line_time(at, a.lines);
         if self.serviced {
             self.at = now + t;
             self.clock += t;
@@ -118,8 +165,8 @@ impl compute::Device for WaveDevice<'_, '_> {
         let c = match self.asked {
             Some(c) => c,
             None => {
-                let cx =
-                    Ctx::new(&self.e.st, &self.e.cost, self.at as u64).with_units(Units::new(&self.e.counter_units, 0));
+                let at = self.whole_ns(self.at);
+                let cx = Ctx::new(&self.e.st, &self.e.cost, at).with_units(Units::new(&self.e.counter_units, 0));
                 let c = self.e.policy.counters(&cx, self.d);
                 self.sync = c.is_some_and(|c| c.sync);
                 self.e.counter_units.get_mut(self.d as usize)?.configure(c.map(crate::place::policy::Counters::unit));
@@ -141,7 +188,7 @@ impl compute::Device for WaveDevice<'_, '_> {
         n: &compute::CounterNotification,
         _c: &mut compute::Counters,
     ) -> Result<(), MechError> {
-        self.asked = None;
+        let at = self.whole_ns(self.at);
         let (e, d, now) = (&mut *self.e, self.d, self.at);
         e.stats.notifications += 1;
         let first = n.first as u32;
@@ -156,11 +203,13 @@ impl compute::Device for WaveDevice<'_, '_> {
             mask_pages: n.mask_pages,
         };
         let mut plan = Plan::default();
-        let cx = Ctx::new(&e.st, &e.cost, now as u64).with_units(Units::new(&e.counter_units, 0));
+        let cx = Ctx::new(&e.st, &e.cost, at).with_units(Units::new(&e.counter_units, 0));
         e.policy.on_access_counter(&cx, &note, &mut plan);
         if plan.actions.is_empty() {
+            // Declined: nothing changed that the counter programming may depend on.
             return Ok(());
         }
+        self.asked = None;
         let lane = format!("dev{d}");
         if self.sync {
             let done = e.apply(&plan, now + e.cost.far_fault_ns)?;
@@ -287,17 +336,28 @@ impl Engine<'_> {
         a: &Access,
         now: f64,
     ) -> Result<f64, MechError> {
+        self.make_access(by, at, p, a, now as u64)?;
+        Ok(a.lines as f64 * self.cost.line_ns_on(core, by, at))
+    }
+
+    /// [`Engine::touch`] but for the time it takes: invalidates copies on a write, makes the
+    /// access at `now` (ns), counts it.
+    fn make_access(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: u64) -> Result<(), MechError> {
         if a.write {
             self.drop_all_copies(p)?;
         }
         self.mech.access(by, at, p, a.write)?;
-        self.account(by, at, p, a, now);
-        Ok(a.lines as f64 * self.cost.line_ns_on(core, by, at))
+        self.account_at(by, at, p, a, now);
+        Ok(())
     }
 
     /// Counts an access that was made.
     pub(super) fn account(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: f64) {
-        self.st.touch(p, now as u64, a.lines as u32);
+        self.account_at(by, at, p, a, now as u64);
+    }
+
+    fn account_at(&mut self, by: Loc, at: Loc, p: u32, a: &Access, now: u64) {
+        self.st.touch(p, now, a.lines as u32);
         self.stats.accesses += 1;
         if by == at {
             self.stats.local_lines += a.lines as u64;
@@ -329,6 +389,8 @@ impl Engine<'_> {
             at: start,
             sync: false,
             asked: None,
+            now_ns: (f64::NAN.to_bits(), 0),
+            line_times: [[None; LINE_TIMES]; 2],
         };
         let mut c = compute::Counters::default();
         match compute::run(&mut kernel, &mut dev, batch, &mut c) {
