@@ -5,7 +5,9 @@
 //! - a device's `used` equals the pages resident on it plus the read copies it holds, and never
 //!   exceeds its capacity;
 //! - `per_block[b]` counts the same pages per 2 MiB VA block;
-//! - a page never has a read copy on the device that holds it, nor a remote mapping there.
+//! - a page never has a read copy on the device that holds it, nor a remote mapping there;
+//! - a device's `remote` bitmap has bit `p` set exactly when page `p`'s `remote` has that
+//!   device's bit (the bitmap answers [`State::remote_pages`] a word at a time).
 
 use super::{BLOCK, Loc, MAX_DEVICES};
 use alloc::vec;
@@ -64,6 +66,8 @@ pub struct DevMem {
     pub stamp: Vec<u64>,
     /// Device memory filled up at least once (oversubscription has begun).
     pub filled: bool,
+    /// The pages it maps remotely, a bit per page (as the pages' `remote` bits say).
+    remote: Vec<u64>,
 }
 
 /// Residency of all managed pages.
@@ -87,6 +91,7 @@ impl State {
                 per_block: vec![0; blocks],
                 stamp: vec![0; blocks],
                 filled: false,
+                remote: vec![0; (pages as usize).div_ceil(64)],
             })
             .collect();
         State { pages: vec![Page::new(); pages as usize], devs, stamp: 0 }
@@ -140,6 +145,57 @@ impl State {
         let pg = &self.pages[p as usize];
         (pg.loc == Loc::Dev(d) || pg.remote & (1 << d) != 0).then_some(pg.loc)
     }
+    /// The pages of `range` device `d` maps remotely, in order (a word of the device's bitmap
+    /// at a time: policies ask of a region at each access-counter notification).
+    pub fn remote_pages(&self, d: u8, range: core::ops::Range<u32>) -> impl Iterator<Item = u32> + '_ {
+        let bits = self.devs.get(d as usize).map_or(&[][..], |m| &m.remote[..]);
+        let end = range.end.min(self.len());
+        let words = (range.start / 64) as usize..(end as usize).div_ceil(64).min(bits.len());
+        words.flat_map(move |w| {
+            let lo = (w as u32 * 64).max(range.start);
+            let hi = (w as u32 * 64 + 64).min(end);
+            // The bits of [lo, hi) in word w.
+            let span = hi.saturating_sub(lo);
+            let mask = if span >= 64 { u64::MAX } else { ((1u64 << span) - 1) << (lo % 64) };
+            let mut word = bits[w] & mask;
+            core::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let b = word.trailing_zeros();
+                    word &= word - 1;
+                    w as u32 * 64 + b
+                })
+            })
+        })
+    }
+
+    /// Whether device `d` maps any page of `range` remotely (a word or two of its bitmap).
+    pub fn any_remote(&self, d: u8, range: core::ops::Range<u32>) -> bool {
+        let Some(m) = self.devs.get(d as usize) else { return false };
+        let end = range.end.min(self.len());
+        let mut p = range.start;
+        while p < end {
+            let w = p / 64;
+            let hi = (w * 64 + 64).min(end);
+            let span = hi - p;
+            let mask = if span >= 64 { u64::MAX } else { ((1u64 << span) - 1) << (p % 64) };
+            if m.remote[w as usize] & mask != 0 {
+                return true;
+            }
+            p = hi;
+        }
+        false
+    }
+
+    /// Sets or clears page `p`'s bit in device `d`'s remote bitmap.
+    fn set_remote_bit(&mut self, d: usize, p: u32, on: bool) {
+        let w = &mut self.devs[d].remote[p as usize / 64];
+        if on {
+            *w |= 1 << (p % 64);
+        } else {
+            *w &= !(1 << (p % 64));
+        }
+    }
+
     /// Pages of block `b` on device `d`.
     pub fn on_dev_in_block(&self, d: usize, b: u32) -> u32 {
         self.devs[d].per_block[b as usize]
@@ -176,6 +232,11 @@ impl State {
         if let Loc::Dev(d) = to {
             self.hold(d, b);
         }
+        for d in 0..self.devs.len() {
+            if self.pages[p as usize].remote & (1 << d) != 0 {
+                self.set_remote_bit(d, p, false);
+            }
+        }
         let pg = &mut self.pages[p as usize];
         pg.loc = to;
         pg.remote = 0;
@@ -208,6 +269,7 @@ impl State {
     pub fn map_remote(&mut self, p: u32, d: u8) {
         if self.pages[p as usize].loc != Loc::Dev(d) {
             self.pages[p as usize].remote |= 1 << d;
+            self.set_remote_bit(d as usize, p, true);
         }
     }
 
@@ -223,6 +285,7 @@ impl State {
         self.hold(d, (p / BLOCK) as usize);
         self.pages[p as usize].copies |= 1 << d;
         self.pages[p as usize].remote &= !(1 << d);
+        self.set_remote_bit(d as usize, p, false);
         true
     }
 
@@ -279,6 +342,12 @@ impl State {
             if used != m.used || per_block != m.per_block {
                 return Err(alloc::format!("dev{d}: used {} but {used} pages held", m.used));
             }
+            for (p, pg) in self.pages.iter().enumerate() {
+                let bit = m.remote[p / 64] & (1 << (p % 64)) != 0;
+                if bit != (pg.remote & (1 << d) != 0) {
+                    return Err(alloc::format!("page {p}: dev{d}'s remote bitmap says {bit}, the page does not"));
+                }
+            }
             if m.used > m.capacity {
                 return Err(alloc::format!("dev{d}: {} pages held, capacity {}", m.used, m.capacity));
             }
@@ -318,5 +387,45 @@ mod tests {
         assert_eq!(s.page(600).accesses, 4);
         s.cool();
         assert_eq!(s.page(600).accesses, 2);
+    }
+
+    /// The remote bitmap follows the pages' bits through random moves, remote mappings and
+    /// copies, and `remote_pages` answers as a scan of the pages does.
+    #[test]
+    fn remote_pages_are_the_pages_mapped_remotely() {
+        let mut rng = crate::place::Rng::new(11);
+        let n = 300u32;
+        let mut s = State::new(n, &[100, 60]);
+        for step in 0..3_000 {
+            let p = rng.below(n as u64) as u32;
+            let d = rng.below(2) as u8;
+            match rng.below(4) {
+                0 => {
+                    s.map_remote(p, d);
+                }
+                1 => {
+                    let to = if rng.below(3) == 0 { Loc::Cpu } else { Loc::Dev(d) };
+                    s.set_loc(p, to, step, false);
+                }
+                2 => {
+                    s.add_copy(p, d);
+                }
+                _ => {
+                    s.drop_copies(p);
+                }
+            }
+            if step % 97 == 0 {
+                s.check().unwrap();
+            }
+            let a = rng.below(n as u64 + 10) as u32;
+            let b = a + rng.below(140) as u32;
+            let want: Vec<u32> = (a..b.min(n)).filter(|&q| s.page(q).remote & (1 << d) != 0).collect();
+            let got: Vec<u32> = s.remote_pages(d, a..b).collect();
+            assert_eq!(got, want, "dev{d} pages {a}..{b} at step {step}");
+            assert_eq!(s.any_remote(d, a..b), !want.is_empty(), "dev{d} pages {a}..{b} at step {step}");
+        }
+        s.check().unwrap();
+        assert!((0..2).any(|d| s.remote_pages(d, 0..n).next().is_some()), "the test mapped nothing remotely");
+        assert_eq!(s.remote_pages(5, 0..n).count(), 0, "no such device");
     }
 }

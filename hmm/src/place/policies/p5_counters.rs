@@ -280,23 +280,33 @@ impl Policy for AccessCounters {
     fn on_access_counter(&mut self, cx: &Ctx<'_>, n: &Notification, plan: &mut Plan) {
         let dev = n.dev;
         let count = n.reads.saturating_add(n.writes);
-        if self.ipdps && (!self.delaying(dev) || count < self.threshold_for(cx, dev, n.first, count)) {
+        if self.ipdps {
+            // IPDPS'20: the accessed sub-regions' pages the device reaches remotely migrate
+            // once the region's count reaches its threshold. The pages are looked for first:
+            // a region with none (most notifications: its pages are local) needs no threshold.
+            if !self.delaying(dev) || !cx.state.any_remote(dev, n.first..n.first.saturating_add(n.pages)) {
+                return;
+            }
+            let hot: Vec<Fault> = n
+                .accessed()
+                .flat_map(|(a, b)| cx.state.remote_pages(dev, a..b))
+                .map(|page| Fault { page, write: false })
+                .collect();
+            if hot.is_empty() || count < self.threshold_for(cx, dev, n.first, count) {
+                return;
+            }
+            self.migrations += 1;
+            self.migrate(cx, dev, &hot, plan);
             return;
         }
-        // UVM: the accessed sub-regions migrate; IPDPS'20: their pages the device reaches
-        // remotely.
+        // UVM: the accessed sub-regions migrate.
         let mut hot = Vec::new();
         for (a, b) in n.accessed() {
             for page in a..b.min(cx.pages()) {
-                let p = cx.state.page(page);
-                let take = if self.ipdps { p.remote & (1 << dev) != 0 } else { p.loc != Loc::Dev(dev) };
-                if take {
-                    hot.push(Fault { page, write: !self.ipdps && n.writes > 0 });
+                if cx.state.page(page).loc != Loc::Dev(dev) {
+                    hot.push(Fault { page, write: n.writes > 0 });
                 }
             }
-        }
-        if self.ipdps && hot.is_empty() {
-            return;
         }
         self.migrations += 1;
         self.migrate(cx, dev, &hot, plan);
