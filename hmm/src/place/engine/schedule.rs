@@ -134,9 +134,7 @@ impl Engine<'_> {
             .iter()
             .map(|(w, ph, ready, _)| {
                 let (base, pages) = (self.wls[*w].base, self.wls[*w].w.pages());
-                let mut touched: Vec<u32> = ph.accesses.iter().map(|a| base + a.page).collect();
-                touched.sort_unstable();
-                touched.dedup();
+                let touched = touched_pages(&ph.accesses, base, pages);
                 sched::Node {
                     name: ph.name,
                     on: clamp_target(ph.on, devices),
@@ -289,5 +287,64 @@ impl Engine<'_> {
         }
         self.wls[w].error.get_or_insert(why);
         self.wls[w].done = true;
+    }
+}
+
+/// The distinct pages `accesses` touch (pages of a workload at `base` with `pages` pages),
+/// sorted: a bitmap over the workload's pages, not a sort of the accesses (a phase has up to
+/// millions; an access past the workload's pages, which a workload does not make, is kept
+/// too).
+fn touched_pages(accesses: &[crate::place::workload::Access], base: u32, pages: u32) -> Vec<u32> {
+    let mut bits = vec![0u64; (pages as usize).div_ceil(64)];
+    let mut outside: Vec<u32> = Vec::new();
+    for a in accesses {
+        match bits.get_mut(a.page as usize / 64) {
+            Some(w) if a.page < pages => *w |= 1 << (a.page % 64),
+            _ => outside.push(a.page),
+        }
+    }
+    outside.sort_unstable();
+    outside.dedup();
+    let mut touched: Vec<u32> = Vec::new();
+    for (i, &w) in bits.iter().enumerate() {
+        let mut w = w;
+        while w != 0 {
+            touched.push(i as u32 * 64 + w.trailing_zeros());
+            w &= w - 1;
+        }
+    }
+    touched.extend(outside);
+    touched.iter_mut().for_each(|p| *p += base);
+    touched
+}
+
+#[cfg(test)]
+mod touched_tests {
+    use super::touched_pages;
+    use crate::place::workload::Access;
+
+    /// The bitmap gives what sorting and deduplicating the accesses' pages gives.
+    #[test]
+    fn touched_pages_are_the_sorted_distinct_pages_of_the_accesses() {
+        let mut rng = crate::place::Rng::new(7);
+        for pages in [1u32, 63, 64, 65, 1000] {
+            for n in [0usize, 1, 10, 5000] {
+                let accesses: alloc::vec::Vec<Access> = (0..n)
+                    .map(|_| {
+                        // Now and then a page past the workload's (no workload makes one).
+                        let page = if rng.below(50) == 0 {
+                            pages + rng.below(5) as u32
+                        } else {
+                            rng.below(pages as u64) as u32
+                        };
+                        Access { page, write: rng.below(2) == 0, lines: 1 }
+                    })
+                    .collect();
+                let mut want: alloc::vec::Vec<u32> = accesses.iter().map(|a| 100 + a.page).collect();
+                want.sort_unstable();
+                want.dedup();
+                assert_eq!(touched_pages(&accesses, 100, pages), want, "{pages} pages, {n} accesses");
+            }
+        }
     }
 }
