@@ -92,6 +92,9 @@ pub(super) struct Graph {
     pub(super) weights: Vec<u16>,
     /// Bases of the arrays, by name.
     pub(super) arrays: Vec<(&'static str, u64)>,
+    /// The bases of `payload`, `edges` and `weights` (0 where the workload has none), which
+    /// each visit reads: looked up once, not by name per visit.
+    visit_at: (u64, u64, u64),
     /// Bytes of payload per vertex.
     pub(super) payload: u64,
     /// Pages laid out.
@@ -242,7 +245,10 @@ impl Graph {
             .iter()
             .map(|&(name, b, per_edge)| (name, l.array(if per_edge { b * m } else { b * n as u64 })))
             .collect();
-        Graph { n, offsets, edges, weights, arrays, payload, pages: l.pages(), uniform }
+        let mut g =
+            Graph { n, offsets, edges, weights, arrays, payload, pages: l.pages(), uniform, visit_at: (0, 0, 0) };
+        g.visit_at = (g.at("payload"), g.at("edges"), g.at("weights"));
+        g
     }
 
     /// The base of array `name`.
@@ -257,14 +263,15 @@ impl Graph {
 
     /// Emits reading `v`'s payload and its edge list (and weights); returns its edge range.
     fn visit(&self, e: &mut Emit, v: u32) -> core::ops::Range<usize> {
+        let (payload, edges, weights) = self.visit_at;
         if self.payload > 0 {
-            e.range(self.at("payload") + v as u64 * self.payload, self.payload, false);
+            e.range(payload + v as u64 * self.payload, self.payload, false);
         }
         let r = self.out(v);
         if !r.is_empty() {
-            e.range(self.at("edges") + r.start as u64 * 4, r.len() as u64 * 4, false);
+            e.range(edges + r.start as u64 * 4, r.len() as u64 * 4, false);
             if !self.weights.is_empty() {
-                e.range(self.at("weights") + r.start as u64 * 4, r.len() as u64 * 4, false);
+                e.range(weights + r.start as u64 * 4, r.len() as u64 * 4, false);
             }
         }
         r
@@ -288,56 +295,67 @@ pub const BFS: WorkloadDef = WorkloadDef {
     build: |p: &Params, s: &Setup| {
         let g = Graph::new(p, s, For::Bfs);
         let on = s.device;
-        let n = g.n as u64;
         let (nodes, mask, updating, visited, cost) =
             (g.at("nodes"), g.at("mask"), g.at("updating"), g.at("visited"), g.at("cost"));
         let src = g.source();
         let mut seen = vec![false; g.n as usize];
         seen[src as usize] = true;
-        let mut frontier = vec![false; g.n as usize];
-        frontier[src as usize] = true;
-        let mut any = true;
+        // The frontier in index order (the threads that expand, in block order).
+        let mut frontier: Vec<u32> = vec![src];
+        // The vertices updated in this level (distinct), and per line of the byte arrays
+        // whether one of its vertices was: kernel 2's reads and writes need no sweep of
+        // the whole vertex set, only its lines.
+        let mut next = vec![false; g.n as usize];
+        let mut updated: Vec<u32> = Vec::new();
+        let mut line_set = vec![false; (g.n as usize).div_ceil(LINE_BYTES as usize)];
+        let mut last_len = 0;
         Ok(Box::new(Lazy::new("bfs", g.pages, move |_step| {
-            if !any {
+            if frontier.is_empty() {
                 return None;
             }
-            let mut e = Emit::default();
-            let mut next = vec![false; g.n as usize];
-            // Kernel 1: every thread reads its mask; the frontier expands.
-            for v in 0..g.n {
-                if v % LINE_BYTES == 0 {
-                    e.line(mask + v as u64, false);
-                }
-                if !frontier[v as usize] {
-                    continue;
-                }
-                e.line(mask + v as u64, true);
-                e.range(nodes + v as u64 * 8, 8, false);
-                for i in g.visit(&mut e, v) {
-                    let u = g.edges[i];
-                    e.line(visited + u as u64, false);
-                    if !seen[u as usize] {
-                        e.line(cost + v as u64 * 4, false);
-                        e.line(cost + u as u64 * 4, true);
-                        e.line(updating + u as u64, true);
-                        next[u as usize] = true;
+            let mut e = Emit { out: Vec::with_capacity(last_len) };
+            // Kernel 1: every thread reads its mask (a line per LINE_BYTES threads); the
+            // frontier expands.
+            let mut f = frontier.iter().copied().peekable();
+            for line in 0..line_set.len() as u32 {
+                let first = line * LINE_BYTES;
+                e.line(mask + first as u64, false);
+                let end = first + LINE_BYTES;
+                while let Some(v) = f.next_if(|&v| v < end) {
+                    e.line(mask + v as u64, true);
+                    e.range(nodes + v as u64 * 8, 8, false);
+                    for i in g.visit(&mut e, v) {
+                        let u = g.edges[i];
+                        e.line(visited + u as u64, false);
+                        if !seen[u as usize] {
+                            e.line(cost + v as u64 * 4, false);
+                            e.line(cost + u as u64 * 4, true);
+                            e.line(updating + u as u64, true);
+                            if !core::mem::replace(&mut next[u as usize], true) {
+                                updated.push(u);
+                                line_set[(u / LINE_BYTES) as usize] = true;
+                            }
+                        }
                     }
                 }
             }
             // Kernel 2: every thread reads its updating flag; the updated join the frontier.
-            for v in (0..n).step_by(LINE_BYTES as usize) {
-                let set = next[v as usize..(v + LINE_BYTES as u64).min(n) as usize].iter().any(|&x| x);
-                e.line(updating + v, set);
-                if set {
+            for (line, set) in line_set.iter_mut().enumerate() {
+                let v = line as u64 * LINE_BYTES as u64;
+                e.line(updating + v, *set);
+                if core::mem::take(set) {
                     e.line(mask + v, true);
                     e.line(visited + v, true);
                 }
             }
-            for (v, &x) in next.iter().enumerate() {
-                seen[v] |= x;
+            updated.sort_unstable();
+            for &u in &updated {
+                seen[u as usize] = true;
+                next[u as usize] = false;
             }
-            any = next.iter().any(|&x| x);
-            frontier = next;
+            frontier.clear();
+            frontier.append(&mut updated);
+            last_len = e.out.len();
             Some(vec![e.phase("bfs-level", on)])
         })))
     },
