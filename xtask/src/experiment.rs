@@ -29,6 +29,7 @@
 //! params = { threshold = 51 }
 //! eviction = { order = "tbne" }
 //! oversubscription = [1.1]            # only some of the sweep's ratios (default: all)
+//! workloads = ["bfs-6"]               # only some workloads, by label (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]       # each ratio once
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
@@ -128,6 +129,10 @@ pub struct PolicyEntry {
     /// The sweep's oversubscription ratios this policy runs at (default: all of them).
     #[serde(default)]
     pub oversubscription: Option<Spanned<Vec<f64>>>,
+    /// The workloads (labels) this policy runs on (default: all of them): a sensitivity run on
+    /// one workload need not run on every other.
+    #[serde(default)]
+    pub workloads: Option<Spanned<Vec<String>>>,
 }
 
 /// Sweeps.
@@ -238,8 +243,8 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let devices = device_memory(&src, &exp, &machine, &have)?;
     let run = engine_settings(&src, &exp, &machine, &mpath)?;
     let cost = cost_params(&src, &exp, &machine, &mpath)?;
-    let pols = load_policies(&src, &exp, &run)?;
     let wls = load_workloads(&src, &exp)?;
+    let pols = load_policies(&src, &exp, &run, &wls)?;
     let overs = oversubscriptions(&src, &exp)?;
     let repeat = repetitions(&src, &exp)?;
     let Expanded { points, keys, reps } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
@@ -386,11 +391,13 @@ struct Policy {
     run: Params,
     /// The sweep's ratios it runs at (`None`: all).
     overs: Option<Vec<f64>>,
+    /// The workload labels it runs on (`None`: all).
+    only: Option<Vec<String>>,
 }
 
 /// `[[policy]]`: at least one, each placement known, its parameters and eviction checked, the
 /// labels unique.
-fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Policy>, String> {
+fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params, wls: &[Workload]) -> Result<Vec<Policy>, String> {
     if exp.policies.is_empty() {
         return Err(format!("{}: no [[policy]]: name at least one", src.path.display()));
     }
@@ -431,6 +438,30 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Po
                 ));
             }
         }
+        if let Some(w) = &p.workloads {
+            let f = format!("{sec}.workloads");
+            let labels: Vec<&str> = wls.iter().map(|w| w.label.as_str()).collect();
+            if w.get_ref().is_empty() {
+                return Err(src.at(w.span(), &f, format!("give at least one workload label (of {labels:?})")));
+            }
+            if let Some(x) = w.get_ref().iter().find(|x| !labels.contains(&x.as_str())) {
+                return Err(src.at(
+                    w.span(),
+                    &f,
+                    format!("no [[workload]] is labelled {x:?}; the labels are {labels:?} (a workload's `name`, else its kind)"),
+                ));
+            }
+            if let Some((i, x)) = w.get_ref().iter().enumerate().find(|(i, x)| w.get_ref()[..*i].contains(x)) {
+                return Err(src.at(w.span(), &f, format!("{x:?} is given twice (entry {i}); give each workload once")));
+            }
+            if exp.sweep.together {
+                return Err(src.at(
+                    w.span(),
+                    &f,
+                    "with [sweep] together every point runs all workloads at once; drop `workloads` or `together`",
+                ));
+            }
+        }
         pols.push(Policy {
             label: p.name.get_ref().clone(),
             placement: p.placement.get_ref().clone(),
@@ -438,6 +469,7 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params) -> Result<Vec<Po
             eviction: ep,
             run: with_scheduler(src, run, &p.scheduler, &format!("{sec}.scheduler"))?,
             overs: p.oversubscription.as_ref().map(|o| o.get_ref().clone()),
+            only: p.workloads.as_ref().map(|w| w.get_ref().clone()),
         });
     }
     Ok(pols)
@@ -564,7 +596,8 @@ struct Expanded {
 }
 
 /// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
-/// together with `sweep.together`); a policy with its own `oversubscription` only at those. A repetition after the first shifts each workload's seed
+/// together with `sweep.together`); a policy with its own `oversubscription` only at those, and
+/// with its own `workloads` only on those. A repetition after the first shifts each workload's seed
 /// by 1000 per repetition.
 fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
@@ -581,6 +614,11 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                     continue;
                 }
                 for g in &groups {
+                    if let Some(only) = &pol.only
+                        && !g.iter().all(|&i| only.contains(&a.wls[i].label))
+                    {
+                        continue;
+                    }
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
                     for &i in g {

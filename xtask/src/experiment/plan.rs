@@ -65,7 +65,11 @@ pub fn check(l: &Loaded, file: &Path, root: &Path, host: bool, jobs: usize) -> S
         s,
         "  points      {} ({w} workload group(s) x {p} polic(ies) x {o} ratio(s) x {r} repetition(s){})",
         l.points.len(),
-        if full == l.points.len() { String::new() } else { "; some policies run at only some ratios".into() }
+        if full == l.points.len() {
+            String::new()
+        } else {
+            "; some policies run at only some ratios or on some workloads".into()
+        }
     );
     if host {
         let _ = writeln!(s, "  run         on the host (the HMM stack over the host platform), {jobs} at a time");

@@ -39,7 +39,7 @@ fn load(text: &str) -> Result<Loaded, String> {
 fn shipped_experiments_load() {
     for (f, n) in [
         ("experiments/default.toml", 12),
-        ("experiments/reproduce.toml", 215),
+        ("experiments/reproduce.toml", 217),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
     ] {
@@ -311,6 +311,29 @@ fn a_policy_runs_at_its_own_ratios() {
     assert_eq!(l.keys.iter().filter(|k| k.1 == "od").count(), 4);
     let e = err(&only.replace("[1.5]\n", "[2.0]\n"));
     assert!(e.contains("`policy[1].oversubscription`: 2 is not in [sweep] oversubscription ([1.0, 1.5])"), "{e}");
+}
+
+#[test]
+fn a_policy_runs_on_its_own_workloads() {
+    let only = SMALL.replace("placement = \"tree\"\n", "placement = \"tree\"\nworkloads = [\"stream\"]\n");
+    let l = load(&only).unwrap();
+    // od on both workloads at both ratios, tree on stream only.
+    assert_eq!(l.points.len(), 6);
+    assert!(l.keys.iter().filter(|k| k.1 == "tree").all(|k| k.0 == "stream"), "{:?}", l.keys);
+    assert_eq!(l.keys.iter().filter(|k| k.1 == "od").count(), 4);
+    let e = err(&only.replace("[\"stream\"]", "[\"streem\"]"));
+    assert!(
+        e.contains(
+            "`policy[1].workloads`: no [[workload]] is labelled \"streem\"; the labels are [\"stream\", \"random\"]"
+        ),
+        "{e}"
+    );
+    let e = err(&only.replace("[\"stream\"]", "[\"stream\", \"stream\"]"));
+    assert!(e.contains("`policy[1].workloads`: \"stream\" is given twice"), "{e}");
+    let e = err(&only.replace("[\"stream\"]", "[]"));
+    assert!(e.contains("`policy[1].workloads`: give at least one workload label"), "{e}");
+    let e = err(&only.replace("[sweep]\n", "[sweep]\ntogether = true\n"));
+    assert!(e.contains("`policy[1].workloads`: with [sweep] together"), "{e}");
 }
 
 /// Four policies, two workloads, two ratios; an absolute table compared to its reference `c`

@@ -220,7 +220,10 @@ fn check_and_list_say_what_a_run_would_do() {
     let only =
         load(&untabled.replace("placement = \"tree\"", "placement = \"tree\"\noversubscription = [1.5]")).unwrap();
     let c = plan::check(&only, Path::new("exp.toml"), Path::new("/r"), false, 1);
-    assert!(c.contains("points      6 (") && c.contains("some policies run at only some ratios"), "{c}");
+    assert!(
+        c.contains("points      6 (") && c.contains("some policies run at only some ratios or on some workloads"),
+        "{c}"
+    );
     let list = plan::list(&l);
     let rows: Vec<Vec<&str>> = list.lines().map(|r| r.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["id", "label", "workload", "policy", "ratio", "repetition"]);
