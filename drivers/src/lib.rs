@@ -5,7 +5,8 @@
 //! provides physical-memory readers and configuration-space access, and host tests provide
 //! fakes. `virtq` is a split virtqueue over raw device addresses (what the copy engine and the
 //! virtio-iommu need), `viommu` the virtio-iommu protocol and the shadow of a domain,
-//! `virtio_mem` the virtio-mem protocol, `tsc` the arithmetic of TSC calibration.
+//! `virtio_mem` the virtio-mem protocol, `tsc` the arithmetic of TSC calibration, `cpuid` what
+//! the CPU's vendor and family say about starting application processors.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -13,6 +14,7 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod cpuid;
 pub mod pci;
 pub mod tsc;
 pub mod viommu;

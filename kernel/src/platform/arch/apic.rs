@@ -205,11 +205,14 @@ pub fn send_init(dest: u32) {
 }
 
 /// Starts the CPU with APIC id `dest` at physical `entry` (4 KiB aligned, below 1 MiB) by the
-/// INIT-SIPI-SIPI sequence, waiting after each step as the MP specification asks; a second
-/// SIPI is sent only if `started` does not turn true within 1 ms of the first.
+/// INIT-SIPI-SIPI sequence: after INIT the MP specification's 10 ms only on CPUs that need it
+/// ([`super::cpu::ap_init_delay_ns`]); a second SIPI is sent only if `started` does not turn
+/// true within 1 ms of the first (a SIPI that arrived before the INIT took effect).
 pub fn send_init_sipi(dest: u32, entry: u64, started: impl Fn() -> bool) {
     send_init(dest);
-    time::delay_ns(10_000_000);
+    // The specification's 10 ms between INIT and STARTUP, which modern CPUs (and QEMU's
+    // models of them) do not need: Linux skips it there too.
+    time::delay_ns(super::cpu::ap_init_delay_ns());
     let sipi = 0x4600 | ((entry >> 12) as u32 & 0xff);
     command(dest, sipi);
     let deadline = time::Deadline::after_ms(1);

@@ -36,6 +36,17 @@ pub fn features() -> Features {
     }
 }
 
+/// The wait between INIT and STARTUP when starting an application processor, ns: none on a
+/// modern CPU, the MultiProcessor Specification's 10 ms otherwise ([`drivers::cpuid`]).
+pub fn ap_init_delay_ns() -> u64 {
+    let v = __cpuid(0);
+    let mut vendor = [0u8; 12];
+    for (i, reg) in [v.ebx, v.edx, v.ecx].iter().enumerate() {
+        vendor[i * 4..i * 4 + 4].copy_from_slice(&reg.to_le_bytes());
+    }
+    drivers::cpuid::init_delay_ns(&vendor, __cpuid(1).eax)
+}
+
 /// The initial APIC id of the running CPU (CPUID.1:EBX[31:24]); the log prefix uses it.
 pub fn apic_id() -> u32 {
     __cpuid(1).ebx >> 24
