@@ -350,6 +350,14 @@ mod tests {
         Value::Text(v.into())
     }
 
+    /// The policy with IPDPS'20's counting over 64 KiB regions at threshold 8, and `extra`.
+    fn ipdps(extra: &[(&str, Value)]) -> AccessCounters {
+        let mut params =
+            alloc::vec![("counting", text("ipdps")), ("region", text("64K")), ("threshold", Value::Int(8))];
+        params.extend(extra.iter().cloned());
+        policy(&params)
+    }
+
     /// An access of `lines` lines by dev0 to `page`, counted by dev0's counter unit
     /// (`unit[0]`) as the policy programs it; a notification goes to the policy, as the
     /// engine delivers it.
@@ -449,13 +457,7 @@ mod tests {
 
     #[test]
     fn ipdps_counts_every_access_cumulatively_and_write_faults_migrate() {
-        let params = [
-            ("counting", text("ipdps")),
-            ("region", text("64K")),
-            ("threshold", Value::Int(8)),
-            ("prefetch", Value::Bool(false)),
-        ];
-        let mut pol = policy(&params);
+        let mut pol = ipdps(&[("prefetch", Value::Bool(false))]);
         let mut st = State::new(1024, &[512]);
         let cost = CostModel::default();
         let c = pol.counters(&Ctx::new(&st, &cost, 0), 0).unwrap();
@@ -511,13 +513,7 @@ mod tests {
     /// stale), here across two states of different capacities.
     #[test]
     fn ipdps_adaptive_threshold_follows_the_occupancy() {
-        let params = [
-            ("counting", text("ipdps")),
-            ("region", text("64K")),
-            ("threshold", Value::Int(8)),
-            ("mode", text("adaptive")),
-        ];
-        let pol = policy(&params);
+        let pol = ipdps(&[("mode", text("adaptive"))]);
         let cost = CostModel::default();
         let mut st = State::new(2048, &[512]);
         let mut other = State::new(2048, &[640]);
@@ -541,15 +537,8 @@ mod tests {
 
     #[test]
     fn ipdps_adaptive_threshold_grows_with_penalty_and_round_trips() {
-        let params = [
-            ("counting", text("ipdps")),
-            ("region", text("64K")),
-            ("threshold", Value::Int(8)),
-            ("penalty", Value::Int(2)),
-            ("mode", text("adaptive")),
-            ("prefetch", Value::Bool(false)),
-        ];
-        let mut pol = policy(&params);
+        let mut pol =
+            ipdps(&[("penalty", Value::Int(2)), ("mode", text("adaptive")), ("prefetch", Value::Bool(false))]);
         let mut st = State::new(1024, &[512]);
         let mut unit = [Unit::default()];
         // Before oversubscription: 1 + 8 × occupancy (empty device: 1), the first access migrates.
@@ -573,9 +562,8 @@ mod tests {
 
     #[test]
     fn ipdps_maps_the_pages_ahead_for_reads_at_the_first_delayed_fault() {
-        let params = [("counting", text("ipdps")), ("region", text("64K")), ("threshold", Value::Int(8))];
         let st = State::new(1024, &[512]);
-        let mut pol = policy(&params);
+        let mut pol = ipdps(&[]);
         let unit = [Unit::default()];
         let ahead = |plan: &Plan| {
             plan.actions.iter().filter(|a| matches!(a, Action::MapRemote { read_only: true, .. })).count()
@@ -592,12 +580,12 @@ mod tests {
         assert_eq!(ahead(&fault(&mut pol, &unit, &st, 301, true)), 0, "a write fault migrates");
         assert!(pol.remote_read_only(), "evicted pages are remapped for reads only");
         // `ahead = false`: each cold read fault is mapped remotely, writable, as before.
-        let mut off = policy(&[params[0].clone(), params[1].clone(), params[2].clone(), ("ahead", Value::Bool(false))]);
+        let mut off = ipdps(&[("ahead", Value::Bool(false))]);
         let plan = fault(&mut off, &unit, &st, 40, false);
         assert_eq!(plan.actions, alloc::vec![Action::MapRemote { first: 40, pages: 1, dev: 0, read_only: false }]);
         assert!(!off.remote_read_only());
         // The disabled mode never maps ahead.
-        let mut disabled = policy(&[params[0].clone(), ("mode", text("disabled"))]);
+        let mut disabled = policy(&[("counting", text("ipdps")), ("mode", text("disabled"))]);
         assert_eq!(ahead(&fault(&mut disabled, &unit, &st, 40, false)), 0);
     }
 }
