@@ -145,24 +145,30 @@ impl State {
         let pg = &self.pages[p as usize];
         (pg.loc == Loc::Dev(d) || pg.remote & (1 << d) != 0).then_some(pg.loc)
     }
-    /// The pages of `range` device `d` maps remotely, in order (a word of the device's bitmap
-    /// at a time: policies ask of a region at each access-counter notification).
-    pub fn remote_pages(&self, d: u8, range: core::ops::Range<u32>) -> impl Iterator<Item = u32> + '_ {
+    /// The words of device `d`'s remote bitmap that cover `range`, each masked to the pages
+    /// of `range`: (the word's first page, its bits).
+    fn remote_words(&self, d: u8, range: core::ops::Range<u32>) -> impl Iterator<Item = (u32, u64)> + '_ {
         let bits = self.devs.get(d as usize).map_or(&[][..], |m| &m.remote[..]);
         let end = range.end.min(self.len());
         let words = (range.start / 64) as usize..(end as usize).div_ceil(64).min(bits.len());
-        words.flat_map(move |w| {
-            let lo = (w as u32 * 64).max(range.start);
-            let hi = (w as u32 * 64 + 64).min(end);
-            // The bits of [lo, hi) in word w.
+        words.map(move |w| {
+            let first = w as u32 * 64;
+            let (lo, hi) = (first.max(range.start), (first + 64).min(end));
             let span = hi.saturating_sub(lo);
             let mask = if span >= 64 { u64::MAX } else { ((1u64 << span) - 1) << (lo % 64) };
-            let mut word = bits[w] & mask;
+            (first, bits[w] & mask)
+        })
+    }
+
+    /// The pages of `range` device `d` maps remotely, in order (a word of the device's bitmap
+    /// at a time: policies ask of a region at each access-counter notification).
+    pub fn remote_pages(&self, d: u8, range: core::ops::Range<u32>) -> impl Iterator<Item = u32> + '_ {
+        self.remote_words(d, range).flat_map(|(first, mut word)| {
             core::iter::from_fn(move || {
                 (word != 0).then(|| {
                     let b = word.trailing_zeros();
                     word &= word - 1;
-                    w as u32 * 64 + b
+                    first + b
                 })
             })
         })
@@ -170,20 +176,7 @@ impl State {
 
     /// Whether device `d` maps any page of `range` remotely (a word or two of its bitmap).
     pub fn any_remote(&self, d: u8, range: core::ops::Range<u32>) -> bool {
-        let Some(m) = self.devs.get(d as usize) else { return false };
-        let end = range.end.min(self.len());
-        let mut p = range.start;
-        while p < end {
-            let w = p / 64;
-            let hi = (w * 64 + 64).min(end);
-            let span = hi - p;
-            let mask = if span >= 64 { u64::MAX } else { ((1u64 << span) - 1) << (p % 64) };
-            if m.remote[w as usize] & mask != 0 {
-                return true;
-            }
-            p = hi;
-        }
-        false
+        self.remote_words(d, range).any(|(_, w)| w != 0)
     }
 
     /// Sets or clears page `p`'s bit in device `d`'s remote bitmap.
