@@ -119,12 +119,8 @@ fn check_slow(pa: u64, len: u64) -> Result<(), OutsideRam> {
         let e = ENDS[i].load(Ordering::Acquire);
         STARTS[i].load(Ordering::Relaxed) <= pa && end <= e
     };
-    // The two ranges that answered last first: nearly every frame hmm uses is in the one large
-    // RAM region or a device's memory, so most checks are one or two comparisons.
+    // `check` tried the range that answered last; the one before it next, then every range.
     let hint = HINT.load(Ordering::Relaxed);
-    if hint < n && holds(hint) {
-        return Ok(());
-    }
     let hint2 = HINT2.load(Ordering::Relaxed);
     let found = if hint2 < n && holds(hint2) { Some(hint2) } else { (0..n).find(|&i| holds(i)) };
     match found {
