@@ -6,20 +6,24 @@
 //! - `lru4k`: true access LRU over 4 KiB pages (ISCA'19's locality-blind baseline);
 //! - `lru2m`: whole 2 MiB blocks, least recently accessed first;
 //! - `lfu2m`: whole 2 MiB blocks, least frequently accessed first (IPDPS'20);
-//! - `tbne`: ISCA'19's tree-based neighbourhood pre-eviction: the LRU page's 64 KiB big page
-//!   goes, then every enclosing subregion of the 2 MiB tree whose occupancy falls below 50 %
-//!   goes whole, mirroring the tree prefetcher;
-//! - `sle`: the LRU page's 64 KiB big page (sequential-local);
+//! - `tbne`: ISCA'19's tree-based neighbourhood pre-eviction, as UVMSmart's TBN does it: a
+//!   64 KiB big page of the 2 MiB block whose most recent access is oldest (its least recently
+//!   accessed big page) goes, then every subregion of that block's tree that holds pages but
+//!   fewer than half its size goes whole, mirroring the tree prefetcher;
+//! - `sle`: the same big page alone (sequential-local);
 //! - `random`: random 4 KiB pages (ISCA'19's Re).
 //!
-//! `reserve` keeps that percentage of the device's most recently accessed pages out of
-//! eviction (ISCA'19 §D); `free_buffer` asks for that percentage of capacity to be kept free
+//! `reserve` passes over that percentage of the order's entries (pages, big pages or blocks)
+//! from its least recently used end, as UVMSmart's `reserve_accessed_page_percent` starts its
+//! eviction that far into its sorted list: the pages touched longest ago are the ones an
+//! iterative sweep needs next (ISCA'19 §D, "ReserveLRU"). `free_buffer` asks for that
+//! percentage of capacity to be kept free
 //! ([`Policy::free_buffer`]): once the device is oversubscribed the engine evicts, in this
 //! order, whenever fewer pages are free, as UVMSmart's `should_evict_page` does every GMMU
 //! cycle (which ISCA'19 shows hurts a locality-blind LRU).
 
 use crate::place::params::{ParamDef, Params};
-use crate::place::policy::{Ctx, Policy, root_chunk_victims};
+use crate::place::policy::{Ctx, Policy};
 use crate::place::{BIG, BLOCK, Loc, Rng};
 use alloc::collections::{BTreeSet, BinaryHeap};
 use alloc::vec::Vec;
@@ -174,25 +178,14 @@ impl Policy for Evict {
     }
 
     fn on_eviction_pressure(&mut self, cx: &Ctx<'_>, dev: u8, need: u32, victims: &mut Vec<(u32, u32)>) {
-        let mut lru = held(cx, dev);
-        // Reserved: the most recently accessed `reserve` % of held pages (a partition, not a
-        // sort: this runs at every eviction, over every page the device holds).
-        let keep = lru.len() * self.reserve as usize / 100;
-        let split = lru.len() - keep;
-        if keep > 0 {
-            lru.select_nth_unstable(split);
-        }
-        let reserved: BTreeSet<u32> = lru[split..].iter().map(|&(_, p)| p).collect();
-        lru.truncate(split);
-        // The rest, least recently accessed first, taken only as far as needed (a heap: most
-        // evictions take a few pages of thousands). Keys are unique (the page is in them), so
-        // the order is the sorted order.
-        let oldest = || Oldest::new(lru.clone());
+        let reserve = self.reserve as usize;
+        // The first `reserve` % of `n` entries of the order are passed over.
+        let skip = |n: usize| n * reserve / 100;
         let mut chosen: BTreeSet<u32> = BTreeSet::new();
         let take = |first: u32, pages: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>| {
             let mut got = 0;
             for p in first..first + pages {
-                if holds(cx, dev, p) && !reserved.contains(&p) && chosen.insert(p) {
+                if holds(cx, dev, p) && chosen.insert(p) {
                     victims.push((p, 1));
                     got += 1;
                 }
@@ -201,67 +194,64 @@ impl Policy for Evict {
         };
         let mut got = 0;
         match self.order {
-            "lru4k" => {
-                for (_, p) in oldest() {
-                    if got >= need {
-                        break;
-                    }
-                    got += take(p, 1, &mut chosen, victims);
+            "lru4k" | "random" => {
+                let mut lru = held(cx, dev);
+                let keep = skip(lru.len());
+                if keep > 0 {
+                    // A partition, not a sort: this runs at every eviction, over every page
+                    // the device holds.
+                    lru.select_nth_unstable(keep - 1);
+                    lru.drain(..keep);
                 }
-            }
-            "random" => {
-                // Random picks index the pages in LRU order, each pick swap-removed from it.
-                let mut order = SwapRemoved::new(&mut lru);
-                while got < need && !order.is_empty() {
-                    let i = self.rng.below(order.len() as u64) as usize;
-                    let (_, p) = order.swap_remove(i);
-                    got += take(p, 1, &mut chosen, victims);
+                if self.order == "lru4k" {
+                    // Least recently accessed first, taken only as far as needed (most
+                    // evictions take a few pages of thousands). Keys are unique (the page is
+                    // in them), so the order is the sorted order.
+                    for (_, p) in Oldest::new(lru) {
+                        if got >= need {
+                            break;
+                        }
+                        got += take(p, 1, &mut chosen, victims);
+                    }
+                } else {
+                    // Random picks index the pages in LRU order, each pick swap-removed from it.
+                    let mut order = SwapRemoved::new(&mut lru);
+                    while got < need && !order.is_empty() {
+                        let i = self.rng.below(order.len() as u64) as usize;
+                        let (_, p) = order.swap_remove(i);
+                        got += take(p, 1, &mut chosen, victims);
+                    }
                 }
             }
             "sle" | "tbne" => {
-                for (_, p) in oldest() {
+                let order = big_page_order(cx, dev);
+                for &(_, _, big) in &order[skip(order.len())..] {
                     if got >= need {
                         break;
                     }
-                    if chosen.contains(&p) {
-                        continue;
-                    }
-                    let big = p / BIG * BIG;
-                    got += take(big, BIG.min(cx.pages() - big), &mut chosen, victims);
-                    if self.order == "sle" {
-                        continue;
-                    }
-                    // Walk up the block's tree while occupancy falls below 50 %.
-                    let r = cx.state.block_range(p / BLOCK);
-                    let mut size = BIG * 2;
-                    while size <= BLOCK {
-                        let first = r.start + (p - r.start) / size * size;
-                        let end = (first + size).min(r.end);
-                        let left = (first..end).filter(|&q| holds(cx, dev, q) && !chosen.contains(&q)).count() as u32;
-                        if left * 100 >= size * 50 {
-                            break;
-                        }
-                        got += take(first, end - first, &mut chosen, victims);
-                        size *= 2;
+                    let n = take(big, BIG.min(cx.pages() - big), &mut chosen, victims);
+                    got += n;
+                    if n > 0 && self.order == "tbne" {
+                        got += prune(cx, dev, big / BLOCK, &mut chosen, victims);
                     }
                 }
             }
-            "lru2m" | "lfu2m" => {
+            _ => {
                 let m = cx.state.dev(dev as usize);
                 let mut blocks: Vec<(u64, u32)> = (0..cx.state.blocks())
                     .filter(|&b| m.per_block[b as usize] > 0)
                     .map(|b| {
                         let pages = cx.state.block_range(b).filter(|&p| holds(cx, dev, p));
-                        let key = if self.order == "lru2m" {
-                            pages.map(|p| cx.state.page(p).last_access).max().unwrap_or(0)
-                        } else {
-                            pages.map(|p| cx.state.page(p).accesses as u64).sum()
+                        let key = match self.order {
+                            "lru2m" => pages.map(|p| cx.state.page(p).last_access).max().unwrap_or(0),
+                            "lfu2m" => pages.map(|p| cx.state.page(p).accesses as u64).sum(),
+                            _ => m.stamp[b as usize],
                         };
                         (key, b)
                     })
                     .collect();
                 blocks.sort_unstable();
-                for (_, b) in blocks {
+                for &(_, b) in &blocks[skip(blocks.len())..] {
                     if got >= need {
                         break;
                     }
@@ -269,18 +259,65 @@ impl Policy for Evict {
                     got += take(r.start, r.end - r.start, &mut chosen, victims);
                 }
             }
-            _ => {
-                let mut chunks = Vec::new();
-                root_chunk_victims(cx, dev, need, &mut chunks);
-                for (first, pages) in chunks {
-                    if got >= need {
-                        break;
-                    }
-                    got += take(first, pages, &mut chosen, victims);
-                }
-            }
         }
     }
+}
+
+/// The 64 KiB big pages device `dev` holds any page of, in UVMSmart's order for its TBN and
+/// sequential-local eviction (`sort_valid_pages`): grouped by 2 MiB block, the blocks whose
+/// most recent access is oldest first, and within a block its big pages least recently
+/// accessed first. Entries are (block's last access, big page's last access, first page).
+fn big_page_order(cx: &Ctx<'_>, dev: u8) -> Vec<(u64, u64, u32)> {
+    let mut order = Vec::new();
+    for b in 0..cx.state.blocks() {
+        if cx.state.on_dev_in_block(dev as usize, b) == 0 {
+            continue;
+        }
+        let first = order.len();
+        let r = cx.state.block_range(b);
+        let mut big = r.start;
+        while big < r.end {
+            let end = (big + BIG).min(r.end);
+            let last = (big..end).filter(|&p| holds(cx, dev, p)).map(|p| cx.state.page(p).last_access).max();
+            if let Some(last) = last {
+                order.push((0, last, big));
+            }
+            big = end;
+        }
+        let newest = order[first..].iter().map(|e| e.1).max().unwrap_or(0);
+        for e in &mut order[first..] {
+            e.0 = newest;
+        }
+    }
+    order.sort_unstable();
+    order
+}
+
+/// TBNe's neighbourhood pre-eviction over block `b`'s tree after a big page of it went
+/// (UVMSmart's `traverse_and_remove_lp_tree`): bottom-up, every subregion of 128 KiB to 2 MiB
+/// that still holds pages but fewer than half of its size goes whole. Returns the pages taken.
+fn prune(cx: &Ctx<'_>, dev: u8, b: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>) -> u32 {
+    let r = cx.state.block_range(b);
+    let mut got = 0;
+    let mut size = BIG * 2;
+    while size <= BLOCK {
+        let mut first = r.start;
+        while first < r.end {
+            let end = (first + size).min(r.end);
+            let left = (first..end).filter(|&q| holds(cx, dev, q) && !chosen.contains(&q)).count() as u32;
+            if left > 0 && left * 2 < size {
+                for q in first..end {
+                    if holds(cx, dev, q) && chosen.insert(q) {
+                        victims.push((q, 1));
+                        got += 1;
+                    }
+                }
+            }
+            first = end;
+        }
+        size *= 2;
+    }
+    got
 }
 
 #[cfg(test)]
@@ -323,16 +360,20 @@ mod tests {
     fn orders_pick_what_they_promise() {
         let s = setup();
         assert_eq!(evict("lru4k", 0, &s, 2), [3, 512]);
-        assert_eq!(evict("sle", 0, &s, 1), (0..16).collect::<Vec<_>>());
-        // TBNe: big page 0..16 leaves 0..32 at 50 % (kept), so only the big page goes.
-        assert_eq!(evict("tbne", 0, &s, 1), (0..16).collect::<Vec<_>>());
+        // SLe and TBNe look in the block whose newest access is oldest (block 1, though page
+        // 3 of block 0 is the least recently accessed page), at its least recent big page.
+        assert_eq!(evict("sle", 0, &s, 1), (512..528).collect::<Vec<_>>());
+        // TBNe: then 512..528 of 512..544 is half (kept), 512..576 of 512..640 fewer than half
+        // of its size: the block's pages go whole.
+        assert_eq!(evict("tbne", 0, &s, 1), (512..576).collect::<Vec<_>>());
         // Block 1 is least recently accessed: LRU 2 MiB takes it whole.
         assert_eq!(evict("lru2m", 0, &s, 1), (512..576).collect::<Vec<_>>());
         // Block 0 was allocated first: UVM's root-chunk order takes it.
         assert_eq!(evict("root-chunk", 0, &s, 1), (0..64).collect::<Vec<_>>());
         assert_eq!(evict("random", 0, &s, 5).len(), 5);
-        // Reserving 90 % leaves only the 13 least recent pages evictable.
-        assert_eq!(evict("lru4k", 90, &s, 100).len(), 13);
+        // Reserving 90 % passes over the 115 least recent pages: the 13 most recent are left.
+        let left = evict("lru4k", 90, &s, 100);
+        assert_eq!(left, (51..64).collect::<Vec<_>>());
     }
 
     /// `Oldest` gives every entry in sorted order, across its switch from scans to the heap.
@@ -368,6 +409,32 @@ mod tests {
                 assert!(order.is_empty());
             }
         }
+    }
+
+    /// UVMSmart's `reserve_accessed_page_percent` skips the start of its sorted list: the
+    /// least recently used entries are the reserved ones, for every order.
+    #[test]
+    fn reserve_passes_over_the_least_recently_used() {
+        let s = setup();
+        // Of 128 pages, the 64 least recent skipped (page 3, then 512..575 but the last): 575.
+        assert_eq!(evict("lru4k", 50, &s, 1), [575]);
+        // 8 big pages, the 4 of block 1 skipped: block 0's least recent big page (page 3's).
+        assert_eq!(evict("sle", 50, &s, 1), (0..16).collect::<Vec<_>>());
+        // 2 blocks, 1 skipped: LRU 2 MiB takes block 0.
+        assert_eq!(evict("lru2m", 50, &s, 1), (0..64).collect::<Vec<_>>());
+    }
+
+    /// TBNe prunes the whole block's tree, as `traverse_and_remove_lp_tree` does, not only the
+    /// evicted big page's ancestors: a sparse subregion elsewhere in the block goes too.
+    #[test]
+    fn tbne_prunes_the_whole_tree_of_the_block() {
+        let mut s = State::new(512, &[512]);
+        for p in (0..384).chain(448..456) {
+            s.set_loc(p, Loc::Dev(0), 0, false);
+        }
+        // 0..16 goes and 16..32 is half of 0..32 (kept), every ancestor of it at least half
+        // full; 448..456 is a quarter of 448..480, away from the evicted page: it goes too.
+        assert_eq!(evict("tbne", 0, &s, 1), (0..16).chain(448..456).collect::<Vec<_>>());
     }
 
     #[test]
