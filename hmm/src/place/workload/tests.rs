@@ -215,6 +215,21 @@ fn hotspot_walks_bands_of_pyramid_tiles_between_ping_pong_grids() {
     assert_eq!(drain(&mut *build("hotspot", &p, &setup(1000)).unwrap()).len(), 2);
 }
 
+/// The artifact's input, `hotspot 1024`, is three 4 MiB float grids: 3072 pages hold exactly
+/// those (each grid two whole 2 MiB blocks), and a page less holds side 1023.
+#[test]
+fn hotspot_grids_are_the_largest_that_fit() {
+    let grids = |pages: u32| {
+        let mut w = build("hotspot", &own("hotspot", &[]), &setup(pages)).unwrap();
+        let used = w.pages();
+        let steps = drain(&mut *w);
+        (used, page_set(&steps[0], true).len())
+    };
+    assert_eq!(grids(3072), (3072, 1024));
+    let (used, written) = grids(3071);
+    assert!(used <= 3071 && written == (1023 * 1023 * 4usize).div_ceil(4096), "{used} {written}");
+}
+
 #[test]
 fn backprop_updates_a_copy_of_the_weights_the_forward_pass_streamed() {
     let mut w = build("backprop", &own("backprop", &[("host", Value::Bool(true))]), &setup(1000)).unwrap();
