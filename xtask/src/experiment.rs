@@ -32,6 +32,9 @@
 //! workloads = ["bfs-6"]               # only some workloads, by label (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]       # each ratio once
+//! scale = "footprint"                 # ratios scale footprints (default), or "device_memory":
+//!                                     # footprints fixed (footprint_pages, else device_memory),
+//!                                     # device memory footprint / ratio, as UVMSmart's gddr_size
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
@@ -145,6 +148,10 @@ pub struct Sweep {
     /// All workloads in one point (competing), instead of one point per workload.
     #[serde(default)]
     pub together: bool,
+    /// What a ratio scales: `"footprint"` (the default: device memory as given, footprints
+    /// ratio × it) or `"device_memory"` (footprints fixed, device memory footprint ÷ ratio).
+    #[serde(default)]
+    pub scale: Option<Spanned<String>>,
 }
 
 /// A loaded, checked experiment.
@@ -246,8 +253,10 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let wls = load_workloads(&src, &exp)?;
     let pols = load_policies(&src, &exp, &run, &wls)?;
     let overs = oversubscriptions(&src, &exp)?;
+    let scale_memory = scale(&src, &exp)?;
     let repeat = repetitions(&src, &exp)?;
-    let Expanded { points, keys, reps } = expand(&exp, &Axes { devices, cost, pols, wls, overs, repeat });
+    let axes = Axes { devices, cost, pols, wls, overs, scale_memory, repeat };
+    let Expanded { points, keys, reps } = expand(&exp, &axes);
     check_points(&src, &points, &have, &machine, &mpath)?;
     tables::check(&src, &exp.tables, &keys)?;
     Ok(Loaded { exp, machine, points, keys, reps })
@@ -556,6 +565,26 @@ fn oversubscriptions(src: &Src<'_>, exp: &Experiment) -> Result<Vec<Option<f64>>
     Ok(o.get_ref().iter().map(|&x| Some(x)).collect())
 }
 
+/// `[sweep] scale`: whether the ratios scale device memory (`"device_memory"`, true) or the
+/// footprints (`"footprint"`, the default, false).
+fn scale(src: &Src<'_>, exp: &Experiment) -> Result<bool, String> {
+    let Some(s) = &exp.sweep.scale else { return Ok(false) };
+    match s.get_ref().as_str() {
+        "footprint" => Ok(false),
+        "device_memory" if exp.sweep.oversubscription.is_none() => Err(src.at(
+            s.span(),
+            "sweep.scale",
+            "\"device_memory\" scales device memory by the sweep's ratios; give [sweep] oversubscription too",
+        )),
+        "device_memory" => Ok(true),
+        other => Err(src.at(
+            s.span(),
+            "sweep.scale",
+            format!("{other:?}: expected \"footprint\" (device memory fixed) or \"device_memory\" (footprints fixed)"),
+        )),
+    }
+}
+
 /// `repeat`: 1 to 100 (default 1); and `points_per_boot`: 1 to 1000.
 fn repetitions(src: &Src<'_>, exp: &Experiment) -> Result<u32, String> {
     let repeat = exp.repeat.as_ref().map_or(1, |r| *r.get_ref());
@@ -585,6 +614,8 @@ struct Axes {
     pols: Vec<Policy>,
     wls: Vec<Workload>,
     overs: Vec<Option<f64>>,
+    /// `[sweep] scale = "device_memory"`.
+    scale_memory: bool,
     repeat: u32,
 }
 
@@ -621,11 +652,18 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                     }
                     let mut ws = Vec::new();
                     let mut labels = Vec::new();
+                    let mut footprint = 0u64;
                     for &i in g {
                         let w = &a.wls[i];
                         let mut p = w.params.clone();
                         if let Some(x) = over {
                             p.set("oversubscription", Value::Float(x));
+                        }
+                        if a.scale_memory {
+                            // The footprint stays what it is at 1.0 at every ratio.
+                            let f = fixed_footprint(&p, &a.devices);
+                            p.set("footprint_pages", Value::Int(f as i64));
+                            footprint += f as u64;
                         }
                         if rep > 0 {
                             let seed = p.get("seed").map_or(1, |v| if let Value::Int(s) = v { *s } else { 1 });
@@ -646,10 +684,18 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                     if a.repeat > 1 {
                         label += &format!("/r{rep}");
                     }
+                    let devices = match over {
+                        // Every device: the group's footprint ÷ the ratio, as the UVMSmart
+                        // artifact sizes its GDDR (`gddr_size`), at least a page.
+                        Some(x) if a.scale_memory => {
+                            vec![((footprint as f64 / x) as u32).max(1); a.devices.len()]
+                        }
+                        _ => a.devices.clone(),
+                    };
                     points.push(Point {
                         id: points.len() as u32,
                         label,
-                        devices: a.devices.clone(),
+                        devices,
                         run: pol.run.clone(),
                         cost: a.cost.clone(),
                         policy: pol.placement.clone(),
@@ -664,6 +710,24 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
         }
     }
     Expanded { points, keys, reps }
+}
+
+/// A workload's footprint under `scale = "device_memory"`: its `footprint_pages`, else the
+/// memory given for the device its phases run on (what its footprint is at ratio 1.0).
+fn fixed_footprint(p: &Params, devices: &[u32]) -> u32 {
+    if let Some(Value::Int(n)) = p.get("footprint_pages")
+        && *n > 0
+    {
+        return *n as u32;
+    }
+    let dev = match p.get("device") {
+        Some(Value::Text(d)) => d.strip_prefix("dev").and_then(|n| n.parse::<usize>().ok()),
+        _ => Some(0),
+    };
+    match dev {
+        Some(d) => devices.get(d).copied().unwrap_or(devices[0]),
+        None => devices.iter().copied().max().unwrap_or(1),
+    }
 }
 
 /// Whole points: device counts, memory, and the guest's RAM for the managed pages (the kernel

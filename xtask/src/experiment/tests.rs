@@ -62,6 +62,40 @@ fn points_expand_the_sweep() {
     assert_eq!(together.points[0].workloads.len(), 2);
 }
 
+/// `scale = "device_memory"` keeps each footprint (its `footprint_pages`, else the device memory
+/// given) and gives the devices footprint ÷ ratio, as UVMSmart's `gddr_size`; the default keeps
+/// device memory and scales the footprint.
+#[test]
+fn a_sweep_scales_device_memory_or_the_footprint() {
+    let fixed = SMALL
+        .replace("updates = 2", "updates = 2\nfootprint_pages = 200")
+        .replace("[sweep]", "[sweep]\nscale = \"device_memory\"");
+    let l = load(&fixed).unwrap();
+    let at = |w: &str, o: f64| l.keys.iter().position(|k| k.0 == w && k.1 == "od" && k.2 == o).unwrap();
+    let footprint = |i: usize| {
+        let p = &l.points[i];
+        let (common, _) = hmm::place::workload::check(&p.workloads[0].0, &p.workloads[0].1).unwrap();
+        (p.devices.clone(), hmm::place::workload::footprint(&common, p.devices[0]))
+    };
+    // stream: 256 pages (1M) at both ratios; device memory 256, then 256 / 1.5.
+    assert_eq!(footprint(at("stream", 1.0)), (vec![256], 256));
+    assert_eq!(footprint(at("stream", 1.5)), (vec![170], 256));
+    // random: its own 200 pages at both.
+    assert_eq!(footprint(at("random", 1.0)), (vec![200], 200));
+    assert_eq!(footprint(at("random", 1.5)), (vec![133], 200));
+    // The default: device memory fixed, the footprint 1.5 × it.
+    let l = load(SMALL).unwrap();
+    let i = l.keys.iter().position(|k| k.0 == "stream" && k.1 == "od" && k.2 == 1.5).unwrap();
+    let (common, _) = hmm::place::workload::check("stream", &l.points[i].workloads[0].1).unwrap();
+    assert_eq!((l.points[i].devices.clone(), hmm::place::workload::footprint(&common, 256)), (vec![256], 384));
+    // Bad values and a scale without ratios are errors that say what to give.
+    let e = err(&SMALL.replace("[sweep]", "[sweep]\nscale = \"memory\""));
+    assert!(e.contains("`sweep.scale`: \"memory\": expected \"footprint\"") && e.contains("\"device_memory\""), "{e}");
+    let untabled = SMALL.split("[[table]]").next().unwrap();
+    let e = err(&untabled.replace("oversubscription = [1.0, 1.5]", "scale = \"device_memory\""));
+    assert!(e.contains("`sweep.scale`") && e.contains("give [sweep] oversubscription too"), "{e}");
+}
+
 fn err(text: &str) -> String {
     load(text).unwrap_err()
 }
