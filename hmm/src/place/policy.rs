@@ -429,9 +429,11 @@ pub trait Policy {
         let _ = (cx, dev);
     }
 
-    /// Pages device `dev` keeps free once it is oversubscribed (UVMSmart's free-page buffer,
-    /// none by default): after each migration into the device the engine evicts, in
-    /// [`Policy::on_eviction_pressure`]'s order, until that many pages are free.
+    /// Pages device `dev` keeps free (UVMSmart's free-page buffer, none by default): after
+    /// each migration into the device the engine evicts, in [`Policy::on_eviction_pressure`]'s
+    /// order, until that many pages are free. The first time it must, the device is
+    /// oversubscribed, as at a refusal (UVMSmart's `over_sub` flips when used + incoming +
+    /// buffer pages first exceed capacity).
     fn free_buffer(&self, cx: &Ctx<'_>, dev: u8) -> u32 {
         let _ = (cx, dev);
         0

@@ -2,11 +2,13 @@
 //! what arrived read back from the mechanism), read copies, remote mappings, eviction in the
 //! policy's order to make room, the free-page buffer, and the link time each transfer takes.
 //!
-//! The free-page buffer (UVMSmart's `free_page_buffer_percentage`): once a device's
-//! allocator has refused a migration, after every migration or read copy into it the engine
-//! evicts, in the policy's order, until [`Policy::free_buffer`](crate::place::policy::Policy::free_buffer)
-//! pages are free, as UVMSmart's `should_evict_page` starts evictions every GMMU cycle while
-//! allocated + incoming + buffer pages exceed capacity + pending write-backs. Those evictions
+//! The free-page buffer (UVMSmart's `free_page_buffer_percentage`): after every migration or
+//! read copy into a device the engine evicts, in the policy's order, until
+//! [`Policy::free_buffer`](crate::place::policy::Policy::free_buffer) pages are free, as
+//! UVMSmart's `should_evict_page` starts evictions every GMMU cycle while allocated + incoming
+//! + buffer pages exceed capacity + pending write-backs. The first such eviction makes the
+//! device oversubscribed, as a refused allocation does: with a buffer of 10 %, a device is
+//! oversubscribed once 90 % of it is used (UVMSmart sets `over_sub` then). Those evictions
 //! run in the background on the device's outbound link; the pages they free become usable
 //! when their write-backs end, and a fetch into the device starts only once it has its pages
 //! (UVMSmart starts a fetch only when enough pages are free): `Engine::pending_free`.
@@ -222,20 +224,20 @@ impl Engine<'_> {
         Ok((done, wall))
     }
 
-    /// The pages device `d` keeps free now: its policy's free-page buffer once the device
-    /// has been refused, else none.
+    /// The pages device `d` keeps free: its policy's free-page buffer.
     fn buffer(&self, d: u8, t: f64) -> u32 {
-        if !self.refused[d as usize] {
-            return 0;
-        }
         let cx = Ctx::new(&self.st, &self.cost, t as u64).with_units(Units::new(&self.counter_units, 0));
         self.policy.free_buffer(&cx, d).min(self.st.dev(d as usize).capacity)
     }
 
-    /// Evicts (in the background, from `t`) until device `d` has its free-page buffer.
+    /// Evicts (in the background, from `t`) until device `d` has its free-page buffer. The
+    /// first time a migration leaves fewer pages free than the buffer, the device is
+    /// oversubscribed from then on, as a refusal makes it (UVMSmart's `over_sub` is set, and
+    /// the oversubscribed prefetcher takes over, the first time `should_evict_page` holds).
     fn keep_free(&mut self, d: u8, protect: &[(u32, u32)], t: f64) -> Result<(), MechError> {
         let (want, free) = (self.buffer(d, t), self.st.free(d as usize));
         if want > free {
+            self.refused[d as usize] = true;
             self.make_room(d, want - free, protect, t)?;
         }
         Ok(())

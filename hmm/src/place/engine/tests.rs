@@ -317,6 +317,33 @@ fn the_free_page_buffer_is_kept_after_every_migration_once_oversubscribed() {
     assert!(low.is_empty(), "batches (index, free pages) below the buffer: {low:?}");
 }
 
+/// UVMSmart's `should_evict_page` counts the buffer from the start: a device with a 10 %
+/// buffer is oversubscribed once 90 % of it is used, without any refusal, and a policy that
+/// switches when memory first fills (`until_full`) switches then.
+#[test]
+fn a_free_page_buffer_oversubscribes_the_device_before_it_is_full() {
+    let cap = 1024;
+    let run = |buffer: i64| {
+        let mut p = Params::new();
+        p.set("granularity", Value::Text("4K".into()));
+        p.set("until_full", Value::Text("tree".into()));
+        let mut e = Params::new();
+        e.set("order", Value::Text("lru4k".into()));
+        e.set("free_buffer", Value::Int(buffer));
+        let pol = policies::build("on-touch", &p, &e).unwrap();
+        // 95 % of the device: it fits whole.
+        run_with(alloc::vec![wl("stream", cap * 95 / 100, Target::Dev(0), &[])], &[cap], pol, CostModel::default())
+    };
+    let switched = |o: &Outcome| o.policy.iter().find(|(k, _)| *k == "oversubscribed_devices").map(|(_, v)| *v);
+    let plain = run(0);
+    assert_eq!((plain.stats.evicted, switched(&plain)), (0, Some(0)), "without a buffer it fits");
+    let buffered = run(10);
+    assert!(buffered.stats.evicted > 0, "the buffer is kept from 90 % on: {:?}", buffered.stats);
+    assert_eq!(switched(&buffered), Some(1), "the tree prefetcher hands over at 90 %");
+    // Past 90 % the named policy (4 KiB on-touch) faults page by page.
+    assert!(buffered.stats.dev_faults > plain.stats.dev_faults, "{:?} {:?}", buffered.stats, plain.stats);
+}
+
 #[test]
 fn a_fetch_waits_for_the_write_backs_that_free_its_pages() {
     let mut m = stack(512, &[64]);
