@@ -5,8 +5,8 @@
 //! The free-page buffer (UVMSmart's `free_page_buffer_percentage`): after every migration or
 //! read copy into a device the engine evicts, in the policy's order, until
 //! [`Policy::free_buffer`](crate::place::policy::Policy::free_buffer) pages are free, as
-//! UVMSmart's `should_evict_page` starts evictions every GMMU cycle while allocated + incoming
-//! + buffer pages exceed capacity + pending write-backs. The first such eviction makes the
+//! UVMSmart's `should_evict_page` starts evictions every GMMU cycle while the allocated,
+//! incoming and buffer pages together exceed capacity and pending write-backs. The first such eviction makes the
 //! device oversubscribed, as a refused allocation does: with a buffer of 10 %, a device is
 //! oversubscribed once 90 % of it is used (UVMSmart sets `over_sub` then). Those evictions
 //! run in the background on the device's outbound link; the pages they free become usable
