@@ -661,7 +661,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                         }
                         if a.scale_memory {
                             // The footprint stays what it is at 1.0 at every ratio.
-                            let f = fixed_footprint(&p, &a.devices);
+                            let f = fixed_footprint(&w.kind, &p, &a.devices);
                             p.set("footprint_pages", Value::Int(f as i64));
                             footprint += f as u64;
                         }
@@ -713,20 +713,15 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
 }
 
 /// A workload's footprint under `scale = "device_memory"`: its `footprint_pages`, else the
-/// memory given for the device its phases run on (what its footprint is at ratio 1.0).
-fn fixed_footprint(p: &Params, devices: &[u32]) -> u32 {
-    if let Some(Value::Int(n)) = p.get("footprint_pages")
-        && *n > 0
-    {
-        return *n as u32;
-    }
-    let dev = match p.get("device") {
-        Some(Value::Text(d)) => d.strip_prefix("dev").and_then(|n| n.parse::<usize>().ok()),
-        _ => Some(0),
-    };
-    match dev {
-        Some(d) => devices.get(d).copied().unwrap_or(devices[0]),
-        None => devices.iter().copied().max().unwrap_or(1),
+/// memory given for the device its phases run on (what its footprint is at ratio 1.0), as
+/// [`workload::footprint`] sizes it against [`workload::basis`].
+fn fixed_footprint(kind: &str, p: &Params, devices: &[u32]) -> u32 {
+    // The parameters were checked when the file loaded.
+    let Ok((common, _)) = workload::check(kind, p) else { return devices[0] };
+    let basis = workload::basis(workload::target(&common), devices).unwrap_or(devices[0]);
+    match common.int("footprint_pages") {
+        0 => basis,
+        n => n as u32,
     }
 }
 

@@ -221,18 +221,18 @@ impl Point {
         for (i, (kind, p)) in self.workloads.iter().enumerate() {
             let (common, own) = workload::check(kind, p)?;
             let device = workload::target(&common);
-            let basis = match device {
-                Target::Dev(d) => *self.devices.get(d as usize).ok_or_else(|| ParamError::Bad {
-                    name: "device".into(),
-                    value: format!("dev{d}"),
-                    allowed: format!(
-                        "dev0 to dev{} (the point uses {} devices)",
-                        self.devices.len() - 1,
-                        self.devices.len()
-                    ),
-                })?,
-                _ => self.devices.iter().copied().max().unwrap_or(0),
-            };
+            let basis = workload::basis(device, &self.devices).ok_or_else(|| ParamError::Bad {
+                name: "device".into(),
+                value: match device {
+                    Target::Dev(d) => format!("dev{d}"),
+                    other => format!("{other:?}"),
+                },
+                allowed: format!(
+                    "dev0 to dev{} (the point uses {} devices)",
+                    self.devices.len() - 1,
+                    self.devices.len()
+                ),
+            })?;
             let setup = Setup {
                 pages: workload::footprint(&common, basis),
                 device,

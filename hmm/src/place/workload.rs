@@ -262,6 +262,15 @@ pub fn footprint(common: &Params, device_pages: u32) -> u32 {
     }
 }
 
+/// The device memory, in pages, a workload's footprint is sized against: its device's, or the
+/// largest device's for phases that may run anywhere. `None`: the device is not among them.
+pub fn basis(device: Target, devices: &[u32]) -> Option<u32> {
+    match device {
+        Target::Dev(d) => devices.get(d as usize).copied(),
+        _ => Some(devices.iter().copied().max().unwrap_or(0)),
+    }
+}
+
 /// The target of device phases named by the common `device` parameter.
 pub fn target(common: &Params) -> Target {
     match common.text("device") {

@@ -163,6 +163,25 @@ impl<'a> SwapRemoved<'a> {
     }
 }
 
+/// Takes the pages of `pages` that device `dev` holds and are not yet chosen as victims.
+/// Returns how many.
+fn take(
+    cx: &Ctx<'_>,
+    dev: u8,
+    pages: core::ops::Range<u32>,
+    chosen: &mut BTreeSet<u32>,
+    victims: &mut Vec<(u32, u32)>,
+) -> u32 {
+    let mut got = 0;
+    for p in pages {
+        if holds(cx, dev, p) && chosen.insert(p) {
+            victims.push((p, 1));
+            got += 1;
+        }
+    }
+    got
+}
+
 fn holds(cx: &Ctx<'_>, dev: u8, p: u32) -> bool {
     let pg = cx.state.page(p);
     pg.loc == Loc::Dev(dev) || pg.copies & (1 << dev) != 0
@@ -183,14 +202,7 @@ impl Policy for Evict {
         let skip = |n: usize| n * reserve / 100;
         let mut chosen: BTreeSet<u32> = BTreeSet::new();
         let take = |first: u32, pages: u32, chosen: &mut BTreeSet<u32>, victims: &mut Vec<(u32, u32)>| {
-            let mut got = 0;
-            for p in first..first + pages {
-                if holds(cx, dev, p) && chosen.insert(p) {
-                    victims.push((p, 1));
-                    got += 1;
-                }
-            }
-            got
+            take(cx, dev, first..first + pages, chosen, victims)
         };
         let mut got = 0;
         match self.order {
@@ -306,12 +318,7 @@ fn prune(cx: &Ctx<'_>, dev: u8, b: u32, chosen: &mut BTreeSet<u32>, victims: &mu
             let end = (first + size).min(r.end);
             let left = (first..end).filter(|&q| holds(cx, dev, q) && !chosen.contains(&q)).count() as u32;
             if left > 0 && left * 2 < size {
-                for q in first..end {
-                    if holds(cx, dev, q) && chosen.insert(q) {
-                        victims.push((q, 1));
-                        got += 1;
-                    }
-                }
+                got += take(cx, dev, first..end, chosen, victims);
             }
             first = end;
         }
