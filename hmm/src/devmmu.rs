@@ -507,6 +507,37 @@ impl<D: Domain> Mirror<D> {
         Ok(())
     }
 
+    /// The driver drops its mappings of system memory in `[start, end)` (its own pages stay
+    /// mapped), so the device's next accesses there fault and reach the fault path again: what
+    /// a driver does when pages it serves by zero-copy become hot enough to migrate. In-flight
+    /// requests on a dropped page are waited for first, as an invalidation waits. Returns the
+    /// pages dropped.
+    pub fn unmap_remote(&self, start: u64, end: u64) -> Result<u64, MirrorError> {
+        check(start, end)?;
+        let mut st = self.state.lock();
+        if let Some(why) = &st.broken {
+            return Err(MirrorError::Broken(*why));
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for vpn in start / PAGE..end / PAGE {
+            if st.pt.get(vpn).is_some_and(|e| !self.is_local(e.frame)) {
+                let va = vpn * PAGE;
+                match runs.last_mut() {
+                    Some(r) if r.1 == va => r.1 += PAGE,
+                    _ => runs.push((va, va + PAGE)),
+                }
+            }
+        }
+        let mut dropped = 0;
+        for (a, b) in runs {
+            dropped += self.clear(&mut st, a, b);
+        }
+        match st.broken {
+            Some(why) => Err(MirrorError::Broken(why)),
+            None => Ok(dropped),
+        }
+    }
+
     /// Submits a DMA request over `segs` (`(va, len)`, page-aligned) through `submit`, under
     /// the mirror lock, after checking that the mirror maps every page with the access the
     /// device needs (`write`: the device writes memory). The request is recorded in flight

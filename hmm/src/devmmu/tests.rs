@@ -201,6 +201,36 @@ fn migration_to_the_device_makes_pages_local_and_back_to_ram() {
 }
 
 #[test]
+fn unmap_remote_drops_system_memory_mappings_and_keeps_the_devices_own_pages() {
+    let f = fix();
+    let dev = DmirrorDevice::new(&f.pagemaps, MemoryKind::Private, OWNER, 2 << 20);
+    let file = Dmirror::open(&dev, &f.space).unwrap();
+    let a = f.mmap(8, 5);
+    let want = f.cpu(a, 8);
+    file.migrate_to_dev(a, 2).unwrap();
+    f.mirror.fault(a, a + 8 * PAGE, false).unwrap();
+    let before = f.mirror.stats().pages_unmapped;
+    // Pages 0-1 are the device's own, 2-7 in RAM: dropping 1..6 leaves 0, 1, 6 and 7.
+    assert_eq!(f.mirror.unmap_remote(a + PAGE, a + 6 * PAGE).unwrap(), 4);
+    assert_eq!(f.mirror.stats().pages_unmapped, before + 4);
+    for k in 0..2 {
+        assert!(matches!(f.mirror.translate(a + k * PAGE).unwrap().at, Where::Local(_)), "page {k}");
+    }
+    for k in 2..6 {
+        assert_eq!(f.mirror.translate(a + k * PAGE), None, "page {k}");
+    }
+    f.consistent(a, 8);
+    assert!(matches!(f.dma_read(a + 2 * PAGE, 1), Err(MirrorError::NotMapped { .. })));
+    assert_eq!(f.dma_read(a + 6 * PAGE, 2).unwrap(), f.cpu(a + 6 * PAGE, 2));
+    // The next fault maps them again; nothing was lost.
+    f.mirror.fault(a + 2 * PAGE, a + 6 * PAGE, false).unwrap();
+    assert_eq!(f.dma_read(a + 2 * PAGE, 4).unwrap(), want[(2 * PAGE) as usize..(6 * PAGE) as usize]);
+    assert_eq!(f.cpu(a, 8), want);
+    assert!(matches!(f.mirror.unmap_remote(a + 1, a + PAGE), Err(MirrorError::Invalid(_))));
+    file.close().unwrap();
+}
+
+#[test]
 fn exit_empties_the_domain_and_later_use_is_gone() {
     let f = fix();
     let a = f.mmap(4, 5);

@@ -110,6 +110,10 @@ pub trait Mechanism {
     /// whatever the CPU allows, so its writes still fault (a mapping made ahead of the
     /// device's accesses; a peer mapping of another device's page is not restricted).
     fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError>;
+    /// Drops device `dev`'s remote mappings of `[first, first + pages)` (its own pages and
+    /// read copies stay), so its next accesses there fault and reach the fault path
+    /// ([`Mirror::unmap_remote`](crate::devmmu::Mirror::unmap_remote)).
+    fn unmap_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError>;
     /// Where the CPU page tables have `page` (a CPU access faults unless it is `Loc::Cpu`).
     fn resident(&mut self, page: u32) -> Result<Loc, MechError>;
     /// Device `d` holds at most `capacities[d]` of the run's pages (and read copies): its

@@ -132,6 +132,16 @@ pub enum Action {
         /// For reads only: the device's writes still fault ([`Plan::remote_ahead`]).
         read_only: bool,
     },
+    /// Drop device `dev`'s remote mappings of pages, so its next accesses there fault (and
+    /// the fault path decides again).
+    UnmapRemote {
+        /// First page.
+        first: u32,
+        /// Page count.
+        pages: u32,
+        /// The device.
+        dev: u8,
+    },
     /// Give device `dev` a read-only copy of pages (read duplication).
     Duplicate {
         /// First page.
@@ -185,6 +195,15 @@ impl Plan {
     /// without a fault, its writes still fault.
     pub fn remote_ahead(&mut self, first: u32, pages: u32, dev: u8) {
         self.actions.push(Action::MapRemote { first, pages, dev, read_only: true });
+    }
+    /// Drops `dev`'s remote mappings of `[first, first + pages)`: its next accesses there fault.
+    pub fn unmap_remote(&mut self, first: u32, pages: u32, dev: u8) {
+        self.actions.push(Action::UnmapRemote { first, pages, dev });
+    }
+    /// Whether the plan moves or copies pages (a plan that only maps or unmaps costs no
+    /// transfer).
+    pub fn moves_pages(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Migrate { .. } | Action::Duplicate { .. }))
     }
     /// Read copies of `[first, first + pages)` for `dev`.
     pub fn duplicate(&mut self, first: u32, pages: u32, dev: u8) {

@@ -266,6 +266,12 @@ impl State {
         }
     }
 
+    /// Device `d` no longer maps page `p` remotely.
+    pub fn unmap_remote(&mut self, p: u32, d: u8) {
+        self.pages[p as usize].remote &= !(1 << d);
+        self.set_remote_bit(d as usize, p, false);
+    }
+
     /// Gives device `d` a read copy of page `p`; false if `d` is full.
     pub fn add_copy(&mut self, p: u32, d: u8) -> bool {
         let pg = self.pages[p as usize];

@@ -338,6 +338,20 @@ impl Mechanism for Real {
         Ok(())
     }
 
+    fn unmap_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+        self.changed();
+        if let Some(m) = self.mirror(dev).cloned() {
+            let va = Self::va(first);
+            m.unmap_remote(va, va + pages as u64 * PAGE).map_err(|e| {
+                self.mech(MechError::Mirror { dev, page: first, fault: MirrorFault::Fault(e.to_string()) })
+            })?;
+        }
+        for p in first..first + pages {
+            self.soft_maps.remove(&(p, dev));
+        }
+        Ok(())
+    }
+
     fn set_capacities(&mut self, capacities: &[u32]) {
         self.changed();
         // Each device's allocator refuses past the point's share of it, as a full device does

@@ -765,6 +765,20 @@ impl Mechanism for HostStack {
         Ok(())
     }
 
+    fn unmap_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
+        self.check_range(first, pages)?;
+        let m = &self.dev(dev)?.mirror;
+        m.unmap_remote(va(first), va(first) + pages as u64 * PAGE).map_err(|e| MechError::Mirror {
+            dev,
+            page: first,
+            fault: MirrorFault::Fault(e.to_string()),
+        })?;
+        for p in first..first + pages {
+            self.soft_maps.remove(&(p, dev));
+        }
+        Ok(())
+    }
+
     fn resident(&mut self, page: u32) -> Result<Loc, MechError> {
         Ok(self.locate(page)?.0)
     }

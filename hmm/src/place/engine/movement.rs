@@ -63,6 +63,9 @@ impl Engine<'_> {
                     Action::MapRemote { first, pages, dev, read_only } if !prefetch_pass => {
                         self.stats.remote_maps += self.map_remote(first, pages, dev, read_only)? as u64;
                     }
+                    Action::UnmapRemote { first, pages, dev } if !prefetch_pass => {
+                        self.unmap_remote(first, pages, dev)?;
+                    }
                     Action::Duplicate { first, pages, dev } if !prefetch_pass => {
                         let (e, w) = self.duplicate(first, pages, dev, &protect, t)?;
                         done = done.max(e);
@@ -127,6 +130,20 @@ impl Engine<'_> {
             self.st.map_remote(p, d);
         }
         Ok(end - first)
+    }
+
+    /// Drops device `d`'s remote mappings of `[first, first + pages)` (clipped to the managed
+    /// pages), in the device's MMU and in the state.
+    pub(super) fn unmap_remote(&mut self, first: u32, pages: u32, d: u8) -> Result<(), MechError> {
+        let end = first.saturating_add(pages).min(self.st.len());
+        if end <= first {
+            return Ok(());
+        }
+        self.mech.unmap_remote(first, end - first, d)?;
+        for p in first..end {
+            self.st.unmap_remote(p, d);
+        }
+        Ok(())
     }
 
     pub(super) fn protected(protect: &[(u32, u32)], p: u32) -> bool {

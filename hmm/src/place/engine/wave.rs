@@ -180,8 +180,10 @@ impl compute::Device for WaveDevice<'_, '_> {
 
     /// A notification: the policy plans
     /// ([`Policy::on_access_counter`](crate::place::policy::Policy::on_access_counter)); on the
-    /// fault path (`sync`) one far fault and the transfer, which the device waits for, else
-    /// serviced in the background while the device goes on (the links are busy).
+    /// fault path (`sync`) a plan that moves pages costs one far fault and the transfer, which
+    /// the device waits for, else it is serviced in the background while the device goes on
+    /// (the links are busy). A plan that only maps or unmaps costs nothing here: the faults an
+    /// unmapping causes are charged as faults.
     fn notify(
         &mut self,
         _lane: usize,
@@ -211,7 +213,7 @@ impl compute::Device for WaveDevice<'_, '_> {
         }
         self.asked = None;
         let lane = format!("dev{d}");
-        if self.sync {
+        if self.sync && plan.moves_pages() {
             let done = e.apply(&plan, now + e.cost.far_fault_ns)?;
             e.event(now, done - now, &lane, "counter", pages, "fault path");
             if self.serviced {

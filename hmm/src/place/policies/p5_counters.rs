@@ -47,9 +47,14 @@
 //! `remote_on_evict = false`.
 //!
 //! `service`: UVM's driver services counter notifications in the background while the GPU
-//! goes on accessing remotely (`background`); in IPDPS'20's delayed migration (UVMSmart) the
-//! access that brings a block's counter to the threshold is handled as a far fault, so the
-//! device waits for the migration (`fault`).
+//! goes on accessing remotely (`background`); in IPDPS'20's delayed migration (UVMSmart) an
+//! access to a block whose count has reached the threshold is a far fault (`fault`): with
+//! `ipdps` counting the notification drops the block's remote mappings
+//! ([`Plan::unmap_remote`]), so the device's next accesses to its pages fault and migrate in the
+//! fault path, every faulted page a far fault as any fault is (UVMSmart's `gmmu_t::cycle`
+//! sends such an access down its page-fault path, where several pages of one block faulting
+//! in one turn are each charged); with `uvm` counting the migration is one far fault the
+//! device waits for.
 
 use super::p3_tree::Tree;
 use crate::compute::NEVER;
@@ -83,7 +88,7 @@ pub const PARAMS: &[ParamDef] = &[
         "service",
         "background",
         &["background", "fault"],
-        "counter-triggered migration: in the background (UVM), or as a far fault the device waits for (IPDPS'20)",
+        "counter-triggered migration: in the background (UVM), or through the fault path the device waits for (IPDPS'20)",
     ),
 ];
 
@@ -117,6 +122,8 @@ pub struct AccessCounters {
     refused: Refusals,
     /// Notifications that migrated pages.
     migrations: u64,
+    /// Notifications that dropped a hot block's remote mappings (`service = "fault"`).
+    unmaps: u64,
     /// The last adaptive threshold computed from an occupancy: (pages used, capacity,
     /// threshold). Under IPDPS'20's counting nearly every access notifies and asks for it, and
     /// under TCG its soft-float arithmetic was several per cent of such a point.
@@ -146,6 +153,7 @@ impl AccessCounters {
             tree: Tree::default(),
             refused: Refusals::default(),
             migrations: 0,
+            unmaps: 0,
             occupancy_memo: Cell::new((u32::MAX, 0, 0)),
         }
     }
@@ -295,6 +303,16 @@ impl Policy for AccessCounters {
             if hot.is_empty() || count < self.threshold_for(cx, dev, n.first, count) {
                 return;
             }
+            if self.sync {
+                // UVMSmart: an access to a block at its threshold is a far fault. The block's
+                // remote mappings go, so its next accesses fault and migrate in the fault
+                // path, each faulted page a far fault as any fault is.
+                self.unmaps += 1;
+                for (a, b) in n.accessed() {
+                    plan.unmap_remote(a, b.saturating_sub(a), dev);
+                }
+                return;
+            }
             self.migrations += 1;
             self.migrate(cx, dev, &hot, plan);
             return;
@@ -325,7 +343,7 @@ impl Policy for AccessCounters {
     }
 
     fn report(&self) -> Vec<(&'static str, u64)> {
-        alloc::vec![("counter_migrations", self.migrations)]
+        alloc::vec![("counter_migrations", self.migrations), ("counter_unmaps", self.unmaps)]
     }
 }
 
@@ -433,7 +451,7 @@ mod tests {
         let want: Vec<u32> = (512..512 + 16).chain(512 + 80..512 + 96).collect();
         assert_eq!(migrated(&plan), want);
         assert_eq!(unit[0].notifications(), 1);
-        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1)]);
+        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1), ("counter_unmaps", 0)]);
         // Count and mask start again.
         assert!(access(&mut pol, &mut unit, &st, 512 + 5 * 16, 255, false).actions.is_empty());
         // `region = "64K"` keeps a counter per sub-region.
@@ -488,7 +506,32 @@ mod tests {
         assert_eq!(unit[0].halvings(), Some(1));
         assert_eq!(unit[0].count_of(100), SATURATION / 2);
         assert_eq!(unit[0].count_of(40), 8 / 2);
-        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1)]);
+        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 1), ("counter_unmaps", 0)]);
+    }
+
+    /// `service = "fault"` (UVMSmart): a hot block's remote pages are not migrated by the
+    /// notification; their remote mappings go, and the read fault that follows migrates, as
+    /// an access over the threshold faults there.
+    #[test]
+    fn ipdps_on_the_fault_path_unmaps_a_hot_block_so_its_next_read_faults_and_migrates() {
+        let mut pol = ipdps(&[("prefetch", Value::Bool(false)), ("service", text("fault"))]);
+        let mut st = State::new(1024, &[512]);
+        let mut unit = [Unit::default()];
+        remote_map(&mut st, 32..48);
+        for _ in 0..7 {
+            assert!(access(&mut pol, &mut unit, &st, 33, 1, false).actions.is_empty());
+        }
+        let plan = access(&mut pol, &mut unit, &st, 33, 1, false);
+        assert_eq!(plan.actions, alloc::vec![Action::UnmapRemote { first: 32, pages: 16, dev: 0 }]);
+        assert!(!plan.moves_pages());
+        for p in 32..48 {
+            st.unmap_remote(p, 0);
+        }
+        assert!(!st.any_remote(0, 32..48));
+        // A region with nothing remote left declines the notifications that follow.
+        assert!(access(&mut pol, &mut unit, &st, 34, 1, false).actions.is_empty());
+        assert_eq!(migrated(&fault(&mut pol, &unit, &st, 40, false)), alloc::vec![40]);
+        assert_eq!(pol.report(), alloc::vec![("counter_migrations", 0), ("counter_unmaps", 1)]);
     }
 
     #[test]
