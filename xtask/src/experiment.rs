@@ -23,6 +23,9 @@
 //! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
 //! name = "bfs-6"                      # its label (default: its kind); labels are unique
 //! degree = 6
+//! allocation = "uvmsmart"             # arrays rounded and 2 MiB-aligned as UVMSmart's
+//!                                     # cudaMallocManaged does; scale = "device_memory" then
+//!                                     # sizes devices from the rounded sizes (default "pages")
 //! [[policy]]
 //! name = "TBNe+TBNp"                  # label
 //! placement = "tree"                  # hmm::place::policies name
@@ -34,7 +37,8 @@
 //! oversubscription = [1.0, 1.1]       # each ratio once
 //! scale = "footprint"                 # ratios scale footprints (default), or "device_memory":
 //!                                     # footprints fixed (footprint_pages, else device_memory),
-//!                                     # device memory footprint / ratio, as UVMSmart's gddr_size
+//!                                     # device memory = what the workloads allocate / ratio, as
+//!                                     # UVMSmart's gddr_size
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
@@ -632,6 +636,8 @@ struct Expanded {
 /// by 1000 per repetition.
 fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut points = Vec::new();
+    // Each workload's allocated pages, by its parameters but the ratio (the same at every one).
+    let mut allocated: BTreeMap<String, u32> = BTreeMap::new();
     let mut keys = Vec::new();
     let mut reps = Vec::new();
     let groups: Vec<Vec<usize>> =
@@ -663,11 +669,19 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                             // The footprint stays what it is at 1.0 at every ratio.
                             let f = fixed_footprint(&w.kind, &p, &a.devices);
                             p.set("footprint_pages", Value::Int(f as i64));
-                            footprint += f as u64;
                         }
                         if rep > 0 {
                             let seed = p.get("seed").map_or(1, |v| if let Value::Int(s) = v { *s } else { 1 });
                             p.set("seed", Value::Int(seed + rep as i64 * 1000));
+                        }
+                        if a.scale_memory {
+                            let mut key = p.clone();
+                            key.set("oversubscription", Value::Float(0.0));
+                            let key = format!("{} {} {key:?}", w.kind, ws.len());
+                            let f = *allocated
+                                .entry(key)
+                                .or_insert_with(|| allocated_footprint(&w.kind, &p, a.devices.len(), ws.len()));
+                            footprint += f as u64;
                         }
                         labels.push(w.label.clone());
                         ws.push((w.kind.clone(), p));
@@ -723,6 +737,26 @@ fn fixed_footprint(kind: &str, p: &Params, devices: &[u32]) -> u32 {
         0 => basis,
         n => n as u32,
     }
+}
+
+/// The pages a workload with checked parameters `p` (its `footprint_pages` set) allocates, as
+/// the workload, built here as the point builds it (the `at`-th of its group), reports
+/// ([`workload::Workload::allocated_pages`]): its footprint, unless its own parameters size it
+/// (a graph's `vertices`), and under `allocation = "uvmsmart"` its allocations' rounded sizes.
+fn allocated_footprint(kind: &str, p: &Params, devices: usize, at: usize) -> u32 {
+    let Ok((common, own)) = workload::check(kind, p) else { return 0 };
+    let pages = common.int("footprint_pages") as u32;
+    let alloc = workload::Alloc::of(&common);
+    let setup = workload::Setup {
+        pages,
+        device: workload::target(&common),
+        devices: devices as u8,
+        seed: common.int("seed") as u64 + at as u64,
+        iterations: common.int("iterations") as u32,
+        alloc,
+    };
+    // A workload that cannot be built fails again, named, when its point is checked.
+    workload::build(kind, &own, &setup).map_or(pages, |w| w.allocated_pages())
 }
 
 /// Whole points: device counts, memory, and the guest's RAM for the managed pages (the kernel

@@ -372,6 +372,17 @@ impl<'m> Engine<'m> {
 
     /// Adds a workload whose pages start at `base` (from [`layout`]).
     pub fn add(&mut self, w: Box<dyn Workload>, base: u32) {
+        for (first, pages) in w.extents() {
+            self.st.set_extent((base + first) / BLOCK, pages);
+        }
+        // The pages after its last one up to the next 2 MiB boundary (where the next workload
+        // starts) belong to no workload: nothing migrates there, so a full device holds only
+        // workload pages.
+        let end = base + w.pages();
+        if !end.is_multiple_of(BLOCK) {
+            let b = end / BLOCK;
+            self.st.set_extent(b, self.st.block_extent(b).min(end % BLOCK));
+        }
         self.wls.push(Wl {
             w,
             base,

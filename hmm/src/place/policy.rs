@@ -273,7 +273,9 @@ impl<'a> Ctx<'a> {
     /// managed pages.
     pub fn window(&self, p: u32, size: u32) -> (u32, u32) {
         let first = p / size * size;
-        (first, (first + size).min(self.pages()))
+        // A window within a block stops where the block's allocation does.
+        let end = if size <= BLOCK { self.state.block_range(first / BLOCK).end } else { self.pages() };
+        (first, (first + size).min(end))
     }
 
     /// The faults of a batch (sorted by page) that open a new aligned window of `size`

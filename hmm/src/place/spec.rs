@@ -239,6 +239,7 @@ impl Point {
                 devices: self.devices.len() as u8,
                 seed: common.int("seed") as u64 + i as u64,
                 iterations: common.int("iterations") as u32,
+                alloc: workload::Alloc::of(&common),
             };
             built.push(workload::build(kind, &own, &setup)?);
         }

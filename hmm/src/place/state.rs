@@ -76,6 +76,9 @@ pub struct State {
     pages: Vec<Page>,
     devs: Vec<DevMem>,
     stamp: u64,
+    /// Per block, the pages of it from its start that an allocation holds (`BLOCK` unless an
+    /// allocation ends inside it: [`State::set_extent`]).
+    extent: Vec<u32>,
 }
 
 impl State {
@@ -94,7 +97,24 @@ impl State {
                 remote: vec![0; (pages as usize).div_ceil(64)],
             })
             .collect();
-        State { pages: vec![Page::new(); pages as usize], devs, stamp: 0 }
+        State { pages: vec![Page::new(); pages as usize], devs, stamp: 0, extent: vec![BLOCK; blocks] }
+    }
+
+    /// Block `b`'s allocation ends `pages` pages into it (UVMSmart's smaller tree root of an
+    /// allocation's rest, [`crate::place::workload::Alloc::Uvmsmart`]): the rest of the block is
+    /// a hole no policy's block range reaches and nothing migrates into.
+    pub fn set_extent(&mut self, b: u32, pages: u32) {
+        if let Some(e) = self.extent.get_mut(b as usize) {
+            *e = pages.min(BLOCK);
+        }
+    }
+    /// The pages of block `b` from its start an allocation holds.
+    pub fn block_extent(&self, b: u32) -> u32 {
+        self.extent.get(b as usize).copied().unwrap_or(BLOCK)
+    }
+    /// Whether page `p` lies in an allocation (not in a hole after one).
+    pub fn in_extent(&self, p: u32) -> bool {
+        p % BLOCK < self.block_extent(p / BLOCK)
     }
 
     /// Managed pages.
@@ -111,7 +131,7 @@ impl State {
     }
     /// The pages of block `b`.
     pub fn block_range(&self, b: u32) -> core::ops::Range<u32> {
-        b * BLOCK..((b + 1) * BLOCK).min(self.len())
+        b * BLOCK..(b * BLOCK + self.block_extent(b)).min(self.len())
     }
     /// Devices.
     pub fn devices(&self) -> usize {

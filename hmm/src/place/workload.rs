@@ -13,6 +13,13 @@
 //! oversubscription ratio and device memory; a generator never uses more, so a ratio of 1.0
 //! fits device memory exactly) and by its own parameters, declared as a table as
 //! the policies' are. Generators are deterministic for a seed.
+//!
+//! Arrays are laid out by a [`Layout`]: one after another, page-aligned (the default), or as
+//! UVMSmart's `cudaMallocManaged` allocates them ([`Alloc::Uvmsmart`]): rounded up, each from a
+//! 2 MiB boundary, so that the footprint oversubscription counts
+//! ([`Workload::allocated_pages`]) includes the padding, and the blocks an allocation ends
+//! inside ([`Workload::extents`]) end there for every policy. Under it the footprint sizes what
+//! the arrays hold; what is laid out (holes included) is larger.
 
 pub mod backprop;
 pub mod dag;
@@ -25,7 +32,7 @@ pub mod tasks;
 pub mod zipf;
 
 use super::params::{ParamDef, ParamError, Params};
-use super::{MAX_DEVICES, PAGE};
+use super::{BLOCK, MAX_DEVICES, PAGE};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
@@ -72,8 +79,18 @@ pub struct Phase {
 pub trait Workload {
     /// Its kind.
     fn name(&self) -> &str;
-    /// Its footprint, pages.
+    /// Its footprint, pages: the span its pages are laid out over.
     fn pages(&self) -> u32;
+    /// The memory its allocations take, pages, as oversubscription counts it: [`Layout`]'s
+    /// [`Layout::allocated_pages`] (under [`Alloc::Pages`] its span).
+    fn allocated_pages(&self) -> u32 {
+        self.pages()
+    }
+    /// The blocks its allocations end inside, `(first page, pages)` from its own page 0: the
+    /// engine's policies see those blocks end there ([`crate::place::state::State::set_extent`]).
+    fn extents(&self) -> Vec<(u32, u32)> {
+        Vec::new()
+    }
     /// The next step's phases (run together), or `None` when done.
     fn next_step(&mut self) -> Option<Vec<Phase>>;
     /// The whole workload as a phase graph with its own dependencies, for workloads with real
@@ -134,22 +151,105 @@ impl Emit {
     }
 }
 
-/// Lays arrays out one after another, page-aligned.
-#[derive(Debug, Default)]
+/// How a workload's arrays are allocated (the common `allocation` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alloc {
+    /// One after another, each rounded up to a page.
+    #[default]
+    Pages,
+    /// As UVMSmart's `cudaMallocManaged` allocates (`libcuda/cuda_runtime_api.cc`): each
+    /// allocation rounded up to whole 2 MiB large pages plus, for the rest, the smallest power of
+    /// two from 64 KiB that holds it, with its own prefetch trees from its start (a 2 MiB root
+    /// per large page and one of the rest's size). Oversubscription counts the rounded sizes,
+    /// so padding no access touches is part of the footprint and the tree prefetcher can bring
+    /// it in. Each allocation starts on a 2 MiB boundary here, so the engine's 2 MiB blocks are
+    /// its trees; a rest smaller than 2 MiB leaves the rest of its block a hole, which no tree
+    /// node reaches more than half of, so nothing prefetches into it.
+    Uvmsmart,
+}
+
+impl Alloc {
+    /// From the common `allocation` parameter.
+    pub fn of(common: &Params) -> Alloc {
+        match common.text("allocation") {
+            "uvmsmart" => Alloc::Uvmsmart,
+            _ => Alloc::Pages,
+        }
+    }
+}
+
+/// UVMSmart's managed allocation size for `bytes`: whole 2 MiB large pages, then the rest
+/// rounded up to a power of two of at least 64 KiB.
+pub fn uvmsmart_size(bytes: u64) -> u64 {
+    const LARGE: u64 = 2 << 20;
+    let (large, rest) = (bytes / LARGE, bytes % LARGE);
+    let rest = if rest == 0 { 0 } else { rest.next_power_of_two().max(64 << 10) };
+    large * LARGE + rest
+}
+
+/// Lays arrays out one after another: page-aligned, or as [`Alloc::Uvmsmart`] says.
+#[derive(Debug, Default, Clone)]
 pub struct Layout {
+    alloc: Alloc,
     end: u64,
+    /// Bytes of the arrays, each rounded up to a page.
+    data: u64,
+    /// Bytes allocated.
+    allocated: u64,
+    /// The allocations' rests smaller than 2 MiB: (first page, pages), each at the start of a
+    /// block.
+    rests: Vec<(u32, u32)>,
 }
 
 impl Layout {
+    /// An empty layout allocating as `alloc` says.
+    pub fn new(alloc: Alloc) -> Self {
+        Layout { alloc, ..Layout::default() }
+    }
+    /// An empty layout allocating as the workload's setup says.
+    pub fn of(s: &Setup) -> Self {
+        Self::new(s.alloc)
+    }
+    /// One array of the whole footprint, `s.pages`, at 0 (single-array workloads).
+    pub fn one_array(s: &Setup) -> Self {
+        let mut l = Self::of(s);
+        l.array(s.pages as u64 * PAGE);
+        l
+    }
     /// An array of `bytes`; returns its base.
     pub fn array(&mut self, bytes: u64) -> u64 {
-        let base = self.end;
-        self.end = (base + bytes).div_ceil(PAGE) * PAGE;
+        let pages = bytes.div_ceil(PAGE) * PAGE;
+        self.data += pages;
+        let (base, size) = match self.alloc {
+            Alloc::Pages => (self.end, pages),
+            Alloc::Uvmsmart if bytes == 0 => (self.end, 0),
+            Alloc::Uvmsmart => (self.end.next_multiple_of(BLOCK as u64 * PAGE), uvmsmart_size(bytes)),
+        };
+        self.end = base + size;
+        self.allocated += size;
+        let rest = size % (BLOCK as u64 * PAGE);
+        if self.alloc == Alloc::Uvmsmart && rest != 0 {
+            self.rests.push((((self.end - rest) / PAGE) as u32, (rest / PAGE) as u32));
+        }
         base
     }
-    /// Pages laid out.
+    /// The blocks an allocation ends inside: (first page of the block, pages it holds), for
+    /// [`Workload::extents`].
+    pub fn rests(&self) -> &[(u32, u32)] {
+        &self.rests
+    }
+    /// Pages laid out: the span, holes included.
     pub fn pages(&self) -> u32 {
         (self.end / PAGE) as u32
+    }
+    /// Pages the arrays hold, each rounded up to a page: what fills a footprint.
+    pub fn data_pages(&self) -> u32 {
+        (self.data / PAGE) as u32
+    }
+    /// Pages allocated: the arrays' under [`Alloc::Pages`], their rounded sizes under
+    /// [`Alloc::Uvmsmart`].
+    pub fn allocated_pages(&self) -> u32 {
+        (self.allocated / PAGE) as u32
     }
 }
 
@@ -166,6 +266,8 @@ pub struct Setup {
     pub seed: u64,
     /// Repetitions (iterations, time steps, passes; each generator says).
     pub iterations: u32,
+    /// How its arrays are allocated.
+    pub alloc: Alloc,
 }
 
 /// Builds a workload from its checked parameters.
@@ -196,6 +298,12 @@ pub const COMMON: &[ParamDef] = &[
     ),
     ParamDef::int("iterations", 0, 0, 10_000, "iterations (0: the generator's default)"),
     ParamDef::int("seed", 1, 0, i64::MAX, "random seed"),
+    ParamDef::text(
+        "allocation",
+        "pages",
+        &["pages", "uvmsmart"],
+        "pages: arrays page-aligned, one after another; uvmsmart: as UVMSmart's cudaMallocManaged rounds them (2 MiB pages, then a power of two from 64 KiB), each from a 2 MiB boundary (an experiment's scale = \"device_memory\" sizes devices from the rounded sizes)",
+    ),
 ];
 
 /// Every workload.
@@ -303,13 +411,19 @@ pub fn build(name: &str, own: &Params, setup: &Setup) -> Result<Box<dyn Workload
 pub struct Steps {
     name: &'static str,
     pages: u32,
+    allocated: u32,
+    extents: Vec<(u32, u32)>,
     steps: alloc::collections::VecDeque<Vec<Phase>>,
 }
 
 impl Steps {
     /// From steps.
     pub fn new(name: &'static str, pages: u32, steps: Vec<Vec<Phase>>) -> Self {
-        Steps { name, pages, steps: steps.into() }
+        Steps { name, pages, allocated: pages, extents: Vec::new(), steps: steps.into() }
+    }
+    /// From steps over the arrays of `l`.
+    pub fn laid_out(name: &'static str, l: &Layout, steps: Vec<Vec<Phase>>) -> Self {
+        Steps { allocated: l.allocated_pages(), extents: l.rests().to_vec(), ..Self::new(name, l.pages(), steps) }
     }
 }
 
@@ -319,6 +433,12 @@ impl Workload for Steps {
     }
     fn pages(&self) -> u32 {
         self.pages
+    }
+    fn allocated_pages(&self) -> u32 {
+        self.allocated
+    }
+    fn extents(&self) -> Vec<(u32, u32)> {
+        self.extents.clone()
     }
     fn next_step(&mut self) -> Option<Vec<Phase>> {
         self.steps.pop_front()
@@ -330,6 +450,8 @@ impl Workload for Steps {
 pub struct Lazy<F: FnMut(u32) -> Option<Vec<Phase>>> {
     name: &'static str,
     pages: u32,
+    allocated: u32,
+    extents: Vec<(u32, u32)>,
     step: u32,
     f: F,
 }
@@ -343,7 +465,11 @@ impl<F: FnMut(u32) -> Option<Vec<Phase>>> core::fmt::Debug for Lazy<F> {
 impl<F: FnMut(u32) -> Option<Vec<Phase>>> Lazy<F> {
     /// `f(step)` gives step `step`.
     pub fn new(name: &'static str, pages: u32, f: F) -> Self {
-        Lazy { name, pages, step: 0, f }
+        Lazy { name, pages, allocated: pages, extents: Vec::new(), step: 0, f }
+    }
+    /// `f(step)` gives step `step`, over the arrays of `l`.
+    pub fn laid_out(name: &'static str, l: &Layout, f: F) -> Self {
+        Lazy { allocated: l.allocated_pages(), extents: l.rests().to_vec(), ..Self::new(name, l.pages(), f) }
     }
 }
 
@@ -353,6 +479,12 @@ impl<F: FnMut(u32) -> Option<Vec<Phase>>> Workload for Lazy<F> {
     }
     fn pages(&self) -> u32 {
         self.pages
+    }
+    fn allocated_pages(&self) -> u32 {
+        self.allocated
+    }
+    fn extents(&self) -> Vec<(u32, u32)> {
+        self.extents.clone()
     }
     fn next_step(&mut self) -> Option<Vec<Phase>> {
         let s = (self.f)(self.step);

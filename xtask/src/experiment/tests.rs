@@ -39,7 +39,7 @@ fn load(text: &str) -> Result<Loaded, String> {
 fn shipped_experiments_load() {
     for (f, n) in [
         ("experiments/default.toml", 12),
-        ("experiments/reproduce.toml", 217),
+        ("experiments/reproduce.toml", 242),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
     ] {
@@ -63,8 +63,9 @@ fn points_expand_the_sweep() {
 }
 
 /// `scale = "device_memory"` keeps each footprint (its `footprint_pages`, else the device memory
-/// given) and gives the devices footprint ÷ ratio, as UVMSmart's `gddr_size`; the default keeps
-/// device memory and scales the footprint.
+/// given) and gives the devices what the workload allocates ÷ ratio, as UVMSmart's `gddr_size`
+/// (under `allocation = "uvmsmart"` the allocations' rounded sizes); the default keeps device
+/// memory and scales the footprint.
 #[test]
 fn a_sweep_scales_device_memory_or_the_footprint() {
     let fixed = SMALL
@@ -77,12 +78,17 @@ fn a_sweep_scales_device_memory_or_the_footprint() {
         let (common, _) = hmm::place::workload::check(&p.workloads[0].0, &p.workloads[0].1).unwrap();
         (p.devices.clone(), hmm::place::workload::footprint(&common, p.devices[0]))
     };
-    // stream: 256 pages (1M) at both ratios; device memory 256, then 256 / 1.5.
-    assert_eq!(footprint(at("stream", 1.0)), (vec![256], 256));
+    // stream: 256 pages (1M) at both ratios, of which its three arrays take 255; device memory
+    // 255, then 255 / 1.5.
+    assert_eq!(footprint(at("stream", 1.0)), (vec![255], 256));
     assert_eq!(footprint(at("stream", 1.5)), (vec![170], 256));
     // random: its own 200 pages at both.
     assert_eq!(footprint(at("random", 1.0)), (vec![200], 200));
     assert_eq!(footprint(at("random", 1.5)), (vec![133], 200));
+    // UVMSmart's allocation: random's one array of 200 pages (800 KiB) takes 1 MiB.
+    let l = load(&fixed.replace("updates = 2", "updates = 2\nallocation = \"uvmsmart\"")).unwrap();
+    let i = l.keys.iter().position(|k| k.0 == "random" && k.1 == "od" && k.2 == 1.5).unwrap();
+    assert_eq!(l.points[i].devices, [170]);
     // The default: device memory fixed, the footprint 1.5 × it.
     let l = load(SMALL).unwrap();
     let i = l.keys.iter().position(|k| k.0 == "stream" && k.1 == "od" && k.2 == 1.5).unwrap();

@@ -176,8 +176,14 @@ fn stream(seed: u64) -> Box<dyn Workload> {
     let mut p = Params::new();
     p.set("iterations", Value::Int(3));
     let (common, own) = workload::check("stream", &p).unwrap();
-    let setup =
-        Setup { pages: 128, device: Target::Any, devices: 2, seed, iterations: common.int("iterations") as u32 };
+    let setup = Setup {
+        pages: 128,
+        device: Target::Any,
+        devices: 2,
+        seed,
+        iterations: common.int("iterations") as u32,
+        alloc: crate::place::workload::Alloc::Pages,
+    };
     workload::build("stream", &own, &setup).unwrap()
 }
 
@@ -264,6 +270,7 @@ fn registered(kind: &str, pages: u32, own: &[(&str, Value)]) -> Box<dyn Workload
         devices: 2,
         seed: 1,
         iterations: common.int("iterations") as u32,
+        alloc: workload::Alloc::of(&common),
     };
     workload::build(kind, &own, &setup).unwrap()
 }

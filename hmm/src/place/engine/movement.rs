@@ -166,12 +166,20 @@ impl Engine<'_> {
         let mut p = first;
         while p < end {
             let from = self.st.page(p).loc;
-            if from == to {
+            // Nothing moves into a device from a hole after an allocation (a plan's window
+            // may reach past where the block's allocation ends).
+            let hole = |st: &crate::place::state::State, q: u32| to.dev().is_some() && !st.in_extent(q);
+            if from == to || hole(&self.st, p) {
                 p += 1;
                 continue;
             }
             let mut q = p;
-            while q < end && self.st.page(q).loc == from && q - p < BLOCK && (q == p || !q.is_multiple_of(BLOCK)) {
+            while q < end
+                && self.st.page(q).loc == from
+                && !hole(&self.st, q)
+                && q - p < BLOCK
+                && (q == p || !q.is_multiple_of(BLOCK))
+            {
                 q += 1;
             }
             let n = q - p;

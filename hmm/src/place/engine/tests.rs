@@ -12,7 +12,8 @@ pub(crate) fn wl(kind: &str, pages: u32, device: Target, params: &[(&str, Value)
     }
     let (common, own) = workload::check(kind, &p).unwrap();
     let iterations = common.int("iterations") as u32;
-    workload::build(kind, &own, &Setup { pages, device, devices: 2, seed: 3, iterations }).unwrap()
+    let alloc = workload::Alloc::of(&common);
+    workload::build(kind, &own, &Setup { pages, device, devices: 2, seed: 3, iterations, alloc }).unwrap()
 }
 
 pub(crate) fn policy(name: &str, params: &[(&str, Value)], evict: &str) -> Box<dyn Policy> {
@@ -521,6 +522,29 @@ fn ipdps_hot_blocks_come_over_through_device_faults() {
     assert!(get(&fault, "counter_unmaps") > 0 && get(&fault, "counter_migrations") == 0, "{:?}", fault.policy);
     assert!(fault.stats.dev_faults > bg.stats.dev_faults, "{:?} vs {:?}", fault.stats, bg.stats);
     assert_eq!(fault.stats.to_dev, bg.stats.to_dev, "every page still comes over");
+}
+
+/// Under UVMSmart's allocation an allocation's rest smaller than 2 MiB leaves a hole after it
+/// in its block (fdtd: the 64 KiB `_fict_`): nothing moves into the hole, not even a 2 MiB
+/// on-touch window or the random prefetcher's pick, so the device receives exactly what the
+/// workload allocates; a tree pruned by TBNe stops at the allocation's root.
+#[test]
+fn nothing_moves_into_the_hole_after_an_allocation() {
+    let alloc = [("allocation", Value::Text("uvmsmart".into())), ("iterations", Value::Int(1))];
+    let w = || wl("fdtd", 1100, Target::Dev(0), &alloc);
+    let (allocated, pages) = (w().allocated_pages(), w().pages());
+    assert_eq!(w().extents(), alloc::vec![(0, 16)], "_fict_'s 64 KiB");
+    assert!(pages > allocated, "{pages} pages laid out, {allocated} allocated");
+    // 2 MiB windows bring every allocated page, padding included, and nothing else.
+    let whole = policy("on-touch", &[("granularity", Value::Text("2M".into()))], "lru2m");
+    let o = run_with(alloc::vec![w()], &[8192], whole, CostModel::default());
+    assert_eq!(o.stats.to_dev, allocated as u64, "{:?}", o.stats);
+    // The random prefetcher picks within the allocation: at most what it allocates.
+    let o = run_with(alloc::vec![w()], &[8192], policy("random-prefetch", &[], "random"), CostModel::default());
+    assert!(o.stats.prefetched > 0 && o.stats.to_dev <= allocated as u64, "{:?}", o.stats);
+    // Oversubscribed, TBNe evicts and prunes inside the allocations (every page checked).
+    let o = run_with(alloc::vec![w()], &[allocated * 9 / 10], policy("tree", &[], "tbne"), CostModel::default());
+    assert!(o.stats.evicted > 0, "{:?}", o.stats);
 }
 
 #[test]

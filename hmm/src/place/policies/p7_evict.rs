@@ -312,7 +312,8 @@ fn prune(cx: &Ctx<'_>, dev: u8, b: u32, chosen: &mut BTreeSet<u32>, victims: &mu
     let r = cx.state.block_range(b);
     let mut got = 0;
     let mut size = BIG * 2;
-    while size <= BLOCK {
+    // The tree's root: the block, or the smaller root of an allocation that ends in it.
+    while size <= cx.state.block_extent(b) {
         let mut first = r.start;
         while first < r.end {
             let end = (first + size).min(r.end);

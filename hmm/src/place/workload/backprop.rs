@@ -43,7 +43,7 @@ pub const BACKPROP: WorkloadDef = WorkloadDef {
         // Per input unit: its value, three weight rows and a partial sum.
         let bytes = (s.pages as u64).saturating_sub(6) * PAGE;
         let n = (bytes / (4 + 3 * ROW + 4)).max(16) / 16 * 16;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let input = l.array((n + 1) * 4);
         let small = l.array(PAGE);
         let w = l.array((n + 1) * ROW);
@@ -80,6 +80,6 @@ pub const BACKPROP: WorkloadDef = WorkloadDef {
         } else {
             vec![vec![forward], vec![backward]]
         };
-        Ok(Box::new(Steps::new("backprop", l.pages(), steps)))
+        Ok(Box::new(Steps::laid_out("backprop", &l, steps)))
     },
 };

@@ -123,6 +123,8 @@ impl PhaseGraph {
 pub struct Graph {
     name: &'static str,
     pages: u32,
+    allocated: u32,
+    extents: Vec<(u32, u32)>,
     graph: Option<PhaseGraph>,
     steps: alloc::collections::VecDeque<Vec<Phase>>,
 }
@@ -130,7 +132,11 @@ pub struct Graph {
 impl Graph {
     /// Workload `name` over `pages` pages running `graph`.
     pub fn new(name: &'static str, pages: u32, graph: PhaseGraph) -> Self {
-        Graph { name, pages, graph: Some(graph), steps: Default::default() }
+        Graph { name, pages, allocated: pages, extents: Vec::new(), graph: Some(graph), steps: Default::default() }
+    }
+    /// Workload `name` over the arrays of `l` running `graph`.
+    pub fn laid_out(name: &'static str, l: &super::Layout, graph: PhaseGraph) -> Self {
+        Graph { allocated: l.allocated_pages(), extents: l.rests().to_vec(), ..Self::new(name, l.pages(), graph) }
     }
 }
 
@@ -140,6 +146,12 @@ impl Workload for Graph {
     }
     fn pages(&self) -> u32 {
         self.pages
+    }
+    fn allocated_pages(&self) -> u32 {
+        self.allocated
+    }
+    fn extents(&self) -> Vec<(u32, u32)> {
+        self.extents.clone()
     }
     fn next_step(&mut self) -> Option<Vec<Phase>> {
         if let Some(g) = self.graph.take() {

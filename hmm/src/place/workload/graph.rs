@@ -12,8 +12,11 @@
 //!   (kept here as integers 0..999).
 //! - `rmat`: `degree` out-edges per vertex on average, sources and destinations drawn by R-MAT.
 //!
-//! **Arrays**, laid out in the benchmarks' allocation order, each page-aligned, sized so they fill
-//! the footprint; `payload` adds that many bytes of vertex data read per visit (the former shape
+//! A graph has as many vertices as fill the footprint, or `vertices` (the artifact's inputs:
+//! graph256k's 261,444 for bfs, `sssp.cu`'s 2^20), whatever the footprint.
+//!
+//! **Arrays**, laid out in the benchmarks' allocation order, each page-aligned (or as the common
+//! `allocation` lays them out), sized so they fill the footprint; `payload` adds that many bytes of vertex data read per visit (the former shape
 //! had 256, about 80 % of the footprint; the published benchmarks have none, the default 0).
 //! - bfs (Rodinia `bfs.cu`): nodes (8 bytes: first edge, edge count), mask, updating mask and
 //!   visited (a byte each, three arrays), edges (4 bytes), cost (4 bytes).
@@ -46,15 +49,21 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// Vertices, or sized by the footprint.
+const VERTICES: ParamDef =
+    ParamDef::int("vertices", 0, 0, 1 << 26, "vertices (0: as many as fill the footprint; graph256k: 261444)");
+
 const BFS_PARAMS: &[ParamDef] = &[
     ParamDef::text("graph", "uniform", &["uniform", "rmat"], "uniform: Rodinia's graphgen; rmat: power-law"),
     ParamDef::int("degree", 6, 1, 64, "average degree"),
+    VERTICES,
     ParamDef::int("payload", 0, 0, 4096, "bytes of vertex data read per visit"),
 ];
 
 const SSSP_PARAMS: &[ParamDef] = &[
     ParamDef::text("graph", "uniform", &["uniform", "rmat"], "uniform: sssp.cu's random graph; rmat: power-law"),
     ParamDef::int("degree", 2, 1, 64, "out-edges per vertex (uniform: exactly, distinct)"),
+    VERTICES,
     ParamDef::int("payload", 0, 0, 4096, "bytes of vertex data read per visit"),
     ParamDef::bool(
         "sweep",
@@ -67,6 +76,7 @@ const PAGERANK_PARAMS: &[ParamDef] = &[
     ParamDef::text("graph", "rmat", &["uniform", "rmat"], "uniform: Rodinia's graphgen; rmat: power-law"),
     ParamDef::int("degree", 6, 1, 64, "average degree"),
     ParamDef::int("payload", 256, 0, 4096, "bytes of vertex data read per visit"),
+    VERTICES,
 ];
 
 /// Which workload a graph is for (its generator and arrays).
@@ -97,8 +107,8 @@ pub(super) struct Graph {
     visit_at: (u64, u64, u64),
     /// Bytes of payload per vertex.
     pub(super) payload: u64,
-    /// Pages laid out.
-    pub(super) pages: u32,
+    /// Its arrays' layout.
+    pub(super) layout: Layout,
     /// `uniform` (else R-MAT).
     pub(super) uniform: bool,
 }
@@ -198,11 +208,16 @@ impl Graph {
         let per_vertex: u64 = arrs.iter().map(|&(_, b, e)| if e { b * degree } else { b }).sum();
         // Each array rounds up to a page.
         let bytes = (s.pages as u64).saturating_sub(arrs.len() as u64) * PAGE;
+        let vertices = p.int("vertices") as u32;
+        if vertices > 0 {
+            // Its own size (sssp.cu's 2^20, graph256k's 261,444), whatever the footprint.
+            return Self::generate(vertices.max(16), degree, payload, uniform, kind, &arrs, s);
+        }
         let mut n = (bytes / per_vertex).max(16) as u32;
         loop {
-            let g = Self::generate(n, degree, payload, uniform, kind, &arrs, s.seed);
+            let g = Self::generate(n, degree, payload, uniform, kind, &arrs, s);
             // A random edge count can overshoot the expected one: shrink until it fits.
-            if g.pages <= s.pages || n <= 16 {
+            if g.layout.data_pages() <= s.pages || n <= 16 {
                 return g;
             }
             n = (n - n / 100 - 1).max(16);
@@ -216,9 +231,9 @@ impl Graph {
         uniform: bool,
         kind: For,
         arrs: &[(&'static str, u64, bool)],
-        seed: u64,
+        s: &Setup,
     ) -> Graph {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::new(s.seed);
         let pairs = match (uniform, kind) {
             (false, _) => rmat(n, n as u64 * degree, &mut rng),
             (true, For::Sssp) => distinct(n, degree, &mut rng),
@@ -240,13 +255,12 @@ impl Graph {
         }
         let m = edges.len() as u64;
         let weights = if kind == For::Sssp { (0..m).map(|_| rng.below(1000) as u16).collect() } else { Vec::new() };
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let arrays = arrs
             .iter()
             .map(|&(name, b, per_edge)| (name, l.array(if per_edge { b * m } else { b * n as u64 })))
             .collect();
-        let mut g =
-            Graph { n, offsets, edges, weights, arrays, payload, pages: l.pages(), uniform, visit_at: (0, 0, 0) };
+        let mut g = Graph { n, offsets, edges, weights, arrays, payload, layout: l, uniform, visit_at: (0, 0, 0) };
         g.visit_at = (g.at("payload"), g.at("edges"), g.at("weights"));
         g
     }
@@ -294,6 +308,7 @@ pub const BFS: WorkloadDef = WorkloadDef {
     params: BFS_PARAMS,
     build: |p: &Params, s: &Setup| {
         let g = Graph::new(p, s, For::Bfs);
+        let layout = g.layout.clone();
         let on = s.device;
         let (nodes, mask, updating, visited, cost) =
             (g.at("nodes"), g.at("mask"), g.at("updating"), g.at("visited"), g.at("cost"));
@@ -309,7 +324,7 @@ pub const BFS: WorkloadDef = WorkloadDef {
         let mut updated: Vec<u32> = Vec::new();
         let mut line_set = vec![false; (g.n as usize).div_ceil(LINE_BYTES as usize)];
         let mut last_len = 0;
-        Ok(Box::new(Lazy::new("bfs", g.pages, move |_step| {
+        Ok(Box::new(Lazy::laid_out("bfs", &layout, move |_step| {
             if frontier.is_empty() {
                 return None;
             }
@@ -374,6 +389,7 @@ pub const SSSP: WorkloadDef = WorkloadDef {
     params: SSSP_PARAMS,
     build: |p: &Params, s: &Setup| {
         let g = Graph::new(p, s, For::Sssp);
+        let layout = g.layout.clone();
         let (on, sweep) = (s.device, p.bool("sweep"));
         let cap = or(s.iterations, 15);
         let n = g.n as usize;
@@ -384,7 +400,7 @@ pub const SSSP: WorkloadDef = WorkloadDef {
         dist[src as usize] = 0;
         upd[src as usize] = 0;
         let mut finalized = vec![src];
-        Ok(Box::new(Lazy::new("sssp", g.pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("sssp", &layout, move |step| {
             let mut e = Emit::default();
             if step == 0 {
                 // initializeArrays: every thread writes both of its distances.
@@ -451,9 +467,10 @@ pub const PAGERANK: WorkloadDef = WorkloadDef {
     params: PAGERANK_PARAMS,
     build: |p: &Params, s: &Setup| {
         let g = Graph::new(p, s, For::Pagerank);
+        let layout = g.layout.clone();
         let (on, iters) = (s.device, or(s.iterations, 3));
         let (offsets, ranks) = (g.at("offsets"), g.at("ranks"));
-        Ok(Box::new(Lazy::new("pagerank", g.pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("pagerank", &layout, move |step| {
             if step >= iters {
                 return None;
             }

@@ -18,7 +18,7 @@
 //!   device memory to a third with a `cudaMalloc` and sizes the array against that third, which
 //!   keeps the oversubscription ratio; here the array is sized against device memory.
 
-use super::{Emit, Lazy, Phase, Setup, Target, WorkloadDef, or};
+use super::{Emit, Layout, Lazy, Phase, Setup, Target, WorkloadDef, or};
 use crate::place::params::{ParamDef, Params};
 use crate::place::{PAGE, Rng};
 use alloc::boxed::Box;
@@ -44,7 +44,7 @@ pub const GRID_STRIDE: WorkloadDef = WorkloadDef {
         let bytes = s.pages as u64 * PAGE;
         let window = p.int("blocks") as u64 * THREADS * 4;
         let (iters, on) = (or(s.iterations, 1), s.device);
-        Ok(Box::new(Lazy::new("grid-stride", s.pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("grid-stride", &Layout::one_array(s), move |step| {
             if step >= iters {
                 return None;
             }
@@ -68,7 +68,7 @@ pub const BLOCK_STRIDE: WorkloadDef = WorkloadDef {
         // elements_per_block = ceil(n / blocks) + 1, as the sample computes it.
         let share = n.div_ceil(blocks) + 1;
         let (iters, on) = (or(s.iterations, 1), s.device);
-        Ok(Box::new(Lazy::new("block-stride", s.pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("block-stride", &Layout::one_array(s), move |step| {
             if step >= iters {
                 return None;
             }
@@ -108,7 +108,7 @@ pub const RANDOM_WARP: WorkloadDef = WorkloadDef {
         let reads = (bytes / 4 / threads).max(1) * (threads / 32);
         let (iters, on) = (or(s.iterations, 1), s.device);
         let mut rng = Rng::new(s.seed);
-        Ok(Box::new(Lazy::new("random-warp", s.pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("random-warp", &Layout::one_array(s), move |step| {
             if step >= iters {
                 return None;
             }

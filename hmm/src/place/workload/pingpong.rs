@@ -26,10 +26,10 @@ pub const PINGPONG: WorkloadDef = WorkloadDef {
         }
         let sides = if p.bool("peer") { [Target::Dev(0), Target::Dev(1)] } else { [s.device, Target::Cpu] };
         let touch = p.int("touch") as u16;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let buf = l.array(s.pages as u64 * PAGE);
         let (pages, iters) = (s.pages, or(s.iterations, 8));
-        Ok(Box::new(Lazy::new("pingpong", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("pingpong", &l, move |step| {
             if step >= iters {
                 return None;
             }
@@ -53,11 +53,11 @@ pub const BROADCAST: WorkloadDef = WorkloadDef {
     build: |p: &Params, s: &Setup| {
         let reads = p.int("reads") as u64;
         let writes = p.float("writes");
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let table = l.array(s.pages as u64 * PAGE);
         let (pages, iters, devices) = (s.pages as u64, or(s.iterations, 4), s.devices.max(1));
         let mut rng = Rng::new(s.seed);
-        Ok(Box::new(Lazy::new("broadcast", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("broadcast", &l, move |step| {
             if step >= iters {
                 return None;
             }

@@ -12,11 +12,11 @@ pub const STREAM: WorkloadDef = WorkloadDef {
     help: "STREAM triad a = b + s*c, sequential passes",
     params: &[],
     build: |_p: &Params, s: &Setup| {
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let each = (s.pages / 3).max(1) as u64 * PAGE;
         let (a, b, c) = (l.array(each), l.array(each), l.array(each));
         let (iters, on) = (or(s.iterations, 1), s.device);
-        Ok(Box::new(Lazy::new("stream", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("stream", &l, move |step| {
             if step >= iters {
                 return None;
             }
@@ -44,7 +44,7 @@ pub const STRIDED: WorkloadDef = WorkloadDef {
             _ => 513,
         };
         let (pages, iters, on) = (s.pages, or(s.iterations, 1), s.device);
-        Ok(Box::new(Lazy::new("strided", pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("strided", &Layout::one_array(s), move |step| {
             if step >= iters {
                 return None;
             }
@@ -68,7 +68,7 @@ pub const RANDOM: WorkloadDef = WorkloadDef {
         let updates = p.int("updates") as u64;
         let (pages, iters, on) = (s.pages, or(s.iterations, 1), s.device);
         let mut rng = Rng::new(s.seed);
-        Ok(Box::new(Lazy::new("random", pages, move |step| {
+        Ok(Box::new(Lazy::laid_out("random", &Layout::one_array(s), move |step| {
             if step >= iters {
                 return None;
             }

@@ -58,10 +58,10 @@ pub const STENCIL: WorkloadDef = WorkloadDef {
             let n = isqrt(elems).max(2);
             (n, n * 8)
         };
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let grids = [l.array(n * row), l.array(n * row)];
         let (iters, on) = (or(s.iterations, 4), s.device);
-        Ok(Box::new(Lazy::new("stencil", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("stencil", &l, move |step| {
             if step >= iters {
                 return None;
             }
@@ -127,14 +127,14 @@ pub const HOTSPOT: WorkloadDef = WorkloadDef {
         let small = BLOCK - 2 * pyramid;
         let n = side_exact(s.pages, 3, 4);
         let row = n * 4;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let temp = [l.array(n * row), l.array(n * row)];
         let power = l.array(n * row);
         let steps = or(s.iterations, 8) as i64;
         let launches = (steps + pyramid - 1) / pyramid;
         let on = s.device;
         let bands = (n as i64 + small - 1) / small;
-        Ok(Box::new(Lazy::new("hotspot", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("hotspot", &l, move |step| {
             if step as i64 >= launches {
                 return None;
             }
@@ -170,13 +170,13 @@ pub const FDTD: WorkloadDef = WorkloadDef {
     build: |_p: &Params, s: &Setup| {
         const ROWS: i64 = 8;
         let n = side(s.pages.saturating_sub(1), 3, 4);
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let fict = l.array(5 * 4);
         let (ex, ey, hz) = (l.array(n * (n + 1) * 4), l.array((n + 1) * n * 4), l.array(n * n * 4));
         let (ex_row, row) = ((n + 1) * 4, n * 4);
         let (iters, on) = (or(s.iterations, 5), s.device);
         let bands = (n as i64 + ROWS - 1) / ROWS;
-        Ok(Box::new(Lazy::new("fdtd", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("fdtd", &l, move |step| {
             if step >= 3 * iters {
                 return None;
             }
@@ -219,10 +219,10 @@ pub const WAVEFRONT: WorkloadDef = WorkloadDef {
         let n = (side2(s.pages, 2) / b).max(1) * b;
         let row = n * 8;
         let tiles = n / b;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let (score, reference) = (l.array(n * row), l.array(n * row));
         let on = s.device;
-        Ok(Box::new(Lazy::new("wavefront", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("wavefront", &l, move |step| {
             // Step d is anti-diagonal d (then the second half of the matrix).
             let d = step as u64;
             if d >= 2 * tiles - 1 {
@@ -253,11 +253,11 @@ pub const HALO: WorkloadDef = WorkloadDef {
     build: |_p: &Params, s: &Setup| {
         let n = side2(s.pages, 2);
         let row = n * 8;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let grids = [l.array(n * row), l.array(n * row)];
         let parts = s.devices.max(1) as u64;
         let (iters, single) = (or(s.iterations, 4), s.device);
-        Ok(Box::new(Lazy::new("halo", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("halo", &l, move |step| {
             if step >= iters {
                 return None;
             }
@@ -309,7 +309,7 @@ pub const SRAD: WorkloadDef = WorkloadDef {
         let arrays = if managed { 6 } else { 1 };
         let n = side(s.pages, arrays, 4) / 16 * 16;
         let row = n * 4;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let j = l.array(n * row);
         let coef: Vec<u64> = if managed { (0..5).map(|_| l.array(n * row)).collect() } else { Vec::new() };
         let roi = 128.min(n);
@@ -317,7 +317,7 @@ pub const SRAD: WorkloadDef = WorkloadDef {
         let bands = n as i64 / ROWS;
         // Steps per iteration: [the CPU's,] kernel 1, kernel 2.
         let per = if host { 3 } else { 2 };
-        Ok(Box::new(Lazy::new("srad", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("srad", &l, move |step| {
             if step >= per * iters {
                 return None;
             }
@@ -377,7 +377,7 @@ pub const PATHFINDER: WorkloadDef = WorkloadDef {
         let (rows, pyramid) = (p.int("rows") as u64, p.int("pyramid"));
         // Two result rows and rows - 1 wall rows of 4-byte ints.
         let cols = ((s.pages as u64).saturating_sub(3) * PAGE / 4 / (rows + 1)).max(BLOCK as u64) as i64;
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let result = [l.array(cols as u64 * 4), l.array(cols as u64 * 4)];
         let wall = l.array((rows - 1) * cols as u64 * 4);
         let small = (BLOCK - 2 * pyramid).max(1);
@@ -385,7 +385,7 @@ pub const PATHFINDER: WorkloadDef = WorkloadDef {
         let on = s.device;
         let launches = (rows as i64 - 1 + pyramid - 1) / pyramid;
         let clip = move |lo: i64, hi: i64| (lo.max(0), hi.min(cols));
-        Ok(Box::new(Lazy::new("pathfinder", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("pathfinder", &l, move |step| {
             if step as i64 >= launches {
                 return None;
             }

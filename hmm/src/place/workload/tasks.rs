@@ -69,7 +69,7 @@ pub const FORKJOIN: WorkloadDef = WorkloadDef {
     ],
     build: |p: &Params, s: &Setup| {
         let (width, touch) = (p.int("width") as u32, p.int("touch") as u16);
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         // The last page holds the join's result.
         let data_pages = s.pages.saturating_sub(1).max(1);
         let data = l.array(data_pages as u64 * PAGE);
@@ -98,7 +98,7 @@ pub const FORKJOIN: WorkloadDef = WorkloadDef {
             e.line(result, true);
             prev_join = Some(add(&mut g, e.phase("join", Target::Cpu), &workers)?);
         }
-        Ok(Box::new(Graph::new("forkjoin", l.pages(), g)))
+        Ok(Box::new(Graph::laid_out("forkjoin", &l, g)))
     },
 };
 
@@ -114,7 +114,7 @@ pub const PIPELINE: WorkloadDef = WorkloadDef {
     build: |p: &Params, s: &Setup| {
         let (stages, touch) = (p.int("stages") as u32, p.int("touch") as u16);
         let chunks = or(s.iterations, 8);
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         // One state page per stage, the rest is the data.
         let data_pages = s.pages.saturating_sub(stages).max(1);
         let data = l.array(data_pages as u64 * PAGE);
@@ -141,7 +141,7 @@ pub const PIPELINE: WorkloadDef = WorkloadDef {
                 input = Some(i);
             }
         }
-        Ok(Box::new(Graph::new("pipeline", l.pages(), g)))
+        Ok(Box::new(Graph::laid_out("pipeline", &l, g)))
     },
 };
 
@@ -160,7 +160,14 @@ mod tests {
             p.set(k, v.clone());
         }
         let p = p.checked(def.params).unwrap();
-        let setup = Setup { pages, device: Target::Any, devices: 2, seed: 1, iterations };
+        let setup = Setup {
+            pages,
+            device: Target::Any,
+            devices: 2,
+            seed: 1,
+            iterations,
+            alloc: crate::place::workload::Alloc::Pages,
+        };
         let mut w = (def.build)(&p, &setup).unwrap();
         assert!(w.pages() <= pages, "{} uses {} of {pages} pages", def.name, w.pages());
         let g = w.graph().expect("a graph");
@@ -219,7 +226,14 @@ mod tests {
         let mut p = Params::new();
         p.set("width", crate::place::params::Value::Int(4));
         let p = p.checked(FORKJOIN.params).unwrap();
-        let setup = Setup { pages: 1 << 20, device: Target::Any, devices: 2, seed: 1, iterations: 10 };
+        let setup = Setup {
+            pages: 1 << 20,
+            device: Target::Any,
+            devices: 2,
+            seed: 1,
+            iterations: 10,
+            alloc: crate::place::workload::Alloc::Pages,
+        };
         let e = (FORKJOIN.build)(&p, &setup).unwrap_err();
         assert!(e.to_string().contains("iterations"), "{e}");
         assert!((FORKJOIN.build)(&p, &Setup { iterations: 1, ..setup }).is_ok());

@@ -2,7 +2,7 @@ use super::*;
 use crate::place::params::Value;
 
 fn setup(pages: u32) -> Setup {
-    Setup { pages, device: Target::Dev(0), devices: 2, seed: 7, iterations: 0 }
+    Setup { pages, device: Target::Dev(0), devices: 2, seed: 7, iterations: 0, alloc: super::Alloc::Pages }
 }
 
 fn drain(w: &mut dyn Workload) -> Vec<Vec<Phase>> {
@@ -30,6 +30,29 @@ fn every_workload_stays_in_its_footprint_and_fills_it() {
         }
         let n = touched.iter().filter(|&&t| t).count();
         assert!(n * 2 > pages as usize, "{}: touches only {n} of {pages} pages", d.name);
+    }
+}
+
+/// Under UVMSmart's allocation every workload keeps its accesses inside its allocations (never
+/// in a hole after one, where policies move nothing) and allocates at least what it touches.
+#[test]
+fn under_uvmsmart_allocation_no_workload_touches_a_hole() {
+    for d in ALL {
+        let s = Setup { alloc: Alloc::Uvmsmart, ..setup(1000) };
+        let mut w = build(d.name, &Params::new().checked(d.params).unwrap(), &s).unwrap();
+        let (pages, extents) = (w.pages(), w.extents());
+        let mut st = crate::place::state::State::new(pages, &[]);
+        for &(first, n) in &extents {
+            assert_eq!(first % crate::place::BLOCK, 0, "{}: a rest starts a block", d.name);
+            st.set_extent(first / crate::place::BLOCK, n);
+        }
+        let mut touched = 0;
+        let mut seen = alloc::vec![false; pages as usize];
+        for a in drain(&mut *w).iter().flatten().flat_map(|p| &p.accesses) {
+            assert!(a.page < pages && st.in_extent(a.page), "{}: page {} is in a hole", d.name, a.page);
+            touched += u32::from(!core::mem::replace(&mut seen[a.page as usize], true));
+        }
+        assert!(w.allocated_pages() >= touched, "{}: {touched} touched, {} allocated", d.name, w.allocated_pages());
     }
 }
 
@@ -127,7 +150,7 @@ fn graph_arrays_follow_the_benchmarks() {
     assert!((m / g.n as f64 - 6.0).abs() < 0.1, "average degree {}", m / g.n as f64);
     let bytes = g.n as f64 * 15.0 + m * 4.0;
     assert!(bytes > 0.98 * 1000.0 * 4096.0 - 7.0 * 4096.0, "{bytes} bytes of arrays");
-    assert!(g.pages <= 1000);
+    assert!(g.layout.data_pages() <= 1000);
     let max = (0..g.n).map(|v| g.out(v).len()).max().unwrap();
     assert!(max < 40, "a uniform graph has no hub (max degree {max})");
     assert_eq!(g.source(), 0);
@@ -322,4 +345,56 @@ fn pathfinder_reads_each_wall_row_in_one_launch() {
     // A launch streams its rows side by side: the first block already touches 20 wall rows.
     let first: alloc::collections::BTreeSet<u32> = steps[0][0].accesses[..22].iter().map(|a| a.page).collect();
     assert!(first.len() >= 20, "{first:?}");
+}
+
+#[test]
+fn uvmsmart_rounds_as_its_cuda_malloc_managed_does() {
+    const K: u64 = 1024;
+    const M: u64 = 1024 * K;
+    // Whole 2 MiB pages, then the rest as a power of two from 64 KiB.
+    for (bytes, want) in [
+        (0, 0),
+        (20, 64 * K),
+        (64 * K + 1, 128 * K),
+        (261_444, 256 * K),
+        (2_091_552, 2 * M),
+        (2 * M, 2 * M),
+        (5_764_800, 6 * M),
+        (8_911_876, 8 * M + 512 * K),
+    ] {
+        assert_eq!(uvmsmart_size(bytes), want, "{bytes} bytes");
+    }
+    let mut l = Layout::new(Alloc::Uvmsmart);
+    assert_eq!((l.array(20), l.array(3 * M), l.array(100)), (0, 2 * M, 6 * M));
+    // 64 KiB, 3 MiB (2 MiB and a 1 MiB rest), 64 KiB, each from a 2 MiB boundary.
+    assert_eq!((l.data_pages(), l.allocated_pages(), l.pages()), (1 + 768 + 1, 16 + 768 + 16, 1536 + 16));
+    // Rests: 64 KiB at block 0, the 1 MiB after the first 2 MiB at block 2, 64 KiB at block 3.
+    assert_eq!(l.rests(), &[(0, 16), (1024, 256), (1536, 16)][..]);
+}
+
+/// The artifact's inputs allocate what its logs' `gddr_size` × ratio says (the footprint its
+/// oversubscription counts): fdtd 1200 × 1200 16.42045 MB × 1.1 = 18.0625 MiB, bfs
+/// graph256k 8.86364 × 1.1 = 9.75 MiB, sssp 2^20 vertices 22.4 × 1.25 = 28 MiB, hotspot 1024
+/// 9.6 × 1.25 = 12 MiB; their touched pages are what the artifact's on-demand runs fault.
+#[test]
+fn the_artifacts_inputs_allocate_what_its_logs_say() {
+    let uvm = |pages| Setup { alloc: Alloc::Uvmsmart, ..setup(pages) };
+    let own = |d: &WorkloadDef, kv: &[(&str, Value)]| {
+        let mut p = Params::new();
+        for (k, v) in kv {
+            p.set(k, v.clone());
+        }
+        p.checked(d.params).unwrap()
+    };
+    let fdtd = build("fdtd", &own(&stencil::FDTD, &[]), &uvm(4226)).unwrap();
+    assert_eq!((fdtd.allocated_pages(), fdtd.extents()), (4624, vec![(0, 16)]));
+    let bfs = build("bfs", &own(&graph::BFS, &[("vertices", Value::Int(261_444))]), &uvm(100)).unwrap();
+    assert_eq!(bfs.allocated_pages(), 2496);
+    let sssp = build("sssp", &own(&graph::SSSP, &[("vertices", Value::Int(1 << 20))]), &uvm(100)).unwrap();
+    assert_eq!((sssp.allocated_pages(), sssp.pages()), (7168, 7168));
+    let hotspot = build("hotspot", &own(&stencil::HOTSPOT, &[]), &uvm(3072)).unwrap();
+    assert_eq!((hotspot.allocated_pages(), hotspot.pages()), (3072, 3072));
+    // Under the default, allocated is what is laid out.
+    let plain = build("fdtd", &own(&stencil::FDTD, &[]), &setup(4226)).unwrap();
+    assert_eq!((plain.allocated_pages(), plain.pages(), plain.extents()), (4224, 4224, vec![]));
 }

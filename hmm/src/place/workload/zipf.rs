@@ -26,7 +26,7 @@ pub const ZIPF: WorkloadDef = WorkloadDef {
         let writes = p.float("writes");
         let per_step = keys as u64 * p.int("requests") as u64;
         let steps = or(s.iterations, p.int("phases") as u32);
-        let mut l = Layout::default();
+        let mut l = Layout::of(s);
         let table = l.array(keys as u64 * record);
         // Cumulative popularity of ranks 1..=keys.
         let mut cdf = Vec::with_capacity(keys);
@@ -38,7 +38,7 @@ pub const ZIPF: WorkloadDef = WorkloadDef {
         let mut rng = Rng::new(s.seed);
         let mut rank: Vec<u32> = (0..keys as u32).collect();
         let on = s.device;
-        Ok(Box::new(Lazy::new("zipf", l.pages(), move |step| {
+        Ok(Box::new(Lazy::laid_out("zipf", &l, move |step| {
             if step >= steps {
                 return None;
             }
