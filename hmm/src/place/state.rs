@@ -101,8 +101,9 @@ impl State {
     }
 
     /// Block `b`'s allocation ends `pages` pages into it (UVMSmart's smaller tree root of an
-    /// allocation's rest, [`crate::place::workload::Alloc::Uvmsmart`]): the rest of the block is
-    /// a hole no policy's block range reaches and nothing migrates into.
+    /// allocation's rest, [`crate::place::workload::Alloc::Uvmsmart`], or a workload's last page
+    /// before the next 2 MiB boundary): the rest of the block is a hole no policy's block range
+    /// reaches and nothing migrates into.
     pub fn set_extent(&mut self, b: u32, pages: u32) {
         if let Some(e) = self.extent.get_mut(b as usize) {
             *e = pages.min(BLOCK);
