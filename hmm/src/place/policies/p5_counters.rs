@@ -245,24 +245,21 @@ impl Policy for AccessCounters {
         // IPDPS'20: writes migrate; a read migrates if its region is hot (the faulting access
         // counts one), else it is accessed remotely. In UVMSmart such a read is a zero-copy
         // DMA that never faults: the device's other pages are mapped for reads ahead, at the
-        // first fault once migration is delayed, so later reads reach them without a fault
-        // and writes still fault (and migrate).
-        let ahead = self.ahead && !core::mem::replace(&mut self.mapped_ahead[dev as usize % MAX_DEVICES], true);
-        if ahead {
-            plan.remote_ahead(0, cx.pages(), dev);
-        }
+        // first read it does not migrate (`should_cause_page_migration` false: before that
+        // every fault migrates, as in the disabled mode), so later reads reach them without a
+        // fault and writes still fault (and migrate).
         let mut hot = Vec::new();
         for f in faults {
             // The driver reads the region's count from the device's unit.
             let count = cx.count_of(dev, f.page).saturating_add(1);
             if f.write || count >= self.threshold_for(cx, dev, f.page, count) {
                 hot.push(*f);
-            } else if !ahead {
-                if self.ahead {
-                    plan.remote_ahead(f.page, 1, dev);
-                } else {
-                    plan.remote(f.page, 1, dev);
-                }
+            } else if !self.ahead {
+                plan.remote(f.page, 1, dev);
+            } else if !core::mem::replace(&mut self.mapped_ahead[dev as usize % MAX_DEVICES], true) {
+                plan.remote_ahead(0, cx.pages(), dev);
+            } else {
+                plan.remote_ahead(f.page, 1, dev);
             }
         }
         self.migrate(cx, dev, &hot, plan);
@@ -601,6 +598,33 @@ mod tests {
         // A region without round trips needs 16.
         assert!(access(&mut pol, &mut unit, &st, 70, 15, false).actions.is_empty());
         assert_eq!(migrated(&fault(&mut pol, &unit, &st, 71, false)), alloc::vec![71]);
+    }
+
+    /// UVMSmart serves a read remotely only when it does not migrate it (its count below the
+    /// threshold). In adaptive mode on a device nothing fills (the artifact's 1 GB: threshold
+    /// `1 + 8 × occupancy` = 1, and the faulting access counts one) every read migrates and
+    /// nothing is mapped ahead, as in the disabled mode; once the occupancy raises the
+    /// threshold, the first read below it maps the device's other pages ahead.
+    #[test]
+    fn ipdps_adaptive_maps_ahead_only_at_the_first_read_it_does_not_migrate() {
+        let mut pol = ipdps(&[("mode", text("adaptive")), ("prefetch", Value::Bool(false))]);
+        let mut st = State::new(1024, &[512]);
+        let unit = [Unit::default()];
+        let remote = |plan: &Plan| plan.actions.iter().filter(|a| matches!(a, Action::MapRemote { .. })).count();
+        for page in [3, 200, 700] {
+            let plan = fault(&mut pol, &unit, &st, page, false);
+            assert_eq!((migrated(&plan), remote(&plan)), (alloc::vec![page], 0), "{plan:?}");
+        }
+        // 64 of 512 pages held: the threshold is 2, and a cold read (count 1) stays remote.
+        for p in 100..164 {
+            assert!(st.set_loc(p, Loc::Dev(0), 0, false));
+        }
+        let plan = fault(&mut pol, &unit, &st, 400, false);
+        assert!(migrated(&plan).is_empty(), "{plan:?}");
+        assert!(
+            plan.actions.contains(&Action::MapRemote { first: 0, pages: 1024, dev: 0, read_only: true }),
+            "{plan:?}"
+        );
     }
 
     #[test]
