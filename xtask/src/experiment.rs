@@ -39,6 +39,9 @@
 //!                                     # footprints fixed (footprint_pages, else device_memory),
 //!                                     # device memory = what the workloads allocate / ratio, as
 //!                                     # UVMSmart's gddr_size
+//! unscaled = [1.0]                    # under "device_memory": ratios whose points keep
+//!                                     # device_memory as given (the artifact's runs without
+//!                                     # oversubscription have a 1 GB GDDR, where nothing fills)
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
@@ -156,6 +159,12 @@ pub struct Sweep {
     /// ratio × it) or `"device_memory"` (footprints fixed, device memory footprint ÷ ratio).
     #[serde(default)]
     pub scale: Option<Spanned<String>>,
+    /// Under `scale = "device_memory"`: ratios whose points keep `device_memory` as given instead
+    /// of what the workloads allocate ÷ the ratio. The UVMSmart artifact runs its points
+    /// without oversubscription on a 1 GB GDDR (`gddr_size = 1GB`), where no device fills and
+    /// IPDPS'20's adaptive threshold (`1 + threshold × occupancy`) stays 1.
+    #[serde(default)]
+    pub unscaled: Option<Spanned<Vec<f64>>>,
 }
 
 /// A loaded, checked experiment.
@@ -258,9 +267,21 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let pols = load_policies(&src, &exp, &run, &wls)?;
     let overs = oversubscriptions(&src, &exp)?;
     let scale_memory = scale(&src, &exp)?;
+    let unscaled = unscaled(&src, &exp, scale_memory)?;
     let repeat = repetitions(&src, &exp)?;
-    let axes = Axes { devices, cost, pols, wls, overs, scale_memory, repeat };
-    let Expanded { points, keys, reps } = expand(&exp, &axes);
+    let axes = Axes { devices, cost, pols, wls, overs, scale_memory, unscaled, repeat };
+    let Expanded { points, keys, reps, over_full } = expand(&exp, &axes);
+    if let Some((i, allocated)) = over_full {
+        let u = exp.sweep.unscaled.as_ref().map_or(0..0, |u| u.span());
+        return Err(src.at(
+            u,
+            "sweep.unscaled",
+            format!(
+                "point {} ({}) allocates {allocated} pages, more than device_memory's {} at a ratio it leaves unscaled: that point would be oversubscribed; raise device_memory (a machine with more device memory) or drop the ratio from [sweep] unscaled",
+                points[i].id, points[i].label, points[i].devices[0]
+            ),
+        ));
+    }
     check_points(&src, &points, &have, &machine, &mpath)?;
     tables::check(&src, &exp.tables, &keys)?;
     Ok(Loaded { exp, machine, points, keys, reps })
@@ -589,6 +610,33 @@ fn scale(src: &Src<'_>, exp: &Experiment) -> Result<bool, String> {
     }
 }
 
+/// `[sweep] unscaled`: ratios of the sweep at which device memory stays as given (only under
+/// `scale = "device_memory"`).
+fn unscaled(src: &Src<'_>, exp: &Experiment, scale_memory: bool) -> Result<Vec<f64>, String> {
+    let Some(u) = &exp.sweep.unscaled else { return Ok(Vec::new()) };
+    if !scale_memory {
+        return Err(src.at(
+            u.span(),
+            "sweep.unscaled",
+            "only scale = \"device_memory\" scales device memory; give it, or drop unscaled (device memory is then as given at every ratio)",
+        ));
+    }
+    let sweep = exp.sweep.oversubscription.as_ref().map_or(&[][..], |o| o.get_ref());
+    for &x in u.get_ref() {
+        if !sweep.iter().any(|y| (x - y).abs() < 1e-9) {
+            return Err(src.at(
+                u.span(),
+                "sweep.unscaled",
+                format!("{x} is not in [sweep] oversubscription ({sweep:?}); give some of the sweep's ratios"),
+            ));
+        }
+    }
+    if let Some(x) = repeated(u.get_ref()) {
+        return Err(src.at(u.span(), "sweep.unscaled", format!("{x} is given twice; give each ratio once")));
+    }
+    Ok(u.get_ref().clone())
+}
+
 /// `repeat`: 1 to 100 (default 1); and `points_per_boot`: 1 to 1000.
 fn repetitions(src: &Src<'_>, exp: &Experiment) -> Result<u32, String> {
     let repeat = exp.repeat.as_ref().map_or(1, |r| *r.get_ref());
@@ -620,6 +668,8 @@ struct Axes {
     overs: Vec<Option<f64>>,
     /// `[sweep] scale = "device_memory"`.
     scale_memory: bool,
+    /// `[sweep] unscaled`.
+    unscaled: Vec<f64>,
     repeat: u32,
 }
 
@@ -628,6 +678,9 @@ struct Expanded {
     points: Vec<Point>,
     keys: Vec<(String, String, f64)>,
     reps: Vec<u32>,
+    /// The first point at an unscaled ratio whose workloads allocate more than its device
+    /// memory, and what they allocate.
+    over_full: Option<(usize, u32)>,
 }
 
 /// Every point: repetitions × ratios × policies × workload groups (each workload alone, or all
@@ -640,6 +693,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut allocated: BTreeMap<String, u32> = BTreeMap::new();
     let mut keys = Vec::new();
     let mut reps = Vec::new();
+    let mut over_full = None;
     let groups: Vec<Vec<usize>> =
         if exp.sweep.together { vec![(0..a.wls.len()).collect()] } else { (0..a.wls.len()).map(|i| vec![i]).collect() };
     for rep in 0..a.repeat {
@@ -698,14 +752,18 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                     if a.repeat > 1 {
                         label += &format!("/r{rep}");
                     }
+                    let unscaled = over.is_some_and(|x| a.unscaled.iter().any(|y| (x - y).abs() < 1e-9));
                     let devices = match over {
                         // Every device: the group's footprint ÷ the ratio, as the UVMSmart
                         // artifact sizes its GDDR (`gddr_size`), at least a page.
-                        Some(x) if a.scale_memory => {
+                        Some(x) if a.scale_memory && !unscaled => {
                             vec![((footprint as f64 / x) as u32).max(1); a.devices.len()]
                         }
                         _ => a.devices.clone(),
                     };
+                    if unscaled && over_full.is_none() && footprint > devices[0] as u64 {
+                        over_full = Some((points.len(), footprint as u32));
+                    }
                     points.push(Point {
                         id: points.len() as u32,
                         label,
@@ -723,7 +781,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
             }
         }
     }
-    Expanded { points, keys, reps }
+    Expanded { points, keys, reps, over_full }
 }
 
 /// A workload's footprint under `scale = "device_memory"`: its `footprint_pages`, else the

@@ -102,6 +102,38 @@ fn a_sweep_scales_device_memory_or_the_footprint() {
     assert!(e.contains("`sweep.scale`") && e.contains("give [sweep] oversubscription too"), "{e}");
 }
 
+/// `[sweep] unscaled` keeps `device_memory` as given at its ratios (the artifact's 1 GB GDDR
+/// without oversubscription) and scales the others; a point it leaves oversubscribed, a ratio
+/// outside the sweep and a sweep that scales footprints are errors that say what to do.
+#[test]
+fn unscaled_ratios_keep_the_device_memory_given() {
+    let fixed = SMALL
+        .replace("updates = 2", "updates = 2\nfootprint_pages = 200")
+        .replace("[sweep]", "[sweep]\nscale = \"device_memory\"\nunscaled = [1.0]");
+    let l = load(&fixed).unwrap();
+    let at = |w: &str, o: f64| l.keys.iter().position(|k| k.0 == w && k.1 == "od" && k.2 == o).unwrap();
+    // At 1.0 every device has the 1M given (256 pages), not the 200 pages random allocates.
+    assert_eq!(l.points[at("random", 1.0)].devices, [256]);
+    assert_eq!(l.points[at("stream", 1.0)].devices, [256]);
+    // At 1.5 they stay what the workload allocates ÷ 1.5.
+    assert_eq!(l.points[at("random", 1.5)].devices, [133]);
+    assert_eq!(l.points[at("stream", 1.5)].devices, [170]);
+    // A workload allocating more than device_memory would be oversubscribed at 1.0.
+    let e = err(&fixed.replace("footprint_pages = 200", "footprint_pages = 300"));
+    assert!(
+        e.contains("`sweep.unscaled`")
+            && e.contains("(od/random/1) allocates 300 pages, more than device_memory's 256")
+            && e.contains("raise device_memory"),
+        "{e}"
+    );
+    let e = err(&fixed.replace("unscaled = [1.0]", "unscaled = [1.25]"));
+    assert!(e.contains("`sweep.unscaled`: 1.25 is not in [sweep] oversubscription ([1.0, 1.5])"), "{e}");
+    let e = err(&fixed.replace("unscaled = [1.0]", "unscaled = [1.0, 1.0]"));
+    assert!(e.contains("1 is given twice"), "{e}");
+    let e = err(&fixed.replace("scale = \"device_memory\"\n", ""));
+    assert!(e.contains("`sweep.unscaled`: only scale = \"device_memory\" scales device memory"), "{e}");
+}
+
 fn err(text: &str) -> String {
     load(text).unwrap_err()
 }
