@@ -107,14 +107,54 @@ pub fn config(cmdline: &str) -> Result<String> {
     ))
 }
 
-/// Makes `target/grub/<name>.iso` holding `kernel` booted with `cmdline`.
+/// The kernel as GRUB boots it: the ELF's header, program headers and the file data of its
+/// segments, without section headers (so without symbols and debug information), byte for
+/// byte the same where it is kept.
+///
+/// GRUB's Multiboot2 loader also loads every section no segment holds (`.symtab`,
+/// `.debug_*`: 14 MiB of the release kernel) into memory it allocates for the ELF-sections
+/// tag, which the kernel does not read. Under OVMF that load fails (`failure reading sector
+/// 0x2860 from 'cd0'`, the first sector after the segments' data, on QEMU 7.2 with Debian
+/// 12's GRUB 2.06 and OVMF), before the kernel runs. The profiler and the panic decoder read
+/// symbols from the ELF the build wrote, not from this image.
+pub fn boot_image(elf: &[u8]) -> Result<Vec<u8>> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err("the kernel is not a little-endian 64-bit ELF file".into());
+    }
+    let bad = || "the kernel's ELF header or program headers are cut short".to_string();
+    let phoff = u64_at(0x20).ok_or_else(bad)? as usize;
+    let phentsize = u16_at(0x36).ok_or_else(bad)? as usize;
+    let phnum = u16_at(0x38).ok_or_else(bad)? as usize;
+    if phentsize < 0x38 || phnum == 0 {
+        return Err(format!("the kernel has {phnum} program headers of {phentsize} bytes; GRUB needs its segments"));
+    }
+    let mut end = phoff + phentsize * phnum;
+    for i in 0..phnum {
+        let h = phoff + i * phentsize;
+        let (offset, filesz) = (u64_at(h + 0x08).ok_or_else(bad)?, u64_at(h + 0x20).ok_or_else(bad)?);
+        end = end.max((offset + filesz) as usize);
+    }
+    let mut out =
+        elf.get(..end).ok_or_else(|| format!("the kernel's segments reach byte {end}, past its end"))?.to_vec();
+    // e_shoff, e_shnum, e_shstrndx: no section headers.
+    out[0x28..0x30].fill(0);
+    out[0x3c..0x40].fill(0);
+    Ok(out)
+}
+
+/// Makes `target/grub/<name>.iso` holding `kernel` (as [`boot_image`] makes it) booted with
+/// `cmdline`.
 pub fn make_iso(root: &Path, name: &str, kernel: &Path, cmdline: &str) -> Result<PathBuf> {
     let base = root.join("target/grub");
     let tree = base.join(name);
     let _ = std::fs::remove_dir_all(&tree);
     let grub_dir = tree.join("boot/grub");
     std::fs::create_dir_all(&grub_dir).map_err(|e| format!("creating {}: {e}", grub_dir.display()))?;
-    std::fs::copy(kernel, tree.join("boot/kernel")).map_err(|e| format!("copying {}: {e}", kernel.display()))?;
+    let elf = std::fs::read(kernel).map_err(|e| format!("reading {}: {e}", kernel.display()))?;
+    let image = boot_image(&elf).map_err(|e| format!("{}: {e}", kernel.display()))?;
+    std::fs::write(tree.join("boot/kernel"), image).map_err(|e| format!("writing the boot image: {e}"))?;
     std::fs::write(grub_dir.join("grub.cfg"), config(cmdline)?).map_err(|e| format!("writing grub.cfg: {e}"))?;
     let iso = base.join(format!("{name}.iso"));
     let out = Command::new("grub-mkrescue")
@@ -155,6 +195,54 @@ mod tests {
         let c = config("job=default log=info,kernel::pci=debug").unwrap();
         assert!(c.contains("multiboot2 /boot/kernel 'job=default' 'log=info,kernel::pci=debug'\n"), "{c}");
         assert!(c.contains("set timeout=0") && c.contains("terminal_output serial"), "{c}");
+    }
+
+    /// A little-endian ELF64 file: header, `phnum` program headers (each a segment of 16
+    /// bytes at 0x100 + 0x20 × i), the segments' data, then 64 bytes of "sections".
+    fn elf(phnum: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 0x100 + 0x20 * phnum as usize + 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        let shoff = (f.len() - 64) as u64;
+        f[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&phnum.to_le_bytes());
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
+        for i in 0..phnum as usize {
+            let h = 0x40 + 0x38 * i;
+            f[h..h + 4].copy_from_slice(&1u32.to_le_bytes());
+            f[h + 8..h + 16].copy_from_slice(&(0x100 + 0x20 * i as u64).to_le_bytes());
+            f[h + 0x20..h + 0x28].copy_from_slice(&16u64.to_le_bytes());
+            f[0x100 + 0x20 * i..0x110 + 0x20 * i].fill(0xa0 + i as u8);
+        }
+        let n = f.len();
+        f[n - 64..].fill(0x55);
+        f
+    }
+
+    /// The boot image keeps the header, program headers and segment data unchanged, ends
+    /// where the last segment's data ends and has no section headers; what is not an ELF64
+    /// file, or is cut short, is refused with a message that says so.
+    #[test]
+    fn the_boot_image_keeps_the_segments_and_drops_the_sections() {
+        let f = elf(2);
+        let img = boot_image(&f).unwrap();
+        assert_eq!(img.len(), 0x120 + 16, "ends after the second segment's data");
+        assert_eq!(img[..0x28], f[..0x28]);
+        assert_eq!(img[0x30..0x3c], f[0x30..0x3c]);
+        assert_eq!(img[0x40..], f[0x40..0x130], "program headers and segment data unchanged");
+        assert!(img[0x28..0x30].iter().all(|&b| b == 0), "e_shoff");
+        assert!(img[0x3c..0x40].iter().all(|&b| b == 0), "e_shnum and e_shstrndx");
+        assert!(!img.contains(&0x55), "no section data");
+        let e = boot_image(b"MZ\x90\0 not an ELF").unwrap_err();
+        assert!(e.contains("not a little-endian 64-bit ELF"), "{e}");
+        let e = boot_image(&f[..0x110]).unwrap_err();
+        assert!(e.contains("past its end"), "{e}");
+        let e = boot_image(&elf(0)).unwrap_err();
+        assert!(e.contains("0 program headers"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,23 @@ pub enum Outcome {
     Signal(i32),
     /// gdb killed the guest (`kill` in gdb: QEMU says `Terminated via GDBstub` and exits 0).
     GdbKill,
+    /// The boot loader gave up before the kernel ran (GRUB: `Failed to boot both default and
+    /// fallback entries`), with its error lines; the xtask stopped QEMU then.
+    Loader(String),
+}
+
+/// What GRUB prints when no menu entry booted; it then waits for a key, so the xtask stops
+/// QEMU instead of waiting for its timeout.
+const GRUB_GAVE_UP: &str = "Failed to boot both default and fallback entries";
+
+/// The `error: ...` lines GRUB printed in `lines`, without their terminal escapes, joined
+/// (the first is the cause; GRUB's later ones follow from it).
+fn grub_error(lines: &[String]) -> String {
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.find("error: ").map(|i| l[i..].split('\u{1b}').next().unwrap_or("").trim()))
+        .collect();
+    if errors.is_empty() { "no error line".into() } else { errors.join(" ") }
 }
 
 /// What QEMU says on stderr when a signal stops it (status 0 follows).
@@ -121,6 +138,7 @@ impl Outcome {
             Self::Signal(0) => "QEMU was killed by a signal".into(),
             Self::Signal(n) => format!("QEMU was stopped by signal {n} ({}), not by the kernel", signal_name(*n)),
             Self::GdbKill => "gdb killed the guest (QEMU: Terminated via GDBstub)".into(),
+            Self::Loader(e) => format!("GRUB could not boot the kernel ({e}); the xtask stopped QEMU"),
         }
     }
 
@@ -402,6 +420,7 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
     let mut ready_at = None;
     let mut watchdog = Watchdog::new(start, l.timeout, l.restart_on);
     let mut timed_out = false;
+    let mut loader = None;
     loop {
         if stop() {
             let _ = child.kill();
@@ -438,7 +457,13 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
                 {
                     println!("{t}");
                 }
+                let gave_up = line.contains(GRUB_GAVE_UP);
                 lines.push(line);
+                if gave_up {
+                    loader = Some(grub_error(&lines));
+                    let _ = child.kill();
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -461,7 +486,9 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
     }
     let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
     let said = said.join().unwrap_or_default();
-    let outcome = if timed_out {
+    let outcome = if let Some(e) = loader {
+        Outcome::Loader(e)
+    } else if timed_out {
         Outcome::Timeout(l.timeout.as_secs())
     } else {
         use std::os::unix::process::ExitStatusExt;
@@ -473,6 +500,30 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GRUB's errors are what the outcome names, without the terminal's escapes (lines
+    /// as QEMU's serial gave them under OVMF when the load failed).
+    #[test]
+    fn grub_giving_up_names_its_errors() {
+        let lines: Vec<String> = [
+            "\u{1b}[0m\u{1b}[37m\u{1b}[40m\u{1b}[H\u{1b}[J  Booting `hmm-unikernel'",
+            "error: failure reading sector 0x2860 from `cd0'.",
+            "error: you need to load the kernel first.\u{1b}[0m",
+            "",
+            "  Failed to boot both default and fallback entries.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(lines[4].contains(GRUB_GAVE_UP));
+        assert_eq!(
+            grub_error(&lines),
+            "error: failure reading sector 0x2860 from `cd0'. error: you need to load the kernel first."
+        );
+        assert_eq!(grub_error(&lines[..2]), "error: failure reading sector 0x2860 from `cd0'.");
+        assert_eq!(grub_error(&[]), "no error line");
+        let d = Outcome::Loader(grub_error(&lines)).describe();
+        assert!(d.starts_with("GRUB could not boot the kernel (error: failure reading sector"), "{d}");
+    }
 
     #[test]
     fn device_memory_files_are_private_exclusive_and_unguessable() {
