@@ -292,8 +292,9 @@ mod tests {
     fn pcie_curve_matches_the_gtx_1080_ti_measured_by_nvprof() {
         // Per run: host to device, then device to host, each (average KiB, total KiB, total ms)
         // as the log's "Unified Memory profiling result" gives them.
+        type Direction = (f64, f64, f64);
         #[rustfmt::skip]
-        const RUNS: [(&str, [(f64, f64, f64); 2]); 21] = [
+        const RUNS: [(&str, [Direction; 2]); 21] = [
             ("backprop_100", [(71.352, 27328.0, 2.715744), (406.46, 23168.0, 1.8456)]),
             ("backprop_125", [(72.252, 27456.0, 2.721856), (633.6, 25344.0, 2.002112)]),
             ("backprop_150", [(47.757, 31424.0, 3.2896), (538.48, 31232.0, 2.476128)]),
