@@ -130,12 +130,16 @@ fn kernel_main(entry: platform::Entry) -> ! {
     let smp = arch::smp::start_aps(info, &platform.cpus).unwrap_or_else(|e| fail("SMP", e));
     log::info!("smp: {} of {} CPUs online", smp.online.len(), platform.cpus.iter().filter(|c| c.enabled).count());
     let pci = pci::init(&platform.ecam).unwrap_or_else(|e| fail("PCI", e));
-    let virtio_mmio = platform::virtio_mmio::discover(&args.virtio_mmio);
+    let virtio_mmio = platform::virtio_mmio::discover(&args.virtio_mmio, &platform.virtio_mmio);
     for p in &virtio_mmio {
         match p.found {
-            Ok(ids) => {
-                log::info!("virtio-mmio at {:#x}: device id {}, version {}", p.at.base, ids.device_id, ids.version)
-            }
+            Ok(ids) => log::info!(
+                "virtio-mmio at {:#x} (from {}): device id {}, version {}",
+                p.at.base,
+                p.from.name(),
+                ids.device_id,
+                ids.version
+            ),
             Err(e) => log::warn!("virtio-mmio at {:#x}: {e}", p.at.base),
         }
     }

@@ -153,6 +153,7 @@ pub fn print(s: &System) {
                     j.num("base", p.at.base);
                     j.num("size", p.at.size);
                     j.num("irq", p.at.irq);
+                    j.str("from", p.from.name());
                     match p.found {
                         Ok(ids) => {
                             j.num("device_id", ids.device_id);

@@ -1,5 +1,6 @@
 //! ACPI tables read from raw bytes: the root-table walk and the tables the `acpi` crate (5.2,
-//! the version that builds on stable) does not parse: SRAT, HMAT and VIOT.
+//! the version that builds on stable) does not parse: SRAT, HMAT and VIOT; and the devices a
+//! DSDT declares ([`dsdt`]).
 //!
 //! Everything here is pure: tables are read through [`PhysMem`], so the same code walks QEMU's
 //! tables in the kernel and hand-built tables in host tests. Fields are read little-endian from
@@ -11,6 +12,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
+pub mod dsdt;
 pub mod hmat;
 pub mod srat;
 pub mod viot;

@@ -74,6 +74,8 @@ pub struct Platform {
     pub hmat: Option<Hmat>,
     /// VIOT, if present.
     pub viot: Option<Viot>,
+    /// virtio-mmio transports the DSDT declares (`_HID` `"LNRO0005"`): base, length, interrupt.
+    pub virtio_mmio: Vec<(u64, u64, Option<u32>)>,
 }
 
 /// Why ACPI discovery failed.
@@ -139,11 +141,23 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, PlatformError> {
             p.ecam.push((e.base_address, e.pci_segment_group, e.bus_number_start, e.bus_number_end));
         }
     }
-    if let Ok(fadt) = tables.find_table::<Fadt>()
-        && let Ok(Some(block)) = fadt.pm_timer_block()
-    {
-        let flags = fadt.flags;
-        p.pm_timer = Some((block.address as u16, flags.pm_timer_is_32_bit()));
+    if let Ok(fadt) = tables.find_table::<Fadt>() {
+        if let Ok(Some(block)) = fadt.pm_timer_block() {
+            let flags = fadt.flags;
+            p.pm_timer = Some((block.address as u16, flags.pm_timer_is_32_bit()));
+        }
+        // The devices the DSDT declares statically; a DSDT it cannot read costs only them.
+        match fadt.dsdt_address().map(|a| raw::read_table(&Mem, a as u64)) {
+            Ok(Ok(dsdt)) => {
+                let (devices, err) = raw::dsdt::devices(&dsdt);
+                if let Some(e) = err {
+                    log::warn!("acpi: {e}");
+                }
+                p.virtio_mmio = raw::dsdt::virtio_mmio(&devices);
+            }
+            Ok(Err(e)) => log::warn!("acpi: the DSDT: {e}"),
+            Err(_) => {}
+        }
     }
     let parse = |sig: &[u8; 4]| find(&p.tables, sig).map(|t| raw::read_table(&Mem, t.paddr));
     if let Some(t) = parse(b"SRAT") {

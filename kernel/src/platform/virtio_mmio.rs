@@ -1,9 +1,9 @@
 //! virtio-mmio transports named on the kernel command line (`virtio_mmio.device=`, as
-//! Firecracker and QEMU's microvm without ACPI pass their devices): each register window is
-//! mapped uncached and its identification registers are read (magic, version, device id,
-//! vendor), so the boot report says which transports exist and what sits behind them. No
-//! driver binds to them yet; transports described only by ACPI (microvm with ACPI puts them in
-//! its DSDT) are not found.
+//! Firecracker and QEMU's microvm without ACPI pass their devices) or declared in the DSDT
+//! (`_HID` `"LNRO0005"`, as QEMU's microvm with ACPI declares them; `drivers::acpi::dsdt`):
+//! each register window is mapped uncached and its identification registers are read (magic,
+//! version, device id, vendor), so the boot report says which transports exist, where they
+//! were found and what sits behind them. No driver binds to them yet.
 
 use boot::cmdline::VirtioMmio;
 
@@ -44,11 +44,32 @@ impl core::fmt::Display for ProbeError {
     }
 }
 
-/// A command-line transport and what probing it found.
+/// Where a transport was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `virtio_mmio.device=` on the kernel command line.
+    CommandLine,
+    /// A DSDT device.
+    Acpi,
+}
+
+impl Source {
+    /// Its name in the boot report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CommandLine => "cmdline",
+            Self::Acpi => "acpi",
+        }
+    }
+}
+
+/// A transport and what probing it found.
 #[derive(Debug, Clone, Copy)]
 pub struct Probed {
-    /// As the command line names it.
+    /// Its window and interrupt (0 when ACPI names none).
     pub at: VirtioMmio,
+    /// Where it was found.
+    pub from: Source,
     /// Its identification registers, or why they could not be read.
     pub found: Result<Ids, ProbeError>,
 }
@@ -71,7 +92,17 @@ pub fn probe(t: &VirtioMmio) -> Result<Ids, ProbeError> {
     Ok(Ids { version: read(4), device_id: read(8), vendor: read(12) })
 }
 
-/// Probes every transport the command line names.
-pub fn discover(list: &[VirtioMmio]) -> alloc::vec::Vec<Probed> {
-    list.iter().map(|t| Probed { at: *t, found: probe(t) }).collect()
+/// Probes every transport the command line names, then those the DSDT declares (`acpi`:
+/// base, length, interrupt) at a base the command line does not name.
+pub fn discover(cmdline: &[VirtioMmio], acpi: &[(u64, u64, Option<u32>)]) -> alloc::vec::Vec<Probed> {
+    let declared = acpi
+        .iter()
+        .filter(|(base, ..)| !cmdline.iter().any(|c| c.base == *base))
+        .map(|&(base, size, irq)| (VirtioMmio { size, base, irq: irq.unwrap_or(0), id: None }, Source::Acpi));
+    cmdline
+        .iter()
+        .map(|t| (*t, Source::CommandLine))
+        .chain(declared)
+        .map(|(at, from)| Probed { at, from, found: probe(&at) })
+        .collect()
 }

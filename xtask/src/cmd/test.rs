@@ -388,10 +388,15 @@ fn microvm_report_problem(v: &Value, acpi: bool, rng: bool) -> Option<String> {
     if v["devices"].as_array().is_none_or(|d| !d.is_empty()) {
         return Some(format!("the boot report lists devices {}", v["devices"]));
     }
-    // virtio device id 4: entropy source.
-    let rngs = v["virtio_mmio"].as_array().map(|a| a.iter().filter(|t| t["device_id"] == 4).count());
+    // virtio device id 4: entropy source; found in the DSDT with ACPI, else on the command line.
+    let from = if acpi { "acpi" } else { "cmdline" };
+    let rngs =
+        v["virtio_mmio"].as_array().map(|a| a.iter().filter(|t| t["device_id"] == 4 && t["from"] == from).count());
     if rng && rngs != Some(1) {
-        return Some(format!("the boot report lists virtio-mmio transports {}, not one rng", v["virtio_mmio"]));
+        return Some(format!(
+            "the boot report lists virtio-mmio transports {}, not one rng found from {from}",
+            v["virtio_mmio"]
+        ));
     }
     None
 }
@@ -708,8 +713,14 @@ mod tests {
         assert!(microvm_report_problem(&ok, true, false).unwrap().contains("has_acpi"));
         assert!(microvm_report_problem(&ok, false, true).unwrap().contains("not one rng"));
         let rng = serde_json::json!({"has_acpi": false, "has_pci": false, "devices": [],
-            "virtio_mmio": [{"base": 4272950784u64, "size": 512, "irq": 12, "device_id": 4, "version": 1}]});
+            "virtio_mmio": [{"base": 4272950784u64, "size": 512, "irq": 12, "from": "cmdline", "device_id": 4, "version": 1}]});
         assert_eq!(microvm_report_problem(&rng, false, true), None);
+        // With ACPI the transport must come from the DSDT.
+        let mut acpi = rng.clone();
+        acpi["has_acpi"] = true.into();
+        assert!(microvm_report_problem(&acpi, true, true).unwrap().contains("not one rng found from acpi"));
+        acpi["virtio_mmio"][0]["from"] = "acpi".into();
+        assert_eq!(microvm_report_problem(&acpi, true, true), None);
         let pci = serde_json::json!({"has_acpi": true, "has_pci": true, "pci": [], "devices": []});
         assert!(microvm_report_problem(&pci, true, false).unwrap().contains("has_pci"));
         // A report from before the field existed.
