@@ -49,12 +49,16 @@ pub enum Tag {
     /// The sampling profiler's report: a CPU's summary, one of its stacks, or the end
     /// ([`profile`]).
     Profile,
+    /// The kernel's exit code, `{"code":N}` ([`ExitCode::port_value`]), printed as it leaves:
+    /// on a machine without `isa-debug-exit` it then resets the machine, and the line is how
+    /// the host learns the outcome.
+    Exit,
 }
 
 impl Tag {
     /// Every tag.
-    pub const ALL: [Tag; 7] =
-        [Tag::Boot, Tag::Result, Tag::Bench, Tag::Point, Tag::Trace, Tag::Experiment, Tag::Profile];
+    pub const ALL: [Tag; 8] =
+        [Tag::Boot, Tag::Result, Tag::Bench, Tag::Point, Tag::Trace, Tag::Experiment, Tag::Profile, Tag::Exit];
 
     /// The line's start: `@@` and the name, then a space before the payload.
     pub const fn prefix(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Tag {
             Tag::Trace => "@@TRACE ",
             Tag::Experiment => "@@EXPERIMENT ",
             Tag::Profile => "@@PROFILE ",
+            Tag::Exit => "@@EXIT ",
         }
     }
 
@@ -134,6 +139,11 @@ impl ExitCode {
     /// The exit status QEMU reports for it.
     pub const fn qemu_status(self) -> i32 {
         ((self as i32) << 1) | 1
+    }
+
+    /// The code whose [`port_value`](Self::port_value) is `v`.
+    pub fn from_port_value(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.port_value() == v)
     }
 
     /// The code behind a QEMU exit status, if the kernel chose it.

@@ -4,7 +4,7 @@
 //! message, never raw, on the terminal or in an error message (which lands in the CSV).
 
 use crate::experiment::Results;
-use boot::protocol::{Tag, parse_line};
+use boot::protocol::{ExitCode, Tag, parse_line};
 use serde_json::Value;
 
 /// The JSON payload of the first line tagged `tag`.
@@ -91,6 +91,10 @@ pub fn brief(line: &str) -> String {
         }
         Tag::Experiment => format!("{name}: {}", cut(payload, 120)),
         Tag::Profile => format!("{name}: a profiler line ({bytes} bytes of JSON)"),
+        Tag::Exit => match j["code"].as_u64().and_then(|c| ExitCode::from_port_value(u32::try_from(c).ok()?)) {
+            Some(c) => format!("{name}: the kernel leaves with {c:?}"),
+            None => format!("{name}: {}", cut(payload, 60)),
+        },
     };
     format!("{before}{what}")
 }

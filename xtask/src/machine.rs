@@ -38,6 +38,11 @@ pub struct Machine {
     /// A virtio-iommu in front of the devices.
     #[serde(default)]
     pub iommu: bool,
+    /// QEMU's `isa-debug-exit` port (default on). Without it, as on Firecracker or a physical
+    /// machine, the kernel resets the machine when it is done and the xtask reads the outcome
+    /// from its `@@EXIT` line.
+    #[serde(default = "yes")]
+    pub debug_exit: bool,
     /// Devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<Device>,
@@ -47,6 +52,10 @@ pub struct Machine {
 
 fn default_model() -> String {
     "q35".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_firmware() -> String {

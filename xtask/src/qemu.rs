@@ -104,6 +104,22 @@ impl Outcome {
         }
     }
 
+    /// A reset (QEMU's status 0 under -no-reboot) that followed the kernel's `@@EXIT` line is
+    /// that exit: on a machine without `isa-debug-exit` the kernel resets it to leave.
+    pub fn or_exit_line(self, lines: &[String]) -> Self {
+        if self != Self::Reset {
+            return self;
+        }
+        let code = lines.iter().rev().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(Tag::Exit.payload(l)?).ok()?;
+            ExitCode::from_port_value(u32::try_from(v["code"].as_u64()?).ok()?)
+        });
+        match code {
+            Some(c) => Self::from_status(Some(c.qemu_status())),
+            None => self,
+        }
+    }
+
     /// Decodes QEMU's exit status alone (`None`: killed by a signal, which one unknown).
     pub fn from_status(code: Option<i32>) -> Self {
         match code.map(|c| (c, ExitCode::from_qemu_status(c))) {
@@ -119,17 +135,16 @@ impl Outcome {
 
     /// One sentence for the user.
     pub fn describe(&self) -> String {
-        let status = |c: ExitCode| c.qemu_status();
+        // The kernel's code reaches the host as QEMU's status through isa-debug-exit, or as
+        // the @@EXIT line before a reset where the machine has no such port.
+        let code = |c: ExitCode| format!("exit code {:#x}", c.port_value());
         match self {
-            Self::Success => format!("the kernel finished successfully (QEMU status {})", status(ExitCode::Success)),
-            Self::Failure => {
-                format!("the kernel reported a failure (QEMU status {}; see the log above)", status(ExitCode::Failure))
+            Self::Success => format!("the kernel finished successfully ({})", code(ExitCode::Success)),
+            Self::Failure => format!("the kernel reported a failure ({}; see the log above)", code(ExitCode::Failure)),
+            Self::TestPanicked => format!("an in-kernel test crashed ({})", code(ExitCode::TestPanicked)),
+            Self::TestHung => {
+                format!("an in-kernel test hung and was stopped by the watchdog ({})", code(ExitCode::TestHung))
             }
-            Self::TestPanicked => format!("an in-kernel test crashed (QEMU status {})", status(ExitCode::TestPanicked)),
-            Self::TestHung => format!(
-                "an in-kernel test hung and was stopped by the watchdog (QEMU status {})",
-                status(ExitCode::TestHung)
-            ),
             Self::Reset => "the guest reset itself: a triple fault (QEMU status 0 under -no-reboot)".into(),
             Self::QemuError(c) => format!("QEMU failed with status {c} (see its message above)"),
             Self::Timeout(s) => format!(
@@ -371,10 +386,13 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
     // TCG emulates everything "max" offers; under KVM the host's CPU is what users want.
     cmd.args(["-cpu", if l.accel == "kvm" { "host" } else { "max" }, "-accel", l.accel])
         .args(["-display", "none", "-serial", "stdio", "-vga", "none", "-nic", "none", "-monitor", "none"])
-        .args(["-no-reboot", "-nodefaults", "-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")])
+        .args(["-no-reboot", "-nodefaults"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if l.machine.debug_exit {
+        cmd.args(["-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")]);
+    }
     if l.gdb {
         cmd.args(GDB_ARGS);
         eprintln!("{}", gdb_message(l.kernel));
@@ -492,7 +510,7 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         Outcome::Timeout(l.timeout.as_secs())
     } else {
         use std::os::unix::process::ExitStatusExt;
-        Outcome::from_exit(status.code(), status.signal(), &said)
+        Outcome::from_exit(status.code(), status.signal(), &said).or_exit_line(&lines)
     };
     Ok(Run { outcome, lines, ready_at })
 }
@@ -500,6 +518,20 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reset after the kernel's `@@EXIT` line is the exit it names; a reset without one is
+    /// still a reset (a triple fault), and other outcomes stand whatever was printed.
+    #[test]
+    fn a_reset_after_the_exit_line_is_that_exit() {
+        let lines = |code: u32| vec!["[ 0.1 cpu0 INFO kernel] done".to_string(), format!("@@EXIT {{\"code\":{code}}}")];
+        let ok = ExitCode::Success.port_value();
+        assert_eq!(Outcome::Reset.or_exit_line(&lines(ok)), Outcome::Success);
+        assert_eq!(Outcome::Reset.or_exit_line(&lines(ExitCode::Failure.port_value())), Outcome::Failure);
+        assert_eq!(Outcome::Reset.or_exit_line(&lines(7)), Outcome::Reset, "not a code the kernel uses");
+        assert_eq!(Outcome::Reset.or_exit_line(&[]), Outcome::Reset);
+        assert_eq!(Outcome::Timeout(5).or_exit_line(&lines(ok)), Outcome::Timeout(5));
+        assert_eq!(Outcome::Failure.or_exit_line(&lines(ok)), Outcome::Failure);
+    }
 
     /// GRUB's errors are what the outcome names, without the terminal's escapes (lines
     /// as QEMU's serial gave them under OVMF when the load failed).
@@ -571,7 +603,7 @@ mod tests {
         let want = [Outcome::Success, Outcome::Failure, Outcome::TestPanicked, Outcome::TestHung];
         for (code, want) in ExitCode::ALL.into_iter().zip(want) {
             assert_eq!(Outcome::from_status(Some(code.qemu_status())), want);
-            assert!(want.describe().contains(&format!("QEMU status {}", code.qemu_status())), "{}", want.describe());
+            assert!(want.describe().contains(&format!("exit code {:#x}", code.port_value())), "{}", want.describe());
         }
         assert_eq!(Outcome::from_status(Some(0)), Outcome::Reset);
         assert_eq!(Outcome::from_status(Some(1)), Outcome::QemuError(1));
