@@ -1,18 +1,21 @@
 //! Leaving the machine. Under QEMU, through `isa-debug-exit` (iobase 0xf4,
 //! `boot::protocol::EXIT_PORT`): writing `v` makes QEMU exit with status `(v << 1) | 1`, so no
-//! code the guest writes can look like QEMU's own 0 or 1. A machine without that port
-//! (Firecracker, a physical machine) ignores the write; the kernel then resets it through the
-//! keyboard controller (`0xfe` to port 0x64, the stop Firecracker documents for its guests),
-//! and where there is none by a triple fault. The code is printed first as an `@@EXIT` line,
-//! so the host decodes the outcome from the serial line whichever way the machine stops.
+//! code the guest writes can look like QEMU's own 0 or 1. A virtual machine without that port
+//! (Firecracker) ignores the write; the kernel then resets it through the keyboard controller
+//! (`0xfe` to port 0x64, the stop Firecracker documents for its guests), and where there is
+//! none by a triple fault: a reset stops a virtual machine. A physical machine would boot
+//! again, and run again, so there (no hypervisor in CPUID) the kernel halts instead. The code
+//! is printed first as an `@@EXIT` line, so the host decodes the outcome from the serial line
+//! whichever way the machine stops.
 
 use x86_64::instructions::port::Port;
 
 /// The codes the kernel exits with (the guest/host protocol's); the xtask decodes them.
 pub use boot::protocol::ExitCode;
 
-/// Exits with `code`: the `@@EXIT` line, `isa-debug-exit`, then a reset. A run that ends
-/// without a crash first prints the sampling profiler's report (when it is on).
+/// Exits with `code`: the `@@EXIT` line, `isa-debug-exit`, then a reset under a hypervisor
+/// or a halt on a physical machine. A run that ends without a crash first prints the sampling
+/// profiler's report (when it is on).
 pub fn exit(code: ExitCode) -> ! {
     let line = boot::protocol::Tag::Exit.line(Payload(code.port_value()));
     if crate::platform::crashing() {
@@ -27,7 +30,13 @@ pub fn exit(code: ExitCode) -> ! {
     // SAFETY: port 0xf4 is isa-debug-exit in every machine the xtask starts with it; on a
     // machine without it, an I/O write to an unclaimed port is ignored.
     unsafe { port.write(code.port_value()) };
-    reset()
+    // CPUID.1:ECX bit 31: a hypervisor is present.
+    if core::arch::x86_64::__cpuid(1).ecx & (1 << 31) != 0 {
+        reset()
+    }
+    loop {
+        x86_64::instructions::hlt();
+    }
 }
 
 /// `{"code":N}`.
