@@ -347,6 +347,9 @@ const MICROVM: [(&str, &str); 2] = [
 /// CPU-side checks, its result saying the machine has no devices. `only`: run just the checks
 /// whose names contain it. The release kernel (a `ktest` build runs its suite, not the job).
 fn microvm_checks(only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    if MICROVM.iter().all(|(n, _)| only.is_some_and(|o| !n.contains(o))) {
+        return Ok(());
+    }
     let kernel = &build_kernel(Profile::Release)?;
     for (name, file) in MICROVM.into_iter().filter(|(n, _)| only.is_none_or(|o| n.contains(o))) {
         let machine = Machine::load(&root().join(file))?;
@@ -513,7 +516,7 @@ enum Selection<'f> {
     /// checks): just those (the in-kernel tests have `experiment::` names too).
     ExperimentChecks(&'f str),
     /// Any other filter: the in-kernel tests whose names contain it (`ktest.filter`) and the
-    /// boot checks whose names contain it.
+    /// boot checks (GRUB and microvm boots included) whose names contain it.
     Kernel(&'f str),
 }
 
@@ -619,6 +622,9 @@ pub fn cmd(o: &Args) -> Result<u8> {
     if let Selection::Kernel(f) = select(filter) {
         kernel_suite(&kernel, &machine, Some(f), "", floor, &mut tally)?;
         boot_checks(&kernel, &machine, Some(f), floor, &mut tally)?;
+        // `boot::` (or any filter in their names) selects the GRUB and microvm boots too.
+        grub_checks(&machine, Some(f), floor, &mut tally)?;
+        microvm_checks(Some(f), floor, &mut tally)?;
         return finish(&tally, filter);
     }
     kernel_suite(&kernel, &machine, None, "", floor, &mut tally)?;
