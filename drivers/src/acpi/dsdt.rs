@@ -6,9 +6,9 @@
 //!
 //! The walk understands the AML a firmware uses to declare devices: `Scope`, `Device`, `Name`
 //! with integer, string, buffer and package data, and it steps over what it does not read by
-//! its encoded length (`Method`, `Field`, `IndexField`, `If`/`Else`, `While`, `Processor`,
-//! `PowerResource`, `ThermalZone`) or its fixed shape (`OperationRegion` with constant offset
-//! and length). Any other opcode at the level of a scope's terms ends the walk of that scope
+//! its encoded length (`Method`, `Field`, `IndexField`, `BankField`, `If`/`Else`, `While`,
+//! `Processor`, `PowerResource`, `ThermalZone`) or its fixed shape (`OperationRegion` with
+//! constant offset and length, `Mutex`, `Event`, `Alias`, `External`). Any other opcode at the level of a scope's terms ends the walk of that scope
 //! with [`AmlError::Unsupported`] naming it and its offset, so a table it cannot read is
 //! reported, never misread. Names built at run time (a `_CRS` that is a `Method`) are not
 //! seen: only static `Name` objects are.
@@ -193,6 +193,13 @@ impl Walk<'_> {
                 }
                 // Method, If, Else, While: PkgLength ...
                 0x14 | 0xa0 | 0xa1 | 0xa2 => self.pkg_end(at + 1, end)?.0,
+                // Alias: NameString NameString.
+                0x06 => {
+                    let (_, next) = self.name_string(at + 1)?;
+                    self.name_string(next)?.1
+                }
+                // External: NameString ObjectType ArgumentCount.
+                0x15 => self.name_string(at + 1)?.1 + 2,
                 0x5b => {
                     let ext = self.byte(at + 1)?;
                     match ext {
@@ -211,8 +218,12 @@ impl Walk<'_> {
                             r?;
                             stop
                         }
-                        // Field, IndexField, Processor, PowerResource, ThermalZone.
-                        0x81 | 0x86 | 0x83 | 0x84 | 0x85 => self.pkg_end(at + 2, end)?.0,
+                        // Field, IndexField, Processor, PowerResource, ThermalZone, BankField.
+                        0x81 | 0x86 | 0x83 | 0x84 | 0x85 | 0x87 => self.pkg_end(at + 2, end)?.0,
+                        // Mutex: NameString SyncFlags.
+                        0x01 => self.name_string(at + 2)?.1 + 1,
+                        // Event: NameString.
+                        0x02 => self.name_string(at + 2)?.1,
                         // OperationRegion: NameString RegionSpace Offset Length.
                         0x80 => {
                             let (_, next) = self.name_string(at + 2)?;
@@ -356,6 +367,19 @@ mod tests {
         assert_eq!(vr.memory, [(0xfeb0_2e00, 0x200)]);
         assert_eq!(vr.irqs, [0x2f]);
         assert_eq!(virtio_mmio(&devs), [(0xfeb0_2e00, 0x200, Some(0x2f))]);
+    }
+
+    /// QEMU 7.2's q35 DSDT (the default machine's, read from the guest): 8 KiB with a
+    /// `Mutex`, methods, fields and `If` blocks at scope level, walked to its end.
+    #[test]
+    fn the_q35_dsdt_is_walked_to_its_end() {
+        let (devs, err) = devices(include_bytes!("testdata/q35.dsdt"));
+        assert_eq!(err, None);
+        let hid = |p: &str| devs.iter().find(|d| d.path == p).and_then(|d| d.hid.clone());
+        assert_eq!(hid("\\_SB_.PCI0").as_deref(), Some("PNP0A08"));
+        assert_eq!(devs.iter().filter(|d| d.hid.as_deref() == Some("PNP0501")).count(), 1, "{devs:#?}");
+        assert!(virtio_mmio(&devs).is_empty());
+        assert!(devs.len() >= 30, "{}", devs.len());
     }
 
     #[test]
