@@ -461,16 +461,7 @@ fn load_policies(src: &Src<'_>, exp: &Experiment, run: &Params, wls: &[Workload]
             if o.get_ref().is_empty() {
                 return Err(src.at(o.span(), &f, "give at least one of the sweep's ratios"));
             }
-            if let Some(x) = repeated(o.get_ref()) {
-                return Err(src.at(o.span(), &f, format!("{x} is given twice; give each ratio once")));
-            }
-            if let Some(x) = o.get_ref().iter().find(|x| !sweep.iter().any(|y| (*x - y).abs() < 1e-9)) {
-                return Err(src.at(
-                    o.span(),
-                    &f,
-                    format!("{x} is not in [sweep] oversubscription ({sweep:?}); a policy runs at some of the sweep's ratios"),
-                ));
-            }
+            of_the_sweep(src, o, &f, sweep, "a policy runs at some of the sweep's ratios")?;
         }
         if let Some(w) = &p.workloads {
             let f = format!("{sec}.workloads");
@@ -516,9 +507,26 @@ struct Workload {
     params: Params,
 }
 
+/// Whether `v` holds ratio `x` (within 1e-9).
+fn has_ratio(v: &[f64], x: f64) -> bool {
+    v.iter().any(|y| (x - y).abs() < 1e-9)
+}
+
 /// The first value of `v` that an earlier one equals (ratios: within 1e-9).
 fn repeated(v: &[f64]) -> Option<f64> {
-    v.iter().enumerate().find(|(i, x)| v[..*i].iter().any(|y| (*x - y).abs() < 1e-9)).map(|(_, x)| *x)
+    v.iter().enumerate().find(|(i, x)| has_ratio(&v[..*i], **x)).map(|(_, x)| *x)
+}
+
+/// Checks that the ratios `o` (field `f`) are each given once and are all in the sweep's
+/// `sweep`; `why` ends the message of a ratio that is not.
+fn of_the_sweep(src: &Src<'_>, o: &Spanned<Vec<f64>>, f: &str, sweep: &[f64], why: &str) -> Result<(), String> {
+    if let Some(x) = repeated(o.get_ref()) {
+        return Err(src.at(o.span(), f, format!("{x} is given twice; give each ratio once")));
+    }
+    if let Some(x) = o.get_ref().iter().find(|&&x| !has_ratio(sweep, x)) {
+        return Err(src.at(o.span(), f, format!("{x} is not in [sweep] oversubscription ({sweep:?}); {why}")));
+    }
+    Ok(())
 }
 
 /// `[[workload]]`: at least one, each kind known and its parameters checked, each label (its
@@ -622,18 +630,7 @@ fn unscaled(src: &Src<'_>, exp: &Experiment, scale_memory: bool) -> Result<Vec<f
         ));
     }
     let sweep = exp.sweep.oversubscription.as_ref().map_or(&[][..], |o| o.get_ref());
-    for &x in u.get_ref() {
-        if !sweep.iter().any(|y| (x - y).abs() < 1e-9) {
-            return Err(src.at(
-                u.span(),
-                "sweep.unscaled",
-                format!("{x} is not in [sweep] oversubscription ({sweep:?}); give some of the sweep's ratios"),
-            ));
-        }
-    }
-    if let Some(x) = repeated(u.get_ref()) {
-        return Err(src.at(u.span(), "sweep.unscaled", format!("{x} is given twice; give each ratio once")));
-    }
+    of_the_sweep(src, u, "sweep.unscaled", sweep, "give some of the sweep's ratios")?;
     Ok(u.get_ref().clone())
 }
 
@@ -700,7 +697,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
         for &over in &a.overs {
             for pol in &a.pols {
                 if let (Some(only), Some(x)) = (&pol.overs, over)
-                    && !only.iter().any(|y| (x - y).abs() < 1e-9)
+                    && !has_ratio(only, x)
                 {
                     continue;
                 }
@@ -752,7 +749,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                     if a.repeat > 1 {
                         label += &format!("/r{rep}");
                     }
-                    let unscaled = over.is_some_and(|x| a.unscaled.iter().any(|y| (x - y).abs() < 1e-9));
+                    let unscaled = over.is_some_and(|x| has_ratio(&a.unscaled, x));
                     let devices = match over {
                         // Every device: the group's footprint ÷ the ratio, as the UVMSmart
                         // artifact sizes its GDDR (`gddr_size`), at least a page.

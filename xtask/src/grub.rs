@@ -118,8 +118,8 @@ pub fn config(cmdline: &str) -> Result<String> {
 /// 12's GRUB 2.06 and OVMF), before the kernel runs. The profiler and the panic decoder read
 /// symbols from the ELF the build wrote, not from this image.
 pub fn boot_image(elf: &[u8]) -> Result<Vec<u8>> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let u16_at = |o: usize| elf.get(o..o.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| elf.get(o..o.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return Err("the kernel is not a little-endian 64-bit ELF file".into());
     }
@@ -130,11 +130,12 @@ pub fn boot_image(elf: &[u8]) -> Result<Vec<u8>> {
     if phentsize < 0x38 || phnum == 0 {
         return Err(format!("the kernel has {phnum} program headers of {phentsize} bytes; GRUB needs its segments"));
     }
-    let mut end = phoff + phentsize * phnum;
+    let mut end = phoff.saturating_add(phentsize * phnum);
     for i in 0..phnum {
-        let h = phoff + i * phentsize;
-        let (offset, filesz) = (u64_at(h + 0x08).ok_or_else(bad)?, u64_at(h + 0x20).ok_or_else(bad)?);
-        end = end.max((offset + filesz) as usize);
+        let h = phoff.saturating_add(i * phentsize);
+        let (offset, filesz) =
+            (u64_at(h.saturating_add(0x08)).ok_or_else(bad)?, u64_at(h.saturating_add(0x20)).ok_or_else(bad)?);
+        end = end.max(offset.saturating_add(filesz) as usize);
     }
     let mut out =
         elf.get(..end).ok_or_else(|| format!("the kernel's segments reach byte {end}, past its end"))?.to_vec();
@@ -241,6 +242,10 @@ mod tests {
         assert!(e.contains("not a little-endian 64-bit ELF"), "{e}");
         let e = boot_image(&f[..0x110]).unwrap_err();
         assert!(e.contains("past its end"), "{e}");
+        let mut far = elf(1);
+        far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = boot_image(&far).unwrap_err();
+        assert!(e.contains("cut short"), "a program-header offset past the file: {e}");
         let e = boot_image(&elf(0)).unwrap_err();
         assert!(e.contains("0 program headers"), "{e}");
     }
