@@ -14,6 +14,7 @@
 //! | `ktest.crash` | `pagefault`, `panic`, `triplefault`, `stackoverflow` | run one deliberate crash (tests of the crash reporting) |
 //! | `devices.coherent` | `N[,N...]` | the devices (numbered from 0, in PCI order) whose memory is coherent (CPU-mapped) rather than private; the xtask sets it from the machine file |
 //! | `profile.hz` | samples per second, a multiple of 100 from 100 to 10000 | run the sampling profiler: the timer interrupts this often and samples the interrupted stack; the report is printed at exit (off when absent) |
+//! | `tsc.source` | `auto`, `cpuid`, `kvmclock`, `pm-timer`, `hpet`, `pit` | where the TSC frequency comes from: `auto` (the default) takes the first the machine has, in that order; any other value uses that source only, and boot fails if the machine lacks it |
 //! | `virtio_mmio.device` | `SIZE@ADDR:IRQ[:ID]` | a virtio-mmio transport, as Linux reads it (`SIZE` and `ADDR` with an optional K/M/G suffix, decimal or `0x` hex; `IRQ` and `ID` decimal): how Firecracker and QEMU's microvm (`auto-kernel-cmdline`) name their devices; may repeat, up to [`MAX_VIRTIO_MMIO`] |
 
 use crate::fixed::FixedVec;
@@ -145,6 +146,38 @@ pub enum Crash {
     StackOverflow,
 }
 
+/// Where the TSC frequency comes from (`tsc.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockSource {
+    /// The first source the machine has: CPUID, kvmclock, PM timer, HPET, PIT.
+    #[default]
+    Auto,
+    /// CPUID leaves 0x15/0x16.
+    Cpuid,
+    /// KVM's paravirtual clock.
+    Kvmclock,
+    /// The ACPI PM timer.
+    PmTimer,
+    /// The HPET.
+    Hpet,
+    /// PIT channel 0.
+    Pit,
+}
+
+impl ClockSource {
+    /// The value `tsc.source` names it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpuid => "cpuid",
+            Self::Kvmclock => "kvmclock",
+            Self::PmTimer => "pm-timer",
+            Self::Hpet => "hpet",
+            Self::Pit => "pit",
+        }
+    }
+}
+
 /// The parsed command line.
 #[derive(Debug, Clone, Default)]
 pub struct KernelArgs<'a> {
@@ -168,6 +201,8 @@ pub struct KernelArgs<'a> {
     pub virtio_mmio: FixedVec<VirtioMmio, MAX_VIRTIO_MMIO>,
     /// The sampling profiler's rate (`profile.hz`), samples per second per CPU; `None`: off.
     pub profile_hz: Option<u32>,
+    /// Where the TSC frequency comes from (`tsc.source`).
+    pub tsc_source: ClockSource,
 }
 
 /// The scheduler tick's rate, which `profile.hz` must be a multiple of (the kernel's
@@ -212,7 +247,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device, profile.hz)"
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device, profile.hz, tsc.source)"
             ),
             Self::BadValue { key, value, expected } => {
                 write!(f, "kernel argument '{key}={value}': expected {expected}")
@@ -307,6 +342,18 @@ impl<'a> KernelArgs<'a> {
                         .ok_or_else(|| bad(v, "samples per second, a multiple of 100 from 100 to 10000"))?;
                     args.profile_hz = Some(hz);
                 }
+                "tsc.source" => {
+                    let v = need("clock source")?;
+                    args.tsc_source = match v {
+                        "auto" => ClockSource::Auto,
+                        "cpuid" => ClockSource::Cpuid,
+                        "kvmclock" => ClockSource::Kvmclock,
+                        "pm-timer" => ClockSource::PmTimer,
+                        "hpet" => ClockSource::Hpet,
+                        "pit" => ClockSource::Pit,
+                        _ => return Err(bad(v, "'auto', 'cpuid', 'kvmclock', 'pm-timer', 'hpet' or 'pit'")),
+                    };
+                }
                 _ => return Err(ArgError::UnknownKey(word)),
             }
         }
@@ -361,6 +408,26 @@ mod tests {
         assert_eq!(a.ktest_timeout_ms, DEFAULT_KTEST_TIMEOUT_MS);
         assert_eq!(a.crash, None);
         assert_eq!(a.profile_hz, None);
+    }
+
+    #[test]
+    fn clock_source_is_auto_unless_named() {
+        assert_eq!(KernelArgs::parse("").unwrap().tsc_source, ClockSource::Auto);
+        for c in [
+            ClockSource::Auto,
+            ClockSource::Cpuid,
+            ClockSource::Kvmclock,
+            ClockSource::PmTimer,
+            ClockSource::Hpet,
+            ClockSource::Pit,
+        ] {
+            let word = format!("tsc.source={}", c.name());
+            assert_eq!(KernelArgs::parse(&word).unwrap().tsc_source, c);
+        }
+        let e = KernelArgs::parse("tsc.source=rtc").unwrap_err();
+        assert!(matches!(e, ArgError::BadValue { key: "tsc.source", value: "rtc", .. }), "{e:?}");
+        assert!(e.to_string().contains("'hpet'"), "{e}");
+        assert!(matches!(KernelArgs::parse("tsc.source").unwrap_err(), ArgError::MissingValue { .. }));
     }
 
     #[test]

@@ -115,7 +115,9 @@ fn kernel_main(entry: platform::Entry) -> ! {
         }
         r => r.unwrap_or_else(|e| fail("ACPI", e)),
     };
-    let (tsc_hz, tsc_source) = time::calibrate_best(platform.pm_timer).unwrap_or_else(|e| fail("TSC calibration", e));
+    let clocks = time::ClockHardware { pm_timer: platform.pm_timer, hpet: platform.hpet.and_then(|h| h.base) };
+    let (tsc_hz, tsc_source) =
+        time::calibrate_with(args.tsc_source, clocks).unwrap_or_else(|e| fail("TSC calibration", e));
     log::info!("time: TSC at {} kHz, from {}", tsc_hz / 1000, tsc_source.name());
     if let Some(hz) = args.profile_hz {
         // Before the timer starts: it runs at the profiler's rate from calibration on.

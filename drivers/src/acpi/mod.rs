@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 
 pub mod dsdt;
 pub mod hmat;
+pub mod hpet;
 pub mod srat;
 pub mod viot;
 

@@ -68,6 +68,8 @@ pub struct Platform {
     pub ecam: Vec<(u64, u16, u8, u8)>,
     /// PM timer: (I/O port, 32-bit counter).
     pub pm_timer: Option<(u16, bool)>,
+    /// The HPET table's event-timer block, if present.
+    pub hpet: Option<raw::hpet::Hpet>,
     /// SRAT, if present.
     pub srat: Option<Srat>,
     /// HMAT, if present.
@@ -160,6 +162,17 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, PlatformError> {
         }
     }
     let parse = |sig: &[u8; 4]| find(&p.tables, sig).map(|t| raw::read_table(&Mem, t.paddr));
+    // A bad HPET table costs only the HPET as a clock source.
+    match parse(b"HPET").map(|t| t.and_then(|t| raw::hpet::parse(&t))) {
+        Some(Ok(h)) => {
+            if h.base.is_none() {
+                log::warn!("acpi: the HPET's registers are in address space {}, not memory: not used", h.address_space);
+            }
+            p.hpet = Some(h);
+        }
+        Some(Err(e)) => log::warn!("acpi: the HPET table: {e}"),
+        None => {}
+    }
     if let Some(t) = parse(b"SRAT") {
         p.srat = Some(raw::srat::parse(&t.map_err(PlatformError::Tables)?).map_err(PlatformError::Tables)?);
     }

@@ -10,7 +10,7 @@
 //! which must agree. Ends with `N passed, N failed, N skipped`. With a `FILTER` (or
 //! `--filter FILTER`) only the tests whose names contain it: the host tests `cargo test FILTER`
 //! selects, then the in-kernel tests (`ktest.filter=FILTER`) on the machine and the boot checks
-//! whose names contain it (or, for FILTER starting `boot::microvm` or `boot::grub`, or the start
+//! whose names contain it (or, for FILTER starting `boot::microvm`, `boot::grub` or `boot::clock`, or the start
 //! of an experiment check's name, only those checks). A filter no test matches is a failure.
 
 use super::experiment::run_points;
@@ -34,7 +34,7 @@ use std::{
 #[derive(Debug, clap::Args)]
 #[command(
     about = "Every test: host tests, in-kernel tests in QEMU, boot checks",
-    long_about = "Every test: `cargo test` over the host-testable crates, the in-kernel tests in QEMU (resuming after a test that crashes or hangs), the PCI tests under SeaBIOS, the device tests with coherent device memory, the boot checks, the GRUB and microvm boots and the experiment checks; ends with `N passed, N failed, N skipped`.\n\nWith FILTER, only the tests whose names contain it: `cargo test FILTER` on the host (unless --skip-host), then the in-kernel tests on the machine (the kernel's ktest.filter) and the boot checks whose names contain it. `boot::microvm...`, `boot::grub...` and the experiment checks (`experiment::numa_hmat_line_costs`, `experiment::host_and_guest_agree_on_default`, or a start of their names) run just those checks."
+    long_about = "Every test: `cargo test` over the host-testable crates, the in-kernel tests in QEMU (resuming after a test that crashes or hangs), the PCI tests under SeaBIOS, the device tests with coherent device memory, the boot checks, the GRUB and microvm boots, the clock-source boots and the experiment checks; ends with `N passed, N failed, N skipped`.\n\nWith FILTER, only the tests whose names contain it: `cargo test FILTER` on the host (unless --skip-host), then the in-kernel tests on the machine (the kernel's ktest.filter) and the boot checks whose names contain it. `boot::microvm...`, `boot::grub...`, `boot::clock...` and the experiment checks (`experiment::numa_hmat_line_costs`, `experiment::host_and_guest_agree_on_default`, or a start of their names) run just those checks."
 )]
 pub struct Args {
     /// Run only the tests whose names contain FILTER (host and in-kernel), e.g. `faults::` or `mm::fork`.
@@ -335,6 +335,89 @@ fn grub_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally:
     Ok(())
 }
 
+/// The clock checks' names: one q35 boot per counted source `tsc.source` names, a source
+/// microvm lacks, and kvmclock under KVM.
+const CLOCK_SOURCES: [(&str, &str); 3] = [
+    ("boot::clock_tsc_from_the_pm_timer", "pm-timer"),
+    ("boot::clock_tsc_from_the_hpet", "hpet"),
+    ("boot::clock_tsc_from_the_pit", "pit"),
+];
+const CLOCK_MISSING: &str = "boot::clock_missing_source_named";
+const CLOCK_KVM: &str = "boot::clock_tsc_from_kvmclock_under_kvm";
+
+/// The TSC frequencies a calibration may give: QEMU's TSC runs at the host's, 0.5 to 10 GHz on
+/// any x86_64 it runs on (a wildly wrong count, such as a timer read as the wrong width, lands
+/// outside).
+const PLAUSIBLE_TSC_HZ: std::ops::RangeInclusive<u64> = 500_000_000..=10_000_000_000;
+
+/// Boots that calibrate the TSC from a named source (`tsc.source`), exiting at ready
+/// (`job=none`): on q35 from the PM timer, the HPET and the PIT, each boot report naming that
+/// source and a plausible frequency; on microvm `tsc.source=hpet` must fail the boot naming the
+/// missing HPET; under KVM (when `/dev/kvm` can be opened, else skipped) microvm's default
+/// calibration must come from kvmclock. The release kernel.
+fn clock_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    let wanted = |n: &str| only.is_none_or(|o| n.contains(o));
+    if !CLOCK_SOURCES.iter().map(|c| c.0).chain([CLOCK_MISSING, CLOCK_KVM]).any(wanted) {
+        return Ok(());
+    }
+    let kernel = &build_kernel(Profile::Release)?;
+    let calibrated = |run: &crate::qemu::Run, want: &str| -> std::result::Result<(), String> {
+        if run.outcome != Outcome::Success {
+            return Err(format!(
+                "expected success, got '{}'; last lines: {}",
+                run.outcome.describe(),
+                tail(&run.lines, 5)
+            ));
+        }
+        let report = json_line(&run.lines, Tag::Boot).ok_or("no boot report")?;
+        let (source, hz) = (report["tsc_source"].as_str(), report["tsc_hz"].as_u64());
+        if source != Some(want) {
+            return Err(format!("the boot report names TSC source {source:?}, not {want}"));
+        }
+        match hz {
+            Some(hz) if PLAUSIBLE_TSC_HZ.contains(&hz) => Ok(()),
+            _ => Err(format!("the boot report gives tsc_hz {hz:?}, outside {PLAUSIBLE_TSC_HZ:?}")),
+        }
+    };
+    for (name, source) in CLOCK_SOURCES.into_iter().filter(|c| wanted(c.0)) {
+        let cmdline = format!("job=none tsc.source={source}");
+        let run = run_qemu(&Launch::new(kernel, machine, cmdline, secs(60, floor)))?;
+        match calibrated(&run, source) {
+            Ok(()) => tally.pass(name),
+            Err(why) => tally.fail(name, &why),
+        }
+    }
+    let microvm = Machine::load(&root().join("qemu/microvm.toml"))?;
+    if wanted(CLOCK_MISSING) {
+        let run = run_qemu(&Launch::new(kernel, &microvm, "job=none tsc.source=hpet".into(), secs(60, floor)))?;
+        let want = "BOOT FAILED: TSC calibration: tsc.source=hpet but this machine has no HPET";
+        if run.outcome != Outcome::Failure {
+            tally.fail(CLOCK_MISSING, &format!("expected a failed boot, got '{}'", run.outcome.describe()));
+        } else if !run.lines.iter().any(|l| l.contains(want)) {
+            tally.fail(CLOCK_MISSING, &format!("output lacks '{want}': {}", tail(&run.lines, 3)));
+        } else {
+            tally.pass(CLOCK_MISSING);
+        }
+    }
+    if wanted(CLOCK_KVM) {
+        match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+            Err(e) => tally.skip(CLOCK_KVM, &format!("no usable /dev/kvm ({e})")),
+            Ok(_) => {
+                // Nested KVM (the build machines') is slow: the boot takes seconds.
+                let run = run_qemu(&Launch {
+                    accel: "kvm",
+                    ..Launch::new(kernel, &microvm, "job=none".into(), secs(120, floor))
+                })?;
+                match calibrated(&run, "kvmclock") {
+                    Ok(()) => tally.pass(CLOCK_KVM),
+                    Err(why) => tally.fail(CLOCK_KVM, &why),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The microvm boots (`qemu/microvm.toml`, `qemu/microvm-noacpi.toml`) and their test names.
 const MICROVM: [(&str, &str); 2] = [
     ("boot::microvm_acpi_runs_the_default_job", "qemu/microvm.toml"),
@@ -509,7 +592,7 @@ fn host_test_args(filter: Option<&str>) -> Vec<&str> {
 enum Selection<'f> {
     /// No filter: every suite and check.
     Everything,
-    /// A filter starting `boot::microvm` or `boot::grub`: those boots whose names contain it
+    /// A filter starting `boot::microvm`, `boot::grub` or `boot::clock`: those boots whose names contain it
     /// (they are not in-kernel tests).
     Boots(&'f str),
     /// The start of a host-driven experiment check's name (the NUMA, agreement and Slurm
@@ -523,7 +606,7 @@ enum Selection<'f> {
 /// Which tests `filter` selects.
 fn select(filter: Option<&str>) -> Selection<'_> {
     let Some(f) = filter else { return Selection::Everything };
-    if f.starts_with("boot::microvm") || f.starts_with("boot::grub") {
+    if f.starts_with("boot::microvm") || f.starts_with("boot::grub") || f.starts_with("boot::clock") {
         return Selection::Boots(f);
     }
     let experiment = [NUMA_CHECK, AGREE_CHECK].iter().chain(&crate::slurm::check::NAMES).any(|n| n.starts_with(f));
@@ -603,6 +686,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
         Selection::Boots(f) => {
             microvm_checks(Some(f), floor, &mut tally)?;
             grub_checks(&machine, Some(f), floor, &mut tally)?;
+            clock_checks(&machine, Some(f), floor, &mut tally)?;
             return finish(&tally, filter);
         }
         Selection::ExperimentChecks(f) => {
@@ -625,6 +709,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
         // `boot::` (or any filter in their names) selects the GRUB and microvm boots too.
         grub_checks(&machine, Some(f), floor, &mut tally)?;
         microvm_checks(Some(f), floor, &mut tally)?;
+        clock_checks(&machine, Some(f), floor, &mut tally)?;
         return finish(&tally, filter);
     }
     kernel_suite(&kernel, &machine, None, "", floor, &mut tally)?;
@@ -638,6 +723,8 @@ pub fn cmd(o: &Args) -> Result<u8> {
     grub_checks(&machine, None, floor, &mut tally)?;
     println!("\n== boot on microvm (the Firecracker machine model), with and without ACPI ==");
     microvm_checks(None, floor, &mut tally)?;
+    println!("\n== TSC calibration from each clock source (tsc.source) ==");
+    clock_checks(&machine, None, floor, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
     numa_experiment_check(floor, &mut tally)?;
     println!("\n== the default experiment on the host and in the guest (experiments/default.toml) ==");
@@ -699,6 +786,7 @@ mod tests {
         assert_eq!(select(Some("faults::")), Selection::Kernel("faults::"));
         assert_eq!(select(Some("boot::microvm_acpi")), Selection::Boots("boot::microvm_acpi"));
         assert_eq!(select(Some("boot::grub")), Selection::Boots("boot::grub"));
+        assert_eq!(select(Some("boot::clock_tsc")), Selection::Boots("boot::clock_tsc"));
         // A boot check that is not a microvm/GRUB boot runs with the kernel's tests.
         assert_eq!(select(Some("boot::panic")), Selection::Kernel("boot::panic"));
         assert_eq!(select(Some("experiment::numa")), Selection::ExperimentChecks("experiment::numa"));

@@ -1,16 +1,29 @@
 //! Time since boot, from the TSC, its frequency taken from the best source the machine has.
 //!
 //! The TSC is read at kernel entry; [`now_ns`] is nanoseconds since then. Until a calibration
-//! has run, [`now_ns`] returns `None` (the log prints the raw cycle count). [`calibrate_best`]
-//! tries, in order: CPUID leaf 0x15 (with 0x16's base MHz when 0x15 names no crystal), the
-//! ACPI PM timer the FADT names ([`calibrate`]: TSC cycles over a fixed number of 3.579545 MHz
-//! ticks), then PIT channel 0 polled ([`calibrate_pit`]: QEMU's microvm has no PM timer but a
-//! PIT). HPET and kvmclock are not used. The arithmetic is `drivers::tsc`'s (host-tested);
-//! this file does the CPUID reads and port I/O. Every wait is bounded, so a missing or stuck
-//! timer is an error, not a hang.
+//! has run, [`now_ns`] returns `None` (the log prints the raw cycle count). [`calibrate_with`]
+//! tries, in order (or only the one `tsc.source` names):
+//! 1. CPUID leaf 0x15 (with 0x16's base MHz when 0x15 names no crystal): exact, no waiting;
+//! 2. KVM's paravirtual clock ([`kvmclock_hz`]): the hypervisor's own TSC-to-nanoseconds
+//!    scale, exact and read at once. It comes before the counted sources, which under a
+//!    hypervisor count emulated timers whose every read exits to the host, so a vCPU
+//!    descheduled inside the window skews the count (Linux, too, takes the TSC frequency from
+//!    kvmclock when it has it: `kvmclock_init` sets `x86_platform.calibrate_tsc`);
+//! 3. the ACPI PM timer the FADT names ([`measure_pm_timer`]: TSC cycles over 5 ms of its
+//!    3.579545 MHz ticks);
+//! 4. the HPET the ACPI HPET table names ([`measure_hpet`]: 5 ms of its main counter, at the
+//!    period its capabilities register gives);
+//! 5. PIT channel 0 polled ([`measure_pit`]: QEMU's microvm has neither PM timer nor HPET,
+//!    but a PIT).
+//!
+//! The arithmetic is `drivers::tsc`'s (host-tested); this file does the CPUID and MSR reads,
+//! port and MMIO accesses. Every wait is bounded, so a missing or stuck timer is an error, not
+//! a hang.
 
+use boot::cmdline::ClockSource;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
 
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
@@ -99,9 +112,53 @@ pub enum CalibrationError {
     },
     /// PIT channel 0 did not count down (no PIT, e.g. microvm with `pit=off`).
     PitStuck,
-    /// No source at all: CPUID names no frequency, no PM timer works, and the PIT does not
-    /// count.
+    /// The HPET's registers do not read as an HPET, or its counter does not advance.
+    Hpet(HpetError),
+    /// KVM's paravirtual clock could not be read.
+    Kvmclock(KvmclockError),
+    /// The source `tsc.source` names is not on this machine.
+    Missing(ClockSource),
+    /// No source at all: CPUID names no frequency, there is no kvmclock, no PM timer or HPET
+    /// works, and the PIT does not count.
     NoSource,
+}
+
+/// Why the HPET gave no frequency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HpetError {
+    /// Its registers could not be mapped.
+    Unmapped {
+        /// The base address the HPET table names.
+        base: u64,
+    },
+    /// The capabilities register names no valid period (all ones: nothing at the address).
+    BadCapabilities {
+        /// The base address.
+        base: u64,
+        /// What the register read.
+        capabilities: u64,
+    },
+    /// The main counter did not advance after it was enabled.
+    Stuck {
+        /// The base address.
+        base: u64,
+    },
+}
+
+/// Why kvmclock gave no frequency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmclockError {
+    /// No page for the time structure.
+    NoMemory,
+    /// The hypervisor never published a complete structure (version stayed 0 or odd).
+    NeverUpdated,
+    /// The structure's scale gives no frequency (multiplier 0).
+    BadScale {
+        /// `tsc_to_system_mul`.
+        mul: u32,
+        /// `tsc_shift`.
+        shift: i8,
+    },
 }
 
 impl core::fmt::Display for CalibrationError {
@@ -109,18 +166,44 @@ impl core::fmt::Display for CalibrationError {
         match self {
             Self::PmTimerStuck { port } => write!(f, "ACPI PM timer at port {port:#x} does not advance"),
             Self::PitStuck => write!(f, "PIT channel 0 does not count down (no 8254 PIT)"),
+            Self::Hpet(HpetError::Unmapped { base }) => {
+                write!(f, "the HPET's registers at {base:#x} could not be mapped")
+            }
+            Self::Hpet(HpetError::BadCapabilities { base, capabilities }) => {
+                write!(f, "the HPET at {base:#x} reads capabilities {capabilities:#x}, which name no counter period")
+            }
+            Self::Hpet(HpetError::Stuck { base }) => write!(f, "the HPET's main counter at {base:#x} does not advance"),
+            Self::Kvmclock(KvmclockError::NoMemory) => write!(f, "kvmclock: no free page for its time structure"),
+            Self::Kvmclock(KvmclockError::NeverUpdated) => {
+                write!(f, "kvmclock: the hypervisor never published the time structure")
+            }
+            Self::Kvmclock(KvmclockError::BadScale { mul, shift }) => {
+                write!(f, "kvmclock: the time structure's scale (mul {mul}, shift {shift}) gives no frequency")
+            }
+            Self::Missing(c) => write!(
+                f,
+                "tsc.source={} but this machine has no {}; use tsc.source=auto to take what it has",
+                c.name(),
+                match c {
+                    ClockSource::Cpuid => "TSC frequency in CPUID leaves 0x15/0x16",
+                    ClockSource::Kvmclock => "KVM paravirtual clock (no KVM signature or clock feature in CPUID)",
+                    ClockSource::PmTimer => "ACPI PM timer (the FADT names none)",
+                    ClockSource::Hpet => "HPET (no ACPI HPET table, or its registers are not in memory)",
+                    ClockSource::Pit | ClockSource::Auto => "such source",
+                }
+            ),
             Self::NoSource => write!(
                 f,
-                "no TSC frequency source: CPUID leaves 0x15/0x16 name none, no working ACPI PM timer, \
-                 and PIT channel 0 does not count down"
+                "no TSC frequency source: CPUID leaves 0x15/0x16 name none, no kvmclock, no working ACPI PM \
+                 timer or HPET, and PIT channel 0 does not count down"
             ),
         }
     }
 }
 
-/// Calibrates the TSC over `window_us` microseconds of the PM timer at `port`
+/// The TSC frequency counted over `window_us` microseconds of the PM timer at `port`
 /// (`wide`: 32-bit counter, else 24-bit).
-pub fn calibrate(port: u16, wide: bool, window_us: u64) -> Result<u64, CalibrationError> {
+pub fn measure_pm_timer(port: u16, wide: bool, window_us: u64) -> Result<u64, CalibrationError> {
     let mask: u32 = if wide { u32::MAX } else { 0x00ff_ffff };
     let mut pm = Port::<u32>::new(port);
     // SAFETY: the FADT names this port as the PM timer; reading it has no side effects.
@@ -142,10 +225,8 @@ pub fn calibrate(port: u16, wide: bool, window_us: u64) -> Result<u64, Calibrati
         let elapsed = now.wrapping_sub(pm0) & mask;
         if elapsed >= ticks {
             let tsc1 = rdtsc();
-            let hz = drivers::tsc::hz_from_ticks(tsc1 - tsc0, u64::from(elapsed), PM_TIMER_HZ)
-                .ok_or(CalibrationError::PmTimerStuck { port })?;
-            TSC_HZ.store(hz, Ordering::Relaxed);
-            return Ok(hz);
+            return drivers::tsc::hz_from_ticks(tsc1 - tsc0, u64::from(elapsed), PM_TIMER_HZ)
+                .ok_or(CalibrationError::PmTimerStuck { port });
         }
         if rdtsc().wrapping_sub(tsc0) > SPIN_LIMIT {
             return Err(CalibrationError::PmTimerStuck { port });
@@ -170,18 +251,10 @@ pub fn cpuid_tsc_hz() -> Option<(u64, TscSource)> {
 const PIT_CH0: u16 = 0x40;
 const PIT_CMD: u16 = 0x43;
 
-/// Calibrates the TSC over `window_us` microseconds of PIT channel 0, polled: the channel is
+/// The TSC frequency counted over `window_us` microseconds of PIT channel 0, polled: the channel is
 /// programmed as a rate generator (mode 2) over the full 65536 count and latched and read
 /// until the window's ticks have passed. The legacy PICs are masked first, so the channel's
 /// IRQ 0 is never delivered (interrupts are off here anyway).
-pub fn calibrate_pit(window_us: u64) -> Result<u64, CalibrationError> {
-    let hz = measure_pit(window_us)?;
-    TSC_HZ.store(hz, Ordering::Relaxed);
-    Ok(hz)
-}
-
-/// The TSC frequency counted over `window_us` microseconds of PIT channel 0 (what
-/// [`calibrate_pit`] makes the kernel's).
 pub fn measure_pit(window_us: u64) -> Result<u64, CalibrationError> {
     let mut cmd = Port::<u8>::new(PIT_CMD);
     let mut ch0 = Port::<u8>::new(PIT_CH0);
@@ -230,18 +303,182 @@ pub fn measure_pit(window_us: u64) -> Result<u64, CalibrationError> {
     }
 }
 
-/// Calibrates the TSC from the best source present: CPUID, then the PM timer (`pm_timer`:
-/// the FADT's port and width), then the PIT. Returns the frequency and where it came from.
-pub fn calibrate_best(pm_timer: Option<(u16, bool)>) -> Result<(u64, TscSource), CalibrationError> {
-    if let Some((hz, source)) = cpuid_tsc_hz() {
-        TSC_HZ.store(hz, Ordering::Relaxed);
-        return Ok((hz, source));
+/// HPET registers: General Capabilities and ID, General Configuration, Main Counter.
+const HPET_CAPABILITIES: u64 = 0x000;
+const HPET_CONFIG: u64 = 0x010;
+const HPET_COUNTER: u64 = 0x0f0;
+/// `ENABLE_CNF` in the General Configuration register: the main counter runs.
+const HPET_ENABLE: u64 = 1;
+
+/// The TSC frequency counted over `window_us` microseconds of the HPET whose registers are at
+/// physical `base`. The main counter is enabled if it was not (and left running: nothing
+/// else uses the HPET, and no timer of it is armed); its period is the capabilities
+/// register's.
+pub fn measure_hpet(base: u64, window_us: u64) -> Result<u64, CalibrationError> {
+    let err = CalibrationError::Hpet;
+    let regs = crate::platform::mm::map_mmio(base, 0x400).map_err(|_| err(HpetError::Unmapped { base }))?;
+    // SAFETY: `regs` maps the HPET's 1 KiB register block (the ACPI HPET table's base),
+    // uncached; the offsets are the specification's 64-bit registers, 8-byte aligned.
+    let read = |off: u64| unsafe { core::ptr::read_volatile((regs + off) as *const u64) };
+    let capabilities = read(HPET_CAPABILITIES);
+    let period_fs =
+        drivers::tsc::hpet_period_fs(capabilities).ok_or(err(HpetError::BadCapabilities { base, capabilities }))?;
+    let config = read(HPET_CONFIG);
+    if config & HPET_ENABLE == 0 {
+        // SAFETY: as above; setting ENABLE_CNF only starts the main counter (legacy
+        // replacement routing, bit 1, is kept as it was).
+        unsafe { core::ptr::write_volatile((regs + HPET_CONFIG) as *mut u64, config | HPET_ENABLE) };
     }
-    if let Some((port, wide)) = pm_timer {
-        match calibrate(port, wide, 5_000) {
-            Ok(hz) => return Ok((hz, TscSource::PmTimer)),
-            Err(e) => log::warn!("time: {e}; trying the PIT"),
+    let wide = drivers::tsc::hpet_counter_is_64_bit(capabilities);
+    let counter = || if wide { read(HPET_COUNTER) } else { read(HPET_COUNTER) & u64::from(u32::MAX) };
+    let mask = if wide { u64::MAX } else { u64::from(u32::MAX) };
+    let want = drivers::tsc::hpet_ticks_for_us(window_us, period_fs);
+    let guard = rdtsc();
+    let first = counter();
+    let mut now = first;
+    while now == first {
+        if rdtsc().wrapping_sub(guard) > SPIN_LIMIT {
+            return Err(err(HpetError::Stuck { base }));
+        }
+        now = counter();
+    }
+    let (start, tsc0) = (now, rdtsc());
+    loop {
+        let elapsed = counter().wrapping_sub(start) & mask;
+        if elapsed >= want {
+            let tsc1 = rdtsc();
+            return drivers::tsc::hz_from_ticks(tsc1 - tsc0, elapsed, drivers::tsc::hpet_hz(period_fs))
+                .ok_or(err(HpetError::Stuck { base }));
+        }
+        if rdtsc().wrapping_sub(tsc0) > SPIN_LIMIT {
+            return Err(err(HpetError::Stuck { base }));
         }
     }
-    calibrate_pit(20_000).map(|hz| (hz, TscSource::Pit)).map_err(|_| CalibrationError::NoSource)
+}
+
+/// The system-time MSR of KVM's paravirtual clock, if the hypervisor is KVM and offers one.
+pub fn kvmclock_msr() -> Option<u32> {
+    use core::arch::x86_64::__cpuid;
+    // CPUID.1:ECX[31]: running under a hypervisor, so leaves 0x4000_0000 and up are its own.
+    if __cpuid(1).ecx & (1 << 31) == 0 {
+        return None;
+    }
+    let l0 = __cpuid(0x4000_0000);
+    let mut signature = [0u8; 12];
+    signature[..4].copy_from_slice(&l0.ebx.to_le_bytes());
+    signature[4..8].copy_from_slice(&l0.ecx.to_le_bytes());
+    signature[8..].copy_from_slice(&l0.edx.to_le_bytes());
+    let features = if l0.eax >= 0x4000_0001 { __cpuid(0x4000_0001).eax } else { 0 };
+    drivers::tsc::kvmclock_msr(signature, features)
+}
+
+/// The TSC frequency KVM's paravirtual clock gives, registered through `msr`: the boot CPU's
+/// time structure is placed in a fresh page, read once the hypervisor has published it (an
+/// even, non-zero version), then unregistered and the page freed.
+pub fn kvmclock_hz(msr: u32) -> Result<u64, CalibrationError> {
+    use crate::platform::mm::{frame, phys_to_virt};
+    use drivers::tsc::PvclockTimeInfo;
+    let err = CalibrationError::Kvmclock;
+    let page = frame::alloc_zeroed(1).map_err(|_| err(KvmclockError::NoMemory))?;
+    let info = phys_to_virt(page) as *const PvclockTimeInfo;
+    let mut reg = Msr::new(msr);
+    // SAFETY: `msr` is the system-time MSR the KVM CPUID leaves name; the value is the
+    // physical address of a zeroed page this function owns, with bit 0 (enable) set, so the
+    // hypervisor writes only that page's first 32 bytes.
+    unsafe { reg.write(page | 1) };
+    let guard = rdtsc();
+    let result = loop {
+        // SAFETY: `info` is the page's direct-map address; the hypervisor writes it
+        // concurrently, so every read is volatile and the version is checked around it.
+        let (v0, t, v1) = unsafe {
+            let v0 = core::ptr::read_volatile(core::ptr::addr_of!((*info).version));
+            let t = core::ptr::read_volatile(info);
+            let v1 = core::ptr::read_volatile(core::ptr::addr_of!((*info).version));
+            (v0, t, v1)
+        };
+        if v0 != 0 && v0 % 2 == 0 && v0 == v1 {
+            let (mul, shift) = (t.tsc_to_system_mul, t.tsc_shift);
+            break drivers::tsc::kvmclock_hz(mul, shift).ok_or(err(KvmclockError::BadScale { mul, shift }));
+        }
+        if rdtsc().wrapping_sub(guard) > SPIN_LIMIT {
+            break Err(err(KvmclockError::NeverUpdated));
+        }
+        core::hint::spin_loop();
+    };
+    // SAFETY: writing 0 unregisters the structure; the hypervisor stops writing the page, which
+    // is then freed.
+    unsafe { reg.write(0) };
+    frame::free(page, 1);
+    result
+}
+
+/// The platform's clock hardware, as ACPI describes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClockHardware {
+    /// The FADT's PM timer: I/O port and whether it is 32 bits wide.
+    pub pm_timer: Option<(u16, bool)>,
+    /// The HPET's register base.
+    pub hpet: Option<u64>,
+}
+
+/// Calibrates the TSC from `choice` (`tsc.source`): with [`ClockSource::Auto`] the first
+/// source in the module's order that works, else only the one named. Returns the frequency
+/// and where it came from.
+pub fn calibrate_with(choice: ClockSource, hw: ClockHardware) -> Result<(u64, TscSource), CalibrationError> {
+    let (hz, source) = measure_with(choice, hw)?;
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    Ok((hz, source))
+}
+
+fn measure_with(choice: ClockSource, hw: ClockHardware) -> Result<(u64, TscSource), CalibrationError> {
+    let auto = choice == ClockSource::Auto;
+    let wanted = |c: ClockSource| auto || choice == c;
+    let missing = |c: ClockSource| if auto { None } else { Some(CalibrationError::Missing(c)) };
+    // A source that is present but fails: named, its error is the boot's; under auto the next
+    // is tried.
+    let mut last = None;
+    if wanted(ClockSource::Cpuid) {
+        match cpuid_tsc_hz() {
+            Some(found) => return Ok(found),
+            None => last = missing(ClockSource::Cpuid),
+        }
+    }
+    if wanted(ClockSource::Kvmclock) {
+        match kvmclock_msr() {
+            Some(msr) => match kvmclock_hz(msr) {
+                Ok(hz) => return Ok((hz, TscSource::Kvmclock)),
+                Err(e) if auto => log::warn!("time: {e}; trying the next source"),
+                Err(e) => return Err(e),
+            },
+            None => last = missing(ClockSource::Kvmclock),
+        }
+    }
+    if wanted(ClockSource::PmTimer) {
+        match hw.pm_timer {
+            Some((port, wide)) => match measure_pm_timer(port, wide, 5_000) {
+                Ok(hz) => return Ok((hz, TscSource::PmTimer)),
+                Err(e) if auto => log::warn!("time: {e}; trying the next source"),
+                Err(e) => return Err(e),
+            },
+            None => last = missing(ClockSource::PmTimer),
+        }
+    }
+    if wanted(ClockSource::Hpet) {
+        match hw.hpet {
+            Some(base) => match measure_hpet(base, 5_000) {
+                Ok(hz) => return Ok((hz, TscSource::Hpet)),
+                Err(e) if auto => log::warn!("time: {e}; trying the next source"),
+                Err(e) => return Err(e),
+            },
+            None => last = missing(ClockSource::Hpet),
+        }
+    }
+    if wanted(ClockSource::Pit) {
+        return match measure_pit(20_000) {
+            Ok(hz) => Ok((hz, TscSource::Pit)),
+            Err(e) if !auto => Err(e),
+            Err(_) => Err(CalibrationError::NoSource),
+        };
+    }
+    Err(last.unwrap_or(CalibrationError::NoSource))
 }
