@@ -85,6 +85,12 @@ pub enum MemError {
     BadResponse(u16),
     /// The queue or transport failed.
     Device(&'static str),
+    /// A block whose state is unknown after an UNPLUG that failed: a STATE request must settle
+    /// it before it is plugged again.
+    Unsettled {
+        /// Region offset of the block.
+        offset: u64,
+    },
 }
 
 impl core::fmt::Display for MemError {
@@ -101,6 +107,11 @@ impl core::fmt::Display for MemError {
             Self::Timeout(r) => write!(f, "virtio-mem: {r} timed out"),
             Self::BadResponse(t) => write!(f, "virtio-mem: unknown response type {t}"),
             Self::Device(why) => write!(f, "virtio-mem: {why}"),
+            Self::Unsettled { offset } => write!(
+                f,
+                "virtio-mem: the block at region offset {offset:#x} is in an unknown state after a failed UNPLUG; \
+                 settle it with a STATE request before plugging it"
+            ),
         }
     }
 }

@@ -618,8 +618,9 @@ fn bind_hot(
     mmu: Option<(u32, u32)>,
 ) -> Result<Hot, DevError> {
     let eng = &s.pci.functions[function];
-    let vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
+    let mut vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
+    vm.device = Some(n);
     let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
     let behind = match (iommu, mmu, endpoint) {
         (Some(io), Some((_, domain)), Some(ep)) => {

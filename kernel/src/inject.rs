@@ -3,7 +3,8 @@
 //! paths above it run against real hardware behaviour.
 //!
 //! A fault is armed for one device (or any) with a count of matching operations to let
-//! through first; it fires once, on the next matching operation, and is then gone. Nothing is
+//! through first; it fires on the next matching operation (or the next few, [`arm_times`]),
+//! and is then gone. Nothing is
 //! armed outside tests, and [`take`] costs one uncontended lock when nothing is.
 //!
 //! A test can also run code of its own at a named point inside a migration ([`at`],
@@ -33,6 +34,12 @@ pub enum Fault {
     MapError,
     /// The frame allocator behind user address spaces has no frame (RAM exhausted).
     OutOfRam,
+    /// A virtio-mem UNPLUG is sent for the block past the region's end, which the device
+    /// refuses (`VIRTIO_MEM_RESP_ERROR`) with the blocks asked for still plugged.
+    UnplugError,
+    /// A virtio-mem STATE request is sent for the block past the region's end, which the
+    /// device refuses (`VIRTIO_MEM_RESP_ERROR`): the driver cannot learn the blocks' state.
+    StateError,
 }
 
 #[derive(Debug)]
@@ -40,6 +47,8 @@ struct Slot {
     fault: Fault,
     device: Option<usize>,
     skip: u32,
+    /// Times it fires before it is gone.
+    times: u32,
 }
 
 static ARMED: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
@@ -68,9 +77,15 @@ impl Drop for Armed {
 /// Arms `fault` for `device` (None: any device): `skip` matching operations go through,
 /// the next one fails.
 pub fn arm(fault: Fault, device: Option<usize>, skip: u32) -> Armed {
+    arm_times(fault, device, skip, 1)
+}
+
+/// Arms `fault` like [`arm`], to fire on `times` matching operations in a row after the
+/// `skip` it lets through.
+pub fn arm_times(fault: Fault, device: Option<usize>, skip: u32, times: u32) -> Armed {
     let mut a = ARMED.lock();
     a.retain(|x| !(x.fault == fault && x.device == device));
-    a.push(Slot { fault, device, skip });
+    a.push(Slot { fault, device, skip, times: times.max(1) });
     Armed { fault, device }
 }
 
@@ -87,7 +102,10 @@ pub fn take(fault: Fault, device: Option<usize>) -> bool {
         a[i].skip -= 1;
         return false;
     }
-    a.swap_remove(i);
+    a[i].times -= 1;
+    if a[i].times == 0 {
+        a.swap_remove(i);
+    }
     true
 }
 

@@ -138,6 +138,7 @@ pub const TESTS: &[Test] = &[
         name: "faults::device_memory_removed_during_migration",
         run: faults::device_memory_removed_during_migration,
     },
+    Test { name: "faults::failed_unplug_is_retried_or_undone", run: faults::failed_unplug_is_retried_or_undone },
     Test { name: "stress::two_cpus_devices_and_eviction", run: stress::two_cpus_devices_and_eviction },
     Test { name: "smp::every_madt_cpu_is_online_and_ticking", run: smp::every_madt_cpu_is_online_and_ticking },
     Test { name: "smp::tasks_run_on_the_cpu_they_are_spawned_on", run: smp::tasks_run_on_the_cpu_they_are_spawned_on },

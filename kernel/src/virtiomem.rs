@@ -7,7 +7,11 @@
 //! plugged, and what lives in them, is [`vram`](crate::vram)'s business.
 //!
 //! Invariant: the driver touches no byte of the region it has not plugged (it acks
-//! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`).
+//! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`). Each block is [`Block::Plugged`],
+//! [`Block::Unplugged`] or, after a request whose outcome the driver could not learn,
+//! [`Block::Unknown`]: accessed only when plugged, and plugged again only once a STATE request
+//! has said which it is ([`VirtioMem::settle`]), so a block is never left half-removed: plugged
+//! on the device while the kernel believes it gone, and sent a second PLUG.
 
 use crate::mm::{FrameRange, Iova, PhysAddr};
 use crate::virtio::{DmaQueue, VirtioError, config_u64, negotiate};
@@ -17,6 +21,21 @@ use virtio_drivers::transport::{Transport, pci::PciTransport};
 
 /// Bound on one request.
 pub const TIMEOUT_MS: u64 = 2_000;
+
+/// UNPLUG attempts before the driver asks the device what state the blocks are in.
+pub const UNPLUG_TRIES: u32 = 3;
+
+/// What the driver knows of one block of the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    /// Unplugged: inaccessible, free to plug.
+    Unplugged,
+    /// Plugged by this driver: accessible.
+    Plugged,
+    /// A request for it failed in a way that leaves its state unknown: not accessed, and not
+    /// plugged until a STATE request settles it.
+    Unknown,
+}
 
 /// A bound virtio-mem device.
 #[derive(Debug)]
@@ -31,8 +50,10 @@ pub struct VirtioMem {
     pub features: u64,
     /// Requests sent.
     pub requests: u64,
-    /// Per block of the region: plugged by this driver.
-    plugged: alloc::vec::Vec<bool>,
+    /// Per block of the region: what the driver knows of it.
+    blocks: alloc::vec::Vec<Block>,
+    /// The device (`dev{n}`) whose hot-plug region this is, for fault injection and logs.
+    pub device: Option<usize>,
 }
 
 /// Where the response sits in the request buffer.
@@ -58,11 +79,19 @@ impl VirtioMem {
             .map_err(err)?;
         let buf = FrameRange::alloc_zeroed(1).map_err(|_| MemError::Device("no memory for requests"))?;
         t.finish_init();
-        let mut m =
-            VirtioMem { t, q, buf, config: Config::default(), features, requests: 0, plugged: Default::default() };
+        let mut m = VirtioMem {
+            t,
+            q,
+            buf,
+            config: Config::default(),
+            features,
+            requests: 0,
+            blocks: Default::default(),
+            device: None,
+        };
         m.refresh();
         m.config.validate()?;
-        m.plugged = alloc::vec![false; (m.config.region_size / m.config.block_size) as usize];
+        m.blocks = alloc::vec![Block::Unplugged; (m.config.region_size / m.config.block_size) as usize];
         if m.config.plugged_size != 0 {
             m.send(Request::UnplugAll)?;
             m.refresh();
@@ -107,41 +136,107 @@ impl VirtioMem {
         self.refresh();
         let mut last = None;
         for (at, blocks) in proto::split(&self.config, off, len)? {
-            last = self.send(make(self.config.addr + at, blocks))?;
+            use crate::inject::{Fault, take};
+            let mut req = make(self.config.addr + at, blocks);
+            let fault = match req {
+                Request::Unplug { .. } => Some(Fault::UnplugError),
+                Request::State { .. } => Some(Fault::StateError),
+                _ => None,
+            };
+            if let Request::Unplug { addr, .. } | Request::State { addr, .. } = &mut req
+                && let Some(fault) = fault
+                && take(fault, self.device)
+            {
+                // Past the region's end: the device answers ERROR and changes nothing.
+                *addr = self.config.addr + self.config.region_size;
+            }
+            last = self.send(req)?;
         }
         self.refresh();
         Ok(last)
     }
 
     /// Plugs `[off, off + len)` of the region (whole blocks of its usable part). `Nack` when
-    /// that would exceed what the host requested.
+    /// that would exceed what the host requested. Blocks in an unknown state must be settled
+    /// first ([`Self::settle`]).
     pub fn plug(&mut self, off: u64, len: u64) -> Result<(), MemError> {
+        if let Some(offset) = self.first(off, len, Block::Unknown) {
+            return Err(MemError::Unsettled { offset });
+        }
         self.each(off, len, |addr, blocks| Request::Plug { addr, blocks })?;
-        self.mark(off, len, true);
+        self.mark(off, len, Block::Plugged);
         Ok(())
     }
 
-    fn mark(&mut self, off: u64, len: u64, plugged: bool) {
+    fn mark(&mut self, off: u64, len: u64, state: Block) {
         let b = self.config.block_size;
         for k in off / b..(off + len) / b {
-            if let Some(x) = self.plugged.get_mut(k as usize) {
-                *x = plugged;
+            if let Some(x) = self.blocks.get_mut(k as usize) {
+                *x = state;
             }
         }
+    }
+
+    /// Region offset of the first block `[off, off + len)` touches that is in `state`.
+    fn first(&self, off: u64, len: u64, state: Block) -> Option<u64> {
+        let b = self.config.block_size.max(1);
+        (off / b..(off + len).div_ceil(b)).find(|&k| self.blocks.get(k as usize) == Some(&state)).map(|k| k * b)
+    }
+
+    /// What the driver knows of the block at region offset `off`.
+    pub fn block(&self, off: u64) -> Option<Block> {
+        self.blocks.get((off / self.config.block_size.max(1)) as usize).copied()
     }
 
     /// Whether every block `[off, off + len)` touches is plugged: what may be accessed (by the
     /// CPU or by DMA).
     pub fn is_plugged(&self, off: u64, len: u64) -> bool {
         let b = self.config.block_size.max(1);
-        len > 0 && (off / b..(off + len).div_ceil(b)).all(|k| self.plugged.get(k as usize) == Some(&true))
+        len > 0 && (off / b..(off + len).div_ceil(b)).all(|k| self.blocks.get(k as usize) == Some(&Block::Plugged))
     }
 
     /// Unplugs `[off, off + len)`; the memory must no longer be used (its contents are gone).
+    /// A refused or unanswered UNPLUG is sent again, up to [`UNPLUG_TRIES`] times; if it
+    /// still fails, a STATE request says where the blocks are: all unplugged is success, all
+    /// still plugged is the error with the blocks marked plugged again (the caller brings them
+    /// back into use), and anything else leaves them [`Block::Unknown`] with the error.
     pub fn unplug(&mut self, off: u64, len: u64) -> Result<(), MemError> {
-        // Marked first: whatever the device answers, nothing touches these blocks again.
-        self.mark(off, len, false);
-        self.each(off, len, |addr, blocks| Request::Unplug { addr, blocks }).map(|_| ())
+        // Marked first: whatever the device answers, nothing touches these blocks again until
+        // their state is known.
+        self.mark(off, len, Block::Unknown);
+        let mut error = None;
+        for attempt in 1..=UNPLUG_TRIES {
+            match self.each(off, len, |addr, blocks| Request::Unplug { addr, blocks }) {
+                Ok(_) => {
+                    self.mark(off, len, Block::Unplugged);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::warn!(
+                        "dev{}: virtio-mem UNPLUG of {len:#x} bytes at region offset {off:#x}, attempt {attempt} of {UNPLUG_TRIES}: {e}",
+                        self.device.map_or(-1, |d| d as i64)
+                    );
+                    error = Some(e);
+                }
+            }
+        }
+        let error = error.unwrap_or(MemError::Device("UNPLUG failed"));
+        match self.settle(off, len) {
+            Ok(Block::Unplugged) => Ok(()),
+            _ => Err(error),
+        }
+    }
+
+    /// Asks the device (STATE) what `[off, off + len)` is and records it: all plugged or all
+    /// unplugged; a mixed range, or no answer, stays [`Block::Unknown`].
+    pub fn settle(&mut self, off: u64, len: u64) -> Result<Block, MemError> {
+        let state = match self.state(off, len)? {
+            BlockState::Plugged => Block::Plugged,
+            BlockState::Unplugged => Block::Unplugged,
+            BlockState::Mixed => Block::Unknown,
+        };
+        self.mark(off, len, state);
+        Ok(state)
     }
 
     /// Whether `[off, off + len)` is plugged (for ranges of at most 65535 blocks).

@@ -285,6 +285,16 @@ pub enum ResizeFailure {
         /// What the allocator said.
         error: hmm::devalloc::AllocError,
     },
+    /// A block's UNPLUG failed after the driver's retries.
+    Unplug {
+        /// Block index.
+        block: u64,
+        /// The last refusal.
+        error: MemError,
+        /// True: the device still had it plugged, and it is back in use; false: its state is
+        /// unknown, and it stays offline until a grow asks the device again.
+        online: bool,
+    },
     /// A block's pagemap could not be unregistered.
     Unmap {
         /// Block index.
@@ -317,6 +327,14 @@ impl core::fmt::Display for ResizeFailure {
             ),
             Self::StillBusy { block, error } => write!(f, "block {block} still busy after eviction: {error}"),
             Self::Unmap { block, error } => write!(f, "unregistering block {block}: {error}"),
+            Self::Unplug { block, error, online: true } => {
+                write!(f, "unplugging block {block}: {error}; the device still has it plugged, so it is back in use")
+            }
+            Self::Unplug { block, error, online: false } => write!(
+                f,
+                "unplugging block {block}: {error}; the device cannot say whether it is plugged, so it stays \
+                 offline until a grow asks again"
+            ),
         }
     }
 }

@@ -380,3 +380,105 @@ fn removed_during_migration(v: &Arc<Vram>) -> TestResult {
     check!(v.in_use() == base, "{} device pages in use after the processes went (base {base})", v.in_use());
     Ok(())
 }
+
+/// A virtio-mem UNPLUG the device refuses (issue 27), on dev0's hot-plug memory with the
+/// BAR carved out, so a process's pages live in the block being removed:
+/// - refused once: the driver sends it again, the shrink succeeds after evicting the pages,
+///   and a later grow plugs the block (before, the block stayed plugged on the device while
+///   the kernel had it offline, and the grow's PLUG was refused);
+/// - refused on every try: the device still has the block plugged (STATE says so), the shrink
+///   fails with a typed error saying it is back in use, and it is: pages migrate into it;
+/// - refused on every try with the STATE request refused too: the block stays offline, marked
+///   unknown; the next grow asks the device again and brings it back without a PLUG.
+///
+/// Every page's data is intact throughout, and no device page leaks.
+pub fn failed_unplug_is_retried_or_undone(_s: &System) -> TestResult {
+    let all = vram::all().map_err(|e| e.to_string())?;
+    let v = all.iter().find(|v| v.hot_pages() > 0).cloned().ok_or("no device with hot-plug memory on this machine")?;
+    let (pages0, plugged0) = (v.pages(), v.plugged_pages());
+    let bar = v.bar_pages();
+    let Some(carved) = v.carve(bar) else {
+        return Err(format!("dev{}: the BAR is in use ({} pages); cannot isolate the test", v.device(), v.in_use()));
+    };
+    let r = failed_unplug(&v);
+    if v.plugged_pages() > plugged0 {
+        let _ = v.shrink(v.plugged_pages().saturating_sub(plugged0) * PAGE);
+    }
+    v.uncarve(carved, bar);
+    r?;
+    check!(v.pages() == pages0, "dev{}: {} pages online after the test, {pages0} before", v.device(), v.pages());
+    check!(
+        v.plugged_pages() == plugged0,
+        "dev{}: {} pages plugged after, {plugged0} before",
+        v.device(),
+        v.plugged_pages()
+    );
+    Ok(())
+}
+
+fn failed_unplug(v: &Arc<Vram>) -> TestResult {
+    use crate::virtiomem::UNPLUG_TRIES;
+    let s = |e: DevError| e.to_string();
+    let dev = Some(v.device());
+    let base = v.in_use();
+    let p = Proc::new(0x7a)?;
+    let fill = |what: &str| -> TestResult {
+        let moved = vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
+        let there = p.in_hot_memory(v)?;
+        check!(moved == PAGES && there == PAGES, "{what}: {moved} pages moved, {there} in the hot-plug memory");
+        Ok(())
+    };
+
+    // Refused once: retried.
+    v.grow(HUGE).map_err(s)?;
+    fill("refused once")?;
+    let armed = inject::arm(Fault::UnplugError, dev, 0);
+    let evicted = v.shrink(HUGE).map_err(|e| format!("a shrink whose UNPLUG is refused once: {e}"))?;
+    check!(armed.fired(), "the UNPLUG was never refused");
+    drop(armed);
+    check!(evicted == PAGES && p.on_device(v) == 0, "{evicted} pages evicted, {} left on the device", p.on_device(v));
+    p.check("after an UNPLUG refused once")?;
+    v.grow(HUGE).map_err(|e| format!("plugging again the block whose UNPLUG was retried: {e}"))?;
+
+    // Refused on every try: the block is still plugged, and back in use.
+    fill("refused on every try")?;
+    let online = v.pages();
+    let armed = inject::arm_times(Fault::UnplugError, dev, 0, UNPLUG_TRIES);
+    let r = v.shrink(HUGE);
+    check!(armed.fired(), "the UNPLUGs were not all refused");
+    drop(armed);
+    check!(
+        matches!(r, Err(DevError::Resize { failure: ResizeFailure::Unplug { online: true, .. }, .. })),
+        "a shrink whose UNPLUG is always refused: {r:?} (expected an Unplug error with the block back online)"
+    );
+    check!(p.on_device(v) == 0, "{} pages left on the device by the failed shrink", p.on_device(v));
+    p.check("after an UNPLUG refused on every try")?;
+    check!(v.pages() == online, "{} pages online after the failed UNPLUG, {online} before", v.pages());
+    fill("the block brought back")?;
+    check!(v.shrink(HUGE).map_err(s)? == PAGES, "the brought-back block's pages were not all evicted");
+    v.grow(HUGE).map_err(s)?;
+
+    // Refused on every try, and the STATE too: offline, unknown, settled by the next grow.
+    let armed = inject::arm_times(Fault::UnplugError, dev, 0, UNPLUG_TRIES);
+    let asked = inject::arm(Fault::StateError, dev, 0);
+    let r = v.shrink(HUGE);
+    check!(armed.fired() && asked.fired(), "the UNPLUGs and the STATE were not all refused");
+    drop((armed, asked));
+    check!(
+        matches!(r, Err(DevError::Resize { failure: ResizeFailure::Unplug { online: false, .. }, .. })),
+        "a shrink whose UNPLUG and STATE are refused: {r:?} (expected an Unplug error with the block offline)"
+    );
+    check!(
+        v.pages() + HUGE / PAGE == online,
+        "{} pages online, expected the block offline ({online} with it)",
+        v.pages()
+    );
+    v.grow(HUGE).map_err(|e| format!("growing over the block in an unknown state: {e}"))?;
+    check!(v.pages() == online, "{} pages online after the grow, {online} expected", v.pages());
+    fill("the settled block")?;
+    check!(v.shrink(HUGE).map_err(s)? == PAGES, "the settled block's pages were not all evicted");
+    p.check("at the end")?;
+    drop(p);
+    check!(v.in_use() == base, "{} device pages in use after the process went (base {base})", v.in_use());
+    Ok(())
+}

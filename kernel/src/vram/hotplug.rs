@@ -2,13 +2,17 @@
 //! blocks and registers each as a pagemap; shrinking isolates blocks in the allocator, evicts
 //! what lives there with `migrate_device_range` (DMA to fresh RAM pages), takes them offline,
 //! `memunmap_pages`, and unplugs. A page that cannot be evicted (pinned, locked by a migration
-//! in flight, no RAM, a failed copy) leaves its block online, and the error says why.
+//! in flight, no RAM, a failed copy) leaves its block online, and the error says why. An
+//! UNPLUG the device refuses, after the driver's retries, brings the block back online if the
+//! device still has it plugged; a block whose state the device cannot tell stays offline and
+//! is asked about again before a later grow plugs it.
 
 use super::migrate::unuse;
 use super::{HUGE, PAGE, Vram, pagemaps};
 use crate::copyengine::Dir;
 use crate::devices::{DevError, ResizeFailure};
 use crate::mm::uspace;
+use crate::virtiomem::Block;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use drivers::virtio_mem::MemError;
@@ -35,17 +39,34 @@ impl Vram {
         let _serial = self.resize.lock();
         let blocks = whole_blocks(self.device, bytes)?;
         let first = self.bar_pages / BLOCK_PAGES;
-        let free: Vec<u64> = {
+        let offline: Vec<u64> = {
             let a = self.alloc.lock();
-            (first..a.capacity()).filter(|&b| a.state(b) == Some(State::Offline)).take(blocks as usize).collect()
+            (first..a.capacity()).filter(|&b| a.state(b) == Some(State::Offline)).collect()
         };
-        if (free.len() as u64) < blocks {
-            return Err(self.resize_error(ResizeFailure::NoRoom { asked: bytes, left: free.len() as u64 * HUGE }));
+        if (offline.len() as u64) < blocks {
+            return Err(self.resize_error(ResizeFailure::NoRoom { asked: bytes, left: offline.len() as u64 * HUGE }));
         }
         let mut added = Vec::new();
-        for &b in &free {
+        for &b in &offline {
+            if added.len() as u64 == blocks {
+                break;
+            }
             let off = (b - first) * HUGE;
-            let plugged = self.with_hot(|m| m.plug(off, HUGE));
+            // A block an earlier UNPLUG left in an unknown state is asked about first: still
+            // plugged, it comes back without a PLUG (a second PLUG would be refused); if the
+            // device cannot say, it is passed over.
+            let known = self.with_hot(|m| match m.block(off) {
+                Some(Block::Unknown) => m.settle(off, HUGE).map(Some).or(Ok(None)),
+                other => Ok(other),
+            })?;
+            let plugged = match known {
+                Some(Block::Unplugged) => self.with_hot(|m| m.plug(off, HUGE)),
+                Some(Block::Plugged) => Ok(()),
+                Some(Block::Unknown) | None => {
+                    log::warn!("dev{}: hot-plug block {b} is in an unknown state; passed over", self.device);
+                    continue;
+                }
+            };
             let r = plugged.and_then(|()| {
                 self.add_chunk(b * BLOCK_PAGES, BLOCK_PAGES).map_err(|e| {
                     let _ = self.with_hot(|m| m.unplug(off, HUGE));
@@ -58,6 +79,10 @@ impl Vram {
                 return Err(e);
             }
             added.push(b);
+        }
+        if (added.len() as u64) < blocks {
+            let _ = self.shrink_blocks(&added);
+            return Err(self.resize_error(ResizeFailure::NoRoom { asked: bytes, left: added.len() as u64 * HUGE }));
         }
         Ok(added.iter().map(|b| b * BLOCK_PAGES * PAGE).collect())
     }
@@ -88,7 +113,7 @@ impl Vram {
         self.shrink_blocks(&online)
     }
 
-    fn shrink_blocks(&self, blocks: &[u64]) -> Result<u64, DevError> {
+    fn shrink_blocks(self: &Arc<Self>, blocks: &[u64]) -> Result<u64, DevError> {
         let first = self.bar_pages / BLOCK_PAGES;
         let mut evicted = 0;
         for &b in blocks {
@@ -119,9 +144,34 @@ impl Vram {
                 let _ = self.alloc.lock().add(b, 1);
                 return Err(self.resize_error(ResizeFailure::Unmap { block: b, error: e }));
             }
-            self.with_hot(|m| m.unplug((b - first) * HUGE, HUGE))?;
+            if let Err(e) = self.with_hot(|m| m.unplug((b - first) * HUGE, HUGE)) {
+                return Err(self.unplug_failed(b, e));
+            }
         }
         Ok(evicted)
+    }
+
+    /// After block `b`'s UNPLUG failed (`e`, retried by the driver): a block the device still
+    /// has plugged is brought back into use (a pagemap and free pages again), so nothing is
+    /// left half-removed; one whose state the device could not tell stays offline, marked
+    /// unknown, and a later grow asks again. The error says which.
+    fn unplug_failed(self: &Arc<Self>, b: u64, e: DevError) -> DevError {
+        let first = self.bar_pages / BLOCK_PAGES;
+        let error = match e {
+            DevError::Resize { failure: ResizeFailure::Request(m), .. } => m,
+            other => return other,
+        };
+        let still = self.with_hot(|m| Ok(m.block((b - first) * HUGE))).ok().flatten();
+        let online = still == Some(Block::Plugged) && {
+            match self.add_chunk(b * BLOCK_PAGES, BLOCK_PAGES) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("dev{}: block {b} is still plugged but could not be registered again: {e}", self.device);
+                    false
+                }
+            }
+        };
+        self.resize_error(ResizeFailure::Unplug { block: b, error, online })
     }
 
     /// Evicts every page in use in block `b` to RAM; returns how many moved.
