@@ -53,12 +53,25 @@ pub enum Tag {
     /// on a machine without `isa-debug-exit` it then resets the machine, and the line is how
     /// the host learns the outcome.
     Exit,
+    /// A request to the host ([`HostRequest`]): `cargo xtask` carries it out over QEMU's QMP
+    /// while the guest runs on; the guest sees the effect on its devices (a virtio-mem
+    /// configuration change), not an answer.
+    Host,
 }
 
 impl Tag {
     /// Every tag.
-    pub const ALL: [Tag; 8] =
-        [Tag::Boot, Tag::Result, Tag::Bench, Tag::Point, Tag::Trace, Tag::Experiment, Tag::Profile, Tag::Exit];
+    pub const ALL: [Tag; 9] = [
+        Tag::Boot,
+        Tag::Result,
+        Tag::Bench,
+        Tag::Point,
+        Tag::Trace,
+        Tag::Experiment,
+        Tag::Profile,
+        Tag::Exit,
+        Tag::Host,
+    ];
 
     /// The line's start: `@@` and the name, then a space before the payload.
     pub const fn prefix(self) -> &'static str {
@@ -71,6 +84,7 @@ impl Tag {
             Tag::Experiment => "@@EXPERIMENT ",
             Tag::Profile => "@@PROFILE ",
             Tag::Exit => "@@EXIT ",
+            Tag::Host => "@@HOST ",
         }
     }
 
@@ -95,6 +109,29 @@ pub struct Line<P> {
 impl<P: fmt::Display> fmt::Display for Line<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.tag.prefix(), self.payload)
+    }
+}
+
+/// What a guest asks of the host on a [`Tag::Host`] line; its `Display` is the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRequest {
+    /// Set device `device`'s virtio-mem `requested-size` to `bytes` (a multiple of its block
+    /// size, at most its region): `{"resize":{"device":0,"bytes":16777216}}`.
+    Resize {
+        /// The device (`dev{n}`).
+        device: usize,
+        /// Bytes of hot-plug memory the host requests.
+        bytes: u64,
+    },
+}
+
+impl fmt::Display for HostRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostRequest::Resize { device, bytes } => {
+                write!(f, "{{\"resize\":{{\"device\":{device},\"bytes\":{bytes}}}}}")
+            }
+        }
     }
 }
 

@@ -350,6 +350,11 @@ impl<D: Domain> Mirror<D> {
         self.owner
     }
 
+    /// Whether this is a mirror of `space`.
+    pub fn mirrors(&self, space: &Arc<SharedSpace>) -> bool {
+        core::ptr::eq(self.space.as_ptr(), Arc::as_ptr(space))
+    }
+
     /// Still mirroring: bound, and the address space alive.
     pub fn is_live(&self) -> bool {
         self.notifier.lock().is_some() && !self.state.lock().dead

@@ -14,7 +14,10 @@
 //! `Vram` per device, over its `Device`).
 //!
 //! A domain has two halves. The user half (below [`KERNEL_IOVA`]) mirrors the address spaces
-//! bound to the device: IOVA = process virtual address. The kernel half maps system RAM at
+//! bound to the device, up to [`SPACES`] at once, each in a window of its own: the space in
+//! slot k at IOVA = process virtual address + k × [`WINDOW`] ([`window`]), as a PASID would
+//! select its tables on an IOMMU that has them. A mirror addresses only its own window, so
+//! one space's DMA can never reach another's pages. The kernel half maps system RAM at
 //! IOVA = [`KERNEL_IOVA`] + physical address, for the engine's own rings and headers and for
 //! migration copies of pages the CPU no longer maps (what `dma_map_page` gives a Linux
 //! driver), and the other devices' memory (their BARs at [`KERNEL_IOVA`] + BAR address, for
@@ -38,7 +41,7 @@
 //! `mm::hotplug_window`): [`Device::window`], [`Device::read_mem`], [`Device::write_mem`].
 //!
 //! Lock order (a lock may be taken while holding the ones before it, never the reverse):
-//! 1. a device's mirror slot (held while a mirror is bound);
+//! 1. a device's mirror slots (held while a mirror is bound);
 //! 2. a device's domain ([`Domain`]'s shadow);
 //! 3. the virtio-iommu (one request queue for every domain) or one of the device's copy
 //!    engines (never both at once);
@@ -129,11 +132,27 @@ pub struct Hot {
 }
 
 /// What a device's mirror slot remembers of the mirror bound to it (implemented by
-/// [`crate::devmmu::DevMirror`]): whether it still mirrors a live address space.
+/// [`crate::devmmu::DevMirror`]): whether it still mirrors a live address space, and which.
 pub trait Bound: Send + Sync {
     /// Whether the mirror is still bound to a live address space.
     fn is_live(&self) -> bool;
+    /// Whether it mirrors `space`.
+    fn mirrors(&self, space: &Arc<hmm::mm::SharedSpace>) -> bool;
 }
+
+/// Address spaces one device mirrors at once (its mirror slots).
+pub const SPACES: usize = 4;
+
+/// The IOVA distance between two slots' windows: a process's user half (below 2^47) fits.
+pub const WINDOW: u64 = 1 << 48;
+
+/// Where the window of mirror slot `slot` starts in a device's domain.
+pub const fn window(slot: usize) -> u64 {
+    slot as u64 * WINDOW
+}
+
+// Every window lies below the kernel half.
+const _: () = assert!(window(SPACES) <= KERNEL_IOVA);
 
 /// A device's memory as the CPU sees it: its BAR's physical address and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +175,7 @@ pub struct Device {
     engine: Mutex<CopyEngine>,
     domain: Option<Domain>,
     hot: Option<Hot>,
-    mirror: Mutex<Option<Weak<dyn Bound>>>,
+    mirrors: Mutex<[Option<Weak<dyn Bound>>; SPACES]>,
     compute: Mutex<hmm::compute::Counters>,
 }
 
@@ -291,21 +310,32 @@ impl Device {
         *self.compute.lock() += c;
     }
 
-    /// Binds a mirror to this device with `bind`, unless a live one is bound already
-    /// ([`DevError::Busy`]: one address space per domain, IOVA = VA). The slot is held while
-    /// `bind` runs, so two binds cannot both succeed.
+    /// Binds a mirror of `space` to this device with `bind`, given the free slot it takes
+    /// (its IOVA window is [`window`]`(slot)`). Refused when the device mirrors `space`
+    /// already ([`DevError::AlreadyBound`]) or mirrors [`SPACES`] live spaces
+    /// ([`DevError::Busy`]). The slots are held while `bind` runs, so two binds cannot take
+    /// one slot.
     pub fn bind_mirror<M: Bound + 'static>(
         &self,
-        bind: impl FnOnce() -> Result<Arc<M>, DevError>,
+        space: &Arc<hmm::mm::SharedSpace>,
+        bind: impl FnOnce(usize) -> Result<Arc<M>, DevError>,
     ) -> Result<Arc<M>, DevError> {
-        let mut slot = self.mirror.lock();
-        if slot.as_ref().and_then(Weak::upgrade).is_some_and(|m| m.is_live()) {
-            return Err(DevError::Busy(self.index()));
+        let mut slots = self.mirrors.lock();
+        let live = |s: &Option<Weak<dyn Bound>>| s.as_ref().and_then(Weak::upgrade).filter(|m| m.is_live());
+        if slots.iter().filter_map(live).any(|m| m.mirrors(space)) {
+            return Err(DevError::AlreadyBound(self.index()));
         }
-        let m = bind()?;
+        let slot = slots.iter().position(|s| live(s).is_none()).ok_or(DevError::Busy(self.index()))?;
+        let m = bind(slot)?;
         let w: Weak<M> = Arc::downgrade(&m);
-        *slot = Some(w);
+        slots[slot] = Some(w);
         Ok(m)
+    }
+
+    /// Live mirrors bound to this device now.
+    pub fn mirrors_bound(&self) -> usize {
+        let slots = self.mirrors.lock();
+        slots.iter().filter(|s| s.as_ref().and_then(Weak::upgrade).is_some_and(|m| m.is_live())).count()
     }
 
     fn iommu_domain(&self) -> Result<(&'static Mutex<Viommu>, &Domain), DevError> {
@@ -537,7 +567,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             }
         );
         let hot = match g.hot {
-            Some((m, e)) => Some(bind_hot(s, n, &funcs[m], e, iommu.as_mut(), mmu)?),
+            Some((m, e)) => Some(bind_hot(s, n, m, e, iommu.as_mut(), mmu)?),
             None => None,
         };
         shadows.push(shadow);
@@ -549,7 +579,7 @@ pub fn init(s: &System) -> Result<(), DevError> {
             engine: Mutex::new(engine),
             domain: mmu.map(|(endpoint, id)| Domain { endpoint, id, shadow: Mutex::new(Shadow::new()) }),
             hot,
-            mirror: Mutex::new(None),
+            mirrors: Mutex::new([const { None }; SPACES]),
             compute: Mutex::new(hmm::compute::Counters::default()),
         });
     }
@@ -607,20 +637,29 @@ fn interrupt_completions(s: &System, n: usize, function: usize, engine: &mut Cop
     }
 }
 
-/// Binds device `n`'s hot-plug region `mem` and its copy engine, PCI function `function`
-/// (attached to the device's domain `mmu`, when it has one), and maps the region for the CPU.
+/// Binds device `n`'s hot-plug region, virtio-mem PCI function `memory`, with its
+/// configuration changes interrupting ([`crate::platform::sched::CONFIG_CHANGED`]), and its
+/// copy engine, PCI function `function` (attached to the device's domain `mmu`, when it has
+/// one), and maps the region for the CPU.
 fn bind_hot(
     s: &System,
     n: usize,
-    mem: &drivers::pci::Function,
+    memory: usize,
     function: usize,
     iommu: Option<&mut Viommu>,
     mmu: Option<(u32, u32)>,
 ) -> Result<Hot, DevError> {
-    let eng = &s.pci.functions[function];
+    let (mem, eng) = (&s.pci.functions[memory], &s.pci.functions[function]);
     let mut vm = crate::virtiomem::VirtioMem::new(pci::transport(mem.df).map_err(DevError::Transport)?)
         .map_err(|error| DevError::Hotplug { device: n, df: mem.df, error })?;
     vm.device = Some(n);
+    let set = pci::Msix::enable(&s.pci, memory)
+        .and_then(|m| Ok((m, pci::VirtioCommon::find(&s.pci, memory)?)))
+        .and_then(|(m, c)| vm.use_config_interrupt(m, c));
+    if let Err(e) = set {
+        // QEMU gives virtio-mem-pci MSI-X vectors only from 8.2 on.
+        log::info!("dev{n}: the host's device-memory requests are polled for (no configuration interrupt: {e})");
+    }
     let endpoint = s.platform.viot.as_ref().and_then(|viot| viot.endpoint_for(0, eng.bdf())).map(|(ep, _)| ep);
     let behind = match (iommu, mmu, endpoint) {
         (Some(io), Some((_, domain)), Some(ep)) => {

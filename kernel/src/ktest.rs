@@ -90,10 +90,12 @@ static TABLES: Once<&'static [&'static [Test]]> = Once::new();
 // After the macros: textual macro scope.
 mod devices;
 mod faults;
+mod follow;
 mod hmm_suite;
 mod smp;
 mod spaces;
 mod stress;
+mod tenants;
 
 /// This module's tests (the kernel's own, the devices', the address spaces'), in run order.
 pub const TESTS: &[Test] = &[
@@ -122,6 +124,8 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::iommu_errors_are_values", run: devices::iommu_errors_are_values },
     Test { name: "devices::migrate_round_trip", run: devices::migrate_round_trip },
     Test { name: "devices::mirror_is_real", run: devices::mirror_is_real },
+    Test { name: "devices::spaces_share_a_device", run: tenants::spaces_share_a_device },
+    Test { name: "devices::two_spaces_two_devices_interleaved", run: tenants::two_spaces_two_devices_interleaved },
     Test { name: "devices::compute_kernel", run: devices::compute_kernel },
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::two_devices_copy_at_once", run: devices::two_devices_copy_at_once },
@@ -139,11 +143,13 @@ pub const TESTS: &[Test] = &[
         run: faults::device_memory_removed_during_migration,
     },
     Test { name: "faults::failed_unplug_is_retried_or_undone", run: faults::failed_unplug_is_retried_or_undone },
+    Test { name: "hotplug::host_resizes_while_workloads_run", run: follow::host_resizes_while_workloads_run },
     Test { name: "stress::two_cpus_devices_and_eviction", run: stress::two_cpus_devices_and_eviction },
     Test { name: "smp::every_madt_cpu_is_online_and_ticking", run: smp::every_madt_cpu_is_online_and_ticking },
     Test { name: "smp::tasks_run_on_the_cpu_they_are_spawned_on", run: smp::tasks_run_on_the_cpu_they_are_spawned_on },
     Test { name: "smp::the_timer_preempts_a_spinning_task", run: smp::the_timer_preempts_a_spinning_task },
     Test { name: "smp::join_times_out_and_the_task_is_reaped", run: smp::join_times_out_and_the_task_is_reaped },
+    Test { name: "smp::park_waits_for_unpark_or_timeout", run: smp::park_waits_for_unpark_or_timeout },
     Test { name: "smp::munmap_shoots_down_another_cpus_tlb", run: smp::munmap_shoots_down_another_cpus_tlb },
     Test { name: "smp::device_page_faults_back_on_another_cpu", run: smp::device_page_faults_back_on_another_cpu },
     Test {

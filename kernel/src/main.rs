@@ -164,6 +164,9 @@ fn kernel_main(entry: platform::Entry) -> ! {
     if let Err(e) = devices::init(system) {
         fail("devices", e);
     }
+    if let Err(e) = vram::follow::start() {
+        fail("the follower of the host's device-memory requests", e);
+    }
     report::print(system);
 
     if let Some(crash) = system.args.crash {

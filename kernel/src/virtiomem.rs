@@ -14,6 +14,8 @@
 //! on the device while the kernel believes it gone, and sent a second PLUG.
 
 use crate::mm::{FrameRange, Iova, PhysAddr};
+use crate::platform::arch::{apic, trap::CONFIG_VECTOR};
+use crate::platform::pci::{Msix, MsixError, VirtioCommon};
 use crate::virtio::{DmaQueue, VirtioError, config_u64, negotiate};
 use drivers::virtio_mem::{self as proto, BlockState, Config, MemError, Request, offset};
 use drivers::virtq::Seg;
@@ -54,6 +56,8 @@ pub struct VirtioMem {
     blocks: alloc::vec::Vec<Block>,
     /// The device (`dev{n}`) whose hot-plug region this is, for fault injection and logs.
     pub device: Option<usize>,
+    /// The configuration-change interrupt, once [`VirtioMem::use_config_interrupt`] set it.
+    irq: Option<(Msix, VirtioCommon)>,
 }
 
 /// Where the response sits in the request buffer.
@@ -88,6 +92,7 @@ impl VirtioMem {
             requests: 0,
             blocks: Default::default(),
             device: None,
+            irq: None,
         };
         m.refresh();
         m.config.validate()?;
@@ -97,6 +102,21 @@ impl VirtioMem {
             m.refresh();
         }
         Ok(m)
+    }
+
+    /// Signals configuration changes (the host changed `requested_size`) through MSI-X entry 0
+    /// of the function (`msix`, `common`: its table and common configuration) as
+    /// [`CONFIG_VECTOR`] to this CPU.
+    pub fn use_config_interrupt(&mut self, msix: Msix, common: VirtioCommon) -> Result<(), MsixError> {
+        msix.route(0, CONFIG_VECTOR, apic::id())?;
+        common.set_config_vector(Some(0))?;
+        self.irq = Some((msix, common));
+        Ok(())
+    }
+
+    /// Whether configuration changes interrupt.
+    pub fn config_interrupts(&self) -> bool {
+        self.irq.is_some()
     }
 
     /// Reads the configuration again (the host changes `requested_size`, and the device

@@ -28,6 +28,7 @@
 //! shrinking isolates blocks in the allocator, evicts what lives there with
 //! `migrate_device_range` (DMA to fresh RAM pages), takes them offline, `memunmap_pages`, and
 //! unplugs. A page that cannot be evicted leaves its block online, and the error says why.
+//! The host's changes of what it requests are followed by a task of their own ([`follow`]).
 //!
 //! Part of a device's memory can be carved out ([`Vram::carve`]) for a driver that manages it
 //! itself: [`backing::BarBacking`] runs dmirror test devices, and so the acceptance suite, on
@@ -42,6 +43,7 @@
 //!   copy engine (or the CPU baseline), several requests in flight;
 //! - `fault`: the pagemap's callbacks: a freed device page, and a CPU fault on one;
 //! - `hotplug`: growing and shrinking device memory (virtio-mem blocks, eviction);
+//! - [`follow`]: following the host's requests (the configuration interrupt, the follower);
 //! - `readcopy`: read duplication;
 //! - [`checks`]: end-to-end checks on the real devices (round trips, hot-plug cycles, ...);
 //! - [`backing`]: dmirror test devices over carved-out device memory.
@@ -62,6 +64,7 @@ pub mod backing;
 pub mod checks;
 mod dma;
 mod fault;
+pub mod follow;
 mod hotplug;
 mod migrate;
 mod readcopy;
@@ -146,6 +149,8 @@ pub struct Vram {
     hot_frames: Option<Pfn>,
     /// Serialises growing and shrinking.
     resize: Mutex<()>,
+    /// The host's request for the hot-plug memory, as the follower knows it.
+    follow: Mutex<follow::Follow>,
     copier: Mutex<Copier>,
     fault_around: core::sync::atomic::AtomicU64,
     /// The most pages that may be in use at once (`u64::MAX`: all there are); see
@@ -182,6 +187,10 @@ impl Vram {
             bar_pages: pages,
             hot_frames,
             resize: Mutex::new(()),
+            follow: Mutex::new(follow::Follow {
+                seen: dev.with_hot_mem(|m| m.config.requested_size).unwrap_or(0),
+                ..Default::default()
+            }),
             copier: Mutex::new(Copier::Dma),
             fault_around: core::sync::atomic::AtomicU64::new(FAULT_AROUND),
             limit: core::sync::atomic::AtomicU64::new(u64::MAX),

@@ -95,6 +95,7 @@ pub fn brief(line: &str) -> String {
             Some(c) => format!("{name}: the kernel leaves with {c:?}"),
             None => format!("{name}: {}", cut(payload, 60)),
         },
+        Tag::Host => format!("{name}: a request to the host: {}", cut(payload, 80)),
     };
     format!("{before}{what}")
 }

@@ -123,6 +123,11 @@ pub struct Hmat {
     pub bandwidth_mbps: u64,
 }
 
+/// The QEMU id of device `i`'s `virtio-mem-pci` device (what QMP's `qom-set` names).
+pub fn hotmem_id(i: usize) -> String {
+    format!("hotmem{i}")
+}
+
 /// Parses "512M", "1G", "64K" or a byte count.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -387,7 +392,7 @@ impl Machine {
                 push("-object".into());
                 push(format!("memory-backend-file,id=hot{i},share=on,mem-path={path},size={hot}"));
                 push("-device".into());
-                push(format!("virtio-mem-pci,memdev=hot{i},requested-size={hot}"));
+                push(format!("virtio-mem-pci,id={},memdev=hot{i},requested-size={hot}", hotmem_id(i)));
                 push("-drive".into());
                 push(format!("if=none,id=hotcopy{i},file={path},format=raw,file.locking=off"));
                 push("-device".into());
@@ -572,7 +577,7 @@ mod tests {
         assert!(a.contains("mem-path=/dev/shm/x-0-dev0,size=67108864"), "{a}");
         assert!(a.contains("iommu_platform=on"));
         assert!(a.contains("-m 512M,maxmem=544M"), "{a}");
-        assert!(a.contains("virtio-mem-pci,memdev=hot0,requested-size=33554432"), "{a}");
+        assert!(a.contains("virtio-mem-pci,id=hotmem0,memdev=hot0,requested-size=33554432"), "{a}");
         assert!(m.shm_files().contains(&("0-dev0-hot".to_string(), 32 << 20)));
         let m = Machine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/numa2.toml")).unwrap();
         let a = m.qemu_args(&|n| format!("/dev/shm/x-{n}")).join(" ");

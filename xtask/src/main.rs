@@ -36,6 +36,7 @@ mod machine;
 mod options;
 mod profile;
 mod qemu;
+mod qmp;
 mod run;
 mod setup;
 mod slurm;

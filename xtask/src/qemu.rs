@@ -231,6 +231,24 @@ fn create_device_file(dir: &Path, name: &str, size: u64, random: usize) -> Resul
     Ok(f.into_temp_path())
 }
 
+/// Carries out a guest's `@@HOST` request (`payload`) on `machine` over the QMP socket in
+/// `dir`, connecting on the first one.
+fn host_request(
+    payload: &str,
+    machine: &Machine,
+    dir: Option<&tempfile::TempDir>,
+    qmp: &mut Option<crate::qmp::Qmp>,
+) -> Result<()> {
+    let req = crate::qmp::parse_request(payload)?;
+    let (path, property, value) = crate::qmp::resolve(machine, req)?;
+    let dir = dir.ok_or("a @@HOST request on a machine without hot-plug memory (no QMP socket)")?;
+    if qmp.is_none() {
+        *qmp = Some(crate::qmp::Qmp::connect(&dir.path().join("qmp"))?);
+    }
+    let q = qmp.as_mut().ok_or("no QMP connection")?;
+    q.qom_set(&path, property, serde_json::json!(value)).map_err(|e| format!("{req}: {e}"))
+}
+
 /// What the terminal shows of a guest line: nothing for a machine-readable line, a short
 /// decoded message for one that a log line ran into ([`crate::decode::brief`]), else the line.
 pub fn echo(line: &str) -> Option<String> {
@@ -366,6 +384,16 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
         guard.0.push(file);
     }
     let mut cmd = Command::new(program);
+    // A machine with hot-plug memory gets a QMP socket, in a directory of its own (mode 0700),
+    // for the guest's `@@HOST` requests.
+    let qmp_dir = if l.machine.devices.iter().any(|d| d.hotplug_bytes() > 0) {
+        let d = tempfile::Builder::new().prefix("hmmk-qmp-").tempdir().map_err(|e| format!("QMP directory: {e}"))?;
+        cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", d.path().join("qmp").display())]);
+        Some(d)
+    } else {
+        None
+    };
+    let mut qmp: Option<crate::qmp::Qmp> = None;
     let mut machine_args = l.machine.qemu_args(&|name| paths[name].clone());
     match l.boot {
         Boot::Pvh => {
@@ -480,8 +508,15 @@ fn run_program(program: &Path, l: &Launch<'_>, stop: &dyn Fn() -> bool) -> Resul
                 {
                     println!("{t}");
                 }
+                let host = Tag::Host.payload(&line).map(|p| host_request(p, l.machine, qmp_dir.as_ref(), &mut qmp));
                 let gave_up = line.contains(GRUB_GAVE_UP);
                 lines.push(line);
+                if let Some(Err(e)) = host {
+                    // The guest waits (bounded) for the effect and fails naming what it
+                    // missed; this says why.
+                    eprintln!("xtask: {e}");
+                    lines.push(format!("[xtask] {e}"));
+                }
                 if gave_up {
                     loader = Some(grub_error(&lines));
                     let _ = child.kill();

@@ -104,8 +104,10 @@ pub enum DevError {
     Copy(CopyError),
     /// The device's mirror of an address space refused or failed.
     Mirror(hmm::devmmu::MirrorError),
-    /// The device already mirrors another address space (one per domain: IOVA = VA).
+    /// The device mirrors as many address spaces as it has slots for ([`super::SPACES`]).
     Busy(usize),
+    /// The device mirrors this address space already.
+    AlreadyBound(usize),
     /// A DMA segment is not mapped in the device's domain with the access it needs: the
     /// transfer is refused before it reaches the device.
     NotMapped {
@@ -177,11 +179,9 @@ impl core::fmt::Display for DevError {
             Self::Copy(e) => write!(f, "{e}"),
             Self::Mirror(e) => write!(f, "{e}"),
             Self::Busy(n) => {
-                write!(
-                    f,
-                    "device {n} already mirrors another address space; unbind that one first (one per device MMU)"
-                )
+                write!(f, "device {n} mirrors {} address spaces already (its slots); unbind one first", super::SPACES)
             }
+            Self::AlreadyBound(n) => write!(f, "device {n} mirrors this address space already"),
             Self::NotMapped { device, iova, write } => write!(
                 f,
                 "device {device}: DMA {} {iova:#x} refused: the device MMU does not map it{}",
@@ -295,6 +295,23 @@ pub enum ResizeFailure {
         /// unknown, and it stays offline until a grow asks the device again.
         online: bool,
     },
+    /// The host did not change the device's `requested_size` to what a guest request
+    /// ([`crate::vram::follow::ask_host`]) asked for in time.
+    HostIgnored {
+        /// Bytes asked for.
+        asked: u64,
+        /// The bound, in milliseconds.
+        ms: u64,
+    },
+    /// The host's request was not met in time (the follower keeps trying).
+    NotMet {
+        /// Bytes the host requests.
+        asked: u64,
+        /// Bytes plugged.
+        plugged: u64,
+        /// The bound, in milliseconds.
+        ms: u64,
+    },
     /// A block's pagemap could not be unregistered.
     Unmap {
         /// Block index.
@@ -334,6 +351,19 @@ impl core::fmt::Display for ResizeFailure {
                 f,
                 "unplugging block {block}: {error}; the device cannot say whether it is plugged, so it stays \
                  offline until a grow asks again"
+            ),
+            Self::HostIgnored { asked, ms } => write!(
+                f,
+                "asked the host for {} MiB of hot-plug memory; its request did not change within {ms} ms (run \
+                 under cargo xtask, which carries out @@HOST requests over QMP)",
+                asked >> 20
+            ),
+            Self::NotMet { asked, plugged, ms } => write!(
+                f,
+                "the host requests {} MiB of hot-plug memory; {} MiB still plugged after {ms} ms (pages that \
+                 cannot move yet?)",
+                asked >> 20,
+                plugged >> 20
             ),
         }
     }

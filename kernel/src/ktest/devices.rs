@@ -260,8 +260,10 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
     let m = devmmu::bind(0, &space).map_err(|e| e.to_string())?;
     let e = devmmu::bind(0, &space);
-    check!(matches!(e, Err(DevError::Busy(0))), "a second bind of dev0: {e:?}");
-    let shadow = |va: u64| dev0.with_shadow(|s| s.translate(va).map(|t| t.0)).flatten();
+    check!(matches!(e, Err(DevError::AlreadyBound(0))), "a second bind of one space to dev0: {e:?}");
+    // The space's window in dev0's domain (slot 0's starts at 0: IOVA = VA).
+    let base = m.with_domain(|d| d.base);
+    let shadow = |va: u64| dev0.with_shadow(|s| s.translate(va + base).map(|t| t.0)).flatten();
     let seg = |k: u64, n: u64| [(a + k * PAGE, (n * PAGE) as u32)];
     let bar_page = |k: u64| {
         let mut b = alloc::vec![0u8; PAGE as usize];
@@ -308,7 +310,7 @@ pub fn mirror_is_real(_s: &System) -> TestResult {
     );
     let e = devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 8));
     check!(matches!(e, Err(DevError::Mirror(MirrorError::NotMapped { .. }))), "DMA over a hole: {e:?}");
-    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1).map(|(va, l)| (Iova::new(va), l)));
+    let e = dev0.dma(Dir::ToDevice, at(0), &seg(4, 1).map(|(va, l)| (Iova::new(va + base), l)));
     check!(matches!(e, Err(DevError::NotMapped { .. })), "the domain check let an unmapped page through: {e:?}");
     dev0.write_mem(at(0), &[0u8; 8 * PAGE as usize]).map_err(|e| e.to_string())?;
     devmmu::dma(&m, Dir::ToDevice, at(0), &seg(0, 4)).map_err(|e| e.to_string())?;

@@ -117,6 +117,59 @@ pub fn join_times_out_and_the_task_is_reaped(_: &System) -> TestResult {
     Ok(())
 }
 
+/// `park` and `unpark`: a wake that comes before the park is kept (the park returns at once);
+/// a timed park nobody wakes ends after its timeout and not before; a task parked on another
+/// CPU stays parked (off its run queue) until this one wakes it; and an [`sched::Event`]
+/// signalled wakes the task waiting for it with the new count. Without the mechanism the
+/// parked task would never be seen parked, or never wake, and the bounded waits fail.
+pub fn park_waits_for_unpark_or_timeout(_: &System) -> TestResult {
+    use sched::Woken;
+    sched::unpark(sched::me());
+    check!(sched::park(Some(JOIN_MS)) == Woken::Unparked, "a wake before the park was lost");
+    let t0 = time::rdtsc();
+    check!(sched::park(Some(20)) == Woken::TimedOut, "a timed park nobody woke did not time out");
+    let ns = time::cycles_to_ns(time::rdtsc() - t0).unwrap_or(0);
+    check!(ns >= 20_000_000, "a 20 ms park returned after {ns} ns");
+
+    let cpu = other_cpu();
+    let slot = Arc::new(spin::Mutex::new(None));
+    let s = slot.clone();
+    let h = attempt!(sched::spawn_on(cpu, move || {
+        *s.lock() = Some(sched::me());
+        sched::park(Some(JOIN_MS))
+    }));
+    let deadline = time::Deadline::after_ms(JOIN_MS);
+    let task = loop {
+        if let Some(t) = *slot.lock()
+            && sched::is_parked(t)
+        {
+            break t;
+        }
+        check!(!deadline.passed(), "the task on CPU {cpu} was never seen parked");
+        sched::yield_now();
+    };
+    sched::unpark(task);
+    check!(attempt!(h.join(JOIN_MS)) == Woken::Unparked, "the parked task timed out instead of waking");
+
+    static EVENT: sched::Event = sched::Event::new();
+    let before = EVENT.count();
+    let slot = Arc::new(spin::Mutex::new(None));
+    let s = slot.clone();
+    let h = attempt!(sched::spawn_on(cpu, move || {
+        *s.lock() = Some(sched::me());
+        EVENT.wait(before, JOIN_MS)
+    }));
+    let deadline = time::Deadline::after_ms(JOIN_MS);
+    while !slot.lock().is_some_and(sched::is_parked) {
+        check!(!deadline.passed(), "the task waiting for the event was never seen parked");
+        sched::yield_now();
+    }
+    EVENT.signal();
+    let seen = attempt!(h.join(JOIN_MS));
+    check!(seen == before + 1, "the waiter saw count {seen}, expected {}", before + 1);
+    Ok(())
+}
+
 /// A task on another CPU reads a page of an address space in a loop, keeping the translation
 /// in its TLB; the boot CPU then unmaps the page. Without a shootdown the reader would go on
 /// reading the old frame through its stale translation and never see the fault.

@@ -256,6 +256,7 @@ const MSIX_ENTRY_MASKED: u32 = 1;
 /// An MSI's address: the local APIC's interrupt window, fixed delivery, physical destination.
 const MSI_ADDRESS: u32 = 0xfee0_0000;
 /// `queue_select` and `queue_msix_vector` in `virtio_pci_common_cfg`.
+const COMMON_MSIX_CONFIG: u64 = 0x10;
 const COMMON_QUEUE_SELECT: u64 = 0x16;
 const COMMON_QUEUE_MSIX_VECTOR: u64 = 0x1a;
 /// The value of a virtio vector field that means "no vector".
@@ -292,6 +293,8 @@ pub enum MsixError {
         /// The queue.
         queue: u16,
     },
+    /// The device did not take the configuration-change vector.
+    ConfigVectorRefused(DeviceFunction),
 }
 
 impl core::fmt::Display for MsixError {
@@ -308,6 +311,9 @@ impl core::fmt::Display for MsixError {
             Self::Access(e) => write!(f, "MSI-X register: {e}"),
             Self::VectorRefused { df, queue } => {
                 write!(f, "{df}: the device refused an MSI-X vector for queue {queue} (it has no free vector)")
+            }
+            Self::ConfigVectorRefused(df) => {
+                write!(f, "{df}: the device refused an MSI-X vector for configuration changes")
             }
         }
     }
@@ -421,6 +427,17 @@ impl VirtioCommon {
         self.bar.write_u16(self.offset + COMMON_QUEUE_MSIX_VECTOR, v)?;
         if self.bar.read_u16(self.offset + COMMON_QUEUE_MSIX_VECTOR)? != v {
             return Err(MsixError::VectorRefused { df: self.df, queue });
+        }
+        Ok(())
+    }
+
+    /// Signals configuration changes through MSI-X entry `entry` (or through none). The
+    /// device takes it at any time; a reset forgets it.
+    pub fn set_config_vector(&self, entry: Option<u16>) -> Result<(), MsixError> {
+        let v = entry.unwrap_or(VIRTIO_NO_VECTOR);
+        self.bar.write_u16(self.offset + COMMON_MSIX_CONFIG, v)?;
+        if self.bar.read_u16(self.offset + COMMON_MSIX_CONFIG)? != v {
+            return Err(MsixError::ConfigVectorRefused(self.df));
         }
         Ok(())
     }

@@ -14,6 +14,10 @@
 //! unique for the life of the kernel ([`context_id`]; slots are reused, ids are not), which is
 //! the execution context of the interval notifiers (registered by [`init`]).
 //!
+//! **Waiting for an event.** [`park`] and [`unpark`] (with the [`TaskRef`] from [`me`]): a
+//! service task — the follower of the host's device-memory requests — sleeps off the run
+//! queue until an interrupt handler or another task wakes it, or its timeout passes.
+//!
 //! **Address spaces.** Each task has the page-table root it runs with; a switch loads the next
 //! task's root when it differs, publishing it first for TLB shootdown
 //! ([`crate::platform::arch::smp::set_root`]). [`switch_root`] is how `crate::mm::uspace::run`
@@ -30,6 +34,11 @@
 //! - Code that waits with interrupts off on a lock a task holds could wait for ever behind a
 //!   preempted holder on the same CPU; the kernel's waits with interrupts off are the run
 //!   queues (never held across a switch) and the TLB-shootdown slot (served while waiting).
+//! - A *parked* task ([`park`]) is in no run queue. The switch parks it under the task's wake
+//!   lock (taken only with interrupts off, before any run queue), which [`unpark`] takes too:
+//!   a wake either sets the token before the switch looks, and the task runs on, or finds it
+//!   parked and queues it. No wake is lost; a timed park is queued again by the first tick
+//!   after its deadline.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -54,6 +63,8 @@ const READY: u8 = 2;
 const RUNNING: u8 = 3;
 const EXITING: u8 = 4;
 const DONE: u8 = 5;
+/// Off every run queue until [`unpark`] (or its [`park`] deadline) makes it ready again.
+const PARKED: u8 = 6;
 
 struct Task {
     state: AtomicU8,
@@ -75,6 +86,15 @@ struct Task {
     cycles: AtomicU64,
     /// When it last started running.
     since: AtomicU64,
+    /// The wake token: set by [`unpark`], consumed by [`park`] (a wake before the park is
+    /// not lost).
+    token: AtomicBool,
+    /// TSC deadline of a timed [`park`] (0: none).
+    wake_at: AtomicU64,
+    /// Taken (interrupts off) around the token and the parked state, by the parking switch
+    /// and by [`unpark`]: a wake is either seen by the switch, which then does not park, or
+    /// finds the task parked and queues it.
+    wake: Mutex<()>,
 }
 
 impl Task {
@@ -90,6 +110,9 @@ impl Task {
             detached: AtomicBool::new(false),
             cycles: AtomicU64::new(0),
             since: AtomicU64::new(0),
+            token: AtomicBool::new(false),
+            wake_at: AtomicU64::new(0),
+            wake: Mutex::new(()),
         }
     }
 }
@@ -131,6 +154,10 @@ static EXITED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(NONE) }; MAX_
 static BUSY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Context switches per CPU.
 static SWITCHES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: the running task that asked, by [`park`], to be parked at the next switch.
+static PARKING: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(NONE) }; MAX_CPUS];
+/// Per CPU: tasks in a timed [`park`] (the tick looks for expired ones only when some are).
+static TIMED: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 /// The next task id (0 is the boot flow before [`init`]).
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
@@ -255,6 +282,8 @@ fn new_task(cpu: usize, body: Box<dyn FnOnce() + Send>) -> Result<usize, SchedEr
     t.stack.store(true, Ordering::Relaxed);
     t.detached.store(false, Ordering::Relaxed);
     t.cycles.store(0, Ordering::Relaxed);
+    t.token.store(false, Ordering::Relaxed);
+    t.wake_at.store(0, Ordering::Relaxed);
     let frame_at = (top - 64 - core::mem::size_of::<TrapFrame>() as u64) & !15;
     let frame = TrapFrame {
         r15: 0,
@@ -393,6 +422,154 @@ pub fn yield_now() {
     unsafe { core::arch::asm!("int 0x42") };
 }
 
+/// A task to wake with [`unpark`]: its slot and unique id, so a slot that another task has
+/// taken since is not woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRef {
+    id: usize,
+    uid: u64,
+}
+
+/// The running task, to hand to whoever will [`unpark`] it.
+pub fn me() -> TaskRef {
+    let id = current();
+    TaskRef { id, uid: TASKS[id].uid.load(Ordering::Relaxed) }
+}
+
+/// Whether `task` is parked now (off every run queue).
+pub fn is_parked(task: TaskRef) -> bool {
+    let t = &TASKS[task.id];
+    t.uid.load(Ordering::Relaxed) == task.uid && t.state.load(Ordering::Acquire) == PARKED
+}
+
+/// Why [`park`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// [`unpark`] was called (before or during the park).
+    Unparked,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+/// Takes the running task off its CPU until [`unpark`] wakes it or, with `timeout_ms`, until
+/// that many milliseconds pass (the next timer tick after the deadline queues it again). A
+/// wake that came before the park is not lost: the park returns at once, consuming it. The
+/// CPU runs its other tasks, or halts, meanwhile.
+pub fn park(timeout_ms: Option<u64>) -> Woken {
+    interrupts::without_interrupts(|| {
+        let (cpu, me) = (smp::index(), current());
+        let t = &TASKS[me];
+        if t.token.swap(false, Ordering::AcqRel) {
+            return Woken::Unparked;
+        }
+        if let Some(ms) = timeout_ms {
+            t.wake_at.store(time::Deadline::after_ms(ms).tsc().max(1), Ordering::Relaxed);
+            TIMED[cpu].fetch_add(1, Ordering::Relaxed);
+        }
+        PARKING[cpu].store(me, Ordering::Relaxed);
+        // The switch in `preempt` parks this task unless a wake came in the meantime; it
+        // resumes here, interrupts still off, once queued again.
+        yield_now();
+        PARKING[cpu].store(NONE, Ordering::Relaxed);
+        if timeout_ms.is_some() {
+            TIMED[cpu].fetch_sub(1, Ordering::Relaxed);
+            t.wake_at.store(0, Ordering::Relaxed);
+        }
+        if t.token.swap(false, Ordering::AcqRel) { Woken::Unparked } else { Woken::TimedOut }
+    })
+}
+
+/// Wakes `task` from [`park`] (or makes its next park return at once). Safe from interrupt
+/// handlers and from any CPU.
+pub fn unpark(task: TaskRef) {
+    interrupts::without_interrupts(|| {
+        let t = &TASKS[task.id];
+        if t.uid.load(Ordering::Relaxed) != task.uid {
+            return;
+        }
+        if wake(task.id, true) {
+            kick(t.cpu.load(Ordering::Relaxed));
+        }
+    })
+}
+
+/// Something that happens — an interrupt, say — and that one task at a time waits for: a
+/// count of signals and the task waiting.
+#[derive(Debug)]
+pub struct Event {
+    count: AtomicU64,
+    /// Locked only with interrupts off.
+    waiter: Mutex<Option<TaskRef>>,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The configuration of a device changed ([`trap::CONFIG_VECTOR`]).
+pub static CONFIG_CHANGED: Event = Event::new();
+
+impl Event {
+    /// No signal yet, nobody waiting.
+    pub const fn new() -> Event {
+        Event { count: AtomicU64::new(0), waiter: Mutex::new(None) }
+    }
+
+    /// Signals once and wakes the waiting task (from interrupt handlers too).
+    pub fn signal(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(t) = interrupts::without_interrupts(|| *self.waiter.lock()) {
+            unpark(t);
+        }
+    }
+
+    /// Signals so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits, parked, until the count differs from `seen` or `timeout_ms` passes; returns the
+    /// count then. The last task to call this is the one [`Event::signal`] wakes.
+    pub fn wait(&self, seen: u64, timeout_ms: u64) -> u64 {
+        interrupts::without_interrupts(|| *self.waiter.lock() = Some(me()));
+        let deadline = time::Deadline::after_ms(timeout_ms);
+        while self.count() == seen && !deadline.passed() {
+            if park(Some(timeout_ms)) == Woken::TimedOut {
+                break;
+            }
+        }
+        self.count()
+    }
+}
+
+/// Queues task `id` if it is parked (interrupts off), after setting its token with `token`;
+/// whether it was parked.
+fn wake(id: usize, token: bool) -> bool {
+    let t = &TASKS[id];
+    let _g = t.wake.lock();
+    if token {
+        t.token.store(true, Ordering::Release);
+    }
+    if t.state.compare_exchange(PARKED, READY, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    QUEUES[t.cpu.load(Ordering::Relaxed)].lock().push(id);
+    true
+}
+
+/// Queues this CPU's tasks whose timed park has expired (from the tick, interrupts off).
+fn wake_expired(cpu: usize) {
+    let now = time::rdtsc();
+    for (id, t) in TASKS.iter().enumerate() {
+        let at = t.wake_at.load(Ordering::Relaxed);
+        if at != 0 && now >= at && t.cpu.load(Ordering::Relaxed) == cpu && t.state.load(Ordering::Acquire) == PARKED {
+            wake(id, false);
+        }
+    }
+}
+
 /// Installs page-table root `root` for the running task and returns the one it had. The
 /// switch path restores each task's own root, so a preempted task resumes in its space.
 pub fn switch_root(root: u64) -> u64 {
@@ -432,7 +609,21 @@ pub fn preempt(frame: *mut TrapFrame, tick: bool) -> *mut TrapFrame {
         smp::cpu(cpu).ticks.fetch_add(1, Ordering::Relaxed);
     }
     let idle = IDLE[cpu].load(Ordering::Relaxed);
-    let state = TASKS[cur].state.load(Ordering::Acquire);
+    if tick && TIMED[cpu].load(Ordering::Relaxed) > 0 {
+        wake_expired(cpu);
+    }
+    let mut state = TASKS[cur].state.load(Ordering::Acquire);
+    if PARKING[cpu].swap(NONE, Ordering::Relaxed) == cur && cur != idle && idle != NONE && state == RUNNING {
+        // A task asking to park is parked unless a wake already came (it then runs on and
+        // its `park` consumes the token). Under its wake lock, so an `unpark` either sets the
+        // token first or finds it parked and queues it.
+        let t = &TASKS[cur];
+        let _g = t.wake.lock();
+        if !t.token.load(Ordering::Acquire) {
+            t.state.store(PARKED, Ordering::Release);
+            state = PARKED;
+        }
+    }
     let next = {
         let mut q = QUEUES[cpu].lock();
         match q.pop() {
@@ -447,6 +638,8 @@ pub fn preempt(frame: *mut TrapFrame, tick: bool) -> *mut TrapFrame {
         }
     };
     if next == cur {
+        // Parked and woken again before the switch (the wake queued it here): it runs on.
+        TASKS[cur].state.store(RUNNING, Ordering::Release);
         return frame;
     }
     match state {

@@ -113,6 +113,43 @@ impl Vram {
         self.shrink_blocks(&online)
     }
 
+    /// Removes `bytes` of plugged hot-plug memory like [`Vram::shrink`], but block by block
+    /// from the highest, passing over a block that cannot go now (a page pinned or held by a
+    /// migration in flight, a refused UNPLUG) for the next one: what the host asks back is
+    /// taken where it can be. Returns the pages evicted; if fewer blocks went than asked, the
+    /// last refusal (the ones that went stay gone).
+    pub fn shrink_where_possible(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
+        let _serial = self.resize.lock();
+        let mut blocks = whole_blocks(self.device, bytes)?;
+        let first = self.bar_pages / BLOCK_PAGES;
+        let online: Vec<u64> = {
+            let a = self.alloc.lock();
+            (first..a.capacity()).rev().filter(|&b| a.state(b).is_some_and(|s| s != State::Offline)).collect()
+        };
+        if (online.len() as u64) < blocks {
+            return Err(
+                self.resize_error(ResizeFailure::NotPlugged { asked: bytes, plugged: online.len() as u64 * HUGE })
+            );
+        }
+        let (mut evicted, mut refused) = (0, None);
+        for b in online {
+            if blocks == 0 {
+                break;
+            }
+            match self.shrink_blocks(&[b]) {
+                Ok(n) => {
+                    evicted += n;
+                    blocks -= 1;
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        match refused {
+            Some(e) if blocks > 0 => Err(e),
+            _ => Ok(evicted),
+        }
+    }
+
     fn shrink_blocks(self: &Arc<Self>, blocks: &[u64]) -> Result<u64, DevError> {
         let first = self.bar_pages / BLOCK_PAGES;
         let mut evicted = 0;
@@ -212,7 +249,7 @@ impl Vram {
         Ok(moved)
     }
 
-    fn with_hot<R>(
+    pub(super) fn with_hot<R>(
         &self,
         f: impl FnOnce(&mut crate::virtiomem::VirtioMem) -> Result<R, MemError>,
     ) -> Result<R, DevError> {

@@ -90,6 +90,10 @@ impl Deadline {
     pub fn passed(self) -> bool {
         rdtsc() > self.0
     }
+    /// The TSC value it passes at.
+    pub fn tsc(self) -> u64 {
+        self.0
+    }
 }
 
 /// Busy-waits `ns` nanoseconds (requires calibration; returns at once otherwise).

@@ -39,6 +39,11 @@ pub const YIELD_VECTOR: u8 = 0x42;
 /// halted in [`crate::platform::virtio::DmaQueue::wait`], which then reads its used ring.
 pub const DMA_VECTOR: u8 = 0x43;
 
+/// A device's configuration changed (an MSI-X message of a virtio function's configuration
+/// vector: the host changed what it asks of virtio-mem): it signals
+/// [`crate::platform::sched::CONFIG_CHANGED`], which wakes the task following those requests.
+pub const CONFIG_VECTOR: u8 = 0x44;
+
 /// DMA completion interrupts taken, on every CPU.
 pub static DMA_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
@@ -478,6 +483,7 @@ stub!(v_tlb, TLB_VECTOR);
 stub!(v_resched, RESCHED_VECTOR);
 stub!(v_yield, YIELD_VECTOR);
 stub!(v_dma, DMA_VECTOR);
+stub!(v_config, CONFIG_VECTOR);
 
 /// Saves the general registers around [`trap_dispatch`]. On entry the stack holds the
 /// hardware frame, the error code and the vector; 15 pushes complete a [`TrapFrame`] whose
@@ -540,6 +546,7 @@ pub fn init() {
     idt.0[RESCHED_VECTOR as usize] = gate(v_resched, 0);
     idt.0[YIELD_VECTOR as usize] = gate(v_yield, 0);
     idt.0[DMA_VECTOR as usize] = gate(v_dma, 0);
+    idt.0[CONFIG_VECTOR as usize] = gate(v_config, 0);
     // SAFETY: the IDT is written only here, on the boot CPU, before interrupts are enabled and
     // before any other CPU runs; no reference to it exists.
     unsafe { (&raw mut IDT).write(idt) };
@@ -612,6 +619,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
         v if v == u64::from(DMA_VECTOR) => {
             DMA_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
             super::apic::eoi();
+            this
+        }
+        v if v == u64::from(CONFIG_VECTOR) => {
+            super::apic::eoi();
+            crate::platform::sched::CONFIG_CHANGED.signal();
             this
         }
         v if v == u64::from(TLB_VECTOR) => {
