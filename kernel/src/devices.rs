@@ -151,8 +151,10 @@ pub const fn window(slot: usize) -> u64 {
     slot as u64 * WINDOW
 }
 
-// Every window lies below the kernel half.
+// Every window lies below the kernel half, and a device mirrors every process an experiment
+// point may have.
 const _: () = assert!(window(SPACES) <= KERNEL_IOVA);
+const _: () = assert!(SPACES >= hmm::place::workload::PROCESSES as usize);
 
 /// A device's memory as the CPU sees it: its BAR's physical address and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

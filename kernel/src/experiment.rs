@@ -102,7 +102,8 @@ fn run_point(p: &Point, have: &[u32], vram: &[Arc<Vram>]) -> Result<String, Poin
         drop(m);
         (o, "host")
     } else {
-        let mut m = Real::new(pages, vram).map_err(|e| fail(FailKind::Mechanism, &e))?;
+        let procs = prepared.process_runs();
+        let mut m = Real::new(pages, vram, &procs).map_err(|e| fail(FailKind::Mechanism, &e))?;
         if hmat {
             let memory = m.memory_domain().map_err(|e| fail(FailKind::Check, &e))?;
             hmat_lines(&mut prepared.cost, cores, memory).map_err(|e| fail(FailKind::Check, &e))?;

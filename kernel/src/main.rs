@@ -257,6 +257,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         run: experiment::ktests::cpu_phases_run_on_their_core,
     },
     ktest::Test {
+        name: "experiment::processes_share_the_devices",
+        run: experiment::ktests::processes_share_the_devices,
+    },
+    ktest::Test {
         name: "experiment::policy_decisions_are_seen_in_the_device_mmu",
         run: experiment::ktests::policy_decisions_are_seen_in_the_device_mmu,
     },

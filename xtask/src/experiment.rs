@@ -994,6 +994,52 @@ pub fn point_seeds(p: &Point) -> Vec<u64> {
         .collect()
 }
 
+/// The columns of `workloads.csv`: one row per workload of every point (a point of several
+/// workloads, or several processes, has a row for each), with what happened to its own pages.
+pub const WORKLOAD_COLUMNS: [(&str, &str); 12] = [
+    ("point", "point id"),
+    ("label", "the point's label"),
+    ("policy", "policy name"),
+    ("workload", "the workload's label"),
+    ("process", "the process (address space) it ran in"),
+    ("pages", "its footprint, pages"),
+    ("end_ms", "when its last phase ended, simulated ms"),
+    ("faults", "device faults and CPU faults on its pages"),
+    ("to_dev", "its pages moved system -> device"),
+    ("to_cpu", "its pages moved device -> system, evictions included"),
+    ("evicted", "its pages evicted (to make room for any workload's)"),
+    ("error", "why it stopped early, if it did"),
+];
+
+/// `workloads.csv` ([`WORKLOAD_COLUMNS`]).
+pub fn workloads_csv(l: &Loaded, results: &Results) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(WORKLOAD_COLUMNS.iter().map(|c| c.0));
+    for (p, (wl, pol, _)) in l.points.iter().zip(&l.keys) {
+        let Some(r) = results.get(&p.id) else { continue };
+        // The point's workload labels, in its order (joined by '+' for a point of several).
+        let labels: Vec<&str> = wl.split('+').collect();
+        for (i, x) in r["workloads"].as_array().into_iter().flatten().enumerate() {
+            let n = |k: &str| x[k].as_u64().map_or(String::new(), |v| v.to_string());
+            let _ = w.write_record([
+                p.id.to_string(),
+                p.label.clone(),
+                pol.clone(),
+                labels.get(i).map_or_else(|| x["name"].as_str().unwrap_or("").to_string(), |s| s.to_string()),
+                n("process"),
+                n("pages"),
+                x["end_ns"].as_f64().map_or(String::new(), |v| format!("{:.3}", v / 1e6)),
+                n("faults"),
+                n("to_dev"),
+                n("to_cpu"),
+                n("evicted"),
+                x["error"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
 /// CSV of the results, quoted by the csv crate (a label with a comma or a quote stays one
 /// field); the columns are [`COLUMNS`] (whose counters are the guest's, in order), then each
 /// processor's utilisation and line cost, then the MiB moved in and out over each link, then
@@ -1097,6 +1143,9 @@ enum Note {
     Rerun(String),
     /// The trace passed the cap: events kept, dropped.
     Trace(u64, u64),
+    /// One workload's share of a point of several: label, process, faults, pages to the
+    /// device, evicted, end (simulated ms).
+    Share(String, u64, u64, u64, u64, f64),
 }
 
 impl Note {
@@ -1104,6 +1153,9 @@ impl Note {
     fn text(&self, whole: bool) -> String {
         match self {
             Note::Stopped(w, e) => format!("workload {w} stopped: {e}"),
+            Note::Share(w, p, f, d, e, end) => {
+                format!("{w} (process {p}): {f} faults, {d} pages to devices, {e} evicted, ends at {end:.2} ms")
+            }
             Note::Rerun(n) if whole => format!("({n})"),
             Note::Rerun(n) => format!("({})", truncate(n, 110)),
             Note::Trace(kept, d) => {
@@ -1144,7 +1196,24 @@ fn summary_lines<'a>(l: &'a Loaded, results: &Results) -> Vec<SummaryLine<'a>> {
             n("to_cpu").to_string(),
             format!("{remote:.1}"),
         ]);
-        for w in r["workloads"].as_array().into_iter().flatten() {
+        let wls = r["workloads"].as_array().map_or(&[][..], |a| a.as_slice());
+        if wls.len() > 1 && workload.split('+').count() == wls.len() {
+            // A point of several workloads (competing, perhaps as separate processes): each
+            // one's share, under its label.
+            for (label, w) in workload.split('+').zip(wls) {
+                let n = |k: &str| w[k].as_u64().unwrap_or(0);
+                let end = w["end_ns"].as_f64().unwrap_or(0.0) / 1e6;
+                line.notes.push(Note::Share(
+                    label.to_string(),
+                    n("process"),
+                    n("faults"),
+                    n("to_dev"),
+                    n("evicted"),
+                    end,
+                ));
+            }
+        }
+        for w in wls {
             if let Some(e) = w["error"].as_str() {
                 line.notes.push(Note::Stopped(w["name"].as_str().unwrap_or("?").to_string(), e.to_string()));
             }

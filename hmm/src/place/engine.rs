@@ -68,7 +68,7 @@ mod schedule;
 mod wave;
 
 pub use error::{CopyFault, DataFault, DeviceOp, MechError, MirrorFault, NoAddressOf, PageOp, SetupStep, ShortWhy};
-pub use outcome::{Event, LinkStats, Outcome, ProcStats, Stats, WorkloadResult};
+pub use outcome::{Event, LinkStats, Outcome, ProcStats, Stats, WorkloadCounts, WorkloadResult};
 
 use super::cost::CostModel;
 use super::policy::Policy;
@@ -190,6 +190,10 @@ struct Running {
 struct Wl {
     w: Box<dyn Workload>,
     base: u32,
+    /// Its process ([`Engine::add_in`]).
+    process: u32,
+    /// What happened to its pages.
+    counts: WorkloadCounts,
     pending: usize,
     step_end: f64,
     done: bool,
@@ -370,8 +374,15 @@ impl<'m> Engine<'m> {
         self.sched = Some(s);
     }
 
-    /// Adds a workload whose pages start at `base` (from [`layout`]).
+    /// Adds a workload whose pages start at `base` (from [`layout`]), in process 0.
     pub fn add(&mut self, w: Box<dyn Workload>, base: u32) {
+        self.add_in(w, base, 0);
+    }
+
+    /// Adds a workload whose pages start at `base` (from [`layout`]), running in process
+    /// `process` (its results say which; the mechanism maps each process's pages in an
+    /// address space of its own).
+    pub fn add_in(&mut self, w: Box<dyn Workload>, base: u32, process: u32) {
         for (first, pages) in w.extents() {
             self.st.set_extent((base + first) / BLOCK, pages);
         }
@@ -386,6 +397,8 @@ impl<'m> Engine<'m> {
         self.wls.push(Wl {
             w,
             base,
+            process,
+            counts: WorkloadCounts::default(),
             pending: 0,
             step_end: 0.0,
             done: false,
@@ -399,6 +412,18 @@ impl<'m> Engine<'m> {
     /// The residency (for checks).
     pub fn state(&self) -> &State {
         &self.st
+    }
+
+    /// Adds `n` pages from `first` to the counter `which` picks of each workload that owns
+    /// some of them.
+    fn charge(&mut self, first: u32, n: u32, which: fn(&mut WorkloadCounts) -> &mut u64) {
+        let end = first.saturating_add(n);
+        for w in &mut self.wls {
+            let (lo, hi) = (first.max(w.base), end.min(w.base + w.w.pages()));
+            if lo < hi {
+                *which(&mut w.counts) += u64::from(hi - lo);
+            }
+        }
     }
 
     fn event(&mut self, t: f64, dur: f64, lane: &str, kind: &'static str, pages: u32, what: &str) {
@@ -450,7 +475,9 @@ impl<'m> Engine<'m> {
                 .iter()
                 .map(|w| WorkloadResult {
                     name: w.w.name().into(),
+                    process: w.process,
                     pages: w.w.pages(),
+                    counts: w.counts,
                     steps: w.steps,
                     end_ns: w.step_end,
                     error: w.error.clone(),

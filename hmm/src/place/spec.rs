@@ -218,8 +218,10 @@ impl Point {
         let cost = CostModel::from_params(&self.cost)?;
         let policy = policies::build(&self.policy, &self.policy_params, &self.evict)?;
         let mut built: Vec<Box<dyn Workload>> = Vec::new();
+        let mut processes = Vec::new();
         for (i, (kind, p)) in self.workloads.iter().enumerate() {
             let (common, own) = workload::check(kind, p)?;
+            processes.push(common.int("process") as u32);
             let device = workload::target(&common);
             let basis = workload::basis(device, &self.devices).ok_or_else(|| ParamError::Bad {
                 name: "device".into(),
@@ -253,6 +255,7 @@ impl Point {
         Ok(Prepared {
             pages,
             bases,
+            processes,
             workloads: built,
             policy,
             cost,
@@ -270,6 +273,8 @@ pub struct Prepared {
     pub pages: u32,
     /// Where each workload's pages start.
     pub bases: Vec<u32>,
+    /// Each workload's process.
+    pub processes: Vec<u32>,
     /// The workloads.
     pub workloads: Vec<Box<dyn Workload>>,
     /// The policy.
@@ -294,12 +299,18 @@ impl core::fmt::Debug for Prepared {
 }
 
 impl Prepared {
+    /// Which process each managed page belongs to ([`engine::pages::process_runs`]): a
+    /// mechanism maps each process's pages in an address space of its own.
+    pub fn process_runs(&self) -> Vec<(u32, u32, u32)> {
+        engine::pages::process_runs(&self.bases, &self.processes, self.pages)
+    }
+
     /// Runs the point over `mech` (which manages `self.pages` pages).
     pub fn run(self, mech: &mut dyn Mechanism) -> Result<Outcome, MechError> {
         let mut e = Engine::new(self.pages, &self.capacities, self.cost, self.policy, mech, self.cfg);
         e.set_scheduler(self.scheduler);
-        for (w, base) in self.workloads.into_iter().zip(self.bases) {
-            e.add(w, base);
+        for ((w, base), process) in self.workloads.into_iter().zip(self.bases).zip(self.processes) {
+            e.add_in(w, base, process);
         }
         e.run()
     }
@@ -383,7 +394,12 @@ pub fn result_json(p: &Point, o: &Outcome, mechanism: &str) -> String {
             for w in &o.workloads {
                 j.item(|j| {
                     j.str("name", &w.name);
+                    j.num("process", w.process);
                     j.num("pages", w.pages);
+                    j.num("faults", w.counts.faults);
+                    j.num("to_dev", w.counts.to_dev);
+                    j.num("to_cpu", w.counts.to_cpu);
+                    j.num("evicted", w.counts.evicted);
                     j.num("steps", w.steps);
                     j.fixed("end_ns", w.end_ns, 1);
                     j.str_or_null("error", w.error.as_deref());

@@ -298,6 +298,13 @@ pub const COMMON: &[ParamDef] = &[
     ),
     ParamDef::int("iterations", 0, 0, 10_000, "iterations (0: the generator's default)"),
     ParamDef::int("seed", 1, 0, i64::MAX, "random seed"),
+    ParamDef::int(
+        "process",
+        0,
+        0,
+        PROCESSES as i64 - 1,
+        "the process (address space) it runs in: workloads of one point with different numbers are separate processes sharing the devices, each device mirroring each process",
+    ),
     ParamDef::text(
         "allocation",
         "pages",
@@ -305,6 +312,9 @@ pub const COMMON: &[ParamDef] = &[
         "pages: arrays page-aligned, one after another; uvmsmart: as UVMSmart's cudaMallocManaged rounds them (2 MiB pages, then a power of two from 64 KiB), each from a 2 MiB boundary (an experiment's scale = \"device_memory\" sizes devices from the rounded sizes)",
     ),
 ];
+
+/// Processes one point may have (a device mirrors this many address spaces at once).
+pub const PROCESSES: u32 = 4;
 
 /// Every workload.
 pub const ALL: &[WorkloadDef] = &[

@@ -27,7 +27,7 @@ fn run_real(p: &Point) -> Result<hmm::place::engine::Outcome, String> {
     let vram = vram::all().map_err(|e| e.to_string())?;
     let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
     let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
-    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    let mut m = Real::new(prepared.pages, vram, &prepared.process_runs()).map_err(|e| e.to_string())?;
     prepared.run(&mut m).map_err(|e| e.to_string())
 }
 
@@ -53,6 +53,65 @@ pub fn two_devices_peer_migration(_s: &crate::System) -> crate::ktest::TestResul
     Ok(())
 }
 
+/// Two processes in one point (issue 27): two ping-pongs, one per process, at once with two
+/// CPU cores, over both devices at 150 % of their memory. Each process's pages are in its own
+/// address space (the other's are not mapped there), every device mirrors both, each core has
+/// a worker per process, and the run ends with every page's data checked. Each workload's own
+/// counters are its pages' and add up to the point's.
+pub fn processes_share_the_devices(_s: &crate::System) -> crate::ktest::TestResult {
+    let mut p = point(vec![256, 256], "on-touch", "lru4k", "pingpong", 1.5);
+    let mut second = p.workloads[0].clone();
+    second.1.set("device", Value::Text("dev1".into()));
+    second.1.set("process", Value::Int(1));
+    p.workloads.push(second);
+    p.run.set("cpus", Value::Int(smp::count().min(2) as i64));
+    let vram = vram::all().map_err(|e| e.to_string())?;
+    let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
+    let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
+    let runs = prepared.process_runs();
+    if runs.len() != 2 || runs[0].2 != 0 || runs[1].2 != 1 {
+        return Err(format!("the point's pages are not split between two processes: {runs:?}"));
+    }
+    let mut m = Real::new(prepared.pages, vram, &runs).map_err(|e| e.to_string())?;
+    if m.spaces.len() != 2 {
+        return Err(format!("{} address spaces for two processes", m.spaces.len()));
+    }
+    let (a, b) = (runs[0], runs[1]);
+    if m.spaces[0].lock().lookup(Real::va(b.0)).is_some() || m.spaces[1].lock().lookup(Real::va(a.0)).is_some() {
+        return Err("a process maps the other's pages".into());
+    }
+    for v in vram.iter().filter(|v| v.dev().mmu().is_some()) {
+        let n = v.dev().mirrors_bound();
+        if n < 2 {
+            return Err(format!("dev{} mirrors {n} address spaces during a point of two processes", v.device()));
+        }
+    }
+    let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
+    let procs: Vec<u32> = o.workloads.iter().map(|w| w.process).collect();
+    if procs != [0, 1] {
+        return Err(format!("the workloads ran in processes {procs:?}"));
+    }
+    let sum = |f: fn(&hmm::place::engine::WorkloadCounts) -> u64| o.workloads.iter().map(|w| f(&w.counts)).sum::<u64>();
+    let s = &o.stats;
+    if sum(|c| c.to_dev) != s.to_dev
+        || sum(|c| c.to_cpu) != s.to_cpu
+        || sum(|c| c.evicted) != s.evicted
+        || sum(|c| c.faults) != s.dev_faults + s.cpu_faults
+    {
+        return Err(format!("the workloads' counts do not add up to the point's: {:?} against {s:?}", o.workloads));
+    }
+    if o.workloads.iter().any(|w| w.counts.to_dev == 0 || w.error.is_some()) {
+        return Err(format!("a process's pages never moved, or it stopped: {:?}", o.workloads));
+    }
+    drop(m);
+    for v in vram.iter().filter(|v| v.dev().mmu().is_some()) {
+        if v.dev().mirrors_bound() != 0 {
+            return Err(format!("dev{} still mirrors {} spaces after the point", v.device(), v.dev().mirrors_bound()));
+        }
+    }
+    Ok(())
+}
+
 /// Two CPU↔device ping-pongs at once (with dev0 and with dev1) with two CPU cores: their CPU
 /// phases overlap, so the
 /// engine puts them on both cores, and core 1's accesses are made on CPU 1 (its worker)
@@ -70,9 +129,9 @@ pub fn cpu_phases_run_on_their_core(_s: &crate::System) -> crate::ktest::TestRes
     let vram = vram::all().map_err(|e| e.to_string())?;
     let have: Vec<u32> = vram.iter().map(|v| v.bar_pages() as u32).collect();
     let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
-    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    let mut m = Real::new(prepared.pages, vram, &prepared.process_runs()).map_err(|e| e.to_string())?;
     let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
-    let served = m.workers.get(1).and_then(|w| w.as_ref()).map_or(0, |w| w.mail.served.load(Ordering::Relaxed));
+    let served = m.workers[0].get(1).and_then(|w| w.as_ref()).map_or(0, |w| w.mail.served.load(Ordering::Relaxed));
     let busy: Vec<f64> = o.procs.iter().filter(|p| p.name.starts_with("cpu")).map(|p| p.busy_ns).collect();
     if served == 0 || busy.len() != 2 || busy.iter().any(|&b| b <= 0.0) || o.stats.to_cpu == 0 {
         return Err(format!("core 1 made {served} accesses; CPU busy {busy:?}; stats {:?}", o.stats));
@@ -132,7 +191,7 @@ pub fn a_failed_migration_does_not_poison_the_next_point(_s: &crate::System) -> 
 /// The mechanism refuses what the page tables contradict.
 pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
     let vram = vram::all().map_err(|e| e.to_string())?;
-    let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
+    let mut m = Real::new(16, vram, &[]).map_err(|e| e.to_string())?;
     let e = m.access(Loc::Dev(0), Loc::Dev(0), 3, true).err().ok_or("a device access to a RAM page passed")?;
     let want =
         MechError::Misplaced { page: 3, op: PageOp::Access(Loc::Dev(0)), expected: Loc::Dev(0), found: Loc::Cpu };
@@ -145,7 +204,7 @@ pub fn disagreement_is_caught(_s: &crate::System) -> crate::ktest::TestResult {
     // the migration filled; a remote one to a RAM page needs the device fault's mapping first
     // (an access the device MMU cannot translate is refused, not faulted in behind the
     // engine's back); migrating the page back invalidates the mirror.
-    let mirror = m.mirrors.first().cloned().flatten().ok_or("dev0 has no MMU mirror")?;
+    let mirror = m.mirrors[0].first().cloned().flatten().ok_or("dev0 has no MMU mirror")?;
     if m.device_translate(0, 3, true) != Ok(Some(Loc::Dev(0))) || m.device_translate(0, 5, false) != Ok(None) {
         return Err("dev0's MMU translations of pages 3 and 5 are not local and missing".into());
     }
@@ -223,7 +282,7 @@ pub fn read_duplication_on_two_devices(_s: &crate::System) -> crate::ktest::Test
 /// Where device `d`'s MMU mirror takes each of the first `pages` pages: `(local, ram, none)`
 /// counts, after checking every RAM translation against the CPU page table.
 fn mirror_view(m: &Real, d: usize, pages: u32) -> Result<(u32, u32, u32), String> {
-    let mirror = m.mirrors.get(d).and_then(|x| x.as_ref()).ok_or(format!("dev{d} has no MMU mirror"))?;
+    let mirror = m.mirrors[0].get(d).and_then(|x| x.as_ref()).ok_or(format!("dev{d} has no MMU mirror"))?;
     let (mut local, mut ram, mut none) = (0, 0, 0);
     for p in 0..pages {
         match mirror.translate(Real::va(p)).map(|t| t.at) {
@@ -249,7 +308,7 @@ pub fn policy_decisions_are_seen_in_the_device_mmu(_s: &crate::System) -> crate:
             p.policy_params.set("accessed_by", Value::Bool(true));
         }
         let prepared = p.prepare(&have).map_err(|e| e.to_string())?;
-        let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+        let mut m = Real::new(prepared.pages, vram, &prepared.process_runs()).map_err(|e| e.to_string())?;
         let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
         let touched = o.workloads[0].pages;
         let (local, ram, none) = mirror_view(&m, 0, touched)?;
@@ -310,7 +369,7 @@ pub fn the_policy_chooses_the_cpu_fault_window(_s: &crate::System) -> crate::kte
     let mut prepared = p.prepare(&have).map_err(|e| e.to_string())?;
     prepared.policy = alloc::boxed::Box::new(Window16);
     let before = *vram[0].stats.lock();
-    let mut m = Real::new(prepared.pages, vram).map_err(|e| e.to_string())?;
+    let mut m = Real::new(prepared.pages, vram, &prepared.process_runs()).map_err(|e| e.to_string())?;
     let o = prepared.run(&mut m).map_err(|e| e.to_string())?;
     drop(m);
     let after = *vram[0].stats.lock();
@@ -330,7 +389,7 @@ pub fn the_policy_chooses_the_cpu_fault_window(_s: &crate::System) -> crate::kte
 /// CPU), read copies are refused too, and after evicting 2 pages, 2 more fit.
 pub fn a_full_device_refuses_past_the_points_capacity(_s: &crate::System) -> crate::ktest::TestResult {
     let vram = vram::all().map_err(|e| e.to_string())?;
-    let mut m = Real::new(16, vram).map_err(|e| e.to_string())?;
+    let mut m = Real::new(16, vram, &[]).map_err(|e| e.to_string())?;
     m.set_capacities(&[4]);
     m.migrate(0, 8, Loc::Cpu, Loc::Dev(0)).map_err(|e| e.to_string())?;
     let at = |m: &mut Real| (0..8).map(|p| m.resident(p)).collect::<Result<Vec<Loc>, MechError>>();

@@ -1,6 +1,8 @@
-//! The real devices as a [`Mechanism`] ([`Real`]): a point's managed pages in a fresh
-//! process, migrations by the devices' DMA engines, device accesses through their MMU
-//! mirrors, and the teardown that leaves nothing behind (see the experiment module's header).
+//! The real devices as a [`Mechanism`] ([`Real`]): a point's managed pages in fresh
+//! processes (one address space per process the point's workloads name, each page in its
+//! workload's), migrations by the devices' DMA engines, device accesses through their MMU
+//! mirrors (each device mirrors every process, each in its own window of the device's domain),
+//! and the teardown that leaves nothing behind (see the experiment module's header).
 
 use super::worker::Worker;
 use super::*;
@@ -24,13 +26,17 @@ use hmm::place::{Loc, PAGE};
 
 /// The real devices as a [`Mechanism`].
 pub(super) struct Real {
-    space: Arc<SharedSpace>,
+    /// One address space per process of the point.
+    pub(super) spaces: Vec<Arc<SharedSpace>>,
+    /// `(first, end, space)`: which space each run of pages is in, covering every page.
+    runs: Vec<(u32, u32, usize)>,
     vram: Vec<Arc<Vram>>,
     writes: Vec<u32>,
     /// The CPU core the engine runs CPU accesses on now.
     core: usize,
-    /// A worker per CPU other than the boot CPU, started when the engine first uses it.
-    pub(super) workers: Vec<Option<Worker>>,
+    /// Per space, a worker per CPU other than the boot CPU, started when the engine first
+    /// uses it.
+    pub(super) workers: Vec<Vec<Option<Worker>>>,
     /// Read copies: (page, device) → the copy's page in that device's memory.
     copies: alloc::collections::BTreeMap<(u32, u8), u64>,
     /// Mappings no device MMU holds: a device's mapping of a page in another device's memory
@@ -38,9 +44,9 @@ pub(super) struct Real {
     /// RAM), and every mapping of a device without an MMU mirror. Dropped when the page moves,
     /// as the mirrors' are by the migration's invalidation.
     soft_maps: alloc::collections::BTreeSet<(u32, u8)>,
-    /// Each device's MMU mirror of the point's address space (`None`: the device has no MMU,
-    /// and its accesses go to the page's physical address).
-    pub(super) mirrors: Vec<Option<Arc<DevMirror>>>,
+    /// Per space, each device's MMU mirror of it (`None`: the device has no MMU, and its
+    /// accesses go to the page's physical address).
+    pub(super) mirrors: Vec<Vec<Option<Arc<DevMirror>>>>,
     /// Set when an error of the mechanism (not of a check) was returned.
     mech_failed: core::cell::Cell<bool>,
     /// The device MMU translation [`Mechanism::device_translate`] just gave (device, page,
@@ -68,17 +74,37 @@ struct Located {
 }
 
 impl Real {
-    pub(super) fn new(pages: u32, vram: &[Arc<Vram>]) -> Result<Self, MechError> {
+    /// The point's `pages` over the devices of `vram`, in the processes `procs` says
+    /// (`(first, end, process)` runs covering every page: [`hmm::place::spec::Prepared::process_runs`]).
+    pub(super) fn new(pages: u32, vram: &[Arc<Vram>], procs: &[(u32, u32, u32)]) -> Result<Self, MechError> {
         let mm = uspace::mm();
-        let space = mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?);
-        hmm::place::engine::pages::map(&mut space.lock(), pages)?;
+        let mut numbers: Vec<u32> = procs.iter().map(|r| r.2).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let mut spaces = Vec::new();
+        for _ in &numbers {
+            spaces.push(mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?));
+        }
+        let runs: Vec<(u32, u32, usize)> = if procs.is_empty() {
+            vec![(0, pages, 0)]
+        } else {
+            procs.iter().map(|&(a, b, n)| (a, b, numbers.iter().position(|&x| x == n).unwrap_or(0))).collect()
+        };
+        if spaces.is_empty() {
+            spaces.push(mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?));
+        }
+        for &(a, b, sp) in &runs {
+            hmm::place::engine::pages::map_range(&mut spaces[sp].lock(), a, b)?;
+        }
+        let n = spaces.len();
         // From here on a failure drops what was set up so far (Real's teardown).
         let mut real = Real {
-            space,
+            spaces,
+            runs,
             vram: vram.to_vec(),
             writes: vec![0; pages as usize],
             core: 0,
-            workers: (0..smp::count()).map(|_| None).collect(),
+            workers: (0..n).map(|_| (0..smp::count()).map(|_| None).collect()).collect(),
             copies: alloc::collections::BTreeMap::new(),
             soft_maps: alloc::collections::BTreeSet::new(),
             mirrors: Vec::new(),
@@ -94,23 +120,52 @@ impl Real {
         let mut page = vec![0u8; PAGE as usize];
         for p in 0..pages as u64 {
             page[8..16].copy_from_slice(&hmm::place::engine::pages::identity(p).to_le_bytes());
-            uspace::run(&real.space, |u| u.write(BASE + p * PAGE, &page))
+            uspace::run(real.space(p as u32), |u| u.write(BASE + p * PAGE, &page))
                 .map_err(|f| MechError::Setup(SetupStep::Fill { page: p, error: f.error }))?;
         }
-        for v in vram {
-            let m = match devmmu::bind(v.device(), &real.space) {
-                Ok(m) => Some(m),
-                Err(DevError::Busy(n)) => {
-                    return Err(MechError::Setup(SetupStep::MmuBusy(n)));
-                }
-                Err(e) => {
-                    log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
-                    None
-                }
-            };
-            real.mirrors.push(m);
+        for sp in 0..real.spaces.len() {
+            let mut mirrors = Vec::new();
+            for v in vram {
+                let m = match devmmu::bind(v.device(), &real.spaces[sp]) {
+                    Ok(m) => Some(m),
+                    Err(DevError::Busy(n) | DevError::AlreadyBound(n)) => {
+                        return Err(MechError::Setup(SetupStep::MmuBusy(n)));
+                    }
+                    Err(e) => {
+                        log::debug!("experiment: dev{}: no device MMU mirror ({e}); physical accesses", v.device());
+                        None
+                    }
+                };
+                mirrors.push(m);
+            }
+            real.mirrors.push(mirrors);
         }
         Ok(real)
+    }
+
+    /// The index of the space page `p` is in.
+    fn space_of(&self, p: u32) -> usize {
+        let i = self.runs.partition_point(|r| r.1 <= p);
+        self.runs.get(i).map_or(0, |r| r.2)
+    }
+
+    /// The address space page `p` is in.
+    fn space(&self, p: u32) -> &Arc<SharedSpace> {
+        &self.spaces[self.space_of(p)]
+    }
+
+    /// `[first, first + pages)` cut where the space changes: `(space, first, pages)` each.
+    fn by_space(&self, first: u32, pages: u32) -> Vec<(usize, u32, u32)> {
+        let end = first.saturating_add(pages);
+        let mut out = Vec::new();
+        let mut p = first;
+        while p < end {
+            let i = self.runs.partition_point(|r| r.1 <= p);
+            let (stop, sp) = self.runs.get(i).map_or((end, 0), |r| (r.1.min(end), r.2));
+            out.push((sp, p, stop - p));
+            p = stop;
+        }
+        out
     }
 
     /// Called by every operation that can move a page or change a mapping, before it does:
@@ -163,7 +218,7 @@ impl Real {
 
     /// Where page `p` really is, and the physical address of its data.
     fn locate(&self, p: u32) -> Result<(Loc, u64), MechError> {
-        let e = self.space.lock().lookup(Self::va(p)).ok_or(MechError::Entry { page: p, pte: None })?;
+        let e = self.space(p).lock().lookup(Self::va(p)).ok_or(MechError::Entry { page: p, pte: None })?;
         // A device's page (private, or coherent and so also present), else a RAM page.
         for (d, v) in self.vram.iter().enumerate() {
             if let Some((pfn, pa)) = v.held_at(&e.pte) {
@@ -206,9 +261,9 @@ impl Real {
         Ok(at)
     }
 
-    /// Device `d`'s MMU mirror, if it has one.
-    fn mirror(&self, d: u8) -> Option<&Arc<DevMirror>> {
-        self.mirrors.get(d as usize).and_then(|m| m.as_ref())
+    /// Device `d`'s MMU mirror of the space page `p` is in, if it has one.
+    fn mirror(&self, d: u8, p: u32) -> Option<&Arc<DevMirror>> {
+        self.mirrors.get(self.space_of(p)).and_then(|ms| ms.get(d as usize)).and_then(|m| m.as_ref())
     }
 
     /// A device fault on `[first, first + pages)` through device `d`'s mirror
@@ -264,53 +319,9 @@ impl Real {
         }
     }
 
-    fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
-        self.vram.get(d as usize).ok_or(MechError::NoDevice(d))
-    }
-}
-
-fn ns_since(t0: u64) -> u64 {
-    time::cycles_to_ns(time::rdtsc().saturating_sub(t0)).unwrap_or(0)
-}
-
-impl Mechanism for Real {
-    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
-        self.changed();
-        self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
-    }
-
-    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
-        self.seen = None;
-        if !write && self.copy_of(page, dev).is_some() {
-            return Ok(Some(Loc::Dev(dev)));
-        }
-        if self.soft_mapped(page, dev) {
-            return Ok(Some(self.locate(page)?.0));
-        }
-        let Some(m) = self.mirror(dev) else {
-            // No MMU: the device reaches its own memory, and nothing else unless mapped.
-            let here = self.locate(page)?.0;
-            return Ok((here == Loc::Dev(dev)).then_some(here));
-        };
-        // The translation this epoch already walked and checked against the CPU page table
-        // (`access_page`): the mirror has not changed since, as every change to it (a
-        // migration's invalidation, a fault, a mapping) begins a new epoch ([`Real::changed`]).
-        // A mirror that missed an invalidation is still caught: by the first access after it.
-        let cached = self.located.get(page as usize).map(core::cell::Cell::get);
-        let t = match cached {
-            Some(Located { epoch, agreed: Some((d, t)), .. }) if epoch == self.epoch && d == dev => Some(t),
-            _ => m.translate(Self::va(page)),
-        };
-        self.seen = t.map(|t| (dev, page, t));
-        Ok(t.filter(|t| t.write || !write).map(|t| match t.at {
-            Where::Local(_) => Loc::Dev(dev),
-            Where::Ram(_) => Loc::Cpu,
-        }))
-    }
-
-    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
-        self.changed();
-        let mirror = self.mirror(dev).cloned();
+    /// [`Mechanism::map_remote`] of pages of one space.
+    fn map_remote_in(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
+        let mirror = self.mirror(dev, first).cloned();
         let mut run: Option<(u32, u32)> = None;
         for p in first..first + pages {
             let here = self.locate(p)?.0;
@@ -338,13 +349,67 @@ impl Mechanism for Real {
         Ok(())
     }
 
+    fn vram(&self, d: u8) -> Result<&Arc<Vram>, MechError> {
+        self.vram.get(d as usize).ok_or(MechError::NoDevice(d))
+    }
+}
+
+fn ns_since(t0: u64) -> u64 {
+    time::cycles_to_ns(time::rdtsc().saturating_sub(t0)).unwrap_or(0)
+}
+
+impl Mechanism for Real {
+    fn migrate(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
+        self.changed();
+        self.migrate_pages(first, pages, from, to).map_err(|e| self.mech(e))
+    }
+
+    fn device_translate(&mut self, dev: u8, page: u32, write: bool) -> Result<Option<Loc>, MechError> {
+        self.seen = None;
+        if !write && self.copy_of(page, dev).is_some() {
+            return Ok(Some(Loc::Dev(dev)));
+        }
+        if self.soft_mapped(page, dev) {
+            return Ok(Some(self.locate(page)?.0));
+        }
+        let Some(m) = self.mirror(dev, page) else {
+            // No MMU: the device reaches its own memory, and nothing else unless mapped.
+            let here = self.locate(page)?.0;
+            return Ok((here == Loc::Dev(dev)).then_some(here));
+        };
+        // The translation this epoch already walked and checked against the CPU page table
+        // (`access_page`): the mirror has not changed since, as every change to it (a
+        // migration's invalidation, a fault, a mapping) begins a new epoch ([`Real::changed`]).
+        // A mirror that missed an invalidation is still caught: by the first access after it.
+        let cached = self.located.get(page as usize).map(core::cell::Cell::get);
+        let t = match cached {
+            Some(Located { epoch, agreed: Some((d, t)), .. }) if epoch == self.epoch && d == dev => Some(t),
+            _ => m.translate(Self::va(page)),
+        };
+        self.seen = t.map(|t| (dev, page, t));
+        Ok(t.filter(|t| t.write || !write).map(|t| match t.at {
+            Where::Local(_) => Loc::Dev(dev),
+            Where::Ram(_) => Loc::Cpu,
+        }))
+    }
+
+    fn map_remote(&mut self, first: u32, pages: u32, dev: u8, read_only: bool) -> Result<(), MechError> {
+        self.changed();
+        for (_, a, n) in self.by_space(first, pages) {
+            self.map_remote_in(a, n, dev, read_only)?;
+        }
+        Ok(())
+    }
+
     fn unmap_remote(&mut self, first: u32, pages: u32, dev: u8) -> Result<(), MechError> {
         self.changed();
-        if let Some(m) = self.mirror(dev).cloned() {
-            let va = Self::va(first);
-            m.unmap_remote(va, va + pages as u64 * PAGE).map_err(|e| {
-                self.mech(MechError::Mirror { dev, page: first, fault: MirrorFault::Fault(e.to_string()) })
-            })?;
+        for (_, a, n) in self.by_space(first, pages) {
+            if let Some(m) = self.mirror(dev, a).cloned() {
+                let va = Self::va(a);
+                m.unmap_remote(va, va + n as u64 * PAGE).map_err(|e| {
+                    self.mech(MechError::Mirror { dev, page: a, fault: MirrorFault::Fault(e.to_string()) })
+                })?;
+            }
         }
         for p in first..first + pages {
             self.soft_maps.remove(&(p, dev));
@@ -369,11 +434,15 @@ impl Mechanism for Real {
         self.changed();
         let t0 = time::rdtsc();
         let from = self.locate(page)?.0;
-        let end = first.saturating_add(pages).min(self.writes.len() as u32);
+        // The window stays in the faulting page's process: another's pages are not its to move.
+        let i = self.runs.partition_point(|r| r.1 <= page);
+        let (lo, hi) = self.runs.get(i).map_or((0, self.writes.len() as u32), |r| (r.0, r.1));
+        let first = first.max(lo);
+        let end = first.saturating_add(pages).min(self.writes.len() as u32).min(hi);
         let held: Vec<u32> = (first..end).filter(|&p| self.locate(p).is_ok_and(|(l, _)| l == from)).collect();
         // The access faults on its core (#PF, `uspace::handle_page_fault`), and the device's
         // `migrate_to_ram` migrates the window the policy chose.
-        let space = self.space.clone();
+        let space = self.space(page).clone();
         hmm::place::engine::pages::fault_in_window(&space, page, from, (first, end), || self.cpu_access(page, write))?;
         // Mappings no mirror holds go with the pages that moved (the mirrors' went in the
         // migration's invalidation).
@@ -431,7 +500,16 @@ impl Mechanism for Real {
 impl Real {
     fn migrate_pages(&mut self, first: u32, pages: u32, from: Loc, to: Loc) -> Result<u64, MechError> {
         let t0 = time::rdtsc();
+        for (sp, a, n) in self.by_space(first, pages) {
+            self.migrate_in(sp, a, n, from, to)?;
+        }
+        Ok(ns_since(t0))
+    }
+
+    /// [`Self::migrate_pages`] of pages of space `sp`.
+    fn migrate_in(&mut self, sp: usize, first: u32, pages: u32, from: Loc, to: Loc) -> Result<(), MechError> {
         let (va, n) = (Self::va(first), pages as u64);
+        let space = self.spaces[sp].clone();
         let declined = |r: &Self| {
             [from.dev(), to.dev()]
                 .into_iter()
@@ -442,11 +520,9 @@ impl Real {
         };
         let declined0 = declined(self);
         let moved = match (from, to) {
-            (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &self.space, va, n),
-            (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &self.space, va, n),
-            (Loc::Dev(a), Loc::Dev(b)) => {
-                vram::migrate_device_to_device(self.vram(a)?, self.vram(b)?, &self.space, va, n)
-            }
+            (Loc::Cpu, Loc::Dev(d)) => vram::migrate_to_device(self.vram(d)?, &space, va, n),
+            (Loc::Dev(d), Loc::Cpu) => vram::migrate_to_ram(self.vram(d)?, &space, va, n),
+            (Loc::Dev(a), Loc::Dev(b)) => vram::migrate_device_to_device(self.vram(a)?, self.vram(b)?, &space, va, n),
             (Loc::Cpu, Loc::Cpu) => Ok(0),
         }
         .map_err(|e| MechError::Device { op: DeviceOp::Migrate { first, pages, from, to }, cause: e.to_string() })?;
@@ -469,7 +545,7 @@ impl Real {
             }
         }
         // The destination device maps what it received, as a fault batch's migration does.
-        if let (Loc::Dev(d), Some(m)) = (to, self.mirror(to.dev().unwrap_or(0) as u8).cloned()) {
+        if let (Loc::Dev(d), Some(m)) = (to, self.mirror(to.dev().unwrap_or(0) as u8, first).cloned()) {
             // (A device without an MMU reaches its own memory physically: nothing to map.)
             if moved == n {
                 self.mirror_fault(&m, d, first, pages)?;
@@ -481,7 +557,7 @@ impl Real {
                 }
             }
         }
-        Ok(ns_since(t0))
+        Ok(())
     }
 
     fn duplicate_pages(&mut self, first: u32, pages: u32, from: Loc, dev: u8) -> Result<u64, MechError> {
@@ -526,7 +602,8 @@ impl Real {
         } else {
             // A device access: through the device's MMU mirror when it has one (local memory,
             // or RAM mapped remotely), which must agree with the CPU page table.
-            let pa = match (by, self.mirrors.get(by.dev().unwrap_or(0))) {
+            let mirrors = self.mirrors.get(self.space_of(page));
+            let pa = match (by, mirrors.and_then(|ms| ms.get(by.dev().unwrap_or(0)))) {
                 (Loc::Dev(d), Some(Some(m))) if !self.soft_mapped(page, d) => {
                     let seen = seen.filter(|&(sd, sp, _)| (sd, sp) == (d, page)).map(|(_, _, t)| t);
                     match (seen, here.agreed) {
@@ -559,15 +636,16 @@ impl Real {
     fn cpu_access(&mut self, page: u32, write: bool) -> Result<(), MechError> {
         if self.core != 0 {
             // That CPU's worker makes the access.
-            let core = self.core;
-            if self.workers[core].is_none() {
-                self.workers[core] = Some(Worker::start(core, self.space.clone()).map_err(|e| self.mech(e))?);
+            let (core, sp) = (self.core, self.space_of(page));
+            if self.workers[sp][core].is_none() {
+                let w = Worker::start(core, self.spaces[sp].clone()).map_err(|e| self.mech(e))?;
+                self.workers[sp][core] = Some(w);
             }
-            let w = self.workers[core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
+            let w = self.workers[sp][core].as_ref().ok_or(MechError::Setup(SetupStep::NoWorker(core)))?;
             w.access(page, write).map_err(|e| self.mech(e))?;
         } else {
             let va = Self::va(page);
-            let r = uspace::run(&self.space, |u| {
+            let r = uspace::run(self.space(page), |u| {
                 let v = u.read_u64(va)?;
                 if write { u.write_u64(va, v + 1) } else { Ok(()) }
             });
@@ -585,7 +663,7 @@ impl Drop for Real {
         // The workers leave the address space first, the device MMUs stop mirroring it, and
         // the read copies go back to their devices.
         self.workers.clear();
-        for m in self.mirrors.drain(..).flatten() {
+        for m in self.mirrors.drain(..).flatten().flatten() {
             if let Err(e) = m.unbind() {
                 log::warn!("experiment: unbinding a device MMU: {e}");
             }
@@ -596,9 +674,10 @@ impl Drop for Real {
             }
         }
         // Unmapping frees the device pages for the next point.
-        let len = self.writes.len() as u64 * PAGE;
-        if let Err(e) = self.space.lock().munmap(BASE, len) {
-            log::warn!("experiment: unmapping the point's memory: {e}");
+        for &(a, b, sp) in &self.runs {
+            if let Err(e) = self.spaces[sp].lock().munmap(Self::va(a), (b - a) as u64 * PAGE) {
+                log::warn!("experiment: unmapping the point's memory: {e}");
+            }
         }
         for v in &self.vram {
             v.set_limit(None);

@@ -1,6 +1,7 @@
-//! The CPU workers: a task pinned to each CPU other than the boot CPU, running in the point's
-//! address space, that makes the CPU accesses the engine schedules on that core (see the
-//! experiment module's header), handed over through a [`Mailbox`].
+//! The CPU workers: a task pinned to each CPU other than the boot CPU, per process of the
+//! point, running in that process's address space, that makes the CPU accesses the engine
+//! schedules on that core (see the experiment module's header), handed over through a
+//! [`Mailbox`]. An idle worker parks, so the workers of several processes share a core.
 
 use super::*;
 use crate::arch::time;
@@ -24,8 +25,10 @@ pub(super) struct Mailbox {
     seq: AtomicU64,
     ack: AtomicU64,
     quit: AtomicBool,
-    /// The worker is (about to be) halted: a new request must kick it.
+    /// The worker is (about to be) parked: a new request must wake it.
     sleeping: AtomicBool,
+    /// The worker's task, to wake ([`sched::unpark`]); set as it starts.
+    task: spin::Mutex<Option<sched::TaskRef>>,
     error: spin::Mutex<Option<MechError>>,
     /// Accesses this worker made.
     pub(super) served: AtomicU64,
@@ -41,25 +44,30 @@ pub(super) struct Worker {
     task: Option<sched::JoinHandle<()>>,
 }
 
-/// Polls of an empty mailbox before a worker halts.
+/// Polls of an empty mailbox before a worker parks.
 pub(super) const IDLE_SPINS: u32 = 2000;
+/// The longest a worker stays parked without a request (it then looks again).
+const PARK_MS: u64 = 10;
 
 impl Worker {
     pub(super) fn start(cpu: usize, space: Arc<SharedSpace>) -> Result<Self, MechError> {
         let mail = Arc::new(Mailbox::default());
         let m = mail.clone();
         let task = sched::spawn_on(cpu, move || {
+            *m.task.lock() = Some(sched::me());
             uspace::run(&space, |u| {
                 let (mut last, mut idle) = (0, 0u32);
                 while !m.quit.load(Ordering::Acquire) {
                     let seq = m.seq.load(Ordering::Acquire);
                     if seq == last {
-                        // Spin a little, then sleep until the boot CPU's kick (or a tick).
+                        // Spin a little, then park until the boot CPU wakes it (or a tick
+                        // passes): off the run queue, so the CPU's other workers (other
+                        // processes' on this core) run meanwhile.
                         idle += 1;
                         if idle > IDLE_SPINS {
                             m.sleeping.store(true, Ordering::SeqCst);
                             if m.seq.load(Ordering::SeqCst) == last && !m.quit.load(Ordering::SeqCst) {
-                                x86_64::instructions::interrupts::enable_and_hlt();
+                                sched::park(Some(PARK_MS));
                             }
                             m.sleeping.store(false, Ordering::SeqCst);
                             idle = 0;
@@ -92,7 +100,7 @@ impl Worker {
         let seq = m.seq.load(Ordering::Relaxed) + 1;
         m.seq.store(seq, Ordering::SeqCst);
         if m.sleeping.load(Ordering::SeqCst) {
-            sched::kick(self.cpu);
+            self.wake();
         }
         let deadline = time::Deadline::after_ns(WORKER_TIMEOUT_NS);
         while m.ack.load(Ordering::Acquire) != seq {
@@ -108,10 +116,19 @@ impl Worker {
     }
 }
 
+impl Worker {
+    fn wake(&self) {
+        match *self.mail.task.lock() {
+            Some(t) => sched::unpark(t),
+            None => sched::kick(self.cpu),
+        }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.mail.quit.store(true, Ordering::SeqCst);
-        sched::kick(self.cpu);
+        self.wake();
         if let Some(t) = self.task.take()
             && let Err(e) = t.join(WORKER_TIMEOUT_NS / 1_000_000)
         {

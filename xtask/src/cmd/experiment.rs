@@ -366,6 +366,7 @@ pub fn report_experiment(
     let write = |name: &str, data: &str| run::write_atomic(dir, name, data.as_bytes());
     write("results.csv", &experiment::csv(l, results))?;
     write("results.columns.csv", &experiment::csv_columns(results))?;
+    write("workloads.csv", &experiment::workloads_csv(l, results))?;
     let plots = experiment::plots(l, results).map_err(|e| e.to_string())?;
     for (name, svg) in &plots {
         write(name, svg)?;
@@ -408,7 +409,7 @@ pub fn report_experiment(
         );
     }
     println!(
-        "results in {} (results.csv, summary.txt, {} plot(s){})",
+        "results in {} (results.csv, workloads.csv, summary.txt, {} plot(s){})",
         dir.display(),
         plots.len(),
         if traces.is_empty() { "" } else { ", trace.json for Perfetto / chrome://tracing" }

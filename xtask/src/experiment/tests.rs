@@ -42,6 +42,7 @@ fn shipped_experiments_load() {
         ("experiments/reproduce.toml", 242),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
+        ("experiments/tenants.toml", 4),
     ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
@@ -866,3 +867,31 @@ const PINNED_SUMMARY: &str = concat!(
     "stream                       tree-placement-…    1.5        7.41       16.5       66      120       18       24     0.0\n",
     "random-updates-of-a-long-na… tree-placement-…    1.5        8.64       14.1       77      140       21       28     0.0\n",
 );
+
+/// The tenants experiment's points run two processes; workloads.csv has a row per tenant with
+/// its process and counters, and summary.txt lists each tenant's share under its point.
+#[test]
+fn each_tenant_has_its_row_and_its_share() {
+    let l = super::load(&root().join("experiments/tenants.toml"), &root()).unwrap_or_else(|e| panic!("{e}"));
+    let p = &l.points[0];
+    let procs: Vec<i64> = p.workloads.iter().map(|(_, w)| w.int("process")).collect();
+    assert_eq!(procs, [0, 1], "{:?}", p.workloads);
+    let mut r = Results::new();
+    r.insert(
+        p.id,
+        serde_json::json!({
+            "id": p.id, "sim_ns": 2e6, "mechanism_ns": 1e6, "workloads": [
+                { "name": "stream", "process": 0, "pages": 384, "end_ns": 1.5e6, "faults": 7, "to_dev": 9, "to_cpu": 2, "evicted": 2 },
+                { "name": "zipf", "process": 1, "pages": 384, "end_ns": 2e6, "faults": 5, "to_dev": 6, "to_cpu": 1, "evicted": 1 },
+            ],
+        }),
+    );
+    let csv = workloads_csv(&l, &r);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[1].contains(",A-stream,0,384,1.500,7,9,2,2,"), "{csv}");
+    assert!(rows[2].contains(",B-zipf,1,384,2.000,5,6,1,1,"), "{csv}");
+    let sum = summary(&l, &r);
+    assert!(sum.contains("A-stream (process 0): 7 faults, 9 pages to devices, 2 evicted, ends at 1.50 ms"), "{sum}");
+    assert!(sum.contains("B-zipf (process 1): 5 faults"), "{sum}");
+}

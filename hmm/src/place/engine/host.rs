@@ -4,7 +4,9 @@
 //! It is the same hmm core the kernel's real mechanism drives, over the platform the host
 //! tests use: a memory manager ([`Mm`]) over [`FakePlatform`] (software page tables, RAM in a
 //! vector), the pagemap registry, one process address space with the point's managed pages
-//! mapped at [`BASE`] (2 MiB aligned, `madvise(NoHugePage)`, so migrations stay 4 KiB), each
+//! (the pages of every process a point's workloads name: this mechanism does not separate
+//! them, the kernel's real one gives each process its own space; the engine's decisions and
+//! results are the same either way) mapped at [`BASE`] (2 MiB aligned, `madvise(NoHugePage)`, so migrations stay 4 KiB), each
 //! page populated by the CPU with its identity word, and per device:
 //! - a [`DmirrorDevice`] (device-private memory with its own [`Owner`]) whose storage is
 //!   capped at the device's capacity in pages: its allocator refuses a page past it, read

@@ -222,8 +222,14 @@ impl Engine<'_> {
                     }
                 }
                 match (from, to) {
-                    (Loc::Cpu, _) => self.stats.to_dev += m as u64,
-                    (_, Loc::Cpu) => self.stats.to_cpu += m as u64,
+                    (Loc::Cpu, _) => {
+                        self.stats.to_dev += m as u64;
+                        self.charge(a, m, |c| &mut c.to_dev);
+                    }
+                    (_, Loc::Cpu) => {
+                        self.stats.to_cpu += m as u64;
+                        self.charge(a, m, |c| &mut c.to_cpu);
+                    }
                     _ => self.stats.dev_to_dev += m as u64,
                 }
                 if prefetch {
@@ -422,6 +428,8 @@ impl Engine<'_> {
             }
             self.stats.evicted += n as u64;
             self.stats.to_cpu += n as u64;
+            self.charge(first, n, |c| &mut c.evicted);
+            self.charge(first, n, |c| &mut c.to_cpu);
             let (s, e) = self.transfer(Loc::Dev(d), Loc::Cpu, n, w, *done);
             if buffered {
                 // These pages are usable once their write-back ends.

@@ -90,14 +90,33 @@ pub struct LinkStats {
 pub struct WorkloadResult {
     /// Its kind.
     pub name: String,
+    /// The process (address space) it ran in: workloads of one point with different numbers
+    /// are separate processes sharing the devices.
+    pub process: u32,
     /// Footprint, pages.
     pub pages: u32,
+    /// What happened to its own pages.
+    pub counts: WorkloadCounts,
     /// Steps run (a phase-graph workload: the times some of its phases were released together).
     pub steps: u32,
     /// When its last phase ended, ns.
     pub end_ns: f64,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
+}
+
+/// A workload's share of a run's counters: what happened to its own pages, whoever caused it
+/// (a page of one workload evicted to make room for another's counts as the first's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkloadCounts {
+    /// Device faults and CPU faults on device pages.
+    pub faults: u64,
+    /// Pages moved system → device.
+    pub to_dev: u64,
+    /// Pages moved device → system (eviction included).
+    pub to_cpu: u64,
+    /// Pages evicted.
+    pub evicted: u64,
 }
 
 /// A traced event.

@@ -29,6 +29,35 @@ pub fn identity(p: u64) -> u64 {
     p ^ MAGIC
 }
 
+/// Which process each managed page belongs to: `(first, end, process)` runs covering
+/// `0..pages` in order, adjacent runs of one process merged. A workload (based at `bases[i]`,
+/// in process `processes[i]`) owns its pages up to the next workload's base, the alignment
+/// gap included.
+pub fn process_runs(bases: &[u32], processes: &[u32], pages: u32) -> Vec<(u32, u32, u32)> {
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for (i, (&first, &process)) in bases.iter().zip(processes).enumerate() {
+        let end = bases.get(i + 1).copied().unwrap_or(pages).min(pages);
+        if first >= end {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if last.2 == process && last.1 == first => last.1 = end,
+            _ => runs.push((first, end, process)),
+        }
+    }
+    runs
+}
+
+/// Maps pages `[first, end)` at their places ([`va`]) in `space`, as [`map`] does: a
+/// process's share of the managed pages.
+pub fn map_range(space: &mut AddressSpace, first: u32, end: u32) -> Result<(), MechError> {
+    let (at, len) = (va(first), (end - first) as u64 * PAGE);
+    space
+        .mmap(MapRequest::anon(len, Prot::RW).fixed(at))
+        .map_err(|error| MechError::Setup(SetupStep::Mmap { len, error }))?;
+    space.madvise(at, len, Advice::NoHugePage).map_err(|e| MechError::Setup(SetupStep::Madvise(e)))
+}
+
 /// Maps `pages` anonymous pages at [`BASE`] in `space`, in 4 KiB pages (`madvise(NoHugePage)`,
 /// so migrations move what the engine asks and no more).
 pub fn map(space: &mut AddressSpace, pages: u32) -> Result<(), MechError> {
@@ -108,6 +137,16 @@ mod tests {
         w[..8].copy_from_slice(&count.to_le_bytes());
         w[8..].copy_from_slice(&id.to_le_bytes());
         w
+    }
+
+    #[test]
+    fn each_page_belongs_to_its_workloads_process() {
+        // Three workloads at 0, 512 and 1024 of 1536 pages: processes 0, 0, 1.
+        assert_eq!(process_runs(&[0, 512, 1024], &[0, 0, 1], 1536), vec![(0, 1024, 0), (1024, 1536, 1)]);
+        assert_eq!(process_runs(&[0, 512], &[1, 0], 1024), vec![(0, 512, 1), (512, 1024, 0)]);
+        // One process: one run, whatever the workloads.
+        assert_eq!(process_runs(&[0, 512, 1024], &[0, 0, 0], 1100), vec![(0, 1100, 0)]);
+        assert_eq!(process_runs(&[], &[], 0), vec![]);
     }
 
     #[test]

@@ -772,3 +772,25 @@ fn a_link_carries_an_eviction_out_while_a_fetch_comes_in() {
     let overlap = outs.iter().any(|&(a, b)| ins.iter().any(|&(c, d)| a < d && c < b));
     assert!(overlap, "no eviction overlaps a fetch on link0: {outs:?} / {ins:?}");
 }
+
+#[test]
+fn each_workload_counts_what_happened_to_its_own_pages() {
+    // Two workloads in two processes competing for 256 pages of one device: each one's
+    // counters are its pages', they add up to the point's, and the process is reported.
+    let (bases, pages) = layout(&[300, 300]);
+    let mut m = stack(pages, &[256]);
+    let mut e =
+        Engine::new(pages, &[256], CostModel::default(), policy("on-touch", &[], "lru4k"), &mut m, Config::default());
+    e.add_in(wl("stream", 300, Target::Dev(0), &[]), bases[0], 0);
+    e.add_in(wl("random", 300, Target::Dev(0), &[]), bases[1], 1);
+    let o = e.run().unwrap();
+    let w = &o.workloads;
+    assert_eq!((w[0].process, w[1].process), (0, 1));
+    let s = &o.stats;
+    assert!(s.evicted > 0, "no competition for the device: {s:?}");
+    assert_eq!(w[0].counts.to_dev + w[1].counts.to_dev, s.to_dev);
+    assert_eq!(w[0].counts.to_cpu + w[1].counts.to_cpu, s.to_cpu);
+    assert_eq!(w[0].counts.evicted + w[1].counts.evicted, s.evicted);
+    assert_eq!(w[0].counts.faults + w[1].counts.faults, s.dev_faults + s.cpu_faults);
+    assert!(w.iter().all(|w| w.counts.to_dev > 0 && w.counts.faults > 0), "{w:?}");
+}

@@ -426,6 +426,9 @@ impl Engine<'_> {
     pub(super) fn service(&mut self, d: u8, batch: &[Fault], clock: f64) -> Result<f64, MechError> {
         self.stats.batches += 1;
         self.stats.dev_faults += batch.len() as u64;
+        for f in batch {
+            self.charge(f.page, 1, |c| &mut c.faults);
+        }
         let wall0 = self.mech.now_ns();
         let mut plan = Plan::default();
         // The driver reads the device's access counters at fault time.
@@ -477,6 +480,7 @@ impl Engine<'_> {
     pub(super) fn cpu_fault(&mut self, proc: usize, p: u32, a: &Access, clock: f64) -> Result<f64, MechError> {
         use crate::place::policy::Action;
         self.stats.cpu_faults += 1;
+        self.charge(p, 1, |c| &mut c.faults);
         let wall0 = self.mech.now_ns();
         let mut plan = Plan::default();
         let cx = Ctx::new(&self.st, &self.cost, clock as u64).with_units(Units::new(&self.counter_units, 0));
@@ -538,6 +542,7 @@ impl Engine<'_> {
                 self.st.set_loc(q, Loc::Cpu, t as u64, false);
             }
             self.stats.to_cpu += n as u64;
+            self.charge(moved[i], n, |c| &mut c.to_cpu);
             // The fault's measured time goes with its first run.
             let (s, e) = self.transfer(from, Loc::Cpu, n, if i == 0 { fault_wall } else { 0 }, done);
             let lane = format!("link{}", from.dev().unwrap_or(0));
