@@ -23,6 +23,9 @@
 //! kind = "bfs"                        # any hmm::place::workload generator, with its parameters
 //! name = "bfs-6"                      # its label (default: its kind); labels are unique
 //! degree = 6
+//! process = 1                         # the process it runs in (0-3; default 0): with
+//!                                     # together, workloads of different processes share the
+//!                                     # devices as separate address spaces
 //! allocation = "uvmsmart"             # arrays rounded and 2 MiB-aligned as UVMSmart's
 //!                                     # cudaMallocManaged does; scale = "device_memory" then
 //!                                     # sizes devices from the rounded sizes (default "pages")
@@ -35,6 +38,9 @@
 //! workloads = ["bfs-6"]               # only some workloads, by label (default: all)
 //! [sweep]
 //! oversubscription = [1.0, 1.1]       # each ratio once
+//! together = true                     # all workloads in one point (default: one each)
+//! alone = true                        # with together: each workload's own points too, for
+//!                                     # its slowdown from sharing in workloads.csv
 //! scale = "footprint"                 # ratios scale footprints (default), or "device_memory":
 //!                                     # footprints fixed (footprint_pages, else device_memory),
 //!                                     # device memory = what the workloads allocate / ratio, as
@@ -155,6 +161,10 @@ pub struct Sweep {
     /// All workloads in one point (competing), instead of one point per workload.
     #[serde(default)]
     pub together: bool,
+    /// With `together`: also each workload alone (its own points, at the same ratios under
+    /// the same policies), so that workloads.csv gives each one's slowdown from sharing.
+    #[serde(default)]
+    pub alone: Option<Spanned<bool>>,
     /// What a ratio scales: `"footprint"` (the default: device memory as given, footprints
     /// ratio × it) or `"device_memory"` (footprints fixed, device memory footprint ÷ ratio).
     #[serde(default)]
@@ -267,6 +277,16 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     let pols = load_policies(&src, &exp, &run, &wls)?;
     let overs = oversubscriptions(&src, &exp)?;
     let scale_memory = scale(&src, &exp)?;
+    if let Some(a) = &exp.sweep.alone
+        && *a.get_ref()
+        && !exp.sweep.together
+    {
+        return Err(src.at(
+            a.span(),
+            "sweep.alone",
+            "alone adds each workload's own points beside the points that run them all together: set `together = true` too",
+        ));
+    }
     let unscaled = unscaled(&src, &exp, scale_memory)?;
     let repeat = repetitions(&src, &exp)?;
     let axes = Axes { devices, cost, pols, wls, overs, scale_memory, unscaled, repeat };
@@ -691,8 +711,12 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut keys = Vec::new();
     let mut reps = Vec::new();
     let mut over_full = None;
-    let groups: Vec<Vec<usize>> =
-        if exp.sweep.together { vec![(0..a.wls.len()).collect()] } else { (0..a.wls.len()).map(|i| vec![i]).collect() };
+    let alone = (0..a.wls.len()).map(|i| vec![i]);
+    let groups: Vec<Vec<usize>> = match (exp.sweep.together, exp.sweep.alone.as_ref().is_some_and(|x| *x.get_ref())) {
+        (true, true) => core::iter::once((0..a.wls.len()).collect()).chain(alone).collect(),
+        (true, false) => vec![(0..a.wls.len()).collect()],
+        (false, _) => alone.collect(),
+    };
     for rep in 0..a.repeat {
         for &over in &a.overs {
             for pol in &a.pols {
@@ -996,7 +1020,7 @@ pub fn point_seeds(p: &Point) -> Vec<u64> {
 
 /// The columns of `workloads.csv`: one row per workload of every point (a point of several
 /// workloads, or several processes, has a row for each), with what happened to its own pages.
-pub const WORKLOAD_COLUMNS: [(&str, &str); 12] = [
+pub const WORKLOAD_COLUMNS: [(&str, &str); 14] = [
     ("point", "point id"),
     ("label", "the point's label"),
     ("policy", "policy name"),
@@ -1008,19 +1032,37 @@ pub const WORKLOAD_COLUMNS: [(&str, &str); 12] = [
     ("to_dev", "its pages moved system -> device"),
     ("to_cpu", "its pages moved device -> system, evictions included"),
     ("evicted", "its pages evicted (to make room for any workload's)"),
+    ("alone_ms", "with [sweep] alone: when it ended running alone (same policy, ratio and repetition), simulated ms"),
+    ("slowdown", "end_ms / alone_ms: what sharing the devices cost it"),
     ("error", "why it stopped early, if it did"),
 ];
+
+/// When workload `label` ended running alone, in simulated ns: the point of that workload alone
+/// with point `i`'s policy, ratio and repetition ([`Sweep::alone`]), if there is one with a result.
+fn alone_end(l: &Loaded, results: &Results, i: usize, label: &str) -> Option<f64> {
+    let (wl, pol, o) = &l.keys[i];
+    if !wl.contains('+') {
+        return None;
+    }
+    let j = (0..l.keys.len()).find(|&j| {
+        let (w, p, x) = &l.keys[j];
+        w == label && p == pol && x == o && l.reps.get(j) == l.reps.get(i)
+    })?;
+    results.get(&l.points[j].id)?["workloads"].get(0)?["end_ns"].as_f64()
+}
 
 /// `workloads.csv` ([`WORKLOAD_COLUMNS`]).
 pub fn workloads_csv(l: &Loaded, results: &Results) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(WORKLOAD_COLUMNS.iter().map(|c| c.0));
-    for (p, (wl, pol, _)) in l.points.iter().zip(&l.keys) {
+    for (pi, (p, (wl, pol, _))) in l.points.iter().zip(&l.keys).enumerate() {
         let Some(r) = results.get(&p.id) else { continue };
         // The point's workload labels, in its order (joined by '+' for a point of several).
         let labels: Vec<&str> = wl.split('+').collect();
         for (i, x) in r["workloads"].as_array().into_iter().flatten().enumerate() {
             let n = |k: &str| x[k].as_u64().map_or(String::new(), |v| v.to_string());
+            let end = x["end_ns"].as_f64();
+            let alone = labels.get(i).and_then(|lab| alone_end(l, results, pi, lab));
             let _ = w.write_record([
                 p.id.to_string(),
                 p.label.clone(),
@@ -1033,6 +1075,11 @@ pub fn workloads_csv(l: &Loaded, results: &Results) -> String {
                 n("to_dev"),
                 n("to_cpu"),
                 n("evicted"),
+                alone.map_or(String::new(), |v| format!("{:.3}", v / 1e6)),
+                match (end, alone) {
+                    (Some(e), Some(a)) if a > 0.0 => format!("{:.3}", e / a),
+                    _ => String::new(),
+                },
                 x["error"].as_str().unwrap_or("").to_string(),
             ]);
         }
@@ -1144,8 +1191,8 @@ enum Note {
     /// The trace passed the cap: events kept, dropped.
     Trace(u64, u64),
     /// One workload's share of a point of several: label, process, faults, pages to the
-    /// device, evicted, end (simulated ms).
-    Share(String, u64, u64, u64, u64, f64),
+    /// device, evicted, end (simulated ms), and its end over its end running alone.
+    Share(String, u64, u64, u64, u64, f64, Option<f64>),
 }
 
 impl Note {
@@ -1153,8 +1200,9 @@ impl Note {
     fn text(&self, whole: bool) -> String {
         match self {
             Note::Stopped(w, e) => format!("workload {w} stopped: {e}"),
-            Note::Share(w, p, f, d, e, end) => {
-                format!("{w} (process {p}): {f} faults, {d} pages to devices, {e} evicted, ends at {end:.2} ms")
+            Note::Share(w, p, f, d, e, end, slow) => {
+                let alone = slow.map(|x| format!(" ({x:.2}x its time alone)")).unwrap_or_default();
+                format!("{w} (process {p}): {f} faults, {d} pages to devices, {e} evicted, ends at {end:.2} ms{alone}")
             }
             Note::Rerun(n) if whole => format!("({n})"),
             Note::Rerun(n) => format!("({})", truncate(n, 110)),
@@ -1170,7 +1218,7 @@ impl Note {
 /// The per-point table's lines, in point order.
 fn summary_lines<'a>(l: &'a Loaded, results: &Results) -> Vec<SummaryLine<'a>> {
     let mut out = Vec::new();
-    for (point, (workload, policy, over)) in l.points.iter().zip(&l.keys) {
+    for (pi, (point, (workload, policy, over))) in l.points.iter().zip(&l.keys).enumerate() {
         let mut line =
             SummaryLine { point, workload, policy, over: *over, measured: Measured::Missing, notes: Vec::new() };
         let Some(r) = results.get(&point.id) else {
@@ -1202,14 +1250,16 @@ fn summary_lines<'a>(l: &'a Loaded, results: &Results) -> Vec<SummaryLine<'a>> {
             // one's share, under its label.
             for (label, w) in workload.split('+').zip(wls) {
                 let n = |k: &str| w[k].as_u64().unwrap_or(0);
-                let end = w["end_ns"].as_f64().unwrap_or(0.0) / 1e6;
+                let end_ns = w["end_ns"].as_f64().unwrap_or(0.0);
+                let slow = alone_end(l, results, pi, label).filter(|a| *a > 0.0).map(|a| end_ns / a);
                 line.notes.push(Note::Share(
                     label.to_string(),
                     n("process"),
                     n("faults"),
                     n("to_dev"),
                     n("evicted"),
-                    end,
+                    end_ns / 1e6,
+                    slow,
                 ));
             }
         }

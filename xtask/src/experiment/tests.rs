@@ -42,7 +42,7 @@ fn shipped_experiments_load() {
         ("experiments/reproduce.toml", 242),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
-        ("experiments/tenants.toml", 4),
+        ("experiments/tenants.toml", 20),
     ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
@@ -868,30 +868,49 @@ const PINNED_SUMMARY: &str = concat!(
     "random-updates-of-a-long-na… tree-placement-…    1.5        8.64       14.1       77      140       21       28     0.0\n",
 );
 
-/// The tenants experiment's points run two processes; workloads.csv has a row per tenant with
-/// its process and counters, and summary.txt lists each tenant's share under its point.
+/// The tenants experiment's points run two processes, and each tenant also alone; workloads.csv
+/// has a row per tenant with its process, counters and slowdown against its point alone, and
+/// summary.txt lists each tenant's share under its point.
 #[test]
-fn each_tenant_has_its_row_and_its_share() {
+fn each_tenant_has_its_row_its_share_and_its_slowdown() {
     let l = super::load(&root().join("experiments/tenants.toml"), &root()).unwrap_or_else(|e| panic!("{e}"));
     let p = &l.points[0];
     let procs: Vec<i64> = p.workloads.iter().map(|(_, w)| w.int("process")).collect();
-    assert_eq!(procs, [0, 1], "{:?}", p.workloads);
+    assert_eq!(procs, [0, 0, 1, 1], "{:?}", p.workloads);
+    // The points alone follow the together one, under the same policy and ratio.
+    let (pol, o) = (&l.keys[0].1, l.keys[0].2);
+    let alone = |label: &str| {
+        (0..l.keys.len()).find(|&j| l.keys[j] == (label.to_string(), pol.clone(), o)).map(|j| l.points[j].id).unwrap()
+    };
+    let w = |kind: &str, process: u64, end_ns: f64, f: u64| serde_json::json!({ "name": kind, "process": process, "pages": 256, "end_ns": end_ns, "faults": f, "to_dev": f + 2, "to_cpu": 2, "evicted": 1 });
     let mut r = Results::new();
     r.insert(
         p.id,
         serde_json::json!({
-            "id": p.id, "sim_ns": 2e6, "mechanism_ns": 1e6, "workloads": [
-                { "name": "stream", "process": 0, "pages": 384, "end_ns": 1.5e6, "faults": 7, "to_dev": 9, "to_cpu": 2, "evicted": 2 },
-                { "name": "zipf", "process": 1, "pages": 384, "end_ns": 2e6, "faults": 5, "to_dev": 6, "to_cpu": 1, "evicted": 1 },
-            ],
+            "id": p.id, "sim_ns": 2e6, "mechanism_ns": 1e6,
+            "workloads": [w("stream", 0, 1.5e6, 7), w("random", 0, 1e6, 8), w("zipf", 1, 2e6, 5), w("bfs", 1, 2e6, 6)],
         }),
     );
+    r.insert(alone("A-stream"), serde_json::json!({ "workloads": [{ "name": "stream", "end_ns": 1e6 }] }));
     let csv = workloads_csv(&l, &r);
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows.len(), 3, "{csv}");
-    assert!(rows[1].contains(",A-stream,0,384,1.500,7,9,2,2,"), "{csv}");
-    assert!(rows[2].contains(",B-zipf,1,384,2.000,5,6,1,1,"), "{csv}");
+    assert_eq!(rows.len(), 6, "{csv}");
+    assert!(rows[1].contains(",A-stream,0,256,1.500,7,9,2,1,1.000,1.500,"), "{csv}");
+    // The others alone have no result: no slowdown.
+    assert!(rows[3].contains(",B-zipf,1,256,2.000,5,7,2,1,,,"), "{csv}");
     let sum = summary(&l, &r);
-    assert!(sum.contains("A-stream (process 0): 7 faults, 9 pages to devices, 2 evicted, ends at 1.50 ms"), "{sum}");
-    assert!(sum.contains("B-zipf (process 1): 5 faults"), "{sum}");
+    assert!(
+        sum.contains(
+            "A-stream (process 0): 7 faults, 9 pages to devices, 1 evicted, ends at 1.50 ms (1.50x its time alone)"
+        ),
+        "{sum}"
+    );
+    assert!(sum.contains("B-bfs (process 1): 6 faults, 8 pages to devices, 1 evicted, ends at 2.00 ms\n"), "{sum}");
+}
+
+/// `alone` without `together` is refused, naming the field.
+#[test]
+fn alone_needs_together() {
+    let e = load(&SMALL.replace("[sweep]", "[sweep]\nalone = true")).unwrap_err();
+    assert!(e.contains("sweep.alone") && e.contains("together = true"), "{e}");
 }
