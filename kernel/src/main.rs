@@ -261,6 +261,10 @@ const EXPERIMENT_TESTS: &[ktest::Test] = &[
         run: experiment::ktests::processes_share_the_devices,
     },
     ktest::Test {
+        name: "experiment::a_device_shrunk_mid_point_keeps_every_page",
+        run: experiment::ktests::a_device_shrunk_mid_point_keeps_every_page,
+    },
+    ktest::Test {
         name: "experiment::policy_decisions_are_seen_in_the_device_mmu",
         run: experiment::ktests::policy_decisions_are_seen_in_the_device_mmu,
     },

@@ -48,6 +48,10 @@
 //! unscaled = [1.0]                    # under "device_memory": ratios whose points keep
 //!                                     # device_memory as given (the artifact's runs without
 //!                                     # oversubscription have a 1 GB GDDR, where nothing fills)
+//! [[event]]                           # in every point, from simulated time `at` on, a device
+//! at = "2ms"                          # has `size` of memory: what no longer fits is evicted
+//! device = "dev0"                     # by the policy's order (the host taking memory back)
+//! size = "1M"
 //! [[table]]                           # rows: workloads; columns: policies at a ratio
 //! title = "(A) prefetchers"
 //! oversubscription = 1.0              # of columns without `@ratio` (default 1.0)
@@ -123,6 +127,22 @@ pub struct Experiment {
     /// Comparison tables with published numbers.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableSpec>,
+    /// Changes of device memory during every point.
+    #[serde(default, rename = "event")]
+    pub events: Vec<EventEntry>,
+}
+
+/// An `[[event]]`: from simulated time `at` on, `device` has `size` of memory (the host takes
+/// memory back, or gives more), in every point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventEntry {
+    /// When, simulated time from the point's start: "2ms", "500us", "1s", "0".
+    pub at: Spanned<String>,
+    /// The device: "dev0".
+    pub device: Spanned<String>,
+    /// Its memory from then on: "1M".
+    pub size: Spanned<String>,
 }
 
 /// A policy in the file.
@@ -289,7 +309,8 @@ pub fn load_str(path: &Path, text: &str, root: &Path) -> Result<Loaded, String> 
     }
     let unscaled = unscaled(&src, &exp, scale_memory)?;
     let repeat = repetitions(&src, &exp)?;
-    let axes = Axes { devices, cost, pols, wls, overs, scale_memory, unscaled, repeat };
+    let events = events(&src, &exp, &machine, devices.len(), &have)?;
+    let axes = Axes { devices, cost, pols, wls, overs, scale_memory, unscaled, repeat, events };
     let Expanded { points, keys, reps, over_full } = expand(&exp, &axes);
     if let Some((i, allocated)) = over_full {
         let u = exp.sweep.unscaled.as_ref().map_or(0..0, |u| u.span());
@@ -368,6 +389,61 @@ fn device_memory(src: &Src<'_>, exp: &Experiment, machine: &Machine, have: &[u32
         v.push(pages);
     }
     Ok(v)
+}
+
+/// A simulated duration: a number and `ns`, `us`, `ms` or `s` ("0" alone is 0).
+fn parse_duration_ns(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(0);
+    }
+    let what = || format!("{s:?}: a time with its unit, as \"2ms\", \"500us\", \"1s\" or \"0\"");
+    let (num, mul) = [("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9)]
+        .iter()
+        .find_map(|&(u, m)| s.strip_suffix(u).map(|n| (n.trim(), m)))
+        .ok_or_else(what)?;
+    let x: f64 = num.parse().map_err(|_| what())?;
+    if !x.is_finite() || x < 0.0 || x * mul > 1e15 {
+        return Err(format!("{s:?}: a time from 0 to 1e6 s"));
+    }
+    Ok((x * mul) as u64)
+}
+
+/// `[[event]]`s: each one's time, device (one of the point's `devices`) and size (whole pages,
+/// at most what the machine's device has), in time order.
+fn events(
+    src: &Src<'_>,
+    exp: &Experiment,
+    machine: &Machine,
+    devices: usize,
+    have: &[u32],
+) -> Result<Vec<hmm::place::spec::Resize>, String> {
+    let mut out = Vec::new();
+    for (i, e) in exp.events.iter().enumerate() {
+        let f = |k: &str| format!("event[{i}].{k}");
+        let at_ns = parse_duration_ns(e.at.get_ref()).map_err(|m| src.at(e.at.span(), &f("at"), m))?;
+        let d = e
+            .device
+            .get_ref()
+            .strip_prefix("dev")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n < devices)
+            .ok_or_else(|| {
+            src.at(e.device.span(), &f("device"), format!("a device of the points: dev0 to dev{}", devices - 1))
+        })?;
+        let bytes = parse_size(e.size.get_ref()).map_err(|m| src.at(e.size.span(), &f("size"), m))?;
+        let pages = bytes / hmm::place::PAGE;
+        if pages == 0 || !bytes.is_multiple_of(hmm::place::PAGE) || pages > u64::from(have[d]) {
+            return Err(src.at(
+                e.size.span(),
+                &f("size"),
+                format!("whole 4 KiB pages, 4K to the machine's dev{d} memory ({})", machine.devices[d].memory),
+            ));
+        }
+        out.push(hmm::place::spec::Resize { at_ns, device: d as u8, pages: pages as u32 });
+    }
+    out.sort_by_key(|e| e.at_ns);
+    Ok(out)
 }
 
 /// `[run]` and `mechanism`: the engine settings, checked against `RUN` and the machine's CPUs.
@@ -688,6 +764,8 @@ struct Axes {
     /// `[sweep] unscaled`.
     unscaled: Vec<f64>,
     repeat: u32,
+    /// `[[event]]`s, in time order.
+    events: Vec<hmm::place::spec::Resize>,
 }
 
 /// The points, and per point its (workload label, policy label, oversubscription).
@@ -795,6 +873,7 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
                         policy_params: pol.params.clone(),
                         evict: pol.eviction.clone(),
                         workloads: ws,
+                        events: a.events.clone(),
                     });
                     keys.push((wl_label, pol.label.clone(), o));
                     reps.push(rep);

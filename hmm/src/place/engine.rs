@@ -262,6 +262,8 @@ pub struct Engine<'m> {
     link_stats: Vec<LinkStats>,
     /// Each device's access-counter unit (its compute engine's).
     counter_units: Vec<crate::compute::AccessCounters>,
+    /// Device memory changes still to come, the next last.
+    resizes: Vec<crate::place::spec::Resize>,
     /// Devices whose allocator has refused a migration: oversubscribed, for good (from then
     /// on their free-page buffer is kept, [`Policy::free_buffer`]).
     refused: Vec<bool>,
@@ -353,6 +355,7 @@ impl<'m> Engine<'m> {
                 .map(|d| LinkStats { name: format!("link{d}"), ..LinkStats::default() })
                 .collect(),
             counter_units: vec![Default::default(); capacities.len()],
+            resizes: Vec::new(),
             refused: vec![false; capacities.len()],
             pending_free: vec![VecDeque::new(); capacities.len()],
             stats: Stats::default(),
@@ -414,6 +417,35 @@ impl<'m> Engine<'m> {
         &self.st
     }
 
+    /// Device memory changes during the run ([`crate::place::spec::Resize`]), in time order.
+    pub fn set_events(&mut self, events: &[crate::place::spec::Resize]) {
+        self.resizes = events.iter().rev().copied().collect();
+    }
+
+    /// Applies the device memory changes due by `now`: a device that shrinks evicts what no
+    /// longer fits (by the policy's order, as under pressure), then holds at most its new
+    /// size; one that grows takes more from then on. The mechanism's devices follow.
+    fn resizes(&mut self, now: f64) -> Result<(), MechError> {
+        while let Some(e) = self.resizes.last().copied().filter(|e| e.at_ns as f64 <= now) {
+            self.resizes.pop();
+            let (d, t) = (e.device as usize, now);
+            if d >= self.st.devices() {
+                continue;
+            }
+            let used = self.st.dev(d).used;
+            let mut done = t;
+            if used > e.pages {
+                done = self.make_room(e.device, used - e.pages, &[], t)?;
+            }
+            self.st.set_capacity(d, e.pages);
+            let caps: Vec<u32> = (0..self.st.devices()).map(|k| self.st.dev(k).capacity).collect();
+            self.mech.set_capacities(&caps);
+            let lane = format!("dev{d}");
+            self.event(t, done - t, &lane, "resize", e.pages, &format!("dev{d} memory to {} pages", e.pages));
+        }
+        Ok(())
+    }
+
     /// Adds `n` pages from `first` to the counter `which` picks of each workload that owns
     /// some of them.
     fn charge(&mut self, first: u32, n: u32, which: fn(&mut WorkloadCounts) -> &mut u64) {
@@ -445,6 +477,7 @@ impl<'m> Engine<'m> {
             let Some(r) = next else { break };
             let now = self.clock(r);
             self.ticks(now)?;
+            self.resizes(now)?;
             self.wave(r)?;
         }
         let end = self.wls.iter().map(|w| w.step_end).fold(0.0, f64::max);

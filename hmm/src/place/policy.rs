@@ -76,6 +76,7 @@
 //!     policy_params: Params::new(),
 //!     evict: Params::new(),
 //!     workloads: vec![("stream".into(), w)],
+//!     events: vec![],
 //! };
 //! let mut prepared = point.prepare(&[512]).unwrap();
 //! prepared.policy = Box::new(HotSet { hot: 64 });

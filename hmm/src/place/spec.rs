@@ -46,6 +46,19 @@ pub const RUN: &[ParamDef] = &[
     ParamDef::text("scheduler", sched::DEFAULT, sched::NAMES, "the scheduler placing phases on CPU cores and devices"),
 ];
 
+/// A change of a device's memory during a point (an experiment file's `[[event]]`): from
+/// simulated time `at_ns` on, device `device` holds at most `pages` pages; the engine evicts
+/// what no longer fits, by the policy's order, at its first wave at or after `at_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resize {
+    /// When, simulated ns from the point's start.
+    pub at_ns: u64,
+    /// The device.
+    pub device: u8,
+    /// Its memory from then on, pages.
+    pub pages: u32,
+}
+
 /// One point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
@@ -67,6 +80,8 @@ pub struct Point {
     pub evict: Params,
     /// Workloads (kind, parameters).
     pub workloads: Vec<(String, Params)>,
+    /// Changes of device memory during the run, in time order.
+    pub events: Vec<Resize>,
 }
 
 /// A line that does not parse.
@@ -121,6 +136,9 @@ impl Point {
             let _ = write!(s, "\nworkload {kind}");
             write_kv(&mut s, p);
         }
+        for e in &self.events {
+            let _ = write!(s, "\nevent {} {} {}", e.at_ns, e.device, e.pages);
+        }
         s += "\nend\n";
         s
     }
@@ -153,6 +171,7 @@ impl Point {
                     policy_params: Params::new(),
                     evict: Params::new(),
                     workloads: Vec::new(),
+                    events: Vec::new(),
                 });
                 continue;
             }
@@ -175,6 +194,16 @@ impl Point {
                 "workload" => {
                     let kind = words.get(1).ok_or_else(|| err("`workload` needs a kind".into()))?.to_string();
                     p.workloads.push((kind, kv(&words[2..], line)?));
+                }
+                "event" => {
+                    let n = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+                    let (Some(at_ns), Some(device), Some(pages)) = (n(1), n(2), n(3)) else {
+                        return Err(err("`event` needs a time (ns), a device and a page count".into()));
+                    };
+                    let (Ok(device), Ok(pages)) = (u8::try_from(device), u32::try_from(pages)) else {
+                        return Err(err("`event`: device or page count out of range".into()));
+                    };
+                    p.events.push(Resize { at_ns, device, pages });
                 }
                 "end" => out.extend(cur.take()),
                 w => return Err(err(format!("unknown line `{w}`"))),
@@ -211,6 +240,24 @@ impl Point {
         }
         if self.workloads.is_empty() {
             return Err(ParamError::Other("a point needs at least one workload".into()));
+        }
+        for e in &self.events {
+            let Some(&got) = have.get(e.device as usize).filter(|_| (e.device as usize) < self.devices.len()) else {
+                return Err(ParamError::Other(format!(
+                    "an event resizes device {}; the point uses {} devices",
+                    e.device,
+                    self.devices.len()
+                )));
+            };
+            if e.pages == 0 || e.pages > got {
+                return Err(ParamError::Other(format!(
+                    "an event gives device {} {} pages; 1 to {got} (the machine's) allowed",
+                    e.device, e.pages
+                )));
+            }
+        }
+        if self.events.windows(2).any(|w| w[1].at_ns < w[0].at_ns) {
+            return Err(ParamError::Other("the point's events are not in time order".into()));
         }
         let run = self.run.checked(RUN)?;
         // Checked against the same names just above, so this cannot fail; kept typed anyway.
@@ -256,6 +303,7 @@ impl Point {
             pages,
             bases,
             processes,
+            events: self.events.clone(),
             workloads: built,
             policy,
             cost,
@@ -275,6 +323,8 @@ pub struct Prepared {
     pub bases: Vec<u32>,
     /// Each workload's process.
     pub processes: Vec<u32>,
+    /// Device memory changes during the run.
+    pub events: Vec<Resize>,
     /// The workloads.
     pub workloads: Vec<Box<dyn Workload>>,
     /// The policy.
@@ -309,6 +359,7 @@ impl Prepared {
     pub fn run(self, mech: &mut dyn Mechanism) -> Result<Outcome, MechError> {
         let mut e = Engine::new(self.pages, &self.capacities, self.cost, self.policy, mech, self.cfg);
         e.set_scheduler(self.scheduler);
+        e.set_events(&self.events);
         for ((w, base), process) in self.workloads.into_iter().zip(self.bases).zip(self.processes) {
             e.add_in(w, base, process);
         }
@@ -453,6 +504,7 @@ mod tests {
             policy_params: Params::new(),
             evict: ev,
             workloads: alloc::vec![("bfs".into(), w)],
+            events: alloc::vec![Resize { at_ns: 2_000_000, device: 0, pages: 128 }],
         }
     }
 

@@ -146,6 +146,16 @@ impl State {
     pub fn dev(&self, d: usize) -> &DevMem {
         &self.devs[d]
     }
+    /// Device `d` may hold `pages` pages from now on (never fewer than it holds: the caller
+    /// evicts first). Full at once if it holds that many.
+    pub fn set_capacity(&mut self, d: usize, pages: u32) {
+        let m = &mut self.devs[d];
+        m.capacity = pages.max(m.used);
+        if m.used == m.capacity {
+            m.filled = true;
+        }
+    }
+
     /// Pages device `d` can still take.
     pub fn free(&self, d: usize) -> u32 {
         self.devs[d].capacity - self.devs[d].used

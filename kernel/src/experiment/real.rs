@@ -47,6 +47,8 @@ pub(super) struct Real {
     /// Per space, each device's MMU mirror of it (`None`: the device has no MMU, and its
     /// accesses go to the page's physical address).
     pub(super) mirrors: Vec<Vec<Option<Arc<DevMirror>>>>,
+    /// Each device's pages in use before the point's first [`Mechanism::set_capacities`].
+    in_use_before: Vec<u64>,
     /// Set when an error of the mechanism (not of a check) was returned.
     mech_failed: core::cell::Cell<bool>,
     /// The device MMU translation [`Mechanism::device_translate`] just gave (device, page,
@@ -108,6 +110,7 @@ impl Real {
             copies: alloc::collections::BTreeMap::new(),
             soft_maps: alloc::collections::BTreeSet::new(),
             mirrors: Vec::new(),
+            in_use_before: Vec::new(),
             mech_failed: core::cell::Cell::new(false),
             seen: None,
             located: vec![
@@ -419,10 +422,15 @@ impl Mechanism for Real {
 
     fn set_capacities(&mut self, capacities: &[u32]) {
         self.changed();
-        // Each device's allocator refuses past the point's share of it, as a full device does
-        // (the limit counts from what is in use now: nothing, after the idle check).
-        for (v, &cap) in self.vram.iter().zip(capacities) {
-            v.set_limit(Some(v.in_use() + cap as u64));
+        // Each device's allocator refuses past the point's share of it, as a full device does.
+        // The limit counts from what was in use when the point first set it (nothing, after
+        // the idle check), so a resize during the run (an experiment's event, after the engine
+        // evicted what no longer fits) moves it by the change.
+        if self.in_use_before.is_empty() {
+            self.in_use_before = self.vram.iter().map(|v| v.in_use()).collect();
+        }
+        for ((v, &cap), base) in self.vram.iter().zip(capacities).zip(&self.in_use_before) {
+            v.set_limit(Some(base + cap as u64));
         }
     }
 

@@ -43,6 +43,7 @@ fn shipped_experiments_load() {
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
         ("experiments/tenants.toml", 20),
+        ("experiments/resize.toml", 2),
     ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");

@@ -237,3 +237,25 @@ fn check_and_list_say_what_a_run_would_do() {
         ["15", "tree/random/1.5/r1", "random", "tree", "1.5", "1"]
     );
 }
+
+/// `[[event]]`s reach every point in time order; a bad time, device or size names its field.
+#[test]
+fn events_reach_every_point_and_bad_ones_name_their_field() {
+    let with = |e: &str| BASE.replace("[sweep]", &format!("{e}\n[sweep]"));
+    let two = "[[event]]\nat = \"3ms\"\ndevice = \"dev0\"\nsize = \"512K\"\n[[event]]\nat = \"500us\"\ndevice = \"dev0\"\nsize = \"1M\"";
+    let l = load(&with(two)).unwrap();
+    for p in &l.points {
+        let at: Vec<(u64, u32)> = p.events.iter().map(|e| (e.at_ns, e.pages)).collect();
+        assert_eq!(at, [(500_000, 256), (3_000_000, 128)], "{}", p.label);
+    }
+    let e = err(&with("[[event]]\nat = \"3 parsecs\"\ndevice = \"dev0\"\nsize = \"1M\""));
+    assert!(e.contains("event[0].at") && e.contains("unit"), "{e}");
+    let e = err(&with("[[event]]\nat = \"1ms\"\ndevice = \"dev1\"\nsize = \"1M\""));
+    assert!(e.contains("event[0].device") && e.contains("dev0 to dev0"), "{e}");
+    let e = err(&with("[[event]]\nat = \"1ms\"\ndevice = \"dev0\"\nsize = \"1G\""));
+    assert!(e.contains("event[0].size") && e.contains("the machine's dev0"), "{e}");
+    let e = err(&with("[[event]]\nat = \"1ms\"\ndevice = \"dev0\"\nsize = \"6000\""));
+    assert!(e.contains("event[0].size") && e.contains("whole 4 KiB pages"), "{e}");
+    let e = err(&with("[[event]]\nat = \"1ms\"\ndevice = \"dev0\""));
+    assert!(e.contains("size"), "{e}");
+}
