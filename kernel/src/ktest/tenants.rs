@@ -5,7 +5,8 @@
 //! - [`spaces_share_a_device`]: two processes bound to dev0 at once, at the same virtual
 //!   addresses; each one's DMA by virtual address reaches its own frames; a page only one of
 //!   them maps is refused to the other, by its mirror and by the domain; munmap in one leaves
-//!   the other's mappings; unbinding one leaves the other mapped and working; the slots run
+//!   the other's mappings; unbinding one, or another's exit, leaves the other mapped and
+//!   working; the slots run
 //!   out with [`DevError::Busy`], a space bound twice is [`DevError::AlreadyBound`], and an
 //!   exited space frees its slot.
 //! - [`two_spaces_two_devices_interleaved`]: two processes bound to both devices, with seeded
@@ -167,6 +168,23 @@ pub fn spaces_share_a_device(_s: &crate::System) -> TestResult {
     devmmu::dma(&mb, Dir::ToDevice, DevOffset::new(x0), &seg(9)).map_err(|e| format!("B after A's unbind: {e}"))?;
     check!(read_dev(dev, x0)? == tb.page(9), "B's page 9 after A's unbind");
     tb.check("B at the end")?;
+
+    // A third process exits while B runs on: its window empties with it, B keeps every
+    // mapping and its DMA.
+    let tc = Tenant::new(0xc)?;
+    let mc = devmmu::bind(0, &tc.space).map_err(|e| format!("a third process on dev0: {e}"))?;
+    mc.fault(tc.a, tc.a + PAGES * PAGE, true).map_err(|e| e.to_string())?;
+    let c_base = base(&mc);
+    check!(shadow(dev, c_base + tc.a).is_some(), "the third process's window does not map its page");
+    drop(tc);
+    check!(!mc.is_live(), "the mirror outlived its process's exit");
+    for k in 0..PAGES {
+        check!(shadow(dev, c_base + va + k * PAGE).is_none(), "page {k}: the exited process's window still maps it");
+        check!(shadow(dev, base(&mb) + va + k * PAGE).is_some(), "page {k}: B lost its mapping to C's exit");
+    }
+    devmmu::dma(&mb, Dir::ToDevice, DevOffset::new(x0), &seg(3)).map_err(|e| format!("B after C's exit: {e}"))?;
+    check!(read_dev(dev, x0)? == tb.page(3), "B's page 3 after C's exit");
+    drop(mc);
 
     // The slots run out; an exited space frees its own.
     let mut more = Vec::new();
