@@ -2,14 +2,15 @@
 //! (`hmm::place::spec`) over the real devices, and prints one `@@POINT {json}` line per point,
 //! `@@TRACE {json}` lines when a point is traced, and `@@EXPERIMENT {json}` at the end.
 //!
-//! The real mechanism ([`Real`]) backs a point's managed pages with a fresh process address
-//! space: one anonymous mapping (2 MiB pages off, so migrations stay 4 KiB), every page
-//! written by the CPU first. Migrations are `migrate_vma` to and from device memory, copied by
+//! The real mechanism ([`Real`]) backs a point's managed pages with fresh process address
+//! spaces, one per process its workloads name (`process = N`; one for most points), each
+//! holding its workloads' pages as anonymous mappings at their place (2 MiB pages off, so
+//! migrations stay 4 KiB), every page written by the CPU first. Migrations are `migrate_vma` to and from device memory, copied by
 //! the devices' DMA engines (`vram::migrate_to_device`, `migrate_to_ram`,
 //! `migrate_device_to_device`). Every access the engine executes is made on the real data:
 //! a CPU access through the process's page tables, a device access through the device's MMU:
-//! each device's virtio-iommu domain mirrors the point's address space (`devmmu::bind`, the
-//! interval-notifier mirror), a page it has not mapped is a device fault (`hmm_range_fault`,
+//! each device's virtio-iommu domain mirrors each of the point's address spaces, each in its
+//! own window (`devmmu::bind`, the interval-notifier mirror), a page it has not mapped is a device fault (`hmm_range_fault`,
 //! then a map in the domain), and the translation must agree with the CPU page table (a
 //! mirror that missed an invalidation fails the point). Peer accesses to another device's
 //! memory, which HMM cannot map for a device, go to the page's physical address. Before each access
@@ -20,7 +21,7 @@
 //!
 //! CPU accesses run on the CPU core the engine scheduled the phase on: core 0 is the boot CPU,
 //! which runs the engine; each other core's accesses are made by a worker task pinned to that
-//! CPU ([`Worker`]) running in the point's address space, so they go through that CPU's TLB
+//! CPU ([`Worker`]) per address space, running in it, so they go through that CPU's TLB
 //! and fault there, and every migration the boot CPU makes shoots their translations down.
 //!
 //! Read duplication (P8) is a driver's job in HMM terms (Linux keeps one copy of a page; UVM's
@@ -30,6 +31,9 @@
 //! checked to hold that page's data with as many writes as the page itself; the engine drops
 //! every copy before the page is written or moved, and the copies left at the end are checked
 //! the same way.
+//!
+//! A point's `[[event]]`s change a device's memory during the run: the engine evicts what no
+//! longer fits, and the mechanism moves the device allocator's limit to the new share.
 //!
 //! One point's failure does not leak into the next: a point's teardown ([`Real`]'s drop) stops
 //! its CPU workers, unbinds the device MMUs, gives its read copies back and unmaps its memory
