@@ -88,6 +88,17 @@ static START_TSC: AtomicU64 = AtomicU64::new(0);
 static TABLES: Once<&'static [&'static [Test]]> = Once::new();
 
 // After the macros: textual macro scope.
+/// A fresh process with `len` bytes of anonymous read-write memory, written with `data` by the
+/// CPU (its length at most `len`): its address space and where the memory starts.
+pub(crate) fn process_with(len: u64, data: &[u8]) -> Result<(alloc::sync::Arc<hmm::mm::SharedSpace>, u64), String> {
+    use hmm::mm::space::{AddressSpace, MapRequest};
+    let mm = crate::mm::uspace::mm();
+    let space = mm.share(AddressSpace::new(mm).map_err(|e| alloc::format!("{e}"))?);
+    let a = space.lock().mmap(MapRequest::anon(len, hmm::mm::vma::Prot::RW)).map_err(|e| alloc::format!("{e}"))?;
+    crate::mm::uspace::run(&space, |u| u.write(a, data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+    Ok((space, a))
+}
+
 mod devices;
 mod faults;
 mod follow;

@@ -16,7 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hmm::mm::SharedSpace;
 use hmm::mm::space::Advice;
-use hmm::mm::space::{AddressSpace, MapRequest};
+use hmm::mm::space::MapRequest;
 use hmm::mm::vma::Prot;
 
 const PAGE: u64 = 4096;
@@ -31,11 +31,8 @@ struct Proc {
 
 impl Proc {
     fn new(seed: u64) -> Result<Proc, String> {
-        let mm = uspace::mm();
-        let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
-        let a = space.lock().mmap(MapRequest::anon(PAGES * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
         let data: Vec<u8> = (0..PAGES * PAGE / 8).flat_map(|i| (i ^ seed << 40).to_le_bytes()).collect();
-        uspace::run(&space, |u| u.write(a, &data)).map_err(|f| format!("CPU fill: {:?}", f.error))?;
+        let (space, a) = super::process_with(PAGES * PAGE, &data)?;
         Ok(Proc { space, a, data })
     }
 

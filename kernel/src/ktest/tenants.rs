@@ -25,7 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use hmm::devmmu::MirrorError;
 use hmm::mm::SharedSpace;
-use hmm::mm::space::{AddressSpace, MapRequest};
+use hmm::mm::space::MapRequest;
 use hmm::mm::vma::Prot;
 
 const PAGE: u64 = 4096;
@@ -42,20 +42,13 @@ struct Tenant {
 
 impl Tenant {
     fn new(seed: u64) -> Result<Tenant, String> {
-        let mm = uspace::mm();
-        let space = mm.share(AddressSpace::new(mm).map_err(|e| e.to_string())?);
-        let a = space.lock().mmap(MapRequest::anon(PAGES * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
-        let t = Tenant { space, a, seed, version: alloc::vec![0; PAGES as usize] };
-        for k in 0..PAGES {
-            t.write(k)?;
-        }
-        Ok(t)
+        let data: Vec<u8> = (0..PAGES).flat_map(|k| page_data(seed, 0, k)).collect();
+        let (space, a) = super::process_with(PAGES * PAGE, &data)?;
+        Ok(Tenant { space, a, seed, version: alloc::vec![0; PAGES as usize] })
     }
 
     fn page(&self, k: u64) -> Vec<u8> {
-        (0..PAGE / 8)
-            .flat_map(|w| (self.seed << 48 | self.version[k as usize] << 32 | k << 12 | w).to_le_bytes())
-            .collect()
+        page_data(self.seed, self.version[k as usize], k)
     }
 
     fn write(&self, k: u64) -> TestResult {
@@ -74,6 +67,11 @@ impl Tenant {
         }
         Ok(())
     }
+}
+
+/// Page `k`'s data in the process `seed` names, at `version`.
+fn page_data(seed: u64, version: u64, k: u64) -> Vec<u8> {
+    (0..PAGE / 8).flat_map(|w| (seed << 48 | version << 32 | k << 12 | w).to_le_bytes()).collect()
 }
 
 fn base(m: &DevMirror) -> u64 {
@@ -214,21 +212,6 @@ pub fn spaces_share_a_device(_s: &crate::System) -> TestResult {
     Ok(())
 }
 
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 pub fn two_spaces_two_devices_interleaved(_s: &crate::System) -> TestResult {
     let devs: Vec<usize> = devices::all().iter().filter(|d| d.mmu().is_some()).map(|d| d.index()).take(2).collect();
     if devs.len() < 2 {
@@ -252,7 +235,7 @@ pub fn two_spaces_two_devices_interleaved(_s: &crate::System) -> TestResult {
 
 fn interleave(devs: &[usize], seed: u64) -> TestResult {
     let all = vram::all().map_err(|e| e.to_string())?;
-    let mut rng = Rng(seed);
+    let mut rng = hmm::place::Rng::new(seed);
     let mut tenants = [Tenant::new(1)?, Tenant::new(2)?];
     // mirrors[t][i]: tenant t's mirror on devs[i].
     let mut mirrors: Vec<Vec<Arc<DevMirror>>> = Vec::new();
