@@ -149,7 +149,9 @@ fn run() {
         };
         let mut pending = false;
         for v in all.iter().filter(|v| v.hot_pages() > 0) {
-            let first_try = v.follow_state().failed == 0 || v.follow_state().pending.is_none();
+            // A request already pending that failed before is being retried: said once.
+            let before = v.follow_state();
+            let retry = before.pending.is_some() && before.failed > 0;
             match v.follow_host() {
                 Ok(Step::Idle) => {}
                 Ok(step) => {
@@ -165,7 +167,7 @@ fn run() {
                 }
                 Err(e) => {
                     pending = true;
-                    if first_try {
+                    if !retry {
                         log::warn!("dev{}: following the host's request: {e}; trying again", v.device());
                     }
                 }
