@@ -39,8 +39,9 @@
 //! [sweep]
 //! oversubscription = [1.0, 1.1]       # each ratio once
 //! together = true                     # all workloads in one point (default: one each)
-//! alone = true                        # with together: each workload's own points too, for
-//!                                     # its slowdown from sharing in workloads.csv
+//! alone = true                        # with together: each process's own points too (each
+//!                                     # workload's, in one process), for the slowdown from
+//!                                     # sharing in workloads.csv
 //! scale = "footprint"                 # ratios scale footprints (default), or "device_memory":
 //!                                     # footprints fixed (footprint_pages, else device_memory),
 //!                                     # device memory = what the workloads allocate / ratio, as
@@ -181,8 +182,9 @@ pub struct Sweep {
     /// All workloads in one point (competing), instead of one point per workload.
     #[serde(default)]
     pub together: bool,
-    /// With `together`: also each workload alone (its own points, at the same ratios under
-    /// the same policies), so that workloads.csv gives each one's slowdown from sharing.
+    /// With `together`: also each process alone (its workloads without the others'), or each
+    /// workload alone when they all run in one process (their own points, at the same ratios
+    /// under the same policies), so that workloads.csv gives each one's slowdown from sharing.
     #[serde(default)]
     pub alone: Option<Spanned<bool>>,
     /// What a ratio scales: `"footprint"` (the default: device memory as given, footprints
@@ -789,7 +791,21 @@ fn expand(exp: &Experiment, a: &Axes) -> Expanded {
     let mut keys = Vec::new();
     let mut reps = Vec::new();
     let mut over_full = None;
-    let alone = (0..a.wls.len()).map(|i| vec![i]);
+    // Alone: each process by itself (its workloads together) when the workloads name several
+    // processes, else each workload by itself.
+    let process = |i: usize| match a.wls[i].params.get("process") {
+        Some(Value::Int(p)) => *p,
+        _ => 0,
+    };
+    let mut procs: Vec<i64> = (0..a.wls.len()).map(process).collect();
+    procs.sort_unstable();
+    procs.dedup();
+    let alone: Vec<Vec<usize>> = if procs.len() > 1 {
+        procs.iter().map(|&p| (0..a.wls.len()).filter(|&i| process(i) == p).collect()).collect()
+    } else {
+        (0..a.wls.len()).map(|i| vec![i]).collect()
+    };
+    let alone = alone.into_iter();
     let groups: Vec<Vec<usize>> = match (exp.sweep.together, exp.sweep.alone.as_ref().is_some_and(|x| *x.get_ref())) {
         (true, true) => core::iter::once((0..a.wls.len()).collect()).chain(alone).collect(),
         (true, false) => vec![(0..a.wls.len()).collect()],
@@ -1111,23 +1127,30 @@ pub const WORKLOAD_COLUMNS: [(&str, &str); 14] = [
     ("to_dev", "its pages moved system -> device"),
     ("to_cpu", "its pages moved device -> system, evictions included"),
     ("evicted", "its pages evicted (to make room for any workload's)"),
-    ("alone_ms", "with [sweep] alone: when it ended running alone (same policy, ratio and repetition), simulated ms"),
+    (
+        "alone_ms",
+        "with [sweep] alone: when it ended with its process alone (or alone), same policy, ratio and repetition, simulated ms",
+    ),
     ("slowdown", "end_ms / alone_ms: what sharing the devices cost it"),
     ("error", "why it stopped early, if it did"),
 ];
 
-/// When workload `label` ended running alone, in simulated ns: the point of that workload alone
-/// with point `i`'s policy, ratio and repetition ([`Sweep::alone`]), if there is one with a result.
+/// When workload `label` of point `i` (all the workloads together) ended without the others, in
+/// simulated ns: in the point of its process alone, or of it alone ([`Sweep::alone`]), with
+/// point `i`'s policy, ratio and repetition, if there is one with a result.
 fn alone_end(l: &Loaded, results: &Results, i: usize, label: &str) -> Option<f64> {
     let (wl, pol, o) = &l.keys[i];
-    if !wl.contains('+') {
+    // Only a point of every workload has a baseline: a point of fewer.
+    let all = wl.split('+').count();
+    if all < 2 || all != l.exp.workloads.len() {
         return None;
     }
-    let j = (0..l.keys.len()).find(|&j| {
+    let (j, k) = (0..l.keys.len()).find_map(|j| {
         let (w, p, x) = &l.keys[j];
-        w == label && p == pol && x == o && l.reps.get(j) == l.reps.get(i)
+        let at = w.split('+').position(|x| x == label)?;
+        (w.split('+').count() < all && p == pol && x == o && l.reps.get(j) == l.reps.get(i)).then_some((j, at))
     })?;
-    results.get(&l.points[j].id)?["workloads"].get(0)?["end_ns"].as_f64()
+    results.get(&l.points[j].id)?["workloads"].get(k)?["end_ns"].as_f64()
 }
 
 /// `workloads.csv` ([`WORKLOAD_COLUMNS`]).

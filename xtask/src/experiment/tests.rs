@@ -42,7 +42,7 @@ fn shipped_experiments_load() {
         ("experiments/reproduce.toml", 242),
         ("experiments/numa.toml", 2),
         ("experiments/schedulers.toml", 5),
-        ("experiments/tenants.toml", 20),
+        ("experiments/tenants.toml", 12),
         ("experiments/resize.toml", 2),
     ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
@@ -870,7 +870,7 @@ const PINNED_SUMMARY: &str = concat!(
 );
 
 /// The tenants experiment's points run two processes, and each tenant also alone; workloads.csv
-/// has a row per tenant with its process, counters and slowdown against its point alone, and
+/// has a row per workload with its process, counters and slowdown against its tenant alone, and
 /// summary.txt lists each tenant's share under its point.
 #[test]
 fn each_tenant_has_its_row_its_share_and_its_slowdown() {
@@ -878,7 +878,8 @@ fn each_tenant_has_its_row_its_share_and_its_slowdown() {
     let p = &l.points[0];
     let procs: Vec<i64> = p.workloads.iter().map(|(_, w)| w.int("process")).collect();
     assert_eq!(procs, [0, 0, 1, 1], "{:?}", p.workloads);
-    // The points alone follow the together one, under the same policy and ratio.
+    // Each tenant alone (its two workloads without the other's) follows the together point,
+    // under the same policy and ratio.
     let (pol, o) = (&l.keys[0].1, l.keys[0].2);
     let alone = |label: &str| {
         (0..l.keys.len()).find(|&j| l.keys[j] == (label.to_string(), pol.clone(), o)).map(|j| l.points[j].id).unwrap()
@@ -892,11 +893,15 @@ fn each_tenant_has_its_row_its_share_and_its_slowdown() {
             "workloads": [w("stream", 0, 1.5e6, 7), w("random", 0, 1e6, 8), w("zipf", 1, 2e6, 5), w("bfs", 1, 2e6, 6)],
         }),
     );
-    r.insert(alone("A-stream"), serde_json::json!({ "workloads": [{ "name": "stream", "end_ns": 1e6 }] }));
+    r.insert(
+        alone("A-stream+A-random"),
+        serde_json::json!({ "workloads": [{ "name": "stream", "end_ns": 1e6 }, { "name": "random", "end_ns": 0.5e6 }] }),
+    );
     let csv = workloads_csv(&l, &r);
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows.len(), 6, "{csv}");
+    assert_eq!(rows.len(), 7, "{csv}");
     assert!(rows[1].contains(",A-stream,0,256,1.500,7,9,2,1,1.000,1.500,"), "{csv}");
+    assert!(rows[2].contains(",A-random,0,256,1.000,8,10,2,1,0.500,2.000,"), "{csv}");
     // The others alone have no result: no slowdown.
     assert!(rows[3].contains(",B-zipf,1,256,2.000,5,7,2,1,,,"), "{csv}");
     let sum = summary(&l, &r);
