@@ -128,9 +128,64 @@ mod tests {
         assert!(parse_request("not json").unwrap_err().contains("not JSON"));
     }
 
+    /// A stand-in QMP server on a socket in a fresh directory: it greets, answers each command
+    /// with `answer(command)` (after an event, which the client must skip), and records what it
+    /// was sent.
+    fn server(answer: fn(&Value) -> Value) -> (tempfile::TempDir, std::thread::JoinHandle<Vec<Value>>) {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::Builder::new().prefix("qmp-test-").tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("qmp")).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            writeln!(w, "{}", json!({ "QMP": { "version": {}, "capabilities": [] } })).unwrap();
+            let mut seen = Vec::new();
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap();
+                writeln!(w, "{}", json!({ "event": "SOMETHING", "data": {} })).unwrap();
+                writeln!(w, "{}", answer(&v)).unwrap();
+                seen.push(v);
+            }
+            seen
+        });
+        (dir, t)
+    }
+
+    #[test]
+    fn qom_set_is_sent_after_the_capabilities_and_events_are_skipped() {
+        let (dir, t) = server(|_| json!({ "return": {} }));
+        let mut q = Qmp::connect(&dir.path().join("qmp")).unwrap();
+        q.qom_set("/machine/peripheral/hotmem0", "requested-size", json!(16u64 << 20)).unwrap();
+        drop(q);
+        let seen = t.join().unwrap();
+        assert_eq!(seen[0]["execute"], "qmp_capabilities");
+        assert_eq!(seen[1]["execute"], "qom-set");
+        assert_eq!(seen[1]["arguments"]["path"], "/machine/peripheral/hotmem0");
+        assert_eq!(seen[1]["arguments"]["property"], "requested-size");
+        assert_eq!(seen[1]["arguments"]["value"], 16u64 << 20);
+    }
+
+    #[test]
+    fn a_refused_command_is_an_error_in_qemus_words() {
+        let (dir, t) = server(|v| {
+            if v["execute"] == "qom-set" {
+                json!({ "error": { "class": "GenericError", "desc": "'requested-size' must be a multiple of 2 MiB" } })
+            } else {
+                json!({ "return": {} })
+            }
+        });
+        let mut q = Qmp::connect(&dir.path().join("qmp")).unwrap();
+        let e = q.qom_set("/machine/peripheral/hotmem0", "requested-size", json!(4096)).unwrap_err();
+        assert!(e.contains("QMP qom-set: 'requested-size' must be a multiple of 2 MiB"), "{e}");
+        drop(q);
+        t.join().unwrap();
+    }
+
     #[test]
     fn resize_requests_are_checked_against_the_machine() {
-        let m = Machine::load(&crate::workspace::root().join("qemu/default.toml")).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let m = Machine::load(&root.join("qemu/default.toml")).unwrap();
         let ok = resolve(&m, HostRequest::Resize { device: 0, bytes: 16 << 20 }).unwrap();
         assert_eq!(ok, ("/machine/peripheral/hotmem0".to_string(), "requested-size", 16 << 20));
         let e = resolve(&m, HostRequest::Resize { device: 0, bytes: (16 << 20) + 4096 }).unwrap_err();
