@@ -80,6 +80,8 @@ impl Real {
     /// (`(first, end, process)` runs covering every page: [`hmm::place::spec::Prepared::process_runs`]).
     pub(super) fn new(pages: u32, vram: &[Arc<Vram>], procs: &[(u32, u32, u32)]) -> Result<Self, MechError> {
         let mm = uspace::mm();
+        let whole = [(0, pages, 0)];
+        let procs = if procs.is_empty() { &whole[..] } else { procs };
         let mut numbers: Vec<u32> = procs.iter().map(|r| r.2).collect();
         numbers.sort_unstable();
         numbers.dedup();
@@ -87,14 +89,8 @@ impl Real {
         for _ in &numbers {
             spaces.push(mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?));
         }
-        let runs: Vec<(u32, u32, usize)> = if procs.is_empty() {
-            vec![(0, pages, 0)]
-        } else {
-            procs.iter().map(|&(a, b, n)| (a, b, numbers.iter().position(|&x| x == n).unwrap_or(0))).collect()
-        };
-        if spaces.is_empty() {
-            spaces.push(mm.share(AddressSpace::new(mm).map_err(|e| MechError::Setup(SetupStep::AddressSpace(e)))?));
-        }
+        let runs: Vec<(u32, u32, usize)> =
+            procs.iter().map(|&(a, b, n)| (a, b, numbers.iter().position(|&x| x == n).unwrap_or(0))).collect();
         for &(a, b, sp) in &runs {
             hmm::place::engine::pages::map_range(&mut spaces[sp].lock(), a, b)?;
         }
@@ -146,10 +142,14 @@ impl Real {
         Ok(real)
     }
 
+    /// The run of pages `p` is in: `(first, end, space)`.
+    fn run_of(&self, p: u32) -> Option<(u32, u32, usize)> {
+        self.runs.get(self.runs.partition_point(|r| r.1 <= p)).copied()
+    }
+
     /// The index of the space page `p` is in.
     fn space_of(&self, p: u32) -> usize {
-        let i = self.runs.partition_point(|r| r.1 <= p);
-        self.runs.get(i).map_or(0, |r| r.2)
+        self.run_of(p).map_or(0, |r| r.2)
     }
 
     /// The address space page `p` is in.
@@ -163,8 +163,7 @@ impl Real {
         let mut out = Vec::new();
         let mut p = first;
         while p < end {
-            let i = self.runs.partition_point(|r| r.1 <= p);
-            let (stop, sp) = self.runs.get(i).map_or((end, 0), |r| (r.1.min(end), r.2));
+            let (stop, sp) = self.run_of(p).map_or((end, 0), |r| (r.1.min(end), r.2));
             out.push((sp, p, stop - p));
             p = stop;
         }
@@ -443,8 +442,7 @@ impl Mechanism for Real {
         let t0 = time::rdtsc();
         let from = self.locate(page)?.0;
         // The window stays in the faulting page's process: another's pages are not its to move.
-        let i = self.runs.partition_point(|r| r.1 <= page);
-        let (lo, hi) = self.runs.get(i).map_or((0, self.writes.len() as u32), |r| (r.0, r.1));
+        let (lo, hi) = self.run_of(page).map_or((0, self.writes.len() as u32), |r| (r.0, r.1));
         let first = first.max(lo);
         let end = first.saturating_add(pages).min(self.writes.len() as u32).min(hi);
         let held: Vec<u32> = (first..end).filter(|&p| self.locate(p).is_ok_and(|(l, _)| l == from)).collect();
