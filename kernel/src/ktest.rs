@@ -99,6 +99,48 @@ pub(crate) fn process_with(len: u64, data: &[u8]) -> Result<(alloc::sync::Arc<hm
     Ok((space, a))
 }
 
+/// A process with `pages` pages of distinct data (each 8-byte word its index xor the seed's),
+/// written by the CPU: what the device tests migrate and then check.
+pub(crate) struct Filled {
+    /// Its address space.
+    pub space: alloc::sync::Arc<hmm::mm::SharedSpace>,
+    /// Where its pages start.
+    pub a: u64,
+    /// What they hold.
+    pub data: alloc::vec::Vec<u8>,
+}
+
+impl Filled {
+    pub(crate) fn new(seed: u64, pages: u64) -> Result<Filled, String> {
+        let data: alloc::vec::Vec<u8> = (0..pages * 4096 / 8).flat_map(|i| (i ^ seed << 40).to_le_bytes()).collect();
+        let (space, a) = process_with(pages * 4096, &data)?;
+        Ok(Filled { space, a, data })
+    }
+
+    /// Its pages.
+    pub(crate) fn pages(&self) -> u64 {
+        self.data.len() as u64 / 4096
+    }
+
+    /// Pages `[first, first + n)`, read by the CPU (faulting device pages back), hold their data.
+    pub(crate) fn check_range(&self, first: u64, n: u64, what: &str) -> TestResult {
+        let (lo, hi) = ((first * 4096) as usize, ((first + n) * 4096) as usize);
+        let mut back = alloc::vec![0u8; hi - lo];
+        crate::mm::uspace::run(&self.space, |u| u.read(self.a + first * 4096, &mut back))
+            .map_err(|f| format!("{what}: CPU read: {:?}", f.error))?;
+        if let Some(k) = (0..n as usize).find(|&k| back[k * 4096..(k + 1) * 4096] != self.data[lo + k * 4096..][..4096])
+        {
+            return Err(format!("{what}: page {} lost its data", first + k as u64));
+        }
+        Ok(())
+    }
+
+    /// Every page holds its data.
+    pub(crate) fn check(&self, what: &str) -> TestResult {
+        self.check_range(0, self.pages(), what)
+    }
+}
+
 mod devices;
 mod faults;
 mod follow;

@@ -14,7 +14,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hmm::mm::SharedSpace;
 use hmm::mm::space::Advice;
 use hmm::mm::space::MapRequest;
 use hmm::mm::vma::Prot;
@@ -23,36 +22,13 @@ const PAGE: u64 = 4096;
 const PAGES: u64 = 64;
 
 /// A process with `PAGES` pages of distinct data.
-struct Proc {
-    space: Arc<SharedSpace>,
-    a: u64,
-    data: Vec<u8>,
-}
+type Proc = super::Filled;
 
 impl Proc {
-    fn new(seed: u64) -> Result<Proc, String> {
-        let data: Vec<u8> = (0..PAGES * PAGE / 8).flat_map(|i| (i ^ seed << 40).to_le_bytes()).collect();
-        let (space, a) = super::process_with(PAGES * PAGE, &data)?;
-        Ok(Proc { space, a, data })
-    }
-
     /// Pages now in `v`'s memory.
     fn on_device(&self, v: &Vram) -> u64 {
         let s = self.space.lock();
         (0..PAGES).filter(|k| s.lookup(self.a + k * PAGE).is_some_and(|e| v.holds(&e.pte).is_some())).count() as u64
-    }
-
-    /// Every page's data, read by the CPU (faulting device pages back).
-    fn check(&self, what: &str) -> TestResult {
-        let mut back = alloc::vec![0u8; self.data.len()];
-        uspace::run(&self.space, |u| u.read(self.a, &mut back))
-            .map_err(|f| format!("{what}: CPU read: {:?}", f.error))?;
-        if let Some(k) =
-            (0..PAGES as usize).find(|&k| back[k * 4096..(k + 1) * 4096] != self.data[k * 4096..(k + 1) * 4096])
-        {
-            return Err(format!("{what}: page {k} lost its data"));
-        }
-        Ok(())
     }
 }
 
@@ -70,7 +46,7 @@ fn resets(n: usize) -> u64 {
 fn copy_fault(fault: Fault) -> TestResult {
     let v = dev0()?;
     let base = v.in_use();
-    let p = Proc::new(0x0f)?;
+    let p = Proc::new(0x0f, PAGES)?;
     let r0 = resets(0);
     // RAM to device.
     let armed = inject::arm(fault, Some(0), 0);
@@ -123,7 +99,7 @@ pub fn dma_timeout_resets_the_engine(_s: &System) -> TestResult {
 pub fn abandoned_copies_are_not_trusted(_s: &System) -> TestResult {
     let v = dev0()?;
     let base = v.in_use();
-    let p = Proc::new(0x2b)?;
+    let p = Proc::new(0x2b, PAGES)?;
     // Scatter the process's frames so that its pages make several copy requests: every other
     // page first, then the rest (device pages come in allocation order).
     let evens: Vec<u64> = (0..PAGES).step_by(2).collect();
@@ -152,7 +128,7 @@ pub fn abandoned_copies_are_not_trusted(_s: &System) -> TestResult {
 pub fn ram_exhausted_during_migrate_to_ram(_s: &System) -> TestResult {
     let v = dev0()?;
     let base = v.in_use();
-    let p = Proc::new(0x3c)?;
+    let p = Proc::new(0x3c, PAGES)?;
     let moved = vram::migrate_to_device(&v, &p.space, p.a, PAGES).map_err(|e| e.to_string())?;
     check!(moved == PAGES, "{moved} of {PAGES} pages reached the device");
     let armed = inject::arm(Fault::OutOfRam, None, 3);
@@ -185,7 +161,7 @@ pub fn iommu_map_fails_midway(_s: &System) -> TestResult {
     let Some(dev0) = devices::all().first().filter(|_| devices::iommu().is_some()) else {
         return Err("no virtio-iommu on this machine".into());
     };
-    let p = Proc::new(0x4d)?;
+    let p = Proc::new(0x4d, PAGES)?;
     // Give every page a frame of its own, not next to its neighbours', so that the device
     // fault's batch is many MAPs: each page is written again after a page of another mapping.
     let filler = p.space.lock().mmap(MapRequest::anon(PAGES * PAGE, Prot::RW)).map_err(|e| e.to_string())?;
@@ -297,7 +273,7 @@ fn removed_during_migration(v: &Arc<Vram>) -> TestResult {
     let s = |e: DevError| e.to_string();
 
     // Into the hot-plug memory: removed after the copy, before the finalize.
-    let p = Proc::new(0x5e)?;
+    let p = Proc::new(0x5e, PAGES)?;
     let (hook, removal) = remove_at(v, Point::Copied, 0);
     let moved = vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
     check!(hook.fired(), "the removal never ran");
@@ -329,7 +305,7 @@ fn removed_during_migration(v: &Arc<Vram>) -> TestResult {
     // Between two copy requests of a batch out of the memory, with another process's pages
     // there too: each page of `p` alone makes a request (every other page first), so the
     // batch has several windows of requests; `q`'s pages are not in the migration.
-    let q = Proc::new(0x6f)?;
+    let q = Proc::new(0x6f, PAGES)?;
     for k in (0..PAGES).step_by(2) {
         vram::migrate_to_device(v, &p.space, p.a + k * PAGE, 1).map_err(s)?;
     }
@@ -418,7 +394,7 @@ fn failed_unplug(v: &Arc<Vram>) -> TestResult {
     let s = |e: DevError| e.to_string();
     let dev = Some(v.device());
     let base = v.in_use();
-    let p = Proc::new(0x7a)?;
+    let p = Proc::new(0x7a, PAGES)?;
     let fill = |what: &str| -> TestResult {
         let moved = vram::migrate_to_device(v, &p.space, p.a, PAGES).map_err(s)?;
         let there = p.in_hot_memory(v)?;

@@ -9,7 +9,6 @@
 use super::TestResult;
 use crate::System;
 use crate::arch::time;
-use crate::mm::uspace;
 use crate::sched;
 use crate::vram::{self, Vram, follow};
 use alloc::format;
@@ -17,7 +16,6 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
-use hmm::mm::SharedSpace;
 
 const PAGE: u64 = 4096;
 const HUGE: u64 = 2 << 20;
@@ -29,32 +27,9 @@ const MET_MS: u64 = 60_000;
 const JOIN_MS: u64 = 60_000;
 
 /// A workload's process: `PAGES` pages of distinct data.
-struct Work {
-    space: Arc<SharedSpace>,
-    a: u64,
-    data: Vec<u8>,
-}
+type Work = super::Filled;
 
 impl Work {
-    fn new(seed: u64) -> Result<Work, String> {
-        let data: Vec<u8> = (0..PAGES * PAGE / 8).flat_map(|i| (i ^ seed << 40).to_le_bytes()).collect();
-        let (space, a) = super::process_with(PAGES * PAGE, &data)?;
-        Ok(Work { space, a, data })
-    }
-
-    /// Reads pages `[first, first + n)` by the CPU (faulting device pages back) and checks them.
-    fn check(&self, first: u64, n: u64, what: &str) -> TestResult {
-        let (lo, hi) = ((first * PAGE) as usize, ((first + n) * PAGE) as usize);
-        let mut back = alloc::vec![0u8; hi - lo];
-        uspace::run(&self.space, |u| u.read(self.a + first * PAGE, &mut back))
-            .map_err(|f| format!("{what}: CPU read: {:?}", f.error))?;
-        if let Some(k) = (0..n as usize).find(|&k| back[k * 4096..(k + 1) * 4096] != self.data[lo + k * 4096..][..4096])
-        {
-            return Err(format!("{what}: page {} lost its data", first + k as u64));
-        }
-        Ok(())
-    }
-
     /// Until `stop`: migrate every page to `v`, then read back a window of them by the CPU,
     /// a different window each round. Returns the rounds run and the pages moved.
     fn run(&self, v: &Vram, stop: &AtomicBool, name: &str) -> Result<(u64, u64), String> {
@@ -62,7 +37,7 @@ impl Work {
         while !stop.load(Ordering::Acquire) {
             moved += vram::migrate_to_device(v, &self.space, self.a, PAGES).map_err(|e| format!("{name}: {e}"))?;
             let first = (rounds * 37) % (PAGES - 64);
-            self.check(first, 64, name)?;
+            self.check_range(first, 64, name)?;
             rounds += 1;
             // A tick's pause: the follower and the other workload get their turn.
             sched::park(Some(1));
@@ -112,7 +87,7 @@ fn resized_while_running(v: &Arc<Vram>, boot: u64) -> TestResult {
     let irq = v.dev().with_hot_mem(|m| m.config_interrupts()).unwrap_or(false);
     let signals0 = sched::CONFIG_CHANGED.count();
     v.grow(2 * HUGE).map_err(|e| e.to_string())?;
-    let works = [Arc::new(Work::new(0x51)?), Arc::new(Work::new(0x52)?)];
+    let works = [Arc::new(Work::new(0x51, PAGES)?), Arc::new(Work::new(0x52, PAGES)?)];
     for (i, w) in works.iter().enumerate() {
         let moved = vram::migrate_to_device(v, &w.space, w.a, PAGES).map_err(|e| e.to_string())?;
         check!(moved == PAGES, "workload {i}: {moved} of {PAGES} pages moved into the two plugged blocks");
@@ -163,7 +138,7 @@ fn resized_while_running(v: &Arc<Vram>, boot: u64) -> TestResult {
     r?;
     check!(rounds.iter().all(|&n| n > 0), "a workload never ran a round: {rounds:?}");
     for (i, w) in works.iter().enumerate() {
-        w.check(0, PAGES, &format!("workload {i} at the end"))?;
+        w.check(&format!("workload {i} at the end"))?;
     }
     let f = v.follow_state();
     check!(f.met >= met0 + 2 && f.pending.is_none(), "the follower met {} requests, {met0} before: {f:?}", f.met);
