@@ -95,32 +95,14 @@ impl Vram {
     /// says why.
     pub fn shrink(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
         let _serial = self.resize.lock();
-        let blocks = whole_blocks(self.device, bytes)?;
-        let first = self.bar_pages / BLOCK_PAGES;
-        let online: Vec<u64> = {
-            let a = self.alloc.lock();
-            (first..a.capacity())
-                .rev()
-                .filter(|&b| a.state(b).is_some_and(|s| s != State::Offline))
-                .take(blocks as usize)
-                .collect()
-        };
-        if (online.len() as u64) < blocks {
-            return Err(
-                self.resize_error(ResizeFailure::NotPlugged { asked: bytes, plugged: online.len() as u64 * HUGE })
-            );
-        }
-        self.shrink_blocks(&online)
+        let (blocks, online) = self.online_for(bytes)?;
+        self.shrink_blocks(&online[..blocks as usize])
     }
 
-    /// Removes `bytes` of plugged hot-plug memory like [`Vram::shrink`], but block by block
-    /// from the highest, passing over a block that cannot go now (a page pinned or held by a
-    /// migration in flight, a refused UNPLUG) for the next one: what the host asks back is
-    /// taken where it can be. Returns the pages evicted; if fewer blocks went than asked, the
-    /// last refusal (the ones that went stay gone).
-    pub fn shrink_where_possible(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
-        let _serial = self.resize.lock();
-        let mut blocks = whole_blocks(self.device, bytes)?;
+    /// The whole blocks in `bytes`, and every online block of the hot-plug region, highest
+    /// first; refused unless that many are online.
+    fn online_for(&self, bytes: u64) -> Result<(u64, Vec<u64>), DevError> {
+        let blocks = whole_blocks(self.device, bytes)?;
         let first = self.bar_pages / BLOCK_PAGES;
         let online: Vec<u64> = {
             let a = self.alloc.lock();
@@ -131,6 +113,17 @@ impl Vram {
                 self.resize_error(ResizeFailure::NotPlugged { asked: bytes, plugged: online.len() as u64 * HUGE })
             );
         }
+        Ok((blocks, online))
+    }
+
+    /// Removes `bytes` of plugged hot-plug memory like [`Vram::shrink`], but block by block
+    /// from the highest, passing over a block that cannot go now (a page pinned or held by a
+    /// migration in flight, a refused UNPLUG) for the next one: what the host asks back is
+    /// taken where it can be. Returns the pages evicted; if fewer blocks went than asked, the
+    /// last refusal (the ones that went stay gone).
+    pub fn shrink_where_possible(self: &Arc<Self>, bytes: u64) -> Result<u64, DevError> {
+        let _serial = self.resize.lock();
+        let (mut blocks, online) = self.online_for(bytes)?;
         let (mut evicted, mut refused) = (0, None);
         for b in online {
             if blocks == 0 {
