@@ -34,7 +34,7 @@ use std::{
 #[derive(Debug, clap::Args)]
 #[command(
     about = "Every test: host tests, in-kernel tests in QEMU, boot checks",
-    long_about = "Every test: `cargo test` over the host-testable crates, the in-kernel tests in QEMU (resuming after a test that crashes or hangs), the PCI tests under SeaBIOS, the device tests with coherent device memory, the boot checks, the GRUB and microvm boots, the clock-source boots and the experiment checks; ends with `N passed, N failed, N skipped`.\n\nWith FILTER, only the tests whose names contain it: `cargo test FILTER` on the host (unless --skip-host), then the in-kernel tests on the machine (the kernel's ktest.filter) and the boot checks whose names contain it. `boot::microvm...`, `boot::grub...`, `boot::clock...` and the experiment checks (`experiment::numa_hmat_line_costs`, `experiment::host_and_guest_agree_on_default`, `experiment::host_and_guest_agree_on_tenants`, or a start of their names) run just those checks."
+    long_about = "Every test: `cargo test` over the host-testable crates, the in-kernel tests in QEMU (resuming after a test that crashes or hangs), the PCI tests under SeaBIOS, the device tests with coherent device memory, the boot checks, the GRUB and microvm boots, the clock-source boots and the experiment checks; ends with `N passed, N failed, N skipped`.\n\nWith FILTER, only the tests whose names contain it: `cargo test FILTER` on the host (unless --skip-host), then the in-kernel tests on the machine (the kernel's ktest.filter) and the boot checks whose names contain it. `boot::microvm...`, `boot::grub...`, `boot::clock...` and the experiment checks (`experiment::numa_hmat_line_costs`, `experiment::host_and_guest_agree_on_default`, `experiment::host_and_guest_agree_on_tenants`, `experiment::host_and_guest_agree_on_multigpu`, or a start of their names) run just those checks."
 )]
 pub struct Args {
     /// Run only the tests whose names contain FILTER (host and in-kernel), e.g. `faults::` or `mm::fork`.
@@ -510,6 +510,14 @@ fn microvm_result_problem(r: &Value) -> Option<String> {
 const NUMA_CHECK: &str = "experiment::numa_hmat_line_costs";
 const AGREE_CHECK: &str = "experiment::host_and_guest_agree_on_default";
 const AGREE_TENANTS: &str = "experiment::host_and_guest_agree_on_tenants";
+const AGREE_MULTIGPU: &str = "experiment::host_and_guest_agree_on_multigpu";
+
+/// The agreement checks, each with its experiment file.
+const AGREEMENTS: [(&str, &str); 3] = [
+    (AGREE_CHECK, "experiments/default.toml"),
+    (AGREE_TENANTS, "experiments/tenants.toml"),
+    (AGREE_MULTIGPU, "experiments/multigpu.toml"),
+];
 
 /// Runs `experiments/numa.toml` in the guest: every point passes its data check, both CPU cores
 /// run CPU phases, and the core on the far node got the HMAT's far line cost.
@@ -545,13 +553,14 @@ fn numa_experiment_check(floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-/// Runs `experiments/default.toml` (check `AGREE_CHECK`) or `experiments/tenants.toml` (two
-/// processes on two devices, `AGREE_TENANTS`) on the host and in the guest: the same engine and
+/// Runs an agreement check's experiment file (`AGREEMENTS`: `experiments/default.toml`,
+/// `experiments/tenants.toml` with two processes on two devices, `experiments/multigpu.toml`
+/// with four devices at once) on the host and in the guest: the same engine and
 /// policies over the HMM stack on two platforms must make the same decisions and count the
 /// same, point by point and workload by workload (only the mechanism's measured time
 /// differs); a failure names the first difference.
-fn host_and_guest_agree_check(name: &'static str, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
-    let file = root().join(if name == AGREE_TENANTS { "experiments/tenants.toml" } else { "experiments/default.toml" });
+fn host_and_guest_agree_check((name, file): (&'static str, &str), floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    let file = root().join(file);
     let l = experiment::load(&file, root())?;
     let timeout = secs(300, floor).as_secs();
     let (host, _) = run_points(&file, &l, true, 2, timeout, Profile::Release)?;
@@ -611,8 +620,11 @@ fn select(filter: Option<&str>) -> Selection<'_> {
     if f.starts_with("boot::microvm") || f.starts_with("boot::grub") || f.starts_with("boot::clock") {
         return Selection::Boots(f);
     }
-    let experiment =
-        [NUMA_CHECK, AGREE_CHECK, AGREE_TENANTS].iter().chain(&crate::slurm::check::NAMES).any(|n| n.starts_with(f));
+    let experiment = [NUMA_CHECK]
+        .iter()
+        .chain(AGREEMENTS.iter().map(|a| &a.0))
+        .chain(&crate::slurm::check::NAMES)
+        .any(|n| n.starts_with(f));
     if f.len() > "experiment::".len() && experiment {
         return Selection::ExperimentChecks(f);
     }
@@ -696,8 +708,8 @@ pub fn cmd(o: &Args) -> Result<u8> {
             if NUMA_CHECK.starts_with(f) {
                 numa_experiment_check(floor, &mut tally)?;
             }
-            for check in [AGREE_CHECK, AGREE_TENANTS] {
-                if check.starts_with(f) {
+            for check in AGREEMENTS {
+                if check.0.starts_with(f) {
                     host_and_guest_agree_check(check, floor, &mut tally)?;
                 }
             }
@@ -733,9 +745,13 @@ pub fn cmd(o: &Args) -> Result<u8> {
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
     numa_experiment_check(floor, &mut tally)?;
     println!("\n== the default experiment on the host and in the guest (experiments/default.toml) ==");
-    host_and_guest_agree_check(AGREE_CHECK, floor, &mut tally)?;
+    host_and_guest_agree_check(AGREEMENTS[0], floor, &mut tally)?;
     println!("\n== two processes sharing two devices, on the host and in the guest (experiments/tenants.toml) ==");
-    host_and_guest_agree_check(AGREE_TENANTS, floor, &mut tally)?;
+    host_and_guest_agree_check(AGREEMENTS[1], floor, &mut tally)?;
+    println!(
+        "\n== four devices at once, GRIT and Griffin, on the host and in the guest (experiments/multigpu.toml) =="
+    );
+    host_and_guest_agree_check(AGREEMENTS[2], floor, &mut tally)?;
     println!("\n== sweeps through a single-node Slurm cluster on this machine ==");
     slurm_checks("", &mut tally);
     finish(&tally, None)

@@ -26,6 +26,12 @@
 //! reference column takes part (its order against the others is a published result too); a
 //! missing point of ours fails every ordering it is in.
 //!
+//! **Shapes.** Some results are published only as a shape: "A is faster than B" (a paper's
+//! mean speedups over its own workloads, not a value per workload of ours). A table gives them
+//! as `shape = [["A", "B"], ...]` with the `source` that publishes them, and no `published`
+//! values: each pair is a published ordering in every row, held as above; such a table has
+//! no cells to count.
+//!
 //! Invariants: the counts printed under each table, in the summary file and in the final
 //! `reproduction:` line all come from one [`verdicts`] call over the same results; a table
 //! without published values has no verdicts and adds nothing to the counts.
@@ -68,6 +74,13 @@ pub struct TableSpec {
     /// tie, not an ordering (default 0.05).
     #[serde(default)]
     pub tie: Option<Spanned<f64>>,
+    /// A published shape instead of published values: pairs `[lower, higher]` of columns, each
+    /// a published ordering ("lower is faster than higher") in every row (see the module docs).
+    #[serde(default)]
+    pub shape: Vec<[String; 2]>,
+    /// Where the shape is published (printed with the verdict); required with `shape`.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// The default tie tolerance of published orderings: 5 %.
@@ -77,6 +90,10 @@ pub const TIE: f64 = 0.05;
 pub const WITHIN: f64 = 2.0;
 
 impl TableSpec {
+    /// Whether the table has anything published to check: values or a shape.
+    fn checked(&self) -> bool {
+        !self.published.is_empty() || !self.shape.is_empty()
+    }
     fn tie(&self) -> f64 {
         self.tie.as_ref().map_or(TIE, |t| *t.get_ref())
     }
@@ -190,6 +207,33 @@ pub(super) fn check(src: &Src<'_>, tables: &[TableSpec], keys: &[(String, String
                 ));
             }
         }
+        if !t.shape.is_empty() {
+            if !t.published.is_empty() {
+                return Err(at(
+                    "shape",
+                    "a shape is published orderings without values: give `published` values or a `shape`, not both"
+                        .into(),
+                ));
+            }
+            if t.source.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                return Err(at(
+                    "source",
+                    "a `shape` needs its `source`: the paper or figure it is published in".into(),
+                ));
+            }
+            for [lo, hi] in &t.shape {
+                for c in [lo, hi] {
+                    if !t.columns.contains(c) {
+                        return Err(at("shape", format!("`{c}` is not a column; columns: {}", t.columns.join(", "))));
+                    }
+                }
+                if lo == hi {
+                    return Err(at("shape", format!("`[{lo}, {hi}]` orders a column against itself")));
+                }
+            }
+        } else if t.source.is_some() {
+            return Err(at("source", "`source` names where a `shape` is published; this table has none".into()));
+        }
         if let Some(r) = &t.reference {
             let f = format!("{sec}.reference");
             if t.normalise.is_some() {
@@ -274,9 +318,20 @@ impl Row<'_> {
         }
     }
 
-    /// The published orderings of this row, in column order.
+    /// The published orderings of this row: a shape's pairs in their order, else every pair of
+    /// published values apart by more than the tie, in column order.
     fn orderings(&self) -> Vec<Ordering> {
         let mut out = Vec::new();
+        for [lower, higher] in &self.t.shape {
+            out.push(Ordering {
+                row: self.w.to_string(),
+                lower: lower.clone(),
+                higher: higher.clone(),
+                published: None,
+                ours: self.ours(lower).zip(self.ours(higher)),
+                normalised: self.t.normalise.is_some(),
+            });
+        }
         let cols = &self.t.columns;
         for (i, a) in cols.iter().enumerate() {
             for b in &cols[i + 1..] {
@@ -290,7 +345,7 @@ impl Row<'_> {
                     row: self.w.to_string(),
                     lower: lower.clone(),
                     higher: higher.clone(),
-                    published: (pl, ph),
+                    published: Some((pl, ph)),
                     ours: self.ours(lower).zip(self.ours(higher)),
                     normalised: self.t.normalise.is_some(),
                 });
@@ -353,8 +408,8 @@ pub struct Ordering {
     pub lower: String,
     /// The column published higher.
     pub higher: String,
-    /// Published (lower, higher).
-    pub published: (f64, f64),
+    /// Published (lower, higher); none for a shape's ordering, published without values.
+    pub published: Option<(f64, f64)>,
     /// Ours (lower, higher), if both points have results.
     pub ours: Option<(f64, f64)>,
     /// Whether ours are ratios (a `normalise` table) rather than ms.
@@ -371,15 +426,12 @@ impl Ordering {
 impl std::fmt::Display for Ordering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let num = |x: f64| if self.normalised { format!("{x:.2}") } else { figure(x) };
-        write!(
-            f,
-            "{}: {} < {} published ({} vs {}), ",
-            self.row,
-            self.lower,
-            self.higher,
-            num(self.published.0),
-            num(self.published.1)
-        )?;
+        match self.published {
+            Some((lo, hi)) => {
+                write!(f, "{}: {} < {} published ({} vs {}), ", self.row, self.lower, self.higher, num(lo), num(hi))?
+            }
+            None => write!(f, "{}: {} < {} published (shape), ", self.row, self.lower, self.higher)?,
+        }
         let unit = if self.normalised { "" } else { " ms" };
         // Two different values of ours that round alike are shown to four decimals.
         let ours = |a: f64, b: f64| match (num(a), num(b)) {
@@ -449,7 +501,8 @@ fn workloads(l: &Loaded) -> Vec<String> {
 fn verdict(l: &Loaded, results: &Results, t: &TableSpec) -> TableVerdict {
     let mut cells = Vec::new();
     let mut orderings = Vec::new();
-    for w in workloads(l).iter().filter(|w| t.published.contains_key(*w)) {
+    // A shape holds in every row; published values, in the rows they are given for.
+    for w in workloads(l).iter().filter(|w| !t.shape.is_empty() || t.published.contains_key(*w)) {
         let row = Row { l, results, t, w };
         for c in &t.columns {
             cells.push((w.clone(), c.clone(), row.cell(c)));
@@ -461,7 +514,7 @@ fn verdict(l: &Loaded, results: &Results, t: &TableSpec) -> TableVerdict {
 
 /// The verdicts of every table with published values, in file order.
 pub fn verdicts(l: &Loaded, results: &Results) -> Vec<TableVerdict> {
-    l.exp.tables.iter().filter(|t| !t.published.is_empty()).map(|t| verdict(l, results, t)).collect()
+    l.exp.tables.iter().filter(|t| t.checked()).map(|t| verdict(l, results, t)).collect()
 }
 
 /// Per table its counts, then the line that ends the run:
@@ -506,7 +559,10 @@ fn drawn(l: &Loaded, results: &Results) -> Vec<Drawn> {
     let mut out = Vec::new();
     for t in &l.exp.tables {
         let unit = if t.normalise.is_some() { "×".to_string() } else { "ms".to_string() };
-        let legend = if t.published.is_empty() {
+        let legend = if let Some(src) = t.source.as_deref().filter(|_| !t.shape.is_empty()) {
+            let pairs: Vec<String> = t.shape.iter().map(|[a, b]| format!("{a} < {b}")).collect();
+            format!("(each cell: ours in {unit}; published shape, every row: {}; source: {src})", pairs.join(", "))
+        } else if t.published.is_empty() {
             format!("(each cell: ours in {unit} | -, nothing published to compare)")
         } else {
             let scale = match t.reference() {
@@ -531,7 +587,12 @@ fn drawn(l: &Loaded, results: &Results) -> Vec<Drawn> {
                     .published(c)
                     .map_or("-".into(), |x| if t.normalise.is_some() { format!("{x:.2}") } else { format!("{x:.0}") });
                 let mark = if t.published.contains_key(w) { row.cell(c).mark() } else { String::new() };
-                cells.push(if mark.is_empty() { format!("{o} | {p}") } else { format!("{o} | {p} {mark}") });
+                cells.push(match () {
+                    // A shape has no values: the cell is ours.
+                    _ if !t.shape.is_empty() => o,
+                    _ if mark.is_empty() => format!("{o} | {p}"),
+                    _ => format!("{o} | {p} {mark}"),
+                });
             }
             for r in &t.ratios {
                 let o = row.ours(&r[0]).zip(row.ours(&r[1])).map(|(a, b)| a / b);
@@ -542,7 +603,7 @@ fn drawn(l: &Loaded, results: &Results) -> Vec<Drawn> {
             rows.push((w.clone(), cells));
         }
         let mut notes = Vec::new();
-        if !t.published.is_empty() {
+        if t.checked() {
             let v = verdict(l, results, t);
             notes.push(format!("verdict: {}", v.counts()));
             notes.extend(v.orderings.iter().filter(|o| !o.held()).map(|o| format!("not as published: {o}")));
@@ -554,7 +615,7 @@ fn drawn(l: &Loaded, results: &Results) -> Vec<Drawn> {
             ratios: t.ratios.iter().map(|r| format!("{} ÷ {}", r[0], r[1])).collect(),
             rows,
             notes,
-            width: if t.published.is_empty() { 22 } else { 28 },
+            width: if t.checked() { 28 } else { 22 },
         });
     }
     out

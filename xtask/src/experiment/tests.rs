@@ -44,6 +44,7 @@ fn shipped_experiments_load() {
         ("experiments/schedulers.toml", 5),
         ("experiments/tenants.toml", 12),
         ("experiments/resize.toml", 2),
+        ("experiments/multigpu.toml", 18),
     ] {
         let l = super::load(&root().join(f), &root()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.points.len(), n, "{f}");
@@ -580,6 +581,65 @@ fn the_final_line_counts_every_table_and_a_missing_point_fails() {
     assert!(comparisons(&l, &r).contains("- | 400 miss"));
     // No table with published values: no line.
     assert_eq!(reproduction(&verdicts(&load(SMALL.split("[[table]]").next().unwrap()).unwrap(), &r)), None);
+}
+
+/// VERDICTS with a table published as a shape: `c < b` and `b < a` in every row.
+fn shaped() -> String {
+    format!(
+        "{VERDICTS}[[table]]\ntitle = \"shape\"\ncolumns = [\"c\", \"b\", \"a\"]\nshape = [[\"c\", \"b\"], [\"b\", \"a\"]]\nsource = \"a paper, figure 1\"\n"
+    )
+}
+
+#[test]
+fn a_published_shape_is_an_ordering_in_every_row_and_has_no_cells() {
+    let l = load(&shaped()).unwrap();
+    let r = synthetic(&l);
+    let v = verdicts(&l, &r);
+    assert_eq!(v.iter().map(|t| t.title.as_str()).collect::<Vec<_>>(), ["abs", "slow", "shape"]);
+    let s = &v[2];
+    assert!(s.cells.iter().all(|c| !c.2.counted()), "{:?}", s.cells);
+    let got: Vec<(&str, &str, &str, bool)> =
+        s.orderings.iter().map(|o| (o.row.as_str(), o.lower.as_str(), o.higher.as_str(), o.held())).collect();
+    // stream: c 1 < b 25 < a 40, both held; random: c 1 < b 6 held, b 6 < a 5 reversed.
+    assert_eq!(
+        got,
+        [
+            ("stream", "c", "b", true),
+            ("stream", "b", "a", true),
+            ("random", "c", "b", true),
+            ("random", "b", "a", false)
+        ]
+    );
+    assert_eq!(s.counts(), "0 of 0 cells within 2x; 3 of 4 orderings as published");
+    assert!(
+        reproduction(&v)
+            .unwrap()
+            .ends_with("reproduction: 4 of 5 published cells within 2x; 9 of 11 orderings as published\n")
+    );
+    let cmp = comparisons(&l, &r);
+    assert!(cmp.contains("published shape, every row: c < b, b < a; source: a paper, figure 1"), "{cmp}");
+    assert!(
+        cmp.contains("not as published: random: b < a published (shape), ours reversed (6.00 vs 5.00 ms)"),
+        "{cmp}"
+    );
+    // A shape's cells are ours alone.
+    let shape = &cmp[cmp.find("\nshape\n").unwrap()..];
+    let random = shape.lines().find(|x| x.starts_with("  random")).unwrap();
+    assert_eq!(random.split_whitespace().collect::<Vec<_>>(), ["random", "1.0", "6.0", "5.0"], "{shape}");
+}
+
+#[test]
+fn a_shape_is_checked_when_the_file_loads() {
+    let e = err(&shaped().replace("source = \"a paper, figure 1\"\n", ""));
+    assert!(e.contains("`table[3].source`: a `shape` needs its `source`"), "{e}");
+    let e = err(&shaped().replace("[[\"c\", \"b\"]", "[[\"c\", \"d\"]"));
+    assert!(e.contains("`table[3].shape`: `d` is not a column; columns: c, b, a"), "{e}");
+    let e = err(&shaped().replace("[[\"c\", \"b\"]", "[[\"c\", \"c\"]"));
+    assert!(e.contains("`table[3].shape`: `[c, c]` orders a column against itself"), "{e}");
+    let e = err(&shaped().replace("source = ", "published = { stream = [1, 2, 3] }\nsource = "));
+    assert!(e.contains("`table[3].shape`: a shape is published orderings without values"), "{e}");
+    let e = err(&VERDICTS.replace("title = \"nothing published\"", "title = \"nothing published\"\nsource = \"x\""));
+    assert!(e.contains("`table[2].source`: `source` names where a `shape` is published"), "{e}");
 }
 
 #[test]
