@@ -7,7 +7,9 @@
 //! | key | value | meaning |
 //! |---|---|---|
 //! | `log` | `LEVEL[,TARGET=LEVEL...]` | default level (`off`, `error`, `warn`, `info`, `debug`, `trace`), then per-module-prefix levels |
-//! | `job` | `default`, `none`, `bench-mm`, `bench-hmm`, `bench-devices`, `experiment` | what to run once ready: the default job, nothing (exit at ready, for boot benchmarks), a benchmark, or the experiment in the boot module |
+//! | `job` | `default`, `none`, `bench-mm`, `bench-hmm`, `bench-devices`, `experiment`, `run` | what to run once ready: the default job, nothing (exit at ready, for boot benchmarks), a benchmark, the experiment in the boot module, or the static Linux executable in the boot module (in ring 3) |
+//! | `run.name` | text | `job=run`: the program's `argv[0]` (default `program`) |
+//! | `run.arg` | text | `job=run`: one more argument; may repeat, up to [`MAX_RUN_ARGS`] |
 //! | `ktest.filter` | text | in-kernel tests: run only tests whose name contains it |
 //! | `ktest.from` | index | in-kernel tests: start at this test (the xtask resumes here after a failure) |
 //! | `ktest.timeout_ms` | ms | in-kernel tests: a test running longer is reported as hung |
@@ -24,6 +26,9 @@ pub const MAX_LOG_FILTERS: usize = 16;
 
 /// Most `virtio_mmio.device` transports.
 pub const MAX_VIRTIO_MMIO: usize = 16;
+
+/// Most `run.arg` words.
+pub const MAX_RUN_ARGS: usize = 16;
 
 /// A virtio-mmio transport named on the command line (`virtio_mmio.device=SIZE@ADDR:IRQ[:ID]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,6 +136,8 @@ pub enum Job {
     BenchDevices,
     /// The experiment in the boot module (`cargo xtask experiment`).
     Experiment,
+    /// The static Linux executable in the boot module, in ring 3 (`cargo xtask qemu --run`).
+    Run,
 }
 
 /// A deliberate crash, to test that crashes are reported.
@@ -203,6 +210,10 @@ pub struct KernelArgs<'a> {
     pub profile_hz: Option<u32>,
     /// Where the TSC frequency comes from (`tsc.source`).
     pub tsc_source: ClockSource,
+    /// `job=run`: the program's `argv[0]` (`run.name`).
+    pub run_name: Option<&'a str>,
+    /// `job=run`: its further arguments (`run.arg`), in order.
+    pub run_args: FixedVec<&'a str, MAX_RUN_ARGS>,
 }
 
 /// The scheduler tick's rate, which `profile.hz` must be a multiple of (the kernel's
@@ -240,6 +251,8 @@ pub enum ArgError<'a> {
     TooManyLogFilters,
     /// More than [`MAX_VIRTIO_MMIO`] `virtio_mmio.device` words.
     TooManyVirtioMmio,
+    /// More than [`MAX_RUN_ARGS`] `run.arg` words.
+    TooManyRunArgs,
 }
 
 impl core::fmt::Display for ArgError<'_> {
@@ -247,7 +260,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device, profile.hz, tsc.source)"
+                "unknown kernel argument '{k}' (known: log, job, ktest.filter, ktest.from, ktest.timeout_ms, ktest.crash, devices.coherent, virtio_mmio.device, profile.hz, tsc.source, run.name, run.arg)"
             ),
             Self::BadValue { key, value, expected } => {
                 write!(f, "kernel argument '{key}={value}': expected {expected}")
@@ -257,6 +270,7 @@ impl core::fmt::Display for ArgError<'_> {
             }
             Self::TooManyLogFilters => write!(f, "more than {MAX_LOG_FILTERS} log filters in 'log='"),
             Self::TooManyVirtioMmio => write!(f, "more than {MAX_VIRTIO_MMIO} 'virtio_mmio.device=' words"),
+            Self::TooManyRunArgs => write!(f, "more than {MAX_RUN_ARGS} 'run.arg=' words"),
         }
     }
 }
@@ -285,14 +299,17 @@ impl<'a> KernelArgs<'a> {
                         "bench-hmm" => Job::BenchHmm,
                         "bench-devices" => Job::BenchDevices,
                         "experiment" => Job::Experiment,
+                        "run" => Job::Run,
                         _ => {
                             return Err(bad(
                                 v,
-                                "'default', 'none', 'bench-mm', 'bench-hmm', 'bench-devices' or 'experiment'",
+                                "'default', 'none', 'bench-mm', 'bench-hmm', 'bench-devices', 'experiment' or 'run'",
                             ));
                         }
                     };
                 }
+                "run.name" => args.run_name = Some(need("argv[0]")?),
+                "run.arg" => args.run_args.push(need("argument")?).map_err(|_| ArgError::TooManyRunArgs)?,
                 "ktest.filter" => args.ktest_filter = Some(need("text")?),
                 "ktest.from" => {
                     let v = need("test index")?;
@@ -442,6 +459,17 @@ mod tests {
             assert!(e.to_string().contains("multiple of 100"), "{e}");
         }
         assert!(matches!(KernelArgs::parse("profile.hz").unwrap_err(), ArgError::MissingValue { .. }));
+    }
+
+    #[test]
+    fn a_run_job_takes_its_name_and_arguments_in_order() {
+        let a = KernelArgs::parse("job=run run.name=hmm-tests run.arg=-r run.arg=hmm.hmm_device_private").unwrap();
+        assert_eq!(a.job, Job::Run);
+        assert_eq!(a.run_name, Some("hmm-tests"));
+        assert_eq!(&*a.run_args, &["-r", "hmm.hmm_device_private"]);
+        let many = "run.arg=x ".repeat(MAX_RUN_ARGS + 1);
+        assert_eq!(KernelArgs::parse(&many).unwrap_err(), ArgError::TooManyRunArgs);
+        assert!(matches!(KernelArgs::parse("run.arg").unwrap_err(), ArgError::MissingValue { key: "run.arg", .. }));
     }
 
     #[test]

@@ -57,11 +57,14 @@ pub enum Tag {
     /// while the guest runs on; the guest sees the effect on its devices (a virtio-mem
     /// configuration change), not an answer.
     Host,
+    /// How the user program of `job=run` ended: `{"exit_code":N}`, or `{"signal":S,...}` with
+    /// the exception that stopped it.
+    Run,
 }
 
 impl Tag {
     /// Every tag.
-    pub const ALL: [Tag; 9] = [
+    pub const ALL: [Tag; 10] = [
         Tag::Boot,
         Tag::Result,
         Tag::Bench,
@@ -71,6 +74,7 @@ impl Tag {
         Tag::Profile,
         Tag::Exit,
         Tag::Host,
+        Tag::Run,
     ];
 
     /// The line's start: `@@` and the name, then a space before the payload.
@@ -85,6 +89,7 @@ impl Tag {
             Tag::Profile => "@@PROFILE ",
             Tag::Exit => "@@EXIT ",
             Tag::Host => "@@HOST ",
+            Tag::Run => "@@RUN ",
         }
     }
 

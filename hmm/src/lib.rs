@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+pub mod abi;
 pub mod addr;
 pub mod compute;
 pub mod devalloc;

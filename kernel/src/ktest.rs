@@ -149,6 +149,7 @@ mod smp;
 mod spaces;
 mod stress;
 mod tenants;
+mod user;
 
 /// This module's tests (the kernel's own, the devices', the address spaces'), in run order.
 pub const TESTS: &[Test] = &[
@@ -179,6 +180,16 @@ pub const TESTS: &[Test] = &[
     Test { name: "devices::mirror_is_real", run: devices::mirror_is_real },
     Test { name: "devices::spaces_share_a_device", run: tenants::spaces_share_a_device },
     Test { name: "devices::two_spaces_two_devices_interleaved", run: tenants::two_spaces_two_devices_interleaved },
+    Test {
+        name: "user::a_program_writes_and_exits_with_its_status",
+        run: user::a_program_writes_and_exits_with_its_status,
+    },
+    Test { name: "user::segments_are_loaded_and_bss_is_zero", run: user::segments_are_loaded_and_bss_is_zero },
+    Test { name: "user::faults_end_the_program_not_the_kernel", run: user::faults_end_the_program_not_the_kernel },
+    Test {
+        name: "user::fpu_state_survives_switches_between_programs",
+        run: user::fpu_state_survives_switches_between_programs,
+    },
     Test { name: "devices::compute_kernel", run: devices::compute_kernel },
     Test { name: "devices::device_to_device", run: devices::device_to_device },
     Test { name: "devices::two_devices_copy_at_once", run: devices::two_devices_copy_at_once },

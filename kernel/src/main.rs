@@ -38,6 +38,7 @@ mod inject;
 mod job;
 mod json;
 mod ktest;
+mod linux;
 mod logger;
 mod mm;
 #[allow(unsafe_code)]
@@ -96,6 +97,7 @@ fn kernel_main(entry: platform::Entry) -> ! {
 
     arch::gdt::init();
     arch::trap::init();
+    arch::user::init_cpu();
     let cpu = arch::cpu::features();
 
     if let Err(e) = mm::init(info, cpu.nx) {
@@ -105,6 +107,8 @@ fn kernel_main(entry: platform::Entry) -> ! {
     if let Err(e) = mm::uspace::init(info, mm::kernel_root()) {
         fail("starting the address-space manager", e);
     }
+    // The Linux-compatible user mode's system calls.
+    linux::init();
     log::debug!("memory: {} frames ({} MiB) free", mm::frame::free_frames(), mm::frame::free_frames() / 256);
 
     // No RSDP (microvm with acpi=off): an empty description, so one CPU, no PCI, no PM timer.
@@ -192,6 +196,10 @@ fn kernel_main(entry: platform::Entry) -> ! {
         Job::Experiment => match experiment::run(system) {
             Ok(()) => exit(ExitCode::Success),
             Err(e) => fail("experiment", e),
+        },
+        Job::Run => match linux::job(system) {
+            Ok(()) => exit(ExitCode::Success),
+            Err(e) => fail("run", e),
         },
         // The default job, then the default experiment when the xtask passed its image.
         Job::Default => match job::run(system).and_then(|()| {

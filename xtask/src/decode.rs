@@ -96,6 +96,10 @@ pub fn brief(line: &str) -> String {
             None => format!("{name}: {}", cut(payload, 60)),
         },
         Tag::Host => format!("{name}: a request to the host: {}", cut(payload, 80)),
+        Tag::Run => match j["exit_code"].as_i64() {
+            Some(c) => format!("{name}: the user program exited with status {c}"),
+            None => format!("{name}: the user program was stopped: {}", cut(payload, 100)),
+        },
     };
     format!("{before}{what}")
 }

@@ -316,6 +316,13 @@ impl User {
     }
 }
 
+/// The running task's installed address space with access to its user half, inside [`run`]
+/// (a system call of a user program running in it); `None` outside.
+pub fn installed() -> Option<(Arc<Space>, User)> {
+    let space = SPACES[sched::current()].lock().clone()?;
+    Some((space, User { _private: () }))
+}
+
 /// Runs `f` with `space` installed for the running task, then reinstalls what it had before.
 /// The task may be preempted inside; it resumes with its space installed.
 pub fn run<R>(space: &Arc<Space>, f: impl FnOnce(&User) -> R) -> R {

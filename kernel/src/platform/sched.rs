@@ -660,6 +660,8 @@ pub fn preempt(frame: *mut TrapFrame, tick: bool) -> *mut TrapFrame {
     n.state.store(RUNNING, Ordering::Release);
     CURRENT[cpu].store(next, Ordering::Release);
     load_root(n.root.load(Ordering::Relaxed));
+    // A task running user code: its trap stack and FS base.
+    crate::platform::arch::user::switched(cur, next);
     n.rsp.load(Ordering::Acquire) as *mut TrapFrame
 }
 

@@ -10,6 +10,11 @@
 //! `ktest.timeout_ms=`) only mean something to the test build, so with them this boots the
 //! `ktest` build (the in-kernel test runner) instead of the release kernel
 //! ([`kernel_profile`]); `--debug` with them is refused.
+//!
+//! `--run BINARY [--arg ARG]...` runs a static Linux x86-64 executable in the kernel's user
+//! mode instead (`job=run`, the binary as the boot module): its output is on the console and
+//! the xtask exits with its status (128 + the signal's number when an exception stopped it, as
+//! a shell reports it).
 
 use super::experiment::report_experiment;
 use crate::decode::{json_line, points_and_traces};
@@ -48,9 +53,67 @@ pub struct Args {
     /// Boot through GRUB (Multiboot2) from an ISO under SeaBIOS (bios) or OVMF (uefi) instead of by PVH.
     #[arg(long, value_enum, value_name = "FIRMWARE")]
     grub: Option<GrubFirmware>,
+    /// Run this static Linux x86-64 executable (built with `gcc -static`) in the kernel's
+    /// user mode; the xtask exits with its status.
+    #[arg(long, value_name = "BINARY", conflicts_with = "grub")]
+    run: Option<std::path::PathBuf>,
+    /// One more argument for the program of --run (may repeat; no whitespace).
+    #[arg(long = "arg", value_name = "ARG", requires = "run", allow_hyphen_values = true)]
+    run_args: Vec<String>,
     /// Kernel command-line arguments (after `--`), e.g. log=debug job=none ktest.filter=pci::
     #[arg(last = true, value_name = "KERNEL ARGS")]
     pub(crate) kernel_args: Vec<String>,
+}
+
+/// The kernel arguments of `--run BINARY --arg ...`: `job=run`, `run.name` (the binary's file
+/// name) and a `run.arg` per argument; an argument with whitespace cannot be carried.
+pub fn run_args(binary: &std::path::Path, args: &[String]) -> Result<Vec<String>> {
+    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
+    let mut out = vec!["job=run".to_string()];
+    for (what, v) in std::iter::once(("the program's file name", &name)).chain(args.iter().map(|a| ("an argument", a)))
+    {
+        if v.is_empty() || v.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{what} `{v}` is empty or has whitespace: the kernel command line that carries it splits on whitespace"
+            ));
+        }
+    }
+    out.push(format!("run.name={name}"));
+    out.extend(args.iter().map(|a| format!("run.arg={a}")));
+    Ok(out)
+}
+
+/// The exit status of the program a `@@RUN` line reports: its own, or 128 + the signal's
+/// number (as a shell gives it), or 1 when the kernel stopped it; with a sentence saying so.
+pub fn run_status(run: &Value) -> (u8, String) {
+    if let Some(c) = run["exit_code"].as_i64() {
+        return ((c & 0xff) as u8, format!("the program exited with status {c}"));
+    }
+    if let Some(sig) = run["signal"].as_str() {
+        let n = match sig {
+            "SIGILL" => 4,
+            "SIGTRAP" => 5,
+            "SIGBUS" => 7,
+            "SIGFPE" => 8,
+            _ => 11,
+        };
+        let at = run["address"].as_str().map(|a| format!(", address {a}")).unwrap_or_default();
+        return (
+            128 + n,
+            format!(
+                "the program was stopped by {sig}: exception {} at rip {}{at}",
+                run["vector"],
+                run["rip"].as_str().unwrap_or("?")
+            ),
+        );
+    }
+    if let Some(what) = run["unsupported_syscall"].as_str() {
+        return (
+            1,
+            format!("the program was stopped: it made the system call {what}, which the kernel does not implement"),
+        );
+    }
+    (1, format!("the kernel reported the program's end in a form the xtask does not know: {run}"))
 }
 
 /// `--grub bios|uefi`.
@@ -82,7 +145,12 @@ pub fn kernel_profile(kernel_args: &[String], chosen: ProfileOpt) -> Result<Prof
 
 /// `cargo xtask qemu`.
 pub fn cmd(o: &Args) -> Result<u8> {
-    let kernel_args = &o.kernel_args;
+    let mut kernel_args = o.kernel_args.clone();
+    if let Some(bin) = &o.run {
+        std::fs::metadata(bin).map_err(|e| format!("--run {}: {e}", bin.display()))?;
+        kernel_args.extend(run_args(bin, &o.run_args)?);
+    }
+    let kernel_args = &kernel_args;
     let default_machine = root().join("qemu/default.toml");
     let machine_path = o.machine.path_or("qemu/default.toml");
     let profile = kernel_profile(kernel_args, o.profile)?;
@@ -140,7 +208,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
         accel: o.accel.name(),
         gdb: o.gdb,
         echo: true,
-        initrd: image.as_deref(),
+        initrd: o.run.as_deref().or(image.as_deref()),
         boot,
         ..Launch::new(
             &kernel,
@@ -169,6 +237,16 @@ pub fn cmd(o: &Args) -> Result<u8> {
         }
     }
     let mut code = run.outcome.code();
+    if o.run.is_some() {
+        match json_line(&run.lines, Tag::Run) {
+            Some(r) if code == 0 => {
+                let (status, what) = run_status(&r);
+                println!("\n{what}");
+                code = status;
+            }
+            _ => code = code.max(1),
+        }
+    }
     if let (Some(l), Some(r)) = (&exp, &exp_run) {
         let (results, traces) = points_and_traces(&run.lines);
         for rec in crate::run::records_of(&results, &traces) {

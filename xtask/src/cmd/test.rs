@@ -25,7 +25,7 @@ use crate::{Result, root};
 use boot::protocol::{KTEST, Ktest, Tag};
 use serde_json::Value;
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -355,6 +355,86 @@ const PLAUSIBLE_TSC_HZ: std::ops::RangeInclusive<u64> = 500_000_000..=10_000_000
 /// source and a plausible frequency; on microvm `tsc.source=hpet` must fail the boot naming the
 /// missing HPET; under KVM (when `/dev/kvm` can be opened, else skipped) microvm's default
 /// calibration must come from kvmclock. The release kernel.
+/// The user-mode check: a C program built with `gcc -static` runs in ring 3.
+const PROGRAM_CHECK: &str = "run::static_c_program_runs_in_ring_3";
+
+/// `gcc -static` of `xtask/programs/NAME.c` into `target/programs/NAME`; `Err` says why it
+/// cannot be built here (no gcc or no static C library, and nothing to install them with).
+pub fn build_static_program(name: &str) -> std::result::Result<PathBuf, String> {
+    let have = || {
+        Command::new("gcc").arg("--version").output().is_ok_and(|o| o.status.success())
+            && Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists()
+    };
+    if !have() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !(root && Path::new("/usr/bin/apt-get").exists()) {
+            return Err("gcc with a static C library is not installed (apt-get install gcc libc6-dev), and this user cannot install it".into());
+        }
+        eprintln!("xtask: installing gcc and the static C library (apt-get install -y gcc libc6-dev)");
+        let ok = Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq", "gcc", "libc6-dev"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok || !have() {
+            return Err("apt-get could not install gcc and libc6-dev".into());
+        }
+    }
+    let src = root().join(format!("xtask/programs/{name}.c"));
+    let dir = root().join("target/programs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let out = dir.join(name);
+    let o = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("running gcc: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("gcc -static {} failed: {}", src.display(), String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(out)
+}
+
+/// Builds `xtask/programs/hello.c` with `gcc -static` and runs it in the release kernel's user
+/// mode with two arguments, as `cargo xtask qemu --run` does: its output (both streams) must be
+/// on the console and its status (3) in the `@@RUN` line.
+fn program_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    if !only.is_none_or(|o| PROGRAM_CHECK.contains(o)) {
+        return Ok(());
+    }
+    let bin = match build_static_program("hello") {
+        Ok(b) => b,
+        Err(why) => {
+            tally.skip(PROGRAM_CHECK, &why);
+            return Ok(());
+        }
+    };
+    let kernel = build_kernel(Profile::Release)?;
+    let args = super::qemu::run_args(&bin, &["one".into(), "--two".into()])?;
+    let run =
+        run_qemu(&Launch { initrd: Some(&bin), ..Launch::new(&kernel, machine, args.join(" "), secs(60, floor)) })?;
+    let text = run.lines.join("\n");
+    let needles = ["hello, 3 args: hello one --two", "malloc ok: 7168", "to stderr"];
+    let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+    let status = json_line(&run.lines, Tag::Run).map(|r| super::qemu::run_status(&r));
+    if run.outcome != Outcome::Success {
+        tally.fail(
+            PROGRAM_CHECK,
+            &format!("expected success, got '{}'; last lines: {}", run.outcome.describe(), tail(&run.lines, 5)),
+        );
+    } else if !missing.is_empty() {
+        tally.fail(PROGRAM_CHECK, &format!("output lacks {missing:?}; last lines: {}", tail(&run.lines, 5)));
+    } else if status.as_ref().map(|s| s.0) != Some(3) {
+        tally.fail(PROGRAM_CHECK, &format!("expected exit status 3, got {status:?}"));
+    } else {
+        tally.pass(PROGRAM_CHECK);
+    }
+    Ok(())
+}
+
 fn clock_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
     let wanted = |n: &str| only.is_none_or(|o| n.contains(o));
     if !CLOCK_SOURCES.iter().map(|c| c.0).chain([CLOCK_MISSING, CLOCK_KVM]).any(wanted) {
@@ -617,7 +697,11 @@ enum Selection<'f> {
 /// Which tests `filter` selects.
 fn select(filter: Option<&str>) -> Selection<'_> {
     let Some(f) = filter else { return Selection::Everything };
-    if f.starts_with("boot::microvm") || f.starts_with("boot::grub") || f.starts_with("boot::clock") {
+    if f.starts_with("boot::microvm")
+        || f.starts_with("boot::grub")
+        || f.starts_with("boot::clock")
+        || f.starts_with("run::")
+    {
         return Selection::Boots(f);
     }
     let experiment = [NUMA_CHECK]
@@ -699,6 +783,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
     }
     match select(filter) {
         Selection::Boots(f) => {
+            program_checks(&machine, Some(f), floor, &mut tally)?;
             microvm_checks(Some(f), floor, &mut tally)?;
             grub_checks(&machine, Some(f), floor, &mut tally)?;
             clock_checks(&machine, Some(f), floor, &mut tally)?;
@@ -740,6 +825,8 @@ pub fn cmd(o: &Args) -> Result<u8> {
     grub_checks(&machine, None, floor, &mut tally)?;
     println!("\n== boot on microvm (the Firecracker machine model), with and without ACPI ==");
     microvm_checks(None, floor, &mut tally)?;
+    println!("\n== a static C program in the kernel's user mode (ring 3) ==");
+    program_checks(&machine, None, floor, &mut tally)?;
     println!("\n== TSC calibration from each clock source (tsc.source) ==");
     clock_checks(&machine, None, floor, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");

@@ -75,6 +75,19 @@ pub fn print(args: fmt::Arguments<'_>) {
     });
 }
 
+/// Prints `bytes` as they are (a user program's output), under the lock with interrupts off.
+pub fn print_bytes(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _g = SERIAL.lock();
+        for &b in bytes {
+            if b == b'\n' {
+                put(b'\r');
+            }
+            put(b);
+        }
+    });
+}
+
 /// Prints without the lock: only for crash paths.
 pub fn write_raw(args: fmt::Arguments<'_>) {
     struct Raw;

@@ -64,6 +64,24 @@ pub struct Cpu {
     pub shootdowns: AtomicU64,
     /// Timer interrupts it has taken.
     pub ticks: AtomicU64,
+    /// The `syscall` entry's scratch word: the user `rsp` while it moves to the kernel stack
+    /// (offset [`USER_SCRATCH`]).
+    user_scratch: AtomicU64,
+    /// The kernel stack the running user task traps to (its TSS `rsp0`; offset
+    /// [`KERNEL_STACK`]), read by the `syscall` entry.
+    kernel_stack: AtomicU64,
+    /// This CPU's TSS (its address).
+    pub tss: AtomicU64,
+}
+
+/// Offset of [`Cpu::user_scratch`], for the `syscall` entry's `gs:`-relative accesses.
+pub const USER_SCRATCH: usize = core::mem::offset_of!(Cpu, user_scratch);
+/// Offset of [`Cpu::kernel_stack`].
+pub const KERNEL_STACK: usize = core::mem::offset_of!(Cpu, kernel_stack);
+
+/// Sets the kernel stack this CPU's `syscall` entry moves to.
+pub fn set_kernel_stack(top: u64) {
+    CPUS[index()].kernel_stack.store(top, Ordering::Relaxed);
 }
 
 impl Cpu {
@@ -75,6 +93,9 @@ impl Cpu {
             root: AtomicU64::new(0),
             shootdowns: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
+            user_scratch: AtomicU64::new(0),
+            kernel_stack: AtomicU64::new(0),
+            tss: AtomicU64::new(0),
         }
     }
 }
@@ -385,6 +406,7 @@ extern "C" fn ap_entry(i: u64) -> ! {
     // kernel's page table does not map.
     gdt::init_ap();
     trap::load();
+    super::user::init_cpu();
     let kernel_root = mm::kernel_root();
     set_root(kernel_root);
     // SAFETY: the kernel's own root maps everything the start-up tables' kernel half does

@@ -48,7 +48,7 @@ pub const CONFIG_VECTOR: u8 = 0x44;
 pub static DMA_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
 /// The state saved on every trap, lowest address first.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 #[allow(missing_docs)]
 pub struct TrapFrame {
@@ -494,8 +494,13 @@ stub!(v_config, CONFIG_VECTOR);
 /// stack, lets the scheduler finish the switch there ([`crate::platform::sched::finish_switch`], which
 /// must not run on the old task's stack) and restores the registers from it.
 #[unsafe(naked)]
-extern "C" fn trap_common() {
+pub(super) extern "C" fn trap_common() {
     naked_asm!(
+        // From ring 3 (the saved cs's low bits): GS back to this CPU's record.
+        "test qword ptr [rsp + 24], 3",
+        "jz 2f",
+        "swapgs",
+        "2:",
         "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
         "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
         "mov rdi, rsp",
@@ -506,6 +511,11 @@ extern "C" fn trap_common() {
         "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
         "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
         "add rsp, 16",
+        // To ring 3: the user's GS base back.
+        "test qword ptr [rsp + 8], 3",
+        "jz 3f",
+        "swapgs",
+        "3:",
         "iretq",
         dispatch = sym trap_dispatch,
         finish = sym crate::platform::sched::finish_switch,
@@ -579,8 +589,19 @@ pub fn triple_fault() -> ! {
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
 
+/// Whether the frame was saved in ring 3.
+fn from_user(frame: &TrapFrame) -> bool {
+    frame.cs & 3 == 3
+}
+
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
     let this: *mut TrapFrame = frame;
+    if frame.vector == super::user::SYSCALL_VECTOR {
+        return match super::user::syscall(frame) {
+            super::user::After::Return => this,
+            super::user::After::End(exit) => super::user::leave(exit),
+        };
+    }
     match frame.vector {
         14 => {
             let address = Cr2::read_raw();
@@ -597,6 +618,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
             x86_64::instructions::interrupts::disable();
             if resolved {
                 return this;
+            }
+            if from_user(frame) {
+                super::user::leave(super::user::Exit::Fault {
+                    vector: 14,
+                    rip: frame.rip,
+                    address: Some(address),
+                    error_code: frame.error_code,
+                });
             }
             if let Some(fixup) = fixup_for(frame.rip) {
                 let f = &LAST_FAULT[crate::platform::sched::current()];
@@ -632,6 +661,13 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
             this
         }
         v if v == u64::from(SPURIOUS_VECTOR) => this,
+        // Any other exception in ring 3 ends the user program, not the kernel.
+        v if v < 32 && v != 2 && v != 8 && from_user(frame) => super::user::leave(super::user::Exit::Fault {
+            vector: v as u8,
+            rip: frame.rip,
+            address: None,
+            error_code: frame.error_code,
+        }),
         _ => fatal(frame, None),
     }
 }

@@ -1,0 +1,244 @@
+//! The Linux-compatible user mode: a static x86-64 Linux executable from the boot module,
+//! loaded into an address space of its own and run in ring 3 (`job=run`,
+//! `cargo xtask qemu --run BINARY`).
+//!
+//! Owns the process ([`Process`]: its address space, program break and the table of system
+//! calls it may make) and the job. The machine side (ring 3, the `syscall` entry, the way back
+//! when the program ends) is `platform::arch::user`; the ABI facts (ELF, the initial stack,
+//! call names, errno) are `hmm::abi`, host-tested; the calls themselves are in [`syscall`].
+//!
+//! **Loading** ([`load`]): each `PT_LOAD` segment's pages are mapped private and anonymous,
+//! the file's bytes copied in (the rest stays zero: `.bss`), then each segment gets its own
+//! protection (a page two segments share gets both). The stack is 8 MiB below [`STACK_TOP`],
+//! with the arguments, environment and auxiliary vector `execve` would leave; the program break
+//! starts at the page after the highest segment.
+//!
+//! **Errors.** A system call outside the implemented set stops the program with a report
+//! naming the call by number and name ([`Stop::Unsupported`]): never a silent `-ENOSYS` that
+//! would let a test pass for the wrong reason. A few calls the C library only probes answer
+//! as Linux does when the feature is absent (`rseq` with `ENOSYS`, which glibc tolerates),
+//! and say so in the log.
+
+mod syscall;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use hmm::abi::{elf, stack};
+use hmm::mm::space::MapRequest;
+use hmm::mm::vma::Prot;
+
+use crate::mm::uspace::{self, Space, User};
+use crate::platform::arch::{time, user};
+use crate::platform::sched::MAX_TASKS;
+
+/// The top of the initial stack (exclusive).
+pub const STACK_TOP: u64 = 0x7fff_ffff_0000;
+/// The stack's size.
+pub const STACK_SIZE: u64 = 8 << 20;
+
+/// Why a program could not start, or was stopped.
+#[derive(Debug)]
+pub enum RunError {
+    /// No boot module holds a program.
+    NoProgram,
+    /// The module is not a static x86-64 executable.
+    Elf(elf::ElfError),
+    /// Setting up its address space failed.
+    Memory(hmm::mm::Error),
+    /// Copying its image or stack in faulted.
+    Copy(uspace::UserFault),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoProgram => write!(
+                f,
+                "job=run needs a program: the boot module holds none (cargo xtask qemu --run BINARY passes one)"
+            ),
+            Self::Elf(e) => write!(f, "the program is not a static x86-64 executable: {e}"),
+            Self::Memory(e) => write!(f, "setting up the program's address space: {e}"),
+            Self::Copy(e) => write!(f, "copying the program in: {e}"),
+        }
+    }
+}
+
+/// Why the kernel stopped a program that was running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A system call outside the implemented set: its number and name.
+    Unsupported {
+        /// The call's number.
+        nr: u64,
+        /// `name (nr)`.
+        what: String,
+    },
+}
+
+/// A running program.
+#[derive(Debug)]
+pub struct Process {
+    /// Where its heap starts, and the current program break.
+    pub brk: (u64, u64),
+    /// The PRNG state behind `getrandom` and `AT_RANDOM` (not cryptographic).
+    pub random: u64,
+    /// Why the kernel stopped it, if it did.
+    pub stop: Option<Stop>,
+}
+
+/// Per task, the program it runs.
+static PROCESS: [spin::Mutex<Option<Process>>; MAX_TASKS] = [const { spin::Mutex::new(None) }; MAX_TASKS];
+
+/// The next word of a xorshift64* stream.
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Maps the image's segments and copies their bytes in; returns where the heap starts.
+fn load(space: &Space, u: &User, file: &[u8], img: &elf::Image) -> Result<(), RunError> {
+    for s in &img.segments {
+        let (start, end) = s.pages();
+        space.lock().mmap(MapRequest::anon(end - start, Prot::RW).fixed(start)).map_err(RunError::Memory)?;
+    }
+    for s in &img.segments {
+        let bytes = &file[s.offset as usize..(s.offset + s.filesz) as usize];
+        u.write(s.vaddr, bytes).map_err(RunError::Copy)?;
+    }
+    for (i, s) in img.segments.iter().enumerate() {
+        let (start, end) = s.pages();
+        space.lock().mprotect(start, end - start, s.prot).map_err(RunError::Memory)?;
+        // A page shared with the previous segment gets both protections.
+        if let Some(p) = i.checked_sub(1).map(|j| img.segments[j]) {
+            let (_, pend) = p.pages();
+            if pend > start {
+                space.lock().mprotect(start, 4096, s.prot | p.prot).map_err(RunError::Memory)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Exited(i32),
+    /// An exception stopped it (the signal Linux would send).
+    Signalled {
+        /// `SIGSEGV`, `SIGILL`, ...
+        signal: &'static str,
+        /// The exception.
+        vector: u8,
+        /// Where.
+        rip: u64,
+        /// A page fault's address.
+        address: Option<u64>,
+    },
+    /// The kernel stopped it.
+    Stopped(Stop),
+}
+
+impl Ended {
+    /// The `@@RUN` payload.
+    pub fn json(&self) -> String {
+        let mut j = crate::json::Json::new();
+        j.object(|j| match self {
+            Ended::Exited(c) => j.num("exit_code", c),
+            Ended::Signalled { signal, vector, rip, address } => {
+                j.str("signal", signal);
+                j.num("vector", vector);
+                j.str("rip", &alloc::format!("{rip:#x}"));
+                if let Some(a) = address {
+                    j.str("address", &alloc::format!("{a:#x}"));
+                }
+            }
+            Ended::Stopped(Stop::Unsupported { nr, what }) => {
+                j.str("unsupported_syscall", what);
+                j.num("nr", nr);
+            }
+        });
+        j.finish()
+    }
+}
+
+/// The signal Linux sends for exception `vector` in user mode.
+fn signal_of(vector: u8) -> &'static str {
+    match vector {
+        0 | 16 | 19 => "SIGFPE",
+        1 | 3 => "SIGTRAP",
+        6 => "SIGILL",
+        17 => "SIGBUS",
+        _ => "SIGSEGV",
+    }
+}
+
+/// Runs `file` with `argv` in a new address space on the running task, until it ends.
+pub fn run_program(file: &[u8], argv: &[&[u8]]) -> Result<Ended, RunError> {
+    let img = elf::parse(file).map_err(RunError::Elf)?;
+    let space = uspace::new_space().map_err(RunError::Memory)?;
+    let task = crate::platform::sched::current();
+    let mut random = time::rdtsc() | 1;
+    let start = uspace::run(&space, |u| -> Result<user::Start, RunError> {
+        load(&space, u, file, &img)?;
+        space
+            .lock()
+            .mmap(MapRequest::anon(STACK_SIZE, Prot::RW).fixed(STACK_TOP - STACK_SIZE))
+            .map_err(RunError::Memory)?;
+        let mut seed = [0u8; 16];
+        seed[..8].copy_from_slice(&next_random(&mut random).to_le_bytes());
+        seed[8..].copy_from_slice(&next_random(&mut random).to_le_bytes());
+        let aux = stack::Aux {
+            phdr: img.phdr,
+            phnum: u64::from(img.phnum),
+            entry: img.entry,
+            hwcap: u64::from(core::arch::x86_64::__cpuid(1).edx),
+        };
+        let st = stack::initial(STACK_TOP, argv, &[b"PATH=/", b"HOME=/"], &aux, seed);
+        u.write(st.rsp, &st.bytes).map_err(RunError::Copy)?;
+        Ok(user::Start { rip: img.entry, rsp: st.rsp, rdx: 0 })
+    })?;
+    *PROCESS[task].lock() = Some(Process { brk: (img.end, img.end), random, stop: None });
+    let exit = uspace::run(&space, |_| user::run(start));
+    let proc = PROCESS[task].lock().take();
+    Ok(match (exit, proc.and_then(|p| p.stop)) {
+        (_, Some(stop)) => Ended::Stopped(stop),
+        (user::Exit::Exited(c), None) => Ended::Exited(c),
+        (user::Exit::Fault { vector, rip, address, .. }, None) => {
+            Ended::Signalled { signal: signal_of(vector), vector, rip, address }
+        }
+    })
+}
+
+/// `job=run`: the program in the first boot module, with `argv[0]` from `run.name` and the
+/// `run.arg` words; prints `@@RUN` with how it ended. The job succeeds when the program ran,
+/// whatever its status (the xtask passes the status on).
+pub fn job(s: &crate::System) -> Result<(), RunError> {
+    let file = crate::mm::read_module(s.boot, 0).ok_or(RunError::NoProgram)?;
+    let name = s.args.run_name.unwrap_or("program");
+    let argv: Vec<&[u8]> = core::iter::once(name).chain(s.args.run_args.iter().copied()).map(str::as_bytes).collect();
+    log::info!("running {name} ({} bytes) in ring 3", file.len());
+    let ended = run_program(&file, &argv)?;
+    match &ended {
+        Ended::Exited(c) => log::info!("{name} exited with status {c}"),
+        Ended::Signalled { signal, vector, rip, address } => {
+            log::error!("{name} was stopped by {signal}: exception {vector} at rip {rip:#x} (address {address:x?})")
+        }
+        Ended::Stopped(Stop::Unsupported { what, .. }) => {
+            log::error!("{name} made a system call the kernel does not implement: {what}; it was stopped")
+        }
+    }
+    crate::sprintln!("{}", boot::protocol::Tag::Run.line(ended.json()));
+    Ok(())
+}
+
+/// Registers the system-call handler with the platform.
+pub fn init() {
+    user::set_syscall_handler(syscall::handle);
+}
