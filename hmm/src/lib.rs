@@ -18,7 +18,9 @@
 //! - [`stress`]: a seeded randomized interleaving of the whole stack against a shadow model of
 //!   every page (single-threaded and deterministic, or threaded);
 //! - [`place`]: placement policies (P0–P8), the cost model, workload generators and the engine
-//!   that runs experiments over a model or the real devices.
+//!   that runs experiments over a model or the real devices;
+//! - [`abi`]: the Linux x86-64 user ABI's facts the kernel's user mode matches (static ELF
+//!   loading, the initial stack, system call numbers, errno).
 //!
 //! Lock order: an address space's lock (the mmap lock), then the notifier state, then a driver's
 //! user lock (taken in its invalidate callback); a driver never holds its user lock while it

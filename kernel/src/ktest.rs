@@ -187,6 +187,10 @@ pub const TESTS: &[Test] = &[
     Test { name: "user::segments_are_loaded_and_bss_is_zero", run: user::segments_are_loaded_and_bss_is_zero },
     Test { name: "user::faults_end_the_program_not_the_kernel", run: user::faults_end_the_program_not_the_kernel },
     Test {
+        name: "user::a_killed_program_ends_and_the_next_one_can_be_killed_too",
+        run: user::a_killed_program_ends_and_the_next_one_can_be_killed_too,
+    },
+    Test {
         name: "user::fpu_state_survives_switches_between_programs",
         run: user::fpu_state_survives_switches_between_programs,
     },

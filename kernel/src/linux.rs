@@ -13,6 +13,14 @@
 //! with the arguments, environment and auxiliary vector `execve` would leave; the program break
 //! starts at the page after the highest segment.
 //!
+//! **Processes.** Every program has a pid in the process table ([`TABLE`]), with its parent
+//! and, once it has ended, the status `wait4` reports. `fork` (and `clone` as glibc's `fork`
+//! calls it) gives the child a copy-on-write copy of the address space (`AddressSpace::fork`),
+//! the parent's registers (with `rax` 0), FS base and x87/SSE state, and runs it in a task of its
+//! own on the next CPU. A signal whose default action ends a process (`kill`) ends it at its
+//! next trap from ring 3, or in the `wait4` it sleeps in. A process whose parent has ended is
+//! not waited for: its entry goes when it ends.
+//!
 //! **Errors.** A system call outside the implemented set stops the program with a report
 //! naming the call by number and name ([`Stop::Unsupported`]): never a silent `-ENOSYS` that
 //! would let a test pass for the wrong reason. A few calls the C library only probes answer
@@ -21,9 +29,12 @@
 
 mod syscall;
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use hmm::abi::signal;
 
 use hmm::abi::{elf, stack};
 use hmm::mm::space::MapRequest;
@@ -80,6 +91,10 @@ pub enum Stop {
 /// A running program.
 #[derive(Debug)]
 pub struct Process {
+    /// Its process id.
+    pub pid: u32,
+    /// Where the child's thread id is cleared at its end (`CLONE_CHILD_CLEARTID`); 0: nowhere.
+    pub clear_tid: u64,
     /// Where its heap starts, and the current program break.
     pub brk: (u64, u64),
     /// The PRNG state behind `getrandom` and `AT_RANDOM` (not cryptographic).
@@ -90,6 +105,47 @@ pub struct Process {
 
 /// Per task, the program it runs.
 static PROCESS: [spin::Mutex<Option<Process>>; MAX_TASKS] = [const { spin::Mutex::new(None) }; MAX_TASKS];
+
+/// One process in the table.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its parent's pid (0: none to wait for it).
+    pub parent: u32,
+    /// The task it runs on.
+    pub task: usize,
+    /// Once it has ended: the status `wait4` reports.
+    pub status: Option<i32>,
+    /// A parent sleeping in `wait4` for it, to wake when it ends.
+    pub waiter: Option<crate::platform::sched::TaskRef>,
+    /// A signal sent before its task started, to end it at once (0: none).
+    pub kill: u8,
+}
+
+/// The process table: pid to entry, and the next pid.
+#[derive(Debug)]
+pub struct Table {
+    /// The processes that run, or have ended and wait for their parent's `wait4`.
+    pub procs: BTreeMap<u32, Entry>,
+    next: u32,
+}
+
+/// Every process.
+pub static TABLE: spin::Mutex<Table> = spin::Mutex::new(Table { procs: BTreeMap::new(), next: 1 });
+
+impl Table {
+    /// A new pid for a process of `parent` running on `task`.
+    pub fn add(&mut self, parent: u32, task: usize) -> u32 {
+        let pid = self.next;
+        self.next += 1;
+        self.procs.insert(pid, Entry { parent, task, status: None, waiter: None, kill: 0 });
+        pid
+    }
+}
+
+/// The pid of the process the running task runs (0: none).
+pub fn current_pid() -> u32 {
+    PROCESS[crate::platform::sched::current()].lock().as_ref().map_or(0, |p| p.pid)
+}
 
 /// The next word of a xorshift64* stream.
 pub fn next_random(state: &mut u64) -> u64 {
@@ -141,6 +197,11 @@ pub enum Ended {
         /// A page fault's address.
         address: Option<u64>,
     },
+    /// A signal whose default action ends it ended it (`kill`).
+    Killed {
+        /// Its number.
+        signo: u8,
+    },
     /// The kernel stopped it.
     Stopped(Stop),
 }
@@ -153,11 +214,16 @@ impl Ended {
             Ended::Exited(c) => j.num("exit_code", c),
             Ended::Signalled { signal, vector, rip, address } => {
                 j.str("signal", signal);
+                j.num("signo", (1..=31u8).find(|&n| signal::name(n) == Some(*signal)).unwrap_or(signal::SIGSEGV));
                 j.num("vector", vector);
                 j.str("rip", &alloc::format!("{rip:#x}"));
                 if let Some(a) = address {
                     j.str("address", &alloc::format!("{a:#x}"));
                 }
+            }
+            Ended::Killed { signo } => {
+                j.str("signal", signal::name(*signo).unwrap_or("?"));
+                j.num("signo", signo);
             }
             Ended::Stopped(Stop::Unsupported { nr, what }) => {
                 j.str("unsupported_syscall", what);
@@ -177,6 +243,65 @@ fn signal_of(vector: u8) -> &'static str {
         17 => "SIGBUS",
         _ => "SIGSEGV",
     }
+}
+
+/// The `wait4` status of a program that ended so, and how the job reports it.
+fn ended(exit: user::Exit, stop: Option<Stop>) -> (i32, Ended) {
+    match (exit, stop) {
+        (_, Some(stop)) => (signal::signalled(signal::SIGSYS), Ended::Stopped(stop)),
+        (user::Exit::Exited(c), None) => (signal::exited(c), Ended::Exited(c)),
+        (user::Exit::Killed(sig), None) => (signal::signalled(sig), Ended::Killed { signo: sig }),
+        (user::Exit::Fault { vector, rip, address, .. }, None) => {
+            let signal = signal_of(vector);
+            let signo = (1..=31).find(|&n| signal::name(n) == Some(signal)).unwrap_or(signal::SIGSEGV);
+            (signal::signalled(signo), Ended::Signalled { signal, vector, rip, address })
+        }
+    }
+}
+
+/// Runs process `p` of `space` from `start` on the running task until it ends; records its
+/// status for its parent (or drops its entry when none waits) and returns how it ended.
+/// `set_tid`: where to write its thread id first (`CLONE_CHILD_SETTID`).
+pub fn run_process(space: &Arc<Space>, start: user::Start, p: Process, set_tid: Option<u64>) -> Ended {
+    let task = crate::platform::sched::current();
+    let pid = p.pid;
+    let clear_tid = p.clear_tid;
+    *PROCESS[task].lock() = Some(p);
+    let exit = uspace::run(space, |u| {
+        if let Some(at) = set_tid {
+            // A fault here is the program's own bad pointer: it finds no tid, as on Linux.
+            let _ = u.write(at, &pid.to_le_bytes());
+        }
+        let exit = user::run(start);
+        if clear_tid != 0 {
+            let _ = u.write(clear_tid, &0u32.to_le_bytes());
+        }
+        exit
+    });
+    let stop = PROCESS[task].lock().take().and_then(|p| p.stop);
+    let (status, how) = ended(exit, stop);
+    let mut t = TABLE.lock();
+    // Its children have no parent to wait for them now; those already ended go.
+    let orphans: Vec<u32> = t.procs.iter().filter(|(_, e)| e.parent == pid).map(|(&c, _)| c).collect();
+    for c in orphans {
+        if t.procs.get(&c).is_some_and(|e| e.status.is_some()) {
+            t.procs.remove(&c);
+        } else if let Some(e) = t.procs.get_mut(&c) {
+            e.parent = 0;
+        }
+    }
+    match t.procs.get_mut(&pid) {
+        Some(e) if e.parent != 0 => {
+            e.status = Some(status);
+            if let Some(w) = e.waiter.take() {
+                crate::platform::sched::unpark(w);
+            }
+        }
+        _ => {
+            t.procs.remove(&pid);
+        }
+    }
+    how
 }
 
 /// Runs `file` with `argv` in a new address space on the running task, until it ends.
@@ -202,18 +327,11 @@ pub fn run_program(file: &[u8], argv: &[&[u8]]) -> Result<Ended, RunError> {
         };
         let st = stack::initial(STACK_TOP, argv, &[b"PATH=/", b"HOME=/"], &aux, seed);
         u.write(st.rsp, &st.bytes).map_err(RunError::Copy)?;
-        Ok(user::Start { rip: img.entry, rsp: st.rsp, rdx: 0 })
+        Ok(user::Start::at(img.entry, st.rsp))
     })?;
-    *PROCESS[task].lock() = Some(Process { brk: (img.end, img.end), random, stop: None });
-    let exit = uspace::run(&space, |_| user::run(start));
-    let proc = PROCESS[task].lock().take();
-    Ok(match (exit, proc.and_then(|p| p.stop)) {
-        (_, Some(stop)) => Ended::Stopped(stop),
-        (user::Exit::Exited(c), None) => Ended::Exited(c),
-        (user::Exit::Fault { vector, rip, address, .. }, None) => {
-            Ended::Signalled { signal: signal_of(vector), vector, rip, address }
-        }
-    })
+    let pid = TABLE.lock().add(0, task);
+    let p = Process { pid, clear_tid: 0, brk: (img.end, img.end), random, stop: None };
+    Ok(run_process(&space, start, p, None))
 }
 
 /// `job=run`: the program in the first boot module, with `argv[0]` from `run.name` and the
@@ -230,6 +348,7 @@ pub fn job(s: &crate::System) -> Result<(), RunError> {
         Ended::Signalled { signal, vector, rip, address } => {
             log::error!("{name} was stopped by {signal}: exception {vector} at rip {rip:#x} (address {address:x?})")
         }
+        Ended::Killed { signo } => log::error!("{name} was ended by signal {signo}"),
         Ended::Stopped(Stop::Unsupported { what, .. }) => {
             log::error!("{name} made a system call the kernel does not implement: {what}; it was stopped")
         }

@@ -5,9 +5,11 @@
 //! - [`elf`]: a static ELF64 executable checked and turned into the segments to map;
 //! - [`stack`]: the initial stack `execve` leaves (arguments, environment, auxiliary vector);
 //! - [`sysno`]: system call numbers and names;
-//! - [`errno`]: the error numbers a call returns (negated in `rax`).
+//! - [`errno`]: the error numbers a call returns (negated in `rax`);
+//! - [`signal`]: signal numbers, default actions and `wait4` statuses.
 
 pub mod elf;
 pub mod errno;
+pub mod signal;
 pub mod stack;
 pub mod sysno;

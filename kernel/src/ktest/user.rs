@@ -10,6 +10,9 @@
 //!   and a store into the read-only text each stop the program with the signal Linux would
 //!   send; a system call outside the implemented set (`clone3`) stops it by name; the kernel
 //!   runs on after each.
+//! - [`a_killed_program_ends_and_the_next_one_can_be_killed_too`]: a program spinning in ring
+//!   3 on the other CPU ends when killed (at a timer tick), twice in a row on the same CPU: the
+//!   tick that ended the first was acknowledged, so the second still gets ticks.
 //! - [`fpu_state_survives_switches_between_programs`]: two programs on one CPU, each keeping
 //!   its own value in `xmm0` across 100 `sched_yield`s, both see their own value throughout
 //!   (the switch saves and restores each task's x87/SSE state).
@@ -123,6 +126,31 @@ pub fn fpu_state_survives_switches_between_programs(_: &crate::System) -> TestRe
     for (name, h) in [("a", a), ("b", b)] {
         let ended = h.join(20_000).map_err(|e| format!("program {name}: {e:?}"))??;
         check!(ended == Ended::Exited(0), "program {name}: {ended:?} (1: its xmm0 changed across a switch)");
+    }
+    Ok(())
+}
+
+pub fn a_killed_program_ends_and_the_next_one_can_be_killed_too(_: &crate::System) -> TestResult {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    let cpu = (crate::platform::arch::smp::index() + 1) % crate::platform::arch::smp::count();
+    // jmp $: spins in ring 3 until something ends it.
+    let file = elf::minimal(&[0xeb, 0xfe], 0);
+    for round in 0..2 {
+        let task = alloc::sync::Arc::new(AtomicUsize::new(usize::MAX));
+        let (t, f) = (task.clone(), file.clone());
+        let h = sched::spawn_on(cpu, move || {
+            t.store(sched::current(), Ordering::Release);
+            run_program(&f, &[b"spin"]).map_err(|e| format!("{e}"))
+        })
+        .map_err(|e| format!("spawning: {e:?}"))?;
+        let deadline = crate::platform::arch::time::Deadline::after_ms(5_000);
+        while task.load(Ordering::Acquire) == usize::MAX && !deadline.passed() {
+            sched::yield_now();
+        }
+        // Before or after it reaches ring 3, the signal ends it at its first trap from there.
+        crate::platform::arch::user::kill(task.load(Ordering::Acquire), hmm::abi::signal::SIGKILL);
+        let ended = h.join(10_000).map_err(|e| format!("round {round}: the killed program did not end: {e:?}"))??;
+        check!(ended == Ended::Killed { signo: 9 }, "round {round}: {ended:?}");
     }
     Ok(())
 }

@@ -11,17 +11,19 @@
 
 use alloc::sync::Arc;
 use alloc::vec;
+use alloc::vec::Vec;
 
 use hmm::abi::{errno::*, sysno};
 use hmm::mm::space::{Advice, MapRequest, Placement, RemapFlags};
 use hmm::mm::vma::Prot;
 
-use super::{PROCESS, Stop, next_random};
+use super::{PROCESS, Process, Stop, TABLE, current_pid, next_random, run_process};
 use crate::mm::uspace::{self, Space, User};
 use crate::platform::arch::trap::TrapFrame;
 use crate::platform::arch::user::{self, After, Exit};
 use crate::platform::arch::{serial, time};
 use crate::platform::sched;
+use hmm::abi::signal;
 
 /// A call's result: the value, or an errno (returned negated).
 type Ret = Result<u64, i64>;
@@ -50,26 +52,33 @@ fn current() -> (Arc<Space>, User) {
 pub fn handle(f: &mut TrapFrame) -> After {
     let nr = f.rax;
     let a = [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9];
+    // File descriptors are `unsigned int` (the calls below that take one first).
+    let fd = a[0] as u32 as u64;
     let ret: Ret = match nr {
-        0 => read(a[0], a[2]),
-        1 => write(a[0], a[1], a[2]),
-        3 => close(a[0]),
-        5 => fstat(a[0], a[1]),
+        0 => read(fd, a[2]),
+        1 => write(fd, a[1], a[2]),
+        3 => close(fd),
+        5 => fstat(fd, a[1]),
         9 => mmap(a),
         10 => mprotect(a[0], a[1], a[2]),
         11 => munmap(a[0], a[1]),
         12 => Ok(brk(a[0])),
-        16 => ioctl(a[0]),
-        20 => writev(a[0], a[1], a[2]),
+        16 => ioctl(fd, a[1] as u32 as u64, a[2]),
+        20 => writev(fd, a[1], a[2]),
         24 => {
             sched::yield_now();
             Ok(0)
         }
         25 => mremap(a),
         28 => madvise(a[0], a[1], a[2]),
-        // getpid, gettid: the one process and its one thread; getppid: no parent.
-        39 | 186 => Ok(1),
-        110 => Ok(0),
+        // getpid, gettid (one thread per process: its tid is its pid), getppid.
+        39 | 186 => Ok(u64::from(current_pid())),
+        110 => Ok(TABLE.lock().procs.get(&current_pid()).map_or(0, |e| u64::from(e.parent))),
+        56 => return clone(f, a[0], a[1], a[2], a[3]),
+        57 => return answer(f, fork(f, None, 0, None)),
+        // pid_t and int arguments are 32 bits: the upper half of the register is not theirs.
+        61 => return wait4(f, i64::from(a[0] as i32), a[1], a[2] as u32 as u64, a[3]),
+        62 => return kill(f, i64::from(a[0] as i32), a[1] as u32 as u64),
         // getuid, getgid, geteuid, getegid: root.
         102 | 104 | 107 | 108 => Ok(0),
         60 | 231 => return After::End(Exit::Exited(a[0] as i32)),
@@ -82,7 +91,7 @@ pub fn handle(f: &mut TrapFrame) -> After {
         158 => return arch_prctl(f, a[0], a[1]),
         218 => Ok(1),
         228 => clock_gettime(a[1]),
-        262 => newfstatat(a[0], a[1], a[2], a[3]),
+        262 => newfstatat(i64::from(a[0] as i32), a[1], a[2], a[3] as u32 as u64),
         273 => Ok(0),
         302 => return prlimit64(f, a[1], a[2], a[3]),
         318 => getrandom(a[0], a[1]),
@@ -92,6 +101,11 @@ pub fn handle(f: &mut TrapFrame) -> After {
         }
         _ => return unsupported(nr, sysno::describe(nr)),
     };
+    answer(f, ret)
+}
+
+/// Puts `ret` in `rax` and returns to the program.
+fn answer(f: &mut TrapFrame, ret: Ret) -> After {
     f.rax = match ret {
         Ok(v) => v,
         Err(e) => (-e) as u64,
@@ -150,9 +164,35 @@ fn close(fd: u64) -> Ret {
     if fd <= 2 { Ok(0) } else { Err(EBADF) }
 }
 
-fn ioctl(fd: u64) -> Ret {
-    // The console is not a terminal here (no TCGETS, no window size).
-    if fd <= 2 { Err(ENOTTY) } else { Err(EBADF) }
+const TCGETS: u64 = 0x5401;
+const TIOCGWINSZ: u64 = 0x5413;
+
+/// The console (fds 0 to 2) is a terminal, as a serial console is: `TCGETS` gives its
+/// settings (so the C library line-buffers output to it) and `TIOCGWINSZ` 24 × 80.
+fn ioctl(fd: u64, cmd: u64, arg: u64) -> Ret {
+    if fd > 2 {
+        return Err(EBADF);
+    }
+    let (_, u) = current();
+    match cmd {
+        TCGETS => {
+            // struct termios: c_iflag ICRNL|IXON, c_oflag OPOST|ONLCR, c_cflag B115200|CS8|CREAD|HUPCL|CLOCAL,
+            // c_lflag ISIG|ICANON|ECHO|ECHOE|ECHOK|ECHOCTL|ECHOKE|IEXTEN, c_line 0, c_cc (19).
+            let mut t = [0u8; 36];
+            for (i, v) in [0o2400u32, 0o5, 0o10000 | 0o7 | 0o60 | 0o200 | 0o2000 | 0o4000, 0o105073].iter().enumerate()
+            {
+                t[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            t[17..17 + 7].copy_from_slice(&[3, 28, 127, 21, 4, 0, 1]); // VINTR VQUIT VERASE VKILL VEOF VTIME VMIN
+            u.write(arg, &t).map(|()| 0).map_err(fault)
+        }
+        TIOCGWINSZ => {
+            let w: [u16; 4] = [24, 80, 0, 0];
+            let b: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            u.write(arg, &b).map(|()| 0).map_err(fault)
+        }
+        _ => Err(ENOTTY),
+    }
 }
 
 /// `struct stat` of fds 0 to 2: a character device.
@@ -174,12 +214,12 @@ fn fstat(fd: u64, statbuf: u64) -> Ret {
 /// `AT_EMPTY_PATH`: the call is about `dirfd` itself.
 const AT_EMPTY_PATH: u64 = 0x1000;
 
-fn newfstatat(dirfd: u64, path: u64, statbuf: u64, flags: u64) -> Ret {
+fn newfstatat(dirfd: i64, path: u64, statbuf: u64, flags: u64) -> Ret {
     let (_, u) = current();
     let mut first = [0u8; 1];
     u.read(path, &mut first).map_err(fault)?;
     if first[0] == 0 && flags & AT_EMPTY_PATH != 0 {
-        return fstat(dirfd, statbuf);
+        return if dirfd < 0 { Err(EBADF) } else { fstat(dirfd as u64, statbuf) };
     }
     Err(ENOENT)
 }
@@ -408,4 +448,167 @@ fn getrandom(buf: u64, len: u64) -> Ret {
     let (_, u) = current();
     u.write(buf, &bytes).map_err(fault)?;
     Ok(len)
+}
+
+const CLONE_PARENT_SETTID: u64 = 0x0010_0000;
+const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
+const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
+/// The exit signal in `clone`'s low byte.
+const CSIGNAL: u64 = 0xff;
+
+/// `clone` as `fork` uses it (glibc's: `CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD`,
+/// no new stack); threads (`CLONE_VM`, `CLONE_THREAD`, ...) are not implemented.
+fn clone(f: &mut TrapFrame, flags: u64, stack: u64, parent_tid: u64, child_tid: u64) -> After {
+    let known = CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | CSIGNAL;
+    if flags & !known != 0 || flags & CSIGNAL != u64::from(signal::SIGCHLD) || stack != 0 {
+        return unsupported(
+            56,
+            alloc::format!("clone (56) with flags {flags:#x}: only fork's (threads are not implemented)"),
+        );
+    }
+    let set = (flags & CLONE_CHILD_SETTID != 0).then_some(child_tid);
+    let clear = if flags & CLONE_CHILD_CLEARTID != 0 { child_tid } else { 0 };
+    let ptid = (flags & CLONE_PARENT_SETTID != 0).then_some(parent_tid);
+    answer(f, fork(f, set, clear, ptid))
+}
+
+/// A child process: a copy-on-write copy of the caller's address space, its registers (`rax`
+/// 0 in the child), FS base and x87/SSE state, run on the next CPU. Returns the child's pid.
+fn fork(f: &TrapFrame, set_tid: Option<u64>, clear_tid: u64, parent_tid: Option<u64>) -> Ret {
+    let (space, u) = current();
+    let child_space = uspace::fork_space(&space).map_err(mm_err)?;
+    let me = current_pid();
+    let pid = TABLE.lock().add(me, usize::MAX);
+    let (brk, random) = match PROCESS[sched::current()].lock().as_mut() {
+        Some(p) => (p.brk, next_random(&mut p.random)),
+        None => ((0, 0), 1),
+    };
+    if let Some(at) = parent_tid {
+        u.write(at, &pid.to_le_bytes()).map_err(fault)?;
+    }
+    let mut regs = *f;
+    regs.rax = 0;
+    let start = user::Start { regs, fs_base: user::fs_base(), fx: Some(user::save_fx()) };
+    let child = Process { pid, clear_tid, brk, random, stop: None };
+    let cpu = (crate::platform::arch::smp::index() + 1) % crate::platform::arch::smp::count();
+    let spawned = sched::spawn_on(cpu, move || {
+        let task = sched::current();
+        let early = TABLE.lock().procs.get_mut(&pid).map(|e| {
+            e.task = task;
+            e.kill
+        });
+        let start = start;
+        if let Some(sig @ 1..) = early {
+            user::kill(task, sig);
+        }
+        run_process(&child_space, start, child, set_tid);
+    });
+    match spawned {
+        Ok(h) => {
+            h.detach();
+            Ok(u64::from(pid))
+        }
+        Err(e) => {
+            log::warn!("fork: no task for the child: {e:?}");
+            TABLE.lock().procs.remove(&pid);
+            Err(EAGAIN)
+        }
+    }
+}
+
+const WNOHANG: u64 = 1;
+/// `WUNTRACED`, `WCONTINUED`, `__WNOTHREAD`, `__WALL`, `__WCLONE`: no stopped children, no
+/// threads, so nothing changes.
+const WAIT_IGNORED: u64 = 2 | 8 | 0x2000_0000 | 0x4000_0000 | 0x8000_0000;
+
+/// `wait4`: reaps an ended child (`pid` -1 or 0: any; else that one), writing its status;
+/// sleeps until one ends unless `WNOHANG`.
+fn wait4(f: &mut TrapFrame, pid: i64, wstatus: u64, options: u64, rusage: u64) -> After {
+    if options & !(WNOHANG | WAIT_IGNORED) != 0 {
+        return answer(f, Err(EINVAL));
+    }
+    if pid < -1 {
+        return unsupported(61, "wait4 (61) for a process group".into());
+    }
+    let me = current_pid();
+    loop {
+        let reaped = {
+            let mut t = TABLE.lock();
+            let mine: Vec<u32> = t
+                .procs
+                .iter()
+                .filter(|(c, e)| e.parent == me && (pid <= 0 || i64::from(**c) == pid))
+                .map(|(&c, _)| c)
+                .collect();
+            if mine.is_empty() {
+                return answer(f, Err(ECHILD));
+            }
+            match mine.iter().copied().find(|c| t.procs[c].status.is_some()) {
+                Some(c) => t.procs.remove(&c).and_then(|e| e.status).map(|s| (c, s)),
+                None => {
+                    for c in &mine {
+                        if let Some(e) = t.procs.get_mut(c) {
+                            e.waiter = Some(sched::me());
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        if let Some((child, status)) = reaped {
+            let (_, u) = current();
+            let r = (|| {
+                if wstatus != 0 {
+                    u.write(wstatus, &status.to_le_bytes())?;
+                }
+                if rusage != 0 {
+                    u.write(rusage, &[0u8; 144])?;
+                }
+                Ok(u64::from(child))
+            })()
+            .map_err(fault);
+            return answer(f, r);
+        }
+        if options & WNOHANG != 0 {
+            return answer(f, Ok(0));
+        }
+        if let Some(sig) = user::killed() {
+            return After::End(Exit::Killed(sig));
+        }
+        // Woken when a child ends; the timeout only bounds a lost wake.
+        sched::park(Some(100));
+    }
+}
+
+/// `kill` of one process: a signal whose default action ends it ends it (signals cannot be
+/// caught yet); `SIGCHLD`, `SIGURG` and `SIGWINCH` do nothing, as by default; signal 0 only
+/// checks that the process exists.
+fn kill(f: &mut TrapFrame, pid: i64, sig: u64) -> After {
+    if sig > 64 {
+        return answer(f, Err(EINVAL));
+    }
+    if pid <= 0 {
+        return unsupported(62, "kill (62) of a process group or of every process".into());
+    }
+    let sig = sig as u8;
+    let me = current_pid();
+    let action = signal::default_action(sig);
+    if sig != 0 && action == signal::Default::StopOrContinue {
+        return unsupported(62, alloc::format!("kill (62) with job-control signal {sig}: processes cannot stop"));
+    }
+    let mut t = TABLE.lock();
+    let Some(e) = t.procs.get_mut(&(pid as u32)) else { return answer(f, Err(ESRCH)) };
+    if sig == 0 || e.status.is_some() || action == signal::Default::Ignore {
+        return answer(f, Ok(0));
+    }
+    if pid as u32 == me {
+        drop(t);
+        return After::End(Exit::Killed(sig));
+    }
+    if e.task == usize::MAX {
+        e.kill = sig;
+    } else {
+        user::kill(e.task, sig);
+    }
+    answer(f, Ok(0))
 }

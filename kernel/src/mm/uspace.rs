@@ -178,6 +178,12 @@ pub fn new_space() -> Result<Arc<Space>, Error> {
     Ok(mm().share(AddressSpace::new(mm())?))
 }
 
+/// A copy-on-write child of `space` (`fork`), shared as every address space is.
+pub fn fork_space(space: &Space) -> Result<Arc<Space>, Error> {
+    let child = space.lock().fork()?;
+    Ok(mm().share(child))
+}
+
 /// Why a user access failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserFault {

@@ -391,6 +391,12 @@ pub fn kick(cpu: usize) {
 }
 
 impl<T> JoinHandle<T> {
+    /// Lets the task run on its own: nobody joins it, and its stack is freed once it has
+    /// finished (by a later spawn).
+    pub fn detach(self) {
+        TASKS[self.id].detached.store(true, Ordering::Release);
+    }
+
     /// Whether the task has finished.
     pub fn is_done(&self) -> bool {
         TASKS[self.id].state.load(Ordering::Acquire) == DONE

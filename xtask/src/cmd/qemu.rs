@@ -90,13 +90,10 @@ pub fn run_status(run: &Value) -> (u8, String) {
         return ((c & 0xff) as u8, format!("the program exited with status {c}"));
     }
     if let Some(sig) = run["signal"].as_str() {
-        let n = match sig {
-            "SIGILL" => 4,
-            "SIGTRAP" => 5,
-            "SIGBUS" => 7,
-            "SIGFPE" => 8,
-            _ => 11,
-        };
+        let n = run["signo"].as_u64().and_then(|n| u8::try_from(n).ok()).filter(|n| (1..=64).contains(n)).unwrap_or(11);
+        if run["vector"].is_null() {
+            return (128 + n, format!("the program was ended by {sig}"));
+        }
         let at = run["address"].as_str().map(|a| format!(", address {a}")).unwrap_or_default();
         return (
             128 + n,

@@ -355,8 +355,35 @@ const PLAUSIBLE_TSC_HZ: std::ops::RangeInclusive<u64> = 500_000_000..=10_000_000
 /// source and a plausible frequency; on microvm `tsc.source=hpet` must fail the boot naming the
 /// missing HPET; under KVM (when `/dev/kvm` can be opened, else skipped) microvm's default
 /// calibration must come from kvmclock. The release kernel.
-/// The user-mode check: a C program built with `gcc -static` runs in ring 3.
-const PROGRAM_CHECK: &str = "run::static_c_program_runs_in_ring_3";
+/// A user-mode check: its name, the program (`xtask/programs/NAME.c`), its arguments, the lines
+/// it must print and its exit status.
+type ProgramCheck = (&'static str, &'static str, &'static [&'static str], &'static [&'static str], u8);
+
+/// The user-mode checks: C programs built with `gcc -static` (`xtask/programs/`), run in
+/// ring 3 with arguments; each must print these lines and exit with this status.
+const PROGRAM_CHECKS: [ProgramCheck; 2] = [
+    (
+        "run::static_c_program_runs_in_ring_3",
+        "hello",
+        &["one", "--two"],
+        &["hello, 3 args: hello one --two", "malloc ok: 7168", "to stderr"],
+        3,
+    ),
+    (
+        "run::fork_wait_and_kill",
+        "fork",
+        &[],
+        &[
+            "child 2 of 1: value 2",
+            "parent 1: reaped its child, exited 1 with 5, value 1",
+            "spinner: signalled 1 by 9",
+            "killed at once: signalled 1 by 15",
+            "eight children: 28",
+            "none left: 1",
+        ],
+        0,
+    ),
+];
 
 /// `gcc -static` of `xtask/programs/NAME.c` into `target/programs/NAME`; `Err` says why it
 /// cannot be built here (no gcc or no static C library, and nothing to install them with).
@@ -398,39 +425,39 @@ pub fn build_static_program(name: &str) -> std::result::Result<PathBuf, String> 
     Ok(out)
 }
 
-/// Builds `xtask/programs/hello.c` with `gcc -static` and runs it in the release kernel's user
-/// mode with two arguments, as `cargo xtask qemu --run` does: its output (both streams) must be
-/// on the console and its status (3) in the `@@RUN` line.
+/// Builds each of [`PROGRAM_CHECKS`]' programs with `gcc -static` and runs it in the release
+/// kernel's user mode, as `cargo xtask qemu --run` does: its lines (both streams) must be on the
+/// console and its status in the `@@RUN` line.
 fn program_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
-    if !only.is_none_or(|o| PROGRAM_CHECK.contains(o)) {
+    let wanted: Vec<_> = PROGRAM_CHECKS.iter().filter(|c| only.is_none_or(|o| c.0.contains(o))).collect();
+    if wanted.is_empty() {
         return Ok(());
     }
-    let bin = match build_static_program("hello") {
-        Ok(b) => b,
-        Err(why) => {
-            tally.skip(PROGRAM_CHECK, &why);
-            return Ok(());
-        }
-    };
     let kernel = build_kernel(Profile::Release)?;
-    let args = super::qemu::run_args(&bin, &["one".into(), "--two".into()])?;
-    let run =
-        run_qemu(&Launch { initrd: Some(&bin), ..Launch::new(&kernel, machine, args.join(" "), secs(60, floor)) })?;
-    let text = run.lines.join("\n");
-    let needles = ["hello, 3 args: hello one --two", "malloc ok: 7168", "to stderr"];
-    let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
-    let status = json_line(&run.lines, Tag::Run).map(|r| super::qemu::run_status(&r));
-    if run.outcome != Outcome::Success {
-        tally.fail(
-            PROGRAM_CHECK,
-            &format!("expected success, got '{}'; last lines: {}", run.outcome.describe(), tail(&run.lines, 5)),
-        );
-    } else if !missing.is_empty() {
-        tally.fail(PROGRAM_CHECK, &format!("output lacks {missing:?}; last lines: {}", tail(&run.lines, 5)));
-    } else if status.as_ref().map(|s| s.0) != Some(3) {
-        tally.fail(PROGRAM_CHECK, &format!("expected exit status 3, got {status:?}"));
-    } else {
-        tally.pass(PROGRAM_CHECK);
+    for &(name, program, args, needles, want) in wanted {
+        let bin = match build_static_program(program) {
+            Ok(b) => b,
+            Err(why) => {
+                tally.skip(name, &why);
+                continue;
+            }
+        };
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let cmdline = super::qemu::run_args(&bin, &args)?.join(" ");
+        let run = run_qemu(&Launch { initrd: Some(&bin), ..Launch::new(&kernel, machine, cmdline, secs(60, floor)) })?;
+        let text = run.lines.join("\n");
+        let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        let status = json_line(&run.lines, Tag::Run).map(|r| super::qemu::run_status(&r));
+        if run.outcome != Outcome::Success {
+            let last = tail(&run.lines, 5);
+            tally.fail(name, &format!("expected success, got '{}'; last lines: {last}", run.outcome.describe()));
+        } else if !missing.is_empty() {
+            tally.fail(name, &format!("output lacks {missing:?}; last lines: {}", tail(&run.lines, 5)));
+        } else if status.as_ref().map(|s| s.0) != Some(want) {
+            tally.fail(name, &format!("expected exit status {want}, got {status:?}"));
+        } else {
+            tally.pass(name);
+        }
     }
     Ok(())
 }

@@ -596,6 +596,19 @@ fn from_user(frame: &TrapFrame) -> bool {
 
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
     let this: *mut TrapFrame = frame;
+    let user = from_user(frame);
+    let out = dispatch(frame);
+    // Back to the same program in ring 3, the trap handled (an interrupt acknowledged): a
+    // signal sent to end it ends it now. After a switch the frame is another task's, whose
+    // own next trap looks.
+    if user && core::ptr::eq(out, this) {
+        super::user::on_user_trap();
+    }
+    out
+}
+
+fn dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
+    let this: *mut TrapFrame = frame;
     if frame.vector == super::user::SYSCALL_VECTOR {
         return match super::user::syscall(frame) {
             super::user::After::Return => this,

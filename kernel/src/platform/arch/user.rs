@@ -65,6 +65,8 @@ const USER_RFLAGS: u64 = (1 << 9) | 2;
 pub enum Exit {
     /// It called `exit` with this status.
     Exited(i32),
+    /// A signal whose default action ends the program was sent to it ([`kill`]).
+    Killed(u8),
     /// Ring 3 took an exception nothing resolved: `vector`, at `rip`, with the page-fault
     /// `address` for a #PF.
     Fault {
@@ -106,6 +108,8 @@ static TRAP_TOP: [AtomicU64; MAX_TASKS] = [const { AtomicU64::new(0) }; MAX_TASK
 static CONTEXT: [AtomicU64; MAX_TASKS] = [const { AtomicU64::new(0) }; MAX_TASKS];
 static FS_BASE: [AtomicU64; MAX_TASKS] = [const { AtomicU64::new(0) }; MAX_TASKS];
 static EXIT: [spin::Mutex<Option<Exit>>; MAX_TASKS] = [const { spin::Mutex::new(None) }; MAX_TASKS];
+/// Per task: a signal that ends its program at its next trap from ring 3 (0: none).
+static KILL: [core::sync::atomic::AtomicU8; MAX_TASKS] = [const { core::sync::atomic::AtomicU8::new(0) }; MAX_TASKS];
 
 /// One task's x87/SSE state, as `fxsave` writes it.
 #[repr(C, align(16))]
@@ -144,15 +148,57 @@ pub fn init_cpu() {
     }
 }
 
-/// The registers a user program starts with.
-#[derive(Debug, Clone, Copy, Default)]
+/// The state a user program starts (or, after a `fork`, goes on) with.
+#[derive(Debug, Clone)]
 pub struct Start {
-    /// Its entry point.
-    pub rip: u64,
-    /// Its initial stack pointer.
-    pub rsp: u64,
-    /// Its initial `rdx` (the x86-64 ABI: a function for `atexit`, 0 when none).
-    pub rdx: u64,
+    /// Its general registers, `rip` and `rsp` (the selectors and flags are ring 3's whatever
+    /// they say).
+    pub regs: TrapFrame,
+    /// Its FS base (the thread pointer).
+    pub fs_base: u64,
+    /// Its x87/SSE state as `fxsave` wrote it; `None`: reset.
+    pub fx: Option<alloc::boxed::Box<[u8; 512]>>,
+}
+
+impl Start {
+    /// A new program: entry `rip`, stack `rsp`, every other register 0 (`rdx` too: no
+    /// `atexit` function, as the x86-64 ABI has it), reset FPU state.
+    pub fn at(rip: u64, rsp: u64) -> Start {
+        Start { regs: TrapFrame { rip, rsp, ..TrapFrame::default() }, fs_base: 0, fx: None }
+    }
+}
+
+/// The running task's x87/SSE state (a `fork` copies it into the child).
+pub fn save_fx() -> alloc::boxed::Box<[u8; 512]> {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let mut a = alloc::boxed::Box::new(Area([0; 512]));
+    // SAFETY: a 16-byte aligned 512-byte area of our own; the registers are the running
+    // task's user state (the kernel does not use them).
+    unsafe { core::arch::asm!("fxsave64 [{0}]", in(reg) a.0.as_mut_ptr(), options(nostack)) };
+    alloc::boxed::Box::new(a.0)
+}
+
+/// Ends task `task`'s program with `signal` at its next trap from ring 3 (a timer tick
+/// comes every 10 ms), or when a system call it waits in sees [`killed`].
+pub fn kill(task: usize, signal: u8) {
+    KILL[task].store(signal, Ordering::Release);
+}
+
+/// The signal that is to end the running task's program, if any.
+pub fn killed() -> Option<u8> {
+    match KILL[crate::platform::sched::current()].load(Ordering::Acquire) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Called by the trap path on every trap from ring 3, first: a program sent a signal that
+/// ends it leaves now.
+pub(super) fn on_user_trap() {
+    if let Some(sig) = killed() {
+        leave(Exit::Killed(sig));
+    }
 }
 
 /// Runs user code from `start` in the address space the task has installed until it ends, and
@@ -160,27 +206,42 @@ pub struct Start {
 pub fn run(start: Start) -> Exit {
     let task = crate::platform::sched::current();
     *EXIT[task].lock() = None;
-    FS_BASE[task].store(0, Ordering::Relaxed);
+    // A signal sent before the program entered ring 3 (`KILL`) ends it at its first trap.
     let frame = TrapFrame {
-        rip: start.rip,
         cs: u64::from(gdt::USER_CODE),
         rflags: USER_RFLAGS,
-        rsp: start.rsp,
         ss: u64::from(gdt::USER_DATA),
-        rdx: start.rdx,
-        ..TrapFrame::default()
+        vector: 0,
+        error_code: 0,
+        ..start.regs
     };
     x86_64::instructions::interrupts::disable();
-    // A program starts with the x87 and SSE state reset (MXCSR: every exception masked).
-    let mxcsr: u32 = 0x1f80;
-    // SAFETY: resets the user-owned FPU/SSE registers, which the kernel does not use.
-    unsafe { core::arch::asm!("fninit", "ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack)) };
+    set_fs_base(start.fs_base);
+    match &start.fx {
+        // SAFETY: an `fxsave` image (from `save_fx`), 16-byte aligned by the copy below.
+        Some(fx) => {
+            #[repr(C, align(16))]
+            struct Area([u8; 512]);
+            let a = Area(**fx);
+            // SAFETY: restores user-owned registers from a valid image.
+            unsafe { core::arch::asm!("fxrstor64 [{0}]", in(reg) a.0.as_ptr(), options(nostack)) };
+        }
+        None => {
+            // A new program starts with the x87 and SSE state reset (MXCSR: every exception
+            // masked).
+            let mxcsr: u32 = 0x1f80;
+            // SAFETY: resets the user-owned FPU/SSE registers, which the kernel does not use.
+            unsafe { core::arch::asm!("fninit", "ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack)) };
+        }
+    }
     // SAFETY: `enter` saves this context on the current stack and returns to it only through
     // `leave` (from the trap path, with the value the program ended with); the frame is a ring
     // 3 frame (user selectors, IF set) for the installed address space. Interrupts are off
     // until the `iretq`, so the trap stack and GS are consistent when the first trap comes.
     unsafe { enter(&frame, &CONTEXT[task], &TRAP_TOP[task]) };
     TRAP_TOP[task].store(0, Ordering::Relaxed);
+    // The signal that ended it (if one did) is spent; the task's next program starts clean.
+    KILL[task].store(0, Ordering::Release);
     x86_64::instructions::interrupts::enable();
     EXIT[task].lock().take().unwrap_or(Exit::Exited(0))
 }
