@@ -27,6 +27,7 @@
 //! as Linux does when the feature is absent (`rseq` with `ENOSYS`, which glibc tolerates),
 //! and say so in the log.
 
+mod signals;
 mod syscall;
 
 use alloc::collections::BTreeMap;
@@ -101,6 +102,10 @@ pub struct Process {
     pub random: u64,
     /// Why the kernel stopped it, if it did.
     pub stop: Option<Stop>,
+    /// Its signals.
+    pub sig: signals::Signals,
+    /// The number of its last system call (to start it again after a signal).
+    pub last_nr: u64,
 }
 
 /// Per task, the program it runs.
@@ -117,8 +122,8 @@ pub struct Entry {
     pub status: Option<i32>,
     /// A parent sleeping in `wait4` for it, to wake when it ends.
     pub waiter: Option<crate::platform::sched::TaskRef>,
-    /// A signal sent before its task started, to end it at once (0: none).
-    pub kill: u8,
+    /// Signals sent before its task started (and who sent them), raised when it does.
+    pub early: alloc::vec::Vec<(u8, u32)>,
 }
 
 /// The process table: pid to entry, and the next pid.
@@ -137,7 +142,7 @@ impl Table {
     pub fn add(&mut self, parent: u32, task: usize) -> u32 {
         let pid = self.next;
         self.next += 1;
-        self.procs.insert(pid, Entry { parent, task, status: None, waiter: None, kill: 0 });
+        self.procs.insert(pid, Entry { parent, task, status: None, waiter: None, early: Vec::new() });
         pid
     }
 }
@@ -330,7 +335,15 @@ pub fn run_program(file: &[u8], argv: &[&[u8]]) -> Result<Ended, RunError> {
         Ok(user::Start::at(img.entry, st.rsp))
     })?;
     let pid = TABLE.lock().add(0, task);
-    let p = Process { pid, clear_tid: 0, brk: (img.end, img.end), random, stop: None };
+    let p = Process {
+        pid,
+        clear_tid: 0,
+        brk: (img.end, img.end),
+        random,
+        stop: None,
+        sig: signals::Signals::default(),
+        last_nr: 0,
+    };
     Ok(run_process(&space, start, p, None))
 }
 
@@ -360,4 +373,5 @@ pub fn job(s: &crate::System) -> Result<(), RunError> {
 /// Registers the system-call handler with the platform.
 pub fn init() {
     user::set_syscall_handler(syscall::handle);
+    user::set_return_hook(signals::on_return);
 }

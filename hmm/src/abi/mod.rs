@@ -6,7 +6,7 @@
 //! - [`stack`]: the initial stack `execve` leaves (arguments, environment, auxiliary vector);
 //! - [`sysno`]: system call numbers and names;
 //! - [`errno`]: the error numbers a call returns (negated in `rax`);
-//! - [`signal`]: signal numbers, default actions and `wait4` statuses.
+//! - [`signal`]: signal numbers, default actions, `wait4` statuses and the `rt_sigframe` layout.
 
 pub mod elf;
 pub mod errno;

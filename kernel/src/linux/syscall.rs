@@ -17,6 +17,7 @@ use hmm::abi::{errno::*, sysno};
 use hmm::mm::space::{Advice, MapRequest, Placement, RemapFlags};
 use hmm::mm::vma::Prot;
 
+use super::signals::{self, ERESTARTSYS};
 use super::{PROCESS, Process, Stop, TABLE, current_pid, next_random, run_process};
 use crate::mm::uspace::{self, Space, User};
 use crate::platform::arch::trap::TrapFrame;
@@ -54,6 +55,9 @@ pub fn handle(f: &mut TrapFrame) -> After {
     let a = [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9];
     // File descriptors are `unsigned int` (the calls below that take one first).
     let fd = a[0] as u32 as u64;
+    if let Some(p) = PROCESS[sched::current()].lock().as_mut() {
+        p.last_nr = nr;
+    }
     let ret: Ret = match nr {
         0 => read(fd, a[2]),
         1 => write(fd, a[1], a[2]),
@@ -63,6 +67,12 @@ pub fn handle(f: &mut TrapFrame) -> After {
         10 => mprotect(a[0], a[1], a[2]),
         11 => munmap(a[0], a[1]),
         12 => Ok(brk(a[0])),
+        13 => signals::rt_sigaction(a[0], a[1], a[2], a[3]),
+        14 => signals::rt_sigprocmask(a[0], a[1], a[2], a[3]),
+        15 => return signals::rt_sigreturn(f),
+        34 => signals::sleep(None).map(|()| 0).map_err(|_| EINTR),
+        35 => nanosleep(a[0], a[1]),
+        37 => signals::alarm(a[0] as u32 as u64),
         16 => ioctl(fd, a[1] as u32 as u64, a[2]),
         20 => writev(fd, a[1], a[2]),
         24 => {
@@ -91,6 +101,10 @@ pub fn handle(f: &mut TrapFrame) -> After {
         158 => return arch_prctl(f, a[0], a[1]),
         218 => Ok(1),
         228 => clock_gettime(a[1]),
+        230 if a[1] == 0 => nanosleep(a[2], a[3]),
+        // tkill, tgkill: one thread per process, so the thread is the process.
+        200 => return kill(f, i64::from(a[0] as i32), a[1] as u32 as u64),
+        234 => return kill(f, i64::from(a[1] as i32), a[2] as u32 as u64),
         262 => newfstatat(i64::from(a[0] as i32), a[1], a[2], a[3] as u32 as u64),
         273 => Ok(0),
         302 => return prlimit64(f, a[1], a[2], a[3]),
@@ -479,9 +493,9 @@ fn fork(f: &TrapFrame, set_tid: Option<u64>, clear_tid: u64, parent_tid: Option<
     let child_space = uspace::fork_space(&space).map_err(mm_err)?;
     let me = current_pid();
     let pid = TABLE.lock().add(me, usize::MAX);
-    let (brk, random) = match PROCESS[sched::current()].lock().as_mut() {
-        Some(p) => (p.brk, next_random(&mut p.random)),
-        None => ((0, 0), 1),
+    let (brk, random, sig) = match PROCESS[sched::current()].lock().as_mut() {
+        Some(p) => (p.brk, next_random(&mut p.random), p.sig.forked()),
+        None => ((0, 0), 1, signals::Signals::default()),
     };
     if let Some(at) = parent_tid {
         u.write(at, &pid.to_le_bytes()).map_err(fault)?;
@@ -489,17 +503,17 @@ fn fork(f: &TrapFrame, set_tid: Option<u64>, clear_tid: u64, parent_tid: Option<
     let mut regs = *f;
     regs.rax = 0;
     let start = user::Start { regs, fs_base: user::fs_base(), fx: Some(user::save_fx()) };
-    let child = Process { pid, clear_tid, brk, random, stop: None };
+    let mut child = Process { pid, clear_tid, brk, random, stop: None, sig, last_nr: 0 };
     let cpu = (crate::platform::arch::smp::index() + 1) % crate::platform::arch::smp::count();
     let spawned = sched::spawn_on(cpu, move || {
         let task = sched::current();
+        // Signals sent before this task ran are raised now; from here on they find the task.
         let early = TABLE.lock().procs.get_mut(&pid).map(|e| {
             e.task = task;
-            e.kill
+            core::mem::take(&mut e.early)
         });
-        let start = start;
-        if let Some(sig @ 1..) = early {
-            user::kill(task, sig);
+        for (sig, from) in early.unwrap_or_default() {
+            child.sig.raise(sig, from, signal::SI_USER);
         }
         run_process(&child_space, start, child, set_tid);
     });
@@ -572,17 +586,17 @@ fn wait4(f: &mut TrapFrame, pid: i64, wstatus: u64, options: u64, rusage: u64) -
         if options & WNOHANG != 0 {
             return answer(f, Ok(0));
         }
-        if let Some(sig) = user::killed() {
-            return After::End(Exit::Killed(sig));
+        if signals::interrupted() || user::killed().is_some() {
+            return answer(f, Err(ERESTARTSYS));
         }
         // Woken when a child ends; the timeout only bounds a lost wake.
         sched::park(Some(100));
     }
 }
 
-/// `kill` of one process: a signal whose default action ends it ends it (signals cannot be
-/// caught yet); `SIGCHLD`, `SIGURG` and `SIGWINCH` do nothing, as by default; signal 0 only
-/// checks that the process exists.
+/// `kill` of one process: the signal is pending there, and acted on at its next return to ring
+/// 3 (a handler runs, or the default action: ending it, or nothing for `SIGCHLD`, `SIGURG`,
+/// `SIGWINCH`); signal 0 only checks that the process exists.
 fn kill(f: &mut TrapFrame, pid: i64, sig: u64) -> After {
     if sig > 64 {
         return answer(f, Err(EINVAL));
@@ -591,24 +605,48 @@ fn kill(f: &mut TrapFrame, pid: i64, sig: u64) -> After {
         return unsupported(62, "kill (62) of a process group or of every process".into());
     }
     let sig = sig as u8;
-    let me = current_pid();
-    let action = signal::default_action(sig);
-    if sig != 0 && action == signal::Default::StopOrContinue {
+    if sig != 0 && signal::default_action(sig) == signal::Default::StopOrContinue {
         return unsupported(62, alloc::format!("kill (62) with job-control signal {sig}: processes cannot stop"));
     }
-    let mut t = TABLE.lock();
-    let Some(e) = t.procs.get_mut(&(pid as u32)) else { return answer(f, Err(ESRCH)) };
-    if sig == 0 || e.status.is_some() || action == signal::Default::Ignore {
-        return answer(f, Ok(0));
-    }
-    if pid as u32 == me {
-        drop(t);
-        return After::End(Exit::Killed(sig));
-    }
-    if e.task == usize::MAX {
-        e.kill = sig;
-    } else {
-        user::kill(e.task, sig);
+    let me = current_pid();
+    let task = {
+        let mut t = TABLE.lock();
+        let Some(e) = t.procs.get_mut(&(pid as u32)) else { return answer(f, Err(ESRCH)) };
+        if sig == 0 || e.status.is_some() {
+            return answer(f, Ok(0));
+        }
+        if e.task == usize::MAX {
+            e.early.push((sig, me));
+            return answer(f, Ok(0));
+        }
+        e.task
+    };
+    if let Some(p) = PROCESS[task].lock().as_mut().filter(|p| p.pid == pid as u32) {
+        p.sig.raise(sig, me, signal::SI_USER);
     }
     answer(f, Ok(0))
+}
+
+/// `nanosleep(req, rem)` (and `clock_nanosleep` relative): `EINTR` with the time left when a
+/// signal comes first.
+fn nanosleep(req: u64, rem: u64) -> Ret {
+    let (_, u) = current();
+    let sec = u.read_u64(req).map_err(fault)?;
+    let nsec = u.read_u64(req + 8).map_err(fault)?;
+    if nsec >= 1_000_000_000 || sec as i64 <= -1 {
+        return Err(EINVAL);
+    }
+    let now = time::now_ns().unwrap_or(0);
+    let until = now.saturating_add(sec.saturating_mul(1_000_000_000)).saturating_add(nsec);
+    match signals::sleep(Some(until)) {
+        Ok(()) => Ok(0),
+        Err(_) => {
+            if rem != 0 {
+                let left = until.saturating_sub(time::now_ns().unwrap_or(0));
+                u.write_u64(rem, left / 1_000_000_000).map_err(fault)?;
+                u.write_u64(rem + 8, left % 1_000_000_000).map_err(fault)?;
+            }
+            Err(EINTR)
+        }
+    }
 }

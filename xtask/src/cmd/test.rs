@@ -361,7 +361,7 @@ type ProgramCheck = (&'static str, &'static str, &'static [&'static str], &'stat
 
 /// The user-mode checks: C programs built with `gcc -static` (`xtask/programs/`), run in
 /// ring 3 with arguments; each must print these lines and exit with this status.
-const PROGRAM_CHECKS: [ProgramCheck; 2] = [
+const PROGRAM_CHECKS: [ProgramCheck; 3] = [
     (
         "run::static_c_program_runs_in_ring_3",
         "hello",
@@ -380,6 +380,22 @@ const PROGRAM_CHECKS: [ProgramCheck; 2] = [
             "killed at once: signalled 1 by 15",
             "eight children: 28",
             "none left: 1",
+        ],
+        0,
+    ),
+    (
+        "run::signals_are_delivered",
+        "signals",
+        &[],
+        &[
+            "self: 10, siginfo 1",
+            "after a handler: 2.50, got 10",
+            "alarm: got 14, pause -1 errno 1",
+            "blocked: 0",
+            "unblocked: 10",
+            "timed-out child: reaped 1, signalled 1 by 9",
+            "SIGTERM ignored",
+            "default action: signalled 1 by 15",
         ],
         0,
     ),

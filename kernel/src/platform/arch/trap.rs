@@ -599,10 +599,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> *mut TrapFrame {
     let user = from_user(frame);
     let out = dispatch(frame);
     // Back to the same program in ring 3, the trap handled (an interrupt acknowledged): a
-    // signal sent to end it ends it now. After a switch the frame is another task's, whose
-    // own next trap looks.
+    // signal sent to it is acted on now (`frame` is still this task's). After a switch the
+    // frame resumed is another task's, whose own next trap looks.
     if user && core::ptr::eq(out, this) {
-        super::user::on_user_trap();
+        super::user::on_user_trap(frame);
     }
     out
 }

@@ -193,12 +193,64 @@ pub fn killed() -> Option<u8> {
     }
 }
 
-/// Called by the trap path on every trap from ring 3, first: a program sent a signal that
-/// ends it leaves now.
-pub(super) fn on_user_trap() {
+/// What the layer above does on every return to ring 3 (signal delivery): it may change the
+/// frame, or end the program.
+pub type ReturnHook = fn(&mut TrapFrame) -> After;
+
+static RETURN_HOOK: Once<ReturnHook> = Once::new();
+
+/// Registers the return hook (once; later calls are ignored).
+pub fn set_return_hook(h: ReturnHook) {
+    RETURN_HOOK.call_once(|| h);
+}
+
+/// Called by the trap path when a trap from ring 3 is handled and the same program resumes
+/// (interrupts off, the interrupt acknowledged): a program [`kill`]ed leaves now; then the
+/// return hook runs, with interrupts on (it may write the user stack, which may fault).
+pub(super) fn on_user_trap(frame: &mut TrapFrame) {
     if let Some(sig) = killed() {
         leave(Exit::Killed(sig));
     }
+    if let Some(h) = RETURN_HOOK.get() {
+        x86_64::instructions::interrupts::enable();
+        let after = h(frame);
+        x86_64::instructions::interrupts::disable();
+        if let After::End(exit) = after {
+            leave(exit);
+        }
+    }
+}
+
+/// Loads the x87/SSE registers from an `fxsave` image a program gave (a signal frame's): its
+/// MXCSR is cut to the bits this CPU has (a reserved bit would fault in `fxrstor`).
+pub fn restore_fx(image: &[u8; 512]) {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let mut a = Area(*image);
+    let mxcsr = u32::from_le_bytes(a.0[24..28].try_into().expect("4 bytes")) & mxcsr_mask();
+    a.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+    // SAFETY: a 16-byte aligned image whose MXCSR has only supported bits; the registers are
+    // the running task's user state.
+    unsafe { core::arch::asm!("fxrstor64 [{0}]", in(reg) a.0.as_ptr(), options(nostack)) };
+}
+
+/// The MXCSR bits this CPU supports (`fxsave`'s MXCSR_MASK, 0xffbf when it says 0).
+fn mxcsr_mask() -> u32 {
+    static MASK: Once<u32> = Once::new();
+    *MASK.call_once(|| {
+        let now = save_fx();
+        match u32::from_le_bytes(now[28..32].try_into().expect("4 bytes")) {
+            0 => 0xffbf,
+            m => m,
+        }
+    })
+}
+
+/// Resets the x87/SSE registers (a signal handler starts so, as on Linux).
+pub fn reset_fx() {
+    let mxcsr: u32 = 0x1f80;
+    // SAFETY: resets the user-owned FPU/SSE registers, which the kernel does not use.
+    unsafe { core::arch::asm!("fninit", "ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack)) };
 }
 
 /// Runs user code from `start` in the address space the task has installed until it ends, and
@@ -226,13 +278,9 @@ pub fn run(start: Start) -> Exit {
             // SAFETY: restores user-owned registers from a valid image.
             unsafe { core::arch::asm!("fxrstor64 [{0}]", in(reg) a.0.as_ptr(), options(nostack)) };
         }
-        None => {
-            // A new program starts with the x87 and SSE state reset (MXCSR: every exception
-            // masked).
-            let mxcsr: u32 = 0x1f80;
-            // SAFETY: resets the user-owned FPU/SSE registers, which the kernel does not use.
-            unsafe { core::arch::asm!("fninit", "ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack)) };
-        }
+        // A new program starts with the x87 and SSE state reset (MXCSR: every exception
+        // masked).
+        None => reset_fx(),
     }
     // SAFETY: `enter` saves this context on the current stack and returns to it only through
     // `leave` (from the trap path, with the value the program ended with); the frame is a ring
