@@ -116,6 +116,8 @@ static PROCESS: [spin::Mutex<Option<Process>>; MAX_TASKS] = [const { spin::Mutex
 pub struct Entry {
     /// Its parent's pid (0: none to wait for it).
     pub parent: u32,
+    /// Its process group.
+    pub pgid: u32,
     /// The task it runs on.
     pub task: usize,
     /// Once it has ended: the status `wait4` reports.
@@ -139,10 +141,13 @@ pub static TABLE: spin::Mutex<Table> = spin::Mutex::new(Table { procs: BTreeMap:
 
 impl Table {
     /// A new pid for a process of `parent` running on `task`.
+    /// A new pid for a process of `parent` running on `task`, in its parent's process group
+    /// (its own for a process without a parent).
     pub fn add(&mut self, parent: u32, task: usize) -> u32 {
         let pid = self.next;
         self.next += 1;
-        self.procs.insert(pid, Entry { parent, task, status: None, waiter: None, early: Vec::new() });
+        let pgid = self.procs.get(&parent).map_or(pid, |e| e.pgid);
+        self.procs.insert(pid, Entry { parent, pgid, task, status: None, waiter: None, early: Vec::new() });
         pid
     }
 }

@@ -84,6 +84,11 @@ pub fn handle(f: &mut TrapFrame) -> After {
         // getpid, gettid (one thread per process: its tid is its pid), getppid.
         39 | 186 => Ok(u64::from(current_pid())),
         110 => Ok(TABLE.lock().procs.get(&current_pid()).map_or(0, |e| u64::from(e.parent))),
+        109 => setpgid(i64::from(a[0] as i32), i64::from(a[1] as i32)),
+        // getpgrp, getpgid(pid), getsid: the session is the first process's.
+        111 => getpgid(0),
+        121 => getpgid(i64::from(a[0] as i32)),
+        124 => Ok(1),
         56 => return clone(f, a[0], a[1], a[2], a[3]),
         57 => return answer(f, fork(f, None, 0, None)),
         // pid_t and int arguments are 32 bits: the upper half of the register is not theirs.
@@ -541,17 +546,22 @@ fn wait4(f: &mut TrapFrame, pid: i64, wstatus: u64, options: u64, rusage: u64) -
     if options & !(WNOHANG | WAIT_IGNORED) != 0 {
         return answer(f, Err(EINVAL));
     }
-    if pid < -1 {
-        return unsupported(61, "wait4 (61) for a process group".into());
-    }
     let me = current_pid();
+    // -1: any child; 0: any in the caller's group; -g: any in group g; else that one.
+    let group = match pid {
+        0 => TABLE.lock().procs.get(&me).map(|e| e.pgid),
+        p if p < -1 => Some((-p) as u32),
+        _ => None,
+    };
     loop {
         let reaped = {
             let mut t = TABLE.lock();
             let mine: Vec<u32> = t
                 .procs
                 .iter()
-                .filter(|(c, e)| e.parent == me && (pid <= 0 || i64::from(**c) == pid))
+                .filter(|(c, e)| {
+                    e.parent == me && (pid == -1 || group.is_some_and(|g| e.pgid == g) || i64::from(**c) == pid)
+                })
                 .map(|(&c, _)| c)
                 .collect();
             if mine.is_empty() {
@@ -601,30 +611,77 @@ fn kill(f: &mut TrapFrame, pid: i64, sig: u64) -> After {
     if sig > 64 {
         return answer(f, Err(EINVAL));
     }
-    if pid <= 0 {
-        return unsupported(62, "kill (62) of a process group or of every process".into());
+    if pid == -1 {
+        return unsupported(62, "kill (62) of every process".into());
     }
     let sig = sig as u8;
     if sig != 0 && signal::default_action(sig) == signal::Default::StopOrContinue {
         return unsupported(62, alloc::format!("kill (62) with job-control signal {sig}: processes cannot stop"));
     }
     let me = current_pid();
-    let task = {
+    // One process, or (pid 0: the caller's; -pgid) a process group.
+    let targets: Vec<(u32, usize)> = {
         let mut t = TABLE.lock();
-        let Some(e) = t.procs.get_mut(&(pid as u32)) else { return answer(f, Err(ESRCH)) };
-        if sig == 0 || e.status.is_some() {
-            return answer(f, Ok(0));
+        let group = match pid {
+            0 => t.procs.get(&me).map(|e| e.pgid),
+            p if p < 0 => Some((-p) as u32),
+            _ => None,
+        };
+        let pids: Vec<u32> = match group {
+            Some(g) => t.procs.iter().filter(|(_, e)| e.pgid == g).map(|(&p, _)| p).collect(),
+            None => t.procs.contains_key(&(pid as u32)).then_some(pid as u32).into_iter().collect(),
+        };
+        if pids.is_empty() {
+            return answer(f, Err(ESRCH));
         }
-        if e.task == usize::MAX {
-            e.early.push((sig, me));
-            return answer(f, Ok(0));
+        let mut out = Vec::new();
+        for p in pids {
+            let Some(e) = t.procs.get_mut(&p) else { continue };
+            if sig == 0 || e.status.is_some() {
+                continue;
+            }
+            if e.task == usize::MAX {
+                e.early.push((sig, me));
+            } else {
+                out.push((p, e.task));
+            }
         }
-        e.task
+        out
     };
-    if let Some(p) = PROCESS[task].lock().as_mut().filter(|p| p.pid == pid as u32) {
-        p.sig.raise(sig, me, signal::SI_USER);
+    for (pid, task) in targets {
+        if let Some(p) = PROCESS[task].lock().as_mut().filter(|p| p.pid == pid) {
+            p.sig.raise(sig, me, signal::SI_USER);
+        }
     }
     answer(f, Ok(0))
+}
+
+/// `setpgid(pid, pgid)`: the caller (0) or one of its children into group `pgid` (0: its own
+/// pid), a new one or one of the caller's session.
+fn setpgid(pid: i64, pgid: i64) -> Ret {
+    if pgid < 0 {
+        return Err(EINVAL);
+    }
+    let me = current_pid();
+    let mut t = TABLE.lock();
+    let target = if pid == 0 { me } else { pid as u32 };
+    if target != me && t.procs.get(&target).is_none_or(|e| e.parent != me) {
+        return Err(ESRCH);
+    }
+    let group = if pgid == 0 { target } else { pgid as u32 };
+    if group != target && !t.procs.values().any(|e| e.pgid == group) {
+        return Err(EPERM);
+    }
+    if let Some(e) = t.procs.get_mut(&target) {
+        e.pgid = group;
+    }
+    Ok(0)
+}
+
+/// `getpgid(pid)` (0: the caller).
+fn getpgid(pid: i64) -> Ret {
+    let p = if pid == 0 { current_pid() } else { pid as u32 };
+    TABLE.lock().procs.get(&p).map(|e| u64::from(e.pgid)).ok_or(ESRCH)
 }
 
 /// `nanosleep(req, rem)` (and `clock_nanosleep` relative): `EINTR` with the time left when a
