@@ -27,6 +27,7 @@
 //! as Linux does when the feature is absent (`rseq` with `ENOSYS`, which glibc tolerates),
 //! and say so in the log.
 
+mod files;
 mod signals;
 mod syscall;
 
@@ -106,6 +107,8 @@ pub struct Process {
     pub sig: signals::Signals,
     /// The number of its last system call (to start it again after a signal).
     pub last_nr: u64,
+    /// Its open files.
+    pub files: files::Files,
 }
 
 /// Per task, the program it runs.
@@ -288,7 +291,14 @@ pub fn run_process(space: &Arc<Space>, start: user::Start, p: Process, set_tid: 
         }
         exit
     });
-    let stop = PROCESS[task].lock().take().and_then(|p| p.stop);
+    let proc = PROCESS[task].lock().take();
+    let stop = proc.and_then(|mut p| {
+        // Its files go (a dmirror file no other process holds is closed).
+        for f in p.files.take_all() {
+            files::release(f);
+        }
+        p.stop
+    });
     let (status, how) = ended(exit, stop);
     let mut t = TABLE.lock();
     // Its children have no parent to wait for them now; those already ended go.
@@ -348,6 +358,7 @@ pub fn run_program(file: &[u8], argv: &[&[u8]]) -> Result<Ended, RunError> {
         stop: None,
         sig: signals::Signals::default(),
         last_nr: 0,
+        files: files::Files::default(),
     };
     Ok(run_process(&space, start, p, None))
 }

@@ -17,6 +17,7 @@ use hmm::abi::{errno::*, sysno};
 use hmm::mm::space::{Advice, MapRequest, Placement, RemapFlags};
 use hmm::mm::vma::Prot;
 
+use super::files::{self, File};
 use super::signals::{self, ERESTARTSYS};
 use super::{PROCESS, Process, Stop, TABLE, current_pid, next_random, run_process};
 use crate::mm::uspace::{self, Space, User};
@@ -58,8 +59,11 @@ pub fn handle(f: &mut TrapFrame) -> After {
     if let Some(p) = PROCESS[sched::current()].lock().as_mut() {
         p.last_nr = nr;
     }
+    if log::log_enabled!(log::Level::Trace) {
+        log::trace!("pid {}: {} at {:#x}", current_pid(), sysno::describe(nr), f.rip);
+    }
     let ret: Ret = match nr {
-        0 => read(fd, a[2]),
+        0 => read(fd, a[1], a[2]),
         1 => write(fd, a[1], a[2]),
         3 => close(fd),
         5 => fstat(fd, a[1]),
@@ -98,8 +102,15 @@ pub fn handle(f: &mut TrapFrame) -> After {
         102 | 104 | 107 | 108 => Ok(0),
         60 | 231 => return After::End(Exit::Exited(a[0] as i32)),
         63 => uname(a[0]),
-        2 | 257 | 21 | 269 | 89 | 267 => {
-            // open, openat, access, faccessat, readlink, readlinkat: no file exists yet.
+        2 => open(a[0], a[1]),
+        // openat: relative paths have no directory to be relative to yet; absolute ones open.
+        257 => open(a[1], a[2]),
+        8 => lseek(fd, a[1] as i64, a[2]),
+        17 => pread(fd, a[1], a[2], a[3]),
+        18 => pwrite(fd, a[1], a[2], a[3]),
+        77 => ftruncate(fd, a[1]),
+        21 | 269 | 89 | 267 => {
+            // access, faccessat, readlink, readlinkat: no file system yet.
             log::debug!("{}: no file system yet, ENOENT", sysno::describe(nr));
             Err(ENOENT)
         }
@@ -120,6 +131,9 @@ pub fn handle(f: &mut TrapFrame) -> After {
         }
         _ => return unsupported(nr, sysno::describe(nr)),
     };
+    if log::log_enabled!(log::Level::Trace) {
+        log::trace!("pid {}: {} {:x?} -> {ret:?}", current_pid(), sysno::describe(nr), &a[..3]);
+    }
     answer(f, ret)
 }
 
@@ -141,17 +155,106 @@ fn unsupported(nr: u64, what: alloc::string::String) -> After {
     After::End(Exit::Exited(-1))
 }
 
-fn read(fd: u64, _len: u64) -> Ret {
-    match fd {
-        // Standard input: the console has nothing to read.
-        0 => Ok(0),
-        _ => Err(EBADF),
+fn read(fd: u64, buf: u64, len: u64) -> Ret {
+    match file(fd)? {
+        // The console has nothing to read.
+        File::Console => Ok(0),
+        File::Dmirror(_) => Err(EINVAL),
+        File::Urandom => getrandom(buf, len),
+        File::Mem { file, pos, .. } => {
+            let mut p = pos.lock();
+            let n = mem_read(&file, *p, buf, len)?;
+            *p += n;
+            Ok(n)
+        }
     }
 }
 
+/// Reads `len` bytes of `file` from `offset` into user memory at `buf`.
+fn mem_read(file: &hmm::mm::file::MemFile, offset: u64, buf: u64, len: u64) -> Ret {
+    let (_, u) = current();
+    let mut chunk = vec![0u8; len.min(1 << 16) as usize];
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(chunk.len() as u64) as usize;
+        let n = file.read_at(offset + done, &mut chunk[..want]);
+        if n == 0 {
+            break;
+        }
+        u.write(buf + done, &chunk[..n]).map_err(fault)?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Writes `len` bytes from user memory at `buf` into `file` at `offset`.
+fn mem_write(file: &hmm::mm::file::MemFile, offset: u64, buf: u64, len: u64) -> Ret {
+    let (_, u) = current();
+    let mut chunk = vec![0u8; len.min(1 << 16) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(chunk.len() as u64) as usize;
+        u.read(buf + done, &mut chunk[..n]).map_err(fault)?;
+        file.write_at(offset + done, &chunk[..n]).map_err(mm_err)?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+fn pread(fd: u64, buf: u64, len: u64, offset: u64) -> Ret {
+    match file(fd)? {
+        File::Mem { file, .. } => mem_read(&file, offset, buf, len),
+        _ => Err(ESPIPE),
+    }
+}
+
+fn pwrite(fd: u64, buf: u64, len: u64, offset: u64) -> Ret {
+    match file(fd)? {
+        File::Mem { file, writable: true, .. } => mem_write(&file, offset, buf, len),
+        File::Mem { .. } => Err(EBADF),
+        _ => Err(ESPIPE),
+    }
+}
+
+fn lseek(fd: u64, offset: i64, whence: u64) -> Ret {
+    let File::Mem { file, pos, .. } = file(fd)? else { return Err(ESPIPE) };
+    let mut p = pos.lock();
+    let base = match whence {
+        0 => 0,
+        1 => *p as i64,
+        2 => file.len() as i64,
+        _ => return Err(EINVAL),
+    };
+    let to = base.checked_add(offset).filter(|&t| t >= 0).ok_or(EINVAL)?;
+    *p = to as u64;
+    Ok(to as u64)
+}
+
+fn ftruncate(fd: u64, len: u64) -> Ret {
+    match file(fd)? {
+        File::Mem { file, writable: true, .. } => file.set_len(len).map(|()| 0).map_err(mm_err),
+        _ => Err(EINVAL),
+    }
+}
+
+/// The file behind `fd` in the calling process.
+fn file(fd: u64) -> Result<File, i64> {
+    PROCESS[sched::current()].lock().as_ref().and_then(|p| p.files.get(fd).cloned()).ok_or(EBADF)
+}
+
 fn write(fd: u64, buf: u64, len: u64) -> Ret {
-    if fd != 1 && fd != 2 {
-        return Err(EBADF);
+    match file(fd)? {
+        File::Console => {}
+        File::Mem { file, pos, writable: true } => {
+            let mut p = pos.lock();
+            let n = mem_write(&file, *p, buf, len)?;
+            *p += n;
+            return Ok(n);
+        }
+        File::Mem { .. } => return Err(EBADF),
+        // Writing to /dev/urandom mixes entropy in; here it is accepted and dropped.
+        File::Urandom => return Ok(len),
+        File::Dmirror(_) => return Err(EINVAL),
     }
     let (_, u) = current();
     let mut chunk = vec![0u8; len.min(4096) as usize];
@@ -180,7 +283,37 @@ fn writev(fd: u64, iov: u64, count: u64) -> Ret {
 }
 
 fn close(fd: u64) -> Ret {
-    if fd <= 2 { Ok(0) } else { Err(EBADF) }
+    let f = PROCESS[sched::current()].lock().as_mut().ok_or(EBADF)?.files.remove(fd)?;
+    files::release(f);
+    Ok(0)
+}
+
+/// The zero-terminated string at `at` (at most 4096 bytes).
+fn cstr(u: &User, at: u64) -> Result<Vec<u8>, i64> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while out.len() < 4096 {
+        u.read(at + out.len() as u64, &mut b).map_err(fault)?;
+        if b[0] == 0 {
+            return Ok(out);
+        }
+        out.push(b[0]);
+    }
+    Err(hmm::abi::errno::ERANGE)
+}
+
+fn open(path: u64, flags: u64) -> Ret {
+    let (_, u) = current();
+    let path = cstr(&u, path)?;
+    // Opening may take the address space's lock (a dmirror file's notifier): the process's
+    // files are taken out while it runs, then put back.
+    let task = sched::current();
+    let mut fs = PROCESS[task].lock().as_mut().map(|p| core::mem::take(&mut p.files)).ok_or(EBADF)?;
+    let r = files::open(&mut fs, &path, flags);
+    if let Some(p) = PROCESS[task].lock().as_mut() {
+        p.files = fs;
+    }
+    r
 }
 
 const TCGETS: u64 = 0x5401;
@@ -189,8 +322,8 @@ const TIOCGWINSZ: u64 = 0x5413;
 /// The console (fds 0 to 2) is a terminal, as a serial console is: `TCGETS` gives its
 /// settings (so the C library line-buffers output to it) and `TIOCGWINSZ` 24 × 80.
 fn ioctl(fd: u64, cmd: u64, arg: u64) -> Ret {
-    if fd > 2 {
-        return Err(EBADF);
+    if let File::Dmirror(d) = file(fd)? {
+        return files::dmirror_ioctl(&d, cmd, arg);
     }
     let (_, u) = current();
     match cmd {
@@ -227,7 +360,21 @@ fn stat_console(statbuf: u64) -> Ret {
 }
 
 fn fstat(fd: u64, statbuf: u64) -> Ret {
-    if fd <= 2 { stat_console(statbuf) } else { Err(EBADF) }
+    if let File::Mem { file, .. } = file(fd)? {
+        // A regular file (S_IFREG, rw-------) of its size.
+        let (_, u) = current();
+        let mut st = [0u8; 144];
+        st[8..16].copy_from_slice(&file.id().to_le_bytes()); // st_ino
+        st[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
+        st[24..28].copy_from_slice(&(0o100000u32 | 0o600).to_le_bytes());
+        st[48..56].copy_from_slice(&file.len().to_le_bytes()); // st_size
+        st[56..64].copy_from_slice(&4096u64.to_le_bytes()); // st_blksize
+        st[64..72].copy_from_slice(&file.len().div_ceil(512).to_le_bytes()); // st_blocks
+        u.write(statbuf, &st).map_err(fault)?;
+        return Ok(0);
+    }
+    // The console and the device files are character devices.
+    stat_console(statbuf)
 }
 
 /// `AT_EMPTY_PATH`: the call is about `dirfd` itself.
@@ -270,10 +417,20 @@ fn mmap(a: [u64; 6]) -> Ret {
     if flags & !known & !(0x3f << MAP_HUGE_SHIFT) != 0 || (huge_size != 0 && huge_size != 21) {
         return Err(EINVAL);
     }
-    if flags & MAP_ANONYMOUS == 0 {
-        // No file can be mapped yet: the console's fds are not mappable, others do not exist.
-        return Err(if fd as i64 >= 0 && fd <= 2 { ENODEV } else { EBADF });
-    }
+    let file = if flags & MAP_ANONYMOUS == 0 {
+        match file(fd as u32 as u64)? {
+            File::Mem { file, writable, .. } => {
+                if shared && prot.write() && !writable {
+                    return Err(hmm::abi::errno::EACCES);
+                }
+                Some((file, a[5]))
+            }
+            // The console, /dev/urandom, and (for now) the dmirror device files are not mappable.
+            _ => return Err(ENODEV),
+        }
+    } else {
+        None
+    };
     let placement = if flags & MAP_FIXED_NOREPLACE != 0 {
         Placement::FixedNoReplace
     } else if flags & MAP_FIXED != 0 {
@@ -286,7 +443,7 @@ fn mmap(a: [u64; 6]) -> Ret {
         len,
         prot,
         shared,
-        file: None,
+        file,
         placement,
         hugetlb: flags & MAP_HUGETLB != 0,
         populate: flags & MAP_POPULATE != 0,
@@ -498,9 +655,9 @@ fn fork(f: &TrapFrame, set_tid: Option<u64>, clear_tid: u64, parent_tid: Option<
     let child_space = uspace::fork_space(&space).map_err(mm_err)?;
     let me = current_pid();
     let pid = TABLE.lock().add(me, usize::MAX);
-    let (brk, random, sig) = match PROCESS[sched::current()].lock().as_mut() {
-        Some(p) => (p.brk, next_random(&mut p.random), p.sig.forked()),
-        None => ((0, 0), 1, signals::Signals::default()),
+    let (brk, random, sig, files) = match PROCESS[sched::current()].lock().as_mut() {
+        Some(p) => (p.brk, next_random(&mut p.random), p.sig.forked(), p.files.clone()),
+        None => ((0, 0), 1, signals::Signals::default(), files::Files::default()),
     };
     if let Some(at) = parent_tid {
         u.write(at, &pid.to_le_bytes()).map_err(fault)?;
@@ -508,7 +665,7 @@ fn fork(f: &TrapFrame, set_tid: Option<u64>, clear_tid: u64, parent_tid: Option<
     let mut regs = *f;
     regs.rax = 0;
     let start = user::Start { regs, fs_base: user::fs_base(), fx: Some(user::save_fx()) };
-    let mut child = Process { pid, clear_tid, brk, random, stop: None, sig, last_nr: 0 };
+    let mut child = Process { pid, clear_tid, brk, random, stop: None, sig, last_nr: 0, files };
     let cpu = (crate::platform::arch::smp::index() + 1) % crate::platform::arch::smp::count();
     let spawned = sched::spawn_on(cpu, move || {
         let task = sched::current();

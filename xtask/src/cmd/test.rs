@@ -361,7 +361,7 @@ type ProgramCheck = (&'static str, &'static str, &'static [&'static str], &'stat
 
 /// The user-mode checks: C programs built with `gcc -static` (`xtask/programs/`), run in
 /// ring 3 with arguments; each must print these lines and exit with this status.
-const PROGRAM_CHECKS: [ProgramCheck; 3] = [
+const PROGRAM_CHECKS: [ProgramCheck; 4] = [
     (
         "run::static_c_program_runs_in_ring_3",
         "hello",
@@ -396,6 +396,23 @@ const PROGRAM_CHECKS: [ProgramCheck; 3] = [
             "timed-out child: reaped 1, signalled 1 by 9",
             "SIGTERM ignored",
             "default action: signalled 1 by 15",
+        ],
+        0,
+    ),
+    (
+        "run::dmirror_device_files",
+        "dmirror",
+        &[],
+        &[
+            "device read: 0, 16 pages, same 1",
+            "migrated: 0, 16 pages",
+            "snapshot of page 0: 0x22",
+            "CPU reads after migration: same 1",
+            "device write: 0, 16 pages, CPU sees it 1",
+            "tmpfile: wrote 65536, device read 0, same 1",
+            "huge page size: 2048 kB",
+            "no such device: 1",
+            "close: 0, again EBADF: 1",
         ],
         0,
     ),
@@ -474,6 +491,156 @@ fn program_checks(machine: &Machine, only: Option<&str>, floor: Option<u64>, tal
         } else {
             tally.pass(name);
         }
+    }
+    Ok(())
+}
+
+/// The check that runs Linux 6.1's own hmm-tests, unmodified, in the kernel's user mode.
+const HMM_TESTS_CHECK: &str = "run::linux_hmm_tests_unmodified";
+
+/// The tests of Linux's hmm-tests binary that do not pass here yet: (name, `fail` or `skip`,
+/// why). Every other test must pass; one of these with another outcome fails the check too,
+/// so the list stays true.
+const HMM_TESTS_KNOWN: [(&str, &str, &str); 6] = [
+    ("hmm.hmm_device_private.anon_teardown", "fail", "threads (pthread_create's clone3) are not implemented"),
+    ("hmm.hmm_device_coherent.anon_teardown", "fail", "threads (pthread_create's clone3) are not implemented"),
+    ("hmm.hmm_device_private.mixedmap", "fail", "mapping the device file is not implemented"),
+    ("hmm.hmm_device_coherent.mixedmap", "fail", "mapping the device file is not implemented"),
+    ("hmm.hmm_device_private.hmm_gup_test", "skip", "no /sys/kernel/debug/gup_test"),
+    ("hmm.hmm_device_coherent.hmm_gup_test", "skip", "no /sys/kernel/debug/gup_test"),
+];
+
+/// The hmm-tests sources in Debian's `linux-source-6.1` package.
+const HMM_TESTS_FILES: [&str; 5] = [
+    "tools/testing/selftests/vm/hmm-tests.c",
+    "tools/testing/selftests/kselftest_harness.h",
+    "tools/testing/selftests/kselftest.h",
+    "lib/test_hmm_uapi.h",
+    "mm/gup_test.h",
+];
+
+/// Builds Linux 6.1's `tools/testing/selftests/vm/hmm-tests.c`, unmodified, with
+/// `gcc -static` from Debian's `linux-source-6.1` (installed with apt when run as root) into
+/// `target/hmm-tests/hmm-tests`; reuses the binary once built. `Err` says why it cannot be
+/// built here.
+pub fn build_hmm_tests() -> std::result::Result<PathBuf, String> {
+    let out = root().join("target/hmm-tests");
+    let bin = out.join("hmm-tests");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let tarball = Path::new("/usr/src/linux-source-6.1.tar.xz");
+    if !tarball.exists() {
+        // SAFETY: geteuid has no preconditions.
+        let root_user = unsafe { libc::geteuid() } == 0;
+        if !(root_user && Path::new("/usr/bin/apt-get").exists()) {
+            return Err("Debian's linux-source-6.1 is not installed (apt-get install linux-source-6.1), and this user cannot install it".into());
+        }
+        eprintln!("xtask: installing linux-source-6.1 (apt-get install -y linux-source-6.1) for Linux's hmm-tests");
+        let ok = Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq", "linux-source-6.1"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok || !tarball.exists() {
+            return Err("apt-get could not install linux-source-6.1".into());
+        }
+    }
+    let src = out.join("src");
+    std::fs::create_dir_all(&src).map_err(|e| format!("creating {}: {e}", src.display()))?;
+    let members: Vec<String> = HMM_TESTS_FILES.iter().map(|f| format!("linux-source-6.1/{f}")).collect();
+    let o = Command::new("tar")
+        .arg("-xJf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(&src)
+        .args(&members)
+        .output()
+        .map_err(|e| format!("running tar: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("extracting hmm-tests from {}: {}", tarball.display(), String::from_utf8_lossy(&o.stderr)));
+    }
+    build_static_program("hello")?; // gcc and the static C library, installed if they can be
+    let tree = src.join("linux-source-6.1");
+    let o = Command::new("gcc")
+        .args(["-static", "-O2", "-I"])
+        .arg(&tree)
+        .arg("-o")
+        .arg(&bin)
+        .arg(tree.join(HMM_TESTS_FILES[0]))
+        .arg("-lpthread")
+        .output()
+        .map_err(|e| format!("running gcc: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("gcc -static hmm-tests.c failed: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(bin)
+}
+
+/// Each test's outcome in a kselftest TAP stream: the name from its `#  RUN` line, then
+/// `pass`, `fail` or `skip` from its `ok`/`not ok` line.
+pub fn tap_results(lines: &[String]) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("#  RUN ") {
+            name = rest.trim().strip_suffix(" ...").map(str::to_string);
+        } else if let Some(n) = name.take_if(|_| l.starts_with("ok ") || l.starts_with("not ok ")) {
+            let outcome = if l.starts_with("not ok") {
+                "fail"
+            } else if l.contains("# SKIP") {
+                "skip"
+            } else {
+                "pass"
+            };
+            out.push((n, outcome));
+        }
+    }
+    out
+}
+
+/// Runs Linux's own hmm-tests binary (built by [`build_hmm_tests`]) in the release kernel's
+/// user mode: every test must pass but [`HMM_TESTS_KNOWN`], which must do as that list says.
+fn hmm_tests_check(machine: &Machine, only: Option<&str>, floor: Option<u64>, tally: &mut Tally) -> Result<()> {
+    if !only.is_none_or(|o| HMM_TESTS_CHECK.contains(o)) {
+        return Ok(());
+    }
+    let bin = match build_hmm_tests() {
+        Ok(b) => b,
+        Err(why) => {
+            tally.skip(HMM_TESTS_CHECK, &why);
+            return Ok(());
+        }
+    };
+    let kernel = build_kernel(Profile::Release)?;
+    let cmdline = super::qemu::run_args(&bin, &[])?.join(" ");
+    let run = run_qemu(&Launch { initrd: Some(&bin), ..Launch::new(&kernel, machine, cmdline, secs(600, floor)) })?;
+    let results = tap_results(&run.lines);
+    if let Some(t) = run.lines.iter().find(|l| l.starts_with("# Totals:")) {
+        println!("  Linux 6.1 hmm-tests, unmodified: {t}");
+    }
+    let mut problems = Vec::new();
+    if run.outcome != Outcome::Success {
+        problems.push(format!("expected the kernel to finish, got '{}'", run.outcome.describe()));
+    }
+    if results.len() != 58 {
+        problems.push(format!("{} test results, not 58", results.len()));
+    }
+    for (name, got) in &results {
+        let want = HMM_TESTS_KNOWN.iter().find(|k| k.0 == name).map_or("pass", |k| k.1);
+        if *got != want {
+            problems.push(if want == "pass" {
+                format!("{name}: {got}")
+            } else {
+                format!("{name}: {got}, where it was known to {want}: update HMM_TESTS_KNOWN")
+            });
+        }
+    }
+    if problems.is_empty() {
+        tally.pass(HMM_TESTS_CHECK);
+    } else {
+        tally.fail(HMM_TESTS_CHECK, &problems.join("; "));
     }
     Ok(())
 }
@@ -827,6 +994,7 @@ pub fn cmd(o: &Args) -> Result<u8> {
     match select(filter) {
         Selection::Boots(f) => {
             program_checks(&machine, Some(f), floor, &mut tally)?;
+            hmm_tests_check(&machine, Some(f), floor, &mut tally)?;
             microvm_checks(Some(f), floor, &mut tally)?;
             grub_checks(&machine, Some(f), floor, &mut tally)?;
             clock_checks(&machine, Some(f), floor, &mut tally)?;
@@ -870,6 +1038,8 @@ pub fn cmd(o: &Args) -> Result<u8> {
     microvm_checks(None, floor, &mut tally)?;
     println!("\n== a static C program in the kernel's user mode (ring 3) ==");
     program_checks(&machine, None, floor, &mut tally)?;
+    println!("\n== Linux 6.1's own hmm-tests, unmodified, in the kernel's user mode ==");
+    hmm_tests_check(&machine, None, floor, &mut tally)?;
     println!("\n== TSC calibration from each clock source (tsc.source) ==");
     clock_checks(&machine, None, floor, &mut tally)?;
     println!("\n== experiment on two NUMA nodes with an HMAT (experiments/numa.toml) ==");
@@ -890,6 +1060,34 @@ pub fn cmd(o: &Args) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tap_results_name_each_test_from_its_run_line() {
+        let lines: Vec<String> = [
+            "TAP version 13",
+            "#  RUN           hmm.hmm_device_private.open_close ...",
+            "#            OK  hmm.hmm_device_private.open_close",
+            "ok 1 hmm.hmm_device_private.open_close",
+            "#  RUN           hmm.hmm_device_private.hmm_gup_test ...",
+            "ok 25 # SKIP Skipping test, could not find gup_test driver",
+            "#  RUN           hmm.hmm_device_private.mixedmap ...",
+            "# mixedmap: Test terminated by timeout",
+            "not ok 20 hmm.hmm_device_private.mixedmap",
+            "ok 99 a line without a RUN line before it",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = tap_results(&lines);
+        assert_eq!(
+            r,
+            [
+                ("hmm.hmm_device_private.open_close".to_string(), "pass"),
+                ("hmm.hmm_device_private.hmm_gup_test".to_string(), "skip"),
+                ("hmm.hmm_device_private.mixedmap".to_string(), "fail"),
+            ]
+        );
+    }
     use boot::protocol::Text;
 
     #[test]
