@@ -111,8 +111,10 @@ pub struct Process {
     pub files: files::Files,
 }
 
-/// Per task, the program it runs.
-static PROCESS: [spin::Mutex<Option<Process>>; MAX_TASKS] = [const { spin::Mutex::new(None) }; MAX_TASKS];
+/// Per task, the program it runs (boxed: a process's signal state is a few KiB, and most task
+/// slots run none).
+static PROCESS: [spin::Mutex<Option<alloc::boxed::Box<Process>>>; MAX_TASKS] =
+    [const { spin::Mutex::new(None) }; MAX_TASKS];
 
 /// One process in the table.
 #[derive(Debug)]
@@ -279,7 +281,7 @@ pub fn run_process(space: &Arc<Space>, start: user::Start, p: Process, set_tid: 
     let task = crate::platform::sched::current();
     let pid = p.pid;
     let clear_tid = p.clear_tid;
-    *PROCESS[task].lock() = Some(p);
+    *PROCESS[task].lock() = Some(alloc::boxed::Box::new(p));
     let exit = uspace::run(space, |u| {
         if let Some(at) = set_tid {
             // A fault here is the program's own bad pointer: it finds no tid, as on Linux.

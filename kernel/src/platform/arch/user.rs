@@ -168,15 +168,21 @@ impl Start {
     }
 }
 
-/// The running task's x87/SSE state (a `fork` copies it into the child).
-pub fn save_fx() -> alloc::boxed::Box<[u8; 512]> {
-    #[repr(C, align(16))]
-    struct Area([u8; 512]);
-    let mut a = alloc::boxed::Box::new(Area([0; 512]));
-    // SAFETY: a 16-byte aligned 512-byte area of our own; the registers are the running
-    // task's user state (the kernel does not use them).
+/// An `fxsave` area.
+#[repr(C, align(16))]
+struct Area([u8; 512]);
+
+/// `fxsave` of the registers now (the running task's user state: the kernel does not use them).
+fn fxsave() -> Area {
+    let mut a = Area([0; 512]);
+    // SAFETY: a 16-byte aligned 512-byte area of our own.
     unsafe { core::arch::asm!("fxsave64 [{0}]", in(reg) a.0.as_mut_ptr(), options(nostack)) };
-    alloc::boxed::Box::new(a.0)
+    a
+}
+
+/// The running task's x87/SSE state (a `fork` copies it into the child, a signal frame holds it).
+pub fn save_fx() -> alloc::boxed::Box<[u8; 512]> {
+    alloc::boxed::Box::new(fxsave().0)
 }
 
 /// Ends task `task`'s program with `signal` at its next trap from ring 3 (a timer tick
@@ -224,8 +230,6 @@ pub(super) fn on_user_trap(frame: &mut TrapFrame) {
 /// Loads the x87/SSE registers from an `fxsave` image a program gave (a signal frame's): its
 /// MXCSR is cut to the bits this CPU has (a reserved bit would fault in `fxrstor`).
 pub fn restore_fx(image: &[u8; 512]) {
-    #[repr(C, align(16))]
-    struct Area([u8; 512]);
     let mut a = Area(*image);
     let mxcsr = u32::from_le_bytes(a.0[24..28].try_into().expect("4 bytes")) & mxcsr_mask();
     a.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
@@ -234,12 +238,13 @@ pub fn restore_fx(image: &[u8; 512]) {
     unsafe { core::arch::asm!("fxrstor64 [{0}]", in(reg) a.0.as_ptr(), options(nostack)) };
 }
 
-/// The MXCSR bits this CPU supports (`fxsave`'s MXCSR_MASK, 0xffbf when it says 0).
+/// The MXCSR bits this CPU supports (`fxsave`'s MXCSR_MASK, 0xffbf when it says 0). Allocates
+/// nothing: `run` calls it with interrupts off.
 fn mxcsr_mask() -> u32 {
     static MASK: Once<u32> = Once::new();
     *MASK.call_once(|| {
-        let now = save_fx();
-        match u32::from_le_bytes(now[28..32].try_into().expect("4 bytes")) {
+        let now = fxsave();
+        match u32::from_le_bytes(now.0[28..32].try_into().expect("4 bytes")) {
             0 => 0xffbf,
             m => m,
         }
@@ -270,14 +275,8 @@ pub fn run(start: Start) -> Exit {
     x86_64::instructions::interrupts::disable();
     set_fs_base(start.fs_base);
     match &start.fx {
-        // SAFETY: an `fxsave` image (from `save_fx`), 16-byte aligned by the copy below.
-        Some(fx) => {
-            #[repr(C, align(16))]
-            struct Area([u8; 512]);
-            let a = Area(**fx);
-            // SAFETY: restores user-owned registers from a valid image.
-            unsafe { core::arch::asm!("fxrstor64 [{0}]", in(reg) a.0.as_ptr(), options(nostack)) };
-        }
+        // A `fork` child: the parent's state (`save_fx`).
+        Some(fx) => restore_fx(fx),
         // A new program starts with the x87 and SSE state reset (MXCSR: every exception
         // masked).
         None => reset_fx(),
