@@ -205,6 +205,8 @@ pub enum Ended {
     Signalled {
         /// `SIGSEGV`, `SIGILL`, ...
         signal: &'static str,
+        /// Its number.
+        signo: u8,
         /// The exception.
         vector: u8,
         /// Where.
@@ -227,9 +229,9 @@ impl Ended {
         let mut j = crate::json::Json::new();
         j.object(|j| match self {
             Ended::Exited(c) => j.num("exit_code", c),
-            Ended::Signalled { signal, vector, rip, address } => {
+            Ended::Signalled { signal, signo, vector, rip, address } => {
                 j.str("signal", signal);
-                j.num("signo", (1..=31u8).find(|&n| signal::name(n) == Some(*signal)).unwrap_or(signal::SIGSEGV));
+                j.num("signo", signo);
                 j.num("vector", vector);
                 j.str("rip", &alloc::format!("{rip:#x}"));
                 if let Some(a) = address {
@@ -250,13 +252,13 @@ impl Ended {
 }
 
 /// The signal Linux sends for exception `vector` in user mode.
-fn signal_of(vector: u8) -> &'static str {
+fn signal_of(vector: u8) -> u8 {
     match vector {
-        0 | 16 | 19 => "SIGFPE",
-        1 | 3 => "SIGTRAP",
-        6 => "SIGILL",
-        17 => "SIGBUS",
-        _ => "SIGSEGV",
+        0 | 16 | 19 => signal::SIGFPE,
+        1 | 3 => signal::SIGTRAP,
+        6 => signal::SIGILL,
+        17 => signal::SIGBUS,
+        _ => signal::SIGSEGV,
     }
 }
 
@@ -267,9 +269,9 @@ fn ended(exit: user::Exit, stop: Option<Stop>) -> (i32, Ended) {
         (user::Exit::Exited(c), None) => (signal::exited(c), Ended::Exited(c)),
         (user::Exit::Killed(sig), None) => (signal::signalled(sig), Ended::Killed { signo: sig }),
         (user::Exit::Fault { vector, rip, address, .. }, None) => {
-            let signal = signal_of(vector);
-            let signo = (1..=31).find(|&n| signal::name(n) == Some(signal)).unwrap_or(signal::SIGSEGV);
-            (signal::signalled(signo), Ended::Signalled { signal, vector, rip, address })
+            let signo = signal_of(vector);
+            let signal = signal::name(signo).unwrap_or("SIGSEGV");
+            (signal::signalled(signo), Ended::Signalled { signal, signo, vector, rip, address })
         }
     }
 }
@@ -376,7 +378,7 @@ pub fn job(s: &crate::System) -> Result<(), RunError> {
     let ended = run_program(&file, &argv)?;
     match &ended {
         Ended::Exited(c) => log::info!("{name} exited with status {c}"),
-        Ended::Signalled { signal, vector, rip, address } => {
+        Ended::Signalled { signal, vector, rip, address, .. } => {
             log::error!("{name} was stopped by {signal}: exception {vector} at rip {rip:#x} (address {address:x?})")
         }
         Ended::Killed { signo } => log::error!("{name} was ended by signal {signo}"),

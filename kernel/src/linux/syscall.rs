@@ -568,11 +568,7 @@ fn arch_prctl(f: &mut TrapFrame, code: u64, addr: u64) -> After {
         // ARCH_CET_STATUS and the rest: Linux 6.1 without those features answers EINVAL.
         _ => Err(EINVAL),
     };
-    f.rax = match ret {
-        Ok(v) => v,
-        Err(e) => (-e) as u64,
-    };
-    After::Return
+    answer(f, ret)
 }
 
 fn clock_gettime(ts: u64) -> Ret {
@@ -593,10 +589,7 @@ fn prlimit64(f: &mut TrapFrame, resource: u64, new: u64, old: u64) -> After {
         3 => (super::STACK_SIZE, RLIM_INFINITY), // RLIMIT_STACK
         7 => (1024, 4096),                       // RLIMIT_NOFILE
         0..=15 => (RLIM_INFINITY, RLIM_INFINITY),
-        _ => {
-            f.rax = (-EINVAL) as u64;
-            return After::Return;
-        }
+        _ => return answer(f, Err(EINVAL)),
     };
     let ret: Ret = if old == 0 {
         Ok(0)
@@ -604,11 +597,7 @@ fn prlimit64(f: &mut TrapFrame, resource: u64, new: u64, old: u64) -> After {
         let (_, u) = current();
         u.write_u64(old, cur).and_then(|()| u.write_u64(old + 8, max)).map(|()| 0).map_err(fault)
     };
-    f.rax = match ret {
-        Ok(v) => v,
-        Err(e) => (-e) as u64,
-    };
-    After::Return
+    answer(f, ret)
 }
 
 fn getrandom(buf: u64, len: u64) -> Ret {
