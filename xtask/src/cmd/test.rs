@@ -418,9 +418,9 @@ const PROGRAM_CHECKS: [ProgramCheck; 4] = [
     ),
 ];
 
-/// `gcc -static` of `xtask/programs/NAME.c` into `target/programs/NAME`; `Err` says why it
-/// cannot be built here (no gcc or no static C library, and nothing to install them with).
-pub fn build_static_program(name: &str) -> std::result::Result<PathBuf, String> {
+/// gcc with glibc's static library, installed with apt when missing and run as root; `Err` says
+/// why there is none.
+fn ensure_static_gcc() -> std::result::Result<(), String> {
     let have = || {
         Command::new("gcc").arg("--version").output().is_ok_and(|o| o.status.success())
             && Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists()
@@ -442,6 +442,13 @@ pub fn build_static_program(name: &str) -> std::result::Result<PathBuf, String> 
             return Err("apt-get could not install gcc and libc6-dev".into());
         }
     }
+    Ok(())
+}
+
+/// `gcc -static` of `xtask/programs/NAME.c` into `target/programs/NAME`; `Err` says why it
+/// cannot be built here (no gcc or no static C library, and nothing to install them with).
+pub fn build_static_program(name: &str) -> std::result::Result<PathBuf, String> {
+    ensure_static_gcc()?;
     let src = root().join(format!("xtask/programs/{name}.c"));
     let dir = root().join("target/programs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -561,7 +568,7 @@ pub fn build_hmm_tests() -> std::result::Result<PathBuf, String> {
     if !o.status.success() {
         return Err(format!("extracting hmm-tests from {}: {}", tarball.display(), String::from_utf8_lossy(&o.stderr)));
     }
-    build_static_program("hello")?; // gcc and the static C library, installed if they can be
+    ensure_static_gcc()?;
     let tree = src.join("linux-source-6.1");
     let o = Command::new("gcc")
         .args(["-static", "-O2", "-I"])
